@@ -1,0 +1,178 @@
+//! Encoders for OK response payloads. Layouts follow `iggy_binary_protocol` 0.10.0
+//! `responses/`; all integers little-endian.
+
+fn put_name(out: &mut Vec<u8>, name: &str) {
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+}
+
+/// StreamResponse: 33 bytes plus the name.
+#[derive(Debug, Clone)]
+pub struct StreamInfo<'a> {
+    pub id: u32,
+    pub created_at: u64,
+    pub topics_count: u32,
+    pub size_bytes: u64,
+    pub messages_count: u64,
+    pub name: &'a str,
+}
+
+impl StreamInfo<'_> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.created_at.to_le_bytes());
+        out.extend_from_slice(&self.topics_count.to_le_bytes());
+        out.extend_from_slice(&self.size_bytes.to_le_bytes());
+        out.extend_from_slice(&self.messages_count.to_le_bytes());
+        put_name(out, self.name);
+    }
+}
+
+/// TopicHeader: 51 bytes plus the name.
+#[derive(Debug, Clone)]
+pub struct TopicInfo<'a> {
+    pub id: u32,
+    pub created_at: u64,
+    pub partitions_count: u32,
+    pub message_expiry: u64,
+    pub compression: u8,
+    pub max_topic_size: u64,
+    pub replication_factor: u8,
+    pub size_bytes: u64,
+    pub messages_count: u64,
+    pub name: &'a str,
+}
+
+impl TopicInfo<'_> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.created_at.to_le_bytes());
+        out.extend_from_slice(&self.partitions_count.to_le_bytes());
+        out.extend_from_slice(&self.message_expiry.to_le_bytes());
+        out.push(self.compression);
+        out.extend_from_slice(&self.max_topic_size.to_le_bytes());
+        out.push(self.replication_factor);
+        out.extend_from_slice(&self.size_bytes.to_le_bytes());
+        out.extend_from_slice(&self.messages_count.to_le_bytes());
+        put_name(out, self.name);
+    }
+}
+
+/// PartitionResponse: 40 bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct PartitionInfo {
+    pub id: u32,
+    pub created_at: u64,
+    pub segments_count: u32,
+    pub current_offset: u64,
+    pub size_bytes: u64,
+    pub messages_count: u64,
+}
+
+impl PartitionInfo {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.extend_from_slice(&self.created_at.to_le_bytes());
+        out.extend_from_slice(&self.segments_count.to_le_bytes());
+        out.extend_from_slice(&self.current_offset.to_le_bytes());
+        out.extend_from_slice(&self.size_bytes.to_le_bytes());
+        out.extend_from_slice(&self.messages_count.to_le_bytes());
+    }
+}
+
+/// Transport byte of ClientResponse.
+pub const TRANSPORT_TCP: u8 = 1;
+
+/// ClientResponse followed by the client's consumer-group memberships (GetMe / GetClient).
+pub fn encode_client(
+    client_id: u32,
+    user_id: u32,
+    address: &str,
+    groups: &[(u32, u32, u32)],
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(&client_id.to_le_bytes());
+    out.extend_from_slice(&user_id.to_le_bytes());
+    out.push(TRANSPORT_TCP);
+    out.extend_from_slice(&(address.len() as u32).to_le_bytes());
+    out.extend_from_slice(address.as_bytes());
+    out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+    for (stream, topic, group) in groups {
+        out.extend_from_slice(&stream.to_le_bytes());
+        out.extend_from_slice(&topic.to_le_bytes());
+        out.extend_from_slice(&group.to_le_bytes());
+    }
+}
+
+/// Size of the header that precedes the frames of a PollMessages response.
+pub const POLL_HEADER_SIZE: usize = 16;
+
+/// `partition_id u32`, `current_offset u64`, `messages_count u32`. Always sent, even for an empty
+/// poll: the SDK reads these 16 bytes unconditionally.
+pub fn poll_header(partition_id: u32, current_offset: u64, count: u32) -> [u8; POLL_HEADER_SIZE] {
+    let mut out = [0u8; POLL_HEADER_SIZE];
+    out[..4].copy_from_slice(&partition_id.to_le_bytes());
+    out[4..12].copy_from_slice(&current_offset.to_le_bytes());
+    out[12..].copy_from_slice(&count.to_le_bytes());
+    out
+}
+
+/// ConsumerOffsetResponse: 20 bytes.
+pub fn consumer_offset(partition_id: u32, current_offset: u64, stored_offset: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    out.extend_from_slice(&partition_id.to_le_bytes());
+    out.extend_from_slice(&current_offset.to_le_bytes());
+    out.extend_from_slice(&stored_offset.to_le_bytes());
+    out
+}
+
+/// IdentityResponse of LoginUser.
+pub fn identity(user_id: u32) -> Vec<u8> {
+    user_id.to_le_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_sizes_match_iggy() {
+        let mut out = Vec::new();
+        StreamInfo {
+            id: 0,
+            created_at: 0,
+            topics_count: 0,
+            size_bytes: 0,
+            messages_count: 0,
+            name: "",
+        }
+        .encode(&mut out);
+        assert_eq!(out.len(), 33);
+        out.clear();
+        TopicInfo {
+            id: 0,
+            created_at: 0,
+            partitions_count: 0,
+            message_expiry: 0,
+            compression: 1,
+            max_topic_size: 0,
+            replication_factor: 1,
+            size_bytes: 0,
+            messages_count: 0,
+            name: "",
+        }
+        .encode(&mut out);
+        assert_eq!(out.len(), 51);
+        out.clear();
+        PartitionInfo {
+            id: 0,
+            created_at: 0,
+            segments_count: 0,
+            current_offset: 0,
+            size_bytes: 0,
+            messages_count: 0,
+        }
+        .encode(&mut out);
+        assert_eq!(out.len(), 40);
+    }
+}
