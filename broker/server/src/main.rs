@@ -1,1 +1,156 @@
-fn main() {}
+//! `iggy-broker [--config FILE]`: loads configuration, recovers the data directory, serves
+//! clients until SIGINT/SIGTERM, then shuts down cleanly (fsync + checkpoint).
+//!
+//! Exit codes: 0 clean stop, 1 runtime failure (corrupt data, port in use), 2 bad
+//! configuration or arguments.
+
+use broker::broker::Broker;
+use broker::config::{Config, FsyncPolicy};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const USAGE: &str = "usage: iggy-broker [--config FILE]\n\
+    Settings come from FILE (TOML) and IGGY_<SECTION>_<KEY> environment variables.";
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    let config_path = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(path)) => path,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("iggy-broker: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(config_path.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("iggy-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&config.logging.level) {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!("iggy-broker: invalid logging.level '{}': {e}", config.logging.level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("iggy-broker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, started)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("iggy-broker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `Ok(None)` when the arguments asked for help or the version.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Option<PathBuf>>, String> {
+    let mut config = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("iggy-broker {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--config" => {
+                config = Some(PathBuf::from(args.next().ok_or("--config needs a file")?));
+            }
+            other => match other.strip_prefix("--config=") {
+                Some(path) => config = Some(PathBuf::from(path)),
+                None => return Err(format!("unknown argument '{other}'")),
+            },
+        }
+    }
+    Ok(Some(config))
+}
+
+async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let tcp_address = config.tcp.address;
+    let http_address = config.http.address;
+    let data = config.system.path.clone();
+    let fsync = config.storage.fsync;
+    let (broker, report) = tokio::task::block_in_place(|| Broker::open(config))
+        .with_context(|| format!("cannot open data directory {}", data.display()))?;
+    if let Some(password) = &report.generated_root_password {
+        println!(
+            "Generated root password (shown once, store it now): {password}\n\
+             Set IGGY_ROOT_PASSWORD on first boot to choose it instead."
+        );
+    }
+    if report.truncated_tails > 0 {
+        tracing::warn!(partitions = report.truncated_tails, "recovered torn tails");
+    }
+    let tcp = TcpListener::bind(tcp_address)
+        .await
+        .with_context(|| format!("cannot listen on {tcp_address} (tcp.address)"))?;
+    let http = TcpListener::bind(http_address)
+        .await
+        .with_context(|| format!("cannot listen on {http_address} (http.address)"))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let tcp_task = tokio::spawn(broker::tcp::serve(tcp, broker.clone(), stop_rx.clone()));
+    tokio::spawn(broker::http::serve(http, broker.clone(), stop_rx.clone()));
+    if let FsyncPolicy::Interval(every) = fsync {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                broker.sync_dirty_partitions().await;
+            }
+        });
+    }
+    broker.set_ready();
+    tracing::info!(
+        tcp = %tcp_address,
+        http = %http_address,
+        data = %data.display(),
+        ?fsync,
+        partitions = report.partitions,
+        verified_bytes = report.verified_bytes,
+        startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "iggy-broker ready"
+    );
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tcp_task.await;
+    tokio::task::block_in_place(|| broker.shutdown()).context("clean shutdown failed")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    match (terminate, interrupt) {
+        (Ok(mut terminate), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

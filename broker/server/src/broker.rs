@@ -1,0 +1,173 @@
+//! The broker's shared state: configuration, the catalog, the metadata store and metrics, plus
+//! boot (loading and recovering every partition) and clean shutdown.
+
+use crate::auth;
+use crate::catalog::{Catalog, Stream, Topic};
+use crate::config::{Config, FsyncPolicy};
+use crate::error::{BrokerError, Result};
+use crate::metrics::Metrics;
+use crate::partition::Partition;
+use crate::storage::fsutil::now_micros;
+use crate::storage::metadata::{self, MetadataStore, UserRecord};
+use crate::storage::offsets::ConsumerOffsets;
+use crate::storage::partition_log::PartitionLog;
+use crate::storage::StorageError;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub struct Broker {
+    pub config: Config,
+    catalog: RwLock<Catalog>,
+    store: MetadataStore,
+    pub metrics: Metrics,
+    next_client_id: AtomicU32,
+    ready: AtomicBool,
+}
+
+/// What boot found worth telling the operator.
+#[derive(Debug, Default)]
+pub struct BootReport {
+    pub first_boot: bool,
+    /// Set on first boot when the root password was generated; printed once, never stored.
+    pub generated_root_password: Option<String>,
+    pub partitions: usize,
+    pub verified_bytes: u64,
+    pub truncated_tails: usize,
+}
+
+impl Broker {
+    /// Opens the data directory: loads metadata, recovers every partition, creates the root
+    /// user on first boot. Fails on corruption, naming the file and position.
+    pub fn open(config: Config) -> Result<(Arc<Broker>, BootReport), StorageError> {
+        let store = MetadataStore::new(&config.system.path)?;
+        let mut report = BootReport::default();
+        let mut catalog = Catalog::default();
+        let snapshot = store.load()?;
+        match snapshot {
+            Some(snapshot) => {
+                catalog.users = snapshot.users.clone();
+                for s in &snapshot.streams {
+                    let mut topics = BTreeMap::new();
+                    for t in &s.topics {
+                        let mut partitions = Vec::with_capacity(t.partitions.len());
+                        for p in &t.partitions {
+                            let dir = metadata::partition_dir(&config.system.path, s.id, t.id, p.id);
+                            let (log, recovered) =
+                                PartitionLog::open(&dir, config.storage.segment_size.0, sync_on_roll(&config))?;
+                            report.partitions += 1;
+                            report.verified_bytes += recovered.verified_bytes;
+                            report.truncated_tails += usize::from(recovered.truncated.is_some());
+                            let offsets = ConsumerOffsets::load(&dir)?;
+                            partitions.push(Arc::new(Partition::new(p.id, p.created_at, log, offsets)));
+                        }
+                        topics.insert(t.id, Topic::from_record(t, partitions));
+                    }
+                    catalog.streams.insert(
+                        s.id,
+                        Stream { id: s.id, name: s.name.clone(), created_at: s.created_at, topics },
+                    );
+                }
+            }
+            None => {
+                report.first_boot = true;
+                let mut password = config.root.password.clone();
+                if password.is_empty() {
+                    password = auth::generate_password();
+                    report.generated_root_password = Some(password.clone());
+                }
+                let password_hash = auth::hash_password(&password).map_err(|reason| {
+                    StorageError::BadMetadata { path: store.path().to_owned(), reason }
+                })?;
+                catalog.users.push(UserRecord {
+                    id: 0,
+                    username: config.root.username.clone(),
+                    password_hash,
+                    created_at: now_micros(),
+                    active: true,
+                });
+                store.save(&catalog.snapshot())?;
+            }
+        }
+        let broker = Arc::new(Broker {
+            metrics: Metrics::new(),
+            config,
+            catalog: RwLock::new(catalog),
+            store,
+            next_client_id: AtomicU32::new(1),
+            ready: AtomicBool::new(false),
+        });
+        Ok((broker, report))
+    }
+
+    pub fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The catalog for a metadata change. Changes persist with [`Self::persist`] before the
+    /// guard is dropped, so concurrent changes are serialised and written in order.
+    pub fn catalog_mut(&self) -> RwLockWriteGuard<'_, Catalog> {
+        self.catalog.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn persist(&self, catalog: &Catalog) -> Result<()> {
+        self.store.save(&catalog.snapshot()).map_err(BrokerError::Storage)
+    }
+
+    pub fn durable_sends(&self) -> bool {
+        self.config.storage.fsync == FsyncPolicy::Always
+    }
+
+    /// Creates the directory and first segment of a new partition. Any leftover directory at
+    /// that path (from a deleted object whose id is being reused) is removed first.
+    pub fn create_partition(&self, stream: u32, topic: u32, id: u32) -> Result<Arc<Partition>> {
+        let dir = metadata::partition_dir(&self.config.system.path, stream, topic, id);
+        metadata::remove_tree(&dir)?;
+        let log = PartitionLog::create(&dir, self.config.storage.segment_size.0, sync_on_roll(&self.config))?;
+        let offsets = ConsumerOffsets::load(&dir)?;
+        Ok(Arc::new(Partition::new(id, now_micros(), log, offsets)))
+    }
+
+    pub fn next_client_id(&self) -> u32 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.catalog()
+            .streams
+            .values()
+            .flat_map(|s| s.topics.values())
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect()
+    }
+
+    /// Clean shutdown: every partition synced and checkpointed.
+    pub fn shutdown(&self) -> Result<(), StorageError> {
+        self.ready.store(false, Ordering::Release);
+        for partition in self.all_partitions() {
+            partition.shutdown()?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs every partition with unsynced appends (the `<N>ms` fsync policy's tick).
+    pub async fn sync_dirty_partitions(&self) {
+        for partition in self.all_partitions() {
+            if let Err(e) = partition.sync_now().await {
+                tracing::error!(error = %e, "periodic fsync failed");
+            }
+        }
+    }
+}
+
+fn sync_on_roll(config: &Config) -> bool {
+    config.storage.fsync != FsyncPolicy::Never
+}

@@ -1,0 +1,119 @@
+//! Stream commands: Get, GetAll, Create, Update, Delete, Purge.
+
+use super::topics::encode_topic_header;
+use crate::broker::Broker;
+use crate::catalog::{lowest_free_id, Stream};
+use crate::error::{BrokerError, Result};
+use crate::storage::fsutil::now_micros;
+use crate::storage::metadata;
+use iggy_wire::response::StreamInfo;
+use iggy_wire::Identifier;
+use std::collections::BTreeMap;
+
+fn encode_stream(stream: &Stream, body: &mut Vec<u8>) {
+    let totals = stream.totals();
+    StreamInfo {
+        id: stream.id,
+        created_at: stream.created_at,
+        topics_count: stream.topics.len() as u32,
+        size_bytes: totals.bytes,
+        messages_count: totals.messages,
+        name: &stream.name,
+    }
+    .encode(body);
+}
+
+/// Stream header then every topic's header.
+fn encode_stream_details(stream: &Stream, body: &mut Vec<u8>) {
+    encode_stream(stream, body);
+    for topic in stream.topics.values() {
+        encode_topic_header(topic, body);
+    }
+}
+
+pub(super) fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(BrokerError::InvalidStreamName);
+    }
+    Ok(())
+}
+
+/// A missing stream is an empty OK reply, which the SDK reads as `None`.
+pub fn get(broker: &Broker, id: &Identifier, body: &mut Vec<u8>) -> Result<()> {
+    if let Ok(stream) = broker.catalog().stream(id) {
+        encode_stream_details(stream, body);
+    }
+    Ok(())
+}
+
+pub fn get_all(broker: &Broker, body: &mut Vec<u8>) -> Result<()> {
+    for stream in broker.catalog().streams.values() {
+        encode_stream(stream, body);
+    }
+    Ok(())
+}
+
+pub fn create(broker: &Broker, name: String, body: &mut Vec<u8>) -> Result<()> {
+    validate_name(&name)?;
+    let mut catalog = broker.catalog_mut();
+    if catalog.streams.values().any(|s| s.name == name) {
+        return Err(BrokerError::StreamNameExists(name));
+    }
+    let id = lowest_free_id(&catalog.streams);
+    metadata::remove_tree(&metadata::stream_dir(&broker.config.system.path, id))?;
+    let stream = Stream { id, name, created_at: now_micros(), topics: BTreeMap::new() };
+    catalog.streams.insert(id, stream);
+    if let Err(e) = broker.persist(&catalog) {
+        catalog.streams.remove(&id);
+        return Err(e);
+    }
+    encode_stream_details(&catalog.streams[&id], body);
+    Ok(())
+}
+
+pub fn update(broker: &Broker, id: &Identifier, name: String) -> Result<()> {
+    validate_name(&name)?;
+    let mut catalog = broker.catalog_mut();
+    let target = catalog.stream(id)?.id;
+    if catalog.streams.values().any(|s| s.name == name && s.id != target) {
+        return Err(BrokerError::StreamNameExists(name));
+    }
+    let stream = catalog.stream_mut(id)?;
+    let old = std::mem::replace(&mut stream.name, name);
+    if let Err(e) = broker.persist(&catalog) {
+        if let Ok(stream) = catalog.stream_mut(&Identifier::Numeric(target)) {
+            stream.name = old;
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+pub fn delete(broker: &Broker, id: &Identifier) -> Result<()> {
+    let mut catalog = broker.catalog_mut();
+    let target = catalog.stream(id)?.id;
+    let removed = catalog.streams.remove(&target);
+    if let Err(e) = broker.persist(&catalog) {
+        if let Some(stream) = removed {
+            catalog.streams.insert(target, stream);
+        }
+        return Err(e);
+    }
+    drop(catalog);
+    // The metadata no longer names the directory; a failure here leaves an orphan that the next
+    // create at this id removes.
+    let dir = metadata::stream_dir(&broker.config.system.path, target);
+    if let Err(e) = metadata::remove_tree(&dir) {
+        tracing::warn!(error = %e, "deleted stream's directory could not be removed");
+    }
+    Ok(())
+}
+
+pub fn purge(broker: &Broker, id: &Identifier) -> Result<()> {
+    let partitions: Vec<_> = {
+        let catalog = broker.catalog();
+        let stream = catalog.stream(id)?;
+        stream.topics.values().flat_map(|t| t.partitions.iter().cloned()).collect()
+    };
+    super::topics::purge_partitions(&partitions)
+}

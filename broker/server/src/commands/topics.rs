@@ -1,0 +1,247 @@
+//! Topic and partition commands: Get, GetAll, Create, Update, Delete, Purge, CreatePartitions,
+//! DeletePartitions.
+
+use crate::broker::Broker;
+use crate::catalog::{lowest_free_id, Topic};
+use crate::error::{BrokerError, Result};
+use crate::partition::Partition;
+use crate::storage::fsutil::now_micros;
+use crate::storage::metadata;
+use iggy_wire::request::TopicSettings;
+use iggy_wire::response::{PartitionInfo, TopicInfo};
+use iggy_wire::Identifier;
+use std::sync::atomic::AtomicU32;
+use std::sync::Arc;
+
+/// Most partitions one CreateTopic or CreatePartitions may add (Iggy's limit).
+const MAX_PARTITIONS_PER_REQUEST: u32 = 1000;
+const COMPRESSION_NONE: u8 = 1;
+const COMPRESSION_GZIP: u8 = 2;
+
+pub(super) fn encode_topic_header(topic: &Topic, body: &mut Vec<u8>) {
+    let totals = topic.totals();
+    TopicInfo {
+        id: topic.id,
+        created_at: topic.created_at,
+        partitions_count: topic.partitions.len() as u32,
+        message_expiry: topic.message_expiry,
+        compression: topic.compression,
+        max_topic_size: topic.max_topic_size,
+        replication_factor: topic.replication_factor,
+        size_bytes: totals.bytes,
+        messages_count: totals.messages,
+        name: &topic.name,
+    }
+    .encode(body);
+}
+
+fn encode_topic_details(topic: &Topic, body: &mut Vec<u8>) {
+    encode_topic_header(topic, body);
+    for partition in &topic.partitions {
+        let log = partition.log();
+        PartitionInfo {
+            id: partition.id,
+            created_at: partition.created_at,
+            segments_count: log.segments_count(),
+            current_offset: log.current_offset(),
+            size_bytes: log.size_bytes(),
+            messages_count: log.messages_count(),
+        }
+        .encode(body);
+    }
+}
+
+/// Resolves "server default" sentinels and checks the settings (Iggy's rules: 0 means the
+/// server default, which here is "never expire" and "unlimited"; a custom size must hold at
+/// least one segment).
+fn checked_settings(broker: &Broker, settings: &TopicSettings) -> Result<TopicSettings> {
+    if settings.name.is_empty() || settings.name.len() > 255 {
+        return Err(BrokerError::InvalidTopicName);
+    }
+    if ![COMPRESSION_NONE, COMPRESSION_GZIP].contains(&settings.compression) {
+        return Err(BrokerError::InvalidCompression(settings.compression));
+    }
+    let segment = broker.config.storage.segment_size.0;
+    let max_topic_size = match settings.max_topic_size {
+        0 => u64::MAX,
+        size if size < segment => return Err(BrokerError::InvalidTopicSize { size, segment }),
+        size => size,
+    };
+    Ok(TopicSettings {
+        compression: settings.compression,
+        message_expiry: if settings.message_expiry == 0 { u64::MAX } else { settings.message_expiry },
+        max_topic_size,
+        replication_factor: settings.replication_factor.max(1),
+        name: settings.name.clone(),
+    })
+}
+
+pub fn get(broker: &Broker, stream: &Identifier, topic: &Identifier, body: &mut Vec<u8>) -> Result<()> {
+    if let Ok((_, topic)) = broker.catalog().topic(stream, topic) {
+        encode_topic_details(topic, body);
+    }
+    Ok(())
+}
+
+pub fn get_all(broker: &Broker, stream: &Identifier, body: &mut Vec<u8>) -> Result<()> {
+    let catalog = broker.catalog();
+    for topic in catalog.stream(stream)?.topics.values() {
+        encode_topic_header(topic, body);
+    }
+    Ok(())
+}
+
+fn create_partitions_on_disk(broker: &Broker, stream: u32, topic: u32, ids: std::ops::Range<u32>) -> Result<Vec<Arc<Partition>>> {
+    ids.map(|id| broker.create_partition(stream, topic, id)).collect()
+}
+
+pub fn create(
+    broker: &Broker,
+    stream_id: &Identifier,
+    partitions_count: u32,
+    settings: TopicSettings,
+    body: &mut Vec<u8>,
+) -> Result<()> {
+    if partitions_count > MAX_PARTITIONS_PER_REQUEST {
+        return Err(BrokerError::TooManyPartitions);
+    }
+    let settings = checked_settings(broker, &settings)?;
+    let mut catalog = broker.catalog_mut();
+    let stream = catalog.stream_mut(stream_id)?;
+    if stream.topics.values().any(|t| t.name == settings.name) {
+        return Err(BrokerError::TopicNameExists(settings.name));
+    }
+    let (stream_num, id) = (stream.id, lowest_free_id(&stream.topics));
+    metadata::remove_tree(&metadata::topic_dir(&broker.config.system.path, stream_num, id))?;
+    let partitions = create_partitions_on_disk(broker, stream_num, id, 0..partitions_count)?;
+    let topic = Topic {
+        id,
+        name: settings.name,
+        created_at: now_micros(),
+        compression: settings.compression,
+        message_expiry: settings.message_expiry,
+        max_topic_size: settings.max_topic_size,
+        replication_factor: settings.replication_factor,
+        partitions,
+        next_partition: AtomicU32::new(0),
+        traffic: Arc::default(),
+    };
+    stream.topics.insert(id, topic);
+    if let Err(e) = broker.persist(&catalog) {
+        if let Ok(stream) = catalog.stream_mut(stream_id) {
+            stream.topics.remove(&id);
+        }
+        return Err(e);
+    }
+    let topic = &catalog.stream(stream_id)?.topics[&id];
+    encode_topic_details(topic, body);
+    Ok(())
+}
+
+pub fn update(broker: &Broker, stream: &Identifier, topic: &Identifier, settings: TopicSettings) -> Result<()> {
+    let settings = checked_settings(broker, &settings)?;
+    let mut catalog = broker.catalog_mut();
+    let (_, current) = catalog.topic(stream, topic)?;
+    let target = current.id;
+    if catalog.stream(stream)?.topics.values().any(|t| t.name == settings.name && t.id != target) {
+        return Err(BrokerError::TopicNameExists(settings.name));
+    }
+    let entry = catalog.topic_mut(stream, topic)?;
+    let before = entry.record();
+    entry.name = settings.name;
+    entry.compression = settings.compression;
+    entry.message_expiry = settings.message_expiry;
+    entry.max_topic_size = settings.max_topic_size;
+    entry.replication_factor = settings.replication_factor;
+    if let Err(e) = broker.persist(&catalog) {
+        if let Ok(entry) = catalog.topic_mut(stream, &Identifier::Numeric(target)) {
+            entry.name = before.name;
+            entry.compression = before.compression;
+            entry.message_expiry = before.message_expiry;
+            entry.max_topic_size = before.max_topic_size;
+            entry.replication_factor = before.replication_factor;
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+pub fn delete(broker: &Broker, stream: &Identifier, topic: &Identifier) -> Result<()> {
+    let mut catalog = broker.catalog_mut();
+    let (s, t) = catalog.topic(stream, topic)?;
+    let (stream_num, topic_num) = (s.id, t.id);
+    let removed = catalog.stream_mut(stream)?.topics.remove(&topic_num);
+    if let Err(e) = broker.persist(&catalog) {
+        if let (Some(t), Ok(s)) = (removed, catalog.stream_mut(stream)) {
+            s.topics.insert(topic_num, t);
+        }
+        return Err(e);
+    }
+    drop(catalog);
+    let dir = metadata::topic_dir(&broker.config.system.path, stream_num, topic_num);
+    if let Err(e) = metadata::remove_tree(&dir) {
+        tracing::warn!(error = %e, "deleted topic's directory could not be removed");
+    }
+    Ok(())
+}
+
+pub fn purge(broker: &Broker, stream: &Identifier, topic: &Identifier) -> Result<()> {
+    let partitions = broker.catalog().topic(stream, topic)?.1.partitions.clone();
+    purge_partitions(&partitions)
+}
+
+/// Empties partitions: messages and stored consumer offsets go, offsets restart at 0.
+pub(super) fn purge_partitions(partitions: &[Arc<Partition>]) -> Result<()> {
+    for partition in partitions {
+        partition.log().purge()?;
+        partition.offsets().clear()?;
+    }
+    Ok(())
+}
+
+pub fn create_partitions(broker: &Broker, stream: &Identifier, topic: &Identifier, count: u32) -> Result<()> {
+    if count == 0 {
+        return Err(BrokerError::InvalidPartitionsCount(count));
+    }
+    if count > MAX_PARTITIONS_PER_REQUEST {
+        return Err(BrokerError::TooManyPartitions);
+    }
+    let mut catalog = broker.catalog_mut();
+    let (s, t) = catalog.topic(stream, topic)?;
+    let (stream_num, topic_num, existing) = (s.id, t.id, t.partitions.len() as u32);
+    let added = create_partitions_on_disk(broker, stream_num, topic_num, existing..existing + count)?;
+    catalog.topic_mut(stream, topic)?.partitions.extend(added);
+    if let Err(e) = broker.persist(&catalog) {
+        if let Ok(t) = catalog.topic_mut(stream, topic) {
+            t.partitions.truncate(existing as usize);
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Removes the last `count` partitions, as Iggy does.
+pub fn delete_partitions(broker: &Broker, stream: &Identifier, topic: &Identifier, count: u32) -> Result<()> {
+    let mut catalog = broker.catalog_mut();
+    let (s, t) = catalog.topic(stream, topic)?;
+    let (stream_num, topic_num, existing) = (s.id, t.id, t.partitions.len() as u32);
+    if count == 0 || count > existing {
+        return Err(BrokerError::InvalidPartitionsCount(count));
+    }
+    let keep = (existing - count) as usize;
+    let removed: Vec<_> = catalog.topic_mut(stream, topic)?.partitions.split_off(keep);
+    if let Err(e) = broker.persist(&catalog) {
+        if let Ok(t) = catalog.topic_mut(stream, topic) {
+            t.partitions.extend(removed);
+        }
+        return Err(e);
+    }
+    drop(catalog);
+    for partition in removed {
+        let dir = metadata::partition_dir(&broker.config.system.path, stream_num, topic_num, partition.id);
+        if let Err(e) = metadata::remove_tree(&dir) {
+            tracing::warn!(error = %e, "deleted partition's directory could not be removed");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,392 @@
+//! Broker configuration: defaults, then the TOML file given with `--config`, then environment
+//! variables `IGGY_<SECTION>_<KEY>`, which win. Everything is validated before the broker opens
+//! its data directory or a socket, so a bad setting fails fast with exit code 2.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The defaults, as a TOML document: it doubles as the reference for every key and type, which
+/// is what lets an environment variable's text be parsed as the type its key expects.
+pub const DEFAULT_CONFIG: &str = r#"
+[system]
+# Data directory (segments, offsets, metadata).
+path = "local_data"
+
+[tcp]
+# Iggy binary protocol listener.
+address = "127.0.0.1:8090"
+# Largest SendMessages request accepted; larger ones are drained and refused with InvalidCommand.
+max_send_bytes = "256 MiB"
+
+[http]
+# /health, /ready and /metrics.
+address = "127.0.0.1:3000"
+
+[storage]
+# always: acknowledge a send only once its bytes are on disk (concurrent sends share fsyncs);
+# never: leave write-back to the OS; "<N>ms": fsync dirty partitions every N milliseconds.
+fsync = "never"
+# A segment is sealed once it would grow past this size.
+segment_size = "1 GiB"
+# Largest response a single poll may return; a poll asking for more returns fewer messages.
+max_poll_bytes = "64 MiB"
+
+[root]
+# Root user created on first boot only. An empty password is replaced by a generated one,
+# printed once.
+username = "iggy"
+password = ""
+
+[logging]
+level = "info"
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub system: SystemConfig,
+    pub tcp: TcpConfig,
+    pub http: HttpConfig,
+    pub storage: StorageConfig,
+    pub root: RootConfig,
+    pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemConfig {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    pub address: SocketAddr,
+    pub max_send_bytes: ByteSize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub fsync: FsyncPolicy,
+    pub segment_size: ByteSize,
+    pub max_poll_bytes: ByteSize,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootConfig {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for RootConfig {
+    /// Never print the password, not even in debug logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RootConfig")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    pub level: String,
+}
+
+/// When appended bytes are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    Always,
+    Never,
+    Interval(Duration),
+}
+
+impl<'de> Deserialize<'de> for FsyncPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        match text {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => {
+                let millis = text
+                    .strip_suffix("ms")
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| {
+                        format!("fsync must be 'always', 'never' or '<N>ms' with N > 0, got '{text}'")
+                    })?;
+                Ok(FsyncPolicy::Interval(Duration::from_millis(millis)))
+            }
+        }
+    }
+}
+
+/// A byte count written as an integer or as text with a unit ("64 MiB", "1GB", "512 B").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(text) => parse_byte_size(&text).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as '64 MiB'"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" => 1 << 10,
+        "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit '{other}' in '{text}'")),
+    };
+    number
+        .checked_mul(multiplier)
+        .ok_or_else(|| format!("size '{text}' overflows"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}='{value}': {reason}")]
+    Env {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, overlaid with the file (if any), overlaid with `env`, then validated.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = DEFAULT_CONFIG
+            .parse()
+            .map_err(|e| ConfigError::Invalid(format!("built-in defaults: {e}")))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let overlay: toml::Table = text.parse().map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })?;
+            merge(&mut table, overlay);
+        }
+        apply_env(&mut table, env)?;
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let segment = self.storage.segment_size.0;
+        // Index positions are u32, so a segment plus its last batch must stay below 4 GiB.
+        if !(4096..=(1 << 30)).contains(&segment) {
+            return Err(ConfigError::Invalid(format!(
+                "storage.segment_size must be between 4 KiB and 1 GiB, got {segment} bytes"
+            )));
+        }
+        if self.tcp.max_send_bytes.0 > (2 << 30) || self.tcp.max_send_bytes.0 < 1024 {
+            return Err(ConfigError::Invalid(
+                "tcp.max_send_bytes must be between 1 KiB and 2 GiB".into(),
+            ));
+        }
+        if self.storage.max_poll_bytes.0 < 1024 {
+            return Err(ConfigError::Invalid("storage.max_poll_bytes must be at least 1 KiB".into()));
+        }
+        if self.root.username.is_empty() || self.root.username.len() > 50 {
+            return Err(ConfigError::Invalid("root.username must be 1-50 bytes".into()));
+        }
+        if self.root.password.len() > 100 {
+            return Err(ConfigError::Invalid("root.password must be at most 100 bytes".into()));
+        }
+        if self.system.path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid("system.path must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Applies `IGGY_<SECTION>_<KEY>` variables. A variable naming a known section but an unknown
+/// key is an error (a typo would otherwise be silently ignored); other `IGGY_*` variables belong
+/// to someone else and are left alone.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("IGGY_") else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let Some((section_name, key)) = table
+            .keys()
+            .find_map(|s| lower.strip_prefix(&format!("{s}_")).map(|k| (s.clone(), k.to_owned())))
+        else {
+            continue;
+        };
+        let Some(toml::Value::Table(section)) = table.get_mut(&section_name) else {
+            continue;
+        };
+        let env_error = |reason: String| ConfigError::Env {
+            name: name.clone(),
+            value: if key.contains("password") { "<redacted>".into() } else { value.clone() },
+            reason,
+        };
+        let typed = match section.get(&key) {
+            None => return Err(env_error(format!("no key '{key}' in section [{section_name}]"))),
+            Some(toml::Value::Integer(_)) => toml::Value::Integer(
+                value.trim().parse().map_err(|_| env_error("expected an integer".into()))?,
+            ),
+            Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+                value.trim().parse().map_err(|_| env_error("expected true or false".into()))?,
+            ),
+            Some(_) => toml::Value::String(value.clone()),
+        };
+        section.insert(key, typed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_run_a_local_single_node() {
+        let config = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(config.tcp.address.to_string(), "127.0.0.1:8090");
+        assert_eq!(config.http.address.to_string(), "127.0.0.1:3000");
+        assert_eq!(config.system.path, PathBuf::from("local_data"));
+        assert_eq!(config.storage.fsync, FsyncPolicy::Never);
+        assert_eq!(config.storage.segment_size, ByteSize(1 << 30));
+    }
+
+    #[test]
+    fn env_overrides_file_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, "[storage]\nfsync = \"always\"\nsegment_size = 8192\n").unwrap();
+        let config = Config::load(
+            Some(&file),
+            env(&[
+                ("IGGY_STORAGE_FSYNC", "250ms"),
+                ("IGGY_TCP_ADDRESS", "0.0.0.0:9000"),
+                ("IGGY_SYSTEM_PATH", "/data"),
+                ("IGGY_ROOT_PASSWORD", "s3cret"),
+                ("IGGY_UNRELATED_THING", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.storage.fsync, FsyncPolicy::Interval(Duration::from_millis(250)));
+        assert_eq!(config.storage.segment_size, ByteSize(8192));
+        assert_eq!(config.tcp.address.port(), 9000);
+        assert_eq!(config.system.path, PathBuf::from("/data"));
+        assert_eq!(config.root.password, "s3cret");
+    }
+
+    #[test]
+    fn bad_values_name_what_is_wrong() {
+        let err = Config::load(None, env(&[("IGGY_STORAGE_FSYNC", "sometimes")])).unwrap_err();
+        assert!(err.to_string().contains("fsync must be"), "{err}");
+        let err = Config::load(None, env(&[("IGGY_STORAGE_FSYNCC", "always")])).unwrap_err();
+        assert!(err.to_string().contains("IGGY_STORAGE_FSYNCC"), "{err}");
+        let err = Config::load(None, env(&[("IGGY_TCP_ADDRESS", "nowhere")])).unwrap_err();
+        assert!(err.to_string().contains("invalid"), "{err}");
+        let err = Config::load(None, env(&[("IGGY_STORAGE_SEGMENT_SIZE", "3 parsecs")])).unwrap_err();
+        assert!(err.to_string().contains("parsecs"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, "[storage]\nfsink = \"always\"\n").unwrap();
+        let err = Config::load(Some(&file), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("fsink"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_never_printed() {
+        let err = Config::load(None, env(&[("IGGY_ROOT_PASSWORDX", "hunter2")])).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+        let config = Config::load(None, env(&[("IGGY_ROOT_PASSWORD", "hunter2")])).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn byte_sizes_parse_units() {
+        assert_eq!(parse_byte_size("64 MiB"), Ok(64 << 20));
+        assert_eq!(parse_byte_size("1GB"), Ok(1_000_000_000));
+        assert!(parse_byte_size("MiB").is_err());
+    }
+}

@@ -1,0 +1,96 @@
+//! Every way a request can fail, and the one place that maps each to an Iggy status code.
+
+use crate::storage::StorageError;
+use iggy_wire::{Command, ErrorCode, Identifier, WireError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("unknown command code {0}")]
+    UnknownCommand(u32),
+    #[error("request of {size} bytes exceeds the {limit}-byte limit")]
+    RequestTooLarge { size: u64, limit: u64 },
+    #[error("{} is not served by this broker yet", .0.name())]
+    NotServed(Command),
+    #[error("not logged in")]
+    Unauthenticated,
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("user is inactive")]
+    UserInactive,
+    #[error("stream {0} not found")]
+    StreamNotFound(Identifier),
+    #[error("topic {1} not found in stream {0}")]
+    TopicNotFound(Identifier, Identifier),
+    #[error("partition {0} not found")]
+    PartitionNotFound(u32),
+    #[error("topic has no partitions")]
+    NoPartitions,
+    #[error("consumer group {0} not found")]
+    ConsumerGroupNotFound(Identifier),
+    #[error("stream name '{0}' already exists")]
+    StreamNameExists(String),
+    #[error("topic name '{0}' already exists")]
+    TopicNameExists(String),
+    #[error("stream name must be 1-255 bytes")]
+    InvalidStreamName,
+    #[error("topic name must be 1-255 bytes")]
+    InvalidTopicName,
+    #[error("at most 1000 partitions per request")]
+    TooManyPartitions,
+    #[error("invalid partitions count {0}")]
+    InvalidPartitionsCount(u32),
+    #[error("max topic size {size} is smaller than the segment size {segment}")]
+    InvalidTopicSize { size: u64, segment: u64 },
+    #[error("unknown compression algorithm {0}")]
+    InvalidCompression(u8),
+    #[error("offset {offset} is past the partition's current offset {current}")]
+    InvalidOffset { offset: u64, current: u64 },
+    #[error("no offset stored for this consumer")]
+    ConsumerOffsetNotFound,
+    #[error("cannot append messages: {0}")]
+    Append(StorageError),
+    #[error("storage failure: {0}")]
+    Storage(#[from] StorageError),
+}
+
+impl BrokerError {
+    pub fn code(&self) -> ErrorCode {
+        use BrokerError::*;
+        match self {
+            Wire(e) => e.code(),
+            UnknownCommand(_) | RequestTooLarge { .. } => ErrorCode::INVALID_COMMAND,
+            NotServed(_) => ErrorCode::FEATURE_UNAVAILABLE,
+            Unauthenticated => ErrorCode::UNAUTHENTICATED,
+            InvalidCredentials => ErrorCode::INVALID_CREDENTIALS,
+            UserInactive => ErrorCode::USER_INACTIVE,
+            StreamNotFound(Identifier::Numeric(_)) => ErrorCode::STREAM_ID_NOT_FOUND,
+            StreamNotFound(Identifier::Named(_)) => ErrorCode::STREAM_NAME_NOT_FOUND,
+            TopicNotFound(_, Identifier::Numeric(_)) => ErrorCode::TOPIC_ID_NOT_FOUND,
+            TopicNotFound(_, Identifier::Named(_)) => ErrorCode::TOPIC_NAME_NOT_FOUND,
+            PartitionNotFound(_) => ErrorCode::PARTITION_NOT_FOUND,
+            NoPartitions => ErrorCode::NO_PARTITIONS,
+            ConsumerGroupNotFound(_) => ErrorCode(5000),
+            StreamNameExists(_) => ErrorCode::STREAM_NAME_ALREADY_EXISTS,
+            TopicNameExists(_) => ErrorCode::TOPIC_NAME_ALREADY_EXISTS,
+            InvalidStreamName => ErrorCode::INVALID_STREAM_NAME,
+            InvalidTopicName => ErrorCode::INVALID_TOPIC_NAME,
+            TooManyPartitions => ErrorCode::TOO_MANY_PARTITIONS,
+            InvalidPartitionsCount(_) => ErrorCode::INVALID_PARTITIONS_COUNT,
+            InvalidTopicSize { .. } => ErrorCode::INVALID_TOPIC_SIZE,
+            InvalidCompression(_) => ErrorCode::INVALID_FORMAT,
+            InvalidOffset { .. } => ErrorCode::INVALID_OFFSET,
+            ConsumerOffsetNotFound => ErrorCode::CONSUMER_OFFSET_NOT_FOUND,
+            Append(_) => ErrorCode::CANNOT_APPEND_MESSAGE,
+            Storage(_) => ErrorCode::ERROR,
+        }
+    }
+
+    /// Server-side failures are logged at error level; client mistakes are not.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, BrokerError::Append(_) | BrokerError::Storage(_))
+    }
+}
+
+pub type Result<T, E = BrokerError> = std::result::Result<T, E>;

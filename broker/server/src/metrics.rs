@@ -1,0 +1,159 @@
+//! Prometheus metrics, kept in atomics so recording on the hot path costs a few relaxed adds.
+//! Rendered by hand in the text exposition format; there are few enough series that a metrics
+//! library would add more compile time than it saves code.
+
+use crate::catalog::TopicTraffic;
+use iggy_wire::Command;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency histogram buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Default)]
+struct CommandStats {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    /// Cumulative counts are computed at render time; each slot counts its own bucket only.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+pub struct Metrics {
+    /// One slot per `Command::ALL` entry, plus a last one for unknown codes.
+    commands: Vec<CommandStats>,
+    pub connections_open: AtomicI64,
+    pub connections_total: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            commands: (0..=Command::ALL.len()).map(|_| CommandStats::default()).collect(),
+            connections_open: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
+        }
+    }
+
+    fn slot(command: Option<Command>) -> usize {
+        command
+            .and_then(|c| Command::ALL.iter().position(|k| *k == c))
+            .unwrap_or(Command::ALL.len())
+    }
+
+    pub fn record_request(&self, command: Option<Command>, ok: bool, elapsed: Duration) {
+        let stats = &self.commands[Self::slot(command)];
+        if ok {
+            stats.ok.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let seconds = elapsed.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
+        stats.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        stats.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The exposition text. `topics` are (stream name, topic name, counters).
+    pub fn render(&self, topics: &[(String, String, &TopicTraffic)]) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let names = Command::ALL.iter().map(|c| c.name()).chain(std::iter::once("unknown"));
+
+        out.push_str("# HELP iggy_requests_total Requests handled, by command and result.\n");
+        out.push_str("# TYPE iggy_requests_total counter\n");
+        for (name, stats) in names.clone().zip(&self.commands) {
+            for (result, counter) in [("ok", &stats.ok), ("error", &stats.errors)] {
+                let _ = writeln!(
+                    out,
+                    "iggy_requests_total{{command=\"{name}\",result=\"{result}\"}} {}",
+                    counter.load(Ordering::Relaxed)
+                );
+            }
+        }
+
+        out.push_str("# HELP iggy_request_duration_seconds Time from a request's arrival to its response, by command.\n");
+        out.push_str("# TYPE iggy_request_duration_seconds histogram\n");
+        for (name, stats) in names.zip(&self.commands) {
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += stats.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "iggy_request_duration_seconds_bucket{{command=\"{name}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
+            cumulative += stats.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(out, "iggy_request_duration_seconds_bucket{{command=\"{name}\",le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "iggy_request_duration_seconds_sum{{command=\"{name}\"}} {}",
+                stats.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+            );
+            let _ = writeln!(out, "iggy_request_duration_seconds_count{{command=\"{name}\"}} {cumulative}");
+        }
+
+        let series: [(&str, &str, fn(&TopicTraffic) -> &AtomicU64); 4] = [
+            ("iggy_messages_in_total", "Messages appended, by topic.", |t| &t.messages_in),
+            ("iggy_bytes_in_total", "Message bytes appended, by topic.", |t| &t.bytes_in),
+            ("iggy_messages_out_total", "Messages returned by polls, by topic.", |t| &t.messages_out),
+            ("iggy_bytes_out_total", "Message bytes returned by polls, by topic.", |t| &t.bytes_out),
+        ];
+        for (metric, help, field) in series {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (stream, topic, traffic) in topics {
+                let _ = writeln!(
+                    out,
+                    "{metric}{{stream=\"{}\",topic=\"{}\"}} {}",
+                    escape(stream),
+                    escape(topic),
+                    field(traffic).load(Ordering::Relaxed)
+                );
+            }
+        }
+
+        out.push_str("# HELP iggy_connections_open Client TCP connections currently open.\n");
+        out.push_str("# TYPE iggy_connections_open gauge\n");
+        let _ = writeln!(out, "iggy_connections_open {}", self.connections_open.load(Ordering::Relaxed));
+        out.push_str("# HELP iggy_connections_total Client TCP connections accepted.\n");
+        out.push_str("# TYPE iggy_connections_total counter\n");
+        let _ = writeln!(out, "iggy_connections_total {}", self.connections_total.load(Ordering::Relaxed));
+        out
+    }
+}
+
+/// Label values escape backslash, quote and newline.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let metrics = Metrics::new();
+        metrics.record_request(Some(Command::Ping), true, Duration::from_micros(50));
+        metrics.record_request(Some(Command::Ping), false, Duration::from_millis(3));
+        metrics.record_request(None, false, Duration::from_secs(10));
+        let traffic = TopicTraffic::default();
+        traffic.record_in(3, 300);
+        let text = metrics.render(&[("s\"1".into(), "t".into(), &traffic)]);
+        assert!(text.contains("iggy_requests_total{command=\"ping\",result=\"ok\"} 1"));
+        assert!(text.contains("iggy_requests_total{command=\"ping\",result=\"error\"} 1"));
+        assert!(text.contains("iggy_request_duration_seconds_bucket{command=\"ping\",le=\"0.0001\"} 1"));
+        assert!(text.contains("iggy_request_duration_seconds_bucket{command=\"ping\",le=\"0.005\"} 2"));
+        assert!(text.contains("iggy_request_duration_seconds_count{command=\"unknown\"} 1"));
+        assert!(text.contains("iggy_messages_in_total{stream=\"s\\\"1\",topic=\"t\"} 3"));
+        assert!(text.contains("iggy_bytes_in_total{stream=\"s\\\"1\",topic=\"t\"} 300"));
+    }
+}

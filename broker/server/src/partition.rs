@@ -1,0 +1,125 @@
+//! A partition as the broker uses it: its log and consumer offsets behind short-held locks,
+//! plus the group commit that makes `fsync = always` affordable.
+//!
+//! Group commit: an appender writes under the log lock and takes a sequence number, releases the
+//! lock, then waits until a sync covering that number completes. Only one fsync runs at a time
+//! per partition; whoever runs it first reads the newest sequence number, so every append that
+//! landed before the fsync started is covered by it and its writer returns without another.
+
+use crate::storage::offsets::ConsumerOffsets;
+use crate::storage::partition_log::{Appended, PartitionLog, ReadPlan};
+use crate::storage::{IoContext, StorageError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+pub struct Partition {
+    pub id: u32,
+    pub created_at: u64,
+    log: Mutex<PartitionLog>,
+    offsets: Mutex<ConsumerOffsets>,
+    /// Highest append sequence number known to be on disk.
+    durable_seq: AtomicU64,
+    sync_lock: tokio::sync::Mutex<()>,
+    /// Set when an fsync failed: the page cache may have dropped the dirty pages, so nothing
+    /// written since can be promised durable (the "fsyncgate" lesson). Cleared only by restart.
+    poisoned: AtomicBool,
+}
+
+impl Partition {
+    pub fn new(id: u32, created_at: u64, log: PartitionLog, offsets: ConsumerOffsets) -> Self {
+        let seq = log.write_seq();
+        Self {
+            id,
+            created_at,
+            log: Mutex::new(log),
+            offsets: Mutex::new(offsets),
+            durable_seq: AtomicU64::new(seq),
+            sync_lock: tokio::sync::Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+        }
+    }
+
+    /// The log, for short non-blocking work. A panic while holding it cannot leave the log
+    /// half-updated in memory (appends update memory only after the write succeeded), so a
+    /// poisoned mutex is safe to keep using.
+    pub fn log(&self) -> MutexGuard<'_, PartitionLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn offsets(&self) -> MutexGuard<'_, ConsumerOffsets> {
+        self.offsets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.log().dir().to_owned()
+    }
+
+    /// Appends a validated batch; with `durable`, returns only once it is on disk.
+    pub async fn append(
+        &self,
+        messages: &mut [u8],
+        now_micros: u64,
+        durable: bool,
+    ) -> Result<Appended, StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned { path: self.dir() });
+        }
+        let appended = self
+            .log()
+            .append(messages, now_micros, || uuid::Uuid::new_v4().as_u128())?;
+        if durable {
+            self.sync_through(appended.seq).await?;
+        }
+        Ok(appended)
+    }
+
+    /// Waits until every append up to `seq` is on disk, fsyncing if nobody else is.
+    pub async fn sync_through(&self, seq: u64) -> Result<(), StorageError> {
+        loop {
+            if self.durable_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            let _turn = self.sync_lock.lock().await;
+            if self.durable_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            let (target, (file, path)) = {
+                let log = self.log();
+                (log.write_seq(), log.active_log())
+            };
+            let synced = tokio::task::spawn_blocking(move || file.sync_data().at(&path))
+                .await
+                .map_err(|e| StorageError::Io {
+                    path: self.dir(),
+                    source: std::io::Error::other(e),
+                })?;
+            if let Err(e) = synced {
+                self.poisoned.store(true, Ordering::Release);
+                tracing::error!(error = %e, "fsync failed; partition refuses writes until restart");
+                return Err(e);
+            }
+            self.durable_seq.fetch_max(target, Ordering::AcqRel);
+        }
+    }
+
+    /// fsyncs whatever is dirty (interval policy, FlushUnsavedBuffer with fsync).
+    pub async fn sync_now(&self) -> Result<(), StorageError> {
+        let seq = self.log().write_seq();
+        self.sync_through(seq).await
+    }
+
+    /// Plans a read under the lock; the caller performs it after the lock is released.
+    pub fn plan_read(&self, offset: u64, count: u32, max_bytes: usize) -> (ReadPlan, u64) {
+        let log = self.log();
+        (log.plan_read(offset, count, max_bytes), log.current_offset())
+    }
+
+    /// Clean shutdown: everything to disk, then the checkpoint that spares the next boot a
+    /// full verification.
+    pub fn shutdown(&self) -> Result<(), StorageError> {
+        let log = self.log();
+        log.sync_all()?;
+        log.write_checkpoint()
+    }
+}

@@ -1,0 +1,387 @@
+//! The append-only log of one partition: an ordered run of segments, the active one last.
+//!
+//! Not thread-safe by itself; [`crate::partition::Partition`] wraps it in a mutex and keeps
+//! fsyncs and file reads outside that mutex.
+
+use super::checkpoint::Checkpoint;
+use super::recovery::{self, RecoveryReport};
+use super::segment::{IndexEntry, Segment};
+use super::{fsutil, IoContext, StorageError};
+use iggy_wire::message::stamp_batch;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct PartitionLog {
+    dir: PathBuf,
+    segments: Vec<Segment>,
+    segment_size: u64,
+    /// Whether sealing a segment fsyncs it (every policy but `never`).
+    sync_on_roll: bool,
+    last_timestamp: u64,
+    messages_count: u64,
+    size_bytes: u64,
+    /// Incremented by every append; the group commit compares it with what is on disk.
+    write_seq: u64,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub count: u32,
+    pub bytes: u64,
+    /// Sequence number to wait for when the send must be durable.
+    pub seq: u64,
+}
+
+/// A byte range of one segment to read outside the partition lock. Safe because the log is
+/// append-only: bytes below a segment's size never change while the broker runs.
+pub struct ReadChunk {
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    pub position: u64,
+    pub len: usize,
+}
+
+#[derive(Default)]
+pub struct ReadPlan {
+    pub chunks: Vec<ReadChunk>,
+    pub count: u32,
+    pub bytes: usize,
+}
+
+impl ReadPlan {
+    /// Appends the planned bytes to `out`.
+    pub fn read_into(&self, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        use std::os::unix::fs::FileExt;
+        out.reserve(self.bytes);
+        for chunk in &self.chunks {
+            let at = out.len();
+            out.resize(at + chunk.len, 0);
+            chunk
+                .file
+                .read_exact_at(&mut out[at..], chunk.position)
+                .at(&chunk.path)?;
+        }
+        Ok(())
+    }
+}
+
+impl PartitionLog {
+    /// Creates an empty partition directory with its first segment.
+    pub fn create(dir: &Path, segment_size: u64, sync_on_roll: bool) -> Result<Self, StorageError> {
+        fsutil::create_dir_durably(dir)?;
+        let segment = Segment::open(dir, 0)?;
+        fsutil::sync_dir(dir)?;
+        Ok(Self::from_segments(dir, vec![segment], segment_size, sync_on_roll))
+    }
+
+    /// Opens an existing partition, recovering its tail (see [`recovery`]).
+    pub fn open(
+        dir: &Path,
+        segment_size: u64,
+        sync_on_roll: bool,
+    ) -> Result<(Self, RecoveryReport), StorageError> {
+        std::fs::create_dir_all(dir).at(dir)?;
+        let (segments, report) = recovery::recover(dir)?;
+        Ok((Self::from_segments(dir, segments, segment_size, sync_on_roll), report))
+    }
+
+    fn from_segments(dir: &Path, segments: Vec<Segment>, segment_size: u64, sync_on_roll: bool) -> Self {
+        let messages_count = segments.iter().map(|s| s.index.len() as u64).sum();
+        let size_bytes = segments.iter().map(|s| s.size).sum();
+        let last_timestamp = segments
+            .iter()
+            .rev()
+            .find_map(|s| s.index.last().map(|e| e.timestamp))
+            .unwrap_or(0);
+        Self {
+            dir: dir.to_owned(),
+            segments,
+            segment_size,
+            sync_on_roll,
+            last_timestamp,
+            messages_count,
+            size_bytes,
+            write_seq: 0,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn active(&self) -> &Segment {
+        // Invariant: a partition always has at least one segment (create/open/purge ensure it).
+        &self.segments[self.segments.len() - 1]
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.active().next_offset()
+    }
+
+    /// Iggy's "current offset": the last offset written, 0 when empty.
+    pub fn current_offset(&self) -> u64 {
+        self.next_offset().saturating_sub(1)
+    }
+
+    pub fn first_offset(&self) -> Option<u64> {
+        self.segments.iter().find(|s| !s.is_empty()).map(|s| s.start_offset)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages_count == 0
+    }
+
+    pub fn messages_count(&self) -> u64 {
+        self.messages_count
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn segments_count(&self) -> u32 {
+        self.segments.len() as u32
+    }
+
+    pub fn write_seq(&self) -> u64 {
+        self.write_seq
+    }
+
+    /// The active segment's log file, for the group commit's fsync.
+    pub fn active_log(&self) -> (Arc<File>, PathBuf) {
+        let active = self.active();
+        (active.log.clone(), active.log_path.clone())
+    }
+
+    /// Stamps and appends a validated batch (see `iggy_wire::message::validate_batch`).
+    /// Timestamps never go backwards within a partition, so time lookups can binary-search.
+    pub fn append(
+        &mut self,
+        messages: &mut [u8],
+        now_micros: u64,
+        new_id: impl FnMut() -> u128,
+    ) -> Result<Appended, StorageError> {
+        let batch_len = messages.len() as u64;
+        if self.active().size > 0 && self.active().size + batch_len > self.segment_size {
+            self.roll()?;
+        }
+        let timestamp = now_micros.max(self.last_timestamp);
+        let active_index = self.segments.len() - 1;
+        let active = &mut self.segments[active_index];
+        let base_offset = active.next_offset();
+        let base_relative = (base_offset - active.start_offset) as u32;
+        let base_position = active.size;
+        let mut entries = Vec::new();
+        stamp_batch(messages, base_offset, timestamp, new_id, |i, end| {
+            entries.push(IndexEntry {
+                relative_offset: base_relative + i,
+                end: (base_position + end as u64) as u32,
+                timestamp,
+            })
+        });
+        active.append(messages, &entries)?;
+        self.last_timestamp = timestamp;
+        self.messages_count += entries.len() as u64;
+        self.size_bytes += batch_len;
+        self.write_seq += 1;
+        Ok(Appended {
+            base_offset,
+            count: entries.len() as u32,
+            bytes: batch_len,
+            seq: self.write_seq,
+        })
+    }
+
+    /// Seals the active segment and starts a new one at the next offset.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        if self.sync_on_roll {
+            self.active().sync()?;
+        }
+        let segment = Segment::open(&self.dir, self.next_offset())?;
+        if self.sync_on_roll {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        tracing::debug!(dir = %self.dir.display(), start = segment.start_offset, "new segment");
+        self.segments.push(segment);
+        Ok(())
+    }
+
+    /// Plans a read of up to `count` messages from `offset`, at most `max_bytes` (but always at
+    /// least one message when one exists, however large).
+    pub fn plan_read(&self, offset: u64, count: u32, max_bytes: usize) -> ReadPlan {
+        let mut plan = ReadPlan::default();
+        let mut next = offset;
+        let mut remaining = count as usize;
+        let first = self.segments.partition_point(|s| s.next_offset() <= next);
+        for segment in &self.segments[first..] {
+            if remaining == 0 || segment.is_empty() {
+                continue;
+            }
+            let from = (next.max(segment.start_offset) - segment.start_offset) as usize;
+            let upto = (from + remaining).min(segment.index.len());
+            let start = segment.start_of(from);
+            let budget_end = start.saturating_add((max_bytes - plan.bytes) as u64);
+            let fit = from + segment.index[from..upto].partition_point(|e| e.end as u64 <= budget_end);
+            let to = if fit == from && plan.count == 0 { from + 1 } else { fit };
+            if to == from {
+                break;
+            }
+            let end = segment.index[to - 1].end as u64;
+            plan.chunks.push(ReadChunk {
+                file: segment.log.clone(),
+                path: segment.log_path.clone(),
+                position: start,
+                len: (end - start) as usize,
+            });
+            plan.count += (to - from) as u32;
+            plan.bytes += (end - start) as usize;
+            remaining -= to - from;
+            next = segment.start_offset + to as u64;
+            if to < upto {
+                break;
+            }
+        }
+        plan
+    }
+
+    /// Offset of the first message stored at or after `timestamp` (µs).
+    pub fn offset_at_or_after(&self, timestamp: u64) -> Option<u64> {
+        self.segments.iter().find_map(|s| {
+            s.first_at_or_after(timestamp)
+                .map(|i| s.start_offset + i as u64)
+        })
+    }
+
+    /// Deletes every message; the partition restarts empty at offset 0.
+    pub fn purge(&mut self) -> Result<(), StorageError> {
+        for segment in &self.segments {
+            segment.remove_files()?;
+        }
+        Checkpoint::remove(&self.dir);
+        self.segments = vec![Segment::open(&self.dir, 0)?];
+        fsutil::sync_dir(&self.dir)?;
+        self.messages_count = 0;
+        self.size_bytes = 0;
+        self.last_timestamp = 0;
+        Ok(())
+    }
+
+    /// fsyncs every segment (clean shutdown, `FlushUnsavedBuffer` with fsync).
+    pub fn sync_all(&self) -> Result<(), StorageError> {
+        for segment in &self.segments {
+            segment.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Records, after [`Self::sync_all`], that everything written so far is intact.
+    pub fn write_checkpoint(&self) -> Result<(), StorageError> {
+        let active = self.active();
+        Checkpoint {
+            segment_start: active.start_offset,
+            position: active.size,
+        }
+        .store(&self.dir)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use iggy_wire::message::{validate_batch, FrameHeader, FrameIter, SendMessagesHeader};
+    use iggy_wire::{Identifier, Partitioning};
+
+    /// A validated message block of `n` messages with `size`-byte payloads.
+    pub(crate) fn batch(n: usize, size: usize) -> Vec<u8> {
+        let payloads: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; size]).collect();
+        let messages: Vec<(u128, &[u8], &[u8])> =
+            payloads.iter().map(|p| (1u128, p.as_slice(), &[][..])).collect();
+        let mut out = Vec::new();
+        SendMessagesHeader::encode_request(
+            &Identifier::Numeric(0),
+            &Identifier::Numeric(0),
+            &Partitioning::Balanced,
+            &messages,
+            &mut out,
+        );
+        let header = SendMessagesHeader::decode(&out).unwrap();
+        validate_batch(&out[header.index_start..header.messages_start], &out[header.messages_start..], header.count)
+            .unwrap();
+        out.split_off(header.messages_start)
+    }
+
+    fn read_offsets(log: &PartitionLog, from: u64, count: u32, max: usize) -> Vec<u64> {
+        let plan = log.plan_read(from, count, max);
+        let mut out = Vec::new();
+        plan.read_into(&mut out).unwrap();
+        let offsets: Vec<u64> = FrameIter::new(&out)
+            .map(|f| FrameHeader::new(f.unwrap()).unwrap().offset())
+            .collect();
+        assert_eq!(offsets.len(), plan.count as usize);
+        offsets
+    }
+
+    #[test]
+    fn appends_roll_segments_and_reads_span_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, true).unwrap();
+        for round in 0..10u64 {
+            let appended = log.append(&mut batch(5, 100), 1000 + round, || 9).unwrap();
+            assert_eq!(appended.base_offset, round * 5);
+        }
+        assert!(log.segments_count() > 1, "4 KiB segments must roll");
+        assert_eq!(log.messages_count(), 50);
+        assert_eq!(log.current_offset(), 49);
+        assert_eq!(read_offsets(&log, 3, 20, usize::MAX), (3..23).collect::<Vec<_>>());
+        assert_eq!(read_offsets(&log, 48, 20, usize::MAX), vec![48, 49]);
+        assert_eq!(read_offsets(&log, 50, 20, usize::MAX), Vec::<u64>::new());
+        // A byte budget smaller than one message still returns that one message.
+        assert_eq!(read_offsets(&log, 0, 20, 10), vec![0]);
+        assert_eq!(log.offset_at_or_after(1003), Some(15));
+        assert_eq!(log.offset_at_or_after(5000), None);
+    }
+
+    #[test]
+    fn reopen_after_clean_shutdown_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, true).unwrap();
+        for _ in 0..10 {
+            log.append(&mut batch(5, 100), 1, || 9).unwrap();
+        }
+        log.sync_all().unwrap();
+        log.write_checkpoint().unwrap();
+        drop(log);
+        let (log, report) = PartitionLog::open(dir.path(), 4096, true).unwrap();
+        assert_eq!(report.verified_bytes, 0, "a clean shutdown leaves nothing to verify");
+        assert_eq!(log.messages_count(), 50);
+        assert_eq!(read_offsets(&log, 0, 100, usize::MAX).len(), 50);
+    }
+
+    #[test]
+    fn timestamps_never_go_backwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 1 << 20, false).unwrap();
+        log.append(&mut batch(1, 10), 500, || 1).unwrap();
+        log.append(&mut batch(1, 10), 100, || 1).unwrap();
+        let mut out = Vec::new();
+        log.plan_read(1, 1, usize::MAX).read_into(&mut out).unwrap();
+        assert_eq!(FrameHeader::new(&out).unwrap().timestamp(), 500);
+    }
+
+    #[test]
+    fn purge_restarts_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, false).unwrap();
+        for _ in 0..10 {
+            log.append(&mut batch(5, 100), 1, || 9).unwrap();
+        }
+        log.purge().unwrap();
+        assert!(log.is_empty());
+        assert_eq!(log.append(&mut batch(1, 10), 1, || 1).unwrap().base_offset, 0);
+        let (reopened, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert_eq!(reopened.messages_count(), 1);
+    }
+}

@@ -1,0 +1,144 @@
+//! The client listener and the per-connection loop: read a frame, run it, write one response.
+//!
+//! The loop keeps the stream in sync whatever arrives: a payload that is too large or carries an
+//! unknown code is read and discarded before the error is sent, so the next request parses.
+
+use crate::broker::Broker;
+use crate::commands;
+use crate::error::BrokerError;
+use crate::session::Session;
+use iggy_wire::frame::{self, HeaderError, RequestHeader};
+use iggy_wire::Command;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Buffers larger than this are released after the request that needed them, so an idle
+/// connection does not pin the memory of its largest batch.
+const KEEP_BUFFER_BYTES: usize = 4 << 20;
+
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, address)) => {
+                    tokio::spawn(handle_connection(stream, address, broker.clone()));
+                }
+                Err(e) => {
+                    // Typically EMFILE; back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<Broker>) {
+    let metrics = &broker.metrics;
+    metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    let mut session = Session::new(broker.next_client_id(), address.to_string());
+    tracing::debug!(client = session.client_id, %address, "connected");
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let mut payload = Vec::new();
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        let mut header = [0u8; frame::HEADER_SIZE];
+        if reader.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let started = Instant::now();
+        let command = match handle_request(&broker, &mut session, &mut reader, header, &mut payload, &mut out).await {
+            Ok(command) => command,
+            Err(e) => {
+                tracing::debug!(client = session.client_id, error = %e, "connection closed mid-request");
+                break;
+            }
+        };
+        if writer.write_all(&out).await.is_err() {
+            break;
+        }
+        let ok = out[..4] == [0, 0, 0, 0];
+        metrics.record_request(command, ok, started.elapsed());
+        if payload.capacity() > KEEP_BUFFER_BYTES {
+            payload = Vec::new();
+        }
+        if out.capacity() > KEEP_BUFFER_BYTES {
+            out = Vec::with_capacity(4096);
+        }
+    }
+    metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(client = session.client_id, "disconnected");
+}
+
+/// Reads one request's payload, runs it and leaves the whole response frame in `out`.
+/// Only an I/O failure on the socket is an `Err`; every protocol error becomes a response.
+async fn handle_request<R: AsyncRead + Unpin>(
+    broker: &Broker,
+    session: &mut Session,
+    reader: &mut R,
+    header: [u8; frame::HEADER_SIZE],
+    payload: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> std::io::Result<Option<Command>> {
+    out.clear();
+    let header = match RequestHeader::parse(&header) {
+        Ok(header) => header,
+        Err(HeaderError::LengthTooSmall(length)) => {
+            tracing::debug!(length, "request length smaller than its code");
+            out.extend_from_slice(&frame::error_frame(iggy_wire::ErrorCode::INVALID_COMMAND));
+            return Ok(None);
+        }
+    };
+    let command = Command::from_code(header.code);
+    let limit = match command {
+        Some(Command::SendMessages) => broker.config.tcp.max_send_bytes.0,
+        _ => frame::MAX_CONTROL_PAYLOAD as u64,
+    };
+    let size = header.payload_len as u64;
+    let rejected = match command {
+        None => Some(BrokerError::UnknownCommand(header.code)),
+        Some(_) if size > limit => Some(BrokerError::RequestTooLarge { size, limit }),
+        Some(_) => None,
+    };
+    if let Some(error) = rejected {
+        tokio::io::copy(&mut reader.take(size), &mut tokio::io::sink()).await?;
+        tracing::debug!(client = session.client_id, error = %error, "request refused");
+        out.extend_from_slice(&frame::error_frame(error.code()));
+        return Ok(command);
+    }
+    let Some(command) = command else {
+        return Ok(None);
+    };
+    payload.clear();
+    payload.reserve(size as usize);
+    let read = reader.take(size).read_to_end(payload).await?;
+    if read as u64 != size {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    out.extend_from_slice(&[0u8; frame::HEADER_SIZE]);
+    match commands::dispatch(broker, session, command, payload, out).await {
+        Ok(()) => {
+            let header = frame::ok_header(out.len() - frame::HEADER_SIZE);
+            out[..frame::HEADER_SIZE].copy_from_slice(&header);
+        }
+        Err(error) => {
+            if error.is_server_fault() {
+                tracing::error!(client = session.client_id, command = command.name(), error = %error, "request failed");
+            } else {
+                tracing::debug!(client = session.client_id, command = command.name(), error = %error, "request refused");
+            }
+            out.clear();
+            out.extend_from_slice(&frame::error_frame(error.code()));
+        }
+    }
+    Ok(Some(command))
+}
