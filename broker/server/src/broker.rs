@@ -52,20 +52,34 @@ impl Broker {
                     for t in &s.topics {
                         let mut partitions = Vec::with_capacity(t.partitions.len());
                         for p in &t.partitions {
-                            let dir = metadata::partition_dir(&config.system.path, s.id, t.id, p.id);
-                            let (log, recovered) =
-                                PartitionLog::open(&dir, config.storage.segment_size.0, sync_on_roll(&config))?;
+                            let dir =
+                                metadata::partition_dir(&config.system.path, s.id, t.id, p.id);
+                            let (log, recovered) = PartitionLog::open(
+                                &dir,
+                                config.storage.segment_size.0,
+                                sync_on_roll(&config),
+                            )?;
                             report.partitions += 1;
                             report.verified_bytes += recovered.verified_bytes;
                             report.truncated_tails += usize::from(recovered.truncated.is_some());
                             let offsets = ConsumerOffsets::load(&dir)?;
-                            partitions.push(Arc::new(Partition::new(p.id, p.created_at, log, offsets)));
+                            partitions.push(Arc::new(Partition::new(
+                                p.id,
+                                p.created_at,
+                                log,
+                                offsets,
+                            )));
                         }
                         topics.insert(t.id, Topic::from_record(t, partitions));
                     }
                     catalog.streams.insert(
                         s.id,
-                        Stream { id: s.id, name: s.name.clone(), created_at: s.created_at, topics },
+                        Stream {
+                            id: s.id,
+                            name: s.name.clone(),
+                            created_at: s.created_at,
+                            topics,
+                        },
                     );
                 }
             }
@@ -76,9 +90,11 @@ impl Broker {
                     password = auth::generate_password();
                     report.generated_root_password = Some(password.clone());
                 }
-                let password_hash = auth::hash_password(&password).map_err(|reason| {
-                    StorageError::BadMetadata { path: store.path().to_owned(), reason }
-                })?;
+                let password_hash =
+                    auth::hash_password(&password).map_err(|reason| StorageError::BadMetadata {
+                        path: store.path().to_owned(),
+                        reason,
+                    })?;
                 catalog.users.push(UserRecord {
                     id: 0,
                     username: config.root.username.clone(),
@@ -111,7 +127,9 @@ impl Broker {
     }
 
     pub fn persist(&self, catalog: &Catalog) -> Result<()> {
-        self.store.save(&catalog.snapshot()).map_err(BrokerError::Storage)
+        self.store
+            .save(&catalog.snapshot())
+            .map_err(BrokerError::Storage)
     }
 
     pub fn durable_sends(&self) -> bool {
@@ -123,7 +141,11 @@ impl Broker {
     pub fn create_partition(&self, stream: u32, topic: u32, id: u32) -> Result<Arc<Partition>> {
         let dir = metadata::partition_dir(&self.config.system.path, stream, topic, id);
         metadata::remove_tree(&dir)?;
-        let log = PartitionLog::create(&dir, self.config.storage.segment_size.0, sync_on_roll(&self.config))?;
+        let log = PartitionLog::create(
+            &dir,
+            self.config.storage.segment_size.0,
+            sync_on_roll(&self.config),
+        )?;
         let offsets = ConsumerOffsets::load(&dir)?;
         Ok(Arc::new(Partition::new(id, now_micros(), log, offsets)))
     }

@@ -184,7 +184,10 @@ impl Topic {
             partitions: self
                 .partitions
                 .iter()
-                .map(|p| PartitionRecord { id: p.id, created_at: p.created_at })
+                .map(|p| PartitionRecord {
+                    id: p.id,
+                    created_at: p.created_at,
+                })
                 .collect(),
         }
     }

@@ -133,7 +133,9 @@ impl std::str::FromStr for FsyncPolicy {
                     .and_then(|n| n.trim().parse::<u64>().ok())
                     .filter(|n| *n > 0)
                     .ok_or_else(|| {
-                        format!("fsync must be 'always', 'never' or '<N>ms' with N > 0, got '{text}'")
+                        format!(
+                            "fsync must be 'always', 'never' or '<N>ms' with N > 0, got '{text}'"
+                        )
                     })?;
                 Ok(FsyncPolicy::Interval(Duration::from_millis(millis)))
             }
@@ -155,14 +157,18 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::Number(n) => Ok(ByteSize(n)),
-            Raw::Text(text) => parse_byte_size(&text).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::Text(text) => parse_byte_size(&text)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
 
 fn parse_byte_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let number: u64 = digits
         .parse()
@@ -246,13 +252,19 @@ impl Config {
             ));
         }
         if self.storage.max_poll_bytes.0 < 1024 {
-            return Err(ConfigError::Invalid("storage.max_poll_bytes must be at least 1 KiB".into()));
+            return Err(ConfigError::Invalid(
+                "storage.max_poll_bytes must be at least 1 KiB".into(),
+            ));
         }
         if self.root.username.is_empty() || self.root.username.len() > 50 {
-            return Err(ConfigError::Invalid("root.username must be 1-50 bytes".into()));
+            return Err(ConfigError::Invalid(
+                "root.username must be 1-50 bytes".into(),
+            ));
         }
         if self.root.password.len() > 100 {
-            return Err(ConfigError::Invalid("root.password must be at most 100 bytes".into()));
+            return Err(ConfigError::Invalid(
+                "root.password must be at most 100 bytes".into(),
+            ));
         }
         if self.system.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("system.path must not be empty".into()));
@@ -284,10 +296,11 @@ fn apply_env(
             continue;
         };
         let lower = rest.to_ascii_lowercase();
-        let Some((section_name, key)) = table
-            .keys()
-            .find_map(|s| lower.strip_prefix(&format!("{s}_")).map(|k| (s.clone(), k.to_owned())))
-        else {
+        let Some((section_name, key)) = table.keys().find_map(|s| {
+            lower
+                .strip_prefix(&format!("{s}_"))
+                .map(|k| (s.clone(), k.to_owned()))
+        }) else {
             continue;
         };
         let Some(toml::Value::Table(section)) = table.get_mut(&section_name) else {
@@ -295,16 +308,30 @@ fn apply_env(
         };
         let env_error = |reason: String| ConfigError::Env {
             name: name.clone(),
-            value: if key.contains("password") { "<redacted>".into() } else { value.clone() },
+            value: if key.contains("password") {
+                "<redacted>".into()
+            } else {
+                value.clone()
+            },
             reason,
         };
         let typed = match section.get(&key) {
-            None => return Err(env_error(format!("no key '{key}' in section [{section_name}]"))),
+            None => {
+                return Err(env_error(format!(
+                    "no key '{key}' in section [{section_name}]"
+                )))
+            }
             Some(toml::Value::Integer(_)) => toml::Value::Integer(
-                value.trim().parse().map_err(|_| env_error("expected an integer".into()))?,
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|_| env_error("expected an integer".into()))?,
             ),
             Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
-                value.trim().parse().map_err(|_| env_error("expected true or false".into()))?,
+                value
+                    .trim()
+                    .parse()
+                    .map_err(|_| env_error("expected true or false".into()))?,
             ),
             Some(_) => toml::Value::String(value.clone()),
         };
@@ -318,7 +345,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -335,7 +365,11 @@ mod tests {
     fn env_overrides_file_and_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("broker.toml");
-        std::fs::write(&file, "[storage]\nfsync = \"always\"\nsegment_size = 8192\n").unwrap();
+        std::fs::write(
+            &file,
+            "[storage]\nfsync = \"always\"\nsegment_size = 8192\n",
+        )
+        .unwrap();
         let config = Config::load(
             Some(&file),
             env(&[
@@ -347,7 +381,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(config.storage.fsync, FsyncPolicy::Interval(Duration::from_millis(250)));
+        assert_eq!(
+            config.storage.fsync,
+            FsyncPolicy::Interval(Duration::from_millis(250))
+        );
         assert_eq!(config.storage.segment_size, ByteSize(8192));
         assert_eq!(config.tcp.address.port(), 9000);
         assert_eq!(config.system.path, PathBuf::from("/data"));
@@ -362,7 +399,8 @@ mod tests {
         assert!(err.to_string().contains("IGGY_STORAGE_FSYNCC"), "{err}");
         let err = Config::load(None, env(&[("IGGY_TCP_ADDRESS", "nowhere")])).unwrap_err();
         assert!(err.to_string().contains("invalid"), "{err}");
-        let err = Config::load(None, env(&[("IGGY_STORAGE_SEGMENT_SIZE", "3 parsecs")])).unwrap_err();
+        let err =
+            Config::load(None, env(&[("IGGY_STORAGE_SEGMENT_SIZE", "3 parsecs")])).unwrap_err();
         assert!(err.to_string().contains("parsecs"), "{err}");
     }
 

@@ -14,7 +14,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -38,7 +42,10 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: wat
 
 fn route(broker: &Broker, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is served\n".into(),
+        );
     }
     match request.uri().path() {
         "/health" => text(StatusCode::OK, "ok\n".into()),
@@ -49,7 +56,11 @@ fn route(broker: &Broker, request: &Request<Incoming>) -> Response<Full<Bytes>> 
             let topics: Vec<_> = catalog
                 .streams
                 .values()
-                .flat_map(|s| s.topics.values().map(move |t| (s.name.clone(), t.name.clone(), &*t.traffic)))
+                .flat_map(|s| {
+                    s.topics
+                        .values()
+                        .map(move |t| (s.name.clone(), t.name.clone(), &*t.traffic))
+                })
                 .collect();
             let mut response = text(StatusCode::OK, broker.metrics.render(&topics));
             response.headers_mut().insert(

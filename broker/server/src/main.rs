@@ -35,12 +35,21 @@ fn main() -> ExitCode {
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.logging.level) {
         Ok(filter) => filter,
         Err(e) => {
-            eprintln!("iggy-broker: invalid logging.level '{}': {e}", config.logging.level);
+            eprintln!(
+                "iggy-broker: invalid logging.level '{}': {e}",
+                config.logging.level
+            );
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("iggy-broker: cannot start the runtime: {e}");

@@ -38,7 +38,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         Self {
-            commands: (0..=Command::ALL.len()).map(|_| CommandStats::default()).collect(),
+            commands: (0..=Command::ALL.len())
+                .map(|_| CommandStats::default())
+                .collect(),
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
         }
@@ -58,15 +60,23 @@ impl Metrics {
             stats.errors.fetch_add(1, Ordering::Relaxed);
         }
         let seconds = elapsed.as_secs_f64();
-        let bucket = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
+        let bucket = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
         stats.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        stats.sum_nanos.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        stats
+            .sum_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// The exposition text. `topics` are (stream name, topic name, counters).
     pub fn render(&self, topics: &[(String, String, &TopicTraffic)]) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let names = Command::ALL.iter().map(|c| c.name()).chain(std::iter::once("unknown"));
+        let names = Command::ALL
+            .iter()
+            .map(|c| c.name())
+            .chain(std::iter::once("unknown"));
 
         out.push_str("# HELP iggy_requests_total Requests handled, by command and result.\n");
         out.push_str("# TYPE iggy_requests_total counter\n");
@@ -98,14 +108,33 @@ impl Metrics {
                 "iggy_request_duration_seconds_sum{{command=\"{name}\"}} {}",
                 stats.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
             );
-            let _ = writeln!(out, "iggy_request_duration_seconds_count{{command=\"{name}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "iggy_request_duration_seconds_count{{command=\"{name}\"}} {cumulative}"
+            );
         }
 
         let series: [(&str, &str, fn(&TopicTraffic) -> &AtomicU64); 4] = [
-            ("iggy_messages_in_total", "Messages appended, by topic.", |t| &t.messages_in),
-            ("iggy_bytes_in_total", "Message bytes appended, by topic.", |t| &t.bytes_in),
-            ("iggy_messages_out_total", "Messages returned by polls, by topic.", |t| &t.messages_out),
-            ("iggy_bytes_out_total", "Message bytes returned by polls, by topic.", |t| &t.bytes_out),
+            (
+                "iggy_messages_in_total",
+                "Messages appended, by topic.",
+                |t| &t.messages_in,
+            ),
+            (
+                "iggy_bytes_in_total",
+                "Message bytes appended, by topic.",
+                |t| &t.bytes_in,
+            ),
+            (
+                "iggy_messages_out_total",
+                "Messages returned by polls, by topic.",
+                |t| &t.messages_out,
+            ),
+            (
+                "iggy_bytes_out_total",
+                "Message bytes returned by polls, by topic.",
+                |t| &t.bytes_out,
+            ),
         ];
         for (metric, help, field) in series {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
@@ -122,17 +151,28 @@ impl Metrics {
 
         out.push_str("# HELP iggy_connections_open Client TCP connections currently open.\n");
         out.push_str("# TYPE iggy_connections_open gauge\n");
-        let _ = writeln!(out, "iggy_connections_open {}", self.connections_open.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "iggy_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP iggy_connections_total Client TCP connections accepted.\n");
         out.push_str("# TYPE iggy_connections_total counter\n");
-        let _ = writeln!(out, "iggy_connections_total {}", self.connections_total.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "iggy_connections_total {}",
+            self.connections_total.load(Ordering::Relaxed)
+        );
         out
     }
 }
 
 /// Label values escape backslash, quote and newline.
 fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -150,8 +190,12 @@ mod tests {
         let text = metrics.render(&[("s\"1".into(), "t".into(), &traffic)]);
         assert!(text.contains("iggy_requests_total{command=\"ping\",result=\"ok\"} 1"));
         assert!(text.contains("iggy_requests_total{command=\"ping\",result=\"error\"} 1"));
-        assert!(text.contains("iggy_request_duration_seconds_bucket{command=\"ping\",le=\"0.0001\"} 1"));
-        assert!(text.contains("iggy_request_duration_seconds_bucket{command=\"ping\",le=\"0.005\"} 2"));
+        assert!(
+            text.contains("iggy_request_duration_seconds_bucket{command=\"ping\",le=\"0.0001\"} 1")
+        );
+        assert!(
+            text.contains("iggy_request_duration_seconds_bucket{command=\"ping\",le=\"0.005\"} 2")
+        );
         assert!(text.contains("iggy_request_duration_seconds_count{command=\"unknown\"} 1"));
         assert!(text.contains("iggy_messages_in_total{stream=\"s\\\"1\",topic=\"t\"} 3"));
         assert!(text.contains("iggy_bytes_in_total{stream=\"s\\\"1\",topic=\"t\"} 300"));

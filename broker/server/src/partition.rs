@@ -112,7 +112,10 @@ impl Partition {
     /// Plans a read under the lock; the caller performs it after the lock is released.
     pub fn plan_read(&self, offset: u64, count: u32, max_bytes: usize) -> (ReadPlan, u64) {
         let log = self.log();
-        (log.plan_read(offset, count, max_bytes), log.current_offset())
+        (
+            log.plan_read(offset, count, max_bytes),
+            log.current_offset(),
+        )
     }
 
     /// Clean shutdown: everything to disk, then the checkpoint that spares the next boot a

@@ -8,6 +8,10 @@ pub struct Session {
 
 impl Session {
     pub fn new(client_id: u32, address: String) -> Self {
-        Self { client_id, user_id: None, address }
+        Self {
+            client_id,
+            user_id: None,
+            address,
+        }
     }
 }

@@ -21,7 +21,11 @@ use tokio::sync::watch;
 /// connection does not pin the memory of its largest batch.
 const KEEP_BUFFER_BYTES: usize = 4 << 20;
 
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -56,7 +60,16 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
             break;
         }
         let started = Instant::now();
-        let command = match handle_request(&broker, &mut session, &mut reader, header, &mut payload, &mut out).await {
+        let command = match handle_request(
+            &broker,
+            &mut session,
+            &mut reader,
+            header,
+            &mut payload,
+            &mut out,
+        )
+        .await
+        {
             Ok(command) => command,
             Err(e) => {
                 tracing::debug!(client = session.client_id, error = %e, "connection closed mid-request");

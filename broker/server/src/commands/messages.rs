@@ -55,7 +55,9 @@ pub(super) fn consumer_partition(
     target: &PartitionRef,
 ) -> Result<(Arc<Partition>, Arc<TopicTraffic>)> {
     if target.consumer.kind == ConsumerKind::Group {
-        return Err(BrokerError::ConsumerGroupNotFound(target.consumer.id.clone()));
+        return Err(BrokerError::ConsumerGroupNotFound(
+            target.consumer.id.clone(),
+        ));
     }
     let catalog = broker.catalog();
     let (_, topic) = catalog.topic(&target.stream, &target.topic)?;
@@ -84,7 +86,9 @@ pub async fn poll(
             PollingStrategy::Offset(offset) => first.map(|f| offset.max(f)),
             PollingStrategy::Timestamp(ts) => log.offset_at_or_after(ts),
             PollingStrategy::First => first,
-            PollingStrategy::Last => first.map(|f| log.next_offset().saturating_sub(count as u64).max(f)),
+            PollingStrategy::Last => {
+                first.map(|f| log.next_offset().saturating_sub(count as u64).max(f))
+            }
             PollingStrategy::Next => match stored {
                 Some(offset) => first.map(|f| (offset + 1).max(f)),
                 None => first,
@@ -101,7 +105,9 @@ pub async fn poll(
     plan.read_into(body)?;
     if let (true, Some(start), true) = (auto_commit, start, plan.count > 0) {
         let last = start + plan.count as u64 - 1;
-        partition.offsets().store(&key, last, broker.durable_sends())?;
+        partition
+            .offsets()
+            .store(&key, last, broker.durable_sends())?;
     }
     traffic.record_out(plan.count as u64, plan.bytes as u64);
     Ok(())
@@ -116,7 +122,12 @@ pub async fn flush(
     partition: u32,
     fsync: bool,
 ) -> Result<()> {
-    let partition = broker.catalog().topic(stream, topic)?.1.partition(partition)?.clone();
+    let partition = broker
+        .catalog()
+        .topic(stream, topic)?
+        .1
+        .partition(partition)?
+        .clone();
     if fsync {
         partition.sync_now().await.map_err(BrokerError::Storage)?;
     }

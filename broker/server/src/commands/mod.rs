@@ -30,9 +30,9 @@ pub async fn dispatch(
     let request = Request::decode(command, payload)?.map_err(|n| BrokerError::NotServed(n.0))?;
     match request {
         Request::Ping => Ok(()),
-        Request::LoginUser { username, password, .. } => {
-            system::login(broker, session, username, password, body).await
-        }
+        Request::LoginUser {
+            username, password, ..
+        } => system::login(broker, session, username, password, body).await,
         Request::LogoutUser => {
             session.user_id = None;
             Ok(())
@@ -46,26 +46,40 @@ pub async fn dispatch(
         Request::PurgeStream { stream } => streams::purge(broker, &stream),
         Request::GetTopic { stream, topic } => topics::get(broker, &stream, &topic, body),
         Request::GetTopics { stream } => topics::get_all(broker, &stream, body),
-        Request::CreateTopic { stream, partitions_count, settings } => {
-            topics::create(broker, &stream, partitions_count, settings, body)
-        }
-        Request::UpdateTopic { stream, topic, settings } => {
-            topics::update(broker, &stream, &topic, settings)
-        }
+        Request::CreateTopic {
+            stream,
+            partitions_count,
+            settings,
+        } => topics::create(broker, &stream, partitions_count, settings, body),
+        Request::UpdateTopic {
+            stream,
+            topic,
+            settings,
+        } => topics::update(broker, &stream, &topic, settings),
         Request::DeleteTopic { stream, topic } => topics::delete(broker, &stream, &topic),
         Request::PurgeTopic { stream, topic } => topics::purge(broker, &stream, &topic),
-        Request::CreatePartitions { stream, topic, count } => {
-            topics::create_partitions(broker, &stream, &topic, count)
-        }
-        Request::DeletePartitions { stream, topic, count } => {
-            topics::delete_partitions(broker, &stream, &topic, count)
-        }
-        Request::PollMessages { target, strategy, count, auto_commit } => {
-            messages::poll(broker, &target, strategy, count, auto_commit, body).await
-        }
-        Request::FlushUnsavedBuffer { stream, topic, partition, fsync } => {
-            messages::flush(broker, &stream, &topic, partition, fsync).await
-        }
+        Request::CreatePartitions {
+            stream,
+            topic,
+            count,
+        } => topics::create_partitions(broker, &stream, &topic, count),
+        Request::DeletePartitions {
+            stream,
+            topic,
+            count,
+        } => topics::delete_partitions(broker, &stream, &topic, count),
+        Request::PollMessages {
+            target,
+            strategy,
+            count,
+            auto_commit,
+        } => messages::poll(broker, &target, strategy, count, auto_commit, body).await,
+        Request::FlushUnsavedBuffer {
+            stream,
+            topic,
+            partition,
+            fsync,
+        } => messages::flush(broker, &stream, &topic, partition, fsync).await,
         Request::GetConsumerOffset { target } => offsets::get(broker, &target, body),
         Request::StoreConsumerOffset { target, offset } => offsets::store(broker, &target, offset),
         Request::DeleteConsumerOffset { target } => offsets::delete(broker, &target),

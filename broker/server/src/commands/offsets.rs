@@ -28,15 +28,19 @@ pub fn store(broker: &Broker, target: &PartitionRef, offset: u64) -> Result<()> 
     if empty || offset > current {
         return Err(BrokerError::InvalidOffset { offset, current });
     }
-    partition
-        .offsets()
-        .store(&consumer_key(&target.consumer.id), offset, broker.durable_sends())?;
+    partition.offsets().store(
+        &consumer_key(&target.consumer.id),
+        offset,
+        broker.durable_sends(),
+    )?;
     Ok(())
 }
 
 pub fn delete(broker: &Broker, target: &PartitionRef) -> Result<()> {
     let (partition, _) = consumer_partition(broker, target)?;
-    let removed = partition.offsets().delete(&consumer_key(&target.consumer.id))?;
+    let removed = partition
+        .offsets()
+        .delete(&consumer_key(&target.consumer.id))?;
     if removed {
         Ok(())
     } else {

@@ -61,7 +61,12 @@ pub fn create(broker: &Broker, name: String, body: &mut Vec<u8>) -> Result<()> {
     }
     let id = lowest_free_id(&catalog.streams);
     metadata::remove_tree(&metadata::stream_dir(&broker.config.system.path, id))?;
-    let stream = Stream { id, name, created_at: now_micros(), topics: BTreeMap::new() };
+    let stream = Stream {
+        id,
+        name,
+        created_at: now_micros(),
+        topics: BTreeMap::new(),
+    };
     catalog.streams.insert(id, stream);
     if let Err(e) = broker.persist(&catalog) {
         catalog.streams.remove(&id);
@@ -75,7 +80,11 @@ pub fn update(broker: &Broker, id: &Identifier, name: String) -> Result<()> {
     validate_name(&name)?;
     let mut catalog = broker.catalog_mut();
     let target = catalog.stream(id)?.id;
-    if catalog.streams.values().any(|s| s.name == name && s.id != target) {
+    if catalog
+        .streams
+        .values()
+        .any(|s| s.name == name && s.id != target)
+    {
         return Err(BrokerError::StreamNameExists(name));
     }
     let stream = catalog.stream_mut(id)?;
@@ -113,7 +122,11 @@ pub fn purge(broker: &Broker, id: &Identifier) -> Result<()> {
     let partitions: Vec<_> = {
         let catalog = broker.catalog();
         let stream = catalog.stream(id)?;
-        stream.topics.values().flat_map(|t| t.partitions.iter().cloned()).collect()
+        stream
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter().cloned())
+            .collect()
     };
     super::topics::purge_partitions(&partitions)
 }

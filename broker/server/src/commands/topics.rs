@@ -69,14 +69,23 @@ fn checked_settings(broker: &Broker, settings: &TopicSettings) -> Result<TopicSe
     };
     Ok(TopicSettings {
         compression: settings.compression,
-        message_expiry: if settings.message_expiry == 0 { u64::MAX } else { settings.message_expiry },
+        message_expiry: if settings.message_expiry == 0 {
+            u64::MAX
+        } else {
+            settings.message_expiry
+        },
         max_topic_size,
         replication_factor: settings.replication_factor.max(1),
         name: settings.name.clone(),
     })
 }
 
-pub fn get(broker: &Broker, stream: &Identifier, topic: &Identifier, body: &mut Vec<u8>) -> Result<()> {
+pub fn get(
+    broker: &Broker,
+    stream: &Identifier,
+    topic: &Identifier,
+    body: &mut Vec<u8>,
+) -> Result<()> {
     if let Ok((_, topic)) = broker.catalog().topic(stream, topic) {
         encode_topic_details(topic, body);
     }
@@ -91,8 +100,14 @@ pub fn get_all(broker: &Broker, stream: &Identifier, body: &mut Vec<u8>) -> Resu
     Ok(())
 }
 
-fn create_partitions_on_disk(broker: &Broker, stream: u32, topic: u32, ids: std::ops::Range<u32>) -> Result<Vec<Arc<Partition>>> {
-    ids.map(|id| broker.create_partition(stream, topic, id)).collect()
+fn create_partitions_on_disk(
+    broker: &Broker,
+    stream: u32,
+    topic: u32,
+    ids: std::ops::Range<u32>,
+) -> Result<Vec<Arc<Partition>>> {
+    ids.map(|id| broker.create_partition(stream, topic, id))
+        .collect()
 }
 
 pub fn create(
@@ -112,7 +127,11 @@ pub fn create(
         return Err(BrokerError::TopicNameExists(settings.name));
     }
     let (stream_num, id) = (stream.id, lowest_free_id(&stream.topics));
-    metadata::remove_tree(&metadata::topic_dir(&broker.config.system.path, stream_num, id))?;
+    metadata::remove_tree(&metadata::topic_dir(
+        &broker.config.system.path,
+        stream_num,
+        id,
+    ))?;
     let partitions = create_partitions_on_disk(broker, stream_num, id, 0..partitions_count)?;
     let topic = Topic {
         id,
@@ -138,12 +157,22 @@ pub fn create(
     Ok(())
 }
 
-pub fn update(broker: &Broker, stream: &Identifier, topic: &Identifier, settings: TopicSettings) -> Result<()> {
+pub fn update(
+    broker: &Broker,
+    stream: &Identifier,
+    topic: &Identifier,
+    settings: TopicSettings,
+) -> Result<()> {
     let settings = checked_settings(broker, &settings)?;
     let mut catalog = broker.catalog_mut();
     let (_, current) = catalog.topic(stream, topic)?;
     let target = current.id;
-    if catalog.stream(stream)?.topics.values().any(|t| t.name == settings.name && t.id != target) {
+    if catalog
+        .stream(stream)?
+        .topics
+        .values()
+        .any(|t| t.name == settings.name && t.id != target)
+    {
         return Err(BrokerError::TopicNameExists(settings.name));
     }
     let entry = catalog.topic_mut(stream, topic)?;
@@ -199,7 +228,12 @@ pub(super) fn purge_partitions(partitions: &[Arc<Partition>]) -> Result<()> {
     Ok(())
 }
 
-pub fn create_partitions(broker: &Broker, stream: &Identifier, topic: &Identifier, count: u32) -> Result<()> {
+pub fn create_partitions(
+    broker: &Broker,
+    stream: &Identifier,
+    topic: &Identifier,
+    count: u32,
+) -> Result<()> {
     if count == 0 {
         return Err(BrokerError::InvalidPartitionsCount(count));
     }
@@ -209,7 +243,8 @@ pub fn create_partitions(broker: &Broker, stream: &Identifier, topic: &Identifie
     let mut catalog = broker.catalog_mut();
     let (s, t) = catalog.topic(stream, topic)?;
     let (stream_num, topic_num, existing) = (s.id, t.id, t.partitions.len() as u32);
-    let added = create_partitions_on_disk(broker, stream_num, topic_num, existing..existing + count)?;
+    let added =
+        create_partitions_on_disk(broker, stream_num, topic_num, existing..existing + count)?;
     catalog.topic_mut(stream, topic)?.partitions.extend(added);
     if let Err(e) = broker.persist(&catalog) {
         if let Ok(t) = catalog.topic_mut(stream, topic) {
@@ -221,7 +256,12 @@ pub fn create_partitions(broker: &Broker, stream: &Identifier, topic: &Identifie
 }
 
 /// Removes the last `count` partitions, as Iggy does.
-pub fn delete_partitions(broker: &Broker, stream: &Identifier, topic: &Identifier, count: u32) -> Result<()> {
+pub fn delete_partitions(
+    broker: &Broker,
+    stream: &Identifier,
+    topic: &Identifier,
+    count: u32,
+) -> Result<()> {
     let mut catalog = broker.catalog_mut();
     let (s, t) = catalog.topic(stream, topic)?;
     let (stream_num, topic_num, existing) = (s.id, t.id, t.partitions.len() as u32);
@@ -238,7 +278,12 @@ pub fn delete_partitions(broker: &Broker, stream: &Identifier, topic: &Identifie
     }
     drop(catalog);
     for partition in removed {
-        let dir = metadata::partition_dir(&broker.config.system.path, stream_num, topic_num, partition.id);
+        let dir = metadata::partition_dir(
+            &broker.config.system.path,
+            stream_num,
+            topic_num,
+            partition.id,
+        );
         if let Err(e) = metadata::remove_tree(&dir) {
             tracing::warn!(error = %e, "deleted partition's directory could not be removed");
         }

@@ -56,7 +56,10 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_damage() {
         let dir = tempfile::tempdir().unwrap();
-        let cp = Checkpoint { segment_start: 1000, position: 4242 };
+        let cp = Checkpoint {
+            segment_start: 1000,
+            position: 4242,
+        };
         cp.store(dir.path()).unwrap();
         assert_eq!(Checkpoint::load(dir.path()), Some(cp));
         let path = dir.path().join(FILE_NAME);

@@ -71,7 +71,9 @@ impl MetadataStore {
     pub fn new(system_path: &Path) -> Result<Self, StorageError> {
         let dir = system_path.join("state");
         fsutil::create_dir_durably(&dir)?;
-        Ok(Self { path: dir.join(FILE_NAME) })
+        Ok(Self {
+            path: dir.join(FILE_NAME),
+        })
     }
 
     /// `None` on first boot.
@@ -79,16 +81,25 @@ impl MetadataStore {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StorageError::Io { path: self.path.clone(), source }),
+            Err(source) => {
+                return Err(StorageError::Io {
+                    path: self.path.clone(),
+                    source,
+                })
+            }
         };
-        let snapshot: Snapshot = serde_json::from_slice(&bytes).map_err(|e| StorageError::BadMetadata {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let snapshot: Snapshot =
+            serde_json::from_slice(&bytes).map_err(|e| StorageError::BadMetadata {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
         if snapshot.format_version != FORMAT_VERSION {
             return Err(StorageError::BadMetadata {
                 path: self.path.clone(),
-                reason: format!("format version {} is not {FORMAT_VERSION}", snapshot.format_version),
+                reason: format!(
+                    "format version {} is not {FORMAT_VERSION}",
+                    snapshot.format_version
+                ),
             });
         }
         Ok(Some(snapshot))
@@ -115,7 +126,9 @@ pub fn partition_dir(system_path: &Path, stream: u32, topic: u32, partition: u32
 }
 
 pub fn topic_dir(system_path: &Path, stream: u32, topic: u32) -> PathBuf {
-    stream_dir(system_path, stream).join("topics").join(topic.to_string())
+    stream_dir(system_path, stream)
+        .join("topics")
+        .join(topic.to_string())
 }
 
 pub fn stream_dir(system_path: &Path, stream: u32) -> PathBuf {
@@ -141,12 +154,21 @@ mod tests {
         assert_eq!(store.load().unwrap(), None);
         let snapshot = Snapshot {
             format_version: FORMAT_VERSION,
-            streams: vec![StreamRecord { id: 0, name: "s".into(), created_at: 1, topics: vec![] }],
+            streams: vec![StreamRecord {
+                id: 0,
+                name: "s".into(),
+                created_at: 1,
+                topics: vec![],
+            }],
             users: vec![],
         };
         store.save(&snapshot).unwrap();
         assert_eq!(store.load().unwrap(), Some(snapshot));
         std::fs::write(store.path(), b"{").unwrap();
-        assert!(store.load().unwrap_err().to_string().contains("metadata.json"));
+        assert!(store
+            .load()
+            .unwrap_err()
+            .to_string()
+            .contains("metadata.json"));
     }
 }

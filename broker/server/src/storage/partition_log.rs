@@ -74,7 +74,12 @@ impl PartitionLog {
         fsutil::create_dir_durably(dir)?;
         let segment = Segment::open(dir, 0)?;
         fsutil::sync_dir(dir)?;
-        Ok(Self::from_segments(dir, vec![segment], segment_size, sync_on_roll))
+        Ok(Self::from_segments(
+            dir,
+            vec![segment],
+            segment_size,
+            sync_on_roll,
+        ))
     }
 
     /// Opens an existing partition, recovering its tail (see [`recovery`]).
@@ -85,10 +90,18 @@ impl PartitionLog {
     ) -> Result<(Self, RecoveryReport), StorageError> {
         std::fs::create_dir_all(dir).at(dir)?;
         let (segments, report) = recovery::recover(dir)?;
-        Ok((Self::from_segments(dir, segments, segment_size, sync_on_roll), report))
+        Ok((
+            Self::from_segments(dir, segments, segment_size, sync_on_roll),
+            report,
+        ))
     }
 
-    fn from_segments(dir: &Path, segments: Vec<Segment>, segment_size: u64, sync_on_roll: bool) -> Self {
+    fn from_segments(
+        dir: &Path,
+        segments: Vec<Segment>,
+        segment_size: u64,
+        sync_on_roll: bool,
+    ) -> Self {
         let messages_count = segments.iter().map(|s| s.index.len() as u64).sum();
         let size_bytes = segments.iter().map(|s| s.size).sum();
         let last_timestamp = segments
@@ -127,7 +140,10 @@ impl PartitionLog {
     }
 
     pub fn first_offset(&self) -> Option<u64> {
-        self.segments.iter().find(|s| !s.is_empty()).map(|s| s.start_offset)
+        self.segments
+            .iter()
+            .find(|s| !s.is_empty())
+            .map(|s| s.start_offset)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -224,8 +240,13 @@ impl PartitionLog {
             let upto = (from + remaining).min(segment.index.len());
             let start = segment.start_of(from);
             let budget_end = start.saturating_add((max_bytes - plan.bytes) as u64);
-            let fit = from + segment.index[from..upto].partition_point(|e| e.end as u64 <= budget_end);
-            let to = if fit == from && plan.count == 0 { from + 1 } else { fit };
+            let fit =
+                from + segment.index[from..upto].partition_point(|e| e.end as u64 <= budget_end);
+            let to = if fit == from && plan.count == 0 {
+                from + 1
+            } else {
+                fit
+            };
             if to == from {
                 break;
             }
@@ -297,8 +318,10 @@ pub(crate) mod tests {
     /// A validated message block of `n` messages with `size`-byte payloads.
     pub(crate) fn batch(n: usize, size: usize) -> Vec<u8> {
         let payloads: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; size]).collect();
-        let messages: Vec<(u128, &[u8], &[u8])> =
-            payloads.iter().map(|p| (1u128, p.as_slice(), &[][..])).collect();
+        let messages: Vec<(u128, &[u8], &[u8])> = payloads
+            .iter()
+            .map(|p| (1u128, p.as_slice(), &[][..]))
+            .collect();
         let mut out = Vec::new();
         SendMessagesHeader::encode_request(
             &Identifier::Numeric(0),
@@ -308,8 +331,12 @@ pub(crate) mod tests {
             &mut out,
         );
         let header = SendMessagesHeader::decode(&out).unwrap();
-        validate_batch(&out[header.index_start..header.messages_start], &out[header.messages_start..], header.count)
-            .unwrap();
+        validate_batch(
+            &out[header.index_start..header.messages_start],
+            &out[header.messages_start..],
+            header.count,
+        )
+        .unwrap();
         out.split_off(header.messages_start)
     }
 
@@ -335,7 +362,10 @@ pub(crate) mod tests {
         assert!(log.segments_count() > 1, "4 KiB segments must roll");
         assert_eq!(log.messages_count(), 50);
         assert_eq!(log.current_offset(), 49);
-        assert_eq!(read_offsets(&log, 3, 20, usize::MAX), (3..23).collect::<Vec<_>>());
+        assert_eq!(
+            read_offsets(&log, 3, 20, usize::MAX),
+            (3..23).collect::<Vec<_>>()
+        );
         assert_eq!(read_offsets(&log, 48, 20, usize::MAX), vec![48, 49]);
         assert_eq!(read_offsets(&log, 50, 20, usize::MAX), Vec::<u64>::new());
         // A byte budget smaller than one message still returns that one message.
@@ -355,7 +385,10 @@ pub(crate) mod tests {
         log.write_checkpoint().unwrap();
         drop(log);
         let (log, report) = PartitionLog::open(dir.path(), 4096, true).unwrap();
-        assert_eq!(report.verified_bytes, 0, "a clean shutdown leaves nothing to verify");
+        assert_eq!(
+            report.verified_bytes, 0,
+            "a clean shutdown leaves nothing to verify"
+        );
         assert_eq!(log.messages_count(), 50);
         assert_eq!(read_offsets(&log, 0, 100, usize::MAX).len(), 50);
     }
@@ -380,7 +413,10 @@ pub(crate) mod tests {
         }
         log.purge().unwrap();
         assert!(log.is_empty());
-        assert_eq!(log.append(&mut batch(1, 10), 1, || 1).unwrap().base_offset, 0);
+        assert_eq!(
+            log.append(&mut batch(1, 10), 1, || 1).unwrap().base_offset,
+            0
+        );
         let (reopened, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
         assert_eq!(reopened.messages_count(), 1);
     }

@@ -48,7 +48,10 @@ pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageErro
                     path: segment.log_path.clone(),
                     position: 0,
                     offset: prev.next_offset(),
-                    reason: format!("segment starts at offset {start}, previous ends at {}", prev.next_offset()),
+                    reason: format!(
+                        "segment starts at offset {start}, previous ends at {}",
+                        prev.next_offset()
+                    ),
                 });
             }
         }
@@ -75,7 +78,10 @@ pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageErro
                 path: segment.log_path.clone(),
                 position: bad.position,
                 offset: start + index.len() as u64,
-                reason: format!("{} inside data recorded by the last clean shutdown", bad.reason),
+                reason: format!(
+                    "{} inside data recorded by the last clean shutdown",
+                    bad.reason
+                ),
             });
         }
         let verify_from = trusted_end;
@@ -85,7 +91,9 @@ pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageErro
         segment.index = index;
         if let Err(bad) = verified {
             let later = &starts[n + 1..];
-            if intact_after(&segment, &disk_index, bad.position)? || later_segment_valid(dir, later)? {
+            if intact_after(&segment, &disk_index, bad.position)?
+                || later_segment_valid(dir, later)?
+            {
                 return Err(StorageError::Corrupt {
                     path: segment.log_path.clone(),
                     position: bad.position,
@@ -140,9 +148,17 @@ fn read_index(path: &Path) -> Result<Vec<IndexEntry>, StorageError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(StorageError::Io { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(StorageError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
     };
-    Ok(bytes.chunks_exact(INDEX_ENTRY_SIZE).map(IndexEntry::decode).collect())
+    Ok(bytes
+        .chunks_exact(INDEX_ENTRY_SIZE)
+        .map(IndexEntry::decode)
+        .collect())
 }
 
 /// Length of the prefix of index entries that is structurally possible for this log.
@@ -150,7 +166,10 @@ fn valid_prefix(entries: &[IndexEntry], log_len: u64) -> usize {
     let mut previous_end = 0u64;
     for (i, e) in entries.iter().enumerate() {
         let end = e.end as u64;
-        if e.relative_offset as usize != i || end < previous_end + HEADER_SIZE as u64 || end > log_len {
+        if e.relative_offset as usize != i
+            || end < previous_end + HEADER_SIZE as u64
+            || end > log_len
+        {
             return i;
         }
         previous_end = end;
@@ -159,10 +178,18 @@ fn valid_prefix(entries: &[IndexEntry], log_len: u64) -> usize {
 }
 
 /// Does any frame that the on-disk index places after `bad_position` still verify?
-fn intact_after(segment: &Segment, disk_index: &[IndexEntry], bad_position: u64) -> Result<bool, StorageError> {
+fn intact_after(
+    segment: &Segment,
+    disk_index: &[IndexEntry],
+    bad_position: u64,
+) -> Result<bool, StorageError> {
     let mut probed = 0;
     for (i, entry) in disk_index.iter().enumerate() {
-        let start = if i == 0 { 0 } else { disk_index[i - 1].end as u64 };
+        let start = if i == 0 {
+            0
+        } else {
+            disk_index[i - 1].end as u64
+        };
         if start <= bad_position || (entry.end as u64) <= start {
             continue;
         }
@@ -174,8 +201,8 @@ fn intact_after(segment: &Segment, disk_index: &[IndexEntry], bad_position: u64)
         if segment.log.read_exact_at(&mut frame, start).is_err() {
             continue;
         }
-        let offset_matches = FrameHeader::new(&frame)
-            .is_some_and(|h| h.offset() == segment.start_offset + i as u64);
+        let offset_matches =
+            FrameHeader::new(&frame).is_some_and(|h| h.offset() == segment.start_offset + i as u64);
         if offset_matches && checksum_matches(&frame) {
             return Ok(true);
         }
@@ -224,7 +251,12 @@ struct Scanner<'f> {
 
 impl<'f> Scanner<'f> {
     fn new(file: &'f File, file_len: u64) -> Self {
-        Self { file, file_len, buf: Vec::new(), buf_start: 0 }
+        Self {
+            file,
+            file_len,
+            buf: Vec::new(),
+            buf_start: 0,
+        }
     }
 
     /// Makes `[position, position + len)` available in the buffer.
@@ -255,7 +287,10 @@ impl<'f> Scanner<'f> {
         while position < to {
             let bad = |reason: String| BadFrame { position, reason };
             if to - position < HEADER_SIZE as u64 {
-                return Err(bad(format!("{} trailing bytes, less than a message header", to - position)));
+                return Err(bad(format!(
+                    "{} trailing bytes, less than a message header",
+                    to - position
+                )));
             }
             let header = self
                 .window(position, HEADER_SIZE)
@@ -265,15 +300,21 @@ impl<'f> Scanner<'f> {
             let expected_offset = segment_start + index.len() as u64;
             let (offset, timestamp) = (header.offset(), header.timestamp());
             if frame_len > to - position {
-                return Err(bad(format!("message of {frame_len} bytes runs past the end of the log")));
+                return Err(bad(format!(
+                    "message of {frame_len} bytes runs past the end of the log"
+                )));
             }
             let end = position + frame_len;
             if end > u32::MAX as u64 {
-                return Err(bad("message ends beyond the 4 GiB a segment can index".into()));
+                return Err(bad(
+                    "message ends beyond the 4 GiB a segment can index".into()
+                ));
             }
             if verify {
                 if offset != expected_offset {
-                    return Err(bad(format!("message carries offset {offset}, expected {expected_offset}")));
+                    return Err(bad(format!(
+                        "message carries offset {offset}, expected {expected_offset}"
+                    )));
                 }
                 let frame = self
                     .window(position, frame_len as usize)
@@ -327,7 +368,10 @@ mod tests {
         let path = crashed_log(dir.path());
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(10 * MESSAGE - 30).unwrap();
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         file.write_all(&[0xAB; 100]).unwrap();
         drop(file);
 
@@ -336,7 +380,10 @@ mod tests {
         let (_, position, cut) = report.truncated.unwrap();
         assert_eq!((position, cut), (9 * MESSAGE, MESSAGE - 30 + 100));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 9 * MESSAGE);
-        assert_eq!(log.append(&mut batch(1, 100), 2, || 7).unwrap().base_offset, 9);
+        assert_eq!(
+            log.append(&mut batch(1, 100), 2, || 7).unwrap().base_offset,
+            9
+        );
         drop(log);
         let (log, _) = PartitionLog::open(dir.path(), 1 << 20, true).unwrap();
         assert_eq!(log.messages_count(), 10);
@@ -367,7 +414,9 @@ mod tests {
         let (log, _) = PartitionLog::open(dir.path(), 1 << 20, true).unwrap();
         assert_eq!(log.messages_count(), 10);
         assert_eq!(
-            std::fs::metadata(dir.path().join("00000000000000000000.index")).unwrap().len(),
+            std::fs::metadata(dir.path().join("00000000000000000000.index"))
+                .unwrap()
+                .len(),
             10 * 16
         );
     }

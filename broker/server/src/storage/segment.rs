@@ -131,7 +131,12 @@ impl Segment {
     }
 
     /// Appends `len` bytes of the `.log` starting at `position` to `out`.
-    pub fn read_into(&self, position: u64, len: usize, out: &mut Vec<u8>) -> Result<(), StorageError> {
+    pub fn read_into(
+        &self,
+        position: u64,
+        len: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), StorageError> {
         let at = out.len();
         out.resize(at + len, 0);
         self.log
@@ -152,7 +157,9 @@ impl Segment {
             entry.encode(&mut encoded);
         }
         self.index_file.set_len(0).at(&self.index_path)?;
-        self.index_file.write_all_at(&encoded, 0).at(&self.index_path)?;
+        self.index_file
+            .write_all_at(&encoded, 0)
+            .at(&self.index_path)?;
         self.index_file.sync_all().at(&self.index_path)?;
         self.log.set_len(self.size).at(&self.log_path)?;
         self.log.sync_all().at(&self.log_path)

@@ -1,0 +1,200 @@
+//! Test harness: runs the real `iggy-broker` binary as a child process on free loopback ports
+//! with its own data directory, so tests can kill -9 it, restart it and corrupt its files.
+#![allow(dead_code)]
+
+use iggy::prelude::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ROOT_USER: &str = "iggy";
+pub const ROOT_PASSWORD: &str = "test-secret";
+
+pub struct TestBroker {
+    pub data: tempfile::TempDir,
+    pub tcp: SocketAddr,
+    pub http: SocketAddr,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address")
+}
+
+impl TestBroker {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts a broker with extra `IGGY_*` settings.
+    pub fn start_with(env: &[(&str, &str)]) -> Self {
+        let mut broker = Self {
+            data: tempfile::tempdir().expect("temp dir"),
+            tcp: free_port(),
+            http: free_port(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        broker.spawn_and_wait();
+        broker
+    }
+
+    pub fn data_path(&self) -> &Path {
+        self.data.path()
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_iggy-broker"));
+        command
+            .env_clear()
+            .env("IGGY_SYSTEM_PATH", self.data.path())
+            .env("IGGY_TCP_ADDRESS", self.tcp.to_string())
+            .env("IGGY_HTTP_ADDRESS", self.http.to_string())
+            .env("IGGY_ROOT_USERNAME", ROOT_USER)
+            .env("IGGY_ROOT_PASSWORD", ROOT_PASSWORD)
+            .env("IGGY_LOGGING_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        command
+    }
+
+    /// Starts the process and waits until /ready answers 200.
+    pub fn spawn_and_wait(&mut self) {
+        let child = self.command().spawn().expect("spawn iggy-broker");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("iggy-broker exited during startup: {status}");
+            }
+            if http_get(self.http, "/ready")
+                .map(|(code, _)| code == 200)
+                .unwrap_or(false)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("iggy-broker did not become ready");
+    }
+
+    /// Runs the broker to completion with the current settings (for boot failures).
+    pub fn run_expecting_failure(&self) -> (i32, String) {
+        let output = self
+            .command()
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .output()
+            .expect("run iggy-broker");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), text)
+    }
+
+    /// SIGKILL: no shutdown code runs, exactly like a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> i32 {
+        let Some(mut child) = self.child.take() else {
+            return 0;
+        };
+        unsafe_free_sigterm(child.id());
+        child.wait().map(|s| s.code().unwrap_or(-1)).unwrap_or(-1)
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn_and_wait();
+    }
+
+    pub async fn client(&self) -> IggyClient {
+        let client = self.anonymous_client().await;
+        client
+            .login_user(ROOT_USER, ROOT_PASSWORD)
+            .await
+            .expect("login as root");
+        client
+    }
+
+    pub async fn anonymous_client(&self) -> IggyClient {
+        let client = IggyClient::builder()
+            .with_tcp()
+            .with_server_address(self.tcp.to_string())
+            .build()
+            .expect("build client");
+        client.connect().await.expect("connect");
+        client
+    }
+
+    pub fn partition_dir(&self, stream: u32, topic: u32, partition: u32) -> PathBuf {
+        self.data.path().join(format!(
+            "streams/{stream}/topics/{topic}/partitions/{partition}"
+        ))
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends SIGTERM through the `kill` utility, keeping the tests free of unsafe code.
+fn unsafe_free_sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A minimal HTTP/1.0 GET returning (status, body).
+pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}
+
+/// The Iggy status code inside an SDK error.
+pub fn code(error: IggyError) -> u32 {
+    error.as_code()
+}
+
+pub fn message(text: &str) -> IggyMessage {
+    IggyMessage::builder()
+        .payload(bytes::Bytes::from(text.to_owned()))
+        .build()
+        .expect("valid message")
+}
