@@ -13,6 +13,9 @@ const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+/// Picks one counter out of a topic's traffic.
+type TrafficField = fn(&TopicTraffic) -> &AtomicU64;
+
 #[derive(Default)]
 struct CommandStats {
     ok: AtomicU64,
@@ -114,7 +117,7 @@ impl Metrics {
             );
         }
 
-        let series: [(&str, &str, fn(&TopicTraffic) -> &AtomicU64); 4] = [
+        let series: [(&str, &str, TrafficField); 4] = [
             (
                 "iggy_messages_in_total",
                 "Messages appended, by topic.",

@@ -488,7 +488,7 @@ async fn send_and_poll_with_every_partitioning_and_strategy() {
             &s,
             &t,
             &Partitioning::partition_id(7),
-            &mut vec![message("x")],
+            &mut [message("x")],
         )
         .await;
     assert_eq!(code(bad_partition.unwrap_err()), 3007);
@@ -497,7 +497,7 @@ async fn send_and_poll_with_every_partitioning_and_strategy() {
             &s,
             &name("nope"),
             &Partitioning::balanced(),
-            &mut vec![message("x")],
+            &mut [message("x")],
         )
         .await;
     assert_eq!(code(bad_topic.unwrap_err()), 2011);

@@ -1,0 +1,46 @@
+# One entry point for humans and CI. `make run` and `make test` are the two commands the README
+# promises work on a fresh machine.
+
+CARGO ?= cargo
+DATA ?= ./local_data
+BENCH_ARGS ?=
+
+.PHONY: run build test lint fmt bench clean help
+
+help:
+	@echo "make run    build and start one broker on 127.0.0.1:8090 (data in $(DATA), root iggy/iggy)"
+	@echo "make test   run every test (unit, SDK integration, crash, malformed frames)"
+	@echo "make lint   rustfmt check and clippy with warnings as errors"
+	@echo "make bench  produce/consume benchmark against a release broker (see docs/benchmarks.md)"
+
+build:
+	$(CARGO) build --release -p broker -p iggy-bench-lite
+
+run:
+	$(CARGO) build --release -p broker
+	@echo "Starting iggy-broker: Iggy binary protocol on 127.0.0.1:8090, HTTP on 127.0.0.1:3000."
+	@echo "Connect with any Iggy 0.8 client (Rust SDK iggy 0.10), username 'iggy', password 'iggy', e.g."
+	@echo "  iggy --transport tcp --tcp-server-address 127.0.0.1:8090 --username iggy --password iggy stream list"
+	@echo "Metrics: curl http://127.0.0.1:3000/metrics    Stop: Ctrl-C (clean shutdown)"
+	IGGY_SYSTEM_PATH=$(DATA) IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy ./target/release/iggy-broker
+
+test:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: build
+	./broker/bench/run.sh $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(DATA)
