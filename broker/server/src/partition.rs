@@ -26,6 +26,14 @@ pub struct Partition {
     poisoned: AtomicBool,
 }
 
+/// A version-4 UUID for a message sent with id 0. Drawn from a thread-local generator seeded by
+/// the OS: a system call per message (what `Uuid::new_v4` does) costs more than stamping it.
+fn random_message_id() -> u128 {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .as_u128()
+}
+
 impl Partition {
     pub fn new(id: u32, created_at: u64, log: PartitionLog, offsets: ConsumerOffsets) -> Self {
         let seq = log.write_seq();
@@ -65,9 +73,7 @@ impl Partition {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned { path: self.dir() });
         }
-        let appended = self
-            .log()
-            .append(messages, now_micros, || uuid::Uuid::new_v4().as_u128())?;
+        let appended = self.log().append(messages, now_micros, random_message_id)?;
         if durable {
             self.sync_through(appended.seq).await?;
         }

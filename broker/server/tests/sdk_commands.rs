@@ -484,12 +484,7 @@ async fn send_and_poll_with_every_partitioning_and_strategy() {
     assert_eq!(topic.messages_count, 17);
 
     let bad_partition = client
-        .send_messages(
-            &s,
-            &t,
-            &Partitioning::partition_id(7),
-            &mut [message("x")],
-        )
+        .send_messages(&s, &t, &Partitioning::partition_id(7), &mut [message("x")])
         .await;
     assert_eq!(code(bad_partition.unwrap_err()), 3007);
     let bad_topic = client

@@ -1,0 +1,76 @@
+//! Command-line options of `iggy-load`.
+
+use anyhow::{bail, Context, Result};
+
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub address: String,
+    pub username: String,
+    pub password: String,
+    pub producers: usize,
+    pub consumers: usize,
+    pub partitions: u32,
+    /// Total batches, split across producers.
+    pub batches: usize,
+    pub batch_size: usize,
+    pub message_size: usize,
+    pub consume: bool,
+    pub keep: bool,
+    pub label: String,
+}
+
+const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
+[--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
+[--message-size 1000] [--no-consume] [--keep] [--label TEXT]";
+
+impl Args {
+    pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
+        let mut args = Args {
+            address: "127.0.0.1:8090".into(),
+            username: "iggy".into(),
+            password: "iggy".into(),
+            producers: 1,
+            consumers: 0,
+            partitions: 1,
+            batches: 1000,
+            batch_size: 1000,
+            message_size: 1000,
+            consume: true,
+            keep: false,
+            label: String::new(),
+        };
+        while let Some(flag) = raw.next() {
+            let mut value = || {
+                raw.next()
+                    .with_context(|| format!("{flag} needs a value\n{USAGE}"))
+            };
+            match flag.as_str() {
+                "--address" => args.address = value()?,
+                "--username" => args.username = value()?,
+                "--password" => args.password = value()?,
+                "--producers" => args.producers = value()?.parse()?,
+                "--consumers" => args.consumers = value()?.parse()?,
+                "--partitions" => args.partitions = value()?.parse()?,
+                "--batches" => args.batches = value()?.parse()?,
+                "--batch-size" => args.batch_size = value()?.parse()?,
+                "--message-size" => args.message_size = value()?.parse()?,
+                "--label" => args.label = value()?,
+                "--no-consume" => args.consume = false,
+                "--keep" => args.keep = true,
+                "-h" | "--help" => {
+                    println!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown option {other}\n{USAGE}"),
+            }
+        }
+        if args.consumers == 0 {
+            args.consumers = args.producers;
+        }
+        if args.producers == 0 || args.partitions == 0 || args.batches == 0 || args.batch_size == 0
+        {
+            bail!("producers, partitions, batches and batch size must be positive");
+        }
+        Ok(args)
+    }
+}
