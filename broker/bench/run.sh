@@ -3,6 +3,9 @@
 # 1000-byte messages in batches of 1000 for 1 and 4 producers, 1 and 8 partitions, with
 # fsync=never and fsync=always. Every scenario moves 1000 batches (1 GB of payload).
 # Usage: broker/bench/run.sh [--quick]   (--quick: 100 batches per scenario)
+# REPEAT=3 runs every scenario three times (this VM's I/O and CPU are noisy: report medians).
+# BENCH_DIR=/dev/shm broker/bench/run.sh  puts the data on tmpfs, taking the disk out of the
+# measurement (what the broker itself costs); the default is a directory on the work disk.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BROKER=./target/release/iggy-broker
@@ -11,7 +14,8 @@ BATCHES=1000
 [ "${1:-}" = "--quick" ] && BATCHES=100
 TCP=127.0.0.1:18090
 HTTP=127.0.0.1:13000
-WORK=$(mktemp -d)
+mkdir -p "${BENCH_DIR:-./target/bench}"
+WORK=$(mktemp -d "${BENCH_DIR:-./target/bench}/run.XXXXXX")
 trap 'kill $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 start_broker() { # fsync policy
@@ -38,7 +42,12 @@ restart_timing() { # second start on an existing data dir: what a pod restart co
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$PID/status; }
 hwm_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' /proc/$PID/status; }
 
-echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)"
+echo "== machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); data in $WORK"
+# The ceiling for appends: what a plain sequential 1 GB write to the same filesystem gets now.
+sync; sleep 1
+echo "baseline dd 1 GB write to the data filesystem: $(dd if=/dev/zero of="$WORK/dd" bs=1M count=1000 2>&1 | awk -F, '/copied/ {print $NF}')"
+echo "baseline dd 1 GB write + fdatasync: $(dd if=/dev/zero of="$WORK/dd" bs=1M count=1000 conv=fdatasync 2>&1 | awk -F, '/copied/ {print $NF}')"
+rm -f "$WORK/dd"
 start_broker never
 echo "first start to accepting connections (includes root password hashing): ${STARTUP_MS} ms"
 sleep 1
@@ -54,9 +63,11 @@ for fsync in never always; do
     for partitions in 1 8; do
       # Start each scenario with no dirty pages from the previous one: on a VM, background
       # writeback of earlier runs otherwise throttles this run's writes unpredictably.
-      sync; sleep 1
-      "$LOAD" --address $TCP --producers $producers --partitions $partitions \
-        --batches $BATCHES --batch-size 1000 --message-size 1000 --label "fsync=$fsync"
+      for run in $(seq "${REPEAT:-1}"); do
+        sync; sleep 1
+        "$LOAD" --address $TCP --producers $producers --partitions $partitions \
+          --batches $BATCHES --batch-size 1000 --message-size 1000 --label "fsync=$fsync run=$run"
+      done
     done
   done
   echo "broker RSS after fsync=$fsync runs: $(rss_mib) MiB (peak $(hwm_mib) MiB)"

@@ -21,7 +21,19 @@ impl ErrorCode {
     pub const INVALID_CREDENTIALS: Self = Self(42);
     pub const INVALID_USERNAME: Self = Self(43);
     pub const INVALID_PASSWORD: Self = Self(44);
+    pub const INVALID_USER_STATUS: Self = Self(45);
+    pub const USER_ALREADY_EXISTS: Self = Self(46);
     pub const USER_INACTIVE: Self = Self(47);
+    pub const CANNOT_DELETE_USER: Self = Self(48);
+    pub const CANNOT_CHANGE_PERMISSIONS: Self = Self(49);
+    pub const INVALID_PAT_NAME: Self = Self(50);
+    pub const PAT_ALREADY_EXISTS: Self = Self(51);
+    pub const PAT_LIMIT_REACHED: Self = Self(52);
+    pub const INVALID_PAT: Self = Self(53);
+    pub const PAT_EXPIRED: Self = Self(54);
+    /// A user (or other resource without its own code) that does not exist.
+    pub const RESOURCE_NOT_FOUND: Self = Self(20);
+    pub const CLIENT_NOT_FOUND: Self = Self(100);
     pub const STREAM_ID_NOT_FOUND: Self = Self(1009);
     pub const STREAM_NAME_NOT_FOUND: Self = Self(1010);
     pub const STREAM_NAME_ALREADY_EXISTS: Self = Self(1012);

@@ -10,6 +10,7 @@ pub mod codes;
 pub mod error;
 pub mod frame;
 pub mod message;
+pub mod permissions;
 pub mod primitives;
 pub mod reader;
 pub mod request;
@@ -17,5 +18,6 @@ pub mod response;
 
 pub use codes::Command;
 pub use error::{ErrorCode, WireError};
+pub use permissions::Permissions;
 pub use primitives::{Consumer, ConsumerKind, Identifier, Partitioning, PollingStrategy};
 pub use request::Request;

@@ -5,6 +5,7 @@
 
 use crate::codes::Command;
 use crate::error::WireError;
+use crate::permissions::Permissions;
 use crate::primitives::{decode_optional_partition, Consumer, Identifier, PollingStrategy};
 use crate::reader::Reader;
 
@@ -112,6 +113,86 @@ pub enum Request {
     DeleteConsumerOffset {
         target: PartitionRef,
     },
+    GetStats,
+    GetClient {
+        client_id: u32,
+    },
+    GetClients,
+    GetUser {
+        user: Identifier,
+    },
+    GetUsers,
+    CreateUser {
+        username: String,
+        password: String,
+        /// 1 active, 2 inactive.
+        status: u8,
+        permissions: Option<Permissions>,
+    },
+    DeleteUser {
+        user: Identifier,
+    },
+    UpdateUser {
+        user: Identifier,
+        username: Option<String>,
+        status: Option<u8>,
+    },
+    UpdatePermissions {
+        user: Identifier,
+        permissions: Option<Permissions>,
+    },
+    ChangePassword {
+        user: Identifier,
+        current_password: String,
+        new_password: String,
+    },
+    GetPersonalAccessTokens,
+    CreatePersonalAccessToken {
+        name: String,
+        /// Lifetime in microseconds; 0 = server default, `u64::MAX` = never.
+        expiry: u64,
+    },
+    DeletePersonalAccessToken {
+        name: String,
+    },
+    LoginWithPersonalAccessToken {
+        token: String,
+    },
+    GetConsumerGroup {
+        group: GroupRef,
+    },
+    GetConsumerGroups {
+        stream: Identifier,
+        topic: Identifier,
+    },
+    CreateConsumerGroup {
+        stream: Identifier,
+        topic: Identifier,
+        name: String,
+    },
+    DeleteConsumerGroup {
+        group: GroupRef,
+    },
+    JoinConsumerGroup {
+        group: GroupRef,
+    },
+    LeaveConsumerGroup {
+        group: GroupRef,
+    },
+    DeleteSegments {
+        stream: Identifier,
+        topic: Identifier,
+        partition: u32,
+        count: u32,
+    },
+}
+
+/// A consumer group addressed by stream, topic and group identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRef {
+    pub stream: Identifier,
+    pub topic: Identifier,
+    pub group: Identifier,
 }
 
 /// Outcome of decoding a code the protocol defines but this broker does not serve yet.
@@ -224,6 +305,81 @@ impl Request {
             Command::DeleteConsumerOffset => Request::DeleteConsumerOffset {
                 target: partition_ref(r)?,
             },
+            Command::GetStats => Request::GetStats,
+            Command::GetClient => Request::GetClient {
+                client_id: r.u32()?,
+            },
+            Command::GetClients => Request::GetClients,
+            Command::GetUser => Request::GetUser { user: ident(r)? },
+            Command::GetUsers => Request::GetUsers,
+            Command::CreateUser => Request::CreateUser {
+                username: r.name_u8()?.to_owned(),
+                password: r.name_u8()?.to_owned(),
+                status: r.u8()?,
+                permissions: Permissions::decode_optional(r)?,
+            },
+            Command::DeleteUser => Request::DeleteUser { user: ident(r)? },
+            Command::UpdateUser => {
+                let user = ident(r)?;
+                let username = if r.u8()? != 0 {
+                    Some(r.name_u8()?.to_owned())
+                } else {
+                    None
+                };
+                let status = if r.u8()? != 0 { Some(r.u8()?) } else { None };
+                Request::UpdateUser {
+                    user,
+                    username,
+                    status,
+                }
+            }
+            Command::UpdatePermissions => Request::UpdatePermissions {
+                user: ident(r)?,
+                permissions: Permissions::decode_optional(r)?,
+            },
+            Command::ChangePassword => Request::ChangePassword {
+                user: ident(r)?,
+                current_password: r.name_u8()?.to_owned(),
+                new_password: r.name_u8()?.to_owned(),
+            },
+            Command::GetPersonalAccessTokens => Request::GetPersonalAccessTokens,
+            Command::CreatePersonalAccessToken => Request::CreatePersonalAccessToken {
+                name: r.name_u8()?.to_owned(),
+                expiry: r.u64()?,
+            },
+            Command::DeletePersonalAccessToken => Request::DeletePersonalAccessToken {
+                name: r.name_u8()?.to_owned(),
+            },
+            Command::LoginWithPersonalAccessToken => Request::LoginWithPersonalAccessToken {
+                token: r.name_u8()?.to_owned(),
+            },
+            Command::GetConsumerGroup => Request::GetConsumerGroup {
+                group: group_ref(r)?,
+            },
+            Command::GetConsumerGroups => Request::GetConsumerGroups {
+                stream: ident(r)?,
+                topic: ident(r)?,
+            },
+            Command::CreateConsumerGroup => Request::CreateConsumerGroup {
+                stream: ident(r)?,
+                topic: ident(r)?,
+                name: r.name_u8()?.to_owned(),
+            },
+            Command::DeleteConsumerGroup => Request::DeleteConsumerGroup {
+                group: group_ref(r)?,
+            },
+            Command::JoinConsumerGroup => Request::JoinConsumerGroup {
+                group: group_ref(r)?,
+            },
+            Command::LeaveConsumerGroup => Request::LeaveConsumerGroup {
+                group: group_ref(r)?,
+            },
+            Command::DeleteSegments => Request::DeleteSegments {
+                stream: ident(r)?,
+                topic: ident(r)?,
+                partition: r.u32()?,
+                count: r.u32()?,
+            },
             other => return Ok(Err(NotServed(other))),
         };
         Ok(Ok(request))
@@ -237,6 +393,14 @@ fn topic_settings(r: &mut Reader<'_>) -> Result<TopicSettings, WireError> {
         max_topic_size: r.u64()?,
         replication_factor: r.u8()?,
         name: r.name_u8()?.to_owned(),
+    })
+}
+
+fn group_ref(r: &mut Reader<'_>) -> Result<GroupRef, WireError> {
+    Ok(GroupRef {
+        stream: Identifier::decode(r)?,
+        topic: Identifier::decode(r)?,
+        group: Identifier::decode(r)?,
     })
 }
 
@@ -365,8 +529,25 @@ mod tests {
     #[test]
     fn later_milestone_commands_are_reported_as_not_served() {
         assert_eq!(
-            Request::decode(Command::GetUsers, &[]).unwrap(),
-            Err(NotServed(Command::GetUsers))
+            Request::decode(Command::GetSnapshotFile, &[]).unwrap(),
+            Err(NotServed(Command::GetSnapshotFile))
+        );
+    }
+
+    #[test]
+    fn update_user_optional_fields() {
+        let mut payload = Vec::new();
+        Identifier::Named("bob".into()).encode(&mut payload);
+        payload.extend_from_slice(&[1, 3, b'r', b'o', b'b', 1, 2]);
+        assert_eq!(
+            Request::decode(Command::UpdateUser, &payload)
+                .unwrap()
+                .unwrap(),
+            Request::UpdateUser {
+                user: Identifier::Named("bob".into()),
+                username: Some("rob".into()),
+                status: Some(2)
+            }
         );
     }
 }

@@ -176,3 +176,142 @@ mod tests {
         assert_eq!(out.len(), 40);
     }
 }
+
+/// UserResponse: `id u32`, `created_at u64`, `status u8`, `username` (u8 length + bytes).
+pub fn encode_user(id: u32, created_at: u64, status: u8, username: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&created_at.to_le_bytes());
+    out.push(status);
+    put_name(out, username);
+}
+
+/// UserDetailsResponse: the user, then `1 u8` + `len u32` + permissions, or `0 u32` when the
+/// user has none (Iggy's encoder writes four zero bytes in that case, and so do we).
+pub fn encode_user_details(
+    id: u32,
+    created_at: u64,
+    status: u8,
+    username: &str,
+    permissions: Option<&crate::Permissions>,
+    out: &mut Vec<u8>,
+) {
+    encode_user(id, created_at, status, username, out);
+    match permissions {
+        Some(p) => crate::Permissions::encode_optional(Some(p), out),
+        None => out.extend_from_slice(&0u32.to_le_bytes()),
+    }
+}
+
+/// One entry of GetPersonalAccessTokens: name, then `expiry_at u64` (µs; 0 = never).
+pub fn encode_token_info(name: &str, expiry_at: u64, out: &mut Vec<u8>) {
+    put_name(out, name);
+    out.extend_from_slice(&expiry_at.to_le_bytes());
+}
+
+/// CreatePersonalAccessToken's reply: the raw token, shown once.
+pub fn encode_raw_token(token: &str, out: &mut Vec<u8>) {
+    put_name(out, token);
+}
+
+/// ConsumerGroupResponse: `id u32`, `partitions_count u32`, `members_count u32`, name.
+pub fn encode_consumer_group(
+    id: u32,
+    partitions: u32,
+    members: u32,
+    name: &str,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&partitions.to_le_bytes());
+    out.extend_from_slice(&members.to_le_bytes());
+    put_name(out, name);
+}
+
+/// One member of ConsumerGroupDetails: `id u32`, `partitions_count u32`, partition ids.
+pub fn encode_group_member(id: u32, partitions: &[u32], out: &mut Vec<u8>) {
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&(partitions.len() as u32).to_le_bytes());
+    for p in partitions {
+        out.extend_from_slice(&p.to_le_bytes());
+    }
+}
+
+/// GetStats' reply (`responses/system/get_stats.rs` of the pinned protocol).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub process_id: u32,
+    pub cpu_usage: f32,
+    pub total_cpu_usage: f32,
+    pub memory_usage: u64,
+    pub total_memory: u64,
+    pub available_memory: u64,
+    pub run_time: u64,
+    pub start_time: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub messages_size_bytes: u64,
+    pub streams_count: u32,
+    pub topics_count: u32,
+    pub partitions_count: u32,
+    pub segments_count: u32,
+    pub messages_count: u64,
+    pub clients_count: u32,
+    pub consumer_groups_count: u32,
+    pub hostname: String,
+    pub os_name: String,
+    pub os_version: String,
+    pub kernel_version: String,
+    pub server_version: String,
+    /// `major << 20 | minor << 10 | patch`; 0 = absent.
+    pub server_semver: u32,
+    pub threads_count: u32,
+    pub free_disk_space: u64,
+    pub total_disk_space: u64,
+}
+
+impl Stats {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.process_id.to_le_bytes());
+        out.extend_from_slice(&self.cpu_usage.to_le_bytes());
+        out.extend_from_slice(&self.total_cpu_usage.to_le_bytes());
+        for v in [
+            self.memory_usage,
+            self.total_memory,
+            self.available_memory,
+            self.run_time,
+            self.start_time,
+            self.read_bytes,
+            self.written_bytes,
+            self.messages_size_bytes,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for v in [
+            self.streams_count,
+            self.topics_count,
+            self.partitions_count,
+            self.segments_count,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&self.messages_count.to_le_bytes());
+        out.extend_from_slice(&self.clients_count.to_le_bytes());
+        out.extend_from_slice(&self.consumer_groups_count.to_le_bytes());
+        for text in [
+            &self.hostname,
+            &self.os_name,
+            &self.os_version,
+            &self.kernel_version,
+            &self.server_version,
+        ] {
+            out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.extend_from_slice(&self.server_semver.to_le_bytes());
+        // No per-partition cache metrics: there is no message cache yet.
+        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&self.threads_count.to_le_bytes());
+        out.extend_from_slice(&self.free_disk_space.to_le_bytes());
+        out.extend_from_slice(&self.total_disk_space.to_le_bytes());
+    }
+}
