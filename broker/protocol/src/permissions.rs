@@ -7,6 +7,7 @@ use crate::reader::Reader;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct GlobalPermissions {
     pub manage_servers: bool,
     pub read_servers: bool,
@@ -21,6 +22,7 @@ pub struct GlobalPermissions {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StreamPermissions {
     pub manage_stream: bool,
     pub read_stream: bool,
@@ -32,6 +34,7 @@ pub struct StreamPermissions {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TopicPermissions {
     pub manage_topic: bool,
     pub read_topic: bool,
@@ -40,6 +43,7 @@ pub struct TopicPermissions {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Permissions {
     pub global: GlobalPermissions,
     pub streams: BTreeMap<u32, StreamPermissions>,

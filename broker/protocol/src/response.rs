@@ -83,6 +83,22 @@ impl PartitionInfo {
 /// Transport byte of ClientResponse.
 pub const TRANSPORT_TCP: u8 = 1;
 
+/// ClientResponse: what GetClients lists for each client.
+pub fn encode_client_info(
+    client_id: u32,
+    user_id: u32,
+    address: &str,
+    groups_count: u32,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(&client_id.to_le_bytes());
+    out.extend_from_slice(&user_id.to_le_bytes());
+    out.push(TRANSPORT_TCP);
+    out.extend_from_slice(&(address.len() as u32).to_le_bytes());
+    out.extend_from_slice(address.as_bytes());
+    out.extend_from_slice(&groups_count.to_le_bytes());
+}
+
 /// ClientResponse followed by the client's consumer-group memberships (GetMe / GetClient).
 pub fn encode_client(
     client_id: u32,
@@ -91,12 +107,7 @@ pub fn encode_client(
     groups: &[(u32, u32, u32)],
     out: &mut Vec<u8>,
 ) {
-    out.extend_from_slice(&client_id.to_le_bytes());
-    out.extend_from_slice(&user_id.to_le_bytes());
-    out.push(TRANSPORT_TCP);
-    out.extend_from_slice(&(address.len() as u32).to_le_bytes());
-    out.extend_from_slice(address.as_bytes());
-    out.extend_from_slice(&(groups.len() as u32).to_le_bytes());
+    encode_client_info(client_id, user_id, address, groups.len() as u32, out);
     for (stream, topic, group) in groups {
         out.extend_from_slice(&stream.to_le_bytes());
         out.extend_from_slice(&topic.to_le_bytes());

@@ -3,13 +3,13 @@
 
 use crate::auth;
 use crate::catalog::{Catalog, Stream, Topic};
+use crate::clients::Clients;
 use crate::config::{Config, FsyncPolicy};
 use crate::error::{BrokerError, Result};
 use crate::metrics::Metrics;
 use crate::partition::Partition;
 use crate::storage::fsutil::now_micros;
 use crate::storage::metadata::{self, MetadataStore, UserRecord};
-use crate::storage::offsets::ConsumerOffsets;
 use crate::storage::partition_log::PartitionLog;
 use crate::storage::StorageError;
 use std::collections::BTreeMap;
@@ -21,6 +21,9 @@ pub struct Broker {
     catalog: RwLock<Catalog>,
     store: MetadataStore,
     pub metrics: Metrics,
+    pub clients: Clients,
+    /// Microseconds since the epoch when this process started (GetStats).
+    pub started_at: u64,
     next_client_id: AtomicU32,
     ready: AtomicBool,
 }
@@ -62,13 +65,7 @@ impl Broker {
                             report.partitions += 1;
                             report.verified_bytes += recovered.verified_bytes;
                             report.truncated_tails += usize::from(recovered.truncated.is_some());
-                            let offsets = ConsumerOffsets::load(&dir)?;
-                            partitions.push(Arc::new(Partition::new(
-                                p.id,
-                                p.created_at,
-                                log,
-                                offsets,
-                            )));
+                            partitions.push(Arc::new(Partition::new(p.id, p.created_at, log)?));
                         }
                         topics.insert(t.id, Topic::from_record(t, partitions));
                     }
@@ -101,12 +98,16 @@ impl Broker {
                     password_hash,
                     created_at: now_micros(),
                     active: true,
+                    permissions: Some(iggy_wire::Permissions::root()),
+                    tokens: Vec::new(),
                 });
                 store.save(&catalog.snapshot())?;
             }
         }
         let broker = Arc::new(Broker {
             metrics: Metrics::new(),
+            clients: Clients::default(),
+            started_at: now_micros(),
             config,
             catalog: RwLock::new(catalog),
             store,
@@ -146,12 +147,36 @@ impl Broker {
             self.config.storage.segment_size.0,
             sync_on_roll(&self.config),
         )?;
-        let offsets = ConsumerOffsets::load(&dir)?;
-        Ok(Arc::new(Partition::new(id, now_micros(), log, offsets)))
+        Ok(Arc::new(Partition::new(id, now_micros(), log)?))
     }
 
     pub fn next_client_id(&self) -> u32 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A connection closed: forget the client and take it out of its consumer groups, whose
+    /// partitions are rebalanced over the remaining members.
+    pub fn disconnect(&self, client_id: u32) {
+        let Some(entry) = self.clients.remove(client_id) else {
+            return;
+        };
+        if entry.groups.is_empty() {
+            return;
+        }
+        let catalog = self.catalog();
+        for (stream, topic, group) in entry.groups {
+            let Some(topic) = catalog
+                .streams
+                .get(&stream)
+                .and_then(|s| s.topics.get(&topic))
+            else {
+                continue;
+            };
+            let partitions = topic.partitions.len() as u32;
+            if let Some(group) = topic.groups().get_mut(&group) {
+                group.leave(client_id, partitions);
+            }
+        }
     }
 
     pub fn set_ready(&self) {

@@ -2,14 +2,18 @@
 //! from the durable snapshot. Lookups by numeric id or by name follow Iggy's identifier rules.
 
 use crate::error::{BrokerError, Result};
+use crate::groups::ConsumerGroup;
 use crate::partition::Partition;
 use crate::storage::metadata::{
-    PartitionRecord, Snapshot, StreamRecord, TopicRecord, UserRecord, FORMAT_VERSION,
+    GroupRecord, PartitionRecord, Snapshot, StreamRecord, TopicRecord, UserRecord, FORMAT_VERSION,
 };
 use iggy_wire::Identifier;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The root user's id; it cannot be deleted, deactivated or stripped of permissions.
+pub const ROOT_USER_ID: u32 = 0;
 
 #[derive(Default)]
 pub struct Catalog {
@@ -36,6 +40,9 @@ pub struct Topic {
     /// Round-robin cursor for Balanced partitioning.
     pub next_partition: AtomicU32,
     pub traffic: Arc<TopicTraffic>,
+    /// Consumer groups behind their own lock: polls update member cursors under a read lock
+    /// of the catalog.
+    pub groups: Mutex<BTreeMap<u32, ConsumerGroup>>,
 }
 
 /// Per-topic traffic counters exported on /metrics.
@@ -98,6 +105,10 @@ impl Stream {
 }
 
 impl Topic {
+    pub fn groups(&self) -> MutexGuard<'_, BTreeMap<u32, ConsumerGroup>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn totals(&self) -> Totals {
         Totals::of_partitions(&self.partitions)
     }
@@ -122,6 +133,39 @@ pub fn lowest_free_id<V>(map: &BTreeMap<u32, V>) -> u32 {
 }
 
 impl Catalog {
+    pub fn user(&self, id: &Identifier) -> Option<&UserRecord> {
+        match id {
+            Identifier::Numeric(n) => self.users.iter().find(|u| u.id == *n),
+            Identifier::Named(name) => self.users.iter().find(|u| &u.username == name),
+        }
+    }
+
+    pub fn user_mut(&mut self, id: &Identifier) -> Option<&mut UserRecord> {
+        match id {
+            Identifier::Numeric(n) => self.users.iter_mut().find(|u| u.id == *n),
+            Identifier::Named(name) => self.users.iter_mut().find(|u| &u.username == name),
+        }
+    }
+
+    /// The logged-in user of a session, if it still exists and is active; permission changes
+    /// and deactivation take effect on the very next request.
+    pub fn session_user(&self, user_id: Option<u32>) -> Result<&UserRecord> {
+        user_id
+            .and_then(|id| self.users.iter().find(|u| u.id == id))
+            .filter(|u| u.active)
+            .ok_or(BrokerError::Unauthenticated)
+    }
+
+    /// Fails with `Unauthorized` unless the session's user holds `access`.
+    pub fn authorize(&self, user_id: Option<u32>, access: crate::access::Access) -> Result<()> {
+        let user = self.session_user(user_id)?;
+        if crate::access::permits(user.permissions.as_ref(), access) {
+            Ok(())
+        } else {
+            Err(BrokerError::Unauthorized)
+        }
+    }
+
     pub fn stream(&self, id: &Identifier) -> Result<&Stream> {
         match id {
             Identifier::Numeric(n) => self.streams.get(n),
@@ -189,6 +233,14 @@ impl Topic {
                     created_at: p.created_at,
                 })
                 .collect(),
+            groups: self
+                .groups()
+                .values()
+                .map(|g| GroupRecord {
+                    id: g.id,
+                    name: g.name.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -204,6 +256,13 @@ impl Topic {
             partitions,
             next_partition: AtomicU32::new(0),
             traffic: Arc::default(),
+            groups: Mutex::new(
+                record
+                    .groups
+                    .iter()
+                    .map(|g| (g.id, ConsumerGroup::new(g.id, g.name.clone())))
+                    .collect(),
+            ),
         }
     }
 }

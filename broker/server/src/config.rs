@@ -40,6 +40,10 @@ max_poll_bytes = "64 MiB"
 username = "iggy"
 password = ""
 
+[personal_access_token]
+# Most tokens one user may hold.
+max_tokens_per_user = 100
+
 [logging]
 level = "info"
 "#;
@@ -52,7 +56,14 @@ pub struct Config {
     pub http: HttpConfig,
     pub storage: StorageConfig,
     pub root: RootConfig,
+    pub personal_access_token: TokenConfig,
     pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub max_tokens_per_user: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,6 +15,8 @@ pub enum BrokerError {
     NotServed(Command),
     #[error("not logged in")]
     Unauthenticated,
+    #[error("the user lacks the permission for this command")]
+    Unauthorized,
     #[error("invalid username or password")]
     InvalidCredentials,
     #[error("user is inactive")]
@@ -29,6 +31,40 @@ pub enum BrokerError {
     NoPartitions,
     #[error("consumer group {0} not found")]
     ConsumerGroupNotFound(Identifier),
+    #[error("client {0} is not a member of the consumer group")]
+    ConsumerGroupMemberNotFound(u32),
+    #[error("consumer group name '{0}' already exists")]
+    ConsumerGroupNameExists(String),
+    #[error("consumer group name must be 1-255 bytes")]
+    InvalidConsumerGroupName,
+    #[error("user {0} not found")]
+    UserNotFound(Identifier),
+    #[error("user '{0}' already exists")]
+    UserExists(String),
+    #[error("username must be 3-50 bytes")]
+    InvalidUsername,
+    #[error("password must be 3-100 bytes")]
+    InvalidPassword,
+    #[error("user status {0} is neither 1 (active) nor 2 (inactive)")]
+    InvalidUserStatus(u8),
+    #[error("the root user cannot be deleted or deactivated")]
+    CannotDeleteRoot,
+    #[error("the root user's permissions cannot be changed")]
+    CannotChangeRootPermissions,
+    #[error("token name must be 3-30 bytes")]
+    InvalidTokenName,
+    #[error("a token named '{0}' already exists")]
+    TokenExists(String),
+    #[error("user already holds the maximum of {0} tokens")]
+    TokenLimit(u32),
+    #[error("no token named '{0}'")]
+    TokenNotFound(String),
+    #[error("invalid personal access token")]
+    InvalidToken,
+    #[error("personal access token '{0}' expired")]
+    TokenExpired(String),
+    #[error("segments count must be positive")]
+    InvalidSegmentsCount,
     #[error("stream name '{0}' already exists")]
     StreamNameExists(String),
     #[error("topic name '{0}' already exists")]
@@ -63,6 +99,7 @@ impl BrokerError {
             UnknownCommand(_) | RequestTooLarge { .. } => ErrorCode::INVALID_COMMAND,
             NotServed(_) => ErrorCode::FEATURE_UNAVAILABLE,
             Unauthenticated => ErrorCode::UNAUTHENTICATED,
+            Unauthorized => ErrorCode::UNAUTHORIZED,
             InvalidCredentials => ErrorCode::INVALID_CREDENTIALS,
             UserInactive => ErrorCode::USER_INACTIVE,
             StreamNotFound(Identifier::Numeric(_)) => ErrorCode::STREAM_ID_NOT_FOUND,
@@ -71,7 +108,25 @@ impl BrokerError {
             TopicNotFound(_, Identifier::Named(_)) => ErrorCode::TOPIC_NAME_NOT_FOUND,
             PartitionNotFound(_) => ErrorCode::PARTITION_NOT_FOUND,
             NoPartitions => ErrorCode::NO_PARTITIONS,
-            ConsumerGroupNotFound(_) => ErrorCode(5000),
+            ConsumerGroupNotFound(Identifier::Numeric(_)) => ErrorCode(5000),
+            ConsumerGroupNotFound(Identifier::Named(_)) => ErrorCode(5003),
+            ConsumerGroupMemberNotFound(_) => ErrorCode(5006),
+            ConsumerGroupNameExists(_) => ErrorCode(5004),
+            InvalidConsumerGroupName => ErrorCode(5005),
+            UserNotFound(_) => ErrorCode::RESOURCE_NOT_FOUND,
+            UserExists(_) => ErrorCode::USER_ALREADY_EXISTS,
+            InvalidUsername => ErrorCode::INVALID_USERNAME,
+            InvalidPassword => ErrorCode::INVALID_PASSWORD,
+            InvalidUserStatus(_) => ErrorCode::INVALID_USER_STATUS,
+            CannotDeleteRoot => ErrorCode::CANNOT_DELETE_USER,
+            CannotChangeRootPermissions => ErrorCode::CANNOT_CHANGE_PERMISSIONS,
+            InvalidTokenName => ErrorCode::INVALID_PAT_NAME,
+            TokenExists(_) => ErrorCode::PAT_ALREADY_EXISTS,
+            TokenLimit(_) => ErrorCode::PAT_LIMIT_REACHED,
+            InvalidToken => ErrorCode::INVALID_PAT,
+            TokenNotFound(_) => ErrorCode::RESOURCE_NOT_FOUND,
+            TokenExpired(_) => ErrorCode::PAT_EXPIRED,
+            InvalidSegmentsCount => ErrorCode(4030),
             StreamNameExists(_) => ErrorCode::STREAM_NAME_ALREADY_EXISTS,
             TopicNameExists(_) => ErrorCode::TOPIC_NAME_ALREADY_EXISTS,
             InvalidStreamName => ErrorCode::INVALID_STREAM_NAME,

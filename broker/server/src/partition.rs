@@ -9,6 +9,7 @@
 use crate::storage::offsets::ConsumerOffsets;
 use crate::storage::partition_log::{Appended, PartitionLog, ReadPlan};
 use crate::storage::{IoContext, StorageError};
+use iggy_wire::ConsumerKind;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -17,7 +18,8 @@ pub struct Partition {
     pub id: u32,
     pub created_at: u64,
     log: Mutex<PartitionLog>,
-    offsets: Mutex<ConsumerOffsets>,
+    consumer_offsets: Mutex<ConsumerOffsets>,
+    group_offsets: Mutex<ConsumerOffsets>,
     /// Highest append sequence number known to be on disk.
     durable_seq: AtomicU64,
     sync_lock: tokio::sync::Mutex<()>,
@@ -35,17 +37,21 @@ fn random_message_id() -> u128 {
 }
 
 impl Partition {
-    pub fn new(id: u32, created_at: u64, log: PartitionLog, offsets: ConsumerOffsets) -> Self {
+    /// Wraps an opened log and loads the partition's stored consumer and group offsets.
+    pub fn new(id: u32, created_at: u64, log: PartitionLog) -> Result<Self, StorageError> {
         let seq = log.write_seq();
-        Self {
+        let consumer_offsets = ConsumerOffsets::load(log.dir())?;
+        let group_offsets = ConsumerOffsets::load_groups(log.dir())?;
+        Ok(Self {
             id,
             created_at,
             log: Mutex::new(log),
-            offsets: Mutex::new(offsets),
+            consumer_offsets: Mutex::new(consumer_offsets),
+            group_offsets: Mutex::new(group_offsets),
             durable_seq: AtomicU64::new(seq),
             sync_lock: tokio::sync::Mutex::new(()),
             poisoned: AtomicBool::new(false),
-        }
+        })
     }
 
     /// The log, for short non-blocking work. A panic while holding it cannot leave the log
@@ -55,8 +61,13 @@ impl Partition {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn offsets(&self) -> MutexGuard<'_, ConsumerOffsets> {
-        self.offsets.lock().unwrap_or_else(|e| e.into_inner())
+    /// Stored offsets of standalone consumers or of consumer groups.
+    pub fn offsets(&self, kind: ConsumerKind) -> MutexGuard<'_, ConsumerOffsets> {
+        let offsets = match kind {
+            ConsumerKind::Consumer => &self.consumer_offsets,
+            ConsumerKind::Group => &self.group_offsets,
+        };
+        offsets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn dir(&self) -> PathBuf {

@@ -49,6 +49,9 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
     metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     let mut session = Session::new(broker.next_client_id(), address.to_string());
+    broker
+        .clients
+        .register(session.client_id, session.address.clone());
     tracing::debug!(client = session.client_id, %address, "connected");
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
@@ -88,6 +91,7 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
             out = Vec::with_capacity(4096);
         }
     }
+    broker.disconnect(session.client_id);
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(client = session.client_id, "disconnected");
 }

@@ -128,7 +128,7 @@ fn framing_errors_keep_the_connection_in_sync() {
     raw.assert_usable();
 
     // Commands of later milestones answer FeatureUnavailable.
-    assert_eq!(raw.status(Command::GetUsers.code(), &[]), 5);
+    assert_eq!(raw.status(Command::GetSnapshotFile.code(), &[]), 5);
     raw.assert_usable();
 
     // A truncated header followed by a hang-up only closes that connection.

@@ -1,16 +1,25 @@
-//! GetConsumerOffset, StoreConsumerOffset and DeleteConsumerOffset for standalone consumers.
+//! GetConsumerOffset, StoreConsumerOffset and DeleteConsumerOffset, for standalone consumers
+//! and consumer groups.
 
-use super::messages::consumer_partition;
+use super::messages::consumer_target;
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
-use crate::storage::offsets::consumer_key;
+use crate::session::Session;
 use iggy_wire::request::PartitionRef;
 use iggy_wire::response;
 
 /// Nothing stored is an empty OK reply (the SDK's `None`).
-pub fn get(broker: &Broker, target: &PartitionRef, body: &mut Vec<u8>) -> Result<()> {
-    let (partition, _) = consumer_partition(broker, target)?;
-    let stored = partition.offsets().get(&consumer_key(&target.consumer.id));
+pub fn get(
+    broker: &Broker,
+    session: &Session,
+    target: &PartitionRef,
+    body: &mut Vec<u8>,
+) -> Result<()> {
+    let resolved = consumer_target(broker, session, target, false)?;
+    let Some(partition) = resolved.partition else {
+        return Ok(());
+    };
+    let stored = partition.offsets(resolved.kind).get(&resolved.key);
     if let Some(stored) = stored {
         let current = partition.log().current_offset();
         body.extend_from_slice(&response::consumer_offset(partition.id, current, stored));
@@ -19,8 +28,11 @@ pub fn get(broker: &Broker, target: &PartitionRef, body: &mut Vec<u8>) -> Result
 }
 
 /// An offset past the last message would make the next poll skip messages not yet written.
-pub fn store(broker: &Broker, target: &PartitionRef, offset: u64) -> Result<()> {
-    let (partition, _) = consumer_partition(broker, target)?;
+pub fn store(broker: &Broker, session: &Session, target: &PartitionRef, offset: u64) -> Result<()> {
+    let resolved = consumer_target(broker, session, target, false)?;
+    let partition = resolved
+        .partition
+        .ok_or(BrokerError::PartitionNotFound(0))?;
     let (empty, current) = {
         let log = partition.log();
         (log.is_empty(), log.current_offset())
@@ -28,19 +40,18 @@ pub fn store(broker: &Broker, target: &PartitionRef, offset: u64) -> Result<()> 
     if empty || offset > current {
         return Err(BrokerError::InvalidOffset { offset, current });
     }
-    partition.offsets().store(
-        &consumer_key(&target.consumer.id),
-        offset,
-        broker.durable_sends(),
-    )?;
+    partition
+        .offsets(resolved.kind)
+        .store(&resolved.key, offset, broker.durable_sends())?;
     Ok(())
 }
 
-pub fn delete(broker: &Broker, target: &PartitionRef) -> Result<()> {
-    let (partition, _) = consumer_partition(broker, target)?;
-    let removed = partition
-        .offsets()
-        .delete(&consumer_key(&target.consumer.id))?;
+pub fn delete(broker: &Broker, session: &Session, target: &PartitionRef) -> Result<()> {
+    let resolved = consumer_target(broker, session, target, false)?;
+    let partition = resolved
+        .partition
+        .ok_or(BrokerError::PartitionNotFound(0))?;
+    let removed = partition.offsets(resolved.kind).delete(&resolved.key)?;
     if removed {
         Ok(())
     } else {

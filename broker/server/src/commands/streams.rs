@@ -1,6 +1,7 @@
 //! Stream commands: Get, GetAll, Create, Update, Delete, Purge.
 
 use super::topics::encode_topic_header;
+use crate::access::Access;
 use crate::broker::Broker;
 use crate::catalog::{lowest_free_id, Stream};
 use crate::error::{BrokerError, Result};
@@ -39,23 +40,28 @@ pub(super) fn validate_name(name: &str) -> Result<()> {
 }
 
 /// A missing stream is an empty OK reply, which the SDK reads as `None`.
-pub fn get(broker: &Broker, id: &Identifier, body: &mut Vec<u8>) -> Result<()> {
-    if let Ok(stream) = broker.catalog().stream(id) {
+pub fn get(broker: &Broker, user: Option<u32>, id: &Identifier, body: &mut Vec<u8>) -> Result<()> {
+    let catalog = broker.catalog();
+    if let Ok(stream) = catalog.stream(id) {
+        catalog.authorize(user, Access::ReadStream(stream.id))?;
         encode_stream_details(stream, body);
     }
     Ok(())
 }
 
-pub fn get_all(broker: &Broker, body: &mut Vec<u8>) -> Result<()> {
-    for stream in broker.catalog().streams.values() {
+pub fn get_all(broker: &Broker, user: Option<u32>, body: &mut Vec<u8>) -> Result<()> {
+    let catalog = broker.catalog();
+    catalog.authorize(user, Access::ReadStreams)?;
+    for stream in catalog.streams.values() {
         encode_stream(stream, body);
     }
     Ok(())
 }
 
-pub fn create(broker: &Broker, name: String, body: &mut Vec<u8>) -> Result<()> {
-    validate_name(&name)?;
+pub fn create(broker: &Broker, user: Option<u32>, name: String, body: &mut Vec<u8>) -> Result<()> {
     let mut catalog = broker.catalog_mut();
+    catalog.authorize(user, Access::ManageStreams)?;
+    validate_name(&name)?;
     if catalog.streams.values().any(|s| s.name == name) {
         return Err(BrokerError::StreamNameExists(name));
     }
@@ -76,10 +82,11 @@ pub fn create(broker: &Broker, name: String, body: &mut Vec<u8>) -> Result<()> {
     Ok(())
 }
 
-pub fn update(broker: &Broker, id: &Identifier, name: String) -> Result<()> {
-    validate_name(&name)?;
+pub fn update(broker: &Broker, user: Option<u32>, id: &Identifier, name: String) -> Result<()> {
     let mut catalog = broker.catalog_mut();
     let target = catalog.stream(id)?.id;
+    catalog.authorize(user, Access::ManageStream(target))?;
+    validate_name(&name)?;
     if catalog
         .streams
         .values()
@@ -98,9 +105,10 @@ pub fn update(broker: &Broker, id: &Identifier, name: String) -> Result<()> {
     Ok(())
 }
 
-pub fn delete(broker: &Broker, id: &Identifier) -> Result<()> {
+pub fn delete(broker: &Broker, user: Option<u32>, id: &Identifier) -> Result<()> {
     let mut catalog = broker.catalog_mut();
     let target = catalog.stream(id)?.id;
+    catalog.authorize(user, Access::ManageStream(target))?;
     let removed = catalog.streams.remove(&target);
     if let Err(e) = broker.persist(&catalog) {
         if let Some(stream) = removed {
@@ -109,6 +117,7 @@ pub fn delete(broker: &Broker, id: &Identifier) -> Result<()> {
         return Err(e);
     }
     drop(catalog);
+    broker.clients.forget_groups(|(s, _, _)| *s == target);
     // The metadata no longer names the directory; a failure here leaves an orphan that the next
     // create at this id removes.
     let dir = metadata::stream_dir(&broker.config.system.path, target);
@@ -118,10 +127,11 @@ pub fn delete(broker: &Broker, id: &Identifier) -> Result<()> {
     Ok(())
 }
 
-pub fn purge(broker: &Broker, id: &Identifier) -> Result<()> {
+pub fn purge(broker: &Broker, user: Option<u32>, id: &Identifier) -> Result<()> {
     let partitions: Vec<_> = {
         let catalog = broker.catalog();
         let stream = catalog.stream(id)?;
+        catalog.authorize(user, Access::ManageStream(stream.id))?;
         stream
             .topics
             .values()

@@ -1,10 +1,17 @@
-//! Ping, LoginUser, LogoutUser and GetMe.
+//! Ping, LoginUser, LogoutUser, GetMe, GetStats, GetClient and GetClients.
 
+use crate::access::Access;
 use crate::auth;
 use crate::broker::Broker;
+use crate::clients::ClientEntry;
 use crate::error::{BrokerError, Result};
 use crate::session::Session;
-use iggy_wire::response;
+use crate::stats;
+use crate::storage::fsutil::now_micros;
+use iggy_wire::response::{self, Stats};
+
+/// `user_id` reported for a client that has not logged in.
+const NO_USER: u32 = u32::MAX;
 
 pub async fn login(
     broker: &Broker,
@@ -36,7 +43,14 @@ pub async fn login(
         return Err(BrokerError::UserInactive);
     }
     session.user_id = Some(user.id);
+    broker.clients.set_user(session.client_id, session.user_id);
     body.extend_from_slice(&response::identity(user.id));
+    Ok(())
+}
+
+pub fn logout(broker: &Broker, session: &mut Session) -> Result<()> {
+    session.user_id = None;
+    broker.clients.set_user(session.client_id, None);
     Ok(())
 }
 
@@ -46,8 +60,114 @@ fn dummy_hash() -> String {
         .clone()
 }
 
-pub fn get_me(session: &Session, body: &mut Vec<u8>) -> Result<()> {
-    let user_id = session.user_id.ok_or(BrokerError::Unauthenticated)?;
-    response::encode_client(session.client_id, user_id, &session.address, &[], body);
+fn encode_client_details(client_id: u32, entry: &ClientEntry, body: &mut Vec<u8>) {
+    let groups: Vec<_> = entry.groups.iter().copied().collect();
+    response::encode_client(
+        client_id,
+        entry.user_id.unwrap_or(NO_USER),
+        &entry.address,
+        &groups,
+        body,
+    );
+}
+
+pub fn get_me(broker: &Broker, session: &Session, body: &mut Vec<u8>) -> Result<()> {
+    broker.catalog().session_user(session.user_id)?;
+    let entry = broker
+        .clients
+        .get(session.client_id)
+        .ok_or(BrokerError::Unauthenticated)?;
+    encode_client_details(session.client_id, &entry, body);
     Ok(())
+}
+
+/// A client that is gone is an empty OK reply.
+pub fn get_client(
+    broker: &Broker,
+    session: &Session,
+    client_id: u32,
+    body: &mut Vec<u8>,
+) -> Result<()> {
+    broker
+        .catalog()
+        .authorize(session.user_id, Access::ReadServers)?;
+    if let Some(entry) = broker.clients.get(client_id) {
+        encode_client_details(client_id, &entry, body);
+    }
+    Ok(())
+}
+
+pub fn get_clients(broker: &Broker, session: &Session, body: &mut Vec<u8>) -> Result<()> {
+    broker
+        .catalog()
+        .authorize(session.user_id, Access::ReadServers)?;
+    for (id, entry) in broker.clients.all() {
+        response::encode_client_info(
+            id,
+            entry.user_id.unwrap_or(NO_USER),
+            &entry.address,
+            entry.groups.len() as u32,
+            body,
+        );
+    }
+    Ok(())
+}
+
+pub fn get_stats(broker: &Broker, session: &Session, body: &mut Vec<u8>) -> Result<()> {
+    let catalog = broker.catalog();
+    catalog.authorize(session.user_id, Access::ReadServers)?;
+    let now = now_micros();
+    let run_time = now.saturating_sub(broker.started_at);
+    let process = stats::process(run_time as f64 / 1e6);
+    let (free_disk_space, total_disk_space) = stats::disk_space(&broker.config.system.path);
+    let mut figures = Stats {
+        process_id: std::process::id(),
+        cpu_usage: process.cpu_percent,
+        total_cpu_usage: process.total_cpu_percent,
+        memory_usage: process.rss_bytes,
+        total_memory: process.total_memory,
+        available_memory: process.available_memory,
+        run_time,
+        start_time: broker.started_at,
+        read_bytes: process.read_bytes,
+        written_bytes: process.written_bytes,
+        clients_count: broker.clients.count() as u32,
+        hostname: stats::hostname(),
+        os_name: std::env::consts::OS.to_owned(),
+        os_version: stats::os_version(),
+        kernel_version: stats::kernel_version(),
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        server_semver: semver(env!("CARGO_PKG_VERSION")),
+        threads_count: process.threads,
+        free_disk_space,
+        total_disk_space,
+        ..Stats::default()
+    };
+    figures.streams_count = catalog.streams.len() as u32;
+    for stream in catalog.streams.values() {
+        figures.topics_count += stream.topics.len() as u32;
+        for topic in stream.topics.values() {
+            figures.consumer_groups_count += topic.groups().len() as u32;
+            figures.partitions_count += topic.partitions.len() as u32;
+            for partition in &topic.partitions {
+                let log = partition.log();
+                figures.segments_count += log.segments_count();
+                figures.messages_count += log.messages_count();
+                figures.messages_size_bytes += log.size_bytes();
+            }
+        }
+    }
+    figures.encode(body);
+    Ok(())
+}
+
+/// `major << 20 | minor << 10 | patch`, Iggy's packed version.
+fn semver(version: &str) -> u32 {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor, patch) = (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    );
+    (major << 20) | (minor << 10) | patch
 }

@@ -1,6 +1,7 @@
 //! Topic and partition commands: Get, GetAll, Create, Update, Delete, Purge, CreatePartitions,
 //! DeletePartitions.
 
+use crate::access::Access;
 use crate::broker::Broker;
 use crate::catalog::{lowest_free_id, Topic};
 use crate::error::{BrokerError, Result};
@@ -9,7 +10,7 @@ use crate::storage::fsutil::now_micros;
 use crate::storage::metadata;
 use iggy_wire::request::TopicSettings;
 use iggy_wire::response::{PartitionInfo, TopicInfo};
-use iggy_wire::Identifier;
+use iggy_wire::{ConsumerKind, Identifier};
 use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
@@ -82,19 +83,29 @@ fn checked_settings(broker: &Broker, settings: &TopicSettings) -> Result<TopicSe
 
 pub fn get(
     broker: &Broker,
+    user: Option<u32>,
     stream: &Identifier,
     topic: &Identifier,
     body: &mut Vec<u8>,
 ) -> Result<()> {
-    if let Ok((_, topic)) = broker.catalog().topic(stream, topic) {
-        encode_topic_details(topic, body);
+    let catalog = broker.catalog();
+    if let Ok((s, t)) = catalog.topic(stream, topic) {
+        catalog.authorize(user, Access::ReadTopic(s.id, t.id))?;
+        encode_topic_details(t, body);
     }
     Ok(())
 }
 
-pub fn get_all(broker: &Broker, stream: &Identifier, body: &mut Vec<u8>) -> Result<()> {
+pub fn get_all(
+    broker: &Broker,
+    user: Option<u32>,
+    stream: &Identifier,
+    body: &mut Vec<u8>,
+) -> Result<()> {
     let catalog = broker.catalog();
-    for topic in catalog.stream(stream)?.topics.values() {
+    let s = catalog.stream(stream)?;
+    catalog.authorize(user, Access::ReadTopics(s.id))?;
+    for topic in s.topics.values() {
         encode_topic_header(topic, body);
     }
     Ok(())
@@ -112,16 +123,19 @@ fn create_partitions_on_disk(
 
 pub fn create(
     broker: &Broker,
+    user: Option<u32>,
     stream_id: &Identifier,
     partitions_count: u32,
     settings: TopicSettings,
     body: &mut Vec<u8>,
 ) -> Result<()> {
+    let mut catalog = broker.catalog_mut();
+    let stream_num = catalog.stream(stream_id)?.id;
+    catalog.authorize(user, Access::ManageTopic(stream_num, None))?;
     if partitions_count > MAX_PARTITIONS_PER_REQUEST {
         return Err(BrokerError::TooManyPartitions);
     }
     let settings = checked_settings(broker, &settings)?;
-    let mut catalog = broker.catalog_mut();
     let stream = catalog.stream_mut(stream_id)?;
     if stream.topics.values().any(|t| t.name == settings.name) {
         return Err(BrokerError::TopicNameExists(settings.name));
@@ -144,6 +158,7 @@ pub fn create(
         partitions,
         next_partition: AtomicU32::new(0),
         traffic: Arc::default(),
+        groups: Default::default(),
     };
     stream.topics.insert(id, topic);
     if let Err(e) = broker.persist(&catalog) {
@@ -159,14 +174,16 @@ pub fn create(
 
 pub fn update(
     broker: &Broker,
+    user: Option<u32>,
     stream: &Identifier,
     topic: &Identifier,
     settings: TopicSettings,
 ) -> Result<()> {
-    let settings = checked_settings(broker, &settings)?;
     let mut catalog = broker.catalog_mut();
-    let (_, current) = catalog.topic(stream, topic)?;
-    let target = current.id;
+    let (s, current) = catalog.topic(stream, topic)?;
+    let (stream_num, target) = (s.id, current.id);
+    catalog.authorize(user, Access::ManageTopic(stream_num, Some(target)))?;
+    let settings = checked_settings(broker, &settings)?;
     if catalog
         .stream(stream)?
         .topics
@@ -195,10 +212,16 @@ pub fn update(
     Ok(())
 }
 
-pub fn delete(broker: &Broker, stream: &Identifier, topic: &Identifier) -> Result<()> {
+pub fn delete(
+    broker: &Broker,
+    user: Option<u32>,
+    stream: &Identifier,
+    topic: &Identifier,
+) -> Result<()> {
     let mut catalog = broker.catalog_mut();
     let (s, t) = catalog.topic(stream, topic)?;
     let (stream_num, topic_num) = (s.id, t.id);
+    catalog.authorize(user, Access::ManageTopic(stream_num, Some(topic_num)))?;
     let removed = catalog.stream_mut(stream)?.topics.remove(&topic_num);
     if let Err(e) = broker.persist(&catalog) {
         if let (Some(t), Ok(s)) = (removed, catalog.stream_mut(stream)) {
@@ -207,6 +230,9 @@ pub fn delete(broker: &Broker, stream: &Identifier, topic: &Identifier) -> Resul
         return Err(e);
     }
     drop(catalog);
+    broker
+        .clients
+        .forget_groups(|(s, t, _)| (*s, *t) == (stream_num, topic_num));
     let dir = metadata::topic_dir(&broker.config.system.path, stream_num, topic_num);
     if let Err(e) = metadata::remove_tree(&dir) {
         tracing::warn!(error = %e, "deleted topic's directory could not be removed");
@@ -214,8 +240,18 @@ pub fn delete(broker: &Broker, stream: &Identifier, topic: &Identifier) -> Resul
     Ok(())
 }
 
-pub fn purge(broker: &Broker, stream: &Identifier, topic: &Identifier) -> Result<()> {
-    let partitions = broker.catalog().topic(stream, topic)?.1.partitions.clone();
+pub fn purge(
+    broker: &Broker,
+    user: Option<u32>,
+    stream: &Identifier,
+    topic: &Identifier,
+) -> Result<()> {
+    let partitions = {
+        let catalog = broker.catalog();
+        let (s, t) = catalog.topic(stream, topic)?;
+        catalog.authorize(user, Access::ManageTopic(s.id, Some(t.id)))?;
+        t.partitions.clone()
+    };
     purge_partitions(&partitions)
 }
 
@@ -223,17 +259,24 @@ pub fn purge(broker: &Broker, stream: &Identifier, topic: &Identifier) -> Result
 pub(super) fn purge_partitions(partitions: &[Arc<Partition>]) -> Result<()> {
     for partition in partitions {
         partition.log().purge()?;
-        partition.offsets().clear()?;
+        partition.offsets(ConsumerKind::Consumer).clear()?;
+        partition.offsets(ConsumerKind::Group).clear()?;
     }
     Ok(())
 }
 
 pub fn create_partitions(
     broker: &Broker,
+    user: Option<u32>,
     stream: &Identifier,
     topic: &Identifier,
     count: u32,
 ) -> Result<()> {
+    {
+        let catalog = broker.catalog();
+        let (s, t) = catalog.topic(stream, topic)?;
+        catalog.authorize(user, Access::ManageTopic(s.id, Some(t.id)))?;
+    }
     if count == 0 {
         return Err(BrokerError::InvalidPartitionsCount(count));
     }
@@ -252,12 +295,14 @@ pub fn create_partitions(
         }
         return Err(e);
     }
+    rebalance_groups(catalog.topic(stream, topic)?.1);
     Ok(())
 }
 
 /// Removes the last `count` partitions, as Iggy does.
 pub fn delete_partitions(
     broker: &Broker,
+    user: Option<u32>,
     stream: &Identifier,
     topic: &Identifier,
     count: u32,
@@ -265,6 +310,7 @@ pub fn delete_partitions(
     let mut catalog = broker.catalog_mut();
     let (s, t) = catalog.topic(stream, topic)?;
     let (stream_num, topic_num, existing) = (s.id, t.id, t.partitions.len() as u32);
+    catalog.authorize(user, Access::ManageTopic(stream_num, Some(topic_num)))?;
     if count == 0 || count > existing {
         return Err(BrokerError::InvalidPartitionsCount(count));
     }
@@ -276,6 +322,7 @@ pub fn delete_partitions(
         }
         return Err(e);
     }
+    rebalance_groups(catalog.topic(stream, topic)?.1);
     drop(catalog);
     for partition in removed {
         let dir = metadata::partition_dir(
@@ -288,5 +335,35 @@ pub fn delete_partitions(
             tracing::warn!(error = %e, "deleted partition's directory could not be removed");
         }
     }
+    Ok(())
+}
+
+/// Reassigns every group's partitions after the partition count changed.
+fn rebalance_groups(topic: &Topic) {
+    let count = topic.partitions.len() as u32;
+    for group in topic.groups().values_mut() {
+        group.rebalance(count);
+    }
+}
+
+/// Deletes the oldest `count` sealed segments of a partition (the active one always stays).
+pub fn delete_segments(
+    broker: &Broker,
+    user: Option<u32>,
+    stream: &Identifier,
+    topic: &Identifier,
+    partition: u32,
+    count: u32,
+) -> Result<()> {
+    if count == 0 {
+        return Err(BrokerError::InvalidSegmentsCount);
+    }
+    let partition = {
+        let catalog = broker.catalog();
+        let (s, t) = catalog.topic(stream, topic)?;
+        catalog.authorize(user, Access::ManageTopic(s.id, Some(t.id)))?;
+        t.partition(partition)?.clone()
+    };
+    partition.log().delete_oldest_segments(count as usize)?;
     Ok(())
 }

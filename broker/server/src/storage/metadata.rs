@@ -35,6 +35,8 @@ pub struct TopicRecord {
     pub max_topic_size: u64,
     pub replication_factor: u8,
     pub partitions: Vec<PartitionRecord>,
+    #[serde(default)]
+    pub groups: Vec<GroupRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,6 +53,37 @@ pub struct UserRecord {
     pub password_hash: String,
     pub created_at: u64,
     pub active: bool,
+    /// `None` = no permissions at all.
+    #[serde(default)]
+    pub permissions: Option<iggy_wire::Permissions>,
+    #[serde(default)]
+    pub tokens: Vec<TokenRecord>,
+}
+
+/// A personal access token. Only a SHA-256 of the token is kept: tokens are long random strings,
+/// so a fast hash is enough, and it lets a login find its token without trying every hash.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub name: String,
+    pub token_sha256: String,
+    /// Microseconds since the epoch; 0 = never expires.
+    pub expiry_at: u64,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("name", &self.name)
+            .field("expiry_at", &self.expiry_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consumer group's durable part; membership lives only as long as connections do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub id: u32,
+    pub name: String,
 }
 
 impl std::fmt::Debug for UserRecord {

@@ -25,12 +25,17 @@ pub fn consumer_key(id: &Identifier) -> String {
 }
 
 impl ConsumerOffsets {
-    pub fn dir_for(partition_dir: &Path) -> PathBuf {
-        partition_dir.join("offsets").join("consumers")
+    /// Offsets of standalone consumers (`offsets/consumers/`).
+    pub fn load(partition_dir: &Path) -> Result<Self, StorageError> {
+        Self::load_from(partition_dir.join("offsets").join("consumers"))
     }
 
-    pub fn load(partition_dir: &Path) -> Result<Self, StorageError> {
-        let dir = Self::dir_for(partition_dir);
+    /// Offsets of consumer groups (`offsets/groups/<group id>`).
+    pub fn load_groups(partition_dir: &Path) -> Result<Self, StorageError> {
+        Self::load_from(partition_dir.join("offsets").join("groups"))
+    }
+
+    fn load_from(dir: PathBuf) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&dir).at(&dir)?;
         let mut offsets = HashMap::new();
         for entry in std::fs::read_dir(&dir).at(&dir)? {

@@ -290,6 +290,30 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Deletes up to `count` of the oldest sealed segments — never the active one — and returns
+    /// how many went. Readers holding a segment's file keep reading it until they finish.
+    pub fn delete_oldest_segments(&mut self, count: usize) -> Result<usize, StorageError> {
+        let n = count.min(self.segments.len() - 1);
+        let removed: Vec<Segment> = self.segments.drain(..n).collect();
+        for segment in &removed {
+            self.messages_count -= segment.index.len() as u64;
+            self.size_bytes -= segment.size;
+            segment.remove_files()?;
+        }
+        if n > 0 {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(n)
+    }
+
+    /// (last timestamp, bytes) of each sealed segment, oldest first: what retention decides on.
+    pub fn sealed_segments(&self) -> Vec<(u64, u64)> {
+        self.segments[..self.segments.len() - 1]
+            .iter()
+            .map(|s| (s.index.last().map_or(0, |e| e.timestamp), s.size))
+            .collect()
+    }
+
     /// fsyncs every segment (clean shutdown, `FlushUnsavedBuffer` with fsync).
     pub fn sync_all(&self) -> Result<(), StorageError> {
         for segment in &self.segments {
@@ -402,6 +426,37 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         log.plan_read(1, 1, usize::MAX).read_into(&mut out).unwrap();
         assert_eq!(FrameHeader::new(&out).unwrap().timestamp(), 500);
+    }
+
+    #[test]
+    fn deleting_old_segments_keeps_counts_exact_and_offsets_monotonic() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, false).unwrap();
+        for _ in 0..10 {
+            log.append(&mut batch(5, 100), 1, || 9).unwrap();
+        }
+        let segments = log.segments_count() as usize;
+        let sealed = log.sealed_segments();
+        assert_eq!(sealed.len(), segments - 1);
+        let removed_bytes: u64 = sealed[..2].iter().map(|(_, size)| size).sum();
+        let (messages, bytes) = (log.messages_count(), log.size_bytes());
+        assert_eq!(log.delete_oldest_segments(2).unwrap(), 2);
+        assert_eq!(log.size_bytes(), bytes - removed_bytes);
+        let first = log.first_offset().unwrap();
+        assert_eq!(log.messages_count(), messages - first);
+        assert_eq!(
+            read_offsets(&log, 0, 3, usize::MAX),
+            vec![first, first + 1, first + 2]
+        );
+        assert_eq!(
+            log.delete_oldest_segments(1000).unwrap(),
+            segments - 3,
+            "the active segment stays"
+        );
+        assert_eq!(log.segments_count(), 1);
+        let (reopened, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert_eq!(reopened.messages_count(), log.messages_count());
+        assert_eq!(reopened.next_offset(), 50);
     }
 
     #[test]
