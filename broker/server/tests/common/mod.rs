@@ -150,6 +150,10 @@ impl TestBroker {
         client
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
     pub fn partition_dir(&self, stream: u32, topic: u32, partition: u32) -> PathBuf {
         self.data.path().join(format!(
             "streams/{stream}/topics/{topic}/partitions/{partition}"
