@@ -40,6 +40,14 @@ max_poll_bytes = "64 MiB"
 username = "iggy"
 password = ""
 
+[retention]
+# Server defaults for topics created with message_expiry = 0 / max_topic_size = 0:
+# "none" / "unlimited", or a duration ("7d", "12h", "30m", "45s", "500ms") / a size ("10 GiB").
+message_expiry = "none"
+max_topic_size = "unlimited"
+# How often the cleaner deletes expired sealed segments and trims topics over their max size.
+cleaner_interval = "1m"
+
 [personal_access_token]
 # Most tokens one user may hold.
 max_tokens_per_user = 100
@@ -56,8 +64,73 @@ pub struct Config {
     pub http: HttpConfig,
     pub storage: StorageConfig,
     pub root: RootConfig,
+    pub retention: RetentionConfig,
     pub personal_access_token: TokenConfig,
     pub logging: LoggingConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub message_expiry: Limit<HumanDuration>,
+    pub max_topic_size: Limit<ByteSize>,
+    pub cleaner_interval: HumanDuration,
+}
+
+/// A value, or "none"/"unlimited" for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit<T>(pub Option<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Limit<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(d)?;
+        if let toml::Value::String(text) = &value {
+            if matches!(text.trim(), "none" | "unlimited" | "never") {
+                return Ok(Limit(None));
+            }
+        }
+        T::deserialize(value)
+            .map(|v| Limit(Some(v)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A duration written as "500ms", "45s", "30m", "12h" or "7d".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration such as '30s' or '7d'"))?;
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown duration unit '{other}' in '{text}'")),
+    };
+    if n == 0 {
+        return Err(format!("duration '{text}' must be positive"));
+    }
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration '{text}' overflows"))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -430,6 +503,35 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"));
         let config = Config::load(None, env(&[("IGGY_ROOT_PASSWORD", "hunter2")])).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn retention_limits_parse() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("IGGY_RETENTION_MESSAGE_EXPIRY", "7d"),
+                ("IGGY_RETENTION_MAX_TOPIC_SIZE", "10 GiB"),
+                ("IGGY_RETENTION_CLEANER_INTERVAL", "500ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            config.retention.message_expiry,
+            Limit(Some(HumanDuration(Duration::from_secs(7 * 86400))))
+        );
+        assert_eq!(
+            config.retention.max_topic_size,
+            Limit(Some(ByteSize(10 << 30)))
+        );
+        assert_eq!(
+            config.retention.cleaner_interval,
+            HumanDuration(Duration::from_millis(500))
+        );
+        let defaults = Config::load(None, Vec::new()).unwrap();
+        assert_eq!(defaults.retention.message_expiry, Limit(None));
+        assert_eq!(defaults.retention.max_topic_size, Limit(None));
+        assert!(Config::load(None, env(&[("IGGY_RETENTION_MESSAGE_EXPIRY", "soon")])).is_err());
     }
 
     #[test]

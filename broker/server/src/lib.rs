@@ -13,6 +13,7 @@ pub mod groups;
 pub mod http;
 pub mod metrics;
 pub mod partition;
+pub mod retention;
 pub mod session;
 pub mod stats;
 pub mod storage;

@@ -141,6 +141,21 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
             }
         });
     }
+    {
+        let broker = broker.clone();
+        let every = broker.config.retention.cleaner_interval.0;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let broker = broker.clone();
+                // Unlinking files blocks; keep it off the async workers.
+                let _ =
+                    tokio::task::spawn_blocking(move || broker::retention::run_pass(&broker)).await;
+            }
+        });
+    }
     broker.set_ready();
     tracing::info!(
         tcp = %tcp_address,

@@ -8,6 +8,7 @@ use crate::error::{BrokerError, Result};
 use crate::partition::Partition;
 use crate::storage::fsutil::now_micros;
 use crate::storage::metadata;
+use crate::storage::partition_log::remove_segment_files;
 use iggy_wire::request::TopicSettings;
 use iggy_wire::response::{PartitionInfo, TopicInfo};
 use iggy_wire::{ConsumerKind, Identifier};
@@ -63,15 +64,21 @@ fn checked_settings(broker: &Broker, settings: &TopicSettings) -> Result<TopicSe
         return Err(BrokerError::InvalidCompression(settings.compression));
     }
     let segment = broker.config.storage.segment_size.0;
+    let retention = &broker.config.retention;
+    let default_size = retention.max_topic_size.0.map_or(u64::MAX, |s| s.0);
+    let default_expiry = retention
+        .message_expiry
+        .0
+        .map_or(u64::MAX, |d| d.0.as_micros() as u64);
     let max_topic_size = match settings.max_topic_size {
-        0 => u64::MAX,
+        0 => default_size,
         size if size < segment => return Err(BrokerError::InvalidTopicSize { size, segment }),
         size => size,
     };
     Ok(TopicSettings {
         compression: settings.compression,
         message_expiry: if settings.message_expiry == 0 {
-            u64::MAX
+            default_expiry
         } else {
             settings.message_expiry
         },
@@ -364,6 +371,13 @@ pub fn delete_segments(
         catalog.authorize(user, Access::ManageTopic(s.id, Some(t.id)))?;
         t.partition(partition)?.clone()
     };
-    partition.log().delete_oldest_segments(count as usize)?;
+    let (dir, removed) = {
+        let mut log = partition.log();
+        (
+            log.dir().to_owned(),
+            log.take_oldest_segments(count as usize),
+        )
+    };
+    remove_segment_files(&dir, &removed)?;
     Ok(())
 }

@@ -293,17 +293,22 @@ impl PartitionLog {
     /// Deletes up to `count` of the oldest sealed segments — never the active one — and returns
     /// how many went. Readers holding a segment's file keep reading it until they finish.
     pub fn delete_oldest_segments(&mut self, count: usize) -> Result<usize, StorageError> {
+        let removed = self.take_oldest_segments(count);
+        remove_segment_files(&self.dir, &removed)?;
+        Ok(removed.len())
+    }
+
+    /// Detaches up to `count` of the oldest sealed segments from the log (counts updated at
+    /// once) without touching their files, so the caller can unlink them after releasing the
+    /// partition lock: unlinking a large file can take milliseconds that appends need not wait.
+    pub fn take_oldest_segments(&mut self, count: usize) -> Vec<Segment> {
         let n = count.min(self.segments.len() - 1);
         let removed: Vec<Segment> = self.segments.drain(..n).collect();
         for segment in &removed {
             self.messages_count -= segment.index.len() as u64;
             self.size_bytes -= segment.size;
-            segment.remove_files()?;
         }
-        if n > 0 {
-            fsutil::sync_dir(&self.dir)?;
-        }
-        Ok(n)
+        removed
     }
 
     /// (last timestamp, bytes) of each sealed segment, oldest first: what retention decides on.
@@ -331,6 +336,17 @@ impl PartitionLog {
         }
         .store(&self.dir)
     }
+}
+
+/// Unlinks detached segments' files and makes the removal durable.
+pub fn remove_segment_files(dir: &Path, segments: &[Segment]) -> Result<(), StorageError> {
+    for segment in segments {
+        segment.remove_files()?;
+    }
+    if !segments.is_empty() {
+        fsutil::sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,222 @@
+//! Retention through the real SDK: expiry and max size delete whole sealed segments in the
+//! background, DeleteSegments on demand, and every count stays exact afterwards.
+
+mod common;
+
+use common::{message, TestBroker};
+use iggy::prelude::*;
+use std::time::Duration;
+
+fn name(s: &str) -> Identifier {
+    Identifier::named(s).unwrap()
+}
+
+fn small_segments() -> TestBroker {
+    TestBroker::start_with(&[
+        ("IGGY_STORAGE_SEGMENT_SIZE", "4096"),
+        ("IGGY_RETENTION_CLEANER_INTERVAL", "100ms"),
+    ])
+}
+
+async fn topic(client: &IggyClient, expiry: IggyExpiry, max_size: MaxTopicSize) {
+    client.create_stream("s").await.unwrap();
+    client
+        .create_topic(
+            &name("s"),
+            "t",
+            1,
+            CompressionAlgorithm::None,
+            None,
+            expiry,
+            max_size,
+        )
+        .await
+        .unwrap();
+}
+
+/// Sends `batches` batches of ten 100-byte messages (1,640 bytes a batch on disk).
+async fn fill(client: &IggyClient, batches: usize) {
+    for b in 0..batches {
+        let mut batch: Vec<IggyMessage> = (0..10)
+            .map(|i| message(&format!("{b:04}-{i:02}-{}", "x".repeat(92))))
+            .collect();
+        client
+            .send_messages(
+                &name("s"),
+                &name("t"),
+                &Partitioning::partition_id(0),
+                &mut batch,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Everything still stored, read back with polls.
+async fn stored_offsets(client: &IggyClient) -> Vec<u64> {
+    let polled = client
+        .poll_messages(
+            &name("s"),
+            &name("t"),
+            Some(0),
+            &Consumer::new(name("audit")),
+            &PollingStrategy::first(),
+            100_000,
+            false,
+        )
+        .await
+        .unwrap();
+    polled.messages.iter().map(|m| m.header.offset).collect()
+}
+
+async fn topic_details(client: &IggyClient) -> TopicDetails {
+    client
+        .get_topic(&name("s"), &name("t"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Waits until `done` holds for the topic (the cleaner runs every 100 ms).
+async fn wait_for(client: &IggyClient, done: impl Fn(&TopicDetails) -> bool) -> TopicDetails {
+    for _ in 0..100 {
+        let details = topic_details(client).await;
+        if done(&details) {
+            return details;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "retention did not act: {:?}",
+        topic_details(client).await.partitions
+    );
+}
+
+#[tokio::test]
+async fn expired_segments_are_deleted_and_counts_stay_exact() {
+    let broker = small_segments();
+    let client = broker.client().await;
+    topic(
+        &client,
+        IggyExpiry::ExpireDuration(IggyDuration::from(Duration::from_millis(600))),
+        MaxTopicSize::ServerDefault,
+    )
+    .await;
+    fill(&client, 10).await;
+    let consumer = Consumer::new(name("slow"));
+    client
+        .store_consumer_offset(&consumer, &name("s"), &name("t"), Some(0), 5)
+        .await
+        .unwrap();
+    let before = topic_details(&client).await;
+    assert!(
+        before.partitions[0].segments_count >= 4,
+        "{:?}",
+        before.partitions
+    );
+    assert_eq!(before.messages_count, 100);
+
+    let after = wait_for(&client, |t| t.partitions[0].segments_count == 1).await;
+    let stored = stored_offsets(&client).await;
+    assert!(!stored.is_empty() && stored[0] > 0, "old messages are gone");
+    assert_eq!(*stored.last().unwrap(), 99, "the newest messages stay");
+    assert_eq!(after.messages_count, stored.len() as u64);
+    assert_eq!(after.partitions[0].messages_count, stored.len() as u64);
+    assert_eq!(after.partitions[0].current_offset, 99);
+    assert_eq!(
+        client
+            .get_stream(&name("s"))
+            .await
+            .unwrap()
+            .unwrap()
+            .messages_count,
+        stored.len() as u64
+    );
+    assert_eq!(
+        client.get_stats().await.unwrap().messages_count,
+        stored.len() as u64
+    );
+
+    // A consumer whose stored offset fell behind resumes at the oldest remaining message.
+    let next = client
+        .poll_messages(
+            &name("s"),
+            &name("t"),
+            Some(0),
+            &consumer,
+            &PollingStrategy::next(),
+            1,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.messages[0].header.offset, stored[0]);
+    // New messages keep their offsets.
+    fill(&client, 1).await;
+    assert_eq!(
+        topic_details(&client).await.partitions[0].current_offset,
+        109
+    );
+}
+
+#[tokio::test]
+async fn a_topic_over_its_max_size_loses_its_oldest_segments() {
+    let broker = small_segments();
+    let client = broker.client().await;
+    topic(
+        &client,
+        IggyExpiry::NeverExpire,
+        MaxTopicSize::Custom(IggyByteSize::from(8192)),
+    )
+    .await;
+    fill(&client, 20).await;
+    let details = wait_for(&client, |t| t.size.as_bytes_u64() <= 8192 + 4096).await;
+    let stored = stored_offsets(&client).await;
+    assert_eq!(*stored.last().unwrap(), 199);
+    assert_eq!(details.messages_count, stored.len() as u64);
+    assert_eq!(details.size.as_bytes_u64(), stored.len() as u64 * 164);
+    // Sends are never refused for size.
+    fill(&client, 3).await;
+    assert_eq!(
+        topic_details(&client).await.partitions[0].current_offset,
+        229
+    );
+}
+
+#[tokio::test]
+async fn delete_segments_removes_the_oldest_and_keeps_the_active_one() {
+    let broker = small_segments();
+    let client = broker.client().await;
+    topic(
+        &client,
+        IggyExpiry::NeverExpire,
+        MaxTopicSize::ServerDefault,
+    )
+    .await;
+    fill(&client, 10).await;
+    let before = topic_details(&client).await.partitions[0].segments_count;
+    client
+        .delete_segments(&name("s"), &name("t"), 0, 2)
+        .await
+        .unwrap();
+    let after = topic_details(&client).await;
+    assert_eq!(after.partitions[0].segments_count, before - 2);
+    let stored = stored_offsets(&client).await;
+    assert_eq!(after.messages_count, stored.len() as u64);
+    assert_eq!(*stored.last().unwrap(), 99);
+    client
+        .delete_segments(&name("s"), &name("t"), 0, 1000)
+        .await
+        .unwrap();
+    let last = topic_details(&client).await;
+    assert_eq!(
+        last.partitions[0].segments_count, 1,
+        "the active segment stays"
+    );
+    assert_eq!(
+        last.messages_count,
+        stored_offsets(&client).await.len() as u64
+    );
+    let invalid = client.delete_segments(&name("s"), &name("t"), 0, 0).await;
+    assert_eq!(common::code(invalid.unwrap_err()), 4030);
+}
