@@ -5,13 +5,16 @@ CARGO ?= cargo
 DATA ?= ./local_data
 BENCH_ARGS ?=
 
-.PHONY: run build test lint fmt bench clean help
+.PHONY: run build test lint fmt bench fuzz clean help
+
+FUZZ_SECONDS ?= 300
 
 help:
 	@echo "make run    build and start one broker on 127.0.0.1:8090 (data in $(DATA), root iggy/iggy)"
 	@echo "make test   run every test (unit, SDK integration, crash, malformed frames)"
 	@echo "make lint   rustfmt check and clippy with warnings as errors"
 	@echo "make bench  produce/consume benchmark against a release broker (see docs/benchmarks.md)"
+	@echo "make fuzz   fuzz the request decoder and dispatcher for FUZZ_SECONDS (default 300)"
 
 build:
 	$(CARGO) build --release -p broker -p iggy-bench-lite
@@ -40,6 +43,15 @@ fmt:
 
 bench: build
 	./broker/bench/run.sh $(BENCH_ARGS)
+
+# Structure-aware fuzzing of decode + dispatch (broker/server/fuzz). Runs on stable with
+# sanitizers off; new crashes land in broker/server/fuzz/artifacts/ — copy each into
+# broker/server/fuzz/regressions/ so `make test` replays it forever.
+fuzz:
+	@cargo fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz@0.13.2 --locked
+	mkdir -p broker/server/fuzz/corpus/dispatch
+	cd broker/server && cargo fuzz run -s none dispatch fuzz/corpus/dispatch fuzz/regressions -- \
+		-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
 clean:
 	$(CARGO) clean

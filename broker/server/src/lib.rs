@@ -9,6 +9,8 @@ pub mod clients;
 pub mod commands;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod groups;
 pub mod http;
 pub mod metrics;

@@ -98,7 +98,8 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
 
 /// Reads one request's payload, runs it and leaves the whole response frame in `out`.
 /// Only an I/O failure on the socket is an `Err`; every protocol error becomes a response.
-async fn handle_request<R: AsyncRead + Unpin>(
+/// Public for the fuzzer, which drives it with in-memory byte streams.
+pub async fn handle_request<R: AsyncRead + Unpin>(
     broker: &Broker,
     session: &mut Session,
     reader: &mut R,
