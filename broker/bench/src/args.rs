@@ -17,11 +17,15 @@ pub struct Args {
     pub consume: bool,
     pub keep: bool,
     pub label: String,
+    /// Consumers form a consumer group and let the server pick partitions (Next + auto-commit).
+    pub group: bool,
+    /// Standalone consumers poll with Next + auto-commit instead of explicit offsets.
+    pub commit: bool,
 }
 
 const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
 [--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
-[--message-size 1000] [--no-consume] [--keep] [--label TEXT]";
+[--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit]";
 
 impl Args {
     pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
@@ -38,6 +42,8 @@ impl Args {
             consume: true,
             keep: false,
             label: String::new(),
+            group: false,
+            commit: false,
         };
         while let Some(flag) = raw.next() {
             let mut value = || {
@@ -57,6 +63,8 @@ impl Args {
                 "--label" => args.label = value()?,
                 "--no-consume" => args.consume = false,
                 "--keep" => args.keep = true,
+                "--group" => args.group = true,
+                "--commit" => args.commit = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);

@@ -37,9 +37,28 @@ async fn main() -> Result<()> {
 
     let produce = run_producers(&args, &stream).await?;
     produce.print("produce", &args);
-    if args.consume {
+    if args.consume && args.group {
+        admin
+            .ok(Command::CreateConsumerGroup, &{
+                let mut p = Vec::new();
+                stream.encode(&mut p);
+                Identifier::Named("load".into()).encode(&mut p);
+                p.extend_from_slice(&encode::name("load"));
+                p
+            })
+            .await?;
+        let consume = run_group_consumers(&args, &stream).await?;
+        consume.print("consume-group", &args);
+    } else if args.consume {
         let consume = run_consumers(&args, &stream).await?;
-        consume.print("consume", &args);
+        consume.print(
+            if args.commit {
+                "consume-commit"
+            } else {
+                "consume"
+            },
+            &args,
+        );
     }
     if !args.keep {
         admin
@@ -124,11 +143,16 @@ async fn run_consumers(args: &Args, stream: &Identifier) -> Result<Phase> {
                 };
                 let mut offset = 0u64;
                 while offset < expected {
+                    let strategy = if args.commit {
+                        PollingStrategy::Next
+                    } else {
+                        PollingStrategy::Offset(offset)
+                    };
                     let request = encode::poll_messages(
                         &target,
-                        PollingStrategy::Offset(offset),
+                        strategy,
                         args.batch_size as u32,
-                        false,
+                        args.commit,
                     );
                     let sent = Instant::now();
                     let response = connection.ok(Command::PollMessages, &request).await?;
@@ -147,6 +171,69 @@ async fn run_consumers(args: &Args, stream: &Identifier) -> Result<Phase> {
         }));
     }
     collect(tasks, started, args.batches * args.batch_size).await
+}
+
+/// Members of one consumer group: each joins, then polls without naming a partition (the
+/// server rotates over the member's share) with Next and auto-commit, until every message of
+/// the run has been consumed by someone.
+async fn run_group_consumers(args: &Args, stream: &Identifier) -> Result<Phase> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let total = (args.batches * args.batch_size) as u64;
+    let consumed = std::sync::Arc::new(AtomicU64::new(0));
+    let group = {
+        let mut p = Vec::new();
+        stream.encode(&mut p);
+        Identifier::Named("load".into()).encode(&mut p);
+        Identifier::Named("load".into()).encode(&mut p);
+        p
+    };
+    // Everyone joins before anyone polls, so the assignment is settled during the run.
+    let mut connections = Vec::new();
+    for _ in 0..args.consumers {
+        let mut connection = Connection::login(args).await?;
+        connection.ok(Command::JoinConsumerGroup, &group).await?;
+        connections.push(connection);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut connection in connections {
+        let args = args.clone();
+        let consumed = consumed.clone();
+        let target = PartitionRef {
+            consumer: Consumer {
+                kind: ConsumerKind::Group,
+                id: Identifier::Named("load".into()),
+            },
+            stream: stream.clone(),
+            topic: Identifier::Named("load".into()),
+            partition: None,
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::with_capacity(1024);
+            let request =
+                encode::poll_messages(&target, PollingStrategy::Next, args.batch_size as u32, true);
+            let mut empty_in_a_row = 0;
+            while consumed.load(Ordering::Relaxed) < total && empty_in_a_row < args.partitions {
+                let sent = Instant::now();
+                let response = connection.ok(Command::PollMessages, &request).await?;
+                samples.push(sent.elapsed());
+                let count = u32::from_le_bytes(response[12..16].try_into()?) as u64;
+                if count == 0 {
+                    empty_in_a_row += 1;
+                } else {
+                    empty_in_a_row = 0;
+                    consumed.fetch_add(count, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(samples)
+        }));
+    }
+    let phase = collect(tasks, started, total as usize).await?;
+    let got = consumed.load(Ordering::Relaxed);
+    if got != total {
+        bail!("the group consumed {got} of {total} messages");
+    }
+    Ok(phase)
 }
 
 /// Messages each partition received, from the producers' round-robin.
