@@ -39,6 +39,37 @@ restart_timing() { # second start on an existing data dir: what a pod restart co
   echo "restart to accepting connections (existing data dir): $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 }
 
+# Consumer groups against standalone consumers doing the same work (Next + auto-commit), then
+# producer latency while the retention cleaner deletes segments under it.
+groups_and_retention() {
+  kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true
+  start_broker never
+  for run in $(seq "${REPEAT:-1}"); do
+    sync; sleep 1
+    "$LOAD" --address $TCP --producers 1 --partitions 8 --consumers 4 --batches $BATCHES --commit --label "standalone run=$run"
+    sync; sleep 1
+    "$LOAD" --address $TCP --producers 1 --partitions 8 --consumers 4 --batches $BATCHES --group --label "group run=$run"
+  done
+  # Producer latency with 16 MiB segments, without and then with a cleaner deleting segments
+  # under it (1 s expiry, a pass every 250 ms): deletions must not stall sends.
+  for expiry in none 1s; do
+    kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true
+    rm -rf "$WORK/data"
+    IGGY_SYSTEM_PATH="$WORK/data" IGGY_TCP_ADDRESS=$TCP IGGY_HTTP_ADDRESS=$HTTP \
+      IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_LOGGING_LEVEL=info \
+      IGGY_STORAGE_SEGMENT_SIZE="16 MiB" IGGY_RETENTION_MESSAGE_EXPIRY=$expiry IGGY_RETENTION_CLEANER_INTERVAL=250ms \
+      "$BROKER" >"$WORK/broker.log" 2>&1 &
+    PID=$!
+    until (exec 3<>/dev/tcp/127.0.0.1/18090) 2>/dev/null; do sleep 0.001; done
+    for run in $(seq "${REPEAT:-1}"); do
+      sync; sleep 1
+      "$LOAD" --address $TCP --producers 1 --partitions 1 --batches $((BATCHES * 3)) --no-consume \
+        --label "retention expiry=$expiry run=$run"
+    done
+    echo "segments deleted by the cleaner (expiry=$expiry): $(grep -o 'segments=[0-9]*' "$WORK/broker.log" | awk -F= '{s+=$2} END {print s+0}')"
+  done
+}
+
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$PID/status; }
 hwm_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' /proc/$PID/status; }
 
@@ -56,7 +87,10 @@ restart_timing
 sleep 1
 echo "idle RSS after restart: $(rss_mib) MiB"
 
-for fsync in never always; do
+# SKIP_MAIN=1 runs only the consumer-group and retention scenarios.
+FSYNC_MODES="never always"
+[ "${SKIP_MAIN:-}" = 1 ] && FSYNC_MODES=""
+for fsync in $FSYNC_MODES; do
   kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true
   start_broker $fsync
   for producers in 1 4; do
@@ -72,3 +106,4 @@ for fsync in never always; do
   done
   echo "broker RSS after fsync=$fsync runs: $(rss_mib) MiB (peak $(hwm_mib) MiB)"
 done
+[ "${SKIP_GROUPS:-}" = 1 ] || groups_and_retention

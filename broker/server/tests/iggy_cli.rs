@@ -8,19 +8,33 @@ use common::{TestBroker, ROOT_PASSWORD, ROOT_USER};
 use std::process::Command;
 
 fn cli_available() -> bool {
-    Command::new("iggy").arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new("iggy")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Runs `iggy <args>` against the broker and returns stdout; panics with the output on failure.
 fn iggy(broker: &TestBroker, args: &[&str]) -> String {
     let tcp = broker.tcp.to_string();
     let output = Command::new("iggy")
-        .args(["--tcp-server-address", &tcp, "-u", ROOT_USER, "-p", ROOT_PASSWORD])
+        .args([
+            "--tcp-server-address",
+            &tcp,
+            "-u",
+            ROOT_USER,
+            "-p",
+            ROOT_PASSWORD,
+        ])
         .args(args)
         .env("HOME", broker.data_path())
         .output()
         .expect("run iggy");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "iggy {args:?} failed: {text}");
     text
 }
@@ -38,12 +52,45 @@ fn the_published_cli_drives_the_broker() {
     let broker = TestBroker::start();
     iggy(&broker, &["ping"]);
     iggy(&broker, &["stream", "create", "orders"]);
-    iggy(&broker, &["topic", "create", "orders", "created", "2", "none"]);
+    iggy(
+        &broker,
+        &["topic", "create", "orders", "created", "2", "none"],
+    );
     iggy(&broker, &["user", "create", "analyst", "analyst-pass"]);
-    iggy(&broker, &["message", "send", "--partition-id", "1", "orders", "created", "first", "second"]);
-    let polled = iggy(&broker, &["message", "poll", "--first", "--message-count", "10", "orders", "created", "1"]);
-    assert!(polled.contains("first") && polled.contains("second"), "{polled}");
-    iggy(&broker, &["consumer-group", "create", "orders", "created", "billing"]);
+    iggy(
+        &broker,
+        &[
+            "message",
+            "send",
+            "--partition-id",
+            "1",
+            "orders",
+            "created",
+            "first",
+            "second",
+        ],
+    );
+    let polled = iggy(
+        &broker,
+        &[
+            "message",
+            "poll",
+            "--first",
+            "--message-count",
+            "10",
+            "orders",
+            "created",
+            "1",
+        ],
+    );
+    assert!(
+        polled.contains("first") && polled.contains("second"),
+        "{polled}"
+    );
+    iggy(
+        &broker,
+        &["consumer-group", "create", "orders", "created", "billing"],
+    );
     let groups = iggy(&broker, &["consumer-group", "list", "orders", "created"]);
     assert!(groups.contains("billing"), "{groups}");
     let streams = iggy(&broker, &["stream", "list"]);

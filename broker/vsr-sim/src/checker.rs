@@ -1,0 +1,209 @@
+//! Safety checkers, run on every event: agreement, prefix, durability across views, one primary
+//! per view, monotonic durable views, hash chain, at-most-once, validity, replies equal to a
+//! sequential model, identical state digests.
+
+use crate::model::ModelBroker;
+use std::collections::{BTreeMap, BTreeSet};
+use vsr::{ClientId, Op, StateMachine, Superblock, View};
+
+#[derive(Debug, Clone)]
+struct Committed {
+    checksum: u128,
+    digest: u128,
+    client: ClientId,
+    request: u64,
+    executed: bool,
+}
+
+pub struct Checker {
+    root: u128,
+    /// The one committed chain: index `op - 1`.
+    canonical: Vec<Committed>,
+    model: ModelBroker,
+    model_replies: Vec<Option<Vec<u8>>>,
+    executed: BTreeSet<(ClientId, u64)>,
+    last_committed: Vec<Op>,
+    primaries: BTreeMap<View, u8>,
+    durable_views: Vec<(View, View)>,
+    sent: BTreeMap<(ClientId, u64), Vec<u8>>,
+}
+
+pub type Violation = String;
+
+impl Checker {
+    pub fn new(replicas: u8, root: u128) -> Self {
+        Self {
+            root,
+            canonical: Vec::new(),
+            model: ModelBroker::default(),
+            model_replies: Vec::new(),
+            executed: BTreeSet::new(),
+            last_committed: vec![0; replicas as usize],
+            primaries: BTreeMap::new(),
+            durable_views: vec![(0, 0); replicas as usize],
+            sent: BTreeMap::new(),
+        }
+    }
+
+    pub fn committed_ops(&self) -> Op {
+        self.canonical.len() as Op
+    }
+
+    /// A restarted replica re-applied its log up to `commit_min` while opening: those ops must
+    /// be the committed chain's.
+    pub fn recovered(
+        &mut self,
+        replica: u8,
+        commit_min: Op,
+        checksum_at: impl Fn(Op) -> Option<u128>,
+    ) -> Result<(), Violation> {
+        for op in 1..=commit_min {
+            let canonical = self.canonical.get((op - 1) as usize).map(|c| c.checksum);
+            if canonical.is_none() || canonical != checksum_at(op) {
+                return Err(format!(
+                    "durability: replica {replica} recovered op {op} that is not the committed one"
+                ));
+            }
+        }
+        self.last_committed[replica as usize] = commit_min;
+        Ok(())
+    }
+
+    pub fn client_sent(&mut self, client: ClientId, request: u64, body: Vec<u8>) {
+        self.sent.insert((client, request), body);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn committed(
+        &mut self,
+        replica: u8,
+        op: Op,
+        checksum: u128,
+        parent: u128,
+        body_checksum: u128,
+        digest: u128,
+        client: ClientId,
+        request: u64,
+        executed: bool,
+    ) -> Result<(), Violation> {
+        let last = &mut self.last_committed[replica as usize];
+        if op != *last + 1 {
+            return Err(format!(
+                "prefix: replica {replica} committed op {op} after {last}"
+            ));
+        }
+        *last = op;
+        let index = (op - 1) as usize;
+        if let Some(canon) = self.canonical.get(index) {
+            if canon.checksum != checksum {
+                return Err(format!(
+                    "agreement: replica {replica} committed a different op {op}"
+                ));
+            }
+            if canon.digest != digest || canon.executed != executed {
+                return Err(format!(
+                    "determinism: replica {replica} state digest differs after op {op}"
+                ));
+            }
+            return Ok(());
+        }
+        // A new op extends the canonical chain.
+        let expected_parent = if op == 1 {
+            self.root
+        } else {
+            self.canonical[index - 1].checksum
+        };
+        if parent != expected_parent {
+            return Err(format!(
+                "hash chain: op {op} does not chain to op {}",
+                op - 1
+            ));
+        }
+        let Some(body) = self.sent.get(&(client, request)).cloned() else {
+            return Err(format!(
+                "validity: op {op} carries request {request} client {client:x} never sent"
+            ));
+        };
+        if vsr::checksum::checksum(&[&body]) != body_checksum {
+            return Err(format!(
+                "validity: op {op} body differs from what client {client:x} sent"
+            ));
+        }
+        let model_executes = !self.executed.contains(&(client, request));
+        if executed != model_executes {
+            return Err(format!(
+                "at-most-once: op {op} executed={executed}, the model says {model_executes}"
+            ));
+        }
+        let reply = if executed {
+            self.executed.insert((client, request));
+            Some(self.model.apply(op, client, &body))
+        } else {
+            None
+        };
+        if self.model.digest() != digest {
+            return Err(format!(
+                "determinism: digest after op {op} differs from the sequential model"
+            ));
+        }
+        self.model_replies.push(reply);
+        self.canonical.push(Committed {
+            checksum,
+            digest,
+            client,
+            request,
+            executed,
+        });
+        Ok(())
+    }
+
+    /// A client received a reply: it must be for a committed op of that request and equal the
+    /// model's result.
+    pub fn reply(
+        &self,
+        client: ClientId,
+        request: u64,
+        op: Op,
+        body: &[u8],
+    ) -> Result<(), Violation> {
+        let Some(canon) = op
+            .checked_sub(1)
+            .and_then(|i| self.canonical.get(i as usize))
+        else {
+            return Err(format!("reply for op {op}, which is not committed"));
+        };
+        if canon.client != client || canon.request != request {
+            return Err(format!("reply for op {op} names the wrong request"));
+        }
+        match &self.model_replies[(op - 1) as usize] {
+            Some(expected) if expected == body => Ok(()),
+            _ => Err(format!(
+                "reply for op {op} differs from the sequential model"
+            )),
+        }
+    }
+
+    pub fn normal(&mut self, replica: u8, view: View, primary: bool) -> Result<(), Violation> {
+        if !primary {
+            return Ok(());
+        }
+        match self.primaries.insert(view, replica) {
+            Some(other) if other != replica => Err(format!(
+                "two primaries in view {view}: {other} and {replica}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn superblock_durable(&mut self, replica: u8, sb: &Superblock) -> Result<(), Violation> {
+        let last = &mut self.durable_views[replica as usize];
+        if (sb.view, sb.log_view) < *last {
+            return Err(format!(
+                "monotonic views: replica {replica} made view {:?} durable after {last:?}",
+                (sb.view, sb.log_view)
+            ));
+        }
+        *last = (sb.view, sb.log_view);
+        Ok(())
+    }
+}

@@ -1,0 +1,96 @@
+//! Swarm parameters: each seed draws its own cluster size, route and fault rates, so a run of
+//! many seeds explores many different worlds rather than one world many times.
+
+use crate::rng::Rng;
+use vsr::Route;
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub replicas: u8,
+    pub clients: usize,
+    pub requests_per_client: u64,
+    pub route: Route,
+    /// Per-message loss and duplication, parts per million.
+    pub loss_ppm: u64,
+    pub duplicate_ppm: u64,
+    /// One-way delay in ticks: a minimum plus an exponential with this mean (reorders).
+    pub delay_min: u64,
+    pub delay_mean: u64,
+    /// Most messages in flight on one path; more are dropped.
+    pub path_capacity: usize,
+    /// Per tick: chance a partition starts / heals (ppm); partitions may be asymmetric.
+    pub partition_onset_ppm: u64,
+    pub partition_heal_ppm: u64,
+    pub asymmetric_partitions: bool,
+    /// Per tick and replica: crash and restart chances (ppm).
+    pub crash_ppm: u64,
+    pub restart_ppm: u64,
+    /// Chance a write still pending at a crash is lost (ppm).
+    pub torn_write_ppm: u64,
+    pub write_latency_max: u64,
+    /// Ticks of the faulty phase before faults heal for the liveness check.
+    pub safety_ticks: u64,
+    pub liveness_ticks: u64,
+}
+
+impl Params {
+    /// Draws a swarm configuration from the seed.
+    pub fn swarm(rng: &mut Rng) -> Self {
+        let replicas = match rng.below(10) {
+            0 => 1,
+            1 => 2,
+            2..=5 => 3,
+            6 => 4,
+            7 | 8 => 5,
+            _ => 6,
+        };
+        Self {
+            replicas,
+            clients: rng.between(1, 8) as usize,
+            requests_per_client: rng.between(4, 24),
+            route: if rng.chance(500_000) {
+                Route::Star
+            } else {
+                Route::Ring
+            },
+            loss_ppm: rng.below(200_000),
+            duplicate_ppm: rng.below(300_000),
+            delay_min: rng.below(3),
+            delay_mean: rng.between(1, 10),
+            path_capacity: rng.between(2, 32) as usize,
+            partition_onset_ppm: rng.below(5_000),
+            partition_heal_ppm: rng.between(10_000, 100_000),
+            asymmetric_partitions: rng.chance(500_000),
+            crash_ppm: rng.below(2_000),
+            restart_ppm: rng.between(5_000, 50_000),
+            torn_write_ppm: rng.between(800_000, 1_000_000),
+            write_latency_max: rng.between(1, 20),
+            safety_ticks: rng.between(2_000, 8_000),
+            liveness_ticks: 30_000,
+        }
+    }
+
+    /// No faults at all: the baseline for performance guards and scenario tests.
+    pub fn calm(replicas: u8, route: Route) -> Self {
+        Self {
+            replicas,
+            clients: 4,
+            requests_per_client: 20,
+            route,
+            loss_ppm: 0,
+            duplicate_ppm: 0,
+            delay_min: 1,
+            delay_mean: 2,
+            path_capacity: 64,
+            partition_onset_ppm: 0,
+            partition_heal_ppm: 0,
+            asymmetric_partitions: false,
+            crash_ppm: 0,
+            restart_ppm: 0,
+            torn_write_ppm: 1_000_000,
+            write_latency_max: 3,
+            safety_ticks: 3_000,
+            liveness_ticks: 30_000,
+        }
+    }
+}

@@ -1,0 +1,769 @@
+//! One simulated cluster run: replicas, clients, a packet network and per-replica disks, all
+//! driven tick by tick from one seed. A run has a safety phase with faults (any number of
+//! replicas may be down at once) and a liveness phase in which faults stop, everyone restarts
+//! and the cluster must answer every request and converge.
+
+use crate::checker::{Checker, Violation};
+use crate::model::ModelBroker;
+use crate::params::Params;
+use crate::rng::Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use vsr::{
+    Command, Config, DiskImage, Envelope, Event, Input, Message, Node, Op, Output, Prepare,
+    Replica, Superblock,
+};
+
+const CLUSTER: u128 = 0x1667_0000_0000_0001;
+/// Client retry timeout, ticks.
+const CLIENT_RETRY: u64 = 80;
+
+/// What happened, for coverage: a green run must show that faults actually occurred.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Coverage {
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+impl Coverage {
+    fn add(&mut self, name: &'static str, n: u64) {
+        *self.counters.entry(name).or_default() += n;
+    }
+    pub fn get(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+    pub fn merge(&mut self, other: &Coverage) {
+        for (k, v) in &other.counters {
+            *self.counters.entry(k).or_default() += v;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub seed: u64,
+    pub failure: Option<String>,
+    pub trace_hash: u64,
+    pub ticks: u64,
+    pub committed: Op,
+    pub coverage: Coverage,
+    pub params: Params,
+}
+
+enum Write {
+    Wal(Prepare),
+    Superblock(Superblock),
+    Log {
+        superblock: Superblock,
+        truncate_after: Op,
+        entries: Vec<Prepare>,
+    },
+}
+
+struct Pending {
+    complete_at: u64,
+    io: u64,
+    /// Issue order: storage applies writes to the same place in the order they were issued.
+    seq: u64,
+    write: Write,
+}
+
+/// A replica's storage: the newest superblock and the WAL, with writes landing after a delay
+/// and, at a crash, each pending write either landing or lost.
+#[derive(Default)]
+struct Disk {
+    superblock: Option<(u64, Superblock)>,
+    wal: BTreeMap<Op, (u64, Prepare)>,
+    truncations: Vec<(u64, Op)>,
+    pending: Vec<Pending>,
+    next_seq: u64,
+}
+
+impl Disk {
+    fn image(&self) -> DiskImage {
+        DiskImage {
+            superblock: self.superblock.map(|(_, sb)| sb),
+            wal: self
+                .wal
+                .iter()
+                .map(|(op, (_, p))| (*op, p.clone()))
+                .collect(),
+        }
+    }
+
+    /// Applies a write; returns the superblock it made durable, if any.
+    fn land(&mut self, seq: u64, write: Write) -> Option<Superblock> {
+        match write {
+            Write::Wal(prepare) => {
+                let op = prepare.op();
+                let superseded = self
+                    .truncations
+                    .iter()
+                    .any(|(s, after)| *s > seq && op > *after)
+                    || self.wal.get(&op).is_some_and(|(s, _)| *s > seq);
+                if !superseded {
+                    self.wal.insert(op, (seq, prepare));
+                }
+                None
+            }
+            Write::Superblock(sb) => self.land_superblock(seq, sb),
+            Write::Log {
+                superblock,
+                truncate_after,
+                entries,
+            } => {
+                let stale: Vec<Op> = self
+                    .wal
+                    .range(truncate_after + 1..)
+                    .filter(|(_, (s, _))| *s < seq)
+                    .map(|(op, _)| *op)
+                    .collect();
+                for op in stale {
+                    self.wal.remove(&op);
+                }
+                self.truncations.push((seq, truncate_after));
+                for prepare in entries {
+                    self.wal.insert(prepare.op(), (seq, prepare));
+                }
+                self.land_superblock(seq, superblock)
+            }
+        }
+    }
+
+    fn land_superblock(&mut self, seq: u64, sb: Superblock) -> Option<Superblock> {
+        if self.superblock.is_none_or(|(s, _)| s < seq) {
+            self.superblock = Some((seq, sb));
+            Some(sb)
+        } else {
+            None
+        }
+    }
+}
+
+struct Client {
+    id: u128,
+    next_request: u64,
+    total: u64,
+    in_flight: Option<(u64, Vec<u8>, u64)>,
+    answered: u64,
+    think_until: u64,
+    view_guess: u32,
+}
+
+struct Network {
+    queue: BTreeMap<(u64, u64), Envelope>,
+    seq: u64,
+    in_flight: BTreeMap<(Node, Node), usize>,
+    /// Directed links that drop everything.
+    cut: BTreeSet<(u8, u8)>,
+}
+
+pub struct Simulation {
+    seed: u64,
+    params: Params,
+    rng: Rng,
+    tick: u64,
+    replicas: Vec<Option<Replica<ModelBroker>>>,
+    disks: Vec<Disk>,
+    network: Network,
+    clients: Vec<Client>,
+    checker: Checker,
+    coverage: Coverage,
+    trace: xxhash_rust::xxh3::Xxh3,
+    verbose: bool,
+    liveness: bool,
+    /// Replicas kept down for the whole run (scenario tests).
+    pub permanently_down: BTreeSet<u8>,
+    /// Per-command link filter for scenario tests: (from, to, command) dropped.
+    pub drop_filter: BTreeSet<(u8, u8, Command)>,
+}
+
+impl Simulation {
+    pub fn new(seed: u64, params: Params, verbose: bool) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut opened: Vec<Replica<ModelBroker>> = (0..params.replicas)
+            .map(|r| Self::open_replica(seed, &params, r, DiskImage::default()))
+            .collect();
+        let initial_outputs: Vec<(u8, Vec<Output>)> = opened
+            .iter_mut()
+            .map(|r| (r.replica(), r.take_outputs()))
+            .collect();
+        let replicas = opened.into_iter().map(Some).collect();
+        let clients = (0..params.clients)
+            .map(|i| Client {
+                id: 0xC000 + i as u128,
+                next_request: 1,
+                total: params.requests_per_client,
+                in_flight: None,
+                answered: 0,
+                think_until: rng.below(50),
+                view_guess: 0,
+            })
+            .collect();
+        let root = Prepare::root(CLUSTER, 1, 0).checksum();
+        let mut sim = Self {
+            seed,
+            checker: Checker::new(params.replicas, root),
+            disks: (0..params.replicas).map(|_| Disk::default()).collect(),
+            network: Network {
+                queue: BTreeMap::new(),
+                seq: 0,
+                in_flight: BTreeMap::new(),
+                cut: BTreeSet::new(),
+            },
+            replicas,
+            clients,
+            rng,
+            tick: 0,
+            coverage: Coverage::default(),
+            trace: xxhash_rust::xxh3::Xxh3::new(),
+            verbose,
+            liveness: false,
+            permanently_down: BTreeSet::new(),
+            drop_filter: BTreeSet::new(),
+            params,
+        };
+        for (r, outputs) in initial_outputs {
+            for output in outputs {
+                // Opening emits only writes, which cannot violate anything.
+                let _ = sim.handle_output(r, output);
+            }
+        }
+        sim
+    }
+
+    fn open_replica(seed: u64, params: &Params, r: u8, disk: DiskImage) -> Replica<ModelBroker> {
+        let mut cfg = Config::new(CLUSTER, params.replicas, r, params.route);
+        cfg.seed = seed;
+        Replica::open(cfg, disk, ModelBroker::default())
+    }
+
+    fn log(&self, line: impl FnOnce() -> String) {
+        if self.verbose {
+            println!("{:>7} {}", self.tick, line());
+        }
+    }
+
+    fn trace(&mut self, values: &[u64]) {
+        for v in values {
+            self.trace.update(&v.to_le_bytes());
+        }
+    }
+
+    /// Runs to completion: `Ok` when both phases pass.
+    pub fn run(mut self) -> Outcome {
+        let failure = self.run_phases().err();
+        Outcome {
+            seed: self.seed,
+            failure,
+            trace_hash: self.trace.digest(),
+            ticks: self.tick,
+            committed: self.checker.committed_ops(),
+            coverage: self.coverage,
+            params: self.params,
+        }
+    }
+
+    fn run_phases(&mut self) -> Result<(), Violation> {
+        let safety_end = self.params.safety_ticks;
+        while self.tick < safety_end {
+            self.step()?;
+        }
+        self.enter_liveness()?;
+        let deadline = self.tick + self.params.liveness_ticks;
+        while self.tick < deadline {
+            self.step()?;
+            if self.converged() {
+                self.coverage.add("converged_runs", 1);
+                return Ok(());
+            }
+        }
+        Err(self.liveness_report())
+    }
+
+    fn enter_liveness(&mut self) -> Result<(), Violation> {
+        self.log(|| "liveness phase: faults off, every replica up, network healed".into());
+        self.liveness = true;
+        self.params.loss_ppm = 0;
+        self.params.duplicate_ppm = 0;
+        self.params.crash_ppm = 0;
+        self.params.partition_onset_ppm = 0;
+        self.network.cut.clear();
+        for r in 0..self.params.replicas {
+            if self.replicas[r as usize].is_none() && !self.permanently_down.contains(&r) {
+                self.restart(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn converged(&self) -> bool {
+        let committed = self.checker.committed_ops();
+        self.clients.iter().all(|c| c.answered == c.total)
+            && self
+                .replicas
+                .iter()
+                .enumerate()
+                .all(|(r, replica)| match replica {
+                    None => self.permanently_down.contains(&(r as u8)),
+                    Some(replica) => {
+                        replica.status() == vsr::Status::Normal && replica.commit_min() == committed
+                    }
+                })
+    }
+
+    fn liveness_report(&self) -> String {
+        let replicas: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| match r {
+                None => "down".into(),
+                Some(r) => format!(
+                    "{:?} v{} commit {}/{} log {}",
+                    r.status(),
+                    r.view(),
+                    r.commit_min(),
+                    r.commit_max(),
+                    r.log_tail()
+                ),
+            })
+            .collect();
+        let answered: u64 = self.clients.iter().map(|c| c.answered).sum();
+        let total: u64 = self.clients.iter().map(|c| c.total).sum();
+        format!(
+            "liveness: no convergence within {} ticks after faults healed; {answered}/{total} requests answered, {} committed; replicas: {}",
+            self.params.liveness_ticks,
+            self.checker.committed_ops(),
+            replicas.join("; ")
+        )
+    }
+
+    fn step(&mut self) -> Result<(), Violation> {
+        self.tick += 1;
+        if !self.liveness {
+            self.inject_faults()?;
+        }
+        self.deliver_messages()?;
+        self.complete_writes()?;
+        for r in 0..self.params.replicas {
+            let now = self.tick * 10_000;
+            self.feed(r, Input::Tick { now })?;
+        }
+        self.tick_clients();
+        Ok(())
+    }
+
+    fn inject_faults(&mut self) -> Result<(), Violation> {
+        let n = self.params.replicas;
+        if self.network.cut.is_empty() {
+            if n > 1 && self.rng.chance(self.params.partition_onset_ppm) {
+                let side: Vec<bool> = (0..n).map(|_| self.rng.chance(500_000)).collect();
+                let asymmetric = self.params.asymmetric_partitions && self.rng.chance(500_000);
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a as usize] && !side[b as usize] {
+                            self.network.cut.insert((a, b));
+                            if !asymmetric {
+                                self.network.cut.insert((b, a));
+                            }
+                        }
+                    }
+                }
+                if !self.network.cut.is_empty() {
+                    self.coverage.add(
+                        if asymmetric {
+                            "partitions_asymmetric"
+                        } else {
+                            "partitions"
+                        },
+                        1,
+                    );
+                    self.log(|| "partition".into());
+                }
+            }
+        } else if self.rng.chance(self.params.partition_heal_ppm) {
+            self.network.cut.clear();
+            self.log(|| "partition healed".into());
+        }
+        for r in 0..n {
+            if self.permanently_down.contains(&r) {
+                continue;
+            }
+            if self.replicas[r as usize].is_some() {
+                if self.rng.chance(self.params.crash_ppm) {
+                    self.crash(r);
+                }
+            } else if self.rng.chance(self.params.restart_ppm) {
+                self.restart(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn crash(&mut self, r: u8) {
+        self.replicas[r as usize] = None;
+        let pending = std::mem::take(&mut self.disks[r as usize].pending);
+        for write in pending {
+            if self.rng.chance(self.params.torn_write_ppm) {
+                self.coverage.add("writes_lost_at_crash", 1);
+            } else {
+                let _ = self.disks[r as usize].land(write.seq, write.write);
+            }
+        }
+        self.coverage.add("crashes", 1);
+        self.trace(&[1, r as u64]);
+        self.log(|| format!("replica {r} crashed"));
+    }
+
+    fn restart(&mut self, r: u8) -> Result<(), Violation> {
+        let image = self.disks[r as usize].image();
+        let mut replica = Self::open_replica(self.seed, &self.params, r, image);
+        let outputs = replica.take_outputs();
+        // What recovery re-applied must be the committed chain.
+        self.checker
+            .recovered(r, replica.commit_min(), |op| replica.checksum_at(op))?;
+        self.replicas[r as usize] = Some(replica);
+        for output in outputs {
+            self.handle_output(r, output)?;
+        }
+        self.coverage.add("restarts", 1);
+        self.trace(&[2, r as u64]);
+        self.log(|| format!("replica {r} restarted"));
+        Ok(())
+    }
+
+    fn send(&mut self, envelope: Envelope) {
+        let (from, to) = (envelope.from, envelope.to);
+        if let (Node::Replica(a), Node::Replica(b)) = (from, to) {
+            if self.network.cut.contains(&(a, b))
+                || self
+                    .drop_filter
+                    .contains(&(a, b, envelope.message.command()))
+            {
+                self.coverage.add("messages_dropped", 1);
+                return;
+            }
+        }
+        if self.rng.chance(self.params.loss_ppm) {
+            self.coverage.add("messages_dropped", 1);
+            return;
+        }
+        let copies = if self.rng.chance(self.params.duplicate_ppm) {
+            2
+        } else {
+            1
+        };
+        if copies == 2 {
+            self.coverage.add("messages_duplicated", 1);
+        }
+        for _ in 0..copies {
+            let in_flight = self.network.in_flight.entry((from, to)).or_default();
+            if *in_flight >= self.params.path_capacity {
+                self.coverage.add("messages_dropped", 1);
+                continue;
+            }
+            *in_flight += 1;
+            let delay = self.params.delay_min + self.rng.exponential(self.params.delay_mean) + 1;
+            self.network.seq += 1;
+            self.network
+                .queue
+                .insert((self.tick + delay, self.network.seq), envelope.clone());
+        }
+    }
+
+    fn deliver_messages(&mut self) -> Result<(), Violation> {
+        while let Some(entry) = self.network.queue.first_entry() {
+            if entry.key().0 > self.tick {
+                break;
+            }
+            let envelope = entry.remove();
+            if let Some(count) = self
+                .network
+                .in_flight
+                .get_mut(&(envelope.from, envelope.to))
+            {
+                *count = count.saturating_sub(1);
+            }
+            let command = envelope.message.command() as u64;
+            self.trace(&[
+                3,
+                self.tick,
+                node_id(envelope.from),
+                node_id(envelope.to),
+                command,
+            ]);
+            match envelope.to {
+                Node::Replica(r) => self.feed(r, Input::Message(envelope))?,
+                Node::Client(id) => self.client_receive(id, envelope.message)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn complete_writes(&mut self) -> Result<(), Violation> {
+        for r in 0..self.params.replicas {
+            let tick = self.tick;
+            let disk = &mut self.disks[r as usize];
+            let (done, waiting): (Vec<Pending>, Vec<Pending>) =
+                disk.pending.drain(..).partition(|p| p.complete_at <= tick);
+            disk.pending = waiting;
+            for write in done {
+                let io = write.io;
+                if let Some(sb) = self.disks[r as usize].land(write.seq, write.write) {
+                    self.checker.superblock_durable(r, &sb)?;
+                }
+                self.feed(r, Input::WriteDone { io })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, r: u8, input: Input) -> Result<(), Violation> {
+        let Some(replica) = self.replicas[r as usize].as_mut() else {
+            return Ok(());
+        };
+        let outputs = replica.step(input);
+        for output in outputs {
+            self.handle_output(r, output)?;
+        }
+        Ok(())
+    }
+
+    fn handle_output(&mut self, r: u8, output: Output) -> Result<(), Violation> {
+        let (io, write) = match output {
+            Output::Send(envelope) => {
+                self.send(envelope);
+                return Ok(());
+            }
+            Output::Event(event) => return self.on_event(r, event),
+            Output::WriteWal { io, prepare } => (io, Write::Wal(prepare)),
+            Output::WriteSuperblock { io, superblock } => (io, Write::Superblock(superblock)),
+            Output::WriteLog {
+                io,
+                superblock,
+                truncate_after,
+                entries,
+            } => (
+                io,
+                Write::Log {
+                    superblock,
+                    truncate_after,
+                    entries,
+                },
+            ),
+        };
+        let latency = 1 + self.rng.below(self.params.write_latency_max);
+        let disk = &mut self.disks[r as usize];
+        disk.next_seq += 1;
+        let seq = disk.next_seq;
+        disk.pending.push(Pending {
+            complete_at: self.tick + latency,
+            io,
+            seq,
+            write,
+        });
+        Ok(())
+    }
+
+    fn on_event(&mut self, r: u8, event: Event) -> Result<(), Violation> {
+        match event {
+            Event::Committed {
+                op,
+                checksum,
+                parent,
+                body_checksum,
+                digest,
+                client,
+                request,
+                executed,
+            } => {
+                self.trace(&[4, r as u64, op]);
+                self.checker.committed(
+                    r,
+                    op,
+                    checksum,
+                    parent,
+                    body_checksum,
+                    digest,
+                    client,
+                    request,
+                    executed,
+                )?;
+                if !executed {
+                    self.coverage.add("duplicate_ops_skipped", 1);
+                }
+            }
+            Event::ViewChangeStarted { view } => {
+                self.trace(&[5, r as u64, view as u64]);
+                self.coverage.add("view_changes_started", 1);
+                self.log(|| format!("replica {r} starts view change to {view}"));
+            }
+            Event::Normal { view, primary } => {
+                self.trace(&[6, r as u64, view as u64, primary as u64]);
+                if primary {
+                    self.coverage.add("views_installed", 1);
+                    self.log(|| format!("replica {r} is primary of view {view}"));
+                }
+                self.checker.normal(r, view, primary)?;
+            }
+            Event::LogReplaced { replaced } => {
+                self.coverage.add("truncations", 1);
+                self.coverage.add("ops_truncated", replaced);
+            }
+            Event::Retransmit { .. } => self.coverage.add("retransmits", 1),
+            Event::StateTransfer { entries } => {
+                self.coverage.add("state_transfers", 1);
+                self.coverage.add("ops_transferred", entries);
+            }
+            Event::DuplicateRequest => self.coverage.add("cached_replies", 1),
+        }
+        Ok(())
+    }
+
+    fn tick_clients(&mut self) {
+        let n = self.params.replicas;
+        for i in 0..self.clients.len() {
+            let tick = self.tick;
+            let client = &mut self.clients[i];
+            let mut to_send: Vec<u8> = Vec::new();
+            let mut message = None;
+            match &mut client.in_flight {
+                None if client.next_request <= client.total && tick >= client.think_until => {
+                    let request = client.next_request;
+                    client.next_request += 1;
+                    let body = workload(&mut self.rng, request);
+                    self.checker.client_sent(client.id, request, body.clone());
+                    client.in_flight = Some((request, body.clone(), tick));
+                    to_send.push((client.view_guess % n as u32) as u8);
+                    message = Some(Message::Request {
+                        client: client.id,
+                        request,
+                        body,
+                    });
+                }
+                Some((request, body, sent_at)) if tick - *sent_at >= CLIENT_RETRY => {
+                    *sent_at = tick;
+                    to_send.extend(0..n);
+                    message = Some(Message::Request {
+                        client: client.id,
+                        request: *request,
+                        body: body.clone(),
+                    });
+                    self.coverage.add("client_retries", 1);
+                }
+                _ => {}
+            }
+            let id = client.id;
+            if let Some(message) = message {
+                for r in to_send {
+                    self.send(Envelope {
+                        cluster: CLUSTER,
+                        group: 1,
+                        epoch: 0,
+                        from: Node::Client(id),
+                        to: Node::Replica(r),
+                        message: message.clone(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn client_receive(&mut self, id: u128, message: Message) -> Result<(), Violation> {
+        let Message::Reply {
+            request,
+            view,
+            op,
+            body,
+            ..
+        } = message
+        else {
+            return Ok(());
+        };
+        self.checker.reply(id, request, op, &body)?;
+        let Some(client) = self.clients.iter_mut().find(|c| c.id == id) else {
+            return Ok(());
+        };
+        if client
+            .in_flight
+            .as_ref()
+            .is_some_and(|(r, _, _)| *r == request)
+        {
+            client.in_flight = None;
+            client.answered += 1;
+            client.view_guess = view;
+            client.think_until = self.tick + self.rng.below(20);
+        }
+        Ok(())
+    }
+
+    /// Ticks until every request is answered (or `limit` ticks pass); for scenario tests.
+    pub fn run_until_answered(&mut self, limit: u64) -> Result<u64, Violation> {
+        let start = self.tick;
+        while self.tick - start < limit {
+            self.step()?;
+            if self.clients.iter().all(|c| c.answered == c.total) {
+                return Ok(self.tick - start);
+            }
+        }
+        Err(format!(
+            "only {} of {} requests answered in {limit} ticks",
+            self.answered(),
+            self.clients.iter().map(|c| c.total).sum::<u64>()
+        ))
+    }
+
+    pub fn answered(&self) -> u64 {
+        self.clients.iter().map(|c| c.answered).sum()
+    }
+
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
+    }
+
+    pub fn replica(&self, r: u8) -> Option<&Replica<ModelBroker>> {
+        self.replicas[r as usize].as_ref()
+    }
+
+    pub fn committed(&self) -> Op {
+        self.checker.committed_ops()
+    }
+
+    /// Runs `ticks` more ticks with faults as configured.
+    pub fn run_for(&mut self, ticks: u64) -> Result<(), Violation> {
+        for _ in 0..ticks {
+            self.step()?;
+        }
+        Ok(())
+    }
+
+    /// Restarts every crashed replica (scenario tests).
+    pub fn restart_all(&mut self) -> Result<(), Violation> {
+        for r in 0..self.params.replicas {
+            if self.replicas[r as usize].is_none() {
+                self.restart(r)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn node_id(node: Node) -> u64 {
+    match node {
+        Node::Replica(r) => r as u64,
+        Node::Client(c) => 1000 + (c as u64 & 0xFFFF),
+    }
+}
+
+/// A random model-broker operation: mostly appends, some offset stores.
+fn workload(rng: &mut Rng, request: u64) -> Vec<u8> {
+    let partition = rng.below(4) as u8;
+    if rng.chance(250_000) {
+        let mut body = vec![1, rng.below(3) as u8, partition];
+        body.extend_from_slice(&rng.below(request + 2).to_le_bytes());
+        body
+    } else {
+        let mut body = vec![0, partition];
+        let len = rng.between(1, 24);
+        body.extend((0..len).map(|_| rng.below(256) as u8));
+        body
+    }
+}

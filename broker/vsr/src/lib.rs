@@ -1,0 +1,26 @@
+//! Viewstamped Replication Revisited as a pure state machine.
+//!
+//! The core never touches a socket, a file or a clock. A driver — the broker's network shell in
+//! production, the `vsr-sim` simulator in tests — feeds it [`Input`]s (messages, ticks, write
+//! completions) and carries out the [`Output`]s it emits (sends, durable writes, events), in
+//! order. Everything the core decides is a function of its inputs, so a seeded simulator can
+//! replay any execution exactly.
+//!
+//! See `docs/replication.md` for the protocol as implemented and what is not done yet.
+
+pub mod checksum;
+pub mod message;
+pub mod quorums;
+pub mod replica;
+pub mod routing;
+pub mod state_machine;
+
+pub use message::{Command, Envelope, Message, Node, Prepare, PrepareHeader};
+pub use replica::{Config, DiskImage, Event, Input, Output, Replica, Status, Superblock};
+pub use routing::Route;
+pub use state_machine::StateMachine;
+
+pub type ReplicaId = u8;
+pub type Op = u64;
+pub type View = u32;
+pub type ClientId = u128;

@@ -1,0 +1,1218 @@
+//! One replica: the whole protocol, driven by [`Replica::step`].
+//!
+//! Durability rules the code keeps (each is checked by the simulator):
+//! * nothing is sent in a view before that view and its log view are durable in the superblock
+//!   (sends wait in `deferred` until the write completes);
+//! * a PrepareOk for op `n` means every op up to `n` is durable in the WAL (acks are
+//!   cumulative, so recovery may cut the log at its first gap without losing an acked op);
+//! * a log installed by a view change is written atomically with the superblock naming its view;
+//! * the client table changes only when an op commits, so a dropped prepare never locks a client
+//!   out, and an op whose (client, request) already executed is skipped at apply on every replica.
+
+use crate::message::{Envelope, Message, Node, Prepare, PrepareHeader};
+use crate::quorums;
+use crate::routing::{forward_targets, primary_of, Route};
+use crate::state_machine::StateMachine;
+use crate::{ClientId, Op, ReplicaId, View};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: u128,
+    pub group: u32,
+    pub epoch: u32,
+    pub replica_count: u8,
+    pub replica: ReplicaId,
+    pub route: Route,
+    /// Most uncommitted prepares the primary keeps in flight.
+    pub pipeline_max: usize,
+    /// Most client requests queued behind the pipeline.
+    pub request_queue_max: usize,
+    /// Primary: resend uncommitted prepares to replicas that have not acked after this long.
+    pub prepare_timeout: u64,
+    /// Primary: commit heartbeat interval when idle.
+    pub commit_interval: u64,
+    /// Backup: suspect the primary after this long without a prepare or commit.
+    pub primary_timeout: u64,
+    /// Give up on a view change and try the next view after this long.
+    pub view_change_timeout: u64,
+    /// A restarted replica waits this long for a StartView before starting a view change.
+    pub recovery_timeout: u64,
+    /// Seed of the jitter generator (the only randomness in the core).
+    pub seed: u64,
+}
+
+impl Config {
+    /// Timeouts in ticks of 10 ms, pipeline and queue sizes as used in simulation.
+    pub fn new(cluster: u128, replica_count: u8, replica: ReplicaId, route: Route) -> Self {
+        Self {
+            cluster,
+            group: 1,
+            epoch: 0,
+            replica_count,
+            replica,
+            route,
+            pipeline_max: 4,
+            request_queue_max: 64,
+            prepare_timeout: 25,
+            commit_interval: 50,
+            primary_timeout: 150,
+            view_change_timeout: 300,
+            recovery_timeout: 200,
+            seed: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Normal,
+    ViewChange,
+    /// Restarted: waits to learn the current view before taking part.
+    Recovering,
+}
+
+/// The durable part of a replica's view state. Writes carry a sequence number; storage keeps
+/// the newest, so a late completion of an older write can never roll the view back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superblock {
+    pub sequence: u64,
+    pub view: View,
+    pub log_view: View,
+    /// A commit number known when written (ops at or below it were committed).
+    pub commit: Op,
+}
+
+/// What storage held when the replica (re)started: the newest superblock and the WAL entries.
+#[derive(Debug, Clone, Default)]
+pub struct DiskImage {
+    pub superblock: Option<Superblock>,
+    pub wal: BTreeMap<Op, Prepare>,
+}
+
+#[derive(Debug, Clone)]
+// Inputs are built once and moved straight into `step`; boxing the message would only add an
+// allocation per delivery.
+#[allow(clippy::large_enum_variant)]
+pub enum Input {
+    Message(Envelope),
+    /// One tick (10 ms) of logical time; `now` is the driver's clock in µs, used only to stamp
+    /// prepares (clamped to be monotonic).
+    Tick {
+        now: u64,
+    },
+    /// A write issued as `io` is durable.
+    WriteDone {
+        io: u64,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub enum Output {
+    Send(Envelope),
+    /// Persist one WAL entry.
+    WriteWal {
+        io: u64,
+        prepare: Prepare,
+    },
+    /// Persist the superblock alone.
+    WriteSuperblock {
+        io: u64,
+        superblock: Superblock,
+    },
+    /// Atomically: the superblock, removal of every WAL entry above `truncate_after`, and the
+    /// given entries (a log installed by a view change).
+    WriteLog {
+        io: u64,
+        superblock: Superblock,
+        truncate_after: Op,
+        entries: Vec<Prepare>,
+    },
+    Event(Event),
+}
+
+/// Things the simulator's checkers and coverage counters watch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An op was applied. `executed` is false when its (client, request) had already run.
+    Committed {
+        op: Op,
+        checksum: u128,
+        parent: u128,
+        body_checksum: u128,
+        digest: u128,
+        client: ClientId,
+        request: u64,
+        executed: bool,
+    },
+    ViewChangeStarted {
+        view: View,
+    },
+    /// Became normal in `view`; `primary` says whether as its primary.
+    Normal {
+        view: View,
+        primary: bool,
+    },
+    /// Installed a log that replaced `replaced` uncommitted ops of its own.
+    LogReplaced {
+        replaced: u64,
+    },
+    Retransmit {
+        op: Op,
+    },
+    StateTransfer {
+        entries: u64,
+    },
+    DuplicateRequest,
+}
+
+#[derive(Debug, Clone)]
+struct ClientEntry {
+    request: u64,
+    reply: Vec<u8>,
+    op: Op,
+    view: View,
+}
+
+pub struct Replica<S> {
+    cfg: Config,
+    sm: S,
+    status: Status,
+    view: View,
+    log_view: View,
+    /// `log[0]` is the root; `log[n]` is op `n`.
+    log: Vec<Prepare>,
+    commit_min: Op,
+    commit_max: Op,
+    /// (view, log view) of the newest durable superblock; `None` before the first one lands.
+    durable: Option<(View, View)>,
+    superblock_sequence: u64,
+    /// Every op up to here is durable in the WAL with the checksum the log holds.
+    op_durable: Op,
+    /// Durable WAL entries (op → checksum), as far as this replica knows.
+    durable_ops: BTreeMap<Op, u128>,
+    writes: BTreeMap<u64, PendingWrite>,
+    next_io: u64,
+    client_table: BTreeMap<ClientId, ClientEntry>,
+    /// Primary: highest op each replica has acknowledged in this view.
+    acked: BTreeMap<ReplicaId, Op>,
+    requests: VecDeque<(ClientId, u64, Vec<u8>)>,
+    svc: BTreeSet<ReplicaId>,
+    dvc: BTreeMap<ReplicaId, (View, Vec<Prepare>, Op)>,
+    dvc_sent: bool,
+    tick: u64,
+    heard_from_primary: u64,
+    status_since: u64,
+    last_commit_broadcast: u64,
+    last_retransmit: u64,
+    last_state_request: u64,
+    last_view_request: u64,
+    last_view_change_message: u64,
+    /// Sends that wait for the superblock to make the current view durable.
+    deferred: Vec<Envelope>,
+    jitter: u64,
+    rng: u64,
+    last_timestamp: u64,
+    now: u64,
+    out: Vec<Output>,
+}
+
+#[derive(Debug, Clone)]
+enum PendingWrite {
+    Wal {
+        op: Op,
+        checksum: u128,
+    },
+    Superblock(Superblock),
+    Log {
+        superblock: Superblock,
+        truncate_after: Op,
+        entries: Vec<(Op, u128)>,
+    },
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Starts a replica on what its storage holds. An empty disk is a fresh cluster member
+    /// (normal in view 0); anything else is a restart, which waits to learn the current view.
+    pub fn open(cfg: Config, disk: DiskImage, sm: S) -> Self {
+        let root = Prepare::root(cfg.cluster, cfg.group, cfg.epoch);
+        let mut log = vec![root];
+        // Without a durable superblock this replica never sent anything (sends wait for it), so
+        // nothing in its WAL was ever acknowledged: it starts as a fresh member.
+        let wal = if disk.superblock.is_some() {
+            disk.wal
+        } else {
+            BTreeMap::new()
+        };
+        for (op, prepare) in &wal {
+            let last = &log[log.len() - 1];
+            if *op != last.op() + 1 || !prepare.verify() || prepare.header.parent != last.checksum()
+            {
+                break;
+            }
+            log.push(prepare.clone());
+        }
+        let durable_ops = log.iter().skip(1).map(|p| (p.op(), p.checksum())).collect();
+        let op_durable = log.len() as Op - 1;
+        let (status, superblock) = match disk.superblock {
+            Some(sb) => (Status::Recovering, sb),
+            None => (
+                Status::Normal,
+                Superblock {
+                    sequence: 0,
+                    view: 0,
+                    log_view: 0,
+                    commit: 0,
+                },
+            ),
+        };
+        let rng = cfg.seed ^ (cfg.replica as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5_5A5A;
+        let mut replica = Self {
+            sm,
+            status,
+            view: superblock.view,
+            log_view: superblock.log_view,
+            log,
+            commit_min: 0,
+            commit_max: 0,
+            durable: Some((superblock.view, superblock.log_view)),
+            superblock_sequence: superblock.sequence,
+            op_durable,
+            durable_ops,
+            writes: BTreeMap::new(),
+            next_io: 0,
+            client_table: BTreeMap::new(),
+            acked: BTreeMap::new(),
+            requests: VecDeque::new(),
+            svc: BTreeSet::new(),
+            dvc: BTreeMap::new(),
+            dvc_sent: false,
+            tick: 0,
+            heard_from_primary: 0,
+            status_since: 0,
+            last_commit_broadcast: 0,
+            last_retransmit: 0,
+            last_state_request: 0,
+            last_view_request: 0,
+            last_view_change_message: 0,
+            deferred: Vec::new(),
+            jitter: 0,
+            rng,
+            last_timestamp: 0,
+            now: 0,
+            out: Vec::new(),
+            cfg,
+        };
+        replica.jitter = replica.random() % (replica.cfg.primary_timeout / 2 + 1);
+        if disk.superblock.is_none() {
+            // A fresh member makes view 0 durable before it says anything.
+            replica.durable = None;
+            replica.write_superblock();
+        }
+        // Ops committed before the crash are applied again to rebuild the state machine.
+        let recovered_commit = superblock.commit.min(replica.log_tail());
+        replica.commit_max = recovered_commit;
+        replica.apply_committed();
+        // Recovery's own applies are not news; the writes issued at open are.
+        replica.out.retain(|o| !matches!(o, Output::Event(_)));
+        replica
+    }
+
+    /// Feeds one input; returns the effects to carry out, in order.
+    /// Effects produced while opening (the first superblock write of a fresh member).
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn step(&mut self, input: Input) -> Vec<Output> {
+        match input {
+            Input::Tick { now } => self.on_tick(now),
+            Input::WriteDone { io } => self.on_write_done(io),
+            Input::Message(envelope) => self.on_envelope(envelope),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    pub fn view(&self) -> View {
+        self.view
+    }
+    pub fn log_view(&self) -> View {
+        self.log_view
+    }
+    pub fn commit_min(&self) -> Op {
+        self.commit_min
+    }
+    pub fn commit_max(&self) -> Op {
+        self.commit_max
+    }
+    pub fn log_tail(&self) -> Op {
+        self.log.len() as Op - 1
+    }
+    pub fn replica(&self) -> ReplicaId {
+        self.cfg.replica
+    }
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+    pub fn is_primary(&self) -> bool {
+        self.status == Status::Normal
+            && primary_of(self.view, self.cfg.replica_count) == self.cfg.replica
+    }
+    /// Checksum of the prepare at `op`, if held.
+    pub fn checksum_at(&self, op: Op) -> Option<u128> {
+        self.log.get(op as usize).map(Prepare::checksum)
+    }
+
+    fn primary(&self) -> ReplicaId {
+        primary_of(self.view, self.cfg.replica_count)
+    }
+
+    fn random(&mut self) -> u64 {
+        // splitmix64: small, fast, and ours, so seeds replay across dependency upgrades.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn event(&mut self, event: Event) {
+        self.out.push(Output::Event(event));
+    }
+
+    // ---- sending -------------------------------------------------------------------------
+
+    fn envelope(&self, to: Node, message: Message) -> Envelope {
+        Envelope {
+            cluster: self.cfg.cluster,
+            group: self.cfg.group,
+            epoch: self.cfg.epoch,
+            from: Node::Replica(self.cfg.replica),
+            to,
+            message,
+        }
+    }
+
+    /// Sends to a replica once the current view is durable; until then the message waits.
+    fn send(&mut self, to: ReplicaId, message: Message) {
+        if to == self.cfg.replica {
+            return;
+        }
+        let envelope = self.envelope(Node::Replica(to), message);
+        if self.view_durable() {
+            self.out.push(Output::Send(envelope));
+        } else {
+            self.deferred.push(envelope);
+        }
+    }
+
+    fn broadcast(&mut self, message: Message) {
+        for r in 0..self.cfg.replica_count {
+            if r != self.cfg.replica {
+                self.send(r, message.clone());
+            }
+        }
+    }
+
+    fn view_durable(&self) -> bool {
+        self.durable == Some((self.view, self.log_view))
+    }
+
+    fn flush_deferred(&mut self) {
+        if !self.view_durable() {
+            return;
+        }
+        let view = self.view;
+        for envelope in std::mem::take(&mut self.deferred) {
+            // Anything prepared for an earlier view is stale now.
+            if message_view(&envelope.message).is_none_or(|v| v == view) {
+                self.out.push(Output::Send(envelope));
+            }
+        }
+    }
+
+    // ---- storage ---------------------------------------------------------------------------
+
+    fn io(&mut self) -> u64 {
+        self.next_io += 1;
+        // Unique across restarts of this replica object family: the sequence of superblocks.
+        (self.superblock_sequence << 32) | self.next_io
+    }
+
+    fn superblock(&mut self) -> Superblock {
+        self.superblock_sequence += 1;
+        Superblock {
+            sequence: self.superblock_sequence,
+            view: self.view,
+            log_view: self.log_view,
+            commit: self.commit_max.min(self.op_durable),
+        }
+    }
+
+    fn write_superblock(&mut self) {
+        let superblock = self.superblock();
+        let io = self.io();
+        self.writes.insert(io, PendingWrite::Superblock(superblock));
+        self.out.push(Output::WriteSuperblock { io, superblock });
+    }
+
+    fn write_wal(&mut self, op: Op) {
+        let prepare = self.log[op as usize].clone();
+        let io = self.io();
+        self.writes.insert(
+            io,
+            PendingWrite::Wal {
+                op,
+                checksum: prepare.checksum(),
+            },
+        );
+        self.out.push(Output::WriteWal { io, prepare });
+    }
+
+    fn write_log(&mut self, truncate_after: Op) {
+        let superblock = self.superblock();
+        let io = self.io();
+        let entries: Vec<Prepare> = self.log[truncate_after as usize + 1..].to_vec();
+        self.writes.insert(
+            io,
+            PendingWrite::Log {
+                superblock,
+                truncate_after,
+                entries: entries.iter().map(|p| (p.op(), p.checksum())).collect(),
+            },
+        );
+        self.out.push(Output::WriteLog {
+            io,
+            superblock,
+            truncate_after,
+            entries,
+        });
+    }
+
+    fn on_write_done(&mut self, io: u64) {
+        let Some(write) = self.writes.remove(&io) else {
+            return;
+        };
+        match write {
+            PendingWrite::Wal { op, checksum } => {
+                self.durable_ops.insert(op, checksum);
+            }
+            PendingWrite::Superblock(sb) => self.superblock_durable(sb),
+            PendingWrite::Log {
+                superblock,
+                truncate_after,
+                entries,
+            } => {
+                self.durable_ops.split_off(&(truncate_after + 1));
+                self.durable_ops.extend(entries);
+                self.superblock_durable(superblock);
+            }
+        }
+        self.advance_op_durable();
+        self.flush_deferred();
+    }
+
+    fn superblock_durable(&mut self, sb: Superblock) {
+        if self.durable.is_none_or(|d| (sb.view, sb.log_view) > d) {
+            self.durable = Some((sb.view, sb.log_view));
+        }
+    }
+
+    fn advance_op_durable(&mut self) {
+        let before = self.op_durable;
+        let mut op = self.op_durable;
+        while let Some(prepare) = self.log.get(op as usize + 1) {
+            if self.durable_ops.get(&(op + 1)) != Some(&prepare.checksum()) {
+                break;
+            }
+            op += 1;
+        }
+        self.op_durable = op;
+        if op > before || self.status == Status::Normal {
+            self.acknowledge();
+        }
+    }
+
+    /// Reports `op_durable` to the primary (or counts it, as the primary).
+    fn acknowledge(&mut self) {
+        if self.status != Status::Normal || self.op_durable == 0 {
+            return;
+        }
+        let op = self.op_durable;
+        if self.is_primary() {
+            self.on_ack(self.cfg.replica, op);
+        } else {
+            let checksum = self.log[op as usize].checksum();
+            let primary = self.primary();
+            self.send(
+                primary,
+                Message::PrepareOk {
+                    view: self.view,
+                    op,
+                    checksum,
+                    replica: self.cfg.replica,
+                },
+            );
+        }
+    }
+
+    // ---- ticks -----------------------------------------------------------------------------
+
+    fn on_tick(&mut self, now: u64) {
+        self.tick += 1;
+        self.now = now;
+        match self.status {
+            Status::Normal if self.is_primary() => {
+                if self.tick - self.last_commit_broadcast >= self.cfg.commit_interval {
+                    self.last_commit_broadcast = self.tick;
+                    let commit = self.commit_max;
+                    self.broadcast(Message::Commit {
+                        view: self.view,
+                        commit,
+                    });
+                }
+                if self.commit_max < self.log_tail()
+                    && self.tick - self.last_retransmit >= self.cfg.prepare_timeout
+                {
+                    self.retransmit();
+                }
+            }
+            Status::Normal => {
+                if self.tick - self.heard_from_primary >= self.cfg.primary_timeout + self.jitter {
+                    self.start_view_change(self.view + 1);
+                } else if self.commit_max > self.log_tail() {
+                    self.request_state();
+                }
+            }
+            Status::ViewChange => {
+                if self.tick - self.status_since >= self.cfg.view_change_timeout + self.jitter {
+                    self.start_view_change(self.view + 1);
+                } else if self.tick - self.last_view_change_message >= self.cfg.prepare_timeout {
+                    self.resend_view_change_messages();
+                }
+            }
+            Status::Recovering => {
+                if self.tick - self.status_since >= self.cfg.recovery_timeout + self.jitter {
+                    self.start_view_change(self.view + 1);
+                } else if self.tick - self.last_view_request >= self.cfg.prepare_timeout {
+                    self.last_view_request = self.tick;
+                    let view = self.view;
+                    let replica = self.cfg.replica;
+                    self.broadcast(Message::RequestStartView {
+                        view,
+                        replica,
+                        nonce: self.tick,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Resends every uncommitted prepare directly to each replica that has not acked it.
+    fn retransmit(&mut self) {
+        self.last_retransmit = self.tick;
+        for op in self.commit_max + 1..=self.log_tail() {
+            let prepare = self.log[op as usize].clone();
+            let missing: Vec<ReplicaId> = (0..self.cfg.replica_count)
+                .filter(|r| *r != self.cfg.replica && self.acked.get(r).copied().unwrap_or(0) < op)
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            self.event(Event::Retransmit { op });
+            for r in missing {
+                self.send(
+                    r,
+                    Message::Prepare {
+                        view: self.view,
+                        prepare: prepare.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn request_state(&mut self) {
+        if self.tick.saturating_sub(self.last_state_request) < self.cfg.prepare_timeout
+            && self.last_state_request != 0
+        {
+            return;
+        }
+        self.last_state_request = self.tick.max(1);
+        let primary = self.primary();
+        let after = self.log_tail();
+        self.send(
+            primary,
+            Message::GetState {
+                view: self.view,
+                after,
+                replica: self.cfg.replica,
+            },
+        );
+    }
+
+    fn request_start_view(&mut self, view: View) {
+        if self.tick.saturating_sub(self.last_view_request) < self.cfg.prepare_timeout
+            && self.last_view_request != 0
+        {
+            return;
+        }
+        self.last_view_request = self.tick.max(1);
+        let primary = primary_of(view, self.cfg.replica_count);
+        let envelope = self.envelope(
+            Node::Replica(primary),
+            Message::RequestStartView {
+                view,
+                replica: self.cfg.replica,
+                nonce: self.tick,
+            },
+        );
+        // Asking is safe in any view: it promises nothing.
+        if primary != self.cfg.replica {
+            self.out.push(Output::Send(envelope));
+        }
+    }
+
+    // ---- messages --------------------------------------------------------------------------
+
+    fn on_envelope(&mut self, envelope: Envelope) {
+        if envelope.cluster != self.cfg.cluster
+            || envelope.group != self.cfg.group
+            || envelope.epoch != self.cfg.epoch
+        {
+            return;
+        }
+        match envelope.message {
+            Message::Request {
+                client,
+                request,
+                body,
+            } => self.on_request(client, request, body),
+            Message::Prepare { view, prepare } => self.on_prepare(view, prepare),
+            Message::PrepareOk {
+                view,
+                op,
+                checksum,
+                replica,
+            } => {
+                if view == self.view && self.is_primary() && self.checksum_at(op) == Some(checksum)
+                {
+                    self.on_ack(replica, op);
+                }
+            }
+            Message::Commit { view, commit } => self.on_commit(view, commit),
+            Message::StartViewChange { view, replica } => self.on_start_view_change(view, replica),
+            Message::DoViewChange {
+                view,
+                log_view,
+                log,
+                commit,
+                replica,
+            } => self.on_do_view_change(view, log_view, log, commit, replica),
+            Message::StartView { view, log, commit } => self.on_start_view(view, log, commit),
+            Message::RequestStartView { view, replica, .. } => {
+                if self.is_primary() && self.view >= view {
+                    let log = self.log.clone();
+                    let commit = self.commit_max;
+                    self.send(
+                        replica,
+                        Message::StartView {
+                            view: self.view,
+                            log,
+                            commit,
+                        },
+                    );
+                }
+            }
+            Message::GetState {
+                view,
+                after,
+                replica,
+            } => {
+                if view == self.view && self.status == Status::Normal && after < self.log_tail() {
+                    let entries = self.log[after as usize + 1..].to_vec();
+                    let commit = self.commit_max;
+                    self.send(
+                        replica,
+                        Message::NewState {
+                            view,
+                            entries,
+                            commit,
+                        },
+                    );
+                }
+            }
+            Message::NewState {
+                view,
+                entries,
+                commit,
+            } => self.on_new_state(view, entries, commit),
+            Message::Reply { .. } => {}
+        }
+    }
+
+    fn on_request(&mut self, client: ClientId, request: u64, body: Vec<u8>) {
+        if self.status != Status::Normal {
+            return;
+        }
+        if !self.is_primary() {
+            // Any replica accepts clients: backups pass requests to the primary.
+            let primary = self.primary();
+            let envelope = self.envelope(
+                Node::Replica(primary),
+                Message::Request {
+                    client,
+                    request,
+                    body,
+                },
+            );
+            self.out.push(Output::Send(envelope));
+            return;
+        }
+        if let Some(entry) = self.client_table.get(&client) {
+            if request < entry.request {
+                return;
+            }
+            if request == entry.request {
+                // At most once: a retry of the last executed request gets the cached reply.
+                let reply = Message::Reply {
+                    client,
+                    request,
+                    view: entry.view,
+                    op: entry.op,
+                    body: entry.reply.clone(),
+                };
+                self.event(Event::DuplicateRequest);
+                let envelope = self.envelope(Node::Client(client), reply);
+                self.out.push(Output::Send(envelope));
+                return;
+            }
+        }
+        let in_flight = self.log[self.commit_max as usize + 1..]
+            .iter()
+            .any(|p| p.header.client == client && p.header.request == request)
+            || self
+                .requests
+                .iter()
+                .any(|(c, r, _)| *c == client && *r == request);
+        if in_flight || self.requests.len() >= self.cfg.request_queue_max {
+            return;
+        }
+        self.requests.push_back((client, request, body));
+        self.prepare_queued();
+    }
+
+    fn prepare_queued(&mut self) {
+        while self.is_primary()
+            && (self.log_tail() - self.commit_max) < self.cfg.pipeline_max as u64
+        {
+            let Some((client, request, body)) = self.requests.pop_front() else {
+                return;
+            };
+            let parent = self.log[self.log.len() - 1].checksum();
+            self.last_timestamp = self.now.max(self.last_timestamp + 1);
+            let prepare = Prepare::new(
+                PrepareHeader {
+                    checksum: 0,
+                    parent,
+                    body_checksum: 0,
+                    cluster: self.cfg.cluster,
+                    group: self.cfg.group,
+                    epoch: self.cfg.epoch,
+                    view: self.view,
+                    op: self.log_tail() + 1,
+                    commit: self.commit_max,
+                    client,
+                    request,
+                    timestamp: self.last_timestamp,
+                },
+                body,
+            );
+            let op = prepare.op();
+            self.log.push(prepare.clone());
+            for target in forward_targets(
+                self.cfg.route,
+                self.cfg.replica_count,
+                self.view,
+                self.cfg.replica,
+            ) {
+                self.send(
+                    target,
+                    Message::Prepare {
+                        view: self.view,
+                        prepare: prepare.clone(),
+                    },
+                );
+            }
+            self.write_wal(op);
+        }
+    }
+
+    fn on_prepare(&mut self, view: View, prepare: Prepare) {
+        if view < self.view || !prepare.verify() {
+            return;
+        }
+        if view > self.view || self.status != Status::Normal {
+            self.request_start_view(view);
+            return;
+        }
+        if self.is_primary() {
+            return;
+        }
+        self.heard_from_primary = self.tick;
+        let op = prepare.op();
+        let tail = self.log_tail();
+        if op <= tail {
+            // Already held; the primary is retransmitting because our ack was lost.
+            if self.checksum_at(op) == Some(prepare.checksum()) {
+                self.acknowledge();
+            }
+        } else if op == tail + 1 && prepare.header.parent == self.log[tail as usize].checksum() {
+            // Cut-through: forward before our own write.
+            for target in forward_targets(
+                self.cfg.route,
+                self.cfg.replica_count,
+                self.view,
+                self.cfg.replica,
+            ) {
+                self.send(
+                    target,
+                    Message::Prepare {
+                        view,
+                        prepare: prepare.clone(),
+                    },
+                );
+            }
+            let commit = prepare.header.commit;
+            self.log.push(prepare);
+            self.write_wal(op);
+            self.advance_commit(commit);
+        } else {
+            self.request_state();
+        }
+    }
+
+    fn on_ack(&mut self, replica: ReplicaId, op: Op) {
+        let entry = self.acked.entry(replica).or_insert(0);
+        *entry = (*entry).max(op);
+        let quorum = quorums::replication(self.cfg.replica_count);
+        let mut commit = self.commit_max;
+        while commit < self.log_tail()
+            && self.acked.values().filter(|a| **a > commit).count() >= quorum
+        {
+            commit += 1;
+        }
+        if commit > self.commit_max {
+            self.advance_commit(commit);
+            self.prepare_queued();
+        }
+    }
+
+    fn on_commit(&mut self, view: View, commit: Op) {
+        if view < self.view {
+            return;
+        }
+        if view > self.view || self.status != Status::Normal {
+            self.request_start_view(view);
+            return;
+        }
+        if self.is_primary() {
+            return;
+        }
+        self.heard_from_primary = self.tick;
+        self.advance_commit(commit);
+        if self.commit_max > self.log_tail() {
+            self.request_state();
+        }
+    }
+
+    fn on_new_state(&mut self, view: View, entries: Vec<Prepare>, commit: Op) {
+        if view != self.view || self.status != Status::Normal || self.is_primary() {
+            return;
+        }
+        let mut appended = 0;
+        for prepare in entries {
+            let tail = self.log_tail();
+            if prepare.op() <= tail {
+                continue;
+            }
+            if prepare.op() != tail + 1
+                || !prepare.verify()
+                || prepare.header.parent != self.log[tail as usize].checksum()
+            {
+                break;
+            }
+            let op = prepare.op();
+            self.log.push(prepare);
+            self.write_wal(op);
+            appended += 1;
+        }
+        if appended > 0 {
+            self.event(Event::StateTransfer { entries: appended });
+        }
+        self.heard_from_primary = self.tick;
+        self.advance_commit(commit);
+    }
+
+    fn advance_commit(&mut self, commit: Op) {
+        self.commit_max = self.commit_max.max(commit);
+        self.apply_committed();
+    }
+
+    /// Applies every committed op held, in order; the primary replies to clients.
+    fn apply_committed(&mut self) {
+        while self.commit_min < self.commit_max.min(self.log_tail()) {
+            let op = self.commit_min + 1;
+            let prepare = &self.log[op as usize];
+            let (client, request) = (prepare.header.client, prepare.header.request);
+            let already = self
+                .client_table
+                .get(&client)
+                .is_some_and(|e| e.request >= request);
+            let executed = !already;
+            if executed {
+                let reply = self.sm.apply(op, client, &prepare.body);
+                self.client_table.insert(
+                    client,
+                    ClientEntry {
+                        request,
+                        reply,
+                        op,
+                        view: self.view,
+                    },
+                );
+            }
+            self.commit_min = op;
+            let prepare = &self.log[op as usize];
+            let event = Event::Committed {
+                op,
+                checksum: prepare.checksum(),
+                parent: prepare.header.parent,
+                body_checksum: prepare.header.body_checksum,
+                digest: self.sm.digest(),
+                client,
+                request,
+                executed,
+            };
+            self.event(event);
+            if executed && self.is_primary() {
+                if let Some(entry) = self.client_table.get(&client) {
+                    let reply = Message::Reply {
+                        client,
+                        request,
+                        view: self.view,
+                        op,
+                        body: entry.reply.clone(),
+                    };
+                    let envelope = self.envelope(Node::Client(client), reply);
+                    self.out.push(Output::Send(envelope));
+                }
+            }
+        }
+    }
+
+    // ---- view change -----------------------------------------------------------------------
+
+    fn start_view_change(&mut self, view: View) {
+        self.view = view;
+        self.status = Status::ViewChange;
+        self.status_since = self.tick;
+        self.svc = BTreeSet::from([self.cfg.replica]);
+        self.dvc.clear();
+        self.dvc_sent = false;
+        self.acked.clear();
+        self.jitter = self.random() % (self.cfg.view_change_timeout / 2 + 1);
+        self.event(Event::ViewChangeStarted { view });
+        self.write_superblock();
+        self.resend_view_change_messages();
+        self.maybe_send_do_view_change();
+    }
+
+    fn resend_view_change_messages(&mut self) {
+        self.last_view_change_message = self.tick;
+        let (view, replica) = (self.view, self.cfg.replica);
+        self.broadcast(Message::StartViewChange { view, replica });
+        if self.dvc_sent {
+            self.dvc_sent = false;
+            self.maybe_send_do_view_change();
+        }
+    }
+
+    fn on_start_view_change(&mut self, view: View, replica: ReplicaId) {
+        if view < self.view || (view == self.view && self.status == Status::Normal) {
+            return;
+        }
+        if view > self.view {
+            self.start_view_change(view);
+        }
+        self.svc.insert(replica);
+        self.maybe_send_do_view_change();
+    }
+
+    fn maybe_send_do_view_change(&mut self) {
+        if self.status != Status::ViewChange
+            || self.dvc_sent
+            || self.svc.len() < quorums::view_change(self.cfg.replica_count)
+        {
+            return;
+        }
+        self.dvc_sent = true;
+        let (view, log_view, commit, replica) =
+            (self.view, self.log_view, self.commit_max, self.cfg.replica);
+        // Only what is durable counts: our acks promised exactly that much.
+        let log = self.log[..=self.op_durable as usize].to_vec();
+        let primary = self.primary();
+        if primary == replica {
+            self.on_do_view_change(view, log_view, log, commit, replica);
+        } else {
+            self.send(
+                primary,
+                Message::DoViewChange {
+                    view,
+                    log_view,
+                    log,
+                    commit,
+                    replica,
+                },
+            );
+        }
+    }
+
+    fn on_do_view_change(
+        &mut self,
+        view: View,
+        log_view: View,
+        log: Vec<Prepare>,
+        commit: Op,
+        replica: ReplicaId,
+    ) {
+        if view < self.view || primary_of(view, self.cfg.replica_count) != self.cfg.replica {
+            return;
+        }
+        if view > self.view {
+            self.start_view_change(view);
+        }
+        if self.status != Status::ViewChange || !valid_chain(&log) {
+            return;
+        }
+        self.dvc.insert(replica, (log_view, log, commit));
+        // The new primary's own DVC must be among the quorum: its own state is what it installs
+        // if it wins, and it must have stopped accepting the old view.
+        if self.dvc.len() < quorums::view_change(self.cfg.replica_count)
+            || !self.dvc.contains_key(&self.cfg.replica)
+        {
+            return;
+        }
+        // VRR's rule: the log of the highest log view, then the longest.
+        let Some((_, (_, best, _))) = self
+            .dvc
+            .iter()
+            .max_by_key(|(r, (lv, log, _))| (*lv, log.len(), std::cmp::Reverse(**r)))
+        else {
+            return;
+        };
+        let best = best.clone();
+        let commit = self
+            .dvc
+            .values()
+            .map(|(_, _, c)| *c)
+            .max()
+            .unwrap_or(0)
+            .max(self.commit_max);
+        self.install_log(best);
+        self.status = Status::Normal;
+        self.status_since = self.tick;
+        self.log_view = self.view;
+        self.requests.clear();
+        self.event(Event::Normal {
+            view: self.view,
+            primary: true,
+        });
+        let log = self.log.clone();
+        self.broadcast(Message::StartView {
+            view: self.view,
+            log,
+            commit: commit.min(self.log_tail()),
+        });
+        self.advance_commit(commit.min(self.log_tail()));
+        self.last_retransmit = self.tick;
+        self.advance_op_durable();
+    }
+
+    fn on_start_view(&mut self, view: View, log: Vec<Prepare>, commit: Op) {
+        if view < self.view
+            || (view == self.view && self.status == Status::Normal)
+            || !valid_chain(&log)
+        {
+            return;
+        }
+        if primary_of(view, self.cfg.replica_count) == self.cfg.replica {
+            return;
+        }
+        self.view = view;
+        self.install_log(log);
+        self.status = Status::Normal;
+        self.status_since = self.tick;
+        self.log_view = view;
+        self.heard_from_primary = self.tick;
+        self.svc.clear();
+        self.dvc.clear();
+        self.jitter = self.random() % (self.cfg.primary_timeout / 2 + 1);
+        self.event(Event::Normal {
+            view,
+            primary: false,
+        });
+        self.advance_commit(commit.min(self.log_tail()));
+        self.advance_op_durable();
+    }
+
+    /// Replaces the log from the first op where it differs, writing the change atomically
+    /// with the superblock of the new view.
+    fn install_log(&mut self, log: Vec<Prepare>) {
+        let common = self
+            .log
+            .iter()
+            .zip(log.iter())
+            .take_while(|(a, b)| a.checksum() == b.checksum())
+            .count() as Op;
+        let first_diff = common.max(1);
+        let replaced = self.log_tail().saturating_sub(first_diff - 1);
+        if replaced > 0 && first_diff <= self.log_tail() {
+            self.event(Event::LogReplaced { replaced });
+        }
+        self.log = log;
+        self.op_durable = self.op_durable.min(first_diff - 1);
+        // log_view is set by the caller right after; the superblock must carry it.
+        let log_view = self.view;
+        let previous = self.log_view;
+        self.log_view = log_view;
+        self.write_log(first_diff - 1);
+        self.log_view = previous;
+    }
+}
+
+fn message_view(message: &Message) -> Option<View> {
+    match message {
+        Message::Prepare { view, .. }
+        | Message::PrepareOk { view, .. }
+        | Message::Commit { view, .. }
+        | Message::StartViewChange { view, .. }
+        | Message::DoViewChange { view, .. }
+        | Message::StartView { view, .. }
+        | Message::GetState { view, .. }
+        | Message::NewState { view, .. } => Some(*view),
+        _ => None,
+    }
+}
+
+/// A log starts at the root and every entry verifies and chains to the previous one.
+fn valid_chain(log: &[Prepare]) -> bool {
+    !log.is_empty()
+        && log[0].op() == 0
+        && log.windows(2).all(|w| {
+            w[1].op() == w[0].op() + 1 && w[1].verify() && w[1].header.parent == w[0].checksum()
+        })
+}
