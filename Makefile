@@ -5,9 +5,12 @@ CARGO ?= cargo
 DATA ?= ./local_data
 BENCH_ARGS ?=
 
-.PHONY: run build test lint fmt bench fuzz clean help
+.PHONY: run build test lint fmt bench fuzz sim sim-ci clean help
 
 FUZZ_SECONDS ?= 300
+SIM_SEEDS ?= 20000
+# CI's fresh seeds: a different window every run, printed so any failure replays.
+SIM_FIRST_SEED ?= $(shell date +%s)
 
 help:
 	@echo "make run    build and start one broker on 127.0.0.1:8090 (data in $(DATA), root iggy/iggy)"
@@ -15,6 +18,7 @@ help:
 	@echo "make lint   rustfmt check and clippy with warnings as errors"
 	@echo "make bench  produce/consume benchmark against a release broker (see docs/benchmarks.md)"
 	@echo "make fuzz   fuzz the request decoder and dispatcher for FUZZ_SECONDS (default 300)"
+	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000)"
 
 build:
 	$(CARGO) build --release -p broker -p iggy-bench-lite
@@ -33,6 +37,15 @@ test:
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+	$(MAKE) sim-ci
+
+# The simulator in CI: the regression corpus and scenarios run in `cargo test` above; here 300
+# fresh swarm seeds in release mode.
+sim-ci:
+	$(CARGO) run --release -q -p vsr-sim -- --seeds 300 --first-seed $(SIM_FIRST_SEED)
+
+sim:
+	$(CARGO) run --release -q -p vsr-sim -- --seeds $(SIM_SEEDS) --first-seed $(SIM_FIRST_SEED)
 
 lint:
 	$(CARGO) fmt --all -- --check

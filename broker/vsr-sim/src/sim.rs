@@ -317,12 +317,14 @@ impl Simulation {
             .map(|r| match r {
                 None => "down".into(),
                 Some(r) => format!(
-                    "{:?} v{} commit {}/{} log {}",
+                    "{:?} v{} commit {}/{} log {} durable {} writes pending {}",
                     r.status(),
                     r.view(),
                     r.commit_min(),
                     r.commit_max(),
-                    r.log_tail()
+                    r.log_tail(),
+                    r.op_durable(),
+                    r.pending_writes()
                 ),
             })
             .collect();
@@ -614,6 +616,10 @@ impl Simulation {
                 self.coverage.add("ops_transferred", entries);
             }
             Event::DuplicateRequest => self.coverage.add("cached_replies", 1),
+            Event::Abdicated { view } => {
+                self.coverage.add("abdications", 1);
+                self.log(|| format!("replica {r} abdicates view {view}"));
+            }
         }
         Ok(())
     }
@@ -733,6 +739,22 @@ impl Simulation {
             self.step()?;
         }
         Ok(())
+    }
+
+    /// Cuts every link into (and, unless `receive_only`, out of) replica `r` (scenario tests).
+    pub fn isolate(&mut self, r: u8, receive_only: bool) {
+        for other in 0..self.params.replicas {
+            if other != r {
+                self.network.cut.insert((other, r));
+                if !receive_only {
+                    self.network.cut.insert((r, other));
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.network.cut.clear();
     }
 
     /// Restarts every crashed replica (scenario tests).

@@ -38,6 +38,9 @@ pub struct Config {
     pub view_change_timeout: u64,
     /// A restarted replica waits this long for a StartView before starting a view change.
     pub recovery_timeout: u64,
+    /// Primary: give up the view when uncommitted work has made no progress this long (it can
+    /// send but not hear its backups, who therefore never time out on it).
+    pub abdicate_timeout: u64,
     /// Seed of the jitter generator (the only randomness in the core).
     pub seed: u64,
 }
@@ -59,6 +62,7 @@ impl Config {
             primary_timeout: 150,
             view_change_timeout: 300,
             recovery_timeout: 200,
+            abdicate_timeout: 600,
             seed: 0,
         }
     }
@@ -164,6 +168,10 @@ pub enum Event {
         entries: u64,
     },
     DuplicateRequest,
+    /// The primary gave up its view for lack of acknowledgements.
+    Abdicated {
+        view: View,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -189,8 +197,10 @@ pub struct Replica<S> {
     superblock_sequence: u64,
     /// Every op up to here is durable in the WAL with the checksum the log holds.
     op_durable: Op,
-    /// Durable WAL entries (op → checksum), as far as this replica knows.
-    durable_ops: BTreeMap<Op, u128>,
+    /// Durable WAL entries (op → checksum, and the io that wrote them), as far as this replica
+    /// knows. Storage applies writes to one place in issue order, and ios increase with issue
+    /// order, so a truncation only erases entries written before it.
+    durable_ops: BTreeMap<Op, (u128, u64)>,
     writes: BTreeMap<u64, PendingWrite>,
     next_io: u64,
     client_table: BTreeMap<ClientId, ClientEntry>,
@@ -208,6 +218,11 @@ pub struct Replica<S> {
     last_state_request: u64,
     last_view_request: u64,
     last_view_change_message: u64,
+    /// Primary: last tick its commit advanced or it had nothing uncommitted.
+    last_progress: u64,
+    /// Primary: when each uncommitted op was last sent; only ops unacknowledged for a whole
+    /// prepare timeout are retransmitted, so a busy but healthy pipeline never retransmits.
+    sent_at: BTreeMap<Op, u64>,
     /// Sends that wait for the superblock to make the current view durable.
     deferred: Vec<Envelope>,
     jitter: u64,
@@ -252,7 +267,11 @@ impl<S: StateMachine> Replica<S> {
             }
             log.push(prepare.clone());
         }
-        let durable_ops = log.iter().skip(1).map(|p| (p.op(), p.checksum())).collect();
+        let durable_ops = log
+            .iter()
+            .skip(1)
+            .map(|p| (p.op(), (p.checksum(), 0)))
+            .collect();
         let op_durable = log.len() as Op - 1;
         let (status, superblock) = match disk.superblock {
             Some(sb) => (Status::Recovering, sb),
@@ -295,6 +314,8 @@ impl<S: StateMachine> Replica<S> {
             last_state_request: 0,
             last_view_request: 0,
             last_view_change_message: 0,
+            last_progress: 0,
+            sent_at: BTreeMap::new(),
             deferred: Vec::new(),
             jitter: 0,
             rng,
@@ -350,6 +371,12 @@ impl<S: StateMachine> Replica<S> {
     }
     pub fn log_tail(&self) -> Op {
         self.log.len() as Op - 1
+    }
+    pub fn op_durable(&self) -> Op {
+        self.op_durable
+    }
+    pub fn pending_writes(&self) -> usize {
+        self.writes.len()
     }
     pub fn replica(&self) -> ReplicaId {
         self.cfg.replica
@@ -498,7 +525,13 @@ impl<S: StateMachine> Replica<S> {
         };
         match write {
             PendingWrite::Wal { op, checksum } => {
-                self.durable_ops.insert(op, checksum);
+                if self
+                    .durable_ops
+                    .get(&op)
+                    .is_none_or(|(_, written_by)| *written_by < io)
+                {
+                    self.durable_ops.insert(op, (checksum, io));
+                }
             }
             PendingWrite::Superblock(sb) => self.superblock_durable(sb),
             PendingWrite::Log {
@@ -506,8 +539,17 @@ impl<S: StateMachine> Replica<S> {
                 truncate_after,
                 entries,
             } => {
-                self.durable_ops.split_off(&(truncate_after + 1));
-                self.durable_ops.extend(entries);
+                self.durable_ops
+                    .retain(|op, (_, written_by)| *op <= truncate_after || *written_by > io);
+                for (op, checksum) in entries {
+                    if self
+                        .durable_ops
+                        .get(&op)
+                        .is_none_or(|(_, written_by)| *written_by < io)
+                    {
+                        self.durable_ops.insert(op, (checksum, io));
+                    }
+                }
                 self.superblock_durable(superblock);
             }
         }
@@ -525,7 +567,12 @@ impl<S: StateMachine> Replica<S> {
         let before = self.op_durable;
         let mut op = self.op_durable;
         while let Some(prepare) = self.log.get(op as usize + 1) {
-            if self.durable_ops.get(&(op + 1)) != Some(&prepare.checksum()) {
+            if self
+                .durable_ops
+                .get(&(op + 1))
+                .map(|(checksum, _)| *checksum)
+                != Some(prepare.checksum())
+            {
                 break;
             }
             op += 1;
@@ -538,7 +585,8 @@ impl<S: StateMachine> Replica<S> {
 
     /// Reports `op_durable` to the primary (or counts it, as the primary).
     fn acknowledge(&mut self) {
-        if self.status != Status::Normal || self.op_durable == 0 {
+        // An ack, the primary's own included, promises the view too: not before it is durable.
+        if self.status != Status::Normal || self.op_durable == 0 || !self.view_durable() {
             return;
         }
         let op = self.op_durable;
@@ -574,9 +622,15 @@ impl<S: StateMachine> Replica<S> {
                         commit,
                     });
                 }
-                if self.commit_max < self.log_tail()
-                    && self.tick - self.last_retransmit >= self.cfg.prepare_timeout
-                {
+                if self.commit_max == self.log_tail() {
+                    self.last_progress = self.tick;
+                } else if self.tick - self.last_progress >= self.cfg.abdicate_timeout {
+                    let view = self.view;
+                    self.event(Event::Abdicated { view });
+                    self.start_view_change(view + 1);
+                    return;
+                }
+                if self.commit_max < self.log_tail() {
                     self.retransmit();
                 }
             }
@@ -615,6 +669,11 @@ impl<S: StateMachine> Replica<S> {
     fn retransmit(&mut self) {
         self.last_retransmit = self.tick;
         for op in self.commit_max + 1..=self.log_tail() {
+            let sent = self.sent_at.get(&op).copied().unwrap_or(0);
+            if self.tick - sent < self.cfg.prepare_timeout {
+                continue;
+            }
+            self.sent_at.insert(op, self.tick);
             let prepare = self.log[op as usize].clone();
             let missing: Vec<ReplicaId> = (0..self.cfg.replica_count)
                 .filter(|r| *r != self.cfg.replica && self.acked.get(r).copied().unwrap_or(0) < op)
@@ -832,6 +891,7 @@ impl<S: StateMachine> Replica<S> {
                 body,
             );
             let op = prepare.op();
+            self.sent_at.insert(op, self.tick);
             self.log.push(prepare.clone());
             for target in forward_targets(
                 self.cfg.route,
@@ -906,6 +966,8 @@ impl<S: StateMachine> Replica<S> {
             commit += 1;
         }
         if commit > self.commit_max {
+            self.last_progress = self.tick;
+            self.sent_at = self.sent_at.split_off(&(commit + 1));
             self.advance_commit(commit);
             self.prepare_queued();
         }
@@ -1139,6 +1201,11 @@ impl<S: StateMachine> Replica<S> {
         });
         self.advance_commit(commit.min(self.log_tail()));
         self.last_retransmit = self.tick;
+        self.last_progress = self.tick;
+        // The StartView carried the uncommitted suffix: count that as its sending.
+        self.sent_at = (self.commit_max + 1..=self.log_tail())
+            .map(|op| (op, self.tick))
+            .collect();
         self.advance_op_durable();
     }
 

@@ -1,0 +1,118 @@
+//! Deterministic scenarios, each naming the situation and the one outcome it expects.
+
+use vsr::Route;
+use vsr_sim::{Params, Simulation};
+
+const ROUTES: [Route; 2] = [Route::Star, Route::Ring];
+
+fn calm(replicas: u8, route: Route) -> Simulation {
+    Simulation::new(7, Params::calm(replicas, route), false)
+}
+
+#[test]
+fn without_faults_three_replicas_answer_everything_with_zero_retransmits() {
+    for route in ROUTES {
+        let mut sim = calm(3, route);
+        sim.run_until_answered(20_000).unwrap();
+        assert_eq!(sim.committed(), 80);
+        assert_eq!(sim.coverage().get("retransmits"), 0, "{route:?}");
+        assert_eq!(sim.coverage().get("view_changes_started"), 0, "{route:?}");
+    }
+}
+
+#[test]
+fn every_cluster_size_commits_without_faults() {
+    for replicas in 1..=6 {
+        for route in ROUTES {
+            let mut sim = calm(replicas, route);
+            sim.run_until_answered(20_000)
+                .unwrap_or_else(|e| panic!("{replicas} {route:?}: {e}"));
+            assert_eq!(sim.committed(), 80);
+        }
+    }
+}
+
+#[test]
+fn one_backup_down_keeps_at_least_half_the_throughput() {
+    for route in ROUTES {
+        let healthy = calm(3, route).run_until_answered(20_000).unwrap();
+        let mut degraded = calm(3, route);
+        degraded.permanently_down.insert(2);
+        degraded.crash(2);
+        let ticks = degraded.run_until_answered(20_000).unwrap();
+        assert!(
+            ticks <= healthy * 2,
+            "{route:?}: {ticks} ticks with a backup down against {healthy} healthy"
+        );
+    }
+}
+
+#[test]
+fn the_primary_crashing_is_replaced_and_nothing_is_lost() {
+    let mut sim = calm(3, Route::Ring);
+    sim.run_for(300).unwrap();
+    let before = sim.committed();
+    assert!(before > 0);
+    sim.crash(0);
+    sim.run_until_answered(20_000).unwrap();
+    assert!(sim.coverage().get("views_installed") >= 1);
+    assert!(sim.committed() >= before);
+    sim.restart_all().unwrap();
+    sim.run_for(2_000).unwrap();
+    let rejoined = sim.replica(0).unwrap();
+    assert_eq!(
+        rejoined.commit_min(),
+        sim.committed(),
+        "the old primary catches up"
+    );
+}
+
+#[test]
+fn a_full_cluster_power_loss_keeps_every_committed_op() {
+    let mut sim = calm(3, Route::Star);
+    sim.run_for(400).unwrap();
+    let before = sim.committed();
+    assert!(before > 0);
+    for r in 0..3 {
+        sim.crash(r);
+    }
+    sim.restart_all().unwrap();
+    // The checker verifies that every recovered op is the committed one.
+    sim.run_until_answered(30_000).unwrap();
+    assert!(sim.committed() >= before);
+}
+
+#[test]
+fn an_isolated_primary_is_replaced_and_rejoins() {
+    let mut sim = calm(3, Route::Star);
+    sim.run_for(200).unwrap();
+    sim.isolate(0, false);
+    sim.run_until_answered(20_000).unwrap();
+    assert!(sim.coverage().get("views_installed") >= 1);
+    sim.heal();
+    sim.run_for(2_000).unwrap();
+    assert_eq!(sim.replica(0).unwrap().commit_min(), sim.committed());
+}
+
+#[test]
+fn a_primary_that_can_send_but_not_hear_abdicates() {
+    let mut sim = calm(3, Route::Star);
+    sim.run_for(200).unwrap();
+    // Backups keep hearing the primary's prepares and heartbeats, so they never time out on
+    // it; only the primary can notice that nothing commits.
+    sim.isolate(0, true);
+    sim.run_until_answered(30_000).unwrap();
+    assert!(sim.coverage().get("abdications") >= 1);
+}
+
+#[test]
+fn a_lagging_backup_catches_up_by_state_transfer() {
+    let mut sim = calm(3, Route::Star);
+    sim.isolate(2, false);
+    sim.run_for(600).unwrap();
+    sim.heal();
+    sim.run_until_answered(20_000).unwrap();
+    sim.run_for(1_000).unwrap();
+    assert!(sim.coverage().get("state_transfers") >= 1);
+    assert_eq!(sim.replica(2).unwrap().commit_min(), sim.committed());
+}
