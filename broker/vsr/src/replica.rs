@@ -1122,9 +1122,12 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.dvc_sent = true;
-        let (view, log_view, commit, replica) =
-            (self.view, self.log_view, self.commit_max, self.cfg.replica);
-        // Only what is durable counts: our acks promised exactly that much.
+        let (view, commit, replica) = (self.view, self.commit_max, self.cfg.replica);
+        // Only what is durable counts: our acks promised exactly that much, and after a crash
+        // this is all we would have. The log view must be the durable one too: a log installed
+        // by a view change becomes ours only when its atomic write lands, so until then our
+        // durable log is the previous view's, of which `op_durable` covers the common prefix.
+        let log_view = self.durable.map_or(0, |(_, log_view)| log_view);
         let log = self.log[..=self.op_durable as usize].to_vec();
         let primary = self.primary();
         if primary == replica {
