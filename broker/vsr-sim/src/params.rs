@@ -28,6 +28,12 @@ pub struct Params {
     /// Chance a write still pending at a crash is lost (ppm).
     pub torn_write_ppm: u64,
     pub write_latency_max: u64,
+    /// Storage faults, only on the replicas the fault atlas allows (at most Qr - 1 of them, so
+    /// every replication quorum keeps an intact copy and enough replicas can vote): a WAL
+    /// prepare that rots between write and read (ppm per prepare read at a restart), and a WAL
+    /// write that lands in the neighbouring slot (ppm per write).
+    pub read_fault_ppm: u64,
+    pub misdirect_ppm: u64,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
@@ -65,6 +71,8 @@ impl Params {
             restart_ppm: rng.between(5_000, 50_000),
             torn_write_ppm: rng.between(800_000, 1_000_000),
             write_latency_max: rng.between(1, 20),
+            read_fault_ppm: rng.below(100_000),
+            misdirect_ppm: rng.below(20_000),
             safety_ticks: rng.between(2_000, 8_000),
             liveness_ticks: 30_000,
         }
@@ -89,6 +97,8 @@ impl Params {
             restart_ppm: 0,
             torn_write_ppm: 1_000_000,
             write_latency_max: 3,
+            read_fault_ppm: 0,
+            misdirect_ppm: 0,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

@@ -49,7 +49,11 @@ pub struct Outcome {
 }
 
 enum Write {
-    Wal(Prepare),
+    /// `slot` is where the prepare lands: its op, unless the write is misdirected.
+    Wal {
+        prepare: Prepare,
+        slot: Op,
+    },
     Superblock(Superblock),
     Log {
         superblock: Superblock,
@@ -72,6 +76,8 @@ struct Pending {
 struct Disk {
     superblock: Option<(u64, Superblock)>,
     wal: BTreeMap<Op, (u64, Prepare)>,
+    /// The redundant header ring: op → (write seq, checksum of the prepare written there).
+    headers: BTreeMap<Op, (u64, u128)>,
     truncations: Vec<(u64, Op)>,
     pending: Vec<Pending>,
     next_seq: u64,
@@ -86,22 +92,44 @@ impl Disk {
                 .iter()
                 .map(|(op, (_, p))| (*op, p.clone()))
                 .collect(),
+            headers: self.headers.iter().map(|(op, (_, c))| (*op, *c)).collect(),
+        }
+    }
+
+    /// Lands a WAL write: the prepare (in `slot`, which a misdirected write gets wrong), then,
+    /// unless the write was torn, the header for its real op.
+    fn land_wal(&mut self, seq: u64, prepare: Prepare, slot: Op, with_header: bool) {
+        let op = prepare.op();
+        let superseded = |at: Op, disk: &Disk| {
+            disk.truncations
+                .iter()
+                .any(|(s, after)| *s > seq && at > *after)
+        };
+        if superseded(slot, self) || self.wal.get(&slot).is_some_and(|(s, _)| *s > seq) {
+            return;
+        }
+        let checksum = prepare.checksum();
+        self.wal.insert(slot, (seq, prepare));
+        if with_header
+            && !superseded(op, self)
+            && self.headers.get(&op).is_none_or(|(s, _)| *s <= seq)
+        {
+            self.headers.insert(op, (seq, checksum));
+        }
+    }
+
+    /// A latent sector error: the stored prepare at `op` no longer verifies.
+    fn rot(&mut self, op: Op) {
+        if let Some((_, prepare)) = self.wal.get_mut(&op) {
+            prepare.body.push(0x5A);
         }
     }
 
     /// Applies a write; returns the superblock it made durable, if any.
     fn land(&mut self, seq: u64, write: Write) -> Option<Superblock> {
         match write {
-            Write::Wal(prepare) => {
-                let op = prepare.op();
-                let superseded = self
-                    .truncations
-                    .iter()
-                    .any(|(s, after)| *s > seq && op > *after)
-                    || self.wal.get(&op).is_some_and(|(s, _)| *s > seq);
-                if !superseded {
-                    self.wal.insert(op, (seq, prepare));
-                }
+            Write::Wal { prepare, slot } => {
+                self.land_wal(seq, prepare, slot, true);
                 None
             }
             Write::Superblock(sb) => self.land_superblock(seq, sb),
@@ -119,8 +147,11 @@ impl Disk {
                 for op in stale {
                     self.wal.remove(&op);
                 }
+                self.headers
+                    .retain(|op, (s, _)| *op <= truncate_after || *s > seq);
                 self.truncations.push((seq, truncate_after));
                 for prepare in entries {
+                    self.headers.insert(prepare.op(), (seq, prepare.checksum()));
                     self.wal.insert(prepare.op(), (seq, prepare));
                 }
                 self.land_superblock(seq, superblock)
@@ -174,6 +205,8 @@ pub struct Simulation {
     pub permanently_down: BTreeSet<u8>,
     /// Per-command link filter for scenario tests: (from, to, command) dropped.
     pub drop_filter: BTreeSet<(u8, u8, Command)>,
+    /// The fault atlas: replicas whose storage may rot or misdirect (at most Qr - 1).
+    pub corruptible: BTreeSet<u8>,
 }
 
 impl Simulation {
@@ -219,8 +252,20 @@ impl Simulation {
             liveness: false,
             permanently_down: BTreeSet::new(),
             drop_filter: BTreeSet::new(),
+            corruptible: BTreeSet::new(),
             params,
         };
+        // At most Qr - 1 replicas, so every replication quorum keeps an intact copy of each op,
+        // and at most N - Qv, so the replicas that may vote can still form a view-change quorum
+        // (faulty replicas abstain until repaired). Both are Qr - 1 except at N = 2, where no
+        // replica may be corrupted.
+        let n = sim.params.replicas;
+        let allowed = (vsr::quorums::replication(n).saturating_sub(1))
+            .min(n as usize - vsr::quorums::view_change(n));
+        while sim.corruptible.len() < allowed {
+            let r = sim.rng.below(sim.params.replicas as u64) as u8;
+            sim.corruptible.insert(r);
+        }
         for (r, outputs) in initial_outputs {
             for output in outputs {
                 // Opening emits only writes, which cannot violate anything.
@@ -286,6 +331,8 @@ impl Simulation {
         self.params.duplicate_ppm = 0;
         self.params.crash_ppm = 0;
         self.params.partition_onset_ppm = 0;
+        self.params.read_fault_ppm = 0;
+        self.params.misdirect_ppm = 0;
         self.network.cut.clear();
         for r in 0..self.params.replicas {
             if self.replicas[r as usize].is_none() && !self.permanently_down.contains(&r) {
@@ -404,10 +451,18 @@ impl Simulation {
         self.replicas[r as usize] = None;
         let pending = std::mem::take(&mut self.disks[r as usize].pending);
         for write in pending {
-            if self.rng.chance(self.params.torn_write_ppm) {
-                self.coverage.add("writes_lost_at_crash", 1);
-            } else {
+            if !self.rng.chance(self.params.torn_write_ppm) {
                 let _ = self.disks[r as usize].land(write.seq, write.write);
+                continue;
+            }
+            self.coverage.add("writes_lost_at_crash", 1);
+            // Half of the interrupted WAL writes leave their prepare without its header: a torn
+            // write recovery must recognise and cut, not mistake for corruption.
+            if let Write::Wal { prepare, slot } = write.write {
+                if self.rng.chance(500_000) {
+                    self.disks[r as usize].land_wal(write.seq, prepare, slot, false);
+                    self.coverage.add("torn_writes", 1);
+                }
             }
         }
         self.coverage.add("crashes", 1);
@@ -416,12 +471,24 @@ impl Simulation {
     }
 
     fn restart(&mut self, r: u8) -> Result<(), Violation> {
+        if self.corruptible.contains(&r) {
+            let ops: Vec<Op> = self.disks[r as usize].wal.keys().copied().collect();
+            for op in ops {
+                if self.rng.chance(self.params.read_fault_ppm) {
+                    self.disks[r as usize].rot(op);
+                    self.coverage.add("read_faults", 1);
+                }
+            }
+        }
         let image = self.disks[r as usize].image();
         let mut replica = Self::open_replica(self.seed, &self.params, r, image);
         let outputs = replica.take_outputs();
         // What recovery re-applied must be the committed chain.
         self.checker
             .recovered(r, replica.commit_min(), |op| replica.checksum_at(op))?;
+        if replica.is_faulty() {
+            self.coverage.add("faulty_recoveries", 1);
+        }
         self.replicas[r as usize] = Some(replica);
         for output in outputs {
             self.handle_output(r, output)?;
@@ -536,7 +603,18 @@ impl Simulation {
                 return Ok(());
             }
             Output::Event(event) => return self.on_event(r, event),
-            Output::WriteWal { io, prepare } => (io, Write::Wal(prepare)),
+            Output::WriteWal { io, prepare } => {
+                let mut slot = prepare.op();
+                if self.corruptible.contains(&r) && self.rng.chance(self.params.misdirect_ppm) {
+                    slot = if slot > 1 && self.rng.chance(500_000) {
+                        slot - 1
+                    } else {
+                        slot + 1
+                    };
+                    self.coverage.add("misdirected_writes", 1);
+                }
+                (io, Write::Wal { prepare, slot })
+            }
             Output::WriteSuperblock { io, superblock } => (io, Write::Superblock(superblock)),
             Output::WriteLog {
                 io,
@@ -751,6 +829,11 @@ impl Simulation {
                 }
             }
         }
+    }
+
+    /// Rots the stored prepare of `op` on a (crashed) replica's disk (scenario tests).
+    pub fn rot(&mut self, r: u8, op: Op) {
+        self.disks[r as usize].rot(op);
     }
 
     pub fn heal(&mut self) {

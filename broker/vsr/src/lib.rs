@@ -16,7 +16,9 @@ pub mod routing;
 pub mod state_machine;
 
 pub use message::{Command, Envelope, Message, Node, Prepare, PrepareHeader};
-pub use replica::{Config, DiskImage, Event, Input, Output, Replica, Status, Superblock};
+pub use replica::{
+    classify_slot, Config, DiskImage, Event, Input, Output, Replica, SlotCase, Status, Superblock,
+};
 pub use routing::Route;
 pub use state_machine::StateMachine;
 

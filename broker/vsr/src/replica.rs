@@ -87,11 +87,44 @@ pub struct Superblock {
     pub commit: Op,
 }
 
-/// What storage held when the replica (re)started: the newest superblock and the WAL entries.
+/// What storage held when the replica (re)started: the newest superblock, the WAL prepares as
+/// read (possibly corrupt, possibly misplaced), and the redundant header ring (op → checksum of
+/// the prepare written there). A WAL write lands its prepare first and its header second, and
+/// is acknowledged only after both: a header therefore proves the prepare was completely
+/// written, which is how recovery tells a torn write from corruption.
 #[derive(Debug, Clone, Default)]
 pub struct DiskImage {
     pub superblock: Option<Superblock>,
     pub wal: BTreeMap<Op, Prepare>,
+    pub headers: BTreeMap<Op, u128>,
+}
+
+/// How recovery read one WAL slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotCase {
+    /// Prepare valid, chains, header agrees (or the header write was lost: still intact).
+    Intact,
+    /// No header and no valid prepare: never written, or a torn write never acknowledged.
+    Torn,
+    /// A header vouches for a prepare that is missing, corrupt or another op's: a write that
+    /// completed (and may have been acknowledged) and then rotted or was misdirected.
+    Faulty,
+}
+
+/// Classifies slot `op` given the previous prepare's checksum.
+pub fn classify_slot(
+    op: Op,
+    parent: u128,
+    prepare: Option<&Prepare>,
+    header: Option<u128>,
+) -> SlotCase {
+    let intact = prepare.filter(|p| p.op() == op && p.verify() && p.header.parent == parent);
+    match (intact, header) {
+        (Some(p), Some(h)) if h != p.checksum() => SlotCase::Faulty,
+        (Some(_), _) => SlotCase::Intact,
+        (None, Some(_)) => SlotCase::Faulty,
+        (None, None) => SlotCase::Torn,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +243,10 @@ pub struct Replica<S> {
     svc: BTreeSet<ReplicaId>,
     dvc: BTreeMap<ReplicaId, (View, Vec<Prepare>, Op)>,
     dvc_sent: bool,
+    /// Recovery found a slot whose header vouches for a prepare it no longer has: this replica
+    /// may have acknowledged ops it cannot produce, so it must not vote in a view change (its
+    /// durable log would understate what it promised) until a StartView repairs its log.
+    faulty: bool,
     tick: u64,
     heard_from_primary: u64,
     status_since: u64,
@@ -254,18 +291,23 @@ impl<S: StateMachine> Replica<S> {
         let mut log = vec![root];
         // Without a durable superblock this replica never sent anything (sends wait for it), so
         // nothing in its WAL was ever acknowledged: it starts as a fresh member.
-        let wal = if disk.superblock.is_some() {
-            disk.wal
+        let (wal, headers) = if disk.superblock.is_some() {
+            (disk.wal, disk.headers)
         } else {
-            BTreeMap::new()
+            (BTreeMap::new(), BTreeMap::new())
         };
-        for (op, prepare) in &wal {
-            let last = &log[log.len() - 1];
-            if *op != last.op() + 1 || !prepare.verify() || prepare.header.parent != last.checksum()
-            {
-                break;
+        let mut faulty = false;
+        loop {
+            let op = log.len() as Op;
+            let parent = log[log.len() - 1].checksum();
+            match classify_slot(op, parent, wal.get(&op), headers.get(&op).copied()) {
+                SlotCase::Intact => log.push(wal[&op].clone()),
+                SlotCase::Torn => break,
+                SlotCase::Faulty => {
+                    faulty = true;
+                    break;
+                }
             }
-            log.push(prepare.clone());
         }
         let durable_ops = log
             .iter()
@@ -306,6 +348,7 @@ impl<S: StateMachine> Replica<S> {
             svc: BTreeSet::new(),
             dvc: BTreeMap::new(),
             dvc_sent: false,
+            faulty,
             tick: 0,
             heard_from_primary: 0,
             status_since: 0,
@@ -371,6 +414,10 @@ impl<S: StateMachine> Replica<S> {
     }
     pub fn log_tail(&self) -> Op {
         self.log.len() as Op - 1
+    }
+    /// Recovery found a faulty WAL slot that no StartView has repaired yet.
+    pub fn is_faulty(&self) -> bool {
+        self.faulty
     }
     pub fn op_durable(&self) -> Op {
         self.op_durable
@@ -649,7 +696,9 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             Status::Recovering => {
-                if self.tick - self.status_since >= self.cfg.recovery_timeout + self.jitter {
+                if !self.faulty
+                    && self.tick - self.status_since >= self.cfg.recovery_timeout + self.jitter
+                {
                     self.start_view_change(self.view + 1);
                 } else if self.tick - self.last_view_request >= self.cfg.prepare_timeout {
                     self.last_view_request = self.tick;
@@ -1104,7 +1153,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_start_view_change(&mut self, view: View, replica: ReplicaId) {
-        if view < self.view || (view == self.view && self.status == Status::Normal) {
+        if self.faulty || view < self.view || (view == self.view && self.status == Status::Normal) {
             return;
         }
         if view > self.view {
@@ -1154,7 +1203,10 @@ impl<S: StateMachine> Replica<S> {
         commit: Op,
         replica: ReplicaId,
     ) {
-        if view < self.view || primary_of(view, self.cfg.replica_count) != self.cfg.replica {
+        if self.faulty
+            || view < self.view
+            || primary_of(view, self.cfg.replica_count) != self.cfg.replica
+        {
             return;
         }
         if view > self.view {
@@ -1224,6 +1276,8 @@ impl<S: StateMachine> Replica<S> {
         }
         self.view = view;
         self.install_log(log);
+        // The primary's log replaces whatever our damaged slots held.
+        self.faulty = false;
         self.status = Status::Normal;
         self.status_since = self.tick;
         self.log_view = view;
@@ -1285,4 +1339,62 @@ fn valid_chain(log: &[Prepare]) -> bool {
         && log.windows(2).all(|w| {
             w[1].op() == w[0].op() + 1 && w[1].verify() && w[1].header.parent == w[0].checksum()
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(op: Op, parent: u128) -> Prepare {
+        let mut header = Prepare::root(1, 1, 0).header;
+        header.op = op;
+        header.parent = parent;
+        Prepare::new(header, vec![op as u8; 4])
+    }
+
+    #[test]
+    fn recovery_tells_torn_writes_from_corruption() {
+        let root = Prepare::root(1, 1, 0);
+        let p1 = prepare(1, root.checksum());
+        let header = Some(p1.checksum());
+        assert_eq!(
+            classify_slot(1, root.checksum(), Some(&p1), header),
+            SlotCase::Intact
+        );
+        // The header write was lost after the prepare landed: still intact, never acked.
+        assert_eq!(
+            classify_slot(1, root.checksum(), Some(&p1), None),
+            SlotCase::Intact
+        );
+        // Nothing, or a half-written prepare without its header: a torn write, cut.
+        assert_eq!(
+            classify_slot(1, root.checksum(), None, None),
+            SlotCase::Torn
+        );
+        let mut rotten = p1.clone();
+        rotten.body.push(1);
+        assert_eq!(
+            classify_slot(1, root.checksum(), Some(&rotten), None),
+            SlotCase::Torn
+        );
+        // A header vouches for it but the prepare rotted, is missing, or is another op's.
+        assert_eq!(
+            classify_slot(1, root.checksum(), Some(&rotten), header),
+            SlotCase::Faulty
+        );
+        assert_eq!(
+            classify_slot(1, root.checksum(), None, header),
+            SlotCase::Faulty
+        );
+        let p2 = prepare(2, p1.checksum());
+        assert_eq!(
+            classify_slot(1, root.checksum(), Some(&p2), header),
+            SlotCase::Faulty
+        );
+        // A valid prepare that does not chain is not ours either.
+        assert_eq!(
+            classify_slot(2, root.checksum(), Some(&p2), Some(p2.checksum())),
+            SlotCase::Faulty
+        );
+    }
 }
