@@ -11,9 +11,29 @@ pub mod sim;
 pub use params::Params;
 pub use sim::{Coverage, Outcome, Simulation};
 
-/// Runs one swarm seed.
+/// Runs one swarm seed. A panic inside the replica (an assertion) is a failure of that seed,
+/// reported with its message, not the end of the campaign.
 pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
     let mut rng = rng::Rng::new(seed);
     let params = Params::swarm(&mut rng);
-    Simulation::new(seed, params, verbose).run()
+    let run = {
+        let params = params.clone();
+        std::panic::catch_unwind(move || Simulation::new(seed, params, verbose).run())
+    };
+    run.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Outcome {
+            seed,
+            failure: Some(format!("panic: {message}")),
+            trace_hash: 0,
+            ticks: 0,
+            committed: 0,
+            coverage: Coverage::default(),
+            params,
+        }
+    })
 }

@@ -97,19 +97,19 @@ impl Disk {
     }
 
     /// Lands a WAL write: the prepare (in `slot`, which a misdirected write gets wrong), then,
-    /// unless the write was torn, the header for its real op.
+    /// unless the write was torn, the header for its real op. The two are separate places on
+    /// disk, each keeping whichever write was issued last.
     fn land_wal(&mut self, seq: u64, prepare: Prepare, slot: Op, with_header: bool) {
         let op = prepare.op();
+        let checksum = prepare.checksum();
         let superseded = |at: Op, disk: &Disk| {
             disk.truncations
                 .iter()
                 .any(|(s, after)| *s > seq && at > *after)
         };
-        if superseded(slot, self) || self.wal.get(&slot).is_some_and(|(s, _)| *s > seq) {
-            return;
+        if !superseded(slot, self) && self.wal.get(&slot).is_none_or(|(s, _)| *s <= seq) {
+            self.wal.insert(slot, (seq, prepare));
         }
-        let checksum = prepare.checksum();
-        self.wal.insert(slot, (seq, prepare));
         if with_header
             && !superseded(op, self)
             && self.headers.get(&op).is_none_or(|(s, _)| *s <= seq)

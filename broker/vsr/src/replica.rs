@@ -899,7 +899,8 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
         }
-        let in_flight = self.log[self.commit_max as usize + 1..]
+        let uncommitted = self.log.get(self.commit_max as usize + 1..).unwrap_or(&[]);
+        let in_flight = uncommitted
             .iter()
             .any(|p| p.header.client == client && p.header.request == request)
             || self
