@@ -309,12 +309,17 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
         }
-        let durable_ops = log
+        // A prepare without its header is intact but not vouched for: if it rotted later,
+        // recovery could no longer tell it from a torn write. It counts as durable (and may be
+        // acknowledged) only once its header is rewritten, below.
+        let vouched = |p: &&Prepare| headers.get(&p.op()) == Some(&p.checksum());
+        let durable_ops: BTreeMap<Op, (u128, u64)> = log
             .iter()
             .skip(1)
+            .take_while(vouched)
             .map(|p| (p.op(), (p.checksum(), 0)))
             .collect();
-        let op_durable = log.len() as Op - 1;
+        let op_durable = durable_ops.len() as Op;
         let (status, superblock) = match disk.superblock {
             Some(sb) => (Status::Recovering, sb),
             None => (
@@ -372,6 +377,10 @@ impl<S: StateMachine> Replica<S> {
             // A fresh member makes view 0 durable before it says anything.
             replica.durable = None;
             replica.write_superblock();
+        }
+        // Rewrite (prepare and header) every recovered op past the vouched prefix.
+        for op in replica.op_durable + 1..=replica.log_tail() {
+            replica.write_wal(op);
         }
         // Ops committed before the crash are applied again to rebuild the state machine.
         let recovered_commit = superblock.commit.min(replica.log_tail());
