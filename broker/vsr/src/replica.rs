@@ -718,6 +718,13 @@ impl<S: StateMachine> Replica<S> {
                         replica,
                         nonce: self.tick,
                     });
+                    // A faulty replica may have made a view durable that the cluster never
+                    // reached; nobody will send it a StartView for it. Announcing the view (a
+                    // StartViewChange carries no log, so this is no vote) draws the others into
+                    // it, and the view's StartView then repairs us.
+                    if self.faulty && self.tick - self.status_since >= self.cfg.recovery_timeout {
+                        self.broadcast(Message::StartViewChange { view, replica });
+                    }
                 }
             }
         }
