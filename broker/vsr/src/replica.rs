@@ -247,6 +247,10 @@ pub struct Replica<S> {
     /// may have acknowledged ops it cannot produce, so it must not vote in a view change (its
     /// durable log would understate what it promised) until a StartView repairs its log.
     faulty: bool,
+    /// A faulty replica that installed a StartView is repaired once every op of that log is
+    /// durable (contiguously, with matching checksums): only then does its durable log hold
+    /// what it may have acknowledged before the damage.
+    repair_until: Option<Op>,
     tick: u64,
     heard_from_primary: u64,
     status_since: u64,
@@ -354,6 +358,7 @@ impl<S: StateMachine> Replica<S> {
             dvc: BTreeMap::new(),
             dvc_sent: false,
             faulty,
+            repair_until: None,
             tick: 0,
             heard_from_primary: 0,
             status_since: 0,
@@ -634,6 +639,10 @@ impl<S: StateMachine> Replica<S> {
             op += 1;
         }
         self.op_durable = op;
+        if self.repair_until.is_some_and(|until| op >= until) {
+            self.faulty = false;
+            self.repair_until = None;
+        }
         if op > before || self.status == Status::Normal {
             self.acknowledge();
         }
@@ -1293,8 +1302,11 @@ impl<S: StateMachine> Replica<S> {
         }
         self.view = view;
         self.install_log(log);
-        // The primary's log replaces whatever our damaged slots held.
-        self.faulty = false;
+        // The primary's log replaces whatever our damaged slots held — once it is on disk.
+        // Until then our durable log is still the damaged one and we keep abstaining.
+        if self.faulty {
+            self.repair_until = Some(self.log_tail());
+        }
         self.status = Status::Normal;
         self.status_since = self.tick;
         self.log_view = view;
