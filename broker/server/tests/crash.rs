@@ -141,8 +141,9 @@ async fn kill9_during_concurrent_sends_loses_no_acknowledged_message() {
     }
 }
 
-#[tokio::test]
-async fn a_torn_tail_is_cut_and_the_broker_carries_on() {
+/// A broker that acknowledged 20 messages on partition 0 and was then killed; returns it (down)
+/// with the path of its only segment.
+async fn twenty_messages_then_kill9() -> (TestBroker, std::path::PathBuf) {
     let mut broker = TestBroker::start_with(&[("IGGY_STORAGE_FSYNC", "always")]);
     let client = broker.client().await;
     setup(&client, 1).await;
@@ -153,11 +154,17 @@ async fn a_torn_tail_is_cut_and_the_broker_carries_on() {
         .unwrap();
     drop(client);
     broker.kill9();
-
-    // Cut the last message in half and append garbage, as an interrupted write could.
     let log = broker
         .partition_dir(0, 0, 0)
         .join("00000000000000000000.log");
+    (broker, log)
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_cut_and_the_broker_carries_on() {
+    let (mut broker, log) = twenty_messages_then_kill9().await;
+
+    // Cut the last message in half and append garbage, as an interrupted write could.
     let mut bytes = std::fs::read(&log).unwrap();
     let last_len = 64 + payload(0, 19).len();
     bytes.truncate(bytes.len() - last_len / 2);
@@ -196,20 +203,8 @@ async fn a_torn_tail_is_cut_and_the_broker_carries_on() {
 
 #[tokio::test]
 async fn corruption_before_intact_data_refuses_to_start_and_names_the_spot() {
-    let mut broker = TestBroker::start_with(&[("IGGY_STORAGE_FSYNC", "always")]);
-    let client = broker.client().await;
-    setup(&client, 1).await;
-    let mut batch: Vec<IggyMessage> = (0..20).map(|i| message(&payload(0, i))).collect();
-    client
-        .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
-        .await
-        .unwrap();
-    drop(client);
-    broker.kill9();
+    let (broker, log) = twenty_messages_then_kill9().await;
 
-    let log = broker
-        .partition_dir(0, 0, 0)
-        .join("00000000000000000000.log");
     let mut bytes = std::fs::read(&log).unwrap();
     let fifth_message_start: usize = (0..5).map(|i| 64 + payload(0, i).len()).sum();
     bytes[fifth_message_start + 70] ^= 0x01;
