@@ -3,19 +3,11 @@
 
 mod common;
 
-use common::{code, message, TestBroker};
+use common::{code, id, message, name, TestBroker};
 use iggy::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 const PARTITIONS: u32 = 6;
-
-fn id(n: u32) -> Identifier {
-    Identifier::numeric(n).unwrap()
-}
-
-fn name(s: &str) -> Identifier {
-    Identifier::named(s).unwrap()
-}
 
 /// (partition, offset) of every message a member received.
 type Received = BTreeSet<(u32, u64)>;

@@ -3,17 +3,13 @@
 
 mod common;
 
-use common::{message, TestBroker};
+use common::{id, message, TestBroker};
 use iggy::prelude::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const PRODUCERS: usize = 4;
 const BATCH: usize = 10;
-
-fn id(n: u32) -> Identifier {
-    Identifier::numeric(n).unwrap()
-}
 
 /// Payload that says who sent it and when, padded so corruption would show.
 fn payload(producer: usize, seq: usize) -> String {

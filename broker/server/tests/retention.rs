@@ -3,13 +3,9 @@
 
 mod common;
 
-use common::{message, TestBroker};
+use common::{message, name, TestBroker};
 use iggy::prelude::*;
 use std::time::Duration;
-
-fn name(s: &str) -> Identifier {
-    Identifier::named(s).unwrap()
-}
 
 fn small_segments() -> TestBroker {
     TestBroker::start_with(&[

@@ -2,18 +2,10 @@
 
 mod common;
 
-use common::{code, message, TestBroker, ROOT_PASSWORD, ROOT_USER};
+use common::{code, id, message, name, TestBroker, ROOT_PASSWORD, ROOT_USER};
 use iggy::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-fn id(n: u32) -> Identifier {
-    Identifier::numeric(n).unwrap()
-}
-
-fn name(s: &str) -> Identifier {
-    Identifier::named(s).unwrap()
-}
 
 async fn login_as(broker: &TestBroker, user: &str, password: &str) -> IggyClient {
     let client = broker.anonymous_client().await;

@@ -2,17 +2,9 @@
 
 mod common;
 
-use common::{code, http_get, message, TestBroker, ROOT_PASSWORD, ROOT_USER};
+use common::{code, http_get, id, message, name, TestBroker, ROOT_PASSWORD, ROOT_USER};
 use iggy::prelude::*;
 use std::str::FromStr;
-
-fn id(n: u32) -> Identifier {
-    Identifier::numeric(n).unwrap()
-}
-
-fn name(s: &str) -> Identifier {
-    Identifier::named(s).unwrap()
-}
 
 async fn topic_with_partitions(client: &IggyClient, partitions: u32) {
     client.create_stream("orders").await.unwrap();

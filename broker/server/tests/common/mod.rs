@@ -191,6 +191,14 @@ pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String
     Ok((status, body))
 }
 
+pub fn id(n: u32) -> Identifier {
+    Identifier::numeric(n).expect("valid numeric identifier")
+}
+
+pub fn name(s: &str) -> Identifier {
+    Identifier::named(s).expect("valid name")
+}
+
 /// The Iggy status code inside an SDK error.
 pub fn code(error: IggyError) -> u32 {
     error.as_code()
