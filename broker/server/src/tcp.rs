@@ -79,11 +79,13 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
                 break;
             }
         };
+        // Recorded before the response goes out, so a client that reads /metrics after its
+        // reply always sees its own request counted.
+        let ok = out[..4] == [0, 0, 0, 0];
+        metrics.record_request(command, ok, started.elapsed());
         if writer.write_all(&out).await.is_err() {
             break;
         }
-        let ok = out[..4] == [0, 0, 0, 0];
-        metrics.record_request(command, ok, started.elapsed());
         if payload.capacity() > KEEP_BUFFER_BYTES {
             payload = Vec::new();
         }

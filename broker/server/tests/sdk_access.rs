@@ -433,7 +433,10 @@ async fn clients_and_stats_report_real_figures() {
     )
     .await
     .unwrap();
-    let _anonymous = broker.anonymous_client().await;
+    let anonymous = broker.anonymous_client().await;
+    // Connecting completes before the server has registered the connection; an answered ping
+    // proves it has.
+    anonymous.ping().await.unwrap();
 
     let me = root.get_me().await.unwrap();
     let clients = root.get_clients().await.unwrap();
