@@ -26,7 +26,12 @@ pub struct Checker {
     primaries: BTreeMap<View, u8>,
     durable_views: Vec<(View, View)>,
     sent: BTreeMap<(ClientId, u64), Vec<u8>>,
+    /// client → (session, last executed request, op of that execution).
+    sessions: BTreeMap<ClientId, (u64, u64, Op)>,
 }
+
+/// Must equal the replicas' `clients_max` in simulation.
+pub const CLIENTS_MAX: usize = 4;
 
 pub type Violation = String;
 
@@ -42,6 +47,7 @@ impl Checker {
             primaries: BTreeMap::new(),
             durable_views: vec![(0, 0); replicas as usize],
             sent: BTreeMap::new(),
+            sessions: BTreeMap::new(),
         }
     }
 
@@ -82,8 +88,7 @@ impl Checker {
         parent: u128,
         body_checksum: u128,
         digest: u128,
-        client: ClientId,
-        request: u64,
+        (client, session, request): (ClientId, u64, u64),
         executed: bool,
     ) -> Result<(), Violation> {
         let last = &mut self.last_committed[replica as usize];
@@ -129,17 +134,44 @@ impl Checker {
                 "validity: op {op} body differs from what client {client:x} sent"
             ));
         }
-        let model_executes = !self.executed.contains(&(client, request));
+        // The sequential model of sessions: same table size, same eviction rule.
+        let register = session == 0;
+        let entry = self.sessions.get(&client);
+        let model_executes = if register {
+            entry.is_none_or(|(_, last, _)| *last < request)
+        } else {
+            entry.is_some_and(|(s, last, _)| *s == session && *last < request)
+        };
         if executed != model_executes {
             return Err(format!(
-                "at-most-once: op {op} executed={executed}, the model says {model_executes}"
+                "at-most-once: op {op} executed={executed}, the session model says {model_executes}"
             ));
         }
-        let reply = if executed {
-            self.executed.insert((client, request));
-            Some(self.model.apply(op, client, &body))
-        } else {
+        // Registrations may run again after an eviction (a late duplicate finds no session and
+        // opens one nobody uses); client operations never may.
+        if executed && !register && !self.executed.insert((client, request)) {
+            return Err(format!(
+                "at-most-once: request {request} of client {client:x} executed twice"
+            ));
+        }
+        let reply = if !executed {
             None
+        } else if register {
+            if !self.sessions.contains_key(&client) && self.sessions.len() >= CLIENTS_MAX {
+                let oldest = self
+                    .sessions
+                    .iter()
+                    .min_by_key(|(_, (_, _, at))| *at)
+                    .map(|(c, _)| *c);
+                if let Some(evicted) = oldest {
+                    self.sessions.remove(&evicted);
+                }
+            }
+            self.sessions.insert(client, (op, request, op));
+            Some(op.to_le_bytes().to_vec())
+        } else {
+            self.sessions.insert(client, (session, request, op));
+            Some(self.model.apply(op, client, &body))
         };
         if self.model.digest() != digest {
             return Err(format!(

@@ -171,9 +171,18 @@ impl Disk {
 
 struct Client {
     id: u128,
+    /// Request numbers increase across sessions; registrations take one too.
     next_request: u64,
+    /// Data requests to get answered.
     total: u64,
-    in_flight: Option<(u64, Vec<u8>, u64)>,
+    /// Data requests issued so far (each body is sent until answered).
+    issued: u64,
+    /// The live session, once a registration was answered.
+    session: Option<u64>,
+    /// (request, session it was sent in (0 = registration), body, last sent tick).
+    in_flight: Option<(u64, u64, Vec<u8>, u64)>,
+    /// A body whose session was evicted before it was answered: sent again after registering.
+    orphan: Option<Vec<u8>>,
     answered: u64,
     think_until: u64,
     view_guess: u32,
@@ -225,7 +234,10 @@ impl Simulation {
                 id: 0xC000 + i as u128,
                 next_request: 1,
                 total: params.requests_per_client,
+                issued: 0,
+                session: None,
                 in_flight: None,
+                orphan: None,
                 answered: 0,
                 think_until: rng.below(50),
                 view_guess: 0,
@@ -278,6 +290,8 @@ impl Simulation {
     fn open_replica(seed: u64, params: &Params, r: u8, disk: DiskImage) -> Replica<ModelBroker> {
         let mut cfg = Config::new(CLUSTER, params.replicas, r, params.route);
         cfg.seed = seed;
+        // Few sessions, so clients beyond four evict each other.
+        cfg.clients_max = crate::checker::CLIENTS_MAX;
         Replica::open(cfg, disk, ModelBroker::default())
     }
 
@@ -652,6 +666,7 @@ impl Simulation {
                 body_checksum,
                 digest,
                 client,
+                session,
                 request,
                 executed,
             } => {
@@ -663,8 +678,7 @@ impl Simulation {
                     parent,
                     body_checksum,
                     digest,
-                    client,
-                    request,
+                    (client, session, request),
                     executed,
                 )?;
                 if !executed {
@@ -694,6 +708,7 @@ impl Simulation {
                 self.coverage.add("ops_transferred", entries);
             }
             Event::DuplicateRequest => self.coverage.add("cached_replies", 1),
+            Event::SessionEvicted { .. } => self.coverage.add("session_evictions", 1),
             Event::Abdicated { view } => {
                 self.coverage.add("abdications", 1);
                 self.log(|| format!("replica {r} abdicates view {view}"));
@@ -710,24 +725,41 @@ impl Simulation {
             let mut to_send: Vec<u8> = Vec::new();
             let mut message = None;
             match &mut client.in_flight {
-                None if client.next_request <= client.total && tick >= client.think_until => {
+                None if tick >= client.think_until
+                    && (client.orphan.is_some() || client.issued < client.total) =>
+                {
                     let request = client.next_request;
                     client.next_request += 1;
-                    let body = workload(&mut self.rng, request);
+                    let (session, body) = match client.session {
+                        // No session: register first.
+                        None => (0, Vec::new()),
+                        Some(session) => {
+                            let body = match client.orphan.take() {
+                                Some(body) => body,
+                                None => {
+                                    client.issued += 1;
+                                    workload(&mut self.rng, request)
+                                }
+                            };
+                            (session, body)
+                        }
+                    };
                     self.checker.client_sent(client.id, request, body.clone());
-                    client.in_flight = Some((request, body.clone(), tick));
+                    client.in_flight = Some((request, session, body.clone(), tick));
                     to_send.push((client.view_guess % n as u32) as u8);
                     message = Some(Message::Request {
                         client: client.id,
+                        session,
                         request,
                         body,
                     });
                 }
-                Some((request, body, sent_at)) if tick - *sent_at >= CLIENT_RETRY => {
+                Some((request, session, body, sent_at)) if tick - *sent_at >= CLIENT_RETRY => {
                     *sent_at = tick;
                     to_send.extend(0..n);
                     message = Some(Message::Request {
                         client: client.id,
+                        session: *session,
                         request: *request,
                         body: body.clone(),
                     });
@@ -752,29 +784,50 @@ impl Simulation {
     }
 
     fn client_receive(&mut self, id: u128, message: Message) -> Result<(), Violation> {
-        let Message::Reply {
-            request,
-            view,
-            op,
-            body,
-            ..
-        } = message
-        else {
-            return Ok(());
-        };
-        self.checker.reply(id, request, op, &body)?;
-        let Some(client) = self.clients.iter_mut().find(|c| c.id == id) else {
-            return Ok(());
-        };
-        if client
-            .in_flight
-            .as_ref()
-            .is_some_and(|(r, _, _)| *r == request)
-        {
-            client.in_flight = None;
-            client.answered += 1;
-            client.view_guess = view;
-            client.think_until = self.tick + self.rng.below(20);
+        match message {
+            Message::Reply {
+                request,
+                view,
+                op,
+                body,
+                ..
+            } => {
+                self.checker.reply(id, request, op, &body)?;
+                let Some(client) = self.clients.iter_mut().find(|c| c.id == id) else {
+                    return Ok(());
+                };
+                let Some((in_flight, session, _, _)) = &client.in_flight else {
+                    return Ok(());
+                };
+                if *in_flight != request {
+                    return Ok(());
+                }
+                if *session == 0 {
+                    let mut raw = [0u8; 8];
+                    raw.copy_from_slice(&body[..8]);
+                    client.session = Some(u64::from_le_bytes(raw));
+                } else {
+                    client.answered += 1;
+                }
+                client.in_flight = None;
+                client.view_guess = view;
+                client.think_until = self.tick + self.rng.below(20);
+            }
+            Message::Evicted { session, .. } => {
+                let Some(client) = self.clients.iter_mut().find(|c| c.id == id) else {
+                    return Ok(());
+                };
+                if client.session == Some(session) {
+                    self.coverage.add("evictions_seen_by_clients", 1);
+                    client.session = None;
+                    if let Some((_, sent_in, body, _)) = client.in_flight.take() {
+                        if sent_in != 0 {
+                            client.orphan = Some(body);
+                        }
+                    }
+                }
+            }
+            _ => {}
         }
         Ok(())
     }

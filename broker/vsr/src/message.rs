@@ -27,6 +27,8 @@ pub struct PrepareHeader {
     /// The primary's commit number when it prepared this op.
     pub commit: Op,
     pub client: ClientId,
+    /// The client's session (the op that registered it); 0 for a registration itself.
+    pub session: u64,
     pub request: u64,
     /// Primary-assigned time, monotonic along the chain.
     pub timestamp: u64,
@@ -50,6 +52,7 @@ impl PrepareHeader {
             &self.op.to_le_bytes(),
             &self.commit.to_le_bytes(),
             &self.client.to_le_bytes(),
+            &self.session.to_le_bytes(),
             &self.request.to_le_bytes(),
             &self.timestamp.to_le_bytes(),
         ])
@@ -71,6 +74,7 @@ impl Prepare {
                 op: 0,
                 commit: 0,
                 client: 0,
+                session: 0,
                 request: 0,
                 timestamp: 0,
             },
@@ -104,10 +108,19 @@ impl Prepare {
 /// correct at the simulator's scale (see docs/replication.md for the suffix-only plan).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
+    /// `session` 0 registers a new session; its reply's body is the session number (the op
+    /// that registered it, u64 LE), which every later request of that client carries.
     Request {
         client: ClientId,
+        session: u64,
         request: u64,
         body: Vec<u8>,
+    },
+    /// The client's session was evicted (the table holds `clients_max` sessions): its requests
+    /// will never execute; it must register again.
+    Evicted {
+        client: ClientId,
+        session: u64,
     },
     Reply {
         client: ClientId,
@@ -181,6 +194,7 @@ pub struct Envelope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Command {
     Request,
+    Evicted,
     Reply,
     Prepare,
     PrepareOk,
@@ -197,6 +211,7 @@ impl Message {
     pub fn command(&self) -> Command {
         match self {
             Message::Request { .. } => Command::Request,
+            Message::Evicted { .. } => Command::Evicted,
             Message::Reply { .. } => Command::Reply,
             Message::Prepare { .. } => Command::Prepare,
             Message::PrepareOk { .. } => Command::PrepareOk,

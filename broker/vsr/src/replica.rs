@@ -28,6 +28,9 @@ pub struct Config {
     pub pipeline_max: usize,
     /// Most client requests queued behind the pipeline.
     pub request_queue_max: usize,
+    /// Most client sessions remembered; registering one more evicts the one that committed
+    /// longest ago.
+    pub clients_max: usize,
     /// Primary: resend uncommitted prepares to replicas that have not acked after this long.
     pub prepare_timeout: u64,
     /// Primary: commit heartbeat interval when idle.
@@ -57,6 +60,7 @@ impl Config {
             route,
             pipeline_max: 4,
             request_queue_max: 64,
+            clients_max: 64,
             prepare_timeout: 25,
             commit_interval: 50,
             primary_timeout: 150,
@@ -179,8 +183,13 @@ pub enum Event {
         body_checksum: u128,
         digest: u128,
         client: ClientId,
+        session: u64,
         request: u64,
         executed: bool,
+    },
+    /// Registering a session evicted `client`'s.
+    SessionEvicted {
+        client: ClientId,
     },
     ViewChangeStarted {
         view: View,
@@ -209,6 +218,7 @@ pub enum Event {
 
 #[derive(Debug, Clone)]
 struct ClientEntry {
+    session: u64,
     request: u64,
     reply: Vec<u8>,
     op: Op,
@@ -239,7 +249,8 @@ pub struct Replica<S> {
     client_table: BTreeMap<ClientId, ClientEntry>,
     /// Primary: highest op each replica has acknowledged in this view.
     acked: BTreeMap<ReplicaId, Op>,
-    requests: VecDeque<(ClientId, u64, Vec<u8>)>,
+    /// (client, session, request, body) waiting for room in the pipeline.
+    requests: VecDeque<(ClientId, u64, u64, Vec<u8>)>,
     svc: BTreeSet<ReplicaId>,
     dvc: BTreeMap<ReplicaId, (View, Vec<Prepare>, Op)>,
     dvc_sent: bool,
@@ -821,9 +832,10 @@ impl<S: StateMachine> Replica<S> {
         match envelope.message {
             Message::Request {
                 client,
+                session,
                 request,
                 body,
-            } => self.on_request(client, request, body),
+            } => self.on_request(client, session, request, body),
             Message::Prepare { view, prepare } => self.on_prepare(view, prepare),
             Message::PrepareOk {
                 view,
@@ -883,11 +895,11 @@ impl<S: StateMachine> Replica<S> {
                 entries,
                 commit,
             } => self.on_new_state(view, entries, commit),
-            Message::Reply { .. } => {}
+            Message::Reply { .. } | Message::Evicted { .. } => {}
         }
     }
 
-    fn on_request(&mut self, client: ClientId, request: u64, body: Vec<u8>) {
+    fn on_request(&mut self, client: ClientId, session: u64, request: u64, body: Vec<u8>) {
         if self.status != Status::Normal {
             return;
         }
@@ -898,6 +910,7 @@ impl<S: StateMachine> Replica<S> {
                 Node::Replica(primary),
                 Message::Request {
                     client,
+                    session,
                     request,
                     body,
                 },
@@ -905,7 +918,15 @@ impl<S: StateMachine> Replica<S> {
             self.out.push(Output::Send(envelope));
             return;
         }
-        if let Some(entry) = self.client_table.get(&client) {
+        let entry = self.client_table.get(&client);
+        if session != 0 && entry.is_none_or(|e| e.session != session) {
+            // An unknown or superseded session never executes again: tell the client.
+            let envelope =
+                self.envelope(Node::Client(client), Message::Evicted { client, session });
+            self.out.push(Output::Send(envelope));
+            return;
+        }
+        if let Some(entry) = entry {
             if request < entry.request {
                 return;
             }
@@ -931,11 +952,11 @@ impl<S: StateMachine> Replica<S> {
             || self
                 .requests
                 .iter()
-                .any(|(c, r, _)| *c == client && *r == request);
+                .any(|(c, _, r, _)| *c == client && *r == request);
         if in_flight || self.requests.len() >= self.cfg.request_queue_max {
             return;
         }
-        self.requests.push_back((client, request, body));
+        self.requests.push_back((client, session, request, body));
         self.prepare_queued();
     }
 
@@ -943,7 +964,7 @@ impl<S: StateMachine> Replica<S> {
         while self.is_primary()
             && (self.log_tail() - self.commit_max) < self.cfg.pipeline_max as u64
         {
-            let Some((client, request, body)) = self.requests.pop_front() else {
+            let Some((client, session, request, body)) = self.requests.pop_front() else {
                 return;
             };
             let parent = self.log[self.log.len() - 1].checksum();
@@ -960,6 +981,7 @@ impl<S: StateMachine> Replica<S> {
                     op: self.log_tail() + 1,
                     commit: self.commit_max,
                     client,
+                    session,
                     request,
                     timestamp: self.last_timestamp,
                 },
@@ -1099,22 +1121,50 @@ impl<S: StateMachine> Replica<S> {
         self.apply_committed();
     }
 
-    /// Applies every committed op held, in order; the primary replies to clients.
+    /// Applies every committed op held, in order; the primary replies to clients. Registrations
+    /// open sessions (evicting the one that committed longest ago when the table is full); a
+    /// request executes only in its live session and only once.
     fn apply_committed(&mut self) {
         while self.commit_min < self.commit_max.min(self.log_tail()) {
             let op = self.commit_min + 1;
             let prepare = &self.log[op as usize];
-            let (client, request) = (prepare.header.client, prepare.header.request);
-            let already = self
-                .client_table
-                .get(&client)
-                .is_some_and(|e| e.request >= request);
-            let executed = !already;
+            let (client, session, request) = (
+                prepare.header.client,
+                prepare.header.session,
+                prepare.header.request,
+            );
+            let entry = self.client_table.get(&client);
+            let register = session == 0;
+            let executed = if register {
+                entry.is_none_or(|e| e.request < request)
+            } else {
+                entry.is_some_and(|e| e.session == session && e.request < request)
+            };
             if executed {
-                let reply = self.sm.apply(op, client, &prepare.body);
+                let reply = if register {
+                    if !self.client_table.contains_key(&client)
+                        && self.client_table.len() >= self.cfg.clients_max
+                    {
+                        let oldest = self
+                            .client_table
+                            .iter()
+                            .min_by_key(|(_, e)| e.op)
+                            .map(|(c, _)| *c);
+                        if let Some(evicted) = oldest {
+                            self.client_table.remove(&evicted);
+                            self.event(Event::SessionEvicted { client: evicted });
+                        }
+                    }
+                    op.to_le_bytes().to_vec()
+                } else {
+                    let body = self.log[op as usize].body.clone();
+                    self.sm.apply(op, client, &body)
+                };
+                let session = if register { op } else { session };
                 self.client_table.insert(
                     client,
                     ClientEntry {
+                        session,
                         request,
                         reply,
                         op,
@@ -1131,6 +1181,7 @@ impl<S: StateMachine> Replica<S> {
                 body_checksum: prepare.header.body_checksum,
                 digest: self.sm.digest(),
                 client,
+                session,
                 request,
                 executed,
             };
