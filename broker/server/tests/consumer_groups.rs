@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code, id, message, name, TestBroker};
+use common::{code, create_topic, id, message, name, TestBroker};
 use iggy::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -107,18 +107,7 @@ async fn members_share_partitions_exactly_once_across_rebalances() {
     let broker = TestBroker::start();
     let admin = broker.client().await;
     admin.create_stream("s").await.unwrap();
-    admin
-        .create_topic(
-            &name("s"),
-            "t",
-            PARTITIONS,
-            CompressionAlgorithm::None,
-            None,
-            IggyExpiry::ServerDefault,
-            MaxTopicSize::ServerDefault,
-        )
-        .await
-        .unwrap();
+    create_topic(&admin, &name("s"), "t", PARTITIONS).await;
     let group = admin
         .create_consumer_group(&name("s"), &name("t"), "workers")
         .await
@@ -283,18 +272,7 @@ async fn groups_survive_restarts_but_memberships_do_not() {
     let mut broker = TestBroker::start();
     let admin = broker.client().await;
     admin.create_stream("s").await.unwrap();
-    admin
-        .create_topic(
-            &name("s"),
-            "t",
-            2,
-            CompressionAlgorithm::None,
-            None,
-            IggyExpiry::ServerDefault,
-            MaxTopicSize::ServerDefault,
-        )
-        .await
-        .unwrap();
+    create_topic(&admin, &name("s"), "t", 2).await;
     admin
         .create_consumer_group(&name("s"), &name("t"), "workers")
         .await

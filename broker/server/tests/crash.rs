@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{id, message, TestBroker};
+use common::{create_topic, id, message, TestBroker};
 use iggy::prelude::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,18 +18,7 @@ fn payload(producer: usize, seq: usize) -> String {
 
 async fn setup(client: &IggyClient, partitions: u32) {
     client.create_stream("crash").await.unwrap();
-    client
-        .create_topic(
-            &id(0),
-            "log",
-            partitions,
-            CompressionAlgorithm::None,
-            None,
-            IggyExpiry::ServerDefault,
-            MaxTopicSize::ServerDefault,
-        )
-        .await
-        .unwrap();
+    create_topic(client, &id(0), "log", partitions).await;
 }
 
 async fn read_all(client: &IggyClient, partition: u32) -> Vec<IggyMessage> {

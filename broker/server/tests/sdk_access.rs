@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{code, id, message, name, TestBroker, ROOT_PASSWORD, ROOT_USER};
+use common::{code, create_topic, id, message, name, TestBroker, ROOT_PASSWORD, ROOT_USER};
 use iggy::prelude::*;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,18 +16,7 @@ async fn login_as(broker: &TestBroker, user: &str, password: &str) -> IggyClient
 async fn stream_with_topics(client: &IggyClient) {
     client.create_stream("data").await.unwrap();
     for topic in ["t0", "t1"] {
-        client
-            .create_topic(
-                &name("data"),
-                topic,
-                1,
-                CompressionAlgorithm::None,
-                None,
-                IggyExpiry::ServerDefault,
-                MaxTopicSize::ServerDefault,
-            )
-            .await
-            .unwrap();
+        create_topic(client, &name("data"), topic, 1).await;
     }
 }
 

@@ -2,24 +2,15 @@
 
 mod common;
 
-use common::{code, http_get, id, message, name, TestBroker, ROOT_PASSWORD, ROOT_USER};
+use common::{
+    code, create_topic, http_get, id, message, name, TestBroker, ROOT_PASSWORD, ROOT_USER,
+};
 use iggy::prelude::*;
 use std::str::FromStr;
 
 async fn topic_with_partitions(client: &IggyClient, partitions: u32) {
     client.create_stream("orders").await.unwrap();
-    client
-        .create_topic(
-            &name("orders"),
-            "created",
-            partitions,
-            CompressionAlgorithm::None,
-            None,
-            IggyExpiry::ServerDefault,
-            MaxTopicSize::ServerDefault,
-        )
-        .await
-        .unwrap();
+    create_topic(client, &name("orders"), "created", partitions).await;
 }
 
 #[tokio::test]
@@ -113,18 +104,7 @@ async fn topic_and_partition_lifecycle() {
     let broker = TestBroker::start();
     let client = broker.client().await;
     client.create_stream("s").await.unwrap();
-    let topic = client
-        .create_topic(
-            &name("s"),
-            "t",
-            3,
-            CompressionAlgorithm::None,
-            None,
-            IggyExpiry::ServerDefault,
-            MaxTopicSize::ServerDefault,
-        )
-        .await
-        .unwrap();
+    let topic = create_topic(&client, &name("s"), "t", 3).await;
     assert_eq!(
         (topic.id, topic.partitions_count, topic.partitions.len()),
         (0, 3, 3)

@@ -199,6 +199,27 @@ pub fn name(s: &str) -> Identifier {
     Identifier::named(s).expect("valid name")
 }
 
+/// Creates a topic with the server's default expiry and size, no compression.
+pub async fn create_topic(
+    client: &IggyClient,
+    stream: &Identifier,
+    topic: &str,
+    partitions: u32,
+) -> TopicDetails {
+    client
+        .create_topic(
+            stream,
+            topic,
+            partitions,
+            CompressionAlgorithm::None,
+            None,
+            IggyExpiry::ServerDefault,
+            MaxTopicSize::ServerDefault,
+        )
+        .await
+        .expect("create topic")
+}
+
 /// The Iggy status code inside an SDK error.
 pub fn code(error: IggyError) -> u32 {
     error.as_code()
