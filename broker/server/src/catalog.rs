@@ -156,6 +156,15 @@ impl Catalog {
             .ok_or(BrokerError::Unauthenticated)
     }
 
+    /// The session's user, for changing its own records (tokens).
+    pub fn session_user_mut(&mut self, user_id: Option<u32>) -> Result<&mut UserRecord> {
+        let id = self.session_user(user_id)?.id;
+        self.users
+            .iter_mut()
+            .find(|u| u.id == id)
+            .ok_or(BrokerError::Unauthenticated)
+    }
+
     /// Fails with `Unauthorized` unless the session's user holds `access`.
     pub fn authorize(&self, user_id: Option<u32>, access: crate::access::Access) -> Result<()> {
         let user = self.session_user(user_id)?;

@@ -58,12 +58,8 @@ pub fn create(
     }
     let limit = broker.config.personal_access_token.max_tokens_per_user;
     let mut catalog = broker.catalog_mut();
-    let user_id = catalog.session_user(session.user_id)?.id;
-    let user = catalog
-        .users
-        .iter_mut()
-        .find(|u| u.id == user_id)
-        .ok_or(BrokerError::Unauthenticated)?;
+    let user = catalog.session_user_mut(session.user_id)?;
+    let user_id = user.id;
     let now = now_micros();
     user.tokens.retain(|t| !is_expired(t, now));
     if user.tokens.iter().any(|t| t.name == name) {
@@ -94,12 +90,8 @@ pub fn create(
 
 pub fn delete(broker: &Broker, session: &Session, name: &str) -> Result<()> {
     let mut catalog = broker.catalog_mut();
-    let user_id = catalog.session_user(session.user_id)?.id;
-    let user = catalog
-        .users
-        .iter_mut()
-        .find(|u| u.id == user_id)
-        .ok_or(BrokerError::Unauthenticated)?;
+    let user = catalog.session_user_mut(session.user_id)?;
+    let user_id = user.id;
     let before = user.tokens.clone();
     user.tokens.retain(|t| t.name != name);
     if user.tokens.len() == before.len() {
