@@ -10,51 +10,7 @@ use std::time::Duration;
 
 /// The defaults, as a TOML document: it doubles as the reference for every key and type, which
 /// is what lets an environment variable's text be parsed as the type its key expects.
-pub const DEFAULT_CONFIG: &str = r#"
-[system]
-# Data directory (segments, offsets, metadata).
-path = "local_data"
-
-[tcp]
-# Iggy binary protocol listener.
-address = "127.0.0.1:8090"
-# Largest SendMessages request accepted; larger ones are drained and refused with InvalidCommand.
-max_send_bytes = "256 MiB"
-
-[http]
-# /health, /ready and /metrics.
-address = "127.0.0.1:3000"
-
-[storage]
-# always: acknowledge a send only once its bytes are on disk (concurrent sends share fsyncs);
-# never: leave write-back to the OS; "<N>ms": fsync dirty partitions every N milliseconds.
-fsync = "never"
-# A segment is sealed once it would grow past this size.
-segment_size = "1 GiB"
-# Largest response a single poll may return; a poll asking for more returns fewer messages.
-max_poll_bytes = "64 MiB"
-
-[root]
-# Root user created on first boot only. An empty password is replaced by a generated one,
-# printed once.
-username = "iggy"
-password = ""
-
-[retention]
-# Server defaults for topics created with message_expiry = 0 / max_topic_size = 0:
-# "none" / "unlimited", or a duration ("7d", "12h", "30m", "45s", "500ms") / a size ("10 GiB").
-message_expiry = "none"
-max_topic_size = "unlimited"
-# How often the cleaner deletes expired sealed segments and trims topics over their max size.
-cleaner_interval = "1m"
-
-[personal_access_token]
-# Most tokens one user may hold.
-max_tokens_per_user = 100
-
-[logging]
-level = "info"
-"#;
+pub const DEFAULT_CONFIG: &str = include_str!("../defaults.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
