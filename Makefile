@@ -5,7 +5,7 @@ CARGO ?= cargo
 DATA ?= ./local_data
 BENCH_ARGS ?=
 
-.PHONY: run build test lint fmt bench fuzz sim sim-ci clean help
+.PHONY: run build test lint fmt bench fuzz sim sim-ci clean help crds crds-check dev-cluster
 
 FUZZ_SECONDS ?= 300
 SIM_SEEDS ?= 20000
@@ -19,6 +19,8 @@ help:
 	@echo "make bench  produce/consume benchmark against a release broker (see docs/benchmarks.md)"
 	@echo "make fuzz   fuzz the request decoder and dispatcher for FUZZ_SECONDS (default 300)"
 	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000)"
+	@echo "make crds   regenerate crds/iggycluster.yaml from the Rust types (crds-check: fail on drift)"
+	@echo "make dev-cluster  in-process Kubernetes API + operator; kubeconfig in .dev-cluster/kubeconfig"
 
 build:
 	$(CARGO) build --release -p broker -p iggy-bench-lite
@@ -47,7 +49,7 @@ sim-ci:
 sim:
 	$(CARGO) run --release -q -p vsr-sim -- --seeds $(SIM_SEEDS) --first-seed $(SIM_FIRST_SEED)
 
-lint:
+lint: crds-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -65,6 +67,29 @@ fuzz:
 	mkdir -p broker/server/fuzz/corpus/dispatch
 	cd broker/server && cargo fuzz run -s none dispatch fuzz/corpus/dispatch fuzz/regressions -- \
 		-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
+
+# The CRD is generated from operator/controller/src/crd.rs; CI fails when the committed copy drifts.
+crds:
+	$(CARGO) run -q -p iggy-operator -- crd > crds/iggycluster.yaml
+
+crds-check:
+	@$(CARGO) run -q -p iggy-operator -- crd | diff -u crds/iggycluster.yaml - \
+		|| { echo "crds/iggycluster.yaml is stale: run 'make crds' and commit it"; exit 1; }
+
+# The in-process API harness with its simulated StatefulSet/scheduler/volume/kubelet controllers
+# (the kubelet stands in for the sidecar and sets the replica-ready gate), the CRD served, and the
+# operator running against it. Use it with: KUBECONFIG=.dev-cluster/kubeconfig kubectl ...
+DEV_PORT ?= 6443
+dev-cluster:
+	$(CARGO) build -q -p kube-harness -p iggy-operator
+	@mkdir -p .dev-cluster
+	@rm -f .dev-cluster/kubeconfig
+	./target/debug/kube-harness --address 127.0.0.1:$(DEV_PORT) --kubeconfig .dev-cluster/kubeconfig \
+		--auto-ready-gate iggy.rs/replica-ready --apply crds/iggycluster.yaml & harness=$$!; \
+	trap "kill $$harness 2>/dev/null" EXIT INT TERM; \
+	while [ ! -s .dev-cluster/kubeconfig ]; do sleep 0.1; done; \
+	echo "dev cluster: export KUBECONFIG=$$(pwd)/.dev-cluster/kubeconfig"; \
+	KUBECONFIG=.dev-cluster/kubeconfig ./target/debug/iggy-operator --no-leader-election --metrics-address 127.0.0.1:8080
 
 clean:
 	$(CARGO) clean

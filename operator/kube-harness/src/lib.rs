@@ -177,6 +177,53 @@ impl Harness {
         }
     }
 
+    /// Server-side applies every object of a multi-document YAML text (as manager
+    /// `harness`), e.g. CRDs to serve before any client connects; returns how many.
+    pub fn apply_yaml(&self, text: &str) -> Result<usize, store::ApiError> {
+        use serde::Deserialize;
+        let mut applied = 0;
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let object = Value::deserialize(document)
+                .map_err(|e| store::ApiError::bad_request(format!("malformed YAML: {e}")))?;
+            if object.is_null() {
+                continue;
+            }
+            let api_version = object["apiVersion"].as_str().unwrap_or_default();
+            let (group, _) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let mut store = self.store();
+            let rt = store.type_by_kind(group, kind).ok_or_else(|| {
+                store::ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("kind {kind} of {api_version} is not served"),
+                )
+            })?;
+            let name = object
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let namespace = object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default")
+                .to_string();
+            store.patch(
+                &rt,
+                &namespace,
+                &name,
+                PatchKind::Apply,
+                &object,
+                Subresource::Main,
+                "harness",
+                true,
+            )?;
+            applied += 1;
+        }
+        Ok(applied)
+    }
+
     /// Sets a pod condition, as a sidecar reporting a readiness gate would.
     pub fn set_pod_condition(
         &self,

@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mut kubeconfig = PathBuf::from(".dev-cluster/kubeconfig");
     let mut options = HarnessOptions::default();
+    let mut manifests: Vec<PathBuf> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -32,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
                     .parse()
                     .context("--address")?
             }
+            "--apply" => manifests.push(PathBuf::from(
+                args.next().context("--apply needs a YAML file")?,
+            )),
             "--auto-ready-gate" => {
                 options.controllers = ControllerOptions {
                     auto_ready_gates: vec![args
@@ -40,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             "--help" | "-h" => {
-                println!("kube-harness [--kubeconfig PATH] [--nodes N] [--address 127.0.0.1:PORT] [--auto-ready-gate TYPE]");
+                println!("kube-harness [--kubeconfig PATH] [--nodes N] [--address 127.0.0.1:PORT] [--auto-ready-gate TYPE] [--apply FILE.yaml]...");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other}; see --help"),
@@ -49,6 +53,14 @@ async fn main() -> anyhow::Result<()> {
     let harness = Harness::start(options)
         .await
         .context("starting the API harness")?;
+    for manifest in &manifests {
+        let text = std::fs::read_to_string(manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        let created = harness
+            .apply_yaml(&text)
+            .with_context(|| format!("applying {}", manifest.display()))?;
+        println!("applied {created} object(s) from {}", manifest.display());
+    }
     harness
         .write_kubeconfig(&kubeconfig)
         .with_context(|| format!("writing {}", kubeconfig.display()))?;

@@ -306,3 +306,70 @@ pub fn group_list(types: &[ResourceType]) -> Value {
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
+
+/// `/openapi/v3`: one entry per served group version. kubectl reads it to learn that the
+/// server validates fields itself (`fieldValidation`), and then sends objects unvalidated.
+pub fn openapi_v3_root(types: &[ResourceType]) -> Value {
+    let mut paths = serde_json::Map::new();
+    for rt in types {
+        let path = group_version_path(rt);
+        paths.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash=harness")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+fn group_version_path(rt: &ResourceType) -> String {
+    if rt.group.is_empty() {
+        format!("api/{}", rt.version)
+    } else {
+        format!("apis/{}/{}", rt.group, rt.version)
+    }
+}
+
+/// `/openapi/v3/apis/<group>/<version>`: the write operations of each kind with the query
+/// parameters the harness honours. Schemas are left out; the harness does not validate them.
+pub fn openapi_v3_group(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
+    let members: Vec<&ResourceType> = types
+        .iter()
+        .filter(|rt| rt.group == group && rt.version == version)
+        .collect();
+    if members.is_empty() {
+        return None;
+    }
+    let parameters: Vec<Value> = ["fieldValidation", "fieldManager", "force", "dryRun"]
+        .iter()
+        .map(|name| json!({"name": name, "in": "query", "schema": {"type": "string"}}))
+        .collect();
+    let mut paths = serde_json::Map::new();
+    for rt in members {
+        let gvk = json!({"group": rt.group, "version": rt.version, "kind": rt.kind});
+        let operation = json!({
+            "x-kubernetes-group-version-kind": gvk,
+            "parameters": parameters,
+            "responses": {"200": {"description": "OK"}},
+        });
+        let base = format!("/{}", group_version_path(rt));
+        let collection = if rt.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", rt.plural)
+        } else {
+            format!("{base}/{}", rt.plural)
+        };
+        paths.insert(
+            collection.clone(),
+            json!({"post": operation, "get": operation}),
+        );
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({"patch": operation, "put": operation, "get": operation, "delete": operation}),
+        );
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "kube-harness", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

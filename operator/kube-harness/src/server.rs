@@ -1,7 +1,9 @@
 //! The HTTP face of the store: Kubernetes API paths, verbs, watch streams, discovery, Table
 //! output for kubectl, request counting and injected faults.
 
-use crate::resources::{group_list, resource_list, ResourceType};
+use crate::resources::{
+    group_list, openapi_v3_group, openapi_v3_root, resource_list, ResourceType,
+};
 use crate::selector::Selector;
 use crate::store::{ApiError, Change, EventType, PatchKind, Store, Subresource};
 use bytes::Bytes;
@@ -151,6 +153,9 @@ pub async fn handle(
             &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
         ),
         ["apis"] => full(StatusCode::OK, &group_list(shared.store().types())),
+        ["openapi", "v3"] => full(StatusCode::OK, &openapi_v3_root(shared.store().types())),
+        ["openapi", "v3", "api", version] => openapi_group(&shared, "", version),
+        ["openapi", "v3", "apis", group, version] => openapi_group(&shared, group, version),
         ["api", "v1"] => discovery(&shared, "", "v1"),
         ["apis", group, version] => discovery(&shared, group, version),
         ["api", "v1", rest @ ..] => resource_request(&shared, "", "v1", rest, request).await,
@@ -165,6 +170,17 @@ pub async fn handle(
         )),
     };
     Ok(response)
+}
+
+fn openapi_group(shared: &Shared, group: &str, version: &str) -> Response<Body> {
+    match openapi_v3_group(shared.store().types(), group, version) {
+        Some(document) => full(StatusCode::OK, &document),
+        None => error(&ApiError::new(
+            404,
+            "NotFound",
+            format!("no OpenAPI document for {group}/{version}"),
+        )),
+    }
 }
 
 fn discovery(shared: &Shared, group: &str, version: &str) -> Response<Body> {

@@ -1,0 +1,168 @@
+//! Renders `spec.config` into the broker's TOML configuration file.
+//!
+//! The broker's own defaults document (broker/server/defaults.toml) is compiled in: it names
+//! every key and its type, so a misspelt key or a value of the wrong type is reported on the
+//! IggyCluster instead of crash-looping a broker pod.
+
+use std::collections::BTreeMap;
+use toml::{Table, Value};
+
+const BROKER_DEFAULTS: &str = include_str!("../../../broker/server/defaults.toml");
+
+/// Keys the operator sets itself, and why a user may not.
+const RESERVED: [(&str, &str); 5] = [
+    (
+        "system.path",
+        "the data path is the broker's persistent volume",
+    ),
+    (
+        "tcp.address",
+        "the operator binds the client port on all interfaces",
+    ),
+    (
+        "http.address",
+        "the operator binds the HTTP port for probes and metrics",
+    ),
+    (
+        "root.username",
+        "root credentials come from spec.auth.rootSecret",
+    ),
+    (
+        "root.password",
+        "root credentials come from spec.auth.rootSecret",
+    ),
+];
+
+pub const DATA_PATH: &str = "/data";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("spec.config key {key:?} is not a broker setting (expected section.key, e.g. storage.fsync)")]
+    UnknownKey { key: String },
+    #[error("spec.config key {key:?} is set by the operator: {reason}")]
+    ReservedKey { key: String, reason: &'static str },
+    #[error("spec.config {key:?} = {value:?} is not a valid {expected}")]
+    BadValue {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+fn defaults() -> Table {
+    // The file is part of this repository and parsed by the broker's own tests.
+    BROKER_DEFAULTS
+        .parse()
+        .expect("broker/server/defaults.toml is valid TOML")
+}
+
+/// The broker.toml for these overrides: the operator's fixed settings plus each override,
+/// typed like the broker's default for that key.
+pub fn render(overrides: &BTreeMap<String, String>) -> Result<String, ConfigError> {
+    let defaults = defaults();
+    let mut table = Table::new();
+    let mut set = |section: &str, key: &str, value: Value| {
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        if let Value::Table(section) = entry {
+            section.insert(key.to_string(), value);
+        }
+    };
+    set("system", "path", Value::String(DATA_PATH.into()));
+    set(
+        "tcp",
+        "address",
+        Value::String(format!("0.0.0.0:{}", crate::names::CLIENT_PORT)),
+    );
+    set(
+        "http",
+        "address",
+        Value::String(format!("0.0.0.0:{}", crate::names::HTTP_PORT)),
+    );
+    for (dotted, text) in overrides {
+        if let Some((_, reason)) = RESERVED.iter().find(|(key, _)| key == dotted) {
+            return Err(ConfigError::ReservedKey {
+                key: dotted.clone(),
+                reason,
+            });
+        }
+        let unknown = || ConfigError::UnknownKey {
+            key: dotted.clone(),
+        };
+        let (section, key) = dotted.split_once('.').ok_or_else(unknown)?;
+        let default = defaults
+            .get(section)
+            .and_then(Value::as_table)
+            .and_then(|table| table.get(key))
+            .ok_or_else(unknown)?;
+        let bad = |expected| ConfigError::BadValue {
+            key: dotted.clone(),
+            value: text.clone(),
+            expected,
+        };
+        let value = match default {
+            Value::Integer(_) => Value::Integer(text.trim().parse().map_err(|_| bad("integer"))?),
+            Value::Boolean(_) => Value::Boolean(text.trim().parse().map_err(|_| bad("boolean"))?),
+            Value::Float(_) => Value::Float(text.trim().parse().map_err(|_| bad("number"))?),
+            _ => Value::String(text.clone()),
+        };
+        set(section, key, value);
+    }
+    Ok(toml::to_string(&table).expect("a TOML table always serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overrides(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_typed_overrides_and_fixed_addresses() {
+        let rendered = render(&overrides(&[
+            ("storage.fsync", "always"),
+            ("personal_access_token.max_tokens_per_user", "7"),
+        ]))
+        .expect("valid");
+        let table: Table = rendered.parse().expect("TOML");
+        assert_eq!(table["storage"]["fsync"].as_str(), Some("always"));
+        assert_eq!(
+            table["personal_access_token"]["max_tokens_per_user"].as_integer(),
+            Some(7)
+        );
+        assert_eq!(table["system"]["path"].as_str(), Some("/data"));
+        assert_eq!(table["tcp"]["address"].as_str(), Some("0.0.0.0:8090"));
+    }
+
+    #[test]
+    fn rejects_unknown_reserved_and_mistyped_keys() {
+        assert!(matches!(
+            render(&overrides(&[("storage.fsnyc", "always")])),
+            Err(ConfigError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            render(&overrides(&[("fsync", "always")])),
+            Err(ConfigError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            render(&overrides(&[("root.password", "x")])),
+            Err(ConfigError::ReservedKey { .. })
+        ));
+        assert!(matches!(
+            render(&overrides(&[(
+                "personal_access_token.max_tokens_per_user",
+                "many"
+            )])),
+            Err(ConfigError::BadValue {
+                expected: "integer",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,307 @@
+//! The `IggyCluster` custom resource. Doc comments here become the CRD's field descriptions
+//! (`make crds` writes crds/iggycluster.yaml), so they are written for the user of the CRD.
+
+// Several `printcolumn(...)` entries share `type_ = "integer"`; clippy mistakes the repeated
+// key for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A replicated Iggy-protocol streaming cluster: a ring of brokers replicating with
+/// Viewstamped Replication, each on its own persistent volume.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "iggy.rs",
+    version = "v1alpha1",
+    kind = "IggyCluster",
+    plural = "iggyclusters",
+    singular = "iggycluster",
+    shortname = "iggy",
+    namespaced,
+    status = "IggyClusterStatus",
+    derive = "PartialEq",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Epoch", type_ = "integer", json_path = ".status.ring.epoch"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.ring.primary"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IggyClusterSpec {
+    /// Number of brokers in the replication ring. A ring of N tolerates (N-1)/2 failures, so
+    /// odd sizes are recommended. Edit it (or `kubectl scale`) to grow or shrink the ring.
+    #[x_kube(validation = Rule::new("self >= 1").message("replicas must be at least 1"))]
+    pub replicas: i32,
+
+    /// Broker container image.
+    #[serde(default = "default_image")]
+    pub image: String,
+
+    /// Sidecar container image; the sidecar manages its broker's ring membership and reports
+    /// the `iggy.rs/replica-ready` readiness gate.
+    #[serde(default = "default_sidecar_image")]
+    pub sidecar_image: String,
+
+    /// CPU and memory for each broker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Persistent storage of each broker.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// Broker settings as `section.key: value`, e.g. `storage.fsync: always`. Keys and value
+    /// types are those of the broker's configuration file; unknown keys are rejected. Network
+    /// addresses and the data path are set by the operator.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+
+    /// Root credentials. Without it the broker generates a root password on first boot and
+    /// prints it to its log once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
+    /// Additions to the broker pods' template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+
+    /// Pod affinity. Default: at most one broker per node (required anti-affinity on
+    /// `kubernetes.io/hostname`), so a node failure costs the ring at most one member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+}
+
+pub fn default_image() -> String {
+    format!("ghcr.io/iggy-rs/iggy-broker:{}", env!("CARGO_PKG_VERSION"))
+}
+
+pub fn default_sidecar_image() -> String {
+    format!("ghcr.io/iggy-rs/iggy-sidecar:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Persistent volume of each broker.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each broker's volume, a Kubernetes quantity such as `100Gi`.
+    #[serde(default = "default_storage_size")]
+    pub size: String,
+
+    /// StorageClass of the volumes. Immutable: volumes cannot move between classes. Ignored
+    /// when `localVolumes` is set (the operator then creates its own class).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storageClassName is immutable"))]
+    pub storage_class_name: Option<String>,
+
+    /// Local NVMe disks, one per ring member: the operator creates a no-provisioner
+    /// StorageClass with WaitForFirstConsumer binding and one node-affine local
+    /// PersistentVolume per entry. Needs at least `replicas` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_volumes: Vec<LocalVolume>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+            local_volumes: Vec::new(),
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "10Gi".into()
+}
+
+/// A disk on a node, already formatted and mounted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalVolume {
+    /// Node name (its `kubernetes.io/hostname` label).
+    pub node: String,
+    /// Mount path of the disk on that node, e.g. `/mnt/nvme0`.
+    pub path: String,
+}
+
+/// Root user credentials from a Secret; never copied into a ConfigMap.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Secret in the cluster's namespace holding the root credentials.
+    pub root_secret: String,
+    #[serde(default = "default_username_key")]
+    pub username_key: String,
+    #[serde(default = "default_password_key")]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// Typed additions to the broker pod template.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// Observed state, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IggyClusterStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Broker pods that exist.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Broker pods that are ready (their readiness gate included).
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Label selector of the broker pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring: Option<RingStatus>,
+}
+
+/// A status condition, in the shape of Kubernetes' `metav1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339 time of the last change of `status`.
+    #[serde(default)]
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The replication ring as the operator last published it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RingStatus {
+    /// Membership version; every change of members is a new epoch.
+    pub epoch: u64,
+    /// Pod of the current primary, when a sidecar has reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(default)]
+    pub members: Vec<RingMemberStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RingMemberStatus {
+    pub position: u32,
+    /// Stable member id; never reused for another disk.
+    pub id: u64,
+    pub pod: String,
+    /// Stable DNS address used for replication.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `primary` or `backup`, as the sidecar labels the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// The member's readiness gate (`iggy.rs/replica-ready`) is True.
+    #[serde(default)]
+    pub caught_up: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+    use serde_json::json;
+
+    #[test]
+    fn crd_has_subresources_columns_and_short_name() {
+        let crd = serde_json::to_value(IggyCluster::crd()).expect("serializes");
+        assert_eq!(crd["spec"]["names"]["shortNames"], json!(["iggy"]));
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(version["name"], "v1alpha1");
+        assert!(version["subresources"]["status"].is_object());
+        assert_eq!(
+            version["subresources"]["scale"]["specReplicasPath"],
+            ".spec.replicas"
+        );
+        let columns: Vec<&str> = version["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(columns, ["Replicas", "Ready", "Epoch", "Primary", "Age"]);
+    }
+
+    fn cluster(spec: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "iggy.rs/v1alpha1", "kind": "IggyCluster", "metadata": {"name": "c"}, "spec": spec})
+    }
+
+    #[test]
+    fn cel_rejects_zero_replicas() {
+        let good: IggyCluster =
+            serde_json::from_value(cluster(json!({"replicas": 3}))).expect("parses");
+        assert!(good.validate_cel().is_ok());
+        let bad: IggyCluster =
+            serde_json::from_value(cluster(json!({"replicas": 0}))).expect("parses");
+        let errors = bad.validate_cel().expect_err("replicas 0 is invalid");
+        assert!(
+            format!("{errors:?}").contains("replicas must be at least 1"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn cel_keeps_the_storage_class_immutable() {
+        let old: IggyCluster = serde_json::from_value(cluster(
+            json!({"replicas": 3, "storage": {"storageClassName": "fast"}}),
+        ))
+        .expect("parses");
+        let same = old.clone();
+        assert!(same.validate_cel_update(&old).is_ok());
+        let mut moved = old.clone();
+        moved.spec.storage.storage_class_name = Some("slow".into());
+        let errors = moved.validate_cel_update(&old).expect_err("immutable");
+        assert!(format!("{errors:?}").contains("immutable"), "{errors:?}");
+    }
+}

@@ -1,0 +1,121 @@
+//! Names and labels of everything the operator creates for one cluster, in one place so the
+//! builders, the orphan cleanup and the tests agree on them.
+
+use std::collections::BTreeMap;
+
+pub const FIELD_MANAGER: &str = "iggy-operator";
+pub const READINESS_GATE: &str = "iggy.rs/replica-ready";
+pub const ROLE_LABEL: &str = "iggy.rs/role";
+/// Hash of what the operator last applied to an object; see `apply.rs`.
+pub const APPLIED_HASH_ANNOTATION: &str = "iggy.rs/applied-hash";
+/// Hash of the broker configuration on the pod template: a config edit changes the template
+/// (so restarted pods get it) without the operator deleting running pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "iggy.rs/config-hash";
+
+pub const CLIENT_PORT: i32 = 8090;
+pub const REPLICATION_PORT: i32 = 8091;
+pub const HTTP_PORT: i32 = 3000;
+
+/// The cluster's object names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClusterNames {
+    pub cluster: String,
+    pub namespace: String,
+}
+
+impl ClusterNames {
+    pub fn new(cluster: &str, namespace: &str) -> Self {
+        Self {
+            cluster: cluster.to_string(),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    pub fn statefulset(&self) -> String {
+        self.cluster.clone()
+    }
+
+    pub fn headless_service(&self) -> String {
+        format!("{}-replicas", self.cluster)
+    }
+
+    pub fn client_service(&self) -> String {
+        self.cluster.clone()
+    }
+
+    pub fn primary_service(&self) -> String {
+        format!("{}-primary", self.cluster)
+    }
+
+    pub fn config_map(&self) -> String {
+        format!("{}-config", self.cluster)
+    }
+
+    pub fn ring_config_map(&self) -> String {
+        format!("{}-ring", self.cluster)
+    }
+
+    pub fn disruption_budget(&self) -> String {
+        self.cluster.clone()
+    }
+
+    pub fn service_account(&self) -> String {
+        format!("{}-sidecar", self.cluster)
+    }
+
+    /// Cluster-scoped, so the namespace is part of the name.
+    pub fn storage_class(&self) -> String {
+        format!("iggy-local-{}-{}", self.namespace, self.cluster)
+    }
+
+    pub fn local_volume(&self, position: usize) -> String {
+        format!("iggy-{}-{}-{position}", self.namespace, self.cluster)
+    }
+
+    pub fn pod(&self, position: u32) -> String {
+        format!("{}-{position}", self.cluster)
+    }
+
+    /// Stable replication address of a member: the pod's DNS name under the headless Service.
+    pub fn member_address(&self, position: u32) -> String {
+        format!(
+            "{}.{}.{}.svc:{REPLICATION_PORT}",
+            self.pod(position),
+            self.headless_service(),
+            self.namespace
+        )
+    }
+
+    /// Labels every child carries; `component` says which part it is.
+    pub fn labels(&self, component: &str) -> BTreeMap<String, String> {
+        let mut labels = self.selector_labels();
+        labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
+        labels.insert("app.kubernetes.io/component".into(), component.into());
+        labels
+    }
+
+    /// The subset that selects the cluster's broker pods (and, with managed-by, its children).
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".into(), "iggy".into()),
+            ("app.kubernetes.io/instance".into(), self.cluster.clone()),
+        ])
+    }
+
+    /// `app.kubernetes.io/name=iggy,app.kubernetes.io/instance=<cluster>`
+    pub fn selector_string(&self) -> String {
+        self.selector_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Selects every child the operator manages for this cluster (orphan cleanup).
+    pub fn children_selector(&self) -> String {
+        format!(
+            "{},app.kubernetes.io/managed-by={FIELD_MANAGER}",
+            self.selector_string()
+        )
+    }
+}

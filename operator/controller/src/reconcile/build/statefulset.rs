@@ -1,0 +1,242 @@
+//! The brokers' StatefulSet: broker and sidecar containers, the readiness gate, probes, a
+//! non-root security context, default anti-affinity, and one volume claim per member.
+
+use super::super::validate::ValidatedCluster;
+use super::child_meta;
+use crate::broker_config::DATA_PATH;
+use crate::names::{
+    CLIENT_PORT, CONFIG_HASH_ANNOTATION, HTTP_PORT, READINESS_GATE, REPLICATION_PORT,
+};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use serde_json::{json, Value};
+
+/// The broker's user id in the image; the pod runs as it, never as root.
+pub const BROKER_UID: i64 = 10001;
+
+fn env(name: &str, value: &str) -> Value {
+    json!({"name": name, "value": value})
+}
+
+fn field_env(name: &str, path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+}
+
+fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
+fn broker_container(cluster: &ValidatedCluster) -> Value {
+    let mut env_vars = vec![
+        env("IGGY_SYSTEM_PATH", DATA_PATH),
+        env("IGGY_TCP_ADDRESS", &format!("0.0.0.0:{CLIENT_PORT}")),
+        env("IGGY_HTTP_ADDRESS", &format!("0.0.0.0:{HTTP_PORT}")),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    if let Some(auth) = &cluster.auth {
+        // By reference only: the values never pass through the operator or a ConfigMap.
+        for (name, key) in [
+            ("IGGY_ROOT_USERNAME", &auth.username_key),
+            ("IGGY_ROOT_PASSWORD", &auth.password_key),
+        ] {
+            env_vars.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": auth.root_secret, "key": key}}}));
+        }
+    }
+    let mut container = json!({
+        "name": "broker",
+        "image": cluster.image,
+        "args": ["--config", "/etc/iggy/broker.toml"],
+        "env": env_vars,
+        "ports": [
+            {"name": "tcp", "containerPort": CLIENT_PORT, "protocol": "TCP"},
+            {"name": "replication", "containerPort": REPLICATION_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+        ],
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 2, "failureThreshold": 900},
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_PATH},
+            {"name": "config", "mountPath": "/etc/iggy", "readOnly": true},
+        ],
+        "securityContext": container_security(),
+    });
+    if let Some(resources) = &cluster.resources {
+        container["resources"] = serde_json::to_value(resources).expect("resources serialize");
+    }
+    container
+}
+
+fn sidecar_container(cluster: &ValidatedCluster) -> Value {
+    json!({
+        "name": "sidecar",
+        "image": cluster.sidecar_image,
+        "env": [
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            env("IGGY_CLUSTER", &cluster.names.cluster),
+            env("IGGY_RING_CONFIGMAP", &cluster.names.ring_config_map()),
+            env("IGGY_BROKER_ADMIN_URL", &format!("http://127.0.0.1:{HTTP_PORT}")),
+        ],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": container_security(),
+    })
+}
+
+/// Default placement: one broker per node, so losing a node costs the ring one member.
+fn default_affinity(cluster: &ValidatedCluster) -> Value {
+    json!({"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{
+        "labelSelector": {"matchLabels": cluster.names.selector_labels()},
+        "topologyKey": "kubernetes.io/hostname",
+    }]}})
+}
+
+pub fn statefulset(cluster: &ValidatedCluster) -> StatefulSet {
+    let names = &cluster.names;
+    let overrides = &cluster.pod_template;
+    let mut pod_labels = overrides.labels.clone();
+    pod_labels.extend(names.labels("broker"));
+    let mut annotations = overrides.annotations.clone();
+    annotations.insert(CONFIG_HASH_ANNOTATION.into(), cluster.config_hash.clone());
+    let affinity = match &cluster.affinity {
+        Some(affinity) => serde_json::to_value(affinity).expect("affinity serializes"),
+        None => default_affinity(cluster),
+    };
+    let mut pod_spec = json!({
+        "serviceAccountName": names.service_account(),
+        "readinessGates": [{"conditionType": READINESS_GATE}],
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": BROKER_UID,
+            "runAsGroup": BROKER_UID,
+            "fsGroup": BROKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 60,
+        "affinity": affinity,
+        "containers": [broker_container(cluster), sidecar_container(cluster)],
+        "volumes": [{"name": "config", "configMap": {"name": names.config_map()}}],
+    });
+    if !overrides.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(overrides.node_selector);
+    }
+    if !overrides.tolerations.is_empty() {
+        pod_spec["tolerations"] =
+            serde_json::to_value(&overrides.tolerations).expect("tolerations serialize");
+    }
+    if let Some(class) = &overrides.priority_class_name {
+        pod_spec["priorityClassName"] = json!(class);
+    }
+    let mut claim_spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": cluster.storage_size}},
+    });
+    if let Some(class) = &cluster.storage_class {
+        claim_spec["storageClassName"] = json!(class);
+    }
+    let value = json!({
+        "metadata": child_meta(cluster, &names.statefulset(), "broker"),
+        "spec": {
+            "replicas": cluster.replicas,
+            "serviceName": names.headless_service(),
+            // Members must start together: a ring needs a quorum before any member is ready.
+            "podManagementPolicy": "Parallel",
+            // The operator restarts pods itself, one at a time, in ring-safe order.
+            "updateStrategy": {"type": "OnDelete"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "selector": {"matchLabels": names.selector_labels()},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "spec": pod_spec,
+            },
+            "volumeClaimTemplates": [{
+                "metadata": {"name": "data", "labels": names.labels("broker")},
+                "spec": claim_spec,
+            }],
+        },
+    });
+    serde_json::from_value(value).expect("the StatefulSet template matches the Kubernetes schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::validated;
+    use super::*;
+
+    fn built(spec: Value) -> Value {
+        serde_json::to_value(statefulset(&validated(spec))).expect("serializes")
+    }
+
+    #[test]
+    fn pods_are_gated_non_root_spread_and_probed() {
+        let sts = built(json!({"replicas": 3}));
+        let spec = &sts["spec"];
+        assert_eq!(spec["replicas"], 3);
+        assert_eq!(spec["updateStrategy"]["type"], "OnDelete");
+        assert_eq!(spec["serviceName"], "events-replicas");
+        let pod = &spec["template"]["spec"];
+        assert_eq!(
+            pod["readinessGates"][0]["conditionType"],
+            "iggy.rs/replica-ready"
+        );
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+                ["topologyKey"],
+            "kubernetes.io/hostname"
+        );
+        let containers: Vec<&str> = pod["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(containers, ["broker", "sidecar"]);
+        assert_eq!(
+            pod["containers"][0]["readinessProbe"]["httpGet"]["path"],
+            "/ready"
+        );
+        assert_eq!(
+            pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"],
+            false
+        );
+        assert_eq!(
+            spec["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "10Gi"
+        );
+    }
+
+    #[test]
+    fn root_credentials_come_from_the_secret_by_reference() {
+        let sts = built(json!({"replicas": 1, "auth": {"rootSecret": "root"}}));
+        let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+        let password = env
+            .as_array()
+            .expect("env")
+            .iter()
+            .find(|e| e["name"] == "IGGY_ROOT_PASSWORD")
+            .expect("password env");
+        assert_eq!(
+            password["valueFrom"]["secretKeyRef"],
+            json!({"name": "root", "key": "password"})
+        );
+        assert!(password.get("value").is_none());
+    }
+
+    #[test]
+    fn config_edits_change_the_template_hash_but_ring_size_does_not() {
+        let base = built(json!({"replicas": 3}));
+        let edited = built(json!({"replicas": 3, "config": {"storage.fsync": "always"}}));
+        let scaled = built(json!({"replicas": 5}));
+        let hash = |sts: &Value| {
+            sts["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION].clone()
+        };
+        assert_ne!(hash(&base), hash(&edited));
+        assert_eq!(base["spec"]["template"], scaled["spec"]["template"]);
+    }
+}

@@ -1,0 +1,215 @@
+//! The reconcile pipeline, Stackable style: dereference (reads) → validate (pure) → build
+//! (pure) → apply (server-side apply, orphan cleanup) → status. Each step is its own module
+//! with its own error type; this module runs them in order and turns their outcome into
+//! conditions, events and metrics.
+
+pub mod apply;
+pub mod build;
+pub mod dereference;
+pub mod status;
+pub mod validate;
+
+use crate::crd::IggyCluster;
+use crate::metrics::Metrics;
+use crate::names::ClusterNames;
+use k8s_openapi::jiff::{Timestamp, Unit};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use status::Outcome;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub reporter: Reporter,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Dereference(#[from] dereference::DereferenceError),
+    #[error("observing the brokers: {0}")]
+    Observe(kube::Error),
+    #[error(transparent)]
+    Apply(#[from] apply::ApplyError),
+    #[error("writing status: {0}")]
+    Status(kube::Error),
+}
+
+impl ReconcileError {
+    /// The metric label and event reason for this failure.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Dereference(_) => "dereference",
+            ReconcileError::Observe(_) => "observe",
+            ReconcileError::Apply(_) => "apply",
+            ReconcileError::Status(_) => "status",
+        }
+    }
+}
+
+/// How often a healthy cluster is looked at again even without a change (safety net).
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a cluster waiting on something outside its spec (a Secret) is looked at again.
+const RECHECK: Duration = Duration::from_secs(15);
+
+pub fn now() -> String {
+    Timestamp::now()
+        .round(Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| Timestamp::now().to_string())
+}
+
+async fn publish(
+    ctx: &Context,
+    cluster: &IggyCluster,
+    kind: EventType,
+    reason: &str,
+    note: String,
+) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let event = Event {
+        type_: kind,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::warn!(%error, reason, "could not publish event");
+    }
+}
+
+pub async fn reconcile(
+    cluster: Arc<IggyCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_inner(&cluster, &ctx).await;
+    ctx.metrics.observe_reconcile(
+        started.elapsed(),
+        result.as_ref().err().map(ReconcileError::category),
+    );
+    result
+}
+
+async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action, ReconcileError> {
+    let client = &ctx.client;
+    if cluster.meta().deletion_timestamp.is_some() {
+        // Children go by ownerReference garbage collection; PVCs and local PVs stay.
+        return Ok(Action::await_change());
+    }
+    let names = ClusterNames::new(
+        &cluster.name_any(),
+        &cluster.namespace().unwrap_or_default(),
+    );
+    let refs = dereference::dereference(client, cluster).await?;
+    let validated = match validate::validate(cluster, &refs) {
+        Ok(validated) => validated,
+        Err(error) => {
+            let observed = status::observe(client, &names)
+                .await
+                .map_err(ReconcileError::Observe)?;
+            let new_status = status::compute(cluster, &Outcome::Invalid(&error), &observed, &now());
+            let previous_message = cluster
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+                .map(|c| c.message.clone());
+            if previous_message.as_deref() != Some(error.to_string().as_str()) {
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Warning,
+                    error.reason(),
+                    error.to_string(),
+                )
+                .await;
+            }
+            tracing::warn!(cluster = %names.cluster, namespace = %names.namespace, %error, "invalid spec; children left as they are");
+            status::write(client, cluster, &new_status)
+                .await
+                .map_err(ReconcileError::Status)?;
+            return Ok(Action::requeue(if error.reason() == "SecretMissing" {
+                RECHECK
+            } else {
+                RESYNC
+            }));
+        }
+    };
+    let children = build::build_all(&validated);
+    let report = match apply::apply_all(client, &validated, &children).await {
+        Ok(report) => report,
+        Err(error) => {
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "ApplyFailed",
+                error.to_string(),
+            )
+            .await;
+            if let Ok(observed) = status::observe(client, &names).await {
+                let failed = status::compute(
+                    cluster,
+                    &Outcome::ApplyFailed(&validated, error.to_string()),
+                    &observed,
+                    &now(),
+                );
+                let _ = status::write(client, cluster, &failed).await;
+            }
+            return Err(error.into());
+        }
+    };
+    let previous_epoch = refs.current_ring.as_ref().map(|ring| ring.epoch);
+    if previous_epoch != Some(validated.ring.epoch) {
+        let note = format!(
+            "ring epoch {} with {} member(s)",
+            validated.ring.epoch,
+            validated.ring.members.len()
+        );
+        publish(ctx, cluster, EventType::Normal, "RingChanged", note).await;
+    }
+    if !report.applied.is_empty() {
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "Applied",
+            format!("applied {}", report.applied.join(", ")),
+        )
+        .await;
+    }
+    if !report.deleted.is_empty() {
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "Deleted",
+            format!("deleted {}", report.deleted.join(", ")),
+        )
+        .await;
+    }
+    tracing::info!(cluster = %names.cluster, namespace = %names.namespace, applied = report.applied.len(), unchanged = report.unchanged, deleted = report.deleted.len(), "reconciled");
+    let observed = status::observe(client, &names)
+        .await
+        .map_err(ReconcileError::Observe)?;
+    let new_status = status::compute(cluster, &Outcome::Applied(&validated), &observed, &now());
+    status::write(client, cluster, &new_status)
+        .await
+        .map_err(ReconcileError::Status)?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Transient failures are retried soon; the controller's own backoff spaces repeats.
+pub fn error_policy(
+    cluster: Arc<IggyCluster>,
+    error: &ReconcileError,
+    _ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(cluster = %cluster.name_any(), category = error.category(), %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}

@@ -1,0 +1,401 @@
+//! Status: what the cluster looks like now, computed by a pure function from the spec's
+//! outcome and the observed StatefulSet and pods, and written only when it changed.
+
+use super::validate::{ValidatedCluster, ValidationError};
+use crate::crd::{Condition, IggyCluster, IggyClusterStatus, RingMemberStatus, RingStatus};
+use crate::names::{ClusterNames, READINESS_GATE, ROLE_LABEL};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+/// What the API shows of the cluster's brokers.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    pub statefulset: Option<StatefulSet>,
+    pub pods: Vec<Pod>,
+}
+
+pub async fn observe(client: &Client, names: &ClusterNames) -> Result<Observed, kube::Error> {
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    Ok(Observed {
+        statefulset: sets.get_opt(&names.statefulset()).await?,
+        pods: pods
+            .list(&ListParams::default().labels(&names.selector_string()))
+            .await?
+            .items,
+    })
+}
+
+/// How the reconcile went before status: the spec was invalid, applying failed, or all was
+/// applied.
+pub enum Outcome<'a> {
+    Invalid(&'a ValidationError),
+    ApplyFailed(&'a ValidatedCluster, String),
+    Applied(&'a ValidatedCluster),
+}
+
+fn pod_condition(pod: &Pod, kind: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|conditions| {
+            conditions
+                .iter()
+                .any(|c| c.type_ == kind && c.status == "True")
+        })
+}
+
+/// Keeps the previous transition time when a condition's status did not change.
+fn condition(
+    previous: &[Condition],
+    kind: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == kind && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    Condition {
+        type_: kind.into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+pub fn compute(
+    cluster: &IggyCluster,
+    outcome: &Outcome<'_>,
+    observed: &Observed,
+    now: &str,
+) -> IggyClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let names = ClusterNames::new(
+        &cluster.name_any(),
+        &cluster.namespace().unwrap_or_default(),
+    );
+    let pod = |name: &str| observed.pods.iter().find(|p| p.name_any() == name);
+    let ready_pods = observed
+        .pods
+        .iter()
+        .filter(|p| pod_condition(p, "Ready"))
+        .count() as i32;
+    let mut status = IggyClusterStatus {
+        observed_generation: generation,
+        conditions: Vec::new(),
+        replicas: observed.pods.len() as i32,
+        ready_replicas: ready_pods,
+        selector: Some(names.selector_string()),
+        ring: previous.ring.clone(),
+    };
+    let validated = match outcome {
+        Outcome::Invalid(_) => None,
+        Outcome::ApplyFailed(v, _) | Outcome::Applied(v) => Some(*v),
+    };
+    if let Some(valid) = validated {
+        let members: Vec<RingMemberStatus> = valid
+            .ring
+            .members
+            .iter()
+            .map(|member| {
+                let pod_name = names.pod(member.position);
+                let found = pod(&pod_name);
+                RingMemberStatus {
+                    position: member.position,
+                    id: member.id,
+                    address: member.address.clone(),
+                    node: found.and_then(|p| p.spec.as_ref()?.node_name.clone()),
+                    role: found.and_then(|p| p.labels().get(ROLE_LABEL).cloned()),
+                    caught_up: found.is_some_and(|p| pod_condition(p, READINESS_GATE)),
+                    pod: pod_name,
+                }
+            })
+            .collect();
+        let primary = members
+            .iter()
+            .find(|m| m.role.as_deref() == Some("primary"))
+            .map(|m| m.pod.clone());
+        status.ring = Some(RingStatus {
+            epoch: valid.ring.epoch,
+            primary,
+            members,
+        });
+    }
+    let wanted = cluster.spec.replicas.max(0);
+    let set_status = observed.statefulset.as_ref().and_then(|s| s.status.clone());
+    let set_current = observed.statefulset.as_ref().is_some_and(|set| {
+        set.status.as_ref().and_then(|s| s.observed_generation) >= set.metadata.generation
+    });
+    let outdated = set_status
+        .as_ref()
+        .map(|s| s.replicas - s.updated_replicas.unwrap_or(0))
+        .unwrap_or(0);
+    let all_ready =
+        validated.is_some() && set_current && status.replicas == wanted && ready_pods == wanted;
+    let conditions = &previous.conditions;
+    let (ready, degraded, progressing) = match outcome {
+        Outcome::Invalid(error) => (
+            condition(
+                conditions,
+                "Ready",
+                false,
+                error.reason(),
+                error.to_string(),
+                generation,
+                now,
+            ),
+            condition(
+                conditions,
+                "Degraded",
+                true,
+                error.reason(),
+                error.to_string(),
+                generation,
+                now,
+            ),
+            condition(
+                conditions,
+                "Progressing",
+                false,
+                error.reason(),
+                "waiting for a valid spec".into(),
+                generation,
+                now,
+            ),
+        ),
+        Outcome::ApplyFailed(_, message) => (
+            condition(
+                conditions,
+                "Ready",
+                all_ready,
+                if all_ready {
+                    "AllReplicasReady"
+                } else {
+                    "ApplyFailed"
+                },
+                message.clone(),
+                generation,
+                now,
+            ),
+            condition(
+                conditions,
+                "Degraded",
+                true,
+                "ApplyFailed",
+                message.clone(),
+                generation,
+                now,
+            ),
+            condition(
+                conditions,
+                "Progressing",
+                true,
+                "Retrying",
+                "retrying after a failed apply".into(),
+                generation,
+                now,
+            ),
+        ),
+        Outcome::Applied(_) => {
+            let ready_message = format!("{ready_pods}/{wanted} brokers ready");
+            let (progressing, reason, message) = if !all_ready {
+                let reason = if status.replicas != wanted {
+                    "Scaling"
+                } else {
+                    "WaitingForReplicas"
+                };
+                (true, reason, ready_message.clone())
+            } else if outdated > 0 {
+                (true, "RestartPending", format!("{outdated} broker(s) run an older pod template; each picks up the change when it restarts"))
+            } else {
+                (
+                    false,
+                    "Stable",
+                    "every broker runs the current spec".to_string(),
+                )
+            };
+            (
+                condition(
+                    conditions,
+                    "Ready",
+                    all_ready,
+                    if all_ready {
+                        "AllReplicasReady"
+                    } else {
+                        "ReplicasNotReady"
+                    },
+                    ready_message,
+                    generation,
+                    now,
+                ),
+                condition(
+                    conditions,
+                    "Degraded",
+                    false,
+                    "AsExpected",
+                    String::new(),
+                    generation,
+                    now,
+                ),
+                condition(
+                    conditions,
+                    "Progressing",
+                    progressing,
+                    reason,
+                    message,
+                    generation,
+                    now,
+                ),
+            )
+        }
+    };
+    status.conditions = vec![ready, progressing, degraded];
+    status
+}
+
+/// Writes the status subresource when it differs from what is there; returns whether it wrote.
+pub async fn write(
+    client: &Client,
+    cluster: &IggyCluster,
+    status: &IggyClusterStatus,
+) -> Result<bool, kube::Error> {
+    if cluster.status.as_ref() == Some(status) {
+        return Ok(false);
+    }
+    let api: Api<IggyCluster> =
+        Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": status})),
+    )
+    .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::build::tests::validated;
+    use super::super::validate::tests::cluster;
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, ready: bool, gate: bool, role: Option<&str>) -> Pod {
+        let mut labels = json!({});
+        if let Some(role) = role {
+            labels[ROLE_LABEL] = json!(role);
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "prod", "labels": labels},
+            "spec": {"containers": [], "nodeName": format!("node-{name}")},
+            "status": {"conditions": [
+                {"type": "Ready", "status": if ready { "True" } else { "False" }},
+                {"type": READINESS_GATE, "status": if gate { "True" } else { "False" }},
+            ]},
+        }))
+        .expect("pod")
+    }
+
+    fn sts(generation: i64, observed: i64, replicas: i32, updated: i32) -> StatefulSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": "events", "generation": generation},
+            "spec": {"selector": {}, "template": {}, "serviceName": "x"},
+            "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated},
+        }))
+        .expect("sts")
+    }
+
+    fn find<'a>(status: &'a IggyClusterStatus, kind: &str) -> &'a Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == kind)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn ready_when_every_member_is_ready_with_ring_details() {
+        let iggy = cluster(json!({"replicas": 2}));
+        let valid = validated(json!({"replicas": 2}));
+        let observed = Observed {
+            statefulset: Some(sts(1, 1, 2, 2)),
+            pods: vec![
+                pod("events-0", true, true, Some("primary")),
+                pod("events-1", true, true, Some("backup")),
+            ],
+        };
+        let status = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
+        assert_eq!(find(&status, "Ready").status, "True");
+        assert_eq!(find(&status, "Progressing").reason, "Stable");
+        assert_eq!(find(&status, "Degraded").status, "False");
+        let ring = status.ring.expect("ring");
+        assert_eq!(ring.primary.as_deref(), Some("events-0"));
+        assert_eq!(ring.members[1].node.as_deref(), Some("node-events-1"));
+        assert!(ring.members.iter().all(|m| m.caught_up));
+        assert_eq!(status.ready_replicas, 2);
+    }
+
+    #[test]
+    fn not_ready_while_scaling_and_transition_time_kept() {
+        let mut iggy = cluster(json!({"replicas": 3}));
+        let valid = validated(json!({"replicas": 3}));
+        let observed = Observed {
+            statefulset: Some(sts(2, 2, 2, 2)),
+            pods: vec![
+                pod("events-0", true, true, None),
+                pod("events-1", true, true, None),
+            ],
+        };
+        let first = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
+        assert_eq!(find(&first, "Ready").status, "False");
+        assert_eq!(find(&first, "Progressing").reason, "Scaling");
+        iggy.status = Some(first.clone());
+        let second = compute(&iggy, &Outcome::Applied(&valid), &observed, "t1");
+        assert_eq!(
+            first, second,
+            "an unchanged cluster computes an identical status"
+        );
+    }
+
+    #[test]
+    fn invalid_spec_is_degraded_and_keeps_the_last_ring() {
+        let mut iggy = cluster(json!({"replicas": 3}));
+        let valid = validated(json!({"replicas": 3}));
+        iggy.status = Some(compute(
+            &iggy,
+            &Outcome::Applied(&valid),
+            &Observed::default(),
+            "t0",
+        ));
+        let error = ValidationError::Replicas(0);
+        let status = compute(&iggy, &Outcome::Invalid(&error), &Observed::default(), "t1");
+        assert_eq!(find(&status, "Degraded").reason, "InvalidSpec");
+        assert!(find(&status, "Degraded").message.contains("at least 1"));
+        assert_eq!(status.ring.expect("kept").members.len(), 3);
+    }
+
+    #[test]
+    fn outdated_pods_show_as_restart_pending() {
+        let iggy = cluster(json!({"replicas": 1}));
+        let valid = validated(json!({"replicas": 1}));
+        let observed = Observed {
+            statefulset: Some(sts(2, 2, 1, 0)),
+            pods: vec![pod("events-0", true, true, None)],
+        };
+        let status = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
+        assert_eq!(find(&status, "Ready").status, "True");
+        assert_eq!(find(&status, "Progressing").reason, "RestartPending");
+    }
+}

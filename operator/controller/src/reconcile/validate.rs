@@ -1,0 +1,266 @@
+//! Validate: the pure step between what the user wrote and what the builders use. Everything
+//! that can be wrong with a spec is found here, before any child is touched, so an invalid
+//! spec yields a condition and an event, never half-built children.
+
+use super::dereference::Dereferenced;
+use crate::broker_config::{self, ConfigError};
+use crate::crd::{AuthSpec, IggyCluster, LocalVolume, PodTemplateOverrides};
+use crate::names::ClusterNames;
+use crate::ring::{self, Ring};
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeSet;
+
+/// A cluster whose spec has been checked and resolved; builders take only this.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedCluster {
+    pub names: ClusterNames,
+    pub owner: OwnerReference,
+    pub replicas: u32,
+    pub image: String,
+    pub sidecar_image: String,
+    pub resources: Option<ResourceRequirements>,
+    pub storage_size: String,
+    /// The class the volume claims use: the operator's local class, the user's, or the
+    /// cluster default (None).
+    pub storage_class: Option<String>,
+    pub local_volumes: Vec<LocalVolume>,
+    pub broker_toml: String,
+    pub config_hash: String,
+    pub auth: Option<AuthSpec>,
+    pub pod_template: PodTemplateOverrides,
+    pub affinity: Option<Affinity>,
+    pub ring: Ring,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ValidationError {
+    #[error("the IggyCluster has no namespace or uid yet")]
+    NotPersisted,
+    #[error("spec.replicas is {0}; it must be at least 1")]
+    Replicas(i32),
+    #[error("spec.image must not be empty")]
+    EmptyImage,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("spec.storage.size {0:?} is not a Kubernetes quantity such as 100Gi")]
+    StorageSize(String),
+    #[error("spec.storage.localVolumes lists {given} volumes; {needed} replicas need one each")]
+    TooFewLocalVolumes { needed: u32, given: usize },
+    #[error("spec.storage.localVolumes lists node {node:?} path {path:?} twice")]
+    DuplicateLocalVolume { node: String, path: String },
+    #[error("root credentials Secret {0:?} (spec.auth.rootSecret) does not exist")]
+    RootSecretMissing(String),
+    #[error("root credentials Secret {secret:?} has no key {key:?}")]
+    RootSecretKeyMissing { secret: String, key: String },
+}
+
+impl ValidationError {
+    /// The condition reason for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ValidationError::RootSecretMissing(_)
+            | ValidationError::RootSecretKeyMissing { .. } => "SecretMissing",
+            _ => "InvalidSpec",
+        }
+    }
+}
+
+fn is_quantity(text: &str) -> bool {
+    const SUFFIXES: [&str; 12] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "k", "M", "G", "T", "P", "E",
+    ];
+    let number = SUFFIXES
+        .iter()
+        .find_map(|suffix| text.strip_suffix(suffix))
+        .unwrap_or(text);
+    !number.is_empty()
+        && number.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && number.chars().filter(|c| *c == '.').count() <= 1
+        && number.parse::<f64>().is_ok_and(|n| n > 0.0)
+}
+
+/// FNV-1a of the rendered configuration: short, stable across builds and platforms.
+pub fn stable_hash(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+pub fn validate(
+    cluster: &IggyCluster,
+    refs: &Dereferenced,
+) -> Result<ValidatedCluster, ValidationError> {
+    let spec = &cluster.spec;
+    let namespace = cluster.namespace().ok_or(ValidationError::NotPersisted)?;
+    let owner = cluster
+        .controller_owner_ref(&())
+        .ok_or(ValidationError::NotPersisted)?;
+    let uid = cluster.uid().ok_or(ValidationError::NotPersisted)?;
+    if spec.replicas < 1 {
+        return Err(ValidationError::Replicas(spec.replicas));
+    }
+    let replicas = spec.replicas as u32;
+    if spec.image.trim().is_empty() {
+        return Err(ValidationError::EmptyImage);
+    }
+    let broker_toml = broker_config::render(&spec.config)?;
+    if !is_quantity(&spec.storage.size) {
+        return Err(ValidationError::StorageSize(spec.storage.size.clone()));
+    }
+    let names = ClusterNames::new(&cluster.name_any(), &namespace);
+    let local_volumes = spec.storage.local_volumes.clone();
+    let storage_class = if local_volumes.is_empty() {
+        spec.storage.storage_class_name.clone()
+    } else {
+        if local_volumes.len() < replicas as usize {
+            return Err(ValidationError::TooFewLocalVolumes {
+                needed: replicas,
+                given: local_volumes.len(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        for volume in &local_volumes {
+            if !seen.insert((&volume.node, &volume.path)) {
+                return Err(ValidationError::DuplicateLocalVolume {
+                    node: volume.node.clone(),
+                    path: volume.path.clone(),
+                });
+            }
+        }
+        Some(names.storage_class())
+    };
+    if let Some(auth) = &spec.auth {
+        match &refs.root_secret_keys {
+            None => return Err(ValidationError::RootSecretMissing(auth.root_secret.clone())),
+            Some(keys) => {
+                for key in [&auth.username_key, &auth.password_key] {
+                    if !keys.contains(key) {
+                        return Err(ValidationError::RootSecretKeyMissing {
+                            secret: auth.root_secret.clone(),
+                            key: key.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let ring = ring::plan(&names, &uid, replicas, refs.current_ring.as_ref());
+    Ok(ValidatedCluster {
+        config_hash: stable_hash(&broker_toml),
+        names,
+        owner,
+        replicas,
+        image: spec.image.clone(),
+        sidecar_image: spec.sidecar_image.clone(),
+        resources: spec.resources.clone(),
+        storage_size: spec.storage.size.clone(),
+        storage_class,
+        local_volumes,
+        broker_toml,
+        auth: spec.auth.clone(),
+        pod_template: spec.pod_template.clone().unwrap_or_default(),
+        affinity: spec.affinity.clone(),
+        ring,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub fn cluster(spec: serde_json::Value) -> IggyCluster {
+        serde_json::from_value(json!({
+            "apiVersion": "iggy.rs/v1alpha1", "kind": "IggyCluster",
+            "metadata": {"name": "events", "namespace": "prod", "uid": "u-1", "generation": 1},
+            "spec": spec,
+        }))
+        .expect("valid IggyCluster")
+    }
+
+    #[test]
+    fn accepts_a_minimal_spec_with_defaults() {
+        let valid =
+            validate(&cluster(json!({"replicas": 3})), &Dereferenced::default()).expect("valid");
+        assert_eq!(valid.replicas, 3);
+        assert_eq!(valid.storage_size, "10Gi");
+        assert_eq!(valid.storage_class, None);
+        assert_eq!(valid.ring.members.len(), 3);
+        assert_eq!(valid.owner.uid, "u-1");
+    }
+
+    #[test]
+    fn local_volumes_get_the_operator_class_and_must_cover_every_replica() {
+        let spec = json!({"replicas": 2, "storage": {"localVolumes": [{"node": "a", "path": "/mnt/nvme0"}, {"node": "b", "path": "/mnt/nvme0"}]}});
+        let valid = validate(&cluster(spec), &Dereferenced::default()).expect("valid");
+        assert_eq!(
+            valid.storage_class.as_deref(),
+            Some("iggy-local-prod-events")
+        );
+        let short =
+            json!({"replicas": 3, "storage": {"localVolumes": [{"node": "a", "path": "/x"}]}});
+        assert_eq!(
+            validate(&cluster(short), &Dereferenced::default()),
+            Err(ValidationError::TooFewLocalVolumes {
+                needed: 3,
+                given: 1
+            })
+        );
+        let twice = json!({"replicas": 2, "storage": {"localVolumes": [{"node": "a", "path": "/x"}, {"node": "a", "path": "/x"}]}});
+        assert!(matches!(
+            validate(&cluster(twice), &Dereferenced::default()),
+            Err(ValidationError::DuplicateLocalVolume { .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_values_with_precise_errors() {
+        let refs = Dereferenced::default();
+        assert_eq!(
+            validate(&cluster(json!({"replicas": 0})), &refs),
+            Err(ValidationError::Replicas(0))
+        );
+        assert_eq!(
+            validate(
+                &cluster(json!({"replicas": 1, "storage": {"size": "lots"}})),
+                &refs
+            ),
+            Err(ValidationError::StorageSize("lots".into()))
+        );
+        assert!(matches!(
+            validate(
+                &cluster(json!({"replicas": 1, "config": {"nope.key": "1"}})),
+                &refs
+            ),
+            Err(ValidationError::Config(_))
+        ));
+        let with_auth = cluster(json!({"replicas": 1, "auth": {"rootSecret": "root"}}));
+        assert_eq!(
+            validate(&with_auth, &refs),
+            Err(ValidationError::RootSecretMissing("root".into()))
+        );
+        let partial = Dereferenced {
+            root_secret_keys: Some(BTreeSet::from(["username".to_string()])),
+            ..Dereferenced::default()
+        };
+        assert!(matches!(
+            validate(&with_auth, &partial),
+            Err(ValidationError::RootSecretKeyMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn quantities() {
+        for good in ["10Gi", "1", "1.5Ti", "500M"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "Gi", "ten", "-1Gi", "1.2.3Gi"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+}

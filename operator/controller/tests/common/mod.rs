@@ -1,0 +1,178 @@
+//! Shared setup: a kube-harness API server, a kube client on its kubeconfig, the CRD
+//! installed, and the real operator running in-process.
+
+#![allow(dead_code)]
+
+use iggy_operator::crd::{IggyCluster, IggyClusterSpec};
+use iggy_operator::leader::LeaseSettings;
+use iggy_operator::metrics::Metrics;
+use iggy_operator::names::READINESS_GATE;
+use iggy_operator::Settings;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, CustomResourceExt};
+use kube_harness::controllers::ControllerOptions;
+use kube_harness::{Harness, HarnessOptions};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const NS: &str = "default";
+
+pub async fn harness_with(auto_ready: bool) -> (Harness, Client) {
+    let controllers = ControllerOptions {
+        auto_ready_gates: if auto_ready {
+            vec![READINESS_GATE.to_string()]
+        } else {
+            Vec::new()
+        },
+    };
+    let harness = Harness::start(HarnessOptions {
+        controllers,
+        ..HarnessOptions::default()
+    })
+    .await
+    .expect("harness starts");
+    let kubeconfig = Kubeconfig::from_yaml(&harness.kubeconfig()).expect("kubeconfig parses");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("client config");
+    let client = Client::try_from(config).expect("client");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &IggyCluster::crd())
+        .await
+        .expect("CRD installs");
+    (harness, client)
+}
+
+/// A harness whose kubelet sets the replica-ready gate itself (no sidecar yet).
+pub async fn harness() -> (Harness, Client) {
+    harness_with(true).await
+}
+
+/// The operator, running in this process until stopped or dropped.
+pub struct Operator {
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), iggy_operator::RunError>>,
+}
+
+impl Operator {
+    pub fn start(client: &Client, lease: Option<LeaseSettings>) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let settings = Settings {
+            namespace: None,
+            instance: lease.as_ref().map(|l| l.identity.clone()),
+            lease,
+        };
+        let task = tokio::spawn(iggy_operator::run(
+            client.clone(),
+            settings,
+            metrics.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            metrics,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Kills the operator wherever it is, as a crash would.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    pub fn finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+pub fn spec(value: Value) -> IggyClusterSpec {
+    serde_json::from_value(value).expect("valid spec")
+}
+
+pub async fn create_cluster(client: &Client, name: &str, spec_value: Value) -> IggyCluster {
+    let api: Api<IggyCluster> = Api::namespaced(client.clone(), NS);
+    let cluster = IggyCluster::new(name, spec(spec_value));
+    api.create(&PostParams::default(), &cluster)
+        .await
+        .expect("cluster created")
+}
+
+pub async fn patch_spec(client: &Client, name: &str, patch: Value) {
+    let api: Api<IggyCluster> = Api::namespaced(client.clone(), NS);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": patch})),
+    )
+    .await
+    .expect("spec patched");
+}
+
+/// Polls until `check` passes; panics with the last observation after 30 s. A bound for a
+/// hung test, not a performance assertion.
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) if Instant::now() > deadline => {
+                panic!("timed out waiting for {what}: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub fn condition(cluster: &Value, kind: &str) -> Option<Value> {
+    cluster["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+}
+
+pub fn cluster_value(harness: &Harness, name: &str) -> Result<Value, String> {
+    harness
+        .get("iggy.rs", "IggyCluster", NS, name)
+        .ok_or_else(|| format!("IggyCluster {name} not found"))
+}
+
+/// Waits until the cluster's Ready condition is True for its current generation.
+pub async fn wait_ready(harness: &Harness, name: &str) -> Value {
+    eventually(&format!("{name} Ready"), || {
+        let cluster = cluster_value(harness, name)?;
+        let ready = condition(&cluster, "Ready").ok_or("no Ready condition")?;
+        let current = cluster["status"]["observedGeneration"] == cluster["metadata"]["generation"];
+        if ready["status"] == "True" && current {
+            Ok(cluster)
+        } else {
+            Err(format!("Ready = {ready}"))
+        }
+    })
+    .await
+}
+
+pub fn uids(objects: &[Value]) -> Vec<String> {
+    let mut uids: Vec<String> = objects
+        .iter()
+        .filter_map(|o| o["metadata"]["uid"].as_str().map(String::from))
+        .collect();
+    uids.sort();
+    uids
+}

@@ -1,0 +1,513 @@
+//! The real controller against the in-process API harness: create, edit, scale, delete,
+//! invalid specs, API faults, restarts and leader election.
+
+mod common;
+
+use common::*;
+use iggy_operator::leader::LeaseSettings;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn children_named(harness: &kube_harness::Harness, group: &str, kind: &str) -> Vec<String> {
+    let mut names: Vec<String> = harness
+        .list(group, kind, Some(NS))
+        .iter()
+        .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/instance"] == "events")
+        .filter_map(|o| o["metadata"]["name"].as_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_builds_every_child_and_reports_ready() {
+    let (harness, client) = harness().await;
+    let operator = Operator::start(&client, None);
+    let started = Instant::now();
+    create_cluster(
+        &client,
+        "events",
+        json!({"replicas": 3, "config": {"storage.fsync": "always"}}),
+    )
+    .await;
+    let cluster = wait_ready(&harness, "events").await;
+    println!("create → Ready for 3 replicas: {:?}", started.elapsed());
+
+    assert_eq!(children_named(&harness, "apps", "StatefulSet"), ["events"]);
+    assert_eq!(
+        children_named(&harness, "", "Service"),
+        ["events", "events-primary", "events-replicas"]
+    );
+    assert_eq!(
+        children_named(&harness, "", "ConfigMap"),
+        ["events-config", "events-ring"]
+    );
+    assert_eq!(
+        children_named(&harness, "policy", "PodDisruptionBudget"),
+        ["events"]
+    );
+    assert_eq!(
+        children_named(&harness, "", "ServiceAccount"),
+        ["events-sidecar"]
+    );
+    assert_eq!(
+        children_named(&harness, "rbac.authorization.k8s.io", "Role"),
+        ["events-sidecar"]
+    );
+    assert_eq!(
+        children_named(&harness, "rbac.authorization.k8s.io", "RoleBinding"),
+        ["events-sidecar"]
+    );
+    let uid = cluster["metadata"]["uid"].clone();
+    for (group, kind) in [
+        ("apps", "StatefulSet"),
+        ("", "Service"),
+        ("", "ConfigMap"),
+        ("policy", "PodDisruptionBudget"),
+        ("", "ServiceAccount"),
+    ] {
+        for child in harness
+            .list(group, kind, Some(NS))
+            .iter()
+            .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/instance"] == "events")
+        {
+            assert_eq!(
+                child["metadata"]["ownerReferences"][0]["uid"], uid,
+                "{kind} owned by the cluster"
+            );
+            assert_eq!(
+                child["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                "iggy-operator"
+            );
+            let managers: Vec<&str> = child["metadata"]["managedFields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["manager"].as_str())
+                .collect();
+            assert!(
+                managers.contains(&"iggy-operator"),
+                "{kind} applied by the operator's field manager: {managers:?}"
+            );
+        }
+    }
+
+    let sts = harness
+        .get("apps", "StatefulSet", NS, "events")
+        .expect("sts");
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["spec"]["updateStrategy"]["type"], "OnDelete");
+    let config = harness
+        .get("", "ConfigMap", NS, "events-config")
+        .expect("config");
+    assert!(config["data"]["broker.toml"]
+        .as_str()
+        .expect("toml")
+        .contains("fsync = \"always\""));
+
+    let status = &cluster["status"];
+    assert_eq!(status["replicas"], 3);
+    assert_eq!(status["readyReplicas"], 3);
+    assert_eq!(status["ring"]["epoch"], 1);
+    let members = status["ring"]["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    let mut nodes: Vec<&str> = members.iter().filter_map(|m| m["node"].as_str()).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "one broker per node: {members:?}");
+    assert_eq!(
+        members[0]["address"],
+        "events-0.events-replicas.default.svc:8091"
+    );
+    assert!(members.iter().all(|m| m["caughtUp"] == true));
+    assert_eq!(
+        condition(&cluster, "Degraded").expect("Degraded")["status"],
+        "False"
+    );
+
+    let reasons: Vec<String> = harness
+        .list("events.k8s.io", "Event", Some(NS))
+        .iter()
+        .filter_map(|e| e["reason"].as_str().map(String::from))
+        .collect();
+    assert!(reasons.iter().any(|r| r == "Applied"), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "RingChanged"), "{reasons:?}");
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciling_an_unchanged_cluster_writes_nothing() {
+    let (harness, client) = harness().await;
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3})).await;
+    wait_ready(&harness, "events").await;
+    // Let the reconciles triggered by the last status changes finish.
+    let settled = eventually("operator to go quiet", || {
+        let before = (operator.metrics.reconciliations(), harness.write_requests());
+        std::thread::sleep(Duration::from_millis(700));
+        let after = (operator.metrics.reconciliations(), harness.write_requests());
+        if before == after {
+            Ok(after)
+        } else {
+            Err(format!("{before:?} → {after:?}"))
+        }
+    })
+    .await;
+    // Touch the cluster without changing its spec: the controller reconciles it again.
+    {
+        let mut store = harness.store();
+        let rt = store
+            .type_by_kind("iggy.rs", "IggyCluster")
+            .expect("CRD served");
+        store
+            .patch(
+                &rt,
+                NS,
+                "events",
+                kube_harness::store::PatchKind::Merge,
+                &json!({"metadata": {"annotations": {"touched": "yes"}}}),
+                kube_harness::store::Subresource::Main,
+                "test",
+                false,
+            )
+            .expect("annotate");
+    }
+    eventually("a reconcile of the touched cluster", || {
+        if operator.metrics.reconciliations() > settled.0 {
+            Ok(())
+        } else {
+            Err("no reconcile yet".into())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes = harness.write_requests() - settled.1;
+    println!(
+        "writes during a reconcile of an unchanged cluster: {writes}; reads by verb: {:?}",
+        harness.request_counts()
+    );
+    assert_eq!(
+        writes, 0,
+        "an unchanged cluster must reconcile without writes"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_edits_update_children_without_restarting_pods() {
+    let (harness, client) = harness().await;
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3})).await;
+    wait_ready(&harness, "events").await;
+    let pods_before = uids(&harness.list("", "Pod", Some(NS)));
+    assert_eq!(pods_before.len(), 3);
+
+    patch_spec(
+        &client,
+        "events",
+        json!({
+            "image": "registry.example/iggy-broker:2",
+            "config": {"storage.fsync": "always"},
+            "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+        }),
+    )
+    .await;
+    let sts = eventually("StatefulSet to carry the edits", || {
+        let sts = harness
+            .get("apps", "StatefulSet", NS, "events")
+            .ok_or("no sts")?;
+        let broker = &sts["spec"]["template"]["spec"]["containers"][0];
+        if broker["image"] == "registry.example/iggy-broker:2"
+            && broker["resources"]["requests"]["cpu"] == "500m"
+        {
+            Ok(sts)
+        } else {
+            Err(broker.to_string())
+        }
+    })
+    .await;
+    assert!(sts["spec"]["template"]["metadata"]["annotations"]["iggy.rs/config-hash"].is_string());
+    let config = harness
+        .get("", "ConfigMap", NS, "events-config")
+        .expect("config");
+    assert!(config["data"]["broker.toml"]
+        .as_str()
+        .expect("toml")
+        .contains("always"));
+    let cluster = eventually("RestartPending", || {
+        let cluster = cluster_value(&harness, "events")?;
+        let progressing = condition(&cluster, "Progressing").ok_or("no condition")?;
+        if progressing["reason"] == "RestartPending" {
+            Ok(cluster)
+        } else {
+            Err(progressing.to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        condition(&cluster, "Ready").expect("Ready")["status"],
+        "True"
+    );
+    assert_eq!(
+        uids(&harness.list("", "Pod", Some(NS))),
+        pods_before,
+        "OnDelete: no pod was restarted"
+    );
+
+    // Scale up: new members join, the ring gets a new epoch, existing pods stay.
+    patch_spec(&client, "events", json!({"replicas": 5})).await;
+    let cluster = eventually("5 ready replicas", || {
+        let cluster = cluster_value(&harness, "events")?;
+        if cluster["status"]["readyReplicas"] == 5 && cluster["status"]["ring"]["epoch"] == 2 {
+            Ok(cluster)
+        } else {
+            Err(cluster["status"].to_string())
+        }
+    })
+    .await;
+    let ids: Vec<u64> = cluster["status"]["ring"]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    let ring = harness
+        .get("", "ConfigMap", NS, "events-ring")
+        .expect("ring");
+    let ring: Value =
+        serde_json::from_str(ring["data"]["ring.json"].as_str().expect("ring.json")).expect("json");
+    assert_eq!(ring["epoch"], 2);
+    assert_eq!(ring["members"].as_array().expect("members").len(), 5);
+    let pods_after = uids(&harness.list("", "Pod", Some(NS)));
+    assert!(
+        pods_before.iter().all(|uid| pods_after.contains(uid)),
+        "the first three pods were not restarted"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_cluster_collects_children_and_keeps_volumes() {
+    let (harness, client) = harness().await;
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3})).await;
+    wait_ready(&harness, "events").await;
+    assert_eq!(harness.list("", "PersistentVolumeClaim", Some(NS)).len(), 3);
+    let api: kube::Api<iggy_operator::crd::IggyCluster> = kube::Api::namespaced(client.clone(), NS);
+    api.delete("events", &Default::default())
+        .await
+        .expect("delete");
+    eventually("children collected", || {
+        let left: Vec<String> = [
+            ("apps", "StatefulSet"),
+            ("", "Service"),
+            ("", "ConfigMap"),
+            ("", "Pod"),
+            ("policy", "PodDisruptionBudget"),
+            ("rbac.authorization.k8s.io", "Role"),
+        ]
+        .iter()
+        .flat_map(|(group, kind)| children_named(&harness, group, kind))
+        .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await;
+    assert_eq!(
+        harness.list("", "PersistentVolumeClaim", Some(NS)).len(),
+        3,
+        "volumes outlive the cluster"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_spec_gives_a_condition_and_no_children() {
+    let (harness, client) = harness().await;
+    let operator = Operator::start(&client, None);
+    create_cluster(
+        &client,
+        "events",
+        json!({"replicas": 3, "config": {"storage.fsnyc": "always"}}),
+    )
+    .await;
+    let cluster = eventually("Degraded InvalidSpec", || {
+        let cluster = cluster_value(&harness, "events")?;
+        let degraded = condition(&cluster, "Degraded").ok_or("no condition")?;
+        if degraded["reason"] == "InvalidSpec" {
+            Ok(cluster)
+        } else {
+            Err(degraded.to_string())
+        }
+    })
+    .await;
+    assert!(
+        condition(&cluster, "Degraded").expect("Degraded")["message"]
+            .as_str()
+            .expect("message")
+            .contains("storage.fsnyc")
+    );
+    assert_eq!(
+        condition(&cluster, "Ready").expect("Ready")["status"],
+        "False"
+    );
+    assert!(children_named(&harness, "apps", "StatefulSet").is_empty());
+    assert!(children_named(&harness, "", "ConfigMap").is_empty());
+    let warnings: Vec<Value> = harness
+        .list("events.k8s.io", "Event", Some(NS))
+        .into_iter()
+        .filter(|e| e["type"] == "Warning")
+        .collect();
+    assert!(
+        warnings.iter().any(|e| e["reason"] == "InvalidSpec"),
+        "{warnings:?}"
+    );
+
+    // A missing Secret is reported precisely, and creating it converges.
+    patch_spec(
+        &client,
+        "events",
+        json!({"config": null, "auth": {"rootSecret": "events-root"}}),
+    )
+    .await;
+    eventually("SecretMissing", || {
+        let cluster = cluster_value(&harness, "events")?;
+        let degraded = condition(&cluster, "Degraded").ok_or("no condition")?;
+        if degraded["reason"] == "SecretMissing" {
+            Ok(())
+        } else {
+            Err(degraded.to_string())
+        }
+    })
+    .await;
+    assert!(children_named(&harness, "apps", "StatefulSet").is_empty());
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), NS);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "events-root"},
+        "stringData": {"username": "admin", "password": "s3cret-value"},
+    }))
+    .expect("secret");
+    secrets
+        .create(&Default::default(), &secret)
+        .await
+        .expect("secret created");
+    patch_spec(&client, "events", json!({"replicas": 3})).await;
+    wait_ready(&harness, "events").await;
+    let sts = harness
+        .get("apps", "StatefulSet", NS, "events")
+        .expect("sts");
+    let text = sts.to_string();
+    assert!(
+        !text.contains("s3cret-value"),
+        "the secret's value never reaches a child"
+    );
+    let config = harness
+        .get("", "ConfigMap", NS, "events-config")
+        .expect("config");
+    assert!(!config.to_string().contains("s3cret-value"));
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_api_errors_are_retried_until_converged() {
+    let (harness, client) = harness().await;
+    harness.inject_errors(Some("patch"), Some("statefulsets"), 3, 500);
+    harness.inject_errors(Some("get"), Some("configmaps"), 2, 503);
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3})).await;
+    wait_ready(&harness, "events").await;
+    let metrics = operator.metrics.render();
+    assert!(
+        metrics.contains("iggy_operator_reconcile_failures_total{category="),
+        "{metrics}"
+    );
+    let warnings: Vec<Value> = harness
+        .list("events.k8s.io", "Event", Some(NS))
+        .into_iter()
+        .filter(|e| e["reason"] == "ApplyFailed")
+        .collect();
+    assert!(!warnings.is_empty(), "a failed apply is an event");
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_reconcile_is_replaced_without_duplicates() {
+    let (harness, client) = harness().await;
+    // Slow requests, so the kill lands in the middle of the first reconcile.
+    harness.set_latency(Duration::from_millis(40));
+    let first = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3})).await;
+    eventually("the first operator to have applied something", || {
+        if harness.write_requests() >= 3 {
+            Ok(())
+        } else {
+            Err("no writes yet".into())
+        }
+    })
+    .await;
+    first.kill();
+    harness.set_latency(Duration::ZERO);
+    let second = Operator::start(&client, None);
+    wait_ready(&harness, "events").await;
+    assert_eq!(children_named(&harness, "apps", "StatefulSet"), ["events"]);
+    assert_eq!(children_named(&harness, "", "Service").len(), 3);
+    assert_eq!(children_named(&harness, "", "ConfigMap").len(), 2);
+    assert_eq!(harness.list("", "Pod", Some(NS)).len(), 3);
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_operators_only_the_leader_acts() {
+    let (harness, client) = harness().await;
+    let lease = |identity: &str| LeaseSettings {
+        duration: Duration::from_secs(2),
+        renew_every: Duration::from_millis(300),
+        ..LeaseSettings::new(NS, identity)
+    };
+    let a = Operator::start(&client, Some(lease("operator-a")));
+    eventually("operator-a to lead", || {
+        let lease = harness
+            .get("coordination.k8s.io", "Lease", NS, "iggy-operator-leader")
+            .ok_or("no lease")?;
+        if lease["spec"]["holderIdentity"] == "operator-a" {
+            Ok(())
+        } else {
+            Err(lease.to_string())
+        }
+    })
+    .await;
+    let b = Operator::start(&client, Some(lease("operator-b")));
+    create_cluster(&client, "events", json!({"replicas": 1})).await;
+    wait_ready(&harness, "events").await;
+    assert!(a.metrics.reconciliations() > 0);
+    assert_eq!(
+        b.metrics.reconciliations(),
+        0,
+        "the follower never reconciles"
+    );
+    assert!(b.metrics.render().contains("iggy_operator_leader 0"));
+
+    // The leader goes away; the follower takes over once the lease expires, and acts.
+    a.stop().await;
+    eventually("operator-b to lead", || {
+        let lease = harness
+            .get("coordination.k8s.io", "Lease", NS, "iggy-operator-leader")
+            .ok_or("no lease")?;
+        if lease["spec"]["holderIdentity"] == "operator-b" {
+            Ok(())
+        } else {
+            Err(lease.to_string())
+        }
+    })
+    .await;
+    patch_spec(&client, "events", json!({"replicas": 2})).await;
+    wait_ready(&harness, "events").await;
+    assert!(b.metrics.reconciliations() > 0);
+    assert!(!b.finished());
+    b.stop().await;
+}
