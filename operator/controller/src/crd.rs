@@ -64,6 +64,12 @@ pub struct IggyClusterSpec {
     #[serde(default)]
     pub storage: StorageSpec,
 
+    /// Tiered storage: sealed segments in S3 (L3). The operator checks (and, if asked,
+    /// creates) the bucket and hands brokers its coordinates; credentials reach brokers only as
+    /// Secret references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiered_storage: Option<TieredStorageSpec>,
+
     /// Broker settings as `section.key: value`, e.g. `storage.fsync: always`. Keys and value
     /// types are those of the broker's configuration file; unknown keys are rejected. Network
     /// addresses and the data path are set by the operator.
@@ -138,6 +144,58 @@ pub struct LocalVolume {
     pub path: String,
 }
 
+/// Tiered storage of sealed segments.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TieredStorageSpec {
+    pub s3: S3Spec,
+}
+
+/// An S3 (or S3-compatible) bucket.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Bucket name.
+    pub bucket: String,
+    /// Endpoint URL of an S3-compatible server, e.g. `http://minio.storage:9000`; empty for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region of the bucket (and where it is created).
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers need.
+    #[serde(default)]
+    pub force_path_style: bool,
+    /// Secret in the cluster's namespace with keys `accessKeyId` and `secretAccessKey`.
+    pub credentials_secret: String,
+    /// Create the bucket when it does not exist.
+    #[serde(default)]
+    pub create_bucket: bool,
+    /// `Retain` (default) keeps the bucket and its data when the cluster is deleted; `Delete`
+    /// removes the cluster's prefix, and the bucket if the operator created it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+    /// Key prefix; objects live under `<prefix>/<cluster id>/`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_prefix() -> String {
+    "iggy".into()
+}
+
+/// What deleting the cluster does to its S3 data.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
 /// Root user credentials from a Secret; never copied into a ConfigMap.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -195,6 +253,18 @@ pub struct IggyClusterStatus {
     pub selector: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring: Option<RingStatus>,
+    /// The tiered-storage bucket as the operator last saw it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<BucketStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketStatus {
+    pub name: String,
+    /// The operator created this bucket (so `deletionPolicy: Delete` may remove it).
+    #[serde(default)]
+    pub created_by_operator: bool,
 }
 
 /// A status condition, in the shape of Kubernetes' `metav1.Condition`.

@@ -9,11 +9,14 @@ pub mod metrics;
 pub mod names;
 pub mod reconcile;
 pub mod ring;
+pub mod s3;
+pub mod sidecar;
 
 use crd::IggyCluster;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
@@ -52,6 +55,24 @@ where
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     }
+}
+
+/// Applies the IggyCluster CRD this operator was built with (server-side, forced). Helm never
+/// upgrades CRDs it installed from a chart's crds/ directory; an operator that installs its
+/// own keeps the CRD in step with the code that reads it.
+pub async fn install_crd(client: &Client) -> Result<(), kube::Error> {
+    use kube::api::{Patch, PatchParams};
+    use kube::CustomResourceExt;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = IggyCluster::crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Runs the controller until `shutdown` completes (Ok) or leadership is lost (Err).

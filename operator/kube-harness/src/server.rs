@@ -283,6 +283,13 @@ async fn resource_request(
         .and_then(|value| value.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        return error(&ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the harness serves JSON and YAML only, not {content_type}"),
+        ));
+    }
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return error(&ApiError::bad_request("unreadable body")),
@@ -438,7 +445,7 @@ fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
         "application/merge-patch+json" => Ok(PatchKind::Merge),
         "application/json-patch+json" => Ok(PatchKind::Json),
         "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
-        "application/apply-patch+yaml" | "application/apply-patch+cbor" => Ok(PatchKind::Apply),
+        "application/apply-patch+yaml" => Ok(PatchKind::Apply),
         other => Err(ApiError::new(
             415,
             "UnsupportedMediaType",

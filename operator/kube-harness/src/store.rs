@@ -623,6 +623,9 @@ impl Store {
         }
         new["apiVersion"] = json!(rt.api_version());
         new["kind"] = json!(rt.kind);
+        if rt.group.is_empty() && rt.kind == "Secret" {
+            fold_string_data(&mut new);
+        }
         let meta = &mut new["metadata"];
         if rt.namespaced {
             meta["namespace"] = json!(namespace);
@@ -775,6 +778,44 @@ impl Store {
         // No receivers is fine: nobody is watching yet.
         let _ = self.changes.send(change);
     }
+}
+
+/// Secrets store `stringData` as base64 `data`, as the real API server does on every write.
+fn fold_string_data(secret: &mut Value) {
+    let Some(Value::Object(plain)) = secret
+        .as_object_mut()
+        .and_then(|map| map.remove("stringData"))
+    else {
+        return;
+    };
+    if !secret["data"].is_object() {
+        secret["data"] = json!({});
+    }
+    for (key, value) in plain {
+        let text = value.as_str().unwrap_or_default();
+        secret["data"][key] = json!(base64(text.as_bytes()));
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> shift) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn display(path: &[Step]) -> String {
@@ -1103,6 +1144,20 @@ mod tests {
             .expect("spec");
         assert_eq!(spec["status"]["replicas"], 2);
         assert_eq!(spec["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn secrets_fold_string_data_into_base64_data() {
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(base64(b"hi!"), "aGkh");
+        assert_eq!(base64(b"a"), "YQ==");
+        let mut store = Store::new();
+        let rt = store.type_for("", "v1", "secrets").expect("built in");
+        let secret = store
+            .create(&rt, "default", json!({"metadata": {"name": "s"}, "data": {"a": "YQ=="}, "stringData": {"b": "hello"}}), "t")
+            .expect("create");
+        assert_eq!(secret["data"], json!({"a": "YQ==", "b": "aGVsbG8="}));
+        assert!(secret.get("stringData").is_none());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use crate::crd::IggyCluster;
 use crate::names::ClusterNames;
 use crate::ring::Ring;
+use crate::s3::{BucketProblem, S3Credentials, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeSet;
@@ -15,6 +16,9 @@ pub struct Dereferenced {
     pub root_secret_keys: Option<BTreeSet<String>>,
     /// The ring in the ring ConfigMap, if one was published.
     pub current_ring: Option<Ring>,
+    /// Tiered-storage credentials from their Secret, or why they could not be read; None when
+    /// tiering is not configured.
+    pub s3_credentials: Option<Result<S3Credentials, BucketProblem>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,25 @@ pub async fn dereference(
             })
         }
     };
+    let s3_credentials = match &cluster.spec.tiered_storage {
+        None => None,
+        Some(tiering) => {
+            let name = &tiering.s3.credentials_secret;
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+            let secret =
+                secrets
+                    .get_opt(name)
+                    .await
+                    .map_err(|source| DereferenceError::Secret {
+                        name: name.clone(),
+                        source,
+                    })?;
+            Some(match secret {
+                None => Err(BucketProblem::SecretMissing(name.clone())),
+                Some(secret) => credentials_from(name, &secret),
+            })
+        }
+    };
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     let ring_name = names.ring_config_map();
     let ring_map =
@@ -76,5 +99,36 @@ pub async fn dereference(
     Ok(Dereferenced {
         root_secret_keys,
         current_ring,
+        s3_credentials,
+    })
+}
+
+/// The access key pair in a Secret; values stay in memory and are never logged.
+fn credentials_from(name: &str, secret: &Secret) -> Result<S3Credentials, BucketProblem> {
+    let value = |key: &str| -> Result<String, BucketProblem> {
+        let missing = || BucketProblem::SecretKeyMissing {
+            secret: name.to_string(),
+            key: key.to_string(),
+        };
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .map(|bytes| bytes.0.clone())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()?
+                    .get(key)
+                    .map(|text| text.clone().into_bytes())
+            })
+            .ok_or_else(missing)?;
+        String::from_utf8(bytes)
+            .map(|text| text.trim().to_string())
+            .map_err(|_| missing())
+    };
+    Ok(S3Credentials {
+        access_key_id: value(ACCESS_KEY_ID)?,
+        secret_access_key: value(SECRET_ACCESS_KEY)?,
     })
 }

@@ -4,6 +4,7 @@
 //! conditions, events and metrics.
 
 pub mod apply;
+pub mod bucket;
 pub mod build;
 pub mod dereference;
 pub mod status;
@@ -37,6 +38,10 @@ pub enum ReconcileError {
     Apply(#[from] apply::ApplyError),
     #[error("writing status: {0}")]
     Status(kube::Error),
+    #[error("updating the finalizer: {0}")]
+    Finalizer(kube::Error),
+    #[error("deleting the cluster's S3 data: {0}")]
+    Cleanup(String),
 }
 
 impl ReconcileError {
@@ -47,6 +52,8 @@ impl ReconcileError {
             ReconcileError::Observe(_) => "observe",
             ReconcileError::Apply(_) => "apply",
             ReconcileError::Status(_) => "status",
+            ReconcileError::Finalizer(_) => "finalizer",
+            ReconcileError::Cleanup(_) => "cleanup",
         }
     }
 }
@@ -98,14 +105,14 @@ pub async fn reconcile(
 
 async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action, ReconcileError> {
     let client = &ctx.client;
-    if cluster.meta().deletion_timestamp.is_some() {
-        // Children go by ownerReference garbage collection; PVCs and local PVs stay.
-        return Ok(Action::await_change());
-    }
     let names = ClusterNames::new(
         &cluster.name_any(),
         &cluster.namespace().unwrap_or_default(),
     );
+    if cluster.meta().deletion_timestamp.is_some() {
+        // Children go by ownerReference garbage collection; PVCs and local PVs stay.
+        return finalize(cluster, ctx).await;
+    }
     let refs = dereference::dereference(client, cluster).await?;
     let validated = match validate::validate(cluster, &refs) {
         Ok(validated) => validated,
@@ -194,14 +201,125 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
         .await;
     }
     tracing::info!(cluster = %names.cluster, namespace = %names.namespace, applied = report.applied.len(), unchanged = report.unchanged, deleted = report.deleted.len(), "reconciled");
+    bucket::set_finalizer(
+        client,
+        cluster,
+        bucket::wants_finalizer(validated.tiering.as_ref()),
+    )
+    .await
+    .map_err(ReconcileError::Finalizer)?;
     let observed = status::observe(client, &names)
         .await
         .map_err(ReconcileError::Observe)?;
-    let new_status = status::compute(cluster, &Outcome::Applied(&validated), &observed, &now());
+    let stamp = now();
+    let mut new_status = status::compute(cluster, &Outcome::Applied(&validated), &observed, &stamp);
+    let mut requeue = RESYNC;
+    match &validated.tiering {
+        None => new_status.bucket = None,
+        Some(tiering) => {
+            let outcome = bucket::ensure(tiering).await;
+            if let Err(problem) = &outcome {
+                let previous = cluster
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "BucketReady"));
+                if previous.map(|c| c.message.as_str()) != Some(problem.to_string().as_str()) {
+                    publish(
+                        ctx,
+                        cluster,
+                        EventType::Warning,
+                        problem.reason(),
+                        problem.to_string(),
+                    )
+                    .await;
+                }
+                tracing::warn!(cluster = %names.cluster, reason = problem.reason(), %problem, "bucket not ready; retrying");
+                requeue = RECHECK;
+            } else if matches!(outcome, Ok(ready) if ready.created) {
+                publish(
+                    ctx,
+                    cluster,
+                    EventType::Normal,
+                    "BucketCreated",
+                    format!("created bucket {}", tiering.s3.bucket),
+                )
+                .await;
+            }
+            bucket::record(
+                &mut new_status,
+                cluster.status.as_ref(),
+                tiering,
+                &outcome,
+                &stamp,
+                cluster.metadata.generation,
+            );
+        }
+    }
     status::write(client, cluster, &new_status)
         .await
         .map_err(ReconcileError::Status)?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(requeue))
+}
+
+/// A cluster being deleted: with `deletionPolicy: Delete`, remove its S3 data, then release
+/// the finalizer. Failures keep the finalizer and retry; nothing else blocks deletion.
+async fn finalize(cluster: &IggyCluster, ctx: &Context) -> Result<Action, ReconcileError> {
+    if !cluster.finalizers().iter().any(|f| f == bucket::FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let refs = dereference::dereference(&ctx.client, cluster).await?;
+    let tiering = validate::validate(cluster, &refs)
+        .ok()
+        .and_then(|v| v.tiering);
+    let Some(tiering) = tiering else {
+        let note = "cannot delete the cluster's S3 data: its tieredStorage settings or credentials are missing; restore them, or remove the finalizer iggy.rs/s3-data to keep the data".to_string();
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            "CleanupBlocked",
+            note.clone(),
+        )
+        .await;
+        return Err(ReconcileError::Cleanup(note));
+    };
+    let created = cluster
+        .status
+        .as_ref()
+        .and_then(|s| s.bucket.as_ref())
+        .is_some_and(|b| b.created_by_operator);
+    match bucket::delete_data(&tiering, created).await {
+        Ok(deleted) => {
+            let what = match (created, deleted.bucket) {
+                (true, true) => format!(" and bucket {}", tiering.s3.bucket),
+                (true, false) => format!(
+                    "; kept bucket {}, which holds other data",
+                    tiering.s3.bucket
+                ),
+                _ => String::new(),
+            };
+            let note = format!(
+                "deleted {} object(s) under {}{what}",
+                deleted.objects, tiering.cluster_prefix
+            );
+            publish(ctx, cluster, EventType::Normal, "DataDeleted", note).await;
+            bucket::set_finalizer(&ctx.client, cluster, false)
+                .await
+                .map_err(ReconcileError::Finalizer)?;
+            Ok(Action::await_change())
+        }
+        Err(problem) => {
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "CleanupFailed",
+                problem.to_string(),
+            )
+            .await;
+            Err(ReconcileError::Cleanup(problem.to_string()))
+        }
+    }
 }
 
 /// Transient failures are retried soon; the controller's own backoff spaces repeats.

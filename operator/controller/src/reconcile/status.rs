@@ -99,6 +99,7 @@ pub fn compute(
         ready_replicas: ready_pods,
         selector: Some(names.selector_string()),
         ring: previous.ring.clone(),
+        bucket: previous.bucket.clone(),
     };
     let validated = match outcome {
         Outcome::Invalid(_) => None,

@@ -4,9 +4,10 @@
 
 use super::dereference::Dereferenced;
 use crate::broker_config::{self, ConfigError};
-use crate::crd::{AuthSpec, IggyCluster, LocalVolume, PodTemplateOverrides};
+use crate::crd::{AuthSpec, IggyCluster, LocalVolume, PodTemplateOverrides, S3Spec};
 use crate::names::ClusterNames;
 use crate::ring::{self, Ring};
+use crate::s3::{BucketProblem, S3Credentials};
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -32,6 +33,16 @@ pub struct ValidatedCluster {
     pub pod_template: PodTemplateOverrides,
     pub affinity: Option<Affinity>,
     pub ring: Ring,
+    pub tiering: Option<Tiering>,
+}
+
+/// Tiered storage, resolved: where the cluster's objects go and with which credentials.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tiering {
+    pub s3: S3Spec,
+    pub credentials: S3Credentials,
+    /// `<prefix>/<cluster id>/`: everything this cluster stores, and all `Delete` removes.
+    pub cluster_prefix: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -54,6 +65,10 @@ pub enum ValidationError {
     RootSecretMissing(String),
     #[error("root credentials Secret {secret:?} has no key {key:?}")]
     RootSecretKeyMissing { secret: String, key: String },
+    #[error("tiered storage: {0}")]
+    Tiering(BucketProblem),
+    #[error("spec.tieredStorage.s3.{field} must not be empty")]
+    TieringField { field: &'static str },
 }
 
 impl ValidationError {
@@ -61,7 +76,8 @@ impl ValidationError {
     pub fn reason(&self) -> &'static str {
         match self {
             ValidationError::RootSecretMissing(_)
-            | ValidationError::RootSecretKeyMissing { .. } => "SecretMissing",
+            | ValidationError::RootSecretKeyMissing { .. }
+            | ValidationError::Tiering(_) => "SecretMissing",
             _ => "InvalidSpec",
         }
     }
@@ -149,6 +165,35 @@ pub fn validate(
             }
         }
     }
+    let tiering = match &spec.tiered_storage {
+        None => None,
+        Some(tiering) => {
+            let s3 = &tiering.s3;
+            for (field, value) in [
+                ("bucket", &s3.bucket),
+                ("credentialsSecret", &s3.credentials_secret),
+                ("region", &s3.region),
+            ] {
+                if value.trim().is_empty() {
+                    return Err(ValidationError::TieringField { field });
+                }
+            }
+            let credentials = match &refs.s3_credentials {
+                Some(Ok(credentials)) => credentials.clone(),
+                Some(Err(problem)) => return Err(ValidationError::Tiering(problem.clone())),
+                None => {
+                    return Err(ValidationError::Tiering(BucketProblem::SecretMissing(
+                        s3.credentials_secret.clone(),
+                    )))
+                }
+            };
+            Some(Tiering {
+                cluster_prefix: format!("{}/{uid}/", s3.prefix.trim_matches('/')),
+                s3: s3.clone(),
+                credentials,
+            })
+        }
+    };
     let ring = ring::plan(&names, &uid, replicas, refs.current_ring.as_ref());
     Ok(ValidatedCluster {
         config_hash: stable_hash(&broker_toml),
@@ -166,6 +211,7 @@ pub fn validate(
         pod_template: spec.pod_template.clone().unwrap_or_default(),
         affinity: spec.affinity.clone(),
         ring,
+        tiering,
     })
 }
 

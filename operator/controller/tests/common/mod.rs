@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 pub const NS: &str = "default";
 
-pub async fn harness_with(auto_ready: bool) -> (Harness, Client) {
+/// A harness and a client; with `crd` the IggyCluster CRD is installed up front.
+pub async fn harness_with(auto_ready: bool, crd: bool) -> (Harness, Client) {
     let controllers = ControllerOptions {
         auto_ready_gates: if auto_ready {
             vec![READINESS_GATE.to_string()]
@@ -41,16 +42,18 @@ pub async fn harness_with(auto_ready: bool) -> (Harness, Client) {
         .await
         .expect("client config");
     let client = Client::try_from(config).expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.create(&PostParams::default(), &IggyCluster::crd())
-        .await
-        .expect("CRD installs");
+    if crd {
+        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+        crds.create(&PostParams::default(), &IggyCluster::crd())
+            .await
+            .expect("CRD installs");
+    }
     (harness, client)
 }
 
 /// A harness whose kubelet sets the replica-ready gate itself (no sidecar yet).
 pub async fn harness() -> (Harness, Client) {
-    harness_with(true).await
+    harness_with(true, true).await
 }
 
 /// The operator, running in this process until stopped or dropped.

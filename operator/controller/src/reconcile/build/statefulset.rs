@@ -7,6 +7,7 @@ use crate::broker_config::DATA_PATH;
 use crate::names::{
     CLIENT_PORT, CONFIG_HASH_ANNOTATION, HTTP_PORT, READINESS_GATE, REPLICATION_PORT,
 };
+use crate::s3::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{json, Value};
 
@@ -45,6 +46,26 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
             ("IGGY_ROOT_PASSWORD", &auth.password_key),
         ] {
             env_vars.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": auth.root_secret, "key": key}}}));
+        }
+    }
+    if let Some(tiering) = &cluster.tiering {
+        // Bucket coordinates as plain values, the key pair by Secret reference only.
+        let s3 = &tiering.s3;
+        env_vars.push(env("IGGY_TIERING_S3_BUCKET", &s3.bucket));
+        env_vars.push(env("IGGY_TIERING_S3_REGION", &s3.region));
+        env_vars.push(env("IGGY_TIERING_S3_PREFIX", &tiering.cluster_prefix));
+        env_vars.push(env(
+            "IGGY_TIERING_S3_FORCE_PATH_STYLE",
+            &s3.force_path_style.to_string(),
+        ));
+        if let Some(endpoint) = &s3.endpoint {
+            env_vars.push(env("IGGY_TIERING_S3_ENDPOINT", endpoint));
+        }
+        for (name, key) in [
+            ("IGGY_TIERING_S3_ACCESS_KEY_ID", ACCESS_KEY_ID),
+            ("IGGY_TIERING_S3_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+        ] {
+            env_vars.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": s3.credentials_secret, "key": key}}}));
         }
     }
     let mut container = json!({
@@ -226,6 +247,36 @@ mod tests {
             json!({"name": "root", "key": "password"})
         );
         assert!(password.get("value").is_none());
+    }
+
+    #[test]
+    fn tiering_credentials_reach_brokers_only_by_reference() {
+        use crate::reconcile::dereference::Dereferenced;
+        use crate::reconcile::validate::{tests::cluster, validate};
+        use crate::s3::S3Credentials;
+        let refs = Dereferenced {
+            s3_credentials: Some(Ok(S3Credentials {
+                access_key_id: "AKIAEXAMPLE".into(),
+                secret_access_key: "very-secret".into(),
+            })),
+            ..Dereferenced::default()
+        };
+        let spec = json!({"replicas": 1, "tieredStorage": {"s3": {"bucket": "segments", "endpoint": "http://s3:9000", "forcePathStyle": true, "credentialsSecret": "s3-creds"}}});
+        let valid = validate(&cluster(spec), &refs).expect("valid");
+        let sts = serde_json::to_value(statefulset(&valid)).expect("serializes");
+        let text = sts.to_string();
+        assert!(!text.contains("AKIAEXAMPLE") && !text.contains("very-secret"));
+        let env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .expect("env")
+            .clone();
+        let find = |name: &str| env.iter().find(|e| e["name"] == name).cloned().expect(name);
+        assert_eq!(find("IGGY_TIERING_S3_BUCKET")["value"], "segments");
+        assert_eq!(find("IGGY_TIERING_S3_PREFIX")["value"], "iggy/u-1/");
+        assert_eq!(
+            find("IGGY_TIERING_S3_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"],
+            json!({"name": "s3-creds", "key": "secretAccessKey"})
+        );
     }
 
     #[test]

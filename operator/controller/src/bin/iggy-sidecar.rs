@@ -1,0 +1,42 @@
+//! `iggy-sidecar`: runs next to each broker and reports its readiness into the pod's
+//! `iggy.rs/replica-ready` condition. Configured by the environment the operator sets:
+//! POD_NAME, POD_NAMESPACE, IGGY_BROKER_ADMIN_URL (default http://127.0.0.1:3000).
+
+use anyhow::Context;
+use iggy_operator::sidecar::{run, SidecarSettings};
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let pod = std::env::var("POD_NAME")
+        .context("POD_NAME is not set (the pod's name, from the downward API)")?;
+    let namespace = std::env::var("POD_NAMESPACE").context("POD_NAMESPACE is not set")?;
+    let admin =
+        std::env::var("IGGY_BROKER_ADMIN_URL").unwrap_or_else(|_| "http://127.0.0.1:3000".into());
+    let broker_http = admin
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let settings = SidecarSettings {
+        pod,
+        namespace,
+        broker_http,
+        interval: Duration::from_secs(2),
+    };
+    tracing::info!(pod = %settings.pod, broker = %settings.broker_http, "iggy-sidecar reporting broker readiness");
+    run(client, settings, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    Ok(())
+}
