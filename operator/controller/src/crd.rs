@@ -70,6 +70,11 @@ pub struct IggyClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiered_storage: Option<TieredStorageSpec>,
 
+    /// OpenTelemetry: where brokers and sidecars send logs, traces and metrics (OTLP), or a
+    /// collector the operator deploys for this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetrySpec>,
+
     /// Broker settings as `section.key: value`, e.g. `storage.fsync: always`. Keys and value
     /// types are those of the broker's configuration file; unknown keys are rejected. Network
     /// addresses and the data path are set by the operator.
@@ -194,6 +199,75 @@ pub enum DeletionPolicy {
     #[default]
     Retain,
     Delete,
+}
+
+/// OTLP export of the brokers' and sidecars' logs, traces and metrics.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetrySpec {
+    /// An existing collector. Ignored when `collector.deploy` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<OtlpSpec>,
+    /// A collector deployed by the operator for this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorSpec>,
+    /// `service.name` of the brokers' telemetry.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Extra resource attributes; pod, namespace, cluster and ring position are always set.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resource_attributes: BTreeMap<String, String>,
+}
+
+fn default_service_name() -> String {
+    "iggy-broker".into()
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OtlpSpec {
+    /// Collector URL, e.g. `http://otel-collector.observability:4317`.
+    pub endpoint: String,
+    #[serde(default)]
+    pub transport: OtlpTransport,
+}
+
+/// OTLP over gRPC (port 4317 by convention) or HTTP/protobuf (4318).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpTransport {
+    #[default]
+    Grpc,
+    Http,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectorSpec {
+    /// Deploy an OpenTelemetry Collector (Deployment, Service, ConfigMap) and point the
+    /// brokers at it.
+    #[serde(default)]
+    pub deploy: bool,
+    #[serde(default = "default_collector_image")]
+    pub image: String,
+    /// Collector exporters, as in the collector's own configuration (`otlp`, `otlphttp`,
+    /// `prometheusremotewrite`, ...). Default: the `debug` exporter.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "free_form_map")]
+    pub exporters: BTreeMap<String, serde_json::Value>,
+}
+
+pub fn default_collector_image() -> String {
+    "otel/opentelemetry-collector-contrib:0.140.0".into()
+}
+
+/// An object whose values Kubernetes keeps as given (collector configuration is not ours to
+/// type).
+fn free_form_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
 }
 
 /// Root user credentials from a Secret; never copied into a ConfigMap.

@@ -57,6 +57,13 @@ where
     }
 }
 
+/// Makes ring rustls' process-wide crypto provider. Needed before the first TLS client is
+/// built whenever more than one provider is compiled in (a workspace build does that), and
+/// harmless otherwise; a second call is a no-op.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Applies the IggyCluster CRD this operator was built with (server-side, forced). Helm never
 /// upgrades CRDs it installed from a chart's crds/ directory; an operator that installs its
 /// own keeps the CRD in step with the code that reads it.

@@ -63,6 +63,11 @@ impl ClusterNames {
         format!("{}-sidecar", self.cluster)
     }
 
+    /// The OpenTelemetry Collector's Deployment, Service and ConfigMap.
+    pub fn collector(&self) -> String {
+        format!("{}-otel-collector", self.cluster)
+    }
+
     /// Cluster-scoped, so the namespace is part of the name.
     pub fn storage_class(&self) -> String {
         format!("iggy-local-{}-{}", self.namespace, self.cluster)

@@ -234,16 +234,7 @@ async fn spec_edits_update_children_without_restarting_pods() {
         .as_str()
         .expect("toml")
         .contains("always"));
-    let cluster = eventually("RestartPending", || {
-        let cluster = cluster_value(&harness, "events")?;
-        let progressing = condition(&cluster, "Progressing").ok_or("no condition")?;
-        if progressing["reason"] == "RestartPending" {
-            Ok(cluster)
-        } else {
-            Err(progressing.to_string())
-        }
-    })
-    .await;
+    let cluster = wait_condition(&harness, "events", "Progressing", "RestartPending").await;
     assert_eq!(
         condition(&cluster, "Ready").expect("Ready")["status"],
         "True"
@@ -335,16 +326,7 @@ async fn invalid_spec_gives_a_condition_and_no_children() {
         json!({"replicas": 3, "config": {"storage.fsnyc": "always"}}),
     )
     .await;
-    let cluster = eventually("Degraded InvalidSpec", || {
-        let cluster = cluster_value(&harness, "events")?;
-        let degraded = condition(&cluster, "Degraded").ok_or("no condition")?;
-        if degraded["reason"] == "InvalidSpec" {
-            Ok(cluster)
-        } else {
-            Err(degraded.to_string())
-        }
-    })
-    .await;
+    let cluster = wait_condition(&harness, "events", "Degraded", "InvalidSpec").await;
     assert!(
         condition(&cluster, "Degraded").expect("Degraded")["message"]
             .as_str()
@@ -374,16 +356,7 @@ async fn invalid_spec_gives_a_condition_and_no_children() {
         json!({"config": null, "auth": {"rootSecret": "events-root"}}),
     )
     .await;
-    eventually("SecretMissing", || {
-        let cluster = cluster_value(&harness, "events")?;
-        let degraded = condition(&cluster, "Degraded").ok_or("no condition")?;
-        if degraded["reason"] == "SecretMissing" {
-            Ok(())
-        } else {
-            Err(degraded.to_string())
-        }
-    })
-    .await;
+    wait_condition(&harness, "events", "Degraded", "SecretMissing").await;
     assert!(children_named(&harness, "apps", "StatefulSet").is_empty());
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(client.clone(), NS);
@@ -510,4 +483,84 @@ async fn of_two_operators_only_the_leader_acts() {
     assert!(b.metrics.reconciliations() > 0);
     assert!(!b.finished());
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_deploys_a_collector_and_points_brokers_at_it() {
+    let (harness, client) = harness().await;
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3, "telemetry": {"collector": {"deploy": true}, "resourceAttributes": {"team": "streams"}}})).await;
+    let cluster = wait_condition(&harness, "events", "TelemetryReady", "CollectorAvailable").await;
+    assert_eq!(
+        condition(&cluster, "TelemetryReady").expect("condition")["status"],
+        "True"
+    );
+    let deployment = harness
+        .get("apps", "Deployment", NS, "events-otel-collector")
+        .expect("collector Deployment");
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["kind"],
+        "IggyCluster"
+    );
+    assert!(harness
+        .get("", "Service", NS, "events-otel-collector")
+        .is_some());
+    let config = harness
+        .get("", "ConfigMap", NS, "events-otel-collector")
+        .expect("collector config");
+    assert!(config["data"]["collector.yaml"]
+        .as_str()
+        .expect("yaml")
+        .contains("debug"));
+    let sts = harness
+        .get("apps", "StatefulSet", NS, "events")
+        .expect("sts");
+    for container in sts["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+    {
+        let env = container["env"].as_array().expect("env");
+        let endpoint = env
+            .iter()
+            .find(|e| e["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .expect("endpoint");
+        assert_eq!(
+            endpoint["value"], "http://events-otel-collector.default.svc:4317",
+            "{}",
+            container["name"]
+        );
+        let attributes = env
+            .iter()
+            .find(|e| e["name"] == "OTEL_RESOURCE_ATTRIBUTES")
+            .expect("attributes");
+        assert!(attributes["value"]
+            .as_str()
+            .expect("text")
+            .contains("team=streams"));
+    }
+
+    // Switching to an external collector removes the deployed one.
+    patch_spec(&client, "events", json!({"telemetry": {"collector": null, "otlp": {"endpoint": "http://otel.observability:4317"}}})).await;
+    eventually("collector removed", || {
+        if harness
+            .get("apps", "Deployment", NS, "events-otel-collector")
+            .is_none()
+            && harness
+                .get("", "Service", NS, "events-otel-collector")
+                .is_none()
+        {
+            Ok(())
+        } else {
+            Err("collector still there".into())
+        }
+    })
+    .await;
+    let cluster = wait_condition(&harness, "events", "TelemetryReady", "EndpointConfigured").await;
+    assert!(
+        condition(&cluster, "TelemetryReady").expect("condition")["message"]
+            .as_str()
+            .expect("message")
+            .contains("otel.observability")
+    );
+    operator.stop().await;
 }

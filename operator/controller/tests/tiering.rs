@@ -114,19 +114,6 @@ fn tiering(endpoint: &str, secret: &str, extra: Value) -> Value {
     json!({"replicas": 1, "tieredStorage": {"s3": s3}})
 }
 
-async fn bucket_condition(harness: &kube_harness::Harness, name: &str, reason: &str) -> Value {
-    eventually(&format!("BucketReady reason {reason}"), || {
-        let cluster = cluster_value(harness, name)?;
-        let condition = condition(&cluster, "BucketReady").ok_or("no BucketReady")?;
-        if condition["reason"] == reason {
-            Ok(cluster)
-        } else {
-            Err(condition.to_string())
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bucket_is_created_and_credentials_stay_in_the_secret() {
     let Some(server) = S3Server::start() else {
@@ -141,7 +128,7 @@ async fn the_bucket_is_created_and_credentials_stay_in_the_secret() {
         tiering(&server.endpoint, "s3-creds", json!({"region": "eu-west-1"})),
     )
     .await;
-    let cluster = bucket_condition(&harness, "events", "BucketCreated").await;
+    let cluster = wait_condition(&harness, "events", "BucketReady", "BucketCreated").await;
     assert_eq!(
         condition(&cluster, "BucketReady").expect("condition")["status"],
         "True"
@@ -197,7 +184,7 @@ async fn bad_credentials_missing_secret_and_unreachable_endpoint_are_reported() 
         tiering(&server.endpoint, "wrong-creds", json!({})),
     )
     .await;
-    let cluster = bucket_condition(&harness, "denied", "AccessDenied").await;
+    let cluster = wait_condition(&harness, "denied", "BucketReady", "AccessDenied").await;
     assert_eq!(
         condition(&cluster, "BucketReady").expect("condition")["status"],
         "False"
@@ -212,16 +199,7 @@ async fn bad_credentials_missing_secret_and_unreachable_endpoint_are_reported() 
         tiering(&server.endpoint, "absent", json!({})),
     )
     .await;
-    let cluster = eventually("SecretMissing", || {
-        let cluster = cluster_value(&harness, "nosecret")?;
-        let degraded = condition(&cluster, "Degraded").ok_or("no Degraded")?;
-        if degraded["reason"] == "SecretMissing" {
-            Ok(cluster)
-        } else {
-            Err(degraded.to_string())
-        }
-    })
-    .await;
+    let cluster = wait_condition(&harness, "nosecret", "Degraded", "SecretMissing").await;
     assert!(
         condition(&cluster, "Degraded").expect("Degraded")["message"]
             .as_str()
@@ -240,7 +218,7 @@ async fn bad_credentials_missing_secret_and_unreachable_endpoint_are_reported() 
         tiering("http://127.0.0.1:9", "s3-creds", json!({})),
     )
     .await;
-    let cluster = bucket_condition(&harness, "offline", "EndpointUnreachable").await;
+    let cluster = wait_condition(&harness, "offline", "BucketReady", "EndpointUnreachable").await;
     assert!(
         condition(&cluster, "BucketReady").expect("condition")["message"]
             .as_str()
@@ -258,7 +236,7 @@ async fn bad_credentials_missing_secret_and_unreachable_endpoint_are_reported() 
         ),
     )
     .await;
-    bucket_condition(&harness, "nocreate", "BucketMissing").await;
+    wait_condition(&harness, "nocreate", "BucketReady", "BucketMissing").await;
     assert!(!server.bucket_exists("absent-bucket"));
     assert!(!operator.finished(), "no failure crashes the operator");
     operator.stop().await;
@@ -310,7 +288,7 @@ async fn deletion_policy_delete_removes_the_prefix_and_retain_keeps_everything()
         tiering(&server.endpoint, "s3-creds", json!({})),
     )
     .await;
-    bucket_condition(&harness, "kept", "BucketCreated").await;
+    wait_condition(&harness, "kept", "BucketReady", "BucketCreated").await;
     let kept_uid = kept.metadata.uid.clone().expect("uid");
     put(format!(
         "iggy/{kept_uid}/streams/1/topics/1/partitions/1/00000000000000000000.log"
@@ -357,7 +335,7 @@ async fn deletion_policy_delete_removes_the_prefix_and_retain_keeps_everything()
         }
     })
     .await;
-    bucket_condition(&harness, "gone", "BucketCreated").await;
+    wait_condition(&harness, "gone", "BucketReady", "BucketCreated").await;
     let put_scratch = |key: String| {
         let s3_client = s3_client.clone();
         async move {

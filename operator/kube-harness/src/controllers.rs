@@ -77,10 +77,57 @@ pub fn reconcile_all(store: &mut Store, options: &ControllerOptions) -> bool {
     wrote |= schedule(store).unwrap_or(false);
     wrote |= kubelet(store, options).unwrap_or(false);
     wrote |= statefulset_status(store).unwrap_or(false);
+    wrote |= deployments(store).unwrap_or(false);
     wrote
 }
 
-fn changed(before: &Value, after: &Value) -> bool {
+/// Deployments become available at once: the harness runs no ReplicaSets or pods for them
+/// (the operator deploys only an OpenTelemetry Collector this way and reads only its status).
+fn deployments(store: &mut Store) -> Result<bool, ApiError> {
+    let rt = store.type_by_kind("apps", "Deployment").expect("built in");
+    let mut wrote = false;
+    for deployment in store.list(&rt, None) {
+        let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
+        let status = json!({
+            "observedGeneration": deployment["metadata"]["generation"],
+            "replicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+            "updatedReplicas": replicas,
+            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
+        });
+        wrote |= write_status(store, &rt, &deployment, status, "deployment-controller")?;
+    }
+    Ok(wrote)
+}
+
+/// Replaces an object's status when it differs; returns whether that wrote.
+fn write_status(
+    store: &mut Store,
+    rt: &crate::resources::ResourceType,
+    object: &Value,
+    status: Value,
+    manager: &str,
+) -> Result<bool, ApiError> {
+    if object["status"] == status {
+        return Ok(false);
+    }
+    let namespace = text(object, "/metadata/namespace").to_string();
+    let name = text(object, "/metadata/name").to_string();
+    let after = store.patch(
+        rt,
+        &namespace,
+        &name,
+        PatchKind::Merge,
+        &json!({"status": status}),
+        Subresource::Status,
+        manager,
+        false,
+    )?;
+    Ok(before_after_differ(object, &after))
+}
+
+fn before_after_differ(before: &Value, after: &Value) -> bool {
     before["metadata"]["resourceVersion"] != after["metadata"]["resourceVersion"]
 }
 
@@ -246,19 +293,7 @@ fn statefulset_status(store: &mut Store) -> Result<bool, ApiError> {
             "updateRevision": revision,
             "collisionCount": 0,
         });
-        if set["status"] != status {
-            let after = store.patch(
-                &sts_type,
-                &namespace,
-                &name,
-                PatchKind::Merge,
-                &json!({"status": status}),
-                Subresource::Status,
-                "statefulset-controller",
-                false,
-            )?;
-            wrote |= changed(&set, &after);
-        }
+        wrote |= write_status(store, &sts_type, &set, status, "statefulset-controller")?;
     }
     Ok(wrote)
 }

@@ -719,6 +719,14 @@ impl Store {
         if finished {
             return Ok(self.remove(rt, namespace, &name));
         }
+        // An object written with owners that are already gone (a controller racing its owner's
+        // deletion) is garbage too, as the real collector finds on its next pass.
+        let owned = new["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|owners| !owners.is_empty());
+        if owned {
+            self.collect_garbage();
+        }
         Ok(new)
     }
 
@@ -1101,6 +1109,23 @@ mod tests {
         assert_eq!(store.get(&rt, "default", "c").expect_err("gone").code, 404);
         assert_eq!(
             store.get(&rt, "default", "d").expect_err("collected").code,
+            404
+        );
+    }
+
+    #[test]
+    fn objects_created_for_a_deleted_owner_are_collected() {
+        let mut store = Store::new();
+        let rt = configmaps(&store);
+        let orphan = json!({"metadata": {"name": "late", "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "gone", "uid": "no-such-uid"}]}});
+        store
+            .create(&rt, "default", orphan, "t")
+            .expect("create is accepted");
+        assert_eq!(
+            store
+                .get(&rt, "default", "late")
+                .expect_err("collected")
+                .code,
             404
         );
     }

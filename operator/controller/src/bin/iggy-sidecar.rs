@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
+    iggy_operator::install_crypto_provider();
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;

@@ -10,7 +10,7 @@
 use super::build::Child;
 use super::validate::{stable_hash, ValidatedCluster};
 use crate::names::{APPLIED_HASH_ANNOTATION, FIELD_MANAGER};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -136,6 +136,7 @@ where
 fn managed_kinds() -> Vec<(ApiResource, bool)> {
     vec![
         erased::<StatefulSet>(),
+        erased::<Deployment>(),
         erased::<Service>(),
         erased::<ConfigMap>(),
         erased::<PodDisruptionBudget>(),

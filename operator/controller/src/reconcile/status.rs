@@ -4,7 +4,7 @@
 use super::validate::{ValidatedCluster, ValidationError};
 use crate::crd::{Condition, IggyCluster, IggyClusterStatus, RingMemberStatus, RingStatus};
 use crate::names::{ClusterNames, READINESS_GATE, ROLE_LABEL};
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -15,17 +15,21 @@ use serde_json::json;
 pub struct Observed {
     pub statefulset: Option<StatefulSet>,
     pub pods: Vec<Pod>,
+    /// The operator-deployed OpenTelemetry Collector, when there is one.
+    pub collector: Option<Deployment>,
 }
 
 pub async fn observe(client: &Client, names: &ClusterNames) -> Result<Observed, kube::Error> {
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &names.namespace);
     Ok(Observed {
         statefulset: sets.get_opt(&names.statefulset()).await?,
         pods: pods
             .list(&ListParams::default().labels(&names.selector_string()))
             .await?
             .items,
+        collector: deployments.get_opt(&names.collector()).await?,
     })
 }
 
@@ -263,6 +267,43 @@ pub fn compute(
         }
     };
     status.conditions = vec![ready, progressing, degraded];
+    if let Some(telemetry) = validated.and_then(|v| v.telemetry.as_ref()) {
+        let (ok, reason, message) = if telemetry.collector.is_some() {
+            let available = observed
+                .collector
+                .as_ref()
+                .and_then(|d| d.status.as_ref()?.available_replicas)
+                .unwrap_or(0);
+            if available > 0 {
+                (
+                    true,
+                    "CollectorAvailable",
+                    format!("collector {} receives OTLP", telemetry.endpoint),
+                )
+            } else {
+                (
+                    false,
+                    "CollectorNotReady",
+                    format!("waiting for the collector Deployment {}", names.collector()),
+                )
+            }
+        } else {
+            (
+                true,
+                "EndpointConfigured",
+                format!("brokers export to {}", telemetry.endpoint),
+            )
+        };
+        status.conditions.push(condition(
+            conditions,
+            "TelemetryReady",
+            ok,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    }
     status
 }
 
@@ -336,6 +377,7 @@ mod tests {
                 pod("events-0", true, true, Some("primary")),
                 pod("events-1", true, true, Some("backup")),
             ],
+            collector: None,
         };
         let status = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
         assert_eq!(find(&status, "Ready").status, "True");
@@ -358,6 +400,7 @@ mod tests {
                 pod("events-0", true, true, None),
                 pod("events-1", true, true, None),
             ],
+            collector: None,
         };
         let first = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
         assert_eq!(find(&first, "Ready").status, "False");
@@ -394,6 +437,7 @@ mod tests {
         let observed = Observed {
             statefulset: Some(sts(2, 2, 1, 0)),
             pods: vec![pod("events-0", true, true, None)],
+            collector: None,
         };
         let status = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
         assert_eq!(find(&status, "Ready").status, "True");

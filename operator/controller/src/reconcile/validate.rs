@@ -4,7 +4,9 @@
 
 use super::dereference::Dereferenced;
 use crate::broker_config::{self, ConfigError};
-use crate::crd::{AuthSpec, IggyCluster, LocalVolume, PodTemplateOverrides, S3Spec};
+use crate::crd::{
+    AuthSpec, CollectorSpec, IggyCluster, LocalVolume, OtlpTransport, PodTemplateOverrides, S3Spec,
+};
 use crate::names::ClusterNames;
 use crate::ring::{self, Ring};
 use crate::s3::{BucketProblem, S3Credentials};
@@ -34,6 +36,18 @@ pub struct ValidatedCluster {
     pub affinity: Option<Affinity>,
     pub ring: Ring,
     pub tiering: Option<Tiering>,
+    pub telemetry: Option<Telemetry>,
+}
+
+/// Telemetry, resolved: the one endpoint brokers and sidecars export to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Telemetry {
+    pub endpoint: String,
+    pub transport: OtlpTransport,
+    pub service_name: String,
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+    /// Set when the operator deploys the collector.
+    pub collector: Option<CollectorSpec>,
 }
 
 /// Tiered storage, resolved: where the cluster's objects go and with which credentials.
@@ -69,6 +83,12 @@ pub enum ValidationError {
     Tiering(BucketProblem),
     #[error("spec.tieredStorage.s3.{field} must not be empty")]
     TieringField { field: &'static str },
+    #[error("spec.telemetry needs otlp.endpoint or collector.deploy: true")]
+    TelemetryTarget,
+    #[error("spec.telemetry.otlp.endpoint {0:?} is not an http:// or https:// URL")]
+    TelemetryEndpoint(String),
+    #[error("spec.telemetry.collector.image must not be empty")]
+    CollectorImage,
 }
 
 impl ValidationError {
@@ -194,6 +214,10 @@ pub fn validate(
             })
         }
     };
+    let telemetry = match &spec.telemetry {
+        None => None,
+        Some(telemetry) => Some(resolve_telemetry(telemetry, &names)?),
+    };
     let ring = ring::plan(&names, &uid, replicas, refs.current_ring.as_ref());
     Ok(ValidatedCluster {
         config_hash: stable_hash(&broker_toml),
@@ -212,6 +236,44 @@ pub fn validate(
         affinity: spec.affinity.clone(),
         ring,
         tiering,
+        telemetry,
+    })
+}
+
+fn resolve_telemetry(
+    spec: &crate::crd::TelemetrySpec,
+    names: &ClusterNames,
+) -> Result<Telemetry, ValidationError> {
+    let deployed = spec.collector.as_ref().filter(|c| c.deploy);
+    let (endpoint, transport) = match (deployed, &spec.otlp) {
+        (Some(collector), _) => {
+            if collector.image.trim().is_empty() {
+                return Err(ValidationError::CollectorImage);
+            }
+            (
+                format!("http://{}.{}.svc:4317", names.collector(), names.namespace),
+                OtlpTransport::Grpc,
+            )
+        }
+        (None, Some(otlp)) => {
+            let endpoint = otlp.endpoint.trim();
+            let host = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"))
+                .unwrap_or_default();
+            if host.is_empty() || host.contains(char::is_whitespace) {
+                return Err(ValidationError::TelemetryEndpoint(otlp.endpoint.clone()));
+            }
+            (endpoint.to_string(), otlp.transport)
+        }
+        (None, None) => return Err(ValidationError::TelemetryTarget),
+    };
+    Ok(Telemetry {
+        endpoint,
+        transport,
+        service_name: spec.service_name.clone(),
+        resource_attributes: spec.resource_attributes.clone(),
+        collector: deployed.cloned(),
     })
 }
 
@@ -298,6 +360,33 @@ pub(crate) mod tests {
             validate(&with_auth, &partial),
             Err(ValidationError::RootSecretKeyMissing { .. })
         ));
+    }
+
+    #[test]
+    fn telemetry_needs_a_target_and_a_url() {
+        let refs = Dereferenced::default();
+        assert_eq!(
+            validate(&cluster(json!({"replicas": 1, "telemetry": {}})), &refs),
+            Err(ValidationError::TelemetryTarget)
+        );
+        assert!(matches!(
+            validate(
+                &cluster(
+                    json!({"replicas": 1, "telemetry": {"otlp": {"endpoint": "collector:4317"}}})
+                ),
+                &refs
+            ),
+            Err(ValidationError::TelemetryEndpoint(_))
+        ));
+        let given = validate(&cluster(json!({"replicas": 1, "telemetry": {"otlp": {"endpoint": "http://otel.observability:4318", "transport": "http"}}})), &refs).expect("valid");
+        let telemetry = given.telemetry.expect("telemetry");
+        assert_eq!(telemetry.transport, OtlpTransport::Http);
+        assert!(telemetry.collector.is_none());
+        let deployed = validate(&cluster(json!({"replicas": 1, "telemetry": {"collector": {"deploy": true}, "otlp": {"endpoint": "http://ignored:4317"}}})), &refs).expect("valid");
+        assert_eq!(
+            deployed.telemetry.expect("telemetry").endpoint,
+            "http://events-otel-collector.prod.svc:4317"
+        );
     }
 
     #[test]

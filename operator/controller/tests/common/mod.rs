@@ -31,6 +31,7 @@ pub async fn harness_with(auto_ready: bool, crd: bool) -> (Harness, Client) {
             Vec::new()
         },
     };
+    iggy_operator::install_crypto_provider();
     let harness = Harness::start(HarnessOptions {
         controllers,
         ..HarnessOptions::default()
@@ -154,6 +155,20 @@ pub fn cluster_value(harness: &Harness, name: &str) -> Result<Value, String> {
     harness
         .get("iggy.rs", "IggyCluster", NS, name)
         .ok_or_else(|| format!("IggyCluster {name} not found"))
+}
+
+/// Waits until condition `kind` of cluster `name` has `reason`; returns the cluster.
+pub async fn wait_condition(harness: &Harness, name: &str, kind: &str, reason: &str) -> Value {
+    eventually(&format!("{name}: {kind} with reason {reason}"), || {
+        let cluster = cluster_value(harness, name)?;
+        let found = condition(&cluster, kind).ok_or(format!("no {kind} condition"))?;
+        if found["reason"] == reason {
+            Ok(cluster)
+        } else {
+            Err(found.to_string())
+        }
+    })
+    .await
 }
 
 /// Waits until the cluster's Ready condition is True for its current generation.

@@ -8,6 +8,7 @@ pub mod rbac;
 pub mod services;
 pub mod statefulset;
 pub mod storage;
+pub mod telemetry;
 
 use super::validate::ValidatedCluster;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -86,6 +87,11 @@ pub fn build_all(cluster: &ValidatedCluster) -> Vec<Child> {
     children.push(Child::from_typed(&services::headless(cluster)));
     children.push(Child::from_typed(&services::client(cluster)));
     children.push(Child::from_typed(&services::primary(cluster)));
+    if let Some((config_map, deployment, service)) = telemetry::collector_children(cluster) {
+        children.push(Child::from_typed(&config_map));
+        children.push(Child::from_typed(&service));
+        children.push(Child::from_typed(&deployment));
+    }
     children.push(Child::from_typed(&policy::disruption_budget(cluster)));
     children.push(Child::from_typed(&statefulset::statefulset(cluster)));
     children

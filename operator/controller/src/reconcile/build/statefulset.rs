@@ -3,6 +3,7 @@
 
 use super::super::validate::ValidatedCluster;
 use super::child_meta;
+use super::telemetry::otel_env;
 use crate::broker_config::DATA_PATH;
 use crate::names::{
     CLIENT_PORT, CONFIG_HASH_ANNOTATION, HTTP_PORT, READINESS_GATE, REPLICATION_PORT,
@@ -38,7 +39,14 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
         env("IGGY_HTTP_ADDRESS", &format!("0.0.0.0:{HTTP_PORT}")),
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env(
+            "RING_POSITION",
+            "metadata.labels['apps.kubernetes.io/pod-index']",
+        ),
     ];
+    if let Some(telemetry) = &cluster.telemetry {
+        env_vars.extend(otel_env(cluster, telemetry));
+    }
     if let Some(auth) = &cluster.auth {
         // By reference only: the values never pass through the operator or a ConfigMap.
         for (name, key) in [
@@ -94,16 +102,27 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
 }
 
 fn sidecar_container(cluster: &ValidatedCluster) -> Value {
+    let mut env_vars = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env(
+            "RING_POSITION",
+            "metadata.labels['apps.kubernetes.io/pod-index']",
+        ),
+        env("IGGY_CLUSTER", &cluster.names.cluster),
+        env("IGGY_RING_CONFIGMAP", &cluster.names.ring_config_map()),
+        env(
+            "IGGY_BROKER_ADMIN_URL",
+            &format!("http://127.0.0.1:{HTTP_PORT}"),
+        ),
+    ];
+    if let Some(telemetry) = &cluster.telemetry {
+        env_vars.extend(otel_env(cluster, telemetry));
+    }
     json!({
         "name": "sidecar",
         "image": cluster.sidecar_image,
-        "env": [
-            field_env("POD_NAME", "metadata.name"),
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            env("IGGY_CLUSTER", &cluster.names.cluster),
-            env("IGGY_RING_CONFIGMAP", &cluster.names.ring_config_map()),
-            env("IGGY_BROKER_ADMIN_URL", &format!("http://127.0.0.1:{HTTP_PORT}")),
-        ],
+        "env": env_vars,
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
         "securityContext": container_security(),
     })
