@@ -300,5 +300,45 @@ async fn rendered_install_yaml_applies_and_the_operator_installs_its_crd() {
             "iggy-operator-leader"
         )
         .is_some());
+
+    // A cluster with tiered storage and telemetry, through kubectl, to Ready with its bucket
+    // created on a real S3 server and its collector available.
+    if let Some(s3) = S3Server::start() {
+        let manifest = dir.path().join("full.yaml");
+        let text = format!(
+            "apiVersion: v1
+kind: Secret
+metadata: {{name: full-s3}}
+stringData: {{accessKeyId: {S3_ACCESS_KEY}, secretAccessKey: {S3_SECRET_KEY}}}
+---
+apiVersion: iggy.rs/v1alpha1
+kind: IggyCluster
+metadata: {{name: full}}
+spec:
+  replicas: 3
+  tieredStorage: {{s3: {{bucket: full-segments, endpoint: '{}', forcePathStyle: true, credentialsSecret: full-s3, createBucket: true}}}}
+  telemetry: {{collector: {{deploy: true}}}}
+",
+            s3.endpoint
+        );
+        std::fs::write(&manifest, text).expect("manifest written");
+        let manifest = manifest.to_str().expect("utf-8 path");
+        kubectl(&kubeconfig, &["apply", "--server-side", "-f", manifest]).await;
+        for condition in ["Ready", "BucketReady", "TelemetryReady"] {
+            let wanted = format!("--for=condition={condition}");
+            kubectl(
+                &kubeconfig,
+                &["wait", &wanted, "iggycluster/full", "--timeout=30s"],
+            )
+            .await;
+        }
+        assert!(
+            s3.bucket_exists("full-segments"),
+            "bucket created on the S3 server"
+        );
+        let path = "jsonpath={.status.conditions[?(@.type==\"BucketReady\")].reason}";
+        let reason = kubectl(&kubeconfig, &["get", "iggycluster/full", "-o", path]).await;
+        assert_eq!(reason, "BucketCreated");
+    }
     operator.stop().await;
 }

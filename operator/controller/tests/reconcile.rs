@@ -457,7 +457,15 @@ async fn of_two_operators_only_the_leader_acts() {
     let b = Operator::start(&client, Some(lease("operator-b")));
     create_cluster(&client, "events", json!({"replicas": 1})).await;
     wait_ready(&harness, "events").await;
-    assert!(a.metrics.reconciliations() > 0);
+    // The counter moves when a reconcile returns, just after its status write.
+    eventually("operator-a to count its reconcile", || {
+        if a.metrics.reconciliations() > 0 {
+            Ok(())
+        } else {
+            Err("0".into())
+        }
+    })
+    .await;
     assert_eq!(
         b.metrics.reconciliations(),
         0,
@@ -480,7 +488,14 @@ async fn of_two_operators_only_the_leader_acts() {
     .await;
     patch_spec(&client, "events", json!({"replicas": 2})).await;
     wait_ready(&harness, "events").await;
-    assert!(b.metrics.reconciliations() > 0);
+    eventually("operator-b to count its reconciles", || {
+        if b.metrics.reconciliations() > 0 {
+            Ok(())
+        } else {
+            Err("0".into())
+        }
+    })
+    .await;
     assert!(!b.finished());
     b.stop().await;
 }

@@ -8,103 +8,9 @@ mod common;
 use common::*;
 use iggy_operator::crd::S3Spec;
 use iggy_operator::s3::{self, S3Credentials};
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-const ACCESS_KEY: &str = "AKIAIGGYTEST";
-const SECRET_KEY: &str = "iggy-test-secret-key";
-
-/// An s3s-fs process serving a temporary directory; killed on drop.
-struct S3Server {
-    child: Child,
-    root: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl S3Server {
-    fn start() -> Option<Self> {
-        let available = Command::new("s3s-fs")
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !available {
-            assert!(
-                std::env::var("S3S_REQUIRED").is_err(),
-                "S3S_REQUIRED is set but s3s-fs is not on PATH"
-            );
-            eprintln!(
-                "SKIP: s3s-fs not found on PATH (cargo install s3s-fs@0.14.1 --features binary)"
-            );
-            return None;
-        }
-        let root = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
-        let child = Command::new("s3s-fs")
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--access-key",
-                ACCESS_KEY,
-                "--secret-key",
-                SECRET_KEY,
-            ])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(Self {
-            child,
-            root,
-            endpoint: format!("http://127.0.0.1:{port}"),
-        })
-    }
-
-    fn bucket_exists(&self, bucket: &str) -> bool {
-        self.root.path().join(bucket).is_dir()
-    }
-
-    fn path(&self, relative: &str) -> PathBuf {
-        self.root.path().join(relative)
-    }
-}
-
-async fn credentials_secret(client: &kube::Client, name: &str, secret_key: &str) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "stringData": {"accessKeyId": ACCESS_KEY, "secretAccessKey": secret_key},
-    }))
-    .expect("secret");
-    secrets
-        .create(&Default::default(), &secret)
-        .await
-        .expect("secret created");
-}
+use std::time::Duration;
 
 fn tiering(endpoint: &str, secret: &str, extra: Value) -> Value {
     let mut s3 = json!({"bucket": "segments", "endpoint": endpoint, "forcePathStyle": true, "credentialsSecret": secret, "createBucket": true});
@@ -121,7 +27,7 @@ async fn the_bucket_is_created_and_credentials_stay_in_the_secret() {
     };
     let (harness, client) = harness().await;
     let operator = Operator::start(&client, None);
-    credentials_secret(&client, "s3-creds", SECRET_KEY).await;
+    credentials_secret(&client, "s3-creds", S3_SECRET_KEY).await;
     create_cluster(
         &client,
         "events",
@@ -147,7 +53,7 @@ async fn the_bucket_is_created_and_credentials_stay_in_the_secret() {
         .expect("sts")
         .to_string();
     assert!(
-        !sts.contains(SECRET_KEY),
+        !sts.contains(S3_SECRET_KEY),
         "the secret key never reaches the StatefulSet"
     );
     assert!(sts.contains("IGGY_TIERING_S3_SECRET_ACCESS_KEY"));
@@ -155,7 +61,7 @@ async fn the_bucket_is_created_and_credentials_stay_in_the_secret() {
         .get("", "ConfigMap", NS, "events-config")
         .expect("config")
         .to_string();
-    assert!(!config.contains(SECRET_KEY) && !config.contains(ACCESS_KEY));
+    assert!(!config.contains(S3_SECRET_KEY) && !config.contains(S3_ACCESS_KEY));
     // Later reconciles keep saying the operator created it (deletion depends on that).
     patch_spec(
         &client,
@@ -211,7 +117,7 @@ async fn bad_credentials_missing_secret_and_unreachable_endpoint_are_reported() 
         "pods would not start without the Secret"
     );
 
-    credentials_secret(&client, "s3-creds", SECRET_KEY).await;
+    credentials_secret(&client, "s3-creds", S3_SECRET_KEY).await;
     create_cluster(
         &client,
         "offline",
@@ -249,7 +155,7 @@ async fn deletion_policy_delete_removes_the_prefix_and_retain_keeps_everything()
     };
     let (harness, client) = harness().await;
     let operator = Operator::start(&client, None);
-    credentials_secret(&client, "s3-creds", SECRET_KEY).await;
+    credentials_secret(&client, "s3-creds", S3_SECRET_KEY).await;
     let spec = S3Spec {
         bucket: "segments".into(),
         endpoint: Some(server.endpoint.clone()),
@@ -263,8 +169,8 @@ async fn deletion_policy_delete_removes_the_prefix_and_retain_keeps_everything()
     let s3_client = s3::client(
         &spec,
         &S3Credentials {
-            access_key_id: ACCESS_KEY.into(),
-            secret_access_key: SECRET_KEY.into(),
+            access_key_id: S3_ACCESS_KEY.into(),
+            secret_access_key: S3_SECRET_KEY.into(),
         },
     );
     let put = |key: String| {

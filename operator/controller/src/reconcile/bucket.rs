@@ -11,6 +11,8 @@ use serde_json::json;
 
 /// Present only on clusters whose S3 data is to be deleted with them.
 pub const FINALIZER: &str = "iggy.rs/s3-data";
+/// Names the bucket the operator created for the cluster.
+pub const CREATED_ANNOTATION: &str = "iggy.rs/bucket-created";
 
 pub async fn ensure(tiering: &Tiering) -> Result<BucketReady, BucketProblem> {
     s3::ensure_bucket(&tiering.s3, &tiering.credentials).await
@@ -22,15 +24,16 @@ pub fn wants_finalizer(tiering: Option<&Tiering>) -> bool {
 
 /// Adds or removes our finalizer; the resourceVersion makes the write a compare-and-swap, so
 /// a concurrent edit of the finalizer list is retried rather than lost.
+/// Returns the cluster's new resourceVersion when it wrote.
 pub async fn set_finalizer(
     client: &Client,
     cluster: &IggyCluster,
     present: bool,
-) -> Result<bool, kube::Error> {
+) -> Result<Option<String>, kube::Error> {
     let mut finalizers = cluster.finalizers().to_vec();
     let has = finalizers.iter().any(|f| f == FINALIZER);
     if has == present {
-        return Ok(false);
+        return Ok(None);
     }
     if present {
         finalizers.push(FINALIZER.to_string());
@@ -40,13 +43,45 @@ pub async fn set_finalizer(
     let api: Api<IggyCluster> =
         Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": cluster.resource_version()}});
-    api.patch(
-        &cluster.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await?;
-    Ok(true)
+    let updated = api
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    Ok(updated.resource_version())
+}
+
+/// Records on the cluster itself, in an annotation, that the operator created `bucket`.
+/// Status is rebuilt on every reconcile and a write computed from a stale copy can be dropped;
+/// the fact that decides whether deletion may remove a bucket must not be lost that way. An
+/// annotation merge touches no other key, so it needs no resourceVersion and cannot lose a
+/// concurrent edit. Returns the cluster's new resourceVersion.
+pub async fn mark_created(
+    client: &Client,
+    cluster: &IggyCluster,
+    bucket: &str,
+) -> Result<Option<String>, kube::Error> {
+    let api: Api<IggyCluster> =
+        Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"annotations": {CREATED_ANNOTATION: bucket}}});
+    let updated = api
+        .patch(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await?;
+    Ok(updated.resource_version())
+}
+
+/// The bucket the operator created for this cluster, if any.
+pub fn created_bucket(cluster: &IggyCluster) -> Option<&str> {
+    cluster
+        .annotations()
+        .get(CREATED_ANNOTATION)
+        .map(String::as_str)
 }
 
 /// Removes the cluster's objects, and the bucket when the operator created it.
@@ -64,17 +99,16 @@ pub async fn delete_data(
 }
 
 /// Adds `BucketReady` and `status.bucket` for a cluster with tiered storage.
+/// `created_before` is whether the cluster's annotation says the operator created this bucket.
 pub fn record(
     status: &mut IggyClusterStatus,
     previous: Option<&IggyClusterStatus>,
     tiering: &Tiering,
     outcome: &Result<BucketReady, BucketProblem>,
+    created_before: bool,
     now: &str,
     generation: Option<i64>,
 ) {
-    let created_before = previous
-        .and_then(|p| p.bucket.as_ref())
-        .is_some_and(|b| b.name == tiering.s3.bucket && b.created_by_operator);
     let (ok, reason, message) = match outcome {
         Ok(ready) if ready.created => (
             true,

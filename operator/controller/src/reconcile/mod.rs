@@ -137,7 +137,7 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
                 .await;
             }
             tracing::warn!(cluster = %names.cluster, namespace = %names.namespace, %error, "invalid spec; children left as they are");
-            status::write(client, cluster, &new_status)
+            status::write(client, cluster, cluster.resource_version(), &new_status)
                 .await
                 .map_err(ReconcileError::Status)?;
             return Ok(Action::requeue(if error.reason() == "SecretMissing" {
@@ -166,7 +166,8 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
                     &observed,
                     &now(),
                 );
-                let _ = status::write(client, cluster, &failed).await;
+                let version = cluster.resource_version();
+                let _ = status::write(client, cluster, version, &failed).await;
             }
             return Err(error.into());
         }
@@ -201,13 +202,15 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
         .await;
     }
     tracing::info!(cluster = %names.cluster, namespace = %names.namespace, applied = report.applied.len(), unchanged = report.unchanged, deleted = report.deleted.len(), "reconciled");
-    bucket::set_finalizer(
-        client,
-        cluster,
-        bucket::wants_finalizer(validated.tiering.as_ref()),
-    )
-    .await
-    .map_err(ReconcileError::Finalizer)?;
+    // Metadata writes below move the resourceVersion the status write must carry.
+    let mut version = cluster.resource_version();
+    let wants_finalizer = bucket::wants_finalizer(validated.tiering.as_ref());
+    if let Some(newer) = bucket::set_finalizer(client, cluster, wants_finalizer)
+        .await
+        .map_err(ReconcileError::Finalizer)?
+    {
+        version = Some(newer);
+    }
     let observed = status::observe(client, &names)
         .await
         .map_err(ReconcileError::Observe)?;
@@ -236,6 +239,12 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
                 tracing::warn!(cluster = %names.cluster, reason = problem.reason(), %problem, "bucket not ready; retrying");
                 requeue = RECHECK;
             } else if matches!(outcome, Ok(ready) if ready.created) {
+                if let Some(newer) = bucket::mark_created(client, cluster, &tiering.s3.bucket)
+                    .await
+                    .map_err(ReconcileError::Finalizer)?
+                {
+                    version = Some(newer);
+                }
                 publish(
                     ctx,
                     cluster,
@@ -245,17 +254,20 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
                 )
                 .await;
             }
+            let created_before =
+                bucket::created_bucket(cluster) == Some(tiering.s3.bucket.as_str());
             bucket::record(
                 &mut new_status,
                 cluster.status.as_ref(),
                 tiering,
                 &outcome,
+                created_before,
                 &stamp,
                 cluster.metadata.generation,
             );
         }
     }
-    status::write(client, cluster, &new_status)
+    status::write(client, cluster, version, &new_status)
         .await
         .map_err(ReconcileError::Status)?;
     Ok(Action::requeue(requeue))
@@ -283,11 +295,7 @@ async fn finalize(cluster: &IggyCluster, ctx: &Context) -> Result<Action, Reconc
         .await;
         return Err(ReconcileError::Cleanup(note));
     };
-    let created = cluster
-        .status
-        .as_ref()
-        .and_then(|s| s.bucket.as_ref())
-        .is_some_and(|b| b.created_by_operator);
+    let created = bucket::created_bucket(cluster) == Some(tiering.s3.bucket.as_str());
     match bucket::delete_data(&tiering, created).await {
         Ok(deleted) => {
             let what = match (created, deleted.bucket) {

@@ -308,9 +308,16 @@ pub fn compute(
 }
 
 /// Writes the status subresource when it differs from what is there; returns whether it wrote.
+///
+/// The write carries the resourceVersion the status was computed from. The controller's cache
+/// can lag behind our own last write; a status computed from a stale copy would otherwise
+/// overwrite newer facts (such as `bucket.createdByOperator`, which decides what deletion may
+/// remove). A stale write gets 409 Conflict instead and is dropped: the newer version that
+/// caused the conflict reaches the controller's watch and triggers a reconcile on fresh data.
 pub async fn write(
     client: &Client,
     cluster: &IggyCluster,
+    resource_version: Option<String>,
     status: &IggyClusterStatus,
 ) -> Result<bool, kube::Error> {
     if cluster.status.as_ref() == Some(status) {
@@ -318,13 +325,25 @@ pub async fn write(
     }
     let api: Api<IggyCluster> =
         Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": status})),
-    )
-    .await?;
-    Ok(true)
+    let written = api
+        .patch_status(
+            &cluster.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": resource_version},
+                "status": status,
+            })),
+        )
+        .await;
+    match written {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let name = cluster.name_any();
+            tracing::debug!(cluster = %name, "stale status dropped; a fresher reconcile follows");
+            Ok(false)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use iggy_operator::leader::LeaseSettings;
 use iggy_operator::metrics::Metrics;
 use iggy_operator::names::READINESS_GATE;
 use iggy_operator::Settings;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -15,6 +16,8 @@ use kube::{Api, Client, Config, CustomResourceExt};
 use kube_harness::controllers::ControllerOptions;
 use kube_harness::{Harness, HarnessOptions};
 use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -193,4 +196,95 @@ pub fn uids(objects: &[Value]) -> Vec<String> {
         .collect();
     uids.sort();
     uids
+}
+
+pub const S3_ACCESS_KEY: &str = "AKIAIGGYTEST";
+pub const S3_SECRET_KEY: &str = "iggy-test-secret-key";
+
+/// An s3s-fs process serving a temporary directory; killed on drop.
+pub struct S3Server {
+    child: Child,
+    root: tempfile::TempDir,
+    pub endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl S3Server {
+    pub fn start() -> Option<Self> {
+        let available = Command::new("s3s-fs")
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !available {
+            assert!(
+                std::env::var("S3S_REQUIRED").is_err(),
+                "S3S_REQUIRED is set but s3s-fs is not on PATH"
+            );
+            eprintln!(
+                "SKIP: s3s-fs not found on PATH (cargo install s3s-fs@0.14.1 --features binary)"
+            );
+            return None;
+        }
+        let root = tempfile::tempdir().expect("temp dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new("s3s-fs")
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                S3_ACCESS_KEY,
+                "--secret-key",
+                S3_SECRET_KEY,
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("s3s-fs starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Self {
+            child,
+            root,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        })
+    }
+
+    pub fn bucket_exists(&self, bucket: &str) -> bool {
+        self.root.path().join(bucket).is_dir()
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.path().join(relative)
+    }
+}
+
+pub async fn credentials_secret(client: &kube::Client, name: &str, secret_key: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "stringData": {"accessKeyId": S3_ACCESS_KEY, "secretAccessKey": secret_key},
+    }))
+    .expect("secret");
+    secrets
+        .create(&Default::default(), &secret)
+        .await
+        .expect("secret created");
 }
