@@ -104,12 +104,16 @@ pub fn default_sidecar_image() -> String {
     format!("ghcr.io/iggy-rs/iggy-sidecar:{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Persistent volume of each broker.
+/// Persistent volume of each broker. Kubernetes cannot change a StatefulSet's volume claim
+/// templates, so the size and the choice between local volumes and a StorageClass are fixed
+/// once the cluster exists.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.localVolumes) == has(oldSelf.localVolumes)").message("storage.localVolumes cannot be switched on or off after creation"))]
 pub struct StorageSpec {
-    /// Size of each broker's volume, a Kubernetes quantity such as `100Gi`.
+    /// Size of each broker's volume, a Kubernetes quantity such as `100Gi`. Immutable.
     #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("storage.size is immutable: volume claim templates cannot change"))]
     pub size: String,
 
     /// StorageClass of the volumes. Immutable: volumes cannot move between classes. Ignored
@@ -447,5 +451,36 @@ mod tests {
         moved.spec.storage.storage_class_name = Some("slow".into());
         let errors = moved.validate_cel_update(&old).expect_err("immutable");
         assert!(format!("{errors:?}").contains("immutable"), "{errors:?}");
+    }
+
+    #[test]
+    fn cel_keeps_volume_claim_templates_fixed() {
+        let old: IggyCluster =
+            serde_json::from_value(cluster(json!({"replicas": 1, "storage": {"size": "10Gi"}})))
+                .expect("parses");
+        let mut bigger = old.clone();
+        bigger.spec.storage.size = "20Gi".into();
+        let errors = bigger
+            .validate_cel_update(&old)
+            .expect_err("size is immutable");
+        assert!(
+            format!("{errors:?}").contains("storage.size is immutable"),
+            "{errors:?}"
+        );
+        let mut local = old.clone();
+        local.spec.storage.local_volumes = vec![LocalVolume {
+            node: "n".into(),
+            path: "/mnt".into(),
+        }];
+        let errors = local
+            .validate_cel_update(&old)
+            .expect_err("cannot switch to local volumes");
+        assert!(format!("{errors:?}").contains("localVolumes"), "{errors:?}");
+        let mut scaled = old.clone();
+        scaled.spec.replicas = 3;
+        assert!(
+            scaled.validate_cel_update(&old).is_ok(),
+            "other edits stay allowed"
+        );
     }
 }
