@@ -17,7 +17,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::runtime::events::Reporter;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
@@ -104,10 +104,13 @@ pub async fn run(
     metrics.set_leader(true);
     let context = Arc::new(Context {
         client: client.clone(),
-        reporter: Reporter {
-            controller: names::FIELD_MANAGER.into(),
-            instance: settings.instance.clone(),
-        },
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: names::FIELD_MANAGER.into(),
+                instance: settings.instance.clone(),
+            },
+        ),
         metrics: metrics.clone(),
     });
     let managed = watcher::Config::default().labels(&format!(

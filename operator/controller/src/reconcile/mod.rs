@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::names::ClusterNames;
 use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use status::Outcome;
 use std::sync::Arc;
@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 /// Shared by every reconcile.
 pub struct Context {
     pub client: Client,
-    pub reporter: Reporter,
+    /// One recorder for the process: it remembers recent events, so a repeat becomes a
+    /// series on the existing Event instead of a new object.
+    pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
 }
 
@@ -77,7 +79,6 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let event = Event {
         type_: kind,
         reason: reason.into(),
@@ -85,7 +86,7 @@ async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(error) = recorder.publish(&event, &cluster.object_ref(&())).await {
+    if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
         tracing::warn!(%error, reason, "could not publish event");
     }
 }
