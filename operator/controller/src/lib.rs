@@ -57,6 +57,17 @@ where
     }
 }
 
+/// Logging for both binaries: RUST_LOG filter (default info), stderr, colour only on a terminal.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Makes ring rustls' process-wide crypto provider. Needed before the first TLS client is
 /// built whenever more than one provider is compiled in (a workspace build does that), and
 /// harmless otherwise; a second call is a no-op.

@@ -8,13 +8,7 @@ use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    iggy_operator::init_logging();
     let pod = std::env::var("POD_NAME")
         .context("POD_NAME is not set (the pod's name, from the downward API)")?;
     let namespace = std::env::var("POD_NAMESPACE").context("POD_NAMESPACE is not set")?;

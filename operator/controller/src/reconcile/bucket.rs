@@ -40,9 +40,18 @@ pub async fn set_finalizer(
     } else {
         finalizers.retain(|f| f != FINALIZER);
     }
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": cluster.resource_version()}});
+    patch_metadata(client, cluster, patch).await
+}
+
+/// Merge-patches the cluster's metadata; returns its new resourceVersion.
+async fn patch_metadata(
+    client: &Client,
+    cluster: &IggyCluster,
+    patch: serde_json::Value,
+) -> Result<Option<String>, kube::Error> {
     let api: Api<IggyCluster> =
         Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": cluster.resource_version()}});
     let updated = api
         .patch(
             &cluster.name_any(),
@@ -63,17 +72,8 @@ pub async fn mark_created(
     cluster: &IggyCluster,
     bucket: &str,
 ) -> Result<Option<String>, kube::Error> {
-    let api: Api<IggyCluster> =
-        Api::namespaced(client.clone(), &cluster.namespace().unwrap_or_default());
     let patch = json!({"metadata": {"annotations": {CREATED_ANNOTATION: bucket}}});
-    let updated = api
-        .patch(
-            &cluster.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await?;
-    Ok(updated.resource_version())
+    patch_metadata(client, cluster, patch).await
 }
 
 /// The bucket the operator created for this cluster, if any.
