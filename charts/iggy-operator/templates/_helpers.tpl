@@ -62,3 +62,15 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+{{/*
+OTEL_RESOURCE_ATTRIBUTES for the operator: where it runs, then the user's attributes.
+The pod name comes from the POD_NAME variable set just above it.
+*/}}
+{{- define "iggy-operator.resourceAttributes" -}}
+{{- $attributes := list (printf "k8s.namespace.name=%s" .Release.Namespace) "k8s.pod.name=$(POD_NAME)" -}}
+{{- range $key, $value := .Values.telemetry.resourceAttributes -}}
+{{- $attributes = append $attributes (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $attributes -}}
+{{- end -}}

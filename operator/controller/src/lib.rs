@@ -11,6 +11,7 @@ pub mod reconcile;
 pub mod ring;
 pub mod s3;
 pub mod sidecar;
+pub mod telemetry;
 
 use crd::IggyCluster;
 use futures::StreamExt;
@@ -57,15 +58,29 @@ where
     }
 }
 
-/// Logging for both binaries: RUST_LOG filter (default info), stderr, colour only on a terminal.
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+/// Completes on SIGINT or SIGTERM — the kubelet stops a container with SIGTERM, and both
+/// binaries must then release what they hold and flush their telemetry, not just die.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// Makes ring rustls' process-wide crypto provider. Needed before the first TLS client is

@@ -14,7 +14,9 @@ const USAGE: &str =
 iggy-operator crd      print the IggyCluster CustomResourceDefinition as YAML
 
 Environment: KUBECONFIG or in-cluster config; POD_NAME and POD_NAMESPACE name this replica and
-where its leader Lease lives; RUST_LOG sets the log filter (default info).
+where its leader Lease lives; RUST_LOG sets the log filter (default info);
+OTEL_EXPORTER_OTLP_ENDPOINT (+ _PROTOCOL grpc|http/protobuf, OTEL_SERVICE_NAME,
+OTEL_RESOURCE_ATTRIBUTES) exports traces and logs over OTLP.
 --install-crds applies the IggyCluster CRD this binary was built with before starting.";
 
 #[tokio::main]
@@ -53,7 +55,8 @@ async fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown argument {other}\n{USAGE}"),
         }
     }
-    iggy_operator::init_logging();
+    let telemetry = iggy_operator::telemetry::init("iggy-operator")
+        .context("setting up logging and OTLP export")?;
     iggy_operator::install_crypto_provider();
     let client = kube::Client::try_default()
         .await
@@ -80,9 +83,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {metrics_address}"))?;
     tokio::spawn(http::serve(listener, metrics.clone()));
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    run(client, settings, metrics, shutdown).await?;
+    let outcome = run(client, settings, metrics, iggy_operator::shutdown_signal()).await;
+    // Flush the last spans and logs (also when leadership was lost) before exiting.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    outcome?;
     Ok(())
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    iggy_operator::init_logging();
+    let telemetry = iggy_operator::telemetry::init("iggy-sidecar")
+        .context("setting up logging and OTLP export")?;
     let pod = std::env::var("POD_NAME")
         .context("POD_NAME is not set (the pod's name, from the downward API)")?;
     let namespace = std::env::var("POD_NAMESPACE").context("POD_NAMESPACE is not set")?;
@@ -29,9 +30,7 @@ async fn main() -> anyhow::Result<()> {
         interval: Duration::from_secs(2),
     };
     tracing::info!(pod = %settings.pod, broker = %settings.broker_http, "iggy-sidecar reporting broker readiness");
-    run(client, settings, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    run(client, settings, iggy_operator::shutdown_signal()).await;
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }

@@ -148,6 +148,7 @@ fn managed_kinds() -> Vec<(ApiResource, bool)> {
     ]
 }
 
+#[tracing::instrument(name = "apply", skip_all, fields(children = children.len()))]
 pub async fn apply_all(
     client: &Client,
     cluster: &ValidatedCluster,

@@ -14,6 +14,7 @@ pub const FINALIZER: &str = "iggy.rs/s3-data";
 /// Names the bucket the operator created for the cluster.
 pub const CREATED_ANNOTATION: &str = "iggy.rs/bucket-created";
 
+#[tracing::instrument(name = "bucket", skip_all, fields(bucket = %tiering.s3.bucket))]
 pub async fn ensure(tiering: &Tiering) -> Result<BucketReady, BucketProblem> {
     s3::ensure_bucket(&tiering.s3, &tiering.credentials).await
 }

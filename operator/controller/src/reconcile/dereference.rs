@@ -34,6 +34,7 @@ pub enum DereferenceError {
     },
 }
 
+#[tracing::instrument(name = "dereference", skip_all)]
 pub async fn dereference(
     client: &Client,
     cluster: &IggyCluster,

@@ -91,12 +91,29 @@ async fn publish(
     }
 }
 
+/// One pass over one cluster. Its span (and its children's: dereference, apply, bucket,
+/// observe, write_status) is what the operator exports over OTLP.
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(
+        cluster = %cluster.name_any(),
+        namespace = %cluster.namespace().unwrap_or_default(),
+        generation = cluster.metadata.generation.unwrap_or_default(),
+        outcome = tracing::field::Empty,
+    )
+)]
 pub async fn reconcile(
     cluster: Arc<IggyCluster>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let result = reconcile_inner(&cluster, &ctx).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(error) => error.category(),
+    };
+    tracing::Span::current().record("outcome", outcome);
     ctx.metrics.observe_reconcile(
         started.elapsed(),
         result.as_ref().err().map(ReconcileError::category),

@@ -19,6 +19,7 @@ pub struct Observed {
     pub collector: Option<Deployment>,
 }
 
+#[tracing::instrument(name = "observe", skip_all)]
 pub async fn observe(client: &Client, names: &ClusterNames) -> Result<Observed, kube::Error> {
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
@@ -314,6 +315,7 @@ pub fn compute(
 /// overwrite newer facts (such as `bucket.createdByOperator`, which decides what deletion may
 /// remove). A stale write gets 409 Conflict instead and is dropped: the newer version that
 /// caused the conflict reaches the controller's watch and triggers a reconcile on fresh data.
+#[tracing::instrument(name = "write_status", skip_all)]
 pub async fn write(
     client: &Client,
     cluster: &IggyCluster,

@@ -217,28 +217,14 @@ impl Drop for S3Server {
 
 impl S3Server {
     pub fn start() -> Option<Self> {
-        let available = Command::new("s3s-fs")
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok();
-        if !available {
-            assert!(
-                std::env::var("S3S_REQUIRED").is_err(),
-                "S3S_REQUIRED is set but s3s-fs is not on PATH"
+        if !command_runs("s3s-fs", "--help") {
+            return missing_tool(
+                "S3S_REQUIRED",
+                "s3s-fs not found on PATH (cargo install s3s-fs@0.14.1 --features binary)",
             );
-            eprintln!(
-                "SKIP: s3s-fs not found on PATH (cargo install s3s-fs@0.14.1 --features binary)"
-            );
-            return None;
         }
         let root = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .expect("free port")
-            .local_addr()
-            .expect("addr")
-            .port();
+        let port = free_port();
         let child = Command::new("s3s-fs")
             .args([
                 "--host",
@@ -287,4 +273,122 @@ pub async fn credentials_secret(client: &kube::Client, name: &str, secret_key: &
         .create(&Default::default(), &secret)
         .await
         .expect("secret created");
+}
+
+/// A real OTLP receiver: the `rotel` collector (PyPI package `rotel`, binary `rotel-agent`),
+/// listening for gRPC and HTTP on free ports and printing what it receives to a file.
+pub struct OtlpReceiver {
+    child: Child,
+    output: PathBuf,
+    _dir: tempfile::TempDir,
+    pub grpc_endpoint: String,
+    pub http_endpoint: String,
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where `rotel-agent` is: $ROTEL_AGENT, PATH, or inside the installed Python package.
+fn rotel_agent() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("ROTEL_AGENT") {
+        return Some(PathBuf::from(path));
+    }
+    if command_runs("rotel-agent", "--version") {
+        return Some(PathBuf::from("rotel-agent"));
+    }
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && path.is_file()).then_some(path)
+}
+
+/// A test tool is missing: fail when CI said it must be there (`required_var` set), otherwise
+/// say why the test skips.
+fn missing_tool<T>(required_var: &str, why: &str) -> Option<T> {
+    assert!(
+        std::env::var(required_var).is_err(),
+        "{required_var} is set but {why}"
+    );
+    eprintln!("SKIP: {why}");
+    None
+}
+
+/// Whether `program` is installed: it starts (its exit status does not matter).
+fn command_runs(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl OtlpReceiver {
+    pub fn start() -> Option<Self> {
+        let Some(agent) = rotel_agent() else {
+            return missing_tool(
+                "ROTEL_REQUIRED",
+                "rotel-agent not found (pip install rotel==0.0.1a15, or set ROTEL_AGENT)",
+            );
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let output = dir.path().join("received.txt");
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(agent)
+            .args([
+                "start",
+                "--otlp-grpc-endpoint",
+                &format!("127.0.0.1:{grpc}"),
+                "--otlp-http-endpoint",
+                &format!("127.0.0.1:{http}"),
+                "--exporter",
+                "blackhole",
+                "--debug-log",
+                "traces",
+                "--debug-log",
+                "logs",
+                "--debug-log-verbosity",
+                "detailed",
+            ])
+            .stdout(std::fs::File::create(&output).expect("output file"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rotel-agent starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [grpc, http] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "rotel did not listen on {port}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(OtlpReceiver {
+            child,
+            output,
+            _dir: dir,
+            grpc_endpoint: format!("http://127.0.0.1:{grpc}"),
+            http_endpoint: format!("http://127.0.0.1:{http}"),
+        })
+    }
+
+    /// Everything received so far, as the collector's debug output.
+    pub fn received(&self) -> String {
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
 }
