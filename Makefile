@@ -5,7 +5,7 @@ CARGO ?= cargo
 DATA ?= ./local_data
 BENCH_ARGS ?=
 
-.PHONY: run build test lint fmt bench fuzz sim sim-ci clean help crds crds-check dev-cluster manifests chart-check images e2e
+.PHONY: run build test lint fmt bench fuzz sim sim-ci model model-ci clean help crds crds-check dev-cluster manifests chart-check images e2e
 
 FUZZ_SECONDS ?= 300
 SIM_SEEDS ?= 20000
@@ -19,6 +19,7 @@ help:
 	@echo "make bench  produce/consume benchmark against a release broker (see docs/benchmarks.md)"
 	@echo "make fuzz   fuzz the request decoder and dispatcher for FUZZ_SECONDS (default 300)"
 	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000)"
+	@echo "make model  exhaustive stateright check of the view-change rules, larger bounds than CI"
 	@echo "make crds   regenerate crds/iggycluster.yaml from the Rust types (crds-check: fail on drift)"
 	@echo "make dev-cluster  in-process Kubernetes API + operator; kubeconfig in .dev-cluster/kubeconfig"
 	@echo "make manifests    render the Helm chart into manifests/install.yaml (chart-check: lint + drift)"
@@ -43,11 +44,19 @@ test:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 	$(MAKE) sim-ci
+	$(MAKE) model-ci
 
 # The simulator in CI: the regression corpus and scenarios run in `cargo test` above; here 300
 # fresh swarm seeds in release mode.
 sim-ci:
 	$(CARGO) run --release -q -p vsr-sim -- --seeds 300 --first-seed $(SIM_FIRST_SEED)
+
+# The exhaustive view-change model check (stateright): the CI suite of bounds, then larger ones.
+model-ci:
+	$(CARGO) run --release -q -p vsr-model -- --suite ci
+
+model:
+	$(CARGO) run --release -q -p vsr-model -- --suite full
 
 sim:
 	$(CARGO) run --release -q -p vsr-sim -- --seeds $(SIM_SEEDS) --first-seed $(SIM_FIRST_SEED)

@@ -14,6 +14,7 @@ pub mod quorums;
 pub mod replica;
 pub mod routing;
 pub mod state_machine;
+pub mod view_change;
 
 pub use message::{Command, Envelope, Message, Node, Prepare, PrepareHeader};
 pub use replica::{

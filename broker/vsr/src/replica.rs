@@ -13,6 +13,7 @@ use crate::message::{Envelope, Message, Node, Prepare, PrepareHeader};
 use crate::quorums;
 use crate::routing::{forward_targets, primary_of, Route};
 use crate::state_machine::StateMachine;
+use crate::view_change;
 use crate::{ClientId, Op, ReplicaId, View};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -1293,29 +1294,28 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.dvc.insert(replica, (log_view, log, commit));
-        // The new primary's own DVC must be among the quorum: its own state is what it installs
-        // if it wins, and it must have stopped accepting the old view.
-        if self.dvc.len() < quorums::view_change(self.cfg.replica_count)
-            || !self.dvc.contains_key(&self.cfg.replica)
-        {
-            return;
-        }
-        // VRR's rule: the log of the highest log view, then the longest.
-        let Some((_, (_, best, _))) = self
+        let candidates: Vec<view_change::Candidate> = self
             .dvc
             .iter()
-            .max_by_key(|(r, (lv, log, _))| (*lv, log.len(), std::cmp::Reverse(**r)))
+            .map(
+                |(&replica, (log_view, log, commit))| view_change::Candidate {
+                    replica,
+                    log_view: *log_view,
+                    op_head: log.len() as Op - 1,
+                    commit: *commit,
+                },
+            )
+            .collect();
+        if !view_change::quorum_complete(&candidates, self.cfg.replica, self.cfg.replica_count) {
+            return;
+        }
+        let Some(best) = view_change::best_log(&candidates)
+            .and_then(|winner| self.dvc.get(&winner.replica))
+            .map(|(_, log, _)| log.clone())
         else {
             return;
         };
-        let best = best.clone();
-        let commit = self
-            .dvc
-            .values()
-            .map(|(_, _, c)| *c)
-            .max()
-            .unwrap_or(0)
-            .max(self.commit_max);
+        let commit = view_change::merged_commit(&candidates, self.commit_max, best.len() as Op - 1);
         self.install_log(best);
         self.status = Status::Normal;
         self.status_since = self.tick;
@@ -1329,9 +1329,9 @@ impl<S: StateMachine> Replica<S> {
         self.broadcast(Message::StartView {
             view: self.view,
             log,
-            commit: commit.min(self.log_tail()),
+            commit,
         });
-        self.advance_commit(commit.min(self.log_tail()));
+        self.advance_commit(commit);
         self.last_retransmit = self.tick;
         self.last_progress = self.tick;
         // The StartView carried the uncommitted suffix: count that as its sending.
