@@ -169,7 +169,7 @@ pub enum Action {
 pub enum Mutation {
     None,
     /// DoViewChange pairs the durable log with the in-memory log view (a bug the simulator
-    /// found in the replica: seed 20371 in regressions.txt).
+    /// found in the replica: seed 304603 in broker/vsr-sim/regressions.txt).
     InMemoryLogViewInDoViewChange,
     /// The new primary takes the longest log, ignoring log views.
     LongestLogWins,

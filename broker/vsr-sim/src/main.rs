@@ -1,9 +1,10 @@
 //! `vsr-sim --seeds N [--first-seed S]` runs N swarm seeds and ends with `N passed, F failed`;
-//! `vsr-sim --seed S [--verbose]` replays one seed and prints its trace hash.
+//! `vsr-sim --seed S [--world N] [--verbose]` replays one seed (in the current world, or the
+//! fault menu a regression seed was found in) and prints its trace hash.
 
 use std::process::ExitCode;
 use std::time::Instant;
-use vsr_sim::{run_seed, Coverage};
+use vsr_sim::{run_seed, run_seed_in, Coverage, World};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -15,8 +16,18 @@ fn main() -> ExitCode {
     };
     let verbose = args.iter().any(|a| a == "--verbose");
     if let Some(seed) = value("--seed") {
+        let world = match value("--world") {
+            None => World::CURRENT,
+            Some(n) => match World::parse(&n.to_string()) {
+                Some(world) => world,
+                None => {
+                    eprintln!("unknown world {n}: 1 (before deaf replicas), 2 (current)");
+                    return ExitCode::from(2);
+                }
+            },
+        };
         let started = Instant::now();
-        let outcome = run_seed(seed, verbose);
+        let outcome = run_seed_in(seed, world, verbose);
         println!("seed {seed}: {:?}", outcome.params);
         println!(
             "seed {seed} trace hash {:016x} ticks {} committed {} wall {:.2}s",
@@ -39,7 +50,7 @@ fn main() -> ExitCode {
         };
     }
     let Some(count) = value("--seeds") else {
-        eprintln!("usage: vsr-sim --seeds N [--first-seed S] | --seed S [--verbose]");
+        eprintln!("usage: vsr-sim --seeds N [--first-seed S] | --seed S [--world N] [--verbose]");
         return ExitCode::from(2);
     };
     let first = value("--first-seed").unwrap_or(0);
@@ -61,6 +72,10 @@ fn main() -> ExitCode {
     }
     let wall = started.elapsed().as_secs_f64();
     print_coverage(&coverage);
+    match coverage.gaps().as_slice() {
+        [] => println!("coverage: every expected counter is non-zero"),
+        gaps => println!("coverage gaps (zero): {}", gaps.join(", ")),
+    }
     println!(
         "seeds {first}..{}: {:.0} simulated seconds per wall second, {:.0} seeds per minute",
         first + count,

@@ -34,6 +34,12 @@ pub struct Params {
     /// write that lands in the neighbouring slot (ppm per write).
     pub read_fault_ppm: u64,
     pub misdirect_ppm: u64,
+    /// Per tick: chance one replica goes deaf — it hears no replica but is still heard — and
+    /// chance it recovers (ppm). Deafness lasts long enough (hundreds of ticks) to outlast the
+    /// abdication timeout: a deaf primary keeps its backups content with heartbeats while it
+    /// commits nothing, and only abdication gets the cluster going again.
+    pub deaf_onset_ppm: u64,
+    pub deaf_heal_ppm: u64,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
@@ -75,6 +81,13 @@ impl Params {
             misdirect_ppm: rng.below(20_000),
             safety_ticks: rng.between(2_000, 8_000),
             liveness_ticks: 30_000,
+            // Drawn last, so the draws above (and every earlier seed's world) are unchanged.
+            deaf_onset_ppm: if rng.chance(300_000) {
+                rng.between(200, 2_000)
+            } else {
+                0
+            },
+            deaf_heal_ppm: rng.between(500, 3_000),
         }
     }
 
@@ -101,6 +114,8 @@ impl Params {
             write_latency_max: 3,
             read_fault_ppm: 0,
             misdirect_ppm: 0,
+            deaf_onset_ppm: 0,
+            deaf_heal_ppm: 0,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

@@ -24,6 +24,44 @@ pub struct Coverage {
 }
 
 impl Coverage {
+    /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
+    pub const EXPECTED: [&'static str; 26] = [
+        "abdications",
+        "cached_replies",
+        "client_retries",
+        "converged_runs",
+        "crashes",
+        "deaf_replicas",
+        "duplicate_ops_skipped",
+        "evictions_seen_by_clients",
+        "faulty_recoveries",
+        "messages_dropped",
+        "messages_duplicated",
+        "misdirected_writes",
+        "ops_transferred",
+        "ops_truncated",
+        "partitions",
+        "partitions_asymmetric",
+        "read_faults",
+        "restarts",
+        "retransmits",
+        "session_evictions",
+        "state_transfers",
+        "torn_writes",
+        "truncations",
+        "view_changes_started",
+        "views_installed",
+        "writes_lost_at_crash",
+    ];
+
+    /// Expected counters still at zero.
+    pub fn gaps(&self) -> Vec<&'static str> {
+        Self::EXPECTED
+            .into_iter()
+            .filter(|name| self.get(name) == 0)
+            .collect()
+    }
+
     fn add(&mut self, name: &'static str, n: u64) {
         *self.counters.entry(name).or_default() += n;
     }
@@ -194,12 +232,16 @@ struct Network {
     in_flight: BTreeMap<(Node, Node), usize>,
     /// Directed links that drop everything.
     cut: BTreeSet<(u8, u8)>,
+    /// A replica that hears no other replica (its own sends still arrive).
+    deaf: Option<u8>,
 }
 
 pub struct Simulation {
     seed: u64,
     params: Params,
     rng: Rng,
+    /// Only for deafness (see `inject_deafness`).
+    deaf_rng: Rng,
     tick: u64,
     replicas: Vec<Option<Replica<ModelBroker>>>,
     disks: Vec<Disk>,
@@ -253,10 +295,12 @@ impl Simulation {
                 seq: 0,
                 in_flight: BTreeMap::new(),
                 cut: BTreeSet::new(),
+                deaf: None,
             },
             replicas,
             clients,
             rng,
+            deaf_rng: Rng::new(seed ^ 0xDEAF_0000_0000_DEAF),
             tick: 0,
             coverage: Coverage::default(),
             trace: xxhash_rust::xxh3::Xxh3::new(),
@@ -345,9 +389,11 @@ impl Simulation {
         self.params.duplicate_ppm = 0;
         self.params.crash_ppm = 0;
         self.params.partition_onset_ppm = 0;
+        self.params.deaf_onset_ppm = 0;
         self.params.read_fault_ppm = 0;
         self.params.misdirect_ppm = 0;
         self.network.cut.clear();
+        self.network.deaf = None;
         for r in 0..self.params.replicas {
             if self.replicas[r as usize].is_none() && !self.permanently_down.contains(&r) {
                 self.restart(r)?;
@@ -416,6 +462,7 @@ impl Simulation {
 
     fn inject_faults(&mut self) -> Result<(), Violation> {
         let n = self.params.replicas;
+        self.inject_deafness();
         if self.network.cut.is_empty() {
             if n > 1 && self.rng.chance(self.params.partition_onset_ppm) {
                 let side: Vec<bool> = (0..n).map(|_| self.rng.chance(500_000)).collect();
@@ -513,10 +560,44 @@ impl Simulation {
         Ok(())
     }
 
+    /// Deafness draws from its own generator, so seeds without it (most) replay the worlds
+    /// they had before it existed.
+    fn inject_deafness(&mut self) {
+        let n = self.params.replicas;
+        if n < 2 || self.params.deaf_onset_ppm == 0 {
+            return;
+        }
+        match self.network.deaf {
+            None if self.deaf_rng.chance(self.params.deaf_onset_ppm) => {
+                // Half the time the primary of the newest view: the case only abdication cures.
+                let primary = self
+                    .replicas
+                    .iter()
+                    .flatten()
+                    .filter(|r| r.is_primary())
+                    .max_by_key(|r| r.view())
+                    .map(|r| r.replica());
+                let target = match primary {
+                    Some(p) if self.deaf_rng.chance(500_000) => p,
+                    _ => self.deaf_rng.below(n as u64) as u8,
+                };
+                self.network.deaf = Some(target);
+                self.coverage.add("deaf_replicas", 1);
+                self.log(|| format!("replica {target} deaf"));
+            }
+            Some(r) if self.deaf_rng.chance(self.params.deaf_heal_ppm) => {
+                self.network.deaf = None;
+                self.log(|| format!("replica {r} hears again"));
+            }
+            _ => {}
+        }
+    }
+
     fn send(&mut self, envelope: Envelope) {
         let (from, to) = (envelope.from, envelope.to);
         if let (Node::Replica(a), Node::Replica(b)) = (from, to) {
             if self.network.cut.contains(&(a, b))
+                || self.network.deaf == Some(b)
                 || self
                     .drop_filter
                     .contains(&(a, b, envelope.message.command()))
