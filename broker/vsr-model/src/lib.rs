@@ -47,6 +47,9 @@ pub struct Replica {
     pub durable_log: Vec<Entry>,
     pub durable_log_view: u32,
     pub commit: usize,
+    /// The commit number written with the durable log (the superblock's): never past what that
+    /// log holds, as the replica's `commit_max.min(op_durable)`.
+    pub durable_commit: usize,
     pub svc: BTreeSet<Rid>,
     pub dvc: BTreeMap<Rid, (u32, Vec<Entry>, usize)>,
     pub dvc_sent: bool,
@@ -64,6 +67,7 @@ impl Replica {
             durable_log: Vec::new(),
             durable_log_view: 0,
             commit: 0,
+            durable_commit: 0,
             svc: BTreeSet::new(),
             dvc: BTreeMap::new(),
             dvc_sent: false,
@@ -173,6 +177,9 @@ pub enum Mutation {
     InMemoryLogViewInDoViewChange,
     /// The new primary takes the longest log, ignoring log views.
     LongestLogWins,
+    /// A StartView of the replica's own log view replaces a longer log it holds (a bug the
+    /// model check found in the replica: a stale StartView truncated an acknowledged op).
+    StaleStartViewTruncates,
     /// The view-change quorum is one smaller than `Qv`, so it can miss every replica that
     /// holds a committed op.
     ViewChangeQuorumOneShort,
@@ -413,6 +420,14 @@ impl VsrModel {
                 if view < me.view || (view == me.view && me.status == Status::Normal) {
                     return;
                 }
+                // As the replica: a StartView of our own log view that is a prefix of our log
+                // is older than what we hold (a duplicate, or an answer to an earlier
+                // RequestStartView); keep the longer log.
+                let log = match self.mutation {
+                    Mutation::StaleStartViewTruncates => log,
+                    _ if view == me.log_view && me.log.starts_with(&log) => me.log.clone(),
+                    _ => log,
+                };
                 Self::install(state, r, view, log);
                 Self::record_commits(state, r, commit);
             }
@@ -433,6 +448,7 @@ impl VsrModel {
         let replica = &mut state.replicas[r as usize];
         replica.durable_log = replica.log.clone();
         replica.durable_log_view = replica.log_view;
+        replica.durable_commit = replica.commit.min(replica.log.len());
         if replica.status != Status::Normal {
             return;
         }
@@ -456,7 +472,7 @@ impl VsrModel {
         let replica = &mut state.replicas[r as usize];
         replica.log = replica.durable_log.clone();
         replica.log_view = replica.durable_log_view;
-        replica.commit = replica.commit.min(replica.log.len());
+        replica.commit = replica.durable_commit;
         replica.status = Status::Recovering;
         replica.svc.clear();
         replica.dvc.clear();
@@ -518,7 +534,10 @@ impl Model for VsrModel {
             {
                 actions.push(Action::Request(r));
             }
-            if replica.log != replica.durable_log || replica.log_view != replica.durable_log_view {
+            if replica.log != replica.durable_log
+                || replica.log_view != replica.durable_log_view
+                || replica.commit != replica.durable_commit
+            {
                 actions.push(Action::Persist(r));
             }
             if replica.view < self.max_view {

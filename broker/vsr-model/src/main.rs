@@ -39,8 +39,9 @@ const CI: &[Case] = &[
     case(1, 1, 2, Mutation::None),
     case(2, 0, 2, Mutation::None),
     case(1, 0, 1, Mutation::ViewChangeQuorumOneShort),
-    case(1, 1, 2, Mutation::LongestLogWins),
+    case(2, 0, 2, Mutation::LongestLogWins),
     case(1, 1, 2, Mutation::InMemoryLogViewInDoViewChange),
+    case(1, 2, 1, Mutation::StaleStartViewTruncates),
 ];
 
 /// Larger bounds: tens of millions of states each, several GiB of memory.
@@ -56,6 +57,7 @@ fn mutation_name(mutation: Mutation) -> &'static str {
         Mutation::InMemoryLogViewInDoViewChange => "in-memory-log-view",
         Mutation::LongestLogWins => "longest-log",
         Mutation::ViewChangeQuorumOneShort => "quorum-one-short",
+        Mutation::StaleStartViewTruncates => "stale-start-view",
     }
 }
 
@@ -65,6 +67,7 @@ fn parse_mutation(name: &str) -> Option<Mutation> {
         Mutation::InMemoryLogViewInDoViewChange,
         Mutation::LongestLogWins,
         Mutation::ViewChangeQuorumOneShort,
+        Mutation::StaleStartViewTruncates,
     ]
     .into_iter()
     .find(|m| mutation_name(*m) == name)
@@ -105,6 +108,13 @@ fn run(case: &Case, threads: usize) -> bool {
         match property.expectation {
             stateright::Expectation::Always | stateright::Expectation::Eventually => {
                 if let Some(path) = found {
+                    if case.mutation == Mutation::None {
+                        println!("\n  counterexample for {}:", property.name);
+                        for action in path.clone().into_actions() {
+                            println!("    {action:?}");
+                        }
+                        println!("    final state: {:#?}", path.last_state());
+                    }
                     violated.push((property.name, path.into_actions().len()));
                 }
             }
@@ -163,7 +173,7 @@ fn main() -> ExitCode {
                 match parse_mutation(&name) {
                     Some(m) => single.mutation = m,
                     None => {
-                        eprintln!("unknown mutation {name}: none, in-memory-log-view, longest-log, quorum-one-short");
+                        eprintln!("unknown mutation {name}: none, in-memory-log-view, longest-log, quorum-one-short, stale-start-view");
                         return ExitCode::from(2);
                     }
                 }

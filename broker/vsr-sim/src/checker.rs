@@ -55,6 +55,26 @@ impl Checker {
         self.canonical.len() as Op
     }
 
+    /// A replica just became primary of `view`: its log must hold every op committed so far —
+    /// what a view change exists to guarantee (checked here when it happens, not later when a
+    /// lost op would show up as a conflicting commit or a stall).
+    pub fn new_primary(
+        &self,
+        replica: u8,
+        view: u32,
+        checksum_at: impl Fn(Op) -> Option<u128>,
+    ) -> Result<(), Violation> {
+        for (i, committed) in self.canonical.iter().enumerate() {
+            let op = i as Op + 1;
+            if checksum_at(op) != Some(committed.checksum) {
+                return Err(format!(
+                    "durability: replica {replica} became primary of view {view} without committed op {op}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// A restarted replica re-applied its log up to `commit_min` while opening: those ops must
     /// be the committed chain's.
     pub fn recovered(

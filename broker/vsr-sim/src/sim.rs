@@ -776,6 +776,10 @@ impl Simulation {
                 if primary {
                     self.coverage.add("views_installed", 1);
                     self.log(|| format!("replica {r} is primary of view {view}"));
+                    if let Some(replica) = self.replicas[r as usize].as_ref() {
+                        self.checker
+                            .new_primary(r, view, |op| replica.checksum_at(op))?;
+                    }
                 }
                 self.checker.normal(r, view, primary)?;
             }

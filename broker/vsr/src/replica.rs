@@ -239,6 +239,8 @@ pub struct Replica<S> {
     /// (view, log view) of the newest durable superblock; `None` before the first one lands.
     durable: Option<(View, View)>,
     superblock_sequence: u64,
+    /// A superblock write waits for a log install in flight (see `write_superblock`).
+    superblock_queued: bool,
     /// Every op up to here is durable in the WAL with the checksum the log holds.
     op_durable: Op,
     /// Durable WAL entries (op → checksum, and the io that wrote them), as far as this replica
@@ -359,6 +361,7 @@ impl<S: StateMachine> Replica<S> {
             commit_max: 0,
             durable: Some((superblock.view, superblock.log_view)),
             superblock_sequence: superblock.sequence,
+            superblock_queued: false,
             op_durable,
             durable_ops,
             writes: BTreeMap::new(),
@@ -553,6 +556,19 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn write_superblock(&mut self) {
+        // One superblock may not overtake a log install still in flight: it would name the
+        // installed log view while the WAL still holds the previous log, and a crash (or a
+        // DoViewChange taken from the durable state) would pair that log view with the wrong
+        // log (seed 9011539). The write waits and is issued, with the then-current view, when
+        // the install lands.
+        if self
+            .writes
+            .values()
+            .any(|w| matches!(w, PendingWrite::Log { .. }))
+        {
+            self.superblock_queued = true;
+            return;
+        }
         let superblock = self.superblock();
         let io = self.io();
         self.writes.insert(io, PendingWrite::Superblock(superblock));
@@ -624,6 +640,10 @@ impl<S: StateMachine> Replica<S> {
                     }
                 }
                 self.superblock_durable(superblock);
+                if self.superblock_queued {
+                    self.superblock_queued = false;
+                    self.write_superblock();
+                }
             }
         }
         self.advance_op_durable();
@@ -1351,6 +1371,17 @@ impl<S: StateMachine> Replica<S> {
         if primary_of(view, self.cfg.replica_count) == self.cfg.replica {
             return;
         }
+        // A StartView of the view our log already belongs to can be older than ops we hold
+        // (a duplicate, or the answer to a RequestStartView sent before a second crash): both
+        // are prefixes of that view's primary's log, so the longer one is newer. Installing
+        // the shorter would drop ops we may have acknowledged (found by the model check,
+        // broker/vsr-model: the stale StartView truncated an op whose earlier PrepareOk then
+        // committed it).
+        let log = if view == self.log_view && is_prefix(&log, &self.log) {
+            self.log.clone()
+        } else {
+            log
+        };
         self.view = view;
         self.install_log(log);
         // The primary's log replaces whatever our damaged slots held — once it is on disk.
@@ -1412,6 +1443,15 @@ fn message_view(message: &Message) -> Option<View> {
     }
 }
 
+/// Whether `short` is `long` cut somewhere (same checksums over its whole length).
+fn is_prefix(short: &[Prepare], long: &[Prepare]) -> bool {
+    short.len() <= long.len()
+        && short
+            .iter()
+            .zip(long)
+            .all(|(a, b)| a.checksum() == b.checksum())
+}
+
 /// A log starts at the root and every entry verifies and chains to the previous one.
 fn valid_chain(log: &[Prepare]) -> bool {
     !log.is_empty()
@@ -1430,6 +1470,59 @@ mod tests {
         header.op = op;
         header.parent = parent;
         Prepare::new(header, vec![op as u8; 4])
+    }
+
+    struct Nothing;
+    impl StateMachine for Nothing {
+        fn apply(&mut self, _: Op, _: ClientId, _: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn digest(&self) -> u128 {
+            0
+        }
+    }
+
+    /// The model check's counterexample, on the real replica: restarted with op 1 durable and
+    /// acknowledged in view 0, it receives a StartView of view 0 sent before op 1 existed.
+    #[test]
+    fn a_stale_start_view_of_the_same_view_keeps_the_longer_log() {
+        let root = Prepare::root(1, 1, 0);
+        let p1 = prepare(1, root.checksum());
+        let disk = DiskImage {
+            superblock: Some(Superblock {
+                sequence: 3,
+                view: 0,
+                log_view: 0,
+                commit: 0,
+            }),
+            wal: BTreeMap::from([(1, p1.clone())]),
+            headers: BTreeMap::from([(1, p1.checksum())]),
+        };
+        let mut replica = Replica::open(Config::new(1, 3, 2, Route::Star), disk, Nothing);
+        replica.take_outputs();
+        assert_eq!(
+            (replica.status(), replica.log_tail()),
+            (Status::Recovering, 1)
+        );
+        let stale = Envelope {
+            cluster: 1,
+            group: 1,
+            epoch: 0,
+            from: Node::Replica(0),
+            to: Node::Replica(2),
+            message: Message::StartView {
+                view: 0,
+                log: vec![root],
+                commit: 0,
+            },
+        };
+        let outputs = replica.step(Input::Message(stale));
+        assert_eq!(replica.status(), Status::Normal);
+        assert_eq!(replica.log_tail(), 1, "op 1 must survive");
+        assert_eq!(replica.checksum_at(1), Some(p1.checksum()));
+        assert!(!outputs
+            .iter()
+            .any(|o| matches!(o, Output::WriteLog { truncate_after, .. } if *truncate_after < 1)));
     }
 
     #[test]
