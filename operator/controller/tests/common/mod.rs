@@ -241,11 +241,7 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("s3s-fs starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_listening("s3s-fs", &[port]);
         Some(Self {
             child,
             root,
@@ -332,6 +328,20 @@ fn command_runs(program: &str, arg: &str) -> bool {
         .is_ok()
 }
 
+/// Waits (10 s at most) until a test server accepts connections on every one of `ports`.
+fn wait_listening(server: &str, ports: &[u16]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for &port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{server} did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("free port")
@@ -371,13 +381,7 @@ impl OtlpReceiver {
             .stderr(Stdio::null())
             .spawn()
             .expect("rotel-agent starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for port in [grpc, http] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "rotel did not listen on {port}");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        wait_listening("rotel", &[grpc, http]);
         Some(OtlpReceiver {
             child,
             output,
