@@ -58,15 +58,18 @@ impl Checker {
     /// A replica just became primary of `view`: its log must hold every op committed so far —
     /// what a view change exists to guarantee (checked here when it happens, not later when a
     /// lost op would show up as a conflicting commit or a stall).
+    /// Ops up to the log's anchor (`base`, its checkpoint) are in the primary's state; the
+    /// anchor and every committed op above it must be in its log.
     pub fn new_primary(
         &self,
         replica: u8,
         view: u32,
+        base: Op,
         checksum_at: impl Fn(Op) -> Option<u128>,
     ) -> Result<(), Violation> {
         for (i, committed) in self.canonical.iter().enumerate() {
             let op = i as Op + 1;
-            if checksum_at(op) != Some(committed.checksum) {
+            if op >= base && checksum_at(op) != Some(committed.checksum) {
                 return Err(format!(
                     "durability: replica {replica} became primary of view {view} without committed op {op}"
                 ));
@@ -75,15 +78,16 @@ impl Checker {
         Ok(())
     }
 
-    /// A restarted replica re-applied its log up to `commit_min` while opening: those ops must
-    /// be the committed chain's.
+    /// A restarted replica restored the checkpoint at `base` and re-applied its log up to
+    /// `commit_min` while opening: the anchor and those ops must be the committed chain's.
     pub fn recovered(
         &mut self,
         replica: u8,
+        base: Op,
         commit_min: Op,
         checksum_at: impl Fn(Op) -> Option<u128>,
     ) -> Result<(), Violation> {
-        for op in 1..=commit_min {
+        for op in base.max(1)..=commit_min {
             let canonical = self.canonical.get((op - 1) as usize).map(|c| c.checksum);
             if canonical.is_none() || canonical != checksum_at(op) {
                 return Err(format!(
@@ -245,6 +249,36 @@ impl Checker {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// A replica checkpointed after applying `op`: its state there must be everyone's.
+    pub fn checkpointed(&self, replica: u8, op: Op, digest: u128) -> Result<(), Violation> {
+        match op
+            .checked_sub(1)
+            .and_then(|i| self.canonical.get(i as usize))
+        {
+            Some(committed) if committed.digest == digest => Ok(()),
+            Some(_) => Err(format!(
+                "determinism: replica {replica} checkpointed a different state at op {op}"
+            )),
+            None => Err(format!(
+                "checkpoint: replica {replica} checkpointed op {op}, which is not committed"
+            )),
+        }
+    }
+
+    /// A replica installed a peer's checkpoint at `op`: it must be the committed state there,
+    /// and the replica's next commit is `op + 1`.
+    pub fn synced(&mut self, replica: u8, op: Op, digest: u128) -> Result<(), Violation> {
+        self.checkpointed(replica, op, digest)?;
+        let last = &mut self.last_committed[replica as usize];
+        if op <= *last {
+            return Err(format!(
+                "state sync: replica {replica} synced to op {op} having committed {last}"
+            ));
+        }
+        *last = op;
+        Ok(())
     }
 
     pub fn superblock_durable(&mut self, replica: u8, sb: &Superblock) -> Result<(), Violation> {

@@ -40,12 +40,19 @@ pub struct Params {
     /// commits nothing, and only abdication gets the cluster going again.
     pub deaf_onset_ppm: u64,
     pub deaf_heal_ppm: u64,
+    /// Ops between checkpoints; the WAL holds twice as many (see `wal_slots`). Small
+    /// intervals make lagging replicas fall behind every peer's log and need state sync.
+    pub checkpoint_interval: u64,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
 }
 
 impl Params {
+    pub fn wal_slots(&self) -> u64 {
+        2 * self.checkpoint_interval
+    }
+
     /// Draws a swarm configuration from the seed.
     pub fn swarm(rng: &mut Rng) -> Self {
         let replicas = match rng.below(10) {
@@ -88,6 +95,7 @@ impl Params {
                 0
             },
             deaf_heal_ppm: rng.between(500, 3_000),
+            checkpoint_interval: [4, 8, 16, 32, 64, 1024][rng.below(6) as usize],
         }
     }
 
@@ -116,6 +124,7 @@ impl Params {
             misdirect_ppm: 0,
             deaf_onset_ppm: 0,
             deaf_heal_ppm: 0,
+            checkpoint_interval: 16,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

@@ -9,8 +9,8 @@ use crate::params::Params;
 use crate::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use vsr::{
-    Command, Config, DiskImage, Envelope, Event, Input, Message, Node, Op, Output, Prepare,
-    Replica, Superblock,
+    Checkpoint, Command, Config, DiskImage, Envelope, Event, Input, Message, Node, Op, Output,
+    Prepare, Replica, Superblock,
 };
 
 const CLUSTER: u128 = 0x1667_0000_0000_0001;
@@ -25,9 +25,10 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 26] = [
+    pub const EXPECTED: [&'static str; 28] = [
         "abdications",
         "cached_replies",
+        "checkpoints",
         "client_retries",
         "converged_runs",
         "crashes",
@@ -46,6 +47,7 @@ impl Coverage {
         "restarts",
         "retransmits",
         "session_evictions",
+        "state_syncs",
         "state_transfers",
         "torn_writes",
         "truncations",
@@ -87,16 +89,17 @@ pub struct Outcome {
 }
 
 enum Write {
-    /// `slot` is where the prepare lands: its op, unless the write is misdirected.
+    /// `slot` is where the prepare lands: its op's slot, unless the write is misdirected.
     Wal {
         prepare: Prepare,
-        slot: Op,
+        slot: u64,
     },
     Superblock(Superblock),
+    Checkpoint(Box<Checkpoint>),
     Log {
         superblock: Superblock,
         truncate_after: Op,
-        entries: Vec<Prepare>,
+        entries: Vec<(u64, Prepare)>,
     },
 }
 
@@ -108,57 +111,86 @@ struct Pending {
     write: Write,
 }
 
-/// A replica's storage: the newest superblock and the WAL, with writes landing after a delay
-/// and, at a crash, each pending write either landing or lost.
-#[derive(Default)]
+/// A replica's storage: the newest superblock, checkpoint states, and a WAL of `slots` slots,
+/// with writes landing after a delay and, at a crash, each pending write either landing or
+/// lost.
 struct Disk {
+    slots: u64,
     superblock: Option<(u64, Superblock)>,
-    wal: BTreeMap<Op, (u64, Prepare)>,
-    /// The redundant header ring: op → (write seq, checksum of the prepare written there).
-    headers: BTreeMap<Op, (u64, u128)>,
+    /// Checkpoint states by op; a superblock naming one makes the older ones garbage.
+    checkpoints: BTreeMap<Op, Checkpoint>,
+    /// slot → (write seq, prepare written there).
+    wal: BTreeMap<u64, (u64, Prepare)>,
+    /// The redundant header ring: slot → (write seq, op, checksum of the prepare written).
+    headers: BTreeMap<u64, (u64, Op, u128)>,
     truncations: Vec<(u64, Op)>,
     pending: Vec<Pending>,
     next_seq: u64,
 }
 
 impl Disk {
+    fn new(slots: u64) -> Self {
+        Self {
+            slots,
+            superblock: None,
+            checkpoints: BTreeMap::new(),
+            wal: BTreeMap::new(),
+            headers: BTreeMap::new(),
+            truncations: Vec::new(),
+            pending: Vec::new(),
+            next_seq: 0,
+        }
+    }
+
     fn image(&self) -> DiskImage {
+        let superblock = self.superblock.map(|(_, sb)| sb);
         DiskImage {
-            superblock: self.superblock.map(|(_, sb)| sb),
+            superblock,
+            checkpoint: superblock.and_then(|sb| self.checkpoints.get(&sb.checkpoint).cloned()),
             wal: self
                 .wal
                 .iter()
-                .map(|(op, (_, p))| (*op, p.clone()))
+                .map(|(slot, (_, p))| (*slot, p.clone()))
                 .collect(),
-            headers: self.headers.iter().map(|(op, (_, c))| (*op, *c)).collect(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(slot, (_, op, c))| (*slot, (*op, *c)))
+                .collect(),
         }
     }
 
     /// Lands a WAL write: the prepare (in `slot`, which a misdirected write gets wrong), then,
-    /// unless the write was torn, the header for its real op. The two are separate places on
-    /// disk, each keeping whichever write was issued last.
-    fn land_wal(&mut self, seq: u64, prepare: Prepare, slot: Op, with_header: bool) {
+    /// unless the write was torn, the header in its real op's slot. The two are separate
+    /// places on disk, each keeping whichever write was issued last.
+    fn land_wal(&mut self, seq: u64, prepare: Prepare, slot: u64, with_header: bool) {
         let op = prepare.op();
         let checksum = prepare.checksum();
-        let superseded = |at: Op, disk: &Disk| {
-            disk.truncations
-                .iter()
-                .any(|(s, after)| *s > seq && at > *after)
-        };
-        if !superseded(slot, self) && self.wal.get(&slot).is_none_or(|(s, _)| *s <= seq) {
+        // A later view change truncated this op: the write must not bring it back.
+        let superseded = self
+            .truncations
+            .iter()
+            .any(|(s, after)| *s > seq && op > *after);
+        if superseded {
+            return;
+        }
+        if self.wal.get(&slot).is_none_or(|(s, _)| *s <= seq) {
             self.wal.insert(slot, (seq, prepare));
         }
+        let header_slot = op % self.slots;
         if with_header
-            && !superseded(op, self)
-            && self.headers.get(&op).is_none_or(|(s, _)| *s <= seq)
+            && self
+                .headers
+                .get(&header_slot)
+                .is_none_or(|(s, _, _)| *s <= seq)
         {
-            self.headers.insert(op, (seq, checksum));
+            self.headers.insert(header_slot, (seq, op, checksum));
         }
     }
 
-    /// A latent sector error: the stored prepare at `op` no longer verifies.
-    fn rot(&mut self, op: Op) {
-        if let Some((_, prepare)) = self.wal.get_mut(&op) {
+    /// A latent sector error: the stored prepare in `slot` no longer verifies.
+    fn rot(&mut self, slot: u64) {
+        if let Some((_, prepare)) = self.wal.get_mut(&slot) {
             prepare.body.push(0x5A);
         }
     }
@@ -171,26 +203,24 @@ impl Disk {
                 None
             }
             Write::Superblock(sb) => self.land_superblock(seq, sb),
+            Write::Checkpoint(checkpoint) => {
+                self.checkpoints.insert(checkpoint.op(), *checkpoint);
+                None
+            }
             Write::Log {
                 superblock,
                 truncate_after,
                 entries,
             } => {
-                let stale: Vec<Op> = self
-                    .wal
-                    .range(truncate_after + 1..)
-                    .filter(|(_, (s, _))| *s < seq)
-                    .map(|(op, _)| *op)
-                    .collect();
-                for op in stale {
-                    self.wal.remove(&op);
-                }
+                self.wal
+                    .retain(|_, (s, p)| p.op() <= truncate_after || *s > seq);
                 self.headers
-                    .retain(|op, (s, _)| *op <= truncate_after || *s > seq);
+                    .retain(|_, (s, op, _)| *op <= truncate_after || *s > seq);
                 self.truncations.push((seq, truncate_after));
-                for prepare in entries {
-                    self.headers.insert(prepare.op(), (seq, prepare.checksum()));
-                    self.wal.insert(prepare.op(), (seq, prepare));
+                for (slot, prepare) in entries {
+                    self.headers
+                        .insert(slot, (seq, prepare.op(), prepare.checksum()));
+                    self.wal.insert(slot, (seq, prepare));
                 }
                 self.land_superblock(seq, superblock)
             }
@@ -200,6 +230,7 @@ impl Disk {
     fn land_superblock(&mut self, seq: u64, sb: Superblock) -> Option<Superblock> {
         if self.superblock.is_none_or(|(s, _)| s < seq) {
             self.superblock = Some((seq, sb));
+            self.checkpoints = self.checkpoints.split_off(&sb.checkpoint);
             Some(sb)
         } else {
             None
@@ -289,7 +320,9 @@ impl Simulation {
         let mut sim = Self {
             seed,
             checker: Checker::new(params.replicas, root),
-            disks: (0..params.replicas).map(|_| Disk::default()).collect(),
+            disks: (0..params.replicas)
+                .map(|_| Disk::new(params.wal_slots()))
+                .collect(),
             network: Network {
                 queue: BTreeMap::new(),
                 seq: 0,
@@ -336,6 +369,8 @@ impl Simulation {
         cfg.seed = seed;
         // Few sessions, so clients beyond four evict each other.
         cfg.clients_max = crate::checker::CLIENTS_MAX;
+        cfg.checkpoint_interval = params.checkpoint_interval;
+        cfg.wal_slots = params.wal_slots();
         Replica::open(cfg, disk, ModelBroker::default())
     }
 
@@ -424,11 +459,12 @@ impl Simulation {
             .map(|r| match r {
                 None => "down".into(),
                 Some(r) => format!(
-                    "{:?} v{} commit {}/{} log {} durable {} writes pending {}",
+                    "{:?} v{} commit {}/{} log {}..{} durable {} writes pending {}",
                     r.status(),
                     r.view(),
                     r.commit_min(),
                     r.commit_max(),
+                    r.log_base(),
                     r.log_tail(),
                     r.op_durable(),
                     r.pending_writes()
@@ -533,10 +569,10 @@ impl Simulation {
 
     fn restart(&mut self, r: u8) -> Result<(), Violation> {
         if self.corruptible.contains(&r) {
-            let ops: Vec<Op> = self.disks[r as usize].wal.keys().copied().collect();
-            for op in ops {
+            let slots: Vec<u64> = self.disks[r as usize].wal.keys().copied().collect();
+            for slot in slots {
                 if self.rng.chance(self.params.read_fault_ppm) {
-                    self.disks[r as usize].rot(op);
+                    self.disks[r as usize].rot(slot);
                     self.coverage.add("read_faults", 1);
                 }
             }
@@ -546,7 +582,9 @@ impl Simulation {
         let outputs = replica.take_outputs();
         // What recovery re-applied must be the committed chain.
         self.checker
-            .recovered(r, replica.commit_min(), |op| replica.checksum_at(op))?;
+            .recovered(r, replica.log_base(), replica.commit_min(), |op| {
+                replica.checksum_at(op)
+            })?;
         if replica.is_faulty() {
             self.coverage.add("faulty_recoveries", 1);
         }
@@ -698,18 +736,23 @@ impl Simulation {
                 return Ok(());
             }
             Output::Event(event) => return self.on_event(r, event),
-            Output::WriteWal { io, prepare } => {
-                let mut slot = prepare.op();
+            Output::WriteWal {
+                io,
+                mut slot,
+                prepare,
+            } => {
                 if self.corruptible.contains(&r) && self.rng.chance(self.params.misdirect_ppm) {
-                    slot = if slot > 1 && self.rng.chance(500_000) {
-                        slot - 1
+                    let slots = self.params.wal_slots();
+                    slot = if self.rng.chance(500_000) {
+                        (slot + slots - 1) % slots
                     } else {
-                        slot + 1
+                        (slot + 1) % slots
                     };
                     self.coverage.add("misdirected_writes", 1);
                 }
                 (io, Write::Wal { prepare, slot })
             }
+            Output::WriteCheckpoint { io, checkpoint } => (io, Write::Checkpoint(checkpoint)),
             Output::WriteSuperblock { io, superblock } => (io, Write::Superblock(superblock)),
             Output::WriteLog {
                 io,
@@ -778,7 +821,9 @@ impl Simulation {
                     self.log(|| format!("replica {r} is primary of view {view}"));
                     if let Some(replica) = self.replicas[r as usize].as_ref() {
                         self.checker
-                            .new_primary(r, view, |op| replica.checksum_at(op))?;
+                            .new_primary(r, view, replica.log_base(), |op| {
+                                replica.checksum_at(op)
+                            })?;
                     }
                 }
                 self.checker.normal(r, view, primary)?;
@@ -797,6 +842,17 @@ impl Simulation {
             Event::Abdicated { view } => {
                 self.coverage.add("abdications", 1);
                 self.log(|| format!("replica {r} abdicates view {view}"));
+            }
+            Event::Checkpointed { op, digest } => {
+                self.trace(&[7, r as u64, op]);
+                self.checker.checkpointed(r, op, digest)?;
+                self.coverage.add("checkpoints", 1);
+            }
+            Event::StateSynced { op, digest } => {
+                self.trace(&[8, r as u64, op]);
+                self.checker.synced(r, op, digest)?;
+                self.coverage.add("state_syncs", 1);
+                self.log(|| format!("replica {r} synced to the checkpoint at op {op}"));
             }
         }
         Ok(())
@@ -971,7 +1027,8 @@ impl Simulation {
 
     /// Rots the stored prepare of `op` on a (crashed) replica's disk (scenario tests).
     pub fn rot(&mut self, r: u8, op: Op) {
-        self.disks[r as usize].rot(op);
+        let slot = op % self.params.wal_slots();
+        self.disks[r as usize].rot(slot);
     }
 
     pub fn heal(&mut self) {

@@ -1,6 +1,6 @@
 //! Deterministic scenarios, each naming the situation and the one outcome it expects.
 
-use vsr::Route;
+use vsr::{Route, StateMachine};
 use vsr_sim::{Params, Simulation};
 
 const ROUTES: [Route; 2] = [Route::Star, Route::Ring];
@@ -125,14 +125,18 @@ fn a_corrupt_wal_slot_is_repaired_from_the_primary_not_truncated() {
     sim.run_for(500).unwrap();
     let committed = sim.committed();
     assert!(committed > 5);
+    // An op after the checkpoint recovery starts from, so it is read from the WAL.
+    let replica = sim.replica(1).unwrap();
+    let op = replica.checkpoint_durable() + 2;
+    assert!(replica.op_durable() > op);
     sim.crash(1);
-    sim.rot(1, 3);
+    sim.rot(1, op);
     sim.restart_all().unwrap();
     assert!(
         sim.replica(1).unwrap().is_faulty(),
-        "a header vouches for op 3: corruption, not a torn write"
+        "a header vouches for op {op}: corruption, not a torn write"
     );
-    assert_eq!(sim.replica(1).unwrap().log_tail(), 2);
+    assert_eq!(sim.replica(1).unwrap().log_tail(), op - 1);
     sim.run_until_answered(20_000).unwrap();
     sim.run_for(1_000).unwrap();
     let repaired = sim.replica(1).unwrap();
@@ -147,9 +151,13 @@ fn a_faulty_replica_does_not_vote_until_repaired() {
     sim.run_for(500).unwrap();
     // Replica 1 restarts faulty, then the primary dies: the view change must wait for
     // replica 1's repair rather than let it vote with a log missing ops it acknowledged.
+    let replica = sim.replica(1).unwrap();
+    let op = replica.checkpoint_durable() + 1;
+    assert!(replica.op_durable() > op);
     sim.crash(1);
-    sim.rot(1, 2);
+    sim.rot(1, op);
     sim.restart_all().unwrap();
+    assert!(sim.replica(1).unwrap().is_faulty());
     sim.crash(0);
     sim.run_for(3_000).unwrap();
     assert_eq!(
@@ -174,4 +182,57 @@ fn more_clients_than_sessions_evict_each_other_and_still_get_every_answer() {
     // request executed at most once.
     assert!(sim.coverage().get("session_evictions") > 0);
     assert!(sim.coverage().get("evictions_seen_by_clients") > 0);
+}
+
+#[test]
+fn a_backup_behind_every_log_catches_up_by_state_sync() {
+    let mut sim = calm(3, Route::Star);
+    // Replica 2 is down while the other two commit everything: several checkpoints pass, so
+    // the ops it lacks are in nobody's log any more, only in their checkpoints.
+    sim.crash(2);
+    sim.run_until_answered(30_000).unwrap();
+    let primary = sim.replica(0).unwrap();
+    assert!(
+        primary.log_base() > 0,
+        "the primary checkpointed and trimmed its log"
+    );
+    sim.restart_all().unwrap();
+    assert_eq!(sim.replica(2).unwrap().commit_min(), 0);
+    sim.run_for(3_000).unwrap();
+    assert!(sim.coverage().get("state_syncs") >= 1);
+    let synced = sim.replica(2).unwrap();
+    assert_eq!(synced.commit_min(), sim.committed());
+    // The checker compared its digest with the committed state's at the checkpoint it
+    // installed; its state must also equal the primary's now.
+    assert_eq!(
+        synced.state_machine().snapshot(),
+        sim.replica(0).unwrap().state_machine().snapshot()
+    );
+}
+
+#[test]
+fn a_restart_recovers_from_the_newest_checkpoint_and_the_wal_after_it() {
+    let mut sim = calm(3, Route::Star);
+    sim.run_until_answered(30_000).unwrap();
+    sim.run_for(500).unwrap();
+    let before = sim.replica(1).unwrap();
+    let (base, durable) = (before.checkpoint_durable(), before.op_durable());
+    assert!(base > 0 && durable > base);
+    sim.crash(1);
+    sim.restart_all().unwrap();
+    let after = sim.replica(1).unwrap();
+    assert_eq!(after.log_base(), base);
+    assert_eq!(
+        after.log_tail(),
+        durable,
+        "the WAL after the checkpoint is read back"
+    );
+    assert!(after.commit_min() >= base);
+    sim.run_for(1_000).unwrap();
+    assert_eq!(sim.replica(1).unwrap().commit_min(), sim.committed());
+    assert_eq!(
+        sim.coverage().get("state_syncs"),
+        0,
+        "nothing needed a peer's state"
+    );
 }

@@ -8,7 +8,9 @@
 //!
 //! See `docs/replication.md` for the protocol as implemented and what is not done yet.
 
+pub mod checkpoint;
 pub mod checksum;
+pub mod log;
 pub mod message;
 pub mod quorums;
 pub mod replica;
@@ -16,12 +18,13 @@ pub mod routing;
 pub mod state_machine;
 pub mod view_change;
 
+pub use checkpoint::{Checkpoint, ClientSession};
 pub use message::{Command, Envelope, Message, Node, Prepare, PrepareHeader};
 pub use replica::{
     classify_slot, Config, DiskImage, Event, Input, Output, Replica, SlotCase, Status, Superblock,
 };
 pub use routing::Route;
-pub use state_machine::StateMachine;
+pub use state_machine::{RestoreError, StateMachine};
 
 pub type ReplicaId = u8;
 pub type Op = u64;

@@ -1,6 +1,7 @@
 //! Messages between replicas and clients. Every envelope carries the cluster id, the VSR group
 //! id and the epoch; a replica drops anything addressed to another cluster, group or epoch.
 
+use crate::checkpoint::Checkpoint;
 use crate::checksum::checksum;
 use crate::{ClientId, Op, ReplicaId, View};
 
@@ -104,8 +105,9 @@ impl Prepare {
     }
 }
 
-/// What is being said. Logs travel whole in view-change messages: simple and obviously
-/// correct at the simulator's scale (see docs/replication.md for the suffix-only plan).
+/// What is being said. Logs in view-change messages travel from the sender's checkpoint (at
+/// most the WAL's size): simple and obviously correct at the simulator's scale (see
+/// docs/replication.md for the suffix-only plan).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// `session` 0 registers a new session; its reply's body is the session number (the op
@@ -177,6 +179,15 @@ pub enum Message {
         entries: Vec<Prepare>,
         commit: Op,
     },
+    /// A replica whose state is behind every log it can reach asks for a checkpoint newer
+    /// than `have`. Any replica may answer, in any view: a checkpoint is committed state.
+    RequestSync {
+        have: Op,
+        replica: ReplicaId,
+    },
+    Sync {
+        checkpoint: Box<Checkpoint>,
+    },
 }
 
 /// A message with its routing and identity fields.
@@ -205,6 +216,8 @@ pub enum Command {
     RequestStartView,
     GetState,
     NewState,
+    RequestSync,
+    Sync,
 }
 
 impl Message {
@@ -222,6 +235,8 @@ impl Message {
             Message::RequestStartView { .. } => Command::RequestStartView,
             Message::GetState { .. } => Command::GetState,
             Message::NewState { .. } => Command::NewState,
+            Message::RequestSync { .. } => Command::RequestSync,
+            Message::Sync { .. } => Command::Sync,
         }
     }
 }

@@ -9,6 +9,8 @@
 //! * the client table changes only when an op commits, so a dropped prepare never locks a client
 //!   out, and an op whose (client, request) already executed is skipped at apply on every replica.
 
+use crate::checkpoint::{Checkpoint, ClientSession};
+use crate::log::Log;
 use crate::message::{Envelope, Message, Node, Prepare, PrepareHeader};
 use crate::quorums;
 use crate::routing::{forward_targets, primary_of, Route};
@@ -45,6 +47,12 @@ pub struct Config {
     /// Primary: give up the view when uncommitted work has made no progress this long (it can
     /// send but not hear its backups, who therefore never time out on it).
     pub abdicate_timeout: u64,
+    /// A checkpoint is taken after applying every op that is a multiple of this.
+    pub checkpoint_interval: u64,
+    /// WAL capacity in prepares: op `n` is written to slot `n % wal_slots`, so it may be written
+    /// only once the checkpoint at or above `n - wal_slots` is durable. At least twice the
+    /// checkpoint interval, so the primary never waits for a checkpoint to prepare.
+    pub wal_slots: u64,
     /// Seed of the jitter generator (the only randomness in the core).
     pub seed: u64,
 }
@@ -68,6 +76,8 @@ impl Config {
             view_change_timeout: 300,
             recovery_timeout: 200,
             abdicate_timeout: 600,
+            checkpoint_interval: 32,
+            wal_slots: 64,
             seed: 0,
         }
     }
@@ -90,18 +100,23 @@ pub struct Superblock {
     pub log_view: View,
     /// A commit number known when written (ops at or below it were committed).
     pub commit: Op,
+    /// The checkpoint recovery starts from (0: none, the root). Its state was written before
+    /// any superblock names it.
+    pub checkpoint: Op,
 }
 
-/// What storage held when the replica (re)started: the newest superblock, the WAL prepares as
-/// read (possibly corrupt, possibly misplaced), and the redundant header ring (op → checksum of
-/// the prepare written there). A WAL write lands its prepare first and its header second, and
-/// is acknowledged only after both: a header therefore proves the prepare was completely
-/// written, which is how recovery tells a torn write from corruption.
+/// What storage held when the replica (re)started: the newest superblock, the checkpoint it
+/// names, the WAL prepares by slot as read (possibly corrupt, possibly misplaced, possibly an
+/// older op's), and the redundant header ring (slot → op and checksum of the prepare written
+/// there). A WAL write lands its prepare first and its header second, and is acknowledged only
+/// after both: a header therefore proves the prepare was completely written, which is how
+/// recovery tells a torn write from corruption.
 #[derive(Debug, Clone, Default)]
 pub struct DiskImage {
     pub superblock: Option<Superblock>,
-    pub wal: BTreeMap<Op, Prepare>,
-    pub headers: BTreeMap<Op, u128>,
+    pub checkpoint: Option<Checkpoint>,
+    pub wal: BTreeMap<u64, Prepare>,
+    pub headers: BTreeMap<u64, (Op, u128)>,
 }
 
 /// How recovery read one WAL slot.
@@ -152,10 +167,17 @@ pub enum Input {
 #[derive(Debug, Clone)]
 pub enum Output {
     Send(Envelope),
-    /// Persist one WAL entry.
+    /// Persist one WAL entry in `slot` (its op modulo the WAL's size).
     WriteWal {
         io: u64,
+        slot: u64,
         prepare: Prepare,
+    },
+    /// Persist a checkpoint's state (no superblock names it yet; a later superblock write
+    /// will, once this one is done).
+    WriteCheckpoint {
+        io: u64,
+        checkpoint: Box<Checkpoint>,
     },
     /// Persist the superblock alone.
     WriteSuperblock {
@@ -163,12 +185,12 @@ pub enum Output {
         superblock: Superblock,
     },
     /// Atomically: the superblock, removal of every WAL entry above `truncate_after`, and the
-    /// given entries (a log installed by a view change).
+    /// given entries with their slots (a log installed by a view change).
     WriteLog {
         io: u64,
         superblock: Superblock,
         truncate_after: Op,
-        entries: Vec<Prepare>,
+        entries: Vec<(u64, Prepare)>,
     },
     Event(Event),
 }
@@ -215,15 +237,16 @@ pub enum Event {
     Abdicated {
         view: View,
     },
-}
-
-#[derive(Debug, Clone)]
-struct ClientEntry {
-    session: u64,
-    request: u64,
-    reply: Vec<u8>,
-    op: Op,
-    view: View,
+    /// Took a checkpoint after applying `op`; `digest` is the state machine's there.
+    Checkpointed {
+        op: Op,
+        digest: u128,
+    },
+    /// Replaced its state with a peer's checkpoint at `op`.
+    StateSynced {
+        op: Op,
+        digest: u128,
+    },
 }
 
 pub struct Replica<S> {
@@ -232,8 +255,8 @@ pub struct Replica<S> {
     status: Status,
     view: View,
     log_view: View,
-    /// `log[0]` is the root; `log[n]` is op `n`.
-    log: Vec<Prepare>,
+    /// The prepares after the newest durable checkpoint, anchored on its op.
+    log: Log,
     commit_min: Op,
     commit_max: Op,
     /// (view, log view) of the newest durable superblock; `None` before the first one lands.
@@ -249,7 +272,24 @@ pub struct Replica<S> {
     durable_ops: BTreeMap<Op, (u128, u64)>,
     writes: BTreeMap<u64, PendingWrite>,
     next_io: u64,
-    client_table: BTreeMap<ClientId, ClientEntry>,
+    client_table: BTreeMap<ClientId, ClientSession>,
+    /// Newest checkpoint named by a durable superblock: the WAL may hold ops up to it plus
+    /// `wal_slots`, and the log is anchored on it.
+    checkpoint_durable: Op,
+    /// Newest checkpoint whose state is durable: what the next superblock names.
+    checkpoint_named: Op,
+    /// Checkpoints taken or received and not yet superseded by a durable newer one (the one
+    /// the log is anchored on is what peers behind it are sent).
+    checkpoints: BTreeMap<Op, Checkpoint>,
+    /// Every op of the log up to here has had its WAL write issued.
+    wal_issued: Op,
+    /// State sync replaced the log with a checkpoint not yet durable: until it is, a crash
+    /// would recover the older checkpoint, which cannot reach the ops after the new one, so
+    /// this replica neither acknowledges nor votes.
+    syncing: Option<Op>,
+    /// A StartView that could not be joined for lack of state: asked again after syncing.
+    sync_view: Option<View>,
+    last_sync_request: u64,
     /// Primary: highest op each replica has acknowledged in this view.
     acked: BTreeMap<ReplicaId, Op>,
     /// (client, session, request, body) waiting for room in the pipeline.
@@ -299,14 +339,16 @@ enum PendingWrite {
         truncate_after: Op,
         entries: Vec<(Op, u128)>,
     },
+    Checkpoint {
+        op: Op,
+    },
 }
 
 impl<S: StateMachine> Replica<S> {
     /// Starts a replica on what its storage holds. An empty disk is a fresh cluster member
     /// (normal in view 0); anything else is a restart, which waits to learn the current view.
-    pub fn open(cfg: Config, disk: DiskImage, sm: S) -> Self {
+    pub fn open(cfg: Config, disk: DiskImage, mut sm: S) -> Self {
         let root = Prepare::root(cfg.cluster, cfg.group, cfg.epoch);
-        let mut log = vec![root];
         // Without a durable superblock this replica never sent anything (sends wait for it), so
         // nothing in its WAL was ever acknowledged: it starts as a fresh member.
         let (wal, headers) = if disk.superblock.is_some() {
@@ -314,41 +356,69 @@ impl<S: StateMachine> Replica<S> {
         } else {
             (BTreeMap::new(), BTreeMap::new())
         };
+        let superblock = disk.superblock.unwrap_or(Superblock {
+            sequence: 0,
+            view: 0,
+            log_view: 0,
+            commit: 0,
+            checkpoint: 0,
+        });
         let mut faulty = false;
-        loop {
-            let op = log.len() as Op;
-            let parent = log[log.len() - 1].checksum();
-            match classify_slot(op, parent, wal.get(&op), headers.get(&op).copied()) {
-                SlotCase::Intact => log.push(wal[&op].clone()),
-                SlotCase::Torn => break,
-                SlotCase::Faulty => {
-                    faulty = true;
-                    break;
+        let mut anchor = root;
+        let mut client_table = BTreeMap::new();
+        let mut checkpoints = BTreeMap::new();
+        if superblock.checkpoint > 0 {
+            let named = disk
+                .checkpoint
+                .filter(|c| c.op() == superblock.checkpoint && c.verify());
+            match named {
+                Some(checkpoint) if sm.restore(&checkpoint.state).is_ok() => {
+                    anchor = checkpoint.anchor.clone();
+                    client_table = checkpoint.clients.iter().cloned().collect();
+                    checkpoints.insert(checkpoint.op(), checkpoint);
                 }
+                // The checkpoint rotted: no state to start from and no log that chains. The
+                // replica abstains, like one with a faulty WAL slot, until a peer's checkpoint
+                // (state sync) and a StartView repair it.
+                _ => faulty = true,
+            }
+        }
+        let mut log = Log::new(anchor);
+        let slot_of = |op: Op| op % cfg.wal_slots;
+        while !faulty && log.tail() < log.base() + cfg.wal_slots {
+            let op = log.tail() + 1;
+            let slot = slot_of(op);
+            // A header of another op (an older one this slot held) says nothing about `op`.
+            let header = headers
+                .get(&slot)
+                .filter(|(written, _)| *written == op)
+                .map(|(_, checksum)| *checksum);
+            let prepare = wal.get(&slot);
+            match classify_slot(op, log.head().checksum(), prepare, header) {
+                SlotCase::Intact => match prepare {
+                    Some(prepare) => log.push(prepare.clone()),
+                    None => break,
+                },
+                SlotCase::Torn => break,
+                SlotCase::Faulty => faulty = true,
             }
         }
         // A prepare without its header is intact but not vouched for: if it rotted later,
         // recovery could no longer tell it from a torn write. It counts as durable (and may be
         // acknowledged) only once its header is rewritten, below.
-        let vouched = |p: &&Prepare| headers.get(&p.op()) == Some(&p.checksum());
+        let vouched = |p: &&Prepare| headers.get(&slot_of(p.op())) == Some(&(p.op(), p.checksum()));
         let durable_ops: BTreeMap<Op, (u128, u64)> = log
+            .after(log.base())
             .iter()
-            .skip(1)
             .take_while(vouched)
             .map(|p| (p.op(), (p.checksum(), 0)))
             .collect();
-        let op_durable = durable_ops.len() as Op;
-        let (status, superblock) = match disk.superblock {
-            Some(sb) => (Status::Recovering, sb),
-            None => (
-                Status::Normal,
-                Superblock {
-                    sequence: 0,
-                    view: 0,
-                    log_view: 0,
-                    commit: 0,
-                },
-            ),
+        let op_durable = log.base() + durable_ops.len() as Op;
+        let base = log.base();
+        let status = if disk.superblock.is_some() {
+            Status::Recovering
+        } else {
+            Status::Normal
         };
         let rng = cfg.seed ^ (cfg.replica as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5_5A5A;
         let mut replica = Self {
@@ -357,8 +427,8 @@ impl<S: StateMachine> Replica<S> {
             view: superblock.view,
             log_view: superblock.log_view,
             log,
-            commit_min: 0,
-            commit_max: 0,
+            commit_min: base,
+            commit_max: base,
             durable: Some((superblock.view, superblock.log_view)),
             superblock_sequence: superblock.sequence,
             superblock_queued: false,
@@ -366,7 +436,14 @@ impl<S: StateMachine> Replica<S> {
             durable_ops,
             writes: BTreeMap::new(),
             next_io: 0,
-            client_table: BTreeMap::new(),
+            client_table,
+            checkpoint_durable: superblock.checkpoint,
+            checkpoint_named: superblock.checkpoint,
+            checkpoints,
+            wal_issued: op_durable,
+            syncing: None,
+            sync_view: None,
+            last_sync_request: 0,
             acked: BTreeMap::new(),
             requests: VecDeque::new(),
             svc: BTreeSet::new(),
@@ -399,11 +476,9 @@ impl<S: StateMachine> Replica<S> {
             replica.write_superblock();
         }
         // Rewrite (prepare and header) every recovered op past the vouched prefix.
-        for op in replica.op_durable + 1..=replica.log_tail() {
-            replica.write_wal(op);
-        }
+        replica.write_pending();
         // Ops committed before the crash are applied again to rebuild the state machine.
-        let recovered_commit = superblock.commit.min(replica.log_tail());
+        let recovered_commit = superblock.commit.min(replica.log_tail()).max(base);
         replica.commit_max = recovered_commit;
         replica.apply_committed();
         // Recovery's own applies are not news; the writes issued at open are.
@@ -442,7 +517,14 @@ impl<S: StateMachine> Replica<S> {
         self.commit_max
     }
     pub fn log_tail(&self) -> Op {
-        self.log.len() as Op - 1
+        self.log.tail()
+    }
+    /// The op the log is anchored on: the checkpoint its state starts from.
+    pub fn log_base(&self) -> Op {
+        self.log.base()
+    }
+    pub fn checkpoint_durable(&self) -> Op {
+        self.checkpoint_durable
     }
     /// Recovery found a faulty WAL slot that no StartView has repaired yet.
     pub fn is_faulty(&self) -> bool {
@@ -466,7 +548,7 @@ impl<S: StateMachine> Replica<S> {
     }
     /// Checksum of the prepare at `op`, if held.
     pub fn checksum_at(&self, op: Op) -> Option<u128> {
-        self.log.get(op as usize).map(Prepare::checksum)
+        self.log.checksum_at(op)
     }
 
     fn primary(&self) -> ReplicaId {
@@ -552,6 +634,7 @@ impl<S: StateMachine> Replica<S> {
             view: self.view,
             log_view: self.log_view,
             commit: self.commit_max.min(self.op_durable),
+            checkpoint: self.checkpoint_named,
         }
     }
 
@@ -575,29 +658,61 @@ impl<S: StateMachine> Replica<S> {
         self.out.push(Output::WriteSuperblock { io, superblock });
     }
 
-    fn write_wal(&mut self, op: Op) {
-        let prepare = self.log[op as usize].clone();
-        let io = self.io();
-        self.writes.insert(
-            io,
-            PendingWrite::Wal {
-                op,
-                checksum: prepare.checksum(),
-            },
-        );
-        self.out.push(Output::WriteWal { io, prepare });
+    /// The highest op the WAL may hold: one more would overwrite a slot whose op is not yet
+    /// covered by a durable checkpoint.
+    fn wal_limit(&self) -> Op {
+        self.checkpoint_durable + self.cfg.wal_slots
+    }
+
+    fn slot(&self, op: Op) -> u64 {
+        op % self.cfg.wal_slots
+    }
+
+    /// Issues the WAL writes of every op of the log not yet written that fits in the WAL.
+    /// Ops beyond it wait in memory (unacknowledged) for the next durable checkpoint.
+    fn write_pending(&mut self) {
+        self.wal_issued = self.wal_issued.max(self.log.base());
+        let end = self.log.tail().min(self.wal_limit());
+        while self.wal_issued < end {
+            let op = self.wal_issued + 1;
+            let Some(prepare) = self.log.get(op).cloned() else {
+                return;
+            };
+            let io = self.io();
+            self.writes.insert(
+                io,
+                PendingWrite::Wal {
+                    op,
+                    checksum: prepare.checksum(),
+                },
+            );
+            let slot = self.slot(op);
+            self.out.push(Output::WriteWal { io, slot, prepare });
+            self.wal_issued = op;
+        }
     }
 
     fn write_log(&mut self, truncate_after: Op) {
         let superblock = self.superblock();
         let io = self.io();
-        let entries: Vec<Prepare> = self.log[truncate_after as usize + 1..].to_vec();
+        let limit = self.wal_limit();
+        let entries: Vec<(u64, Prepare)> = self
+            .log
+            .after(truncate_after)
+            .iter()
+            .take_while(|p| p.op() <= limit)
+            .map(|p| (self.slot(p.op()), p.clone()))
+            .collect();
+        self.wal_issued = entries.last().map_or(truncate_after, |(_, p)| p.op());
         self.writes.insert(
             io,
             PendingWrite::Log {
                 superblock,
                 truncate_after,
-                entries: entries.iter().map(|p| (p.op(), p.checksum())).collect(),
+                entries: entries
+                    .iter()
+                    .map(|(_, p)| (p.op(), p.checksum()))
+                    .collect(),
             },
         );
         self.out.push(Output::WriteLog {
@@ -623,6 +738,13 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             PendingWrite::Superblock(sb) => self.superblock_durable(sb),
+            PendingWrite::Checkpoint { op } => {
+                // Its state is on disk: superblocks may name it from now on.
+                if op > self.checkpoint_named {
+                    self.checkpoint_named = op;
+                    self.write_superblock();
+                }
+            }
             PendingWrite::Log {
                 superblock,
                 truncate_after,
@@ -654,12 +776,39 @@ impl<S: StateMachine> Replica<S> {
         if self.durable.is_none_or(|d| (sb.view, sb.log_view) > d) {
             self.durable = Some((sb.view, sb.log_view));
         }
+        if sb.checkpoint > self.checkpoint_durable {
+            self.checkpoint_durable = sb.checkpoint;
+            self.checkpoint_became_durable();
+        }
+    }
+
+    /// A superblock naming a newer checkpoint landed: recovery starts there now, so the log
+    /// below it is dropped, its WAL slots may be reused, and a sync that installed it is done.
+    fn checkpoint_became_durable(&mut self) {
+        let op = self.checkpoint_durable;
+        if self.checkpoints.get(&op).map(|c| c.anchor.checksum()) == self.log.checksum_at(op) {
+            self.log.trim_below(op);
+        }
+        let base = self.log.base();
+        self.checkpoints = self.checkpoints.split_off(&base);
+        self.durable_ops = self.durable_ops.split_off(&(base + 1));
+        if self.syncing.is_some_and(|synced| synced <= op) {
+            self.syncing = None;
+        }
+        self.write_pending();
+        self.prepare_queued();
     }
 
     fn advance_op_durable(&mut self) {
         let before = self.op_durable;
-        let mut op = self.op_durable;
-        while let Some(prepare) = self.log.get(op as usize + 1) {
+        // Ops up to the durable checkpoint are in its state; the anchor counts as durable (see
+        // `syncing` for the one case where it is not yet, and acks wait).
+        let mut op = self
+            .op_durable
+            .max(self.checkpoint_durable)
+            .max(self.log.base())
+            .min(self.log.tail());
+        while let Some(prepare) = self.log.get(op + 1) {
             if self
                 .durable_ops
                 .get(&(op + 1))
@@ -683,14 +832,20 @@ impl<S: StateMachine> Replica<S> {
     /// Reports `op_durable` to the primary (or counts it, as the primary).
     fn acknowledge(&mut self) {
         // An ack, the primary's own included, promises the view too: not before it is durable.
-        if self.status != Status::Normal || self.op_durable == 0 || !self.view_durable() {
+        if self.status != Status::Normal
+            || self.op_durable == 0
+            || !self.view_durable()
+            || self.syncing.is_some()
+        {
             return;
         }
         let op = self.op_durable;
         if self.is_primary() {
             self.on_ack(self.cfg.replica, op);
         } else {
-            let checksum = self.log[op as usize].checksum();
+            let Some(checksum) = self.log.checksum_at(op) else {
+                return;
+            };
             let primary = self.primary();
             self.send(
                 primary,
@@ -780,7 +935,9 @@ impl<S: StateMachine> Replica<S> {
                 continue;
             }
             self.sent_at.insert(op, self.tick);
-            let prepare = self.log[op as usize].clone();
+            let Some(prepare) = self.log.get(op).cloned() else {
+                continue;
+            };
             let missing: Vec<ReplicaId> = (0..self.cfg.replica_count)
                 .filter(|r| *r != self.cfg.replica && self.acked.get(r).copied().unwrap_or(0) < op)
                 .collect();
@@ -881,7 +1038,7 @@ impl<S: StateMachine> Replica<S> {
             Message::StartView { view, log, commit } => self.on_start_view(view, log, commit),
             Message::RequestStartView { view, replica, .. } => {
                 if self.is_primary() && self.view >= view {
-                    let log = self.log.clone();
+                    let log = self.log.entries().to_vec();
                     let commit = self.commit_max;
                     self.send(
                         replica,
@@ -899,7 +1056,12 @@ impl<S: StateMachine> Replica<S> {
                 replica,
             } => {
                 if view == self.view && self.status == Status::Normal && after < self.log_tail() {
-                    let entries = self.log[after as usize + 1..].to_vec();
+                    if after < self.log.base() {
+                        // Its log ends before ours begins: only our checkpoint can help.
+                        self.send_checkpoint(replica, after);
+                        return;
+                    }
+                    let entries = self.log.after(after).to_vec();
                     let commit = self.commit_max;
                     self.send(
                         replica,
@@ -916,6 +1078,8 @@ impl<S: StateMachine> Replica<S> {
                 entries,
                 commit,
             } => self.on_new_state(view, entries, commit),
+            Message::RequestSync { have, replica } => self.send_checkpoint(replica, have),
+            Message::Sync { checkpoint } => self.on_sync(*checkpoint),
             Message::Reply { .. } | Message::Evicted { .. } => {}
         }
     }
@@ -966,7 +1130,7 @@ impl<S: StateMachine> Replica<S> {
                 return;
             }
         }
-        let uncommitted = self.log.get(self.commit_max as usize + 1..).unwrap_or(&[]);
+        let uncommitted = self.log.after(self.commit_max);
         let in_flight = uncommitted
             .iter()
             .any(|p| p.header.client == client && p.header.request == request)
@@ -984,11 +1148,12 @@ impl<S: StateMachine> Replica<S> {
     fn prepare_queued(&mut self) {
         while self.is_primary()
             && (self.log_tail() - self.commit_max) < self.cfg.pipeline_max as u64
+            && self.log_tail() < self.wal_limit()
         {
             let Some((client, session, request, body)) = self.requests.pop_front() else {
                 return;
             };
-            let parent = self.log[self.log.len() - 1].checksum();
+            let parent = self.log.head().checksum();
             self.last_timestamp = self.now.max(self.last_timestamp + 1);
             let prepare = Prepare::new(
                 PrepareHeader {
@@ -1025,7 +1190,7 @@ impl<S: StateMachine> Replica<S> {
                     },
                 );
             }
-            self.write_wal(op);
+            self.write_pending();
         }
     }
 
@@ -1048,7 +1213,7 @@ impl<S: StateMachine> Replica<S> {
             if self.checksum_at(op) == Some(prepare.checksum()) {
                 self.acknowledge();
             }
-        } else if op == tail + 1 && prepare.header.parent == self.log[tail as usize].checksum() {
+        } else if op == tail + 1 && prepare.header.parent == self.log.head().checksum() {
             // Cut-through: forward before our own write.
             for target in forward_targets(
                 self.cfg.route,
@@ -1066,7 +1231,7 @@ impl<S: StateMachine> Replica<S> {
             }
             let commit = prepare.header.commit;
             self.log.push(prepare);
-            self.write_wal(op);
+            self.write_pending();
             self.advance_commit(commit);
         } else {
             self.request_state();
@@ -1121,15 +1286,14 @@ impl<S: StateMachine> Replica<S> {
             }
             if prepare.op() != tail + 1
                 || !prepare.verify()
-                || prepare.header.parent != self.log[tail as usize].checksum()
+                || prepare.header.parent != self.log.head().checksum()
             {
                 break;
             }
-            let op = prepare.op();
             self.log.push(prepare);
-            self.write_wal(op);
             appended += 1;
         }
+        self.write_pending();
         if appended > 0 {
             self.event(Event::StateTransfer { entries: appended });
         }
@@ -1148,7 +1312,9 @@ impl<S: StateMachine> Replica<S> {
     fn apply_committed(&mut self) {
         while self.commit_min < self.commit_max.min(self.log_tail()) {
             let op = self.commit_min + 1;
-            let prepare = &self.log[op as usize];
+            let Some(prepare) = self.log.get(op).cloned() else {
+                return;
+            };
             let (client, session, request) = (
                 prepare.header.client,
                 prepare.header.session,
@@ -1178,13 +1344,12 @@ impl<S: StateMachine> Replica<S> {
                     }
                     op.to_le_bytes().to_vec()
                 } else {
-                    let body = self.log[op as usize].body.clone();
-                    self.sm.apply(op, client, &body)
+                    self.sm.apply(op, client, &prepare.body)
                 };
                 let session = if register { op } else { session };
                 self.client_table.insert(
                     client,
-                    ClientEntry {
+                    ClientSession {
                         session,
                         request,
                         reply,
@@ -1194,7 +1359,6 @@ impl<S: StateMachine> Replica<S> {
                 );
             }
             self.commit_min = op;
-            let prepare = &self.log[op as usize];
             let event = Event::Committed {
                 op,
                 checksum: prepare.checksum(),
@@ -1220,7 +1384,121 @@ impl<S: StateMachine> Replica<S> {
                     self.out.push(Output::Send(envelope));
                 }
             }
+            if op.is_multiple_of(self.cfg.checkpoint_interval) {
+                self.take_checkpoint(prepare);
+            }
         }
+    }
+
+    // ---- checkpoints and state sync --------------------------------------------------------
+
+    /// Snapshots the state just after applying `anchor`'s op and writes it. Every replica
+    /// checkpoints at the same ops, so their digests there must agree (the simulator checks).
+    fn take_checkpoint(&mut self, anchor: Prepare) {
+        let op = anchor.op();
+        let digest = self.sm.digest();
+        let clients = self
+            .client_table
+            .iter()
+            .map(|(c, s)| (*c, s.clone()))
+            .collect();
+        let checkpoint = Checkpoint::new(anchor, self.sm.snapshot(), digest, clients);
+        self.write_checkpoint(checkpoint);
+        self.event(Event::Checkpointed { op, digest });
+    }
+
+    fn write_checkpoint(&mut self, checkpoint: Checkpoint) {
+        let op = checkpoint.op();
+        let io = self.io();
+        self.writes.insert(io, PendingWrite::Checkpoint { op });
+        self.checkpoints.insert(op, checkpoint.clone());
+        self.out.push(Output::WriteCheckpoint {
+            io,
+            checkpoint: Box::new(checkpoint),
+        });
+    }
+
+    /// Sends the checkpoint our log is anchored on, if it is newer than what `to` has.
+    fn send_checkpoint(&mut self, to: ReplicaId, have: Op) {
+        let base = self.log.base();
+        if base <= have || to == self.cfg.replica {
+            return;
+        }
+        if let Some(checkpoint) = self.checkpoints.get(&base).cloned() {
+            // Committed state promises nothing about views: it goes out at once.
+            let envelope = self.envelope(
+                Node::Replica(to),
+                Message::Sync {
+                    checkpoint: Box::new(checkpoint),
+                },
+            );
+            self.out.push(Output::Send(envelope));
+        }
+    }
+
+    /// Our state is behind every log we were offered: ask `from` for its checkpoint.
+    fn request_sync(&mut self, from: ReplicaId) {
+        if self.tick.saturating_sub(self.last_sync_request) < self.cfg.prepare_timeout
+            && self.last_sync_request != 0
+        {
+            return;
+        }
+        self.last_sync_request = self.tick.max(1);
+        if from != self.cfg.replica {
+            let envelope = self.envelope(
+                Node::Replica(from),
+                Message::RequestSync {
+                    have: self.commit_min,
+                    replica: self.cfg.replica,
+                },
+            );
+            self.out.push(Output::Send(envelope));
+        }
+    }
+
+    /// Installs a peer's checkpoint newer than our state. If our log already holds its op we
+    /// keep the log (our WAL still recovers through it); otherwise the log restarts at the
+    /// checkpoint and we neither acknowledge nor vote until that checkpoint is durable.
+    fn on_sync(&mut self, checkpoint: Checkpoint) {
+        let op = checkpoint.op();
+        let header = &checkpoint.anchor.header;
+        if op <= self.commit_min
+            || !checkpoint.verify()
+            || header.cluster != self.cfg.cluster
+            || header.group != self.cfg.group
+            || header.epoch != self.cfg.epoch
+            || self.sm.restore(&checkpoint.state).is_err()
+        {
+            return;
+        }
+        self.client_table = checkpoint.clients.iter().cloned().collect();
+        self.commit_min = op;
+        self.commit_max = self.commit_max.max(op);
+        if self.log.checksum_at(op) != Some(checkpoint.anchor.checksum()) {
+            self.log = Log::new(checkpoint.anchor.clone());
+            self.op_durable = op;
+            self.wal_issued = op;
+            self.durable_ops.clear();
+            self.syncing = Some(op);
+        }
+        let digest = self.sm.digest();
+        self.write_checkpoint(checkpoint);
+        self.event(Event::StateSynced { op, digest });
+        self.apply_committed();
+        // Back to what the missing state interrupted.
+        if let Some(view) = self.sync_view.take() {
+            self.last_view_request = 0;
+            self.request_start_view(view);
+        } else if self.status == Status::Normal && !self.is_primary() {
+            self.last_state_request = 0;
+            self.request_state();
+        } else if self.status == Status::ViewChange && self.primary() == self.cfg.replica {
+            self.try_lead();
+        }
+    }
+
+    fn may_vote(&self) -> bool {
+        !self.faulty && self.syncing.is_none()
     }
 
     // ---- view change -----------------------------------------------------------------------
@@ -1244,10 +1522,9 @@ impl<S: StateMachine> Replica<S> {
         self.last_view_change_message = self.tick;
         let (view, replica) = (self.view, self.cfg.replica);
         self.broadcast(Message::StartViewChange { view, replica });
-        if self.dvc_sent {
-            self.dvc_sent = false;
-            self.maybe_send_do_view_change();
-        }
+        // Also the first time after an abstention (faulty, or a sync not yet durable) ends.
+        self.dvc_sent = false;
+        self.maybe_send_do_view_change();
     }
 
     fn on_start_view_change(&mut self, view: View, replica: ReplicaId) {
@@ -1264,6 +1541,7 @@ impl<S: StateMachine> Replica<S> {
     fn maybe_send_do_view_change(&mut self) {
         if self.status != Status::ViewChange
             || self.dvc_sent
+            || !self.may_vote()
             || self.svc.len() < quorums::view_change(self.cfg.replica_count)
         {
             return;
@@ -1274,8 +1552,9 @@ impl<S: StateMachine> Replica<S> {
         // this is all we would have. The log view must be the durable one too: a log installed
         // by a view change becomes ours only when its atomic write lands, so until then our
         // durable log is the previous view's, of which `op_durable` covers the common prefix.
+        // The log starts at our checkpoint: everything below it is committed.
         let log_view = self.durable.map_or(0, |(_, log_view)| log_view);
-        let log = self.log[..=self.op_durable as usize].to_vec();
+        let log = self.log.up_to(self.op_durable);
         let primary = self.primary();
         if primary == replica {
             self.on_do_view_change(view, log_view, log, commit, replica);
@@ -1301,7 +1580,7 @@ impl<S: StateMachine> Replica<S> {
         commit: Op,
         replica: ReplicaId,
     ) {
-        if self.faulty
+        if !self.may_vote()
             || view < self.view
             || primary_of(view, self.cfg.replica_count) != self.cfg.replica
         {
@@ -1314,6 +1593,15 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.dvc.insert(replica, (log_view, log, commit));
+        self.try_lead();
+    }
+
+    /// As the new primary: once the DoViewChange quorum is complete, installs the best log
+    /// and starts the view.
+    fn try_lead(&mut self) {
+        if self.status != Status::ViewChange || !self.may_vote() {
+            return;
+        }
         let candidates: Vec<view_change::Candidate> = self
             .dvc
             .iter()
@@ -1321,7 +1609,7 @@ impl<S: StateMachine> Replica<S> {
                 |(&replica, (log_view, log, commit))| view_change::Candidate {
                     replica,
                     log_view: *log_view,
-                    op_head: log.len() as Op - 1,
+                    op_head: log.last().map_or(0, Prepare::op),
                     commit: *commit,
                 },
             )
@@ -1329,14 +1617,28 @@ impl<S: StateMachine> Replica<S> {
         if !view_change::quorum_complete(&candidates, self.cfg.replica, self.cfg.replica_count) {
             return;
         }
-        let Some(best) = view_change::best_log(&candidates)
-            .and_then(|winner| self.dvc.get(&winner.replica))
-            .map(|(_, log, _)| log.clone())
+        let Some((winner, best)) = view_change::best_log(&candidates)
+            .and_then(|winner| self.dvc.get(&winner.replica).map(|d| (winner.replica, d)))
+            .map(|(winner, (_, log, _))| (winner, log.clone()))
         else {
             return;
         };
-        let commit = view_change::merged_commit(&candidates, self.commit_max, best.len() as Op - 1);
-        self.install_log(best);
+        let head = best.last().map_or(0, Prepare::op);
+        // The best log holds every committed op above its sender's checkpoint. Our state must
+        // reach into it: if the log starts above everything we hold, we need that checkpoint
+        // first (and try again once it is installed).
+        let Some(at) = self.log.join_point(&best) else {
+            self.request_sync(winner);
+            return;
+        };
+        if at < self.commit_min {
+            // The best log would drop ops we applied: it lacks committed ops, which the quorum
+            // intersection rules out. Refuse rather than diverge; the view times out.
+            return;
+        }
+        let commit = view_change::merged_commit(&candidates, self.commit_max, head);
+        let log = self.log.spliced(at, &best);
+        self.install_log(log);
         self.status = Status::Normal;
         self.status_since = self.tick;
         self.log_view = self.view;
@@ -1345,7 +1647,7 @@ impl<S: StateMachine> Replica<S> {
             view: self.view,
             primary: true,
         });
-        let log = self.log.clone();
+        let log = self.log.entries().to_vec();
         self.broadcast(Message::StartView {
             view: self.view,
             log,
@@ -1368,19 +1670,31 @@ impl<S: StateMachine> Replica<S> {
         {
             return;
         }
-        if primary_of(view, self.cfg.replica_count) == self.cfg.replica {
+        let primary = primary_of(view, self.cfg.replica_count);
+        if primary == self.cfg.replica {
             return;
         }
+        let head = log.last().map_or(0, Prepare::op);
+        let Some(at) = self.log.join_point(&log) else {
+            // The primary's log starts above everything we hold: we need its checkpoint.
+            self.sync_view = Some(view);
+            self.request_sync(primary);
+            return;
+        };
         // A StartView of the view our log already belongs to can be older than ops we hold
         // (a duplicate, or the answer to a RequestStartView sent before a second crash): both
         // are prefixes of that view's primary's log, so the longer one is newer. Installing
         // the shorter would drop ops we may have acknowledged (found by the model check,
         // broker/vsr-model: the stale StartView truncated an op whose earlier PrepareOk then
         // committed it).
-        let log = if view == self.log_view && is_prefix(&log, &self.log) {
+        let log = if view == self.log_view && at == head {
             self.log.clone()
+        } else if at < self.commit_min {
+            // It would take back ops we applied: not the log of a newer view (which holds every
+            // committed op), so stale or wrong. Ignore it.
+            return;
         } else {
-            log
+            self.log.spliced(at, &log)
         };
         self.view = view;
         self.install_log(log);
@@ -1395,6 +1709,7 @@ impl<S: StateMachine> Replica<S> {
         self.heard_from_primary = self.tick;
         self.svc.clear();
         self.dvc.clear();
+        self.sync_view = None;
         self.jitter = self.random() % (self.cfg.primary_timeout / 2 + 1);
         self.event(Event::Normal {
             view,
@@ -1406,25 +1721,23 @@ impl<S: StateMachine> Replica<S> {
 
     /// Replaces the log from the first op where it differs, writing the change atomically
     /// with the superblock of the new view.
-    fn install_log(&mut self, log: Vec<Prepare>) {
+    fn install_log(&mut self, log: Log) {
         let common = self
             .log
-            .iter()
-            .zip(log.iter())
-            .take_while(|(a, b)| a.checksum() == b.checksum())
-            .count() as Op;
-        let first_diff = common.max(1);
-        let replaced = self.log_tail().saturating_sub(first_diff - 1);
-        if replaced > 0 && first_diff <= self.log_tail() {
+            .join_point(log.entries())
+            .unwrap_or(self.log.base());
+        let replaced = self.log_tail().saturating_sub(common);
+        if replaced > 0 {
             self.event(Event::LogReplaced { replaced });
         }
         self.log = log;
-        self.op_durable = self.op_durable.min(first_diff - 1);
+        self.op_durable = self.op_durable.min(common);
+        self.wal_issued = self.wal_issued.min(common);
         // log_view is set by the caller right after; the superblock must carry it.
         let log_view = self.view;
         let previous = self.log_view;
         self.log_view = log_view;
-        self.write_log(first_diff - 1);
+        self.write_log(common);
         self.log_view = previous;
     }
 }
@@ -1443,19 +1756,10 @@ fn message_view(message: &Message) -> Option<View> {
     }
 }
 
-/// Whether `short` is `long` cut somewhere (same checksums over its whole length).
-fn is_prefix(short: &[Prepare], long: &[Prepare]) -> bool {
-    short.len() <= long.len()
-        && short
-            .iter()
-            .zip(long)
-            .all(|(a, b)| a.checksum() == b.checksum())
-}
-
-/// A log starts at the root and every entry verifies and chains to the previous one.
+/// A log is a chain: consecutive ops from its anchor, each verifying and chaining to the
+/// previous one.
 fn valid_chain(log: &[Prepare]) -> bool {
-    !log.is_empty()
-        && log[0].op() == 0
+    log.first().is_some_and(Prepare::verify)
         && log.windows(2).all(|w| {
             w[1].op() == w[0].op() + 1 && w[1].verify() && w[1].header.parent == w[0].checksum()
         })
@@ -1480,6 +1784,12 @@ mod tests {
         fn digest(&self) -> u128 {
             0
         }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<(), crate::RestoreError> {
+            Ok(())
+        }
     }
 
     /// The model check's counterexample, on the real replica: restarted with op 1 durable and
@@ -1494,9 +1804,11 @@ mod tests {
                 view: 0,
                 log_view: 0,
                 commit: 0,
+                checkpoint: 0,
             }),
+            checkpoint: None,
             wal: BTreeMap::from([(1, p1.clone())]),
-            headers: BTreeMap::from([(1, p1.checksum())]),
+            headers: BTreeMap::from([(1, (1, p1.checksum()))]),
         };
         let mut replica = Replica::open(Config::new(1, 3, 2, Route::Star), disk, Nothing);
         replica.take_outputs();

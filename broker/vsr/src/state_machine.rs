@@ -9,4 +9,14 @@ pub trait StateMachine {
     fn apply(&mut self, op: Op, client: ClientId, body: &[u8]) -> Vec<u8>;
     /// A digest of the whole state: equal on every replica at the same op.
     fn digest(&self) -> u128;
+    /// The whole state as bytes, for a checkpoint. Equal states give equal bytes.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot's. A snapshot that does not decode is refused and
+    /// the state is left as it was.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
 }
+
+/// A snapshot the state machine could not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("snapshot rejected: {0}")]
+pub struct RestoreError(pub String);

@@ -1,0 +1,155 @@
+//! The in-memory log of one replica: the prepares after its newest checkpoint, anchored on the
+//! prepare of the checkpointed op (the root, op 0, before the first checkpoint). Ops at or below
+//! the anchor live only in the checkpoint's state; the anchor's checksum is what the next op
+//! chains to.
+
+use crate::message::Prepare;
+use crate::Op;
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// `entries[0]` is the anchor; `entries[i]` is op `base + i`.
+    entries: Vec<Prepare>,
+}
+
+impl Log {
+    pub fn new(anchor: Prepare) -> Self {
+        Self {
+            entries: vec![anchor],
+        }
+    }
+
+    /// A log from a chain that starts at its anchor (checked by the caller).
+    pub fn from_chain(entries: Vec<Prepare>) -> Option<Self> {
+        (!entries.is_empty()).then_some(Self { entries })
+    }
+
+    /// The anchor's op.
+    pub fn base(&self) -> Op {
+        self.entries[0].op()
+    }
+
+    pub fn tail(&self) -> Op {
+        self.base() + self.entries.len() as Op - 1
+    }
+
+    pub fn get(&self, op: Op) -> Option<&Prepare> {
+        let index = op.checked_sub(self.base())?;
+        self.entries.get(usize::try_from(index).ok()?)
+    }
+
+    pub fn checksum_at(&self, op: Op) -> Option<u128> {
+        self.get(op).map(Prepare::checksum)
+    }
+
+    pub fn head(&self) -> &Prepare {
+        &self.entries[self.entries.len() - 1]
+    }
+
+    pub fn push(&mut self, prepare: Prepare) {
+        debug_assert_eq!(prepare.op(), self.tail() + 1);
+        self.entries.push(prepare);
+    }
+
+    /// The whole log, anchor first.
+    pub fn entries(&self) -> &[Prepare] {
+        &self.entries
+    }
+
+    /// The prepares after `op` (all of them when `op` is below the anchor).
+    pub fn after(&self, op: Op) -> &[Prepare] {
+        let start = op.saturating_sub(self.base()).saturating_add(1);
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        self.entries.get(start..).unwrap_or(&[])
+    }
+
+    /// The anchor and every prepare up to `op`.
+    pub fn up_to(&self, op: Op) -> Vec<Prepare> {
+        let end = op.saturating_sub(self.base()).saturating_add(1);
+        let end = usize::try_from(end)
+            .unwrap_or(usize::MAX)
+            .min(self.entries.len());
+        self.entries[..end].to_vec()
+    }
+
+    /// Drops everything below `op`, which becomes the anchor. No-op unless `op` is held above
+    /// the current anchor.
+    pub fn trim_below(&mut self, op: Op) {
+        if op > self.base() && op <= self.tail() {
+            let cut = (op - self.base()) as usize;
+            self.entries.drain(..cut);
+        }
+    }
+
+    /// The highest op both `self` and `chain` hold with the same checksum: where `chain` can
+    /// be spliced onto this log. Equal checksums at one op mean equal logs up to it (the hash
+    /// chain), so the splice is a valid chain.
+    pub fn join_point(&self, chain: &[Prepare]) -> Option<Op> {
+        let first = chain.first()?.op();
+        let last = first + chain.len() as Op - 1;
+        let low = self.base().max(first);
+        let high = self.tail().min(last);
+        (low..=high)
+            .rev()
+            .find(|&op| self.checksum_at(op) == Some(chain[(op - first) as usize].checksum()))
+    }
+
+    /// This log up to `at`, then `chain` after `at` (`at` from [`Log::join_point`]).
+    pub fn spliced(&self, at: Op, chain: &[Prepare]) -> Log {
+        let mut entries = self.up_to(at);
+        let first = chain[0].op();
+        entries.extend_from_slice(&chain[(at + 1 - first) as usize..]);
+        Log { entries }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(from: &Prepare, len: u64, tag: u8) -> Vec<Prepare> {
+        let mut out = vec![from.clone()];
+        for _ in 0..len {
+            let parent = out.last().map(Prepare::checksum).unwrap_or(0);
+            let mut header = from.header.clone();
+            header.op = out.last().map(Prepare::op).unwrap_or(0) + 1;
+            header.parent = parent;
+            out.push(Prepare::new(header, vec![tag]));
+        }
+        out
+    }
+
+    #[test]
+    fn addresses_ops_from_the_anchor_and_trims() {
+        let root = Prepare::root(1, 1, 0);
+        let entries = chain(&root, 5, 1);
+        let mut log = Log::from_chain(entries.clone()).expect("non-empty");
+        assert_eq!((log.base(), log.tail()), (0, 5));
+        log.trim_below(3);
+        assert_eq!((log.base(), log.tail()), (3, 5));
+        assert_eq!(log.get(2), None);
+        assert_eq!(log.checksum_at(4), Some(entries[4].checksum()));
+        assert_eq!(log.after(1).len(), 2);
+        assert_eq!(log.after(4).len(), 1);
+        assert_eq!(log.up_to(4).len(), 2);
+        log.trim_below(9);
+        assert_eq!(log.base(), 3, "trimming past the tail is refused");
+    }
+
+    #[test]
+    fn joins_a_chain_at_the_last_common_op() {
+        let root = Prepare::root(1, 1, 0);
+        let ours = chain(&root, 6, 1);
+        // Theirs agrees up to op 3, then diverges.
+        let mut theirs = ours[..=3].to_vec();
+        theirs.extend(chain(&ours[3], 4, 2).into_iter().skip(1));
+        let mut log = Log::from_chain(ours.clone()).expect("non-empty");
+        log.trim_below(2);
+        assert_eq!(log.join_point(&theirs[1..]), Some(3));
+        let spliced = log.spliced(3, &theirs[1..]);
+        assert_eq!((spliced.base(), spliced.tail()), (2, 7));
+        assert_eq!(spliced.checksum_at(5), Some(theirs[5].checksum()));
+        // A chain entirely above our log does not join.
+        assert_eq!(log.join_point(&theirs[7..]), None);
+    }
+}
