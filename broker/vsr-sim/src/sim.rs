@@ -163,7 +163,17 @@ impl Disk {
     /// Lands a WAL write: the prepare (in `slot`, which a misdirected write gets wrong), then,
     /// unless the write was torn, the header in its real op's slot. The two are separate
     /// places on disk, each keeping whichever write was issued last.
-    fn land_wal(&mut self, seq: u64, prepare: Prepare, slot: u64, with_header: bool) {
+    ///
+    /// Overwriting, in its own slot, an op above the checkpoint the superblock names is a
+    /// violation: recovery needs every op after that checkpoint, so the replica reused a slot
+    /// too early.
+    fn land_wal(
+        &mut self,
+        seq: u64,
+        prepare: Prepare,
+        slot: u64,
+        with_header: bool,
+    ) -> Result<(), Violation> {
         let op = prepare.op();
         let checksum = prepare.checksum();
         // A later view change truncated this op: the write must not bring it back.
@@ -172,9 +182,20 @@ impl Disk {
             .iter()
             .any(|(s, after)| *s > seq && op > *after);
         if superseded {
-            return;
+            return Ok(());
         }
         if self.wal.get(&slot).is_none_or(|(s, _)| *s <= seq) {
+            let checkpoint = self.superblock.map_or(0, |(_, sb)| sb.checkpoint);
+            if let Some((_, old)) = self.wal.get(&slot) {
+                // (A misdirected prepare in someone else's slot is no loss when overwritten.)
+                let own_slot = |op: Op| op % self.slots == slot;
+                if own_slot(op) && own_slot(old.op()) && old.op() < op && old.op() > checkpoint {
+                    return Err(format!(
+                        "wal: op {op} overwrote op {} in slot {slot}, above the durable checkpoint {checkpoint}",
+                        old.op()
+                    ));
+                }
+            }
             self.wal.insert(slot, (seq, prepare));
         }
         let header_slot = op % self.slots;
@@ -186,6 +207,7 @@ impl Disk {
         {
             self.headers.insert(header_slot, (seq, op, checksum));
         }
+        Ok(())
     }
 
     /// A latent sector error: the stored prepare in `slot` no longer verifies.
@@ -196,16 +218,16 @@ impl Disk {
     }
 
     /// Applies a write; returns the superblock it made durable, if any.
-    fn land(&mut self, seq: u64, write: Write) -> Option<Superblock> {
+    fn land(&mut self, seq: u64, write: Write) -> Result<Option<Superblock>, Violation> {
         match write {
             Write::Wal { prepare, slot } => {
-                self.land_wal(seq, prepare, slot, true);
-                None
+                self.land_wal(seq, prepare, slot, true)?;
+                Ok(None)
             }
-            Write::Superblock(sb) => self.land_superblock(seq, sb),
+            Write::Superblock(sb) => Ok(self.land_superblock(seq, sb)),
             Write::Checkpoint(checkpoint) => {
                 self.checkpoints.insert(checkpoint.op(), *checkpoint);
-                None
+                Ok(None)
             }
             Write::Log {
                 superblock,
@@ -222,7 +244,7 @@ impl Disk {
                         .insert(slot, (seq, prepare.op(), prepare.checksum()));
                     self.wal.insert(slot, (seq, prepare));
                 }
-                self.land_superblock(seq, superblock)
+                Ok(self.land_superblock(seq, superblock))
             }
         }
     }
@@ -535,7 +557,7 @@ impl Simulation {
             }
             if self.replicas[r as usize].is_some() {
                 if self.rng.chance(self.params.crash_ppm) {
-                    self.crash(r);
+                    self.crash(r)?;
                 }
             } else if self.rng.chance(self.params.restart_ppm) {
                 self.restart(r)?;
@@ -544,12 +566,14 @@ impl Simulation {
         Ok(())
     }
 
-    pub fn crash(&mut self, r: u8) {
+    pub fn crash(&mut self, r: u8) -> Result<(), Violation> {
         self.replicas[r as usize] = None;
         let pending = std::mem::take(&mut self.disks[r as usize].pending);
         for write in pending {
             if !self.rng.chance(self.params.torn_write_ppm) {
-                let _ = self.disks[r as usize].land(write.seq, write.write);
+                self.disks[r as usize]
+                    .land(write.seq, write.write)
+                    .map_err(|e| format!("replica {r}: {e}"))?;
                 continue;
             }
             self.coverage.add("writes_lost_at_crash", 1);
@@ -557,7 +581,9 @@ impl Simulation {
             // write recovery must recognise and cut, not mistake for corruption.
             if let Write::Wal { prepare, slot } = write.write {
                 if self.rng.chance(500_000) {
-                    self.disks[r as usize].land_wal(write.seq, prepare, slot, false);
+                    self.disks[r as usize]
+                        .land_wal(write.seq, prepare, slot, false)
+                        .map_err(|e| format!("replica {r}: {e}"))?;
                     self.coverage.add("torn_writes", 1);
                 }
             }
@@ -565,6 +591,7 @@ impl Simulation {
         self.coverage.add("crashes", 1);
         self.trace(&[1, r as u64]);
         self.log(|| format!("replica {r} crashed"));
+        Ok(())
     }
 
     fn restart(&mut self, r: u8) -> Result<(), Violation> {
@@ -709,7 +736,10 @@ impl Simulation {
             disk.pending = waiting;
             for write in done {
                 let io = write.io;
-                if let Some(sb) = self.disks[r as usize].land(write.seq, write.write) {
+                let landed = self.disks[r as usize]
+                    .land(write.seq, write.write)
+                    .map_err(|e| format!("replica {r}: {e}"))?;
+                if let Some(sb) = landed {
                     self.checker.superblock_durable(r, &sb)?;
                 }
                 self.feed(r, Input::WriteDone { io })?;

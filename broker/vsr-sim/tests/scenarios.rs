@@ -38,7 +38,7 @@ fn one_backup_down_keeps_at_least_half_the_throughput() {
         let healthy = calm(3, route).run_until_answered(20_000).unwrap();
         let mut degraded = calm(3, route);
         degraded.permanently_down.insert(2);
-        degraded.crash(2);
+        degraded.crash(2).unwrap();
         let ticks = degraded.run_until_answered(20_000).unwrap();
         assert!(
             ticks <= healthy * 2,
@@ -53,7 +53,7 @@ fn the_primary_crashing_is_replaced_and_nothing_is_lost() {
     sim.run_for(300).unwrap();
     let before = sim.committed();
     assert!(before > 0);
-    sim.crash(0);
+    sim.crash(0).unwrap();
     sim.run_until_answered(20_000).unwrap();
     assert!(sim.coverage().get("views_installed") >= 1);
     assert!(sim.committed() >= before);
@@ -74,7 +74,7 @@ fn a_full_cluster_power_loss_keeps_every_committed_op() {
     let before = sim.committed();
     assert!(before > 0);
     for r in 0..3 {
-        sim.crash(r);
+        sim.crash(r).unwrap();
     }
     sim.restart_all().unwrap();
     // The checker verifies that every recovered op is the committed one.
@@ -129,7 +129,7 @@ fn a_corrupt_wal_slot_is_repaired_from_the_primary_not_truncated() {
     let replica = sim.replica(1).unwrap();
     let op = replica.checkpoint_durable() + 2;
     assert!(replica.op_durable() > op);
-    sim.crash(1);
+    sim.crash(1).unwrap();
     sim.rot(1, op);
     sim.restart_all().unwrap();
     assert!(
@@ -154,11 +154,11 @@ fn a_faulty_replica_does_not_vote_until_repaired() {
     let replica = sim.replica(1).unwrap();
     let op = replica.checkpoint_durable() + 1;
     assert!(replica.op_durable() > op);
-    sim.crash(1);
+    sim.crash(1).unwrap();
     sim.rot(1, op);
     sim.restart_all().unwrap();
     assert!(sim.replica(1).unwrap().is_faulty());
-    sim.crash(0);
+    sim.crash(0).unwrap();
     sim.run_for(3_000).unwrap();
     assert_eq!(
         sim.coverage().get("views_installed"),
@@ -189,7 +189,7 @@ fn a_backup_behind_every_log_catches_up_by_state_sync() {
     let mut sim = calm(3, Route::Star);
     // Replica 2 is down while the other two commit everything: several checkpoints pass, so
     // the ops it lacks are in nobody's log any more, only in their checkpoints.
-    sim.crash(2);
+    sim.crash(2).unwrap();
     sim.run_until_answered(30_000).unwrap();
     let primary = sim.replica(0).unwrap();
     assert!(
@@ -218,7 +218,7 @@ fn a_restart_recovers_from_the_newest_checkpoint_and_the_wal_after_it() {
     let before = sim.replica(1).unwrap();
     let (base, durable) = (before.checkpoint_durable(), before.op_durable());
     assert!(base > 0 && durable > base);
-    sim.crash(1);
+    sim.crash(1).unwrap();
     sim.restart_all().unwrap();
     let after = sim.replica(1).unwrap();
     assert_eq!(after.log_base(), base);

@@ -1477,9 +1477,13 @@ impl<S: StateMachine> Replica<S> {
         if self.log.checksum_at(op) != Some(checkpoint.anchor.checksum()) {
             self.log = Log::new(checkpoint.anchor.clone());
             self.op_durable = op;
-            self.wal_issued = op;
             self.durable_ops.clear();
             self.syncing = Some(op);
+            // Our WAL may hold ops after `op` from a history that diverged at or below it;
+            // once the checkpoint is durable, recovery would read them as vouched-for prepares
+            // that do not chain, i.e. corruption. None of them can be committed (they follow
+            // an op the committed one replaced), so they go.
+            self.write_log(op);
         }
         let digest = self.sm.digest();
         self.write_checkpoint(checkpoint);
