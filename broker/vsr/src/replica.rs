@@ -633,7 +633,13 @@ impl<S: StateMachine> Replica<S> {
             sequence: self.superblock_sequence,
             view: self.view,
             log_view: self.log_view,
-            commit: self.commit_max.min(self.op_durable),
+            // Recovery re-applies the WAL up to this commit, so it may not pass what the WAL
+            // holds of our log — nor, while a sync's checkpoint is not yet durable, the
+            // checkpoint recovery would start from (the WAL then holds another history).
+            commit: match self.syncing {
+                Some(_) => self.checkpoint_durable,
+                None => self.commit_max.min(self.op_durable),
+            },
             checkpoint: self.checkpoint_named,
         }
     }
