@@ -1847,6 +1847,84 @@ mod tests {
             .any(|o| matches!(o, Output::WriteLog { truncate_after, .. } if *truncate_after < 1)));
     }
 
+    /// Completes every write at once except checkpoint writes when `hold` is set; returns the
+    /// highest op written to the WAL and the held checkpoint ios.
+    fn settle(
+        replica: &mut Replica<Nothing>,
+        mut outputs: Vec<Output>,
+        hold: bool,
+    ) -> (Op, Vec<u64>) {
+        let (mut highest, mut held) = (0, Vec::new());
+        while let Some(output) = outputs.pop() {
+            let io = match output {
+                Output::WriteWal { io, prepare, slot } => {
+                    assert_eq!(slot, prepare.op() % replica.cfg.wal_slots);
+                    highest = highest.max(prepare.op());
+                    io
+                }
+                Output::WriteSuperblock { io, .. } | Output::WriteLog { io, .. } => io,
+                Output::WriteCheckpoint { io, .. } if hold => {
+                    held.push(io);
+                    continue;
+                }
+                Output::WriteCheckpoint { io, .. } => io,
+                Output::Send(_) | Output::Event(_) => continue,
+            };
+            outputs.extend(replica.step(Input::WriteDone { io }));
+        }
+        (highest, held)
+    }
+
+    fn request(session: u64, request: u64) -> Input {
+        Input::Message(Envelope {
+            cluster: 1,
+            group: 1,
+            epoch: 0,
+            from: Node::Client(9),
+            to: Node::Replica(0),
+            message: Message::Request {
+                client: 9,
+                session,
+                request,
+                body: vec![1],
+            },
+        })
+    }
+
+    #[test]
+    fn the_primary_never_prepares_past_the_durable_checkpoint_plus_the_wal() {
+        let mut cfg = Config::new(1, 1, 0, Route::Star);
+        cfg.checkpoint_interval = 4;
+        cfg.wal_slots = 8;
+        let mut replica = Replica::open(cfg, DiskImage::default(), Nothing);
+        let opened = replica.take_outputs();
+        settle(&mut replica, opened, false);
+        // Register (op 1, so the session is 1), then queue twenty requests at once.
+        let outputs = replica.step(request(0, 1));
+        settle(&mut replica, outputs, false);
+        let mut outputs = Vec::new();
+        for n in 2..=21 {
+            outputs.extend(replica.step(request(1, n)));
+        }
+        // With checkpoint writes held back no checkpoint becomes durable: ops 1..=8 fill the
+        // eight slots and the primary stops there, though it committed all of them.
+        let (highest, held) = settle(&mut replica, outputs, true);
+        assert_eq!(highest, 8);
+        assert_eq!((replica.log_tail(), replica.commit_min()), (8, 8));
+        assert_eq!(replica.checkpoint_durable(), 0);
+        assert_eq!(held.len(), 2, "checkpoints at ops 4 and 8");
+        // Releasing them makes the checkpoint at 8 durable: the log is trimmed to it and the
+        // primary goes on, eight slots further at a time.
+        let mut outputs = Vec::new();
+        for io in held {
+            outputs.extend(replica.step(Input::WriteDone { io }));
+        }
+        settle(&mut replica, outputs, false);
+        assert_eq!(replica.commit_min(), 21);
+        assert_eq!(replica.checkpoint_durable(), 20);
+        assert_eq!(replica.log_base(), 20);
+    }
+
     #[test]
     fn recovery_tells_torn_writes_from_corruption() {
         let root = Prepare::root(1, 1, 0);
