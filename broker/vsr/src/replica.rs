@@ -1485,11 +1485,11 @@ impl<S: StateMachine> Replica<S> {
             self.op_durable = op;
             self.durable_ops.clear();
             self.syncing = Some(op);
-            // Our WAL may hold ops after `op` from a history that diverged at or below it;
-            // once the checkpoint is durable, recovery would read them as vouched-for prepares
-            // that do not chain, i.e. corruption. None of them can be committed (they follow
-            // an op the committed one replaced), so they go.
-            self.write_log(op);
+            // The WAL after `op` is left alone. It may hold ops we acknowledged that our log
+            // lost to a damaged slot below `op` (seed 9503018: truncating them lost a committed
+            // op); once the checkpoint is durable, recovery reads them back through it. Ops of
+            // a history that diverged at or below `op` read back as faulty slots instead: the
+            // replica then abstains until a StartView repairs it, which costs time, not safety.
         }
         let digest = self.sm.digest();
         self.write_checkpoint(checkpoint);
