@@ -17,17 +17,20 @@ pub use sim::{Coverage, Outcome, Simulation};
 pub enum World {
     /// Before deaf replicas.
     V1,
-    /// With deaf replicas (the current menu).
+    /// With deaf replicas.
     V2,
+    /// With checkpoints that rot on disk (the current menu).
+    V3,
 }
 
 impl World {
-    pub const CURRENT: World = World::V2;
+    pub const CURRENT: World = World::V3;
 
     pub fn parse(text: &str) -> Option<World> {
         match text {
             "1" => Some(World::V1),
             "2" => Some(World::V2),
+            "3" => Some(World::V3),
             _ => None,
         }
     }
@@ -45,6 +48,9 @@ pub fn run_seed_in(seed: u64, world: World, verbose: bool) -> Outcome {
     let mut params = Params::swarm(&mut rng);
     if world == World::V1 {
         params.deaf_onset_ppm = 0;
+    }
+    if world != World::V3 {
+        params.checkpoint_fault_ppm = 0;
     }
     let run = {
         let params = params.clone();

@@ -43,6 +43,9 @@ pub struct Params {
     /// Ops between checkpoints; the WAL holds twice as many (see `wal_slots`). Small
     /// intervals make lagging replicas fall behind every peer's log and need state sync.
     pub checkpoint_interval: u64,
+    /// Chance (ppm per restart of a replica in the fault atlas) that the checkpoint its
+    /// superblock names has rotted: the replica has no state to start from and must sync.
+    pub checkpoint_fault_ppm: u64,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
@@ -96,6 +99,7 @@ impl Params {
             },
             deaf_heal_ppm: rng.between(500, 3_000),
             checkpoint_interval: [4, 8, 16, 32, 64, 1024][rng.below(6) as usize],
+            checkpoint_fault_ppm: rng.below(200_000),
         }
     }
 
@@ -125,6 +129,7 @@ impl Params {
             deaf_onset_ppm: 0,
             deaf_heal_ppm: 0,
             checkpoint_interval: 16,
+            checkpoint_fault_ppm: 0,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

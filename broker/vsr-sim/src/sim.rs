@@ -25,9 +25,10 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 28] = [
+    pub const EXPECTED: [&'static str; 29] = [
         "abdications",
         "cached_replies",
+        "checkpoint_read_faults",
         "checkpoints",
         "client_retries",
         "converged_runs",
@@ -214,6 +215,18 @@ impl Disk {
     fn rot(&mut self, slot: u64) {
         if let Some((_, prepare)) = self.wal.get_mut(&slot) {
             prepare.body.push(0x5A);
+        }
+    }
+
+    /// The checkpoint the superblock names no longer verifies. False when it names none.
+    fn rot_checkpoint(&mut self) -> bool {
+        let named = self.superblock.map_or(0, |(_, sb)| sb.checkpoint);
+        match self.checkpoints.get_mut(&named) {
+            Some(checkpoint) if named > 0 => {
+                checkpoint.state.push(0x5A);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -468,8 +481,14 @@ impl Simulation {
                 .enumerate()
                 .all(|(r, replica)| match replica {
                     None => self.permanently_down.contains(&(r as u8)),
+                    // Converged means whole again, not merely caught up: normal, every committed
+                    // op applied and durable, no damage left, no sync pending.
                     Some(replica) => {
-                        replica.status() == vsr::Status::Normal && replica.commit_min() == committed
+                        replica.status() == vsr::Status::Normal
+                            && replica.commit_min() == committed
+                            && replica.op_durable() >= committed
+                            && !replica.is_faulty()
+                            && !replica.is_syncing()
                     }
                 })
     }
@@ -481,7 +500,7 @@ impl Simulation {
             .map(|r| match r {
                 None => "down".into(),
                 Some(r) => format!(
-                    "{:?} v{} commit {}/{} log {}..{} durable {} writes pending {}",
+                    "{:?} v{} commit {}/{} log {}..{} durable {} writes pending {}{}{}",
                     r.status(),
                     r.view(),
                     r.commit_min(),
@@ -489,7 +508,9 @@ impl Simulation {
                     r.log_base(),
                     r.log_tail(),
                     r.op_durable(),
-                    r.pending_writes()
+                    r.pending_writes(),
+                    if r.is_faulty() { " faulty" } else { "" },
+                    if r.is_syncing() { " syncing" } else { "" },
                 ),
             })
             .collect();
@@ -603,6 +624,13 @@ impl Simulation {
                     self.coverage.add("read_faults", 1);
                 }
             }
+        }
+        if self.corruptible.contains(&r)
+            && self.params.checkpoint_fault_ppm > 0
+            && self.rng.chance(self.params.checkpoint_fault_ppm)
+            && self.disks[r as usize].rot_checkpoint()
+        {
+            self.coverage.add("checkpoint_read_faults", 1);
         }
         let image = self.disks[r as usize].image();
         let mut replica = Self::open_replica(self.seed, &self.params, r, image);

@@ -530,6 +530,10 @@ impl<S: StateMachine> Replica<S> {
     pub fn is_faulty(&self) -> bool {
         self.faulty
     }
+    /// A synced checkpoint is not durable yet: the replica neither acknowledges nor votes.
+    pub fn is_syncing(&self) -> bool {
+        self.syncing.is_some()
+    }
     pub fn op_durable(&self) -> Op {
         self.op_durable
     }
@@ -749,6 +753,10 @@ impl<S: StateMachine> Replica<S> {
                 if op > self.checkpoint_named {
                     self.checkpoint_named = op;
                     self.write_superblock();
+                } else if op == self.checkpoint_durable {
+                    // The superblock already names it: a sync rewrote a checkpoint that had
+                    // rotted on our disk, and it is durable again now.
+                    self.checkpoint_became_durable();
                 }
             }
             PendingWrite::Log {
