@@ -1493,6 +1493,14 @@ impl<S: StateMachine> Replica<S> {
             self.op_durable = op;
             self.durable_ops.clear();
             self.syncing = Some(op);
+            if self.is_primary() {
+                // Our log no longer is our view's log, so we may not lead the view: commit
+                // numbers we announce in it would commit our backups' copies of ops the
+                // checkpoint replaced (seed 9625114). A primary's log holds every committed op,
+                // so only a primary of a stale view gets here; it waits to learn the new one.
+                self.status = Status::Recovering;
+                self.status_since = self.tick;
+            }
             // The WAL after `op` is left alone. It may hold ops we acknowledged that our log
             // lost to a damaged slot below `op` (seed 9503018: truncating them lost a committed
             // op); once the checkpoint is durable, recovery reads them back through it. Ops of
