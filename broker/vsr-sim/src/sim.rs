@@ -25,7 +25,7 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 29] = [
+    pub const EXPECTED: [&'static str; 30] = [
         "abdications",
         "cached_replies",
         "checkpoint_read_faults",
@@ -44,6 +44,7 @@ impl Coverage {
         "ops_truncated",
         "partitions",
         "partitions_asymmetric",
+        "prepares_repaired",
         "read_faults",
         "restarts",
         "retransmits",
@@ -905,6 +906,10 @@ impl Simulation {
                 self.trace(&[7, r as u64, op]);
                 self.checker.checkpointed(r, op, digest)?;
                 self.coverage.add("checkpoints", 1);
+            }
+            Event::Repaired { op } => {
+                self.trace(&[9, r as u64, op]);
+                self.coverage.add("prepares_repaired", 1);
             }
             Event::StateSynced { op, digest } => {
                 self.trace(&[8, r as u64, op]);

@@ -188,6 +188,16 @@ pub enum Message {
     Sync {
         checkpoint: Box<Checkpoint>,
     },
+    /// A replica whose WAL slot for `op` is damaged asks its peers for the prepare its header
+    /// ring says it wrote there. Anyone holding it answers, in any view: the checksum names it.
+    RequestPrepare {
+        op: Op,
+        checksum: u128,
+        replica: ReplicaId,
+    },
+    RepairPrepare {
+        prepare: Prepare,
+    },
 }
 
 /// A message with its routing and identity fields.
@@ -218,6 +228,8 @@ pub enum Command {
     NewState,
     RequestSync,
     Sync,
+    RequestPrepare,
+    RepairPrepare,
 }
 
 impl Message {
@@ -237,6 +249,8 @@ impl Message {
             Message::NewState { .. } => Command::NewState,
             Message::RequestSync { .. } => Command::RequestSync,
             Message::Sync { .. } => Command::Sync,
+            Message::RequestPrepare { .. } => Command::RequestPrepare,
+            Message::RepairPrepare { .. } => Command::RepairPrepare,
         }
     }
 }

@@ -242,6 +242,10 @@ pub enum Event {
         op: Op,
         digest: u128,
     },
+    /// Restored the prepare of a damaged WAL slot from a peer.
+    Repaired {
+        op: Op,
+    },
     /// Replaced its state with a peer's checkpoint at `op`.
     StateSynced {
         op: Op,
@@ -305,6 +309,9 @@ pub struct Replica<S> {
     /// durable (contiguously, with matching checksums): only then does its durable log hold
     /// what it may have acknowledged before the damage.
     repair_until: Option<Op>,
+    /// A faulty replica's own repair: the ops its header ring says it wrote from the damaged
+    /// slot on, fetched from peers one by one (see `Repair`).
+    repair: Option<Repair>,
     tick: u64,
     heard_from_primary: u64,
     status_since: u64,
@@ -325,6 +332,55 @@ pub struct Replica<S> {
     last_timestamp: u64,
     now: u64,
     out: Vec<Output>,
+}
+
+/// What a replica that found a damaged WAL slot at recovery promised and still holds. Its
+/// header ring names every prepare it wrote completely — everything it may have acknowledged —
+/// so once those ops are back, byte for byte, its durable log is what it was and it may vote
+/// again, without waiting for a StartView.
+#[derive(Debug, Clone)]
+struct Repair {
+    /// op → checksum, contiguous from the damaged slot (acks are cumulative: nothing after a
+    /// slot that was never completely written can have been acknowledged).
+    promised: BTreeMap<Op, u128>,
+    /// Promised ops whose own slot is intact, waiting for the ones before them.
+    spare: BTreeMap<Op, Prepare>,
+}
+
+impl Repair {
+    fn from_disk(
+        damaged: Op,
+        wal: &BTreeMap<u64, Prepare>,
+        headers: &BTreeMap<u64, (Op, u128)>,
+        slots: u64,
+        base: Op,
+    ) -> Self {
+        let mut promised = BTreeMap::new();
+        let mut spare = BTreeMap::new();
+        let mut op = damaged;
+        while op <= base + slots {
+            let slot = op % slots;
+            let Some(&(written, checksum)) = headers.get(&slot) else {
+                break;
+            };
+            if written != op {
+                break;
+            }
+            promised.insert(op, checksum);
+            if let Some(prepare) = wal
+                .get(&slot)
+                .filter(|p| p.op() == op && p.checksum() == checksum && p.verify())
+            {
+                spare.insert(op, prepare.clone());
+            }
+            op += 1;
+        }
+        Self { promised, spare }
+    }
+
+    fn last(&self) -> Op {
+        self.promised.keys().next_back().copied().unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -364,6 +420,7 @@ impl<S: StateMachine> Replica<S> {
             checkpoint: 0,
         });
         let mut faulty = false;
+        let mut repair = None;
         let mut anchor = root;
         let mut client_table = BTreeMap::new();
         let mut checkpoints = BTreeMap::new();
@@ -400,7 +457,16 @@ impl<S: StateMachine> Replica<S> {
                     None => break,
                 },
                 SlotCase::Torn => break,
-                SlotCase::Faulty => faulty = true,
+                SlotCase::Faulty => {
+                    faulty = true;
+                    repair = Some(Repair::from_disk(
+                        op,
+                        &wal,
+                        &headers,
+                        cfg.wal_slots,
+                        log.base(),
+                    ));
+                }
             }
         }
         // A prepare without its header is intact but not vouched for: if it rotted later,
@@ -451,6 +517,7 @@ impl<S: StateMachine> Replica<S> {
             dvc_sent: false,
             faulty,
             repair_until: None,
+            repair,
             tick: 0,
             heard_from_primary: 0,
             status_since: 0,
@@ -928,6 +995,9 @@ impl<S: StateMachine> Replica<S> {
                         replica,
                         nonce: self.tick,
                     });
+                    if self.faulty {
+                        self.request_repair();
+                    }
                     // A faulty replica may have made a view durable that the cluster never
                     // reached; nobody will send it a StartView for it. Announcing the view (a
                     // StartViewChange carries no log, so this is no vote) draws the others into
@@ -1094,6 +1164,20 @@ impl<S: StateMachine> Replica<S> {
             } => self.on_new_state(view, entries, commit),
             Message::RequestSync { have, replica } => self.send_checkpoint(replica, have),
             Message::Sync { checkpoint } => self.on_sync(*checkpoint),
+            Message::RequestPrepare {
+                op,
+                checksum,
+                replica,
+            } => {
+                if replica != self.cfg.replica && self.log.checksum_at(op) == Some(checksum) {
+                    if let Some(prepare) = self.log.get(op).cloned() {
+                        let envelope = self
+                            .envelope(Node::Replica(replica), Message::RepairPrepare { prepare });
+                        self.out.push(Output::Send(envelope));
+                    }
+                }
+            }
+            Message::RepairPrepare { prepare } => self.on_repair_prepare(prepare),
             Message::Reply { .. } | Message::Evicted { .. } => {}
         }
     }
@@ -1485,6 +1569,8 @@ impl<S: StateMachine> Replica<S> {
         {
             return;
         }
+        // A repair from peers in progress is left to the StartView that follows the sync.
+        self.repair = None;
         self.client_table = checkpoint.clients.iter().cloned().collect();
         self.commit_min = op;
         self.commit_max = self.commit_max.max(op);
@@ -1520,6 +1606,63 @@ impl<S: StateMachine> Replica<S> {
             self.request_state();
         } else if self.status == Status::ViewChange && self.primary() == self.cfg.replica {
             self.try_lead();
+        }
+    }
+
+    /// Asks every peer for the first promised op our log lacks.
+    fn request_repair(&mut self) {
+        let next = self.log.tail() + 1;
+        let Some(&checksum) = self.repair.as_ref().and_then(|r| r.promised.get(&next)) else {
+            return;
+        };
+        for to in 0..self.cfg.replica_count {
+            if to != self.cfg.replica {
+                let envelope = self.envelope(
+                    Node::Replica(to),
+                    Message::RequestPrepare {
+                        op: next,
+                        checksum,
+                        replica: self.cfg.replica,
+                    },
+                );
+                self.out.push(Output::Send(envelope));
+            }
+        }
+    }
+
+    /// A peer's copy of a promised prepare: appended (with any intact ones after it) and
+    /// written. When every promised op is back and durable the replica is whole again.
+    fn on_repair_prepare(&mut self, prepare: Prepare) {
+        let Some(repair) = self.repair.as_mut() else {
+            return;
+        };
+        let op = prepare.op();
+        if op != self.log.tail() + 1
+            || repair.promised.get(&op) != Some(&prepare.checksum())
+            || !prepare.verify()
+            || prepare.header.parent != self.log.head().checksum()
+        {
+            return;
+        }
+        self.log.push(prepare);
+        self.event(Event::Repaired { op });
+        if let Some(repair) = self.repair.as_mut() {
+            while let Some(next) = repair.spare.remove(&(self.log.tail() + 1)) {
+                if next.header.parent != self.log.head().checksum() {
+                    break;
+                }
+                self.log.push(next);
+            }
+        }
+        self.write_pending();
+        let last = self.repair.as_ref().map_or(0, Repair::last);
+        if self.log.tail() >= last {
+            // Whole once these writes land (`advance_op_durable` clears `faulty`).
+            self.repair = None;
+            self.repair_until = Some(last);
+            self.advance_op_durable();
+        } else {
+            self.request_repair();
         }
     }
 
@@ -1727,6 +1870,7 @@ impl<S: StateMachine> Replica<S> {
         // The primary's log replaces whatever our damaged slots held — once it is on disk.
         // Until then our durable log is still the damaged one and we keep abstaining.
         if self.faulty {
+            self.repair = None;
             self.repair_until = Some(self.log_tail());
         }
         self.status = Status::Normal;
