@@ -19,18 +19,21 @@ pub enum World {
     V1,
     /// With deaf replicas.
     V2,
-    /// With checkpoints that rot on disk (the current menu).
+    /// With checkpoints that rot on disk.
     V3,
+    /// With superblock copies torn by crashes and rotting (the current menu).
+    V4,
 }
 
 impl World {
-    pub const CURRENT: World = World::V3;
+    pub const CURRENT: World = World::V4;
 
     pub fn parse(text: &str) -> Option<World> {
         match text {
             "1" => Some(World::V1),
             "2" => Some(World::V2),
             "3" => Some(World::V3),
+            "4" => Some(World::V4),
             _ => None,
         }
     }
@@ -49,8 +52,11 @@ pub fn run_seed_in(seed: u64, world: World, verbose: bool) -> Outcome {
     if world == World::V1 {
         params.deaf_onset_ppm = 0;
     }
-    if world != World::V3 {
+    if matches!(world, World::V1 | World::V2) {
         params.checkpoint_fault_ppm = 0;
+    }
+    if world != World::V4 {
+        params.superblock_faults = false;
     }
     let run = {
         let params = params.clone();

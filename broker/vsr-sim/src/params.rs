@@ -46,6 +46,10 @@ pub struct Params {
     /// Chance (ppm per restart of a replica in the fault atlas) that the checkpoint its
     /// superblock names has rotted: the replica has no state to start from and must sync.
     pub checkpoint_fault_ppm: u64,
+    /// World 4: superblock writes interrupted by a crash may reach only some of the copies,
+    /// and copies may rot (at the WAL's read-fault rate, never the last readable copy of the
+    /// newest complete write).
+    pub superblock_faults: bool,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
@@ -100,6 +104,7 @@ impl Params {
             deaf_heal_ppm: rng.between(500, 3_000),
             checkpoint_interval: [4, 8, 16, 32, 64, 1024][rng.below(6) as usize],
             checkpoint_fault_ppm: rng.below(200_000),
+            superblock_faults: rng.chance(500_000),
         }
     }
 
@@ -130,6 +135,7 @@ impl Params {
             deaf_heal_ppm: 0,
             checkpoint_interval: 16,
             checkpoint_fault_ppm: 0,
+            superblock_faults: false,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

@@ -25,7 +25,7 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 30] = [
+    pub const EXPECTED: [&'static str; 32] = [
         "abdications",
         "cached_replies",
         "checkpoint_read_faults",
@@ -51,6 +51,8 @@ impl Coverage {
         "session_evictions",
         "state_syncs",
         "state_transfers",
+        "superblock_copies_rotted",
+        "superblock_writes_torn",
         "torn_writes",
         "truncations",
         "view_changes_started",
@@ -113,12 +115,19 @@ struct Pending {
     write: Write,
 }
 
-/// A replica's storage: the newest superblock, checkpoint states, and a WAL of `slots` slots,
+/// Copies of the superblock on each disk (TigerBeetle keeps four or more).
+const SUPERBLOCK_COPIES: usize = 4;
+
+/// A replica's storage: superblock copies, checkpoint states, and a WAL of `slots` slots,
 /// with writes landing after a delay and, at a crash, each pending write either landing or
-/// lost.
+/// lost (or, in world 4, a superblock write landing on only some of its copies).
 struct Disk {
     slots: u64,
+    /// The newest superblock every copy received (or that recovery adopted): what the disk's
+    /// own rules (slot reuse, checkpoint garbage) go by.
     superblock: Option<(u64, Superblock)>,
+    /// Each copy keeps the newest write that reached it.
+    copies: [Option<(u64, Superblock)>; SUPERBLOCK_COPIES],
     /// Checkpoint states by op; a superblock naming one makes the older ones garbage.
     checkpoints: BTreeMap<Op, Checkpoint>,
     /// slot → (write seq, prepare written there).
@@ -135,6 +144,7 @@ impl Disk {
         Self {
             slots,
             superblock: None,
+            copies: [None; SUPERBLOCK_COPIES],
             checkpoints: BTreeMap::new(),
             wal: BTreeMap::new(),
             headers: BTreeMap::new(),
@@ -145,10 +155,12 @@ impl Disk {
     }
 
     fn image(&self) -> DiskImage {
-        let superblock = self.superblock.map(|(_, sb)| sb);
+        let superblocks: Vec<Superblock> =
+            self.copies.iter().flatten().map(|(_, sb)| *sb).collect();
+        let newest = Superblock::newest(&superblocks);
         DiskImage {
-            superblock,
-            checkpoint: superblock.and_then(|sb| self.checkpoints.get(&sb.checkpoint).cloned()),
+            superblocks,
+            checkpoint: newest.and_then(|sb| self.checkpoints.get(&sb.checkpoint).cloned()),
             wal: self
                 .wal
                 .iter()
@@ -248,28 +260,96 @@ impl Disk {
                 truncate_after,
                 entries,
             } => {
-                self.wal
-                    .retain(|_, (s, p)| p.op() <= truncate_after || *s > seq);
-                self.headers
-                    .retain(|_, (s, op, _)| *op <= truncate_after || *s > seq);
-                self.truncations.push((seq, truncate_after));
-                for (slot, prepare) in entries {
-                    self.headers
-                        .insert(slot, (seq, prepare.op(), prepare.checksum()));
-                    self.wal.insert(slot, (seq, prepare));
-                }
+                self.land_log_entries(seq, truncate_after, entries);
                 Ok(self.land_superblock(seq, superblock))
             }
         }
     }
 
+    /// A write interrupted by a crash with its superblock on the first `copies` copies only
+    /// (a log install's WAL part lands first, as storage orders it).
+    fn land_torn(&mut self, seq: u64, write: Write, copies: usize) {
+        match write {
+            Write::Superblock(sb) => self.land_copies(seq, sb, copies),
+            Write::Log {
+                superblock,
+                truncate_after,
+                entries,
+            } => {
+                self.land_log_entries(seq, truncate_after, entries);
+                self.land_copies(seq, superblock, copies);
+            }
+            Write::Wal { .. } | Write::Checkpoint(_) => {}
+        }
+    }
+
+    fn land_log_entries(&mut self, seq: u64, truncate_after: Op, entries: Vec<(u64, Prepare)>) {
+        self.wal
+            .retain(|_, (s, p)| p.op() <= truncate_after || *s > seq);
+        self.headers
+            .retain(|_, (s, op, _)| *op <= truncate_after || *s > seq);
+        self.truncations.push((seq, truncate_after));
+        for (slot, prepare) in entries {
+            self.headers
+                .insert(slot, (seq, prepare.op(), prepare.checksum()));
+            self.wal.insert(slot, (seq, prepare));
+        }
+    }
+
+    fn land_copies(&mut self, seq: u64, sb: Superblock, copies: usize) {
+        for copy in self.copies.iter_mut().take(copies) {
+            if copy.is_none_or(|(s, _)| s < seq) {
+                *copy = Some((seq, sb));
+            }
+        }
+    }
+
     fn land_superblock(&mut self, seq: u64, sb: Superblock) -> Option<Superblock> {
+        self.land_copies(seq, sb, SUPERBLOCK_COPIES);
+        self.adopt(seq, sb)
+    }
+
+    fn adopt(&mut self, seq: u64, sb: Superblock) -> Option<Superblock> {
         if self.superblock.is_none_or(|(s, _)| s < seq) {
             self.superblock = Some((seq, sb));
             self.checkpoints = self.checkpoints.split_off(&sb.checkpoint);
             Some(sb)
         } else {
             None
+        }
+    }
+
+    /// Whether copy `i` may rot: one copy at least as new as the newest complete write must
+    /// stay readable (the bound superblock copies exist for).
+    fn copy_may_rot(&self, i: usize) -> bool {
+        let complete = self.superblock.map_or(0, |(s, _)| s);
+        let intact_newest =
+            |j: usize| j != i && self.copies[j].is_some_and(|(s, sb)| s >= complete && sb.verify());
+        self.copies[i].is_some_and(|(_, sb)| sb.verify())
+            && (0..SUPERBLOCK_COPIES).any(intact_newest)
+    }
+
+    fn rot_copy(&mut self, i: usize) {
+        // Bits flip in what the copy says, not only in its checksum: a recovery that took
+        // it anyway would come back in a view and with a commit nobody ever had.
+        if let Some((_, sb)) = self.copies[i].as_mut() {
+            sb.view ^= 0x40;
+            sb.commit ^= 0x40;
+        }
+    }
+
+    /// At a restart: the newest readable copy is what recovery takes, so from now on it is
+    /// the disk's superblock even if its write was torn.
+    fn adopt_newest_copy(&mut self) {
+        let newest = self
+            .copies
+            .iter()
+            .flatten()
+            .filter(|(_, sb)| sb.verify())
+            .max_by_key(|(s, _)| *s)
+            .copied();
+        if let Some((seq, sb)) = newest {
+            self.adopt(seq, sb);
         }
     }
 }
@@ -599,6 +679,14 @@ impl Simulation {
                 continue;
             }
             self.coverage.add("writes_lost_at_crash", 1);
+            // World 4: half of the interrupted superblock writes reach some of their copies.
+            let superblock_write = matches!(write.write, Write::Superblock(_) | Write::Log { .. });
+            if self.params.superblock_faults && superblock_write && self.rng.chance(500_000) {
+                let copies = 1 + self.rng.below(SUPERBLOCK_COPIES as u64 - 1) as usize;
+                self.disks[r as usize].land_torn(write.seq, write.write, copies);
+                self.coverage.add("superblock_writes_torn", 1);
+                continue;
+            }
             // Half of the interrupted WAL writes leave their prepare without its header: a torn
             // write recovery must recognise and cut, not mistake for corruption.
             if let Write::Wal { prepare, slot } = write.write {
@@ -626,6 +714,17 @@ impl Simulation {
                 }
             }
         }
+        if self.corruptible.contains(&r) && self.params.superblock_faults {
+            for copy in 0..SUPERBLOCK_COPIES {
+                if self.rng.chance(self.params.read_fault_ppm)
+                    && self.disks[r as usize].copy_may_rot(copy)
+                {
+                    self.disks[r as usize].rot_copy(copy);
+                    self.coverage.add("superblock_copies_rotted", 1);
+                }
+            }
+        }
+        self.disks[r as usize].adopt_newest_copy();
         if self.corruptible.contains(&r)
             && self.params.checkpoint_fault_ppm > 0
             && self.rng.chance(self.params.checkpoint_fault_ppm)

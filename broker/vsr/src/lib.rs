@@ -16,6 +16,7 @@ pub mod quorums;
 pub mod replica;
 pub mod routing;
 pub mod state_machine;
+pub mod superblock;
 pub mod view_change;
 
 pub use checkpoint::{Checkpoint, ClientSession};

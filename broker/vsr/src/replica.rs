@@ -15,6 +15,7 @@ use crate::message::{Envelope, Message, Node, Prepare, PrepareHeader};
 use crate::quorums;
 use crate::routing::{forward_targets, primary_of, Route};
 use crate::state_machine::StateMachine;
+pub use crate::superblock::Superblock;
 use crate::view_change;
 use crate::{ClientId, Op, ReplicaId, View};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -91,21 +92,8 @@ pub enum Status {
     Recovering,
 }
 
-/// The durable part of a replica's view state. Writes carry a sequence number; storage keeps
-/// the newest, so a late completion of an older write can never roll the view back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Superblock {
-    pub sequence: u64,
-    pub view: View,
-    pub log_view: View,
-    /// A commit number known when written (ops at or below it were committed).
-    pub commit: Op,
-    /// The checkpoint recovery starts from (0: none, the root). Its state was written before
-    /// any superblock names it.
-    pub checkpoint: Op,
-}
-
-/// What storage held when the replica (re)started: the newest superblock, the checkpoint it
+/// What storage held when the replica (re)started: the superblock copies as read (any of
+/// them possibly stale, torn or rotten; recovery takes the newest that verifies), the checkpoint it
 /// names, the WAL prepares by slot as read (possibly corrupt, possibly misplaced, possibly an
 /// older op's), and the redundant header ring (slot → op and checksum of the prepare written
 /// there). A WAL write lands its prepare first and its header second, and is acknowledged only
@@ -113,7 +101,7 @@ pub struct Superblock {
 /// recovery tells a torn write from corruption.
 #[derive(Debug, Clone, Default)]
 pub struct DiskImage {
-    pub superblock: Option<Superblock>,
+    pub superblocks: Vec<Superblock>,
     pub checkpoint: Option<Checkpoint>,
     pub wal: BTreeMap<u64, Prepare>,
     pub headers: BTreeMap<u64, (Op, u128)>,
@@ -407,17 +395,21 @@ impl<S: StateMachine> Replica<S> {
         let root = Prepare::root(cfg.cluster, cfg.group, cfg.epoch);
         // Without a durable superblock this replica never sent anything (sends wait for it), so
         // nothing in its WAL was ever acknowledged: it starts as a fresh member.
-        let (wal, headers) = if disk.superblock.is_some() {
+        // No copy that verifies is no superblock: nothing was ever sent (the copies keep one of
+        // the newest completed write readable; see `superblock.rs`).
+        let durable_superblock = Superblock::newest(&disk.superblocks);
+        let (wal, headers) = if durable_superblock.is_some() {
             (disk.wal, disk.headers)
         } else {
             (BTreeMap::new(), BTreeMap::new())
         };
-        let superblock = disk.superblock.unwrap_or(Superblock {
+        let superblock = durable_superblock.unwrap_or(Superblock {
             sequence: 0,
             view: 0,
             log_view: 0,
             commit: 0,
             checkpoint: 0,
+            checksum: 0,
         });
         let mut faulty = false;
         let mut repair = None;
@@ -481,7 +473,7 @@ impl<S: StateMachine> Replica<S> {
             .collect();
         let op_durable = log.base() + durable_ops.len() as Op;
         let base = log.base();
-        let status = if disk.superblock.is_some() {
+        let status = if durable_superblock.is_some() {
             Status::Recovering
         } else {
             Status::Normal
@@ -537,7 +529,7 @@ impl<S: StateMachine> Replica<S> {
             cfg,
         };
         replica.jitter = replica.random() % (replica.cfg.primary_timeout / 2 + 1);
-        if disk.superblock.is_none() {
+        if durable_superblock.is_none() {
             // A fresh member makes view 0 durable before it says anything.
             replica.durable = None;
             replica.write_superblock();
@@ -712,7 +704,9 @@ impl<S: StateMachine> Replica<S> {
                 None => self.commit_max.min(self.op_durable),
             },
             checkpoint: self.checkpoint_named,
+            checksum: 0,
         }
+        .sealed()
     }
 
     fn write_superblock(&mut self) {
@@ -1969,13 +1963,15 @@ mod tests {
         let root = Prepare::root(1, 1, 0);
         let p1 = prepare(1, root.checksum());
         let disk = DiskImage {
-            superblock: Some(Superblock {
+            superblocks: vec![Superblock {
                 sequence: 3,
                 view: 0,
                 log_view: 0,
                 commit: 0,
                 checkpoint: 0,
-            }),
+                checksum: 0,
+            }
+            .sealed()],
             checkpoint: None,
             wal: BTreeMap::from([(1, p1.clone())]),
             headers: BTreeMap::from([(1, (1, p1.checksum()))]),

@@ -1,0 +1,86 @@
+//! The superblock: a replica's durable view state. Storage keeps several copies of it, each
+//! written in full by every superblock write and each carrying a checksum; recovery takes the
+//! newest copy that verifies. A write torn across the copies (a crash between them) or a copy
+//! that rotted then costs nothing as long as one copy of the newest completed write stays
+//! readable — the bound the copies exist for.
+
+use crate::checksum::checksum;
+use crate::{Op, View};
+
+/// Writes carry a sequence number; storage keeps the newest, so a late completion of an older
+/// write can never roll the view back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Superblock {
+    pub sequence: u64,
+    pub view: View,
+    pub log_view: View,
+    /// A commit number known when written (ops at or below it were committed).
+    pub commit: Op,
+    /// The checkpoint recovery starts from (0: none, the root). Its state was written before
+    /// any superblock names it.
+    pub checkpoint: Op,
+    /// Over every field above ([`Superblock::sealed`]).
+    pub checksum: u128,
+}
+
+impl Superblock {
+    /// Fills in the checksum.
+    pub fn sealed(mut self) -> Self {
+        self.checksum = self.compute_checksum();
+        self
+    }
+
+    pub fn verify(&self) -> bool {
+        self.checksum == self.compute_checksum()
+    }
+
+    fn compute_checksum(&self) -> u128 {
+        checksum(&[
+            &self.sequence.to_le_bytes(),
+            &self.view.to_le_bytes(),
+            &self.log_view.to_le_bytes(),
+            &self.commit.to_le_bytes(),
+            &self.checkpoint.to_le_bytes(),
+        ])
+    }
+
+    /// The newest copy that verifies, if any.
+    pub fn newest(copies: &[Superblock]) -> Option<Superblock> {
+        copies
+            .iter()
+            .filter(|copy| copy.verify())
+            .max_by_key(|copy| copy.sequence)
+            .copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn superblock(sequence: u64, view: View) -> Superblock {
+        Superblock {
+            sequence,
+            view,
+            log_view: view,
+            commit: 0,
+            checkpoint: 0,
+            checksum: 0,
+        }
+        .sealed()
+    }
+
+    #[test]
+    fn recovery_takes_the_newest_copy_that_verifies() {
+        let old = superblock(4, 1);
+        let new = superblock(5, 2);
+        let mut rotten = new;
+        rotten.view = 9;
+        // A write torn after its first copy, then that copy rotted: the older write wins.
+        assert_eq!(Superblock::newest(&[rotten, old, old, old]), Some(old));
+        // The torn write's one good copy wins: it may be taken as if it had completed.
+        assert_eq!(Superblock::newest(&[new, old, old, old]), Some(new));
+        assert_eq!(Superblock::newest(&[rotten]), None);
+        assert_eq!(Superblock::newest(&[]), None);
+    }
+}
