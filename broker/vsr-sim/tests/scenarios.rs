@@ -145,13 +145,11 @@ fn a_corrupt_wal_slot_is_repaired_from_a_peer_not_truncated() {
     assert!(sim.committed() >= committed);
 }
 
-#[test]
-fn a_faulty_replica_does_not_vote_until_repaired() {
+/// Three calm replicas after 500 ticks; replica 1 then restarts with the first op after its
+/// checkpoint rotted in its WAL, so it comes back faulty.
+fn replica_1_restarted_faulty() -> Simulation {
     let mut sim = calm(3, Route::Star);
     sim.run_for(500).unwrap();
-    // Replica 1 restarts faulty, then the primary dies: the view change must wait for
-    // replica 1's repair rather than let it vote with a log missing ops it acknowledged.
-    // Replica 2's answers to its repair requests are lost, so nothing repairs it.
     let replica = sim.replica(1).unwrap();
     let op = replica.checkpoint_durable() + 1;
     assert!(replica.op_durable() > op);
@@ -159,6 +157,15 @@ fn a_faulty_replica_does_not_vote_until_repaired() {
     sim.rot(1, op);
     sim.restart_all().unwrap();
     assert!(sim.replica(1).unwrap().is_faulty());
+    sim
+}
+
+#[test]
+fn a_faulty_replica_does_not_vote_until_repaired() {
+    // Replica 1 restarts faulty, then the primary dies: the view change must wait for
+    // replica 1's repair rather than let it vote with a log missing ops it acknowledged.
+    // Replica 2's answers to its repair requests are lost, so nothing repairs it.
+    let mut sim = replica_1_restarted_faulty();
     sim.drop_filter.insert((2, 1, vsr::Command::RepairPrepare));
     sim.crash(0).unwrap();
     sim.run_for(3_000).unwrap();
@@ -175,17 +182,9 @@ fn a_faulty_replica_does_not_vote_until_repaired() {
 
 #[test]
 fn a_faulty_replica_repairs_its_damaged_slot_from_a_peer_and_votes_again() {
-    let mut sim = calm(3, Route::Star);
-    sim.run_for(500).unwrap();
     // As above, but replica 2 can answer: replica 1 fetches the prepare its header ring names,
     // is whole again, and the two of them elect a new primary without the dead one.
-    let replica = sim.replica(1).unwrap();
-    let op = replica.checkpoint_durable() + 1;
-    assert!(replica.op_durable() > op);
-    sim.crash(1).unwrap();
-    sim.rot(1, op);
-    sim.restart_all().unwrap();
-    assert!(sim.replica(1).unwrap().is_faulty());
+    let mut sim = replica_1_restarted_faulty();
     sim.crash(0).unwrap();
     sim.run_for(3_000).unwrap();
     assert!(sim.coverage().get("prepares_repaired") >= 1);
