@@ -1571,6 +1571,8 @@ impl<S: StateMachine> Replica<S> {
         if self.log.checksum_at(op) != Some(checkpoint.anchor.checksum()) {
             self.log = Log::new(checkpoint.anchor.clone());
             self.op_durable = op;
+            // Writes issued for the old log's ops after `op` are not this log's.
+            self.wal_issued = op;
             self.durable_ops.clear();
             self.syncing = Some(op);
             if self.is_primary() {
