@@ -250,25 +250,21 @@ impl Disk {
                 self.land_wal(seq, prepare, slot, true)?;
                 Ok(None)
             }
-            Write::Superblock(sb) => Ok(self.land_superblock(seq, sb)),
             Write::Checkpoint(checkpoint) => {
                 self.checkpoints.insert(checkpoint.op(), *checkpoint);
                 Ok(None)
             }
-            Write::Log {
-                superblock,
-                truncate_after,
-                entries,
-            } => {
-                self.land_log_entries(seq, truncate_after, entries);
-                Ok(self.land_superblock(seq, superblock))
+            Write::Superblock(sb) | Write::Log { superblock: sb, .. } => {
+                self.land_superblock_write(seq, write, SUPERBLOCK_COPIES);
+                Ok(self.adopt(seq, sb))
             }
         }
     }
 
-    /// A write interrupted by a crash with its superblock on the first `copies` copies only
-    /// (a log install's WAL part lands first, as storage orders it).
-    fn land_torn(&mut self, seq: u64, write: Write, copies: usize) {
+    /// A superblock or log-install write, its superblock reaching the first `copies` copies
+    /// (fewer than all when a crash interrupts it; a log install's WAL part lands first, as
+    /// storage orders it).
+    fn land_superblock_write(&mut self, seq: u64, write: Write, copies: usize) {
         match write {
             Write::Superblock(sb) => self.land_copies(seq, sb, copies),
             Write::Log {
@@ -302,11 +298,6 @@ impl Disk {
                 *copy = Some((seq, sb));
             }
         }
-    }
-
-    fn land_superblock(&mut self, seq: u64, sb: Superblock) -> Option<Superblock> {
-        self.land_copies(seq, sb, SUPERBLOCK_COPIES);
-        self.adopt(seq, sb)
     }
 
     fn adopt(&mut self, seq: u64, sb: Superblock) -> Option<Superblock> {
@@ -683,7 +674,7 @@ impl Simulation {
             let superblock_write = matches!(write.write, Write::Superblock(_) | Write::Log { .. });
             if self.params.superblock_faults && superblock_write && self.rng.chance(500_000) {
                 let copies = 1 + self.rng.below(SUPERBLOCK_COPIES as u64 - 1) as usize;
-                self.disks[r as usize].land_torn(write.seq, write.write, copies);
+                self.disks[r as usize].land_superblock_write(write.seq, write.write, copies);
                 self.coverage.add("superblock_writes_torn", 1);
                 continue;
             }

@@ -82,6 +82,20 @@ impl Config {
             seed: 0,
         }
     }
+
+    /// The WAL slot of `op`.
+    pub fn slot(&self, op: Op) -> u64 {
+        op % self.wal_slots
+    }
+}
+
+/// The checksum the header ring records for `op`, if its slot's header is `op`'s (an older
+/// op's header there says nothing about `op`).
+fn header_of(headers: &BTreeMap<u64, (Op, u128)>, cfg: &Config, op: Op) -> Option<u128> {
+    headers
+        .get(&cfg.slot(op))
+        .filter(|(written, _)| *written == op)
+        .map(|(_, checksum)| *checksum)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,23 +354,19 @@ impl Repair {
         damaged: Op,
         wal: &BTreeMap<u64, Prepare>,
         headers: &BTreeMap<u64, (Op, u128)>,
-        slots: u64,
+        cfg: &Config,
         base: Op,
     ) -> Self {
         let mut promised = BTreeMap::new();
         let mut spare = BTreeMap::new();
         let mut op = damaged;
-        while op <= base + slots {
-            let slot = op % slots;
-            let Some(&(written, checksum)) = headers.get(&slot) else {
+        while op <= base + cfg.wal_slots {
+            let Some(checksum) = header_of(headers, cfg, op) else {
                 break;
             };
-            if written != op {
-                break;
-            }
             promised.insert(op, checksum);
             if let Some(prepare) = wal
-                .get(&slot)
+                .get(&cfg.slot(op))
                 .filter(|p| p.op() == op && p.checksum() == checksum && p.verify())
             {
                 spare.insert(op, prepare.clone());
@@ -433,16 +443,10 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         let mut log = Log::new(anchor);
-        let slot_of = |op: Op| op % cfg.wal_slots;
         while !faulty && log.tail() < log.base() + cfg.wal_slots {
             let op = log.tail() + 1;
-            let slot = slot_of(op);
-            // A header of another op (an older one this slot held) says nothing about `op`.
-            let header = headers
-                .get(&slot)
-                .filter(|(written, _)| *written == op)
-                .map(|(_, checksum)| *checksum);
-            let prepare = wal.get(&slot);
+            let header = header_of(&headers, &cfg, op);
+            let prepare = wal.get(&cfg.slot(op));
             match classify_slot(op, log.head().checksum(), prepare, header) {
                 SlotCase::Intact => match prepare {
                     Some(prepare) => log.push(prepare.clone()),
@@ -451,20 +455,14 @@ impl<S: StateMachine> Replica<S> {
                 SlotCase::Torn => break,
                 SlotCase::Faulty => {
                     faulty = true;
-                    repair = Some(Repair::from_disk(
-                        op,
-                        &wal,
-                        &headers,
-                        cfg.wal_slots,
-                        log.base(),
-                    ));
+                    repair = Some(Repair::from_disk(op, &wal, &headers, &cfg, log.base()));
                 }
             }
         }
         // A prepare without its header is intact but not vouched for: if it rotted later,
         // recovery could no longer tell it from a torn write. It counts as durable (and may be
         // acknowledged) only once its header is rewritten, below.
-        let vouched = |p: &&Prepare| headers.get(&slot_of(p.op())) == Some(&(p.op(), p.checksum()));
+        let vouched = |p: &&Prepare| header_of(&headers, &cfg, p.op()) == Some(p.checksum());
         let durable_ops: BTreeMap<Op, (u128, u64)> = log
             .after(log.base())
             .iter()
@@ -735,10 +733,6 @@ impl<S: StateMachine> Replica<S> {
         self.checkpoint_durable + self.cfg.wal_slots
     }
 
-    fn slot(&self, op: Op) -> u64 {
-        op % self.cfg.wal_slots
-    }
-
     /// Issues the WAL writes of every op of the log not yet written that fits in the WAL.
     /// Ops beyond it wait in memory (unacknowledged) for the next durable checkpoint.
     fn write_pending(&mut self) {
@@ -757,7 +751,7 @@ impl<S: StateMachine> Replica<S> {
                     checksum: prepare.checksum(),
                 },
             );
-            let slot = self.slot(op);
+            let slot = self.cfg.slot(op);
             self.out.push(Output::WriteWal { io, slot, prepare });
             self.wal_issued = op;
         }
@@ -772,7 +766,7 @@ impl<S: StateMachine> Replica<S> {
             .after(truncate_after)
             .iter()
             .take_while(|p| p.op() <= limit)
-            .map(|p| (self.slot(p.op()), p.clone()))
+            .map(|p| (self.cfg.slot(p.op()), p.clone()))
             .collect();
         self.wal_issued = entries.last().map_or(truncate_after, |(_, p)| p.op());
         self.writes.insert(
@@ -1163,12 +1157,11 @@ impl<S: StateMachine> Replica<S> {
                 checksum,
                 replica,
             } => {
-                if replica != self.cfg.replica && self.log.checksum_at(op) == Some(checksum) {
-                    if let Some(prepare) = self.log.get(op).cloned() {
-                        let envelope = self
-                            .envelope(Node::Replica(replica), Message::RepairPrepare { prepare });
-                        self.out.push(Output::Send(envelope));
-                    }
+                let held = self.log.get(op).filter(|p| p.checksum() == checksum);
+                if let Some(prepare) = held.filter(|_| replica != self.cfg.replica).cloned() {
+                    let envelope =
+                        self.envelope(Node::Replica(replica), Message::RepairPrepare { prepare });
+                    self.out.push(Output::Send(envelope));
                 }
             }
             Message::RepairPrepare { prepare } => self.on_repair_prepare(prepare),
@@ -1641,17 +1634,15 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.log.push(prepare);
-        self.event(Event::Repaired { op });
-        if let Some(repair) = self.repair.as_mut() {
-            while let Some(next) = repair.spare.remove(&(self.log.tail() + 1)) {
-                if next.header.parent != self.log.head().checksum() {
-                    break;
-                }
-                self.log.push(next);
+        while let Some(next) = repair.spare.remove(&(self.log.tail() + 1)) {
+            if next.header.parent != self.log.head().checksum() {
+                break;
             }
+            self.log.push(next);
         }
+        let last = repair.last();
+        self.event(Event::Repaired { op });
         self.write_pending();
-        let last = self.repair.as_ref().map_or(0, Repair::last);
         if self.log.tail() >= last {
             // Whole once these writes land (`advance_op_durable` clears `faulty`).
             self.repair = None;
@@ -1898,7 +1889,6 @@ impl<S: StateMachine> Replica<S> {
         }
         self.log = log;
         self.op_durable = self.op_durable.min(common);
-        self.wal_issued = self.wal_issued.min(common);
         // log_view is set by the caller right after; the superblock must carry it.
         let log_view = self.view;
         let previous = self.log_view;
