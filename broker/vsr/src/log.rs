@@ -19,11 +19,6 @@ impl Log {
         }
     }
 
-    /// A log from a chain that starts at its anchor (checked by the caller).
-    pub fn from_chain(entries: Vec<Prepare>) -> Option<Self> {
-        (!entries.is_empty()).then_some(Self { entries })
-    }
-
     /// The anchor's op.
     pub fn base(&self) -> Op {
         self.entries[0].op()
@@ -119,11 +114,19 @@ mod tests {
         out
     }
 
+    fn log_of(chain: &[Prepare]) -> Log {
+        let mut log = Log::new(chain[0].clone());
+        for prepare in &chain[1..] {
+            log.push(prepare.clone());
+        }
+        log
+    }
+
     #[test]
     fn addresses_ops_from_the_anchor_and_trims() {
         let root = Prepare::root(1, 1, 0);
         let entries = chain(&root, 5, 1);
-        let mut log = Log::from_chain(entries.clone()).expect("non-empty");
+        let mut log = log_of(&entries);
         assert_eq!((log.base(), log.tail()), (0, 5));
         log.trim_below(3);
         assert_eq!((log.base(), log.tail()), (3, 5));
@@ -143,7 +146,7 @@ mod tests {
         // Theirs agrees up to op 3, then diverges.
         let mut theirs = ours[..=3].to_vec();
         theirs.extend(chain(&ours[3], 4, 2).into_iter().skip(1));
-        let mut log = Log::from_chain(ours.clone()).expect("non-empty");
+        let mut log = log_of(&ours);
         log.trim_below(2);
         assert_eq!(log.join_point(&theirs[1..]), Some(3));
         let spliced = log.spliced(3, &theirs[1..]);
