@@ -13,7 +13,11 @@
 //!   DoViewChange messages carry only the durable log, **paired with the durable log view**;
 //!   a crash returns the replica to its durable state;
 //! * views are durable before anything is said in them (the replica defers its sends until the
-//!   superblock lands, which is the same as the view being written atomically here).
+//!   superblock lands, which is the same as the view being written atomically here);
+//! * a crash may damage the last durable entry (its body rots, its header survives): the
+//!   replica votes with that entry marked unreadable, a new primary takes the body from another
+//!   vote or waits, and drops an unreadable op only when a nack quorum proves it never
+//!   committed (`vsr::view_change::may_truncate`, the rule the replica runs).
 
 use stateright::{Model, Property};
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,15 +47,20 @@ pub struct Replica {
     /// In memory: the log (entry `i` is op `i + 1`) and the view it was installed in.
     pub log: Vec<Entry>,
     pub log_view: u32,
-    /// What a crash leaves.
+    /// What a crash leaves: every entry's header, and the bodies of the first `readable`.
     pub durable_log: Vec<Entry>,
+    pub readable: usize,
+    /// A damaged replica installed a log: its next persist replaces the damaged durable log,
+    /// headers and all, as the replica's atomic log write does.
+    pub installed: bool,
     pub durable_log_view: u32,
     pub commit: usize,
     /// The commit number written with the durable log (the superblock's): never past what that
     /// log holds, as the replica's `commit_max.min(op_durable)`.
     pub durable_commit: usize,
     pub svc: BTreeSet<Rid>,
-    pub dvc: BTreeMap<Rid, (u32, Vec<Entry>, usize)>,
+    /// Votes: (log view, readable log, unreadable entries after it, commit).
+    pub dvc: BTreeMap<Rid, Vote>,
     pub dvc_sent: bool,
     /// Primary: highest op each replica (itself included) holds durably in this view.
     pub acked: BTreeMap<Rid, usize>,
@@ -65,6 +74,8 @@ impl Replica {
             log: Vec::new(),
             log_view: 0,
             durable_log: Vec::new(),
+            readable: 0,
+            installed: false,
             durable_log_view: 0,
             commit: 0,
             durable_commit: 0,
@@ -73,6 +84,41 @@ impl Replica {
             dvc_sent: false,
             acked: BTreeMap::new(),
         }
+    }
+}
+
+impl Replica {
+    /// The durable entries whose bodies can still be read.
+    fn readable_log(&self) -> &[Entry] {
+        &self.durable_log[..self.readable]
+    }
+
+    fn damaged(&self) -> bool {
+        self.readable < self.durable_log.len()
+    }
+}
+
+/// A DoViewChange's content.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vote {
+    pub log_view: u32,
+    pub log: Vec<Entry>,
+    pub unreadable: Vec<Entry>,
+    pub commit: usize,
+}
+
+impl Vote {
+    fn entry_at(&self, op: usize) -> Option<Entry> {
+        let i = op.checked_sub(1)?;
+        self.log
+            .get(i)
+            .or_else(|| self.unreadable.get(i.checked_sub(self.log.len())?))
+            .copied()
+    }
+
+    /// As `vsr::view_change::Vote::nacks` (no checkpoints here, so every op is above them).
+    fn nacks(&self, op: usize, entry: Entry) -> bool {
+        self.entry_at(op) != Some(entry)
     }
 }
 
@@ -98,9 +144,7 @@ pub enum Msg {
     DoViewChange {
         to: Rid,
         view: u32,
-        log_view: u32,
-        log: Vec<Entry>,
-        commit: usize,
+        vote: Vote,
         from: Rid,
     },
     StartView {
@@ -149,12 +193,15 @@ pub struct State {
     pub network: BTreeSet<Msg>,
     pub requests: u8,
     pub crashes: u8,
+    pub damages: u8,
     /// Ghost state: every committed op, its entry and the view that committed it.
     pub committed: BTreeMap<usize, (Entry, u32)>,
     /// Ghost state: an op was committed twice with different entries.
     pub disagreement: bool,
     /// Ghost state: some installed log replaced an uncommitted entry (VSR's truncation).
     pub truncated: bool,
+    /// Ghost state: a new primary dropped an unreadable op on a nack quorum's proof.
+    pub nack_truncated: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -166,6 +213,8 @@ pub enum Action {
     /// A timeout: the replica moves to the next view.
     Timeout(Rid),
     Crash(Rid),
+    /// A crash after which the last durable entry's body no longer reads back.
+    CrashDamaged(Rid),
 }
 
 /// A deliberately broken rule, to show the check catches it.
@@ -183,6 +232,13 @@ pub enum Mutation {
     /// The view-change quorum is one smaller than `Qv`, so it can miss every replica that
     /// holds a committed op.
     ViewChangeQuorumOneShort,
+    /// A damaged replica votes with its readable log only, hiding ops it may have acknowledged.
+    DamagedVoteHidesUnreadable,
+    /// A new primary drops an unreadable op with one nack fewer than the nack quorum.
+    NackQuorumOneShort,
+    /// A damaged replica installs a StartView of its log view that stops short of the entries
+    /// it promised (the rule the replica gained with nack voting).
+    DamagedTakesStaleStartView,
 }
 
 #[derive(Clone, Debug)]
@@ -190,6 +246,8 @@ pub struct VsrModel {
     pub replica_count: u8,
     pub max_requests: u8,
     pub max_crashes: u8,
+    /// How many of the crashes may damage the replica's last durable entry.
+    pub max_damages: u8,
     pub max_view: u32,
     pub mutation: Mutation,
 }
@@ -202,6 +260,7 @@ impl VsrModel {
             replica_count: 3,
             max_requests: 3,
             max_crashes: 2,
+            max_damages: 0,
             max_view: 3,
             mutation: Mutation::None,
         }
@@ -260,6 +319,7 @@ impl VsrModel {
             .enumerate()
             .any(|(i, e)| log.get(i) != Some(e) && !committed.contains_key(&(i + 1)));
         state.truncated |= replaced_uncommitted;
+        replica.installed |= replica.damaged();
         replica.log = log;
         replica.log_view = view;
         replica.view = view;
@@ -300,33 +360,67 @@ impl VsrModel {
             Mutation::InMemoryLogViewInDoViewChange => replica.log_view,
             _ => replica.durable_log_view,
         };
-        let (view, log, commit) = (replica.view, replica.durable_log.clone(), replica.commit);
+        let unreadable = match self.mutation {
+            Mutation::DamagedVoteHidesUnreadable => Vec::new(),
+            _ => replica.durable_log[replica.readable..].to_vec(),
+        };
+        let vote = Vote {
+            log_view,
+            log: replica.readable_log().to_vec(),
+            unreadable,
+            commit: replica.commit,
+        };
+        let view = replica.view;
         let to = self.primary(view);
         if to == r {
-            self.on_do_view_change(state, r, view, log_view, log, commit, r);
+            self.on_do_view_change(state, r, view, vote, r);
         } else {
             state.network.insert(Msg::DoViewChange {
                 to,
                 view,
-                log_view,
-                log,
-                commit,
+                vote,
                 from: r,
             });
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_do_view_change(
+    /// The winning vote's log with every unreadable op's body taken from another vote or our
+    /// own log; `None` while one is missing and not proven uncommitted by a nack quorum (as
+    /// `Replica::winning_log`, minus asking peers outside the votes).
+    fn winning_log(
         &self,
-        state: &mut State,
-        r: Rid,
-        view: u32,
-        log_view: u32,
-        log: Vec<Entry>,
+        replica: &Replica,
+        winner: Rid,
         commit: usize,
-        from: Rid,
-    ) {
+    ) -> Option<(Vec<Entry>, bool)> {
+        let vote = &replica.dvc[&winner];
+        let mut log = vote.log.clone();
+        for entry in vote.unreadable.iter().copied() {
+            let op = log.len() + 1;
+            let readable = replica
+                .dvc
+                .values()
+                .filter_map(|v| v.log.get(op - 1))
+                .chain(replica.log.get(op - 1))
+                .any(|e| *e == entry);
+            if readable {
+                log.push(entry);
+                continue;
+            }
+            let nacks = replica.dvc.values().filter(|v| v.nacks(op, entry)).count();
+            let nacks = match self.mutation {
+                Mutation::NackQuorumOneShort => nacks + 1,
+                _ => nacks,
+            };
+            if op > commit && view_change::may_truncate(nacks, self.replica_count) {
+                return Some((log, true));
+            }
+            return None;
+        }
+        Some((log, false))
+    }
+
+    fn on_do_view_change(&self, state: &mut State, r: Rid, view: u32, vote: Vote, from: Rid) {
         if view < state.replicas[r as usize].view || self.primary(view) != r {
             return;
         }
@@ -337,15 +431,15 @@ impl VsrModel {
         if replica.status != Status::ViewChange {
             return;
         }
-        replica.dvc.insert(from, (log_view, log, commit));
+        replica.dvc.insert(from, vote);
         let candidates: Vec<Candidate> = replica
             .dvc
             .iter()
-            .map(|(&replica, (log_view, log, commit))| Candidate {
+            .map(|(&replica, vote)| Candidate {
                 replica,
-                log_view: *log_view,
-                op_head: log.len() as u64,
-                commit: *commit as u64,
+                log_view: vote.log_view,
+                op_head: (vote.log.len() + vote.unreadable.len()) as u64,
+                commit: vote.commit as u64,
             })
             .collect();
         let complete = match self.mutation {
@@ -363,9 +457,14 @@ impl VsrModel {
             _ => view_change::best_log(&candidates),
         };
         let Some(best) = best else { return };
-        let best_log = replica.dvc[&best.replica].1.clone();
         let commit =
             view_change::merged_commit(&candidates, replica.commit as u64, best.op_head) as usize;
+        let Some((best_log, nack_truncated)) = self.winning_log(replica, best.replica, commit)
+        else {
+            return;
+        };
+        let commit = commit.min(best_log.len());
+        state.nack_truncated |= nack_truncated;
         Self::install(state, r, view, best_log.clone());
         Self::record_commits(state, r, commit);
         for to in self.others(r) {
@@ -407,17 +506,21 @@ impl VsrModel {
                 self.maybe_send_do_view_change(state, r);
             }
             Msg::DoViewChange {
-                view,
-                log_view,
-                log,
-                commit,
-                from,
-                ..
-            } => self.on_do_view_change(state, r, view, log_view, log, commit, from),
+                view, vote, from, ..
+            } => self.on_do_view_change(state, r, view, vote, from),
             Msg::StartView {
                 view, log, commit, ..
             } => {
                 if view < me.view || (view == me.view && me.status == Status::Normal) {
+                    return;
+                }
+                // A damaged replica's log is only the readable part of what it promised in its
+                // log view; a StartView of that view shorter than the promise is stale.
+                if self.mutation != Mutation::DamagedTakesStaleStartView
+                    && view == me.durable_log_view
+                    && me.damaged()
+                    && log.len() < me.durable_log.len()
+                {
                     return;
                 }
                 // As the replica: a StartView of our own log view that is a prefix of our log
@@ -446,8 +549,17 @@ impl VsrModel {
 
     fn persist(&self, state: &mut State, r: Rid) {
         let replica = &mut state.replicas[r as usize];
-        replica.durable_log = replica.log.clone();
-        replica.durable_log_view = replica.log_view;
+        // A damaged replica that installed nothing new rewrites nothing: its unreadable
+        // entries' headers stay, as the header ring keeps them.
+        if replica.installed
+            || replica.log != replica.readable_log()
+            || replica.log_view != replica.durable_log_view
+        {
+            replica.durable_log = replica.log.clone();
+            replica.readable = replica.log.len();
+            replica.durable_log_view = replica.log_view;
+            replica.installed = false;
+        }
         replica.durable_commit = replica.commit.min(replica.log.len());
         if replica.status != Status::Normal {
             return;
@@ -467,12 +579,16 @@ impl VsrModel {
         }
     }
 
-    fn crash(&self, state: &mut State, r: Rid) {
+    fn crash(&self, state: &mut State, r: Rid, damage: bool) {
         state.crashes += 1;
         let replica = &mut state.replicas[r as usize];
-        replica.log = replica.durable_log.clone();
+        if damage {
+            state.damages += 1;
+            replica.readable = replica.durable_log.len() - 1;
+        }
+        replica.log = replica.readable_log().to_vec();
         replica.log_view = replica.durable_log_view;
-        replica.commit = replica.durable_commit;
+        replica.commit = replica.durable_commit.min(replica.readable);
         replica.status = Status::Recovering;
         replica.svc.clear();
         replica.dvc.clear();
@@ -519,9 +635,11 @@ impl Model for VsrModel {
             network: BTreeSet::new(),
             requests: 0,
             crashes: 0,
+            damages: 0,
             committed: BTreeMap::new(),
             disagreement: false,
             truncated: false,
+            nack_truncated: false,
         }]
     }
 
@@ -534,7 +652,8 @@ impl Model for VsrModel {
             {
                 actions.push(Action::Request(r));
             }
-            if replica.log != replica.durable_log
+            if replica.installed
+                || replica.log != replica.readable_log()
                 || replica.log_view != replica.durable_log_view
                 || replica.commit != replica.durable_commit
             {
@@ -545,6 +664,9 @@ impl Model for VsrModel {
             }
             if state.crashes < self.max_crashes {
                 actions.push(Action::Crash(r));
+                if state.damages < self.max_damages && !replica.durable_log.is_empty() {
+                    actions.push(Action::CrashDamaged(r));
+                }
             }
         }
         for msg in &state.network {
@@ -579,7 +701,8 @@ impl Model for VsrModel {
                 let view = state.replicas[r as usize].view + 1;
                 self.start_view_change(&mut state, r, view);
             }
-            Action::Crash(r) => self.crash(&mut state, r),
+            Action::Crash(r) => self.crash(&mut state, r, false),
+            Action::CrashDamaged(r) => self.crash(&mut state, r, true),
         }
         // A message of a view older than its recipient's can only be ignored (views never go
         // back, not even across a crash): forgetting it shrinks the state space without
@@ -618,6 +741,10 @@ impl Model for VsrModel {
             Property::sometimes(
                 "a view change truncates an uncommitted op",
                 |_, s: &State| s.truncated,
+            ),
+            Property::sometimes(
+                "a nack quorum drops an op nobody can read (where damage is allowed)",
+                |m: &VsrModel, s: &State| m.max_damages == 0 || s.nack_truncated,
             ),
         ]
     }

@@ -4,6 +4,7 @@
 //! cargo run --release -p vsr-model -- --suite ci      # what `make test` runs (a few minutes)
 //! cargo run --release -p vsr-model -- --suite full    # `make model`: larger bounds
 //! cargo run --release -p vsr-model -- --ops 2 --crashes 1 --views 2 [--mutation longest-log]
+//! cargo run --release -p vsr-model -- --ops 1 --crashes 1 --damages 1 --views 1
 //! ```
 //!
 //! Every correct configuration must explore its whole space with no safety violation and reach
@@ -17,6 +18,8 @@ use vsr_model::{Mutation, VsrModel};
 struct Case {
     ops: u8,
     crashes: u8,
+    /// How many of the crashes may damage the last durable entry.
+    damages: u8,
     views: u32,
     mutation: Mutation,
 }
@@ -25,6 +28,18 @@ const fn case(ops: u8, crashes: u8, views: u32, mutation: Mutation) -> Case {
     Case {
         ops,
         crashes,
+        damages: 0,
+        views,
+        mutation,
+    }
+}
+
+/// A case whose one crash may damage the replica's last durable entry.
+const fn damaged(ops: u8, views: u32, mutation: Mutation) -> Case {
+    Case {
+        ops,
+        crashes: 1,
+        damages: 1,
         views,
         mutation,
     }
@@ -42,6 +57,9 @@ const CI: &[Case] = &[
     case(2, 0, 2, Mutation::LongestLogWins),
     case(1, 1, 2, Mutation::InMemoryLogViewInDoViewChange),
     case(1, 2, 1, Mutation::StaleStartViewTruncates),
+    damaged(1, 1, Mutation::None),
+    damaged(1, 1, Mutation::DamagedVoteHidesUnreadable),
+    damaged(1, 1, Mutation::NackQuorumOneShort),
 ];
 
 /// Larger bounds: tens of millions of states each, several GiB of memory.
@@ -49,6 +67,9 @@ const FULL: &[Case] = &[
     case(3, 1, 1, Mutation::None),
     case(2, 2, 1, Mutation::None),
     case(2, 1, 2, Mutation::None),
+    damaged(2, 1, Mutation::None),
+    damaged(1, 2, Mutation::None),
+    damaged(1, 2, Mutation::DamagedTakesStaleStartView),
 ];
 
 fn mutation_name(mutation: Mutation) -> &'static str {
@@ -58,6 +79,9 @@ fn mutation_name(mutation: Mutation) -> &'static str {
         Mutation::LongestLogWins => "longest-log",
         Mutation::ViewChangeQuorumOneShort => "quorum-one-short",
         Mutation::StaleStartViewTruncates => "stale-start-view",
+        Mutation::DamagedVoteHidesUnreadable => "hide-unreadable",
+        Mutation::NackQuorumOneShort => "nack-quorum-one-short",
+        Mutation::DamagedTakesStaleStartView => "damaged-stale-start-view",
     }
 }
 
@@ -68,6 +92,9 @@ fn parse_mutation(name: &str) -> Option<Mutation> {
         Mutation::LongestLogWins,
         Mutation::ViewChangeQuorumOneShort,
         Mutation::StaleStartViewTruncates,
+        Mutation::DamagedVoteHidesUnreadable,
+        Mutation::NackQuorumOneShort,
+        Mutation::DamagedTakesStaleStartView,
     ]
     .into_iter()
     .find(|m| mutation_name(*m) == name)
@@ -79,6 +106,7 @@ fn run(case: &Case, threads: usize) -> bool {
         replica_count: 3,
         max_requests: case.ops,
         max_crashes: case.crashes,
+        max_damages: case.damages,
         max_view: case.views,
         mutation: case.mutation,
     };
@@ -93,9 +121,10 @@ fn run(case: &Case, threads: usize) -> bool {
     let elapsed = started.elapsed().as_secs_f64();
     let states = checker.unique_state_count();
     print!(
-        "ops {} crashes {} views 0..={} mutation {:<18} {:>10} states {:>7.1} s  ",
+        "ops {} crashes {} ({} damaging) views 0..={} mutation {:<21} {:>10} states {:>7.1} s  ",
         case.ops,
         case.crashes,
+        case.damages,
         case.views,
         mutation_name(case.mutation),
         states,
@@ -166,6 +195,7 @@ fn main() -> ExitCode {
             "--suite" => suite = Some(value()),
             "--ops" => single.ops = value().parse().unwrap_or(1),
             "--crashes" => single.crashes = value().parse().unwrap_or(0),
+            "--damages" => single.damages = value().parse().unwrap_or(0),
             "--views" => single.views = value().parse().unwrap_or(1),
             "--threads" => threads = value().parse().unwrap_or(threads),
             "--mutation" => {
@@ -173,7 +203,7 @@ fn main() -> ExitCode {
                 match parse_mutation(&name) {
                     Some(m) => single.mutation = m,
                     None => {
-                        eprintln!("unknown mutation {name}: none, in-memory-log-view, longest-log, quorum-one-short, stale-start-view");
+                        eprintln!("unknown mutation {name}: none, in-memory-log-view, longest-log, quorum-one-short, stale-start-view, hide-unreadable, nack-quorum-one-short, damaged-stale-start-view");
                         return ExitCode::from(2);
                     }
                 }

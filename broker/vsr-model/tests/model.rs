@@ -10,6 +10,7 @@ fn small(mutation: Mutation) -> VsrModel {
         replica_count: 3,
         max_requests: 1,
         max_crashes: 0,
+        max_damages: 0,
         max_view: 1,
         mutation,
     }
@@ -49,5 +50,5 @@ fn the_standard_bounds_are_the_issues() {
         ),
         (3, 3, 2)
     );
-    assert_eq!(standard.properties().len(), 6);
+    assert_eq!(standard.properties().len(), 7);
 }

@@ -25,7 +25,7 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 32] = [
+    pub const EXPECTED: [&'static str; 34] = [
         "abdications",
         "cached_replies",
         "checkpoint_read_faults",
@@ -33,6 +33,7 @@ impl Coverage {
         "client_retries",
         "converged_runs",
         "crashes",
+        "damaged_votes",
         "deaf_replicas",
         "duplicate_ops_skipped",
         "evictions_seen_by_clients",
@@ -40,6 +41,7 @@ impl Coverage {
         "messages_dropped",
         "messages_duplicated",
         "misdirected_writes",
+        "nack_truncations",
         "ops_transferred",
         "ops_truncated",
         "partitions",
@@ -1000,6 +1002,14 @@ impl Simulation {
             Event::Repaired { op } => {
                 self.trace(&[9, r as u64, op]);
                 self.coverage.add("prepares_repaired", 1);
+            }
+            Event::VotedDamaged { unreadable } => {
+                self.trace(&[11, r as u64, unreadable]);
+                self.coverage.add("damaged_votes", 1);
+            }
+            Event::NackTruncated { op, ops } => {
+                self.trace(&[12, r as u64, op, ops]);
+                self.coverage.add("nack_truncations", 1);
             }
             Event::StateSynced { op, digest } => {
                 self.trace(&[8, r as u64, op]);

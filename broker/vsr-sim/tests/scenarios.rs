@@ -1,6 +1,6 @@
 //! Deterministic scenarios, each naming the situation and the one outcome it expects.
 
-use vsr::{Route, StateMachine};
+use vsr::{Command, Route, StateMachine};
 use vsr_sim::{Params, Simulation};
 
 const ROUTES: [Route; 2] = [Route::Star, Route::Ring];
@@ -110,7 +110,7 @@ fn a_lagging_backup_catches_up_by_state_transfer() {
     let mut sim = calm(3, Route::Star);
     // Replica 2 misses every prepare but keeps hearing the primary's commit heartbeats, so it
     // stays in the view, learns it is behind, and must fetch what it missed.
-    sim.drop_filter.insert((0, 2, vsr::Command::Prepare));
+    sim.drop_filter.insert((0, 2, Command::Prepare));
     sim.run_for(600).unwrap();
     sim.drop_filter.clear();
     sim.run_until_answered(20_000).unwrap();
@@ -161,23 +161,66 @@ fn replica_1_restarted_faulty() -> Simulation {
 }
 
 #[test]
-fn a_faulty_replica_does_not_vote_until_repaired() {
-    // Replica 1 restarts faulty, then the primary dies: the view change must wait for
-    // replica 1's repair rather than let it vote with a log missing ops it acknowledged.
-    // Replica 2's answers to its repair requests are lost, so nothing repairs it.
+fn a_faulty_replica_votes_for_the_ops_it_vouches_for() {
+    // Replica 1 restarts faulty and cannot repair itself (replica 2's answers to it are lost),
+    // then the primary dies for good. Replica 1's vote marks the ops it cannot read; with
+    // replica 2's it makes a view-change quorum, and the new primary takes those ops from
+    // replica 2's vote.
     let mut sim = replica_1_restarted_faulty();
-    sim.drop_filter.insert((2, 1, vsr::Command::RepairPrepare));
+    sim.drop_filter.insert((2, 1, Command::RepairPrepare));
+    sim.permanently_down.insert(0);
     sim.crash(0).unwrap();
     sim.run_for(3_000).unwrap();
-    assert_eq!(
-        sim.coverage().get("views_installed"),
-        0,
-        "two voters are needed and only one may vote"
+    assert!(sim.coverage().get("damaged_votes") >= 1);
+    assert!(
+        sim.coverage().get("views_installed") >= 1,
+        "two voters suffice when one of them is damaged"
     );
+    assert_eq!(sim.coverage().get("prepares_repaired"), 0);
+    assert!(
+        !sim.replica(1).unwrap().is_faulty(),
+        "the new view's log repaired it"
+    );
+    sim.run_until_answered(30_000).unwrap();
+    sim.permanently_down.clear();
+    sim.restart_all().unwrap();
+    sim.run_for(2_000).unwrap();
+    assert_eq!(sim.replica(0).unwrap().commit_min(), sim.committed());
+}
+
+#[test]
+fn an_op_nobody_can_read_waits_for_a_nack_quorum_then_is_truncated() {
+    let mut sim = calm(3, Route::Star);
+    sim.run_for(300).unwrap();
+    // The primary's prepares stop reaching the backups: what it prepares now, only it holds.
+    sim.drop_filter.insert((0, 1, Command::Prepare));
+    sim.drop_filter.insert((0, 2, Command::Prepare));
+    sim.run_for(100).unwrap();
+    let committed = sim.committed();
+    assert!(
+        sim.replica(0).unwrap().op_durable() > committed,
+        "written by the primary, acknowledged by nobody else"
+    );
+    // Its first uncommitted op rots while it is down; replica 2 is down too.
+    sim.crash(0).unwrap();
+    sim.rot(0, committed + 1);
+    sim.drop_filter.clear();
+    sim.restart_all().unwrap();
+    sim.crash(2).unwrap();
+    assert!(sim.replica(0).unwrap().is_faulty());
+    // Replicas 0 and 1 make a view-change quorum and replica 0's longer log wins, but nobody
+    // can read its op `committed + 1` and only replica 1 nacks it: for all they know it
+    // committed on replicas 0 and 2. No view may start.
+    sim.run_for(3_000).unwrap();
+    assert!(sim.coverage().get("damaged_votes") >= 1);
+    assert_eq!(sim.coverage().get("views_installed"), 0);
+    assert_eq!(sim.coverage().get("nack_truncations"), 0);
+    // Replica 2 comes back and nacks it too: two nacks prove it never committed, so the new
+    // primary drops it and everything after it, and the clients' retries are answered.
     sim.restart_all().unwrap();
     sim.run_until_answered(30_000).unwrap();
-    sim.run_for(1_000).unwrap();
-    assert!(!sim.replica(1).unwrap().is_faulty());
+    assert!(sim.coverage().get("nack_truncations") >= 1);
+    assert!(sim.committed() >= committed);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::checksum::checksum;
+use crate::view_change::Vote;
 use crate::{ClientId, Op, ReplicaId, View};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -150,11 +151,10 @@ pub enum Message {
         view: View,
         replica: ReplicaId,
     },
+    /// The sender's vote for `view`: its durable log, what it cannot read of it, its commit.
     DoViewChange {
         view: View,
-        log_view: View,
-        log: Vec<Prepare>,
-        commit: Op,
+        vote: Vote,
         replica: ReplicaId,
     },
     StartView {

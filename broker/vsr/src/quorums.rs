@@ -20,6 +20,13 @@ pub fn view_change(replica_count: u8) -> usize {
     }
 }
 
+/// Replicas whose DoViewChanges must prove they never acknowledged a prepare before a new
+/// primary may drop it: `N - Qr + 1`, so that at most `Qr - 1` replicas can have acknowledged
+/// it and it cannot have committed.
+pub fn nack(replica_count: u8) -> usize {
+    (replica_count as usize + 1).saturating_sub(replication(replica_count))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,6 +37,16 @@ mod tests {
         let qv: Vec<usize> = (1..=6).map(view_change).collect();
         assert_eq!(qr, vec![1, 2, 2, 2, 3, 3]);
         assert_eq!(qv, vec![1, 2, 2, 3, 3, 4]);
+        let qnack: Vec<usize> = (1..=6).map(nack).collect();
+        assert_eq!(qnack, vec![1, 1, 2, 3, 3, 4]);
+    }
+
+    #[test]
+    fn a_nack_quorum_leaves_too_few_replicas_to_have_committed() {
+        for n in 1..=16u8 {
+            assert!(n as usize - nack(n) < replication(n), "n = {n}");
+            assert!(nack(n) <= n as usize, "n = {n}");
+        }
     }
 
     #[test]

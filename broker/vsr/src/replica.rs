@@ -16,7 +16,7 @@ use crate::quorums;
 use crate::routing::{forward_targets, primary_of, Route};
 use crate::state_machine::StateMachine;
 pub use crate::superblock::Superblock;
-use crate::view_change;
+use crate::view_change::{self, Vote};
 use crate::{ClientId, Op, ReplicaId, View};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -244,6 +244,16 @@ pub enum Event {
         op: Op,
         digest: u128,
     },
+    /// Sent a DoViewChange vouching for `unreadable` ops it can no longer read.
+    VotedDamaged {
+        unreadable: u64,
+    },
+    /// As a new primary, dropped the uncommitted ops from `op` on (`ops` of them): nobody could
+    /// supply `op`'s prepare and a nack quorum proved it never committed.
+    NackTruncated {
+        op: Op,
+        ops: u64,
+    },
     /// Restored the prepare of a damaged WAL slot from a peer.
     Repaired {
         op: Op,
@@ -301,11 +311,14 @@ pub struct Replica<S> {
     /// (client, session, request, body) waiting for room in the pipeline.
     requests: VecDeque<(ClientId, u64, u64, Vec<u8>)>,
     svc: BTreeSet<ReplicaId>,
-    dvc: BTreeMap<ReplicaId, (View, Vec<Prepare>, Op)>,
+    dvc: BTreeMap<ReplicaId, Vote>,
     dvc_sent: bool,
+    /// New primary: prepares peers sent for the winning log's unreadable suffix, by checksum.
+    view_change_bodies: BTreeMap<u128, Prepare>,
+    last_body_request: u64,
     /// Recovery found a slot whose header vouches for a prepare it no longer has: this replica
-    /// may have acknowledged ops it cannot produce, so it must not vote in a view change (its
-    /// durable log would understate what it promised) until a StartView repairs its log.
+    /// may have acknowledged ops it cannot produce. While it knows exactly what it promised
+    /// (`repair`) it votes with those ops marked unreadable; otherwise it sits view changes out.
     faulty: bool,
     /// A faulty replica that installed a StartView is repaired once every op of that log is
     /// durable (contiguously, with matching checksums): only then does its durable log hold
@@ -505,6 +518,8 @@ impl<S: StateMachine> Replica<S> {
             svc: BTreeSet::new(),
             dvc: BTreeMap::new(),
             dvc_sent: false,
+            view_change_bodies: BTreeMap::new(),
+            last_body_request: 0,
             faulty,
             repair_until: None,
             repair,
@@ -892,6 +907,7 @@ impl<S: StateMachine> Replica<S> {
         if self.repair_until.is_some_and(|until| op >= until) {
             self.faulty = false;
             self.repair_until = None;
+            self.repair = None;
         }
         if op > before || self.status == Status::Normal {
             self.acknowledge();
@@ -970,7 +986,7 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
             Status::Recovering => {
-                if !self.faulty
+                if !self.sits_out()
                     && self.tick - self.status_since >= self.cfg.recovery_timeout + self.jitter
                 {
                     self.start_view_change(self.view + 1);
@@ -986,11 +1002,12 @@ impl<S: StateMachine> Replica<S> {
                     if self.faulty {
                         self.request_repair();
                     }
-                    // A faulty replica may have made a view durable that the cluster never
-                    // reached; nobody will send it a StartView for it. Announcing the view (a
-                    // StartViewChange carries no log, so this is no vote) draws the others into
-                    // it, and the view's StartView then repairs us.
-                    if self.faulty && self.tick - self.status_since >= self.cfg.recovery_timeout {
+                    // A replica sitting view changes out may have made a view durable that the
+                    // cluster never reached; nobody will send it a StartView for it. Announcing
+                    // the view (a StartViewChange carries no log, so this is no vote) draws the
+                    // others into it, and the view's StartView then repairs us.
+                    if self.sits_out() && self.tick - self.status_since >= self.cfg.recovery_timeout
+                    {
                         self.broadcast(Message::StartViewChange { view, replica });
                     }
                 }
@@ -1102,11 +1119,9 @@ impl<S: StateMachine> Replica<S> {
             Message::StartViewChange { view, replica } => self.on_start_view_change(view, replica),
             Message::DoViewChange {
                 view,
-                log_view,
-                log,
-                commit,
+                vote,
                 replica,
-            } => self.on_do_view_change(view, log_view, log, commit, replica),
+            } => self.on_do_view_change(view, vote, replica),
             Message::StartView { view, log, commit } => self.on_start_view(view, log, commit),
             Message::RequestStartView { view, replica, .. } => {
                 if self.is_primary() && self.view >= view {
@@ -1157,14 +1172,23 @@ impl<S: StateMachine> Replica<S> {
                 checksum,
                 replica,
             } => {
-                let held = self.log.get(op).filter(|p| p.checksum() == checksum);
+                // Our log, or the intact promised prepares a repair of ours holds back.
+                let spare = self.repair.as_ref().and_then(|r| r.spare.get(&op));
+                let held = self
+                    .log
+                    .get(op)
+                    .or(spare)
+                    .filter(|p| p.checksum() == checksum);
                 if let Some(prepare) = held.filter(|_| replica != self.cfg.replica).cloned() {
                     let envelope =
                         self.envelope(Node::Replica(replica), Message::RepairPrepare { prepare });
                     self.out.push(Output::Send(envelope));
                 }
             }
-            Message::RepairPrepare { prepare } => self.on_repair_prepare(prepare),
+            Message::RepairPrepare { prepare } => {
+                self.on_view_change_body(&prepare);
+                self.on_repair_prepare(prepare);
+            }
             Message::Reply { .. } | Message::Evicted { .. } => {}
         }
     }
@@ -1601,21 +1625,25 @@ impl<S: StateMachine> Replica<S> {
     /// Asks every peer for the first promised op our log lacks.
     fn request_repair(&mut self) {
         let next = self.log.tail() + 1;
-        let Some(&checksum) = self.repair.as_ref().and_then(|r| r.promised.get(&next)) else {
-            return;
-        };
-        for to in 0..self.cfg.replica_count {
-            if to != self.cfg.replica {
-                let envelope = self.envelope(
-                    Node::Replica(to),
-                    Message::RequestPrepare {
-                        op: next,
-                        checksum,
-                        replica: self.cfg.replica,
-                    },
-                );
-                self.out.push(Output::Send(envelope));
-            }
+        if let Some(&checksum) = self.repair.as_ref().and_then(|r| r.promised.get(&next)) {
+            self.ask_peers_for_prepare(next, checksum);
+        }
+    }
+
+    /// Asks every peer for the prepare `checksum` at `op`; whoever holds it answers
+    /// (`RepairPrepare`), in any view: the checksum names the prepare.
+    fn ask_peers_for_prepare(&mut self, op: Op, checksum: u128) {
+        let replica = self.cfg.replica;
+        for to in (0..self.cfg.replica_count).filter(|&to| to != replica) {
+            let envelope = self.envelope(
+                Node::Replica(to),
+                Message::RequestPrepare {
+                    op,
+                    checksum,
+                    replica,
+                },
+            );
+            self.out.push(Output::Send(envelope));
         }
     }
 
@@ -1644,8 +1672,8 @@ impl<S: StateMachine> Replica<S> {
         self.event(Event::Repaired { op });
         self.write_pending();
         if self.log.tail() >= last {
-            // Whole once these writes land (`advance_op_durable` clears `faulty`).
-            self.repair = None;
+            // Whole once these writes land (`advance_op_durable` clears `faulty` and the
+            // repair; until then our votes still mark the ops not yet durable unreadable).
             self.repair_until = Some(last);
             self.advance_op_durable();
         } else {
@@ -1653,8 +1681,47 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// Faulty, and no longer knows exactly what it promised (a rotten checkpoint, or a sync or
+    /// a StartView replaced the log its header ring describes, and that log is not durable
+    /// yet): it takes no part in view changes.
+    fn sits_out(&self) -> bool {
+        self.faulty && self.repair.is_none()
+    }
+
+    /// May send (and, as a new primary, count) DoViewChanges. A faulty replica that knows what
+    /// it promised may: its vote marks the ops it cannot read. A sync not yet durable may not:
+    /// a crash would take its state back behind the log it would vote with.
     fn may_vote(&self) -> bool {
-        !self.faulty && self.syncing.is_none()
+        !self.sits_out() && self.syncing.is_none()
+    }
+
+    /// Our vote: the durable log, and the ops after it we may have acknowledged and cannot
+    /// read — a faulty replica's promised ops not yet durable again.
+    fn vote(&self) -> Vote {
+        // Only what is durable counts: our acks promised exactly that much, and after a crash
+        // this is all we would have. The log view must be the durable one too: a log installed
+        // by a view change becomes ours only when its atomic write lands, so until then our
+        // durable log is the previous view's, of which `op_durable` covers the common prefix.
+        // The log starts at our checkpoint: everything below it is committed.
+        let log = self.log.up_to(self.op_durable);
+        let unreadable = match &self.repair {
+            Some(repair) => (self.op_durable + 1..=repair.last())
+                .map_while(|op| {
+                    repair
+                        .promised
+                        .get(&op)
+                        .copied()
+                        .or_else(|| self.log.checksum_at(op))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        Vote {
+            log_view: self.durable.map_or(0, |(_, log_view)| log_view),
+            log,
+            unreadable,
+            commit: self.commit_max,
+        }
     }
 
     // ---- view change -----------------------------------------------------------------------
@@ -1666,6 +1733,8 @@ impl<S: StateMachine> Replica<S> {
         self.svc = BTreeSet::from([self.cfg.replica]);
         self.dvc.clear();
         self.dvc_sent = false;
+        self.view_change_bodies.clear();
+        self.last_body_request = 0;
         self.acked.clear();
         self.jitter = self.random() % (self.cfg.view_change_timeout / 2 + 1);
         self.event(Event::ViewChangeStarted { view });
@@ -1684,7 +1753,10 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn on_start_view_change(&mut self, view: View, replica: ReplicaId) {
-        if self.faulty || view < self.view || (view == self.view && self.status == Status::Normal) {
+        if self.sits_out()
+            || view < self.view
+            || (view == self.view && self.status == Status::Normal)
+        {
             return;
         }
         if view > self.view {
@@ -1703,39 +1775,28 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.dvc_sent = true;
-        let (view, commit, replica) = (self.view, self.commit_max, self.cfg.replica);
-        // Only what is durable counts: our acks promised exactly that much, and after a crash
-        // this is all we would have. The log view must be the durable one too: a log installed
-        // by a view change becomes ours only when its atomic write lands, so until then our
-        // durable log is the previous view's, of which `op_durable` covers the common prefix.
-        // The log starts at our checkpoint: everything below it is committed.
-        let log_view = self.durable.map_or(0, |(_, log_view)| log_view);
-        let log = self.log.up_to(self.op_durable);
+        let (view, replica) = (self.view, self.cfg.replica);
+        let vote = self.vote();
+        if !vote.unreadable.is_empty() {
+            let unreadable = vote.unreadable.len() as u64;
+            self.event(Event::VotedDamaged { unreadable });
+        }
         let primary = self.primary();
         if primary == replica {
-            self.on_do_view_change(view, log_view, log, commit, replica);
+            self.on_do_view_change(view, vote, replica);
         } else {
             self.send(
                 primary,
                 Message::DoViewChange {
                     view,
-                    log_view,
-                    log,
-                    commit,
+                    vote,
                     replica,
                 },
             );
         }
     }
 
-    fn on_do_view_change(
-        &mut self,
-        view: View,
-        log_view: View,
-        log: Vec<Prepare>,
-        commit: Op,
-        replica: ReplicaId,
-    ) {
+    fn on_do_view_change(&mut self, view: View, vote: Vote, replica: ReplicaId) {
         if !self.may_vote()
             || view < self.view
             || primary_of(view, self.cfg.replica_count) != self.cfg.replica
@@ -1745,10 +1806,13 @@ impl<S: StateMachine> Replica<S> {
         if view > self.view {
             self.start_view_change(view);
         }
-        if self.status != Status::ViewChange || !valid_chain(&log) {
+        if self.status != Status::ViewChange
+            || !valid_chain(&vote.log)
+            || vote.unreadable.len() as u64 > self.cfg.wal_slots
+        {
             return;
         }
-        self.dvc.insert(replica, (log_view, log, commit));
+        self.dvc.insert(replica, vote);
         self.try_lead();
     }
 
@@ -1761,25 +1825,24 @@ impl<S: StateMachine> Replica<S> {
         let candidates: Vec<view_change::Candidate> = self
             .dvc
             .iter()
-            .map(
-                |(&replica, (log_view, log, commit))| view_change::Candidate {
-                    replica,
-                    log_view: *log_view,
-                    op_head: log.last().map_or(0, Prepare::op),
-                    commit: *commit,
-                },
-            )
+            .map(|(&replica, vote)| view_change::Candidate {
+                replica,
+                log_view: vote.log_view,
+                op_head: vote.head(),
+                commit: vote.commit,
+            })
             .collect();
         if !view_change::quorum_complete(&candidates, self.cfg.replica, self.cfg.replica_count) {
             return;
         }
-        let Some((winner, best)) = view_change::best_log(&candidates)
-            .and_then(|winner| self.dvc.get(&winner.replica).map(|d| (winner.replica, d)))
-            .map(|(winner, (_, log, _))| (winner, log.clone()))
-        else {
+        let Some(winner) = view_change::best_log(&candidates) else {
             return;
         };
-        let head = best.last().map_or(0, Prepare::op);
+        let commit = view_change::merged_commit(&candidates, self.commit_max, winner.op_head);
+        let Some(best) = self.winning_log(winner.replica, commit) else {
+            return;
+        };
+        let (winner, winner_head) = (winner.replica, winner.op_head);
         // The best log holds every committed op above its sender's checkpoint. Our state must
         // reach into it: if the log starts above everything we hold, we need that checkpoint
         // first (and try again once it is installed).
@@ -1792,9 +1855,16 @@ impl<S: StateMachine> Replica<S> {
             // intersection rules out. Refuse rather than diverge; the view times out.
             return;
         }
-        let commit = view_change::merged_commit(&candidates, self.commit_max, head);
+        let tail = best.last().map_or(0, Prepare::op);
+        let commit = commit.min(tail);
         let log = self.log.spliced(at, &best);
         self.install_log(log);
+        if tail < winner_head {
+            self.event(Event::NackTruncated {
+                op: tail + 1,
+                ops: winner_head - tail,
+            });
+        }
         self.status = Status::Normal;
         self.status_since = self.tick;
         self.log_view = self.view;
@@ -1819,6 +1889,77 @@ impl<S: StateMachine> Replica<S> {
         self.advance_op_durable();
     }
 
+    /// The winning vote's log with a prepare for every op it vouches for. Its unreadable ops are
+    /// taken from any vote that holds them, our own log, or a peer's answer to our request. An
+    /// op nobody has supplied yet is waited for (`None`) — unless it is above the new view's
+    /// commit and a nack quorum proves it never committed: then it and every op after it (each
+    /// chains to it) are dropped.
+    fn winning_log(&mut self, winner: ReplicaId, commit: Op) -> Option<Vec<Prepare>> {
+        let vote = self.dvc.get(&winner)?;
+        let (mut log, unreadable) = (vote.log.clone(), vote.unreadable.clone());
+        for (op, checksum) in (vote.tail() + 1..).zip(unreadable) {
+            let parent = log.last()?.checksum();
+            if let Some(prepare) = self
+                .find_prepare(op, checksum)
+                .filter(|p| p.header.parent == parent)
+            {
+                log.push(prepare.clone());
+                continue;
+            }
+            let nacks = self
+                .dvc
+                .values()
+                .filter(|vote| vote.nacks(op, checksum))
+                .count();
+            if op > commit && view_change::may_truncate(nacks, self.cfg.replica_count) {
+                break;
+            }
+            self.request_prepare(op, checksum);
+            return None;
+        }
+        Some(log)
+    }
+
+    /// A readable copy of the prepare `checksum` at `op` among what a new primary holds.
+    fn find_prepare(&self, op: Op, checksum: u128) -> Option<&Prepare> {
+        let spare = self.repair.as_ref().and_then(|r| r.spare.get(&op));
+        self.dvc
+            .values()
+            .filter_map(|vote| vote.prepare(op))
+            .chain(self.log.get(op))
+            .chain(spare)
+            .chain(self.view_change_bodies.get(&checksum))
+            .find(|p| p.op() == op && p.checksum() == checksum && p.verify())
+    }
+
+    /// New primary: asks every peer for a prepare of the winning log that no vote could supply.
+    fn request_prepare(&mut self, op: Op, checksum: u128) {
+        if self.tick.saturating_sub(self.last_body_request) < self.cfg.prepare_timeout
+            && self.last_body_request != 0
+        {
+            return;
+        }
+        self.last_body_request = self.tick.max(1);
+        self.ask_peers_for_prepare(op, checksum);
+    }
+
+    /// New primary: a peer's copy of a prepare the winning log lacks.
+    fn on_view_change_body(&mut self, prepare: &Prepare) {
+        if self.status != Status::ViewChange
+            || primary_of(self.view, self.cfg.replica_count) != self.cfg.replica
+            || !prepare.verify()
+            || !self
+                .dvc
+                .values()
+                .any(|vote| vote.unreadable.contains(&prepare.checksum()))
+        {
+            return;
+        }
+        self.view_change_bodies
+            .insert(prepare.checksum(), prepare.clone());
+        self.try_lead();
+    }
+
     fn on_start_view(&mut self, view: View, log: Vec<Prepare>, commit: Op) {
         if view < self.view
             || (view == self.view && self.status == Status::Normal)
@@ -1831,6 +1972,13 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let head = log.last().map_or(0, Prepare::op);
+        // A faulty replica's log is only the readable part of what it promised in its log
+        // view. A StartView of that view is a prefix of the view's log, and so are the
+        // promised ops: one that stops short of them is older (a duplicate, or a late answer)
+        // and installing it would drop ops we may have acknowledged.
+        if view == self.log_view && self.repair.as_ref().is_some_and(|r| head < r.last()) {
+            return;
+        }
         let Some(at) = self.log.join_point(&log) else {
             // The primary's log starts above everything we hold: we need its checkpoint.
             self.sync_view = Some(view);
@@ -1854,12 +2002,6 @@ impl<S: StateMachine> Replica<S> {
         };
         self.view = view;
         self.install_log(log);
-        // The primary's log replaces whatever our damaged slots held — once it is on disk.
-        // Until then our durable log is still the damaged one and we keep abstaining.
-        if self.faulty {
-            self.repair = None;
-            self.repair_until = Some(self.log_tail());
-        }
         self.status = Status::Normal;
         self.status_since = self.tick;
         self.log_view = view;
@@ -1889,6 +2031,13 @@ impl<S: StateMachine> Replica<S> {
         }
         self.log = log;
         self.op_durable = self.op_durable.min(common);
+        // This log replaces whatever our damaged slots held — once it is on disk. Until then
+        // our durable log is the damaged one, which the header ring no longer describes once
+        // this write lands, so we sit view changes out.
+        if self.faulty {
+            self.repair = None;
+            self.repair_until = Some(self.log_tail());
+        }
         // log_view is set by the caller right after; the superblock must carry it.
         let log_view = self.view;
         let previous = self.log_view;

@@ -2,8 +2,68 @@
 //! replica and the stateright model (`broker/vsr-model`) both call these, so the model checks
 //! the rules the code runs, not a restatement of them.
 
+use crate::message::Prepare;
 use crate::quorums;
 use crate::{Op, ReplicaId, View};
+
+/// What one DoViewChange says about its sender's durable log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vote {
+    /// The view in which that log was last installed or extended.
+    pub log_view: View,
+    /// The prepares the sender can read, from its checkpoint's anchor on.
+    pub log: Vec<Prepare>,
+    /// Checksums of the ops right after `log` that the sender wrote completely but can no
+    /// longer read (a damaged WAL slot and whatever follows it): it may have acknowledged them,
+    /// so it vouches for them without being able to supply them.
+    pub unreadable: Vec<u128>,
+    /// The highest op the sender knew committed.
+    pub commit: Op,
+}
+
+impl Vote {
+    /// The sender's anchor: everything at or below it is committed state.
+    pub fn base(&self) -> Op {
+        self.log.first().map_or(0, Prepare::op)
+    }
+
+    /// The last op the sender can read.
+    pub fn tail(&self) -> Op {
+        self.log.last().map_or(0, Prepare::op)
+    }
+
+    /// The last op the sender vouches for: everything it may have acknowledged.
+    pub fn head(&self) -> Op {
+        self.tail() + self.unreadable.len() as Op
+    }
+
+    /// The sender's prepare of `op`, if it can read it.
+    pub fn prepare(&self, op: Op) -> Option<&Prepare> {
+        let index = usize::try_from(op.checked_sub(self.base())?).ok()?;
+        self.log.get(index)
+    }
+
+    /// The checksum the sender's log holds at `op`, readable or not.
+    pub fn checksum_at(&self, op: Op) -> Option<u128> {
+        if op <= self.tail() {
+            return self.prepare(op).map(Prepare::checksum);
+        }
+        let index = usize::try_from(op - self.tail() - 1).ok()?;
+        self.unreadable.get(index).copied()
+    }
+
+    /// Whether the sender proves it never acknowledged the prepare `checksum` at `op` in any
+    /// way that could have committed it: its durable log, above its checkpoint, holds another
+    /// prepare there or ends before `op`, and its damaged slots are not among them (those it
+    /// still vouches for). A replica that acknowledged a prepare and later lost it from its log
+    /// did so by installing a newer view's log; the log the new primary chose comes from a view
+    /// at least as new and holds the prepare, which is then impossible unless that view's log
+    /// kept it — so the prepare never committed before the replica replaced it, and no later
+    /// commit can have counted the replica, which no longer held it.
+    pub fn nacks(&self, op: Op, checksum: u128) -> bool {
+        op > self.base() && self.checksum_at(op) != Some(checksum)
+    }
+}
 
 /// One DoViewChange as the new primary sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +107,12 @@ pub fn merged_commit(candidates: &[Candidate], own_commit: Op, installed_head: O
         .min(installed_head)
 }
 
+/// Whether `nacks` DoViewChanges that nack a prepare prove it never committed, so that a new
+/// primary that cannot find its body may drop it and everything after it.
+pub fn may_truncate(nacks: usize, replica_count: u8) -> bool {
+    nacks >= quorums::nack(replica_count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +154,62 @@ mod tests {
         assert_eq!(merged_commit(&dvcs, 1, 9), 7);
         assert_eq!(merged_commit(&dvcs, 1, 5), 5);
         assert_eq!(merged_commit(&dvcs, 8, 9), 8);
+    }
+
+    fn chain(ops: std::ops::RangeInclusive<Op>) -> Vec<Prepare> {
+        let mut log = vec![];
+        let mut parent = 0;
+        for op in ops {
+            let mut header = Prepare::root(1, 1, 0).header;
+            header.op = op;
+            header.parent = parent;
+            let prepare = Prepare::new(header, vec![op as u8]);
+            parent = prepare.checksum();
+            log.push(prepare);
+        }
+        log
+    }
+
+    fn vote(log: Vec<Prepare>, unreadable: Vec<u128>) -> Vote {
+        Vote {
+            log_view: 1,
+            log,
+            unreadable,
+            commit: 0,
+        }
+    }
+
+    #[test]
+    fn a_vote_vouches_for_its_unreadable_suffix_and_nacks_only_what_it_lacks() {
+        let full = chain(3..=8);
+        let damaged = vote(
+            full[..3].to_vec(),
+            vec![full[3].checksum(), full[4].checksum()],
+        );
+        assert_eq!((damaged.base(), damaged.tail(), damaged.head()), (3, 5, 7));
+        assert_eq!(damaged.prepare(5), Some(&full[2]));
+        assert_eq!(damaged.prepare(6), None, "unreadable");
+        assert_eq!(damaged.checksum_at(7), Some(full[4].checksum()));
+        // Unreadable but vouched for: no nack.
+        assert!(!damaged.nacks(6, full[3].checksum()));
+        assert!(!damaged.nacks(7, full[4].checksum()));
+        // Another prepare at the op, or a log that ends before it: nack.
+        assert!(damaged.nacks(7, 0xdead));
+        assert!(damaged.nacks(8, full[5].checksum()));
+        // At or below the checkpoint: committed state, never nacked.
+        assert!(!damaged.nacks(3, 0xdead));
+        assert!(!damaged.nacks(2, 0xdead));
+    }
+
+    #[test]
+    fn only_a_nack_quorum_may_drop_a_prepare() {
+        assert!(!may_truncate(1, 3));
+        assert!(may_truncate(2, 3));
+        assert!(
+            may_truncate(1, 2),
+            "two replicas: one that never had it is proof enough"
+        );
+        assert!(!may_truncate(2, 5));
+        assert!(may_truncate(3, 5));
     }
 }
