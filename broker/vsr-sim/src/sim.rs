@@ -455,8 +455,9 @@ impl Simulation {
         };
         // At most Qr - 1 replicas, so every replication quorum keeps an intact copy of each op,
         // and at most N - Qv, so the replicas that may vote can still form a view-change quorum
-        // (faulty replicas abstain until repaired). Both are Qr - 1 except at N = 2, where no
-        // replica may be corrupted.
+        // (a replica whose checkpoint rotted sits view changes out until repaired; one with
+        // damaged WAL slots votes). Both are Qr - 1 except at N = 2, where no replica may be
+        // corrupted.
         let n = sim.params.replicas;
         let allowed = (vsr::quorums::replication(n).saturating_sub(1))
             .min(n as usize - vsr::quorums::view_change(n));

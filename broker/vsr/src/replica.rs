@@ -2222,6 +2222,101 @@ mod tests {
         assert_eq!(replica.log_base(), 20);
     }
 
+    /// Replica 2 of 3 restarted with op 1 intact and op 2 rotten under a header that vouches
+    /// for it, in log view 0.
+    fn faulty_at_op_2() -> (Replica<Nothing>, Prepare, Prepare, Prepare) {
+        let root = Prepare::root(1, 1, 0);
+        let p1 = prepare(1, root.checksum());
+        let p2 = prepare(2, p1.checksum());
+        let mut rotten = p2.clone();
+        rotten.body.push(1);
+        let disk = DiskImage {
+            superblocks: vec![Superblock {
+                sequence: 3,
+                view: 0,
+                log_view: 0,
+                commit: 0,
+                checkpoint: 0,
+                checksum: 0,
+            }
+            .sealed()],
+            checkpoint: None,
+            wal: BTreeMap::from([(1, p1.clone()), (2, rotten)]),
+            headers: BTreeMap::from([(1, (1, p1.checksum())), (2, (2, p2.checksum()))]),
+        };
+        let mut replica = Replica::open(Config::new(1, 3, 2, Route::Star), disk, Nothing);
+        replica.take_outputs();
+        assert!(replica.is_faulty());
+        assert_eq!(replica.log_tail(), 1);
+        (replica, root, p1, p2)
+    }
+
+    fn from_replica_0(message: Message) -> Input {
+        Input::Message(Envelope {
+            cluster: 1,
+            group: 1,
+            epoch: 0,
+            from: Node::Replica(0),
+            to: Node::Replica(2),
+            message,
+        })
+    }
+
+    #[test]
+    fn a_faulty_replica_votes_with_the_op_it_cannot_read_marked() {
+        let (mut replica, root, p1, p2) = faulty_at_op_2();
+        let mut outputs = replica.step(from_replica_0(Message::StartViewChange {
+            view: 1,
+            replica: 0,
+        }));
+        assert_eq!(replica.status(), Status::ViewChange, "it takes part");
+        // Nothing is said in view 1 before view 1 is durable.
+        let superblock = outputs.iter().find_map(|o| match o {
+            Output::WriteSuperblock { io, .. } => Some(*io),
+            _ => None,
+        });
+        outputs.extend(replica.step(Input::WriteDone {
+            io: superblock.expect("view 1 is written"),
+        }));
+        let vote = outputs.iter().find_map(|o| match o {
+            Output::Send(Envelope {
+                message: Message::DoViewChange { vote, .. },
+                ..
+            }) => Some(vote.clone()),
+            _ => None,
+        });
+        let vote = vote.expect("a DoViewChange to replica 1");
+        assert_eq!(vote.log, vec![root, p1]);
+        assert_eq!(
+            vote.unreadable,
+            vec![p2.checksum()],
+            "op 2: vouched, not readable"
+        );
+        assert_eq!(vote.head(), 2);
+    }
+
+    #[test]
+    fn a_faulty_replica_ignores_a_start_view_of_its_log_view_short_of_its_promise() {
+        let (mut replica, root, p1, p2) = faulty_at_op_2();
+        // Op 2 may have been acknowledged: a StartView of view 0 without it is older than it.
+        let stale = Message::StartView {
+            view: 0,
+            log: vec![root.clone(), p1.clone()],
+            commit: 0,
+        };
+        let outputs = replica.step(from_replica_0(stale));
+        assert_eq!(replica.status(), Status::Recovering);
+        assert!(!outputs.iter().any(|o| matches!(o, Output::WriteLog { .. })));
+        let current = Message::StartView {
+            view: 0,
+            log: vec![root, p1, p2.clone()],
+            commit: 0,
+        };
+        replica.step(from_replica_0(current));
+        assert_eq!(replica.status(), Status::Normal);
+        assert_eq!(replica.checksum_at(2), Some(p2.checksum()));
+    }
+
     #[test]
     fn recovery_tells_torn_writes_from_corruption() {
         let root = Prepare::root(1, 1, 0);
