@@ -21,12 +21,15 @@ pub enum World {
     V2,
     /// With checkpoints that rot on disk.
     V3,
-    /// With superblock copies torn by crashes and rotting (the current menu).
+    /// With superblock copies torn by crashes and rotting.
     V4,
+    /// With clogged paths: messages held for a while, then delivered together (the current
+    /// menu).
+    V5,
 }
 
 impl World {
-    pub const CURRENT: World = World::V4;
+    pub const CURRENT: World = World::V5;
 
     pub fn parse(text: &str) -> Option<World> {
         match text {
@@ -34,6 +37,7 @@ impl World {
             "2" => Some(World::V2),
             "3" => Some(World::V3),
             "4" => Some(World::V4),
+            "5" => Some(World::V5),
             _ => None,
         }
     }
@@ -55,8 +59,11 @@ pub fn run_seed_in(seed: u64, world: World, verbose: bool) -> Outcome {
     if matches!(world, World::V1 | World::V2) {
         params.checkpoint_fault_ppm = 0;
     }
-    if world != World::V4 {
+    if matches!(world, World::V1 | World::V2 | World::V3) {
         params.superblock_faults = false;
+    }
+    if world != World::V5 {
+        params.clog_onset_ppm = 0;
     }
     let run = {
         let params = params.clone();

@@ -50,6 +50,11 @@ pub struct Params {
     /// and copies may rot (at the WAL's read-fault rate, never the last readable copy of the
     /// newest complete write).
     pub superblock_faults: bool,
+    /// World 5: per tick, chance (ppm) that one directed path between two replicas clogs —
+    /// it holds every message, delivering them late, all at once, when it unclogs — and the
+    /// mean number of ticks a clog lasts (exponential).
+    pub clog_onset_ppm: u64,
+    pub clog_ticks_mean: u64,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
@@ -105,6 +110,12 @@ impl Params {
             checkpoint_interval: [4, 8, 16, 32, 64, 1024][rng.below(6) as usize],
             checkpoint_fault_ppm: rng.below(200_000),
             superblock_faults: rng.chance(500_000),
+            clog_onset_ppm: if rng.chance(500_000) {
+                rng.between(1_000, 20_000)
+            } else {
+                0
+            },
+            clog_ticks_mean: rng.between(10, 400),
         }
     }
 
@@ -136,6 +147,8 @@ impl Params {
             checkpoint_interval: 16,
             checkpoint_fault_ppm: 0,
             superblock_faults: false,
+            clog_onset_ppm: 0,
+            clog_ticks_mean: 0,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

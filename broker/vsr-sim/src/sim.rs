@@ -25,7 +25,7 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 34] = [
+    pub const EXPECTED: [&'static str; 35] = [
         "abdications",
         "cached_replies",
         "checkpoint_read_faults",
@@ -46,6 +46,7 @@ impl Coverage {
         "ops_truncated",
         "partitions",
         "partitions_asymmetric",
+        "paths_clogged",
         "prepares_repaired",
         "read_faults",
         "restarts",
@@ -374,6 +375,8 @@ struct Network {
     cut: BTreeSet<(u8, u8)>,
     /// A replica that hears no other replica (its own sends still arrive).
     deaf: Option<u8>,
+    /// Clogged directed paths and the tick each unclogs: their messages wait until then.
+    clogged: BTreeMap<(Node, Node), u64>,
 }
 
 pub struct Simulation {
@@ -382,6 +385,9 @@ pub struct Simulation {
     rng: Rng,
     /// Only for deafness (see `inject_deafness`).
     deaf_rng: Rng,
+    /// Only for clogs (see `inject_clogs`); like deafness, its own generator keeps seeds that
+    /// draw no clogs replaying exactly as before.
+    clog_rng: Rng,
     tick: u64,
     replicas: Vec<Option<Replica<ModelBroker>>>,
     disks: Vec<Disk>,
@@ -438,11 +444,13 @@ impl Simulation {
                 in_flight: BTreeMap::new(),
                 cut: BTreeSet::new(),
                 deaf: None,
+                clogged: BTreeMap::new(),
             },
             replicas,
             clients,
             rng,
             deaf_rng: Rng::new(seed ^ 0xDEAF_0000_0000_DEAF),
+            clog_rng: Rng::new(seed ^ 0xC10C_0000_0000_C10C),
             tick: 0,
             coverage: Coverage::default(),
             trace: xxhash_rust::xxh3::Xxh3::new(),
@@ -539,6 +547,8 @@ impl Simulation {
         self.params.misdirect_ppm = 0;
         self.network.cut.clear();
         self.network.deaf = None;
+        self.params.clog_onset_ppm = 0;
+        self.network.clogged.clear();
         for r in 0..self.params.replicas {
             if self.replicas[r as usize].is_none() && !self.permanently_down.contains(&r) {
                 self.restart(r)?;
@@ -617,6 +627,7 @@ impl Simulation {
     fn inject_faults(&mut self) -> Result<(), Violation> {
         let n = self.params.replicas;
         self.inject_deafness();
+        self.inject_clogs();
         if self.network.cut.is_empty() {
             if n > 1 && self.rng.chance(self.params.partition_onset_ppm) {
                 let side: Vec<bool> = (0..n).map(|_| self.rng.chance(500_000)).collect();
@@ -780,6 +791,28 @@ impl Simulation {
         }
     }
 
+    /// World 5: now and then one directed path between two replicas clogs for a while. Unlike
+    /// a partition it loses nothing: what it held arrives late and in a burst, which is what a
+    /// stalled TCP connection or a paused process looks like from the other side.
+    fn inject_clogs(&mut self) {
+        let n = self.params.replicas;
+        let tick = self.tick;
+        self.network.clogged.retain(|_, until| *until > tick);
+        if n < 2 || self.params.clog_onset_ppm == 0 {
+            return;
+        }
+        if self.clog_rng.chance(self.params.clog_onset_ppm) {
+            let from = self.clog_rng.below(n as u64) as u8;
+            let to = (from + 1 + self.clog_rng.below(n as u64 - 1) as u8) % n;
+            let ticks = 1 + self.clog_rng.exponential(self.params.clog_ticks_mean);
+            self.network
+                .clogged
+                .insert((Node::Replica(from), Node::Replica(to)), tick + ticks);
+            self.coverage.add("paths_clogged", 1);
+            self.log(|| format!("path {from} -> {to} clogged for {ticks} ticks"));
+        }
+    }
+
     fn send(&mut self, envelope: Envelope) {
         let (from, to) = (envelope.from, envelope.to);
         if let (Node::Replica(a), Node::Replica(b)) = (from, to) {
@@ -826,6 +859,14 @@ impl Simulation {
                 break;
             }
             let envelope = entry.remove();
+            if let Some(&until) = self.network.clogged.get(&(envelope.from, envelope.to)) {
+                // Held until the path unclogs (still in flight, so it still fills the path).
+                self.network.seq += 1;
+                self.network
+                    .queue
+                    .insert((until, self.network.seq), envelope);
+                continue;
+            }
             if let Some(count) = self
                 .network
                 .in_flight

@@ -450,8 +450,8 @@ impl<S: StateMachine> Replica<S> {
                     checkpoints.insert(checkpoint.op(), checkpoint);
                 }
                 // The checkpoint rotted: no state to start from and no log that chains. The
-                // replica abstains, like one with a faulty WAL slot, until a peer's checkpoint
-                // (state sync) and a StartView repair it.
+                // replica sits view changes out (`sits_out`) until a peer's checkpoint (state
+                // sync) and a StartView repair it.
                 _ => faulty = true,
             }
         }
@@ -1603,8 +1603,10 @@ impl<S: StateMachine> Replica<S> {
             // The WAL after `op` is left alone. It may hold ops we acknowledged that our log
             // lost to a damaged slot below `op` (seed 9503018: truncating them lost a committed
             // op); once the checkpoint is durable, recovery reads them back through it. Ops of
-            // a history that diverged at or below `op` read back as faulty slots instead: the
-            // replica then abstains until a StartView repairs it, which costs time, not safety.
+            // a history that diverged at or below `op` read back as faulty slots instead: a
+            // vote marking them unreadable is true of the old log view they belong to, and a
+            // newer log view (which the checkpoint's commit implies in any quorum) outweighs
+            // it; the cost is a repair, not safety.
         }
         let digest = self.sm.digest();
         self.write_checkpoint(checkpoint);
