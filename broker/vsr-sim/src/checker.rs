@@ -9,6 +9,10 @@ use vsr::{ClientId, Op, StateMachine, Superblock, View};
 #[derive(Debug, Clone)]
 struct Committed {
     checksum: u128,
+    /// The view of the replica that applied it first: the view that committed it or a later
+    /// one (the committing primary applies at once; anyone else learned of it in that view or
+    /// after).
+    view: u32,
     digest: u128,
     client: ClientId,
     request: u64,
@@ -55,9 +59,13 @@ impl Checker {
         self.canonical.len() as Op
     }
 
-    /// A replica just became primary of `view`: its log must hold every op committed so far —
-    /// what a view change exists to guarantee (checked here when it happens, not later when a
-    /// lost op would show up as a conflicting commit or a stall).
+    /// A replica just became primary of `view`: its log must hold every op committed in that
+    /// view or an earlier one — what a view change exists to guarantee (checked here when it
+    /// happens, not later when a lost op would show up as a conflicting commit or a stall).
+    /// Ops first applied in a later view are left out: a view change whose messages were held
+    /// back (a clogged path) can complete long after a later view committed more, and its stale
+    /// primary may lack those ops — harmless, since the replicas of the later view ignore it,
+    /// and exactly what VR allows.
     /// Ops up to the log's anchor (`base`, its checkpoint) are in the primary's state; the
     /// anchor and every committed op above it must be in its log.
     pub fn new_primary(
@@ -69,7 +77,7 @@ impl Checker {
     ) -> Result<(), Violation> {
         for (i, committed) in self.canonical.iter().enumerate() {
             let op = i as Op + 1;
-            if op >= base && checksum_at(op) != Some(committed.checksum) {
+            if op >= base && committed.view <= view && checksum_at(op) != Some(committed.checksum) {
                 return Err(format!(
                     "durability: replica {replica} became primary of view {view} without committed op {op}"
                 ));
@@ -114,6 +122,7 @@ impl Checker {
         digest: u128,
         (client, session, request): (ClientId, u64, u64),
         executed: bool,
+        view: u32,
     ) -> Result<(), Violation> {
         let last = &mut self.last_committed[replica as usize];
         if op != *last + 1 {
@@ -205,6 +214,7 @@ impl Checker {
         self.model_replies.push(reply);
         self.canonical.push(Committed {
             checksum,
+            view,
             digest,
             client,
             request,

@@ -988,6 +988,7 @@ impl Simulation {
                 executed,
             } => {
                 self.trace(&[4, r as u64, op]);
+                let view = self.replicas[r as usize].as_ref().map_or(0, |x| x.view());
                 self.checker.committed(
                     r,
                     op,
@@ -997,6 +998,7 @@ impl Simulation {
                     digest,
                     (client, session, request),
                     executed,
+                    view,
                 )?;
                 if !executed {
                     self.coverage.add("duplicate_ops_skipped", 1);
