@@ -1871,6 +1871,7 @@ impl<S: StateMachine> Replica<S> {
         self.status_since = self.tick;
         self.log_view = self.view;
         self.requests.clear();
+        self.view_change_bodies.clear();
         self.event(Event::Normal {
             view: self.view,
             primary: true,
