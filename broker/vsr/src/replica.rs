@@ -2106,22 +2106,10 @@ mod tests {
     fn a_stale_start_view_of_the_same_view_keeps_the_longer_log() {
         let root = Prepare::root(1, 1, 0);
         let p1 = prepare(1, root.checksum());
-        let disk = DiskImage {
-            superblocks: vec![Superblock {
-                sequence: 3,
-                view: 0,
-                log_view: 0,
-                commit: 0,
-                checkpoint: 0,
-                checksum: 0,
-            }
-            .sealed()],
-            checkpoint: None,
-            wal: BTreeMap::from([(1, p1.clone())]),
-            headers: BTreeMap::from([(1, (1, p1.checksum()))]),
-        };
-        let mut replica = Replica::open(Config::new(1, 3, 2, Route::Star), disk, Nothing);
-        replica.take_outputs();
+        let mut replica = restarted_in_view_0(
+            BTreeMap::from([(1, p1.clone())]),
+            BTreeMap::from([(1, (1, p1.checksum()))]),
+        );
         assert_eq!(
             (replica.status(), replica.log_tail()),
             (Status::Recovering, 1)
@@ -2225,6 +2213,31 @@ mod tests {
         assert_eq!(replica.log_base(), 20);
     }
 
+    /// Replica 2 of 3, restarted from a superblock of view 0 (log view 0, nothing committed,
+    /// no checkpoint) with this WAL and header ring.
+    fn restarted_in_view_0(
+        wal: BTreeMap<u64, Prepare>,
+        headers: BTreeMap<u64, (Op, u128)>,
+    ) -> Replica<Nothing> {
+        let superblock = Superblock {
+            sequence: 3,
+            view: 0,
+            log_view: 0,
+            commit: 0,
+            checkpoint: 0,
+            checksum: 0,
+        };
+        let disk = DiskImage {
+            superblocks: vec![superblock.sealed()],
+            checkpoint: None,
+            wal,
+            headers,
+        };
+        let mut replica = Replica::open(Config::new(1, 3, 2, Route::Star), disk, Nothing);
+        replica.take_outputs();
+        replica
+    }
+
     /// Replica 2 of 3 restarted with op 1 intact and op 2 rotten under a header that vouches
     /// for it, in log view 0.
     fn faulty_at_op_2() -> (Replica<Nothing>, Prepare, Prepare, Prepare) {
@@ -2233,22 +2246,10 @@ mod tests {
         let p2 = prepare(2, p1.checksum());
         let mut rotten = p2.clone();
         rotten.body.push(1);
-        let disk = DiskImage {
-            superblocks: vec![Superblock {
-                sequence: 3,
-                view: 0,
-                log_view: 0,
-                commit: 0,
-                checkpoint: 0,
-                checksum: 0,
-            }
-            .sealed()],
-            checkpoint: None,
-            wal: BTreeMap::from([(1, p1.clone()), (2, rotten)]),
-            headers: BTreeMap::from([(1, (1, p1.checksum())), (2, (2, p2.checksum()))]),
-        };
-        let mut replica = Replica::open(Config::new(1, 3, 2, Route::Star), disk, Nothing);
-        replica.take_outputs();
+        let replica = restarted_in_view_0(
+            BTreeMap::from([(1, p1.clone()), (2, rotten)]),
+            BTreeMap::from([(1, (1, p1.checksum())), (2, (2, p2.checksum()))]),
+        );
         assert!(replica.is_faulty());
         assert_eq!(replica.log_tail(), 1);
         (replica, root, p1, p2)
