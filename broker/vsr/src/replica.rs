@@ -1174,11 +1174,10 @@ impl<S: StateMachine> Replica<S> {
             } => {
                 // Our log, or the intact promised prepares a repair of ours holds back.
                 let spare = self.repair.as_ref().and_then(|r| r.spare.get(&op));
-                let held = self
-                    .log
-                    .get(op)
-                    .or(spare)
-                    .filter(|p| p.checksum() == checksum);
+                let held = [self.log.get(op), spare]
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p.checksum() == checksum);
                 if let Some(prepare) = held.filter(|_| replica != self.cfg.replica).cloned() {
                     let envelope =
                         self.envelope(Node::Replica(replica), Message::RepairPrepare { prepare });

@@ -52,14 +52,12 @@ impl Vote {
         self.unreadable.get(index).copied()
     }
 
-    /// Whether the sender proves it never acknowledged the prepare `checksum` at `op` in any
-    /// way that could have committed it: its durable log, above its checkpoint, holds another
-    /// prepare there or ends before `op`, and its damaged slots are not among them (those it
-    /// still vouches for). A replica that acknowledged a prepare and later lost it from its log
-    /// did so by installing a newer view's log; the log the new primary chose comes from a view
-    /// at least as new and holds the prepare, which is then impossible unless that view's log
-    /// kept it — so the prepare never committed before the replica replaced it, and no later
-    /// commit can have counted the replica, which no longer held it.
+    /// Whether the sender proves it cannot have helped commit the prepare `checksum` at `op`:
+    /// above its checkpoint, its durable log — readable or not — holds another prepare at `op`
+    /// or ends before it. An acknowledged prepare is durable, and a damaged one keeps its
+    /// header, so a prepare the sender acknowledged can leave its log only when a newer view's
+    /// log replaces it; and a newer view's log replaces only prepares that never committed
+    /// (a committed one is in every later view's log).
     pub fn nacks(&self, op: Op, checksum: u128) -> bool {
         op > self.base() && self.checksum_at(op) != Some(checksum)
     }
