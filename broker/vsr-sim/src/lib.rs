@@ -23,13 +23,14 @@ pub enum World {
     V3,
     /// With superblock copies torn by crashes and rotting.
     V4,
-    /// With clogged paths: messages held for a while, then delivered together (the current
-    /// menu).
+    /// With clogged paths: messages held for a while, then delivered together.
     V5,
+    /// With a damaged replica allowed in two-replica clusters (the current menu).
+    V6,
 }
 
 impl World {
-    pub const CURRENT: World = World::V5;
+    pub const CURRENT: World = World::V6;
 
     pub fn parse(text: &str) -> Option<World> {
         match text {
@@ -38,6 +39,7 @@ impl World {
             "3" => Some(World::V3),
             "4" => Some(World::V4),
             "5" => Some(World::V5),
+            "6" => Some(World::V6),
             _ => None,
         }
     }
@@ -62,8 +64,11 @@ pub fn run_seed_in(seed: u64, world: World, verbose: bool) -> Outcome {
     if matches!(world, World::V1 | World::V2 | World::V3) {
         params.superblock_faults = false;
     }
-    if world != World::V5 {
+    if matches!(world, World::V1 | World::V2 | World::V3 | World::V4) {
         params.clog_onset_ppm = 0;
+    }
+    if world != World::V6 {
+        params.damage_at_two = false;
     }
     let run = {
         let params = params.clone();

@@ -55,6 +55,11 @@ pub struct Params {
     /// mean number of ticks a clog lasts (exponential).
     pub clog_onset_ppm: u64,
     pub clog_ticks_mean: u64,
+    /// World 6: a two-replica cluster may have one replica with damaged storage (WAL and
+    /// superblock faults, not checkpoint rot). Damaged replicas vote, and one nack is proof at
+    /// N = 2, so both can still elect a primary; a replica whose checkpoint rotted would sit
+    /// view changes out, and a two-replica view change needs both.
+    pub damage_at_two: bool,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
@@ -116,6 +121,7 @@ impl Params {
                 0
             },
             clog_ticks_mean: rng.between(10, 400),
+            damage_at_two: true,
         }
     }
 
@@ -149,6 +155,7 @@ impl Params {
             superblock_faults: false,
             clog_onset_ppm: 0,
             clog_ticks_mean: 0,
+            damage_at_two: false,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

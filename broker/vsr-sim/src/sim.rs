@@ -467,8 +467,15 @@ impl Simulation {
         // damaged WAL slots votes). Both are Qr - 1 except at N = 2, where no replica may be
         // corrupted.
         let n = sim.params.replicas;
-        let allowed = (vsr::quorums::replication(n).saturating_sub(1))
-            .min(n as usize - vsr::quorums::view_change(n));
+        let allowed = if n == 2 && sim.params.damage_at_two {
+            // World 6: damaged replicas vote, and one nack is proof at N = 2; only a rotten
+            // checkpoint would still sit out, so that fault stays off here.
+            sim.params.checkpoint_fault_ppm = 0;
+            1
+        } else {
+            (vsr::quorums::replication(n).saturating_sub(1))
+                .min(n as usize - vsr::quorums::view_change(n))
+        };
         while sim.corruptible.len() < allowed {
             let r = sim.rng.below(sim.params.replicas as u64) as u8;
             sim.corruptible.insert(r);

@@ -392,6 +392,14 @@ impl Repair {
     fn last(&self) -> Op {
         self.promised.keys().next_back().copied().unwrap_or(0)
     }
+
+    /// What is left to repair once a checkpoint at `op` covers everything up to it.
+    fn after(mut self, op: Op) -> Self {
+        Self {
+            promised: self.promised.split_off(&(op + 1)),
+            spare: self.spare.split_off(&(op + 1)),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -1579,12 +1587,22 @@ impl<S: StateMachine> Replica<S> {
         {
             return;
         }
-        // A repair from peers in progress is left to the StartView that follows the sync.
-        self.repair = None;
         self.client_table = checkpoint.clients.iter().cloned().collect();
         self.commit_min = op;
         self.commit_max = self.commit_max.max(op);
-        if self.log.checksum_at(op) != Some(checkpoint.anchor.checksum()) {
+        let anchor = checkpoint.anchor.checksum();
+        if self.log.checksum_at(op) != Some(anchor) {
+            // A faulty replica's promises after `op` still stand if they run through this very
+            // checkpoint (same checksum, same history below it); promises that end at or below
+            // it are covered by committed state, so nothing is left to vouch for. Promises of
+            // another history leave it sitting view changes out until a StartView repairs it.
+            if let Some(repair) = self.repair.take() {
+                if repair.last() <= op {
+                    self.repair_until = Some(op);
+                } else if repair.promised.get(&op) == Some(&anchor) {
+                    self.repair = Some(repair.after(op));
+                }
+            }
             self.log = Log::new(checkpoint.anchor.clone());
             self.op_durable = op;
             // Writes issued for the old log's ops after `op` are not this log's.
@@ -1848,7 +1866,15 @@ impl<S: StateMachine> Replica<S> {
         // reach into it: if the log starts above everything we hold, we need that checkpoint
         // first (and try again once it is installed).
         let Some(at) = self.log.join_point(&best) else {
-            self.request_sync(winner);
+            // From the voter holding the checkpoint the log starts at (the winner's own, or
+            // the one the winning log was rebased on).
+            let base = best.first().map_or(0, Prepare::op);
+            let source = self
+                .dvc
+                .iter()
+                .find(|(_, vote)| vote.base() == base)
+                .map_or(winner, |(&replica, _)| replica);
+            self.request_sync(source);
             return;
         };
         if at < self.commit_min {
@@ -1899,7 +1925,23 @@ impl<S: StateMachine> Replica<S> {
     fn winning_log(&mut self, winner: ReplicaId, commit: Op) -> Option<Vec<Prepare>> {
         let vote = self.dvc.get(&winner)?;
         let (mut log, unreadable) = (vote.log.clone(), vote.unreadable.clone());
+        // Unreadable ops at or below another voter's checkpoint are committed state nobody
+        // keeps as prepares any more: when that checkpoint's anchor is the very prepare the
+        // winner vouches for there, the winning log restarts from that anchor (equal
+        // checksums, equal history below it) and needs no bodies under it.
+        let rebase = self
+            .dvc
+            .values()
+            .filter_map(|v| v.log.first())
+            .filter(|a| a.op() > vote.tail() && vote.checksum_at(a.op()) == Some(a.checksum()))
+            .max_by_key(|a| a.op());
+        if let Some(anchor) = rebase {
+            log = vec![anchor.clone()];
+        }
         for (op, checksum) in (vote.tail() + 1..).zip(unreadable) {
+            if op <= log.last()?.op() {
+                continue;
+            }
             let parent = log.last()?.checksum();
             if let Some(prepare) = self
                 .find_prepare(op, checksum)
