@@ -148,7 +148,11 @@ fn a_corrupt_wal_slot_is_repaired_from_a_peer_not_truncated() {
 /// Three calm replicas after 500 ticks; replica 1 then restarts with the first op after its
 /// checkpoint rotted in its WAL, so it comes back faulty.
 fn replica_1_restarted_faulty() -> Simulation {
-    let mut sim = calm(3, Route::Star);
+    replica_1_of_n_restarted_faulty(3)
+}
+
+fn replica_1_of_n_restarted_faulty(replicas: u8) -> Simulation {
+    let mut sim = calm(replicas, Route::Star);
     sim.run_for(500).unwrap();
     let replica = sim.replica(1).unwrap();
     let op = replica.checkpoint_durable() + 1;
@@ -186,6 +190,24 @@ fn a_faulty_replica_votes_for_the_ops_it_vouches_for() {
     sim.restart_all().unwrap();
     sim.run_for(2_000).unwrap();
     assert_eq!(sim.replica(0).unwrap().commit_min(), sim.committed());
+}
+
+#[test]
+fn two_replicas_elect_a_primary_with_one_of_them_damaged() {
+    // Both replicas must vote at N = 2. Replica 1 restarts damaged and cannot repair itself
+    // (replica 0's answers are lost); then replica 0 restarts too, so a view change is needed,
+    // and replica 1's vote, with its damaged op marked unreadable, is one of the two.
+    let mut sim = replica_1_of_n_restarted_faulty(2);
+    sim.drop_filter.insert((0, 1, Command::RepairPrepare));
+    sim.crash(0).unwrap();
+    sim.restart_all().unwrap();
+    sim.run_for(3_000).unwrap();
+    assert!(sim.coverage().get("damaged_votes") >= 1);
+    assert!(sim.coverage().get("views_installed") >= 1);
+    assert_eq!(sim.coverage().get("prepares_repaired"), 0);
+    sim.run_until_answered(30_000).unwrap();
+    sim.run_for(1_000).unwrap();
+    assert!(!sim.replica(1).unwrap().is_faulty());
 }
 
 #[test]
