@@ -887,8 +887,21 @@ impl<S: StateMachine> Replica<S> {
         if self.syncing.is_some_and(|synced| synced <= op) {
             self.syncing = None;
         }
+        self.resume_start_view();
         self.write_pending();
         self.prepare_queued();
+    }
+
+    /// Asks again for the StartView a missing checkpoint interrupted, once that checkpoint is
+    /// durable.
+    fn resume_start_view(&mut self) {
+        if self.syncing.is_some() {
+            return;
+        }
+        if let Some(view) = self.sync_view.take() {
+            self.last_view_request = 0;
+            self.request_start_view(view);
+        }
     }
 
     fn advance_op_durable(&mut self) {
@@ -1629,10 +1642,10 @@ impl<S: StateMachine> Replica<S> {
         self.write_checkpoint(checkpoint);
         self.event(Event::StateSynced { op, digest });
         self.apply_committed();
-        // Back to what the missing state interrupted.
-        if let Some(view) = self.sync_view.take() {
-            self.last_view_request = 0;
-            self.request_start_view(view);
+        // Back to what the missing state interrupted (a StartView only once the checkpoint is
+        // durable: see `on_start_view`).
+        if self.sync_view.is_some() {
+            self.resume_start_view();
         } else if self.status == Status::Normal && !self.is_primary() {
             self.last_state_request = 0;
             self.request_state();
@@ -2013,6 +2026,14 @@ impl<S: StateMachine> Replica<S> {
         }
         let primary = primary_of(view, self.cfg.replica_count);
         if primary == self.cfg.replica {
+            return;
+        }
+        if self.syncing.is_some() {
+            // Installing now would write a superblock naming this view as our log view beside
+            // the checkpoint that is still durable — the older one, which cannot reach this log:
+            // a crash would pair the old log with the new log view (seed 26009198: the replica
+            // then led view 4 without committed op 27). Ask again once the sync is durable.
+            self.sync_view = Some(view);
             return;
         }
         let head = log.last().map_or(0, Prepare::op);
