@@ -1591,7 +1591,11 @@ impl<S: StateMachine> Replica<S> {
     fn on_sync(&mut self, checkpoint: Checkpoint) {
         let op = checkpoint.op();
         let header = &checkpoint.anchor.header;
+        // Older than the checkpoint our superblock names (possible only when that one rotted,
+        // and our state is empty): no superblock may name it, so the sync could never become
+        // durable. We wait for a peer's checkpoint at least as new as ours.
         if op <= self.commit_min
+            || op < self.checkpoint_durable
             || !checkpoint.verify()
             || header.cluster != self.cfg.cluster
             || header.group != self.cfg.group
@@ -2028,14 +2032,6 @@ impl<S: StateMachine> Replica<S> {
         if primary == self.cfg.replica {
             return;
         }
-        if self.syncing.is_some() {
-            // Installing now would write a superblock naming this view as our log view beside
-            // the checkpoint that is still durable — the older one, which cannot reach this log:
-            // a crash would pair the old log with the new log view (seed 26009198: the replica
-            // then led view 4 without committed op 27). Ask again once the sync is durable.
-            self.sync_view = Some(view);
-            return;
-        }
         let head = log.last().map_or(0, Prepare::op);
         // A faulty replica's log is only the readable part of what it promised in its log
         // view. A StartView of that view is a prefix of the view's log, and so are the
@@ -2050,6 +2046,14 @@ impl<S: StateMachine> Replica<S> {
             self.request_sync(primary);
             return;
         };
+        if self.syncing.is_some() {
+            // Installing now would write a superblock naming this view as our log view beside
+            // the checkpoint that is still durable — the older one, which cannot reach this log:
+            // a crash would pair the old log with the new log view (seed 26009198: the replica
+            // then led view 4 without committed op 27). Ask again once the sync is durable.
+            self.sync_view = Some(view);
+            return;
+        }
         // A StartView of the view our log already belongs to can be older than ops we hold
         // (a duplicate, or the answer to a RequestStartView sent before a second crash): both
         // are prefixes of that view's primary's log, so the longer one is newer. Installing
