@@ -1068,12 +1068,13 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn request_state(&mut self) {
-        if self.tick.saturating_sub(self.last_state_request) < self.cfg.prepare_timeout
-            && self.last_state_request != 0
-        {
+        if !due(
+            &mut self.last_state_request,
+            self.tick,
+            self.cfg.prepare_timeout,
+        ) {
             return;
         }
-        self.last_state_request = self.tick.max(1);
         let primary = self.primary();
         let after = self.log_tail();
         self.send(
@@ -1087,12 +1088,13 @@ impl<S: StateMachine> Replica<S> {
     }
 
     fn request_start_view(&mut self, view: View) {
-        if self.tick.saturating_sub(self.last_view_request) < self.cfg.prepare_timeout
-            && self.last_view_request != 0
-        {
+        if !due(
+            &mut self.last_view_request,
+            self.tick,
+            self.cfg.prepare_timeout,
+        ) {
             return;
         }
-        self.last_view_request = self.tick.max(1);
         let primary = primary_of(view, self.cfg.replica_count);
         let envelope = self.envelope(
             Node::Replica(primary),
@@ -1567,12 +1569,13 @@ impl<S: StateMachine> Replica<S> {
 
     /// Our state is behind every log we were offered: ask `from` for its checkpoint.
     fn request_sync(&mut self, from: ReplicaId) {
-        if self.tick.saturating_sub(self.last_sync_request) < self.cfg.prepare_timeout
-            && self.last_sync_request != 0
-        {
+        if !due(
+            &mut self.last_sync_request,
+            self.tick,
+            self.cfg.prepare_timeout,
+        ) {
             return;
         }
-        self.last_sync_request = self.tick.max(1);
         if from != self.cfg.replica {
             let envelope = self.envelope(
                 Node::Replica(from),
@@ -1995,12 +1998,13 @@ impl<S: StateMachine> Replica<S> {
 
     /// New primary: asks every peer for a prepare of the winning log that no vote could supply.
     fn request_prepare(&mut self, op: Op, checksum: u128) {
-        if self.tick.saturating_sub(self.last_body_request) < self.cfg.prepare_timeout
-            && self.last_body_request != 0
-        {
+        if !due(
+            &mut self.last_body_request,
+            self.tick,
+            self.cfg.prepare_timeout,
+        ) {
             return;
         }
-        self.last_body_request = self.tick.max(1);
         self.ask_peers_for_prepare(op, checksum);
     }
 
@@ -2114,6 +2118,16 @@ impl<S: StateMachine> Replica<S> {
         self.write_log(common);
         self.log_view = previous;
     }
+}
+
+/// Whether a request last sent at `last` (0: never) may go out again at `tick`, at most once a
+/// `period`; if so, records `tick` as its time.
+fn due(last: &mut u64, tick: u64, period: u64) -> bool {
+    if *last != 0 && tick.saturating_sub(*last) < period {
+        return false;
+    }
+    *last = tick.max(1);
+    true
 }
 
 fn message_view(message: &Message) -> Option<View> {
