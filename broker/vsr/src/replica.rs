@@ -678,6 +678,13 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
+    /// Sends at once, in any view: for what promises nothing about views — requests for state,
+    /// committed state, prepares named by checksum, client traffic.
+    fn send_now(&mut self, to: Node, message: Message) {
+        let envelope = self.envelope(to, message);
+        self.out.push(Output::Send(envelope));
+    }
+
     fn broadcast(&mut self, message: Message) {
         for r in 0..self.cfg.replica_count {
             if r != self.cfg.replica {
@@ -1096,17 +1103,14 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let primary = primary_of(view, self.cfg.replica_count);
-        let envelope = self.envelope(
-            Node::Replica(primary),
-            Message::RequestStartView {
+        // Asking is safe in any view: it promises nothing.
+        if primary != self.cfg.replica {
+            let message = Message::RequestStartView {
                 view,
                 replica: self.cfg.replica,
                 nonce: self.tick,
-            },
-        );
-        // Asking is safe in any view: it promises nothing.
-        if primary != self.cfg.replica {
-            self.out.push(Output::Send(envelope));
+            };
+            self.send_now(Node::Replica(primary), message);
         }
     }
 
@@ -1202,9 +1206,7 @@ impl<S: StateMachine> Replica<S> {
                     .flatten()
                     .find(|p| p.checksum() == checksum);
                 if let Some(prepare) = held.filter(|_| replica != self.cfg.replica).cloned() {
-                    let envelope =
-                        self.envelope(Node::Replica(replica), Message::RepairPrepare { prepare });
-                    self.out.push(Output::Send(envelope));
+                    self.send_now(Node::Replica(replica), Message::RepairPrepare { prepare });
                 }
             }
             Message::RepairPrepare { prepare } => {
@@ -1222,7 +1224,7 @@ impl<S: StateMachine> Replica<S> {
         if !self.is_primary() {
             // Any replica accepts clients: backups pass requests to the primary.
             let primary = self.primary();
-            let envelope = self.envelope(
+            self.send_now(
                 Node::Replica(primary),
                 Message::Request {
                     client,
@@ -1231,15 +1233,12 @@ impl<S: StateMachine> Replica<S> {
                     body,
                 },
             );
-            self.out.push(Output::Send(envelope));
             return;
         }
         let entry = self.client_table.get(&client);
         if session != 0 && entry.is_none_or(|e| e.session != session) {
             // An unknown or superseded session never executes again: tell the client.
-            let envelope =
-                self.envelope(Node::Client(client), Message::Evicted { client, session });
-            self.out.push(Output::Send(envelope));
+            self.send_now(Node::Client(client), Message::Evicted { client, session });
             return;
         }
         if let Some(entry) = entry {
@@ -1256,8 +1255,7 @@ impl<S: StateMachine> Replica<S> {
                     body: entry.reply.clone(),
                 };
                 self.event(Event::DuplicateRequest);
-                let envelope = self.envelope(Node::Client(client), reply);
-                self.out.push(Output::Send(envelope));
+                self.send_now(Node::Client(client), reply);
                 return;
             }
         }
@@ -1511,8 +1509,7 @@ impl<S: StateMachine> Replica<S> {
                         op,
                         body: entry.reply.clone(),
                     };
-                    let envelope = self.envelope(Node::Client(client), reply);
-                    self.out.push(Output::Send(envelope));
+                    self.send_now(Node::Client(client), reply);
                 }
             }
             if op.is_multiple_of(self.cfg.checkpoint_interval) {
@@ -1557,13 +1554,12 @@ impl<S: StateMachine> Replica<S> {
         }
         if let Some(checkpoint) = self.checkpoints.get(&base).cloned() {
             // Committed state promises nothing about views: it goes out at once.
-            let envelope = self.envelope(
+            self.send_now(
                 Node::Replica(to),
                 Message::Sync {
                     checkpoint: Box::new(checkpoint),
                 },
             );
-            self.out.push(Output::Send(envelope));
         }
     }
 
@@ -1577,14 +1573,13 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         if from != self.cfg.replica {
-            let envelope = self.envelope(
+            self.send_now(
                 Node::Replica(from),
                 Message::RequestSync {
                     have: self.commit_min,
                     replica: self.cfg.replica,
                 },
             );
-            self.out.push(Output::Send(envelope));
         }
     }
 
@@ -1674,7 +1669,7 @@ impl<S: StateMachine> Replica<S> {
     fn ask_peers_for_prepare(&mut self, op: Op, checksum: u128) {
         let replica = self.cfg.replica;
         for to in (0..self.cfg.replica_count).filter(|&to| to != replica) {
-            let envelope = self.envelope(
+            self.send_now(
                 Node::Replica(to),
                 Message::RequestPrepare {
                     op,
@@ -1682,7 +1677,6 @@ impl<S: StateMachine> Replica<S> {
                     replica,
                 },
             );
-            self.out.push(Output::Send(envelope));
         }
     }
 
