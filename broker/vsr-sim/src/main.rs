@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             Some(n) => match World::parse(&n.to_string()) {
                 Some(world) => world,
                 None => {
-                    eprintln!("unknown world {n}: 1 (before deaf replicas), 2 (deaf replicas), 3 (rotting checkpoints), 4 (superblock copy faults, current)");
+                    eprintln!("unknown world {n}: 1 (before deaf replicas), 2 (deaf replicas), 3 (rotting checkpoints), 4 (superblock copy faults), 5 (clogged paths), 6 (a damaged replica at N = 2, current)");
                     return ExitCode::from(2);
                 }
             },

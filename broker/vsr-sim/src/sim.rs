@@ -465,7 +465,7 @@ impl Simulation {
         // and at most N - Qv, so the replicas that may vote can still form a view-change quorum
         // (a replica whose checkpoint rotted sits view changes out until repaired; one with
         // damaged WAL slots votes). Both are Qr - 1 except at N = 2, where no replica may be
-        // corrupted.
+        // corrupted before world 6 (see below).
         let n = sim.params.replicas;
         let allowed = if n == 2 && sim.params.damage_at_two {
             // World 6: damaged replicas vote, and one nack is proof at N = 2; only a rotten
