@@ -59,7 +59,7 @@ pub struct Replica {
     /// log holds, as the replica's `commit_max.min(op_durable)`.
     pub durable_commit: usize,
     pub svc: BTreeSet<Rid>,
-    /// Votes: (log view, readable log, unreadable entries after it, commit).
+    /// The DoViewChange votes received in the current view change, by sender.
     pub dvc: BTreeMap<Rid, Vote>,
     pub dvc_sent: bool,
     /// Primary: highest op each replica (itself included) holds durably in this view.
