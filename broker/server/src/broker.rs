@@ -12,6 +12,7 @@ use crate::storage::fsutil::now_micros;
 use crate::storage::metadata::{self, MetadataStore, UserRecord};
 use crate::storage::partition_log::PartitionLog;
 use crate::storage::StorageError;
+use iggy_contract::AdminStatus;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -185,6 +186,11 @@ impl Broker {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// `GET /admin/status`. Until cluster mode exists every broker is a single node.
+    pub fn admin_status(&self) -> AdminStatus {
+        AdminStatus::single_node(self.is_ready())
     }
 
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The defaults, as a TOML document: it doubles as the reference for every key and type, which
-/// is what lets an environment variable's text be parsed as the type its key expects. The
-/// operator compiles the same file to check the keys of `IggyCluster.spec.config`.
-pub const DEFAULT_CONFIG: &str = include_str!("../defaults.toml");
+/// is what lets an environment variable's text be parsed as the type its key expects. It lives
+/// in the contract crate because the operator checks `IggyCluster.spec.config` against it too.
+pub use iggy_contract::defaults::BROKER_DEFAULTS as DEFAULT_CONFIG;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

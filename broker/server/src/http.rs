@@ -1,15 +1,18 @@
 //! The HTTP endpoint: `/health` (the process answers), `/ready` (boot finished and the client
-//! listener is up) and `/metrics` (Prometheus text).
+//! listener is up), `/metrics` (Prometheus text) and the sidecar's admin API
+//! (`iggy_contract::admin`), which answers loopback peers only: in a pod the sidecar shares the
+//! broker's network namespace, and nothing outside it may read or steer the broker through it.
 
 use crate::broker::Broker;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use iggy_contract::admin;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -24,14 +27,21 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             continue;
         };
         let broker = broker.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let broker = broker.clone();
-                async move { Ok::<_, Infallible>(route(&broker, &request)) }
+                async move {
+                    Ok::<_, Infallible>(route(
+                        &broker,
+                        peer,
+                        request.method(),
+                        request.uri().path(),
+                    ))
+                }
             });
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -40,14 +50,20 @@ pub async fn serve(
     }
 }
 
-fn route(broker: &Broker, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if request.method() != Method::GET {
+fn route(broker: &Broker, peer: SocketAddr, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    if path.starts_with("/admin/") && !peer.ip().is_loopback() {
+        return admin_error(
+            StatusCode::FORBIDDEN,
+            "the admin API answers on loopback only",
+        );
+    }
+    if method != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
             "only GET is served\n".into(),
         );
     }
-    match request.uri().path() {
+    match path {
         "/health" => text(StatusCode::OK, "ok\n".into()),
         "/ready" if broker.is_ready() => text(StatusCode::OK, "ready\n".into()),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
@@ -69,12 +85,86 @@ fn route(broker: &Broker, request: &Request<Incoming>) -> Response<Full<Bytes>> 
             );
             response
         }
+        admin::STATUS_PATH => json(StatusCode::OK, &broker.admin_status()),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }
+}
+
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn admin_error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &admin::AdminError {
+            error: message.to_string(),
+        },
+    )
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn open_broker(dir: &std::path::Path) -> Arc<Broker> {
+        let env = [
+            ("IGGY_SYSTEM_PATH".to_string(), dir.display().to_string()),
+            ("IGGY_ROOT_PASSWORD".to_string(), "secret".to_string()),
+        ];
+        let config = crate::config::Config::load(None, env).expect("config");
+        Broker::open(config).expect("opens").0
+    }
+
+    async fn body(response: Response<Full<Bytes>>) -> (StatusCode, String) {
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn admin_status_answers_loopback_peers_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open_broker(dir.path());
+        let local: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
+        let remote: SocketAddr = "10.1.2.3:50000".parse().expect("addr");
+
+        let (status, text) = body(route(&broker, local, &Method::GET, admin::STATUS_PATH)).await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: iggy_contract::AdminStatus = serde_json::from_str(&text).expect("contract");
+        assert!(!answer.caught_up, "not ready before boot finished");
+        broker.set_ready();
+        let (_, text) = body(route(&broker, local, &Method::GET, admin::STATUS_PATH)).await;
+        let answer: iggy_contract::AdminStatus = serde_json::from_str(&text).expect("contract");
+        assert!(answer.caught_up);
+        assert_eq!(answer.role, iggy_contract::Role::Primary);
+
+        let (status, text) = body(route(&broker, remote, &Method::GET, admin::STATUS_PATH)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{text}");
+        let (status, _) = body(route(&broker, remote, &Method::GET, "/health")).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "probes come from the kubelet, off loopback"
+        );
+    }
 }

@@ -27,7 +27,10 @@ pub use replica::{
 pub use routing::Route;
 pub use state_machine::{RestoreError, StateMachine};
 
-pub type ReplicaId = u8;
+/// A replica's index in its group: its ring position (`ring.json`, contract crate).
+pub type ReplicaId = iggy_contract::Position;
+/// The membership epoch, as `ring.json` numbers it.
+pub use iggy_contract::Epoch;
 pub type Op = u64;
 pub type View = u32;
 pub type ClientId = u128;

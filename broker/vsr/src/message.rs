@@ -4,7 +4,7 @@
 use crate::checkpoint::Checkpoint;
 use crate::checksum::checksum;
 use crate::view_change::Vote;
-use crate::{ClientId, Op, ReplicaId, View};
+use crate::{ClientId, Epoch, Op, ReplicaId, View};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Node {
@@ -22,7 +22,7 @@ pub struct PrepareHeader {
     pub body_checksum: u128,
     pub cluster: u128,
     pub group: u32,
-    pub epoch: u32,
+    pub epoch: Epoch,
     /// The view in which the primary prepared this op.
     pub view: View,
     pub op: Op,
@@ -63,7 +63,7 @@ impl PrepareHeader {
 
 impl Prepare {
     /// The chain's root, op 0: the same on every replica of a cluster and group.
-    pub fn root(cluster: u128, group: u32, epoch: u32) -> Self {
+    pub fn root(cluster: u128, group: u32, epoch: Epoch) -> Self {
         Self::new(
             PrepareHeader {
                 checksum: 0,
@@ -205,7 +205,7 @@ pub enum Message {
 pub struct Envelope {
     pub cluster: u128,
     pub group: u32,
-    pub epoch: u32,
+    pub epoch: Epoch,
     pub from: Node,
     pub to: Node,
     pub message: Message,

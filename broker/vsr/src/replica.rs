@@ -17,14 +17,14 @@ use crate::routing::{forward_targets, primary_of, Route};
 use crate::state_machine::StateMachine;
 pub use crate::superblock::Superblock;
 use crate::view_change::{self, Vote};
-use crate::{ClientId, Op, ReplicaId, View};
+use crate::{ClientId, Epoch, Op, ReplicaId, View};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub cluster: u128,
     pub group: u32,
-    pub epoch: u32,
+    pub epoch: Epoch,
     pub replica_count: u8,
     pub replica: ReplicaId,
     pub route: Route,

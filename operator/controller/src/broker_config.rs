@@ -1,13 +1,14 @@
 //! Renders `spec.config` into the broker's TOML configuration file.
 //!
-//! The broker's own defaults document (broker/server/defaults.toml) is compiled in: it names
+//! The broker's own defaults document (from the contract crate) is compiled in: it names
 //! every key and its type, so a misspelt key or a value of the wrong type is reported on the
 //! IggyCluster instead of crash-looping a broker pod.
 
 use std::collections::BTreeMap;
 use toml::{Table, Value};
 
-const BROKER_DEFAULTS: &str = include_str!("../../../broker/server/defaults.toml");
+use iggy_contract::defaults::BROKER_DEFAULTS;
+use iggy_contract::ports::{all_interfaces, CLIENT_PORT, HTTP_PORT};
 
 /// Keys the operator sets itself, and why a user may not.
 const RESERVED: [(&str, &str); 5] = [
@@ -33,7 +34,7 @@ const RESERVED: [(&str, &str); 5] = [
     ),
 ];
 
-pub const DATA_PATH: &str = "/data";
+pub use iggy_contract::defaults::POD_DATA_PATH as DATA_PATH;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -53,7 +54,7 @@ fn defaults() -> Table {
     // The file is part of this repository and parsed by the broker's own tests.
     BROKER_DEFAULTS
         .parse()
-        .expect("broker/server/defaults.toml is valid TOML")
+        .expect("the contract crate tests that its defaults.toml is valid TOML")
 }
 
 /// The broker.toml for these overrides: the operator's fixed settings plus each override,
@@ -70,16 +71,8 @@ pub fn render(overrides: &BTreeMap<String, String>) -> Result<String, ConfigErro
         }
     };
     set("system", "path", Value::String(DATA_PATH.into()));
-    set(
-        "tcp",
-        "address",
-        Value::String(format!("0.0.0.0:{}", crate::names::CLIENT_PORT)),
-    );
-    set(
-        "http",
-        "address",
-        Value::String(format!("0.0.0.0:{}", crate::names::HTTP_PORT)),
-    );
+    set("tcp", "address", Value::String(all_interfaces(CLIENT_PORT)));
+    set("http", "address", Value::String(all_interfaces(HTTP_PORT)));
     for (dotted, text) in overrides {
         if let Some((_, reason)) = RESERVED.iter().find(|(key, _)| key == dotted) {
             return Err(ConfigError::ReservedKey {

@@ -10,8 +10,9 @@ pub mod names;
 pub mod reconcile;
 pub mod ring;
 pub mod s3;
-pub mod sidecar;
-pub mod telemetry;
+
+// Shared with the sidecar binary (operator/runtime); re-exported so callers keep one path.
+pub use iggy_operator_runtime::{install_crypto_provider, shutdown_signal, telemetry};
 
 use crd::IggyCluster;
 use futures::StreamExt;
@@ -56,38 +57,6 @@ where
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     }
-}
-
-/// Completes on SIGINT or SIGTERM — the kubelet stops a container with SIGTERM, and both
-/// binaries must then release what they hold and flush their telemetry, not just die.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; stopping on SIGINT only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Makes ring rustls' process-wide crypto provider. Needed before the first TLS client is
-/// built whenever more than one provider is compiled in (a workspace build does that), and
-/// harmless otherwise; a second call is a no-op.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Applies the IggyCluster CRD this operator was built with (server-side, forced). Helm never
@@ -140,10 +109,12 @@ pub async fn run(
         metrics: metrics.clone(),
     });
     let managed = watcher::Config::default().labels(&format!(
-        "app.kubernetes.io/managed-by={}",
+        "{}={}",
+        names::MANAGED_BY_LABEL,
         names::FIELD_MANAGER
     ));
-    let brokers = watcher::Config::default().labels("app.kubernetes.io/name=iggy");
+    let brokers =
+        watcher::Config::default().labels(&format!("{}={}", names::NAME_LABEL, names::APP_NAME));
     let controller = Controller::new(
         api::<IggyCluster>(&client, &settings.namespace),
         watcher::Config::default(),
@@ -159,7 +130,7 @@ pub async fn run(
     .owns(api::<Service>(&client, &settings.namespace), managed)
     // Pods belong to the StatefulSet, not the cluster; their labels name the cluster.
     .watches(api::<Pod>(&client, &settings.namespace), brokers, |pod| {
-        let cluster = pod.labels().get("app.kubernetes.io/instance")?.clone();
+        let cluster = pod.labels().get(names::INSTANCE_LABEL)?.clone();
         Some(ObjectRef::<IggyCluster>::new(&cluster).within(&pod.namespace()?))
     })
     .run(reconcile::reconcile, reconcile::error_policy, context)

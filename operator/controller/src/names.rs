@@ -1,20 +1,18 @@
 //! Names and labels of everything the operator creates for one cluster, in one place so the
 //! builders, the orphan cleanup and the tests agree on them.
 
+use iggy_contract::Position;
 use std::collections::BTreeMap;
 
-pub const FIELD_MANAGER: &str = "iggy-operator";
-pub const READINESS_GATE: &str = "iggy.rs/replica-ready";
-pub const ROLE_LABEL: &str = "iggy.rs/role";
-/// Hash of what the operator last applied to an object; see `apply.rs`.
-pub const APPLIED_HASH_ANNOTATION: &str = "iggy.rs/applied-hash";
-/// Hash of the broker configuration on the pod template: a config edit changes the template
-/// (so restarted pods get it) without the operator deleting running pods.
-pub const CONFIG_HASH_ANNOTATION: &str = "iggy.rs/config-hash";
-
-pub const CLIENT_PORT: i32 = 8090;
-pub const REPLICATION_PORT: i32 = 8091;
-pub const HTTP_PORT: i32 = 3000;
+// Names other components read too (the sidecar, the broker, the harness) come from the
+// contract crate. The config hash on the pod template lets a config edit change the template
+// (so restarted pods get it) without the operator deleting running pods; the applied hash is
+// explained in `apply.rs`.
+pub use iggy_contract::labels::{
+    APPLIED_HASH_ANNOTATION, APP_NAME, COMPONENT_LABEL, CONFIG_HASH_ANNOTATION, FIELD_MANAGER,
+    INSTANCE_LABEL, MANAGED_BY_LABEL, NAME_LABEL, READINESS_GATE, ROLE_LABEL,
+};
+pub use iggy_contract::ports::{CLIENT_PORT, HTTP_PORT, REPLICATION_PORT};
 
 /// The cluster's object names.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,12 +75,12 @@ impl ClusterNames {
         format!("iggy-{}-{}-{position}", self.namespace, self.cluster)
     }
 
-    pub fn pod(&self, position: u32) -> String {
+    pub fn pod(&self, position: Position) -> String {
         format!("{}-{position}", self.cluster)
     }
 
     /// Stable replication address of a member: the pod's DNS name under the headless Service.
-    pub fn member_address(&self, position: u32) -> String {
+    pub fn member_address(&self, position: Position) -> String {
         format!(
             "{}.{}.{}.svc:{REPLICATION_PORT}",
             self.pod(position),
@@ -94,16 +92,16 @@ impl ClusterNames {
     /// Labels every child carries; `component` says which part it is.
     pub fn labels(&self, component: &str) -> BTreeMap<String, String> {
         let mut labels = self.selector_labels();
-        labels.insert("app.kubernetes.io/managed-by".into(), FIELD_MANAGER.into());
-        labels.insert("app.kubernetes.io/component".into(), component.into());
+        labels.insert(MANAGED_BY_LABEL.into(), FIELD_MANAGER.into());
+        labels.insert(COMPONENT_LABEL.into(), component.into());
         labels
     }
 
     /// The subset that selects the cluster's broker pods (and, with managed-by, its children).
     pub fn selector_labels(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("app.kubernetes.io/name".into(), "iggy".into()),
-            ("app.kubernetes.io/instance".into(), self.cluster.clone()),
+            (NAME_LABEL.into(), APP_NAME.into()),
+            (INSTANCE_LABEL.into(), self.cluster.clone()),
         ])
     }
 
@@ -119,7 +117,7 @@ impl ClusterNames {
     /// Selects every child the operator manages for this cluster (orphan cleanup).
     pub fn children_selector(&self) -> String {
         format!(
-            "{},app.kubernetes.io/managed-by={FIELD_MANAGER}",
+            "{},{MANAGED_BY_LABEL}={FIELD_MANAGER}",
             self.selector_string()
         )
     }

@@ -2,32 +2,20 @@
 //! The ring ConfigMap is the durable record; planning the next ring from it is a pure function.
 
 use crate::names::ClusterNames;
-use serde::{Deserialize, Serialize};
-
-/// `ring.json`, as the broker and its sidecar read it (ARCHITECTURE.md, "Ring membership").
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct Ring {
-    pub cluster_id: String,
-    pub epoch: u64,
-    pub members: Vec<RingMember>,
-    /// Lowest id never handed out, so ids of departed members are not reused.
-    #[serde(default)]
-    pub next_member_id: u64,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-pub struct RingMember {
-    pub id: u64,
-    pub position: u32,
-    pub address: String,
-}
+use iggy_contract::{Position, Ring, RingMember};
 
 /// The ring for `replicas` members, given the one last published (if any).
 ///
 /// Positions are 0..replicas and map to pods by ordinal. Ids are never reused: a member that
 /// leaves takes its id with it, and a new member gets one above every id seen. Any change of
 /// membership is a new epoch; an unchanged ring keeps its epoch, so reconciling again is a no-op.
-pub fn plan(names: &ClusterNames, cluster_id: &str, replicas: u32, current: Option<&Ring>) -> Ring {
+/// `replicas` is at most [`iggy_contract::ring::MAX_MEMBERS`]; validation refuses larger specs.
+pub fn plan(
+    names: &ClusterNames,
+    cluster_id: &str,
+    replicas: Position,
+    current: Option<&Ring>,
+) -> Ring {
     let mut next_id = current
         .map(|ring| {
             let above_members = ring.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;

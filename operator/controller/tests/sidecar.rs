@@ -1,10 +1,13 @@
-//! The sidecar's readiness reporter against the harness and a stand-in broker HTTP endpoint:
-//! the pod's readiness gate follows the broker's /ready, and the pod's Ready follows the gate.
+//! The sidecar's readiness reporter against the harness and a stand-in broker admin endpoint:
+//! the pod's readiness gate follows the broker's `caught_up` in `GET /admin/status`, and the
+//! pod's Ready follows the gate.
 
 mod common;
 
 use common::*;
-use iggy_operator::sidecar::{broker_ready, run, SidecarSettings};
+use iggy_contract::AdminStatus;
+use iggy_sidecar::admin::AdminClient;
+use iggy_sidecar::{readiness, run, SidecarSettings};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Answers every request with 200 or 503, as `ready` says.
+/// Answers every request with an admin status whose `caught_up` is what `ready` says.
 async fn stand_in_broker(ready: Arc<AtomicBool>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("addr").to_string();
@@ -20,13 +23,16 @@ async fn stand_in_broker(ready: Arc<AtomicBool>) -> String {
         while let Ok((mut stream, _)) = listener.accept().await {
             let mut buffer = [0u8; 1024];
             let _ = stream.read(&mut buffer).await;
-            let status = if ready.load(Ordering::SeqCst) {
-                "200 OK"
-            } else {
-                "503 Service Unavailable"
-            };
+            let status = AdminStatus::single_node(ready.load(Ordering::SeqCst));
+            let body = serde_json::to_string(&status).expect("serializes");
             let _ = stream
-                .write_all(format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").as_bytes())
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
                 .await;
         }
     });
@@ -51,8 +57,9 @@ fn gate(harness: &kube_harness::Harness, pod: &str) -> Result<(String, String), 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readiness_gate_follows_the_broker() {
+    let nobody = AdminClient::new("http://127.0.0.1:9").expect("url");
     assert!(
-        !broker_ready("127.0.0.1:9").await,
+        !readiness(&nobody).await.ready,
         "nothing listening is not ready"
     );
     let (harness, client) = harness_with(false, true).await;
@@ -78,7 +85,7 @@ async fn the_readiness_gate_follows_the_broker() {
     let settings = SidecarSettings {
         pod: "events-0".into(),
         namespace: NS.into(),
-        broker_http,
+        admin: AdminClient::new(&format!("http://{broker_http}")).expect("url"),
         interval: Duration::from_millis(100),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

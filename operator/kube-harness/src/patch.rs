@@ -1,146 +1,38 @@
 //! JSON merge patch (RFC 7386) and JSON patch (RFC 6902), the two patch formats clients send
-//! besides server-side apply. Strategic merge patch is served as a merge patch: the difference
+//! besides server-side apply, served by the `json-patch` crate. Strategic merge patch is served as a merge patch: the difference
 //! only shows on lists with merge keys, which the operator never patches that way.
 
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PatchError {
-    #[error("JSON patch must be an array of operations")]
-    NotAnArray,
-    #[error("JSON patch operation {index} is malformed: {reason}")]
-    BadOperation { index: usize, reason: String },
-    #[error("JSON patch path {path} does not exist")]
-    MissingPath { path: String },
-    #[error("JSON patch test failed at {path}")]
-    TestFailed { path: String },
+    #[error("JSON patch is not an array of RFC 6902 operations: {0}")]
+    Malformed(String),
+    #[error("JSON patch operation {operation} at {path:?} failed: {reason}")]
+    Failed {
+        operation: usize,
+        path: String,
+        reason: String,
+    },
 }
 
 /// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
 pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch_map) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Default::default());
-    }
-    let Value::Object(target_map) = target else {
-        return;
-    };
-    for (key, value) in patch_map {
-        if value.is_null() {
-            target_map.remove(key);
-        } else {
-            merge_patch(target_map.entry(key.clone()).or_insert(Value::Null), value);
-        }
-    }
+    json_patch::merge(target, patch);
 }
 
-/// RFC 6902 with every operation; the whole patch applies or none of it does.
+/// RFC 6902 with every operation; the whole patch applies or none of it does (it applies to a
+/// copy, which is returned only when every operation succeeded).
 pub fn json_patch(target: &Value, patch: &Value) -> Result<Value, PatchError> {
-    let Value::Array(ops) = patch else {
-        return Err(PatchError::NotAnArray);
-    };
+    let operations: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|error| PatchError::Malformed(error.to_string()))?;
     let mut doc = target.clone();
-    for (index, op) in ops.iter().enumerate() {
-        let bad = |reason: &str| PatchError::BadOperation {
-            index,
-            reason: reason.to_string(),
-        };
-        let kind = op
-            .get("op")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("missing op"))?;
-        let path = op
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad("missing path"))?;
-        let value = || op.get("value").cloned().ok_or_else(|| bad("missing value"));
-        let from = || {
-            op.get("from")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("missing from"))
-        };
-        match kind {
-            "add" => add(&mut doc, path, value()?)?,
-            "remove" => {
-                remove(&mut doc, path)?;
-            }
-            "replace" => {
-                remove(&mut doc, path)?;
-                add(&mut doc, path, value()?)?;
-            }
-            "move" => {
-                let moved = remove(&mut doc, from()?)?;
-                add(&mut doc, path, moved)?;
-            }
-            "copy" => {
-                let copied = doc
-                    .pointer(from()?)
-                    .cloned()
-                    .ok_or_else(|| PatchError::MissingPath { path: path.into() })?;
-                add(&mut doc, path, copied)?;
-            }
-            "test" => {
-                if doc.pointer(path) != Some(&value()?) {
-                    return Err(PatchError::TestFailed { path: path.into() });
-                }
-            }
-            _ => return Err(bad("unknown op")),
-        }
-    }
+    json_patch::patch_unsafe(&mut doc, &operations).map_err(|error| PatchError::Failed {
+        operation: error.operation,
+        path: error.path.to_string(),
+        reason: error.kind.to_string(),
+    })?;
     Ok(doc)
-}
-
-fn split(path: &str) -> Result<(String, String), PatchError> {
-    let missing = || PatchError::MissingPath { path: path.into() };
-    let cut = path.rfind('/').ok_or_else(missing)?;
-    let last = path[cut + 1..].replace("~1", "/").replace("~0", "~");
-    Ok((path[..cut].to_string(), last))
-}
-
-fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
-    if path.is_empty() {
-        *doc = value;
-        return Ok(());
-    }
-    let (parent, last) = split(path)?;
-    let missing = || PatchError::MissingPath { path: path.into() };
-    match doc.pointer_mut(&parent).ok_or_else(missing)? {
-        Value::Object(map) => {
-            map.insert(last, value);
-        }
-        Value::Array(items) => {
-            if last == "-" {
-                items.push(value);
-            } else {
-                let index: usize = last.parse().map_err(|_| missing())?;
-                if index > items.len() {
-                    return Err(missing());
-                }
-                items.insert(index, value);
-            }
-        }
-        _ => return Err(missing()),
-    }
-    Ok(())
-}
-
-fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
-    let (parent, last) = split(path)?;
-    let missing = || PatchError::MissingPath { path: path.into() };
-    match doc.pointer_mut(&parent).ok_or_else(missing)? {
-        Value::Object(map) => map.remove(&last).ok_or_else(missing),
-        Value::Array(items) => {
-            let index: usize = last.parse().map_err(|_| missing())?;
-            if index >= items.len() {
-                return Err(missing());
-            }
-            Ok(items.remove(index))
-        }
-        _ => Err(missing()),
-    }
 }
 
 #[cfg(test)]
@@ -179,12 +71,14 @@ mod tests {
             &doc,
             &json!([{"op": "test", "path": "/spec/replicas", "value": 4}]),
         );
-        assert_eq!(
-            failed,
-            Err(PatchError::TestFailed {
-                path: "/spec/replicas".into()
-            })
+        assert!(
+            matches!(&failed, Err(PatchError::Failed { operation: 0, path, .. }) if path == "/spec/replicas"),
+            "{failed:?}"
         );
+        assert!(matches!(
+            json_patch(&doc, &json!({"op": "add"})),
+            Err(PatchError::Malformed(_))
+        ));
         assert!(json_patch(&doc, &json!([{"op": "remove", "path": "/nope"}])).is_err());
     }
 }

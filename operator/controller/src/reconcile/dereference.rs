@@ -4,8 +4,8 @@
 
 use crate::crd::IggyCluster;
 use crate::names::ClusterNames;
-use crate::ring::Ring;
 use crate::s3::{BucketProblem, S3Credentials, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
+use iggy_contract::Ring;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeSet;
@@ -88,7 +88,11 @@ pub async fn dereference(
                 source,
             })?;
     let current_ring =
-        match ring_map.and_then(|map| map.data?.get("ring.json").cloned()) {
+        match ring_map.and_then(|map| {
+            map.data?
+                .get(iggy_contract::labels::RING_CONFIGMAP_KEY)
+                .cloned()
+        }) {
             None => None,
             Some(json) => Some(serde_json::from_str(&json).map_err(|source| {
                 DereferenceError::RingCorrupt {

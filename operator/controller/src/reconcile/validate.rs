@@ -8,8 +8,9 @@ use crate::crd::{
     AuthSpec, CollectorSpec, IggyCluster, LocalVolume, OtlpTransport, PodTemplateOverrides, S3Spec,
 };
 use crate::names::ClusterNames;
-use crate::ring::{self, Ring};
+use crate::ring;
 use crate::s3::{BucketProblem, S3Credentials};
+use iggy_contract::Ring;
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -20,7 +21,7 @@ use std::collections::BTreeSet;
 pub struct ValidatedCluster {
     pub names: ClusterNames,
     pub owner: OwnerReference,
-    pub replicas: u32,
+    pub replicas: iggy_contract::Position,
     pub image: String,
     pub sidecar_image: String,
     pub resources: Option<ResourceRequirements>,
@@ -63,7 +64,7 @@ pub struct Tiering {
 pub enum ValidationError {
     #[error("the IggyCluster has no namespace or uid yet")]
     NotPersisted,
-    #[error("spec.replicas is {0}; it must be at least 1")]
+    #[error("spec.replicas is {0}; it must be at least 1 and at most {max}", max = iggy_contract::ring::MAX_MEMBERS)]
     Replicas(i32),
     #[error("spec.image must not be empty")]
     EmptyImage,
@@ -137,10 +138,10 @@ pub fn validate(
         .controller_owner_ref(&())
         .ok_or(ValidationError::NotPersisted)?;
     let uid = cluster.uid().ok_or(ValidationError::NotPersisted)?;
-    if spec.replicas < 1 {
-        return Err(ValidationError::Replicas(spec.replicas));
-    }
-    let replicas = spec.replicas as u32;
+    let replicas = u8::try_from(spec.replicas)
+        .ok()
+        .filter(|r| *r >= 1 && usize::from(*r) <= iggy_contract::ring::MAX_MEMBERS)
+        .ok_or(ValidationError::Replicas(spec.replicas))?;
     if spec.image.trim().is_empty() {
         return Err(ValidationError::EmptyImage);
     }
@@ -153,9 +154,9 @@ pub fn validate(
     let storage_class = if local_volumes.is_empty() {
         spec.storage.storage_class_name.clone()
     } else {
-        if local_volumes.len() < replicas as usize {
+        if local_volumes.len() < usize::from(replicas) {
             return Err(ValidationError::TooFewLocalVolumes {
-                needed: replicas,
+                needed: replicas.into(),
                 given: local_volumes.len(),
             });
         }

@@ -55,7 +55,7 @@ pub async fn harness_with(auto_ready: bool, crd: bool) -> (Harness, Client) {
     (harness, client)
 }
 
-/// A harness whose kubelet sets the replica-ready gate itself (no sidecar yet).
+/// A harness whose kubelet sets the replica-ready gate itself (its pods run no sidecar).
 pub async fn harness() -> (Harness, Client) {
     harness_with(true, true).await
 }

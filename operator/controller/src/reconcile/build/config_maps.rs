@@ -2,6 +2,7 @@
 
 use super::super::validate::ValidatedCluster;
 use super::child_meta;
+use iggy_contract::labels::{BROKER_CONFIG_KEY, RING_CONFIGMAP_KEY};
 use k8s_openapi::api::core::v1::ConfigMap;
 use std::collections::BTreeMap;
 
@@ -9,7 +10,7 @@ pub fn broker_config(cluster: &ValidatedCluster) -> ConfigMap {
     ConfigMap {
         metadata: child_meta(cluster, &cluster.names.config_map(), "config"),
         data: Some(BTreeMap::from([(
-            "broker.toml".into(),
+            BROKER_CONFIG_KEY.into(),
             cluster.broker_toml.clone(),
         )])),
         ..ConfigMap::default()
@@ -22,7 +23,7 @@ pub fn ring(cluster: &ValidatedCluster) -> ConfigMap {
     let json = serde_json::to_string_pretty(&cluster.ring).expect("ring serializes");
     ConfigMap {
         metadata: child_meta(cluster, &cluster.names.ring_config_map(), "ring"),
-        data: Some(BTreeMap::from([("ring.json".into(), json)])),
+        data: Some(BTreeMap::from([(RING_CONFIGMAP_KEY.into(), json)])),
         ..ConfigMap::default()
     }
 }
@@ -41,7 +42,7 @@ mod tests {
         assert!(toml.contains("fsync = \"always\""), "{toml}");
         assert!(!toml.contains("password"));
         let ring_map = ring(&cluster);
-        let parsed: crate::ring::Ring =
+        let parsed: iggy_contract::Ring =
             serde_json::from_str(&ring_map.data.expect("data")["ring.json"]).expect("ring.json");
         assert_eq!(parsed.epoch, 1);
         assert_eq!(parsed.members.len(), 3);

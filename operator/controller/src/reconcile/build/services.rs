@@ -4,14 +4,15 @@
 use super::super::validate::ValidatedCluster;
 use super::child_meta;
 use crate::names::{CLIENT_PORT, HTTP_PORT, REPLICATION_PORT, ROLE_LABEL};
+use iggy_contract::Role;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-fn port(name: &str, number: i32) -> ServicePort {
+fn port(name: &str, number: u16) -> ServicePort {
     ServicePort {
         name: Some(name.into()),
-        port: number,
-        target_port: Some(IntOrString::Int(number)),
+        port: number.into(),
+        target_port: Some(IntOrString::Int(number.into())),
         protocol: Some("TCP".into()),
         ..ServicePort::default()
     }
@@ -53,7 +54,7 @@ pub fn client(cluster: &ValidatedCluster) -> Service {
 /// `<cluster>-primary`: selects the pod the sidecar labels `iggy.rs/role=primary`.
 pub fn primary(cluster: &ValidatedCluster) -> Service {
     let mut selector = cluster.names.selector_labels();
-    selector.insert(ROLE_LABEL.into(), "primary".into());
+    selector.insert(ROLE_LABEL.into(), Role::Primary.label().into());
     Service {
         metadata: child_meta(cluster, &cluster.names.primary_service(), "primary"),
         spec: Some(ServiceSpec {

@@ -9,6 +9,10 @@ use crate::names::{
     CLIENT_PORT, CONFIG_HASH_ANNOTATION, HTTP_PORT, READINESS_GATE, REPLICATION_PORT,
 };
 use crate::s3::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
+use iggy_contract::defaults::{POD_CONFIG_DIR, POD_CONFIG_FILE};
+use iggy_contract::env::*;
+use iggy_contract::labels::POD_INDEX_LABEL;
+use iggy_contract::ports::{all_interfaces, local_admin_url};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{json, Value};
 
@@ -23,6 +27,11 @@ fn field_env(name: &str, path: &str) -> Value {
     json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
 }
 
+/// The downward-API path of the pod's ordinal, which is its ring position.
+fn pod_index_path() -> String {
+    format!("metadata.labels['{POD_INDEX_LABEL}']")
+}
+
 fn container_security() -> Value {
     json!({
         "allowPrivilegeEscalation": false,
@@ -34,15 +43,12 @@ fn container_security() -> Value {
 
 fn broker_container(cluster: &ValidatedCluster) -> Value {
     let mut env_vars = vec![
-        env("IGGY_SYSTEM_PATH", DATA_PATH),
-        env("IGGY_TCP_ADDRESS", &format!("0.0.0.0:{CLIENT_PORT}")),
-        env("IGGY_HTTP_ADDRESS", &format!("0.0.0.0:{HTTP_PORT}")),
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env(
-            "RING_POSITION",
-            "metadata.labels['apps.kubernetes.io/pod-index']",
-        ),
+        env(SYSTEM_PATH, DATA_PATH),
+        env(TCP_ADDRESS, &all_interfaces(CLIENT_PORT)),
+        env(HTTP_ADDRESS, &all_interfaces(HTTP_PORT)),
+        field_env(POD_NAME, "metadata.name"),
+        field_env(POD_NAMESPACE, "metadata.namespace"),
+        field_env(RING_POSITION, &pod_index_path()),
     ];
     if let Some(telemetry) = &cluster.telemetry {
         env_vars.extend(otel_env(cluster, telemetry));
@@ -50,8 +56,8 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
     if let Some(auth) = &cluster.auth {
         // By reference only: the values never pass through the operator or a ConfigMap.
         for (name, key) in [
-            ("IGGY_ROOT_USERNAME", &auth.username_key),
-            ("IGGY_ROOT_PASSWORD", &auth.password_key),
+            (ROOT_USERNAME, &auth.username_key),
+            (ROOT_PASSWORD, &auth.password_key),
         ] {
             env_vars.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": auth.root_secret, "key": key}}}));
         }
@@ -59,19 +65,19 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
     if let Some(tiering) = &cluster.tiering {
         // Bucket coordinates as plain values, the key pair by Secret reference only.
         let s3 = &tiering.s3;
-        env_vars.push(env("IGGY_TIERING_S3_BUCKET", &s3.bucket));
-        env_vars.push(env("IGGY_TIERING_S3_REGION", &s3.region));
-        env_vars.push(env("IGGY_TIERING_S3_PREFIX", &tiering.cluster_prefix));
+        env_vars.push(env(TIERING_S3_BUCKET, &s3.bucket));
+        env_vars.push(env(TIERING_S3_REGION, &s3.region));
+        env_vars.push(env(TIERING_S3_PREFIX, &tiering.cluster_prefix));
         env_vars.push(env(
-            "IGGY_TIERING_S3_FORCE_PATH_STYLE",
+            TIERING_S3_FORCE_PATH_STYLE,
             &s3.force_path_style.to_string(),
         ));
         if let Some(endpoint) = &s3.endpoint {
-            env_vars.push(env("IGGY_TIERING_S3_ENDPOINT", endpoint));
+            env_vars.push(env(TIERING_S3_ENDPOINT, endpoint));
         }
         for (name, key) in [
-            ("IGGY_TIERING_S3_ACCESS_KEY_ID", ACCESS_KEY_ID),
-            ("IGGY_TIERING_S3_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY),
+            (TIERING_S3_ACCESS_KEY_ID, ACCESS_KEY_ID),
+            (TIERING_S3_SECRET_ACCESS_KEY, SECRET_ACCESS_KEY),
         ] {
             env_vars.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": s3.credentials_secret, "key": key}}}));
         }
@@ -79,7 +85,7 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
     let mut container = json!({
         "name": "broker",
         "image": cluster.image,
-        "args": ["--config", "/etc/iggy/broker.toml"],
+        "args": ["--config", POD_CONFIG_FILE],
         "env": env_vars,
         "ports": [
             {"name": "tcp", "containerPort": CLIENT_PORT, "protocol": "TCP"},
@@ -91,7 +97,7 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
         "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 2, "failureThreshold": 900},
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_PATH},
-            {"name": "config", "mountPath": "/etc/iggy", "readOnly": true},
+            {"name": "config", "mountPath": POD_CONFIG_DIR, "readOnly": true},
         ],
         "securityContext": container_security(),
     });
@@ -103,18 +109,12 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
 
 fn sidecar_container(cluster: &ValidatedCluster) -> Value {
     let mut env_vars = vec![
-        field_env("POD_NAME", "metadata.name"),
-        field_env("POD_NAMESPACE", "metadata.namespace"),
-        field_env(
-            "RING_POSITION",
-            "metadata.labels['apps.kubernetes.io/pod-index']",
-        ),
-        env("IGGY_CLUSTER", &cluster.names.cluster),
-        env("IGGY_RING_CONFIGMAP", &cluster.names.ring_config_map()),
-        env(
-            "IGGY_BROKER_ADMIN_URL",
-            &format!("http://127.0.0.1:{HTTP_PORT}"),
-        ),
+        field_env(POD_NAME, "metadata.name"),
+        field_env(POD_NAMESPACE, "metadata.namespace"),
+        field_env(RING_POSITION, &pod_index_path()),
+        env(SIDECAR_CLUSTER, &cluster.names.cluster),
+        env(SIDECAR_RING_CONFIGMAP, &cluster.names.ring_config_map()),
+        env(SIDECAR_BROKER_ADMIN_URL, &local_admin_url()),
     ];
     if let Some(telemetry) = &cluster.telemetry {
         env_vars.extend(otel_env(cluster, telemetry));

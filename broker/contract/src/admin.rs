@@ -1,0 +1,115 @@
+//! The broker's admin HTTP API, which its sidecar uses. It listens on the broker's HTTP port and
+//! answers only on loopback (or with the admin token, once that exists): the sidecar shares the
+//! pod's network namespace, nothing else needs it.
+
+use crate::ring::{Epoch, MemberId};
+use serde::{Deserialize, Serialize};
+
+/// `GET` → [`AdminStatus`].
+pub const STATUS_PATH: &str = "/admin/status";
+/// `POST` a [`crate::Ring`] → [`RingUpdate`].
+pub const RING_PATH: &str = "/admin/ring";
+/// Liveness: the process serves HTTP.
+pub const HEALTH_PATH: &str = "/health";
+/// Readiness: normal status and caught up.
+pub const READY_PATH: &str = "/ready";
+
+/// What part a broker plays in its ring right now.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Primary,
+    Backup,
+    /// Receives prepares and catches up without voting (a joining member).
+    Standby,
+    /// Starting, repairing or syncing: not yet able to serve.
+    Recovering,
+}
+
+impl Role {
+    /// The value of the `iggy.rs/role` label for this role.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Backup => "backup",
+            Role::Standby => "standby",
+            Role::Recovering => "recovering",
+        }
+    }
+}
+
+/// `GET /admin/status`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AdminStatus {
+    /// This broker's id in its ring; `None` for a single node started without a ring.
+    pub member_id: Option<MemberId>,
+    pub epoch: Epoch,
+    pub view: u32,
+    pub role: Role,
+    /// The highest op this broker knows committed, and the highest it holds.
+    pub commit: u64,
+    pub op: u64,
+    /// Normal status and within the catch-up bound of the primary's commit: what readiness and
+    /// the `iggy.rs/replica-ready` gate report.
+    pub caught_up: bool,
+}
+
+impl AdminStatus {
+    /// A broker started without a ring: no replication log, so it is the primary of epoch 0,
+    /// view 0, and caught up exactly when it is ready.
+    pub fn single_node(ready: bool) -> Self {
+        Self {
+            member_id: None,
+            epoch: 0,
+            view: 0,
+            role: Role::Primary,
+            commit: 0,
+            op: 0,
+            caught_up: ready,
+        }
+    }
+}
+
+/// The answer to `POST /admin/ring`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RingUpdate {
+    /// The epoch the broker now runs in (the posted one once committed, else the current one).
+    pub epoch: Epoch,
+    /// True when the posted ring is already in force; false while the change is pending.
+    pub applied: bool,
+}
+
+/// The body of an admin API error answer (4xx/5xx).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct AdminError {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_reads_and_writes_the_documented_json() {
+        let status = AdminStatus {
+            member_id: Some(2),
+            epoch: 3,
+            view: 7,
+            role: Role::Backup,
+            commit: 40,
+            op: 41,
+            caught_up: true,
+        };
+        let json = serde_json::to_value(&status).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"member_id": 2, "epoch": 3, "view": 7, "role": "backup",
+                "commit": 40, "op": 41, "caught_up": true})
+        );
+        assert_eq!(
+            serde_json::from_value::<AdminStatus>(json).expect("parses"),
+            status
+        );
+        assert_eq!(Role::Primary.label(), "primary");
+    }
+}

@@ -1,0 +1,50 @@
+//! Environment variables that cross a process boundary: the operator writes them into the pod
+//! spec, the broker or the sidecar reads them. The broker also accepts `IGGY_<SECTION>_<KEY>` for
+//! every configuration key; the ones named here are those another component relies on.
+
+// Broker settings the operator sets (each is `IGGY_<SECTION>_<KEY>` of a key in defaults.toml).
+pub const SYSTEM_PATH: &str = "IGGY_SYSTEM_PATH";
+pub const TCP_ADDRESS: &str = "IGGY_TCP_ADDRESS";
+pub const HTTP_ADDRESS: &str = "IGGY_HTTP_ADDRESS";
+pub const STORAGE_FSYNC: &str = "IGGY_STORAGE_FSYNC";
+pub const ROOT_USERNAME: &str = "IGGY_ROOT_USERNAME";
+pub const ROOT_PASSWORD: &str = "IGGY_ROOT_PASSWORD";
+
+// Replication: the ring file at start, this node's id in it, the replication listener.
+pub const CLUSTER_RING_FILE: &str = "IGGY_CLUSTER_RING_FILE";
+pub const CLUSTER_MEMBER_ID: &str = "IGGY_CLUSTER_MEMBER_ID";
+pub const REPLICATION_ADDRESS: &str = "IGGY_REPLICATION_ADDRESS";
+
+// Tiered storage. L3 (S3) is on when a bucket is set.
+pub const TIERING_S3_BUCKET: &str = "IGGY_TIERING_S3_BUCKET";
+pub const TIERING_S3_REGION: &str = "IGGY_TIERING_S3_REGION";
+pub const TIERING_S3_PREFIX: &str = "IGGY_TIERING_S3_PREFIX";
+pub const TIERING_S3_ENDPOINT: &str = "IGGY_TIERING_S3_ENDPOINT";
+pub const TIERING_S3_FORCE_PATH_STYLE: &str = "IGGY_TIERING_S3_FORCE_PATH_STYLE";
+pub const TIERING_S3_ACCESS_KEY_ID: &str = "IGGY_TIERING_S3_ACCESS_KEY_ID";
+pub const TIERING_S3_SECRET_ACCESS_KEY: &str = "IGGY_TIERING_S3_SECRET_ACCESS_KEY";
+pub const TIERING_LOCAL_RETENTION: &str = "IGGY_TIERING_LOCAL_RETENTION";
+pub const TIERING_L2_ENABLED: &str = "IGGY_TIERING_L2_ENABLED";
+pub const TIERING_L1_SIZE: &str = "IGGY_TIERING_L1_SIZE";
+
+// The pod's identity, from the downward API; both containers get them.
+pub const POD_NAME: &str = "POD_NAME";
+pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
+/// The pod's StatefulSet ordinal, which is its ring position.
+pub const RING_POSITION: &str = "RING_POSITION";
+
+// The sidecar's own settings.
+/// The IggyCluster the pod belongs to.
+pub const SIDECAR_CLUSTER: &str = "IGGY_CLUSTER";
+/// The ConfigMap holding `ring.json`.
+pub const SIDECAR_RING_CONFIGMAP: &str = "IGGY_RING_CONFIGMAP";
+/// Base URL of the broker's admin API (default [`crate::ports::local_admin_url`]).
+pub const SIDECAR_BROKER_ADMIN_URL: &str = "IGGY_BROKER_ADMIN_URL";
+
+// Standard OpenTelemetry variables the operator sets on every container it wires to a
+// collector; the SDKs read them.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";

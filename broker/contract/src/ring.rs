@@ -1,0 +1,213 @@
+//! `ring.json`: who replicates with whom, in which order, in which membership epoch.
+//!
+//! The operator writes it into the ring ConfigMap; the broker reads it at start
+//! (`IGGY_CLUSTER_RING_FILE`) and later from its sidecar (`POST /admin/ring`). A member's
+//! position is its index in the VSR group (the primary of view `v` is position `v mod N`); its
+//! id is stable for the life of its disk and never reused.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Membership version. Every change of members is a new epoch. 32 bits because the VSR core
+/// carries it in every message header and hashes it into every prepare.
+pub type Epoch = u32;
+/// A member's stable id.
+pub type MemberId = u32;
+/// A member's index in the VSR group: `vsr::ReplicaId`.
+pub type Position = u8;
+
+/// The most members a ring may have: the VSR core counts replicas in one byte.
+pub const MAX_MEMBERS: usize = Position::MAX as usize;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Ring {
+    /// The cluster's identity (the operator uses the IggyCluster's uid). Replicas of another
+    /// cluster never exchange messages with this one.
+    pub cluster_id: String,
+    pub epoch: Epoch,
+    pub members: Vec<RingMember>,
+    /// Lowest id never handed out, so ids of departed members are not reused.
+    #[serde(default)]
+    pub next_member_id: MemberId,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RingMember {
+    pub id: MemberId,
+    pub position: Position,
+    /// Replication endpoint, `host:port` (a stable DNS name in a cluster, never a pod IP).
+    pub address: String,
+}
+
+/// A ring that cannot be replicated with, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    #[error("ring.json names no members")]
+    Empty,
+    #[error("ring.json names {0} members; at most {MAX_MEMBERS} fit")]
+    TooMany(usize),
+    #[error("ring.json has no cluster_id")]
+    NoClusterId,
+    #[error("ring.json names member id {0} twice")]
+    DuplicateId(MemberId),
+    #[error("ring.json positions must be 0..{count} with each used once; position {position} is out of place")]
+    BadPosition { position: Position, count: usize },
+    #[error(
+        "ring.json member {id} has address {address:?}; expected host:port with a numeric port"
+    )]
+    BadAddress { id: MemberId, address: String },
+    #[error("member id {0} is not in ring.json")]
+    NotAMember(MemberId),
+}
+
+impl Ring {
+    /// Checks what replication relies on: at least one member, unique ids, positions exactly
+    /// `0..N`, and addresses a socket can be opened to.
+    pub fn validate(&self) -> Result<(), RingError> {
+        if self.members.is_empty() {
+            return Err(RingError::Empty);
+        }
+        if self.members.len() > MAX_MEMBERS {
+            return Err(RingError::TooMany(self.members.len()));
+        }
+        if self.cluster_id.trim().is_empty() {
+            return Err(RingError::NoClusterId);
+        }
+        let mut ids = BTreeSet::new();
+        let mut positions = BTreeSet::new();
+        let count = self.members.len();
+        for member in &self.members {
+            if !ids.insert(member.id) {
+                return Err(RingError::DuplicateId(member.id));
+            }
+            if usize::from(member.position) >= count || !positions.insert(member.position) {
+                return Err(RingError::BadPosition {
+                    position: member.position,
+                    count,
+                });
+            }
+            if !valid_address(&member.address) {
+                return Err(RingError::BadAddress {
+                    id: member.id,
+                    address: member.address.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn member(&self, id: MemberId) -> Result<&RingMember, RingError> {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .ok_or(RingError::NotAMember(id))
+    }
+
+    /// Members in position order: index `i` of the result sits at position `i` of a valid ring.
+    pub fn by_position(&self) -> Vec<&RingMember> {
+        let mut members: Vec<&RingMember> = self.members.iter().collect();
+        members.sort_by_key(|m| m.position);
+        members
+    }
+
+    /// The 128-bit cluster id every VSR message carries, derived from `cluster_id` so that all
+    /// replicas compute the same one without another field to keep in step.
+    pub fn vsr_cluster(&self) -> u128 {
+        xxhash_rust::xxh3::xxh3_128(self.cluster_id.as_bytes())
+    }
+}
+
+/// `host:port`, `[v6]:port` or `v4:port`, with a non-empty host and a port that parses.
+fn valid_address(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    !host.is_empty()
+        && !host.contains(char::is_whitespace)
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(members: &[(MemberId, Position, &str)]) -> Ring {
+        Ring {
+            cluster_id: "c1".into(),
+            epoch: 1,
+            members: members
+                .iter()
+                .map(|(id, position, address)| RingMember {
+                    id: *id,
+                    position: *position,
+                    address: address.to_string(),
+                })
+                .collect(),
+            next_member_id: 10,
+        }
+    }
+
+    #[test]
+    fn a_well_formed_ring_validates_and_reads_as_json() {
+        let ring = ring(&[
+            (1, 0, "a-0.a-replicas.ns.svc:8091"),
+            (2, 1, "127.0.0.2:8091"),
+            (3, 2, "[::1]:8091"),
+        ]);
+        assert_eq!(ring.validate(), Ok(()));
+        let json = r#"{"cluster_id":"c1","epoch":1,"members":[
+            {"id":1,"position":0,"address":"a-0.a-replicas.ns.svc:8091"},
+            {"id":2,"position":1,"address":"127.0.0.2:8091"},
+            {"id":3,"position":2,"address":"[::1]:8091"}],"next_member_id":10}"#;
+        assert_eq!(serde_json::from_str::<Ring>(json).expect("parses"), ring);
+        assert_eq!(ring.member(2).expect("member").position, 1);
+        assert_eq!(ring.member(9), Err(RingError::NotAMember(9)));
+    }
+
+    #[test]
+    fn broken_rings_are_refused_with_the_reason() {
+        assert_eq!(ring(&[]).validate(), Err(RingError::Empty));
+        assert_eq!(
+            ring(&[(1, 0, "a:1"), (1, 1, "b:1")]).validate(),
+            Err(RingError::DuplicateId(1))
+        );
+        assert!(matches!(
+            ring(&[(1, 0, "a:1"), (2, 0, "b:1")]).validate(),
+            Err(RingError::BadPosition { position: 0, .. })
+        ));
+        assert!(matches!(
+            ring(&[(1, 0, "a:1"), (2, 2, "b:1")]).validate(),
+            Err(RingError::BadPosition { position: 2, .. })
+        ));
+        for address in ["a", "a:", ":8091", "a:http", "a:0", "a b:1"] {
+            assert!(
+                matches!(
+                    ring(&[(1, 0, address)]).validate(),
+                    Err(RingError::BadAddress { .. })
+                ),
+                "{address}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_vsr_cluster_id_follows_the_cluster_id_only() {
+        let a = ring(&[(1, 0, "a:1")]);
+        let mut b = ring(&[(5, 0, "b:2")]);
+        b.epoch = 9;
+        assert_eq!(a.vsr_cluster(), b.vsr_cluster());
+        b.cluster_id = "c2".into();
+        assert_ne!(a.vsr_cluster(), b.vsr_cluster());
+    }
+
+    #[test]
+    fn members_come_out_in_position_order() {
+        let ring = ring(&[(7, 1, "b:1"), (3, 0, "a:1")]);
+        let ids: Vec<MemberId> = ring.by_position().iter().map(|m| m.id).collect();
+        assert_eq!(ids, [3, 7]);
+    }
+}
