@@ -3,45 +3,75 @@
 //! any failure replays exactly from its seed.
 
 pub mod checker;
+pub mod coverage;
 pub mod model;
 pub mod params;
 pub mod rng;
 pub mod sim;
 
+pub use coverage::Coverage;
 pub use params::Params;
-pub use sim::{Coverage, Outcome, Simulation};
+pub use sim::{Outcome, Simulation};
 
-/// Which fault menu a seed's world is drawn from. A seed that failed is kept with the world
-/// it failed in, so adding a new kind of fault never quietly changes an old regression case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which fault menu a seed's world is drawn from, named for the fault it added. A seed that
+/// failed is kept with the world it failed in, so adding a new kind of fault never quietly
+/// changes an old regression case. Each world also has the number it was introduced as
+/// (`regressions.txt` and `--world` take either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum World {
-    /// Before deaf replicas.
-    V1,
-    /// With deaf replicas.
-    V2,
-    /// With checkpoints that rot on disk.
-    V3,
-    /// With superblock copies torn by crashes and rotting.
-    V4,
-    /// With clogged paths: messages held for a while, then delivered together.
-    V5,
-    /// With a damaged replica allowed in two-replica clusters (the current menu).
-    V6,
+    /// 1: crashes, partitions, loss, torn and misdirected writes, rotting WAL slots.
+    Baseline,
+    /// 2: adds deaf replicas (hear nobody, are heard by all).
+    DeafReplicas,
+    /// 3: adds checkpoints that rot on disk.
+    RottingCheckpoints,
+    /// 4: adds superblock copies torn by crashes and rotting.
+    SuperblockFaults,
+    /// 5: adds clogged paths: messages held for a while, then delivered together.
+    CloggedPaths,
+    /// 6: adds a damaged replica in two-replica clusters (the current menu).
+    DamagedPairs,
 }
 
 impl World {
-    pub const CURRENT: World = World::V6;
+    pub const CURRENT: World = World::DamagedPairs;
+    pub const ALL: [World; 6] = [
+        World::Baseline,
+        World::DeafReplicas,
+        World::RottingCheckpoints,
+        World::SuperblockFaults,
+        World::CloggedPaths,
+        World::DamagedPairs,
+    ];
 
-    pub fn parse(text: &str) -> Option<World> {
-        match text {
-            "1" => Some(World::V1),
-            "2" => Some(World::V2),
-            "3" => Some(World::V3),
-            "4" => Some(World::V4),
-            "5" => Some(World::V5),
-            "6" => Some(World::V6),
-            _ => None,
+    /// The number the world was introduced as.
+    pub fn number(self) -> u8 {
+        self as u8 + 1
+    }
+
+    /// `kebab-case` name, e.g. `deaf-replicas`.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Baseline => "baseline",
+            World::DeafReplicas => "deaf-replicas",
+            World::RottingCheckpoints => "rotting-checkpoints",
+            World::SuperblockFaults => "superblock-faults",
+            World::CloggedPaths => "clogged-paths",
+            World::DamagedPairs => "damaged-pairs",
         }
+    }
+
+    /// A world by number (`3`) or name (`rotting-checkpoints`).
+    pub fn parse(text: &str) -> Option<World> {
+        let text = text.trim();
+        World::ALL
+            .into_iter()
+            .find(|w| w.name() == text || w.number().to_string() == text)
+    }
+
+    /// Whether this world's menu includes what `other` added.
+    fn has(self, other: World) -> bool {
+        self >= other
     }
 }
 
@@ -55,19 +85,19 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
 pub fn run_seed_in(seed: u64, world: World, verbose: bool) -> Outcome {
     let mut rng = rng::Rng::new(seed);
     let mut params = Params::swarm(&mut rng);
-    if world == World::V1 {
+    if !world.has(World::DeafReplicas) {
         params.deaf_onset_ppm = 0;
     }
-    if matches!(world, World::V1 | World::V2) {
+    if !world.has(World::RottingCheckpoints) {
         params.checkpoint_fault_ppm = 0;
     }
-    if matches!(world, World::V1 | World::V2 | World::V3) {
+    if !world.has(World::SuperblockFaults) {
         params.superblock_faults = false;
     }
-    if matches!(world, World::V1 | World::V2 | World::V3 | World::V4) {
+    if !world.has(World::CloggedPaths) {
         params.clog_onset_ppm = 0;
     }
-    if world != World::V6 {
+    if !world.has(World::DamagedPairs) {
         params.damage_at_two = false;
     }
     let run = {
@@ -90,4 +120,21 @@ pub fn run_seed_in(seed: u64, world: World, verbose: bool) -> Outcome {
             params,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::World;
+
+    #[test]
+    fn worlds_parse_by_number_and_name_and_grow_in_order() {
+        for world in World::ALL {
+            assert_eq!(World::parse(&world.number().to_string()), Some(world));
+            assert_eq!(World::parse(world.name()), Some(world));
+        }
+        assert_eq!(World::parse("7"), None);
+        assert!(World::CloggedPaths.has(World::DeafReplicas));
+        assert!(!World::DeafReplicas.has(World::CloggedPaths));
+        assert_eq!(World::CURRENT, *World::ALL.last().expect("worlds"));
+    }
 }

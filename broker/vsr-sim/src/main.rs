@@ -1,6 +1,6 @@
 //! `vsr-sim --seeds N [--first-seed S]` runs N swarm seeds and ends with `N passed, F failed`;
-//! `vsr-sim --seed S [--world N] [--verbose]` replays one seed (in the current world, or the
-//! fault menu a regression seed was found in) and prints its trace hash.
+//! `vsr-sim --seed S [--world N|NAME] [--verbose]` replays one seed (in the current world, or
+//! the fault menu a regression seed was found in, by number or name) and prints its trace hash.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -16,12 +16,20 @@ fn main() -> ExitCode {
     };
     let verbose = args.iter().any(|a| a == "--verbose");
     if let Some(seed) = value("--seed") {
-        let world = match value("--world") {
+        let named = args
+            .iter()
+            .position(|a| a == "--world")
+            .and_then(|i| args.get(i + 1));
+        let world = match named {
             None => World::CURRENT,
-            Some(n) => match World::parse(&n.to_string()) {
+            Some(text) => match World::parse(text) {
                 Some(world) => world,
                 None => {
-                    eprintln!("unknown world {n}: 1 (before deaf replicas), 2 (deaf replicas), 3 (rotting checkpoints), 4 (superblock copy faults), 5 (clogged paths), 6 (a damaged replica at N = 2, current)");
+                    let known: Vec<String> = World::ALL
+                        .iter()
+                        .map(|w| format!("{} ({})", w.number(), w.name()))
+                        .collect();
+                    eprintln!("unknown world {text}; known: {}", known.join(", "));
                     return ExitCode::from(2);
                 }
             },
@@ -50,7 +58,9 @@ fn main() -> ExitCode {
         };
     }
     let Some(count) = value("--seeds") else {
-        eprintln!("usage: vsr-sim --seeds N [--first-seed S] | --seed S [--world N] [--verbose]");
+        eprintln!(
+            "usage: vsr-sim --seeds N [--first-seed S] | --seed S [--world N|NAME] [--verbose]"
+        );
         return ExitCode::from(2);
     };
     let first = value("--first-seed").unwrap_or(0);

@@ -1,6 +1,6 @@
 //! Deterministic scenarios, each naming the situation and the one outcome it expects.
 
-use vsr::{Command, Route, StateMachine};
+use vsr::{MessageKind, Route, StateMachine};
 use vsr_sim::{Params, Simulation};
 
 const ROUTES: [Route; 2] = [Route::Star, Route::Ring];
@@ -110,7 +110,7 @@ fn a_lagging_backup_catches_up_by_state_transfer() {
     let mut sim = calm(3, Route::Star);
     // Replica 2 misses every prepare but keeps hearing the primary's commit heartbeats, so it
     // stays in the view, learns it is behind, and must fetch what it missed.
-    sim.drop_filter.insert((0, 2, Command::Prepare));
+    sim.drop_filter.insert((0, 2, MessageKind::Prepare));
     sim.run_for(600).unwrap();
     sim.drop_filter.clear();
     sim.run_until_answered(20_000).unwrap();
@@ -171,7 +171,7 @@ fn a_faulty_replica_votes_for_the_ops_it_vouches_for() {
     // replica 2's it makes a view-change quorum, and the new primary takes those ops from
     // replica 2's vote.
     let mut sim = replica_1_restarted_faulty();
-    sim.drop_filter.insert((2, 1, Command::RepairPrepare));
+    sim.drop_filter.insert((2, 1, MessageKind::RepairPrepare));
     sim.permanently_down.insert(0);
     sim.crash(0).unwrap();
     sim.run_for(3_000).unwrap();
@@ -198,7 +198,7 @@ fn two_replicas_elect_a_primary_with_one_of_them_damaged() {
     // (replica 0's answers are lost); then replica 0 restarts too, so a view change is needed,
     // and replica 1's vote, with its damaged op marked unreadable, is one of the two.
     let mut sim = replica_1_of_n_restarted_faulty(2);
-    sim.drop_filter.insert((0, 1, Command::RepairPrepare));
+    sim.drop_filter.insert((0, 1, MessageKind::RepairPrepare));
     sim.crash(0).unwrap();
     sim.restart_all().unwrap();
     sim.run_for(3_000).unwrap();
@@ -215,8 +215,8 @@ fn an_op_nobody_can_read_waits_for_a_nack_quorum_then_is_truncated() {
     let mut sim = calm(3, Route::Star);
     sim.run_for(300).unwrap();
     // The primary's prepares stop reaching the backups: what it prepares now, only it holds.
-    sim.drop_filter.insert((0, 1, Command::Prepare));
-    sim.drop_filter.insert((0, 2, Command::Prepare));
+    sim.drop_filter.insert((0, 1, MessageKind::Prepare));
+    sim.drop_filter.insert((0, 2, MessageKind::Prepare));
     sim.run_for(100).unwrap();
     let committed = sim.committed();
     assert!(

@@ -6,7 +6,7 @@
 //! and never runs again) and the prepare of the checkpointed op, which the next op chains to.
 
 use crate::checksum::checksum;
-use crate::message::Prepare;
+use crate::prepare::Prepare;
 use crate::{ClientId, Op, View};
 
 /// One client's session, as the at-most-once table keeps it.

@@ -10,22 +10,29 @@
 
 pub mod checkpoint;
 pub mod checksum;
+pub mod config;
+pub mod disk;
 pub mod log;
 pub mod message;
+pub mod prepare;
 pub mod quorums;
 pub mod replica;
 pub mod routing;
 pub mod state_machine;
+pub mod step;
 pub mod superblock;
 pub mod view_change;
 
 pub use checkpoint::{Checkpoint, ClientSession};
-pub use message::{Command, Envelope, Message, Node, Prepare, PrepareHeader};
-pub use replica::{
-    classify_slot, Config, DiskImage, Event, Input, Output, Replica, SlotCase, Status, Superblock,
-};
+pub use config::Config;
+pub use disk::{classify_slot, DiskImage, SlotCase};
+pub use message::{Envelope, Message, MessageKind, Node};
+pub use prepare::{Prepare, PrepareHeader};
+pub use replica::{Replica, Status};
 pub use routing::Route;
 pub use state_machine::{RestoreError, StateMachine};
+pub use step::{Event, Input, Output};
+pub use superblock::Superblock;
 
 /// A replica's index in its group: its ring position (`ring.json`, contract crate).
 pub type ReplicaId = iggy_contract::Position;

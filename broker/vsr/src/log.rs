@@ -3,7 +3,7 @@
 //! the anchor live only in the checkpoint's state; the anchor's checksum is what the next op
 //! chains to.
 
-use crate::message::Prepare;
+use crate::prepare::Prepare;
 use crate::Op;
 
 #[derive(Debug, Clone)]

@@ -2,7 +2,7 @@
 //! replica and the stateright model (`broker/vsr-model`) both call these, so the model checks
 //! the rules the code runs, not a restatement of them.
 
-use crate::message::Prepare;
+use crate::prepare::Prepare;
 use crate::quorums;
 use crate::{Op, ReplicaId, View};
 

@@ -1,0 +1,489 @@
+//! One simulated cluster run: replicas, clients, a packet network and per-replica disks, all
+//! driven tick by tick from one seed. A run has a safety phase with faults (any number of
+//! replicas may be down at once) and a liveness phase in which faults stop, everyone restarts
+//! and the cluster must answer every request and converge.
+
+mod clients;
+mod disk;
+mod faults;
+mod network;
+
+use crate::coverage::Coverage;
+use clients::Client;
+use disk::{Disk, Pending, Write};
+use network::Network;
+
+use crate::checker::{Checker, Violation};
+use crate::model::ModelBroker;
+use crate::params::Params;
+use crate::rng::Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use vsr::{Config, DiskImage, Event, Input, MessageKind, Op, Output, Prepare, Replica};
+
+pub(super) const CLUSTER: u128 = 0x1667_0000_0000_0001;
+/// Client retry timeout, ticks.
+pub(super) const CLIENT_RETRY: u64 = 80;
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub seed: u64,
+    pub failure: Option<String>,
+    pub trace_hash: u64,
+    pub ticks: u64,
+    pub committed: Op,
+    pub coverage: Coverage,
+    pub params: Params,
+}
+
+pub struct Simulation {
+    seed: u64,
+    params: Params,
+    rng: Rng,
+    /// Only for deafness (see `inject_deafness`).
+    deaf_rng: Rng,
+    /// Only for clogs (see `inject_clogs`); like deafness, its own generator keeps seeds that
+    /// draw no clogs replaying exactly as before.
+    clog_rng: Rng,
+    tick: u64,
+    replicas: Vec<Option<Replica<ModelBroker>>>,
+    disks: Vec<Disk>,
+    network: Network,
+    clients: Vec<Client>,
+    checker: Checker,
+    coverage: Coverage,
+    trace: xxhash_rust::xxh3::Xxh3,
+    verbose: bool,
+    liveness: bool,
+    /// Replicas kept down for the whole run (scenario tests).
+    pub permanently_down: BTreeSet<u8>,
+    /// Per-command link filter for scenario tests: (from, to, command) dropped.
+    pub drop_filter: BTreeSet<(u8, u8, MessageKind)>,
+    /// The fault atlas: replicas whose storage may rot or misdirect (at most Qr - 1).
+    pub corruptible: BTreeSet<u8>,
+}
+
+impl Simulation {
+    pub fn new(seed: u64, params: Params, verbose: bool) -> Self {
+        let mut rng = Rng::new(seed);
+        let mut opened: Vec<Replica<ModelBroker>> = (0..params.replicas)
+            .map(|r| Self::open_replica(seed, &params, r, DiskImage::default()))
+            .collect();
+        let initial_outputs: Vec<(u8, Vec<Output>)> = opened
+            .iter_mut()
+            .map(|r| (r.replica(), r.take_outputs()))
+            .collect();
+        let replicas = opened.into_iter().map(Some).collect();
+        let clients = (0..params.clients)
+            .map(|i| Client {
+                id: 0xC000 + i as u128,
+                next_request: 1,
+                total: params.requests_per_client,
+                issued: 0,
+                session: None,
+                in_flight: None,
+                orphan: None,
+                answered: 0,
+                think_until: rng.below(50),
+                view_guess: 0,
+            })
+            .collect();
+        let root = Prepare::root(CLUSTER, 1, 0).checksum();
+        let mut sim = Self {
+            seed,
+            checker: Checker::new(params.replicas, root),
+            disks: (0..params.replicas)
+                .map(|_| Disk::new(params.wal_slots()))
+                .collect(),
+            network: Network {
+                queue: BTreeMap::new(),
+                seq: 0,
+                in_flight: BTreeMap::new(),
+                cut: BTreeSet::new(),
+                deaf: None,
+                clogged: BTreeMap::new(),
+            },
+            replicas,
+            clients,
+            rng,
+            deaf_rng: Rng::new(seed ^ 0xDEAF_0000_0000_DEAF),
+            clog_rng: Rng::new(seed ^ 0xC10C_0000_0000_C10C),
+            tick: 0,
+            coverage: Coverage::default(),
+            trace: xxhash_rust::xxh3::Xxh3::new(),
+            verbose,
+            liveness: false,
+            permanently_down: BTreeSet::new(),
+            drop_filter: BTreeSet::new(),
+            corruptible: BTreeSet::new(),
+            params,
+        };
+        // At most Qr - 1 replicas, so every replication quorum keeps an intact copy of each op,
+        // and at most N - Qv, so the replicas that may vote can still form a view-change quorum
+        // (a replica whose checkpoint rotted sits view changes out until repaired; one with
+        // damaged WAL slots votes). Both are Qr - 1 except at N = 2, where no replica may be
+        // corrupted before world 6 (see below).
+        let n = sim.params.replicas;
+        let allowed = if n == 2 && sim.params.damage_at_two {
+            // World 6: damaged replicas vote, and one nack is proof at N = 2; only a rotten
+            // checkpoint would still sit out, so that fault stays off here.
+            sim.params.checkpoint_fault_ppm = 0;
+            1
+        } else {
+            (vsr::quorums::replication(n).saturating_sub(1))
+                .min(n as usize - vsr::quorums::view_change(n))
+        };
+        while sim.corruptible.len() < allowed {
+            let r = sim.rng.below(sim.params.replicas as u64) as u8;
+            sim.corruptible.insert(r);
+        }
+        for (r, outputs) in initial_outputs {
+            for output in outputs {
+                // Opening emits only writes, which cannot violate anything.
+                let _ = sim.handle_output(r, output);
+            }
+        }
+        sim
+    }
+
+    pub(super) fn open_replica(
+        seed: u64,
+        params: &Params,
+        r: u8,
+        disk: DiskImage,
+    ) -> Replica<ModelBroker> {
+        let mut cfg = Config::new(CLUSTER, params.replicas, r, params.route);
+        cfg.seed = seed;
+        // Few sessions, so clients beyond four evict each other.
+        cfg.clients_max = crate::checker::CLIENTS_MAX;
+        cfg.checkpoint_interval = params.checkpoint_interval;
+        cfg.wal_slots = params.wal_slots();
+        Replica::open(cfg, disk, ModelBroker::default())
+    }
+
+    pub(super) fn log(&self, line: impl FnOnce() -> String) {
+        if self.verbose {
+            println!("{:>7} {}", self.tick, line());
+        }
+    }
+
+    pub(super) fn trace(&mut self, values: &[u64]) {
+        for v in values {
+            self.trace.update(&v.to_le_bytes());
+        }
+    }
+
+    /// Runs to completion: `Ok` when both phases pass.
+    pub fn run(mut self) -> Outcome {
+        let failure = self.run_phases().err();
+        Outcome {
+            seed: self.seed,
+            failure,
+            trace_hash: self.trace.digest(),
+            ticks: self.tick,
+            committed: self.checker.committed_ops(),
+            coverage: self.coverage,
+            params: self.params,
+        }
+    }
+
+    pub(super) fn run_phases(&mut self) -> Result<(), Violation> {
+        let safety_end = self.params.safety_ticks;
+        while self.tick < safety_end {
+            self.step()?;
+        }
+        self.enter_liveness()?;
+        let deadline = self.tick + self.params.liveness_ticks;
+        while self.tick < deadline {
+            self.step()?;
+            if self.converged() {
+                self.coverage.add("converged_runs", 1);
+                return Ok(());
+            }
+        }
+        Err(self.liveness_report())
+    }
+
+    pub(super) fn enter_liveness(&mut self) -> Result<(), Violation> {
+        self.log(|| "liveness phase: faults off, every replica up, network healed".into());
+        self.liveness = true;
+        self.params.loss_ppm = 0;
+        self.params.duplicate_ppm = 0;
+        self.params.crash_ppm = 0;
+        self.params.partition_onset_ppm = 0;
+        self.params.deaf_onset_ppm = 0;
+        self.params.read_fault_ppm = 0;
+        self.params.misdirect_ppm = 0;
+        self.network.cut.clear();
+        self.network.deaf = None;
+        self.params.clog_onset_ppm = 0;
+        self.network.clogged.clear();
+        for r in 0..self.params.replicas {
+            if self.replicas[r as usize].is_none() && !self.permanently_down.contains(&r) {
+                self.restart(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn converged(&self) -> bool {
+        let committed = self.checker.committed_ops();
+        self.clients.iter().all(|c| c.answered == c.total)
+            && self
+                .replicas
+                .iter()
+                .enumerate()
+                .all(|(r, replica)| match replica {
+                    None => self.permanently_down.contains(&(r as u8)),
+                    // Converged means whole again, not merely caught up: normal, every committed
+                    // op applied and durable, no damage left, no sync pending.
+                    Some(replica) => {
+                        replica.status() == vsr::Status::Normal
+                            && replica.commit_min() == committed
+                            && replica.op_durable() >= committed
+                            && !replica.is_faulty()
+                            && !replica.is_syncing()
+                    }
+                })
+    }
+
+    pub(super) fn liveness_report(&self) -> String {
+        let replicas: Vec<String> = self
+            .replicas
+            .iter()
+            .map(|r| match r {
+                None => "down".into(),
+                Some(r) => format!(
+                    "{:?} v{} commit {}/{} log {}..{} durable {} writes pending {}{}{}",
+                    r.status(),
+                    r.view(),
+                    r.commit_min(),
+                    r.commit_max(),
+                    r.log_base(),
+                    r.log_tail(),
+                    r.op_durable(),
+                    r.pending_writes(),
+                    if r.is_faulty() { " faulty" } else { "" },
+                    if r.is_syncing() { " syncing" } else { "" },
+                ),
+            })
+            .collect();
+        let answered: u64 = self.clients.iter().map(|c| c.answered).sum();
+        let total: u64 = self.clients.iter().map(|c| c.total).sum();
+        format!(
+            "liveness: no convergence within {} ticks after faults healed; {answered}/{total} requests answered, {} committed; replicas: {}",
+            self.params.liveness_ticks,
+            self.checker.committed_ops(),
+            replicas.join("; ")
+        )
+    }
+
+    pub(super) fn step(&mut self) -> Result<(), Violation> {
+        self.tick += 1;
+        if !self.liveness {
+            self.inject_faults()?;
+        }
+        self.deliver_messages()?;
+        self.complete_writes()?;
+        for r in 0..self.params.replicas {
+            let now = self.tick * 10_000;
+            self.feed(r, Input::Tick { now })?;
+        }
+        self.tick_clients();
+        Ok(())
+    }
+
+    pub(super) fn complete_writes(&mut self) -> Result<(), Violation> {
+        for r in 0..self.params.replicas {
+            let tick = self.tick;
+            let disk = &mut self.disks[r as usize];
+            let (done, waiting): (Vec<Pending>, Vec<Pending>) =
+                disk.pending.drain(..).partition(|p| p.complete_at <= tick);
+            disk.pending = waiting;
+            for write in done {
+                let io = write.io;
+                let landed = self.disks[r as usize]
+                    .land(write.seq, write.write)
+                    .map_err(|e| format!("replica {r}: {e}"))?;
+                if let Some(sb) = landed {
+                    self.checker.superblock_durable(r, &sb)?;
+                }
+                self.feed(r, Input::WriteDone { io })?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn feed(&mut self, r: u8, input: Input) -> Result<(), Violation> {
+        let Some(replica) = self.replicas[r as usize].as_mut() else {
+            return Ok(());
+        };
+        let outputs = replica.step(input);
+        for output in outputs {
+            self.handle_output(r, output)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn handle_output(&mut self, r: u8, output: Output) -> Result<(), Violation> {
+        let (io, write) = match output {
+            Output::Send(envelope) => {
+                self.send(envelope);
+                return Ok(());
+            }
+            Output::Event(event) => return self.on_event(r, event),
+            Output::WriteWal {
+                io,
+                mut slot,
+                prepare,
+            } => {
+                if self.corruptible.contains(&r) && self.rng.chance(self.params.misdirect_ppm) {
+                    let slots = self.params.wal_slots();
+                    slot = if self.rng.chance(500_000) {
+                        (slot + slots - 1) % slots
+                    } else {
+                        (slot + 1) % slots
+                    };
+                    self.coverage.add("misdirected_writes", 1);
+                }
+                (io, Write::Wal { prepare, slot })
+            }
+            Output::WriteCheckpoint { io, checkpoint } => (io, Write::Checkpoint(checkpoint)),
+            Output::WriteSuperblock { io, superblock } => (io, Write::Superblock(superblock)),
+            Output::WriteLog {
+                io,
+                superblock,
+                truncate_after,
+                entries,
+            } => (
+                io,
+                Write::Log {
+                    superblock,
+                    truncate_after,
+                    entries,
+                },
+            ),
+        };
+        let latency = 1 + self.rng.below(self.params.write_latency_max);
+        let disk = &mut self.disks[r as usize];
+        disk.next_seq += 1;
+        let seq = disk.next_seq;
+        disk.pending.push(Pending {
+            complete_at: self.tick + latency,
+            io,
+            seq,
+            write,
+        });
+        Ok(())
+    }
+
+    pub(super) fn on_event(&mut self, r: u8, event: Event) -> Result<(), Violation> {
+        match event {
+            Event::Committed {
+                op,
+                checksum,
+                parent,
+                body_checksum,
+                digest,
+                client,
+                session,
+                request,
+                executed,
+            } => {
+                self.trace(&[4, r as u64, op]);
+                let view = self.replicas[r as usize].as_ref().map_or(0, |x| x.view());
+                self.checker.committed(
+                    r,
+                    op,
+                    checksum,
+                    parent,
+                    body_checksum,
+                    digest,
+                    (client, session, request),
+                    executed,
+                    view,
+                )?;
+                if !executed {
+                    self.coverage.add("duplicate_ops_skipped", 1);
+                }
+            }
+            Event::ViewChangeStarted { view } => {
+                self.trace(&[5, r as u64, view as u64]);
+                self.coverage.add("view_changes_started", 1);
+                self.log(|| format!("replica {r} starts view change to {view}"));
+            }
+            Event::Normal { view, primary } => {
+                self.trace(&[6, r as u64, view as u64, primary as u64]);
+                if primary {
+                    self.coverage.add("views_installed", 1);
+                    self.log(|| format!("replica {r} is primary of view {view}"));
+                    if let Some(replica) = self.replicas[r as usize].as_ref() {
+                        self.checker
+                            .new_primary(r, view, replica.log_base(), |op| {
+                                replica.checksum_at(op)
+                            })?;
+                    }
+                }
+                self.checker.normal(r, view, primary)?;
+            }
+            Event::LogReplaced { replaced } => {
+                self.coverage.add("truncations", 1);
+                self.coverage.add("ops_truncated", replaced);
+            }
+            Event::Retransmit { .. } => self.coverage.add("retransmits", 1),
+            Event::StateTransfer { entries } => {
+                self.coverage.add("state_transfers", 1);
+                self.coverage.add("ops_transferred", entries);
+            }
+            Event::DuplicateRequest => self.coverage.add("cached_replies", 1),
+            Event::SessionEvicted { .. } => self.coverage.add("session_evictions", 1),
+            Event::Abdicated { view } => {
+                self.coverage.add("abdications", 1);
+                self.log(|| format!("replica {r} abdicates view {view}"));
+            }
+            Event::Checkpointed { op, digest } => {
+                self.trace(&[7, r as u64, op]);
+                self.checker.checkpointed(r, op, digest)?;
+                self.coverage.add("checkpoints", 1);
+            }
+            Event::Repaired { op } => {
+                self.trace(&[9, r as u64, op]);
+                self.coverage.add("prepares_repaired", 1);
+            }
+            Event::VotedDamaged { unreadable } => {
+                self.trace(&[11, r as u64, unreadable]);
+                self.coverage.add("damaged_votes", 1);
+            }
+            Event::NackTruncated { op, ops } => {
+                self.trace(&[12, r as u64, op, ops]);
+                self.coverage.add("nack_truncations", 1);
+            }
+            Event::StateSynced { op, digest } => {
+                self.trace(&[8, r as u64, op]);
+                self.checker.synced(r, op, digest)?;
+                self.coverage.add("state_syncs", 1);
+                self.log(|| format!("replica {r} synced to the checkpoint at op {op}"));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
+    }
+
+    pub fn replica(&self, r: u8) -> Option<&Replica<ModelBroker>> {
+        self.replicas[r as usize].as_ref()
+    }
+
+    pub fn committed(&self) -> Op {
+        self.checker.committed_ops()
+    }
+
+    /// Runs `ticks` more ticks with faults as configured.
+    pub fn run_for(&mut self, ticks: u64) -> Result<(), Violation> {
+        for _ in 0..ticks {
+            self.step()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! Unit tests of single replicas; the simulator covers clusters.
+
+use super::*;
+use crate::disk::{classify_slot, DiskImage, SlotCase};
+use crate::routing::Route;
+use crate::superblock::Superblock;
+
+fn prepare(op: Op, parent: u128) -> Prepare {
+    let mut header = Prepare::root(1, 1, 0).header;
+    header.op = op;
+    header.parent = parent;
+    Prepare::new(header, vec![op as u8; 4])
+}
+
+struct Nothing;
+impl StateMachine for Nothing {
+    fn apply(&mut self, _: Op, _: ClientId, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn digest(&self) -> u128 {
+        0
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), crate::RestoreError> {
+        Ok(())
+    }
+}
+
+/// The model check's counterexample, on the real replica: restarted with op 1 durable and
+/// acknowledged in view 0, it receives a StartView of view 0 sent before op 1 existed.
+#[test]
+fn a_stale_start_view_of_the_same_view_keeps_the_longer_log() {
+    let root = Prepare::root(1, 1, 0);
+    let p1 = prepare(1, root.checksum());
+    let mut replica = restarted_in_view_0(
+        BTreeMap::from([(1, p1.clone())]),
+        BTreeMap::from([(1, (1, p1.checksum()))]),
+    );
+    assert_eq!(
+        (replica.status(), replica.log_tail()),
+        (Status::Recovering, 1)
+    );
+    let stale = Envelope {
+        cluster: 1,
+        group: 1,
+        epoch: 0,
+        from: Node::Replica(0),
+        to: Node::Replica(2),
+        message: Message::StartView {
+            view: 0,
+            log: vec![root],
+            commit: 0,
+        },
+    };
+    let outputs = replica.step(Input::Message(stale));
+    assert_eq!(replica.status(), Status::Normal);
+    assert_eq!(replica.log_tail(), 1, "op 1 must survive");
+    assert_eq!(replica.checksum_at(1), Some(p1.checksum()));
+    assert!(!outputs
+        .iter()
+        .any(|o| matches!(o, Output::WriteLog { truncate_after, .. } if *truncate_after < 1)));
+}
+
+/// Completes every write at once except checkpoint writes when `hold` is set; returns the
+/// highest op written to the WAL and the held checkpoint ios.
+fn settle(replica: &mut Replica<Nothing>, mut outputs: Vec<Output>, hold: bool) -> (Op, Vec<u64>) {
+    let (mut highest, mut held) = (0, Vec::new());
+    while let Some(output) = outputs.pop() {
+        let io = match output {
+            Output::WriteWal { io, prepare, slot } => {
+                assert_eq!(slot, prepare.op() % replica.cfg.wal_slots);
+                highest = highest.max(prepare.op());
+                io
+            }
+            Output::WriteSuperblock { io, .. } | Output::WriteLog { io, .. } => io,
+            Output::WriteCheckpoint { io, .. } if hold => {
+                held.push(io);
+                continue;
+            }
+            Output::WriteCheckpoint { io, .. } => io,
+            Output::Send(_) | Output::Event(_) => continue,
+        };
+        outputs.extend(replica.step(Input::WriteDone { io }));
+    }
+    (highest, held)
+}
+
+fn request(session: u64, request: u64) -> Input {
+    Input::Message(Envelope {
+        cluster: 1,
+        group: 1,
+        epoch: 0,
+        from: Node::Client(9),
+        to: Node::Replica(0),
+        message: Message::Request {
+            client: 9,
+            session,
+            request,
+            body: vec![1],
+        },
+    })
+}
+
+#[test]
+fn the_primary_never_prepares_past_the_durable_checkpoint_plus_the_wal() {
+    let mut cfg = Config::new(1, 1, 0, Route::Star);
+    cfg.checkpoint_interval = 4;
+    cfg.wal_slots = 8;
+    let mut replica = Replica::open(cfg, DiskImage::default(), Nothing);
+    let opened = replica.take_outputs();
+    settle(&mut replica, opened, false);
+    // Register (op 1, so the session is 1), then queue twenty requests at once.
+    let outputs = replica.step(request(0, 1));
+    settle(&mut replica, outputs, false);
+    let mut outputs = Vec::new();
+    for n in 2..=21 {
+        outputs.extend(replica.step(request(1, n)));
+    }
+    // With checkpoint writes held back no checkpoint becomes durable: ops 1..=8 fill the
+    // eight slots and the primary stops there, though it committed all of them.
+    let (highest, held) = settle(&mut replica, outputs, true);
+    assert_eq!(highest, 8);
+    assert_eq!((replica.log_tail(), replica.commit_min()), (8, 8));
+    assert_eq!(replica.checkpoint_durable(), 0);
+    assert_eq!(held.len(), 2, "checkpoints at ops 4 and 8");
+    // Releasing them makes the checkpoint at 8 durable: the log is trimmed to it and the
+    // primary goes on, eight slots further at a time.
+    let mut outputs = Vec::new();
+    for io in held {
+        outputs.extend(replica.step(Input::WriteDone { io }));
+    }
+    settle(&mut replica, outputs, false);
+    assert_eq!(replica.commit_min(), 21);
+    assert_eq!(replica.checkpoint_durable(), 20);
+    assert_eq!(replica.log_base(), 20);
+}
+
+/// Replica 2 of 3, restarted from a superblock of view 0 (log view 0, nothing committed,
+/// no checkpoint) with this WAL and header ring.
+fn restarted_in_view_0(
+    wal: BTreeMap<u64, Prepare>,
+    headers: BTreeMap<u64, (Op, u128)>,
+) -> Replica<Nothing> {
+    let superblock = Superblock {
+        sequence: 3,
+        view: 0,
+        log_view: 0,
+        commit: 0,
+        checkpoint: 0,
+        checksum: 0,
+    };
+    let disk = DiskImage {
+        superblocks: vec![superblock.sealed()],
+        checkpoint: None,
+        wal,
+        headers,
+    };
+    let mut replica = Replica::open(Config::new(1, 3, 2, Route::Star), disk, Nothing);
+    replica.take_outputs();
+    replica
+}
+
+/// Replica 2 of 3 restarted with op 1 intact and op 2 rotten under a header that vouches
+/// for it, in log view 0.
+fn faulty_at_op_2() -> (Replica<Nothing>, Prepare, Prepare, Prepare) {
+    let root = Prepare::root(1, 1, 0);
+    let p1 = prepare(1, root.checksum());
+    let p2 = prepare(2, p1.checksum());
+    let mut rotten = p2.clone();
+    rotten.body.push(1);
+    let replica = restarted_in_view_0(
+        BTreeMap::from([(1, p1.clone()), (2, rotten)]),
+        BTreeMap::from([(1, (1, p1.checksum())), (2, (2, p2.checksum()))]),
+    );
+    assert!(replica.is_faulty());
+    assert_eq!(replica.log_tail(), 1);
+    (replica, root, p1, p2)
+}
+
+fn from_replica_0(message: Message) -> Input {
+    Input::Message(Envelope {
+        cluster: 1,
+        group: 1,
+        epoch: 0,
+        from: Node::Replica(0),
+        to: Node::Replica(2),
+        message,
+    })
+}
+
+#[test]
+fn a_faulty_replica_votes_with_the_op_it_cannot_read_marked() {
+    let (mut replica, root, p1, p2) = faulty_at_op_2();
+    let mut outputs = replica.step(from_replica_0(Message::StartViewChange {
+        view: 1,
+        replica: 0,
+    }));
+    assert_eq!(replica.status(), Status::ViewChange, "it takes part");
+    // Nothing is said in view 1 before view 1 is durable.
+    let superblock = outputs.iter().find_map(|o| match o {
+        Output::WriteSuperblock { io, .. } => Some(*io),
+        _ => None,
+    });
+    outputs.extend(replica.step(Input::WriteDone {
+        io: superblock.expect("view 1 is written"),
+    }));
+    let vote = outputs.iter().find_map(|o| match o {
+        Output::Send(Envelope {
+            message: Message::DoViewChange { vote, .. },
+            ..
+        }) => Some(vote.clone()),
+        _ => None,
+    });
+    let vote = vote.expect("a DoViewChange to replica 1");
+    assert_eq!(vote.log, vec![root, p1]);
+    assert_eq!(
+        vote.unreadable,
+        vec![p2.checksum()],
+        "op 2: vouched, not readable"
+    );
+    assert_eq!(vote.head(), 2);
+}
+
+#[test]
+fn a_faulty_replica_ignores_a_start_view_of_its_log_view_short_of_its_promise() {
+    let (mut replica, root, p1, p2) = faulty_at_op_2();
+    // Op 2 may have been acknowledged: a StartView of view 0 without it is older than it.
+    let stale = Message::StartView {
+        view: 0,
+        log: vec![root.clone(), p1.clone()],
+        commit: 0,
+    };
+    let outputs = replica.step(from_replica_0(stale));
+    assert_eq!(replica.status(), Status::Recovering);
+    assert!(!outputs.iter().any(|o| matches!(o, Output::WriteLog { .. })));
+    let current = Message::StartView {
+        view: 0,
+        log: vec![root, p1, p2.clone()],
+        commit: 0,
+    };
+    replica.step(from_replica_0(current));
+    assert_eq!(replica.status(), Status::Normal);
+    assert_eq!(replica.checksum_at(2), Some(p2.checksum()));
+}
+
+#[test]
+fn recovery_tells_torn_writes_from_corruption() {
+    let root = Prepare::root(1, 1, 0);
+    let p1 = prepare(1, root.checksum());
+    let header = Some(p1.checksum());
+    assert_eq!(
+        classify_slot(1, root.checksum(), Some(&p1), header),
+        SlotCase::Intact
+    );
+    // The header write was lost after the prepare landed: still intact, never acked.
+    assert_eq!(
+        classify_slot(1, root.checksum(), Some(&p1), None),
+        SlotCase::Intact
+    );
+    // Nothing, or a half-written prepare without its header: a torn write, cut.
+    assert_eq!(
+        classify_slot(1, root.checksum(), None, None),
+        SlotCase::Torn
+    );
+    let mut rotten = p1.clone();
+    rotten.body.push(1);
+    assert_eq!(
+        classify_slot(1, root.checksum(), Some(&rotten), None),
+        SlotCase::Torn
+    );
+    // A header vouches for it but the prepare rotted, is missing, or is another op's.
+    assert_eq!(
+        classify_slot(1, root.checksum(), Some(&rotten), header),
+        SlotCase::Faulty
+    );
+    assert_eq!(
+        classify_slot(1, root.checksum(), None, header),
+        SlotCase::Faulty
+    );
+    let p2 = prepare(2, p1.checksum());
+    assert_eq!(
+        classify_slot(1, root.checksum(), Some(&p2), header),
+        SlotCase::Faulty
+    );
+    // A valid prepare that does not chain is not ours either.
+    assert_eq!(
+        classify_slot(2, root.checksum(), Some(&p2), Some(p2.checksum())),
+        SlotCase::Faulty
+    );
+}
+
+/// The invariants run after every step: a state that contradicts itself stops the replica
+/// with the broken rule named (the simulator turns that panic into a failed seed).
+#[test]
+#[should_panic(expected = "log view 2 is past view 1")]
+fn a_step_that_leaves_a_contradiction_panics_naming_the_invariant() {
+    let mut replica = Replica::open(
+        Config::new(1, 1, 0, Route::Star),
+        DiskImage::default(),
+        Nothing,
+    );
+    let opened = replica.take_outputs();
+    settle(&mut replica, opened, false);
+    replica.step(Input::Tick { now: 1 });
+    replica.view = 1;
+    replica.log_view = 2;
+    replica.step(Input::Tick { now: 2 });
+}

@@ -1,0 +1,151 @@
+//! Ticks: heartbeats, retransmissions, the primary and view-change timeouts, and the rate
+//! limits on what a replica asks its peers for.
+
+use super::{due, Replica, Status};
+use crate::message::{Message, Node};
+use crate::routing::primary_of;
+use crate::state_machine::StateMachine;
+use crate::step::Event;
+use crate::{ReplicaId, View};
+
+impl<S: StateMachine> Replica<S> {
+    pub(super) fn on_tick(&mut self, now: u64) {
+        self.tick += 1;
+        self.now = now;
+        match self.status {
+            Status::Normal if self.is_primary() => {
+                if self.tick - self.last_commit_broadcast >= self.cfg.commit_interval {
+                    self.last_commit_broadcast = self.tick;
+                    let commit = self.commit_max;
+                    self.broadcast(Message::Commit {
+                        view: self.view,
+                        commit,
+                    });
+                }
+                if self.commit_max == self.log_tail() {
+                    self.last_progress = self.tick;
+                } else if self.tick - self.last_progress >= self.cfg.abdicate_timeout {
+                    let view = self.view;
+                    self.event(Event::Abdicated { view });
+                    self.start_view_change(view + 1);
+                    return;
+                }
+                if self.commit_max < self.log_tail() {
+                    self.retransmit();
+                }
+            }
+            Status::Normal => {
+                if self.tick - self.heard_from_primary >= self.cfg.primary_timeout + self.jitter {
+                    self.start_view_change(self.view + 1);
+                } else if self.commit_max > self.log_tail() {
+                    self.request_state();
+                }
+            }
+            Status::ViewChange => {
+                if self.tick - self.status_since >= self.cfg.view_change_timeout + self.jitter {
+                    self.start_view_change(self.view + 1);
+                } else if self.tick - self.last_view_change_message >= self.cfg.prepare_timeout {
+                    self.resend_view_change_messages();
+                }
+            }
+            Status::Recovering => {
+                if !self.sits_out()
+                    && self.tick - self.status_since >= self.cfg.recovery_timeout + self.jitter
+                {
+                    self.start_view_change(self.view + 1);
+                } else if self.tick - self.last_view_request >= self.cfg.prepare_timeout {
+                    self.last_view_request = self.tick;
+                    let view = self.view;
+                    let replica = self.cfg.replica;
+                    self.broadcast(Message::RequestStartView {
+                        view,
+                        replica,
+                        nonce: self.tick,
+                    });
+                    if self.faulty {
+                        self.request_repair();
+                    }
+                    // A replica sitting view changes out may have made a view durable that the
+                    // cluster never reached; nobody will send it a StartView for it. Announcing
+                    // the view (a StartViewChange carries no log, so this is no vote) draws the
+                    // others into it, and the view's StartView then repairs us.
+                    if self.sits_out() && self.tick - self.status_since >= self.cfg.recovery_timeout
+                    {
+                        self.broadcast(Message::StartViewChange { view, replica });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resends every uncommitted prepare directly to each replica that has not acked it.
+    pub(super) fn retransmit(&mut self) {
+        self.last_retransmit = self.tick;
+        for op in self.commit_max + 1..=self.log_tail() {
+            let sent = self.sent_at.get(&op).copied().unwrap_or(0);
+            if self.tick - sent < self.cfg.prepare_timeout {
+                continue;
+            }
+            self.sent_at.insert(op, self.tick);
+            let Some(prepare) = self.log.get(op).cloned() else {
+                continue;
+            };
+            let missing: Vec<ReplicaId> = (0..self.cfg.replica_count)
+                .filter(|r| *r != self.cfg.replica && self.acked.get(r).copied().unwrap_or(0) < op)
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            self.event(Event::Retransmit { op });
+            for r in missing {
+                self.send(
+                    r,
+                    Message::Prepare {
+                        view: self.view,
+                        prepare: prepare.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    pub(super) fn request_state(&mut self) {
+        if !due(
+            &mut self.last_state_request,
+            self.tick,
+            self.cfg.prepare_timeout,
+        ) {
+            return;
+        }
+        let primary = self.primary();
+        let after = self.log_tail();
+        self.send(
+            primary,
+            Message::GetState {
+                view: self.view,
+                after,
+                replica: self.cfg.replica,
+            },
+        );
+    }
+
+    pub(super) fn request_start_view(&mut self, view: View) {
+        if !due(
+            &mut self.last_view_request,
+            self.tick,
+            self.cfg.prepare_timeout,
+        ) {
+            return;
+        }
+        let primary = primary_of(view, self.cfg.replica_count);
+        // Asking is safe in any view: it promises nothing.
+        if primary != self.cfg.replica {
+            let message = Message::RequestStartView {
+                view,
+                replica: self.cfg.replica,
+                nonce: self.tick,
+            };
+            self.send_now(Node::Replica(primary), message);
+        }
+    }
+}
