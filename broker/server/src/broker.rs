@@ -1,17 +1,19 @@
 //! The broker's shared state: configuration, the catalog, the metadata store and metrics, plus
 //! boot (loading and recovering every partition) and clean shutdown.
 
-use crate::auth;
-use crate::catalog::{Catalog, Stream, Topic};
-use crate::clients::Clients;
 use crate::config::{Config, FsyncPolicy};
 use crate::error::{BrokerError, Result};
 use crate::metrics::Metrics;
-use crate::partition::Partition;
+use crate::net::clients::Clients;
+use crate::ops::{Operation, Submission};
+use crate::security::auth;
+use crate::state::catalog::{Catalog, Stream, Topic};
+use crate::state::partition::Partition;
 use crate::storage::fsutil::now_micros;
 use crate::storage::metadata::{self, MetadataStore, UserRecord};
 use crate::storage::partition_log::PartitionLog;
 use crate::storage::StorageError;
+use crate::submit::{LocalSubmitter, Submit, Submitter};
 use iggy_contract::AdminStatus;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -27,6 +29,7 @@ pub struct Broker {
     pub started_at: u64,
     next_client_id: AtomicU32,
     ready: AtomicBool,
+    submitter: Submitter,
 }
 
 /// What boot found worth telling the operator.
@@ -66,7 +69,12 @@ impl Broker {
                             report.partitions += 1;
                             report.verified_bytes += recovered.verified_bytes;
                             report.truncated_tails += usize::from(recovered.truncated.is_some());
-                            partitions.push(Arc::new(Partition::new(p.id, p.created_at, log)?));
+                            partitions.push(Arc::new(Partition::new(
+                                p.id,
+                                p.created_at,
+                                log,
+                                config.storage.fsync,
+                            )?));
                         }
                         topics.insert(t.id, Topic::from_record(t, partitions));
                     }
@@ -114,6 +122,7 @@ impl Broker {
             store,
             next_client_id: AtomicU32::new(1),
             ready: AtomicBool::new(false),
+            submitter: Submitter::Local(LocalSubmitter),
         });
         Ok((broker, report))
     }
@@ -134,13 +143,32 @@ impl Broker {
             .map_err(BrokerError::Storage)
     }
 
-    pub fn durable_sends(&self) -> bool {
-        self.config.storage.fsync == FsyncPolicy::Always
+    /// Who orders and applies state changes (see `submit/`).
+    pub fn submitter(&self) -> &Submitter {
+        &self.submitter
+    }
+
+    /// Drops expired personal access tokens (the maintenance loop), as an operation like any
+    /// other state change.
+    pub async fn expire_tokens(&self) -> Result<()> {
+        let submission = Submission {
+            user: None,
+            op: Operation::ExpireTokens,
+        };
+        self.submitter
+            .submit(self, submission, &mut Vec::new())
+            .await
     }
 
     /// Creates the directory and first segment of a new partition. Any leftover directory at
     /// that path (from a deleted object whose id is being reused) is removed first.
-    pub fn create_partition(&self, stream: u32, topic: u32, id: u32) -> Result<Arc<Partition>> {
+    pub fn create_partition(
+        &self,
+        stream: u32,
+        topic: u32,
+        id: u32,
+        created_at: u64,
+    ) -> Result<Arc<Partition>> {
         let dir = metadata::partition_dir(&self.config.system.path, stream, topic, id);
         metadata::remove_tree(&dir)?;
         let log = PartitionLog::create(
@@ -148,7 +176,12 @@ impl Broker {
             self.config.storage.segment_size.0,
             sync_on_roll(&self.config),
         )?;
-        Ok(Arc::new(Partition::new(id, now_micros(), log)?))
+        Ok(Arc::new(Partition::new(
+            id,
+            created_at,
+            log,
+            self.config.storage.fsync,
+        )?))
     }
 
     pub fn next_client_id(&self) -> u32 {
@@ -223,4 +256,15 @@ impl Broker {
 
 fn sync_on_roll(config: &Config) -> bool {
     config.storage.fsync != FsyncPolicy::Never
+}
+
+/// A broker on `dir` with root password `secret`, for unit tests.
+#[cfg(test)]
+pub(crate) fn open_for_tests(dir: &std::path::Path) -> Arc<Broker> {
+    let env = [
+        ("IGGY_SYSTEM_PATH".to_string(), dir.display().to_string()),
+        ("IGGY_ROOT_PASSWORD".to_string(), "secret".to_string()),
+    ];
+    let config = Config::load(None, env).expect("test configuration");
+    Broker::open(config).expect("opens").0
 }

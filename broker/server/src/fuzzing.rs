@@ -7,10 +7,10 @@
 //! is well formed; anything else wrong surfaces as a panic, which is what the fuzzer looks for.
 
 use crate::broker::Broker;
-use crate::catalog::ROOT_USER_ID;
 use crate::config::Config;
-use crate::session::Session;
-use crate::tcp::handle_request;
+use crate::net::session::Session;
+use crate::net::tcp::handle_request;
+use crate::state::catalog::ROOT_USER_ID;
 use iggy_wire::frame::HEADER_SIZE;
 use std::path::PathBuf;
 use std::sync::Arc;

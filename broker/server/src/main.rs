@@ -132,8 +132,16 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {http_address} (http.address)"))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let tcp_task = tokio::spawn(broker::tcp::serve(tcp, broker.clone(), stop_rx.clone()));
-    tokio::spawn(broker::http::serve(http, broker.clone(), stop_rx.clone()));
+    let tcp_task = tokio::spawn(broker::net::tcp::serve(
+        tcp,
+        broker.clone(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(broker::net::http::serve(
+        http,
+        broker.clone(),
+        stop_rx.clone(),
+    ));
     if let FsyncPolicy::Interval(every) = fsync {
         let broker = broker.clone();
         tokio::spawn(async move {
@@ -152,10 +160,13 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let broker = broker.clone();
+                let cleaner = broker.clone();
                 // Unlinking files blocks; keep it off the async workers.
-                let _ =
-                    tokio::task::spawn_blocking(move || broker::retention::run_pass(&broker)).await;
+                let _ = tokio::task::spawn_blocking(move || broker::retention::run_pass(&cleaner))
+                    .await;
+                if let Err(e) = broker.expire_tokens().await {
+                    tracing::warn!(error = %e, "could not remove expired access tokens");
+                }
             }
         });
     }

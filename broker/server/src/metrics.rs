@@ -2,7 +2,7 @@
 //! Rendered by hand in the text exposition format; there are few enough series that a metrics
 //! library would add more compile time than it saves code.
 
-use crate::catalog::TopicTraffic;
+use crate::state::catalog::TopicTraffic;
 use iggy_wire::Command;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

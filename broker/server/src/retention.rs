@@ -10,8 +10,7 @@
 //! after it is released, so a cleanup pass does not hold up appends.
 
 use crate::broker::Broker;
-use crate::commands::tokens;
-use crate::partition::Partition;
+use crate::state::partition::Partition;
 use crate::storage::fsutil::now_micros;
 use crate::storage::partition_log::remove_segment_files;
 use std::sync::Arc;
@@ -37,7 +36,8 @@ struct TopicView {
     partitions: Vec<Arc<Partition>>,
 }
 
-/// One cleaning pass over every topic (and expired personal access tokens).
+/// One cleaning pass over every topic. Expired personal access tokens are dropped by the
+/// maintenance loop right after, as an operation (`Broker::expire_tokens`).
 pub fn run_pass(broker: &Broker) -> CleanupReport {
     let topics: Vec<TopicView> = broker
         .catalog()
@@ -69,9 +69,6 @@ pub fn run_pass(broker: &Broker) -> CleanupReport {
         if topic.max_size != u64::MAX {
             report.add(trim_to_size(topic));
         }
-    }
-    if let Err(e) = tokens::remove_expired(broker) {
-        tracing::warn!(error = %e, "could not remove expired access tokens");
     }
     if report.segments > 0 {
         tracing::info!(

@@ -1,67 +1,31 @@
-//! SendMessages, PollMessages and FlushUnsavedBuffer.
+//! SendMessages, PollMessages and FlushUnsavedBuffer. A send is an `Append` operation (applied
+//! in `apply/messages.rs`); a poll reads, and its auto-commit is a `StoreOffset` operation.
 
-use crate::access::Access;
+use super::submit;
 use crate::broker::Broker;
-use crate::catalog::TopicTraffic;
 use crate::error::{BrokerError, Result};
-use crate::groups::ConsumerGroup;
-use crate::partition::Partition;
-use crate::session::Session;
-use crate::storage::fsutil::now_micros;
+use crate::net::session::Session;
+use crate::ops::Operation;
+use crate::security::access::Access;
+use crate::state::catalog::TopicTraffic;
+use crate::state::groups::find_group;
+use crate::state::partition::Partition;
 use crate::storage::offsets::consumer_key;
-use iggy_wire::message::{validate_batch, SendMessagesHeader};
 use iggy_wire::request::PartitionRef;
 use iggy_wire::response::poll_header;
-use iggy_wire::{ConsumerKind, Identifier, Partitioning, PollingStrategy};
-use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use iggy_wire::{ConsumerKind, Identifier, PollingStrategy};
 use std::sync::Arc;
 
-/// Validates, routes and appends a batch. The payload's frames are stamped in place and written
-/// as they are: no copy between the socket buffer and the file.
+/// Decodes the batch's header and submits its frames for appending, in place.
 pub async fn send(broker: &Broker, user: Option<u32>, payload: &mut [u8]) -> Result<()> {
-    let header = SendMessagesHeader::decode(payload)?;
-    let (head, messages) = payload.split_at_mut(header.messages_start);
-    let (partition, traffic) = route(
-        broker,
-        user,
-        &header.stream,
-        &header.topic,
-        &header.partitioning,
-    )?;
-    validate_batch(&head[header.index_start..], messages, header.count)?;
-    let appended = partition
-        .append(messages, now_micros(), broker.durable_sends())
-        .await
-        .map_err(BrokerError::Append)?;
-    traffic.record_in(appended.count as u64, appended.bytes);
-    Ok(())
-}
-
-fn route(
-    broker: &Broker,
-    user: Option<u32>,
-    stream: &Identifier,
-    topic: &Identifier,
-    partitioning: &Partitioning,
-) -> Result<(Arc<Partition>, Arc<TopicTraffic>)> {
-    let catalog = broker.catalog();
-    let (s, topic) = catalog.topic(stream, topic)?;
-    catalog.authorize(user, Access::Send(s.id, topic.id))?;
-    let count = topic.partitions.len() as u32;
-    if count == 0 {
-        return Err(BrokerError::NoPartitions);
-    }
-    let id = match partitioning {
-        Partitioning::Balanced => topic.next_partition.fetch_add(1, Ordering::Relaxed) % count,
-        Partitioning::PartitionId(id) => *id,
-        Partitioning::MessagesKey(key) => Partitioning::partition_for_key(key, count),
-    };
-    Ok((topic.partition(id)?.clone(), topic.traffic.clone()))
+    let op = Operation::append(payload)?;
+    submit(broker, user, op, &mut Vec::new()).await
 }
 
 /// Where a consumer's poll or offset command lands.
 pub(super) struct ConsumerTarget {
+    pub stream: u32,
+    pub topic: u32,
     /// `None` when a group member owns no partition or asked for one it does not own: the
     /// poll is empty.
     pub partition: Option<Arc<Partition>>,
@@ -114,23 +78,13 @@ pub(super) fn consumer_target(
         None => return Err(BrokerError::PartitionNotFound(0)),
     };
     Ok(ConsumerTarget {
+        stream: s.id,
+        topic: topic.id,
         partition,
         kind: target.consumer.kind,
         key,
         traffic: topic.traffic.clone(),
     })
-}
-
-/// A topic's group by numeric id or name.
-pub(super) fn find_group<'g>(
-    groups: &'g mut BTreeMap<u32, ConsumerGroup>,
-    id: &Identifier,
-) -> Result<&'g mut ConsumerGroup> {
-    let found = match id {
-        Identifier::Numeric(n) => groups.get_mut(n),
-        Identifier::Named(name) => groups.values_mut().find(|g| &g.name == name),
-    };
-    found.ok_or_else(|| BrokerError::ConsumerGroupNotFound(id.clone()))
 }
 
 pub async fn poll(
@@ -176,10 +130,15 @@ pub async fn poll(
     body.extend_from_slice(&poll_header(partition.id, current_offset, plan.count));
     plan.read_into(body)?;
     if let (true, Some(start), true) = (auto_commit, start, plan.count > 0) {
-        let last = start + plan.count as u64 - 1;
-        partition
-            .offsets(resolved.kind)
-            .store(&resolved.key, last, broker.durable_sends())?;
+        let op = Operation::StoreOffset {
+            stream: resolved.stream,
+            topic: resolved.topic,
+            partition: partition.id,
+            kind: resolved.kind,
+            key: resolved.key.clone(),
+            offset: start + plan.count as u64 - 1,
+        };
+        submit(broker, session.user_id, op, &mut Vec::new()).await?;
     }
     resolved
         .traffic

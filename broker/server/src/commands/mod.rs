@@ -1,7 +1,10 @@
-//! Command handlers, one module per command group. Each handler takes the decoded request,
-//! checks the caller's permissions, acts on the broker and appends its OK payload to `body`;
-//! errors become status codes in the connection loop, through
-//! [`crate::error::BrokerError::code`].
+//! Command handlers, one module per command group. A read checks the caller's permissions
+//! and encodes what the state holds. A change becomes an [`Operation`] that the broker's
+//! submitter orders and `apply` executes (see `ops.rs`); a handler only does what belongs to
+//! the connection or must happen before submitting (decoding, the session, hashing a password,
+//! generating a token), and many changes need no handler at all: the dispatcher submits them.
+//! The OK payload is appended to `body`; errors become status codes in the connection loop,
+//! through [`crate::error::BrokerError::code`].
 
 mod groups;
 mod messages;
@@ -14,8 +17,23 @@ mod users;
 
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
-use crate::session::Session;
+use crate::net::session::Session;
+use crate::ops::{Operation, Submission};
+use crate::submit::Submit;
 use iggy_wire::{Command, Request};
+
+/// Submits `op` on behalf of `user`; the reply lands in `body`.
+pub(crate) async fn submit(
+    broker: &Broker,
+    user: Option<u32>,
+    op: Operation<'_>,
+    body: &mut Vec<u8>,
+) -> Result<()> {
+    broker
+        .submitter()
+        .submit(broker, Submission { user, op }, body)
+        .await
+}
 
 /// Runs one request. `payload` is mutable because SendMessages stamps its frames in place.
 pub async fn dispatch(
@@ -66,16 +84,24 @@ pub async fn dispatch(
             )
             .await
         }
-        Request::DeleteUser { user: id } => users::delete(broker, session, &id),
+        Request::DeleteUser { user: target } => {
+            submit(broker, user, Operation::DeleteUser { user: target }, body).await
+        }
         Request::UpdateUser {
-            user: id,
+            user: target,
             username,
             status,
-        } => users::update(broker, session, &id, username, status),
+        } => users::update(broker, session, target, username, status).await,
         Request::UpdatePermissions {
-            user: id,
+            user: target,
             permissions,
-        } => users::update_permissions(broker, session, &id, permissions),
+        } => {
+            let op = Operation::UpdatePermissions {
+                user: target,
+                permissions,
+            };
+            submit(broker, user, op, body).await
+        }
         Request::ChangePassword {
             user: id,
             current_password,
@@ -83,45 +109,95 @@ pub async fn dispatch(
         } => users::change_password(broker, session, &id, current_password, new_password).await,
         Request::GetPersonalAccessTokens => tokens::get_all(broker, session, body),
         Request::CreatePersonalAccessToken { name, expiry } => {
-            tokens::create(broker, session, name, expiry, body)
+            tokens::create(broker, session, name, expiry, body).await
         }
-        Request::DeletePersonalAccessToken { name } => tokens::delete(broker, session, &name),
+        Request::DeletePersonalAccessToken { name } => {
+            submit(broker, user, Operation::DeleteToken { name }, body).await
+        }
         Request::GetStream { stream } => streams::get(broker, user, &stream, body),
         Request::GetStreams => streams::get_all(broker, user, body),
-        Request::CreateStream { name } => streams::create(broker, user, name, body),
-        Request::UpdateStream { stream, name } => streams::update(broker, user, &stream, name),
-        Request::DeleteStream { stream } => streams::delete(broker, user, &stream),
-        Request::PurgeStream { stream } => streams::purge(broker, user, &stream),
+        Request::CreateStream { name } => {
+            submit(broker, user, Operation::CreateStream { name }, body).await
+        }
+        Request::UpdateStream { stream, name } => {
+            submit(broker, user, Operation::UpdateStream { stream, name }, body).await
+        }
+        Request::DeleteStream { stream } => {
+            submit(broker, user, Operation::DeleteStream { stream }, body).await
+        }
+        Request::PurgeStream { stream } => {
+            submit(broker, user, Operation::PurgeStream { stream }, body).await
+        }
         Request::GetTopic { stream, topic } => topics::get(broker, user, &stream, &topic, body),
         Request::GetTopics { stream } => topics::get_all(broker, user, &stream, body),
         Request::CreateTopic {
             stream,
             partitions_count,
             settings,
-        } => topics::create(broker, user, &stream, partitions_count, settings, body),
+        } => {
+            let op = Operation::CreateTopic {
+                stream,
+                partitions: partitions_count,
+                settings,
+            };
+            submit(broker, user, op, body).await
+        }
         Request::UpdateTopic {
             stream,
             topic,
             settings,
-        } => topics::update(broker, user, &stream, &topic, settings),
-        Request::DeleteTopic { stream, topic } => topics::delete(broker, user, &stream, &topic),
-        Request::PurgeTopic { stream, topic } => topics::purge(broker, user, &stream, &topic),
+        } => {
+            let op = Operation::UpdateTopic {
+                stream,
+                topic,
+                settings,
+            };
+            submit(broker, user, op, body).await
+        }
+        Request::DeleteTopic { stream, topic } => {
+            submit(broker, user, Operation::DeleteTopic { stream, topic }, body).await
+        }
+        Request::PurgeTopic { stream, topic } => {
+            submit(broker, user, Operation::PurgeTopic { stream, topic }, body).await
+        }
         Request::CreatePartitions {
             stream,
             topic,
             count,
-        } => topics::create_partitions(broker, user, &stream, &topic, count),
+        } => {
+            let op = Operation::CreatePartitions {
+                stream,
+                topic,
+                count,
+            };
+            submit(broker, user, op, body).await
+        }
         Request::DeletePartitions {
             stream,
             topic,
             count,
-        } => topics::delete_partitions(broker, user, &stream, &topic, count),
+        } => {
+            let op = Operation::DeletePartitions {
+                stream,
+                topic,
+                count,
+            };
+            submit(broker, user, op, body).await
+        }
         Request::DeleteSegments {
             stream,
             topic,
             partition,
             count,
-        } => topics::delete_segments(broker, user, &stream, &topic, partition, count),
+        } => {
+            let op = Operation::DeleteSegments {
+                stream,
+                topic,
+                partition,
+                count,
+            };
+            submit(broker, user, op, body).await
+        }
         Request::PollMessages {
             target,
             strategy,
@@ -136,9 +212,9 @@ pub async fn dispatch(
         } => messages::flush(broker, user, &stream, &topic, partition, fsync).await,
         Request::GetConsumerOffset { target } => offsets::get(broker, session, &target, body),
         Request::StoreConsumerOffset { target, offset } => {
-            offsets::store(broker, session, &target, offset)
+            offsets::store(broker, session, &target, offset).await
         }
-        Request::DeleteConsumerOffset { target } => offsets::delete(broker, session, &target),
+        Request::DeleteConsumerOffset { target } => offsets::delete(broker, session, &target).await,
         Request::GetConsumerGroup { group } => groups::get(broker, session, &group, body),
         Request::GetConsumerGroups { stream, topic } => {
             groups::get_all(broker, session, &stream, &topic, body)
@@ -147,8 +223,17 @@ pub async fn dispatch(
             stream,
             topic,
             name,
-        } => groups::create(broker, session, &stream, &topic, name, body),
-        Request::DeleteConsumerGroup { group } => groups::delete(broker, session, &group),
+        } => {
+            let op = Operation::CreateGroup {
+                stream,
+                topic,
+                name,
+            };
+            submit(broker, user, op, body).await
+        }
+        Request::DeleteConsumerGroup { group } => {
+            submit(broker, user, Operation::DeleteGroup { group }, body).await
+        }
         Request::JoinConsumerGroup { group } => groups::join(broker, session, &group),
         Request::LeaveConsumerGroup { group } => groups::leave(broker, session, &group),
     }

@@ -1,10 +1,12 @@
 //! GetConsumerOffset, StoreConsumerOffset and DeleteConsumerOffset, for standalone consumers
-//! and consumer groups.
+//! and consumer groups. Store and delete are operations (`apply/messages.rs`).
 
 use super::messages::consumer_target;
+use super::submit;
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
-use crate::session::Session;
+use crate::net::session::Session;
+use crate::ops::Operation;
 use iggy_wire::request::PartitionRef;
 use iggy_wire::response;
 
@@ -27,34 +29,40 @@ pub fn get(
     Ok(())
 }
 
-/// An offset past the last message would make the next poll skip messages not yet written.
-pub fn store(broker: &Broker, session: &Session, target: &PartitionRef, offset: u64) -> Result<()> {
+/// Resolves the consumer's partition here (a group member's depends on its connection) and
+/// submits the store; `apply` checks the offset against the partition.
+pub async fn store(
+    broker: &Broker,
+    session: &Session,
+    target: &PartitionRef,
+    offset: u64,
+) -> Result<()> {
     let resolved = consumer_target(broker, session, target, false)?;
     let partition = resolved
         .partition
         .ok_or(BrokerError::PartitionNotFound(0))?;
-    let (empty, current) = {
-        let log = partition.log();
-        (log.is_empty(), log.current_offset())
+    let op = Operation::StoreOffset {
+        stream: resolved.stream,
+        topic: resolved.topic,
+        partition: partition.id,
+        kind: resolved.kind,
+        key: resolved.key,
+        offset,
     };
-    if empty || offset > current {
-        return Err(BrokerError::InvalidOffset { offset, current });
-    }
-    partition
-        .offsets(resolved.kind)
-        .store(&resolved.key, offset, broker.durable_sends())?;
-    Ok(())
+    submit(broker, session.user_id, op, &mut Vec::new()).await
 }
 
-pub fn delete(broker: &Broker, session: &Session, target: &PartitionRef) -> Result<()> {
+pub async fn delete(broker: &Broker, session: &Session, target: &PartitionRef) -> Result<()> {
     let resolved = consumer_target(broker, session, target, false)?;
     let partition = resolved
         .partition
         .ok_or(BrokerError::PartitionNotFound(0))?;
-    let removed = partition.offsets(resolved.kind).delete(&resolved.key)?;
-    if removed {
-        Ok(())
-    } else {
-        Err(BrokerError::ConsumerOffsetNotFound)
-    }
+    let op = Operation::DeleteOffset {
+        stream: resolved.stream,
+        topic: resolved.topic,
+        partition: partition.id,
+        kind: resolved.kind,
+        key: resolved.key,
+    };
+    submit(broker, session.user_id, op, &mut Vec::new()).await
 }

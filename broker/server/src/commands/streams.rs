@@ -1,50 +1,18 @@
-//! Stream commands: Get, GetAll, Create, Update, Delete, Purge.
+//! Stream reads: Get and GetAll. Create, Update, Delete and Purge are operations, submitted
+//! by the dispatcher and applied in `apply/streams.rs`.
 
-use super::topics::encode_topic_header;
-use crate::access::Access;
 use crate::broker::Broker;
-use crate::catalog::{lowest_free_id, Stream};
-use crate::error::{BrokerError, Result};
-use crate::storage::fsutil::now_micros;
-use crate::storage::metadata;
-use iggy_wire::response::StreamInfo;
+use crate::error::Result;
+use crate::reply;
+use crate::security::access::Access;
 use iggy_wire::Identifier;
-use std::collections::BTreeMap;
-
-fn encode_stream(stream: &Stream, body: &mut Vec<u8>) {
-    let totals = stream.totals();
-    StreamInfo {
-        id: stream.id,
-        created_at: stream.created_at,
-        topics_count: stream.topics.len() as u32,
-        size_bytes: totals.bytes,
-        messages_count: totals.messages,
-        name: &stream.name,
-    }
-    .encode(body);
-}
-
-/// Stream header then every topic's header.
-fn encode_stream_details(stream: &Stream, body: &mut Vec<u8>) {
-    encode_stream(stream, body);
-    for topic in stream.topics.values() {
-        encode_topic_header(topic, body);
-    }
-}
-
-pub(super) fn validate_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 255 {
-        return Err(BrokerError::InvalidStreamName);
-    }
-    Ok(())
-}
 
 /// A missing stream is an empty OK reply, which the SDK reads as `None`.
 pub fn get(broker: &Broker, user: Option<u32>, id: &Identifier, body: &mut Vec<u8>) -> Result<()> {
     let catalog = broker.catalog();
     if let Ok(stream) = catalog.stream(id) {
         catalog.authorize(user, Access::ReadStream(stream.id))?;
-        encode_stream_details(stream, body);
+        reply::stream_details(stream, body);
     }
     Ok(())
 }
@@ -53,90 +21,7 @@ pub fn get_all(broker: &Broker, user: Option<u32>, body: &mut Vec<u8>) -> Result
     let catalog = broker.catalog();
     catalog.authorize(user, Access::ReadStreams)?;
     for stream in catalog.streams.values() {
-        encode_stream(stream, body);
+        reply::stream(stream, body);
     }
     Ok(())
-}
-
-pub fn create(broker: &Broker, user: Option<u32>, name: String, body: &mut Vec<u8>) -> Result<()> {
-    let mut catalog = broker.catalog_mut();
-    catalog.authorize(user, Access::ManageStreams)?;
-    validate_name(&name)?;
-    if catalog.streams.values().any(|s| s.name == name) {
-        return Err(BrokerError::StreamNameExists(name));
-    }
-    let id = lowest_free_id(&catalog.streams);
-    metadata::remove_tree(&metadata::stream_dir(&broker.config.system.path, id))?;
-    let stream = Stream {
-        id,
-        name,
-        created_at: now_micros(),
-        topics: BTreeMap::new(),
-    };
-    catalog.streams.insert(id, stream);
-    if let Err(e) = broker.persist(&catalog) {
-        catalog.streams.remove(&id);
-        return Err(e);
-    }
-    encode_stream_details(&catalog.streams[&id], body);
-    Ok(())
-}
-
-pub fn update(broker: &Broker, user: Option<u32>, id: &Identifier, name: String) -> Result<()> {
-    let mut catalog = broker.catalog_mut();
-    let target = catalog.stream(id)?.id;
-    catalog.authorize(user, Access::ManageStream(target))?;
-    validate_name(&name)?;
-    if catalog
-        .streams
-        .values()
-        .any(|s| s.name == name && s.id != target)
-    {
-        return Err(BrokerError::StreamNameExists(name));
-    }
-    let stream = catalog.stream_mut(id)?;
-    let old = std::mem::replace(&mut stream.name, name);
-    if let Err(e) = broker.persist(&catalog) {
-        if let Ok(stream) = catalog.stream_mut(&Identifier::Numeric(target)) {
-            stream.name = old;
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
-pub fn delete(broker: &Broker, user: Option<u32>, id: &Identifier) -> Result<()> {
-    let mut catalog = broker.catalog_mut();
-    let target = catalog.stream(id)?.id;
-    catalog.authorize(user, Access::ManageStream(target))?;
-    let removed = catalog.streams.remove(&target);
-    if let Err(e) = broker.persist(&catalog) {
-        if let Some(stream) = removed {
-            catalog.streams.insert(target, stream);
-        }
-        return Err(e);
-    }
-    drop(catalog);
-    broker.clients.forget_groups(|(s, _, _)| *s == target);
-    // The metadata no longer names the directory; a failure here leaves an orphan that the next
-    // create at this id removes.
-    let dir = metadata::stream_dir(&broker.config.system.path, target);
-    if let Err(e) = metadata::remove_tree(&dir) {
-        tracing::warn!(error = %e, "deleted stream's directory could not be removed");
-    }
-    Ok(())
-}
-
-pub fn purge(broker: &Broker, user: Option<u32>, id: &Identifier) -> Result<()> {
-    let partitions: Vec<_> = {
-        let catalog = broker.catalog();
-        let stream = catalog.stream(id)?;
-        catalog.authorize(user, Access::ManageStream(stream.id))?;
-        stream
-            .topics
-            .values()
-            .flat_map(|t| t.partitions.iter().cloned())
-            .collect()
-    };
-    super::topics::purge_partitions(&partitions)
 }

@@ -1,12 +1,12 @@
 //! Ping, LoginUser, LogoutUser, GetMe, GetStats, GetClient and GetClients.
 
-use crate::access::Access;
-use crate::auth;
 use crate::broker::Broker;
-use crate::clients::ClientEntry;
 use crate::error::{BrokerError, Result};
-use crate::session::Session;
-use crate::stats;
+use crate::net::clients::ClientEntry;
+use crate::net::session::Session;
+use crate::security::access::Access;
+use crate::security::auth;
+use crate::state::stats;
 use crate::storage::fsutil::now_micros;
 use iggy_wire::response::{self, Stats};
 

@@ -1,12 +1,15 @@
 //! Personal access tokens: GetPersonalAccessTokens, CreatePersonalAccessToken,
 //! DeletePersonalAccessToken, LoginWithPersonalAccessToken. A user manages only their own
-//! tokens. The raw token is returned once; only its SHA-256 is stored.
+//! tokens. The raw token is generated here and returned once; only its SHA-256 is submitted
+//! and stored (`apply/tokens.rs`).
 
+use super::submit;
+use crate::apply::is_expired;
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
-use crate::session::Session;
+use crate::net::session::Session;
+use crate::ops::Operation;
 use crate::storage::fsutil::now_micros;
-use crate::storage::metadata::TokenRecord;
 use iggy_wire::response;
 use sha2::{Digest, Sha256};
 
@@ -32,10 +35,6 @@ pub fn token_hash(token: &str) -> String {
         .collect()
 }
 
-fn is_expired(token: &TokenRecord, now: u64) -> bool {
-    token.expiry_at != 0 && token.expiry_at <= now
-}
-
 pub fn get_all(broker: &Broker, session: &Session, body: &mut Vec<u8>) -> Result<()> {
     let catalog = broker.catalog();
     let user = catalog.session_user(session.user_id)?;
@@ -46,7 +45,7 @@ pub fn get_all(broker: &Broker, session: &Session, body: &mut Vec<u8>) -> Result
 }
 
 /// `expiry` is a lifetime in µs: 0 takes the server default (never), `u64::MAX` is never.
-pub fn create(
+pub async fn create(
     broker: &Broker,
     session: &Session,
     name: String,
@@ -56,53 +55,14 @@ pub fn create(
     if !(3..=30).contains(&name.len()) {
         return Err(BrokerError::InvalidTokenName);
     }
-    let limit = broker.config.personal_access_token.max_tokens_per_user;
-    let mut catalog = broker.catalog_mut();
-    let user = catalog.session_user_mut(session.user_id)?;
-    let user_id = user.id;
-    let now = now_micros();
-    user.tokens.retain(|t| !is_expired(t, now));
-    if user.tokens.iter().any(|t| t.name == name) {
-        return Err(BrokerError::TokenExists(name));
-    }
-    if user.tokens.len() >= limit as usize {
-        return Err(BrokerError::TokenLimit(limit));
-    }
     let raw = generate_token();
-    let expiry_at = match expiry {
-        0 | u64::MAX => 0,
-        lifetime => now.saturating_add(lifetime),
-    };
-    user.tokens.push(TokenRecord {
-        name: name.clone(),
+    let op = Operation::CreateToken {
+        name,
         token_sha256: token_hash(&raw),
-        expiry_at,
-    });
-    if let Err(e) = broker.persist(&catalog) {
-        if let Some(user) = catalog.users.iter_mut().find(|u| u.id == user_id) {
-            user.tokens.retain(|t| t.name != name);
-        }
-        return Err(e);
-    }
+        lifetime: expiry,
+    };
+    submit(broker, session.user_id, op, &mut Vec::new()).await?;
     response::encode_raw_token(&raw, body);
-    Ok(())
-}
-
-pub fn delete(broker: &Broker, session: &Session, name: &str) -> Result<()> {
-    let mut catalog = broker.catalog_mut();
-    let user = catalog.session_user_mut(session.user_id)?;
-    let user_id = user.id;
-    let before = user.tokens.clone();
-    user.tokens.retain(|t| t.name != name);
-    if user.tokens.len() == before.len() {
-        return Err(BrokerError::TokenNotFound(name.to_owned()));
-    }
-    if let Err(e) = broker.persist(&catalog) {
-        if let Some(user) = catalog.users.iter_mut().find(|u| u.id == user_id) {
-            user.tokens = before;
-        }
-        return Err(e);
-    }
     Ok(())
 }
 
@@ -134,21 +94,6 @@ pub fn login(
     broker.clients.set_user(session.client_id, session.user_id);
     body.extend_from_slice(&response::identity(user.id));
     Ok(())
-}
-
-/// Drops expired tokens from every user; run by the periodic maintenance task.
-pub fn remove_expired(broker: &Broker) -> Result<usize> {
-    let now = now_micros();
-    let mut catalog = broker.catalog_mut();
-    let before: usize = catalog.users.iter().map(|u| u.tokens.len()).sum();
-    for user in &mut catalog.users {
-        user.tokens.retain(|t| !is_expired(t, now));
-    }
-    let removed = before - catalog.users.iter().map(|u| u.tokens.len()).sum::<usize>();
-    if removed > 0 {
-        broker.persist(&catalog)?;
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 pub struct ConsumerOffsets {
     dir: PathBuf,
     offsets: HashMap<String, u64>,
+    /// fsync each store (and a new file's directory): the partition's durability policy,
+    /// decided here in storage rather than by every caller.
+    sync: bool,
 }
 
 /// File name for a consumer: its number, or `name-<hex>` so any UTF-8 name is a safe file name.
@@ -25,17 +28,17 @@ pub fn consumer_key(id: &Identifier) -> String {
 }
 
 impl ConsumerOffsets {
-    /// Offsets of standalone consumers (`offsets/consumers/`).
-    pub fn load(partition_dir: &Path) -> Result<Self, StorageError> {
-        Self::load_from(partition_dir.join("offsets").join("consumers"))
+    /// Offsets of standalone consumers (`offsets/consumers/`); `sync` fsyncs every store.
+    pub fn load(partition_dir: &Path, sync: bool) -> Result<Self, StorageError> {
+        Self::load_from(partition_dir.join("offsets").join("consumers"), sync)
     }
 
     /// Offsets of consumer groups (`offsets/groups/<group id>`).
-    pub fn load_groups(partition_dir: &Path) -> Result<Self, StorageError> {
-        Self::load_from(partition_dir.join("offsets").join("groups"))
+    pub fn load_groups(partition_dir: &Path, sync: bool) -> Result<Self, StorageError> {
+        Self::load_from(partition_dir.join("offsets").join("groups"), sync)
     }
 
-    fn load_from(dir: PathBuf) -> Result<Self, StorageError> {
+    fn load_from(dir: PathBuf, sync: bool) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&dir).at(&dir)?;
         let mut offsets = HashMap::new();
         for entry in std::fs::read_dir(&dir).at(&dir)? {
@@ -54,14 +57,14 @@ impl ConsumerOffsets {
                 tracing::warn!(file = %path.display(), "ignoring consumer offset file that is not 8 bytes");
             }
         }
-        Ok(Self { dir, offsets })
+        Ok(Self { dir, offsets, sync })
     }
 
     pub fn get(&self, key: &str) -> Option<u64> {
         self.offsets.get(key).copied()
     }
 
-    pub fn store(&mut self, key: &str, offset: u64, sync: bool) -> Result<(), StorageError> {
+    pub fn store(&mut self, key: &str, offset: u64) -> Result<(), StorageError> {
         let path = self.dir.join(key);
         let is_new = !self.offsets.contains_key(key);
         let file = std::fs::OpenOptions::new()
@@ -71,7 +74,7 @@ impl ConsumerOffsets {
             .open(&path)
             .at(&path)?;
         file.write_all_at(&offset.to_le_bytes(), 0).at(&path)?;
-        if sync {
+        if self.sync {
             file.sync_data().at(&path)?;
             if is_new {
                 fsutil::sync_dir(&self.dir)?;
@@ -107,17 +110,20 @@ mod tests {
     #[test]
     fn offsets_survive_reload_and_names_are_file_safe() {
         let dir = tempfile::tempdir().unwrap();
-        let mut offsets = ConsumerOffsets::load(dir.path()).unwrap();
+        let mut offsets = ConsumerOffsets::load(dir.path(), true).unwrap();
         let named = consumer_key(&Identifier::Named("a/b c".into()));
         assert!(!named.contains('/'));
-        offsets.store("7", 41, true).unwrap();
-        offsets.store(&named, 3, false).unwrap();
-        let reloaded = ConsumerOffsets::load(dir.path()).unwrap();
+        offsets.store("7", 41).unwrap();
+        offsets.store(&named, 3).unwrap();
+        let reloaded = ConsumerOffsets::load(dir.path(), false).unwrap();
         assert_eq!(reloaded.get("7"), Some(41));
         assert_eq!(reloaded.get(&named), Some(3));
         let mut reloaded = reloaded;
         assert!(reloaded.delete("7").unwrap());
         assert!(!reloaded.delete("7").unwrap());
-        assert_eq!(ConsumerOffsets::load(dir.path()).unwrap().get("7"), None);
+        assert_eq!(
+            ConsumerOffsets::load(dir.path(), false).unwrap().get("7"),
+            None
+        );
     }
 }

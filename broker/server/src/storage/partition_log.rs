@@ -1,6 +1,6 @@
 //! The append-only log of one partition: an ordered run of segments, the active one last.
 //!
-//! Not thread-safe by itself; [`crate::partition::Partition`] wraps it in a mutex and keeps
+//! Not thread-safe by itself; [`crate::state::partition::Partition`] wraps it in a mutex and keeps
 //! fsyncs and file reads outside that mutex.
 
 use super::checkpoint::Checkpoint;

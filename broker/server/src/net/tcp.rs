@@ -6,7 +6,7 @@
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
-use crate::session::Session;
+use crate::net::session::Session;
 use iggy_wire::frame::{self, HeaderError, RequestHeader};
 use iggy_wire::Command;
 use std::net::SocketAddr;

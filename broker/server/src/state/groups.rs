@@ -3,6 +3,8 @@
 //! changes. Assignment is deterministic (partition `i` goes to the `i mod n`-th member in client
 //! id order), so every member's share is stable while the membership is.
 
+use crate::error::{BrokerError, Result};
+use iggy_wire::Identifier;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Clone)]
@@ -83,6 +85,18 @@ impl ConsumerGroup {
         }
         Some(chosen)
     }
+}
+
+/// A topic's group by numeric id or name.
+pub fn find_group<'g>(
+    groups: &'g mut BTreeMap<u32, ConsumerGroup>,
+    id: &Identifier,
+) -> Result<&'g mut ConsumerGroup> {
+    let found = match id {
+        Identifier::Numeric(n) => groups.get_mut(n),
+        Identifier::Named(name) => groups.values_mut().find(|g| &g.name == name),
+    };
+    found.ok_or_else(|| BrokerError::ConsumerGroupNotFound(id.clone()))
 }
 
 #[cfg(test)]

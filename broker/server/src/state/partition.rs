@@ -1,11 +1,14 @@
 //! A partition as the broker uses it: its log and consumer offsets behind short-held locks,
-//! plus the group commit that makes `fsync = always` affordable.
+//! plus the group commit that makes `fsync = always` affordable. The partition owns the
+//! durability decision: an append returns at once with its write sequence number, and
+//! [`Partition::persisted`] waits for whatever the fsync policy promises for it.
 //!
 //! Group commit: an appender writes under the log lock and takes a sequence number, releases the
 //! lock, then waits until a sync covering that number completes. Only one fsync runs at a time
 //! per partition; whoever runs it first reads the newest sequence number, so every append that
 //! landed before the fsync started is covered by it and its writer returns without another.
 
+use crate::config::FsyncPolicy;
 use crate::storage::offsets::ConsumerOffsets;
 use crate::storage::partition_log::{Appended, PartitionLog, ReadPlan};
 use crate::storage::{IoContext, StorageError};
@@ -26,22 +29,22 @@ pub struct Partition {
     /// Set when an fsync failed: the page cache may have dropped the dirty pages, so nothing
     /// written since can be promised durable (the "fsyncgate" lesson). Cleared only by restart.
     poisoned: AtomicBool,
-}
-
-/// A version-4 UUID for a message sent with id 0. Drawn from a thread-local generator seeded by
-/// the OS: a system call per message (what `Uuid::new_v4` does) costs more than stamping it.
-fn random_message_id() -> u128 {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-        .into_uuid()
-        .as_u128()
+    /// `fsync = always`: an append is acknowledged only once it is on disk.
+    sync_appends: bool,
 }
 
 impl Partition {
     /// Wraps an opened log and loads the partition's stored consumer and group offsets.
-    pub fn new(id: u32, created_at: u64, log: PartitionLog) -> Result<Self, StorageError> {
+    pub fn new(
+        id: u32,
+        created_at: u64,
+        log: PartitionLog,
+        fsync: FsyncPolicy,
+    ) -> Result<Self, StorageError> {
         let seq = log.write_seq();
-        let consumer_offsets = ConsumerOffsets::load(log.dir())?;
-        let group_offsets = ConsumerOffsets::load_groups(log.dir())?;
+        let sync_appends = fsync == FsyncPolicy::Always;
+        let consumer_offsets = ConsumerOffsets::load(log.dir(), sync_appends)?;
+        let group_offsets = ConsumerOffsets::load_groups(log.dir(), sync_appends)?;
         Ok(Self {
             id,
             created_at,
@@ -51,6 +54,7 @@ impl Partition {
             durable_seq: AtomicU64::new(seq),
             sync_lock: tokio::sync::Mutex::new(()),
             poisoned: AtomicBool::new(false),
+            sync_appends,
         })
     }
 
@@ -74,21 +78,29 @@ impl Partition {
         self.log().dir().to_owned()
     }
 
-    /// Appends a validated batch; with `durable`, returns only once it is on disk.
-    pub async fn append(
+    /// Appends a validated batch, stamping it with `timestamp` and, for messages sent with id
+    /// 0, ids from `new_id`. Returns once it is written; [`Self::persisted`] waits for the
+    /// durability the policy promises.
+    pub fn append(
         &self,
         messages: &mut [u8],
-        now_micros: u64,
-        durable: bool,
+        timestamp: u64,
+        new_id: impl FnMut() -> u128,
     ) -> Result<Appended, StorageError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned { path: self.dir() });
         }
-        let appended = self.log().append(messages, now_micros, random_message_id)?;
-        if durable {
-            self.sync_through(appended.seq).await?;
+        self.log().append(messages, timestamp, new_id)
+    }
+
+    /// Returns once the append numbered `seq` is as durable as the fsync policy promises: on
+    /// disk under `always` (group commit), at once otherwise.
+    pub async fn persisted(&self, seq: u64) -> Result<(), StorageError> {
+        if self.sync_appends {
+            self.sync_through(seq).await
+        } else {
+            Ok(())
         }
-        Ok(appended)
     }
 
     /// Waits until every append up to `seq` is on disk, fsyncing if nobody else is.

@@ -2,8 +2,8 @@
 //! from the durable snapshot. Lookups by numeric id or by name follow Iggy's identifier rules.
 
 use crate::error::{BrokerError, Result};
-use crate::groups::ConsumerGroup;
-use crate::partition::Partition;
+use crate::state::groups::ConsumerGroup;
+use crate::state::partition::Partition;
 use crate::storage::metadata::{
     GroupRecord, PartitionRecord, Snapshot, StreamRecord, TopicRecord, UserRecord, FORMAT_VERSION,
 };
@@ -166,9 +166,13 @@ impl Catalog {
     }
 
     /// Fails with `Unauthorized` unless the session's user holds `access`.
-    pub fn authorize(&self, user_id: Option<u32>, access: crate::access::Access) -> Result<()> {
+    pub fn authorize(
+        &self,
+        user_id: Option<u32>,
+        access: crate::security::access::Access,
+    ) -> Result<()> {
         let user = self.session_user(user_id)?;
-        if crate::access::permits(user.permissions.as_ref(), access) {
+        if crate::security::access::permits(user.permissions.as_ref(), access) {
             Ok(())
         } else {
             Err(BrokerError::Unauthorized)

@@ -121,15 +121,6 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    fn open_broker(dir: &std::path::Path) -> Arc<Broker> {
-        let env = [
-            ("IGGY_SYSTEM_PATH".to_string(), dir.display().to_string()),
-            ("IGGY_ROOT_PASSWORD".to_string(), "secret".to_string()),
-        ];
-        let config = crate::config::Config::load(None, env).expect("config");
-        Broker::open(config).expect("opens").0
-    }
-
     async fn body(response: Response<Full<Bytes>>) -> (StatusCode, String) {
         let status = response.status();
         let bytes = response
@@ -144,7 +135,7 @@ mod tests {
     #[tokio::test]
     async fn admin_status_answers_loopback_peers_only() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker = open_broker(dir.path());
+        let broker = crate::broker::open_for_tests(dir.path());
         let local: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
         let remote: SocketAddr = "10.1.2.3:50000".parse().expect("addr");
 

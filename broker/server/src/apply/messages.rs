@@ -1,0 +1,115 @@
+//! Appends and consumer offsets.
+
+use super::Applied;
+use crate::broker::Broker;
+use crate::error::{BrokerError, Result};
+use crate::ops::{MessageIds, OpContext};
+use crate::security::access::Access;
+use crate::state::catalog::TopicTraffic;
+use crate::state::partition::Partition;
+use iggy_wire::message::validate_batch;
+use iggy_wire::{ConsumerKind, Identifier, Partitioning};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// A SendMessages batch: where it goes and its frames, stamped in place.
+pub(super) struct Batch<'b> {
+    pub stream: &'b Identifier,
+    pub topic: &'b Identifier,
+    pub partitioning: &'b Partitioning,
+    pub count: u32,
+    pub index: &'b [u8],
+    pub messages: &'b mut [u8],
+}
+
+/// Validates, routes and appends a batch. The frames are stamped in place (offsets, the
+/// context's timestamp, ids derived from its entropy) and written as they are: no copy between
+/// the socket buffer and the file.
+pub(super) fn append(
+    broker: &Broker,
+    context: OpContext,
+    user: Option<u32>,
+    batch: Batch<'_>,
+) -> Result<Applied> {
+    let (partition, traffic) = route(broker, user, batch.stream, batch.topic, batch.partitioning)?;
+    validate_batch(batch.index, batch.messages, batch.count)?;
+    let mut ids = MessageIds::new(context.entropy);
+    let appended = partition
+        .append(batch.messages, context.timestamp, || ids.next_id())
+        .map_err(BrokerError::Append)?;
+    traffic.record_in(appended.count as u64, appended.bytes);
+    Ok(Applied {
+        sync: Some((partition, appended.seq)),
+    })
+}
+
+/// The partition a batch goes to, after checking the caller may send to the topic.
+pub fn route(
+    broker: &Broker,
+    user: Option<u32>,
+    stream: &Identifier,
+    topic: &Identifier,
+    partitioning: &Partitioning,
+) -> Result<(Arc<Partition>, Arc<TopicTraffic>)> {
+    let catalog = broker.catalog();
+    let (s, topic) = catalog.topic(stream, topic)?;
+    catalog.authorize(user, Access::Send(s.id, topic.id))?;
+    let count = topic.partitions.len() as u32;
+    if count == 0 {
+        return Err(BrokerError::NoPartitions);
+    }
+    let id = match partitioning {
+        Partitioning::Balanced => topic.next_partition.fetch_add(1, Ordering::Relaxed) % count,
+        Partitioning::PartitionId(id) => *id,
+        Partitioning::MessagesKey(key) => Partitioning::partition_for_key(key, count),
+    };
+    Ok((topic.partition(id)?.clone(), topic.traffic.clone()))
+}
+
+/// A partition a consumer may poll, by numeric ids.
+fn consumer_partition(
+    broker: &Broker,
+    user: Option<u32>,
+    (stream, topic, partition): (u32, u32, u32),
+) -> Result<Arc<Partition>> {
+    let catalog = broker.catalog();
+    let (s, t) = catalog.topic(&Identifier::Numeric(stream), &Identifier::Numeric(topic))?;
+    catalog.authorize(user, Access::Poll(s.id, t.id))?;
+    Ok(t.partition(partition)?.clone())
+}
+
+/// An offset past the last message would make the next poll skip messages not yet written.
+pub(super) fn store_offset(
+    broker: &Broker,
+    user: Option<u32>,
+    at: (u32, u32, u32),
+    kind: ConsumerKind,
+    key: &str,
+    offset: u64,
+) -> Result<()> {
+    let partition = consumer_partition(broker, user, at)?;
+    let (empty, current) = {
+        let log = partition.log();
+        (log.is_empty(), log.current_offset())
+    };
+    if empty || offset > current {
+        return Err(BrokerError::InvalidOffset { offset, current });
+    }
+    partition.offsets(kind).store(key, offset)?;
+    Ok(())
+}
+
+pub(super) fn delete_offset(
+    broker: &Broker,
+    user: Option<u32>,
+    at: (u32, u32, u32),
+    kind: ConsumerKind,
+    key: &str,
+) -> Result<()> {
+    let partition = consumer_partition(broker, user, at)?;
+    if partition.offsets(kind).delete(key)? {
+        Ok(())
+    } else {
+        Err(BrokerError::ConsumerOffsetNotFound)
+    }
+}

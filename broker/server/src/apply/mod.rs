@@ -1,0 +1,290 @@
+//! The deterministic half of every state change: [`apply`] executes an [`Operation`] against
+//! the catalog and the partitions, given the context the submitter decided, and writes the
+//! client's reply. Given the same state, operation and context it does the same thing — which
+//! is what lets every replica of a replicated broker run it — so it reads no clock and draws no
+//! randomness, and it checks permissions itself, against the state the operation meets.
+//!
+//! One module per kind of object, as in `commands/`.
+
+mod groups;
+mod messages;
+mod streams;
+mod tokens;
+mod topics;
+mod users;
+
+use crate::broker::Broker;
+use crate::error::Result;
+use crate::ops::{OpContext, Operation, Submission};
+use crate::state::partition::Partition;
+use std::sync::Arc;
+
+pub use messages::route;
+pub use tokens::is_expired;
+
+/// What an applied operation leaves for its submitter to finish.
+#[derive(Default)]
+pub struct Applied {
+    /// An append's partition and write sequence number: the submitter waits until the
+    /// partition's durability policy is met for it (`Partition::persisted`).
+    pub sync: Option<(Arc<Partition>, u64)>,
+}
+
+pub fn apply(
+    broker: &Broker,
+    context: OpContext,
+    submission: Submission<'_>,
+    reply: &mut Vec<u8>,
+) -> Result<Applied> {
+    let Submission { user, op } = submission;
+    let done = |result: Result<()>| result.map(|()| Applied::default());
+    match op {
+        Operation::CreateStream { name } => {
+            done(streams::create(broker, context, user, name, reply))
+        }
+        Operation::UpdateStream { stream, name } => {
+            done(streams::update(broker, user, &stream, name))
+        }
+        Operation::DeleteStream { stream } => done(streams::delete(broker, user, &stream)),
+        Operation::PurgeStream { stream } => done(streams::purge(broker, user, &stream)),
+        Operation::CreateTopic {
+            stream,
+            partitions,
+            settings,
+        } => done(topics::create(
+            broker, context, user, &stream, partitions, settings, reply,
+        )),
+        Operation::UpdateTopic {
+            stream,
+            topic,
+            settings,
+        } => done(topics::update(broker, user, &stream, &topic, settings)),
+        Operation::DeleteTopic { stream, topic } => {
+            done(topics::delete(broker, user, &stream, &topic))
+        }
+        Operation::PurgeTopic { stream, topic } => {
+            done(topics::purge(broker, user, &stream, &topic))
+        }
+        Operation::CreatePartitions {
+            stream,
+            topic,
+            count,
+        } => done(topics::create_partitions(
+            broker, context, user, &stream, &topic, count,
+        )),
+        Operation::DeletePartitions {
+            stream,
+            topic,
+            count,
+        } => done(topics::delete_partitions(
+            broker, user, &stream, &topic, count,
+        )),
+        Operation::DeleteSegments {
+            stream,
+            topic,
+            partition,
+            count,
+        } => done(topics::delete_segments(
+            broker, user, &stream, &topic, partition, count,
+        )),
+        Operation::CreateUser {
+            username,
+            password_hash,
+            active,
+            permissions,
+        } => done(users::create(
+            broker,
+            context,
+            user,
+            users::NewUser {
+                username,
+                password_hash,
+                active,
+                permissions,
+            },
+            reply,
+        )),
+        Operation::DeleteUser { user: target } => done(users::delete(broker, user, &target)),
+        Operation::UpdateUser {
+            user: target,
+            username,
+            active,
+        } => done(users::update(broker, user, &target, username, active)),
+        Operation::UpdatePermissions {
+            user: target,
+            permissions,
+        } => done(users::update_permissions(
+            broker,
+            user,
+            &target,
+            permissions,
+        )),
+        Operation::ChangePassword {
+            user: target,
+            expected_hash,
+            new_hash,
+        } => done(users::change_password(
+            broker,
+            target,
+            &expected_hash,
+            new_hash,
+        )),
+        Operation::CreateToken {
+            name,
+            token_sha256,
+            lifetime,
+        } => done(tokens::create(
+            broker,
+            context,
+            user,
+            name,
+            token_sha256,
+            lifetime,
+        )),
+        Operation::DeleteToken { name } => done(tokens::delete(broker, user, &name)),
+        Operation::ExpireTokens => done(tokens::expire(broker, context).map(|_| ())),
+        Operation::Append {
+            stream,
+            topic,
+            partitioning,
+            count,
+            index,
+            messages,
+        } => messages::append(
+            broker,
+            context,
+            user,
+            messages::Batch {
+                stream: &stream,
+                topic: &topic,
+                partitioning: &partitioning,
+                count,
+                index,
+                messages,
+            },
+        ),
+        Operation::StoreOffset {
+            stream,
+            topic,
+            partition,
+            kind,
+            key,
+            offset,
+        } => done(messages::store_offset(
+            broker,
+            user,
+            (stream, topic, partition),
+            kind,
+            &key,
+            offset,
+        )),
+        Operation::DeleteOffset {
+            stream,
+            topic,
+            partition,
+            kind,
+            key,
+        } => done(messages::delete_offset(
+            broker,
+            user,
+            (stream, topic, partition),
+            kind,
+            &key,
+        )),
+        Operation::CreateGroup {
+            stream,
+            topic,
+            name,
+        } => done(groups::create(broker, user, &stream, &topic, name, reply)),
+        Operation::DeleteGroup { group } => done(groups::delete(broker, user, &group)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::catalog::ROOT_USER_ID;
+    use iggy_wire::message::SendMessagesHeader;
+    use iggy_wire::request::TopicSettings;
+    use iggy_wire::{Identifier, Partitioning};
+
+    /// Creates a stream and a topic, appends two batches with ids 0 (generated) and 7, and
+    /// returns the partition's bytes as a poll reads them plus the stream's reply.
+    fn run(broker: &Broker, context: OpContext) -> (Vec<u8>, Vec<u8>) {
+        let mut stream_reply = Vec::new();
+        let submit = |op: Operation<'_>, reply: &mut Vec<u8>| {
+            let user = Some(ROOT_USER_ID);
+            apply(broker, context, Submission { user, op }, reply).expect("applies");
+        };
+        submit(
+            Operation::CreateStream {
+                name: "orders".into(),
+            },
+            &mut stream_reply,
+        );
+        submit(
+            Operation::CreateTopic {
+                stream: Identifier::Numeric(0),
+                partitions: 2,
+                settings: TopicSettings {
+                    compression: 1,
+                    message_expiry: 0,
+                    max_topic_size: 0,
+                    replication_factor: 1,
+                    name: "created".into(),
+                },
+            },
+            &mut Vec::new(),
+        );
+        for id in [0u128, 7] {
+            let mut payload = Vec::new();
+            SendMessagesHeader::encode_request(
+                &Identifier::Numeric(0),
+                &Identifier::Numeric(0),
+                &Partitioning::Balanced,
+                &[(id, b"one", b""), (0, b"two", b"")],
+                &mut payload,
+            );
+            submit(
+                Operation::append(&mut payload).expect("a valid batch"),
+                &mut Vec::new(),
+            );
+        }
+        let catalog = broker.catalog();
+        let topic = &catalog.streams[&0].topics[&0];
+        let mut bytes = Vec::new();
+        for partition in &topic.partitions {
+            let (plan, _) = partition.plan_read(0, 100, 1 << 20);
+            plan.read_into(&mut bytes).expect("reads");
+        }
+        (bytes, stream_reply)
+    }
+
+    /// What lets every replica run `apply`: the same operations in the same context give the
+    /// same state, byte for byte, in two data directories; another context gives other ids.
+    #[test]
+    fn the_same_operations_and_context_give_the_same_bytes() {
+        let context = OpContext {
+            timestamp: 1_700_000_000_000_000,
+            entropy: 0xfeed_beef,
+        };
+        let (a, b) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let first = run(&crate::broker::open_for_tests(a.path()), context);
+        let second = run(&crate::broker::open_for_tests(b.path()), context);
+        assert!(!first.0.is_empty());
+        assert_eq!(first, second);
+        let c = tempfile::tempdir().expect("dir");
+        let other = run(
+            &crate::broker::open_for_tests(c.path()),
+            OpContext {
+                entropy: 1,
+                ..context
+            },
+        );
+        assert_ne!(other.0, first.0, "generated ids follow the entropy");
+        assert_eq!(other.1, first.1, "the stream's reply does not");
+    }
+}

@@ -1,0 +1,8 @@
+//! The network edge: the Iggy TCP listener and its connection loop, the HTTP endpoint (probes,
+//! metrics, the sidecar's admin API), each connection's session, and the table of connected
+//! clients. Replication's listener (`replication/`, with the replicated broker) sits beside it.
+
+pub mod clients;
+pub mod http;
+pub mod session;
+pub mod tcp;

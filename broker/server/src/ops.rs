@@ -1,0 +1,259 @@
+//! Operations: every change of the broker's state, as data.
+//!
+//! A command handler checks what belongs to its connection (the session, decoding, expensive
+//! preparation such as password hashing), turns the request into a [`Submission`] and hands it to
+//! the broker's submitter (`crate::submit`). The submitter orders it among all other changes,
+//! decides what is not deterministic ([`OpContext`]: the time and the entropy for generated
+//! message ids) and has [`crate::apply`] execute it against the catalog and the partitions.
+//!
+//! Everything an operation needs to be applied the same way on every replica is in the
+//! operation or its context: a password arrives as its hash, a personal access token as its
+//! SHA-256, ids are resolved by `apply` against the state the operation meets. Authorization is
+//! part of `apply` too, because only the state at the operation's place in the order decides it.
+
+use iggy_wire::message::SendMessagesHeader;
+use iggy_wire::request::{GroupRef, TopicSettings};
+use iggy_wire::WireError;
+use iggy_wire::{ConsumerKind, Identifier, Partitioning, Permissions};
+
+/// What the submitter decides for an operation. On a single node: the local clock and the
+/// process's randomness; on a replicated broker the primary decides and the prepare carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpContext {
+    /// Microseconds since the Unix epoch: creation times, message timestamps, token expiry.
+    pub timestamp: u64,
+    /// Seeds the ids of messages sent with id 0 (see `MessageIds`).
+    pub entropy: u128,
+}
+
+/// An operation and who asks for it.
+pub struct Submission<'a> {
+    /// The acting user, `None` before login (only operations that need no permission pass).
+    pub user: Option<u32>,
+    pub op: Operation<'a>,
+}
+
+/// Every change of broker state. Borrowed data (`Append`'s frames) is stamped in place.
+pub enum Operation<'a> {
+    CreateStream {
+        name: String,
+    },
+    UpdateStream {
+        stream: Identifier,
+        name: String,
+    },
+    DeleteStream {
+        stream: Identifier,
+    },
+    PurgeStream {
+        stream: Identifier,
+    },
+    CreateTopic {
+        stream: Identifier,
+        partitions: u32,
+        settings: TopicSettings,
+    },
+    UpdateTopic {
+        stream: Identifier,
+        topic: Identifier,
+        settings: TopicSettings,
+    },
+    DeleteTopic {
+        stream: Identifier,
+        topic: Identifier,
+    },
+    PurgeTopic {
+        stream: Identifier,
+        topic: Identifier,
+    },
+    CreatePartitions {
+        stream: Identifier,
+        topic: Identifier,
+        count: u32,
+    },
+    DeletePartitions {
+        stream: Identifier,
+        topic: Identifier,
+        count: u32,
+    },
+    DeleteSegments {
+        stream: Identifier,
+        topic: Identifier,
+        partition: u32,
+        count: u32,
+    },
+    CreateUser {
+        username: String,
+        password_hash: String,
+        active: bool,
+        permissions: Option<Permissions>,
+    },
+    DeleteUser {
+        user: Identifier,
+    },
+    UpdateUser {
+        user: Identifier,
+        username: Option<String>,
+        active: Option<bool>,
+    },
+    UpdatePermissions {
+        user: Identifier,
+        permissions: Option<Permissions>,
+    },
+    /// Replaces `user`'s password hash, only if it is still `expected_hash` (the one the
+    /// caller proved knowledge of).
+    ChangePassword {
+        user: u32,
+        expected_hash: String,
+        new_hash: String,
+    },
+    /// A token for the acting user; `lifetime` in µs, 0 or `u64::MAX` for never.
+    CreateToken {
+        name: String,
+        token_sha256: String,
+        lifetime: u64,
+    },
+    DeleteToken {
+        name: String,
+    },
+    /// Drops every user's expired tokens (the maintenance task).
+    ExpireTokens,
+    /// Appends a batch of message frames as the client sent them; `apply` validates them
+    /// against the index before writing.
+    Append {
+        stream: Identifier,
+        topic: Identifier,
+        partitioning: Partitioning,
+        count: u32,
+        index: &'a [u8],
+        messages: &'a mut [u8],
+    },
+    /// Stores a consumer's offset in one partition. `key` names the consumer (its id) or the
+    /// group (its numeric id); an offset past the partition's last message is refused.
+    StoreOffset {
+        stream: u32,
+        topic: u32,
+        partition: u32,
+        kind: ConsumerKind,
+        key: String,
+        offset: u64,
+    },
+    DeleteOffset {
+        stream: u32,
+        topic: u32,
+        partition: u32,
+        kind: ConsumerKind,
+        key: String,
+    },
+    CreateGroup {
+        stream: Identifier,
+        topic: Identifier,
+        name: String,
+    },
+    DeleteGroup {
+        group: GroupRef,
+    },
+}
+
+impl<'a> Operation<'a> {
+    /// The `Append` a SendMessages payload asks for: its header decoded, its frames borrowed
+    /// in place for stamping.
+    pub fn append(payload: &'a mut [u8]) -> Result<Self, WireError> {
+        let header = SendMessagesHeader::decode(payload)?;
+        let (head, messages) = payload.split_at_mut(header.messages_start);
+        Ok(Operation::Append {
+            stream: header.stream,
+            topic: header.topic,
+            partitioning: header.partitioning,
+            count: header.count,
+            index: &head[header.index_start..],
+            messages,
+        })
+    }
+
+    /// The operation's name, for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::CreateStream { .. } => "create_stream",
+            Operation::UpdateStream { .. } => "update_stream",
+            Operation::DeleteStream { .. } => "delete_stream",
+            Operation::PurgeStream { .. } => "purge_stream",
+            Operation::CreateTopic { .. } => "create_topic",
+            Operation::UpdateTopic { .. } => "update_topic",
+            Operation::DeleteTopic { .. } => "delete_topic",
+            Operation::PurgeTopic { .. } => "purge_topic",
+            Operation::CreatePartitions { .. } => "create_partitions",
+            Operation::DeletePartitions { .. } => "delete_partitions",
+            Operation::DeleteSegments { .. } => "delete_segments",
+            Operation::CreateUser { .. } => "create_user",
+            Operation::DeleteUser { .. } => "delete_user",
+            Operation::UpdateUser { .. } => "update_user",
+            Operation::UpdatePermissions { .. } => "update_permissions",
+            Operation::ChangePassword { .. } => "change_password",
+            Operation::CreateToken { .. } => "create_token",
+            Operation::DeleteToken { .. } => "delete_token",
+            Operation::ExpireTokens => "expire_tokens",
+            Operation::Append { .. } => "append",
+            Operation::StoreOffset { .. } => "store_offset",
+            Operation::DeleteOffset { .. } => "delete_offset",
+            Operation::CreateGroup { .. } => "create_group",
+            Operation::DeleteGroup { .. } => "delete_group",
+        }
+    }
+}
+
+/// Ids for messages sent with id 0: version-4 UUIDs derived from the operation's entropy and
+/// the message's place in the batch, so every replica stamps the same ids while a single node
+/// still draws fresh randomness for every batch.
+pub struct MessageIds {
+    entropy: u128,
+    next: u64,
+}
+
+impl MessageIds {
+    pub fn new(entropy: u128) -> Self {
+        Self { entropy, next: 0 }
+    }
+
+    pub fn next_id(&mut self) -> u128 {
+        let n = self.next;
+        self.next += 1;
+        let high = mix((self.entropy >> 64) as u64 ^ n);
+        let low = mix(self.entropy as u64 ^ n.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15);
+        let bytes = ((u128::from(high) << 64) | u128::from(low)).to_le_bytes();
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .as_u128()
+    }
+}
+
+/// splitmix64's finaliser: a bijection that spreads every input bit over the output.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn message_ids_are_uuid_v4_distinct_and_replayable() {
+        let mut ids = MessageIds::new(0x1234_5678_9abc_def0_1122_3344_5566_7788);
+        let first: Vec<u128> = (0..1000).map(|_| ids.next_id()).collect();
+        assert_eq!(first.iter().collect::<BTreeSet<_>>().len(), 1000);
+        for id in &first {
+            assert_eq!(uuid::Uuid::from_u128(*id).get_version_num(), 4);
+        }
+        let mut again = MessageIds::new(0x1234_5678_9abc_def0_1122_3344_5566_7788);
+        assert_eq!(
+            (0..1000).map(|_| again.next_id()).collect::<Vec<_>>(),
+            first
+        );
+        let mut other = MessageIds::new(1);
+        assert_ne!(other.next_id(), first[0]);
+    }
+}
