@@ -2,7 +2,17 @@
 //! spec, the broker or the sidecar reads them. The broker also accepts `IGGY_<SECTION>_<KEY>` for
 //! every configuration key; the ones named here are those another component relies on.
 
-// Broker settings the operator sets (each is `IGGY_<SECTION>_<KEY>` of a key in defaults.toml).
+/// Broker settings the operator sets, each `IGGY_<SECTION>_<KEY>` of a key in defaults.toml
+/// (checked by a test, so a renamed key cannot silently orphan the operator's variable).
+pub const BROKER_SETTINGS: [&str; 6] = [
+    SYSTEM_PATH,
+    TCP_ADDRESS,
+    HTTP_ADDRESS,
+    STORAGE_FSYNC,
+    ROOT_USERNAME,
+    ROOT_PASSWORD,
+];
+
 pub const SYSTEM_PATH: &str = "IGGY_SYSTEM_PATH";
 pub const TCP_ADDRESS: &str = "IGGY_TCP_ADDRESS";
 pub const HTTP_ADDRESS: &str = "IGGY_HTTP_ADDRESS";
@@ -48,3 +58,23 @@ pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
 pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_broker_setting_names_a_key_of_the_defaults() {
+        let defaults: toml::Table = crate::defaults::BROKER_DEFAULTS.parse().expect("TOML");
+        for variable in BROKER_SETTINGS {
+            let rest = variable.strip_prefix("IGGY_").expect("IGGY_ prefix");
+            let found = defaults.iter().any(|(section, keys)| {
+                keys.as_table().is_some_and(|keys| {
+                    keys.keys()
+                        .any(|key| format!("{section}_{key}").eq_ignore_ascii_case(rest))
+                })
+            });
+            assert!(found, "{variable} names no key of defaults.toml");
+        }
+    }
+}

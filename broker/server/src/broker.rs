@@ -90,6 +90,16 @@ impl Broker {
                 }
             }
             None => {
+                // A first boot creates streams from id 0, whose directories it would empty:
+                // data without metadata means the metadata was lost, not that this is new.
+                let streams = metadata::stream_dirs_on_disk(&config.system.path)?;
+                if streams > 0 {
+                    return Err(StorageError::MetadataMissing {
+                        metadata: store.path().to_owned(),
+                        data: metadata::streams_dir(&config.system.path),
+                        streams,
+                    });
+                }
                 report.first_boot = true;
                 let mut password = config.root.password.clone();
                 if password.is_empty() {

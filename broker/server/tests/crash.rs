@@ -207,3 +207,41 @@ async fn corruption_before_intact_data_refuses_to_start_and_names_the_spot() {
     // The damaged file is left untouched for the operator.
     assert_eq!(std::fs::read(&log).unwrap(), bytes);
 }
+
+/// Lost metadata is never silent: with partition data on disk and no metadata file the broker
+/// refuses to start as a first boot (which would recreate stream 0 over the old data) and says
+/// what to do; the data is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_metadata_refuses_to_start_and_keeps_the_data() {
+    let mut broker = TestBroker::start();
+    let client = broker.client().await;
+    setup(&client, 1).await;
+    let mut messages = vec![message("kept")];
+    client
+        .send_messages(
+            &id(0),
+            &id(0),
+            &Partitioning::partition_id(0),
+            &mut messages,
+        )
+        .await
+        .unwrap();
+    drop(client);
+    assert_eq!(broker.stop(), 0);
+    let log = broker
+        .partition_dir(0, 0, 0)
+        .join("00000000000000000000.log");
+    let before = std::fs::read(&log).unwrap();
+    std::fs::remove_file(broker.data_path().join("state").join("metadata.json")).unwrap();
+
+    let (exit_code, output) = broker.run_expecting_failure();
+    assert_eq!(exit_code, 1, "{output}");
+    assert!(output.contains("no metadata file at"), "{output}");
+    assert!(output.contains("1 stream directory"), "{output}");
+    assert!(output.contains("Restore"), "{output}");
+    assert_eq!(
+        std::fs::read(&log).unwrap(),
+        before,
+        "the data is untouched"
+    );
+}

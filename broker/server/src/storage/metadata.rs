@@ -165,7 +165,32 @@ pub fn topic_dir(system_path: &Path, stream: u32, topic: u32) -> PathBuf {
 }
 
 pub fn stream_dir(system_path: &Path, stream: u32) -> PathBuf {
-    system_path.join("streams").join(stream.to_string())
+    streams_dir(system_path).join(stream.to_string())
+}
+
+/// Where every stream's directory lives.
+pub fn streams_dir(system_path: &Path) -> PathBuf {
+    system_path.join("streams")
+}
+
+/// How many stream directories exist on disk (0 when there is no streams directory).
+pub fn stream_dirs_on_disk(system_path: &Path) -> Result<usize, StorageError> {
+    let dir = streams_dir(system_path);
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            let mut count = 0;
+            for entry in entries {
+                let entry = entry.map_err(|source| StorageError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+                count += usize::from(entry.path().is_dir());
+            }
+            Ok(count)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(StorageError::Io { path: dir, source }),
+    }
 }
 
 /// Removes a directory tree, tolerating its absence.

@@ -36,6 +36,17 @@ pub enum StorageError {
     },
     #[error("metadata file {path} is invalid: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
+    #[error(
+        "no metadata file at {metadata}, but {data} holds the data of {streams} stream \
+         director{plural}. Refusing to start as a first boot, which would create streams over \
+         that data. Restore {metadata} from a backup, or move {data} away to start empty",
+        plural = if *streams == 1 { "y" } else { "ies" }
+    )]
+    MetadataMissing {
+        metadata: PathBuf,
+        data: PathBuf,
+        streams: usize,
+    },
     #[error("partition at {path} failed an earlier fsync; it refuses writes until restart")]
     Poisoned { path: PathBuf },
 }

@@ -93,14 +93,24 @@ impl TestBroker {
         panic!("iggy-broker did not become ready");
     }
 
-    /// Runs the broker to completion with the current settings (for boot failures).
+    /// Runs the broker with the current settings and returns its exit code and output (for
+    /// boot failures). A broker that is still running after 30 s is killed and reported with
+    /// exit code -1, so a boot that wrongly succeeds fails the test instead of hanging it.
     pub fn run_expecting_failure(&self) -> (i32, String) {
-        let output = self
+        let mut child = self
             .command()
             .stderr(Stdio::piped())
             .stdout(Stdio::piped())
-            .output()
+            .spawn()
             .expect("run iggy-broker");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let output = child
+            .wait_with_output()
+            .expect("collect iggy-broker output");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
