@@ -80,11 +80,15 @@ impl Harness {
                 )
                 .await
                 {
-                    Ok(_) => {}
+                    Ok(handled) => {
+                        check_response(&out);
+                        answered += 1;
+                        if handled.close {
+                            return answered;
+                        }
+                    }
                     Err(_) => return answered,
                 }
-                check_response(&out);
-                answered += 1;
             }
         });
         self.broker.disconnect(client_id);

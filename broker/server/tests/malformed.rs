@@ -293,3 +293,36 @@ fn unauthenticated_requests_are_refused_before_anything_runs() {
     let (_, streams) = admin.call(Command::GetStreams.code(), &[]);
     assert!(streams.is_empty());
 }
+
+/// A stranger cannot make the broker read, let alone buffer, a large request: before login a
+/// request declaring more than a few KiB is answered from its header alone — Unauthenticated, or
+/// for an oversized login RequestTooLarge (InvalidCommand) — and the connection is closed; the
+/// broker never waits for the body. Logged-in clients are untouched.
+#[test]
+fn before_login_large_requests_are_refused_unread_and_the_connection_closed() {
+    let broker = TestBroker::start();
+    for (code, expected) in [
+        (Command::SendMessages.code(), 40),
+        (Command::CreateStream.code(), 40),
+        (Command::LoginUser.code(), 3),
+    ] {
+        let mut raw = Raw::connect(&broker);
+        let mut header = Vec::new();
+        // 256 MiB declared; only the header is ever sent.
+        iggy_wire::frame::RequestHeader::encode(code, 256 << 20, &mut header);
+        raw.send_bytes(&header);
+        assert_eq!(raw.response().0, expected, "code {code}");
+        let mut rest = [0u8; 1];
+        assert_eq!(
+            raw.0.read(&mut rest).unwrap(),
+            0,
+            "closed after refusing code {code}"
+        );
+    }
+    // A small unauthenticated request is still read and answered on an open connection.
+    let mut raw = Raw::connect(&broker);
+    assert_eq!(raw.status(Command::GetStreams.code(), &[]), 40);
+    raw.assert_usable();
+    let mut admin = Raw::logged_in(&broker);
+    admin.assert_usable();
+}

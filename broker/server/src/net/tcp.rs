@@ -2,6 +2,8 @@
 //!
 //! The loop keeps the stream in sync whatever arrives: a payload that is too large or carries an
 //! unknown code is read and discarded before the error is sent, so the next request parses.
+//! Before login that courtesy ends at a few KiB: a larger request is refused unread and the
+//! connection closed, so a stranger cannot make the broker read, let alone buffer, their bytes.
 
 use crate::broker::Broker;
 use crate::commands;
@@ -20,6 +22,18 @@ use tokio::sync::watch;
 /// Buffers larger than this are released after the request that needed them, so an idle
 /// connection does not pin the memory of its largest batch.
 const KEEP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Largest request a connection that has not logged in may send (a login is well under 1 KiB).
+pub const UNAUTHENTICATED_MAX_PAYLOAD: u64 = 4096;
+
+/// What became of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handled {
+    /// The command, when the code named one.
+    pub command: Option<Command>,
+    /// Send the response, then close: the rest of the request was not read.
+    pub close: bool,
+}
 
 pub async fn serve(
     listener: TcpListener,
@@ -63,7 +77,7 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
             break;
         }
         let started = Instant::now();
-        let command = match handle_request(
+        let handled = match handle_request(
             &broker,
             &mut session,
             &mut reader,
@@ -73,7 +87,7 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
         )
         .await
         {
-            Ok(command) => command,
+            Ok(handled) => handled,
             Err(e) => {
                 tracing::debug!(client = session.client_id, error = %e, "connection closed mid-request");
                 break;
@@ -82,8 +96,8 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
         // Recorded before the response goes out, so a client that reads /metrics after its
         // reply always sees its own request counted.
         let ok = out[..4] == [0, 0, 0, 0];
-        metrics.record_request(command, ok, started.elapsed());
-        if writer.write_all(&out).await.is_err() {
+        metrics.record_request(handled.command, ok, started.elapsed());
+        if writer.write_all(&out).await.is_err() || handled.close {
             break;
         }
         if payload.capacity() > KEEP_BUFFER_BYTES {
@@ -99,7 +113,8 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
 }
 
 /// Reads one request's payload, runs it and leaves the whole response frame in `out`.
-/// Only an I/O failure on the socket is an `Err`; every protocol error becomes a response.
+/// Only an I/O failure on the socket is an `Err`; every protocol error becomes a response, and
+/// [`Handled::close`] says when the connection must close after it.
 /// Public for the fuzzer, which drives it with in-memory byte streams.
 pub async fn handle_request<R: AsyncRead + Unpin>(
     broker: &Broker,
@@ -108,22 +123,41 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
     header: [u8; frame::HEADER_SIZE],
     payload: &mut Vec<u8>,
     out: &mut Vec<u8>,
-) -> std::io::Result<Option<Command>> {
+) -> std::io::Result<Handled> {
     out.clear();
+    let done = |command| Handled {
+        command,
+        close: false,
+    };
     let header = match RequestHeader::parse(&header) {
         Ok(header) => header,
         Err(HeaderError::LengthTooSmall(length)) => {
             tracing::debug!(length, "request length smaller than its code");
             out.extend_from_slice(&frame::error_frame(iggy_wire::ErrorCode::INVALID_COMMAND));
-            return Ok(None);
+            return Ok(done(None));
         }
     };
     let command = Command::from_code(header.code);
+    let size = header.payload_len as u64;
+    if session.user_id.is_none() && size > UNAUTHENTICATED_MAX_PAYLOAD {
+        let error = match command {
+            Some(command) if command.allowed_without_login() => BrokerError::RequestTooLarge {
+                size,
+                limit: UNAUTHENTICATED_MAX_PAYLOAD,
+            },
+            _ => BrokerError::Unauthenticated,
+        };
+        tracing::debug!(client = session.client_id, size, error = %error, "refused unread before login; closing");
+        out.extend_from_slice(&frame::error_frame(error.code()));
+        return Ok(Handled {
+            command,
+            close: true,
+        });
+    }
     let limit = match command {
         Some(Command::SendMessages) => broker.config.tcp.max_send_bytes.0,
         _ => frame::MAX_CONTROL_PAYLOAD as u64,
     };
-    let size = header.payload_len as u64;
     let rejected = match command {
         None => Some(BrokerError::UnknownCommand(header.code)),
         Some(_) if size > limit => Some(BrokerError::RequestTooLarge { size, limit }),
@@ -133,10 +167,10 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
         tokio::io::copy(&mut reader.take(size), &mut tokio::io::sink()).await?;
         tracing::debug!(client = session.client_id, error = %error, "request refused");
         out.extend_from_slice(&frame::error_frame(error.code()));
-        return Ok(command);
+        return Ok(done(command));
     }
     let Some(command) = command else {
-        return Ok(None);
+        return Ok(done(None));
     };
     payload.clear();
     payload.reserve(size as usize);
@@ -160,5 +194,5 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
             out.extend_from_slice(&frame::error_frame(error.code()));
         }
     }
-    Ok(Some(command))
+    Ok(done(Some(command)))
 }
