@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::net::clients::Clients;
 use crate::ops::{Operation, Submission};
 use crate::security::auth;
+use crate::security::hashing::HashPool;
 use crate::state::catalog::{Catalog, Stream, Topic};
 use crate::state::partition::Partition;
 use crate::storage::fsutil::now_micros;
@@ -30,6 +31,8 @@ pub struct Broker {
     next_client_id: AtomicU32,
     ready: AtomicBool,
     submitter: Submitter,
+    /// Password hashing and verification, bounded (see `security::hashing`).
+    pub hashing: HashPool,
 }
 
 /// What boot found worth telling the operator.
@@ -123,6 +126,11 @@ impl Broker {
                 store.save(&catalog.snapshot())?;
             }
         }
+        let hashing = HashPool::new(
+            config.auth.hash_workers as usize,
+            config.auth.hash_queue as usize,
+            config.auth.hash_wait.0,
+        );
         let broker = Arc::new(Broker {
             metrics: Metrics::new(),
             clients: Clients::default(),
@@ -133,6 +141,7 @@ impl Broker {
             next_client_id: AtomicU32::new(1),
             ready: AtomicBool::new(false),
             submitter: Submitter::Local(LocalSubmitter),
+            hashing,
         });
         Ok((broker, report))
     }

@@ -23,7 +23,18 @@ pub struct Config {
     pub root: RootConfig,
     pub retention: RetentionConfig,
     pub personal_access_token: TokenConfig,
+    pub auth: AuthConfig,
     pub logging: LoggingConfig,
+}
+
+/// Bounds on password hashing (see `security::hashing`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Threads hashing at once; 0 = half the cores, at least one.
+    pub hash_workers: u32,
+    pub hash_queue: u32,
+    pub hash_wait: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -15,6 +15,8 @@ pub enum BrokerError {
     NotServed(Command),
     #[error("not logged in")]
     Unauthenticated,
+    #[error(transparent)]
+    HashBusy(#[from] crate::security::hashing::HashBusy),
     #[error("the user lacks the permission for this command")]
     Unauthorized,
     #[error("invalid username or password")]
@@ -99,6 +101,9 @@ impl BrokerError {
             UnknownCommand(_) | RequestTooLarge { .. } => ErrorCode::INVALID_COMMAND,
             NotServed(_) => ErrorCode::FEATURE_UNAVAILABLE,
             Unauthenticated => ErrorCode::UNAUTHENTICATED,
+            // Iggy has no "busy" status; the generic error tells the SDK to give up on this
+            // attempt, and the log line says why.
+            HashBusy(_) => ErrorCode::ERROR,
             Unauthorized => ErrorCode::UNAUTHORIZED,
             InvalidCredentials => ErrorCode::INVALID_CREDENTIALS,
             UserInactive => ErrorCode::USER_INACTIVE,

@@ -28,13 +28,14 @@ pub async fn login(
         .cloned();
     // Verify against a throwaway hash when the user is unknown, so timing does not reveal
     // which usernames exist.
-    let (hash, user) = match user {
-        Some(user) => (user.password_hash.clone(), Some(user)),
-        None => (dummy_hash(), None),
-    };
-    let matches = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    let stored = user.as_ref().map(|u| u.password_hash.clone());
+    let matches = broker
+        .hashing
+        .run(move || {
+            let hash = stored.unwrap_or_else(dummy_hash);
+            auth::verify_password(&password, &hash)
+        })
+        .await?;
     let user = match user {
         Some(user) if matches => user,
         _ => return Err(BrokerError::InvalidCredentials),

@@ -36,15 +36,11 @@ fn active_from_status(status: u8) -> Result<bool> {
     }
 }
 
-async fn hash(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| {
-            BrokerError::Storage(crate::storage::StorageError::Io {
-                path: "password hashing".into(),
-                source: std::io::Error::other(e),
-            })
-        })?
+async fn hash(broker: &Broker, password: String) -> Result<String> {
+    broker
+        .hashing
+        .run(move || auth::hash_password(&password))
+        .await?
         .map_err(|reason| {
             BrokerError::Storage(crate::storage::StorageError::Io {
                 path: "password hashing".into(),
@@ -97,7 +93,7 @@ pub async fn create(
     validate_username(&username)?;
     validate_password(&password)?;
     let active = active_from_status(status)?;
-    let password_hash = hash(password).await?;
+    let password_hash = hash(broker, password).await?;
     let op = Operation::CreateUser {
         username,
         password_hash,
@@ -149,14 +145,14 @@ pub async fn change_password(
         (user.id, user.password_hash.clone())
     };
     let verify_hash = stored_hash.clone();
-    let matches =
-        tokio::task::spawn_blocking(move || auth::verify_password(&current, &verify_hash))
-            .await
-            .unwrap_or(false);
+    let matches = broker
+        .hashing
+        .run(move || auth::verify_password(&current, &verify_hash))
+        .await?;
     if !matches {
         return Err(BrokerError::InvalidCredentials);
     }
-    let new_hash = hash(new).await?;
+    let new_hash = hash(broker, new).await?;
     let op = Operation::ChangePassword {
         user: target,
         expected_hash: stored_hash,
