@@ -118,6 +118,9 @@ pub struct SystemConfig {
 pub struct TcpConfig {
     pub address: SocketAddr,
     pub max_send_bytes: ByteSize,
+    pub max_connections: u32,
+    pub login_timeout: HumanDuration,
+    pub request_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -301,6 +304,11 @@ impl Config {
         if self.tcp.max_send_bytes.0 > (2 << 30) || self.tcp.max_send_bytes.0 < 1024 {
             return Err(ConfigError::Invalid(
                 "tcp.max_send_bytes must be between 1 KiB and 2 GiB".into(),
+            ));
+        }
+        if self.tcp.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "tcp.max_connections must be at least 1".into(),
             ));
         }
         if self.storage.max_poll_bytes.0 < 1024 {

@@ -30,6 +30,10 @@ pub struct Metrics {
     commands: Vec<CommandStats>,
     pub connections_open: AtomicI64,
     pub connections_total: AtomicU64,
+    /// Connections closed at once because `tcp.max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for not logging in, or not finishing a request, in time.
+    pub connections_timed_out: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -46,6 +50,8 @@ impl Metrics {
                 .collect(),
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connections_timed_out: AtomicU64::new(0),
         }
     }
 
@@ -165,6 +171,24 @@ impl Metrics {
             out,
             "iggy_connections_total {}",
             self.connections_total.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP iggy_connections_refused_total Client connections closed at once because tcp.max_connections were open.\n",
+        );
+        out.push_str("# TYPE iggy_connections_refused_total counter\n");
+        let _ = writeln!(
+            out,
+            "iggy_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP iggy_connections_timed_out_total Client connections closed for not logging in or not finishing a request in time.\n",
+        );
+        out.push_str("# TYPE iggy_connections_timed_out_total counter\n");
+        let _ = writeln!(
+            out,
+            "iggy_connections_timed_out_total {}",
+            self.connections_timed_out.load(Ordering::Relaxed)
         );
         out
     }

@@ -1,9 +1,10 @@
-//! Hostile load that must not take the broker down: a burst of wrong logins. Bounded in count
-//! and time, loopback only.
+//! Hostile load that must not take the broker down: a burst of wrong logins, sockets that never
+//! log in, requests that stop half-way, more connections than allowed. Bounded in count and
+//! time, loopback only.
 
 mod common;
 
-use common::TestBroker;
+use common::{http_get, TestBroker};
 use iggy::prelude::*;
 use iggy_wire::request::encode;
 use iggy_wire::Command;
@@ -93,4 +94,113 @@ async fn a_burst_of_wrong_logins_neither_starves_clients_nor_eats_memory() {
         .ping()
         .await
         .expect("login after the burst");
+}
+
+/// Reads until the peer closes; true if it closed (EOF or reset) within `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buffer = [0u8; 64];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+fn metric(broker: &TestBroker, name: &str) -> u64 {
+    let (_, text) = http_get(broker.http, "/metrics").expect("metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// Slowloris: a socket that never logs in is closed after `tcp.login_timeout`, and one that
+/// stops half-way through a request after `tcp.request_timeout`; logged-in clients may idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_stalled_connections_are_closed() {
+    let broker = TestBroker::start_with(&[
+        ("IGGY_TCP_LOGIN_TIMEOUT", "500ms"),
+        ("IGGY_TCP_REQUEST_TIMEOUT", "500ms"),
+    ]);
+    let client = broker.client().await;
+    let mut silent = TcpStream::connect(broker.tcp).await.expect("connect");
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a silent stranger is closed"
+    );
+    // Logged in, then half a request: the header promises 100 bytes, 10 arrive.
+    let mut stalled = TcpStream::connect(broker.tcp).await.expect("connect");
+    let payload = encode::login_user(common::ROOT_USER, common::ROOT_PASSWORD);
+    let mut frame = Vec::new();
+    iggy_wire::frame::RequestHeader::encode(Command::LoginUser.code(), payload.len(), &mut frame);
+    frame.extend_from_slice(&payload);
+    stalled.write_all(&frame).await.expect("login");
+    let mut answer = [0u8; 8];
+    stalled.read_exact(&mut answer).await.expect("login answer");
+    assert_eq!(&answer[..4], &[0, 0, 0, 0], "logged in");
+    let length = u32::from_le_bytes(answer[4..].try_into().expect("4 bytes")) as usize;
+    let mut identity = vec![0u8; length];
+    stalled.read_exact(&mut identity).await.expect("identity");
+    let mut half = Vec::new();
+    iggy_wire::frame::RequestHeader::encode(Command::CreateStream.code(), 100, &mut half);
+    half.extend_from_slice(&[7u8; 10]);
+    stalled.write_all(&half).await.expect("half a request");
+    assert!(
+        closed_within(&mut stalled, Duration::from_secs(10)).await,
+        "a stalled request is abandoned"
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client
+        .ping()
+        .await
+        .expect("an idle logged-in client stays connected");
+    assert!(metric(&broker, "iggy_connections_timed_out_total") >= 2);
+}
+
+/// A raw connection that has answered a ping, so the broker has surely counted it; `None` if
+/// the broker closed it instead.
+async fn pinged_connection(broker: &TestBroker) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(broker.tcp).await.ok()?;
+    let mut ping = Vec::new();
+    iggy_wire::frame::RequestHeader::encode(Command::Ping.code(), 0, &mut ping);
+    stream.write_all(&ping).await.ok()?;
+    let mut answer = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    (answer == [0u8; 8]).then_some(stream)
+}
+
+/// More connections than `tcp.max_connections`: the extra ones are closed at once and counted;
+/// once one closes, a new one is accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused_cleanly() {
+    let broker = TestBroker::start_with(&[("IGGY_TCP_MAX_CONNECTIONS", "3")]);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(pinged_connection(&broker).await.expect("within the cap"));
+    }
+    let mut extra = TcpStream::connect(broker.tcp)
+        .await
+        .expect("the kernel accepts");
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(10)).await,
+        "the fourth connection is closed"
+    );
+    assert!(pinged_connection(&broker).await.is_none(), "still full");
+    assert_eq!(metric(&broker, "iggy_connections_refused_total"), 2);
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pinged_connection(&broker).await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "a slot frees when a client leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -44,6 +44,18 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, address)) => {
+                    let open = broker.metrics.connections_open.load(Ordering::Relaxed);
+                    if open >= i64::from(broker.config.tcp.max_connections) {
+                        // Closing at once frees the descriptor; the client sees the connection
+                        // reset and may retry later.
+                        broker.metrics.connections_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%address, open, "refused a connection: tcp.max_connections are open");
+                        drop(stream);
+                        continue;
+                    }
+                    // Counted here, not in the task, so a burst of accepts sees every one.
+                    broker.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+                    broker.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(handle_connection(stream, address, broker.clone()));
                 }
                 Err(e) => {
@@ -59,8 +71,6 @@ pub async fn serve(
 
 async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<Broker>) {
     let metrics = &broker.metrics;
-    metrics.connections_open.fetch_add(1, Ordering::Relaxed);
-    metrics.connections_total.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     let mut session = Session::new(broker.next_client_id(), address.to_string());
     broker
@@ -71,9 +81,32 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut payload = Vec::new();
     let mut out = Vec::with_capacity(4096);
+    let login_timeout = broker.config.tcp.login_timeout.0;
+    let connected = Instant::now();
     loop {
         let mut header = [0u8; frame::HEADER_SIZE];
-        if reader.read_exact(&mut header).await.is_err() {
+        // A connection that has not logged in gets `login_timeout` from its start in all; a
+        // logged-in one may idle as long as it likes between requests.
+        let next = reader.read_exact(&mut header);
+        let read = if session.user_id.is_none() {
+            let left = login_timeout.saturating_sub(connected.elapsed());
+            match tokio::time::timeout(left, next).await {
+                Ok(read) => read.map(|_| ()),
+                Err(_) => {
+                    metrics
+                        .connections_timed_out
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(
+                        client = session.client_id,
+                        "closed: no login within tcp.login_timeout"
+                    );
+                    break;
+                }
+            }
+        } else {
+            next.await.map(|_| ())
+        };
+        if read.is_err() {
             break;
         }
         let started = Instant::now();
@@ -89,6 +122,11 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
         {
             Ok(handled) => handled,
             Err(e) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    metrics
+                        .connections_timed_out
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(client = session.client_id, error = %e, "connection closed mid-request");
                 break;
             }
@@ -163,8 +201,13 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
         Some(_) if size > limit => Some(BrokerError::RequestTooLarge { size, limit }),
         Some(_) => None,
     };
+    let request_timeout = broker.config.tcp.request_timeout.0;
     if let Some(error) = rejected {
-        tokio::io::copy(&mut reader.take(size), &mut tokio::io::sink()).await?;
+        within(
+            request_timeout,
+            tokio::io::copy(&mut reader.take(size), &mut tokio::io::sink()),
+        )
+        .await?;
         tracing::debug!(client = session.client_id, error = %error, "request refused");
         out.extend_from_slice(&frame::error_frame(error.code()));
         return Ok(done(command));
@@ -174,7 +217,7 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
     };
     payload.clear();
     payload.reserve(size as usize);
-    let read = reader.take(size).read_to_end(payload).await?;
+    let read = within(request_timeout, reader.take(size).read_to_end(payload)).await?;
     if read as u64 != size {
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
@@ -195,4 +238,15 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
         }
     }
     Ok(done(Some(command)))
+}
+
+/// A request's bytes must keep arriving: a body still incomplete after `limit` is abandoned
+/// (`TimedOut`), and the connection closes rather than hold its buffer for a stalled client.
+async fn within<T>(
+    limit: std::time::Duration,
+    read: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
