@@ -53,6 +53,8 @@ impl ErrorCode {
     pub const INVALID_MESSAGES_COUNT: Self = Self(4009);
     pub const TOO_BIG_USER_HEADERS: Self = Self(4017);
     pub const TOO_BIG_MESSAGE_PAYLOAD: Self = Self(4022);
+    /// A stored message failed its checksum when read back.
+    pub const INVALID_MESSAGE_CHECKSUM: Self = Self(4027);
     pub const INVALID_MESSAGE_PAYLOAD_LENGTH: Self = Self(4025);
     pub const NON_ZERO_OFFSET: Self = Self(4031);
     pub const NON_ZERO_TIMESTAMP: Self = Self(4032);

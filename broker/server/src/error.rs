@@ -143,6 +143,7 @@ impl BrokerError {
             InvalidOffset { .. } => ErrorCode::INVALID_OFFSET,
             ConsumerOffsetNotFound => ErrorCode::CONSUMER_OFFSET_NOT_FOUND,
             Append(_) => ErrorCode::CANNOT_APPEND_MESSAGE,
+            Storage(StorageError::CorruptRead { .. }) => ErrorCode::INVALID_MESSAGE_CHECKSUM,
             Storage(_) => ErrorCode::ERROR,
         }
     }

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Connections closed for not logging in, or not finishing a request, in time.
     pub connections_timed_out: AtomicU64,
+    /// Reads that found a stored message damaged (its range was refused).
+    pub corrupt_reads: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -52,6 +54,7 @@ impl Metrics {
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             connections_timed_out: AtomicU64::new(0),
+            corrupt_reads: AtomicU64::new(0),
         }
     }
 
@@ -189,6 +192,15 @@ impl Metrics {
             out,
             "iggy_connections_timed_out_total {}",
             self.connections_timed_out.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP iggy_corrupt_reads_total Reads that found a stored message damaged; the range was refused.\n",
+        );
+        out.push_str("# TYPE iggy_corrupt_reads_total counter\n");
+        let _ = writeln!(
+            out,
+            "iggy_corrupt_reads_total {}",
+            self.corrupt_reads.load(Ordering::Relaxed)
         );
         out
     }

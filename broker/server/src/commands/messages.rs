@@ -11,9 +11,11 @@ use crate::state::catalog::TopicTraffic;
 use crate::state::groups::find_group;
 use crate::state::partition::Partition;
 use crate::storage::offsets::consumer_key;
+use crate::storage::StorageError;
 use iggy_wire::request::PartitionRef;
 use iggy_wire::response::poll_header;
 use iggy_wire::{ConsumerKind, Identifier, PollingStrategy};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// Decodes the batch's header and submits its frames for appending, in place.
@@ -128,7 +130,12 @@ pub async fn poll(
         _ => (Default::default(), partition.log().current_offset()),
     };
     body.extend_from_slice(&poll_header(partition.id, current_offset, plan.count));
-    plan.read_into(body)?;
+    if let Err(error) = plan.read_into(body) {
+        if matches!(error, StorageError::CorruptRead { .. }) {
+            broker.metrics.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        return Err(error.into());
+    }
     if let (true, Some(start), true) = (auto_commit, start, plan.count > 0) {
         let op = Operation::StoreOffset {
             stream: resolved.stream,

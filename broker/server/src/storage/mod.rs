@@ -34,6 +34,15 @@ pub enum StorageError {
         offset: u64,
         reason: String,
     },
+    #[error(
+        "corrupt message in {path} at byte {position}: {reason}; the range holding it is not \
+         served (other ranges stay readable)"
+    )]
+    CorruptRead {
+        path: PathBuf,
+        position: u64,
+        reason: &'static str,
+    },
     #[error("metadata file {path} is invalid: {reason}")]
     BadMetadata { path: PathBuf, reason: String },
     #[error(

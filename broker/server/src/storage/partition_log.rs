@@ -7,7 +7,7 @@ use super::checkpoint::Checkpoint;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{IndexEntry, Segment};
 use super::{fsutil, IoContext, StorageError};
-use iggy_wire::message::stamp_batch;
+use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,7 +52,7 @@ pub struct ReadPlan {
 }
 
 impl ReadPlan {
-    /// Appends the planned bytes to `out`.
+    /// Appends the planned bytes to `out`, verified: corruption is never served as data.
     pub fn read_into(&self, out: &mut Vec<u8>) -> Result<(), StorageError> {
         use std::os::unix::fs::FileExt;
         out.reserve(self.bytes);
@@ -63,9 +63,42 @@ impl ReadPlan {
                 .file
                 .read_exact_at(&mut out[at..], chunk.position)
                 .at(&chunk.path)?;
+            if let Err(error) = verify_frames(&out[at..], chunk) {
+                out.truncate(at);
+                return Err(error);
+            }
         }
         Ok(())
     }
+}
+
+/// Checks frames read back from disk: their length fields must tile the indexed range exactly
+/// (a flipped length would otherwise make a client read half a batch) and every checksum must
+/// match (a flipped byte would otherwise be served as a valid message). Boot verifies only what
+/// follows the last clean checkpoint, so this is what catches rot in older data.
+fn verify_frames(bytes: &[u8], chunk: &ReadChunk) -> Result<(), StorageError> {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let damaged = |reason| StorageError::CorruptRead {
+            path: chunk.path.clone(),
+            position: chunk.position + at as u64,
+            reason,
+        };
+        let header =
+            FrameHeader::new(&bytes[at..]).ok_or_else(|| damaged("a frame header is cut short"))?;
+        let len = header.frame_len();
+        if len > (bytes.len() - at) as u64 {
+            return Err(damaged(
+                "a frame's length runs past the range the index names",
+            ));
+        }
+        let frame = &bytes[at..at + len as usize];
+        if !checksum_matches(frame) {
+            return Err(damaged("checksum mismatch"));
+        }
+        at += frame.len();
+    }
+    Ok(())
 }
 
 impl PartitionLog {
