@@ -254,13 +254,43 @@ impl Broker {
             .collect()
     }
 
-    /// Clean shutdown: every partition synced and checkpointed.
+    /// Clean shutdown: every partition written to since its last checkpoint is synced and
+    /// checkpointed (idle ones cost nothing), on several threads at once, since each is an
+    /// fsync or two of its own: 9,900 partitions one after another used to take 99 s, longer
+    /// than the 30 s a pod gets after SIGTERM.
     pub fn shutdown(&self) -> Result<(), StorageError> {
         self.ready.store(false, Ordering::Release);
-        for partition in self.all_partitions() {
-            partition.shutdown()?;
+        let partitions = self.all_partitions();
+        let threads = SHUTDOWN_THREADS.min(partitions.len()).max(1);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failures: Vec<StorageError> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut failed = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(partition) = partitions.get(i) else {
+                                return failed;
+                            };
+                            if let Err(e) = partition.shutdown() {
+                                tracing::error!(error = %e, "a partition could not be checkpointed at shutdown");
+                                failed.push(e);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        match failures.into_iter().next() {
+            // Every partition was tried and every failure logged; the first is returned.
+            Some(first) => Err(first),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// fsyncs every partition with unsynced appends (the `<N>ms` fsync policy's tick).
@@ -272,6 +302,10 @@ impl Broker {
         }
     }
 }
+
+/// Threads that sync and checkpoint partitions at shutdown: fsyncs wait on the device, not the
+/// CPU, so more threads than cores keep the device's queue full.
+const SHUTDOWN_THREADS: usize = 16;
 
 fn sync_on_roll(config: &Config) -> bool {
     config.storage.fsync != FsyncPolicy::Never

@@ -308,3 +308,99 @@ async fn rot_after_a_clean_stop_is_refused_on_read_not_served() {
     let (_, metrics) = http_get(broker.http, "/metrics").unwrap();
     assert!(metrics.contains("iggy_corrupt_reads_total 2"), "{metrics}");
 }
+
+/// The inode of a partition's checkpoint file (a rewrite replaces the file), if it has one.
+fn checkpoint_inode(broker: &TestBroker, partition: u32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(broker.partition_dir(0, 0, partition).join("checkpoint"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// A clean shutdown syncs and checkpoints only partitions written to since their checkpoint:
+/// idle and empty ones cost nothing, which is what keeps SIGTERM fast with thousands of them.
+/// What was written survives either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_checkpoints_only_what_was_written() {
+    const PARTITIONS: u32 = 40;
+    let mut broker = TestBroker::start();
+    let client = broker.client().await;
+    setup(&client, PARTITIONS).await;
+    let send = |partition: u32, text: &'static str| {
+        let client = &client;
+        async move {
+            let mut messages = vec![message(text)];
+            client
+                .send_messages(
+                    &id(0),
+                    &id(0),
+                    &Partitioning::partition_id(partition),
+                    &mut messages,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    send(3, "first").await;
+    send(7, "first").await;
+    drop(client);
+    assert_eq!(broker.stop(), 0);
+    let written: Vec<u32> = (0..PARTITIONS)
+        .filter(|p| checkpoint_inode(&broker, *p).is_some())
+        .collect();
+    assert_eq!(written, [3, 7], "empty partitions get no checkpoint");
+    let before = [3, 7].map(|p| checkpoint_inode(&broker, p));
+
+    broker.spawn_and_wait();
+    let client = broker.client().await;
+    send_one(&client, 7, "second").await;
+    drop(client);
+    assert_eq!(broker.stop(), 0);
+    assert_eq!(
+        checkpoint_inode(&broker, 3),
+        before[0],
+        "idle since boot: untouched"
+    );
+    assert_ne!(
+        checkpoint_inode(&broker, 7),
+        before[1],
+        "written to: checkpointed again"
+    );
+
+    broker.spawn_and_wait();
+    let client = broker.client().await;
+    assert_eq!(poll_range_of(&client, 3).await, ["first"]);
+    assert_eq!(poll_range_of(&client, 7).await, ["first", "second"]);
+}
+
+async fn send_one(client: &IggyClient, partition: u32, text: &str) {
+    let mut messages = vec![message(text)];
+    client
+        .send_messages(
+            &id(0),
+            &id(0),
+            &Partitioning::partition_id(partition),
+            &mut messages,
+        )
+        .await
+        .unwrap();
+}
+
+async fn poll_range_of(client: &IggyClient, partition: u32) -> Vec<String> {
+    client
+        .poll_messages(
+            &id(0),
+            &id(0),
+            Some(partition),
+            &Consumer::new(id(1)),
+            &PollingStrategy::offset(0),
+            100,
+            false,
+        )
+        .await
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.payload_as_string().unwrap())
+        .collect()
+}

@@ -23,6 +23,9 @@ pub struct PartitionLog {
     size_bytes: u64,
     /// Incremented by every append; the group commit compares it with what is on disk.
     write_seq: u64,
+    /// The checkpoint on disk, as far as this process knows: when it still describes the log,
+    /// a clean shutdown has nothing to sync or write for this partition.
+    checkpointed: Option<Checkpoint>,
 }
 
 /// What an append did.
@@ -123,10 +126,9 @@ impl PartitionLog {
     ) -> Result<(Self, RecoveryReport), StorageError> {
         std::fs::create_dir_all(dir).at(dir)?;
         let (segments, report) = recovery::recover(dir)?;
-        Ok((
-            Self::from_segments(dir, segments, segment_size, sync_on_roll),
-            report,
-        ))
+        let mut log = Self::from_segments(dir, segments, segment_size, sync_on_roll);
+        log.checkpointed = report.checkpoint;
+        Ok((log, report))
     }
 
     fn from_segments(
@@ -151,6 +153,7 @@ impl PartitionLog {
             messages_count,
             size_bytes,
             write_seq: 0,
+            checkpointed: None,
         }
     }
 
@@ -315,6 +318,7 @@ impl PartitionLog {
             segment.remove_files()?;
         }
         Checkpoint::remove(&self.dir);
+        self.checkpointed = None;
         self.segments = vec![Segment::open(&self.dir, 0)?];
         fsutil::sync_dir(&self.dir)?;
         self.messages_count = 0;
@@ -361,13 +365,27 @@ impl PartitionLog {
     }
 
     /// Records, after [`Self::sync_all`], that everything written so far is intact.
-    pub fn write_checkpoint(&self) -> Result<(), StorageError> {
+    pub fn write_checkpoint(&mut self) -> Result<(), StorageError> {
+        let checkpoint = self.current_checkpoint();
+        checkpoint.store(&self.dir)?;
+        self.checkpointed = Some(checkpoint);
+        Ok(())
+    }
+
+    fn current_checkpoint(&self) -> Checkpoint {
         let active = self.active();
         Checkpoint {
             segment_start: active.start_offset,
             position: active.size,
         }
-        .store(&self.dir)
+    }
+
+    /// Whether a clean shutdown must sync and checkpoint this partition: not when the checkpoint
+    /// on disk already describes the log (nothing was written since), nor when the log is empty
+    /// (recovery has nothing to verify). Idle partitions thus cost a shutdown nothing.
+    pub fn needs_checkpoint(&self) -> bool {
+        let empty = self.segments.len() == 1 && self.active().size == 0;
+        !empty && self.checkpointed != Some(self.current_checkpoint())
     }
 }
 

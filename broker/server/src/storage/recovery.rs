@@ -29,6 +29,8 @@ pub struct RecoveryReport {
     pub verified_bytes: u64,
     /// Bytes cut off a torn tail, and where.
     pub truncated: Option<(String, u64, u64)>,
+    /// The clean-shutdown checkpoint found on disk, if one was valid.
+    pub checkpoint: Option<Checkpoint>,
 }
 
 /// Opens every segment in `dir`, recovering as described in the module docs.
@@ -38,7 +40,10 @@ pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageErro
     if starts.is_empty() {
         starts.push(0);
     }
-    let mut report = RecoveryReport::default();
+    let mut report = RecoveryReport {
+        checkpoint,
+        ..RecoveryReport::default()
+    };
     let mut segments: Vec<Segment> = Vec::with_capacity(starts.len());
     for (n, &start) in starts.iter().enumerate() {
         let mut segment = Segment::open(dir, start)?;
