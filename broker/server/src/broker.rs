@@ -4,6 +4,7 @@
 use crate::config::{Config, FsyncPolicy};
 use crate::error::{BrokerError, Result};
 use crate::metrics::Metrics;
+use crate::net::budget::MemoryBudget;
 use crate::net::clients::Clients;
 use crate::ops::{Operation, Submission};
 use crate::security::auth;
@@ -33,6 +34,8 @@ pub struct Broker {
     submitter: Submitter,
     /// Password hashing and verification, bounded (see `security::hashing`).
     pub hashing: HashPool,
+    /// Memory for request bodies and poll responses in flight (see `net::budget`).
+    pub memory: MemoryBudget,
 }
 
 /// What boot found worth telling the operator.
@@ -131,6 +134,7 @@ impl Broker {
             config.auth.hash_queue as usize,
             config.auth.hash_wait.0,
         );
+        let memory = MemoryBudget::new(config.tcp.memory_budget.0);
         let broker = Arc::new(Broker {
             metrics: Metrics::new(),
             clients: Clients::default(),
@@ -142,6 +146,7 @@ impl Broker {
             ready: AtomicBool::new(false),
             submitter: Submitter::Local(LocalSubmitter),
             hashing,
+            memory,
         });
         Ok((broker, report))
     }

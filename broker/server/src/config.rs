@@ -121,6 +121,7 @@ pub struct TcpConfig {
     pub max_connections: u32,
     pub login_timeout: HumanDuration,
     pub request_timeout: HumanDuration,
+    pub memory_budget: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -304,6 +305,11 @@ impl Config {
         if self.tcp.max_send_bytes.0 > (2 << 30) || self.tcp.max_send_bytes.0 < 1024 {
             return Err(ConfigError::Invalid(
                 "tcp.max_send_bytes must be between 1 KiB and 2 GiB".into(),
+            ));
+        }
+        if self.tcp.memory_budget.0 < (1 << 20) {
+            return Err(ConfigError::Invalid(
+                "tcp.memory_budget must be at least 1 MiB".into(),
             ));
         }
         if self.tcp.max_connections == 0 {

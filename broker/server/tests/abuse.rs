@@ -204,3 +204,139 @@ async fn connections_beyond_the_cap_are_refused_cleanly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A connection that logged in as root over the raw protocol.
+async fn logged_in_raw(broker: &TestBroker) -> TcpStream {
+    let mut stream = TcpStream::connect(broker.tcp).await.expect("connect");
+    let payload = encode::login_user(common::ROOT_USER, common::ROOT_PASSWORD);
+    let mut frame = Vec::new();
+    iggy_wire::frame::RequestHeader::encode(Command::LoginUser.code(), payload.len(), &mut frame);
+    frame.extend_from_slice(&payload);
+    stream.write_all(&frame).await.expect("login");
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).await.expect("login answer");
+    let length = u32::from_le_bytes(header[4..].try_into().expect("4 bytes")) as usize;
+    let mut identity = vec![0u8; length];
+    stream.read_exact(&mut identity).await.expect("identity");
+    stream
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|kib| kib / 1024.0)
+        .expect("VmRSS")
+}
+
+/// Readers that poll everything and never read: each holds only the share of the memory budget
+/// it got, the broker's memory stays bounded by the budget, other clients keep being answered
+/// (with fewer or no messages while the budget is taken), and the budget comes back when the
+/// stuck readers go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_never_read_hold_a_bounded_share_of_memory() {
+    const STUCK: usize = 20;
+    let broker = TestBroker::start_with(&[("IGGY_TCP_MEMORY_BUDGET", "48 MiB")]);
+    let client = broker.client().await;
+    client.create_stream("big").await.expect("stream");
+    common::create_topic(&client, &common::id(0), "t", 1).await;
+    let payload = "x".repeat(1000);
+    for _ in 0..40 {
+        let mut batch: Vec<IggyMessage> = (0..1000).map(|_| common::message(&payload)).collect();
+        client
+            .send_messages(
+                &common::id(0),
+                &common::id(0),
+                &Partitioning::partition_id(0),
+                &mut batch,
+            )
+            .await
+            .expect("send");
+    }
+    let poll = |count: u32| {
+        let target = iggy_wire::request::PartitionRef {
+            consumer: iggy_wire::Consumer {
+                kind: iggy_wire::ConsumerKind::Consumer,
+                id: iggy_wire::Identifier::Numeric(1),
+            },
+            stream: iggy_wire::Identifier::Numeric(0),
+            topic: iggy_wire::Identifier::Numeric(0),
+            partition: Some(0),
+        };
+        let payload =
+            encode::poll_messages(&target, iggy_wire::PollingStrategy::Offset(0), count, false);
+        let mut frame = Vec::new();
+        iggy_wire::frame::RequestHeader::encode(
+            Command::PollMessages.code(),
+            payload.len(),
+            &mut frame,
+        );
+        frame.extend_from_slice(&payload);
+        frame
+    };
+    let before = rss_mib(broker.pid());
+    let mut stuck = Vec::new();
+    for _ in 0..STUCK {
+        let mut stream = logged_in_raw(&broker).await;
+        stream.write_all(&poll(1_000_000)).await.expect("poll");
+        stuck.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let during = rss_mib(broker.pid());
+    // Without the budget every stuck reader would hold ~40 MB: 800 MB in all.
+    assert!(
+        during - before < 150.0,
+        "RSS grew from {before:.0} to {during:.0} MiB"
+    );
+    let started = Instant::now();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.poll_messages(
+            &common::id(0),
+            &common::id(0),
+            Some(0),
+            &Consumer::new(common::id(1)),
+            &PollingStrategy::offset(0),
+            10,
+            false,
+        ),
+    )
+    .await
+    .expect("another client is answered")
+    .expect("poll");
+    assert!(answered.messages.len() <= 10);
+    eprintln!(
+        "RSS {before:.0} -> {during:.0} MiB with {STUCK} stuck readers; other poll answered in {:?} with {} messages",
+        started.elapsed(),
+        answered.messages.len()
+    );
+    drop(stuck);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let polled = client
+            .poll_messages(
+                &common::id(0),
+                &common::id(0),
+                Some(0),
+                &Consumer::new(common::id(1)),
+                &PollingStrategy::offset(0),
+                10,
+                false,
+            )
+            .await
+            .expect("poll");
+        if polled.messages.len() == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the budget comes back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -91,7 +91,7 @@ pub(super) fn consumer_target(
 
 pub async fn poll(
     broker: &Broker,
-    session: &Session,
+    session: &mut Session,
     target: &PartitionRef,
     strategy: PollingStrategy,
     count: u32,
@@ -124,12 +124,19 @@ pub async fn poll(
         };
         start.filter(|s| *s < log.next_offset())
     };
-    let max_bytes = broker.config.storage.max_poll_bytes.0 as usize;
+    // The response's memory comes out of the shared budget and is returned once it is written:
+    // a reader that does not read keeps only what it got, and others poll with what is left.
+    let reserved = broker
+        .memory
+        .reserve_available(broker.config.storage.max_poll_bytes.0);
+    let max_bytes = reserved.bytes() as usize;
+    let start = start.filter(|_| max_bytes > 0);
     let (plan, current_offset) = match start {
         Some(start) if count > 0 => partition.plan_read(start, count, max_bytes),
         _ => (Default::default(), partition.log().current_offset()),
     };
     body.extend_from_slice(&poll_header(partition.id, current_offset, plan.count));
+    session.response_budget = reserved;
     if let Err(error) = plan.read_into(body) {
         if matches!(error, StorageError::CorruptRead { .. }) {
             broker.metrics.corrupt_reads.fetch_add(1, Ordering::Relaxed);

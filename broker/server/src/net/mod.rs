@@ -2,6 +2,7 @@
 //! metrics, the sidecar's admin API), each connection's session, and the table of connected
 //! clients. Replication's listener (`replication/`, with the replicated broker) sits beside it.
 
+pub mod budget;
 pub mod clients;
 pub mod http;
 pub mod session;

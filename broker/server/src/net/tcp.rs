@@ -135,7 +135,9 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
         // reply always sees its own request counted.
         let ok = out[..4] == [0, 0, 0, 0];
         metrics.record_request(handled.command, ok, started.elapsed());
-        if writer.write_all(&out).await.is_err() || handled.close {
+        let written = writer.write_all(&out).await;
+        session.response_budget = Default::default();
+        if written.is_err() || handled.close {
             break;
         }
         if payload.capacity() > KEEP_BUFFER_BYTES {
@@ -215,6 +217,8 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
     let Some(command) = command else {
         return Ok(done(None));
     };
+    // Held until the request is done: its body, and whatever dispatch builds from it.
+    let _body_budget = broker.memory.reserve(size).await;
     payload.clear();
     payload.reserve(size as usize);
     let read = within(request_timeout, reader.take(size).read_to_end(payload)).await?;
