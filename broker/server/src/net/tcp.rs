@@ -82,14 +82,15 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
     let mut payload = Vec::new();
     let mut out = Vec::with_capacity(4096);
     let login_timeout = broker.config.tcp.login_timeout.0;
-    let connected = Instant::now();
+    // Since when the connection has had no logged-in user: its start, or its last logout.
+    let mut anonymous_since = Some(Instant::now());
     loop {
         let mut header = [0u8; frame::HEADER_SIZE];
-        // A connection that has not logged in gets `login_timeout` from its start in all; a
-        // logged-in one may idle as long as it likes between requests.
+        // A connection without a logged-in user gets `login_timeout` in all (from its start or
+        // its logout); a logged-in one may idle as long as it likes between requests.
         let next = reader.read_exact(&mut header);
-        let read = if session.user_id.is_none() {
-            let left = login_timeout.saturating_sub(connected.elapsed());
+        let read = if let Some(since) = anonymous_since {
+            let left = login_timeout.saturating_sub(since.elapsed());
             match tokio::time::timeout(left, next).await {
                 Ok(read) => read.map(|_| ()),
                 Err(_) => {
@@ -135,6 +136,11 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
         // reply always sees its own request counted.
         let ok = out[..4] == [0, 0, 0, 0];
         metrics.record_request(handled.command, ok, started.elapsed());
+        anonymous_since = match (session.user_id, anonymous_since) {
+            (Some(_), _) => None,
+            (None, Some(since)) => Some(since),
+            (None, None) => Some(Instant::now()),
+        };
         let written = writer.write_all(&out).await;
         session.response_budget = Default::default();
         if written.is_err() || handled.close {
