@@ -185,6 +185,7 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tcp_task.await;
+    drain_connections(&broker).await;
     tokio::task::block_in_place(|| broker.shutdown()).context("clean shutdown failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -204,5 +205,30 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// How long shutdown waits for requests in progress to be answered.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until every connection has finished the request it was serving and closed, or
+/// `DRAIN_TIMEOUT` passed: a send whose bytes were read is applied and acknowledged rather
+/// than cut off (which a client would retry, duplicating it).
+async fn drain_connections(broker: &broker::broker::Broker) {
+    use std::sync::atomic::Ordering;
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let open = broker.metrics.connections_open.load(Ordering::Relaxed);
+        if open <= 0 {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                open,
+                "connections still busy after the drain timeout; closing them"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

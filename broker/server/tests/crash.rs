@@ -404,3 +404,63 @@ async fn poll_range_of(client: &IggyClient, partition: u32) -> Vec<String> {
         .map(|m| m.payload_as_string().unwrap())
         .collect()
 }
+
+/// SIGTERM while a send is half-way over the wire: the broker finishes reading it, applies and
+/// acknowledges it, then exits cleanly — the client is not left to retry (and duplicate) a send
+/// that was in fact written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_in_progress_at_sigterm_is_finished_and_acknowledged() {
+    use iggy_wire::message::SendMessagesHeader;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut broker = TestBroker::start_with(&[("IGGY_STORAGE_FSYNC", "always")]);
+    let client = broker.client().await;
+    setup(&client, 1).await;
+    drop(client);
+
+    let mut raw = tokio::net::TcpStream::connect(broker.tcp).await.unwrap();
+    let login = iggy_wire::request::encode::login_user(common::ROOT_USER, common::ROOT_PASSWORD);
+    let mut frame = Vec::new();
+    iggy_wire::frame::RequestHeader::encode(
+        iggy_wire::Command::LoginUser.code(),
+        login.len(),
+        &mut frame,
+    );
+    frame.extend_from_slice(&login);
+    raw.write_all(&frame).await.unwrap();
+    let mut header = [0u8; 8];
+    raw.read_exact(&mut header).await.unwrap();
+    let mut identity = vec![0u8; u32::from_le_bytes(header[4..].try_into().unwrap()) as usize];
+    raw.read_exact(&mut identity).await.unwrap();
+
+    let mut payload = Vec::new();
+    SendMessagesHeader::encode_request(
+        &iggy_wire::Identifier::Numeric(0),
+        &iggy_wire::Identifier::Numeric(0),
+        &iggy_wire::Partitioning::PartitionId(0),
+        &[(0, b"in flight".as_slice(), b"".as_slice())],
+        &mut payload,
+    );
+    let mut request = Vec::new();
+    iggy_wire::frame::RequestHeader::encode(
+        iggy_wire::Command::SendMessages.code(),
+        payload.len(),
+        &mut request,
+    );
+    request.extend_from_slice(&payload);
+    let half = request.len() / 2;
+    raw.write_all(&request[..half]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    common::sigterm(broker.pid());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    raw.write_all(&request[half..]).await.unwrap();
+    let mut answer = [0u8; 8];
+    raw.read_exact(&mut answer)
+        .await
+        .expect("an answer, not a cut connection");
+    assert_eq!(&answer[..4], &[0, 0, 0, 0], "acknowledged");
+    assert_eq!(broker.stop(), 0, "then a clean exit");
+
+    broker.spawn_and_wait();
+    let client = broker.client().await;
+    assert_eq!(poll_range_of(&client, 0).await, ["in flight"]);
+}

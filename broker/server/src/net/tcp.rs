@@ -56,7 +56,12 @@ pub async fn serve(
                     // Counted here, not in the task, so a burst of accepts sees every one.
                     broker.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
                     broker.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(handle_connection(stream, address, broker.clone()));
+                    tokio::spawn(handle_connection(
+                        stream,
+                        address,
+                        broker.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 Err(e) => {
                     // Typically EMFILE; back off instead of spinning.
@@ -69,7 +74,14 @@ pub async fn serve(
     }
 }
 
-async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<Broker>) {
+/// Serves one connection until it closes, or until shutdown: then the request in progress, if
+/// any, is finished and answered, and the connection closes before reading another.
+async fn handle_connection(
+    stream: TcpStream,
+    address: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let metrics = &broker.metrics;
     let _ = stream.set_nodelay(true);
     let mut session = Session::new(broker.next_client_id(), address.to_string());
@@ -88,11 +100,20 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
         let mut header = [0u8; frame::HEADER_SIZE];
         // A connection without a logged-in user gets `login_timeout` in all (from its start or
         // its logout); a logged-in one may idle as long as it likes between requests.
-        let next = reader.read_exact(&mut header);
+        if *shutdown.borrow() {
+            break;
+        }
+        let next = async {
+            tokio::select! {
+                read = reader.read_exact(&mut header) => read.map(|_| ()),
+                // Between requests only: a request already begun is finished below.
+                _ = shutdown.changed() => Err(std::io::ErrorKind::Interrupted.into()),
+            }
+        };
         let read = if let Some(since) = anonymous_since {
             let left = login_timeout.saturating_sub(since.elapsed());
             match tokio::time::timeout(left, next).await {
-                Ok(read) => read.map(|_| ()),
+                Ok(read) => read,
                 Err(_) => {
                     metrics
                         .connections_timed_out
@@ -105,7 +126,7 @@ async fn handle_connection(stream: TcpStream, address: SocketAddr, broker: Arc<B
                 }
             }
         } else {
-            next.await.map(|_| ())
+            next.await
         };
         if read.is_err() {
             break;

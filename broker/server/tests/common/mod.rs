@@ -178,6 +178,11 @@ impl Drop for TestBroker {
 }
 
 /// Sends SIGTERM through the `kill` utility, keeping the tests free of unsafe code.
+/// SIGTERM without waiting for the exit (`stop` waits).
+pub fn sigterm(pid: u32) {
+    unsafe_free_sigterm(pid);
+}
+
 fn unsafe_free_sigterm(pid: u32) {
     let _ = Command::new("kill")
         .arg("-TERM")
