@@ -9,6 +9,7 @@ use crate::net::clients::Clients;
 use crate::ops::{Operation, Submission};
 use crate::security::auth;
 use crate::security::hashing::HashPool;
+use crate::security::throttle::{LoginThrottle, ThrottleSettings};
 use crate::state::catalog::{Catalog, Stream, Topic};
 use crate::state::partition::Partition;
 use crate::storage::fsutil::now_micros;
@@ -36,6 +37,8 @@ pub struct Broker {
     pub hashing: HashPool,
     /// Memory for request bodies and poll responses in flight (see `net::budget`).
     pub memory: MemoryBudget,
+    /// Failed-login throttling (see `security::throttle`).
+    pub logins: LoginThrottle,
 }
 
 /// What boot found worth telling the operator.
@@ -135,6 +138,11 @@ impl Broker {
             config.auth.hash_wait.0,
         );
         let memory = MemoryBudget::new(config.tcp.memory_budget.0);
+        let logins = LoginThrottle::new(ThrottleSettings {
+            after: config.auth.throttle_after,
+            base: config.auth.throttle_base.0,
+            max: config.auth.throttle_max.0,
+        });
         let broker = Arc::new(Broker {
             metrics: Metrics::new(),
             clients: Clients::default(),
@@ -147,6 +155,7 @@ impl Broker {
             submitter: Submitter::Local(LocalSubmitter),
             hashing,
             memory,
+            logins,
         });
         Ok((broker, report))
     }

@@ -35,6 +35,9 @@ pub struct AuthConfig {
     pub hash_workers: u32,
     pub hash_queue: u32,
     pub hash_wait: HumanDuration,
+    pub throttle_after: u32,
+    pub throttle_base: HumanDuration,
+    pub throttle_max: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

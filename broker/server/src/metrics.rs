@@ -36,6 +36,8 @@ pub struct Metrics {
     pub connections_timed_out: AtomicU64,
     /// Reads that found a stored message damaged (its range was refused).
     pub corrupt_reads: AtomicU64,
+    /// Logins refused without a password check because the address or user was throttled.
+    pub logins_throttled: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Metrics {
             connections_refused: AtomicU64::new(0),
             connections_timed_out: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
+            logins_throttled: AtomicU64::new(0),
         }
     }
 
@@ -201,6 +204,15 @@ impl Metrics {
             out,
             "iggy_corrupt_reads_total {}",
             self.corrupt_reads.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP iggy_logins_throttled_total Logins refused without a password check after repeated failures.\n",
+        );
+        out.push_str("# TYPE iggy_logins_throttled_total counter\n");
+        let _ = writeln!(
+            out,
+            "iggy_logins_throttled_total {}",
+            self.logins_throttled.load(Ordering::Relaxed)
         );
         out
     }

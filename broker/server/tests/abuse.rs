@@ -49,7 +49,8 @@ async fn wrong_login(address: std::net::SocketAddr, n: usize) -> u32 {
 /// on a bounded pool instead of one argon2 run (19 MiB) per login at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_wrong_logins_neither_starves_clients_nor_eats_memory() {
-    let broker = TestBroker::start();
+    // Throttling off, so every login reaches the hashing pool: that is what is measured here.
+    let broker = TestBroker::start_with(&[("IGGY_AUTH_THROTTLE_AFTER", "1000000")]);
     let client = broker.client().await;
     client.ping().await.expect("ping");
     let address = broker.tcp;
@@ -339,4 +340,35 @@ async fn readers_that_never_read_hold_a_bounded_share_of_memory() {
         assert!(Instant::now() < deadline, "the budget comes back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Repeated failures are throttled per address and per user: inside the window even the right
+/// password is refused without a check (the same answer as a wrong one), and it works again
+/// once the window has passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_wrong_logins_are_throttled() {
+    let broker = TestBroker::start_with(&[
+        ("IGGY_AUTH_THROTTLE_AFTER", "3"),
+        ("IGGY_AUTH_THROTTLE_BASE", "400ms"),
+        ("IGGY_AUTH_THROTTLE_MAX", "400ms"),
+    ]);
+    let client = broker.anonymous_client().await;
+    for _ in 0..3 {
+        let error = client
+            .login_user(common::ROOT_USER, "wrong")
+            .await
+            .unwrap_err();
+        assert_eq!(common::code(error), 42);
+    }
+    let error = client
+        .login_user(common::ROOT_USER, common::ROOT_PASSWORD)
+        .await
+        .unwrap_err();
+    assert_eq!(common::code(error), 42, "throttled: refused unchecked");
+    assert_eq!(metric(&broker, "iggy_logins_throttled_total"), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .login_user(common::ROOT_USER, common::ROOT_PASSWORD)
+        .await
+        .expect("the window has passed");
 }

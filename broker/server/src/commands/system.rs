@@ -9,6 +9,7 @@ use crate::security::auth;
 use crate::state::stats;
 use crate::storage::fsutil::now_micros;
 use iggy_wire::response::{self, Stats};
+use std::time::Instant;
 
 /// `user_id` reported for a client that has not logged in.
 const NO_USER: u32 = u32::MAX;
@@ -20,6 +21,23 @@ pub async fn login(
     password: String,
     body: &mut Vec<u8>,
 ) -> Result<()> {
+    let address = session
+        .address
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip());
+    if !broker
+        .logins
+        .wait(address, &username, Instant::now())
+        .is_zero()
+    {
+        // The same answer as a wrong password, without spending a hash on it.
+        broker
+            .metrics
+            .logins_throttled
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(BrokerError::InvalidCredentials);
+    }
     let user = broker
         .catalog()
         .users
@@ -38,8 +56,12 @@ pub async fn login(
         .await?;
     let user = match user {
         Some(user) if matches => user,
-        _ => return Err(BrokerError::InvalidCredentials),
+        _ => {
+            broker.logins.failed(address, &username, Instant::now());
+            return Err(BrokerError::InvalidCredentials);
+        }
     };
+    broker.logins.succeeded(address, &username);
     if !user.active {
         return Err(BrokerError::UserInactive);
     }

@@ -4,3 +4,4 @@
 pub mod access;
 pub mod auth;
 pub mod hashing;
+pub mod throttle;
