@@ -44,7 +44,7 @@ pub(super) fn append(
 }
 
 /// The partition a batch goes to, after checking the caller may send to the topic.
-pub fn route(
+fn route(
     broker: &Broker,
     user: Option<u32>,
     stream: &Identifier,

@@ -19,7 +19,6 @@ use crate::ops::{OpContext, Operation, Submission};
 use crate::state::partition::Partition;
 use std::sync::Arc;
 
-pub use messages::route;
 pub use tokens::is_expired;
 
 /// What an applied operation leaves for its submitter to finish.
