@@ -18,6 +18,7 @@ const USAGE: &str = "usage: iggy-broker [--config FILE]\n\
 fn main() -> ExitCode {
     let started = Instant::now();
     release_large_buffers_to_the_os();
+    let descriptors = raise_descriptor_limit();
     let config_path = match parse_args(std::env::args().skip(1)) {
         Ok(Some(path)) => path,
         Ok(None) => return ExitCode::SUCCESS,
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, started)) {
+    match runtime.block_on(run(config, started, descriptors)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -81,6 +82,32 @@ fn release_large_buffers_to_the_os() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
+}
+
+/// Raises the soft limit on open files to the hard limit: every partition holds its active
+/// segment's files open and every client a socket, and the soft default (often 1,024) ran out
+/// at ~500 partitions. Returns the limit in force.
+fn raise_descriptor_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 /// `Ok(None)` when the arguments asked for help or the version.
@@ -108,7 +135,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Option<Pa
     Ok(Some(config))
 }
 
-async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
+async fn run(config: Config, started: Instant, descriptors: u64) -> anyhow::Result<()> {
     use anyhow::Context;
     let tcp_address = config.tcp.address;
     let http_address = config.http.address;
@@ -178,6 +205,7 @@ async fn run(config: Config, started: Instant) -> anyhow::Result<()> {
         ?fsync,
         partitions = report.partitions,
         verified_bytes = report.verified_bytes,
+        descriptors,
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "iggy-broker ready"
     );

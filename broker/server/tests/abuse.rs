@@ -372,3 +372,38 @@ async fn repeated_wrong_logins_are_throttled() {
         .await
         .expect("the window has passed");
 }
+
+/// The soft and hard "Max open files" of a process, from /proc.
+fn open_files_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("proc limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+/// Started under a soft open-files limit of 64, the broker raises it to the hard limit, so a
+/// topic of 200 partitions (two files each) can be created and written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_soft_descriptor_limit_is_raised_at_start() {
+    let broker = TestBroker::start_with(&[(common::SOFT_NOFILE, "64")]);
+    let (soft, hard) = open_files_limits(broker.pid());
+    assert_eq!(soft, hard, "soft limit raised to the hard one");
+    let client = broker.client().await;
+    client.create_stream("wide").await.expect("stream");
+    common::create_topic(&client, &common::id(0), "t", 200).await;
+    for partition in [0, 199] {
+        let mut messages = vec![common::message("x")];
+        client
+            .send_messages(
+                &common::id(0),
+                &common::id(0),
+                &Partitioning::partition_id(partition),
+                &mut messages,
+            )
+            .await
+            .expect("send");
+    }
+}

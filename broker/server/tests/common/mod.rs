@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 pub const ROOT_USER: &str = "iggy";
 pub const ROOT_PASSWORD: &str = "test-secret";
+/// Not a broker setting: `start_with` takes it as the soft open-files limit to start the broker
+/// under (the hard limit is left as it is).
+pub const SOFT_NOFILE: &str = "TEST_SOFT_NOFILE";
 
 pub struct TestBroker {
     pub data: tempfile::TempDir,
@@ -65,6 +68,29 @@ impl TestBroker {
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
             command.env(k, v);
+        }
+        let soft_nofile = self
+            .env
+            .iter()
+            .find(|(k, _)| k == SOFT_NOFILE)
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        if let Some(soft) = soft_nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec; getrlimit/setrlimit are
+            // async-signal-safe and touch only the struct on this stack.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                        limit.rlim_cur = soft.min(limit.rlim_max);
+                        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    }
+                    Ok(())
+                });
+            }
         }
         command
     }
