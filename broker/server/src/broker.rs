@@ -12,7 +12,7 @@ use crate::security::hashing::HashPool;
 use crate::security::throttle::{LoginThrottle, ThrottleSettings};
 use crate::state::catalog::{Catalog, Stream, Topic};
 use crate::state::partition::Partition;
-use crate::storage::fsutil::now_micros;
+use crate::storage::fsutil::{self, now_micros};
 use crate::storage::metadata::{self, MetadataStore, UserRecord};
 use crate::storage::partition_log::PartitionLog;
 use crate::storage::StorageError;
@@ -193,28 +193,38 @@ impl Broker {
             .await
     }
 
-    /// Creates the directory and first segment of a new partition. Any leftover directory at
-    /// that path (from a deleted object whose id is being reused) is removed first.
-    pub fn create_partition(
+    /// Creates the directories and first segments of new partitions, durably. Any leftover
+    /// directory at such a path (from a deleted object whose id is being reused) is removed
+    /// first. The directories are created first and synced together at the end, on several
+    /// threads: one fsync per directory instead of three per partition in a row, which made a
+    /// 1,000-partition topic take about a second.
+    pub fn create_partitions(
         &self,
         stream: u32,
         topic: u32,
-        id: u32,
+        ids: std::ops::Range<u32>,
         created_at: u64,
-    ) -> Result<Arc<Partition>> {
-        let dir = metadata::partition_dir(&self.config.system.path, stream, topic, id);
-        metadata::remove_tree(&dir)?;
-        let log = PartitionLog::create(
-            &dir,
-            self.config.storage.segment_size.0,
-            sync_on_roll(&self.config),
-        )?;
-        Ok(Arc::new(Partition::new(
-            id,
-            created_at,
-            log,
-            self.config.storage.fsync,
-        )?))
+    ) -> Result<Vec<Arc<Partition>>> {
+        let mut partitions = Vec::with_capacity(ids.len());
+        let mut to_sync = Vec::new();
+        for id in ids {
+            let dir = metadata::partition_dir(&self.config.system.path, stream, topic, id);
+            metadata::remove_tree(&dir)?;
+            let log = PartitionLog::create_unsynced(
+                &dir,
+                self.config.storage.segment_size.0,
+                sync_on_roll(&self.config),
+            )?;
+            to_sync.extend(fsutil::dirs_to_sync_after_creating(&dir));
+            partitions.push(Arc::new(Partition::new(
+                id,
+                created_at,
+                log,
+                self.config.storage.fsync,
+            )?));
+        }
+        fsutil::sync_dirs(&to_sync)?;
+        Ok(partitions)
     }
 
     pub fn next_client_id(&self) -> u32 {

@@ -62,8 +62,7 @@ fn create_partitions_on_disk(
     topic: u32,
     ids: std::ops::Range<u32>,
 ) -> Result<Vec<Arc<Partition>>> {
-    ids.map(|id| broker.create_partition(stream, topic, id, context.timestamp))
-        .collect()
+    broker.create_partitions(stream, topic, ids, context.timestamp)
 }
 
 pub(super) fn create(

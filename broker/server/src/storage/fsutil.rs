@@ -3,7 +3,7 @@
 use super::{IoContext, StorageError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// fsyncs a directory so that entries created or renamed in it survive a power loss.
 pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
@@ -32,16 +32,62 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 /// Creates a directory and its parents, then fsyncs each newly reachable level's parent.
 pub fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
     std::fs::create_dir_all(dir).at(dir)?;
-    let mut current = Some(dir);
-    // Two levels are enough for our layout: the new leaf and its parent's entry.
-    for _ in 0..2 {
-        let Some(level) = current.and_then(Path::parent) else {
-            break;
-        };
+    for level in dirs_to_sync_after_creating(dir).iter().skip(1) {
         sync_dir(level)?;
-        current = Some(level);
     }
     Ok(())
+}
+
+/// What must be synced for a newly created directory and its contents to survive a crash: the
+/// directory itself (its entries) and two levels above it (the new entries there). Two levels
+/// are enough for our layout: a new partition's `partitions/` and its topic's directory.
+pub fn dirs_to_sync_after_creating(dir: &Path) -> Vec<PathBuf> {
+    let mut levels = vec![dir.to_owned()];
+    let mut current = dir;
+    for _ in 0..2 {
+        let Some(parent) = current.parent() else {
+            break;
+        };
+        levels.push(parent.to_owned());
+        current = parent;
+    }
+    levels
+}
+
+/// Syncs directories on several threads at once (each fsync waits on the device, not a core),
+/// each once however often it is named. Returns the first failure after trying them all.
+pub fn sync_dirs(dirs: &[PathBuf]) -> Result<(), StorageError> {
+    let mut unique: Vec<&PathBuf> = dirs.iter().collect();
+    unique.sort();
+    unique.dedup();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let threads = unique.len().clamp(1, 16);
+    let failures: Vec<StorageError> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut failed = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(dir) = unique.get(i) else {
+                            return failed;
+                        };
+                        if let Err(e) = sync_dir(dir) {
+                            failed.push(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    match failures.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
 }
 
 /// Microseconds since the Unix epoch, the unit of every Iggy timestamp.

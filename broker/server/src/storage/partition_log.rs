@@ -107,9 +107,23 @@ fn verify_frames(bytes: &[u8], chunk: &ReadChunk) -> Result<(), StorageError> {
 impl PartitionLog {
     /// Creates an empty partition directory with its first segment.
     pub fn create(dir: &Path, segment_size: u64, sync_on_roll: bool) -> Result<Self, StorageError> {
-        fsutil::create_dir_durably(dir)?;
+        let log = Self::create_unsynced(dir, segment_size, sync_on_roll)?;
+        for level in fsutil::dirs_to_sync_after_creating(dir) {
+            fsutil::sync_dir(&level)?;
+        }
+        Ok(log)
+    }
+
+    /// [`Self::create`] without making the new directory durable: for creating many partitions
+    /// at once and syncing their directories together afterwards
+    /// (`fsutil::dirs_to_sync_after_creating`, `fsutil::sync_dirs`).
+    pub fn create_unsynced(
+        dir: &Path,
+        segment_size: u64,
+        sync_on_roll: bool,
+    ) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(dir).at(dir)?;
         let segment = Segment::open(dir, 0)?;
-        fsutil::sync_dir(dir)?;
         Ok(Self::from_segments(
             dir,
             vec![segment],
