@@ -5,7 +5,9 @@
 //! checksum and offset verified. At the first bad frame recovery decides between two cases:
 //!
 //! * **torn write**: nothing intact follows (no later frame the old index points at verifies,
-//!   and no later segment starts with a valid frame). The tail was being written when the
+//!   no later segment starts with a valid frame, and a scan of the rest of the file by the
+//!   frames' own lengths and checksums finds none — the index may be stale or empty after a
+//!   power loss, so it is not trusted to say where frames are). The tail was being written when the
 //!   process or machine died, so it was never acknowledged under `fsync = always`; the log is
 //!   truncated there and the broker starts.
 //! * **corruption**: intact data follows the bad frame. Truncating would silently drop
@@ -98,6 +100,7 @@ pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageErro
             let later = &starts[n + 1..];
             if intact_after(&segment, &disk_index, bad.position)?
                 || later_segment_valid(dir, later)?
+                || valid_frame_after(&segment, log_len, bad.position)?
             {
                 return Err(StorageError::Corrupt {
                     path: segment.log_path.clone(),
@@ -211,6 +214,52 @@ fn intact_after(
         if offset_matches && checksum_matches(&frame) {
             return Ok(true);
         }
+    }
+    Ok(false)
+}
+
+/// Is there, anywhere after `bad_position`, a complete frame whose checksum verifies and whose
+/// offset lies after the bad frame's? Found by trying every byte position, without the index
+/// (which a power loss can leave stale or empty): cheap header checks reject almost every
+/// position before a checksum is computed. Runs only when recovery meets a bad frame.
+fn valid_frame_after(
+    segment: &Segment,
+    log_len: u64,
+    bad_position: u64,
+) -> Result<bool, StorageError> {
+    let first_offset = segment.start_offset + segment.index.len() as u64;
+    let mut window_start = bad_position + 1;
+    let mut window = vec![0u8; CHUNK];
+    while window_start + HEADER_SIZE as u64 <= log_len {
+        let len = (log_len - window_start).min(CHUNK as u64) as usize;
+        segment
+            .log
+            .read_exact_at(&mut window[..len], window_start)
+            .at(&segment.log_path)?;
+        // Positions whose header lies wholly inside this window; the next window starts at
+        // the first position this one could not check.
+        let last = len.saturating_sub(HEADER_SIZE);
+        for at in 0..=last {
+            let position = window_start + at as u64;
+            let Some(header) = FrameHeader::new(&window[at..len]) else {
+                break;
+            };
+            let frame_len = header.frame_len();
+            let remaining = log_len - position;
+            let offset = header.offset();
+            // A frame here would hold at least one message per 64 bytes before it.
+            let highest = first_offset + (position - bad_position) / HEADER_SIZE as u64 + 1;
+            if frame_len > remaining || offset <= first_offset || offset > highest
+            {
+                continue;
+            }
+            let mut frame = vec![0u8; frame_len as usize];
+            if segment.log.read_exact_at(&mut frame, position).is_ok() && checksum_matches(&frame)
+            {
+                return Ok(true);
+            }
+        }
+        window_start += last as u64 + 1;
     }
     Ok(false)
 }
@@ -409,6 +458,40 @@ mod tests {
         assert!(text.contains(&format!("at byte {}", 3 * MESSAGE)), "{text}");
         assert!(text.contains("expected offset 3"), "{text}");
         assert!(matches!(err, StorageError::Corrupt { .. }));
+    }
+
+    /// After a power loss the active index can be stale or empty; a flipped byte mid-log must
+    /// still be told from a torn tail by the frames after it, found without the index.
+    #[test]
+    fn damage_with_an_emptied_index_still_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crashed_log(dir.path());
+        std::fs::write(dir.path().join("00000000000000000000.index"), b"").unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(3 * MESSAGE + 80) as usize] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let err = PartitionLog::open(dir.path(), 1 << 20, true).err().unwrap();
+        assert!(matches!(err, StorageError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("expected offset 3"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left untouched");
+    }
+
+    /// The scan does not mistake garbage for a frame: a cut last message followed by noise is
+    /// still a torn tail, even with the index gone.
+    #[test]
+    fn a_garbled_tail_with_an_emptied_index_is_still_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crashed_log(dir.path());
+        std::fs::write(dir.path().join("00000000000000000000.index"), b"").unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate((9 * MESSAGE + 30) as usize);
+        bytes.extend((0..500u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (log, report) = PartitionLog::open(dir.path(), 1 << 20, true).unwrap();
+        assert_eq!(log.messages_count(), 9);
+        assert!(report.truncated.is_some());
     }
 
     #[test]
