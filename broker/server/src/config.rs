@@ -139,6 +139,7 @@ pub struct StorageConfig {
     pub fsync: FsyncPolicy,
     pub segment_size: ByteSize,
     pub max_poll_bytes: ByteSize,
+    pub scrub_rate: ByteSize,
 }
 
 #[derive(Clone, Deserialize)]

@@ -13,6 +13,7 @@ pub mod net;
 pub mod ops;
 pub mod reply;
 pub mod retention;
+pub mod scrub;
 pub mod security;
 pub mod state;
 pub mod storage;

@@ -197,6 +197,7 @@ async fn run(config: Config, started: Instant, descriptors: u64) -> anyhow::Resu
             }
         });
     }
+    tokio::spawn(broker::scrub::run(broker.clone()));
     broker.set_ready();
     tracing::info!(
         tcp = %tcp_address,

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub corrupt_reads: AtomicU64,
     /// Logins refused without a password check because the address or user was throttled.
     pub logins_throttled: AtomicU64,
+    /// Bytes of sealed segments the scrubber re-verified, and damaged ranges it found.
+    pub scrub_bytes: AtomicU64,
+    pub scrub_corruptions: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -58,6 +61,8 @@ impl Metrics {
             connections_timed_out: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
             logins_throttled: AtomicU64::new(0),
+            scrub_bytes: AtomicU64::new(0),
+            scrub_corruptions: AtomicU64::new(0),
         }
     }
 
@@ -213,6 +218,22 @@ impl Metrics {
             out,
             "iggy_logins_throttled_total {}",
             self.logins_throttled.load(Ordering::Relaxed)
+        );
+        out.push_str(
+            "# HELP iggy_scrub_bytes_total Bytes of sealed segments re-verified by the scrubber.\n",
+        );
+        out.push_str("# TYPE iggy_scrub_bytes_total counter\n");
+        let _ = writeln!(
+            out,
+            "iggy_scrub_bytes_total {}",
+            self.scrub_bytes.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP iggy_scrub_corruptions_total Damaged ranges the scrubber found.\n");
+        out.push_str("# TYPE iggy_scrub_corruptions_total counter\n");
+        let _ = writeln!(
+            out,
+            "iggy_scrub_corruptions_total {}",
+            self.scrub_corruptions.load(Ordering::Relaxed)
         );
         out
     }

@@ -464,3 +464,57 @@ async fn a_send_in_progress_at_sigterm_is_finished_and_acknowledged() {
     let client = broker.client().await;
     assert_eq!(poll_range_of(&client, 0).await, ["in flight"]);
 }
+
+/// Rot in sealed data nobody reads is found by the scrubber: a flipped byte in the first
+/// sealed segment shows up in `iggy_scrub_corruptions_total` without any poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_finds_rot_in_sealed_segments() {
+    let mut broker = TestBroker::start_with(&[
+        ("IGGY_STORAGE_SEGMENT_SIZE", "4 KiB"),
+        ("IGGY_STORAGE_SCRUB_RATE", "1 MiB"),
+    ]);
+    let client = broker.client().await;
+    setup(&client, 1).await;
+    for round in 0..6 {
+        let mut chunk: Vec<IggyMessage> = (0..10)
+            .map(|i| message(&payload(0, round * 10 + i)))
+            .collect();
+        client
+            .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut chunk)
+            .await
+            .unwrap();
+    }
+    drop(client);
+    assert_eq!(broker.stop(), 0);
+    let first = broker
+        .partition_dir(0, 0, 0)
+        .join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&first).unwrap();
+    let segments = std::fs::read_dir(broker.partition_dir(0, 0, 0))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        })
+        .count();
+    assert!(
+        segments >= 2,
+        "the first segment is sealed ({segments} segments)"
+    );
+    bytes[64 + 10] ^= 0x01;
+    std::fs::write(&first, &bytes).unwrap();
+
+    broker.spawn_and_wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = http_get(broker.http, "/metrics").unwrap();
+        if metrics.contains("iggy_scrub_corruptions_total 1") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrubber did not report the damage: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -184,6 +184,11 @@ impl PartitionLog {
         self.active().next_offset()
     }
 
+    /// The first offset of the active segment: everything below it is sealed.
+    pub fn sealed_end(&self) -> u64 {
+        self.active().start_offset
+    }
+
     /// Iggy's "current offset": the last offset written, 0 when empty.
     pub fn current_offset(&self) -> u64 {
         self.next_offset().saturating_sub(1)

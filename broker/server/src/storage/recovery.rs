@@ -249,13 +249,11 @@ fn valid_frame_after(
             let offset = header.offset();
             // A frame here would hold at least one message per 64 bytes before it.
             let highest = first_offset + (position - bad_position) / HEADER_SIZE as u64 + 1;
-            if frame_len > remaining || offset <= first_offset || offset > highest
-            {
+            if frame_len > remaining || offset <= first_offset || offset > highest {
                 continue;
             }
             let mut frame = vec![0u8; frame_len as usize];
-            if segment.log.read_exact_at(&mut frame, position).is_ok() && checksum_matches(&frame)
-            {
+            if segment.log.read_exact_at(&mut frame, position).is_ok() && checksum_matches(&frame) {
                 return Ok(true);
             }
         }
