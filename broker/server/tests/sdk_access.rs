@@ -459,3 +459,61 @@ async fn clients_and_stats_report_real_figures() {
     assert_eq!(stats.iggy_server_version, env!("CARGO_PKG_VERSION"));
     assert!(stats.messages_size_bytes.as_bytes_u64() >= 10 * 65);
 }
+
+/// No existence oracle: a user who may not read a stream, topic or user cannot tell a missing
+/// one from one they may not see — both answer Unauthorized (41) — while a user who may read
+/// them all still gets the empty answer (None) for a missing one.
+#[tokio::test]
+async fn unauthorized_users_cannot_probe_what_exists() {
+    let broker = TestBroker::start();
+    let root = broker.client().await;
+    stream_with_topics(&root).await;
+    root.create_stream("secret").await.unwrap();
+    let mut streams = BTreeMap::new();
+    streams.insert(
+        0usize,
+        StreamPermissions {
+            read_stream: true,
+            ..Default::default()
+        },
+    );
+    root.create_user(
+        "limited",
+        "limited-pass",
+        UserStatus::Active,
+        Some(Permissions {
+            global: GlobalPermissions::default(),
+            streams: Some(streams),
+        }),
+    )
+    .await
+    .unwrap();
+    let limited = login_as(&broker, "limited", "limited-pass").await;
+    assert!(limited.get_stream(&name("data")).await.unwrap().is_some());
+    let existing = code(limited.get_stream(&name("secret")).await.unwrap_err());
+    let missing = code(limited.get_stream(&name("no-such")).await.unwrap_err());
+    assert_eq!((existing, missing), (41, 41));
+    let existing = code(
+        limited
+            .get_topic(&name("secret"), &id(0))
+            .await
+            .unwrap_err(),
+    );
+    let missing = code(
+        limited
+            .get_topic(&name("no-such"), &id(0))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((existing, missing), (41, 41));
+    let existing = code(limited.get_user(&name("iggy")).await.unwrap_err());
+    let missing = code(limited.get_user(&name("nobody")).await.unwrap_err());
+    assert_eq!((existing, missing), (41, 41));
+    assert!(root.get_stream(&name("no-such")).await.unwrap().is_none());
+    assert!(root
+        .get_topic(&name("data"), &name("no-such"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(root.get_user(&name("nobody")).await.unwrap().is_none());
+}

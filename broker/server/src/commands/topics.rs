@@ -15,9 +15,17 @@ pub fn get(
     body: &mut Vec<u8>,
 ) -> Result<()> {
     let catalog = broker.catalog();
-    if let Ok((s, t)) = catalog.topic(stream, topic) {
-        catalog.authorize(user, Access::ReadTopic(s.id, t.id))?;
-        reply::topic_details(t, body);
+    match catalog.topic(stream, topic) {
+        Ok((s, t)) => {
+            catalog.authorize(user, Access::ReadTopic(s.id, t.id))?;
+            reply::topic_details(t, body);
+        }
+        // Missing: empty to a caller who may read the stream's topics (or every stream when the
+        // stream itself is missing), `Unauthorized` to anyone else — no existence oracle.
+        Err(_) => match catalog.stream(stream) {
+            Ok(s) => catalog.authorize(user, Access::ReadTopics(s.id))?,
+            Err(_) => catalog.authorize(user, Access::ReadStreams)?,
+        },
     }
     Ok(())
 }

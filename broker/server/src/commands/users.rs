@@ -52,11 +52,15 @@ async fn hash(broker: &Broker, password: String) -> Result<String> {
 /// Anyone may read their own user; reading others needs `read_users`.
 pub fn get(broker: &Broker, session: &Session, id: &Identifier, body: &mut Vec<u8>) -> Result<()> {
     let catalog = broker.catalog();
-    if let Some(user) = catalog.user(id) {
-        if Some(user.id) != session.user_id {
-            catalog.authorize(session.user_id, Access::ReadUsers)?;
+    match catalog.user(id) {
+        Some(user) => {
+            if Some(user.id) != session.user_id {
+                catalog.authorize(session.user_id, Access::ReadUsers)?;
+            }
+            reply::user_details(user, body);
         }
-        reply::user_details(user, body);
+        // Missing: empty to a caller who may read users, `Unauthorized` to anyone else.
+        None => catalog.authorize(session.user_id, Access::ReadUsers)?,
     }
     Ok(())
 }
