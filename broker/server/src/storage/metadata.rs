@@ -96,17 +96,40 @@ impl std::fmt::Debug for UserRecord {
     }
 }
 
+/// Space kept aside so metadata can still be saved on a full disk: without it, DeleteStream
+/// and DeleteTopic — the operations that free space — failed at exactly 0 bytes free, because
+/// the new metadata file could not be written.
+const RESERVE_BYTES: usize = 1 << 20;
+const RESERVE_NAME: &str = "reserve";
+
 pub struct MetadataStore {
     path: PathBuf,
+    reserve: PathBuf,
 }
 
 impl MetadataStore {
     pub fn new(system_path: &Path) -> Result<Self, StorageError> {
         let dir = system_path.join("state");
         fsutil::create_dir_durably(&dir)?;
-        Ok(Self {
+        let store = Self {
             path: dir.join(FILE_NAME),
-        })
+            reserve: dir.join(RESERVE_NAME),
+        };
+        store.keep_reserve();
+        Ok(store)
+    }
+
+    /// Makes sure the reserve file exists; on a disk too full for it, carries on without.
+    fn keep_reserve(&self) {
+        if self.reserve.exists() {
+            return;
+        }
+        let written = std::fs::write(&self.reserve, vec![0u8; RESERVE_BYTES])
+            .and_then(|()| std::fs::File::open(&self.reserve)?.sync_all());
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&self.reserve);
+            tracing::debug!(%error, "no room for the metadata reserve yet");
+        }
     }
 
     /// `None` on first boot.
@@ -143,7 +166,23 @@ impl MetadataStore {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
-        fsutil::write_atomically(&self.path, &bytes)
+        match fsutil::write_atomically(&self.path, &bytes) {
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::StorageFull && self.reserve.exists() =>
+            {
+                tracing::warn!(
+                    reserve = %self.reserve.display(),
+                    "disk full: releasing the metadata reserve to save metadata"
+                );
+                let _ = std::fs::remove_file(&self.reserve);
+                fsutil::write_atomically(&self.path, &bytes)
+            }
+            Err(error) => Err(error),
+            Ok(()) => {
+                self.keep_reserve();
+                Ok(())
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
