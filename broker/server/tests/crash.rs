@@ -449,7 +449,8 @@ async fn a_send_in_progress_at_sigterm_is_finished_and_acknowledged() {
     request.extend_from_slice(&payload);
     let half = request.len() / 2;
     raw.write_all(&request[..half]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Time for the broker to read the header and start on the body, even on a loaded machine.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     common::sigterm(broker.pid());
     tokio::time::sleep(Duration::from_millis(300)).await;
     raw.write_all(&request[half..]).await.unwrap();
