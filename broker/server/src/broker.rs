@@ -285,30 +285,10 @@ impl Broker {
     pub fn shutdown(&self) -> Result<(), StorageError> {
         self.ready.store(false, Ordering::Release);
         let partitions = self.all_partitions();
-        let threads = SHUTDOWN_THREADS.min(partitions.len()).max(1);
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let failures: Vec<StorageError> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut failed = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(partition) = partitions.get(i) else {
-                                return failed;
-                            };
-                            if let Err(e) = partition.shutdown() {
-                                tracing::error!(error = %e, "a partition could not be checkpointed at shutdown");
-                                failed.push(e);
-                            }
-                        }
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
+        let failures = fsutil::on_threads(&partitions, SHUTDOWN_THREADS, |partition| {
+            partition.shutdown().inspect_err(|e| {
+                tracing::error!(error = %e, "a partition could not be checkpointed at shutdown");
+            })
         });
         match failures.into_iter().next() {
             // Every partition was tried and every failure logged; the first is returned.

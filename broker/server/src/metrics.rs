@@ -169,72 +169,63 @@ impl Metrics {
             }
         }
 
-        out.push_str("# HELP iggy_connections_open Client TCP connections currently open.\n");
-        out.push_str("# TYPE iggy_connections_open gauge\n");
-        let _ = writeln!(
-            out,
-            "iggy_connections_open {}",
-            self.connections_open.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP iggy_connections_total Client TCP connections accepted.\n");
-        out.push_str("# TYPE iggy_connections_total counter\n");
-        let _ = writeln!(
-            out,
-            "iggy_connections_total {}",
-            self.connections_total.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP iggy_connections_refused_total Client connections closed at once because tcp.max_connections were open.\n",
-        );
-        out.push_str("# TYPE iggy_connections_refused_total counter\n");
-        let _ = writeln!(
-            out,
-            "iggy_connections_refused_total {}",
-            self.connections_refused.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP iggy_connections_timed_out_total Client connections closed for not logging in or not finishing a request in time.\n",
-        );
-        out.push_str("# TYPE iggy_connections_timed_out_total counter\n");
-        let _ = writeln!(
-            out,
-            "iggy_connections_timed_out_total {}",
-            self.connections_timed_out.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP iggy_corrupt_reads_total Reads that found a stored message damaged; the range was refused.\n",
-        );
-        out.push_str("# TYPE iggy_corrupt_reads_total counter\n");
-        let _ = writeln!(
-            out,
-            "iggy_corrupt_reads_total {}",
-            self.corrupt_reads.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP iggy_logins_throttled_total Logins refused without a password check after repeated failures.\n",
-        );
-        out.push_str("# TYPE iggy_logins_throttled_total counter\n");
-        let _ = writeln!(
-            out,
-            "iggy_logins_throttled_total {}",
-            self.logins_throttled.load(Ordering::Relaxed)
-        );
-        out.push_str(
-            "# HELP iggy_scrub_bytes_total Bytes of sealed segments re-verified by the scrubber.\n",
-        );
-        out.push_str("# TYPE iggy_scrub_bytes_total counter\n");
-        let _ = writeln!(
-            out,
-            "iggy_scrub_bytes_total {}",
-            self.scrub_bytes.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP iggy_scrub_corruptions_total Damaged ranges the scrubber found.\n");
-        out.push_str("# TYPE iggy_scrub_corruptions_total counter\n");
-        let _ = writeln!(
-            out,
-            "iggy_scrub_corruptions_total {}",
-            self.scrub_corruptions.load(Ordering::Relaxed)
-        );
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        let singles: [(&str, &str, &str, u64); 8] = [
+            (
+                "iggy_connections_open",
+                "gauge",
+                "Client TCP connections currently open.",
+                self.connections_open.load(Ordering::Relaxed).max(0) as u64,
+            ),
+            (
+                "iggy_connections_total",
+                "counter",
+                "Client TCP connections accepted.",
+                load(&self.connections_total),
+            ),
+            (
+                "iggy_connections_refused_total",
+                "counter",
+                "Client connections closed at once because tcp.max_connections were open.",
+                load(&self.connections_refused),
+            ),
+            (
+                "iggy_connections_timed_out_total",
+                "counter",
+                "Client connections closed for not logging in or not finishing a request in time.",
+                load(&self.connections_timed_out),
+            ),
+            (
+                "iggy_corrupt_reads_total",
+                "counter",
+                "Reads that found a stored message damaged; the range was refused.",
+                load(&self.corrupt_reads),
+            ),
+            (
+                "iggy_logins_throttled_total",
+                "counter",
+                "Logins refused without a password check after repeated failures.",
+                load(&self.logins_throttled),
+            ),
+            (
+                "iggy_scrub_bytes_total",
+                "counter",
+                "Bytes of sealed segments re-verified by the scrubber.",
+                load(&self.scrub_bytes),
+            ),
+            (
+                "iggy_scrub_corruptions_total",
+                "counter",
+                "Damaged ranges the scrubber found.",
+                load(&self.scrub_corruptions),
+            ),
+        ];
+        for (metric, kind, help, value) in singles {
+            let _ = writeln!(
+                out,
+                "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
+            );
+        }
         out
     }
 }

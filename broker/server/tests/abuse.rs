@@ -14,12 +14,12 @@ use tokio::net::TcpStream;
 
 const WRONG_LOGINS: usize = 300;
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_mib(pid: u32) -> f64 {
+/// A memory figure of a process from /proc/<pid>/status (`VmHWM` peak, `VmRSS` now), in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|rest| {
             rest.trim()
                 .trim_end_matches("kB")
@@ -28,7 +28,7 @@ fn peak_rss_mib(pid: u32) -> f64 {
                 .ok()
         })
         .map(|kib| kib / 1024.0)
-        .expect("VmHWM")
+        .unwrap_or_else(|| panic!("{field} missing"))
 }
 
 /// One connection, one wrong login; returns the status it got.
@@ -82,7 +82,7 @@ async fn a_burst_of_wrong_logins_neither_starves_clients_nor_eats_memory() {
     let busy = statuses.iter().filter(|s| **s == 1).count();
     assert_eq!(wrong + busy, WRONG_LOGINS, "{statuses:?}");
     assert!(wrong > 0, "some logins are checked, not all refused");
-    let peak = peak_rss_mib(broker.pid());
+    let peak = status_mib(broker.pid(), "VmHWM");
     assert!(peak < 512.0, "peak RSS {peak:.0} MiB");
     assert!(slowest < Duration::from_secs(1), "slowest ping {slowest:?}");
     eprintln!(
@@ -222,22 +222,6 @@ async fn logged_in_raw(broker: &TestBroker) -> TcpStream {
     stream
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|kib| kib / 1024.0)
-        .expect("VmRSS")
-}
-
 /// Readers that poll everything and never read: each holds only the share of the memory budget
 /// it got, the broker's memory stays bounded by the budget, other clients keep being answered
 /// (with fewer or no messages while the budget is taken), and the budget comes back when the
@@ -283,7 +267,7 @@ async fn readers_that_never_read_hold_a_bounded_share_of_memory() {
         frame.extend_from_slice(&payload);
         frame
     };
-    let before = rss_mib(broker.pid());
+    let before = status_mib(broker.pid(), "VmRSS");
     let mut stuck = Vec::new();
     for _ in 0..STUCK {
         let mut stream = logged_in_raw(&broker).await;
@@ -291,7 +275,7 @@ async fn readers_that_never_read_hold_a_bounded_share_of_memory() {
         stuck.push(stream);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let during = rss_mib(broker.pid());
+    let during = status_mib(broker.pid(), "VmRSS");
     // Without the budget every stuck reader would hold ~40 MB: 800 MB in all.
     assert!(
         during - before < 150.0,

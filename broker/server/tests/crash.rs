@@ -246,19 +246,28 @@ async fn lost_metadata_refuses_to_start_and_keeps_the_data() {
     );
 }
 
-async fn poll_range(client: &IggyClient, offset: u64, count: u32) -> Result<usize, IggyError> {
+async fn poll(
+    client: &IggyClient,
+    partition: u32,
+    offset: u64,
+    count: u32,
+) -> Result<Vec<IggyMessage>, IggyError> {
     client
         .poll_messages(
             &id(0),
             &id(0),
-            Some(0),
+            Some(partition),
             &Consumer::new(id(1)),
             &PollingStrategy::offset(offset),
             count,
             false,
         )
         .await
-        .map(|polled| polled.messages.len())
+        .map(|polled| polled.messages)
+}
+
+async fn poll_range(client: &IggyClient, offset: u64, count: u32) -> Result<usize, IggyError> {
+    poll(client, 0, offset, count).await.map(|m| m.len())
 }
 
 /// Rot after a clean stop: boot trusts the checkpoint and does not rehash, so the read path must
@@ -387,19 +396,9 @@ async fn send_one(client: &IggyClient, partition: u32, text: &str) {
 }
 
 async fn poll_range_of(client: &IggyClient, partition: u32) -> Vec<String> {
-    client
-        .poll_messages(
-            &id(0),
-            &id(0),
-            Some(partition),
-            &Consumer::new(id(1)),
-            &PollingStrategy::offset(0),
-            100,
-            false,
-        )
+    poll(client, partition, 0, 100)
         .await
         .unwrap()
-        .messages
         .iter()
         .map(|m| m.payload_as_string().unwrap())
         .collect()

@@ -60,19 +60,35 @@ pub fn sync_dirs(dirs: &[PathBuf]) -> Result<(), StorageError> {
     let mut unique: Vec<&PathBuf> = dirs.iter().collect();
     unique.sort();
     unique.dedup();
+    match on_threads(&unique, 16, |dir| sync_dir(dir))
+        .into_iter()
+        .next()
+    {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
+}
+
+/// Runs `work` on every item, on up to `threads` threads taking items in turn, and returns
+/// every failure. For I/O that waits on the device: many fsyncs in flight at once.
+pub fn on_threads<T: Sync>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) -> Result<(), StorageError> + Sync,
+) -> Vec<StorageError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = unique.len().clamp(1, 16);
-    let failures: Vec<StorageError> = std::thread::scope(|scope| {
+    let threads = threads.min(items.len()).max(1);
+    std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
                     let mut failed = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(dir) = unique.get(i) else {
+                        let Some(item) = items.get(i) else {
                             return failed;
                         };
-                        if let Err(e) = sync_dir(dir) {
+                        if let Err(e) = work(item) {
                             failed.push(e);
                         }
                     }
@@ -83,11 +99,7 @@ pub fn sync_dirs(dirs: &[PathBuf]) -> Result<(), StorageError> {
             .into_iter()
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
-    });
-    match failures.into_iter().next() {
-        Some(first) => Err(first),
-        None => Ok(()),
-    }
+    })
 }
 
 /// Microseconds since the Unix epoch, the unit of every Iggy timestamp.
