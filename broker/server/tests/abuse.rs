@@ -222,6 +222,21 @@ async fn logged_in_raw(broker: &TestBroker) -> TcpStream {
     stream
 }
 
+/// The first ten messages of stream 0, topic 0, partition 0.
+async fn first_ten(client: &IggyClient) -> Result<PolledMessages, IggyError> {
+    client
+        .poll_messages(
+            &common::id(0),
+            &common::id(0),
+            Some(0),
+            &Consumer::new(common::id(1)),
+            &PollingStrategy::offset(0),
+            10,
+            false,
+        )
+        .await
+}
+
 /// Readers that poll everything and never read: each holds only the share of the memory budget
 /// it got, the broker's memory stays bounded by the budget, other clients keep being answered
 /// (with fewer or no messages while the budget is taken), and the budget comes back when the
@@ -282,21 +297,10 @@ async fn readers_that_never_read_hold_a_bounded_share_of_memory() {
         "RSS grew from {before:.0} to {during:.0} MiB"
     );
     let started = Instant::now();
-    let answered = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.poll_messages(
-            &common::id(0),
-            &common::id(0),
-            Some(0),
-            &Consumer::new(common::id(1)),
-            &PollingStrategy::offset(0),
-            10,
-            false,
-        ),
-    )
-    .await
-    .expect("another client is answered")
-    .expect("poll");
+    let answered = tokio::time::timeout(Duration::from_secs(10), first_ten(&client))
+        .await
+        .expect("another client is answered")
+        .expect("poll");
     assert!(answered.messages.len() <= 10);
     eprintln!(
         "RSS {before:.0} -> {during:.0} MiB with {STUCK} stuck readers; other poll answered in {:?} with {} messages",
@@ -306,18 +310,7 @@ async fn readers_that_never_read_hold_a_bounded_share_of_memory() {
     drop(stuck);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let polled = client
-            .poll_messages(
-                &common::id(0),
-                &common::id(0),
-                Some(0),
-                &Consumer::new(common::id(1)),
-                &PollingStrategy::offset(0),
-                10,
-                false,
-            )
-            .await
-            .expect("poll");
+        let polled = first_ten(&client).await.expect("poll");
         if polled.messages.len() == 10 {
             break;
         }

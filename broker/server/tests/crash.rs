@@ -335,23 +335,8 @@ async fn shutdown_checkpoints_only_what_was_written() {
     let mut broker = TestBroker::start();
     let client = broker.client().await;
     setup(&client, PARTITIONS).await;
-    let send = |partition: u32, text: &'static str| {
-        let client = &client;
-        async move {
-            let mut messages = vec![message(text)];
-            client
-                .send_messages(
-                    &id(0),
-                    &id(0),
-                    &Partitioning::partition_id(partition),
-                    &mut messages,
-                )
-                .await
-                .unwrap();
-        }
-    };
-    send(3, "first").await;
-    send(7, "first").await;
+    send_one(&client, 3, "first").await;
+    send_one(&client, 7, "first").await;
     drop(client);
     assert_eq!(broker.stop(), 0);
     let written: Vec<u32> = (0..PARTITIONS)
