@@ -124,6 +124,7 @@ pub fn apply(
             new_hash,
         } => done(users::change_password(
             broker,
+            user,
             target,
             &expected_hash,
             new_hash,
@@ -285,5 +286,75 @@ mod tests {
         );
         assert_ne!(other.0, first.0, "generated ids follow the entropy");
         assert_eq!(other.1, first.1, "the stream's reply does not");
+    }
+
+    /// `apply` checks permissions against the state the operation meets, whatever a handler
+    /// checked before submitting: a plain user may not change root's password even holding a
+    /// correct proof of it.
+    #[test]
+    fn apply_authorizes_what_it_applies() {
+        let dir = tempfile::tempdir().expect("dir");
+        let broker = crate::broker::open_for_tests(dir.path());
+        let context = OpContext {
+            timestamp: 1,
+            entropy: 1,
+        };
+        let root = Some(ROOT_USER_ID);
+        let create = Operation::CreateUser {
+            username: "plain".into(),
+            password_hash: "h".into(),
+            active: true,
+            permissions: None,
+        };
+        apply(
+            &broker,
+            context,
+            Submission {
+                user: root,
+                op: create,
+            },
+            &mut Vec::new(),
+        )
+        .expect("root creates a user");
+        let plain = broker
+            .catalog()
+            .users
+            .iter()
+            .find(|u| u.username == "plain")
+            .map(|u| u.id);
+        let root_hash = broker.catalog().users[0].password_hash.clone();
+        let change = Operation::ChangePassword {
+            user: ROOT_USER_ID,
+            expected_hash: root_hash.clone(),
+            new_hash: "stolen".into(),
+        };
+        let refused = apply(
+            &broker,
+            context,
+            Submission {
+                user: plain,
+                op: change,
+            },
+            &mut Vec::new(),
+        );
+        assert!(matches!(
+            refused,
+            Err(crate::error::BrokerError::Unauthorized)
+        ));
+        assert_eq!(broker.catalog().users[0].password_hash, root_hash);
+        let stream = Operation::CreateStream { name: "s".into() };
+        let refused = apply(
+            &broker,
+            context,
+            Submission {
+                user: plain,
+                op: stream,
+            },
+            &mut Vec::new(),
+        );
+        assert!(matches!(
+            refused,
+            Err(crate::error::BrokerError::Unauthorized)
+        ));
     }
 }

@@ -140,14 +140,21 @@ pub(super) fn update_permissions(
 }
 
 /// The caller proved it knows the password whose hash was `expected`; if the hash changed
-/// since, that proof no longer holds.
+/// since, that proof no longer holds. Changing someone else's password also needs
+/// `manage_users`.
 pub(super) fn change_password(
     broker: &Broker,
+    user: Option<u32>,
     target: u32,
     expected: &str,
     new_hash: String,
 ) -> Result<()> {
     let mut catalog = broker.catalog_mut();
+    if user == Some(target) {
+        catalog.session_user(user)?;
+    } else {
+        catalog.authorize(user, Access::ManageUsers)?;
+    }
     let user = catalog
         .user_mut(&Identifier::Numeric(target))
         .ok_or(BrokerError::UserNotFound(Identifier::Numeric(target)))?;
