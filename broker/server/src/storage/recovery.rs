@@ -4,11 +4,11 @@
 //! used). Everything after it — what a crash could have damaged — is re-read and every frame's
 //! checksum and offset verified. At the first bad frame recovery decides between two cases:
 //!
-//! * **torn write**: nothing intact follows (no later frame the old index points at verifies,
-//!   no later segment starts with a valid frame, and a scan of the rest of the file by the
-//!   frames' own lengths and checksums finds none — the index may be stale or empty after a
-//!   power loss, so it is not trusted to say where frames are). The tail was being written when the
-//!   process or machine died, so it was never acknowledged under `fsync = always`; the log is
+//! * **torn write**: nothing intact follows (a scan of the rest of the file, position by
+//!   position, finds no frame whose length, offset and checksum hold — the index may be stale or
+//!   empty after a power loss, so it is not trusted to say where frames are — and no later
+//!   segment starts with a valid frame). The tail was being written when the process or machine
+//!   died, so it was never acknowledged under `fsync = always`; the log is
 //!   truncated there and the broker starts.
 //! * **corruption**: intact data follows the bad frame. Truncating would silently drop
 //!   acknowledged messages, so boot fails with an error naming the file, byte and offset.
@@ -21,8 +21,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// How many later index entries are probed when deciding torn vs corrupt.
-const PROBE_LIMIT: usize = 4096;
 const CHUNK: usize = 4 << 20;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -98,9 +96,8 @@ pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageErro
         segment.index = index;
         if let Err(bad) = verified {
             let later = &starts[n + 1..];
-            if intact_after(&segment, &disk_index, bad.position)?
+            if valid_frame_after(&segment, log_len, bad.position)?
                 || later_segment_valid(dir, later)?
-                || valid_frame_after(&segment, log_len, bad.position)?
             {
                 return Err(StorageError::Corrupt {
                     path: segment.log_path.clone(),
@@ -183,39 +180,6 @@ fn valid_prefix(entries: &[IndexEntry], log_len: u64) -> usize {
         previous_end = end;
     }
     entries.len()
-}
-
-/// Does any frame that the on-disk index places after `bad_position` still verify?
-fn intact_after(
-    segment: &Segment,
-    disk_index: &[IndexEntry],
-    bad_position: u64,
-) -> Result<bool, StorageError> {
-    let mut probed = 0;
-    for (i, entry) in disk_index.iter().enumerate() {
-        let start = if i == 0 {
-            0
-        } else {
-            disk_index[i - 1].end as u64
-        };
-        if start <= bad_position || (entry.end as u64) <= start {
-            continue;
-        }
-        if probed == PROBE_LIMIT {
-            break;
-        }
-        probed += 1;
-        let mut frame = vec![0u8; (entry.end as u64 - start) as usize];
-        if segment.log.read_exact_at(&mut frame, start).is_err() {
-            continue;
-        }
-        let offset_matches =
-            FrameHeader::new(&frame).is_some_and(|h| h.offset() == segment.start_offset + i as u64);
-        if offset_matches && checksum_matches(&frame) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Is there, anywhere after `bad_position`, a complete frame whose checksum verifies and whose
