@@ -126,7 +126,7 @@ pub async fn poll(
     };
     // The response's memory comes out of the shared budget and is returned once it is written:
     // a reader that does not read keeps only what it got, and others poll with what is left.
-    let reserved = broker
+    let mut reserved = broker
         .memory
         .reserve_available(broker.config.storage.max_poll_bytes.0);
     let max_bytes = reserved.bytes() as usize;
@@ -136,6 +136,8 @@ pub async fn poll(
         _ => (Default::default(), partition.log().current_offset()),
     };
     body.extend_from_slice(&poll_header(partition.id, current_offset, plan.count));
+    // Only what this response needs stays reserved: a small poll must not hold a large share.
+    reserved.shrink_to(plan.bytes as u64);
     session.response_budget = reserved;
     if let Err(error) = plan.read_into(body) {
         if matches!(error, StorageError::CorruptRead { .. }) {

@@ -24,6 +24,17 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Gives back what is reserved beyond `bytes` (a poll that planned less than it reserved).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        let keep = bytes.div_ceil(UNIT);
+        if let Some(permit) = self.permit.as_mut() {
+            let held = permit.num_permits() as u64;
+            if held > keep {
+                drop(permit.split((held - keep) as usize));
+            }
+        }
+    }
+
     /// How many bytes this reservation covers.
     pub fn bytes(&self) -> u64 {
         self.permit
@@ -75,11 +86,6 @@ impl MemoryBudget {
             .unwrap_or(u32::MAX)
             .min(self.total_units)
     }
-
-    /// Bytes free right now (for metrics and tests).
-    pub fn available(&self) -> u64 {
-        self.units.available_permits() as u64 * UNIT
-    }
 }
 
 #[cfg(test)]
@@ -97,11 +103,12 @@ mod tests {
             "nothing left"
         );
         drop(big);
-        let part = budget.reserve_available(4 * UNIT);
-        assert_eq!(part.bytes(), 4 * UNIT);
+        let mut part = budget.reserve_available(5 * UNIT);
+        part.shrink_to(3 * UNIT + 1);
+        assert_eq!(part.bytes(), 4 * UNIT, "rounded up to whole units");
         let rest = budget.reserve_available(100 * UNIT);
         assert_eq!(rest.bytes(), 6 * UNIT);
-        assert_eq!(budget.available(), 0);
+        assert_eq!(budget.units.available_permits(), 0);
         let waiting = tokio::spawn({
             let units = budget.units.clone();
             async move { units.acquire_many_owned(3).await.map(|p| p.num_permits()) }
