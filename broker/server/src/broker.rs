@@ -285,16 +285,12 @@ impl Broker {
     pub fn shutdown(&self) -> Result<(), StorageError> {
         self.ready.store(false, Ordering::Release);
         let partitions = self.all_partitions();
-        let failures = fsutil::on_threads(&partitions, SHUTDOWN_THREADS, |partition| {
+        // Every partition is tried and every failure logged; the first is returned.
+        fsutil::on_threads(&partitions, |partition| {
             partition.shutdown().inspect_err(|e| {
                 tracing::error!(error = %e, "a partition could not be checkpointed at shutdown");
             })
-        });
-        match failures.into_iter().next() {
-            // Every partition was tried and every failure logged; the first is returned.
-            Some(first) => Err(first),
-            None => Ok(()),
-        }
+        })
     }
 
     /// fsyncs every partition with unsynced appends (the `<N>ms` fsync policy's tick).
@@ -306,10 +302,6 @@ impl Broker {
         }
     }
 }
-
-/// Threads that sync and checkpoint partitions at shutdown: fsyncs wait on the device, not the
-/// CPU, so more threads than cores keep the device's queue full.
-const SHUTDOWN_THREADS: usize = 16;
 
 fn sync_on_roll(config: &Config) -> bool {
     config.storage.fsync != FsyncPolicy::Never

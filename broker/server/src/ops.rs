@@ -170,36 +170,6 @@ impl<'a> Operation<'a> {
             messages,
         })
     }
-
-    /// The operation's name, for logs and metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Operation::CreateStream { .. } => "create_stream",
-            Operation::UpdateStream { .. } => "update_stream",
-            Operation::DeleteStream { .. } => "delete_stream",
-            Operation::PurgeStream { .. } => "purge_stream",
-            Operation::CreateTopic { .. } => "create_topic",
-            Operation::UpdateTopic { .. } => "update_topic",
-            Operation::DeleteTopic { .. } => "delete_topic",
-            Operation::PurgeTopic { .. } => "purge_topic",
-            Operation::CreatePartitions { .. } => "create_partitions",
-            Operation::DeletePartitions { .. } => "delete_partitions",
-            Operation::DeleteSegments { .. } => "delete_segments",
-            Operation::CreateUser { .. } => "create_user",
-            Operation::DeleteUser { .. } => "delete_user",
-            Operation::UpdateUser { .. } => "update_user",
-            Operation::UpdatePermissions { .. } => "update_permissions",
-            Operation::ChangePassword { .. } => "change_password",
-            Operation::CreateToken { .. } => "create_token",
-            Operation::DeleteToken { .. } => "delete_token",
-            Operation::ExpireTokens => "expire_tokens",
-            Operation::Append { .. } => "append",
-            Operation::StoreOffset { .. } => "store_offset",
-            Operation::DeleteOffset { .. } => "delete_offset",
-            Operation::CreateGroup { .. } => "create_group",
-            Operation::DeleteGroup { .. } => "delete_group",
-        }
-    }
 }
 
 /// Ids for messages sent with id 0: version-4 UUIDs derived from the operation's entropy and

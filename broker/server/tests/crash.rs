@@ -126,10 +126,10 @@ async fn kill9_during_concurrent_sends_loses_no_acknowledged_message() {
     }
 }
 
-/// A broker that acknowledged 20 messages on partition 0 and was then killed; returns it (down)
-/// with the path of its only segment.
-async fn twenty_messages_then_kill9() -> (TestBroker, std::path::PathBuf) {
-    let mut broker = TestBroker::start_with(&[("IGGY_STORAGE_FSYNC", "always")]);
+/// A broker that acknowledged 20 messages on partition 0 (still running), with the path of its
+/// only segment.
+async fn twenty_messages() -> (TestBroker, std::path::PathBuf) {
+    let broker = TestBroker::start_with(&[("IGGY_STORAGE_FSYNC", "always")]);
     let client = broker.client().await;
     setup(&client, 1).await;
     let mut batch: Vec<IggyMessage> = (0..20).map(|i| message(&payload(0, i))).collect();
@@ -137,11 +137,16 @@ async fn twenty_messages_then_kill9() -> (TestBroker, std::path::PathBuf) {
         .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
         .await
         .unwrap();
-    drop(client);
-    broker.kill9();
     let log = broker
         .partition_dir(0, 0, 0)
         .join("00000000000000000000.log");
+    (broker, log)
+}
+
+/// [`twenty_messages`], then killed; returns the broker down.
+async fn twenty_messages_then_kill9() -> (TestBroker, std::path::PathBuf) {
+    let (mut broker, log) = twenty_messages().await;
+    broker.kill9();
     (broker, log)
 }
 
@@ -276,19 +281,8 @@ async fn poll_range(client: &IggyClient, offset: u64, count: u32) -> Result<usiz
 /// before and after stay readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rot_after_a_clean_stop_is_refused_on_read_not_served() {
-    let mut broker = TestBroker::start();
-    let client = broker.client().await;
-    setup(&client, 1).await;
-    let mut batch: Vec<IggyMessage> = (0..20).map(|i| message(&payload(0, i))).collect();
-    client
-        .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
-        .await
-        .unwrap();
-    drop(client);
+    let (mut broker, log) = twenty_messages().await;
     assert_eq!(broker.stop(), 0, "clean stop, checkpoint written");
-    let log = broker
-        .partition_dir(0, 0, 0)
-        .join("00000000000000000000.log");
     let mut bytes = std::fs::read(&log).unwrap();
     let start_of = |n: usize| -> usize { (0..n).map(|i| 64 + payload(0, i).len()).sum() };
     bytes[start_of(5) + 70] ^= 0x01; // message 5's payload

@@ -98,8 +98,6 @@ async fn handle_connection(
     let mut anonymous_since = Some(Instant::now());
     loop {
         let mut header = [0u8; frame::HEADER_SIZE];
-        // A connection without a logged-in user gets `login_timeout` in all (from its start or
-        // its logout); a logged-in one may idle as long as it likes between requests.
         if *shutdown.borrow() {
             break;
         }
@@ -110,6 +108,8 @@ async fn handle_connection(
                 _ = shutdown.changed() => Err(std::io::ErrorKind::Interrupted.into()),
             }
         };
+        // A connection without a logged-in user gets `login_timeout` in all (from its start or
+        // its logout); a logged-in one may idle as long as it likes between requests.
         let read = if let Some(since) = anonymous_since {
             let left = login_timeout.saturating_sub(since.elapsed());
             match tokio::time::timeout(left, next).await {

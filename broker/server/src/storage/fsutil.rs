@@ -60,25 +60,22 @@ pub fn sync_dirs(dirs: &[PathBuf]) -> Result<(), StorageError> {
     let mut unique: Vec<&PathBuf> = dirs.iter().collect();
     unique.sort();
     unique.dedup();
-    match on_threads(&unique, 16, |dir| sync_dir(dir))
-        .into_iter()
-        .next()
-    {
-        Some(first) => Err(first),
-        None => Ok(()),
-    }
+    on_threads(&unique, |dir| sync_dir(dir))
 }
 
-/// Runs `work` on every item, on up to `threads` threads taking items in turn, and returns
-/// every failure. For I/O that waits on the device: many fsyncs in flight at once.
+/// Threads for I/O that waits on the device rather than a core (fsyncs): more than the cores,
+/// so the device's queue stays full.
+const IO_THREADS: usize = 16;
+
+/// Runs `work` on every item, on up to [`IO_THREADS`] threads taking items in turn. Every item
+/// is tried; the first failure is returned.
 pub fn on_threads<T: Sync>(
     items: &[T],
-    threads: usize,
     work: impl Fn(&T) -> Result<(), StorageError> + Sync,
-) -> Vec<StorageError> {
+) -> Result<(), StorageError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let threads = threads.min(items.len()).max(1);
-    std::thread::scope(|scope| {
+    let threads = IO_THREADS.min(items.len()).max(1);
+    let failures: Vec<StorageError> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
@@ -99,7 +96,11 @@ pub fn on_threads<T: Sync>(
             .into_iter()
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
-    })
+    });
+    match failures.into_iter().next() {
+        Some(first) => Err(first),
+        None => Ok(()),
+    }
 }
 
 /// Microseconds since the Unix epoch, the unit of every Iggy timestamp.
