@@ -1,0 +1,127 @@
+//! The real `iggy-sidecar` binary next to the real `iggy-broker` binary, against the in-process
+//! API server: the sidecar reads the broker's `GET /admin/status` and sets its pod's
+//! `iggy.rs/replica-ready` condition True; when the broker stops, False with the reason. Loopback
+//! only; both processes are started here, bounded in time, and killed at the end.
+
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const POD: &str = "events-0";
+const NS: &str = "default";
+
+/// A child process killed when dropped, so a failing assertion leaves nothing running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address")
+}
+
+/// The broker binary the workspace's test build made next to this test's own directory.
+fn broker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("iggy-broker"))
+        .expect("target directory");
+    assert!(
+        path.exists(),
+        "{} is missing: build it with the workspace (cargo nextest run --workspace)",
+        path.display()
+    );
+    path
+}
+
+fn gate(harness: &kube_harness::Harness) -> (String, String) {
+    let pod = harness.get("", "Pod", NS, POD).unwrap_or(Value::Null);
+    let conditions = pod["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    conditions
+        .iter()
+        .find(|c| c["type"] == "iggy.rs/replica-ready")
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["reason"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+async fn wait_for(harness: &kube_harness::Harness, status: &str, reason: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let seen = gate(harness);
+        if seen.0 == status && seen.1 == reason {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gate is {seen:?}, waited for {status} {reason}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_reports_its_real_broker_into_the_pod() {
+    let harness = kube_harness::Harness::start(kube_harness::HarnessOptions::default())
+        .await
+        .expect("harness starts");
+    harness
+        .apply_yaml(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {POD}\n  namespace: {NS}\nspec:\n  \
+             readinessGates:\n  - conditionType: iggy.rs/replica-ready\n  containers:\n  - name: \
+             broker\n    image: ghcr.io/iggy-rs/iggy-broker:0.1.0\n"
+        ))
+        .expect("pod created");
+    let work = tempfile::tempdir().expect("temp dir");
+    let kubeconfig = work.path().join("kubeconfig");
+    harness.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let http = free_port();
+    let mut broker = Running(
+        Command::new(broker_binary())
+            .env_clear()
+            .env("IGGY_SYSTEM_PATH", work.path().join("data"))
+            .env("IGGY_TCP_ADDRESS", free_port().to_string())
+            .env("IGGY_HTTP_ADDRESS", http.to_string())
+            .env("IGGY_ROOT_PASSWORD", "test-secret")
+            .env("IGGY_LOGGING_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("broker starts"),
+    );
+    let _sidecar = Running(
+        Command::new(env!("CARGO_BIN_EXE_iggy-sidecar"))
+            .env_clear()
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAME", POD)
+            .env("POD_NAMESPACE", NS)
+            .env("IGGY_BROKER_ADMIN_URL", format!("http://{http}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("sidecar starts"),
+    );
+    wait_for(&harness, "True", "BrokerCaughtUp").await;
+
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(broker.0.id().to_string())
+        .status();
+    let _ = broker.0.wait();
+    wait_for(&harness, "False", "BrokerUnreachable").await;
+}
