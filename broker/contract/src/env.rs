@@ -4,13 +4,16 @@
 
 /// Broker settings the operator sets, each `IGGY_<SECTION>_<KEY>` of a key in defaults.toml
 /// (checked by a test, so a renamed key cannot silently orphan the operator's variable).
-pub const BROKER_SETTINGS: [&str; 6] = [
+pub const BROKER_SETTINGS: [&str; 9] = [
     SYSTEM_PATH,
     TCP_ADDRESS,
     HTTP_ADDRESS,
     STORAGE_FSYNC,
     ROOT_USERNAME,
     ROOT_PASSWORD,
+    CLUSTER_RING_FILE,
+    CLUSTER_MEMBER_ID,
+    REPLICATION_ADDRESS,
 ];
 
 pub const SYSTEM_PATH: &str = "IGGY_SYSTEM_PATH";

@@ -5,6 +5,7 @@ use crate::error::WireError;
 use crate::reader::Reader;
 
 /// A stream, topic, group, user or consumer reference: a numeric id or a name.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Identifier {
     Numeric(u32),
@@ -64,6 +65,7 @@ impl std::fmt::Display for Identifier {
     }
 }
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConsumerKind {
     /// A standalone consumer whose id the client chooses.
@@ -155,6 +157,7 @@ impl PollingStrategy {
 }
 
 /// How a send picks its partition.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Partitioning {
     /// Round-robin over the topic's partitions.

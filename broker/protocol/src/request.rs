@@ -9,6 +9,7 @@ use crate::permissions::Permissions;
 use crate::primitives::{decode_optional_partition, Consumer, Identifier, PollingStrategy};
 use crate::reader::Reader;
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSettings {
     pub compression: u8,
@@ -188,6 +189,7 @@ pub enum Request {
 }
 
 /// A consumer group addressed by stream, topic and group identifiers.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRef {
     pub stream: Identifier,

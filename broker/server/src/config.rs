@@ -24,7 +24,39 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub personal_access_token: TokenConfig,
     pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
+    pub replication: ReplicationConfig,
     pub logging: LoggingConfig,
+}
+
+/// Which ring this broker belongs to (`[cluster]`); an empty `ring_file` is a single node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub ring_file: PathBuf,
+    pub member_id: u32,
+}
+
+impl ClusterConfig {
+    pub fn is_replicated(&self) -> bool {
+        !self.ring_file.as_os_str().is_empty()
+    }
+}
+
+/// The replication listener and how prepares travel (`[replication]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    pub address: SocketAddr,
+    pub route: RouteSetting,
+    pub request_timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteSetting {
+    Ring,
+    Star,
 }
 
 /// Bounds on password hashing (see `security::hashing`).

@@ -204,7 +204,7 @@ impl Checker {
             Some(op.to_le_bytes().to_vec())
         } else {
             self.sessions.insert(client, (session, request, op));
-            Some(self.model.apply(op, client, &body))
+            Some(self.model.apply_op(op, client, &body))
         };
         if self.model.digest() != digest {
             return Err(format!(

@@ -5,7 +5,7 @@
 //! `[1, consumer, partition, offset u64]` stores an offset and replies `[1]`, or `[0]` when the
 //! offset is past the partition's end.
 
-use vsr::{ClientId, Op, RestoreError, StateMachine};
+use vsr::{ClientId, Op, PrepareHeader, RestoreError, StateMachine};
 
 #[derive(Debug, Clone, Default)]
 pub struct ModelBroker {
@@ -14,8 +14,9 @@ pub struct ModelBroker {
     digest: u128,
 }
 
-impl StateMachine for ModelBroker {
-    fn apply(&mut self, op: Op, client: ClientId, body: &[u8]) -> Vec<u8> {
+impl ModelBroker {
+    /// Applies one operation of `client` at `op` (the checker replays committed ops with it).
+    pub fn apply_op(&mut self, op: Op, client: ClientId, body: &[u8]) -> Vec<u8> {
         let reply = match body {
             [0, partition, payload @ ..] => {
                 let log = &mut self.partitions[*partition as usize % 4];
@@ -45,6 +46,12 @@ impl StateMachine for ModelBroker {
         hasher.update(&reply);
         self.digest = hasher.digest128();
         reply
+    }
+}
+
+impl StateMachine for ModelBroker {
+    fn apply(&mut self, header: &PrepareHeader, body: &[u8]) -> Vec<u8> {
+        self.apply_op(header.op, header.client, body)
     }
 
     fn digest(&self) -> u128 {
@@ -126,8 +133,8 @@ mod tests {
     #[test]
     fn a_snapshot_restores_the_same_state_and_bad_ones_are_refused() {
         let mut broker = ModelBroker::default();
-        broker.apply(1, 7, &[0, 2, 9, 9]);
-        broker.apply(2, 7, &[1, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
+        broker.apply_op(1, 7, &[0, 2, 9, 9]);
+        broker.apply_op(2, 7, &[1, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0]);
         let snapshot = broker.snapshot();
         let mut restored = ModelBroker::default();
         restored.restore(&snapshot).expect("restores");
@@ -135,8 +142,8 @@ mod tests {
         assert_eq!(restored.digest(), broker.digest());
         // The restored copy goes on exactly like the original.
         assert_eq!(
-            broker.apply(3, 8, &[0, 2, 1]),
-            restored.apply(3, 8, &[0, 2, 1])
+            broker.apply_op(3, 8, &[0, 2, 1]),
+            restored.apply_op(3, 8, &[0, 2, 1])
         );
         assert_eq!(restored.digest(), broker.digest());
         let mut untouched = ModelBroker::default();

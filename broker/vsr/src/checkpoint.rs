@@ -10,23 +10,27 @@ use crate::prepare::Prepare;
 use crate::{ClientId, Op, View};
 
 /// One client's session, as the at-most-once table keeps it.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSession {
     /// The op that registered the session.
     pub session: u64,
     /// The last request executed in it and its reply.
     pub request: u64,
+    #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
     pub reply: Vec<u8>,
     /// The op and view that executed it.
     pub op: Op,
     pub view: View,
 }
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
     /// The prepare of the checkpointed op.
     pub anchor: Prepare,
     /// `StateMachine::snapshot` after applying the anchor's op.
+    #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
     pub state: Vec<u8>,
     /// `StateMachine::digest` at the same point.
     pub digest: u128,

@@ -6,6 +6,7 @@ use crate::prepare::Prepare;
 use crate::view_change::Vote;
 use crate::{ClientId, Epoch, Op, ReplicaId, View};
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Node {
     Replica(ReplicaId),
@@ -15,6 +16,7 @@ pub enum Node {
 /// What is being said. Logs in view-change messages travel from the sender's checkpoint (at
 /// most the WAL's size): simple and obviously correct at the simulator's scale (see
 /// docs/replication.md for the suffix-only plan).
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// `session` 0 registers a new session; its reply's body is the session number (the op
@@ -23,6 +25,7 @@ pub enum Message {
         client: ClientId,
         session: u64,
         request: u64,
+        #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
         body: Vec<u8>,
     },
     /// The client's session was evicted (the table holds `clients_max` sessions): its requests
@@ -36,6 +39,7 @@ pub enum Message {
         request: u64,
         view: View,
         op: Op,
+        #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
         body: Vec<u8>,
     },
     Prepare {
@@ -107,6 +111,7 @@ pub enum Message {
 }
 
 /// A message with its routing and identity fields.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     pub cluster: u128,

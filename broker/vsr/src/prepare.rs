@@ -6,6 +6,7 @@ use crate::checksum::checksum;
 use crate::{ClientId, Epoch, Op, View};
 
 /// The header of a prepare: what the hash chain and the checkers look at.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PrepareHeader {
     /// Checksum of every other header field (the body checksum included).
@@ -29,9 +30,11 @@ pub struct PrepareHeader {
     pub timestamp: u64,
 }
 
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Prepare {
     pub header: PrepareHeader,
+    #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
     pub body: Vec<u8>,
 }
 

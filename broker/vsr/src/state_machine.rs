@@ -1,12 +1,13 @@
 //! The replicated state machine: what committed operations are applied to. The broker applies
 //! batches to partitions; tests use a model broker (see `vsr-sim`).
 
-use crate::{ClientId, Op};
+use crate::prepare::PrepareHeader;
 
 pub trait StateMachine {
     /// Applies a committed operation, in op order, exactly once per replica, and returns the
-    /// reply for the client. Must be deterministic.
-    fn apply(&mut self, op: Op, client: ClientId, body: &[u8]) -> Vec<u8>;
+    /// reply for the client. Must be deterministic: it may use the header (its op, client and
+    /// the primary-assigned timestamp, the same on every replica) and the body, nothing else.
+    fn apply(&mut self, header: &PrepareHeader, body: &[u8]) -> Vec<u8>;
     /// A digest of the whole state: equal on every replica at the same op.
     fn digest(&self) -> u128;
     /// The whole state as bytes, for a checkpoint. Equal states give equal bytes.

@@ -7,6 +7,7 @@ use crate::quorums;
 use crate::{Op, ReplicaId, View};
 
 /// What one DoViewChange says about its sender's durable log.
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vote {
     /// The view in which that log was last installed or extended.

@@ -376,7 +376,7 @@ impl<S: StateMachine> Replica<S> {
                     }
                     op.to_le_bytes().to_vec()
                 } else {
-                    self.sm.apply(op, client, &prepare.body)
+                    self.sm.apply(&prepare.header, &prepare.body)
                 };
                 let session = if register { op } else { session };
                 self.client_table.insert(

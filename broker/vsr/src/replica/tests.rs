@@ -14,7 +14,7 @@ fn prepare(op: Op, parent: u128) -> Prepare {
 
 struct Nothing;
 impl StateMachine for Nothing {
-    fn apply(&mut self, _: Op, _: ClientId, _: &[u8]) -> Vec<u8> {
+    fn apply(&mut self, _: &crate::PrepareHeader, _: &[u8]) -> Vec<u8> {
         Vec::new()
     }
     fn digest(&self) -> u128 {

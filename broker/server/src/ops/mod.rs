@@ -11,6 +11,8 @@
 //! SHA-256, ids are resolved by `apply` against the state the operation meets. Authorization is
 //! part of `apply` too, because only the state at the operation's place in the order decides it.
 
+pub mod codec;
+
 use iggy_wire::message::SendMessagesHeader;
 use iggy_wire::request::{GroupRef, TopicSettings};
 use iggy_wire::WireError;
@@ -34,6 +36,10 @@ pub struct Submission<'a> {
 }
 
 /// Every change of broker state. Borrowed data (`Append`'s frames) is stamped in place.
+///
+/// Serde encodes every operation but `Append` for the replication log (`codec`); appends, the
+/// bulk of the log, have a hand-laid encoding that keeps their frames as the client sent them.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub enum Operation<'a> {
     CreateStream {
         name: String,
@@ -118,16 +124,6 @@ pub enum Operation<'a> {
     },
     /// Drops every user's expired tokens (the maintenance task).
     ExpireTokens,
-    /// Appends a batch of message frames as the client sent them; `apply` validates them
-    /// against the index before writing.
-    Append {
-        stream: Identifier,
-        topic: Identifier,
-        partitioning: Partitioning,
-        count: u32,
-        index: &'a [u8],
-        messages: &'a mut [u8],
-    },
     /// Stores a consumer's offset in one partition. `key` names the consumer (its id) or the
     /// group (its numeric id); an offset past the partition's last message is refused.
     StoreOffset {
@@ -152,6 +148,21 @@ pub enum Operation<'a> {
     },
     DeleteGroup {
         group: GroupRef,
+    },
+    // Last: serde numbers variants after a skipped one differently when encoding and decoding.
+    /// Appends a batch of message frames as the client sent them; `apply` validates them
+    /// against the index before writing.
+    #[serde(skip)]
+    Append {
+        stream: Identifier,
+        topic: Identifier,
+        partitioning: Partitioning,
+        count: u32,
+        // Skipped with the variant; marked again so serde does not borrow the decoder's input
+        // for every operation (the implicit borrow of a `&[u8]` field).
+        #[serde(skip)]
+        index: &'a [u8],
+        messages: &'a mut [u8],
     },
 }
 

@@ -1,0 +1,233 @@
+//! How a [`Submission`] travels in the replication log: the body of a VSR prepare, decoded and
+//! applied by every replica.
+//!
+//! Layout: `kind u8`, the acting user (`flag u8`, `id u32`), then the operation. An append
+//! (`kind` 0) carries its target and partitioning in their wire encodings, `count u32`,
+//! `index_len u32`, the index and the message frames exactly as the client sent them: the log
+//! holds the batch once, and a replica stamps its own copy in place, as a single node stamps
+//! the request buffer. Every other operation (`kind` 1) is rare and small, and is serde-encoded
+//! with postcard.
+
+use super::{Operation, Submission};
+use iggy_wire::reader::Reader;
+use iggy_wire::{Identifier, Partitioning, WireError};
+
+const APPEND: u8 = 0;
+const OTHER: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("operation body is truncated or malformed: {0}")]
+    Wire(#[from] WireError),
+    #[error("operation body does not decode: {0}")]
+    Postcard(#[from] postcard::Error),
+    #[error("unknown operation kind {0}")]
+    UnknownKind(u8),
+}
+
+/// Appends `submission`'s log encoding to `out`.
+pub fn encode(submission: &Submission<'_>, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let user = |out: &mut Vec<u8>| {
+        out.push(u8::from(submission.user.is_some()));
+        out.extend_from_slice(&submission.user.unwrap_or(0).to_le_bytes());
+    };
+    match &submission.op {
+        Operation::Append {
+            stream,
+            topic,
+            partitioning,
+            count,
+            index,
+            messages,
+        } => {
+            out.reserve(32 + index.len() + messages.len());
+            out.push(APPEND);
+            user(out);
+            stream.encode(out);
+            topic.encode(out);
+            partitioning.encode(out);
+            out.extend_from_slice(&count.to_le_bytes());
+            out.extend_from_slice(&(index.len() as u32).to_le_bytes());
+            out.extend_from_slice(index);
+            out.extend_from_slice(messages);
+        }
+        op => {
+            out.push(OTHER);
+            user(out);
+            let encoded = postcard::to_extend(op, std::mem::take(out))?;
+            *out = encoded;
+        }
+    }
+    Ok(())
+}
+
+/// A decoded log entry, owning what its operation borrows.
+pub struct Decoded {
+    user: Option<u32>,
+    op: DecodedOp,
+}
+
+enum DecodedOp {
+    Append {
+        stream: Identifier,
+        topic: Identifier,
+        partitioning: Partitioning,
+        count: u32,
+        index: Vec<u8>,
+        messages: Vec<u8>,
+    },
+    Other(Operation<'static>),
+}
+
+impl Decoded {
+    /// The submission, borrowing this entry's buffers (an append's frames are stamped in
+    /// them). An entry is applied once: a second call yields `ExpireTokens` for a non-append.
+    pub fn submission(&mut self) -> Submission<'_> {
+        let op = match &mut self.op {
+            DecodedOp::Append {
+                stream,
+                topic,
+                partitioning,
+                count,
+                index,
+                messages,
+            } => Operation::Append {
+                stream: stream.clone(),
+                topic: topic.clone(),
+                partitioning: partitioning.clone(),
+                count: *count,
+                index,
+                messages,
+            },
+            DecodedOp::Other(op) => std::mem::replace(op, Operation::ExpireTokens),
+        };
+        Submission {
+            user: self.user,
+            op,
+        }
+    }
+}
+
+pub fn decode(body: &[u8]) -> Result<Decoded, CodecError> {
+    let mut reader = Reader::new(body);
+    let kind = reader.u8()?;
+    let has_user = reader.u8()? != 0;
+    let id = reader.u32()?;
+    let user = has_user.then_some(id);
+    let op = match kind {
+        APPEND => {
+            let stream = Identifier::decode(&mut reader)?;
+            let topic = Identifier::decode(&mut reader)?;
+            let partitioning = Partitioning::decode(&mut reader)?;
+            let count = reader.u32()?;
+            let index_len = reader.u32()? as usize;
+            let index = reader.take(index_len)?.to_vec();
+            let messages = reader.rest().to_vec();
+            DecodedOp::Append {
+                stream,
+                topic,
+                partitioning,
+                count,
+                index,
+                messages,
+            }
+        }
+        OTHER => DecodedOp::Other(postcard::from_bytes(reader.rest())?),
+        other => return Err(CodecError::UnknownKind(other)),
+    };
+    Ok(Decoded { user, op })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iggy_wire::request::TopicSettings;
+    use iggy_wire::ConsumerKind;
+
+    fn round_trip(submission: Submission<'_>) -> Vec<u8> {
+        let mut encoded = Vec::new();
+        encode(&submission, &mut encoded).unwrap();
+        let mut decoded = decode(&encoded).unwrap();
+        let mut again = Vec::new();
+        encode(&decoded.submission(), &mut again).unwrap();
+        assert_eq!(
+            again, encoded,
+            "decode(encode(x)) encodes to the same bytes"
+        );
+        encoded
+    }
+
+    #[test]
+    fn every_kind_of_operation_round_trips() {
+        let ops = vec![
+            Operation::CreateStream { name: "s".into() },
+            Operation::CreateTopic {
+                stream: Identifier::Named("s".into()),
+                partitions: 3,
+                settings: TopicSettings {
+                    compression: 1,
+                    message_expiry: 7,
+                    max_topic_size: u64::MAX,
+                    replication_factor: 1,
+                    name: "t".into(),
+                },
+            },
+            Operation::CreateUser {
+                username: "u".into(),
+                password_hash: "$argon2id$...".into(),
+                active: true,
+                permissions: None,
+            },
+            Operation::StoreOffset {
+                stream: 1,
+                topic: 2,
+                partition: 3,
+                kind: ConsumerKind::Group,
+                key: "7".into(),
+                offset: 99,
+            },
+            Operation::ExpireTokens,
+        ];
+        for op in ops {
+            round_trip(Submission { user: Some(4), op });
+        }
+    }
+
+    #[test]
+    fn appends_keep_their_frames_byte_for_byte() {
+        let index = [1u8, 2, 3, 4, 5, 6, 7, 8];
+        let mut messages = vec![9u8; 100];
+        let encoded = round_trip(Submission {
+            user: None,
+            op: Operation::Append {
+                stream: Identifier::Numeric(1),
+                topic: Identifier::Named("t".into()),
+                partitioning: Partitioning::MessagesKey(b"key".to_vec()),
+                count: 1,
+                index: &index,
+                messages: &mut messages,
+            },
+        });
+        assert!(encoded.ends_with(&[9u8; 100]));
+    }
+
+    #[test]
+    fn damaged_bodies_are_errors_not_panics() {
+        let mut encoded = Vec::new();
+        encode(
+            &Submission {
+                user: Some(1),
+                op: Operation::CreateStream { name: "s".into() },
+            },
+            &mut encoded,
+        )
+        .unwrap();
+        for cut in 0..encoded.len() {
+            let _ = decode(&encoded[..cut]);
+        }
+        assert!(matches!(
+            decode(&[9, 0, 0, 0, 0, 0]),
+            Err(CodecError::UnknownKind(9))
+        ));
+    }
+}
