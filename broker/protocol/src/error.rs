@@ -16,6 +16,8 @@ impl ErrorCode {
     pub const INVALID_FORMAT: Self = Self(4);
     pub const FEATURE_UNAVAILABLE: Self = Self(5);
     pub const INVALID_IDENTIFIER: Self = Self(6);
+    /// Iggy's "Disconnected": the SDKs treat it as a connection-level failure worth retrying.
+    pub const DISCONNECTED: Self = Self(8);
     pub const UNAUTHENTICATED: Self = Self(40);
     pub const UNAUTHORIZED: Self = Self(41);
     pub const INVALID_CREDENTIALS: Self = Self(42);

@@ -56,6 +56,19 @@ impl Broker {
     /// Opens the data directory: loads metadata, recovers every partition, creates the root
     /// user on first boot. Fails on corruption, naming the file and position.
     pub fn open(config: Config) -> Result<(Arc<Broker>, BootReport), StorageError> {
+        Self::open_with(config, Submitter::Local(LocalSubmitter))
+    }
+
+    /// [`Broker::open`] with the given submitter. A replicated broker's root user is created
+    /// alike on every replica: its hash uses the cluster's salt, its creation time is 0.
+    pub fn open_with(
+        config: Config,
+        submitter: Submitter,
+    ) -> Result<(Arc<Broker>, BootReport), StorageError> {
+        let root_salt = match &submitter {
+            Submitter::Local(_) => None,
+            Submitter::Replicated(replicated) => Some(replicated.root_salt),
+        };
         let store = MetadataStore::new(&config.system.path)?;
         let mut report = BootReport::default();
         let mut catalog = Catalog::default();
@@ -115,16 +128,19 @@ impl Broker {
                     password = auth::generate_password();
                     report.generated_root_password = Some(password.clone());
                 }
-                let password_hash =
-                    auth::hash_password(&password).map_err(|reason| StorageError::BadMetadata {
-                        path: store.path().to_owned(),
-                        reason,
-                    })?;
+                let hashed = match root_salt {
+                    Some(salt) => auth::hash_password_with_salt(&password, salt),
+                    None => auth::hash_password(&password),
+                };
+                let password_hash = hashed.map_err(|reason| StorageError::BadMetadata {
+                    path: store.path().to_owned(),
+                    reason,
+                })?;
                 catalog.users.push(UserRecord {
                     id: 0,
                     username: config.root.username.clone(),
                     password_hash,
-                    created_at: now_micros(),
+                    created_at: if root_salt.is_some() { 0 } else { now_micros() },
                     active: true,
                     permissions: Some(iggy_wire::Permissions::root()),
                     tokens: Vec::new(),
@@ -152,7 +168,7 @@ impl Broker {
             store,
             next_client_id: AtomicU32::new(1),
             ready: AtomicBool::new(false),
-            submitter: Submitter::Local(LocalSubmitter),
+            submitter,
             hashing,
             memory,
             logins,
@@ -260,13 +276,30 @@ impl Broker {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// Boot finished and, in cluster mode, the replica is normal and caught up.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        let booted = self.ready.load(Ordering::Acquire);
+        match &self.submitter {
+            Submitter::Local(_) => booted,
+            Submitter::Replicated(replicated) => booted && replicated.status.caught_up(),
+        }
     }
 
-    /// `GET /admin/status`. Until cluster mode exists every broker is a single node.
+    /// `GET /admin/status`.
     pub fn admin_status(&self) -> AdminStatus {
-        AdminStatus::single_node(self.is_ready())
+        let booted = self.ready.load(Ordering::Acquire);
+        match &self.submitter {
+            Submitter::Local(_) => AdminStatus::single_node(booted),
+            Submitter::Replicated(replicated) => replicated.status.admin(booted),
+        }
+    }
+
+    /// The replica's status, in cluster mode.
+    pub fn cluster_status(&self) -> Option<&crate::replication::status::ClusterStatus> {
+        match &self.submitter {
+            Submitter::Local(_) => None,
+            Submitter::Replicated(replicated) => Some(&replicated.status),
+        }
     }
 
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {

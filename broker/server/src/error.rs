@@ -89,6 +89,14 @@ pub enum BrokerError {
     ConsumerOffsetNotFound,
     #[error("cannot append messages: {0}")]
     Append(StorageError),
+    /// A replicated operation failed when the replicas applied it; every replica failed it
+    /// the same way, and this is the Iggy status they answered with.
+    #[error("the operation failed on the replicas with Iggy status {}", .0.0)]
+    Replicated(ErrorCode),
+    /// No primary answered in time (a view change, or this replica is cut off): nothing is
+    /// known to have happened, and the client may retry.
+    #[error("no primary committed the operation within {0:?}; retry")]
+    NoPrimary(std::time::Duration),
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
 }
@@ -143,6 +151,8 @@ impl BrokerError {
             InvalidOffset { .. } => ErrorCode::INVALID_OFFSET,
             ConsumerOffsetNotFound => ErrorCode::CONSUMER_OFFSET_NOT_FOUND,
             Append(_) => ErrorCode::CANNOT_APPEND_MESSAGE,
+            Replicated(code) => *code,
+            NoPrimary(_) => ErrorCode::DISCONNECTED,
             Storage(StorageError::CorruptRead { .. }) => ErrorCode::INVALID_MESSAGE_CHECKSUM,
             Storage(_) => ErrorCode::ERROR,
         }

@@ -11,6 +11,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod net;
 pub mod ops;
+pub mod replication;
 pub mod reply;
 pub mod retention;
 pub mod scrub;

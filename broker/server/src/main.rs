@@ -34,6 +34,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A ring that cannot be replicated with is a configuration error, found before the data
+    // directory is touched.
+    let cluster = if config.cluster.is_replicated() {
+        match broker::replication::Setup::load(&config) {
+            Ok(setup) => Some(setup),
+            Err(e) => {
+                eprintln!("iggy-broker: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.logging.level) {
         Ok(filter) => filter,
         Err(e) => {
@@ -61,8 +74,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, started, descriptors)) {
+    match runtime.block_on(run(config, cluster, started, descriptors)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if is_configuration_error(&e) => {
+            eprintln!("iggy-broker: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("iggy-broker: {e:#}");
@@ -135,14 +152,34 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Option<Pa
     Ok(Some(config))
 }
 
-async fn run(config: Config, started: Instant, descriptors: u64) -> anyhow::Result<()> {
+fn is_configuration_error(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<broker::replication::ClusterError>()
+        .is_some_and(|e| e.is_configuration())
+}
+
+async fn run(
+    config: Config,
+    cluster: Option<broker::replication::Setup>,
+    started: Instant,
+    descriptors: u64,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     let tcp_address = config.tcp.address;
     let http_address = config.http.address;
     let data = config.system.path.clone();
     let fsync = config.storage.fsync;
-    let (broker, report) = tokio::task::block_in_place(|| Broker::open(config))
-        .with_context(|| format!("cannot open data directory {}", data.display()))?;
+    let (broker, report, replica) = match cluster {
+        Some(setup) => {
+            let (broker, report, replica) = broker::replication::boot(config, setup).await?;
+            (broker, report, Some(replica))
+        }
+        None => {
+            let (broker, report) = tokio::task::block_in_place(|| Broker::open(config))
+                .with_context(|| format!("cannot open data directory {}", data.display()))?;
+            (broker, report, None)
+        }
+    };
     if let Some(password) = &report.generated_root_password {
         println!(
             "Generated root password (shown once, store it now): {password}\n\
@@ -215,6 +252,9 @@ async fn run(config: Config, started: Instant, descriptors: u64) -> anyhow::Resu
     let _ = stop_tx.send(true);
     let _ = tcp_task.await;
     drain_connections(&broker).await;
+    if let Some(replica) = replica {
+        tokio::task::block_in_place(|| replica.stop());
+    }
     tokio::task::block_in_place(|| broker.shutdown()).context("clean shutdown failed")?;
     tracing::info!("stopped cleanly");
     Ok(())

@@ -41,6 +41,11 @@ pub struct Metrics {
     /// Bytes of sealed segments the scrubber re-verified, and damaged ranges it found.
     pub scrub_bytes: AtomicU64,
     pub scrub_corruptions: AtomicU64,
+    /// Replication: view changes this replica started, client requests it forwarded to the
+    /// primary, and messages to peers dropped (peer down or its queue full).
+    pub view_changes: AtomicU64,
+    pub replication_forwarded: AtomicU64,
+    pub replication_dropped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -63,6 +68,9 @@ impl Metrics {
             logins_throttled: AtomicU64::new(0),
             scrub_bytes: AtomicU64::new(0),
             scrub_corruptions: AtomicU64::new(0),
+            view_changes: AtomicU64::new(0),
+            replication_forwarded: AtomicU64::new(0),
+            replication_dropped: AtomicU64::new(0),
         }
     }
 
@@ -170,7 +178,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 8] = [
+        let singles: [(&str, &str, &str, u64); 11] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -218,6 +226,24 @@ impl Metrics {
                 "counter",
                 "Damaged ranges the scrubber found.",
                 load(&self.scrub_corruptions),
+            ),
+            (
+                "iggy_replication_view_changes_total",
+                "counter",
+                "View changes this replica started.",
+                load(&self.view_changes),
+            ),
+            (
+                "iggy_replication_forwarded_total",
+                "counter",
+                "Client requests this replica forwarded to the primary.",
+                load(&self.replication_forwarded),
+            ),
+            (
+                "iggy_replication_dropped_total",
+                "counter",
+                "Messages to other replicas dropped because the peer was down or its queue full.",
+                load(&self.replication_dropped),
             ),
         ];
         for (metric, kind, help, value) in singles {

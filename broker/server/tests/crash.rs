@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{code, create_topic, http_get, id, message, TestBroker};
+use common::{code, create_topic, http_get, id, message, read_all, TestBroker};
 use iggy::prelude::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,28 +19,6 @@ fn payload(producer: usize, seq: usize) -> String {
 async fn setup(client: &IggyClient, partitions: u32) {
     client.create_stream("crash").await.unwrap();
     create_topic(client, &id(0), "log", partitions).await;
-}
-
-async fn read_all(client: &IggyClient, partition: u32) -> Vec<IggyMessage> {
-    let mut all = Vec::new();
-    loop {
-        let polled = client
-            .poll_messages(
-                &id(0),
-                &id(0),
-                Some(partition),
-                &Consumer::new(id(1)),
-                &PollingStrategy::offset(all.len() as u64),
-                1000,
-                false,
-            )
-            .await
-            .unwrap();
-        if polled.messages.is_empty() {
-            return all;
-        }
-        all.extend(polled.messages);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

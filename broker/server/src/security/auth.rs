@@ -6,7 +6,12 @@ use argon2::Argon2;
 
 /// Hashes a password with a fresh random salt.
 pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt_bytes: [u8; 16] = uuid::Uuid::new_v4().into_bytes();
+    hash_password_with_salt(password, uuid::Uuid::new_v4().into_bytes())
+}
+
+/// Hashes a password with the given salt: for a hash every replica must compute alike (the
+/// root user's, created by each replica at its first boot).
+pub fn hash_password_with_salt(password: &str, salt_bytes: [u8; 16]) -> Result<String, String> {
     let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)

@@ -2,9 +2,10 @@
 //!
 //! Every state change goes through [`Submit::submit`]. [`LocalSubmitter`] is today's single
 //! node: it stamps the operation with the local clock and fresh randomness, applies it at once
-//! and waits for whatever durability the storage settings promise. A replicated submitter
-//! (the replicated-broker work) implements the same trait by committing the operation through the
-//! VSR log first, with the primary deciding the context, and applying it on every replica.
+//! and waits for whatever durability the storage settings promise. The replicated submitter
+//! (`crate::replication::submitter`) implements the same trait by committing the operation
+//! through the VSR log first, with the primary deciding the context, and applying it on every
+//! replica.
 
 mod local;
 
@@ -30,6 +31,7 @@ pub trait Submit {
 /// every batch, and static dispatch keeps it free.
 pub enum Submitter {
     Local(LocalSubmitter),
+    Replicated(Box<crate::replication::submitter::ReplicatedSubmitter>),
 }
 
 impl Submit for Submitter {
@@ -41,6 +43,7 @@ impl Submit for Submitter {
     ) -> Result<()> {
         match self {
             Submitter::Local(local) => local.submit(broker, submission, reply).await,
+            Submitter::Replicated(replicated) => replicated.submit(broker, submission, reply).await,
         }
     }
 }

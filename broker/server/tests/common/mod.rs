@@ -2,6 +2,9 @@
 //! with its own data directory, so tests can kill -9 it, restart it and corrupt its files.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod history;
+
 use iggy::prelude::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -271,4 +274,27 @@ pub fn message(text: &str) -> IggyMessage {
         .payload(bytes::Bytes::from(text.to_owned()))
         .build()
         .expect("valid message")
+}
+
+/// Every message of `partition` of stream 0, topic 0, polled from offset 0 in pages.
+pub async fn read_all(client: &IggyClient, partition: u32) -> Vec<IggyMessage> {
+    let mut all = Vec::new();
+    loop {
+        let polled = client
+            .poll_messages(
+                &id(0),
+                &id(0),
+                Some(partition),
+                &Consumer::new(id(1)),
+                &PollingStrategy::offset(all.len() as u64),
+                1000,
+                false,
+            )
+            .await
+            .expect("poll");
+        if polled.messages.is_empty() {
+            return all;
+        }
+        all.extend(polled.messages);
+    }
 }

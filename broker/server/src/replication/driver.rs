@@ -1,0 +1,341 @@
+//! The replica thread: the one place the VSR core runs. It owns the `vsr::Replica` (and through
+//! it the broker's state machine, so committed operations are applied here, in op order), and
+//! turns the core's outputs into effects:
+//!
+//! * sends to replicas → the transport's per-peer queues;
+//! * replies to clients → the waiting connection if the client lives on this replica, else the
+//!   replica it lives on (a client id carries its home position);
+//! * WAL, superblock and checkpoint writes → the journal thread, whose completions come back
+//!   as `WriteDone`;
+//! * events → metrics, logs and the status `/admin/status` reports.
+//!
+//! Time enters only here: a tick every 10 ms, as the core expects.
+//!
+//! A connection on a backup gets its reply only once this replica has applied the op too, so
+//! a client that sends and then polls through the same replica reads its own write. The
+//! primary's reply tells the backup the op is committed (the primary replies only after
+//! commit), which the driver passes to the core as a commit message from that primary rather
+//! than waiting for the next heartbeat.
+
+use crate::broker::Broker;
+use crate::replication::journal::Write;
+use crate::replication::machine::BrokerMachine;
+use crate::replication::status::ClusterStatus;
+use crate::replication::transport::{self, Peers};
+use crate::replication::ClientIds;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use vsr::{ClientId, Envelope, Event, Input, Message, Node, Op, Output, Replica, ReplicaId};
+
+const TICK: Duration = Duration::from_millis(10);
+
+/// What the driver is fed. Moved once into a channel; boxing the envelope would add an
+/// allocation per message received.
+#[allow(clippy::large_enum_variant)]
+pub enum DriverInput {
+    /// From a peer replica.
+    Envelope(Envelope),
+    /// The journal made these writes durable.
+    WriteDone(Vec<u64>),
+    /// A local connection's operation (see `submitter`).
+    Request {
+        client: ClientId,
+        session: u64,
+        request: u64,
+        body: Vec<u8>,
+        reply: oneshot::Sender<ClientReply>,
+    },
+    Stop,
+}
+
+/// The outcome of a local client's request.
+#[derive(Debug)]
+pub enum ClientReply {
+    /// Committed and applied on this replica; the state machine's reply.
+    Done(Vec<u8>),
+    /// The session is gone from the client table: register again.
+    Evicted,
+}
+
+pub struct Driver {
+    pub replica: Replica<BrokerMachine>,
+    pub me: ReplicaId,
+    pub cluster: u128,
+    pub epoch: vsr::Epoch,
+    pub peers: Peers,
+    pub journal: Sender<(u64, Write)>,
+    pub status: Arc<ClusterStatus>,
+    pub broker: Arc<Broker>,
+    pub clients: ClientIds,
+}
+
+struct Waiting {
+    request: u64,
+    reply: oneshot::Sender<ClientReply>,
+}
+
+impl Driver {
+    /// Runs until `Stop` or until every sender is gone.
+    pub fn run(mut self, inputs: Receiver<DriverInput>) {
+        let mut waiting: HashMap<ClientId, Waiting> = HashMap::new();
+        // Replies for local clients whose op this replica has not applied yet.
+        let mut unapplied: Vec<(ClientId, u64, Op, Vec<u8>)> = Vec::new();
+        let mut queue: VecDeque<Input> = VecDeque::new();
+        let opening = self.replica.take_outputs();
+        self.carry_out(opening, &mut waiting, &mut unapplied, &mut queue);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match inputs.recv_timeout(wait) {
+                Ok(DriverInput::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(input) => {
+                    self.accept(input, &mut waiting, &mut unapplied, &mut queue);
+                    // Take whatever else is queued before ticking: a burst is one batch.
+                    for _ in 0..256 {
+                        match inputs.try_recv() {
+                            Ok(DriverInput::Stop) => return,
+                            Ok(input) => {
+                                self.accept(input, &mut waiting, &mut unapplied, &mut queue)
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                let micros = crate::storage::fsutil::now_micros();
+                queue.push_back(Input::Tick { now: micros });
+                next_tick = if now > next_tick + TICK * 10 {
+                    now + TICK
+                } else {
+                    next_tick + TICK
+                };
+            }
+            while let Some(input) = queue.pop_front() {
+                let outputs = self.replica.step(input);
+                self.carry_out(outputs, &mut waiting, &mut unapplied, &mut queue);
+            }
+            self.deliver_applied(&mut waiting, &mut unapplied);
+            self.status.publish(&self.replica);
+        }
+    }
+
+    fn accept(
+        &mut self,
+        input: DriverInput,
+        waiting: &mut HashMap<ClientId, Waiting>,
+        unapplied: &mut Vec<(ClientId, u64, Op, Vec<u8>)>,
+        queue: &mut VecDeque<Input>,
+    ) {
+        match input {
+            DriverInput::Envelope(envelope) => match envelope.to {
+                Node::Replica(_) => queue.push_back(Input::Message(envelope)),
+                Node::Client(_) => self.for_local_client(envelope, waiting, unapplied, queue),
+            },
+            DriverInput::WriteDone(ios) => {
+                queue.extend(ios.into_iter().map(|io| Input::WriteDone { io }));
+            }
+            DriverInput::Request {
+                client,
+                session,
+                request,
+                body,
+                reply,
+            } => {
+                waiting.insert(client, Waiting { request, reply });
+                queue.push_back(Input::Message(Envelope {
+                    cluster: self.cluster,
+                    group: 1,
+                    epoch: self.epoch,
+                    from: Node::Client(client),
+                    to: Node::Replica(self.me),
+                    message: Message::Request {
+                        client,
+                        session,
+                        request,
+                        body,
+                    },
+                }));
+            }
+            DriverInput::Stop => {}
+        }
+    }
+
+    fn carry_out(
+        &mut self,
+        outputs: Vec<Output>,
+        waiting: &mut HashMap<ClientId, Waiting>,
+        unapplied: &mut Vec<(ClientId, u64, Op, Vec<u8>)>,
+        queue: &mut VecDeque<Input>,
+    ) {
+        for output in outputs {
+            match output {
+                Output::Send(envelope) => match envelope.to {
+                    Node::Replica(to) => {
+                        if matches!(envelope.message, Message::Request { .. }) {
+                            self.broker
+                                .metrics
+                                .replication_forwarded
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.send(to, &envelope);
+                    }
+                    Node::Client(client) => {
+                        let home = self.clients.home(client);
+                        if home == self.me {
+                            self.for_local_client(envelope, waiting, unapplied, queue);
+                        } else {
+                            self.send(home, &envelope);
+                        }
+                    }
+                },
+                Output::WriteWal { io, slot, prepare } => {
+                    self.write(io, Write::Wal { slot, prepare });
+                }
+                Output::WriteCheckpoint { io, checkpoint } => {
+                    self.write(io, Write::Checkpoint(checkpoint));
+                }
+                Output::WriteSuperblock { io, superblock } => {
+                    self.write(io, Write::Superblock(superblock));
+                }
+                Output::WriteLog {
+                    io,
+                    superblock,
+                    truncate_after,
+                    entries,
+                } => self.write(
+                    io,
+                    Write::Log {
+                        superblock,
+                        truncate_after,
+                        entries,
+                    },
+                ),
+                Output::Event(event) => self.observe(event),
+            }
+        }
+    }
+
+    fn send(&self, to: ReplicaId, envelope: &Envelope) {
+        match transport::encode(envelope) {
+            Ok(frame) => {
+                if !self.peers.send(to, Arc::new(frame)) {
+                    self.broker
+                        .metrics
+                        .replication_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a replication message"),
+        }
+    }
+
+    fn write(&self, io: u64, write: Write) {
+        // The journal thread outlives the driver; a send fails only while stopping.
+        let _ = self.journal.send((io, write));
+    }
+
+    /// A reply (or eviction notice) for a client of this replica.
+    fn for_local_client(
+        &mut self,
+        envelope: Envelope,
+        waiting: &mut HashMap<ClientId, Waiting>,
+        unapplied: &mut Vec<(ClientId, u64, Op, Vec<u8>)>,
+        queue: &mut VecDeque<Input>,
+    ) {
+        match envelope.message {
+            Message::Reply {
+                client,
+                request,
+                view,
+                op,
+                body,
+            } => {
+                if op > self.replica.commit_min() {
+                    if let Node::Replica(primary) = envelope.from {
+                        // The primary replies only to committed ops: tell the core now.
+                        queue.push_back(Input::Message(Envelope {
+                            cluster: self.cluster,
+                            group: 1,
+                            epoch: self.epoch,
+                            from: Node::Replica(primary),
+                            to: Node::Replica(self.me),
+                            message: Message::Commit { view, commit: op },
+                        }));
+                    }
+                    unapplied.push((client, request, op, body));
+                } else {
+                    deliver(waiting, client, request, ClientReply::Done(body));
+                }
+            }
+            Message::Evicted { client, .. } => {
+                if let Some(entry) = waiting.remove(&client) {
+                    let _ = entry.reply.send(ClientReply::Evicted);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn deliver_applied(
+        &mut self,
+        waiting: &mut HashMap<ClientId, Waiting>,
+        unapplied: &mut Vec<(ClientId, u64, Op, Vec<u8>)>,
+    ) {
+        let applied = self.replica.commit_min();
+        let mut i = 0;
+        while i < unapplied.len() {
+            if unapplied[i].2 <= applied {
+                let (client, request, _, body) = unapplied.swap_remove(i);
+                deliver(waiting, client, request, ClientReply::Done(body));
+            } else {
+                i += 1;
+            }
+        }
+        // A reply for an op this replica will never apply in time is dropped with its
+        // waiter (the connection times out and retries); keep the list bounded.
+        if unapplied.len() > 4096 {
+            unapplied.drain(..unapplied.len() - 4096);
+        }
+    }
+
+    fn observe(&self, event: Event) {
+        let metrics = &self.broker.metrics;
+        match event {
+            Event::ViewChangeStarted { view } => {
+                metrics.view_changes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(view, "view change started");
+            }
+            Event::Normal { view, primary } => {
+                tracing::info!(view, primary, "replica is normal");
+            }
+            Event::Abdicated { view } => tracing::warn!(view, "primary abdicated"),
+            Event::StateSynced { op, .. } => tracing::info!(op, "state synced from a peer"),
+            Event::Repaired { op } => tracing::info!(op, "repaired a damaged WAL slot"),
+            Event::LogReplaced { replaced } if replaced > 0 => {
+                tracing::info!(replaced, "view change replaced uncommitted ops")
+            }
+            Event::Checkpointed { op, .. } => tracing::debug!(op, "checkpoint taken"),
+            _ => {}
+        }
+    }
+}
+
+fn deliver(
+    waiting: &mut HashMap<ClientId, Waiting>,
+    client: ClientId,
+    request: u64,
+    reply: ClientReply,
+) {
+    if waiting.get(&client).is_some_and(|w| w.request == request) {
+        if let Some(entry) = waiting.remove(&client) {
+            let _ = entry.reply.send(reply);
+        }
+    }
+}

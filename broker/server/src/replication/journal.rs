@@ -1,0 +1,561 @@
+//! The replication core's storage on disk: superblock copies, the WAL with its header ring, and
+//! checkpoints — the files behind `vsr::DiskImage` and the core's write outputs.
+//!
+//! Layout under `<system.path>/vsr/`:
+//! * `superblock`: [`SUPERBLOCK_COPIES`] fixed-size copies, each rewritten in full (in place)
+//!   by every superblock write; recovery takes the newest copy that verifies.
+//! * `wal-<seq>.log`: append-only record files. A WAL write appends the prepare's record and
+//!   then its header record (slot, op, checksum): the header is the header ring's entry, and
+//!   because it lands after the prepare it proves the prepare was written completely, which is
+//!   how recovery tells a torn tail (no header, discard) from a prepare that rotted after it
+//!   was acknowledged (header without a valid prepare: repair it from a peer). A log installed
+//!   by a view change appends a truncate record and then its entries. Replaying the records in
+//!   order rebuilds the slot map the core's disk model describes. A file is deleted once every
+//!   op it holds is at or below the durable checkpoint.
+//! * `checkpoint-<op>`: a checkpoint (its own checksum inside), written before any superblock
+//!   names it; older ones are deleted once a newer one is named.
+//!
+//! Every record is `magic u32, kind u8, len u32, payload, xxh3-64 u64` over kind, len and
+//! payload. A record that fails its checksum is skipped by searching for the next record that
+//! verifies, so one damaged prepare costs that prepare (which the header ring then reports as
+//! faulty), not everything written after it.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use vsr::{Checkpoint, DiskImage, Op, Prepare, Superblock};
+
+pub const SUPERBLOCK_COPIES: usize = 4;
+const SUPERBLOCK_SIZE: usize = 64;
+const MAGIC: u32 = 0x5653_524A; // "JRSV"
+const RECORD_OVERHEAD: usize = 4 + 1 + 4 + 8;
+/// A WAL file is closed and a new one started once it passes this size.
+const WAL_FILE_BYTES: u64 = 64 << 20;
+/// No record is larger: a length beyond it is damage, not a record.
+const RECORD_MAX: usize = 2 << 30;
+
+const KIND_PREPARE: u8 = 1;
+const KIND_HEADER: u8 = 2;
+const KIND_TRUNCATE: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot encode a journal record: {0}")]
+    Encode(#[from] postcard::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// One write the core asked for (its `Output::Write*`), in the order it was issued.
+#[derive(Debug)]
+pub enum Write {
+    Wal {
+        slot: u64,
+        prepare: Prepare,
+    },
+    Checkpoint(Box<Checkpoint>),
+    Superblock(Superblock),
+    Log {
+        superblock: Superblock,
+        truncate_after: Op,
+        entries: Vec<(u64, Prepare)>,
+    },
+}
+
+pub struct Journal {
+    dir: PathBuf,
+    fsync: bool,
+    superblock: File,
+    wal: File,
+    wal_path: PathBuf,
+    wal_seq: u64,
+    wal_len: u64,
+    /// Closed WAL files: sequence → highest op written in it.
+    closed: BTreeMap<u64, Op>,
+    /// Highest op written in the open file.
+    open_max_op: Op,
+    /// Data written to the open WAL file since its last fsync.
+    wal_dirty: bool,
+}
+
+impl Journal {
+    pub fn dir(data: &Path) -> PathBuf {
+        data.join("vsr")
+    }
+
+    /// Opens (creating if needed) the journal in `dir` and reads what it holds. `fsync` false
+    /// leaves write-back to the OS (`storage.fsync = never`).
+    pub fn open(dir: &Path, fsync: bool) -> Result<(Journal, DiskImage), JournalError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let superblock_path = dir.join("superblock");
+        let mut superblock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&superblock_path)
+            .map_err(io(&superblock_path))?;
+        let mut image = DiskImage {
+            superblocks: read_superblocks(&mut superblock, &superblock_path)?,
+            ..DiskImage::default()
+        };
+        let mut files = wal_files(dir)?;
+        let mut closed = BTreeMap::new();
+        for (seq, path) in &files {
+            let max_op = replay_wal(path, &mut image)?;
+            closed.insert(*seq, max_op);
+        }
+        if let Some(newest) = Superblock::newest(&image.superblocks) {
+            if newest.checkpoint > 0 {
+                image.checkpoint = read_checkpoint(&checkpoint_path(dir, newest.checkpoint));
+            }
+        }
+        let wal_seq = files.pop().map_or(1, |(seq, _)| seq + 1);
+        let wal_path = dir.join(format!("wal-{wal_seq:010}.log"));
+        let wal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&wal_path)
+            .map_err(io(&wal_path))?;
+        sync_dir(dir)?;
+        let journal = Journal {
+            dir: dir.to_owned(),
+            fsync,
+            superblock,
+            wal,
+            wal_path,
+            wal_seq,
+            wal_len: 0,
+            closed,
+            open_max_op: 0,
+            wal_dirty: false,
+        };
+        Ok((journal, image))
+    }
+
+    /// Carries out `writes` in order and makes them durable (one WAL fsync for the lot: group
+    /// commit). A superblock write first makes every WAL record before it durable, so storage
+    /// never holds a superblock without the log writes issued ahead of it.
+    pub fn write_all(&mut self, writes: &[Write]) -> Result<(), JournalError> {
+        for write in writes {
+            match write {
+                Write::Wal { slot, prepare } => self.append_prepare(*slot, prepare)?,
+                Write::Checkpoint(checkpoint) => self.write_checkpoint(checkpoint)?,
+                Write::Superblock(superblock) => self.write_superblock(superblock)?,
+                Write::Log {
+                    superblock,
+                    truncate_after,
+                    entries,
+                } => {
+                    self.append_record(KIND_TRUNCATE, &truncate_after.to_le_bytes())?;
+                    for (slot, prepare) in entries {
+                        self.append_prepare(*slot, prepare)?;
+                    }
+                    self.write_superblock(superblock)?;
+                }
+            }
+        }
+        self.sync_wal()
+    }
+
+    fn append_prepare(&mut self, slot: u64, prepare: &Prepare) -> Result<(), JournalError> {
+        let mut payload = Vec::with_capacity(prepare.body.len() + 256);
+        payload.extend_from_slice(&slot.to_le_bytes());
+        let payload = postcard::to_extend(prepare, payload)?;
+        self.append_record(KIND_PREPARE, &payload)?;
+        let mut header = [0u8; 32];
+        header[..8].copy_from_slice(&slot.to_le_bytes());
+        header[8..16].copy_from_slice(&prepare.op().to_le_bytes());
+        header[16..].copy_from_slice(&prepare.checksum().to_le_bytes());
+        self.append_record(KIND_HEADER, &header)?;
+        self.open_max_op = self.open_max_op.max(prepare.op());
+        Ok(())
+    }
+
+    fn append_record(&mut self, kind: u8, payload: &[u8]) -> Result<(), JournalError> {
+        if self.wal_len >= WAL_FILE_BYTES {
+            self.rotate()?;
+        }
+        let record = encode_record(kind, payload);
+        self.wal.write_all(&record).map_err(io(&self.wal_path))?;
+        self.wal_len += record.len() as u64;
+        self.wal_dirty = true;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), JournalError> {
+        self.sync_wal()?;
+        self.closed.insert(self.wal_seq, self.open_max_op);
+        self.wal_seq += 1;
+        self.wal_path = self.dir.join(format!("wal-{:010}.log", self.wal_seq));
+        self.wal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.wal_path)
+            .map_err(io(&self.wal_path))?;
+        self.wal_len = 0;
+        self.open_max_op = 0;
+        if self.fsync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn sync_wal(&mut self) -> Result<(), JournalError> {
+        if self.wal_dirty && self.fsync {
+            self.wal.sync_data().map_err(io(&self.wal_path))?;
+        }
+        self.wal_dirty = false;
+        Ok(())
+    }
+
+    fn write_superblock(&mut self, superblock: &Superblock) -> Result<(), JournalError> {
+        self.sync_wal()?;
+        let copy = encode_superblock(superblock);
+        let path = self.dir.join("superblock");
+        for i in 0..SUPERBLOCK_COPIES {
+            self.superblock
+                .seek(SeekFrom::Start((i * SUPERBLOCK_SIZE) as u64))
+                .and_then(|_| self.superblock.write_all(&copy))
+                .map_err(io(&path))?;
+        }
+        if self.fsync {
+            self.superblock.sync_data().map_err(io(&path))?;
+        }
+        self.collect_garbage(superblock.checkpoint);
+        Ok(())
+    }
+
+    /// Writes a checkpoint file durably (always fsynced: the superblock that names it lets the
+    /// WAL slots before it be reused, so it must outlive the prepares it replaces).
+    fn write_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), JournalError> {
+        let path = checkpoint_path(&self.dir, checkpoint.op());
+        let bytes = postcard::to_stdvec(checkpoint)?;
+        let temporary = path.with_extension("tmp");
+        let mut file = File::create(&temporary).map_err(io(&temporary))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_data())
+            .map_err(io(&temporary))?;
+        std::fs::rename(&temporary, &path).map_err(io(&path))?;
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes what a durable superblock naming `checkpoint` made unnecessary: WAL files whose
+    /// every op is at or below it, and older checkpoints. Failures only leave garbage behind.
+    fn collect_garbage(&mut self, checkpoint: Op) {
+        if checkpoint == 0 {
+            return;
+        }
+        let obsolete: Vec<u64> = self
+            .closed
+            .iter()
+            .filter(|(_, max_op)| **max_op <= checkpoint)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in obsolete {
+            let _ = std::fs::remove_file(self.dir.join(format!("wal-{seq:010}.log")));
+            self.closed.remove(&seq);
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let older = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("checkpoint-"))
+                    .and_then(|op| op.parse::<Op>().ok())
+                    .is_some_and(|op| op < checkpoint);
+                if older {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+    }
+}
+
+fn checkpoint_path(dir: &Path, op: Op) -> PathBuf {
+    dir.join(format!("checkpoint-{op:020}"))
+}
+
+fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
+    let bytes = std::fs::read(path).ok()?;
+    postcard::from_bytes::<Checkpoint>(&bytes).ok()
+}
+
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn wal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name();
+        let seq = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("wal-"))
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(seq) = seq {
+            files.push((seq, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn encode_record(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(payload.len() + RECORD_OVERHEAD);
+    record.extend_from_slice(&MAGIC.to_le_bytes());
+    record.push(kind);
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(payload);
+    let checksum = xxhash_rust::xxh3::xxh3_64(&record[4..]);
+    record.extend_from_slice(&checksum.to_le_bytes());
+    record
+}
+
+/// The record at `at`, if one starts there and verifies: (kind, payload, its length).
+fn record_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+    let head = bytes.get(at..at + 9)?;
+    if u32::from_le_bytes(head[..4].try_into().ok()?) != MAGIC {
+        return None;
+    }
+    let kind = head[4];
+    let len = u32::from_le_bytes(head[5..9].try_into().ok()?) as usize;
+    if len > RECORD_MAX {
+        return None;
+    }
+    let end = at + 9 + len;
+    let stored = u64::from_le_bytes(bytes.get(end..end + 8)?.try_into().ok()?);
+    (xxhash_rust::xxh3::xxh3_64(&bytes[at + 4..end]) == stored)
+        .then(|| (kind, &bytes[at + 9..end], len + RECORD_OVERHEAD))
+}
+
+/// Replays one WAL file into `image`; returns the highest op it holds.
+fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io(path))?;
+    let mut max_op = 0;
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some((kind, payload, len)) = record_at(&bytes, at) else {
+            // Damage or a torn tail: look for the next record that verifies.
+            at += 1;
+            continue;
+        };
+        at += len;
+        match kind {
+            KIND_PREPARE if payload.len() > 8 => {
+                let slot = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+                if let Ok(prepare) = postcard::from_bytes::<Prepare>(&payload[8..]) {
+                    max_op = max_op.max(prepare.op());
+                    image.wal.insert(slot, prepare);
+                }
+            }
+            KIND_HEADER if payload.len() == 32 => {
+                let slot = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+                let op = u64::from_le_bytes(payload[8..16].try_into().unwrap_or_default());
+                let checksum = u128::from_le_bytes(payload[16..].try_into().unwrap_or_default());
+                image.headers.insert(slot, (op, checksum));
+            }
+            KIND_TRUNCATE if payload.len() == 8 => {
+                let after = u64::from_le_bytes(payload.try_into().unwrap_or_default());
+                image.wal.retain(|_, p| p.op() <= after);
+                image.headers.retain(|_, (op, _)| *op <= after);
+            }
+            _ => {}
+        }
+    }
+    Ok(max_op)
+}
+
+fn encode_superblock(sb: &Superblock) -> [u8; SUPERBLOCK_SIZE] {
+    let mut out = [0u8; SUPERBLOCK_SIZE];
+    out[0..8].copy_from_slice(&sb.sequence.to_le_bytes());
+    out[8..12].copy_from_slice(&sb.view.to_le_bytes());
+    out[12..16].copy_from_slice(&sb.log_view.to_le_bytes());
+    out[16..24].copy_from_slice(&sb.commit.to_le_bytes());
+    out[24..32].copy_from_slice(&sb.checkpoint.to_le_bytes());
+    out[32..48].copy_from_slice(&sb.checksum.to_le_bytes());
+    out
+}
+
+fn decode_superblock(bytes: &[u8]) -> Option<Superblock> {
+    let u64_at = |i: usize| {
+        bytes
+            .get(i..i + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    let u32_at = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
+    Some(Superblock {
+        sequence: u64_at(0)?,
+        view: u32_at(8)?,
+        log_view: u32_at(12)?,
+        commit: u64_at(16)?,
+        checkpoint: u64_at(24)?,
+        checksum: u128::from_le_bytes(bytes.get(32..48)?.try_into().ok()?),
+    })
+}
+
+fn read_superblocks(file: &mut File, path: &Path) -> Result<Vec<Superblock>, JournalError> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io(path))?;
+    Ok(bytes
+        .chunks(SUPERBLOCK_SIZE)
+        .take(SUPERBLOCK_COPIES)
+        .filter_map(decode_superblock)
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepare(op: Op, parent: u128) -> Prepare {
+        let mut header = Prepare::root(1, 1, 0).header;
+        header.op = op;
+        header.parent = parent;
+        Prepare::new(header, vec![op as u8; 100])
+    }
+
+    fn wal(slot: u64, prepare: &Prepare) -> Write {
+        Write::Wal {
+            slot,
+            prepare: prepare.clone(),
+        }
+    }
+
+    /// Writes `writes` to a journal in `dir` and closes it; returns what reopening reads.
+    fn write_and_reopen(dir: &Path, writes: &[Write]) -> DiskImage {
+        Journal::open(dir, true)
+            .unwrap()
+            .0
+            .write_all(writes)
+            .unwrap();
+        Journal::open(dir, true).unwrap().1
+    }
+
+    fn superblock(sequence: u64, checkpoint: Op) -> Superblock {
+        Superblock {
+            sequence,
+            view: 2,
+            log_view: 2,
+            commit: 3,
+            checkpoint,
+            checksum: 0,
+        }
+        .sealed()
+    }
+
+    #[test]
+    fn writes_read_back_as_the_disk_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = prepare(1, 0);
+        let two = prepare(2, one.checksum());
+        let image = write_and_reopen(
+            dir.path(),
+            &[
+                Write::Superblock(superblock(1, 0)),
+                wal(1, &one),
+                wal(2, &two),
+            ],
+        );
+        assert_eq!(
+            Superblock::newest(&image.superblocks),
+            Some(superblock(1, 0))
+        );
+        assert_eq!(image.superblocks.len(), SUPERBLOCK_COPIES);
+        assert_eq!(image.wal.get(&1), Some(&one));
+        assert_eq!(image.wal.get(&2), Some(&two));
+        assert_eq!(image.headers.get(&2), Some(&(2, two.checksum())));
+    }
+
+    #[test]
+    fn a_view_change_log_truncates_what_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = prepare(1, 0);
+        let stale = prepare(2, one.checksum());
+        let mut replacement = prepare(2, one.checksum());
+        replacement.header.view = 3;
+        let replacement = Prepare::new(replacement.header, vec![7; 10]);
+        let image = write_and_reopen(
+            dir.path(),
+            &[
+                wal(1, &one),
+                wal(2, &stale),
+                Write::Log {
+                    superblock: superblock(2, 0),
+                    truncate_after: 1,
+                    entries: vec![(2, replacement.clone())],
+                },
+            ],
+        );
+        assert_eq!(image.wal.get(&2), Some(&replacement));
+        assert_eq!(image.headers.get(&2), Some(&(2, replacement.checksum())));
+    }
+
+    #[test]
+    fn a_rotten_prepare_keeps_its_header_and_what_follows_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = prepare(1, 0);
+        let two = prepare(2, one.checksum());
+        write_and_reopen(dir.path(), &[wal(1, &one), wal(2, &two)]);
+        let (_, path) = wal_files(dir.path()).unwrap().remove(0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[60] ^= 0xFF; // inside the first prepare's record
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, image) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(image.wal.get(&1), None, "the damaged record is dropped");
+        assert_eq!(
+            image.headers.get(&1),
+            Some(&(1, one.checksum())),
+            "its header vouches for it"
+        );
+        assert_eq!(image.wal.get(&2), Some(&two), "later records survive");
+        // A torn tail: the last record cut short leaves no trace.
+        let cut = bytes.len() - 5;
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let (_, image) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(image.headers.get(&2), None);
+    }
+
+    #[test]
+    fn checkpoints_are_found_through_the_superblock_and_old_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = |op| Checkpoint::new(prepare(op, 0), b"manifest".to_vec(), 9, Vec::new());
+        let image = write_and_reopen(
+            dir.path(),
+            &[
+                Write::Checkpoint(Box::new(checkpoint(5))),
+                Write::Superblock(superblock(1, 5)),
+            ],
+        );
+        assert_eq!(image.checkpoint, Some(checkpoint(5)));
+        let image = write_and_reopen(
+            dir.path(),
+            &[
+                Write::Checkpoint(Box::new(checkpoint(9))),
+                Write::Superblock(superblock(2, 9)),
+            ],
+        );
+        assert_eq!(image.checkpoint, Some(checkpoint(9)));
+        assert!(!checkpoint_path(dir.path(), 5).exists());
+    }
+}

@@ -1,0 +1,354 @@
+//! Cluster mode: the broker as one replica of a VSR group (see docs/replication.md, "How the
+//! broker runs the core").
+//!
+//! * [`Setup`] reads and checks `ring.json` before anything touches the data directory;
+//! * [`journal`] is the core's storage on disk, written by its own thread;
+//! * [`machine`] applies committed operations to the broker;
+//! * [`driver`] runs the core on its own thread and carries out what it asks;
+//! * [`transport`] is TCP between replicas;
+//! * [`submitter`] is how a connection's operation enters the log;
+//! * [`status`] is what `/admin/status`, `/ready` and `GetClusterMetadata` report.
+
+pub mod driver;
+pub mod journal;
+pub mod machine;
+pub mod status;
+pub mod submitter;
+pub mod transport;
+
+use crate::broker::{BootReport, Broker};
+use crate::config::{Config, FsyncPolicy, RouteSetting};
+use crate::storage::StorageError;
+use crate::submit::Submitter;
+use driver::{Driver, DriverInput};
+use iggy_contract::ring::{Ring, RingError};
+use journal::{Journal, JournalError, Write};
+use machine::BrokerMachine;
+use status::ClusterStatus;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use submitter::ReplicatedSubmitter;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use vsr::{ClientId, DiskImage, Replica, ReplicaId, Route, Superblock};
+
+/// Ops between checkpoints in cluster mode; see [`Setup::load`].
+const CHECKPOINT_INTERVAL: u64 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot read the ring file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the ring file {path} is not valid ring.json: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("the ring file {path}: {source}")]
+    Ring { path: PathBuf, source: RingError },
+    #[error(
+        "cluster mode needs root.password (IGGY_ROOT_PASSWORD): every replica must create the \
+         same root user, so none may generate its own password"
+    )]
+    NoRootPassword,
+    #[error(
+        "{0} holds a single-node broker's data (no replication journal); cluster mode starts \
+         from an empty data directory"
+    )]
+    SingleNodeData(PathBuf),
+    #[error("cannot prepare the data directory: {0}")]
+    Data(#[from] std::io::Error),
+    #[error("replication journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot listen for replicas on {address} (replication.address): {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl ClusterError {
+    /// Configuration mistakes (exit code 2) as opposed to runtime failures.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            ClusterError::Read { .. }
+                | ClusterError::Parse { .. }
+                | ClusterError::Ring { .. }
+                | ClusterError::NoRootPassword
+                | ClusterError::SingleNodeData(_)
+        )
+    }
+}
+
+/// Client ids of this replica's sessions: its position in the top byte (where replies are
+/// routed), a per-boot nonce (a restarted replica never reuses a session of its previous
+/// life, whose request numbers ran ahead), and the session's slot.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIds {
+    position: ReplicaId,
+    nonce: u64,
+}
+
+impl ClientIds {
+    pub fn new(position: ReplicaId, nonce: u64) -> Self {
+        Self { position, nonce }
+    }
+
+    pub fn id(&self, slot: u32) -> ClientId {
+        (ClientId::from(self.position) << 120)
+            | (ClientId::from(self.nonce & 0x00FF_FFFF_FFFF_FFFF) << 32)
+            | ClientId::from(slot)
+    }
+
+    /// The replica a client lives on.
+    pub fn home(&self, client: ClientId) -> ReplicaId {
+        (client >> 120) as ReplicaId
+    }
+}
+
+/// A checked ring and this broker's place in it.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub ring: Ring,
+    pub position: ReplicaId,
+    /// Replication addresses by position.
+    pub addresses: Vec<String>,
+    pub vsr: vsr::Config,
+}
+
+impl Setup {
+    /// Reads `cluster.ring_file` and finds `cluster.member_id` in it.
+    pub fn load(config: &Config) -> Result<Setup, ClusterError> {
+        let path = &config.cluster.ring_file;
+        let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let ring: Ring = serde_json::from_str(&text).map_err(|source| ClusterError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        let ring_error = |source| ClusterError::Ring {
+            path: path.clone(),
+            source,
+        };
+        ring.validate().map_err(ring_error)?;
+        let me = ring.member(config.cluster.member_id).map_err(ring_error)?;
+        if config.root.password.is_empty() {
+            return Err(ClusterError::NoRootPassword);
+        }
+        let position = me.position;
+        let addresses = ring
+            .by_position()
+            .iter()
+            .map(|m| m.address.clone())
+            .collect::<Vec<_>>();
+        let route = match config.replication.route {
+            RouteSetting::Ring => Route::Ring,
+            RouteSetting::Star => Route::Star,
+        };
+        let mut vsr =
+            vsr::Config::production(ring.vsr_cluster(), addresses.len() as u8, position, route);
+        vsr.epoch = ring.epoch;
+        vsr.seed = u64::from(me.id);
+        // The core keeps every prepare since the last checkpoint in memory, and a prepare is
+        // a whole batch (up to megabytes): a short interval bounds that memory; a checkpoint
+        // costs one sync of the partitions written since the last.
+        vsr.checkpoint_interval = CHECKPOINT_INTERVAL;
+        vsr.wal_slots = 4 * CHECKPOINT_INTERVAL;
+        Ok(Setup {
+            position,
+            addresses,
+            vsr,
+            ring,
+        })
+    }
+
+    /// The root user's password salt: the same on every replica of the cluster, so each
+    /// creates the same root user (its hash is part of the replicated state).
+    pub fn root_salt(&self) -> [u8; 16] {
+        xxhash_rust::xxh3::xxh3_128(format!("iggy-root:{}", self.ring.cluster_id).as_bytes())
+            .to_le_bytes()
+    }
+}
+
+/// A running replica's handles, for shutdown.
+pub struct Running {
+    inputs: mpsc::Sender<DriverInput>,
+    stop: watch::Sender<bool>,
+    driver: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the replica thread and the transport; the journal thread ends with the driver.
+    pub fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = self.inputs.send(DriverInput::Stop);
+        if let Some(driver) = self.driver.take() {
+            let _ = driver.join();
+        }
+    }
+}
+
+/// Opens the journal and the broker's data for cluster mode and starts the replica.
+pub async fn boot(
+    config: Config,
+    setup: Setup,
+) -> Result<(Arc<Broker>, BootReport, Running), ClusterError> {
+    let data = config.system.path.clone();
+    let journal_dir = Journal::dir(&data);
+    let had_journal = journal_dir.join("superblock").exists();
+    let fsync = config.storage.fsync == FsyncPolicy::Always;
+    let (journal, image) = Journal::open(&journal_dir, fsync)?;
+    prepare_data(&data, had_journal, &image)?;
+
+    let (inputs, receiver) = mpsc::channel();
+    let position = setup.position;
+    let status = Arc::new(ClusterStatus::new(
+        config.cluster.member_id,
+        setup.ring.epoch,
+        setup.addresses.len() as u8,
+    ));
+    let clients = ClientIds::new(position, fastrand::u64(..));
+    let submitter = ReplicatedSubmitter::new(
+        inputs.clone(),
+        &clients,
+        status.clone(),
+        config.replication.request_timeout.0,
+        setup.root_salt(),
+    );
+    let listen = config.replication.address;
+    let max_frame = config.tcp.max_send_bytes.0 as usize + (1 << 20);
+    let (broker, report) = tokio::task::block_in_place(|| {
+        Broker::open_with(config, Submitter::Replicated(Box::new(submitter)))
+    })?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ClusterError::Listen {
+            address: listen,
+            source,
+        })?;
+    let (stop, stop_rx) = watch::channel(false);
+    let peers = transport::Peers::start(&setup.addresses, position, stop_rx.clone());
+    tokio::spawn(transport::serve(
+        listener,
+        inputs.clone(),
+        max_frame,
+        stop_rx,
+    ));
+
+    let (writes, journal_rx) = mpsc::channel();
+    let journal_broker = broker.clone();
+    let done = inputs.clone();
+    std::thread::Builder::new()
+        .name("vsr-journal".into())
+        .spawn(move || journal_loop(journal, journal_rx, done, journal_broker))?;
+
+    let machine = BrokerMachine::new(broker.clone());
+    let replica = Replica::open(setup.vsr.clone(), image, machine);
+    status.publish(&replica);
+    let driver = Driver {
+        replica,
+        me: position,
+        cluster: setup.vsr.cluster,
+        epoch: setup.vsr.epoch,
+        peers,
+        journal: writes,
+        status,
+        broker: broker.clone(),
+        clients,
+    };
+    let driver = std::thread::Builder::new()
+        .name("vsr-replica".into())
+        .spawn(move || driver.run(receiver))?;
+    tracing::info!(
+        member = setup.ring.member(broker.config.cluster.member_id).map_or(0, |m| m.id),
+        position,
+        members = setup.addresses.len(),
+        epoch = setup.ring.epoch,
+        replication = %listen,
+        "replica started"
+    );
+    Ok((
+        broker,
+        report,
+        Running {
+            inputs,
+            stop,
+            driver: Some(driver),
+        },
+    ))
+}
+
+/// The broker's data in cluster mode is derived from the log: before the first durable
+/// checkpoint the WAL holds every op since the cluster began, so the data is rebuilt from it
+/// (whatever a previous run applied is removed first, or replaying would apply it twice).
+/// Data without a journal is a single node's, which cluster mode refuses to adopt.
+fn prepare_data(data: &Path, had_journal: bool, image: &DiskImage) -> Result<(), ClusterError> {
+    let checkpoint = Superblock::newest(&image.superblocks).map_or(0, |sb| sb.checkpoint);
+    if checkpoint > 0 {
+        return Ok(());
+    }
+    let metadata = data.join(crate::storage::metadata::FILE_NAME);
+    let streams = crate::storage::metadata::streams_dir(data);
+    if !had_journal && (metadata.exists() || streams.exists()) {
+        return Err(ClusterError::SingleNodeData(data.to_owned()));
+    }
+    if metadata.exists() {
+        std::fs::remove_file(&metadata)?;
+    }
+    if streams.exists() {
+        std::fs::remove_dir_all(&streams)?;
+    }
+    Ok(())
+}
+
+/// The journal thread: carries out the core's writes in issue order, many at a time (one
+/// fsync for a burst of prepares), and reports them done. A checkpoint first syncs the
+/// partitions, so the segment data its manifest names is on disk before any superblock
+/// names it.
+fn journal_loop(
+    mut journal: Journal,
+    writes: mpsc::Receiver<(u64, Write)>,
+    done: mpsc::Sender<DriverInput>,
+    broker: Arc<Broker>,
+) {
+    while let Ok(first) = writes.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 1024 {
+            match writes.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        if batch.iter().any(|(_, w)| matches!(w, Write::Checkpoint(_))) {
+            for partition in broker.all_partitions() {
+                if let Err(e) = partition.log().sync_all() {
+                    fail_stop(&format!("cannot sync a partition for a checkpoint: {e}"));
+                }
+            }
+        }
+        let (ios, batch): (Vec<u64>, Vec<Write>) = batch.into_iter().unzip();
+        if let Err(e) = journal.write_all(&batch) {
+            fail_stop(&format!("cannot write the replication journal: {e}"));
+        }
+        if done.send(DriverInput::WriteDone(ios)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A replica whose storage failed stops: it cannot promise what it acknowledges. The others
+/// carry on; a restart recovers what this one's disk still holds.
+fn fail_stop(message: &str) -> ! {
+    tracing::error!("{message}; stopping this replica");
+    eprintln!("iggy-broker: {message}");
+    std::process::exit(70);
+}

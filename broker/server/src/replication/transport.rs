@@ -1,0 +1,184 @@
+//! TCP between replicas. Every replica listens on its replication address and keeps one
+//! outgoing connection per peer, so each direction of each pair is its own ordered stream.
+//!
+//! A frame is `len u32` then a postcard-encoded `vsr::Envelope`. Delivery is best effort: a
+//! message for a peer that is down, or whose queue is full, is dropped — the core retransmits
+//! whatever matters, and its correctness never depends on delivery. Messages for another
+//! cluster are dropped by the core (every envelope carries the cluster id).
+
+use crate::replication::driver::DriverInput;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use vsr::{Envelope, ReplicaId};
+
+/// Frames waiting for one peer; more are dropped (the core retransmits).
+const PEER_QUEUE: usize = 4096;
+const RECONNECT_MIN: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("frame of {0} bytes exceeds the {1}-byte limit")]
+    TooLarge(usize, usize),
+    #[error("frame does not decode: {0}")]
+    Decode(#[from] postcard::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes an envelope as a frame.
+pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
+    let frame = postcard::to_extend(envelope, vec![0u8; 4])?;
+    let len = (frame.len() - 4) as u32;
+    let mut frame = frame;
+    frame[..4].copy_from_slice(&len.to_le_bytes());
+    Ok(frame)
+}
+
+/// An encoded frame, shared by the queues of every peer it goes to.
+type Frame = Arc<Vec<u8>>;
+
+/// The sending side: one queue per peer position (none for this replica's own), each drained
+/// by its connection task.
+#[derive(Clone)]
+pub struct Peers {
+    queues: Arc<Vec<Option<mpsc::Sender<Frame>>>>,
+}
+
+impl Peers {
+    /// Starts a connection task for every peer in `addresses` (by position; `me` is skipped).
+    pub fn start(addresses: &[String], me: ReplicaId, stop: watch::Receiver<bool>) -> Self {
+        let queues = addresses
+            .iter()
+            .enumerate()
+            .map(|(position, address)| {
+                (position != usize::from(me)).then(|| {
+                    let (tx, rx) = mpsc::channel(PEER_QUEUE);
+                    tokio::spawn(send_loop(address.clone(), rx, stop.clone()));
+                    tx
+                })
+            })
+            .collect();
+        Self {
+            queues: Arc::new(queues),
+        }
+    }
+
+    /// Queues `frame` for `to`; false when it was dropped.
+    pub fn send(&self, to: ReplicaId, frame: Frame) -> bool {
+        match self.queues.get(usize::from(to)) {
+            Some(Some(queue)) => queue.try_send(frame).is_ok(),
+            _ => false,
+        }
+    }
+}
+
+async fn send_loop(
+    address: String,
+    mut frames: mpsc::Receiver<Frame>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = RECONNECT_MIN;
+    loop {
+        let stream = tokio::select! {
+            stream = TcpStream::connect(&address) => stream,
+            _ = stop.changed() => return,
+        };
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(peer = %address, error = %e, "cannot reach replica");
+                // Frames queued while the peer is unreachable are stale by the time it
+                // answers; drop them rather than replaying a burst of old prepares.
+                while frames.try_recv().is_ok() {}
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        backoff = RECONNECT_MIN;
+        let _ = stream.set_nodelay(true);
+        tracing::info!(peer = %address, "connected to replica");
+        let mut writer = BufWriter::with_capacity(256 * 1024, stream);
+        loop {
+            let frame = tokio::select! {
+                frame = frames.recv() => frame,
+                _ = stop.changed() => return,
+            };
+            let Some(frame) = frame else { return };
+            if writer.write_all(&frame).await.is_err() {
+                break;
+            }
+            // Write what is queued behind it in the same flush.
+            let mut failed = false;
+            while let Ok(more) = frames.try_recv() {
+                if writer.write_all(&more).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || writer.flush().await.is_err() {
+                break;
+            }
+        }
+        tracing::info!(peer = %address, "lost the connection to replica");
+    }
+}
+
+/// Accepts replica connections and feeds what they carry to the driver.
+pub async fn serve(
+    listener: TcpListener,
+    inputs: Sender<DriverInput>,
+    max_frame: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.changed() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let inputs = inputs.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = receive_loop(stream, inputs, max_frame).await {
+                        tracing::debug!(%peer, error = %e, "replica connection closed");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a replica connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn receive_loop(
+    stream: TcpStream,
+    inputs: Sender<DriverInput>,
+    max_frame: usize,
+) -> Result<(), TransportError> {
+    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, stream);
+    let mut frame = Vec::new();
+    loop {
+        let len = reader.read_u32_le().await? as usize;
+        if len > max_frame {
+            return Err(TransportError::TooLarge(len, max_frame));
+        }
+        frame.resize(len, 0);
+        reader.read_exact(&mut frame).await?;
+        let envelope: Envelope = postcard::from_bytes(&frame)?;
+        if inputs.send(DriverInput::Envelope(envelope)).is_err() {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Three real brokers on loopback as one replicated cluster, used by unchanged Iggy SDK
+//! clients: writes through any member, the same data read back from every member, and no
+//! acknowledged message lost when the primary is killed.
+
+mod common;
+
+use common::cluster::TestCluster;
+use common::history::{read_of, History, Read};
+use common::{create_topic, id, message, read_all};
+use iggy::prelude::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BATCH: usize = 10;
+
+fn payload(producer: usize, batch: usize, i: usize) -> String {
+    format!("p{producer}-b{batch:06}-m{i:02}")
+}
+
+async fn read_replica(client: &IggyClient) -> Read {
+    read_of(&read_all(client, 0).await)
+}
+
+/// Sends `batches` batches as `producer` through `client`, recording each outcome.
+async fn produce(
+    client: &IggyClient,
+    history: &History,
+    producer: usize,
+    batches: std::ops::Range<usize>,
+) {
+    for batch in batches {
+        let payloads: Vec<String> = (0..BATCH).map(|i| payload(producer, batch, i)).collect();
+        let mut messages: Vec<IggyMessage> = payloads.iter().map(|p| message(p)).collect();
+        let sent = client
+            .send_messages(
+                &id(0),
+                &id(0),
+                &Partitioning::partition_id(0),
+                &mut messages,
+            )
+            .await;
+        history.record(producer, &payloads, sent.is_ok());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_any_member_share_one_replicated_log() {
+    let cluster = TestCluster::start(3, &[]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let backups: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
+
+    // Metadata and messages written through one backup…
+    let writer = cluster.brokers[backups[0]].client().await;
+    writer
+        .create_stream("replicated")
+        .await
+        .expect("create stream");
+    create_topic(&writer, &id(0), "log", 1).await;
+    let history = History::default();
+    produce(&writer, &history, 0, 0..20).await;
+    // …and through the other backup and the primary, concurrently.
+    let second = cluster.brokers[backups[1]].client().await;
+    let third = cluster.brokers[primary].client().await;
+    tokio::join!(
+        produce(&second, &history, 1, 0..20),
+        produce(&third, &history, 2, 0..20),
+    );
+    assert_eq!(
+        history.acknowledged(),
+        600,
+        "every send through every member is acknowledged"
+    );
+
+    // A client reads its own writes through the member it wrote through.
+    let own = read_replica(&writer).await;
+    assert!(own.len() >= 200);
+
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+    let mut reads = Vec::new();
+    for member in 0..3 {
+        let client = cluster.brokers[member].client().await;
+        let stream = client
+            .get_stream(&id(0))
+            .await
+            .expect("get stream")
+            .expect("the stream exists on every member");
+        assert_eq!(stream.name, "replicated");
+        reads.push((format!("member {member}"), read_replica(&client).await));
+    }
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_loses_no_acknowledged_message() {
+    let mut cluster = TestCluster::start(3, &[("IGGY_STORAGE_FSYNC", "always")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let survivors: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
+    let setup = cluster.brokers[primary].client().await;
+    setup
+        .create_stream("failover")
+        .await
+        .expect("create stream");
+    create_topic(&setup, &id(0), "log", 1).await;
+    drop(setup);
+
+    // Two producers, each through a member that survives, send until told to stop.
+    let history = Arc::new(History::default());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for (producer, &member) in survivors.iter().enumerate() {
+        let client = cluster.brokers[member].client().await;
+        let history = history.clone();
+        let stop = stop.clone();
+        producers.push(tokio::spawn(async move {
+            let mut batch = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && batch < 100_000 {
+                produce(&client, &history, producer, batch..batch + 1).await;
+                batch += 1;
+            }
+        }));
+    }
+    let wait_for = |acked: usize| {
+        let history = history.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while history.acknowledged() < acked {
+                assert!(
+                    Instant::now() < deadline,
+                    "sends stalled at {}",
+                    history.acknowledged()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for(300).await;
+    cluster.brokers[primary].kill9();
+    let killed_at = history.acknowledged();
+    let failover = Instant::now();
+    // Sends resume through a new primary.
+    wait_for(killed_at + 300).await;
+    let resumed_in = failover.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for producer in producers {
+        producer.await.expect("producer task");
+    }
+    let new_primary = cluster.primary(&survivors, Duration::from_secs(10));
+    assert_ne!(new_primary, primary);
+    cluster.wait_caught_up(&survivors, new_primary, Duration::from_secs(10));
+    let mut reads = Vec::new();
+    for &member in &survivors {
+        let client = cluster.brokers[member].client().await;
+        reads.push((format!("member {member}"), read_replica(&client).await));
+    }
+    history.check(&reads);
+    eprintln!(
+        "failover: {} acknowledged before the kill, sends resumed within {resumed_in:?}, {} stored",
+        killed_at,
+        reads[0].1.len()
+    );
+}

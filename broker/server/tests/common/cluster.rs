@@ -1,0 +1,94 @@
+//! Several real `iggy-broker` processes forming one replicated cluster on loopback: a ring
+//! file naming free ports, one `TestBroker` per member. Dropping the cluster kills every
+//! process it started, and only those.
+
+use super::{free_port, http_get, TestBroker};
+use iggy_contract::admin::{AdminStatus, Role};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+pub struct TestCluster {
+    pub brokers: Vec<TestBroker>,
+    pub replication: Vec<SocketAddr>,
+    ring_dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `members` brokers (each waits for its own /ready before the next starts) with
+    /// the extra `IGGY_*` settings in `env`.
+    pub fn start(members: usize, env: &[(&str, &str)]) -> Self {
+        let ring_dir = tempfile::tempdir().expect("temp dir");
+        let replication: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
+        let ring = serde_json::json!({
+            "cluster_id": "test-cluster",
+            "epoch": 0,
+            "members": replication.iter().enumerate().map(|(i, address)| serde_json::json!({
+                "id": i, "position": i, "address": address.to_string(),
+            })).collect::<Vec<_>>(),
+        });
+        let ring_file = ring_dir.path().join("ring.json");
+        std::fs::write(&ring_file, ring.to_string()).expect("write ring.json");
+        let ring_file = ring_file.display().to_string();
+        let brokers = (0..members)
+            .map(|i| {
+                let member = i.to_string();
+                let address = replication[i].to_string();
+                let mut settings: Vec<(&str, &str)> = vec![
+                    ("IGGY_CLUSTER_RING_FILE", &ring_file),
+                    ("IGGY_CLUSTER_MEMBER_ID", &member),
+                    ("IGGY_REPLICATION_ADDRESS", &address),
+                ];
+                settings.extend_from_slice(env);
+                TestBroker::start_with(&settings)
+            })
+            .collect();
+        Self {
+            brokers,
+            replication,
+            ring_dir,
+        }
+    }
+
+    pub fn status(&self, member: usize) -> Option<AdminStatus> {
+        let (code, body) = http_get(self.brokers[member].http, "/admin/status").ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok())?
+    }
+
+    /// The member that reports itself primary among `alive`, waiting up to `within`.
+    pub fn primary(&self, alive: &[usize], within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            for &member in alive {
+                if self
+                    .status(member)
+                    .is_some_and(|s| s.role == Role::Primary && s.caught_up)
+                {
+                    return member;
+                }
+            }
+            assert!(Instant::now() < deadline, "no primary among {alive:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every member in `members` has applied everything `reference` has.
+    pub fn wait_caught_up(&self, members: &[usize], reference: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let target = self.status(reference).map_or(u64::MAX, |s| s.commit);
+            let done = members.iter().all(|&m| {
+                self.status(m)
+                    .is_some_and(|s| s.caught_up && s.commit >= target)
+            });
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members {members:?} did not catch up with {reference}: {:?}",
+                members.iter().map(|&m| self.status(m)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
