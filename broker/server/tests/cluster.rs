@@ -134,7 +134,8 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
             }
         }
     };
-    wait_for(300).await;
+    // Past the first checkpoint (every 64 ops), so the restart below restores one.
+    wait_for(1000).await;
     cluster.brokers[primary].kill9();
     let killed_at = history.acknowledged();
     let failover = Instant::now();
@@ -159,4 +160,38 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
         killed_at,
         reads[0].1.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_backup_restores_its_checkpoint_and_catches_up() {
+    let mut cluster = TestCluster::start(3, &[("IGGY_STORAGE_FSYNC", "always")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let backup = (primary + 1) % 3;
+    let client = cluster.brokers[primary].client().await;
+    client
+        .create_stream("restart")
+        .await
+        .expect("create stream");
+    create_topic(&client, &id(0), "log", 1).await;
+    let history = History::default();
+    // One op per send: past the first checkpoint (op 64), and far enough from the next that
+    // the primary's log still holds every op the backup misses.
+    let mut batch = 0;
+    while cluster.status(primary).map_or(0, |s| s.commit) < 70 {
+        produce(&client, &history, 0, batch..batch + 1).await;
+        batch += 1;
+    }
+    cluster.brokers[backup].kill9();
+    produce(&client, &history, 0, batch..batch + 20).await;
+    cluster.brokers[backup].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[backup], primary, Duration::from_secs(20));
+    produce(&client, &history, 0, batch + 20..batch + 30).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    let mut reads = Vec::new();
+    for member in 0..3 {
+        let client = cluster.brokers[member].client().await;
+        reads.push((format!("member {member}"), read_replica(&client).await));
+    }
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), (batch + 30) * BATCH);
 }

@@ -15,6 +15,7 @@ use crate::broker::Broker;
 use crate::ops::codec;
 use crate::ops::OpContext;
 use crate::state::catalog::Catalog;
+use crate::storage::metadata;
 use iggy_wire::ErrorCode;
 use std::sync::Arc;
 use vsr::{PrepareHeader, RestoreError, StateMachine};
@@ -96,22 +97,63 @@ impl StateMachine for BrokerMachine {
         postcard::to_stdvec(&manifest).unwrap_or_default()
     }
 
-    /// Accepts a checkpoint whose manifest matches the broker's state as opened (boot
-    /// recovery brought the data directory to the checkpoint; see `Manifest::matches`).
-    /// Installing a peer's checkpoint — state sync of segment files — is not built yet, so
-    /// a checkpoint this broker's data does not match is refused and the core keeps asking.
+    /// Brings the broker to a checkpoint: its metadata must already be the checkpoint's
+    /// (boot writes it from the manifest before opening, see `replication::prepare_data`), and
+    /// every partition must hold at least the checkpoint's messages, with the same last
+    /// message; each is then cut back to the checkpoint so the WAL's later ops replay onto
+    /// exactly the state they were first applied to. Anything else — data this replica never
+    /// had, or lost to a purge or delete since — is refused before a byte is cut: installing a
+    /// peer's segment files (state sync of the data) is not built yet, so the core keeps the
+    /// replica out of quorums and asks again.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         let manifest: Manifest = postcard::from_bytes(snapshot)
             .map_err(|e| RestoreError(format!("checkpoint manifest does not decode: {e}")))?;
-        let here = Manifest::capture(&self.broker.catalog(), manifest.digest);
-        if here != manifest {
+        let wanted: metadata::Snapshot = serde_json::from_slice(&manifest.metadata)
+            .map_err(|e| RestoreError(format!("checkpoint metadata does not decode: {e}")))?;
+        let catalog = self.broker.catalog();
+        if catalog.snapshot() != wanted {
             return Err(RestoreError(
-                "the local data does not match the checkpoint, and state sync of segment files \
-                 is not implemented yet"
-                    .into(),
+                "the broker's metadata is not the checkpoint's".into(),
             ));
         }
+        let mut cuts = Vec::with_capacity(manifest.partitions.len());
+        for &(stream, topic, partition, next_offset, last) in &manifest.partitions {
+            let found = catalog
+                .streams
+                .get(&stream)
+                .and_then(|s| s.topics.get(&topic))
+                .and_then(|t| t.partitions.iter().find(|p| p.id == partition))
+                .cloned();
+            let Some(found) = found else {
+                return Err(RestoreError(format!(
+                    "partition {stream}/{topic}/{partition} of the checkpoint is missing"
+                )));
+            };
+            let held = match next_offset.checked_sub(1) {
+                None => Some(0),
+                Some(offset) => found
+                    .log()
+                    .checksum_of(offset)
+                    .map_err(|e| RestoreError(e.to_string()))?,
+            };
+            if held != Some(last) {
+                return Err(RestoreError(format!(
+                    "partition {stream}/{topic}/{partition} does not hold the checkpoint's \
+                     {next_offset} messages"
+                )));
+            }
+            cuts.push((found, next_offset));
+        }
+        drop(catalog);
+        let partitions = cuts.len();
+        for (partition, next_offset) in cuts {
+            partition
+                .log()
+                .truncate_to(next_offset)
+                .map_err(|e| RestoreError(e.to_string()))?;
+        }
         self.digest = manifest.digest;
+        tracing::info!(partitions, "broker state restored to the checkpoint");
         Ok(())
     }
 }
@@ -123,8 +165,9 @@ pub struct Manifest {
     pub digest: u128,
     /// The metadata snapshot (streams, topics, partitions, groups, users), as JSON.
     pub metadata: Vec<u8>,
-    /// (stream, topic, partition, next offset) of every partition.
-    pub partitions: Vec<(u32, u32, u32, u64)>,
+    /// (stream, topic, partition, next offset, checksum of the last message) of every
+    /// partition.
+    pub partitions: Vec<(u32, u32, u32, u64, u64)>,
 }
 
 impl Manifest {
@@ -134,12 +177,14 @@ impl Manifest {
         for stream in catalog.streams.values() {
             for topic in stream.topics.values() {
                 for partition in &topic.partitions {
-                    partitions.push((
-                        stream.id,
-                        topic.id,
-                        partition.id,
-                        partition.log().next_offset(),
-                    ));
+                    let log = partition.log();
+                    // An unreadable last message records 0, which no restore will match: the
+                    // checkpoint is then refused rather than trusted.
+                    let last = log.last_checksum().unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "cannot read a partition for a checkpoint");
+                        0
+                    });
+                    partitions.push((stream.id, topic.id, partition.id, log.next_offset(), last));
                 }
             }
         }

@@ -346,6 +346,75 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Cuts the log back so that `next_offset` is the next offset written: later segments are
+    /// deleted, the one holding `next_offset` is cut there. Cluster mode uses it to bring a
+    /// partition back to a checkpoint before the ops after it are replayed. Refuses (leaving
+    /// the log as it was) when the log does not reach `next_offset` or retention already
+    /// deleted the segment that holds it.
+    pub fn truncate_to(&mut self, next_offset: u64) -> Result<(), StorageError> {
+        let keep = self
+            .segments
+            .iter()
+            .rposition(|s| s.start_offset <= next_offset)
+            .filter(|_| next_offset <= self.next_offset());
+        let Some(keep) = keep else {
+            return Err(StorageError::BadMetadata {
+                path: self.dir.clone(),
+                reason: format!(
+                    "cannot cut the log back to offset {next_offset}: it holds offsets {:?}..{}",
+                    self.first_offset(),
+                    self.next_offset()
+                ),
+            });
+        };
+        let removed: Vec<Segment> = self.segments.drain(keep + 1..).collect();
+        remove_segment_files(&self.dir, &removed)?;
+        let segment = &mut self.segments[keep];
+        let entries = (next_offset - segment.start_offset) as usize;
+        if entries < segment.index.len() {
+            segment.index.truncate(entries);
+            segment.size = segment.start_of(entries);
+            segment.rewrite_files()?;
+        }
+        Checkpoint::remove(&self.dir);
+        self.checkpointed = None;
+        self.messages_count = self.segments.iter().map(|s| s.index.len() as u64).sum();
+        self.size_bytes = self.segments.iter().map(|s| s.size).sum();
+        self.last_timestamp = self
+            .segments
+            .iter()
+            .rev()
+            .find_map(|s| s.index.last().map(|e| e.timestamp))
+            .unwrap_or(0);
+        Ok(())
+    }
+
+    /// The stored checksum of the last message (the first 8 bytes of its frame), 0 when empty:
+    /// with the next offset, what identifies a log's content at a checkpoint.
+    pub fn last_checksum(&self) -> Result<u64, StorageError> {
+        match self.next_offset().checked_sub(1) {
+            Some(last) => Ok(self.checksum_of(last)?.unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
+    /// The stored checksum of the message at `offset`, if the log holds it.
+    pub fn checksum_of(&self, offset: u64) -> Result<Option<u64>, StorageError> {
+        let Some(segment) = self
+            .segments
+            .iter()
+            .find(|s| s.start_offset <= offset && offset < s.next_offset())
+        else {
+            return Ok(None);
+        };
+        let mut checksum = Vec::with_capacity(8);
+        let i = (offset - segment.start_offset) as usize;
+        segment.read_into(segment.start_of(i), 8, &mut checksum)?;
+        Ok(Some(u64::from_le_bytes(
+            checksum.try_into().unwrap_or_default(),
+        )))
+    }
+
     /// Deletes up to `count` of the oldest sealed segments — never the active one — and returns
     /// how many went. Readers holding a segment's file keep reading it until they finish.
     pub fn delete_oldest_segments(&mut self, count: usize) -> Result<usize, StorageError> {
@@ -482,6 +551,37 @@ pub(crate) mod tests {
         assert_eq!(read_offsets(&log, 0, 20, 10), vec![0]);
         assert_eq!(log.offset_at_or_after(1003), Some(15));
         assert_eq!(log.offset_at_or_after(5000), None);
+    }
+
+    #[test]
+    fn truncating_to_an_offset_cuts_segments_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, true).unwrap();
+        let mut checksums = Vec::new();
+        for round in 0..10u64 {
+            log.append(&mut batch(5, 100), 1000 + round, || 9).unwrap();
+            checksums.push(log.last_checksum().unwrap());
+        }
+        assert!(log.segments_count() > 2);
+        // Back to the end of round 3 (offset 20 next), inside an earlier segment.
+        log.truncate_to(20).unwrap();
+        assert_eq!(log.next_offset(), 20);
+        assert_eq!(log.messages_count(), 20);
+        assert_eq!(log.last_checksum().unwrap(), checksums[3]);
+        assert_eq!(
+            read_offsets(&log, 15, 100, usize::MAX),
+            (15..20).collect::<Vec<_>>()
+        );
+        let appended = log.append(&mut batch(5, 100), 2000, || 9).unwrap();
+        assert_eq!(appended.base_offset, 20);
+        drop(log);
+        let (log, _) = PartitionLog::open(dir.path(), 4096, true).unwrap();
+        assert_eq!(log.next_offset(), 25);
+        let mut log = log;
+        assert!(log.truncate_to(26).is_err(), "cannot grow by truncating");
+        log.truncate_to(0).unwrap();
+        assert!(log.is_empty());
+        assert_eq!(log.last_checksum().unwrap(), 0);
     }
 
     #[test]

@@ -65,9 +65,17 @@ impl TestBroker {
             .env("IGGY_HTTP_ADDRESS", self.http.to_string())
             .env("IGGY_ROOT_USERNAME", ROOT_USER)
             .env("IGGY_ROOT_PASSWORD", ROOT_PASSWORD)
-            .env("IGGY_LOGGING_LEVEL", "warn")
+            .env(
+                "IGGY_LOGGING_LEVEL",
+                std::env::var("TEST_BROKER_LOGS").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // TEST_BROKER_LOGS=<level> shows the brokers' logs (they go to stdout).
+            .stdout(if std::env::var_os("TEST_BROKER_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .stderr(Stdio::inherit());
         for (k, v) in &self.env {
             command.env(k, v);
@@ -100,6 +108,16 @@ impl TestBroker {
 
     /// Starts the process and waits until /ready answers 200.
     pub fn spawn_and_wait(&mut self) {
+        self.spawn_until("/ready");
+    }
+
+    /// Starts the process and waits until it answers /health (a replica that is still
+    /// catching up is not ready yet).
+    pub fn spawn_and_wait_alive(&mut self) {
+        self.spawn_until("/health");
+    }
+
+    fn spawn_until(&mut self, path: &str) {
         let child = self.command().spawn().expect("spawn iggy-broker");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -111,7 +129,7 @@ impl TestBroker {
             {
                 panic!("iggy-broker exited during startup: {status}");
             }
-            if http_get(self.http, "/ready")
+            if http_get(self.http, path)
                 .map(|(code, _)| code == 200)
                 .unwrap_or(false)
             {
