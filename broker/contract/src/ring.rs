@@ -37,6 +37,10 @@ pub struct RingMember {
     pub position: Position,
     /// Replication endpoint, `host:port` (a stable DNS name in a cluster, never a pod IP).
     pub address: String,
+    /// Where Iggy clients reach this member, `host:port`, for `GetClusterMetadata`. Absent:
+    /// the replication address's host with the reporting broker's own client port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
 }
 
 /// A ring that cannot be replicated with, and why.
@@ -86,10 +90,13 @@ impl Ring {
                     count,
                 });
             }
-            if !valid_address(&member.address) {
+            let bad = std::iter::once(&member.address)
+                .chain(member.client_address.as_ref())
+                .find(|address| !valid_address(address));
+            if let Some(address) = bad {
                 return Err(RingError::BadAddress {
                     id: member.id,
-                    address: member.address.clone(),
+                    address: address.clone(),
                 });
             }
         }
@@ -145,6 +152,7 @@ mod tests {
                     id: *id,
                     position: *position,
                     address: address.to_string(),
+                    client_address: None,
                 })
                 .collect(),
             next_member_id: 10,

@@ -115,6 +115,7 @@ pub enum Request {
         target: PartitionRef,
     },
     GetStats,
+    GetClusterMetadata,
     GetClient {
         client_id: u32,
     },
@@ -210,6 +211,7 @@ impl Request {
         let request = match command {
             Command::Ping => Request::Ping,
             Command::GetMe => Request::GetMe,
+            Command::GetClusterMetadata => Request::GetClusterMetadata,
             Command::LogoutUser => Request::LogoutUser,
             Command::LoginUser => {
                 let username = r.name_u8()?.to_owned();

@@ -326,3 +326,41 @@ impl Stats {
         out.extend_from_slice(&self.total_disk_space.to_le_bytes());
     }
 }
+
+/// One member in a `GetClusterMetadata` answer.
+pub struct ClusterNodeInfo<'a> {
+    pub name: &'a str,
+    pub host: &'a str,
+    pub tcp_port: u16,
+    pub http_port: u16,
+    /// 0 leader (the primary), 1 follower.
+    pub role: u8,
+    /// 0 healthy, 1 starting, 2 stopping, 3 unreachable, 4 maintenance.
+    pub status: u8,
+}
+
+pub const CLUSTER_ROLE_LEADER: u8 = 0;
+pub const CLUSTER_ROLE_FOLLOWER: u8 = 1;
+pub const CLUSTER_STATUS_HEALTHY: u8 = 0;
+pub const CLUSTER_STATUS_STARTING: u8 = 1;
+pub const CLUSTER_STATUS_UNREACHABLE: u8 = 3;
+
+/// `GetClusterMetadata`: `name_len u32, name, count u32`, then per node `name_len u32, name,
+/// ip_len u32, ip, tcp u16, quic u16, http u16, websocket u16, role u8, status u8` (QUIC and
+/// WebSocket are not served: port 0).
+pub fn encode_cluster_metadata(name: &str, nodes: &[ClusterNodeInfo<'_>], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(&(nodes.len() as u32).to_le_bytes());
+    for node in nodes {
+        out.extend_from_slice(&(node.name.len() as u32).to_le_bytes());
+        out.extend_from_slice(node.name.as_bytes());
+        out.extend_from_slice(&(node.host.len() as u32).to_le_bytes());
+        out.extend_from_slice(node.host.as_bytes());
+        for port in [node.tcp_port, 0, node.http_port, 0] {
+            out.extend_from_slice(&port.to_le_bytes());
+        }
+        out.push(node.role);
+        out.push(node.status);
+    }
+}

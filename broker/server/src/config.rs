@@ -49,6 +49,7 @@ impl ClusterConfig {
 pub struct ReplicationConfig {
     pub address: SocketAddr,
     pub route: RouteSetting,
+    pub advertise_leader: bool,
     pub request_timeout: HumanDuration,
 }
 

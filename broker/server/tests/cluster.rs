@@ -39,6 +39,9 @@ async fn produce(
                 &mut messages,
             )
             .await;
+        if let Err(e) = &sent {
+            eprintln!("producer {producer}, batch {batch}: {e}");
+        }
         history.record(producer, &payloads, sent.is_ok());
     }
 }
@@ -89,6 +92,25 @@ async fn clients_of_any_member_share_one_replicated_log() {
     }
     history.check(&reads);
     assert_eq!(reads[0].1.len(), 600);
+
+    // Every member describes the same ring; no leader is advertised by default, so SDK clients
+    // stay on the member they reached (see `replication.advertise_leader`).
+    for member in 0..3 {
+        let client = cluster.brokers[member].client().await;
+        let metadata = client
+            .get_cluster_metadata()
+            .await
+            .expect("cluster metadata");
+        assert_eq!(metadata.name, "test-cluster");
+        assert_eq!(metadata.nodes.len(), 3);
+        for (position, node) in metadata.nodes.iter().enumerate() {
+            let tcp = cluster.brokers[position].tcp;
+            assert_eq!(node.endpoints.tcp, tcp.port(), "{node}");
+            assert_eq!(node.ip, tcp.ip().to_string());
+            assert_eq!(node.role, ClusterNodeRole::Follower, "{node}");
+            assert_eq!(node.status, ClusterNodeStatus::Healthy, "{node}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,15 +142,20 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
             }
         }));
     }
+    let http: Vec<_> = cluster.brokers.iter().map(|b| b.http).collect();
     let wait_for = |acked: usize| {
         let history = history.clone();
+        let http = http.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             while history.acknowledged() < acked {
                 assert!(
                     Instant::now() < deadline,
-                    "sends stalled at {}",
-                    history.acknowledged()
+                    "sends stalled at {}; members say {:?}",
+                    history.acknowledged(),
+                    http.iter()
+                        .map(|h| common::http_get(*h, "/admin/status").map(|r| r.1).ok())
+                        .collect::<Vec<_>>()
                 );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

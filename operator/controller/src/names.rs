@@ -81,8 +81,18 @@ impl ClusterNames {
 
     /// Stable replication address of a member: the pod's DNS name under the headless Service.
     pub fn member_address(&self, position: Position) -> String {
+        self.member_endpoint(position, REPLICATION_PORT)
+    }
+
+    /// Where Iggy clients reach the member at `position` directly (what `GetClusterMetadata`
+    /// reports).
+    pub fn member_client_address(&self, position: Position) -> String {
+        self.member_endpoint(position, CLIENT_PORT)
+    }
+
+    fn member_endpoint(&self, position: Position, port: u16) -> String {
         format!(
-            "{}.{}.{}.svc:{REPLICATION_PORT}",
+            "{}.{}.{}.svc:{port}",
             self.pod(position),
             self.headless_service(),
             self.namespace

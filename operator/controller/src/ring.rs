@@ -37,6 +37,7 @@ pub fn plan(
                 id,
                 position,
                 address: names.member_address(position),
+                client_address: Some(names.member_client_address(position)),
             }
         })
         .collect();

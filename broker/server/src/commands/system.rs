@@ -194,3 +194,62 @@ fn semver(version: &str) -> u32 {
     );
     (major << 20) | (minor << 10) | patch
 }
+
+/// `GetClusterMetadata`: the ring's members as clients reach them, and — with
+/// `replication.advertise_leader` — the primary as leader (see defaults.toml for why that is
+/// off by default). A single node answers `FeatureUnavailable`, as Iggy does with clustering
+/// off.
+pub fn get_cluster_metadata(broker: &Broker, body: &mut Vec<u8>) -> Result<()> {
+    let Some(status) = broker.cluster_status() else {
+        return Err(BrokerError::NotServed(
+            iggy_wire::Command::GetClusterMetadata,
+        ));
+    };
+    let primary = status
+        .primary()
+        .filter(|_| broker.config.replication.advertise_leader);
+    let names: Vec<String> = status
+        .members
+        .iter()
+        .map(|m| format!("member-{}", m.id))
+        .collect();
+    let nodes: Vec<response::ClusterNodeInfo<'_>> = status
+        .members
+        .iter()
+        .enumerate()
+        .map(|(position, member)| {
+            let position = position as u8;
+            let me = position == status.position;
+            let health = if me {
+                if broker.is_ready() {
+                    response::CLUSTER_STATUS_HEALTHY
+                } else {
+                    response::CLUSTER_STATUS_STARTING
+                }
+            } else if status.reachable(position) {
+                response::CLUSTER_STATUS_HEALTHY
+            } else {
+                response::CLUSTER_STATUS_UNREACHABLE
+            };
+            response::ClusterNodeInfo {
+                name: &names[usize::from(position)],
+                host: &member.host,
+                tcp_port: member.client_port,
+                // Only this broker's own HTTP port is known here.
+                http_port: if me {
+                    broker.config.http.address.port()
+                } else {
+                    0
+                },
+                role: if primary == Some(position) {
+                    response::CLUSTER_ROLE_LEADER
+                } else {
+                    response::CLUSTER_ROLE_FOLLOWER
+                },
+                status: health,
+            }
+        })
+        .collect();
+    response::encode_cluster_metadata(&status.cluster_name, &nodes, body);
+    Ok(())
+}

@@ -135,7 +135,13 @@ impl Driver {
     ) {
         match input {
             DriverInput::Envelope(envelope) => match envelope.to {
-                Node::Replica(_) => queue.push_back(Input::Message(envelope)),
+                Node::Replica(_) if envelope.cluster != self.cluster => {}
+                Node::Replica(_) => {
+                    if let Node::Replica(from) = envelope.from {
+                        self.status.heard_from(from);
+                    }
+                    queue.push_back(Input::Message(envelope));
+                }
                 Node::Client(_) => self.for_local_client(envelope, waiting, unapplied, queue),
             },
             DriverInput::WriteDone(ios) => {

@@ -171,12 +171,43 @@ impl Setup {
         })
     }
 
+    /// Every member as clients reach it, by position: its `client_address`, or else the host
+    /// of its replication address with `own_client_port`.
+    pub fn members(&self, own_client_port: u16) -> Vec<status::MemberInfo> {
+        self.ring
+            .by_position()
+            .iter()
+            .map(|m| {
+                let (host, port) = split_host_port(m.client_address.as_deref().unwrap_or(""))
+                    .or_else(|| {
+                        split_host_port(&m.address).map(|(host, _)| (host, own_client_port))
+                    })
+                    .unwrap_or_default();
+                status::MemberInfo {
+                    id: m.id,
+                    host,
+                    client_port: port,
+                }
+            })
+            .collect()
+    }
+
     /// The root user's password salt: the same on every replica of the cluster, so each
     /// creates the same root user (its hash is part of the replicated state).
     pub fn root_salt(&self) -> [u8; 16] {
         xxhash_rust::xxh3::xxh3_128(format!("iggy-root:{}", self.ring.cluster_id).as_bytes())
             .to_le_bytes()
     }
+}
+
+/// `host:port` or `[v6]:port` split; `None` when it is neither.
+fn split_host_port(address: &str) -> Option<(String, u16)> {
+    let (host, port) = address.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 /// A running replica's handles, for shutdown.
@@ -213,8 +244,10 @@ pub async fn boot(
     let position = setup.position;
     let status = Arc::new(ClusterStatus::new(
         config.cluster.member_id,
+        position,
         setup.ring.epoch,
-        setup.addresses.len() as u8,
+        setup.ring.cluster_id.clone(),
+        setup.members(config.tcp.address.port()),
     ));
     let clients = ClientIds::new(position, fastrand::u64(..));
     let submitter = ReplicatedSubmitter::new(
@@ -236,7 +269,8 @@ pub async fn boot(
             source,
         })?;
     let (stop, stop_rx) = watch::channel(false);
-    let peers = transport::Peers::start(&setup.addresses, position, stop_rx.clone());
+    let peers =
+        transport::Peers::start(&setup.addresses, position, status.clone(), stop_rx.clone());
     tokio::spawn(transport::serve(
         listener,
         inputs.clone(),

@@ -4,8 +4,21 @@
 use crate::replication::machine::BrokerMachine;
 use iggy_contract::admin::{AdminStatus, Role};
 use iggy_contract::{Epoch, MemberId};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use vsr::{Replica, ReplicaId, Status};
+
+/// A peer heard from within this long counts as reachable.
+const REACHABLE_WITHIN: Duration = Duration::from_secs(1);
+
+/// A member as clients see it (`GetClusterMetadata`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: MemberId,
+    pub host: String,
+    pub client_port: u16,
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Snapshot {
@@ -20,19 +33,80 @@ pub struct Snapshot {
 
 pub struct ClusterStatus {
     pub member_id: MemberId,
+    pub position: ReplicaId,
     pub epoch: Epoch,
     pub replica_count: u8,
+    /// The ring's `cluster_id`.
+    pub cluster_name: String,
+    /// Every member, by position.
+    pub members: Vec<MemberInfo>,
     latest: Mutex<Snapshot>,
+    started: Instant,
+    /// Per position: when a message from that replica last arrived (ms since `started`, plus
+    /// one; 0 = never).
+    heard: Vec<AtomicU64>,
+    /// Per position: whether this replica's connection to it is up.
+    connected: Vec<AtomicBool>,
 }
 
 impl ClusterStatus {
-    pub fn new(member_id: MemberId, epoch: Epoch, replica_count: u8) -> Self {
+    pub fn new(
+        member_id: MemberId,
+        position: ReplicaId,
+        epoch: Epoch,
+        cluster_name: String,
+        members: Vec<MemberInfo>,
+    ) -> Self {
         Self {
             member_id,
+            position,
             epoch,
-            replica_count,
+            replica_count: members.len() as u8,
+            cluster_name,
+            heard: members.iter().map(|_| AtomicU64::new(0)).collect(),
+            connected: members.iter().map(|_| AtomicBool::new(false)).collect(),
+            members,
             latest: Mutex::new(Snapshot::default()),
+            started: Instant::now(),
         }
+    }
+
+    /// A message from the replica at `position` arrived.
+    pub fn heard_from(&self, position: ReplicaId) {
+        if let Some(heard) = self.heard.get(usize::from(position)) {
+            heard.store(
+                self.started.elapsed().as_millis() as u64 + 1,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The transport's connection to the replica at `position` came up or went down.
+    pub fn set_connected(&self, position: ReplicaId, up: bool) {
+        if let Some(connected) = self.connected.get(usize::from(position)) {
+            connected.store(up, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the replica at `position` (another one) is reachable: connected to, or heard
+    /// from lately (a backup hears only from the primary, but keeps a connection to every
+    /// peer).
+    pub fn reachable(&self, position: ReplicaId) -> bool {
+        let connected = self
+            .connected
+            .get(usize::from(position))
+            .is_some_and(|c| c.load(Ordering::Relaxed));
+        connected || self.heard_lately(position)
+    }
+
+    fn heard_lately(&self, position: ReplicaId) -> bool {
+        let heard = self
+            .heard
+            .get(usize::from(position))
+            .map_or(0, |h| h.load(Ordering::Relaxed));
+        heard > 0
+            && self.started.elapsed().as_millis() as u64 + 1 - heard
+                <= REACHABLE_WITHIN.as_millis() as u64
     }
 
     pub fn publish(&self, replica: &Replica<BrokerMachine>) {

@@ -106,6 +106,11 @@ impl ReplicatedSubmitter {
                 // The driver dropped the waiter (a newer request of this session replaced it,
                 // or the replica is stopping): ask again unless time is up.
                 Ok(Err(_)) | Err(_) => {
+                    tracing::debug!(
+                        client = session.client,
+                        request = session.request,
+                        "no reply yet; sending the request again"
+                    );
                     if tokio::time::Instant::now() >= deadline {
                         return Err(BrokerError::NoPrimary(self.timeout));
                     }

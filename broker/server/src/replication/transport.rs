@@ -7,6 +7,7 @@
 //! cluster are dropped by the core (every envelope carries the cluster id).
 
 use crate::replication::driver::DriverInput;
+use crate::replication::status::ClusterStatus;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,14 +52,24 @@ pub struct Peers {
 
 impl Peers {
     /// Starts a connection task for every peer in `addresses` (by position; `me` is skipped).
-    pub fn start(addresses: &[String], me: ReplicaId, stop: watch::Receiver<bool>) -> Self {
+    pub fn start(
+        addresses: &[String],
+        me: ReplicaId,
+        status: Arc<ClusterStatus>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         let queues = addresses
             .iter()
             .enumerate()
             .map(|(position, address)| {
                 (position != usize::from(me)).then(|| {
                     let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                    tokio::spawn(send_loop(address.clone(), rx, stop.clone()));
+                    let peer = Peer {
+                        address: address.clone(),
+                        position: position as ReplicaId,
+                        status: status.clone(),
+                    };
+                    tokio::spawn(send_loop(peer, rx, stop.clone()));
                     tx
                 })
             })
@@ -77,15 +88,19 @@ impl Peers {
     }
 }
 
-async fn send_loop(
+/// Who a connection task sends to.
+struct Peer {
     address: String,
-    mut frames: mpsc::Receiver<Frame>,
-    mut stop: watch::Receiver<bool>,
-) {
+    position: ReplicaId,
+    status: Arc<ClusterStatus>,
+}
+
+async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watch::Receiver<bool>) {
+    let address = &peer.address;
     let mut backoff = RECONNECT_MIN;
     loop {
         let stream = tokio::select! {
-            stream = TcpStream::connect(&address) => stream,
+            stream = TcpStream::connect(address) => stream,
             _ = stop.changed() => return,
         };
         let stream = match stream {
@@ -106,6 +121,7 @@ async fn send_loop(
         backoff = RECONNECT_MIN;
         let _ = stream.set_nodelay(true);
         tracing::info!(peer = %address, "connected to replica");
+        peer.status.set_connected(peer.position, true);
         let mut writer = BufWriter::with_capacity(256 * 1024, stream);
         loop {
             let frame = tokio::select! {
@@ -128,6 +144,7 @@ async fn send_loop(
                 break;
             }
         }
+        peer.status.set_connected(peer.position, false);
         tracing::info!(peer = %address, "lost the connection to replica");
     }
 }

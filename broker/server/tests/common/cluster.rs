@@ -19,12 +19,16 @@ impl TestCluster {
     pub fn start(members: usize, env: &[(&str, &str)]) -> Self {
         let ring_dir = tempfile::tempdir().expect("temp dir");
         let replication: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
+        let clients: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
         let ring = serde_json::json!({
             "cluster_id": "test-cluster",
             "epoch": 0,
-            "members": replication.iter().enumerate().map(|(i, address)| serde_json::json!({
-                "id": i, "position": i, "address": address.to_string(),
-            })).collect::<Vec<_>>(),
+            "members": replication.iter().zip(&clients).enumerate().map(|(i, (address, client))| {
+                serde_json::json!({
+                    "id": i, "position": i, "address": address.to_string(),
+                    "client_address": client.to_string(),
+                })
+            }).collect::<Vec<_>>(),
         });
         let ring_file = ring_dir.path().join("ring.json");
         std::fs::write(&ring_file, ring.to_string()).expect("write ring.json");
@@ -39,7 +43,7 @@ impl TestCluster {
                     ("IGGY_REPLICATION_ADDRESS", &address),
                 ];
                 settings.extend_from_slice(env);
-                TestBroker::start_with(&settings)
+                TestBroker::start_on(clients[i], &settings)
             })
             .collect();
         Self {

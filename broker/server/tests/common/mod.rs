@@ -26,7 +26,7 @@ pub struct TestBroker {
     child: Option<Child>,
 }
 
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local address")
 }
@@ -38,9 +38,14 @@ impl TestBroker {
 
     /// Starts a broker with extra `IGGY_*` settings.
     pub fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_on(free_port(), env)
+    }
+
+    /// Starts a broker serving clients on `tcp`.
+    pub fn start_on(tcp: SocketAddr, env: &[(&str, &str)]) -> Self {
         let mut broker = Self {
             data: tempfile::tempdir().expect("temp dir"),
-            tcp: free_port(),
+            tcp,
             http: free_port(),
             env: env
                 .iter()
