@@ -209,6 +209,61 @@ impl Broker {
             .await
     }
 
+    /// Replaces the catalog with `snapshot`'s (state sync in cluster mode): partitions it
+    /// shares with the current catalog (same stream, topic and partition id) are kept with
+    /// their data; new ones are created empty; the directories of dropped ones are removed.
+    /// The partitions' messages are then brought to the checkpoint by the caller.
+    pub fn install_metadata(&self, snapshot: &metadata::Snapshot) -> Result<()> {
+        let mut catalog = self.catalog_mut();
+        let existing = |s: u32, t: u32, p: u32| catalog.partition_by_ids(s, t, p);
+        let mut fresh = Catalog {
+            users: snapshot.users.clone(),
+            ..Catalog::default()
+        };
+        for s in &snapshot.streams {
+            let mut topics = BTreeMap::new();
+            for t in &s.topics {
+                let mut partitions = Vec::with_capacity(t.partitions.len());
+                for p in &t.partitions {
+                    let partition = match existing(s.id, t.id, p.id) {
+                        Some(kept) => kept,
+                        None => self
+                            .create_partitions(s.id, t.id, p.id..p.id + 1, p.created_at)?
+                            .remove(0),
+                    };
+                    partitions.push(partition);
+                }
+                topics.insert(t.id, Topic::from_record(t, partitions));
+            }
+            let stream = Stream {
+                id: s.id,
+                name: s.name.clone(),
+                created_at: s.created_at,
+                topics,
+            };
+            fresh.streams.insert(s.id, stream);
+        }
+        let kept = |s: u32, t: u32, p: u32| fresh.partition_by_ids(s, t, p).is_some();
+        for stream in catalog.streams.values() {
+            for topic in stream.topics.values() {
+                for partition in &topic.partitions {
+                    if !kept(stream.id, topic.id, partition.id) {
+                        let dir = metadata::partition_dir(
+                            &self.config.system.path,
+                            stream.id,
+                            topic.id,
+                            partition.id,
+                        );
+                        metadata::remove_tree(&dir)?;
+                    }
+                }
+            }
+        }
+        self.persist(&fresh)?;
+        *catalog = fresh;
+        Ok(())
+    }
+
     /// Creates the directories and first segments of new partitions, durably. Any leftover
     /// directory at such a path (from a deleted object whose id is being reused) is removed
     /// first. The directories are created first and synced together at the end, on several

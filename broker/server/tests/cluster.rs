@@ -21,6 +21,16 @@ async fn read_replica(client: &IggyClient) -> Read {
     read_of(&read_all(client, 0).await)
 }
 
+/// What each of `members` returns for partition 0, named for the checker's messages.
+async fn read_members(cluster: &TestCluster, members: &[usize]) -> Vec<(String, Read)> {
+    let mut reads = Vec::new();
+    for &member in members {
+        let client = cluster.brokers[member].client().await;
+        reads.push((format!("member {member}"), read_replica(&client).await));
+    }
+    reads
+}
+
 /// Sends `batches` batches as `producer` through `client`, recording each outcome.
 async fn produce(
     client: &IggyClient,
@@ -176,11 +186,7 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
     let new_primary = cluster.primary(&survivors, Duration::from_secs(10));
     assert_ne!(new_primary, primary);
     cluster.wait_caught_up(&survivors, new_primary, Duration::from_secs(10));
-    let mut reads = Vec::new();
-    for &member in &survivors {
-        let client = cluster.brokers[member].client().await;
-        reads.push((format!("member {member}"), read_replica(&client).await));
-    }
+    let reads = read_members(&cluster, &survivors).await;
     history.check(&reads);
     eprintln!(
         "failover: {} acknowledged before the kill, sends resumed within {resumed_in:?}, {} stored",
@@ -204,21 +210,68 @@ async fn a_restarted_backup_restores_its_checkpoint_and_catches_up() {
     // One op per send: past the first checkpoint (op 64), and far enough from the next that
     // the primary's log still holds every op the backup misses.
     let mut batch = 0;
-    while cluster.status(primary).map_or(0, |s| s.commit) < 70 {
-        produce(&client, &history, 0, batch..batch + 1).await;
-        batch += 1;
-    }
+    produce_until(&cluster, &client, &history, primary, 70, &mut batch).await;
     cluster.brokers[backup].kill9();
     produce(&client, &history, 0, batch..batch + 20).await;
     cluster.brokers[backup].spawn_and_wait_alive();
     cluster.wait_caught_up(&[backup], primary, Duration::from_secs(20));
     produce(&client, &history, 0, batch + 20..batch + 30).await;
     cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
-    let mut reads = Vec::new();
-    for member in 0..3 {
-        let client = cluster.brokers[member].client().await;
-        reads.push((format!("member {member}"), read_replica(&client).await));
-    }
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
     history.check(&reads);
     assert_eq!(reads[0].1.len(), (batch + 30) * BATCH);
+}
+
+/// Sends one batch at a time through `client` until the member `primary` reports `commit`.
+async fn produce_until(
+    cluster: &TestCluster,
+    client: &IggyClient,
+    history: &History,
+    primary: usize,
+    commit: u64,
+    batch: &mut usize,
+) {
+    while cluster.status(primary).map_or(0, |s| s.commit) < commit {
+        produce(client, history, 0, *batch..*batch + 1).await;
+        *batch += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
+    let mut cluster = TestCluster::start(3, &[("IGGY_STORAGE_FSYNC", "always")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let lagging = (primary + 2) % 3;
+    let client = cluster.brokers[primary].client().await;
+    client.create_stream("sync").await.expect("create stream");
+    create_topic(&client, &id(0), "log", 1).await;
+    let history = History::default();
+    let mut batch = 0;
+    produce_until(&cluster, &client, &history, primary, 100, &mut batch).await;
+
+    // A long absence: the others checkpoint far past everything its WAL could replay.
+    cluster.brokers[lagging].kill9();
+    produce_until(&cluster, &client, &history, primary, 500, &mut batch).await;
+    cluster.brokers[lagging].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[lagging], primary, Duration::from_secs(30));
+
+    // Its data directory lost: it starts empty and is rebuilt from the others.
+    cluster.brokers[lagging].kill9();
+    let data = cluster.brokers[lagging].data_path().to_owned();
+    for entry in std::fs::read_dir(&data).expect("data dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("wipe");
+        } else {
+            std::fs::remove_file(&path).expect("wipe");
+        }
+    }
+    produce_until(&cluster, &client, &history, primary, 600, &mut batch).await;
+    cluster.brokers[lagging].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[lagging], primary, Duration::from_secs(30));
+    produce(&client, &history, 0, batch..batch + 5).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
 }

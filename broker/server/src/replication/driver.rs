@@ -19,8 +19,9 @@
 
 use crate::broker::Broker;
 use crate::replication::journal::Write;
-use crate::replication::machine::BrokerMachine;
+use crate::replication::machine::{BrokerMachine, Manifest};
 use crate::replication::status::ClusterStatus;
+use crate::replication::sync;
 use crate::replication::transport::{self, Peers};
 use crate::replication::ClientIds;
 use std::collections::{HashMap, VecDeque};
@@ -71,7 +72,18 @@ pub struct Driver {
     pub status: Arc<ClusterStatus>,
     pub broker: Arc<Broker>,
     pub clients: ClientIds,
+    /// Replication addresses by position (state sync fetches from the sender of a checkpoint).
+    pub addresses: Vec<String>,
+    /// When the last state sync attempt failed: the next waits a while.
+    pub sync_failed: Option<Instant>,
+    /// The op of a checkpoint whose data state sync just installed: the core must take it.
+    pub synced: Option<Op>,
 }
+
+/// After a failed state sync, checkpoints offered within this long are passed over.
+const SYNC_RETRY: Duration = Duration::from_secs(1);
+/// Longest a state sync may take before it is abandoned (and later resumed).
+const SYNC_DEADLINE: Duration = Duration::from_secs(120);
 
 struct Waiting {
     request: u64,
@@ -121,6 +133,15 @@ impl Driver {
                 let outputs = self.replica.step(input);
                 self.carry_out(outputs, &mut waiting, &mut unapplied, &mut queue);
             }
+            if let Some(op) = self.synced.take() {
+                if self.replica.commit_min() < op {
+                    // The data now is the checkpoint's but the core did not take it: applying
+                    // further ops would diverge. Stop; a restart recovers from this replica's
+                    // own checkpoint and WAL.
+                    tracing::error!(op, "the core refused a synced checkpoint; stopping");
+                    std::process::exit(70);
+                }
+            }
             self.deliver_applied(&mut waiting, &mut unapplied);
             self.status.publish(&self.replica);
         }
@@ -140,7 +161,9 @@ impl Driver {
                     if let Node::Replica(from) = envelope.from {
                         self.status.heard_from(from);
                     }
-                    queue.push_back(Input::Message(envelope));
+                    if self.ready_for(&envelope) {
+                        queue.push_back(Input::Message(envelope));
+                    }
                 }
                 Node::Client(_) => self.for_local_client(envelope, waiting, unapplied, queue),
             },
@@ -170,6 +193,58 @@ impl Driver {
                 }));
             }
             DriverInput::Stop => {}
+        }
+    }
+
+    /// Whether `envelope` may go to the core now. A checkpoint (`Sync`) the broker's data does
+    /// not reach is held back until state sync has fetched what is missing from its sender:
+    /// the core restores a checkpoint only when the data matches it.
+    fn ready_for(&mut self, envelope: &Envelope) -> bool {
+        let (Message::Sync { checkpoint }, Node::Replica(from)) =
+            (&envelope.message, envelope.from)
+        else {
+            return true;
+        };
+        // What the core would refuse anyway goes through untouched.
+        if checkpoint.op() <= self.replica.commit_min()
+            || checkpoint.op() < self.replica.checkpoint_durable()
+            || !checkpoint.verify()
+            || checkpoint.anchor.header.cluster != self.cluster
+            || checkpoint.anchor.header.epoch != self.epoch
+        {
+            return true;
+        }
+        let Ok(manifest) = Manifest::decode(&checkpoint.state) else {
+            return true;
+        };
+        if self.replica.state_machine().check(&manifest).is_ok() {
+            return true;
+        }
+        if self.sync_failed.is_some_and(|at| at.elapsed() < SYNC_RETRY) {
+            return false;
+        }
+        let Some(peer) = self.addresses.get(usize::from(from)).cloned() else {
+            return false;
+        };
+        let started = Instant::now();
+        tracing::info!(op = checkpoint.op(), %peer, "state sync: fetching the checkpoint's data");
+        match sync::install(&self.broker, &manifest, &peer, started + SYNC_DEADLINE) {
+            Ok(messages) => {
+                self.sync_failed = None;
+                self.synced = Some(checkpoint.op());
+                tracing::info!(
+                    op = checkpoint.op(),
+                    messages,
+                    ms = started.elapsed().as_millis() as u64,
+                    "state sync: data fetched"
+                );
+                true
+            }
+            Err(e) => {
+                self.sync_failed = Some(Instant::now());
+                tracing::warn!(op = checkpoint.op(), error = %e, "state sync failed; will retry");
+                false
+            }
         }
     }
 

@@ -15,7 +15,10 @@ use crate::broker::Broker;
 use crate::ops::codec;
 use crate::ops::OpContext;
 use crate::state::catalog::Catalog;
+use crate::state::partition::Partition;
 use crate::storage::metadata;
+use crate::storage::StorageError;
+use iggy_wire::ConsumerKind;
 use iggy_wire::ErrorCode;
 use std::sync::Arc;
 use vsr::{PrepareHeader, RestoreError, StateMachine};
@@ -97,17 +100,43 @@ impl StateMachine for BrokerMachine {
         postcard::to_stdvec(&manifest).unwrap_or_default()
     }
 
-    /// Brings the broker to a checkpoint: its metadata must already be the checkpoint's
-    /// (boot writes it from the manifest before opening, see `replication::prepare_data`), and
-    /// every partition must hold at least the checkpoint's messages, with the same last
-    /// message; each is then cut back to the checkpoint so the WAL's later ops replay onto
-    /// exactly the state they were first applied to. Anything else — data this replica never
-    /// had, or lost to a purge or delete since — is refused before a byte is cut: installing a
-    /// peer's segment files (state sync of the data) is not built yet, so the core keeps the
-    /// replica out of quorums and asks again.
+    /// Brings the broker to a checkpoint: see [`BrokerMachine::check`] for what must hold
+    /// first (nothing is cut unless all of it does); then every partition is cut back to the
+    /// checkpoint and its stored consumer offsets become the checkpoint's, so the WAL's later
+    /// ops replay onto exactly the state they were first applied to.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
-        let manifest: Manifest = postcard::from_bytes(snapshot)
-            .map_err(|e| RestoreError(format!("checkpoint manifest does not decode: {e}")))?;
+        let manifest = Manifest::decode(snapshot)?;
+        let cuts = self.check(&manifest)?;
+        let partitions = cuts.len();
+        let failed = |e: StorageError| RestoreError(e.to_string());
+        for (partition, next_offset, consumers, groups) in cuts {
+            partition.log().truncate_to(next_offset).map_err(failed)?;
+            partition
+                .offsets(ConsumerKind::Consumer)
+                .replace_all(&consumers)
+                .map_err(failed)?;
+            partition
+                .offsets(ConsumerKind::Group)
+                .replace_all(&groups)
+                .map_err(failed)?;
+        }
+        self.digest = manifest.digest;
+        tracing::info!(partitions, "broker state restored to the checkpoint");
+        Ok(())
+    }
+}
+
+/// A partition to cut back: its next offset and stored offsets (consumers, groups) at the
+/// checkpoint.
+type Cut = (Arc<Partition>, u64, Vec<(String, u64)>, Vec<(String, u64)>);
+
+impl BrokerMachine {
+    /// Whether the broker's data can be brought to the checkpoint `manifest` describes: its
+    /// metadata must already be the checkpoint's (boot writes it from the manifest before
+    /// opening, state sync installs it), and every partition must hold at least the
+    /// checkpoint's messages with the same last message. Data this replica never had, or lost
+    /// to a purge or delete since, fails the check; state sync (`replication::sync`) fetches it.
+    pub fn check(&self, manifest: &Manifest) -> Result<Vec<Cut>, RestoreError> {
         let wanted: metadata::Snapshot = serde_json::from_slice(&manifest.metadata)
             .map_err(|e| RestoreError(format!("checkpoint metadata does not decode: {e}")))?;
         let catalog = self.broker.catalog();
@@ -118,13 +147,7 @@ impl StateMachine for BrokerMachine {
         }
         let mut cuts = Vec::with_capacity(manifest.partitions.len());
         for &(stream, topic, partition, next_offset, last) in &manifest.partitions {
-            let found = catalog
-                .streams
-                .get(&stream)
-                .and_then(|s| s.topics.get(&topic))
-                .and_then(|t| t.partitions.iter().find(|p| p.id == partition))
-                .cloned();
-            let Some(found) = found else {
+            let Some(found) = catalog.partition_by_ids(stream, topic, partition) else {
                 return Err(RestoreError(format!(
                     "partition {stream}/{topic}/{partition} of the checkpoint is missing"
                 )));
@@ -142,21 +165,22 @@ impl StateMachine for BrokerMachine {
                      {next_offset} messages"
                 )));
             }
-            cuts.push((found, next_offset));
+            let offsets = |kind: u8| {
+                manifest
+                    .offsets
+                    .iter()
+                    .filter(|o| (o.0, o.1, o.2, o.3) == (stream, topic, partition, kind))
+                    .map(|o| (o.4.clone(), o.5))
+                    .collect::<Vec<_>>()
+            };
+            cuts.push((found, next_offset, offsets(CONSUMER), offsets(GROUP)));
         }
-        drop(catalog);
-        let partitions = cuts.len();
-        for (partition, next_offset) in cuts {
-            partition
-                .log()
-                .truncate_to(next_offset)
-                .map_err(|e| RestoreError(e.to_string()))?;
-        }
-        self.digest = manifest.digest;
-        tracing::info!(partitions, "broker state restored to the checkpoint");
-        Ok(())
+        Ok(cuts)
     }
 }
+
+const CONSUMER: u8 = 0;
+const GROUP: u8 = 1;
 
 /// What a checkpoint records of the broker: enough to check that a data directory holds
 /// exactly the checkpointed state.
@@ -168,12 +192,15 @@ pub struct Manifest {
     /// (stream, topic, partition, next offset, checksum of the last message) of every
     /// partition.
     pub partitions: Vec<(u32, u32, u32, u64, u64)>,
+    /// (stream, topic, partition, 0 consumer | 1 group, key, offset) of every stored offset.
+    pub offsets: Vec<(u32, u32, u32, u8, String, u64)>,
 }
 
 impl Manifest {
     pub fn capture(catalog: &Catalog, digest: u128) -> Self {
         let metadata = serde_json::to_vec(&catalog.snapshot()).unwrap_or_default();
         let mut partitions = Vec::new();
+        let mut offsets = Vec::new();
         for stream in catalog.streams.values() {
             for topic in stream.topics.values() {
                 for partition in &topic.partitions {
@@ -185,6 +212,15 @@ impl Manifest {
                         0
                     });
                     partitions.push((stream.id, topic.id, partition.id, log.next_offset(), last));
+                    drop(log);
+                    for (kind, tag) in [
+                        (ConsumerKind::Consumer, CONSUMER),
+                        (ConsumerKind::Group, GROUP),
+                    ] {
+                        for (key, offset) in partition.offsets(kind).entries() {
+                            offsets.push((stream.id, topic.id, partition.id, tag, key, offset));
+                        }
+                    }
                 }
             }
         }
@@ -192,6 +228,12 @@ impl Manifest {
             digest,
             metadata,
             partitions,
+            offsets,
         }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, RestoreError> {
+        postcard::from_bytes(bytes)
+            .map_err(|e| RestoreError(format!("checkpoint manifest does not decode: {e}")))
     }
 }

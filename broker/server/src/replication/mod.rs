@@ -7,6 +7,7 @@
 //! * [`driver`] runs the core on its own thread and carries out what it asks;
 //! * [`transport`] is TCP between replicas;
 //! * [`submitter`] is how a connection's operation enters the log;
+//! * [`sync`] fetches the data of a peer's checkpoint this replica lacks;
 //! * [`status`] is what `/admin/status`, `/ready` and `GetClusterMetadata` report.
 
 pub mod driver;
@@ -14,6 +15,7 @@ pub mod journal;
 pub mod machine;
 pub mod status;
 pub mod submitter;
+pub mod sync;
 pub mod transport;
 
 use crate::broker::{BootReport, Broker};
@@ -274,6 +276,7 @@ pub async fn boot(
     tokio::spawn(transport::serve(
         listener,
         inputs.clone(),
+        broker.clone(),
         max_frame,
         stop_rx,
     ));
@@ -298,6 +301,9 @@ pub async fn boot(
         status,
         broker: broker.clone(),
         clients,
+        addresses: setup.addresses.clone(),
+        sync_failed: None,
+        synced: None,
     };
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())

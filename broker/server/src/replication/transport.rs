@@ -1,13 +1,17 @@
 //! TCP between replicas. Every replica listens on its replication address and keeps one
 //! outgoing connection per peer, so each direction of each pair is its own ordered stream.
 //!
-//! A frame is `len u32` then a postcard-encoded `vsr::Envelope`. Delivery is best effort: a
+//! A frame is `len u32`, a kind byte, then a postcard-encoded body: a `vsr::Envelope`, or a
+//! state-sync fetch and its answer (`sync`), which travel on a connection of their own and are
+//! answered on it. Envelope delivery is best effort: a
 //! message for a peer that is down, or whose queue is full, is dropped — the core retransmits
 //! whatever matters, and its correctness never depends on delivery. Messages for another
 //! cluster are dropped by the core (every envelope carries the cluster id).
 
+use crate::broker::Broker;
 use crate::replication::driver::DriverInput;
 use crate::replication::status::ClusterStatus;
+use crate::replication::sync;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,13 +35,38 @@ pub enum TransportError {
     Io(#[from] std::io::Error),
 }
 
-/// Encodes an envelope as a frame.
-pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
-    let frame = postcard::to_extend(envelope, vec![0u8; 4])?;
+/// Frame kinds.
+pub const ENVELOPE: u8 = 0;
+pub const FETCH: u8 = 1;
+pub const FETCHED: u8 = 2;
+
+/// Encodes a value as a frame of `kind`.
+pub fn encode_frame<T: serde::Serialize>(kind: u8, value: &T) -> Result<Vec<u8>, postcard::Error> {
+    let mut frame = postcard::to_extend(value, vec![0, 0, 0, 0, kind])?;
     let len = (frame.len() - 4) as u32;
-    let mut frame = frame;
     frame[..4].copy_from_slice(&len.to_le_bytes());
     Ok(frame)
+}
+
+/// Encodes an envelope as a frame.
+pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
+    encode_frame(ENVELOPE, envelope)
+}
+
+/// Reads one frame: its kind and body (`frame` is reused).
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    frame: &mut Vec<u8>,
+    max_frame: usize,
+) -> Result<u8, TransportError> {
+    let len = reader.read_u32_le().await? as usize;
+    if len == 0 || len > max_frame {
+        return Err(TransportError::TooLarge(len, max_frame));
+    }
+    frame.resize(len, 0);
+    reader.read_exact(frame).await?;
+    let kind = frame.remove(0);
+    Ok(kind)
 }
 
 /// An encoded frame, shared by the queues of every peer it goes to.
@@ -149,10 +178,12 @@ async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watc
     }
 }
 
-/// Accepts replica connections and feeds what they carry to the driver.
+/// Accepts replica connections and feeds what they carry to the driver; answers state-sync
+/// fetches from the broker's data.
 pub async fn serve(
     listener: TcpListener,
     inputs: Sender<DriverInput>,
+    broker: Arc<Broker>,
     max_frame: usize,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -165,8 +196,9 @@ pub async fn serve(
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let inputs = inputs.clone();
+                let broker = broker.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = receive_loop(stream, inputs, max_frame).await {
+                    if let Err(e) = receive_loop(stream, inputs, broker, max_frame).await {
                         tracing::debug!(%peer, error = %e, "replica connection closed");
                     }
                 });
@@ -182,20 +214,34 @@ pub async fn serve(
 async fn receive_loop(
     stream: TcpStream,
     inputs: Sender<DriverInput>,
+    broker: Arc<Broker>,
     max_frame: usize,
 ) -> Result<(), TransportError> {
-    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, stream);
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
     let mut frame = Vec::new();
     loop {
-        let len = reader.read_u32_le().await? as usize;
-        if len > max_frame {
-            return Err(TransportError::TooLarge(len, max_frame));
-        }
-        frame.resize(len, 0);
-        reader.read_exact(&mut frame).await?;
-        let envelope: Envelope = postcard::from_bytes(&frame)?;
-        if inputs.send(DriverInput::Envelope(envelope)).is_err() {
-            return Ok(());
+        match read_frame(&mut reader, &mut frame, max_frame).await? {
+            ENVELOPE => {
+                let envelope: Envelope = postcard::from_bytes(&frame)?;
+                if inputs.send(DriverInput::Envelope(envelope)).is_err() {
+                    return Ok(());
+                }
+            }
+            FETCH => {
+                let request: sync::Fetch = postcard::from_bytes(&frame)?;
+                let broker = broker.clone();
+                let answer = tokio::task::spawn_blocking(move || sync::serve(&broker, &request))
+                    .await
+                    .unwrap_or_else(|e| sync::Fetched::Refused(e.to_string()));
+                writer.write_all(&encode_frame(FETCHED, &answer)?).await?;
+            }
+            other => {
+                return Err(TransportError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("unknown frame kind {other}"),
+                )))
+            }
         }
     }
 }

@@ -133,6 +133,20 @@ pub fn lowest_free_id<V>(map: &BTreeMap<u32, V>) -> u32 {
 }
 
 impl Catalog {
+    /// A partition by its numeric ids, if it exists.
+    pub fn partition_by_ids(
+        &self,
+        stream: u32,
+        topic: u32,
+        partition: u32,
+    ) -> Option<Arc<Partition>> {
+        self.streams
+            .get(&stream)
+            .and_then(|s| s.topics.get(&topic))
+            .and_then(|t| t.partitions.iter().find(|p| p.id == partition))
+            .cloned()
+    }
+
     pub fn user(&self, id: &Identifier) -> Option<&UserRecord> {
         match id {
             Identifier::Numeric(n) => self.users.iter().find(|u| u.id == *n),

@@ -94,6 +94,33 @@ impl ConsumerOffsets {
         Ok(true)
     }
 
+    /// Every stored offset, by key.
+    pub fn entries(&self) -> Vec<(String, u64)> {
+        let mut entries: Vec<(String, u64)> =
+            self.offsets.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        entries.sort();
+        entries
+    }
+
+    /// Makes the stored offsets exactly `entries` (a checkpoint's), touching only what differs.
+    pub fn replace_all(&mut self, entries: &[(String, u64)]) -> Result<(), StorageError> {
+        let stale: Vec<String> = self
+            .offsets
+            .keys()
+            .filter(|key| !entries.iter().any(|(k, _)| k == *key))
+            .cloned()
+            .collect();
+        for key in stale {
+            self.delete(&key)?;
+        }
+        for (key, offset) in entries {
+            if self.get(key) != Some(*offset) {
+                self.store(key, *offset)?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn clear(&mut self) -> Result<(), StorageError> {
         let keys: Vec<String> = self.offsets.keys().cloned().collect();
         for key in keys {
@@ -125,5 +152,10 @@ mod tests {
             ConsumerOffsets::load(dir.path(), false).unwrap().get("7"),
             None
         );
+        reloaded
+            .replace_all(&[("9".into(), 1), (named.clone(), 5)])
+            .unwrap();
+        let again = ConsumerOffsets::load(dir.path(), false).unwrap();
+        assert_eq!(again.entries(), vec![("9".into(), 1), (named, 5)]);
     }
 }

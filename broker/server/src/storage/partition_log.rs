@@ -346,6 +346,66 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Appends frames another replica already stamped (state sync), keeping their offsets,
+    /// ids and timestamps. Every frame must verify and continue the log's offsets; otherwise
+    /// nothing is written. Returns how many messages were appended.
+    pub fn append_stamped(&mut self, frames: &[u8]) -> Result<u64, StorageError> {
+        let invalid = |reason: String| StorageError::BadMetadata {
+            path: self.dir.clone(),
+            reason,
+        };
+        let mut at = 0usize;
+        let mut expected = self.next_offset();
+        let mut parsed = Vec::new();
+        while at < frames.len() {
+            let header = FrameHeader::new(&frames[at..])
+                .ok_or_else(|| invalid("a synced frame is cut short".into()))?;
+            let len = header.frame_len();
+            if len > (frames.len() - at) as u64 || !checksum_matches(&frames[at..at + len as usize])
+            {
+                return Err(invalid(format!(
+                    "synced frame at offset {expected} is damaged"
+                )));
+            }
+            if header.offset() != expected {
+                return Err(invalid(format!(
+                    "synced frame has offset {}, expected {expected}",
+                    header.offset()
+                )));
+            }
+            parsed.push((at, len as usize, header.timestamp()));
+            at += len as usize;
+            expected += 1;
+        }
+        if parsed.is_empty() {
+            return Ok(0);
+        }
+        if self.active().size > 0 && self.active().size + frames.len() as u64 > self.segment_size {
+            self.roll()?;
+        }
+        let active_index = self.segments.len() - 1;
+        let active = &mut self.segments[active_index];
+        let base_relative = (active.next_offset() - active.start_offset) as u32;
+        let base_position = active.size;
+        let entries: Vec<IndexEntry> = parsed
+            .iter()
+            .enumerate()
+            .map(|(i, (start, len, timestamp))| IndexEntry {
+                relative_offset: base_relative + i as u32,
+                end: (base_position + (start + len) as u64) as u32,
+                timestamp: *timestamp,
+            })
+            .collect();
+        active.append(frames, &entries)?;
+        self.last_timestamp = self
+            .last_timestamp
+            .max(parsed.iter().map(|p| p.2).max().unwrap_or(0));
+        self.messages_count += entries.len() as u64;
+        self.size_bytes += frames.len() as u64;
+        self.write_seq += 1;
+        Ok(entries.len() as u64)
+    }
+
     /// Cuts the log back so that `next_offset` is the next offset written: later segments are
     /// deleted, the one holding `next_offset` is cut there. Cluster mode uses it to bring a
     /// partition back to a checkpoint before the ops after it are replayed. Refuses (leaving
@@ -582,6 +642,43 @@ pub(crate) mod tests {
         log.truncate_to(0).unwrap();
         assert!(log.is_empty());
         assert_eq!(log.last_checksum().unwrap(), 0);
+    }
+
+    #[test]
+    fn stamped_frames_copy_a_log_exactly_and_bad_ones_are_refused() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let mut source = PartitionLog::create(source_dir.path(), 4096, true).unwrap();
+        for round in 0..6u64 {
+            source
+                .append(&mut batch(5, 100), 1000 + round, || 7)
+                .unwrap();
+        }
+        let mut frames = Vec::new();
+        source
+            .plan_read(0, 30, usize::MAX)
+            .read_into(&mut frames)
+            .unwrap();
+        let copy_dir = tempfile::tempdir().unwrap();
+        let mut copy = PartitionLog::create(copy_dir.path(), 4096, true).unwrap();
+        let mut damaged = frames.clone();
+        damaged[100] ^= 1;
+        assert!(copy.append_stamped(&damaged).is_err());
+        assert!(copy.is_empty(), "nothing of a bad chunk is written");
+        assert_eq!(copy.append_stamped(&frames).unwrap(), 30);
+        assert_eq!(copy.next_offset(), 30);
+        assert_eq!(
+            copy.last_checksum().unwrap(),
+            source.last_checksum().unwrap()
+        );
+        let mut again = Vec::new();
+        copy.plan_read(0, 30, usize::MAX)
+            .read_into(&mut again)
+            .unwrap();
+        assert_eq!(again, frames);
+        assert!(
+            copy.append_stamped(&frames).is_err(),
+            "offsets must continue the log"
+        );
     }
 
     #[test]
