@@ -21,6 +21,66 @@ async fn read_replica(client: &IggyClient) -> Read {
     read_of(&read_all(client, 0).await)
 }
 
+/// One producer per member given, each sending one batch at a time through it until stopped,
+/// every outcome recorded in one history.
+struct Producers {
+    history: Arc<History>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    http: Vec<std::net::SocketAddr>,
+}
+
+impl Producers {
+    async fn start(cluster: &TestCluster, members: &[usize]) -> Self {
+        let history = Arc::new(History::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (producer, &member) in members.iter().enumerate() {
+            let client = cluster.brokers[member].client().await;
+            let history = history.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut batch = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && batch < 100_000 {
+                    produce(&client, &history, producer, batch..batch + 1).await;
+                    batch += 1;
+                }
+            }));
+        }
+        let http = cluster.brokers.iter().map(|b| b.http).collect();
+        Self {
+            history,
+            stop,
+            tasks,
+            http,
+        }
+    }
+
+    /// Waits until `acked` messages were acknowledged (30 s at most).
+    async fn wait_for(&self, acked: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.history.acknowledged() < acked {
+            assert!(
+                Instant::now() < deadline,
+                "sends stalled at {}; members say {:?}",
+                self.history.acknowledged(),
+                self.http
+                    .iter()
+                    .map(|h| common::http_get(*h, "/admin/status").map(|r| r.1).ok())
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.expect("producer task");
+        }
+    }
+}
+
 /// What each of `members` returns for partition 0, named for the checker's messages.
 async fn read_members(cluster: &TestCluster, members: &[usize]) -> Vec<(String, Read)> {
     let mut reads = Vec::new();
@@ -137,52 +197,17 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
     drop(setup);
 
     // Two producers, each through a member that survives, send until told to stop.
-    let history = Arc::new(History::default());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut producers = Vec::new();
-    for (producer, &member) in survivors.iter().enumerate() {
-        let client = cluster.brokers[member].client().await;
-        let history = history.clone();
-        let stop = stop.clone();
-        producers.push(tokio::spawn(async move {
-            let mut batch = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && batch < 100_000 {
-                produce(&client, &history, producer, batch..batch + 1).await;
-                batch += 1;
-            }
-        }));
-    }
-    let http: Vec<_> = cluster.brokers.iter().map(|b| b.http).collect();
-    let wait_for = |acked: usize| {
-        let history = history.clone();
-        let http = http.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while history.acknowledged() < acked {
-                assert!(
-                    Instant::now() < deadline,
-                    "sends stalled at {}; members say {:?}",
-                    history.acknowledged(),
-                    http.iter()
-                        .map(|h| common::http_get(*h, "/admin/status").map(|r| r.1).ok())
-                        .collect::<Vec<_>>()
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    // Past the first checkpoint (every 64 ops), so the restart below restores one.
-    wait_for(1000).await;
+    let producers = Producers::start(&cluster, &survivors).await;
+    let history = producers.history.clone();
+    // Past the first checkpoints (every 64 ops).
+    producers.wait_for(1000).await;
     cluster.brokers[primary].kill9();
     let killed_at = history.acknowledged();
     let failover = Instant::now();
     // Sends resume through a new primary.
-    wait_for(killed_at + 300).await;
+    producers.wait_for(killed_at + 300).await;
     let resumed_in = failover.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for producer in producers {
-        producer.await.expect("producer task");
-    }
+    producers.stop().await;
     let new_primary = cluster.primary(&survivors, Duration::from_secs(10));
     assert_ne!(new_primary, primary);
     cluster.wait_caught_up(&survivors, new_primary, Duration::from_secs(10));
@@ -274,4 +299,48 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
     let reads = read_members(&cluster, &[0, 1, 2]).await;
     history.check(&reads);
     assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_off_from_its_peers_commits_nothing_and_service_resumes() {
+    let replication: Vec<std::net::SocketAddr> = (0..3).map(|_| common::free_port()).collect();
+    let links = common::links::Links::start(&replication).await;
+    let cluster = TestCluster::start_reaching(
+        replication,
+        |from, to| links.address(from, to),
+        &[("IGGY_STORAGE_FSYNC", "always")],
+    );
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let backups: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
+    let setup = cluster.brokers[primary].client().await;
+    setup
+        .create_stream("partition")
+        .await
+        .expect("create stream");
+    create_topic(&setup, &id(0), "log", 1).await;
+
+    // One producer on each member, the cut-off primary's included.
+    let producers = Producers::start(&cluster, &[0, 1, 2]).await;
+    let history = producers.history.clone();
+    producers.wait_for(300).await;
+    links.isolate(primary, true);
+    let cut_at = history.acknowledged();
+    // The other two elect a primary among themselves and carry on.
+    producers.wait_for(cut_at + 300).await;
+    let new_primary = cluster.primary(&backups, Duration::from_secs(10));
+    let old = cluster
+        .status(primary)
+        .expect("the cut-off member still answers HTTP");
+    let new = cluster.status(new_primary).expect("status");
+    assert!(
+        new.view > old.view || old.role != iggy_contract::admin::Role::Primary,
+        "two primaries: {old:?} and {new:?}"
+    );
+
+    links.isolate(primary, false);
+    producers.wait_for(history.acknowledged() + 100).await;
+    producers.stop().await;
+    cluster.wait_caught_up(&[0, 1, 2], new_primary, Duration::from_secs(30));
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
 }

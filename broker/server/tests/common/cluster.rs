@@ -17,28 +17,44 @@ impl TestCluster {
     /// Starts `members` brokers (each waits for its own /ready before the next starts) with
     /// the extra `IGGY_*` settings in `env`.
     pub fn start(members: usize, env: &[(&str, &str)]) -> Self {
-        let ring_dir = tempfile::tempdir().expect("temp dir");
         let replication: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
+        let direct = replication.clone();
+        Self::start_reaching(replication, move |_, to| direct[to], env)
+    }
+
+    /// Like `start`, but member `i` reaches member `j` at `reach(i, j)` (a fault proxy's
+    /// link): each member gets a ring file of its own, alike but for the addresses.
+    pub fn start_reaching(
+        replication: Vec<SocketAddr>,
+        reach: impl Fn(usize, usize) -> SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let members = replication.len();
+        let ring_dir = tempfile::tempdir().expect("temp dir");
         let clients: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
-        let ring = serde_json::json!({
-            "cluster_id": "test-cluster",
-            "epoch": 0,
-            "members": replication.iter().zip(&clients).enumerate().map(|(i, (address, client))| {
-                serde_json::json!({
-                    "id": i, "position": i, "address": address.to_string(),
-                    "client_address": client.to_string(),
-                })
-            }).collect::<Vec<_>>(),
-        });
-        let ring_file = ring_dir.path().join("ring.json");
-        std::fs::write(&ring_file, ring.to_string()).expect("write ring.json");
-        let ring_file = ring_file.display().to_string();
+        let ring_files: Vec<String> = (0..members)
+            .map(|me| {
+                let ring = serde_json::json!({
+                    "cluster_id": "test-cluster",
+                    "epoch": 0,
+                    "members": (0..members).map(|i| serde_json::json!({
+                        "id": i,
+                        "position": i,
+                        "address": if i == me { replication[i] } else { reach(me, i) }.to_string(),
+                        "client_address": clients[i].to_string(),
+                    })).collect::<Vec<_>>(),
+                });
+                let file = ring_dir.path().join(format!("ring-{me}.json"));
+                std::fs::write(&file, ring.to_string()).expect("write ring.json");
+                file.display().to_string()
+            })
+            .collect();
         let brokers = (0..members)
             .map(|i| {
                 let member = i.to_string();
                 let address = replication[i].to_string();
                 let mut settings: Vec<(&str, &str)> = vec![
-                    ("IGGY_CLUSTER_RING_FILE", &ring_file),
+                    ("IGGY_CLUSTER_RING_FILE", &ring_files[i]),
                     ("IGGY_CLUSTER_MEMBER_ID", &member),
                     ("IGGY_REPLICATION_ADDRESS", &address),
                 ];

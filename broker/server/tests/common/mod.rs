@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod links;
 
 use iggy::prelude::*;
 use std::io::{Read, Write};

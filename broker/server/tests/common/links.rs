@@ -1,0 +1,91 @@
+//! A userspace fault proxy between replicas: one TCP forwarder per directed link (member `i`
+//! reaching member `j`), each of which a test can cut and heal. Cutting drops the link's open
+//! connections and refuses new ones, so a replica can be isolated in one direction or both —
+//! what netem would do, without needing it. Loopback only; the forwarders are tasks of the
+//! test's runtime and stop with it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+struct Link {
+    listen: SocketAddr,
+    cut: Arc<AtomicBool>,
+    cuts: watch::Sender<u64>,
+}
+
+pub struct Links {
+    links: HashMap<(usize, usize), Link>,
+}
+
+impl Links {
+    /// Forwarders for every ordered pair of `targets` (member `j`'s real replication address).
+    pub async fn start(targets: &[SocketAddr]) -> Self {
+        let mut links = HashMap::new();
+        for from in 0..targets.len() {
+            for (to, &target) in targets.iter().enumerate() {
+                if from == to {
+                    continue;
+                }
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a link");
+                let listen = listener.local_addr().expect("link address");
+                let cut = Arc::new(AtomicBool::new(false));
+                let (cuts, _) = watch::channel(0u64);
+                tokio::spawn(forward(listener, target, cut.clone(), cuts.subscribe()));
+                links.insert((from, to), Link { listen, cut, cuts });
+            }
+        }
+        Self { links }
+    }
+
+    /// The address member `from` uses to reach member `to`.
+    pub fn address(&self, from: usize, to: usize) -> SocketAddr {
+        self.links[&(from, to)].listen
+    }
+
+    /// Cuts or heals every link to and from `member`.
+    pub fn isolate(&self, member: usize, isolated: bool) {
+        for (&(from, to), link) in &self.links {
+            if from == member || to == member {
+                link.cut.store(isolated, Ordering::SeqCst);
+                if isolated {
+                    link.cuts.send_modify(|n| *n += 1);
+                }
+            }
+        }
+    }
+}
+
+async fn forward(
+    listener: TcpListener,
+    target: SocketAddr,
+    cut: Arc<AtomicBool>,
+    cuts: watch::Receiver<u64>,
+) {
+    loop {
+        let Ok((inbound, _)) = listener.accept().await else {
+            return;
+        };
+        if cut.load(Ordering::SeqCst) {
+            drop(inbound);
+            continue;
+        }
+        let mut cuts = cuts.clone();
+        cuts.mark_unchanged();
+        tokio::spawn(async move {
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            let (mut a_read, mut a_write) = inbound.into_split();
+            let (mut b_read, mut b_write) = outbound.into_split();
+            tokio::select! {
+                _ = tokio::io::copy(&mut a_read, &mut b_write) => {}
+                _ = tokio::io::copy(&mut b_read, &mut a_write) => {}
+                _ = cuts.changed() => {}
+            }
+        });
+    }
+}
