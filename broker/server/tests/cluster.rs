@@ -163,6 +163,22 @@ async fn clients_of_any_member_share_one_replicated_log() {
     history.check(&reads);
     assert_eq!(reads[0].1.len(), 600);
 
+    // The replication metrics: round trips measured on the primary, requests forwarded by a
+    // backup, a commit lag for every member.
+    let metric = |member: usize, name: &str| -> f64 {
+        let (_, body) =
+            common::http_get(cluster.brokers[member].http, "/metrics").expect("metrics");
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics of member {member}"))
+    };
+    assert!(metric(primary, "iggy_replication_prepare_round_trip_seconds_count") > 0.0);
+    assert!(metric(backups[0], "iggy_replication_forwarded_total") >= 20.0);
+    for member in 0..3 {
+        let lag = format!("iggy_replication_commit_lag{{member=\"{member}\"}}");
+        assert_eq!(metric(primary, &lag), 0.0, "{lag}");
+    }
+
     // Every member describes the same ring; no leader is advertised by default, so SDK clients
     // stay on the member they reached (see `replication.advertise_leader`).
     for member in 0..3 {

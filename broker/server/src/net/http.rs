@@ -78,7 +78,11 @@ fn route(broker: &Broker, peer: SocketAddr, method: &Method, path: &str) -> Resp
                         .map(move |t| (s.name.clone(), t.name.clone(), &*t.traffic))
                 })
                 .collect();
-            let mut response = text(StatusCode::OK, broker.metrics.render(&topics));
+            let mut body = broker.metrics.render(&topics);
+            if let Some(cluster) = broker.cluster_status() {
+                cluster.render_metrics(&mut body);
+            }
+            let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),

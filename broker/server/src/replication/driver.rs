@@ -78,6 +78,8 @@ pub struct Driver {
     pub sync_failed: Option<Instant>,
     /// The op of a checkpoint whose data state sync just installed: the core must take it.
     pub synced: Option<Op>,
+    /// Primary: when each prepare in flight was first sent, for the round-trip histogram.
+    pub prepared_at: std::collections::BTreeMap<Op, Instant>,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
@@ -160,6 +162,13 @@ impl Driver {
                 Node::Replica(_) => {
                     if let Node::Replica(from) = envelope.from {
                         self.status.heard_from(from);
+                    }
+                    if let Message::PrepareOk { op, .. } = envelope.message {
+                        if let Some(sent) = self.prepared_at.get(&op) {
+                            self.status.record_round_trip(sent.elapsed());
+                        }
+                        // Acks are cumulative: nothing at or below `op` is waited for by it.
+                        self.prepared_at = self.prepared_at.split_off(&(op + 1));
                     }
                     if self.ready_for(&envelope) {
                         queue.push_back(Input::Message(envelope));
@@ -259,6 +268,13 @@ impl Driver {
             match output {
                 Output::Send(envelope) => match envelope.to {
                     Node::Replica(to) => {
+                        if let Message::Prepare { prepare, .. } = &envelope.message {
+                            if self.replica.is_primary() && self.prepared_at.len() < 4096 {
+                                self.prepared_at
+                                    .entry(prepare.op())
+                                    .or_insert_with(Instant::now);
+                            }
+                        }
                         if matches!(envelope.message, Message::Request { .. }) {
                             self.broker
                                 .metrics

@@ -304,6 +304,7 @@ pub async fn boot(
         addresses: setup.addresses.clone(),
         sync_failed: None,
         synced: None,
+        prepared_at: Default::default(),
     };
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())

@@ -47,6 +47,21 @@ pub struct ClusterStatus {
     heard: Vec<AtomicU64>,
     /// Per position: whether this replica's connection to it is up.
     connected: Vec<AtomicBool>,
+    /// Per position, on the primary: ops committed that the replica has not acknowledged.
+    lag: Vec<AtomicU64>,
+    /// Prepare round trips (primary: sent → acknowledged), as a histogram.
+    round_trips: RoundTrips,
+}
+
+/// Upper bounds of the prepare round-trip buckets, in seconds.
+const ROUND_TRIP_BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+];
+
+#[derive(Default)]
+struct RoundTrips {
+    buckets: [AtomicU64; ROUND_TRIP_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -65,6 +80,8 @@ impl ClusterStatus {
             cluster_name,
             heard: members.iter().map(|_| AtomicU64::new(0)).collect(),
             connected: members.iter().map(|_| AtomicBool::new(false)).collect(),
+            lag: members.iter().map(|_| AtomicU64::new(0)).collect(),
+            round_trips: RoundTrips::default(),
             members,
             latest: Mutex::new(Snapshot::default()),
             started: Instant::now(),
@@ -109,7 +126,82 @@ impl ClusterStatus {
                 <= REACHABLE_WITHIN.as_millis() as u64
     }
 
+    /// A prepare sent `elapsed` ago was acknowledged.
+    pub fn record_round_trip(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = ROUND_TRIP_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(ROUND_TRIP_BUCKETS.len());
+        self.round_trips.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.round_trips
+            .sum_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The replication series of `/metrics`, in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let s = self.snapshot();
+        let _ = writeln!(
+            out,
+            "# HELP iggy_replication_view Current view.\n# TYPE iggy_replication_view gauge\n\
+             iggy_replication_view {}\n\
+             # HELP iggy_replication_commit Highest op known committed.\n\
+             # TYPE iggy_replication_commit gauge\niggy_replication_commit {}\n\
+             # HELP iggy_replication_primary 1 on the primary.\n\
+             # TYPE iggy_replication_primary gauge\niggy_replication_primary {}",
+            s.view,
+            s.commit_max,
+            u8::from(s.primary)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iggy_replication_commit_lag Committed ops a member has not acknowledged (reported by the primary).\n\
+             # TYPE iggy_replication_commit_lag gauge"
+        );
+        for (member, lag) in self.members.iter().zip(&self.lag) {
+            let _ = writeln!(
+                out,
+                "iggy_replication_commit_lag{{member=\"{}\"}} {}",
+                member.id,
+                lag.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP iggy_replication_prepare_round_trip_seconds From sending a prepare to a backup's acknowledgement.\n\
+             # TYPE iggy_replication_prepare_round_trip_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (i, bound) in ROUND_TRIP_BUCKETS.iter().enumerate() {
+            cumulative += self.round_trips.buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "iggy_replication_prepare_round_trip_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.round_trips.buckets[ROUND_TRIP_BUCKETS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "iggy_replication_prepare_round_trip_seconds_bucket{{le=\"+Inf\"}} {cumulative}\n\
+             iggy_replication_prepare_round_trip_seconds_sum {}\n\
+             iggy_replication_prepare_round_trip_seconds_count {cumulative}",
+            self.round_trips.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
+    }
+
     pub fn publish(&self, replica: &Replica<BrokerMachine>) {
+        let primary = replica.is_primary();
+        for (position, lag) in self.lag.iter().enumerate() {
+            let behind = if !primary || position == usize::from(self.position) {
+                0
+            } else {
+                let acked = replica.acked().get(&(position as ReplicaId)).copied();
+                replica.commit_max().saturating_sub(acked.unwrap_or(0))
+            };
+            lag.store(behind, Ordering::Relaxed);
+        }
         let snapshot = Snapshot {
             status: Some(replica.status()),
             view: replica.view(),

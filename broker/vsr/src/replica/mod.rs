@@ -181,6 +181,10 @@ impl<S: StateMachine> Replica<S> {
     pub fn is_syncing(&self) -> bool {
         self.syncing.is_some()
     }
+    /// Primary: the highest op each replica acknowledged in this view.
+    pub fn acked(&self) -> &BTreeMap<ReplicaId, Op> {
+        &self.acked
+    }
     pub fn op_durable(&self) -> Op {
         self.op_durable
     }
