@@ -5,7 +5,7 @@ CARGO ?= cargo
 DATA ?= ./local_data
 BENCH_ARGS ?=
 
-.PHONY: run build test lint fmt bench fuzz sim sim-ci model model-ci clean help crds crds-check dev-cluster manifests chart-check images e2e
+.PHONY: run run-cluster build test lint fmt bench fuzz sim sim-ci model model-ci clean help crds crds-check dev-cluster manifests chart-check images e2e
 
 FUZZ_SECONDS ?= 300
 SIM_SEEDS ?= 20000
@@ -14,6 +14,7 @@ SIM_FIRST_SEED ?= $(shell date +%s)
 
 help:
 	@echo "make run    build and start one broker on 127.0.0.1:8090 (data in $(DATA), root iggy/iggy)"
+	@echo "make run-cluster  three replicas of one cluster on loopback (clients on :8090, :8190, :8290)"
 	@echo "make test   run every test (unit, SDK integration, crash, malformed frames)"
 	@echo "make lint   rustfmt check and clippy with warnings as errors"
 	@echo "make bench  produce/consume benchmark against a release broker (see docs/benchmarks.md)"
@@ -36,6 +37,10 @@ run:
 	@echo "  iggy --transport tcp --tcp-server-address 127.0.0.1:8090 --username iggy --password iggy stream list"
 	@echo "Metrics: curl http://127.0.0.1:3000/metrics    Stop: Ctrl-C (clean shutdown)"
 	IGGY_SYSTEM_PATH=$(DATA) IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy ./target/release/iggy-broker
+
+run-cluster:
+	$(CARGO) build --release -p broker
+	./broker/cluster/run.sh
 
 test:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \

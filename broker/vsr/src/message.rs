@@ -5,6 +5,7 @@ use crate::checkpoint::Checkpoint;
 use crate::prepare::Prepare;
 use crate::view_change::Vote;
 use crate::{ClientId, Epoch, Op, ReplicaId, View};
+use bytes::Bytes;
 
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,8 +26,7 @@ pub enum Message {
         client: ClientId,
         session: u64,
         request: u64,
-        #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
-        body: Vec<u8>,
+        body: Bytes,
     },
     /// The client's session was evicted (the table holds `clients_max` sessions): its requests
     /// will never execute; it must register again.

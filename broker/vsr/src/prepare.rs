@@ -4,6 +4,7 @@
 
 use crate::checksum::checksum;
 use crate::{ClientId, Epoch, Op, View};
+use bytes::Bytes;
 
 /// The header of a prepare: what the hash chain and the checkers look at.
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -34,8 +35,8 @@ pub struct PrepareHeader {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Prepare {
     pub header: PrepareHeader,
-    #[cfg_attr(feature = "serde", serde(with = "serde_bytes"))]
-    pub body: Vec<u8>,
+    /// Shared: the log, the WAL write and every send of a prepare hold the same bytes.
+    pub body: Bytes,
 }
 
 impl PrepareHeader {
@@ -81,7 +82,8 @@ impl Prepare {
     }
 
     /// Seals a prepare: fills in the body checksum and the header checksum.
-    pub fn new(mut header: PrepareHeader, body: Vec<u8>) -> Self {
+    pub fn new(mut header: PrepareHeader, body: impl Into<Bytes>) -> Self {
+        let body = body.into();
         header.body_checksum = checksum(&[&body]);
         header.checksum = header.compute_checksum();
         Self { header, body }
@@ -116,7 +118,9 @@ mod tests {
         let prepare = Prepare::new(header, b"batch".to_vec());
         assert!(prepare.verify());
         let mut body_rot = prepare.clone();
-        body_rot.body[0] ^= 1;
+        let mut rotten = body_rot.body.to_vec();
+        rotten[0] ^= 1;
+        body_rot.body = rotten.into();
         assert!(!body_rot.verify());
         let mut header_rot = prepare.clone();
         header_rot.header.op = 2;

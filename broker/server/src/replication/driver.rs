@@ -47,7 +47,7 @@ pub enum DriverInput {
         client: ClientId,
         session: u64,
         request: u64,
-        body: Vec<u8>,
+        body: bytes::Bytes,
         reply: oneshot::Sender<ClientReply>,
     },
     Stop,
@@ -80,6 +80,8 @@ pub struct Driver {
     pub synced: Option<Op>,
     /// Primary: when each prepare in flight was first sent, for the round-trip histogram.
     pub prepared_at: std::collections::BTreeMap<Op, Instant>,
+    /// The frame of the last prepare sent (checksum, view), reused for its other peers.
+    pub last_prepare: Option<(u128, vsr::View, Arc<Vec<u8>>)>,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
@@ -319,10 +321,27 @@ impl Driver {
         }
     }
 
-    fn send(&self, to: ReplicaId, envelope: &Envelope) {
-        match transport::encode(envelope) {
+    fn send(&mut self, to: ReplicaId, envelope: &Envelope) {
+        // A prepare goes to several peers in a row (star, retransmits): encode it once. The
+        // frame names the first peer as its destination, which receivers do not look at.
+        let cached = match &envelope.message {
+            Message::Prepare { prepare, view } => self
+                .last_prepare
+                .as_ref()
+                .filter(|(checksum, v, _)| *checksum == prepare.checksum() && v == view)
+                .map(|(_, _, frame)| frame.clone()),
+            _ => None,
+        };
+        let frame = match cached {
+            Some(frame) => Ok(frame),
+            None => transport::encode(envelope).map(Arc::new),
+        };
+        match frame {
             Ok(frame) => {
-                if !self.peers.send(to, Arc::new(frame)) {
+                if let Message::Prepare { prepare, view } = &envelope.message {
+                    self.last_prepare = Some((prepare.checksum(), *view, frame.clone()));
+                }
+                if !self.peers.send(to, frame) {
                     self.broker
                         .metrics
                         .replication_dropped

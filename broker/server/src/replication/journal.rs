@@ -170,10 +170,14 @@ impl Journal {
     }
 
     fn append_prepare(&mut self, slot: u64, prepare: &Prepare) -> Result<(), JournalError> {
-        let mut payload = Vec::with_capacity(prepare.body.len() + 256);
-        payload.extend_from_slice(&slot.to_le_bytes());
-        let payload = postcard::to_extend(prepare, payload)?;
-        self.append_record(KIND_PREPARE, &payload)?;
+        // `slot u64, header_len u32, header (postcard), body`: the body is written from the
+        // prepare's own buffer, never copied into the record.
+        let header = postcard::to_stdvec(&prepare.header)?;
+        let mut head = Vec::with_capacity(12 + header.len());
+        head.extend_from_slice(&slot.to_le_bytes());
+        head.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        head.extend_from_slice(&header);
+        self.append_parts(KIND_PREPARE, &[&head, &prepare.body])?;
         let mut header = [0u8; 32];
         header[..8].copy_from_slice(&slot.to_le_bytes());
         header[8..16].copy_from_slice(&prepare.op().to_le_bytes());
@@ -184,12 +188,32 @@ impl Journal {
     }
 
     fn append_record(&mut self, kind: u8, payload: &[u8]) -> Result<(), JournalError> {
+        self.append_parts(kind, &[payload])
+    }
+
+    /// Appends one record whose payload is `parts` in order.
+    fn append_parts(&mut self, kind: u8, parts: &[&[u8]]) -> Result<(), JournalError> {
         if self.wal_len >= WAL_FILE_BYTES {
             self.rotate()?;
         }
-        let record = encode_record(kind, payload);
-        self.wal.write_all(&record).map_err(io(&self.wal_path))?;
-        self.wal_len += record.len() as u64;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut head = Vec::with_capacity(9);
+        head.extend_from_slice(&MAGIC.to_le_bytes());
+        head.push(kind);
+        head.extend_from_slice(&(len as u32).to_le_bytes());
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(&head[4..]);
+        for part in parts {
+            hasher.update(part);
+        }
+        let checksum = hasher.digest().to_le_bytes();
+        let path = &self.wal_path;
+        self.wal.write_all(&head).map_err(io(path))?;
+        for part in parts {
+            self.wal.write_all(part).map_err(io(path))?;
+        }
+        self.wal.write_all(&checksum).map_err(io(path))?;
+        self.wal_len += (len + RECORD_OVERHEAD) as u64;
         self.wal_dirty = true;
         Ok(())
     }
@@ -314,17 +338,6 @@ fn wal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     Ok(files)
 }
 
-fn encode_record(kind: u8, payload: &[u8]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(payload.len() + RECORD_OVERHEAD);
-    record.extend_from_slice(&MAGIC.to_le_bytes());
-    record.push(kind);
-    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    record.extend_from_slice(payload);
-    let checksum = xxhash_rust::xxh3::xxh3_64(&record[4..]);
-    record.extend_from_slice(&checksum.to_le_bytes());
-    record
-}
-
 /// The record at `at`, if one starts there and verifies: (kind, payload, its length).
 fn record_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     let head = bytes.get(at..at + 9)?;
@@ -358,9 +371,8 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
         };
         at += len;
         match kind {
-            KIND_PREPARE if payload.len() > 8 => {
-                let slot = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
-                if let Ok(prepare) = postcard::from_bytes::<Prepare>(&payload[8..]) {
+            KIND_PREPARE => {
+                if let Some((slot, prepare)) = decode_prepare(payload) {
                     max_op = max_op.max(prepare.op());
                     image.wal.insert(slot, prepare);
                 }
@@ -380,6 +392,21 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
         }
     }
     Ok(max_op)
+}
+
+/// A prepare record's payload: `slot u64, header_len u32, header, body`.
+fn decode_prepare(payload: &[u8]) -> Option<(u64, Prepare)> {
+    let slot = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+    let header_len = u32::from_le_bytes(payload.get(8..12)?.try_into().ok()?) as usize;
+    let header = postcard::from_bytes(payload.get(12..12 + header_len)?).ok()?;
+    let body = payload.get(12 + header_len..)?.to_vec();
+    Some((
+        slot,
+        Prepare {
+            header,
+            body: body.into(),
+        },
+    ))
 }
 
 fn encode_superblock(sb: &Superblock) -> [u8; SUPERBLOCK_SIZE] {

@@ -305,6 +305,7 @@ pub async fn boot(
         sync_failed: None,
         synced: None,
         prepared_at: Default::default(),
+        last_prepare: None,
     };
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())

@@ -78,7 +78,7 @@ impl ReplicatedSubmitter {
     async fn request(
         &self,
         session: &mut Session,
-        body: &[u8],
+        body: &bytes::Bytes,
         deadline: tokio::time::Instant,
     ) -> Result<ClientReply> {
         session.request += 1;
@@ -88,7 +88,7 @@ impl ReplicatedSubmitter {
                 client: session.client,
                 session: session.session,
                 request: session.request,
-                body: body.to_vec(),
+                body: body.clone(),
                 reply: tx,
             };
             let sent = self
@@ -119,11 +119,14 @@ impl ReplicatedSubmitter {
         }
     }
 
-    async fn commit(&self, session: &mut Session, body: &[u8]) -> Result<Vec<u8>> {
+    async fn commit(&self, session: &mut Session, body: &bytes::Bytes) -> Result<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
             if session.session == 0 {
-                match self.request(session, &[], deadline).await? {
+                match self
+                    .request(session, &bytes::Bytes::new(), deadline)
+                    .await?
+                {
                     ClientReply::Done(reply) => {
                         let number = reply
                             .get(..8)
@@ -175,7 +178,9 @@ impl Submit for ReplicatedSubmitter {
             pool: &self.pool,
             session,
         };
-        let answer = self.commit(&mut borrowed.session, &body).await?;
+        let answer = self
+            .commit(&mut borrowed.session, &bytes::Bytes::from(body))
+            .await?;
         let (status, payload) = split_reply(&answer);
         if status != 0 {
             return Err(BrokerError::Replicated(ErrorCode(status)));

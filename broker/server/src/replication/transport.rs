@@ -63,9 +63,9 @@ pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
     if len == 0 || len > max_frame {
         return Err(TransportError::TooLarge(len, max_frame));
     }
-    frame.resize(len, 0);
+    let kind = reader.read_u8().await?;
+    frame.resize(len - 1, 0);
     reader.read_exact(frame).await?;
-    let kind = frame.remove(0);
     Ok(kind)
 }
 

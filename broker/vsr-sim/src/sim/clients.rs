@@ -59,7 +59,7 @@ impl Simulation {
                         client: client.id,
                         session,
                         request,
-                        body,
+                        body: body.into(),
                     });
                 }
                 Some((request, session, body, sent_at)) if tick - *sent_at >= CLIENT_RETRY => {
@@ -69,7 +69,7 @@ impl Simulation {
                         client: client.id,
                         session: *session,
                         request: *request,
-                        body: body.clone(),
+                        body: body.clone().into(),
                     });
                     self.coverage.add("client_retries", 1);
                 }

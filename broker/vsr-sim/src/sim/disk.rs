@@ -140,7 +140,7 @@ impl Disk {
     /// A latent sector error: the stored prepare in `slot` no longer verifies.
     pub(super) fn rot(&mut self, slot: u64) {
         if let Some((_, prepare)) = self.wal.get_mut(&slot) {
-            prepare.body.push(0x5A);
+            prepare.body = [&prepare.body[..], &[0x5A]].concat().into();
         }
     }
 

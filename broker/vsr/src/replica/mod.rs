@@ -91,7 +91,7 @@ pub struct Replica<S> {
     /// Primary: highest op each replica has acknowledged in this view.
     acked: BTreeMap<ReplicaId, Op>,
     /// (client, session, request, body) waiting for room in the pipeline.
-    requests: VecDeque<(ClientId, u64, u64, Vec<u8>)>,
+    requests: VecDeque<(ClientId, u64, u64, bytes::Bytes)>,
     svc: BTreeSet<ReplicaId>,
     dvc: BTreeMap<ReplicaId, Vote>,
     dvc_sent: bool,

@@ -11,6 +11,7 @@ use crate::routing::forward_targets;
 use crate::state_machine::StateMachine;
 use crate::step::Event;
 use crate::{ClientId, Op, ReplicaId, View};
+use bytes::Bytes;
 
 impl<S: StateMachine> Replica<S> {
     pub(super) fn on_envelope(&mut self, envelope: Envelope) {
@@ -114,13 +115,7 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    pub(super) fn on_request(
-        &mut self,
-        client: ClientId,
-        session: u64,
-        request: u64,
-        body: Vec<u8>,
-    ) {
+    pub(super) fn on_request(&mut self, client: ClientId, session: u64, request: u64, body: Bytes) {
         if self.status != Status::Normal {
             return;
         }

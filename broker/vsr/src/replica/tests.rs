@@ -98,7 +98,7 @@ fn request(session: u64, request: u64) -> Input {
             client: 9,
             session,
             request,
-            body: vec![1],
+            body: vec![1].into(),
         },
     })
 }
@@ -169,7 +169,7 @@ fn faulty_at_op_2() -> (Replica<Nothing>, Prepare, Prepare, Prepare) {
     let p1 = prepare(1, root.checksum());
     let p2 = prepare(2, p1.checksum());
     let mut rotten = p2.clone();
-    rotten.body.push(1);
+    rotten.body = [&rotten.body[..], &[1]].concat().into();
     let replica = restarted_in_view_0(
         BTreeMap::from([(1, p1.clone()), (2, rotten)]),
         BTreeMap::from([(1, (1, p1.checksum())), (2, (2, p2.checksum()))]),
@@ -265,7 +265,7 @@ fn recovery_tells_torn_writes_from_corruption() {
         SlotCase::Torn
     );
     let mut rotten = p1.clone();
-    rotten.body.push(1);
+    rotten.body = [&rotten.body[..], &[1]].concat().into();
     assert_eq!(
         classify_slot(1, root.checksum(), Some(&rotten), None),
         SlotCase::Torn

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Benchmark a three-replica cluster on loopback against one broker, side by side: produce then
+# consume 1000-byte messages in batches of 1000 (one producer, one partition), for each route
+# (star, ring) and fsync mode (never, always), with the CPU each broker used; then idle RSS per
+# replica and failover time (primary killed → first acknowledged send through the new primary).
+# All brokers and the load generator share this machine's cores.
+# Usage: broker/bench/cluster.sh [--quick]   (--quick: 100 batches per scenario)
+# REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BROKER=./target/release/iggy-broker
+LOAD=./target/release/iggy-load
+BATCHES=1000
+[ "${1:-}" = "--quick" ] && BATCHES=100
+mkdir -p "${BENCH_DIR:-./target/bench}"
+WORK=$(mktemp -d "${BENCH_DIR:-./target/bench}/cluster.XXXXXX")
+PIDS=()
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+wait_port() { until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do sleep 0.01; done; }
+wait_ready() { until curl -fs "http://127.0.0.1:$1/ready" >/dev/null 2>&1; do sleep 0.01; done; }
+cpu_seconds() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+start_single() { # fsync
+  rm -rf "$WORK/single"
+  IGGY_SYSTEM_PATH="$WORK/single" IGGY_TCP_ADDRESS=127.0.0.1:28090 IGGY_HTTP_ADDRESS=127.0.0.1:23000 \
+    IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_STORAGE_FSYNC="$1" IGGY_LOGGING_LEVEL=warn \
+    "$BROKER" >"$WORK/single.log" 2>&1 &
+  PIDS=($!)
+  wait_port 28090
+}
+
+start_cluster() { # route fsync
+  cat > "$WORK/ring.json" <<JSON
+{"cluster_id": "bench", "epoch": 0, "members": [
+  {"id": 0, "position": 0, "address": "127.0.0.1:28091", "client_address": "127.0.0.1:28090"},
+  {"id": 1, "position": 1, "address": "127.0.0.1:28191", "client_address": "127.0.0.1:28190"},
+  {"id": 2, "position": 2, "address": "127.0.0.1:28291", "client_address": "127.0.0.1:28290"}]}
+JSON
+  for n in 0 1 2; do
+    rm -rf "$WORK/member-$n"
+    IGGY_SYSTEM_PATH="$WORK/member-$n" IGGY_TCP_ADDRESS="127.0.0.1:28${n}90" \
+      IGGY_HTTP_ADDRESS="127.0.0.1:2${n}300" IGGY_REPLICATION_ADDRESS="127.0.0.1:28${n}91" \
+      IGGY_CLUSTER_RING_FILE="$WORK/ring.json" IGGY_CLUSTER_MEMBER_ID=$n \
+      IGGY_REPLICATION_ROUTE="$1" IGGY_STORAGE_FSYNC="$2" \
+      IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_LOGGING_LEVEL=warn \
+      "$BROKER" >"$WORK/member-$n.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for n in 0 1 2; do wait_ready "2${n}300"; done
+}
+
+# One scenario against the client port `$1`, reporting the CPU every started broker used.
+measure() { # port label
+  local before=()
+  for pid in "${PIDS[@]}"; do before+=("$(cpu_seconds "$pid")"); done
+  sync; sleep 1
+  "$LOAD" --address "127.0.0.1:$1" --producers 1 --partitions 1 --batches $BATCHES \
+    --batch-size 1000 --message-size 1000 --label "$2"
+  local cpu="" i=0
+  for pid in "${PIDS[@]}"; do
+    cpu+=" $(awk -v a="${before[$i]}" -v b="$(cpu_seconds "$pid")" 'BEGIN {printf "%.2f", b - a}')s"
+    i=$((i + 1))
+  done
+  echo "  CPU per broker (member 0 = primary):$cpu"
+}
+
+echo "== machine: $(nproc) cores; data in $WORK; $BATCHES batches of 1000 x 1000 B per scenario"
+for fsync in never always; do
+  for run in $(seq "${REPEAT:-1}"); do
+    start_single $fsync
+    measure 28090 "single fsync=$fsync run=$run"
+    stop_all
+    for route in star ring; do
+      start_cluster $route $fsync
+      measure 28090 "cluster route=$route fsync=$fsync via=primary run=$run"
+      stop_all
+    done
+  done
+done
+start_cluster star never
+measure 28190 "cluster route=star fsync=never via=backup"
+stop_all
+
+start_cluster star never
+sleep 2
+echo "idle RSS per replica: $(for pid in "${PIDS[@]}"; do printf '%s MiB ' "$(rss_mib "$pid")"; done)"
+# Failover: a topic to send to, then kill -9 the primary (member 0) and time the first send
+# through member 1 that the new primary acknowledges.
+"$LOAD" --address 127.0.0.1:28190 --producers 1 --partitions 1 --batches 10 --no-consume --keep \
+  --label "failover setup" >/dev/null
+kill -9 "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+t0=$(date +%s%N)
+until "$LOAD" --address 127.0.0.1:28190 --producers 1 --partitions 1 --batches 1 --no-consume --keep \
+  --label failover >/dev/null 2>&1; do sleep 0.01; done
+echo "failover (primary killed -> first acknowledged send through the new primary): $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+PIDS=("${PIDS[@]:1}")
