@@ -46,6 +46,11 @@ pub struct Metrics {
     pub view_changes: AtomicU64,
     pub replication_forwarded: AtomicU64,
     pub replication_dropped: AtomicU64,
+    /// Damaged WAL slots restored from a peer.
+    pub wal_repairs: AtomicU64,
+    /// 1 when recovery found a WAL slot whose header vouches for a prepare that no longer
+    /// reads back (the replica then repairs its log from its peers before it votes again).
+    pub wal_damaged_at_start: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -71,6 +76,8 @@ impl Metrics {
             view_changes: AtomicU64::new(0),
             replication_forwarded: AtomicU64::new(0),
             replication_dropped: AtomicU64::new(0),
+            wal_repairs: AtomicU64::new(0),
+            wal_damaged_at_start: AtomicU64::new(0),
         }
     }
 
@@ -178,7 +185,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 11] = [
+        let singles: [(&str, &str, &str, u64); 13] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -244,6 +251,18 @@ impl Metrics {
                 "counter",
                 "Messages to other replicas dropped because the peer was down or its queue full.",
                 load(&self.replication_dropped),
+            ),
+            (
+                "iggy_replication_wal_repairs_total",
+                "counter",
+                "Damaged WAL slots this replica restored from a peer.",
+                load(&self.wal_repairs),
+            ),
+            (
+                "iggy_replication_wal_damaged_at_start",
+                "gauge",
+                "1 when recovery found a damaged WAL slot that the replica had to repair from its peers.",
+                load(&self.wal_damaged_at_start),
             ),
         ];
         for (metric, kind, help, value) in singles {

@@ -360,3 +360,67 @@ async fn a_primary_cut_off_from_its_peers_commits_nothing_and_service_resumes() 
     let reads = read_members(&cluster, &[0, 1, 2]).await;
     history.check(&reads);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotten_wal_record_is_repaired_from_the_peers() {
+    let mut cluster = TestCluster::start(3, &[("IGGY_STORAGE_FSYNC", "always")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let damaged = (primary + 1) % 3;
+    let client = cluster.brokers[primary].client().await;
+    client.create_stream("rot").await.expect("create stream");
+    create_topic(&client, &id(0), "log", 1).await;
+    let history = History::default();
+    // Before the first checkpoint (op 64): the restart replays the WAL from op 1.
+    produce(&client, &history, 0, 0..40).await;
+    cluster.wait_caught_up(&[damaged], primary, Duration::from_secs(10));
+    cluster.brokers[damaged].kill9();
+
+    // Flip a byte in the middle of the WAL: inside some prepare's record, whose header record
+    // (written after it) still vouches for it. The replica must find it damaged, not torn,
+    // and get the prepare back from its peers (by a repair request or a StartView's log).
+    let vsr = cluster.brokers[damaged].data_path().join("vsr");
+    let wal = std::fs::read_dir(&vsr)
+        .expect("journal")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .expect("a WAL file");
+    let mut bytes = std::fs::read(&wal).expect("read WAL");
+    // Records are `magic u32 ("JRSV" little-endian), kind u8 (1 = prepare), len u32, payload,
+    // checksum u64` (docs/replication.md): damage the payload of the prepare nearest the middle.
+    let middle = bytes.len() / 2;
+    let mut at = 0;
+    let mut target = None;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 5..at + 9].try_into().unwrap()) as usize;
+        if bytes[at..at + 4] != 0x5653_524Au32.to_le_bytes() {
+            break;
+        }
+        if bytes[at + 4] == 1 && target.is_none() && at + 9 + len >= middle {
+            target = Some(at + 9 + len / 2);
+        }
+        at += 9 + len + 8;
+    }
+    let target = target.expect("a prepare record past the middle");
+    bytes[target] ^= 0xFF;
+    std::fs::write(&wal, &bytes).expect("write WAL");
+
+    cluster.brokers[damaged].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[damaged], primary, Duration::from_secs(20));
+    produce(&client, &history, 0, 40..45).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    let (_, metrics) =
+        common::http_get(cluster.brokers[damaged].http, "/metrics").expect("metrics");
+    let damaged_at_start: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("iggy_replication_wal_damaged_at_start ")?
+                .parse()
+                .ok()
+        })
+        .expect("damage gauge");
+    assert_eq!(damaged_at_start, 1, "recovery found the damaged prepare");
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), 45 * BATCH);
+}

@@ -81,7 +81,7 @@ pub struct Driver {
     /// Primary: when each prepare in flight was first sent, for the round-trip histogram.
     pub prepared_at: std::collections::BTreeMap<Op, Instant>,
     /// The frame of the last prepare sent (checksum, view), reused for its other peers.
-    pub last_prepare: Option<(u128, vsr::View, Arc<Vec<u8>>)>,
+    pub last_prepare: Option<(u128, vsr::View, transport::Frame)>,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
@@ -334,7 +334,7 @@ impl Driver {
         };
         let frame = match cached {
             Some(frame) => Ok(frame),
-            None => transport::encode(envelope).map(Arc::new),
+            None => transport::encode(envelope),
         };
         match frame {
             Ok(frame) => {
@@ -433,7 +433,10 @@ impl Driver {
             }
             Event::Abdicated { view } => tracing::warn!(view, "primary abdicated"),
             Event::StateSynced { op, .. } => tracing::info!(op, "state synced from a peer"),
-            Event::Repaired { op } => tracing::info!(op, "repaired a damaged WAL slot"),
+            Event::Repaired { op } => {
+                metrics.wal_repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(op, "repaired a damaged WAL slot");
+            }
             Event::LogReplaced { replaced } if replaced > 0 => {
                 tracing::info!(replaced, "view change replaced uncommitted ops")
             }

@@ -290,6 +290,16 @@ pub async fn boot(
 
     let machine = BrokerMachine::new(broker.clone());
     let replica = Replica::open(setup.vsr.clone(), image, machine);
+    if replica.is_faulty() {
+        broker
+            .metrics
+            .wal_damaged_at_start
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            "the journal holds a damaged prepare that was acknowledged; this replica repairs \
+             its log from its peers before it takes part in view changes again"
+        );
+    }
     status.publish(&replica);
     let driver = Driver {
         replica,

@@ -12,13 +12,14 @@ use crate::broker::Broker;
 use crate::replication::driver::DriverInput;
 use crate::replication::status::ClusterStatus;
 use crate::replication::sync;
+use bytes::Bytes;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use vsr::{Envelope, ReplicaId};
+use vsr::{Envelope, Message, ReplicaId};
 
 /// Frames waiting for one peer; more are dropped (the core retransmits).
 const PEER_QUEUE: usize = 4096;
@@ -39,6 +40,9 @@ pub enum TransportError {
 pub const ENVELOPE: u8 = 0;
 pub const FETCH: u8 = 1;
 pub const FETCHED: u8 = 2;
+/// A prepare: `head_len u32`, the envelope with an empty body, then the body, so neither side
+/// copies the batch into or out of an encoding.
+pub const PREPARE: u8 = 3;
 
 /// Encodes a value as a frame of `kind`.
 pub fn encode_frame<T: serde::Serialize>(kind: u8, value: &T) -> Result<Vec<u8>, postcard::Error> {
@@ -48,29 +52,48 @@ pub fn encode_frame<T: serde::Serialize>(kind: u8, value: &T) -> Result<Vec<u8>,
     Ok(frame)
 }
 
-/// Encodes an envelope as a frame.
-pub fn encode(envelope: &Envelope) -> Result<Vec<u8>, postcard::Error> {
-    encode_frame(ENVELOPE, envelope)
+/// Encodes an envelope as a frame: its head, and a prepare's body kept as it is.
+pub fn encode(envelope: &Envelope) -> Result<Frame, postcard::Error> {
+    let Message::Prepare { view, prepare } = &envelope.message else {
+        return Ok(Arc::new(OutFrame {
+            head: encode_frame(ENVELOPE, envelope)?,
+            body: Bytes::new(),
+        }));
+    };
+    let bare = Envelope {
+        cluster: envelope.cluster,
+        group: envelope.group,
+        epoch: envelope.epoch,
+        from: envelope.from,
+        to: envelope.to,
+        message: Message::Prepare {
+            view: *view,
+            prepare: vsr::Prepare {
+                header: prepare.header.clone(),
+                body: Bytes::new(),
+            },
+        },
+    };
+    let encoded = postcard::to_stdvec(&bare)?;
+    let len = 1 + 4 + encoded.len() + prepare.body.len();
+    let mut head = Vec::with_capacity(9 + encoded.len());
+    head.extend_from_slice(&(len as u32).to_le_bytes());
+    head.push(PREPARE);
+    head.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    head.extend_from_slice(&encoded);
+    Ok(Arc::new(OutFrame {
+        head,
+        body: prepare.body.clone(),
+    }))
 }
 
-/// Reads one frame: its kind and body (`frame` is reused).
-pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
-    reader: &mut R,
-    frame: &mut Vec<u8>,
-    max_frame: usize,
-) -> Result<u8, TransportError> {
-    let len = reader.read_u32_le().await? as usize;
-    if len == 0 || len > max_frame {
-        return Err(TransportError::TooLarge(len, max_frame));
-    }
-    let kind = reader.read_u8().await?;
-    frame.resize(len - 1, 0);
-    reader.read_exact(frame).await?;
-    Ok(kind)
+/// An encoded frame, shared by the queues of every peer it goes to: its encoded head and the
+/// bytes that follow it unencoded (a prepare's body; empty otherwise).
+pub struct OutFrame {
+    head: Vec<u8>,
+    body: Bytes,
 }
-
-/// An encoded frame, shared by the queues of every peer it goes to.
-type Frame = Arc<Vec<u8>>;
+pub type Frame = Arc<OutFrame>;
 
 /// The sending side: one queue per peer position (none for this replica's own), each drained
 /// by its connection task.
@@ -158,13 +181,13 @@ async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watc
                 _ = stop.changed() => return,
             };
             let Some(frame) = frame else { return };
-            if writer.write_all(&frame).await.is_err() {
+            if write_frame(&mut writer, &frame).await.is_err() {
                 break;
             }
             // Write what is queued behind it in the same flush.
             let mut failed = false;
             while let Ok(more) = frames.try_recv() {
-                if writer.write_all(&more).await.is_err() {
+                if write_frame(&mut writer, &more).await.is_err() {
                     failed = true;
                     break;
                 }
@@ -176,6 +199,35 @@ async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watc
         peer.status.set_connected(peer.position, false);
         tracing::info!(peer = %address, "lost the connection to replica");
     }
+}
+
+async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &OutFrame,
+) -> std::io::Result<()> {
+    writer.write_all(&frame.head).await?;
+    writer.write_all(&frame.body).await
+}
+
+/// Reads the rest of a `PREPARE` frame of `len` bytes (its kind already read): the body lands
+/// in a buffer of its own that becomes the prepare's body without a copy.
+async fn read_prepare<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> Result<Envelope, TransportError> {
+    let head_len = reader.read_u32_le().await? as usize;
+    let body_len = len
+        .checked_sub(1 + 4 + head_len)
+        .ok_or(TransportError::TooLarge(head_len, len))?;
+    let mut head = vec![0u8; head_len];
+    reader.read_exact(&mut head).await?;
+    let mut body = vec![0u8; body_len];
+    reader.read_exact(&mut body).await?;
+    let mut envelope: Envelope = postcard::from_bytes(&head)?;
+    if let Message::Prepare { prepare, .. } = &mut envelope.message {
+        prepare.body = Bytes::from(body);
+    }
+    Ok(envelope)
 }
 
 /// Accepts replica connections and feeds what they carry to the driver; answers state-sync
@@ -221,7 +273,21 @@ async fn receive_loop(
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
     let mut frame = Vec::new();
     loop {
-        match read_frame(&mut reader, &mut frame, max_frame).await? {
+        let len = reader.read_u32_le().await? as usize;
+        if len == 0 || len > max_frame {
+            return Err(TransportError::TooLarge(len, max_frame));
+        }
+        let kind = reader.read_u8().await?;
+        if kind == PREPARE {
+            let envelope = read_prepare(&mut reader, len).await?;
+            if inputs.send(DriverInput::Envelope(envelope)).is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        frame.resize(len - 1, 0);
+        reader.read_exact(&mut frame).await?;
+        match kind {
             ENVELOPE => {
                 let envelope: Envelope = postcard::from_bytes(&frame)?;
                 if inputs.send(DriverInput::Envelope(envelope)).is_err() {
