@@ -160,7 +160,8 @@ impl Driver {
     ) {
         match input {
             DriverInput::Envelope(envelope) => match envelope.to {
-                Node::Replica(_) if envelope.cluster != self.cluster => {}
+                // Another cluster's (or epoch's) traffic is nobody's business here.
+                _ if envelope.cluster != self.cluster || envelope.epoch != self.epoch => {}
                 Node::Replica(_) => {
                     if let Node::Replica(from) = envelope.from {
                         self.status.heard_from(from);
