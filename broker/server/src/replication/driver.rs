@@ -173,6 +173,14 @@ impl Driver {
                         // Acks are cumulative: nothing at or below `op` is waited for by it.
                         self.prepared_at = self.prepared_at.split_off(&(op + 1));
                     }
+                    if matches!(envelope.message, Message::Sync { .. }) {
+                        // Whatever is queued runs first: nothing may apply an op onto data
+                        // that state sync is about to replace.
+                        while let Some(input) = queue.pop_front() {
+                            let outputs = self.replica.step(input);
+                            self.carry_out(outputs, waiting, unapplied, queue);
+                        }
+                    }
                     if self.ready_for(&envelope) {
                         queue.push_back(Input::Message(envelope));
                     }
