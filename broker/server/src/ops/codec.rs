@@ -80,6 +80,14 @@ enum DecodedOp {
 }
 
 impl Decoded {
+    /// The frames buffer of an append (for reuse by the next `decode_into`).
+    pub fn into_scratch(self) -> Vec<u8> {
+        match self.op {
+            DecodedOp::Append { messages, .. } => messages,
+            DecodedOp::Other(_) => Vec::new(),
+        }
+    }
+
     /// The submission, borrowing this entry's buffers (an append's frames are stamped in
     /// them). An entry is applied once: a second call yields `ExpireTokens` for a non-append.
     pub fn submission(&mut self) -> Submission<'_> {
@@ -109,6 +117,13 @@ impl Decoded {
 }
 
 pub fn decode(body: &[u8]) -> Result<Decoded, CodecError> {
+    decode_into(body, Vec::new())
+}
+
+/// [`decode`], with an append's frames copied into `scratch` (cleared first): a replica
+/// applying batch after batch reuses one buffer instead of mapping a fresh one per batch.
+/// [`Decoded::into_scratch`] gives it back.
+pub fn decode_into(body: &[u8], mut scratch: Vec<u8>) -> Result<Decoded, CodecError> {
     let mut reader = Reader::new(body);
     let kind = reader.u8()?;
     let has_user = reader.u8()? != 0;
@@ -122,7 +137,9 @@ pub fn decode(body: &[u8]) -> Result<Decoded, CodecError> {
             let count = reader.u32()?;
             let index_len = reader.u32()? as usize;
             let index = reader.take(index_len)?.to_vec();
-            let messages = reader.rest().to_vec();
+            scratch.clear();
+            scratch.extend_from_slice(reader.rest());
+            let messages = scratch;
             DecodedOp::Append {
                 stream,
                 topic,

@@ -23,14 +23,23 @@ use iggy_wire::ErrorCode;
 use std::sync::Arc;
 use vsr::{PrepareHeader, RestoreError, StateMachine};
 
+/// Largest frames buffer kept between applies.
+const SCRATCH_KEPT: usize = 16 << 20;
+
 pub struct BrokerMachine {
     broker: Arc<Broker>,
     digest: u128,
+    /// The buffer an append's frames are copied into to be stamped, kept between applies.
+    scratch: Vec<u8>,
 }
 
 impl BrokerMachine {
     pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker, digest: 0 }
+        Self {
+            broker,
+            digest: 0,
+            scratch: Vec::new(),
+        }
     }
 }
 
@@ -45,7 +54,7 @@ pub fn split_reply(reply: &[u8]) -> (u32, &[u8]) {
 impl StateMachine for BrokerMachine {
     fn apply(&mut self, header: &PrepareHeader, body: &[u8]) -> Vec<u8> {
         let mut reply = vec![0u8; 4];
-        let status = match codec::decode(body) {
+        let status = match codec::decode_into(body, std::mem::take(&mut self.scratch)) {
             Err(e) => {
                 // Every replica decodes the same bytes the same way: the op fails everywhere.
                 tracing::warn!(op = header.op, error = %e, "replicated operation does not decode");
@@ -56,7 +65,13 @@ impl StateMachine for BrokerMachine {
                     timestamp: header.timestamp,
                     entropy: header.checksum,
                 };
-                match apply(&self.broker, context, decoded.submission(), &mut reply) {
+                let applied = apply(&self.broker, context, decoded.submission(), &mut reply);
+                let scratch = decoded.into_scratch();
+                // Keep the buffer for the next batch unless one oversized batch grew it.
+                if scratch.capacity() <= SCRATCH_KEPT {
+                    self.scratch = scratch;
+                }
+                match applied {
                     Ok(_) => 0,
                     Err(e) if e.is_server_fault() => {
                         // A local failure (disk full, I/O error) that the other replicas did
