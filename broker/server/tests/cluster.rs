@@ -319,8 +319,9 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_cut_off_from_its_peers_commits_nothing_and_service_resumes() {
+    let links = common::links::Links::start(3).await;
     let replication: Vec<std::net::SocketAddr> = (0..3).map(|_| common::free_port()).collect();
-    let links = common::links::Links::start(&replication).await;
+    links.connect_to(&replication);
     let cluster = TestCluster::start_reaching(
         replication,
         |from, to| links.address(from, to),

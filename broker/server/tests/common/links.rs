@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -19,14 +19,19 @@ struct Link {
 
 pub struct Links {
     links: HashMap<(usize, usize), Link>,
+    /// Member `j`'s real replication address, set once by [`Links::connect_to`].
+    targets: Arc<OnceLock<Vec<SocketAddr>>>,
 }
 
 impl Links {
-    /// Forwarders for every ordered pair of `targets` (member `j`'s real replication address).
-    pub async fn start(targets: &[SocketAddr]) -> Self {
+    /// Forwarders for every ordered pair of `members`, listening at once (so the ports the
+    /// members then pick for themselves cannot collide with theirs); they forward once
+    /// [`Links::connect_to`] names the members' real replication addresses.
+    pub async fn start(members: usize) -> Self {
+        let targets = Arc::new(OnceLock::new());
         let mut links = HashMap::new();
-        for from in 0..targets.len() {
-            for (to, &target) in targets.iter().enumerate() {
+        for from in 0..members {
+            for to in 0..members {
                 if from == to {
                     continue;
                 }
@@ -34,11 +39,20 @@ impl Links {
                 let listen = listener.local_addr().expect("link address");
                 let cut = Arc::new(AtomicBool::new(false));
                 let (cuts, _) = watch::channel(0u64);
-                tokio::spawn(forward(listener, target, cut.clone(), cuts.subscribe()));
+                let route = Route {
+                    to,
+                    targets: targets.clone(),
+                };
+                tokio::spawn(forward(listener, route, cut.clone(), cuts.subscribe()));
                 links.insert((from, to), Link { listen, cut, cuts });
             }
         }
-        Self { links }
+        Self { links, targets }
+    }
+
+    /// Where the members really listen for replication, by position.
+    pub fn connect_to(&self, targets: &[SocketAddr]) {
+        let _ = self.targets.set(targets.to_vec());
     }
 
     /// The address member `from` uses to reach member `to`.
@@ -59,9 +73,15 @@ impl Links {
     }
 }
 
+/// The member a link leads to, resolved when a connection arrives.
+struct Route {
+    to: usize,
+    targets: Arc<OnceLock<Vec<SocketAddr>>>,
+}
+
 async fn forward(
     listener: TcpListener,
-    target: SocketAddr,
+    route: Route,
     cut: Arc<AtomicBool>,
     cuts: watch::Receiver<u64>,
 ) {
@@ -69,10 +89,11 @@ async fn forward(
         let Ok((inbound, _)) = listener.accept().await else {
             return;
         };
-        if cut.load(Ordering::SeqCst) {
+        let target = route.targets.get().map(|t| t[route.to]);
+        let Some(target) = target.filter(|_| !cut.load(Ordering::SeqCst)) else {
             drop(inbound);
             continue;
-        }
+        };
         let mut cuts = cuts.clone();
         cuts.mark_unchanged();
         tokio::spawn(async move {
