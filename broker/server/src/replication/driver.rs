@@ -226,12 +226,7 @@ impl Driver {
             return true;
         };
         // What the core would refuse anyway goes through untouched.
-        if checkpoint.op() <= self.replica.commit_min()
-            || checkpoint.op() < self.replica.checkpoint_durable()
-            || !checkpoint.verify()
-            || checkpoint.anchor.header.cluster != self.cluster
-            || checkpoint.anchor.header.epoch != self.epoch
-        {
+        if !self.replica.takes_checkpoint(checkpoint) {
             return true;
         }
         let Ok(manifest) = Manifest::decode(&checkpoint.state) else {

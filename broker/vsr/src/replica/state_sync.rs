@@ -79,20 +79,27 @@ impl<S: StateMachine> Replica<S> {
     /// Installs a peer's checkpoint newer than our state. If our log already holds its op we
     /// keep the log (our WAL still recovers through it); otherwise the log restarts at the
     /// checkpoint and we neither acknowledge nor vote until that checkpoint is durable.
-    pub(super) fn on_sync(&mut self, checkpoint: Checkpoint) {
+    /// Whether a peer's checkpoint would be installed if the state machine restores it: newer
+    /// than our state, intact, of our cluster, group and epoch. A driver that must prepare the
+    /// state machine first (the broker fetches the data a manifest names) asks this before it
+    /// does the work.
+    pub fn takes_checkpoint(&self, checkpoint: &Checkpoint) -> bool {
         let op = checkpoint.op();
         let header = &checkpoint.anchor.header;
         // Older than the checkpoint our superblock names (possible only when that one rotted,
         // and our state is empty): no superblock may name it, so the sync could never become
         // durable. We wait for a peer's checkpoint at least as new as ours.
-        if op <= self.commit_min
-            || op < self.checkpoint_durable
-            || !checkpoint.verify()
-            || header.cluster != self.cfg.cluster
-            || header.group != self.cfg.group
-            || header.epoch != self.cfg.epoch
-            || self.sm.restore(&checkpoint.state).is_err()
-        {
+        op > self.commit_min
+            && op >= self.checkpoint_durable
+            && checkpoint.verify()
+            && header.cluster == self.cfg.cluster
+            && header.group == self.cfg.group
+            && header.epoch == self.cfg.epoch
+    }
+
+    pub(super) fn on_sync(&mut self, checkpoint: Checkpoint) {
+        let op = checkpoint.op();
+        if !self.takes_checkpoint(&checkpoint) || self.sm.restore(&checkpoint.state).is_err() {
             return;
         }
         self.client_table = checkpoint.clients.iter().cloned().collect();
