@@ -68,6 +68,8 @@ pub enum ClusterError {
     Journal(#[from] JournalError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error("cannot take the checkpoint's metadata: {0}")]
+    Metadata(#[from] crate::error::BrokerError),
     #[error("cannot listen for replicas on {address} (replication.address): {source}")]
     Listen {
         address: std::net::SocketAddr,
@@ -264,6 +266,7 @@ pub async fn boot(
     let (broker, report) = tokio::task::block_in_place(|| {
         Broker::open_with(config, Submitter::Replicated(Box::new(submitter)))
     })?;
+    tokio::task::block_in_place(|| install_checkpoint_metadata(&broker, &image))?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ClusterError::Listen {
@@ -340,83 +343,47 @@ pub async fn boot(
 }
 
 /// The broker's data in cluster mode is derived from the log, and boot brings it to the state
-/// the core will replay the WAL onto:
-/// * before the first durable checkpoint the WAL holds every op since the cluster began, so the
-///   data is rebuilt from it (what a previous run applied is removed, or replaying would apply
-///   it twice);
-/// * after one, the metadata becomes the checkpoint's (from its manifest) and directories of
-///   streams, topics and partitions it does not name are removed; the partitions are cut back
-///   to the checkpoint when the core restores it (`BrokerMachine::restore`).
+/// the core will replay the WAL onto. Before the first durable checkpoint the WAL holds every
+/// op since the cluster began, so the data is rebuilt from it: what a previous run applied is
+/// removed here, or replaying would apply it twice. After one, the broker opens what it has and
+/// takes the checkpoint's metadata the way state sync does (`install_checkpoint_metadata`); the
+/// partitions are cut back to the checkpoint when the core restores it
+/// (`BrokerMachine::restore`).
 ///
 /// Data without a journal is a single node's, which cluster mode refuses to adopt.
 fn prepare_data(data: &Path, had_journal: bool, image: &DiskImage) -> Result<(), ClusterError> {
     let checkpoint = Superblock::newest(&image.superblocks).map_or(0, |sb| sb.checkpoint);
-    let metadata = data.join(crate::storage::metadata::FILE_NAME);
-    let streams = crate::storage::metadata::streams_dir(data);
-    if checkpoint == 0 {
-        if !had_journal && (metadata.exists() || streams.exists()) {
-            return Err(ClusterError::SingleNodeData(data.to_owned()));
-        }
-        if metadata.exists() {
-            std::fs::remove_file(&metadata)?;
-        }
-        if streams.exists() {
-            std::fs::remove_dir_all(&streams)?;
-        }
+    if checkpoint > 0 {
         return Ok(());
     }
-    // A checkpoint that does not verify or decode leaves the data alone: the core finds it
-    // damaged too and keeps this replica out of quorums until it is repaired.
-    let manifest = image
-        .checkpoint
-        .as_ref()
-        .filter(|c| c.op() == checkpoint && c.verify())
-        .and_then(|c| postcard::from_bytes::<machine::Manifest>(&c.state).ok());
-    let Some(manifest) = manifest else {
-        return Ok(());
-    };
-    crate::storage::fsutil::write_atomically(&metadata, &manifest.metadata)?;
-    remove_unnamed(&streams, &manifest)?;
+    let metadata = data.join(crate::storage::metadata::FILE_NAME);
+    let streams = crate::storage::metadata::streams_dir(data);
+    if !had_journal && (metadata.exists() || streams.exists()) {
+        return Err(ClusterError::SingleNodeData(data.to_owned()));
+    }
+    if metadata.exists() {
+        std::fs::remove_file(&metadata)?;
+    }
+    if streams.exists() {
+        std::fs::remove_dir_all(&streams)?;
+    }
     Ok(())
 }
 
-/// Removes the stream, topic and partition directories the manifest does not name (created
-/// after the checkpoint; the WAL creates them again).
-fn remove_unnamed(streams: &Path, manifest: &machine::Manifest) -> Result<(), ClusterError> {
-    let named = |depth: usize, ids: &[u32]| {
-        manifest
-            .partitions
-            .iter()
-            .any(|&(s, t, p, _, _)| [s, t, p][..depth] == ids[..depth])
-    };
-    let numbered = |dir: &Path| -> std::io::Result<Vec<(u32, PathBuf)>> {
-        let mut found = Vec::new();
-        if dir.exists() {
-            for entry in std::fs::read_dir(dir)? {
-                let entry = entry?;
-                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) {
-                    found.push((id, entry.path()));
-                }
-            }
-        }
-        Ok(found)
-    };
-    for (s, stream) in numbered(streams)? {
-        if !named(1, &[s, 0, 0]) {
-            std::fs::remove_dir_all(&stream)?;
-            continue;
-        }
-        for (t, topic) in numbered(&stream.join("topics"))? {
-            if !named(2, &[s, t, 0]) {
-                std::fs::remove_dir_all(&topic)?;
-                continue;
-            }
-            for (p, partition) in numbered(&topic.join("partitions"))? {
-                if !named(3, &[s, t, p]) {
-                    std::fs::remove_dir_all(&partition)?;
-                }
-            }
-        }
+/// Gives the opened broker the metadata of the checkpoint the superblock names (kept
+/// partitions keep their data, new ones start empty, dropped ones are removed). A checkpoint
+/// that does not verify or decode leaves the broker alone: the core finds it damaged too and
+/// keeps this replica out of quorums until it is repaired.
+fn install_checkpoint_metadata(broker: &Broker, image: &DiskImage) -> Result<(), ClusterError> {
+    let named = Superblock::newest(&image.superblocks).map_or(0, |sb| sb.checkpoint);
+    let snapshot = image
+        .checkpoint
+        .as_ref()
+        .filter(|c| named > 0 && c.op() == named && c.verify())
+        .and_then(|c| machine::Manifest::decode(&c.state).ok())
+        .and_then(|m| serde_json::from_slice(&m.metadata).ok());
+    if let Some(snapshot) = snapshot {
+        broker.install_metadata(&snapshot)?;
     }
     Ok(())
 }
