@@ -21,6 +21,13 @@ async fn read_replica(client: &IggyClient) -> Read {
     read_of(&read_all(client, 0).await)
 }
 
+/// Creates stream `name` (id 0) with one single-partition topic `log` (id 0): what every test
+/// here produces to.
+async fn create_log(client: &IggyClient, name: &str) {
+    client.create_stream(name).await.expect("create stream");
+    create_topic(client, &id(0), "log", 1).await;
+}
+
 /// One producer per member given, each sending one batch at a time through it until stopped,
 /// every outcome recorded in one history.
 struct Producers {
@@ -124,11 +131,7 @@ async fn clients_of_any_member_share_one_replicated_log() {
 
     // Metadata and messages written through one backup…
     let writer = cluster.brokers[backups[0]].client().await;
-    writer
-        .create_stream("replicated")
-        .await
-        .expect("create stream");
-    create_topic(&writer, &id(0), "log", 1).await;
+    create_log(&writer, "replicated").await;
     let history = History::default();
     produce(&writer, &history, 0, 0..20).await;
     // …and through the other backup and the primary, concurrently.
@@ -205,11 +208,7 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let survivors: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
     let setup = cluster.brokers[primary].client().await;
-    setup
-        .create_stream("failover")
-        .await
-        .expect("create stream");
-    create_topic(&setup, &id(0), "log", 1).await;
+    create_log(&setup, "failover").await;
     drop(setup);
 
     // Two producers, each through a member that survives, send until told to stop.
@@ -242,11 +241,7 @@ async fn a_restarted_backup_restores_its_checkpoint_and_catches_up() {
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let backup = (primary + 1) % 3;
     let client = cluster.brokers[primary].client().await;
-    client
-        .create_stream("restart")
-        .await
-        .expect("create stream");
-    create_topic(&client, &id(0), "log", 1).await;
+    create_log(&client, "restart").await;
     let history = History::default();
     // One op per send: past the first checkpoint (op 64), and far enough from the next that
     // the primary's log still holds every op the backup misses.
@@ -284,8 +279,7 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let lagging = (primary + 2) % 3;
     let client = cluster.brokers[primary].client().await;
-    client.create_stream("sync").await.expect("create stream");
-    create_topic(&client, &id(0), "log", 1).await;
+    create_log(&client, "sync").await;
     let history = History::default();
     let mut batch = 0;
     produce_until(&cluster, &client, &history, primary, 100, &mut batch).await;
@@ -330,11 +324,7 @@ async fn a_primary_cut_off_from_its_peers_commits_nothing_and_service_resumes() 
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let backups: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
     let setup = cluster.brokers[primary].client().await;
-    setup
-        .create_stream("partition")
-        .await
-        .expect("create stream");
-    create_topic(&setup, &id(0), "log", 1).await;
+    create_log(&setup, "partition").await;
 
     // One producer on each member, the cut-off primary's included.
     let producers = Producers::start(&cluster, &[0, 1, 2]).await;
@@ -368,8 +358,7 @@ async fn a_rotten_wal_record_is_repaired_from_the_peers() {
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let damaged = (primary + 1) % 3;
     let client = cluster.brokers[primary].client().await;
-    client.create_stream("rot").await.expect("create stream");
-    create_topic(&client, &id(0), "log", 1).await;
+    create_log(&client, "rot").await;
     let history = History::default();
     // Before the first checkpoint (op 64): the restart replays the WAL from op 1.
     produce(&client, &history, 0, 0..40).await;
