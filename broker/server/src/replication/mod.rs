@@ -408,7 +408,7 @@ fn journal_loop(
         }
         if batch.iter().any(|(_, w)| matches!(w, Write::Checkpoint(_))) {
             for partition in broker.all_partitions() {
-                if let Err(e) = partition.log().sync_all() {
+                if let Err(e) = partition.sync_written() {
                     fail_stop(&format!("cannot sync a partition for a checkpoint: {e}"));
                 }
             }

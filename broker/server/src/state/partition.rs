@@ -138,6 +138,19 @@ impl Partition {
         self.sync_through(seq).await
     }
 
+    /// Blocking: fsyncs every segment if anything was appended since the last sync, so a
+    /// replication checkpoint (which names this log's end) costs idle partitions nothing.
+    pub fn sync_written(&self) -> Result<(), StorageError> {
+        let log = self.log();
+        let written = log.write_seq();
+        if self.durable_seq.load(Ordering::Acquire) >= written {
+            return Ok(());
+        }
+        log.sync_all()?;
+        self.durable_seq.fetch_max(written, Ordering::AcqRel);
+        Ok(())
+    }
+
     /// Plans a read under the lock; the caller performs it after the lock is released.
     pub fn plan_read(&self, offset: u64, count: u32, max_bytes: usize) -> (ReadPlan, u64) {
         let log = self.log();
