@@ -40,7 +40,7 @@ struct Session {
 }
 
 pub struct ReplicatedSubmitter {
-    inputs: Mutex<Sender<DriverInput>>,
+    inputs: Sender<DriverInput>,
     pool: Mutex<Vec<Session>>,
     slots: Semaphore,
     timeout: Duration,
@@ -65,7 +65,7 @@ impl ReplicatedSubmitter {
             })
             .collect();
         Self {
-            inputs: Mutex::new(inputs),
+            inputs,
             pool: Mutex::new(pool),
             slots: Semaphore::new(SESSIONS),
             timeout,
@@ -91,12 +91,7 @@ impl ReplicatedSubmitter {
                 body: body.clone(),
                 reply: tx,
             };
-            let sent = self
-                .inputs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .send(input)
-                .is_ok();
+            let sent = self.inputs.send(input).is_ok();
             if !sent {
                 return Err(BrokerError::NoPrimary(self.timeout));
             }
