@@ -35,7 +35,6 @@ pub struct ClusterStatus {
     pub member_id: MemberId,
     pub position: ReplicaId,
     pub epoch: Epoch,
-    pub replica_count: u8,
     /// The ring's `cluster_id`.
     pub cluster_name: String,
     /// Every member, by position.
@@ -76,7 +75,6 @@ impl ClusterStatus {
             member_id,
             position,
             epoch,
-            replica_count: members.len() as u8,
             cluster_name,
             heard: members.iter().map(|_| AtomicU64::new(0)).collect(),
             connected: members.iter().map(|_| AtomicBool::new(false)).collect(),
@@ -222,7 +220,7 @@ impl ClusterStatus {
     pub fn primary(&self) -> Option<ReplicaId> {
         let snapshot = self.snapshot();
         (snapshot.status == Some(Status::Normal))
-            .then(|| vsr::routing::primary_of(snapshot.view, self.replica_count))
+            .then(|| vsr::routing::primary_of(snapshot.view, self.members.len() as u8))
     }
 
     /// Normal, not syncing, and every op it knows committed is applied.
