@@ -27,9 +27,23 @@ pub struct TestBroker {
     child: Option<Child>,
 }
 
+/// A loopback address for a broker to listen on later. Taken below the kernel's ephemeral
+/// range: a port from that range, once released, can be handed to any outgoing connection of
+/// any process before the broker binds it (seen in CI once clusters of three brokers with
+/// peer links ran beside the other tests: "Address already in use" at start). The pick is
+/// random and checked free by binding it.
 pub fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address")
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let ceiling = ephemeral_start.max(12_000);
+    loop {
+        let port = fastrand::u16(10_000..ceiling);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local address");
+        }
+    }
 }
 
 impl TestBroker {
