@@ -8,11 +8,13 @@
 //! - [`ports`]: the listeners and their default addresses;
 //! - [`labels`]: label, annotation and condition names on pods and children;
 //! - [`admin`]: the broker's admin HTTP API (`GET /admin/status`, `POST /admin/ring`);
+//! - [`hosts`]: the dev cluster's name resolution, off unless its test-only variable is set;
 //! - [`defaults`]: the broker's configuration defaults, which also type every key.
 
 pub mod admin;
 pub mod defaults;
 pub mod env;
+pub mod hosts;
 pub mod labels;
 pub mod ports;
 pub mod ring;

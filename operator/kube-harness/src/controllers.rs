@@ -15,9 +15,11 @@ use std::collections::BTreeMap;
 pub struct ControllerOptions {
     /// Readiness-gate condition types the kubelet sets True itself (standing in for a sidecar).
     pub auto_ready_gates: Vec<String>,
+    /// A process kubelet runs the pods ([`crate::kubelet`]); the simulated one stands aside.
+    pub process_pods: bool,
 }
 
-fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
+pub(crate) fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
     value
         .pointer(pointer)
         .and_then(Value::as_str)
@@ -54,7 +56,7 @@ fn revision_hash(template: &Value) -> String {
     format!("{:010x}", hash & 0xff_ffff_ffff)
 }
 
-fn is_ready(pod: &Value) -> bool {
+pub(crate) fn is_ready(pod: &Value) -> bool {
     pod["status"]["conditions"]
         .as_array()
         .into_iter()
@@ -75,7 +77,9 @@ pub fn reconcile_all(store: &mut Store, options: &ControllerOptions) -> bool {
     let mut wrote = false;
     wrote |= statefulsets(store).unwrap_or(false);
     wrote |= schedule(store).unwrap_or(false);
-    wrote |= kubelet(store, options).unwrap_or(false);
+    if !options.process_pods {
+        wrote |= kubelet(store, options).unwrap_or(false);
+    }
     wrote |= statefulset_status(store).unwrap_or(false);
     wrote |= deployments(store).unwrap_or(false);
     wrote
@@ -552,6 +556,76 @@ fn fits(pv: &Value, claim: &Value) -> bool {
     }
 }
 
+/// A running pod's conditions, as a kubelet writes them: readiness-gate conditions kept as
+/// their writers (sidecars) set them, or set True here for `auto_gates`; ContainersReady from
+/// the containers; Ready only when the containers are ready and every gate is True.
+/// Transition times are kept while a condition's status holds.
+pub(crate) fn pod_conditions(
+    pod: &Value,
+    containers_ready: bool,
+    auto_gates: &[String],
+) -> Vec<Value> {
+    let existing: Vec<Value> = pod["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let gates: Vec<String> = pod["spec"]["readinessGates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g["conditionType"].as_str().map(String::from))
+        .collect();
+    let mut conditions: Vec<Value> = existing
+        .iter()
+        .filter(|c| gates.iter().any(|g| c["type"] == g.as_str()))
+        .cloned()
+        .collect();
+    for gate in gates.iter().filter(|g| auto_gates.contains(g)) {
+        if !conditions.iter().any(|c| c["type"] == gate.as_str()) {
+            conditions.push(json!({"type": gate, "status": "True", "reason": "SetByHarness"}));
+        }
+    }
+    let gates_true = gates.iter().all(|gate| {
+        conditions
+            .iter()
+            .any(|c| c["type"] == gate.as_str() && c["status"] == "True")
+    });
+    let since = |kind: &str, status: &str| {
+        existing
+            .iter()
+            .find(|c| c["type"] == kind && c["status"] == status)
+            .and_then(|c| c.get("lastTransitionTime").cloned())
+            .unwrap_or_else(|| json!(crate::store::now()))
+    };
+    let flag = |b: bool| if b { "True" } else { "False" };
+    let ready = containers_ready && gates_true;
+    let ready_reason = if !containers_ready {
+        Some("ContainersNotReady")
+    } else if !gates_true {
+        Some("ReadinessGatesNotReady")
+    } else {
+        None
+    };
+    for (kind, status, reason) in [
+        ("PodScheduled", "True", None),
+        ("Initialized", "True", None),
+        (
+            "ContainersReady",
+            flag(containers_ready),
+            (!containers_ready).then_some("ContainersNotReady"),
+        ),
+        ("Ready", flag(ready), ready_reason),
+    ] {
+        let mut condition =
+            json!({"type": kind, "status": status, "lastTransitionTime": since(kind, status)});
+        if let Some(reason) = reason {
+            condition["reason"] = json!(reason);
+        }
+        conditions.push(condition);
+    }
+    conditions
+}
+
 /// Runs scheduled pods: Running with an IP, conditions, and Ready only when every readiness
 /// gate is True.
 fn kubelet(store: &mut Store, options: &ControllerOptions) -> Result<bool, ApiError> {
@@ -563,55 +637,7 @@ fn kubelet(store: &mut Store, options: &ControllerOptions) -> Result<bool, ApiEr
         };
         let namespace = text(&pod, "/metadata/namespace").to_string();
         let name = text(&pod, "/metadata/name").to_string();
-        let existing: Vec<Value> = pod["status"]["conditions"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let gates: Vec<String> = pod["spec"]["readinessGates"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|g| g["conditionType"].as_str().map(String::from))
-            .collect();
-        let mut conditions: Vec<Value> = existing
-            .iter()
-            .filter(|c| gates.iter().any(|g| c["type"] == g.as_str()))
-            .cloned()
-            .collect();
-        for gate in gates
-            .iter()
-            .filter(|g| options.auto_ready_gates.contains(g))
-        {
-            if !conditions.iter().any(|c| c["type"] == gate.as_str()) {
-                conditions.push(json!({"type": gate, "status": "True", "reason": "SetByHarness"}));
-            }
-        }
-        let gates_true = gates.iter().all(|gate| {
-            conditions
-                .iter()
-                .any(|c| c["type"] == gate.as_str() && c["status"] == "True")
-        });
-        let since = |kind: &str, status: &str| {
-            existing
-                .iter()
-                .find(|c| c["type"] == kind && c["status"] == status)
-                .and_then(|c| c.get("lastTransitionTime").cloned())
-                .unwrap_or_else(|| json!(crate::store::now()))
-        };
-        let ready = if gates_true { "True" } else { "False" };
-        for (kind, status) in [
-            ("PodScheduled", "True"),
-            ("Initialized", "True"),
-            ("ContainersReady", "True"),
-            ("Ready", ready),
-        ] {
-            let mut condition =
-                json!({"type": kind, "status": status, "lastTransitionTime": since(kind, status)});
-            if kind == "Ready" && !gates_true {
-                condition["reason"] = json!("ReadinessGatesNotReady");
-            }
-            conditions.push(condition);
-        }
+        let conditions = pod_conditions(&pod, true, &options.auto_ready_gates);
         let containers: Vec<Value> = pod["spec"]["containers"]
             .as_array()
             .into_iter()
@@ -723,6 +749,7 @@ mod tests {
 
         let options = ControllerOptions {
             auto_ready_gates: vec!["example.com/gate".into()],
+            ..ControllerOptions::default()
         };
         settle(&mut store, &options);
         let set = store.get(&sts_type, "default", "web").expect("sts");
@@ -778,6 +805,7 @@ mod tests {
         nodes(&mut store, 1);
         let options = ControllerOptions {
             auto_ready_gates: vec!["example.com/gate".into()],
+            ..ControllerOptions::default()
         };
         let sts_type = store.type_by_kind("apps", "StatefulSet").expect("built in");
         store

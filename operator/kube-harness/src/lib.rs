@@ -9,6 +9,7 @@
 //! What it leaves out is listed in docs/operator.md.
 
 pub mod controllers;
+pub mod kubelet;
 pub mod patch;
 pub mod resources;
 pub mod selector;
@@ -21,6 +22,7 @@ use controllers::ControllerOptions;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use kubelet::Kubelet;
 use serde_json::{json, Value};
 use server::{FaultRule, Faults, RequestCounts, Shared};
 use std::net::SocketAddr;
@@ -38,6 +40,8 @@ pub struct HarnessOptions {
     pub controllers: ControllerOptions,
     /// 127.0.0.1:0 picks a free port.
     pub address: SocketAddr,
+    /// Run pods as local processes ([`kubelet`]) instead of simulating them.
+    pub processes: Option<kubelet::ProcessOptions>,
 }
 
 impl Default for HarnessOptions {
@@ -46,6 +50,7 @@ impl Default for HarnessOptions {
             nodes: 6,
             controllers: ControllerOptions::default(),
             address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            processes: None,
         }
     }
 }
@@ -55,6 +60,7 @@ pub struct Harness {
     address: SocketAddr,
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    kubelet: Option<Arc<Mutex<Kubelet>>>,
 }
 
 impl Drop for Harness {
@@ -62,12 +68,22 @@ impl Drop for Harness {
         for task in &self.tasks {
             task.abort();
         }
+        if let Some(kubelet) = &self.kubelet {
+            // Kills every process the kubelet started (PodRun's drop).
+            kubelet
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget_pods();
+        }
     }
 }
 
 impl Harness {
-    pub async fn start(options: HarnessOptions) -> std::io::Result<Self> {
+    pub async fn start(mut options: HarnessOptions) -> std::io::Result<Self> {
         let mut store = Store::new();
+        store.set_graceful_pod_deletion(options.processes.is_some());
+        options.controllers.process_pods = options.processes.is_some();
+        let pod_logs = options.processes.as_ref().map(|_| Default::default());
         let node_type = store.type_by_kind("", "Node").expect("built in");
         for i in 0..options.nodes {
             let name = format!("node-{i}");
@@ -83,16 +99,75 @@ impl Harness {
             store: Mutex::new(store),
             counts: Mutex::new(RequestCounts::new()),
             faults: Mutex::new(Faults::default()),
+            pod_logs: pod_logs.clone(),
         });
         let listener = TcpListener::bind(options.address).await?;
         let address = listener.local_addr()?;
         let server = tokio::spawn(serve(listener, shared.clone()));
-        let controllers = tokio::spawn(run_controllers(shared.clone(), options.controllers));
-        Ok(Self {
+        let mut tasks = vec![server];
+        let mut kubelet = None;
+        if let (Some(processes), Some(logs)) = (options.processes, pod_logs) {
+            let node = Kubelet::new(
+                processes.clone(),
+                options.controllers.auto_ready_gates.clone(),
+                logs,
+            )?;
+            let node = Arc::new(Mutex::new(node));
+            tasks.push(tokio::spawn(kubelet::run(shared.clone(), node.clone())));
+            kubelet = Some(node);
+        }
+        tasks.push(tokio::spawn(run_controllers(
+            shared.clone(),
+            options.controllers,
+        )));
+        let harness = Self {
             address,
             shared,
-            tasks: vec![server, controllers],
-        })
+            tasks,
+            kubelet,
+        };
+        if let Some(kubelet) = &harness.kubelet {
+            // Pods reach the API through this file, as through a service-account token.
+            let path = kubelet
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .kubeconfig_path();
+            harness.write_kubeconfig(&path)?;
+        }
+        Ok(harness)
+    }
+
+    /// A node failure for one pod (process kubelet only): its processes are SIGKILLed at once
+    /// and the pod object removed; its controller makes a new one. False if no such pod runs.
+    pub fn kill_pod(&self, namespace: &str, name: &str) -> bool {
+        let Some(kubelet) = &self.kubelet else {
+            return false;
+        };
+        let mut kubelet = kubelet.lock().unwrap_or_else(|p| p.into_inner());
+        kubelet.kill(&mut self.shared.store(), namespace, name)
+    }
+
+    /// Stops every pod as a node drain would (SIGTERM, SIGKILL after `grace`), waiting at most
+    /// `grace` plus a second; for a clean exit of `make dev-cluster`.
+    pub async fn stop_pods(&self, grace: Duration) {
+        let Some(kubelet) = &self.kubelet else {
+            return;
+        };
+        kubelet
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stop_all(grace);
+        let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
+        while tokio::time::Instant::now() < deadline {
+            if kubelet
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .all_stopped()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub fn url(&self) -> String {

@@ -2,7 +2,8 @@
 //! and kubectl. Writes a kubeconfig and serves until interrupted.
 
 use anyhow::Context;
-use kube_harness::{controllers::ControllerOptions, Harness, HarnessOptions};
+use kube_harness::kubelet::ProcessOptions;
+use kube_harness::{Harness, HarnessOptions};
 use std::path::PathBuf;
 
 #[tokio::main]
@@ -36,15 +37,45 @@ async fn main() -> anyhow::Result<()> {
             "--apply" => manifests.push(PathBuf::from(
                 args.next().context("--apply needs a YAML file")?,
             )),
-            "--auto-ready-gate" => {
-                options.controllers = ControllerOptions {
-                    auto_ready_gates: vec![args
-                        .next()
-                        .context("--auto-ready-gate needs a condition type")?],
-                }
+            "--auto-ready-gate" => options.controllers.auto_ready_gates.push(
+                args.next()
+                    .context("--auto-ready-gate needs a condition type")?,
+            ),
+            // Run pods as processes; pod files, claims and logs live under this directory.
+            "--processes" => {
+                let dir = PathBuf::from(args.next().context("--processes needs a directory")?);
+                let dir = std::path::absolute(&dir).context("--processes")?;
+                options.processes = Some(ProcessOptions::new(dir));
+            }
+            // IMAGE=BINARY: the binary that runs for an image (its last path segment, no tag).
+            "--image" => {
+                let mapping = args.next().context("--image needs NAME=BINARY")?;
+                let (image, binary) = mapping
+                    .split_once('=')
+                    .context("--image needs NAME=BINARY")?;
+                let processes = options
+                    .processes
+                    .as_mut()
+                    .context("--image comes after --processes DIR")?;
+                let binary = std::path::absolute(binary).context("--image")?;
+                processes.images.insert(image.to_string(), binary);
+            }
+            // Every workspace binary (iggy-broker, iggy-sidecar, iggy-operator) from this dir.
+            "--workspace-binaries" => {
+                let dir = PathBuf::from(
+                    args.next()
+                        .context("--workspace-binaries needs a directory")?,
+                );
+                let dir = std::path::absolute(&dir).context("--workspace-binaries")?;
+                let processes = options
+                    .processes
+                    .take()
+                    .context("--workspace-binaries comes after --processes DIR")?;
+                options.processes = Some(processes.with_workspace_binaries(&dir));
             }
             "--help" | "-h" => {
-                println!("kube-harness [--kubeconfig PATH] [--nodes N] [--address 127.0.0.1:PORT] [--auto-ready-gate TYPE] [--apply FILE.yaml]...");
+                println!("kube-harness [--kubeconfig PATH] [--nodes N] [--address 127.0.0.1:PORT] [--auto-ready-gate TYPE] [--apply FILE.yaml]...\n\
+                          \x20            [--processes STATE_DIR [--workspace-binaries target/debug] [--image NAME=BINARY]...]");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other}; see --help"),
@@ -72,5 +103,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
+    // Pods get a short grace period: a dev cluster stops in seconds, brokers flush and exit.
+    harness.stop_pods(std::time::Duration::from_secs(10)).await;
     Ok(())
 }

@@ -197,6 +197,13 @@ pub fn builtin_types() -> Vec<ResourceType> {
         )
         .with_short_names(&["sc"]),
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true),
+        ResourceType::builtin(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            true,
+        ),
         ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true),
         ResourceType::builtin(
             "apiextensions.k8s.io",

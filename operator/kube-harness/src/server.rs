@@ -43,6 +43,8 @@ pub struct Shared {
     pub store: Mutex<Store>,
     pub counts: Mutex<RequestCounts>,
     pub faults: Mutex<Faults>,
+    /// Pods' log directories, when a process kubelet runs them (`pods/<name>/log`).
+    pub pod_logs: Option<crate::kubelet::LogDirectories>,
 }
 
 impl Shared {
@@ -290,6 +292,9 @@ async fn resource_request(
             format!("the harness serves JSON and YAML only, not {content_type}"),
         ));
     }
+    if target.subresource.as_deref() == Some("log") && target.rt.kind == "Pod" && verb == "get" {
+        return pod_log(shared, &target, &query);
+    }
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => return error(&ApiError::bad_request("unreadable body")),
@@ -452,6 +457,76 @@ fn patch_kind(content_type: &str) -> Result<PatchKind, ApiError> {
             format!("the body of the request was in an unknown format: {other}"),
         )),
     }
+}
+
+/// `GET pods/<name>/log`: a container's output as the process kubelet captured it
+/// (`container`, `previous` and `tailLines` honoured; `follow` answers what is there now).
+fn pod_log(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -> Response<Body> {
+    let namespace = target.namespace.clone().unwrap_or_default();
+    let name = target.name.clone().unwrap_or_default();
+    let pod = match shared.store().get(&target.rt, &namespace, &name) {
+        Ok(pod) => pod,
+        Err(err) => return error(&err),
+    };
+    let containers: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    let container = match query.get("container") {
+        Some(container) => container.clone(),
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return error(&ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )))
+        }
+    };
+    if !containers.contains(&container) {
+        return error(&ApiError::bad_request(format!(
+            "container {container} is not valid for pod {name}"
+        )));
+    }
+    let dir = shared.pod_logs.as_ref().and_then(|logs| {
+        logs.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(namespace.clone(), name.clone()))
+            .cloned()
+    });
+    let Some(dir) = dir else {
+        return error(&ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: no process runs it"
+        )));
+    };
+    let previous = query.get("previous").is_some_and(|p| p == "true");
+    let file = dir.join(if previous {
+        format!("{container}.log.previous")
+    } else {
+        format!("{container}.log")
+    });
+    let text = match std::fs::read(&file) {
+        Ok(bytes) => bytes,
+        Err(_) if previous => {
+            return error(&ApiError::bad_request(format!(
+                "previous terminated container \"{container}\" in pod \"{name}\" not found"
+            )))
+        }
+        Err(_) => Vec::new(),
+    };
+    let text = match query.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
+        Some(lines) => {
+            let all: Vec<&[u8]> = text.split_inclusive(|b| *b == b'\n').collect();
+            all[all.len().saturating_sub(lines)..].concat()
+        }
+        None => text,
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
 /// The scale subresource: an autoscaling/v1 Scale view of `spec.replicas`.

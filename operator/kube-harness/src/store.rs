@@ -152,6 +152,10 @@ pub struct Store {
     oldest_resumable: u64,
     changes: broadcast::Sender<Arc<Change>>,
     next_uid: u64,
+    /// Pods are deleted as a kubelet would: marked with a deletionTimestamp and removed only
+    /// once their processes stopped ([`Store::finish_pod_deletion`]). Off for the simulated
+    /// kubelet, whose pods have nothing to stop.
+    graceful_pods: bool,
 }
 
 pub fn now() -> String {
@@ -194,6 +198,7 @@ impl Store {
             oldest_resumable: 1,
             changes,
             next_uid: 0,
+            graceful_pods: false,
         };
         let namespaces = store.type_by_kind("", "Namespace").expect("built-in kind");
         for namespace in ["default", "kube-system"] {
@@ -203,6 +208,33 @@ impl Store {
                 .expect("fresh store accepts namespaces");
         }
         store
+    }
+
+    /// Turns on graceful pod deletion (the process kubelet runs pods that must stop first).
+    pub fn set_graceful_pod_deletion(&mut self, on: bool) {
+        self.graceful_pods = on;
+    }
+
+    /// Removes a pod marked for deletion once the kubelet stopped it.
+    pub fn finish_pod_deletion(&mut self, namespace: &str, name: &str) {
+        let Some(rt) = self.type_by_kind("", "Pod") else {
+            return;
+        };
+        let marked = self
+            .objects
+            .get(&key(&rt, namespace, name))
+            .is_some_and(|entry| entry.value["metadata"]["deletionTimestamp"].is_string());
+        let finalizers_left = self
+            .objects
+            .get(&key(&rt, namespace, name))
+            .is_some_and(|entry| {
+                entry.value["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|list| !list.is_empty())
+            });
+        if marked && !finalizers_left {
+            self.remove(&rt, namespace, name);
+        }
     }
 
     pub fn types(&self) -> &[ResourceType] {
@@ -503,13 +535,24 @@ impl Store {
         let has_finalizers = entry.value["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|list| !list.is_empty());
-        if has_finalizers {
+        let running_pod = self.graceful_pods
+            && rt.group.is_empty()
+            && rt.kind == "Pod"
+            && entry.value["spec"]["nodeName"].is_string();
+        if has_finalizers || running_pod {
             if entry.value["metadata"]["deletionTimestamp"].is_string() {
                 return Ok(entry.value);
             }
+            let grace = if running_pod {
+                entry.value["spec"]["terminationGracePeriodSeconds"]
+                    .as_i64()
+                    .unwrap_or(30)
+            } else {
+                0
+            };
             let mut marked = entry.value.clone();
             marked["metadata"]["deletionTimestamp"] = json!(now());
-            marked["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             let managers = entry.managers.clone();
             return self.commit_marking(rt, namespace, Some(entry), marked, managers, true);
         }
@@ -697,7 +740,13 @@ impl Store {
         }
         self.revision += 1;
         new["metadata"]["resourceVersion"] = json!(self.revision.to_string());
+        // A pod a process kubelet runs is removed by the kubelet once its processes stopped.
+        let kubelet_removes = self.graceful_pods
+            && rt.group.is_empty()
+            && rt.kind == "Pod"
+            && new["spec"]["nodeName"].is_string();
         let finished = new["metadata"]["deletionTimestamp"].is_string()
+            && !kubelet_removes
             && new["metadata"]["finalizers"]
                 .as_array()
                 .is_none_or(|list| list.is_empty());

@@ -203,15 +203,16 @@ impl Connection {
             peer: peer.to_owned(),
             source,
         };
-        let address = std::net::ToSocketAddrs::to_socket_addrs(peer)
-            .map_err(connect_error)?
-            .next()
-            .ok_or_else(|| {
-                connect_error(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no address",
-                ))
-            })?;
+        let address =
+            std::net::ToSocketAddrs::to_socket_addrs(&iggy_contract::hosts::resolve(peer))
+                .map_err(connect_error)?
+                .next()
+                .ok_or_else(|| {
+                    connect_error(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no address",
+                    ))
+                })?;
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));

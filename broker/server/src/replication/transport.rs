@@ -152,7 +152,7 @@ async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watc
     let mut backoff = RECONNECT_MIN;
     loop {
         let stream = tokio::select! {
-            stream = TcpStream::connect(address) => stream,
+            stream = TcpStream::connect(iggy_contract::hosts::resolve(address)) => stream,
             _ = stop.changed() => return,
         };
         let stream = match stream {

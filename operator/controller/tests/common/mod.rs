@@ -33,6 +33,7 @@ pub async fn harness_with(auto_ready: bool, crd: bool) -> (Harness, Client) {
         } else {
             Vec::new()
         },
+        ..ControllerOptions::default()
     };
     iggy_operator::install_crypto_provider();
     let harness = Harness::start(HarnessOptions {
