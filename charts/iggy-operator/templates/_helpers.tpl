@@ -48,10 +48,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [pods/status]
   verbs: [get, patch]
-# Secrets: read to check the referenced root credentials exist; values are never copied.
+# Secrets: read to check the referenced root credentials exist (values are never copied);
+# create to generate <cluster>-root once when spec.auth is not set (never updated).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get, create]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, update, delete]

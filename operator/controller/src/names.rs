@@ -49,6 +49,11 @@ impl ClusterNames {
         format!("{}-config", self.cluster)
     }
 
+    /// The root credentials the operator generates when `spec.auth` is not set.
+    pub fn root_secret(&self) -> String {
+        format!("{}-root", self.cluster)
+    }
+
     pub fn ring_config_map(&self) -> String {
         format!("{}-ring", self.cluster)
     }

@@ -249,7 +249,13 @@ async fn rendered_install_yaml_applies_and_the_operator_installs_its_crd() {
         })
         .flat_map(|rule| rule["verbs"].as_array().cloned().unwrap_or_default())
         .collect();
-    assert_eq!(secret_verbs, [json!("get")], "secrets are only read");
+    // Read to check references; create for the generated <cluster>-root. Never list (which
+    // would read every Secret's values), update, patch or delete.
+    assert_eq!(
+        secret_verbs,
+        [json!("get"), json!("create")],
+        "secrets are read one by one and created once"
+    );
 
     // What the Deployment runs: the operator with --install-crds and leader election.
     iggy_operator::install_crd(&client)

@@ -579,3 +579,63 @@ async fn telemetry_deploys_a_collector_and_points_brokers_at_it() {
     );
     operator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_spec_auth_root_credentials_are_generated_once_and_referenced() {
+    use k8s_openapi::api::core::v1::Secret;
+    let (harness, client) = harness().await;
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 1})).await;
+    wait_ready(&harness, "events").await;
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), NS);
+    let read = |secret: &Secret, key: &str| {
+        let bytes = &secret.data.as_ref().expect("data")[key].0;
+        String::from_utf8(bytes.clone()).expect("utf-8")
+    };
+    let secret = secrets.get("events-root").await.expect("generated Secret");
+    assert_eq!(read(&secret, "username"), "iggy");
+    let password = read(&secret, "password");
+    assert_eq!(password.len(), 32);
+    assert!(
+        secret.metadata.owner_references.is_none(),
+        "it outlives the cluster, like the retained volumes holding its root user"
+    );
+    let set = harness
+        .get("apps", "StatefulSet", NS, "events")
+        .expect("StatefulSet");
+    let env = set["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .clone();
+    let reference = env
+        .iter()
+        .find(|e| e["name"] == "IGGY_ROOT_PASSWORD")
+        .expect("password variable");
+    assert_eq!(
+        reference["valueFrom"]["secretKeyRef"],
+        json!({"name": "events-root", "key": "password"})
+    );
+    assert!(!set.to_string().contains(&password));
+    let cluster = cluster_value(&harness, "events").expect("cluster");
+    assert!(!cluster.to_string().contains(&password), "not in status");
+
+    // Later reconciles keep it: the brokers' root user was created with this password.
+    patch_spec(
+        &client,
+        "events",
+        json!({"config": {"storage.fsync": "always"}}),
+    )
+    .await;
+    eventually("the edit to be applied", || {
+        let set = harness
+            .get("apps", "StatefulSet", NS, "events")
+            .ok_or("no StatefulSet")?;
+        (set["metadata"]["generation"] != 1)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    let again = secrets.get("events-root").await.expect("still there");
+    assert_eq!(read(&again, "password"), password);
+    operator.stop().await;
+}

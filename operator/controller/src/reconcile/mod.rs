@@ -7,6 +7,7 @@ pub mod apply;
 pub mod bucket;
 pub mod build;
 pub mod dereference;
+pub mod root_secret;
 pub mod status;
 pub mod validate;
 
@@ -44,6 +45,8 @@ pub enum ReconcileError {
     Finalizer(kube::Error),
     #[error("deleting the cluster's S3 data: {0}")]
     Cleanup(String),
+    #[error(transparent)]
+    RootSecret(#[from] root_secret::RootSecretError),
 }
 
 impl ReconcileError {
@@ -56,6 +59,7 @@ impl ReconcileError {
             ReconcileError::Status(_) => "status",
             ReconcileError::Finalizer(_) => "finalizer",
             ReconcileError::Cleanup(_) => "cleanup",
+            ReconcileError::RootSecret(_) => "root_secret",
         }
     }
 }
@@ -165,6 +169,13 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
             }));
         }
     };
+    if root_secret::ensure(client, &validated).await? {
+        let note = format!(
+            "generated root credentials in Secret {} (keys {} and {})",
+            validated.auth.root_secret, validated.auth.username_key, validated.auth.password_key
+        );
+        publish(ctx, cluster, EventType::Normal, "RootSecretCreated", note).await;
+    }
     let children = build::build_all(&validated);
     let report = match apply::apply_all(client, &validated, &children).await {
         Ok(report) => report,

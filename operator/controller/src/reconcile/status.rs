@@ -53,6 +53,53 @@ fn pod_condition(pod: &Pod, kind: &str) -> bool {
         })
 }
 
+/// Waiting reasons that mean a container will not come up by itself.
+const FAILING_REASONS: [&str; 7] = [
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+];
+
+/// The first pod container stuck failing, described for the Degraded condition: pod,
+/// container, reason, and the last exit code when it ran.
+fn failing_container(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        statuses.iter().find_map(|container| {
+            let waiting = container.state.as_ref()?.waiting.as_ref()?;
+            let reason = waiting.reason.as_deref()?;
+            if !FAILING_REASONS.contains(&reason) {
+                return None;
+            }
+            let exit = container
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .map(|t| format!(", last exit code {}", t.exit_code))
+                .unwrap_or_default();
+            let detail = waiting
+                .message
+                .as_deref()
+                .filter(|m| !m.is_empty())
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            Some(format!(
+                "pod {} container {}: {reason} ({} restarts{exit}){detail}; see kubectl logs {} -c {}{}",
+                pod.name_any(),
+                container.name,
+                container.restart_count,
+                pod.name_any(),
+                container.name,
+                if reason == "CrashLoopBackOff" { " --previous" } else { "" },
+            ))
+        })
+    })
+}
+
 /// Keeps the previous transition time when a condition's status did not change.
 fn condition(
     previous: &[Condition],
@@ -214,6 +261,47 @@ pub fn compute(
                 now,
             ),
         ),
+        Outcome::Applied(_) if failing_container(&observed.pods).is_some() => {
+            let failing = failing_container(&observed.pods).unwrap_or_default();
+            let ready_message = format!("{ready_pods}/{wanted} brokers ready");
+            (
+                condition(
+                    conditions,
+                    "Ready",
+                    all_ready,
+                    if all_ready {
+                        "AllReplicasReady"
+                    } else {
+                        "ReplicasNotReady"
+                    },
+                    ready_message,
+                    generation,
+                    now,
+                ),
+                condition(
+                    conditions,
+                    "Degraded",
+                    true,
+                    "BrokerFailing",
+                    failing.clone(),
+                    generation,
+                    now,
+                ),
+                condition(
+                    conditions,
+                    "Progressing",
+                    !all_ready,
+                    if all_ready {
+                        "Stable"
+                    } else {
+                        "WaitingForReplicas"
+                    },
+                    failing,
+                    generation,
+                    now,
+                ),
+            )
+        }
         Outcome::Applied(_) => {
             let ready_message = format!("{ready_pods}/{wanted} brokers ready");
             let (progressing, reason, message) = if !all_ready {

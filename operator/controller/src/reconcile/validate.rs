@@ -32,7 +32,10 @@ pub struct ValidatedCluster {
     pub local_volumes: Vec<LocalVolume>,
     pub broker_toml: String,
     pub config_hash: String,
-    pub auth: Option<AuthSpec>,
+    /// Where the root credentials are: the user's Secret, or the one the operator generates.
+    pub auth: AuthSpec,
+    /// True when `auth` names `<cluster>-root`, which the operator creates if missing.
+    pub generated_root_secret: bool,
     pub pod_template: PodTemplateOverrides,
     pub affinity: Option<Affinity>,
     pub ring: Ring,
@@ -220,6 +223,11 @@ pub fn validate(
         Some(telemetry) => Some(resolve_telemetry(telemetry, &names)?),
     };
     let ring = ring::plan(&names, &uid, replicas, refs.current_ring.as_ref());
+    let auth = spec.auth.clone().unwrap_or_else(|| AuthSpec {
+        root_secret: names.root_secret(),
+        username_key: "username".into(),
+        password_key: "password".into(),
+    });
     Ok(ValidatedCluster {
         config_hash: stable_hash(&broker_toml),
         names,
@@ -232,7 +240,8 @@ pub fn validate(
         storage_class,
         local_volumes,
         broker_toml,
-        auth: spec.auth.clone(),
+        generated_root_secret: spec.auth.is_none(),
+        auth,
         pod_template: spec.pod_template.clone().unwrap_or_default(),
         affinity: spec.affinity.clone(),
         ring,

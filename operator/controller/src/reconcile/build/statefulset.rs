@@ -53,14 +53,13 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
     if let Some(telemetry) = &cluster.telemetry {
         env_vars.extend(otel_env(cluster, telemetry));
     }
-    if let Some(auth) = &cluster.auth {
-        // By reference only: the values never pass through the operator or a ConfigMap.
-        for (name, key) in [
-            (ROOT_USERNAME, &auth.username_key),
-            (ROOT_PASSWORD, &auth.password_key),
-        ] {
-            env_vars.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": auth.root_secret, "key": key}}}));
-        }
+    // By reference only: the values never pass through the operator or a ConfigMap.
+    let auth = &cluster.auth;
+    for (name, key) in [
+        (ROOT_USERNAME, &auth.username_key),
+        (ROOT_PASSWORD, &auth.password_key),
+    ] {
+        env_vars.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": auth.root_secret, "key": key}}}));
     }
     if let Some(tiering) = &cluster.tiering {
         // Bucket coordinates as plain values, the key pair by Secret reference only.
