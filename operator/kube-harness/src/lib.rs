@@ -361,3 +361,34 @@ async fn run_controllers(shared: Arc<Shared>, options: ControllerOptions) {
         }
     }
 }
+
+/// A plain HTTP/1.1 GET of `http://host:port/path` for tests and tools reading the harness's
+/// API (e.g. `pods/<name>/log`) or a pod's port: (status, body).
+pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an http:// URL");
+    let rest = url.strip_prefix("http://").ok_or_else(invalid)?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s"))??;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

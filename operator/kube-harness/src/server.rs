@@ -500,12 +500,15 @@ fn pod_log(shared: &Shared, target: &Target, query: &BTreeMap<String, String>) -
             "container \"{container}\" in pod \"{name}\" is waiting to start: no process runs it"
         )));
     };
+    // An exited instance's log is renamed `.previous` at once; until the next instance starts,
+    // it is also the current one (what kubectl shows for a container in back-off).
     let previous = query.get("previous").is_some_and(|p| p == "true");
-    let file = dir.join(if previous {
-        format!("{container}.log.previous")
+    let current = dir.join(format!("{container}.log"));
+    let file = if previous || !current.exists() {
+        dir.join(format!("{container}.log.previous"))
     } else {
-        format!("{container}.log")
-    });
+        current
+    };
     let text = match std::fs::read(&file) {
         Ok(bytes) => bytes,
         Err(_) if previous => {

@@ -7,7 +7,6 @@ use kube_harness::{Harness, HarnessOptions};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn which(program: &str) -> PathBuf {
     std::env::var_os("PATH")
@@ -111,7 +110,7 @@ spec:
     )
     .await;
     let ip = pod["status"]["podIP"].as_str().expect("pod IP").to_string();
-    assert!(ip.starts_with("127.1."), "{ip}");
+    assert!(ip.starts_with("127.") && !ip.starts_with("127.0."), "{ip}");
     assert_eq!(
         pod["status"]["conditions"]
             .as_array()
@@ -193,7 +192,10 @@ spec:
         .as_str()
         .expect("ip")
         .to_string();
-    assert!(cluster_ip.starts_with("127.2."), "{cluster_ip}");
+    assert!(
+        cluster_ip.starts_with("127.") && !cluster_ip.starts_with("127.0."),
+        "{cluster_ip}"
+    );
     let slice = wait_for(
         &harness,
         "the EndpointSlice",
@@ -241,24 +243,9 @@ spec:
     );
 }
 
-/// A plain HTTP/1.1 GET; the body as text.
+/// A GET that must answer 200; the body.
 async fn http_get(url: &str) -> String {
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .expect("connects");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("request");
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("answers in time")
-        .expect("reads");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    assert!(
-        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"),
-        "{text}"
-    );
-    text
+    let (status, body) = kube_harness::http_get(url).await.expect("answers");
+    assert_eq!(status, 200, "{body}");
+    body
 }

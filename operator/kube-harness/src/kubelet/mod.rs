@@ -117,6 +117,7 @@ pub struct Kubelet {
     blocked: HashMap<String, (Ipv4Addr, PlanError)>,
     pods: AddressPool,
     network: Network,
+    _subnets: network::Subnets,
     wake: Arc<Notify>,
     logs: LogDirectories,
 }
@@ -144,14 +145,16 @@ impl Kubelet {
                 base_env.push((inherited.to_string(), value));
             }
         }
+        let subnets = network::Subnets::reserve()?;
         Ok(Self {
-            network: Network::new(options.hosts_path()),
+            network: Network::new(options.hosts_path(), subnets.services),
+            pods: AddressPool::new(subnets.pods),
+            _subnets: subnets,
             options,
             base_env,
             auto_ready_gates,
             runs: HashMap::new(),
             blocked: HashMap::new(),
-            pods: AddressPool::new(1),
             wake: Arc::new(Notify::new()),
             logs,
         })
@@ -303,7 +306,7 @@ impl Kubelet {
                 None => match self.pods.take() {
                     Some(ip) => ip,
                     None => {
-                        tracing::error!("the pod address range 127.1.0.0/16 is exhausted");
+                        tracing::error!("the pod address range is exhausted");
                         return;
                     }
                 },

@@ -1,5 +1,5 @@
-//! Pod and Service networking on loopback: pod IPs from 127.1.0.0/16, ClusterIPs from
-//! 127.2.0.0/16, a userspace L4 proxy per Service port forwarding to ready endpoints round
+//! Pod and Service networking on loopback: pod IPs from one /16 of 127.0.0.0/8 and ClusterIPs
+//! from the next ([`Subnets::reserve`]), a userspace L4 proxy per Service port forwarding to ready endpoints round
 //! robin (kube-proxy's old userspace mode), EndpointSlices kept current, and a hosts file
 //! naming pods and Services for the processes the kubelet starts.
 
@@ -14,6 +14,46 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
+
+/// The two /16s of 127.0.0.0/8 one harness uses: pods in `127.<pods>.0.0/16`, Services in
+/// `127.<pods + 1>.0.0/16`. Harnesses running side by side (parallel tests) each hold an
+/// exclusive lock on a file named after their pair, so their pods never share an address.
+pub struct Subnets {
+    pub pods: u8,
+    pub services: u8,
+    _lock: std::fs::File,
+}
+
+impl Subnets {
+    pub fn reserve() -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let pairs: Vec<u8> = (16..=252).step_by(2).collect();
+        // Start at a pid-derived pair so parallel harnesses rarely contend for the same lock.
+        let start = std::process::id() as usize % pairs.len();
+        for offset in 0..pairs.len() {
+            let pods = pairs[(start + offset) % pairs.len()];
+            let path = std::env::temp_dir().join(format!("kube-harness-net-127.{pods}.lock"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            // SAFETY: flock(2) on a descriptor this function owns; released when it closes.
+            let locked =
+                unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+            if locked {
+                return Ok(Self {
+                    pods,
+                    services: pods + 1,
+                    _lock: file,
+                });
+            }
+        }
+        Err(std::io::Error::other(
+            "every loopback /16 pair is held by another kube-harness",
+        ))
+    }
+}
 
 /// Hands out addresses of one /16 under 127.0.0.0/8, reusing released ones last.
 pub struct AddressPool {
@@ -107,9 +147,9 @@ fn target_port(port: &Value, pod: &Value) -> Option<u16> {
 }
 
 impl Network {
-    pub fn new(hosts_file: PathBuf) -> Self {
+    pub fn new(hosts_file: PathBuf, services_octet: u8) -> Self {
         Self {
-            services: AddressPool::new(2),
+            services: AddressPool::new(services_octet),
             routes: Arc::new(RwLock::new(HashMap::new())),
             listeners: HashMap::new(),
             hosts_file,

@@ -181,6 +181,8 @@ impl Container {
                 Ended::Unhealthy => terminate(&mut child, pid, self.grace).await,
             };
             probes.abort();
+            // The instance's log becomes the previous one (`kubectl logs --previous`).
+            let _ = std::fs::rename(&self.plan.log, self.plan.log.with_extension("log.previous"));
             let terminated = describe(&status, started_at);
             let succeeded = terminated.exit_code == 0;
             tracing::info!(pod = %self.pod, container = %self.plan.name, exit_code = terminated.exit_code, signal = ?terminated.signal, "container exited");
@@ -242,10 +244,6 @@ impl Container {
     fn open_log(&self) -> std::io::Result<std::fs::File> {
         if let Some(dir) = self.plan.log.parent() {
             std::fs::create_dir_all(dir)?;
-        }
-        // `kubectl logs --previous` reads the last instance's log.
-        if self.plan.log.exists() {
-            std::fs::rename(&self.plan.log, self.plan.log.with_extension("log.previous"))?;
         }
         std::fs::File::create(&self.plan.log)
     }

@@ -1,0 +1,364 @@
+//! The operator with real pods: the kube-harness's process kubelet runs the real `iggy-broker`
+//! and `iggy-sidecar` binaries for the pods the operator's StatefulSet makes, each on its own
+//! loopback address, and a real Iggy SDK client talks to the brokers through the client
+//! Service's ClusterIP. Everything stops when the test ends (the harness kills what it
+//! started).
+
+mod common;
+
+use common::*;
+use iggy::prelude::Client as _;
+use iggy::prelude::*;
+use iggy_operator::crd::IggyCluster;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use kube_harness::kubelet::ProcessOptions;
+use kube_harness::{Harness, HarnessOptions};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where cargo put this workspace's binaries (target/debug), building the broker and the
+/// sidecar when this test runs without the rest of the workspace built.
+fn workspace_binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .to_path_buf();
+    if !dir.join("iggy-broker").is_file() || !dir.join("iggy-sidecar").is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "broker", "-p", "iggy-sidecar", "--bins"])
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building iggy-broker and iggy-sidecar");
+    }
+    dir
+}
+
+struct DevCluster {
+    harness: Harness,
+    client: Client,
+    state: tempfile::TempDir,
+    operator: Option<Operator>,
+}
+
+impl DevCluster {
+    async fn start() -> Self {
+        let state = tempfile::tempdir().expect("state dir");
+        let mut processes = ProcessOptions::new(state.path().to_path_buf())
+            .with_workspace_binaries(&workspace_binaries());
+        processes.backoff.base = Duration::from_millis(500);
+        iggy_operator::install_crypto_provider();
+        let harness = Harness::start(HarnessOptions {
+            processes: Some(processes),
+            ..HarnessOptions::default()
+        })
+        .await
+        .expect("harness starts");
+        let client = client_for(&harness).await;
+        install_crd(&client).await;
+        let operator = Some(Operator::start(&client, None));
+        Self {
+            harness,
+            client,
+            state,
+            operator,
+        }
+    }
+
+    async fn apply_sample(&self, file: &str) -> IggyCluster {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../manifests/samples")
+            .join(file);
+        let text = std::fs::read_to_string(&path).expect("sample readable");
+        let cluster: IggyCluster = serde_yaml::from_str(&text).expect("sample is an IggyCluster");
+        Api::<IggyCluster>::namespaced(self.client.clone(), NS)
+            .create(&PostParams::default(), &cluster)
+            .await
+            .expect("sample applies")
+    }
+
+    /// What the pods are doing, for a failure message.
+    fn pods_report(&self) -> String {
+        let mut report = String::new();
+        for pod in self.harness.list("", "Pod", Some(NS)) {
+            report.push_str(&format!("\n{}: {}", pod["metadata"]["name"], pod["status"]));
+        }
+        report
+    }
+
+    async fn wait<T>(
+        &self,
+        what: &str,
+        bound: Duration,
+        mut check: impl FnMut(&Harness) -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + bound;
+        loop {
+            match check(&self.harness) {
+                Ok(value) => return value,
+                Err(last) if Instant::now() > deadline => {
+                    panic!(
+                        "timed out waiting for {what}: {last}\npods:{}",
+                        self.pods_report()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    async fn wait_ready(&self, name: &str) -> Value {
+        self.wait(
+            &format!("{name} Ready"),
+            Duration::from_secs(60),
+            |harness| {
+                let cluster = cluster_value(harness, name)?;
+                let ready = condition(&cluster, "Ready").ok_or("no Ready condition")?;
+                (ready["status"] == "True")
+                    .then_some(cluster.clone())
+                    .ok_or(format!("Ready = {ready}"))
+            },
+        )
+        .await
+    }
+
+    /// The root credentials the operator generated, read as a user would.
+    async fn root_credentials(&self, cluster: &str) -> (String, String) {
+        let secret = Api::<Secret>::namespaced(self.client.clone(), NS)
+            .get(&format!("{cluster}-root"))
+            .await
+            .expect("generated root Secret");
+        let data = secret.data.expect("data");
+        let text = |key: &str| String::from_utf8(data[key].0.clone()).expect("utf-8");
+        (text("username"), text("password"))
+    }
+
+    /// A logged-in SDK client on the client Service's ClusterIP.
+    async fn sdk_client(&self, cluster: &str) -> IggyClient {
+        let service = self
+            .harness
+            .get("", "Service", NS, cluster)
+            .expect("client Service");
+        let ip = service["spec"]["clusterIP"]
+            .as_str()
+            .expect("ClusterIP")
+            .to_string();
+        let (username, password) = self.root_credentials(cluster).await;
+        let client = IggyClient::builder()
+            .with_tcp()
+            .with_server_address(format!("{ip}:8090"))
+            .build()
+            .expect("client builds");
+        client
+            .connect()
+            .await
+            .expect("connects through the Service");
+        client
+            .login_user(&username, &password)
+            .await
+            .expect("root login with the generated password");
+        client
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        if let Some(operator) = self.operator.take() {
+            operator.kill();
+        }
+    }
+}
+
+async fn client_for(harness: &Harness) -> Client {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let kubeconfig = Kubeconfig::from_yaml(&harness.kubeconfig()).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("client config");
+    Client::try_from(config).expect("client")
+}
+
+async fn install_crd(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    Api::<CustomResourceDefinition>::all(client.clone())
+        .create(&PostParams::default(), &IggyCluster::crd())
+        .await
+        .expect("CRD installs");
+}
+
+fn message(text: &str) -> IggyMessage {
+    IggyMessage::builder()
+        .payload(bytes::Bytes::from(text.to_owned()))
+        .build()
+        .expect("valid message")
+}
+
+async fn read_payloads(client: &IggyClient, stream: &str, topic: &str) -> Vec<String> {
+    let polled = client
+        .poll_messages(
+            &Identifier::named(stream).expect("name"),
+            &Identifier::named(topic).expect("name"),
+            Some(0),
+            &Consumer::new(Identifier::numeric(1).expect("id")),
+            &PollingStrategy::offset(0),
+            1000,
+            false,
+        )
+        .await
+        .expect("poll through the Service");
+    polled
+        .messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_single_sample_runs_a_real_broker_behind_its_service() {
+    let dev = DevCluster::start().await;
+    let applied = Instant::now();
+    dev.apply_sample("single.yaml").await;
+    dev.wait_ready("dev").await;
+
+    let client = dev.sdk_client("dev").await;
+    client.create_stream("orders").await.expect("create stream");
+    let stream = Identifier::named("orders").expect("name");
+    client
+        .create_topic(
+            &stream,
+            "created",
+            1,
+            CompressionAlgorithm::None,
+            None,
+            IggyExpiry::ServerDefault,
+            MaxTopicSize::ServerDefault,
+        )
+        .await
+        .expect("create topic");
+    let topic = Identifier::named("created").expect("name");
+    let mut batch: Vec<IggyMessage> = (0..10).map(|i| message(&format!("order-{i}"))).collect();
+    client
+        .send_messages(&stream, &topic, &Partitioning::partition_id(0), &mut batch)
+        .await
+        .expect("send through the Service");
+    println!(
+        "kubectl apply of single.yaml → first message acknowledged: {:?}",
+        applied.elapsed()
+    );
+    let expected: Vec<String> = (0..10).map(|i| format!("order-{i}")).collect();
+    assert_eq!(read_payloads(&client, "orders", "created").await, expected);
+    drop(client);
+
+    // The broker's readiness gate is the sidecar's report of the real broker.
+    let pod = dev.harness.get("", "Pod", NS, "dev-0").expect("pod");
+    let gate = pod["status"]["conditions"]
+        .as_array()
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c["type"] == "iggy.rs/replica-ready")
+                .cloned()
+        })
+        .expect("gate condition");
+    assert_eq!(gate["status"], "True");
+    assert_eq!(gate["reason"], "BrokerCaughtUp", "{gate}");
+
+    // The pod is deleted: its successor starts on the same claim with the data in place.
+    let old_uid = pod["metadata"]["uid"].clone();
+    Api::<Pod>::namespaced(dev.client.clone(), NS)
+        .delete("dev-0", &DeleteParams::default())
+        .await
+        .expect("delete pod");
+    dev.wait("a new dev-0 Ready", Duration::from_secs(60), |harness| {
+        let pod = harness.get("", "Pod", NS, "dev-0").ok_or("no pod")?;
+        let ready = pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        (pod["metadata"]["uid"] != old_uid && ready)
+            .then_some(())
+            .ok_or("old pod or not ready".to_string())
+    })
+    .await;
+    dev.wait_ready("dev").await;
+    let client = dev.sdk_client("dev").await;
+    assert_eq!(
+        read_payloads(&client, "orders", "created").await,
+        expected,
+        "the data survived on the claim"
+    );
+    drop(client);
+
+    // A config edit reaches the pod's file (its restart belongs to the membership work).
+    patch_spec(
+        &dev.client,
+        "dev",
+        json!({"config": {"tcp.max_connections": "777"}}),
+    )
+    .await;
+    let pods_dir = dev.state.path().join("pods").join(NS);
+    dev.wait(
+        "the new broker.toml in the pod",
+        Duration::from_secs(30),
+        |_| {
+            let file = std::fs::read_dir(&pods_dir)
+                .map_err(|e| e.to_string())?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("dev-0-"))
+                .map(|e| e.path().join("volumes/config/broker.toml"))
+                .find(|path| path.is_file())
+                .ok_or("no broker.toml")?;
+            let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+            text.contains("max_connections = 777")
+                .then_some(())
+                .ok_or(text)
+        },
+    )
+    .await;
+    if let Some(operator) = dev.operator.as_ref() {
+        assert!(!operator.finished());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_cannot_start_crash_loops_and_the_cluster_says_so() {
+    let dev = DevCluster::start().await;
+    // Valid to the operator (an integer), refused by the broker at start.
+    create_cluster(
+        &dev.client,
+        "bad",
+        json!({"replicas": 1, "config": {"tcp.max_connections": "0"}}),
+    )
+    .await;
+    let cluster = dev
+        .wait(
+            "Degraded naming the crash loop",
+            Duration::from_secs(60),
+            |harness| {
+                let cluster = cluster_value(harness, "bad")?;
+                let degraded = condition(&cluster, "Degraded").ok_or("no Degraded")?;
+                (degraded["status"] == "True" && degraded["reason"] == "BrokerFailing")
+                    .then_some(degraded.clone())
+                    .ok_or(degraded.to_string())
+            },
+        )
+        .await;
+    let message = cluster["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("pod bad-0 container broker: CrashLoopBackOff"),
+        "{message}"
+    );
+    // Its output, as `kubectl logs bad-0 -c broker --previous` shows it.
+    let url = format!(
+        "{}/api/v1/namespaces/{NS}/pods/bad-0/log?container=broker&previous=true",
+        dev.harness.url()
+    );
+    let (status, log) = kube_harness::http_get(&url).await.expect("log answers");
+    assert_eq!(status, 200, "{log}");
+    assert!(log.contains("max_connections"), "{log}");
+}
