@@ -7,6 +7,10 @@ pub const BROKER_DEFAULTS: &str = include_str!("../defaults.toml");
 /// Where the broker's configuration file sits in a pod.
 pub const POD_CONFIG_DIR: &str = "/etc/iggy";
 pub const POD_CONFIG_FILE: &str = "/etc/iggy/broker.toml";
+/// Where the ring ConfigMap is mounted in a broker's pod, and the file the broker reads its
+/// ring from at start.
+pub const POD_RING_DIR: &str = "/etc/iggy-ring";
+pub const POD_RING_FILE: &str = "/etc/iggy-ring/ring.json";
 /// The data volume's mount path in a pod.
 pub const POD_DATA_PATH: &str = "/data";
 

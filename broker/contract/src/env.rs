@@ -4,7 +4,7 @@
 
 /// Broker settings the operator sets, each `IGGY_<SECTION>_<KEY>` of a key in defaults.toml
 /// (checked by a test, so a renamed key cannot silently orphan the operator's variable).
-pub const BROKER_SETTINGS: [&str; 9] = [
+pub const BROKER_SETTINGS: [&str; 10] = [
     SYSTEM_PATH,
     TCP_ADDRESS,
     HTTP_ADDRESS,
@@ -13,6 +13,7 @@ pub const BROKER_SETTINGS: [&str; 9] = [
     ROOT_PASSWORD,
     CLUSTER_RING_FILE,
     CLUSTER_MEMBER_ID,
+    CLUSTER_POSITION,
     REPLICATION_ADDRESS,
 ];
 
@@ -26,6 +27,8 @@ pub const ROOT_PASSWORD: &str = "IGGY_ROOT_PASSWORD";
 // Replication: the ring file at start, this node's id in it, the replication listener.
 pub const CLUSTER_RING_FILE: &str = "IGGY_CLUSTER_RING_FILE";
 pub const CLUSTER_MEMBER_ID: &str = "IGGY_CLUSTER_MEMBER_ID";
+/// This node's ring position, when its member id is not known (a pod's ordinal).
+pub const CLUSTER_POSITION: &str = "IGGY_CLUSTER_POSITION";
 pub const REPLICATION_ADDRESS: &str = "IGGY_REPLICATION_ADDRESS";
 
 // Tiered storage. L3 (S3) is on when a bucket is set.

@@ -62,6 +62,8 @@ pub enum RingError {
     BadAddress { id: MemberId, address: String },
     #[error("member id {0} is not in ring.json")]
     NotAMember(MemberId),
+    #[error("no member of ring.json sits at position {0}")]
+    NoMemberAt(i64),
 }
 
 impl Ring {
@@ -108,6 +110,14 @@ impl Ring {
             .iter()
             .find(|m| m.id == id)
             .ok_or(RingError::NotAMember(id))
+    }
+
+    /// The member at `position` (a pod knows its ordinal before it knows its member id).
+    pub fn member_at(&self, position: i64) -> Result<&RingMember, RingError> {
+        self.members
+            .iter()
+            .find(|m| i64::from(m.position) == position)
+            .ok_or(RingError::NoMemberAt(position))
     }
 
     /// Members in position order: index `i` of the result sits at position `i` of a valid ring.
@@ -157,6 +167,20 @@ mod tests {
                 .collect(),
             next_member_id: 10,
         }
+    }
+
+    #[test]
+    fn members_are_found_by_id_or_by_position() {
+        let ring: Ring = serde_json::from_str(
+            r#"{"cluster_id": "c", "epoch": 1, "members": [
+                {"id": 7, "position": 1, "address": "b:8091"},
+                {"id": 4, "position": 0, "address": "a:8091"}]}"#,
+        )
+        .expect("ring");
+        assert_eq!(ring.member_at(1).map(|m| m.id), Ok(7));
+        assert_eq!(ring.member(4).map(|m| m.position), Ok(0));
+        assert_eq!(ring.member_at(2), Err(RingError::NoMemberAt(2)));
+        assert_eq!(ring.member_at(-1), Err(RingError::NoMemberAt(-1)));
     }
 
     #[test]

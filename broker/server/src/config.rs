@@ -35,6 +35,8 @@ pub struct Config {
 pub struct ClusterConfig {
     pub ring_file: PathBuf,
     pub member_id: u32,
+    /// This node's ring position; names the node when `member_id` is 0 (-1 = unset).
+    pub position: i64,
 }
 
 impl ClusterConfig {

@@ -11,7 +11,7 @@ use iggy_contract::defaults::BROKER_DEFAULTS;
 use iggy_contract::ports::{all_interfaces, CLIENT_PORT, HTTP_PORT};
 
 /// Keys the operator sets itself, and why a user may not.
-const RESERVED: [(&str, &str); 5] = [
+const RESERVED: [(&str, &str); 9] = [
     (
         "system.path",
         "the data path is the broker's persistent volume",
@@ -23,6 +23,22 @@ const RESERVED: [(&str, &str); 5] = [
     (
         "http.address",
         "the operator binds the HTTP port for probes and metrics",
+    ),
+    (
+        "cluster.ring_file",
+        "the operator mounts the ring ConfigMap and points brokers at it",
+    ),
+    (
+        "cluster.member_id",
+        "each broker finds itself in the ring by its pod's ordinal",
+    ),
+    (
+        "cluster.position",
+        "each broker's position is its pod's ordinal",
+    ),
+    (
+        "replication.address",
+        "the operator binds the replication port on all interfaces",
     ),
     (
         "root.username",

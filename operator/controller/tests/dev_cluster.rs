@@ -127,19 +127,36 @@ impl DevCluster {
         .await
     }
 
-    /// The root credentials the operator generated, read as a user would.
-    async fn root_credentials(&self, cluster: &str) -> (String, String) {
+    /// Applies every object of a sample file, as `kubectl apply -f` would.
+    fn apply_sample_file(&self, file: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../manifests/samples")
+            .join(file);
+        let text = std::fs::read_to_string(&path).expect("sample readable");
+        self.harness.apply_yaml(&text).expect("sample applies");
+    }
+
+    /// Root credentials from a Secret (`<cluster>-root` when the operator generated them),
+    /// read as a user would.
+    async fn root_credentials(&self, secret: &str) -> (String, String) {
         let secret = Api::<Secret>::namespaced(self.client.clone(), NS)
-            .get(&format!("{cluster}-root"))
+            .get(secret)
             .await
-            .expect("generated root Secret");
+            .expect("root Secret");
         let data = secret.data.expect("data");
         let text = |key: &str| String::from_utf8(data[key].0.clone()).expect("utf-8");
         (text("username"), text("password"))
     }
 
-    /// A logged-in SDK client on the client Service's ClusterIP.
+    /// A logged-in SDK client on the client Service's ClusterIP, with the root credentials
+    /// the operator generated.
     async fn sdk_client(&self, cluster: &str) -> IggyClient {
+        let credentials = self.root_credentials(&format!("{cluster}-root")).await;
+        self.sdk_client_with(cluster, &credentials).await
+    }
+
+    /// A logged-in SDK client on the client Service's ClusterIP.
+    async fn sdk_client_with(&self, cluster: &str, credentials: &(String, String)) -> IggyClient {
         let service = self
             .harness
             .get("", "Service", NS, cluster)
@@ -148,22 +165,28 @@ impl DevCluster {
             .as_str()
             .expect("ClusterIP")
             .to_string();
-        let (username, password) = self.root_credentials(cluster).await;
-        let client = IggyClient::builder()
-            .with_tcp()
-            .with_server_address(format!("{ip}:8090"))
-            .build()
-            .expect("client builds");
-        client
-            .connect()
-            .await
-            .expect("connects through the Service");
-        client
-            .login_user(&username, &password)
-            .await
-            .expect("root login with the generated password");
-        client
+        sdk_client_at(&format!("{ip}:8090"), credentials).await
     }
+
+    fn pod_ip(&self, pod: &str) -> String {
+        let pod = self.harness.get("", "Pod", NS, pod).expect("pod");
+        pod["status"]["podIP"].as_str().expect("pod IP").to_string()
+    }
+}
+
+/// A logged-in SDK client of the broker at `address`.
+async fn sdk_client_at(address: &str, (username, password): &(String, String)) -> IggyClient {
+    let client = IggyClient::builder()
+        .with_tcp()
+        .with_server_address(address.to_string())
+        .build()
+        .expect("client builds");
+    client.connect().await.expect("connects");
+    client
+        .login_user(username, password)
+        .await
+        .expect("root login");
+    client
 }
 
 impl Drop for DevCluster {
@@ -227,24 +250,8 @@ async fn the_single_sample_runs_a_real_broker_behind_its_service() {
     dev.wait_ready("dev").await;
 
     let client = dev.sdk_client("dev").await;
-    client.create_stream("orders").await.expect("create stream");
-    let stream = Identifier::named("orders").expect("name");
-    client
-        .create_topic(
-            &stream,
-            "created",
-            1,
-            CompressionAlgorithm::None,
-            None,
-            IggyExpiry::ServerDefault,
-            MaxTopicSize::ServerDefault,
-        )
-        .await
-        .expect("create topic");
-    let topic = Identifier::named("created").expect("name");
-    let mut batch: Vec<IggyMessage> = (0..10).map(|i| message(&format!("order-{i}"))).collect();
-    client
-        .send_messages(&stream, &topic, &Partitioning::partition_id(0), &mut batch)
+    create_orders(&client).await;
+    send(&client, 0, 10)
         .await
         .expect("send through the Service");
     println!(
@@ -361,4 +368,131 @@ async fn a_broker_that_cannot_start_crash_loops_and_the_cluster_says_so() {
     let (status, log) = kube_harness::http_get(&url).await.expect("log answers");
     assert_eq!(status, 200, "{log}");
     assert!(log.contains("max_connections"), "{log}");
+}
+
+/// Polls `address` until it returns exactly `expected` (a backup applies commits a moment
+/// after the primary acknowledges them).
+async fn wait_for_payloads(address: &str, credentials: &(String, String), expected: &[String]) {
+    let client = sdk_client_at(address, credentials).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = read_payloads(&client, "orders", "created").await;
+        if got == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{address} holds {} messages, expected {}",
+            got.len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The member whose admin API says it is the primary.
+async fn primary(dev: &DevCluster, cluster: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for position in 0..3 {
+            let pod = format!("{cluster}-{position}");
+            let ip = dev.pod_ip(&pod);
+            if let Ok((200, body)) =
+                kube_harness::http_get(&format!("http://{ip}:3000/admin/status")).await
+            {
+                let status: Value = serde_json::from_str(&body).expect("admin status JSON");
+                if status["role"] == "primary" {
+                    return pod;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no member reports primary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stream `orders` with topic `created` of one partition.
+async fn create_orders(client: &IggyClient) {
+    client.create_stream("orders").await.expect("create stream");
+    client
+        .create_topic(
+            &Identifier::named("orders").expect("name"),
+            "created",
+            1,
+            CompressionAlgorithm::None,
+            None,
+            IggyExpiry::ServerDefault,
+            MaxTopicSize::ServerDefault,
+        )
+        .await
+        .expect("create topic");
+}
+
+async fn send(client: &IggyClient, from: usize, count: usize) -> Result<(), IggyError> {
+    let stream = Identifier::named("orders").expect("name");
+    let topic = Identifier::named("created").expect("name");
+    let mut batch: Vec<IggyMessage> = (from..from + count)
+        .map(|i| message(&format!("order-{i}")))
+        .collect();
+    client
+        .send_messages(&stream, &topic, &Partitioning::partition_id(0), &mut batch)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
+    let dev = DevCluster::start().await;
+    dev.apply_sample_file("three-local-nvme.yaml");
+    dev.wait_ready("events").await;
+    let credentials = dev.root_credentials("events-root").await;
+    assert_eq!(
+        credentials.0, "admin",
+        "the sample's own Secret, not a generated one"
+    );
+
+    // Writes through the Service land on whichever member the proxy picks; every member
+    // ends up with the same log, because the three brokers are one VSR cluster.
+    let client = dev.sdk_client_with("events", &credentials).await;
+    create_orders(&client).await;
+    for batch in 0..5 {
+        send(&client, batch * 20, 20).await.expect("send");
+    }
+    drop(client);
+    let mut expected: Vec<String> = (0..100).map(|i| format!("order-{i}")).collect();
+    for position in 0..3 {
+        let ip = dev.pod_ip(&format!("events-{position}"));
+        wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
+    }
+
+    // The primary's node fails: its processes die at once and the pod object goes. The
+    // others elect a new primary; the StatefulSet brings the member back on its claim.
+    let lost = primary(&dev, "events").await;
+    let lost_ip = dev.pod_ip(&lost);
+    assert!(dev.harness.kill_pod(NS, &lost), "{lost} runs");
+    let client = dev.sdk_client_with("events", &credentials).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(error) = send(&client, 100, 20).await {
+        assert!(
+            Instant::now() < deadline,
+            "no write accepted after the failure: {error}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    expected.extend((100..120).map(|i| format!("order-{i}")));
+    dev.wait("the lost member back", Duration::from_secs(60), |harness| {
+        let pod = harness.get("", "Pod", NS, &lost).ok_or("no pod")?;
+        let ip = pod["status"]["podIP"].as_str().unwrap_or_default();
+        let ready = pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        });
+        (ready && ip != lost_ip)
+            .then_some(())
+            .ok_or(format!("{lost}: {}", pod["status"]))
+    })
+    .await;
+    for position in 0..3 {
+        let ip = dev.pod_ip(&format!("events-{position}"));
+        wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
+    }
 }

@@ -23,7 +23,7 @@ use crate::config::{Config, FsyncPolicy, RouteSetting};
 use crate::storage::StorageError;
 use crate::submit::Submitter;
 use driver::{Driver, DriverInput};
-use iggy_contract::ring::{Ring, RingError};
+use iggy_contract::ring::{MemberId, Ring, RingError};
 use journal::{Journal, JournalError, Write};
 use machine::BrokerMachine;
 use status::ClusterStatus;
@@ -121,6 +121,8 @@ impl ClientIds {
 #[derive(Debug, Clone)]
 pub struct Setup {
     pub ring: Ring,
+    /// This node's member id (given, or found by its position).
+    pub member_id: MemberId,
     pub position: ReplicaId,
     /// Replication addresses by position.
     pub addresses: Vec<String>,
@@ -128,7 +130,8 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Reads `cluster.ring_file` and finds `cluster.member_id` in it.
+    /// Reads `cluster.ring_file` and finds this node in it: `cluster.member_id`, or when that
+    /// is 0, the member at `cluster.position`.
     pub fn load(config: &Config) -> Result<Setup, ClusterError> {
         let path = &config.cluster.ring_file;
         let text = std::fs::read_to_string(path).map_err(|source| ClusterError::Read {
@@ -144,7 +147,12 @@ impl Setup {
             source,
         };
         ring.validate().map_err(ring_error)?;
-        let me = ring.member(config.cluster.member_id).map_err(ring_error)?;
+        let me = if config.cluster.member_id == 0 && config.cluster.position >= 0 {
+            ring.member_at(config.cluster.position)
+        } else {
+            ring.member(config.cluster.member_id)
+        }
+        .map_err(ring_error)?;
         if config.root.password.is_empty() {
             return Err(ClusterError::NoRootPassword);
         }
@@ -168,6 +176,7 @@ impl Setup {
         vsr.checkpoint_interval = CHECKPOINT_INTERVAL;
         vsr.wal_slots = 4 * CHECKPOINT_INTERVAL;
         Ok(Setup {
+            member_id: me.id,
             position,
             addresses,
             vsr,
@@ -247,7 +256,7 @@ pub async fn boot(
     let (inputs, receiver) = mpsc::channel();
     let position = setup.position;
     let status = Arc::new(ClusterStatus::new(
-        config.cluster.member_id,
+        setup.member_id,
         position,
         setup.ring.epoch,
         setup.ring.cluster_id.clone(),
@@ -324,7 +333,7 @@ pub async fn boot(
         .name("vsr-replica".into())
         .spawn(move || driver.run(receiver))?;
     tracing::info!(
-        member = setup.ring.member(broker.config.cluster.member_id).map_or(0, |m| m.id),
+        member = setup.member_id,
         position,
         members = setup.addresses.len(),
         epoch = setup.ring.epoch,

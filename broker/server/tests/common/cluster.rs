@@ -53,9 +53,16 @@ impl TestCluster {
             .map(|i| {
                 let member = i.to_string();
                 let address = replication[i].to_string();
+                // Member 0 is named by its id, the others by their position, as the
+                // operator's pods are (both ways must find the same member).
+                let whom = if i == 0 {
+                    "IGGY_CLUSTER_MEMBER_ID"
+                } else {
+                    "IGGY_CLUSTER_POSITION"
+                };
                 let mut settings: Vec<(&str, &str)> = vec![
                     ("IGGY_CLUSTER_RING_FILE", &ring_files[i]),
-                    ("IGGY_CLUSTER_MEMBER_ID", &member),
+                    (whom, &member),
                     ("IGGY_REPLICATION_ADDRESS", &address),
                 ];
                 settings.extend_from_slice(env);

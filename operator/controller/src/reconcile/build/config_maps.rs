@@ -17,7 +17,8 @@ pub fn broker_config(cluster: &ValidatedCluster) -> ConfigMap {
     }
 }
 
-/// `ring.json` for the sidecar, which hands it to its broker. Not mounted through the pod
+/// `ring.json`: mounted into each broker, which reads it at start, and read by the sidecar,
+/// which will hand later epochs to its running broker. Its content is not part of the pod
 /// template hash, so a membership change never restarts pods by itself.
 pub fn ring(cluster: &ValidatedCluster) -> ConfigMap {
     let json = serde_json::to_string_pretty(&cluster.ring).expect("ring serializes");

@@ -9,7 +9,7 @@ use crate::names::{
     CLIENT_PORT, CONFIG_HASH_ANNOTATION, HTTP_PORT, READINESS_GATE, REPLICATION_PORT,
 };
 use crate::s3::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
-use iggy_contract::defaults::{POD_CONFIG_DIR, POD_CONFIG_FILE};
+use iggy_contract::defaults::{POD_CONFIG_DIR, POD_CONFIG_FILE, POD_RING_DIR, POD_RING_FILE};
 use iggy_contract::env::*;
 use iggy_contract::labels::POD_INDEX_LABEL;
 use iggy_contract::ports::{all_interfaces, local_admin_url};
@@ -49,6 +49,11 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
         field_env(POD_NAME, "metadata.name"),
         field_env(POD_NAMESPACE, "metadata.namespace"),
         field_env(RING_POSITION, &pod_index_path()),
+        // Every member replicates through VSR from its first start: the ring file names the
+        // members, the pod's ordinal says which one it is (ids are the operator's to assign).
+        env(CLUSTER_RING_FILE, POD_RING_FILE),
+        field_env(CLUSTER_POSITION, &pod_index_path()),
+        env(REPLICATION_ADDRESS, &all_interfaces(REPLICATION_PORT)),
     ];
     if let Some(telemetry) = &cluster.telemetry {
         env_vars.extend(otel_env(cluster, telemetry));
@@ -97,6 +102,7 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_PATH},
             {"name": "config", "mountPath": POD_CONFIG_DIR, "readOnly": true},
+            {"name": "ring", "mountPath": POD_RING_DIR, "readOnly": true},
         ],
         "securityContext": container_security(),
     });
@@ -159,7 +165,10 @@ pub fn statefulset(cluster: &ValidatedCluster) -> StatefulSet {
         "terminationGracePeriodSeconds": 60,
         "affinity": affinity,
         "containers": [broker_container(cluster), sidecar_container(cluster)],
-        "volumes": [{"name": "config", "configMap": {"name": names.config_map()}}],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.config_map()}},
+            {"name": "ring", "configMap": {"name": names.ring_config_map()}},
+        ],
     });
     if !overrides.node_selector.is_empty() {
         pod_spec["nodeSelector"] = json!(overrides.node_selector);
