@@ -47,7 +47,16 @@ struct DevCluster {
 }
 
 impl DevCluster {
+    /// The dev cluster with the CRD installed and the operator running in this process.
     async fn start() -> Self {
+        let mut dev = Self::bare().await;
+        install_crd(&dev.client).await;
+        dev.operator = Some(Operator::start(&dev.client, None));
+        dev
+    }
+
+    /// The dev cluster alone: no CRD, no operator.
+    async fn bare() -> Self {
         let state = tempfile::tempdir().expect("state dir");
         let mut processes = ProcessOptions::new(state.path().to_path_buf())
             .with_workspace_binaries(&workspace_binaries());
@@ -60,13 +69,11 @@ impl DevCluster {
         .await
         .expect("harness starts");
         let client = client_for(&harness).await;
-        install_crd(&client).await;
-        let operator = Some(Operator::start(&client, None));
         Self {
             harness,
             client,
             state,
-            operator,
+            operator: None,
         }
     }
 
@@ -495,4 +502,62 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
         let ip = dev.pod_ip(&format!("events-{position}"));
         wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_runs_as_a_pod_of_its_install_yaml_and_reconciles_a_sample() {
+    let dev = DevCluster::bare().await;
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/install.yaml"),
+    )
+    .expect("install.yaml");
+    dev.harness.apply_yaml(&text).expect("install.yaml applies");
+    // Two operator pods (the chart's default), ready by their own /readyz.
+    dev.wait(
+        "the operator Deployment available",
+        Duration::from_secs(60),
+        |harness| {
+            let deployment = harness
+                .get("apps", "Deployment", "iggy-system", "iggy-operator")
+                .ok_or("no Deployment")?;
+            (deployment["status"]["availableReplicas"] == 2)
+                .then_some(())
+                .ok_or(deployment["status"].to_string())
+        },
+    )
+    .await;
+    // The pods installed the CRD themselves (--install-crds); one of them holds the lease.
+    dev.wait("the CRD and a leader", Duration::from_secs(30), |harness| {
+        harness
+            .get(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                "",
+                "iggyclusters.iggy.rs",
+            )
+            .ok_or("no CRD")?;
+        let lease = harness
+            .list("coordination.k8s.io", "Lease", Some("iggy-system"))
+            .into_iter()
+            .next()
+            .ok_or("no lease")?;
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default();
+        holder
+            .starts_with("iggy-operator-")
+            .then_some(())
+            .ok_or(format!("holder {holder:?}"))
+    })
+    .await;
+    let applied = Instant::now();
+    dev.apply_sample("single.yaml").await;
+    dev.wait_ready("dev").await;
+    let client = dev.sdk_client("dev").await;
+    create_orders(&client).await;
+    send(&client, 0, 3).await.expect("send through the Service");
+    println!(
+        "operator pod: single.yaml → first message: {:?}",
+        applied.elapsed()
+    );
+    let expected: Vec<String> = (0..3).map(|i| format!("order-{i}")).collect();
+    assert_eq!(read_payloads(&client, "orders", "created").await, expected);
 }

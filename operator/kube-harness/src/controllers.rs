@@ -17,6 +17,9 @@ pub struct ControllerOptions {
     pub auto_ready_gates: Vec<String>,
     /// A process kubelet runs the pods ([`crate::kubelet`]); the simulated one stands aside.
     pub process_pods: bool,
+    /// Images the process kubelet can run. A Deployment whose images are all among them gets
+    /// real pods; any other stays simulated (available at once, no pods).
+    pub process_images: Vec<String>,
 }
 
 pub(crate) fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
@@ -81,28 +84,136 @@ pub fn reconcile_all(store: &mut Store, options: &ControllerOptions) -> bool {
         wrote |= kubelet(store, options).unwrap_or(false);
     }
     wrote |= statefulset_status(store).unwrap_or(false);
-    wrote |= deployments(store).unwrap_or(false);
+    wrote |= deployments(store, options).unwrap_or(false);
     wrote
 }
 
-/// Deployments become available at once: the harness runs no ReplicaSets or pods for them
-/// (the operator deploys only an OpenTelemetry Collector this way and reads only its status).
-fn deployments(store: &mut Store) -> Result<bool, ApiError> {
+/// Deployments. Those whose pods the process kubelet can run get real pods (no ReplicaSet in
+/// between: pods are named `<deployment>-<template hash>-<n>` and owned by the Deployment;
+/// a changed template replaces every pod at once, as the Recreate strategy would). Any other
+/// Deployment becomes available at once without pods, as in pure simulation (the operator
+/// deploys only an OpenTelemetry Collector this way and reads only its status).
+fn deployments(store: &mut Store, options: &ControllerOptions) -> Result<bool, ApiError> {
     let rt = store.type_by_kind("apps", "Deployment").expect("built in");
     let mut wrote = false;
     for deployment in store.list(&rt, None) {
         let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
-        let status = json!({
-            "observedGeneration": deployment["metadata"]["generation"],
-            "replicas": replicas,
-            "readyReplicas": replicas,
-            "availableReplicas": replicas,
-            "updatedReplicas": replicas,
-            "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
-        });
+        let runnable = options.process_pods
+            && deployment["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .is_some_and(|containers| {
+                    containers.iter().all(|c| {
+                        let image = crate::kubelet::plan::image_key(text(c, "/image"));
+                        options.process_images.iter().any(|known| known == image)
+                    })
+                });
+        let status = if runnable {
+            let (pods_wrote, status) = deployment_pods(store, &deployment, replicas)?;
+            wrote |= pods_wrote;
+            status
+        } else {
+            json!({
+                "observedGeneration": deployment["metadata"]["generation"],
+                "replicas": replicas,
+                "readyReplicas": replicas,
+                "availableReplicas": replicas,
+                "updatedReplicas": replicas,
+                "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}],
+            })
+        };
         wrote |= write_status(store, &rt, &deployment, status, "deployment-controller")?;
     }
     Ok(wrote)
+}
+
+/// A new pod from a workload's template, named and owned by the workload.
+fn pod_from_template(template: &Value, name: &str, owner_kind: &str, owner: &Value) -> Value {
+    let mut pod = json!({
+        "metadata": template["metadata"].clone(),
+        "spec": template["spec"].clone(),
+        "status": {"phase": "Pending"},
+    });
+    if !pod["metadata"].is_object() {
+        pod["metadata"] = json!({});
+    }
+    pod["metadata"]["name"] = json!(name);
+    if !pod["metadata"]["labels"].is_object() {
+        pod["metadata"]["labels"] = json!({});
+    }
+    pod["metadata"]["ownerReferences"] = json!([{
+        "apiVersion": "apps/v1", "kind": owner_kind, "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
+    }]);
+    pod
+}
+
+/// Keeps `replicas` pods of the Deployment's current template; returns whether it wrote and
+/// the Deployment's status.
+fn deployment_pods(
+    store: &mut Store,
+    deployment: &Value,
+    replicas: i64,
+) -> Result<(bool, Value), ApiError> {
+    let pod_type = store.type_by_kind("", "Pod").expect("built in");
+    let namespace = text(deployment, "/metadata/namespace").to_string();
+    let name = text(deployment, "/metadata/name").to_string();
+    let template = &deployment["spec"]["template"];
+    let hash = revision_hash(template);
+    let owned: Vec<Value> = store
+        .list(&pod_type, Some(&namespace))
+        .into_iter()
+        .filter(|pod| {
+            pod["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|owner| owner["uid"] == deployment["metadata"]["uid"])
+        })
+        .collect();
+    let mut wrote = false;
+    let live: Vec<&Value> = owned
+        .iter()
+        .filter(|pod| !pod["metadata"]["deletionTimestamp"].is_string())
+        .collect();
+    let (current, outdated): (Vec<&Value>, Vec<&Value>) = live
+        .iter()
+        .partition(|pod| text(pod, "/metadata/labels/pod-template-hash") == hash);
+    for pod in outdated
+        .iter()
+        .chain(current.iter().skip(replicas.max(0) as usize))
+    {
+        store.delete(&pod_type, &namespace, text(pod, "/metadata/name"))?;
+        wrote = true;
+    }
+    let mut index = 0;
+    for _ in current.len() as i64..replicas {
+        let pod_name = loop {
+            let candidate = format!("{name}-{hash}-{index}");
+            index += 1;
+            if !owned.iter().any(|p| text(p, "/metadata/name") == candidate) {
+                break candidate;
+            }
+        };
+        let mut pod = pod_from_template(template, &pod_name, "Deployment", deployment);
+        pod["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+        store.create(&pod_type, &namespace, pod, "deployment-controller")?;
+        wrote = true;
+    }
+    let ready = current.iter().filter(|pod| is_ready(pod)).count() as i64;
+    let available = ready >= replicas;
+    let status = json!({
+        "observedGeneration": deployment["metadata"]["generation"],
+        "replicas": live.len(),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "updatedReplicas": current.len(),
+        "conditions": [{
+            "type": "Available",
+            "status": if available { "True" } else { "False" },
+            "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
+        }],
+    });
+    Ok((wrote, status))
 }
 
 /// Replaces an object's status when it differs; returns whether that wrote.
@@ -206,25 +317,11 @@ fn statefulsets(store: &mut Store) -> Result<bool, ApiError> {
                 });
                 store.create(&pvc_type, &namespace, pvc, "statefulset-controller")?;
             }
-            let mut pod = json!({
-                "metadata": template["metadata"].clone(),
-                "spec": template["spec"].clone(),
-                "status": {"phase": "Pending"},
-            });
-            if !pod["metadata"].is_object() {
-                pod["metadata"] = json!({});
-            }
-            pod["metadata"]["name"] = json!(pod_name);
-            if !pod["metadata"]["labels"].is_object() {
-                pod["metadata"]["labels"] = json!({});
-            }
+            let mut pod = pod_from_template(template, &pod_name, "StatefulSet", &set);
             pod["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"] = json!(pod_name);
             pod["metadata"]["labels"]["controller-revision-hash"] = json!(revision);
             pod["metadata"]["labels"]["apps.kubernetes.io/pod-index"] = json!(index.to_string());
-            pod["metadata"]["ownerReferences"] = json!([{
-                "apiVersion": "apps/v1", "kind": "StatefulSet", "name": name,
-                "uid": set["metadata"]["uid"], "controller": true, "blockOwnerDeletion": true,
-            }]);
+
             pod["spec"]["hostname"] = json!(pod_name);
             if let Some(service) = set["spec"]["serviceName"].as_str() {
                 pod["spec"]["subdomain"] = json!(service);

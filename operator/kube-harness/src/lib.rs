@@ -83,6 +83,9 @@ impl Harness {
         let mut store = Store::new();
         store.set_graceful_pod_deletion(options.processes.is_some());
         options.controllers.process_pods = options.processes.is_some();
+        if let Some(processes) = &options.processes {
+            options.controllers.process_images = processes.images.keys().cloned().collect();
+        }
         let pod_logs = options.processes.as_ref().map(|_| Default::default());
         let node_type = store.type_by_kind("", "Node").expect("built in");
         for i in 0..options.nodes {
