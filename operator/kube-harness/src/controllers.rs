@@ -126,6 +126,22 @@ fn deployments(store: &mut Store, options: &ControllerOptions) -> Result<bool, A
     Ok(wrote)
 }
 
+/// The pods in `namespace` whose owner is `owner` (by uid).
+fn pods_owned_by(store: &Store, namespace: &str, owner: &Value) -> Vec<Value> {
+    let pod_type = store.type_by_kind("", "Pod").expect("built in");
+    store
+        .list(&pod_type, Some(namespace))
+        .into_iter()
+        .filter(|pod| {
+            pod["metadata"]["ownerReferences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|reference| reference["uid"] == owner["metadata"]["uid"])
+        })
+        .collect()
+}
+
 /// A new pod from a workload's template, named and owned by the workload.
 fn pod_from_template(template: &Value, name: &str, owner_kind: &str, owner: &Value) -> Value {
     let mut pod = json!({
@@ -159,17 +175,7 @@ fn deployment_pods(
     let name = text(deployment, "/metadata/name").to_string();
     let template = &deployment["spec"]["template"];
     let hash = revision_hash(template);
-    let owned: Vec<Value> = store
-        .list(&pod_type, Some(&namespace))
-        .into_iter()
-        .filter(|pod| {
-            pod["metadata"]["ownerReferences"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|owner| owner["uid"] == deployment["metadata"]["uid"])
-        })
-        .collect();
+    let owned = pods_owned_by(store, &namespace, deployment);
     let mut wrote = false;
     let live: Vec<&Value> = owned
         .iter()
@@ -263,16 +269,8 @@ fn statefulsets(store: &mut Store) -> Result<bool, ApiError> {
         let template = &set["spec"]["template"];
         let revision = format!("{name}-{}", revision_hash(template));
         let parallel = set["spec"]["podManagementPolicy"] == "Parallel";
-        let pods: BTreeMap<i64, Value> = store
-            .list(&pod_type, Some(&namespace))
+        let pods: BTreeMap<i64, Value> = pods_owned_by(store, &namespace, &set)
             .into_iter()
-            .filter(|pod| {
-                pod["metadata"]["ownerReferences"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|owner| owner["uid"] == set["metadata"]["uid"])
-            })
             .filter_map(|pod| Some((ordinal(text(&pod, "/metadata/name"), &name)?, pod)))
             .collect();
         // Scale down: highest ordinal first.
@@ -361,23 +359,12 @@ fn statefulsets(store: &mut Store) -> Result<bool, ApiError> {
 
 fn statefulset_status(store: &mut Store) -> Result<bool, ApiError> {
     let sts_type = store.type_by_kind("apps", "StatefulSet").expect("built in");
-    let pod_type = store.type_by_kind("", "Pod").expect("built in");
     let mut wrote = false;
     for set in store.list(&sts_type, None) {
         let name = text(&set, "/metadata/name").to_string();
         let namespace = text(&set, "/metadata/namespace").to_string();
         let revision = format!("{name}-{}", revision_hash(&set["spec"]["template"]));
-        let pods: Vec<Value> = store
-            .list(&pod_type, Some(&namespace))
-            .into_iter()
-            .filter(|pod| {
-                pod["metadata"]["ownerReferences"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|owner| owner["uid"] == set["metadata"]["uid"])
-            })
-            .collect();
+        let pods = pods_owned_by(store, &namespace, &set);
         let ready = pods.iter().filter(|pod| is_ready(pod)).count();
         let updated = pods
             .iter()
