@@ -22,7 +22,7 @@ help:
 	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000)"
 	@echo "make model  exhaustive stateright check of the view-change rules, larger bounds than CI"
 	@echo "make crds   regenerate crds/iggycluster.yaml from the Rust types (make test fails on drift)"
-	@echo "make dev-cluster  in-process Kubernetes API + operator; kubeconfig in .dev-cluster/kubeconfig"
+	@echo "make dev-cluster  in-process Kubernetes API whose pods run the real broker and sidecar + the operator; kubeconfig in .dev-cluster/kubeconfig"
 	@echo "make manifests    render the Helm chart into manifests/install.yaml (chart-check: lint + drift)"
 	@echo "make images       build the broker, operator and sidecar container images (needs a Docker engine)"
 	@echo "make e2e          real-cluster suite (KUBECONFIG + images; skips with a reason when no cluster)"
@@ -141,17 +141,21 @@ images:
 e2e: $(if $(filter .tools/helm,$(HELM)),.tools/helm)
 	HELM=$(HELM) BROKER_IMAGE=$(BROKER_IMAGE) OPERATOR_IMAGE=$(OPERATOR_IMAGE) SIDECAR_IMAGE=$(SIDECAR_IMAGE) ./e2e/run.sh
 
-# The in-process API harness with its simulated StatefulSet/scheduler/volume/kubelet controllers
-# (the kubelet stands in for the sidecar and sets the replica-ready gate), the CRD served, and the
-# operator running against it. Use it with: KUBECONFIG=.dev-cluster/kubeconfig kubectl ...
+# The dev cluster: the in-process API harness serving the CRD, its controllers, and its process
+# kubelet running every pod as local processes of this workspace's debug builds (iggy-broker,
+# iggy-sidecar, iggy-operator) on loopback pod IPs, with Services on loopback ClusterIPs; the
+# operator runs beside it. Use it with: KUBECONFIG=.dev-cluster/kubeconfig kubectl ...
+# Pod files, claims and logs live in .dev-cluster/state, wiped at each start (the API state is
+# in memory and starts empty). Walkthrough: docs/operator.md, "The dev cluster".
 DEV_PORT ?= 6443
 dev-cluster:
-	$(CARGO) build -q -p kube-harness -p iggy-operator
+	$(CARGO) build -q -p kube-harness -p iggy-operator -p iggy-sidecar -p broker
 	@mkdir -p .dev-cluster
-	@rm -f .dev-cluster/kubeconfig
+	@rm -rf .dev-cluster/kubeconfig .dev-cluster/state
 	./target/debug/kube-harness --address 127.0.0.1:$(DEV_PORT) --kubeconfig .dev-cluster/kubeconfig \
-		--auto-ready-gate iggy.rs/replica-ready --apply crds/iggycluster.yaml & harness=$$!; \
-	trap "kill $$harness 2>/dev/null" EXIT INT TERM; \
+		--processes .dev-cluster/state --workspace-binaries target/debug \
+		--apply crds/iggycluster.yaml & harness=$$!; \
+	trap "kill $$harness 2>/dev/null; wait $$harness" EXIT INT TERM; \
 	while [ ! -s .dev-cluster/kubeconfig ]; do sleep 0.1; done; \
 	echo "dev cluster: export KUBECONFIG=$$(pwd)/.dev-cluster/kubeconfig"; \
 	KUBECONFIG=.dev-cluster/kubeconfig ./target/debug/iggy-operator --no-leader-election --metrics-address 127.0.0.1:8080

@@ -45,6 +45,16 @@ async fn main() -> anyhow::Result<()> {
             "--processes" => {
                 let dir = PathBuf::from(args.next().context("--processes needs a directory")?);
                 let dir = std::path::absolute(&dir).context("--processes")?;
+                // The API starts empty, so files of an earlier run (claims keyed by uids that
+                // will be handed out again) would be attached to new objects.
+                let leftovers = std::fs::read_dir(&dir)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(false);
+                anyhow::ensure!(
+                    !leftovers,
+                    "--processes {}: the directory is not empty; remove it first (it holds an earlier run's pods and claims)",
+                    dir.display()
+                );
                 options.processes = Some(ProcessOptions::new(dir));
             }
             // IMAGE=BINARY: the binary that runs for an image (its last path segment, no tag).
@@ -100,9 +110,12 @@ async fn main() -> anyhow::Result<()> {
         harness.url(),
         kubeconfig.display()
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("waiting for Ctrl-C")?,
+        _ = terminate.recv() => {}
+    }
     // Pods get a short grace period: a dev cluster stops in seconds, brokers flush and exit.
     harness.stop_pods(std::time::Duration::from_secs(10)).await;
     Ok(())

@@ -119,7 +119,12 @@ impl Telemetry {
 /// runtime when gRPC export is chosen (tonic's channel lives on it).
 pub fn init(default_service_name: &str) -> Result<Telemetry, TelemetryError> {
     let settings = OtlpSettings::from_env(|name| std::env::var(name).ok())?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // An empty RUST_LOG counts as unset: EnvFilter would read it as "errors only".
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|directives| !directives.trim().is_empty())
+        .and_then(|directives| EnvFilter::try_new(directives).ok())
+        .unwrap_or_else(|| "info".into());
     let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);

@@ -120,6 +120,8 @@ pub struct Kubelet {
     _subnets: network::Subnets,
     wake: Arc<Notify>,
     logs: LogDirectories,
+    /// Set by [`Kubelet::stop_all`]: the node is going down and starts nothing new.
+    draining: bool,
 }
 
 impl Kubelet {
@@ -141,7 +143,7 @@ impl Kubelet {
             ),
         ];
         for inherited in ["PATH", "RUST_LOG", "RUST_BACKTRACE"] {
-            if let Ok(value) = std::env::var(inherited) {
+            if let Some(value) = std::env::var(inherited).ok().filter(|v| !v.is_empty()) {
                 base_env.push((inherited.to_string(), value));
             }
         }
@@ -157,6 +159,7 @@ impl Kubelet {
             blocked: HashMap::new(),
             wake: Arc::new(Notify::new()),
             logs,
+            draining: false,
         })
     }
 
@@ -171,6 +174,7 @@ impl Kubelet {
 
     /// Asks every pod to stop with `grace`.
     pub fn stop_all(&mut self, grace: Duration) {
+        self.draining = true;
         for run in self.runs.values() {
             let _ = run.stop.send(Stop::Graceful(grace));
         }
@@ -268,7 +272,8 @@ impl Kubelet {
         // Start pods bound to a node.
         for pod in &pods {
             let uid = text(pod, "/metadata/uid");
-            if !pod["spec"]["nodeName"].is_string()
+            if self.draining
+                || !pod["spec"]["nodeName"].is_string()
                 || pod["metadata"]["deletionTimestamp"].is_string()
                 || self.runs.contains_key(uid)
             {

@@ -257,7 +257,21 @@ impl Container {
             .and_then(|logs| logs.parent())
             .map(std::path::Path::to_path_buf)
             .unwrap_or_else(std::env::temp_dir);
-        tokio::process::Command::new(&self.plan.program)
+        let mut command = tokio::process::Command::new(&self.plan.program);
+        // SAFETY: the closure runs in the child between fork and exec and calls only prctl(2),
+        // which is async-signal-safe. It asks the kernel to SIGKILL the container when the
+        // thread that started it goes away — the harness killed outright (SIGKILL, a crash) must
+        // not leave pods running. Containers start on the runtime's worker threads, which live as
+        // long as the harness's runtime.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
             .args(&self.plan.args)
             .env_clear()
             .envs(self.plan.env.iter().map(|(k, v)| (k, v)))
