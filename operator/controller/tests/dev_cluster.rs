@@ -561,3 +561,70 @@ async fn the_operator_runs_as_a_pod_of_its_install_yaml_and_reconciles_a_sample(
     let expected: Vec<String> = (0..3).map(|i| format!("order-{i}")).collect();
     assert_eq!(read_payloads(&client, "orders", "created").await, expected);
 }
+
+/// The environment a pod's container process runs with, read from /proc.
+fn process_environment(pod: &Value, container: &str) -> Vec<(String, String)> {
+    let id = pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["name"] == container))
+        .and_then(|c| c["containerID"].as_str())
+        .expect("a running container");
+    let pid = id.strip_prefix("process://").expect("process id");
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).expect("environment readable");
+    raw.split(|b| *b == 0)
+        .filter_map(|entry| {
+            let text = String::from_utf8_lossy(entry);
+            let (k, v) = text.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tiered_storage_sample_gets_its_bucket_and_brokers_start_with_the_settings() {
+    let Some(s3) = S3Server::start_on("127.0.0.2") else {
+        return;
+    };
+    let dev = DevCluster::start().await;
+    // The sample as a user edits it: their endpoint and key pair.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/samples/tiered-storage.yaml");
+    let text = std::fs::read_to_string(path)
+        .expect("sample")
+        .replace("http://minio.storage.svc:9000", &s3.endpoint)
+        .replace("replace-with-your-access-key-id", S3_ACCESS_KEY)
+        .replace("replace-with-your-secret-access-key", S3_SECRET_KEY);
+    dev.harness.apply_yaml(&text).expect("sample applies");
+    let cluster = dev.wait_ready("tiered").await;
+    assert_eq!(
+        condition(&cluster, "BucketReady").expect("BucketReady")["reason"],
+        "BucketCreated"
+    );
+    assert!(s3.bucket_exists("iggy-segments"));
+    for position in 0..3 {
+        let pod = dev
+            .harness
+            .get("", "Pod", NS, &format!("tiered-{position}"))
+            .expect("pod");
+        let env = process_environment(&pod, "broker");
+        let value = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        assert_eq!(
+            value("IGGY_TIERING_S3_BUCKET").as_deref(),
+            Some("iggy-segments")
+        );
+        assert_eq!(
+            value("IGGY_TIERING_S3_ENDPOINT").as_deref(),
+            Some(s3.endpoint.as_str())
+        );
+        assert_eq!(
+            value("IGGY_TIERING_S3_SECRET_ACCESS_KEY").as_deref(),
+            Some(S3_SECRET_KEY),
+            "the key pair arrives by Secret reference"
+        );
+    }
+    // And the three brokers serve as one cluster.
+    let credentials = dev.root_credentials("tiered-root").await;
+    let client = dev.sdk_client_with("tiered", &credentials).await;
+    create_orders(&client).await;
+    send(&client, 0, 5).await.expect("send");
+}

@@ -218,6 +218,12 @@ impl Drop for S3Server {
 
 impl S3Server {
     pub fn start() -> Option<Self> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// On another loopback address: the dev cluster's pods take `127.0.0.1` to mean
+    /// themselves, so a server outside the cluster that they reach sits elsewhere.
+    pub fn start_on(host: &str) -> Option<Self> {
         if !command_runs("s3s-fs", "--help") {
             return missing_tool(
                 "S3S_REQUIRED",
@@ -229,7 +235,7 @@ impl S3Server {
         let child = Command::new("s3s-fs")
             .args([
                 "--host",
-                "127.0.0.1",
+                host,
                 "--port",
                 &port.to_string(),
                 "--access-key",
@@ -242,11 +248,11 @@ impl S3Server {
             .stderr(Stdio::null())
             .spawn()
             .expect("s3s-fs starts");
-        wait_listening("s3s-fs", &[port]);
+        wait_listening_on("s3s-fs", host, &[port]);
         Some(Self {
             child,
             root,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://{host}:{port}"),
         })
     }
 
@@ -331,9 +337,13 @@ fn command_runs(program: &str, arg: &str) -> bool {
 
 /// Waits (10 s at most) until a test server accepts connections on every one of `ports`.
 fn wait_listening(server: &str, ports: &[u16]) {
+    wait_listening_on(server, "127.0.0.1", ports)
+}
+
+fn wait_listening_on(server: &str, host: &str, ports: &[u16]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     for &port in ports {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((host, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "{server} did not listen on {port}"
