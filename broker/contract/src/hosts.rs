@@ -32,16 +32,22 @@ pub fn resolve(address: &str) -> String {
     let Some(path) = std::env::var_os(TEST_HOSTS_FILE) else {
         return address.to_string();
     };
+    match std::fs::read_to_string(path) {
+        Ok(text) => resolve_in(&text, address),
+        Err(_) => address.to_string(),
+    }
+}
+
+/// `host:port` with the host replaced by its address in a hosts-format `text`, or `address`
+/// unchanged when the host is an IP or not named there.
+pub fn resolve_in(text: &str, address: &str) -> String {
     let Some((host, port)) = address.rsplit_once(':') else {
         return address.to_string();
     };
-    if host.parse::<IpAddr>().is_ok() {
+    if host.parse::<IpAddr>().is_ok() || host.starts_with('[') {
         return address.to_string();
     }
-    match std::fs::read_to_string(path)
-        .ok()
-        .and_then(|text| lookup_in(&text, host))
-    {
+    match lookup_in(text, host) {
         Some(IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
         Some(ip) => format!("{ip}:{port}"),
         None => address.to_string(),
@@ -66,5 +72,9 @@ mod tests {
         );
         assert_eq!(lookup_in(text, "other.default.svc"), None);
         assert_eq!(lookup_in(text, "Service"), None);
+        assert_eq!(resolve_in(text, "dev.default.svc:4317"), "127.2.0.1:4317");
+        assert_eq!(resolve_in(text, "10.0.0.1:4317"), "10.0.0.1:4317");
+        assert_eq!(resolve_in(text, "unknown:1"), "unknown:1");
+        assert_eq!(resolve_in(text, "no-port"), "no-port");
     }
 }

@@ -3,6 +3,10 @@
 //! loopback address, and a real Iggy SDK client talks to the brokers through the client
 //! Service's ClusterIP. Everything stops when the test ends (the harness kills what it
 //! started).
+//!
+//! The pods run target/<profile>/iggy-broker and iggy-sidecar as cargo last built them:
+//! `make test` (the whole workspace) builds them first; running only this test after changing
+//! the broker or the sidecar needs `cargo build -p broker -p iggy-sidecar` before it.
 
 mod common;
 
@@ -57,9 +61,15 @@ impl DevCluster {
 
     /// The dev cluster alone: no CRD, no operator.
     async fn bare() -> Self {
+        Self::bare_with(|_| {}).await
+    }
+
+    /// Like `bare`, with more images mapped.
+    async fn bare_with(more: impl FnOnce(&mut ProcessOptions)) -> Self {
         let state = tempfile::tempdir().expect("state dir");
         let mut processes = ProcessOptions::new(state.path().to_path_buf())
             .with_workspace_binaries(&workspace_binaries());
+        more(&mut processes);
         processes.backoff.base = Duration::from_millis(500);
         iggy_operator::install_crypto_provider();
         let harness = Harness::start(HarnessOptions {
@@ -627,4 +637,64 @@ async fn the_tiered_storage_sample_gets_its_bucket_and_brokers_start_with_the_se
     let client = dev.sdk_client_with("tiered", &credentials).await;
     create_orders(&client).await;
     send(&client, 0, 5).await.expect("send");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_telemetry_sample_gets_a_collector_and_the_sidecars_logs_reach_it() {
+    let Some(rotel) = rotel_agent() else {
+        return;
+    };
+    // The collector image runs as rotel, a local OTLP collector, printing what it receives.
+    let image = "opentelemetry-collector-contrib";
+    let mut dev = DevCluster::bare_with(|processes| {
+        processes.images.insert(image.into(), rotel);
+        processes.image_args.insert(
+            image.into(),
+            "start --otlp-grpc-endpoint 0.0.0.0:4317 --otlp-http-endpoint 0.0.0.0:4318 \
+             --exporter blackhole --debug-log traces --debug-log logs --debug-log-verbosity detailed"
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+        );
+    })
+    .await;
+    install_crd(&dev.client).await;
+    dev.operator = Some(Operator::start(&dev.client, None));
+    dev.apply_sample_file("telemetry.yaml");
+    let cluster = dev.wait_ready("telemetry").await;
+    assert_eq!(
+        condition(&cluster, "TelemetryReady").expect("TelemetryReady")["reason"],
+        "CollectorAvailable"
+    );
+    let collector = dev
+        .harness
+        .list("", "Pod", Some(NS))
+        .into_iter()
+        .find_map(|pod| {
+            let name = pod["metadata"]["name"].as_str()?.to_string();
+            name.starts_with("telemetry-otel-collector-")
+                .then_some(name)
+        })
+        .expect("a collector pod runs");
+    // Every sidecar logs its gate's state ("the broker is … and caught up"); over OTLP through
+    // the collector Service's name (resolved as cluster DNS would) the record reaches the
+    // collector, with the pod in its resource attributes.
+    let url = format!(
+        "{}/api/v1/namespaces/{NS}/pods/{collector}/log",
+        dev.harness.url()
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, received) = kube_harness::http_get(&url).await.expect("collector log");
+        let all_pods =
+            (0..3).all(|i| received.contains(&format!("k8s.pod.name: Str(telemetry-{i})")));
+        if received.contains("caught up") && all_pods {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sidecars' logs did not reach the collector:\n{received}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

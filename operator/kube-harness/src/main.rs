@@ -70,6 +70,22 @@ async fn main() -> anyhow::Result<()> {
                 let binary = std::path::absolute(binary).context("--image")?;
                 processes.images.insert(image.to_string(), binary);
             }
+            // NAME=ARGS: arguments (split on spaces) replacing the container's own for an image
+            // whose local stand-in takes others, e.g. rotel for the collector image.
+            "--image-args" => {
+                let mapping = args.next().context("--image-args needs NAME=ARGS")?;
+                let (image, list) = mapping
+                    .split_once('=')
+                    .context("--image-args needs NAME=ARGS")?;
+                let processes = options
+                    .processes
+                    .as_mut()
+                    .context("--image-args comes after --processes DIR")?;
+                processes.image_args.insert(
+                    image.to_string(),
+                    list.split_whitespace().map(String::from).collect(),
+                );
+            }
             // Every workspace binary (iggy-broker, iggy-sidecar, iggy-operator) from this dir.
             "--workspace-binaries" => {
                 let dir = PathBuf::from(
@@ -85,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
             }
             "--help" | "-h" => {
                 println!("kube-harness [--kubeconfig PATH] [--nodes N] [--address 127.0.0.1:PORT] [--auto-ready-gate TYPE] [--apply FILE.yaml]...\n\
-                          \x20            [--processes STATE_DIR [--workspace-binaries target/debug] [--image NAME=BINARY]...]");
+                          \x20            [--processes STATE_DIR [--workspace-binaries target/debug] [--image NAME=BINARY]... [--image-args NAME=ARGS]...]");
                 return Ok(());
             }
             other => anyhow::bail!("unknown argument {other}; see --help"),

@@ -156,6 +156,46 @@ pub fn init(default_service_name: &str) -> Result<Telemetry, TelemetryError> {
     }
 }
 
+/// In the dev cluster only (its test-only hosts variable set): the signal's OTLP endpoint with
+/// the host resolved through the dev cluster's hosts file, so a collector Service's name works
+/// as cluster DNS would make it. None leaves the endpoint to the SDK, which reads the
+/// environment itself — always so in production. A generic HTTP endpoint gets the signal's
+/// path, as the SDK would add it.
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
+fn dev_cluster_endpoint(signal: &str, protocol: Protocol) -> Option<String> {
+    std::env::var_os(iggy_contract::hosts::TEST_HOSTS_FILE)?;
+    dev_cluster_endpoint_from(
+        signal,
+        protocol,
+        |name| std::env::var(name).ok(),
+        iggy_contract::hosts::resolve,
+    )
+}
+
+fn dev_cluster_endpoint_from(
+    signal: &str,
+    protocol: Protocol,
+    get: impl Fn(&str) -> Option<String>,
+    resolve: impl Fn(&str) -> String,
+) -> Option<String> {
+    let upper = signal.to_ascii_uppercase();
+    let (url, generic) = match get(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")) {
+        Some(url) if !url.trim().is_empty() => (url, false),
+        _ => (get("OTEL_EXPORTER_OTLP_ENDPOINT")?, true),
+    };
+    let (scheme, rest) = url.trim().split_once("://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let resolved = resolve(authority);
+    if resolved == authority {
+        return None;
+    }
+    let mut endpoint = format!("{scheme}://{resolved}{path}");
+    if generic && protocol == Protocol::HttpProtobuf {
+        endpoint = format!("{}/v1/{signal}", endpoint.trim_end_matches('/'));
+    }
+    Some(endpoint)
+}
+
 #[cfg(feature = "otlp")]
 mod otlp {
     use super::{OtlpSettings, Protocol, Telemetry, TelemetryError};
@@ -190,12 +230,22 @@ mod otlp {
     }
 
     fn span_exporter(protocol: Protocol) -> Result<SpanExporter, TelemetryError> {
-        let built = match protocol {
-            Protocol::Grpc => SpanExporter::builder().with_tonic().build(),
-            Protocol::HttpProtobuf => SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        let endpoint = super::dev_cluster_endpoint("traces", protocol);
+        let built = match (protocol, endpoint) {
+            (Protocol::Grpc, None) => SpanExporter::builder().with_tonic().build(),
+            (Protocol::Grpc, Some(endpoint)) => SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
                 .build(),
+            (Protocol::HttpProtobuf, endpoint) => {
+                let builder = SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                match endpoint {
+                    Some(endpoint) => builder.with_endpoint(endpoint).build(),
+                    None => builder.build(),
+                }
+            }
         };
         built.map_err(|source| TelemetryError::Exporter {
             signal: "traces",
@@ -204,12 +254,22 @@ mod otlp {
     }
 
     fn log_exporter(protocol: Protocol) -> Result<LogExporter, TelemetryError> {
-        let built = match protocol {
-            Protocol::Grpc => LogExporter::builder().with_tonic().build(),
-            Protocol::HttpProtobuf => LogExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        let endpoint = super::dev_cluster_endpoint("logs", protocol);
+        let built = match (protocol, endpoint) {
+            (Protocol::Grpc, None) => LogExporter::builder().with_tonic().build(),
+            (Protocol::Grpc, Some(endpoint)) => LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
                 .build(),
+            (Protocol::HttpProtobuf, endpoint) => {
+                let builder = LogExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                match endpoint {
+                    Some(endpoint) => builder.with_endpoint(endpoint).build(),
+                    None => builder.build(),
+                }
+            }
         };
         built.map_err(|source| TelemetryError::Exporter {
             signal: "logs",
@@ -286,6 +346,46 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         OtlpSettings::from_env(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn dev_cluster_names_resolve_through_the_hosts_file_and_http_keeps_the_signal_path() {
+        let hosts = "127.9.0.4 collector.default.svc\n";
+        let resolve = |address: &str| iggy_contract::hosts::resolve_in(hosts, address);
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let generic = env(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector.default.svc:4318",
+        )]);
+        assert_eq!(
+            dev_cluster_endpoint_from("traces", Protocol::HttpProtobuf, generic, resolve),
+            Some("http://127.9.0.4:4318/v1/traces".into())
+        );
+        assert_eq!(
+            dev_cluster_endpoint_from("logs", Protocol::Grpc, generic, resolve),
+            Some("http://127.9.0.4:4318".into())
+        );
+        let specific = env(&[(
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            "http://collector.default.svc:4318/custom",
+        )]);
+        assert_eq!(
+            dev_cluster_endpoint_from("logs", Protocol::HttpProtobuf, specific, resolve),
+            Some("http://127.9.0.4:4318/custom".into())
+        );
+        // Names the file does not know are the SDK's to resolve, as in production.
+        let elsewhere = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo.example:4317")]);
+        assert_eq!(
+            dev_cluster_endpoint_from("traces", Protocol::Grpc, elsewhere, resolve),
+            None
+        );
     }
 
     #[test]

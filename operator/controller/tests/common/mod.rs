@@ -296,7 +296,7 @@ impl Drop for OtlpReceiver {
 }
 
 /// Where `rotel-agent` is: $ROTEL_AGENT, PATH, or inside the installed Python package.
-fn rotel_agent() -> Option<PathBuf> {
+pub fn rotel_agent() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("ROTEL_AGENT") {
         return Some(PathBuf::from(path));
     }

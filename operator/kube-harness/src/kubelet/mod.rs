@@ -35,6 +35,9 @@ pub struct ProcessOptions {
     pub state_dir: PathBuf,
     /// Image name (last path segment, no tag: `iggy-broker`) → the binary it stands for.
     pub images: BTreeMap<String, PathBuf>,
+    /// Arguments replacing a container's own, by image name, for a stand-in that takes other
+    /// arguments than the image (rotel for the OpenTelemetry Collector image).
+    pub image_args: BTreeMap<String, Vec<String>>,
     pub backoff: Backoff,
 }
 
@@ -46,6 +49,7 @@ impl ProcessOptions {
         Self {
             state_dir,
             images: BTreeMap::new(),
+            image_args: BTreeMap::new(),
             backoff: Backoff {
                 base: Duration::from_secs(1),
                 cap: Duration::from_secs(20),
@@ -332,6 +336,7 @@ impl Kubelet {
             pod_dir: &dir,
             claims_dir: &claims,
             images: &self.options.images,
+            image_args: &self.options.image_args,
             base_env: &self.base_env,
         };
         let planned = match plan::plan(&context) {

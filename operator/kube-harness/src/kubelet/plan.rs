@@ -93,6 +93,8 @@ pub struct PlanContext<'a> {
     /// Directories of PersistentVolumeClaims live here and outlive pods.
     pub claims_dir: &'a Path,
     pub images: &'a BTreeMap<String, PathBuf>,
+    /// Arguments that replace a container's own for images whose stand-in takes others.
+    pub image_args: &'a BTreeMap<String, Vec<String>>,
     /// Variables every process gets (KUBECONFIG, the hosts file, PATH).
     pub base_env: &'a [(String, String)],
 }
@@ -158,30 +160,11 @@ pub fn plan(context: &PlanContext<'_>) -> Result<PodPlan, PlanError> {
             .map_err(|message| error("CreateContainerConfigError", message))?;
         let env_map: BTreeMap<&str, &str> =
             env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        // `command` replaces the image's entrypoint; here the entrypoint is the mapped binary,
-        // so a command naming that binary keeps it and the rest are arguments.
-        let mut args: Vec<String> = Vec::new();
-        if let Some(command) = container["command"].as_array() {
-            let mut words = command.iter().filter_map(Value::as_str);
-            if let Some(first) = words.next() {
-                let binary = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                if Path::new(first).file_name().and_then(|n| n.to_str()) != Some(binary) {
-                    return Err(error(
-                        "CreateContainerError",
-                        format!("command {first:?} is not the image's binary {binary:?}; the dev cluster runs only that"),
-                    ));
-                }
-            }
-            args.extend(words.map(|w| expand(w, &env_map)));
-        }
-        args.extend(
-            container["args"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(|w| expand(w, &env_map)),
-        );
+        let args: Vec<String> = match context.image_args.get(image_key(&image)) {
+            Some(args) => args.clone(),
+            None => command_and_args(container, &program, &env_map)
+                .map_err(|message| error("CreateContainerError", message))?,
+        };
         let args = args.iter().map(|a| localize(a)).collect();
         let mut env: Vec<(String, String)> = env
             .into_iter()
@@ -229,6 +212,38 @@ pub fn plan(context: &PlanContext<'_>) -> Result<PodPlan, PlanError> {
         grace: std::time::Duration::from_secs(grace),
         restart_policy,
     })
+}
+
+/// The arguments after the binary: `command` replaces the image's entrypoint, which here is
+/// the mapped binary, so a command must name that binary and the rest are arguments; `args`
+/// follow. `$(VAR)` is expanded in both.
+fn command_and_args(
+    container: &Value,
+    program: &Path,
+    env: &BTreeMap<&str, &str>,
+) -> Result<Vec<String>, String> {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(command) = container["command"].as_array() {
+        let mut words = command.iter().filter_map(Value::as_str);
+        if let Some(first) = words.next() {
+            let binary = program.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if Path::new(first).file_name().and_then(|n| n.to_str()) != Some(binary) {
+                return Err(format!(
+                    "command {first:?} is not the image's binary {binary:?}; the dev cluster runs only that"
+                ));
+            }
+        }
+        args.extend(words.map(|w| expand(w, env)));
+    }
+    args.extend(
+        container["args"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|w| expand(w, env)),
+    );
+    Ok(args)
 }
 
 /// A container's named ports, for probes and Services that name them.

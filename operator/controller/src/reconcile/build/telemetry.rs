@@ -63,6 +63,9 @@ pub fn collector_config(exporters: &BTreeMap<String, Value>) -> String {
     serde_yaml::to_string(&config).expect("collector configuration serializes")
 }
 
+/// `app.kubernetes.io/name` of the collector's pods (the brokers' is `iggy`).
+pub const COLLECTOR_APP_NAME: &str = "iggy-otel-collector";
+
 pub fn collector_children(cluster: &ValidatedCluster) -> Option<(ConfigMap, Deployment, Service)> {
     let collector = cluster.telemetry.as_ref()?.collector.as_ref()?;
     let name = cluster.names.collector();
@@ -75,8 +78,22 @@ pub fn collector_children(cluster: &ValidatedCluster) -> Option<(ConfigMap, Depl
         )])),
         ..ConfigMap::default()
     };
-    let mut selector = cluster.names.selector_labels();
-    selector.insert("app.kubernetes.io/component".into(), "telemetry".into());
+    // The collector's pods must not carry the brokers' selector labels: the client and
+    // headless Services, the PodDisruptionBudget, the brokers' anti-affinity and the status
+    // count all select brokers by them (a collector counted as a fourth broker kept a
+    // three-member cluster from ever being Ready, and the client Service sent it clients).
+    let selector = BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            COLLECTOR_APP_NAME.to_string(),
+        ),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            cluster.names.cluster.clone(),
+        ),
+    ]);
+    let mut pod_labels = selector.clone();
+    pod_labels.insert("app.kubernetes.io/component".into(), "telemetry".into());
     let deployment = serde_json::from_value(json!({
         "metadata": child_meta(cluster, &name, "telemetry"),
         "spec": {
@@ -84,7 +101,7 @@ pub fn collector_children(cluster: &ValidatedCluster) -> Option<(ConfigMap, Depl
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
-                    "labels": cluster.names.labels("telemetry"),
+                    "labels": pod_labels,
                     // A configuration change rolls the collector.
                     "annotations": {"iggy.rs/config-hash": stable_hash(&config)},
                 },
@@ -153,6 +170,14 @@ mod tests {
             deployment["spec"]["template"]["spec"]["containers"][0]["args"],
             json!(["--config=/conf/collector.yaml"])
         );
+        // Nothing that selects brokers selects the collector's pods.
+        let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        let brokers_selected = cluster
+            .names
+            .selector_labels()
+            .iter()
+            .all(|(k, v)| pod_labels[k] == v.as_str());
+        assert!(!brokers_selected, "{pod_labels}");
         let ports: Vec<i64> = serde_json::to_value(service).expect("serializes")["spec"]["ports"]
             .as_array()
             .expect("ports")
