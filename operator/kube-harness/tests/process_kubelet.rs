@@ -249,3 +249,73 @@ async fn http_get(url: &str) -> String {
     assert_eq!(status, 200, "{body}");
     body
 }
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_and_a_stubborn_process_is_killed_after_its_grace() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let harness = harness(&state).await;
+    harness
+        .apply_yaml(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy}
+spec:
+  containers:
+  - name: server
+    image: python
+    command: [python3, -c, "import http.server, os; http.server.HTTPServer((os.environ['MY_IP'], 8080), http.server.SimpleHTTPRequestHandler).serve_forever()"]
+    env: [{name: MY_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]
+    ports: [{name: http, containerPort: 8080}]
+    livenessProbe: {httpGet: {path: /no-such-file, port: http}, periodSeconds: 1, failureThreshold: 2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: shell
+    command: [sh, -c, 'trap "" TERM; while true; do sleep 0.1; done']
+"#,
+        )
+        .expect("pods apply");
+    // 404 is a failed httpGet probe: two in a row restart the container.
+    let pod = wait_for(
+        &harness,
+        "a liveness restart",
+        ("", "Pod"),
+        "unhealthy",
+        |pod| container(pod, "server")["restartCount"].as_u64() >= Some(1),
+    )
+    .await;
+    let last = &container(&pod, "server")["lastState"]["terminated"];
+    assert_eq!(last["signal"], 15, "stopped by SIGTERM: {last}");
+
+    // SIGTERM is ignored: SIGKILL follows once the 1 s grace period is over.
+    wait_for(
+        &harness,
+        "the shell running",
+        ("", "Pod"),
+        "stubborn",
+        |pod| container(pod, "main")["state"]["running"].is_object(),
+    )
+    .await;
+    let started = Instant::now();
+    {
+        let mut store = harness.store();
+        let rt = store.type_by_kind("", "Pod").expect("built in");
+        store.delete(&rt, "default", "stubborn").expect("delete");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while harness.get("", "Pod", "default", "stubborn").is_some() {
+        assert!(Instant::now() < deadline, "the pod was not removed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "the grace period was waited out: {took:?}"
+    );
+}
