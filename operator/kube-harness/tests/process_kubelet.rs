@@ -220,19 +220,9 @@ spec:
     );
 
     // Deletion: SIGTERM stops the server, then the pod object goes and the route with it.
-    let started = Instant::now();
-    {
-        let mut store = harness.store();
-        let rt = store.type_by_kind("", "Pod").expect("built in");
-        store.delete(&rt, "default", "web").expect("delete");
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while harness.get("", "Pod", "default", "web").is_some() {
-        assert!(Instant::now() < deadline, "the pod was not removed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let took = delete_and_wait_gone(&harness, "web").await;
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        took < Duration::from_secs(5),
         "SIGTERM, not the grace period, stopped it"
     );
     assert!(
@@ -241,6 +231,24 @@ spec:
             .is_err(),
         "the process is gone"
     );
+}
+
+/// Deletes a pod and waits until its object is gone (its processes stopped); how long it took.
+async fn delete_and_wait_gone(harness: &Harness, name: &str) -> Duration {
+    let started = Instant::now();
+    {
+        let mut store = harness.store();
+        let rt = store.type_by_kind("", "Pod").expect("built in");
+        store.delete(&rt, "default", name).expect("delete");
+    }
+    while harness.get("", "Pod", "default", name).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
 }
 
 /// A GET that must answer 200; the body.
@@ -302,18 +310,7 @@ spec:
         |pod| container(pod, "main")["state"]["running"].is_object(),
     )
     .await;
-    let started = Instant::now();
-    {
-        let mut store = harness.store();
-        let rt = store.type_by_kind("", "Pod").expect("built in");
-        store.delete(&rt, "default", "stubborn").expect("delete");
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while harness.get("", "Pod", "default", "stubborn").is_some() {
-        assert!(Instant::now() < deadline, "the pod was not removed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let took = started.elapsed();
+    let took = delete_and_wait_gone(&harness, "stubborn").await;
     assert!(
         took >= Duration::from_millis(900),
         "the grace period was waited out: {took:?}"
