@@ -640,7 +640,7 @@ async fn the_tiered_storage_sample_gets_its_bucket_and_brokers_start_with_the_se
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_telemetry_sample_gets_a_collector_and_the_sidecars_logs_reach_it() {
+async fn the_telemetry_sample_gets_a_collector_and_the_sidecars_logs_and_spans_reach_it() {
     let Some(rotel) = rotel_agent() else {
         return;
     };
@@ -676,9 +676,10 @@ async fn the_telemetry_sample_gets_a_collector_and_the_sidecars_logs_reach_it() 
                 .then_some(name)
         })
         .expect("a collector pod runs");
-    // Every sidecar logs its gate's state ("the broker is … and caught up"); over OTLP through
-    // the collector Service's name (resolved as cluster DNS would) the record reaches the
-    // collector, with the pod in its resource attributes.
+    // Every sidecar logs its gate's state ("the broker is … and caught up") and traces each
+    // change (span update_readiness_gate); over OTLP through the collector Service's name
+    // (resolved as cluster DNS would) both reach the collector, with the pod in their resource
+    // attributes.
     let url = format!(
         "{}/api/v1/namespaces/{NS}/pods/{collector}/log",
         dev.harness.url()
@@ -688,7 +689,8 @@ async fn the_telemetry_sample_gets_a_collector_and_the_sidecars_logs_reach_it() 
         let (_, received) = kube_harness::http_get(&url).await.expect("collector log");
         let all_pods =
             (0..3).all(|i| received.contains(&format!("k8s.pod.name: Str(telemetry-{i})")));
-        if received.contains("caught up") && all_pods {
+        let spans = received.contains("Name           : update_readiness_gate");
+        if received.contains("caught up") && all_pods && spans {
             break;
         }
         assert!(

@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use report::{report, Readiness};
 use std::time::Duration;
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct SidecarSettings {
@@ -62,9 +63,27 @@ pub async fn run(
 ) {
     let pods: Api<Pod> = Api::namespaced(client, &settings.namespace);
     tokio::pin!(shutdown);
+    // The state last reported (ready, reason); the message may change every check.
+    let mut last: Option<(bool, &'static str)> = None;
     loop {
         let readiness = readiness(&settings.admin).await;
-        match report(&pods, &settings.pod, &readiness).await {
+        // A transition of the broker's state is a span of its own (exported as a trace when
+        // OTLP is on); the steady-state checks every `interval` are not, to keep traces quiet.
+        let state = (readiness.ready, readiness.reason);
+        let written = if last != Some(state) {
+            let span = tracing::info_span!(
+                "update_readiness_gate",
+                pod = %settings.pod,
+                ready = readiness.ready,
+                reason = readiness.reason,
+            );
+            report(&pods, &settings.pod, &readiness)
+                .instrument(span)
+                .await
+        } else {
+            report(&pods, &settings.pod, &readiness).await
+        };
+        match &written {
             Ok(true) => tracing::info!(
                 pod = %settings.pod,
                 ready = readiness.ready,
@@ -75,6 +94,9 @@ pub async fn run(
             ),
             Ok(false) => {}
             Err(error) => tracing::warn!(%error, "could not report readiness; retrying"),
+        }
+        if written.is_ok() {
+            last = Some(state);
         }
         tokio::select! {
             _ = tokio::time::sleep(settings.interval) => {}
