@@ -1,4 +1,4 @@
-//! The real controller against the in-process API harness: create, edit, scale, delete,
+//! The real controller against the in-process API harness: create, edit, scale (held back), delete,
 //! invalid specs, API faults, restarts and leader election.
 
 mod common;
@@ -245,36 +245,44 @@ async fn spec_edits_update_children_without_restarting_pods() {
         "OnDelete: no pod was restarted"
     );
 
-    // Scale up: new members join, the ring gets a new epoch, existing pods stay.
+    // Scale up is held back until brokers can change membership: a 5-member ring beside the
+    // running 3-member one would let two groups form. The cluster stays as it is, Ready, and
+    // says why; setting replicas back clears it.
     patch_spec(&client, "events", json!({"replicas": 5})).await;
-    let cluster = eventually("5 ready replicas", || {
-        let cluster = cluster_value(&harness, "events")?;
-        if cluster["status"]["readyReplicas"] == 5 && cluster["status"]["ring"]["epoch"] == 2 {
-            Ok(cluster)
-        } else {
-            Err(cluster["status"].to_string())
-        }
-    })
-    .await;
-    let ids: Vec<u64> = cluster["status"]["ring"]["members"]
-        .as_array()
-        .expect("members")
-        .iter()
-        .filter_map(|m| m["id"].as_u64())
-        .collect();
-    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    let cluster = wait_condition(&harness, "events", "Degraded", "ScalingNotSupported").await;
+    let degraded = condition(&cluster, "Degraded").expect("Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("asks for 5 brokers but the ring has 3"),
+        "{degraded}"
+    );
+    assert_eq!(
+        condition(&cluster, "Ready").expect("Ready")["status"],
+        "True"
+    );
+    assert_eq!(cluster["status"]["ring"]["epoch"], 1);
+    let set = harness
+        .get("apps", "StatefulSet", NS, "events")
+        .expect("sts");
+    assert_eq!(set["spec"]["replicas"], 3);
     let ring = harness
         .get("", "ConfigMap", NS, "events-ring")
         .expect("ring");
     let ring: Value =
         serde_json::from_str(ring["data"]["ring.json"].as_str().expect("ring.json")).expect("json");
-    assert_eq!(ring["epoch"], 2);
-    assert_eq!(ring["members"].as_array().expect("members").len(), 5);
-    let pods_after = uids(&harness.list("", "Pod", Some(NS)));
+    assert_eq!(ring["epoch"], 1);
+    assert_eq!(ring["members"].as_array().expect("members").len(), 3);
+    assert_eq!(uids(&harness.list("", "Pod", Some(NS))), pods_before);
+    let events = harness.list("events.k8s.io", "Event", Some(NS));
     assert!(
-        pods_before.iter().all(|uid| pods_after.contains(uid)),
-        "the first three pods were not restarted"
+        events.iter().any(|e| e["reason"] == "ScalingNotSupported"),
+        "a warning event says so"
     );
+    patch_spec(&client, "events", json!({"replicas": 3})).await;
+    wait_condition(&harness, "events", "Degraded", "AsExpected").await;
     operator.stop().await;
 }
 

@@ -201,6 +201,23 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
             return Err(error.into());
         }
     };
+    if let Some(held) = &validated.held_scaling {
+        let already_said = cluster
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+            .is_some_and(|c| c.reason == "ScalingNotSupported");
+        if !already_said {
+            publish(
+                ctx,
+                cluster,
+                EventType::Warning,
+                "ScalingNotSupported",
+                held.message(),
+            )
+            .await;
+        }
+    }
     let previous_epoch = refs.current_ring.as_ref().map(|ring| ring.epoch);
     if previous_epoch != Some(validated.ring.epoch) {
         let note = format!(

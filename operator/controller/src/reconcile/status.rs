@@ -186,7 +186,12 @@ pub fn compute(
             members,
         });
     }
-    let wanted = cluster.spec.replicas.max(0);
+    // The members the cluster is meant to run now: the validated count (a held scale change
+    // keeps the ring's), or the spec's when it did not validate.
+    let wanted = validated
+        .map(|v| i32::from(v.replicas))
+        .unwrap_or(cluster.spec.replicas)
+        .max(0);
     let set_status = observed.statefulset.as_ref().and_then(|s| s.status.clone());
     let set_current = observed.statefulset.as_ref().is_some_and(|set| {
         set.status.as_ref().and_then(|s| s.observed_generation) >= set.metadata.generation
@@ -354,6 +359,18 @@ pub fn compute(
                 ),
             )
         }
+    };
+    let degraded = match (outcome, validated.and_then(|v| v.held_scaling.as_ref())) {
+        (Outcome::Applied(_), Some(held)) if degraded.status == "False" => condition(
+            conditions,
+            "Degraded",
+            true,
+            "ScalingNotSupported",
+            held.message(),
+            generation,
+            now,
+        ),
+        _ => degraded,
     };
     status.conditions = vec![ready, progressing, degraded];
     if let Some(telemetry) = validated.and_then(|v| v.telemetry.as_ref()) {

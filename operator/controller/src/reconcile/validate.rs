@@ -36,11 +36,31 @@ pub struct ValidatedCluster {
     pub auth: AuthSpec,
     /// True when `auth` names `<cluster>-root`, which the operator creates if missing.
     pub generated_root_secret: bool,
+    /// A change of `spec.replicas` not carried out (see [`HeldScaling`]); `replicas` and `ring`
+    /// then describe the running members.
+    pub held_scaling: Option<HeldScaling>,
     pub pod_template: PodTemplateOverrides,
     pub affinity: Option<Affinity>,
     pub ring: Ring,
     pub tiering: Option<Tiering>,
     pub telemetry: Option<Telemetry>,
+}
+
+/// `spec.replicas` asks for another member count than the running ring has; the operator keeps
+/// the ring and the StatefulSet as they are until brokers can change membership safely.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeldScaling {
+    pub wanted: iggy_contract::Position,
+    pub members: usize,
+}
+
+impl HeldScaling {
+    pub fn message(&self) -> String {
+        format!(
+            "spec.replicas asks for {} brokers but the ring has {}: running brokers cannot change their ring membership yet, and a second ring beside the running one would split the cluster in two; it stays at {}. Set spec.replicas back to {} to clear this",
+            self.wanted, self.members, self.members, self.members
+        )
+    }
 }
 
 /// Telemetry, resolved: the one endpoint brokers and sidecars export to.
@@ -222,7 +242,24 @@ pub fn validate(
         None => None,
         Some(telemetry) => Some(resolve_telemetry(telemetry, &names)?),
     };
-    let ring = ring::plan(&names, &uid, replicas, refs.current_ring.as_ref());
+    // Brokers read their ring at start and cannot yet reconfigure a running group (VSR
+    // reconfiguration by epochs is the sidecar-managed membership work). Publishing a ring of
+    // another size beside the running one would let restarted and new members form a second
+    // group in the next epoch while the rest keep the first: two primaries, one Service. So a
+    // changed replica count is held back, visibly, and the cluster keeps its members.
+    let (ring, held_scaling) = match refs.current_ring.as_ref() {
+        Some(current)
+            if current.cluster_id == uid && current.members.len() != usize::from(replicas) =>
+        {
+            let held = HeldScaling {
+                wanted: replicas,
+                members: current.members.len(),
+            };
+            (current.clone(), Some(held))
+        }
+        current => (ring::plan(&names, &uid, replicas, current), None),
+    };
+    let replicas = u8::try_from(ring.members.len()).unwrap_or(replicas);
     let auth = spec.auth.clone().unwrap_or_else(|| AuthSpec {
         root_secret: names.root_secret(),
         username_key: "username".into(),
@@ -241,6 +278,7 @@ pub fn validate(
         local_volumes,
         broker_toml,
         generated_root_secret: spec.auth.is_none(),
+        held_scaling,
         auth,
         pod_template: spec.pod_template.clone().unwrap_or_default(),
         affinity: spec.affinity.clone(),
@@ -310,6 +348,37 @@ pub(crate) mod tests {
         assert_eq!(valid.storage_class, None);
         assert_eq!(valid.ring.members.len(), 3);
         assert_eq!(valid.owner.uid, "u-1");
+    }
+
+    #[test]
+    fn a_changed_replica_count_keeps_the_running_ring_and_says_so() {
+        let first =
+            validate(&cluster(json!({"replicas": 3})), &Dereferenced::default()).expect("valid");
+        let refs = Dereferenced {
+            current_ring: Some(first.ring.clone()),
+            ..Dereferenced::default()
+        };
+        let scaled = validate(&cluster(json!({"replicas": 5})), &refs).expect("valid");
+        assert_eq!(scaled.replicas, 3);
+        assert_eq!(scaled.ring, first.ring);
+        assert_eq!(
+            scaled.held_scaling,
+            Some(HeldScaling {
+                wanted: 5,
+                members: 3
+            })
+        );
+        // The same count, or a ring of another cluster (a recreated one), is no hold.
+        let same = validate(&cluster(json!({"replicas": 3})), &refs).expect("valid");
+        assert_eq!(same.held_scaling, None);
+        let mut foreign = first.ring.clone();
+        foreign.cluster_id = "u-0".into();
+        let refs = Dereferenced {
+            current_ring: Some(foreign),
+            ..Dereferenced::default()
+        };
+        let recreated = validate(&cluster(json!({"replicas": 5})), &refs).expect("valid");
+        assert_eq!((recreated.replicas, recreated.held_scaling), (5, None));
     }
 
     #[test]
