@@ -376,8 +376,9 @@ async fn a_rotten_wal_record_is_repaired_from_the_peers() {
         .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
         .expect("a WAL file");
     let mut bytes = std::fs::read(&wal).expect("read WAL");
-    // Records are `magic u32 ("JRSV" little-endian), kind u8 (1 = prepare), len u32, payload,
-    // checksum u64` (docs/replication.md): damage the payload of the prepare nearest the middle.
+    // Records are `magic u32 ("JRSV" little-endian), kind u8 (4 = prepare; 1 in earlier
+    // versions), len u32, payload, checksum u64` (docs/replication.md): damage the payload of
+    // the prepare nearest the middle (its body, which the prepare's own checksum covers).
     let middle = bytes.len() / 2;
     let mut at = 0;
     let mut target = None;
@@ -386,7 +387,8 @@ async fn a_rotten_wal_record_is_repaired_from_the_peers() {
         if bytes[at..at + 4] != 0x5653_524Au32.to_le_bytes() {
             break;
         }
-        if bytes[at + 4] == 1 && target.is_none() && at + 9 + len >= middle {
+        let prepare = bytes[at + 4] == 4 || bytes[at + 4] == 1;
+        if prepare && target.is_none() && at + 9 + len >= middle {
             target = Some(at + 9 + len / 2);
         }
         at += 9 + len + 8;

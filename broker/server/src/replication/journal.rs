@@ -16,9 +16,13 @@
 //!   names it; older ones are deleted once a newer one is named.
 //!
 //! Every record is `magic u32, kind u8, len u32, payload, xxh3-64 u64` over kind, len and
-//! payload. A record that fails its checksum is skipped by searching for the next record that
-//! verifies, so one damaged prepare costs that prepare (which the header ring then reports as
-//! faulty), not everything written after it.
+//! payload — except a prepare record (kind 4), whose checksum covers kind, len and the payload
+//! up to the end of the prepare's header: the body is covered by the header's own
+//! `body_checksum`, which the primary computed once and replay verifies, so the body is not
+//! hashed a second time on every write (kind 1, checksummed whole, is still read). A record that
+//! fails its checksum is skipped by searching for the next record that verifies, so one damaged
+//! prepare costs that prepare (which the header ring then reports as faulty), not everything
+//! written after it.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -35,9 +39,14 @@ const WAL_FILE_BYTES: u64 = 64 << 20;
 /// No record is larger: a length beyond it is damage, not a record.
 const RECORD_MAX: usize = 2 << 30;
 
+/// A prepare whose record checksum covers the whole body too (written by earlier versions).
 const KIND_PREPARE: u8 = 1;
 const KIND_HEADER: u8 = 2;
 const KIND_TRUNCATE: u8 = 3;
+/// A prepare whose record checksum stops after the prepare's header (see the module notes).
+const KIND_PREPARE_SEALED: u8 = 4;
+/// `slot u64, header_len u32` before a prepare record's header.
+const PREPARE_PREFIX: usize = 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -177,7 +186,10 @@ impl Journal {
         head.extend_from_slice(&slot.to_le_bytes());
         head.extend_from_slice(&(header.len() as u32).to_le_bytes());
         head.extend_from_slice(&header);
-        self.append_parts(KIND_PREPARE, &[&head, &prepare.body])?;
+        // The record checksum covers `head`; the body is vouched for by the header's
+        // body_checksum, computed once by the primary.
+        let covered = head.len();
+        self.append_parts(KIND_PREPARE_SEALED, &[&head, &prepare.body], covered)?;
         let mut header = [0u8; 32];
         header[..8].copy_from_slice(&slot.to_le_bytes());
         header[8..16].copy_from_slice(&prepare.op().to_le_bytes());
@@ -188,11 +200,17 @@ impl Journal {
     }
 
     fn append_record(&mut self, kind: u8, payload: &[u8]) -> Result<(), JournalError> {
-        self.append_parts(kind, &[payload])
+        self.append_parts(kind, &[payload], payload.len())
     }
 
-    /// Appends one record whose payload is `parts` in order.
-    fn append_parts(&mut self, kind: u8, parts: &[&[u8]]) -> Result<(), JournalError> {
+    /// Appends one record whose payload is `parts` in order; its checksum covers kind, length
+    /// and the first `covered` bytes of the payload.
+    fn append_parts(
+        &mut self,
+        kind: u8,
+        parts: &[&[u8]],
+        covered: usize,
+    ) -> Result<(), JournalError> {
         if self.wal_len >= WAL_FILE_BYTES {
             self.rotate()?;
         }
@@ -203,8 +221,11 @@ impl Journal {
         head.extend_from_slice(&(len as u32).to_le_bytes());
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(&head[4..]);
+        let mut left = covered;
         for part in parts {
-            hasher.update(part);
+            let take = left.min(part.len());
+            hasher.update(&part[..take]);
+            left -= take;
         }
         let checksum = hasher.digest().to_le_bytes();
         let path = &self.wal_path;
@@ -351,7 +372,15 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     }
     let end = at + 9 + len;
     let stored = u64::from_le_bytes(bytes.get(end..end + 8)?.try_into().ok()?);
-    (xxhash_rust::xxh3::xxh3_64(&bytes[at + 4..end]) == stored)
+    let covered_end = if kind == KIND_PREPARE_SEALED {
+        let payload = bytes.get(at + 9..end)?;
+        let header_len = u32::from_le_bytes(payload.get(8..PREPARE_PREFIX)?.try_into().ok()?);
+        let covered = PREPARE_PREFIX.checked_add(header_len as usize)?;
+        (covered <= len).then_some(at + 9 + covered)?
+    } else {
+        end
+    };
+    (xxhash_rust::xxh3::xxh3_64(&bytes[at + 4..covered_end]) == stored)
         .then(|| (kind, &bytes[at + 9..end], len + RECORD_OVERHEAD))
 }
 
@@ -371,8 +400,12 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
         };
         at += len;
         match kind {
-            KIND_PREPARE => {
-                if let Some((slot, prepare)) = decode_prepare(payload) {
+            KIND_PREPARE | KIND_PREPARE_SEALED => {
+                // A sealed record's body is checked here, against the header's checksum: a
+                // rotten body makes the prepare absent, which the header ring reports.
+                let decoded = decode_prepare(payload)
+                    .filter(|(_, p)| kind == KIND_PREPARE || p.verify());
+                if let Some((slot, prepare)) = decoded {
                     max_op = max_op.max(prepare.op());
                     image.wal.insert(slot, prepare);
                 }
@@ -561,6 +594,46 @@ mod tests {
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let (_, image) = Journal::open(dir.path(), true).unwrap();
         assert_eq!(image.headers.get(&2), None);
+    }
+
+    #[test]
+    fn a_rotten_body_is_caught_by_the_prepares_own_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = prepare(1, 0);
+        let two = prepare(2, one.checksum());
+        write_and_reopen(dir.path(), &[wal(1, &one), wal(2, &two)]);
+        let (_, path) = wal_files(dir.path()).unwrap().remove(0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The first record's body ends 8 bytes (its checksum) before the record's end; the
+        // record checksum does not cover the body, the header's body_checksum does.
+        let first_len = 9 + u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize;
+        assert_eq!(bytes[4], KIND_PREPARE_SEALED);
+        bytes[first_len - 1] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, image) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(image.wal.get(&1), None, "the rotten body is refused");
+        assert_eq!(image.headers.get(&1), Some(&(1, one.checksum())));
+        assert_eq!(image.wal.get(&2), Some(&two));
+    }
+
+    #[test]
+    fn prepare_records_of_the_earlier_whole_checksum_kind_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = prepare(1, 0);
+        {
+            let (mut journal, _) = Journal::open(dir.path(), true).unwrap();
+            let header = postcard::to_stdvec(&one.header).unwrap();
+            let mut head = 1u64.to_le_bytes().to_vec();
+            head.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            head.extend_from_slice(&header);
+            let whole = head.len() + one.body.len();
+            journal
+                .append_parts(KIND_PREPARE, &[&head, &one.body], whole)
+                .unwrap();
+            journal.sync_wal().unwrap();
+        }
+        let (_, image) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(image.wal.get(&1), Some(&one));
     }
 
     #[test]
