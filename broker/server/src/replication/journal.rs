@@ -403,8 +403,8 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
             KIND_PREPARE | KIND_PREPARE_SEALED => {
                 // A sealed record's body is checked here, against the header's checksum: a
                 // rotten body makes the prepare absent, which the header ring reports.
-                let decoded = decode_prepare(payload)
-                    .filter(|(_, p)| kind == KIND_PREPARE || p.verify());
+                let decoded =
+                    decode_prepare(payload).filter(|(_, p)| kind == KIND_PREPARE || p.verify());
                 if let Some((slot, prepare)) = decoded {
                     max_op = max_op.max(prepare.op());
                     image.wal.insert(slot, prepare);
