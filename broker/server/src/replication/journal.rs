@@ -571,17 +571,25 @@ mod tests {
         assert_eq!(image.headers.get(&2), Some(&(2, replacement.checksum())));
     }
 
+    /// Writes prepares 1 and 2, flips the byte `at(wal bytes)` picks, and reopens.
+    fn rot(dir: &Path, at: impl Fn(&[u8]) -> usize) -> (Prepare, Prepare, Vec<u8>, DiskImage) {
+        let one = prepare(1, 0);
+        let two = prepare(2, one.checksum());
+        write_and_reopen(dir, &[wal(1, &one), wal(2, &two)]);
+        let (_, path) = wal_files(dir).unwrap().remove(0);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let index = at(&bytes);
+        bytes[index] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, image) = Journal::open(dir, true).unwrap();
+        (one, two, bytes, image)
+    }
+
     #[test]
     fn a_rotten_prepare_keeps_its_header_and_what_follows_it() {
         let dir = tempfile::tempdir().unwrap();
-        let one = prepare(1, 0);
-        let two = prepare(2, one.checksum());
-        write_and_reopen(dir.path(), &[wal(1, &one), wal(2, &two)]);
-        let (_, path) = wal_files(dir.path()).unwrap().remove(0);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[60] ^= 0xFF; // inside the first prepare's record
-        std::fs::write(&path, &bytes).unwrap();
-        let (_, image) = Journal::open(dir.path(), true).unwrap();
+        // Inside the first prepare's header, which the record checksum covers.
+        let (one, two, bytes, image) = rot(dir.path(), |_| 60);
         assert_eq!(image.wal.get(&1), None, "the damaged record is dropped");
         assert_eq!(
             image.headers.get(&1),
@@ -590,6 +598,7 @@ mod tests {
         );
         assert_eq!(image.wal.get(&2), Some(&two), "later records survive");
         // A torn tail: the last record cut short leaves no trace.
+        let (_, path) = wal_files(dir.path()).unwrap().remove(0);
         let cut = bytes.len() - 5;
         std::fs::write(&path, &bytes[..cut]).unwrap();
         let (_, image) = Journal::open(dir.path(), true).unwrap();
@@ -599,18 +608,12 @@ mod tests {
     #[test]
     fn a_rotten_body_is_caught_by_the_prepares_own_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let one = prepare(1, 0);
-        let two = prepare(2, one.checksum());
-        write_and_reopen(dir.path(), &[wal(1, &one), wal(2, &two)]);
-        let (_, path) = wal_files(dir.path()).unwrap().remove(0);
-        let mut bytes = std::fs::read(&path).unwrap();
-        // The first record's body ends 8 bytes (its checksum) before the record's end; the
-        // record checksum does not cover the body, the header's body_checksum does.
-        let first_len = 9 + u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize;
+        // The last byte of the first record's body (its record checksum follows): the record
+        // checksum does not cover the body, the header's body_checksum does.
+        let (one, two, bytes, image) = rot(dir.path(), |bytes| {
+            8 + u32::from_le_bytes(bytes[5..9].try_into().unwrap()) as usize
+        });
         assert_eq!(bytes[4], KIND_PREPARE_SEALED);
-        bytes[first_len - 1] ^= 0x01;
-        std::fs::write(&path, &bytes).unwrap();
-        let (_, image) = Journal::open(dir.path(), true).unwrap();
         assert_eq!(image.wal.get(&1), None, "the rotten body is refused");
         assert_eq!(image.headers.get(&1), Some(&(1, one.checksum())));
         assert_eq!(image.wal.get(&2), Some(&two));
