@@ -238,8 +238,10 @@ impl Network {
                             .push(SocketAddr::from((ip, back)));
                     }
                 }
-                // <hostname>.<subdomain>.<ns>.svc: StatefulSet pods under their governing Service.
-                if text(pod, "/spec/subdomain") == name {
+                // <hostname>.<subdomain>.<ns>.svc: StatefulSet pods under their governing
+                // Service, published as cluster DNS does — ready ones, or all with
+                // publishNotReadyAddresses (which the brokers' headless Service sets).
+                if text(pod, "/spec/subdomain") == name && (ready || publish_not_ready) {
                     let fqdn = format!("{}.{name}.{namespace}.svc", text(pod, "/spec/hostname"));
                     hosts.push((ip.to_string(), vec![format!("{fqdn}.cluster.local"), fqdn]));
                 }
