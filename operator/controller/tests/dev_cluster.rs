@@ -4,9 +4,9 @@
 //! Service's ClusterIP. Everything stops when the test ends (the harness kills what it
 //! started).
 //!
-//! The pods run target/<profile>/iggy-broker and iggy-sidecar as cargo last built them:
-//! `make test` (the whole workspace) builds them first; running only this test after changing
-//! the broker or the sidecar needs `cargo build -p broker -p iggy-sidecar` before it.
+//! The pods run target/<profile>/iggy-broker and iggy-sidecar: `make test` (the whole
+//! workspace) builds them first; a run of only this test builds them when they are missing or
+//! older than their sources.
 
 mod common;
 
@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Where cargo put this workspace's binaries (target/debug), building the broker and the
-/// sidecar when this test runs without the rest of the workspace built.
+/// sidecar first when they are missing or older than their sources (a run of only this test
+/// after editing them would otherwise start stale binaries).
 fn workspace_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe
@@ -32,7 +33,21 @@ fn workspace_binaries() -> PathBuf {
         .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>")
         .to_path_buf();
-    if !dir.join("iggy-broker").is_file() || !dir.join("iggy-sidecar").is_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let sources = newest_source(&[
+        root.join("broker/server/src"),
+        root.join("broker/contract"),
+        root.join("broker/protocol/src"),
+        root.join("broker/vsr/src"),
+        root.join("operator/sidecar/src"),
+        root.join("operator/runtime/src"),
+    ]);
+    let stale = ["iggy-broker", "iggy-sidecar"].iter().any(|name| {
+        std::fs::metadata(dir.join(name))
+            .and_then(|m| m.modified())
+            .map_or(true, |built| built < sources)
+    });
+    if stale {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = std::process::Command::new(cargo)
             .args(["build", "-p", "broker", "-p", "iggy-sidecar", "--bins"])
@@ -41,6 +56,25 @@ fn workspace_binaries() -> PathBuf {
         assert!(status.success(), "building iggy-broker and iggy-sidecar");
     }
     dir
+}
+
+/// The newest modification time of any file under `dirs`.
+fn newest_source(dirs: &[PathBuf]) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut pending: Vec<PathBuf> = dirs.to_vec();
+    while let Some(path) = pending.pop() {
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        } else if let Ok(modified) = meta.modified() {
+            newest = newest.max(modified);
+        }
+    }
+    newest
 }
 
 struct DevCluster {
