@@ -426,6 +426,11 @@ fn journal_loop(
         if let Err(e) = journal.write_all(&batch) {
             fail_stop(&format!("cannot write the replication journal: {e}"));
         }
+        // Start writing back what the applies wrote meanwhile, so the next checkpoint's fsync
+        // has little left to wait for (see `Partition::start_writeback`).
+        for partition in broker.all_partitions() {
+            partition.start_writeback();
+        }
         if done.send(DriverInput::WriteDone(ios)).is_err() {
             return;
         }

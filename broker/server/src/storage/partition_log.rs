@@ -512,6 +512,14 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Every segment's files, for a sync that must not hold the partition's lock.
+    pub fn sync_handles(&self) -> Vec<(Arc<File>, PathBuf)> {
+        self.segments
+            .iter()
+            .flat_map(|segment| segment.sync_handles())
+            .collect()
+    }
+
     /// Records, after [`Self::sync_all`], that everything written so far is intact.
     pub fn write_checkpoint(&mut self) -> Result<(), StorageError> {
         let checkpoint = self.current_checkpoint();

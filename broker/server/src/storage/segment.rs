@@ -46,7 +46,8 @@ pub struct Segment {
     pub index_path: PathBuf,
     /// Shared so the group-commit fsync can run outside the partition lock.
     pub log: Arc<File>,
-    index_file: File,
+    /// Shared for the same reason (a replication checkpoint's sync).
+    index_file: Arc<File>,
     /// Bytes of valid frames in the `.log`.
     pub size: u64,
     pub index: Vec<IndexEntry>,
@@ -71,7 +72,7 @@ impl Segment {
         Ok(Self {
             start_offset,
             log: Arc::new(open(&log_path)?),
-            index_file: open(&index_path)?,
+            index_file: Arc::new(open(&index_path)?),
             log_path,
             index_path,
             size: 0,
@@ -163,6 +164,14 @@ impl Segment {
         self.index_file.sync_all().at(&self.index_path)?;
         self.log.set_len(self.size).at(&self.log_path)?;
         self.log.sync_all().at(&self.log_path)
+    }
+
+    /// The segment's two files, to fsync without holding the partition's lock.
+    pub fn sync_handles(&self) -> [(Arc<File>, PathBuf); 2] {
+        [
+            (self.log.clone(), self.log_path.clone()),
+            (self.index_file.clone(), self.index_path.clone()),
+        ]
     }
 
     pub fn sync(&self) -> Result<(), StorageError> {
