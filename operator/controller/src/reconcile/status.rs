@@ -266,50 +266,17 @@ pub fn compute(
                 now,
             ),
         ),
-        Outcome::Applied(_) if failing_container(&observed.pods).is_some() => {
-            let failing = failing_container(&observed.pods).unwrap_or_default();
+        Outcome::Applied(valid) => {
             let ready_message = format!("{ready_pods}/{wanted} brokers ready");
-            (
-                condition(
-                    conditions,
-                    "Ready",
-                    all_ready,
-                    if all_ready {
-                        "AllReplicasReady"
-                    } else {
-                        "ReplicasNotReady"
-                    },
-                    ready_message,
-                    generation,
-                    now,
-                ),
-                condition(
-                    conditions,
-                    "Degraded",
-                    true,
-                    "BrokerFailing",
-                    failing.clone(),
-                    generation,
-                    now,
-                ),
-                condition(
-                    conditions,
-                    "Progressing",
-                    !all_ready,
-                    if all_ready {
-                        "Stable"
-                    } else {
-                        "WaitingForReplicas"
-                    },
-                    failing,
-                    generation,
-                    now,
-                ),
-            )
-        }
-        Outcome::Applied(_) => {
-            let ready_message = format!("{ready_pods}/{wanted} brokers ready");
-            let (progressing, reason, message) = if !all_ready {
+            let failing = failing_container(&observed.pods);
+            let (progressing, reason, message) = if let Some(failing) = &failing {
+                let reason = if all_ready {
+                    "Stable"
+                } else {
+                    "WaitingForReplicas"
+                };
+                (!all_ready, reason, failing.clone())
+            } else if !all_ready {
                 let reason = if status.replicas != wanted {
                     "Scaling"
                 } else {
@@ -324,6 +291,13 @@ pub fn compute(
                     "Stable",
                     "every broker runs the current spec".to_string(),
                 )
+            };
+            // A container that will not come up by itself outranks a held scale change.
+            let (degraded, degraded_reason, degraded_message) = match (failing, &valid.held_scaling)
+            {
+                (Some(failing), _) => (true, "BrokerFailing", failing),
+                (None, Some(held)) => (true, "ScalingNotSupported", held.message()),
+                (None, None) => (false, "AsExpected", String::new()),
             };
             (
                 condition(
@@ -342,9 +316,9 @@ pub fn compute(
                 condition(
                     conditions,
                     "Degraded",
-                    false,
-                    "AsExpected",
-                    String::new(),
+                    degraded,
+                    degraded_reason,
+                    degraded_message,
                     generation,
                     now,
                 ),
@@ -359,18 +333,6 @@ pub fn compute(
                 ),
             )
         }
-    };
-    let degraded = match (outcome, validated.and_then(|v| v.held_scaling.as_ref())) {
-        (Outcome::Applied(_), Some(held)) if degraded.status == "False" => condition(
-            conditions,
-            "Degraded",
-            true,
-            "ScalingNotSupported",
-            held.message(),
-            generation,
-            now,
-        ),
-        _ => degraded,
     };
     status.conditions = vec![ready, progressing, degraded];
     if let Some(telemetry) = validated.and_then(|v| v.telemetry.as_ref()) {
