@@ -415,8 +415,11 @@ fn journal_loop(
                 Err(_) => break,
             }
         }
+        // One listing per batch serves the checkpoint's sync and the writeback below; a
+        // partition created meanwhile is picked up by the next batch.
+        let partitions = broker.all_partitions();
         if batch.iter().any(|(_, w)| matches!(w, Write::Checkpoint(_))) {
-            for partition in broker.all_partitions() {
+            for partition in &partitions {
                 if let Err(e) = partition.sync_written() {
                     fail_stop(&format!("cannot sync a partition for a checkpoint: {e}"));
                 }
@@ -426,13 +429,14 @@ fn journal_loop(
         if let Err(e) = journal.write_all(&batch) {
             fail_stop(&format!("cannot write the replication journal: {e}"));
         }
-        // Start writing back what the applies wrote meanwhile, so the next checkpoint's fsync
-        // has little left to wait for (see `Partition::start_writeback`).
-        for partition in broker.all_partitions() {
-            partition.start_writeback();
-        }
         if done.send(DriverInput::WriteDone(ios)).is_err() {
             return;
+        }
+        // After reporting the writes done, not before: start writing back what the applies
+        // wrote meanwhile, so the next checkpoint's fsync has little left to wait for (see
+        // `Partition::start_writeback`).
+        for partition in &partitions {
+            partition.start_writeback();
         }
     }
 }

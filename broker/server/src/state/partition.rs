@@ -147,7 +147,7 @@ impl Partition {
     /// its megabytes already on their way instead of stalling the journal for all of them. A
     /// hint only; durability still comes from [`Self::sync_written`].
     pub fn start_writeback(&self) {
-        let (written, handles) = {
+        let (written, (file, _)) = {
             let log = self.log();
             let written = log.write_seq();
             if self.writeback_seq.load(Ordering::Acquire) >= written {
@@ -155,7 +155,6 @@ impl Partition {
             }
             (written, log.active_log())
         };
-        let (file, _) = handles;
         // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
         unsafe {
             libc::sync_file_range(
@@ -176,11 +175,12 @@ impl Partition {
     pub fn sync_written(&self) -> Result<(), StorageError> {
         let (written, handles) = {
             let log = self.log();
-            (log.write_seq(), log.sync_handles())
+            let written = log.write_seq();
+            if self.durable_seq.load(Ordering::Acquire) >= written {
+                return Ok(());
+            }
+            (written, log.sync_handles())
         };
-        if self.durable_seq.load(Ordering::Acquire) >= written {
-            return Ok(());
-        }
         for (file, path) in handles {
             file.sync_data().at(&path)?;
         }
