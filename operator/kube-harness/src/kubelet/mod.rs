@@ -96,16 +96,21 @@ impl PodRun {
     fn finished(&self) -> bool {
         self.tasks.iter().all(JoinHandle::is_finished)
     }
-}
 
-impl Drop for PodRun {
-    fn drop(&mut self) {
-        // The harness is going away: nothing it started may outlive it.
+    /// SIGKILLs every running container's process group at once.
+    fn kill_processes_now(&self) {
         for (_, _, record) in &self.containers {
             if let Some(pid) = runner::lock(record).pid {
                 runner::signal_group(pid, libc::SIGKILL);
             }
         }
+    }
+}
+
+impl Drop for PodRun {
+    fn drop(&mut self) {
+        // The harness is going away: nothing it started may outlive it.
+        self.kill_processes_now();
         for task in &self.tasks {
             task.abort();
         }
@@ -202,11 +207,7 @@ impl Kubelet {
         else {
             return false;
         };
-        for (_, _, record) in &run.containers {
-            if let Some(pid) = runner::lock(record).pid {
-                runner::signal_group(pid, libc::SIGKILL);
-            }
-        }
+        run.kill_processes_now();
         let _ = run.stop.send(Stop::Kill);
         let rt = store.type_by_kind("", "Pod").expect("built in");
         let _ = store.delete(&rt, namespace, name);
