@@ -192,6 +192,28 @@ impl Broker {
             .map_err(BrokerError::Storage)
     }
 
+    /// `/metrics` in the Prometheus text format: the broker's counters, each topic's traffic
+    /// and, on a replica, the replication series. OTLP metrics read the same text.
+    pub fn render_metrics(&self) -> String {
+        let catalog = self.catalog();
+        let topics: Vec<_> = catalog
+            .streams
+            .values()
+            .flat_map(|s| {
+                s.topics
+                    .values()
+                    .map(move |t| (s.name.clone(), t.name.clone(), &*t.traffic))
+            })
+            .collect();
+        let mut body = self.metrics.render(&topics);
+        drop(topics);
+        drop(catalog);
+        if let Some(cluster) = self.cluster_status() {
+            cluster.render_metrics(&mut body);
+        }
+        body
+    }
+
     /// Who orders and applies state changes (see `submit/`).
     pub fn submitter(&self) -> &Submitter {
         &self.submitter

@@ -27,6 +27,52 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub replication: ReplicationConfig,
     pub logging: LoggingConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// OTLP export (`[telemetry]`); the `OTEL_*` environment overlays it (`iggy_telemetry::settings`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub enabled: bool,
+    pub service_name: String,
+    pub logs: TelemetrySignal,
+    pub traces: TelemetrySignal,
+    pub metrics: TelemetrySignal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySignal {
+    pub transport: Transport,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+impl TelemetryConfig {
+    /// The section in the shape the telemetry crate reads.
+    pub fn file_config(&self) -> iggy_telemetry::FileConfig {
+        let signal = |s: &TelemetrySignal| iggy_telemetry::SignalConfig {
+            transport: match s.transport {
+                Transport::Grpc => iggy_telemetry::Protocol::Grpc,
+                Transport::Http => iggy_telemetry::Protocol::HttpProtobuf,
+            },
+            endpoint: s.endpoint.clone(),
+        };
+        iggy_telemetry::FileConfig {
+            enabled: self.enabled,
+            service_name: self.service_name.clone(),
+            logs: signal(&self.logs),
+            traces: signal(&self.traces),
+            metrics: signal(&self.metrics),
+        }
+    }
 }
 
 /// Which ring this broker belongs to (`[cluster]`); an empty `ring_file` is a single node.
@@ -411,6 +457,19 @@ fn apply_env(
         let Some(toml::Value::Table(section)) = table.get_mut(&section_name) else {
             continue;
         };
+        // A key of a nested section (`IGGY_TELEMETRY_LOGS_ENDPOINT` → [telemetry.logs]
+        // endpoint) when the section has no key of that name itself.
+        let nested = match section.get(&key) {
+            Some(_) => None,
+            None => nested_key(section, &key),
+        };
+        let (section, key, section_name) = match nested {
+            Some((sub, rest)) => match section.get_mut(&sub) {
+                Some(toml::Value::Table(inner)) => (inner, rest, format!("{section_name}.{sub}")),
+                _ => continue,
+            },
+            None => (section, key, section_name),
+        };
         let env_error = |reason: String| ConfigError::Env {
             name: name.clone(),
             value: if key.contains("password") {
@@ -421,7 +480,7 @@ fn apply_env(
             reason,
         };
         let typed = match section.get(&key) {
-            None => {
+            None | Some(toml::Value::Table(_)) => {
                 return Err(env_error(format!(
                     "no key '{key}' in section [{section_name}]"
                 )))
@@ -443,6 +502,14 @@ fn apply_env(
         section.insert(key, typed);
     }
     Ok(())
+}
+
+/// The nested section `key` starts with (`logs_endpoint` → `logs`, `endpoint`), if any.
+fn nested_key(section: &toml::Table, key: &str) -> Option<(String, String)> {
+    section.iter().find_map(|(name, value)| {
+        let rest = key.strip_prefix(name.as_str())?.strip_prefix('_')?;
+        value.is_table().then(|| (name.clone(), rest.to_owned()))
+    })
 }
 
 #[cfg(test)]
@@ -483,9 +550,21 @@ mod tests {
                 ("IGGY_SYSTEM_PATH", "/data"),
                 ("IGGY_ROOT_PASSWORD", "s3cret"),
                 ("IGGY_UNRELATED_THING", "ignored"),
+                ("IGGY_TELEMETRY_ENABLED", "true"),
+                ("IGGY_TELEMETRY_TRACES_TRANSPORT", "http"),
+                ("IGGY_TELEMETRY_METRICS_ENDPOINT", "http://collector:4317"),
             ]),
         )
         .unwrap();
+        assert!(config.telemetry.enabled);
+        assert_eq!(config.telemetry.traces.transport, Transport::Http);
+        assert_eq!(config.telemetry.logs.transport, Transport::Grpc);
+        assert_eq!(config.telemetry.metrics.endpoint, "http://collector:4317");
+        let unknown = Config::load(None, env(&[("IGGY_TELEMETRY_LOGS_ENDPIONT", "x")]));
+        assert!(
+            matches!(unknown, Err(ConfigError::Env { ref reason, .. }) if reason.contains("[telemetry.logs]")),
+            "{unknown:?}"
+        );
         assert_eq!(
             config.storage.fsync,
             FsyncPolicy::Interval(Duration::from_millis(250))

@@ -19,3 +19,4 @@ pub mod security;
 pub mod state;
 pub mod storage;
 pub mod submit;
+pub mod telemetry;

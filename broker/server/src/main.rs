@@ -47,23 +47,6 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    let filter = match tracing_subscriber::EnvFilter::try_new(&config.logging.level) {
-        Ok(filter) => filter,
-        Err(e) => {
-            eprintln!(
-                "iggy-broker: invalid logging.level '{}': {e}",
-                config.logging.level
-            );
-            return ExitCode::from(2);
-        }
-    };
-    // Colours only on a terminal: log files and collectors get plain `key=value` fields.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,7 +57,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, cluster, started, descriptors)) {
+    // Inside the runtime: a gRPC exporter's channel lives on it.
+    let telemetry = match runtime.block_on(async { install_telemetry(&config) }) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("iggy-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = match runtime.block_on(run(config, cluster, started, descriptors, &telemetry)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_configuration_error(&e) => {
             eprintln!("iggy-broker: {e:#}");
@@ -85,7 +76,29 @@ fn main() -> ExitCode {
             eprintln!("iggy-broker: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // After the last log line, while the runtime's workers still run: a gRPC exporter sends
+    // its last batches.
+    telemetry.shutdown();
+    code
+}
+
+/// Console logs at `logging.level` (colours only on a terminal: log files and collectors get
+/// plain `key=value` fields), and OTLP export as `[telemetry]` and the `OTEL_*` variables say.
+fn install_telemetry(
+    config: &Config,
+) -> Result<iggy_telemetry::Telemetry, iggy_telemetry::TelemetryError> {
+    let file = config.telemetry.file_config();
+    let mut settings =
+        iggy_telemetry::OtlpSettings::resolve(Some(&file), |name| std::env::var(name).ok())?;
+    iggy_telemetry::resolve_dev_cluster_hosts(&mut settings);
+    iggy_telemetry::install(iggy_telemetry::Options {
+        default_service_name: "iggy-broker",
+        directives: config.logging.level.clone(),
+        console: iggy_telemetry::Console::Stdout,
+        show_target: false,
+        settings,
+    })
 }
 
 /// Makes glibc serve every allocation of 128 KiB or more with its own mapping, returned to the
@@ -152,6 +165,20 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Option<Pa
     Ok(Some(config))
 }
 
+/// Where each signal goes, once at start (endpoints only: credentials never travel in them).
+fn log_telemetry(settings: &iggy_telemetry::OtlpSettings) {
+    for signal in iggy_telemetry::Signal::ALL {
+        if let Some(export) = settings.export(signal) {
+            tracing::info!(
+                signal = signal.name(),
+                endpoint = %export.endpoint,
+                protocol = ?export.protocol,
+                "exporting over OTLP"
+            );
+        }
+    }
+}
+
 fn is_configuration_error(error: &anyhow::Error) -> bool {
     error
         .downcast_ref::<broker::replication::ClusterError>()
@@ -163,6 +190,7 @@ async fn run(
     cluster: Option<broker::replication::Setup>,
     started: Instant,
     descriptors: u64,
+    telemetry: &iggy_telemetry::Telemetry,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let tcp_address = config.tcp.address;
@@ -235,6 +263,11 @@ async fn run(
         });
     }
     tokio::spawn(broker::scrub::run(broker.clone()));
+    #[cfg(feature = "otlp")]
+    if let Some(meter) = telemetry.meter("iggy-broker") {
+        broker::telemetry::otlp_metrics::register(&meter, broker.clone());
+    }
+    log_telemetry(telemetry.settings());
     broker.set_ready();
     tracing::info!(
         tcp = %tcp_address,

@@ -6,10 +6,11 @@ use crate::state::catalog::TopicTraffic;
 use iggy_wire::Command;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
-const BUCKETS: [f64; 14] = [
+pub const BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
@@ -51,7 +52,13 @@ pub struct Metrics {
     /// 1 when recovery found a WAL slot whose header vouches for a prepare that no longer
     /// reads back (the replica then repairs its log from its peers before it votes again).
     pub wal_damaged_at_start: AtomicU64,
+    /// Also sees every request `record_request` counts: the OTLP exporter's histogram, when
+    /// metrics are exported (`telemetry::otlp_metrics`).
+    request_observer: OnceLock<RequestObserver>,
 }
+
+/// Receives each request's command, result and duration.
+pub type RequestObserver = Box<dyn Fn(Option<Command>, bool, Duration) + Send + Sync>;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -78,6 +85,7 @@ impl Metrics {
             replication_dropped: AtomicU64::new(0),
             wal_repairs: AtomicU64::new(0),
             wal_damaged_at_start: AtomicU64::new(0),
+            request_observer: OnceLock::new(),
         }
     }
 
@@ -87,7 +95,15 @@ impl Metrics {
             .unwrap_or(Command::ALL.len())
     }
 
+    /// Installs the second recorder of requests; a later call is ignored.
+    pub fn observe_requests(&self, observer: RequestObserver) {
+        let _ = self.request_observer.set(observer);
+    }
+
     pub fn record_request(&self, command: Option<Command>, ok: bool, elapsed: Duration) {
+        if let Some(observer) = self.request_observer.get() {
+            observer(command, ok, elapsed);
+        }
         let stats = &self.commands[Self::slot(command)];
         if ok {
             stats.ok.fetch_add(1, Ordering::Relaxed);

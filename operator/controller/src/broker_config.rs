@@ -78,17 +78,21 @@ fn defaults() -> Table {
 pub fn render(overrides: &BTreeMap<String, String>) -> Result<String, ConfigError> {
     let defaults = defaults();
     let mut table = Table::new();
-    let mut set = |section: &str, key: &str, value: Value| {
-        let entry = table
-            .entry(section.to_string())
-            .or_insert_with(|| Value::Table(Table::new()));
-        if let Value::Table(section) = entry {
-            section.insert(key.to_string(), value);
-        }
-    };
-    set("system", "path", Value::String(DATA_PATH.into()));
-    set("tcp", "address", Value::String(all_interfaces(CLIENT_PORT)));
-    set("http", "address", Value::String(all_interfaces(HTTP_PORT)));
+    set(
+        &mut table,
+        &["system", "path"],
+        Value::String(DATA_PATH.into()),
+    );
+    set(
+        &mut table,
+        &["tcp", "address"],
+        Value::String(all_interfaces(CLIENT_PORT)),
+    );
+    set(
+        &mut table,
+        &["http", "address"],
+        Value::String(all_interfaces(HTTP_PORT)),
+    );
     for (dotted, text) in overrides {
         if let Some((_, reason)) = RESERVED.iter().find(|(key, _)| key == dotted) {
             return Err(ConfigError::ReservedKey {
@@ -99,11 +103,18 @@ pub fn render(overrides: &BTreeMap<String, String>) -> Result<String, ConfigErro
         let unknown = || ConfigError::UnknownKey {
             key: dotted.clone(),
         };
-        let (section, key) = dotted.split_once('.').ok_or_else(unknown)?;
-        let default = defaults
-            .get(section)
-            .and_then(Value::as_table)
-            .and_then(|table| table.get(key))
+        // `section.key`, or `section.sub.key` for nested sections such as [telemetry.logs].
+        let path: Vec<&str> = dotted.split('.').collect();
+        if path.len() < 2 {
+            return Err(unknown());
+        }
+        let default = path[1..]
+            .iter()
+            .try_fold(defaults.get(path[0]), |value, key| {
+                value.and_then(Value::as_table).map(|t| t.get(*key))
+            })
+            .flatten()
+            .filter(|value| !value.is_table())
             .ok_or_else(unknown)?;
         let bad = |expected| ConfigError::BadValue {
             key: dotted.clone(),
@@ -116,9 +127,27 @@ pub fn render(overrides: &BTreeMap<String, String>) -> Result<String, ConfigErro
             Value::Float(_) => Value::Float(text.trim().parse().map_err(|_| bad("number"))?),
             _ => Value::String(text.clone()),
         };
-        set(section, key, value);
+        set(&mut table, &path, value);
     }
     Ok(toml::to_string(&table).expect("a TOML table always serializes"))
+}
+
+/// Sets `path` (sections, then the key) in `table`, creating the sections it names.
+fn set(table: &mut Table, path: &[&str], value: Value) {
+    let Some((key, sections)) = path.split_last() else {
+        return;
+    };
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
+        let Value::Table(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+    current.insert(key.to_string(), value);
 }
 
 #[cfg(test)]
@@ -137,6 +166,7 @@ mod tests {
         let rendered = render(&overrides(&[
             ("storage.fsync", "always"),
             ("personal_access_token.max_tokens_per_user", "7"),
+            ("telemetry.traces.transport", "http"),
         ]))
         .expect("valid");
         let table: Table = rendered.parse().expect("TOML");
@@ -144,6 +174,10 @@ mod tests {
         assert_eq!(
             table["personal_access_token"]["max_tokens_per_user"].as_integer(),
             Some(7)
+        );
+        assert_eq!(
+            table["telemetry"]["traces"]["transport"].as_str(),
+            Some("http")
         );
         assert_eq!(table["system"]["path"].as_str(), Some("/data"));
         assert_eq!(table["tcp"]["address"].as_str(), Some("0.0.0.0:8090"));
@@ -157,6 +191,11 @@ mod tests {
         ));
         assert!(matches!(
             render(&overrides(&[("fsync", "always")])),
+            Err(ConfigError::UnknownKey { .. })
+        ));
+        // A section is not a value.
+        assert!(matches!(
+            render(&overrides(&[("telemetry.logs", "grpc")])),
             Err(ConfigError::UnknownKey { .. })
         ));
         assert!(matches!(

@@ -5,7 +5,9 @@
 //! - [`shutdown_signal`]: SIGTERM/SIGINT, which the kubelet sends to stop a container;
 //! - [`install_crypto_provider`]: rustls' provider for the TLS clients (kube's).
 
-pub mod telemetry;
+/// Logging and OTLP export: the broker's crate, shared so that every binary reads the `OTEL_*`
+/// variables the same way.
+pub use iggy_telemetry as telemetry;
 
 /// Completes on SIGINT or SIGTERM — the kubelet stops a container with SIGTERM, and both
 /// binaries must then release what they hold and flush their telemetry, not just die.

@@ -136,6 +136,7 @@ pub async fn poll(
         _ => (Default::default(), partition.log().current_offset()),
     };
     body.extend_from_slice(&poll_header(partition.id, current_offset, plan.count));
+    let frames_start = body.len();
     // Only what this response needs stays reserved: a small poll must not hold a large share.
     reserved.shrink_to(plan.bytes as u64);
     session.response_budget = reserved;
@@ -145,6 +146,7 @@ pub async fn poll(
         }
         return Err(error.into());
     }
+    crate::telemetry::record_poll(partition.id, plan.count, &body[frames_start..]);
     if let (true, Some(start), true) = (auto_commit, start, plan.count > 0) {
         let op = Operation::StoreOffset {
             stream: resolved.stream,

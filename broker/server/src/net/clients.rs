@@ -39,9 +39,14 @@ impl Clients {
         self.lock().remove(&id)
     }
 
+    /// Records who a client is logged in as (`None`: logged out). A login is logged at info,
+    /// as an audit trail, inside the request's span when traces are exported.
     pub fn set_user(&self, id: u32, user_id: Option<u32>) {
         if let Some(entry) = self.lock().get_mut(&id) {
             entry.user_id = user_id;
+            if let Some(user) = user_id {
+                tracing::info!(client = id, user, address = %entry.address, "client logged in");
+            }
         }
     }
 

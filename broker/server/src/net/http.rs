@@ -68,20 +68,7 @@ fn route(broker: &Broker, peer: SocketAddr, method: &Method, path: &str) -> Resp
         "/ready" if broker.is_ready() => text(StatusCode::OK, "ready\n".into()),
         "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/metrics" => {
-            let catalog = broker.catalog();
-            let topics: Vec<_> = catalog
-                .streams
-                .values()
-                .flat_map(|s| {
-                    s.topics
-                        .values()
-                        .map(move |t| (s.name.clone(), t.name.clone(), &*t.traffic))
-                })
-                .collect();
-            let mut body = broker.metrics.render(&topics);
-            if let Some(cluster) = broker.cluster_status() {
-                cluster.render_metrics(&mut body);
-            }
+            let body = broker.render_metrics();
             let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,

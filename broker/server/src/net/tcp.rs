@@ -9,6 +9,7 @@ use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
 use crate::net::session::Session;
+use crate::telemetry;
 use iggy_wire::frame::{self, HeaderError, RequestHeader};
 use iggy_wire::Command;
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 /// Buffers larger than this are released after the request that needed them, so an idle
 /// connection does not pin the memory of its largest batch.
@@ -253,7 +255,13 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
         return Err(std::io::ErrorKind::UnexpectedEof.into());
     }
     out.extend_from_slice(&[0u8; frame::HEADER_SIZE]);
-    match commands::dispatch(broker, session, command, payload, out).await {
+    let span = telemetry::request_span(command, session, size);
+    telemetry::describe_request(&span, command, payload);
+    let result = commands::dispatch(broker, session, command, payload, out)
+        .instrument(span.clone())
+        .await;
+    telemetry::record_outcome(&span, session, &result, out.len() - frame::HEADER_SIZE);
+    match result {
         Ok(()) => {
             let header = frame::ok_header(out.len() - frame::HEADER_SIZE);
             out[..frame::HEADER_SIZE].copy_from_slice(&header);

@@ -100,14 +100,29 @@ impl TestCluster {
 
     /// Waits until every member in `members` has applied everything `reference` has.
     pub fn wait_caught_up(&self, members: &[usize], reference: usize, within: Duration) {
+        // Statuses are published on the replicas' ticks, so a client can hold an
+        // acknowledgement before even the primary's status shows that commit. Caught up means:
+        // every member has applied the highest commit any of them reports, and still so after
+        // a few more ticks (nothing newer surfaced meanwhile).
         let deadline = Instant::now() + within;
+        let mut settled_since: Option<(u64, Instant)> = None;
         loop {
-            let target = self.status(reference).map_or(u64::MAX, |s| s.commit);
+            let target = std::iter::once(reference)
+                .chain(members.iter().copied())
+                .filter_map(|m| self.status(m).map(|s| s.commit))
+                .max()
+                .unwrap_or(u64::MAX);
             let done = members.iter().all(|&m| {
                 self.status(m)
                     .is_some_and(|s| s.caught_up && s.commit >= target)
             });
-            if done {
+            settled_since = match (done, settled_since) {
+                (false, _) => None,
+                (true, Some((commit, since))) if commit == target => Some((commit, since)),
+                (true, _) => Some((target, Instant::now())),
+            };
+            if settled_since.is_some_and(|(_, since)| since.elapsed() >= Duration::from_millis(100))
+            {
                 return;
             }
             assert!(

@@ -278,42 +278,6 @@ pub async fn credentials_secret(client: &kube::Client, name: &str, secret_key: &
         .expect("secret created");
 }
 
-/// A real OTLP receiver: the `rotel` collector (PyPI package `rotel`, binary `rotel-agent`),
-/// listening for gRPC and HTTP on free ports and printing what it receives to a file.
-pub struct OtlpReceiver {
-    child: Child,
-    output: PathBuf,
-    _dir: tempfile::TempDir,
-    pub grpc_endpoint: String,
-    pub http_endpoint: String,
-}
-
-impl Drop for OtlpReceiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Where `rotel-agent` is: $ROTEL_AGENT, PATH, or inside the installed Python package.
-pub fn rotel_agent() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("ROTEL_AGENT") {
-        return Some(PathBuf::from(path));
-    }
-    if command_runs("rotel-agent", "--version") {
-        return Some(PathBuf::from("rotel-agent"));
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
-        ])
-        .output()
-        .ok()?;
-    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    (out.status.success() && path.is_file()).then_some(path)
-}
-
 /// A test tool is missing: fail when CI said it must be there (`required_var` set), otherwise
 /// say why the test skips.
 fn missing_tool<T>(required_var: &str, why: &str) -> Option<T> {
@@ -361,49 +325,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-impl OtlpReceiver {
-    pub fn start() -> Option<Self> {
-        let Some(agent) = rotel_agent() else {
-            return missing_tool(
-                "ROTEL_REQUIRED",
-                "rotel-agent not found (pip install rotel==0.0.1a15, or set ROTEL_AGENT)",
-            );
-        };
-        let dir = tempfile::tempdir().expect("temp dir");
-        let output = dir.path().join("received.txt");
-        let (grpc, http) = (free_port(), free_port());
-        let child = Command::new(agent)
-            .args([
-                "start",
-                "--otlp-grpc-endpoint",
-                &format!("127.0.0.1:{grpc}"),
-                "--otlp-http-endpoint",
-                &format!("127.0.0.1:{http}"),
-                "--exporter",
-                "blackhole",
-                "--debug-log",
-                "traces",
-                "--debug-log",
-                "logs",
-                "--debug-log-verbosity",
-                "detailed",
-            ])
-            .stdout(std::fs::File::create(&output).expect("output file"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rotel-agent starts");
-        wait_listening("rotel", &[grpc, http]);
-        Some(OtlpReceiver {
-            child,
-            output,
-            _dir: dir,
-            grpc_endpoint: format!("http://127.0.0.1:{grpc}"),
-            http_endpoint: format!("http://127.0.0.1:{http}"),
-        })
-    }
-
-    /// Everything received so far, as the collector's debug output.
-    pub fn received(&self) -> String {
-        std::fs::read_to_string(&self.output).unwrap_or_default()
-    }
-}
+/// The collector the operator's telemetry tests export to (shared with the broker's).
+#[allow(unused_imports)] // each test binary uses its own part of this module
+pub use iggy_telemetry::testing::{rotel_agent, OtlpReceiver};
