@@ -26,7 +26,7 @@ type BadStart<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
 fn bad_configuration_exits_2_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let cases: [BadStart; 5] = [
+    let cases: [BadStart; 8] = [
         (&[("IGGY_STORAGE_FSYNC", "sometimes")], &[], "fsync must be"),
         (&[("IGGY_TCP_ADDRESS", "not-an-address")], &[], "invalid"),
         (&[("IGGY_STORAGE_SEGMENT_SIZE", "12")], &[], "segment_size"),
@@ -36,6 +36,24 @@ fn bad_configuration_exits_2_with_a_clear_message() {
             "/nonexistent/broker.toml",
         ),
         (&[], &["--bogus"], "unknown argument"),
+        (
+            &[("IGGY_TELEMETRY_TRACES_TRANSPORT", "udp")],
+            &[],
+            "unknown variant `udp`",
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ],
+            &[],
+            "OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not an OTLP protocol",
+        ),
+        (
+            &[("IGGY_TELEMETRY_LOGS_ENDPIONT", "http://x")],
+            &[],
+            "no key 'endpiont' in section [telemetry.logs]",
+        ),
     ];
     for (env, args, expected) in cases {
         let mut env = env.to_vec();

@@ -159,3 +159,235 @@ async fn traces_logs_and_metrics_reach_a_collector_over_grpc() {
 async fn traces_logs_and_metrics_reach_a_collector_over_http_protobuf() {
     exports_over("http/protobuf", |r| r.http_endpoint.clone()).await;
 }
+
+/// One send whose messages carry a fresh producer context; returns its trace id.
+async fn traced_send(client: &IggyClient, trace: u128) -> String {
+    let (parent, trace, _) = producer_context(trace, 0x42);
+    let mut batch = vec![traced_message("traced", &parent)];
+    client
+        .send_messages(
+            &name("orders"),
+            &name("events"),
+            &Partitioning::partition_id(0),
+            &mut batch,
+        )
+        .await
+        .expect("send");
+    trace
+}
+
+/// `[telemetry]` alone (here through its IGGY_TELEMETRY_* variables) configures export, each
+/// signal with its own transport; batches that have not been sent when SIGTERM arrives are
+/// flushed before the broker exits.
+#[tokio::test]
+async fn the_telemetry_section_configures_export_and_a_stop_flushes_the_batches() {
+    let Some(receiver) = OtlpReceiver::start() else {
+        return;
+    };
+    let traces = format!("{}/v1/traces", receiver.http_endpoint);
+    let mut broker = TestBroker::start_with(&[
+        ("IGGY_TELEMETRY_ENABLED", "true"),
+        ("IGGY_TELEMETRY_SERVICE_NAME", "orders-broker"),
+        ("IGGY_TELEMETRY_TRACES_TRANSPORT", "http"),
+        ("IGGY_TELEMETRY_TRACES_ENDPOINT", &traces),
+        ("IGGY_TELEMETRY_LOGS_ENDPOINT", &receiver.grpc_endpoint),
+        ("IGGY_TELEMETRY_METRICS_ENDPOINT", &receiver.grpc_endpoint),
+        ("IGGY_LOGGING_LEVEL", "info"),
+        // Nothing leaves before the stop: only the flush can deliver.
+        ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "600000"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
+    ]);
+    let client = broker.client().await;
+    client.create_stream("orders").await.expect("stream");
+    create_topic(&client, &name("orders"), "events", 1).await;
+    let trace = traced_send(&client, 0x5eed_0001).await;
+    drop(client);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !receiver.received().contains(&trace),
+        "spans were exported before the stop despite the long batch delay"
+    );
+    assert_eq!(broker.stop(), 0, "clean stop");
+    received_all(
+        &receiver,
+        &[
+            format!("Trace ID       : {trace}"),
+            "-> service.name: Str(orders-broker)".to_string(),
+            "client logged in".to_string(),
+            "iggy_connections_total".to_string(),
+        ],
+    );
+}
+
+/// A collector that goes away costs the broker nothing but the exports it misses: clients are
+/// served meanwhile, and exports resume when it is back.
+#[tokio::test]
+async fn the_broker_serves_while_the_collector_is_down_and_exports_resume() {
+    let Some(mut receiver) = OtlpReceiver::start() else {
+        return;
+    };
+    let mut broker = TestBroker::start_with(&otel_env(&receiver.grpc_endpoint, "grpc"));
+    let client = broker.client().await;
+    client.create_stream("orders").await.expect("stream");
+    create_topic(&client, &name("orders"), "events", 1).await;
+    let before = traced_send(&client, 0xbef0_0001).await;
+    received_all(&receiver, &[format!("Trace ID       : {before}")]);
+
+    receiver.stop();
+    let started = Instant::now();
+    for i in 0..50u128 {
+        traced_send(&client, 0xd0_0000 + i).await;
+    }
+    assert_eq!(read_all(&client, 0).await.len(), 51);
+    // Sends do not wait for the exporter: 50 of them took well under a retry back-off.
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    receiver.resume();
+    let after = traced_send(&client, 0xa7_0001).await;
+    received_all(
+        &receiver,
+        &[
+            format!("Trace ID       : {after}"),
+            "iggy_requests_total".to_string(),
+        ],
+    );
+    drop(client);
+    assert_eq!(broker.stop(), 0, "clean stop");
+}
+
+/// An example binary of this package (`cargo test` builds them next to the test binaries).
+fn example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = profile_dir.join("examples").join(name);
+    if !path.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "-p", "broker", "--example", name])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building example {name}");
+    }
+    path
+}
+
+/// The names of the spans of `trace` and the services that sent them.
+fn spans_of_trace(received: &str, trace: &str) -> Vec<(String, String)> {
+    let mut spans = Vec::new();
+    for resource in received.split("ResourceSpans #").skip(1) {
+        let service = resource
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("-> service.name: Str("))
+            .map(|s| s.trim_end_matches(')').to_string())
+            .unwrap_or_default();
+        for span in resource.split("Span #").skip(1) {
+            if span.contains(&format!("Trace ID       : {trace}")) {
+                let name = span
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Name           : "))
+                    .unwrap_or_default();
+                spans.push((service.clone(), name.to_string()));
+            }
+        }
+    }
+    spans.sort();
+    spans
+}
+
+/// The examples show the whole path: the producer's send span, the broker's send span as its
+/// child, and the consumer's processing span continuing the same trace — in one collector.
+#[tokio::test]
+async fn the_example_producer_and_consumer_share_one_trace_with_the_broker() {
+    let Some(receiver) = OtlpReceiver::start() else {
+        return;
+    };
+    let mut broker = TestBroker::start_with(&otel_env(&receiver.grpc_endpoint, "grpc"));
+    let run = |name: &str| {
+        let output = std::process::Command::new(example(name))
+            .args([&broker.tcp.to_string(), "orders", "events", "3"])
+            .env("IGGY_PASSWORD", ROOT_PASSWORD)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.grpc_endpoint)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            .output()
+            .expect("example runs");
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let sent = run("traced_producer");
+    let consumed = run("traced_consumer");
+    let sent_traces: Vec<String> = sent
+        .iter()
+        .map(|t| t.split('-').nth(1).expect("traceparent").to_string())
+        .collect();
+    assert_eq!(sent_traces.len(), 3);
+    assert_eq!(
+        consumed, sent_traces,
+        "the consumer continued each producer trace"
+    );
+
+    let trace = &sent_traces[0];
+    let wanted = [
+        format!("Trace ID       : {trace}"),
+        "Name           : process orders/events".to_string(),
+        "processed message".to_string(),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let received = received_all(&receiver, &wanted);
+        let spans = spans_of_trace(&received, trace);
+        let expected = [
+            ("iggy-broker", "replicate"),
+            ("iggy-broker", "send orders/events"),
+            ("traced-consumer", "process orders/events"),
+            ("traced-producer", "send orders/events"),
+        ];
+        let found =
+            |(service, name): &(&str, &str)| spans.iter().any(|(s, n)| s == service && n == name);
+        if expected.iter().filter(|e| e.1 != "replicate").all(found) {
+            // A single node has no replication round trip to show.
+            assert!(!found(&expected[0]), "{spans:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "spans of {trace}: {spans:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(broker.stop(), 0, "clean stop");
+}
+
+/// On a replicated broker the send span of a backup has a child: the replication round trip
+/// (forwarded to the primary, committed on a quorum, applied here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_send_shows_its_replication_as_a_child_span() {
+    let Some(receiver) = OtlpReceiver::start() else {
+        return;
+    };
+    let cluster =
+        common::cluster::TestCluster::start(3, &otel_env(&receiver.grpc_endpoint, "grpc"));
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let backup = (primary + 1) % 3;
+    let client = cluster.brokers[backup].client().await;
+    client.create_stream("orders").await.expect("stream");
+    create_topic(&client, &name("orders"), "events", 1).await;
+    let trace = traced_send(&client, 0x4e91_0001).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = spans_of_trace(&receiver.received(), &trace);
+        let has = |name: &str| spans.iter().any(|(s, n)| s == "iggy-broker" && n == name);
+        if has("send orders/events") && has("replicate") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "spans of {trace}: {spans:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

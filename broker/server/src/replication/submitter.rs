@@ -23,6 +23,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Semaphore};
+use tracing::Instrument as _;
 use vsr::ClientId;
 
 /// Sessions per broker: the most writes one replica has in flight at once.
@@ -173,8 +174,23 @@ impl Submit for ReplicatedSubmitter {
             pool: &self.pool,
             session,
         };
+        // The request's child span: from handing the operation to the replica to this
+        // member having applied it (committed on a quorum, forwarded if this is a backup).
+        let span = tracing::span!(
+            target: iggy_telemetry::EXPORTED_SPANS,
+            tracing::Level::INFO,
+            "replicate",
+            otel.kind = "internal",
+            iggy.replication.bytes = body.len() as i64,
+            iggy.replication.primary = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            let primary = self.status.primary().map(i64::from);
+            span.record("iggy.replication.primary", primary.unwrap_or(-1));
+        }
         let answer = self
             .commit(&mut borrowed.session, &bytes::Bytes::from(body))
+            .instrument(span)
             .await?;
         let (status, payload) = split_reply(&answer);
         if status != 0 {
