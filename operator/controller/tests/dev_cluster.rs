@@ -674,7 +674,7 @@ async fn the_tiered_storage_sample_gets_its_bucket_and_brokers_start_with_the_se
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_telemetry_sample_gets_a_collector_and_the_sidecars_logs_and_spans_reach_it() {
+async fn the_telemetry_sample_gets_a_collector_receiving_the_brokers_and_sidecars_telemetry() {
     let Some(rotel) = rotel_agent() else {
         return;
     };
@@ -730,6 +730,32 @@ async fn the_telemetry_sample_gets_a_collector_and_the_sidecars_logs_and_spans_r
         assert!(
             Instant::now() < deadline,
             "the sidecars' logs did not reach the collector:\n{received}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The brokers export too, configured only by the OTEL_* variables the operator gives them:
+    // a request's span (with its replication round trip as a child), and the login's log line,
+    // under the sample's service name and resource attributes.
+    let credentials = dev.root_credentials("telemetry-root").await;
+    let client = dev.sdk_client_with("telemetry", &credentials).await;
+    create_orders(&client).await;
+    send(&client, 0, 5).await.expect("send");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let wanted = [
+        "Name           : send orders/created",
+        "Name           : replicate",
+        "-> service.name: Str(iggy-broker)",
+        "-> deployment.environment: Str(staging)",
+        "client logged in",
+    ];
+    loop {
+        let (_, received) = kube_harness::http_get(&url).await.expect("collector log");
+        let Some(missing) = wanted.iter().find(|w| !received.contains(**w)) else {
+            break;
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the brokers' telemetry did not reach the collector ({missing:?} missing):\n{received}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
