@@ -391,3 +391,26 @@ async fn a_replicated_send_shows_its_replication_as_a_child_span() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Every series the chart's Grafana dashboard queries is one a replicated broker serves.
+#[test]
+fn the_dashboard_queries_only_series_the_brokers_serve() {
+    let cluster = common::cluster::TestCluster::start(3, &[]);
+    let (code, served) = http_get(cluster.brokers[0].http, "/metrics").expect("/metrics");
+    assert_eq!(code, 200);
+    let dashboard = include_str!("../../../charts/iggy-operator/dashboards/iggy-brokers.json");
+    let mut queried: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("iggy_"))
+        .collect();
+    queried.sort();
+    queried.dedup();
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in queried {
+        let family = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            served.contains(&format!("# TYPE {family} ")),
+            "the dashboard queries {name}, which /metrics does not serve"
+        );
+    }
+}
