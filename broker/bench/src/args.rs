@@ -21,11 +21,14 @@ pub struct Args {
     pub group: bool,
     /// Standalone consumers poll with Next + auto-commit instead of explicit offsets.
     pub commit: bool,
+    /// Every message carries a W3C `traceparent` user header (what a traced producer sends),
+    /// to measure what following trace context costs the broker.
+    pub traceparent: bool,
 }
 
 const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
 [--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
-[--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit]";
+[--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit] [--traceparent]";
 
 impl Args {
     pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
@@ -44,6 +47,7 @@ impl Args {
             label: String::new(),
             group: false,
             commit: false,
+            traceparent: false,
         };
         while let Some(flag) = raw.next() {
             let mut value = || {
@@ -65,6 +69,7 @@ impl Args {
                 "--keep" => args.keep = true,
                 "--group" => args.group = true,
                 "--commit" => args.commit = true,
+                "--traceparent" => args.traceparent = true,
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);

@@ -72,12 +72,32 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// A user-header block holding one `traceparent`, laid out as Iggy's SDKs write it (key kind,
+/// key length, key, value kind, value length, value; kind 2 = string).
+fn traceparent_header() -> Vec<u8> {
+    let mut block = Vec::new();
+    for text in [
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ] {
+        block.push(2);
+        block.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        block.extend_from_slice(text.as_bytes());
+    }
+    block
+}
+
 /// One request per batch: the same pre-encoded batch for a partition every time (the server
 /// assigns offsets, timestamps, ids and checksums, so identical requests are fine).
 async fn run_producers(args: &Args, stream: &Identifier) -> Result<Phase> {
     let payload = vec![0xA5u8; args.message_size];
+    let headers = if args.traceparent {
+        traceparent_header()
+    } else {
+        Vec::new()
+    };
     let messages: Vec<(u128, &[u8], &[u8])> = (0..args.batch_size)
-        .map(|_| (0u128, payload.as_slice(), &[][..]))
+        .map(|_| (0u128, payload.as_slice(), headers.as_slice()))
         .collect();
     let requests: Vec<Vec<u8>> = (0..args.partitions)
         .map(|p| {

@@ -263,6 +263,7 @@ async fn run(
         });
     }
     tokio::spawn(broker::scrub::run(broker.clone()));
+    broker.metrics.report_export(telemetry.stats());
     #[cfg(feature = "otlp")]
     if let Some(meter) = telemetry.meter("iggy-broker") {
         broker::telemetry::otlp_metrics::register(&meter, broker.clone());

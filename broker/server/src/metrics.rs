@@ -6,7 +6,7 @@ use crate::state::catalog::TopicTraffic;
 use iggy_wire::Command;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram buckets, in seconds.
@@ -55,6 +55,8 @@ pub struct Metrics {
     /// Also sees every request `record_request` counts: the OTLP exporter's histogram, when
     /// metrics are exported (`telemetry::otlp_metrics`).
     request_observer: OnceLock<RequestObserver>,
+    /// What OTLP export did (`iggy_telemetry_*`), once telemetry is installed.
+    export: OnceLock<Arc<iggy_telemetry::ExportStats>>,
 }
 
 /// Receives each request's command, result and duration.
@@ -86,6 +88,7 @@ impl Metrics {
             wal_repairs: AtomicU64::new(0),
             wal_damaged_at_start: AtomicU64::new(0),
             request_observer: OnceLock::new(),
+            export: OnceLock::new(),
         }
     }
 
@@ -93,6 +96,11 @@ impl Metrics {
         command
             .and_then(|c| Command::ALL.iter().position(|k| *k == c))
             .unwrap_or(Command::ALL.len())
+    }
+
+    /// Makes `/metrics` report what OTLP export did; a later call is ignored.
+    pub fn report_export(&self, stats: Arc<iggy_telemetry::ExportStats>) {
+        let _ = self.export.set(stats);
     }
 
     /// Installs the second recorder of requests; a later call is ignored.
@@ -287,7 +295,43 @@ impl Metrics {
                 "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
             );
         }
+        if let Some(export) = self.export.get() {
+            render_export(export, &mut out);
+        }
         out
+    }
+}
+
+/// OTLP export's accounting, per signal: what the broker produced, what reached the collector,
+/// what failed to; produced − exported − failed is what the exporters' full queues dropped.
+fn render_export(export: &iggy_telemetry::ExportStats, out: &mut String) {
+    let series: [(&str, &str, &[AtomicU64; 3]); 3] = [
+        (
+            "iggy_telemetry_produced_total",
+            "Spans ended and log records emitted for export.",
+            &export.produced,
+        ),
+        (
+            "iggy_telemetry_exported_total",
+            "Items the collector accepted (metrics: export rounds).",
+            &export.exported,
+        ),
+        (
+            "iggy_telemetry_export_failed_total",
+            "Items in exports that failed (collector down, refused or too slow).",
+            &export.failed,
+        ),
+    ];
+    for (metric, help, values) in series {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for signal in iggy_telemetry::Signal::ALL {
+            let _ = writeln!(
+                out,
+                "{metric}{{signal=\"{}\"}} {}",
+                signal.name(),
+                values[signal as usize].load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -243,6 +243,14 @@ async fn the_broker_serves_while_the_collector_is_down_and_exports_resume() {
     // Sends do not wait for the exporter: 50 of them took well under a retry back-off.
     assert!(started.elapsed() < Duration::from_secs(10));
 
+    // Let the exporters try (and fail) at least once while the collector is away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let failed = counter(
+        &broker,
+        "iggy_telemetry_export_failed_total{signal=\"traces\"}",
+    );
+    assert!(failed > 0, "failed exports are counted");
+
     receiver.resume();
     let after = traced_send(&client, 0xa7_0001).await;
     received_all(
@@ -252,8 +260,22 @@ async fn the_broker_serves_while_the_collector_is_down_and_exports_resume() {
             "iggy_requests_total".to_string(),
         ],
     );
+    let exported = counter(&broker, "iggy_telemetry_exported_total{signal=\"traces\"}");
+    let produced = counter(&broker, "iggy_telemetry_produced_total{signal=\"traces\"}");
+    assert!(
+        exported > 0 && produced >= exported + failed,
+        "{produced} {exported} {failed}"
+    );
     drop(client);
     assert_eq!(broker.stop(), 0, "clean stop");
+}
+
+/// A counter's value in the broker's /metrics.
+fn counter(broker: &TestBroker, series: &str) -> u64 {
+    let (_, text) = http_get(broker.http, "/metrics").expect("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{text}"))
 }
 
 /// An example binary of this package (`cargo test` builds them next to the test binaries).

@@ -1,8 +1,9 @@
 //! The OTLP side: exporters for each signal, the `tracing` layers that feed them, and the
 //! providers that batch and flush.
 
-use crate::settings::{Export, OtlpSettings, Protocol};
-use crate::{TelemetryError, TraceParent, EXPORTED_SPANS};
+use crate::accounting::{Counted, Produced};
+use crate::settings::{Export, OtlpSettings, Protocol, Signal};
+use crate::{ExportStats, TelemetryError, TraceParent, EXPORTED_SPANS};
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
@@ -11,6 +12,7 @@ use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
+use std::sync::Arc;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -123,18 +125,40 @@ fn filter(directives: &str) -> EnvFilter {
     EnvFilter::try_new(directives).unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
+/// Wraps exporters of one signal in the accounting.
+struct CountedBy {
+    stats: Arc<ExportStats>,
+    signal: Signal,
+}
+
+impl CountedBy {
+    fn wrap<E>(self, inner: E) -> Counted<E> {
+        Counted {
+            inner,
+            stats: self.stats,
+            signal: self.signal,
+        }
+    }
+}
+
 pub(crate) fn layers(
     settings: &OtlpSettings,
     default_service_name: &str,
     directives: &str,
+    stats: &Arc<ExportStats>,
 ) -> Result<(Vec<BoxedLayer>, Providers), TelemetryError> {
+    let counted = |signal| CountedBy {
+        stats: stats.clone(),
+        signal,
+    };
     let mut layers: Vec<BoxedLayer> = Vec::new();
     let mut providers = Providers::default();
     let resource = resource(settings, default_service_name);
     if let Some(export) = &settings.traces {
         let provider = SdkTracerProvider::builder()
             .with_resource(resource.clone())
-            .with_batch_exporter(span_exporter(export)?)
+            .with_span_processor(Produced(stats.clone()))
+            .with_batch_exporter(counted(Signal::Traces).wrap(span_exporter(export)?))
             .build();
         let tracer = provider.tracer(env!("CARGO_PKG_NAME"));
         // Spans at the configured level, plus the exported-only request spans at any level.
@@ -151,7 +175,8 @@ pub(crate) fn layers(
     if let Some(export) = &settings.logs {
         let provider = SdkLoggerProvider::builder()
             .with_resource(resource.clone())
-            .with_batch_exporter(log_exporter(export)?)
+            .with_log_processor(Produced(stats.clone()))
+            .with_batch_exporter(counted(Signal::Logs).wrap(log_exporter(export)?))
             .build();
         layers.push(
             opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(&provider)
@@ -166,7 +191,7 @@ pub(crate) fn layers(
         providers.meter = Some(
             SdkMeterProvider::builder()
                 .with_resource(resource)
-                .with_periodic_exporter(metric_exporter(export)?)
+                .with_periodic_exporter(counted(Signal::Metrics).wrap(metric_exporter(export)?))
                 .build(),
         );
     }

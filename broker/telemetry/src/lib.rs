@@ -11,6 +11,8 @@ pub mod settings;
 pub mod trace_context;
 
 #[cfg(feature = "otlp")]
+mod accounting;
+#[cfg(feature = "otlp")]
 mod export;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -50,6 +52,16 @@ pub enum TelemetryError {
     },
 }
 
+/// Per signal (indexed by `Signal as usize`): items produced (spans ended, log records
+/// emitted; metrics: none), items exported, and items in batches that failed to export.
+/// Metrics count export rounds, as one round carries every instrument.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    pub produced: [std::sync::atomic::AtomicU64; 3],
+    pub exported: [std::sync::atomic::AtomicU64; 3],
+    pub failed: [std::sync::atomic::AtomicU64; 3],
+}
+
 /// Where console logs go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Console {
@@ -74,6 +86,7 @@ pub struct Options<'a> {
 #[must_use = "dropping the guard stops OTLP export"]
 pub struct Telemetry {
     settings: OtlpSettings,
+    stats: std::sync::Arc<ExportStats>,
     #[cfg(feature = "otlp")]
     providers: export::Providers,
 }
@@ -82,6 +95,11 @@ impl Telemetry {
     /// What is being exported, for the start-up log line.
     pub fn settings(&self) -> &OtlpSettings {
         &self.settings
+    }
+
+    /// What export has done so far (all zero when nothing is exported).
+    pub fn stats(&self) -> std::sync::Arc<ExportStats> {
+        self.stats.clone()
     }
 
     /// A meter of the metrics exporter, when metrics are exported.
@@ -127,10 +145,12 @@ pub fn install(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
         .with_filter(console_filter(&options.directives)?);
     #[cfg(feature = "otlp")]
     {
+        let stats = std::sync::Arc::new(ExportStats::default());
         let (layers, providers) = export::layers(
             &options.settings,
             options.default_service_name,
             &options.directives,
+            &stats,
         )?;
         tracing_subscriber::registry()
             .with(layers)
@@ -138,6 +158,7 @@ pub fn install(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
             .init();
         Ok(Telemetry {
             settings: options.settings,
+            stats,
             providers,
         })
     }
@@ -149,6 +170,7 @@ pub fn install(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
         }
         Ok(Telemetry {
             settings: options.settings,
+            stats: Default::default(),
         })
     }
 }
