@@ -34,8 +34,9 @@ fn entry(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     Some((kind, value, &rest[4 + length..]))
 }
 
-/// The W3C trace context a message frame carries in its `traceparent` user header.
-pub fn traceparent(frame: &[u8]) -> Option<TraceParent> {
+/// The raw `traceparent` value of a message frame, unparsed: a batch from one producer send
+/// carries the same value in every message, so callers compare bytes before parsing.
+pub fn traceparent_value(frame: &[u8]) -> Option<&[u8]> {
     let header = FrameHeader::new(frame)?;
     if header.user_headers_length() == 0 {
         return None;
@@ -44,9 +45,18 @@ pub fn traceparent(frame: &[u8]) -> Option<TraceParent> {
     let end = start.checked_add(header.user_headers_length() as usize)?;
     let block = frame.get(start..end)?;
     match find(block, iggy_telemetry::trace_context::TRACEPARENT)? {
-        (RAW | STRING, value) => TraceParent::parse(std::str::from_utf8(value).ok()?),
+        (RAW | STRING, value) => Some(value),
         _ => None,
     }
+}
+
+/// The W3C trace context a message frame carries in its `traceparent` user header.
+pub fn traceparent(frame: &[u8]) -> Option<TraceParent> {
+    parse(traceparent_value(frame)?)
+}
+
+pub fn parse(value: &[u8]) -> Option<TraceParent> {
+    TraceParent::parse(std::str::from_utf8(value).ok()?)
 }
 
 #[cfg(test)]

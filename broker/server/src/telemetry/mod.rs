@@ -158,9 +158,18 @@ pub fn record_outcome(
 /// [`MAX_LINKS`]. Stops at the first incomplete frame (a malformed batch is refused later).
 fn distinct_contexts(frames: &[u8]) -> Vec<TraceParent> {
     let mut contexts: Vec<TraceParent> = Vec::new();
+    // Consecutive messages of one producer send carry the same bytes: parse each run once.
+    let mut previous: Option<&[u8]> = None;
     for frame in FrameIter::new(frames) {
         let Ok(frame) = frame else { break };
-        if let Some(context) = headers::traceparent(frame) {
+        let Some(value) = headers::traceparent_value(frame) else {
+            continue;
+        };
+        if previous == Some(value) {
+            continue;
+        }
+        previous = Some(value);
+        if let Some(context) = headers::parse(value) {
             if !contexts.contains(&context) {
                 contexts.push(context);
                 if contexts.len() == MAX_LINKS {
