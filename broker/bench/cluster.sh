@@ -8,24 +8,9 @@
 # REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BROKER=./target/release/iggy-broker
-LOAD=./target/release/iggy-load
 BATCHES=1000
 [ "${1:-}" = "--quick" ] && BATCHES=100
-mkdir -p "${BENCH_DIR:-./target/bench}"
-WORK=$(mktemp -d "${BENCH_DIR:-./target/bench}/cluster.XXXXXX")
-PIDS=()
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-trap 'stop_all; rm -rf "$WORK"' EXIT
-
-wait_port() { until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do sleep 0.01; done; }
-wait_ready() { until curl -fs "http://127.0.0.1:$1/ready" >/dev/null 2>&1; do sleep 0.01; done; }
-cpu_seconds() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
-rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+. broker/bench/lib.sh cluster
 
 start_single() { # fsync
   rm -rf "$WORK/single"

@@ -11,8 +11,6 @@
 # Usage: broker/bench/telemetry.sh [--quick]   (--quick: 100 batches per scenario)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BROKER=./target/release/iggy-broker
-LOAD=./target/release/iggy-load
 BATCHES=1000
 [ "${1:-}" = "--quick" ] && BATCHES=100
 ROTEL=${ROTEL_AGENT:-$(python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null || true)}
@@ -20,17 +18,7 @@ if [ -z "$ROTEL" ] || [ ! -x "$ROTEL" ]; then
   echo "telemetry bench skipped: rotel-agent not found (pip install rotel==0.0.1a15, or set ROTEL_AGENT)"
   exit 0
 fi
-mkdir -p "${BENCH_DIR:-./target/bench}"
-WORK=$(mktemp -d "${BENCH_DIR:-./target/bench}/telemetry.XXXXXX")
-PIDS=()
-stop_all() {
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  PIDS=()
-}
-trap 'stop_all; rm -rf "$WORK"' EXIT
-wait_port() { until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do sleep 0.01; done; }
-rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+. broker/bench/lib.sh telemetry
 
 "$ROTEL" start --otlp-grpc-endpoint 127.0.0.1:24317 --otlp-http-endpoint 127.0.0.1:24318 \
   --exporter blackhole >"$WORK/rotel.log" 2>&1 &

@@ -88,27 +88,11 @@ async fn exports_over(protocol: &str, endpoint: impl Fn(&OtlpReceiver) -> String
     let mut batch: Vec<IggyMessage> = (0..3)
         .map(|i| traced_message(&format!("m{i}"), &parent))
         .collect();
-    client
-        .send_messages(
-            &name("orders"),
-            &name("events"),
-            &Partitioning::partition_id(0),
-            &mut batch,
-        )
-        .await
-        .expect("send");
+    send_orders(&client, &mut batch).await;
     // A batch of two producers' messages → two links.
     let (other, other_trace, _) = producer_context(0x1111_2222_3333_4444_5555_6666_7777_8888, 0x99);
     let mut mixed = vec![traced_message("a", &parent), traced_message("b", &other)];
-    client
-        .send_messages(
-            &name("orders"),
-            &name("events"),
-            &Partitioning::partition_id(0),
-            &mut mixed,
-        )
-        .await
-        .expect("send");
+    send_orders(&client, &mut mixed).await;
     let polled = read_all(&client, 0).await;
     assert_eq!(polled.len(), 5);
     // The header reaches the consumer unchanged.
@@ -160,19 +144,24 @@ async fn traces_logs_and_metrics_reach_a_collector_over_http_protobuf() {
     exports_over("http/protobuf", |r| r.http_endpoint.clone()).await;
 }
 
-/// One send whose messages carry a fresh producer context; returns its trace id.
-async fn traced_send(client: &IggyClient, trace: u128) -> String {
-    let (parent, trace, _) = producer_context(trace, 0x42);
-    let mut batch = vec![traced_message("traced", &parent)];
+/// Sends `batch` to partition 0 of orders/events.
+async fn send_orders(client: &IggyClient, batch: &mut [IggyMessage]) {
     client
         .send_messages(
             &name("orders"),
             &name("events"),
             &Partitioning::partition_id(0),
-            &mut batch,
+            batch,
         )
         .await
         .expect("send");
+}
+
+/// One send whose messages carry a fresh producer context; returns its trace id.
+async fn traced_send(client: &IggyClient, trace: u128) -> String {
+    let (parent, trace, _) = producer_context(trace, 0x42);
+    let mut batch = vec![traced_message("traced", &parent)];
+    send_orders(&client, &mut batch).await;
     trace
 }
 

@@ -1,0 +1,20 @@
+# Shared by the benchmark scripts (sourced, after `cd` to the repository root): the binaries,
+# a work directory under BENCH_DIR (default ./target/bench) removed on exit, the processes a
+# script started (PIDS) stopped on exit, and small probes.
+# Usage: . broker/bench/lib.sh <work-directory-prefix>
+BROKER=./target/release/iggy-broker
+LOAD=./target/release/iggy-load
+mkdir -p "${BENCH_DIR:-./target/bench}"
+WORK=$(mktemp -d "${BENCH_DIR:-./target/bench}/$1.XXXXXX")
+PIDS=()
+stop_all() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+wait_port() { until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do sleep 0.01; done; }
+wait_ready() { until curl -fs "http://127.0.0.1:$1/ready" >/dev/null 2>&1; do sleep 0.01; done; }
+cpu_seconds() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
