@@ -161,7 +161,7 @@ async fn send_orders(client: &IggyClient, batch: &mut [IggyMessage]) {
 async fn traced_send(client: &IggyClient, trace: u128) -> String {
     let (parent, trace, _) = producer_context(trace, 0x42);
     let mut batch = vec![traced_message("traced", &parent)];
-    send_orders(&client, &mut batch).await;
+    send_orders(client, &mut batch).await;
     trace
 }
 
