@@ -11,6 +11,7 @@ use crate::security::auth;
 use crate::security::hashing::HashPool;
 use crate::security::throttle::{LoginThrottle, ThrottleSettings};
 use crate::state::catalog::{Catalog, Stream, Topic};
+use crate::state::groups::GroupMember;
 use crate::state::partition::Partition;
 use crate::storage::fsutil::{self, now_micros};
 use crate::storage::metadata::{self, MetadataStore, UserRecord};
@@ -31,6 +32,9 @@ pub struct Broker {
     /// Microseconds since the epoch when this process started (GetStats).
     pub started_at: u64,
     next_client_id: AtomicU32,
+    /// Drawn at each start: names this process's consumer-group members apart from an earlier
+    /// one's (see `state::groups::GroupMember`).
+    incarnation: u32,
     ready: AtomicBool,
     submitter: Submitter,
     /// Password hashing and verification, bounded (see `security::hashing`).
@@ -167,6 +171,7 @@ impl Broker {
             catalog: RwLock::new(catalog),
             store,
             next_client_id: AtomicU32::new(1),
+            incarnation: fastrand::u32(..),
             ready: AtomicBool::new(false),
             submitter,
             hashing,
@@ -326,25 +331,127 @@ impl Broker {
 
     /// A connection closed: forget the client and take it out of its consumer groups, whose
     /// partitions are rebalanced over the remaining members.
-    pub fn disconnect(&self, client_id: u32) {
+    /// A closed connection leaves the consumer groups it joined (an operation, so every replica
+    /// rebalances); connections that joined none cost nothing here.
+    pub async fn disconnect(&self, client_id: u32) {
         let Some(entry) = self.clients.remove(client_id) else {
             return;
         };
         if entry.groups.is_empty() {
             return;
         }
-        let catalog = self.catalog();
-        for (stream, topic, group) in entry.groups {
-            let Some(topic) = catalog
-                .streams
-                .get(&stream)
-                .and_then(|s| s.topics.get(&topic))
-            else {
+        let submission = Submission {
+            user: None,
+            op: Operation::LeaveAllGroups {
+                member: self.group_member(client_id),
+            },
+        };
+        if let Err(e) = self
+            .submitter
+            .submit(self, submission, &mut Vec::new())
+            .await
+        {
+            // Its memberships stay until this node restarts or is forgotten by the primary.
+            tracing::warn!(client = client_id, error = %e, "a closed connection could not leave its consumer groups");
+        }
+    }
+
+    /// The consumer-group member a connection of this node is.
+    pub fn group_member(&self, client_id: u32) -> GroupMember {
+        GroupMember {
+            node: self.node(),
+            incarnation: self.incarnation,
+            client: client_id,
+        }
+    }
+
+    /// On a replica, for as long as the process runs: while this replica is the primary, a
+    /// member unreachable for `after` is forgotten as a consumer-group member — its
+    /// connections are gone or cut off, and the partitions they held go to the members that
+    /// remain. (Consumers of a node that was only cut off find themselves no longer members
+    /// when it returns, and join again.)
+    pub async fn forget_lost_nodes(&self, after: std::time::Duration) {
+        let Some(status) = self.cluster_status() else {
+            return;
+        };
+        let mut last_seen = vec![std::time::Instant::now(); status.members.len()];
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = std::time::Instant::now();
+            for (position, seen) in last_seen.iter_mut().enumerate() {
+                if position == usize::from(status.position) || status.reachable(position as u8) {
+                    *seen = now;
+                }
+            }
+            if status.primary() != Some(status.position) {
                 continue;
+            }
+            for (position, seen) in last_seen.iter().enumerate() {
+                let node = status.members[position].id;
+                if now.duration_since(*seen) < after || !self.has_group_members_of(node) {
+                    continue;
+                }
+                let submission = Submission {
+                    user: None,
+                    op: Operation::ForgetNode { node, keep: None },
+                };
+                match self
+                    .submitter
+                    .submit(self, submission, &mut Vec::new())
+                    .await
+                {
+                    Ok(()) => tracing::warn!(
+                        node,
+                        unreachable_s = now.duration_since(*seen).as_secs(),
+                        "forgot an unreachable member's consumer-group members"
+                    ),
+                    Err(e) => tracing::debug!(node, error = %e, "could not forget a lost node yet"),
+                }
+            }
+        }
+    }
+
+    fn has_group_members_of(&self, node: u32) -> bool {
+        let catalog = self.catalog();
+        let any = catalog
+            .streams
+            .values()
+            .flat_map(|s| s.topics.values())
+            .any(|t| {
+                t.groups()
+                    .values()
+                    .any(|g| g.members.keys().any(|m| m.node == node))
+            });
+        any
+    }
+
+    /// This broker's node id: its ring member id, 0 for a single node.
+    pub fn node(&self) -> u32 {
+        self.cluster_status().map_or(0, |s| s.member_id)
+    }
+
+    /// Forgets this node's members from before this start (a single node's metadata file, a
+    /// replica's checkpoint and log hold them). Retried until it commits, in the background.
+    pub async fn forget_earlier_incarnations(&self) {
+        loop {
+            let submission = Submission {
+                user: None,
+                op: Operation::ForgetNode {
+                    node: self.node(),
+                    keep: Some(self.incarnation),
+                },
             };
-            let partitions = topic.partitions.len() as u32;
-            if let Some(group) = topic.groups().get_mut(&group) {
-                group.leave(client_id, partitions);
+            match self
+                .submitter
+                .submit(self, submission, &mut Vec::new())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "forgetting earlier consumer-group members; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
             }
         }
     }

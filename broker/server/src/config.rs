@@ -99,6 +99,7 @@ pub struct ReplicationConfig {
     pub route: RouteSetting,
     pub advertise_leader: bool,
     pub request_timeout: HumanDuration,
+    pub forget_members_after: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

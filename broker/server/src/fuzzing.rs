@@ -91,7 +91,7 @@ impl Harness {
                 }
             }
         });
-        self.broker.disconnect(client_id);
+        self.runtime.block_on(self.broker.disconnect(client_id));
         answered
     }
 }

@@ -269,6 +269,15 @@ async fn run(
         broker::telemetry::otlp_metrics::register(&meter, broker.clone());
     }
     log_telemetry(telemetry.settings());
+    tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.forget_earlier_incarnations().await }
+    });
+    if broker.cluster_status().is_some() {
+        let broker = broker.clone();
+        let after = broker.config.replication.forget_members_after.0;
+        tokio::spawn(async move { broker.forget_lost_nodes(after).await });
+    }
     broker.set_ready();
     tracing::info!(
         tcp = %tcp_address,

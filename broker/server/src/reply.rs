@@ -97,6 +97,6 @@ pub fn group(group: &ConsumerGroup, partitions: u32, body: &mut Vec<u8>) {
 pub fn group_details(g: &ConsumerGroup, partitions: u32, body: &mut Vec<u8>) {
     group(g, partitions, body);
     for (client, member) in &g.members {
-        response::encode_group_member(*client, &member.partitions, body);
+        response::encode_group_member(client.display_id(), &member.partitions, body);
     }
 }

@@ -339,3 +339,93 @@ async fn groups_survive_restarts_but_memberships_do_not() {
         "group offset kept"
     );
 }
+
+/// The group's assignment as one member of a cluster reports it, once it has `members` members.
+async fn assignment_with(client: &IggyClient, members: usize) -> BTreeMap<u32, BTreeSet<u32>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let seen = assignment(client).await;
+        if seen.len() == members {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {members} members, the group has {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// On a replicated broker, membership is replicated: consumers of one group connected to
+/// different members share the partitions (never both reading one), every member reports the
+/// same assignment, a closed connection's partitions go to the others, and a member that dies
+/// with consumers on it is forgotten by the primary so that its partitions are consumed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_spans_the_members_of_a_cluster() {
+    let mut cluster =
+        common::cluster::TestCluster::start(3, &[("IGGY_REPLICATION_FORGET_MEMBERS_AFTER", "2s")]);
+    let primary = cluster.primary(&[0, 1, 2], std::time::Duration::from_secs(10));
+    let (b1, b2) = ((primary + 1) % 3, (primary + 2) % 3);
+    let admin = cluster.brokers[primary].client().await;
+    admin.create_stream("s").await.unwrap();
+    create_topic(&admin, &name("s"), "t", PARTITIONS).await;
+    admin
+        .create_consumer_group(&name("s"), &name("t"), "workers")
+        .await
+        .unwrap();
+    let a = cluster.brokers[b1].client().await;
+    let b = cluster.brokers[b2].client().await;
+    for member in [&a, &b] {
+        member
+            .join_consumer_group(&name("s"), &name("t"), &name("workers"))
+            .await
+            .unwrap();
+    }
+    // Every member of the cluster reports the same two members, three partitions each.
+    let assigned = assignment_with(&admin, 2).await;
+    for other in [&a, &b] {
+        assert_eq!(assignment_with(other, 2).await, assigned);
+    }
+    // A member's id carries its node (the member id of the broker it is connected to; in
+    // this cluster the ring position) in its top bits.
+    let share = |node: usize| -> BTreeSet<u32> {
+        assigned
+            .iter()
+            .find(|(id, _)| (**id >> 28) as usize == node)
+            .map(|(_, partitions)| partitions.clone())
+            .expect("a member of that node")
+    };
+    let (a_owned, b_owned) = (share(b1), share(b2));
+    assert_eq!((a_owned.len(), b_owned.len()), (3, 3));
+    assert!(a_owned.is_disjoint(&b_owned));
+
+    let sent = produce(&admin, 1, 5).await;
+    let from_a = drain(&a, &a_owned).await;
+    let from_b = drain(&b, &b_owned).await;
+    assert_exactly_once(&sent, &[&from_a, &from_b]);
+
+    // b's connection closes: its member leaves on every replica, a takes all six.
+    b.disconnect().await.unwrap();
+    drop(b);
+    let after_close = assignment_with(&admin, 1).await;
+    assert_eq!(
+        after_close.values().next().map(BTreeSet::len),
+        Some(PARTITIONS as usize)
+    );
+
+    // A consumer joins through b2, then b2 dies: after forget_members_after the primary drops
+    // it, and a owns every partition again.
+    let c = cluster.brokers[b2].client().await;
+    c.join_consumer_group(&name("s"), &name("t"), &name("workers"))
+        .await
+        .unwrap();
+    assignment_with(&admin, 2).await;
+    cluster.brokers[b2].kill9();
+    drop(c);
+    let survivors = assignment_with(&admin, 1).await;
+    assert_eq!(survivors, assignment_with(&a, 1).await);
+    assert_eq!(
+        survivors.values().next().map(BTreeSet::len),
+        Some(PARTITIONS as usize)
+    );
+}

@@ -1,6 +1,7 @@
-//! Consumer groups: create and delete. Both need `read_topic` on the group's topic (Iggy's
-//! rule: reading a topic includes managing its consumer groups). Joining and leaving are
-//! connection state, handled in `commands/groups.rs`.
+//! Consumer groups: create, delete, join and leave. All need `read_topic` on the group's topic
+//! (Iggy's rule: reading a topic includes managing its consumer groups). Membership changes are
+//! operations too, so every replica assigns partitions alike; the broker itself issues the
+//! ones no client asks for (a closed connection leaving, a restarted or lost node forgotten).
 
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
@@ -8,7 +9,7 @@ use crate::reply;
 use crate::security::access::Access;
 use crate::state::catalog::lowest_free_id;
 use crate::state::groups::find_group;
-use crate::state::groups::ConsumerGroup;
+use crate::state::groups::{ConsumerGroup, GroupMember};
 use iggy_wire::request::GroupRef;
 use iggy_wire::{ConsumerKind, Identifier};
 
@@ -72,4 +73,57 @@ pub(super) fn delete(broker: &Broker, user: Option<u32>, r: &GroupRef) -> Result
     let membership = (s.id, t.id, removed.id);
     broker.clients.forget_groups(|m| *m == membership);
     Ok(())
+}
+
+/// Runs `change` on group `r` of a topic the user may read, with the topic's partition count.
+fn with_group<T>(
+    broker: &Broker,
+    user: Option<u32>,
+    r: &GroupRef,
+    change: impl FnOnce(&mut ConsumerGroup, u32) -> Result<T>,
+) -> Result<T> {
+    let catalog = broker.catalog();
+    let (s, t) = catalog.topic(&r.stream, &r.topic)?;
+    catalog.authorize(user, Access::ReadTopic(s.id, t.id))?;
+    let partitions = t.partitions.len() as u32;
+    let mut groups = t.groups();
+    change(find_group(&mut groups, &r.group)?, partitions)
+}
+
+pub(super) fn join(
+    broker: &Broker,
+    user: Option<u32>,
+    r: &GroupRef,
+    member: GroupMember,
+) -> Result<()> {
+    with_group(broker, user, r, |group, partitions| {
+        group.join(member, partitions);
+        Ok(())
+    })
+}
+
+pub(super) fn leave(
+    broker: &Broker,
+    user: Option<u32>,
+    r: &GroupRef,
+    member: GroupMember,
+) -> Result<()> {
+    with_group(broker, user, r, |group, partitions| {
+        if group.leave(member, partitions) {
+            Ok(())
+        } else {
+            Err(BrokerError::ConsumerGroupMemberNotFound(member.client))
+        }
+    })
+}
+
+/// Drops the members `gone` names from every group of every topic.
+pub(super) fn drop_members(broker: &Broker, gone: impl Fn(&GroupMember) -> bool) {
+    let catalog = broker.catalog();
+    for topic in catalog.streams.values().flat_map(|s| s.topics.values()) {
+        let partitions = topic.partitions.len() as u32;
+        for group in topic.groups().values_mut() {
+            group.drop_members(&gone, partitions);
+        }
+    }
 }

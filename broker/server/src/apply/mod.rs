@@ -197,6 +197,18 @@ pub fn apply(
             name,
         } => done(groups::create(broker, user, &stream, &topic, name, reply)),
         Operation::DeleteGroup { group } => done(groups::delete(broker, user, &group)),
+        Operation::JoinGroup { group, member } => done(groups::join(broker, user, &group, member)),
+        Operation::LeaveGroup { group, member } => {
+            done(groups::leave(broker, user, &group, member))
+        }
+        Operation::LeaveAllGroups { member } => {
+            groups::drop_members(broker, |id| *id == member);
+            done(Ok(()))
+        }
+        Operation::ForgetNode { node, keep } => {
+            groups::drop_members(broker, |id| id.node == node && Some(id.incarnation) != keep);
+            done(Ok(()))
+        }
     }
 }
 

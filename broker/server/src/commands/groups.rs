@@ -1,11 +1,14 @@
 //! Consumer group commands: Get, GetAll, Join, Leave. All need `read_topic` on the group's
-//! topic (Iggy's rule: reading a topic includes managing its consumer groups). Create and
-//! Delete are operations (`apply/groups.rs`); membership belongs to the connection and stays
-//! here.
+//! topic (Iggy's rule: reading a topic includes managing its consumer groups). Create, Delete,
+//! Join and Leave are operations (`apply/groups.rs`); a join names the connection as a
+//! [`GroupMember`](crate::state::groups::GroupMember), and the connection remembers its groups so
+//! that closing it leaves them.
 
+use super::submit;
 use crate::broker::Broker;
-use crate::error::{BrokerError, Result};
+use crate::error::Result;
 use crate::net::session::Session;
+use crate::ops::Operation;
 use crate::reply;
 use crate::security::access::Access;
 use crate::state::catalog::Topic;
@@ -54,28 +57,36 @@ pub fn get_all(
     })
 }
 
-pub fn join(broker: &Broker, session: &Session, r: &GroupRef) -> Result<()> {
-    let membership = with_topic(broker, session, &r.stream, &r.topic, |stream_id, topic| {
-        let partitions = topic.partitions.len() as u32;
-        let mut groups = topic.groups();
-        let group = find_group(&mut groups, &r.group)?;
-        group.join(session.client_id, partitions);
-        Ok((stream_id, topic.id, group.id))
-    })?;
-    broker.clients.joined(session.client_id, membership);
+pub async fn join(broker: &Broker, session: &Session, r: &GroupRef) -> Result<()> {
+    let member = broker.group_member(session.client_id);
+    let op = Operation::JoinGroup {
+        group: r.clone(),
+        member,
+    };
+    submit(broker, session.user_id, op, &mut Vec::new()).await?;
+    if let Some(membership) = membership(broker, r) {
+        broker.clients.joined(session.client_id, membership);
+    }
     Ok(())
 }
 
-pub fn leave(broker: &Broker, session: &Session, r: &GroupRef) -> Result<()> {
-    let membership = with_topic(broker, session, &r.stream, &r.topic, |stream_id, topic| {
-        let partitions = topic.partitions.len() as u32;
-        let mut groups = topic.groups();
-        let group = find_group(&mut groups, &r.group)?;
-        if !group.leave(session.client_id, partitions) {
-            return Err(BrokerError::ConsumerGroupMemberNotFound(session.client_id));
-        }
-        Ok((stream_id, topic.id, group.id))
-    })?;
-    broker.clients.left(session.client_id, membership);
+pub async fn leave(broker: &Broker, session: &Session, r: &GroupRef) -> Result<()> {
+    let member = broker.group_member(session.client_id);
+    let op = Operation::LeaveGroup {
+        group: r.clone(),
+        member,
+    };
+    submit(broker, session.user_id, op, &mut Vec::new()).await?;
+    if let Some(membership) = membership(broker, r) {
+        broker.clients.left(session.client_id, membership);
+    }
     Ok(())
+}
+
+/// The numeric ids of group `r`, as the connection's record of its memberships keeps them.
+fn membership(broker: &Broker, r: &GroupRef) -> Option<(u32, u32, u32)> {
+    let catalog = broker.catalog();
+    let (s, t) = catalog.topic(&r.stream, &r.topic).ok()?;
+    let id = find_group(&mut t.groups(), &r.group).ok()?.id;
+    Some((s.id, t.id, id))
 }

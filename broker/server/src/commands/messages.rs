@@ -57,17 +57,15 @@ pub(super) fn consumer_target(
         ConsumerKind::Group => {
             let mut groups = topic.groups();
             let group = find_group(&mut groups, &target.consumer.id)?;
+            let member = broker.group_member(session.client_id);
             let not_member = || BrokerError::ConsumerGroupMemberNotFound(session.client_id);
             let partition = match (polling, target.partition) {
                 (true, requested) => group
-                    .partition_for_poll(session.client_id, requested)
+                    .partition_for_poll(member, requested)
                     .ok_or_else(not_member)?,
                 (false, Some(p)) => Some(p),
                 (false, None) => {
-                    let member = group
-                        .members
-                        .get(&session.client_id)
-                        .ok_or_else(not_member)?;
+                    let member = group.members.get(&member).ok_or_else(not_member)?;
                     member.last_polled.or(member.partitions.first().copied())
                 }
             };

@@ -235,7 +235,7 @@ pub async fn dispatch(
         Request::DeleteConsumerGroup { group } => {
             submit(broker, user, Operation::DeleteGroup { group }, body).await
         }
-        Request::JoinConsumerGroup { group } => groups::join(broker, session, &group),
-        Request::LeaveConsumerGroup { group } => groups::leave(broker, session, &group),
+        Request::JoinConsumerGroup { group } => groups::join(broker, session, &group).await,
+        Request::LeaveConsumerGroup { group } => groups::leave(broker, session, &group).await,
     }
 }

@@ -176,7 +176,7 @@ async fn handle_connection(
             out = Vec::with_capacity(4096);
         }
     }
-    broker.disconnect(session.client_id);
+    broker.disconnect(session.client_id).await;
     metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(client = session.client_id, "disconnected");
 }

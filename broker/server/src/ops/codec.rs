@@ -158,7 +158,8 @@ pub fn decode_into(body: &[u8], mut scratch: Vec<u8>) -> Result<Decoded, CodecEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iggy_wire::request::TopicSettings;
+    use crate::state::groups::GroupMember;
+    use iggy_wire::request::{GroupRef, TopicSettings};
     use iggy_wire::ConsumerKind;
 
     fn round_trip(submission: Submission<'_>) -> Vec<u8> {
@@ -204,6 +205,22 @@ mod tests {
                 offset: 99,
             },
             Operation::ExpireTokens,
+            Operation::JoinGroup {
+                group: GroupRef {
+                    stream: Identifier::Numeric(1),
+                    topic: Identifier::Named("t".into()),
+                    group: Identifier::Named("g".into()),
+                },
+                member: GroupMember {
+                    node: 2,
+                    incarnation: 0xdead_beef,
+                    client: 17,
+                },
+            },
+            Operation::ForgetNode {
+                node: 2,
+                keep: Some(5),
+            },
         ];
         for op in ops {
             round_trip(Submission { user: Some(4), op });

@@ -13,6 +13,7 @@
 
 pub mod codec;
 
+use crate::state::groups::GroupMember;
 use iggy_wire::message::SendMessagesHeader;
 use iggy_wire::request::{GroupRef, TopicSettings};
 use iggy_wire::WireError;
@@ -148,6 +149,27 @@ pub enum Operation<'a> {
     },
     DeleteGroup {
         group: GroupRef,
+    },
+    /// A connection joins a consumer group (idempotent); every replica rebalances alike.
+    JoinGroup {
+        group: GroupRef,
+        member: GroupMember,
+    },
+    /// A connection leaves a consumer group it is a member of.
+    LeaveGroup {
+        group: GroupRef,
+        member: GroupMember,
+    },
+    /// A connection closed: it leaves every group (issued by the broker, not by a client).
+    LeaveAllGroups {
+        member: GroupMember,
+    },
+    /// Drops the members of broker node `node`, except those of its incarnation `keep`: a node
+    /// that starts forgets its previous incarnation's connections, and the primary forgets a
+    /// node that has been unreachable too long (issued by the broker, not by a client).
+    ForgetNode {
+        node: u32,
+        keep: Option<u32>,
     },
     // Last: serde numbers variants after a skipped one differently when encoding and decoding.
     /// Appends a batch of message frames as the client sent them; `apply` validates them

@@ -266,6 +266,7 @@ impl Topic {
                 .map(|g| GroupRecord {
                     id: g.id,
                     name: g.name.clone(),
+                    members: g.members.keys().copied().collect(),
                 })
                 .collect(),
         }
@@ -287,7 +288,12 @@ impl Topic {
                 record
                     .groups
                     .iter()
-                    .map(|g| (g.id, ConsumerGroup::new(g.id, g.name.clone())))
+                    .map(|g| {
+                        (
+                            g.id,
+                            ConsumerGroup::restore(g, record.partitions.len() as u32),
+                        )
+                    })
                     .collect(),
             ),
         }

@@ -79,11 +79,16 @@ impl std::fmt::Debug for TokenRecord {
     }
 }
 
-/// A consumer group's durable part; membership lives only as long as connections do.
+/// A consumer group and its members. Members are connections: they are part of the state so
+/// that a replica restoring a checkpoint or syncing from a peer has the membership every other
+/// replica has, and each node drops its own earlier incarnation's members when it starts
+/// (`Operation::ForgetNode`). Files written before members were recorded read as none.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GroupRecord {
     pub id: u32,
     pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<crate::state::groups::GroupMember>,
 }
 
 impl std::fmt::Debug for UserRecord {
