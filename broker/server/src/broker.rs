@@ -224,9 +224,41 @@ impl Broker {
         &self.submitter
     }
 
+    /// A retention pass (the maintenance loop). A single node runs it on its own clock, off
+    /// the async workers (unlinking blocks); on a replicated broker the primary submits it as an
+    /// operation so that every replica deletes the same segments at the same point of the log
+    /// (backups leave it to the primary).
+    pub async fn enforce_retention(self: &Arc<Self>) {
+        let Some(status) = self.cluster_status() else {
+            let cleaner = self.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::retention::run_pass(&cleaner)).await;
+            return;
+        };
+        if status.primary() != Some(status.position) {
+            return;
+        }
+        let submission = Submission {
+            user: None,
+            op: Operation::EnforceRetention,
+        };
+        if let Err(e) = self
+            .submitter
+            .submit(self, submission, &mut Vec::new())
+            .await
+        {
+            tracing::warn!(error = %e, "retention pass not committed; the next one will try again");
+        }
+    }
+
     /// Drops expired personal access tokens (the maintenance loop), as an operation like any
-    /// other state change.
+    /// other state change; on a replicated broker only the primary issues it.
     pub async fn expire_tokens(&self) -> Result<()> {
+        // On a replicated broker the primary's pass serves every replica.
+        if let Some(status) = self.cluster_status() {
+            if status.primary() != Some(status.position) {
+                return Ok(());
+            }
+        }
         let submission = Submission {
             user: None,
             op: Operation::ExpireTokens,

@@ -252,10 +252,7 @@ async fn run(
             tick.tick().await;
             loop {
                 tick.tick().await;
-                let cleaner = broker.clone();
-                // Unlinking files blocks; keep it off the async workers.
-                let _ = tokio::task::spawn_blocking(move || broker::retention::run_pass(&cleaner))
-                    .await;
+                broker.enforce_retention().await;
                 if let Err(e) = broker.expire_tokens().await {
                     tracing::warn!(error = %e, "could not remove expired access tokens");
                 }

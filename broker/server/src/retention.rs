@@ -36,9 +36,18 @@ struct TopicView {
     partitions: Vec<Arc<Partition>>,
 }
 
-/// One cleaning pass over every topic. Expired personal access tokens are dropped by the
-/// maintenance loop right after, as an operation (`Broker::expire_tokens`).
+/// One cleaning pass over every topic at the local clock: a single node's maintenance loop.
+/// Expired personal access tokens are dropped by the loop right after, as an operation
+/// (`Broker::expire_tokens`).
 pub fn run_pass(broker: &Broker) -> CleanupReport {
+    run_pass_at(broker, now_micros())
+}
+
+/// One cleaning pass as of `now` (µs since the epoch). On a replicated broker this runs as the
+/// `EnforceRetention` operation with the primary's timestamp, so every replica deletes the same
+/// segments at the same place in the log: segment boundaries, their timestamps and sizes are
+/// byte-identical on all replicas, and so is `now`.
+pub fn run_pass_at(broker: &Broker, now: u64) -> CleanupReport {
     let topics: Vec<TopicView> = broker
         .catalog()
         .streams
@@ -50,7 +59,6 @@ pub fn run_pass(broker: &Broker) -> CleanupReport {
             partitions: t.partitions.clone(),
         })
         .collect();
-    let now = now_micros();
     let mut report = CleanupReport::default();
     for topic in &topics {
         if topic.expiry != u64::MAX {

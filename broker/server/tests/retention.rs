@@ -216,3 +216,53 @@ async fn delete_segments_removes_the_oldest_and_keeps_the_active_one() {
     let invalid = client.delete_segments(&name("s"), &name("t"), 0, 0).await;
     assert_eq!(common::code(invalid.unwrap_err()), 4030);
 }
+
+/// On a replicated broker retention is an operation of the log, issued by the primary with its
+/// timestamp: every member deletes the same segments, so every member serves the same
+/// messages from the same first offset — backups included, which run no pass of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_delete_the_same_segments_through_the_log() {
+    // Only member 0 — the primary of view 0 — runs its maintenance loop often; the backups'
+    // would not run theirs within the test, so what they delete comes through the log.
+    let replication = (0..3).map(|_| common::free_port()).collect();
+    let direct: Vec<std::net::SocketAddr> = std::clone::Clone::clone(&replication);
+    let cluster = common::cluster::TestCluster::start_each(
+        replication,
+        move |_, to| direct[to],
+        |member| {
+            let interval = if member == 0 { "100ms" } else { "1h" };
+            vec![
+                ("IGGY_STORAGE_SEGMENT_SIZE", "4096"),
+                ("IGGY_RETENTION_CLEANER_INTERVAL", interval),
+            ]
+        },
+    );
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    assert_eq!(primary, 0, "view 0's primary");
+    let client = cluster.brokers[primary].client().await;
+    topic(
+        &client,
+        IggyExpiry::ExpireDuration(IggyDuration::from(Duration::from_millis(600))),
+        MaxTopicSize::ServerDefault,
+    )
+    .await;
+    fill(&client, 10).await;
+    wait_for(&client, |t| t.partitions[0].segments_count == 1).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+    let on_primary = stored_offsets(&client).await;
+    assert!(on_primary[0] > 0, "old messages are gone");
+    assert_eq!(*on_primary.last().unwrap(), 99);
+    for member in 0..3 {
+        let reader = cluster.brokers[member].client().await;
+        assert_eq!(
+            stored_offsets(&reader).await,
+            on_primary,
+            "member {member} holds what the primary holds"
+        );
+        assert_eq!(
+            topic_details(&reader).await.partitions[0].segments_count,
+            1,
+            "member {member} deleted the same segments"
+        );
+    }
+}

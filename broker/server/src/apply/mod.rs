@@ -205,6 +205,10 @@ pub fn apply(
             groups::drop_members(broker, |id| *id == member);
             done(Ok(()))
         }
+        Operation::EnforceRetention => {
+            crate::retention::run_pass_at(broker, context.timestamp);
+            done(Ok(()))
+        }
         Operation::ForgetNode { node, keep } => {
             groups::drop_members(broker, |id| id.node == node && Some(id.incarnation) != keep);
             done(Ok(()))

@@ -171,6 +171,10 @@ pub enum Operation<'a> {
         node: u32,
         keep: Option<u32>,
     },
+    /// A retention pass as of the operation's timestamp: expired and over-size sealed segments
+    /// are deleted (a replicated broker's primary issues it; a single node runs the pass on its
+    /// own clock).
+    EnforceRetention,
     // Last: serde numbers variants after a skipped one differently when encoding and decoding.
     /// Appends a batch of message frames as the client sent them; `apply` validates them
     /// against the index before writing.

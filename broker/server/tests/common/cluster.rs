@@ -29,6 +29,15 @@ impl TestCluster {
         reach: impl Fn(usize, usize) -> SocketAddr,
         env: &[(&str, &str)],
     ) -> Self {
+        Self::start_each(replication, reach, |_| env.to_vec())
+    }
+
+    /// Like `start_reaching`, with settings of each member's own (`env_of(member)`).
+    pub fn start_each<'a>(
+        replication: Vec<SocketAddr>,
+        reach: impl Fn(usize, usize) -> SocketAddr,
+        env_of: impl Fn(usize) -> Vec<(&'a str, &'a str)>,
+    ) -> Self {
         let members = replication.len();
         let ring_dir = tempfile::tempdir().expect("temp dir");
         let clients: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
@@ -65,7 +74,7 @@ impl TestCluster {
                     (whom, &member),
                     ("IGGY_REPLICATION_ADDRESS", &address),
                 ];
-                settings.extend_from_slice(env);
+                settings.extend(env_of(i));
                 TestBroker::start_on(clients[i], &settings)
             })
             .collect();
@@ -100,34 +109,28 @@ impl TestCluster {
 
     /// Waits until every member in `members` has applied everything `reference` has.
     pub fn wait_caught_up(&self, members: &[usize], reference: usize, within: Duration) {
-        // Statuses are published on the replicas' ticks, so a client can hold an
-        // acknowledgement before even the primary's status shows that commit. Caught up means:
-        // every member has applied the highest commit any of them reports, and still so after
-        // a few more ticks (nothing newer surfaced meanwhile).
+        // Statuses are published on the replicas' 10 ms ticks, so a client can hold an
+        // acknowledgement before even the primary's status shows that commit: let a few ticks
+        // pass, then every member must have applied the highest commit any of them reports.
+        // (Later commits — background operations such as retention passes — need not wait.)
+        std::thread::sleep(Duration::from_millis(50));
         let deadline = Instant::now() + within;
-        let mut settled_since: Option<(u64, Instant)> = None;
+        let target = std::iter::once(reference)
+            .chain(members.iter().copied())
+            .filter_map(|m| self.status(m).map(|s| s.commit))
+            .max()
+            .unwrap_or(u64::MAX);
         loop {
-            let target = std::iter::once(reference)
-                .chain(members.iter().copied())
-                .filter_map(|m| self.status(m).map(|s| s.commit))
-                .max()
-                .unwrap_or(u64::MAX);
             let done = members.iter().all(|&m| {
                 self.status(m)
                     .is_some_and(|s| s.caught_up && s.commit >= target)
             });
-            settled_since = match (done, settled_since) {
-                (false, _) => None,
-                (true, Some((commit, since))) if commit == target => Some((commit, since)),
-                (true, _) => Some((target, Instant::now())),
-            };
-            if settled_since.is_some_and(|(_, since)| since.elapsed() >= Duration::from_millis(100))
-            {
+            if done {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "members {members:?} did not catch up with {reference}: {:?}",
+                "members {members:?} did not catch up with {reference} (commit {target}): {:?}",
                 members.iter().map(|&m| self.status(m)).collect::<Vec<_>>()
             );
             std::thread::sleep(Duration::from_millis(20));
