@@ -14,6 +14,7 @@ use crate::apply::apply;
 use crate::broker::Broker;
 use crate::ops::codec;
 use crate::ops::OpContext;
+use crate::replication::written::WrittenPartitions;
 use crate::state::catalog::Catalog;
 use crate::state::partition::Partition;
 use crate::storage::metadata;
@@ -28,15 +29,18 @@ const SCRATCH_KEPT: usize = 16 << 20;
 
 pub struct BrokerMachine {
     broker: Arc<Broker>,
+    /// Where appends are noted for the journal thread's writeback and checkpoint syncs.
+    written: Arc<WrittenPartitions>,
     digest: u128,
     /// The buffer an append's frames are copied into to be stamped, kept between applies.
     scratch: Vec<u8>,
 }
 
 impl BrokerMachine {
-    pub fn new(broker: Arc<Broker>) -> Self {
+    pub fn new(broker: Arc<Broker>, written: Arc<WrittenPartitions>) -> Self {
         Self {
             broker,
+            written,
             digest: 0,
             scratch: Vec::new(),
         }
@@ -72,7 +76,12 @@ impl StateMachine for BrokerMachine {
                     self.scratch = scratch;
                 }
                 match applied {
-                    Ok(_) => 0,
+                    Ok(applied) => {
+                        if let Some((partition, _)) = &applied.sync {
+                            self.written.note(partition);
+                        }
+                        0
+                    }
                     Err(e) if e.is_server_fault() => {
                         // A local failure (disk full, I/O error) that the other replicas did
                         // not have: carrying on would leave this replica's state different

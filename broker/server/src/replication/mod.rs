@@ -17,6 +17,7 @@ pub mod status;
 pub mod submitter;
 pub mod sync;
 pub mod transport;
+pub mod written;
 
 use crate::broker::{BootReport, Broker};
 use crate::config::{Config, FsyncPolicy, RouteSetting};
@@ -294,13 +295,14 @@ pub async fn boot(
     ));
 
     let (writes, journal_rx) = mpsc::channel();
-    let journal_broker = broker.clone();
+    let written = Arc::new(written::WrittenPartitions::default());
+    let journal_written = written.clone();
     let done = inputs.clone();
     std::thread::Builder::new()
         .name("vsr-journal".into())
-        .spawn(move || journal_loop(journal, journal_rx, done, journal_broker))?;
+        .spawn(move || journal_loop(journal, journal_rx, done, journal_written))?;
 
-    let machine = BrokerMachine::new(broker.clone());
+    let machine = BrokerMachine::new(broker.clone(), written);
     let replica = Replica::open(setup.vsr.clone(), image, machine);
     if replica.is_faulty() {
         broker
@@ -405,7 +407,7 @@ fn journal_loop(
     mut journal: Journal,
     writes: mpsc::Receiver<(u64, Write)>,
     done: mpsc::Sender<DriverInput>,
-    broker: Arc<Broker>,
+    written: Arc<written::WrittenPartitions>,
 ) {
     while let Ok(first) = writes.recv() {
         let mut batch = vec![first];
@@ -415,11 +417,8 @@ fn journal_loop(
                 Err(_) => break,
             }
         }
-        // One listing per batch serves the checkpoint's sync and the writeback below; a
-        // partition created meanwhile is picked up by the next batch.
-        let partitions = broker.all_partitions();
         if batch.iter().any(|(_, w)| matches!(w, Write::Checkpoint(_))) {
-            for partition in &partitions {
+            for partition in written.take_for_checkpoint() {
                 if let Err(e) = partition.sync_written() {
                     fail_stop(&format!("cannot sync a partition for a checkpoint: {e}"));
                 }
@@ -435,7 +434,7 @@ fn journal_loop(
         // After reporting the writes done, not before: start writing back what the applies
         // wrote meanwhile, so the next checkpoint's fsync has little left to wait for (see
         // `Partition::start_writeback`).
-        for partition in &partitions {
+        for partition in written.take_for_writeback() {
             partition.start_writeback();
         }
     }
