@@ -47,6 +47,24 @@ fn one_backup_down_keeps_at_least_half_the_throughput() {
     }
 }
 
+/// Five replicas on the ring, 0 → 1 → 2 → 3 → 4, with 2 dead: a commit needs 3 or 4, both
+/// behind the dead hop. The primary retransmits to them once, suspects 2 from then on and feeds
+/// 3 itself, instead of every prepare waiting out the retransmission timeout.
+#[test]
+fn a_dead_hop_on_the_ring_costs_one_retransmission_not_one_per_prepare() {
+    let healthy = calm(5, Route::Ring).run_until_answered(20_000).unwrap();
+    let mut degraded = calm(5, Route::Ring);
+    degraded.permanently_down.insert(2);
+    degraded.crash(2).unwrap();
+    let ticks = degraded.run_until_answered(20_000).unwrap();
+    let retransmits = degraded.coverage().get("retransmits");
+    assert!(retransmits <= 8, "{retransmits} retransmissions for 84 ops");
+    assert!(
+        ticks <= healthy * 3 / 2,
+        "{ticks} ticks with a dead hop against {healthy} healthy"
+    );
+}
+
 #[test]
 fn the_primary_crashing_is_replaced_and_nothing_is_lost() {
     let mut sim = calm(3, Route::Ring);

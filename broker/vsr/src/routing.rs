@@ -7,9 +7,12 @@
 //!
 //! PrepareOk always goes straight to the primary of the receiver's view, and the primary's
 //! retransmission on timeout goes directly to every replica still missing, so a dead hop costs
-//! one timeout, never liveness.
+//! one timeout, never liveness. On the ring the primary also routes *around* replicas it
+//! suspects (`forward_targets_avoiding`), so a dead hop costs that timeout once, not on every
+//! prepare.
 
 use crate::{ReplicaId, View};
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -43,6 +46,31 @@ pub fn forward_targets(
     }
 }
 
+/// Like [`forward_targets`], for the primary of a ring that suspects some replicas dead (it had
+/// to retransmit to them and they have not acknowledged since): it also sends each fresh
+/// prepare to the successor of every suspect, so the replicas behind a dead hop receive it
+/// without waiting for a retransmission. A suspect that is alive after all makes its successor
+/// receive the prepare twice, which a backup ignores; correctness never depends on the route.
+pub fn forward_targets_avoiding(
+    route: Route,
+    replica_count: u8,
+    view: View,
+    me: ReplicaId,
+    suspects: &BTreeSet<ReplicaId>,
+) -> Vec<ReplicaId> {
+    let mut targets = forward_targets(route, replica_count, view, me);
+    let primary = primary_of(view, replica_count);
+    if route == Route::Ring && me == primary {
+        for suspect in suspects {
+            let next = (suspect + 1) % replica_count;
+            if next != primary && !targets.contains(&next) {
+                targets.push(next);
+            }
+        }
+    }
+    targets
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +99,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_primary_routes_around_suspects_on_the_ring() {
+        let suspects: BTreeSet<ReplicaId> = [2].into_iter().collect();
+        // View 0 of five: 0 → 1 → 2 (dead) → 3 → 4; the primary also feeds 3.
+        assert_eq!(
+            forward_targets_avoiding(Route::Ring, 5, 0, 0, &suspects),
+            vec![1, 3]
+        );
+        // Two dead in a row: the successor of each, the primary excluded.
+        let both: BTreeSet<ReplicaId> = [3, 4].into_iter().collect();
+        assert_eq!(
+            forward_targets_avoiding(Route::Ring, 5, 0, 0, &both),
+            vec![1, 4]
+        );
+        // Backups and the star are unchanged.
+        assert_eq!(
+            forward_targets_avoiding(Route::Ring, 5, 0, 1, &suspects),
+            vec![2]
+        );
+        assert_eq!(
+            forward_targets_avoiding(Route::Star, 3, 0, 0, &suspects),
+            vec![1, 2]
+        );
     }
 
     #[test]

@@ -90,6 +90,9 @@ pub struct Replica<S> {
     last_sync_request: u64,
     /// Primary: highest op each replica has acknowledged in this view.
     acked: BTreeMap<ReplicaId, Op>,
+    /// Primary: replicas it had to retransmit to and that have not acknowledged since; the
+    /// ring route sends around them (`routing::forward_targets_avoiding`).
+    suspects: BTreeSet<ReplicaId>,
     /// (client, session, request, body) waiting for room in the pipeline.
     requests: VecDeque<(ClientId, u64, u64, bytes::Bytes)>,
     svc: BTreeSet<ReplicaId>,

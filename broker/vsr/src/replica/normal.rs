@@ -7,7 +7,7 @@ use crate::checkpoint::ClientSession;
 use crate::message::{Envelope, Message, Node};
 use crate::prepare::{Prepare, PrepareHeader};
 use crate::quorums;
-use crate::routing::forward_targets;
+use crate::routing::{forward_targets, forward_targets_avoiding};
 use crate::state_machine::StateMachine;
 use crate::step::Event;
 use crate::{ClientId, Op, ReplicaId, View};
@@ -203,11 +203,12 @@ impl<S: StateMachine> Replica<S> {
             let op = prepare.op();
             self.sent_at.insert(op, self.tick);
             self.log.push(prepare.clone());
-            for target in forward_targets(
+            for target in forward_targets_avoiding(
                 self.cfg.route,
                 self.cfg.replica_count,
                 self.view,
                 self.cfg.replica,
+                &self.suspects,
             ) {
                 self.send(
                     target,
@@ -266,6 +267,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn on_ack(&mut self, replica: ReplicaId, op: Op) {
+        self.suspects.remove(&replica);
         let entry = self.acked.entry(replica).or_insert(0);
         *entry = (*entry).max(op);
         let quorum = quorums::replication(self.cfg.replica_count);

@@ -97,6 +97,7 @@ impl<S: StateMachine> Replica<S> {
                 continue;
             }
             self.event(Event::Retransmit { op });
+            self.suspects.extend(missing.iter().copied());
             for r in missing {
                 self.send(
                     r,

@@ -68,6 +68,7 @@ impl<S: StateMachine> Replica<S> {
         self.view_change_bodies.clear();
         self.last_body_request = 0;
         self.acked.clear();
+        self.suspects.clear();
         self.jitter = self.random() % (self.cfg.view_change_timeout / 2 + 1);
         self.event(Event::ViewChangeStarted { view });
         self.write_superblock();
