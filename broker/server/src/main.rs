@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     release_large_buffers_to_the_os();
     let descriptors = raise_descriptor_limit();
+    broker::storage::descriptors::set_limit(segment_file_budget(descriptors));
     let config_path = match parse_args(std::env::args().skip(1)) {
         Ok(Some(path)) => path,
         Ok(None) => return ExitCode::SUCCESS,
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    broker::storage::descriptors::set_sync_on_close(config.storage.fsync != FsyncPolicy::Never);
     // A ring that cannot be replicated with is a configuration error, found before the data
     // directory is touched.
     let cluster = if config.cluster.is_replicated() {
@@ -138,6 +140,15 @@ fn raise_descriptor_limit() -> u64 {
         }
     }
     limit.rlim_cur
+}
+
+/// How many segment files may be open at once: half of what the process may open beyond a
+/// reserve of 64 (listeners, the replication journal, metadata and offset files written
+/// atomically, the runtime's own); the other half is for client and peer sockets. At the
+/// common 1,024 that is 480; at a container's usual 1,048,576 it never binds.
+fn segment_file_budget(descriptors: u64) -> usize {
+    let usable = descriptors.saturating_sub(64);
+    usize::try_from(usable / 2).unwrap_or(usize::MAX).max(32)
 }
 
 /// `Ok(None)` when the arguments asked for help or the version.
@@ -284,6 +295,7 @@ async fn run(
         partitions = report.partitions,
         verified_bytes = report.verified_bytes,
         descriptors,
+        segment_file_budget = broker::storage::descriptors::limit(),
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "iggy-broker ready"
     );

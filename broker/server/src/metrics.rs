@@ -295,6 +295,12 @@ impl Metrics {
                 "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP iggy_segment_files_open Segment files open now (at most the descriptor budget).\n\
+             # TYPE iggy_segment_files_open gauge\niggy_segment_files_open {}",
+            crate::storage::descriptors::open_count()
+        );
         if let Some(export) = self.export.get() {
             render_export(export, &mut out);
         }

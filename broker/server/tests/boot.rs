@@ -117,6 +117,14 @@ fn a_missing_root_password_is_generated_and_printed_once() {
     };
     let first = run_briefly();
     assert!(first.contains("Generated root password"), "{first}");
+    // The log goes to stdout at the default level (an empty set of OTLP layers once silenced
+    // every log line).
+    for line in ["iggy-broker ready", "stopped cleanly"] {
+        assert!(
+            first.contains(line),
+            "{line:?} missing from stdout: {first}"
+        );
+    }
     let metadata = std::fs::read_to_string(dir.path().join("state/metadata.json")).unwrap();
     let password = first
         .split("store it now): ")

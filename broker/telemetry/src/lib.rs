@@ -127,22 +127,31 @@ fn console_filter(directives: &str) -> Result<EnvFilter, TelemetryError> {
     })
 }
 
+/// Console logs as `options` ask, for any subscriber stack.
+fn console_layer<S>(options: &Options<'_>) -> Result<impl Layer<S>, TelemetryError>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let (writer, ansi) = match options.console {
+        Console::Stdout => (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        ),
+        Console::Stderr => (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
+    };
+    Ok(tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_target(options.show_target)
+        .with_writer(writer)
+        .with_filter(console_filter(&options.directives)?))
+}
+
 /// Installs the process-wide subscriber. Must run inside the Tokio runtime when gRPC export is
 /// chosen (tonic's channel lives on it).
 pub fn install(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
-    let console_writer = match options.console {
-        Console::Stdout => BoxMakeWriter::new(std::io::stdout),
-        Console::Stderr => BoxMakeWriter::new(std::io::stderr),
-    };
-    let ansi = match options.console {
-        Console::Stdout => std::io::IsTerminal::is_terminal(&std::io::stdout()),
-        Console::Stderr => std::io::IsTerminal::is_terminal(&std::io::stderr()),
-    };
-    let console = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_target(options.show_target)
-        .with_writer(console_writer)
-        .with_filter(console_filter(&options.directives)?);
     #[cfg(feature = "otlp")]
     {
         let stats = std::sync::Arc::new(ExportStats::default());
@@ -152,10 +161,18 @@ pub fn install(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
             &options.directives,
             &stats,
         )?;
-        tracing_subscriber::registry()
-            .with(layers)
-            .with(console)
-            .init();
+        // An empty vector of layers hints the maximum level OFF, which would disable every
+        // call site, the console's included: only stack it when something is exported.
+        if layers.is_empty() {
+            tracing_subscriber::registry()
+                .with(console_layer(&options)?)
+                .init();
+        } else {
+            tracing_subscriber::registry()
+                .with(layers)
+                .with(console_layer(&options)?)
+                .init();
+        }
         Ok(Telemetry {
             settings: options.settings,
             stats,
@@ -164,7 +181,9 @@ pub fn install(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
     }
     #[cfg(not(feature = "otlp"))]
     {
-        tracing_subscriber::registry().with(console).init();
+        tracing_subscriber::registry()
+            .with(console_layer(&options)?)
+            .init();
         if options.settings.enabled() {
             return Err(TelemetryError::NotCompiledIn);
         }

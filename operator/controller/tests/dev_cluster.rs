@@ -604,6 +604,33 @@ async fn the_operator_runs_as_a_pod_of_its_install_yaml_and_reconciles_a_sample(
     );
     let expected: Vec<String> = (0..3).map(|i| format!("order-{i}")).collect();
     assert_eq!(read_payloads(&client, "orders", "created").await, expected);
+    // Without OTLP configured, the operator's and the broker's logs still reach their consoles
+    // (what `kubectl logs` shows).
+    let pods = dev.harness.list("", "Pod", Some("iggy-system"));
+    let operator_pod = pods
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str())
+        .find(|name| name.starts_with("iggy-operator-"))
+        .expect("an operator pod");
+    for (namespace, pod, container, line) in [
+        (
+            "iggy-system",
+            operator_pod,
+            "operator",
+            "applied the IggyCluster CRD",
+        ),
+        (NS, "dev-0", "broker", "iggy-broker ready"),
+    ] {
+        let url = format!(
+            "{}/api/v1/namespaces/{namespace}/pods/{pod}/log?container={container}",
+            dev.harness.url()
+        );
+        let (_, log) = kube_harness::http_get(&url).await.expect("pod log");
+        assert!(
+            log.contains(line),
+            "{pod}/{container} log lacks {line:?}:\n{log}"
+        );
+    }
 }
 
 /// The environment a pod's container process runs with, read from /proc.

@@ -11,7 +11,7 @@
 use crate::config::FsyncPolicy;
 use crate::storage::offsets::ConsumerOffsets;
 use crate::storage::partition_log::{Appended, PartitionLog, ReadPlan};
-use crate::storage::{IoContext, StorageError};
+use crate::storage::StorageError;
 use iggy_wire::ConsumerKind;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -116,11 +116,11 @@ impl Partition {
             if self.durable_seq.load(Ordering::Acquire) >= seq {
                 return Ok(());
             }
-            let (target, (file, path)) = {
+            let (target, file) = {
                 let log = self.log();
                 (log.write_seq(), log.active_log())
             };
-            let synced = tokio::task::spawn_blocking(move || file.sync_data().at(&path))
+            let synced = tokio::task::spawn_blocking(move || file.sync_data())
                 .await
                 .map_err(|e| StorageError::Io {
                     path: self.dir(),
@@ -147,13 +147,18 @@ impl Partition {
     /// its megabytes already on their way instead of stalling the journal for all of them. A
     /// hint only; durability still comes from [`Self::sync_written`].
     pub fn start_writeback(&self) {
-        let (written, (file, _)) = {
+        let (written, file) = {
             let log = self.log();
             let written = log.write_seq();
             if self.writeback_seq.load(Ordering::Acquire) >= written {
                 return;
             }
             (written, log.active_log())
+        };
+        // A file the descriptor budget closed was synced then: nothing to start.
+        let Some(file) = file.if_open() else {
+            self.writeback_seq.fetch_max(written, Ordering::AcqRel);
+            return;
         };
         // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
         unsafe {
@@ -181,8 +186,8 @@ impl Partition {
             }
             (written, log.sync_handles())
         };
-        for (file, path) in handles {
-            file.sync_data().at(&path)?;
+        for file in handles {
+            file.sync_data()?;
         }
         self.durable_seq.fetch_max(written, Ordering::AcqRel);
         Ok(())

@@ -6,6 +6,7 @@
 //! `.../<p>/offsets/consumers/<consumer>`, `.../<p>/checkpoint`, and `state/metadata.json`.
 
 pub mod checkpoint;
+pub mod descriptors;
 pub mod fsutil;
 pub mod metadata;
 pub mod offsets;
@@ -58,6 +59,11 @@ pub enum StorageError {
     },
     #[error("partition at {path} failed an earlier fsync; it refuses writes until restart")]
     Poisoned { path: PathBuf },
+    #[error(
+        "cannot open {path}: the process is out of file descriptors (segment files are limited \
+         to {budget} open at once; raise the open-files limit or lower the connection count)"
+    )]
+    OutOfDescriptors { path: PathBuf, budget: usize },
 }
 
 pub(crate) trait IoContext<T> {

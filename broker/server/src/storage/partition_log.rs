@@ -4,13 +4,12 @@
 //! fsyncs and file reads outside that mutex.
 
 use super::checkpoint::Checkpoint;
+use super::descriptors::SegmentFile;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{IndexEntry, Segment};
 use super::{fsutil, IoContext, StorageError};
 use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader};
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub struct PartitionLog {
     dir: PathBuf,
@@ -41,7 +40,7 @@ pub struct Appended {
 /// A byte range of one segment to read outside the partition lock. Safe because the log is
 /// append-only: bytes below a segment's size never change while the broker runs.
 pub struct ReadChunk {
-    pub file: Arc<File>,
+    pub file: SegmentFile,
     pub path: PathBuf,
     pub position: u64,
     pub len: usize,
@@ -57,15 +56,14 @@ pub struct ReadPlan {
 impl ReadPlan {
     /// Appends the planned bytes to `out`, verified: corruption is never served as data.
     pub fn read_into(&self, out: &mut Vec<u8>) -> Result<(), StorageError> {
-        use std::os::unix::fs::FileExt;
         out.reserve(self.bytes);
         for chunk in &self.chunks {
             let at = out.len();
             out.resize(at + chunk.len, 0);
-            chunk
-                .file
-                .read_exact_at(&mut out[at..], chunk.position)
-                .at(&chunk.path)?;
+            if let Err(e) = chunk.file.read_exact_at(&mut out[at..], chunk.position) {
+                out.truncate(at);
+                return Err(e);
+            }
             if let Err(error) = verify_frames(&out[at..], chunk) {
                 out.truncate(at);
                 return Err(error);
@@ -222,9 +220,8 @@ impl PartitionLog {
     }
 
     /// The active segment's log file, for the group commit's fsync.
-    pub fn active_log(&self) -> (Arc<File>, PathBuf) {
-        let active = self.active();
-        (active.log.clone(), active.log_path.clone())
+    pub fn active_log(&self) -> SegmentFile {
+        self.active().log.clone()
     }
 
     /// Stamps and appends a validated batch (see `iggy_wire::message::validate_batch`).
@@ -513,7 +510,7 @@ impl PartitionLog {
     }
 
     /// Every segment's files, for a sync that must not hold the partition's lock.
-    pub fn sync_handles(&self) -> Vec<(Arc<File>, PathBuf)> {
+    pub fn sync_handles(&self) -> Vec<SegmentFile> {
         self.segments
             .iter()
             .flat_map(|segment| segment.sync_handles())

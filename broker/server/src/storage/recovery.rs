@@ -60,7 +60,7 @@ pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageErro
                 });
             }
         }
-        let log_len = segment.log.metadata().at(&segment.log_path)?.len();
+        let log_len = segment.log.file_len()?;
         let disk_index = read_index(&segment.index_path)?;
         let valid_disk = valid_prefix(&disk_index, log_len);
         let trusted_end = match checkpoint {
@@ -73,7 +73,8 @@ pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageErro
             .take_while(|e| e.end as u64 <= trusted_end)
             .copied()
             .collect();
-        let mut scanner = Scanner::new(&segment.log, log_len);
+        let log_file = segment.log.file()?;
+        let mut scanner = Scanner::new(&log_file, log_len);
         let covered = index.last().map_or(0, |e| e.end as u64);
         // Trusted bytes the index file does not describe (it is written after the log): walk
         // their headers, no checksums, to rebuild the entries.
@@ -198,8 +199,7 @@ fn valid_frame_after(
         let len = (log_len - window_start).min(CHUNK as u64) as usize;
         segment
             .log
-            .read_exact_at(&mut window[..len], window_start)
-            .at(&segment.log_path)?;
+            .read_exact_at(&mut window[..len], window_start)?;
         // Positions whose header lies wholly inside this window; the next window starts at
         // the first position this one could not check.
         let last = len.saturating_sub(HEADER_SIZE);

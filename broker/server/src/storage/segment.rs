@@ -3,12 +3,10 @@
 //! timestamp). The in-memory copy of the index answers every offset and time lookup; the file
 //! exists so that boot does not have to walk the log, and it is always derivable from the log.
 
+use super::descriptors::SegmentFile;
 use super::{IoContext, StorageError};
 use iggy_wire::message::INDEX_ENTRY_SIZE;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -44,10 +42,11 @@ pub struct Segment {
     pub start_offset: u64,
     pub log_path: PathBuf,
     pub index_path: PathBuf,
-    /// Shared so the group-commit fsync can run outside the partition lock.
-    pub log: Arc<File>,
+    /// Opened on demand within the process's descriptor budget (`storage::descriptors`);
+    /// clones share it, so the group-commit fsync can run outside the partition lock.
+    pub log: SegmentFile,
     /// Shared for the same reason (a replication checkpoint's sync).
-    index_file: Arc<File>,
+    index_file: SegmentFile,
     /// Bytes of valid frames in the `.log`.
     pub size: u64,
     pub index: Vec<IndexEntry>,
@@ -60,19 +59,10 @@ impl Segment {
         let stem = file_stem(start_offset);
         let log_path = dir.join(format!("{stem}.log"));
         let index_path = dir.join(format!("{stem}.index"));
-        let open = |path: &Path| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .at(path)
-        };
         Ok(Self {
             start_offset,
-            log: Arc::new(open(&log_path)?),
-            index_file: Arc::new(open(&index_path)?),
+            log: SegmentFile::create(log_path.clone())?,
+            index_file: SegmentFile::create(index_path.clone())?,
             log_path,
             index_path,
             size: 0,
@@ -109,7 +99,7 @@ impl Segment {
     pub fn append(&mut self, frames: &[u8], entries: &[IndexEntry]) -> Result<(), StorageError> {
         let log_before = self.size;
         let index_before = (self.index.len() * INDEX_ENTRY_SIZE) as u64;
-        if let Err(e) = self.log.write_all_at(frames, log_before).at(&self.log_path) {
+        if let Err(e) = self.log.write_all_at(frames, log_before) {
             let _ = self.log.set_len(log_before);
             return Err(e);
         }
@@ -117,11 +107,7 @@ impl Segment {
         for entry in entries {
             entry.encode(&mut encoded);
         }
-        if let Err(e) = self
-            .index_file
-            .write_all_at(&encoded, index_before)
-            .at(&self.index_path)
-        {
+        if let Err(e) = self.index_file.write_all_at(&encoded, index_before) {
             let _ = self.index_file.set_len(index_before);
             let _ = self.log.set_len(log_before);
             return Err(e);
@@ -140,9 +126,7 @@ impl Segment {
     ) -> Result<(), StorageError> {
         let at = out.len();
         out.resize(at + len, 0);
-        self.log
-            .read_exact_at(&mut out[at..], position)
-            .at(&self.log_path)
+        self.log.read_exact_at(&mut out[at..], position)
     }
 
     /// Index position of the first message whose timestamp is at or after `timestamp`.
@@ -157,26 +141,21 @@ impl Segment {
         for entry in &self.index {
             entry.encode(&mut encoded);
         }
-        self.index_file.set_len(0).at(&self.index_path)?;
-        self.index_file
-            .write_all_at(&encoded, 0)
-            .at(&self.index_path)?;
-        self.index_file.sync_all().at(&self.index_path)?;
-        self.log.set_len(self.size).at(&self.log_path)?;
-        self.log.sync_all().at(&self.log_path)
+        self.index_file.set_len(0)?;
+        self.index_file.write_all_at(&encoded, 0)?;
+        self.index_file.sync_all()?;
+        self.log.set_len(self.size)?;
+        self.log.sync_all()
     }
 
     /// The segment's two files, to fsync without holding the partition's lock.
-    pub fn sync_handles(&self) -> [(Arc<File>, PathBuf); 2] {
-        [
-            (self.log.clone(), self.log_path.clone()),
-            (self.index_file.clone(), self.index_path.clone()),
-        ]
+    pub fn sync_handles(&self) -> [SegmentFile; 2] {
+        [self.log.clone(), self.index_file.clone()]
     }
 
     pub fn sync(&self) -> Result<(), StorageError> {
-        self.log.sync_data().at(&self.log_path)?;
-        self.index_file.sync_data().at(&self.index_path)
+        self.log.sync_data()?;
+        self.index_file.sync_data()
     }
 
     pub fn remove_files(&self) -> Result<(), StorageError> {

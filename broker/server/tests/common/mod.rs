@@ -18,6 +18,9 @@ pub const ROOT_PASSWORD: &str = "test-secret";
 /// Not a broker setting: `start_with` takes it as the soft open-files limit to start the broker
 /// under (the hard limit is left as it is).
 pub const SOFT_NOFILE: &str = "TEST_SOFT_NOFILE";
+/// Not a broker setting either: the soft and hard open-files limits (the broker cannot raise
+/// them) to start the broker under.
+pub const NOFILE: &str = "TEST_NOFILE";
 
 pub struct TestBroker {
     pub data: tempfile::TempDir,
@@ -100,12 +103,14 @@ impl TestBroker {
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        let soft_nofile = self
-            .env
-            .iter()
-            .find(|(k, _)| k == SOFT_NOFILE)
-            .and_then(|(_, v)| v.parse::<u64>().ok());
-        if let Some(soft) = soft_nofile {
+        let limit = |name: &str| {
+            self.env
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+        };
+        let (soft_nofile, nofile) = (limit(SOFT_NOFILE), limit(NOFILE));
+        if soft_nofile.is_some() || nofile.is_some() {
             use std::os::unix::process::CommandExt;
             // SAFETY: runs in the forked child before exec; getrlimit/setrlimit are
             // async-signal-safe and touch only the struct on this stack.
@@ -116,7 +121,13 @@ impl TestBroker {
                         rlim_max: 0,
                     };
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-                        limit.rlim_cur = soft.min(limit.rlim_max);
+                        if let Some(both) = nofile {
+                            limit.rlim_max = both.min(limit.rlim_max);
+                            limit.rlim_cur = limit.rlim_max;
+                        }
+                        if let Some(soft) = soft_nofile {
+                            limit.rlim_cur = soft.min(limit.rlim_max);
+                        }
                         libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
                     }
                     Ok(())
