@@ -385,6 +385,27 @@ async fn a_low_soft_descriptor_limit_is_raised_at_start() {
     }
 }
 
+/// Partition `p` of topic `t` holds the one message `t/p`.
+async fn read_back(client: &IggyClient, t: u32, p: u32) {
+    let polled = client
+        .poll_messages(
+            &common::id(0),
+            &common::id(t),
+            Some(p),
+            &Consumer::new(common::id(1)),
+            &PollingStrategy::offset(0),
+            10,
+            false,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("poll {t}/{p}: {e}"));
+    assert_eq!(polled.messages.len(), 1, "{t}/{p}");
+    assert_eq!(
+        &polled.messages[0].payload[..],
+        format!("{t}/{p}").as_bytes()
+    );
+}
+
 /// 10,000 partitions under a hard limit of 1,024 open files: segment files are opened on demand
 /// within a budget (480 here), so every partition can be created, written and read, the broker
 /// shuts down cleanly in bounded time, and starts again on the same data.
@@ -417,31 +438,9 @@ async fn ten_thousand_partitions_work_under_a_limit_of_1024_descriptors() {
     let open = metric(&broker, "iggy_segment_files_open");
     assert!(open <= 480, "{open} segment files open, budget 480");
     // Every partition reads back what it was sent (files closed meanwhile are reopened).
-    let read_back = |t: u32, p: u32| {
-        let client = &client;
-        async move {
-            let polled = client
-                .poll_messages(
-                    &common::id(0),
-                    &common::id(t),
-                    Some(p),
-                    &Consumer::new(common::id(1)),
-                    &PollingStrategy::offset(0),
-                    10,
-                    false,
-                )
-                .await
-                .unwrap_or_else(|e| panic!("poll {t}/{p}: {e}"));
-            assert_eq!(polled.messages.len(), 1, "{t}/{p}");
-            assert_eq!(
-                &polled.messages[0].payload[..],
-                format!("{t}/{p}").as_bytes()
-            );
-        }
-    };
     for t in 0..TOPICS {
         for p in 0..PER_TOPIC {
-            read_back(t, p).await;
+            read_back(&client, t, p).await;
         }
     }
     drop(client);
@@ -452,28 +451,7 @@ async fn ten_thousand_partitions_work_under_a_limit_of_1024_descriptors() {
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
     broker.spawn_and_wait();
     let client = broker.client().await;
-    let read_back = |t: u32, p: u32| {
-        let client = &client;
-        async move {
-            let polled = client
-                .poll_messages(
-                    &common::id(0),
-                    &common::id(t),
-                    Some(p),
-                    &Consumer::new(common::id(1)),
-                    &PollingStrategy::offset(0),
-                    10,
-                    false,
-                )
-                .await
-                .unwrap_or_else(|e| panic!("poll after restart {t}/{p}: {e}"));
-            assert_eq!(
-                &polled.messages[0].payload[..],
-                format!("{t}/{p}").as_bytes()
-            );
-        }
-    };
     for (t, p) in [(0, 0), (37, 61), (99, 99)] {
-        read_back(t, p).await;
+        read_back(&client, t, p).await;
     }
 }
