@@ -103,6 +103,27 @@ fn messages_stored(raw: &mut Raw) -> u64 {
     u64::from_le_bytes(topic[42..50].try_into().unwrap())
 }
 
+/// Far past its limit, a logged-in client's request is refused from its header alone: the
+/// error comes at once, the body is never read, and the connection closes (the 300 MB
+/// send used to be read whole before the refusal).
+#[test]
+fn a_request_far_over_its_limit_is_refused_unread_and_the_connection_closed() {
+    let broker = TestBroker::start();
+    let mut raw = Raw::logged_in(&broker);
+    let mut header = Vec::new();
+    iggy_wire::frame::RequestHeader::encode(Command::SendMessages.code(), 300_000_000, &mut header);
+    raw.send_bytes(&header);
+    // Nothing of the 300 MB follows; the answer must not wait for it.
+    assert_eq!(raw.response(), (3, vec![]));
+    let mut rest = Vec::new();
+    assert_eq!(
+        raw.0.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed after the answer"
+    );
+    Raw::logged_in(&broker).assert_usable();
+}
+
 #[test]
 fn framing_errors_keep_the_connection_in_sync() {
     let broker = TestBroker::start_with(&[("IGGY_TCP_MAX_SEND_BYTES", "1 MiB")]);

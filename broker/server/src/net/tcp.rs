@@ -25,6 +25,11 @@ use tracing::Instrument as _;
 /// connection does not pin the memory of its largest batch.
 const KEEP_BUFFER_BYTES: usize = 4 << 20;
 
+/// How far past its limit a logged-in client's request is still read (and dropped) to keep the
+/// connection usable; larger ones are refused from the header and the connection closed, so a
+/// client cannot make the broker read hundreds of megabytes it will not use.
+pub const DRAIN_ALLOWANCE: u64 = 16 << 20;
+
 /// Largest request a connection that has not logged in may send (a login is well under 1 KiB).
 pub const UNAUTHENTICATED_MAX_PAYLOAD: u64 = 4096;
 
@@ -234,6 +239,16 @@ pub async fn handle_request<R: AsyncRead + Unpin>(
     };
     let request_timeout = broker.config.tcp.request_timeout.0;
     if let Some(error) = rejected {
+        // A little over the limit is read and dropped so the connection stays usable; far over
+        // it, the broker will not read the body at all: it answers from the header and closes.
+        if size > limit.saturating_add(DRAIN_ALLOWANCE) {
+            tracing::debug!(client = session.client_id, size, limit, error = %error, "refused unread; closing");
+            out.extend_from_slice(&frame::error_frame(error.code()));
+            return Ok(Handled {
+                command,
+                close: true,
+            });
+        }
         within(
             request_timeout,
             tokio::io::copy(&mut reader.take(size), &mut tokio::io::sink()),
