@@ -54,17 +54,20 @@ pub async fn login(
             auth::verify_password(&password, &hash)
         })
         .await?;
+    // An inactive user's right password answers exactly as a wrong one (and counts as a
+    // failure for throttling): a different answer would confirm the password to whoever
+    // guessed it. The log says why.
     let user = match user {
-        Some(user) if matches => user,
-        _ => {
+        Some(user) if matches && user.active => user,
+        found => {
+            if found.is_some_and(|u| !u.active) && matches {
+                tracing::info!(%username, "login refused: the user is inactive");
+            }
             broker.logins.failed(address, &username, Instant::now());
             return Err(BrokerError::InvalidCredentials);
         }
     };
     broker.logins.succeeded(address, &username);
-    if !user.active {
-        return Err(BrokerError::UserInactive);
-    }
     session.user_id = Some(user.id);
     broker.clients.set_user(session.client_id, session.user_id);
     body.extend_from_slice(&response::identity(user.id));
