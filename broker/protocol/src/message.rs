@@ -76,7 +76,7 @@ impl<'a> FrameHeader<'a> {
 
 /// The checksum Iggy stores: XXH3-64, seed 0, over the frame after the checksum field.
 pub fn frame_checksum(frame: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(&frame[8..])
+    twox_hash::XxHash3_64::oneshot(&frame[8..])
 }
 
 /// True when a complete frame's stored checksum matches its contents.
@@ -337,6 +337,24 @@ pub fn frame_payload(frame: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_frame_checksum_is_xxh3_64_whatever_the_implementation() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for len in [8usize, 9, 16, 17, 128, 129, 240, 241, 1024, 4096, 100_000] {
+            let frame: Vec<u8> = (0..len)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    (state >> 56) as u8
+                })
+                .collect();
+            assert_eq!(
+                frame_checksum(&frame),
+                xxhash_rust::xxh3::xxh3_64(&frame[8..]),
+                "length {len}"
+            );
+        }
+    }
 
     fn request(messages: &[(u128, &[u8], &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
