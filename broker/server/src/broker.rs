@@ -361,10 +361,9 @@ impl Broker {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A connection closed: forget the client and take it out of its consumer groups, whose
-    /// partitions are rebalanced over the remaining members.
-    /// A closed connection leaves the consumer groups it joined (an operation, so every replica
-    /// rebalances); connections that joined none cost nothing here.
+    /// A connection closed: forget the client, and take it out of the consumer groups it
+    /// joined — an operation, so every replica rebalances their partitions over the remaining
+    /// members; connections that joined none cost nothing here.
     pub async fn disconnect(&self, client_id: u32) {
         let Some(entry) = self.clients.remove(client_id) else {
             return;

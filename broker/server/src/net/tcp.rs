@@ -1,7 +1,9 @@
 //! The client listener and the per-connection loop: read a frame, run it, write one response.
 //!
-//! The loop keeps the stream in sync whatever arrives: a payload that is too large or carries an
-//! unknown code is read and discarded before the error is sent, so the next request parses.
+//! The loop keeps the stream in sync whatever arrives: a payload that is too large (by at most
+//! [`DRAIN_ALLOWANCE`]) or carries an unknown code is read and discarded before the error is
+//! sent, so the next request parses; one far larger is answered from its header and the
+//! connection closed, its body never read.
 //! Before login that courtesy ends at a few KiB: a larger request is refused unread and the
 //! connection closed, so a stranger cannot make the broker read, let alone buffer, their bytes.
 
