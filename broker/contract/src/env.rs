@@ -42,6 +42,26 @@ pub const TIERING_S3_SECRET_ACCESS_KEY: &str = "IGGY_TIERING_S3_SECRET_ACCESS_KE
 pub const TIERING_LOCAL_RETENTION: &str = "IGGY_TIERING_LOCAL_RETENTION";
 pub const TIERING_L2_ENABLED: &str = "IGGY_TIERING_L2_ENABLED";
 pub const TIERING_L1_SIZE: &str = "IGGY_TIERING_L1_SIZE";
+/// The tiering variables above are the operator's names for keys of the broker's nested
+/// `[tiering.l2]` / `[tiering.l3]` sections: the broker renames a variable starting with the
+/// first string of a pair to start with the second before reading it.
+pub const TIERING_ALIASES: [(&str, &str); 2] = [
+    ("IGGY_TIERING_S3_", "IGGY_TIERING_L3_"),
+    (
+        "IGGY_TIERING_LOCAL_RETENTION",
+        "IGGY_TIERING_L2_LOCAL_RETENTION",
+    ),
+];
+
+/// `name` under the broker's own key names (see [`TIERING_ALIASES`]).
+pub fn canonical_broker_variable(name: &str) -> std::borrow::Cow<'_, str> {
+    for (alias, canonical) in TIERING_ALIASES {
+        if let Some(rest) = name.strip_prefix(alias) {
+            return format!("{canonical}{rest}").into();
+        }
+    }
+    name.into()
+}
 
 // The pod's identity, from the downward API; both containers get them.
 pub const POD_NAME: &str = "POD_NAME";
@@ -81,6 +101,34 @@ mod tests {
                 })
             });
             assert!(found, "{variable} names no key of defaults.toml");
+        }
+    }
+
+    #[test]
+    fn the_operators_tiering_variables_name_keys_of_the_nested_sections() {
+        let defaults: toml::Table = crate::defaults::BROKER_DEFAULTS.parse().expect("TOML");
+        let tiering = defaults["tiering"].as_table().expect("[tiering]");
+        for variable in [
+            TIERING_S3_BUCKET,
+            TIERING_S3_REGION,
+            TIERING_S3_PREFIX,
+            TIERING_S3_ENDPOINT,
+            TIERING_S3_FORCE_PATH_STYLE,
+            TIERING_S3_ACCESS_KEY_ID,
+            TIERING_S3_SECRET_ACCESS_KEY,
+            TIERING_LOCAL_RETENTION,
+            TIERING_L2_ENABLED,
+        ] {
+            let canonical = canonical_broker_variable(variable).to_ascii_lowercase();
+            let rest = canonical.strip_prefix("iggy_tiering_").expect("tiering");
+            let (level, key) = rest.split_at(2);
+            let key = key.trim_start_matches('_');
+            assert!(
+                tiering[level]
+                    .as_table()
+                    .is_some_and(|t| t.contains_key(key)),
+                "{variable} names no key of [tiering.{level}]"
+            );
         }
     }
 }

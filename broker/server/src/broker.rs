@@ -43,6 +43,8 @@ pub struct Broker {
     pub memory: MemoryBudget,
     /// Failed-login throttling (see `security::throttle`).
     pub logins: LoginThrottle,
+    /// Tiered storage, when an object store (L3) is configured (see `tiering`).
+    pub tiering: Option<Arc<crate::tiering::Tiering>>,
 }
 
 /// What boot found worth telling the operator.
@@ -163,7 +165,9 @@ impl Broker {
             base: config.auth.throttle_base.0,
             max: config.auth.throttle_max.0,
         });
+        let tiering = crate::tiering::Tiering::from_config(&config).map(Arc::new);
         let broker = Arc::new(Broker {
+            tiering,
             metrics: Metrics::new(),
             clients: Clients::default(),
             started_at: now_micros(),
@@ -216,7 +220,32 @@ impl Broker {
         if let Some(cluster) = self.cluster_status() {
             cluster.render_metrics(&mut body);
         }
+        if let Some(tiering) = &self.tiering {
+            tiering.health.render(&mut body);
+        }
         body
+    }
+
+    /// The object store's segments of a partition that its manifest stopped naming: their
+    /// objects are deleted by the tiering loop.
+    pub fn drop_tiered(
+        &self,
+        partition_dir: &std::path::Path,
+        segments: Vec<iggy_tiering::TieredSegment>,
+    ) {
+        if let Some(tiering) = &self.tiering {
+            tiering.drop_segments(partition_dir, segments);
+        }
+    }
+
+    /// A stream's, topic's or partition's directory is being deleted: so are its objects.
+    pub fn drop_tiered_tree(&self, dir: &std::path::Path) {
+        let (Some(tiering), Ok(relative)) =
+            (&self.tiering, dir.strip_prefix(&self.config.system.path))
+        else {
+            return;
+        };
+        tiering.drop_tree(&relative.to_string_lossy());
     }
 
     /// Who orders and applies state changes (see `submit/`).

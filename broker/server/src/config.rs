@@ -28,6 +28,118 @@ pub struct Config {
     pub replication: ReplicationConfig,
     pub logging: LoggingConfig,
     pub telemetry: TelemetryConfig,
+    pub tiering: TieringConfig,
+    pub data_maintenance: DataMaintenanceConfig,
+}
+
+/// Tiered storage (`[tiering]`, docs/tiering.md); [`Config::tier_target`] resolves where L3 is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TieringConfig {
+    pub interval: HumanDuration,
+    pub l2: L2Config,
+    pub l3: L3Config,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L2Config {
+    pub enabled: bool,
+    pub local_retention: Limit<HumanDuration>,
+    pub local_max_size: Limit<ByteSize>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L3Config {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint: String,
+    pub prefix: String,
+    pub force_path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub directory: PathBuf,
+    pub upload_concurrency: u32,
+    pub cache_size: ByteSize,
+    pub read_ahead: ByteSize,
+}
+
+impl fmt::Debug for L3Config {
+    /// Never print the secret key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("L3Config")
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("prefix", &self.prefix)
+            .field("directory", &self.directory)
+            .field("secret_access_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// The seed's `[data_maintenance.archiver]`, another way to set L3.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataMaintenanceConfig {
+    pub archiver: ArchiverConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiverConfig {
+    pub enabled: bool,
+    pub kind: ArchiverKind,
+    pub disk: ArchiverDisk,
+    pub s3: ArchiverS3,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiverKind {
+    Disk,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiverDisk {
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiverS3 {
+    pub key_id: String,
+    pub key_secret: String,
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+}
+
+impl fmt::Debug for ArchiverS3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArchiverS3")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("key_secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where sealed segments go (L3), resolved from `[tiering.l3]` or the archiver alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TierTarget {
+    S3 {
+        settings: iggy_tiering::S3Settings,
+        prefix: String,
+    },
+    Directory {
+        path: PathBuf,
+        prefix: String,
+    },
 }
 
 /// OTLP export (`[telemetry]`); the `OTEL_*` environment overlays it (`iggy_telemetry::settings`).
@@ -421,7 +533,129 @@ impl Config {
         if self.system.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("system.path must not be empty".into()));
         }
+        self.validate_tiering()
+    }
+
+    fn validate_tiering(&self) -> Result<(), ConfigError> {
+        let target = self.tier_target()?;
+        if matches!(target, Some(TierTarget::S3 { .. })) && !cfg!(feature = "s3") {
+            return Err(ConfigError::Invalid(
+                "tiering to S3 needs a broker built with the `s3` feature".into(),
+            ));
+        }
+        let l2 = &self.tiering.l2;
+        let l3 = &self.tiering.l3;
+        if !l2.enabled {
+            return Err(ConfigError::Invalid(match target {
+                None => "tiering.l2.enabled = false leaves no tier that can hold data: set an \
+                         L3 bucket (tiering.l3.bucket) or keep L2 on"
+                    .into(),
+                Some(_) => "tiering.l2.enabled = false (segments only in the object store) is \
+                            not supported yet: keep L2 on and bound it with \
+                            tiering.l2.local_retention or local_max_size"
+                    .into(),
+            }));
+        }
+        if target.is_none() && (l2.local_retention.0.is_some() || l2.local_max_size.0.is_some()) {
+            return Err(ConfigError::Invalid(
+                "tiering.l2.local_retention and local_max_size evict segments that L3 holds, but \
+                 no L3 is configured (tiering.l3.bucket or directory)"
+                    .into(),
+            ));
+        }
+        if l3.upload_concurrency == 0 || l3.upload_concurrency > 64 {
+            return Err(ConfigError::Invalid(
+                "tiering.l3.upload_concurrency must be between 1 and 64".into(),
+            ));
+        }
+        if l3.read_ahead.0 > l3.cache_size.0 {
+            return Err(ConfigError::Invalid(
+                "tiering.l3.read_ahead must not exceed tiering.l3.cache_size".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Where L3 is, if anywhere: `[tiering.l3]` (a bucket, or a directory) or the seed's
+    /// `[data_maintenance.archiver]` — not both.
+    pub fn tier_target(&self) -> Result<Option<TierTarget>, ConfigError> {
+        let l3 = &self.tiering.l3;
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if l3.prefix.split('/').any(|part| part == "..") {
+            return invalid("tiering.l3.prefix must not contain '..'");
+        }
+        let archiver = &self.data_maintenance.archiver;
+        let from_l3 = match (l3.bucket.is_empty(), l3.directory.as_os_str().is_empty()) {
+            (true, true) => None,
+            (false, false) => {
+                return invalid("set tiering.l3.bucket or tiering.l3.directory, not both")
+            }
+            (false, true) => {
+                if l3.access_key_id.is_empty() != l3.secret_access_key.is_empty() {
+                    return invalid(
+                        "tiering.l3.access_key_id and secret_access_key must be set together",
+                    );
+                }
+                if l3.region.is_empty() {
+                    return invalid("tiering.l3.region must not be empty");
+                }
+                Some(TierTarget::S3 {
+                    settings: iggy_tiering::S3Settings {
+                        bucket: l3.bucket.clone(),
+                        region: l3.region.clone(),
+                        endpoint: l3.endpoint.clone(),
+                        force_path_style: l3.force_path_style,
+                        access_key_id: l3.access_key_id.clone(),
+                        secret_access_key: l3.secret_access_key.clone(),
+                    },
+                    prefix: l3.prefix.clone(),
+                })
+            }
+            (true, false) => Some(TierTarget::Directory {
+                path: l3.directory.clone(),
+                prefix: l3.prefix.clone(),
+            }),
+        };
+        if !archiver.enabled {
+            return Ok(from_l3);
+        }
+        if from_l3.is_some() {
+            return invalid(
+                "data_maintenance.archiver and tiering.l3 both configure the object store: use one",
+            );
+        }
+        match archiver.kind {
+            ArchiverKind::Disk if archiver.disk.path.as_os_str().is_empty() => {
+                invalid("data_maintenance.archiver.kind = \"disk\" needs disk.path")
+            }
+            ArchiverKind::Disk => Ok(Some(TierTarget::Directory {
+                path: archiver.disk.path.clone(),
+                prefix: l3.prefix.clone(),
+            })),
+            ArchiverKind::S3 if archiver.s3.bucket.is_empty() => {
+                invalid("data_maintenance.archiver.kind = \"s3\" needs s3.bucket")
+            }
+            ArchiverKind::S3 => {
+                let s3 = &archiver.s3;
+                Ok(Some(TierTarget::S3 {
+                    settings: iggy_tiering::S3Settings {
+                        bucket: s3.bucket.clone(),
+                        region: if s3.region.is_empty() {
+                            "us-east-1".into()
+                        } else {
+                            s3.region.clone()
+                        },
+                        endpoint: s3.endpoint.clone(),
+                        // The seed's archiver has no such key; servers reached at a custom
+                        // endpoint (MinIO and the like) mostly need path-style addressing.
+                        force_path_style: !s3.endpoint.is_empty(),
+                        access_key_id: s3.key_id.clone(),
+                        secret_access_key: s3.key_secret.clone(),
+                    },
+                    prefix: l3.prefix.clone(),
+                }))
+            }
+        }
     }
 }
 
@@ -444,6 +678,7 @@ fn apply_env(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     for (name, value) in env {
+        let name = iggy_contract::env::canonical_broker_variable(&name).into_owned();
         let Some(rest) = name.strip_prefix("IGGY_") else {
             continue;
         };
@@ -473,7 +708,7 @@ fn apply_env(
         };
         let env_error = |reason: String| ConfigError::Env {
             name: name.clone(),
-            value: if key.contains("password") {
+            value: if key.contains("password") || key.contains("secret") {
                 "<redacted>".into()
             } else {
                 value.clone()
@@ -633,6 +868,100 @@ mod tests {
         assert_eq!(defaults.retention.message_expiry, Limit(None));
         assert_eq!(defaults.retention.max_topic_size, Limit(None));
         assert!(Config::load(None, env(&[("IGGY_RETENTION_MESSAGE_EXPIRY", "soon")])).is_err());
+    }
+
+    #[test]
+    fn tiering_reads_the_operators_variables_and_the_archiver_alias() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("IGGY_TIERING_S3_BUCKET", "segments"),
+                ("IGGY_TIERING_S3_ENDPOINT", "http://s3:9000"),
+                ("IGGY_TIERING_S3_FORCE_PATH_STYLE", "true"),
+                ("IGGY_TIERING_S3_PREFIX", "iggy/u-1/"),
+                ("IGGY_TIERING_S3_ACCESS_KEY_ID", "AKIA"),
+                ("IGGY_TIERING_S3_SECRET_ACCESS_KEY", "hunter2"),
+                ("IGGY_TIERING_LOCAL_RETENTION", "30s"),
+                ("IGGY_TIERING_L2_ENABLED", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let Some(TierTarget::S3 { settings, prefix }) = config.tier_target().unwrap() else {
+            panic!("S3 expected");
+        };
+        assert_eq!(settings.bucket, "segments");
+        assert!(settings.force_path_style);
+        assert_eq!(prefix, "iggy/u-1/");
+        assert_eq!(
+            config.tiering.l2.local_retention,
+            Limit(Some(HumanDuration(Duration::from_secs(30))))
+        );
+        let bad = Config::load(
+            None,
+            env(&[("IGGY_TIERING_S3_SECRET_ACCESS_KEYS", "hunter2")]),
+        )
+        .unwrap_err();
+        assert!(!bad.to_string().contains("hunter2"), "{bad}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(
+            &file,
+            "[data_maintenance.archiver]\nenabled = true\nkind = \"disk\"\n\
+             [data_maintenance.archiver.disk]\npath = \"/archive\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), Vec::new()).unwrap();
+        assert_eq!(
+            config.tier_target().unwrap(),
+            Some(TierTarget::Directory {
+                path: "/archive".into(),
+                prefix: String::new()
+            })
+        );
+        let both = Config::load(Some(&file), env(&[("IGGY_TIERING_S3_BUCKET", "b")]));
+        assert!(both.unwrap_err().to_string().contains("use one"));
+    }
+
+    #[test]
+    fn tier_combinations_that_cannot_hold_data_are_refused() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("IGGY_TIERING_L2_ENABLED", "false")],
+                "no tier that can hold data",
+            ),
+            (
+                &[
+                    ("IGGY_TIERING_L2_ENABLED", "false"),
+                    ("IGGY_TIERING_S3_BUCKET", "b"),
+                ],
+                "not supported yet",
+            ),
+            (
+                &[("IGGY_TIERING_LOCAL_RETENTION", "1d")],
+                "no L3 is configured",
+            ),
+            (
+                &[
+                    ("IGGY_TIERING_S3_BUCKET", "b"),
+                    ("IGGY_TIERING_S3_ACCESS_KEY_ID", "a"),
+                ],
+                "set together",
+            ),
+            (
+                &[
+                    ("IGGY_TIERING_S3_BUCKET", "b"),
+                    ("IGGY_TIERING_L3_DIRECTORY", "/x"),
+                ],
+                "not both",
+            ),
+            (&[("IGGY_TIERING_S3_PREFIX", "a/../b")], "'..'"),
+        ];
+        for (vars, expected) in cases {
+            let err = Config::load(None, env(vars)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{vars:?}: {err}");
+        }
     }
 
     #[test]

@@ -99,6 +99,14 @@ pub enum BrokerError {
     NoPrimary(std::time::Duration),
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
+    /// Reading a segment that only the object store holds failed.
+    #[error("tiered data could not be read: {0}")]
+    Tier(iggy_tiering::StoreError),
+    #[error(
+        "partition {0} has segments in an object store, but none is configured \
+         (tiering.l3): they cannot be read"
+    )]
+    TierMissing(u32),
 }
 
 impl BrokerError {
@@ -155,12 +163,22 @@ impl BrokerError {
             NoPrimary(_) => ErrorCode::DISCONNECTED,
             Storage(StorageError::CorruptRead { .. }) => ErrorCode::INVALID_MESSAGE_CHECKSUM,
             Storage(_) => ErrorCode::ERROR,
+            Tier(iggy_tiering::StoreError::Corrupt { .. }) => ErrorCode::INVALID_MESSAGE_CHECKSUM,
+            // Iggy has no status for "stored elsewhere and unreachable"; the generic error
+            // makes SDKs retry the poll, and the log line names the store and the cause.
+            Tier(_) | TierMissing(_) => ErrorCode::ERROR,
         }
     }
 
     /// Server-side failures are logged at error level; client mistakes are not.
     pub fn is_server_fault(&self) -> bool {
-        matches!(self, BrokerError::Append(_) | BrokerError::Storage(_))
+        matches!(
+            self,
+            BrokerError::Append(_)
+                | BrokerError::Storage(_)
+                | BrokerError::Tier(_)
+                | BrokerError::TierMissing(_)
+        )
     }
 }
 

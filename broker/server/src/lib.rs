@@ -20,3 +20,4 @@ pub mod state;
 pub mod storage;
 pub mod submit;
 pub mod telemetry;
+pub mod tiering;

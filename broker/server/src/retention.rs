@@ -71,11 +71,11 @@ pub fn run_pass_at(broker: &Broker, now: u64) -> CleanupReport {
                         last_timestamp.saturating_add(topic.expiry) <= now
                     })
                     .count();
-                report.add(delete_oldest(partition, expired));
+                report.add(delete_oldest(broker, partition, expired));
             }
         }
         if topic.max_size != u64::MAX {
-            report.add(trim_to_size(topic));
+            report.add(trim_to_size(broker, topic));
         }
     }
     if report.segments > 0 {
@@ -91,7 +91,7 @@ pub fn run_pass_at(broker: &Broker, now: u64) -> CleanupReport {
 
 /// Deletes the oldest sealed segment of whichever partition holds the oldest data, until the
 /// topic fits or only active segments remain.
-fn trim_to_size(topic: &TopicView) -> CleanupReport {
+fn trim_to_size(broker: &Broker, topic: &TopicView) -> CleanupReport {
     let mut report = CleanupReport::default();
     loop {
         let size: u64 = topic.partitions.iter().map(|p| p.log().size_bytes()).sum();
@@ -111,24 +111,34 @@ fn trim_to_size(topic: &TopicView) -> CleanupReport {
         let Some((_, partition)) = oldest else {
             return report;
         };
-        report.add(delete_oldest(&partition, 1));
+        report.add(delete_oldest(broker, &partition, 1));
     }
 }
 
-fn delete_oldest(partition: &Partition, count: usize) -> CleanupReport {
+/// Segments only the object store holds go first (their objects are deleted by the tiering
+/// loop once the store's manifest no longer names them), then local ones.
+fn delete_oldest(broker: &Broker, partition: &Partition, count: usize) -> CleanupReport {
     if count == 0 {
         return CleanupReport::default();
     }
     let (dir, removed) = {
         let mut log = partition.log();
-        (log.dir().to_owned(), log.take_oldest_segments(count))
+        let dir = log.dir().to_owned();
+        match log.take_oldest_segments(count) {
+            Ok(removed) => (dir, removed),
+            Err(e) => {
+                tracing::error!(error = %e, "retention could not update the tier manifest");
+                return CleanupReport::default();
+            }
+        }
     };
     let report = CleanupReport {
-        segments: removed.len(),
-        messages: removed.iter().map(|s| s.index.len() as u64).sum(),
-        bytes: removed.iter().map(|s| s.size).sum(),
+        segments: removed.segments,
+        messages: removed.messages,
+        bytes: removed.bytes,
     };
-    if let Err(e) = remove_segment_files(&dir, &removed) {
+    broker.drop_tiered(&dir, removed.tiered);
+    if let Err(e) = remove_segment_files(&dir, &removed.local) {
         // The segments are already gone from the log; the files are orphans, harmless but
         // worth a look.
         tracing::error!(error = %e, "could not remove deleted segment files");

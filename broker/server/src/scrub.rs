@@ -27,7 +27,7 @@ pub async fn run(broker: Arc<Broker>) {
         for partition in broker.all_partitions() {
             let (first, sealed_end) = {
                 let log = partition.log();
-                (log.first_offset(), log.sealed_end())
+                (log.local_first_offset(), log.sealed_end())
             };
             let Some(mut next) = first else {
                 continue;

@@ -92,6 +92,7 @@ pub(super) fn delete(broker: &Broker, user: Option<u32>, id: &Identifier) -> Res
     // The metadata no longer names the directory; a failure here leaves an orphan that the next
     // create at this id removes.
     let dir = metadata::stream_dir(&broker.config.system.path, target);
+    broker.drop_tiered_tree(&dir);
     if let Err(e) = metadata::remove_tree(&dir) {
         tracing::warn!(error = %e, "deleted stream's directory could not be removed");
     }
@@ -109,5 +110,5 @@ pub(super) fn purge(broker: &Broker, user: Option<u32>, id: &Identifier) -> Resu
             .flat_map(|t| t.partitions.iter().cloned())
             .collect()
     };
-    purge_partitions(&partitions)
+    purge_partitions(broker, &partitions)
 }

@@ -180,6 +180,7 @@ pub(super) fn delete(
         .clients
         .forget_groups(|(s, t, _)| (*s, *t) == (stream_num, topic_num));
     let dir = metadata::topic_dir(&broker.config.system.path, stream_num, topic_num);
+    broker.drop_tiered_tree(&dir);
     if let Err(e) = metadata::remove_tree(&dir) {
         tracing::warn!(error = %e, "deleted topic's directory could not be removed");
     }
@@ -198,13 +199,17 @@ pub(super) fn purge(
         catalog.authorize(user, Access::ManageTopic(s.id, Some(t.id)))?;
         t.partitions.clone()
     };
-    purge_partitions(&partitions)
+    purge_partitions(broker, &partitions)
 }
 
 /// Empties partitions: messages and stored consumer offsets go, offsets restart at 0.
-pub(super) fn purge_partitions(partitions: &[Arc<Partition>]) -> Result<()> {
+pub(super) fn purge_partitions(broker: &Broker, partitions: &[Arc<Partition>]) -> Result<()> {
     for partition in partitions {
-        partition.log().purge()?;
+        let (dir, tiered) = {
+            let mut log = partition.log();
+            (log.dir().to_owned(), log.purge()?)
+        };
+        broker.drop_tiered(&dir, tiered);
         partition.offsets(ConsumerKind::Consumer).clear()?;
         partition.offsets(ConsumerKind::Group).clear()?;
     }
@@ -279,6 +284,7 @@ pub(super) fn delete_partitions(
             topic_num,
             partition.id,
         );
+        broker.drop_tiered_tree(&dir);
         if let Err(e) = metadata::remove_tree(&dir) {
             tracing::warn!(error = %e, "deleted partition's directory could not be removed");
         }
@@ -316,9 +322,10 @@ pub(super) fn delete_segments(
         let mut log = partition.log();
         (
             log.dir().to_owned(),
-            log.take_oldest_segments(count as usize),
+            log.take_oldest_segments(count as usize)?,
         )
     };
-    remove_segment_files(&dir, &removed)?;
+    broker.drop_tiered(&dir, removed.tiered);
+    remove_segment_files(&dir, &removed.local)?;
     Ok(())
 }

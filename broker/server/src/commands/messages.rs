@@ -105,12 +105,30 @@ pub async fn poll(
         PollingStrategy::Next => partition.offsets(resolved.kind).get(&resolved.key),
         _ => None,
     };
+    // A timestamp below the local window is found in the tiered segment's index.
+    let remote_time = match strategy {
+        PollingStrategy::Timestamp(ts) => partition
+            .log()
+            .remote_segment_at_or_after(ts)
+            .map(|segment| (segment, ts)),
+        _ => None,
+    };
+    let remote_start = match (remote_time, &broker.tiering) {
+        (Some((segment, ts)), Some(tiering)) => {
+            let base = crate::storage::tiered::key_base(partition.log().dir());
+            tiering
+                .offset_at_or_after(&base, &segment, ts)
+                .await
+                .map_err(BrokerError::Tier)?
+        }
+        _ => None,
+    };
     let start = {
         let log = partition.log();
         let first = log.first_offset();
         let start = match strategy {
             PollingStrategy::Offset(offset) => first.map(|f| offset.max(f)),
-            PollingStrategy::Timestamp(ts) => log.offset_at_or_after(ts),
+            PollingStrategy::Timestamp(ts) => remote_start.or_else(|| log.offset_at_or_after(ts)),
             PollingStrategy::First => first,
             PollingStrategy::Last => {
                 first.map(|f| log.next_offset().saturating_sub(count as u64).max(f))
@@ -129,12 +147,27 @@ pub async fn poll(
         .reserve_available(broker.config.storage.max_poll_bytes.0);
     let max_bytes = reserved.bytes() as usize;
     let start = start.filter(|_| max_bytes > 0);
-    let (plan, current_offset) = match start {
+    let (mut plan, current_offset) = match start {
         Some(start) if count > 0 => partition.plan_read(start, count, max_bytes),
         _ => (Default::default(), partition.log().current_offset()),
     };
+    let mut remote_frames = Vec::new();
+    if let Some(remote) = plan.remote.take() {
+        // Below the local window: the object store serves it; the header needs its count.
+        let Some(tiering) = &broker.tiering else {
+            return Err(BrokerError::TierMissing(partition.id));
+        };
+        let served = tiering
+            .read(&remote, &mut remote_frames)
+            .await
+            .map_err(BrokerError::Tier)?;
+        plan.count = served.count;
+        plan.bytes = served.bytes;
+    }
     body.extend_from_slice(&poll_header(partition.id, current_offset, plan.count));
     let frames_start = body.len();
+    body.extend_from_slice(&remote_frames);
+    drop(remote_frames);
     // Only what this response needs stays reserved: a small poll must not hold a large share.
     reserved.shrink_to(plan.bytes as u64);
     session.response_budget = reserved;

@@ -65,8 +65,11 @@ fn route(broker: &Broker, peer: SocketAddr, method: &Method, path: &str) -> Resp
     }
     match path {
         "/health" => text(StatusCode::OK, "ok\n".into()),
-        "/ready" if broker.is_ready() => text(StatusCode::OK, "ready\n".into()),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/ready" if broker.is_ready() => text(StatusCode::OK, ready_details(broker, "ready")),
+        "/ready" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ready_details(broker, "not ready"),
+        ),
         "/metrics" => {
             let body = broker.render_metrics();
             let mut response = text(StatusCode::OK, body);
@@ -78,6 +81,15 @@ fn route(broker: &Broker, peer: SocketAddr, method: &Method, path: &str) -> Resp
         }
         admin::STATUS_PATH => json(StatusCode::OK, &broker.admin_status()),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// The `/ready` body: the verdict, then details that do not decide it (a broker whose object
+/// store is down still serves from local disk, so tiering health is reported, not gated on).
+fn ready_details(broker: &Broker, verdict: &str) -> String {
+    match &broker.tiering {
+        Some(tiering) => format!("{verdict}\ntiering: {}\n", tiering.health.summary()),
+        None => format!("{verdict}\n"),
     }
 }
 

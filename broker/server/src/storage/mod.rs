@@ -13,6 +13,7 @@ pub mod offsets;
 pub mod partition_log;
 pub mod recovery;
 pub mod segment;
+pub mod tiered;
 
 use std::path::PathBuf;
 

@@ -7,8 +7,9 @@ use super::checkpoint::Checkpoint;
 use super::descriptors::SegmentFile;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{IndexEntry, Segment};
-use super::{fsutil, IoContext, StorageError};
-use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader};
+use super::{fsutil, tiered, IoContext, StorageError};
+use iggy_tiering::{Manifest, TieredSegment};
+use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader, INDEX_ENTRY_SIZE};
 use std::path::{Path, PathBuf};
 
 pub struct PartitionLog {
@@ -25,6 +26,48 @@ pub struct PartitionLog {
     /// The checkpoint on disk, as far as this process knows: when it still describes the log,
     /// a clean shutdown has nothing to sync or write for this partition.
     checkpointed: Option<Checkpoint>,
+    /// The sealed segments the object store holds (`storage::tiered`). Those below the first
+    /// local segment exist only there; the others are on local disk too.
+    tiered: Manifest,
+    /// Bumped by every change of `tiered`, so the tiering loop knows when the store's copy of
+    /// the manifest is behind.
+    tiered_version: u64,
+}
+
+/// A read of a segment that only the object store holds; `storage` has no access to the
+/// store, so the poll path performs it (`tiering::TierReader`).
+#[derive(Debug, Clone)]
+pub struct RemoteRead {
+    /// `streams/<s>/topics/<t>/partitions/<p>`.
+    pub key_base: String,
+    pub segment: TieredSegment,
+    pub offset: u64,
+    pub count: u32,
+    pub max_bytes: usize,
+}
+
+/// A sealed local segment the object store does not hold yet.
+#[derive(Debug, Clone)]
+pub struct UploadCandidate {
+    pub key_base: String,
+    pub log_path: PathBuf,
+    /// The segment's index as the broker holds it (the `.index` file may lag after a crash;
+    /// memory is what recovery verified).
+    pub index: Vec<u8>,
+    pub segment: TieredSegment,
+}
+
+/// What retention took off the log: local segments whose files the caller unlinks, and
+/// segments the object store held, whose objects go once the store's manifest no longer
+/// names them.
+#[derive(Default)]
+pub struct Detached {
+    pub local: Vec<Segment>,
+    pub tiered: Vec<TieredSegment>,
+    /// Segments taken in all, local or not.
+    pub segments: usize,
+    pub messages: u64,
+    pub bytes: u64,
 }
 
 /// What an append did.
@@ -51,6 +94,9 @@ pub struct ReadPlan {
     pub chunks: Vec<ReadChunk>,
     pub count: u32,
     pub bytes: usize,
+    /// Set instead of chunks when the offset is below the local window: the messages are in
+    /// the object store, and `count`/`bytes` are known only once they are read.
+    pub remote: Option<RemoteRead>,
 }
 
 impl ReadPlan {
@@ -78,11 +124,16 @@ impl ReadPlan {
 /// match (a flipped byte would otherwise be served as a valid message). Boot verifies only what
 /// follows the last clean checkpoint, so this is what catches rot in older data.
 fn verify_frames(bytes: &[u8], chunk: &ReadChunk) -> Result<(), StorageError> {
+    verify_frames_at(bytes, &chunk.path, chunk.position)
+}
+
+/// [`verify_frames`] for bytes read from `path` at `position` (also objects read back from L3).
+pub fn verify_frames_at(bytes: &[u8], path: &Path, position: u64) -> Result<(), StorageError> {
     let mut at = 0usize;
     while at < bytes.len() {
         let damaged = |reason| StorageError::CorruptRead {
-            path: chunk.path.clone(),
-            position: chunk.position + at as u64,
+            path: path.to_owned(),
+            position: position + at as u64,
             reason,
         };
         let header =
@@ -137,10 +188,57 @@ impl PartitionLog {
         sync_on_roll: bool,
     ) -> Result<(Self, RecoveryReport), StorageError> {
         std::fs::create_dir_all(dir).at(dir)?;
-        let (segments, report) = recovery::recover(dir)?;
+        let tiered = tiered::load(dir)?;
+        let (segments, report) = recovery::recover(dir, tiered.end().unwrap_or(0))?;
         let mut log = Self::from_segments(dir, segments, segment_size, sync_on_roll);
         log.checkpointed = report.checkpoint;
+        log.adopt_tiered(tiered)?;
         Ok((log, report))
+    }
+
+    /// Takes the tier manifest found at boot: the segments it names below the first local
+    /// one must end exactly where the local ones start, and those it names at or above it must
+    /// be local segments — anything else means files were lost or moved by hand.
+    fn adopt_tiered(&mut self, tiered: Manifest) -> Result<(), StorageError> {
+        let local_start = self.local_start();
+        let inconsistent = |reason: String| StorageError::BadMetadata {
+            path: self.dir.join(tiered::FILE_NAME),
+            reason,
+        };
+        let remote: Vec<&TieredSegment> = tiered
+            .segments
+            .iter()
+            .filter(|s| s.start_offset < local_start)
+            .collect();
+        if let Some(last) = remote.last() {
+            if last.next_offset != local_start {
+                return Err(inconsistent(format!(
+                    "the object store's segments end at offset {}, but the local segments \
+                     start at {local_start}",
+                    last.next_offset
+                )));
+            }
+        }
+        for segment in tiered
+            .segments
+            .iter()
+            .filter(|s| s.start_offset >= local_start)
+        {
+            let local = self
+                .segments
+                .iter()
+                .find(|l| l.start_offset == segment.start_offset);
+            if local.map(|l| l.next_offset()) != Some(segment.next_offset) {
+                return Err(inconsistent(format!(
+                    "segment {} is named by the manifest but not held locally as it says",
+                    segment.start_offset
+                )));
+            }
+        }
+        self.messages_count += remote.iter().map(|s| s.messages()).sum::<u64>();
+        self.size_bytes += remote.iter().map(|s| s.log_size).sum::<u64>();
+        self.tiered = tiered;
+        Ok(())
     }
 
     fn from_segments(
@@ -166,6 +264,8 @@ impl PartitionLog {
             size_bytes,
             write_seq: 0,
             checkpointed: None,
+            tiered: Manifest::new(),
+            tiered_version: 0,
         }
     }
 
@@ -193,10 +293,37 @@ impl PartitionLog {
     }
 
     pub fn first_offset(&self) -> Option<u64> {
+        if let Some(remote) = self.remote_segments().first() {
+            return Some(remote.start_offset);
+        }
+        self.local_first_offset()
+    }
+
+    /// The first offset held on local disk.
+    pub fn local_first_offset(&self) -> Option<u64> {
         self.segments
             .iter()
             .find(|s| !s.is_empty())
             .map(|s| s.start_offset)
+    }
+
+    /// Where the local segments start: below it, segments are only in the object store.
+    pub fn local_start(&self) -> u64 {
+        self.segments[0].start_offset
+    }
+
+    /// The segments only the object store holds, oldest first.
+    pub fn remote_segments(&self) -> &[TieredSegment] {
+        let local_start = self.local_start();
+        let n = self
+            .tiered
+            .segments
+            .partition_point(|s| s.start_offset < local_start);
+        &self.tiered.segments[..n]
+    }
+
+    pub fn tiered(&self) -> (&Manifest, u64) {
+        (&self.tiered, self.tiered_version)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -281,6 +408,18 @@ impl PartitionLog {
     /// least one message when one exists, however large).
     pub fn plan_read(&self, offset: u64, count: u32, max_bytes: usize) -> ReadPlan {
         let mut plan = ReadPlan::default();
+        if offset < self.local_start() {
+            if let Some(segment) = self.tiered.find(offset) {
+                plan.remote = Some(RemoteRead {
+                    key_base: tiered::key_base(&self.dir),
+                    segment: *segment,
+                    offset,
+                    count,
+                    max_bytes,
+                });
+                return plan;
+            }
+        }
         let mut next = offset;
         let mut remaining = count as usize;
         let first = self.segments.partition_point(|s| s.next_offset() <= next);
@@ -320,7 +459,16 @@ impl PartitionLog {
         plan
     }
 
-    /// Offset of the first message stored at or after `timestamp` (µs).
+    /// The object-store segment holding the first message at or after `timestamp`, when that
+    /// message is below the local window (its exact offset needs the segment's index).
+    pub fn remote_segment_at_or_after(&self, timestamp: u64) -> Option<TieredSegment> {
+        self.remote_segments()
+            .iter()
+            .find(|s| s.last_timestamp >= timestamp)
+            .copied()
+    }
+
+    /// Offset of the first local message stored at or after `timestamp` (µs).
     pub fn offset_at_or_after(&self, timestamp: u64) -> Option<u64> {
         self.segments.iter().find_map(|s| {
             s.first_at_or_after(timestamp)
@@ -328,8 +476,14 @@ impl PartitionLog {
         })
     }
 
-    /// Deletes every message; the partition restarts empty at offset 0.
-    pub fn purge(&mut self) -> Result<(), StorageError> {
+    /// Deletes every message; the partition restarts empty at offset 0. Returns the segments
+    /// the object store held, whose objects the tiering loop then deletes.
+    pub fn purge(&mut self) -> Result<Vec<TieredSegment>, StorageError> {
+        let tiered = std::mem::replace(&mut self.tiered, Manifest::new());
+        if !tiered.segments.is_empty() {
+            self.tiered_version += 1;
+            tiered::store(&self.dir, &self.tiered)?;
+        }
         for segment in &self.segments {
             segment.remove_files()?;
         }
@@ -340,7 +494,7 @@ impl PartitionLog {
         self.messages_count = 0;
         self.size_bytes = 0;
         self.last_timestamp = 0;
-        Ok(())
+        Ok(tiered.segments)
     }
 
     /// Appends frames another replica already stamped (state sync), keeping their offsets,
@@ -475,30 +629,145 @@ impl PartitionLog {
     /// Deletes up to `count` of the oldest sealed segments — never the active one — and returns
     /// how many went. Readers holding a segment's file keep reading it until they finish.
     pub fn delete_oldest_segments(&mut self, count: usize) -> Result<usize, StorageError> {
-        let removed = self.take_oldest_segments(count);
-        remove_segment_files(&self.dir, &removed)?;
-        Ok(removed.len())
+        let removed = self.take_oldest_segments(count)?;
+        remove_segment_files(&self.dir, &removed.local)?;
+        Ok(removed.segments)
     }
 
-    /// Detaches up to `count` of the oldest sealed segments from the log (counts updated at
-    /// once) without touching their files, so the caller can unlink them after releasing the
-    /// partition lock: unlinking a large file can take milliseconds that appends need not wait.
-    pub fn take_oldest_segments(&mut self, count: usize) -> Vec<Segment> {
-        let n = count.min(self.segments.len() - 1);
-        let removed: Vec<Segment> = self.segments.drain(..n).collect();
-        for segment in &removed {
-            self.messages_count -= segment.index.len() as u64;
-            self.size_bytes -= segment.size;
+    /// Detaches up to `count` of the oldest sealed segments from the log — those only the
+    /// object store holds first, then local ones; counts updated at once — without touching
+    /// files or objects, so the caller can unlink them after releasing the partition lock:
+    /// unlinking a large file can take milliseconds that appends need not wait. The tier
+    /// manifest stops naming them before this returns.
+    pub fn take_oldest_segments(&mut self, count: usize) -> Result<Detached, StorageError> {
+        let mut detached = Detached::default();
+        let remote_held = self.remote_segments().len();
+        let remote = remote_held.min(count);
+        let local = (count - remote).min(self.segments.len() - 1);
+        for segment in &self.tiered.segments[..remote] {
+            detached.messages += segment.messages();
+            detached.bytes += segment.log_size;
         }
-        removed
+        detached.local = self.segments.drain(..local).collect();
+        detached.segments = remote + local;
+        for segment in &detached.local {
+            detached.messages += segment.index.len() as u64;
+            detached.bytes += segment.size;
+        }
+        self.messages_count -= detached.messages;
+        self.size_bytes -= detached.bytes;
+        // The first segment kept: a tiered one when not all of those were taken.
+        let first_kept = match remote < remote_held {
+            true => self.tiered.segments[remote].start_offset,
+            false => self.segments[0].start_offset,
+        };
+        detached.tiered = self.tiered.remove_below(first_kept);
+        if !detached.tiered.is_empty() {
+            self.tiered_version += 1;
+            tiered::store(&self.dir, &self.tiered)?;
+        }
+        Ok(detached)
     }
 
-    /// (last timestamp, bytes) of each sealed segment, oldest first: what retention decides on.
+    /// (last timestamp, bytes) of each sealed segment, oldest first — those only in the object
+    /// store, then the local ones: what retention decides on.
     pub fn sealed_segments(&self) -> Vec<(u64, u64)> {
+        let remote = self
+            .remote_segments()
+            .iter()
+            .map(|s| (s.last_timestamp, s.log_size));
+        let local = self.segments[..self.segments.len() - 1]
+            .iter()
+            .map(|s| (s.index.last().map_or(0, |e| e.timestamp), s.size));
+        remote.chain(local).collect()
+    }
+
+    /// Sealed local segments the object store does not hold yet, oldest first (each continues
+    /// the manifest), with their index bytes.
+    pub fn upload_candidates(&self, limit: usize) -> Vec<UploadCandidate> {
+        let sealed = &self.segments[..self.segments.len() - 1];
+        let key_base = tiered::key_base(&self.dir);
+        sealed
+            .iter()
+            .filter(|s| !s.is_empty() && !self.tiered.holds(s.start_offset))
+            .take(limit)
+            .map(|s| {
+                let mut index = Vec::with_capacity(s.index.len() * INDEX_ENTRY_SIZE);
+                for entry in &s.index {
+                    entry.encode(&mut index);
+                }
+                UploadCandidate {
+                    key_base: key_base.clone(),
+                    log_path: s.log_path.clone(),
+                    segment: TieredSegment {
+                        start_offset: s.start_offset,
+                        next_offset: s.next_offset(),
+                        log_size: s.size,
+                        index_size: index.len() as u64,
+                        first_timestamp: s.index.first().map_or(0, |e| e.timestamp),
+                        last_timestamp: s.index.last().map_or(0, |e| e.timestamp),
+                        log_checksum: 0,
+                        index_checksum: 0,
+                        uploaded_at: 0,
+                    },
+                    index,
+                }
+            })
+            .collect()
+    }
+
+    /// Sealed local segments the object store does not hold yet, and their bytes.
+    pub fn upload_lag(&self) -> (u64, u64) {
         self.segments[..self.segments.len() - 1]
             .iter()
-            .map(|s| (s.index.last().map_or(0, |e| e.timestamp), s.size))
-            .collect()
+            .filter(|s| !s.is_empty() && !self.tiered.holds(s.start_offset))
+            .fold((0, 0), |(n, bytes), s| (n + 1, bytes + s.size))
+    }
+
+    /// Records that the object store now holds `segment` (uploaded, checksums filled in): the
+    /// manifest on disk names it before this returns. A segment retention took meanwhile, or
+    /// one already recorded, is ignored.
+    pub fn record_tiered(&mut self, segment: TieredSegment) -> Result<bool, StorageError> {
+        let still_local = self.segments.iter().any(|s| {
+            s.start_offset == segment.start_offset && s.next_offset() == segment.next_offset
+        });
+        if !still_local || self.tiered.holds(segment.start_offset) {
+            return Ok(false);
+        }
+        let mut next = self.tiered.clone();
+        next.push(segment).map_err(|e| StorageError::BadMetadata {
+            path: self.dir.join(tiered::FILE_NAME),
+            reason: e.to_string(),
+        })?;
+        tiered::store(&self.dir, &next)?;
+        self.tiered = next;
+        self.tiered_version += 1;
+        Ok(true)
+    }
+
+    /// Detaches the oldest local sealed segments that the object store holds and `evict`
+    /// (given each one's manifest entry and the bytes of such segments still local, itself
+    /// included) says may go; the caller unlinks their files. Reads then come from the store.
+    pub fn evict_local(&mut self, evict: impl Fn(&TieredSegment, u64) -> bool) -> Vec<Segment> {
+        let sealed = self.segments.len() - 1;
+        let mut held_bytes: u64 = self.segments[..sealed]
+            .iter()
+            .filter(|s| self.tiered.holds(s.start_offset))
+            .map(|s| s.size)
+            .sum();
+        let mut n = 0;
+        while n < sealed {
+            let start = self.segments[n].start_offset;
+            let Some(entry) = self.tiered.find(start).filter(|e| e.start_offset == start) else {
+                break;
+            };
+            if !evict(entry, held_bytes) {
+                break;
+            }
+            held_bytes -= self.segments[n].size;
+            n += 1;
+        }
+        self.segments.drain(..n).collect()
     }
 
     /// fsyncs every segment (clean shutdown, `FlushUnsavedBuffer` with fsync).
@@ -745,6 +1014,52 @@ pub(crate) mod tests {
         let (reopened, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
         assert_eq!(reopened.messages_count(), log.messages_count());
         assert_eq!(reopened.next_offset(), 50);
+    }
+
+    /// Tiers and evicts the oldest `n` sealed segments, as the tiering loop would.
+    fn tier_oldest(log: &mut PartitionLog, n: usize) {
+        for candidate in log.upload_candidates(n) {
+            assert!(log.record_tiered(candidate.segment).unwrap());
+        }
+        let evicted = log.evict_local(|_, _| true);
+        remove_segment_files(&log.dir.clone(), &evicted).unwrap();
+    }
+
+    #[test]
+    fn tiered_segments_count_read_remotely_and_retention_takes_them_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, false).unwrap();
+        for _ in 0..30 {
+            log.append(&mut batch(5, 100), 1, || 9).unwrap();
+        }
+        let (messages, bytes) = (log.messages_count(), log.size_bytes());
+        tier_oldest(&mut log, 4);
+        assert_eq!(log.remote_segments().len(), 4);
+        assert_eq!((log.messages_count(), log.size_bytes()), (messages, bytes));
+        assert_eq!(log.first_offset(), Some(0));
+        let plan = log.plan_read(0, 10, usize::MAX);
+        assert_eq!(plan.remote.map(|r| r.segment.start_offset), Some(0));
+        // Reopened: the manifest and the local tail make the same log.
+        let (reopened, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert_eq!(reopened.remote_segments(), log.remote_segments());
+        assert_eq!(reopened.messages_count(), messages);
+        // Retention takes the oldest tiered segment only, then the rest.
+        let taken = log.take_oldest_segments(1).unwrap();
+        assert_eq!(
+            (taken.segments, taken.tiered.len(), taken.local.len()),
+            (1, 1, 0)
+        );
+        assert_eq!(log.remote_segments().len(), 3);
+        let taken = log.take_oldest_segments(4).unwrap();
+        assert_eq!(
+            (taken.segments, taken.tiered.len(), taken.local.len()),
+            (4, 3, 1)
+        );
+        remove_segment_files(dir.path(), &taken.local).unwrap();
+        assert!(log.remote_segments().is_empty());
+        assert_eq!(log.messages_count(), messages - log.first_offset().unwrap());
+        let (reopened, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert_eq!(reopened.first_offset(), log.first_offset());
     }
 
     #[test]

@@ -33,12 +33,16 @@ pub struct RecoveryReport {
     pub checkpoint: Option<Checkpoint>,
 }
 
-/// Opens every segment in `dir`, recovering as described in the module docs.
-pub fn recover(dir: &Path) -> Result<(Vec<Segment>, RecoveryReport), StorageError> {
+/// Opens every segment in `dir`, recovering as described in the module docs. A directory
+/// without segments gets an empty one at `empty_start` (0, or where the tiered ones end).
+pub fn recover(
+    dir: &Path,
+    empty_start: u64,
+) -> Result<(Vec<Segment>, RecoveryReport), StorageError> {
     let checkpoint = Checkpoint::load(dir);
     let mut starts = list_segment_starts(dir)?;
     if starts.is_empty() {
-        starts.push(0);
+        starts.push(empty_start);
     }
     let mut report = RecoveryReport {
         checkpoint,

@@ -75,6 +75,12 @@ impl TestBroker {
         broker
     }
 
+    /// Changes (or adds) a setting for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     pub fn data_path(&self) -> &Path {
         self.data.path()
     }

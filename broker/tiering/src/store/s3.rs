@@ -252,13 +252,26 @@ impl S3Store {
         self.collect(key, output.body).await
     }
 
+    /// The body of a GET. The SDK validates the checksum S3 stored with the object while it
+    /// streams the body, so a damaged object fails here — as damage, not as an outage.
     async fn collect(&self, key: &str, body: ByteStream) -> Result<Bytes, StoreError> {
         body.collect()
             .await
             .map(|data| data.into_bytes())
-            .map_err(|e| StoreError::Unreachable {
-                store: self.describe(),
-                detail: format!("reading {key}: {e}"),
+            .map_err(|e| {
+                let detail = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+                if detail.to_ascii_lowercase().contains("checksum mismatch") {
+                    StoreError::Corrupt {
+                        store: self.describe(),
+                        key: key.to_owned(),
+                        reason: detail,
+                    }
+                } else {
+                    StoreError::Unreachable {
+                        store: self.describe(),
+                        detail: format!("reading {key}: {detail}"),
+                    }
+                }
             })
     }
 

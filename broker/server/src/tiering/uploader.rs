@@ -1,0 +1,311 @@
+//! The tiering loop. Every `tiering.interval`, for each partition (at most
+//! `upload_concurrency` at once):
+//!
+//! 1. upload its sealed local segments the store does not hold, oldest first: the `.log` (in
+//!    parts when large) and the index, then record the segment in the local manifest, which is
+//!    synced before the step ends;
+//! 2. bring the store's copy of the manifest up to the local one, then delete the objects of
+//!    segments the manifest stopped naming (retention, purges) — in that order, so the store's
+//!    manifest never names a missing object;
+//! 3. once the store's manifest names them, evict local copies past the local window.
+//!
+//! A failed step is retried on a later pass with backoff (1 s doubling to a minute) per
+//! partition; nothing is evicted unless the store confirmed it holds the segment. Deleted
+//! streams, topics and partitions have their objects listed and deleted after every pass.
+
+use super::{index_key, lock, log_key, manifest_key, Tiering};
+use crate::broker::Broker;
+use crate::state::partition::Partition;
+use crate::storage::fsutil::now_micros;
+use crate::storage::partition_log::remove_segment_files;
+use crate::storage::tiered;
+use bytes::Bytes;
+use iggy_tiering::StoreError;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A partition's standing with the store.
+#[derive(Debug, Default, Clone)]
+pub struct Progress {
+    /// The manifest version the store holds (`None`: not known to hold any).
+    pub pushed: Option<u64>,
+    pub retry_at: Option<Instant>,
+    pub backoff: Duration,
+}
+
+/// Runs until the process ends.
+pub async fn run(broker: Arc<Broker>, tiering: Arc<Tiering>) {
+    let mut tick = tokio::time::interval(tiering.settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        pass(&broker, &tiering).await;
+    }
+}
+
+/// One pass over every partition, then the deleted trees. Public for tests that want to
+/// drive tiering step by step.
+pub async fn pass(broker: &Arc<Broker>, tiering: &Arc<Tiering>) {
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(
+        tiering.settings.upload_concurrency,
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for partition in broker.all_partitions() {
+        let (tiering, semaphore) = (tiering.clone(), semaphore.clone());
+        tasks.spawn(async move {
+            let Ok(_permit) = semaphore.acquire_owned().await else {
+                return;
+            };
+            tier_partition(&tiering, &partition).await;
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    update_lag(broker, tiering);
+    delete_dropped_trees(broker, tiering).await;
+}
+
+async fn tier_partition(tiering: &Tiering, partition: &Partition) {
+    let base = tiered::key_base(partition.log().dir());
+    let progress = lock(&tiering.progress)
+        .get(&base)
+        .cloned()
+        .unwrap_or_default();
+    if progress.retry_at.is_some_and(|at| Instant::now() < at) {
+        return;
+    }
+    let outcome = async {
+        upload_sealed(tiering, partition).await?;
+        let pushed = push_manifest(tiering, partition, &base, progress.pushed).await?;
+        delete_dropped_segments(tiering, &base).await?;
+        evict(tiering, partition);
+        Ok::<_, StoreError>(pushed)
+    }
+    .await;
+    let mut all = lock(&tiering.progress);
+    let entry = all.entry(base.clone()).or_default();
+    match outcome {
+        Ok(pushed) => {
+            entry.pushed = pushed;
+            entry.retry_at = None;
+            entry.backoff = Duration::ZERO;
+            if tiering.health.succeeded() {
+                tracing::info!(store = %tiering.store.describe(), "object store reachable again");
+            }
+        }
+        Err(error) => {
+            entry.backoff = (entry.backoff * 2).clamp(FIRST_BACKOFF, MAX_BACKOFF);
+            entry.retry_at = Some(Instant::now() + entry.backoff);
+            tiering
+                .health
+                .upload_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if tiering.health.failed(&error) {
+                tracing::warn!(partition = %base, %error, "tiering failed; local data is kept and the upload retried");
+            } else {
+                tracing::debug!(partition = %base, %error, "tiering failed again");
+            }
+        }
+    }
+}
+
+async fn upload_sealed(tiering: &Tiering, partition: &Partition) -> Result<(), StoreError> {
+    loop {
+        let Some(candidate) = partition.log().upload_candidates(1).pop() else {
+            return Ok(());
+        };
+        let mut segment = candidate.segment;
+        let log_key = log_key(&candidate.key_base, &segment);
+        segment.log_checksum = tiering
+            .store
+            .put_file(&log_key, &candidate.log_path, segment.log_size)
+            .await?;
+        segment.index_checksum = iggy_tiering::checksum(&candidate.index);
+        tiering
+            .store
+            .put(
+                &index_key(&candidate.key_base, &segment),
+                Bytes::from(candidate.index),
+            )
+            .await?;
+        segment.uploaded_at = now_micros();
+        let recorded = tokio::task::block_in_place(|| partition.log().record_tiered(segment));
+        match recorded {
+            Ok(true) => {
+                tiering
+                    .health
+                    .uploaded_segments
+                    .fetch_add(1, Ordering::Relaxed);
+                tiering
+                    .health
+                    .uploaded_bytes
+                    .fetch_add(segment.log_size, Ordering::Relaxed);
+                tracing::debug!(key = log_key, bytes = segment.log_size, "segment uploaded");
+            }
+            // Retention took the segment meanwhile; its objects are orphans to remove.
+            Ok(false) => {
+                let keys = [log_key, index_key(&candidate.key_base, &segment)];
+                tiering.store.delete(&keys).await?;
+            }
+            Err(error) => {
+                return Err(StoreError::Io {
+                    path: candidate.key_base,
+                    detail: error.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Puts the local manifest in the store when the store's copy is older. Returns the version
+/// the store now holds.
+async fn push_manifest(
+    tiering: &Tiering,
+    partition: &Partition,
+    base: &str,
+    pushed: Option<u64>,
+) -> Result<Option<u64>, StoreError> {
+    let (manifest, version) = {
+        let log = partition.log();
+        let (manifest, version) = log.tiered();
+        (manifest.clone(), version)
+    };
+    // An empty manifest nobody ever tiered into needs no copy in the store.
+    if pushed == Some(version) || (pushed.is_none() && version == 0 && manifest.segments.is_empty())
+    {
+        return Ok(pushed);
+    }
+    tiering
+        .store
+        .put(&manifest_key(base), Bytes::from(manifest.encode()))
+        .await?;
+    Ok(Some(version))
+}
+
+async fn delete_dropped_segments(tiering: &Tiering, base: &str) -> Result<(), StoreError> {
+    let Some(keys) = lock(&tiering.deletions).remove(base) else {
+        return Ok(());
+    };
+    match tiering.store.delete(&keys).await {
+        Ok(()) => {
+            tiering
+                .health
+                .deleted_objects
+                .fetch_add(keys.len() as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(error) => {
+            lock(&tiering.deletions)
+                .entry(base.to_owned())
+                .or_default()
+                .extend(keys);
+            Err(error)
+        }
+    }
+}
+
+/// Local copies the store holds go once they are past the local window: older than
+/// `local_retention` since their upload, or beyond `local_max_size` of such copies.
+fn evict(tiering: &Tiering, partition: &Partition) {
+    let settings = &tiering.settings;
+    if settings.local_retention.is_none() && settings.local_max_size.is_none() {
+        return;
+    }
+    let now = now_micros();
+    let (dir, evicted) = {
+        let mut log = partition.log();
+        let evicted = log.evict_local(|entry, held_bytes| {
+            let expired = settings.local_retention.is_some_and(|keep| {
+                entry.uploaded_at.saturating_add(keep.as_micros() as u64) <= now
+            });
+            let over = settings.local_max_size.is_some_and(|max| held_bytes > max);
+            expired || over
+        });
+        (log.dir().to_owned(), evicted)
+    };
+    if evicted.is_empty() {
+        return;
+    }
+    let bytes: u64 = evicted.iter().map(|s| s.size).sum();
+    match tokio::task::block_in_place(|| remove_segment_files(&dir, &evicted)) {
+        Ok(()) => {
+            tiering
+                .health
+                .evicted_segments
+                .fetch_add(evicted.len() as u64, Ordering::Relaxed);
+            tiering
+                .health
+                .evicted_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
+            tracing::debug!(dir = %dir.display(), segments = evicted.len(), bytes, "local copies evicted; the object store serves them");
+        }
+        Err(error) => tracing::warn!(%error, "evicted segment files could not be removed"),
+    }
+}
+
+fn update_lag(broker: &Broker, tiering: &Tiering) {
+    let (mut segments, mut bytes) = (0u64, 0u64);
+    for partition in broker.all_partitions() {
+        let (s, b) = partition.log().upload_lag();
+        segments += s;
+        bytes += b;
+    }
+    tiering
+        .health
+        .lag_segments
+        .store(segments, Ordering::Relaxed);
+    tiering.health.lag_bytes.store(bytes, Ordering::Relaxed);
+}
+
+/// Deletes the objects under deleted streams', topics' and partitions' prefixes — except those
+/// of partitions that exist again under the same ids (created since), whose objects are new.
+async fn delete_dropped_trees(broker: &Broker, tiering: &Tiering) {
+    let trees: Vec<String> = lock(&tiering.dropped_trees).iter().cloned().collect();
+    if trees.is_empty() {
+        return;
+    }
+    let live: Vec<String> = broker
+        .all_partitions()
+        .iter()
+        .map(|p| format!("{}/", tiered::key_base(p.log().dir())))
+        .collect();
+    for tree in trees {
+        let listed = tiering.store.list(&tree).await.map(|keys| {
+            keys.into_iter()
+                .filter(|key| !live.iter().any(|prefix| key.starts_with(prefix)))
+                .collect::<Vec<_>>()
+        });
+        let deleted = match listed {
+            Ok(keys) => tiering.store.delete(&keys).await.map(|()| keys.len()),
+            Err(error) => Err(error),
+        };
+        match deleted {
+            Ok(count) => {
+                lock(&tiering.dropped_trees).remove(&tree);
+                for base in lock(&tiering.progress).keys().cloned().collect::<Vec<_>>() {
+                    if format!("{base}/").starts_with(&tree)
+                        && !live.iter().any(|l| l == &format!("{base}/"))
+                    {
+                        lock(&tiering.progress).remove(&base);
+                    }
+                }
+                tiering
+                    .health
+                    .deleted_objects
+                    .fetch_add(count as u64, Ordering::Relaxed);
+                tracing::info!(
+                    prefix = tree,
+                    objects = count,
+                    "deleted data removed from the object store"
+                );
+            }
+            Err(error) => {
+                tiering.health.failed(&error);
+                tracing::warn!(prefix = tree, %error, "could not delete a deleted tree's objects; retrying on the next pass");
+            }
+        }
+    }
+}
