@@ -24,11 +24,15 @@ pub struct Args {
     /// Every message carries a W3C `traceparent` user header (what a traced producer sends),
     /// to measure what following trace context costs the broker.
     pub traceparent: bool,
+    /// Waits this long between producing and consuming (so that tiering can move the data to
+    /// the object store first, for instance).
+    pub consume_after: std::time::Duration,
 }
 
 const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
 [--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
-[--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit] [--traceparent]";
+[--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit] [--traceparent] \
+[--consume-after-ms 0]";
 
 impl Args {
     pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
@@ -48,6 +52,7 @@ impl Args {
             group: false,
             commit: false,
             traceparent: false,
+            consume_after: std::time::Duration::ZERO,
         };
         while let Some(flag) = raw.next() {
             let mut value = || {
@@ -70,6 +75,9 @@ impl Args {
                 "--group" => args.group = true,
                 "--commit" => args.commit = true,
                 "--traceparent" => args.traceparent = true,
+                "--consume-after-ms" => {
+                    args.consume_after = std::time::Duration::from_millis(value()?.parse()?)
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);

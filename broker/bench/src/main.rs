@@ -37,6 +37,7 @@ async fn main() -> Result<()> {
 
     let produce = run_producers(&args, &stream).await?;
     produce.print("produce", &args);
+    tokio::time::sleep(args.consume_after).await;
     if args.consume && args.group {
         admin
             .ok(Command::CreateConsumerGroup, &{

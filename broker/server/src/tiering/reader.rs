@@ -5,7 +5,7 @@
 //! finds its next poll in the cache. Every frame is verified before it is served, so a damaged
 //! object answers an error, never wrong data.
 
-use super::{index_key, log_key, Tiering};
+use super::{index_key, lock, log_key, Tiering};
 use crate::storage::partition_log::{verify_frames_at, RemoteRead};
 use crate::storage::segment::IndexEntry;
 use bytes::Bytes;
@@ -23,7 +23,13 @@ const MIN_BLOCK: u64 = 64 << 10;
 pub struct TierReader {
     cache: Mutex<Cache>,
     block: u64,
+    /// Blocks being fetched ahead of the reader, so a poll does not start a second GET of one.
+    prefetching: Mutex<std::collections::HashSet<(String, u64)>>,
 }
+
+/// Blocks fetched ahead of the last one a poll needed, in the background: a consumer reading
+/// in order then finds its next blocks in the cache instead of waiting one GET per block.
+const PREFETCH_BLOCKS: u64 = 3;
 
 /// Messages read from the store.
 pub struct Served {
@@ -104,6 +110,7 @@ impl TierReader {
                 clock: 0,
             }),
             block: read_ahead.max(MIN_BLOCK),
+            prefetching: Mutex::default(),
         }
     }
 
@@ -125,7 +132,11 @@ impl TierReader {
 impl Tiering {
     /// Appends the messages `read` asks for to `out`, exactly the bytes a local read of the
     /// same range would give.
-    pub async fn read(&self, read: &RemoteRead, out: &mut Vec<u8>) -> Result<Served, StoreError> {
+    pub async fn read(
+        self: &Arc<Self>,
+        read: &RemoteRead,
+        out: &mut Vec<u8>,
+    ) -> Result<Served, StoreError> {
         let served = self.read_verified(read, out).await;
         match &served {
             Ok(served) => {
@@ -144,7 +155,7 @@ impl Tiering {
     }
 
     async fn read_verified(
-        &self,
+        self: &Arc<Self>,
         read: &RemoteRead,
         out: &mut Vec<u8>,
     ) -> Result<Served, StoreError> {
@@ -171,6 +182,7 @@ impl Tiering {
             out.truncate(at);
             return Err(error);
         }
+        self.prefetch_after(&key, segment, end);
         let path = PathBuf::from(format!("{}/{key}", self.store.describe()));
         if let Err(error) = verify_frames_at(&out[at..], &path, start) {
             out.truncate(at);
@@ -250,6 +262,7 @@ impl Tiering {
             let number = at / block;
             let block_start = number * block;
             let slot = (key.to_owned(), number);
+            self.await_prefetch(&slot).await;
             let bytes = match self.reader.cached(&slot) {
                 Some(Cached::Block(bytes)) => {
                     self.health.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -268,6 +281,41 @@ impl Tiering {
             at = block_start + to as u64;
         }
         Ok(())
+    }
+
+    /// Waits (a bounded time) for a block that a prefetch is fetching, rather than GET it twice.
+    async fn await_prefetch(&self, slot: &(String, u64)) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while lock(&self.reader.prefetching).contains(slot) && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Starts fetching the blocks after the one holding byte `end - 1`, unless cached or
+    /// already on their way.
+    fn prefetch_after(self: &Arc<Self>, key: &str, segment: &TieredSegment, end: u64) {
+        let block = self.reader.block;
+        let last = end.saturating_sub(1) / block;
+        for number in last + 1..=last + PREFETCH_BLOCKS {
+            let block_start = number * block;
+            if block_start >= segment.log_size {
+                return;
+            }
+            let slot = (key.to_owned(), number);
+            if self.reader.cached(&slot).is_some()
+                || !lock(&self.reader.prefetching).insert(slot.clone())
+            {
+                continue;
+            }
+            let tiering = self.clone();
+            let len = block.min(segment.log_size - block_start);
+            tokio::spawn(async move {
+                if let Ok(bytes) = tiering.timed_get(&slot.0, block_start, len).await {
+                    tiering.reader.remember(slot.clone(), Cached::Block(bytes));
+                }
+                lock(&tiering.reader.prefetching).remove(&slot);
+            });
+        }
     }
 
     async fn timed_get(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
