@@ -272,15 +272,8 @@ async fn run(
     }
     tokio::spawn(broker::scrub::run(broker.clone()));
     if let Some(tiering) = broker.tiering.clone() {
-        if broker.cluster_status().is_some() {
-            tracing::warn!(
-                store = %tiering.store.describe(),
-                "tiering is not supported on a replicated broker yet: segments stay on local disk"
-            );
-        } else {
-            tracing::info!(store = %tiering.store.describe(), "tiering sealed segments to the object store");
-            tokio::spawn(broker::tiering::uploader::run(broker.clone(), tiering));
-        }
+        tracing::info!(store = %tiering.store.describe(), "tiering sealed segments to the object store");
+        tokio::spawn(broker::tiering::uploader::run(broker.clone(), tiering));
     }
     broker.metrics.report_export(telemetry.stats());
     #[cfg(feature = "otlp")]

@@ -399,3 +399,67 @@ fn tier_settings_that_cannot_hold_data_stop_the_broker_with_exit_2() {
     assert_eq!(code, 2, "{output}");
     assert!(output.contains("no tier that can hold data"), "{output}");
 }
+
+fn local_manifest(broker: &TestBroker) -> Option<Manifest> {
+    let bytes = std::fs::read(broker.partition_dir(0, 0, 0).join("tiered.json")).ok()?;
+    Some(Manifest::decode(&bytes).expect("a valid local manifest"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replicated_cluster_tiers_through_its_primary_and_every_member_reads_from_s3() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let env = tiered_env(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut cluster = common::cluster::TestCluster::start(3, &env);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    setup(&client).await;
+    produce(&client, 0, 20).await;
+    let reference = read_everything(&client).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+
+    // Every member names the same tiered segments (the operation put them in every manifest at
+    // one point of the log) and keeps only its active segment.
+    wait_for("every member tiered", Duration::from_secs(30), || {
+        let stored = stored_manifest(&server);
+        cluster
+            .brokers
+            .iter()
+            .all(|b| local_logs(b) == 1 && stored.is_some() && local_manifest(b) == stored)
+    });
+    for member in 0..3 {
+        let reader = cluster.brokers[member].client().await;
+        assert_eq!(read_everything(&reader).await, reference, "member {member}");
+        let metrics = http_get(cluster.brokers[member].http, "/metrics")
+            .unwrap()
+            .1;
+        let uploaded = metric(&metrics, "iggy_tiering_uploaded_segments_total").unwrap();
+        assert_eq!(
+            uploaded > 0.0,
+            member == primary,
+            "only the primary uploads"
+        );
+    }
+
+    // The primary dies; the new one tiers what comes next.
+    cluster.brokers[primary].kill9();
+    let alive: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
+    let next = cluster.primary(&alive, Duration::from_secs(15));
+    let client = cluster.brokers[next].client().await;
+    let before = stored_manifest(&server).unwrap().segments.len();
+    produce(&client, 20, 10).await;
+    wait_for("the new primary tiers", Duration::from_secs(30), || {
+        let stored = stored_manifest(&server);
+        stored.as_ref().is_some_and(|m| m.segments.len() > before)
+            && alive.iter().all(|&b| {
+                local_logs(&cluster.brokers[b]) == 1
+                    && local_manifest(&cluster.brokers[b]) == stored
+            })
+    });
+    let everything = read_everything(&client).await;
+    assert_eq!(everything.len(), 3000);
+    assert_eq!(&everything[..2000], &reference[..]);
+}

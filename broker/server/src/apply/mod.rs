@@ -209,6 +209,20 @@ pub fn apply(
             crate::retention::run_pass_at(broker, context.timestamp);
             done(Ok(()))
         }
+        Operation::RecordTiered {
+            stream,
+            topic,
+            partition,
+            segment,
+        } => {
+            let partition = broker.catalog().partition_by_ids(stream, topic, partition);
+            // A partition deleted since the upload has nothing to record.
+            let recorded = match partition {
+                Some(partition) => partition.log().record_tiered(segment).map(|_| ()),
+                None => Ok(()),
+            };
+            done(recorded.map_err(crate::error::BrokerError::Storage))
+        }
         Operation::ForgetNode { node, keep } => {
             groups::drop_members(broker, |id| id.node == node && Some(id.incarnation) != keep);
             done(Ok(()))

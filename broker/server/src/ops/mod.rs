@@ -175,6 +175,16 @@ pub enum Operation<'a> {
     /// are deleted (a replicated broker's primary issues it; a single node runs the pass on its
     /// own clock).
     EnforceRetention,
+    /// The object store now holds this sealed segment of the partition (ids as resolved when
+    /// the primary uploaded it): every replica's tier manifest names it from this point of the
+    /// log on, so their local copies may be evicted and reads below them go to the store. Issued
+    /// by a replicated broker's primary after the upload (a single node records it directly).
+    RecordTiered {
+        stream: u32,
+        topic: u32,
+        partition: u32,
+        segment: iggy_tiering::TieredSegment,
+    },
     // Last: serde numbers variants after a skipped one differently when encoding and decoding.
     /// Appends a batch of message frames as the client sent them; `apply` validates them
     /// against the index before writing.

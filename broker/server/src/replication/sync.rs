@@ -101,6 +101,13 @@ pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
             log.first_offset().unwrap_or(0)
         ));
     }
+    if request.from < log.local_start() {
+        return refused(format!(
+            "offsets before {} are only in the object store (tiered); state sync of tiered \
+             segments is not supported yet",
+            log.local_start()
+        ));
+    }
     let previous = match request.from.checked_sub(1) {
         None => None,
         Some(offset) => match log.checksum_of(offset) {

@@ -589,8 +589,26 @@ impl PartitionLog {
         }
         Checkpoint::remove(&self.dir);
         self.checkpointed = None;
-        self.messages_count = self.segments.iter().map(|s| s.index.len() as u64).sum();
-        self.size_bytes = self.segments.iter().map(|s| s.size).sum();
+        // A tiered segment that was cut is no longer what the store holds.
+        let tiered_before = self.tiered.segments.len();
+        self.tiered
+            .segments
+            .retain(|s| s.next_offset <= next_offset);
+        if self.tiered.segments.len() != tiered_before {
+            self.tiered_version += 1;
+            tiered::store(&self.dir, &self.tiered)?;
+        }
+        let remote: (u64, u64) = self
+            .remote_segments()
+            .iter()
+            .fold((0, 0), |(m, b), s| (m + s.messages(), b + s.log_size));
+        self.messages_count = remote.0
+            + self
+                .segments
+                .iter()
+                .map(|s| s.index.len() as u64)
+                .sum::<u64>();
+        self.size_bytes = remote.1 + self.segments.iter().map(|s| s.size).sum::<u64>();
         self.last_timestamp = self
             .segments
             .iter()

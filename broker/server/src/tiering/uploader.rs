@@ -15,10 +15,12 @@
 
 use super::{index_key, lock, log_key, manifest_key, Tiering};
 use crate::broker::Broker;
+use crate::ops::{Operation, Submission};
 use crate::state::partition::Partition;
 use crate::storage::fsutil::now_micros;
 use crate::storage::partition_log::remove_segment_files;
 use crate::storage::tiered;
+use crate::submit::Submit;
 use bytes::Bytes;
 use iggy_tiering::StoreError;
 use std::sync::atomic::Ordering;
@@ -53,22 +55,35 @@ pub async fn pass(broker: &Arc<Broker>, tiering: &Arc<Tiering>) {
     let semaphore = Arc::new(tokio::sync::Semaphore::new(
         tiering.settings.upload_concurrency,
     ));
+    let backup = broker
+        .cluster_status()
+        .is_some_and(|status| status.primary() != Some(status.position));
     let mut tasks = tokio::task::JoinSet::new();
     for partition in broker.all_partitions() {
-        let (tiering, semaphore) = (tiering.clone(), semaphore.clone());
+        let (broker, tiering, semaphore) = (broker.clone(), tiering.clone(), semaphore.clone());
         tasks.spawn(async move {
             let Ok(_permit) = semaphore.acquire_owned().await else {
                 return;
             };
-            tier_partition(&tiering, &partition).await;
+            if backup {
+                let base = tiered::key_base(partition.log().dir());
+                lock(&tiering.deletions).remove(&base);
+                evict(&tiering, &partition);
+            } else {
+                tier_partition(&broker, &tiering, &partition).await;
+            }
         });
     }
     while tasks.join_next().await.is_some() {}
     update_lag(broker, tiering);
-    delete_dropped_trees(broker, tiering).await;
+    if backup {
+        lock(&tiering.dropped_trees).clear();
+    } else {
+        delete_dropped_trees(broker, tiering).await;
+    }
 }
 
-async fn tier_partition(tiering: &Tiering, partition: &Partition) {
+async fn tier_partition(broker: &Broker, tiering: &Tiering, partition: &Partition) {
     let base = tiered::key_base(partition.log().dir());
     let progress = lock(&tiering.progress)
         .get(&base)
@@ -78,7 +93,7 @@ async fn tier_partition(tiering: &Tiering, partition: &Partition) {
         return;
     }
     let outcome = async {
-        upload_sealed(tiering, partition).await?;
+        upload_sealed(broker, tiering, partition).await?;
         let pushed = push_manifest(tiering, partition, &base, progress.pushed).await?;
         delete_dropped_segments(tiering, &base).await?;
         evict(tiering, partition);
@@ -112,7 +127,11 @@ async fn tier_partition(tiering: &Tiering, partition: &Partition) {
     }
 }
 
-async fn upload_sealed(tiering: &Tiering, partition: &Partition) -> Result<(), StoreError> {
+async fn upload_sealed(
+    broker: &Broker,
+    tiering: &Tiering,
+    partition: &Partition,
+) -> Result<(), StoreError> {
     loop {
         let Some(candidate) = partition.log().upload_candidates(1).pop() else {
             return Ok(());
@@ -132,7 +151,7 @@ async fn upload_sealed(tiering: &Tiering, partition: &Partition) -> Result<(), S
             )
             .await?;
         segment.uploaded_at = now_micros();
-        let recorded = tokio::task::block_in_place(|| partition.log().record_tiered(segment));
+        let recorded = record(broker, partition, &candidate.key_base, segment).await;
         match recorded {
             Ok(true) => {
                 tiering
@@ -157,6 +176,55 @@ async fn upload_sealed(tiering: &Tiering, partition: &Partition) -> Result<(), S
                 })
             }
         }
+    }
+}
+
+/// Makes the partition's manifest name `segment`: directly on a single node, through the log on
+/// a replicated one. `Ok(false)` when the segment is gone (retention took it meanwhile).
+async fn record(
+    broker: &Broker,
+    partition: &Partition,
+    key_base: &str,
+    segment: iggy_tiering::TieredSegment,
+) -> Result<bool, crate::storage::StorageError> {
+    if broker.cluster_status().is_none() {
+        return tokio::task::block_in_place(|| partition.log().record_tiered(segment));
+    }
+    let Some((stream, topic, partition_id)) = ids_of(key_base) else {
+        return Ok(false);
+    };
+    let submission = Submission {
+        user: None,
+        op: Operation::RecordTiered {
+            stream,
+            topic,
+            partition: partition_id,
+            segment,
+        },
+    };
+    if let Err(error) = broker
+        .submitter()
+        .submit(broker, submission, &mut Vec::new())
+        .await
+    {
+        // Not committed (no primary any more, or a timeout): the upload is repeated by
+        // whoever is primary next; the objects are simply written again.
+        return Err(crate::storage::StorageError::BadMetadata {
+            path: key_base.into(),
+            reason: format!("recording the upload through the log failed: {error}"),
+        });
+    }
+    Ok(partition.log().tiered().0.holds(segment.start_offset))
+}
+
+/// `(stream, topic, partition)` of a key base `streams/<s>/topics/<t>/partitions/<p>`.
+fn ids_of(key_base: &str) -> Option<(u32, u32, u32)> {
+    let parts: Vec<&str> = key_base.split('/').collect();
+    match parts[..] {
+        ["streams", s, "topics", t, "partitions", p] => {
+            Some((s.parse().ok()?, t.parse().ok()?, p.parse().ok()?))
+        }
+        _ => None,
     }
 }
 
