@@ -652,7 +652,7 @@ fn process_environment(pod: &Value, container: &str) -> Vec<(String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_tiered_storage_sample_gets_its_bucket_and_brokers_start_with_the_settings() {
+async fn the_tiered_storage_sample_gets_its_bucket_and_its_brokers_tier_to_it() {
     let Some(s3) = S3Server::start_on("127.0.0.2") else {
         return;
     };
@@ -660,8 +660,15 @@ async fn the_tiered_storage_sample_gets_its_bucket_and_brokers_start_with_the_se
     // The sample as a user edits it: their endpoint and key pair.
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/samples/tiered-storage.yaml");
+    // Small segments and a short local window, so that a few hundred messages reach S3 and
+    // leave the brokers' disks within the test.
     let text = std::fs::read_to_string(path)
         .expect("sample")
+        .replace(
+            "  replicas: 3\n",
+            "  replicas: 3\n  config:\n    storage.segment_size: \"4096\"\n    \
+             tiering.interval: 200ms\n    tiering.l2.local_retention: 1s\n",
+        )
         .replace("http://minio.storage.svc:9000", &s3.endpoint)
         .replace("replace-with-your-access-key-id", S3_ACCESS_KEY)
         .replace("replace-with-your-secret-access-key", S3_SECRET_KEY);
@@ -693,11 +700,66 @@ async fn the_tiered_storage_sample_gets_its_bucket_and_brokers_start_with_the_se
             "the key pair arrives by Secret reference"
         );
     }
-    // And the three brokers serve as one cluster.
+    // The three brokers serve as one cluster, and tier: the primary uploads sealed segments
+    // under the cluster's prefix, every member drops its local copies, and everything is read
+    // back through the Service from S3.
     let credentials = dev.root_credentials("tiered-root").await;
     let client = dev.sdk_client_with("tiered", &credentials).await;
     create_orders(&client).await;
-    send(&client, 0, 5).await.expect("send");
+    for from in (0..400).step_by(20) {
+        send(&client, from, 20).await.expect("send");
+    }
+    let uid = cluster["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let partition = s3.path(&format!(
+        "iggy-segments/iggy/{uid}/streams/0/topics/0/partitions/0"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let uploaded = std::fs::read_dir(&partition)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if uploaded >= 3 && partition.join("manifest.json").exists() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segments reached {} (uploaded: {uploaded})",
+            partition.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut payloads = Vec::new();
+    while payloads.len() < 400 {
+        let polled = client
+            .poll_messages(
+                &Identifier::named("orders").expect("name"),
+                &Identifier::named("created").expect("name"),
+                Some(0),
+                &Consumer::new(Identifier::numeric(1).expect("id")),
+                &PollingStrategy::offset(payloads.len() as u64),
+                1000,
+                false,
+            )
+            .await
+            .expect("poll through the Service");
+        assert!(!polled.messages.is_empty(), "stopped at {}", payloads.len());
+        payloads.extend(
+            polled
+                .messages
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
+        );
+    }
+    let expected: Vec<String> = (0..400).map(|i| format!("order-{i}")).collect();
+    assert_eq!(payloads, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
