@@ -463,3 +463,87 @@ async fn a_replicated_cluster_tiers_through_its_primary_and_every_member_reads_f
     assert_eq!(everything.len(), 3000);
     assert_eq!(&everything[..2000], &reference[..]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_killed_in_the_middle_of_multipart_uploads_then_back_loses_and_duplicates_nothing() {
+    let Some(mut server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    // 20 MiB segments: each is a multipart upload of three parts.
+    let broker = start_tiered(&server, &[("IGGY_STORAGE_SEGMENT_SIZE", "20 MiB")]);
+    let client = broker.client().await;
+    setup(&client).await;
+    produce(&client, 0, 700).await;
+    // Kill the server as soon as the first upload is under way (its first part arrived).
+    wait_for("an upload in progress", Duration::from_secs(20), || {
+        walk(server.root())
+            .iter()
+            .any(|p| p.contains(".upload") || p.contains("multipart"))
+            || stored_manifest(&server).is_some()
+    });
+    server.stop();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(local_logs(&broker) >= 3, "nothing unconfirmed is evicted");
+    server.resume();
+    wait_tiered(&broker, &server);
+    let manifest = stored_manifest(&server).unwrap();
+    assert_eq!(manifest.segments.len(), 3);
+    for segment in &manifest.segments {
+        let object = server.object_path(
+            BUCKET,
+            &format!("{PARTITION_KEYS}/{:020}.log", segment.start_offset),
+        );
+        let bytes = std::fs::read(object).unwrap();
+        assert_eq!(bytes.len() as u64, segment.log_size);
+        assert_eq!(iggy_tiering::checksum(&bytes), segment.log_checksum);
+    }
+    let everything = read_everything(&client).await;
+    assert_eq!(everything.len(), 70_000);
+    assert!(everything.iter().enumerate().all(|(i, m)| m.0 == i as u64));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_emptied_under_the_broker_fails_reads_of_what_it_held_and_new_data_tiers_again() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let broker = start_tiered(&server, &[]);
+    let client = broker.client().await;
+    setup(&client).await;
+    produce(&client, 0, 10).await;
+    wait_tiered(&broker, &server);
+    let lost = stored_manifest(&server).unwrap().end().unwrap();
+    // Someone deletes the bucket with everything in it. (s3s-fs re-creates a bucket on the
+    // next PUT; real S3 answers NoSuchBucket, which the store reports as `no_bucket`.)
+    std::fs::remove_dir_all(server.root().join(BUCKET)).unwrap();
+    // Data only the bucket held answers an error — never other data.
+    let error = poll_at(&client, 0).await.unwrap_err();
+    assert_eq!(error.as_code(), 1, "{error}");
+    let (_, ready) = http_get(broker.http, "/ready").unwrap();
+    assert!(ready.contains("tiering: degraded (not_found"), "{ready}");
+    // Writes go on, and what follows is tiered and read back.
+    produce(&client, 10, 10).await;
+    wait_for("new segments tiered", Duration::from_secs(20), || {
+        local_logs(&broker) == 1 && stored_manifest(&server).is_some()
+    });
+    let polled = poll_at(&client, lost).await.unwrap();
+    assert_eq!(polled.messages[0].header.offset, lost);
+}
+
+/// Every path under `root`, as text.
+fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            out.push(path.display().to_string());
+            if path.is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    out
+}
