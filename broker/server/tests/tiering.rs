@@ -547,3 +547,119 @@ fn walk(root: &std::path::Path) -> Vec<String> {
     }
     out
 }
+
+/// What the fault proxy in front of the S3 server does with a new connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Pass,
+    /// Answers every request `503 Slow Down`, as S3 does when throttling.
+    SlowDown,
+    /// Accepts and reads, never answers: a store that hangs.
+    Stall,
+}
+
+/// A TCP proxy in front of the S3 server whose behaviour a test switches; switching drops the
+/// open connections so the SDK's pooled ones feel it at once. Stops with the test's runtime.
+struct FaultProxy {
+    address: std::net::SocketAddr,
+    mode: tokio::sync::watch::Sender<Fault>,
+}
+
+impl FaultProxy {
+    async fn start(target: &str) -> Self {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (mode, watch) = tokio::sync::watch::channel(Fault::Pass);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                let fault = *watch.borrow_and_update();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    match fault {
+                        Fault::Pass => {
+                            let Ok(mut server) = tokio::net::TcpStream::connect(&target).await
+                            else {
+                                return;
+                            };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = watch.changed() => {}
+                            }
+                        }
+                        Fault::SlowDown => {
+                            let mut buffer = vec![0u8; 64 << 10];
+                            let body = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                            // One request read (or at least begun), one answer, closed.
+                            if matches!(client.read(&mut buffer).await, Ok(0) | Err(_)) {
+                                return;
+                            }
+                            let answer = format!(
+                                "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = client.write_all(answer.as_bytes()).await;
+                        }
+                        Fault::Stall => {
+                            let mut buffer = vec![0u8; 64 << 10];
+                            loop {
+                                tokio::select! {
+                                    read = client.read(&mut buffer) => if matches!(read, Ok(0) | Err(_)) { return },
+                                    _ = watch.changed() => return,
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { address, mode }
+    }
+
+    fn set(&self, fault: Fault) {
+        let _ = self.mode.send(fault);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_and_a_hanging_store_cost_errors_and_retries_never_data() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let proxy = FaultProxy::start(&server.endpoint).await;
+    let endpoint = format!("http://{}", proxy.address);
+    let broker = start_tiered(&server, &[("IGGY_TIERING_S3_ENDPOINT", &endpoint)]);
+    let client = broker.client().await;
+    setup(&client).await;
+    produce(&client, 0, 10).await;
+    let reference = read_everything(&client).await;
+    wait_tiered(&broker, &server);
+
+    // Throttled: reads of tiered data fail with an error, uploads wait, sends go on.
+    proxy.set(Fault::SlowDown);
+    assert!(poll_at(&client, 0).await.is_err());
+    produce(&client, 10, 10).await;
+    wait_for("degraded by 503s", Duration::from_secs(30), || {
+        http_get(broker.http, "/ready").is_ok_and(|(_, body)| body.contains("(failed"))
+    });
+    assert!(local_logs(&broker) > 5, "nothing unconfirmed is evicted");
+
+    // Hanging: a poll of tiered data answers within the read timeout, not the SDK's retries.
+    proxy.set(Fault::Stall);
+    let began = Instant::now();
+    assert!(poll_at(&client, 0).await.is_err());
+    assert!(
+        began.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        began.elapsed()
+    );
+
+    proxy.set(Fault::Pass);
+    wait_tiered(&broker, &server);
+    let everything = read_everything(&client).await;
+    assert_eq!(everything.len(), 2000);
+    assert_eq!(&everything[..1000], &reference[..]);
+}

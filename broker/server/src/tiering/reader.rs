@@ -17,6 +17,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+/// How long a poll waits for one block from the store before it answers an error: a stalled
+/// store must not hold a consumer for the SDK's full retry budget.
+const GET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The smallest block fetched, whatever `read_ahead` says.
 const MIN_BLOCK: u64 = 64 << 10;
 
@@ -320,7 +324,14 @@ impl Tiering {
 
     async fn timed_get(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
         let began = Instant::now();
-        let answer = self.store.get_range(key, start, len).await;
+        let answer =
+            match tokio::time::timeout(GET_TIMEOUT, self.store.get_range(key, start, len)).await {
+                Ok(answer) => answer,
+                Err(_) => Err(StoreError::Unreachable {
+                    store: self.store.describe(),
+                    detail: format!("no answer for {key} within {GET_TIMEOUT:?}"),
+                }),
+            };
         self.health.observe_read(began.elapsed().as_secs_f64());
         match &answer {
             Ok(_) => {
