@@ -9,10 +9,12 @@
 //! - [`labels`]: label, annotation and condition names on pods and children;
 //! - [`admin`]: the broker's admin HTTP API (`GET /admin/status`, `POST /admin/ring`);
 //! - [`hosts`]: the dev cluster's name resolution, off unless its test-only variable is set;
-//! - [`defaults`]: the broker's configuration defaults, which also type every key.
+//! - [`defaults`]: the broker's configuration defaults, which also type every key;
+//! - [`duration`]: the duration syntax of that configuration.
 
 pub mod admin;
 pub mod defaults;
+pub mod duration;
 pub mod env;
 pub mod hosts;
 pub mod labels;

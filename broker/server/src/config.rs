@@ -273,30 +273,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (digits, unit) = text.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration such as '30s' or '7d'"))?;
-    let unit_ms: u64 = match unit.trim() {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => return Err(format!("unknown duration unit '{other}' in '{text}'")),
-    };
-    if n == 0 {
-        return Err(format!("duration '{text}' must be positive"));
-    }
-    n.checked_mul(unit_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration '{text}' overflows"))
-}
+use iggy_contract::duration::parse_duration;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -187,6 +187,10 @@ pub struct S3Spec {
     /// Key prefix; objects live under `<prefix>/<cluster id>/`.
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// How long a sealed segment stays on the brokers' disks once the bucket holds it, e.g.
+    /// `30s`, `12h`, `7d`; unset, every segment stays on local disk as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_retention: Option<String>,
 }
 
 fn default_region() -> String {

@@ -667,8 +667,9 @@ async fn the_tiered_storage_sample_gets_its_bucket_and_its_brokers_tier_to_it() 
         .replace(
             "  replicas: 3\n",
             "  replicas: 3\n  config:\n    storage.segment_size: \"4096\"\n    \
-             tiering.interval: 200ms\n    tiering.l2.local_retention: 1s\n",
+             tiering.interval: 200ms\n",
         )
+        .replace("localRetention: 7d", "localRetention: 1s")
         .replace("http://minio.storage.svc:9000", &s3.endpoint)
         .replace("replace-with-your-access-key-id", S3_ACCESS_KEY)
         .replace("replace-with-your-secret-access-key", S3_SECRET_KEY);

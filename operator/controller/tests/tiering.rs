@@ -165,6 +165,7 @@ async fn deletion_policy_delete_removes_the_prefix_and_retain_keeps_everything()
         create_bucket: true,
         deletion_policy: Default::default(),
         prefix: "iggy".into(),
+        local_retention: None,
     };
     let s3_client = s3::client(
         &spec,

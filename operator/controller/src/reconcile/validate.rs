@@ -107,6 +107,8 @@ pub enum ValidationError {
     Tiering(BucketProblem),
     #[error("spec.tieredStorage.s3.{field} must not be empty")]
     TieringField { field: &'static str },
+    #[error("spec.tieredStorage.s3.localRetention {value:?}: {reason}")]
+    LocalRetention { value: String, reason: String },
     #[error("spec.telemetry needs otlp.endpoint or collector.deploy: true")]
     TelemetryTarget,
     #[error("spec.telemetry.otlp.endpoint {0:?} is not an http:// or https:// URL")]
@@ -221,6 +223,14 @@ pub fn validate(
                 if value.trim().is_empty() {
                     return Err(ValidationError::TieringField { field });
                 }
+            }
+            if let Some(retention) = &s3.local_retention {
+                iggy_contract::duration::parse_duration(retention).map_err(|reason| {
+                    ValidationError::LocalRetention {
+                        value: retention.clone(),
+                        reason,
+                    }
+                })?;
             }
             let credentials = match &refs.s3_credentials {
                 Some(Ok(credentials)) => credentials.clone(),
@@ -337,6 +347,22 @@ pub(crate) mod tests {
             "spec": spec,
         }))
         .expect("valid IggyCluster")
+    }
+
+    #[test]
+    fn a_local_retention_the_broker_would_refuse_is_refused_here() {
+        let refs = Dereferenced {
+            s3_credentials: Some(Ok(crate::s3::S3Credentials {
+                access_key_id: "a".into(),
+                secret_access_key: "b".into(),
+            })),
+            ..Dereferenced::default()
+        };
+        let spec = |retention: &str| json!({"replicas": 1, "tieredStorage": {"s3": {"bucket": "b", "credentialsSecret": "c", "localRetention": retention}}});
+        assert!(validate(&cluster(spec("7d")), &refs).is_ok());
+        let error = validate(&cluster(spec("a week")), &refs).unwrap_err();
+        assert_eq!(error.reason(), "InvalidSpec");
+        assert!(error.to_string().contains("localRetention"), "{error}");
     }
 
     #[test]

@@ -79,6 +79,9 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
         if let Some(endpoint) = &s3.endpoint {
             env_vars.push(env(TIERING_S3_ENDPOINT, endpoint));
         }
+        if let Some(retention) = &s3.local_retention {
+            env_vars.push(env(TIERING_LOCAL_RETENTION, retention));
+        }
         for (name, key) in [
             (TIERING_S3_ACCESS_KEY_ID, ACCESS_KEY_ID),
             (TIERING_S3_SECRET_ACCESS_KEY, SECRET_ACCESS_KEY),
@@ -288,7 +291,7 @@ mod tests {
             })),
             ..Dereferenced::default()
         };
-        let spec = json!({"replicas": 1, "tieredStorage": {"s3": {"bucket": "segments", "endpoint": "http://s3:9000", "forcePathStyle": true, "credentialsSecret": "s3-creds"}}});
+        let spec = json!({"replicas": 1, "tieredStorage": {"s3": {"bucket": "segments", "endpoint": "http://s3:9000", "forcePathStyle": true, "credentialsSecret": "s3-creds", "localRetention": "7d"}}});
         let valid = validate(&cluster(spec), &refs).expect("valid");
         let sts = serde_json::to_value(statefulset(&valid)).expect("serializes");
         let text = sts.to_string();
@@ -300,6 +303,7 @@ mod tests {
         let find = |name: &str| env.iter().find(|e| e["name"] == name).cloned().expect(name);
         assert_eq!(find("IGGY_TIERING_S3_BUCKET")["value"], "segments");
         assert_eq!(find("IGGY_TIERING_S3_PREFIX")["value"], "iggy/u-1/");
+        assert_eq!(find("IGGY_TIERING_LOCAL_RETENTION")["value"], "7d");
         assert_eq!(
             find("IGGY_TIERING_S3_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"],
             json!({"name": "s3-creds", "key": "secretAccessKey"})
