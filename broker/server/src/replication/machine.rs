@@ -235,8 +235,10 @@ impl Manifest {
                         tracing::error!(error = %e, "cannot read a partition for a checkpoint");
                         0
                     });
-                    partitions.push((stream.id, topic.id, partition.id, log.next_offset(), last));
+                    let next_offset = log.next_offset();
+                    partitions.push((stream.id, topic.id, partition.id, next_offset, last));
                     drop(log);
+                    partition.note_checkpoint(next_offset);
                     for (kind, tag) in [
                         (ConsumerKind::Consumer, CONSUMER),
                         (ConsumerKind::Group, GROUP),

@@ -33,6 +33,11 @@ pub struct Partition {
     poisoned: AtomicBool,
     /// `fsync = always`: an append is acknowledged only once it is on disk.
     sync_appends: bool,
+    /// On a replica: the log's next offset at the last two checkpoints the core captured
+    /// (older, newer). Restoring a checkpoint needs its last message on local disk, and the
+    /// durable checkpoint may still be the older one, so tiering evicts only segments that end
+    /// before both (`tiering::uploader`). (0, 0) until captures happen: nothing is evicted.
+    checkpoints: std::sync::Mutex<(u64, u64)>,
 }
 
 impl Partition {
@@ -58,6 +63,7 @@ impl Partition {
             sync_lock: tokio::sync::Mutex::new(()),
             poisoned: AtomicBool::new(false),
             sync_appends,
+            checkpoints: std::sync::Mutex::new((0, 0)),
         })
     }
 
@@ -191,6 +197,18 @@ impl Partition {
         }
         self.durable_seq.fetch_max(written, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// A checkpoint captured the log at `next_offset` (replicas only).
+    pub fn note_checkpoint(&self, next_offset: u64) {
+        let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        *checkpoints = (checkpoints.1, next_offset);
+    }
+
+    /// Segments ending below this may leave local disk on a replica (see `checkpoints`).
+    pub fn eviction_floor(&self) -> u64 {
+        let checkpoints = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        checkpoints.0.min(checkpoints.1)
     }
 
     /// Plans a read under the lock; the caller performs it after the lock is released.

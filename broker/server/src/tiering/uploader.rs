@@ -68,7 +68,7 @@ pub async fn pass(broker: &Arc<Broker>, tiering: &Arc<Tiering>) {
             if backup {
                 let base = tiered::key_base(partition.log().dir());
                 lock(&tiering.deletions).remove(&base);
-                evict(&tiering, &partition);
+                evict(&tiering, &partition, true);
             } else {
                 tier_partition(&broker, &tiering, &partition).await;
             }
@@ -96,7 +96,7 @@ async fn tier_partition(broker: &Broker, tiering: &Tiering, partition: &Partitio
         upload_sealed(broker, tiering, partition).await?;
         let pushed = push_manifest(tiering, partition, &base, progress.pushed).await?;
         delete_dropped_segments(tiering, &base).await?;
-        evict(tiering, partition);
+        evict(tiering, partition, broker.cluster_status().is_some());
         Ok::<_, StoreError>(pushed)
     }
     .await;
@@ -277,15 +277,23 @@ async fn delete_dropped_segments(tiering: &Tiering, base: &str) -> Result<(), St
 
 /// Local copies the store holds go once they are past the local window: older than
 /// `local_retention` since their upload, or beyond `local_max_size` of such copies.
-fn evict(tiering: &Tiering, partition: &Partition) {
+fn evict(tiering: &Tiering, partition: &Partition, replicated: bool) {
     let settings = &tiering.settings;
     if settings.local_retention.is_none() && settings.local_max_size.is_none() {
         return;
     }
     let now = now_micros();
+    // A replica keeps what restoring its durable checkpoint needs (`Partition::checkpoints`).
+    let floor = match replicated {
+        true => partition.eviction_floor(),
+        false => u64::MAX,
+    };
     let (dir, evicted) = {
         let mut log = partition.log();
         let evicted = log.evict_local(|entry, held_bytes| {
+            if entry.next_offset >= floor {
+                return false;
+            }
             let expired = settings.local_retention.is_some_and(|keep| {
                 entry.uploaded_at.saturating_add(keep.as_micros() as u64) <= now
             });
