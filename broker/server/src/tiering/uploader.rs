@@ -58,6 +58,11 @@ pub async fn pass(broker: &Arc<Broker>, tiering: &Arc<Tiering>) {
     let backup = broker
         .cluster_status()
         .is_some_and(|status| status.primary() != Some(status.position));
+    if backup {
+        // What this replica pushed as a primary may have been overwritten by the primaries
+        // since: if it leads again, it pushes its manifests afresh.
+        lock(&tiering.progress).clear();
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for partition in broker.all_partitions() {
         let (broker, tiering, semaphore) = (broker.clone(), tiering.clone(), semaphore.clone());
