@@ -235,9 +235,8 @@ impl PartitionLog {
                 )));
             }
         }
-        self.messages_count += remote.iter().map(|s| s.messages()).sum::<u64>();
-        self.size_bytes += remote.iter().map(|s| s.log_size).sum::<u64>();
         self.tiered = tiered;
+        self.recount();
         Ok(())
     }
 
@@ -247,26 +246,43 @@ impl PartitionLog {
         segment_size: u64,
         sync_on_roll: bool,
     ) -> Self {
-        let messages_count = segments.iter().map(|s| s.index.len() as u64).sum();
-        let size_bytes = segments.iter().map(|s| s.size).sum();
-        let last_timestamp = segments
-            .iter()
-            .rev()
-            .find_map(|s| s.index.last().map(|e| e.timestamp))
-            .unwrap_or(0);
-        Self {
+        let mut log = Self {
             dir: dir.to_owned(),
             segments,
             segment_size,
             sync_on_roll,
-            last_timestamp,
-            messages_count,
-            size_bytes,
+            last_timestamp: 0,
+            messages_count: 0,
+            size_bytes: 0,
             write_seq: 0,
             checkpointed: None,
             tiered: Manifest::new(),
             tiered_version: 0,
-        }
+        };
+        log.recount();
+        log
+    }
+
+    /// Derives the message count, size and last timestamp from the segments — local ones and
+    /// those only the object store holds — after anything replaced them wholesale.
+    fn recount(&mut self) {
+        let (remote_messages, remote_bytes) = self
+            .remote_segments()
+            .iter()
+            .fold((0, 0), |(m, b), s| (m + s.messages(), b + s.log_size));
+        self.messages_count = remote_messages
+            + self
+                .segments
+                .iter()
+                .map(|s| s.index.len() as u64)
+                .sum::<u64>();
+        self.size_bytes = remote_bytes + self.segments.iter().map(|s| s.size).sum::<u64>();
+        self.last_timestamp = self
+            .segments
+            .iter()
+            .rev()
+            .find_map(|s| s.index.last().map(|e| e.timestamp))
+            .unwrap_or(0);
     }
 
     pub fn dir(&self) -> &Path {
@@ -598,23 +614,7 @@ impl PartitionLog {
             self.tiered_version += 1;
             tiered::store(&self.dir, &self.tiered)?;
         }
-        let remote: (u64, u64) = self
-            .remote_segments()
-            .iter()
-            .fold((0, 0), |(m, b), s| (m + s.messages(), b + s.log_size));
-        self.messages_count = remote.0
-            + self
-                .segments
-                .iter()
-                .map(|s| s.index.len() as u64)
-                .sum::<u64>();
-        self.size_bytes = remote.1 + self.segments.iter().map(|s| s.size).sum::<u64>();
-        self.last_timestamp = self
-            .segments
-            .iter()
-            .rev()
-            .find_map(|s| s.index.last().map(|e| e.timestamp))
-            .unwrap_or(0);
+        self.recount();
         Ok(())
     }
 
@@ -703,11 +703,8 @@ impl PartitionLog {
     /// Sealed local segments the object store does not hold yet, oldest first (each continues
     /// the manifest), with their index bytes.
     pub fn upload_candidates(&self, limit: usize) -> Vec<UploadCandidate> {
-        let sealed = &self.segments[..self.segments.len() - 1];
         let key_base = tiered::key_base(&self.dir);
-        sealed
-            .iter()
-            .filter(|s| !s.is_empty() && !self.tiered.holds(s.start_offset))
+        self.sealed_not_tiered()
             .take(limit)
             .map(|s| {
                 let mut index = Vec::with_capacity(s.index.len() * INDEX_ENTRY_SIZE);
@@ -736,10 +733,15 @@ impl PartitionLog {
 
     /// Sealed local segments the object store does not hold yet, and their bytes.
     pub fn upload_lag(&self) -> (u64, u64) {
+        self.sealed_not_tiered()
+            .fold((0, 0), |(n, bytes), s| (n + 1, bytes + s.size))
+    }
+
+    /// Sealed local segments with messages that the tier manifest does not name, oldest first.
+    fn sealed_not_tiered(&self) -> impl Iterator<Item = &Segment> {
         self.segments[..self.segments.len() - 1]
             .iter()
             .filter(|s| !s.is_empty() && !self.tiered.holds(s.start_offset))
-            .fold((0, 0), |(n, bytes), s| (n + 1, bytes + s.size))
     }
 
     /// Records that the object store now holds `segment` (uploaded, checksums filled in): the
