@@ -1,6 +1,7 @@
 //! iggy-broker: a persistent message-streaming server that speaks Apache Iggy's classic binary
 //! protocol. See docs/broker.md for the design.
 
+pub mod allocator;
 pub mod apply;
 pub mod broker;
 pub mod commands;

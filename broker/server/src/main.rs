@@ -17,7 +17,7 @@ const USAGE: &str = "usage: iggy-broker [--config FILE]\n\
 
 fn main() -> ExitCode {
     let started = Instant::now();
-    release_large_buffers_to_the_os();
+    broker::allocator::tune();
     let descriptors = raise_descriptor_limit();
     broker::storage::descriptors::set_limit(segment_file_budget(descriptors));
     let config_path = match parse_args(std::env::args().skip(1)) {
@@ -49,6 +49,10 @@ fn main() -> ExitCode {
     } else {
         None
     };
+    if let Err(e) = broker::allocator::spawn_trimmer() {
+        eprintln!("iggy-broker: cannot start the heap trimmer: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,19 +105,6 @@ fn install_telemetry(
         show_target: false,
         settings,
     })
-}
-
-/// Makes glibc serve every allocation of 128 KiB or more with its own mapping, returned to the
-/// OS when freed. By default glibc raises that threshold after the first large free, after
-/// which megabyte-sized batch buffers come from per-thread arenas that never shrink: a broker
-/// that had moved a few GB sat at 300+ MiB RSS while idle. Batch buffers are reused per
-/// connection, so the extra mmap calls are rare.
-fn release_large_buffers_to_the_os() {
-    // SAFETY: mallopt only adjusts allocator tunables; it is called before any other thread
-    // exists, and an unsupported value is reported by its return code, which we can ignore.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
 }
 
 /// Raises the soft limit on open files to the hard limit: every partition holds its active

@@ -221,13 +221,28 @@ async fn read_prepare<R: tokio::io::AsyncRead + Unpin>(
         .ok_or(TransportError::TooLarge(head_len, len))?;
     let mut head = vec![0u8; head_len];
     reader.read_exact(&mut head).await?;
-    let mut body = vec![0u8; body_len];
-    reader.read_exact(&mut body).await?;
+    let body = read_body(reader, body_len).await?;
     let mut envelope: Envelope = postcard::from_bytes(&head)?;
     if let Message::Prepare { prepare, .. } = &mut envelope.message {
-        prepare.body = Bytes::from(body);
+        prepare.body = body;
     }
     Ok(envelope)
+}
+
+/// Reads exactly `len` bytes into uninitialised capacity: zeroing a megabyte first only to
+/// overwrite it showed up as ~3 % of a backup's CPU.
+async fn read_body<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> std::io::Result<Bytes> {
+    let mut body = bytes::BytesMut::with_capacity(len);
+    let mut limited = reader.take(len as u64);
+    while body.len() < len {
+        if limited.read_buf(&mut body).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(body.freeze())
 }
 
 /// Accepts replica connections and feeds what they carry to the driver; answers state-sync
