@@ -1,5 +1,5 @@
 //! How the broker uses glibc's allocator: large buffers come from the heap (no page fault per
-//! 4 KiB on every batch) and what the heap holds free is handed back to the OS once a second.
+//! 4 KiB on every batch) and what the heap holds free is handed back to the OS when idle.
 //!
 //! History: the broker first served every allocation of 128 KiB or more with its own mapping,
 //! because glibc's default moves such buffers into per-thread arenas after the first large free
@@ -8,8 +8,8 @@
 //! prepare's body lives in the core's log until the next checkpoint — and the fresh mapping per
 //! megabyte made page faults the largest single cost of replicated produce (perf: fault handling,
 //! page clearing and memory-cgroup charging ~15 % of a backup's CPU). Serving them from the heap
-//! and trimming it in the background keeps both: replicated produce +15 % at 10 % less CPU per replica
-//! (docs/benchmarks.md), and idle RSS back down within a second of the load stopping.
+//! and trimming it in the background keeps both: replicated produce +15 % at 10 % less CPU per
+//! replica (docs/benchmarks.md), and idle RSS back down a second or two after the load stops.
 
 use std::time::Duration;
 
