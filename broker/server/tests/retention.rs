@@ -266,3 +266,106 @@ async fn replicas_delete_the_same_segments_through_the_log() {
         );
     }
 }
+
+/// Every segment file of the member's partitions, by path below its data directory.
+fn segment_files(cluster: &common::cluster::TestCluster, member: usize) -> Vec<String> {
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if path.extension().is_some_and(|e| e == "log")
+                && path.to_string_lossy().contains("partitions")
+            {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let root = cluster.brokers[member].data_path();
+    let mut files = Vec::new();
+    walk(root, root, &mut files);
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_the_peers_retention_is_rebuilt_from_what_they_kept() {
+    // As above, only member 0 (view 0's primary) runs retention; the backups delete through
+    // the log. Member 2 is away while the primary writes on and deletes the oldest segments,
+    // long enough that the peers' WAL no longer reaches back to it: it catches up by state
+    // sync, whose peers no longer hold its end.
+    let replication = (0..3).map(|_| common::free_port()).collect();
+    let direct: Vec<std::net::SocketAddr> = std::clone::Clone::clone(&replication);
+    let mut cluster = common::cluster::TestCluster::start_each(
+        replication,
+        move |_, to| direct[to],
+        |member| {
+            let interval = if member == 0 { "100ms" } else { "1h" };
+            vec![
+                ("IGGY_STORAGE_SEGMENT_SIZE", "4096"),
+                ("IGGY_RETENTION_CLEANER_INTERVAL", interval),
+            ]
+        },
+    );
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    assert_eq!(primary, 0, "view 0's primary");
+    let client = cluster.brokers[primary].client().await;
+    topic(
+        &client,
+        IggyExpiry::ExpireDuration(IggyDuration::from(Duration::from_secs(3))),
+        MaxTopicSize::ServerDefault,
+    )
+    .await;
+    fill(&client, 10).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+    cluster.brokers[2].kill9();
+
+    // Write on until the primary's retention deleted everything member 2 holds and enough
+    // ops went by for the WAL to lap (bounded: a few seconds of small batches).
+    let mut batches = 0;
+    loop {
+        fill(&client, 20).await;
+        batches += 20;
+        let first = stored_offsets(&client).await.first().copied().unwrap_or(0);
+        if first > 100 && batches >= 600 {
+            break;
+        }
+        assert!(batches < 20_000, "retention never passed offset 100");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.brokers[2].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[2], primary, Duration::from_secs(30));
+
+    // Same messages, same segments (file names are first offsets) on every member; retention
+    // keeps going through the log meanwhile, so compare once all have applied the same ops.
+    let readers = [
+        client,
+        cluster.brokers[1].client().await,
+        cluster.brokers[2].client().await,
+    ];
+    let mut disagreement = String::new();
+    for _ in 0..100 {
+        let mut views = Vec::new();
+        for (member, reader) in readers.iter().enumerate() {
+            let offsets = stored_offsets(reader).await;
+            let summary = (
+                offsets.first().copied(),
+                offsets.last().copied(),
+                offsets.len(),
+            );
+            views.push((segment_files(&cluster, member), summary));
+        }
+        if views.iter().all(|v| *v == views[0]) {
+            let (first, last, count) = views[0].1;
+            assert!(
+                first > Some(100),
+                "the head member 2 had is gone: {first:?}"
+            );
+            assert_eq!(last, Some(count as u64 + first.unwrap() - 1), "gap-free");
+            return;
+        }
+        disagreement = format!("{views:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("members disagree on segments or messages: {disagreement}");
+}

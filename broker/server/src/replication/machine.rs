@@ -178,10 +178,18 @@ impl BrokerMachine {
             };
             let held = match next_offset.checked_sub(1) {
                 None => Some(0),
-                Some(offset) => found
-                    .log()
-                    .checksum_of(offset)
-                    .map_err(|e| RestoreError(e.to_string()))?,
+                Some(offset) => {
+                    let log = found.log();
+                    match log.checksum_of(offset) {
+                        Ok(None) if log.local_start() == next_offset => {
+                            // The log starts here locally, empty (state sync restarted it
+                            // where the peer's retention or tiering left it): there is no
+                            // last message of its own to compare.
+                            (log.next_offset() == next_offset).then_some(last)
+                        }
+                        held => held.map_err(|e| RestoreError(e.to_string()))?,
+                    }
+                }
             };
             if held != Some(last) {
                 return Err(RestoreError(format!(

@@ -13,6 +13,12 @@
 //!    is written, and continuity-checked: the peer also sends the checksum of the message
 //!    before the chunk, and a partition whose history differs (deleted and re-created since)
 //!    is emptied and fetched from the start;
+//!    A chunk never crosses the end of the peer's segment and says where that segment starts,
+//!    so the receiver's segments start at the same offsets (retention and tiering act on whole
+//!    segments; replicas must agree on them). When the peer no longer holds the receiver's
+//!    end locally — retention deleted it, or it was tiered and evicted — it says where its
+//!    local data starts and which segments the object store holds before that; the receiver
+//!    starts the partition again there (`PartitionLog::restart_at`) and fetches on.
 //! 3. hands the checkpoint to the core, whose restore (`BrokerMachine::restore`) cuts any
 //!    excess, sets the stored offsets and the digest.
 //!
@@ -23,6 +29,7 @@ use crate::broker::Broker;
 use crate::replication::machine::Manifest;
 use crate::replication::transport::{encode_frame, FETCH, FETCHED};
 use crate::storage::metadata;
+use iggy_tiering::TieredSegment;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -44,11 +51,24 @@ pub struct Fetch {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Fetched {
     Chunk {
-        /// Checksum of the message at `from - 1` (`None` for `from` 0).
+        /// Checksum of the message at `from - 1` (`None` for `from` 0, or when the peer no
+        /// longer holds it locally).
         previous: Option<u64>,
-        /// Whole message frames from `from` on, as stored.
+        /// Whole message frames from `from` on, as stored, never past the end of the peer's
+        /// segment that holds `from`.
         #[serde(with = "serde_bytes")]
         frames: Vec<u8>,
+        /// Where that segment starts: the receiver starts its own segments at the same offsets.
+        segment_start: u64,
+        /// The segment as the peer's tier manifest names it, when the object store holds it.
+        tiered: Option<TieredSegment>,
+    },
+    /// The peer's local data starts after `from` (retention deleted what came before, or it
+    /// was tiered and evicted): the receiver starts its log again at `first_local`, with
+    /// `remote` — the peer's tier-manifest segments below it — as the object store's part.
+    Head {
+        first_local: u64,
+        remote: Vec<TieredSegment>,
     },
     Refused(String),
 }
@@ -95,19 +115,21 @@ pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
             request.until
         ));
     }
-    if request.from < log.first_offset().unwrap_or(0) {
-        return refused(format!(
-            "offsets before {} were deleted by retention",
-            log.first_offset().unwrap_or(0)
-        ));
-    }
     if request.from < log.local_start() {
-        return refused(format!(
-            "offsets before {} are only in the object store (tiered); state sync of tiered \
-             segments is not supported yet",
-            log.local_start()
-        ));
+        return Fetched::Head {
+            first_local: log.local_start(),
+            remote: log.remote_segments().to_vec(),
+        };
     }
+    let Some((segment_start, segment_end)) = log.segment_bounds(request.from) else {
+        return refused(format!("no segment holds offset {}", request.from));
+    };
+    let tiered = log
+        .tiered()
+        .0
+        .find(segment_start)
+        .filter(|s| s.start_offset == segment_start)
+        .copied();
     let previous = match request.from.checked_sub(1) {
         None => None,
         Some(offset) => match log.checksum_of(offset) {
@@ -115,14 +137,19 @@ pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
             Err(e) => return refused(e.to_string()),
         },
     };
-    let count = (request.until - request.from).min(u64::from(u32::MAX)) as u32;
+    let count = (request.until.min(segment_end) - request.from).min(u64::from(u32::MAX)) as u32;
     let plan = log.plan_read(request.from, count, CHUNK_BYTES);
     drop(log);
     let mut frames = Vec::with_capacity(plan.bytes);
     if let Err(e) = plan.read_into(&mut frames) {
         return refused(e.to_string());
     }
-    Fetched::Chunk { previous, frames }
+    Fetched::Chunk {
+        previous,
+        frames,
+        segment_start,
+        tiered,
+    }
 }
 
 /// Brings this broker's data to `manifest`'s by fetching what it lacks from `peer` (its
@@ -167,7 +194,41 @@ pub fn install(
                         reason,
                     })
                 }
-                Fetched::Chunk { previous, frames } => {
+                Fetched::Head {
+                    first_local,
+                    remote,
+                } => {
+                    if first_local <= from || first_local > until {
+                        // Past `until`: the peer's retention or tiering moved beyond this
+                        // checkpoint since it was taken; a later checkpoint will reach it.
+                        return Err(SyncError::Refused {
+                            peer: peer.to_owned(),
+                            reason: format!(
+                                "partition {stream}/{topic}/{id}: the peer's local data starts \
+                                 at {first_local}, this checkpoint needs {from}..{until}"
+                            ),
+                        });
+                    }
+                    tracing::info!(
+                        stream,
+                        topic,
+                        partition = id,
+                        from,
+                        first_local,
+                        "the peer no longer holds this partition's end locally; starting it \
+                         again where the peer's local data starts"
+                    );
+                    partition
+                        .log()
+                        .restart_at(first_local, remote)
+                        .map_err(|e| SyncError::Local(e.to_string()))?;
+                }
+                Fetched::Chunk {
+                    previous,
+                    frames,
+                    segment_start,
+                    tiered,
+                } => {
                     let mut log = partition.log();
                     let ours = match from.checked_sub(1) {
                         None => None,
@@ -175,7 +236,9 @@ pub fn install(
                             .checksum_of(offset)
                             .map_err(|e| SyncError::Local(e.to_string()))?,
                     };
-                    if previous != ours {
+                    // A log that starts here locally has nothing before `from` to compare.
+                    let starts_here = ours.is_none() && log.local_start() == from;
+                    if previous != ours && !starts_here {
                         // Another history (the partition was re-created since): start over.
                         log.purge().map_err(|e| SyncError::Local(e.to_string()))?;
                         continue;
@@ -186,9 +249,27 @@ pub fn install(
                             reason: format!("no messages at offset {from}"),
                         });
                     }
+                    if segment_start != from && segment_start != log.sealed_end() {
+                        // Segments cut elsewhere than the peer's (data an earlier version
+                        // synced): cut back to where the peer's segment starts and fetch it
+                        // again as one segment.
+                        let cut = match segment_start >= log.local_start() {
+                            true => log.truncate_to(segment_start),
+                            false => log.purge().map(|_| ()),
+                        };
+                        cut.map_err(|e| SyncError::Local(e.to_string()))?;
+                        continue;
+                    }
                     fetched += log
-                        .append_stamped(&frames)
+                        .append_synced(&frames, segment_start)
                         .map_err(|e| SyncError::Local(e.to_string()))?;
+                    if let Some(segment) = tiered.filter(|s| log.next_offset() >= s.next_offset) {
+                        // The object store holds the segment just completed: so the manifest
+                        // says, as on the peer (a gap in ours leaves it local; not an error).
+                        if let Err(e) = log.record_tiered(segment) {
+                            tracing::debug!(error = %e, "a synced segment stays untiered here");
+                        }
+                    }
                 }
             }
         }

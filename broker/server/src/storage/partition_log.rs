@@ -513,10 +513,9 @@ impl PartitionLog {
         Ok(tiered.segments)
     }
 
-    /// Appends frames another replica already stamped (state sync), keeping their offsets,
-    /// ids and timestamps. Every frame must verify and continue the log's offsets; otherwise
-    /// nothing is written. Returns how many messages were appended.
-    pub fn append_stamped(&mut self, frames: &[u8]) -> Result<u64, StorageError> {
+    /// Checks frames another replica already stamped (each verifies and continues the log's
+    /// offsets, ids and timestamps kept) and returns each one's (position, length, timestamp).
+    fn parse_stamped(&self, frames: &[u8]) -> Result<Vec<(usize, usize, u64)>, StorageError> {
         let invalid = |reason: String| StorageError::BadMetadata {
             path: self.dir.clone(),
             reason,
@@ -544,12 +543,14 @@ impl PartitionLog {
             at += len as usize;
             expected += 1;
         }
-        if parsed.is_empty() {
-            return Ok(0);
-        }
-        if self.active().size > 0 && self.active().size + frames.len() as u64 > self.segment_size {
-            self.roll()?;
-        }
+        Ok(parsed)
+    }
+
+    fn append_parsed(
+        &mut self,
+        frames: &[u8],
+        parsed: &[(usize, usize, u64)],
+    ) -> Result<u64, StorageError> {
         let active_index = self.segments.len() - 1;
         let active = &mut self.segments[active_index];
         let base_relative = (active.next_offset() - active.start_offset) as u32;
@@ -571,6 +572,90 @@ impl PartitionLog {
         self.size_bytes += frames.len() as u64;
         self.write_seq += 1;
         Ok(entries.len() as u64)
+    }
+
+    /// The local segment holding `offset`: (its first offset, one past its last message).
+    pub fn segment_bounds(&self, offset: u64) -> Option<(u64, u64)> {
+        self.segments
+            .iter()
+            .find(|s| s.start_offset <= offset && offset < s.next_offset())
+            .map(|s| (s.start_offset, s.next_offset()))
+    }
+
+    /// State sync: appends frames a peer sent from its segment starting at `segment_start`, so
+    /// that this log's segments begin where the peer's do — retention and tiering act on whole
+    /// segments, and replicas must agree on them. The frames start a new segment when the
+    /// peer's segment starts at this log's end; otherwise they continue the active segment,
+    /// which must start where the peer's does. No segment is rolled by size: the peer sends
+    /// at most one segment per chunk.
+    /// Every frame must verify and continue the log's offsets; otherwise nothing is written.
+    /// Returns how many messages were appended.
+    pub fn append_synced(
+        &mut self,
+        frames: &[u8],
+        segment_start: u64,
+    ) -> Result<u64, StorageError> {
+        let parsed = self.parse_stamped(frames)?;
+        if parsed.is_empty() {
+            return Ok(0);
+        }
+        let next = self.next_offset();
+        let active_start = self.active().start_offset;
+        if segment_start == next {
+            if !self.active().is_empty() {
+                self.roll()?;
+            }
+        } else if segment_start != active_start {
+            return Err(StorageError::BadMetadata {
+                path: self.dir.clone(),
+                reason: format!(
+                    "the peer's segment starts at offset {segment_start}, this log's active                      segment at {active_start}"
+                ),
+            });
+        }
+        self.append_parsed(frames, &parsed)
+    }
+
+    /// State sync of a partition whose peer no longer holds this log's end locally (retention
+    /// deleted it, or it was tiered and evicted): every local segment goes and the log starts
+    /// again, empty, at `first_local`, with `remote` — the peer's tier-manifest segments below
+    /// `first_local`, which must end there — as what the object store holds before it.
+    pub fn restart_at(
+        &mut self,
+        first_local: u64,
+        remote: Vec<TieredSegment>,
+    ) -> Result<(), StorageError> {
+        let mut manifest = Manifest::new();
+        for segment in remote {
+            manifest
+                .push(segment)
+                .map_err(|e| StorageError::BadMetadata {
+                    path: self.dir.join(tiered::FILE_NAME),
+                    reason: e.to_string(),
+                })?;
+        }
+        if manifest.end().is_some_and(|end| end != first_local) {
+            return Err(StorageError::BadMetadata {
+                path: self.dir.join(tiered::FILE_NAME),
+                reason: format!(
+                    "the peer's object-store segments end at {:?}, its local ones start at \
+                     {first_local}",
+                    manifest.end()
+                ),
+            });
+        }
+        for segment in &self.segments {
+            segment.remove_files()?;
+        }
+        Checkpoint::remove(&self.dir);
+        self.checkpointed = None;
+        self.segments = vec![Segment::open(&self.dir, first_local)?];
+        tiered::store(&self.dir, &manifest)?;
+        self.tiered = manifest;
+        self.tiered_version += 1;
+        fsutil::sync_dir(&self.dir)?;
+        self.recount();
+        Ok(())
     }
 
     /// Cuts the log back so that `next_offset` is the next offset written: later segments are
@@ -938,8 +1023,23 @@ pub(crate) mod tests {
         assert_eq!(log.last_checksum().unwrap(), 0);
     }
 
+    /// Copies `source` into `copy` from `copy`'s end the way state sync does: one source
+    /// segment per chunk.
+    fn sync_segments(source: &PartitionLog, copy: &mut PartitionLog) {
+        while copy.next_offset() < source.next_offset() {
+            let from = copy.next_offset();
+            let (start, end) = source.segment_bounds(from).unwrap();
+            let mut frames = Vec::new();
+            source
+                .plan_read(from, (end - from) as u32, usize::MAX)
+                .read_into(&mut frames)
+                .unwrap();
+            copy.append_synced(&frames, start).unwrap();
+        }
+    }
+
     #[test]
-    fn stamped_frames_copy_a_log_exactly_and_bad_ones_are_refused() {
+    fn synced_frames_copy_a_log_and_its_segments_exactly_and_bad_ones_are_refused() {
         let source_dir = tempfile::tempdir().unwrap();
         let mut source = PartitionLog::create(source_dir.path(), 4096, true).unwrap();
         for round in 0..6u64 {
@@ -947,32 +1047,97 @@ pub(crate) mod tests {
                 .append(&mut batch(5, 100), 1000 + round, || 7)
                 .unwrap();
         }
+        let (first_start, first_end) = source.segment_bounds(0).unwrap();
         let mut frames = Vec::new();
         source
-            .plan_read(0, 30, usize::MAX)
+            .plan_read(0, first_end as u32, usize::MAX)
             .read_into(&mut frames)
             .unwrap();
+        // The copy has a larger segment size: boundaries still follow the source's.
         let copy_dir = tempfile::tempdir().unwrap();
-        let mut copy = PartitionLog::create(copy_dir.path(), 4096, true).unwrap();
+        let mut copy = PartitionLog::create(copy_dir.path(), 1 << 20, true).unwrap();
         let mut damaged = frames.clone();
         damaged[100] ^= 1;
-        assert!(copy.append_stamped(&damaged).is_err());
+        assert!(copy.append_synced(&damaged, first_start).is_err());
         assert!(copy.is_empty(), "nothing of a bad chunk is written");
-        assert_eq!(copy.append_stamped(&frames).unwrap(), 30);
+        assert_eq!(copy.append_synced(&frames, first_start).unwrap(), first_end);
+        assert!(
+            copy.append_synced(&frames, first_start).is_err(),
+            "offsets must continue the log"
+        );
+        sync_segments(&source, &mut copy);
         assert_eq!(copy.next_offset(), 30);
+        assert_eq!(copy.segments_count(), source.segments_count());
+        assert_eq!(copy.sealed_segments(), source.sealed_segments());
         assert_eq!(
             copy.last_checksum().unwrap(),
             source.last_checksum().unwrap()
         );
-        let mut again = Vec::new();
+        let (mut original, mut again) = (Vec::new(), Vec::new());
+        source
+            .plan_read(0, 30, usize::MAX)
+            .read_into(&mut original)
+            .unwrap();
         copy.plan_read(0, 30, usize::MAX)
             .read_into(&mut again)
             .unwrap();
-        assert_eq!(again, frames);
-        assert!(
-            copy.append_stamped(&frames).is_err(),
-            "offsets must continue the log"
-        );
+        assert_eq!(again, original);
+        // A chunk claiming a segment that starts neither at the copy's end nor where its
+        // active segment does (segments here start at multiples of 5).
+        source.append(&mut batch(5, 100), 2000, || 7).unwrap();
+        let mut more = Vec::new();
+        source
+            .plan_read(30, 5, usize::MAX)
+            .read_into(&mut more)
+            .unwrap();
+        assert!(copy.append_synced(&more, 31).is_err());
+        assert_eq!(copy.next_offset(), 30);
+    }
+
+    #[test]
+    fn a_log_restarted_at_a_peers_first_local_offset_continues_from_there() {
+        let source_dir = tempfile::tempdir().unwrap();
+        let mut source = PartitionLog::create(source_dir.path(), 4096, true).unwrap();
+        for round in 0..6u64 {
+            source
+                .append(&mut batch(5, 100), 1000 + round, || 7)
+                .unwrap();
+        }
+        // Retention took the source's oldest two segments.
+        source.delete_oldest_segments(2).unwrap();
+        let first_local = source.local_start();
+        assert!(first_local > 0);
+
+        let copy_dir = tempfile::tempdir().unwrap();
+        let mut copy = PartitionLog::create(copy_dir.path(), 4096, true).unwrap();
+        copy.append(&mut batch(3, 100), 1, || 7).unwrap();
+        copy.restart_at(first_local, Vec::new()).unwrap();
+        assert!(copy.is_empty());
+        assert_eq!(copy.next_offset(), first_local);
+        sync_segments(&source, &mut copy);
+        assert_eq!(copy.first_offset(), source.first_offset());
+        assert_eq!(copy.messages_count(), source.messages_count());
+        assert_eq!(copy.sealed_segments(), source.sealed_segments());
+        drop(copy);
+        let (reopened, _) = PartitionLog::open(copy_dir.path(), 4096, true).unwrap();
+        assert_eq!(reopened.first_offset(), source.first_offset());
+        assert_eq!(reopened.next_offset(), source.next_offset());
+
+        // The object store's segments must end where the local ones start.
+        let mut other =
+            PartitionLog::create(tempfile::tempdir().unwrap().path(), 4096, true).unwrap();
+        let gap = TieredSegment {
+            start_offset: 0,
+            next_offset: first_local - 1,
+            log_size: 1,
+            index_size: 1,
+            first_timestamp: 0,
+            last_timestamp: 0,
+            log_checksum: 0,
+            index_checksum: 0,
+            uploaded_at: 0,
+        };
+        assert!(other.restart_at(first_local, vec![gap]).is_err());
     }
 
     #[test]
