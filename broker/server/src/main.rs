@@ -17,7 +17,7 @@ const USAGE: &str = "usage: iggy-broker [--config FILE]\n\
 
 fn main() -> ExitCode {
     let started = Instant::now();
-    broker::allocator::tune();
+    broker::allocator::tune(false);
     let descriptors = raise_descriptor_limit();
     broker::storage::descriptors::set_limit(segment_file_budget(descriptors));
     let config_path = match parse_args(std::env::args().skip(1)) {
@@ -49,6 +49,7 @@ fn main() -> ExitCode {
     } else {
         None
     };
+    broker::allocator::tune(cluster.is_some());
     if let Err(e) = broker::allocator::spawn_trimmer() {
         eprintln!("iggy-broker: cannot start the heap trimmer: {e}");
         return ExitCode::FAILURE;
