@@ -14,6 +14,7 @@ pub mod partition_log;
 pub mod recovery;
 pub mod segment;
 pub mod tiered;
+pub mod trash;
 
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@ use super::checkpoint::Checkpoint;
 use super::descriptors::SegmentFile;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{IndexEntry, Segment};
-use super::{fsutil, tiered, IoContext, StorageError};
+use super::{fsutil, tiered, trash, IoContext, StorageError};
 use iggy_tiering::{Manifest, TieredSegment};
 use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader, INDEX_ENTRY_SIZE};
 use std::path::{Path, PathBuf};
@@ -916,15 +916,14 @@ impl PartitionLog {
     }
 }
 
-/// Unlinks detached segments' files and makes the removal durable.
+/// Removes detached segments' files from the partition durably; the bytes are unlinked off
+/// the caller's thread (see [`trash`]).
 pub fn remove_segment_files(dir: &Path, segments: &[Segment]) -> Result<(), StorageError> {
-    for segment in segments {
-        segment.remove_files()?;
-    }
-    if !segments.is_empty() {
-        fsutil::sync_dir(dir)?;
-    }
-    Ok(())
+    let files: Vec<&Path> = segments
+        .iter()
+        .flat_map(|s| [s.log_path.as_path(), s.index_path.as_path()])
+        .collect();
+    trash::discard(dir, &files)
 }
 
 #[cfg(test)]

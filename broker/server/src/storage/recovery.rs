@@ -39,6 +39,7 @@ pub fn recover(
     dir: &Path,
     empty_start: u64,
 ) -> Result<(Vec<Segment>, RecoveryReport), StorageError> {
+    super::trash::empty(dir)?;
     let checkpoint = Checkpoint::load(dir);
     let mut starts = list_segment_starts(dir)?;
     if starts.is_empty() {
