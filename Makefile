@@ -9,6 +9,8 @@ BENCH_ARGS ?=
 
 FUZZ_SECONDS ?= 300
 SIM_SEEDS ?= 20000
+# Seeds of the campaign that replicate the broker's real apply (broker/server/tests/simulation.rs).
+SIM_APPLY_SEEDS ?= 500
 # CI's fresh seeds: a different window every run, printed so any failure replays.
 SIM_FIRST_SEED ?= $(shell date +%s)
 
@@ -19,7 +21,8 @@ help:
 	@echo "make lint   rustfmt check and clippy with warnings as errors"
 	@echo "make bench  produce/consume benchmark against a release broker (see docs/benchmarks.md)"
 	@echo "make fuzz   fuzz the request decoder and dispatcher for FUZZ_SECONDS (default 300)"
-	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000)"
+	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000), then"
+	@echo "            SIM_APPLY_SEEDS (default 500) replicating the broker's real apply"
 	@echo "make model  exhaustive stateright check of the view-change rules, larger bounds than CI"
 	@echo "make crds   regenerate crds/iggycluster.yaml from the Rust types (make test fails on drift)"
 	@echo "make dev-cluster  in-process Kubernetes API whose pods run the real broker and sidecar + the operator; kubeconfig in .dev-cluster/kubeconfig"
@@ -65,6 +68,7 @@ model:
 
 sim:
 	$(CARGO) run --release -q -p vsr-sim -- --seeds $(SIM_SEEDS) --first-seed $(SIM_FIRST_SEED)
+	SIM_APPLY_SEEDS=$(SIM_APPLY_SEEDS) $(CARGO) test --release -q -p broker --test simulation -- --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check

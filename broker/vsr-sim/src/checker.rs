@@ -2,9 +2,9 @@
 //! per view, monotonic durable views, hash chain, at-most-once, validity, replies equal to a
 //! sequential model, identical state digests.
 
-use crate::model::ModelBroker;
+use crate::machine::{header_for_reference, SimMachine};
 use std::collections::{BTreeMap, BTreeSet};
-use vsr::{ClientId, Op, StateMachine, Superblock, View};
+use vsr::{ClientId, Op, Superblock, View};
 
 #[derive(Debug, Clone)]
 struct Committed {
@@ -19,11 +19,11 @@ struct Committed {
     executed: bool,
 }
 
-pub struct Checker {
+pub struct Checker<S> {
     root: u128,
     /// The one committed chain: index `op - 1`.
     canonical: Vec<Committed>,
-    model: ModelBroker,
+    model: S,
     model_replies: Vec<Option<Vec<u8>>>,
     executed: BTreeSet<(ClientId, u64)>,
     last_committed: Vec<Op>,
@@ -39,12 +39,12 @@ pub const CLIENTS_MAX: usize = 4;
 
 pub type Violation = String;
 
-impl Checker {
-    pub fn new(replicas: u8, root: u128) -> Self {
+impl<S: SimMachine> Checker<S> {
+    pub fn new(replicas: u8, root: u128, reference: S) -> Self {
         Self {
             root,
             canonical: Vec::new(),
-            model: ModelBroker::default(),
+            model: reference,
             model_replies: Vec::new(),
             executed: BTreeSet::new(),
             last_committed: vec![0; replicas as usize],
@@ -121,6 +121,7 @@ impl Checker {
         body_checksum: u128,
         digest: u128,
         (client, session, request): (ClientId, u64, u64),
+        timestamp: u64,
         executed: bool,
         view: u32,
     ) -> Result<(), Violation> {
@@ -204,7 +205,14 @@ impl Checker {
             Some(op.to_le_bytes().to_vec())
         } else {
             self.sessions.insert(client, (session, request, op));
-            Some(self.model.apply_op(op, client, &body))
+            let header = header_for_reference(
+                op,
+                checksum,
+                body_checksum,
+                (client, session, request),
+                timestamp,
+            );
+            Some(self.model.apply(&header, &body))
         };
         if self.model.digest() != digest {
             return Err(format!(

@@ -4,12 +4,14 @@
 
 pub mod checker;
 pub mod coverage;
+pub mod machine;
 pub mod model;
 pub mod params;
 pub mod rng;
 pub mod sim;
 
 pub use coverage::Coverage;
+pub use machine::SimMachine;
 pub use params::Params;
 pub use sim::{Outcome, Simulation};
 
@@ -80,9 +82,14 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
     run_seed_in(seed, World::CURRENT, verbose)
 }
 
-/// Runs one swarm seed. A panic inside the replica (an assertion) is a failure of that seed,
-/// reported with its message, not the end of the campaign.
+/// Runs one swarm seed of the model broker. A panic inside the replica (an assertion) is a
+/// failure of that seed, reported with its message, not the end of the campaign.
 pub fn run_seed_in(seed: u64, world: World, verbose: bool) -> Outcome {
+    run_seed_with::<model::ModelBroker>(seed, world, verbose)
+}
+
+/// [`run_seed_in`] replicating the state machine `S`.
+pub fn run_seed_with<S: SimMachine>(seed: u64, world: World, verbose: bool) -> Outcome {
     let mut rng = rng::Rng::new(seed);
     let mut params = Params::swarm(&mut rng);
     if !world.has(World::DeafReplicas) {
@@ -102,7 +109,7 @@ pub fn run_seed_in(seed: u64, world: World, verbose: bool) -> Outcome {
     }
     let run = {
         let params = params.clone();
-        std::panic::catch_unwind(move || Simulation::new(seed, params, verbose).run())
+        std::panic::catch_unwind(move || Simulation::<S>::with_machine(seed, params, verbose).run())
     };
     run.unwrap_or_else(|panic| {
         let message = panic

@@ -68,6 +68,8 @@ pub enum Event {
         client: ClientId,
         session: u64,
         request: u64,
+        /// The primary-assigned time the op was applied with.
+        timestamp: u64,
         executed: bool,
     },
     /// Registering a session evicted `client`'s.

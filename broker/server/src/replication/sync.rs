@@ -160,12 +160,45 @@ pub fn install(
     peer: &str,
     deadline: Instant,
 ) -> Result<u64, SyncError> {
+    let mut connection = Connection::open(peer, deadline)?;
+    install_from(broker, manifest, &mut connection, deadline)
+}
+
+/// Where state sync reads a peer's data: its replication port ([`install`]), or a broker in
+/// the same process ([`InProcess`], how the simulator runs the broker's apply).
+pub trait Source {
+    fn fetch(&mut self, request: &Fetch) -> Result<Fetched, SyncError>;
+    /// Names the peer in errors.
+    fn peer(&self) -> String;
+}
+
+/// A peer's broker in this process.
+pub struct InProcess<'a>(pub &'a Broker);
+
+impl Source for InProcess<'_> {
+    fn fetch(&mut self, request: &Fetch) -> Result<Fetched, SyncError> {
+        Ok(serve(self.0, request))
+    }
+
+    fn peer(&self) -> String {
+        "a broker in this process".into()
+    }
+}
+
+/// [`install`] from any [`Source`].
+pub fn install_from(
+    broker: &Broker,
+    manifest: &Manifest,
+    source: &mut impl Source,
+    deadline: Instant,
+) -> Result<u64, SyncError> {
     let snapshot: metadata::Snapshot = serde_json::from_slice(&manifest.metadata)
         .map_err(|e| SyncError::Local(format!("checkpoint metadata does not decode: {e}")))?;
     broker
         .install_metadata(&snapshot)
         .map_err(|e| SyncError::Local(e.to_string()))?;
-    let mut connection = Connection::open(peer, deadline)?;
+    let peer = source.peer();
+    let peer = peer.as_str();
     let mut fetched = 0;
     for &(stream, topic, id, until, _) in &manifest.partitions {
         let partition = broker
@@ -187,7 +220,7 @@ pub fn install(
                 from,
                 until,
             };
-            match connection.fetch(&request)? {
+            match source.fetch(&request)? {
                 Fetched::Refused(reason) => {
                     return Err(SyncError::Refused {
                         peer: peer.to_owned(),
@@ -314,6 +347,12 @@ impl Connection {
             stream,
             peer: peer.to_owned(),
         })
+    }
+}
+
+impl Source for Connection {
+    fn peer(&self) -> String {
+        self.peer.clone()
     }
 
     fn fetch(&mut self, request: &Fetch) -> Result<Fetched, SyncError> {

@@ -24,7 +24,7 @@ pub(super) struct Client {
     pub(super) view_guess: u32,
 }
 
-impl Simulation {
+impl<S: crate::machine::SimMachine> Simulation<S> {
     pub(super) fn tick_clients(&mut self) {
         let n = self.params.replicas;
         for i in 0..self.clients.len() {

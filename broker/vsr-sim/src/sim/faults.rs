@@ -6,7 +6,7 @@ use super::Simulation;
 use crate::checker::Violation;
 use vsr::{Node, Op};
 
-impl Simulation {
+impl<S: crate::machine::SimMachine> Simulation<S> {
     pub(super) fn inject_faults(&mut self) -> Result<(), Violation> {
         let n = self.params.replicas;
         self.inject_deafness();
@@ -121,7 +121,7 @@ impl Simulation {
             self.coverage.add("checkpoint_read_faults", 1);
         }
         let image = self.disks[r as usize].image();
-        let mut replica = Self::open_replica(self.seed, &self.params, r, image);
+        let mut replica = Self::open_replica(&self.world, self.seed, &self.params, r, image);
         let outputs = replica.take_outputs();
         // What recovery re-applied must be the committed chain.
         self.checker

@@ -14,6 +14,7 @@ use disk::{Disk, Pending, Write};
 use network::Network;
 
 use crate::checker::{Checker, Violation};
+use crate::machine::SimMachine;
 use crate::model::ModelBroker;
 use crate::params::Params;
 use crate::rng::Rng;
@@ -35,7 +36,7 @@ pub struct Outcome {
     pub params: Params,
 }
 
-pub struct Simulation {
+pub struct Simulation<S: SimMachine = ModelBroker> {
     seed: u64,
     params: Params,
     rng: Rng,
@@ -45,11 +46,12 @@ pub struct Simulation {
     /// draw no clogs replaying exactly as before.
     clog_rng: Rng,
     tick: u64,
-    replicas: Vec<Option<Replica<ModelBroker>>>,
+    replicas: Vec<Option<Replica<S>>>,
+    world: S::World,
     disks: Vec<Disk>,
     network: Network,
     clients: Vec<Client>,
-    checker: Checker,
+    checker: Checker<S>,
     coverage: Coverage,
     trace: xxhash_rust::xxh3::Xxh3,
     verbose: bool,
@@ -62,11 +64,20 @@ pub struct Simulation {
     pub corruptible: BTreeSet<u8>,
 }
 
-impl Simulation {
+impl Simulation<ModelBroker> {
+    /// A run of the model broker.
     pub fn new(seed: u64, params: Params, verbose: bool) -> Self {
+        Self::with_machine(seed, params, verbose)
+    }
+}
+
+impl<S: SimMachine> Simulation<S> {
+    /// A run replicating `S`.
+    pub fn with_machine(seed: u64, params: Params, verbose: bool) -> Self {
         let mut rng = Rng::new(seed);
-        let mut opened: Vec<Replica<ModelBroker>> = (0..params.replicas)
-            .map(|r| Self::open_replica(seed, &params, r, DiskImage::default()))
+        let world = S::world(seed);
+        let mut opened: Vec<Replica<S>> = (0..params.replicas)
+            .map(|r| Self::open_replica(&world, seed, &params, r, DiskImage::default()))
             .collect();
         let initial_outputs: Vec<(u8, Vec<Output>)> = opened
             .iter_mut()
@@ -90,7 +101,8 @@ impl Simulation {
         let root = Prepare::root(CLUSTER, 1, 0).checksum();
         let mut sim = Self {
             seed,
-            checker: Checker::new(params.replicas, root),
+            checker: Checker::new(params.replicas, root, S::reference(&world)),
+            world,
             disks: (0..params.replicas)
                 .map(|_| Disk::new(params.wal_slots()))
                 .collect(),
@@ -146,18 +158,20 @@ impl Simulation {
     }
 
     pub(super) fn open_replica(
+        world: &S::World,
         seed: u64,
         params: &Params,
         r: u8,
         disk: DiskImage,
-    ) -> Replica<ModelBroker> {
+    ) -> Replica<S> {
         let mut cfg = Config::new(CLUSTER, params.replicas, r, params.route);
         cfg.seed = seed;
         // Few sessions, so clients beyond four evict each other.
         cfg.clients_max = crate::checker::CLIENTS_MAX;
         cfg.checkpoint_interval = params.checkpoint_interval;
         cfg.wal_slots = params.wal_slots();
-        Replica::open(cfg, disk, ModelBroker::default())
+        let machine = S::open(world, r, &disk);
+        Replica::open(cfg, disk, machine)
     }
 
     pub(super) fn log(&self, line: impl FnOnce() -> String) {
@@ -387,6 +401,7 @@ impl Simulation {
                 client,
                 session,
                 request,
+                timestamp,
                 executed,
             } => {
                 self.trace(&[4, r as u64, op]);
@@ -399,6 +414,7 @@ impl Simulation {
                     body_checksum,
                     digest,
                     (client, session, request),
+                    timestamp,
                     executed,
                     view,
                 )?;
@@ -471,7 +487,7 @@ impl Simulation {
         &self.coverage
     }
 
-    pub fn replica(&self, r: u8) -> Option<&Replica<ModelBroker>> {
+    pub fn replica(&self, r: u8) -> Option<&Replica<S>> {
         self.replicas[r as usize].as_ref()
     }
 

@@ -4,7 +4,7 @@
 use super::Simulation;
 use crate::checker::Violation;
 use std::collections::{BTreeMap, BTreeSet};
-use vsr::{Envelope, Input, Node};
+use vsr::{Envelope, Input, Message, Node};
 
 pub(super) struct Network {
     pub(super) queue: BTreeMap<(u64, u64), Envelope>,
@@ -18,7 +18,7 @@ pub(super) struct Network {
     pub(super) clogged: BTreeMap<(Node, Node), u64>,
 }
 
-impl Simulation {
+impl<S: crate::machine::SimMachine> Simulation<S> {
     pub(super) fn send(&mut self, envelope: Envelope) {
         let (from, to) = (envelope.from, envelope.to);
         if let (Node::Replica(a), Node::Replica(b)) = (from, to) {
@@ -87,7 +87,16 @@ impl Simulation {
                 kind,
             ]);
             match envelope.to {
-                Node::Replica(r) => self.feed(r, Input::Message(envelope))?,
+                Node::Replica(r) => {
+                    if let (Message::Sync { checkpoint }, Node::Replica(from)) =
+                        (&envelope.message, envelope.from)
+                    {
+                        if let Some(to) = self.replicas[r as usize].as_ref() {
+                            S::before_checkpoint(&self.world, to, from, checkpoint);
+                        }
+                    }
+                    self.feed(r, Input::Message(envelope))?
+                }
                 Node::Client(id) => self.client_receive(id, envelope.message)?,
             }
         }

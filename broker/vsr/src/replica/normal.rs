@@ -397,6 +397,7 @@ impl<S: StateMachine> Replica<S> {
                 client,
                 session,
                 request,
+                timestamp: prepare.header.timestamp,
                 executed,
             };
             self.event(event);
