@@ -8,9 +8,10 @@
 //! append. A checkpoint a replica's data does not reach is synced the way the driver does it,
 //! from the sender's broker (`sync::install_from`), so state sync of the real data runs too.
 //!
-//! What it does not do yet: the brokers' files are on the real file system, so a crash keeps
-//! them as a `kill -9` would (no torn or lost segment writes), and only the WAL and superblock
-//! suffer the simulator's disk faults.
+//! The brokers' files are on the real file system (a temporary directory per run). A crash
+//! keeps them, except that it may tear partition tails written after the replica's durable
+//! checkpoint, as a power loss would (the journal syncs partitions only before a checkpoint).
+//! Not simulated yet: rot or misdirected writes inside segment files, and a full disk.
 //!
 //! `SIM_APPLY_SEEDS=N` runs N seeds (default 6; `make sim` runs more); `SIM_APPLY_SEED=S` one.
 
@@ -50,12 +51,29 @@ type Registry = Rc<RefCell<BTreeMap<u8, Arc<Broker>>>>;
 struct Brokers {
     dir: tempfile::TempDir,
     open: Registry,
+    /// Draws the faults done to the brokers' files (splitmix64 state, from the seed).
+    faults: RefCell<u64>,
+}
+
+impl Brokers {
+    /// Whether a fault with probability `1 / one_in` happens, and a number below `below`.
+    fn draw(&self, one_in: u64, below: u64) -> Option<u64> {
+        let mut state = self.faults.borrow_mut();
+        let mut next = || {
+            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        (next() % one_in == 0).then(|| next() % below.max(1))
+    }
 }
 
 thread_local! {
     /// What the real broker went through in this thread's runs: checkpoints restored, state
     /// syncs of real data and the messages they fetched — to show the paths ran.
-    static STATS: RefCell<(u64, u64, u64)> = const { RefCell::new((0, 0, 0)) };
+    static STATS: RefCell<(u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0)) };
 }
 
 struct SimBroker {
@@ -136,8 +154,10 @@ fn create_topic(broker: &Broker) {
 
 /// A fresh data directory with the stream and topic, or the one a crash left, brought to the
 /// checkpoint the disk names as `iggy-broker`'s boot does (`replication::prepare_data`,
-/// `install_checkpoint_metadata`).
-fn boot(dir: &Path, disk: &DiskImage) -> Arc<Broker> {
+/// `install_checkpoint_metadata`). A crash may have cost messages written after that
+/// checkpoint: the journal syncs partition data only when it writes a checkpoint, so a power
+/// loss tears what came later (`tear_tails`), which recovery and the WAL's replay must mend.
+fn boot(world: &Brokers, dir: &Path, disk: &DiskImage) -> Arc<Broker> {
     let checkpoint = Superblock::newest(&disk.superblocks).map_or(0, |sb| sb.checkpoint);
     if checkpoint == 0 {
         // Before the first checkpoint the WAL replays every op onto empty data.
@@ -146,20 +166,56 @@ fn boot(dir: &Path, disk: &DiskImage) -> Arc<Broker> {
         create_topic(&broker);
         return broker;
     }
-    let broker = open_broker(dir);
     let manifest = disk
         .checkpoint
         .as_ref()
         .filter(|c| c.op() == checkpoint && c.verify())
         .and_then(|c| split(&c.state))
         .and_then(|(_, manifest)| Manifest::decode(manifest).ok());
-    if let Some(manifest) = manifest {
+    let mut broker = open_broker(dir);
+    if let Some(manifest) = &manifest {
+        if tear_tails(world, &broker, manifest) {
+            drop(broker);
+            broker = open_broker(dir);
+        }
         let snapshot = serde_json::from_slice(&manifest.metadata).expect("manifest metadata");
         broker
             .install_metadata(&snapshot)
             .expect("installs metadata");
     }
     broker
+}
+
+/// Cuts, at random, the tail of partitions that hold messages past the checkpoint — never into
+/// what the checkpoint names, which was synced before the superblock named it. Returns whether
+/// it cut anything.
+fn tear_tails(world: &Brokers, broker: &Broker, manifest: &Manifest) -> bool {
+    let mut torn = false;
+    for &(stream, topic, partition, checkpointed, _) in &manifest.partitions {
+        let Some(partition) = broker.catalog().partition_by_ids(stream, topic, partition) else {
+            continue;
+        };
+        let log = partition.log();
+        if log.next_offset() <= checkpointed {
+            continue;
+        }
+        let plan = log.plan_read(checkpointed, u32::MAX, usize::MAX);
+        drop(log);
+        let Some(tail) = plan.chunks.last() else {
+            continue;
+        };
+        let Some(kept) = world.draw(2, tail.len as u64) else {
+            continue;
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&tail.path)
+            .expect("segment file");
+        file.set_len(tail.position + kept).expect("tears the tail");
+        torn = true;
+        STATS.with(|s| s.borrow_mut().3 += 1);
+    }
+    torn
 }
 
 /// A snapshot: `u64` length of the model's part, the model's part, the broker's manifest.
@@ -323,20 +379,25 @@ impl StateMachine for SimBroker {
 impl SimMachine for SimBroker {
     type World = Brokers;
 
-    fn world(_seed: u64) -> Brokers {
+    fn world(seed: u64) -> Brokers {
         Brokers {
             dir: tempfile::tempdir().expect("temporary directory"),
             open: Rc::default(),
+            faults: RefCell::new(seed),
         }
     }
 
     fn open(world: &Brokers, replica: u8, disk: &DiskImage) -> Self {
         let dir: PathBuf = world.dir.path().join(format!("replica-{replica}"));
-        Self::new(boot(&dir, disk), Some(replica), world.open.clone())
+        Self::new(boot(world, &dir, disk), Some(replica), world.open.clone())
     }
 
     fn reference(world: &Brokers) -> Self {
-        let broker = boot(&world.dir.path().join("reference"), &DiskImage::default());
+        let broker = boot(
+            world,
+            &world.dir.path().join("reference"),
+            &DiskImage::default(),
+        );
         Self::new(broker, None, world.open.clone())
     }
 
@@ -414,10 +475,10 @@ fn seeded_worlds_replicate_the_real_broker_apply() {
             failures.push(format!("seed {seed}: {failure}"));
         }
     }
-    let (restores, syncs, messages) = STATS.with(|s| *s.borrow());
+    let (restores, syncs, messages, torn) = STATS.with(|s| *s.borrow());
     println!(
         "{committed} ops committed; real broker: {restores} checkpoints restored, {syncs} state \
-         syncs fetching {messages} messages"
+         syncs fetching {messages} messages, {torn} partition tails torn by crashes"
     );
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(committed > 0, "the seeds committed nothing");
