@@ -487,6 +487,57 @@ async fn a_replicated_cluster_tiers_through_its_primary_and_every_member_reads_f
     assert_eq!(&everything[..3000], &reference[..]);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_member_is_rebuilt_from_its_peers_and_reads_their_tiered_segments_from_s3() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let env = tiered_env(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut cluster = common::cluster::TestCluster::start(3, &env);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    setup(&client).await;
+    produce_batches(&client, 0, 300, 10).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+    wait_for("every member tiered", Duration::from_secs(60), || {
+        let segments = stored_manifest(&server).map_or(0, |m| m.segments.len());
+        segments > 30 && cluster.brokers.iter().all(|b| local_logs(b) < segments / 2)
+    });
+
+    // A backup loses its disk: it comes back empty, behind every peer's log, and its peers no
+    // longer hold most of the partition locally — the object store does.
+    let lost = (primary + 1) % 3;
+    cluster.brokers[lost].kill9();
+    let data = cluster.brokers[lost].data_path().to_owned();
+    std::fs::remove_dir_all(&data).expect("wipe");
+    std::fs::create_dir_all(&data).expect("recreate");
+    produce_batches(&client, 300, 50, 10).await;
+    let reference = read_everything(&client).await;
+    assert_eq!(reference.len(), 3500);
+    cluster.brokers[lost].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[lost], primary, Duration::from_secs(60));
+
+    // It fetched only what its peers hold locally and took the rest's manifest entries.
+    let stored = stored_manifest(&server).expect("the store's manifest");
+    let rebuilt = local_manifest(&cluster.brokers[lost]).expect("a local manifest");
+    assert!(
+        !rebuilt.segments.is_empty() && rebuilt.segments[0] == stored.segments[0],
+        "the rebuilt member names the store's segments from the first"
+    );
+    assert!(
+        local_logs(&cluster.brokers[lost]) < stored.segments.len() / 2,
+        "the tiered part was not fetched again"
+    );
+    let reader = cluster.brokers[lost].client().await;
+    assert_eq!(
+        read_everything(&reader).await,
+        reference,
+        "the rebuilt member"
+    );
+}
+
 /// What the fault proxy in front of the S3 server does with a new connection.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fault {
