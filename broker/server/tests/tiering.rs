@@ -288,6 +288,68 @@ async fn a_damaged_object_answers_an_error_never_wrong_data() {
     assert_eq!(after.messages[0].header.offset, damaged.next_offset);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_a_lost_deletion_queue_left_behind_are_swept_after_a_restart() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let mut broker = start_tiered(&server, &[]);
+    let client = broker.client().await;
+    setup(&client).await;
+    produce(&client, 0, 10).await;
+    let reference = read_everything(&client).await;
+    wait_tiered(&broker, &server);
+    drop(client);
+    assert_eq!(broker.stop(), 0);
+
+    // Segments retention removed while their objects' deletion was only queued in memory
+    // (the broker died first): objects no manifest names, below the local segments. And one
+    // above them, which may be an upload still to be recorded: it stays.
+    let manifest = stored_manifest(&server).unwrap();
+    let model = server.object_path(
+        BUCKET,
+        &format!(
+            "{PARTITION_KEYS}/{:020}.log",
+            manifest.segments[0].start_offset
+        ),
+    );
+    let orphan = |start: u64, kind: &str| {
+        server.object_path(BUCKET, &format!("{PARTITION_KEYS}/{start:020}.{kind}"))
+    };
+    let below = manifest.segments[0].start_offset + 1;
+    let above = 10_000_000_000_000_000_000;
+    for path in [
+        orphan(below, "log"),
+        orphan(below, "index"),
+        orphan(above, "log"),
+    ] {
+        std::fs::copy(&model, path).unwrap();
+    }
+
+    broker.spawn_and_wait();
+    wait_for("orphans deleted", Duration::from_secs(20), || {
+        !orphan(below, "log").exists() && !orphan(below, "index").exists()
+    });
+    assert!(
+        orphan(above, "log").exists(),
+        "a possible upload is left alone"
+    );
+    for segment in &stored_manifest(&server).unwrap().segments {
+        assert!(
+            server
+                .object_path(
+                    BUCKET,
+                    &format!("{PARTITION_KEYS}/{:020}.log", segment.start_offset)
+                )
+                .exists(),
+            "named objects stay"
+        );
+    }
+    let client = broker.client().await;
+    assert_eq!(read_everything(&client).await, reference);
+}
+
 async fn poll_at(client: &IggyClient, offset: u64) -> Result<PolledMessages, IggyError> {
     client
         .poll_messages(

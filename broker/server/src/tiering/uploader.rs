@@ -35,6 +35,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub struct Progress {
     /// The manifest version the store holds (`None`: not known to hold any).
     pub pushed: Option<u64>,
+    /// Whether this broker, since it started or last became primary, looked for objects that
+    /// a lost deletion queue left behind (`sweep_orphans`).
+    pub swept: bool,
     pub retry_at: Option<Instant>,
     pub backoff: Duration,
 }
@@ -101,6 +104,9 @@ async fn tier_partition(broker: &Broker, tiering: &Tiering, partition: &Partitio
         upload_sealed(broker, tiering, partition).await?;
         let pushed = push_manifest(tiering, partition, &base, progress.pushed).await?;
         delete_dropped_segments(tiering, &base).await?;
+        if !progress.swept {
+            sweep_orphans(tiering, partition, &base).await?;
+        }
         evict(tiering, partition, broker.cluster_status().is_some());
         Ok::<_, StoreError>(pushed)
     }
@@ -110,6 +116,7 @@ async fn tier_partition(broker: &Broker, tiering: &Tiering, partition: &Partitio
     match outcome {
         Ok(pushed) => {
             entry.pushed = pushed;
+            entry.swept = true;
             entry.retry_at = None;
             entry.backoff = Duration::ZERO;
             if tiering.health.succeeded() {
@@ -280,6 +287,58 @@ async fn delete_dropped_segments(tiering: &Tiering, base: &str) -> Result<(), St
     }
 }
 
+/// Deletes a partition's segment objects that its manifest does not name and that lie below
+/// its local segments: data retention or a purge removed while the objects' deletion was only
+/// queued in memory — by a primary that died, or by this broker before a restart. Objects at
+/// or above the first local segment are left alone: they may be an upload whose recording is
+/// still to come, which the next upload overwrites anyway.
+async fn sweep_orphans(
+    tiering: &Tiering,
+    partition: &Partition,
+    base: &str,
+) -> Result<(), StoreError> {
+    let (named, local_start) = {
+        let log = partition.log();
+        let named: std::collections::BTreeSet<u64> = log
+            .tiered()
+            .0
+            .segments
+            .iter()
+            .map(|s| s.start_offset)
+            .collect();
+        (named, log.local_start())
+    };
+    let orphans: Vec<String> = tiering
+        .store
+        .list(&format!("{base}/"))
+        .await?
+        .into_iter()
+        .filter(|key| {
+            segment_start_of(base, key)
+                .is_some_and(|start| start < local_start && !named.contains(&start))
+        })
+        .collect();
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    tiering.store.delete(&orphans).await?;
+    tiering
+        .health
+        .deleted_objects
+        .fetch_add(orphans.len() as u64, Ordering::Relaxed);
+    tracing::info!(partition = %base, objects = orphans.len(), "deleted objects no manifest names");
+    Ok(())
+}
+
+/// The start offset of a segment object `<base>/<20 digits>.{log,index}`.
+fn segment_start_of(base: &str, key: &str) -> Option<u64> {
+    let name = key.strip_prefix(base)?.strip_prefix('/')?;
+    let stem = name
+        .strip_suffix(".log")
+        .or_else(|| name.strip_suffix(".index"))?;
+    (stem.len() == 20).then(|| stem.parse().ok()).flatten()
+}
+
 /// Local copies the store holds go once they are past the local window: older than
 /// `local_retention` since their upload, or beyond `local_max_size` of such copies.
 fn evict(tiering: &Tiering, partition: &Partition, replicated: bool) {
@@ -388,5 +447,35 @@ async fn delete_dropped_trees(broker: &Broker, tiering: &Tiering) {
                 tracing::warn!(prefix = tree, %error, "could not delete a deleted tree's objects; retrying on the next pass");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment_start_of;
+
+    #[test]
+    fn only_segment_objects_of_the_partition_have_a_start() {
+        let base = "p/streams/1/topics/2/partitions/3";
+        assert_eq!(
+            segment_start_of(base, &format!("{base}/00000000000000000042.log")),
+            Some(42)
+        );
+        assert_eq!(
+            segment_start_of(base, &format!("{base}/00000000000000000042.index")),
+            Some(42)
+        );
+        assert_eq!(
+            segment_start_of(base, &format!("{base}/manifest.json")),
+            None
+        );
+        assert_eq!(segment_start_of(base, &format!("{base}/42.log")), None);
+        assert_eq!(
+            segment_start_of(
+                base,
+                "p/streams/1/topics/2/partitions/33/00000000000000000042.log"
+            ),
+            None
+        );
     }
 }
