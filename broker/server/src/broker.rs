@@ -298,12 +298,21 @@ impl Broker {
     }
 
     /// Replaces the catalog with `snapshot`'s (state sync in cluster mode): partitions it
-    /// shares with the current catalog (same stream, topic and partition id) are kept with
-    /// their data; new ones are created empty; the directories of dropped ones are removed.
-    /// The partitions' messages are then brought to the checkpoint by the caller.
+    /// shares with the current catalog — the same incarnation: same stream, topic and
+    /// partition ids *and* creation times, since ids are reused after a delete — are kept with
+    /// their data; new ones are created empty (a leftover directory of an earlier incarnation
+    /// removed first); the directories of dropped ones are removed. The partitions' messages
+    /// are then brought to the checkpoint by the caller.
     pub fn install_metadata(&self, snapshot: &metadata::Snapshot) -> Result<()> {
         let mut catalog = self.catalog_mut();
-        let existing = |s: u32, t: u32, p: u32| catalog.partition_by_ids(s, t, p);
+        let existing = |s: &metadata::StreamRecord, t: &metadata::TopicRecord, p: u32, at: u64| {
+            let stream = catalog.streams.get(&s.id)?;
+            let topic = stream.topics.get(&t.id)?;
+            let same = stream.created_at == s.created_at && topic.created_at == t.created_at;
+            catalog
+                .partition_by_ids(s.id, t.id, p)
+                .filter(|kept| same && kept.created_at == at)
+        };
         let mut fresh = Catalog {
             users: snapshot.users.clone(),
             ..Catalog::default()
@@ -313,7 +322,7 @@ impl Broker {
             for t in &s.topics {
                 let mut partitions = Vec::with_capacity(t.partitions.len());
                 for p in &t.partitions {
-                    let partition = match existing(s.id, t.id, p.id) {
+                    let partition = match existing(s, t, p.id, p.created_at) {
                         Some(kept) => kept,
                         None => self
                             .create_partitions(s.id, t.id, p.id..p.id + 1, p.created_at)?

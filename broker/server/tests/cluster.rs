@@ -416,3 +416,49 @@ async fn a_rotten_wal_record_is_repaired_from_the_peers() {
     history.check(&reads);
     assert_eq!(reads[0].1.len(), 45 * BATCH);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_restarting_after_a_topic_was_deleted_restores_its_checkpoint() {
+    // A backup restarts from its last checkpoint and replays the WAL; the checkpoint names a
+    // topic that an op after it deleted. Before deleted data was kept until no checkpoint
+    // needed it (`storage::graveyard`), the restart found the topic's data gone and the
+    // backup stayed recovering for good.
+    let mut cluster = TestCluster::start(3, &[("IGGY_STORAGE_FSYNC", "always")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "kept").await;
+    create_topic(&client, &id(0), "doomed", 1).await;
+    let doomed = Identifier::named("doomed").unwrap();
+    let history = History::default();
+    // Sends to both topics until just past a checkpoint (every 64 ops), so that the deletion
+    // comes after the checkpoint and well before the next one.
+    let mut batch = 0;
+    loop {
+        let commit = cluster.status(primary).expect("status").commit;
+        if commit > 64 && commit % 64 >= 2 && commit % 64 < 20 {
+            break;
+        }
+        produce(&client, &history, 0, batch..batch + 1).await;
+        let mut extra = vec![message(&format!("doomed-{batch}"))];
+        client
+            .send_messages(&id(0), &doomed, &Partitioning::partition_id(0), &mut extra)
+            .await
+            .expect("send to the doomed topic");
+        batch += 1;
+    }
+    client.delete_topic(&id(0), &doomed).await.expect("delete");
+    let backup = (primary + 1) % 3;
+    cluster.wait_caught_up(&[backup], primary, Duration::from_secs(10));
+    cluster.brokers[backup].kill9();
+    cluster.brokers[backup].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[backup], primary, Duration::from_secs(30));
+    produce(&client, &history, 0, batch..batch + 3).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    let reader = cluster.brokers[backup].client().await;
+    assert!(
+        reader.get_topic(&id(0), &doomed).await.unwrap().is_none(),
+        "the deleted topic stays deleted"
+    );
+}

@@ -2,7 +2,8 @@
 //! worlds — crashes, partitions, lost and reordered messages, torn and rotting WAL writes,
 //! rotting checkpoints — replicate [`SimBroker`], which applies every committed operation both
 //! to the model broker and, through `BrokerMachine` (what `iggy-broker` runs), to a real broker
-//! over a directory per replica. The checker keeps a real broker of its own as the sequential
+//! over a directory per replica, whose catalog also changes every few ops (`churn`). The
+//! checker keeps a real broker of its own as the sequential
 //! reference, so every replica's digest — model and real broker together — is compared with it
 //! after every op and at every checkpoint, and a real broker must agree with the model on every
 //! append. A checkpoint a replica's data does not reach is synced the way the driver does it,
@@ -25,6 +26,8 @@ use broker::replication::submitter::ReplicatedSubmitter;
 use broker::replication::sync;
 use broker::replication::written::WrittenPartitions;
 use broker::replication::ClientIds;
+use broker::storage::graveyard;
+use broker::storage::metadata::MetadataStore;
 use broker::submit::Submitter;
 use iggy_wire::message::SendMessagesHeader;
 use iggy_wire::request::TopicSettings;
@@ -159,6 +162,9 @@ fn create_topic(broker: &Broker) {
 /// loss tears what came later (`tear_tails`), which recovery and the WAL's replay must mend.
 fn boot(world: &Brokers, dir: &Path, disk: &DiskImage) -> Arc<Broker> {
     let checkpoint = Superblock::newest(&disk.superblocks).map_or(0, |sb| sb.checkpoint);
+    if dir.exists() {
+        graveyard::exhume(dir, checkpoint).expect("graveyard");
+    }
     if checkpoint == 0 {
         // Before the first checkpoint the WAL replays every op onto empty data.
         let _ = std::fs::remove_dir_all(dir);
@@ -172,6 +178,13 @@ fn boot(world: &Brokers, dir: &Path, disk: &DiskImage) -> Arc<Broker> {
         .filter(|c| c.op() == checkpoint && c.verify())
         .and_then(|c| split(&c.state))
         .and_then(|(_, manifest)| Manifest::decode(manifest).ok());
+    // As `replication::prepare_data`: the broker opens with the checkpoint's metadata.
+    if let Some(manifest) = &manifest {
+        let snapshot = serde_json::from_slice(&manifest.metadata).expect("manifest metadata");
+        MetadataStore::new(dir)
+            .and_then(|store| store.save(&snapshot))
+            .expect("saves the checkpoint's metadata");
+    }
     let mut broker = open_broker(dir);
     if let Some(manifest) = &manifest {
         if tear_tails(world, &broker, manifest) {
@@ -317,6 +330,96 @@ impl SimBroker {
     }
 }
 
+/// Every this many ops the catalog changes too (`churn`).
+const CHURN_EVERY: u64 = 8;
+/// Whether churn deletes topics too. Off for now: a replica syncing to a checkpoint whose
+/// partition a peer has since deleted and re-created under the same ids cannot fetch the
+/// checkpoint's data from that peer (it is in the peer's graveyard, which sync does not read
+/// yet), so it waits for a newer checkpoint — forever in the simulator's quiet liveness phase.
+const DELETE_CHURNED: bool = false;
+
+impl SimBroker {
+    /// Metadata changes derived from the op number and the state, so alike on every replica:
+    /// on every [`CHURN_EVERY`]th op that reaches the machine (session registrations do not),
+    /// a topic `churn-<op>` with 1–3 partitions is created and written to, and the oldest
+    /// churn topic deleted while more than two exist — so checkpoints differ in their
+    /// metadata, ids are reused, state sync must create and remove partitions, and restores
+    /// compare catalogs that moved.
+    fn churn(&mut self, header: &PrepareHeader) {
+        if !header.op.is_multiple_of(CHURN_EVERY) {
+            return;
+        }
+        let name = format!("churn-{}", header.op);
+        let stream = || Identifier::Named(STREAM.into());
+        let churned: Vec<u32> = {
+            let catalog = self.broker.catalog();
+            let mut topics: Vec<(u64, u32)> = catalog
+                .streams
+                .values()
+                .flat_map(|s| s.topics.values())
+                .filter(|t| t.name.starts_with("churn-"))
+                .map(|t| (t.created_at, t.id))
+                .collect();
+            topics.sort();
+            topics.into_iter().map(|(_, id)| id).collect()
+        };
+        let mut ops = vec![Operation::CreateTopic {
+            stream: stream(),
+            partitions: 1 + (header.op / CHURN_EVERY % 3) as u32,
+            settings: TopicSettings {
+                compression: 1,
+                message_expiry: u64::MAX,
+                max_topic_size: u64::MAX,
+                replication_factor: 1,
+                name: name.clone(),
+            },
+        }];
+        if DELETE_CHURNED && churned.len() >= 2 {
+            ops.push(Operation::DeleteTopic {
+                stream: stream(),
+                topic: Identifier::Numeric(churned[0]),
+            });
+        }
+        let mut bodies: Vec<Vec<u8>> = ops
+            .into_iter()
+            .map(|op| {
+                let mut body = Vec::new();
+                let submission = Submission {
+                    user: Some(ROOT),
+                    op,
+                };
+                codec::encode(&submission, &mut body).expect("encodes");
+                body
+            })
+            .collect();
+        let mut request = Vec::new();
+        let payload = header.op.to_le_bytes();
+        SendMessagesHeader::encode_request(
+            &stream(),
+            &Identifier::Named(name),
+            &Partitioning::Balanced,
+            &[(0u128, &payload[..], &[][..])],
+            &mut request,
+        );
+        let mut body = Vec::new();
+        let submission = Submission {
+            user: Some(ROOT),
+            op: Operation::append(&mut request).expect("a valid send"),
+        };
+        codec::encode(&submission, &mut body).expect("encodes");
+        bodies.push(body);
+        for body in bodies {
+            let reply = self.machine.apply(header, &body);
+            assert_eq!(
+                split_reply(&reply).0,
+                0,
+                "a churn operation failed at op {}",
+                header.op
+            );
+        }
+    }
+}
+
 impl StateMachine for SimBroker {
     fn apply(&mut self, header: &PrepareHeader, body: &[u8]) -> Vec<u8> {
         let model_reply = self.model.apply(header, body);
@@ -326,6 +429,7 @@ impl StateMachine for SimBroker {
             .apply(header, translated.as_deref().unwrap_or(body));
         let (status, _) = split_reply(&reply);
         self.agree_on_append(body, &model_reply, status);
+        self.churn(header);
         model_reply
     }
 
@@ -419,12 +523,15 @@ impl SimMachine for SimBroker {
         let deadline = Instant::now() + Duration::from_secs(60);
         // A failure (the sender was cut back by its own restart, say) leaves the data short:
         // the core then refuses the checkpoint, as a replica's driver makes it.
-        let synced = sync::install_from(
-            &target.broker,
-            &manifest,
-            &mut sync::InProcess(&source),
-            deadline,
-        );
+        let data = target.broker.config.system.path.clone();
+        let synced = graveyard::during(&data, checkpoint.op(), || {
+            sync::install_from(
+                &target.broker,
+                &manifest,
+                &mut sync::InProcess(&source),
+                deadline,
+            )
+        });
         if let Ok(messages) = synced {
             STATS.with(|s| {
                 let mut s = s.borrow_mut();

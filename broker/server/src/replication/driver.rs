@@ -243,7 +243,13 @@ impl Driver {
         };
         let started = Instant::now();
         tracing::info!(op = checkpoint.op(), %peer, "state sync: fetching the checkpoint's data");
-        match sync::install(&self.broker, &manifest, &peer, started + SYNC_DEADLINE) {
+        // Until the core makes this checkpoint durable the old one is what a restart restores,
+        // so what installing the new one deletes is buried, not deleted.
+        let data = self.broker.config.system.path.clone();
+        let installed = crate::storage::graveyard::during(&data, checkpoint.op(), || {
+            sync::install(&self.broker, &manifest, &peer, started + SYNC_DEADLINE)
+        });
+        match installed {
             Ok(messages) => {
                 self.sync_failed = None;
                 self.synced = Some(checkpoint.op());

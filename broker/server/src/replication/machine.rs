@@ -17,8 +17,8 @@ use crate::ops::OpContext;
 use crate::replication::written::WrittenPartitions;
 use crate::state::catalog::Catalog;
 use crate::state::partition::Partition;
-use crate::storage::metadata;
 use crate::storage::StorageError;
+use crate::storage::{graveyard, metadata};
 use iggy_wire::ConsumerKind;
 use iggy_wire::ErrorCode;
 use std::sync::Arc;
@@ -34,6 +34,10 @@ pub struct BrokerMachine {
     digest: u128,
     /// The buffer an append's frames are copied into to be stamped, kept between applies.
     scratch: Vec<u8>,
+    /// The last op applied, and the ops of the last two checkpoints taken: what was deleted at
+    /// or before the older one is released from the graveyard at the next checkpoint.
+    applied: u64,
+    checkpoints: std::cell::Cell<(u64, u64)>,
 }
 
 impl BrokerMachine {
@@ -43,6 +47,8 @@ impl BrokerMachine {
             written,
             digest: 0,
             scratch: Vec::new(),
+            applied: 0,
+            checkpoints: std::cell::Cell::new((0, 0)),
         }
     }
 }
@@ -69,7 +75,11 @@ impl StateMachine for BrokerMachine {
                     timestamp: header.timestamp,
                     entropy: header.checksum,
                 };
-                let applied = apply(&self.broker, context, decoded.submission(), &mut reply);
+                // Deletions are buried, not made, until no checkpoint needs what they delete.
+                let data = self.broker.config.system.path.clone();
+                let applied = graveyard::during(&data, header.op, || {
+                    apply(&self.broker, context, decoded.submission(), &mut reply)
+                });
                 let scratch = decoded.into_scratch();
                 // Keep the buffer for the next batch unless one oversized batch grew it.
                 if scratch.capacity() <= SCRATCH_KEPT {
@@ -103,6 +113,7 @@ impl StateMachine for BrokerMachine {
             }
         };
         reply[..4].copy_from_slice(&status.to_le_bytes());
+        self.applied = self.applied.max(header.op);
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(&self.digest.to_le_bytes());
         hasher.update(&header.op.to_le_bytes());
@@ -121,6 +132,15 @@ impl StateMachine for BrokerMachine {
     /// segment files; the driver syncs them before the checkpoint is written.
     fn snapshot(&self) -> Vec<u8> {
         let manifest = Manifest::capture(&self.broker.catalog(), self.digest);
+        // The checkpoint before the previous one is durable by now (the core writes them in
+        // order): nothing buried at or before it can be needed again.
+        let (released, previous) = self.checkpoints.get();
+        self.checkpoints.set((previous, self.applied));
+        if released > 0 {
+            if let Err(e) = graveyard::release_through(&self.broker.config.system.path, released) {
+                tracing::warn!(error = %e, "cannot release deleted data from the graveyard");
+            }
+        }
         postcard::to_stdvec(&manifest).unwrap_or_default()
     }
 

@@ -364,7 +364,23 @@ pub async fn boot(
 /// Data without a journal is a single node's, which cluster mode refuses to adopt.
 fn prepare_data(data: &Path, had_journal: bool, image: &DiskImage) -> Result<(), ClusterError> {
     let checkpoint = Superblock::newest(&image.superblocks).map_or(0, |sb| sb.checkpoint);
+    // What ops after the checkpoint deleted comes back: the checkpoint names it, and the
+    // WAL's replay deletes it again (`storage::graveyard`).
+    let exhumed = crate::storage::graveyard::exhume(data, checkpoint)?;
+    if exhumed > 0 {
+        tracing::info!(
+            exhumed,
+            checkpoint,
+            "restored data deleted after the checkpoint"
+        );
+    }
     if checkpoint > 0 {
+        // The broker opens with the checkpoint's metadata, so each partition it opens is the
+        // incarnation the checkpoint names — not one that ops after it created with the same
+        // ids, whose records the metadata file may hold (the WAL's replay creates them again).
+        if let Some(snapshot) = checkpoint_metadata(image) {
+            crate::storage::metadata::MetadataStore::new(data)?.save(&snapshot)?;
+        }
         return Ok(());
     }
     let metadata = data.join(crate::storage::metadata::FILE_NAME);
@@ -386,17 +402,21 @@ fn prepare_data(data: &Path, had_journal: bool, image: &DiskImage) -> Result<(),
 /// that does not verify or decode leaves the broker alone: the core finds it damaged too and
 /// keeps this replica out of quorums until it is repaired.
 fn install_checkpoint_metadata(broker: &Broker, image: &DiskImage) -> Result<(), ClusterError> {
+    if let Some(snapshot) = checkpoint_metadata(image) {
+        broker.install_metadata(&snapshot)?;
+    }
+    Ok(())
+}
+
+/// The metadata of the checkpoint the superblock names, if it verifies and decodes.
+fn checkpoint_metadata(image: &DiskImage) -> Option<crate::storage::metadata::Snapshot> {
     let named = Superblock::newest(&image.superblocks).map_or(0, |sb| sb.checkpoint);
-    let snapshot = image
+    image
         .checkpoint
         .as_ref()
         .filter(|c| named > 0 && c.op() == named && c.verify())
         .and_then(|c| machine::Manifest::decode(&c.state).ok())
-        .and_then(|m| serde_json::from_slice(&m.metadata).ok());
-    if let Some(snapshot) = snapshot {
-        broker.install_metadata(&snapshot)?;
-    }
-    Ok(())
+        .and_then(|m| serde_json::from_slice(&m.metadata).ok())
 }
 
 /// The journal thread: carries out the core's writes in issue order, many at a time (one

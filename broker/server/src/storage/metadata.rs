@@ -237,8 +237,23 @@ pub fn stream_dirs_on_disk(system_path: &Path) -> Result<usize, StorageError> {
     }
 }
 
-/// Removes a directory tree, tolerating its absence.
+/// Removes a directory tree, tolerating its absence — or, while a replica applies an op,
+/// buries it until no checkpoint needs it (`graveyard`).
 pub fn remove_tree(dir: &Path) -> Result<(), StorageError> {
+    if super::graveyard::bury(dir)? {
+        return Ok(());
+    }
+    remove_tree_now(dir)
+}
+
+/// Removes a directory tree (or a file) at once, tolerating its absence.
+pub fn remove_tree_now(dir: &Path) -> Result<(), StorageError> {
+    if dir.is_file() {
+        return match std::fs::remove_file(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(dir),
+            _ => Ok(()),
+        };
+    }
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).at(dir),
         _ => Ok(()),

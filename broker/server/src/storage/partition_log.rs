@@ -7,7 +7,7 @@ use super::checkpoint::Checkpoint;
 use super::descriptors::SegmentFile;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{IndexEntry, Segment};
-use super::{fsutil, tiered, trash, IoContext, StorageError};
+use super::{fsutil, graveyard, tiered, trash, IoContext, StorageError};
 use iggy_tiering::{Manifest, TieredSegment};
 use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader, INDEX_ENTRY_SIZE};
 use std::path::{Path, PathBuf};
@@ -500,9 +500,7 @@ impl PartitionLog {
             self.tiered_version += 1;
             tiered::store(&self.dir, &self.tiered)?;
         }
-        for segment in &self.segments {
-            segment.remove_files()?;
-        }
+        remove_segment_files(&self.dir, &self.segments)?;
         Checkpoint::remove(&self.dir);
         self.checkpointed = None;
         self.segments = vec![Segment::open(&self.dir, 0)?];
@@ -644,9 +642,7 @@ impl PartitionLog {
                 ),
             });
         }
-        for segment in &self.segments {
-            segment.remove_files()?;
-        }
+        remove_segment_files(&self.dir, &self.segments)?;
         Checkpoint::remove(&self.dir);
         self.checkpointed = None;
         self.segments = vec![Segment::open(&self.dir, first_local)?];
@@ -919,10 +915,16 @@ impl PartitionLog {
 /// Removes detached segments' files from the partition durably; the bytes are unlinked off
 /// the caller's thread (see [`trash`]).
 pub fn remove_segment_files(dir: &Path, segments: &[Segment]) -> Result<(), StorageError> {
-    let files: Vec<&Path> = segments
+    let mut files = Vec::with_capacity(segments.len() * 2);
+    for file in segments
         .iter()
         .flat_map(|s| [s.log_path.as_path(), s.index_path.as_path()])
-        .collect();
+    {
+        // A replica applying an op keeps them until no checkpoint needs them.
+        if !graveyard::bury(file)? {
+            files.push(file);
+        }
+    }
     trash::discard(dir, &files)
 }
 

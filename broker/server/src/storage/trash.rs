@@ -32,6 +32,21 @@ pub fn discard(dir: &Path, files: &[&Path]) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Renames a directory tree to its `.deleted` name and removes it off the caller's thread.
+pub fn discard_tree(dir: &Path) -> Result<(), StorageError> {
+    let target = trashed_name(dir);
+    std::fs::rename(dir, &target).at(dir)?;
+    std::thread::Builder::new()
+        .name("tree-unlink".into())
+        .spawn(move || {
+            if let Err(e) = std::fs::remove_dir_all(&target) {
+                tracing::warn!(dir = %target.display(), error = %e, "cannot remove a released tree");
+            }
+        })
+        .map(|_| ())
+        .at(dir)
+}
+
 /// Removes the `.deleted` files a crash left in `dir` before their unlink.
 pub fn empty(dir: &Path) -> Result<(), StorageError> {
     for entry in std::fs::read_dir(dir).at(dir)? {

@@ -1,0 +1,215 @@
+//! Data a replica deletes stays on disk until no checkpoint it may restart from needs it.
+//!
+//! A replica restarts from its durable checkpoint and replays the WAL's later ops onto it, so
+//! the data that checkpoint names must still be there: a topic deleted, a partition purged or a
+//! segment removed by retention *after* the checkpoint would otherwise be gone, the checkpoint
+//! could not be restored, and the replica would stay recovering — every replica at once after
+//! a power loss of the whole cluster. (The simulator found it as soon as its workload deleted
+//! topics: `broker/server/tests/simulation.rs`.) So while an op is applied on a replica
+//! ([`during`]), deleting a directory or segment files moves them into
+//! `<data>/vsr/graveyard/<op>/<path below data>` instead; a checkpoint taken two checkpoints
+//! later releases them ([`release_through`]); and boot ([`exhume`]) moves back what was buried
+//! after the checkpoint it restarts from, before the broker opens — the WAL's replay deletes
+//! it again. A single node never sets the context, and deletes at once as before.
+
+use super::{IoContext, StorageError};
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+/// The graveyard below a data directory.
+pub fn root(data: &Path) -> PathBuf {
+    data.join("vsr").join("graveyard")
+}
+
+struct Context {
+    data: PathBuf,
+    op: u64,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with deletions below `data` buried under `op` (on this thread).
+pub fn during<T>(data: &Path, op: u64, f: impl FnOnce() -> T) -> T {
+    let previous = CONTEXT.with(|c| {
+        c.borrow_mut().replace(Context {
+            data: data.to_owned(),
+            op,
+        })
+    });
+    let result = f();
+    CONTEXT.with(|c| *c.borrow_mut() = previous);
+    result
+}
+
+/// The list of what one op's grave holds: a line `<number>\t<path below data>` per burial.
+const PATHS: &str = "paths";
+
+/// Buries `path` (a directory or a file below the data directory) if an op is being applied
+/// on this thread; returns `false` when the caller should delete it itself. The burial is
+/// listed before the move, so a crash in between leaves a line whose entry is missing (skipped
+/// by [`exhume`]) rather than an entry nobody knows.
+pub fn bury(path: &Path) -> Result<bool, StorageError> {
+    CONTEXT.with(|c| {
+        let context = c.borrow();
+        let Some(context) = context.as_ref() else {
+            return Ok(false);
+        };
+        let Ok(relative) = path.strip_prefix(&context.data) else {
+            return Ok(false);
+        };
+        if !path.exists() {
+            return Ok(true);
+        }
+        let grave = root(&context.data).join(format!("{:020}", context.op));
+        std::fs::create_dir_all(&grave).at(&grave)?;
+        let list = grave.join(PATHS);
+        let number = listed(&grave)?.len();
+        let line = format!("{number}\t{}\n", relative.display());
+        std::io::Write::write_all(
+            &mut std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&list)
+                .at(&list)?,
+            line.as_bytes(),
+        )
+        .at(&list)?;
+        std::fs::rename(path, grave.join(number.to_string())).at(path)?;
+        Ok(true)
+    })
+}
+
+/// What one op's grave lists, in burial order: (entry name, path below data).
+fn listed(grave: &Path) -> Result<Vec<(String, PathBuf)>, StorageError> {
+    let list = grave.join(PATHS);
+    let text = match std::fs::read_to_string(&list) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(&list),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(number, path)| (number.to_owned(), PathBuf::from(path)))
+        .collect())
+}
+
+/// The ops with graves, oldest first.
+fn graves(data: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let root = root(data);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(&root),
+    };
+    let mut graves = Vec::new();
+    for entry in entries {
+        let path = entry.at(&root)?.path();
+        if let Some(op) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+        {
+            graves.push((op, path));
+        }
+    }
+    graves.sort();
+    Ok(graves)
+}
+
+/// Deletes what was buried at or before `op` (in the background: it may be gigabytes).
+pub fn release_through(data: &Path, op: u64) -> Result<(), StorageError> {
+    for (buried, path) in graves(data)? {
+        if buried > op {
+            break;
+        }
+        super::trash::discard_tree(&path)?;
+    }
+    Ok(())
+}
+
+/// Boot of a replica restarting from the checkpoint at `checkpoint` (0: none, the data is
+/// rebuilt from the WAL): moves back everything buried after it over whatever lies there now
+/// — newest burial first, so that for a path buried several times the first burial, which is
+/// what the checkpoint knew, ends up in place, and a directory restored from a later op gets
+/// back the segment files an earlier op took from it — then forgets every grave. Returns how
+/// many burials came back.
+pub fn exhume(data: &Path, checkpoint: u64) -> Result<usize, StorageError> {
+    let graves = graves(data)?;
+    let mut restored = 0;
+    if checkpoint > 0 {
+        for (op, grave) in graves.iter().rev() {
+            if *op <= checkpoint {
+                continue;
+            }
+            for (entry, relative) in listed(grave)?.into_iter().rev() {
+                let from = grave.join(&entry);
+                if !from.exists() {
+                    continue;
+                }
+                let target = data.join(&relative);
+                super::metadata::remove_tree_now(&target)?;
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).at(parent)?;
+                }
+                std::fs::rename(&from, &target).at(&target)?;
+                restored += 1;
+            }
+        }
+    }
+    // Every grave, and what an interrupted release left renamed.
+    super::metadata::remove_tree_now(&root(data))?;
+    Ok(restored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn what_was_deleted_after_the_checkpoint_comes_back_as_the_checkpoint_knew_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        let partition = data.join("streams/0/topics/1/partitions/0");
+        write(&partition.join("0.log"), "first incarnation, old segment");
+        write(&partition.join("5.log"), "first incarnation, new segment");
+        // Op 11: retention takes the old segment. Op 12: the topic goes. Op 13: a new topic
+        // with the same ids appears, and op 14 deletes it too.
+        during(data, 11, || bury(&partition.join("0.log"))).unwrap();
+        during(data, 12, || bury(&data.join("streams/0/topics/1"))).unwrap();
+        write(&partition.join("0.log"), "second incarnation");
+        during(data, 14, || bury(&data.join("streams/0/topics/1"))).unwrap();
+        write(&partition.join("0.log"), "third incarnation, live");
+        assert!(
+            !bury(&partition).unwrap(),
+            "no op applied: the caller deletes"
+        );
+
+        assert_eq!(exhume(data, 10).unwrap(), 3);
+        let read = |name: &str| std::fs::read_to_string(partition.join(name)).unwrap();
+        assert_eq!(read("0.log"), "first incarnation, old segment");
+        assert_eq!(read("5.log"), "first incarnation, new segment");
+        assert!(!root(data).exists(), "every grave is forgotten");
+    }
+
+    #[test]
+    fn burials_at_or_before_the_checkpoint_stay_deleted_and_are_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        write(&data.join("streams/0/a"), "old");
+        write(&data.join("streams/1/b"), "newer");
+        during(data, 5, || bury(&data.join("streams/0"))).unwrap();
+        during(data, 9, || bury(&data.join("streams/1"))).unwrap();
+        release_through(data, 5).unwrap();
+        assert_eq!(graves(data).unwrap().len(), 1, "op 9's grave stays");
+        assert_eq!(exhume(data, 9).unwrap(), 0);
+        assert!(!data.join("streams/0").exists() && !data.join("streams/1").exists());
+    }
+}
