@@ -83,8 +83,21 @@ impl OtlpReceiver {
             grpc_endpoint: format!("http://127.0.0.1:{grpc_port}"),
             http_endpoint: format!("http://127.0.0.1:{http_port}"),
         };
-        receiver.resume();
-        Some(receiver)
+        // A port picked free can be taken by another test before rotel binds it; rotel then
+        // exits, and a fresh pair of ports is tried.
+        for _ in 0..3 {
+            match receiver.try_resume() {
+                Ok(()) => return Some(receiver),
+                Err(why) => {
+                    eprintln!("rotel did not start ({why}); trying other ports");
+                    receiver.grpc_port = free_port();
+                    receiver.http_port = free_port();
+                    receiver.grpc_endpoint = format!("http://127.0.0.1:{}", receiver.grpc_port);
+                    receiver.http_endpoint = format!("http://127.0.0.1:{}", receiver.http_port);
+                }
+            }
+        }
+        panic!("rotel did not start on three pairs of ports");
     }
 
     /// Stops the collector (its ports close; exporters see it down).
@@ -98,6 +111,12 @@ impl OtlpReceiver {
     /// Starts the collector again on the same ports, printing to a fresh file: `received`
     /// then shows only what arrived after the restart.
     pub fn resume(&mut self) {
+        if let Err(why) = self.try_resume() {
+            panic!("rotel did not start again: {why}");
+        }
+    }
+
+    fn try_resume(&mut self) -> Result<(), String> {
         self.stop();
         let generation = std::fs::read_dir(self.dir.path())
             .map(|d| d.count())
@@ -124,13 +143,25 @@ impl OtlpReceiver {
             .spawn()
             .expect("rotel-agent starts");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // Generous: on a loaded 2-core machine the agent has taken over 10 s to listen.
+        let deadline = Instant::now() + Duration::from_secs(30);
         for port in [self.grpc_port, self.http_port] {
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < deadline, "rotel did not listen on {port}");
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    self.child = None;
+                    return Err(format!("it exited ({status}) before listening on {port}"));
+                }
+                if Instant::now() >= deadline {
+                    return Err(format!("it did not listen on {port} within 30 s"));
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+        Ok(())
     }
 
     /// Everything received since the collector last started, as its debug output.
