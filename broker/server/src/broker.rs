@@ -383,6 +383,7 @@ impl Broker {
                 self.config.storage.segment_size.0,
                 sync_on_roll(&self.config),
             )?;
+            crate::storage::graveyard::mark_incarnation(&dir, created_at)?;
             to_sync.extend(fsutil::dirs_to_sync_after_creating(&dir));
             partitions.push(Arc::new(Partition::new(
                 id,

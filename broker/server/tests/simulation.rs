@@ -332,11 +332,6 @@ impl SimBroker {
 
 /// Every this many ops the catalog changes too (`churn`).
 const CHURN_EVERY: u64 = 8;
-/// Whether churn deletes topics too. Off for now: a replica syncing to a checkpoint whose
-/// partition a peer has since deleted and re-created under the same ids cannot fetch the
-/// checkpoint's data from that peer (it is in the peer's graveyard, which sync does not read
-/// yet), so it waits for a newer checkpoint — forever in the simulator's quiet liveness phase.
-const DELETE_CHURNED: bool = false;
 
 impl SimBroker {
     /// Metadata changes derived from the op number and the state, so alike on every replica:
@@ -374,7 +369,7 @@ impl SimBroker {
                 name: name.clone(),
             },
         }];
-        if DELETE_CHURNED && churned.len() >= 2 {
+        if churned.len() >= 2 {
             ops.push(Operation::DeleteTopic {
                 stream: stream(),
                 topic: Identifier::Numeric(churned[0]),
@@ -542,8 +537,22 @@ impl SimMachine for SimBroker {
     }
 }
 
-/// Seeds whose real-apply run failed once, kept as regression cases.
-const REGRESSIONS: &[u64] = &[];
+/// Seeds whose real-apply run failed once, kept as regression cases: a restart after a topic
+/// deletion that could not restore its checkpoint (before the graveyard), a partition's old
+/// incarnation kept by state sync (before incarnations were compared), a sync to a checkpoint
+/// whose partition the peer had deleted and re-created (before sync read the graveyard).
+const REGRESSIONS: &[u64] = &[
+    637_045_292_893_188_801,
+    10_374_522_415_552_121_989,
+    1_665_034_677_685_527_642,
+    11_402_407_621_521_388_550,
+    17_027_773_309_508_568_658,
+    7_290_400_365_672_707_750,
+    8_953_742_241_160_045_327,
+    18_298_453_432_558_903_412,
+    637_131_540_506_043_862,
+    15_757_173_978_945_407_716,
+];
 
 fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("SIM_APPLY_SEED")

@@ -28,7 +28,8 @@
 use crate::broker::Broker;
 use crate::replication::machine::Manifest;
 use crate::replication::transport::{encode_frame, FETCH, FETCHED};
-use crate::storage::metadata;
+use crate::storage::partition_log::PartitionLog;
+use crate::storage::{graveyard, metadata};
 use iggy_tiering::TieredSegment;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -46,6 +47,9 @@ pub struct Fetch {
     pub partition: u32,
     pub from: u64,
     pub until: u64,
+    /// The partition's creation time in the checkpoint: which incarnation is meant, since
+    /// ids are reused after a delete (`None`: whichever is live).
+    pub created_at: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,20 +97,47 @@ pub enum SyncError {
     Timeout(Duration),
 }
 
-/// Answers a fetch from this broker's data.
+/// Answers a fetch from this broker's data: the live partition when it is the incarnation
+/// asked for, else that incarnation in the graveyard — a partition deleted (and perhaps
+/// re-created under the same ids) after the checkpoint the asker syncs to.
 pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
-    let refused = |reason: String| Fetched::Refused(reason);
-    let Some(partition) =
-        broker
-            .catalog()
-            .partition_by_ids(request.stream, request.topic, request.partition)
-    else {
-        return refused(format!(
-            "no partition {}/{}/{}",
+    let live = broker
+        .catalog()
+        .partition_by_ids(request.stream, request.topic, request.partition)
+        .filter(|p| request.created_at.is_none_or(|at| p.created_at == at));
+    if let Some(partition) = live {
+        // The lock is held while planning only, not while the bytes are read.
+        let planned = plan_chunk(&partition.log(), request);
+        return planned.map_or_else(|answer| *answer, read_chunk);
+    }
+    let buried = request.created_at.and_then(|at| {
+        let data = &broker.config.system.path;
+        let dir = metadata::partition_dir(data, request.stream, request.topic, request.partition);
+        graveyard::find_partition(data, dir.strip_prefix(data).ok()?, at)
+    });
+    let Some(dir) = buried else {
+        return Fetched::Refused(format!(
+            "no partition {}/{}/{} of that incarnation",
             request.stream, request.topic, request.partition
         ));
     };
-    let log = partition.log();
+    match PartitionLog::open(&dir, broker.config.storage.segment_size.0, false) {
+        Ok((log, _)) => plan_chunk(&log, request).map_or_else(|answer| *answer, read_chunk),
+        Err(e) => Fetched::Refused(format!("cannot open a deleted partition's data: {e}")),
+    }
+}
+
+/// What a fetch will read: the plan and what the answer says besides the frames.
+struct Planned {
+    plan: crate::storage::partition_log::ReadPlan,
+    previous: Option<u64>,
+    segment_start: u64,
+    tiered: Option<TieredSegment>,
+}
+
+/// Refusals and the `Head` answer come back as the error: they are the whole answer.
+fn plan_chunk(log: &PartitionLog, request: &Fetch) -> Result<Planned, Box<Fetched>> {
+    let refused = |reason: String| Err(Box::new(Fetched::Refused(reason)));
     if request.until > log.next_offset() || request.from > request.until {
         return refused(format!(
             "partition holds offsets up to {}, asked for {}..{}",
@@ -116,10 +147,10 @@ pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
         ));
     }
     if request.from < log.local_start() {
-        return Fetched::Head {
+        return Err(Box::new(Fetched::Head {
             first_local: log.local_start(),
             remote: log.remote_segments().to_vec(),
-        };
+        }));
     }
     let Some((segment_start, segment_end)) = log.segment_bounds(request.from) else {
         return refused(format!("no segment holds offset {}", request.from));
@@ -138,17 +169,24 @@ pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
         },
     };
     let count = (request.until.min(segment_end) - request.from).min(u64::from(u32::MAX)) as u32;
-    let plan = log.plan_read(request.from, count, CHUNK_BYTES);
-    drop(log);
-    let mut frames = Vec::with_capacity(plan.bytes);
-    if let Err(e) = plan.read_into(&mut frames) {
-        return refused(e.to_string());
-    }
-    Fetched::Chunk {
+    Ok(Planned {
+        plan: log.plan_read(request.from, count, CHUNK_BYTES),
         previous,
-        frames,
         segment_start,
         tiered,
+    })
+}
+
+fn read_chunk(planned: Planned) -> Fetched {
+    let mut frames = Vec::with_capacity(planned.plan.bytes);
+    if let Err(e) = planned.plan.read_into(&mut frames) {
+        return Fetched::Refused(e.to_string());
+    }
+    Fetched::Chunk {
+        previous: planned.previous,
+        frames,
+        segment_start: planned.segment_start,
+        tiered: planned.tiered,
     }
 }
 
@@ -200,6 +238,17 @@ pub fn install_from(
     let peer = source.peer();
     let peer = peer.as_str();
     let mut fetched = 0;
+    let created: std::collections::BTreeMap<(u32, u32, u32), u64> = snapshot
+        .streams
+        .iter()
+        .flat_map(|s| {
+            s.topics.iter().flat_map(move |t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| ((s.id, t.id, p.id), p.created_at))
+            })
+        })
+        .collect();
     for &(stream, topic, id, until, _) in &manifest.partitions {
         let partition = broker
             .catalog()
@@ -219,6 +268,7 @@ pub fn install_from(
                 partition: id,
                 from,
                 until,
+                created_at: created.get(&(stream, topic, id)).copied(),
             };
             match source.fetch(&request)? {
                 Fetched::Refused(reason) => {

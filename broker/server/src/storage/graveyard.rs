@@ -119,6 +119,34 @@ fn graves(data: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
     Ok(graves)
 }
 
+/// The name of the file holding a partition directory's creation time (`Broker::
+/// create_partitions` writes it): which incarnation of its ids the directory is.
+pub const INCARNATION: &str = "incarnation";
+
+/// Records which incarnation a partition directory is.
+pub fn mark_incarnation(partition_dir: &Path, created_at: u64) -> Result<(), StorageError> {
+    let path = partition_dir.join(INCARNATION);
+    std::fs::write(&path, created_at.to_string()).at(&path)
+}
+
+/// The buried directory of the partition at `relative` (below the data directory) created at
+/// `created_at` — buried itself, or inside a buried topic or stream directory.
+pub fn find_partition(data: &Path, relative: &Path, created_at: u64) -> Option<PathBuf> {
+    for (_, grave) in graves(data).ok()?.into_iter().rev() {
+        for (entry, buried) in listed(&grave).ok()? {
+            let Ok(inside) = relative.strip_prefix(&buried) else {
+                continue;
+            };
+            let candidate = grave.join(&entry).join(inside);
+            let marked = std::fs::read_to_string(candidate.join(INCARNATION)).ok();
+            if marked.and_then(|m| m.trim().parse().ok()) == Some(created_at) {
+                return Some(candidate);
+            }
+        }
+    }
+    None
+}
+
 /// Deletes what was buried at or before `op` (in the background: it may be gigabytes).
 pub fn release_through(data: &Path, op: u64) -> Result<(), StorageError> {
     for (buried, path) in graves(data)? {
