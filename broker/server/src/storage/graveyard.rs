@@ -24,6 +24,9 @@ pub fn root(data: &Path) -> PathBuf {
 struct Context {
     data: PathBuf,
     op: u64,
+    /// The number the next burial in this op's grave gets, once the grave was read (an op may
+    /// bury thousands of segment files; the list is read once, not per burial).
+    next: Option<usize>,
 }
 
 thread_local! {
@@ -36,6 +39,7 @@ pub fn during<T>(data: &Path, op: u64, f: impl FnOnce() -> T) -> T {
         c.borrow_mut().replace(Context {
             data: data.to_owned(),
             op,
+            next: None,
         })
     });
     let result = f();
@@ -52,8 +56,8 @@ const PATHS: &str = "paths";
 /// by [`exhume`]) rather than an entry nobody knows.
 pub fn bury(path: &Path) -> Result<bool, StorageError> {
     CONTEXT.with(|c| {
-        let context = c.borrow();
-        let Some(context) = context.as_ref() else {
+        let mut context = c.borrow_mut();
+        let Some(context) = context.as_mut() else {
             return Ok(false);
         };
         let Ok(relative) = path.strip_prefix(&context.data) else {
@@ -65,7 +69,11 @@ pub fn bury(path: &Path) -> Result<bool, StorageError> {
         let grave = root(&context.data).join(format!("{:020}", context.op));
         std::fs::create_dir_all(&grave).at(&grave)?;
         let list = grave.join(PATHS);
-        let number = listed(&grave)?.len();
+        let number = match context.next {
+            Some(next) => next,
+            None => listed(&grave)?.len(),
+        };
+        context.next = Some(number + 1);
         let line = format!("{number}\t{}\n", relative.display());
         std::io::Write::write_all(
             &mut std::fs::OpenOptions::new()

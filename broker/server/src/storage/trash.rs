@@ -36,15 +36,8 @@ pub fn discard(dir: &Path, files: &[&Path]) -> Result<(), StorageError> {
 pub fn discard_tree(dir: &Path) -> Result<(), StorageError> {
     let target = trashed_name(dir);
     std::fs::rename(dir, &target).at(dir)?;
-    std::thread::Builder::new()
-        .name("tree-unlink".into())
-        .spawn(move || {
-            if let Err(e) = std::fs::remove_dir_all(&target) {
-                tracing::warn!(dir = %target.display(), error = %e, "cannot remove a released tree");
-            }
-        })
-        .map(|_| ())
-        .at(dir)
+    unlink_later(vec![target]);
+    Ok(())
 }
 
 /// Removes the `.deleted` files a crash left in `dir` before their unlink.
@@ -99,9 +92,13 @@ fn unlink_later(files: Vec<PathBuf>) {
 }
 
 fn unlink(file: &Path) {
-    if let Err(e) = std::fs::remove_file(file) {
+    let removed = match file.is_dir() {
+        true => std::fs::remove_dir_all(file),
+        false => std::fs::remove_file(file),
+    };
+    if let Err(e) = removed {
         if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(file = %file.display(), error = %e, "cannot unlink a deleted segment file");
+            tracing::warn!(file = %file.display(), error = %e, "cannot remove deleted data");
         }
     }
 }
