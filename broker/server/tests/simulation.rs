@@ -156,8 +156,7 @@ fn create_topic(broker: &Broker) {
 }
 
 /// A fresh data directory with the stream and topic, or the one a crash left, brought to the
-/// checkpoint the disk names as `iggy-broker`'s boot does (`replication::prepare_data`,
-/// `install_checkpoint_metadata`). A crash may have cost messages written after that
+/// checkpoint the disk names as `iggy-broker`'s boot does (`replication::prepare_data`). A crash may have cost messages written after that
 /// checkpoint: the journal syncs partition data only when it writes a checkpoint, so a power
 /// loss tears what came later (`tear_tails`), which recovery and the WAL's replay must mend.
 fn boot(world: &Brokers, dir: &Path, disk: &DiskImage) -> Arc<Broker> {
@@ -191,10 +190,6 @@ fn boot(world: &Brokers, dir: &Path, disk: &DiskImage) -> Arc<Broker> {
             drop(broker);
             broker = open_broker(dir);
         }
-        let snapshot = serde_json::from_slice(&manifest.metadata).expect("manifest metadata");
-        broker
-            .install_metadata(&snapshot)
-            .expect("installs metadata");
     }
     broker
 }

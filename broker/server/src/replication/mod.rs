@@ -276,7 +276,6 @@ pub async fn boot(
     let (broker, report) = tokio::task::block_in_place(|| {
         Broker::open_with(config, Submitter::Replicated(Box::new(submitter)))
     })?;
-    tokio::task::block_in_place(|| install_checkpoint_metadata(&broker, &image))?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|source| ClusterError::Listen {
@@ -356,8 +355,10 @@ pub async fn boot(
 /// The broker's data in cluster mode is derived from the log, and boot brings it to the state
 /// the core will replay the WAL onto. Before the first durable checkpoint the WAL holds every
 /// op since the cluster began, so the data is rebuilt from it: what a previous run applied is
-/// removed here, or replaying would apply it twice. After one, the broker opens what it has and
-/// takes the checkpoint's metadata the way state sync does (`install_checkpoint_metadata`); the
+/// removed here, or replaying would apply it twice. After one, what ops after it deleted is
+/// moved back from the graveyard and the checkpoint's metadata is written for the broker to
+/// open with (a checkpoint that does not verify or decode leaves the metadata alone: the core
+/// finds it damaged too and keeps this replica out of quorums until it is repaired); the
 /// partitions are cut back to the checkpoint when the core restores it
 /// (`BrokerMachine::restore`).
 ///
@@ -393,17 +394,6 @@ fn prepare_data(data: &Path, had_journal: bool, image: &DiskImage) -> Result<(),
     }
     if streams.exists() {
         std::fs::remove_dir_all(&streams)?;
-    }
-    Ok(())
-}
-
-/// Gives the opened broker the metadata of the checkpoint the superblock names (kept
-/// partitions keep their data, new ones start empty, dropped ones are removed). A checkpoint
-/// that does not verify or decode leaves the broker alone: the core finds it damaged too and
-/// keeps this replica out of quorums until it is repaired.
-fn install_checkpoint_metadata(broker: &Broker, image: &DiskImage) -> Result<(), ClusterError> {
-    if let Some(snapshot) = checkpoint_metadata(image) {
-        broker.install_metadata(&snapshot)?;
     }
     Ok(())
 }
