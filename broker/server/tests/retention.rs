@@ -220,10 +220,10 @@ async fn delete_segments_removes_the_oldest_and_keeps_the_active_one() {
 /// On a replicated broker retention is an operation of the log, issued by the primary with its
 /// timestamp: every member deletes the same segments, so every member serves the same
 /// messages from the same first offset — backups included, which run no pass of their own.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_delete_the_same_segments_through_the_log() {
-    // Only member 0 — the primary of view 0 — runs its maintenance loop often; the backups'
-    // would not run theirs within the test, so what they delete comes through the log.
+/// Three replicas with small segments where only member 0 — the primary of view 0 — runs its
+/// maintenance loop often; the backups would not run theirs within a test, so what they delete
+/// comes through the log. Returns the cluster and a client of member 0.
+async fn cleaned_by_member_0() -> (common::cluster::TestCluster, IggyClient) {
     let replication = (0..3).map(|_| common::free_port()).collect();
     let direct: Vec<std::net::SocketAddr> = std::clone::Clone::clone(&replication);
     let cluster = common::cluster::TestCluster::start_each(
@@ -240,6 +240,13 @@ async fn replicas_delete_the_same_segments_through_the_log() {
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     assert_eq!(primary, 0, "view 0's primary");
     let client = cluster.brokers[primary].client().await;
+    (cluster, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_delete_the_same_segments_through_the_log() {
+    let (cluster, client) = cleaned_by_member_0().await;
+    let primary = 0;
     topic(
         &client,
         IggyExpiry::ExpireDuration(IggyDuration::from(Duration::from_millis(600))),
@@ -290,26 +297,11 @@ fn segment_files(cluster: &common::cluster::TestCluster, member: usize) -> Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_behind_the_peers_retention_is_rebuilt_from_what_they_kept() {
-    // As above, only member 0 (view 0's primary) runs retention; the backups delete through
-    // the log. Member 2 is away while the primary writes on and deletes the oldest segments,
+    // Member 2 is away while the primary writes on and deletes the oldest segments,
     // long enough that the peers' WAL no longer reaches back to it: it catches up by state
     // sync, whose peers no longer hold its end.
-    let replication = (0..3).map(|_| common::free_port()).collect();
-    let direct: Vec<std::net::SocketAddr> = std::clone::Clone::clone(&replication);
-    let mut cluster = common::cluster::TestCluster::start_each(
-        replication,
-        move |_, to| direct[to],
-        |member| {
-            let interval = if member == 0 { "100ms" } else { "1h" };
-            vec![
-                ("IGGY_STORAGE_SEGMENT_SIZE", "4096"),
-                ("IGGY_RETENTION_CLEANER_INTERVAL", interval),
-            ]
-        },
-    );
-    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
-    assert_eq!(primary, 0, "view 0's primary");
-    let client = cluster.brokers[primary].client().await;
+    let (mut cluster, client) = cleaned_by_member_0().await;
+    let primary = 0;
     topic(
         &client,
         IggyExpiry::ExpireDuration(IggyDuration::from(Duration::from_secs(3))),

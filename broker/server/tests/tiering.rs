@@ -471,21 +471,30 @@ fn local_manifest(broker: &TestBroker) -> Option<Manifest> {
     Some(Manifest::decode(&bytes).expect("a valid local manifest"))
 }
 
+/// Three replicas tiering to `server`, holding 3,000 messages sent through the primary in
+/// batches of ten: enough operations for several checkpoints, which a replica's eviction waits
+/// for (it keeps what restoring its durable checkpoint needs). Returns the cluster, its primary
+/// and a client of it.
+async fn tiering_cluster_with_3000_messages(
+    server: &S3Server,
+) -> (common::cluster::TestCluster, usize, IggyClient) {
+    server.create_bucket(BUCKET);
+    let env = tiered_env(server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cluster = common::cluster::TestCluster::start(3, &env);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    setup(&client).await;
+    produce_batches(&client, 0, 300, 10).await;
+    (cluster, primary, client)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replicated_cluster_tiers_through_its_primary_and_every_member_reads_from_s3() {
     let Some(server) = S3Server::start() else {
         return;
     };
-    server.create_bucket(BUCKET);
-    let env = tiered_env(&server);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut cluster = common::cluster::TestCluster::start(3, &env);
-    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
-    let client = cluster.brokers[primary].client().await;
-    setup(&client).await;
-    // Batches of ten: enough operations for several checkpoints, which a replica's eviction
-    // waits for (it keeps what restoring its durable checkpoint needs).
-    produce_batches(&client, 0, 300, 10).await;
+    let (mut cluster, primary, client) = tiering_cluster_with_3000_messages(&server).await;
     let reference = read_everything(&client).await;
     assert_eq!(reference.len(), 3000);
     cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
@@ -554,14 +563,7 @@ async fn a_wiped_member_is_rebuilt_from_its_peers_and_reads_their_tiered_segment
     let Some(server) = S3Server::start() else {
         return;
     };
-    server.create_bucket(BUCKET);
-    let env = tiered_env(&server);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let mut cluster = common::cluster::TestCluster::start(3, &env);
-    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
-    let client = cluster.brokers[primary].client().await;
-    setup(&client).await;
-    produce_batches(&client, 0, 300, 10).await;
+    let (mut cluster, primary, client) = tiering_cluster_with_3000_messages(&server).await;
     cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
     wait_for("every member tiered", Duration::from_secs(60), || {
         let segments = stored_manifest(&server).map_or(0, |m| m.segments.len());

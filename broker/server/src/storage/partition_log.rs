@@ -1024,6 +1024,15 @@ pub(crate) mod tests {
         assert_eq!(log.last_checksum().unwrap(), 0);
     }
 
+    /// A log of 30 messages in batches of five, with 4 KiB segments (several of them).
+    fn six_batches_of_five(dir: &Path) -> PartitionLog {
+        let mut log = PartitionLog::create(dir, 4096, true).unwrap();
+        for round in 0..6u64 {
+            log.append(&mut batch(5, 100), 1000 + round, || 7).unwrap();
+        }
+        log
+    }
+
     /// Copies `source` into `copy` from `copy`'s end the way state sync does: one source
     /// segment per chunk.
     fn sync_segments(source: &PartitionLog, copy: &mut PartitionLog) {
@@ -1042,12 +1051,7 @@ pub(crate) mod tests {
     #[test]
     fn synced_frames_copy_a_log_and_its_segments_exactly_and_bad_ones_are_refused() {
         let source_dir = tempfile::tempdir().unwrap();
-        let mut source = PartitionLog::create(source_dir.path(), 4096, true).unwrap();
-        for round in 0..6u64 {
-            source
-                .append(&mut batch(5, 100), 1000 + round, || 7)
-                .unwrap();
-        }
+        let mut source = six_batches_of_five(source_dir.path());
         let (first_start, first_end) = source.segment_bounds(0).unwrap();
         let mut frames = Vec::new();
         source
@@ -1098,12 +1102,7 @@ pub(crate) mod tests {
     #[test]
     fn a_log_restarted_at_a_peers_first_local_offset_continues_from_there() {
         let source_dir = tempfile::tempdir().unwrap();
-        let mut source = PartitionLog::create(source_dir.path(), 4096, true).unwrap();
-        for round in 0..6u64 {
-            source
-                .append(&mut batch(5, 100), 1000 + round, || 7)
-                .unwrap();
-        }
+        let mut source = six_batches_of_five(source_dir.path());
         // Retention took the source's oldest two segments.
         source.delete_oldest_segments(2).unwrap();
         let first_local = source.local_start();
