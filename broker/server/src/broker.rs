@@ -91,7 +91,7 @@ impl Broker {
                                 metadata::partition_dir(&config.system.path, s.id, t.id, p.id);
                             let (log, recovered) = PartitionLog::open(
                                 &dir,
-                                config.storage.segment_size.0,
+                                config.segment_size(),
                                 sync_on_roll(&config),
                             )?;
                             report.partitions += 1;
@@ -380,7 +380,7 @@ impl Broker {
             metadata::remove_tree(&dir)?;
             let log = PartitionLog::create_unsynced(
                 &dir,
-                self.config.storage.segment_size.0,
+                self.config.segment_size(),
                 sync_on_roll(&self.config),
             )?;
             crate::storage::graveyard::mark_incarnation(&dir, created_at)?;

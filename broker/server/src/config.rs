@@ -37,8 +37,17 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct TieringConfig {
     pub interval: HumanDuration,
+    pub l1: L1Config,
     pub l2: L2Config,
     pub l3: L3Config,
+}
+
+/// L1: the newest batches of all partitions in memory (`storage::l1`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L1Config {
+    /// The process's budget; 0 turns L1 off.
+    pub size: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +72,9 @@ pub struct L3Config {
     pub upload_concurrency: u32,
     pub cache_size: ByteSize,
     pub read_ahead: ByteSize,
+    /// Seals an active segment this long after its first message, so it can be uploaded
+    /// (default with L2 off: [`Config::OBJECTS_ONLY_SEAL_AFTER`]).
+    pub seal_after: Limit<HumanDuration>,
 }
 
 impl fmt::Debug for L3Config {
@@ -442,6 +454,34 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// With L2 off, how long a segment stays open at most unless `tiering.l3.seal_after` says.
+    pub const OBJECTS_ONLY_SEAL_AFTER: Duration = Duration::from_secs(5);
+    /// With L2 off, the largest segment: what the store receives in one upload, and what local
+    /// disk holds per partition while it fills.
+    pub const OBJECTS_ONLY_SEGMENT_SIZE: u64 = 16 << 20;
+
+    /// The segment size partitions roll at: `storage.segment_size`, bounded by
+    /// [`Self::OBJECTS_ONLY_SEGMENT_SIZE`] when L2 is off (segments go to the store whole).
+    pub fn segment_size(&self) -> u64 {
+        match self.tiering.l2.enabled {
+            true => self.storage.segment_size.0,
+            false => self
+                .storage
+                .segment_size
+                .0
+                .min(Self::OBJECTS_ONLY_SEGMENT_SIZE),
+        }
+    }
+
+    /// How long an active segment may hold data before it is sealed for the object store.
+    pub fn seal_after(&self) -> Option<Duration> {
+        let set = self.tiering.l3.seal_after.0.map(|d| d.0);
+        match self.tiering.l2.enabled {
+            true => set,
+            false => Some(set.unwrap_or(Self::OBJECTS_ONLY_SEAL_AFTER)),
+        }
+    }
+
     /// Defaults, overlaid with the file (if any), overlaid with `env`, then validated.
     pub fn load(
         file: Option<&Path>,
@@ -522,16 +562,26 @@ impl Config {
         }
         let l2 = &self.tiering.l2;
         let l3 = &self.tiering.l3;
-        if !l2.enabled {
-            return Err(ConfigError::Invalid(match target {
-                None => "tiering.l2.enabled = false leaves no tier that can hold data: set an \
-                         L3 bucket (tiering.l3.bucket) or keep L2 on"
+        if !l2.enabled && target.is_none() {
+            return Err(ConfigError::Invalid(
+                "tiering.l2.enabled = false leaves no tier that can hold data: set an L3 bucket \
+                 (tiering.l3.bucket) or directory, or keep L2 on"
                     .into(),
-                Some(_) => "tiering.l2.enabled = false (segments only in the object store) is \
-                            not supported yet: keep L2 on and bound it with \
-                            tiering.l2.local_retention or local_max_size"
+            ));
+        }
+        if !l2.enabled && (l2.local_retention.0.is_some() || l2.local_max_size.0.is_some()) {
+            return Err(ConfigError::Invalid(
+                "tiering.l2.local_retention and local_max_size bound local copies, but \
+                 tiering.l2.enabled = false keeps none: remove them, or keep L2 on"
                     .into(),
-            }));
+            ));
+        }
+        if l3.seal_after.0.is_some() && target.is_none() {
+            return Err(ConfigError::Invalid(
+                "tiering.l3.seal_after seals segments for the object store, but no L3 is \
+                 configured (tiering.l3.bucket or directory)"
+                    .into(),
+            ));
         }
         if target.is_none() && (l2.local_retention.0.is_some() || l2.local_max_size.0.is_some()) {
             return Err(ConfigError::Invalid(
@@ -902,6 +952,36 @@ mod tests {
     }
 
     #[test]
+    fn objects_only_bounds_segments_and_seals_by_time_by_default() {
+        let on = Config::load(None, env(&[])).unwrap();
+        assert_eq!(on.segment_size(), on.storage.segment_size.0);
+        assert_eq!(on.seal_after(), None);
+        assert_eq!(on.tiering.l1.size, ByteSize(64 << 20));
+        let l1 = Config::load(None, env(&[("IGGY_TIERING_L1_SIZE", "0")])).unwrap();
+        assert_eq!(l1.tiering.l1.size, ByteSize(0));
+
+        let off = [
+            ("IGGY_TIERING_L2_ENABLED", "false"),
+            ("IGGY_TIERING_S3_BUCKET", "b"),
+        ];
+        let objects_only = Config::load(None, env(&off)).unwrap();
+        assert_eq!(
+            objects_only.segment_size(),
+            Config::OBJECTS_ONLY_SEGMENT_SIZE
+        );
+        assert_eq!(
+            objects_only.seal_after(),
+            Some(Config::OBJECTS_ONLY_SEAL_AFTER)
+        );
+        let mut vars = off.to_vec();
+        vars.push(("IGGY_TIERING_L3_SEAL_AFTER", "2s"));
+        vars.push(("IGGY_STORAGE_SEGMENT_SIZE", "65536"));
+        let set = Config::load(None, env(&vars)).unwrap();
+        assert_eq!(set.seal_after(), Some(Duration::from_secs(2)));
+        assert_eq!(set.segment_size(), 65536);
+    }
+
+    #[test]
     fn tier_combinations_that_cannot_hold_data_are_refused() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (
@@ -912,8 +992,20 @@ mod tests {
                 &[
                     ("IGGY_TIERING_L2_ENABLED", "false"),
                     ("IGGY_TIERING_S3_BUCKET", "b"),
+                    ("IGGY_TIERING_LOCAL_RETENTION", "1d"),
                 ],
-                "not supported yet",
+                "keeps none",
+            ),
+            (
+                &[
+                    ("IGGY_TIERING_S3_BUCKET", "b"),
+                    ("IGGY_TIERING_L3_SEAL_AFTER", "0s"),
+                ],
+                "must be positive",
+            ),
+            (
+                &[("IGGY_TIERING_L3_SEAL_AFTER", "10s")],
+                "no L3 is configured",
             ),
             (
                 &[("IGGY_TIERING_LOCAL_RETENTION", "1d")],

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         }
     };
     broker::storage::descriptors::set_sync_on_close(config.storage.fsync != FsyncPolicy::Never);
+    broker::storage::l1::set_capacity(config.tiering.l1.size.0);
     // A ring that cannot be replicated with is a configuration error, found before the data
     // directory is touched.
     let cluster = if config.cluster.is_replicated() {

@@ -301,6 +301,17 @@ impl Metrics {
              # TYPE iggy_segment_files_open gauge\niggy_segment_files_open {}",
             crate::storage::descriptors::open_count()
         );
+        let (l1_hits, l1_hit_bytes) = crate::storage::l1::hits();
+        let _ = writeln!(
+            out,
+            "# HELP iggy_tiering_l1_hits_total Read ranges of polls served from L1 memory, without reading the disk.\n\
+             # TYPE iggy_tiering_l1_hits_total counter\niggy_tiering_l1_hits_total {l1_hits}\n\
+             # HELP iggy_tiering_l1_hit_bytes_total Bytes of polls served from L1 memory.\n\
+             # TYPE iggy_tiering_l1_hit_bytes_total counter\niggy_tiering_l1_hit_bytes_total {l1_hit_bytes}\n\
+             # HELP iggy_tiering_l1_bytes Bytes of the newest batches held in L1 memory.\n\
+             # TYPE iggy_tiering_l1_bytes gauge\niggy_tiering_l1_bytes {}",
+            crate::storage::l1::used()
+        );
         if let Some(export) = self.export.get() {
             render_export(export, &mut out);
         }

@@ -107,7 +107,14 @@ async fn kill9_during_concurrent_sends_loses_no_acknowledged_message() {
 /// A broker that acknowledged 20 messages on partition 0 (still running), with the path of its
 /// only segment.
 async fn twenty_messages() -> (TestBroker, std::path::PathBuf) {
-    let broker = TestBroker::start_with(&[("IGGY_STORAGE_FSYNC", "always")]);
+    twenty_messages_with(&[]).await
+}
+
+/// [`twenty_messages`] with more settings.
+async fn twenty_messages_with(env: &[(&str, &str)]) -> (TestBroker, std::path::PathBuf) {
+    let mut settings = vec![("IGGY_STORAGE_FSYNC", "always")];
+    settings.extend_from_slice(env);
+    let broker = TestBroker::start_with(&settings);
     let client = broker.client().await;
     setup(&client, 1).await;
     let mut batch: Vec<IggyMessage> = (0..20).map(|i| message(&payload(0, i))).collect();
@@ -288,6 +295,46 @@ async fn rot_after_a_clean_stop_is_refused_on_read_not_served() {
     );
     let (_, metrics) = http_get(broker.http, "/metrics").unwrap();
     assert!(metrics.contains("iggy_corrupt_reads_total 2"), "{metrics}");
+}
+
+/// L1 holds the newest batches as they were written, so a poll of them never reads the disk:
+/// with a byte of message 5 flipped on disk under a running broker, the poll returns all 20
+/// messages intact and counts an L1 hit — and the same damage, with L1 off
+/// (`IGGY_TIERING_L1_SIZE=0`), is refused as the disk read it then is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_batches_are_served_from_l1_without_reading_the_disk() {
+    for (l1, served) in [("64 MiB", true), ("0", false)] {
+        let (broker, log) = twenty_messages_with(&[("IGGY_TIERING_L1_SIZE", l1)]).await;
+        let mut bytes = std::fs::read(&log).unwrap();
+        let start_of_5: usize = (0..5).map(|i| 64 + payload(0, i).len()).sum();
+        bytes[start_of_5 + 70] ^= 0x01;
+        std::fs::write(&log, &bytes).unwrap();
+
+        let client = broker.client().await;
+        let polled = poll(&client, 0, 0, 100).await;
+        let (_, metrics) = http_get(broker.http, "/metrics").unwrap();
+        if served {
+            let payloads: Vec<String> = polled
+                .unwrap()
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                .collect();
+            let sent: Vec<String> = (0..20).map(|i| payload(0, i)).collect();
+            assert_eq!(payloads, sent, "L1 {l1}: the batch as it was sent");
+            assert!(
+                metrics.contains("iggy_tiering_l1_hits_total 1\n"),
+                "{metrics}"
+            );
+            assert!(metrics.contains("iggy_corrupt_reads_total 0"), "{metrics}");
+        } else {
+            assert_eq!(code(polled.unwrap_err()), 4027, "L1 off: the disk is read");
+            assert!(
+                metrics.contains("iggy_tiering_l1_hits_total 0\n"),
+                "{metrics}"
+            );
+            assert!(metrics.contains("iggy_tiering_l1_bytes 0\n"), "{metrics}");
+        }
+    }
 }
 
 /// The inode of a partition's checkpoint file (a rewrite replaces the file), if it has one.

@@ -464,6 +464,117 @@ fn tier_settings_that_cannot_hold_data_stop_the_broker_with_exit_2() {
     let (code, output) = broker.run_expecting_failure();
     assert_eq!(code, 2, "{output}");
     assert!(output.contains("no tier that can hold data"), "{output}");
+
+    let archive = tempfile::tempdir().unwrap();
+    broker.set_env(
+        "IGGY_TIERING_L3_DIRECTORY",
+        archive.path().to_str().unwrap(),
+    );
+    broker.set_env("IGGY_TIERING_LOCAL_RETENTION", "1h");
+    let (code, output) = broker.run_expecting_failure();
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains("keeps none"), "{output}");
+}
+
+/// [`tiered_env`] for objects only: L2 off (so no local window), segments sealed a second after
+/// their first message.
+fn objects_only_env(server: &S3Server) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = tiered_env(server)
+        .into_iter()
+        .filter(|(k, _)| k != "IGGY_TIERING_LOCAL_RETENTION" && k != "IGGY_STORAGE_SEGMENT_SIZE")
+        .collect();
+    env.push(("IGGY_TIERING_L2_ENABLED".into(), "false".into()));
+    env.push(("IGGY_TIERING_L3_SEAL_AFTER".into(), "1s".into()));
+    env
+}
+
+/// The partition directory holds one segment, and it is empty: everything written is in the
+/// store, named by both manifests.
+fn holds_nothing_but_an_empty_active_segment(broker: &TestBroker, server: &S3Server) -> bool {
+    let dir = broker.partition_dir(0, 0, 0);
+    let logs: Vec<u64> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .collect()
+        })
+        .unwrap_or_default();
+    logs == [0]
+        && stored_manifest(server).is_some_and(|m| !m.segments.is_empty())
+        && local_manifest(broker) == stored_manifest(server)
+}
+
+/// L2 off: a segment far below the size limit is sealed by time, uploaded and dropped from
+/// local disk; consumers read it all back from S3; a kill -9 with unsealed data and a restart
+/// rebuild the partition from its manifest and the open segment, and what was acknowledged
+/// before the crash reaches the store too.
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_only_keeps_nothing_local_but_the_open_segment_and_survives_kill_9() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let env = objects_only_env(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut broker = TestBroker::start_with(&env);
+    let client = broker.client().await;
+    setup(&client).await;
+    produce(&client, 0, 20).await;
+    let reference = read_everything(&client).await;
+    assert_eq!(reference.len(), 2000);
+    wait_for(
+        "sealed by time, uploaded, dropped",
+        Duration::from_secs(30),
+        || holds_nothing_but_an_empty_active_segment(&broker, &server),
+    );
+    let manifest = stored_manifest(&server).unwrap();
+    assert_eq!(manifest.segments[0].start_offset, 0);
+    assert_eq!(
+        manifest.end(),
+        Some(2000),
+        "all of it, in 2 MB: sealed by time"
+    );
+    assert_eq!(
+        read_everything(&client).await,
+        reference,
+        "read back from S3"
+    );
+    let metrics = http_get(broker.http, "/metrics").unwrap().1;
+    assert!(metric(&metrics, "iggy_tiering_remote_reads_total").unwrap() > 0.0);
+    let delays = metric(&metrics, "iggy_tiering_store_delay_seconds_count").unwrap();
+    let waited = metric(&metrics, "iggy_tiering_store_delay_seconds_sum").unwrap();
+    assert!(delays >= 1.0, "{metrics}");
+    eprintln!(
+        "objects only: {delays} segments reached S3 on average {:.2} s after their first message",
+        waited / delays
+    );
+
+    // Acknowledged, still in the open segment, then a crash.
+    produce(&client, 20, 10).await;
+    drop(client);
+    broker.kill9();
+    broker.spawn_and_wait();
+    let client = broker.client().await;
+    let everything = read_everything(&client).await;
+    assert_eq!(everything.len(), 3000);
+    assert_eq!(&everything[..2000], &reference[..]);
+    wait_for(
+        "the rest reaches the store",
+        Duration::from_secs(30),
+        || {
+            holds_nothing_but_an_empty_active_segment(&broker, &server)
+                && stored_manifest(&server).and_then(|m| m.end()) == Some(3000)
+        },
+    );
+    assert_eq!(read_everything(&client).await, everything);
+    produce(&client, 30, 1).await;
+    assert_eq!(
+        read_everything(&client).await.len(),
+        3100,
+        "offsets continue"
+    );
 }
 
 fn local_manifest(broker: &TestBroker) -> Option<Manifest> {

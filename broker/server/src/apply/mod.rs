@@ -214,19 +214,36 @@ pub fn apply(
             topic,
             partition,
             segment,
-        } => {
-            let partition = broker.catalog().partition_by_ids(stream, topic, partition);
-            // A partition deleted since the upload has nothing to record.
-            let recorded = match partition {
-                Some(partition) => partition.log().record_tiered(segment).map(|_| ()),
-                None => Ok(()),
-            };
-            done(recorded.map_err(crate::error::BrokerError::Storage))
-        }
+        } => done(on_log(broker, (stream, topic, partition), |log| {
+            log.record_tiered(segment).map(|_| ())
+        })),
+        Operation::SealSegment {
+            stream,
+            topic,
+            partition,
+            at,
+        } => done(on_log(broker, (stream, topic, partition), |log| {
+            log.seal_active(at).map(|_| ())
+        })),
         Operation::ForgetNode { node, keep } => {
             groups::drop_members(broker, |id| id.node == node && Some(id.incarnation) != keep);
             done(Ok(()))
         }
+    }
+}
+
+/// Runs a tiering operation on a partition's log; a partition deleted since the primary
+/// issued it has nothing to change.
+fn on_log(
+    broker: &Broker,
+    (stream, topic, partition): (u32, u32, u32),
+    change: impl FnOnce(
+        &mut crate::storage::partition_log::PartitionLog,
+    ) -> Result<(), crate::storage::StorageError>,
+) -> crate::error::Result<()> {
+    match broker.catalog().partition_by_ids(stream, topic, partition) {
+        Some(partition) => change(&mut partition.log()).map_err(crate::error::BrokerError::Storage),
+        None => Ok(()),
     }
 }
 

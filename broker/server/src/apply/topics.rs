@@ -30,7 +30,7 @@ fn checked_settings(broker: &Broker, settings: &TopicSettings) -> Result<TopicSe
     if ![COMPRESSION_NONE, COMPRESSION_GZIP].contains(&settings.compression) {
         return Err(BrokerError::InvalidCompression(settings.compression));
     }
-    let segment = broker.config.storage.segment_size.0;
+    let segment = broker.config.segment_size();
     let retention = &broker.config.retention;
     let default_size = retention.max_topic_size.0.map_or(u64::MAX, |s| s.0);
     let default_expiry = retention

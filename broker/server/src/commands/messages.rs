@@ -148,7 +148,7 @@ pub async fn poll(
     let max_bytes = reserved.bytes() as usize;
     let start = start.filter(|_| max_bytes > 0);
     let (mut plan, current_offset) = match start {
-        Some(start) if count > 0 => partition.plan_read(start, count, max_bytes),
+        Some(start) if count > 0 => partition.plan_poll(start, count, max_bytes),
         _ => (Default::default(), partition.log().current_offset()),
     };
     let mut remote_frames = Vec::new();

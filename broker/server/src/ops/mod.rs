@@ -185,6 +185,15 @@ pub enum Operation<'a> {
         partition: u32,
         segment: iggy_tiering::TieredSegment,
     },
+    /// Seals the partition's active segment if the log's next offset is still `at`, so it can
+    /// be uploaded before it fills (`tiering.l3.seal_after`); segment boundaries must be the
+    /// same on every replica, so the primary's decision goes through the log.
+    SealSegment {
+        stream: u32,
+        topic: u32,
+        partition: u32,
+        at: u64,
+    },
     // Last: serde numbers variants after a skipped one differently when encoding and decoding.
     /// Appends a batch of message frames as the client sent them; `apply` validates them
     /// against the index before writing.

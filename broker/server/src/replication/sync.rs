@@ -121,7 +121,7 @@ pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
             request.stream, request.topic, request.partition
         ));
     };
-    match PartitionLog::open(&dir, broker.config.storage.segment_size.0, false) {
+    match PartitionLog::open(&dir, broker.config.segment_size(), false) {
         Ok((log, _)) => plan_chunk(&log, request).map_or_else(|answer| *answer, read_chunk),
         Err(e) => Fetched::Refused(format!("cannot open a deleted partition's data: {e}")),
     }

@@ -220,6 +220,15 @@ impl Partition {
         )
     }
 
+    /// [`Self::plan_read`] for a consumer's poll: what L1 holds is served from memory.
+    pub fn plan_poll(&self, offset: u64, count: u32, max_bytes: usize) -> (ReadPlan, u64) {
+        let log = self.log();
+        (
+            log.plan_poll(offset, count, max_bytes),
+            log.current_offset(),
+        )
+    }
+
     /// Clean shutdown: everything to disk, then the checkpoint that spares the next boot a
     /// full verification.
     pub fn shutdown(&self) -> Result<(), StorageError> {

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod descriptors;
 pub mod fsutil;
 pub mod graveyard;
+pub mod l1;
 pub mod metadata;
 pub mod offsets;
 pub mod partition_log;

@@ -5,9 +5,11 @@
 
 use super::checkpoint::Checkpoint;
 use super::descriptors::SegmentFile;
+use super::l1::TailCache;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{IndexEntry, Segment};
 use super::{fsutil, graveyard, tiered, trash, IoContext, StorageError};
+use bytes::Bytes;
 use iggy_tiering::{Manifest, TieredSegment};
 use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader, INDEX_ENTRY_SIZE};
 use std::path::{Path, PathBuf};
@@ -32,6 +34,8 @@ pub struct PartitionLog {
     /// Bumped by every change of `tiered`, so the tiering loop knows when the store's copy of
     /// the manifest is behind.
     tiered_version: u64,
+    /// The newest batches in memory (`storage::l1`).
+    l1: TailCache,
 }
 
 /// A read of a segment that only the object store holds; `storage` has no access to the
@@ -85,8 +89,14 @@ pub struct Appended {
 pub struct ReadChunk {
     pub file: SegmentFile,
     pub path: PathBuf,
+    /// The segment's first offset.
+    pub segment: u64,
     pub position: u64,
+    /// Bytes read from the file; the range's rest is `cached`.
     pub len: usize,
+    /// The range's end as L1 holds it (`storage::l1`), served from memory after the `len`
+    /// bytes read from the file.
+    pub cached: Vec<Bytes>,
 }
 
 #[derive(Default)]
@@ -105,14 +115,20 @@ impl ReadPlan {
         out.reserve(self.bytes);
         for chunk in &self.chunks {
             let at = out.len();
-            out.resize(at + chunk.len, 0);
-            if let Err(e) = chunk.file.read_exact_at(&mut out[at..], chunk.position) {
-                out.truncate(at);
-                return Err(e);
+            if chunk.len > 0 {
+                out.resize(at + chunk.len, 0);
+                if let Err(e) = chunk.file.read_exact_at(&mut out[at..], chunk.position) {
+                    out.truncate(at);
+                    return Err(e);
+                }
+                if let Err(error) = verify_frames(&out[at..], chunk) {
+                    out.truncate(at);
+                    return Err(error);
+                }
             }
-            if let Err(error) = verify_frames(&out[at..], chunk) {
-                out.truncate(at);
-                return Err(error);
+            // L1 holds what was written, not something read back: nothing to verify.
+            for slice in &chunk.cached {
+                out.extend_from_slice(slice);
             }
         }
         Ok(())
@@ -258,6 +274,7 @@ impl PartitionLog {
             checkpointed: None,
             tiered: Manifest::new(),
             tiered_version: 0,
+            l1: TailCache::default(),
         };
         log.recount();
         log
@@ -394,6 +411,7 @@ impl PartitionLog {
             })
         });
         active.append(messages, &entries)?;
+        self.l1.push(active.start_offset, base_position, messages);
         self.last_timestamp = timestamp;
         self.messages_count += entries.len() as u64;
         self.size_bytes += batch_len;
@@ -404,6 +422,22 @@ impl PartitionLog {
             bytes: batch_len,
             seq: self.write_seq,
         })
+    }
+
+    /// When the active segment's first message was stored (µs), if it holds any.
+    pub fn active_since(&self) -> Option<u64> {
+        self.active().index.first().map(|e| e.timestamp)
+    }
+
+    /// Seals the active segment so it can be uploaded, if it holds messages and the log's next
+    /// offset is `at` (a replicated seal names where the primary saw the log, so a replica
+    /// applying it later cannot seal a different segment). Returns whether it sealed.
+    pub fn seal_active(&mut self, at: u64) -> Result<bool, StorageError> {
+        if self.active().is_empty() || self.next_offset() != at {
+            return Ok(false);
+        }
+        self.roll()?;
+        Ok(true)
     }
 
     /// Seals the active segment and starts a new one at the next offset.
@@ -461,8 +495,10 @@ impl PartitionLog {
             plan.chunks.push(ReadChunk {
                 file: segment.log.clone(),
                 path: segment.log_path.clone(),
+                segment: segment.start_offset,
                 position: start,
                 len: (end - start) as usize,
+                cached: Vec::new(),
             });
             plan.count += (to - from) as u32;
             plan.bytes += (end - start) as usize;
@@ -470,6 +506,19 @@ impl PartitionLog {
             next = segment.start_offset + to as u64;
             if to < upto {
                 break;
+            }
+        }
+        plan
+    }
+
+    /// [`Self::plan_read`] for a consumer: ranges L1 holds are served from memory. (The
+    /// scrubber and state sync read the disk, whose bytes they are checking or sending.)
+    pub fn plan_poll(&self, offset: u64, count: u32, max_bytes: usize) -> ReadPlan {
+        let mut plan = self.plan_read(offset, count, max_bytes);
+        for chunk in &mut plan.chunks {
+            if let Some(cached) = self.l1.lookup(chunk.segment, chunk.position, chunk.len) {
+                chunk.len = (cached.from - chunk.position) as usize;
+                chunk.cached = cached.slices;
             }
         }
         plan
@@ -495,6 +544,7 @@ impl PartitionLog {
     /// Deletes every message; the partition restarts empty at offset 0. Returns the segments
     /// the object store held, whose objects the tiering loop then deletes.
     pub fn purge(&mut self) -> Result<Vec<TieredSegment>, StorageError> {
+        self.l1.clear();
         let tiered = std::mem::replace(&mut self.tiered, Manifest::new());
         if !tiered.segments.is_empty() {
             self.tiered_version += 1;
@@ -597,6 +647,7 @@ impl PartitionLog {
         if parsed.is_empty() {
             return Ok(0);
         }
+        self.l1.clear();
         let next = self.next_offset();
         let active_start = self.active().start_offset;
         if segment_start == next {
@@ -642,6 +693,7 @@ impl PartitionLog {
                 ),
             });
         }
+        self.l1.clear();
         remove_segment_files(&self.dir, &self.segments)?;
         Checkpoint::remove(&self.dir);
         self.checkpointed = None;
@@ -675,6 +727,7 @@ impl PartitionLog {
                 ),
             });
         };
+        self.l1.clear();
         let removed: Vec<Segment> = self.segments.drain(keep + 1..).collect();
         remove_segment_files(&self.dir, &removed)?;
         let segment = &mut self.segments[keep];
@@ -1208,6 +1261,53 @@ pub(crate) mod tests {
         }
         let evicted = log.evict_local(|_, _| true);
         remove_segment_files(&log.dir.clone(), &evicted).unwrap();
+    }
+
+    fn read(plan: ReadPlan) -> Result<Vec<u8>, StorageError> {
+        let mut out = Vec::new();
+        plan.read_into(&mut out).map(|()| out)
+    }
+
+    #[test]
+    fn polls_of_the_newest_batches_come_from_l1_without_reading_the_disk() {
+        let _serial = super::super::l1::BUDGET_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        super::super::l1::set_capacity(1 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 1 << 20, false).unwrap();
+        for round in 0..3 {
+            log.append(&mut batch(5, 100), 1000 + round, || 9).unwrap();
+        }
+        let written = read(log.plan_read(0, 100, usize::MAX)).unwrap();
+        assert_eq!(read(log.plan_poll(0, 100, usize::MAX)).unwrap(), written);
+        assert_eq!(
+            read(log.plan_poll(7, 4, usize::MAX)).unwrap().len(),
+            4 * (written.len() / 15)
+        );
+
+        // Rot on disk under the first batch: the disk read refuses it, the poll never sees it.
+        let file = dir
+            .path()
+            .join(format!("{}.log", super::super::segment::file_stem(0)));
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[40] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(matches!(
+            read(log.plan_read(0, 100, usize::MAX)),
+            Err(StorageError::CorruptRead { .. })
+        ));
+        assert_eq!(read(log.plan_poll(0, 100, usize::MAX)).unwrap(), written);
+
+        // Cut back and rewritten differently: what L1 held there is gone with it.
+        log.truncate_to(5).unwrap();
+        log.append(&mut batch(3, 60), 2000, || 9).unwrap();
+        let rewritten = read(log.plan_read(5, 100, usize::MAX)).unwrap();
+        assert_eq!(read(log.plan_poll(5, 100, usize::MAX)).unwrap(), rewritten);
+        assert_ne!(rewritten, written[written.len() / 3..]);
+        // Only the new batch is cached: the first batch's rot shows again.
+        assert!(read(log.plan_poll(0, 100, usize::MAX)).is_err());
+        super::super::l1::set_capacity(0);
     }
 
     #[test]

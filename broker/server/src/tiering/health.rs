@@ -7,6 +7,49 @@ use std::sync::Mutex;
 
 /// Upper bounds (seconds) of the L3 read latency histogram's buckets.
 pub const READ_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Upper bounds (seconds) of the histogram of how long data took to reach the store.
+pub const DELAY_BUCKETS: [f64; 10] = [0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0];
+
+/// A Prometheus histogram over fixed bounds (given to each call, at most 10).
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; 10],
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, bounds: &[f64], seconds: f64) {
+        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, bounds: &[f64]) {
+        use std::fmt::Write;
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (bound, bucket) in bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
 
 #[derive(Default)]
 pub struct TierHealth {
@@ -22,9 +65,8 @@ pub struct TierHealth {
     pub remote_read_bytes: AtomicU64,
     pub remote_read_failures: AtomicU64,
     pub cache_hits: AtomicU64,
-    read_buckets: [AtomicU64; READ_BUCKETS.len()],
-    read_count: AtomicU64,
-    read_micros: AtomicU64,
+    reads: Histogram,
+    delays: Histogram,
     last_error: Mutex<Option<(StoreError, u64)>>,
 }
 
@@ -48,14 +90,13 @@ impl TierHealth {
     }
 
     pub fn observe_read(&self, seconds: f64) {
-        for (bound, bucket) in READ_BUCKETS.iter().zip(&self.read_buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.read_count.fetch_add(1, Ordering::Relaxed);
-        self.read_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.reads.observe(&READ_BUCKETS, seconds);
+    }
+
+    /// A segment's upload was recorded `seconds` after its first message was stored: how long
+    /// the oldest data of a segment waited to reach the store.
+    pub fn observe_delay(&self, seconds: f64) {
+        self.delays.observe(&DELAY_BUCKETS, seconds);
     }
 
     /// `ok`, or `degraded` with the last failure: the `/ready` detail line.
@@ -169,25 +210,17 @@ impl TierHealth {
             "1 when the last object-store request succeeded.",
             u64::from(healthy),
         );
-        let name = "iggy_tiering_store_read_seconds";
-        let _ = writeln!(
+        self.reads.render(
             out,
-            "# HELP {name} Latency of GET requests to the object store.\n# TYPE {name} histogram"
+            "iggy_tiering_store_read_seconds",
+            "Latency of GET requests to the object store.",
+            &READ_BUCKETS,
         );
-        for (bound, bucket) in READ_BUCKETS.iter().zip(&self.read_buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.read_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
+        self.delays.render(
             out,
-            "{name}_sum {}",
-            self.read_micros.load(Ordering::Relaxed) as f64 / 1e6
+            "iggy_tiering_store_delay_seconds",
+            "From a segment's first message to the store's manifest naming the segment.",
+            &DELAY_BUCKETS,
         );
-        let _ = writeln!(out, "{name}_count {count}");
     }
 }

@@ -31,6 +31,8 @@ pub struct TierSettings {
     pub local_retention: Option<Duration>,
     pub local_max_size: Option<u64>,
     pub upload_concurrency: usize,
+    /// Seal an active segment this long after its first message (`Config::seal_after`).
+    pub seal_after: Option<Duration>,
 }
 
 pub struct Tiering {
@@ -66,7 +68,12 @@ impl Tiering {
             store,
             settings: TierSettings {
                 interval: config.tiering.interval.0,
-                local_retention: l2.local_retention.0.map(|d| d.0),
+                // L2 off: a local copy goes as soon as the store's manifest names it.
+                local_retention: match l2.enabled {
+                    true => l2.local_retention.0.map(|d| d.0),
+                    false => Some(Duration::ZERO),
+                },
+                seal_after: config.seal_after(),
                 local_max_size: l2.local_max_size.0.map(|s| s.0),
                 upload_concurrency: l3.upload_concurrency as usize,
             },

@@ -101,6 +101,12 @@ async fn tier_partition(broker: &Broker, tiering: &Tiering, partition: &Partitio
         return;
     }
     let outcome = async {
+        seal_if_due(broker, tiering, partition, &base)
+            .await
+            .map_err(|error| StoreError::Io {
+                path: base.clone(),
+                detail: error.to_string(),
+            })?;
         upload_sealed(broker, tiering, partition).await?;
         let pushed = push_manifest(tiering, partition, &base, progress.pushed).await?;
         delete_dropped_segments(tiering, &base).await?;
@@ -174,6 +180,8 @@ async fn upload_sealed(
                     .health
                     .uploaded_bytes
                     .fetch_add(segment.log_size, Ordering::Relaxed);
+                let waited = now_micros().saturating_sub(segment.first_timestamp);
+                tiering.health.observe_delay(waited as f64 / 1e6);
                 tracing::debug!(key = log_key, bytes = segment.log_size, "segment uploaded");
             }
             // Retention took the segment meanwhile; its objects are orphans to remove.
@@ -205,28 +213,70 @@ async fn record(
     let Some((stream, topic, partition_id)) = ids_of(key_base) else {
         return Ok(false);
     };
-    let submission = Submission {
-        user: None,
-        op: Operation::RecordTiered {
-            stream,
-            topic,
-            partition: partition_id,
-            segment,
-        },
+    let op = Operation::RecordTiered {
+        stream,
+        topic,
+        partition: partition_id,
+        segment,
     };
-    if let Err(error) = broker
+    // Not committed (no primary any more, or a timeout): the upload is repeated by whoever is
+    // primary next; the objects are simply written again.
+    commit(broker, key_base, op, "recording the upload").await?;
+    Ok(partition.log().tiered().0.holds(segment.start_offset))
+}
+
+/// Seals the active segment once its first message is older than `seal_after`, so the store
+/// receives recent data without waiting for the segment to fill: directly on a single node,
+/// through the log on a replicated one (every replica must seal at the same offset).
+async fn seal_if_due(
+    broker: &Broker,
+    tiering: &Tiering,
+    partition: &Partition,
+    key_base: &str,
+) -> Result<(), crate::storage::StorageError> {
+    let Some(after) = tiering.settings.seal_after else {
+        return Ok(());
+    };
+    let (since, at) = {
+        let log = partition.log();
+        (log.active_since(), log.next_offset())
+    };
+    let due =
+        since.is_some_and(|since| since.saturating_add(after.as_micros() as u64) <= now_micros());
+    if !due {
+        return Ok(());
+    }
+    if broker.cluster_status().is_none() {
+        return tokio::task::block_in_place(|| partition.log().seal_active(at)).map(|_| ());
+    }
+    let Some((stream, topic, partition_id)) = ids_of(key_base) else {
+        return Ok(());
+    };
+    let op = Operation::SealSegment {
+        stream,
+        topic,
+        partition: partition_id,
+        at,
+    };
+    commit(broker, key_base, op, "sealing the active segment").await
+}
+
+/// Commits an operation the tiering loop issues (as the primary) and applies it.
+async fn commit(
+    broker: &Broker,
+    key_base: &str,
+    op: Operation<'static>,
+    what: &str,
+) -> Result<(), crate::storage::StorageError> {
+    let submission = Submission { user: None, op };
+    broker
         .submitter()
         .submit(broker, submission, &mut Vec::new())
         .await
-    {
-        // Not committed (no primary any more, or a timeout): the upload is repeated by
-        // whoever is primary next; the objects are simply written again.
-        return Err(crate::storage::StorageError::BadMetadata {
+        .map_err(|error| crate::storage::StorageError::BadMetadata {
             path: key_base.into(),
-            reason: format!("recording the upload through the log failed: {error}"),
-        });
-    }
-    Ok(partition.log().tiered().0.holds(segment.start_offset))
+            reason: format!("{what} through the log failed: {error}"),
+        })
 }
 
 /// `(stream, topic, partition)` of a key base `streams/<s>/topics/<t>/partitions/<p>`.

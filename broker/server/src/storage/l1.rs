@@ -1,0 +1,310 @@
+//! L1: the newest batches of every partition, kept in memory as they were written, so polls of
+//! recent data (the common case: consumers keeping up with producers) are served without a
+//! read from disk or a re-verification of bytes that never left memory.
+//!
+//! One byte budget for the whole process ([`set_capacity`], from `tiering.l1.size`; off until
+//! set), spent on the newest batches across all partitions: when it is exceeded, the oldest
+//! batch of the process goes, whichever partition holds it. A partition's batches sit in its
+//! [`TailCache`] behind a lock of their own, which the eviction of another partition's append
+//! may take (never the partition's log lock: an appender holds its own log lock while it
+//! evicts, and two appenders evicting each other's batches must not wait on each other).
+//!
+//! Lock order: a partition's log lock, then any tail lock, or the queue lock, then one tail
+//! lock. Nobody takes the queue lock while holding a tail lock.
+//!
+//! What is cached is exactly what went to the segment file at that position, so a hit is the
+//! same bytes a disk read returns. Anything that rewrites a log other than by appending
+//! (truncation, purge, restart, state sync) clears the partition's cache first.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+struct Pool {
+    capacity: AtomicU64,
+    used: AtomicU64,
+    /// Every cached batch of the process, oldest first (entries of cleared or dropped caches
+    /// linger until met, and are skipped then).
+    queue: Mutex<VecDeque<Entry>>,
+    /// Batches cached now (the queue's live entries).
+    live: AtomicU64,
+    hits: AtomicU64,
+    hit_bytes: AtomicU64,
+}
+
+struct Entry {
+    tail: Weak<Mutex<Batches>>,
+    /// The tail's generation when the batch was cached; a clear starts a new one.
+    generation: u64,
+}
+
+fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool {
+        capacity: AtomicU64::new(0),
+        used: AtomicU64::new(0),
+        queue: Mutex::new(VecDeque::new()),
+        live: AtomicU64::new(0),
+        hits: AtomicU64::new(0),
+        hit_bytes: AtomicU64::new(0),
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The process's L1 budget in bytes; 0 turns L1 off (what is cached drains as the next appends
+/// find the budget exceeded).
+pub fn set_capacity(bytes: u64) {
+    pool().capacity.store(bytes, Ordering::Relaxed);
+}
+
+pub fn capacity() -> u64 {
+    pool().capacity.load(Ordering::Relaxed)
+}
+
+/// Bytes cached now, for `/metrics`.
+pub fn used() -> u64 {
+    pool().used.load(Ordering::Relaxed)
+}
+
+/// Read ranges served from L1 and their bytes, for `/metrics`.
+pub fn hits() -> (u64, u64) {
+    let pool = pool();
+    (
+        pool.hits.load(Ordering::Relaxed),
+        pool.hit_bytes.load(Ordering::Relaxed),
+    )
+}
+
+/// One batch as written: `bytes` went to the segment starting at offset `segment`, at byte
+/// `position` of its `.log`.
+struct CachedBatch {
+    segment: u64,
+    position: u64,
+    bytes: Bytes,
+}
+
+impl CachedBatch {
+    fn end(&self) -> u64 {
+        self.position + self.bytes.len() as u64
+    }
+}
+
+#[derive(Default)]
+struct Batches {
+    generation: u64,
+    batches: VecDeque<CachedBatch>,
+    bytes: u64,
+}
+
+impl Batches {
+    fn clear(&mut self) {
+        self.generation += 1;
+        self.release();
+        self.batches.clear();
+        self.bytes = 0;
+    }
+
+    /// Takes this cache's batches off the pool's accounts.
+    fn release(&self) {
+        let pool = pool();
+        pool.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        pool.live
+            .fetch_sub(self.batches.len() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Batches {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A partition's share of L1: its newest batches, in log order.
+#[derive(Default)]
+pub struct TailCache {
+    batches: Arc<Mutex<Batches>>,
+}
+
+/// Where a read range is found in L1: `from` is the first byte position the cache holds (the
+/// range's start when it holds it all), `slices` the cached bytes from there to the range's end.
+pub struct Cached {
+    pub from: u64,
+    pub slices: Vec<Bytes>,
+}
+
+impl TailCache {
+    /// Caches a batch just written at `position` of the segment starting at `segment`, then
+    /// evicts the process's oldest batches while the budget is exceeded.
+    pub fn push(&self, segment: u64, position: u64, frames: &[u8]) {
+        let pool = pool();
+        let capacity = pool.capacity.load(Ordering::Relaxed);
+        let len = frames.len() as u64;
+        if capacity == 0 {
+            if pool.used.load(Ordering::Relaxed) > 0 {
+                evict(pool, 0);
+            }
+            return;
+        }
+        if len > capacity {
+            return;
+        }
+        let generation = {
+            let mut own = lock(&self.batches);
+            own.batches.push_back(CachedBatch {
+                segment,
+                position,
+                bytes: Bytes::copy_from_slice(frames),
+            });
+            own.bytes += len;
+            own.generation
+        };
+        pool.used.fetch_add(len, Ordering::Relaxed);
+        pool.live.fetch_add(1, Ordering::Relaxed);
+        lock(&pool.queue).push_back(Entry {
+            tail: Arc::downgrade(&self.batches),
+            generation,
+        });
+        evict(pool, capacity);
+    }
+
+    /// Forgets every cached batch (the log was rewritten other than by an append).
+    pub fn clear(&self) {
+        lock(&self.batches).clear();
+    }
+
+    /// The cached bytes of `len` bytes at `position` of the segment starting at `segment`: all
+    /// of them, or a suffix (the cache begins inside the range), or `None`.
+    pub fn lookup(&self, segment: u64, position: u64, len: usize) -> Option<Cached> {
+        let end = position + len as u64;
+        let own = lock(&self.batches);
+        let first = own
+            .batches
+            .partition_point(|b| (b.segment, b.end()) <= (segment, position));
+        let mut slices = Vec::new();
+        let mut from = None;
+        let mut next = None;
+        for batch in own.batches.range(first..) {
+            if batch.segment != segment || batch.position >= end {
+                break;
+            }
+            if next.is_some_and(|n| n != batch.position) {
+                // Not contiguous (cannot happen while only appends feed the cache, but a gap
+                // must never be served as data).
+                return None;
+            }
+            from.get_or_insert(batch.position.max(position));
+            let lo = position.saturating_sub(batch.position) as usize;
+            let hi = (end.min(batch.end()) - batch.position) as usize;
+            slices.push(batch.bytes.slice(lo..hi));
+            next = Some(batch.end());
+        }
+        let from = from?;
+        if next.is_none_or(|n| n < end) {
+            return None;
+        }
+        let pool = pool();
+        pool.hits.fetch_add(1, Ordering::Relaxed);
+        pool.hit_bytes.fetch_add(end - from, Ordering::Relaxed);
+        Some(Cached { from, slices })
+    }
+}
+
+/// Drops the oldest batches of the process until at most `capacity` bytes are cached.
+fn evict(pool: &Pool, capacity: u64) {
+    let mut queue = lock(&pool.queue);
+    while pool.used.load(Ordering::Relaxed) > capacity {
+        let Some(entry) = queue.pop_front() else {
+            break;
+        };
+        let Some(tail) = entry.tail.upgrade() else {
+            continue;
+        };
+        let mut tail = lock(&tail);
+        if tail.generation != entry.generation {
+            continue;
+        }
+        if let Some(batch) = tail.batches.pop_front() {
+            let len = batch.bytes.len() as u64;
+            tail.bytes -= len;
+            pool.used.fetch_sub(len, Ordering::Relaxed);
+            pool.live.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    // Entries of cleared or dropped caches are skipped only when met; when the budget is never
+    // exceeded they would pile up, so drop them once they outnumber the live batches.
+    if queue.len() > 4096 && queue.len() as u64 > 2 * pool.live.load(Ordering::Relaxed) {
+        queue.retain(|entry| {
+            entry
+                .tail
+                .upgrade()
+                .is_some_and(|tail| lock(&tail).generation == entry.generation)
+        });
+    }
+}
+
+/// Tests that change the process's budget hold this, so they do not race each other.
+#[cfg(test)]
+pub(crate) static BUDGET_TESTS: Mutex<()> = Mutex::new(());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(cached: &Cached) -> Vec<u8> {
+        cached
+            .slices
+            .iter()
+            .flat_map(|s| s.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn serves_whole_ranges_and_suffixes_and_evicts_the_oldest_batch_of_the_process() {
+        let _serial = lock(&BUDGET_TESTS);
+        set_capacity(300);
+        let a = TailCache::default();
+        let b = TailCache::default();
+        a.push(0, 0, &[1; 100]);
+        a.push(0, 100, &[2; 100]);
+        b.push(7, 0, &[3; 100]);
+        assert_eq!(used(), 300);
+
+        let whole = a.lookup(0, 50, 100).expect("cached");
+        assert_eq!(whole.from, 50);
+        assert_eq!(joined(&whole), [[1u8; 50], [2u8; 50]].concat());
+        assert!(
+            a.lookup(0, 150, 100).is_none(),
+            "runs past what was written"
+        );
+        assert!(a.lookup(7, 0, 10).is_none(), "another segment");
+
+        // A fourth batch pushes out the process's oldest, a's first.
+        b.push(7, 100, &[4; 100]);
+        assert_eq!(used(), 300);
+        let suffix = a.lookup(0, 0, 200).expect("the newer half is cached");
+        assert_eq!(suffix.from, 100);
+        assert_eq!(joined(&suffix), vec![2u8; 100]);
+
+        // A cleared cache and a dropped one give their bytes back, and their lingering queue
+        // entries do not evict anything else.
+        a.clear();
+        assert!(a.lookup(0, 100, 100).is_none());
+        drop(b);
+        assert_eq!(used(), 0);
+        let c = TailCache::default();
+        c.push(1, 0, &[5; 100]);
+        c.push(1, 100, &[6; 100]);
+        c.push(1, 200, &[7; 100]);
+        assert_eq!(joined(&c.lookup(1, 0, 300).expect("all three")).len(), 300);
+
+        // Off: the next append drains what is cached.
+        set_capacity(0);
+        c.push(1, 300, &[8; 10]);
+        assert!(c.lookup(1, 0, 10).is_none());
+        assert_eq!(used(), 0);
+    }
+}
