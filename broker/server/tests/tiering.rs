@@ -577,6 +577,65 @@ async fn objects_only_keeps_nothing_local_but_the_open_segment_and_survives_kill
     );
 }
 
+/// Objects only on three replicas: the primary's seals go through the log, so every member
+/// cuts its segments at the same offsets; the store receives all of it although no segment
+/// came near the size limit; every member's manifest names the same segments, the oldest ones
+/// have left every member's disk, and every member reads everything back.
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_only_replicas_seal_through_the_log_and_read_everything_from_s3() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let env = objects_only_env(&server);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cluster = common::cluster::TestCluster::start(3, &env);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    setup(&client).await;
+    for round in 0..3 {
+        produce_batches(&client, round * 100, 100, 10).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let reference = read_everything(&client).await;
+    assert_eq!(reference.len(), 3000);
+    wait_for(
+        "all of it in the store, named alike everywhere",
+        Duration::from_secs(60),
+        || {
+            let stored = stored_manifest(&server);
+            stored.as_ref().and_then(|m| m.end()) == Some(3000)
+                && cluster.brokers.iter().all(|b| local_manifest(b) == stored)
+        },
+    );
+    let segments = stored_manifest(&server).unwrap().segments;
+    assert!(segments.len() >= 3, "sealed by time: {segments:?}");
+    wait_for(
+        "the oldest segment off every disk",
+        Duration::from_secs(30),
+        || {
+            cluster.brokers.iter().all(|b| {
+                !b.partition_dir(0, 0, 0)
+                    .join(format!("{:020}.log", segments[0].start_offset))
+                    .exists()
+            })
+        },
+    );
+    for member in 0..3 {
+        let reader = cluster.brokers[member].client().await;
+        assert_eq!(read_everything(&reader).await, reference, "member {member}");
+        let metrics = http_get(cluster.brokers[member].http, "/metrics")
+            .unwrap()
+            .1;
+        let uploaded = metric(&metrics, "iggy_tiering_uploaded_segments_total").unwrap();
+        assert_eq!(
+            uploaded > 0.0,
+            member == primary,
+            "only the primary uploads"
+        );
+    }
+}
+
 fn local_manifest(broker: &TestBroker) -> Option<Manifest> {
     let bytes = std::fs::read(broker.partition_dir(0, 0, 0).join("tiered.json")).ok()?;
     Some(Manifest::decode(&bytes).expect("a valid local manifest"))
