@@ -5,7 +5,8 @@
 # then one consumer reads everything from offset 0 — all of it below the local window, so every
 # poll is served from S3 through the read-ahead cache. Compared with the same run without
 # tiering (every poll local). Also prints how long a sealed segment took to reach S3
-# (upload lag) and the store's GET latency histogram. Skips when s3s-fs is not installed
+# (upload lag) and the store's GET latency histogram. Then a consumer tailing the producer,
+# with L1 (the newest batches in memory) and without. Skips when s3s-fs is not installed
 # (cargo install s3s-fs@0.14.1 --features binary).
 # Usage: broker/bench/tiering.sh [--quick]   (--quick: 100 batches)
 set -euo pipefail
@@ -26,9 +27,10 @@ wait_port 29000
 
 metric() { curl -fs http://127.0.0.1:23100/metrics | awk -v n="$1" '$1 == n {print $2}'; }
 
-scenario() { # label consume-after-ms broker-env...
-  local label=$1 after=$2
+scenario() { # label consume-after-ms|tail broker-env...
+  local label=$1 after=$2 tail=
   shift 2
+  if [ "$after" = tail ]; then after=0; tail=--tail; fi
   rm -rf "$WORK/data"
   env IGGY_SYSTEM_PATH="$WORK/data" IGGY_TCP_ADDRESS=127.0.0.1:28190 IGGY_HTTP_ADDRESS=127.0.0.1:23100 \
     IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_STORAGE_FSYNC=never IGGY_LOGGING_LEVEL=warn \
@@ -37,7 +39,7 @@ scenario() { # label consume-after-ms broker-env...
   wait_port 28190
   # The consumer starts once every sealed segment is uploaded and evicted (checked below).
   "$LOAD" --address 127.0.0.1:28190 --producers 1 --partitions 1 --batches "$BATCHES" \
-    --batch-size 1000 --message-size 1000 --consume-after-ms "$after" --label "tiering=$label" &
+    --batch-size 1000 --message-size 1000 --consume-after-ms "$after" $tail --label "tiering=$label" &
   local load=$!
   if [ "$label" = s3 ]; then
     local started=$SECONDS
@@ -47,7 +49,8 @@ scenario() { # label consume-after-ms broker-env...
   fi
   wait "$load"
   echo "tiering=$label broker RSS: $(rss_mib "$pid") MiB"
-  curl -fs http://127.0.0.1:23100/metrics | grep -E '^iggy_tiering_(uploaded_segments|evicted_segments|remote_reads|cache_hits|store_read_seconds_(sum|count|bucket\{le="0.(01|05|1)"\}))' || true
+  echo "tiering=$label broker CPU: $(cpu_seconds "$pid") s"
+  curl -fs http://127.0.0.1:23100/metrics | grep -E '^iggy_tiering_(l1_hits|uploaded_segments|evicted_segments|remote_reads|cache_hits|store_read_seconds_(sum|count|bucket\{le="0.(01|05|1)"\}))' || true
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -56,3 +59,8 @@ scenario s3 "${CONSUME_AFTER_MS:-15000}" IGGY_TIERING_S3_BUCKET=bench IGGY_TIERI
   IGGY_TIERING_S3_FORCE_PATH_STYLE=true IGGY_TIERING_S3_ACCESS_KEY_ID=BENCHKEY \
   IGGY_TIERING_S3_SECRET_ACCESS_KEY=bench-secret IGGY_TIERING_LOCAL_RETENTION=1s \
   IGGY_TIERING_INTERVAL=100ms
+
+# L1: a consumer reading at the end while the producer writes (--tail), with the newest batches
+# in memory (the default 64 MiB) and without (every poll a file read and a checksum pass).
+scenario tail-l1 tail
+scenario tail-no-l1 tail IGGY_TIERING_L1_SIZE=0

@@ -27,12 +27,15 @@ pub struct Args {
     /// Waits this long between producing and consuming (so that tiering can move the data to
     /// the object store first, for instance).
     pub consume_after: std::time::Duration,
+    /// Consumers run alongside the producers, reading each partition as it grows (an empty
+    /// poll means "wait for more"), as consumers keeping up with their producers do.
+    pub tail: bool,
 }
 
 const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
 [--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
 [--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit] [--traceparent] \
-[--consume-after-ms 0]";
+[--consume-after-ms 0] [--tail]";
 
 impl Args {
     pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
@@ -53,6 +56,7 @@ impl Args {
             commit: false,
             traceparent: false,
             consume_after: std::time::Duration::ZERO,
+            tail: false,
         };
         while let Some(flag) = raw.next() {
             let mut value = || {
@@ -75,6 +79,7 @@ impl Args {
                 "--group" => args.group = true,
                 "--commit" => args.commit = true,
                 "--traceparent" => args.traceparent = true,
+                "--tail" => args.tail = true,
                 "--consume-after-ms" => {
                     args.consume_after = std::time::Duration::from_millis(value()?.parse()?)
                 }
@@ -84,6 +89,9 @@ impl Args {
                 }
                 other => bail!("unknown option {other}\n{USAGE}"),
             }
+        }
+        if args.tail && args.group {
+            bail!("--tail reads partitions by offset; it does not combine with --group");
         }
         if args.consumers == 0 {
             args.consumers = args.producers;

@@ -35,10 +35,27 @@ async fn main() -> Result<()> {
         )
         .await?;
 
-    let produce = run_producers(&args, &stream).await?;
-    produce.print("produce", &args);
-    tokio::time::sleep(args.consume_after).await;
-    if args.consume && args.group {
+    if args.tail {
+        // Producers start once every consumer is connected and waiting at the end.
+        let consumers = args.consumers.min(args.partitions as usize).max(1);
+        let gate = std::sync::Arc::new(tokio::sync::Barrier::new(consumers + 1));
+        let (produce, consume) = tokio::join!(
+            async {
+                gate.wait().await;
+                run_producers(&args, &stream).await
+            },
+            run_consumers(&args, &stream, Some(gate.clone()))
+        );
+        produce?.print("produce", &args);
+        consume?.print("consume-tail", &args);
+    } else {
+        let produce = run_producers(&args, &stream).await?;
+        produce.print("produce", &args);
+        tokio::time::sleep(args.consume_after).await;
+    }
+    if args.tail {
+        // Consumed alongside the producers.
+    } else if args.consume && args.group {
         admin
             .ok(Command::CreateConsumerGroup, &{
                 let mut p = Vec::new();
@@ -51,7 +68,7 @@ async fn main() -> Result<()> {
         let consume = run_group_consumers(&args, &stream).await?;
         consume.print("consume-group", &args);
     } else if args.consume {
-        let consume = run_consumers(&args, &stream).await?;
+        let consume = run_consumers(&args, &stream, None).await?;
         consume.print(
             if args.commit {
                 "consume-commit"
@@ -137,7 +154,12 @@ async fn run_producers(args: &Args, stream: &Identifier) -> Result<Phase> {
     collect(tasks, started, args.batches * args.batch_size).await
 }
 
-async fn run_consumers(args: &Args, stream: &Identifier) -> Result<Phase> {
+/// `gate`: tail mode, passed once each consumer is connected.
+async fn run_consumers(
+    args: &Args,
+    stream: &Identifier,
+    gate: Option<std::sync::Arc<tokio::sync::Barrier>>,
+) -> Result<Phase> {
     let per_partition = per_partition_counts(args);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -149,8 +171,12 @@ async fn run_consumers(args: &Args, stream: &Identifier) -> Result<Phase> {
             .filter(|p| *p as usize % consumers == consumer)
             .map(|p| (p, per_partition[p as usize]))
             .collect();
+        let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
             let mut connection = Connection::login(&args).await?;
+            if let Some(gate) = gate {
+                gate.wait().await;
+            }
             let mut samples = Samples::with_capacity(1024);
             for (partition, expected) in mine {
                 let target = PartitionRef {
@@ -177,12 +203,18 @@ async fn run_consumers(args: &Args, stream: &Identifier) -> Result<Phase> {
                     );
                     let sent = Instant::now();
                     let response = connection.ok(Command::PollMessages, &request).await?;
-                    samples.push(sent.elapsed());
+                    let elapsed = sent.elapsed();
                     if response.len() < 16 {
                         bail!("poll response of {} bytes", response.len());
                     }
                     let count = u32::from_le_bytes(response[12..16].try_into()?) as u64;
-                    if count == 0 {
+                    if count > 0 {
+                        samples.push(elapsed);
+                    }
+                    if count == 0 && args.tail {
+                        // Caught up with the producers: ask again shortly.
+                        tokio::time::sleep(std::time::Duration::from_micros(200)).await;
+                    } else if count == 0 {
                         bail!("partition {partition} ended at {offset}, expected {expected}");
                     }
                     offset += count;

@@ -107,16 +107,23 @@ async fn kill9_during_concurrent_sends_loses_no_acknowledged_message() {
 /// A broker that acknowledged 20 messages on partition 0 (still running), with the path of its
 /// only segment.
 async fn twenty_messages() -> (TestBroker, std::path::PathBuf) {
-    twenty_messages_with(&[]).await
+    twenty_messages_with(&[], false).await
 }
 
-/// [`twenty_messages`] with more settings.
-async fn twenty_messages_with(env: &[(&str, &str)]) -> (TestBroker, std::path::PathBuf) {
+/// [`twenty_messages`] with more settings, and optionally a consumer already polling at the
+/// partition's end when they are sent.
+async fn twenty_messages_with(
+    env: &[(&str, &str)],
+    tailing: bool,
+) -> (TestBroker, std::path::PathBuf) {
     let mut settings = vec![("IGGY_STORAGE_FSYNC", "always")];
     settings.extend_from_slice(env);
     let broker = TestBroker::start_with(&settings);
     let client = broker.client().await;
     setup(&client, 1).await;
+    if tailing {
+        assert!(poll(&client, 0, 0, 100).await.unwrap().is_empty());
+    }
     let mut batch: Vec<IggyMessage> = (0..20).map(|i| message(&payload(0, i))).collect();
     client
         .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
@@ -297,14 +304,19 @@ async fn rot_after_a_clean_stop_is_refused_on_read_not_served() {
     assert!(metrics.contains("iggy_corrupt_reads_total 2"), "{metrics}");
 }
 
-/// L1 holds the newest batches as they were written, so a poll of them never reads the disk:
-/// with a byte of message 5 flipped on disk under a running broker, the poll returns all 20
-/// messages intact and counts an L1 hit — and the same damage, with L1 off
-/// (`IGGY_TIERING_L1_SIZE=0`), is refused as the disk read it then is.
+/// L1 holds the newest batches as they were written while a consumer reads at the partition's
+/// end, so its polls never read the disk: with a byte of message 5 flipped on disk under a
+/// running broker, the poll returns all 20 messages intact and counts an L1 hit. The same
+/// damage is refused as the disk read it is with L1 off (`IGGY_TIERING_L1_SIZE=0`) and when no
+/// consumer was at the end as the batch arrived (nothing was cached for nobody).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_newest_batches_are_served_from_l1_without_reading_the_disk() {
-    for (l1, served) in [("64 MiB", true), ("0", false)] {
-        let (broker, log) = twenty_messages_with(&[("IGGY_TIERING_L1_SIZE", l1)]).await;
+    for (l1, tailing, served) in [
+        ("64 MiB", true, true),
+        ("0", true, false),
+        ("64 MiB", false, false),
+    ] {
+        let (broker, log) = twenty_messages_with(&[("IGGY_TIERING_L1_SIZE", l1)], tailing).await;
         let mut bytes = std::fs::read(&log).unwrap();
         let start_of_5: usize = (0..5).map(|i| 64 + payload(0, i).len()).sum();
         bytes[start_of_5 + 70] ^= 0x01;
@@ -327,7 +339,11 @@ async fn the_newest_batches_are_served_from_l1_without_reading_the_disk() {
             );
             assert!(metrics.contains("iggy_corrupt_reads_total 0"), "{metrics}");
         } else {
-            assert_eq!(code(polled.unwrap_err()), 4027, "L1 off: the disk is read");
+            assert_eq!(
+                code(polled.unwrap_err()),
+                4027,
+                "L1 {l1}, tailing {tailing}: the disk is read"
+            );
             assert!(
                 metrics.contains("iggy_tiering_l1_hits_total 0\n"),
                 "{metrics}"

@@ -138,6 +138,10 @@ pub async fn poll(
                 None => first,
             },
         };
+        // A consumer at the end waits for what comes next: L1 keeps it for its next poll.
+        if start.is_none_or(|s| s >= log.next_offset()) {
+            log.want_newest();
+        }
         start.filter(|s| *s < log.next_offset())
     };
     // The response's memory comes out of the shared budget and is returned once it is written:

@@ -45,6 +45,9 @@ pub struct RemoteRead {
     /// `streams/<s>/topics/<t>/partitions/<p>`.
     pub key_base: String,
     pub segment: TieredSegment,
+    /// The tiered segment after it, when that one is also only in the store: a consumer
+    /// reading in order goes there next, so its first blocks are fetched ahead.
+    pub next: Option<TieredSegment>,
     pub offset: u64,
     pub count: u32,
     pub max_bytes: usize,
@@ -411,7 +414,8 @@ impl PartitionLog {
             })
         });
         active.append(messages, &entries)?;
-        self.l1.push(active.start_offset, base_position, messages);
+        self.l1
+            .push(active.start_offset, base_position, messages, now_micros);
         self.last_timestamp = timestamp;
         self.messages_count += entries.len() as u64;
         self.size_bytes += batch_len;
@@ -460,9 +464,16 @@ impl PartitionLog {
         let mut plan = ReadPlan::default();
         if offset < self.local_start() {
             if let Some(segment) = self.tiered.find(offset) {
+                let local_start = self.local_start();
+                let next = self
+                    .tiered
+                    .find(segment.next_offset)
+                    .filter(|next| next.next_offset <= local_start)
+                    .copied();
                 plan.remote = Some(RemoteRead {
                     key_base: tiered::key_base(&self.dir),
                     segment: *segment,
+                    next,
                     offset,
                     count,
                     max_bytes,
@@ -511,10 +522,19 @@ impl PartitionLog {
         plan
     }
 
+    /// A consumer polls at or near the end: cache appends for it for a while (`storage::l1`).
+    pub fn want_newest(&self) {
+        self.l1.want(fsutil::now_micros());
+    }
+
     /// [`Self::plan_read`] for a consumer: ranges L1 holds are served from memory. (The
     /// scrubber and state sync read the disk, whose bytes they are checking or sending.)
     pub fn plan_poll(&self, offset: u64, count: u32, max_bytes: usize) -> ReadPlan {
         let mut plan = self.plan_read(offset, count, max_bytes);
+        // A consumer reading the active segment is keeping up: cache what comes next.
+        if offset + plan.count as u64 >= self.active().start_offset {
+            self.want_newest();
+        }
         for chunk in &mut plan.chunks {
             if let Some(cached) = self.l1.lookup(chunk.segment, chunk.position, chunk.len) {
                 chunk.len = (cached.from - chunk.position) as usize;
@@ -1276,8 +1296,17 @@ pub(crate) mod tests {
         super::super::l1::set_capacity(1 << 20);
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::create(dir.path(), 1 << 20, false).unwrap();
+        let now = fsutil::now_micros();
+        log.append(&mut batch(5, 100), now, || 9).unwrap();
+        assert_eq!(
+            super::super::l1::used(),
+            0,
+            "no consumer at the end yet: nothing cached"
+        );
+        log.truncate_to(0).unwrap();
+        log.want_newest();
         for round in 0..3 {
-            log.append(&mut batch(5, 100), 1000 + round, || 9).unwrap();
+            log.append(&mut batch(5, 100), now + round, || 9).unwrap();
         }
         let written = read(log.plan_read(0, 100, usize::MAX)).unwrap();
         assert_eq!(read(log.plan_poll(0, 100, usize::MAX)).unwrap(), written);

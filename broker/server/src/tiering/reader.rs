@@ -186,7 +186,7 @@ impl Tiering {
             out.truncate(at);
             return Err(error);
         }
-        self.prefetch_after(&key, segment, end);
+        self.prefetch_after(&read.key_base, segment, end, read.next);
         let path = PathBuf::from(format!("{}/{key}", self.store.describe()));
         if let Err(error) = verify_frames_at(&out[at..], &path, start) {
             out.truncate(at);
@@ -219,12 +219,23 @@ impl Tiering {
         key_base: &str,
         segment: &TieredSegment,
     ) -> Result<Arc<Vec<IndexEntry>>, StoreError> {
-        let key = index_key(key_base, segment);
-        let slot = (key.clone(), INDEX_SLOT);
+        let slot = (index_key(key_base, segment), INDEX_SLOT);
+        self.await_prefetch(&slot).await;
         if let Some(Cached::Index(entries)) = self.reader.cached(&slot) {
             self.health.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(entries);
         }
+        self.index_fetched(key_base, segment).await
+    }
+
+    /// GETs a segment's index, checks it against the manifest entry and caches it.
+    async fn index_fetched(
+        &self,
+        key_base: &str,
+        segment: &TieredSegment,
+    ) -> Result<Arc<Vec<IndexEntry>>, StoreError> {
+        let key = index_key(key_base, segment);
+        let slot = (key.clone(), INDEX_SLOT);
         let bytes = self.timed_get(&key, 0, segment.index_size).await?;
         let damaged = |reason: String| StoreError::Corrupt {
             store: self.store.describe(),
@@ -295,23 +306,41 @@ impl Tiering {
         }
     }
 
-    /// Starts fetching the blocks after the one holding byte `end - 1`, unless cached or
-    /// already on their way.
-    fn prefetch_after(self: &Arc<Self>, key: &str, segment: &TieredSegment, end: u64) {
+    /// Starts fetching the [`PREFETCH_BLOCKS`] blocks after the one holding byte `end - 1` of
+    /// `segment`, continuing into `next` (and its index) when the segment ends first: a
+    /// consumer crossing a segment boundary would otherwise wait for two GETs in a row.
+    fn prefetch_after(
+        self: &Arc<Self>,
+        key_base: &str,
+        segment: &TieredSegment,
+        end: u64,
+        next: Option<TieredSegment>,
+    ) {
         let block = self.reader.block;
-        let last = end.saturating_sub(1) / block;
-        for number in last + 1..=last + PREFETCH_BLOCKS {
-            let block_start = number * block;
-            if block_start >= segment.log_size {
-                return;
-            }
-            let slot = (key.to_owned(), number);
+        let first = end.saturating_sub(1) / block + 1;
+        let blocks_in = |s: &TieredSegment| s.log_size.div_ceil(block);
+        let mut wanted: Vec<(TieredSegment, u64)> = (first..blocks_in(segment))
+            .take(PREFETCH_BLOCKS as usize)
+            .map(|number| (*segment, number))
+            .collect();
+        if let Some(next) = next.filter(|_| (wanted.len() as u64) < PREFETCH_BLOCKS) {
+            self.prefetch_index(key_base, next);
+            let rest = PREFETCH_BLOCKS as usize - wanted.len();
+            wanted.extend(
+                (0..blocks_in(&next))
+                    .take(rest)
+                    .map(|number| (next, number)),
+            );
+        }
+        for (segment, number) in wanted {
+            let slot = (log_key(key_base, &segment), number);
             if self.reader.cached(&slot).is_some()
                 || !lock(&self.reader.prefetching).insert(slot.clone())
             {
                 continue;
             }
             let tiering = self.clone();
+            let block_start = number * block;
             let len = block.min(segment.log_size - block_start);
             tokio::spawn(async move {
                 if let Ok(bytes) = tiering.timed_get(&slot.0, block_start, len).await {
@@ -320,6 +349,22 @@ impl Tiering {
                 lock(&tiering.reader.prefetching).remove(&slot);
             });
         }
+    }
+
+    /// Fetches (and verifies, and caches) a segment's index in the background.
+    fn prefetch_index(self: &Arc<Self>, key_base: &str, segment: TieredSegment) {
+        let slot = (index_key(key_base, &segment), INDEX_SLOT);
+        if self.reader.cached(&slot).is_some()
+            || !lock(&self.reader.prefetching).insert(slot.clone())
+        {
+            return;
+        }
+        let (tiering, key_base) = (self.clone(), key_base.to_owned());
+        tokio::spawn(async move {
+            // A failure is the poll's to report when it needs the index.
+            let _ = tiering.index_fetched(&key_base, &segment).await;
+            lock(&tiering.reader.prefetching).remove(&slot);
+        });
     }
 
     async fn timed_get(&self, key: &str, start: u64, len: u64) -> Result<Bytes, StoreError> {
