@@ -151,9 +151,63 @@ pub async fn poll(
         .reserve_available(broker.config.storage.max_poll_bytes.0);
     let max_bytes = reserved.bytes() as usize;
     let start = start.filter(|_| max_bytes > 0);
-    let (mut plan, current_offset) = match start {
-        Some(start) if count > 0 => partition.plan_poll(start, count, max_bytes),
-        _ => (Default::default(), partition.log().current_offset()),
+    let request = start.filter(|_| count > 0).map(|s| (s, count, max_bytes));
+    let initial = body.len();
+    let mut read = read_planned(broker, &partition, request, body).await;
+    if read.as_ref().is_err_and(is_evicted_under_read) {
+        // Planned while the segment was local, read after the tiering loop evicted it: plan
+        // again, and the store serves it.
+        body.truncate(initial);
+        read = read_planned(broker, &partition, request, body).await;
+    }
+    let (plan, frames_start) = match read {
+        Ok(read) => read,
+        Err(BrokerError::Storage(error)) => {
+            if matches!(error, StorageError::CorruptRead { .. }) {
+                broker.metrics.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(error.into());
+        }
+        Err(error) => return Err(error),
+    };
+    // Only what this response needs stays reserved: a small poll must not hold a large share.
+    reserved.shrink_to(plan.bytes as u64);
+    session.response_budget = reserved;
+    crate::telemetry::record_poll(partition.id, plan.count, &body[frames_start..]);
+    if let (true, Some(start), true) = (auto_commit, start, plan.count > 0) {
+        let op = Operation::StoreOffset {
+            stream: resolved.stream,
+            topic: resolved.topic,
+            partition: partition.id,
+            kind: resolved.kind,
+            key: resolved.key.clone(),
+            offset: start + plan.count as u64 - 1,
+        };
+        submit(broker, session.user_id, op, &mut Vec::new()).await?;
+    }
+    resolved
+        .traffic
+        .record_out(plan.count as u64, plan.bytes as u64);
+    Ok(())
+}
+
+/// What a poll served: its message count and bytes.
+struct Served {
+    count: u32,
+    bytes: usize,
+}
+
+/// Plans a read of `request` (start, count, byte budget; `None`: nothing to read) and appends
+/// the poll's header and frames to `body`; returns what it served and where the frames start.
+async fn read_planned(
+    broker: &Broker,
+    partition: &Partition,
+    request: Option<(u64, u32, usize)>,
+    body: &mut Vec<u8>,
+) -> Result<(Served, usize)> {
+    let (mut plan, current_offset) = match request {
+        Some((start, count, max_bytes)) => partition.plan_poll(start, count, max_bytes),
+        None => (Default::default(), partition.log().current_offset()),
     };
     let mut remote_frames = Vec::new();
     if let Some(remote) = plan.remote.take() {
@@ -172,31 +226,21 @@ pub async fn poll(
     let frames_start = body.len();
     body.extend_from_slice(&remote_frames);
     drop(remote_frames);
-    // Only what this response needs stays reserved: a small poll must not hold a large share.
-    reserved.shrink_to(plan.bytes as u64);
-    session.response_budget = reserved;
-    if let Err(error) = plan.read_into(body) {
-        if matches!(error, StorageError::CorruptRead { .. }) {
-            broker.metrics.corrupt_reads.fetch_add(1, Ordering::Relaxed);
-        }
-        return Err(error.into());
-    }
-    crate::telemetry::record_poll(partition.id, plan.count, &body[frames_start..]);
-    if let (true, Some(start), true) = (auto_commit, start, plan.count > 0) {
-        let op = Operation::StoreOffset {
-            stream: resolved.stream,
-            topic: resolved.topic,
-            partition: partition.id,
-            kind: resolved.kind,
-            key: resolved.key.clone(),
-            offset: start + plan.count as u64 - 1,
-        };
-        submit(broker, session.user_id, op, &mut Vec::new()).await?;
-    }
-    resolved
-        .traffic
-        .record_out(plan.count as u64, plan.bytes as u64);
-    Ok(())
+    plan.read_into(body).map_err(BrokerError::Storage)?;
+    let served = Served {
+        count: plan.count,
+        bytes: plan.bytes,
+    };
+    Ok((served, frames_start))
+}
+
+/// A local read that found its segment file gone: eviction to the object store since the plan.
+fn is_evicted_under_read(error: &BrokerError) -> bool {
+    matches!(
+        error,
+        BrokerError::Storage(StorageError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+    )
 }
 
 /// Appends reach the page cache before they are acknowledged, so there is no unsaved buffer to
