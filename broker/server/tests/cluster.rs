@@ -462,3 +462,53 @@ async fn a_member_restarting_after_a_topic_was_deleted_restores_its_checkpoint()
         "the deleted topic stays deleted"
     );
 }
+
+/// Whether the replica at `address` closes a connection that opened with `first` (within two
+/// seconds), rather than keeping it open for more frames.
+fn closes_after(address: std::net::SocketAddr, first: &[u8]) -> bool {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    stream.write_all(first).expect("write");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        other => panic!("unexpected answer: {other:?}"),
+    }
+}
+
+/// The replication port speaks one wire version range: a connection from a replica with a
+/// version from the future, or one that does not open with a hello at all, is closed (and
+/// logged with both versions), while one that greets properly is kept; the cluster serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_refuse_connections_in_a_wire_version_they_do_not_speak() {
+    let cluster = TestCluster::start(3, &[]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let address = cluster.replication[(primary + 1) % 3];
+    // len 6, HELLO, "IGVR", version 99 (postcard varint).
+    let future = [6u8, 0, 0, 0, 4, b'I', b'G', b'V', b'R', 99];
+    assert!(closes_after(address, &future), "version 99 is refused");
+    // A FETCH-kind frame first: not a hello.
+    let no_hello = [2u8, 0, 0, 0, 1, 0];
+    assert!(
+        closes_after(address, &no_hello),
+        "a connection without hello is refused"
+    );
+    assert!(
+        !closes_after(address, &broker::replication::transport::hello()),
+        "this build's hello is accepted"
+    );
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "after").await;
+}

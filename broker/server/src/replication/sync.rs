@@ -393,6 +393,9 @@ impl Connection {
             .and_then(|()| stream.set_write_timeout(Some(CHUNK_TIMEOUT)))
             .and_then(|()| stream.set_nodelay(true))
             .map_err(connect_error)?;
+        (&stream)
+            .write_all(&super::transport::hello())
+            .map_err(connect_error)?;
         Ok(Self {
             stream,
             peer: peer.to_owned(),

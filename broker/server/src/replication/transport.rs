@@ -3,7 +3,10 @@
 //!
 //! A frame is `len u32`, a kind byte, then a postcard-encoded body: a `vsr::Envelope`, or a
 //! state-sync fetch and its answer (`sync`), which travel on a connection of their own and are
-//! answered on it. Envelope delivery is best effort: a
+//! answered on it. Every connection opens with a `HELLO` frame naming the wire version its
+//! sender speaks; the accepting replica serves only versions it understands
+//! ([`OLDEST_WIRE_VERSION`]..=[`WIRE_VERSION`]) and closes others with a log line naming both,
+//! so a rolling upgrade that changes the format fails loudly instead of as decode errors. Envelope delivery is best effort: a
 //! message for a peer that is down, or whose queue is full, is dropped — the core retransmits
 //! whatever matters, and its correctness never depends on delivery. Messages for another
 //! cluster are dropped by the core (every envelope carries the cluster id).
@@ -34,6 +37,16 @@ pub enum TransportError {
     Decode(#[from] postcard::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error(
+        "the replica speaks replication wire version {0}; this broker speaks versions \
+         {OLDEST_WIRE_VERSION} to {WIRE_VERSION} (upgrade or roll back one of them)"
+    )]
+    Version(u16),
+    #[error(
+        "the connection did not open with a replication hello (frame kind {0}): the peer is not \
+         an iggy-broker replica, or one from before wire version 1"
+    )]
+    NoHello(u8),
 }
 
 /// Frame kinds.
@@ -43,6 +56,33 @@ pub const FETCHED: u8 = 2;
 /// A prepare: `head_len u32`, the envelope with an empty body, then the body, so neither side
 /// copies the batch into or out of an encoding.
 pub const PREPARE: u8 = 3;
+/// The first frame of every connection: [`HELLO_MAGIC`] and the sender's wire version.
+pub const HELLO: u8 = 4;
+const HELLO_MAGIC: [u8; 4] = *b"IGVR";
+/// The replication wire format this build speaks. Bump it with any change to frames, envelopes
+/// or sync messages, and keep [`OLDEST_WIRE_VERSION`] at the oldest one still understood.
+pub const WIRE_VERSION: u16 = 1;
+pub const OLDEST_WIRE_VERSION: u16 = 1;
+
+/// The frame a connection opens with.
+pub fn hello() -> Vec<u8> {
+    encode_frame(HELLO, &(HELLO_MAGIC, WIRE_VERSION)).unwrap_or_default()
+}
+
+/// Checks the first frame of a connection (its kind and body, the length already read).
+pub fn check_hello(kind: u8, body: &[u8]) -> Result<u16, TransportError> {
+    if kind != HELLO {
+        return Err(TransportError::NoHello(kind));
+    }
+    let (magic, version): ([u8; 4], u16) = postcard::from_bytes(body)?;
+    if magic != HELLO_MAGIC {
+        return Err(TransportError::NoHello(kind));
+    }
+    if !(OLDEST_WIRE_VERSION..=WIRE_VERSION).contains(&version) {
+        return Err(TransportError::Version(version));
+    }
+    Ok(version)
+}
 
 /// Encodes a value as a frame of `kind`.
 pub fn encode_frame<T: serde::Serialize>(kind: u8, value: &T) -> Result<Vec<u8>, postcard::Error> {
@@ -175,6 +215,10 @@ async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watc
         tracing::info!(peer = %address, "connected to replica");
         peer.status.set_connected(peer.position, true);
         let mut writer = BufWriter::with_capacity(256 * 1024, stream);
+        if writer.write_all(&hello()).await.is_err() {
+            peer.status.set_connected(peer.position, false);
+            continue;
+        }
         loop {
             let frame = tokio::select! {
                 frame = frames.recv() => frame,
@@ -265,8 +309,12 @@ pub async fn serve(
                 let inputs = inputs.clone();
                 let broker = broker.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = receive_loop(stream, inputs, broker, max_frame).await {
-                        tracing::debug!(%peer, error = %e, "replica connection closed");
+                    match receive_loop(stream, inputs, broker, max_frame).await {
+                        Err(e @ (TransportError::Version(_) | TransportError::NoHello(_))) => {
+                            tracing::warn!(%peer, error = %e, "refused a replication connection");
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "replica connection closed"),
+                        Ok(()) => {}
                     }
                 });
             }
@@ -287,12 +335,23 @@ async fn receive_loop(
     let (reader, mut writer) = stream.into_split();
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
     let mut frame = Vec::new();
+    let mut greeted = false;
     loop {
         let len = reader.read_u32_le().await? as usize;
         if len == 0 || len > max_frame {
             return Err(TransportError::TooLarge(len, max_frame));
         }
         let kind = reader.read_u8().await?;
+        if !greeted {
+            if len > 64 {
+                return Err(TransportError::NoHello(kind));
+            }
+            frame.resize(len - 1, 0);
+            reader.read_exact(&mut frame).await?;
+            check_hello(kind, &frame)?;
+            greeted = true;
+            continue;
+        }
         if kind == PREPARE {
             let envelope = read_prepare(&mut reader, len).await?;
             if inputs.send(DriverInput::Envelope(envelope)).is_err() {
@@ -324,5 +383,41 @@ async fn receive_loop(
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(frame: &[u8]) -> (u8, &[u8]) {
+        (frame[4], &frame[5..])
+    }
+
+    #[test]
+    fn a_hello_names_the_wire_version_and_others_are_refused() {
+        let ours = hello();
+        let (kind, body) = split(&ours);
+        assert_eq!(check_hello(kind, body).unwrap(), WIRE_VERSION);
+
+        let future = encode_frame(HELLO, &(HELLO_MAGIC, WIRE_VERSION + 1)).unwrap();
+        let (kind, body) = split(&future);
+        let refused = check_hello(kind, body).unwrap_err();
+        assert!(matches!(refused, TransportError::Version(v) if v == WIRE_VERSION + 1));
+        assert!(
+            refused.to_string().contains("speaks versions 1 to 1"),
+            "{refused}"
+        );
+
+        let stranger = encode_frame(HELLO, &(*b"HTTP", WIRE_VERSION)).unwrap();
+        let (kind, body) = split(&stranger);
+        assert!(matches!(
+            check_hello(kind, body),
+            Err(TransportError::NoHello(_))
+        ));
+        assert!(matches!(
+            check_hello(ENVELOPE, body),
+            Err(TransportError::NoHello(0))
+        ));
     }
 }
