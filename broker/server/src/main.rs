@@ -264,6 +264,9 @@ async fn run(
         });
     }
     tokio::spawn(broker::scrub::run(broker.clone()));
+    if broker.cluster_status().is_some() {
+        tokio::spawn(broker::replication::repair::run(broker.clone()));
+    }
     if let Some(tiering) = broker.tiering.clone() {
         tracing::info!(store = %tiering.store.describe(), "tiering sealed segments to the object store");
         tokio::spawn(broker::tiering::uploader::run(broker.clone(), tiering));

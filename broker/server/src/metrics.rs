@@ -42,6 +42,10 @@ pub struct Metrics {
     /// Bytes of sealed segments the scrubber re-verified, and damaged ranges it found.
     pub scrub_bytes: AtomicU64,
     pub scrub_corruptions: AtomicU64,
+    /// Replicas: damaged ranges rewritten from a peer's copy, and repairs that found no peer
+    /// able to serve the range.
+    pub repairs: AtomicU64,
+    pub repair_failures: AtomicU64,
     /// Replication: view changes this replica started, client requests it forwarded to the
     /// primary, and messages to peers dropped (peer down or its queue full).
     pub view_changes: AtomicU64,
@@ -82,6 +86,8 @@ impl Metrics {
             logins_throttled: AtomicU64::new(0),
             scrub_bytes: AtomicU64::new(0),
             scrub_corruptions: AtomicU64::new(0),
+            repairs: AtomicU64::new(0),
+            repair_failures: AtomicU64::new(0),
             view_changes: AtomicU64::new(0),
             replication_forwarded: AtomicU64::new(0),
             replication_dropped: AtomicU64::new(0),
@@ -209,7 +215,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 13] = [
+        let singles: [(&str, &str, &str, u64); 15] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -257,6 +263,18 @@ impl Metrics {
                 "counter",
                 "Damaged ranges the scrubber found.",
                 load(&self.scrub_corruptions),
+            ),
+            (
+                "iggy_repairs_total",
+                "counter",
+                "Damaged ranges a replica rewrote from a peer's copy.",
+                load(&self.repairs),
+            ),
+            (
+                "iggy_repair_failures_total",
+                "counter",
+                "Repairs of damaged ranges that no peer could serve.",
+                load(&self.repair_failures),
             ),
             (
                 "iggy_replication_view_changes_total",

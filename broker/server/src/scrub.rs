@@ -2,10 +2,12 @@
 //! per second, so rot in data nobody reads is found before a consumer (or a replica's repair)
 //! needs it. It reads through the same verified read path as a poll, a window at a time outside
 //! the partition's lock, and reports damage with an error log naming the file and byte and
-//! `iggy_scrub_corruptions_total`; polls of a damaged range already answer
-//! `InvalidMessageChecksum`. Repairing from a peer comes with replication.
+//! `iggy_scrub_corruptions_total`; polls of a damaged range answer `InvalidMessageChecksum`.
+//! A replica then rewrites the range from a peer's copy (`replication::repair`) and checks it
+//! again; a single node has no other copy.
 
 use crate::broker::Broker;
+use crate::replication::repair::{self, Damage};
 use crate::storage::StorageError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,6 +53,14 @@ pub async fn run(broker: Arc<Broker>) {
                             .scrub_corruptions
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::error!(%error, "scrub found damaged data");
+                        let damage = Damage::of(&partition, next, next + u64::from(count));
+                        if let (Some(damage), Some(_)) = (damage, broker.cluster_status()) {
+                            let (broker, partition) = (broker.clone(), partition.clone());
+                            let _ = tokio::task::spawn_blocking(move || {
+                                repair::repair(&broker, &partition, damage)
+                            })
+                            .await;
+                        }
                     }
                     Ok(Err(error)) => tracing::warn!(%error, "scrub could not read a segment"),
                     Err(_) => return,

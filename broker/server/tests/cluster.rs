@@ -512,3 +512,108 @@ async fn replicas_refuse_connections_in_a_wire_version_they_do_not_speak() {
     let client = cluster.brokers[primary].client().await;
     create_log(&client, "after").await;
 }
+
+/// Three replicas holding `batches` batches of 50 messages sent through the primary, then one
+/// payload byte flipped in the middle of a backup's first
+/// segment. Returns the cluster, the backup, what every member read before the damage, the
+/// intact segment bytes and the damaged file's path.
+async fn rotten_backup(
+    env: &[(&str, &str)],
+    batches: usize,
+) -> (TestCluster, usize, Read, Vec<u8>, std::path::PathBuf) {
+    let cluster = TestCluster::start(3, env);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "rot").await;
+    for b in 0..batches {
+        let mut batch: Vec<IggyMessage> = (0..50).map(|i| message(&payload(0, b, i))).collect();
+        client
+            .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
+            .await
+            .expect("send");
+    }
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+    let reference = read_replica(&client).await;
+    let backup = (primary + 1) % 3;
+    let segment = |member: usize| {
+        cluster.brokers[member]
+            .partition_dir(0, 0, 0)
+            .join("00000000000000000000.log")
+    };
+    let intact = std::fs::read(segment(primary)).unwrap();
+    let mut rotten = std::fs::read(segment(backup)).unwrap();
+    assert_eq!(rotten, intact, "replicas write byte-identical segments");
+    rotten[intact.len() / 2] ^= 0x10;
+    let file = segment(backup);
+    std::fs::write(&file, &rotten).unwrap();
+    (cluster, backup, reference, intact, file)
+}
+
+async fn poll_first_hundred(client: &IggyClient) -> Result<PolledMessages, IggyError> {
+    client
+        .poll_messages(
+            &id(0),
+            &id(0),
+            Some(0),
+            &Consumer::new(id(9)),
+            &PollingStrategy::offset(0),
+            100,
+            false,
+        )
+        .await
+}
+
+fn repairs(cluster: &TestCluster, member: usize) -> String {
+    let (_, metrics) = common::http_get(cluster.brokers[member].http, "/metrics").unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("iggy_repairs_total "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Rot in a backup's segment (a flipped payload byte): the first poll of it answers
+/// InvalidMessageChecksum, never the damaged bytes; the backup fetches the range from a peer,
+/// checks it against its index and rewrites it, and the consumer's retry reads every message
+/// as the primary holds it — the file byte for byte equal to the primary's again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rot_on_a_backup_is_repaired_from_a_peer() {
+    let (cluster, backup, reference, intact, file) =
+        rotten_backup(&[("IGGY_STORAGE_SCRUB_RATE", "0")], 1).await;
+    let reader = cluster.brokers[backup].client().await;
+    let first = poll_first_hundred(&reader).await;
+    assert_eq!(
+        common::code(first.expect_err("the damage is refused, not served")),
+        4027
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while let Err(error) = poll_first_hundred(&reader).await {
+        assert!(Instant::now() < deadline, "never repaired: {error}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read_replica(&reader).await, reference);
+    assert_eq!(std::fs::read(&file).unwrap(), intact);
+    assert_eq!(repairs(&cluster, backup), "iggy_repairs_total 1");
+}
+
+/// The same rot in a sealed segment nobody reads: the scrubber finds it and the backup
+/// repairs it from a peer without any poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rot_the_scrubber_finds_on_a_backup_is_repaired_from_a_peer() {
+    let (cluster, backup, reference, intact, file) = rotten_backup(
+        &[
+            ("IGGY_STORAGE_SCRUB_RATE", "64 MiB"),
+            ("IGGY_STORAGE_SEGMENT_SIZE", "8192"),
+        ],
+        4,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&file).unwrap() != intact {
+        assert!(Instant::now() < deadline, "the scrubber never repaired it");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(repairs(&cluster, backup), "iggy_repairs_total 1");
+    let reader = cluster.brokers[backup].client().await;
+    assert_eq!(read_replica(&reader).await, reference);
+}

@@ -13,6 +13,7 @@
 pub mod driver;
 pub mod journal;
 pub mod machine;
+pub mod repair;
 pub mod status;
 pub mod submitter;
 pub mod sync;
@@ -201,6 +202,7 @@ impl Setup {
                     id: m.id,
                     host,
                     client_port: port,
+                    replication: m.address.clone(),
                 }
             })
             .collect()

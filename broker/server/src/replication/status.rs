@@ -18,6 +18,8 @@ pub struct MemberInfo {
     pub id: MemberId,
     pub host: String,
     pub client_port: u16,
+    /// Its replication address (`host:port`), where state sync and repairs fetch data.
+    pub replication: String,
 }
 
 #[derive(Debug, Clone, Copy, Default)]

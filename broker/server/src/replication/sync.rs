@@ -363,13 +363,13 @@ pub fn install_from(
 /// How long one fetch may take.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Connection {
+pub struct Connection {
     stream: TcpStream,
     peer: String,
 }
 
 impl Connection {
-    fn open(peer: &str, deadline: Instant) -> Result<Self, SyncError> {
+    pub fn open(peer: &str, deadline: Instant) -> Result<Self, SyncError> {
         let connect_error = |source| SyncError::Connect {
             peer: peer.to_owned(),
             source,

@@ -642,6 +642,63 @@ impl PartitionLog {
         Ok(entries.len() as u64)
     }
 
+    /// Repair: writes `frames` — the messages from `from` on, as a peer holds them in its
+    /// segment starting at `segment_start` — over this log's copy of them, which rotted.
+    /// Replicas' segments are byte-identical, so the frames must land exactly on the local
+    /// index: same segment, every frame verified, with the offset and end position the index
+    /// records. Nothing is written otherwise. Returns how many messages were rewritten.
+    pub fn overwrite_damaged(
+        &mut self,
+        segment_start: u64,
+        from: u64,
+        frames: &[u8],
+    ) -> Result<u64, StorageError> {
+        let refuse = |reason: String| StorageError::BadMetadata {
+            path: self.dir.clone(),
+            reason: format!("repair refused: {reason}"),
+        };
+        let Some(segment) = self
+            .segments
+            .iter()
+            .find(|s| s.start_offset == segment_start)
+        else {
+            return Err(refuse(format!(
+                "no local segment starts at {segment_start}"
+            )));
+        };
+        let first = from
+            .checked_sub(segment_start)
+            .map(|i| i as usize)
+            .filter(|i| *i < segment.index.len())
+            .ok_or_else(|| refuse(format!("offset {from} is not in segment {segment_start}")))?;
+        let start = segment.start_of(first);
+        let mut at = 0usize;
+        let mut i = first;
+        while at < frames.len() {
+            let header = FrameHeader::new(&frames[at..])
+                .ok_or_else(|| refuse("a frame is cut short".into()))?;
+            let len = header.frame_len() as usize;
+            let frame = frames
+                .get(at..at + len)
+                .ok_or_else(|| refuse("a frame runs past the chunk".into()))?;
+            let expected = segment_start + i as u64;
+            let entry = segment.index.get(i);
+            if !checksum_matches(frame)
+                || header.offset() != expected
+                || entry.map(|e| e.end as u64) != Some(start + (at + len) as u64)
+            {
+                return Err(refuse(format!(
+                    "the peer's message {expected} does not match this log's index"
+                )));
+            }
+            at += len;
+            i += 1;
+        }
+        segment.log.write_all_at(frames, start)?;
+        segment.log.sync_data()?;
+        Ok((i - first) as u64)
+    }
+
     /// The local segment holding `offset`: (its first offset, one past its last message).
     pub fn segment_bounds(&self, offset: u64) -> Option<(u64, u64)> {
         self.segments

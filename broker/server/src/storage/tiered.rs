@@ -42,6 +42,18 @@ pub fn key_base(partition_dir: &Path) -> String {
     parts.into_iter().rev().collect::<Vec<_>>().join("/")
 }
 
+/// `(stream, topic, partition)` of a key base `streams/<s>/topics/<t>/partitions/<p>`
+/// ([`key_base`] of a partition directory).
+pub fn ids_of(key_base: &str) -> Option<(u32, u32, u32)> {
+    let parts: Vec<&str> = key_base.split('/').collect();
+    match parts[..] {
+        ["streams", s, "topics", t, "partitions", p] => {
+            Some((s.parse().ok()?, t.parse().ok()?, p.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +64,7 @@ mod tests {
             key_base(Path::new("/data/streams/1/topics/2/partitions/3")),
             "streams/1/topics/2/partitions/3"
         );
+        assert_eq!(ids_of("streams/1/topics/2/partitions/3"), Some((1, 2, 3)));
+        assert_eq!(ids_of("streams/1/topics/2"), None);
     }
 }

@@ -210,7 +210,7 @@ async fn record(
     if broker.cluster_status().is_none() {
         return tokio::task::block_in_place(|| partition.log().record_tiered(segment));
     }
-    let Some((stream, topic, partition_id)) = ids_of(key_base) else {
+    let Some((stream, topic, partition_id)) = tiered::ids_of(key_base) else {
         return Ok(false);
     };
     let op = Operation::RecordTiered {
@@ -249,7 +249,7 @@ async fn seal_if_due(
     if broker.cluster_status().is_none() {
         return tokio::task::block_in_place(|| partition.log().seal_active(at)).map(|_| ());
     }
-    let Some((stream, topic, partition_id)) = ids_of(key_base) else {
+    let Some((stream, topic, partition_id)) = tiered::ids_of(key_base) else {
         return Ok(());
     };
     let op = Operation::SealSegment {
@@ -277,17 +277,6 @@ async fn commit(
             path: key_base.into(),
             reason: format!("{what} through the log failed: {error}"),
         })
-}
-
-/// `(stream, topic, partition)` of a key base `streams/<s>/topics/<t>/partitions/<p>`.
-fn ids_of(key_base: &str) -> Option<(u32, u32, u32)> {
-    let parts: Vec<&str> = key_base.split('/').collect();
-    match parts[..] {
-        ["streams", s, "topics", t, "partitions", p] => {
-            Some((s.parse().ok()?, t.parse().ok()?, p.parse().ok()?))
-        }
-        _ => None,
-    }
 }
 
 /// Puts the local manifest in the store when the store's copy is older. Returns the version
