@@ -264,7 +264,7 @@ async fn run(
         });
     }
     tokio::spawn(broker::scrub::run(broker.clone()));
-    if broker.cluster_status().is_some() {
+    if broker::replication::repair::has_copies(&broker) {
         tokio::spawn(broker::replication::repair::run(broker.clone()));
     }
     if let Some(tiering) = broker.tiering.clone() {

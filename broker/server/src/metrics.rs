@@ -42,8 +42,8 @@ pub struct Metrics {
     /// Bytes of sealed segments the scrubber re-verified, and damaged ranges it found.
     pub scrub_bytes: AtomicU64,
     pub scrub_corruptions: AtomicU64,
-    /// Replicas: damaged ranges rewritten from a peer's copy, and repairs that found no peer
-    /// able to serve the range.
+    /// Damaged ranges rewritten from another copy (a peer's, or the object store's), and
+    /// repairs that found no intact copy.
     pub repairs: AtomicU64,
     pub repair_failures: AtomicU64,
     /// Replication: view changes this replica started, client requests it forwarded to the
@@ -267,13 +267,13 @@ impl Metrics {
             (
                 "iggy_repairs_total",
                 "counter",
-                "Damaged ranges a replica rewrote from a peer's copy.",
+                "Damaged ranges rewritten from another copy (a peer, or the object store).",
                 load(&self.repairs),
             ),
             (
                 "iggy_repair_failures_total",
                 "counter",
-                "Repairs of damaged ranges that no peer could serve.",
+                "Repairs of damaged ranges that found no intact copy.",
                 load(&self.repair_failures),
             ),
             (

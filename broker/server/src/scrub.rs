@@ -3,8 +3,8 @@
 //! needs it. It reads through the same verified read path as a poll, a window at a time outside
 //! the partition's lock, and reports damage with an error log naming the file and byte and
 //! `iggy_scrub_corruptions_total`; polls of a damaged range answer `InvalidMessageChecksum`.
-//! A replica then rewrites the range from a peer's copy (`replication::repair`) and checks it
-//! again; a single node has no other copy.
+//! The range is then rewritten from another copy (`replication::repair`): a peer's, or the
+//! object store's when the segment is tiered; a single node without L3 has no other copy.
 
 use crate::broker::Broker;
 use crate::replication::repair::{self, Damage};
@@ -54,7 +54,7 @@ pub async fn run(broker: Arc<Broker>) {
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::error!(%error, "scrub found damaged data");
                         let damage = Damage::of(&partition, next, next + u64::from(count));
-                        if let (Some(damage), Some(_)) = (damage, broker.cluster_status()) {
+                        if let (Some(damage), true) = (damage, repair::has_copies(&broker)) {
                             let (broker, partition) = (broker.clone(), partition.clone());
                             let _ = tokio::task::spawn_blocking(move || {
                                 repair::repair(&broker, &partition, damage)

@@ -887,3 +887,66 @@ async fn throttling_and_a_hanging_store_cost_errors_and_retries_never_data() {
     assert_eq!(everything.len(), 2000);
     assert_eq!(&everything[..1000], &reference[..]);
 }
+
+/// A single node has no peer, but a local segment the store holds has another copy: rot in it
+/// (a flipped byte) fails the first poll with InvalidMessageChecksum, the range is fetched back
+/// from S3 (verified) and rewritten, and the retry reads everything as before — the local file
+/// equal to its object again.
+#[tokio::test(flavor = "multi_thread")]
+async fn rot_in_a_local_copy_the_store_holds_is_repaired_from_s3() {
+    let Some(server) = S3Server::start() else {
+        return;
+    };
+    server.create_bucket(BUCKET);
+    let mut env: Vec<(String, String)> = tiered_env(&server)
+        .into_iter()
+        .filter(|(k, _)| k != "IGGY_TIERING_LOCAL_RETENTION")
+        .collect();
+    env.push(("IGGY_STORAGE_SCRUB_RATE".into(), "0".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let broker = TestBroker::start_with(&env);
+    let client = broker.client().await;
+    setup(&client).await;
+    produce(&client, 0, 10).await;
+    let reference = read_everything(&client).await;
+    wait_for("the first segments in S3", Duration::from_secs(30), || {
+        stored_manifest(&server).is_some_and(|m| m.segments.len() >= 3)
+    });
+    let first = broker
+        .partition_dir(0, 0, 0)
+        .join("00000000000000000000.log");
+    let object = std::fs::read(server.object_path(
+        BUCKET,
+        &format!("{PARTITION_KEYS}/00000000000000000000.log"),
+    ))
+    .unwrap();
+    let mut rotten = std::fs::read(&first).unwrap();
+    assert_eq!(rotten, object, "the object is the file as uploaded");
+    rotten[object.len() / 2] ^= 0x04;
+    std::fs::write(&first, &rotten).unwrap();
+
+    let polled = client
+        .poll_messages(
+            &id(0),
+            &id(0),
+            Some(0),
+            &Consumer::new(id(9)),
+            &PollingStrategy::offset(0),
+            1000,
+            false,
+        )
+        .await;
+    assert_eq!(common::code(polled.expect_err("rot is refused")), 4027);
+    wait_for("the repair", Duration::from_secs(15), || {
+        let metrics = http_get(broker.http, "/metrics").unwrap_or_default().1;
+        metric(&metrics, "iggy_repairs_total") == Some(1.0)
+    });
+    assert_eq!(std::fs::read(&first).unwrap(), object);
+    assert_eq!(read_everything(&client).await, reference);
+    let metrics = http_get(broker.http, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&metrics, "iggy_repair_failures_total"),
+        Some(0.0),
+        "only the damaged segment is repaired: {metrics}"
+    );
+}

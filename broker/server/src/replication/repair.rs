@@ -1,14 +1,17 @@
-//! Repairs rotted partition data from the other replicas. Replicas' segments are byte-identical
-//! (every replica applies the same operations, and state sync copies whole segments), so a
-//! range that fails its checksums here is fetched from a peer — through the state-sync fetch,
-//! which verifies what it sends — checked against this log's index, and written over the
-//! damaged bytes (`PartitionLog::overwrite_damaged`). The scrubber asks for a repair when it
+//! Repairs rotted partition data from another copy: the other replicas, or the object store
+//! when the segment is tiered and still local. Replicas' segments are byte-identical (every
+//! replica applies the same operations, and state sync copies whole segments), and a segment's
+//! object is its file as uploaded, so a range that fails its checksums here is fetched —
+//! through the state-sync fetch or the tier reader, both of which verify what they return —
+//! checked against this log's index, and written over the damaged bytes
+//! (`PartitionLog::overwrite_damaged`). The scrubber asks for a repair when it
 //! finds damage; so does a poll that meets it (the poll still answers
 //! `InvalidMessageChecksum`; the consumer's retry reads the repaired range).
 
 use super::sync::{Connection, Fetch, Fetched, Source, SyncError};
 use crate::broker::Broker;
 use crate::state::partition::Partition;
+use crate::storage::partition_log::RemoteRead;
 use crate::storage::{tiered, StorageError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -20,8 +23,10 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepairError {
-    #[error("not a replica: there is no peer to repair from")]
+    #[error("no other copy: not a replica, and the object store does not hold the segment")]
     NoPeers,
+    #[error("reading the object store's copy: {0}")]
+    Store(#[from] iggy_tiering::StoreError),
     #[error(transparent)]
     Fetch(#[from] SyncError),
     #[error("{peer} has no copy of offsets {from}..{until} to give")]
@@ -64,10 +69,15 @@ fn running() -> &'static Mutex<BTreeSet<Damage>> {
 static REPORTED: Mutex<BTreeMap<Damage, Arc<Partition>>> = Mutex::new(BTreeMap::new());
 static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
-/// A poll met damage in `from..until` of `partition`: queue its repair (replicas only; a
-/// single node has no peer, and the scrubber's log line is all it can do).
+/// Whether this broker has another copy to repair from: peers, or an object store.
+pub fn has_copies(broker: &Broker) -> bool {
+    broker.cluster_status().is_some() || broker.tiering.is_some()
+}
+
+/// A poll met damage in `from..until` of `partition`: queue its repair (when there is another
+/// copy; otherwise the poll's error and log line are all that can be done).
 pub fn report(broker: &Broker, partition: &Arc<Partition>, from: u64, until: u64) {
-    if broker.cluster_status().is_none() {
+    if !has_copies(broker) {
         return;
     }
     let until = until.min(partition.log().next_offset());
@@ -80,7 +90,8 @@ pub fn report(broker: &Broker, partition: &Arc<Partition>, from: u64, until: u64
     }
 }
 
-/// Repairs what polls report, one range at a time, until the process ends (replicas only).
+/// Repairs what polls report, one range at a time, until the process ends (brokers with
+/// another copy: [`has_copies`]).
 pub async fn run(broker: Arc<Broker>) {
     loop {
         WAKE.notified().await;
@@ -101,9 +112,6 @@ pub async fn run(broker: Arc<Broker>) {
 /// Rewrites `damage` from the first peer that has an intact copy. Blocking. Returns how many
 /// messages were rewritten (0 when the same repair is already running).
 pub fn repair(broker: &Broker, partition: &Partition, damage: Damage) -> Result<u64, RepairError> {
-    let Some(status) = broker.cluster_status() else {
-        return Err(RepairError::NoPeers);
-    };
     if !running()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -111,27 +119,23 @@ pub fn repair(broker: &Broker, partition: &Partition, damage: Damage) -> Result<
     {
         return Ok(0);
     }
-    if intact(partition, damage) {
-        // Repaired since it was reported (a retried poll reports the same range again).
-        running()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&damage);
-        return Ok(0);
-    }
-    let deadline = Instant::now() + DEADLINE;
-    let mut outcome = Err(RepairError::NoPeers);
-    for (position, member) in status.members.iter().enumerate() {
-        if position == usize::from(status.position) {
-            continue;
-        }
-        outcome = Connection::open(&member.replication, deadline)
-            .map_err(RepairError::from)
-            .and_then(|mut peer| repair_from(&mut peer, partition, damage));
-        match &outcome {
-            Ok(_) => break,
+    // Only the segments whose part of the range fails to verify are fetched: a poll reports
+    // its whole range, and a retried one reports it again after the repair.
+    let mut outcome = Ok(0);
+    for part in damaged_parts(partition, damage) {
+        match repair_from_any(broker, partition, part) {
+            Ok(messages) => {
+                broker.metrics.repairs.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(damage = ?part, messages, "damaged messages rewritten from another copy");
+                outcome = outcome.map(|done| done + messages);
+            }
             Err(error) => {
-                tracing::warn!(peer = %member.replication, %error, "repair from this peer failed")
+                broker
+                    .metrics
+                    .repair_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(damage = ?part, %error, "damaged messages could not be repaired");
+                outcome = Err(error);
             }
         }
     }
@@ -139,31 +143,107 @@ pub fn repair(broker: &Broker, partition: &Partition, damage: Damage) -> Result<
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&damage);
-    match &outcome {
-        Ok(messages) => {
-            broker.metrics.repairs.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                ?damage,
-                messages,
-                "damaged messages rewritten from a peer's copy"
-            );
+    outcome
+}
+
+/// Peers first (in ring order), then the object store.
+fn repair_from_any(
+    broker: &Broker,
+    partition: &Partition,
+    damage: Damage,
+) -> Result<u64, RepairError> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut outcome = Err(RepairError::NoPeers);
+    if let Some(status) = broker.cluster_status() {
+        for (position, member) in status.members.iter().enumerate() {
+            if position == usize::from(status.position) {
+                continue;
+            }
+            outcome = Connection::open(&member.replication, deadline)
+                .map_err(RepairError::from)
+                .and_then(|mut peer| repair_from(&mut peer, partition, damage));
+            match &outcome {
+                Ok(_) => return outcome,
+                Err(error) => {
+                    tracing::warn!(peer = %member.replication, %error, "repair from this peer failed")
+                }
+            }
         }
-        Err(error) => {
-            broker
-                .metrics
-                .repair_failures
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(?damage, %error, "damaged messages could not be repaired");
+    }
+    if let Some(tiering) = &broker.tiering {
+        let stored = tokio::runtime::Handle::try_current()
+            .map_err(|_| RepairError::NoPeers)
+            .and_then(|runtime| runtime.block_on(repair_from_store(tiering, partition, damage)));
+        match stored {
+            Ok(messages) => return Ok(messages),
+            // The store does not hold it: the peers' answer (or "no copy") stands.
+            Err(RepairError::NoPeers) => {}
+            Err(error) => outcome = Err(error),
         }
     }
     outcome
 }
 
-/// Whether the range reads back verified from the local files now.
-fn intact(partition: &Partition, damage: Damage) -> bool {
-    let count = (damage.until - damage.from).min(u64::from(u32::MAX)) as u32;
-    let (plan, _) = partition.plan_read(damage.from, count, usize::MAX);
-    plan.count as u64 == damage.until - damage.from && plan.read_into(&mut Vec::new()).is_ok()
+/// Rewrites `damage` from the segment objects the store holds (tiered segments still local).
+async fn repair_from_store(
+    tiering: &Arc<crate::tiering::Tiering>,
+    partition: &Partition,
+    damage: Damage,
+) -> Result<u64, RepairError> {
+    let mut next = damage.from;
+    while next < damage.until {
+        let (segment, key_base) = {
+            let log = partition.log();
+            let segment = log.tiered().0.find(next).copied();
+            (segment, tiered::key_base(log.dir()))
+        };
+        let Some(segment) = segment else {
+            return Err(RepairError::NoPeers);
+        };
+        let read = RemoteRead {
+            key_base,
+            segment,
+            next: None,
+            offset: next,
+            count: (damage.until.min(segment.next_offset) - next) as u32,
+            max_bytes: usize::MAX,
+        };
+        let mut frames = Vec::new();
+        let served = tiering.read(&read, &mut frames).await?;
+        if served.count == 0 {
+            return Err(RepairError::NoPeers);
+        }
+        next += partition
+            .log()
+            .overwrite_damaged(segment.start_offset, next, &frames)?;
+    }
+    Ok(next - damage.from)
+}
+
+/// The parts of `damage`, one per local segment, that do not read back verified now.
+fn damaged_parts(partition: &Partition, damage: Damage) -> Vec<Damage> {
+    let mut parts = Vec::new();
+    let mut next = damage.from;
+    while next < damage.until {
+        // Below the local window (tiered and evicted) there is nothing local to repair.
+        let Some((_, end)) = partition.log().segment_bounds(next) else {
+            break;
+        };
+        let until = end.min(damage.until);
+        let count = (until - next).min(u64::from(u32::MAX)) as u32;
+        let (plan, _) = partition.plan_read(next, count, usize::MAX);
+        let intact =
+            u64::from(plan.count) == until - next && plan.read_into(&mut Vec::new()).is_ok();
+        if !intact {
+            parts.push(Damage {
+                from: next,
+                until,
+                ..damage
+            });
+        }
+        next = until;
+    }
+    parts
 }
 
 fn repair_from(
