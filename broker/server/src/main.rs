@@ -264,8 +264,8 @@ async fn run(
         });
     }
     tokio::spawn(broker::scrub::run(broker.clone()));
-    if broker::replication::repair::has_copies(&broker) {
-        tokio::spawn(broker::replication::repair::run(broker.clone()));
+    if broker::repair::has_copies(&broker) {
+        tokio::spawn(broker::repair::run(broker.clone()));
     }
     if let Some(tiering) = broker.tiering.clone() {
         tracing::info!(store = %tiering.store.describe(), "tiering sealed segments to the object store");

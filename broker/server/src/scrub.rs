@@ -3,11 +3,11 @@
 //! needs it. It reads through the same verified read path as a poll, a window at a time outside
 //! the partition's lock, and reports damage with an error log naming the file and byte and
 //! `iggy_scrub_corruptions_total`; polls of a damaged range answer `InvalidMessageChecksum`.
-//! The range is then rewritten from another copy (`replication::repair`): a peer's, or the
+//! The range is then rewritten from another copy (`repair`): a peer's, or the
 //! object store's when the segment is tiered; a single node without L3 has no other copy.
 
 use crate::broker::Broker;
-use crate::replication::repair::{self, Damage};
+use crate::repair::{self, Damage};
 use crate::storage::StorageError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

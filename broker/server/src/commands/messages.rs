@@ -168,7 +168,7 @@ pub async fn poll(
                 // A replica rewrites the range from a peer; the consumer's retry reads it.
                 if let Some((start, count, _)) = request {
                     let until = start + u64::from(count);
-                    crate::replication::repair::report(broker, &partition, start, until);
+                    crate::repair::report(broker, &partition, start, until);
                 }
             }
             return Err(error.into());

@@ -13,7 +13,6 @@
 pub mod driver;
 pub mod journal;
 pub mod machine;
-pub mod repair;
 pub mod status;
 pub mod submitter;
 pub mod sync;

@@ -219,9 +219,10 @@ impl TailCache {
                 break;
             }
             if next.is_some_and(|n| n != batch.position) {
-                // Not contiguous (cannot happen while only appends feed the cache, but a gap
-                // must never be served as data).
-                return None;
+                // A gap: batches appended while nobody tailed the partition were not cached.
+                // Only what follows the last gap can be served from memory.
+                slices.clear();
+                from = Some(batch.position);
             }
             from.get_or_insert(batch.position.max(position));
             let lo = position.saturating_sub(batch.position) as usize;
@@ -357,6 +358,17 @@ mod tests {
         c.push(1, 100, &[6; 100], 1);
         c.push(1, 200, &[7; 100], 1);
         assert_eq!(joined(&c.lookup(1, 0, 300).expect("all three")).len(), 300);
+
+        // A batch nobody wanted leaves a gap: only what follows it is served.
+        let d = TailCache::default();
+        d.want(0);
+        d.push(2, 0, &[1; 10], 1);
+        d.push(2, 10, &[2; 10], u64::MAX);
+        d.push(2, 20, &[3; 10], 1);
+        let after_gap = d.lookup(2, 0, 30).expect("the batch after the gap");
+        assert_eq!((after_gap.from, joined(&after_gap)), (20, vec![3u8; 10]));
+        assert!(d.lookup(2, 5, 10).is_none(), "ends inside the gap");
+        drop(d);
 
         // Off: the next append drains what is cached.
         set_capacity(0);

@@ -8,8 +8,8 @@
 //! finds damage; so does a poll that meets it (the poll still answers
 //! `InvalidMessageChecksum`; the consumer's retry reads the repaired range).
 
-use super::sync::{Connection, Fetch, Fetched, Source, SyncError};
 use crate::broker::Broker;
+use crate::replication::sync::{Connection, Fetch, Fetched, Source, SyncError};
 use crate::state::partition::Partition;
 use crate::storage::partition_log::RemoteRead;
 use crate::storage::{tiered, StorageError};
@@ -24,7 +24,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum RepairError {
     #[error("no other copy: not a replica, and the object store does not hold the segment")]
-    NoPeers,
+    NoCopy,
     #[error("reading the object store's copy: {0}")]
     Store(#[from] iggy_tiering::StoreError),
     #[error(transparent)]
@@ -153,7 +153,7 @@ fn repair_from_any(
     damage: Damage,
 ) -> Result<u64, RepairError> {
     let deadline = Instant::now() + DEADLINE;
-    let mut outcome = Err(RepairError::NoPeers);
+    let mut outcome = Err(RepairError::NoCopy);
     if let Some(status) = broker.cluster_status() {
         for (position, member) in status.members.iter().enumerate() {
             if position == usize::from(status.position) {
@@ -172,12 +172,12 @@ fn repair_from_any(
     }
     if let Some(tiering) = &broker.tiering {
         let stored = tokio::runtime::Handle::try_current()
-            .map_err(|_| RepairError::NoPeers)
+            .map_err(|_| RepairError::NoCopy)
             .and_then(|runtime| runtime.block_on(repair_from_store(tiering, partition, damage)));
         match stored {
             Ok(messages) => return Ok(messages),
             // The store does not hold it: the peers' answer (or "no copy") stands.
-            Err(RepairError::NoPeers) => {}
+            Err(RepairError::NoCopy) => {}
             Err(error) => outcome = Err(error),
         }
     }
@@ -198,7 +198,7 @@ async fn repair_from_store(
             (segment, tiered::key_base(log.dir()))
         };
         let Some(segment) = segment else {
-            return Err(RepairError::NoPeers);
+            return Err(RepairError::NoCopy);
         };
         let read = RemoteRead {
             key_base,
@@ -211,7 +211,7 @@ async fn repair_from_store(
         let mut frames = Vec::new();
         let served = tiering.read(&read, &mut frames).await?;
         if served.count == 0 {
-            return Err(RepairError::NoPeers);
+            return Err(RepairError::NoCopy);
         }
         next += partition
             .log()
