@@ -455,7 +455,10 @@ pub enum ConfigError {
 
 impl Config {
     /// With L2 off, how long a segment stays open at most unless `tiering.l3.seal_after` says.
-    pub const OBJECTS_ONLY_SEAL_AFTER: Duration = Duration::from_secs(5);
+    /// Every seal is an object pair and a manifest entry (and the manifest is uploaded again on
+    /// each change), so seconds would cost a trickle partition thousands of objects a day and
+    /// a manifest that grows with them; half a minute keeps that in hand (docs/tiering.md).
+    pub const OBJECTS_ONLY_SEAL_AFTER: Duration = Duration::from_secs(30);
     /// With L2 off, the largest segment: what the store receives in one upload, and what local
     /// disk holds per partition while it fills.
     pub const OBJECTS_ONLY_SEGMENT_SIZE: u64 = 16 << 20;
