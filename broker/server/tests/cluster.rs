@@ -549,20 +549,6 @@ async fn rotten_backup(
     (cluster, backup, reference, intact, file)
 }
 
-async fn poll_first_hundred(client: &IggyClient) -> Result<PolledMessages, IggyError> {
-    client
-        .poll_messages(
-            &id(0),
-            &id(0),
-            Some(0),
-            &Consumer::new(id(9)),
-            &PollingStrategy::offset(0),
-            100,
-            false,
-        )
-        .await
-}
-
 fn repairs(cluster: &TestCluster, member: usize) -> String {
     let (_, metrics) = common::http_get(cluster.brokers[member].http, "/metrics").unwrap();
     metrics
@@ -581,13 +567,13 @@ async fn rot_on_a_backup_is_repaired_from_a_peer() {
     let (cluster, backup, reference, intact, file) =
         rotten_backup(&[("IGGY_STORAGE_SCRUB_RATE", "0")], 1).await;
     let reader = cluster.brokers[backup].client().await;
-    let first = poll_first_hundred(&reader).await;
+    let first = common::poll_offset(&reader, 0, 0, 100).await;
     assert_eq!(
         common::code(first.expect_err("the damage is refused, not served")),
         4027
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while let Err(error) = poll_first_hundred(&reader).await {
+    while let Err(error) = common::poll_offset(&reader, 0, 0, 100).await {
         assert!(Instant::now() < deadline, "never repaired: {error}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{code, create_topic, http_get, id, message, read_all, TestBroker};
+use common::{
+    code, create_topic, http_get, id, message, poll_offset as poll, read_all, TestBroker,
+};
 use iggy::prelude::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -241,26 +243,6 @@ async fn lost_metadata_refuses_to_start_and_keeps_the_data() {
         before,
         "the data is untouched"
     );
-}
-
-async fn poll(
-    client: &IggyClient,
-    partition: u32,
-    offset: u64,
-    count: u32,
-) -> Result<Vec<IggyMessage>, IggyError> {
-    client
-        .poll_messages(
-            &id(0),
-            &id(0),
-            Some(partition),
-            &Consumer::new(id(1)),
-            &PollingStrategy::offset(offset),
-            count,
-            false,
-        )
-        .await
-        .map(|polled| polled.messages)
 }
 
 async fn poll_range(client: &IggyClient, offset: u64, count: u32) -> Result<usize, IggyError> {

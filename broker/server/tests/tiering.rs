@@ -621,19 +621,30 @@ async fn objects_only_replicas_seal_through_the_log_and_read_everything_from_s3(
             })
         },
     );
-    for member in 0..3 {
-        let reader = cluster.brokers[member].client().await;
+    every_member_reads_it_all_and_only_the_primary_uploads(&cluster, primary, &reference).await;
+}
+
+/// Every member of `cluster` reads back exactly `reference`, and only `primary` uploaded
+/// segments. Returns each member's `/metrics`.
+async fn every_member_reads_it_all_and_only_the_primary_uploads(
+    cluster: &common::cluster::TestCluster,
+    primary: usize,
+    reference: &[Seen],
+) -> Vec<String> {
+    let mut all = Vec::new();
+    for (member, broker) in cluster.brokers.iter().enumerate() {
+        let reader = broker.client().await;
         assert_eq!(read_everything(&reader).await, reference, "member {member}");
-        let metrics = http_get(cluster.brokers[member].http, "/metrics")
-            .unwrap()
-            .1;
+        let metrics = http_get(broker.http, "/metrics").unwrap().1;
         let uploaded = metric(&metrics, "iggy_tiering_uploaded_segments_total").unwrap();
         assert_eq!(
             uploaded > 0.0,
             member == primary,
             "only the primary uploads"
         );
+        all.push(metrics);
     }
+    all
 }
 
 fn local_manifest(broker: &TestBroker) -> Option<Manifest> {
@@ -680,19 +691,10 @@ async fn a_replicated_cluster_tiers_through_its_primary_and_every_member_reads_f
                     && local_manifest(b).is_some_and(|m| m.segments.len() == segments)
             })
     });
-    for member in 0..3 {
-        let reader = cluster.brokers[member].client().await;
-        assert_eq!(read_everything(&reader).await, reference, "member {member}");
-        let metrics = http_get(cluster.brokers[member].http, "/metrics")
-            .unwrap()
-            .1;
-        let uploaded = metric(&metrics, "iggy_tiering_uploaded_segments_total").unwrap();
-        assert_eq!(
-            uploaded > 0.0,
-            member == primary,
-            "only the primary uploads"
-        );
-        assert!(metric(&metrics, "iggy_tiering_remote_reads_total").unwrap() > 0.0);
+    let metrics =
+        every_member_reads_it_all_and_only_the_primary_uploads(&cluster, primary, &reference).await;
+    for member_metrics in &metrics {
+        assert!(metric(member_metrics, "iggy_tiering_remote_reads_total").unwrap() > 0.0);
     }
 
     // A backup that crashes after evicting restores its checkpoint from what it kept locally.
@@ -925,17 +927,7 @@ async fn rot_in_a_local_copy_the_store_holds_is_repaired_from_s3() {
     rotten[object.len() / 2] ^= 0x04;
     std::fs::write(&first, &rotten).unwrap();
 
-    let polled = client
-        .poll_messages(
-            &id(0),
-            &id(0),
-            Some(0),
-            &Consumer::new(id(9)),
-            &PollingStrategy::offset(0),
-            1000,
-            false,
-        )
-        .await;
+    let polled = common::poll_offset(&client, 0, 0, 1000).await;
     assert_eq!(common::code(polled.expect_err("rot is refused")), 4027);
     wait_for("the repair", Duration::from_secs(15), || {
         let metrics = http_get(broker.http, "/metrics").unwrap_or_default().1;

@@ -12,6 +12,7 @@ use crate::state::groups::find_group;
 use crate::state::partition::Partition;
 use crate::storage::offsets::consumer_key;
 use crate::storage::StorageError;
+use crate::tiering::reader::Served;
 use iggy_wire::request::PartitionRef;
 use iggy_wire::response::poll_header;
 use iggy_wire::{ConsumerKind, Identifier, PollingStrategy};
@@ -194,12 +195,6 @@ pub async fn poll(
         .traffic
         .record_out(plan.count as u64, plan.bytes as u64);
     Ok(())
-}
-
-/// What a poll served: its message count and bytes.
-struct Served {
-    count: u32,
-    bytes: usize,
 }
 
 /// Plans a read of `request` (start, count, byte budget; `None`: nothing to read) and appends

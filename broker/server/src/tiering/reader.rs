@@ -35,7 +35,8 @@ pub struct TierReader {
 /// in order then finds its next blocks in the cache instead of waiting one GET per block.
 const PREFETCH_BLOCKS: u64 = 3;
 
-/// Messages read from the store.
+/// Messages a read served: how many, and their bytes (a poll's reads from the store and, in
+/// `commands::messages`, whole polls).
 pub struct Served {
     pub count: u32,
     pub bytes: usize,

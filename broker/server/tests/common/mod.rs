@@ -320,6 +320,28 @@ pub async fn create_topic(
 }
 
 /// The Iggy status code inside an SDK error.
+/// Up to `count` messages of stream 0, topic 0, `partition` from `offset`, as a standalone
+/// consumer polling by offset without committing.
+pub async fn poll_offset(
+    client: &IggyClient,
+    partition: u32,
+    offset: u64,
+    count: u32,
+) -> Result<Vec<IggyMessage>, IggyError> {
+    client
+        .poll_messages(
+            &id(0),
+            &id(0),
+            Some(partition),
+            &Consumer::new(id(1)),
+            &PollingStrategy::offset(offset),
+            count,
+            false,
+        )
+        .await
+        .map(|polled| polled.messages)
+}
+
 pub fn code(error: IggyError) -> u32 {
     error.as_code()
 }
