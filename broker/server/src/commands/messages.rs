@@ -166,7 +166,8 @@ pub async fn poll(
         Err(BrokerError::Storage(error)) => {
             if matches!(error, StorageError::CorruptRead { .. }) {
                 broker.metrics.corrupt_reads.fetch_add(1, Ordering::Relaxed);
-                // A replica rewrites the range from a peer; the consumer's retry reads it.
+                // Rewritten from another copy (a peer, or the store) when there is one; the
+                // consumer's retry reads it.
                 if let Some((start, count, _)) = request {
                     let until = start + u64::from(count);
                     crate::repair::report(broker, &partition, start, until);
