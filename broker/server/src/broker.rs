@@ -56,6 +56,9 @@ pub struct BootReport {
     pub partitions: usize,
     pub verified_bytes: u64,
     pub truncated_tails: usize,
+    /// Messages found rotted in place (`storage::recovery`): the partition (by stream, topic
+    /// and partition id) and the offsets `from..until`, to be repaired.
+    pub damaged: Vec<((u32, u32, u32), u64, u64)>,
 }
 
 impl Broker {
@@ -97,6 +100,12 @@ impl Broker {
                             report.partitions += 1;
                             report.verified_bytes += recovered.verified_bytes;
                             report.truncated_tails += usize::from(recovered.truncated.is_some());
+                            report.damaged.extend(
+                                recovered
+                                    .damaged
+                                    .iter()
+                                    .map(|&(from, until)| ((s.id, t.id, p.id), from, until)),
+                            );
                             partitions.push(Arc::new(Partition::new(
                                 p.id,
                                 p.created_at,

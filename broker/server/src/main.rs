@@ -221,6 +221,13 @@ async fn run(
     if report.truncated_tails > 0 {
         tracing::warn!(partitions = report.truncated_tails, "recovered torn tails");
     }
+    for &((stream, topic, partition), from, until) in &report.damaged {
+        // Logged where found; repaired by the worker below when another copy exists.
+        let found = broker.catalog().partition_by_ids(stream, topic, partition);
+        if let Some(partition) = found {
+            broker::repair::report(&broker, &partition, from, until);
+        }
+    }
     let tcp = TcpListener::bind(tcp_address)
         .await
         .with_context(|| format!("cannot listen on {tcp_address} (tcp.address)"))?;

@@ -9,7 +9,7 @@
 //! `InvalidMessageChecksum`; the consumer's retry reads the repaired range).
 
 use crate::broker::Broker;
-use crate::replication::sync::{Connection, Fetch, Fetched, Source, SyncError};
+use crate::replication::sync::{Connection, Fetch, Fetched, InProcess, Source, SyncError};
 use crate::state::partition::Partition;
 use crate::storage::partition_log::RemoteRead;
 use crate::storage::{tiered, StorageError};
@@ -112,6 +112,38 @@ pub async fn run(broker: Arc<Broker>) {
 /// Rewrites `damage` from the first peer that has an intact copy. Blocking. Returns how many
 /// messages were rewritten (0 when the same repair is already running).
 pub fn repair(broker: &Broker, partition: &Partition, damage: Damage) -> Result<u64, RepairError> {
+    repair_with(broker, partition, damage, |part| {
+        repair_from_any(broker, partition, part)
+    })
+}
+
+/// [`repair`] from brokers in this process instead of the ring's peers (the simulator runs
+/// every replica's broker in one process), tried in the order given.
+pub fn repair_from_brokers(
+    broker: &Broker,
+    partition: &Partition,
+    damage: Damage,
+    peers: &[&Broker],
+) -> Result<u64, RepairError> {
+    repair_with(broker, partition, damage, |part| {
+        let mut outcome = Err(RepairError::NoCopy);
+        for peer in peers {
+            outcome = repair_from(&mut InProcess(peer), partition, part);
+            if outcome.is_ok() {
+                break;
+            }
+        }
+        outcome
+    })
+}
+
+/// Rewrites each damaged segment's part of `damage` with `copy`, counting the outcomes.
+fn repair_with(
+    broker: &Broker,
+    partition: &Partition,
+    damage: Damage,
+    copy: impl Fn(Damage) -> Result<u64, RepairError>,
+) -> Result<u64, RepairError> {
     if !running()
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -123,7 +155,7 @@ pub fn repair(broker: &Broker, partition: &Partition, damage: Damage) -> Result<
     // its whole range, and a retried one reports it again after the repair.
     let mut outcome = Ok(0);
     for part in damaged_parts(partition, damage) {
-        match repair_from_any(broker, partition, part) {
+        match copy(part) {
             Ok(messages) => {
                 broker.metrics.repairs.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(damage = ?part, messages, "damaged messages rewritten from another copy");

@@ -8,6 +8,7 @@
 
 use crate::broker::Broker;
 use crate::repair::{self, Damage};
+use crate::state::partition::Partition;
 use crate::storage::StorageError;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -35,25 +36,22 @@ pub async fn run(broker: Arc<Broker>) {
                 continue;
             };
             while next < sealed_end {
-                let (plan, _) = partition.plan_read(next, u32::MAX, WINDOW);
-                if plan.count == 0 {
+                let checked = {
+                    let partition = partition.clone();
+                    tokio::task::spawn_blocking(move || check_window(&partition, next)).await
+                };
+                let Ok(Some(window)) = checked else {
                     break;
-                }
-                let (count, bytes) = (plan.count, plan.bytes as u64);
-                let checked = tokio::task::spawn_blocking(move || {
-                    let mut scratch = Vec::new();
-                    plan.read_into(&mut scratch)
-                })
-                .await;
-                match checked {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error @ StorageError::CorruptRead { .. })) => {
+                };
+                match window.outcome {
+                    Ok(()) => {}
+                    Err(error @ StorageError::CorruptRead { .. }) => {
                         broker
                             .metrics
                             .scrub_corruptions
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::error!(%error, "scrub found damaged data");
-                        let damage = Damage::of(&partition, next, next + u64::from(count));
+                        let damage = Damage::of(&partition, next, next + u64::from(window.count));
                         if let (Some(damage), true) = (damage, repair::has_copies(&broker)) {
                             let (broker, partition) = (broker.clone(), partition.clone());
                             let _ = tokio::task::spawn_blocking(move || {
@@ -62,20 +60,69 @@ pub async fn run(broker: Arc<Broker>) {
                             .await;
                         }
                     }
-                    Ok(Err(error)) => tracing::warn!(%error, "scrub could not read a segment"),
-                    Err(_) => return,
+                    Err(error) => tracing::warn!(%error, "scrub could not read a segment"),
                 }
                 broker
                     .metrics
                     .scrub_bytes
-                    .fetch_add(bytes, Ordering::Relaxed);
-                scrubbed += bytes;
-                next += u64::from(count);
-                tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / rate as f64)).await;
+                    .fetch_add(window.bytes, Ordering::Relaxed);
+                scrubbed += window.bytes;
+                next += u64::from(window.count);
+                let pause = window.bytes as f64 / rate as f64;
+                tokio::time::sleep(Duration::from_secs_f64(pause)).await;
             }
         }
         if scrubbed < WINDOW as u64 {
             tokio::time::sleep(IDLE).await;
         }
     }
+}
+
+/// One window of sealed data read through the verified read path.
+pub struct Window {
+    /// Messages and bytes it covered.
+    pub count: u32,
+    pub bytes: u64,
+    /// Whether they verified.
+    pub outcome: Result<(), StorageError>,
+}
+
+/// Reads and verifies up to a window of `partition` from `next` on. Blocking. `None` when
+/// nothing is there to read.
+pub fn check_window(partition: &Partition, next: u64) -> Option<Window> {
+    let (plan, _) = partition.plan_read(next, u32::MAX, WINDOW);
+    if plan.count == 0 {
+        return None;
+    }
+    let (count, bytes) = (plan.count, plan.bytes as u64);
+    let outcome = plan.read_into(&mut Vec::new());
+    Some(Window {
+        count,
+        bytes,
+        outcome,
+    })
+}
+
+/// One pass over `partition`'s sealed local segments without pauses: the ranges of offsets
+/// that do not verify. Blocking (tests and the simulator scrub this way).
+pub fn damaged_ranges(partition: &Partition) -> Vec<(u64, u64)> {
+    let (first, sealed_end) = {
+        let log = partition.log();
+        (log.local_first_offset(), log.sealed_end())
+    };
+    let mut damaged = Vec::new();
+    let Some(mut next) = first else {
+        return damaged;
+    };
+    while next < sealed_end {
+        let Some(window) = check_window(partition, next) else {
+            break;
+        };
+        let until = next + u64::from(window.count);
+        if let Err(StorageError::CorruptRead { .. }) = window.outcome {
+            damaged.push((next, until));
+        }
+        next = until;
+    }
+    damaged
 }

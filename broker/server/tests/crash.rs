@@ -1,5 +1,6 @@
 //! Durability under kill -9: every acknowledged message survives, intact and in order; torn
-//! tails are cut; corruption with intact data after it stops the broker from starting.
+//! tails are cut; rot the index can step over is kept for repair while the rest is served;
+//! corruption it cannot place, with intact data after it, stops the broker from starting.
 
 mod common;
 
@@ -185,14 +186,45 @@ async fn a_torn_tail_is_cut_and_the_broker_carries_on() {
     );
 }
 
+/// Rot inside a message boot verifies (written since the last clean stop), with intact
+/// messages after it, is not a torn tail: the broker starts, never serves the damaged message,
+/// serves everything around it, and leaves its bytes as they are for a repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rot_before_intact_data_is_kept_for_repair_and_the_rest_is_served() {
+    let (mut broker, log) = twenty_messages_then_kill9().await;
+    let mut bytes = std::fs::read(&log).unwrap();
+    let fifth_message_start: usize = (0..5).map(|i| 64 + payload(0, i).len()).sum();
+    bytes[fifth_message_start + 70] ^= 0x01;
+    std::fs::write(&log, &bytes).unwrap();
+
+    broker.spawn_and_wait();
+    let client = broker.client().await;
+    assert_eq!(
+        poll_range(&client, 0, 5).await.unwrap(),
+        5,
+        "before the damage"
+    );
+    assert_eq!(code(poll_range(&client, 5, 1).await.unwrap_err()), 4027);
+    assert_eq!(
+        poll_range(&client, 6, 100).await.unwrap(),
+        14,
+        "after the damage"
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "left for a repair");
+}
+
+/// Without an index to step over the damage by (after a power loss it can be empty), intact
+/// data after a bad message cannot be told apart from the message's own remains: the broker
+/// refuses to start, naming the spot, and touches nothing.
 #[tokio::test]
-async fn corruption_before_intact_data_refuses_to_start_and_names_the_spot() {
+async fn corruption_the_index_cannot_place_refuses_to_start_and_names_the_spot() {
     let (broker, log) = twenty_messages_then_kill9().await;
 
     let mut bytes = std::fs::read(&log).unwrap();
     let fifth_message_start: usize = (0..5).map(|i| 64 + payload(0, i).len()).sum();
     bytes[fifth_message_start + 70] ^= 0x01;
     std::fs::write(&log, &bytes).unwrap();
+    std::fs::write(log.with_extension("index"), b"").unwrap();
 
     let (exit_code, output) = broker.run_expecting_failure();
     assert_eq!(exit_code, 1, "{output}");

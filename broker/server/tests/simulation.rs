@@ -12,7 +12,11 @@
 //! The brokers' files are on the real file system (a temporary directory per run). A crash
 //! keeps them, except that it may tear partition tails written after the replica's durable
 //! checkpoint, as a power loss would (the journal syncs partitions only before a checkpoint).
-//! Not simulated yet: rot or misdirected writes inside segment files, and a full disk.
+//! On the replicas the simulator lets be damaged, bytes of sealed segments rot and disks fill
+//! up (`storage_tick`); every replica scrubs and repairs from its peers now and then, and no
+//! rotted byte in sealed data may go unnoticed by the scrub; a replica that cannot apply a
+//! committed op (full disk) halts and is crashed, as `iggy-broker` exits. Not simulated yet:
+//! misdirected writes inside segment files.
 //!
 //! `SIM_APPLY_SEEDS=N` runs N seeds (default 6; `make sim` runs more); `SIM_APPLY_SEED=S` one.
 
@@ -20,12 +24,15 @@ use broker::apply::apply;
 use broker::broker::Broker;
 use broker::config::Config;
 use broker::ops::{codec, OpContext, Operation, Submission};
+use broker::repair::{self, Damage};
 use broker::replication::machine::{split_reply, BrokerMachine, Manifest};
 use broker::replication::status::ClusterStatus;
 use broker::replication::submitter::ReplicatedSubmitter;
 use broker::replication::sync;
 use broker::replication::written::WrittenPartitions;
 use broker::replication::ClientIds;
+use broker::scrub;
+use broker::storage::faults;
 use broker::storage::graveyard;
 use broker::storage::metadata::MetadataStore;
 use broker::submit::Submitter;
@@ -34,6 +41,7 @@ use iggy_wire::request::TopicSettings;
 use iggy_wire::{ConsumerKind, Identifier, Partitioning};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,6 +55,8 @@ const TOPIC: &str = "t";
 /// The model broker's partition count.
 const PARTITIONS: u32 = 4;
 const ROOT: u32 = 0;
+/// The size of every workload message's payload in the broker.
+const PAYLOAD: usize = 200;
 
 type Registry = Rc<RefCell<BTreeMap<u8, Arc<Broker>>>>;
 
@@ -54,22 +64,47 @@ type Registry = Rc<RefCell<BTreeMap<u8, Arc<Broker>>>>;
 struct Brokers {
     dir: tempfile::TempDir,
     open: Registry,
-    /// Draws the faults done to the brokers' files (splitmix64 state, from the seed).
+    /// Draws the tails torn by crashes (splitmix64 state, from the seed).
     faults: RefCell<u64>,
+    /// Draws rot, full disks and scrubs — apart from `faults`, so that adding them left the
+    /// torn tails of the regression seeds where they were.
+    storage: RefCell<u64>,
+    /// Bytes rotted on purpose and not yet found mended.
+    rots: RefCell<Vec<Rot>>,
+}
+
+/// A byte of a segment file flipped by the simulator.
+struct Rot {
+    replica: u8,
+    /// The partition's incarnation: ids are reused after deletions.
+    created_at: u64,
+    path: PathBuf,
+    /// The first offset of the segment whose `.log` this is.
+    segment: u64,
+    position: u64,
+    original: u8,
+}
+
+/// Whether a fault with probability `1 / one_in` happens, and a number below `below`.
+fn draw(state: &RefCell<u64>, one_in: u64, below: u64) -> Option<u64> {
+    let mut state = state.borrow_mut();
+    let mut next = || {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    (next() % one_in == 0).then(|| next() % below.max(1))
 }
 
 impl Brokers {
-    /// Whether a fault with probability `1 / one_in` happens, and a number below `below`.
     fn draw(&self, one_in: u64, below: u64) -> Option<u64> {
-        let mut state = self.faults.borrow_mut();
-        let mut next = || {
-            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = *state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        (next() % one_in == 0).then(|| next() % below.max(1))
+        draw(&self.faults, one_in, below)
+    }
+
+    fn replica_dir(&self, replica: u8) -> PathBuf {
+        self.dir.path().join(format!("replica-{replica}"))
     }
 }
 
@@ -77,6 +112,22 @@ thread_local! {
     /// What the real broker went through in this thread's runs: checkpoints restored, state
     /// syncs of real data and the messages they fetched — to show the paths ran.
     static STATS: RefCell<(u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0)) };
+    /// Storage faults: disks filled, halts they caused, bytes rotted, rotted ranges the scrub
+    /// found, and how many of those were repaired from a peer.
+    static STORAGE: RefCell<StorageStats> = RefCell::new(StorageStats::default());
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct StorageStats {
+    filled: u64,
+    halts: u64,
+    rotted: u64,
+    found: u64,
+    repaired: u64,
+}
+
+fn count(update: impl FnOnce(&mut StorageStats)) {
+    STORAGE.with(|s| update(&mut s.borrow_mut()));
 }
 
 struct SimBroker {
@@ -240,7 +291,8 @@ impl SimBroker {
         }
         Self {
             model: ModelBroker::default(),
-            machine: BrokerMachine::new(broker.clone(), Arc::new(WrittenPartitions::default())),
+            machine: BrokerMachine::new(broker.clone(), Arc::new(WrittenPartitions::default()))
+                .without_exit(),
             broker,
             replica,
             registry,
@@ -269,6 +321,10 @@ impl SimBroker {
         let mut encoded = Vec::new();
         match body {
             [0, partition, payload @ ..] => {
+                // Grown to a few hundred bytes, so segments of 4 KiB fill and seal within a
+                // seed's ops and there is sealed data to rot and scrub.
+                let payload: Vec<u8> = payload.iter().copied().cycle().take(PAYLOAD).collect();
+                let payload = &payload[..];
                 let mut request = Vec::new();
                 SendMessagesHeader::encode_request(
                     &Identifier::Numeric(stream),
@@ -322,6 +378,153 @@ impl SimBroker {
              model's offset {}",
             u64::from_le_bytes(offset)
         );
+    }
+}
+
+/// Per tick and replica whose disk may be damaged: the odds of its disk filling up and of a
+/// byte rotting in one of its sealed segments; per tick and replica, of a scrub.
+const FILL_ONE_IN: u64 = 6_000;
+const ROT_ONE_IN: u64 = 700;
+const SCRUB_ONE_IN: u64 = 400;
+
+impl SimBroker {
+    /// Flips a byte, chosen by `pick`, of the sealed segments' data — where the scrubber looks
+    /// and where a sealed segment's bytes rest untouched by the log until retention.
+    fn rot(&self, world: &Brokers, replica: u8, pick: u64) {
+        let mut sealed = Vec::new();
+        for partition in self.broker.all_partitions() {
+            let log = partition.log();
+            let (Some(first), end) = (log.local_first_offset(), log.sealed_end()) else {
+                continue;
+            };
+            if end <= first {
+                continue;
+            }
+            let plan = log.plan_read(first, (end - first) as u32, usize::MAX);
+            for chunk in plan.chunks.iter().filter(|c| c.len > 0) {
+                sealed.push((
+                    partition.created_at,
+                    chunk.path.clone(),
+                    chunk.segment,
+                    chunk.position,
+                    chunk.len as u64,
+                ));
+            }
+        }
+        let total: u64 = sealed.iter().map(|c| c.4).sum();
+        if total == 0 {
+            return;
+        }
+        let mut at = pick % total;
+        let Some((created_at, path, segment, position, _)) = sealed.into_iter().find(|c| {
+            let inside = at < c.4;
+            if !inside {
+                at -= c.4;
+            }
+            inside
+        }) else {
+            return;
+        };
+        let position = position + at;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("segment file");
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, position)
+            .expect("reads the byte to rot");
+        let flip = 1u8 << (pick >> 56 & 7);
+        file.write_all_at(&[byte[0] ^ flip], position)
+            .expect("rots the byte");
+        world.rots.borrow_mut().push(Rot {
+            replica,
+            created_at,
+            path,
+            segment,
+            position,
+            original: byte[0],
+        });
+        count(|s| s.rotted += 1);
+    }
+
+    /// Scrubs every partition as the scrubber does and repairs what it finds from the other
+    /// replicas, in ring order. Then every rotted byte of this replica that lies in sealed data
+    /// must either be mended or sit in a range the scrub found (its repair failed only if no
+    /// peer had an intact copy) — never go unnoticed.
+    fn scrub(&self, world: &Brokers, replica: u8) {
+        let peers: Vec<Arc<Broker>> = world
+            .open
+            .borrow()
+            .iter()
+            .filter(|(r, _)| **r != replica)
+            .map(|(_, b)| b.clone())
+            .collect();
+        let peers: Vec<&Broker> = peers.iter().map(|b| b.as_ref()).collect();
+        let mut found: Vec<(PathBuf, u64, u64)> = Vec::new();
+        for partition in self.broker.all_partitions() {
+            for (from, until) in scrub::damaged_ranges(&partition) {
+                count(|s| s.found += 1);
+                found.push((partition.log().dir().to_owned(), from, until));
+                let Some(damage) = Damage::of(&partition, from, until) else {
+                    continue;
+                };
+                if repair::repair_from_brokers(&self.broker, &partition, damage, &peers).is_ok() {
+                    count(|s| s.repaired += 1);
+                }
+            }
+        }
+        let sealed = self.sealed_segments();
+        world.rots.borrow_mut().retain(|rot| {
+            if rot.replica != replica {
+                return true;
+            }
+            let Some(&(created_at, end)) = sealed.get(&rot.path) else {
+                // Deleted, cut back or open again: what happens to it now is the log's.
+                return false;
+            };
+            if created_at != rot.created_at {
+                return false;
+            }
+            let mut byte = [0u8];
+            let file = std::fs::File::open(&rot.path).expect("segment file");
+            file.read_exact_at(&mut byte, rot.position)
+                .expect("reads the rotted byte");
+            if byte[0] == rot.original {
+                return false;
+            }
+            let dir = rot.path.parent().expect("partition directory");
+            assert!(
+                found
+                    .iter()
+                    .any(|(d, from, until)| d == dir && *from < end && *until > rot.segment),
+                "replica {replica}: a byte rotted at {} of {} went unnoticed by the scrub",
+                rot.position,
+                rot.path.display()
+            );
+            true
+        });
+    }
+
+    /// Each sealed local segment's `.log`: its partition's incarnation and its end offset.
+    fn sealed_segments(&self) -> BTreeMap<PathBuf, (u64, u64)> {
+        let mut sealed = BTreeMap::new();
+        for partition in self.broker.all_partitions() {
+            let log = partition.log();
+            let (Some(first), end) = (log.local_first_offset(), log.sealed_end()) else {
+                continue;
+            };
+            let mut next = first;
+            while next < end {
+                let Some((start, until)) = log.segment_bounds(next) else {
+                    break;
+                };
+                let path = log.dir().join(format!("{start:020}.log"));
+                sealed.insert(path, (partition.created_at, until));
+                next = until;
+            }
+        }
+        sealed
     }
 }
 
@@ -400,6 +603,10 @@ impl SimBroker {
         bodies.push(body);
         for body in bodies {
             let reply = self.machine.apply(header, &body);
+            if self.machine.halted().is_some() {
+                count(|s| s.halts += 1);
+                return;
+            }
             assert_eq!(
                 split_reply(&reply).0,
                 0,
@@ -414,9 +621,17 @@ impl StateMachine for SimBroker {
     fn apply(&mut self, header: &PrepareHeader, body: &[u8]) -> Vec<u8> {
         let model_reply = self.model.apply(header, body);
         let translated = self.translate(body);
+        let was_halted = self.machine.halted().is_some();
         let reply = self
             .machine
             .apply(header, translated.as_deref().unwrap_or(body));
+        if self.machine.halted().is_some() {
+            // The simulator crashes this replica before anything of this step counts.
+            if !was_halted {
+                count(|s| s.halts += 1);
+            }
+            return model_reply;
+        }
         let (status, _) = split_reply(&reply);
         self.agree_on_append(body, &model_reply, status);
         self.churn(header);
@@ -478,12 +693,43 @@ impl SimMachine for SimBroker {
             dir: tempfile::tempdir().expect("temporary directory"),
             open: Rc::default(),
             faults: RefCell::new(seed),
+            storage: RefCell::new(seed ^ 0x5EED_D15C_F00D_0001),
+            rots: RefCell::default(),
         }
     }
 
     fn open(world: &Brokers, replica: u8, disk: &DiskImage) -> Self {
-        let dir: PathBuf = world.dir.path().join(format!("replica-{replica}"));
+        let dir = world.replica_dir(replica);
+        // A full disk lasts until the replica it stopped restarts: room was made meanwhile.
+        faults::free(&dir);
         Self::new(boot(world, &dir, disk), Some(replica), world.open.clone())
+    }
+
+    fn halted(&self) -> bool {
+        self.machine.halted().is_some()
+    }
+
+    fn storage_tick(world: &Brokers, replica: u8, machine: &Self, may_damage: bool) {
+        if may_damage {
+            let dir = world.replica_dir(replica);
+            if draw(&world.storage, FILL_ONE_IN, 1).is_some() && !faults::is_full(&dir) {
+                faults::fill(&dir);
+                count(|s| s.filled += 1);
+            }
+            if let Some(pick) = draw(&world.storage, ROT_ONE_IN, u64::MAX) {
+                machine.rot(world, replica, pick);
+            }
+        }
+        if draw(&world.storage, SCRUB_ONE_IN, 1).is_some() {
+            machine.scrub(world, replica);
+        }
+    }
+
+    fn heal(world: &Brokers) {
+        let replicas: Vec<u8> = world.open.borrow().keys().copied().collect();
+        for replica in replicas.into_iter().chain(0..8) {
+            faults::free(&world.replica_dir(replica));
+        }
     }
 
     fn reference(world: &Brokers) -> Self {
@@ -535,7 +781,9 @@ impl SimMachine for SimBroker {
 /// Seeds whose real-apply run failed once, kept as regression cases: a restart after a topic
 /// deletion that could not restore its checkpoint (before the graveyard), a partition's old
 /// incarnation kept by state sync (before incarnations were compared), a sync to a checkpoint
-/// whose partition the peer had deleted and re-created (before sync read the graveyard).
+/// whose partition the peer had deleted and re-created (before sync read the graveyard), and
+/// a replica whose boot refused two neighbouring messages rotted in a sealed segment (before
+/// recovery kept rot in place).
 const REGRESSIONS: &[u64] = &[
     637_045_292_893_188_801,
     10_374_522_415_552_121_989,
@@ -547,6 +795,7 @@ const REGRESSIONS: &[u64] = &[
     18_298_453_432_558_903_412,
     637_131_540_506_043_862,
     15_757_173_978_945_407_716,
+    2_935_790_437_026_104_180,
 ];
 
 fn seeds() -> Vec<u64> {
@@ -587,9 +836,10 @@ fn seeded_worlds_replicate_the_real_broker_apply() {
         }
     }
     let (restores, syncs, messages, torn) = STATS.with(|s| *s.borrow());
+    let storage = STORAGE.with(|s| *s.borrow());
     println!(
         "{committed} ops committed; real broker: {restores} checkpoints restored, {syncs} state \
-         syncs fetching {messages} messages, {torn} partition tails torn by crashes"
+         syncs fetching {messages} messages, {torn} partition tails torn by crashes; {storage:?}"
     );
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(committed > 0, "the seeds committed nothing");

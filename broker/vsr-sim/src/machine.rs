@@ -32,6 +32,23 @@ pub trait SimMachine: StateMachine + Sized {
         _checkpoint: &vsr::Checkpoint,
     ) {
     }
+
+    /// Whether the machine stopped itself: it met a local failure (a full disk, say) applying
+    /// a committed operation and cannot go on without diverging. The simulator crashes the
+    /// replica at once, throwing away what the step produced — as a process that exits.
+    fn halted(&self) -> bool {
+        false
+    }
+
+    /// Once a tick, for each replica that is up: the machine may look after its own storage
+    /// (scrub and repair it) and, when `may_damage` (faults are on, and the simulator lets
+    /// this replica's disk be damaged, which it allows only for a minority), damage it —
+    /// drawing from its world's own randomness, so the simulator's draws stay as they were.
+    fn storage_tick(_world: &Self::World, _replica: u8, _machine: &Self, _may_damage: bool) {}
+
+    /// Faults stop (the liveness phase): whatever `storage_faults` did that would keep a
+    /// replica from working (a full disk) ends.
+    fn heal(_world: &Self::World) {}
 }
 
 /// A header with the fields a state machine may use (op, client, session, request, timestamp,

@@ -38,6 +38,11 @@ pub struct BrokerMachine {
     /// or before the older one is released from the graveyard at the next checkpoint.
     applied: u64,
     checkpoints: std::cell::Cell<(u64, u64)>,
+    /// What stopped this machine: a committed operation it could not apply (see `apply`).
+    halted: Option<String>,
+    /// Whether a halt ends the process (`iggy-broker`) or only stops applying (the simulator,
+    /// which crashes the replica itself).
+    exit_on_halt: bool,
 }
 
 impl BrokerMachine {
@@ -49,7 +54,21 @@ impl BrokerMachine {
             scratch: Vec::new(),
             applied: 0,
             checkpoints: std::cell::Cell::new((0, 0)),
+            halted: None,
+            exit_on_halt: true,
         }
+    }
+
+    /// A machine whose halt leaves the process running: it applies nothing more and says why
+    /// in [`Self::halted`]; whoever runs it must stop the replica (the simulator).
+    pub fn without_exit(mut self) -> Self {
+        self.exit_on_halt = false;
+        self
+    }
+
+    /// Why this machine stopped applying, if it did.
+    pub fn halted(&self) -> Option<&str> {
+        self.halted.as_deref()
     }
 }
 
@@ -64,6 +83,11 @@ pub fn split_reply(reply: &[u8]) -> (u32, &[u8]) {
 impl StateMachine for BrokerMachine {
     fn apply(&mut self, header: &PrepareHeader, body: &[u8]) -> Vec<u8> {
         let mut reply = vec![0u8; 4];
+        if self.halted.is_some() {
+            // Its state is no longer the others': nothing it answers may count.
+            reply.copy_from_slice(&ErrorCode::ERROR.0.to_le_bytes());
+            return reply;
+        }
         let status = match codec::decode_into(body, std::mem::take(&mut self.scratch)) {
             Err(e) => {
                 // Every replica decodes the same bytes the same way: the op fails everywhere.
@@ -102,8 +126,12 @@ impl StateMachine for BrokerMachine {
                             error = %e,
                             "cannot apply a committed operation; stopping this replica"
                         );
-                        eprintln!("iggy-broker: cannot apply committed op {}: {e}", header.op);
-                        std::process::exit(70);
+                        if self.exit_on_halt {
+                            eprintln!("iggy-broker: cannot apply committed op {}: {e}", header.op);
+                            std::process::exit(70);
+                        }
+                        self.halted = Some(format!("op {}: {e}", header.op));
+                        ErrorCode::ERROR.0
                     }
                     Err(e) => {
                         reply.truncate(4);

@@ -146,6 +146,7 @@ impl SegmentFile {
     }
 
     pub fn write_all_at(&self, bytes: &[u8], position: u64) -> Result<(), StorageError> {
+        super::faults::check_write(&self.0.path).at(&self.0.path)?;
         let result = self.file()?.write_all_at(bytes, position).at(&self.0.path);
         // After the write, so a sync that clears the flag first cannot miss it.
         self.0.dirty.store(true, Ordering::Release);

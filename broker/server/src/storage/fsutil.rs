@@ -14,6 +14,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// the target, fsync the directory. A crash leaves either the old or the new content.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let tmp = path.with_extension("tmp");
+    super::faults::check_write(&tmp).at(&tmp)?;
     let mut file = OpenOptions::new()
         .create(true)
         .write(true)
@@ -31,6 +32,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 
 /// Creates a directory and its parents, then fsyncs each newly reachable level's parent.
 pub fn create_dir_durably(dir: &Path) -> Result<(), StorageError> {
+    super::faults::check_write(dir).at(dir)?;
     std::fs::create_dir_all(dir).at(dir)?;
     for level in dirs_to_sync_after_creating(dir).iter().skip(1) {
         sync_dir(level)?;

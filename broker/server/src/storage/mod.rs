@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod descriptors;
+pub mod faults;
 pub mod fsutil;
 pub mod graveyard;
 pub mod l1;

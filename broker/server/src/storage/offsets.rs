@@ -67,6 +67,7 @@ impl ConsumerOffsets {
     pub fn store(&mut self, key: &str, offset: u64) -> Result<(), StorageError> {
         let path = self.dir.join(key);
         let is_new = !self.offsets.contains_key(key);
+        super::faults::check_write(&path).at(&path)?;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)

@@ -31,6 +31,9 @@ pub struct RecoveryReport {
     pub truncated: Option<(String, u64, u64)>,
     /// The clean-shutdown checkpoint found on disk, if one was valid.
     pub checkpoint: Option<Checkpoint>,
+    /// Offsets `from..until` of messages that rotted in place (see [`rotted_in_place`]): kept,
+    /// never served, for a repair from another copy.
+    pub damaged: Vec<(u64, u64)>,
 }
 
 /// Opens every segment in `dir`, recovering as described in the module docs. A directory
@@ -96,7 +99,37 @@ pub fn recover(
             });
         }
         let verify_from = trusted_end;
-        let verified = scanner.walk(verify_from, log_len, start, &mut index, true);
+        let mut from_position = verify_from;
+        let verified = loop {
+            let Err(bad) = scanner.walk(from_position, log_len, start, &mut index, true) else {
+                break Ok(());
+            };
+            let sealed = n + 1 < starts.len();
+            match rotted_in_place(
+                &mut scanner,
+                &disk_index[..valid_disk],
+                &index,
+                &bad,
+                start,
+                sealed,
+            ) {
+                Some(run) => {
+                    let from = start + index.len() as u64;
+                    let until = from + run.len() as u64;
+                    tracing::error!(
+                        file = %segment.log_path.display(),
+                        position = bad.position,
+                        offsets = ?(from..until),
+                        reason = %bad.reason,
+                        "messages rotted in place: kept as they are, not served, to be repaired"
+                    );
+                    report.damaged.push((from, until));
+                    index.extend_from_slice(&run);
+                    from_position = index.last().map_or(0, |e| u64::from(e.end));
+                }
+                None => break Err(bad),
+            }
+        };
         report.verified_bytes += log_len.saturating_sub(verify_from);
         segment.size = index.last().map_or(0, |e| e.end as u64);
         segment.index = index;
@@ -229,6 +262,47 @@ fn valid_frame_after(
         window_start += last as u64 + 1;
     }
     Ok(false)
+}
+
+/// Whether the bad frame is rot inside messages rather than a torn tail, and then the index
+/// entries of the damaged run it starts. The index file, written after the log, must describe
+/// the run — its first entry starting where the walk stands — and intact data must follow
+/// right where one of its entries ends: the next message, verified, with the next offset; or,
+/// after the last message of a sealed segment, nothing (the next segment exists). A torn tail
+/// has no intact message after it, so it never passes; and since the damaged frames' bytes stay
+/// as they are, a repair can rewrite them from another copy.
+fn rotted_in_place(
+    scanner: &mut Scanner<'_>,
+    disk_index: &[IndexEntry],
+    index: &[IndexEntry],
+    bad: &BadFrame,
+    segment_start: u64,
+    sealed: bool,
+) -> Option<Vec<IndexEntry>> {
+    let first = index.len();
+    let begins = index.last().map_or(0, |e| u64::from(e.end));
+    let agrees = first == 0 || disk_index.get(first - 1)?.end == index[first - 1].end;
+    if begins != bad.position || !agrees {
+        return None;
+    }
+    let file_len = scanner.file_len;
+    for (i, entry) in disk_index.iter().enumerate().skip(first) {
+        let end = u64::from(entry.end);
+        if end == file_len {
+            return sealed.then(|| disk_index[first..=i].to_vec());
+        }
+        let available = (file_len - end).min(HEADER_SIZE as u64) as usize;
+        let header = FrameHeader::new(scanner.window(end, available).ok()?)?;
+        let (frame_len, offset) = (header.frame_len(), header.offset());
+        let next = segment_start + i as u64 + 1;
+        if frame_len <= file_len - end && offset == next {
+            let frame = scanner.window(end, frame_len as usize).ok()?;
+            if checksum_matches(frame) {
+                return Some(disk_index[first..=i].to_vec());
+            }
+        }
+    }
+    None
 }
 
 /// Does any later segment begin with a frame that verifies?
@@ -410,21 +484,70 @@ mod tests {
         assert_eq!(log.messages_count(), 10);
     }
 
+    /// Rot inside a message the index describes, with intact messages after it, is not a torn
+    /// write: the broker starts, keeps the bytes for a repair, serves everything else, and
+    /// never serves the damaged message.
     #[test]
-    fn damage_followed_by_intact_messages_refuses_to_start() {
+    fn rot_inside_a_described_message_is_kept_in_place_and_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = crashed_log(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
-        let position = (3 * MESSAGE + 80) as usize;
-        bytes[position] ^= 0xFF;
-        std::fs::write(&path, bytes).unwrap();
+        bytes[(3 * MESSAGE + 80) as usize] ^= 0xFF;
+        std::fs::write(&path, &bytes).unwrap();
 
-        let err = PartitionLog::open(dir.path(), 1 << 20, true).err().unwrap();
-        let text = err.to_string();
-        assert!(text.contains("00000000000000000000.log"), "{text}");
-        assert!(text.contains(&format!("at byte {}", 3 * MESSAGE)), "{text}");
-        assert!(text.contains("expected offset 3"), "{text}");
-        assert!(matches!(err, StorageError::Corrupt { .. }));
+        let (log, report) = PartitionLog::open(dir.path(), 1 << 20, true).unwrap();
+        assert_eq!(log.messages_count(), 10);
+        assert_eq!(report.damaged, vec![(3, 4)]);
+        assert_eq!(report.truncated, None);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "left untouched");
+        let read = |offset, count| {
+            log.plan_read(offset, count, usize::MAX)
+                .read_into(&mut Vec::new())
+        };
+        assert!(read(0, 3).is_ok());
+        assert!(read(4, 6).is_ok());
+        assert!(matches!(read(3, 1), Err(StorageError::CorruptRead { .. })));
+    }
+
+    /// Neighbours that both rotted are one damaged run, stepped over by the index.
+    #[test]
+    fn a_run_of_rotted_messages_is_kept_in_place_as_one_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = crashed_log(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(3 * MESSAGE + 80) as usize] ^= 0x10;
+        bytes[(4 * MESSAGE + 90) as usize] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (log, report) = PartitionLog::open(dir.path(), 1 << 20, true).unwrap();
+        assert_eq!(log.messages_count(), 10);
+        assert_eq!(report.damaged, vec![(3, 5)]);
+        assert!(log
+            .plan_read(5, 5, usize::MAX)
+            .read_into(&mut Vec::new())
+            .is_ok());
+    }
+
+    /// The last message of a sealed segment has no message after it in its file, but the next
+    /// segment shows the log went on: rot there is kept too, not cut as a torn tail.
+    #[test]
+    fn rot_in_the_last_message_of_a_sealed_segment_is_kept_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4 * MESSAGE, true).unwrap();
+        for _ in 0..2 {
+            log.append(&mut batch(5, 100), 1, || 7).unwrap();
+        }
+        drop(log);
+        let path = dir.path().join("00000000000000000000.log");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 10;
+        bytes[last] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (log, report) = PartitionLog::open(dir.path(), 4 * MESSAGE, true).unwrap();
+        assert_eq!(log.messages_count(), 10);
+        assert_eq!(report.damaged, vec![(4, 5)]);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
     }
 
     /// After a power loss the active index can be stale or empty; a flipped byte mid-log must

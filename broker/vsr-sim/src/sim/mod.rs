@@ -231,6 +231,7 @@ impl<S: SimMachine> Simulation<S> {
         self.network.deaf = None;
         self.params.clog_onset_ppm = 0;
         self.network.clogged.clear();
+        S::heal(&self.world);
         for r in 0..self.params.replicas {
             if self.replicas[r as usize].is_none() && !self.permanently_down.contains(&r) {
                 self.restart(r)?;
@@ -296,6 +297,13 @@ impl<S: SimMachine> Simulation<S> {
         if !self.liveness {
             self.inject_faults()?;
         }
+        for (r, replica) in self.replicas.iter().enumerate() {
+            if let Some(replica) = replica {
+                let r = r as u8;
+                let may_damage = !self.liveness && self.corruptible.contains(&r);
+                S::storage_tick(&self.world, r, replica.state_machine(), may_damage);
+            }
+        }
         self.deliver_messages()?;
         self.complete_writes()?;
         for r in 0..self.params.replicas {
@@ -332,6 +340,12 @@ impl<S: SimMachine> Simulation<S> {
             return Ok(());
         };
         let outputs = replica.step(input);
+        if replica.state_machine().halted() {
+            // Fail-stop: the process would have exited before sending or writing any of it.
+            self.log(|| format!("replica {r}: its machine halted"));
+            self.coverage.add("machine_halts", 1);
+            return self.crash(r);
+        }
         for output in outputs {
             self.handle_output(r, output)?;
         }
