@@ -603,3 +603,27 @@ async fn rot_the_scrubber_finds_on_a_backup_is_repaired_from_a_peer() {
     let reader = cluster.brokers[backup].client().await;
     assert_eq!(read_replica(&reader).await, reference);
 }
+
+/// The same rot found by a backup's boot after a kill -9 (recovery verifies everything since
+/// the last clean stop): the backup starts — it used to refuse, and would have crash-looped
+/// although its peers held the message — keeps the damaged bytes in place, and repairs them
+/// from a peer. 70 batches, so a checkpoint covers the damage and boot does not simply replay
+/// it from the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rot_a_backup_finds_at_boot_is_repaired_from_a_peer() {
+    let (mut cluster, backup, reference, intact, file) =
+        rotten_backup(&[("IGGY_STORAGE_SCRUB_RATE", "0")], 70).await;
+    cluster.brokers[backup].kill9();
+    cluster.brokers[backup].spawn_and_wait_alive();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&file).unwrap() != intact {
+        assert!(
+            Instant::now() < deadline,
+            "the boot's damage was never repaired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(repairs(&cluster, backup), "iggy_repairs_total 1");
+    let reader = cluster.brokers[backup].client().await;
+    assert_eq!(read_replica(&reader).await, reference);
+}
