@@ -18,7 +18,9 @@
 //! committed op (full disk) halts and is crashed, as `iggy-broker` exits. Not simulated yet:
 //! misdirected writes inside segment files.
 //!
-//! `SIM_APPLY_SEEDS=N` runs N seeds (default 6; `make sim` runs more); `SIM_APPLY_SEED=S` one.
+//! `SIM_APPLY_SEEDS=N` runs N seeds (default 6; `make sim` runs more); `SIM_APPLY_SEED=S` one;
+//! `SIM_APPLY_VERBOSE=1` prints the simulator's trace with boots, failed syncs and refused
+//! restores.
 
 use broker::apply::apply;
 use broker::broker::Broker;
@@ -73,6 +75,31 @@ struct Brokers {
     rots: RefCell<Vec<Rot>>,
 }
 
+/// A sync source that stops answering after `chunks_left` fetches (`None`: never).
+struct Interrupted<S> {
+    inner: S,
+    chunks_left: Option<u64>,
+}
+
+impl<S: sync::Source> sync::Source for Interrupted<S> {
+    fn fetch(&mut self, request: &sync::Fetch) -> Result<sync::Fetched, sync::SyncError> {
+        match &mut self.chunks_left {
+            Some(0) => Err(sync::SyncError::Local(
+                "the simulated connection dropped".into(),
+            )),
+            Some(left) => {
+                *left -= 1;
+                self.inner.fetch(request)
+            }
+            None => self.inner.fetch(request),
+        }
+    }
+
+    fn peer(&self) -> String {
+        self.inner.peer()
+    }
+}
+
 /// A byte of a segment file flipped by the simulator.
 struct Rot {
     replica: u8,
@@ -103,6 +130,10 @@ impl Brokers {
         draw(&self.faults, one_in, below)
     }
 
+    fn draw_storage(&self, one_in: u64, below: u64) -> Option<u64> {
+        draw(&self.storage, one_in, below)
+    }
+
     fn replica_dir(&self, replica: u8) -> PathBuf {
         self.dir.path().join(format!("replica-{replica}"))
     }
@@ -111,7 +142,7 @@ impl Brokers {
 thread_local! {
     /// What the real broker went through in this thread's runs: checkpoints restored, state
     /// syncs of real data and the messages they fetched — to show the paths ran.
-    static STATS: RefCell<(u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0)) };
+    static STATS: RefCell<(u64, u64, u64, u64, u64)> = const { RefCell::new((0, 0, 0, 0, 0)) };
     /// Storage faults: disks filled, halts they caused, bytes rotted, rotted ranges the scrub
     /// found, and how many of those were repaired from a peer.
     static STORAGE: RefCell<StorageStats> = RefCell::new(StorageStats::default());
@@ -137,6 +168,9 @@ struct SimBroker {
     /// Which replica this is (`None`: the checker's reference), to leave the registry on drop.
     replica: Option<u8>,
     registry: Registry,
+    /// A state sync failed after changing the data: the replica must restart (the driver
+    /// exits there).
+    sync_broke: std::cell::Cell<bool>,
 }
 
 impl Drop for SimBroker {
@@ -212,6 +246,9 @@ fn create_topic(broker: &Broker) {
 /// loss tears what came later (`tear_tails`), which recovery and the WAL's replay must mend.
 fn boot(world: &Brokers, dir: &Path, disk: &DiskImage) -> Arc<Broker> {
     let checkpoint = Superblock::newest(&disk.superblocks).map_or(0, |sb| sb.checkpoint);
+    if std::env::var_os("SIM_APPLY_VERBOSE").is_some() {
+        println!("boot {}: checkpoint {checkpoint}", dir.display());
+    }
     if dir.exists() {
         graveyard::exhume(dir, checkpoint).expect("graveyard");
     }
@@ -296,6 +333,7 @@ impl SimBroker {
             broker,
             replica,
             registry,
+            sync_broke: std::cell::Cell::new(false),
         }
     }
 
@@ -678,7 +716,12 @@ impl StateMachine for SimBroker {
             split(snapshot).ok_or_else(|| RestoreError("snapshot cut short".into()))?;
         let mut restored = self.model.clone();
         restored.restore(model)?;
-        self.machine.restore(manifest)?;
+        if let Err(e) = self.machine.restore(manifest) {
+            if std::env::var_os("SIM_APPLY_VERBOSE").is_some() {
+                println!("replica {:?}: restore refused: {}", self.replica, e.0);
+            }
+            return Err(e);
+        }
         self.model = restored;
         STATS.with(|s| s.borrow_mut().0 += 1);
         Ok(())
@@ -706,7 +749,7 @@ impl SimMachine for SimBroker {
     }
 
     fn halted(&self) -> bool {
-        self.machine.halted().is_some()
+        self.machine.halted().is_some() || self.sync_broke.get()
     }
 
     fn storage_tick(world: &Brokers, replica: u8, machine: &Self, may_damage: bool) {
@@ -760,14 +803,30 @@ impl SimMachine for SimBroker {
         // A failure (the sender was cut back by its own restart, say) leaves the data short:
         // the core then refuses the checkpoint, as a replica's driver makes it.
         let data = target.broker.config.system.path.clone();
+        // One sync in four loses its source after a few chunks, as a dropped connection or the
+        // receiver's crash would leave it: metadata installed, some partitions synced, others
+        // emptied or half way. The next attempt, or the boot after a crash, must cope.
+        let mut source = Interrupted {
+            inner: sync::InProcess(&source),
+            chunks_left: world.draw_storage(4, 4),
+        };
         let synced = graveyard::during(&data, checkpoint.op(), || {
-            sync::install_from(
-                &target.broker,
-                &manifest,
-                &mut sync::InProcess(&source),
-                deadline,
-            )
+            sync::install_from(&target.broker, &manifest, &mut source, deadline)
         });
+        if let (Err(e), true) = (&synced, std::env::var_os("SIM_APPLY_VERBOSE").is_some()) {
+            println!(
+                "replica {}: state sync to op {} from {from}: {e}",
+                to.replica(),
+                checkpoint.op()
+            );
+        }
+        if synced.is_err() && source.chunks_left == Some(0) {
+            STATS.with(|s| s.borrow_mut().4 += 1);
+        }
+        if synced.as_ref().is_err_and(|e| e.touched) {
+            // As the driver does: the data is part old, part new; the replica restarts.
+            target.sync_broke.set(true);
+        }
         if let Ok(messages) = synced {
             STATS.with(|s| {
                 let mut s = s.borrow_mut();
@@ -783,7 +842,8 @@ impl SimMachine for SimBroker {
 /// incarnation kept by state sync (before incarnations were compared), a sync to a checkpoint
 /// whose partition the peer had deleted and re-created (before sync read the graveyard), and
 /// a replica whose boot refused two neighbouring messages rotted in a sealed segment (before
-/// recovery kept rot in place).
+/// recovery kept rot in place), and a replica whose partition held another history's message
+/// where the checkpoint's last one belongs after an interrupted sync (before sync compared it).
 const REGRESSIONS: &[u64] = &[
     637_045_292_893_188_801,
     10_374_522_415_552_121_989,
@@ -796,6 +856,7 @@ const REGRESSIONS: &[u64] = &[
     637_131_540_506_043_862,
     15_757_173_978_945_407_716,
     2_935_790_437_026_104_180,
+    6_019_839_271_769_013_313,
 ];
 
 fn seeds() -> Vec<u64> {
@@ -823,7 +884,8 @@ fn seeded_worlds_replicate_the_real_broker_apply() {
     let mut failures = Vec::new();
     let mut committed = 0;
     for seed in seeds() {
-        let outcome = vsr_sim::run_seed_with::<SimBroker>(seed, World::CURRENT, false);
+        let verbose = std::env::var_os("SIM_APPLY_VERBOSE").is_some();
+        let outcome = vsr_sim::run_seed_with::<SimBroker>(seed, World::CURRENT, verbose);
         println!(
             "seed {seed}: {} ops committed, {} ticks, {}",
             outcome.committed,
@@ -835,11 +897,12 @@ fn seeded_worlds_replicate_the_real_broker_apply() {
             failures.push(format!("seed {seed}: {failure}"));
         }
     }
-    let (restores, syncs, messages, torn) = STATS.with(|s| *s.borrow());
+    let (restores, syncs, messages, torn, interrupted) = STATS.with(|s| *s.borrow());
     let storage = STORAGE.with(|s| *s.borrow());
     println!(
         "{committed} ops committed; real broker: {restores} checkpoints restored, {syncs} state \
-         syncs fetching {messages} messages, {torn} partition tails torn by crashes; {storage:?}"
+         syncs fetching {messages} messages ({interrupted} more interrupted), {torn} partition \
+         tails torn by crashes; {storage:?}"
     );
     assert!(failures.is_empty(), "{failures:#?}");
     assert!(committed > 0, "the seeds committed nothing");

@@ -261,6 +261,20 @@ impl Driver {
                 );
                 true
             }
+            Err(e) if e.touched => {
+                // The data is now part old, part new: applying the core's next ops onto it
+                // would diverge. Restart from the durable checkpoint, as a failed apply does.
+                tracing::error!(
+                    op = checkpoint.op(),
+                    error = %e,
+                    "state sync failed after changing local data; stopping this replica"
+                );
+                eprintln!(
+                    "iggy-broker: state sync to op {} failed: {e}",
+                    checkpoint.op()
+                );
+                std::process::exit(70);
+            }
             Err(e) => {
                 self.sync_failed = Some(Instant::now());
                 tracing::warn!(op = checkpoint.op(), error = %e, "state sync failed; will retry");

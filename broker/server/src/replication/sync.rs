@@ -197,9 +197,24 @@ pub fn install(
     manifest: &Manifest,
     peer: &str,
     deadline: Instant,
-) -> Result<u64, SyncError> {
-    let mut connection = Connection::open(peer, deadline)?;
+) -> Result<u64, SyncFailed> {
+    let mut connection = Connection::open(peer, deadline).map_err(|error| SyncFailed {
+        error,
+        touched: false,
+    })?;
     install_from(broker, manifest, &mut connection, deadline)
+}
+
+/// A state sync that failed, and whether it had changed this broker's data before it did
+/// (metadata installed, a partition written or cut). Then the data matches neither the core's
+/// state nor the checkpoint, and applying the core's next ops onto it would diverge: the
+/// replica must restart from its durable checkpoint (the graveyard gives back what the sync
+/// deleted). A failure that touched nothing is simply retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}{}", if *.touched { " (after changing local data)" } else { "" })]
+pub struct SyncFailed {
+    pub error: SyncError,
+    pub touched: bool,
 }
 
 /// Where state sync reads a peer's data: its replication port ([`install`]), or a broker in
@@ -229,12 +244,28 @@ pub fn install_from(
     manifest: &Manifest,
     source: &mut impl Source,
     deadline: Instant,
+) -> Result<u64, SyncFailed> {
+    let mut touched = false;
+    install_touching(broker, manifest, source, deadline, &mut touched)
+        .map_err(|error| SyncFailed { error, touched })
+}
+
+/// [`install_from`], noting in `touched` when it first changes local data.
+fn install_touching(
+    broker: &Broker,
+    manifest: &Manifest,
+    source: &mut impl Source,
+    deadline: Instant,
+    touched: &mut bool,
 ) -> Result<u64, SyncError> {
     let snapshot: metadata::Snapshot = serde_json::from_slice(&manifest.metadata)
         .map_err(|e| SyncError::Local(format!("checkpoint metadata does not decode: {e}")))?;
-    broker
-        .install_metadata(&snapshot)
-        .map_err(|e| SyncError::Local(e.to_string()))?;
+    if broker.catalog().snapshot() != snapshot {
+        *touched = true;
+        broker
+            .install_metadata(&snapshot)
+            .map_err(|e| SyncError::Local(e.to_string()))?;
+    }
     let peer = source.peer();
     let peer = peer.as_str();
     let mut fetched = 0;
@@ -249,7 +280,7 @@ pub fn install_from(
             })
         })
         .collect();
-    for &(stream, topic, id, until, _) in &manifest.partitions {
+    for &(stream, topic, id, until, last) in &manifest.partitions {
         let partition = broker
             .catalog()
             .partition_by_ids(stream, topic, id)
@@ -257,7 +288,24 @@ pub fn install_from(
         loop {
             let from = partition.log().next_offset();
             if from >= until {
-                break;
+                if reaches(&partition.log(), until, last)? {
+                    break;
+                }
+                // It reaches the checkpoint's length with another last message: data of
+                // another history (a half-done earlier sync, ops a view change discarded).
+                // Nothing of it can be trusted: start the partition over.
+                tracing::warn!(
+                    stream,
+                    topic,
+                    partition = id,
+                    "local data differs from the checkpoint's; fetching the partition again"
+                );
+                *touched = true;
+                partition
+                    .log()
+                    .purge()
+                    .map_err(|e| SyncError::Local(e.to_string()))?;
+                continue;
             }
             if Instant::now() >= deadline {
                 return Err(SyncError::Timeout(CHUNK_TIMEOUT));
@@ -301,6 +349,7 @@ pub fn install_from(
                         "the peer no longer holds this partition's end locally; starting it \
                          again where the peer's local data starts"
                     );
+                    *touched = true;
                     partition
                         .log()
                         .restart_at(first_local, remote)
@@ -323,6 +372,7 @@ pub fn install_from(
                     let starts_here = ours.is_none() && log.local_start() == from;
                     if previous != ours && !starts_here {
                         // Another history (the partition was re-created since): start over.
+                        *touched = true;
                         log.purge().map_err(|e| SyncError::Local(e.to_string()))?;
                         continue;
                     }
@@ -336,6 +386,7 @@ pub fn install_from(
                         // Segments cut elsewhere than the peer's (data an earlier version
                         // synced): cut back to where the peer's segment starts and fetch it
                         // again as one segment.
+                        *touched = true;
                         let cut = match segment_start >= log.local_start() {
                             true => log.truncate_to(segment_start),
                             false => log.purge().map(|_| ()),
@@ -343,6 +394,7 @@ pub fn install_from(
                         cut.map_err(|e| SyncError::Local(e.to_string()))?;
                         continue;
                     }
+                    *touched = true;
                     fetched += log
                         .append_synced(&frames, segment_start)
                         .map_err(|e| SyncError::Local(e.to_string()))?;
@@ -358,6 +410,20 @@ pub fn install_from(
         }
     }
     Ok(fetched)
+}
+
+/// Whether `log`, which holds at least `until` messages, holds the checkpoint's: its message
+/// `until - 1` is the one whose checksum the checkpoint names (`last`), or it has none of its
+/// own there because it starts at `until` (state sync restarted it where the peer's data began).
+fn reaches(log: &PartitionLog, until: u64, last: u64) -> Result<bool, SyncError> {
+    let Some(offset) = until.checked_sub(1) else {
+        return Ok(true);
+    };
+    match log.checksum_of(offset) {
+        Ok(Some(ours)) => Ok(ours == last),
+        Ok(None) => Ok(log.local_start() >= until),
+        Err(e) => Err(SyncError::Local(e.to_string())),
+    }
 }
 
 /// How long one fetch may take.
