@@ -3,8 +3,8 @@
 /// The pod condition the sidecar sets (and the StatefulSet's readiness gate): the broker is a
 /// member of the current epoch, in normal status and caught up.
 pub const READINESS_GATE: &str = "iggy.rs/replica-ready";
-/// `primary | backup | standby`, set by the sidecar on its pod so `<cluster>-primary` routes
-/// to the primary.
+/// `primary | backup | standby | recovering`, set by the sidecar on its pod so
+/// `<cluster>-primary` routes to the primary; removed while the broker does not answer.
 pub const ROLE_LABEL: &str = "iggy.rs/role";
 /// Epoch, view and lag of the pod's broker, written by the sidecar for the operator.
 pub const REPLICA_STATE_ANNOTATION: &str = "iggy.rs/replica-state";

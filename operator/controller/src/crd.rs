@@ -373,8 +373,10 @@ pub struct Condition {
 pub struct RingStatus {
     /// Membership version; every change of members is a new epoch.
     pub epoch: iggy_contract::Epoch,
-    /// Pod of the current primary, when a sidecar has reported it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Pod of the current primary, when a sidecar has reported it. Written as `null` when
+    /// there is none: the status is a merge patch, in which an absent key keeps the old value,
+    /// so a primary that stopped being one would otherwise stay named forever.
+    #[serde(default)]
     pub primary: Option<String>,
     #[serde(default)]
     pub members: Vec<RingMemberStatus>,
@@ -391,7 +393,7 @@ pub struct RingMemberStatus {
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
-    /// `primary` or `backup`, as the sidecar labels the pod.
+    /// `primary`, `backup`, `standby` or `recovering`, as the sidecar labels the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// The member's readiness gate (`iggy.rs/replica-ready`) is True.

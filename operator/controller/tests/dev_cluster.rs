@@ -462,6 +462,46 @@ async fn primary(dev: &DevCluster, cluster: &str) -> String {
     }
 }
 
+/// Every order's payload through `address`, or why not (nothing listening yet, say).
+async fn try_read_orders(
+    address: &str,
+    (username, password): &(String, String),
+) -> Result<Vec<String>, IggyError> {
+    let client = IggyClient::builder()
+        .with_tcp()
+        .with_server_address(address.to_string())
+        .build()?;
+    client.connect().await?;
+    client.login_user(username, password).await?;
+    let polled = client
+        .poll_messages(
+            &Identifier::named("orders")?,
+            &Identifier::named("created")?,
+            Some(0),
+            &Consumer::new(Identifier::numeric(1)?),
+            &PollingStrategy::offset(0),
+            1000,
+            false,
+        )
+        .await?;
+    Ok(polled
+        .messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect())
+}
+
+/// `Ok` once the cluster `events`'s `status.ring.primary` is `pod`.
+fn ring_primary(harness: &Harness, pod: &str) -> Result<(), String> {
+    let cluster = harness
+        .get("iggy.rs", "IggyCluster", NS, "events")
+        .ok_or("no cluster")?;
+    let primary = &cluster["status"]["ring"]["primary"];
+    (primary == pod)
+        .then_some(())
+        .ok_or(format!("status.ring.primary is {primary}"))
+}
+
 /// Stream `orders` with topic `created` of one partition.
 async fn create_orders(client: &IggyClient) {
     client.create_stream("orders").await.expect("create stream");
@@ -515,10 +555,24 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
         wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
     }
 
+    // The sidecars label each pod with its broker's role: `events-primary` routes to the
+    // primary, and the cluster's status names it (the PRIMARY column of `kubectl get iggy`).
+    let lost = primary(&dev, "events").await;
+    dev.wait("status.ring.primary", Duration::from_secs(30), |h| {
+        ring_primary(h, &lost)
+    })
+    .await;
+    let through_primary = dev.sdk_client_with("events-primary", &credentials).await;
+    assert_eq!(
+        read_payloads(&through_primary, "orders", "created").await,
+        expected
+    );
+    drop(through_primary);
+
     // The primary's node fails: its processes die at once and the pod object goes. The
     // others elect a new primary; the StatefulSet brings the member back on its claim.
-    let lost = primary(&dev, "events").await;
     let lost_ip = dev.pod_ip(&lost);
+    let failed_at = Instant::now();
     assert!(dev.harness.kill_pod(NS, &lost), "{lost} runs");
     let client = dev.sdk_client_with("events", &credentials).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -530,6 +584,39 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     expected.extend((100..120).map(|i| format!("order-{i}")));
+    // The new primary's sidecar labels it: the status and `events-primary` follow.
+    let elected = primary(&dev, "events").await;
+    assert_ne!(elected, lost);
+    dev.wait(
+        "the new primary in status.ring",
+        Duration::from_secs(30),
+        |h| ring_primary(h, &elected),
+    )
+    .await;
+    println!(
+        "failover: {elected} named primary in the status {} ms after {lost} was lost",
+        failed_at.elapsed().as_millis()
+    );
+    // Its endpoint follows the label at the network's next pass: retry until it serves all.
+    let service = dev
+        .harness
+        .get("", "Service", NS, "events-primary")
+        .expect("Service");
+    let address = format!(
+        "{}:8090",
+        service["spec"]["clusterIP"].as_str().expect("ClusterIP")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match try_read_orders(&address, &credentials).await {
+            Ok(read) if read == expected => break,
+            outcome => assert!(
+                Instant::now() < deadline,
+                "events-primary never served every order: {outcome:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     dev.wait("the lost member back", Duration::from_secs(60), |harness| {
         let pod = harness.get("", "Pod", NS, &lost).ok_or("no pod")?;
         let ip = pod["status"]["podIP"].as_str().unwrap_or_default();

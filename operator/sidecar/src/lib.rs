@@ -2,9 +2,10 @@
 //! ([`admin::AdminClient`], `GET /admin/status`) and reflects the answer into its own pod
 //! ([`report`]).
 //!
-//! Today it reports the `iggy.rs/replica-ready` gate from the broker's `caught_up`. Watching
-//! the ring ConfigMap, posting rings to the broker and the `iggy.rs/role` label belong to the
-//! membership work (docs/operator.md, "The sidecar").
+//! It reports the `iggy.rs/replica-ready` gate from the broker's `caught_up`, and the broker's
+//! role (`iggy.rs/role`, so `<cluster>-primary` routes to the primary) with its epoch and view
+//! (`iggy.rs/replica-state`). Watching the ring ConfigMap and posting rings to the broker belong
+//! to the membership work (docs/operator.md, "The sidecar").
 
 pub mod admin;
 pub mod report;
@@ -12,7 +13,8 @@ pub mod report;
 use admin::AdminClient;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
-use report::{report, Readiness};
+use report::{report, Membership, Readiness};
+use serde_json::json;
 use std::time::Duration;
 use tracing::Instrument;
 
@@ -25,10 +27,34 @@ pub struct SidecarSettings {
     pub interval: Duration,
 }
 
-/// What the broker's status means for the gate; an unreachable broker is not ready.
-pub async fn readiness(admin: &AdminClient) -> Readiness {
-    match admin.status().await {
-        Ok(status) if status.caught_up => Readiness {
+/// What the broker's status means for the gate and the pod's membership; an unreachable
+/// broker is not ready and has no role.
+pub async fn observe(admin: &AdminClient) -> (Readiness, Membership) {
+    let status = match admin.status().await {
+        Ok(status) => status,
+        Err(error) => {
+            let readiness = Readiness {
+                ready: false,
+                reason: "BrokerUnreachable",
+                message: error.to_string(),
+            };
+            return (readiness, Membership::default());
+        }
+    };
+    let membership = Membership {
+        role: Some(status.role.label()),
+        state: Some(
+            json!({
+                "epoch": status.epoch,
+                "view": status.view,
+                "role": status.role.label(),
+                "caughtUp": status.caught_up,
+            })
+            .to_string(),
+        ),
+    };
+    let readiness = if status.caught_up {
+        Readiness {
             ready: true,
             reason: "BrokerCaughtUp",
             message: format!(
@@ -36,8 +62,9 @@ pub async fn readiness(admin: &AdminClient) -> Readiness {
                 status.role.label(),
                 status.epoch
             ),
-        },
-        Ok(status) => Readiness {
+        }
+    } else {
+        Readiness {
             ready: false,
             reason: "BrokerNotCaughtUp",
             message: format!(
@@ -46,13 +73,9 @@ pub async fn readiness(admin: &AdminClient) -> Readiness {
                 status.commit,
                 status.op
             ),
-        },
-        Err(error) => Readiness {
-            ready: false,
-            reason: "BrokerUnreachable",
-            message: error.to_string(),
-        },
-    }
+        }
+    };
+    (readiness, membership)
 }
 
 /// Asks and reports every `interval` until `shutdown`; API errors are logged and retried.
@@ -64,36 +87,49 @@ pub async fn run(
     let pods: Api<Pod> = Api::namespaced(client, &settings.namespace);
     tokio::pin!(shutdown);
     // The state last reported (ready, reason); the message may change every check.
-    let mut last: Option<(bool, &'static str)> = None;
+    let mut last: Option<(bool, &'static str, Option<&'static str>)> = None;
     loop {
-        let readiness = readiness(&settings.admin).await;
+        let (readiness, membership) = observe(&settings.admin).await;
         // A transition of the broker's state is a span of its own (exported as a trace when
         // OTLP is on); the steady-state checks every `interval` are not, to keep traces quiet.
-        let state = (readiness.ready, readiness.reason);
+        let state = (readiness.ready, readiness.reason, membership.role);
         let written = if last != Some(state) {
             let span = tracing::info_span!(
                 "update_readiness_gate",
                 pod = %settings.pod,
                 ready = readiness.ready,
                 reason = readiness.reason,
+                role = membership.role.unwrap_or("none"),
             );
-            report(&pods, &settings.pod, &readiness)
+            report(&pods, &settings.pod, &readiness, &membership)
                 .instrument(span)
                 .await
         } else {
-            report(&pods, &settings.pod, &readiness).await
+            report(&pods, &settings.pod, &readiness, &membership).await
         };
         match &written {
-            Ok(true) => tracing::info!(
-                pod = %settings.pod,
-                ready = readiness.ready,
-                reason = readiness.reason,
-                message = %readiness.message,
-                "reported {}",
-                iggy_contract::labels::READINESS_GATE
-            ),
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "could not report readiness; retrying"),
+            Ok(written) => {
+                if written.gate {
+                    tracing::info!(
+                        pod = %settings.pod,
+                        ready = readiness.ready,
+                        reason = readiness.reason,
+                        message = %readiness.message,
+                        "reported {}",
+                        iggy_contract::labels::READINESS_GATE
+                    );
+                }
+                if written.membership {
+                    tracing::info!(
+                        pod = %settings.pod,
+                        role = membership.role.unwrap_or("none"),
+                        state = membership.state.as_deref().unwrap_or("none"),
+                        "reported {}",
+                        iggy_contract::labels::ROLE_LABEL
+                    );
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not report the broker's state; retrying"),
         }
         if written.is_ok() {
             last = Some(state);

@@ -1,6 +1,7 @@
 //! The real `iggy-sidecar` binary next to the real `iggy-broker` binary, against the in-process
 //! API server: the sidecar reads the broker's `GET /admin/status` and sets its pod's
-//! `iggy.rs/replica-ready` condition True; when the broker stops, False with the reason. Loopback
+//! `iggy.rs/replica-ready` condition True and labels the pod with the broker's role (a single
+//! node is its own primary); when the broker stops, False with the reason, and no role. Loopback
 //! only; both processes are started here, bounded in time, and killed at the end.
 
 use serde_json::Value;
@@ -61,16 +62,21 @@ fn gate(harness: &kube_harness::Harness) -> (String, String) {
         .unwrap_or_default()
 }
 
-async fn wait_for(harness: &kube_harness::Harness, status: &str, reason: &str) {
+fn role(harness: &kube_harness::Harness) -> Value {
+    let pod = harness.get("", "Pod", NS, POD).unwrap_or(Value::Null);
+    pod["metadata"]["labels"]["iggy.rs/role"].clone()
+}
+
+async fn wait_for(harness: &kube_harness::Harness, status: &str, reason: &str, label: Value) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let seen = gate(harness);
-        if seen.0 == status && seen.1 == reason {
+        let (seen, labelled) = (gate(harness), role(harness));
+        if seen.0 == status && seen.1 == reason && labelled == label {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "gate is {seen:?}, waited for {status} {reason}"
+            "gate is {seen:?} and role {labelled}, waited for {status} {reason} and {label}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -116,12 +122,12 @@ async fn the_sidecar_reports_its_real_broker_into_the_pod() {
             .spawn()
             .expect("sidecar starts"),
     );
-    wait_for(&harness, "True", "BrokerCaughtUp").await;
+    wait_for(&harness, "True", "BrokerCaughtUp", "primary".into()).await;
 
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(broker.0.id().to_string())
         .status();
     let _ = broker.0.wait();
-    wait_for(&harness, "False", "BrokerUnreachable").await;
+    wait_for(&harness, "False", "BrokerUnreachable", Value::Null).await;
 }
