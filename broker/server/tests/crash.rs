@@ -19,6 +19,12 @@ fn payload(producer: usize, seq: usize) -> String {
     format!("p{producer}-s{seq:08}-{}", "x".repeat(100 + seq % 50))
 }
 
+/// Where message `n` of producer 0's log starts: the frames before it, each a 64-byte header
+/// and its payload.
+fn message_start(n: usize) -> usize {
+    (0..n).map(|i| 64 + payload(0, i).len()).sum()
+}
+
 async fn setup(client: &IggyClient, partitions: u32) {
     client.create_stream("crash").await.unwrap();
     create_topic(client, &id(0), "log", partitions).await;
@@ -193,7 +199,7 @@ async fn a_torn_tail_is_cut_and_the_broker_carries_on() {
 async fn rot_before_intact_data_is_kept_for_repair_and_the_rest_is_served() {
     let (mut broker, log) = twenty_messages_then_kill9().await;
     let mut bytes = std::fs::read(&log).unwrap();
-    let fifth_message_start: usize = (0..5).map(|i| 64 + payload(0, i).len()).sum();
+    let fifth_message_start = message_start(5);
     bytes[fifth_message_start + 70] ^= 0x01;
     std::fs::write(&log, &bytes).unwrap();
 
@@ -221,7 +227,7 @@ async fn corruption_the_index_cannot_place_refuses_to_start_and_names_the_spot()
     let (broker, log) = twenty_messages_then_kill9().await;
 
     let mut bytes = std::fs::read(&log).unwrap();
-    let fifth_message_start: usize = (0..5).map(|i| 64 + payload(0, i).len()).sum();
+    let fifth_message_start = message_start(5);
     bytes[fifth_message_start + 70] ^= 0x01;
     std::fs::write(&log, &bytes).unwrap();
     std::fs::write(log.with_extension("index"), b"").unwrap();
@@ -290,9 +296,8 @@ async fn rot_after_a_clean_stop_is_refused_on_read_not_served() {
     let (mut broker, log) = twenty_messages().await;
     assert_eq!(broker.stop(), 0, "clean stop, checkpoint written");
     let mut bytes = std::fs::read(&log).unwrap();
-    let start_of = |n: usize| -> usize { (0..n).map(|i| 64 + payload(0, i).len()).sum() };
-    bytes[start_of(5) + 70] ^= 0x01; // message 5's payload
-    bytes[start_of(12) + 52] ^= 0x01; // message 12's payload length field
+    bytes[message_start(5) + 70] ^= 0x01; // message 5's payload
+    bytes[message_start(12) + 52] ^= 0x01; // message 12's payload length field
     std::fs::write(&log, &bytes).unwrap();
 
     broker.spawn_and_wait();
@@ -332,8 +337,7 @@ async fn the_newest_batches_are_served_from_l1_without_reading_the_disk() {
     ] {
         let (broker, log) = twenty_messages_with(&[("IGGY_TIERING_L1_SIZE", l1)], tailing).await;
         let mut bytes = std::fs::read(&log).unwrap();
-        let start_of_5: usize = (0..5).map(|i| 64 + payload(0, i).len()).sum();
-        bytes[start_of_5 + 70] ^= 0x01;
+        bytes[message_start(5) + 70] ^= 0x01;
         std::fs::write(&log, &bytes).unwrap();
 
         let client = broker.client().await;
