@@ -28,14 +28,11 @@ pub async fn run(broker: Arc<Broker>) {
     loop {
         let mut scrubbed = 0u64;
         for partition in broker.all_partitions() {
-            let (first, sealed_end) = {
-                let log = partition.log();
-                (log.local_first_offset(), log.sealed_end())
-            };
-            let Some(mut next) = first else {
+            let Some(sealed) = sealed_range(&partition) else {
                 continue;
             };
-            while next < sealed_end {
+            let mut next = sealed.start;
+            while next < sealed.end {
                 let checked = {
                     let partition = partition.clone();
                     tokio::task::spawn_blocking(move || check_window(&partition, next)).await
@@ -78,6 +75,13 @@ pub async fn run(broker: Arc<Broker>) {
     }
 }
 
+/// The offsets of `partition`'s sealed local segments — what the scrubber re-verifies (empty
+/// when only the active segment is local); `None` when nothing is local.
+pub fn sealed_range(partition: &Partition) -> Option<std::ops::Range<u64>> {
+    let log = partition.log();
+    Some(log.local_first_offset()?..log.sealed_end())
+}
+
 /// One window of sealed data read through the verified read path.
 pub struct Window {
     /// Messages and bytes it covered.
@@ -106,15 +110,12 @@ pub fn check_window(partition: &Partition, next: u64) -> Option<Window> {
 /// One pass over `partition`'s sealed local segments without pauses: the ranges of offsets
 /// that do not verify. Blocking (tests and the simulator scrub this way).
 pub fn damaged_ranges(partition: &Partition) -> Vec<(u64, u64)> {
-    let (first, sealed_end) = {
-        let log = partition.log();
-        (log.local_first_offset(), log.sealed_end())
-    };
     let mut damaged = Vec::new();
-    let Some(mut next) = first else {
+    let Some(sealed) = sealed_range(partition) else {
         return damaged;
     };
-    while next < sealed_end {
+    let mut next = sealed.start;
+    while next < sealed.end {
         let Some(window) = check_window(partition, next) else {
             break;
         };

@@ -433,14 +433,11 @@ impl SimBroker {
     fn rot(&self, world: &Brokers, replica: u8, pick: u64) {
         let mut sealed = Vec::new();
         for partition in self.broker.all_partitions() {
-            let log = partition.log();
-            let (Some(first), end) = (log.local_first_offset(), log.sealed_end()) else {
+            let Some(range) = scrub::sealed_range(&partition).filter(|r| !r.is_empty()) else {
                 continue;
             };
-            if end <= first {
-                continue;
-            }
-            let plan = log.plan_read(first, (end - first) as u32, usize::MAX);
+            let count = (range.end - range.start) as u32;
+            let plan = partition.log().plan_read(range.start, count, usize::MAX);
             for chunk in plan.chunks.iter().filter(|c| c.len > 0) {
                 sealed.push((
                     partition.created_at,
@@ -550,12 +547,12 @@ impl SimBroker {
     fn sealed_segments(&self) -> BTreeMap<PathBuf, (u64, u64)> {
         let mut sealed = BTreeMap::new();
         for partition in self.broker.all_partitions() {
-            let log = partition.log();
-            let (Some(first), end) = (log.local_first_offset(), log.sealed_end()) else {
+            let Some(range) = scrub::sealed_range(&partition) else {
                 continue;
             };
-            let mut next = first;
-            while next < end {
+            let log = partition.log();
+            let mut next = range.start;
+            while next < range.end {
                 let Some((start, until)) = log.segment_bounds(next) else {
                     break;
                 };
