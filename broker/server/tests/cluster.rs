@@ -595,7 +595,10 @@ async fn rot_the_scrubber_finds_on_a_backup_is_repaired_from_a_peer() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read(&file).unwrap() != intact {
+    // The repair writes the file before it counts itself: wait for both.
+    while std::fs::read(&file).unwrap() != intact
+        || repairs(&cluster, backup) == "iggy_repairs_total 0"
+    {
         assert!(Instant::now() < deadline, "the scrubber never repaired it");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -616,7 +619,10 @@ async fn rot_a_backup_finds_at_boot_is_repaired_from_a_peer() {
     cluster.brokers[backup].kill9();
     cluster.brokers[backup].spawn_and_wait_alive();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read(&file).unwrap() != intact {
+    // The repair writes the file before it counts itself: wait for both.
+    while std::fs::read(&file).unwrap() != intact
+        || repairs(&cluster, backup) == "iggy_repairs_total 0"
+    {
         assert!(
             Instant::now() < deadline,
             "the boot's damage was never repaired"
