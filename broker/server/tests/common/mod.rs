@@ -34,7 +34,10 @@ pub struct TestBroker {
 /// range: a port from that range, once released, can be handed to any outgoing connection of
 /// any process before the broker binds it (seen in CI once clusters of three brokers with
 /// peer links ran beside the other tests: "Address already in use" at start). The pick is
-/// random and checked free by binding it.
+/// random and checked free by binding it, and it is claimed for the life of this test process
+/// with an exclusive lock on a file named after it: between the check and the broker's bind,
+/// another test process running beside this one could otherwise pick the same port (seen in CI
+/// once: a cluster's replication listener "Address already in use").
 pub fn free_port() -> SocketAddr {
     let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -43,10 +46,38 @@ pub fn free_port() -> SocketAddr {
     let ceiling = ephemeral_start.max(12_000);
     loop {
         let port = fastrand::u16(10_000..ceiling);
+        let Some(claim) = claim_port(port) else {
+            continue;
+        };
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
-            return listener.local_addr().expect("local address");
+            let address = listener.local_addr().expect("local address");
+            CLAIMED_PORTS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(claim);
+            return address;
         }
     }
+}
+
+/// Locks held on the ports this process handed out; the kernel drops them when it exits.
+static CLAIMED_PORTS: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+/// An exclusive, non-blocking lock on `port`'s claim file, or `None` when another process
+/// (or this one) holds it.
+fn claim_port(port: u16) -> Option<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let dir = std::env::temp_dir().join("iggy-broker-test-ports");
+    std::fs::create_dir_all(&dir).ok()?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+        .ok()?;
+    // SAFETY: flock(2) on a descriptor this function owns; released when it is closed.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    locked.then_some(file)
 }
 
 impl TestBroker {
