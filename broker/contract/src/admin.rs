@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub const STATUS_PATH: &str = "/admin/status";
 /// `POST` a [`crate::Ring`] → [`RingUpdate`].
 pub const RING_PATH: &str = "/admin/ring";
+/// `POST` (no body) → [`StepDown`]: the primary hands its view to the next replica, as the
+/// operator asks before restarting it; 409 with [`AdminError`] from anyone else.
+pub const STEP_DOWN_PATH: &str = "/admin/step-down";
 /// Liveness: the process serves HTTP.
 pub const HEALTH_PATH: &str = "/health";
 /// Readiness: normal status and caught up.
@@ -77,6 +80,14 @@ pub struct RingUpdate {
     pub epoch: Epoch,
     /// True when the posted ring is already in force; false while the change is pending.
     pub applied: bool,
+}
+
+/// The answer to `POST /admin/step-down` (202 Accepted): the view this primary is handing on.
+/// The hand-over itself is a view change; `GET /admin/status` shows when it is done (the role
+/// is no longer `primary`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StepDown {
+    pub view: u32,
 }
 
 /// The body of an admin API error answer (4xx/5xx).

@@ -557,6 +557,25 @@ impl Broker {
         }
     }
 
+    /// `POST /admin/step-down`: a primary hands its view to the next replica (a view change);
+    /// anything else cannot and says why.
+    pub fn step_down(&self) -> Result<iggy_contract::admin::StepDown, &'static str> {
+        let Submitter::Replicated(replicated) = &self.submitter else {
+            return Err("a single node has no replica to hand its view to");
+        };
+        let status = replicated.status.admin(self.ready.load(Ordering::Acquire));
+        if status.role != iggy_contract::admin::Role::Primary {
+            return Err("this broker is not the primary");
+        }
+        if replicated.status.members.len() < 2 {
+            return Err("a ring of one has no replica to hand its view to");
+        }
+        if !replicated.step_down() {
+            return Err("the replica is stopping");
+        }
+        Ok(iggy_contract::admin::StepDown { view: status.view })
+    }
+
     /// The replica's status, in cluster mode.
     pub fn cluster_status(&self) -> Option<&crate::replication::status::ClusterStatus> {
         match &self.submitter {

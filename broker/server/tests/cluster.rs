@@ -8,6 +8,7 @@ use common::cluster::TestCluster;
 use common::history::{read_of, History, Read};
 use common::{create_topic, id, message, read_all};
 use iggy::prelude::*;
+use iggy_contract::admin::Role;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -233,6 +234,40 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
         killed_at,
         reads[0].1.len()
     );
+}
+
+/// A rolling restart's hand-over with the real brokers: the primary asked over its admin API
+/// to step down gives its view to another member while producers keep sending through every
+/// member, and nothing acknowledged is lost. A backup refuses the request: it has no view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_asked_to_step_down_hands_over_and_loses_nothing() {
+    let cluster = TestCluster::start(3, &[("IGGY_STORAGE_FSYNC", "always")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let backup = (primary + 1) % 3;
+    let setup = cluster.brokers[primary].client().await;
+    create_log(&setup, "hand-over").await;
+    drop(setup);
+
+    let producers = Producers::start(&cluster, &[0, 1, 2]).await;
+    let history = producers.history.clone();
+    producers.wait_for(300).await;
+    let (code, body) =
+        common::http_post(cluster.brokers[backup].http, "/admin/step-down").expect("post");
+    assert_eq!(code, 409, "a backup has no view to hand on: {body}");
+    let (code, body) =
+        common::http_post(cluster.brokers[primary].http, "/admin/step-down").expect("post");
+    assert_eq!(code, 202, "{body}");
+    let asked_at = history.acknowledged();
+    let others: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
+    let successor = cluster.primary(&others, Duration::from_secs(10));
+    producers.wait_for(asked_at + 300).await;
+    producers.stop().await;
+    assert!(cluster
+        .status(primary)
+        .is_some_and(|s| s.role == Role::Backup));
+    cluster.wait_caught_up(&[0, 1, 2], successor, Duration::from_secs(10));
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 35] = [
+    pub const EXPECTED: [&'static str; 36] = [
         "abdications",
         "cached_replies",
         "checkpoint_read_faults",
@@ -39,6 +39,7 @@ impl Coverage {
         "session_evictions",
         "state_syncs",
         "state_transfers",
+        "step_downs",
         "superblock_copies_rotted",
         "superblock_writes_torn",
         "torn_writes",

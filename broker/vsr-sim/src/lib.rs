@@ -31,19 +31,22 @@ pub enum World {
     SuperblockFaults,
     /// 5: adds clogged paths: messages held for a while, then delivered together.
     CloggedPaths,
-    /// 6: adds a damaged replica in two-replica clusters (the current menu).
+    /// 6: adds a damaged replica in two-replica clusters.
     DamagedPairs,
+    /// 7: adds primaries asked to step down (a rolling restart's hand-over; the current menu).
+    StepDowns,
 }
 
 impl World {
-    pub const CURRENT: World = World::DamagedPairs;
-    pub const ALL: [World; 6] = [
+    pub const CURRENT: World = World::StepDowns;
+    pub const ALL: [World; 7] = [
         World::Baseline,
         World::DeafReplicas,
         World::RottingCheckpoints,
         World::SuperblockFaults,
         World::CloggedPaths,
         World::DamagedPairs,
+        World::StepDowns,
     ];
 
     /// The number the world was introduced as.
@@ -60,6 +63,7 @@ impl World {
             World::SuperblockFaults => "superblock-faults",
             World::CloggedPaths => "clogged-paths",
             World::DamagedPairs => "damaged-pairs",
+            World::StepDowns => "step-downs",
         }
     }
 
@@ -107,6 +111,9 @@ pub fn run_seed_with<S: SimMachine>(seed: u64, world: World, verbose: bool) -> O
     if !world.has(World::DamagedPairs) {
         params.damage_at_two = false;
     }
+    if !world.has(World::StepDowns) {
+        params.step_down_ppm = 0;
+    }
     let run = {
         let params = params.clone();
         std::panic::catch_unwind(move || Simulation::<S>::with_machine(seed, params, verbose).run())
@@ -139,7 +146,7 @@ mod tests {
             assert_eq!(World::parse(&world.number().to_string()), Some(world));
             assert_eq!(World::parse(world.name()), Some(world));
         }
-        assert_eq!(World::parse("7"), None);
+        assert_eq!(World::parse("8"), None);
         assert!(World::CloggedPaths.has(World::DeafReplicas));
         assert!(!World::DeafReplicas.has(World::CloggedPaths));
         assert_eq!(World::CURRENT, *World::ALL.last().expect("worlds"));

@@ -60,6 +60,9 @@ pub struct Params {
     /// N = 2, so both can still elect a primary; a replica whose checkpoint rotted would sit
     /// view changes out, and a two-replica view change needs both.
     pub damage_at_two: bool,
+    /// Per tick: chance (ppm) that the primary is asked to step down (a rolling restart's
+    /// hand-over), drawn from its own generator.
+    pub step_down_ppm: u64,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
@@ -122,6 +125,11 @@ impl Params {
             },
             clog_ticks_mean: rng.between(10, 400),
             damage_at_two: true,
+            step_down_ppm: if rng.chance(300_000) {
+                rng.between(100, 1_000)
+            } else {
+                0
+            },
         }
     }
 
@@ -156,6 +164,7 @@ impl Params {
             clog_onset_ppm: 0,
             clog_ticks_mean: 0,
             damage_at_two: false,
+            step_down_ppm: 0,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

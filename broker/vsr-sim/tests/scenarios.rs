@@ -85,6 +85,40 @@ fn the_primary_crashing_is_replaced_and_nothing_is_lost() {
     );
 }
 
+/// A rolling restart's hand-over: the primary asked to step down gives its view to the next
+/// replica while requests are in flight, keeps serving as a backup, and nothing committed is
+/// lost. A backup asked the same thing has nothing to hand over and ignores it.
+#[test]
+fn a_primary_asked_to_step_down_hands_its_view_to_the_next_replica() {
+    for route in ROUTES {
+        let mut sim = calm(3, route);
+        sim.run_for(300).unwrap();
+        let before = sim.committed();
+        assert!(before > 0);
+        assert!(sim.replica(0).unwrap().is_primary());
+        sim.step_down(1).unwrap();
+        assert_eq!(sim.coverage().get("step_downs"), 0, "a backup has no view");
+        sim.step_down(0).unwrap();
+        assert_eq!(sim.coverage().get("step_downs"), 1);
+        sim.run_until_answered(20_000).unwrap();
+        // The last commit reaches the backups with the next heartbeat.
+        sim.run_for(200).unwrap();
+        assert!(sim.committed() >= before);
+        let new_primary = sim.replica(1).unwrap();
+        assert!(
+            new_primary.is_primary(),
+            "{route:?}: view 1 belongs to replica 1"
+        );
+        assert_eq!(
+            new_primary.view(),
+            1,
+            "{route:?}: one view change, not a storm"
+        );
+        assert_eq!(sim.replica(0).unwrap().status(), vsr::Status::Normal);
+        assert_eq!(sim.replica(0).unwrap().commit_min(), sim.committed());
+    }
+}
+
 #[test]
 fn a_full_cluster_power_loss_keeps_every_committed_op() {
     let mut sim = calm(3, Route::Star);

@@ -22,6 +22,11 @@ pub enum Input {
     WriteDone {
         io: u64,
     },
+    /// An operator asks the primary to hand its view on (before restarting it): a primary in
+    /// normal status starts a view change to the next view, as abdication does; anyone else
+    /// ignores it. Nothing is lost: the next view starts from a quorum's logs as after any
+    /// view change.
+    StepDown,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +102,10 @@ pub enum Event {
     DuplicateRequest,
     /// The primary gave up its view for lack of acknowledgements.
     Abdicated {
+        view: View,
+    },
+    /// The primary handed its view on because it was asked to ([`Input::StepDown`]).
+    SteppedDown {
         view: View,
     },
     /// Took a checkpoint after applying `op`; `digest` is the state machine's there.

@@ -1,6 +1,7 @@
 //! The HTTP endpoint: `/health` (the process answers), `/ready` (boot finished and the client
 //! listener is up), `/metrics` (Prometheus text) and the sidecar's admin API
-//! (`iggy_contract::admin`), which answers loopback peers only: in a pod the sidecar shares the
+//! (`iggy_contract::admin`: status, and step-down for rolling restarts), which answers loopback
+//! peers only: in a pod the sidecar shares the
 //! broker's network namespace, and nothing outside it may read or steer the broker through it.
 
 use crate::broker::Broker;
@@ -56,6 +57,21 @@ fn route(broker: &Broker, peer: SocketAddr, method: &Method, path: &str) -> Resp
             StatusCode::FORBIDDEN,
             "the admin API answers on loopback only",
         );
+    }
+    if path == admin::STEP_DOWN_PATH {
+        return match *method {
+            Method::POST => match broker.step_down() {
+                Ok(answer) => {
+                    tracing::info!(view = answer.view, "asked to step down");
+                    json(StatusCode::ACCEPTED, &answer)
+                }
+                Err(reason) => admin_error(StatusCode::CONFLICT, reason),
+            },
+            _ => text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only POST is served\n".into(),
+            ),
+        };
     }
     if method != Method::GET {
         return text(
@@ -160,5 +176,23 @@ mod tests {
             StatusCode::OK,
             "probes come from the kubelet, off loopback"
         );
+    }
+
+    #[tokio::test]
+    async fn step_down_is_a_loopback_post_and_a_single_node_refuses_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = crate::broker::open_for_tests(dir.path());
+        broker.set_ready();
+        let local: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
+        let remote: SocketAddr = "10.1.2.3:50000".parse().expect("addr");
+        let (status, _) = body(route(&broker, remote, &Method::POST, admin::STEP_DOWN_PATH)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = body(route(&broker, local, &Method::GET, admin::STEP_DOWN_PATH)).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        let (status, text) =
+            body(route(&broker, local, &Method::POST, admin::STEP_DOWN_PATH)).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let error: admin::AdminError = serde_json::from_str(&text).expect("contract");
+        assert!(error.error.contains("single node"), "{}", error.error);
     }
 }

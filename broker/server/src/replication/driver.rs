@@ -50,6 +50,8 @@ pub enum DriverInput {
         body: bytes::Bytes,
         reply: oneshot::Sender<ClientReply>,
     },
+    /// The admin API asks this replica to hand its view on (see `vsr::Input::StepDown`).
+    StepDown,
     Stop,
 }
 
@@ -212,6 +214,7 @@ impl Driver {
                     },
                 }));
             }
+            DriverInput::StepDown => queue.push_back(Input::StepDown),
             DriverInput::Stop => {}
         }
     }
@@ -456,6 +459,12 @@ impl Driver {
                 tracing::info!(view, primary, "replica is normal");
             }
             Event::Abdicated { view } => tracing::warn!(view, "primary abdicated"),
+            Event::SteppedDown { view } => {
+                tracing::info!(
+                    view,
+                    "primary stepping down as asked; a view change follows"
+                )
+            }
             Event::StateSynced { op, .. } => tracing::info!(op, "state synced from a peer"),
             Event::Repaired { op } => {
                 metrics.wal_repairs.fetch_add(1, Ordering::Relaxed);

@@ -75,6 +75,11 @@ impl ReplicatedSubmitter {
         }
     }
 
+    /// Asks the replica thread to hand its view on; false when it is gone.
+    pub fn step_down(&self) -> bool {
+        self.inputs.send(DriverInput::StepDown).is_ok()
+    }
+
     /// Sends `body` in `session` until the cluster answers or the deadline passes.
     async fn request(
         &self,

@@ -4,13 +4,14 @@
 use super::disk::{Write, SUPERBLOCK_COPIES};
 use super::Simulation;
 use crate::checker::Violation;
-use vsr::{Node, Op};
+use vsr::{Input, Node, Op};
 
 impl<S: crate::machine::SimMachine> Simulation<S> {
     pub(super) fn inject_faults(&mut self) -> Result<(), Violation> {
         let n = self.params.replicas;
         self.inject_deafness();
         self.inject_clogs();
+        self.inject_step_downs()?;
         if self.network.cut.is_empty() {
             if n > 1 && self.rng.chance(self.params.partition_onset_ppm) {
                 let side: Vec<bool> = (0..n).map(|_| self.rng.chance(500_000)).collect();
@@ -194,6 +195,32 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
             self.coverage.add("paths_clogged", 1);
             self.log(|| format!("path {from} -> {to} clogged for {ticks} ticks"));
         }
+    }
+
+    /// Now and then an operator asks the primary of the newest view to step down, as the
+    /// operator does before restarting it in a rolling restart — in the middle of whatever
+    /// else the world is doing to the cluster.
+    pub(super) fn inject_step_downs(&mut self) -> Result<(), Violation> {
+        if self.params.step_down_ppm == 0 || !self.step_down_rng.chance(self.params.step_down_ppm) {
+            return Ok(());
+        }
+        let primary = self
+            .replicas
+            .iter()
+            .flatten()
+            .filter(|r| r.is_primary())
+            .max_by_key(|r| r.view())
+            .map(|r| r.replica());
+        match primary {
+            Some(r) => self.step_down(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Asks replica `r` to step down (scenario tests; ignored unless it is a primary).
+    pub fn step_down(&mut self, r: u8) -> Result<(), Violation> {
+        self.log(|| format!("replica {r} asked to step down"));
+        self.feed(r, Input::StepDown)
     }
 
     /// Cuts every link into (and, unless `receive_only`, out of) replica `r` (scenario tests).

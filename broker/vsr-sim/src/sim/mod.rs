@@ -45,6 +45,8 @@ pub struct Simulation<S: SimMachine = ModelBroker> {
     /// Only for clogs (see `inject_clogs`); like deafness, its own generator keeps seeds that
     /// draw no clogs replaying exactly as before.
     clog_rng: Rng,
+    /// Only for operator step-downs (see `inject_step_downs`), for the same reason.
+    step_down_rng: Rng,
     tick: u64,
     replicas: Vec<Option<Replica<S>>>,
     world: S::World,
@@ -119,6 +121,7 @@ impl<S: SimMachine> Simulation<S> {
             rng,
             deaf_rng: Rng::new(seed ^ 0xDEAF_0000_0000_DEAF),
             clog_rng: Rng::new(seed ^ 0xC10C_0000_0000_C10C),
+            step_down_rng: Rng::new(seed ^ 0x57E9_0000_0000_D0E1),
             tick: 0,
             coverage: Coverage::default(),
             trace: xxhash_rust::xxh3::Xxh3::new(),
@@ -469,6 +472,11 @@ impl<S: SimMachine> Simulation<S> {
             Event::Abdicated { view } => {
                 self.coverage.add("abdications", 1);
                 self.log(|| format!("replica {r} abdicates view {view}"));
+            }
+            Event::SteppedDown { view } => {
+                self.trace(&[13, r as u64, view as u64]);
+                self.coverage.add("step_downs", 1);
+                self.log(|| format!("replica {r} steps down from view {view}"));
             }
             Event::Checkpointed { op, digest } => {
                 self.trace(&[7, r as u64, op]);

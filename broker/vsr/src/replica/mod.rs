@@ -145,6 +145,7 @@ impl<S: StateMachine> Replica<S> {
         match input {
             Input::Tick { now } => self.on_tick(now),
             Input::WriteDone { io } => self.on_write_done(io),
+            Input::StepDown => self.on_step_down(),
             Input::Message(envelope) => self.on_envelope(envelope),
         }
         self.check_invariants();

@@ -9,6 +9,18 @@ use crate::step::Event;
 use crate::{ReplicaId, View};
 
 impl<S: StateMachine> Replica<S> {
+    /// Hands the view on when asked (see [`crate::Input::StepDown`]). Only a primary in normal
+    /// status does: a backup has no view to give, and a view change already in progress will
+    /// pick a primary by itself.
+    pub(super) fn on_step_down(&mut self) {
+        if !self.is_primary() || self.cfg.replica_count < 2 {
+            return;
+        }
+        let view = self.view;
+        self.event(Event::SteppedDown { view });
+        self.start_view_change(view + 1);
+    }
+
     pub(super) fn on_tick(&mut self, now: u64) {
         self.tick += 1;
         self.now = now;
