@@ -8,6 +8,9 @@ pub const READINESS_GATE: &str = "iggy.rs/replica-ready";
 pub const ROLE_LABEL: &str = "iggy.rs/role";
 /// Epoch, view and lag of the pod's broker, written by the sidecar for the operator.
 pub const REPLICA_STATE_ANNOTATION: &str = "iggy.rs/replica-state";
+/// Set by the operator on the primary's pod before restarting it (value: the pod template
+/// revision the restart moves to): the pod's sidecar asks its broker to step down.
+pub const STEP_DOWN_ANNOTATION: &str = "iggy.rs/step-down";
 /// Hash of what the operator last applied to an object.
 pub const APPLIED_HASH_ANNOTATION: &str = "iggy.rs/applied-hash";
 /// Hash of the broker configuration on the pod template.

@@ -40,11 +40,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [services, configmaps, serviceaccounts]
   verbs: [get, list, watch, create, patch, update, delete]
-# Pods: read for status; patch and pods/status only because the sidecar Role the operator
-# creates grants them, and Kubernetes lets nobody grant what they do not hold.
+# Pods: read for status; patch to ask a primary to step down and delete to restart pods one
+# at a time (rolling restarts: the StatefulSet is OnDelete); pods/status only because the
+# sidecar Role the operator creates grants it, and Kubernetes lets nobody grant what they do
+# not hold.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch, patch, delete]
 - apiGroups: [""]
   resources: [pods/status]
   verbs: [get, patch]

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use iggy_operator::leader::LeaseSettings;
+use iggy_operator::names::READINESS_GATE;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -194,7 +195,7 @@ async fn reconciling_an_unchanged_cluster_writes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spec_edits_update_children_without_restarting_pods() {
+async fn spec_edits_update_children_and_roll_the_pods_one_at_a_time() {
     let (harness, client) = harness().await;
     let operator = Operator::start(&client, None);
     create_cluster(&client, "events", json!({"replicas": 3})).await;
@@ -234,16 +235,49 @@ async fn spec_edits_update_children_without_restarting_pods() {
         .as_str()
         .expect("toml")
         .contains("always"));
-    let cluster = wait_condition(&harness, "events", "Progressing", "RestartPending").await;
+    // The new template reaches the brokers by a rolling restart: one pod at a time, each next
+    // one only once the restarted pod's replica-ready gate is back (this harness's kubelet
+    // sets the gate itself). At no moment are two members missing or unready.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut most_down = 0;
+    let pods_after = loop {
+        let pods = harness.list("", "Pod", Some(NS));
+        let down = 3 - pods
+            .iter()
+            .filter(|p| {
+                p["metadata"]["deletionTimestamp"].is_null()
+                    && p["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == READINESS_GATE && c["status"] == "True")
+                    })
+            })
+            .count();
+        most_down = most_down.max(down);
+        let now = uids(&pods);
+        let replaced = now.iter().filter(|uid| !pods_before.contains(uid)).count();
+        if now.len() == 3 && replaced == 3 && down == 0 {
+            break now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rollout incomplete: {replaced} of 3 pods replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(most_down <= 1, "{most_down} members were down at once");
+    let cluster = wait_condition(&harness, "events", "Progressing", "Stable").await;
     assert_eq!(
         condition(&cluster, "Ready").expect("Ready")["status"],
         "True"
     );
-    assert_eq!(
-        uids(&harness.list("", "Pod", Some(NS))),
-        pods_before,
-        "OnDelete: no pod was restarted"
-    );
+    let events = harness.list("events.k8s.io", "Event", Some(NS));
+    // A repeated reason becomes a series on one Event (kube's recorder).
+    let restarts: u64 = events
+        .iter()
+        .filter(|e| e["reason"] == "RestartingPod")
+        .map(|e| e["series"]["count"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(restarts, 3, "an event for every restart: {events:#?}");
 
     // Scale up is held back until brokers can change membership: a 5-member ring beside the
     // running 3-member one would let two groups form. The cluster stays as it is, Ready, and
@@ -275,7 +309,7 @@ async fn spec_edits_update_children_without_restarting_pods() {
         serde_json::from_str(ring["data"]["ring.json"].as_str().expect("ring.json")).expect("json");
     assert_eq!(ring["epoch"], 1);
     assert_eq!(ring["members"].as_array().expect("members").len(), 3);
-    assert_eq!(uids(&harness.list("", "Pod", Some(NS))), pods_before);
+    assert_eq!(uids(&harness.list("", "Pod", Some(NS))), pods_after);
     let events = harness.list("events.k8s.io", "Event", Some(NS));
     assert!(
         events.iter().any(|e| e["reason"] == "ScalingNotSupported"),

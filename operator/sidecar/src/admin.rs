@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
-use iggy_contract::admin::{AdminError, RING_PATH, STATUS_PATH};
+use iggy_contract::admin::{AdminError, StepDown, RING_PATH, STATUS_PATH, STEP_DOWN_PATH};
 use iggy_contract::{AdminStatus, Ring, RingUpdate};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -75,6 +75,15 @@ impl AdminClient {
         let body = self.call(Method::GET, STATUS_PATH, None).await?;
         serde_json::from_slice(&body).map_err(|source| AdminClientError::Decode {
             path: STATUS_PATH,
+            source,
+        })
+    }
+
+    /// `POST /admin/step-down`: asks a primary to hand its view on.
+    pub async fn step_down(&self) -> Result<StepDown, AdminClientError> {
+        let body = self.call(Method::POST, STEP_DOWN_PATH, None).await?;
+        serde_json::from_slice(&body).map_err(|source| AdminClientError::Decode {
+            path: STEP_DOWN_PATH,
             source,
         })
     }

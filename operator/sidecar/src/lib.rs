@@ -78,6 +78,54 @@ pub async fn observe(admin: &AdminClient) -> (Readiness, Membership) {
     (readiness, membership)
 }
 
+/// How long a primary that was asked to step down and still is may go before it is asked
+/// again (a view change lost to a crash or a partition).
+const STEP_DOWN_RETRY: Duration = Duration::from_secs(5);
+
+/// The operator's step-down requests (the pod's `iggy.rs/step-down` annotation) passed on to
+/// the broker: once per request while the broker is primary, again after
+/// [`STEP_DOWN_RETRY`] if it still is.
+#[derive(Default)]
+struct StepDownRequests {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl StepDownRequests {
+    async fn serve(
+        &mut self,
+        settings: &SidecarSettings,
+        requested: Option<&str>,
+        role: Option<&'static str>,
+    ) {
+        let Some(request) = requested else {
+            self.last = None;
+            return;
+        };
+        if role != Some(iggy_contract::Role::Primary.label()) {
+            return;
+        }
+        let asked_recently = self
+            .last
+            .as_ref()
+            .is_some_and(|(last, at)| last == request && at.elapsed() < STEP_DOWN_RETRY);
+        if asked_recently {
+            return;
+        }
+        self.last = Some((request.to_string(), std::time::Instant::now()));
+        match settings.admin.step_down().await {
+            Ok(answer) => tracing::info!(
+                pod = %settings.pod,
+                view = answer.view,
+                request,
+                "asked the broker to step down for a restart"
+            ),
+            Err(error) => {
+                tracing::warn!(pod = %settings.pod, %error, "the broker did not step down")
+            }
+        }
+    }
+}
+
 /// Asks and reports every `interval` until `shutdown`; API errors are logged and retried.
 pub async fn run(
     client: Client,
@@ -88,6 +136,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     // The state last reported (ready, reason); the message may change every check.
     let mut last: Option<(bool, &'static str, Option<&'static str>)> = None;
+    let mut step_down = StepDownRequests::default();
     loop {
         let (readiness, membership) = observe(&settings.admin).await;
         // A transition of the broker's state is a span of its own (exported as a trace when
@@ -130,6 +179,15 @@ pub async fn run(
                 }
             }
             Err(error) => tracing::warn!(%error, "could not report the broker's state; retrying"),
+        }
+        if let Ok(written) = &written {
+            step_down
+                .serve(
+                    &settings,
+                    written.step_down_requested.as_deref(),
+                    membership.role,
+                )
+                .await;
         }
         if written.is_ok() {
             last = Some(state);

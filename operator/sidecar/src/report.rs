@@ -5,7 +5,9 @@
 //! (which `<cluster>-primary` selects on and the operator copies into `status.ring`) and the
 //! `iggy.rs/replica-state` annotation (epoch, view, role, caught up).
 
-use iggy_contract::labels::{READINESS_GATE, REPLICA_STATE_ANNOTATION, ROLE_LABEL};
+use iggy_contract::labels::{
+    READINESS_GATE, REPLICA_STATE_ANNOTATION, ROLE_LABEL, STEP_DOWN_ANNOTATION,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::api::{Patch, PatchParams};
@@ -32,11 +34,14 @@ pub struct Membership {
     pub state: Option<String>,
 }
 
-/// What was written by one [`report`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What was written by one [`report`], and what the pod asks of its broker.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Written {
     pub gate: bool,
     pub membership: bool,
+    /// The pod's `iggy.rs/step-down` annotation: the operator wants this broker to hand its
+    /// view on before it restarts the pod.
+    pub step_down_requested: Option<String>,
 }
 
 /// Why the gate is what it is, for the condition's reason and message.
@@ -65,6 +70,7 @@ pub async fn report(
     Ok(Written {
         gate: write_gate(pods, &pod, readiness).await?,
         membership: write_membership(pods, &pod, membership).await?,
+        step_down_requested: pod.annotations().get(STEP_DOWN_ANNOTATION).cloned(),
     })
 }
 

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod bucket;
 pub mod build;
 pub mod dereference;
+pub mod rollout;
 pub mod root_secret;
 pub mod status;
 pub mod validate;
@@ -47,6 +48,8 @@ pub enum ReconcileError {
     Cleanup(String),
     #[error(transparent)]
     RootSecret(#[from] root_secret::RootSecretError),
+    #[error("rolling restart: {0}")]
+    Rollout(kube::Error),
 }
 
 impl ReconcileError {
@@ -60,12 +63,16 @@ impl ReconcileError {
             ReconcileError::Finalizer(_) => "finalizer",
             ReconcileError::Cleanup(_) => "cleanup",
             ReconcileError::RootSecret(_) => "root_secret",
+            ReconcileError::Rollout(_) => "rollout",
         }
     }
 }
 
 /// How often a healthy cluster is looked at again even without a change (safety net).
 const RESYNC: Duration = Duration::from_secs(300);
+/// How often a rolling restart is looked at while it runs: pod changes trigger reconciles by
+/// themselves, this covers the step-down grace period, which no pod change marks.
+const ROLLOUT_RECHECK: Duration = Duration::from_secs(5);
 /// How soon a cluster waiting on something outside its spec (a Secret) is looked at again.
 const RECHECK: Duration = Duration::from_secs(15);
 
@@ -263,6 +270,13 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
     let stamp = now();
     let mut new_status = status::compute(cluster, &Outcome::Applied(&validated), &observed, &stamp);
     let mut requeue = RESYNC;
+    if validated.held_scaling.is_none() {
+        let step = rollout::plan(&observed, validated.ring.members.len(), Timestamp::now());
+        if step != rollout::Step::Idle {
+            requeue = ROLLOUT_RECHECK;
+        }
+        roll(ctx, cluster, &names, &step, &stamp).await?;
+    }
     match &validated.tiering {
         None => new_status.bucket = None,
         Some(tiering) => {
@@ -317,6 +331,59 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
         .await
         .map_err(ReconcileError::Status)?;
     Ok(Action::requeue(requeue))
+}
+
+/// Carries out one step of a rolling restart and says so in an Event.
+async fn roll(
+    ctx: &Context,
+    cluster: &IggyCluster,
+    names: &ClusterNames,
+    step: &rollout::Step,
+    stamp: &str,
+) -> Result<(), ReconcileError> {
+    let (kind, reason, note) = match step {
+        rollout::Step::Idle | rollout::Step::Waiting { .. } => return Ok(()),
+        rollout::Step::StepDown { pod, revision, .. } => (
+            EventType::Normal,
+            "PrimaryStepDown",
+            format!(
+                "asked the primary {pod} to step down before restarting it on revision {revision}"
+            ),
+        ),
+        rollout::Step::Restart {
+            pod,
+            role,
+            forced: true,
+            ..
+        } => (
+            EventType::Warning,
+            "PrimaryRestarted",
+            format!(
+                "restarting {pod} ({role}): it did not step down within {:?}",
+                rollout::STEP_DOWN_GRACE
+            ),
+        ),
+        rollout::Step::Restart {
+            pod,
+            role,
+            outdated,
+            total,
+            ..
+        } => (
+            EventType::Normal,
+            "RestartingPod",
+            format!(
+                "restarting {pod} ({role}) on the current template; {} of {total} brokers run it",
+                total - outdated
+            ),
+        ),
+    };
+    rollout::execute(&ctx.client, &names.namespace, step, stamp)
+        .await
+        .map_err(ReconcileError::Rollout)?;
+    tracing::info!(cluster = %names.cluster, namespace = %names.namespace, reason, %note, "rolling restart");
+    publish(ctx, cluster, kind, reason, note).await;
+    Ok(())
 }
 
 /// A cluster being deleted: with `deletionPolicy: Delete`, remove its S3 data, then release

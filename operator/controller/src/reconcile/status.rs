@@ -42,7 +42,7 @@ pub enum Outcome<'a> {
     Applied(&'a ValidatedCluster),
 }
 
-fn pod_condition(pod: &Pod, kind: &str) -> bool {
+pub(super) fn pod_condition(pod: &Pod, kind: &str) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -284,7 +284,14 @@ pub fn compute(
                 };
                 (true, reason, ready_message.clone())
             } else if outdated > 0 {
-                (true, "RestartPending", format!("{outdated} broker(s) run an older pod template; each picks up the change when it restarts"))
+                let at = now
+                    .parse()
+                    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+                let step = super::rollout::plan(observed, wanted as usize, at);
+                let message = step.describe().unwrap_or_else(|| {
+                    format!("rolling restart: {outdated} broker(s) run an older pod template")
+                });
+                (true, "RollingRestart", message)
             } else {
                 (
                     false,
@@ -519,7 +526,7 @@ mod tests {
     }
 
     #[test]
-    fn outdated_pods_show_as_restart_pending() {
+    fn outdated_pods_show_a_rolling_restart() {
         let iggy = cluster(json!({"replicas": 1}));
         let valid = validated(json!({"replicas": 1}));
         let observed = Observed {
@@ -529,6 +536,6 @@ mod tests {
         };
         let status = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
         assert_eq!(find(&status, "Ready").status, "True");
-        assert_eq!(find(&status, "Progressing").reason, "RestartPending");
+        assert_eq!(find(&status, "Progressing").reason, "RollingRestart");
     }
 }
