@@ -635,6 +635,225 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
     }
 }
 
+/// Every payload of `orders/created` on the broker at `address`, in log order.
+async fn read_every_order(address: &str, credentials: &(String, String)) -> Vec<String> {
+    let client = sdk_client_at(address, credentials).await;
+    let (stream, topic) = (
+        Identifier::named("orders").expect("name"),
+        Identifier::named("created").expect("name"),
+    );
+    let mut payloads = Vec::new();
+    loop {
+        let polled = client
+            .poll_messages(
+                &stream,
+                &topic,
+                Some(0),
+                &Consumer::new(Identifier::numeric(1).expect("id")),
+                &PollingStrategy::offset(payloads.len() as u64),
+                1000,
+                false,
+            )
+            .await
+            .expect("poll a member");
+        if polled.messages.is_empty() {
+            return payloads;
+        }
+        payloads.extend(
+            polled
+                .messages
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
+        );
+    }
+}
+
+/// Sends batches of ten through the client Service until stopped, each attempt with fresh
+/// payloads (an attempt that failed may still have been committed); returns what was
+/// acknowledged. A failed send reconnects: the member it went through may be restarting.
+fn produce_through_the_service(
+    address: String,
+    credentials: (String, String),
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    tokio::spawn(async move {
+        let mut acked = Vec::new();
+        let mut next = 0usize;
+        let mut client: Option<IggyClient> = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && next < 200_000 {
+            let current = match client.take() {
+                Some(client) => client,
+                None => match try_client(&address, &credentials).await {
+                    Ok(client) => client,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let from = next;
+            next += 10;
+            match send(&current, from, 10).await {
+                Ok(()) => {
+                    acked.extend((from..from + 10).map(|i| format!("order-{i}")));
+                    client = Some(current);
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        acked
+    })
+}
+
+async fn try_client(
+    address: &str,
+    (username, password): &(String, String),
+) -> Result<IggyClient, IggyError> {
+    let client = IggyClient::builder()
+        .with_tcp()
+        .with_server_address(address.to_string())
+        .build()?;
+    client.connect().await?;
+    client.login_user(username, password).await?;
+    Ok(client)
+}
+
+/// A config edit changes the pod template; the operator rolls it out with the real brokers
+/// and sidecars: one pod at a time, each next one after the restarted broker caught up (its
+/// sidecar's replica-ready gate), the primary last after its sidecar had it step down — while
+/// a producer keeps sending through the client Service, losing no acknowledged message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
+    let dev = DevCluster::start().await;
+    dev.apply_sample_file("three-local-nvme.yaml");
+    dev.wait_ready("events").await;
+    let credentials = dev.root_credentials("events-root").await;
+    let client = dev.sdk_client_with("events", &credentials).await;
+    create_orders(&client).await;
+    drop(client);
+    let service = dev
+        .harness
+        .get("", "Service", NS, "events")
+        .expect("client Service");
+    let address = format!(
+        "{}:8090",
+        service["spec"]["clusterIP"].as_str().expect("ClusterIP")
+    );
+    let uid = |harness: &Harness, pod: &str| {
+        harness
+            .get("", "Pod", NS, pod)
+            .and_then(|p| p["metadata"]["uid"].as_str().map(String::from))
+    };
+    let pods: Vec<String> = (0..3).map(|i| format!("events-{i}")).collect();
+    let before: Vec<Option<String>> = pods.iter().map(|p| uid(&dev.harness, p)).collect();
+    // Hand the primary's view on first, so that "primary last" is not also "lowest ordinal
+    // last": view 1 belongs to events-1.
+    let first = primary(&dev, "events").await;
+    let (code, body) = kube_harness::http_post(&format!(
+        "http://{}:3000/admin/step-down",
+        dev.pod_ip(&first)
+    ))
+    .await
+    .expect("step-down answers");
+    assert_eq!(code, 202, "{body}");
+    dev.wait("events-1 primary", Duration::from_secs(30), |h| {
+        ring_primary(h, "events-1")
+    })
+    .await;
+    let primary_before = primary(&dev, "events").await;
+    assert_eq!(primary_before, "events-1");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = produce_through_the_service(address, credentials.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    patch_spec(
+        &dev.client,
+        "events",
+        json!({"config": {"storage.fsync": "always", "tcp.max_connections": "5000"}}),
+    )
+    .await;
+
+    // The order pods are replaced in, seen by polling their uids.
+    let started = Instant::now();
+    let mut order: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while order.len() < 3 {
+        for (pod, old) in pods.iter().zip(&before) {
+            if !order.contains(pod) && uid(&dev.harness, pod).as_ref() != old.as_ref() {
+                order.push(pod.clone());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "rollout stalled after {order:?}; pods:{}",
+            dev.pods_report()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cluster = dev
+        .wait(
+            "the rollout to finish",
+            Duration::from_secs(60),
+            |harness| {
+                let cluster = cluster_value(harness, "events")?;
+                let progressing = condition(&cluster, "Progressing").ok_or("no Progressing")?;
+                let ready = condition(&cluster, "Ready").ok_or("no Ready")?;
+                (progressing["reason"] == "Stable" && ready["status"] == "True")
+                    .then_some(cluster.clone())
+                    .ok_or(format!("Progressing = {progressing}"))
+            },
+        )
+        .await;
+    let rolled_in = started.elapsed();
+    assert_eq!(
+        order.last(),
+        Some(&primary_before),
+        "the primary restarts last: {order:?}"
+    );
+    let events = dev.harness.list("events.k8s.io", "Event", Some(NS));
+    assert!(
+        events.iter().any(|e| e["reason"] == "PrimaryStepDown"),
+        "the primary was asked to step down"
+    );
+    assert!(
+        !events.iter().any(|e| e["reason"] == "PrimaryRestarted"),
+        "it stepped down within the grace period"
+    );
+    assert_ne!(cluster["status"]["ring"]["primary"], json!(primary_before));
+
+    // Sends go on through the new primary; then every member holds every acknowledged
+    // message, each once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = producer.await.expect("producer");
+    assert!(acked.len() >= 100, "only {} acknowledged", acked.len());
+    for pod in &pods {
+        let ip = dev.pod_ip(pod);
+        let member = format!("{ip}:8090");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let stored = read_every_order(&member, &credentials).await;
+            let set: std::collections::BTreeSet<&String> = stored.iter().collect();
+            assert_eq!(set.len(), stored.len(), "{pod} holds a message twice");
+            let missing = acked.iter().filter(|m| !set.contains(m)).count();
+            if missing == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod} lacks {missing} of {} acknowledged messages",
+                acked.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    println!(
+        "rolling restart: {order:?} in {} ms, {} messages acknowledged meanwhile",
+        rolled_in.as_millis(),
+        acked.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_runs_as_a_pod_of_its_install_yaml_and_reconciles_a_sample() {
     let dev = DevCluster::bare().await;

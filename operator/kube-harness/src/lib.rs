@@ -368,6 +368,15 @@ async fn run_controllers(shared: Arc<Shared>, options: ControllerOptions) {
 /// A plain HTTP/1.1 GET of `http://host:port/path` for tests and tools reading the harness's
 /// API (e.g. `pods/<name>/log`) or a pod's port: (status, body).
 pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    http_request("GET", url).await
+}
+
+/// Like [`http_get`], a POST without a body.
+pub async fn http_post(url: &str) -> std::io::Result<(u16, String)> {
+    http_request("POST", url).await
+}
+
+async fn http_request(method: &str, url: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an http:// URL");
     let rest = url.strip_prefix("http://").ok_or_else(invalid)?;
@@ -375,7 +384,9 @@ pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     let path = if path.is_empty() { "/" } else { path };
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(host).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await?;
