@@ -389,6 +389,12 @@ pub struct RingMemberStatus {
     /// Stable member id; never reused for another disk.
     pub id: iggy_contract::MemberId,
     pub pod: String,
+    /// The member's PersistentVolumeClaim (its data), named by position.
+    #[serde(default)]
+    pub pvc: String,
+    /// The PersistentVolume bound to that claim, once bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pv: Option<String>,
     /// Stable DNS address used for replication.
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -84,6 +84,12 @@ impl ClusterNames {
         format!("{}-{position}", self.cluster)
     }
 
+    /// The member's PersistentVolumeClaim, as the StatefulSet names it from its claim template
+    /// (`data`) and the pod.
+    pub fn claim(&self, position: Position) -> String {
+        format!("data-{}", self.pod(position))
+    }
+
     /// Stable replication address of a member: the pod's DNS name under the headless Service.
     pub fn member_address(&self, position: Position) -> String {
         self.member_endpoint(position, REPLICATION_PORT)

@@ -534,12 +534,23 @@ async fn send(client: &IggyClient, from: usize, count: usize) -> Result<(), Iggy
 async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
     let dev = DevCluster::start().await;
     dev.apply_sample_file("three-local-nvme.yaml");
-    dev.wait_ready("events").await;
+    let cluster = dev.wait_ready("events").await;
     let credentials = dev.root_credentials("events-root").await;
     assert_eq!(
         credentials.0, "admin",
         "the sample's own Secret, not a generated one"
     );
+    // Each member's disk is the local volume of its position (pre-bound by claimRef, not
+    // taken in scheduling order), and the status names its claim and volume.
+    for (position, member) in cluster["status"]["ring"]["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(member["pvc"], format!("data-events-{position}"));
+        assert_eq!(member["pv"], format!("iggy-{NS}-events-{position}"));
+    }
 
     // Writes through the Service land on whichever member the proxy picks; every member
     // ends up with the same log, because the three brokers are one VSR cluster.

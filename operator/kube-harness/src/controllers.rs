@@ -49,6 +49,16 @@ fn match_labels(selector: &Value, object: &Value) -> bool {
     })
 }
 
+/// Whether a static PV may bind `claim`: unclaimed, or pre-bound to exactly that claim
+/// (`claimRef` naming it, no uid yet), as the PV controller allows.
+fn free_for(pv: &Value, namespace: &str, claim: &str) -> bool {
+    let reference = &pv["spec"]["claimRef"];
+    reference.is_null()
+        || (reference["name"] == claim
+            && reference["namespace"] == namespace
+            && reference["uid"].is_null())
+}
+
 /// FNV-1a: a stable revision hash of a pod template, like controller-revision-hash.
 fn revision_hash(template: &Value) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -473,7 +483,7 @@ fn schedule(store: &mut Store) -> Result<bool, ApiError> {
                     .iter()
                     .filter(|pv| text(pv, "/spec/storageClassName") == class_name)
                     .filter(|pv| {
-                        pv["spec"]["claimRef"].is_null()
+                        free_for(pv, &namespace, claim_name)
                             && !used.contains(&text(pv, "/metadata/name"))
                     })
                     .filter(|pv| fits(pv, &claim))
@@ -534,7 +544,7 @@ fn schedule(store: &mut Store) -> Result<bool, ApiError> {
                     let pvs = store.list(&pv_type, None);
                     let Some(pv) = pvs.iter().find(|pv| {
                         text(pv, "/spec/storageClassName") == class_name
-                            && pv["spec"]["claimRef"].is_null()
+                            && free_for(pv, &namespace, &claim_name)
                             && pv_node(pv) == Some(node.as_str())
                             && fits(pv, &claim)
                     }) else {
@@ -940,5 +950,39 @@ mod tests {
             store.get(&pv_type, "", "disk-1").expect("pv")["spec"]["claimRef"]["name"],
             "data-web-0"
         );
+    }
+
+    #[test]
+    fn a_pre_bound_pv_goes_to_its_claim_only() {
+        let mut store = Store::new();
+        nodes(&mut store, 2);
+        let class_type = store
+            .type_by_kind("storage.k8s.io", "StorageClass")
+            .expect("built in");
+        store.create(&class_type, "", json!({"metadata": {"name": "local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer"}), "t").expect("class");
+        let pv_type = store
+            .type_by_kind("", "PersistentVolume")
+            .expect("built in");
+        // Crosswise: node-0's disk is member 1's, node-1's is member 0's.
+        for (disk, node, claim) in [
+            ("disk-a", "node-0", "data-web-1"),
+            ("disk-b", "node-1", "data-web-0"),
+        ] {
+            store.create(&pv_type, "", json!({"metadata": {"name": disk}, "spec": {"capacity": {"storage": "10Gi"}, "storageClassName": "local", "local": {"path": "/mnt/nvme0"}, "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": claim}, "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}}), "t").expect("pv");
+        }
+        let mut set = sts(2);
+        set["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = json!("local");
+        let sts_type = store.type_by_kind("apps", "StatefulSet").expect("built in");
+        store.create(&sts_type, "default", set, "t").expect("sts");
+        settle(&mut store, &ControllerOptions::default());
+        let pod_type = store.type_by_kind("", "Pod").expect("built in");
+        let node_of = |pod: &str| {
+            store.get(&pod_type, "default", pod).expect("pod")["spec"]["nodeName"].clone()
+        };
+        assert_eq!(node_of("web-0"), "node-1");
+        assert_eq!(node_of("web-1"), "node-0");
+        let claim = store.get(&pv_type, "", "disk-b").expect("pv")["spec"]["claimRef"].clone();
+        assert_eq!(claim["name"], "data-web-0");
+        assert!(claim["uid"].is_string(), "bound now: {claim}");
     }
 }

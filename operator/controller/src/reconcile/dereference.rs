@@ -6,9 +6,10 @@ use crate::crd::IggyCluster;
 use crate::names::ClusterNames;
 use crate::s3::{BucketProblem, S3Credentials, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 use iggy_contract::Ring;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Secret};
+use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dereferenced {
@@ -19,6 +20,9 @@ pub struct Dereferenced {
     /// Tiered-storage credentials from their Secret, or why they could not be read; None when
     /// tiering is not configured.
     pub s3_credentials: Option<Result<S3Credentials, BucketProblem>>,
+    /// The claim each of the cluster's local PVs is bound or pre-bound to (`spec.claimRef`),
+    /// by PV name; only with local volumes.
+    pub volume_claims: BTreeMap<String, String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,8 @@ pub enum DereferenceError {
     Secret { name: String, source: kube::Error },
     #[error("reading ring ConfigMap {name}: {source}")]
     Ring { name: String, source: kube::Error },
+    #[error("listing the cluster's local PersistentVolumes: {0}")]
+    Volumes(kube::Error),
     #[error("ring ConfigMap {name} holds no valid ring.json: {source}")]
     RingCorrupt {
         name: String,
@@ -101,10 +107,31 @@ pub async fn dereference(
                 }
             })?),
         };
+    let volume_claims = if cluster.spec.storage.local_volumes.is_empty() {
+        BTreeMap::new()
+    } else {
+        let volumes: Api<PersistentVolume> = Api::all(client.clone());
+        let selector = format!(
+            "{},iggy.rs/namespace={namespace}",
+            names.children_selector()
+        );
+        volumes
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(DereferenceError::Volumes)?
+            .items
+            .into_iter()
+            .filter_map(|pv| {
+                let claim = pv.spec.as_ref()?.claim_ref.as_ref()?.name.clone()?;
+                Some((pv.name_any(), claim))
+            })
+            .collect()
+    };
     Ok(Dereferenced {
         root_secret_keys,
         current_ring,
         s3_credentials,
+        volume_claims,
     })
 }
 

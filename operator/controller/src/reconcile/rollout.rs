@@ -319,6 +319,7 @@ mod tests {
             statefulset: Some(set()),
             pods,
             collector: None,
+            claims: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@ use super::validate::{ValidatedCluster, ValidationError};
 use crate::crd::{Condition, IggyCluster, IggyClusterStatus, RingMemberStatus, RingStatus};
 use crate::names::{ClusterNames, READINESS_GATE, ROLE_LABEL};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -15,6 +15,8 @@ use serde_json::json;
 pub struct Observed {
     pub statefulset: Option<StatefulSet>,
     pub pods: Vec<Pod>,
+    /// The brokers' PersistentVolumeClaims (for `status.ring.members[].pv`).
+    pub claims: Vec<PersistentVolumeClaim>,
     /// The operator-deployed OpenTelemetry Collector, when there is one.
     pub collector: Option<Deployment>,
 }
@@ -24,12 +26,12 @@ pub async fn observe(client: &Client, names: &ClusterNames) -> Result<Observed, 
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &names.namespace);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &names.namespace);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &names.namespace);
+    let brokers = ListParams::default().labels(&names.selector_string());
     Ok(Observed {
         statefulset: sets.get_opt(&names.statefulset()).await?,
-        pods: pods
-            .list(&ListParams::default().labels(&names.selector_string()))
-            .await?
-            .items,
+        pods: pods.list(&brokers).await?.items,
+        claims: claims.list(&brokers).await?.items,
         collector: deployments.get_opt(&names.collector()).await?,
     })
 }
@@ -165,9 +167,17 @@ pub fn compute(
             .map(|member| {
                 let pod_name = names.pod(member.position);
                 let found = pod(&pod_name);
+                let pvc = names.claim(member.position);
+                let pv = observed
+                    .claims
+                    .iter()
+                    .find(|claim| claim.name_any() == pvc)
+                    .and_then(|claim| claim.spec.as_ref()?.volume_name.clone());
                 RingMemberStatus {
                     position: member.position,
                     id: member.id,
+                    pvc,
+                    pv,
                     address: member.address.clone(),
                     node: found.and_then(|p| p.spec.as_ref()?.node_name.clone()),
                     role: found.and_then(|p| p.labels().get(ROLE_LABEL).cloned()),
@@ -473,6 +483,11 @@ mod tests {
                 pod("events-1", true, true, Some("backup")),
             ],
             collector: None,
+            claims: vec![serde_json::from_value(json!({
+                "metadata": {"name": "data-events-1"},
+                "spec": {"volumeName": "iggy-prod-events-1"},
+            }))
+            .expect("claim")],
         };
         let status = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
         assert_eq!(find(&status, "Ready").status, "True");
@@ -482,6 +497,9 @@ mod tests {
         assert_eq!(ring.primary.as_deref(), Some("events-0"));
         assert_eq!(ring.members[1].node.as_deref(), Some("node-events-1"));
         assert!(ring.members.iter().all(|m| m.caught_up));
+        assert_eq!(ring.members[0].pvc, "data-events-0");
+        assert_eq!(ring.members[0].pv, None, "not bound yet");
+        assert_eq!(ring.members[1].pv.as_deref(), Some("iggy-prod-events-1"));
         assert_eq!(status.ready_replicas, 2);
     }
 
@@ -496,6 +514,7 @@ mod tests {
                 pod("events-1", true, true, None),
             ],
             collector: None,
+            claims: Vec::new(),
         };
         let first = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
         assert_eq!(find(&first, "Ready").status, "False");
@@ -533,6 +552,7 @@ mod tests {
             statefulset: Some(sts(2, 2, 1, 0)),
             pods: vec![pod("events-0", true, true, None)],
             collector: None,
+            claims: Vec::new(),
         };
         let status = compute(&iggy, &Outcome::Applied(&valid), &observed, "t0");
         assert_eq!(find(&status, "Ready").status, "True");

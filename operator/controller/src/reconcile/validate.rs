@@ -30,6 +30,8 @@ pub struct ValidatedCluster {
     /// cluster default (None).
     pub storage_class: Option<String>,
     pub local_volumes: Vec<LocalVolume>,
+    /// The claim each existing local PV is bound or pre-bound to (see `build::storage`).
+    pub volume_claims: std::collections::BTreeMap<String, String>,
     pub broker_toml: String,
     pub config_hash: String,
     /// Where the root credentials are: the user's Secret, or the one the operator generates.
@@ -286,6 +288,7 @@ pub fn validate(
         storage_size: spec.storage.size.clone(),
         storage_class,
         local_volumes,
+        volume_claims: refs.volume_claims.clone(),
         broker_toml,
         generated_root_secret: spec.auth.is_none(),
         held_scaling,
