@@ -10,13 +10,14 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 36] = [
+    pub const EXPECTED: [&'static str; 37] = [
         "abdications",
         "cached_replies",
         "checkpoint_read_faults",
         "checkpoints",
         "client_retries",
         "converged_runs",
+        "converged_with_standbys",
         "crashes",
         "damaged_votes",
         "deaf_replicas",

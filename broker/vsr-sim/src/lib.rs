@@ -33,13 +33,15 @@ pub enum World {
     CloggedPaths,
     /// 6: adds a damaged replica in two-replica clusters.
     DamagedPairs,
-    /// 7: adds primaries asked to step down (a rolling restart's hand-over; the current menu).
+    /// 7: adds primaries asked to step down (a rolling restart's hand-over).
     StepDowns,
+    /// 8: adds non-voting standbys (the current menu).
+    Standbys,
 }
 
 impl World {
-    pub const CURRENT: World = World::StepDowns;
-    pub const ALL: [World; 7] = [
+    pub const CURRENT: World = World::Standbys;
+    pub const ALL: [World; 8] = [
         World::Baseline,
         World::DeafReplicas,
         World::RottingCheckpoints,
@@ -47,6 +49,7 @@ impl World {
         World::CloggedPaths,
         World::DamagedPairs,
         World::StepDowns,
+        World::Standbys,
     ];
 
     /// The number the world was introduced as.
@@ -64,6 +67,7 @@ impl World {
             World::CloggedPaths => "clogged-paths",
             World::DamagedPairs => "damaged-pairs",
             World::StepDowns => "step-downs",
+            World::Standbys => "standbys",
         }
     }
 
@@ -114,6 +118,9 @@ pub fn run_seed_with<S: SimMachine>(seed: u64, world: World, verbose: bool) -> O
     if !world.has(World::StepDowns) {
         params.step_down_ppm = 0;
     }
+    if !world.has(World::Standbys) {
+        params.standbys = 0;
+    }
     let run = {
         let params = params.clone();
         std::panic::catch_unwind(move || Simulation::<S>::with_machine(seed, params, verbose).run())
@@ -146,7 +153,7 @@ mod tests {
             assert_eq!(World::parse(&world.number().to_string()), Some(world));
             assert_eq!(World::parse(world.name()), Some(world));
         }
-        assert_eq!(World::parse("8"), None);
+        assert_eq!(World::parse("9"), None);
         assert!(World::CloggedPaths.has(World::DeafReplicas));
         assert!(!World::DeafReplicas.has(World::CloggedPaths));
         assert_eq!(World::CURRENT, *World::ALL.last().expect("worlds"));

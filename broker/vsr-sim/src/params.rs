@@ -63,12 +63,20 @@ pub struct Params {
     /// Per tick: chance (ppm) that the primary is asked to step down (a rolling restart's
     /// hand-over), drawn from its own generator.
     pub step_down_ppm: u64,
+    /// World 8: non-voting standbys after the members (0–2), which crash and restart like
+    /// members (from their own generator) and must end caught up like them.
+    pub standbys: u8,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
 }
 
 impl Params {
+    /// Members and standbys: every replica the simulation runs.
+    pub fn nodes(&self) -> u8 {
+        self.replicas + self.standbys
+    }
+
     pub fn wal_slots(&self) -> u64 {
         2 * self.checkpoint_interval
     }
@@ -130,6 +138,11 @@ impl Params {
             } else {
                 0
             },
+            standbys: if rng.chance(500_000) {
+                rng.between(1, 3) as u8
+            } else {
+                0
+            },
         }
     }
 
@@ -165,6 +178,7 @@ impl Params {
             clog_ticks_mean: 0,
             damage_at_two: false,
             step_down_ppm: 0,
+            standbys: 0,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

@@ -119,6 +119,66 @@ fn a_primary_asked_to_step_down_hands_its_view_to_the_next_replica() {
     }
 }
 
+fn with_standbys(route: Route) -> Simulation {
+    let mut params = Params::calm(3, route);
+    params.standbys = 2;
+    Simulation::new(7, params, false)
+}
+
+/// Standbys acknowledge every prepare but are never counted: with two of three members down,
+/// the primary and two acknowledging standbys commit nothing; with the members back, the
+/// standbys end holding everything committed.
+#[test]
+fn a_standbys_acknowledgements_never_make_a_quorum() {
+    for route in ROUTES {
+        let mut sim = with_standbys(route);
+        sim.run_for(300).unwrap();
+        for r in [1, 2] {
+            sim.crash(r).unwrap();
+        }
+        // Acknowledgements the two sent before they crashed may still arrive.
+        sim.run_for(100).unwrap();
+        let before = sim.committed();
+        assert!(before > 0);
+        sim.run_for(2_000).unwrap();
+        assert_eq!(sim.committed(), before, "{route:?}: standbys made a quorum");
+        let primary = sim.replica(0).unwrap();
+        assert!(
+            primary.log_tail() > before || !primary.is_primary(),
+            "{route:?}: the primary prepared more (or gave up its view) and could not commit"
+        );
+        sim.restart_all().unwrap();
+        sim.run_until_answered(30_000).unwrap();
+        sim.run_for(300).unwrap();
+        for standby in [3, 4] {
+            let replica = sim.replica(standby).unwrap();
+            assert!(replica.is_standby());
+            assert_eq!(
+                replica.commit_min(),
+                sim.committed(),
+                "{route:?}: standby {standby}"
+            );
+        }
+    }
+}
+
+/// A standby follows the members into a new view and never leads or votes in one.
+#[test]
+fn standbys_follow_a_view_change_without_voting() {
+    let mut sim = with_standbys(Route::Ring);
+    sim.run_for(300).unwrap();
+    sim.crash(0).unwrap();
+    sim.run_until_answered(30_000).unwrap();
+    sim.run_for(300).unwrap();
+    assert!(sim.replica(1).unwrap().is_primary());
+    for standby in [3, 4] {
+        let replica = sim.replica(standby).unwrap();
+        assert!(!replica.is_primary());
+        assert_eq!(replica.view(), 1, "standby {standby} follows view 1");
+        assert_eq!(replica.commit_min(), sim.committed());
+    }
+}
+
 #[test]
 fn a_full_cluster_power_loss_keeps_every_committed_op() {
     let mut sim = calm(3, Route::Star);

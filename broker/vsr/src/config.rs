@@ -11,6 +11,10 @@ pub struct Config {
     pub group: u32,
     pub epoch: Epoch,
     pub replica_count: u8,
+    /// Non-voting replicas after the members: ids `replica_count..replica_count +
+    /// standby_count`. They receive prepares and commits and acknowledge them, but are never
+    /// counted in a quorum, never vote and never lead; a joining member catches up as one.
+    pub standby_count: u8,
     pub replica: ReplicaId,
     pub route: Route,
     /// Most uncommitted prepares the primary keeps in flight.
@@ -53,6 +57,7 @@ impl Config {
             group: 1,
             epoch: 0,
             replica_count,
+            standby_count: 0,
             replica,
             route,
             pipeline_max: 4,

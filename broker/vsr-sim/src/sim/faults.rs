@@ -54,6 +54,17 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
                 self.restart(r)?;
             }
         }
+        // Standbys crash and restart too, drawn from their own generator so that seeds
+        // without standbys replay as before.
+        for r in n..self.params.nodes() {
+            if self.replicas[r as usize].is_some() {
+                if self.standby_rng.chance(self.params.crash_ppm) {
+                    self.crash(r)?;
+                }
+            } else if self.standby_rng.chance(self.params.restart_ppm) {
+                self.restart(r)?;
+            }
+        }
         Ok(())
     }
 
@@ -247,7 +258,7 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
 
     /// Restarts every crashed replica (scenario tests).
     pub fn restart_all(&mut self) -> Result<(), Violation> {
-        for r in 0..self.params.replicas {
+        for r in 0..self.params.nodes() {
             if self.replicas[r as usize].is_none() {
                 self.restart(r)?;
             }

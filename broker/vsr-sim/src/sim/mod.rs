@@ -47,6 +47,8 @@ pub struct Simulation<S: SimMachine = ModelBroker> {
     clog_rng: Rng,
     /// Only for operator step-downs (see `inject_step_downs`), for the same reason.
     step_down_rng: Rng,
+    /// Only for standbys' crashes and restarts, for the same reason.
+    standby_rng: Rng,
     tick: u64,
     replicas: Vec<Option<Replica<S>>>,
     world: S::World,
@@ -78,7 +80,7 @@ impl<S: SimMachine> Simulation<S> {
     pub fn with_machine(seed: u64, params: Params, verbose: bool) -> Self {
         let mut rng = Rng::new(seed);
         let world = S::world(seed);
-        let mut opened: Vec<Replica<S>> = (0..params.replicas)
+        let mut opened: Vec<Replica<S>> = (0..params.nodes())
             .map(|r| Self::open_replica(&world, seed, &params, r, DiskImage::default()))
             .collect();
         let initial_outputs: Vec<(u8, Vec<Output>)> = opened
@@ -103,9 +105,9 @@ impl<S: SimMachine> Simulation<S> {
         let root = Prepare::root(CLUSTER, 1, 0).checksum();
         let mut sim = Self {
             seed,
-            checker: Checker::new(params.replicas, root, S::reference(&world)),
+            checker: Checker::new(params.nodes(), root, S::reference(&world)),
             world,
-            disks: (0..params.replicas)
+            disks: (0..params.nodes())
                 .map(|_| Disk::new(params.wal_slots()))
                 .collect(),
             network: Network {
@@ -122,6 +124,7 @@ impl<S: SimMachine> Simulation<S> {
             deaf_rng: Rng::new(seed ^ 0xDEAF_0000_0000_DEAF),
             clog_rng: Rng::new(seed ^ 0xC10C_0000_0000_C10C),
             step_down_rng: Rng::new(seed ^ 0x57E9_0000_0000_D0E1),
+            standby_rng: Rng::new(seed ^ 0x57A9_DB70_0000_0001),
             tick: 0,
             coverage: Coverage::default(),
             trace: xxhash_rust::xxh3::Xxh3::new(),
@@ -168,6 +171,7 @@ impl<S: SimMachine> Simulation<S> {
         disk: DiskImage,
     ) -> Replica<S> {
         let mut cfg = Config::new(CLUSTER, params.replicas, r, params.route);
+        cfg.standby_count = params.standbys;
         cfg.seed = seed;
         // Few sessions, so clients beyond four evict each other.
         cfg.clients_max = crate::checker::CLIENTS_MAX;
@@ -214,6 +218,9 @@ impl<S: SimMachine> Simulation<S> {
             self.step()?;
             if self.converged() {
                 self.coverage.add("converged_runs", 1);
+                if self.params.standbys > 0 {
+                    self.coverage.add("converged_with_standbys", 1);
+                }
                 return Ok(());
             }
         }
@@ -235,7 +242,7 @@ impl<S: SimMachine> Simulation<S> {
         self.params.clog_onset_ppm = 0;
         self.network.clogged.clear();
         S::heal(&self.world);
-        for r in 0..self.params.replicas {
+        for r in 0..self.params.nodes() {
             if self.replicas[r as usize].is_none() && !self.permanently_down.contains(&r) {
                 self.restart(r)?;
             }
@@ -309,7 +316,7 @@ impl<S: SimMachine> Simulation<S> {
         }
         self.deliver_messages()?;
         self.complete_writes()?;
-        for r in 0..self.params.replicas {
+        for r in 0..self.params.nodes() {
             let now = self.tick * 10_000;
             self.feed(r, Input::Tick { now })?;
         }
@@ -318,7 +325,7 @@ impl<S: SimMachine> Simulation<S> {
     }
 
     pub(super) fn complete_writes(&mut self) -> Result<(), Violation> {
-        for r in 0..self.params.replicas {
+        for r in 0..self.params.nodes() {
             let tick = self.tick;
             let disk = &mut self.disks[r as usize];
             let (done, waiting): (Vec<Pending>, Vec<Pending>) =

@@ -90,6 +90,8 @@ pub struct Replica<S> {
     last_sync_request: u64,
     /// Primary: highest op each replica has acknowledged in this view.
     acked: BTreeMap<ReplicaId, Op>,
+    /// Primary: the same for standbys, kept apart so that no quorum can count them.
+    standbys_acked: BTreeMap<ReplicaId, Op>,
     /// Primary: replicas it had to retransmit to and that have not acknowledged since; the
     /// ring route sends around them (`routing::forward_targets_avoiding`).
     suspects: BTreeSet<ReplicaId>,
@@ -201,6 +203,14 @@ impl<S: StateMachine> Replica<S> {
     pub fn state_machine(&self) -> &S {
         &self.sm
     }
+    /// A non-voting replica (see [`Config::standby_count`]).
+    pub fn is_standby(&self) -> bool {
+        self.cfg.replica >= self.cfg.replica_count
+    }
+    /// Primary: the highest op each standby has acknowledged in this view (never counted).
+    pub fn standbys_acked(&self) -> &BTreeMap<ReplicaId, Op> {
+        &self.standbys_acked
+    }
     pub fn is_primary(&self) -> bool {
         self.status == Status::Normal
             && primary_of(self.view, self.cfg.replica_count) == self.cfg.replica
@@ -258,11 +268,21 @@ impl<S: StateMachine> Replica<S> {
         self.out.push(Output::Send(envelope));
     }
 
+    /// To every other member (not the standbys: what is broadcast this way is either a vote
+    /// or a question only members answer).
     pub(super) fn broadcast(&mut self, message: Message) {
         for r in 0..self.cfg.replica_count {
             if r != self.cfg.replica {
                 self.send(r, message.clone());
             }
+        }
+    }
+
+    /// Primary: to every standby — prepares, commits and StartViews, what they follow.
+    pub(super) fn send_to_standbys(&mut self, message: &Message) {
+        let first = self.cfg.replica_count;
+        for r in first..first + self.cfg.standby_count {
+            self.send(r, message.clone());
         }
     }
 

@@ -203,6 +203,10 @@ impl<S: StateMachine> Replica<S> {
             let op = prepare.op();
             self.sent_at.insert(op, self.tick);
             self.log.push(prepare.clone());
+            self.send_to_standbys(&Message::Prepare {
+                view: self.view,
+                prepare: prepare.clone(),
+            });
             for target in forward_targets_avoiding(
                 self.cfg.route,
                 self.cfg.replica_count,
@@ -242,13 +246,19 @@ impl<S: StateMachine> Replica<S> {
                 self.acknowledge();
             }
         } else if op == tail + 1 && prepare.header.parent == self.log.head().checksum() {
-            // Cut-through: forward before our own write.
-            for target in forward_targets(
-                self.cfg.route,
-                self.cfg.replica_count,
-                self.view,
-                self.cfg.replica,
-            ) {
+            // Cut-through: forward before our own write. Standbys get theirs from the primary
+            // and forward nothing.
+            let targets = if self.is_standby() {
+                Vec::new()
+            } else {
+                forward_targets(
+                    self.cfg.route,
+                    self.cfg.replica_count,
+                    self.view,
+                    self.cfg.replica,
+                )
+            };
+            for target in targets {
                 self.send(
                     target,
                     Message::Prepare {
@@ -267,6 +277,12 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn on_ack(&mut self, replica: ReplicaId, op: Op) {
+        if replica >= self.cfg.replica_count {
+            // A standby: how far it has caught up, never a vote toward a commit.
+            let entry = self.standbys_acked.entry(replica).or_insert(0);
+            *entry = (*entry).max(op);
+            return;
+        }
         self.suspects.remove(&replica);
         let entry = self.acked.entry(replica).or_insert(0);
         *entry = (*entry).max(op);

@@ -114,6 +114,7 @@ impl<S: StateMachine> Replica<S> {
             sync_view: None,
             last_sync_request: 0,
             acked: BTreeMap::new(),
+            standbys_acked: BTreeMap::new(),
             suspects: BTreeSet::new(),
             requests: VecDeque::new(),
             svc: BTreeSet::new(),

@@ -28,11 +28,12 @@ impl<S: StateMachine> Replica<S> {
             Status::Normal if self.is_primary() => {
                 if self.tick - self.last_commit_broadcast >= self.cfg.commit_interval {
                     self.last_commit_broadcast = self.tick;
-                    let commit = self.commit_max;
-                    self.broadcast(Message::Commit {
+                    let commit = Message::Commit {
                         view: self.view,
-                        commit,
-                    });
+                        commit: self.commit_max,
+                    };
+                    self.send_to_standbys(&commit);
+                    self.broadcast(commit);
                 }
                 if self.commit_max == self.log_tail() {
                     self.last_progress = self.tick;
@@ -44,6 +45,23 @@ impl<S: StateMachine> Replica<S> {
                 }
                 if self.commit_max < self.log_tail() {
                     self.retransmit();
+                }
+            }
+            Status::Normal if self.is_standby() => {
+                // A standby never starts a view change: it asks the members which view is
+                // current, and the primary of that view (or a later one) answers.
+                if self.tick - self.heard_from_primary >= self.cfg.primary_timeout
+                    && self.tick - self.last_view_request >= self.cfg.prepare_timeout
+                {
+                    self.last_view_request = self.tick;
+                    let (view, replica) = (self.view, self.cfg.replica);
+                    self.broadcast(Message::RequestStartView {
+                        view,
+                        replica,
+                        nonce: self.tick,
+                    });
+                } else if self.commit_max > self.log_tail() {
+                    self.request_state();
                 }
             }
             Status::Normal => {
@@ -81,7 +99,9 @@ impl<S: StateMachine> Replica<S> {
                     // cluster never reached; nobody will send it a StartView for it. Announcing
                     // the view (a StartViewChange carries no log, so this is no vote) draws the
                     // others into it, and the view's StartView then repairs us.
-                    if self.sits_out() && self.tick - self.status_since >= self.cfg.recovery_timeout
+                    if self.sits_out()
+                        && !self.is_standby()
+                        && self.tick - self.status_since >= self.cfg.recovery_timeout
                     {
                         self.broadcast(Message::StartViewChange { view, replica });
                     }

@@ -19,7 +19,7 @@ impl<S: StateMachine> Replica<S> {
     /// a StartView replaced the log its header ring describes, and that log is not durable
     /// yet): it takes no part in view changes.
     pub(super) fn sits_out(&self) -> bool {
-        self.faulty && self.repair.is_none()
+        self.is_standby() || (self.faulty && self.repair.is_none())
     }
 
     /// May send (and, as a new primary, count) DoViewChanges. A faulty replica that knows what
@@ -68,6 +68,7 @@ impl<S: StateMachine> Replica<S> {
         self.view_change_bodies.clear();
         self.last_body_request = 0;
         self.acked.clear();
+        self.standbys_acked.clear();
         self.suspects.clear();
         self.jitter = self.random() % (self.cfg.view_change_timeout / 2 + 1);
         self.event(Event::ViewChangeStarted { view });
@@ -87,6 +88,7 @@ impl<S: StateMachine> Replica<S> {
 
     pub(super) fn on_start_view_change(&mut self, view: View, replica: ReplicaId) {
         if self.sits_out()
+            || replica >= self.cfg.replica_count
             || view < self.view
             || (view == self.view && self.status == Status::Normal)
         {
@@ -131,6 +133,7 @@ impl<S: StateMachine> Replica<S> {
 
     pub(super) fn on_do_view_change(&mut self, view: View, vote: Vote, replica: ReplicaId) {
         if !self.may_vote()
+            || replica >= self.cfg.replica_count
             || view < self.view
             || primary_of(view, self.cfg.replica_count) != self.cfg.replica
         {
@@ -215,12 +218,13 @@ impl<S: StateMachine> Replica<S> {
             view: self.view,
             primary: true,
         });
-        let log = self.log.entries().to_vec();
-        self.broadcast(Message::StartView {
+        let start_view = Message::StartView {
             view: self.view,
-            log,
+            log: self.log.entries().to_vec(),
             commit,
-        });
+        };
+        self.send_to_standbys(&start_view);
+        self.broadcast(start_view);
         self.advance_commit(commit);
         self.last_retransmit = self.tick;
         self.last_progress = self.tick;
