@@ -224,22 +224,14 @@ impl BrokerMachine {
                     "partition {stream}/{topic}/{partition} of the checkpoint is missing"
                 )));
             };
-            let held = match next_offset.checked_sub(1) {
-                None => Some(0),
-                Some(offset) => {
-                    let log = found.log();
-                    match log.checksum_of(offset) {
-                        Ok(None) if log.local_start() == next_offset => {
-                            // The log starts here locally, empty (state sync restarted it
-                            // where the peer's retention or tiering left it): there is no
-                            // last message of its own to compare.
-                            (log.next_offset() == next_offset).then_some(last)
-                        }
-                        held => held.map_err(|e| RestoreError(e.to_string()))?,
-                    }
-                }
-            };
-            if held != Some(last) {
+            let held = crate::replication::sync::ends_as_checkpointed(
+                &found.log(),
+                next_offset,
+                last,
+                crate::replication::sync::Beyond::Refused,
+            )
+            .map_err(|e| RestoreError(e.to_string()))?;
+            if !held {
                 return Err(RestoreError(format!(
                     "partition {stream}/{topic}/{partition} does not hold the checkpoint's \
                      {next_offset} messages"

@@ -288,7 +288,9 @@ fn install_touching(
         loop {
             let from = partition.log().next_offset();
             if from >= until {
-                if reaches(&partition.log(), until, last)? {
+                let held = ends_as_checkpointed(&partition.log(), until, last, Beyond::Allowed)
+                    .map_err(|e| SyncError::Local(e.to_string()))?;
+                if held {
                     break;
                 }
                 // It reaches the checkpoint's length with another last message: data of
@@ -412,18 +414,40 @@ fn install_touching(
     Ok(fetched)
 }
 
-/// Whether `log`, which holds at least `until` messages, holds the checkpoint's: its message
-/// `until - 1` is the one whose checksum the checkpoint names (`last`), or it has none of its
-/// own there because it starts at `until` (state sync restarted it where the peer's data began).
-fn reaches(log: &PartitionLog, until: u64, last: u64) -> Result<bool, SyncError> {
-    let Some(offset) = until.checked_sub(1) else {
-        return Ok(true);
-    };
-    match log.checksum_of(offset) {
-        Ok(Some(ours)) => Ok(ours == last),
-        Ok(None) => Ok(log.local_start() >= until),
-        Err(e) => Err(SyncError::Local(e.to_string())),
+/// Whether a log may go on past the checkpoint's end (see [`ends_as_checkpointed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beyond {
+    /// State sync: a log that holds the checkpoint's messages and more is kept (the rest is
+    /// fetched or replayed after it).
+    Allowed,
+    /// Restoring a checkpoint: the data must be exactly the checkpoint's.
+    Refused,
+}
+
+/// Whether `log` holds a checkpointed partition of `until` messages whose last one has the
+/// checksum `last`: its message `until - 1` is that one, or it holds none of its own there
+/// because its local data starts at `until` (state sync restarted it where the peer's data
+/// began — with `Beyond::Refused` also nothing after it there). A log shorter than `until`
+/// does not; an empty checkpointed partition names `last` 0.
+pub fn ends_as_checkpointed(
+    log: &PartitionLog,
+    until: u64,
+    last: u64,
+    beyond: Beyond,
+) -> Result<bool, crate::storage::StorageError> {
+    if log.next_offset() < until {
+        return Ok(false);
     }
+    let Some(offset) = until.checked_sub(1) else {
+        return Ok(last == 0);
+    };
+    Ok(match log.checksum_of(offset)? {
+        Some(ours) => ours == last,
+        None => match beyond {
+            Beyond::Allowed => log.local_start() >= until,
+            Beyond::Refused => log.local_start() == until && log.next_offset() == until,
+        },
+    })
 }
 
 /// How long one fetch may take.
