@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Real-cluster end-to-end suite: install the operator with Helm, create an IggyCluster, produce
 # and consume through a port-forward with the Iggy CLI (SDK 0.10 protocol), write to a 3-replica
-# cluster and read it from every member, delete and check cleanup.
+# cluster and read it from every member, roll it with a config edit (primary last), delete and
+# check cleanup.
 #
 # Needs: KUBECONFIG (or a current kubectl context) reaching a cluster that can pull the images
 # named by OPERATOR_IMAGE, BROKER_IMAGE and SIDECAR_IMAGE (see `make images`); kubectl; helm
@@ -118,6 +119,32 @@ for member in 0 1 2; do
   grep -q replicated <<<"$polled" || fail "member $member lacks the message: $polled"
   kill "$FORWARD_PID"; FORWARD_PID=
 done
+
+step "a config edit rolls the 3 brokers one at a time, the primary last, and keeps the message"
+primary=$(kubectl -n "$NS" get iggy "$CLUSTER-3" -o jsonpath='{.status.ring.primary}')
+[ -n "$primary" ] || fail "status.ring.primary names no pod"
+uids_before=$(kubectl -n "$NS" get pods -l "app.kubernetes.io/instance=$CLUSTER-3" -o jsonpath='{.items[*].metadata.uid}')
+kubectl -n "$NS" patch iggycluster "$CLUSTER-3" --type merge \
+  -p '{"spec":{"config":{"tcp.max_connections":"5000"}}}'
+replaced=""
+deadline=$((SECONDS + 600))
+while [ "$SECONDS" -lt "$deadline" ]; do
+  for member in 0 1 2; do
+    pod="$CLUSTER-3-$member"
+    case " $replaced " in *" $pod "*) continue ;; esac
+    uid=$(kubectl -n "$NS" get pod "$pod" -o jsonpath='{.metadata.uid}' 2>/dev/null || true)
+    if [ -n "$uid" ] && ! grep -q "$uid" <<<"$uids_before"; then replaced="$replaced $pod"; fi
+  done
+  [ "$(wc -w <<<"$replaced")" -eq 3 ] && break
+  sleep 1
+done
+[ "$(wc -w <<<"$replaced")" -eq 3 ] || fail "rolling restart incomplete: replaced$replaced"
+[ "$(awk '{print $NF}' <<<"$replaced")" = "$primary" ] || fail "the primary $primary did not restart last:$replaced"
+kubectl -n "$NS" wait --for=condition=Ready "iggycluster/$CLUSTER-3" --timeout="$TIMEOUT" || fail "not Ready after the rollout"
+forward "svc/$CLUSTER-3"
+polled=$(iggy3 message poll --first --message-count 10 e2e events 1 2>&1 || true)
+grep -q replicated <<<"$polled" || fail "the message is gone after the rollout: $polled"
+kill "$FORWARD_PID"; FORWARD_PID=
 kubectl -n "$NS" delete "iggycluster/$CLUSTER-3" --wait=true --timeout=120s
 
 step "delete and check cleanup"
