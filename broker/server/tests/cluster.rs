@@ -252,10 +252,10 @@ async fn a_primary_asked_to_step_down_hands_over_and_loses_nothing() {
     let history = producers.history.clone();
     producers.wait_for(300).await;
     let (code, body) =
-        common::http_post(cluster.brokers[backup].http, "/admin/step-down").expect("post");
+        common::http_post(cluster.brokers[backup].http, "/admin/step-down", "").expect("post");
     assert_eq!(code, 409, "a backup has no view to hand on: {body}");
     let (code, body) =
-        common::http_post(cluster.brokers[primary].http, "/admin/step-down").expect("post");
+        common::http_post(cluster.brokers[primary].http, "/admin/step-down", "").expect("post");
     assert_eq!(code, 202, "{body}");
     let asked_at = history.acknowledged();
     let others: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
@@ -268,6 +268,35 @@ async fn a_primary_asked_to_step_down_hands_over_and_loses_nothing() {
     cluster.wait_caught_up(&[0, 1, 2], successor, Duration::from_secs(10));
     let reads = read_members(&cluster, &[0, 1, 2]).await;
     history.check(&reads);
+}
+
+/// What a sidecar posts: the ring the member runs is in force; one with other members is
+/// refused with the reason (membership changes wait for reconfiguration by epochs), and the
+/// member goes on replicating as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_posted_ring_is_in_force_only_when_it_is_the_running_one() {
+    let cluster = TestCluster::start(3, &[]);
+    let http = cluster.brokers[1].http;
+    let running = cluster.ring_json(1);
+    let (code, body) = common::http_post(http, "/admin/ring", &running).expect("post");
+    assert_eq!(code, 200, "{body}");
+    let update: iggy_contract::RingUpdate = serde_json::from_str(&body).expect("contract");
+    assert!(update.applied);
+    let mut grown: serde_json::Value = serde_json::from_str(&running).expect("json");
+    grown["epoch"] = serde_json::json!(1);
+    grown["members"]
+        .as_array_mut()
+        .expect("members")
+        .push(serde_json::json!({"id": 3, "position": 3, "address": "127.0.0.1:9"}));
+    let (code, body) = common::http_post(http, "/admin/ring", &grown.to_string()).expect("post");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("reconfiguration by epochs"), "{body}");
+    let (code, _) = common::http_post(http, "/admin/ring", "[]").expect("post");
+    assert_eq!(code, 400);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "still-three").await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,6 +105,7 @@ async fn the_readiness_gate_and_the_role_follow_the_broker() {
         namespace: NS.into(),
         admin: AdminClient::new(&format!("http://{broker_http}")).expect("url"),
         interval: Duration::from_millis(100),
+        ring_config_map: None,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let sidecar = tokio::spawn(run(client.clone(), settings, async {

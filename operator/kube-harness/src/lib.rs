@@ -103,6 +103,7 @@ impl Harness {
             counts: Mutex::new(RequestCounts::new()),
             faults: Mutex::new(Faults::default()),
             pod_logs: pod_logs.clone(),
+            watch_resets: tokio::sync::watch::channel(0).0,
         });
         let listener = TcpListener::bind(options.address).await?;
         let address = listener.local_addr()?;
@@ -195,6 +196,14 @@ impl Harness {
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.shared.store()
+    }
+
+    /// What an API server restart or an etcd compaction does to clients: every open watch ends,
+    /// and the history is forgotten, so a watch resumed from its last resourceVersion gets 410
+    /// Gone and must list again.
+    pub fn reset_watches(&self) {
+        self.shared.store().compact();
+        self.shared.watch_resets.send_modify(|resets| *resets += 1);
     }
 
     /// API requests served so far, by (verb, plural resource).

@@ -45,6 +45,8 @@ pub struct Shared {
     pub faults: Mutex<Faults>,
     /// Pods' log directories, when a process kubelet runs them (`pods/<name>/log`).
     pub pod_logs: Option<crate::kubelet::LogDirectories>,
+    /// Bumped to end every open watch (see `Harness::reset_watches`).
+    pub watch_resets: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -650,6 +652,7 @@ fn watch(shared: Arc<Shared>, target: Target, query: &BTreeMap<String, String>) 
         }
     };
     let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let mut resets = shared.watch_resets.subscribe();
     let (mut changes, start, initial, replay) = {
         let store = shared.store();
         let changes = store.subscribe();
@@ -729,6 +732,7 @@ fn watch(shared: Arc<Shared>, target: Target, query: &BTreeMap<String, String>) 
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
+                _ = resets.changed() => return,
                 _ = ticker.tick(), if bookmarks => {
                     if tx.send(bookmark(last_seen, false)).await.is_err() {
                         return;

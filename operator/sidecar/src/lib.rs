@@ -9,11 +9,12 @@
 
 pub mod admin;
 pub mod report;
+pub mod ring;
 
 use admin::AdminClient;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
-use report::{report, Membership, Readiness};
+use report::{Membership, Readiness};
 use serde_json::json;
 use std::time::Duration;
 use tracing::Instrument;
@@ -25,6 +26,8 @@ pub struct SidecarSettings {
     /// The broker's admin API, normally http://127.0.0.1:3000.
     pub admin: AdminClient,
     pub interval: Duration,
+    /// The ring ConfigMap to follow ([`ring::follow`]); `None` follows none.
+    pub ring_config_map: Option<String>,
 }
 
 /// What the broker's status means for the gate and the pod's membership; an unreachable
@@ -132,6 +135,34 @@ pub async fn run(
     settings: SidecarSettings,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let follow_ring = async {
+        match &settings.ring_config_map {
+            Some(name) => {
+                ring::follow(
+                    client.clone(),
+                    &settings.namespace,
+                    name,
+                    settings.admin.clone(),
+                    settings.interval,
+                    std::future::pending(),
+                )
+                .await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = report(client.clone(), &settings, shutdown) => {}
+        _ = follow_ring => {}
+    }
+}
+
+/// The broker's state into the pod, every `interval` until `shutdown`.
+async fn report(
+    client: Client,
+    settings: &SidecarSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     let pods: Api<Pod> = Api::namespaced(client, &settings.namespace);
     tokio::pin!(shutdown);
     // The state last reported (ready, reason); the message may change every check.
@@ -150,11 +181,11 @@ pub async fn run(
                 reason = readiness.reason,
                 role = membership.role.unwrap_or("none"),
             );
-            report(&pods, &settings.pod, &readiness, &membership)
+            report::report(&pods, &settings.pod, &readiness, &membership)
                 .instrument(span)
                 .await
         } else {
-            report(&pods, &settings.pod, &readiness, &membership).await
+            report::report(&pods, &settings.pod, &readiness, &membership).await
         };
         match &written {
             Ok(written) => {

@@ -1,6 +1,7 @@
-//! `iggy-sidecar`: runs next to each broker and reports its state into the pod's
-//! `iggy.rs/replica-ready` condition. Configured by the environment the operator sets:
-//! POD_NAME, POD_NAMESPACE, IGGY_BROKER_ADMIN_URL (default http://127.0.0.1:3000).
+//! `iggy-sidecar`: runs next to each broker, reports its state into the pod and passes the
+//! ring on to it. Configured by the environment the operator sets: POD_NAME, POD_NAMESPACE,
+//! IGGY_BROKER_ADMIN_URL (default http://127.0.0.1:3000), IGGY_RING_CONFIGMAP (the ring to
+//! follow; unset follows none).
 
 use anyhow::Context;
 use iggy_contract::env;
@@ -27,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
         namespace,
         admin,
         interval: Duration::from_secs(2),
+        ring_config_map: std::env::var(env::SIDECAR_RING_CONFIGMAP).ok(),
     };
     tracing::info!(pod = %settings.pod, broker = %settings.admin.address(), "iggy-sidecar reporting broker state");
     run(client, settings, iggy_operator_runtime::shutdown_signal()).await;

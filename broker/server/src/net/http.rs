@@ -1,7 +1,7 @@
 //! The HTTP endpoint: `/health` (the process answers), `/ready` (boot finished and the client
 //! listener is up), `/metrics` (Prometheus text) and the sidecar's admin API
-//! (`iggy_contract::admin`: status, and step-down for rolling restarts), which answers loopback
-//! peers only: in a pod the sidecar shares the
+//! (`iggy_contract::admin`: status, step-down for rolling restarts, and the ring its sidecar
+//! passes on), which answers loopback peers only: in a pod the sidecar shares the
 //! broker's network namespace, and nothing outside it may read or steer the broker through it.
 
 use crate::broker::Broker;
@@ -33,15 +33,26 @@ pub async fn serve(
         };
         let broker = broker.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
+            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                 let broker = broker.clone();
                 async move {
-                    Ok::<_, Infallible>(route(
-                        &broker,
-                        peer,
-                        request.method(),
-                        request.uri().path(),
-                    ))
+                    let (parts, body) = request.into_parts();
+                    // The one request with a body: read only from loopback peers, and bounded.
+                    if parts.uri.path() == admin::RING_PATH
+                        && parts.method == Method::POST
+                        && peer.ip().is_loopback()
+                    {
+                        let limited = http_body_util::Limited::new(body, MAX_RING_BYTES);
+                        let answer = match http_body_util::BodyExt::collect(limited).await {
+                            Ok(bytes) => post_ring(&broker, &bytes.to_bytes()),
+                            Err(_) => admin_error(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "a ring.json larger than 1 MiB (or a broken body)",
+                            ),
+                        };
+                        return Ok::<_, Infallible>(answer);
+                    }
+                    Ok::<_, Infallible>(route(&broker, peer, &parts.method, parts.uri.path()))
                 }
             });
             let _ = http1::Builder::new()
@@ -51,11 +62,47 @@ pub async fn serve(
     }
 }
 
+/// The largest `ring.json` taken: 255 members with long DNS names fit many times over.
+const MAX_RING_BYTES: usize = 1 << 20;
+
+/// `POST /admin/ring`: the posted ring against the running one (`replication::ring_update`).
+fn post_ring(broker: &Broker, body: &[u8]) -> Response<Full<Bytes>> {
+    let posted: iggy_contract::Ring = match serde_json::from_slice(body) {
+        Ok(ring) => ring,
+        Err(error) => {
+            return admin_error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body is not a ring.json: {error}"),
+            )
+        }
+    };
+    let running = broker.cluster_status().and_then(|s| s.ring.as_ref());
+    match crate::replication::ring_update::consider(running, &posted) {
+        Ok(update) => json(StatusCode::OK, &update),
+        Err(refusal) => {
+            tracing::warn!(epoch = posted.epoch, %refusal, "refused a posted ring");
+            let status = if refusal.is_bad_request() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::CONFLICT
+            };
+            admin_error(status, &refusal.to_string())
+        }
+    }
+}
+
 fn route(broker: &Broker, peer: SocketAddr, method: &Method, path: &str) -> Response<Full<Bytes>> {
     if path.starts_with("/admin/") && !peer.ip().is_loopback() {
         return admin_error(
             StatusCode::FORBIDDEN,
             "the admin API answers on loopback only",
+        );
+    }
+    if path == admin::RING_PATH {
+        // A loopback POST was answered before routing.
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only POST is served\n".into(),
         );
     }
     if path == admin::STEP_DOWN_PATH {
@@ -176,6 +223,22 @@ mod tests {
             StatusCode::OK,
             "probes come from the kubelet, off loopback"
         );
+    }
+
+    #[tokio::test]
+    async fn a_posted_ring_is_checked_and_a_single_node_refuses_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = crate::broker::open_for_tests(dir.path());
+        let (status, text) = body(post_ring(&broker, b"{not json")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+        let ring =
+            br#"{"cluster_id":"c","epoch":1,"members":[{"id":0,"position":0,"address":"a:8091"}]}"#;
+        let (status, text) = body(post_ring(&broker, ring)).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(text.contains("without a ring"), "{text}");
+        let local: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
+        let (status, _) = body(route(&broker, local, &Method::GET, admin::RING_PATH)).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[tokio::test]

@@ -13,6 +13,7 @@
 pub mod driver;
 pub mod journal;
 pub mod machine;
+pub mod ring_update;
 pub mod status;
 pub mod submitter;
 pub mod sync;
@@ -257,13 +258,16 @@ pub async fn boot(
 
     let (inputs, receiver) = mpsc::channel();
     let position = setup.position;
-    let status = Arc::new(ClusterStatus::new(
-        setup.member_id,
-        position,
-        setup.ring.epoch,
-        setup.ring.cluster_id.clone(),
-        setup.members(config.tcp.address.port()),
-    ));
+    let status = Arc::new(
+        ClusterStatus::new(
+            setup.member_id,
+            position,
+            setup.ring.epoch,
+            setup.ring.cluster_id.clone(),
+            setup.members(config.tcp.address.port()),
+        )
+        .with_ring(setup.ring.clone()),
+    );
     let clients = ClientIds::new(position, fastrand::u64(..));
     let submitter = ReplicatedSubmitter::new(
         inputs.clone(),

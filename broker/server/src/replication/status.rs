@@ -52,6 +52,8 @@ pub struct ClusterStatus {
     lag: Vec<AtomicU64>,
     /// Prepare round trips (primary: sent → acknowledged), as a histogram.
     round_trips: RoundTrips,
+    /// The ring this replica started with (what `POST /admin/ring` compares against).
+    pub ring: Option<iggy_contract::Ring>,
 }
 
 /// Upper bounds of the prepare round-trip buckets, in seconds.
@@ -82,10 +84,17 @@ impl ClusterStatus {
             connected: members.iter().map(|_| AtomicBool::new(false)).collect(),
             lag: members.iter().map(|_| AtomicU64::new(0)).collect(),
             round_trips: RoundTrips::default(),
+            ring: None,
             members,
             latest: Mutex::new(Snapshot::default()),
             started: Instant::now(),
         }
+    }
+
+    /// The ring this replica runs.
+    pub fn with_ring(mut self, ring: iggy_contract::Ring) -> Self {
+        self.ring = Some(ring);
+        self
     }
 
     /// A message from the replica at `position` arrived.

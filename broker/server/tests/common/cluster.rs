@@ -85,6 +85,12 @@ impl TestCluster {
         }
     }
 
+    /// The ring.json member `member` was started with.
+    pub fn ring_json(&self, member: usize) -> String {
+        std::fs::read_to_string(self.ring_dir.path().join(format!("ring-{member}.json")))
+            .expect("ring file")
+    }
+
     pub fn status(&self, member: usize) -> Option<AdminStatus> {
         let (code, body) = http_get(self.brokers[member].http, "/admin/status").ok()?;
         (code == 200).then(|| serde_json::from_str(&body).ok())?

@@ -307,20 +307,26 @@ fn unsafe_free_sigterm(pid: u32) {
 
 /// A minimal HTTP/1.0 GET returning (status, body).
 pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    http_request(address, "GET", path)
+    http_request(address, "GET", path, "")
 }
 
-/// A minimal HTTP/1.0 POST without a body, returning (status, body).
-pub fn http_post(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    http_request(address, "POST", path)
+/// A minimal HTTP/1.0 POST of `body`, returning (status, body).
+pub fn http_post(address: SocketAddr, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    http_request(address, "POST", path, body)
 }
 
-fn http_request(address: SocketAddr, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
