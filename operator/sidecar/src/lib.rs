@@ -214,7 +214,7 @@ async fn report(
         if let Ok(written) = &written {
             step_down
                 .serve(
-                    &settings,
+                    settings,
                     written.step_down_requested.as_deref(),
                     membership.role,
                 )
