@@ -681,3 +681,121 @@ async fn without_spec_auth_root_credentials_are_generated_once_and_referenced() 
     assert_eq!(read(&again, "password"), password);
     operator.stop().await;
 }
+
+/// The uid of pod `name`, if it exists.
+fn pod_uid(harness: &kube_harness::Harness, name: &str) -> Option<String> {
+    harness
+        .get("", "Pod", NS, name)
+        .and_then(|pod| pod["metadata"]["uid"].as_str().map(String::from))
+}
+
+/// What a sidecar would report: the gate True and the broker's role label.
+async fn report_member(
+    client: &kube::Client,
+    harness: &kube_harness::Harness,
+    pod: &str,
+    role: &str,
+) {
+    harness
+        .set_pod_condition(NS, pod, READINESS_GATE, true)
+        .expect("gate set");
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), NS);
+    pods.patch(
+        pod,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"labels": {"iggy.rs/role": role}}})),
+    )
+    .await
+    .expect("role labelled");
+}
+
+/// Waits until pod `name` exists with a uid other than `old`; returns the new uid.
+async fn replaced(harness: &kube_harness::Harness, name: &str, old: &str) -> String {
+    eventually(&format!("{name} replaced"), || {
+        match pod_uid(harness, name) {
+            Some(uid) if uid != old => Ok(uid),
+            other => Err(format!("{name}: {other:?}")),
+        }
+    })
+    .await
+}
+
+/// A rolling restart's progress is the pods themselves, so an operator restarted halfway takes
+/// the next step, not the last one again: with the gates set by hand (no sidecars here), the
+/// first operator restarts events-2 and is stopped; the next one, once events-2 is caught up,
+/// restarts events-1, asks the primary events-0 to step down, and restarts it only after it
+/// handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_resumes_where_a_stopped_operator_left_it() {
+    let (harness, client) = harness_with(false, true).await;
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3})).await;
+    eventually("three pods", || {
+        (0..3)
+            .all(|i| pod_uid(&harness, &format!("events-{i}")).is_some())
+            .then_some(())
+            .ok_or("pods missing".to_string())
+    })
+    .await;
+    for (pod, role) in [
+        ("events-0", "primary"),
+        ("events-1", "backup"),
+        ("events-2", "backup"),
+    ] {
+        report_member(&client, &harness, pod, role).await;
+    }
+    wait_ready(&harness, "events").await;
+    let first: Vec<String> = (0..3)
+        .map(|i| pod_uid(&harness, &format!("events-{i}")).expect("pod"))
+        .collect();
+
+    patch_spec(
+        &client,
+        "events",
+        json!({"config": {"storage.fsync": "always"}}),
+    )
+    .await;
+    let second = replaced(&harness, "events-2", &first[2]).await;
+    operator.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        pod_uid(&harness, "events-1").as_deref(),
+        Some(first[1].as_str())
+    );
+    assert_eq!(
+        pod_uid(&harness, "events-0").as_deref(),
+        Some(first[0].as_str())
+    );
+
+    // events-2 catches up while no operator runs; a new operator goes on from there.
+    report_member(&client, &harness, "events-2", "backup").await;
+    let operator = Operator::start(&client, None);
+    replaced(&harness, "events-1", &first[1]).await;
+    assert_eq!(
+        pod_uid(&harness, "events-2").as_deref(),
+        Some(second.as_str()),
+        "events-2 is not restarted twice"
+    );
+    report_member(&client, &harness, "events-1", "backup").await;
+    eventually("events-0 asked to step down", || {
+        let pod = harness.get("", "Pod", NS, "events-0").ok_or("no pod")?;
+        pod["metadata"]["annotations"]["iggy.rs/step-down"]
+            .as_str()
+            .map(|_| ())
+            .ok_or(format!("annotations: {}", pod["metadata"]["annotations"]))
+    })
+    .await;
+    assert_eq!(
+        pod_uid(&harness, "events-0").as_deref(),
+        Some(first[0].as_str()),
+        "the primary waits for its hand-over"
+    );
+    // Its sidecar's broker hands over: events-1 is primary now.
+    report_member(&client, &harness, "events-1", "primary").await;
+    report_member(&client, &harness, "events-0", "backup").await;
+    replaced(&harness, "events-0", &first[0]).await;
+    report_member(&client, &harness, "events-0", "backup").await;
+    wait_condition(&harness, "events", "Progressing", "Stable").await;
+    operator.stop().await;
+}
