@@ -276,6 +276,13 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
             requeue = ROLLOUT_RECHECK;
         }
         roll(ctx, cluster, &names, &step, &stamp).await?;
+        let stale = rollout::stale_step_down_requests(&observed);
+        if !stale.is_empty() {
+            rollout::withdraw_step_downs(&ctx.client, &names.namespace, &stale)
+                .await
+                .map_err(ReconcileError::Rollout)?;
+            tracing::info!(cluster = %names.cluster, pods = ?stale, "withdrew step-down requests of a superseded rollout");
+        }
     }
     match &validated.tiering {
         None => new_status.bucket = None,

@@ -234,6 +234,51 @@ pub fn plan(observed: &Observed, members: usize, now: Timestamp) -> Step {
     }
 }
 
+/// Pods still asked to step down for a revision that is no longer the target (the edit was
+/// reverted, or replaced by another, before the primary's turn came). Left in place, the
+/// request would make the pod's sidecar hand the view on whenever its broker became primary
+/// again; the operator removes it.
+pub fn stale_step_down_requests(observed: &Observed) -> Vec<String> {
+    let target = observed
+        .statefulset
+        .as_ref()
+        .and_then(|set| set.status.as_ref()?.update_revision.clone());
+    let Some(target) = target else {
+        return Vec::new();
+    };
+    observed
+        .pods
+        .iter()
+        .filter(|pod| {
+            pod.annotations().contains_key(STEP_DOWN_ANNOTATION)
+                && (revision(pod) == Some(target.as_str())
+                    || step_down_request(pod).is_none_or(|r| r.revision != target))
+        })
+        .map(|pod| pod.name_any())
+        .collect()
+}
+
+/// Removes the step-down request from each of `pods`.
+pub async fn withdraw_step_downs(
+    client: &Client,
+    namespace: &str,
+    pods: &[String],
+) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({"metadata": {"annotations": {STEP_DOWN_ANNOTATION: null}}});
+    for pod in pods {
+        match api
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 /// Carries out `step`: annotates the primary or deletes one pod. A pod deleted or replaced
 /// since it was observed is left alone (the uid precondition).
 pub async fn execute(
@@ -420,6 +465,38 @@ mod tests {
         pods[2] = pod(2, OLD, "recovering", false);
         let step = plan(&observed(pods), 3, at(NOW));
         assert!(matches!(&step, Step::Waiting { .. }), "{step:?}");
+    }
+
+    #[test]
+    fn a_step_down_request_for_a_revision_no_longer_wanted_is_stale() {
+        let request = |revision: &str| {
+            serde_json::to_string(&StepDownRequest {
+                revision: revision.into(),
+                requested_at: NOW.into(),
+            })
+            .expect("json")
+        };
+        let mut pods: Vec<Pod> = (0..3).map(|i| pod(i, OLD, "backup", true)).collect();
+        // Asked for the current target: not stale.
+        pods[0].metadata.annotations = Some(BTreeMap::from([(
+            STEP_DOWN_ANNOTATION.to_string(),
+            request(NEW),
+        )]));
+        // Asked for a revision the edit moved past: stale.
+        pods[1].metadata.annotations = Some(BTreeMap::from([(
+            STEP_DOWN_ANNOTATION.to_string(),
+            request("events-older"),
+        )]));
+        // Already on the target (the edit was reverted to what it runs): stale.
+        pods[2] = pod(2, NEW, "primary", true);
+        pods[2].metadata.annotations = Some(BTreeMap::from([(
+            STEP_DOWN_ANNOTATION.to_string(),
+            request(NEW),
+        )]));
+        assert_eq!(
+            stale_step_down_requests(&observed(pods)),
+            vec!["events-1".to_string(), "events-2".to_string()]
+        );
     }
 
     #[test]
