@@ -152,13 +152,13 @@ pub async fn run(
         }
     };
     tokio::select! {
-        _ = report(client.clone(), &settings, shutdown) => {}
+        _ = reflect_broker(client.clone(), &settings, shutdown) => {}
         _ = follow_ring => {}
     }
 }
 
 /// The broker's state into the pod, every `interval` until `shutdown`.
-async fn report(
+async fn reflect_broker(
     client: Client,
     settings: &SidecarSettings,
     shutdown: impl std::future::Future<Output = ()>,
