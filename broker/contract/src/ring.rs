@@ -26,6 +26,11 @@ pub struct Ring {
     pub cluster_id: String,
     pub epoch: Epoch,
     pub members: Vec<RingMember>,
+    /// Non-voting replicas (VSR standbys) at the positions after the members: they receive
+    /// and apply everything the members commit, serve clients like backups, and are never
+    /// counted in a quorum — how a joining member catches up before an epoch makes it one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standbys: Vec<RingMember>,
     /// Lowest id never handed out, so ids of departed members are not reused.
     #[serde(default)]
     pub next_member_id: MemberId,
@@ -68,28 +73,36 @@ pub enum RingError {
 
 impl Ring {
     /// Checks what replication relies on: at least one member, unique ids, positions exactly
-    /// `0..N`, and addresses a socket can be opened to.
+    /// `0..N` for the members and `N..N + S` for the standbys, and addresses a socket can be
+    /// opened to.
     pub fn validate(&self) -> Result<(), RingError> {
         if self.members.is_empty() {
             return Err(RingError::Empty);
         }
-        if self.members.len() > MAX_MEMBERS {
-            return Err(RingError::TooMany(self.members.len()));
+        let total = self.members.len() + self.standbys.len();
+        if total > MAX_MEMBERS {
+            return Err(RingError::TooMany(total));
         }
         if self.cluster_id.trim().is_empty() {
             return Err(RingError::NoClusterId);
         }
         let mut ids = BTreeSet::new();
         let mut positions = BTreeSet::new();
-        let count = self.members.len();
-        for member in &self.members {
+        let voters = self.members.len();
+        let places = self
+            .members
+            .iter()
+            .map(|m| (m, 0..voters))
+            .chain(self.standbys.iter().map(|m| (m, voters..total)));
+        for (member, range) in places {
             if !ids.insert(member.id) {
                 return Err(RingError::DuplicateId(member.id));
             }
-            if usize::from(member.position) >= count || !positions.insert(member.position) {
+            if !range.contains(&usize::from(member.position)) || !positions.insert(member.position)
+            {
                 return Err(RingError::BadPosition {
                     position: member.position,
-                    count,
+                    count: total,
                 });
             }
             let bad = std::iter::once(&member.address)
@@ -105,26 +118,30 @@ impl Ring {
         Ok(())
     }
 
+    /// A member or standby by id.
     pub fn member(&self, id: MemberId) -> Result<&RingMember, RingError> {
-        self.members
-            .iter()
+        self.everyone()
             .find(|m| m.id == id)
             .ok_or(RingError::NotAMember(id))
     }
 
-    /// The member at `position` (a pod knows its ordinal before it knows its member id).
+    /// The member or standby at `position` (a pod knows its ordinal before its member id).
     pub fn member_at(&self, position: i64) -> Result<&RingMember, RingError> {
-        self.members
-            .iter()
+        self.everyone()
             .find(|m| i64::from(m.position) == position)
             .ok_or(RingError::NoMemberAt(position))
     }
 
-    /// Members in position order: index `i` of the result sits at position `i` of a valid ring.
+    /// Members, then standbys, in position order: index `i` of the result sits at position `i`
+    /// of a valid ring.
     pub fn by_position(&self) -> Vec<&RingMember> {
-        let mut members: Vec<&RingMember> = self.members.iter().collect();
-        members.sort_by_key(|m| m.position);
-        members
+        let mut everyone: Vec<&RingMember> = self.everyone().collect();
+        everyone.sort_by_key(|m| m.position);
+        everyone
+    }
+
+    fn everyone(&self) -> impl Iterator<Item = &RingMember> {
+        self.members.iter().chain(&self.standbys)
     }
 
     /// The 128-bit cluster id every VSR message carries, derived from `cluster_id` so that all
@@ -165,8 +182,45 @@ mod tests {
                     client_address: None,
                 })
                 .collect(),
+            standbys: Vec::new(),
             next_member_id: 10,
         }
+    }
+
+    #[test]
+    fn standbys_sit_after_the_members_and_are_found_like_them() {
+        let ring: Ring = serde_json::from_str(
+            r#"{"cluster_id": "c", "epoch": 1, "members": [
+                {"id": 1, "position": 0, "address": "a:8091"},
+                {"id": 2, "position": 1, "address": "b:8091"}],
+               "standbys": [{"id": 5, "position": 2, "address": "c:8091"}]}"#,
+        )
+        .expect("ring");
+        assert_eq!(ring.validate(), Ok(()));
+        assert_eq!(ring.member(5).map(|m| m.position), Ok(2));
+        assert_eq!(ring.member_at(2).map(|m| m.id), Ok(5));
+        let addresses: Vec<&str> = ring
+            .by_position()
+            .iter()
+            .map(|m| m.address.as_str())
+            .collect();
+        assert_eq!(addresses, ["a:8091", "b:8091", "c:8091"]);
+        // A standby among the members' positions, or an id used twice, is refused.
+        let mut misplaced = ring.clone();
+        misplaced.standbys[0].position = 1;
+        assert!(matches!(
+            misplaced.validate(),
+            Err(RingError::BadPosition { position: 1, .. })
+        ));
+        let mut twice = ring.clone();
+        twice.standbys[0].id = 2;
+        assert_eq!(twice.validate(), Err(RingError::DuplicateId(2)));
+        // Without standbys the JSON is what it always was.
+        let mut plain = ring;
+        plain.standbys.clear();
+        assert!(!serde_json::to_string(&plain)
+            .expect("json")
+            .contains("standbys"));
     }
 
     #[test]

@@ -567,7 +567,7 @@ impl Broker {
         if status.role != iggy_contract::admin::Role::Primary {
             return Err("this broker is not the primary");
         }
-        if replicated.status.members.len() < 2 {
+        if replicated.status.voters < 2 {
             return Err("a ring of one has no replica to hand its view to");
         }
         if !replicated.step_down() {

@@ -270,6 +270,59 @@ async fn a_primary_asked_to_step_down_hands_over_and_loses_nothing() {
     history.check(&reads);
 }
 
+/// A standby (the ring's `standbys`: position 3 after members 0–2) replicates everything the
+/// members commit, serves clients like a backup and reports itself `standby` — and is never
+/// counted: with two members down, the primary and the standby acknowledge nothing. With the
+/// members back, every acknowledged message is on all four, in one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_follows_the_log_and_never_makes_a_quorum() {
+    let mut cluster = TestCluster::start_with_standbys(3, 1, &[("IGGY_STORAGE_FSYNC", "always")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let setup = cluster.brokers[primary].client().await;
+    create_log(&setup, "standby").await;
+    drop(setup);
+    // A producer through the standby itself: it passes requests on to the primary.
+    let producers = Producers::start(&cluster, &[3]).await;
+    let history = producers.history.clone();
+    producers.wait_for(200).await;
+    producers.stop().await;
+    cluster.wait_caught_up(&[0, 1, 2, 3], primary, Duration::from_secs(10));
+    let standby = cluster.status(3).expect("standby status");
+    assert_eq!(standby.role, Role::Standby);
+    assert!(standby.caught_up);
+
+    // Logged in while the members are up: a login is replicated too.
+    let client = cluster.brokers[primary].client().await;
+    let backups: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
+    for &member in &backups {
+        cluster.brokers[member].kill9();
+    }
+    let acked = history.acknowledged();
+    produce(&client, &history, 0, 1_000_000..1_000_001).await;
+    assert_eq!(
+        history.acknowledged(),
+        acked,
+        "the primary and a standby acknowledged a send without a quorum of members"
+    );
+    for &member in &backups {
+        cluster.brokers[member].spawn_and_wait_alive();
+    }
+    // The refused send was answered "disconnected" (no primary within the request timeout),
+    // and the SDK dropped that session: log in afresh once the members are back.
+    drop(client);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(20));
+    let client = cluster.brokers[primary].client().await;
+    produce(&client, &history, 0, 1_000_100..1_000_101).await;
+    assert_eq!(
+        history.acknowledged(),
+        acked + BATCH,
+        "a send with the members back"
+    );
+    cluster.wait_caught_up(&[0, 1, 2, 3], primary, Duration::from_secs(20));
+    let reads = read_members(&cluster, &[0, 1, 2, 3]).await;
+    history.check(&reads);
+}
+
 /// What a sidecar posts: the ring the member runs is in force; one with other members is
 /// refused with the reason (membership changes wait for reconfiguration by epochs), and the
 /// member goes on replicating as before.

@@ -50,6 +50,7 @@ pub fn plan(
         cluster_id: cluster_id.to_string(),
         epoch,
         members,
+        standbys: Vec::new(),
         next_member_id: next_id,
     }
 }

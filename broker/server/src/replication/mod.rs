@@ -168,8 +168,14 @@ impl Setup {
             RouteSetting::Ring => Route::Ring,
             RouteSetting::Star => Route::Star,
         };
-        let mut vsr =
-            vsr::Config::production(ring.vsr_cluster(), addresses.len() as u8, position, route);
+        // Members vote; standbys (after them, by position) follow without voting.
+        let mut vsr = vsr::Config::production(
+            ring.vsr_cluster(),
+            ring.members.len() as u8,
+            position,
+            route,
+        );
+        vsr.standby_count = ring.standbys.len() as u8;
         vsr.epoch = ring.epoch;
         vsr.seed = u64::from(me.id);
         // The core keeps every prepare since the last checkpoint in memory, and a prepare is

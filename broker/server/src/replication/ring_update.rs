@@ -51,7 +51,10 @@ pub fn consider(running: Option<&Ring>, posted: &Ring) -> Result<RingUpdate, Rin
             running: running.epoch,
         });
     }
-    if posted.epoch != running.epoch || posted.members != running.members {
+    if posted.epoch != running.epoch
+        || posted.members != running.members
+        || posted.standbys != running.standbys
+    {
         return Err(RingRefusal::Reconfiguration {
             posted: posted.epoch,
             running: running.epoch,
@@ -80,6 +83,7 @@ mod tests {
                     client_address: None,
                 })
                 .collect(),
+            standbys: Vec::new(),
             next_member_id: u32::from(members),
         }
     }

@@ -54,6 +54,8 @@ pub struct ClusterStatus {
     round_trips: RoundTrips,
     /// The ring this replica started with (what `POST /admin/ring` compares against).
     pub ring: Option<iggy_contract::Ring>,
+    /// How many of `members` vote (the rest, by position, are standbys).
+    pub voters: usize,
 }
 
 /// Upper bounds of the prepare round-trip buckets, in seconds.
@@ -85,6 +87,7 @@ impl ClusterStatus {
             lag: members.iter().map(|_| AtomicU64::new(0)).collect(),
             round_trips: RoundTrips::default(),
             ring: None,
+            voters: members.len(),
             members,
             latest: Mutex::new(Snapshot::default()),
             started: Instant::now(),
@@ -93,8 +96,14 @@ impl ClusterStatus {
 
     /// The ring this replica runs.
     pub fn with_ring(mut self, ring: iggy_contract::Ring) -> Self {
+        self.voters = ring.members.len();
         self.ring = Some(ring);
         self
+    }
+
+    /// This replica is a standby: it follows the log without voting.
+    pub fn is_standby(&self) -> bool {
+        usize::from(self.position) >= self.voters
     }
 
     /// A message from the replica at `position` arrived.
@@ -231,7 +240,7 @@ impl ClusterStatus {
     pub fn primary(&self) -> Option<ReplicaId> {
         let snapshot = self.snapshot();
         (snapshot.status == Some(Status::Normal))
-            .then(|| vsr::routing::primary_of(snapshot.view, self.members.len() as u8))
+            .then(|| vsr::routing::primary_of(snapshot.view, self.voters as u8))
     }
 
     /// Normal, not syncing, and every op it knows committed is applied.
@@ -243,6 +252,7 @@ impl ClusterStatus {
     pub fn admin(&self, ready: bool) -> AdminStatus {
         let s = self.snapshot();
         let role = match s.status {
+            Some(Status::Normal) if self.is_standby() => Role::Standby,
             Some(Status::Normal) if s.primary => Role::Primary,
             Some(Status::Normal) => Role::Backup,
             _ => Role::Recovering,

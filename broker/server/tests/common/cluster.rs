@@ -11,15 +11,31 @@ pub struct TestCluster {
     pub brokers: Vec<TestBroker>,
     pub replication: Vec<SocketAddr>,
     ring_dir: tempfile::TempDir,
+    /// The last `standbys` brokers are standbys (in the ring's `standbys`, not its members).
+    standbys: usize,
 }
 
 impl TestCluster {
     /// Starts `members` brokers (each waits for its own /ready before the next starts) with
     /// the extra `IGGY_*` settings in `env`.
     pub fn start(members: usize, env: &[(&str, &str)]) -> Self {
-        let replication: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
+        Self::start_with_standbys(members, 0, env)
+    }
+
+    /// `members` voting brokers and `standbys` non-voting ones after them.
+    pub fn start_with_standbys(members: usize, standbys: usize, env: &[(&str, &str)]) -> Self {
+        let replication: Vec<SocketAddr> = (0..members + standbys).map(|_| free_port()).collect();
         let direct = replication.clone();
-        Self::start_reaching(replication, move |_, to| direct[to], env)
+        Self::unstarted(standbys).launched(replication, move |_, to| direct[to], |_| env.to_vec())
+    }
+
+    fn unstarted(standbys: usize) -> Self {
+        Self {
+            brokers: Vec::new(),
+            replication: Vec::new(),
+            ring_dir: tempfile::tempdir().expect("temp dir"),
+            standbys,
+        }
     }
 
     /// Like `start`, but member `i` reaches member `j` at `reach(i, j)` (a fault proxy's
@@ -38,20 +54,34 @@ impl TestCluster {
         reach: impl Fn(usize, usize) -> SocketAddr,
         env_of: impl Fn(usize) -> Vec<(&'a str, &'a str)>,
     ) -> Self {
+        Self::unstarted(0).launched(replication, reach, env_of)
+    }
+
+    fn launched<'a>(
+        mut self,
+        replication: Vec<SocketAddr>,
+        reach: impl Fn(usize, usize) -> SocketAddr,
+        env_of: impl Fn(usize) -> Vec<(&'a str, &'a str)>,
+    ) -> Self {
         let members = replication.len();
-        let ring_dir = tempfile::tempdir().expect("temp dir");
+        let voters = members - self.standbys;
+        let ring_dir = &self.ring_dir;
         let clients: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
         let ring_files: Vec<String> = (0..members)
             .map(|me| {
-                let ring = serde_json::json!({
-                    "cluster_id": "test-cluster",
-                    "epoch": 0,
-                    "members": (0..members).map(|i| serde_json::json!({
+                let entry = |i: usize| {
+                    serde_json::json!({
                         "id": i,
                         "position": i,
                         "address": if i == me { replication[i] } else { reach(me, i) }.to_string(),
                         "client_address": clients[i].to_string(),
-                    })).collect::<Vec<_>>(),
+                    })
+                };
+                let ring = serde_json::json!({
+                    "cluster_id": "test-cluster",
+                    "epoch": 0,
+                    "members": (0..voters).map(entry).collect::<Vec<_>>(),
+                    "standbys": (voters..members).map(entry).collect::<Vec<_>>(),
                 });
                 let file = ring_dir.path().join(format!("ring-{me}.json"));
                 std::fs::write(&file, ring.to_string()).expect("write ring.json");
@@ -78,11 +108,9 @@ impl TestCluster {
                 TestBroker::start_on(clients[i], &settings)
             })
             .collect();
-        Self {
-            brokers,
-            replication,
-            ring_dir,
-        }
+        self.brokers = brokers;
+        self.replication = replication;
+        self
     }
 
     /// The ring.json member `member` was started with.
