@@ -15,9 +15,9 @@ use crate::{Op, ReplicaId, View};
 use std::collections::BTreeSet;
 
 impl<S: StateMachine> Replica<S> {
-    /// Faulty, and no longer knows exactly what it promised (a rotten checkpoint, or a sync or
-    /// a StartView replaced the log its header ring describes, and that log is not durable
-    /// yet): it takes no part in view changes.
+    /// Takes no part in view changes: a standby, never; a faulty replica, while it no longer
+    /// knows exactly what it promised (a rotten checkpoint, or a sync or a StartView replaced
+    /// the log its header ring describes, and that log is not durable yet).
     pub(super) fn sits_out(&self) -> bool {
         self.is_standby() || (self.faulty && self.repair.is_none())
     }
