@@ -46,26 +46,35 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
             if self.permanently_down.contains(&r) {
                 continue;
             }
-            if self.replicas[r as usize].is_some() {
-                if self.rng.chance(self.params.crash_ppm) {
-                    self.crash(r)?;
-                }
-            } else if self.rng.chance(self.params.restart_ppm) {
-                self.restart(r)?;
-            }
+            self.crash_or_restart(r, false)?;
         }
         // Standbys crash and restart too, drawn from their own generator so that seeds
         // without standbys replay as before.
         for r in n..self.params.nodes() {
-            if self.replicas[r as usize].is_some() {
-                if self.standby_rng.chance(self.params.crash_ppm) {
-                    self.crash(r)?;
-                }
-            } else if self.standby_rng.chance(self.params.restart_ppm) {
-                self.restart(r)?;
-            }
+            self.crash_or_restart(r, true)?;
         }
         Ok(())
+    }
+
+    /// Crashes replica `r` if it is up, or restarts it if it is down, at the configured
+    /// chances; a standby's draw comes from the standbys' generator.
+    fn crash_or_restart(&mut self, r: u8, standby: bool) -> Result<(), Violation> {
+        let up = self.replicas[r as usize].is_some();
+        let ppm = if up {
+            self.params.crash_ppm
+        } else {
+            self.params.restart_ppm
+        };
+        let rng = if standby {
+            &mut self.standby_rng
+        } else {
+            &mut self.rng
+        };
+        match (rng.chance(ppm), up) {
+            (false, _) => Ok(()),
+            (true, true) => self.crash(r),
+            (true, false) => self.restart(r),
+        }
     }
 
     pub fn crash(&mut self, r: u8) -> Result<(), Violation> {
@@ -163,13 +172,7 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
         match self.network.deaf {
             None if self.deaf_rng.chance(self.params.deaf_onset_ppm) => {
                 // Half the time the primary of the newest view: the case only abdication cures.
-                let primary = self
-                    .replicas
-                    .iter()
-                    .flatten()
-                    .filter(|r| r.is_primary())
-                    .max_by_key(|r| r.view())
-                    .map(|r| r.replica());
+                let primary = self.newest_primary();
                 let target = match primary {
                     Some(p) if self.deaf_rng.chance(500_000) => p,
                     _ => self.deaf_rng.below(n as u64) as u8,
@@ -215,17 +218,20 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
         if self.params.step_down_ppm == 0 || !self.step_down_rng.chance(self.params.step_down_ppm) {
             return Ok(());
         }
-        let primary = self
-            .replicas
+        match self.newest_primary() {
+            Some(r) => self.step_down(r),
+            None => Ok(()),
+        }
+    }
+
+    /// The replica that is primary of the newest view any replica leads, if one does.
+    fn newest_primary(&self) -> Option<u8> {
+        self.replicas
             .iter()
             .flatten()
             .filter(|r| r.is_primary())
             .max_by_key(|r| r.view())
-            .map(|r| r.replica());
-        match primary {
-            Some(r) => self.step_down(r),
-            None => Ok(()),
-        }
+            .map(|r| r.replica())
     }
 
     /// Asks replica `r` to step down (scenario tests; ignored unless it is a primary).
