@@ -923,24 +923,47 @@ mod tests {
         );
     }
 
-    #[test]
-    fn local_claims_bind_to_the_pv_on_the_chosen_node() {
-        let mut store = Store::new();
-        nodes(&mut store, 2);
+    /// The no-provisioner class `local`; returns the PersistentVolume type.
+    fn local_class(store: &mut Store) -> crate::resources::ResourceType {
         let class_type = store
             .type_by_kind("storage.k8s.io", "StorageClass")
             .expect("built in");
         store.create(&class_type, "", json!({"metadata": {"name": "local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer"}), "t").expect("class");
+        store
+            .type_by_kind("", "PersistentVolume")
+            .expect("built in")
+    }
+
+    /// A 10Gi local PV of class `local` on `node`, pre-bound to `claim` when given.
+    fn local_pv(store: &mut Store, name: &str, node: &str, claim: Option<&str>) {
         let pv_type = store
             .type_by_kind("", "PersistentVolume")
             .expect("built in");
-        // Only node-1 has a disk.
-        store.create(&pv_type, "", json!({"metadata": {"name": "disk-1"}, "spec": {"capacity": {"storage": "10Gi"}, "storageClassName": "local", "local": {"path": "/mnt/nvme0"}, "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-1"]}]}]}}}}), "t").expect("pv");
-        let mut set = sts(1);
+        let mut pv = json!({"metadata": {"name": name}, "spec": {"capacity": {"storage": "10Gi"}, "storageClassName": "local", "local": {"path": "/mnt/nvme0"}, "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}});
+        if let Some(claim) = claim {
+            pv["spec"]["claimRef"] =
+                json!({"kind": "PersistentVolumeClaim", "namespace": "default", "name": claim});
+        }
+        store.create(&pv_type, "", pv, "t").expect("pv");
+    }
+
+    /// StatefulSet `web` of `replicas` whose claims use class `local`, settled.
+    fn local_sts(store: &mut Store, replicas: i64) {
+        let mut set = sts(replicas);
         set["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = json!("local");
         let sts_type = store.type_by_kind("apps", "StatefulSet").expect("built in");
         store.create(&sts_type, "default", set, "t").expect("sts");
-        settle(&mut store, &ControllerOptions::default());
+        settle(store, &ControllerOptions::default());
+    }
+
+    #[test]
+    fn local_claims_bind_to_the_pv_on_the_chosen_node() {
+        let mut store = Store::new();
+        nodes(&mut store, 2);
+        let pv_type = local_class(&mut store);
+        // Only node-1 has a disk.
+        local_pv(&mut store, "disk-1", "node-1", None);
+        local_sts(&mut store, 1);
         let pod_type = store.type_by_kind("", "Pod").expect("built in");
         assert_eq!(
             store.get(&pod_type, "default", "web-0").expect("pod")["spec"]["nodeName"],
@@ -956,25 +979,15 @@ mod tests {
     fn a_pre_bound_pv_goes_to_its_claim_only() {
         let mut store = Store::new();
         nodes(&mut store, 2);
-        let class_type = store
-            .type_by_kind("storage.k8s.io", "StorageClass")
-            .expect("built in");
-        store.create(&class_type, "", json!({"metadata": {"name": "local"}, "provisioner": "kubernetes.io/no-provisioner", "volumeBindingMode": "WaitForFirstConsumer"}), "t").expect("class");
-        let pv_type = store
-            .type_by_kind("", "PersistentVolume")
-            .expect("built in");
+        let pv_type = local_class(&mut store);
         // Crosswise: node-0's disk is member 1's, node-1's is member 0's.
         for (disk, node, claim) in [
             ("disk-a", "node-0", "data-web-1"),
             ("disk-b", "node-1", "data-web-0"),
         ] {
-            store.create(&pv_type, "", json!({"metadata": {"name": disk}, "spec": {"capacity": {"storage": "10Gi"}, "storageClassName": "local", "local": {"path": "/mnt/nvme0"}, "claimRef": {"kind": "PersistentVolumeClaim", "namespace": "default", "name": claim}, "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}}), "t").expect("pv");
+            local_pv(&mut store, disk, node, Some(claim));
         }
-        let mut set = sts(2);
-        set["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] = json!("local");
-        let sts_type = store.type_by_kind("apps", "StatefulSet").expect("built in");
-        store.create(&sts_type, "default", set, "t").expect("sts");
-        settle(&mut store, &ControllerOptions::default());
+        local_sts(&mut store, 2);
         let pod_type = store.type_by_kind("", "Pod").expect("built in");
         let node_of = |pod: &str| {
             store.get(&pod_type, "default", pod).expect("pod")["spec"]["nodeName"].clone()
