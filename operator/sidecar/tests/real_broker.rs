@@ -47,6 +47,33 @@ fn broker_binary() -> PathBuf {
     path
 }
 
+/// The broker of pod `POD`: a single node with its data under `work`, admin API on `http`.
+fn broker_command(work: &std::path::Path, http: SocketAddr) -> Command {
+    let mut command = Command::new(broker_binary());
+    command
+        .env_clear()
+        .env("IGGY_SYSTEM_PATH", work.join("data"))
+        .env("IGGY_TCP_ADDRESS", free_port().to_string())
+        .env("IGGY_HTTP_ADDRESS", http.to_string())
+        .env("IGGY_ROOT_PASSWORD", "test-secret")
+        .env("IGGY_LOGGING_LEVEL", "warn")
+        .stdout(Stdio::null());
+    command
+}
+
+/// The sidecar of pod `POD`, reaching the API through `kubeconfig` and its broker at `http`.
+fn sidecar_command(kubeconfig: &std::path::Path, http: SocketAddr) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_iggy-sidecar"));
+    command
+        .env_clear()
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAME", POD)
+        .env("POD_NAMESPACE", NS)
+        .env("IGGY_BROKER_ADMIN_URL", format!("http://{http}"))
+        .stdout(Stdio::null());
+    command
+}
+
 fn gate(harness: &kube_harness::Harness) -> (String, String) {
     let pod = harness.get("", "Pod", NS, POD).unwrap_or(Value::Null);
     let conditions = pod["status"]["conditions"]
@@ -102,26 +129,13 @@ async fn the_sidecar_reports_its_real_broker_into_the_pod() {
     harness.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let http = free_port();
     let mut broker = Running(
-        Command::new(broker_binary())
-            .env_clear()
-            .env("IGGY_SYSTEM_PATH", work.path().join("data"))
-            .env("IGGY_TCP_ADDRESS", free_port().to_string())
-            .env("IGGY_HTTP_ADDRESS", http.to_string())
-            .env("IGGY_ROOT_PASSWORD", "test-secret")
-            .env("IGGY_LOGGING_LEVEL", "warn")
-            .stdout(Stdio::null())
+        broker_command(work.path(), http)
             .spawn()
             .expect("broker starts"),
     );
     let _sidecar = Running(
-        Command::new(env!("CARGO_BIN_EXE_iggy-sidecar"))
-            .env_clear()
-            .env("KUBECONFIG", &kubeconfig)
-            .env("POD_NAME", POD)
-            .env("POD_NAMESPACE", NS)
-            .env("IGGY_BROKER_ADMIN_URL", format!("http://{http}"))
+        sidecar_command(&kubeconfig, http)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
             .spawn()
             .expect("sidecar starts"),
     );
@@ -204,30 +218,17 @@ async fn the_sidecar_hands_its_ring_configmap_to_the_broker() {
         .expect("ring ConfigMap");
     let http = free_port();
     let _broker = Running(
-        Command::new(broker_binary())
-            .env_clear()
-            .env("IGGY_SYSTEM_PATH", work.path().join("data"))
-            .env("IGGY_TCP_ADDRESS", free_port().to_string())
-            .env("IGGY_HTTP_ADDRESS", http.to_string())
-            .env("IGGY_ROOT_PASSWORD", "test-secret")
+        broker_command(work.path(), http)
             .env("IGGY_CLUSTER_RING_FILE", &ring_file)
             .env("IGGY_CLUSTER_MEMBER_ID", "0")
             .env("IGGY_REPLICATION_ADDRESS", replication.to_string())
-            .env("IGGY_LOGGING_LEVEL", "warn")
-            .stdout(Stdio::null())
             .spawn()
             .expect("broker starts"),
     );
     let mut sidecar = Running(
-        Command::new(env!("CARGO_BIN_EXE_iggy-sidecar"))
-            .env_clear()
-            .env("KUBECONFIG", &kubeconfig)
-            .env("POD_NAME", POD)
-            .env("POD_NAMESPACE", NS)
-            .env("IGGY_BROKER_ADMIN_URL", format!("http://{http}"))
+        sidecar_command(&kubeconfig, http)
             .env("IGGY_RING_CONFIGMAP", "events-ring")
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("sidecar starts"),
