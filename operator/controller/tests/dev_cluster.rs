@@ -226,18 +226,10 @@ impl DevCluster {
 }
 
 /// A logged-in SDK client of the broker at `address`.
-async fn sdk_client_at(address: &str, (username, password): &(String, String)) -> IggyClient {
-    let client = IggyClient::builder()
-        .with_tcp()
-        .with_server_address(address.to_string())
-        .build()
-        .expect("client builds");
-    client.connect().await.expect("connects");
-    client
-        .login_user(username, password)
+async fn sdk_client_at(address: &str, credentials: &(String, String)) -> IggyClient {
+    try_client(address, credentials)
         .await
-        .expect("root login");
-    client
+        .expect("connects and logs in as root")
 }
 
 impl Drop for DevCluster {
@@ -274,23 +266,34 @@ fn message(text: &str) -> IggyMessage {
 }
 
 async fn read_payloads(client: &IggyClient, stream: &str, topic: &str) -> Vec<String> {
+    poll_payloads(client, stream, topic, 0)
+        .await
+        .expect("poll through the Service")
+}
+
+/// Up to 1,000 payloads of partition 0 of `stream/topic` from `offset`.
+async fn poll_payloads(
+    client: &IggyClient,
+    stream: &str,
+    topic: &str,
+    offset: u64,
+) -> Result<Vec<String>, IggyError> {
     let polled = client
         .poll_messages(
-            &Identifier::named(stream).expect("name"),
-            &Identifier::named(topic).expect("name"),
+            &Identifier::named(stream)?,
+            &Identifier::named(topic)?,
             Some(0),
-            &Consumer::new(Identifier::numeric(1).expect("id")),
-            &PollingStrategy::offset(0),
+            &Consumer::new(Identifier::numeric(1)?),
+            &PollingStrategy::offset(offset),
             1000,
             false,
         )
-        .await
-        .expect("poll through the Service");
-    polled
+        .await?;
+    Ok(polled
         .messages
         .iter()
         .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-        .collect()
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -465,30 +468,10 @@ async fn primary(dev: &DevCluster, cluster: &str) -> String {
 /// Every order's payload through `address`, or why not (nothing listening yet, say).
 async fn try_read_orders(
     address: &str,
-    (username, password): &(String, String),
+    credentials: &(String, String),
 ) -> Result<Vec<String>, IggyError> {
-    let client = IggyClient::builder()
-        .with_tcp()
-        .with_server_address(address.to_string())
-        .build()?;
-    client.connect().await?;
-    client.login_user(username, password).await?;
-    let polled = client
-        .poll_messages(
-            &Identifier::named("orders")?,
-            &Identifier::named("created")?,
-            Some(0),
-            &Consumer::new(Identifier::numeric(1)?),
-            &PollingStrategy::offset(0),
-            1000,
-            false,
-        )
-        .await?;
-    Ok(polled
-        .messages
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-        .collect())
+    let client = try_client(address, credentials).await?;
+    poll_payloads(&client, "orders", "created", 0).await
 }
 
 /// `Ok` once the cluster `events`'s `status.ring.primary` is `pod`.
@@ -646,36 +629,17 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
     }
 }
 
-/// Every payload of `orders/created` on the broker at `address`, in log order.
-async fn read_every_order(address: &str, credentials: &(String, String)) -> Vec<String> {
-    let client = sdk_client_at(address, credentials).await;
-    let (stream, topic) = (
-        Identifier::named("orders").expect("name"),
-        Identifier::named("created").expect("name"),
-    );
+/// Every payload of `orders/created` through `client`, in log order.
+async fn read_every_order(client: &IggyClient) -> Vec<String> {
     let mut payloads = Vec::new();
     loop {
-        let polled = client
-            .poll_messages(
-                &stream,
-                &topic,
-                Some(0),
-                &Consumer::new(Identifier::numeric(1).expect("id")),
-                &PollingStrategy::offset(payloads.len() as u64),
-                1000,
-                false,
-            )
+        let polled = poll_payloads(client, "orders", "created", payloads.len() as u64)
             .await
-            .expect("poll a member");
-        if polled.messages.is_empty() {
+            .expect("poll");
+        if polled.is_empty() {
             return payloads;
         }
-        payloads.extend(
-            polled
-                .messages
-                .iter()
-                .map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
-        );
+        payloads.extend(polled);
     }
 }
 
@@ -843,7 +807,7 @@ async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
         let member = format!("{ip}:8090");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let stored = read_every_order(&member, &credentials).await;
+            let stored = read_every_order(&sdk_client_at(&member, &credentials).await).await;
             let set: std::collections::BTreeSet<&String> = stored.iter().collect();
             assert_eq!(set.len(), stored.len(), "{pod} holds a message twice");
             let missing = acked.iter().filter(|m| !set.contains(m)).count();
@@ -1054,30 +1018,8 @@ async fn the_tiered_storage_sample_gets_its_bucket_and_its_brokers_tier_to_it() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut payloads = Vec::new();
-    while payloads.len() < 400 {
-        let polled = client
-            .poll_messages(
-                &Identifier::named("orders").expect("name"),
-                &Identifier::named("created").expect("name"),
-                Some(0),
-                &Consumer::new(Identifier::numeric(1).expect("id")),
-                &PollingStrategy::offset(payloads.len() as u64),
-                1000,
-                false,
-            )
-            .await
-            .expect("poll through the Service");
-        assert!(!polled.messages.is_empty(), "stopped at {}", payloads.len());
-        payloads.extend(
-            polled
-                .messages
-                .iter()
-                .map(|m| String::from_utf8_lossy(&m.payload).into_owned()),
-        );
-    }
     let expected: Vec<String> = (0..400).map(|i| format!("order-{i}")).collect();
-    assert_eq!(payloads, expected);
+    assert_eq!(read_every_order(&client).await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
