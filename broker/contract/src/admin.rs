@@ -27,6 +27,9 @@ pub enum Role {
     Standby,
     /// Starting, repairing or syncing: not yet able to serve.
     Recovering,
+    /// Left the ring: an epoch without it committed. It answers replicas still behind, and
+    /// its pod may go.
+    Retired,
 }
 
 impl Role {
@@ -37,6 +40,7 @@ impl Role {
             Role::Backup => "backup",
             Role::Standby => "standby",
             Role::Recovering => "recovering",
+            Role::Retired => "retired",
         }
     }
 }

@@ -453,11 +453,14 @@ impl Broker {
         let Some(status) = self.cluster_status() else {
             return;
         };
-        let mut last_seen = vec![std::time::Instant::now(); status.members.len()];
+        let mut last_seen: Vec<std::time::Instant> = Vec::new();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             tick.tick().await;
             let now = std::time::Instant::now();
+            // A grown ring's new positions start as seen now.
+            let layout = status.layout();
+            last_seen.resize(layout.members.len(), now);
             for (position, seen) in last_seen.iter_mut().enumerate() {
                 if position == usize::from(status.position) || status.reachable(position as u8) {
                     *seen = now;
@@ -467,7 +470,7 @@ impl Broker {
                 continue;
             }
             for (position, seen) in last_seen.iter().enumerate() {
-                let node = status.members[position].id;
+                let node = layout.members[position].id;
                 if now.duration_since(*seen) < after || !self.has_group_members_of(node) {
                     continue;
                 }
@@ -567,13 +570,22 @@ impl Broker {
         if status.role != iggy_contract::admin::Role::Primary {
             return Err("this broker is not the primary");
         }
-        if replicated.status.voters < 2 {
+        if replicated.status.voters() < 2 {
             return Err("a ring of one has no replica to hand its view to");
         }
         if !replicated.step_down() {
             return Err("the replica is stopping");
         }
         Ok(iggy_contract::admin::StepDown { view: status.view })
+    }
+
+    /// `POST /admin/ring` took `ring` as the next configuration: hands it to the replica
+    /// thread. False when there is none (a single node) or it is stopping.
+    pub fn propose_ring(&self, ring: iggy_contract::Ring) -> bool {
+        match &self.submitter {
+            Submitter::Local(_) => false,
+            Submitter::Replicated(replicated) => replicated.propose_ring(ring),
+        }
     }
 
     /// The replica's status, in cluster mode.

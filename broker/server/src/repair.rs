@@ -187,7 +187,8 @@ fn repair_from_any(
     let deadline = Instant::now() + DEADLINE;
     let mut outcome = Err(RepairError::NoCopy);
     if let Some(status) = broker.cluster_status() {
-        for (position, member) in status.members.iter().enumerate() {
+        let layout = status.layout();
+        for (position, member) in layout.members.iter().enumerate() {
             if position == usize::from(status.position) {
                 continue;
             }

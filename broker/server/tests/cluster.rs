@@ -323,15 +323,14 @@ async fn a_standby_follows_the_log_and_never_makes_a_quorum() {
     history.check(&reads);
 }
 
-/// What a sidecar posts: the ring the member runs is in force; one with other members is
-/// refused with the reason (membership changes wait for reconfiguration by epochs), and the
+/// What a sidecar posts: the ring the member runs is in force (200); one that adds members
+/// that were never standbys is refused with the reason (409), a broken one too (400); and the
 /// member goes on replicating as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_posted_ring_is_in_force_only_when_it_is_the_running_one() {
     let cluster = TestCluster::start(3, &[]);
-    let http = cluster.brokers[1].http;
     let running = cluster.ring_json(1);
-    let (code, body) = common::http_post(http, "/admin/ring", &running).expect("post");
+    let (code, body) = cluster.post_ring(1, &running);
     assert_eq!(code, 200, "{body}");
     let update: iggy_contract::RingUpdate = serde_json::from_str(&body).expect("contract");
     assert!(update.applied);
@@ -341,15 +340,75 @@ async fn a_posted_ring_is_in_force_only_when_it_is_the_running_one() {
         .as_array_mut()
         .expect("members")
         .push(serde_json::json!({"id": 3, "position": 3, "address": "127.0.0.1:9"}));
-    let (code, body) = common::http_post(http, "/admin/ring", &grown.to_string()).expect("post");
+    let (code, body) = cluster.post_ring(1, &grown.to_string());
     assert_eq!(code, 409, "{body}");
-    assert!(body.contains("reconfiguration by epochs"), "{body}");
-    let (code, _) = common::http_post(http, "/admin/ring", "[]").expect("post");
+    assert!(body.contains("standby"), "{body}");
+    let (code, _) = cluster.post_ring(1, "[]");
     assert_eq!(code, 400);
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let client = cluster.brokers[primary].client().await;
     create_log(&client, "still-three").await;
     cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+}
+
+/// 3 → 5 → 3 by rings handed to the brokers, as the sidecars do, under producers: the two new
+/// brokers start as standbys of epoch 1 and catch up (state sync of the real data), become
+/// members in epoch 2, and leave in epoch 3 (retired); every acknowledged message is on each
+/// remaining member exactly once, in one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_grows_to_five_through_standbys_and_shrinks_back_without_losing_a_message() {
+    let env = [("IGGY_STORAGE_FSYNC", "always")];
+    let mut cluster = TestCluster::start_growable(3, 5, &env);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let setup = cluster.brokers[primary].client().await;
+    create_log(&setup, "growing").await;
+    drop(setup);
+    let producers = Producers::start(&cluster, &[0, 1, 2]).await;
+    let history = producers.history.clone();
+    producers.wait_for(300).await;
+
+    let standbys = cluster.ring_for(1, 3, 2);
+    for _ in 0..2 {
+        cluster.add_broker(&standbys, &env);
+    }
+    for member in 0..3 {
+        let (code, body) = cluster.post_ring(member, &standbys);
+        assert_eq!(code, 202, "member {member}: {body}");
+    }
+    cluster.wait_epoch(&[0, 1, 2], 1, None, Duration::from_secs(20));
+    cluster.wait_epoch(&[3, 4], 1, Some(Role::Standby), Duration::from_secs(30));
+    cluster.wait_caught_up(&[3, 4], primary, Duration::from_secs(30));
+    producers.wait_for(history.acknowledged() + 100).await;
+
+    let five = cluster.ring_for(2, 5, 0);
+    for member in 0..5 {
+        let (code, body) = cluster.post_ring(member, &five);
+        assert_eq!(code, 202, "member {member}: {body}");
+    }
+    cluster.wait_epoch(&[0, 1, 2, 3, 4], 2, None, Duration::from_secs(20));
+    for member in [3, 4] {
+        let role = cluster.status(member).expect("status").role;
+        assert!(matches!(role, Role::Backup | Role::Primary), "{role:?}");
+    }
+    producers.wait_for(history.acknowledged() + 100).await;
+
+    let three = cluster.ring_for(3, 3, 0);
+    for member in 0..5 {
+        let (code, body) = cluster.post_ring(member, &three);
+        assert_eq!(code, 202, "member {member}: {body}");
+    }
+    cluster.wait_epoch(&[0, 1, 2], 3, None, Duration::from_secs(20));
+    cluster.wait_epoch(&[3, 4], 3, Some(Role::Retired), Duration::from_secs(20));
+    producers.wait_for(history.acknowledged() + 100).await;
+    producers.stop().await;
+
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    // The retired brokers say so and refuse nothing they are asked about the ring.
+    let (code, body) = cluster.post_ring(3, &three);
+    assert_eq!(code, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

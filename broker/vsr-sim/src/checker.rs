@@ -4,15 +4,18 @@
 
 use crate::machine::{header_for_reference, SimMachine};
 use std::collections::{BTreeMap, BTreeSet};
-use vsr::{ClientId, Op, Superblock, View};
+use vsr::{ClientId, Epoch, Op, Superblock, View, RECONFIGURE_CLIENT};
+
+/// `(epoch, view)`: views are numbered within their epoch.
+pub type Viewstamp = (Epoch, View);
 
 #[derive(Debug, Clone)]
 struct Committed {
     checksum: u128,
-    /// The view of the replica that applied it first: the view that committed it or a later
-    /// one (the committing primary applies at once; anyone else learned of it in that view or
-    /// after).
-    view: u32,
+    /// The epoch and view of the replica that applied it first: the view that committed it or
+    /// a later one (the committing primary applies at once; anyone else learned of it in that
+    /// view or after).
+    view: Viewstamp,
     digest: u128,
     client: ClientId,
     request: u64,
@@ -27,8 +30,8 @@ pub struct Checker<S> {
     model_replies: Vec<Option<Vec<u8>>>,
     executed: BTreeSet<(ClientId, u64)>,
     last_committed: Vec<Op>,
-    primaries: BTreeMap<View, u8>,
-    durable_views: Vec<(View, View)>,
+    primaries: BTreeMap<Viewstamp, u8>,
+    durable_views: Vec<(Epoch, View, View)>,
     sent: BTreeMap<(ClientId, u64), Vec<u8>>,
     /// client → (session, last executed request, op of that execution).
     sessions: BTreeMap<ClientId, (u64, u64, Op)>,
@@ -49,7 +52,7 @@ impl<S: SimMachine> Checker<S> {
             executed: BTreeSet::new(),
             last_committed: vec![0; replicas as usize],
             primaries: BTreeMap::new(),
-            durable_views: vec![(0, 0); replicas as usize],
+            durable_views: vec![(0, 0, 0); replicas as usize],
             sent: BTreeMap::new(),
             sessions: BTreeMap::new(),
         }
@@ -71,7 +74,7 @@ impl<S: SimMachine> Checker<S> {
     pub fn new_primary(
         &self,
         replica: u8,
-        view: u32,
+        view: Viewstamp,
         base: Op,
         checksum_at: impl Fn(Op) -> Option<u128>,
     ) -> Result<(), Violation> {
@@ -79,7 +82,7 @@ impl<S: SimMachine> Checker<S> {
             let op = i as Op + 1;
             if op >= base && committed.view <= view && checksum_at(op) != Some(committed.checksum) {
                 return Err(format!(
-                    "durability: replica {replica} became primary of view {view} without committed op {op}"
+                    "durability: replica {replica} became primary of view {view:?} without committed op {op}"
                 ));
             }
         }
@@ -123,7 +126,7 @@ impl<S: SimMachine> Checker<S> {
         (client, session, request): (ClientId, u64, u64),
         timestamp: u64,
         executed: bool,
-        view: u32,
+        view: Viewstamp,
     ) -> Result<(), Violation> {
         let last = &mut self.last_committed[replica as usize];
         if op != *last + 1 {
@@ -168,7 +171,55 @@ impl<S: SimMachine> Checker<S> {
                 "validity: op {op} body differs from what client {client:x} sent"
             ));
         }
-        // The sequential model of sessions: same table size, same eviction rule.
+        let reply = if client == RECONFIGURE_CLIENT {
+            // A reconfiguration touches neither sessions nor the state machine (the digest
+            // check below); that it was proposed is checked above (the simulator registers
+            // every configuration it asks for as sent).
+            if !executed {
+                return Err(format!("reconfiguration: op {op} was skipped"));
+            }
+            None
+        } else {
+            self.session_model(
+                op,
+                checksum,
+                body_checksum,
+                (client, session, request),
+                timestamp,
+                executed,
+                &body,
+            )?
+        };
+        if self.model.digest() != digest {
+            return Err(format!(
+                "determinism: digest after op {op} differs from the sequential model"
+            ));
+        }
+        self.model_replies.push(reply);
+        self.canonical.push(Committed {
+            checksum,
+            view,
+            digest,
+            client,
+            request,
+            executed,
+        });
+        Ok(())
+    }
+
+    /// The sequential model of sessions (same table size, same eviction rule): whether the
+    /// op executes, checked against `executed`, and the reply the model gives.
+    #[allow(clippy::too_many_arguments)]
+    fn session_model(
+        &mut self,
+        op: Op,
+        checksum: u128,
+        body_checksum: u128,
+        (client, session, request): (ClientId, u64, u64),
+        timestamp: u64,
+        executed: bool,
+        body: &[u8],
+    ) -> Result<Option<Vec<u8>>, Violation> {
         let register = session == 0;
         let entry = self.sessions.get(&client);
         let model_executes = if register {
@@ -188,7 +239,7 @@ impl<S: SimMachine> Checker<S> {
                 "at-most-once: request {request} of client {client:x} executed twice"
             ));
         }
-        let reply = if !executed {
+        Ok(if !executed {
             None
         } else if register {
             if !self.sessions.contains_key(&client) && self.sessions.len() >= CLIENTS_MAX {
@@ -212,23 +263,8 @@ impl<S: SimMachine> Checker<S> {
                 (client, session, request),
                 timestamp,
             );
-            Some(self.model.apply(&header, &body))
-        };
-        if self.model.digest() != digest {
-            return Err(format!(
-                "determinism: digest after op {op} differs from the sequential model"
-            ));
-        }
-        self.model_replies.push(reply);
-        self.canonical.push(Committed {
-            checksum,
-            view,
-            digest,
-            client,
-            request,
-            executed,
-        });
-        Ok(())
+            Some(self.model.apply(&header, body))
+        })
     }
 
     /// A client received a reply: it must be for a committed op of that request and equal the
@@ -257,13 +293,13 @@ impl<S: SimMachine> Checker<S> {
         }
     }
 
-    pub fn normal(&mut self, replica: u8, view: View, primary: bool) -> Result<(), Violation> {
+    pub fn normal(&mut self, replica: u8, view: Viewstamp, primary: bool) -> Result<(), Violation> {
         if !primary {
             return Ok(());
         }
         match self.primaries.insert(view, replica) {
             Some(other) if other != replica => Err(format!(
-                "two primaries in view {view}: {other} and {replica}"
+                "two primaries in (epoch, view) {view:?}: {other} and {replica}"
             )),
             _ => Ok(()),
         }
@@ -301,13 +337,15 @@ impl<S: SimMachine> Checker<S> {
 
     pub fn superblock_durable(&mut self, replica: u8, sb: &Superblock) -> Result<(), Violation> {
         let last = &mut self.durable_views[replica as usize];
-        if (sb.view, sb.log_view) < *last {
+        // A superblock written before reconfiguration existed records no epoch; every one the
+        // simulator sees does.
+        let stamp = sb.viewstamp();
+        if stamp < *last {
             return Err(format!(
-                "monotonic views: replica {replica} made view {:?} durable after {last:?}",
-                (sb.view, sb.log_view)
+                "monotonic views: replica {replica} made (epoch, view, log view) {stamp:?} durable after {last:?}"
             ));
         }
-        *last = (sb.view, sb.log_view);
+        *last = stamp;
         Ok(())
     }
 }

@@ -10,20 +10,23 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 37] = [
+    pub const EXPECTED: [&'static str; 40] = [
         "abdications",
         "cached_replies",
         "checkpoint_read_faults",
         "checkpoints",
         "client_retries",
         "converged_runs",
+        "converged_with_reconfiguration",
         "converged_with_standbys",
         "crashes",
         "damaged_votes",
         "deaf_replicas",
         "duplicate_ops_skipped",
+        "epochs_committed",
         "evictions_seen_by_clients",
         "faulty_recoveries",
+        "members_retired",
         "messages_dropped",
         "messages_duplicated",
         "misdirected_writes",

@@ -35,13 +35,15 @@ pub enum World {
     DamagedPairs,
     /// 7: adds primaries asked to step down (a rolling restart's hand-over).
     StepDowns,
-    /// 8: adds non-voting standbys (the current menu).
+    /// 8: adds non-voting standbys.
     Standbys,
+    /// 9: adds reconfiguration: the members change by epochs (the current menu).
+    Reconfiguration,
 }
 
 impl World {
-    pub const CURRENT: World = World::Standbys;
-    pub const ALL: [World; 8] = [
+    pub const CURRENT: World = World::Reconfiguration;
+    pub const ALL: [World; 9] = [
         World::Baseline,
         World::DeafReplicas,
         World::RottingCheckpoints,
@@ -50,6 +52,7 @@ impl World {
         World::DamagedPairs,
         World::StepDowns,
         World::Standbys,
+        World::Reconfiguration,
     ];
 
     /// The number the world was introduced as.
@@ -68,6 +71,7 @@ impl World {
             World::DamagedPairs => "damaged-pairs",
             World::StepDowns => "step-downs",
             World::Standbys => "standbys",
+            World::Reconfiguration => "reconfiguration",
         }
     }
 
@@ -118,6 +122,9 @@ pub fn run_seed_with<S: SimMachine>(seed: u64, world: World, verbose: bool) -> O
     if !world.has(World::StepDowns) {
         params.step_down_ppm = 0;
     }
+    if !world.has(World::Reconfiguration) {
+        params = params.without_reconfiguration();
+    }
     if !world.has(World::Standbys) {
         params.standbys = 0;
     }
@@ -153,7 +160,7 @@ mod tests {
             assert_eq!(World::parse(&world.number().to_string()), Some(world));
             assert_eq!(World::parse(world.name()), Some(world));
         }
-        assert_eq!(World::parse("9"), None);
+        assert_eq!(World::parse("10"), None);
         assert!(World::CloggedPaths.has(World::DeafReplicas));
         assert!(!World::DeafReplicas.has(World::CloggedPaths));
         assert_eq!(World::CURRENT, *World::ALL.last().expect("worlds"));

@@ -66,6 +66,12 @@ pub struct Params {
     /// World 8: non-voting standbys after the members (0–2), which crash and restart like
     /// members (from their own generator) and must end caught up like them.
     pub standbys: u8,
+    /// World 9: the member counts the cluster is reconfigured to, in order, during the faulty
+    /// phase (empty: never). Each growth goes through an epoch that adds the joining replicas
+    /// as standbys first; see `Simulation::configurations`.
+    pub membership_plan: Vec<u8>,
+    /// World 8's standbys as drawn, before a membership plan turned them off.
+    pub drawn_standbys: u8,
     /// Ticks of the faulty phase before faults heal for the liveness check.
     pub safety_ticks: u64,
     pub liveness_ticks: u64,
@@ -74,7 +80,8 @@ pub struct Params {
 impl Params {
     /// Members and standbys: every replica the simulation runs.
     pub fn nodes(&self) -> u8 {
-        self.replicas + self.standbys
+        let planned = self.membership_plan.iter().copied().max().unwrap_or(0);
+        (self.replicas + self.standbys).max(planned)
     }
 
     pub fn wal_slots(&self) -> u64 {
@@ -143,7 +150,40 @@ impl Params {
             } else {
                 0
             },
+            membership_plan: Vec::new(),
+            drawn_standbys: 0,
         }
+        .with_membership_plan(rng)
+    }
+
+    /// World 9, drawn last: in 40 % of the seeds, one to three reconfigurations to member
+    /// counts of 1 to 6, each different from the one before (a repeat becomes one more, or 3
+    /// after 5), such as 3 → 5 → 3 or 1 → 3 → 1.
+    /// Standbys of world 8 stay off in those seeds (growth adds its own).
+    fn with_membership_plan(mut self, rng: &mut Rng) -> Self {
+        self.drawn_standbys = self.standbys;
+        if !rng.chance(400_000) {
+            return self;
+        }
+        self.standbys = 0;
+        let mut current = self.replicas;
+        for _ in 0..rng.between(1, 4) {
+            let mut next = rng.between(1, 6) as u8;
+            if next == current {
+                next = if current == 5 { 3 } else { current + 1 };
+            }
+            self.membership_plan.push(next);
+            current = next;
+        }
+        self
+    }
+
+    /// The same world without world 9 (for the worlds before it), standbys as world 8 drew
+    /// them.
+    pub fn without_reconfiguration(mut self) -> Self {
+        self.membership_plan.clear();
+        self.standbys = self.drawn_standbys;
+        self
     }
 
     /// No faults at all: the baseline for performance guards and scenario tests.
@@ -179,6 +219,8 @@ impl Params {
             damage_at_two: false,
             step_down_ppm: 0,
             standbys: 0,
+            membership_plan: Vec::new(),
+            drawn_standbys: 0,
             safety_ticks: 3_000,
             liveness_ticks: 30_000,
         }

@@ -6,6 +6,7 @@
 //! and never runs again) and the prepare of the checkpointed op, which the next op chains to.
 
 use crate::checksum::checksum;
+use crate::membership::Membership;
 use crate::prepare::Prepare;
 use crate::{ClientId, Op, View};
 
@@ -35,6 +36,10 @@ pub struct Checkpoint {
     /// `StateMachine::digest` at the same point.
     pub digest: u128,
     pub clients: Vec<(ClientId, ClientSession)>,
+    /// The configuration in force after applying the anchor: a replica that syncs to this
+    /// checkpoint from an older epoch enters this one. [`Membership::UNSET`] in checkpoints
+    /// written before reconfiguration existed.
+    pub membership: Membership,
     /// Over everything above: a checkpoint that rotted, or arrived damaged, is refused.
     pub checksum: u128,
 }
@@ -51,10 +56,18 @@ impl Checkpoint {
             state,
             digest,
             clients,
+            membership: Membership::UNSET,
             checksum: 0,
         };
         checkpoint.checksum = checkpoint.compute_checksum();
         checkpoint
+    }
+
+    /// The same checkpoint, recording the configuration in force at it.
+    pub fn with_membership(mut self, membership: Membership) -> Self {
+        self.membership = membership;
+        self.checksum = self.compute_checksum();
+        self
     }
 
     pub fn op(&self) -> Op {
@@ -76,12 +89,21 @@ impl Checkpoint {
             sessions.extend_from_slice(&(s.reply.len() as u64).to_le_bytes());
             sessions.extend_from_slice(&s.reply);
         }
-        checksum(&[
-            &self.anchor.checksum().to_le_bytes(),
-            &self.state,
-            &self.digest.to_le_bytes(),
-            &sessions,
-        ])
+        let mut membership = Vec::new();
+        // Only when set, so checkpoints written before it existed still verify.
+        if self.membership != Membership::UNSET {
+            let m = &self.membership;
+            membership.extend_from_slice(&m.epoch.to_le_bytes());
+            membership.extend_from_slice(&[m.replica_count, m.standby_count]);
+            membership.extend_from_slice(&m.start.to_le_bytes());
+        }
+        let anchor = self.anchor.checksum().to_le_bytes();
+        let digest = self.digest.to_le_bytes();
+        let mut parts: Vec<&[u8]> = vec![&anchor, &self.state, &digest, &sessions];
+        if !membership.is_empty() {
+            parts.push(&membership);
+        }
+        checksum(&parts)
     }
 }
 
@@ -107,8 +129,18 @@ mod tests {
         let mut reply = checkpoint.clone();
         reply.clients[0].1.reply.push(0);
         assert!(!reply.verify());
-        let mut digest = checkpoint;
+        let mut digest = checkpoint.clone();
         digest.digest += 1;
         assert!(!digest.verify());
+        let epoch = checkpoint.with_membership(Membership {
+            epoch: 3,
+            replica_count: 5,
+            standby_count: 0,
+            start: 12,
+        });
+        assert!(epoch.verify());
+        let mut shrunk = epoch;
+        shrunk.membership.replica_count = 3;
+        assert!(!shrunk.verify());
     }
 }

@@ -16,6 +16,16 @@ pub struct Config {
     /// counted in a quorum, never vote and never lead; a joining member catches up as one.
     pub standby_count: u8,
     pub replica: ReplicaId,
+    /// A replica opened on an empty disk joins a cluster that already runs (not its first
+    /// configuration): it holds none of the history, so it votes in nothing until a StartView
+    /// (or a checkpoint and a StartView) gave it the log. Members of a first configuration
+    /// start with it off, normal in view 0 from the common empty log.
+    pub joining: bool,
+    /// Positions this replica may ask for history it lost (the start of its epoch): members
+    /// of earlier configurations hold it too, and a shrunken configuration may have no other
+    /// member left. At least the members and standbys; drivers set the size of the largest
+    /// ring they know (unknown positions are simply not reached).
+    pub known_positions: u8,
     pub route: Route,
     /// Most uncommitted prepares the primary keeps in flight.
     pub pipeline_max: usize,
@@ -59,6 +69,8 @@ impl Config {
             replica_count,
             standby_count: 0,
             replica,
+            joining: false,
+            known_positions: 0,
             route,
             pipeline_max: 4,
             request_queue_max: 64,

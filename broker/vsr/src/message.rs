@@ -1,5 +1,6 @@
 //! Messages between replicas and clients. Every envelope carries the cluster id, the VSR group
-//! id and the epoch; a replica drops anything addressed to another cluster, group or epoch.
+//! id and the epoch; a replica drops anything addressed to another cluster or group, and what
+//! comes from another epoch only tells it who is behind (see `replica::epochs`).
 
 use crate::checkpoint::Checkpoint;
 use crate::prepare::Prepare;
@@ -108,6 +109,16 @@ pub enum Message {
     RepairPrepare {
         prepare: Prepare,
     },
+    /// A replica that heard from a newer epoch asks the sender how that epoch began.
+    RequestStartEpoch {
+        replica: ReplicaId,
+    },
+    /// How the sender's epoch began: its log from its checkpoint up to the reconfiguration op
+    /// that started the epoch (every op of it committed). A replica of an older epoch installs
+    /// it as a commit of that op seen late and enters the epoch when it applies it.
+    StartEpoch {
+        log: Vec<Prepare>,
+    },
 }
 
 /// A message with its routing and identity fields.
@@ -141,6 +152,8 @@ pub enum MessageKind {
     Sync,
     RequestPrepare,
     RepairPrepare,
+    RequestStartEpoch,
+    StartEpoch,
 }
 
 impl Message {
@@ -162,6 +175,8 @@ impl Message {
             Message::Sync { .. } => MessageKind::Sync,
             Message::RequestPrepare { .. } => MessageKind::RequestPrepare,
             Message::RepairPrepare { .. } => MessageKind::RepairPrepare,
+            Message::RequestStartEpoch { .. } => MessageKind::RequestStartEpoch,
+            Message::StartEpoch { .. } => MessageKind::StartEpoch,
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::checkpoint::Checkpoint;
 use crate::message::Envelope;
 use crate::prepare::Prepare;
 use crate::superblock::Superblock;
-use crate::{ClientId, Op, View};
+use crate::{ClientId, Epoch, Op, View};
 
 #[derive(Debug, Clone)]
 // Inputs are built once and moved straight into `step`; boxing the message would only add an
@@ -27,6 +27,11 @@ pub enum Input {
     /// ignores it. Nothing is lost: the next view starts from a quorum's logs as after any
     /// view change.
     StepDown,
+    /// The configuration the operator wants next (a new ring). Every replica keeps the newest
+    /// one; the primary of a normal view proposes it, once every joining standby has caught
+    /// up, as the reconfiguration op that ends the epoch. A proposal the running configuration
+    /// cannot become ([`crate::Membership::may_become`]) is ignored.
+    Reconfigure(crate::Membership),
 }
 
 #[derive(Debug, Clone)]
@@ -84,10 +89,17 @@ pub enum Event {
     ViewChangeStarted {
         view: View,
     },
-    /// Became normal in `view`; `primary` says whether as its primary.
+    /// Became normal in `view` of `epoch`; `primary` says whether as its primary.
     Normal {
+        epoch: Epoch,
         view: View,
         primary: bool,
+    },
+    /// Applied the reconfiguration op at `membership.start` and entered its epoch, in view 0,
+    /// as what `role` says.
+    EpochStarted {
+        membership: crate::Membership,
+        role: crate::membership::Role,
     },
     /// Installed a log that replaced `replaced` uncommitted ops of its own.
     LogReplaced {

@@ -5,6 +5,7 @@
 //! readable — the bound the copies exist for.
 
 use crate::checksum::checksum;
+use crate::membership::Membership;
 use crate::{Op, View};
 
 /// Writes carry a sequence number; storage keeps the newest, so a late completion of an older
@@ -19,6 +20,10 @@ pub struct Superblock {
     /// The checkpoint recovery starts from (0: none, the root). Its state was written before
     /// any superblock names it.
     pub checkpoint: Op,
+    /// The configuration `view` and `log_view` belong to: views are ordered by `(epoch,
+    /// view)`. All zero in superblocks written before reconfiguration existed (and by a replica
+    /// that never left its first configuration): the configuration the replica was opened with.
+    pub membership: Membership,
     /// Over every field above ([`Superblock::sealed`]).
     pub checksum: u128,
 }
@@ -35,13 +40,28 @@ impl Superblock {
     }
 
     fn compute_checksum(&self) -> u128 {
-        checksum(&[
-            &self.sequence.to_le_bytes(),
-            &self.view.to_le_bytes(),
-            &self.log_view.to_le_bytes(),
-            &self.commit.to_le_bytes(),
-            &self.checkpoint.to_le_bytes(),
-        ])
+        let (sequence, view, log_view) = (
+            self.sequence.to_le_bytes(),
+            self.view.to_le_bytes(),
+            self.log_view.to_le_bytes(),
+        );
+        let (commit, checkpoint) = (self.commit.to_le_bytes(), self.checkpoint.to_le_bytes());
+        let base: [&[u8]; 5] = [&sequence, &view, &log_view, &commit, &checkpoint];
+        // The membership joins the checksum only when set, so superblocks written before it
+        // existed still verify.
+        if self.membership == Membership::UNSET {
+            return checksum(&base);
+        }
+        let m = &self.membership;
+        let (epoch, start) = (m.epoch.to_le_bytes(), m.start.to_le_bytes());
+        let counts = [m.replica_count, m.standby_count];
+        let membership: [&[u8]; 3] = [&epoch, &counts, &start];
+        checksum(&[base.as_slice(), membership.as_slice()].concat())
+    }
+
+    /// `(epoch, view, log_view)`: the order durable views only ever grow in.
+    pub fn viewstamp(&self) -> (crate::Epoch, View, View) {
+        (self.membership.epoch, self.view, self.log_view)
     }
 
     /// The newest copy that verifies, if any.
@@ -65,6 +85,7 @@ mod tests {
             log_view: view,
             commit: 0,
             checkpoint: 0,
+            membership: Membership::UNSET,
             checksum: 0,
         }
         .sealed()
@@ -82,5 +103,23 @@ mod tests {
         assert_eq!(Superblock::newest(&[new, old, old, old]), Some(new));
         assert_eq!(Superblock::newest(&[rotten]), None);
         assert_eq!(Superblock::newest(&[]), None);
+    }
+
+    #[test]
+    fn the_membership_is_covered_by_the_checksum_once_set() {
+        let legacy = superblock(1, 0);
+        let mut epoch = legacy;
+        epoch.membership = Membership {
+            epoch: 2,
+            replica_count: 3,
+            standby_count: 0,
+            start: 40,
+        };
+        let epoch = epoch.sealed();
+        assert!(legacy.verify() && epoch.verify());
+        assert_ne!(legacy.checksum, epoch.checksum);
+        let mut shrunk = epoch;
+        shrunk.membership.replica_count = 1;
+        assert!(!shrunk.verify());
     }
 }

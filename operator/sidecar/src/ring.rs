@@ -4,9 +4,14 @@
 //! `POST /admin/ring` whenever it differs from the last ring the broker answered. A post that
 //! fails — the broker restarting, say — is tried again every interval until one answers.
 //!
-//! What the broker does with a ring is its own decision: today it acknowledges the ring it
-//! runs and refuses any other with the reason (membership changes wait for reconfiguration by
-//! epochs, docs/replication.md); the refusal is logged once per ring, not retried.
+//! What the broker does with a ring is its own decision (docs/replication.md,
+//! "Reconfiguration by epochs"): the ring it runs is in force (`applied`), a newer one it may
+//! reach is taken as the next configuration (202, not applied until the epoch commits), and
+//! anything else is refused with the reason. The sidecar posts the ring again every interval
+//! until it is in force, so a broker that restarted, or a primary that lost a proposal in a
+//! view change, or a refusal that a committing epoch turns into a yes (the standbys of this
+//! ring joined first), all get there; each different answer is logged once. Only a ring the
+//! broker calls malformed (400) is given up on.
 
 use crate::admin::{AdminClient, AdminClientError};
 use futures::StreamExt;
@@ -20,10 +25,21 @@ use std::time::Duration;
 /// What became of the last ring seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Delivery {
-    /// Not answered yet (the broker did not respond): post again.
-    Pending(Ring),
-    /// The broker answered, with a ring in force or a refusal; nothing more to do for it.
+    /// Not in force yet: post again. With the broker's last answer, so each is logged once.
+    Pending(Ring, Option<String>),
+    /// In force, or malformed: nothing more to do for it.
     Answered(Ring),
+}
+
+/// What one post of a ring came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Posted {
+    /// In force, or refused as malformed: done with this ring.
+    Done,
+    /// Taken as a proposal, or refused for now: the answer, to post again later.
+    NotYet(String),
+    /// No answer (the broker is down or starting).
+    NoAnswer,
 }
 
 /// Follows ConfigMap `name` until `shutdown`.
@@ -50,9 +66,9 @@ pub async fn follow(
             change = changes.next() => match change {
                 Some(Ok(map)) => match ring_of(&map) {
                     Ok(ring) => {
-                        let known = matches!(&delivery, Some(Delivery::Answered(r) | Delivery::Pending(r)) if *r == ring);
+                        let known = matches!(&delivery, Some(Delivery::Answered(r) | Delivery::Pending(r, _)) if *r == ring);
                         if !known {
-                            delivery = Some(Delivery::Pending(ring));
+                            delivery = Some(Delivery::Pending(ring, None));
                         }
                     }
                     Err(problem) => tracing::warn!(configmap = name, %problem, "the ring ConfigMap holds no usable ring.json"),
@@ -62,34 +78,56 @@ pub async fn follow(
             },
             _ = ticker.tick() => {}
         }
-        if let Some(Delivery::Pending(ring)) = &delivery {
-            if let Some(answered) = deliver(&admin, ring).await {
-                delivery = Some(Delivery::Answered(answered));
+        if let Some(Delivery::Pending(ring, last)) = &delivery {
+            match deliver(&admin, ring, last.as_deref()).await {
+                Posted::Done => delivery = Some(Delivery::Answered(ring.clone())),
+                Posted::NotYet(answer) => {
+                    delivery = Some(Delivery::Pending(ring.clone(), Some(answer)))
+                }
+                Posted::NoAnswer => {}
             }
         }
     }
 }
 
-/// Posts `ring`; the ring back when the broker answered (yes or no), `None` to try again.
-async fn deliver(admin: &AdminClient, ring: &Ring) -> Option<Ring> {
+/// Posts `ring` and logs the answer when it differs from `last`.
+async fn deliver(admin: &AdminClient, ring: &Ring, last: Option<&str>) -> Posted {
     match admin.post_ring(ring).await {
-        Ok(update) => {
+        Ok(update) if update.applied => {
             tracing::info!(
                 epoch = update.epoch,
-                applied = update.applied,
+                applied = true,
                 "handed the ring to the broker"
             );
-            Some(ring.clone())
+            Posted::Done
+        }
+        Ok(update) => {
+            let answer = format!("pending in epoch {}", update.epoch);
+            if last != Some(answer.as_str()) {
+                tracing::info!(
+                    epoch = ring.epoch,
+                    running = update.epoch,
+                    applied = false,
+                    "handed the ring to the broker; its epoch is not committed yet"
+                );
+            }
+            Posted::NotYet(answer)
         }
         Err(AdminClientError::Status {
             status, message, ..
         }) if status.is_client_error() => {
-            tracing::warn!(epoch = ring.epoch, %status, %message, "the broker refused the ring");
-            Some(ring.clone())
+            if last != Some(message.as_str()) {
+                tracing::warn!(epoch = ring.epoch, %status, %message, "the broker refused the ring");
+            }
+            if status == hyper::StatusCode::BAD_REQUEST {
+                Posted::Done
+            } else {
+                Posted::NotYet(message)
+            }
         }
         Err(error) => {
             tracing::debug!(%error, "the broker did not take the ring yet; trying again");
-            None
+            Posted::NoAnswer
         }
     }
 }

@@ -237,9 +237,9 @@ async fn the_sidecar_hands_its_ring_configmap_to_the_broker() {
     // The broker may still be starting: the sidecar keeps posting until it answers.
     wait_for_line(&lines, &["handed the ring to the broker", "applied=true"]).await;
 
-    // The API server drops every watch and forgets its history; then the operator publishes a
-    // ring with two more members. The sidecar lists again, finds it, and the broker refuses it
-    // with the reason.
+    // The API server drops every watch and forgets its history; then a ring with two more
+    // members is published, members that never followed as standbys. The sidecar lists again,
+    // finds it, and the broker refuses it with the reason.
     harness.reset_watches();
     let mut grown = ring.clone();
     grown["epoch"] = serde_json::json!(2);
@@ -255,7 +255,10 @@ async fn the_sidecar_hands_its_ring_configmap_to_the_broker() {
         .expect("ring ConfigMap updated");
     wait_for_line(
         &lines,
-        &["the broker refused the ring", "reconfiguration by epochs"],
+        &[
+            "the broker refused the ring",
+            "first follow the log as a standby",
+        ],
     )
     .await;
 }

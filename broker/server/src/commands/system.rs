@@ -211,12 +211,13 @@ pub fn get_cluster_metadata(broker: &Broker, body: &mut Vec<u8>) -> Result<()> {
     let primary = status
         .primary()
         .filter(|_| broker.config.replication.advertise_leader);
-    let names: Vec<String> = status
+    let layout = status.layout();
+    let names: Vec<String> = layout
         .members
         .iter()
         .map(|m| format!("member-{}", m.id))
         .collect();
-    let nodes: Vec<response::ClusterNodeInfo<'_>> = status
+    let nodes: Vec<response::ClusterNodeInfo<'_>> = layout
         .members
         .iter()
         .enumerate()

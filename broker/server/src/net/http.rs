@@ -5,6 +5,7 @@
 //! broker's network namespace, and nothing outside it may read or steer the broker through it.
 
 use crate::broker::Broker;
+use crate::replication::ring_update::Decision;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::server::conn::http1;
@@ -65,7 +66,8 @@ pub async fn serve(
 /// The largest `ring.json` taken: 255 members with long DNS names fit many times over.
 const MAX_RING_BYTES: usize = 1 << 20;
 
-/// `POST /admin/ring`: the posted ring against the running one (`replication::ring_update`).
+/// `POST /admin/ring`: the posted ring against the running one (`replication::ring_update`):
+/// 200 when it is in force, 202 when it was taken as the next configuration.
 fn post_ring(broker: &Broker, body: &[u8]) -> Response<Full<Bytes>> {
     let posted: iggy_contract::Ring = match serde_json::from_slice(body) {
         Ok(ring) => ring,
@@ -76,9 +78,36 @@ fn post_ring(broker: &Broker, body: &[u8]) -> Response<Full<Bytes>> {
             )
         }
     };
-    let running = broker.cluster_status().and_then(|s| s.ring.as_ref());
-    match crate::replication::ring_update::consider(running, &posted) {
-        Ok(update) => json(StatusCode::OK, &update),
+    let Some(status) = broker.cluster_status() else {
+        return admin_error(
+            StatusCode::CONFLICT,
+            &crate::replication::ring_update::RingRefusal::SingleNode.to_string(),
+        );
+    };
+    let layout = status.layout();
+    let decision = crate::replication::ring_update::consider(
+        layout.ring.as_ref(),
+        status.membership(),
+        &posted,
+    );
+    match decision {
+        Ok(Decision::InForce(update)) => json(StatusCode::OK, &update),
+        Ok(Decision::Propose(next)) => {
+            if !broker.propose_ring(posted) {
+                return admin_error(StatusCode::SERVICE_UNAVAILABLE, "the replica is stopping");
+            }
+            tracing::info!(
+                epoch = next.epoch,
+                members = next.replica_count,
+                standbys = next.standby_count,
+                "took a ring as the next configuration"
+            );
+            let update = iggy_contract::RingUpdate {
+                epoch: status.epoch(),
+                applied: false,
+            };
+            json(StatusCode::ACCEPTED, &update)
+        }
         Err(refusal) => {
             tracing::warn!(epoch = posted.epoch, %refusal, "refused a posted ring");
             let status = if refusal.is_bad_request() {

@@ -52,6 +52,8 @@ pub enum DriverInput {
     },
     /// The admin API asks this replica to hand its view on (see `vsr::Input::StepDown`).
     StepDown,
+    /// `POST /admin/ring` took a ring as the next configuration (see `ring_update`).
+    Ring(iggy_contract::Ring),
     Stop,
 }
 
@@ -68,7 +70,6 @@ pub struct Driver {
     pub replica: Replica<BrokerMachine>,
     pub me: ReplicaId,
     pub cluster: u128,
-    pub epoch: vsr::Epoch,
     pub peers: Peers,
     pub journal: Sender<(u64, Write)>,
     pub status: Arc<ClusterStatus>,
@@ -76,6 +77,11 @@ pub struct Driver {
     pub clients: ClientIds,
     /// Replication addresses by position (state sync fetches from the sender of a checkpoint).
     pub addresses: Vec<String>,
+    /// Where this broker's clients connect (for the members `GetClusterMetadata` lists).
+    pub client_port: u16,
+    /// Where the newest ring handed over is kept, so a restart knows every position's address
+    /// even when its ring file is older (`Setup::load`).
+    pub ring_copy: std::path::PathBuf,
     /// When the last state sync attempt failed: the next waits a while.
     pub sync_failed: Option<Instant>,
     /// The op of a checkpoint whose data state sync just installed: the core must take it.
@@ -162,8 +168,9 @@ impl Driver {
     ) {
         match input {
             DriverInput::Envelope(envelope) => match envelope.to {
-                // Another cluster's (or epoch's) traffic is nobody's business here.
-                _ if envelope.cluster != self.cluster || envelope.epoch != self.epoch => {}
+                // Another cluster's traffic is nobody's business here. Another epoch's is the
+                // core's: it shows who is behind.
+                _ if envelope.cluster != self.cluster => {}
                 Node::Replica(_) => {
                     if let Node::Replica(from) = envelope.from {
                         self.status.heard_from(from);
@@ -203,7 +210,7 @@ impl Driver {
                 queue.push_back(Input::Message(Envelope {
                     cluster: self.cluster,
                     group: 1,
-                    epoch: self.epoch,
+                    epoch: self.replica.epoch(),
                     from: Node::Client(client),
                     to: Node::Replica(self.me),
                     message: Message::Request {
@@ -215,6 +222,10 @@ impl Driver {
                 }));
             }
             DriverInput::StepDown => queue.push_back(Input::StepDown),
+            DriverInput::Ring(ring) => {
+                let next = self.adopt_ring(&ring);
+                queue.push_back(Input::Reconfigure(next));
+            }
             DriverInput::Stop => {}
         }
     }
@@ -406,7 +417,9 @@ impl Driver {
                         queue.push_back(Input::Message(Envelope {
                             cluster: self.cluster,
                             group: 1,
-                            epoch: self.epoch,
+                            // The primary's epoch: a commit of another one is the core's to
+                            // judge (it shows who is behind).
+                            epoch: envelope.epoch,
                             from: Node::Replica(primary),
                             to: Node::Replica(self.me),
                             message: Message::Commit { view, commit: op },
@@ -448,6 +461,29 @@ impl Driver {
         }
     }
 
+    /// A ring handed over (or started with) as the next configuration: connects to the
+    /// positions it adds, lists them, and keeps a copy; the configuration for the core.
+    pub fn adopt_ring(&mut self, ring: &iggy_contract::Ring) -> vsr::Membership {
+        for member in ring.by_position() {
+            let index = usize::from(member.position);
+            if self.addresses.len() <= index {
+                self.addresses.resize(index + 1, String::new());
+            }
+            if self.addresses[index].is_empty() {
+                self.addresses[index] = member.address.clone();
+            }
+            self.peers.add(member.position, &member.address);
+        }
+        self.status.set_layout(super::status::Layout {
+            members: super::members_of(ring, self.client_port),
+            ring: Some(ring.clone()),
+        });
+        if let Err(error) = super::keep_ring_copy(&self.ring_copy, ring) {
+            tracing::warn!(%error, path = %self.ring_copy.display(), "cannot keep a copy of the ring");
+        }
+        super::ring_update::membership_of(ring)
+    }
+
     fn observe(&self, event: Event) {
         let metrics = &self.broker.metrics;
         match event {
@@ -455,7 +491,7 @@ impl Driver {
                 metrics.view_changes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(view, "view change started");
             }
-            Event::Normal { view, primary } => {
+            Event::Normal { view, primary, .. } => {
                 tracing::info!(view, primary, "replica is normal");
             }
             Event::Abdicated { view } => tracing::warn!(view, "primary abdicated"),
@@ -466,6 +502,14 @@ impl Driver {
                 )
             }
             Event::StateSynced { op, .. } => tracing::info!(op, "state synced from a peer"),
+            Event::EpochStarted { membership, role } => tracing::info!(
+                epoch = membership.epoch,
+                at_op = membership.start,
+                members = membership.replica_count,
+                standbys = membership.standby_count,
+                role = ?role,
+                "entered a new epoch"
+            ),
             Event::Repaired { op } => {
                 metrics.wal_repairs.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(op, "repaired a damaged WAL slot");

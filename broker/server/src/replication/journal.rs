@@ -334,7 +334,35 @@ fn checkpoint_path(dir: &Path, op: Op) -> PathBuf {
 
 fn read_checkpoint(path: &Path) -> Option<Checkpoint> {
     let bytes = std::fs::read(path).ok()?;
-    postcard::from_bytes::<Checkpoint>(&bytes).ok()
+    decode_checkpoint(&bytes)
+}
+
+/// A checkpoint file, of this build or of one before checkpoints recorded their membership
+/// (which reads back as [`vsr::Membership::UNSET`] and still verifies).
+fn decode_checkpoint(bytes: &[u8]) -> Option<Checkpoint> {
+    if let Ok(checkpoint) = postcard::from_bytes::<Checkpoint>(bytes) {
+        return Some(checkpoint);
+    }
+    let legacy = postcard::from_bytes::<LegacyCheckpoint>(bytes).ok()?;
+    Some(Checkpoint {
+        anchor: legacy.anchor,
+        state: legacy.state,
+        digest: legacy.digest,
+        clients: legacy.clients,
+        membership: vsr::Membership::UNSET,
+        checksum: legacy.checksum,
+    })
+}
+
+/// The checkpoint file format before reconfiguration (field for field, in order).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LegacyCheckpoint {
+    anchor: vsr::Prepare,
+    #[serde(with = "serde_bytes")]
+    state: Vec<u8>,
+    digest: u128,
+    clients: Vec<(vsr::ClientId, vsr::ClientSession)>,
+    checksum: u128,
 }
 
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
@@ -450,6 +478,12 @@ fn encode_superblock(sb: &Superblock) -> [u8; SUPERBLOCK_SIZE] {
     out[16..24].copy_from_slice(&sb.commit.to_le_bytes());
     out[24..32].copy_from_slice(&sb.checkpoint.to_le_bytes());
     out[32..48].copy_from_slice(&sb.checksum.to_le_bytes());
+    // Written by reconfiguration-aware builds; zero (unset) in older superblocks.
+    let m = &sb.membership;
+    out[48..52].copy_from_slice(&m.epoch.to_le_bytes());
+    out[52] = m.replica_count;
+    out[53] = m.standby_count;
+    out[54..62].copy_from_slice(&m.start.to_le_bytes());
     out
 }
 
@@ -470,6 +504,12 @@ fn decode_superblock(bytes: &[u8]) -> Option<Superblock> {
         log_view: u32_at(12)?,
         commit: u64_at(16)?,
         checkpoint: u64_at(24)?,
+        membership: vsr::Membership {
+            epoch: u32_at(48)?,
+            replica_count: *bytes.get(52)?,
+            standby_count: *bytes.get(53)?,
+            start: u64_at(54)?,
+        },
         checksum: u128::from_le_bytes(bytes.get(32..48)?.try_into().ok()?),
     })
 }
@@ -519,6 +559,7 @@ mod tests {
             log_view: 2,
             commit: 3,
             checkpoint,
+            membership: vsr::Membership::UNSET,
             checksum: 0,
         }
         .sealed()
@@ -637,6 +678,47 @@ mod tests {
         }
         let (_, image) = Journal::open(dir.path(), true).unwrap();
         assert_eq!(image.wal.get(&1), Some(&one));
+    }
+
+    #[test]
+    fn a_checkpoint_written_before_memberships_were_recorded_still_reads_and_verifies() {
+        let current = Checkpoint::new(prepare(5, 0), b"manifest".to_vec(), 9, Vec::new());
+        let legacy = LegacyCheckpoint {
+            anchor: current.anchor.clone(),
+            state: current.state.clone(),
+            digest: current.digest,
+            clients: Vec::new(),
+            checksum: current.checksum,
+        };
+        let bytes = postcard::to_stdvec(&legacy).unwrap();
+        let read = decode_checkpoint(&bytes).expect("decodes");
+        assert_eq!(read, current);
+        assert!(read.verify());
+        let recorded = current.with_membership(vsr::Membership {
+            epoch: 2,
+            replica_count: 3,
+            standby_count: 1,
+            start: 4,
+        });
+        let bytes = postcard::to_stdvec(&recorded).unwrap();
+        assert_eq!(decode_checkpoint(&bytes), Some(recorded));
+    }
+
+    #[test]
+    fn a_superblock_with_a_membership_round_trips_and_an_older_one_reads_unset() {
+        let mut sb = superblock(3, 0);
+        let legacy = encode_superblock(&sb);
+        assert_eq!(decode_superblock(&legacy), Some(sb));
+        sb.membership = vsr::Membership {
+            epoch: 4,
+            replica_count: 5,
+            standby_count: 0,
+            start: 77,
+        };
+        let sb = sb.sealed();
+        let decoded = decode_superblock(&encode_superblock(&sb)).unwrap();
+        assert_eq!(decoded, sb);
+        assert!(decoded.verify());
     }
 
     #[test]

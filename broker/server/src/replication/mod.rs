@@ -149,12 +149,33 @@ impl Setup {
             source,
         };
         ring.validate().map_err(ring_error)?;
-        let me = if config.cluster.member_id == 0 && config.cluster.position >= 0 {
-            ring.member_at(config.cluster.position)
-        } else {
-            ring.member(config.cluster.member_id)
-        }
-        .map_err(ring_error)?;
+        let find = |ring: &Ring| {
+            if config.cluster.member_id == 0 && config.cluster.position >= 0 {
+                ring.member_at(config.cluster.position).cloned()
+            } else {
+                ring.member(config.cluster.member_id).cloned()
+            }
+        };
+        let mut me = find(&ring).map_err(ring_error)?;
+        // A newer ring handed over while running (kept by `keep_ring_copy`) knows positions
+        // the mounted file may not show yet; it wins while it still names this node.
+        let copy = ring_copy_path(&config.system.path);
+        let ring = match read_ring_copy(&copy) {
+            Some(newer)
+                if newer.cluster_id == ring.cluster_id
+                    && newer.epoch > ring.epoch
+                    && newer.validate().is_ok() =>
+            {
+                match find(&newer) {
+                    Ok(found) => {
+                        me = found;
+                        newer
+                    }
+                    Err(_) => ring,
+                }
+            }
+            _ => ring,
+        };
         if config.root.password.is_empty() {
             return Err(ClusterError::NoRootPassword);
         }
@@ -177,6 +198,11 @@ impl Setup {
         );
         vsr.standby_count = ring.standbys.len() as u8;
         vsr.epoch = ring.epoch;
+        // An empty disk under a ring past the operator's first (epoch 1) joins a cluster that
+        // already has a history: it votes in nothing before it holds that history. (The
+        // configuration a disk recorded outranks the ring: see `vsr::Replica::open`.)
+        vsr.joining = ring.epoch > 1;
+        vsr.known_positions = (ring.members.len() + ring.standbys.len()) as u8;
         vsr.seed = u64::from(me.id);
         // The core keeps every prepare since the last checkpoint in memory, and a prepare is
         // a whole batch (up to megabytes): a short interval bounds that memory; a checkpoint
@@ -192,26 +218,9 @@ impl Setup {
         })
     }
 
-    /// Every member as clients reach it, by position: its `client_address`, or else the host
-    /// of its replication address with `own_client_port`.
+    /// Every member as clients reach it, by position (see [`members_of`]).
     pub fn members(&self, own_client_port: u16) -> Vec<status::MemberInfo> {
-        self.ring
-            .by_position()
-            .iter()
-            .map(|m| {
-                let (host, port) = split_host_port(m.client_address.as_deref().unwrap_or(""))
-                    .or_else(|| {
-                        split_host_port(&m.address).map(|(host, _)| (host, own_client_port))
-                    })
-                    .unwrap_or_default();
-                status::MemberInfo {
-                    id: m.id,
-                    host,
-                    client_port: port,
-                    replication: m.address.clone(),
-                }
-            })
-            .collect()
+        members_of(&self.ring, own_client_port)
     }
 
     /// The root user's password salt: the same on every replica of the cluster, so each
@@ -220,6 +229,45 @@ impl Setup {
         xxhash_rust::xxh3::xxh3_128(format!("iggy-root:{}", self.ring.cluster_id).as_bytes())
             .to_le_bytes()
     }
+}
+
+/// Every member and standby of `ring` as clients reach it, by position: its `client_address`,
+/// or else the host of its replication address with `own_client_port`.
+pub fn members_of(ring: &Ring, own_client_port: u16) -> Vec<status::MemberInfo> {
+    ring.by_position()
+        .iter()
+        .map(|m| {
+            let (host, port) = split_host_port(m.client_address.as_deref().unwrap_or(""))
+                .or_else(|| split_host_port(&m.address).map(|(host, _)| (host, own_client_port)))
+                .unwrap_or_default();
+            status::MemberInfo {
+                id: m.id,
+                host,
+                client_port: port,
+                replication: m.address.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Where a replica keeps the newest ring it was handed.
+fn ring_copy_path(data: &Path) -> PathBuf {
+    Journal::dir(data).join("ring.json")
+}
+
+fn read_ring_copy(path: &Path) -> Option<Ring> {
+    let text = std::fs::read(path).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Writes `ring` to `path` whole (a temporary file renamed over it), so a crash leaves the old
+/// copy or the new one.
+pub fn keep_ring_copy(path: &Path, ring: &Ring) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(ring).map_err(std::io::Error::other)?;
+    let temporary = path.with_extension("json.tmp");
+    std::fs::write(&temporary, json)?;
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// `host:port` or `[v6]:port` split; `None` when it is neither.
@@ -264,6 +312,7 @@ pub async fn boot(
 
     let (inputs, receiver) = mpsc::channel();
     let position = setup.position;
+    let config_client_port = config.tcp.address.port();
     let status = Arc::new(
         ClusterStatus::new(
             setup.member_id,
@@ -325,17 +374,21 @@ pub async fn boot(
         );
     }
     status.publish(&replica);
+    // A ring newer than the configuration the disk recorded is a proposal not yet committed
+    // (or never seen by this replica): handed over like a posted one.
+    let proposal = (setup.ring.epoch > replica.epoch()).then(|| setup.ring.clone());
     let driver = Driver {
         replica,
         me: position,
         cluster: setup.vsr.cluster,
-        epoch: setup.vsr.epoch,
         peers,
         journal: writes,
         status,
         broker: broker.clone(),
         clients,
         addresses: setup.addresses.clone(),
+        client_port: config_client_port,
+        ring_copy: ring_copy_path(&data),
         sync_failed: None,
         synced: None,
         prepared_at: Default::default(),
@@ -344,11 +397,14 @@ pub async fn boot(
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())
         .spawn(move || driver.run(receiver))?;
+    if let Some(ring) = proposal {
+        let _ = inputs.send(DriverInput::Ring(ring));
+    }
     tracing::info!(
         member = setup.member_id,
         position,
         members = setup.addresses.len(),
-        epoch = setup.ring.epoch,
+        ring_epoch = setup.ring.epoch,
         replication = %listen,
         "replica started"
     );

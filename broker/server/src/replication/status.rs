@@ -5,7 +5,7 @@ use crate::replication::machine::BrokerMachine;
 use iggy_contract::admin::{AdminStatus, Role};
 use iggy_contract::{Epoch, MemberId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use vsr::{Replica, ReplicaId, Status};
 
@@ -24,6 +24,8 @@ pub struct MemberInfo {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Snapshot {
+    /// The configuration the core runs: its epoch, members and standbys.
+    pub membership: Option<vsr::Membership>,
     pub status: Option<Status>,
     pub view: u32,
     pub primary: bool,
@@ -31,16 +33,17 @@ pub struct Snapshot {
     pub commit_max: u64,
     pub op: u64,
     pub syncing: bool,
+    /// Its durable log reaches back to the start of its epoch (see `caught_up`).
+    pub holds_epoch_start: bool,
 }
 
 pub struct ClusterStatus {
     pub member_id: MemberId,
     pub position: ReplicaId,
-    pub epoch: Epoch,
     /// The ring's `cluster_id`.
     pub cluster_name: String,
-    /// Every member, by position.
-    pub members: Vec<MemberInfo>,
+    /// The newest ring this replica knows (it started with, or was handed): who is where.
+    layout: RwLock<Arc<Layout>>,
     latest: Mutex<Snapshot>,
     started: Instant,
     /// Per position: when a message from that replica last arrived (ms since `started`, plus
@@ -52,10 +55,17 @@ pub struct ClusterStatus {
     lag: Vec<AtomicU64>,
     /// Prepare round trips (primary: sent → acknowledged), as a histogram.
     round_trips: RoundTrips,
-    /// The ring this replica started with (what `POST /admin/ring` compares against).
+}
+
+/// Who is at which position: the members and standbys of the newest ring this replica knows.
+/// Which of them vote is the core's business ([`Snapshot::membership`]): a ring handed over is
+/// a proposal until its epoch commits.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    /// Members then standbys, by position.
+    pub members: Vec<MemberInfo>,
+    /// That ring (what `POST /admin/ring` compares against).
     pub ring: Option<iggy_contract::Ring>,
-    /// How many of `members` vote (the rest, by position, are standbys).
-    pub voters: usize,
 }
 
 /// Upper bounds of the prepare round-trip buckets, in seconds.
@@ -77,33 +87,84 @@ impl ClusterStatus {
         cluster_name: String,
         members: Vec<MemberInfo>,
     ) -> Self {
+        // Every position a ring can name, so that a grown ring finds its counters.
+        let positions = iggy_contract::ring::MAX_MEMBERS + 1;
+        let latest = Snapshot {
+            membership: Some(vsr::Membership {
+                epoch,
+                replica_count: members.len() as u8,
+                standby_count: 0,
+                start: 0,
+            }),
+            ..Snapshot::default()
+        };
         Self {
             member_id,
             position,
-            epoch,
             cluster_name,
-            heard: members.iter().map(|_| AtomicU64::new(0)).collect(),
-            connected: members.iter().map(|_| AtomicBool::new(false)).collect(),
-            lag: members.iter().map(|_| AtomicU64::new(0)).collect(),
+            heard: (0..positions).map(|_| AtomicU64::new(0)).collect(),
+            connected: (0..positions).map(|_| AtomicBool::new(false)).collect(),
+            lag: (0..positions).map(|_| AtomicU64::new(0)).collect(),
             round_trips: RoundTrips::default(),
-            ring: None,
-            voters: members.len(),
-            members,
-            latest: Mutex::new(Snapshot::default()),
+            layout: RwLock::new(Arc::new(Layout {
+                members,
+                ring: None,
+            })),
+            latest: Mutex::new(latest),
             started: Instant::now(),
         }
     }
 
     /// The ring this replica runs.
-    pub fn with_ring(mut self, ring: iggy_contract::Ring) -> Self {
-        self.voters = ring.members.len();
-        self.ring = Some(ring);
+    pub fn with_ring(self, ring: iggy_contract::Ring) -> Self {
+        {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            latest.membership = Some(vsr::Membership {
+                epoch: ring.epoch,
+                replica_count: ring.members.len() as u8,
+                standby_count: ring.standbys.len() as u8,
+                start: 0,
+            });
+        }
+        let members = self.layout().members.clone();
+        self.set_layout(Layout {
+            members,
+            ring: Some(ring),
+        });
         self
+    }
+
+    /// Who is where, as the newest ring says.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A newer ring was handed over (the replica thread checked it).
+    pub fn set_layout(&self, layout: Layout) {
+        *self.layout.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(layout);
+    }
+
+    /// The epoch the core runs.
+    pub fn epoch(&self) -> Epoch {
+        self.membership().epoch
+    }
+
+    /// How many replicas vote in the running epoch (the rest, by position, are standbys).
+    pub fn voters(&self) -> usize {
+        usize::from(self.membership().replica_count)
+    }
+
+    /// The configuration the core runs.
+    pub fn membership(&self) -> vsr::Membership {
+        self.snapshot().membership.unwrap_or(vsr::Membership::UNSET)
     }
 
     /// This replica is a standby: it follows the log without voting.
     pub fn is_standby(&self) -> bool {
-        usize::from(self.position) >= self.voters
+        self.membership().role_of(self.position) == vsr::Role::Standby
     }
 
     /// A message from the replica at `position` arrived.
@@ -178,7 +239,8 @@ impl ClusterStatus {
             "# HELP iggy_replication_commit_lag Committed ops a member has not acknowledged (reported by the primary).\n\
              # TYPE iggy_replication_commit_lag gauge"
         );
-        for (member, lag) in self.members.iter().zip(&self.lag) {
+        let layout = self.layout();
+        for (member, lag) in layout.members.iter().zip(&self.lag) {
             let _ = writeln!(
                 out,
                 "iggy_replication_commit_lag{{member=\"{}\"}} {}",
@@ -221,6 +283,7 @@ impl ClusterStatus {
             lag.store(behind, Ordering::Relaxed);
         }
         let snapshot = Snapshot {
+            membership: Some(replica.membership()),
             status: Some(replica.status()),
             view: replica.view(),
             primary: replica.is_primary(),
@@ -228,6 +291,7 @@ impl ClusterStatus {
             commit_max: replica.commit_max(),
             op: replica.log_tail(),
             syncing: replica.is_syncing(),
+            holds_epoch_start: replica.holds_epoch_start(),
         };
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
     }
@@ -239,19 +303,27 @@ impl ClusterStatus {
     /// The position of the primary of the current view, when the replica is normal in it.
     pub fn primary(&self) -> Option<ReplicaId> {
         let snapshot = self.snapshot();
-        (snapshot.status == Some(Status::Normal))
-            .then(|| vsr::routing::primary_of(snapshot.view, self.voters as u8))
+        (snapshot.status == Some(Status::Normal)).then(|| {
+            let voters = snapshot.membership.map_or(1, |m| m.replica_count.max(1));
+            vsr::routing::primary_of(snapshot.view, voters)
+        })
     }
 
-    /// Normal, not syncing, and every op it knows committed is applied.
+    /// Normal, not syncing, every op it knows committed applied, and the start of its epoch
+    /// durable: until then the members of the previous epoch may hold the only durable copies
+    /// of that history, so the operator keeps them (scale-down waits on this).
     pub fn caught_up(&self) -> bool {
         let s = self.snapshot();
-        s.status == Some(Status::Normal) && !s.syncing && s.commit_min >= s.commit_max
+        s.status == Some(Status::Normal)
+            && !s.syncing
+            && s.holds_epoch_start
+            && s.commit_min >= s.commit_max
     }
 
     pub fn admin(&self, ready: bool) -> AdminStatus {
         let s = self.snapshot();
         let role = match s.status {
+            Some(Status::Retired) => Role::Retired,
             Some(Status::Normal) if self.is_standby() => Role::Standby,
             Some(Status::Normal) if s.primary => Role::Primary,
             Some(Status::Normal) => Role::Backup,
@@ -259,7 +331,7 @@ impl ClusterStatus {
         };
         AdminStatus {
             member_id: Some(self.member_id),
-            epoch: self.epoch,
+            epoch: s.membership.map_or(0, |m| m.epoch),
             view: s.view,
             role,
             commit: s.commit_max,

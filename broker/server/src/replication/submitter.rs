@@ -75,6 +75,11 @@ impl ReplicatedSubmitter {
         }
     }
 
+    /// Hands the replica thread a ring to propose; false when it is gone.
+    pub fn propose_ring(&self, ring: iggy_contract::Ring) -> bool {
+        self.inputs.send(DriverInput::Ring(ring)).is_ok()
+    }
+
     /// Asks the replica thread to hand its view on; false when it is gone.
     pub fn step_down(&self) -> bool {
         self.inputs.send(DriverInput::StepDown).is_ok()

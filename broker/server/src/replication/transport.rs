@@ -61,8 +61,13 @@ pub const HELLO: u8 = 4;
 const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// The replication wire format this build speaks. Bump it with any change to frames, envelopes
 /// or sync messages, and keep [`OLDEST_WIRE_VERSION`] at the oldest one still understood.
-pub const WIRE_VERSION: u16 = 1;
-pub const OLDEST_WIRE_VERSION: u16 = 1;
+///
+/// 2: reconfiguration (`RequestStartEpoch` and `StartEpoch`, and checkpoints carrying their
+/// membership). Version 1 cannot decode a version-2 checkpoint, so 2 is also the oldest: a
+/// rolling upgrade across it keeps a quorum (the restarted members talk to each other, and the
+/// primary, restarted last, hands over first).
+pub const WIRE_VERSION: u16 = 2;
+pub const OLDEST_WIRE_VERSION: u16 = 2;
 
 /// The frame a connection opens with.
 pub fn hello() -> Vec<u8> {
@@ -136,39 +141,56 @@ pub struct OutFrame {
 pub type Frame = Arc<OutFrame>;
 
 /// The sending side: one queue per peer position (none for this replica's own), each drained
-/// by its connection task.
-#[derive(Clone)]
+/// by its connection task. Owned by the replica thread, which adds the peers a new ring names
+/// (`add`).
 pub struct Peers {
-    queues: Arc<Vec<Option<mpsc::Sender<Frame>>>>,
+    queues: Vec<Option<mpsc::Sender<Frame>>>,
+    me: ReplicaId,
+    status: Arc<ClusterStatus>,
+    stop: watch::Receiver<bool>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Peers {
     /// Starts a connection task for every peer in `addresses` (by position; `me` is skipped).
+    /// Must be called on the runtime the connection tasks run on.
     pub fn start(
         addresses: &[String],
         me: ReplicaId,
         status: Arc<ClusterStatus>,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        let queues = addresses
-            .iter()
-            .enumerate()
-            .map(|(position, address)| {
-                (position != usize::from(me)).then(|| {
-                    let (tx, rx) = mpsc::channel(PEER_QUEUE);
-                    let peer = Peer {
-                        address: address.clone(),
-                        position: position as ReplicaId,
-                        status: status.clone(),
-                    };
-                    tokio::spawn(send_loop(peer, rx, stop.clone()));
-                    tx
-                })
-            })
-            .collect();
-        Self {
-            queues: Arc::new(queues),
+        let mut peers = Self {
+            queues: Vec::new(),
+            me,
+            status,
+            stop,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        for (position, address) in addresses.iter().enumerate() {
+            peers.add(position as ReplicaId, address);
         }
+        peers
+    }
+
+    /// Starts the connection to the peer at `position`, unless there is one (positions keep
+    /// their address for the life of a ring: a StatefulSet ordinal's DNS name).
+    pub fn add(&mut self, position: ReplicaId, address: &str) {
+        let index = usize::from(position);
+        if self.queues.len() <= index {
+            self.queues.resize_with(index + 1, || None);
+        }
+        if position == self.me || self.queues[index].is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        let peer = Peer {
+            address: address.to_owned(),
+            position,
+            status: self.status.clone(),
+        };
+        self.runtime.spawn(send_loop(peer, rx, self.stop.clone()));
+        self.queues[index] = Some(tx);
     }
 
     /// Queues `frame` for `to`; false when it was dropped.
@@ -405,9 +427,17 @@ mod tests {
         let refused = check_hello(kind, body).unwrap_err();
         assert!(matches!(refused, TransportError::Version(v) if v == WIRE_VERSION + 1));
         assert!(
-            refused.to_string().contains("speaks versions 1 to 1"),
+            refused.to_string().contains("speaks versions 2 to 2"),
             "{refused}"
         );
+
+        // A version-1 peer (before reconfiguration) cannot read our checkpoints: refused.
+        let old = encode_frame(HELLO, &(HELLO_MAGIC, 1u16)).unwrap();
+        let (kind, body) = split(&old);
+        assert!(matches!(
+            check_hello(kind, body),
+            Err(TransportError::Version(1))
+        ));
 
         let stranger = encode_frame(HELLO, &(*b"HTTP", WIRE_VERSION)).unwrap();
         let (kind, body) = split(&stranger);

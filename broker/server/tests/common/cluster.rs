@@ -13,6 +13,8 @@ pub struct TestCluster {
     ring_dir: tempfile::TempDir,
     /// The last `standbys` brokers are standbys (in the ring's `standbys`, not its members).
     standbys: usize,
+    /// Client ports by position, those of positions not started yet included.
+    clients: Vec<SocketAddr>,
 }
 
 impl TestCluster {
@@ -35,6 +37,87 @@ impl TestCluster {
             replication: Vec::new(),
             ring_dir: tempfile::tempdir().expect("temp dir"),
             standbys,
+            clients: Vec::new(),
+        }
+    }
+
+    /// `members` brokers, with ports set aside for `capacity` in all: positions a later ring
+    /// adds are started with [`TestCluster::add_broker`].
+    pub fn start_growable(members: usize, capacity: usize, env: &[(&str, &str)]) -> Self {
+        let replication: Vec<SocketAddr> = (0..capacity).map(|_| free_port()).collect();
+        let mut cluster = Self::start(members, env);
+        // `start` picked its own ports for the first `members`; keep them, add the rest.
+        cluster
+            .replication
+            .extend_from_slice(&replication[members..]);
+        cluster
+            .clients
+            .extend((members..capacity).map(|_| free_port()));
+        cluster
+    }
+
+    /// ring.json of `epoch` with positions `0..members` voting and the next `standbys` not.
+    pub fn ring_for(&self, epoch: u32, members: usize, standbys: usize) -> String {
+        let entry = |i: usize| {
+            serde_json::json!({
+                "id": i,
+                "position": i,
+                "address": self.replication[i].to_string(),
+                "client_address": self.clients[i].to_string(),
+            })
+        };
+        serde_json::json!({
+            "cluster_id": "test-cluster",
+            "epoch": epoch,
+            "members": (0..members).map(entry).collect::<Vec<_>>(),
+            "standbys": (members..members + standbys).map(entry).collect::<Vec<_>>(),
+        })
+        .to_string()
+    }
+
+    /// Hands `ring` to member `member` as its sidecar does (`POST /admin/ring`).
+    pub fn post_ring(&self, member: usize, ring: &str) -> (u16, String) {
+        super::http_post(self.brokers[member].http, "/admin/ring", ring).expect("post ring")
+    }
+
+    /// Starts the broker at the next position with `ring` as its ring file (a pod the
+    /// operator adds for a grown ring).
+    pub fn add_broker(&mut self, ring: &str, env: &[(&str, &str)]) -> usize {
+        let position = self.brokers.len();
+        let file = self.ring_dir.path().join(format!("ring-{position}.json"));
+        std::fs::write(&file, ring).expect("write ring.json");
+        let file = file.display().to_string();
+        let member = position.to_string();
+        let address = self.replication[position].to_string();
+        let mut settings: Vec<(&str, &str)> = vec![
+            ("IGGY_CLUSTER_RING_FILE", &file),
+            ("IGGY_CLUSTER_POSITION", &member),
+            ("IGGY_REPLICATION_ADDRESS", &address),
+        ];
+        settings.extend_from_slice(env);
+        let broker = TestBroker::start_on(self.clients[position], &settings);
+        self.brokers.push(broker);
+        position
+    }
+
+    /// Waits until every member in `members` reports `epoch` (and, when given, `role`).
+    pub fn wait_epoch(&self, members: &[usize], epoch: u32, role: Option<Role>, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses: Vec<Option<AdminStatus>> =
+                members.iter().map(|&m| self.status(m)).collect();
+            let done = statuses.iter().all(|s| {
+                s.as_ref()
+                    .is_some_and(|s| s.epoch == epoch && role.is_none_or(|r| s.role == r))
+            });
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members {members:?} did not reach epoch {epoch} ({role:?}): {statuses:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -67,6 +150,7 @@ impl TestCluster {
         let voters = members - self.standbys;
         let ring_dir = &self.ring_dir;
         let clients: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
+        self.clients = clients.clone();
         let ring_files: Vec<String> = (0..members)
             .map(|me| {
                 let entry = |i: usize| {

@@ -26,7 +26,12 @@ pub(super) struct Client {
 
 impl<S: crate::machine::SimMachine> Simulation<S> {
     pub(super) fn tick_clients(&mut self) {
-        let n = self.params.replicas;
+        // Under reconfiguration any replica may be a member by now: retries go to all.
+        let n = if self.params.membership_plan.is_empty() {
+            self.params.replicas
+        } else {
+            self.params.nodes()
+        };
         for i in 0..self.clients.len() {
             let tick = self.tick;
             let client = &mut self.clients[i];
@@ -154,6 +159,20 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
             self.answered(),
             self.clients.iter().map(|c| c.total).sum::<u64>()
         ))
+    }
+
+    /// Runs until every request is answered and every replica is whole and in the last
+    /// configuration of the plan (what the liveness phase waits for), with faults as
+    /// configured; the ticks it took.
+    pub fn run_until_converged(&mut self, limit: u64) -> Result<u64, Violation> {
+        let start = self.tick;
+        while self.tick - start < limit {
+            self.step()?;
+            if self.converged() {
+                return Ok(self.tick - start);
+            }
+        }
+        Err(self.liveness_report())
     }
 
     pub fn answered(&self) -> u64 {

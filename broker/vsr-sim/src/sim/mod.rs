@@ -49,6 +49,13 @@ pub struct Simulation<S: SimMachine = ModelBroker> {
     step_down_rng: Rng,
     /// Only for standbys' crashes and restarts, for the same reason.
     standby_rng: Rng,
+    /// World 9: only for when the next configuration is asked for.
+    membership_rng: Rng,
+    /// World 9: the configurations the cluster goes through after its first, in order.
+    configurations: Vec<vsr::Membership>,
+    /// The first of `configurations` no replica has entered yet.
+    next_configuration: usize,
+    last_proposal: u64,
     tick: u64,
     replicas: Vec<Option<Replica<S>>>,
     world: S::World,
@@ -125,6 +132,10 @@ impl<S: SimMachine> Simulation<S> {
             clog_rng: Rng::new(seed ^ 0xC10C_0000_0000_C10C),
             step_down_rng: Rng::new(seed ^ 0x57E9_0000_0000_D0E1),
             standby_rng: Rng::new(seed ^ 0x57A9_DB70_0000_0001),
+            membership_rng: Rng::new(seed ^ 0x3E3B_E500_0000_0009),
+            configurations: Vec::new(),
+            next_configuration: 0,
+            last_proposal: 0,
             tick: 0,
             coverage: Coverage::default(),
             trace: xxhash_rust::xxh3::Xxh3::new(),
@@ -140,7 +151,20 @@ impl<S: SimMachine> Simulation<S> {
         // (a replica whose checkpoint rotted sits view changes out until repaired; one with
         // damaged WAL slots votes). Both are Qr - 1 except at N = 2, where no replica may be
         // corrupted before world 6 (see below).
-        let n = sim.params.replicas;
+        sim.configurations = configurations(sim.params.replicas, &sim.params.membership_plan);
+        for next in &sim.configurations {
+            let request = u64::from(next.epoch);
+            sim.checker
+                .client_sent(vsr::RECONFIGURE_CLIENT, request, next.encode());
+        }
+        // Under reconfiguration the atlas must suit the smallest configuration it passes.
+        let n = sim
+            .configurations
+            .iter()
+            .map(|m| m.replica_count)
+            .chain([sim.params.replicas])
+            .min()
+            .unwrap_or(sim.params.replicas);
         let allowed = if n == 2 && sim.params.damage_at_two {
             // World 6: damaged replicas vote, and one nack is proof at N = 2; only a rotten
             // checkpoint would still sit out, so that fault stays off here.
@@ -172,6 +196,7 @@ impl<S: SimMachine> Simulation<S> {
     ) -> Replica<S> {
         let mut cfg = Config::new(CLUSTER, params.replicas, r, params.route);
         cfg.standby_count = params.standbys;
+        cfg.known_positions = params.nodes();
         cfg.seed = seed;
         // Few sessions, so clients beyond four evict each other.
         cfg.clients_max = crate::checker::CLIENTS_MAX;
@@ -221,6 +246,9 @@ impl<S: SimMachine> Simulation<S> {
                 if self.params.standbys > 0 {
                     self.coverage.add("converged_with_standbys", 1);
                 }
+                if !self.configurations.is_empty() {
+                    self.coverage.add("converged_with_reconfiguration", 1);
+                }
                 return Ok(());
             }
         }
@@ -252,17 +280,27 @@ impl<S: SimMachine> Simulation<S> {
 
     pub(super) fn converged(&self) -> bool {
         let committed = self.checker.committed_ops();
+        // Under reconfiguration: in the last configuration, which every replica runs; the
+        // replicas outside it retired.
+        let last = self.configurations.last();
         self.clients.iter().all(|c| c.answered == c.total)
+            && self.next_configuration == self.configurations.len()
             && self
                 .replicas
                 .iter()
                 .enumerate()
                 .all(|(r, replica)| match replica {
                     None => self.permanently_down.contains(&(r as u8)),
+                    Some(replica)
+                        if last.is_some_and(|m| m.role_of(r as u8) == vsr::Role::Outside) =>
+                    {
+                        replica.status() == vsr::Status::Retired
+                    }
                     // Converged means whole again, not merely caught up: normal, every committed
                     // op applied and durable, no damage left, no sync pending.
                     Some(replica) => {
-                        replica.status() == vsr::Status::Normal
+                        last.is_none_or(|m| replica.epoch() == m.epoch)
+                            && replica.status() == vsr::Status::Normal
                             && replica.commit_min() == committed
                             && replica.op_durable() >= committed
                             && !replica.is_faulty()
@@ -278,8 +316,9 @@ impl<S: SimMachine> Simulation<S> {
             .map(|r| match r {
                 None => "down".into(),
                 Some(r) => format!(
-                    "{:?} v{} commit {}/{} log {}..{} durable {} writes pending {}{}{}",
+                    "{:?} e{} v{} commit {}/{} log {}..{} durable {} writes pending {}{}{}{}",
                     r.status(),
+                    r.epoch(),
                     r.view(),
                     r.commit_min(),
                     r.commit_max(),
@@ -289,6 +328,11 @@ impl<S: SimMachine> Simulation<S> {
                     r.pending_writes(),
                     if r.is_faulty() { " faulty" } else { "" },
                     if r.is_syncing() { " syncing" } else { "" },
+                    if r.is_primary() && !r.standbys_acked().is_empty() {
+                        format!(" standbys acked {:?}", r.standbys_acked())
+                    } else {
+                        String::new()
+                    },
                 ),
             })
             .collect();
@@ -316,6 +360,7 @@ impl<S: SimMachine> Simulation<S> {
         }
         self.deliver_messages()?;
         self.complete_writes()?;
+        self.ask_for_next_configuration()?;
         for r in 0..self.params.nodes() {
             let now = self.tick * 10_000;
             self.feed(r, Input::Tick { now })?;
@@ -429,7 +474,10 @@ impl<S: SimMachine> Simulation<S> {
                 executed,
             } => {
                 self.trace(&[4, r as u64, op]);
-                let view = self.replicas[r as usize].as_ref().map_or(0, |x| x.view());
+                let view = self.replicas[r as usize]
+                    .as_ref()
+                    .map_or((0, 0), |x| (x.epoch(), x.view()));
+                self.log(|| format!("replica {r} applies op {op} in (epoch, view) {view:?}"));
                 self.checker.committed(
                     r,
                     op,
@@ -451,19 +499,47 @@ impl<S: SimMachine> Simulation<S> {
                 self.coverage.add("view_changes_started", 1);
                 self.log(|| format!("replica {r} starts view change to {view}"));
             }
-            Event::Normal { view, primary } => {
+            Event::Normal {
+                epoch,
+                view,
+                primary,
+            } => {
                 self.trace(&[6, r as u64, view as u64, primary as u64]);
                 if primary {
                     self.coverage.add("views_installed", 1);
-                    self.log(|| format!("replica {r} is primary of view {view}"));
+                    self.log(|| format!("replica {r} is primary of view {view} of epoch {epoch}"));
                     if let Some(replica) = self.replicas[r as usize].as_ref() {
                         self.checker
-                            .new_primary(r, view, replica.log_base(), |op| {
+                            .new_primary(r, (epoch, view), replica.log_base(), |op| {
                                 replica.checksum_at(op)
                             })?;
                     }
                 }
-                self.checker.normal(r, view, primary)?;
+                self.checker.normal(r, (epoch, view), primary)?;
+            }
+            Event::EpochStarted { membership, role } => {
+                self.trace(&[14, r as u64, membership.epoch as u64, membership.start]);
+                self.coverage.add("epochs_entered", 1);
+                if role == vsr::Role::Outside {
+                    self.coverage.add("members_retired", 1);
+                }
+                self.log(|| {
+                    format!(
+                        "replica {r} enters epoch {} at op {} ({} members, {} standbys) as {role:?}",
+                        membership.epoch,
+                        membership.start,
+                        membership.replica_count,
+                        membership.standby_count
+                    )
+                });
+                while self
+                    .configurations
+                    .get(self.next_configuration)
+                    .is_some_and(|next| next.epoch <= membership.epoch)
+                {
+                    self.next_configuration += 1;
+                    self.coverage.add("epochs_committed", 1);
+                }
             }
             Event::LogReplaced { replaced } => {
                 self.coverage.add("truncations", 1);
@@ -512,6 +588,34 @@ impl<S: SimMachine> Simulation<S> {
         Ok(())
     }
 
+    /// World 9: asks every running replica for the next configuration of the plan, as the
+    /// sidecars post a new ring to their brokers — now and then while faults go on, and every
+    /// half second once they stopped, until some replica entered it.
+    fn ask_for_next_configuration(&mut self) -> Result<(), Violation> {
+        let Some(next) = self.configurations.get(self.next_configuration).copied() else {
+            return Ok(());
+        };
+        let due = if self.liveness {
+            self.tick - self.last_proposal >= 50
+        } else {
+            self.membership_rng.chance(3_000)
+        };
+        if !due {
+            return Ok(());
+        }
+        self.last_proposal = self.tick;
+        self.log(|| {
+            format!(
+                "asking for epoch {}: {} members, {} standbys",
+                next.epoch, next.replica_count, next.standby_count
+            )
+        });
+        for r in 0..self.params.nodes() {
+            self.feed(r, Input::Reconfigure(next))?;
+        }
+        Ok(())
+    }
+
     pub fn coverage(&self) -> &Coverage {
         &self.coverage
     }
@@ -531,4 +635,30 @@ impl<S: SimMachine> Simulation<S> {
         }
         Ok(())
     }
+}
+
+/// The configurations a membership plan goes through after the first (`replicas` members,
+/// epoch 0): a growth first adds the joining replicas as standbys (one epoch), then makes them
+/// members (the next); a shrink is one epoch.
+pub fn configurations(replicas: u8, plan: &[u8]) -> Vec<vsr::Membership> {
+    let mut out = Vec::new();
+    let mut current = replicas;
+    let mut epoch = 0;
+    let mut push = |replica_count: u8, standby_count: u8| {
+        epoch += 1;
+        out.push(vsr::Membership {
+            epoch,
+            replica_count,
+            standby_count,
+            start: 0,
+        });
+    };
+    for &target in plan {
+        if target > current {
+            push(current, target - current);
+        }
+        push(target, 0);
+        current = target;
+    }
+    out
 }

@@ -48,6 +48,7 @@ impl<S: StateMachine> Replica<S> {
                 None => self.commit_max.min(self.op_durable),
             },
             checkpoint: self.checkpoint_named,
+            membership: self.membership(),
             checksum: 0,
         }
         .sealed()
@@ -188,8 +189,8 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn superblock_durable(&mut self, sb: Superblock) {
-        if self.durable.is_none_or(|d| (sb.view, sb.log_view) > d) {
-            self.durable = Some((sb.view, sb.log_view));
+        if self.durable.is_none_or(|d| sb.viewstamp() > d) {
+            self.durable = Some(sb.viewstamp());
         }
         if sb.checkpoint > self.checkpoint_durable {
             self.checkpoint_durable = sb.checkpoint;
@@ -209,6 +210,17 @@ impl<S: StateMachine> Replica<S> {
         self.durable_ops = self.durable_ops.split_off(&(base + 1));
         if self.syncing.is_some_and(|synced| synced <= op) {
             self.syncing = None;
+        }
+        if let Some((_, next)) = self.synced_epoch.filter(|(at, _)| *at <= op) {
+            // A synced checkpoint of a newer epoch is durable: enter that epoch, waiting
+            // (recovering) to learn its view.
+            self.synced_epoch = None;
+            if next.epoch > self.cfg.epoch {
+                if self.status != Status::Retired {
+                    self.status = Status::Recovering;
+                }
+                self.enter_epoch(next);
+            }
         }
         self.resume_start_view();
         self.write_pending();

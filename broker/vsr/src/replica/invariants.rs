@@ -51,6 +51,22 @@ impl<S: StateMachine> Replica<S> {
             self.op_durable,
             self.log.tail()
         );
+        // Nothing follows a reconfiguration op in the epoch it ends.
+        let pending = self.log.after(self.commit_min).iter().position(|p| {
+            crate::membership::Membership::proposed_by(&p.header, &p.body)
+                .is_some_and(|m| m.epoch > self.cfg.epoch)
+        });
+        assert!(
+            pending.is_none_or(|i| i + 1 == self.log.after(self.commit_min).len()),
+            "replica {id}: ops follow the reconfiguration op that ends epoch {}",
+            self.cfg.epoch
+        );
+        // A removed member is never counted toward a quorum, nor a standby.
+        assert!(
+            self.acked.keys().all(|r| *r < self.cfg.replica_count),
+            "replica {id}: counts acknowledgements of a replica outside epoch {}'s members",
+            self.cfg.epoch
+        );
         if self.status == Status::Normal
             && primary_of(self.view, self.cfg.replica_count) == self.cfg.replica
         {

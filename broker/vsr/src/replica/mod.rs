@@ -15,6 +15,7 @@
 //!   out, and an op whose (client, request) already executed is skipped at apply on every replica.
 
 mod durability;
+mod epochs;
 mod invariants;
 mod normal;
 mod recovery;
@@ -34,7 +35,7 @@ use crate::routing::primary_of;
 use crate::state_machine::StateMachine;
 use crate::step::{Event, Input, Output};
 use crate::view_change::Vote;
-use crate::{ClientId, Op, ReplicaId, View};
+use crate::{ClientId, Epoch, Op, ReplicaId, View};
 use durability::PendingWrite;
 use repair::Repair;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -45,6 +46,10 @@ pub enum Status {
     ViewChange,
     /// Restarted: waits to learn the current view before taking part.
     Recovering,
+    /// Outside the configuration it runs (a removed member, or a slot not added yet): it
+    /// votes, acknowledges and leads nothing, and only tells replicas of older epochs how the
+    /// current one began.
+    Retired,
 }
 
 pub struct Replica<S> {
@@ -57,8 +62,9 @@ pub struct Replica<S> {
     log: Log,
     commit_min: Op,
     commit_max: Op,
-    /// (view, log view) of the newest durable superblock; `None` before the first one lands.
-    durable: Option<(View, View)>,
+    /// (epoch, view, log view) of the newest durable superblock; `None` before the first one
+    /// lands.
+    durable: Option<(Epoch, View, View)>,
     superblock_sequence: u64,
     /// A superblock write waits for a log install in flight (see `write_superblock`).
     superblock_queued: bool,
@@ -129,6 +135,18 @@ pub struct Replica<S> {
     sent_at: BTreeMap<Op, u64>,
     /// Sends that wait for the superblock to make the current view durable.
     deferred: Vec<Envelope>,
+    /// The op of the reconfiguration that started the running epoch (0: the first one).
+    epoch_start: Op,
+    /// Recovery found the superblock's epoch but not its start, and nothing else wrong: the
+    /// replica is whole again once a peer's copy of the start is durable.
+    start_lost: bool,
+    /// A checkpoint synced from a newer epoch, not durable yet: the epoch entered when it is.
+    synced_epoch: Option<(Op, crate::membership::Membership)>,
+    /// The newest configuration the operator asked for ([`Input::Reconfigure`]).
+    proposal: Option<crate::membership::Membership>,
+    last_epoch_request: u64,
+    /// When each replica of an older epoch was last told how ours began.
+    epoch_answers: BTreeMap<ReplicaId, u64>,
     jitter: u64,
     rng: u64,
     last_timestamp: u64,
@@ -148,6 +166,7 @@ impl<S: StateMachine> Replica<S> {
             Input::Tick { now } => self.on_tick(now),
             Input::WriteDone { io } => self.on_write_done(io),
             Input::StepDown => self.on_step_down(),
+            Input::Reconfigure(next) => self.on_reconfigure(next),
             Input::Message(envelope) => self.on_envelope(envelope),
         }
         self.check_invariants();
@@ -199,6 +218,10 @@ impl<S: StateMachine> Replica<S> {
     }
     pub fn replica(&self) -> ReplicaId {
         self.cfg.replica
+    }
+    /// The epoch this replica runs (see [`Replica::membership`]); envelopes it builds carry it.
+    pub fn epoch(&self) -> Epoch {
+        self.cfg.epoch
     }
     pub fn state_machine(&self) -> &S {
         &self.sm
@@ -287,7 +310,7 @@ impl<S: StateMachine> Replica<S> {
     }
 
     pub(super) fn view_durable(&self) -> bool {
-        self.durable == Some((self.view, self.log_view))
+        self.durable == Some((self.cfg.epoch, self.view, self.log_view))
     }
 
     pub(super) fn flush_deferred(&mut self) {

@@ -4,6 +4,7 @@
 
 use super::{Replica, Status};
 use crate::checkpoint::ClientSession;
+use crate::membership::Membership;
 use crate::message::{Envelope, Message, Node};
 use crate::prepare::{Prepare, PrepareHeader};
 use crate::quorums;
@@ -15,10 +16,28 @@ use bytes::Bytes;
 
 impl<S: StateMachine> Replica<S> {
     pub(super) fn on_envelope(&mut self, envelope: Envelope) {
-        if envelope.cluster != self.cfg.cluster
-            || envelope.group != self.cfg.group
-            || envelope.epoch != self.cfg.epoch
-        {
+        if envelope.cluster != self.cfg.cluster || envelope.group != self.cfg.group {
+            return;
+        }
+        // Clients know nothing of epochs; replicas of another epoch are handled apart.
+        let from_replica = matches!(envelope.from, Node::Replica(_));
+        if from_replica && envelope.epoch != self.cfg.epoch {
+            self.on_other_epoch(envelope);
+            return;
+        }
+        if self.status == Status::Retired {
+            // Nothing of the epoch it left is its business, but for history it may hold that
+            // a member lost (the epoch's start, a checkpoint, a prepare by checksum).
+            match envelope.message {
+                Message::RequestStartEpoch { replica } => self.send_start_epoch(replica),
+                Message::RequestSync { have, replica } => self.send_checkpoint(replica, have),
+                Message::RequestPrepare {
+                    op,
+                    checksum,
+                    replica,
+                } => self.answer_prepare_request(op, checksum, replica),
+                _ => {}
+            }
             return;
         }
         match envelope.message {
@@ -96,22 +115,37 @@ impl<S: StateMachine> Replica<S> {
                 op,
                 checksum,
                 replica,
-            } => {
-                // Our log, or the intact promised prepares a repair of ours holds back.
-                let spare = self.repair.as_ref().and_then(|r| r.spare.get(&op));
-                let held = [self.log.get(op), spare]
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p.checksum() == checksum);
-                if let Some(prepare) = held.filter(|_| replica != self.cfg.replica).cloned() {
-                    self.send_now(Node::Replica(replica), Message::RepairPrepare { prepare });
-                }
-            }
+            } => self.answer_prepare_request(op, checksum, replica),
             Message::RepairPrepare { prepare } => {
                 self.on_view_change_body(&prepare);
                 self.on_repair_prepare(prepare);
             }
+            // A replica of our epoch whose log lost the epoch's start (see `lacks_epoch_start`).
+            Message::RequestStartEpoch { replica } => self.send_start_epoch(replica),
+            Message::StartEpoch { log } => {
+                if let Envelope {
+                    from: Node::Replica(from),
+                    ..
+                } = envelope
+                {
+                    self.on_start_epoch(from, log);
+                }
+            }
             Message::Reply { .. } | Message::Evicted { .. } => {}
+        }
+    }
+
+    /// Sends the prepare `checksum` at `op` if we hold it: in our log, or among the intact
+    /// promised prepares a repair of ours holds back. In any view and any epoch: the checksum
+    /// names it.
+    pub(super) fn answer_prepare_request(&mut self, op: Op, checksum: u128, replica: ReplicaId) {
+        let spare = self.repair.as_ref().and_then(|r| r.spare.get(&op));
+        let held = [self.log.get(op), spare]
+            .into_iter()
+            .flatten()
+            .find(|p| p.checksum() == checksum);
+        if let Some(prepare) = held.filter(|_| replica != self.cfg.replica).cloned() {
+            self.send_now(Node::Replica(replica), Message::RepairPrepare { prepare });
         }
     }
 
@@ -176,6 +210,7 @@ impl<S: StateMachine> Replica<S> {
         while self.is_primary()
             && (self.log_tail() - self.commit_max) < self.cfg.pipeline_max as u64
             && self.log_tail() < self.wal_limit()
+            && !self.reconfiguration_pending()
         {
             let Some((client, session, request, body)) = self.requests.pop_front() else {
                 return;
@@ -316,6 +351,11 @@ impl<S: StateMachine> Replica<S> {
         self.advance_commit(commit);
         if self.commit_max > self.log_tail() {
             self.request_state();
+        } else if self.is_standby() {
+            // The primary proposes a configuration only once its joining standbys acknowledged
+            // near the commit; an idle standby has nothing new to acknowledge, and an ack lost
+            // on the way would otherwise never be repeated.
+            self.acknowledge();
         }
     }
 
@@ -365,6 +405,10 @@ impl<S: StateMachine> Replica<S> {
                 prepare.header.session,
                 prepare.header.request,
             );
+            if let Some(next) = Membership::proposed_by(&prepare.header, &prepare.body) {
+                self.apply_reconfiguration(&prepare, next);
+                continue;
+            }
             let entry = self.client_table.get(&client);
             let register = session == 0;
             let executed = if register {
@@ -432,6 +476,32 @@ impl<S: StateMachine> Replica<S> {
             if op.is_multiple_of(self.cfg.checkpoint_interval) {
                 self.take_checkpoint(prepare);
             }
+        }
+    }
+
+    /// A reconfiguration op touches neither the state machine nor the client table: applying
+    /// it enters its epoch, unless this replica is there already (it recovered into it, or a
+    /// checkpoint took it there).
+    fn apply_reconfiguration(&mut self, prepare: &Prepare, next: Membership) {
+        let op = prepare.op();
+        self.commit_min = op;
+        self.event(Event::Committed {
+            op,
+            checksum: prepare.checksum(),
+            parent: prepare.header.parent,
+            body_checksum: prepare.header.body_checksum,
+            digest: self.sm.digest(),
+            client: prepare.header.client,
+            session: prepare.header.session,
+            request: prepare.header.request,
+            timestamp: prepare.header.timestamp,
+            executed: true,
+        });
+        if next.epoch > self.cfg.epoch {
+            self.enter_epoch(next);
+        }
+        if op.is_multiple_of(self.cfg.checkpoint_interval) {
+            self.take_checkpoint(prepare.clone());
         }
     }
 }

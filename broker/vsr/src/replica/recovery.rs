@@ -4,6 +4,7 @@
 use super::{Repair, Replica, Status};
 use crate::disk::{classify_slot, header_of, DiskImage, SlotCase};
 use crate::log::Log;
+use crate::membership::Membership;
 use crate::prepare::Prepare;
 use crate::state_machine::StateMachine;
 use crate::step::Output;
@@ -14,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 impl<S: StateMachine> Replica<S> {
     /// Starts a replica on what its storage holds. An empty disk is a fresh cluster member
     /// (normal in view 0); anything else is a restart, which waits to learn the current view.
-    pub fn open(cfg: Config, disk: DiskImage, mut sm: S) -> Self {
+    pub fn open(mut cfg: Config, disk: DiskImage, mut sm: S) -> Self {
         let root = Prepare::root(cfg.cluster, cfg.group, cfg.epoch);
         // Without a durable superblock this replica never sent anything (sends wait for it), so
         // nothing in its WAL was ever acknowledged: it starts as a fresh member.
@@ -32,9 +33,46 @@ impl<S: StateMachine> Replica<S> {
             log_view: 0,
             commit: 0,
             checkpoint: 0,
+            membership: Membership::UNSET,
             checksum: 0,
         });
-        let mut faulty = false;
+        // The configuration is durable state: the newest one recorded (by the superblock, or by
+        // the checkpoint a sync brought) outranks the one the driver opened us with, which
+        // is only the ring it was started from.
+        let recorded = [
+            superblock.membership,
+            disk.checkpoint
+                .as_ref()
+                .filter(|c| c.op() == superblock.checkpoint && c.verify())
+                .map_or(Membership::UNSET, |c| c.membership),
+        ]
+        .into_iter()
+        .filter(|m| *m != Membership::UNSET)
+        .max_by_key(|m| m.epoch);
+        let mut epoch_start = 0;
+        // The superblock's views belong to its own epoch. A newer epoch recorded only by the
+        // checkpoint (a sync from a later epoch became durable before the superblock that
+        // would have entered it) starts at view 0 of that epoch (seed 445707: a view of the
+        // old epoch carried into the new one left a standby waiting for a view nobody had).
+        let superblock_epoch = if superblock.membership == Membership::UNSET {
+            cfg.epoch
+        } else {
+            superblock.membership.epoch
+        };
+        let entered_by_checkpoint = recorded.is_some_and(|m| m.epoch > superblock_epoch);
+        let (view, log_view) = if entered_by_checkpoint {
+            (0, 0)
+        } else {
+            (superblock.view, superblock.log_view)
+        };
+        if let Some(m) = recorded {
+            cfg.epoch = m.epoch;
+            cfg.replica_count = m.replica_count;
+            cfg.standby_count = m.standby_count;
+            epoch_start = m.start;
+        }
+        // A fresh disk joining a running cluster holds nothing it could vote with.
+        let mut faulty = durable_superblock.is_none() && cfg.joining;
         let mut repair = None;
         let mut anchor = root;
         let mut client_table = BTreeMap::new();
@@ -56,7 +94,14 @@ impl<S: StateMachine> Replica<S> {
             }
         }
         let mut log = Log::new(anchor);
-        while !faulty && log.tail() < log.base() + cfg.wal_slots {
+        // A reconfiguration op to an epoch this replica's superblock is not in ends the log:
+        // what the WAL holds after it was prepared in the next epoch, which this replica never
+        // durably entered (so never acknowledged anything of); read as part of the old epoch's
+        // log it would break "nothing follows the reconfiguration op in its epoch".
+        let ends_epoch = |p: &Prepare| {
+            Membership::proposed_by(&p.header, &p.body).is_some_and(|m| m.epoch > cfg.epoch)
+        };
+        while !faulty && log.tail() < log.base() + cfg.wal_slots && !ends_epoch(log.head()) {
             let op = log.tail() + 1;
             let header = header_of(&headers, &cfg, op);
             let prepare = wal.get(&cfg.slot(op));
@@ -72,6 +117,26 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
         }
+        // An epoch's first superblock is written with the log up to its start, but a WAL too
+        // full to take it then, or a checkpoint synced from a later epoch and not durable yet,
+        // can leave a superblock of an epoch whose start this log does not hold. Such a replica
+        // would vote without the history its epoch begins from: it sits out (as a faulty one
+        // does) until a StartView gives it the log.
+        let holds_start = epoch_start <= log.base()
+            || log.get(epoch_start).is_some_and(|p| {
+                Membership::proposed_by(&p.header, &p.body).map(|m| m.epoch) == Some(cfg.epoch)
+            });
+        // Unless the repair of a damaged slot covers the start: the ops it promised (by checksum
+        // in the header ring) run through it, and are fetched from peers like any repair.
+        let start_lost = !holds_start && !faulty;
+        if !holds_start
+            && repair
+                .as_ref()
+                .is_none_or(|r: &Repair| r.last() < epoch_start)
+        {
+            faulty = true;
+            repair = None;
+        }
         // A prepare without its header is intact but not vouched for: if it rotted later,
         // recovery could no longer tell it from a torn write. It counts as durable (and may be
         // acknowledged) only once its header is rewritten, below.
@@ -84,7 +149,17 @@ impl<S: StateMachine> Replica<S> {
             .collect();
         let op_durable = log.base() + durable_ops.len() as Op;
         let base = log.base();
-        let status = if durable_superblock.is_some() {
+        let outside = Membership {
+            epoch: cfg.epoch,
+            replica_count: cfg.replica_count,
+            standby_count: cfg.standby_count,
+            start: epoch_start,
+        }
+        .role_of(cfg.replica)
+            == crate::membership::Role::Outside;
+        let status = if outside {
+            Status::Retired
+        } else if durable_superblock.is_some() || faulty {
             Status::Recovering
         } else {
             Status::Normal
@@ -93,12 +168,12 @@ impl<S: StateMachine> Replica<S> {
         let mut replica = Self {
             sm,
             status,
-            view: superblock.view,
-            log_view: superblock.log_view,
+            view,
+            log_view,
             log,
             commit_min: base,
             commit_max: base,
-            durable: Some((superblock.view, superblock.log_view)),
+            durable: Some((superblock_epoch, superblock.view, superblock.log_view)),
             superblock_sequence: superblock.sequence,
             superblock_queued: false,
             op_durable,
@@ -136,6 +211,12 @@ impl<S: StateMachine> Replica<S> {
             last_progress: 0,
             sent_at: BTreeMap::new(),
             deferred: Vec::new(),
+            epoch_start,
+            start_lost,
+            synced_epoch: None,
+            proposal: None,
+            last_epoch_request: 0,
+            epoch_answers: BTreeMap::new(),
             jitter: 0,
             rng,
             last_timestamp: 0,
@@ -147,6 +228,9 @@ impl<S: StateMachine> Replica<S> {
         if durable_superblock.is_none() {
             // A fresh member makes view 0 durable before it says anything.
             replica.durable = None;
+            replica.write_superblock();
+        } else if entered_by_checkpoint {
+            // Records the epoch the checkpoint took it into.
             replica.write_superblock();
         }
         // Rewrite (prepare and header) every recovered op past the vouched prefix.

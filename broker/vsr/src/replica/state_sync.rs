@@ -5,6 +5,7 @@
 use super::{due, PendingWrite, Replica, Status};
 use crate::checkpoint::Checkpoint;
 use crate::log::Log;
+use crate::membership::Membership;
 use crate::message::{Message, Node};
 use crate::prepare::Prepare;
 use crate::state_machine::StateMachine;
@@ -23,7 +24,18 @@ impl<S: StateMachine> Replica<S> {
             .iter()
             .map(|(c, s)| (*c, s.clone()))
             .collect();
-        let checkpoint = Checkpoint::new(anchor, self.sm.snapshot(), digest, clients);
+        // The configuration in force after `op`: ours, unless `op` is before our epoch's start
+        // (recovery replaying the WAL of a replica whose superblock is already in the next
+        // epoch), where the one in force is the previous configuration, which we do not keep:
+        // such a checkpoint records none, and whoever syncs it applies the reconfiguration op
+        // itself (seed 418379).
+        let membership = if op >= self.epoch_start {
+            self.membership()
+        } else {
+            Membership::UNSET
+        };
+        let checkpoint = Checkpoint::new(anchor, self.sm.snapshot(), digest, clients)
+            .with_membership(membership);
         self.write_checkpoint(checkpoint);
         self.event(Event::Checkpointed { op, digest });
     }
@@ -80,7 +92,8 @@ impl<S: StateMachine> Replica<S> {
     /// keep the log (our WAL still recovers through it); otherwise the log restarts at the
     /// checkpoint and we neither acknowledge nor vote until that checkpoint is durable.
     /// Whether a peer's checkpoint would be installed if the state machine restores it: newer
-    /// than our state, intact, of our cluster, group and epoch. A driver that must prepare the
+    /// than our state, intact, of our cluster and group (of any epoch: committed state is
+    /// committed state, and one of a newer epoch takes us into it). A driver that must prepare the
     /// state machine first (the broker fetches the data a manifest names) asks this before it
     /// does the work.
     pub fn takes_checkpoint(&self, checkpoint: &Checkpoint) -> bool {
@@ -94,7 +107,6 @@ impl<S: StateMachine> Replica<S> {
             && checkpoint.verify()
             && header.cluster == self.cfg.cluster
             && header.group == self.cfg.group
-            && header.epoch == self.cfg.epoch
     }
 
     pub(super) fn on_sync(&mut self, checkpoint: Checkpoint) {
@@ -141,8 +153,17 @@ impl<S: StateMachine> Replica<S> {
             // it; the cost is a repair, not safety.
         }
         let digest = self.sm.digest();
+        let membership = checkpoint.membership;
         self.write_checkpoint(checkpoint);
         self.event(Event::StateSynced { op, digest });
+        if membership != Membership::UNSET && membership.epoch > self.cfg.epoch {
+            // The checkpoint is past a reconfiguration we never applied: we enter its epoch
+            // once the checkpoint is durable (`checkpoint_became_durable`). Entering now would
+            // write a superblock of that epoch beside the old checkpoint, and a crash would
+            // recover the epoch without its start (seed 314091).
+            self.synced_epoch = Some((op, membership));
+            return;
+        }
         self.apply_committed();
         // Back to what the missing state interrupted (a StartView only once the checkpoint is
         // durable: see `on_start_view`).

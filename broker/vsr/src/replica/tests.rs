@@ -149,6 +149,7 @@ fn restarted_in_view_0(
         log_view: 0,
         commit: 0,
         checkpoint: 0,
+        membership: crate::membership::Membership::UNSET,
         checksum: 0,
     };
     let disk = DiskImage {

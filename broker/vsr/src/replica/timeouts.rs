@@ -46,6 +46,7 @@ impl<S: StateMachine> Replica<S> {
                 if self.commit_max < self.log_tail() {
                     self.retransmit();
                 }
+                self.maybe_propose();
             }
             Status::Normal if self.is_standby() => {
                 // A standby never starts a view change: it asks the members which view is
@@ -76,8 +77,17 @@ impl<S: StateMachine> Replica<S> {
                     self.start_view_change(self.view + 1);
                 } else if self.tick - self.last_view_change_message >= self.cfg.prepare_timeout {
                     self.resend_view_change_messages();
+                    // A damaged replica's repair goes on while it votes: the view may need the
+                    // very ops it is fetching (a repair across an epoch's end, seed 112110).
+                    if self.repair.is_some() {
+                        self.request_repair();
+                    }
+                    if self.lacks_epoch_start() {
+                        self.request_epoch_start();
+                    }
                 }
             }
+            Status::Retired => {}
             Status::Recovering => {
                 if !self.sits_out()
                     && self.tick - self.status_since >= self.cfg.recovery_timeout + self.jitter
@@ -94,6 +104,9 @@ impl<S: StateMachine> Replica<S> {
                     });
                     if self.faulty {
                         self.request_repair();
+                    }
+                    if self.lacks_epoch_start() {
+                        self.request_epoch_start();
                     }
                     // A replica sitting view changes out may have made a view durable that the
                     // cluster never reached; nobody will send it a StartView for it. Announcing

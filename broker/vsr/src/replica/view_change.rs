@@ -25,8 +25,16 @@ impl<S: StateMachine> Replica<S> {
     /// May send (and, as a new primary, count) DoViewChanges. A faulty replica that knows what
     /// it promised may: its vote marks the ops it cannot read. A sync not yet durable may not:
     /// a crash would take its state back behind the log it would vote with.
+    /// Nor may a replica whose durable log does not reach back to the start of its epoch:
+    /// every member of an epoch votes with the history the epoch began from.
     pub(super) fn may_vote(&self) -> bool {
-        !self.sits_out() && self.syncing.is_none()
+        !self.sits_out()
+            && self.syncing.is_none()
+            && (self.op_durable.max(self.checkpoint_durable) >= self.epoch_start
+                || self
+                    .repair
+                    .as_ref()
+                    .is_some_and(|r| r.last() >= self.epoch_start))
     }
 
     /// Our vote: the durable log, and the ops after it we may have acknowledged and cannot
@@ -51,7 +59,11 @@ impl<S: StateMachine> Replica<S> {
             None => Vec::new(),
         };
         Vote {
-            log_view: self.durable.map_or(0, |(_, log_view)| log_view),
+            // A log view of an older epoch says nothing about this one, which began at 0.
+            log_view: self
+                .durable
+                .filter(|(epoch, ..)| *epoch == self.cfg.epoch)
+                .map_or(0, |(_, _, log_view)| log_view),
             log,
             unreadable,
             commit: self.commit_max,
@@ -215,6 +227,7 @@ impl<S: StateMachine> Replica<S> {
         self.requests.clear();
         self.view_change_bodies.clear();
         self.event(Event::Normal {
+            epoch: self.cfg.epoch,
             view: self.view,
             primary: true,
         });
@@ -382,6 +395,7 @@ impl<S: StateMachine> Replica<S> {
         self.sync_view = None;
         self.jitter = self.random() % (self.cfg.primary_timeout / 2 + 1);
         self.event(Event::Normal {
+            epoch: self.cfg.epoch,
             view,
             primary: false,
         });
