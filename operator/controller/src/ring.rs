@@ -16,16 +16,40 @@ pub fn plan(
     replicas: Position,
     current: Option<&Ring>,
 ) -> Ring {
+    plan_with_standbys(names, cluster_id, replicas, 0, current)
+}
+
+/// Like [`plan`], with `standbys` non-voting positions after the members (how joining brokers
+/// catch up before an epoch makes them members). A position keeps its id whether it is a
+/// standby or a member.
+pub fn plan_with_standbys(
+    names: &ClusterNames,
+    cluster_id: &str,
+    replicas: Position,
+    standbys: Position,
+    current: Option<&Ring>,
+) -> Ring {
     let mut next_id = current
         .map(|ring| {
-            let above_members = ring.members.iter().map(|m| m.id).max().unwrap_or(0) + 1;
-            ring.next_member_id.max(above_members)
+            let above = ring
+                .members
+                .iter()
+                .chain(&ring.standbys)
+                .map(|m| m.id)
+                .max()
+                .unwrap_or(0)
+                + 1;
+            ring.next_member_id.max(above)
         })
         .unwrap_or(1);
-    let members: Vec<RingMember> = (0..replicas)
+    let mut placed: Vec<RingMember> = (0..replicas.saturating_add(standbys))
         .map(|position| {
-            let kept =
-                current.and_then(|ring| ring.members.iter().find(|m| m.position == position));
+            let kept = current.and_then(|ring| {
+                ring.members
+                    .iter()
+                    .chain(&ring.standbys)
+                    .find(|m| m.position == position)
+            });
             let id = match kept {
                 Some(member) => member.id,
                 None => {
@@ -41,8 +65,16 @@ pub fn plan(
             }
         })
         .collect();
+    let standbys = placed.split_off(usize::from(replicas));
+    let members = placed;
     let epoch = match current {
-        Some(ring) if ring.members == members && ring.cluster_id == cluster_id => ring.epoch,
+        Some(ring)
+            if ring.members == members
+                && ring.standbys == standbys
+                && ring.cluster_id == cluster_id =>
+        {
+            ring.epoch
+        }
         Some(ring) => ring.epoch + 1,
         None => 1,
     };
@@ -50,7 +82,7 @@ pub fn plan(
         cluster_id: cluster_id.to_string(),
         epoch,
         members,
-        standbys: Vec::new(),
+        standbys,
         next_member_id: next_id,
     }
 }
@@ -100,5 +132,28 @@ mod tests {
             "ids 4 and 5 left with their members"
         );
         assert_eq!(again.epoch, 4);
+    }
+
+    #[test]
+    fn standbys_keep_their_ids_when_they_become_members() {
+        let three = plan(&names(), "c1", 3, None);
+        let joining = plan_with_standbys(&names(), "c1", 3, 2, Some(&three));
+        assert_eq!(joining.epoch, 2);
+        assert_eq!(
+            joining
+                .standbys
+                .iter()
+                .map(|m| (m.position, m.id))
+                .collect::<Vec<_>>(),
+            [(3, 4), (4, 5)]
+        );
+        let five = plan(&names(), "c1", 5, Some(&joining));
+        assert_eq!(five.epoch, 3);
+        assert_eq!(
+            five.members.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert!(five.standbys.is_empty());
+        assert_eq!(plan(&names(), "c1", 5, Some(&five)), five, "unchanged");
     }
 }

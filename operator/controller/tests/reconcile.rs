@@ -279,44 +279,203 @@ async fn spec_edits_update_children_and_roll_the_pods_one_at_a_time() {
         .sum();
     assert_eq!(restarts, 3, "an event for every restart: {events:#?}");
 
-    // Scale up is held back until brokers can change membership: a 5-member ring beside the
-    // running 3-member one would let two groups form. The cluster stays as it is, Ready, and
-    // says why; setting replicas back clears it.
+    // Scaling waits for the brokers to report the running epoch (no sidecars here): the
+    // cluster stays as it is, Ready, and says what it waits for; setting replicas back clears it.
     patch_spec(&client, "events", json!({"replicas": 5})).await;
-    let cluster = wait_condition(&harness, "events", "Degraded", "ScalingNotSupported").await;
-    let degraded = condition(&cluster, "Degraded").expect("Degraded");
-    assert_eq!(degraded["status"], "True");
+    let cluster = wait_condition(&harness, "events", "Progressing", "ScalingUp").await;
+    let progressing = condition(&cluster, "Progressing").expect("Progressing");
     assert!(
-        degraded["message"]
+        progressing["message"]
             .as_str()
             .unwrap_or("")
-            .contains("asks for 5 brokers but the ring has 3"),
-        "{degraded}"
-    );
-    assert_eq!(
-        condition(&cluster, "Ready").expect("Ready")["status"],
-        "True"
+            .contains("commit ring epoch 1"),
+        "{progressing}"
     );
     assert_eq!(cluster["status"]["ring"]["epoch"], 1);
     let set = harness
         .get("apps", "StatefulSet", NS, "events")
         .expect("sts");
     assert_eq!(set["spec"]["replicas"], 3);
-    let ring = harness
-        .get("", "ConfigMap", NS, "events-ring")
-        .expect("ring");
-    let ring: Value =
-        serde_json::from_str(ring["data"]["ring.json"].as_str().expect("ring.json")).expect("json");
-    assert_eq!(ring["epoch"], 1);
-    assert_eq!(ring["members"].as_array().expect("members").len(), 3);
     assert_eq!(uids(&harness.list("", "Pod", Some(NS))), pods_after);
-    let events = harness.list("events.k8s.io", "Event", Some(NS));
-    assert!(
-        events.iter().any(|e| e["reason"] == "ScalingNotSupported"),
-        "a warning event says so"
-    );
     patch_spec(&client, "events", json!({"replicas": 3})).await;
-    wait_condition(&harness, "events", "Degraded", "AsExpected").await;
+    wait_condition(&harness, "events", "Progressing", "Stable").await;
+    operator.stop().await;
+}
+
+/// Sets what pod `pod`'s sidecar would report: the annotation (epoch, role, caught up), the
+/// role label and the readiness gate.
+async fn report_state(
+    client: &kube::Client,
+    harness: &kube_harness::Harness,
+    pod: &str,
+    epoch: u32,
+    role: &str,
+    caught_up: bool,
+) {
+    harness
+        .set_pod_condition(NS, pod, READINESS_GATE, caught_up)
+        .expect("gate set");
+    let state = json!({"epoch": epoch, "view": 0, "role": role, "caughtUp": caught_up});
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), NS);
+    pods.patch(
+        pod,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {
+            "labels": {"iggy.rs/role": role},
+            "annotations": {"iggy.rs/replica-state": state.to_string()},
+        }})),
+    )
+    .await
+    .expect("state reported");
+}
+
+/// The published ring: (epoch, members, standbys).
+fn published_ring(harness: &kube_harness::Harness) -> Result<(u64, usize, usize), String> {
+    let map = harness
+        .get("", "ConfigMap", NS, "events-ring")
+        .ok_or("no ring ConfigMap")?;
+    let ring: Value = serde_json::from_str(map["data"]["ring.json"].as_str().unwrap_or("{}"))
+        .map_err(|e| e.to_string())?;
+    let count = |key: &str| ring[key].as_array().map_or(0, Vec::len);
+    Ok((
+        ring["epoch"].as_u64().unwrap_or(0),
+        count("members"),
+        count("standbys"),
+    ))
+}
+
+fn statefulset_replicas(harness: &kube_harness::Harness) -> Option<i64> {
+    harness
+        .get("apps", "StatefulSet", NS, "events")
+        .and_then(|set| set["spec"]["replicas"].as_i64())
+}
+
+async fn wait_ring(harness: &kube_harness::Harness, wanted: (u64, usize, usize), pods: i64) {
+    eventually(&format!("ring {wanted:?} on {pods} pods"), || {
+        let ring = published_ring(harness)?;
+        let set = statefulset_replicas(harness);
+        (ring == wanted && set == Some(pods))
+            .then_some(())
+            .ok_or(format!("ring {ring:?}, statefulset {set:?}"))
+    })
+    .await;
+}
+
+/// Scaling one epoch at a time, on what the sidecars report (set by hand here): 3 → 5 adds
+/// two standbys, makes them members once they caught up, and 5 → 3 is blocked while a member
+/// that stays is behind, then publishes the smaller ring and shrinks the StatefulSet only when
+/// the brokers report it committed — also across an operator restart in the middle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_moves_one_epoch_at_a_time_on_what_the_sidecars_report() {
+    let (harness, client) = harness_with(false, true).await;
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3})).await;
+    eventually("three pods", || {
+        (0..3)
+            .all(|i| pod_uid(&harness, &format!("events-{i}")).is_some())
+            .then_some(())
+            .ok_or("pods missing".to_string())
+    })
+    .await;
+    for (i, role) in ["primary", "backup", "backup"].iter().enumerate() {
+        report_state(&client, &harness, &format!("events-{i}"), 1, role, true).await;
+    }
+    wait_ready(&harness, "events").await;
+
+    patch_spec(&client, "events", json!({"replicas": 5})).await;
+    wait_ring(&harness, (2, 3, 2), 5).await;
+    eventually("standby pods", || {
+        (3..5)
+            .all(|i| pod_uid(&harness, &format!("events-{i}")).is_some())
+            .then_some(())
+            .ok_or("pods missing".to_string())
+    })
+    .await;
+    for (i, role) in ["primary", "backup", "backup"].iter().enumerate() {
+        report_state(&client, &harness, &format!("events-{i}"), 2, role, true).await;
+    }
+    report_state(&client, &harness, "events-3", 2, "standby", true).await;
+    report_state(&client, &harness, "events-4", 2, "standby", false).await;
+    let cluster = wait_condition(&harness, "events", "Progressing", "ScalingUp").await;
+    assert!(
+        condition(&cluster, "Progressing").expect("Progressing")["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("events-4"),
+        "{cluster}"
+    );
+    assert_eq!(published_ring(&harness).expect("ring"), (2, 3, 2), "waits");
+    report_state(&client, &harness, "events-4", 2, "standby", true).await;
+    wait_ring(&harness, (3, 5, 0), 5).await;
+    for i in 0..5 {
+        let role = if i == 0 { "primary" } else { "backup" };
+        report_state(&client, &harness, &format!("events-{i}"), 3, role, true).await;
+    }
+    let cluster = wait_condition(&harness, "events", "Progressing", "Stable").await;
+    assert_eq!(cluster["status"]["ring"]["epoch"], 3);
+    assert_eq!(
+        cluster["status"]["ring"]["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(5)
+    );
+
+    // Down to 3 with events-1 behind: blocked, visibly, and nothing changes.
+    report_state(&client, &harness, "events-1", 3, "backup", false).await;
+    patch_spec(&client, "events", json!({"replicas": 3})).await;
+    let cluster = wait_condition(&harness, "events", "ScaleDownBlocked", "MemberNotCaughtUp").await;
+    let blocked = condition(&cluster, "ScaleDownBlocked").expect("condition");
+    assert_eq!(blocked["status"], "True");
+    assert!(
+        blocked["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("events-1"),
+        "{blocked}"
+    );
+    assert_eq!(published_ring(&harness).expect("ring"), (3, 5, 0));
+    report_state(&client, &harness, "events-1", 3, "backup", true).await;
+    wait_ring(&harness, (4, 3, 0), 5).await;
+    wait_condition(&harness, "events", "ScaleDownBlocked", "NotBlocked").await;
+
+    // The operator stops before the brokers report epoch 4; the next one finishes.
+    operator.stop().await;
+    for (i, role) in ["primary", "backup", "backup"].iter().enumerate() {
+        report_state(&client, &harness, &format!("events-{i}"), 4, role, true).await;
+    }
+    for i in 3..5 {
+        report_state(
+            &client,
+            &harness,
+            &format!("events-{i}"),
+            4,
+            "retired",
+            false,
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        statefulset_replicas(&harness),
+        Some(5),
+        "no operator, no change"
+    );
+    let operator = Operator::start(&client, None);
+    wait_ring(&harness, (4, 3, 0), 3).await;
+    let events = harness.list("events.k8s.io", "Event", Some(NS));
+    for reason in [
+        "ScalingUp",
+        "MembersAdded",
+        "ScaleDownBlocked",
+        "ScalingDown",
+        "MembersRemoved",
+    ] {
+        assert!(
+            events.iter().any(|e| e["reason"] == reason),
+            "an event {reason}: {events:#?}"
+        );
+    }
     operator.stop().await;
 }
 

@@ -9,6 +9,7 @@ pub mod build;
 pub mod dereference;
 pub mod rollout;
 pub mod root_secret;
+pub mod scaling;
 pub mod status;
 pub mod validate;
 
@@ -143,7 +144,7 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
         return finalize(cluster, ctx).await;
     }
     let refs = dereference::dereference(client, cluster).await?;
-    let validated = match validate::validate(cluster, &refs) {
+    let mut validated = match validate::validate(cluster, &refs) {
         Ok(validated) => validated,
         Err(error) => {
             let observed = status::observe(client, &names)
@@ -176,6 +177,26 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
             }));
         }
     };
+    // Scaling needs what the brokers report (their sidecars' annotations) before the children
+    // are built: the ring to publish and the pods to run follow from it.
+    let before = status::observe(client, &names)
+        .await
+        .map_err(ReconcileError::Observe)?;
+    let running_pods = before
+        .statefulset
+        .as_ref()
+        .and_then(|set| set.spec.as_ref()?.replicas)
+        .and_then(|n| iggy_contract::Position::try_from(n).ok());
+    let scale = scaling::plan(
+        &names,
+        &validated.ring,
+        validated.wanted,
+        &scaling::reports(&before, &names),
+        running_pods,
+    );
+    validated.ring = scale.ring;
+    validated.replicas = scale.pods;
+    validated.scaling = scale.phase;
     if root_secret::ensure(client, &validated).await? {
         let note = format!(
             "generated root credentials in Secret {} (keys {} and {})",
@@ -208,19 +229,22 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
             return Err(error.into());
         }
     };
-    if let Some(held) = &validated.held_scaling {
+    if let Some((reason, note)) = scale.event {
+        publish(ctx, cluster, EventType::Normal, reason, note).await;
+    }
+    if let scaling::Phase::Blocked(why) = &validated.scaling {
         let already_said = cluster
             .status
             .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
-            .is_some_and(|c| c.reason == "ScalingNotSupported");
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "ScaleDownBlocked"))
+            .is_some_and(|c| c.status == "True" && c.message == *why);
         if !already_said {
             publish(
                 ctx,
                 cluster,
                 EventType::Warning,
-                "ScalingNotSupported",
-                held.message(),
+                "ScaleDownBlocked",
+                why.clone(),
             )
             .await;
         }
@@ -270,7 +294,11 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
     let stamp = now();
     let mut new_status = status::compute(cluster, &Outcome::Applied(&validated), &observed, &stamp);
     let mut requeue = RESYNC;
-    if validated.held_scaling.is_none() {
+    if validated.scaling != scaling::Phase::Steady {
+        // Sidecar reports move a scale change on (pod annotations trigger reconciles); this
+        // covers a report missed.
+        requeue = ROLLOUT_RECHECK;
+    } else {
         let step = rollout::plan(&observed, validated.ring.members.len(), Timestamp::now());
         if step != rollout::Step::Idle {
             requeue = ROLLOUT_RECHECK;

@@ -164,6 +164,7 @@ pub fn compute(
             .ring
             .members
             .iter()
+            .chain(&valid.ring.standbys)
             .map(|member| {
                 let pod_name = names.pod(member.position);
                 let found = pod(&pod_name);
@@ -286,6 +287,8 @@ pub fn compute(
                     "WaitingForReplicas"
                 };
                 (!all_ready, reason, failing.clone())
+            } else if let super::scaling::Phase::Progress { reason, message } = &valid.scaling {
+                (true, *reason, message.clone())
             } else if !all_ready {
                 let reason = if status.replicas != wanted {
                     "Scaling"
@@ -309,12 +312,9 @@ pub fn compute(
                     "every broker runs the current spec".to_string(),
                 )
             };
-            // A container that will not come up by itself outranks a held scale change.
-            let (degraded, degraded_reason, degraded_message) = match (failing, &valid.held_scaling)
-            {
-                (Some(failing), _) => (true, "BrokerFailing", failing),
-                (None, Some(held)) => (true, "ScalingNotSupported", held.message()),
-                (None, None) => (false, "AsExpected", String::new()),
+            let (degraded, degraded_reason, degraded_message) = match failing {
+                Some(failing) => (true, "BrokerFailing", failing),
+                None => (false, "AsExpected", String::new()),
             };
             (
                 condition(
@@ -352,6 +352,21 @@ pub fn compute(
         }
     };
     status.conditions = vec![ready, progressing, degraded];
+    if let Some(valid) = validated {
+        let (blocked, reason, message) = match &valid.scaling {
+            super::scaling::Phase::Blocked(why) => (true, "MemberNotCaughtUp", why.clone()),
+            _ => (false, "NotBlocked", String::new()),
+        };
+        status.conditions.push(condition(
+            conditions,
+            "ScaleDownBlocked",
+            blocked,
+            reason,
+            message,
+            generation,
+            now,
+        ));
+    }
     if let Some(telemetry) = validated.and_then(|v| v.telemetry.as_ref()) {
         let (ok, reason, message) = if telemetry.collector.is_some() {
             let available = observed

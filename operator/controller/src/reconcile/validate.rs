@@ -38,31 +38,16 @@ pub struct ValidatedCluster {
     pub auth: AuthSpec,
     /// True when `auth` names `<cluster>-root`, which the operator creates if missing.
     pub generated_root_secret: bool,
-    /// A change of `spec.replicas` not carried out (see [`HeldScaling`]); `replicas` and `ring`
-    /// then describe the running members.
-    pub held_scaling: Option<HeldScaling>,
+    /// The member count `spec.replicas` asks for; `replicas` (the pods) and `ring` say where
+    /// the cluster is on its way there (see `scaling`).
+    pub wanted: iggy_contract::Position,
+    /// Where a change of `wanted` stands (set by the scaling step after validation).
+    pub scaling: super::scaling::Phase,
     pub pod_template: PodTemplateOverrides,
     pub affinity: Option<Affinity>,
     pub ring: Ring,
     pub tiering: Option<Tiering>,
     pub telemetry: Option<Telemetry>,
-}
-
-/// `spec.replicas` asks for another member count than the running ring has; the operator keeps
-/// the ring and the StatefulSet as they are until brokers can change membership safely.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HeldScaling {
-    pub wanted: iggy_contract::Position,
-    pub members: usize,
-}
-
-impl HeldScaling {
-    pub fn message(&self) -> String {
-        format!(
-            "spec.replicas asks for {} brokers but the ring has {}: running brokers cannot change their ring membership yet, and a second ring beside the running one would split the cluster in two; it stays at {}. Set spec.replicas back to {} to clear this",
-            self.wanted, self.members, self.members, self.members
-        )
-    }
 }
 
 /// Telemetry, resolved: the one endpoint brokers and sidecars export to.
@@ -254,24 +239,15 @@ pub fn validate(
         None => None,
         Some(telemetry) => Some(resolve_telemetry(telemetry, &names)?),
     };
-    // Brokers read their ring at start and cannot yet reconfigure a running group (VSR
-    // reconfiguration by epochs is the sidecar-managed membership work). Publishing a ring of
-    // another size beside the running one would let restarted and new members form a second
-    // group in the next epoch while the rest keep the first: two primaries, one Service. So a
-    // changed replica count is held back, visibly, and the cluster keeps its members.
-    let (ring, held_scaling) = match refs.current_ring.as_ref() {
-        Some(current)
-            if current.cluster_id == uid && current.members.len() != usize::from(replicas) =>
-        {
-            let held = HeldScaling {
-                wanted: replicas,
-                members: current.members.len(),
-            };
-            (current.clone(), Some(held))
-        }
-        current => (ring::plan(&names, &uid, replicas, current), None),
+    // The running ring of this cluster stays as published: changing its members is the
+    // scaling step's business (`scaling`), which needs the brokers' reports. A first ring, or
+    // one of another cluster (a recreated one), is planned here.
+    let wanted = replicas;
+    let ring = match refs.current_ring.as_ref() {
+        Some(current) if current.cluster_id == uid => current.clone(),
+        current => ring::plan(&names, &uid, replicas, current),
     };
-    let replicas = u8::try_from(ring.members.len()).unwrap_or(replicas);
+    let replicas = u8::try_from(ring.members.len() + ring.standbys.len()).unwrap_or(replicas);
     let auth = spec.auth.clone().unwrap_or_else(|| AuthSpec {
         root_secret: names.root_secret(),
         username_key: "username".into(),
@@ -291,7 +267,8 @@ pub fn validate(
         volume_claims: refs.volume_claims.clone(),
         broker_toml,
         generated_root_secret: spec.auth.is_none(),
-        held_scaling,
+        wanted,
+        scaling: super::scaling::Phase::Steady,
         auth,
         pod_template: spec.pod_template.clone().unwrap_or_default(),
         affinity: spec.affinity.clone(),
@@ -380,7 +357,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_changed_replica_count_keeps_the_running_ring_and_says_so() {
+    fn a_changed_replica_count_keeps_the_running_ring_for_the_scaling_step() {
         let first =
             validate(&cluster(json!({"replicas": 3})), &Dereferenced::default()).expect("valid");
         let refs = Dereferenced {
@@ -388,18 +365,9 @@ pub(crate) mod tests {
             ..Dereferenced::default()
         };
         let scaled = validate(&cluster(json!({"replicas": 5})), &refs).expect("valid");
-        assert_eq!(scaled.replicas, 3);
+        assert_eq!((scaled.replicas, scaled.wanted), (3, 5));
         assert_eq!(scaled.ring, first.ring);
-        assert_eq!(
-            scaled.held_scaling,
-            Some(HeldScaling {
-                wanted: 5,
-                members: 3
-            })
-        );
-        // The same count, or a ring of another cluster (a recreated one), is no hold.
-        let same = validate(&cluster(json!({"replicas": 3})), &refs).expect("valid");
-        assert_eq!(same.held_scaling, None);
+        // A ring of another cluster (a recreated one) is replaced by a first ring.
         let mut foreign = first.ring.clone();
         foreign.cluster_id = "u-0".into();
         let refs = Dereferenced {
@@ -407,7 +375,7 @@ pub(crate) mod tests {
             ..Dereferenced::default()
         };
         let recreated = validate(&cluster(json!({"replicas": 5})), &refs).expect("valid");
-        assert_eq!((recreated.replicas, recreated.held_scaling), (5, None));
+        assert_eq!((recreated.replicas, recreated.ring.epoch), (5, 2));
     }
 
     #[test]
