@@ -802,12 +802,27 @@ async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let acked = producer.await.expect("producer");
     assert!(acked.len() >= 100, "only {} acknowledged", acked.len());
-    for pod in &pods {
-        let ip = dev.pod_ip(pod);
-        let member = format!("{ip}:8090");
+    every_member_holds(&dev, &pods, &acked, &credentials).await;
+    println!(
+        "rolling restart: {order:?} in {} ms, {} messages acknowledged meanwhile",
+        rolled_in.as_millis(),
+        acked.len()
+    );
+}
+
+/// Every pod in `pods` holds every message in `acked`, each once (waiting up to 30 s each for
+/// a member still applying).
+async fn every_member_holds(
+    dev: &DevCluster,
+    pods: &[String],
+    acked: &[String],
+    credentials: &(String, String),
+) {
+    for pod in pods {
+        let member = format!("{}:8090", dev.pod_ip(pod));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let stored = read_every_order(&sdk_client_at(&member, &credentials).await).await;
+            let stored = read_every_order(&sdk_client_at(&member, credentials).await).await;
             let set: std::collections::BTreeSet<&String> = stored.iter().collect();
             assert_eq!(set.len(), stored.len(), "{pod} holds a message twice");
             let missing = acked.iter().filter(|m| !set.contains(m)).count();
@@ -822,9 +837,103 @@ async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The user's flow of `kubectl scale` with real brokers: 3 → 5 → 3 while a producer sends
+/// through the client Service. Growing publishes standbys (epoch 2), then members once they
+/// caught up (epoch 3); shrinking publishes the smaller ring (epoch 4) and removes the two pods
+/// only once it committed. Every acknowledged message ends on each remaining member once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_three_to_five_and_back_loses_no_acknowledged_message() {
+    let dev = DevCluster::start().await;
+    dev.apply_sample_file("three-local-nvme.yaml");
+    dev.wait_ready("events").await;
+    let credentials = dev.root_credentials("events-root").await;
+    let client = dev.sdk_client_with("events", &credentials).await;
+    create_orders(&client).await;
+    drop(client);
+    let service = dev
+        .harness
+        .get("", "Service", NS, "events")
+        .expect("client Service");
+    let address = format!(
+        "{}:8090",
+        service["spec"]["clusterIP"].as_str().expect("ClusterIP")
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = produce_through_the_service(address, credentials.clone(), stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let volumes: Vec<Value> = (0..5)
+        .map(|i| json!({"node": format!("node-{i}"), "path": "/mnt/nvme0"}))
+        .collect();
+    let started = Instant::now();
+    patch_spec(
+        &dev.client,
+        "events",
+        json!({"replicas": 5, "storage": {"localVolumes": volumes}}),
+    )
+    .await;
+    let settled = |members: usize, epoch: u64| {
+        move |harness: &Harness| {
+            let cluster = cluster_value(harness, "events")?;
+            let ring = &cluster["status"]["ring"];
+            let progressing = condition(&cluster, "Progressing").ok_or("no Progressing")?;
+            let ready = condition(&cluster, "Ready").ok_or("no Ready")?;
+            let done = ring["epoch"].as_u64() == Some(epoch)
+                && ring["members"].as_array().map(Vec::len) == Some(members)
+                && progressing["reason"] == "Stable"
+                && ready["status"] == "True";
+            done.then_some(cluster.clone()).ok_or(format!(
+                "ring {ring}; Progressing {progressing}; Ready {ready}"
+            ))
+        }
+    };
+    dev.wait(
+        "5 members in epoch 3",
+        Duration::from_secs(120),
+        settled(5, 3),
+    )
+    .await;
+    let grown_in = started.elapsed();
+
+    let started = Instant::now();
+    patch_spec(&dev.client, "events", json!({"replicas": 3})).await;
+    dev.wait(
+        "3 members in epoch 4",
+        Duration::from_secs(120),
+        settled(3, 4),
+    )
+    .await;
+    dev.wait("events-3 and events-4 gone", Duration::from_secs(60), |h| {
+        let left = ["events-3", "events-4"]
+            .into_iter()
+            .filter(|p| h.get("", "Pod", NS, p).is_some())
+            .count();
+        (left == 0)
+            .then_some(())
+            .ok_or(format!("{left} leaving pods still there"))
+    })
+    .await;
+    let shrunk_in = started.elapsed();
+    let events = dev.harness.list("events.k8s.io", "Event", Some(NS));
+    for reason in ["ScalingUp", "MembersAdded", "ScalingDown", "MembersRemoved"] {
+        assert!(
+            events.iter().any(|e| e["reason"] == reason),
+            "an event {reason}"
+        );
+    }
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = producer.await.expect("producer");
+    assert!(acked.len() >= 100, "only {} acknowledged", acked.len());
+    let pods: Vec<String> = (0..3).map(|i| format!("events-{i}")).collect();
+    every_member_holds(&dev, &pods, &acked, &credentials).await;
     println!(
-        "rolling restart: {order:?} in {} ms, {} messages acknowledged meanwhile",
-        rolled_in.as_millis(),
+        "scaling: 3 -> 5 Ready in {} ms, 5 -> 3 in {} ms, {} messages acknowledged meanwhile",
+        grown_in.as_millis(),
+        shrunk_in.as_millis(),
         acked.len()
     );
 }
