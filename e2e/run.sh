@@ -82,8 +82,7 @@ grep -q first <<<"$polled" && grep -q second <<<"$polled" || fail "polled messag
 kill "$FORWARD_PID"; FORWARD_PID=
 
 step "a 3-replica cluster is one VSR group: write through the Service, read from every member"
-# Scaling an existing cluster waits for ring reconfiguration (sidecar-managed membership); a
-# cluster created with three members replicates from its first start. Its root credentials
+# A cluster created with three members replicates from its first start. Its root credentials
 # are the ones the operator generates into $CLUSTER-3-root.
 kubectl -n "$NS" apply --server-side -f - <<YAML
 apiVersion: iggy.rs/v1alpha1
@@ -144,6 +143,29 @@ kubectl -n "$NS" wait --for=condition=Ready "iggycluster/$CLUSTER-3" --timeout="
 forward "svc/$CLUSTER-3"
 polled=$(iggy3 message poll --first --message-count 10 e2e events 1 2>&1 || true)
 grep -q replicated <<<"$polled" || fail "the message is gone after the rollout: $polled"
+kill "$FORWARD_PID"; FORWARD_PID=
+
+step "scale 3 -> 5 -> 3 one epoch at a time, keeping the message"
+epoch_before=$(kubectl -n "$NS" get iggy "$CLUSTER-3" -o jsonpath='{.status.ring.epoch}')
+settled() { # members; waits until the ring has them, the scale change is done and all are Ready
+  for _ in $(seq 300); do
+    got=$(kubectl -n "$NS" get iggy "$CLUSTER-3" -o jsonpath='{.status.readyReplicas}/{.status.conditions[?(@.type=="Progressing")].reason}/{.spec.replicas}')
+    members=$(kubectl -n "$NS" get iggy "$CLUSTER-3" -o jsonpath='{.status.ring.members[*].pod}' | wc -w)
+    [ "$got" = "$1/Stable/$1" ] && [ "$members" -eq "$1" ] && return 0
+    sleep 2
+  done
+  fail "not settled at $1 members: $got, $members in the ring"
+}
+kubectl -n "$NS" scale iggy "$CLUSTER-3" --replicas 5
+settled 5
+kubectl -n "$NS" scale iggy "$CLUSTER-3" --replicas 3
+settled 3
+epoch_after=$(kubectl -n "$NS" get iggy "$CLUSTER-3" -o jsonpath='{.status.ring.epoch}')
+[ "$epoch_after" -ge $((epoch_before + 3)) ] || fail "epochs $epoch_before -> $epoch_after: three committed changes expected"
+[ -z "$(kubectl -n "$NS" get pod "$CLUSTER-3-4" -o name 2>/dev/null)" ] || fail "$CLUSTER-3-4 is still there"
+forward "svc/$CLUSTER-3"
+polled=$(iggy3 message poll --first --message-count 10 e2e events 1 2>&1 || true)
+grep -q replicated <<<"$polled" || fail "the message is gone after scaling: $polled"
 kill "$FORWARD_PID"; FORWARD_PID=
 kubectl -n "$NS" delete "iggycluster/$CLUSTER-3" --wait=true --timeout=120s
 
