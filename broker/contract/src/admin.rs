@@ -56,6 +56,10 @@ pub struct AdminStatus {
     /// The highest op this broker knows committed, and the highest it holds.
     pub commit: u64,
     pub op: u64,
+    /// Committed ops this broker has not applied yet: how far behind the commit it is. (Not in
+    /// the sidecar's pod annotation, which carries only what changes rarely.)
+    #[serde(default)]
+    pub lag: u64,
     /// Normal status and within the catch-up bound of the primary's commit: what readiness and
     /// the `iggy.rs/replica-ready` gate report.
     pub caught_up: bool,
@@ -72,6 +76,7 @@ impl AdminStatus {
             role: Role::Primary,
             commit: 0,
             op: 0,
+            lag: 0,
             caught_up: ready,
         }
     }
@@ -113,14 +118,20 @@ mod tests {
             role: Role::Backup,
             commit: 40,
             op: 41,
+            lag: 2,
             caught_up: true,
         };
         let json = serde_json::to_value(&status).expect("serializes");
         assert_eq!(
             json,
             serde_json::json!({"member_id": 2, "epoch": 3, "view": 7, "role": "backup",
-                "commit": 40, "op": 41, "caught_up": true})
+                "commit": 40, "op": 41, "lag": 2, "caught_up": true})
         );
+        // A broker from before `lag` existed still parses.
+        let older = serde_json::json!({"member_id": 2, "epoch": 3, "view": 7, "role": "retired",
+            "commit": 40, "op": 41, "caught_up": false});
+        let parsed = serde_json::from_value::<AdminStatus>(older).expect("parses");
+        assert_eq!((parsed.lag, parsed.role), (0, Role::Retired));
         assert_eq!(
             serde_json::from_value::<AdminStatus>(json).expect("parses"),
             status

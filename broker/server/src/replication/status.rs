@@ -336,6 +336,7 @@ impl ClusterStatus {
             role,
             commit: s.commit_max,
             op: s.op,
+            lag: s.commit_max.saturating_sub(s.commit_min),
             caught_up: ready && self.caught_up(),
         }
     }
