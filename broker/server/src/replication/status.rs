@@ -273,7 +273,10 @@ impl ClusterStatus {
 
     pub fn publish(&self, replica: &Replica<BrokerMachine>) {
         let primary = replica.is_primary();
-        for (position, lag) in self.lag.iter().enumerate() {
+        let membership = replica.membership();
+        let positions =
+            usize::from(membership.replica_count) + usize::from(membership.standby_count);
+        for (position, lag) in self.lag.iter().enumerate().take(positions.max(1)) {
             let behind = if !primary || position == usize::from(self.position) {
                 0
             } else {
