@@ -411,6 +411,38 @@ async fn a_ring_grows_to_five_through_standbys_and_shrinks_back_without_losing_a
     assert_eq!(code, 200, "{body}");
 }
 
+/// A broker joins an idle cluster as a standby of a later ring epoch: its disk is empty, there
+/// is no checkpoint yet to sync from (fewer ops than a checkpoint interval), and its own root
+/// (made in the epoch it was opened in) is not the cluster's; it takes the cluster's log from
+/// op 0, root included, and keeps it across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_joins_an_idle_cluster_from_its_first_op_and_keeps_it_across_a_restart() {
+    let mut cluster = TestCluster::start_growable(3, 4, &[("IGGY_STORAGE_FSYNC", "always")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "idle").await;
+    let history = History::default();
+    produce(&client, &history, 0, 0..3).await;
+    let ring = cluster.ring_for(2, 3, 1);
+    for member in 0..3 {
+        let (code, body) = cluster.post_ring(member, &ring);
+        assert_eq!(code, 202, "member {member}: {body}");
+    }
+    cluster.wait_epoch(&[0, 1, 2], 2, None, Duration::from_secs(20));
+    let standby = cluster.add_broker(&ring, &[("IGGY_STORAGE_FSYNC", "always")]);
+    cluster.wait_epoch(&[standby], 2, Some(Role::Standby), Duration::from_secs(30));
+    cluster.wait_caught_up(&[standby], primary, Duration::from_secs(30));
+    let reads = read_members(&cluster, &[0, standby]).await;
+    history.check(&reads);
+    cluster.brokers[standby].kill9();
+    cluster.brokers[standby].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[standby], primary, Duration::from_secs(30));
+    produce(&client, &history, 0, 3..5).await;
+    cluster.wait_caught_up(&[0, 1, 2, standby], primary, Duration::from_secs(30));
+    let reads = read_members(&cluster, &[0, 1, 2, standby]).await;
+    history.check(&reads);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_backup_restores_its_checkpoint_and_catches_up() {
     let mut cluster = TestCluster::start(3, &[("IGGY_STORAGE_FSYNC", "always")]);

@@ -87,10 +87,29 @@ impl Log {
         (low..=high)
             .rev()
             .find(|&op| self.checksum_at(op) == Some(chain[(op - first) as usize].checksum()))
+            .or_else(|| self.adopts_root_of(chain).then_some(0))
+    }
+
+    /// An empty log (its root alone) joins a chain from another root of the same cluster and
+    /// group at op 0, taking that root: roots carry nothing but the epoch their replica was
+    /// first opened in, and a replica joining a running cluster is opened in a later epoch than
+    /// the cluster's first, so its root differs from everyone else's.
+    fn adopts_root_of(&self, chain: &[Prepare]) -> bool {
+        let (ours, theirs) = (&self.entries[0].header, chain.first().map(|p| &p.header));
+        self.entries.len() == 1
+            && ours.op == 0
+            && theirs
+                .is_some_and(|t| t.op == 0 && t.cluster == ours.cluster && t.group == ours.group)
     }
 
     /// This log up to `at`, then `chain` after `at` (`at` from [`Log::join_point`]).
     pub fn spliced(&self, at: Op, chain: &[Prepare]) -> Log {
+        if at == 0 && self.adopts_root_of(chain) && self.checksum_at(0) != Some(chain[0].checksum())
+        {
+            return Log {
+                entries: chain.to_vec(),
+            };
+        }
         let mut entries = self.up_to(at);
         let first = chain[0].op();
         entries.extend_from_slice(&chain[(at + 1 - first) as usize..]);
@@ -154,5 +173,23 @@ mod tests {
         assert_eq!(spliced.checksum_at(5), Some(theirs[5].checksum()));
         // A chain entirely above our log does not join.
         assert_eq!(log.join_point(&theirs[7..]), None);
+    }
+
+    #[test]
+    fn an_empty_log_takes_the_root_of_a_chain_from_another_epoch() {
+        let cluster_root = Prepare::root(1, 1, 1);
+        let theirs = chain(&cluster_root, 3, 1);
+        // A replica opened in epoch 2 has a root of its own.
+        let joining = Log::new(Prepare::root(1, 1, 2));
+        assert_eq!(joining.join_point(&theirs), Some(0));
+        let joined = joining.spliced(0, &theirs);
+        assert_eq!(joined.checksum_at(0), Some(cluster_root.checksum()));
+        assert_eq!(joined.tail(), 3);
+        // Not a log that holds ops, nor a root of another cluster.
+        assert_eq!(
+            log_of(&chain(&Prepare::root(1, 1, 2), 1, 2)).join_point(&theirs),
+            None
+        );
+        assert_eq!(Log::new(Prepare::root(9, 1, 1)).join_point(&theirs), None);
     }
 }

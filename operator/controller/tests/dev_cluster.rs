@@ -938,6 +938,160 @@ async fn scaling_three_to_five_and_back_loses_no_acknowledged_message() {
     );
 }
 
+/// The pid of pod `pod`'s broker process (the process kubelet runs it with `POD_NAME`).
+fn broker_pid(pod: &str) -> Option<u32> {
+    let wanted = format!("POD_NAME={pod}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let broker = String::from_utf8_lossy(&cmdline).contains("iggy-broker");
+            let ours = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
+            (broker && ours).then_some(pid)
+        })
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a process this test's dev cluster started.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// A scale-down with a staying member hung (its broker frozen with SIGSTOP: the sidecar cannot
+/// reach it and withdraws its report) is `ScaleDownBlocked`, naming it, and changes nothing;
+/// once it answers again the smaller ring is published; the operator stopped right then is
+/// replaced by one that finishes the job (removes the leaving pods once the brokers report the
+/// epoch committed). A producer sends throughout; nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_waits_for_a_hung_member_and_survives_an_operator_restart() {
+    let mut dev = DevCluster::start().await;
+    dev.apply_sample_file("three-local-nvme.yaml");
+    dev.wait_ready("events").await;
+    let credentials = dev.root_credentials("events-root").await;
+    let client = dev.sdk_client_with("events", &credentials).await;
+    create_orders(&client).await;
+    drop(client);
+    let volumes: Vec<Value> = (0..5)
+        .map(|i| json!({"node": format!("node-{i}"), "path": "/mnt/nvme0"}))
+        .collect();
+    patch_spec(
+        &dev.client,
+        "events",
+        json!({"replicas": 5, "storage": {"localVolumes": volumes}}),
+    )
+    .await;
+    dev.wait("5 members in epoch 3", Duration::from_secs(120), |h| {
+        let cluster = cluster_value(h, "events")?;
+        let ready = condition(&cluster, "Ready").ok_or("no Ready")?;
+        (cluster["status"]["ring"]["epoch"] == 3 && ready["status"] == "True")
+            .then_some(())
+            .ok_or(format!("{}", cluster["status"]))
+    })
+    .await;
+    let service = dev
+        .harness
+        .get("", "Service", NS, "events")
+        .expect("client Service");
+    let address = format!(
+        "{}:8090",
+        service["spec"]["clusterIP"].as_str().expect("ClusterIP")
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producer = produce_through_the_service(address, credentials.clone(), stop.clone());
+
+    let hung = broker_pid("events-1").expect("events-1's broker runs");
+    signal(hung, "STOP");
+    dev.wait(
+        "events-1's report withdrawn",
+        Duration::from_secs(30),
+        |h| {
+            let pod = h.get("", "Pod", NS, "events-1").ok_or("no pod")?;
+            pod["metadata"]["annotations"]["iggy.rs/replica-state"]
+                .is_null()
+                .then_some(())
+                .ok_or(format!("{}", pod["metadata"]["annotations"]))
+        },
+    )
+    .await;
+    patch_spec(&dev.client, "events", json!({"replicas": 3})).await;
+    let cluster = dev
+        .wait("ScaleDownBlocked", Duration::from_secs(30), |h| {
+            let cluster = cluster_value(h, "events")?;
+            let blocked = condition(&cluster, "ScaleDownBlocked").ok_or("no condition")?;
+            (blocked["status"] == "True")
+                .then_some(cluster.clone())
+                .ok_or(format!("{blocked}"))
+        })
+        .await;
+    let blocked = condition(&cluster, "ScaleDownBlocked").expect("condition");
+    assert!(
+        blocked["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("events-1"),
+        "{blocked}"
+    );
+    assert_eq!(cluster["status"]["ring"]["epoch"], 3, "nothing published");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let set = dev
+        .harness
+        .get("apps", "StatefulSet", NS, "events")
+        .expect("sts");
+    assert_eq!(set["spec"]["replicas"], 5, "nothing removed");
+
+    signal(hung, "CONT");
+    dev.wait("the ring of 3 published", Duration::from_secs(60), |h| {
+        let map = h.get("", "ConfigMap", NS, "events-ring").ok_or("no ring")?;
+        let ring: Value = serde_json::from_str(map["data"]["ring.json"].as_str().unwrap_or("{}"))
+            .map_err(|e| e.to_string())?;
+        (ring["epoch"] == 4)
+            .then_some(())
+            .ok_or(format!("epoch {}", ring["epoch"]))
+    })
+    .await;
+    if let Some(operator) = dev.operator.take() {
+        operator.stop().await;
+    }
+    let set = dev
+        .harness
+        .get("apps", "StatefulSet", NS, "events")
+        .expect("sts");
+    assert_eq!(
+        set["spec"]["replicas"], 5,
+        "the leavers outlive the first operator"
+    );
+    dev.operator = Some(Operator::start(&dev.client, None));
+    dev.wait("events-3 and events-4 gone", Duration::from_secs(60), |h| {
+        let left = ["events-3", "events-4"]
+            .into_iter()
+            .filter(|p| h.get("", "Pod", NS, p).is_some())
+            .count();
+        let blocked = cluster_value(h, "events")
+            .ok()
+            .and_then(|c| condition(&c, "ScaleDownBlocked"))
+            .map(|c| c["status"].clone());
+        (left == 0 && blocked == Some(json!("False")))
+            .then_some(())
+            .ok_or(format!(
+                "{left} leaving pods still there; blocked {blocked:?}"
+            ))
+    })
+    .await;
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = producer.await.expect("producer");
+    assert!(acked.len() >= 100, "only {} acknowledged", acked.len());
+    let pods: Vec<String> = (0..3).map(|i| format!("events-{i}")).collect();
+    every_member_holds(&dev, &pods, &acked, &credentials).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operator_runs_as_a_pod_of_its_install_yaml_and_reconciles_a_sample() {
     let dev = DevCluster::bare().await;

@@ -363,7 +363,12 @@ pub async fn boot(
 
     let machine = BrokerMachine::new(broker.clone(), written);
     let replica = Replica::open(setup.vsr.clone(), image, machine);
-    if replica.is_faulty() {
+    if replica.is_faulty() && !had_journal {
+        tracing::info!(
+            "an empty disk joining a running cluster: this replica takes part in view changes \
+             once a peer has given it the cluster's log"
+        );
+    } else if replica.is_faulty() {
         broker
             .metrics
             .wal_damaged_at_start

@@ -16,7 +16,6 @@ impl<S: StateMachine> Replica<S> {
     /// Starts a replica on what its storage holds. An empty disk is a fresh cluster member
     /// (normal in view 0); anything else is a restart, which waits to learn the current view.
     pub fn open(mut cfg: Config, disk: DiskImage, mut sm: S) -> Self {
-        let root = Prepare::root(cfg.cluster, cfg.group, cfg.epoch);
         // Without a durable superblock this replica never sent anything (sends wait for it), so
         // nothing in its WAL was ever acknowledged: it starts as a fresh member.
         // No copy that verifies is no superblock: nothing was ever sent (the copies keep one of
@@ -74,6 +73,22 @@ impl<S: StateMachine> Replica<S> {
         // A fresh disk joining a running cluster holds nothing it could vote with.
         let mut faulty = durable_superblock.is_none() && cfg.joining;
         let mut repair = None;
+        // The root is the cluster's, made in the epoch its first members were opened in; a
+        // replica that joined later took it from its peers (`Log::join_point`). Op 1 names it
+        // (its own epoch is that first one); without op 1 nothing chains to the root yet.
+        let root = {
+            let ours = Prepare::root(cfg.cluster, cfg.group, cfg.epoch);
+            wal.get(&cfg.slot(1))
+                .filter(|p| p.op() == 1 && p.verify())
+                .map(|p| {
+                    (
+                        Prepare::root(cfg.cluster, cfg.group, p.header.epoch),
+                        p.header.parent,
+                    )
+                })
+                .filter(|(root, parent)| root.checksum() == *parent)
+                .map_or(ours, |(root, _)| root)
+        };
         let mut anchor = root;
         let mut client_table = BTreeMap::new();
         let mut checkpoints = BTreeMap::new();
