@@ -89,8 +89,9 @@ impl<S: StateMachine> Replica<S> {
         self.prepare_queued();
     }
 
-    /// Applied the reconfiguration op that starts `next`: enters its epoch in view 0.
-    /// `recovering` keeps a restarted replica waiting to learn the current view.
+    /// Applied the reconfiguration op that starts `next` (or synced a checkpoint past it):
+    /// enters its epoch in view 0. A replica that was recovering stays so, waiting to learn
+    /// the epoch's current view.
     pub(super) fn enter_epoch(&mut self, next: Membership) {
         let role = next.role_of(self.cfg.replica);
         self.cfg.epoch = next.epoch;
