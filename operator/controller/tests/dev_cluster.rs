@@ -938,20 +938,22 @@ async fn scaling_three_to_five_and_back_loses_no_acknowledged_message() {
     );
 }
 
-/// The pid of pod `pod`'s broker process (the process kubelet runs it with `POD_NAME`).
-fn broker_pid(pod: &str) -> Option<u32> {
+/// The pid of pod `pod`'s broker process in this dev cluster: the process kubelet runs it with
+/// `POD_NAME` and with paths under this cluster's state directory (other tests run dev clusters
+/// with pods of the same names beside this one).
+fn broker_pid(dev: &DevCluster, pod: &str) -> Option<u32> {
     let wanted = format!("POD_NAME={pod}");
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let environ = std::fs::read(entry.path().join("environ")).ok()?;
-            let broker = String::from_utf8_lossy(&cmdline).contains("iggy-broker");
-            let ours = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
-            (broker && ours).then_some(pid)
-        })
+    let state = dev.state.path().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        let broker = String::from_utf8_lossy(&cmdline).contains("iggy-broker");
+        let named = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
+        let ours = String::from_utf8_lossy(&environ).contains(&state)
+            || String::from_utf8_lossy(&cmdline).contains(&state);
+        (broker && named && ours).then_some(pid)
+    })
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to a process this test's dev cluster started.
@@ -1005,7 +1007,7 @@ async fn a_scale_down_waits_for_a_hung_member_and_survives_an_operator_restart()
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = produce_through_the_service(address, credentials.clone(), stop.clone());
 
-    let hung = broker_pid("events-1").expect("events-1's broker runs");
+    let hung = broker_pid(&dev, "events-1").expect("events-1's broker runs");
     signal(hung, "STOP");
     dev.wait(
         "events-1's report withdrawn",

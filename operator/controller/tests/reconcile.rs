@@ -463,19 +463,25 @@ async fn scaling_moves_one_epoch_at_a_time_on_what_the_sidecars_report() {
     );
     let operator = Operator::start(&client, None);
     wait_ring(&harness, (4, 3, 0), 3).await;
-    let events = harness.list("events.k8s.io", "Event", Some(NS));
-    for reason in [
-        "ScalingUp",
-        "MembersAdded",
-        "ScaleDownBlocked",
-        "ScalingDown",
-        "MembersRemoved",
-    ] {
-        assert!(
-            events.iter().any(|e| e["reason"] == reason),
-            "an event {reason}: {events:#?}"
-        );
-    }
+    // Each step's Event is published right after the step.
+    eventually("an event for every step", || {
+        let events = harness.list("events.k8s.io", "Event", Some(NS));
+        let missing: Vec<&str> = [
+            "ScalingUp",
+            "MembersAdded",
+            "ScaleDownBlocked",
+            "ScalingDown",
+            "MembersRemoved",
+        ]
+        .into_iter()
+        .filter(|reason| !events.iter().any(|e| e["reason"] == *reason))
+        .collect();
+        missing
+            .is_empty()
+            .then_some(())
+            .ok_or(format!("no event {missing:?}"))
+    })
+    .await;
     operator.stop().await;
 }
 
