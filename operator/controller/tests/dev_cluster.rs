@@ -944,16 +944,19 @@ async fn scaling_three_to_five_and_back_loses_no_acknowledged_message() {
 fn broker_pid(dev: &DevCluster, pod: &str) -> Option<u32> {
     let wanted = format!("POD_NAME={pod}");
     let state = dev.state.path().to_string_lossy().into_owned();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        let environ = std::fs::read(entry.path().join("environ")).ok()?;
-        let broker = String::from_utf8_lossy(&cmdline).contains("iggy-broker");
-        let named = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
-        let ours = String::from_utf8_lossy(&environ).contains(&state)
-            || String::from_utf8_lossy(&cmdline).contains(&state);
-        (broker && named && ours).then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let broker = String::from_utf8_lossy(&cmdline).contains("iggy-broker");
+            let named = environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes());
+            let ours = String::from_utf8_lossy(&environ).contains(&state)
+                || String::from_utf8_lossy(&cmdline).contains(&state);
+            (broker && named && ours).then_some(pid)
+        })
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to a process this test's dev cluster started.
