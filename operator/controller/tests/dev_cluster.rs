@@ -700,20 +700,7 @@ async fn try_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
     let dev = DevCluster::start().await;
-    dev.apply_sample_file("three-local-nvme.yaml");
-    dev.wait_ready("events").await;
-    let credentials = dev.root_credentials("events-root").await;
-    let client = dev.sdk_client_with("events", &credentials).await;
-    create_orders(&client).await;
-    drop(client);
-    let service = dev
-        .harness
-        .get("", "Service", NS, "events")
-        .expect("client Service");
-    let address = format!(
-        "{}:8090",
-        service["spec"]["clusterIP"].as_str().expect("ClusterIP")
-    );
+    let (credentials, address) = three_members_with_orders(&dev).await;
     let uid = |harness: &Harness, pod: &str| {
         harness
             .get("", "Pod", NS, pod)
@@ -839,13 +826,9 @@ async fn every_member_holds(
     }
 }
 
-/// The user's flow of `kubectl scale` with real brokers: 3 → 5 → 3 while a producer sends
-/// through the client Service. Growing publishes standbys (epoch 2), then members once they
-/// caught up (epoch 3); shrinking publishes the smaller ring (epoch 4) and removes the two pods
-/// only once it committed. Every acknowledged message ends on each remaining member once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn scaling_three_to_five_and_back_loses_no_acknowledged_message() {
-    let dev = DevCluster::start().await;
+/// The three-local-nvme sample Ready, its `orders` stream created; its root credentials and
+/// the client Service's `ClusterIP:8090`.
+async fn three_members_with_orders(dev: &DevCluster) -> ((String, String), String) {
     dev.apply_sample_file("three-local-nvme.yaml");
     dev.wait_ready("events").await;
     let credentials = dev.root_credentials("events-root").await;
@@ -860,6 +843,17 @@ async fn scaling_three_to_five_and_back_loses_no_acknowledged_message() {
         "{}:8090",
         service["spec"]["clusterIP"].as_str().expect("ClusterIP")
     );
+    (credentials, address)
+}
+
+/// The user's flow of `kubectl scale` with real brokers: 3 → 5 → 3 while a producer sends
+/// through the client Service. Growing publishes standbys (epoch 2), then members once they
+/// caught up (epoch 3); shrinking publishes the smaller ring (epoch 4) and removes the two pods
+/// only once it committed. Every acknowledged message ends on each remaining member once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_three_to_five_and_back_loses_no_acknowledged_message() {
+    let dev = DevCluster::start().await;
+    let (credentials, address) = three_members_with_orders(&dev).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = produce_through_the_service(address, credentials.clone(), stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -371,13 +371,7 @@ async fn scaling_moves_one_epoch_at_a_time_on_what_the_sidecars_report() {
     let (harness, client) = harness_with(false, true).await;
     let operator = Operator::start(&client, None);
     create_cluster(&client, "events", json!({"replicas": 3})).await;
-    eventually("three pods", || {
-        (0..3)
-            .all(|i| pod_uid(&harness, &format!("events-{i}")).is_some())
-            .then_some(())
-            .ok_or("pods missing".to_string())
-    })
-    .await;
+    wait_pods(&harness, 0..3).await;
     for (i, role) in ["primary", "backup", "backup"].iter().enumerate() {
         report_state(&client, &harness, &format!("events-{i}"), 1, role, true).await;
     }
@@ -385,13 +379,7 @@ async fn scaling_moves_one_epoch_at_a_time_on_what_the_sidecars_report() {
 
     patch_spec(&client, "events", json!({"replicas": 5})).await;
     wait_ring(&harness, (2, 3, 2), 5).await;
-    eventually("standby pods", || {
-        (3..5)
-            .all(|i| pod_uid(&harness, &format!("events-{i}")).is_some())
-            .then_some(())
-            .ok_or("pods missing".to_string())
-    })
-    .await;
+    wait_pods(&harness, 3..5).await;
     for (i, role) in ["primary", "backup", "backup"].iter().enumerate() {
         report_state(&client, &harness, &format!("events-{i}"), 2, role, true).await;
     }
@@ -875,6 +863,18 @@ async fn report_member(
     .expect("role labelled");
 }
 
+/// Waits until the pods `events-<i>` for every `i` in `ordinals` exist.
+async fn wait_pods(harness: &kube_harness::Harness, ordinals: std::ops::Range<u8>) {
+    eventually(&format!("pods {ordinals:?}"), || {
+        ordinals
+            .clone()
+            .all(|i| pod_uid(harness, &format!("events-{i}")).is_some())
+            .then_some(())
+            .ok_or("pods missing".to_string())
+    })
+    .await;
+}
+
 /// Waits until pod `name` exists with a uid other than `old`; returns the new uid.
 async fn replaced(harness: &kube_harness::Harness, name: &str, old: &str) -> String {
     eventually(&format!("{name} replaced"), || {
@@ -896,13 +896,7 @@ async fn a_rolling_restart_resumes_where_a_stopped_operator_left_it() {
     let (harness, client) = harness_with(false, true).await;
     let operator = Operator::start(&client, None);
     create_cluster(&client, "events", json!({"replicas": 3})).await;
-    eventually("three pods", || {
-        (0..3)
-            .all(|i| pod_uid(&harness, &format!("events-{i}")).is_some())
-            .then_some(())
-            .ok_or("pods missing".to_string())
-    })
-    .await;
+    wait_pods(&harness, 0..3).await;
     for (pod, role) in [
         ("events-0", "primary"),
         ("events-1", "backup"),

@@ -91,7 +91,7 @@ pub fn plan(
             .get(&position)
             .is_some_and(|r| r.epoch >= epoch && r.caught_up)
     };
-    let pod_names = |positions: std::ops::Range<Position>| {
+    let pod_names = |positions: &mut dyn Iterator<Item = Position>| {
         positions
             .map(|p| names.pod(p))
             .collect::<Vec<_>>()
@@ -142,11 +142,7 @@ pub fn plan(
             .filter(|p| !caught_up(*p))
             .collect();
         if !behind.is_empty() {
-            let pods = behind
-                .iter()
-                .map(|p| names.pod(*p))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let pods = pod_names(&mut behind.iter().copied());
             return stay(
                 members + standbys,
                 Phase::Progress {
@@ -161,7 +157,7 @@ pub fn plan(
         let note = format!(
             "ring epoch {}: {} joins as members ({wanted} in all)",
             ring.epoch,
-            pod_names(members..wanted)
+            pod_names(&mut (members..wanted))
         );
         return Decision {
             ring,
@@ -183,7 +179,7 @@ pub fn plan(
             if committed && holding.is_empty() {
                 let note = format!(
                     "ring epoch {epoch} committed: removing {}",
-                    pod_names(members..running)
+                    pod_names(&mut (members..running))
                 );
                 return Decision {
                     ring: current.clone(),
@@ -198,7 +194,7 @@ pub fn plan(
                     reason: "ScalingDown",
                     message: format!(
                         "ring epoch {epoch}: {} leave once every member holds the epoch's start",
-                        pod_names(members..running)
+                        pod_names(&mut (members..running))
                     ),
                 },
             );
@@ -213,7 +209,7 @@ pub fn plan(
         let note = format!(
             "ring epoch {}: {} start as standbys and catch up before they become members",
             ring.epoch,
-            pod_names(members..wanted)
+            pod_names(&mut (members..wanted))
         );
         return Decision {
             ring,
@@ -229,16 +225,12 @@ pub fn plan(
     // smaller ring starts with a full quorum of up-to-date members.
     let behind: Vec<Position> = (0..wanted).filter(|p| !caught_up(*p)).collect();
     if !behind.is_empty() {
-        let pods = behind
-            .iter()
-            .map(|p| names.pod(*p))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let pods = pod_names(&mut behind.iter().copied());
         return stay(
             running,
             Phase::Blocked(format!(
                 "removing {} waits: {pods} {} down or not caught up in ring epoch {epoch}, and every member that stays must be",
-                pod_names(wanted..members),
+                pod_names(&mut (wanted..members)),
                 if behind.len() == 1 { "is" } else { "are" }
             )),
         );
@@ -247,7 +239,7 @@ pub fn plan(
     let note = format!(
         "ring epoch {}: {wanted} members; {} leave once it commits",
         ring.epoch,
-        pod_names(wanted..members)
+        pod_names(&mut (wanted..members))
     );
     Decision {
         ring,
