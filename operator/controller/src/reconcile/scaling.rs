@@ -73,6 +73,27 @@ pub struct Decision {
     pub event: Option<(&'static str, String)>,
 }
 
+impl Decision {
+    /// A step taken now: `ring` published, `pods` run, `Progressing` with `reason`, and the
+    /// Event (`reason`, note) that also serves as the `Progressing` message.
+    fn published(
+        ring: Ring,
+        pods: Position,
+        progress: &'static str,
+        (event, note): (&'static str, String),
+    ) -> Self {
+        Decision {
+            ring,
+            pods,
+            phase: Phase::Progress {
+                reason: progress,
+                message: note.clone(),
+            },
+            event: Some((event, note)),
+        }
+    }
+}
+
 /// The next step from `current` (the published ring) towards `wanted` members, given the
 /// brokers' reports and the pods the StatefulSet runs now.
 pub fn plan(
@@ -128,15 +149,12 @@ pub fn plan(
                 "ring epoch {}: {members} members, {next_standbys} standbys (spec.replicas is now {wanted})",
                 ring.epoch
             );
-            return Decision {
+            return Decision::published(
                 ring,
-                pods: members + standbys.max(next_standbys),
-                phase: Phase::Progress {
-                    reason: "ScalingUp",
-                    message: note.clone(),
-                },
-                event: Some(("ScalingChanged", note)),
-            };
+                members + standbys.max(next_standbys),
+                "ScalingUp",
+                ("ScalingChanged", note),
+            );
         }
         let behind: Vec<Position> = (members..members + standbys)
             .filter(|p| !caught_up(*p))
@@ -159,15 +177,7 @@ pub fn plan(
             ring.epoch,
             pod_names(&mut (members..wanted))
         );
-        return Decision {
-            ring,
-            pods: wanted,
-            phase: Phase::Progress {
-                reason: "ScalingUp",
-                message: note.clone(),
-            },
-            event: Some(("MembersAdded", note)),
-        };
+        return Decision::published(ring, wanted, "ScalingUp", ("MembersAdded", note));
     }
 
     let running = running_pods.unwrap_or(members).max(members);
@@ -211,15 +221,7 @@ pub fn plan(
             ring.epoch,
             pod_names(&mut (members..wanted))
         );
-        return Decision {
-            ring,
-            pods: wanted.max(running),
-            phase: Phase::Progress {
-                reason: "ScalingUp",
-                message: note.clone(),
-            },
-            event: Some(("ScalingUp", note)),
-        };
+        return Decision::published(ring, wanted.max(running), "ScalingUp", ("ScalingUp", note));
     }
     // Shrinking: only with every remaining member caught up in the running epoch, so the
     // smaller ring starts with a full quorum of up-to-date members.
@@ -241,15 +243,7 @@ pub fn plan(
         ring.epoch,
         pod_names(&mut (wanted..members))
     );
-    Decision {
-        ring,
-        pods: running,
-        phase: Phase::Progress {
-            reason: "ScalingDown",
-            message: note.clone(),
-        },
-        event: Some(("ScalingDown", note)),
-    }
+    Decision::published(ring, running, "ScalingDown", ("ScalingDown", note))
 }
 
 #[cfg(test)]
