@@ -208,15 +208,17 @@ impl DevCluster {
 
     /// A logged-in SDK client on the client Service's ClusterIP.
     async fn sdk_client_with(&self, cluster: &str, credentials: &(String, String)) -> IggyClient {
+        sdk_client_at(&self.service_address(cluster), credentials).await
+    }
+
+    /// `ClusterIP:8090` of Service `service`: where Iggy clients reach it.
+    fn service_address(&self, service: &str) -> String {
         let service = self
             .harness
-            .get("", "Service", NS, cluster)
-            .expect("client Service");
-        let ip = service["spec"]["clusterIP"]
-            .as_str()
-            .expect("ClusterIP")
-            .to_string();
-        sdk_client_at(&format!("{ip}:8090"), credentials).await
+            .get("", "Service", NS, service)
+            .expect("Service");
+        let ip = service["spec"]["clusterIP"].as_str().expect("ClusterIP");
+        format!("{ip}:8090")
     }
 
     fn pod_ip(&self, pod: &str) -> String {
@@ -592,14 +594,7 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
         failed_at.elapsed().as_millis()
     );
     // Its endpoint follows the label at the network's next pass: retry until it serves all.
-    let service = dev
-        .harness
-        .get("", "Service", NS, "events-primary")
-        .expect("Service");
-    let address = format!(
-        "{}:8090",
-        service["spec"]["clusterIP"].as_str().expect("ClusterIP")
-    );
+    let address = dev.service_address("events-primary");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match try_read_orders(&address, &credentials).await {
@@ -835,14 +830,7 @@ async fn three_members_with_orders(dev: &DevCluster) -> ((String, String), Strin
     let client = dev.sdk_client_with("events", &credentials).await;
     create_orders(&client).await;
     drop(client);
-    let service = dev
-        .harness
-        .get("", "Service", NS, "events")
-        .expect("client Service");
-    let address = format!(
-        "{}:8090",
-        service["spec"]["clusterIP"].as_str().expect("ClusterIP")
-    );
+    let address = dev.service_address("events");
     (credentials, address)
 }
 
@@ -970,12 +958,7 @@ fn signal(pid: u32, signal: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scale_down_waits_for_a_hung_member_and_survives_an_operator_restart() {
     let mut dev = DevCluster::start().await;
-    dev.apply_sample_file("three-local-nvme.yaml");
-    dev.wait_ready("events").await;
-    let credentials = dev.root_credentials("events-root").await;
-    let client = dev.sdk_client_with("events", &credentials).await;
-    create_orders(&client).await;
-    drop(client);
+    let (credentials, address) = three_members_with_orders(&dev).await;
     let volumes: Vec<Value> = (0..5)
         .map(|i| json!({"node": format!("node-{i}"), "path": "/mnt/nvme0"}))
         .collect();
@@ -993,14 +976,6 @@ async fn a_scale_down_waits_for_a_hung_member_and_survives_an_operator_restart()
             .ok_or(format!("{}", cluster["status"]))
     })
     .await;
-    let service = dev
-        .harness
-        .get("", "Service", NS, "events")
-        .expect("client Service");
-    let address = format!(
-        "{}:8090",
-        service["spec"]["clusterIP"].as_str().expect("ClusterIP")
-    );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = produce_through_the_service(address, credentials.clone(), stop.clone());
 
