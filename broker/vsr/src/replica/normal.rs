@@ -25,19 +25,16 @@ impl<S: StateMachine> Replica<S> {
             self.on_other_epoch(envelope);
             return;
         }
-        if self.status == Status::Retired {
-            // Nothing of the epoch it left is its business, but for history it may hold that
-            // a member lost (the epoch's start, a checkpoint, a prepare by checksum).
-            match envelope.message {
-                Message::RequestStartEpoch { replica } => self.send_start_epoch(replica),
-                Message::RequestSync { have, replica } => self.send_checkpoint(replica, have),
-                Message::RequestPrepare {
-                    op,
-                    checksum,
-                    replica,
-                } => self.answer_prepare_request(op, checksum, replica),
-                _ => {}
-            }
+        // A retired replica takes no part in the epoch it left, but answers requests for history
+        // it may hold that a member lost (the epoch's start, a checkpoint, a prepare by checksum).
+        if self.status == Status::Retired
+            && !matches!(
+                envelope.message,
+                Message::RequestStartEpoch { .. }
+                    | Message::RequestSync { .. }
+                    | Message::RequestPrepare { .. }
+            )
+        {
             return;
         }
         match envelope.message {
