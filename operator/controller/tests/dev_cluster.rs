@@ -137,7 +137,41 @@ impl DevCluster {
     fn pods_report(&self) -> String {
         let mut report = String::new();
         for pod in self.harness.list("", "Pod", Some(NS)) {
-            report.push_str(&format!("\n{}: {}", pod["metadata"]["name"], pod["status"]));
+            report.push_str(&format!(
+                "\n{}: annotations {} labels {} status {}",
+                pod["metadata"]["name"],
+                pod["metadata"]["annotations"],
+                pod["metadata"]["labels"],
+                pod["status"]
+            ));
+        }
+        for cluster in self.harness.list("iggy.rs", "IggyCluster", Some(NS)) {
+            report.push_str(&format!(
+                "\nIggyCluster {}: spec.replicas {} status {}",
+                cluster["metadata"]["name"], cluster["spec"]["replicas"], cluster["status"]
+            ));
+        }
+        report.push_str(&self.log_tails(12));
+        report
+    }
+
+    /// The last `lines` lines of every container log the pods wrote.
+    fn log_tails(&self, lines: usize) -> String {
+        let mut report = String::new();
+        let Ok(pods) = std::fs::read_dir(self.state.path().join("pods").join(NS)) else {
+            return report;
+        };
+        let mut logs: Vec<PathBuf> = pods
+            .flatten()
+            .filter_map(|pod| std::fs::read_dir(pod.path().join("logs")).ok())
+            .flat_map(|dir| dir.flatten().map(|log| log.path()))
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            report.push_str(&format!("\n--- {}\n{}", log.display(), tail.join("\n")));
         }
         report
     }

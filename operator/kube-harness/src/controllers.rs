@@ -283,14 +283,22 @@ fn statefulsets(store: &mut Store) -> Result<bool, ApiError> {
             .into_iter()
             .filter_map(|pod| Some((ordinal(text(&pod, "/metadata/name"), &name)?, pod)))
             .collect();
-        // Scale down: highest ordinal first.
-        for (&index, pod) in pods.iter().rev().filter(|(index, _)| **index >= replicas) {
-            store.delete(&pod_type, &namespace, text(pod, "/metadata/name"))?;
-            wrote = true;
+        // Scale down: highest ordinal first. A pod already terminating is left to the kubelet
+        // (deleting it again changes nothing, and counting that as a write would spin).
+        let terminating = |pod: &Value| pod["metadata"]["deletionTimestamp"].is_string();
+        for pod in pods
+            .iter()
+            .rev()
+            .filter(|(index, _)| **index >= replicas)
+            .map(|(_, pod)| pod)
+        {
+            if !terminating(pod) {
+                store.delete(&pod_type, &namespace, text(pod, "/metadata/name"))?;
+                wrote = true;
+            }
             if !parallel {
                 break;
             }
-            let _ = index;
         }
         for index in 0..replicas {
             if pods.contains_key(&index) {
@@ -356,6 +364,7 @@ fn statefulsets(store: &mut Store) -> Result<bool, ApiError> {
             let all_ready = pods.len() as i64 >= replicas && pods.values().all(is_ready);
             let outdated = pods.iter().rev().find(|(index, pod)| {
                 **index < replicas
+                    && !terminating(pod)
                     && text(pod, "/metadata/labels/controller-revision-hash") != revision
             });
             if let (true, Some((_, pod))) = (all_ready, outdated) {
@@ -800,6 +809,23 @@ mod tests {
         panic!("controllers did not settle");
     }
 
+    /// Merges `spec` into the test StatefulSet `web`'s spec.
+    fn patch_web_spec(store: &mut Store, spec: Value) {
+        let sts_type = store.type_by_kind("apps", "StatefulSet").expect("built in");
+        store
+            .patch(
+                &sts_type,
+                "default",
+                "web",
+                PatchKind::Merge,
+                &json!({ "spec": spec }),
+                Subresource::Main,
+                "t",
+                false,
+            )
+            .expect("the StatefulSet patches");
+    }
+
     fn sts(replicas: i64) -> Value {
         json!({
             "metadata": {"name": "web"},
@@ -818,6 +844,43 @@ mod tests {
                 "volumeClaimTemplates": [{"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}],
             },
         })
+    }
+
+    /// Under the process kubelet a deleted pod terminates for a while; the controllers must
+    /// settle meanwhile instead of deleting it again on every pass (a spin that once held a
+    /// worker thread and the store until the test runner gave up).
+    #[test]
+    fn a_scale_down_settles_while_its_pods_terminate_gracefully() {
+        let mut store = Store::new();
+        store.set_graceful_pod_deletion(true);
+        nodes(&mut store, 3);
+        let sts_type = store.type_by_kind("apps", "StatefulSet").expect("built in");
+        store
+            .create(&sts_type, "default", sts(3), "t")
+            .expect("sts");
+        let options = ControllerOptions {
+            auto_ready_gates: vec!["example.com/gate".into()],
+            ..ControllerOptions::default()
+        };
+        settle(&mut store, &options);
+        patch_web_spec(
+            &mut store,
+            json!({"replicas": 1, "template": {"metadata": {"annotations": {"changed": "yes"}}}}),
+        );
+        settle(&mut store, &options);
+        let pod_type = store.type_by_kind("", "Pod").expect("built in");
+        let pods = store.list(&pod_type, Some("default"));
+        let terminating: Vec<&str> = pods
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_string())
+            .map(|p| text(p, "/metadata/name"))
+            .collect();
+        assert_eq!(pods.len(), 3, "the leavers are still terminating");
+        assert_eq!(terminating.len(), 2, "{terminating:?}");
+        assert!(
+            !reconcile_all(&mut store, &options),
+            "nothing left to write"
+        );
     }
 
     #[test]
@@ -856,18 +919,7 @@ mod tests {
         assert!(claims.iter().all(|c| c["status"]["phase"] == "Bound"));
 
         // A fourth replica has no free node under required anti-affinity.
-        store
-            .patch(
-                &sts_type,
-                "default",
-                "web",
-                PatchKind::Merge,
-                &json!({"spec": {"replicas": 4}}),
-                Subresource::Main,
-                "t",
-                false,
-            )
-            .expect("scale");
+        patch_web_spec(&mut store, json!({"replicas": 4}));
         settle(&mut store, &options);
         let stuck = store
             .get(&pod_type, "default", "web-3")
@@ -876,18 +928,7 @@ mod tests {
         assert_eq!(stuck["status"]["conditions"][0]["reason"], "Unschedulable");
 
         // Scale down removes the highest ordinals and keeps the claims.
-        store
-            .patch(
-                &sts_type,
-                "default",
-                "web",
-                PatchKind::Merge,
-                &json!({"spec": {"replicas": 1}}),
-                Subresource::Main,
-                "t",
-                false,
-            )
-            .expect("scale");
+        patch_web_spec(&mut store, json!({"replicas": 1}));
         settle(&mut store, &options);
         assert_eq!(store.list(&pod_type, Some("default")).len(), 1);
         assert_eq!(store.list(&pvc_type, Some("default")).len(), 4);

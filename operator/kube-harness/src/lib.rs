@@ -361,11 +361,18 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn run_controllers(shared: Arc<Shared>, options: ControllerOptions) {
     let mut changes = shared.store().subscribe();
     loop {
-        loop {
+        // Passes until nothing changes, yielding between them: a controller that kept writing
+        // would otherwise hold a worker thread (and the store) forever, and no task on it could
+        // be aborted when the harness goes away.
+        for pass in 1.. {
             let wrote = controllers::reconcile_all(&mut shared.store(), &options);
             if !wrote {
                 break;
             }
+            if pass % 100 == 0 {
+                tracing::warn!(passes = pass, "the simulated controllers keep writing");
+            }
+            tokio::task::yield_now().await;
         }
         tokio::select! {
             _ = changes.recv() => {}
