@@ -34,6 +34,20 @@ pub struct Ring {
     /// Lowest id never handed out, so ids of departed members are not reused.
     #[serde(default)]
     pub next_member_id: MemberId,
+    /// The cluster has formed: its members hold a history. Set (and then kept) by whoever
+    /// manages the ring once a quorum ran it — the operator, on its sidecars' reports. A member
+    /// that then opens an empty disk lost its data rather than being new, so it votes in
+    /// nothing until its peers gave it the log; otherwise its empty log could outvote an
+    /// acknowledged write in the next view change. Rings past the first epoch imply it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bootstrapped: bool,
+}
+
+impl Ring {
+    /// Whether a member opening an empty disk under this ring joins an existing history.
+    pub fn has_history(&self) -> bool {
+        self.bootstrapped || self.epoch > 1
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -184,6 +198,7 @@ mod tests {
                 .collect(),
             standbys: Vec::new(),
             next_member_id: 10,
+            bootstrapped: false,
         }
     }
 
@@ -252,6 +267,23 @@ mod tests {
         assert_eq!(serde_json::from_str::<Ring>(json).expect("parses"), ring);
         assert_eq!(ring.member(2).expect("member").position, 1);
         assert_eq!(ring.member(9), Err(RingError::NotAMember(9)));
+    }
+
+    #[test]
+    fn a_formed_cluster_says_so_and_later_epochs_imply_it() {
+        let mut first = ring(&[(1, 0, "a:8091")]);
+        assert!(!first.has_history(), "a first ring of a new cluster");
+        assert!(!serde_json::to_string(&first)
+            .expect("json")
+            .contains("bootstrapped"));
+        first.bootstrapped = true;
+        let json = serde_json::to_string(&first).expect("json");
+        assert!(json.contains(r#""bootstrapped":true"#), "{json}");
+        let back: Ring = serde_json::from_str(&json).expect("parses");
+        assert!(back.has_history());
+        let mut later = ring(&[(1, 0, "a:8091")]);
+        later.epoch = 2;
+        assert!(later.has_history());
     }
 
     #[test]

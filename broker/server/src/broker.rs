@@ -588,6 +588,24 @@ impl Broker {
         }
     }
 
+    /// Waits until this broker may answer from its own state (always, for a single node; see
+    /// `ClusterStatus::serves_reads` for a replica), at most `replication.request_timeout`.
+    pub async fn caught_up_to_answer(&self) -> Result<()> {
+        let Some(status) = self.cluster_status() else {
+            return Ok(());
+        };
+        let patience = self.config.replication.request_timeout.0;
+        let deadline = tokio::time::Instant::now() + patience;
+        while !status.serves_reads() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BrokerError::NotCaughtUp(patience));
+            }
+            // Statuses are published on the replica's 10 ms ticks.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
     /// The replica's status, in cluster mode.
     pub fn cluster_status(&self) -> Option<&crate::replication::status::ClusterStatus> {
         match &self.submitter {

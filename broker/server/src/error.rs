@@ -97,6 +97,11 @@ pub enum BrokerError {
     /// known to have happened, and the client may retry.
     #[error("no primary committed the operation within {0:?}; retry")]
     NoPrimary(std::time::Duration),
+    /// This replica's own state is not the cluster's (it is rebuilding, syncing, far behind,
+    /// in a view change or retired) and did not become so in time: it answers nothing from
+    /// it, and the client may retry here or at another member.
+    #[error("this replica is not caught up with the cluster (waited {0:?}); retry")]
+    NotCaughtUp(std::time::Duration),
     #[error("storage failure: {0}")]
     Storage(#[from] StorageError),
     /// Reading a segment that only the object store holds failed.
@@ -160,7 +165,7 @@ impl BrokerError {
             ConsumerOffsetNotFound => ErrorCode::CONSUMER_OFFSET_NOT_FOUND,
             Append(_) => ErrorCode::CANNOT_APPEND_MESSAGE,
             Replicated(code) => *code,
-            NoPrimary(_) => ErrorCode::DISCONNECTED,
+            NoPrimary(_) | NotCaughtUp(_) => ErrorCode::DISCONNECTED,
             Storage(StorageError::CorruptRead { .. }) => ErrorCode::INVALID_MESSAGE_CHECKSUM,
             Storage(_) => ErrorCode::ERROR,
             Tier(iggy_tiering::StoreError::Corrupt { .. }) => ErrorCode::INVALID_MESSAGE_CHECKSUM,

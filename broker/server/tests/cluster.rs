@@ -500,15 +500,7 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
 
     // Its data directory lost: it starts empty and is rebuilt from the others.
     cluster.brokers[lagging].kill9();
-    let data = cluster.brokers[lagging].data_path().to_owned();
-    for entry in std::fs::read_dir(&data).expect("data dir") {
-        let path = entry.expect("entry").path();
-        if path.is_dir() {
-            std::fs::remove_dir_all(&path).expect("wipe");
-        } else {
-            std::fs::remove_file(&path).expect("wipe");
-        }
-    }
+    cluster.brokers[lagging].wipe_data();
     produce_until(&cluster, &client, &history, primary, 600, &mut batch).await;
     cluster.brokers[lagging].spawn_and_wait_alive();
     cluster.wait_caught_up(&[lagging], primary, Duration::from_secs(30));
@@ -517,6 +509,86 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
     let reads = read_members(&cluster, &[0, 1, 2]).await;
     history.check(&reads);
     assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
+}
+
+/// A member's disk lost after the cluster formed: restarted empty under a ring marked formed
+/// (`bootstrapped`, as the operator marks it), it votes in nothing until its peers gave it the
+/// log. The writes here were acknowledged by the primary and that member alone (the third was
+/// cut off): had the wiped member voted with its empty log beside the third once the primary
+/// died, the next view would have started from a log without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_member_of_a_formed_cluster_votes_in_nothing_until_rebuilt() {
+    let links = common::links::Links::start(3).await;
+    let replication: Vec<std::net::SocketAddr> = (0..3).map(|_| common::free_port()).collect();
+    links.connect_to(&replication);
+    let mut cluster = TestCluster::start_reaching(
+        replication,
+        |from, to| links.address(from, to),
+        &[("IGGY_STORAGE_FSYNC", "always")],
+    );
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let wiped = (primary + 1) % 3;
+    let behind = (primary + 2) % 3;
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "formed").await;
+    let history = History::default();
+    produce(&client, &history, 0, 0..20).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+    cluster.mark_formed();
+
+    links.isolate(behind, true);
+    produce(&client, &history, 0, 20..60).await;
+    assert_eq!(
+        history.acknowledged(),
+        60 * BATCH,
+        "the primary and one backup ack"
+    );
+    drop(client);
+    cluster.brokers[primary].kill9();
+    cluster.brokers[wiped].kill9();
+    cluster.brokers[wiped].wipe_data();
+    links.isolate(behind, false);
+    cluster.brokers[wiped].spawn_and_wait_alive();
+
+    // Two of three run, but one of them holds nothing to vote with: no view starts. Nor
+    // does it answer clients from its empty catalog: a login waits, then gets a retryable
+    // error (not "invalid credentials").
+    let empty = cluster.brokers[wiped].anonymous_client().await;
+    let login = tokio::spawn(async move {
+        empty
+            .login_user(common::ROOT_USER, common::ROOT_PASSWORD)
+            .await
+            .map(|_| ())
+    });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        for member in [wiped, behind] {
+            let status = cluster.status(member);
+            assert!(
+                status.as_ref().is_none_or(|s| s.role != Role::Primary),
+                "member {member} leads a view without the acknowledged writes: {status:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = cluster.status(wiped).expect("the wiped member answers");
+    assert_eq!(status.role, Role::Recovering, "{status:?}");
+    match login.await.expect("login task") {
+        Err(IggyError::InvalidCredentials) | Ok(()) => {
+            panic!("a member rebuilding answered from its own empty state")
+        }
+        Err(retryable) => eprintln!("login on the rebuilding member: {retryable}"),
+    }
+
+    // The primary's return makes a quorum that holds the writes; the wiped member is rebuilt.
+    cluster.brokers[primary].spawn_and_wait_alive();
+    let leader = cluster.primary(&[0, 1, 2], Duration::from_secs(20));
+    let client = cluster.brokers[leader].client().await;
+    produce(&client, &history, 0, 60..65).await;
+    cluster.wait_caught_up(&[0, 1, 2], leader, Duration::from_secs(30));
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), 65 * BATCH);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

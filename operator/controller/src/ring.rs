@@ -84,6 +84,8 @@ pub fn plan_with_standbys(
         members,
         standbys,
         next_member_id: next_id,
+        // Formation is a fact about the cluster, not about one ring: later rings keep it.
+        bootstrapped: current.is_some_and(|ring| ring.bootstrapped),
     }
 }
 

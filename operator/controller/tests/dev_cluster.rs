@@ -155,6 +155,45 @@ impl DevCluster {
         report
     }
 
+    /// The directory behind a PersistentVolumeClaim (it outlives the claim's pods).
+    fn claim_dir(&self, claim: &str) -> PathBuf {
+        let claims = self.state.path().join("claims").join(NS);
+        std::fs::read_dir(&claims)
+            .expect("claims directory")
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(claim))
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|suffix| !suffix.contains('-'))
+            })
+            .unwrap_or_else(|| panic!("no directory for claim {claim} in {}", claims.display()))
+    }
+
+    /// What `container` of the running pod `pod` has logged so far.
+    fn container_log(&self, pod: &str, container: &str) -> String {
+        let pods = self.state.path().join("pods").join(NS);
+        std::fs::read_dir(&pods)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(pod))
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .is_some_and(|suffix| !suffix.contains('-'))
+            })
+            .filter_map(|entry| {
+                std::fs::read_to_string(entry.path().join("logs").join(format!("{container}.log")))
+                    .ok()
+            })
+            .collect()
+    }
+
     /// The last `lines` lines of every container log the pods wrote.
     fn log_tails(&self, lines: usize) -> String {
         let mut report = String::new();
@@ -461,19 +500,19 @@ async fn a_broker_that_cannot_start_crash_loops_and_the_cluster_says_so() {
 }
 
 /// Polls `address` until it returns exactly `expected` (a backup applies commits a moment
-/// after the primary acknowledges them).
+/// after the primary acknowledges them; a member still rebuilding answers with a retryable
+/// error until it caught up).
 async fn wait_for_payloads(address: &str, credentials: &(String, String), expected: &[String]) {
-    let client = sdk_client_at(address, credentials).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got = read_payloads(&client, "orders", "created").await;
-        if got == expected {
+        let outcome = try_read_orders(address, credentials).await;
+        if outcome.as_deref() == Ok(expected) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "{address} holds {} messages, expected {}",
-            got.len(),
+            "{address} answers {:?} rather than the {} messages expected",
+            outcome.map(|got| got.len()),
             expected.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -650,6 +689,46 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
         (ready && ip != lost_ip)
             .then_some(())
             .ok_or(format!("{lost}: {}", pod["status"]))
+    })
+    .await;
+    for position in 0..3 {
+        let ip = dev.pod_ip(&format!("events-{position}"));
+        wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
+    }
+
+    // A member's disk is lost (its broker frozen, its volume emptied, its node gone). The
+    // operator marked the ring formed once a quorum ran it, so the broker that comes back on
+    // the empty disk sits view changes out until its peers gave it the log, and is rebuilt.
+    dev.wait("the ring marked formed", Duration::from_secs(30), |h| {
+        let map = h.get("", "ConfigMap", NS, "events-ring").ok_or("no ring")?;
+        let ring: Value = serde_json::from_str(map["data"]["ring.json"].as_str().unwrap_or("{}"))
+            .map_err(|e| e.to_string())?;
+        (ring["bootstrapped"] == true)
+            .then_some(())
+            .ok_or(format!("{ring}"))
+    })
+    .await;
+    let wiped = (0..3)
+        .map(|p| format!("events-{p}"))
+        .find(|p| *p != elected)
+        .expect("a backup");
+    let frozen = broker_pid(&dev, &wiped).expect("its broker runs");
+    signal(frozen, "STOP");
+    let volume = dev.claim_dir(&format!("data-{wiped}"));
+    for entry in std::fs::read_dir(&volume).expect("the member's volume") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("wipe");
+        } else {
+            std::fs::remove_file(&path).expect("wipe");
+        }
+    }
+    assert!(dev.harness.kill_pod(NS, &wiped), "{wiped} runs");
+    dev.wait("the wiped member rebuilt", Duration::from_secs(60), |_| {
+        let log = dev.container_log(&wiped, "broker");
+        log.contains("an empty disk in a cluster that has formed")
+            .then_some(())
+            .ok_or(format!("its broker's log so far: {log}"))
     })
     .await;
     for position in 0..3 {

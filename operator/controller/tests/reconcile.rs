@@ -362,6 +362,54 @@ async fn wait_ring(harness: &kube_harness::Harness, wanted: (u64, usize, usize),
     .await;
 }
 
+/// The ring ConfigMap's `bootstrapped`, if there is a ring.
+fn published_bootstrapped(harness: &kube_harness::Harness) -> Option<bool> {
+    let map = harness.get("", "ConfigMap", NS, "events-ring")?;
+    let ring: Value = serde_json::from_str(map["data"]["ring.json"].as_str()?).ok()?;
+    Some(ring["bootstrapped"] == true)
+}
+
+/// A new cluster's ring says nothing of a history; once a quorum of members reports running
+/// it, the operator marks it formed (same epoch, one ConfigMap write, an Event), so a broker
+/// that comes back on an empty disk rebuilds before it votes; later rings keep the mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ring_is_marked_formed_once_a_quorum_of_members_runs_it() {
+    let (harness, client) = harness_with(false, true).await;
+    let operator = Operator::start(&client, None);
+    create_cluster(&client, "events", json!({"replicas": 3})).await;
+    wait_pods(&harness, 0..3).await;
+    report_state(&client, &harness, "events-0", 1, "primary", true).await;
+    // One member of three is no quorum: any write it took is not acknowledged.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(published_bootstrapped(&harness), Some(false));
+    report_state(&client, &harness, "events-2", 1, "backup", true).await;
+    eventually("the ring marked formed", || {
+        (published_bootstrapped(&harness) == Some(true))
+            .then_some(())
+            .ok_or(format!("{:?}", published_ring(&harness)))
+    })
+    .await;
+    assert_eq!(
+        published_ring(&harness),
+        Ok((1, 3, 0)),
+        "no new epoch for it"
+    );
+    eventually("a ClusterFormed event", || {
+        let events = harness.list("events.k8s.io", "Event", Some(NS));
+        events
+            .iter()
+            .any(|e| e["reason"] == "ClusterFormed")
+            .then_some(())
+            .ok_or("no ClusterFormed event".to_string())
+    })
+    .await;
+    // The mark outlives ring changes.
+    patch_spec(&client, "events", json!({"replicas": 5})).await;
+    wait_ring(&harness, (2, 3, 2), 5).await;
+    assert_eq!(published_bootstrapped(&harness), Some(true));
+    operator.stop().await;
+}
+
 /// Scaling one epoch at a time, on what the sidecars report (set by hand here): 3 → 5 adds
 /// two standbys, makes them members once they caught up, and 5 → 3 is blocked while a member
 /// that stays is behind, then publishes the smaller ring and shrinks the StatefulSet only when

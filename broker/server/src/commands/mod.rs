@@ -43,6 +43,15 @@ pub async fn dispatch(
     payload: &mut [u8],
     body: &mut Vec<u8>,
 ) -> Result<()> {
+    // Everything but these answers from, or checks against, this replica's state (a write is
+    // validated here before it is submitted): a replica whose state is not the cluster's
+    // waits, then says so, rather than answer from an old or empty catalog.
+    if !matches!(
+        command,
+        Command::Ping | Command::GetClusterMetadata | Command::LogoutUser
+    ) {
+        broker.caught_up_to_answer().await?;
+    }
     if !command.allowed_without_login() {
         // The user must still exist and be active: deletion and deactivation apply at once.
         broker.catalog().session_user(session.user_id)?;

@@ -198,10 +198,12 @@ impl Setup {
         );
         vsr.standby_count = ring.standbys.len() as u8;
         vsr.epoch = ring.epoch;
-        // An empty disk under a ring past the operator's first (epoch 1) joins a cluster that
-        // already has a history: it votes in nothing before it holds that history. (The
-        // configuration a disk recorded outranks the ring: see `vsr::Replica::open`.)
-        vsr.joining = ring.epoch > 1;
+        // An empty disk under a ring of a cluster that has formed (the ring says so, or it is
+        // past the operator's first epoch) lost its data or joins late: either way the cluster
+        // has a history it lacks, so it votes in nothing before its peers gave it that
+        // history. (The configuration a disk recorded outranks the ring: see
+        // `vsr::Replica::open`.)
+        vsr.joining = ring.has_history();
         vsr.known_positions = (ring.members.len() + ring.standbys.len()) as u8;
         vsr.seed = u64::from(me.id);
         // The core keeps every prepare since the last checkpoint in memory, and a prepare is
@@ -365,8 +367,8 @@ pub async fn boot(
     let replica = Replica::open(setup.vsr.clone(), image, machine);
     if replica.is_faulty() && !had_journal {
         tracing::info!(
-            "an empty disk joining a running cluster: this replica takes part in view changes \
-             once a peer has given it the cluster's log"
+            "an empty disk in a cluster that has formed (a lost disk or a late start): this \
+             replica takes part in view changes once a peer has given it the cluster's log"
         );
     } else if replica.is_faulty() {
         broker

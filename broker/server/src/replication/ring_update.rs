@@ -159,6 +159,7 @@ mod tests {
             members: (0..members).map(member).collect(),
             standbys: (members..members + standbys).map(member).collect(),
             next_member_id: u32::from(members + standbys) + 1,
+            bootstrapped: false,
         }
     }
 

@@ -68,6 +68,10 @@ pub struct Layout {
     pub ring: Option<iggy_contract::Ring>,
 }
 
+/// Most committed ops a replica may not have applied yet and still answer reads: a busy backup
+/// applies a few ops behind its commit; more than a pipeline's worth means it is catching up.
+pub const READ_LAG_MAX: u64 = 64;
+
 /// Upper bounds of the prepare round-trip buckets, in seconds.
 const ROUND_TRIP_BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
@@ -297,6 +301,17 @@ impl ClusterStatus {
             holds_epoch_start: replica.holds_epoch_start(),
         };
         *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+    }
+
+    /// Whether this replica may answer clients from its own state: normal in its view (so
+    /// neither rebuilding, nor in a view change, nor retired), not installing a synced
+    /// checkpoint, and within `READ_LAG_MAX` ops of the commit it knows — a member rebuilt on
+    /// an empty disk is normal long before it applied the history its peers gave it.
+    pub fn serves_reads(&self) -> bool {
+        let s = self.snapshot();
+        s.status == Some(Status::Normal)
+            && !s.syncing
+            && s.commit_max.saturating_sub(s.commit_min) <= READ_LAG_MAX
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -197,6 +197,18 @@ impl TestCluster {
         self
     }
 
+    /// Marks every member's ring file formed (`bootstrapped`), as the operator marks its ring
+    /// once a quorum ran it: what a member restarted from now on reads.
+    pub fn mark_formed(&self) {
+        for member in 0..self.brokers.len() {
+            let mut ring: serde_json::Value =
+                serde_json::from_str(&self.ring_json(member)).expect("ring file is JSON");
+            ring["bootstrapped"] = serde_json::json!(true);
+            let file = self.ring_dir.path().join(format!("ring-{member}.json"));
+            std::fs::write(file, ring.to_string()).expect("write ring.json");
+        }
+    }
+
     /// The ring.json member `member` was started with.
     pub fn ring_json(&self, member: usize) -> String {
         std::fs::read_to_string(self.ring_dir.path().join(format!("ring-{member}.json")))

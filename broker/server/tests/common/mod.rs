@@ -112,6 +112,18 @@ impl TestBroker {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Empties the data directory, as a lost disk would (the broker must not be running).
+    pub fn wipe_data(&self) {
+        for entry in std::fs::read_dir(self.data_path()).expect("data dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("wipe");
+            } else {
+                std::fs::remove_file(&path).expect("wipe");
+            }
+        }
+    }
+
     pub fn data_path(&self) -> &Path {
         self.data.path()
     }

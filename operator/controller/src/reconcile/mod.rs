@@ -187,11 +187,14 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
         .as_ref()
         .and_then(|set| set.spec.as_ref()?.replicas)
         .and_then(|n| iggy_contract::Position::try_from(n).ok());
+    let reports = scaling::reports(&before, &names);
+    let newly_formed = !validated.ring.bootstrapped && scaling::formed(&validated.ring, &reports);
+    validated.ring.bootstrapped |= newly_formed;
     let scale = scaling::plan(
         &names,
         &validated.ring,
         validated.wanted,
-        &scaling::reports(&before, &names),
+        &reports,
         running_pods,
     );
     validated.ring = scale.ring;
@@ -229,6 +232,14 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
             return Err(error.into());
         }
     };
+    if newly_formed {
+        let note = format!(
+            "a quorum of members runs ring epoch {}: a member that restarts on an empty disk \
+             now rebuilds from its peers before it votes",
+            validated.ring.epoch
+        );
+        publish(ctx, cluster, EventType::Normal, "ClusterFormed", note).await;
+    }
     if let Some((reason, note)) = scale.event {
         publish(ctx, cluster, EventType::Normal, reason, note).await;
     }

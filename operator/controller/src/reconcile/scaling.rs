@@ -50,6 +50,23 @@ pub fn reports(observed: &Observed, names: &ClusterNames) -> BTreeMap<Position, 
         .collect()
 }
 
+/// Whether the cluster has formed: the ring says so already, or a quorum of its members
+/// reports running its epoch (from then on the log may hold acknowledged writes, and a member
+/// that comes back on an empty disk must not vote with it — `Ring::bootstrapped`).
+pub fn formed(current: &Ring, reports: &BTreeMap<Position, Report>) -> bool {
+    let members = current.members.len();
+    let running = current
+        .members
+        .iter()
+        .filter(|m| {
+            reports
+                .get(&m.position)
+                .is_some_and(|r| r.epoch >= current.epoch)
+        })
+        .count();
+    current.bootstrapped || (members > 0 && running > members / 2)
+}
+
 /// Where a scale change stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
@@ -384,6 +401,24 @@ mod tests {
             Some(5),
         );
         assert_eq!(back.pods, 3);
+    }
+
+    #[test]
+    fn a_cluster_formed_once_a_quorum_of_its_members_runs_the_ring() {
+        let three = ring::plan(&names(), "uid", 3, None);
+        assert!(!formed(&three, &BTreeMap::new()));
+        assert!(!formed(&three, &all(1, 0..1)), "one of three");
+        assert!(formed(&three, &all(1, 1..3)), "two of three");
+        // Standbys do not count: a standby ran nothing the members committed.
+        let joining = ring::plan_with_standbys(&names(), "uid", 1, 2, Some(&three));
+        assert!(!formed(&joining, &all(joining.epoch, 1..3)));
+        let mut marked = three;
+        marked.bootstrapped = true;
+        assert!(formed(&marked, &BTreeMap::new()), "once formed, always");
+        assert!(
+            ring::plan(&names(), "uid", 5, Some(&marked)).bootstrapped,
+            "later rings keep the mark"
+        );
     }
 
     #[test]
