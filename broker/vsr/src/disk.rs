@@ -51,6 +51,24 @@ pub fn classify_slot(
     }
 }
 
+/// Whether the slot of `op` holds a whole prepare (its header may vouch for it) left over from a
+/// history the log has since replaced: it was prepared in an earlier `(epoch, view)` than
+/// `previous`, the log's op before it, and so cannot follow it — views never go back along a
+/// chain. That happens when recovery cut the log at a torn write below it and a later view
+/// prepared the ops from there again: the old prepare's header still vouches for it until its
+/// slot is written again. It was never committed (its own predecessor was not kept, and a
+/// later view keeps every committed op), so it ends the log like a torn write instead of
+/// marking the replica faulty — which a cluster of one, with no peer to repair from, would
+/// never leave.
+pub fn superseded(op: Op, previous: &Prepare, prepare: Option<&Prepare>) -> bool {
+    prepare.is_some_and(|p| {
+        p.op() == op
+            && p.verify()
+            && p.header.parent != previous.checksum()
+            && (p.header.epoch, p.header.view) < (previous.header.epoch, previous.header.view)
+    })
+}
+
 /// The checksum the header ring records for `op`, if its slot's header is `op`'s (an older
 /// op's header there says nothing about `op`).
 pub(crate) fn header_of(headers: &BTreeMap<u64, (Op, u128)>, cfg: &Config, op: Op) -> Option<u128> {

@@ -26,7 +26,7 @@ pub mod view_change;
 
 pub use checkpoint::{Checkpoint, ClientSession};
 pub use config::Config;
-pub use disk::{classify_slot, DiskImage, SlotCase};
+pub use disk::{classify_slot, superseded, DiskImage, SlotCase};
 pub use membership::{Membership, Role, RECONFIGURE_CLIENT};
 pub use message::{Envelope, Message, MessageKind, Node};
 pub use prepare::{Prepare, PrepareHeader};

@@ -2,7 +2,7 @@
 //! checkpoint it names, and the WAL read slot by slot until a torn write or a damaged slot.
 
 use super::{Repair, Replica, Status};
-use crate::disk::{classify_slot, header_of, DiskImage, SlotCase};
+use crate::disk::{classify_slot, header_of, superseded, DiskImage, SlotCase};
 use crate::log::Log;
 use crate::membership::Membership;
 use crate::prepare::Prepare;
@@ -120,7 +120,12 @@ impl<S: StateMachine> Replica<S> {
             let op = log.tail() + 1;
             let header = header_of(&headers, &cfg, op);
             let prepare = wal.get(&cfg.slot(op));
-            match classify_slot(op, log.head().checksum(), prepare, header) {
+            let case = if superseded(op, log.head(), prepare) {
+                SlotCase::Torn
+            } else {
+                classify_slot(op, log.head().checksum(), prepare, header)
+            };
+            match case {
                 SlotCase::Intact => match prepare {
                     Some(prepare) => log.push(prepare.clone()),
                     None => break,

@@ -55,6 +55,20 @@ impl Repair {
         self.promised.keys().next_back().copied().unwrap_or(0)
     }
 
+    fn empty() -> Self {
+        Self {
+            promised: BTreeMap::new(),
+            spare: BTreeMap::new(),
+        }
+    }
+
+    /// The promises up to `op` only.
+    fn up_to(mut self, op: Op) -> Self {
+        self.promised.split_off(&(op + 1));
+        self.spare.split_off(&(op + 1));
+        self
+    }
+
     /// What is left to repair once a checkpoint at `op` covers everything up to it.
     pub(super) fn after(mut self, op: Op) -> Self {
         Self {
@@ -62,6 +76,13 @@ impl Repair {
             spare: self.spare.split_off(&(op + 1)),
         }
     }
+}
+
+/// Whether `prepare` is a reconfiguration op to an epoch after `epoch`: the last op of
+/// `epoch`'s log.
+fn ends_epoch(epoch: crate::Epoch, prepare: &Prepare) -> bool {
+    crate::membership::Membership::proposed_by(&prepare.header, &prepare.body)
+        .is_some_and(|m| m.epoch > epoch)
 }
 
 impl<S: StateMachine> Replica<S> {
@@ -104,11 +125,20 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.log.push(prepare);
-        while let Some(next) = repair.spare.remove(&(self.log.tail() + 1)) {
+        while !ends_epoch(self.cfg.epoch, self.log.head()) {
+            let Some(next) = repair.spare.remove(&(self.log.tail() + 1)) else {
+                break;
+            };
             if next.header.parent != self.log.head().checksum() {
                 break;
             }
             self.log.push(next);
+        }
+        if ends_epoch(self.cfg.epoch, self.log.head()) {
+            // The header ring also vouches for what this replica prepared in the next epoch,
+            // which it never durably entered (so never acknowledged anything of): its log in
+            // this epoch ends here, as recovery's does (seed 809138).
+            *repair = std::mem::replace(repair, Repair::empty()).up_to(self.log.tail());
         }
         let last = repair.last();
         self.event(Event::Repaired { op });
