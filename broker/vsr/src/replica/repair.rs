@@ -117,6 +117,17 @@ impl<S: StateMachine> Replica<S> {
             return;
         };
         let op = prepare.op();
+        // With op 1 lost too, recovery could not tell which root the log grows from and took
+        // one of its own epoch; op 1, vouched for by our header ring, names the cluster's (the
+        // one made in the epoch the first members opened in: seed 818285).
+        if op == 1 && self.log.base() == 0 && self.log.tail() == 0 {
+            let root = Prepare::root(self.cfg.cluster, self.cfg.group, prepare.header.epoch);
+            if repair.promised.get(&1) == Some(&prepare.checksum())
+                && root.checksum() == prepare.header.parent
+            {
+                self.log = crate::log::Log::new(root);
+            }
+        }
         if op != self.log.tail() + 1
             || repair.promised.get(&op) != Some(&prepare.checksum())
             || !prepare.verify()
