@@ -123,6 +123,7 @@ impl<S: StateMachine> Replica<S> {
         if op == 1 && self.log.base() == 0 && self.log.tail() == 0 {
             let root = Prepare::root(self.cfg.cluster, self.cfg.group, prepare.header.epoch);
             if repair.promised.get(&1) == Some(&prepare.checksum())
+                && prepare.verify()
                 && root.checksum() == prepare.header.parent
             {
                 self.log = crate::log::Log::new(root);
