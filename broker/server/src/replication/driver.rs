@@ -86,6 +86,10 @@ pub struct Driver {
     pub sync_failed: Option<Instant>,
     /// The op of a checkpoint whose data state sync just installed: the core must take it.
     pub synced: Option<Op>,
+    /// A sync's data landed after the core had retired, so it did not take it: the data is
+    /// ahead of the core. Harmless while retired; should a later ring bring this replica
+    /// back, it stops first (a restart recovers from its own checkpoint).
+    pub data_ahead_of_core: bool,
     /// Primary: when each prepare in flight was first sent, for the round-trip histogram.
     pub prepared_at: std::collections::BTreeMap<Op, Instant>,
     /// The frame of the last prepare sent (checksum, view), reused for its other peers.
@@ -146,13 +150,26 @@ impl Driver {
                 self.carry_out(outputs, &mut waiting, &mut unapplied, &mut queue);
             }
             if let Some(op) = self.synced.take() {
-                if self.replica.commit_min() < op {
+                if self.replica.commit_min() < op && self.replica.status() == vsr::Status::Retired {
+                    tracing::warn!(
+                        op,
+                        "a state sync finished after this replica retired; it stays retired"
+                    );
+                    self.data_ahead_of_core = true;
+                } else if self.replica.commit_min() < op {
                     // The data now is the checkpoint's but the core did not take it: applying
                     // further ops would diverge. Stop; a restart recovers from this replica's
                     // own checkpoint and WAL.
                     tracing::error!(op, "the core refused a synced checkpoint; stopping");
                     std::process::exit(70);
                 }
+            }
+            if self.data_ahead_of_core && self.replica.status() != vsr::Status::Retired {
+                tracing::error!(
+                    "a ring brought this replica back while its data is ahead of its core; \
+                     stopping so a restart recovers from its own checkpoint"
+                );
+                std::process::exit(70);
             }
             self.deliver_applied(&mut waiting, &mut unapplied);
             self.status.publish(&self.replica);

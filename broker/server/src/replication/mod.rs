@@ -398,6 +398,7 @@ pub async fn boot(
         ring_copy: ring_copy_path(&data),
         sync_failed: None,
         synced: None,
+        data_ahead_of_core: false,
         prepared_at: Default::default(),
         last_prepare: None,
     };
