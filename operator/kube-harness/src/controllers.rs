@@ -283,19 +283,17 @@ fn statefulsets(store: &mut Store) -> Result<bool, ApiError> {
             .into_iter()
             .filter_map(|pod| Some((ordinal(text(&pod, "/metadata/name"), &name)?, pod)))
             .collect();
-        // Scale down: highest ordinal first. A pod already terminating is left to the kubelet
-        // (deleting it again changes nothing, and counting that as a write would spin).
-        let terminating = |pod: &Value| pod["metadata"]["deletionTimestamp"].is_string();
+        // Scale down: highest ordinal first. Only a delete that changed something is a write:
+        // deleting a pod that already terminates leaves it as it is, and counting that would
+        // spin the controller loop until the kubelet finished it.
         for pod in pods
             .iter()
             .rev()
             .filter(|(index, _)| **index >= replicas)
             .map(|(_, pod)| pod)
         {
-            if !terminating(pod) {
-                store.delete(&pod_type, &namespace, text(pod, "/metadata/name"))?;
-                wrote = true;
-            }
+            let after = store.delete(&pod_type, &namespace, text(pod, "/metadata/name"))?;
+            wrote |= before_after_differ(pod, &after);
             if !parallel {
                 break;
             }
@@ -364,7 +362,7 @@ fn statefulsets(store: &mut Store) -> Result<bool, ApiError> {
             let all_ready = pods.len() as i64 >= replicas && pods.values().all(is_ready);
             let outdated = pods.iter().rev().find(|(index, pod)| {
                 **index < replicas
-                    && !terminating(pod)
+                    && !pod["metadata"]["deletionTimestamp"].is_string()
                     && text(pod, "/metadata/labels/controller-revision-hash") != revision
             });
             if let (true, Some((_, pod))) = (all_ready, outdated) {

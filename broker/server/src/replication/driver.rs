@@ -150,13 +150,15 @@ impl Driver {
                 self.carry_out(outputs, &mut waiting, &mut unapplied, &mut queue);
             }
             if let Some(op) = self.synced.take() {
-                if self.replica.commit_min() < op && self.replica.status() == vsr::Status::Retired {
+                if self.replica.commit_min() >= op {
+                    // Taken.
+                } else if self.replica.status() == vsr::Status::Retired {
                     tracing::warn!(
                         op,
                         "a state sync finished after this replica retired; it stays retired"
                     );
                     self.data_ahead_of_core = true;
-                } else if self.replica.commit_min() < op {
+                } else {
                     // The data now is the checkpoint's but the core did not take it: applying
                     // further ops would diverge. Stop; a restart recovers from this replica's
                     // own checkpoint and WAL.
