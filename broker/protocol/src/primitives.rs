@@ -42,6 +42,14 @@ impl Identifier {
         }
     }
 
+    /// Bytes [`Identifier::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        2 + match self {
+            Identifier::Numeric(_) => 4,
+            Identifier::Named(name) => name.len(),
+        }
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Identifier::Numeric(id) => {
@@ -199,6 +207,15 @@ impl Partitioning {
         }
     }
 
+    /// Bytes [`Partitioning::encode`] writes.
+    pub fn encoded_len(&self) -> usize {
+        2 + match self {
+            Partitioning::Balanced => 0,
+            Partitioning::PartitionId(_) => 4,
+            Partitioning::MessagesKey(key) => key.len(),
+        }
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             Partitioning::Balanced => out.extend_from_slice(&[1, 0]),
@@ -245,6 +262,24 @@ mod tests {
         let mut reader = Reader::new(&out);
         assert_eq!(decode(&mut reader).unwrap(), value);
         assert_eq!(reader.remaining(), 0);
+    }
+
+    #[test]
+    fn encoded_len_is_what_encode_writes() {
+        for id in [Identifier::Numeric(7), Identifier::Named("orders".into())] {
+            let mut out = Vec::new();
+            id.encode(&mut out);
+            assert_eq!(out.len(), id.encoded_len(), "{id:?}");
+        }
+        for partitioning in [
+            Partitioning::Balanced,
+            Partitioning::PartitionId(3),
+            Partitioning::MessagesKey(b"user-42".to_vec()),
+        ] {
+            let mut out = Vec::new();
+            partitioning.encode(&mut out);
+            assert_eq!(out.len(), partitioning.encoded_len(), "{partitioning:?}");
+        }
     }
 
     #[test]

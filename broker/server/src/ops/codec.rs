@@ -40,7 +40,17 @@ pub fn encode(submission: &Submission<'_>, out: &mut Vec<u8>) -> Result<(), Code
             index,
             messages,
         } => {
-            out.reserve(32 + index.len() + messages.len());
+            // Exactly what follows, so the megabyte-sized body is never reallocated (and
+            // copied) mid-encode: a named stream or topic used to overflow a fixed guess.
+            out.reserve(
+                1 + 5
+                    + stream.encoded_len()
+                    + topic.encoded_len()
+                    + partitioning.encoded_len()
+                    + 8
+                    + index.len()
+                    + messages.len(),
+            );
             out.push(APPEND);
             user(out);
             stream.encode(out);
@@ -243,6 +253,33 @@ mod tests {
             },
         });
         assert!(encoded.ends_with(&[9u8; 100]));
+    }
+
+    #[test]
+    fn an_append_is_encoded_into_one_allocation_of_its_exact_size() {
+        let index = [0u8; 16];
+        let mut messages = vec![7u8; 4096];
+        let mut encoded = Vec::new();
+        encode(
+            &Submission {
+                user: Some(1),
+                op: Operation::Append {
+                    stream: Identifier::Named("a-rather-long-stream-name".into()),
+                    topic: Identifier::Named("a-topic".into()),
+                    partitioning: Partitioning::MessagesKey(b"some-key".to_vec()),
+                    count: 1,
+                    index: &index,
+                    messages: &mut messages,
+                },
+            },
+            &mut encoded,
+        )
+        .unwrap();
+        assert_eq!(
+            encoded.capacity(),
+            encoded.len(),
+            "reallocated while encoding"
+        );
     }
 
     #[test]

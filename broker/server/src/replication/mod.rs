@@ -516,6 +516,7 @@ fn journal_loop(
         if done.send(DriverInput::WriteDone(ios)).is_err() {
             return;
         }
+        journal.collect_garbage();
         // After reporting the writes done, not before: start writing back what the applies
         // wrote meanwhile, so the next checkpoint's fsync has little left to wait for (see
         // `Partition::start_writeback`).
