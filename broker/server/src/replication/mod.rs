@@ -359,9 +359,13 @@ pub async fn boot(
     let written = Arc::new(written::WrittenPartitions::default());
     let journal_written = written.clone();
     let done = inputs.clone();
+    let (garbage, garbage_rx) = mpsc::channel::<journal::Garbage>();
+    std::thread::Builder::new()
+        .name("vsr-journal-gc".into())
+        .spawn(move || garbage_rx.into_iter().for_each(journal::Garbage::remove))?;
     std::thread::Builder::new()
         .name("vsr-journal".into())
-        .spawn(move || journal_loop(journal, journal_rx, done, journal_written))?;
+        .spawn(move || journal_loop(journal, journal_rx, done, journal_written, garbage))?;
 
     let machine = BrokerMachine::new(broker.clone(), written);
     let replica = Replica::open(setup.vsr.clone(), image, machine);
@@ -487,12 +491,14 @@ fn checkpoint_metadata(image: &DiskImage) -> Option<crate::storage::metadata::Sn
 /// The journal thread: carries out the core's writes in issue order, many at a time (one
 /// fsync for a burst of prepares), and reports them done. A checkpoint first syncs the
 /// partitions, so the segment data its manifest names is on disk before any superblock
-/// names it.
+/// names it. What a durable superblock made obsolete goes to `garbage`, deleted on a thread
+/// of its own (see `Journal::take_garbage`).
 fn journal_loop(
     mut journal: Journal,
     writes: mpsc::Receiver<(u64, Write)>,
     done: mpsc::Sender<DriverInput>,
     written: Arc<written::WrittenPartitions>,
+    garbage: mpsc::Sender<journal::Garbage>,
 ) {
     while let Ok(first) = writes.recv() {
         let mut batch = vec![first];
@@ -516,7 +522,11 @@ fn journal_loop(
         if done.send(DriverInput::WriteDone(ios)).is_err() {
             return;
         }
-        journal.collect_garbage();
+        if let Some(obsolete) = journal.take_garbage() {
+            if let Err(unsent) = garbage.send(obsolete) {
+                unsent.0.remove();
+            }
+        }
         // After reporting the writes done, not before: start writing back what the applies
         // wrote meanwhile, so the next checkpoint's fsync has little left to wait for (see
         // `Partition::start_writeback`).
