@@ -12,8 +12,12 @@ BATCHES=1000
 [ "${1:-}" = "--quick" ] && BATCHES=100
 . broker/bench/lib.sh cluster
 
+# Each scenario starts from an empty work directory: the gigabytes an earlier scenario left (on
+# tmpfs, in memory) slowed the next one by half on this VM.
+clear_data() { rm -rf "$WORK/single" "$WORK"/member-?; }
+
 start_single() { # fsync
-  rm -rf "$WORK/single"
+  clear_data
   IGGY_SYSTEM_PATH="$WORK/single" IGGY_TCP_ADDRESS=127.0.0.1:28090 IGGY_HTTP_ADDRESS=127.0.0.1:23000 \
     IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_STORAGE_FSYNC="$1" IGGY_LOGGING_LEVEL=warn \
     "$BROKER" >"$WORK/single.log" 2>&1 &
@@ -28,8 +32,8 @@ start_cluster() { # route fsync
   {"id": 1, "position": 1, "address": "127.0.0.1:28191", "client_address": "127.0.0.1:28190"},
   {"id": 2, "position": 2, "address": "127.0.0.1:28291", "client_address": "127.0.0.1:28290"}]}
 JSON
+  clear_data
   for n in 0 1 2; do
-    rm -rf "$WORK/member-$n"
     IGGY_SYSTEM_PATH="$WORK/member-$n" IGGY_TCP_ADDRESS="127.0.0.1:28${n}90" \
       IGGY_HTTP_ADDRESS="127.0.0.1:2${n}300" IGGY_REPLICATION_ADDRESS="127.0.0.1:28${n}91" \
       IGGY_CLUSTER_RING_FILE="$WORK/ring.json" IGGY_CLUSTER_MEMBER_ID=$n \
