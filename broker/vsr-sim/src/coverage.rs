@@ -10,8 +10,9 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 40] = [
+    pub const EXPECTED: [&'static str; 41] = [
         "abdications",
+        "bodies_adopted",
         "cached_replies",
         "checkpoint_read_faults",
         "checkpoints",

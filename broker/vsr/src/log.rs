@@ -41,6 +41,27 @@ impl Log {
         &self.entries[self.entries.len() - 1]
     }
 
+    /// Swaps the body of the prepare at `op` (above the anchor) for `body`, which must be the
+    /// same bytes held elsewhere: only when the checksum names that prepare and the length
+    /// agrees. Returns whether it did.
+    pub fn replace_body(&mut self, op: Op, checksum: u128, body: bytes::Bytes) -> bool {
+        let Some(index) = op
+            .checked_sub(self.base())
+            .filter(|&i| i > 0)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return false;
+        };
+        match self.entries.get_mut(index) {
+            Some(entry) if entry.checksum() == checksum && entry.body.len() == body.len() => {
+                debug_assert_eq!(entry.body, body, "a replacement body differs");
+                entry.body = body;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn push(&mut self, prepare: Prepare) {
         debug_assert_eq!(prepare.op(), self.tail() + 1);
         self.entries.push(prepare);
@@ -156,6 +177,24 @@ mod tests {
         assert_eq!(log.up_to(4).len(), 2);
         log.trim_below(9);
         assert_eq!(log.base(), 3, "trimming past the tail is refused");
+    }
+
+    #[test]
+    fn replaces_a_body_only_for_the_prepare_its_checksum_names() {
+        let root = Prepare::root(1, 1, 0);
+        let entries = chain(&root, 3, 7);
+        let mut log = log_of(&entries);
+        let copy = bytes::Bytes::from(vec![7u8]);
+        assert!(log.replace_body(2, entries[2].checksum(), copy.clone()));
+        assert_eq!(log.get(2).map(|p| &p.body), Some(&copy));
+        assert!(log.get(2).is_some_and(Prepare::verify));
+        assert!(!log.replace_body(2, entries[3].checksum(), copy.clone()));
+        assert!(!log.replace_body(3, entries[3].checksum(), vec![7u8, 7].into()));
+        assert!(
+            !log.replace_body(0, root.checksum(), bytes::Bytes::new()),
+            "not the anchor"
+        );
+        assert!(!log.replace_body(9, entries[3].checksum(), copy));
     }
 
     #[test]

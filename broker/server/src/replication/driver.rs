@@ -18,7 +18,7 @@
 //! than waiting for the next heartbeat.
 
 use crate::broker::Broker;
-use crate::replication::journal::Write;
+use crate::replication::journal::{Write, WrittenBody};
 use crate::replication::machine::{BrokerMachine, Manifest};
 use crate::replication::status::ClusterStatus;
 use crate::replication::sync;
@@ -40,8 +40,9 @@ const TICK: Duration = Duration::from_millis(10);
 pub enum DriverInput {
     /// From a peer replica.
     Envelope(Envelope),
-    /// The journal made these writes durable.
-    WriteDone(Vec<u64>),
+    /// The journal made these writes durable; the large prepare bodies among them come back
+    /// mapped from the WAL, for the core's log to hold instead of heap copies (`mapped.rs`).
+    WriteDone(Vec<u64>, Vec<WrittenBody>),
     /// A local connection's operation (see `submitter`).
     Request {
         client: ClientId,
@@ -94,6 +95,9 @@ pub struct Driver {
     pub prepared_at: std::collections::BTreeMap<Op, Instant>,
     /// The frame of the last prepare sent (checksum, view), reused for its other peers.
     pub last_prepare: Option<(u128, vsr::View, transport::Frame)>,
+    /// Written bodies mapped from the WAL, by op, until the op is applied and the core's log
+    /// takes them (see [`Driver::adopt_mapped`]).
+    pub mapped: std::collections::BTreeMap<Op, (u128, bytes::Bytes)>,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
@@ -149,6 +153,7 @@ impl Driver {
                 let outputs = self.replica.step(input);
                 self.carry_out(outputs, &mut waiting, &mut unapplied, &mut queue);
             }
+            self.adopt_mapped();
             if let Some(op) = self.synced.take() {
                 if self.replica.commit_min() >= op {
                     // Taken.
@@ -215,8 +220,13 @@ impl Driver {
                 }
                 Node::Client(_) => self.for_local_client(envelope, waiting, unapplied, queue),
             },
-            DriverInput::WriteDone(ios) => {
+            DriverInput::WriteDone(ios, bodies) => {
                 queue.extend(ios.into_iter().map(|io| Input::WriteDone { io }));
+                for written in bodies {
+                    // A later write of the same op (a view change's log) replaces an earlier.
+                    self.mapped
+                        .insert(written.op, (written.checksum, written.body));
+                }
             }
             DriverInput::Request {
                 client,
@@ -246,6 +256,22 @@ impl Driver {
                 queue.push_back(Input::Reconfigure(next));
             }
             DriverInput::Stop => {}
+        }
+    }
+
+    /// Hands the core the WAL-mapped bodies of the ops it has applied, so its log drops the
+    /// heap copies (the state machine has read them; what is left is repairs, retransmissions
+    /// and view changes, which read the mapping). Bodies of ops not applied yet wait; those
+    /// the log no longer holds with that checksum (trimmed by a checkpoint, replaced by a view
+    /// change or a state sync) are dropped.
+    fn adopt_mapped(&mut self) {
+        let applied = self.replica.commit_min();
+        while let Some(entry) = self.mapped.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            let (op, (checksum, body)) = entry.remove_entry();
+            self.replica.adopt_body(op, checksum, body);
         }
     }
 

@@ -15,6 +15,9 @@
 //! * `checkpoint-<op>`: a checkpoint (its own checksum inside), written before any superblock
 //!   names it; older ones are deleted once a newer one is named.
 //!
+//! Once written, a large prepare body is handed back mapped from its file
+//! ([`Journal::write_all`], `mapped.rs`) for the core's log to hold instead of the heap copy.
+//!
 //! Every record is `magic u32, kind u8, len u32, payload, xxh3-64 u64` over kind, len and
 //! payload — except a prepare record (kind 4), whose checksum covers kind, len and the payload
 //! up to the end of the prepare's header: the body is covered by the header's own
@@ -24,6 +27,7 @@
 //! prepare costs that prepare (which the header ring then reports as faulty), not everything
 //! written after it.
 
+use super::mapped;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
@@ -66,6 +70,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> JournalError + '_ {
     }
 }
 
+/// A prepare body the journal wrote, as bytes mapped from its WAL file (see `mapped.rs`).
+#[derive(Debug)]
+pub struct WrittenBody {
+    pub op: Op,
+    pub checksum: u128,
+    pub body: bytes::Bytes,
+}
+
 /// One write the core asked for (its `Output::Write*`), in the order it was issued.
 #[derive(Debug)]
 pub enum Write {
@@ -99,6 +111,8 @@ pub struct Journal {
     /// The checkpoint of the newest durable superblock whose garbage is not yet taken (0: none;
     /// see [`Journal::take_garbage`]).
     garbage_below: Op,
+    /// Bodies written since the last [`Journal::write_all`] returned, mapped from their files.
+    mapped: Vec<WrittenBody>,
 }
 
 impl Journal {
@@ -138,8 +152,12 @@ impl Journal {
         let wal = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&wal_path)
             .map_err(io(&wal_path))?;
+        // A new file, so 0; read rather than assumed, because appends land at the end and the
+        // offsets of mapped bodies must be exact.
+        let wal_len = wal.metadata().map_err(io(&wal_path))?.len();
         sync_dir(dir)?;
         let journal = Journal {
             dir: dir.to_owned(),
@@ -148,19 +166,21 @@ impl Journal {
             wal,
             wal_path,
             wal_seq,
-            wal_len: 0,
+            wal_len,
             closed,
             open_max_op: 0,
             wal_dirty: false,
             garbage_below: 0,
+            mapped: Vec::new(),
         };
         Ok((journal, image))
     }
 
     /// Carries out `writes` in order and makes them durable (one WAL fsync for the lot: group
     /// commit). A superblock write first makes every WAL record before it durable, so storage
-    /// never holds a superblock without the log writes issued ahead of it.
-    pub fn write_all(&mut self, writes: &[Write]) -> Result<(), JournalError> {
+    /// never holds a superblock without the log writes issued ahead of it. Returns the prepare
+    /// bodies of at least [`mapped::MAP_MIN`] bytes it wrote, mapped from the WAL.
+    pub fn write_all(&mut self, writes: &[Write]) -> Result<Vec<WrittenBody>, JournalError> {
         for write in writes {
             match write {
                 Write::Wal { slot, prepare } => self.append_prepare(*slot, prepare)?,
@@ -179,7 +199,8 @@ impl Journal {
                 }
             }
         }
-        self.sync_wal()
+        self.sync_wal()?;
+        Ok(std::mem::take(&mut self.mapped))
     }
 
     fn append_prepare(&mut self, slot: u64, prepare: &Prepare) -> Result<(), JournalError> {
@@ -193,7 +214,19 @@ impl Journal {
         // The record checksum covers `head`; the body is vouched for by the header's
         // body_checksum, computed once by the primary.
         let covered = head.len();
-        self.append_parts(KIND_PREPARE_SEALED, &[&head, &prepare.body], covered)?;
+        let payload = self.append_parts(KIND_PREPARE_SEALED, &[&head, &prepare.body], covered)?;
+        if prepare.body.len() >= mapped::MAP_MIN {
+            let offset = payload + head.len() as u64;
+            match mapped::map(&self.wal, offset, prepare.body.len()) {
+                Ok(body) => self.mapped.push(WrittenBody {
+                    op: prepare.op(),
+                    checksum: prepare.checksum(),
+                    body,
+                }),
+                // The log keeps the heap copy: more memory, nothing wrong.
+                Err(e) => tracing::debug!(op = prepare.op(), "cannot map a written body: {e}"),
+            }
+        }
         let mut header = [0u8; 32];
         header[..8].copy_from_slice(&slot.to_le_bytes());
         header[8..16].copy_from_slice(&prepare.op().to_le_bytes());
@@ -205,16 +238,18 @@ impl Journal {
 
     fn append_record(&mut self, kind: u8, payload: &[u8]) -> Result<(), JournalError> {
         self.append_parts(kind, &[payload], payload.len())
+            .map(|_| ())
     }
 
     /// Appends one record whose payload is `parts` in order; its checksum covers kind, length
-    /// and the first `covered` bytes of the payload.
+    /// and the first `covered` bytes of the payload. Returns where the payload starts in the
+    /// open WAL file.
     fn append_parts(
         &mut self,
         kind: u8,
         parts: &[&[u8]],
         covered: usize,
-    ) -> Result<(), JournalError> {
+    ) -> Result<u64, JournalError> {
         if self.wal_len >= WAL_FILE_BYTES {
             self.rotate()?;
         }
@@ -232,6 +267,7 @@ impl Journal {
             left -= take;
         }
         let checksum = hasher.digest().to_le_bytes();
+        let payload = self.wal_len + head.len() as u64;
         let path = &self.wal_path;
         self.wal.write_all(&head).map_err(io(path))?;
         for part in parts {
@@ -240,7 +276,7 @@ impl Journal {
         self.wal.write_all(&checksum).map_err(io(path))?;
         self.wal_len += (len + RECORD_OVERHEAD) as u64;
         self.wal_dirty = true;
-        Ok(())
+        Ok(payload)
     }
 
     fn rotate(&mut self) -> Result<(), JournalError> {
@@ -251,6 +287,7 @@ impl Journal {
         self.wal = OpenOptions::new()
             .create(true)
             .append(true)
+            .read(true)
             .open(&self.wal_path)
             .map_err(io(&self.wal_path))?;
         self.wal_len = 0;
@@ -769,9 +806,10 @@ mod tests {
             Prepare::new(header, vec![op as u8; 1 << 20])
         };
         let mut op = 0;
+        let mut mapped = Vec::new();
         while journal.closed.is_empty() {
             op += 1;
-            journal.write_all(&[wal(op, &big(op))]).unwrap();
+            mapped.extend(journal.write_all(&[wal(op, &big(op))]).unwrap());
         }
         let first = dir.path().join("wal-0000000001.log");
         assert!(first.exists());
@@ -789,6 +827,42 @@ mod tests {
             .remove();
         assert!(!first.exists());
         assert!(journal.closed.is_empty());
+        // Bodies mapped from the deleted file still read (the mapping holds its pages).
+        assert_eq!(mapped.len() as Op, op);
+        assert!(mapped.iter().all(|m| m.body == big(m.op).body));
+    }
+
+    #[test]
+    fn large_written_bodies_come_back_mapped_from_the_wal_and_small_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), true).unwrap().0;
+        let sized = |op: Op, len: usize| {
+            let mut header = prepare(op, 0).header;
+            header.op = op;
+            let body: Vec<u8> = (0..len).map(|i| (i * 7 + op as usize) as u8).collect();
+            Prepare::new(header, body)
+        };
+        let (small, large) = (sized(1, 100), sized(2, mapped::MAP_MIN + 3));
+        let replaced = sized(3, 200_000);
+        let written = journal
+            .write_all(&[
+                wal(1, &small),
+                wal(2, &large),
+                Write::Log {
+                    superblock: superblock(2, 0),
+                    truncate_after: 2,
+                    entries: vec![(3, replaced.clone())],
+                },
+            ])
+            .unwrap();
+        let ops: Vec<(Op, u128)> = written.iter().map(|w| (w.op, w.checksum)).collect();
+        assert_eq!(ops, [(2, large.checksum()), (3, replaced.checksum())]);
+        assert_eq!(written[0].body, large.body);
+        assert_eq!(written[1].body, replaced.body);
+        assert!(journal
+            .write_all(&[wal(4, &sized(4, 10))])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 pub mod driver;
 pub mod journal;
 pub mod machine;
+pub mod mapped;
 pub mod ring_update;
 pub mod status;
 pub mod submitter;
@@ -405,6 +406,7 @@ pub async fn boot(
         data_ahead_of_core: false,
         prepared_at: Default::default(),
         last_prepare: None,
+        mapped: Default::default(),
     };
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())
@@ -516,10 +518,11 @@ fn journal_loop(
             }
         }
         let (ios, batch): (Vec<u64>, Vec<Write>) = batch.into_iter().unzip();
-        if let Err(e) = journal.write_all(&batch) {
-            fail_stop(&format!("cannot write the replication journal: {e}"));
-        }
-        if done.send(DriverInput::WriteDone(ios)).is_err() {
+        let mapped = match journal.write_all(&batch) {
+            Ok(mapped) => mapped,
+            Err(e) => fail_stop(&format!("cannot write the replication journal: {e}")),
+        };
+        if done.send(DriverInput::WriteDone(ios, mapped)).is_err() {
             return;
         }
         if let Some(obsolete) = journal.take_garbage() {

@@ -50,6 +50,10 @@ pub(super) struct Disk {
     pub(super) truncations: Vec<(u64, Op)>,
     pub(super) pending: Vec<Pending>,
     pub(super) next_seq: u64,
+    /// Copies of the prepare bodies whose WAL writes completed, by op, until the replica's
+    /// log adopts them (`Replica::adopt_body`): what the broker's journal hands its driver,
+    /// mapped from the WAL file. Lost at a crash, like the broker's.
+    pub(super) written: BTreeMap<Op, (u128, Vec<u8>)>,
 }
 
 impl Disk {
@@ -64,6 +68,7 @@ impl Disk {
             truncations: Vec::new(),
             pending: Vec::new(),
             next_seq: 0,
+            written: BTreeMap::new(),
         }
     }
 

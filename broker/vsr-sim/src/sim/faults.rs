@@ -79,6 +79,7 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
 
     pub fn crash(&mut self, r: u8) -> Result<(), Violation> {
         self.replicas[r as usize] = None;
+        self.disks[r as usize].written.clear();
         let pending = std::mem::take(&mut self.disks[r as usize].pending);
         for write in pending {
             if !self.rng.chance(self.params.torn_write_ppm) {

@@ -366,7 +366,26 @@ impl<S: SimMachine> Simulation<S> {
             self.feed(r, Input::Tick { now })?;
         }
         self.tick_clients();
+        self.adopt_written_bodies();
         Ok(())
+    }
+
+    /// As the broker's driver does: each replica's log takes the copies of written bodies of
+    /// the ops it has applied, in place of its own.
+    fn adopt_written_bodies(&mut self) {
+        for (replica, disk) in self.replicas.iter_mut().zip(&mut self.disks) {
+            let Some(replica) = replica else { continue };
+            let applied = replica.commit_min();
+            while let Some(entry) = disk.written.first_entry() {
+                if *entry.key() > applied {
+                    break;
+                }
+                let (op, (checksum, body)) = entry.remove_entry();
+                if replica.adopt_body(op, checksum, body.into()) {
+                    self.coverage.add("bodies_adopted", 1);
+                }
+            }
+        }
     }
 
     pub(super) fn complete_writes(&mut self) -> Result<(), Violation> {
@@ -378,6 +397,15 @@ impl<S: SimMachine> Simulation<S> {
             disk.pending = waiting;
             for write in done {
                 let io = write.io;
+                let bodies: Vec<&Prepare> = match &write.write {
+                    Write::Wal { prepare, .. } => vec![prepare],
+                    Write::Log { entries, .. } => entries.iter().map(|(_, p)| p).collect(),
+                    Write::Superblock(_) | Write::Checkpoint(_) => Vec::new(),
+                };
+                for prepare in bodies {
+                    let copy = (prepare.checksum(), prepare.body.to_vec());
+                    self.disks[r as usize].written.insert(prepare.op(), copy);
+                }
                 let landed = self.disks[r as usize]
                     .land(write.seq, write.write)
                     .map_err(|e| format!("replica {r}: {e}"))?;

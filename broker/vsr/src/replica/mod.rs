@@ -243,6 +243,16 @@ impl<S: StateMachine> Replica<S> {
         self.log.checksum_at(op)
     }
 
+    /// Lets the log hold the driver's copy of an applied op's body instead of its own: the same
+    /// bytes, kept where the driver likes (the broker maps them from the WAL file they were
+    /// written to, so an idle replica does not keep its checkpoint interval's prepares in
+    /// memory). Nothing the protocol does changes: the log holds the same bytes. Only ops
+    /// already applied (the state machine has read them) and above the anchor, and only when
+    /// `checksum` names the prepare held; returns whether the log took the body.
+    pub fn adopt_body(&mut self, op: Op, checksum: u128, body: bytes::Bytes) -> bool {
+        op <= self.commit_min && self.log.replace_body(op, checksum, body)
+    }
+
     pub(super) fn primary(&self) -> ReplicaId {
         primary_of(self.view, self.cfg.replica_count)
     }

@@ -142,6 +142,47 @@ fn the_primary_never_prepares_past_the_durable_checkpoint_plus_the_wal() {
     assert_eq!(replica.log_base(), 20);
 }
 
+/// A cluster of one, opened, its first superblock written.
+fn open_single() -> Replica<Nothing> {
+    let cfg = Config::new(1, 1, 0, Route::Star);
+    let mut replica = Replica::open(cfg, DiskImage::default(), Nothing);
+    let opened = replica.take_outputs();
+    settle(&mut replica, opened, false);
+    replica
+}
+
+#[test]
+fn the_log_adopts_a_copy_of_a_body_only_once_its_op_is_applied() {
+    let mut replica = open_single();
+    let outputs = replica.step(request(0, 1));
+    settle(&mut replica, outputs, false);
+    // Op 2 is prepared; its WAL write is not done, so it is not committed.
+    let outputs = replica.step(request(1, 2));
+    let written = outputs.iter().find_map(|o| match o {
+        Output::WriteWal { prepare, .. } => Some(prepare.clone()),
+        _ => None,
+    });
+    let Some(p2) = written else {
+        panic!("op 2 was not written: {outputs:?}")
+    };
+    let copy = bytes::Bytes::copy_from_slice(&p2.body);
+    assert!(
+        !replica.adopt_body(2, p2.checksum(), copy.clone()),
+        "not applied yet"
+    );
+    settle(&mut replica, outputs, false);
+    assert_eq!(replica.commit_min(), 2);
+    assert!(
+        !replica.adopt_body(2, p2.checksum() ^ 1, copy.clone()),
+        "another prepare"
+    );
+    assert!(replica.adopt_body(2, p2.checksum(), copy.clone()));
+    assert!(replica
+        .log
+        .get(2)
+        .is_some_and(|p| p.verify() && p.body.as_ptr() == copy.as_ptr()));
+}
+
 /// Replica 2 of 3, restarted from a superblock of view 0 (log view 0, nothing committed,
 /// no checkpoint) with this WAL and header ring.
 fn restarted_in_view_0(
@@ -327,13 +368,7 @@ fn recovery_tells_torn_writes_from_corruption() {
 #[test]
 #[should_panic(expected = "log view 2 is past view 1")]
 fn a_step_that_leaves_a_contradiction_panics_naming_the_invariant() {
-    let mut replica = Replica::open(
-        Config::new(1, 1, 0, Route::Star),
-        DiskImage::default(),
-        Nothing,
-    );
-    let opened = replica.take_outputs();
-    settle(&mut replica, opened, false);
+    let mut replica = open_single();
     replica.step(Input::Tick { now: 1 });
     replica.view = 1;
     replica.log_view = 2;

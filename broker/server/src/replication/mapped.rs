@@ -1,0 +1,129 @@
+//! Prepare bodies read from the WAL file they were written to, through a read-only shared
+//! mapping, so the core's log need not keep them in the heap.
+//!
+//! The core keeps every prepare since its last checkpoint (for repairs, retransmissions and
+//! view changes); with megabyte batches that was ~65 MiB per replica, kept even when idle.
+//! Once an op is written and applied, the driver hands the core a body backed by the WAL file
+//! instead ([`vsr::Replica::adopt_body`]) and the heap copy is freed. The pages belong to the
+//! page cache: they count towards the process only while it reads them (a repair, a view
+//! change), and the kernel may drop them under memory pressure and read them back later — the
+//! WAL is the copy of record either way.
+//!
+//! Safe because WAL files are append-only and never truncated (a truncation is a record), and
+//! a mapping only covers bytes already written. Deleting a mapped file is harmless on Linux:
+//! the mapping keeps its pages until the last body referring to it is dropped. Something
+//! outside the broker shrinking a WAL file would make a read of a mapped body fault, as it
+//! would corrupt any database's files.
+
+use bytes::Bytes;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+/// Bodies smaller than this stay in the heap: a mapping costs two system calls and a kernel
+/// object, worth it for the large batches that made up the memory, not for a 100-byte op.
+/// With the broker's checkpoint interval the heap keeps at most ~1 MiB of such bodies.
+pub const MAP_MIN: usize = 16 << 10;
+
+/// A read-only mapping of part of a file; unmapped when dropped.
+struct Mapping {
+    base: *mut libc::c_void,
+    mapped_len: usize,
+    /// Where the requested bytes start inside the mapping (the offset rounded down to a page).
+    skip: usize,
+    len: usize,
+}
+
+// The mapping is read-only and owned by this value alone: sharing or moving it across threads
+// is as safe as sharing a `&[u8]`.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `base..base + mapped_len` is a live PROT_READ mapping (see `map`), and
+        // `skip + len <= mapped_len`.
+        unsafe { std::slice::from_raw_parts((self.base as *const u8).add(self.skip), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `map` created; nothing refers to it any more.
+        unsafe {
+            libc::munmap(self.base, self.mapped_len);
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+/// `len` bytes of `file` from `offset`, which the caller has written already, as [`Bytes`]
+/// backed by a shared read-only mapping. The file must be open for reading.
+pub fn map(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let skip = usize::try_from(offset % page_size() as u64).unwrap_or(0);
+    let start = offset - skip as u64;
+    let mapped_len = skip + len;
+    let start = libc::off_t::try_from(start)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: a fresh mapping chosen by the kernel; on failure nothing was mapped.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            mapped_len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            start,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Bytes::from_owner(Mapping {
+        base,
+        mapped_len,
+        skip,
+        len,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_mapped_range_reads_what_was_written_and_outlives_the_file() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("wal");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .expect("open");
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        file.write_all(&data).expect("write");
+        // Unaligned on both ends, spanning pages.
+        let body = map(&file, 4097, 9000).expect("map");
+        assert_eq!(&body[..], &data[4097..13097]);
+        let slice = body.slice(10..20);
+        drop(body);
+        std::fs::remove_file(&path).expect("remove");
+        drop(file);
+        assert_eq!(&slice[..], &data[4107..4117]);
+        assert!(map(&std::fs::File::open(dir.path()).expect("dir"), 0, 0)
+            .expect("empty")
+            .is_empty());
+    }
+}
