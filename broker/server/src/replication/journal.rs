@@ -489,9 +489,8 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
 /// Replays one WAL file into `image`; returns the highest op it holds.
 fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io(path))?;
+    let mut file = File::open(path).map_err(io(path))?;
+    file.read_to_end(&mut bytes).map_err(io(path))?;
     let mut max_op = 0;
     let mut at = 0;
     while at < bytes.len() {
@@ -507,8 +506,18 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
                 // rotten body makes the prepare absent, which the header ring reports.
                 let decoded =
                     decode_prepare(payload).filter(|(_, p)| kind == KIND_PREPARE || p.verify());
-                if let Some((slot, prepare)) = decoded {
+                if let Some((slot, mut prepare)) = decoded {
                     max_op = max_op.max(prepare.op());
+                    // Verified: the log may hold it mapped from the file rather than in the
+                    // heap, as it holds bodies written since (`mapped.rs`).
+                    if prepare.body.len() >= mapped::MAP_MIN {
+                        let end =
+                            payload.as_ptr() as usize - bytes.as_ptr() as usize + payload.len();
+                        let offset = (end - prepare.body.len()) as u64;
+                        if let Ok(body) = mapped::map(&file, offset, prepare.body.len()) {
+                            prepare.body = body;
+                        }
+                    }
                     image.wal.insert(slot, prepare);
                 }
             }
@@ -830,6 +839,24 @@ mod tests {
         // Bodies mapped from the deleted file still read (the mapping holds its pages).
         assert_eq!(mapped.len() as Op, op);
         assert!(mapped.iter().all(|m| m.body == big(m.op).body));
+    }
+
+    #[test]
+    fn large_bodies_replayed_at_open_are_mapped_from_their_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut header = prepare(1, 0).header;
+        header.op = 1;
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let large = Prepare::new(header, body);
+        let small = prepare(2, large.checksum());
+        let image = write_and_reopen(dir.path(), &[wal(1, &small), wal(2, &large)]);
+        for (_, path) in wal_files(dir.path()).unwrap() {
+            std::fs::remove_file(path).unwrap();
+        }
+        // Read after the files are gone: only a mapping still holds their bytes.
+        assert_eq!(image.wal.get(&2), Some(&large));
+        assert!(image.wal.get(&2).is_some_and(Prepare::verify));
+        assert_eq!(image.wal.get(&1), Some(&small));
     }
 
     #[test]
