@@ -30,7 +30,7 @@ pub use disk::{classify_slot, superseded, DiskImage, SlotCase};
 pub use membership::{Membership, Role, RECONFIGURE_CLIENT};
 pub use message::{Envelope, Message, MessageKind, Node};
 pub use prepare::{Prepare, PrepareHeader};
-pub use replica::{Replica, Status};
+pub use replica::{Replica, Status, WrittenBodies};
 pub use routing::Route;
 pub use state_machine::{RestoreError, StateMachine};
 pub use step::{Event, Input, Output};

@@ -96,8 +96,10 @@ pub struct Driver {
     /// The frame of the last prepare sent (checksum, view), reused for its other peers.
     pub last_prepare: Option<(u128, vsr::View, transport::Frame)>,
     /// Written bodies mapped from the WAL, by op, until the op is applied and the core's log
-    /// takes them (see [`Driver::adopt_mapped`]).
-    pub mapped: std::collections::BTreeMap<Op, (u128, bytes::Bytes)>,
+    /// takes them in place of its heap copies (`Replica::adopt_written`): the state machine has
+    /// read those; what is left is repairs, retransmissions and view changes, which read the
+    /// mapping.
+    pub mapped: vsr::WrittenBodies,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
@@ -153,7 +155,7 @@ impl Driver {
                 let outputs = self.replica.step(input);
                 self.carry_out(outputs, &mut waiting, &mut unapplied, &mut queue);
             }
-            self.adopt_mapped();
+            self.replica.adopt_written(&mut self.mapped);
             if let Some(op) = self.synced.take() {
                 if self.replica.commit_min() >= op {
                     // Taken.
@@ -256,22 +258,6 @@ impl Driver {
                 queue.push_back(Input::Reconfigure(next));
             }
             DriverInput::Stop => {}
-        }
-    }
-
-    /// Hands the core the WAL-mapped bodies of the ops it has applied, so its log drops the
-    /// heap copies (the state machine has read them; what is left is repairs, retransmissions
-    /// and view changes, which read the mapping). Bodies of ops not applied yet wait; those
-    /// the log no longer holds with that checksum (trimmed by a checkpoint, replaced by a view
-    /// change or a state sync) are dropped.
-    fn adopt_mapped(&mut self) {
-        let applied = self.replica.commit_min();
-        while let Some(entry) = self.mapped.first_entry() {
-            if *entry.key() > applied {
-                break;
-            }
-            let (op, (checksum, body)) = entry.remove_entry();
-            self.replica.adopt_body(op, checksum, body);
         }
     }
 

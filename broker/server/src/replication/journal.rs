@@ -215,17 +215,13 @@ impl Journal {
         // body_checksum, computed once by the primary.
         let covered = head.len();
         let payload = self.append_parts(KIND_PREPARE_SEALED, &[&head, &prepare.body], covered)?;
-        if prepare.body.len() >= mapped::MAP_MIN {
-            let offset = payload + head.len() as u64;
-            match mapped::map(&self.wal, offset, prepare.body.len()) {
-                Ok(body) => self.mapped.push(WrittenBody {
-                    op: prepare.op(),
-                    checksum: prepare.checksum(),
-                    body,
-                }),
-                // The log keeps the heap copy: more memory, nothing wrong.
-                Err(e) => tracing::debug!(op = prepare.op(), "cannot map a written body: {e}"),
-            }
+        let offset = payload + head.len() as u64;
+        if let Some(body) = mapped::map_large(&self.wal, offset, prepare.body.len()) {
+            self.mapped.push(WrittenBody {
+                op: prepare.op(),
+                checksum: prepare.checksum(),
+                body,
+            });
         }
         let mut header = [0u8; 32];
         header[..8].copy_from_slice(&slot.to_le_bytes());
@@ -499,6 +495,7 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
             at += 1;
             continue;
         };
+        let payload_end = (at + 9 + payload.len()) as u64;
         at += len;
         match kind {
             KIND_PREPARE | KIND_PREPARE_SEALED => {
@@ -510,13 +507,9 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
                     max_op = max_op.max(prepare.op());
                     // Verified: the log may hold it mapped from the file rather than in the
                     // heap, as it holds bodies written since (`mapped.rs`).
-                    if prepare.body.len() >= mapped::MAP_MIN {
-                        let end =
-                            payload.as_ptr() as usize - bytes.as_ptr() as usize + payload.len();
-                        let offset = (end - prepare.body.len()) as u64;
-                        if let Ok(body) = mapped::map(&file, offset, prepare.body.len()) {
-                            prepare.body = body;
-                        }
+                    let len = prepare.body.len();
+                    if let Some(body) = mapped::map_large(&file, payload_end - len as u64, len) {
+                        prepare.body = body;
                     }
                     image.wal.insert(slot, prepare);
                 }
@@ -612,10 +605,14 @@ mod tests {
     use super::*;
 
     fn prepare(op: Op, parent: u128) -> Prepare {
+        prepare_with(op, parent, vec![op as u8; 100])
+    }
+
+    fn prepare_with(op: Op, parent: u128, body: Vec<u8>) -> Prepare {
         let mut header = Prepare::root(1, 1, 0).header;
         header.op = op;
         header.parent = parent;
-        Prepare::new(header, vec![op as u8; 100])
+        Prepare::new(header, body)
     }
 
     fn wal(slot: u64, prepare: &Prepare) -> Write {
@@ -809,11 +806,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::open(dir.path(), false).unwrap().0;
         // Megabyte prepares until the first file is closed and a second one is open.
-        let big = |op: Op| {
-            let mut header = prepare(op, 0).header;
-            header.op = op;
-            Prepare::new(header, vec![op as u8; 1 << 20])
-        };
+        let big = |op: Op| prepare_with(op, 0, vec![op as u8; 1 << 20]);
         let mut op = 0;
         let mut mapped = Vec::new();
         while journal.closed.is_empty() {
@@ -844,10 +837,8 @@ mod tests {
     #[test]
     fn large_bodies_replayed_at_open_are_mapped_from_their_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut header = prepare(1, 0).header;
-        header.op = 1;
         let body: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
-        let large = Prepare::new(header, body);
+        let large = prepare_with(1, 0, body);
         let small = prepare(2, large.checksum());
         let image = write_and_reopen(dir.path(), &[wal(1, &small), wal(2, &large)]);
         for (_, path) in wal_files(dir.path()).unwrap() {
@@ -864,10 +855,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::open(dir.path(), true).unwrap().0;
         let sized = |op: Op, len: usize| {
-            let mut header = prepare(op, 0).header;
-            header.op = op;
-            let body: Vec<u8> = (0..len).map(|i| (i * 7 + op as usize) as u8).collect();
-            Prepare::new(header, body)
+            prepare_with(
+                op,
+                0,
+                (0..len).map(|i| (i * 7 + op as usize) as u8).collect(),
+            )
         };
         let (small, large) = (sized(1, 100), sized(2, mapped::MAP_MIN + 3));
         let replaced = sized(3, 200_000);

@@ -102,6 +102,17 @@ fn page_size() -> usize {
         .unwrap_or(4096)
 }
 
+/// A body of `len` bytes at `offset` in `file`, mapped if it is large enough to be worth it
+/// ([`MAP_MIN`]); `None` keeps the caller's heap copy (more memory, nothing wrong).
+pub fn map_large(file: &File, offset: u64, len: usize) -> Option<Bytes> {
+    if len < MAP_MIN {
+        return None;
+    }
+    map(file, offset, len)
+        .inspect_err(|e| tracing::debug!(offset, len, "cannot map a WAL body: {e}"))
+        .ok()
+}
+
 /// `len` bytes of `file` from `offset`, which the caller has written already, as [`Bytes`]
 /// backed by a shared read-only mapping. The file must be open for reading.
 pub fn map(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {

@@ -53,7 +53,7 @@ pub(super) struct Disk {
     /// Copies of the prepare bodies whose WAL writes completed, by op, until the replica's
     /// log adopts them (`Replica::adopt_body`): what the broker's journal hands its driver,
     /// mapped from the WAL file. Lost at a crash, like the broker's.
-    pub(super) written: BTreeMap<Op, (u128, Vec<u8>)>,
+    pub(super) written: vsr::WrittenBodies,
 }
 
 impl Disk {

@@ -374,15 +374,10 @@ impl<S: SimMachine> Simulation<S> {
     /// the ops it has applied, in place of its own.
     fn adopt_written_bodies(&mut self) {
         for (replica, disk) in self.replicas.iter_mut().zip(&mut self.disks) {
-            let Some(replica) = replica else { continue };
-            let applied = replica.commit_min();
-            while let Some(entry) = disk.written.first_entry() {
-                if *entry.key() > applied {
-                    break;
-                }
-                let (op, (checksum, body)) = entry.remove_entry();
-                if replica.adopt_body(op, checksum, body.into()) {
-                    self.coverage.add("bodies_adopted", 1);
+            if let Some(replica) = replica {
+                let taken = replica.adopt_written(&mut disk.written);
+                if taken > 0 {
+                    self.coverage.add("bodies_adopted", taken);
                 }
             }
         }
@@ -403,7 +398,7 @@ impl<S: SimMachine> Simulation<S> {
                     Write::Superblock(_) | Write::Checkpoint(_) => Vec::new(),
                 };
                 for prepare in bodies {
-                    let copy = (prepare.checksum(), prepare.body.to_vec());
+                    let copy = (prepare.checksum(), prepare.body.to_vec().into());
                     self.disks[r as usize].written.insert(prepare.op(), copy);
                 }
                 let landed = self.disks[r as usize]

@@ -40,6 +40,10 @@ use durability::PendingWrite;
 use repair::Repair;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+/// Bodies a driver wrote to storage, by op: (the prepare's checksum, the driver's copy of its
+/// body), waiting for their op to be applied ([`Replica::adopt_written`]).
+pub type WrittenBodies = BTreeMap<Op, (u128, bytes::Bytes)>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Normal,
@@ -251,6 +255,22 @@ impl<S: StateMachine> Replica<S> {
     /// `checksum` names the prepare held; returns whether the log took the body.
     pub fn adopt_body(&mut self, op: Op, checksum: u128, body: bytes::Bytes) -> bool {
         op <= self.commit_min && self.log.replace_body(op, checksum, body)
+    }
+
+    /// Offers the log ([`Replica::adopt_body`]) each body in `written` whose op is applied,
+    /// removing it from `written` whether taken or not (a body the log does not take is of a
+    /// prepare it no longer holds: trimmed by a checkpoint, replaced by a view change or a state
+    /// sync); bodies of ops not applied yet stay. Returns how many the log took.
+    pub fn adopt_written(&mut self, written: &mut WrittenBodies) -> u64 {
+        let mut taken = 0;
+        while let Some(entry) = written.first_entry() {
+            if *entry.key() > self.commit_min {
+                break;
+            }
+            let (op, (checksum, body)) = entry.remove_entry();
+            taken += u64::from(self.adopt_body(op, checksum, body));
+        }
+        taken
     }
 
     pub(super) fn primary(&self) -> ReplicaId {

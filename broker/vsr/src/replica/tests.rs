@@ -181,6 +181,19 @@ fn the_log_adopts_a_copy_of_a_body_only_once_its_op_is_applied() {
         .log
         .get(2)
         .is_some_and(|p| p.verify() && p.body.as_ptr() == copy.as_ptr()));
+    // What a driver keeps: applied ops are offered and removed, taken or not; later ones wait.
+    let again = bytes::Bytes::copy_from_slice(&p2.body);
+    let mut written = WrittenBodies::from([
+        (1, (0, bytes::Bytes::new())),
+        (2, (p2.checksum(), again.clone())),
+        (9, (7, copy)),
+    ]);
+    assert_eq!(replica.adopt_written(&mut written), 1);
+    assert_eq!(written.keys().copied().collect::<Vec<_>>(), [9]);
+    assert!(replica
+        .log
+        .get(2)
+        .is_some_and(|p| p.body.as_ptr() == again.as_ptr()));
 }
 
 /// Replica 2 of 3, restarted from a superblock of view 0 (log view 0, nothing committed,
