@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 10;
+const PAD: &str = "~";
 
 fn payload(producer: usize, batch: usize, i: usize) -> String {
     format!("p{producer}-b{batch:06}-m{i:02}")
@@ -106,8 +107,22 @@ async fn produce(
     producer: usize,
     batches: std::ops::Range<usize>,
 ) {
+    produce_padded(client, history, producer, batches, 0).await;
+}
+
+/// [`produce`] with every payload padded by `pad` bytes (large batches are held differently:
+/// their prepare bodies are mapped from the WAL once applied).
+async fn produce_padded(
+    client: &IggyClient,
+    history: &History,
+    producer: usize,
+    batches: std::ops::Range<usize>,
+    pad: usize,
+) {
     for batch in batches {
-        let payloads: Vec<String> = (0..BATCH).map(|i| payload(producer, batch, i)).collect();
+        let payloads: Vec<String> = (0..BATCH)
+            .map(|i| payload(producer, batch, i) + &PAD.repeat(pad))
+            .collect();
         let mut messages: Vec<IggyMessage> = payloads.iter().map(|p| message(p)).collect();
         let sent = client
             .send_messages(
@@ -912,4 +927,74 @@ async fn rot_a_backup_finds_at_boot_is_repaired_from_a_peer() {
     assert_eq!(repairs(&cluster, backup), "iggy_repairs_total 1");
     let reader = cluster.brokers[backup].client().await;
     assert_eq!(read_replica(&reader).await, reference);
+}
+
+/// Rot under a running replica: a byte of a prepare body it holds mapped from its WAL changes
+/// on disk (a write through the file, which the mapping shares). The replica finds it when it
+/// next reads that body to send it — its log, in the view change that follows the primary's
+/// death — and stops (exit 70) instead of sending what every peer would refuse. Its restart
+/// finds the damaged WAL record and repairs it from the surviving peer, the view change
+/// completes, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rot_under_a_running_replicas_mapped_body_stops_it_and_its_restart_repairs_it() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let survivors: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "rot-mapped").await;
+    let history = History::default();
+    // 10 × 2 KiB per batch: bodies large enough to be mapped, 20 of them, below the first
+    // checkpoint (op 64), so every view-change message carries them.
+    produce_padded(&client, &history, 0, 0..20, 2048).await;
+    drop(client);
+    let damaged = survivors[1];
+    cluster.wait_caught_up(&[damaged], primary, Duration::from_secs(10));
+
+    let marker = payload(0, 10, 5);
+    let vsr = cluster.brokers[damaged].data_path().join("vsr");
+    let (wal, at) = std::fs::read_dir(&vsr)
+        .expect("journal")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .find_map(|path| {
+            let bytes = std::fs::read(&path).ok()?;
+            let at = bytes
+                .windows(marker.len())
+                .position(|w| w == marker.as_bytes())?;
+            Some((path, at))
+        })
+        .expect("the marked message in a WAL file");
+    // In place: the file keeps its length and the mapping sees the new byte at once.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .expect("open WAL");
+    std::os::unix::fs::FileExt::write_at(&file, b"#", (at + marker.len() + 100) as u64)
+        .expect("rot one byte");
+    drop(file);
+
+    cluster.brokers[primary].kill9();
+    let code = cluster.brokers[damaged].wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        code,
+        Some(70),
+        "the replica reading a rotten body must stop, not send it"
+    );
+    cluster.brokers[damaged].spawn_and_wait_alive();
+    let new_primary = cluster.primary(&survivors, Duration::from_secs(20));
+    let client = cluster.brokers[new_primary].client().await;
+    produce_padded(&client, &history, 0, 20..25, 2048).await;
+    cluster.brokers[primary].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[0, 1, 2], new_primary, Duration::from_secs(20));
+    let (_, metrics) =
+        common::http_get(cluster.brokers[damaged].http, "/metrics").expect("metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "iggy_replication_wal_damaged_at_start 1"),
+        "the restart found the damaged record"
+    );
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), 25 * BATCH);
 }

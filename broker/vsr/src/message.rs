@@ -157,6 +157,31 @@ pub enum MessageKind {
 }
 
 impl Message {
+    /// The prepares this message carries whole, bodies included: what a sender reads from its
+    /// log (and the broker, from the WAL) to send it.
+    pub fn prepares(&self) -> &[Prepare] {
+        match self {
+            Message::Prepare { prepare, .. } | Message::RepairPrepare { prepare } => {
+                std::slice::from_ref(prepare)
+            }
+            Message::DoViewChange { vote, .. } => &vote.log,
+            Message::StartView { log, .. } | Message::StartEpoch { log } => log,
+            Message::NewState { entries, .. } => entries,
+            Message::Sync { checkpoint } => std::slice::from_ref(&checkpoint.anchor),
+            Message::Request { .. }
+            | Message::Evicted { .. }
+            | Message::Reply { .. }
+            | Message::PrepareOk { .. }
+            | Message::Commit { .. }
+            | Message::StartViewChange { .. }
+            | Message::RequestStartView { .. }
+            | Message::GetState { .. }
+            | Message::RequestSync { .. }
+            | Message::RequestPrepare { .. }
+            | Message::RequestStartEpoch { .. } => &[],
+        }
+    }
+
     pub fn kind(&self) -> MessageKind {
         match self {
             Message::Request { .. } => MessageKind::Request,
@@ -177,6 +202,84 @@ impl Message {
             Message::RepairPrepare { .. } => MessageKind::RepairPrepare,
             Message::RequestStartEpoch { .. } => MessageKind::RequestStartEpoch,
             Message::StartEpoch { .. } => MessageKind::StartEpoch,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_every_prepare_a_message_carries() {
+        let root = Prepare::root(1, 1, 0);
+        let mut header = root.header.clone();
+        header.op = 1;
+        header.parent = root.checksum();
+        let one = Prepare::new(header, b"body".to_vec());
+        let log = vec![root.clone(), one.clone()];
+        let checksums = |m: &Message| {
+            m.prepares()
+                .iter()
+                .map(Prepare::checksum)
+                .collect::<Vec<_>>()
+        };
+        let both = vec![root.checksum(), one.checksum()];
+        let vote = Vote {
+            log_view: 0,
+            log: log.clone(),
+            unreadable: vec![],
+            commit: 0,
+        };
+        let cases = [
+            (
+                Message::Prepare {
+                    view: 0,
+                    prepare: one.clone(),
+                },
+                vec![one.checksum()],
+            ),
+            (
+                Message::RepairPrepare {
+                    prepare: one.clone(),
+                },
+                vec![one.checksum()],
+            ),
+            (
+                Message::DoViewChange {
+                    view: 1,
+                    vote,
+                    replica: 0,
+                },
+                both.clone(),
+            ),
+            (
+                Message::StartView {
+                    view: 1,
+                    log: log.clone(),
+                    commit: 0,
+                },
+                both.clone(),
+            ),
+            (Message::StartEpoch { log: log.clone() }, both.clone()),
+            (
+                Message::NewState {
+                    view: 1,
+                    entries: log.clone(),
+                    commit: 0,
+                },
+                both,
+            ),
+            (
+                Message::Sync {
+                    checkpoint: Box::new(Checkpoint::new(one.clone(), vec![], 0, vec![])),
+                },
+                vec![one.checksum()],
+            ),
+            (Message::Commit { view: 1, commit: 1 }, vec![]),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(checksums(&message), expected, "{:?}", message.kind());
         }
     }
 }

@@ -20,6 +20,7 @@
 use crate::broker::Broker;
 use crate::replication::journal::{Write, WrittenBody};
 use crate::replication::machine::{BrokerMachine, Manifest};
+use crate::replication::mapped;
 use crate::replication::status::ClusterStatus;
 use crate::replication::sync;
 use crate::replication::transport::{self, Peers};
@@ -100,6 +101,9 @@ pub struct Driver {
     /// read those; what is left is repairs, retransmissions and view changes, which read the
     /// mapping.
     pub mapped: vsr::WrittenBodies,
+    /// The log's tail when the replica opened: recovery mapped the bodies it replayed up to
+    /// here, applied or not (`check_read_back`).
+    pub replayed_through: Op,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
@@ -339,6 +343,7 @@ impl Driver {
             match output {
                 Output::Send(envelope) => match envelope.to {
                     Node::Replica(to) => {
+                        self.check_read_back(envelope.message.prepares());
                         if let Message::Prepare { prepare, .. } = &envelope.message {
                             if self.replica.is_primary() && self.prepared_at.len() < 4096 {
                                 self.prepared_at
@@ -367,6 +372,7 @@ impl Driver {
                     self.write(io, Write::Wal { slot, prepare });
                 }
                 Output::WriteCheckpoint { io, checkpoint } => {
+                    self.check_read_back([&checkpoint.anchor]);
                     self.write(io, Write::Checkpoint(checkpoint));
                 }
                 Output::WriteSuperblock { io, superblock } => {
@@ -377,16 +383,43 @@ impl Driver {
                     superblock,
                     truncate_after,
                     entries,
-                } => self.write(
-                    io,
-                    Write::Log {
-                        superblock,
-                        truncate_after,
-                        entries,
-                    },
-                ),
+                } => {
+                    self.check_read_back(entries.iter().map(|(_, prepare)| prepare));
+                    self.write(
+                        io,
+                        Write::Log {
+                            superblock,
+                            truncate_after,
+                            entries,
+                        },
+                    )
+                }
                 Output::Event(event) => self.observe(event),
             }
+        }
+    }
+
+    /// Stops this replica if a prepare it is about to send or write again was read back from
+    /// the WAL and no longer verifies. Applied bodies are mapped from the WAL (`mapped.rs`), so
+    /// a send reads them from the page cache, where rot on the disk under a page the kernel had
+    /// dropped shows up. Sending it would only be refused by every peer (they verify all they
+    /// receive), and writing it again — a checkpoint's anchor, a log installed by a view
+    /// change — would spread the rot into a record whose checksum is fresh. A restart finds the
+    /// damaged WAL record and repairs it from the peers (`replica::repair`), the path the
+    /// simulator tests with every kind of disk fault. Only bodies that may be mapped are
+    /// hashed: large ones of applied or replayed ops; new prepares, in the heap, cost nothing.
+    fn check_read_back<'a>(&self, prepares: impl IntoIterator<Item = &'a vsr::Prepare>) {
+        let through = self.replica.commit_min().max(self.replayed_through);
+        let rotten = prepares
+            .into_iter()
+            .find(|p| p.body.len() >= mapped::MAP_MIN && p.op() <= through && !p.verify());
+        if let Some(prepare) = rotten {
+            super::fail_stop(&format!(
+                "op {}'s prepare, read back from the WAL, no longer matches its checksum \
+                 (corrupted on disk or in the page cache); a restart repairs the WAL record \
+                 from the peers",
+                prepare.op()
+            ));
         }
     }
 

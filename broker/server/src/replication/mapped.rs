@@ -15,6 +15,11 @@
 //! outside the broker shrinking a WAL file would make a read of a mapped body fault, as it
 //! would corrupt any database's files.
 //!
+//! A mapped body is read from the page cache, so rot on the disk under a page the kernel
+//! dropped can show up in it after it was verified; the driver verifies such bodies again
+//! before sending or rewriting them, and stops the replica if one fails
+//! (`Driver::check_read_back`).
+//!
 //! Mappings are unmapped on a thread of their own (`vsr-unmap`): the last mapping of a WAL file
 //! the collector has deleted holds the file's pages, and unmapping it frees them — 10–25 ms for
 //! 64 MiB on tmpfs, the cost `vsr-journal-gc` was created to keep off the hot threads. Without

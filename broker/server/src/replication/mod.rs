@@ -389,6 +389,7 @@ pub async fn boot(
     // A ring newer than the configuration the disk recorded is a proposal not yet committed
     // (or never seen by this replica): handed over like a posted one.
     let proposal = (setup.ring.epoch > replica.epoch()).then(|| setup.ring.clone());
+    let replayed_through = replica.log_tail();
     let driver = Driver {
         replica,
         me: position,
@@ -407,6 +408,7 @@ pub async fn boot(
         prepared_at: Default::default(),
         last_prepare: None,
         mapped: Default::default(),
+        replayed_through,
     };
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())
@@ -541,7 +543,7 @@ fn journal_loop(
 
 /// A replica whose storage failed stops: it cannot promise what it acknowledges. The others
 /// carry on; a restart recovers what this one's disk still holds.
-fn fail_stop(message: &str) -> ! {
+pub(super) fn fail_stop(message: &str) -> ! {
     tracing::error!("{message}; stopping this replica");
     eprintln!("iggy-broker: {message}");
     std::process::exit(70);

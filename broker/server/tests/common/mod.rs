@@ -254,6 +254,21 @@ impl TestBroker {
         }
     }
 
+    /// Waits up to `within` for the process to exit by itself; its exit code (-1 for a
+    /// signal), or `None` if it is still running (then it is left running).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().ok().flatten() {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> i32 {
         let Some(mut child) = self.child.take() else {
