@@ -5,12 +5,17 @@ CARGO ?= cargo
 DATA ?= ./local_data
 BENCH_ARGS ?=
 
-.PHONY: run run-cluster build test lint fmt bench fuzz sim sim-ci model model-ci clean help crds crds-check dev-cluster manifests chart-check images e2e
+.PHONY: run run-cluster build test lint fmt bench fuzz sim sim-ci model model-ci chaos clean help crds crds-check dev-cluster manifests chart-check images e2e
 
 FUZZ_SECONDS ?= 300
 SIM_SEEDS ?= 20000
 # Seeds of the campaign that replicate the broker's real apply (broker/server/tests/simulation.rs).
 SIM_APPLY_SEEDS ?= 500
+# The real-process chaos campaign: CHAOS_RUNS seeded runs of CHAOS_SECS each (make test runs one
+# of 20 s); CHAOS_FIRST_SEED picks the first schedule.
+CHAOS_RUNS ?= 20
+CHAOS_SECS ?= 60
+CHAOS_FIRST_SEED ?= $(shell date +%s)
 # CI's fresh seeds: a different window every run, printed so any failure replays.
 SIM_FIRST_SEED ?= $(shell date +%s)
 
@@ -23,6 +28,8 @@ help:
 	@echo "make fuzz   fuzz the request decoder and dispatcher for FUZZ_SECONDS (default 300)"
 	@echo "make sim    VSR simulator campaign of SIM_SEEDS swarm seeds (default 20000), then"
 	@echo "            SIM_APPLY_SEEDS (default 500) replicating the broker's real apply"
+	@echo "make chaos  CHAOS_RUNS runs (default 20) of CHAOS_SECS (60) of kills, pauses and cut links"
+	@echo "            against three real brokers under producers, each checked by the history checker"
 	@echo "make model  exhaustive stateright check of the view-change rules, larger bounds than CI"
 	@echo "make crds   regenerate crds/iggycluster.yaml from the Rust types (make test fails on drift)"
 	@echo "make dev-cluster  in-process Kubernetes API whose pods run the real broker and sidecar + the operator; kubeconfig in .dev-cluster/kubeconfig"
@@ -65,6 +72,17 @@ model-ci:
 
 model:
 	$(CARGO) run --release -q -p vsr-model -- --suite full
+
+chaos:
+	@failed=0; for i in $$(seq 0 $$(($(CHAOS_RUNS) - 1))); do \
+		seed=$$(($(CHAOS_FIRST_SEED) + i)); \
+		if CHAOS_SEED=$$seed CHAOS_SECS=$(CHAOS_SECS) $(CARGO) test -q -p broker --test chaos -- --nocapture \
+			> target/chaos-$$seed.log 2>&1; then \
+			grep -h "chaos: seed" target/chaos-$$seed.log; \
+		else \
+			echo "seed $$seed FAILED: target/chaos-$$seed.log"; failed=$$((failed + 1)); \
+		fi; \
+	done; echo "chaos: $$failed of $(CHAOS_RUNS) runs failed"; [ $$failed -eq 0 ]
 
 sim:
 	$(CARGO) run --release -q -p vsr-sim -- --seeds $(SIM_SEEDS) --first-seed $(SIM_FIRST_SEED)

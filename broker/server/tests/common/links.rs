@@ -62,10 +62,29 @@ impl Links {
 
     /// Cuts or heals every link to and from `member`.
     pub fn isolate(&self, member: usize, isolated: bool) {
+        self.cut_where(|from, to| from == member || to == member, isolated);
+    }
+
+    /// Cuts or heals the links `member` sends on (`outgoing`) or receives on: the others still
+    /// reach it but do not hear it, or the other way round.
+    pub fn cut_one_way(&self, member: usize, outgoing: bool, cut: bool) {
+        self.cut_where(
+            |from, to| {
+                if outgoing {
+                    from == member
+                } else {
+                    to == member
+                }
+            },
+            cut,
+        );
+    }
+
+    fn cut_where(&self, chosen: impl Fn(usize, usize) -> bool, cut: bool) {
         for (&(from, to), link) in &self.links {
-            if from == member || to == member {
-                link.cut.store(isolated, Ordering::SeqCst);
-                if isolated {
+            if chosen(from, to) {
+                link.cut.store(cut, Ordering::SeqCst);
+                if cut {
                     link.cuts.send_modify(|n| *n += 1);
                 }
             }

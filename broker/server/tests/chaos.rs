@@ -1,0 +1,393 @@
+//! Chaos with the real binaries: three brokers whose replication links run through the fault
+//! proxy, an Iggy SDK producer on every member, and a seeded nemesis that kills (`kill -9`),
+//! pauses (`SIGSTOP`), cuts off (both ways or one) and restarts members — mostly one at a
+//! time, sometimes two at once (no quorum meanwhile), now and then all three killed together —
+//! for `CHAOS_SECS` seconds (20 by default).
+//! Meanwhile a poller reads through every member. Then every fault heals, service must resume,
+//! and the one history checker runs on what each member returns — every acknowledged message
+//! present once, one order everywhere, no gaps — and everything any poller was served must be
+//! in that final log at the offset it was served at (reads see committed state only).
+//!
+//! `CHAOS_SEED` picks the fault schedule (printed at the start; the default is drawn from the
+//! clock, so every run tries a new one). Processes do not run deterministically, so a seed
+//! repeats the schedule, not the interleaving: a failure may take a few runs of its seed to
+//! show again. `make chaos` runs many seeds for longer.
+
+mod common;
+
+use common::cluster::TestCluster;
+use common::history::{read_of, History, Read};
+use common::links::Links;
+use common::{create_topic, id, message, read_all, TestBroker, ROOT_PASSWORD, ROOT_USER};
+use iggy::prelude::*;
+use iggy_contract::admin::Role;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MEMBERS: usize = 3;
+const BATCH: usize = 10;
+/// Longer than any failover or restart the nemesis causes: a send still waiting after this is
+/// counted as failed (it may still commit, which the checker allows once).
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SplitMix64: a seeded schedule without a dependency.
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from))
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// `kill -9`, then a restart from what its disk holds.
+    Kill,
+    /// The same, aimed at whoever is primary.
+    KillPrimary,
+    /// SIGSTOP, then SIGCONT: a stalled process whose peers must not wait for it, and which
+    /// wakes up believing what it believed before (a primary, perhaps).
+    Pause,
+    /// Every replication link to and from the member cut, then healed.
+    Isolate,
+    /// Only the member's outgoing links cut: it hears its peers, they do not hear it.
+    Mute,
+    /// Only its incoming links cut: its peers hear it, it does not hear them.
+    Deafen,
+    /// All members killed at once and restarted: recovery from the disks alone.
+    CrashAll,
+}
+
+impl Fault {
+    fn pick(schedule: &mut Schedule) -> Self {
+        match schedule.below(20) {
+            0..=3 => Fault::Kill,
+            4..=6 => Fault::KillPrimary,
+            7..=9 => Fault::Pause,
+            10..=13 => Fault::Isolate,
+            14..=15 => Fault::Mute,
+            16..=18 => Fault::Deafen,
+            _ => Fault::CrashAll,
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A connected, logged-in client, or `None` if the member does not answer in time.
+async fn connect(tcp: SocketAddr) -> Option<IggyClient> {
+    let client = IggyClient::builder()
+        .with_tcp()
+        .with_server_address(tcp.to_string())
+        .build()
+        .ok()?;
+    let login = async {
+        client.connect().await.ok()?;
+        client.login_user(ROOT_USER, ROOT_PASSWORD).await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), login)
+        .await
+        .ok()??;
+    Some(client)
+}
+
+/// The client in `slot`, connecting one first if there is none; `None`, after a short pause,
+/// while the member does not answer.
+async fn connected(slot: &mut Option<IggyClient>, tcp: SocketAddr) -> Option<&IggyClient> {
+    if slot.is_none() {
+        *slot = connect(tcp).await;
+        if slot.is_none() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    slot.as_ref()
+}
+
+/// Sends batches through member `tcp` until stopped. After a failed send it starts over as a
+/// new producer (`index * 1000 + incarnation`) on a new connection: the failed batch may still
+/// commit after the next one is sent elsewhere, which is no reordering of one producer's
+/// acknowledged messages, so the checker must not see it as one.
+async fn produce(index: usize, tcp: SocketAddr, history: Arc<History>, stop: Arc<AtomicBool>) {
+    let mut incarnation = 0;
+    let mut client: Option<IggyClient> = None;
+    let mut batch = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(current) = connected(&mut client, tcp).await else {
+            continue;
+        };
+        let producer = index * 1000 + incarnation;
+        let payloads: Vec<String> = (0..BATCH)
+            .map(|i| format!("p{producer}-b{batch:06}-m{i:02}"))
+            .collect();
+        let mut messages: Vec<IggyMessage> = payloads.iter().map(|p| message(p)).collect();
+        let sent = tokio::time::timeout(
+            SEND_TIMEOUT,
+            current.send_messages(
+                &id(0),
+                &id(0),
+                &Partitioning::partition_id(0),
+                &mut messages,
+            ),
+        )
+        .await;
+        let acknowledged = matches!(sent, Ok(Ok(())));
+        history.record(producer, &payloads, acknowledged);
+        batch += 1;
+        if !acknowledged {
+            incarnation += 1;
+            client = None;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What pollers saw while the faults went on: (member, offset, payload).
+type Seen = std::sync::Mutex<Vec<(usize, u64, String)>>;
+
+/// Polls member `tcp` from offset 0 onwards until stopped, recording every message returned.
+/// Reads answer from committed state only, so everything seen must be in the final log, at the
+/// same offset: a member that served a write a view change later discarded shows up here.
+async fn poll(member: usize, tcp: SocketAddr, seen: Arc<Seen>, stop: Arc<AtomicBool>) {
+    let mut client: Option<IggyClient> = None;
+    let mut next = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(current) = connected(&mut client, tcp).await else {
+            continue;
+        };
+        let polled = tokio::time::timeout(
+            SEND_TIMEOUT,
+            current.poll_messages(
+                &id(0),
+                &id(0),
+                Some(0),
+                &Consumer::new(id(1)),
+                &PollingStrategy::offset(next),
+                500,
+                false,
+            ),
+        )
+        .await;
+        match polled {
+            Ok(Ok(polled)) if polled.messages.is_empty() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(Ok(polled)) => {
+                let mut seen = seen.lock().expect("seen");
+                for m in &polled.messages {
+                    let payload = String::from_utf8_lossy(&m.payload).into_owned();
+                    seen.push((member, m.header.offset, payload));
+                    next = next.max(m.header.offset + 1);
+                }
+            }
+            _ => {
+                client = None;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Starts `fault` on `member`.
+fn strike(cluster: &mut TestCluster, links: &Links, fault: Fault, member: usize) {
+    match fault {
+        Fault::Kill | Fault::KillPrimary => cluster.brokers[member].kill9(),
+        Fault::Pause => signal(cluster.brokers[member].pid(), "STOP"),
+        Fault::Isolate => links.isolate(member, true),
+        Fault::Mute => links.cut_one_way(member, true, true),
+        Fault::Deafen => links.cut_one_way(member, false, true),
+        Fault::CrashAll => cluster.brokers.iter_mut().for_each(TestBroker::kill9),
+    }
+}
+
+/// Ends `fault` on `member`: links healed, processes resumed or started again.
+fn heal(cluster: &mut TestCluster, links: &Links, fault: Fault, member: usize) {
+    match fault {
+        Fault::Kill | Fault::KillPrimary => cluster.brokers[member].spawn_and_wait_alive(),
+        Fault::Pause => signal(cluster.brokers[member].pid(), "CONT"),
+        Fault::Isolate => links.isolate(member, false),
+        Fault::Mute => links.cut_one_way(member, true, false),
+        Fault::Deafen => links.cut_one_way(member, false, false),
+        Fault::CrashAll => cluster
+            .brokers
+            .iter_mut()
+            .for_each(TestBroker::spawn_and_wait_alive),
+    }
+}
+
+/// Strikes faults from `schedule` for `duration`; returns how many.
+fn nemesis(
+    cluster: &mut TestCluster,
+    links: &Links,
+    schedule: &mut Schedule,
+    duration: Duration,
+) -> usize {
+    let deadline = Instant::now() + duration;
+    let mut faults = 0;
+    while Instant::now() < deadline {
+        std::thread::sleep(schedule.millis(300, 1500));
+        let first = Fault::pick(schedule);
+        let primary = (0..MEMBERS)
+            .find(|&m| cluster.status(m).is_some_and(|s| s.role == Role::Primary))
+            .unwrap_or(0);
+        let member = match first {
+            Fault::KillPrimary => primary,
+            _ => schedule.below(MEMBERS as u64) as usize,
+        };
+        let mut struck = vec![(first, member)];
+        // One time in four a second fault overlaps the first, on another member: the quorum
+        // may be gone for a while, and nothing acknowledged may be lost meanwhile.
+        if first != Fault::CrashAll && schedule.below(4) == 0 {
+            let second = Fault::pick(schedule);
+            let other = (member + 1 + schedule.below(MEMBERS as u64 - 1) as usize) % MEMBERS;
+            if second != Fault::CrashAll && second != Fault::KillPrimary {
+                struck.push((second, other));
+            }
+        }
+        let hold = schedule.millis(200, 3000);
+        eprintln!("chaos: {struck:?} for {hold:?}");
+        for &(fault, member) in &struck {
+            strike(cluster, links, fault, member);
+        }
+        std::thread::sleep(hold);
+        for &(fault, member) in struck.iter().rev() {
+            heal(cluster, links, fault, member);
+        }
+        faults += struck.len();
+    }
+    faults
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seeded_nemesis_loses_no_acknowledged_message() {
+    let seed = env_u64("CHAOS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let seconds = env_u64("CHAOS_SECS").unwrap_or(20);
+    let mut schedule = Schedule(seed);
+    let fsync = if schedule.below(2) == 0 {
+        "always"
+    } else {
+        "never"
+    };
+    eprintln!("chaos: CHAOS_SEED={seed} CHAOS_SECS={seconds} fsync={fsync}");
+
+    let links = common::links::Links::start(MEMBERS).await;
+    let replication: Vec<SocketAddr> = (0..MEMBERS).map(|_| common::free_port()).collect();
+    links.connect_to(&replication);
+    let mut cluster = TestCluster::start_reaching(
+        replication,
+        |from, to| links.address(from, to),
+        &[("IGGY_STORAGE_FSYNC", fsync)],
+    );
+    let all: Vec<usize> = (0..MEMBERS).collect();
+    let primary = cluster.primary(&all, Duration::from_secs(10));
+    let setup = cluster.brokers[primary].client().await;
+    setup.create_stream("chaos").await.expect("create stream");
+    create_topic(&setup, &id(0), "log", 1).await;
+    drop(setup);
+
+    let history = Arc::new(History::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Seen::default());
+    let pollers: Vec<_> = (0..MEMBERS)
+        .map(|member| {
+            tokio::spawn(poll(
+                member,
+                cluster.brokers[member].tcp,
+                seen.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let producers: Vec<_> = (0..MEMBERS)
+        .map(|member| {
+            tokio::spawn(produce(
+                member,
+                cluster.brokers[member].tcp,
+                history.clone(),
+                stop.clone(),
+            ))
+        })
+        .collect();
+
+    // The nemesis blocks (sleeps, process starts): on this worker, off the producers' way.
+    let faults = tokio::task::block_in_place(|| {
+        nemesis(
+            &mut cluster,
+            &links,
+            &mut schedule,
+            Duration::from_secs(seconds),
+        )
+    });
+
+    // Everything healed: service must resume within a bound, through every member.
+    let healed_at = history.acknowledged();
+    let resume_by = Instant::now() + Duration::from_secs(30);
+    while history.acknowledged() < healed_at + MEMBERS * BATCH * 3 {
+        assert!(
+            Instant::now() < resume_by,
+            "sends did not resume after the faults healed (seed {seed}): {} acknowledged; \
+             members say {:?}",
+            history.acknowledged(),
+            all.iter().map(|&m| cluster.status(m)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in producers.into_iter().chain(pollers) {
+        task.await.expect("producer or poller task");
+    }
+    let primary = cluster.primary(&all, Duration::from_secs(20));
+    cluster.wait_caught_up(&all, primary, Duration::from_secs(30));
+    let mut reads: Vec<(String, Read)> = Vec::new();
+    for &member in &all {
+        let client = cluster.brokers[member].client().await;
+        reads.push((
+            format!("member {member}"),
+            read_of(&read_all(&client, 0).await),
+        ));
+    }
+    eprintln!(
+        "chaos: seed {seed}: {faults} faults, {} acknowledged, {} stored",
+        history.acknowledged(),
+        reads[0].1.len()
+    );
+    history.check(&reads);
+    let seen = seen.lock().expect("seen");
+    let log = &reads[0].1;
+    for (member, offset, payload) in seen.iter() {
+        let stored = usize::try_from(*offset).ok().and_then(|o| log.get(o));
+        assert_eq!(
+            stored.map(|m| m.3.as_str()),
+            Some(payload.as_str()),
+            "member {member} served {payload:?} at offset {offset} during the faults, which the \
+             final log does not hold there (seed {seed})"
+        );
+    }
+    eprintln!("chaos: {} polled messages all in the final log", seen.len());
+}
