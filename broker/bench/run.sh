@@ -107,3 +107,15 @@ for fsync in $FSYNC_MODES; do
   echo "broker RSS after fsync=$fsync runs: $(rss_mib) MiB (peak $(hwm_mib) MiB)"
 done
 [ "${SKIP_GROUPS:-}" = 1 ] || groups_and_retention
+
+# Mid-size batches (16 × 1000 B) from a client that leaves Nagle's algorithm on, as Iggy's SDKs
+# do by default: its payload waits for the header's acknowledgement, which the broker sends at
+# once (src/net/quickack.rs) instead of after Linux's delayed-ACK timer (~40 ms a request).
+kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true
+start_broker never
+for run in $(seq "${REPEAT:-1}"); do
+  for nagle in "" --nagle; do
+    "$LOAD" --address $TCP --producers 1 --partitions 1 --batches 2000 --batch-size 16 \
+      --message-size 1000 --no-consume $nagle --label "16 KB batches${nagle:+, nagle on} run=$run"
+  done
+done

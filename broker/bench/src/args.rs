@@ -30,12 +30,15 @@ pub struct Args {
     /// Consumers run alongside the producers, reading each partition as it grows (an empty
     /// poll means "wait for more"), as consumers keeping up with their producers do.
     pub tail: bool,
+    /// Leaves Nagle's algorithm on, as Iggy's SDKs do by default (`nodelay = false`): a
+    /// request's header and payload go out as separate writes, like theirs.
+    pub nagle: bool,
 }
 
 const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
 [--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
 [--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit] [--traceparent] \
-[--consume-after-ms 0] [--tail]";
+[--consume-after-ms 0] [--tail] [--nagle]";
 
 impl Args {
     pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
@@ -57,6 +60,7 @@ impl Args {
             traceparent: false,
             consume_after: std::time::Duration::ZERO,
             tail: false,
+            nagle: false,
         };
         while let Some(flag) = raw.next() {
             let mut value = || {
@@ -80,6 +84,7 @@ impl Args {
                 "--commit" => args.commit = true,
                 "--traceparent" => args.traceparent = true,
                 "--tail" => args.tail = true,
+                "--nagle" => args.nagle = true,
                 "--consume-after-ms" => {
                     args.consume_after = std::time::Duration::from_millis(value()?.parse()?)
                 }

@@ -19,7 +19,7 @@ impl Connection {
         let stream = TcpStream::connect(&args.address)
             .await
             .with_context(|| format!("connect to {}", args.address))?;
-        stream.set_nodelay(true)?;
+        stream.set_nodelay(!args.nagle)?;
         let mut connection = Self {
             stream,
             response: Vec::new(),

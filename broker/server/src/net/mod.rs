@@ -5,5 +5,6 @@
 pub mod budget;
 pub mod clients;
 pub mod http;
+pub mod quickack;
 pub mod session;
 pub mod tcp;

@@ -10,6 +10,7 @@
 use crate::broker::Broker;
 use crate::commands;
 use crate::error::BrokerError;
+use crate::net::quickack;
 use crate::net::session::Session;
 use crate::telemetry;
 use iggy_wire::frame::{self, HeaderError, RequestHeader};
@@ -139,6 +140,12 @@ async fn handle_connection(
         };
         if read.is_err() {
             break;
+        }
+        // A payload still on its way may be held back by the client's Nagle until this header
+        // is acknowledged (`quickack.rs`).
+        let declared = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if reader.buffer().len() + 4 < declared {
+            quickack::acknowledge_now(reader.get_ref().as_ref());
         }
         let started = Instant::now();
         let handled = match handle_request(
