@@ -3,10 +3,13 @@
 //! pauses (`SIGSTOP`), cuts off (both ways or one) and restarts members — mostly one at a
 //! time, sometimes two at once (no quorum meanwhile), now and then all three killed together —
 //! for `CHAOS_SECS` seconds (20 by default).
-//! Meanwhile a poller reads through every member. Then every fault heals, service must resume,
+//! Meanwhile a poller reads through every member and commits its consumer offset after each
+//! poll. Then every fault heals, service must resume,
 //! and the one history checker runs on what each member returns — every acknowledged message
 //! present once, one order everywhere, no gaps — and everything any poller was served must be
-//! in that final log at the offset it was served at (reads see committed state only).
+//! in that final log at the offset it was served at (reads see committed state only), and every
+//! member must hold, for each consumer, an offset between its last acknowledged and its last
+//! attempted commit.
 //!
 //! `CHAOS_SEED` picks the fault schedule (printed at the start; the default is drawn from the
 //! clock, so every run tries a new one). Processes do not run deterministically, so a seed
@@ -200,9 +203,17 @@ type Seen = std::sync::Mutex<Vec<(usize, u64, String)>>;
 /// Polls member `tcp` from offset 0 onwards until stopped, recording every message returned.
 /// Reads answer from committed state only, so everything seen must be in the final log, at the
 /// same offset: a member that served a write a view change later discarded shows up here.
-async fn poll(member: usize, tcp: SocketAddr, seen: Arc<Seen>, stop: Arc<AtomicBool>) {
+async fn poll(
+    member: usize,
+    tcp: SocketAddr,
+    seen: Arc<Seen>,
+    stores: Arc<Stores>,
+    stop: Arc<AtomicBool>,
+) {
     let mut client: Option<IggyClient> = None;
     let mut next = 0u64;
+    let mut incarnation = 0;
+    let mut consumer = Stored::new(member, incarnation);
     while !stop.load(Ordering::Relaxed) {
         let Some(current) = connected(&mut client, tcp).await else {
             continue;
@@ -213,32 +224,81 @@ async fn poll(member: usize, tcp: SocketAddr, seen: Arc<Seen>, stop: Arc<AtomicB
                 &id(0),
                 &id(0),
                 Some(0),
-                &Consumer::new(id(1)),
+                &Consumer::new(id(consumer.id)),
                 &PollingStrategy::offset(next),
                 500,
                 false,
             ),
         )
         .await;
-        match polled {
+        let ok = match polled {
             Ok(Ok(polled)) if polled.messages.is_empty() => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                true
             }
             Ok(Ok(polled)) => {
-                let mut seen = seen.lock().expect("seen");
-                for m in &polled.messages {
-                    let payload = unpadded(&m.payload);
-                    seen.push((member, m.header.offset, payload));
-                    next = next.max(m.header.offset + 1);
+                {
+                    let mut seen = seen.lock().expect("seen");
+                    for m in &polled.messages {
+                        seen.push((member, m.header.offset, unpadded(&m.payload)));
+                        next = next.max(m.header.offset + 1);
+                    }
                 }
+                // Commit the consumer offset, as a consumer does after processing.
+                consumer.attempted = Some(next - 1);
+                let stored = tokio::time::timeout(
+                    SEND_TIMEOUT,
+                    current.store_consumer_offset(
+                        &Consumer::new(id(consumer.id)),
+                        &id(0),
+                        &id(0),
+                        Some(0),
+                        next - 1,
+                    ),
+                )
+                .await;
+                let ok = matches!(stored, Ok(Ok(())));
+                if ok {
+                    consumer.acknowledged = Some(next - 1);
+                }
+                ok
             }
-            _ => {
-                client = None;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            _ => false,
+        };
+        if !ok {
+            // A failed store may still land after a later one would: a new consumer takes
+            // over, so each consumer's stores are one ordered sequence (see `Stored`).
+            stores.lock().expect("stores").push(consumer);
+            incarnation += 1;
+            consumer = Stored::new(member, incarnation);
+            client = None;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stores.lock().expect("stores").push(consumer);
+}
+
+/// One consumer's offset commits: stored in order on one connection until one fails, so the
+/// offset every member holds at the end must lie between the last acknowledged and the last
+/// attempted store (both `None`: nothing may be stored).
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    id: u32,
+    acknowledged: Option<u64>,
+    attempted: Option<u64>,
+}
+
+impl Stored {
+    fn new(member: usize, incarnation: u32) -> Self {
+        Self {
+            id: 100_000 * (member as u32 + 1) + incarnation,
+            acknowledged: None,
+            attempted: None,
         }
     }
 }
+
+type Stores = std::sync::Mutex<Vec<Stored>>;
 
 /// Starts `fault` on `member`.
 fn strike(cluster: &mut TestCluster, links: &Links, fault: Fault, member: usize) {
@@ -356,12 +416,14 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
     let history = Arc::new(History::default());
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Seen::default());
+    let stores = Arc::new(Stores::default());
     let pollers: Vec<_> = (0..MEMBERS)
         .map(|member| {
             tokio::spawn(poll(
                 member,
                 cluster.brokers[member].tcp,
                 seen.clone(),
+                stores.clone(),
                 stop.clone(),
             ))
         })
@@ -428,7 +490,8 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
         reads[0].1.len()
     );
     history.check(&reads);
-    let seen = seen.lock().expect("seen");
+    // The tasks are done: take what they recorded.
+    let seen = std::mem::take(&mut *seen.lock().expect("seen"));
     let log = &reads[0].1;
     for (member, offset, payload) in seen.iter() {
         let stored = usize::try_from(*offset).ok().and_then(|o| log.get(o));
@@ -440,4 +503,40 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
         );
     }
     eprintln!("chaos: {} polled messages all in the final log", seen.len());
+
+    let mut clients = Vec::new();
+    for &member in &all {
+        clients.push(cluster.brokers[member].client().await);
+    }
+    let stores = std::mem::take(&mut *stores.lock().expect("stores"));
+    for stored in stores.iter() {
+        let mut held = Vec::new();
+        for client in &clients {
+            let offset = client
+                .get_consumer_offset(&Consumer::new(id(stored.id)), &id(0), &id(0), Some(0))
+                .await
+                .expect("get consumer offset")
+                .map(|o| o.stored_offset);
+            held.push(offset);
+        }
+        assert!(
+            held.iter().all(|h| *h == held[0]),
+            "members hold different offsets for consumer {}: {held:?} (seed {seed})",
+            stored.id
+        );
+        // `None` orders below any offset: nothing stored.
+        assert!(
+            held[0] >= stored.acknowledged && held[0] <= stored.attempted,
+            "consumer {} holds offset {:?}, outside its acknowledged {:?} and attempted {:?} \
+             stores (seed {seed})",
+            stored.id,
+            held[0],
+            stored.acknowledged,
+            stored.attempted
+        );
+    }
+    eprintln!(
+        "chaos: {} consumers' offsets agree on every member and match their stores",
+        stores.len()
+    );
 }
