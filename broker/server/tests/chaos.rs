@@ -2,14 +2,14 @@
 //! proxy, an Iggy SDK producer on every member, and a seeded nemesis that kills (`kill -9`),
 //! pauses (`SIGSTOP`), cuts off (both ways or one) and restarts members — mostly one at a
 //! time, sometimes two at once (no quorum meanwhile), now and then all three killed together —
-//! for `CHAOS_SECS` seconds (20 by default).
-//! Meanwhile a poller reads through every member and commits its consumer offset after each
-//! poll. Then every fault heals, service must resume,
-//! and the one history checker runs on what each member returns — every acknowledged message
-//! present once, one order everywhere, no gaps — and everything any poller was served must be
-//! in that final log at the offset it was served at (reads see committed state only), and every
-//! member must hold, for each consumer, an offset between its last acknowledged and its last
-//! attempted commit.
+//! for `CHAOS_SECS` seconds (20 by default). Meanwhile a poller reads through every member and
+//! commits its consumer offset after each poll.
+//!
+//! Then every fault heals and service must resume. The one history checker runs on what each
+//! member returns (every acknowledged message present once, one order everywhere, no gaps);
+//! everything any poller was served must be in that final log at the offset it was served at
+//! (reads see committed state only); and every member must hold, for each consumer, the same
+//! offset, between its last acknowledged and its last attempted commit.
 //!
 //! `CHAOS_SEED` picks the fault schedule (printed at the start; the default is drawn from the
 //! clock, so every run tries a new one). Processes do not run deterministically, so a seed
