@@ -21,7 +21,9 @@ mod common;
 use common::cluster::TestCluster;
 use common::history::{History, Read};
 use common::links::Links;
-use common::{create_topic, id, message, read_all, TestBroker, ROOT_PASSWORD, ROOT_USER};
+use common::{
+    create_topic, id, message, padded, read_all, unpadded, TestBroker, ROOT_PASSWORD, ROOT_USER,
+};
 use iggy::prelude::*;
 use iggy_contract::admin::Role;
 use std::net::SocketAddr;
@@ -117,25 +119,10 @@ async fn connect(tcp: SocketAddr) -> Option<IggyClient> {
     Some(client)
 }
 
-/// Padding for one message of a batch, so that (with [`LARGE_PAD`]) each batch's prepare body is
+/// Padding for one message of a batch (`common::padded`), so that each batch's prepare body is
 /// large enough to be mapped from the WAL once applied. The history keeps payloads without it
-/// (memory) and reads strip it; padding that changed leaves characters no payload has.
-const PAD: char = '~';
+/// (memory) and reads strip it (`common::unpadded`).
 const LARGE_PAD: usize = 17 << 10;
-
-fn padded(payload: &str, pad: usize) -> String {
-    let mut out = String::with_capacity(payload.len() + pad);
-    out.push_str(payload);
-    out.extend(std::iter::repeat_n(PAD, pad));
-    out
-}
-
-/// A payload as the history knows it: the padding removed.
-fn unpadded(payload: &[u8]) -> String {
-    String::from_utf8_lossy(payload)
-        .trim_end_matches(PAD)
-        .to_owned()
-}
 
 /// The client in `slot`, connecting one first if there is none; `None`, after a short pause,
 /// while the member does not answer.
@@ -218,28 +205,17 @@ async fn poll(
         let Some(current) = connected(&mut client, tcp).await else {
             continue;
         };
-        let polled = tokio::time::timeout(
-            SEND_TIMEOUT,
-            current.poll_messages(
-                &id(0),
-                &id(0),
-                Some(0),
-                &Consumer::new(id(consumer.id)),
-                &PollingStrategy::offset(next),
-                500,
-                false,
-            ),
-        )
-        .await;
+        let polled =
+            tokio::time::timeout(SEND_TIMEOUT, common::poll_offset(current, 0, next, 500)).await;
         let ok = match polled {
-            Ok(Ok(polled)) if polled.messages.is_empty() => {
+            Ok(Ok(polled)) if polled.is_empty() => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 true
             }
             Ok(Ok(polled)) => {
                 {
                     let mut seen = seen.lock().expect("seen");
-                    for m in &polled.messages {
+                    for m in &polled {
                         seen.push((member, m.header.offset, unpadded(&m.payload)));
                         next = next.max(m.header.offset + 1);
                     }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 10;
-const PAD: &str = "~";
 
 fn payload(producer: usize, batch: usize, i: usize) -> String {
     format!("p{producer}-b{batch:06}-m{i:02}")
@@ -121,7 +120,7 @@ async fn produce_padded(
 ) {
     for batch in batches {
         let payloads: Vec<String> = (0..BATCH)
-            .map(|i| payload(producer, batch, i) + &PAD.repeat(pad))
+            .map(|i| common::padded(&payload(producer, batch, i), pad))
             .collect();
         let mut messages: Vec<IggyMessage> = payloads.iter().map(|p| message(p)).collect();
         let sent = client

@@ -143,8 +143,9 @@ async fn handle_connection(
         }
         // A payload still on its way may be held back by the client's Nagle until this header
         // is acknowledged (`quickack.rs`).
-        let declared = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if reader.buffer().len() + 4 < declared {
+        let incomplete = RequestHeader::parse(&header)
+            .is_ok_and(|parsed| reader.buffer().len() < parsed.payload_len as usize);
+        if incomplete {
             quickack::acknowledge_now(reader.get_ref().as_ref());
         }
         let started = Instant::now();

@@ -412,7 +412,7 @@ impl Driver {
         let through = self.replica.commit_min().max(self.replayed_through);
         let rotten = prepares
             .into_iter()
-            .find(|p| p.body.len() >= mapped::MAP_MIN && p.op() <= through && !p.verify());
+            .find(|p| mapped::worth_mapping(p.body.len()) && p.op() <= through && !p.verify());
         if let Some(prepare) = rotten {
             super::fail_stop(&format!(
                 "op {}'s prepare, read back from the WAL, no longer matches its checksum \

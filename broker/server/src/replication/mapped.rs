@@ -107,10 +107,16 @@ fn page_size() -> usize {
         .unwrap_or(4096)
 }
 
+/// Whether a body of `len` bytes is mapped from the WAL once written ([`MAP_MIN`]): any body
+/// the log holds may be a mapping only if this says so.
+pub fn worth_mapping(len: usize) -> bool {
+    len >= MAP_MIN
+}
+
 /// A body of `len` bytes at `offset` in `file`, mapped if it is large enough to be worth it
 /// ([`MAP_MIN`]); `None` keeps the caller's heap copy (more memory, nothing wrong).
 pub fn map_large(file: &File, offset: u64, len: usize) -> Option<Bytes> {
-    if len < MAP_MIN {
+    if !worth_mapping(len) {
         return None;
     }
     map(file, offset, len)

@@ -429,6 +429,25 @@ pub fn message(text: &str) -> IggyMessage {
         .expect("valid message")
 }
 
+/// What pads a payload out to a given size ([`padded`]); no generated payload contains it.
+pub const PAD: char = '~';
+
+/// `payload` followed by `pad` copies of [`PAD`]: large batches without large bookkeeping.
+pub fn padded(payload: &str, pad: usize) -> String {
+    let mut out = String::with_capacity(payload.len() + pad);
+    out.push_str(payload);
+    out.extend(std::iter::repeat_n(PAD, pad));
+    out
+}
+
+/// A payload with its padding removed; padding that changed leaves characters no generated
+/// payload has.
+pub fn unpadded(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload)
+        .trim_end_matches(PAD)
+        .to_owned()
+}
+
 /// Every message of `partition` of stream 0, topic 0, polled from offset 0 in pages.
 pub async fn read_all(client: &IggyClient, partition: u32) -> Vec<IggyMessage> {
     let mut all = Vec::new();
