@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod net;
 pub mod ops;
+pub mod reclaim;
 pub mod repair;
 pub mod replication;
 pub mod reply;

@@ -20,16 +20,17 @@
 //! before sending or rewriting them, and stops the replica if one fails
 //! (`Driver::check_read_back`).
 //!
-//! Mappings are unmapped on a thread of their own (`vsr-unmap`): the last mapping of a WAL file
-//! the collector has deleted holds the file's pages, and unmapping it frees them — 10–25 ms for
-//! 64 MiB on tmpfs, the cost `vsr-journal-gc` was created to keep off the hot threads. Without
-//! this the replica thread paid it when a checkpoint trimmed the log (measured: 4–28 ms steps
-//! at every checkpoint on the primary, the one slow request in 64).
+//! Mappings are unmapped on a thread of their own (`vsr-unmap`, at idle priority:
+//! `crate::reclaim`): the last mapping of a WAL file the collector has deleted holds the
+//! file's pages, and unmapping it frees them — 10–25 ms for 64 MiB on tmpfs, the cost
+//! `vsr-journal-gc` was created to keep off the hot threads. Without this the replica thread
+//! paid it when a checkpoint trimmed the log (measured: 4–28 ms steps at every checkpoint on
+//! the primary, the one slow request in 64).
 
+use crate::reclaim::Reclaimer;
 use bytes::Bytes;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::mpsc::Sender;
 use std::sync::OnceLock;
 
 /// Bodies smaller than this stay in the heap: a mapping costs two system calls and a kernel
@@ -62,12 +63,7 @@ impl AsRef<[u8]> for Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         let region = (self.base as usize, self.mapped_len);
-        if let Some(unmapper) = unmapper() {
-            if unmapper.send(region).is_ok() {
-                return;
-            }
-        }
-        unmap(region);
+        unmapper().submit(move || unmap(region));
     }
 }
 
@@ -82,20 +78,12 @@ fn unmap((base, len): Region) {
     }
 }
 
-/// The unmapping thread, started on first use; `None` if it could not be started (then the
-/// dropping thread unmaps).
-fn unmapper() -> Option<&'static Sender<Region>> {
-    static UNMAPPER: OnceLock<Option<Sender<Region>>> = OnceLock::new();
-    UNMAPPER
-        .get_or_init(|| {
-            let (sender, regions) = std::sync::mpsc::channel::<Region>();
-            std::thread::Builder::new()
-                .name("vsr-unmap".into())
-                .spawn(move || regions.into_iter().for_each(unmap))
-                .ok()
-                .map(|_| sender)
-        })
-        .as_ref()
+/// The unmapping thread, started on first use, at idle priority (`crate::reclaim`). Up to
+/// four checkpoint intervals' worth of bodies wait for it; past that, the dropping thread
+/// unmaps.
+fn unmapper() -> &'static Reclaimer {
+    static UNMAPPER: OnceLock<Reclaimer> = OnceLock::new();
+    UNMAPPER.get_or_init(|| Reclaimer::start("vsr-unmap", 256))
 }
 
 fn page_size() -> usize {

@@ -23,6 +23,7 @@ pub mod written;
 
 use crate::broker::{BootReport, Broker};
 use crate::config::{Config, FsyncPolicy, RouteSetting};
+use crate::reclaim::Reclaimer;
 use crate::storage::StorageError;
 use crate::submit::Submitter;
 use driver::{Driver, DriverInput};
@@ -360,10 +361,8 @@ pub async fn boot(
     let written = Arc::new(written::WrittenPartitions::default());
     let journal_written = written.clone();
     let done = inputs.clone();
-    let (garbage, garbage_rx) = mpsc::channel::<journal::Garbage>();
-    std::thread::Builder::new()
-        .name("vsr-journal-gc".into())
-        .spawn(move || garbage_rx.into_iter().for_each(journal::Garbage::remove))?;
+    // Each durable superblock makes at most a few WAL files obsolete; four such lots may wait.
+    let garbage = Reclaimer::start("vsr-journal-gc", 4);
     std::thread::Builder::new()
         .name("vsr-journal".into())
         .spawn(move || journal_loop(journal, journal_rx, done, journal_written, garbage))?;
@@ -496,13 +495,13 @@ fn checkpoint_metadata(image: &DiskImage) -> Option<crate::storage::metadata::Sn
 /// fsync for a burst of prepares), and reports them done. A checkpoint first syncs the
 /// partitions, so the segment data its manifest names is on disk before any superblock
 /// names it. What a durable superblock made obsolete goes to `garbage`, deleted on a thread
-/// of its own (see `Journal::take_garbage`).
+/// of its own at idle priority (see `Journal::take_garbage` and `crate::reclaim`).
 fn journal_loop(
     mut journal: Journal,
     writes: mpsc::Receiver<(u64, Write)>,
     done: mpsc::Sender<DriverInput>,
     written: Arc<written::WrittenPartitions>,
-    garbage: mpsc::Sender<journal::Garbage>,
+    garbage: Reclaimer,
 ) {
     while let Ok(first) = writes.recv() {
         let mut batch = vec![first];
@@ -528,9 +527,7 @@ fn journal_loop(
             return;
         }
         if let Some(obsolete) = journal.take_garbage() {
-            if let Err(unsent) = garbage.send(obsolete) {
-                unsent.0.remove();
-            }
+            garbage.submit(move || obsolete.remove());
         }
         // After reporting the writes done, not before: start writing back what the applies
         // wrote meanwhile, so the next checkpoint's fsync has little left to wait for (see

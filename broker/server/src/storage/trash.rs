@@ -8,9 +8,9 @@
 //! reads them, since only `*.log` names are segments.
 
 use super::{fsutil, IoContext, StorageError};
+use crate::reclaim::Reclaimer;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// What a renamed file's name ends with.
 pub const SUFFIX: &str = ".deleted";
@@ -63,32 +63,12 @@ fn trashed_name(file: &Path) -> PathBuf {
 }
 
 fn unlink_later(files: Vec<PathBuf>) {
-    static UNLINKER: OnceLock<Option<Mutex<Sender<Vec<PathBuf>>>>> = OnceLock::new();
-    let unlinker = UNLINKER.get_or_init(|| {
-        let (sender, receiver) = channel::<Vec<PathBuf>>();
-        std::thread::Builder::new()
-            .name("segment-unlink".into())
-            .spawn(move || {
-                for batch in receiver {
-                    batch.iter().for_each(|file| unlink(file));
-                }
-            })
-            .ok()
-            .map(|_| Mutex::new(sender))
-    });
-    let refused = match unlinker {
-        Some(sender) => sender
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send(files)
-            .err()
-            .map(|e| e.0),
-        None => Some(files),
-    };
-    // No background thread: unlink here rather than leave the files until the next boot.
-    for file in refused.unwrap_or_default() {
-        unlink(&file);
-    }
+    // At idle priority (`crate::reclaim`): unlinking frees the files' pages or extents, work
+    // that need not compete with serving. Past 64 waiting lots the caller unlinks.
+    static UNLINKER: OnceLock<Reclaimer> = OnceLock::new();
+    UNLINKER
+        .get_or_init(|| Reclaimer::start("segment-unlink", 64))
+        .submit(move || files.iter().for_each(|file| unlink(file)));
 }
 
 fn unlink(file: &Path) {
