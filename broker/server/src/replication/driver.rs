@@ -24,10 +24,11 @@ use crate::replication::mapped;
 use crate::replication::status::ClusterStatus;
 use crate::replication::sync;
 use crate::replication::transport::{self, Peers};
+use crate::replication::writer::JournalWriter;
 use crate::replication::ClientIds;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -73,7 +74,8 @@ pub struct Driver {
     pub me: ReplicaId,
     pub cluster: u128,
     pub peers: Peers,
-    pub journal: Sender<(u64, Write)>,
+    /// Writes to the journal: to its thread, or inline (`writer.rs`).
+    pub journal: JournalWriter,
     pub status: Arc<ClusterStatus>,
     pub broker: Arc<Broker>,
     pub clients: ClientIds,
@@ -227,12 +229,8 @@ impl Driver {
                 Node::Client(_) => self.for_local_client(envelope, waiting, unapplied, queue),
             },
             DriverInput::WriteDone(ios, bodies) => {
-                queue.extend(ios.into_iter().map(|io| Input::WriteDone { io }));
-                for written in bodies {
-                    // A later write of the same op (a view change's log) replaces an earlier.
-                    self.mapped
-                        .insert(written.op, (written.checksum, written.body));
-                }
+                self.journal.finished(ios.len());
+                self.writes_done(ios, bodies, queue);
             }
             DriverInput::Request {
                 client,
@@ -397,6 +395,11 @@ impl Driver {
                 Output::Event(event) => self.observe(event),
             }
         }
+        // Appends made here wait until the batch's sends are out (`writer.rs`).
+        self.journal.flush();
+        if let Some((ios, bodies)) = self.journal.take_done() {
+            self.writes_done(ios, bodies, queue);
+        }
     }
 
     /// Stops this replica if a prepare it is about to send or write again was read back from
@@ -454,9 +457,24 @@ impl Driver {
         }
     }
 
-    fn write(&self, io: u64, write: Write) {
-        // The journal thread outlives the driver; a send fails only while stopping.
-        let _ = self.journal.send((io, write));
+    fn write(&mut self, io: u64, write: Write) {
+        self.journal.write(io, write);
+    }
+
+    /// Writes the journal carried out, for the core; the large bodies among them come back
+    /// mapped from the WAL, held until their ops are applied (`adopt_written`).
+    fn writes_done(
+        &mut self,
+        ios: Vec<u64>,
+        bodies: Vec<WrittenBody>,
+        queue: &mut VecDeque<Input>,
+    ) {
+        queue.extend(ios.into_iter().map(|io| Input::WriteDone { io }));
+        for written in bodies {
+            // A later write of the same op (a view change's log) replaces an earlier.
+            self.mapped
+                .insert(written.op, (written.checksum, written.body));
+        }
     }
 
     /// A reply (or eviction notice) for a client of this replica.

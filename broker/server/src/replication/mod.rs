@@ -19,6 +19,7 @@ pub mod status;
 pub mod submitter;
 pub mod sync;
 pub mod transport;
+pub mod writer;
 pub mod written;
 
 use crate::broker::{BootReport, Broker};
@@ -32,9 +33,11 @@ use journal::{Journal, JournalError, Write};
 use machine::BrokerMachine;
 use status::ClusterStatus;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use submitter::ReplicatedSubmitter;
+use writer::{JournalJob, JournalWriter};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vsr::{ClientId, DiskImage, Replica, ReplicaId, Route, Superblock};
@@ -357,15 +360,27 @@ pub async fn boot(
         stop_rx,
     ));
 
-    let (writes, journal_rx) = mpsc::channel();
+    let (jobs, journal_rx) = mpsc::channel();
     let written = Arc::new(written::WrittenPartitions::default());
     let journal_written = written.clone();
     let done = inputs.clone();
     // Each durable superblock makes at most a few WAL files obsolete; four such lots may wait.
     let garbage = Reclaimer::start("vsr-journal-gc", 4);
+    let journal = Arc::new(Mutex::new(journal));
+    let writeback_queued = Arc::new(AtomicBool::new(false));
+    // Appends are made on the replica thread when no fsync follows them (`writer.rs`).
+    let inline = (!fsync).then(|| journal.clone());
+    let writer = JournalWriter::new(jobs, inline, writeback_queued.clone());
+    let thread = JournalThread {
+        journal,
+        done,
+        written: journal_written,
+        garbage,
+        writeback_queued,
+    };
     std::thread::Builder::new()
         .name("vsr-journal".into())
-        .spawn(move || journal_loop(journal, journal_rx, done, journal_written, garbage))?;
+        .spawn(move || thread.run(journal_rx))?;
 
     let machine = BrokerMachine::new(broker.clone(), written);
     let replica = Replica::open(setup.vsr.clone(), image, machine);
@@ -394,7 +409,7 @@ pub async fn boot(
         me: position,
         cluster: setup.vsr.cluster,
         peers,
-        journal: writes,
+        journal: writer,
         status,
         broker: broker.clone(),
         clients,
@@ -495,46 +510,70 @@ fn checkpoint_metadata(image: &DiskImage) -> Option<crate::storage::metadata::Sn
 /// fsync for a burst of prepares), and reports them done. A checkpoint first syncs the
 /// partitions, so the segment data its manifest names is on disk before any superblock
 /// names it. What a durable superblock made obsolete goes to `garbage`, deleted on a thread
-/// of its own at idle priority (see `Journal::take_garbage` and `crate::reclaim`).
-fn journal_loop(
-    mut journal: Journal,
-    writes: mpsc::Receiver<(u64, Write)>,
+/// of its own at idle priority (see `Journal::take_garbage` and `crate::reclaim`). With
+/// `fsync = never` the replica thread makes most appends itself (`writer.rs`) and asks this
+/// thread only for the writeback hints that follow them.
+struct JournalThread {
+    journal: Arc<Mutex<Journal>>,
     done: mpsc::Sender<DriverInput>,
     written: Arc<written::WrittenPartitions>,
     garbage: Reclaimer,
-) {
-    while let Ok(first) = writes.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 1024 {
-            match writes.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
+    writeback_queued: Arc<AtomicBool>,
+}
+
+impl JournalThread {
+    fn run(self, jobs: mpsc::Receiver<JournalJob>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    JournalJob::Write(io, write) => batch.push((io, write)),
+                    JournalJob::Writeback => {
+                        self.writeback_queued.store(false, Ordering::Release)
+                    }
+                }
+                if batch.len() < 1024 {
+                    next = jobs.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() && !self.write(batch) {
+                return;
+            }
+            // After reporting the writes done, not before: start writing back what the applies
+            // wrote meanwhile, so the next checkpoint's fsync has little left to wait for (see
+            // `Partition::start_writeback`).
+            for partition in self.written.take_for_writeback() {
+                partition.start_writeback();
             }
         }
+    }
+
+    /// Carries out `batch` and reports it done; false once the driver is gone.
+    fn write(&self, batch: Vec<(u64, Write)>) -> bool {
         if batch.iter().any(|(_, w)| matches!(w, Write::Checkpoint(_))) {
-            for partition in written.take_for_checkpoint() {
+            for partition in self.written.take_for_checkpoint() {
                 if let Err(e) = partition.sync_written() {
                     fail_stop(&format!("cannot sync a partition for a checkpoint: {e}"));
                 }
             }
         }
         let (ios, batch): (Vec<u64>, Vec<Write>) = batch.into_iter().unzip();
-        let mapped = match journal.write_all(&batch) {
-            Ok(mapped) => mapped,
-            Err(e) => fail_stop(&format!("cannot write the replication journal: {e}")),
+        let (mapped, garbage) = {
+            let mut journal = writer::lock(&self.journal);
+            let mapped = match journal.write_all(&batch) {
+                Ok(mapped) => mapped,
+                Err(e) => fail_stop(&format!("cannot write the replication journal: {e}")),
+            };
+            (mapped, journal.take_garbage())
         };
-        if done.send(DriverInput::WriteDone(ios, mapped)).is_err() {
-            return;
+        if self.done.send(DriverInput::WriteDone(ios, mapped)).is_err() {
+            return false;
         }
-        if let Some(obsolete) = journal.take_garbage() {
-            garbage.submit(move || obsolete.remove());
+        if let Some(obsolete) = garbage {
+            self.garbage.submit(move || obsolete.remove());
         }
-        // After reporting the writes done, not before: start writing back what the applies
-        // wrote meanwhile, so the next checkpoint's fsync has little left to wait for (see
-        // `Partition::start_writeback`).
-        for partition in written.take_for_writeback() {
-            partition.start_writeback();
-        }
+        true
     }
 }
 
