@@ -37,10 +37,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use submitter::ReplicatedSubmitter;
-use writer::{JournalJob, JournalWriter};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use vsr::{ClientId, DiskImage, Replica, ReplicaId, Route, Superblock};
+use writer::{JournalJob, JournalWriter};
 
 /// Ops between checkpoints in cluster mode; see [`Setup::load`].
 const CHECKPOINT_INTERVAL: u64 = 64;
@@ -529,9 +529,7 @@ impl JournalThread {
             while let Some(job) = next.take() {
                 match job {
                     JournalJob::Write(io, write) => batch.push((io, write)),
-                    JournalJob::Writeback => {
-                        self.writeback_queued.store(false, Ordering::Release)
-                    }
+                    JournalJob::Writeback => self.writeback_queued.store(false, Ordering::Release),
                 }
                 if batch.len() < 1024 {
                     next = jobs.try_recv().ok();

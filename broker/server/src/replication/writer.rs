@@ -67,9 +67,8 @@ impl JournalWriter {
     /// Issues `write`: deferred to [`Self::flush`] if it is an append that may be made inline,
     /// else handed to the journal thread after any deferred ones are made.
     pub fn write(&mut self, io: u64, write: Write) {
-        let inline = self.inline.is_some()
-            && self.unfinished == 0
-            && matches!(write, Write::Wal { .. });
+        let inline =
+            self.inline.is_some() && self.unfinished == 0 && matches!(write, Write::Wal { .. });
         if inline {
             self.deferred.push((io, write));
             return;
@@ -88,9 +87,8 @@ impl JournalWriter {
         let Some(journal) = &self.inline else {
             return;
         };
-        let (ios, writes): (Vec<u64>, Vec<Write>) = std::mem::take(&mut self.deferred)
-            .into_iter()
-            .unzip();
+        let (ios, writes): (Vec<u64>, Vec<Write>) =
+            std::mem::take(&mut self.deferred).into_iter().unzip();
         match lock(journal).write_all(&writes) {
             Ok(bodies) => {
                 self.done.extend(ios);
@@ -123,4 +121,102 @@ impl JournalWriter {
 /// The journal, whoever panicked holding it last (a panic stops the process anyway).
 pub fn lock(journal: &Mutex<Journal>) -> MutexGuard<'_, Journal> {
     journal.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{channel, Receiver};
+    use vsr::{Op, Prepare, Superblock};
+
+    fn append(op: Op) -> Write {
+        let mut header = Prepare::root(1, 1, 0).header;
+        header.op = op;
+        Write::Wal {
+            slot: op,
+            prepare: Prepare::new(header, vec![op as u8; 100]),
+        }
+    }
+
+    fn superblock() -> Write {
+        Write::Superblock(
+            Superblock {
+                sequence: 2,
+                view: 1,
+                log_view: 1,
+                commit: 1,
+                checkpoint: 0,
+                membership: vsr::Membership::UNSET,
+                checksum: 0,
+            }
+            .sealed(),
+        )
+    }
+
+    fn writer(dir: &std::path::Path, inline: bool) -> (JournalWriter, Receiver<JournalJob>) {
+        let journal = Arc::new(Mutex::new(Journal::open(dir, false).unwrap().0));
+        let (jobs, received) = channel();
+        let inline = inline.then_some(journal);
+        let writer = JournalWriter::new(jobs, inline, Arc::new(AtomicBool::new(false)));
+        (writer, received)
+    }
+
+    /// The ios handed to the journal thread, in order (writeback requests left out).
+    fn handed_over(jobs: &Receiver<JournalJob>) -> Vec<u64> {
+        jobs.try_iter()
+            .filter_map(|job| match job {
+                JournalJob::Write(io, _) => Some(io),
+                JournalJob::Writeback => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn appends_wait_for_the_flush_then_are_written_here_and_reported_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, jobs) = writer(dir.path(), true);
+        writer.write(1, append(1));
+        writer.write(2, append(2));
+        assert!(
+            writer.take_done().is_none(),
+            "nothing written before the flush"
+        );
+        writer.flush();
+        let (ios, _) = writer.take_done().unwrap();
+        assert_eq!(ios, vec![1, 2]);
+        assert!(handed_over(&jobs).is_empty());
+        let image = Journal::open(dir.path(), false).unwrap().1;
+        assert_eq!(image.wal.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_write_for_the_journal_thread_comes_after_the_appends_before_it_and_holds_back_later_ones()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, jobs) = writer(dir.path(), true);
+        writer.write(1, append(1));
+        // The superblock goes to the thread: the append issued before it is made first.
+        writer.write(2, superblock());
+        assert_eq!(writer.take_done().map(|(ios, _)| ios), Some(vec![1]));
+        assert_eq!(handed_over(&jobs), vec![2]);
+        // While the thread has the superblock unfinished, appends queue behind it there.
+        writer.write(3, append(3));
+        writer.flush();
+        assert!(writer.take_done().is_none());
+        assert_eq!(handed_over(&jobs), vec![3]);
+        writer.finished(2);
+        writer.write(4, append(4));
+        writer.flush();
+        assert_eq!(writer.take_done().map(|(ios, _)| ios), Some(vec![4]));
+    }
+
+    #[test]
+    fn without_inline_appends_everything_goes_to_the_journal_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, jobs) = writer(dir.path(), false);
+        writer.write(1, append(1));
+        writer.flush();
+        assert!(writer.take_done().is_none());
+        assert_eq!(handed_over(&jobs), vec![1]);
+    }
 }
