@@ -2,7 +2,8 @@
 # Benchmark a three-replica cluster on loopback against one broker, side by side: produce then
 # consume 1000-byte messages in batches of 1000 (one producer, one partition), for each route
 # (star, ring) and fsync mode (never, always), with the CPU each broker used; then idle RSS per
-# replica (after a load and fresh) and failover time (primary killed → first acknowledged send through the new primary).
+# replica (after a load and fresh) and failover time (primary killed → first acknowledged send through the new primary),
+# idle and under load.
 # All brokers and the load generator share this machine's cores.
 # Usage: broker/bench/cluster.sh [--quick]   (--quick: 100 batches per scenario, else 600)
 # REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs.
@@ -90,12 +91,28 @@ start_cluster star never
 sleep 2
 echo "idle RSS per replica: $(for pid in "${PIDS[@]}"; do printf '%s MiB ' "$(rss_mib "$pid")"; done)"
 # Failover: a topic to send to, then kill -9 the primary (member 0) and time the first send
-# through member 1 that the new primary acknowledges.
-"$LOAD" --address 127.0.0.1:28190 --producers 1 --partitions 1 --batches 10 --no-consume --keep \
-  --label "failover setup" >/dev/null
-kill -9 "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
-t0=$(date +%s%N)
-until "$LOAD" --address 127.0.0.1:28190 --producers 1 --partitions 1 --batches 1 --no-consume --keep \
-  --label failover >/dev/null 2>&1; do sleep 0.01; done
-echo "failover (primary killed -> first acknowledged send through the new primary): $(( ($(date +%s%N) - t0) / 1000000 )) ms"
-PIDS=("${PIDS[@]:1}")
+# through member 1 that the new primary acknowledges — on an idle cluster, then on one taking
+# megabyte batches through member 1 when the primary dies (its view change then carries the
+# prepares since the last checkpoint, up to 64 of them).
+failover() { # label [load]
+  "$LOAD" --address 127.0.0.1:28190 --producers 1 --partitions 1 --batches 10 --no-consume --keep \
+    --label "failover setup" >/dev/null
+  local load=""
+  if [ -n "${2:-}" ]; then
+    "$LOAD" --address 127.0.0.1:28190 --producers 1 --partitions 1 --batches 100000 --no-consume \
+      --keep --label "failover load" >/dev/null 2>&1 &
+    load=$!
+    sleep 1.5
+  fi
+  kill -9 "${PIDS[0]}"; wait "${PIDS[0]}" 2>/dev/null || true
+  local t0; t0=$(date +%s%N)
+  until "$LOAD" --address 127.0.0.1:28190 --producers 1 --partitions 1 --batches 1 --no-consume --keep \
+    --label failover >/dev/null 2>&1; do sleep 0.01; done
+  echo "failover $1 (primary killed -> first acknowledged send through the new primary): $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+  if [ -n "$load" ]; then kill "$load" 2>/dev/null || true; wait "$load" 2>/dev/null || true; fi
+  PIDS=("${PIDS[@]:1}")
+}
+failover "idle"
+stop_all
+start_cluster star never
+failover "under load" load
