@@ -559,10 +559,7 @@ impl JournalThread {
         let (ios, batch): (Vec<u64>, Vec<Write>) = batch.into_iter().unzip();
         let (mapped, garbage) = {
             let mut journal = writer::lock(&self.journal);
-            let mapped = match journal.write_all(&batch) {
-                Ok(mapped) => mapped,
-                Err(e) => fail_stop(&format!("cannot write the replication journal: {e}")),
-            };
+            let mapped = writer::write_or_stop(&mut journal, &batch);
             (mapped, journal.take_garbage())
         };
         if self.done.send(DriverInput::WriteDone(ios, mapped)).is_err() {

@@ -89,13 +89,9 @@ impl JournalWriter {
         };
         let (ios, writes): (Vec<u64>, Vec<Write>) =
             std::mem::take(&mut self.deferred).into_iter().unzip();
-        match lock(journal).write_all(&writes) {
-            Ok(bodies) => {
-                self.done.extend(ios);
-                self.bodies.extend(bodies);
-            }
-            Err(e) => super::fail_stop(&format!("cannot write the replication journal: {e}")),
-        }
+        let bodies = write_or_stop(&mut lock(journal), &writes);
+        self.done.extend(ios);
+        self.bodies.extend(bodies);
         if !self.writeback_queued.swap(true, Ordering::AcqRel) {
             let _ = self.jobs.send(JournalJob::Writeback);
         }
@@ -116,6 +112,14 @@ impl JournalWriter {
     pub fn finished(&mut self, count: usize) {
         self.unfinished = self.unfinished.saturating_sub(count);
     }
+}
+
+/// Carries out `writes` on `journal`, from whichever thread, or stops the replica: it cannot
+/// promise what its storage did not take.
+pub fn write_or_stop(journal: &mut Journal, writes: &[Write]) -> Vec<WrittenBody> {
+    journal
+        .write_all(writes)
+        .unwrap_or_else(|e| super::fail_stop(&format!("cannot write the replication journal: {e}")))
 }
 
 /// The journal, whoever panicked holding it last (a panic stops the process anyway).
