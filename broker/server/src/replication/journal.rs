@@ -4,30 +4,42 @@
 //! Layout under `<system.path>/vsr/`:
 //! * `superblock`: [`SUPERBLOCK_COPIES`] fixed-size copies, each rewritten in full (in place)
 //!   by every superblock write; recovery takes the newest copy that verifies.
-//! * `wal-<seq>.log`: append-only record files. A WAL write appends the prepare's record and
+//! * `wal-<seq>.log`: record files, written front to back. A WAL write appends the prepare's record and
 //!   then its header record (slot, op, checksum): the header is the header ring's entry, and
 //!   because it lands after the prepare it proves the prepare was written completely, which is
 //!   how recovery tells a torn tail (no header, discard) from a prepare that rotted after it
 //!   was acknowledged (header without a valid prepare: repair it from a peer). A log installed
 //!   by a view change appends a truncate record and then its entries. Replaying the records in
-//!   order rebuilds the slot map the core's disk model describes. A file is deleted once every
+//!   order rebuilds the slot map the core's disk model describes. A file is obsolete once every
 //!   op it holds is at or below the durable checkpoint.
+//! * `spare-<seq>.wal`: obsolete WAL files kept (up to [`SPARE_WAL_FILES`]) to be written over
+//!   as later WAL files, instead of deleted. Writing a megabyte into pages the file already has
+//!   costs about half of writing it into new ones (the kernel allocates, zeroes and charges
+//!   every new page: docs/benchmarks.md, 2026-12-05), and every replica writes each batch into
+//!   its WAL. A spare is taken only once no body mapped from it is left ([`FileHold`]); replay
+//!   never reads spares.
 //! * `checkpoint-<op>`: a checkpoint (its own checksum inside), written before any superblock
 //!   names it; older ones are deleted once a newer one is named.
 //!
 //! Once written, a large prepare body is handed back mapped from its file
 //! ([`Journal::write_all`], `mapped.rs`) for the core's log to hold instead of the heap copy.
 //!
-//! Every record is `magic u32, kind u8, len u32, payload, xxh3-64 u64` over kind, len and
-//! payload — except a prepare record (kind 4), whose checksum covers kind, len and the payload
-//! up to the end of the prepare's header: the body is covered by the header's own
-//! `body_checksum`, which the primary computed once and replay verifies, so the body is not
-//! hashed a second time on every write (kind 1, checksummed whole, is still read). A record that
-//! fails its checksum is skipped by searching for the next record that verifies, so one damaged
-//! prepare costs that prepare (which the header ring then reports as faulty), not everything
-//! written after it.
+//! Every record is `magic u32, kind u8, len u32, payload, xxh3-64 u64`; the checksum covers
+//! kind, len and payload — except in a prepare record (kind 4), where it stops at the end of
+//! the prepare's header: the body is covered by the header's own `body_checksum`, which the
+//! primary computed once and replay verifies, so the body is not hashed a second time on every
+//! write (kind 1, checksummed whole, is still read). A record that fails its checksum is
+//! skipped by searching for the next record that verifies, so one damaged prepare costs that
+//! prepare (which the header ring then reports as faulty), not everything written after it.
+//!
+//! The checksum is seeded with the sequence number of the file the record is written to, so
+//! what a recycled file still holds past its new end — records written under an older number —
+//! does not verify, and reads like a torn tail. Records of builds from before recycling are
+//! unseeded (seed 0) and still verify; a file holding any is deleted, never recycled. Sequence
+//! numbers only grow (a journal opens its next file above every WAL and spare file present),
+//! so no leftover record can verify under the number of the file it sits in.
 
-use super::mapped;
+use super::mapped::{self, FileHold};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
@@ -40,6 +52,9 @@ const MAGIC: u32 = 0x5653_524A; // "JRSV"
 const RECORD_OVERHEAD: usize = 4 + 1 + 4 + 8;
 /// A WAL file is closed and a new one started once it passes this size.
 const WAL_FILE_BYTES: u64 = 64 << 20;
+/// Obsolete WAL files kept to be written over (see the module notes); more are deleted. Two
+/// cover the files a checkpoint interval of megabyte batches makes obsolete at once.
+pub const SPARE_WAL_FILES: usize = 2;
 /// No record is larger: a length beyond it is damage, not a record.
 const RECORD_MAX: usize = 2 << 30;
 
@@ -102,8 +117,12 @@ pub struct Journal {
     wal_path: PathBuf,
     wal_seq: u64,
     wal_len: u64,
-    /// Closed WAL files: sequence → highest op written in it.
-    closed: BTreeMap<u64, Op>,
+    /// Held by every body mapped from the open file.
+    wal_hold: FileHold,
+    /// Closed WAL files, by sequence.
+    closed: BTreeMap<u64, Closed>,
+    /// Obsolete WAL files waiting to be written over, oldest first.
+    spares: Vec<Spare>,
     /// Highest op written in the open file.
     open_max_op: Op,
     /// Data written to the open WAL file since its last fsync.
@@ -113,6 +132,25 @@ pub struct Journal {
     garbage_below: Op,
     /// Bodies written since the last [`Journal::write_all`] returned, mapped from their files.
     mapped: Vec<WrittenBody>,
+}
+
+/// A closed WAL file.
+#[derive(Debug)]
+struct Closed {
+    /// The highest op written in it.
+    max_op: Op,
+    /// Whether every record in it is of this build's kind (seeded), so it may be recycled.
+    recyclable: bool,
+    hold: FileHold,
+}
+
+/// An obsolete WAL file kept to be written over.
+#[derive(Debug)]
+struct Spare {
+    /// The sequence it had as a WAL file: the newest seed of any record in it.
+    seq: u64,
+    path: PathBuf,
+    hold: FileHold,
 }
 
 impl Journal {
@@ -136,28 +174,50 @@ impl Journal {
             superblocks: read_superblocks(&mut superblock, &superblock_path)?,
             ..DiskImage::default()
         };
-        let mut files = wal_files(dir)?;
+        let files = wal_files(dir)?;
         let mut closed = BTreeMap::new();
         for (seq, path) in &files {
-            let max_op = replay_wal(path, &mut image)?;
-            closed.insert(*seq, max_op);
+            let hold = FileHold::default();
+            let replayed = replay_wal(path, *seq, &mut image, &hold)?;
+            closed.insert(
+                *seq,
+                Closed {
+                    max_op: replayed.max_op,
+                    recyclable: replayed.recyclable,
+                    hold,
+                },
+            );
         }
+        let mut spares: Vec<Spare> = spare_files(dir)?
+            .into_iter()
+            .map(|(seq, path)| Spare {
+                seq,
+                path,
+                hold: FileHold::default(),
+            })
+            .collect();
         if let Some(newest) = Superblock::newest(&image.superblocks) {
             if newest.checkpoint > 0 {
                 image.checkpoint = read_checkpoint(&checkpoint_path(dir, newest.checkpoint));
             }
         }
-        let wal_seq = files.pop().map_or(1, |(seq, _)| seq + 1);
-        let wal_path = dir.join(format!("wal-{wal_seq:010}.log"));
-        let wal = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&wal_path)
-            .map_err(io(&wal_path))?;
-        // A new file, so 0; read rather than assumed, because appends land at the end and the
-        // offsets of mapped bodies must be exact.
+        // Above every number a record present may be seeded with (see the module notes).
+        let newest = files
+            .last()
+            .map(|(seq, _)| *seq)
+            .into_iter()
+            .chain(spares.iter().map(|spare| spare.seq))
+            .max();
+        let wal_seq = newest.map_or(1, |seq| seq + 1);
+        while spares.len() > SPARE_WAL_FILES {
+            let _ = std::fs::remove_file(spares.remove(0).path);
+        }
+        let wal_path = wal_path(dir, wal_seq);
+        let mut wal = open_wal_file(&wal_path)?;
+        // A new file, so 0; read rather than assumed, because writes land at this position and
+        // the offsets of mapped bodies must be exact.
         let wal_len = wal.metadata().map_err(io(&wal_path))?.len();
+        wal.seek(SeekFrom::Start(wal_len)).map_err(io(&wal_path))?;
         sync_dir(dir)?;
         let journal = Journal {
             dir: dir.to_owned(),
@@ -167,7 +227,9 @@ impl Journal {
             wal_path,
             wal_seq,
             wal_len,
+            wal_hold: FileHold::default(),
             closed,
+            spares,
             open_max_op: 0,
             wal_dirty: false,
             garbage_below: 0,
@@ -216,7 +278,8 @@ impl Journal {
         let covered = head.len();
         let payload = self.append_parts(KIND_PREPARE_SEALED, &[&head, &prepare.body], covered)?;
         let offset = payload + head.len() as u64;
-        if let Some(body) = mapped::map_large(&self.wal, offset, prepare.body.len()) {
+        if let Some(body) = mapped::map_large(&self.wal, &self.wal_hold, offset, prepare.body.len())
+        {
             self.mapped.push(WrittenBody {
                 op: prepare.op(),
                 checksum: prepare.checksum(),
@@ -254,7 +317,7 @@ impl Journal {
         head.extend_from_slice(&MAGIC.to_le_bytes());
         head.push(kind);
         head.extend_from_slice(&(len as u32).to_le_bytes());
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(self.wal_seq);
         hasher.update(&head[4..]);
         let mut left = covered;
         for part in parts {
@@ -277,15 +340,26 @@ impl Journal {
 
     fn rotate(&mut self) -> Result<(), JournalError> {
         self.sync_wal()?;
-        self.closed.insert(self.wal_seq, self.open_max_op);
+        self.closed.insert(
+            self.wal_seq,
+            Closed {
+                max_op: self.open_max_op,
+                recyclable: true,
+                hold: std::mem::take(&mut self.wal_hold),
+            },
+        );
         self.wal_seq += 1;
-        self.wal_path = self.dir.join(format!("wal-{:010}.log", self.wal_seq));
-        self.wal = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&self.wal_path)
-            .map_err(io(&self.wal_path))?;
+        self.wal_path = wal_path(&self.dir, self.wal_seq);
+        // A spare nothing is mapped from becomes the new file, written over from the start;
+        // if renaming it fails, a new file is created as before.
+        if let Some(i) = self.spares.iter().position(|s| !s.hold.is_mapped()) {
+            let spare = self.spares.remove(i);
+            if let Err(e) = std::fs::rename(&spare.path, &self.wal_path) {
+                tracing::warn!(path = %spare.path.display(), error = %e, "cannot reuse a spare WAL file; deleting it");
+                let _ = std::fs::remove_file(&spare.path);
+            }
+        }
+        self.wal = open_wal_file(&self.wal_path)?;
         self.wal_len = 0;
         self.open_max_op = 0;
         if self.fsync {
@@ -338,6 +412,9 @@ impl Journal {
     /// the last call. The caller deletes it ([`Garbage::remove`]) off the journal's thread:
     /// unlinking a 64 MiB WAL file frees its pages in the kernel for 10–25 ms (measured on
     /// tmpfs), and every prepare queued behind it used to wait — the p99 of replicated produce.
+    /// Up to [`SPARE_WAL_FILES`] obsolete files of this build's kind are kept as spares instead
+    /// (renamed here: a rename is cheap, and until it happens the file is only garbage a replay
+    /// would read and ignore).
     pub fn take_garbage(&mut self) -> Option<Garbage> {
         let checkpoint = std::mem::take(&mut self.garbage_below);
         if checkpoint == 0 {
@@ -346,16 +423,28 @@ impl Journal {
         let obsolete: Vec<u64> = self
             .closed
             .iter()
-            .filter(|(_, max_op)| **max_op <= checkpoint)
+            .filter(|(_, closed)| closed.max_op <= checkpoint)
             .map(|(seq, _)| *seq)
             .collect();
-        let wal_files = obsolete
-            .into_iter()
-            .map(|seq| {
-                self.closed.remove(&seq);
-                self.dir.join(format!("wal-{seq:010}.log"))
-            })
-            .collect();
+        let mut wal_files = Vec::new();
+        for seq in obsolete {
+            let Some(closed) = self.closed.remove(&seq) else {
+                continue;
+            };
+            let path = wal_path(&self.dir, seq);
+            if closed.recyclable && self.spares.len() < SPARE_WAL_FILES {
+                let spare = spare_path(&self.dir, seq);
+                if std::fs::rename(&path, &spare).is_ok() {
+                    self.spares.push(Spare {
+                        seq,
+                        path: spare,
+                        hold: closed.hold,
+                    });
+                    continue;
+                }
+            }
+            wal_files.push(path);
+        }
         Some(Garbage {
             dir: self.dir.clone(),
             wal_files,
@@ -439,15 +528,53 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
+/// Opens a WAL file for writing from its start (a new file, or a spare to write over).
+fn open_wal_file(path: &Path) -> Result<File, JournalError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .open(path)
+        .map_err(io(path))
+}
+
+const WAL_NAME: (&str, &str) = ("wal-", ".log");
+const SPARE_NAME: (&str, &str) = ("spare-", ".wal");
+
+fn wal_path(dir: &Path, seq: u64) -> PathBuf {
+    numbered_path(dir, WAL_NAME, seq)
+}
+
+fn spare_path(dir: &Path, seq: u64) -> PathBuf {
+    numbered_path(dir, SPARE_NAME, seq)
+}
+
+fn numbered_path(dir: &Path, (prefix, suffix): (&str, &str), seq: u64) -> PathBuf {
+    dir.join(format!("{prefix}{seq:010}{suffix}"))
+}
+
 fn wal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    numbered_files(dir, WAL_NAME)
+}
+
+fn spare_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
+    numbered_files(dir, SPARE_NAME)
+}
+
+/// The files in `dir` named `<prefix><number><suffix>`, by number.
+fn numbered_files(
+    dir: &Path,
+    (prefix, suffix): (&str, &str),
+) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;
         let name = entry.file_name();
         let seq = name
             .to_str()
-            .and_then(|n| n.strip_prefix("wal-"))
-            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(suffix))
             .and_then(|n| n.parse::<u64>().ok());
         if let Some(seq) = seq {
             files.push((seq, entry.path()));
@@ -457,8 +584,19 @@ fn wal_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     Ok(files)
 }
 
-/// The record at `at`, if one starts there and verifies: (kind, payload, its length).
-fn record_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
+/// A record found by [`record_at`].
+struct Record<'a> {
+    kind: u8,
+    payload: &'a [u8],
+    /// The whole record's length.
+    len: usize,
+    /// Checksummed without a seed: written by a build from before WAL files were recycled.
+    unseeded: bool,
+}
+
+/// The record at `at`, if one starts there and verifies under `seed` (its file's sequence) or,
+/// as older builds wrote them, without one.
+fn record_at(bytes: &[u8], at: usize, seed: u64) -> Option<Record<'_>> {
     let head = bytes.get(at..at + 9)?;
     if u32::from_le_bytes(head[..4].try_into().ok()?) != MAGIC {
         return None;
@@ -478,23 +616,57 @@ fn record_at(bytes: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     } else {
         end
     };
-    (xxhash_rust::xxh3::xxh3_64(&bytes[at + 4..covered_end]) == stored)
-        .then(|| (kind, &bytes[at + 9..end], len + RECORD_OVERHEAD))
+    let covered = &bytes[at + 4..covered_end];
+    let unseeded = if xxhash_rust::xxh3::xxh3_64_with_seed(covered, seed) == stored {
+        false
+    } else if seed != 0 && xxhash_rust::xxh3::xxh3_64(covered) == stored {
+        true
+    } else {
+        return None;
+    };
+    Some(Record {
+        kind,
+        payload: &bytes[at + 9..end],
+        len: len + RECORD_OVERHEAD,
+        unseeded,
+    })
 }
 
-/// Replays one WAL file into `image`; returns the highest op it holds.
-fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
+/// What replaying one WAL file found.
+struct Replayed {
+    max_op: Op,
+    /// No record of an older build's (unseeded) kind: the file may be recycled.
+    recyclable: bool,
+}
+
+/// Replays WAL file number `seq` into `image`, mapping its large bodies under `hold`.
+fn replay_wal(
+    path: &Path,
+    seq: u64,
+    image: &mut DiskImage,
+    hold: &FileHold,
+) -> Result<Replayed, JournalError> {
     let mut bytes = Vec::new();
     let mut file = File::open(path).map_err(io(path))?;
     file.read_to_end(&mut bytes).map_err(io(path))?;
     let mut max_op = 0;
+    let mut recyclable = true;
     let mut at = 0;
     while at < bytes.len() {
-        let Some((kind, payload, len)) = record_at(&bytes, at) else {
-            // Damage or a torn tail: look for the next record that verifies.
-            at += 1;
+        let Some(record) = record_at(&bytes, at, seq) else {
+            // Damage, a torn tail, or what a recycled file held before: look for the next
+            // record that verifies (every record starts with the magic).
+            at = memchr::memmem::find(&bytes[at + 1..], &MAGIC.to_le_bytes())
+                .map_or(bytes.len(), |next| at + 1 + next);
             continue;
         };
+        let Record {
+            kind,
+            payload,
+            len,
+            unseeded,
+        } = record;
+        recyclable &= !unseeded;
         let payload_end = (at + 9 + payload.len()) as u64;
         at += len;
         match kind {
@@ -508,7 +680,8 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
                     // Verified: the log may hold it mapped from the file rather than in the
                     // heap, as it holds bodies written since (`mapped.rs`).
                     let len = prepare.body.len();
-                    if let Some(body) = mapped::map_large(&file, payload_end - len as u64, len) {
+                    let at = payload_end - len as u64;
+                    if let Some(body) = mapped::map_large(&file, hold, at, len) {
                         prepare.body = body;
                     }
                     image.wal.insert(slot, prepare);
@@ -528,7 +701,7 @@ fn replay_wal(path: &Path, image: &mut DiskImage) -> Result<Op, JournalError> {
             _ => {}
         }
     }
-    Ok(max_op)
+    Ok(Replayed { max_op, recyclable })
 }
 
 /// A prepare record's payload: `slot u64, header_len u32, header, body`.
@@ -744,18 +917,13 @@ mod tests {
     fn prepare_records_of_the_earlier_whole_checksum_kind_still_read() {
         let dir = tempfile::tempdir().unwrap();
         let one = prepare(1, 0);
-        {
-            let (mut journal, _) = Journal::open(dir.path(), true).unwrap();
-            let header = postcard::to_stdvec(&one.header).unwrap();
-            let mut head = 1u64.to_le_bytes().to_vec();
-            head.extend_from_slice(&(header.len() as u32).to_le_bytes());
-            head.extend_from_slice(&header);
-            let whole = head.len() + one.body.len();
-            journal
-                .append_parts(KIND_PREPARE, &[&head, &one.body], whole)
-                .unwrap();
-            journal.sync_wal().unwrap();
-        }
+        let head = prepare_head(1, &one);
+        let whole = head.len() + one.body.len();
+        std::fs::write(
+            dir.path().join("wal-0000000001.log"),
+            unseeded_record(KIND_PREPARE, &[&head, &one.body], whole),
+        )
+        .unwrap();
         let (_, image) = Journal::open(dir.path(), true).unwrap();
         assert_eq!(image.wal.get(&1), Some(&one));
     }
@@ -801,20 +969,62 @@ mod tests {
         assert!(decoded.verify());
     }
 
+    fn big(op: Op) -> Prepare {
+        prepare_with(op, 0, vec![op as u8; 1 << 20])
+    }
+
+    /// Writes megabyte prepares after `op` until the open file is closed; returns the bodies
+    /// mapped from what was written.
+    fn write_until_rotation(journal: &mut Journal, op: &mut Op) -> Vec<WrittenBody> {
+        let closed = journal.closed.len();
+        let mut mapped = Vec::new();
+        while journal.closed.len() == closed {
+            *op += 1;
+            mapped.extend(journal.write_all(&[wal(*op, &big(*op))]).unwrap());
+        }
+        mapped
+    }
+
+    /// A checkpoint at `op` made durable, and the garbage it leaves collected.
+    fn checkpoint_at(journal: &mut Journal, op: Op, sequence: u64) {
+        let checkpoint = Checkpoint::new(prepare(op, 0), b"manifest".to_vec(), 9, Vec::new());
+        journal
+            .write_all(&[
+                Write::Checkpoint(Box::new(checkpoint)),
+                Write::Superblock(superblock(sequence, op)),
+            ])
+            .unwrap();
+        journal
+            .take_garbage()
+            .expect("a superblock was written")
+            .remove();
+    }
+
+    fn wait_until_unmapped(hold: &FileHold) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hold.is_mapped() {
+            assert!(std::time::Instant::now() < deadline, "bodies still mapped");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn inode(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).unwrap().ino()
+    }
+
     #[test]
-    fn a_wal_file_below_the_durable_checkpoint_is_handed_out_as_garbage() {
+    fn a_wal_file_below_the_durable_checkpoint_is_kept_as_a_spare_or_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::open(dir.path(), false).unwrap().0;
-        // Megabyte prepares until the first file is closed and a second one is open.
-        let big = |op: Op| prepare_with(op, 0, vec![op as u8; 1 << 20]);
         let mut op = 0;
-        let mut mapped = Vec::new();
-        while journal.closed.is_empty() {
-            op += 1;
-            mapped.extend(journal.write_all(&[wal(op, &big(op))]).unwrap());
+        let mut mapped = write_until_rotation(&mut journal, &mut op);
+        for _ in 0..SPARE_WAL_FILES {
+            mapped.extend(write_until_rotation(&mut journal, &mut op));
         }
-        let first = dir.path().join("wal-0000000001.log");
-        assert!(first.exists());
+        let files: Vec<PathBuf> = (1..=SPARE_WAL_FILES as u64 + 1)
+            .map(|seq| wal_path(dir.path(), seq))
+            .collect();
         let checkpoint = Checkpoint::new(prepare(op, 0), b"manifest".to_vec(), 9, Vec::new());
         journal
             .write_all(&[
@@ -822,16 +1032,131 @@ mod tests {
                 Write::Superblock(superblock(1, op)),
             ])
             .unwrap();
-        assert!(first.exists(), "nothing is deleted while writes wait");
-        journal
-            .take_garbage()
-            .expect("a superblock was written")
-            .remove();
-        assert!(!first.exists());
+        assert!(
+            files.iter().all(|f| f.exists()),
+            "nothing goes while writes wait"
+        );
+        let garbage = journal.take_garbage().expect("a superblock was written");
         assert!(journal.closed.is_empty());
-        // Bodies mapped from the deleted file still read (the mapping holds its pages).
+        // The first ones became spares, the one past the limit is garbage.
+        for (seq, file) in files.iter().enumerate().take(SPARE_WAL_FILES) {
+            assert!(!file.exists());
+            let spare = spare_path(dir.path(), seq as u64 + 1);
+            assert!(spare.exists(), "{}", spare.display());
+        }
+        assert!(files[SPARE_WAL_FILES].exists());
+        garbage.remove();
+        assert!(!files[SPARE_WAL_FILES].exists());
+        // Bodies mapped from the renamed and the deleted files still read.
         assert_eq!(mapped.len() as Op, op);
         assert!(mapped.iter().all(|m| m.body == big(m.op).body));
+    }
+
+    /// A spare is written over only once nothing is mapped from it; what it held before must
+    /// not come back at the next open, though its bytes are still in the file past the new end.
+    #[test]
+    fn a_recycled_file_replays_only_what_was_written_over_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), false).unwrap().0;
+        let mut op = 0;
+        let held = write_until_rotation(&mut journal, &mut op);
+        let first_ops = op - 1;
+        checkpoint_at(&mut journal, op, 1);
+        let spare = dir.path().join("spare-0000000001.wal");
+        let spare_inode = inode(&spare);
+
+        // Still mapped: the next file is a new one and the spare's bytes stay as they were.
+        write_until_rotation(&mut journal, &mut op);
+        assert!(spare.exists());
+        assert_ne!(inode(&dir.path().join("wal-0000000003.log")), spare_inode);
+        assert!(held.iter().all(|m| m.body == big(m.op).body));
+
+        drop(held);
+        wait_until_unmapped(&journal.spares[0].hold);
+        write_until_rotation(&mut journal, &mut op);
+        let recycled = dir.path().join("wal-0000000004.log");
+        assert!(!spare.exists());
+        assert_eq!(inode(&recycled), spare_inode);
+        // Two small prepares after the one that opened it: the rest of the file is old.
+        let last = op;
+        journal
+            .write_all(&[
+                wal(last + 1, &prepare(last + 1, 0)),
+                wal(last + 2, &prepare(last + 2, 0)),
+            ])
+            .unwrap();
+        assert!(std::fs::metadata(&recycled).unwrap().len() >= WAL_FILE_BYTES);
+        drop(journal);
+
+        let (journal, image) = Journal::open(dir.path(), false).unwrap();
+        assert!(
+            image.wal.keys().all(|slot| *slot > first_ops),
+            "ops of the file before it was recycled came back: {:?}",
+            image.wal.keys().take(3).collect::<Vec<_>>()
+        );
+        assert!(image.headers.keys().all(|slot| *slot > first_ops));
+        assert_eq!(image.wal.get(&last).map(Prepare::op), Some(last));
+        assert_eq!(image.wal.get(&(last + 2)).map(Prepare::op), Some(last + 2));
+        assert!(image.wal.values().all(Prepare::verify));
+        assert!(journal.closed.values().all(|c| c.recyclable));
+        // The next file is numbered above every file present.
+        assert_eq!(journal.wal_seq, 5);
+    }
+
+    #[test]
+    fn a_journal_opens_its_next_file_above_every_spare_and_keeps_at_most_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in [3u64, 7, 9] {
+            std::fs::write(spare_path(dir.path(), seq), b"old").unwrap();
+        }
+        let journal = Journal::open(dir.path(), false).unwrap().0;
+        assert_eq!(journal.wal_seq, 10);
+        let kept: Vec<u64> = journal.spares.iter().map(|s| s.seq).collect();
+        assert_eq!(kept, [7, 9]);
+        assert!(!dir.path().join("spare-0000000003.wal").exists());
+    }
+
+    /// A prepare record's payload up to its body: `slot, header_len, header`.
+    fn prepare_head(slot: u64, prepare: &Prepare) -> Vec<u8> {
+        let header = postcard::to_stdvec(&prepare.header).unwrap();
+        let mut head = slot.to_le_bytes().to_vec();
+        head.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        head.extend_from_slice(&header);
+        head
+    }
+
+    /// A record as builds before recycling wrote them: checksummed without a seed.
+    fn unseeded_record(kind: u8, parts: &[&[u8]], covered: usize) -> Vec<u8> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut record = MAGIC.to_le_bytes().to_vec();
+        record.push(kind);
+        record.extend_from_slice(&(len as u32).to_le_bytes());
+        for part in parts {
+            record.extend_from_slice(part);
+        }
+        let checksum = xxhash_rust::xxh3::xxh3_64(&record[4..9 + covered]);
+        record.extend_from_slice(&checksum.to_le_bytes());
+        record
+    }
+
+    #[test]
+    fn a_wal_file_of_an_older_build_is_read_and_deleted_never_recycled() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = prepare(1, 0);
+        let head = prepare_head(1, &one);
+        let old = dir.path().join("wal-0000000001.log");
+        std::fs::write(
+            &old,
+            unseeded_record(KIND_PREPARE_SEALED, &[&head, &one.body], head.len()),
+        )
+        .unwrap();
+
+        let (mut journal, image) = Journal::open(dir.path(), false).unwrap();
+        assert_eq!(image.wal.get(&1), Some(&one));
+        assert!(!journal.closed[&1].recyclable);
+        checkpoint_at(&mut journal, 1, 1);
+        assert!(!old.exists());
+        assert!(journal.spares.is_empty(), "an unseeded file became a spare");
     }
 
     #[test]

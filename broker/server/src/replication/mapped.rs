@@ -9,11 +9,13 @@
 //! change), and the kernel may drop them under memory pressure and read them back later — the
 //! WAL is the copy of record either way.
 //!
-//! Safe because WAL files are append-only and never truncated (a truncation is a record), and
-//! a mapping only covers bytes already written. Deleting a mapped file is harmless on Linux:
-//! the mapping keeps its pages until the last body referring to it is dropped. Something
-//! outside the broker shrinking a WAL file would make a read of a mapped body fault, as it
-//! would corrupt any database's files.
+//! Safe because WAL files are written front to back and never truncated (a truncation is a
+//! record), a mapping only covers bytes already written, and a file is overwritten from the
+//! start (recycled, `journal.rs`) only once no mapping of it is left: every mapping holds its
+//! file's [`FileHold`] until it is unmapped. Deleting a mapped file is harmless on Linux: the
+//! mapping keeps its pages until the last body referring to it is dropped. Something outside
+//! the broker shrinking a WAL file would make a read of a mapped body fault, as it would
+//! corrupt any database's files.
 //!
 //! A mapped body is read from the page cache, so rot on the disk under a page the kernel
 //! dropped can show up in it after it was verified; the driver verifies such bodies again
@@ -31,12 +33,25 @@ use crate::reclaim::Reclaimer;
 use bytes::Bytes;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Bodies smaller than this stay in the heap: a mapping costs two system calls and a kernel
 /// object, worth it for the large batches that made up the memory, not for a 100-byte op.
 /// With the broker's checkpoint interval the heap keeps at most ~1 MiB of such bodies.
 pub const MAP_MIN: usize = 16 << 10;
+
+/// Whether anything is still mapped from one file: every mapping made from the file holds a
+/// clone until it is unmapped, and the journal keeps one for as long as it knows the file.
+#[derive(Clone, Debug, Default)]
+pub struct FileHold(Arc<()>);
+
+impl FileHold {
+    /// True while a mapping of the file exists (mapped bodies are unmapped in the background,
+    /// so this turns false a little after the last body is dropped).
+    pub fn is_mapped(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
+    }
+}
 
 /// A read-only mapping of part of a file; unmapped when dropped.
 struct Mapping {
@@ -45,6 +60,8 @@ struct Mapping {
     /// Where the requested bytes start inside the mapping (the offset rounded down to a page).
     skip: usize,
     len: usize,
+    /// Released after the unmap, not before: until then the file must not be overwritten.
+    hold: FileHold,
 }
 
 // The mapping is read-only and owned by this value alone: sharing or moving it across threads
@@ -63,7 +80,11 @@ impl AsRef<[u8]> for Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         let region = (self.base as usize, self.mapped_len);
-        unmapper().submit(move || unmap(region));
+        let hold = self.hold.clone();
+        unmapper().submit(move || {
+            unmap(region);
+            drop(hold);
+        });
     }
 }
 
@@ -103,18 +124,19 @@ pub fn worth_mapping(len: usize) -> bool {
 
 /// A body of `len` bytes at `offset` in `file`, mapped if it is large enough to be worth it
 /// ([`MAP_MIN`]); `None` keeps the caller's heap copy (more memory, nothing wrong).
-pub fn map_large(file: &File, offset: u64, len: usize) -> Option<Bytes> {
+pub fn map_large(file: &File, hold: &FileHold, offset: u64, len: usize) -> Option<Bytes> {
     if !worth_mapping(len) {
         return None;
     }
-    map(file, offset, len)
+    map(file, hold, offset, len)
         .inspect_err(|e| tracing::debug!(offset, len, "cannot map a WAL body: {e}"))
         .ok()
 }
 
 /// `len` bytes of `file` from `offset`, which the caller has written already, as [`Bytes`]
-/// backed by a shared read-only mapping. The file must be open for reading.
-pub fn map(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
+/// backed by a shared read-only mapping, holding `hold` (the file's) until it is unmapped. The
+/// file must be open for reading.
+pub fn map(file: &File, hold: &FileHold, offset: u64, len: usize) -> std::io::Result<Bytes> {
     if len == 0 {
         return Ok(Bytes::new());
     }
@@ -142,6 +164,7 @@ pub fn map(file: &File, offset: u64, len: usize) -> std::io::Result<Bytes> {
         mapped_len,
         skip,
         len,
+        hold: hold.clone(),
     }))
 }
 
@@ -163,16 +186,19 @@ mod tests {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         file.write_all(&data).expect("write");
         // Unaligned on both ends, spanning pages.
-        let body = map(&file, 4097, 9000).expect("map");
+        let hold = FileHold::default();
+        let body = map(&file, &hold, 4097, 9000).expect("map");
         assert_eq!(&body[..], &data[4097..13097]);
         let slice = body.slice(10..20);
         drop(body);
         std::fs::remove_file(&path).expect("remove");
         drop(file);
         assert_eq!(&slice[..], &data[4107..4117]);
-        assert!(map(&std::fs::File::open(dir.path()).expect("dir"), 0, 0)
-            .expect("empty")
-            .is_empty());
+        assert!(
+            map(&std::fs::File::open(dir.path()).expect("dir"), &hold, 0, 0)
+                .expect("empty")
+                .is_empty()
+        );
     }
 
     #[test]
@@ -188,16 +214,21 @@ mod tests {
                 .filter(|line| line.ends_with("wal-unmapped"))
                 .count()
         };
+        let hold = FileHold::default();
+        assert!(!hold.is_mapped());
         let bodies: Vec<Bytes> = (0..8)
-            .map(|i| map(&file, i * 4096, 4096).expect("map"))
+            .map(|i| map(&file, &hold, i * 4096, 4096).expect("map"))
             .collect();
         assert!(bodies.iter().all(|b| b.iter().all(|&x| x == 7)));
         assert!(mapped_here() >= 1);
+        assert!(hold.is_mapped());
         drop(bodies);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while mapped_here() > 0 {
-            assert!(std::time::Instant::now() < deadline, "still mapped");
+        // The hold is let go only after the unmap.
+        while hold.is_mapped() {
+            assert!(std::time::Instant::now() < deadline, "still held");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        assert_eq!(mapped_here(), 0);
     }
 }
