@@ -5,8 +5,8 @@
 mod common;
 
 use common::cluster::TestCluster;
-use common::history::{read_of, History, Read};
-use common::{create_topic, id, message, read_all};
+use common::history::{History, Read};
+use common::{create_topic, id, message, read_each};
 use iggy::prelude::*;
 use iggy_contract::admin::Role;
 use std::sync::Arc;
@@ -18,8 +18,20 @@ fn payload(producer: usize, batch: usize, i: usize) -> String {
     format!("p{producer}-b{batch:06}-m{i:02}")
 }
 
+/// What a member returns for partition 0, payloads without their padding (`produce_padded`),
+/// polled 100 at a time: a padded log can be hundreds of megabytes.
 async fn read_replica(client: &IggyClient) -> Read {
-    read_of(&read_all(client, 0).await)
+    let mut read = Read::new();
+    read_each(client, 0, 100, |m| {
+        read.push((
+            m.header.offset,
+            m.header.id,
+            m.header.timestamp,
+            common::unpadded(&m.payload),
+        ))
+    })
+    .await;
+    read
 }
 
 /// Creates stream `name` (id 0) with one single-partition topic `log` (id 0): what every test
@@ -110,7 +122,8 @@ async fn produce(
 }
 
 /// [`produce`] with every payload padded by `pad` bytes (large batches are held differently:
-/// their prepare bodies are mapped from the WAL once applied).
+/// their prepare bodies are mapped from the WAL once applied). The history keeps payloads
+/// without the padding, as [`read_replica`] returns them.
 async fn produce_padded(
     client: &IggyClient,
     history: &History,
@@ -119,10 +132,11 @@ async fn produce_padded(
     pad: usize,
 ) {
     for batch in batches {
-        let payloads: Vec<String> = (0..BATCH)
-            .map(|i| common::padded(&payload(producer, batch, i), pad))
+        let payloads: Vec<String> = (0..BATCH).map(|i| payload(producer, batch, i)).collect();
+        let mut messages: Vec<IggyMessage> = payloads
+            .iter()
+            .map(|p| message(&common::padded(p, pad)))
             .collect();
-        let mut messages: Vec<IggyMessage> = payloads.iter().map(|p| message(p)).collect();
         let sent = client
             .send_messages(
                 &id(0),
@@ -996,4 +1010,83 @@ async fn rot_under_a_running_replicas_mapped_body_stops_it_and_its_restart_repai
     let reads = read_members(&cluster, &[0, 1, 2]).await;
     history.check(&reads);
     assert_eq!(reads[0].1.len(), 25 * BATCH);
+}
+
+/// Padding per message for batches of about a megabyte: one op each, so a 64 MiB WAL file
+/// holds about 64 of them and the checkpoint every 64 ops makes it obsolete.
+const MEGABYTE_PAD: usize = 100 << 10;
+
+/// The newest WAL file in a journal directory (path and inode), and the inodes of its spares.
+fn journal_files(vsr: &std::path::Path) -> (Option<(std::path::PathBuf, u64)>, Vec<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let mut newest: Option<(String, std::path::PathBuf, u64)> = None;
+    let mut spares = Vec::new();
+    for entry in std::fs::read_dir(vsr).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Ok(inode) = entry.metadata().map(|m| m.ino()) else {
+            continue;
+        };
+        if name.starts_with("spare-") {
+            spares.push(inode);
+        } else if name.starts_with("wal-") && newest.as_ref().is_none_or(|(n, _, _)| name > *n) {
+            newest = Some((name, entry.path(), inode));
+        }
+    }
+    (newest.map(|(_, path, inode)| (path, inode)), spares)
+}
+
+/// Obsolete WAL files are written over as later ones (`journal.rs`), their old records still in
+/// the file past the new end. A backup killed while it writes such a file replays it at its
+/// restart, catches up, and every acknowledged message is on every member once, in one order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_killed_while_writing_a_recycled_wal_file_restarts_and_loses_nothing() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let backup = (primary + 1) % 3;
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "recycle").await;
+    let history = History::default();
+    let vsr = cluster.brokers[backup].data_path().join("vsr");
+    let mut spares = std::collections::HashSet::new();
+    let mut batch = 0;
+    let recycled = loop {
+        assert!(
+            batch < 400,
+            "no recycled WAL file on the backup after {batch} megabyte batches"
+        );
+        produce_padded(&client, &history, 0, batch..batch + 1, MEGABYTE_PAD).await;
+        batch += 1;
+        let (newest, spare_inodes) = journal_files(&vsr);
+        spares.extend(spare_inodes);
+        if let Some((path, inode)) = newest {
+            if spares.contains(&inode) {
+                eprintln!(
+                    "{} is a recycled file after {batch} batches",
+                    path.display()
+                );
+                break path;
+            }
+        }
+    };
+    for _ in 0..3 {
+        produce_padded(&client, &history, 0, batch..batch + 1, MEGABYTE_PAD).await;
+        batch += 1;
+    }
+    cluster.wait_caught_up(&[backup], primary, Duration::from_secs(20));
+    let length = std::fs::metadata(&recycled).expect("recycled file").len();
+    assert!(
+        length >= 64 << 20,
+        "{} is {length} bytes: a recycled file keeps its old records past the new ones",
+        recycled.display()
+    );
+    cluster.brokers[backup].kill9();
+    for _ in 0..5 {
+        produce_padded(&client, &history, 0, batch..batch + 1, MEGABYTE_PAD).await;
+        batch += 1;
+    }
+    cluster.brokers[backup].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(30));
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), batch * BATCH);
 }

@@ -9,7 +9,6 @@
 //!   there that nobody sent;
 //! * each producer's messages appear in the order it sent them.
 
-use iggy::prelude::IggyMessage;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -21,20 +20,6 @@ pub struct History {
 
 /// What one replica returned for a partition: (offset, id, timestamp, payload).
 pub type Read = Vec<(u64, u128, u64, String)>;
-
-pub fn read_of(messages: &[IggyMessage]) -> Read {
-    messages
-        .iter()
-        .map(|m| {
-            (
-                m.header.offset,
-                m.header.id,
-                m.header.timestamp,
-                String::from_utf8_lossy(&m.payload).into_owned(),
-            )
-        })
-        .collect()
-}
 
 impl History {
     pub fn record(&self, producer: usize, payloads: &[String], acknowledged: bool) {

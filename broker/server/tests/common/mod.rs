@@ -451,6 +451,19 @@ pub fn unpadded(payload: &[u8]) -> String {
 /// Every message of `partition` of stream 0, topic 0, polled from offset 0 in pages.
 pub async fn read_all(client: &IggyClient, partition: u32) -> Vec<IggyMessage> {
     let mut all = Vec::new();
+    read_each(client, partition, 1000, |m| all.push(m)).await;
+    all
+}
+
+/// Polls every message of `partition` from offset 0, `chunk` at a time, handing each to
+/// `each` as it arrives (a large log need not be held whole).
+pub async fn read_each(
+    client: &IggyClient,
+    partition: u32,
+    chunk: u32,
+    mut each: impl FnMut(IggyMessage),
+) {
+    let mut next = 0u64;
     loop {
         let polled = client
             .poll_messages(
@@ -458,15 +471,16 @@ pub async fn read_all(client: &IggyClient, partition: u32) -> Vec<IggyMessage> {
                 &id(0),
                 Some(partition),
                 &Consumer::new(id(1)),
-                &PollingStrategy::offset(all.len() as u64),
-                1000,
+                &PollingStrategy::offset(next),
+                chunk,
                 false,
             )
             .await
             .expect("poll");
         if polled.messages.is_empty() {
-            return all;
+            return;
         }
-        all.extend(polled.messages);
+        next += polled.messages.len() as u64;
+        polled.messages.into_iter().for_each(&mut each);
     }
 }
