@@ -11,7 +11,8 @@
 //!   was acknowledged (header without a valid prepare: repair it from a peer). A log installed
 //!   by a view change appends a truncate record and then its entries. Replaying the records in
 //!   order rebuilds the slot map the core's disk model describes. A file is obsolete once every
-//!   op it holds is at or below the durable checkpoint.
+//!   op it holds (in a prepare or a header record) is at or below the durable checkpoint, and
+//!   so is every file before it (a truncation must outlive the records it cancels).
 //! * `spare-<seq>.wal`: obsolete WAL files kept (up to [`SPARE_WAL_FILES`]) to be written over
 //!   as later WAL files, instead of deleted. Writing a megabyte into pages the file already has
 //!   costs about half of writing it into new ones (the kernel allocates, zeroes and charges
@@ -117,6 +118,8 @@ pub struct Journal {
     wal_path: PathBuf,
     wal_seq: u64,
     wal_len: u64,
+    /// [`WAL_FILE_BYTES`]; tests lower it to rotate often.
+    wal_file_bytes: u64,
     /// Held by every body mapped from the open file.
     wal_hold: FileHold,
     /// Closed WAL files, by sequence.
@@ -227,6 +230,7 @@ impl Journal {
             wal_path,
             wal_seq,
             wal_len,
+            wal_file_bytes: WAL_FILE_BYTES,
             wal_hold: FileHold::default(),
             closed,
             spares,
@@ -277,6 +281,10 @@ impl Journal {
         // body_checksum, computed once by the primary.
         let covered = head.len();
         let payload = self.append_parts(KIND_PREPARE_SEALED, &[&head, &prepare.body], covered)?;
+        // Counted in the file the prepare landed in: the header record may open the next one
+        // (a file closes at a record boundary past its limit), and a file is obsolete only
+        // once every op it holds is at or below the durable checkpoint.
+        self.open_max_op = self.open_max_op.max(prepare.op());
         let offset = payload + head.len() as u64;
         if let Some(body) = mapped::map_large(&self.wal, &self.wal_hold, offset, prepare.body.len())
         {
@@ -291,6 +299,7 @@ impl Journal {
         header[8..16].copy_from_slice(&prepare.op().to_le_bytes());
         header[16..].copy_from_slice(&prepare.checksum().to_le_bytes());
         self.append_record(KIND_HEADER, &header)?;
+        // And in the header's file, which may be a new one.
         self.open_max_op = self.open_max_op.max(prepare.op());
         Ok(())
     }
@@ -309,7 +318,7 @@ impl Journal {
         parts: &[&[u8]],
         covered: usize,
     ) -> Result<u64, JournalError> {
-        if self.wal_len >= WAL_FILE_BYTES {
+        if self.wal_len >= self.wal_file_bytes {
             self.rotate()?;
         }
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -407,8 +416,8 @@ impl Journal {
         sync_dir(&self.dir)
     }
 
-    /// What the newest durable superblock made unnecessary: WAL files whose every op is at or
-    /// below its checkpoint, and older checkpoints; `None` when no superblock was written since
+    /// What the newest durable superblock made unnecessary: the oldest WAL files, up to the
+    /// first holding an op above its checkpoint, and older checkpoints; `None` when no superblock was written since
     /// the last call. The caller deletes it ([`Garbage::remove`]) off the journal's thread:
     /// unlinking a 64 MiB WAL file frees its pages in the kernel for 10–25 ms (measured on
     /// tmpfs), and every prepare queued behind it used to wait — the p99 of replicated produce.
@@ -420,10 +429,12 @@ impl Journal {
         if checkpoint == 0 {
             return None;
         }
+        // Oldest first, and only up to the first file still needed: a later file may hold a
+        // view change's truncation, which must outlive the records it cancels in earlier ones.
         let obsolete: Vec<u64> = self
             .closed
             .iter()
-            .filter(|(_, closed)| closed.max_op <= checkpoint)
+            .take_while(|(_, closed)| closed.max_op <= checkpoint)
             .map(|(seq, _)| *seq)
             .collect();
         let mut wal_files = Vec::new();
@@ -691,6 +702,8 @@ fn replay_wal(
                 let slot = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
                 let op = u64::from_le_bytes(payload[8..16].try_into().unwrap_or_default());
                 let checksum = u128::from_le_bytes(payload[16..].try_into().unwrap_or_default());
+                // A header counts like its prepare: without it the prepare reads as torn.
+                max_op = max_op.max(op);
                 image.headers.insert(slot, (op, checksum));
             }
             KIND_TRUNCATE if payload.len() == 8 => {
@@ -1101,6 +1114,92 @@ mod tests {
         assert!(journal.closed.values().all(|c| c.recyclable));
         // The next file is numbered above every file present.
         assert_eq!(journal.wal_seq, 5);
+    }
+
+    /// The size of a prepare record and of a header record as `append_prepare` writes them.
+    fn record_sizes(prepare: &Prepare) -> (u64, u64) {
+        let head = prepare_head(0, prepare);
+        (
+            (head.len() + prepare.body.len() + RECORD_OVERHEAD) as u64,
+            (32 + RECORD_OVERHEAD) as u64,
+        )
+    }
+
+    /// A file is closed when the next record would start past its limit, which can fall
+    /// between a prepare and its header record. The file holding the prepare must not count as
+    /// obsolete once the checkpoint passes the op before it: the prepare is above that
+    /// checkpoint, and a replica that restarts without it has a header vouching for a prepare
+    /// it no longer holds — on every replica alike, since they all write the same records.
+    #[test]
+    fn a_prepare_whose_header_went_to_the_next_file_outlives_the_first_files_collection() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), false).unwrap().0;
+        journal.wal_file_bytes = 4096;
+        let mut op = 0;
+        let split = loop {
+            op += 1;
+            assert!(op < 100, "no prepare split from its header");
+            // Sizes that vary, so that some prepare record crosses the limit.
+            let one = prepare_with(op, 0, vec![op as u8; 700 + op as usize * 13]);
+            let seq = journal.wal_seq;
+            journal.write_all(&[wal(op, &one)]).unwrap();
+            let (_, header) = record_sizes(&one);
+            if journal.wal_seq == seq + 1 && journal.wal_len == header {
+                break one;
+            }
+        };
+        checkpoint_at(&mut journal, op - 1, 1);
+        drop(journal);
+
+        let (_, image) = Journal::open(dir.path(), false).unwrap();
+        assert_eq!(image.wal.get(&op), Some(&split), "op {op} lost its prepare");
+        assert_eq!(image.headers.get(&op), Some(&(op, split.checksum())));
+    }
+
+    /// A view change's log cancels what an earlier file holds above its truncation point. The
+    /// file holding the truncation may not go while a file whose records it cancels stays: a
+    /// restart would bring the cancelled prepares (an older view's) back into the log.
+    #[test]
+    fn a_truncation_is_kept_as_long_as_the_records_it_cancels() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(dir.path(), false).unwrap().0;
+        // Files: 1..=5, 6..=10, 11..=15, 16..=20 (all view 1), then the truncation after 12
+        // with 13..=14 of the new view, then 15..=16 of the new view.
+        let mut parent = 0;
+        for op in 1..=20 {
+            let one = prepare(op, parent);
+            parent = one.checksum();
+            journal.write_all(&[wal(op, &one)]).unwrap();
+            if op % 5 == 0 {
+                journal.rotate().unwrap();
+            }
+        }
+        let new_view = |op: Op| prepare_with(op, 0, vec![0xEE; 100]);
+        journal
+            .write_all(&[Write::Log {
+                superblock: superblock(1, 0),
+                truncate_after: 12,
+                entries: vec![(13, new_view(13)), (14, new_view(14))],
+            }])
+            .unwrap();
+        journal.rotate().unwrap();
+        journal
+            .write_all(&[wal(15, &new_view(15)), wal(16, &new_view(16))])
+            .unwrap();
+        // Above the truncation's file, below the file of cancelled ops 16..=20.
+        checkpoint_at(&mut journal, 16, 2);
+        drop(journal);
+
+        let (_, image) = Journal::open(dir.path(), false).unwrap();
+        let above: Vec<Op> = image
+            .wal
+            .values()
+            .map(Prepare::op)
+            .filter(|op| *op > 16)
+            .collect();
+        assert!(above.is_empty(), "cancelled prepares came back: {above:?}");
+        assert!(image.headers.values().all(|(op, _)| *op <= 16));
+        assert_eq!(image.wal.get(&16), Some(&new_view(16)));
     }
 
     #[test]
