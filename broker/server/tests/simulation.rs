@@ -850,7 +850,9 @@ impl SimMachine for SimBroker {
 /// recovery kept rot in place), and a replica whose partition held another history's message
 /// where the checkpoint's last one belongs after an interrupted sync (before sync compared it);
 /// and two whose replica was stopped by a sync interrupted in the liveness phase, when no
-/// replica restarts any more (before faults stopped there).
+/// replica restarts any more (before faults stopped there); and one whose replica was stopped
+/// in the liveness phase by a sync from a peer with unrepaired rot in the range it needed, and
+/// stayed down (before the simulator restarted a halted replica there, as its supervisor does).
 const REGRESSIONS: &[u64] = &[
     637_045_292_893_188_801,
     10_374_522_415_552_121_989,
@@ -866,6 +868,7 @@ const REGRESSIONS: &[u64] = &[
     6_019_839_271_769_013_313,
     1_718_385_777_489_960,
     4_356_403_950_714_335_314,
+    15_757_225_526_350_607_316,
 ];
 
 fn seeds() -> Vec<u64> {

@@ -21,6 +21,10 @@ use crate::rng::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use vsr::{Config, DiskImage, Event, Input, MessageKind, Op, Output, Prepare, Replica};
 
+/// Ticks (10 ms each) between a machine halting in the liveness phase and its restart: a
+/// process supervisor's back-off (`restartPolicy` in a pod, about a second).
+const SUPERVISOR_RESTART_TICKS: u64 = 100;
+
 pub(super) const CLUSTER: u128 = 0x1667_0000_0000_0001;
 /// Client retry timeout, ticks.
 pub(super) const CLIENT_RETRY: u64 = 80;
@@ -67,6 +71,9 @@ pub struct Simulation<S: SimMachine = ModelBroker> {
     trace: xxhash_rust::xxh3::Xxh3,
     verbose: bool,
     liveness: bool,
+    /// Replicas whose machine halted in the liveness phase, and the tick their supervisor
+    /// restarts them at (see [`SUPERVISOR_RESTART_TICKS`]).
+    supervisor_restarts: BTreeMap<u8, u64>,
     /// Replicas kept down for the whole run (scenario tests).
     pub permanently_down: BTreeSet<u8>,
     /// Per-command link filter for scenario tests: (from, to, command) dropped.
@@ -141,6 +148,7 @@ impl<S: SimMachine> Simulation<S> {
             trace: xxhash_rust::xxh3::Xxh3::new(),
             verbose,
             liveness: false,
+            supervisor_restarts: BTreeMap::new(),
             permanently_down: BTreeSet::new(),
             drop_filter: BTreeSet::new(),
             corruptible: BTreeSet::new(),
@@ -278,6 +286,28 @@ impl<S: SimMachine> Simulation<S> {
         Ok(())
     }
 
+    /// A machine halts on a local failure it cannot get past without diverging (`iggy-broker`
+    /// exits), and what runs it restarts it. Faults stop in the liveness phase, random
+    /// restarts with them, so the supervisor's restart is modelled there: a replica halted by
+    /// a state sync whose source had unrepaired rot in the range it needed would otherwise stay
+    /// down for good, though its next attempt, after the source's scrub, succeeds.
+    fn restart_halted(&mut self) -> Result<(), Violation> {
+        let due: Vec<u8> = self
+            .supervisor_restarts
+            .iter()
+            .filter(|(_, at)| **at <= self.tick)
+            .map(|(r, _)| *r)
+            .collect();
+        for r in due {
+            self.supervisor_restarts.remove(&r);
+            if self.replicas[r as usize].is_none() {
+                self.coverage.add("supervisor_restarts", 1);
+                self.restart(r)?;
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn converged(&self) -> bool {
         let committed = self.checker.committed_ops();
         // Under reconfiguration: in the last configuration, which every replica runs; the
@@ -350,6 +380,8 @@ impl<S: SimMachine> Simulation<S> {
         self.tick += 1;
         if !self.liveness {
             self.inject_faults()?;
+        } else {
+            self.restart_halted()?;
         }
         for (r, replica) in self.replicas.iter().enumerate() {
             if let Some(replica) = replica {
@@ -422,6 +454,10 @@ impl<S: SimMachine> Simulation<S> {
             // Fail-stop: the process would have exited before sending or writing any of it.
             self.log(|| format!("replica {r}: its machine halted"));
             self.coverage.add("machine_halts", 1);
+            if self.liveness {
+                self.supervisor_restarts
+                    .insert(r, self.tick + SUPERVISOR_RESTART_TICKS);
+            }
             return self.crash(r);
         }
         for output in outputs {
