@@ -4,9 +4,11 @@
 //! object is its file as uploaded, so a range that fails its checksums here is fetched —
 //! through the state-sync fetch or the tier reader, both of which verify what they return —
 //! checked against this log's index, and written over the damaged bytes
-//! (`PartitionLog::overwrite_damaged`). The scrubber asks for a repair when it
-//! finds damage; so does a poll that meets it (the poll still answers
-//! `InvalidMessageChecksum`; the consumer's retry reads the repaired range).
+//! (`PartitionLog::overwrite_damaged`). Only the messages that fail to verify here are
+//! fetched, so a peer with damage of its own elsewhere in the range still serves ours. The
+//! scrubber asks for a repair when it finds damage; so does a poll that meets it (the poll
+//! still answers `InvalidMessageChecksum`; the consumer's retry reads the repaired range), and
+//! so does a peer's state-sync fetch that meets it (`sync::serve`).
 
 use crate::broker::Broker;
 use crate::replication::sync::{Connection, Fetch, Fetched, InProcess, Source, SyncError};
@@ -253,6 +255,15 @@ async fn repair_from_store(
     Ok(next - damage.from)
 }
 
+/// How many messages of `partition` from `from` (before `until`) read back intact.
+fn intact_here(partition: &Partition, from: u64, until: u64) -> u32 {
+    let count = (until - from).min(u64::from(u32::MAX)) as u32;
+    partition
+        .plan_read(from, count, usize::MAX)
+        .0
+        .intact_messages()
+}
+
 /// The parts of `damage`, one per local segment, that do not read back verified now.
 fn damaged_parts(partition: &Partition, damage: Damage) -> Vec<Damage> {
     let mut parts = Vec::new();
@@ -284,8 +295,14 @@ fn repair_from(
     partition: &Partition,
     damage: Damage,
 ) -> Result<u64, RepairError> {
-    let mut next = damage.from;
-    while next < damage.until {
+    let (mut next, mut rewritten) = (damage.from, 0);
+    loop {
+        // Only the damaged messages are fetched: what reads back intact here is skipped, so
+        // a peer with damage of its own elsewhere in the range can still mend ours.
+        next += u64::from(intact_here(partition, next, damage.until));
+        if next >= damage.until {
+            break;
+        }
         let request = Fetch {
             stream: damage.stream,
             topic: damage.topic,
@@ -300,9 +317,10 @@ fn repair_from(
                 segment_start,
                 ..
             } if !frames.is_empty() => {
-                next += partition
+                let written = partition
                     .log()
                     .overwrite_damaged(segment_start, next, &frames)?;
+                (next, rewritten) = (next + written, rewritten + written);
             }
             _ => {
                 return Err(RepairError::Missing {
@@ -313,5 +331,89 @@ fn repair_from(
             }
         }
     }
-    Ok(next - damage.from)
+    Ok(rewritten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FsyncPolicy;
+    use crate::replication::sync::serve_partition;
+    use crate::storage::partition_log::tests::batch;
+    use crate::storage::partition_log::PartitionLog;
+    use std::os::unix::fs::FileExt;
+
+    /// A peer in this process: its partition answers fetches as `sync::serve` does.
+    struct Peer<'a>(&'a Partition);
+
+    impl Source for Peer<'_> {
+        fn fetch(&mut self, request: &Fetch) -> Result<Fetched, SyncError> {
+            Ok(serve_partition(self.0, request, |_| {}))
+        }
+
+        fn peer(&self) -> String {
+            "the peer".into()
+        }
+    }
+
+    /// A partition of ten equal messages, written alike on every replica.
+    fn replica(dir: &std::path::Path) -> (Partition, std::path::PathBuf, usize) {
+        let mut log = PartitionLog::create(dir, 1 << 20, false).unwrap();
+        log.append(&mut batch(10, 100), 1, || 9).unwrap();
+        let mut bytes = Vec::new();
+        log.plan_read(0, 10, usize::MAX)
+            .read_into(&mut bytes)
+            .unwrap();
+        let segment = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "log"))
+            .unwrap();
+        let partition = Partition::new(0, 1, log, FsyncPolicy::Never).unwrap();
+        (partition, segment, bytes.len() / 10)
+    }
+
+    fn flip(segment: &std::path::Path, at: usize) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(segment)
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at as u64).unwrap();
+        file.write_all_at(&[byte[0] ^ 0x04], at as u64).unwrap();
+    }
+
+    #[test]
+    fn a_repair_fetches_only_the_damaged_messages_so_a_peer_damaged_elsewhere_still_serves() {
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (damaged, our_segment, frame) = replica(ours.path());
+        let (peer, peer_segment, _) = replica(theirs.path());
+        let intact = std::fs::read(&peer_segment).unwrap();
+        assert_eq!(std::fs::read(&our_segment).unwrap(), intact);
+        // Ours rotted in message 3, the peer's in message 7: the peer can serve 0..7 only.
+        flip(&our_segment, 3 * frame + frame / 2);
+        flip(&peer_segment, 7 * frame + frame / 2);
+        let damage = Damage {
+            stream: 0,
+            topic: 0,
+            partition: 0,
+            from: 0,
+            until: 10,
+        };
+        let rewritten = repair_from(&mut Peer(&peer), &damaged, damage).expect("repaired");
+        assert_eq!(
+            rewritten, 4,
+            "messages 3..7, as far as the peer's copy is intact"
+        );
+        assert_eq!(std::fs::read(&our_segment).unwrap(), intact);
+
+        // The other way round: our messages from 7 on are intact again, the peer's 7 is not.
+        let rewritten = repair_from(&mut Peer(&damaged), &peer, damage).expect("repaired");
+        assert_eq!(rewritten, 3, "messages 7..10");
+        assert_eq!(std::fs::read(&peer_segment).unwrap(), intact);
+
+        // Nothing damaged: nothing fetched.
+        assert_eq!(repair_from(&mut Peer(&peer), &damaged, damage).unwrap(), 0);
+    }
 }

@@ -539,6 +539,80 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
     assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
 }
 
+/// The first (oldest) segment file of `member`'s partition 0.
+fn first_segment(cluster: &TestCluster, member: usize) -> std::path::PathBuf {
+    let dir = cluster.brokers[member].partition_dir(0, 0, 0);
+    let mut logs: Vec<_> = std::fs::read_dir(&dir)
+        .expect("partition directory")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    logs.into_iter().next().expect("a segment")
+}
+
+/// A member rebuilt by state sync while both of its peers hold rot in the sealed segment it
+/// needs first, each in another message: neither can serve the segment whole, together they
+/// can. The sync takes from each peer the intact messages before its damage and the rest from
+/// the other (before, the first refusal stopped the rebuilt member, and it crash-looped until a
+/// scrubber repaired the peer's copy). Each peer, told of its damage by the fetch that met it,
+/// repairs just the damaged messages from the other, never failing on the other's damage: the
+/// scrubber is off, so nothing else finds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_rebuilt_while_both_peers_hold_rot_fetches_around_it_and_they_repair() {
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            ("IGGY_STORAGE_SCRUB_RATE", "0"),
+            ("IGGY_STORAGE_SEGMENT_SIZE", "65536"),
+        ],
+    );
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let (other, wiped) = ((primary + 1) % 3, (primary + 2) % 3);
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "rot-sync").await;
+    let history = History::default();
+    let mut batch = 0;
+    produce_until(&cluster, &client, &history, primary, 100, &mut batch).await;
+    cluster.brokers[wiped].kill9();
+    cluster.brokers[wiped].wipe_data();
+    produce_until(&cluster, &client, &history, primary, 600, &mut batch).await;
+    cluster.wait_caught_up(&[other], primary, Duration::from_secs(20));
+
+    let intact = std::fs::read(first_segment(&cluster, primary)).unwrap();
+    assert_eq!(
+        std::fs::read(first_segment(&cluster, other)).unwrap(),
+        intact,
+        "replicas write byte-identical segments"
+    );
+    for (member, at) in [(primary, intact.len() / 4), (other, intact.len() * 3 / 4)] {
+        let mut rotten = intact.clone();
+        rotten[at] ^= 0x10;
+        std::fs::write(first_segment(&cluster, member), &rotten).unwrap();
+    }
+
+    cluster.brokers[wiped].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[wiped], primary, Duration::from_secs(60));
+    for member in [primary, other] {
+        let file = first_segment(&cluster, member);
+        wait_repaired_once(&cluster, member, &file, &intact, Duration::from_secs(30)).await;
+        // Each fetched only its own damaged message, so the other's damage never failed it.
+        assert_eq!(
+            metric(&cluster, member, "iggy_repair_failures_total"),
+            "iggy_repair_failures_total 0"
+        );
+    }
+    assert_eq!(
+        std::fs::read(first_segment(&cluster, wiped)).unwrap(),
+        intact
+    );
+    produce(&client, &history, 0, batch..batch + 5).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    let reads = read_members(&cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
+}
+
 /// A member's disk lost after the cluster formed: restarted empty under a ring marked formed
 /// (`bootstrapped`, as the operator marks it), it votes in nothing until its peers gave it the
 /// log. The writes here were acknowledged by the primary and that member alone (the third was
@@ -858,12 +932,43 @@ async fn rotten_backup(
 }
 
 fn repairs(cluster: &TestCluster, member: usize) -> String {
+    metric(cluster, member, "iggy_repairs_total")
+}
+
+/// `name`'s line in `member`'s metrics (empty when it has none).
+fn metric(cluster: &TestCluster, member: usize, name: &str) -> String {
     let (_, metrics) = common::http_get(cluster.brokers[member].http, "/metrics").unwrap();
     metrics
         .lines()
-        .find(|l| l.starts_with("iggy_repairs_total "))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
         .unwrap_or_default()
         .to_owned()
+}
+
+/// Waits until `member`'s `file` is `intact` again and it counts exactly one repair (a repair
+/// writes the file before it counts itself: both are waited for).
+async fn wait_repaired_once(
+    cluster: &TestCluster,
+    member: usize,
+    file: &std::path::Path,
+    intact: &[u8],
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    while std::fs::read(file).unwrap() != intact
+        || repairs(cluster, member) == "iggy_repairs_total 0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "member {member} never repaired {}",
+            file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(repairs(cluster, member), "iggy_repairs_total 1");
 }
 
 /// Rot in a backup's segment (a flipped payload byte): the first poll of it answers
@@ -902,15 +1007,7 @@ async fn rot_the_scrubber_finds_on_a_backup_is_repaired_from_a_peer() {
         4,
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // The repair writes the file before it counts itself: wait for both.
-    while std::fs::read(&file).unwrap() != intact
-        || repairs(&cluster, backup) == "iggy_repairs_total 0"
-    {
-        assert!(Instant::now() < deadline, "the scrubber never repaired it");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(repairs(&cluster, backup), "iggy_repairs_total 1");
+    wait_repaired_once(&cluster, backup, &file, &intact, Duration::from_secs(30)).await;
     let reader = cluster.brokers[backup].client().await;
     assert_eq!(read_replica(&reader).await, reference);
 }
@@ -926,18 +1023,7 @@ async fn rot_a_backup_finds_at_boot_is_repaired_from_a_peer() {
         rotten_backup(&[("IGGY_STORAGE_SCRUB_RATE", "0")], 70).await;
     cluster.brokers[backup].kill9();
     cluster.brokers[backup].spawn_and_wait_alive();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // The repair writes the file before it counts itself: wait for both.
-    while std::fs::read(&file).unwrap() != intact
-        || repairs(&cluster, backup) == "iggy_repairs_total 0"
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the boot's damage was never repaired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(repairs(&cluster, backup), "iggy_repairs_total 1");
+    wait_repaired_once(&cluster, backup, &file, &intact, Duration::from_secs(30)).await;
     let reader = cluster.brokers[backup].client().await;
     assert_eq!(read_replica(&reader).await, reference);
 }

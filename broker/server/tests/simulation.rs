@@ -7,7 +7,8 @@
 //! reference, so every replica's digest — model and real broker together — is compared with it
 //! after every op and at every checkpoint, and a real broker must agree with the model on every
 //! append. A checkpoint a replica's data does not reach is synced the way the driver does it,
-//! from the sender's broker (`sync::install_from`), so state sync of the real data runs too.
+//! from the sender's broker and, for what it cannot serve, the other replicas'
+//! (`sync::install_from_each`), so state sync of the real data runs too.
 //!
 //! The brokers' files are on the real file system (a temporary directory per run). A crash
 //! keeps them, except that it may tear partition tails written after the replica's durable
@@ -78,19 +79,20 @@ struct Brokers {
 }
 
 /// A sync source that stops answering after `chunks_left` fetches (`None`: never).
-struct Interrupted<S> {
+struct Interrupted<'a, S> {
     inner: S,
-    chunks_left: Option<u64>,
+    /// Shared by every peer one sync tries.
+    chunks_left: &'a std::cell::Cell<Option<u64>>,
 }
 
-impl<S: sync::Source> sync::Source for Interrupted<S> {
+impl<S: sync::Source> sync::Source for Interrupted<'_, S> {
     fn fetch(&mut self, request: &sync::Fetch) -> Result<sync::Fetched, sync::SyncError> {
-        match &mut self.chunks_left {
+        match self.chunks_left.get() {
             Some(0) => Err(sync::SyncError::Local(
                 "the simulated connection dropped".into(),
             )),
             Some(left) => {
-                *left -= 1;
+                self.chunks_left.set(Some(left - 1));
                 self.inner.fetch(request)
             }
             None => self.inner.fetch(request),
@@ -157,6 +159,9 @@ struct StorageStats {
     rotted: u64,
     found: u64,
     repaired: u64,
+    /// State syncs that fetched from another replica than the checkpoint's sender too (the
+    /// sender's copy was damaged, or it was cut back by a restart).
+    synced_around: u64,
 }
 
 fn count(update: impl FnOnce(&mut StorageStats)) {
@@ -797,8 +802,17 @@ impl SimMachine for SimBroker {
         if target.machine.check(&manifest).is_ok() {
             return;
         }
-        let Some(source) = world.open.borrow().get(&from).cloned() else {
-            return;
+        // The sender first, then the other open replicas, as the driver tries them.
+        let sources: Vec<Arc<Broker>> = {
+            let open = world.open.borrow();
+            let Some(sender) = open.get(&from).cloned() else {
+                return;
+            };
+            let others = open
+                .iter()
+                .filter(|(r, _)| **r != from && **r != to.replica())
+                .map(|(_, b)| b.clone());
+            std::iter::once(sender).chain(others).collect()
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         // A failure (the sender was cut back by its own restart, say) leaves the data short:
@@ -807,16 +821,20 @@ impl SimMachine for SimBroker {
         // One sync in four loses its source after a few chunks, as a dropped connection or the
         // receiver's crash would leave it: metadata installed, some partitions synced, others
         // emptied or half way. The next attempt, or the boot after a crash, must cope.
-        let mut source = Interrupted {
-            inner: sync::InProcess(&source),
-            // Faults stop in the liveness phase: a replica stopped then would stay down.
-            chunks_left: match world.healed.get() {
-                true => None,
-                false => world.draw_storage(4, 4),
-            },
-        };
+        // Faults stop in the liveness phase: a replica stopped then would stay down.
+        let chunks_left = std::cell::Cell::new(match world.healed.get() {
+            true => None,
+            false => world.draw_storage(4, 4),
+        });
+        let around = std::cell::Cell::new(false);
         let synced = graveyard::during(&data, checkpoint.op(), || {
-            sync::install_from(&target.broker, &manifest, &mut source, deadline)
+            sync::install_from_each(&target.broker, &manifest, sources.len(), deadline, |i| {
+                around.set(around.get() || i > 0);
+                Ok(Interrupted {
+                    inner: sync::InProcess(&sources[i]),
+                    chunks_left: &chunks_left,
+                })
+            })
         });
         if let (Err(e), true) = (&synced, std::env::var_os("SIM_APPLY_VERBOSE").is_some()) {
             println!(
@@ -825,12 +843,15 @@ impl SimMachine for SimBroker {
                 checkpoint.op()
             );
         }
-        if synced.is_err() && source.chunks_left == Some(0) {
+        if synced.is_err() && chunks_left.get() == Some(0) {
             STATS.with(|s| s.borrow_mut().4 += 1);
         }
         if synced.as_ref().is_err_and(|e| e.touched) {
             // As the driver does: the data is part old, part new; the replica restarts.
             target.sync_broke.set(true);
+        }
+        if synced.is_ok() && around.get() {
+            count(|s| s.synced_around += 1);
         }
         if let Ok(messages) = synced {
             STATS.with(|s| {

@@ -285,16 +285,28 @@ impl Driver {
         if self.sync_failed.is_some_and(|at| at.elapsed() < SYNC_RETRY) {
             return false;
         }
-        let Some(peer) = self.addresses.get(usize::from(from)).cloned() else {
+        let Some(sender) = self.addresses.get(usize::from(from)).cloned() else {
             return false;
         };
+        // The sender first; the other members serve what it cannot (damage in its copy).
+        let peers: Vec<String> = std::iter::once(sender.clone())
+            .chain(
+                self.addresses
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, address)| {
+                        let other = index != usize::from(from) && index != usize::from(self.me);
+                        (other && !address.is_empty()).then(|| address.clone())
+                    }),
+            )
+            .collect();
         let started = Instant::now();
-        tracing::info!(op = checkpoint.op(), %peer, "state sync: fetching the checkpoint's data");
+        tracing::info!(op = checkpoint.op(), peer = %sender, "state sync: fetching the checkpoint's data");
         // Until the core makes this checkpoint durable the old one is what a restart restores,
         // so what installing the new one deletes is buried, not deleted.
         let data = self.broker.config.system.path.clone();
         let installed = crate::storage::graveyard::during(&data, checkpoint.op(), || {
-            sync::install(&self.broker, &manifest, &peer, started + SYNC_DEADLINE)
+            sync::install(&self.broker, &manifest, &peers, started + SYNC_DEADLINE)
         });
         match installed {
             Ok(messages) => {

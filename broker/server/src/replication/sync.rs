@@ -24,12 +24,16 @@
 //!
 //! A fetch runs on its own connection to the peer's replication port and is answered on it.
 //! Interrupted, it resumes where the data stands: step 2 starts from each partition's end.
+//! That is also how a sync gets past a peer whose copy is damaged: the peer answers the intact
+//! messages before the damage, refuses the rest and queues its own repair, and the sync goes on
+//! from another member ([`install_from_each`]).
 
 use crate::broker::Broker;
 use crate::replication::machine::Manifest;
 use crate::replication::transport::{encode_frame, FETCH, FETCHED};
+use crate::state::partition::Partition;
 use crate::storage::partition_log::PartitionLog;
-use crate::storage::{graveyard, metadata};
+use crate::storage::{graveyard, metadata, StorageError};
 use iggy_tiering::TieredSegment;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
@@ -106,9 +110,11 @@ pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
         .partition_by_ids(request.stream, request.topic, request.partition)
         .filter(|p| request.created_at.is_none_or(|at| p.created_at == at));
     if let Some(partition) = live {
-        // The lock is held while planning only, not while the bytes are read.
-        let planned = plan_chunk(&partition.log(), request);
-        return planned.map_or_else(|answer| *answer, read_chunk);
+        return serve_partition(&partition, request, |until| {
+            // Rot in what a peer needs: queue its repair from another copy, so the next
+            // fetch of the range, the asker's or anyone's, finds it whole here too.
+            crate::repair::report(broker, &partition, request.from, until);
+        });
     }
     let buried = request.created_at.and_then(|at| {
         let data = &broker.config.system.path;
@@ -122,9 +128,29 @@ pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
         ));
     };
     match PartitionLog::open(&dir, broker.config.segment_size(), false) {
-        Ok((log, _)) => plan_chunk(&log, request).map_or_else(|answer| *answer, read_chunk),
+        Ok((log, _)) => match plan_chunk(&log, request) {
+            // A deleted partition's data is not repaired: only syncs to old checkpoints read it.
+            Ok(planned) => read_chunk(planned, || {}),
+            Err(answer) => *answer,
+        },
         Err(e) => Fetched::Refused(format!("cannot open a deleted partition's data: {e}")),
     }
+}
+
+/// Answers a fetch from a live partition; `on_damage` gets the end of the range asked for
+/// when part of it is damaged.
+pub fn serve_partition(
+    partition: &Partition,
+    request: &Fetch,
+    on_damage: impl FnOnce(u64),
+) -> Fetched {
+    // The lock is held while planning only, not while the bytes are read.
+    let planned = match plan_chunk(&partition.log(), request) {
+        Ok(planned) => planned,
+        Err(answer) => return *answer,
+    };
+    let until = request.from + u64::from(planned.plan.count);
+    read_chunk(planned, || on_damage(until))
 }
 
 /// What a fetch will read: the plan and what the answer says besides the frames.
@@ -177,10 +203,20 @@ fn plan_chunk(log: &PartitionLog, request: &Fetch) -> Result<Planned, Box<Fetche
     })
 }
 
-fn read_chunk(planned: Planned) -> Fetched {
+/// Reads a planned chunk. Damage ends it early: the intact messages before it are still
+/// answered (the asker fetches the rest from another peer), and `on_damage` is called.
+fn read_chunk(planned: Planned, on_damage: impl FnOnce()) -> Fetched {
     let mut frames = Vec::with_capacity(planned.plan.bytes);
-    if let Err(e) = planned.plan.read_into(&mut frames) {
-        return Fetched::Refused(e.to_string());
+    match planned.plan.read_intact_prefix(&mut frames) {
+        Ok(()) => {}
+        Err(error @ StorageError::CorruptRead { .. }) => {
+            tracing::error!(%error, "a state-sync fetch met damaged data");
+            on_damage();
+            if frames.is_empty() {
+                return Fetched::Refused(error.to_string());
+            }
+        }
+        Err(error) => return Fetched::Refused(error.to_string()),
     }
     Fetched::Chunk {
         previous: planned.previous,
@@ -190,19 +226,18 @@ fn read_chunk(planned: Planned) -> Fetched {
     }
 }
 
-/// Brings this broker's data to `manifest`'s by fetching what it lacks from `peer` (its
-/// replication address). Blocking; gives up at `deadline`.
+/// Brings this broker's data to `manifest`'s by fetching what it lacks from `peers` (their
+/// replication addresses, the checkpoint's sender first; see [`install_from_each`]).
+/// Blocking; gives up at `deadline`.
 pub fn install(
     broker: &Broker,
     manifest: &Manifest,
-    peer: &str,
+    peers: &[String],
     deadline: Instant,
 ) -> Result<u64, SyncFailed> {
-    let mut connection = Connection::open(peer, deadline).map_err(|error| SyncFailed {
-        error,
-        touched: false,
-    })?;
-    install_from(broker, manifest, &mut connection, deadline)
+    install_from_each(broker, manifest, peers.len(), deadline, |i| {
+        Connection::open(&peers[i], deadline)
+    })
 }
 
 /// A state sync that failed, and whether it had changed this broker's data before it did
@@ -238,26 +273,66 @@ impl Source for InProcess<'_> {
     }
 }
 
-/// [`install`] from any [`Source`].
-pub fn install_from(
+/// [`install`] from any [`Source`]s: the `sources` that `open` opens by index, tried in order. A peer that
+/// cannot serve what is missing — unreachable, behind the checkpoint, or holding a damaged
+/// copy of the range (it answers the intact messages before the damage) — hands over to the
+/// next, which resumes where the data stands. Rounds over all of them go on while any makes
+/// progress, so damage in different places on different peers is fetched around. A local
+/// failure or the deadline ends it at once.
+pub fn install_from_each<S: Source>(
     broker: &Broker,
     manifest: &Manifest,
-    source: &mut impl Source,
+    sources: usize,
     deadline: Instant,
+    mut open: impl FnMut(usize) -> Result<S, SyncError>,
 ) -> Result<u64, SyncFailed> {
-    let mut touched = false;
-    install_touching(broker, manifest, source, deadline, &mut touched)
-        .map_err(|error| SyncFailed { error, touched })
+    let (mut touched, mut fetched) = (false, 0);
+    let mut failed = SyncError::Local("no peer to fetch from".into());
+    loop {
+        let before = fetched;
+        for index in 0..sources {
+            let outcome = open(index).and_then(|mut source| {
+                install_touching(
+                    broker,
+                    manifest,
+                    &mut source,
+                    deadline,
+                    &mut touched,
+                    &mut fetched,
+                )
+            });
+            match outcome {
+                Ok(()) => return Ok(fetched),
+                Err(error @ (SyncError::Local(_) | SyncError::Timeout(_))) => {
+                    return Err(SyncFailed { error, touched })
+                }
+                Err(error) => {
+                    if sources > 1 {
+                        tracing::warn!(%error, "state sync: trying another peer");
+                    }
+                    failed = error;
+                }
+            }
+        }
+        if fetched == before {
+            return Err(SyncFailed {
+                error: failed,
+                touched,
+            });
+        }
+    }
 }
 
-/// [`install_from`], noting in `touched` when it first changes local data.
+/// State sync from one source, noting in `touched` when it first changes local data and
+/// adding the messages it writes to `fetched`.
 fn install_touching(
     broker: &Broker,
     manifest: &Manifest,
     source: &mut impl Source,
     deadline: Instant,
     touched: &mut bool,
-) -> Result<u64, SyncError> {
+    fetched: &mut u64,
+) -> Result<(), SyncError> {
     let snapshot: metadata::Snapshot = serde_json::from_slice(&manifest.metadata)
         .map_err(|e| SyncError::Local(format!("checkpoint metadata does not decode: {e}")))?;
     if broker.catalog().snapshot() != snapshot {
@@ -268,7 +343,6 @@ fn install_touching(
     }
     let peer = source.peer();
     let peer = peer.as_str();
-    let mut fetched = 0;
     let created: std::collections::BTreeMap<(u32, u32, u32), u64> = snapshot
         .streams
         .iter()
@@ -397,7 +471,7 @@ fn install_touching(
                         continue;
                     }
                     *touched = true;
-                    fetched += log
+                    *fetched += log
                         .append_synced(&frames, segment_start)
                         .map_err(|e| SyncError::Local(e.to_string()))?;
                     if let Some(segment) = tiered.filter(|s| log.next_offset() >= s.next_offset) {
@@ -411,7 +485,7 @@ fn install_touching(
             }
         }
     }
-    Ok(fetched)
+    Ok(())
 }
 
 /// Whether a log may go on past the checkpoint's end (see [`ends_as_checkpointed`]).

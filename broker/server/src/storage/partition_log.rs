@@ -115,6 +115,26 @@ pub struct ReadPlan {
 impl ReadPlan {
     /// Appends the planned bytes to `out`, verified: corruption is never served as data.
     pub fn read_into(&self, out: &mut Vec<u8>) -> Result<(), StorageError> {
+        let at = out.len();
+        self.read_intact_prefix(out)
+            .inspect_err(|_| out.truncate(at))
+    }
+
+    /// How many of the planned messages, from the first, read back intact (a read that fails
+    /// for another reason than damage counts none).
+    pub fn intact_messages(&self) -> u32 {
+        let mut bytes = Vec::new();
+        match self.read_intact_prefix(&mut bytes) {
+            Ok(()) => self.count,
+            Err(StorageError::CorruptRead { .. }) => count_frames(&bytes),
+            Err(_) => 0,
+        }
+    }
+
+    /// [`read_into`](Self::read_into), except that when a frame is damaged `out` keeps the
+    /// intact frames before it: a peer fetching the range can still take those (state sync),
+    /// and fetch the rest elsewhere.
+    pub fn read_intact_prefix(&self, out: &mut Vec<u8>) -> Result<(), StorageError> {
         out.reserve(self.bytes);
         for chunk in &self.chunks {
             let at = out.len();
@@ -124,8 +144,9 @@ impl ReadPlan {
                     out.truncate(at);
                     return Err(e);
                 }
-                if let Err(error) = verify_frames(&out[at..], chunk) {
-                    out.truncate(at);
+                let (intact, damage) = intact_frames(&out[at..], &chunk.path, chunk.position);
+                if let Some(error) = damage {
+                    out.truncate(at + intact);
                     return Err(error);
                 }
             }
@@ -138,16 +159,35 @@ impl ReadPlan {
     }
 }
 
-/// Checks frames read back from disk: their length fields must tile the indexed range exactly
-/// (a flipped length would otherwise make a client read half a batch) and every checksum must
-/// match (a flipped byte would otherwise be served as a valid message). Boot verifies only what
-/// follows the last clean checkpoint, so this is what catches rot in older data.
-fn verify_frames(bytes: &[u8], chunk: &ReadChunk) -> Result<(), StorageError> {
-    verify_frames_at(bytes, &chunk.path, chunk.position)
+/// How many whole frames `bytes` holds from its start (all of it verified already).
+fn count_frames(bytes: &[u8]) -> u32 {
+    let (mut at, mut count) = (0usize, 0u32);
+    while let Some(header) = bytes.get(at..).and_then(FrameHeader::new) {
+        let len = header.frame_len() as usize;
+        if len == 0 || at + len > bytes.len() {
+            break;
+        }
+        at += len;
+        count += 1;
+    }
+    count
 }
 
-/// [`verify_frames`] for bytes read from `path` at `position` (also objects read back from L3).
+/// Checks frames read back from `path` at `position` (also objects read back from L3): their
+/// length fields must tile the indexed range exactly (a flipped length would otherwise make a
+/// client read half a batch) and every checksum must match (a flipped byte would otherwise be
+/// served as a valid message). Boot verifies only what follows the last clean checkpoint, so
+/// this is what catches rot in older data.
 pub fn verify_frames_at(bytes: &[u8], path: &Path, position: u64) -> Result<(), StorageError> {
+    match intact_frames(bytes, path, position) {
+        (_, Some(damage)) => Err(damage),
+        (_, None) => Ok(()),
+    }
+}
+
+/// How many bytes of whole frames at the start of `bytes` verify, and the damage that ends
+/// them (`None`: all of `bytes` does).
+fn intact_frames(bytes: &[u8], path: &Path, position: u64) -> (usize, Option<StorageError>) {
     let mut at = 0usize;
     while at < bytes.len() {
         let damaged = |reason| StorageError::CorruptRead {
@@ -155,21 +195,21 @@ pub fn verify_frames_at(bytes: &[u8], path: &Path, position: u64) -> Result<(), 
             position: position + at as u64,
             reason,
         };
-        let header =
-            FrameHeader::new(&bytes[at..]).ok_or_else(|| damaged("a frame header is cut short"))?;
+        let Some(header) = FrameHeader::new(&bytes[at..]) else {
+            return (at, Some(damaged("a frame header is cut short")));
+        };
         let len = header.frame_len();
         if len > (bytes.len() - at) as u64 {
-            return Err(damaged(
-                "a frame's length runs past the range the index names",
-            ));
+            let reason = "a frame's length runs past the range the index names";
+            return (at, Some(damaged(reason)));
         }
         let frame = &bytes[at..at + len as usize];
         if !checksum_matches(frame) {
-            return Err(damaged("checksum mismatch"));
+            return (at, Some(damaged("checksum mismatch")));
         }
         at += frame.len();
     }
-    Ok(())
+    (at, None)
 }
 
 impl PartitionLog {
@@ -1343,6 +1383,51 @@ pub(crate) mod tests {
     fn read(plan: ReadPlan) -> Result<Vec<u8>, StorageError> {
         let mut out = Vec::new();
         plan.read_into(&mut out).map(|()| out)
+    }
+
+    #[test]
+    fn a_damaged_read_keeps_only_the_intact_frames_before_the_damage_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 1 << 20, false).unwrap();
+        log.append(&mut batch(10, 100), 1, || 9).unwrap();
+        let whole = read(log.plan_read(0, 10, usize::MAX)).unwrap();
+        let frame = whole.len() / 10;
+        let file = dir
+            .path()
+            .join(format!("{}.log", super::super::segment::file_stem(0)));
+        let mut bytes = std::fs::read(&file).unwrap();
+        // A payload byte of the seventh message.
+        bytes[6 * frame + frame / 2] ^= 0x01;
+        std::fs::write(&file, &bytes).unwrap();
+
+        let mut out = b"kept".to_vec();
+        let damage = log.plan_read(0, 10, usize::MAX).read_into(&mut out);
+        assert!(matches!(damage, Err(StorageError::CorruptRead { .. })));
+        assert_eq!(out, b"kept", "read_into leaves nothing of a damaged range");
+
+        let mut out = b"kept".to_vec();
+        let damage = log
+            .plan_read(0, 10, usize::MAX)
+            .read_intact_prefix(&mut out);
+        assert!(
+            matches!(damage, Err(StorageError::CorruptRead { position, .. })
+            if position == (6 * frame) as u64)
+        );
+        assert_eq!(
+            out[4..],
+            whole[..6 * frame],
+            "the six messages before the damage"
+        );
+
+        assert_eq!(log.plan_read(0, 10, usize::MAX).intact_messages(), 6);
+        assert_eq!(log.plan_read(2, 8, usize::MAX).intact_messages(), 4);
+        assert_eq!(log.plan_read(7, 3, usize::MAX).intact_messages(), 3);
+
+        let mut out = Vec::new();
+        let damage = log.plan_read(6, 4, usize::MAX).read_intact_prefix(&mut out);
+        assert!(damage.is_err());
+        assert!(out.is_empty(), "damage at the start leaves nothing");
+        assert_eq!(log.plan_read(6, 4, usize::MAX).intact_messages(), 0);
     }
 
     #[test]
