@@ -224,6 +224,8 @@ pub struct ReplicationConfig {
     pub advertise_leader: bool,
     pub request_timeout: HumanDuration,
     pub forget_members_after: HumanDuration,
+    /// Bytes of peers' prepares that may wait for the replica thread (`replication::inbound`).
+    pub inbound_budget: ByteSize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -528,6 +530,11 @@ impl Config {
         if self.tcp.memory_budget.0 < (1 << 20) {
             return Err(ConfigError::Invalid(
                 "tcp.memory_budget must be at least 1 MiB".into(),
+            ));
+        }
+        if self.replication.inbound_budget.0 < (1 << 20) {
+            return Err(ConfigError::Invalid(
+                "replication.inbound_budget must be at least 1 MiB".into(),
             ));
         }
         if self.tcp.max_connections == 0 {

@@ -50,6 +50,7 @@ pub struct Metrics {
     /// primary, and messages to peers dropped (peer down or its queue full).
     pub view_changes: AtomicU64,
     pub replication_forwarded: AtomicU64,
+    pub replication_inbound_dropped: AtomicU64,
     pub replication_dropped: AtomicU64,
     /// Damaged WAL slots restored from a peer.
     pub wal_repairs: AtomicU64,
@@ -90,6 +91,7 @@ impl Metrics {
             repair_failures: AtomicU64::new(0),
             view_changes: AtomicU64::new(0),
             replication_forwarded: AtomicU64::new(0),
+            replication_inbound_dropped: AtomicU64::new(0),
             replication_dropped: AtomicU64::new(0),
             wal_repairs: AtomicU64::new(0),
             wal_damaged_at_start: AtomicU64::new(0),
@@ -215,7 +217,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 15] = [
+        let singles: [(&str, &str, &str, u64); 16] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -293,6 +295,13 @@ impl Metrics {
                 "counter",
                 "Messages to other replicas dropped because the peer was down or its queue full.",
                 load(&self.replication_dropped),
+            ),
+            (
+                "iggy_replication_inbound_dropped_total",
+                "counter",
+                "Messages from other replicas dropped because this replica's thread had too many \
+                 of their prepares queued (a state sync holds it).",
+                load(&self.replication_inbound_dropped),
             ),
             (
                 "iggy_replication_wal_repairs_total",

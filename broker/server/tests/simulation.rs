@@ -48,7 +48,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use vsr::{Checkpoint, DiskImage, PrepareHeader, Replica, RestoreError, StateMachine, Superblock};
 use vsr_sim::model::ModelBroker;
 use vsr_sim::{SimMachine, World};
@@ -60,6 +60,8 @@ const PARTITIONS: u32 = 4;
 const ROOT: u32 = 0;
 /// The size of every workload message's payload in the broker.
 const PAYLOAD: usize = 200;
+/// How long a simulated state sync may go without writing (in-process, it never comes close).
+const STALL: Duration = Duration::from_secs(60);
 
 type Registry = Rc<RefCell<BTreeMap<u8, Arc<Broker>>>>;
 
@@ -814,7 +816,6 @@ impl SimMachine for SimBroker {
                 .map(|(_, b)| b.clone());
             std::iter::once(sender).chain(others).collect()
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
         // A failure (the sender was cut back by its own restart, say) leaves the data short:
         // the core then refuses the checkpoint, as a replica's driver makes it.
         let data = target.broker.config.system.path.clone();
@@ -828,7 +829,7 @@ impl SimMachine for SimBroker {
         });
         let around = std::cell::Cell::new(false);
         let synced = graveyard::during(&data, checkpoint.op(), || {
-            sync::install_from_each(&target.broker, &manifest, sources.len(), deadline, |i| {
+            sync::install_from_each(&target.broker, &manifest, sources.len(), STALL, |i| {
                 around.set(around.get() || i > 0);
                 Ok(Interrupted {
                     inner: sync::InProcess(&sources[i]),

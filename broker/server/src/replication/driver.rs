@@ -106,12 +106,15 @@ pub struct Driver {
     /// The log's tail when the replica opened: recovery mapped the bodies it replayed up to
     /// here, applied or not (`check_read_back`).
     pub replayed_through: Op,
+    /// Counts what peers' connections queued for this thread (`inbound.rs`).
+    pub inbound: Arc<super::inbound::Inbound>,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
 const SYNC_RETRY: Duration = Duration::from_secs(1);
-/// Longest a state sync may take before it is abandoned (and later resumed).
-const SYNC_DEADLINE: Duration = Duration::from_secs(120);
+/// Longest a state sync may go without writing data before it is abandoned (and resumed later:
+/// after a restart when it had changed local data). A sync that keeps writing runs until done.
+const SYNC_STALL: Duration = Duration::from_secs(30);
 
 struct Waiting {
     request: u64,
@@ -198,6 +201,9 @@ impl Driver {
         unapplied: &mut Vec<(ClientId, u64, Op, Vec<u8>)>,
         queue: &mut VecDeque<Input>,
     ) {
+        if let DriverInput::Envelope(envelope) = &input {
+            self.inbound.taken(envelope);
+        }
         match input {
             DriverInput::Envelope(envelope) => match envelope.to {
                 // Another cluster's traffic is nobody's business here. Another epoch's is the
@@ -306,7 +312,7 @@ impl Driver {
         // so what installing the new one deletes is buried, not deleted.
         let data = self.broker.config.system.path.clone();
         let installed = crate::storage::graveyard::during(&data, checkpoint.op(), || {
-            sync::install(&self.broker, &manifest, &peers, started + SYNC_DEADLINE)
+            sync::install(&self.broker, &manifest, &peers, SYNC_STALL)
         });
         match installed {
             Ok(messages) => {

@@ -11,6 +11,7 @@
 //! * [`status`] is what `/admin/status`, `/ready` and `GetClusterMetadata` report.
 
 pub mod driver;
+pub mod inbound;
 pub mod journal;
 pub mod machine;
 pub mod mapped;
@@ -340,6 +341,7 @@ pub async fn boot(
     );
     let listen = config.replication.address;
     let max_frame = config.tcp.max_send_bytes.0 as usize + (1 << 20);
+    let inbound_budget = config.replication.inbound_budget.0 as usize;
     let (broker, report) = tokio::task::block_in_place(|| {
         Broker::open_with(config, Submitter::Replicated(Box::new(submitter)))
     })?;
@@ -349,14 +351,18 @@ pub async fn boot(
             address: listen,
             source,
         })?;
+    let inbound = Arc::new(inbound::Inbound::with_budget(inbound_budget));
     let (stop, stop_rx) = watch::channel(false);
     let peers =
         transport::Peers::start(&setup.addresses, position, status.clone(), stop_rx.clone());
     tokio::spawn(transport::serve(
         listener,
-        inputs.clone(),
-        broker.clone(),
-        max_frame,
+        transport::Receiving {
+            inputs: inputs.clone(),
+            inbound: inbound.clone(),
+            broker: broker.clone(),
+            max_frame,
+        },
         stop_rx,
     ));
 
@@ -423,6 +429,7 @@ pub async fn boot(
         last_prepare: None,
         mapped: Default::default(),
         replayed_through,
+        inbound,
     };
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())

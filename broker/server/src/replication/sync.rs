@@ -97,8 +97,8 @@ pub enum SyncError {
     Refused { peer: String, reason: String },
     #[error("state sync: {0}")]
     Local(String),
-    #[error("state sync ran out of time after {0:?}")]
-    Timeout(Duration),
+    #[error("state sync wrote nothing for {0:?}")]
+    Stalled(Duration),
 }
 
 /// Answers a fetch from this broker's data: the live partition when it is the incarnation
@@ -228,15 +228,15 @@ fn read_chunk(planned: Planned, on_damage: impl FnOnce()) -> Fetched {
 
 /// Brings this broker's data to `manifest`'s by fetching what it lacks from `peers` (their
 /// replication addresses, the checkpoint's sender first; see [`install_from_each`]).
-/// Blocking; gives up at `deadline`.
+/// Blocking; gives up when it wrote nothing for `stall`.
 pub fn install(
     broker: &Broker,
     manifest: &Manifest,
     peers: &[String],
-    deadline: Instant,
+    stall: Duration,
 ) -> Result<u64, SyncFailed> {
-    install_from_each(broker, manifest, peers.len(), deadline, |i| {
-        Connection::open(&peers[i], deadline)
+    install_from_each(broker, manifest, peers.len(), stall, |i| {
+        Connection::open(&peers[i], Instant::now() + stall)
     })
 }
 
@@ -278,32 +278,33 @@ impl Source for InProcess<'_> {
 /// copy of the range (it answers the intact messages before the damage) — hands over to the
 /// next, which resumes where the data stands. Rounds over all of them go on while any makes
 /// progress, so damage in different places on different peers is fetched around. A local
-/// failure or the deadline ends it at once.
+/// failure, or `stall` passing without a message written, ends it at once. The whole has no
+/// time limit: a sync of a large partition takes as long as its data does, and one given up
+/// half way stops the replica (`SyncFailed::touched`) to resume after a restart — which would
+/// lose the restart's time (under Kubernetes, a growing back-off) again and again.
 pub fn install_from_each<S: Source>(
     broker: &Broker,
     manifest: &Manifest,
     sources: usize,
-    deadline: Instant,
+    stall: Duration,
     mut open: impl FnMut(usize) -> Result<S, SyncError>,
 ) -> Result<u64, SyncFailed> {
-    let (mut touched, mut fetched) = (false, 0);
+    let mut state = Installing {
+        touched: false,
+        fetched: 0,
+        wrote_at: Instant::now(),
+        stall,
+    };
     let mut failed = SyncError::Local("no peer to fetch from".into());
     loop {
-        let before = fetched;
+        let before = state.fetched;
         for index in 0..sources {
-            let outcome = open(index).and_then(|mut source| {
-                install_touching(
-                    broker,
-                    manifest,
-                    &mut source,
-                    deadline,
-                    &mut touched,
-                    &mut fetched,
-                )
-            });
+            let outcome = open(index)
+                .and_then(|mut source| install_touching(broker, manifest, &mut source, &mut state));
+            let touched = state.touched;
             match outcome {
-                Ok(()) => return Ok(fetched),
-                Err(error @ (SyncError::Local(_) | SyncError::Timeout(_))) => {
+                Ok(()) => return Ok(state.fetched),
+                Err(error @ (SyncError::Local(_) | SyncError::Stalled(_))) => {
                     return Err(SyncFailed { error, touched })
                 }
                 Err(error) => {
@@ -314,25 +315,40 @@ pub fn install_from_each<S: Source>(
                 }
             }
         }
-        if fetched == before {
+        if state.fetched == before {
             return Err(SyncFailed {
                 error: failed,
-                touched,
+                touched: state.touched,
             });
         }
     }
 }
 
-/// State sync from one source, noting in `touched` when it first changes local data and
-/// adding the messages it writes to `fetched`.
+/// Where a state sync stands, over all the sources it tries.
+struct Installing {
+    /// Whether it changed local data yet.
+    touched: bool,
+    /// Messages written.
+    fetched: u64,
+    /// When it last wrote messages (or started).
+    wrote_at: Instant,
+    /// How long it may go without writing any.
+    stall: Duration,
+}
+
+/// State sync from one source.
 fn install_touching(
     broker: &Broker,
     manifest: &Manifest,
     source: &mut impl Source,
-    deadline: Instant,
-    touched: &mut bool,
-    fetched: &mut u64,
+    state: &mut Installing,
 ) -> Result<(), SyncError> {
+    let Installing {
+        touched,
+        fetched,
+        wrote_at,
+        stall,
+    } = state;
     let snapshot: metadata::Snapshot = serde_json::from_slice(&manifest.metadata)
         .map_err(|e| SyncError::Local(format!("checkpoint metadata does not decode: {e}")))?;
     if broker.catalog().snapshot() != snapshot {
@@ -383,8 +399,8 @@ fn install_touching(
                     .map_err(|e| SyncError::Local(e.to_string()))?;
                 continue;
             }
-            if Instant::now() >= deadline {
-                return Err(SyncError::Timeout(CHUNK_TIMEOUT));
+            if wrote_at.elapsed() >= *stall {
+                return Err(SyncError::Stalled(*stall));
             }
             let request = Fetch {
                 stream,
@@ -430,6 +446,7 @@ fn install_touching(
                         .log()
                         .restart_at(first_local, remote)
                         .map_err(|e| SyncError::Local(e.to_string()))?;
+                    *wrote_at = Instant::now();
                 }
                 Fetched::Chunk {
                     previous,
@@ -474,6 +491,7 @@ fn install_touching(
                     *fetched += log
                         .append_synced(&frames, segment_start)
                         .map_err(|e| SyncError::Local(e.to_string()))?;
+                    *wrote_at = Instant::now();
                     if let Some(segment) = tiered.filter(|s| log.next_offset() >= s.next_offset) {
                         // The object store holds the segment just completed: so the manifest
                         // says, as on the peer (a gap in ours leaves it local; not an error).

@@ -13,6 +13,7 @@
 
 use crate::broker::Broker;
 use crate::replication::driver::DriverInput;
+use crate::replication::inbound::Inbound;
 use crate::replication::status::ClusterStatus;
 use crate::replication::sync;
 use bytes::Bytes;
@@ -311,15 +312,36 @@ async fn read_body<R: tokio::io::AsyncRead + Unpin>(
     Ok(body.freeze())
 }
 
+/// What every connection from a peer shares.
+#[derive(Clone)]
+pub struct Receiving {
+    /// To the replica thread.
+    pub inputs: Sender<DriverInput>,
+    /// How much of what was sent there the replica thread has yet to take.
+    pub inbound: Arc<Inbound>,
+    /// Answers state-sync fetches.
+    pub broker: Arc<Broker>,
+    pub max_frame: usize,
+}
+
+impl Receiving {
+    /// Hands `envelope` to the replica thread, unless too much is queued there already
+    /// (dropped and counted). `false` once the replica thread is gone.
+    fn deliver(&self, envelope: Envelope) -> bool {
+        if !self.inbound.admit(&envelope) {
+            self.broker
+                .metrics
+                .replication_inbound_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return true;
+        }
+        self.inputs.send(DriverInput::Envelope(envelope)).is_ok()
+    }
+}
+
 /// Accepts replica connections and feeds what they carry to the driver; answers state-sync
 /// fetches from the broker's data.
-pub async fn serve(
-    listener: TcpListener,
-    inputs: Sender<DriverInput>,
-    broker: Arc<Broker>,
-    max_frame: usize,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, receiving: Receiving, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -328,10 +350,9 @@ pub async fn serve(
         match accepted {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let inputs = inputs.clone();
-                let broker = broker.clone();
+                let receiving = receiving.clone();
                 tokio::spawn(async move {
-                    match receive_loop(stream, inputs, broker, max_frame).await {
+                    match receive_loop(stream, &receiving).await {
                         Err(e @ (TransportError::Version(_) | TransportError::NoHello(_))) => {
                             tracing::warn!(%peer, error = %e, "refused a replication connection");
                         }
@@ -362,12 +383,8 @@ fn size_frame_buffer(frame: &mut Vec<u8>, len: usize) {
     frame.resize(len, 0);
 }
 
-async fn receive_loop(
-    stream: TcpStream,
-    inputs: Sender<DriverInput>,
-    broker: Arc<Broker>,
-    max_frame: usize,
-) -> Result<(), TransportError> {
+async fn receive_loop(stream: TcpStream, receiving: &Receiving) -> Result<(), TransportError> {
+    let max_frame = receiving.max_frame;
     let (reader, mut writer) = stream.into_split();
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
     let mut frame = Vec::new();
@@ -390,7 +407,7 @@ async fn receive_loop(
         }
         if kind == PREPARE {
             let envelope = read_prepare(&mut reader, len).await?;
-            if inputs.send(DriverInput::Envelope(envelope)).is_err() {
+            if !receiving.deliver(envelope) {
                 return Ok(());
             }
             continue;
@@ -400,13 +417,13 @@ async fn receive_loop(
         match kind {
             ENVELOPE => {
                 let envelope: Envelope = postcard::from_bytes(&frame)?;
-                if inputs.send(DriverInput::Envelope(envelope)).is_err() {
+                if !receiving.deliver(envelope) {
                     return Ok(());
                 }
             }
             FETCH => {
                 let request: sync::Fetch = postcard::from_bytes(&frame)?;
-                let broker = broker.clone();
+                let broker = receiving.broker.clone();
                 let answer = tokio::task::spawn_blocking(move || sync::serve(&broker, &request))
                     .await
                     .unwrap_or_else(|e| sync::Fetched::Refused(e.to_string()));
