@@ -539,16 +539,22 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
     assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
 }
 
-/// The first (oldest) segment file of `member`'s partition 0.
-fn first_segment(cluster: &TestCluster, member: usize) -> std::path::PathBuf {
-    let dir = cluster.brokers[member].partition_dir(0, 0, 0);
-    let mut logs: Vec<_> = std::fs::read_dir(&dir)
-        .expect("partition directory")
+/// The `.log` files in `dir`, by name: a partition's segments, oldest first, or a journal's
+/// WAL files.
+fn log_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut logs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.expect("entry").path())
         .filter(|path| path.extension().is_some_and(|e| e == "log"))
         .collect();
     logs.sort();
-    logs.into_iter().next().expect("a segment")
+    logs
+}
+
+/// The first (oldest) segment file of `member`'s partition 0.
+fn first_segment(cluster: &TestCluster, member: usize) -> std::path::PathBuf {
+    let dir = cluster.brokers[member].partition_dir(0, 0, 0);
+    log_files(&dir).into_iter().next().expect("a segment")
 }
 
 /// A member rebuilt by state sync while both of its peers hold rot in the sealed segment it
@@ -790,10 +796,8 @@ async fn a_rotten_wal_record_is_repaired_from_the_peers() {
     // (written after it) still vouches for it. The replica must find it damaged, not torn,
     // and get the prepare back from its peers (by a repair request or a StartView's log).
     let vsr = cluster.brokers[damaged].data_path().join("vsr");
-    let wal = std::fs::read_dir(&vsr)
-        .expect("journal")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+    let wal = log_files(&vsr)
+        .into_iter()
         .max_by_key(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
         .expect("a WAL file");
     let mut bytes = std::fs::read(&wal).expect("read WAL");
@@ -1090,10 +1094,8 @@ async fn rot_under_a_running_replicas_mapped_body_stops_it_and_its_restart_repai
 
     let marker = payload(0, 10, 5);
     let vsr = cluster.brokers[damaged].data_path().join("vsr");
-    let (wal, at) = std::fs::read_dir(&vsr)
-        .expect("journal")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+    let (wal, at) = log_files(&vsr)
+        .into_iter()
         .find_map(|path| {
             let bytes = std::fs::read(&path).ok()?;
             let at = bytes
