@@ -64,6 +64,15 @@ measure() { # port label
     i=$((i + 1))
   done
   echo "  CPU per broker (member 0 = primary):$cpu"
+  # Prepares a replica dropped past replication.inbound_budget: only a replica thread held up
+  # (a state sync) should ever drop; a healthy run shows 0 on every member.
+  local dropped=""
+  for n in 0 1 2; do
+    dropped+=" $(curl -fs "http://127.0.0.1:2${n}300/metrics" 2>/dev/null |
+      awk '/^iggy_replication_inbound_dropped_total/ {print $2}')"
+  done
+  [ -n "${dropped// /}" ] && echo "  prepares dropped past the inbound budget, per member:$dropped"
+  return 0
 }
 
 echo "== machine: $(nproc) cores; data in $WORK; $BATCHES batches of 1000 x 1000 B per scenario"

@@ -11,7 +11,9 @@
 //! so does a peer's state-sync fetch that meets it (`sync::serve`).
 
 use crate::broker::Broker;
-use crate::replication::sync::{Connection, Fetch, Fetched, InProcess, Source, SyncError};
+use crate::replication::sync::{
+    Connection, Fetch, Fetched, InProcess, Source, SyncError, CHUNK_BYTES,
+};
 use crate::state::partition::Partition;
 use crate::storage::partition_log::RemoteRead;
 use crate::storage::{tiered, StorageError};
@@ -255,16 +257,25 @@ async fn repair_from_store(
     Ok(next - damage.from)
 }
 
-/// How many messages of `partition` from `from` (before `until`) read back intact.
-fn intact_here(partition: &Partition, from: u64, until: u64) -> u32 {
-    let count = (until - from).min(u64::from(u32::MAX)) as u32;
-    partition
-        .plan_read(from, count, usize::MAX)
-        .0
-        .intact_messages()
+/// Where damage starts in `partition` from `from` on (before `until`): the first message that
+/// does not read back intact, or `until`. Read `window` bytes at a time, each once, so a
+/// segment of a gigabyte is neither held in memory whole nor read again after every repaired
+/// chunk.
+fn damage_from(partition: &Partition, mut from: u64, until: u64, window: usize) -> u64 {
+    while from < until {
+        let count = (until - from).min(u64::from(u32::MAX)) as u32;
+        let (plan, _) = partition.plan_read(from, count, window);
+        let intact = plan.intact_messages();
+        from += u64::from(intact);
+        if intact == 0 || intact < plan.count {
+            break;
+        }
+    }
+    from.min(until)
 }
 
-/// The parts of `damage`, one per local segment, that do not read back verified now.
+/// The parts of `damage`, one per local segment, that do not read back verified now, each from
+/// its first damaged message.
 fn damaged_parts(partition: &Partition, damage: Damage) -> Vec<Damage> {
     let mut parts = Vec::new();
     let mut next = damage.from;
@@ -274,13 +285,10 @@ fn damaged_parts(partition: &Partition, damage: Damage) -> Vec<Damage> {
             break;
         };
         let until = end.min(damage.until);
-        let count = (until - next).min(u64::from(u32::MAX)) as u32;
-        let (plan, _) = partition.plan_read(next, count, usize::MAX);
-        let intact =
-            u64::from(plan.count) == until - next && plan.read_into(&mut Vec::new()).is_ok();
-        if !intact {
+        let start = damage_from(partition, next, until, CHUNK_BYTES);
+        if start < until {
             parts.push(Damage {
-                from: next,
+                from: start,
                 until,
                 ..damage
             });
@@ -299,7 +307,7 @@ fn repair_from(
     loop {
         // Only the damaged messages are fetched: what reads back intact here is skipped, so
         // a peer with damage of its own elsewhere in the range can still mend ours.
-        next += u64::from(intact_here(partition, next, damage.until));
+        next = damage_from(partition, next, damage.until, CHUNK_BYTES);
         if next >= damage.until {
             break;
         }
@@ -415,5 +423,21 @@ mod tests {
 
         // Nothing damaged: nothing fetched.
         assert_eq!(repair_from(&mut Peer(&peer), &damaged, damage).unwrap(), 0);
+    }
+
+    #[test]
+    fn damage_is_found_a_window_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (partition, segment, frame) = replica(dir.path());
+        // Windows of two and a half messages: each read holds two or three.
+        let window = frame * 5 / 2;
+        assert_eq!(damage_from(&partition, 0, 10, window), 10);
+        assert_eq!(damage_from(&partition, 4, 10, window), 10);
+        flip(&segment, 7 * frame + 3);
+        assert_eq!(damage_from(&partition, 0, 10, window), 7);
+        assert_eq!(damage_from(&partition, 7, 10, window), 7);
+        assert_eq!(damage_from(&partition, 8, 10, window), 10);
+        assert_eq!(damage_from(&partition, 0, 6, window), 6, "stops at `until`");
+        assert_eq!(damage_from(&partition, 0, 10, usize::MAX), 7);
     }
 }
