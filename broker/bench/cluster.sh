@@ -68,7 +68,7 @@ measure() { # port label
   # (a state sync) should ever drop; a healthy run shows 0 on every member.
   local dropped=""
   for n in 0 1 2; do
-    dropped+=" $(curl -fs "http://127.0.0.1:2${n}300/metrics" 2>/dev/null |
+    dropped+=" $( (curl -fs "http://127.0.0.1:2${n}300/metrics" 2>/dev/null || true) |
       awk '/^iggy_replication_inbound_dropped_total/ {print $2}')"
   done
   [ -n "${dropped// /}" ] && echo "  prepares dropped past the inbound budget, per member:$dropped"
