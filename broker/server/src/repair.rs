@@ -416,7 +416,7 @@ mod tests {
         );
         assert_eq!(std::fs::read(&our_segment).unwrap(), intact);
 
-        // The other way round: our messages from 7 on are intact again, the peer's 7 is not.
+        // The other way round: ours, whole now, mends the peer from its damaged message on.
         let rewritten = repair_from(&mut Peer(&damaged), &peer, damage).expect("repaired");
         assert_eq!(rewritten, 3, "messages 7..10");
         assert_eq!(std::fs::read(&peer_segment).unwrap(), intact);

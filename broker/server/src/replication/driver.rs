@@ -307,7 +307,11 @@ impl Driver {
             )
             .collect();
         let started = Instant::now();
-        tracing::info!(op = checkpoint.op(), peer = %sender, "state sync: fetching the checkpoint's data");
+        tracing::info!(
+            op = checkpoint.op(),
+            peer = %sender,
+            "state sync: fetching the checkpoint's data"
+        );
         // Until the core makes this checkpoint durable the old one is what a restart restores,
         // so what installing the new one deletes is buried, not deleted.
         let data = self.broker.config.system.path.clone();

@@ -273,10 +273,10 @@ impl Source for InProcess<'_> {
     }
 }
 
-/// [`install`] from any [`Source`]s: the `sources` that `open` opens by index, tried in order. A peer that
-/// cannot serve what is missing — unreachable, behind the checkpoint, or holding a damaged
-/// copy of the range (it answers the intact messages before the damage) — hands over to the
-/// next, which resumes where the data stands. Rounds over all of them go on while any makes
+/// [`install`] from any [`Source`]s: the `sources` that `open` opens by index, tried in
+/// order. A peer that cannot serve what is missing — unreachable, behind the checkpoint, or
+/// holding a damaged copy of the range (it answers the intact messages before the damage) —
+/// hands over to the next, which resumes where the data stands. Rounds over all of them go on while any makes
 /// progress, so damage in different places on different peers is fetched around. A local
 /// failure, or `stall` passing without a message written, ends it at once. The whole has no
 /// time limit: a sync of a large partition takes as long as its data does, and one given up
