@@ -509,6 +509,22 @@ async fn produce_until(
     }
 }
 
+/// After a member was rebuilt: five more batches from `batch` on, every member caught up, and
+/// all three holding the one history, `batch + 5` batches of it.
+async fn check_all_after_five_more(
+    cluster: &TestCluster,
+    client: &IggyClient,
+    history: &History,
+    primary: usize,
+    batch: usize,
+) {
+    produce(client, history, 0, batch..batch + 5).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    let reads = read_members(cluster, &[0, 1, 2]).await;
+    history.check(&reads);
+    assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
     let mut cluster = TestCluster::start(3, &[("IGGY_STORAGE_FSYNC", "always")]);
@@ -532,11 +548,7 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
     produce_until(&cluster, &client, &history, primary, 600, &mut batch).await;
     cluster.brokers[lagging].spawn_and_wait_alive();
     cluster.wait_caught_up(&[lagging], primary, Duration::from_secs(30));
-    produce(&client, &history, 0, batch..batch + 5).await;
-    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
-    let reads = read_members(&cluster, &[0, 1, 2]).await;
-    history.check(&reads);
-    assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
+    check_all_after_five_more(&cluster, &client, &history, primary, batch).await;
 }
 
 /// The `.log` files in `dir`, by name: a partition's segments, oldest first, or a journal's
@@ -612,11 +624,7 @@ async fn a_member_rebuilt_while_both_peers_hold_rot_fetches_around_it_and_they_r
         std::fs::read(first_segment(&cluster, wiped)).unwrap(),
         intact
     );
-    produce(&client, &history, 0, batch..batch + 5).await;
-    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
-    let reads = read_members(&cluster, &[0, 1, 2]).await;
-    history.check(&reads);
-    assert_eq!(reads[0].1.len(), (batch + 5) * BATCH);
+    check_all_after_five_more(&cluster, &client, &history, primary, batch).await;
 }
 
 /// A member held up by a long state sync while the cluster takes writes: its replica thread
@@ -651,11 +659,7 @@ async fn a_member_held_up_by_state_sync_under_load_drops_prepares_past_its_budge
         dropped > 0,
         "the sync never held the thread up long enough to test the budget"
     );
-    produce(&client, &history, 0, 400..405).await;
-    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
-    let reads = read_members(&cluster, &[0, 1, 2]).await;
-    history.check(&reads);
-    assert_eq!(reads[0].1.len(), 405 * BATCH);
+    check_all_after_five_more(&cluster, &client, &history, primary, 400).await;
 }
 
 /// A member's disk lost after the cluster formed: restarted empty under a ring marked formed
