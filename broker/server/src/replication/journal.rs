@@ -413,9 +413,10 @@ impl Journal {
 
     /// What the newest durable superblock made unnecessary: the oldest WAL files, up to the
     /// first holding an op above its checkpoint, and older checkpoints; `None` when no
-    /// superblock was written since the last call. The caller deletes it ([`Garbage::remove`]) off the journal's thread:
-    /// unlinking a 64 MiB WAL file frees its pages in the kernel for 10–25 ms (measured on
-    /// tmpfs), and every prepare queued behind it used to wait — the p99 of replicated produce.
+    /// superblock was written since the last call. The caller deletes it
+    /// ([`Garbage::remove`]) off the journal's thread: unlinking a 64 MiB WAL file frees its
+    /// pages in the kernel for 10–25 ms (measured on tmpfs), and every prepare queued behind
+    /// it used to wait — the p99 of replicated produce.
     /// Up to [`SPARE_WAL_FILES`] obsolete files of this build's kind are kept as spares instead
     /// (renamed here: a rename is cheap, and until it happens the file is only garbage a replay
     /// would read and ignore).
