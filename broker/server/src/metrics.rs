@@ -52,6 +52,8 @@ pub struct Metrics {
     pub replication_forwarded: AtomicU64,
     pub replication_inbound_dropped: AtomicU64,
     pub replication_dropped: AtomicU64,
+    /// Local client requests the replica thread passed over because nobody waited for them.
+    pub replication_abandoned: AtomicU64,
     /// Damaged WAL slots restored from a peer.
     pub wal_repairs: AtomicU64,
     /// 1 when recovery found a WAL slot whose header vouches for a prepare that no longer
@@ -93,6 +95,7 @@ impl Metrics {
             replication_forwarded: AtomicU64::new(0),
             replication_inbound_dropped: AtomicU64::new(0),
             replication_dropped: AtomicU64::new(0),
+            replication_abandoned: AtomicU64::new(0),
             wal_repairs: AtomicU64::new(0),
             wal_damaged_at_start: AtomicU64::new(0),
             request_observer: OnceLock::new(),
@@ -217,7 +220,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 16] = [
+        let singles: [(&str, &str, &str, u64); 17] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -302,6 +305,14 @@ impl Metrics {
                 "Messages from other replicas dropped because this replica's thread had too many \
                  of their prepares queued (a state sync holds it).",
                 load(&self.replication_inbound_dropped),
+            ),
+            (
+                "iggy_replication_abandoned_total",
+                "counter",
+                "Client requests not proposed because their connection had stopped waiting \
+                 (its deadline passed, or it sent the request again) before the replica thread \
+                 took them.",
+                load(&self.replication_abandoned),
             ),
             (
                 "iggy_replication_wal_repairs_total",

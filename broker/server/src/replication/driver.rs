@@ -245,6 +245,18 @@ impl Driver {
                 body,
                 reply,
             } => {
+                // The connection stopped waiting while this thread was busy (a state sync, a
+                // long checkpoint): its deadline passed and it told its client to retry, or it
+                // sent the request again with a new waiter. Proposing it now would commit a
+                // write whose client was told it failed, and a retry would then store it
+                // twice. What nobody waits for is never proposed; the copy still awaited is.
+                if reply.is_closed() {
+                    self.broker
+                        .metrics
+                        .replication_abandoned
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 waiting.insert(client, Waiting { request, reply });
                 queue.push_back(Input::Message(Envelope {
                     cluster: self.cluster,

@@ -586,3 +586,6 @@ pub(super) fn fail_stop(message: &str) -> ! {
     eprintln!("iggy-broker: {message}");
     std::process::exit(70);
 }
+
+#[cfg(test)]
+mod tests;

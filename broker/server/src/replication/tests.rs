@@ -1,0 +1,113 @@
+//! A ring of one booted in-process, for what the replica thread does with its inputs.
+
+use super::driver::{ClientReply, DriverInput};
+use super::{boot, ClientIds, Running, Setup};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::ops::{codec, Operation, Submission};
+use crate::state::catalog::ROOT_USER_ID;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Boots a replicated broker whose ring is itself alone, on `dir`.
+async fn ring_of_one(dir: &std::path::Path) -> (Arc<Broker>, Running) {
+    let replication = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port");
+    let ring = dir.join("ring.json");
+    let json = format!(
+        r#"{{"cluster_id": "unit", "epoch": 0, "members": [
+            {{"id": 1, "position": 0, "address": "{replication}"}}]}}"#
+    );
+    std::fs::write(&ring, json).expect("ring file");
+    let data = dir.join("data");
+    let env = [
+        ("IGGY_SYSTEM_PATH", data.display().to_string()),
+        ("IGGY_ROOT_PASSWORD", "secret".to_string()),
+        ("IGGY_CLUSTER_RING_FILE", ring.display().to_string()),
+        ("IGGY_CLUSTER_MEMBER_ID", "1".to_string()),
+        ("IGGY_REPLICATION_ADDRESS", replication.to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v));
+    let config = Config::load(None, env).expect("test configuration");
+    let setup = Setup::load(&config).expect("a ring of one");
+    let (broker, _, running) = boot(config, setup).await.expect("boots");
+    (broker, running)
+}
+
+/// Hands the replica thread a request and, unless `abandoned`, waits for its answer.
+async fn request(
+    running: &Running,
+    client: vsr::ClientId,
+    (session, request): (u64, u64),
+    body: bytes::Bytes,
+    abandoned: bool,
+) -> Option<ClientReply> {
+    let (reply, answer) = oneshot::channel();
+    let answer = (!abandoned).then_some(answer);
+    let input = DriverInput::Request {
+        client,
+        session,
+        request,
+        body,
+        reply,
+    };
+    assert!(
+        running.inputs.send(input).is_ok(),
+        "the replica thread runs"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(20), answer?).await;
+    Some(answer.expect("answered in time").expect("answered"))
+}
+
+fn create_stream(name: &str) -> bytes::Bytes {
+    let submission = Submission {
+        user: Some(ROOT_USER_ID),
+        op: Operation::CreateStream { name: name.into() },
+    };
+    let mut body = Vec::new();
+    codec::encode(&submission, &mut body).expect("encodes");
+    body.into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_nobody_waits_for_any_more_is_never_proposed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, running) = ring_of_one(dir.path()).await;
+    let client = ClientIds::new(0, 7).id(1000);
+
+    let Some(ClientReply::Done(registered)) =
+        request(&running, client, (0, 1), bytes::Bytes::new(), false).await
+    else {
+        panic!("the session registers");
+    };
+    let session = u64::from_le_bytes(registered[..8].try_into().expect("a session number"));
+
+    // A connection whose deadline passed while the thread was busy: its client was told to
+    // retry, so the write must not happen behind its back. Its next request still runs.
+    request(
+        &running,
+        client,
+        (session, 2),
+        create_stream("abandoned"),
+        true,
+    )
+    .await;
+    let kept = request(&running, client, (session, 3), create_stream("kept"), false).await;
+    assert!(matches!(kept, Some(ClientReply::Done(_))), "{kept:?}");
+
+    let names: Vec<String> = broker
+        .catalog()
+        .streams
+        .values()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(names, ["kept"], "only the awaited request was committed");
+    assert_eq!(
+        broker.metrics.replication_abandoned.load(Ordering::Relaxed),
+        1
+    );
+    running.stop();
+}
