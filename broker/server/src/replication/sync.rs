@@ -623,3 +623,132 @@ impl Source for Connection {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::apply;
+    use crate::ops::{OpContext, Operation, Submission};
+    use crate::state::catalog::ROOT_USER_ID;
+    use iggy_wire::message::SendMessagesHeader;
+    use iggy_wire::request::TopicSettings;
+    use iggy_wire::{Identifier, Partitioning};
+    use std::cell::Cell;
+
+    /// A broker holding one partition of `batches` × 1000 messages of 1000 bytes.
+    fn source(dir: &std::path::Path, batches: usize) -> std::sync::Arc<Broker> {
+        let broker = crate::broker::open_for_tests(dir);
+        let context = OpContext {
+            timestamp: 1,
+            entropy: 1,
+        };
+        let submit = |op: Operation<'_>| {
+            let user = Some(ROOT_USER_ID);
+            apply(&broker, context, Submission { user, op }, &mut Vec::new()).expect("applies");
+        };
+        submit(Operation::CreateStream { name: "s".into() });
+        submit(Operation::CreateTopic {
+            stream: Identifier::Numeric(0),
+            partitions: 1,
+            settings: TopicSettings {
+                compression: 1,
+                message_expiry: 0,
+                max_topic_size: 0,
+                replication_factor: 1,
+                name: "t".into(),
+            },
+        });
+        let body = vec![7u8; 1000];
+        let messages: Vec<(u128, &[u8], &[u8])> =
+            (0..1000).map(|_| (0, &body[..], &[][..])).collect();
+        for _ in 0..batches {
+            let mut payload = Vec::new();
+            SendMessagesHeader::encode_request(
+                &Identifier::Numeric(0),
+                &Identifier::Numeric(0),
+                &Partitioning::Balanced,
+                &messages,
+                &mut payload,
+            );
+            submit(Operation::append(&mut payload).expect("a valid batch"));
+        }
+        broker
+    }
+
+    /// A peer that serves while `answers` lasts, then takes `delay` to fail every fetch, as a
+    /// connection whose peer stopped sending fails at its read timeout.
+    struct Fading<'a> {
+        peer: InProcess<'a>,
+        answers: &'a Cell<usize>,
+        delay: Duration,
+    }
+
+    impl Source for Fading<'_> {
+        fn fetch(&mut self, request: &Fetch) -> Result<Fetched, SyncError> {
+            if self.answers.get() == 0 {
+                std::thread::sleep(self.delay);
+                return Err(SyncError::Io {
+                    peer: self.peer(),
+                    source: std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"),
+                });
+            }
+            self.answers.set(self.answers.get() - 1);
+            self.peer.fetch(request)
+        }
+
+        fn peer(&self) -> String {
+            "a fading peer".into()
+        }
+    }
+
+    /// Peers that stop answering after the sync has written part of the data hold it only
+    /// until `stall` has passed without a write: the next round gives up as stalled (and says
+    /// it changed local data, so the driver restarts the replica), instead of going round the
+    /// peers' timeouts again.
+    #[test]
+    fn a_sync_whose_peers_stop_answering_gives_up_once_it_wrote_nothing_for_the_stall() {
+        let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Five megabytes: more than one chunk.
+        let peer = source(theirs.path(), 5);
+        let manifest = Manifest::capture(&peer.catalog(), 0);
+        let receiver = crate::broker::open_for_tests(ours.path());
+        let answers = Cell::new(1);
+        let delay = Duration::from_millis(200);
+        let failed = install_from_each(&receiver, &manifest, 2, delay * 3 / 2, |_| {
+            Ok(Fading {
+                peer: InProcess(&peer),
+                answers: &answers,
+                delay,
+            })
+        })
+        .expect_err("the peers stopped answering");
+        assert!(failed.touched, "one chunk was written");
+        assert!(
+            matches!(failed.error, SyncError::Stalled(_)),
+            "{:?}",
+            failed.error
+        );
+        let catalog = receiver.catalog();
+        let written = catalog.streams[&0].topics[&0].partitions[0]
+            .log()
+            .next_offset();
+        assert!(written > 0 && written < 5000, "{written}");
+
+        // Peers that answer again finish it where it stands.
+        answers.set(usize::MAX);
+        drop(catalog);
+        let fetched = install_from_each(&receiver, &manifest, 2, delay, |_| {
+            Ok(Fading {
+                peer: InProcess(&peer),
+                answers: &answers,
+                delay,
+            })
+        })
+        .expect("synced");
+        assert_eq!(fetched, 5000 - written);
+        let (_, _, _, until, last) = manifest.partitions[0];
+        let catalog = receiver.catalog();
+        let log = catalog.streams[&0].topics[&0].partitions[0].log();
+        assert!(ends_as_checkpointed(&log, until, last, Beyond::Refused).unwrap());
+    }
+}
