@@ -3,7 +3,8 @@
 # consume 1000-byte messages in batches of 1000 (one producer, one partition), for each route
 # (star, ring) and fsync mode (never, always), with the CPU each broker used; then idle RSS per
 # replica (after a load and fresh) and failover time (primary killed → first acknowledged send through the new primary),
-# idle and under load.
+# idle and under load. Last, 1000 partitions written in batches of 10 × 100 B by 4 producers,
+# single node against the cluster: the per-request costs.
 # All brokers and the load generator share this machine's cores.
 # Usage: broker/bench/cluster.sh [--quick]   (--quick: 100 batches per scenario, else 600)
 # REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs.
@@ -15,7 +16,8 @@ cd "$(dirname "$0")/../.."
 # store the data three times over, so 1000 batches pushed the cluster's last tenth into the
 # slow regime while one broker never reached it. CLUSTER_BATCHES overrides.
 BATCHES=${CLUSTER_BATCHES:-600}
-[ "${1:-}" = "--quick" ] && BATCHES=100
+SMALL_BATCHES=20000
+[ "${1:-}" = "--quick" ] && BATCHES=100 && SMALL_BATCHES=2000
 . broker/bench/lib.sh cluster
 
 # Each scenario starts from an empty work directory: the gigabytes an earlier scenario left (on
@@ -51,13 +53,17 @@ JSON
   for n in 0 1 2; do wait_ready "2${n}300"; done
 }
 
-# One scenario against the client port `$1`, reporting the CPU every started broker used.
-measure() { # port label
-  local before=()
+# One scenario against the client port `$1`, reporting the CPU every started broker used; the
+# load is one producer of megabyte batches unless more `iggy-load` arguments follow the label.
+measure() { # port label [load arguments]
+  local port=$1 label=$2 before=()
+  shift 2
+  local load=("$@")
+  [ ${#load[@]} -gt 0 ] || load=(--producers 1 --partitions 1 --batches "$BATCHES" \
+    --batch-size 1000 --message-size 1000)
   for pid in "${PIDS[@]}"; do before+=("$(cpu_seconds "$pid")"); done
   sync; sleep 1
-  "$LOAD" --address "127.0.0.1:$1" --producers 1 --partitions 1 --batches $BATCHES \
-    --batch-size 1000 --message-size 1000 --label "$2"
+  "$LOAD" --address "127.0.0.1:$port" "${load[@]}" --label "$label"
   local cpu="" i=0
   for pid in "${PIDS[@]}"; do
     cpu+=" $(awk -v a="${before[$i]}" -v b="$(cpu_seconds "$pid")" 'BEGIN {printf "%.2f", b - a}')s"
@@ -94,6 +100,17 @@ measure 28190 "cluster route=star fsync=never via=backup"
 # hold (the messages' in-memory index: 16 B each, as on a single node).
 sleep 4
 echo "idle RSS per replica after the load: $(for pid in "${PIDS[@]}"; do printf '%s MiB ' "$(rss_mib "$pid")"; done)"
+stop_all
+
+# Many partitions and small batches: the per-request costs (a VSR round trip each, a checkpoint
+# every 64 ops that visits every partition) instead of the per-megabyte ones.
+SMALL=(--producers 4 --partitions 1000 --batches "$SMALL_BATCHES" --batch-size 10
+  --message-size 100 --no-consume)
+start_single never
+measure 28090 "single fsync=never 1000 partitions, 4 producers, 10 x 100 B" "${SMALL[@]}"
+stop_all
+start_cluster star never
+measure 28090 "cluster route=star fsync=never 1000 partitions, 4 producers, 10 x 100 B" "${SMALL[@]}"
 stop_all
 
 start_cluster star never
