@@ -397,18 +397,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes a checkpoint file durably (always fsynced: the superblock that names it lets the
-    /// WAL slots before it be reused, so it must outlive the prepares it replaces).
     fn write_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), JournalError> {
-        let path = checkpoint_path(&self.dir, checkpoint.op());
-        let bytes = postcard::to_stdvec(checkpoint)?;
-        let temporary = path.with_extension("tmp");
-        let mut file = File::create(&temporary).map_err(io(&temporary))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_data())
-            .map_err(io(&temporary))?;
-        std::fs::rename(&temporary, &path).map_err(io(&path))?;
-        sync_dir(&self.dir)
+        write_checkpoint_file(&self.dir, checkpoint)
     }
 
     /// What the newest durable superblock made unnecessary: the oldest WAL files, up to the
@@ -487,6 +477,22 @@ impl Garbage {
             }
         }
     }
+}
+
+/// Writes a checkpoint file into the journal directory `dir` durably (always fsynced: the
+/// superblock that names it lets the WAL slots before it be reused, so it must outlive the
+/// prepares it replaces). It touches nothing else of the journal, so it may run beside the
+/// journal's other writes (see `replication::Checkpointer`).
+pub fn write_checkpoint_file(dir: &Path, checkpoint: &Checkpoint) -> Result<(), JournalError> {
+    let path = checkpoint_path(dir, checkpoint.op());
+    let bytes = postcard::to_stdvec(checkpoint)?;
+    let temporary = path.with_extension("tmp");
+    let mut file = File::create(&temporary).map_err(io(&temporary))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_data())
+        .map_err(io(&temporary))?;
+    std::fs::rename(&temporary, &path).map_err(io(&path))?;
+    sync_dir(dir)
 }
 
 fn checkpoint_path(dir: &Path, op: Op) -> PathBuf {

@@ -10,6 +10,7 @@
 //! * [`sync`] fetches the data of a peer's checkpoint this replica lacks;
 //! * [`status`] is what `/admin/status`, `/ready` and `GetClusterMetadata` report.
 
+pub mod checkpointer;
 pub mod driver;
 pub mod inbound;
 pub mod journal;
@@ -377,12 +378,19 @@ pub async fn boot(
     // Appends are made on the replica thread when no fsync follows them (`writer.rs`).
     let inline = (!fsync).then(|| journal.clone());
     let writer = JournalWriter::new(jobs, inline, writeback_queued.clone());
+    let checkpoints = checkpointer::Checkpointer {
+        dir: journal_dir.clone(),
+        done: done.clone(),
+        written: journal_written.clone(),
+    }
+    .start()?;
     let thread = JournalThread {
         journal,
         done,
         written: journal_written,
         garbage,
         writeback_queued,
+        checkpoints,
     };
     std::thread::Builder::new()
         .name("vsr-journal".into())
@@ -514,18 +522,20 @@ fn checkpoint_metadata(image: &DiskImage) -> Option<crate::storage::metadata::Sn
 }
 
 /// The journal thread: carries out the core's writes in issue order, many at a time (one
-/// fsync for a burst of prepares), and reports them done. A checkpoint first syncs the
-/// partitions, so the segment data its manifest names is on disk before any superblock
-/// names it. What a durable superblock made obsolete goes to `garbage`, deleted on a thread
-/// of its own at idle priority (see `Journal::take_garbage` and `crate::reclaim`). With
-/// `fsync = never` the replica thread makes most appends itself (`writer.rs`) and asks this
-/// thread only for the writeback hints that follow them.
+/// fsync for a burst of prepares), and reports them done. Checkpoints go to the checkpointer
+/// thread instead (`checkpointer.rs`), which syncs the partitions first, so the segment data
+/// a manifest names is on disk before any superblock names it. What a durable superblock made
+/// obsolete goes to `garbage`, deleted on a thread of its own at idle priority (see
+/// `Journal::take_garbage` and `crate::reclaim`). With `fsync = never` the replica thread
+/// makes most appends itself (`writer.rs`) and asks this thread only for the writeback hints
+/// that follow them.
 struct JournalThread {
     journal: Arc<Mutex<Journal>>,
     done: mpsc::Sender<DriverInput>,
     written: Arc<written::WrittenPartitions>,
     garbage: Reclaimer,
     writeback_queued: Arc<AtomicBool>,
+    checkpoints: mpsc::Sender<checkpointer::Job>,
 }
 
 impl JournalThread {
@@ -556,14 +566,21 @@ impl JournalThread {
 
     /// Carries out `batch` and reports it done; false once the driver is gone.
     fn write(&self, batch: Vec<(u64, Write)>) -> bool {
-        if batch.iter().any(|(_, w)| matches!(w, Write::Checkpoint(_))) {
-            for partition in self.written.take_for_checkpoint() {
-                if let Err(e) = partition.sync_written() {
-                    fail_stop(&format!("cannot sync a partition for a checkpoint: {e}"));
+        let mut rest = Vec::with_capacity(batch.len());
+        for (io, write) in batch {
+            match write {
+                Write::Checkpoint(checkpoint) => {
+                    if self.checkpoints.send((io, checkpoint)).is_err() {
+                        return false;
+                    }
                 }
+                other => rest.push((io, other)),
             }
         }
-        let (ios, batch): (Vec<u64>, Vec<Write>) = batch.into_iter().unzip();
+        if rest.is_empty() {
+            return true;
+        }
+        let (ios, batch): (Vec<u64>, Vec<Write>) = rest.into_iter().unzip();
         let (mapped, garbage) = {
             let mut journal = writer::lock(&self.journal);
             let mapped = writer::write_or_stop(&mut journal, &batch);

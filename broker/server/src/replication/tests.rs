@@ -111,3 +111,66 @@ async fn a_request_nobody_waits_for_any_more_is_never_proposed() {
     );
     running.stop();
 }
+
+/// A prepare of op `op` with a small body.
+fn prepare(op: vsr::Op) -> vsr::Prepare {
+    let mut header = vsr::Prepare::root(1, 1, 0).header;
+    header.op = op;
+    vsr::Prepare::new(header, vec![op as u8; 100])
+}
+
+/// A checkpoint write never holds up the journal's queue: the appends issued after it are
+/// carried out and reported while it is still with the checkpointer (held here by never
+/// taking it), and the checkpointer reports it on its own once its file is durable.
+#[test]
+fn the_prepares_behind_a_checkpoint_do_not_wait_for_it() {
+    use super::journal::{Journal, Write};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{mpsc, Mutex};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = Journal::open(dir.path(), true).expect("journal").0;
+    let (done, reported) = mpsc::channel();
+    let (checkpoints, held) = mpsc::channel();
+    let written = Arc::new(super::written::WrittenPartitions::default());
+    let thread = super::JournalThread {
+        journal: Arc::new(Mutex::new(journal)),
+        done: done.clone(),
+        written: written.clone(),
+        garbage: crate::reclaim::Reclaimer::start("test-gc", 1),
+        writeback_queued: Arc::new(AtomicBool::new(false)),
+        checkpoints,
+    };
+    let checkpoint = vsr::Checkpoint::new(prepare(2), b"manifest".to_vec(), 7, Vec::new());
+    let wal = |op| Write::Wal {
+        slot: op,
+        prepare: prepare(op),
+    };
+    assert!(thread.write(vec![
+        (1, wal(1)),
+        (2, Write::Checkpoint(Box::new(checkpoint.clone()))),
+        (3, wal(3)),
+    ]));
+    let Ok(DriverInput::WriteDone(ios, _)) = reported.try_recv() else {
+        panic!("the appends are reported at once");
+    };
+    assert_eq!(ios, [1, 3], "the checkpoint is not among them");
+    let (io, taken) = held
+        .try_recv()
+        .expect("the checkpoint went to the checkpointer");
+    assert_eq!((io, &*taken), (2, &checkpoint));
+
+    let checkpointer = super::checkpointer::Checkpointer {
+        dir: dir.path().to_path_buf(),
+        done,
+        written,
+    }
+    .start()
+    .expect("starts");
+    checkpointer.send((io, taken)).expect("running");
+    let reported = reported
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the checkpointer reports");
+    assert!(matches!(reported, DriverInput::WriteDone(ios, _) if ios == [2]));
+    assert!(dir.path().join(format!("checkpoint-{:020}", 2)).exists());
+}

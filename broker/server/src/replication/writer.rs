@@ -7,8 +7,9 @@
 //! On a backup, handing a prepare's WAL append to the journal thread and its completion back
 //! costs two of those wake-ups on the critical path of every send, to move work that takes as
 //! long as a wake-up: with no fsync, an append is one copy into the page cache. The journal
-//! thread is kept for what must not hold up the replica thread — fsyncs (`fsync = always`), a
-//! checkpoint's partition syncs, superblocks — and for the writeback hints after appends.
+//! thread is kept for what must not hold up the replica thread — fsyncs (`fsync = always`),
+//! superblocks, checkpoints (which it passes on to the checkpointer thread) — and for the
+//! writeback hints after appends.
 //!
 //! Order: storage must see writes in the order the core issued them (a superblock makes the
 //! WAL records before it durable first, and a checkpoint names data written before it). An
