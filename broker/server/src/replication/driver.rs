@@ -5,8 +5,8 @@
 //! * sends to replicas → the transport's per-peer queues;
 //! * replies to clients → the waiting connection if the client lives on this replica, else the
 //!   replica it lives on (a client id carries its home position);
-//! * WAL, superblock and checkpoint writes → the journal thread, whose completions come back
-//!   as `WriteDone`;
+//! * WAL, superblock and checkpoint writes → the journal thread (checkpoints on to the
+//!   checkpointer thread), whose completions come back as `WriteDone`;
 //! * events → metrics, logs and the status `/admin/status` reports.
 //!
 //! Time enters only here: a tick every 10 ms, as the core expects.

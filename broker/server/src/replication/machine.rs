@@ -30,7 +30,7 @@ const SCRATCH_KEPT: usize = 16 << 20;
 
 pub struct BrokerMachine {
     broker: Arc<Broker>,
-    /// Where appends are noted for the journal thread's writeback and checkpoint syncs.
+    /// Where appends are noted for the journal thread's writeback and the checkpointer's syncs.
     written: Arc<WrittenPartitions>,
     digest: u128,
     /// The buffer an append's frames are copied into to be stamped, kept between applies.
@@ -158,7 +158,7 @@ impl StateMachine for BrokerMachine {
 
     /// The checkpoint's state: the running digest and a manifest of the metadata and how far
     /// each partition's log reached (see `manifest`). The partition data itself stays in the
-    /// segment files; the driver syncs them before the checkpoint is written.
+    /// segment files; the checkpointer syncs them before the checkpoint is written.
     fn snapshot(&self) -> Vec<u8> {
         let manifest = Manifest::capture(&self.broker.catalog(), self.digest);
         // The checkpoint before the previous one is durable by now (the core writes them in
