@@ -1,4 +1,5 @@
-//! A ring of one booted in-process, for what the replica thread does with its inputs.
+//! The replica's threads in this process: a ring of one booted for what the replica thread
+//! does with its inputs, and the journal thread handing checkpoints to the checkpointer.
 
 use super::driver::{ClientReply, DriverInput};
 use super::{boot, ClientIds, Running, Setup};
