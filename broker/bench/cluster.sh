@@ -4,7 +4,8 @@
 # (star, ring) and fsync mode (never, always), with the CPU each broker used; then idle RSS per
 # replica (after a load and fresh) and failover time (primary killed → first acknowledged send through the new primary),
 # idle and under load. Last, 1000 partitions written in batches of 10 × 100 B by 4 producers,
-# single node against the cluster: the per-request costs.
+# single node against the cluster: the per-request costs. The produce rates of the clusters as
+# multiples of the single node's in the same run close the load part, beside the issue's targets.
 # All brokers and the load generator share this machine's cores.
 # Usage: broker/bench/cluster.sh [--quick]   (--quick: 100 batches per scenario, else 600)
 # REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs.
@@ -53,6 +54,14 @@ JSON
   for n in 0 1 2; do wait_ready "2${n}300"; done
 }
 
+# Produce rate (msgs/s) of each scenario by label, for the ratios printed at the end.
+declare -A PRODUCED
+# `a`'s produce rate as a multiple of `b`'s.
+ratio() { # label-a label-b
+  awk -v a="${PRODUCED[$1]:-0}" -v b="${PRODUCED[$2]:-0}" \
+    'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else printf "n/a" }'
+}
+
 # One scenario against the client port `$1`, reporting the CPU every started broker used; the
 # load is one producer of megabyte batches unless more `iggy-load` arguments follow the label.
 measure() { # port label [load arguments]
@@ -63,7 +72,11 @@ measure() { # port label [load arguments]
     --batch-size 1000 --message-size 1000)
   for pid in "${PIDS[@]}"; do before+=("$(cpu_seconds "$pid")"); done
   sync; sleep 1
-  "$LOAD" --address "127.0.0.1:$port" "${load[@]}" --label "$label"
+  local out
+  out=$("$LOAD" --address "127.0.0.1:$port" "${load[@]}" --label "$label")
+  echo "$out"
+  PRODUCED[$label]=$(awk '/ produce / { for (i = 1; i <= NF; i++) if ($i ~ /^msgs\/s=/) {
+    sub(/^msgs\/s=/, "", $i); print $i } }' <<<"$out")
   local cpu="" i=0
   for pid in "${PIDS[@]}"; do
     cpu+=" $(awk -v a="${before[$i]}" -v b="$(cpu_seconds "$pid")" 'BEGIN {printf "%.2f", b - a}')s"
@@ -112,6 +125,17 @@ stop_all
 start_cluster star never
 measure 28090 "cluster route=star fsync=never 1000 partitions, 4 producers, 10 x 100 B" "${SMALL[@]}"
 stop_all
+
+echo "produce against the single node of the same run (the issue's targets: 0.7x never, 0.5x always):"
+for fsync in never always; do
+  for route in star ring; do
+    echo "  $route, fsync=$fsync: $(ratio "cluster route=$route fsync=$fsync via=primary run=1" \
+      "single fsync=$fsync run=1")"
+  done
+done
+echo "  1000 partitions, 10 x 100 B: $(ratio \
+  "cluster route=star fsync=never 1000 partitions, 4 producers, 10 x 100 B" \
+  "single fsync=never 1000 partitions, 4 producers, 10 x 100 B")"
 
 start_cluster star never
 sleep 2
