@@ -247,6 +247,66 @@ fn on_log(
     }
 }
 
+/// A broker's state built the way every replica builds it: operations applied as root in one
+/// fixed context, for the tests of what is built on top of `apply` (checkpoints, state sync).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+    use crate::state::catalog::ROOT_USER_ID;
+    use iggy_wire::message::SendMessagesHeader;
+    use iggy_wire::request::TopicSettings;
+    use iggy_wire::{Identifier, Partitioning};
+
+    /// Applies `op` as root.
+    pub(crate) fn apply_as_root(broker: &Broker, op: Operation<'_>) {
+        let context = OpContext {
+            timestamp: 1,
+            entropy: 1,
+        };
+        let user = Some(ROOT_USER_ID);
+        apply(broker, context, Submission { user, op }, &mut Vec::new()).expect("applies");
+    }
+
+    /// Creates stream 0 ("s") and its topic 0 ("t") of `partitions` partitions.
+    pub(crate) fn stream_and_topic(broker: &Broker, partitions: u32) {
+        apply_as_root(broker, Operation::CreateStream { name: "s".into() });
+        apply_as_root(
+            broker,
+            Operation::CreateTopic {
+                stream: Identifier::Numeric(0),
+                partitions,
+                settings: TopicSettings {
+                    compression: 1,
+                    message_expiry: 0,
+                    max_topic_size: 0,
+                    replication_factor: 1,
+                    name: "t".into(),
+                },
+            },
+        );
+    }
+
+    /// Appends `messages` (id, payload, headers) to topic 0 of stream 0 as one batch.
+    pub(crate) fn append(
+        broker: &Broker,
+        partitioning: Partitioning,
+        messages: &[(u128, &[u8], &[u8])],
+    ) {
+        let mut payload = Vec::new();
+        SendMessagesHeader::encode_request(
+            &Identifier::Numeric(0),
+            &Identifier::Numeric(0),
+            &partitioning,
+            messages,
+            &mut payload,
+        );
+        apply_as_root(
+            broker,
+            Operation::append(&mut payload).expect("a valid batch"),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

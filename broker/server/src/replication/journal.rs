@@ -794,10 +794,10 @@ fn read_superblocks(file: &mut File, path: &Path) -> Result<Vec<Superblock>, Jou
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn prepare(op: Op, parent: u128) -> Prepare {
+    pub(in crate::replication) fn prepare(op: Op, parent: u128) -> Prepare {
         prepare_with(op, parent, vec![op as u8; 100])
     }
 

@@ -326,23 +326,12 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Operation, Submission};
-    use crate::state::catalog::ROOT_USER_ID;
-    use iggy_wire::message::SendMessagesHeader;
-    use iggy_wire::request::TopicSettings;
-    use iggy_wire::{Identifier, Partitioning};
-
-    fn run(broker: &Broker, op: Operation<'_>) {
-        let context = OpContext {
-            timestamp: 1,
-            entropy: 1,
-        };
-        let user = Some(ROOT_USER_ID);
-        apply(broker, context, Submission { user, op }, &mut Vec::new()).expect("applies");
-    }
+    use crate::apply::fixtures::{append, apply_as_root, stream_and_topic};
+    use crate::ops::Operation;
+    use iggy_wire::Partitioning;
 
     fn store(broker: &Broker, partition: u32, kind: ConsumerKind, key: &str, offset: u64) {
-        run(
+        apply_as_root(
             broker,
             Operation::StoreOffset {
                 stream: 0,
@@ -361,32 +350,10 @@ mod tests {
     fn a_restored_checkpoint_gives_every_partition_its_own_offsets() {
         let dir = tempfile::tempdir().expect("dir");
         let broker = crate::broker::open_for_tests(dir.path());
-        run(&broker, Operation::CreateStream { name: "s".into() });
-        run(
-            &broker,
-            Operation::CreateTopic {
-                stream: Identifier::Numeric(0),
-                partitions: 3,
-                settings: TopicSettings {
-                    compression: 1,
-                    message_expiry: 0,
-                    max_topic_size: 0,
-                    replication_factor: 1,
-                    name: "t".into(),
-                },
-            },
-        );
+        stream_and_topic(&broker, 3);
+        let messages: Vec<(u128, &[u8], &[u8])> = vec![(0, b"m", b""); 10];
         for partition in 0..3 {
-            let mut payload = Vec::new();
-            let messages: Vec<(u128, &[u8], &[u8])> = vec![(0, b"m", b""); 10];
-            SendMessagesHeader::encode_request(
-                &Identifier::Numeric(0),
-                &Identifier::Numeric(0),
-                &Partitioning::PartitionId(partition),
-                &messages,
-                &mut payload,
-            );
-            run(&broker, Operation::append(&mut payload).expect("a batch"));
+            append(&broker, Partitioning::PartitionId(partition), &messages);
         }
         store(&broker, 0, ConsumerKind::Consumer, "a", 1);
         store(&broker, 1, ConsumerKind::Consumer, "a", 2);

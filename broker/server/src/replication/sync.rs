@@ -276,12 +276,12 @@ impl Source for InProcess<'_> {
 /// [`install`] from any [`Source`]s: the `sources` that `open` opens by index, tried in
 /// order. A peer that cannot serve what is missing — unreachable, behind the checkpoint, or
 /// holding a damaged copy of the range (it answers the intact messages before the damage) —
-/// hands over to the next, which resumes where the data stands. Rounds over all of them go on while any makes
-/// progress, so damage in different places on different peers is fetched around. A local
-/// failure, or `stall` passing without a message written, ends it at once. The whole has no
-/// time limit: a sync of a large partition takes as long as its data does, and one given up
-/// half way stops the replica (`SyncFailed::touched`) to resume after a restart — which would
-/// lose the restart's time (under Kubernetes, a growing back-off) again and again.
+/// hands over to the next, which resumes where the data stands. Rounds over all of them go on
+/// while any makes progress, so damage in different places on different peers is fetched
+/// around. A local failure, or `stall` passing without a message written, ends it at once. The
+/// whole has no time limit: a sync of a large partition takes as long as its data does, and
+/// one given up half way stops the replica (`SyncFailed::touched`) to resume after a restart —
+/// which would lose the restart's time (under Kubernetes, a growing back-off) again and again.
 pub fn install_from_each<S: Source>(
     broker: &Broker,
     manifest: &Manifest,
@@ -627,50 +627,19 @@ impl Source for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::apply;
-    use crate::ops::{OpContext, Operation, Submission};
-    use crate::state::catalog::ROOT_USER_ID;
-    use iggy_wire::message::SendMessagesHeader;
-    use iggy_wire::request::TopicSettings;
-    use iggy_wire::{Identifier, Partitioning};
+    use crate::apply::fixtures::{append, stream_and_topic};
+    use iggy_wire::Partitioning;
     use std::cell::Cell;
 
     /// A broker holding one partition of `batches` × 1000 messages of 1000 bytes.
     fn source(dir: &std::path::Path, batches: usize) -> std::sync::Arc<Broker> {
         let broker = crate::broker::open_for_tests(dir);
-        let context = OpContext {
-            timestamp: 1,
-            entropy: 1,
-        };
-        let submit = |op: Operation<'_>| {
-            let user = Some(ROOT_USER_ID);
-            apply(&broker, context, Submission { user, op }, &mut Vec::new()).expect("applies");
-        };
-        submit(Operation::CreateStream { name: "s".into() });
-        submit(Operation::CreateTopic {
-            stream: Identifier::Numeric(0),
-            partitions: 1,
-            settings: TopicSettings {
-                compression: 1,
-                message_expiry: 0,
-                max_topic_size: 0,
-                replication_factor: 1,
-                name: "t".into(),
-            },
-        });
+        stream_and_topic(&broker, 1);
         let body = vec![7u8; 1000];
         let messages: Vec<(u128, &[u8], &[u8])> =
             (0..1000).map(|_| (0, &body[..], &[][..])).collect();
         for _ in 0..batches {
-            let mut payload = Vec::new();
-            SendMessagesHeader::encode_request(
-                &Identifier::Numeric(0),
-                &Identifier::Numeric(0),
-                &Partitioning::Balanced,
-                &messages,
-                &mut payload,
-            );
-            submit(Operation::append(&mut payload).expect("a valid batch"));
+            append(&broker, Partitioning::Balanced, &messages);
         }
         broker
     }

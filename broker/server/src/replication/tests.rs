@@ -113,18 +113,12 @@ async fn a_request_nobody_waits_for_any_more_is_never_proposed() {
     running.stop();
 }
 
-/// A prepare of op `op` with a small body.
-fn prepare(op: vsr::Op) -> vsr::Prepare {
-    let mut header = vsr::Prepare::root(1, 1, 0).header;
-    header.op = op;
-    vsr::Prepare::new(header, vec![op as u8; 100])
-}
-
 /// A checkpoint write never holds up the journal's queue: the appends issued after it are
 /// carried out and reported while it is still with the checkpointer (held here by never
 /// taking it), and the checkpointer reports it on its own once its file is durable.
 #[test]
 fn the_prepares_behind_a_checkpoint_do_not_wait_for_it() {
+    use super::journal::tests::prepare;
     use super::journal::{Journal, Write};
     use std::sync::atomic::AtomicBool;
     use std::sync::{mpsc, Mutex};
@@ -142,10 +136,10 @@ fn the_prepares_behind_a_checkpoint_do_not_wait_for_it() {
         writeback_queued: Arc::new(AtomicBool::new(false)),
         checkpoints,
     };
-    let checkpoint = vsr::Checkpoint::new(prepare(2), b"manifest".to_vec(), 7, Vec::new());
+    let checkpoint = vsr::Checkpoint::new(prepare(2, 0), b"manifest".to_vec(), 7, Vec::new());
     let wal = |op| Write::Wal {
         slot: op,
-        prepare: prepare(op),
+        prepare: prepare(op, 0),
     };
     assert!(thread.write(vec![
         (1, wal(1)),
