@@ -85,6 +85,45 @@ fn the_primary_crashing_is_replaced_and_nothing_is_lost() {
     );
 }
 
+/// After the primary crashes, the surviving backup votes with nearly the log the new primary
+/// installs: its StartView carries only the part it lacks, from the last op both hold alike, not
+/// the whole log since the checkpoint (with megabyte batches, tens of MiB on the wire while the
+/// cluster cannot commit).
+#[test]
+fn a_voter_gets_only_the_part_of_the_new_log_it_lacks() {
+    for route in ROUTES {
+        let mut sim = calm(3, route);
+        let long_log = |sim: &Simulation| {
+            let r = sim.replica(0).unwrap();
+            r.log_tail() - r.log_base() >= 16
+        };
+        let mut ticks = 0;
+        while !long_log(&sim) {
+            sim.run_for(5).unwrap();
+            ticks += 5;
+            assert!(ticks < 5_000, "{route:?}: the log never grew past 16 ops");
+        }
+        sim.crash(0).unwrap();
+        let new_primary = |sim: &Simulation| sim.replica(1).is_some_and(|r| r.is_primary());
+        while !new_primary(&sim) {
+            sim.run_for(5).unwrap();
+            ticks += 5;
+            assert!(ticks < 10_000, "{route:?}: no new primary");
+        }
+        let primary = sim.replica(1).unwrap();
+        let whole = primary.log_tail() - primary.log_base() + 1;
+        sim.run_for(100).unwrap();
+        assert_eq!(sim.replica(2).unwrap().view(), 1, "{route:?}");
+        let carried = sim.coverage().get("start_view_prepares");
+        assert!(whole >= 17, "{route:?}: the log holds {whole} prepares");
+        assert!(
+            (1..=5).contains(&carried),
+            "{route:?}: the StartView carried {carried} of the log's {whole} prepares"
+        );
+        sim.run_until_answered(20_000).unwrap();
+    }
+}
+
 /// A rolling restart's hand-over: the primary asked to step down gives its view to the next
 /// replica while requests are in flight, keeps serving as a backup, and nothing committed is
 /// lost. A backup asked the same thing has nothing to hand over and ignores it.

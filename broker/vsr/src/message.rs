@@ -15,9 +15,9 @@ pub enum Node {
     Client(ClientId),
 }
 
-/// What is being said. Logs in view-change messages travel from the sender's checkpoint (at
-/// most the WAL's size): simple and obviously correct at the simulator's scale (see
-/// docs/replication.md for the suffix-only plan).
+/// What is being said. Logs in DoViewChanges travel from the sender's checkpoint (at most the
+/// WAL's size); a StartView to a replica that voted starts where that vote's log stops matching
+/// (docs/replication.md, "View changes carry what is lacked", and "Not done yet" for the rest).
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {

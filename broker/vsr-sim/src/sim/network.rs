@@ -88,6 +88,11 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
             ]);
             match envelope.to {
                 Node::Replica(r) => {
+                    if let Message::StartView { log, .. } = &envelope.message {
+                        if self.replicas[r as usize].is_some() {
+                            self.coverage.add("start_view_prepares", log.len() as u64);
+                        }
+                    }
                     if let (Message::Sync { checkpoint }, Node::Replica(from)) =
                         (&envelope.message, envelope.from)
                     {

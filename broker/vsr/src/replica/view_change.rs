@@ -231,13 +231,26 @@ impl<S: StateMachine> Replica<S> {
             view: self.view,
             primary: true,
         });
-        let start_view = Message::StartView {
+        // A voter gets only what its vote shows it lacks, from the last op it holds alike: the
+        // log is the WAL's worth of prepares since the checkpoint (with megabyte batches, tens
+        // of MiB), and after an ordinary failover the voters hold nearly all of it already.
+        // Sending it whole kept the surviving backup out of the new view for most of a second
+        // (docs/replication.md, "View changes carry what is lacked"). Everyone else — a
+        // replica that did not vote, standbys — gets the whole log.
+        let whole = Message::StartView {
             view: self.view,
             log: self.log.entries().to_vec(),
             commit,
         };
-        self.send_to_standbys(&start_view);
-        self.broadcast(start_view);
+        self.send_to_standbys(&whole);
+        for replica in 0..self.cfg.replica_count {
+            let log = match self.dvc.get(&replica) {
+                Some(vote) => self.log.lacked_by(&vote.log).to_vec(),
+                None => self.log.entries().to_vec(),
+            };
+            let view = self.view;
+            self.send(replica, Message::StartView { view, log, commit });
+        }
         self.advance_commit(commit);
         self.last_retransmit = self.tick;
         self.last_progress = self.tick;
