@@ -110,6 +110,8 @@ pub struct Replica<S> {
     svc: BTreeSet<ReplicaId>,
     dvc: BTreeMap<ReplicaId, Vote>,
     dvc_sent: bool,
+    /// When our vote last went out (ticks): it is resent less often than the StartViewChange.
+    dvc_sent_at: u64,
     /// New primary: prepares peers sent for the winning log's unreadable suffix, by checksum.
     view_change_bodies: BTreeMap<u128, Prepare>,
     last_body_request: u64,

@@ -215,6 +215,7 @@ impl<S: StateMachine> Replica<S> {
             svc: BTreeSet::new(),
             dvc: BTreeMap::new(),
             dvc_sent: false,
+            dvc_sent_at: 0,
             view_change_bodies: BTreeMap::new(),
             last_body_request: 0,
             faulty,

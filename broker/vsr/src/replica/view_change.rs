@@ -93,8 +93,16 @@ impl<S: StateMachine> Replica<S> {
         self.last_view_change_message = self.tick;
         let (view, replica) = (self.view, self.cfg.replica);
         self.broadcast(Message::StartViewChange { view, replica });
-        // Also the first time after an abstention (faulty, or a sync not yet durable) ends.
-        self.dvc_sent = false;
+        // The vote goes again only after a longer pause (also the first time after an
+        // abstention — faulty, or a sync not yet durable — ends). It carries our log since the
+        // checkpoint, in the broker up to a WAL interval of megabyte batches: resent with every
+        // StartViewChange, each copy was encoded, sent, decoded and verified again while the
+        // first was still on its way, and a failover under load took over 2 s. A vote is lost
+        // only with its connection or to a peer's full inbound queue; a quarter of the view
+        // change timeout still resends it well before the view is given up.
+        if self.tick - self.dvc_sent_at >= self.cfg.view_change_timeout / 4 {
+            self.dvc_sent = false;
+        }
         self.maybe_send_do_view_change();
     }
 
@@ -122,6 +130,7 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         self.dvc_sent = true;
+        self.dvc_sent_at = self.tick;
         let (view, replica) = (self.view, self.cfg.replica);
         let vote = self.vote();
         if !vote.unreadable.is_empty() {
