@@ -32,6 +32,10 @@ pub enum Input {
     /// up, as the reconfiguration op that ends the epoch. A proposal the running configuration
     /// cannot become ([`crate::Membership::may_become`]) is ignored.
     Reconfigure(crate::Membership),
+    /// Apply what a backup learned is committed from a prepare: deferred out of the prepare's
+    /// own step so that its write and acknowledgement go out first (see
+    /// [`crate::Replica::has_unapplied`]). A tick applies it too.
+    Apply,
 }
 
 #[derive(Debug, Clone)]

@@ -449,6 +449,7 @@ impl<S: SimMachine> Simulation<S> {
         let Some(replica) = self.replicas[r as usize].as_mut() else {
             return Ok(());
         };
+        let from_peer = matches!(input, Input::Message(_));
         let outputs = replica.step(input);
         if replica.state_machine().halted() {
             // Fail-stop: the process would have exited before sending or writing any of it.
@@ -462,6 +463,14 @@ impl<S: SimMachine> Simulation<S> {
         }
         for output in outputs {
             self.handle_output(r, output)?;
+        }
+        // As the broker's driver does once a message's effects are out: apply what a prepare
+        // said is committed. Now and then left to the next tick instead, the core's fallback.
+        let unapplied = self.replicas[r as usize]
+            .as_ref()
+            .is_some_and(|replica| replica.has_unapplied());
+        if from_peer && unapplied && self.rng.chance(900_000) {
+            return self.feed(r, Input::Apply);
         }
         Ok(())
     }

@@ -174,6 +174,7 @@ impl<S: StateMachine> Replica<S> {
             Input::StepDown => self.on_step_down(),
             Input::Reconfigure(next) => self.on_reconfigure(next),
             Input::Message(envelope) => self.on_envelope(envelope),
+            Input::Apply => self.apply_committed(),
         }
         self.check_invariants();
         std::mem::take(&mut self.out)
@@ -191,6 +192,13 @@ impl<S: StateMachine> Replica<S> {
     pub fn commit_min(&self) -> Op {
         self.commit_min
     }
+    /// Ops known committed and held but not applied yet: a backup defers what a prepare tells
+    /// it is committed to an [`Input::Apply`] (or the next tick), so that applying the previous
+    /// batch does not hold up the write and acknowledgement of the new one.
+    pub fn has_unapplied(&self) -> bool {
+        self.commit_min < self.commit_max.min(self.log_tail())
+    }
+
     pub fn commit_max(&self) -> Op {
         self.commit_max
     }

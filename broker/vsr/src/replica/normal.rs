@@ -299,10 +299,13 @@ impl<S: StateMachine> Replica<S> {
                     },
                 );
             }
+            // What the prepare says is committed is applied in a step of its own
+            // (`Input::Apply`, or the next tick), after this one's write and acknowledgement
+            // are out: on a backup, applying the previous batch sat on every round trip.
             let commit = prepare.header.commit;
             self.log.push(prepare);
             self.write_pending();
-            self.advance_commit(commit);
+            self.commit_max = self.commit_max.max(commit);
         } else {
             self.request_state();
         }

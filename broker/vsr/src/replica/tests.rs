@@ -387,3 +387,55 @@ fn a_step_that_leaves_a_contradiction_panics_naming_the_invariant() {
     replica.log_view = 2;
     replica.step(Input::Tick { now: 2 });
 }
+
+/// A backup writes (and so acknowledges) a prepare before applying what that prepare says is
+/// committed: the step that takes the prepare applies nothing, `Input::Apply` does — or, if the
+/// driver never asks, the next tick.
+#[test]
+fn a_backup_applies_what_a_prepare_commits_only_after_the_prepares_step() {
+    for by_tick in [false, true] {
+        let mut backup = restarted_in_view_0(BTreeMap::new(), BTreeMap::new());
+        let root = Prepare::root(1, 1, 0);
+        let start = from_replica_0(Message::StartView {
+            view: 0,
+            log: vec![root.clone()],
+            commit: 0,
+        });
+        let outputs = backup.step(start);
+        settle(&mut backup, outputs, false);
+        assert_eq!(backup.status(), Status::Normal);
+        let p1 = prepare(1, root.checksum());
+        let outputs = backup.step(from_replica_0(Message::Prepare {
+            view: 0,
+            prepare: p1.clone(),
+        }));
+        settle(&mut backup, outputs, false);
+        let mut header = prepare(2, p1.checksum()).header;
+        header.commit = 1;
+        let p2 = Prepare::new(header, vec![2u8; 4]);
+        let outputs = backup.step(from_replica_0(Message::Prepare {
+            view: 0,
+            prepare: p2,
+        }));
+        assert!(
+            outputs
+                .iter()
+                .any(|o| matches!(o, Output::WriteWal { prepare, .. } if prepare.op() == 2)),
+            "the prepare's write goes out in its own step"
+        );
+        assert_eq!((backup.commit_max(), backup.commit_min()), (1, 0));
+        settle(&mut backup, outputs, false);
+        assert!(
+            backup.has_unapplied(),
+            "its write completing applies nothing either"
+        );
+        let input = if by_tick {
+            Input::Tick { now: 1 }
+        } else {
+            Input::Apply
+        };
+        backup.step(input);
+        assert_eq!(backup.commit_min(), 1, "applied (by tick: {by_tick})");
+        assert!(!backup.has_unapplied());
+    }
+}

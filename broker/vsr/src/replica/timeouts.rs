@@ -24,6 +24,10 @@ impl<S: StateMachine> Replica<S> {
     pub(super) fn on_tick(&mut self, now: u64) {
         self.tick += 1;
         self.now = now;
+        // Whatever a prepare's step left unapplied, if no `Input::Apply` came for it.
+        if self.status == Status::Normal && self.has_unapplied() {
+            self.apply_committed();
+        }
         match self.status {
             Status::Normal if self.is_primary() => {
                 if self.tick - self.last_commit_broadcast >= self.cfg.commit_interval {
