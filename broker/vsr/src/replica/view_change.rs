@@ -97,7 +97,8 @@ impl<S: StateMachine> Replica<S> {
         // abstention — faulty, or a sync not yet durable — ends). It carries our log since the
         // checkpoint, in the broker up to a WAL interval of megabyte batches: resent with every
         // StartViewChange, each copy was encoded, sent, decoded and verified again while the
-        // first was still on its way, and a failover under load took over 2 s. A vote is lost
+        // first was still on its way (one of the costs in failovers under load of over 2 s,
+        // docs/benchmarks.md). A vote is lost
         // only with its connection or to a peer's full inbound queue; a quarter of the view
         // change timeout still resends it well before the view is given up.
         if self.tick - self.dvc_sent_at >= self.cfg.view_change_timeout / 4 {
