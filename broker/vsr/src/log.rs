@@ -116,15 +116,9 @@ impl Log {
     /// when they hold no op alike. Splicing the suffix onto `theirs` gives the same log as
     /// splicing the whole of this one: both join at that op.
     pub fn lacked_by(&self, theirs: &[Prepare]) -> &[Prepare] {
-        let (Some(first), Some(last)) = (theirs.first(), theirs.last()) else {
-            return &self.entries;
-        };
-        let low = self.base().max(first.op());
-        let high = self.tail().min(last.op());
-        let shared = (low..=high).rev().find(|&op| {
-            self.checksum_at(op) == Some(theirs[(op - first.op()) as usize].checksum())
-        });
-        match shared {
+        // The op `theirs` would join this log at is the op this log joins theirs at. (An empty
+        // log adopting their root joins at 0, its base: the whole log again.)
+        match self.join_point(theirs) {
             Some(op) => &self.entries[(op - self.base()) as usize..],
             None => &self.entries,
         }

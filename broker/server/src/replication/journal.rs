@@ -495,7 +495,7 @@ pub fn write_checkpoint_file(dir: &Path, checkpoint: &Checkpoint) -> Result<(), 
     sync_dir(dir)
 }
 
-fn checkpoint_path(dir: &Path, op: Op) -> PathBuf {
+pub(super) fn checkpoint_path(dir: &Path, op: Op) -> PathBuf {
     dir.join(format!("checkpoint-{op:020}"))
 }
 

@@ -167,5 +167,5 @@ fn the_prepares_behind_a_checkpoint_do_not_wait_for_it() {
         .recv_timeout(Duration::from_secs(20))
         .expect("the checkpointer reports");
     assert!(matches!(reported, DriverInput::WriteDone(ios, _) if ios == [2]));
-    assert!(dir.path().join(format!("checkpoint-{:020}", 2)).exists());
+    assert!(super::journal::checkpoint_path(dir.path(), 2).exists());
 }

@@ -98,9 +98,9 @@ impl<S: StateMachine> Replica<S> {
         // checkpoint, in the broker up to a WAL interval of megabyte batches: resent with every
         // StartViewChange, each copy was encoded, sent, decoded and verified again while the
         // first was still on its way (one of the costs in failovers under load of over 2 s,
-        // docs/benchmarks.md). A vote is lost
-        // only with its connection or to a peer's full inbound queue; a quarter of the view
-        // change timeout still resends it well before the view is given up.
+        // docs/benchmarks.md). A vote is lost only with its connection or to a peer's full
+        // inbound queue; a quarter of the view change timeout still resends it well before the
+        // view is given up.
         if self.tick - self.dvc_sent_at >= self.cfg.view_change_timeout / 4 {
             self.dvc_sent = false;
         }
@@ -253,12 +253,13 @@ impl<S: StateMachine> Replica<S> {
             commit,
         };
         self.send_to_standbys(&whole);
+        let view = self.view;
         for replica in 0..self.cfg.replica_count {
             let log = match self.dvc.get(&replica) {
-                Some(vote) => self.log.lacked_by(&vote.log).to_vec(),
-                None => self.log.entries().to_vec(),
+                Some(vote) => self.log.lacked_by(&vote.log),
+                None => self.log.entries(),
             };
-            let view = self.view;
+            let log = log.to_vec();
             self.send(replica, Message::StartView { view, log, commit });
         }
         self.advance_commit(commit);
