@@ -1077,24 +1077,26 @@ async fn rot_a_backup_finds_at_boot_is_repaired_from_a_peer() {
 
 /// Rot under a running replica: a byte of a prepare body it holds mapped from its WAL changes
 /// on disk (a write through the file, which the mapping shares). The replica finds it when it
-/// next reads that body to send it — its log, in the view change that follows the primary's
-/// death — and stops (exit 70) instead of sending what every peer would refuse. Its restart
-/// finds the damaged WAL record and repairs it from the surviving peer, the view change
-/// completes, and nothing acknowledged is lost.
+/// next reads that body to send it — here the primary, bringing a restarted backup the ops it
+/// missed — and stops (exit 70) instead of sending what every peer would refuse. The two
+/// backups then hold a view change (votes carry checksums: the one that missed the ops gets
+/// them from the other, in the StartView or fetched as the new primary), the damaged replica's
+/// restart finds the damaged WAL record and repairs it from a peer, and nothing acknowledged
+/// is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rot_under_a_running_replicas_mapped_body_stops_it_and_its_restart_repairs_it() {
     let mut cluster = TestCluster::start(3, &[]);
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
-    let survivors: Vec<usize> = (0..3).filter(|m| *m != primary).collect();
+    let (lagging, other) = ((primary + 1) % 3, (primary + 2) % 3);
     let client = cluster.brokers[primary].client().await;
     create_log(&client, "rot-mapped").await;
+    cluster.brokers[lagging].kill9();
     let history = History::default();
     // 10 × 2 KiB per batch: bodies large enough to be mapped, 20 of them, below the first
-    // checkpoint (op 64), so every view-change message carries them.
+    // checkpoint (op 64), so the lagging backup needs every one of them from the log.
     produce_padded(&client, &history, 0, 0..20, 2048).await;
     drop(client);
-    let damaged = survivors[1];
-    cluster.wait_caught_up(&[damaged], primary, Duration::from_secs(10));
+    let damaged = primary;
 
     let marker = payload(0, 10, 5);
     let vsr = cluster.brokers[damaged].data_path().join("vsr");
@@ -1117,18 +1119,17 @@ async fn rot_under_a_running_replicas_mapped_body_stops_it_and_its_restart_repai
         .expect("rot one byte");
     drop(file);
 
-    cluster.brokers[primary].kill9();
+    cluster.brokers[lagging].spawn_and_wait_alive();
     let code = cluster.brokers[damaged].wait_exit(Duration::from_secs(20));
     assert_eq!(
         code,
         Some(70),
         "the replica reading a rotten body must stop, not send it"
     );
-    cluster.brokers[damaged].spawn_and_wait_alive();
-    let new_primary = cluster.primary(&survivors, Duration::from_secs(20));
+    let new_primary = cluster.primary(&[lagging, other], Duration::from_secs(20));
     let client = cluster.brokers[new_primary].client().await;
     produce_padded(&client, &history, 0, 20..25, 2048).await;
-    cluster.brokers[primary].spawn_and_wait_alive();
+    cluster.brokers[damaged].spawn_and_wait_alive();
     cluster.wait_caught_up(&[0, 1, 2], new_primary, Duration::from_secs(20));
     let (_, metrics) =
         common::http_get(cluster.brokers[damaged].http, "/metrics").expect("metrics");

@@ -18,6 +18,11 @@
 //!   replica votes with that entry marked unreadable, a new primary takes the body from another
 //!   vote or waits, and drops an unreadable op only when a nack quorum proves it never
 //!   committed (`vsr::view_change::may_truncate`, the rule the replica runs).
+//!
+//! A vote here carries the entries its sender can read. The replica's vote carries only their
+//! checksums, and its new primary fetches the bodies it lacks from those voters; a fetch by
+//! checksum yields that very entry or nothing, and nothing is a vote that never arrived, which
+//! this network already allows. So every log the replica can install, the model can too.
 
 use stateright::{Model, Property};
 use std::collections::{BTreeMap, BTreeSet};

@@ -10,7 +10,7 @@ pub struct Coverage {
 
 impl Coverage {
     /// Every counter a campaign of 1,000 swarm seeds is expected to make non-zero.
-    pub const EXPECTED: [&'static str; 41] = [
+    pub const EXPECTED: [&'static str; 42] = [
         "abdications",
         "bodies_adopted",
         "cached_replies",
@@ -49,6 +49,7 @@ impl Coverage {
         "superblock_writes_torn",
         "torn_writes",
         "truncations",
+        "view_change_bodies",
         "view_changes_started",
         "views_installed",
         "writes_lost_at_crash",

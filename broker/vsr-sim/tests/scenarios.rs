@@ -124,6 +124,53 @@ fn a_voter_gets_only_the_part_of_the_new_log_it_lacks() {
     }
 }
 
+/// A vote carries its log as checksums, its anchor alone whole. Here the new primary, replica
+/// one, missed the last prepares while the old primary went on committing with replica two,
+/// then the old primary crashed: replica two's vote wins, and replica one fetches the prepares
+/// it lacks from it instead of receiving them in the vote. Nothing committed is lost.
+#[test]
+fn a_new_primary_fetches_the_winning_ops_it_lacks_from_the_voter_that_holds_them() {
+    for route in ROUTES {
+        let mut sim = calm(3, route);
+        sim.run_for(200).unwrap();
+        sim.isolate(1, true);
+        let mut ticks = 0;
+        let lacking = |sim: &Simulation| {
+            let behind = sim.replica(1).unwrap().log_tail();
+            sim.replica(2).unwrap().op_durable().saturating_sub(behind)
+        };
+        while lacking(&sim) < 2 {
+            sim.run_for(1).unwrap();
+            ticks += 1;
+            assert!(ticks < 40, "{route:?}: replica 2 got nothing new");
+        }
+        let before = sim.committed();
+        sim.crash(0).unwrap();
+        sim.heal();
+        let lacking = lacking(&sim);
+        while !sim.replica(1).unwrap().is_primary() {
+            sim.run_for(5).unwrap();
+            ticks += 5;
+            assert!(ticks < 10_000, "{route:?}: no new primary");
+        }
+        let coverage = sim.coverage();
+        assert!(coverage.get("votes") >= 1, "{route:?}");
+        assert_eq!(
+            coverage.get("vote_prepares"),
+            coverage.get("votes"),
+            "{route:?}: every vote carries its anchor alone"
+        );
+        let fetched = coverage.get("view_change_bodies");
+        assert!(
+            fetched >= lacking,
+            "{route:?}: fetched {fetched} prepares, lacked {lacking}"
+        );
+        assert!(sim.replica(1).unwrap().log_tail() >= sim.replica(2).unwrap().op_durable());
+        sim.run_until_answered(20_000).unwrap();
+        assert!(sim.committed() >= before);
+    }
+}
+
 /// A rolling restart's hand-over: the primary asked to step down gives its view to the next
 /// replica while requests are in flight, keeps serving as a backup, and nothing committed is
 /// lost. A backup asked the same thing has nothing to hand over and ignores it.

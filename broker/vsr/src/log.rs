@@ -111,19 +111,6 @@ impl Log {
             .or_else(|| self.adopts_root_of(chain).then_some(0))
     }
 
-    /// What a replica whose log holds `theirs` lacks of this one: from the highest op both hold
-    /// with the same checksum (the anchor it joins this chain at) to the tail, or the whole log
-    /// when they hold no op alike. Splicing the suffix onto `theirs` gives the same log as
-    /// splicing the whole of this one: both join at that op.
-    pub fn lacked_by(&self, theirs: &[Prepare]) -> &[Prepare] {
-        // The op `theirs` would join this log at is the op this log joins theirs at. (An empty
-        // log adopting their root joins at 0, its base: the whole log again.)
-        match self.join_point(theirs) {
-            Some(op) => &self.entries[(op - self.base()) as usize..],
-            None => &self.entries,
-        }
-    }
-
     /// An empty log (its root alone) joins a chain from another root of the same cluster and
     /// group at op 0, taking that root: roots carry nothing but the epoch their replica was
     /// first opened in, and a replica joining a running cluster is opened in a later epoch than
@@ -208,33 +195,6 @@ mod tests {
             "not the anchor"
         );
         assert!(!log.replace_body(9, entries[3].checksum(), copy));
-    }
-
-    #[test]
-    fn a_peer_lacks_the_log_from_the_last_op_it_holds_alike() {
-        let root = Prepare::root(1, 1, 0);
-        let ours = chain(&root, 8, 1);
-        let log = log_of(&ours);
-        // Theirs agrees up to op 5, then holds two ops of another view.
-        let mut theirs = ours[..=5].to_vec();
-        theirs.extend(chain(&ours[5], 2, 2).into_iter().skip(1));
-        let lacked = log.lacked_by(&theirs[2..]);
-        assert_eq!(lacked.first().map(Prepare::op), Some(5));
-        assert_eq!(lacked.len(), 4);
-        // The suffix joins their log where the whole one does, to the same result.
-        let mut their_log = log_of(&theirs);
-        their_log.trim_below(2);
-        let at = their_log.join_point(lacked).unwrap();
-        assert_eq!(Some(at), their_log.join_point(log.entries()));
-        let by_suffix = their_log.spliced(at, lacked);
-        let by_whole = their_log.spliced(at, log.entries());
-        assert_eq!(by_suffix.entries(), by_whole.entries());
-        // A peer holding all of it lacks only the tail as an anchor; one holding nothing
-        // alike gets everything.
-        assert_eq!(log.lacked_by(&ours).len(), 1);
-        let strangers = chain(&Prepare::root(1, 1, 9), 3, 3);
-        assert_eq!(log.lacked_by(&strangers[1..]).len(), ours.len());
-        assert_eq!(log.lacked_by(&[]).len(), ours.len());
     }
 
     #[test]

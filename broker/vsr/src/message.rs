@@ -15,9 +15,10 @@ pub enum Node {
     Client(ClientId),
 }
 
-/// What is being said. Logs in DoViewChanges travel from the sender's checkpoint (at most the
-/// WAL's size); a StartView to a replica that voted starts where that vote's log stops matching
-/// (docs/replication.md, "View changes carry what is lacked", and "Not done yet" for the rest).
+/// What is being said. A DoViewChange carries its sender's log as checksums (only the anchor
+/// whole); a StartView to a replica that voted starts at the last op that vote can read alike,
+/// and to anyone else carries the log whole, from the primary's checkpoint (at most the WAL's
+/// size) (docs/replication.md, "View changes carry what is lacked").
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -225,10 +226,12 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let both = vec![root.checksum(), one.checksum()];
+        // A vote carries its anchor whole and vouches for the rest by checksum.
         let vote = Vote {
             log_view: 0,
-            log: log.clone(),
-            unreadable: vec![],
+            log: vec![root.clone()],
+            vouched: vec![one.checksum()],
+            readable: 1,
             commit: 0,
         };
         let cases = [
@@ -251,7 +254,7 @@ mod tests {
                     vote,
                     replica: 0,
                 },
-                both.clone(),
+                vec![root.checksum()],
             ),
             (
                 Message::StartView {

@@ -133,6 +133,11 @@ pub enum Event {
     VotedDamaged {
         unreadable: u64,
     },
+    /// As a new primary, took the prepare of `op` of the winning log from a peer's answer:
+    /// votes carry checksums, not bodies.
+    ViewChangeBodyFetched {
+        op: Op,
+    },
     /// As a new primary, dropped the uncommitted ops from `op` on (`ops` of them): nobody could
     /// supply `op`'s prepare and a nack quorum proved it never committed.
     NackTruncated {

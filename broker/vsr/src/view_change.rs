@@ -6,18 +6,25 @@ use crate::prepare::Prepare;
 use crate::quorums;
 use crate::{Op, ReplicaId, View};
 
-/// What one DoViewChange says about its sender's durable log.
+/// What one DoViewChange says about its sender's durable log: every op's checksum from its
+/// checkpoint on, and no bodies but its anchor's. A new primary takes the bodies of the winning
+/// log from its own log and asks a voter that can read them for the rest
+/// (docs/replication.md, "View changes carry what is lacked").
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Vote {
     /// The view in which that log was last installed or extended.
     pub log_view: View,
-    /// The prepares the sender can read, from its checkpoint's anchor on.
+    /// The prepares sent whole: the sender's checkpoint's anchor (and, from a sender that has
+    /// nothing after it, nothing more).
     pub log: Vec<Prepare>,
-    /// Checksums of the ops right after `log` that the sender wrote completely but can no
-    /// longer read (a damaged WAL slot and whatever follows it): it may have acknowledged them,
-    /// so it vouches for them without being able to supply them.
-    pub unreadable: Vec<u128>,
+    /// Checksums of the ops right after `log` that the sender vouches for without sending them:
+    /// up to `readable` it holds them and answers requests for them; after it, it wrote them
+    /// completely but can no longer read them (a damaged WAL slot and whatever follows it). It
+    /// may have acknowledged all of them.
+    pub vouched: Vec<u128>,
+    /// The last op the sender can read.
+    pub readable: Op,
     /// The highest op the sender knew committed.
     pub commit: Op,
 }
@@ -28,17 +35,31 @@ impl Vote {
         self.log.first().map_or(0, Prepare::op)
     }
 
-    /// The last op the sender can read.
+    /// The last op whose prepare the vote carries.
     pub fn tail(&self) -> Op {
         self.log.last().map_or(0, Prepare::op)
     }
 
     /// The last op the sender vouches for: everything it may have acknowledged.
     pub fn head(&self) -> Op {
-        self.tail() + self.unreadable.len() as Op
+        self.tail() + self.vouched.len() as Op
     }
 
-    /// The sender's prepare of `op`, if it can read it.
+    /// How many of the vouched ops the sender cannot read.
+    pub fn unreadable(&self) -> u64 {
+        self.head() - self.readable.clamp(self.tail(), self.head())
+    }
+
+    /// Whether the vote is one a sender could have made: its prepares a chain, its readable
+    /// part within what it vouches for, and no more ops than `wal_slots` above its anchor (an
+    /// op the WAL no longer holds is under a checkpoint).
+    pub fn is_well_formed(&self, wal_slots: u64) -> bool {
+        crate::replica::valid_chain(&self.log)
+            && (self.tail()..=self.head()).contains(&self.readable)
+            && self.head() - self.base() <= wal_slots
+    }
+
+    /// The sender's prepare of `op`, if the vote carries it.
     pub fn prepare(&self, op: Op) -> Option<&Prepare> {
         let index = usize::try_from(op.checked_sub(self.base())?).ok()?;
         self.log.get(index)
@@ -50,7 +71,13 @@ impl Vote {
             return self.prepare(op).map(Prepare::checksum);
         }
         let index = usize::try_from(op - self.tail() - 1).ok()?;
-        self.unreadable.get(index).copied()
+        self.vouched.get(index).copied()
+    }
+
+    /// Whether the sender can supply the prepare `checksum` at `op`: in the vote, or from its
+    /// log on request.
+    pub fn can_supply(&self, op: Op, checksum: u128) -> bool {
+        op <= self.readable && self.checksum_at(op) == Some(checksum)
     }
 
     /// Whether the sender proves it cannot have helped commit the prepare `checksum` at `op`:
@@ -61,6 +88,22 @@ impl Vote {
     /// (a committed one is in every later view's log).
     pub fn nacks(&self, op: Op, checksum: u128) -> bool {
         op > self.base() && self.checksum_at(op) != Some(checksum)
+    }
+
+    /// What the sender lacks of `log` (a new primary's): from the highest op the sender can
+    /// read with the checksum `log` holds there to `log`'s tail, or all of `log` when no such
+    /// op exists. Splicing that suffix onto the sender's log gives the same log as splicing
+    /// the whole: both join at that op (the hash chain makes the logs equal below it).
+    pub fn lacks<'a>(&self, log: &'a crate::log::Log) -> &'a [Prepare] {
+        let low = log.base().max(self.base());
+        let high = log.tail().min(self.readable);
+        let alike = (low..=high)
+            .rev()
+            .find(|&op| log.checksum_at(op).is_some_and(|c| self.can_supply(op, c)));
+        match alike {
+            Some(op) => &log.entries()[(op - log.base()) as usize..],
+            None => log.entries(),
+        }
     }
 }
 
@@ -115,6 +158,7 @@ pub fn may_truncate(nacks: usize, replica_count: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::Log;
 
     fn candidate(replica: ReplicaId, log_view: View, op_head: Op, commit: Op) -> Candidate {
         Candidate {
@@ -169,27 +213,41 @@ mod tests {
         log
     }
 
-    fn vote(log: Vec<Prepare>, unreadable: Vec<u128>) -> Vote {
+    /// A vote anchored at `log[0]` that vouches for the rest of `log` and reads it up to
+    /// `readable`.
+    fn vote(log: &[Prepare], readable: Op) -> Vote {
         Vote {
             log_view: 1,
-            log,
-            unreadable,
+            log: log[..1].to_vec(),
+            vouched: log[1..].iter().map(Prepare::checksum).collect(),
+            readable,
             commit: 0,
         }
     }
 
+    fn log_of(prepares: &[Prepare]) -> Log {
+        let mut log = Log::new(prepares[0].clone());
+        for prepare in &prepares[1..] {
+            log.push(prepare.clone());
+        }
+        log
+    }
+
     #[test]
-    fn a_vote_vouches_for_its_unreadable_suffix_and_nacks_only_what_it_lacks() {
+    fn a_vote_vouches_for_its_log_by_checksum_and_nacks_only_what_it_lacks() {
         let full = chain(3..=8);
-        let damaged = vote(
-            full[..3].to_vec(),
-            vec![full[3].checksum(), full[4].checksum()],
-        );
-        assert_eq!((damaged.base(), damaged.tail(), damaged.head()), (3, 5, 7));
-        assert_eq!(damaged.prepare(5), Some(&full[2]));
-        assert_eq!(damaged.prepare(6), None, "unreadable");
+        let damaged = vote(&full[..5], 5);
+        assert_eq!((damaged.base(), damaged.tail(), damaged.head()), (3, 3, 7));
+        assert_eq!(damaged.unreadable(), 2);
+        assert!(damaged.is_well_formed(4) && !damaged.is_well_formed(3));
+        assert_eq!(damaged.prepare(3), Some(&full[0]), "the anchor goes whole");
+        assert_eq!(damaged.prepare(4), None);
+        assert_eq!(damaged.checksum_at(5), Some(full[2].checksum()));
         assert_eq!(damaged.checksum_at(7), Some(full[4].checksum()));
-        // Unreadable but vouched for: no nack.
+        // It supplies what it reads, and vouches for the rest.
+        assert!(damaged.can_supply(5, full[2].checksum()));
+        assert!(!damaged.can_supply(5, 0xdead));
+        assert!(!damaged.can_supply(6, full[3].checksum()));
         assert!(!damaged.nacks(6, full[3].checksum()));
         assert!(!damaged.nacks(7, full[4].checksum()));
         // Another prepare at the op, or a log that ends before it: nack.
@@ -198,6 +256,52 @@ mod tests {
         // At or below the checkpoint: committed state, never nacked.
         assert!(!damaged.nacks(3, 0xdead));
         assert!(!damaged.nacks(2, 0xdead));
+        // Reading past what it vouches for, or less than it carries, is no vote.
+        let mut lying = vote(&full[..5], 5);
+        lying.readable = 8;
+        assert!(!lying.is_well_formed(9));
+        lying.readable = 2;
+        assert!(!lying.is_well_formed(9));
+    }
+
+    #[test]
+    fn a_voter_lacks_the_new_log_from_the_last_op_it_reads_alike() {
+        // The new primary's log: ops 3..=10.
+        let ours = chain(3..=10);
+        let log = log_of(&ours);
+        // The voter agrees up to op 6, then holds two ops of another view.
+        let mut header = ours[3].header.clone();
+        header.op = 7;
+        header.parent = ours[3].checksum();
+        header.view = 9;
+        let other = Prepare::new(header, vec![70]);
+        let mut theirs = ours[..=3].to_vec();
+        theirs.push(other);
+        let lacked = vote(&theirs, 7).lacks(&log);
+        assert_eq!(lacked.first().map(Prepare::op), Some(6));
+        assert_eq!(lacked.len(), 5);
+        // The suffix joins their log where the whole one does, to the same result.
+        let their_log = log_of(&theirs);
+        let at = their_log.join_point(lacked).unwrap();
+        assert_eq!(Some(at), their_log.join_point(log.entries()));
+        assert_eq!(
+            their_log.spliced(at, lacked).entries(),
+            their_log.spliced(at, log.entries()).entries()
+        );
+        // Only what the voter can read counts: op 6 unreadable, it joins at 5.
+        assert_eq!(
+            vote(&theirs, 5).lacks(&log).first().map(Prepare::op),
+            Some(5)
+        );
+        // A voter holding all of it lacks only the tail as an anchor; one holding nothing
+        // alike, or anchored past our tail, gets everything.
+        assert_eq!(vote(&ours, 10).lacks(&log).len(), 1);
+        let strangers = chain(20..=22);
+        assert_eq!(vote(&strangers, 22).lacks(&log).len(), ours.len());
+        let mut root_only = ours[..1].to_vec();
+        root_only[0].header.view = 5;
+        let root_only = vec![Prepare::new(root_only[0].header.clone(), vec![])];
+        assert_eq!(vote(&root_only, 3).lacks(&log).len(), ours.len());
     }
 
     #[test]

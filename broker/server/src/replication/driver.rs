@@ -648,6 +648,9 @@ impl Driver {
                 tracing::info!(replaced, "view change replaced uncommitted ops")
             }
             Event::Checkpointed { op, .. } => tracing::debug!(op, "checkpoint taken"),
+            Event::ViewChangeBodyFetched { op } => {
+                tracing::debug!(op, "fetched a prepare of the winning log from a voter")
+            }
             _ => {}
         }
     }

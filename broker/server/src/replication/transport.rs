@@ -67,8 +67,12 @@ const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// membership). Version 1 cannot decode a version-2 checkpoint, so 2 is also the oldest: a
 /// rolling upgrade across it keeps a quorum (the restarted members talk to each other, and the
 /// primary, restarted last, hands over first).
-pub const WIRE_VERSION: u16 = 2;
-pub const OLDEST_WIRE_VERSION: u16 = 2;
+///
+/// 3: a DoViewChange's vote carries its log as checksums (`vsr::view_change::Vote::vouched`
+/// and `readable`), its anchor alone whole. A version-2 vote does not decode as one, so 3 is
+/// the oldest too, with the same rolling-upgrade argument.
+pub const WIRE_VERSION: u16 = 3;
+pub const OLDEST_WIRE_VERSION: u16 = 3;
 
 /// The frame a connection opens with.
 pub fn hello() -> Vec<u8> {
@@ -475,17 +479,20 @@ mod tests {
         let refused = check_hello(kind, body).unwrap_err();
         assert!(matches!(refused, TransportError::Version(v) if v == WIRE_VERSION + 1));
         assert!(
-            refused.to_string().contains("speaks versions 2 to 2"),
+            refused.to_string().contains("speaks versions 3 to 3"),
             "{refused}"
         );
 
-        // A version-1 peer (before reconfiguration) cannot read our checkpoints: refused.
-        let old = encode_frame(HELLO, &(HELLO_MAGIC, 1u16)).unwrap();
-        let (kind, body) = split(&old);
-        assert!(matches!(
-            check_hello(kind, body),
-            Err(TransportError::Version(1))
-        ));
+        // A version-1 peer (before reconfiguration) cannot read our checkpoints, nor a
+        // version-2 one our votes: refused.
+        for old in [1u16, 2] {
+            let hello = encode_frame(HELLO, &(HELLO_MAGIC, old)).unwrap();
+            let (kind, body) = split(&hello);
+            assert!(matches!(
+                check_hello(kind, body),
+                Err(TransportError::Version(v)) if v == old
+            ));
+        }
 
         let stranger = encode_frame(HELLO, &(*b"HTTP", WIRE_VERSION)).unwrap();
         let (kind, body) = split(&stranger);

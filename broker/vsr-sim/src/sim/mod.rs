@@ -642,6 +642,10 @@ impl<S: SimMachine> Simulation<S> {
                 self.trace(&[11, r as u64, unreadable]);
                 self.coverage.add("damaged_votes", 1);
             }
+            Event::ViewChangeBodyFetched { op } => {
+                self.trace(&[15, r as u64, op]);
+                self.coverage.add("view_change_bodies", 1);
+            }
             Event::NackTruncated { op, ops } => {
                 self.trace(&[12, r as u64, op, ops]);
                 self.coverage.add("nack_truncations", 1);

@@ -88,9 +88,16 @@ impl<S: crate::machine::SimMachine> Simulation<S> {
             ]);
             match envelope.to {
                 Node::Replica(r) => {
-                    if let Message::StartView { log, .. } = &envelope.message {
-                        if self.replicas[r as usize].is_some() {
-                            self.coverage.add("start_view_prepares", log.len() as u64);
+                    if self.replicas[r as usize].is_some() {
+                        match &envelope.message {
+                            Message::StartView { log, .. } => {
+                                self.coverage.add("start_view_prepares", log.len() as u64);
+                            }
+                            Message::DoViewChange { vote, .. } => {
+                                self.coverage.add("votes", 1);
+                                self.coverage.add("vote_prepares", vote.log.len() as u64);
+                            }
+                            _ => {}
                         }
                     }
                     if let (Message::Sync { checkpoint }, Node::Replica(from)) =

@@ -393,7 +393,7 @@ fn message_view(message: &Message) -> Option<View> {
 
 /// A log is a chain: consecutive ops from its anchor, each verifying and chaining to the
 /// previous one.
-fn valid_chain(log: &[Prepare]) -> bool {
+pub(crate) fn valid_chain(log: &[Prepare]) -> bool {
     log.first().is_some_and(Prepare::verify)
         && log.windows(2).all(|w| {
             w[1].op() == w[0].op() + 1 && w[1].verify() && w[1].header.parent == w[0].checksum()

@@ -274,13 +274,12 @@ fn a_faulty_replica_votes_with_the_op_it_cannot_read_marked() {
         _ => None,
     });
     let vote = vote.expect("a DoViewChange to replica 1");
-    assert_eq!(vote.log, vec![root, p1]);
-    assert_eq!(
-        vote.unreadable,
-        vec![p2.checksum()],
-        "op 2: vouched, not readable"
-    );
-    assert_eq!(vote.head(), 2);
+    assert_eq!(vote.log, vec![root], "only the anchor goes whole");
+    assert_eq!(vote.vouched, vec![p1.checksum(), p2.checksum()]);
+    assert_eq!(vote.readable, 1, "op 2: vouched, not readable");
+    assert_eq!((vote.head(), vote.unreadable()), (2, 1));
+    assert!(vote.can_supply(1, p1.checksum()));
+    assert!(!vote.can_supply(2, p2.checksum()));
 }
 
 #[test]

@@ -81,6 +81,10 @@ impl<S: StateMachine> Replica<S> {
                     self.start_view_change(self.view + 1);
                 } else if self.tick - self.last_view_change_message >= self.cfg.prepare_timeout {
                     self.resend_view_change_messages();
+                    // A new primary waiting for prepares of the winning log asks again.
+                    if primary_of(self.view, self.cfg.replica_count) == self.cfg.replica {
+                        self.try_lead();
+                    }
                     // A damaged replica's repair goes on while it votes: the view may need the
                     // very ops it is fetching (a repair across an epoch's end, seed 112110).
                     if self.repair.is_some() {

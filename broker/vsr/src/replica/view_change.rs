@@ -5,6 +5,7 @@
 use super::{due, valid_chain, Replica, Status};
 use crate::log::Log;
 use crate::message::Message;
+use crate::message::Node;
 use crate::prepare::Prepare;
 use crate::quorums;
 use crate::routing::primary_of;
@@ -37,17 +38,21 @@ impl<S: StateMachine> Replica<S> {
                     .is_some_and(|r| r.last() >= self.epoch_start))
     }
 
-    /// Our vote: the durable log, and the ops after it we may have acknowledged and cannot
-    /// read — a faulty replica's promised ops not yet durable again.
+    /// Our vote: the checksums of the durable log, and of the ops after it we may have
+    /// acknowledged and cannot read — a faulty replica's promised ops not yet durable again.
+    /// Only the anchor goes whole: the rest is up to a WAL's worth of prepares, tens of MiB
+    /// with megabyte batches, which the new primary mostly holds already and fetches where it
+    /// does not (`winning_log`).
     pub(super) fn vote(&self) -> Vote {
         // Only what is durable counts: our acks promised exactly that much, and after a crash
         // this is all we would have. The log view must be the durable one too: a log installed
         // by a view change becomes ours only when its atomic write lands, so until then our
         // durable log is the previous view's, of which `op_durable` covers the common prefix.
         // The log starts at our checkpoint: everything below it is committed.
-        let log = self.log.up_to(self.op_durable);
-        let unreadable = match &self.repair {
-            Some(repair) => (self.op_durable + 1..=repair.last())
+        let readable = self.op_durable.clamp(self.log.base(), self.log.tail());
+        let held = (self.log.base() + 1..=readable).filter_map(|op| self.log.checksum_at(op));
+        let promised = match &self.repair {
+            Some(repair) => (readable + 1..=repair.last())
                 .map_while(|op| {
                     repair
                         .promised
@@ -64,8 +69,9 @@ impl<S: StateMachine> Replica<S> {
                 .durable
                 .filter(|(epoch, ..)| *epoch == self.cfg.epoch)
                 .map_or(0, |(_, _, log_view)| log_view),
-            log,
-            unreadable,
+            log: vec![self.log.entries()[0].clone()],
+            vouched: held.chain(promised).collect(),
+            readable,
             commit: self.commit_max,
         }
     }
@@ -134,8 +140,8 @@ impl<S: StateMachine> Replica<S> {
         self.dvc_sent_at = self.tick;
         let (view, replica) = (self.view, self.cfg.replica);
         let vote = self.vote();
-        if !vote.unreadable.is_empty() {
-            let unreadable = vote.unreadable.len() as u64;
+        let unreadable = vote.unreadable();
+        if unreadable > 0 {
             self.event(Event::VotedDamaged { unreadable });
         }
         let primary = self.primary();
@@ -164,10 +170,7 @@ impl<S: StateMachine> Replica<S> {
         if view > self.view {
             self.start_view_change(view);
         }
-        if self.status != Status::ViewChange
-            || !valid_chain(&vote.log)
-            || vote.unreadable.len() as u64 > self.cfg.wal_slots
-        {
+        if self.status != Status::ViewChange || !vote.is_well_formed(self.cfg.wal_slots) {
             return;
         }
         self.dvc.insert(replica, vote);
@@ -256,7 +259,7 @@ impl<S: StateMachine> Replica<S> {
         let view = self.view;
         for replica in 0..self.cfg.replica_count {
             let log = match self.dvc.get(&replica) {
-                Some(vote) => self.log.lacked_by(&vote.log),
+                Some(vote) => vote.lacks(&self.log),
                 None => self.log.entries(),
             };
             let log = log.to_vec();
@@ -272,18 +275,19 @@ impl<S: StateMachine> Replica<S> {
         self.advance_op_durable();
     }
 
-    /// The winning vote's log with a prepare for every op it vouches for. Its unreadable ops are
-    /// taken from any vote that holds them, our own log, or a peer's answer to our request. An
-    /// op nobody has supplied yet is waited for (`None`) — unless it is above the new view's
-    /// commit and a nack quorum proves it never committed: then it and every op after it (each
-    /// chains to it) are dropped.
+    /// The winning vote's log with a prepare for every op it vouches for. The bodies come from
+    /// our own log, the votes' anchors, or a peer's answer to our request: votes carry
+    /// checksums, and the voters that can read an op supply it when asked. An op nobody has
+    /// supplied yet is waited for (`None`) — unless no voter can supply it, it is above the new
+    /// view's commit and a nack quorum proves it never committed: then it and every op after
+    /// it (each chains to it) are dropped.
     pub(super) fn winning_log(&mut self, winner: ReplicaId, commit: Op) -> Option<Vec<Prepare>> {
         let vote = self.dvc.get(&winner)?;
-        let (mut log, unreadable) = (vote.log.clone(), vote.unreadable.clone());
-        // Unreadable ops at or below another voter's checkpoint are committed state nobody
-        // keeps as prepares any more: when that checkpoint's anchor is the very prepare the
-        // winner vouches for there, the winning log restarts from that anchor (equal
-        // checksums, equal history below it) and needs no bodies under it.
+        let (mut log, vouched) = (vote.log.clone(), vote.vouched.clone());
+        // Ops at or below another voter's checkpoint are committed state nobody keeps as
+        // prepares any more: when that checkpoint's anchor is the very prepare the winner
+        // vouches for there, the winning log restarts from that anchor (equal checksums, equal
+        // history below it) and needs no bodies under it.
         let rebase = self
             .dvc
             .values()
@@ -293,8 +297,17 @@ impl<S: StateMachine> Replica<S> {
         if let Some(anchor) = rebase {
             log = vec![anchor.clone()];
         }
-        for (op, checksum) in (vote.tail() + 1..).zip(unreadable) {
+        // What we hold goes into the log up to the first op we lack; from there on, everything
+        // we lack is asked for at once.
+        let mut missing = Vec::new();
+        for (op, checksum) in (vote.tail() + 1..).zip(vouched) {
             if op <= log.last()?.op() {
+                continue;
+            }
+            if !missing.is_empty() {
+                if self.find_prepare(op, checksum).is_none() {
+                    missing.push((op, checksum));
+                }
                 continue;
             }
             let parent = log.last()?.checksum();
@@ -305,34 +318,45 @@ impl<S: StateMachine> Replica<S> {
                 log.push(prepare.clone());
                 continue;
             }
+            let supplied = self.dvc.values().any(|v| v.can_supply(op, checksum));
             let nacks = self
                 .dvc
                 .values()
                 .filter(|vote| vote.nacks(op, checksum))
                 .count();
-            if op > commit && view_change::may_truncate(nacks, self.cfg.replica_count) {
+            if !supplied && op > commit && view_change::may_truncate(nacks, self.cfg.replica_count)
+            {
                 break;
             }
-            self.request_prepare(op, checksum);
-            return None;
+            missing.push((op, checksum));
         }
-        Some(log)
+        if missing.is_empty() {
+            return Some(log);
+        }
+        self.request_prepares(&missing);
+        None
     }
 
-    /// A readable copy of the prepare `checksum` at `op` among what a new primary holds.
+    /// A copy of the prepare `checksum` at `op` among what a new primary holds: our own log
+    /// (whose bodies were checked when they arrived), or, verified, a vote's anchor, a repair's
+    /// spare or a peer's answer.
     pub(super) fn find_prepare(&self, op: Op, checksum: u128) -> Option<&Prepare> {
+        if let Some(ours) = self.log.get(op).filter(|p| p.checksum() == checksum) {
+            return Some(ours);
+        }
         let spare = self.repair.as_ref().and_then(|r| r.spare.get(&op));
         self.dvc
             .values()
             .filter_map(|vote| vote.prepare(op))
-            .chain(self.log.get(op))
             .chain(spare)
             .chain(self.view_change_bodies.get(&checksum))
             .find(|p| p.op() == op && p.checksum() == checksum && p.verify())
     }
 
-    /// New primary: asks every peer for a prepare of the winning log that no vote could supply.
-    pub(super) fn request_prepare(&mut self, op: Op, checksum: u128) {
+    /// New primary: asks for the prepares of the winning log that we lack, each from the
+    /// voters that can read it (every peer when none says it can), at most once per prepare
+    /// timeout.
+    fn request_prepares(&mut self, missing: &[(Op, u128)]) {
         if !due(
             &mut self.last_body_request,
             self.tick,
@@ -340,23 +364,47 @@ impl<S: StateMachine> Replica<S> {
         ) {
             return;
         }
-        self.ask_peers_for_prepare(op, checksum);
+        let me = self.cfg.replica;
+        for &(op, checksum) in missing {
+            let suppliers: Vec<ReplicaId> = self
+                .dvc
+                .iter()
+                .filter(|(&voter, vote)| voter != me && vote.can_supply(op, checksum))
+                .map(|(&voter, _)| voter)
+                .collect();
+            if suppliers.is_empty() {
+                self.ask_peers_for_prepare(op, checksum);
+                continue;
+            }
+            for to in suppliers {
+                self.send_now(
+                    Node::Replica(to),
+                    Message::RequestPrepare {
+                        op,
+                        checksum,
+                        replica: me,
+                    },
+                );
+            }
+        }
     }
 
     /// New primary: a peer's copy of a prepare the winning log lacks.
     pub(super) fn on_view_change_body(&mut self, prepare: &Prepare) {
         if self.status != Status::ViewChange
             || primary_of(self.view, self.cfg.replica_count) != self.cfg.replica
-            || !prepare.verify()
+            || self.view_change_bodies.contains_key(&prepare.checksum())
             || !self
                 .dvc
                 .values()
-                .any(|vote| vote.unreadable.contains(&prepare.checksum()))
+                .any(|vote| vote.vouched.contains(&prepare.checksum()))
+            || !prepare.verify()
         {
             return;
         }
         self.view_change_bodies
             .insert(prepare.checksum(), prepare.clone());
+        self.event(Event::ViewChangeBodyFetched { op: prepare.op() });
         self.try_lead();
     }
 
