@@ -108,6 +108,11 @@ pub struct Driver {
     pub replayed_through: Op,
     /// Counts what peers' connections queued for this thread (`inbound.rs`).
     pub inbound: Arc<super::inbound::Inbound>,
+    /// The view this replica was last seen normal in (`None` while it is not).
+    pub normal_view: Option<vsr::View>,
+    /// Once the core has applied up to this op, the waiting requests go to it again
+    /// (`resubmit_in_new_view`).
+    pub resubmit_at: Option<Op>,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
@@ -117,7 +122,9 @@ const SYNC_RETRY: Duration = Duration::from_secs(1);
 const SYNC_STALL: Duration = Duration::from_secs(30);
 
 struct Waiting {
+    session: u64,
     request: u64,
+    body: bytes::Bytes,
     reply: oneshot::Sender<ClientReply>,
 }
 
@@ -164,6 +171,9 @@ impl Driver {
                 while let Some(input) = queue.pop_front() {
                     let outputs = self.replica.step(input);
                     self.carry_out(outputs, &mut waiting, &mut unapplied, &mut queue);
+                }
+                if self.resubmit_in_new_view(&mut waiting, &mut queue) {
+                    continue;
                 }
                 // A backup applies what the prepares said is committed only now, with their
                 // writes and acknowledgements out: applying a megabyte batch no longer holds up
@@ -271,20 +281,16 @@ impl Driver {
                         .fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                waiting.insert(client, Waiting { request, reply });
-                queue.push_back(Input::Message(Envelope {
-                    cluster: self.cluster,
-                    group: 1,
-                    epoch: self.replica.epoch(),
-                    from: Node::Client(client),
-                    to: Node::Replica(self.me),
-                    message: Message::Request {
-                        client,
+                queue.push_back(self.request_input(client, session, request, body.clone()));
+                waiting.insert(
+                    client,
+                    Waiting {
                         session,
                         request,
                         body,
+                        reply,
                     },
-                }));
+                );
             }
             DriverInput::StepDown => queue.push_back(Input::StepDown),
             DriverInput::Ring(ring) => {
@@ -293,6 +299,60 @@ impl Driver {
             }
             DriverInput::Stop => {}
         }
+    }
+
+    /// A local client's request, as the core takes it.
+    fn request_input(
+        &self,
+        client: ClientId,
+        session: u64,
+        request: u64,
+        body: bytes::Bytes,
+    ) -> Input {
+        Input::Message(Envelope {
+            cluster: self.cluster,
+            group: 1,
+            epoch: self.replica.epoch(),
+            from: Node::Client(client),
+            to: Node::Replica(self.me),
+            message: Message::Request {
+                client,
+                session,
+                request,
+                body,
+            },
+        })
+    }
+
+    /// Once this replica is normal in a view it was not normal in before, and has applied the
+    /// log it held when it became normal, hands the core again every request a local
+    /// connection still waits for. The core drops requests while it is in a view change (and a
+    /// backup's forward to a dead primary is lost), so without this each waited for its
+    /// connection's resend, up to 250 ms after the view had started (the tail of every
+    /// failover). Waiting for the inherited log to be applied first means a session registered
+    /// by one of its ops is known by then (the core drops a request of a session it has not
+    /// applied yet rather than call it evicted). A request already in the log or the client
+    /// table is not executed twice: the core answers it from the table or ignores the copy.
+    /// Returns whether it queued any.
+    fn resubmit_in_new_view(
+        &mut self,
+        waiting: &mut HashMap<ClientId, Waiting>,
+        queue: &mut VecDeque<Input>,
+    ) -> bool {
+        let normal = (self.replica.status() == vsr::Status::Normal).then(|| self.replica.view());
+        if normal != self.normal_view {
+            self.normal_view = normal;
+            self.resubmit_at = normal.map(|_| self.replica.log_tail());
+        }
+        match self.resubmit_at {
+            Some(at) if self.replica.commit_min() >= at => self.resubmit_at = None,
+            _ => return false,
+        }
+        waiting.retain(|_, w| !w.reply.is_closed());
+        for (&client, w) in waiting.iter() {
+            queue.push_back(self.request_input(client, w.session, w.request, w.body.clone()));
+        }
+        !waiting.is_empty()
     }
 
     /// Whether `envelope` may go to the core now. A checkpoint (`Sync`) the broker's data does

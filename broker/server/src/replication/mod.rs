@@ -438,6 +438,8 @@ pub async fn boot(
         mapped: Default::default(),
         replayed_through,
         inbound,
+        normal_view: None,
+        resubmit_at: None,
     };
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())

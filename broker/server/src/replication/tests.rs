@@ -63,6 +63,25 @@ async fn request(
     Some(answer.expect("answered in time").expect("answered"))
 }
 
+/// Registers `client`'s session (request 1); returns the session number.
+async fn register(running: &Running, client: vsr::ClientId) -> u64 {
+    let Some(ClientReply::Done(registered)) =
+        request(running, client, (0, 1), bytes::Bytes::new(), false).await
+    else {
+        panic!("the session registers");
+    };
+    u64::from_le_bytes(registered[..8].try_into().expect("a session number"))
+}
+
+fn stream_names(broker: &Broker) -> Vec<String> {
+    broker
+        .catalog()
+        .streams
+        .values()
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 fn create_stream(name: &str) -> bytes::Bytes {
     let submission = Submission {
         user: Some(ROOT_USER_ID),
@@ -79,12 +98,7 @@ async fn a_request_nobody_waits_for_any_more_is_never_proposed() {
     let (broker, running) = ring_of_one(dir.path()).await;
     let client = ClientIds::new(0, 7).id(1000);
 
-    let Some(ClientReply::Done(registered)) =
-        request(&running, client, (0, 1), bytes::Bytes::new(), false).await
-    else {
-        panic!("the session registers");
-    };
-    let session = u64::from_le_bytes(registered[..8].try_into().expect("a session number"));
+    let session = register(&running, client).await;
 
     // A connection whose deadline passed while the thread was busy: its client was told to
     // retry, so the write must not happen behind its back. Its next request still runs.
@@ -99,17 +113,40 @@ async fn a_request_nobody_waits_for_any_more_is_never_proposed() {
     let kept = request(&running, client, (session, 3), create_stream("kept"), false).await;
     assert!(matches!(kept, Some(ClientReply::Done(_))), "{kept:?}");
 
-    let names: Vec<String> = broker
-        .catalog()
-        .streams
-        .values()
-        .map(|s| s.name.clone())
-        .collect();
-    assert_eq!(names, ["kept"], "only the awaited request was committed");
+    assert_eq!(
+        stream_names(&broker),
+        ["kept"],
+        "only the awaited request was committed"
+    );
     assert_eq!(
         broker.metrics.replication_abandoned.load(Ordering::Relaxed),
         1
     );
+    running.stop();
+}
+
+/// A request that reaches the replica while it is not normal (here: recovering after a
+/// restart, which a ring of one does for the recovery timeout) is dropped by the core, and
+/// the driver hands it over again once the replica is normal: the request is answered with no
+/// resend from its connection (this test never resends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_arrives_before_the_view_is_normal_is_answered_once_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = ClientIds::new(0, 7).id(1000);
+    let (_, running) = ring_of_one(dir.path()).await;
+    let session = register(&running, client).await;
+    running.stop();
+
+    let (broker, running) = ring_of_one(dir.path()).await;
+    let status = broker.cluster_status().expect("cluster mode").snapshot();
+    assert_ne!(
+        status.status,
+        Some(vsr::Status::Normal),
+        "a restarted replica recovers first"
+    );
+    let created = request(&running, client, (session, 2), create_stream("late"), false).await;
+    assert!(matches!(created, Some(ClientReply::Done(_))), "{created:?}");
+    assert_eq!(stream_names(&broker), ["late"]);
     running.stop();
 }
 

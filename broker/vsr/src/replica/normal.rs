@@ -166,6 +166,15 @@ impl<S: StateMachine> Replica<S> {
         }
         let entry = self.client_table.get(&client);
         if session != 0 && entry.is_none_or(|e| e.session != session) {
+            // A session is the op that registered it. One registered by an op we hold but have
+            // not applied yet (a new primary committing its predecessor's last ops again) is
+            // not unknown: the log may hold this very request after it, and telling the client
+            // it will never run would make it register again and send it twice. It waits for
+            // the apply; the client sends again.
+            let registering = self.log.get(session).filter(|p| p.header.client == client);
+            if session > self.commit_min && registering.is_some() {
+                return;
+            }
             // An unknown or superseded session never executes again: tell the client.
             self.send_now(Node::Client(client), Message::Evicted { client, session });
             return;

@@ -196,6 +196,41 @@ fn the_log_adopts_a_copy_of_a_body_only_once_its_op_is_applied() {
         .is_some_and(|p| p.body.as_ptr() == again.as_ptr()));
 }
 
+/// A session is the op that registered it. While that op is in the log but not applied (a new
+/// primary committing its predecessor's last ops again), a request of the session is dropped
+/// for the client to send again, not answered "evicted": the log may hold the request itself
+/// after the registration, and an evicted client registers anew and sends it a second time.
+#[test]
+fn a_session_whose_registration_is_not_applied_yet_is_not_evicted() {
+    let mut replica = open_single();
+    // Op 1 registers client 9; its WAL write is not done, so it is neither committed nor
+    // applied and the client table does not know session 1 yet.
+    let registering = replica.step(request(0, 1));
+    assert_eq!((replica.log_tail(), replica.commit_min()), (1, 0));
+    let early = replica.step(request(1, 2));
+    let evicted = |outputs: &[Output]| {
+        outputs.iter().any(|o| {
+            matches!(
+                o,
+                Output::Send(Envelope {
+                    message: Message::Evicted { .. },
+                    ..
+                })
+            )
+        })
+    };
+    assert!(!evicted(&early), "{early:?}");
+    assert_eq!(replica.log_tail(), 1, "dropped, not prepared");
+    // A session no op of the log registered is unknown: evicted at once.
+    assert!(evicted(&replica.step(request(7, 2))));
+    // Once op 1 is applied the same request runs.
+    settle(&mut replica, registering, false);
+    assert_eq!(replica.commit_min(), 1);
+    let outputs = replica.step(request(1, 2));
+    assert!(!evicted(&outputs));
+    assert_eq!(replica.log_tail(), 2);
+}
+
 /// Replica 2 of 3, restarted from a superblock of view 0 (log view 0, nothing committed,
 /// no checkpoint) with this WAL and header ring.
 fn restarted_in_view_0(
