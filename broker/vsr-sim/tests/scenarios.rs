@@ -124,6 +124,59 @@ fn a_voter_gets_only_the_part_of_the_new_log_it_lacks() {
     }
 }
 
+/// A restarted replica asks the new primary for its view naming the ops it holds; the answer
+/// starts at the highest of them the primary holds alike, not at the primary's checkpoint.
+#[test]
+fn a_restarted_replica_gets_the_view_from_what_it_holds() {
+    for route in ROUTES {
+        // No checkpoint in the run: the primary's log holds every op, so the restarted
+        // replica's tail is in it.
+        let mut params = Params::calm(3, route);
+        params.checkpoint_interval = 128;
+        let mut sim = Simulation::new(7, params, false);
+        let mut ticks = 0;
+        while sim.replica(0).unwrap().log_tail() < 40 {
+            sim.run_for(5).unwrap();
+            ticks += 5;
+            assert!(ticks < 5_000, "{route:?}: the log never grew past 40 ops");
+        }
+        sim.crash(0).unwrap();
+        while !sim.replica(1).is_some_and(|r| r.is_primary()) {
+            sim.run_for(5).unwrap();
+            ticks += 5;
+            assert!(ticks < 10_000, "{route:?}: no new primary");
+        }
+        // The StartView the new primary sent the crashed replica when it started the view (the
+        // whole log: it did not vote) is lost with it.
+        sim.run_for(10).unwrap();
+        let before = sim.coverage().get("start_view_prepares");
+        sim.restart_all().unwrap();
+        let held = sim.replica(0).unwrap().log_tail();
+        while sim.replica(0).unwrap().status() != vsr::Status::Normal {
+            sim.run_for(1).unwrap();
+            ticks += 1;
+            assert!(
+                ticks < 30_000,
+                "{route:?}: the restarted replica never rejoined"
+            );
+        }
+        let carried = sim.coverage().get("start_view_prepares") - before;
+        let whole = primary_tail(&sim) + 1;
+        let lacked = primary_tail(&sim) - held + 1;
+        assert!(
+            carried > 0 && carried <= 3 * lacked && carried < whole / 2,
+            "{route:?}: StartViews carried {carried} prepares for the {lacked} it lacked \
+             of a log of {whole}"
+        );
+        sim.run_until_answered(20_000).unwrap();
+        assert_eq!(sim.replica(0).unwrap().log_tail(), primary_tail(&sim));
+    }
+}
+
+fn primary_tail(sim: &Simulation) -> vsr::Op {
+    sim.replica(1).unwrap().log_tail()
+}
+
 /// A vote carries its log as checksums, its anchor alone whole. Here the new primary, replica
 /// one, missed the last prepares while the old primary went on committing with replica two,
 /// then the old primary crashed: replica two's vote wins, and replica one fetches the prepares

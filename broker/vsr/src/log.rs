@@ -111,6 +111,22 @@ impl Log {
             .or_else(|| self.adopts_root_of(chain).then_some(0))
     }
 
+    /// This log from the highest of `ops` (op, checksum) it holds with the same checksum to its
+    /// tail, or all of it when it holds none of them alike. A replica holding that op joins the
+    /// suffix there, with the same result as joining the whole log: equal checksums at one op
+    /// mean equal logs up to it.
+    pub fn from_alike(&self, ops: &[(Op, u128)]) -> &[Prepare] {
+        let alike = ops
+            .iter()
+            .filter(|&&(op, checksum)| self.checksum_at(op) == Some(checksum))
+            .map(|&(op, _)| op)
+            .max();
+        match alike {
+            Some(op) => &self.entries[(op - self.base()) as usize..],
+            None => &self.entries,
+        }
+    }
+
     /// An empty log (its root alone) joins a chain from another root of the same cluster and
     /// group at op 0, taking that root: roots carry nothing but the epoch their replica was
     /// first opened in, and a replica joining a running cluster is opened in a later epoch than
@@ -195,6 +211,29 @@ mod tests {
             "not the anchor"
         );
         assert!(!log.replace_body(9, entries[3].checksum(), copy));
+    }
+
+    #[test]
+    fn a_requester_gets_the_log_from_the_highest_op_it_holds_alike() {
+        let root = Prepare::root(1, 1, 0);
+        let ours = chain(&root, 8, 1);
+        let log = log_of(&ours);
+        let at = |op: usize| (op as Op, ours[op].checksum());
+        // Its tail (op 6) and the op it applied (op 3) are both ours: from 6.
+        assert_eq!(
+            log.from_alike(&[at(6), at(3)]).first().map(Prepare::op),
+            Some(6)
+        );
+        // Its tail is of another history: from the op it applied.
+        let stale = (7, ours[7].checksum() ^ 1);
+        assert_eq!(
+            log.from_alike(&[stale, at(3)]).first().map(Prepare::op),
+            Some(3)
+        );
+        // Nothing alike, or ops we do not hold: the whole log.
+        assert_eq!(log.from_alike(&[stale]).len(), ours.len());
+        assert_eq!(log.from_alike(&[(40, 1)]).len(), ours.len());
+        assert_eq!(log.from_alike(&[]).len(), ours.len());
     }
 
     #[test]

@@ -74,11 +74,14 @@ pub enum Message {
         log: Vec<Prepare>,
         commit: Op,
     },
-    /// A restarted replica asks the primary of `view` (or later) for the current view.
+    /// A restarted replica asks the primary of `view` (or later) for the current view. `holds`
+    /// names ops of its log by checksum (its tail and the last op it applied): the answer
+    /// starts at the highest of them the primary holds alike instead of at its checkpoint.
     RequestStartView {
         view: View,
         replica: ReplicaId,
         nonce: u64,
+        holds: Vec<(Op, u128)>,
     },
     /// A backup missing ops asks for everything after `after`.
     GetState {

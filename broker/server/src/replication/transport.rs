@@ -69,8 +69,9 @@ const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// primary, restarted last, hands over first).
 ///
 /// 3: a DoViewChange's vote carries its log as checksums (`vsr::view_change::Vote::vouched`
-/// and `readable`), its anchor alone whole. A version-2 vote does not decode as one, so 3 is
-/// the oldest too, with the same rolling-upgrade argument.
+/// and `readable`), its anchor alone whole, and a RequestStartView names the ops its sender
+/// holds (`holds`). Version-2 messages do not decode as these, so 3 is the oldest too, with
+/// the same rolling-upgrade argument.
 pub const WIRE_VERSION: u16 = 3;
 pub const OLDEST_WIRE_VERSION: u16 = 3;
 

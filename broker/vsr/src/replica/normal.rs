@@ -64,9 +64,16 @@ impl<S: StateMachine> Replica<S> {
                 replica,
             } => self.on_do_view_change(view, vote, replica),
             Message::StartView { view, log, commit } => self.on_start_view(view, log, commit),
-            Message::RequestStartView { view, replica, .. } => {
+            Message::RequestStartView {
+                view,
+                replica,
+                holds,
+                ..
+            } => {
                 if self.is_primary() && self.view >= view {
-                    let log = self.log.entries().to_vec();
+                    // From the highest op the requester holds alike: after a restart it holds
+                    // nearly all of the log, which with megabyte batches is tens of MiB.
+                    let log = self.log.from_alike(&holds).to_vec();
                     let commit = self.commit_max;
                     self.send(
                         replica,

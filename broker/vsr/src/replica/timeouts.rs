@@ -6,7 +6,7 @@ use crate::message::{Message, Node};
 use crate::routing::primary_of;
 use crate::state_machine::StateMachine;
 use crate::step::Event;
-use crate::{ReplicaId, View};
+use crate::{Op, ReplicaId, View};
 
 impl<S: StateMachine> Replica<S> {
     /// Hands the view on when asked (see [`crate::Input::StepDown`]). Only a primary in normal
@@ -60,10 +60,12 @@ impl<S: StateMachine> Replica<S> {
                 {
                     self.last_view_request = self.tick;
                     let (view, replica) = (self.view, self.cfg.replica);
+                    let holds = self.holds();
                     self.broadcast(Message::RequestStartView {
                         view,
                         replica,
                         nonce: self.tick,
+                        holds,
                     });
                 } else if self.commit_max > self.log_tail() {
                     self.request_state();
@@ -105,10 +107,12 @@ impl<S: StateMachine> Replica<S> {
                     self.last_view_request = self.tick;
                     let view = self.view;
                     let replica = self.cfg.replica;
+                    let holds = self.holds();
                     self.broadcast(Message::RequestStartView {
                         view,
                         replica,
                         nonce: self.tick,
+                        holds,
                     });
                     if self.faulty {
                         self.request_repair();
@@ -183,6 +187,17 @@ impl<S: StateMachine> Replica<S> {
         );
     }
 
+    /// What a RequestStartView says we hold: our log's tail and the last op we applied, by
+    /// checksum. The primary answers from the highest it holds alike (`Log::from_alike`).
+    fn holds(&self) -> Vec<(Op, u128)> {
+        let mut holds: Vec<(Op, u128)> = [self.log.tail(), self.commit_min]
+            .into_iter()
+            .filter_map(|op| Some((op, self.log.checksum_at(op)?)))
+            .collect();
+        holds.dedup();
+        holds
+    }
+
     pub(super) fn request_start_view(&mut self, view: View) {
         if !due(
             &mut self.last_view_request,
@@ -198,6 +213,7 @@ impl<S: StateMachine> Replica<S> {
                 view,
                 replica: self.cfg.replica,
                 nonce: self.tick,
+                holds: self.holds(),
             };
             self.send_now(Node::Replica(primary), message);
         }
