@@ -16,9 +16,10 @@ pub enum Node {
 }
 
 /// What is being said. A DoViewChange carries its sender's log as checksums (only the anchor
-/// whole); a StartView to a replica that voted starts at the last op that vote can read alike,
-/// and to anyone else carries the log whole, from the primary's checkpoint (at most the WAL's
-/// size) (docs/replication.md, "View changes carry what is lacked").
+/// whole). A StartView carries the new log from the last op its receiver holds alike: as its
+/// vote says, or as its RequestStartView names; to anyone else, at the view's start, whole from
+/// the primary's checkpoint (at most the WAL's size) (docs/replication.md, "View changes carry
+/// what is lacked").
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -63,7 +64,8 @@ pub enum Message {
         view: View,
         replica: ReplicaId,
     },
-    /// The sender's vote for `view`: its durable log, what it cannot read of it, its commit.
+    /// The sender's vote for `view`: its durable log by checksum, how much of it it can read,
+    /// its commit.
     DoViewChange {
         view: View,
         vote: Vote,
