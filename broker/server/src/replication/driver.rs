@@ -448,6 +448,19 @@ impl Driver {
         for output in outputs {
             match output {
                 Output::Send(envelope) => match envelope.to {
+                    Node::Replica(to) if transport::worth_deferring(&envelope.message) => {
+                        // Tens of MiB (a view's log, a catch-up): read, verified and encoded
+                        // by the peer's connection task, not here, where it held up every
+                        // request behind it (a failover's first send waited for the dead
+                        // primary's copy of the new view).
+                        let through = self.read_back_through();
+                        if !self.peers.send_deferred(to, envelope, through) {
+                            self.broker
+                                .metrics
+                                .replication_dropped
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     Node::Replica(to) => {
                         self.check_read_back(envelope.message.prepares());
                         if let Message::Prepare { prepare, .. } = &envelope.message {
@@ -520,18 +533,14 @@ impl Driver {
     /// simulator tests with every kind of disk fault. Only bodies that may be mapped are
     /// hashed: large ones of applied or replayed ops; new prepares, in the heap, cost nothing.
     fn check_read_back<'a>(&self, prepares: impl IntoIterator<Item = &'a vsr::Prepare>) {
-        let through = self.replica.commit_min().max(self.replayed_through);
-        let rotten = prepares
-            .into_iter()
-            .find(|p| mapped::worth_mapping(p.body.len()) && p.op() <= through && !p.verify());
-        if let Some(prepare) = rotten {
-            super::fail_stop(&format!(
-                "op {}'s prepare, read back from the WAL, no longer matches its checksum \
-                 (corrupted on disk or in the page cache); a restart repairs the WAL record \
-                 from the peers",
-                prepare.op()
-            ));
+        if let Some(prepare) = mapped::rotten(prepares, self.read_back_through()) {
+            mapped::stop_over_rot(prepare);
         }
+    }
+
+    /// The ops whose bodies may have been read back from the WAL: applied or replayed.
+    fn read_back_through(&self) -> Op {
+        self.replica.commit_min().max(self.replayed_through)
     }
 
     fn send(&mut self, to: ReplicaId, envelope: &Envelope) {

@@ -122,6 +122,28 @@ pub fn worth_mapping(len: usize) -> bool {
     len >= MAP_MIN
 }
 
+/// The first of `prepares` that was read back from the WAL (a body large enough to be mapped,
+/// of an op at or below `through`: applied or replayed) and no longer verifies.
+pub fn rotten<'a>(
+    prepares: impl IntoIterator<Item = &'a vsr::Prepare>,
+    through: vsr::Op,
+) -> Option<&'a vsr::Prepare> {
+    prepares
+        .into_iter()
+        .find(|p| worth_mapping(p.body.len()) && p.op() <= through && !p.verify())
+}
+
+/// Stops the replica over `prepare`, read back from the WAL and no longer matching its
+/// checksum (see `Driver::check_read_back`).
+pub fn stop_over_rot(prepare: &vsr::Prepare) -> ! {
+    super::fail_stop(&format!(
+        "op {}'s prepare, read back from the WAL, no longer matches its checksum \
+         (corrupted on disk or in the page cache); a restart repairs the WAL record \
+         from the peers",
+        prepare.op()
+    ))
+}
+
 /// A body of `len` bytes at `offset` in `file`, mapped if it is large enough to be worth it
 /// ([`MAP_MIN`]); `None` keeps the caller's heap copy (more memory, nothing wrong).
 pub fn map_large(file: &File, hold: &FileHold, offset: u64, len: usize) -> Option<Bytes> {

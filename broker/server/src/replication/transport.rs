@@ -146,11 +146,63 @@ pub struct OutFrame {
 }
 pub type Frame = Arc<OutFrame>;
 
+/// What a peer's connection task is handed: a frame the replica thread encoded, or a message
+/// carrying large prepares that the task verifies and encodes itself ([`worth_deferring`]).
+pub enum Outgoing {
+    Encoded(Frame),
+    Deferred {
+        envelope: Box<Envelope>,
+        /// Bodies of ops up to here may have been read back from the WAL: verified before
+        /// they leave (`mapped::rotten`).
+        verify_through: vsr::Op,
+    },
+}
+
+/// Prepares' bytes from which a message (other than a prepare, which is encoded once for all
+/// its peers) is encoded by the connection task instead of the replica thread.
+const DEFER_FROM: usize = 256 << 10;
+
+/// Whether `message` is encoded by the connection task: it carries more than [`DEFER_FROM`]
+/// bytes of prepares and is not a prepare. A view's log or a catch-up can be tens of MiB; read
+/// through the WAL mappings, verified and copied into a frame on the replica thread, it held
+/// up everything queued behind it.
+pub fn worth_deferring(message: &Message) -> bool {
+    !matches!(message, Message::Prepare { .. })
+        && message
+            .prepares()
+            .iter()
+            .map(|p| p.body.len())
+            .sum::<usize>()
+            >= DEFER_FROM
+}
+
+impl Outgoing {
+    /// The frame to write: a deferred message verified and encoded now. `None` when it does
+    /// not encode (logged; the core resends what matters).
+    fn into_frame(self) -> Option<Frame> {
+        match self {
+            Outgoing::Encoded(frame) => Some(frame),
+            Outgoing::Deferred {
+                envelope,
+                verify_through,
+            } => {
+                let prepares = envelope.message.prepares();
+                if let Some(prepare) = super::mapped::rotten(prepares, verify_through) {
+                    super::mapped::stop_over_rot(prepare);
+                }
+                encode(&envelope)
+                    .map_err(|e| tracing::error!(error = %e, "cannot encode a replication message"))
+                    .ok()
+            }
+        }
+    }
+}
+
 /// The sending side: one queue per peer position (none for this replica's own), each drained
 /// by its connection task. Owned by the replica thread, which adds the peers a new ring names
 /// (`add`).
 pub struct Peers {
-    queues: Vec<Option<mpsc::Sender<Frame>>>,
+    queues: Vec<Option<mpsc::Sender<Outgoing>>>,
     me: ReplicaId,
     status: Arc<ClusterStatus>,
     stop: watch::Receiver<bool>,
@@ -201,8 +253,30 @@ impl Peers {
 
     /// Queues `frame` for `to`; false when it was dropped.
     pub fn send(&self, to: ReplicaId, frame: Frame) -> bool {
+        self.queue(to, Outgoing::Encoded(frame))
+    }
+
+    /// Queues `envelope` for `to`, to be verified and encoded by its connection task; false
+    /// when it was dropped.
+    pub fn send_deferred(
+        &self,
+        to: ReplicaId,
+        envelope: Envelope,
+        verify_through: vsr::Op,
+    ) -> bool {
+        let envelope = Box::new(envelope);
+        self.queue(
+            to,
+            Outgoing::Deferred {
+                envelope,
+                verify_through,
+            },
+        )
+    }
+
+    fn queue(&self, to: ReplicaId, outgoing: Outgoing) -> bool {
         match self.queues.get(usize::from(to)) {
-            Some(Some(queue)) => queue.try_send(frame).is_ok(),
+            Some(Some(queue)) => queue.try_send(outgoing).is_ok(),
             _ => false,
         }
     }
@@ -215,7 +289,11 @@ struct Peer {
     status: Arc<ClusterStatus>,
 }
 
-async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watch::Receiver<bool>) {
+async fn send_loop(
+    peer: Peer,
+    mut frames: mpsc::Receiver<Outgoing>,
+    mut stop: watch::Receiver<bool>,
+) {
     let address = &peer.address;
     let mut backoff = RECONNECT_MIN;
     loop {
@@ -253,13 +331,13 @@ async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watc
                 _ = stop.changed() => return,
             };
             let Some(frame) = frame else { return };
-            if write_frame(&mut writer, &frame).await.is_err() {
+            if write_outgoing(&mut writer, frame).await.is_err() {
                 break;
             }
             // Write what is queued behind it in the same flush.
             let mut failed = false;
             while let Ok(more) = frames.try_recv() {
-                if write_frame(&mut writer, &more).await.is_err() {
+                if write_outgoing(&mut writer, more).await.is_err() {
                     failed = true;
                     break;
                 }
@@ -270,6 +348,25 @@ async fn send_loop(peer: Peer, mut frames: mpsc::Receiver<Frame>, mut stop: watc
         }
         peer.status.set_connected(peer.position, false);
         tracing::info!(peer = %address, "lost the connection to replica");
+    }
+}
+
+async fn write_outgoing<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    outgoing: Outgoing,
+) -> std::io::Result<()> {
+    let frame = match outgoing {
+        Outgoing::Encoded(frame) => Some(frame),
+        // Hashing and copying tens of MiB would hold an async worker (and the client
+        // connections on it) for tens of milliseconds: the blocking pool does it.
+        deferred => tokio::task::spawn_blocking(move || deferred.into_frame())
+            .await
+            .ok()
+            .flatten(),
+    };
+    match frame {
+        Some(frame) => write_frame(writer, &frame).await,
+        None => Ok(()),
     }
 }
 
@@ -450,6 +547,56 @@ mod tests {
 
     fn split(frame: &[u8]) -> (u8, &[u8]) {
         (frame[4], &frame[5..])
+    }
+
+    fn start_view(body_len: usize, ops: u64) -> Envelope {
+        let root = vsr::Prepare::root(1, 1, 0);
+        let mut log = vec![root];
+        for op in 1..=ops {
+            let mut header = log[0].header.clone();
+            header.op = op;
+            header.parent = log.last().map_or(0, vsr::Prepare::checksum);
+            log.push(vsr::Prepare::new(header, vec![op as u8; body_len]));
+        }
+        Envelope {
+            cluster: 1,
+            group: 1,
+            epoch: 0,
+            from: vsr::Node::Replica(0),
+            to: vsr::Node::Replica(1),
+            message: Message::StartView {
+                view: 1,
+                log,
+                commit: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn large_messages_other_than_prepares_are_encoded_by_the_connection_task_to_the_same_bytes() {
+        let small = start_view(1000, 4);
+        assert!(!worth_deferring(&small.message));
+        let large = start_view(64 << 10, 8);
+        assert!(worth_deferring(&large.message), "512 KiB of prepares");
+        let Message::StartView { log, .. } = &large.message else {
+            unreachable!()
+        };
+        let prepare = Message::Prepare {
+            view: 1,
+            prepare: vsr::Prepare::new(log[1].header.clone(), vec![0; 1 << 20]),
+        };
+        assert!(
+            !worth_deferring(&prepare),
+            "prepares are encoded once for all peers"
+        );
+
+        let inline = encode(&large).unwrap();
+        let deferred = Outgoing::Deferred {
+            envelope: Box::new(large),
+            verify_through: 8,
+        };
+        let frame = deferred.into_frame().expect("encodes");
+        assert_eq!((&frame.head, &frame.body), (&inline.head, &inline.body));
     }
 
     #[test]

@@ -249,21 +249,30 @@ impl<S: StateMachine> Replica<S> {
         // of MiB), and after an ordinary failover the voters hold nearly all of it already.
         // Sending it whole kept the surviving backup out of the new view for most of a second
         // (docs/replication.md, "View changes carry what is lacked"). Everyone else — a
-        // replica that did not vote, standbys — gets the whole log.
+        // replica that did not vote, standbys — gets the whole log, after the voters: the
+        // voters complete the new quorum, and in a failover the first non-voter is the dead
+        // primary, whose copy the broker would read, verify and encode (tens of MiB) before the
+        // surviving backup's few prepares went out.
+        let view = self.view;
+        let lacked: Vec<(ReplicaId, Vec<Prepare>)> = self
+            .dvc
+            .iter()
+            .map(|(&voter, vote)| (voter, vote.lacks(&self.log).to_vec()))
+            .collect();
+        for (voter, log) in lacked {
+            self.send(voter, Message::StartView { view, log, commit });
+        }
+        let others: Vec<ReplicaId> = (0..self.cfg.replica_count)
+            .filter(|replica| !self.dvc.contains_key(replica))
+            .collect();
         let whole = Message::StartView {
-            view: self.view,
+            view,
             log: self.log.entries().to_vec(),
             commit,
         };
         self.send_to_standbys(&whole);
-        let view = self.view;
-        for replica in 0..self.cfg.replica_count {
-            let log = match self.dvc.get(&replica) {
-                Some(vote) => vote.lacks(&self.log),
-                None => self.log.entries(),
-            };
-            let log = log.to_vec();
-            self.send(replica, Message::StartView { view, log, commit });
+        for replica in others {
+            self.send(replica, whole.clone());
         }
         self.advance_commit(commit);
         self.last_retransmit = self.tick;
