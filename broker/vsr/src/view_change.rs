@@ -95,15 +95,10 @@ impl Vote {
     /// op exists. Splicing that suffix onto the sender's log gives the same log as splicing
     /// the whole: both join at that op (the hash chain makes the logs equal below it).
     pub fn lacks<'a>(&self, log: &'a crate::log::Log) -> &'a [Prepare] {
-        let low = log.base().max(self.base());
-        let high = log.tail().min(self.readable);
-        let alike = (low..=high)
-            .rev()
-            .find(|&op| log.checksum_at(op).is_some_and(|c| self.can_supply(op, c)));
-        match alike {
-            Some(op) => &log.entries()[(op - log.base()) as usize..],
-            None => log.entries(),
-        }
+        let readable: Vec<(Op, u128)> = (self.base()..=self.readable)
+            .filter_map(|op| Some((op, self.checksum_at(op)?)))
+            .collect();
+        log.from_alike(&readable)
     }
 }
 

@@ -150,19 +150,22 @@ pub type Frame = Arc<OutFrame>;
 /// carrying large prepares that the task verifies and encodes itself ([`worth_deferring`]).
 pub enum Outgoing {
     Encoded(Frame),
-    Deferred {
-        envelope: Box<Envelope>,
-        /// Bodies of ops up to here may have been read back from the WAL: verified before
-        /// they leave (`mapped::rotten`).
-        verify_through: vsr::Op,
-    },
+    Deferred(Deferred),
+}
+
+/// A message the connection task verifies and encodes.
+pub struct Deferred {
+    envelope: Box<Envelope>,
+    /// Bodies of ops up to here may have been read back from the WAL: verified before they
+    /// leave (`mapped::rotten`).
+    verify_through: vsr::Op,
 }
 
 /// Prepares' bytes from which a message (other than a prepare, which is encoded once for all
 /// its peers) is encoded by the connection task instead of the replica thread.
 const DEFER_FROM: usize = 256 << 10;
 
-/// Whether `message` is encoded by the connection task: it carries more than [`DEFER_FROM`]
+/// Whether `message` is encoded by the connection task: it carries at least [`DEFER_FROM`]
 /// bytes of prepares and is not a prepare. A view's log or a catch-up can be tens of MiB; read
 /// through the WAL mappings, verified and copied into a frame on the replica thread, it held
 /// up everything queued behind it.
@@ -176,25 +179,17 @@ pub fn worth_deferring(message: &Message) -> bool {
             >= DEFER_FROM
 }
 
-impl Outgoing {
-    /// The frame to write: a deferred message verified and encoded now. `None` when it does
-    /// not encode (logged; the core resends what matters).
+impl Deferred {
+    /// The frame to write, its read-back bodies verified first. `None` when it does not
+    /// encode (logged; the core resends what matters).
     fn into_frame(self) -> Option<Frame> {
-        match self {
-            Outgoing::Encoded(frame) => Some(frame),
-            Outgoing::Deferred {
-                envelope,
-                verify_through,
-            } => {
-                let prepares = envelope.message.prepares();
-                if let Some(prepare) = super::mapped::rotten(prepares, verify_through) {
-                    super::mapped::stop_over_rot(prepare);
-                }
-                encode(&envelope)
-                    .map_err(|e| tracing::error!(error = %e, "cannot encode a replication message"))
-                    .ok()
-            }
+        let prepares = self.envelope.message.prepares();
+        if let Some(prepare) = super::mapped::rotten(prepares, self.verify_through) {
+            super::mapped::stop_over_rot(prepare);
         }
+        encode(&self.envelope)
+            .map_err(|e| tracing::error!(error = %e, "cannot encode a replication message"))
+            .ok()
     }
 }
 
@@ -267,10 +262,10 @@ impl Peers {
         let envelope = Box::new(envelope);
         self.queue(
             to,
-            Outgoing::Deferred {
+            Outgoing::Deferred(Deferred {
                 envelope,
                 verify_through,
-            },
+            }),
         )
     }
 
@@ -359,7 +354,7 @@ async fn write_outgoing<W: tokio::io::AsyncWrite + Unpin>(
         Outgoing::Encoded(frame) => Some(frame),
         // Hashing and copying tens of MiB would hold an async worker (and the client
         // connections on it) for tens of milliseconds: the blocking pool does it.
-        deferred => tokio::task::spawn_blocking(move || deferred.into_frame())
+        Outgoing::Deferred(deferred) => tokio::task::spawn_blocking(move || deferred.into_frame())
             .await
             .ok()
             .flatten(),
@@ -591,7 +586,7 @@ mod tests {
         );
 
         let inline = encode(&large).unwrap();
-        let deferred = Outgoing::Deferred {
+        let deferred = Deferred {
             envelope: Box::new(large),
             verify_through: 8,
         };

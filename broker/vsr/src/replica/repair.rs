@@ -8,7 +8,7 @@ use crate::message::{Message, Node};
 use crate::prepare::Prepare;
 use crate::state_machine::StateMachine;
 use crate::step::Event;
-use crate::Op;
+use crate::{Op, ReplicaId};
 use std::collections::BTreeMap;
 
 /// What a replica that found a damaged WAL slot at recovery promised and still holds. Its
@@ -97,17 +97,23 @@ impl<S: StateMachine> Replica<S> {
     /// Asks every peer for the prepare `checksum` at `op`; whoever holds it answers
     /// (`RepairPrepare`), in any view: the checksum names the prepare.
     pub(super) fn ask_peers_for_prepare(&mut self, op: Op, checksum: u128) {
-        let replica = self.cfg.replica;
-        for to in (0..self.cfg.replica_count).filter(|&to| to != replica) {
-            self.send_now(
-                Node::Replica(to),
-                Message::RequestPrepare {
-                    op,
-                    checksum,
-                    replica,
-                },
-            );
+        let me = self.cfg.replica;
+        for to in (0..self.cfg.replica_count).filter(|&to| to != me) {
+            self.ask_for_prepare(to, op, checksum);
         }
+    }
+
+    /// Asks `to` for the prepare `checksum` at `op`.
+    pub(super) fn ask_for_prepare(&mut self, to: ReplicaId, op: Op, checksum: u128) {
+        let replica = self.cfg.replica;
+        self.send_now(
+            Node::Replica(to),
+            Message::RequestPrepare {
+                op,
+                checksum,
+                replica,
+            },
+        );
     }
 
     /// A peer's copy of a promised prepare: appended (with any intact ones after it) and

@@ -5,7 +5,6 @@
 use super::{due, valid_chain, Replica, Status};
 use crate::log::Log;
 use crate::message::Message;
-use crate::message::Node;
 use crate::prepare::Prepare;
 use crate::quorums;
 use crate::routing::primary_of;
@@ -386,14 +385,7 @@ impl<S: StateMachine> Replica<S> {
                 continue;
             }
             for to in suppliers {
-                self.send_now(
-                    Node::Replica(to),
-                    Message::RequestPrepare {
-                        op,
-                        checksum,
-                        replica: me,
-                    },
-                );
+                self.ask_for_prepare(to, op, checksum);
             }
         }
     }
