@@ -45,7 +45,17 @@ pub struct JournalWriter {
     bodies: Vec<WrittenBody>,
     /// A writeback job is queued and not yet taken.
     writeback_queued: Arc<AtomicBool>,
+    /// Bytes appended inline since the last writeback job was queued.
+    unhinted: usize,
 }
+
+/// Inline appends of this many bytes of prepares earn a writeback job. The applies write about
+/// as much into segments, which the hint starts writing back so that the next checkpoint's
+/// fsync finds little left. One job per append woke the journal thread for every small request
+/// (20,000 wake-ups for 20,000 requests of 10 × 100 B on every replica): a wake-up costs more
+/// than the hint saves when a request writes a few kilobytes. A megabyte batch still earns one
+/// per append.
+const WRITEBACK_AFTER: usize = 256 << 10;
 
 impl JournalWriter {
     /// `inline` is the journal shared with the journal thread when appends may be made here.
@@ -62,6 +72,7 @@ impl JournalWriter {
             done: Vec::new(),
             bodies: Vec::new(),
             writeback_queued,
+            unhinted: 0,
         }
     }
 
@@ -93,7 +104,15 @@ impl JournalWriter {
         let bodies = write_or_stop(&mut lock(journal), &writes);
         self.done.extend(ios);
         self.bodies.extend(bodies);
-        if !self.writeback_queued.swap(true, Ordering::AcqRel) {
+        self.unhinted += writes
+            .iter()
+            .map(|write| match write {
+                Write::Wal { prepare, .. } => prepare.body.len(),
+                _ => 0,
+            })
+            .sum::<usize>();
+        if self.unhinted >= WRITEBACK_AFTER && !self.writeback_queued.swap(true, Ordering::AcqRel) {
+            self.unhinted = 0;
             let _ = self.jobs.send(JournalJob::Writeback);
         }
     }
@@ -135,11 +154,15 @@ mod tests {
     use vsr::{Op, Prepare, Superblock};
 
     fn append(op: Op) -> Write {
+        append_of(op, 100)
+    }
+
+    fn append_of(op: Op, body_len: usize) -> Write {
         let mut header = Prepare::root(1, 1, 0).header;
         header.op = op;
         Write::Wal {
             slot: op,
-            prepare: Prepare::new(header, vec![op as u8; 100]),
+            prepare: Prepare::new(header, vec![op as u8; body_len]),
         }
     }
 
@@ -223,5 +246,37 @@ mod tests {
         writer.flush();
         assert!(writer.take_done().is_none());
         assert_eq!(handed_over(&jobs), vec![1]);
+    }
+
+    fn writebacks(jobs: &Receiver<JournalJob>) -> usize {
+        jobs.try_iter()
+            .filter(|job| matches!(job, JournalJob::Writeback))
+            .count()
+    }
+
+    #[test]
+    fn small_appends_earn_a_writeback_job_only_once_they_add_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, jobs) = writer(dir.path(), true);
+        for op in 1..=20 {
+            writer.write(op, append(op));
+            writer.flush();
+        }
+        assert_eq!(writebacks(&jobs), 0, "2,000 bytes wake nobody");
+        writer.write(21, append_of(21, WRITEBACK_AFTER));
+        writer.flush();
+        assert_eq!(writebacks(&jobs), 1);
+        // Queued and not yet taken: no second job however much follows.
+        writer.write(22, append_of(22, WRITEBACK_AFTER));
+        writer.flush();
+        assert_eq!(writebacks(&jobs), 0);
+        writer.writeback_queued.store(false, Ordering::Release);
+        writer.write(23, append(23));
+        writer.flush();
+        assert_eq!(
+            writebacks(&jobs),
+            1,
+            "what piled up while one was queued counts"
+        );
     }
 }
