@@ -17,6 +17,7 @@ pub mod journal;
 pub mod machine;
 pub mod mapped;
 pub mod ring_update;
+pub mod sending;
 pub mod status;
 pub mod submitter;
 pub mod sync;
@@ -354,8 +355,7 @@ pub async fn boot(
         })?;
     let inbound = Arc::new(inbound::Inbound::with_budget(inbound_budget));
     let (stop, stop_rx) = watch::channel(false);
-    let peers =
-        transport::Peers::start(&setup.addresses, position, status.clone(), stop_rx.clone());
+    let peers = sending::Peers::start(&setup.addresses, position, status.clone(), stop_rx.clone());
     tokio::spawn(transport::serve(
         listener,
         transport::Receiving {

@@ -1,5 +1,6 @@
 //! TCP between replicas. Every replica listens on its replication address and keeps one
-//! outgoing connection per peer, so each direction of each pair is its own ordered stream.
+//! outgoing connection per peer (`sending`), so each direction of each pair is its own ordered
+//! stream.
 //!
 //! A frame is `len u32`, a kind byte, then a postcard-encoded body: a `vsr::Envelope`, or a
 //! state-sync fetch and its answer (`sync`), which travel on a connection of their own and are
@@ -14,21 +15,15 @@
 use crate::broker::Broker;
 use crate::replication::driver::DriverInput;
 use crate::replication::inbound::Inbound;
-use crate::replication::status::ClusterStatus;
 use crate::replication::sync;
 use bytes::Bytes;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
-use vsr::{Envelope, Message, ReplicaId};
-
-/// Frames waiting for one peer; more are dropped (the core retransmits).
-const PEER_QUEUE: usize = 4096;
-const RECONNECT_MIN: Duration = Duration::from_millis(50);
-const RECONNECT_MAX: Duration = Duration::from_secs(1);
+use tokio::sync::watch;
+use vsr::{Envelope, Message};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -146,10 +141,30 @@ pub struct OutFrame {
 }
 pub type Frame = Arc<OutFrame>;
 
-/// What a peer's connection task is handed: a frame the replica thread encoded, or a message
-/// carrying large prepares that the task verifies and encodes itself ([`worth_deferring`]).
+impl OutFrame {
+    /// Bytes on the wire (never zero: a frame has at least its length and kind).
+    pub fn wire_len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Whether it carries a prepare.
+    pub fn is_prepare(&self) -> bool {
+        self.head.get(4) == Some(&PREPARE)
+    }
+
+    /// Its bytes in the order they go out.
+    pub fn parts(&self) -> [&[u8]; 2] {
+        [&self.head, &self.body]
+    }
+}
+
+/// What a peer's connection task is handed: a frame the replica thread encoded, the rest of one
+/// the replica thread began to write (`sending`), or a message carrying large prepares that the
+/// task verifies and encodes itself ([`worth_deferring`]).
 pub enum Outgoing {
     Encoded(Frame),
+    /// The frame from this byte on.
+    Rest(Frame, usize),
     Deferred(Deferred),
 }
 
@@ -180,9 +195,16 @@ pub fn worth_deferring(message: &Message) -> bool {
 }
 
 impl Deferred {
+    pub fn new(envelope: Envelope, verify_through: vsr::Op) -> Self {
+        Self {
+            envelope: Box::new(envelope),
+            verify_through,
+        }
+    }
+
     /// The frame to write, its read-back bodies verified first. `None` when it does not
     /// encode (logged; the core resends what matters).
-    fn into_frame(self) -> Option<Frame> {
+    pub fn into_frame(self) -> Option<Frame> {
         let prepares = self.envelope.message.prepares();
         if let Some(prepare) = super::mapped::rotten(prepares, self.verify_through) {
             super::mapped::stop_over_rot(prepare);
@@ -191,186 +213,6 @@ impl Deferred {
             .map_err(|e| tracing::error!(error = %e, "cannot encode a replication message"))
             .ok()
     }
-}
-
-/// The sending side: one queue per peer position (none for this replica's own), each drained
-/// by its connection task. Owned by the replica thread, which adds the peers a new ring names
-/// (`add`).
-pub struct Peers {
-    queues: Vec<Option<mpsc::Sender<Outgoing>>>,
-    me: ReplicaId,
-    status: Arc<ClusterStatus>,
-    stop: watch::Receiver<bool>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl Peers {
-    /// Starts a connection task for every peer in `addresses` (by position; `me` is skipped).
-    /// Must be called on the runtime the connection tasks run on.
-    pub fn start(
-        addresses: &[String],
-        me: ReplicaId,
-        status: Arc<ClusterStatus>,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
-        let mut peers = Self {
-            queues: Vec::new(),
-            me,
-            status,
-            stop,
-            runtime: tokio::runtime::Handle::current(),
-        };
-        for (position, address) in addresses.iter().enumerate() {
-            peers.add(position as ReplicaId, address);
-        }
-        peers
-    }
-
-    /// Starts the connection to the peer at `position`, unless there is one (positions keep
-    /// their address for the life of a ring: a StatefulSet ordinal's DNS name).
-    pub fn add(&mut self, position: ReplicaId, address: &str) {
-        let index = usize::from(position);
-        if self.queues.len() <= index {
-            self.queues.resize_with(index + 1, || None);
-        }
-        if position == self.me || self.queues[index].is_some() {
-            return;
-        }
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        let peer = Peer {
-            address: address.to_owned(),
-            position,
-            status: self.status.clone(),
-        };
-        self.runtime.spawn(send_loop(peer, rx, self.stop.clone()));
-        self.queues[index] = Some(tx);
-    }
-
-    /// Queues `frame` for `to`; false when it was dropped.
-    pub fn send(&self, to: ReplicaId, frame: Frame) -> bool {
-        self.queue(to, Outgoing::Encoded(frame))
-    }
-
-    /// Queues `envelope` for `to`, to be verified and encoded by its connection task; false
-    /// when it was dropped.
-    pub fn send_deferred(
-        &self,
-        to: ReplicaId,
-        envelope: Envelope,
-        verify_through: vsr::Op,
-    ) -> bool {
-        let envelope = Box::new(envelope);
-        self.queue(
-            to,
-            Outgoing::Deferred(Deferred {
-                envelope,
-                verify_through,
-            }),
-        )
-    }
-
-    fn queue(&self, to: ReplicaId, outgoing: Outgoing) -> bool {
-        match self.queues.get(usize::from(to)) {
-            Some(Some(queue)) => queue.try_send(outgoing).is_ok(),
-            _ => false,
-        }
-    }
-}
-
-/// Who a connection task sends to.
-struct Peer {
-    address: String,
-    position: ReplicaId,
-    status: Arc<ClusterStatus>,
-}
-
-async fn send_loop(
-    peer: Peer,
-    mut frames: mpsc::Receiver<Outgoing>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let address = &peer.address;
-    let mut backoff = RECONNECT_MIN;
-    loop {
-        let stream = tokio::select! {
-            stream = TcpStream::connect(iggy_contract::hosts::resolve(address)) => stream,
-            _ = stop.changed() => return,
-        };
-        let stream = match stream {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::debug!(peer = %address, error = %e, "cannot reach replica");
-                // Frames queued while the peer is unreachable are stale by the time it
-                // answers; drop them rather than replaying a burst of old prepares.
-                while frames.try_recv().is_ok() {}
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(RECONNECT_MAX);
-                continue;
-            }
-        };
-        backoff = RECONNECT_MIN;
-        let _ = stream.set_nodelay(true);
-        tracing::info!(peer = %address, "connected to replica");
-        peer.status.set_connected(peer.position, true);
-        let mut writer = BufWriter::with_capacity(256 * 1024, stream);
-        if writer.write_all(&hello()).await.is_err() {
-            peer.status.set_connected(peer.position, false);
-            continue;
-        }
-        loop {
-            let frame = tokio::select! {
-                frame = frames.recv() => frame,
-                _ = stop.changed() => return,
-            };
-            let Some(frame) = frame else { return };
-            if write_outgoing(&mut writer, frame).await.is_err() {
-                break;
-            }
-            // Write what is queued behind it in the same flush.
-            let mut failed = false;
-            while let Ok(more) = frames.try_recv() {
-                if write_outgoing(&mut writer, more).await.is_err() {
-                    failed = true;
-                    break;
-                }
-            }
-            if failed || writer.flush().await.is_err() {
-                break;
-            }
-        }
-        peer.status.set_connected(peer.position, false);
-        tracing::info!(peer = %address, "lost the connection to replica");
-    }
-}
-
-async fn write_outgoing<W: tokio::io::AsyncWrite + Unpin>(
-    writer: &mut W,
-    outgoing: Outgoing,
-) -> std::io::Result<()> {
-    let frame = match outgoing {
-        Outgoing::Encoded(frame) => Some(frame),
-        // Hashing and copying tens of MiB would hold an async worker (and the client
-        // connections on it) for tens of milliseconds: the blocking pool does it.
-        Outgoing::Deferred(deferred) => tokio::task::spawn_blocking(move || deferred.into_frame())
-            .await
-            .ok()
-            .flatten(),
-    };
-    match frame {
-        Some(frame) => write_frame(writer, &frame).await,
-        None => Ok(()),
-    }
-}
-
-async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
-    writer: &mut W,
-    frame: &OutFrame,
-) -> std::io::Result<()> {
-    writer.write_all(&frame.head).await?;
-    writer.write_all(&frame.body).await
 }
 
 /// Reads the rest of a `PREPARE` frame of `len` bytes (its kind already read): the body lands
@@ -586,10 +428,7 @@ mod tests {
         );
 
         let inline = encode(&large).unwrap();
-        let deferred = Deferred {
-            envelope: Box::new(large),
-            verify_through: 8,
-        };
+        let deferred = Deferred::new(large, 8);
         let frame = deferred.into_frame().expect("encodes");
         assert_eq!((&frame.head, &frame.body), (&inline.head, &inline.body));
     }
