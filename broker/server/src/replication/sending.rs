@@ -156,6 +156,9 @@ impl Lane {
             if written_by_the_sender(frame) {
                 match write_now(stream, frame) {
                     Ok(written) if written == frame.wire_len() => return true,
+                    // The task writes the rest on this same connection: the lane is idle only
+                    // while the task waits in this connection's loop (it marks the lane busy
+                    // before it can leave it), so a part frame never opens another connection.
                     Ok(written) => outgoing = Outgoing::Rest(frame.clone(), written),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     // The task's next write on it fails too, and it reconnects.
@@ -194,6 +197,7 @@ fn write_now(stream: &TcpStream, frame: &Frame) -> std::io::Result<usize> {
         match stream.try_write_vectored(&io_slices(&parts, written)) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock && written > 0 => break,
             Err(e) => return Err(e),
         }
@@ -310,7 +314,7 @@ async fn write_all(stream: &TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
         match stream.try_write_vectored(&io_slices(parts, written)) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
             Err(e) => return Err(e),
         }
     }
