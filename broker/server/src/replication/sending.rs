@@ -3,7 +3,7 @@
 //!
 //! A frame other than a prepare is written by the replica thread itself when the connection is
 //! idle — nothing queued, nothing being written — and the frame is small: a non-blocking write
-//! of a few hundred bytes into the socket. Everything else (prepares, a frame the socket took
+//! into the socket, usually of a few hundred bytes ([`DIRECT_UP_TO`] at most). Everything else (prepares, a frame the socket took
 //! only part of, frames behind one still queued, a message the connection task encodes) goes to
 //! the peer's queue and its connection task writes it.
 //!
@@ -35,9 +35,9 @@ use vsr::ReplicaId;
 const PEER_QUEUE: usize = 4096;
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
-/// The largest frame the replica thread writes itself: acknowledgements, commits, heartbeats
-/// and the prepares of small batches. A megabyte prepare is copied into each peer's socket by
-/// its connection task instead.
+/// The largest frame the replica thread writes itself (acknowledgements, commits, forwarded
+/// replies; never a prepare, see above). A larger one would hold the replica thread for its
+/// copy into the socket.
 pub const DIRECT_UP_TO: usize = 64 << 10;
 /// Frames gathered into one vectored write by a connection task.
 const GATHER: usize = 64;
