@@ -147,20 +147,19 @@ impl Lane {
 
     /// Writes `outgoing` now if the lane is idle and it is small; queues it (or what the socket
     /// did not take) otherwise. False when it was dropped.
-    fn send(&self, outgoing: Outgoing) -> bool {
+    fn send(&self, mut outgoing: Outgoing) -> bool {
         let mut state = self.state();
-        let mut outgoing = outgoing;
         if let (false, Some(stream), Outgoing::Encoded(frame)) =
             (state.busy, &state.stream, &outgoing)
         {
             if written_by_the_sender(frame) {
-                match write_now(stream, frame) {
+                match write_available(stream, &frame.parts(), 0) {
                     Ok(written) if written == frame.wire_len() => return true,
+                    Ok(0) => {}
                     // The task writes the rest on this same connection: the lane is idle only
                     // while the task waits in this connection's loop (it marks the lane busy
                     // before it can leave it), so a part frame never opens another connection.
                     Ok(written) => outgoing = Outgoing::Rest(frame.clone(), written),
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
                     // The task's next write on it fails too, and it reconnects.
                     Err(_) => state.stream = None,
                 }
@@ -189,16 +188,17 @@ fn written_by_the_sender(frame: &Frame) -> bool {
     frame.wire_len() <= DIRECT_UP_TO && !frame.is_prepare()
 }
 
-/// As much of `frame` as the socket takes without waiting.
-fn write_now(stream: &TcpStream, frame: &Frame) -> std::io::Result<usize> {
-    let parts = frame.parts();
-    let mut written = 0;
-    while written < frame.wire_len() {
-        match stream.try_write_vectored(&io_slices(&parts, written)) {
+/// Writes `parts` from byte `from` for as long as the socket takes them without waiting;
+/// returns how far they are written (all of them, or where the socket would block).
+fn write_available(stream: &TcpStream, parts: &[&[u8]], from: usize) -> std::io::Result<usize> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = from;
+    while written < total {
+        match stream.try_write_vectored(&io_slices(parts, written)) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock && written > 0 => break,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
     }
@@ -309,16 +309,13 @@ async fn write_batch(stream: &TcpStream, batch: Vec<Outgoing>) -> std::io::Resul
 async fn write_all(stream: &TcpStream, parts: &[&[u8]]) -> std::io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut written = 0;
-    while written < total {
-        stream.writable().await?;
-        match stream.try_write_vectored(&io_slices(parts, written)) {
-            Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
-            Err(e) => return Err(e),
+    loop {
+        written = write_available(stream, parts, written)?;
+        if written == total {
+            return Ok(());
         }
+        stream.writable().await?;
     }
-    Ok(())
 }
 
 /// `parts` without their first `n` bytes, and without empty ones.
