@@ -392,7 +392,14 @@ mod tests {
         let read = |stream: &mut std::net::TcpStream| {
             let mut len = [0u8; 4];
             stream.read_exact(&mut len).unwrap();
-            let mut rest = vec![0u8; u32::from_le_bytes(len) as usize];
+            let len = u32::from_le_bytes(len) as usize;
+            // Frames of this test are at most a megabyte and a little; a larger length is
+            // bytes of two frames interleaved.
+            assert!(
+                len <= 2 << 20,
+                "a frame length of {len}: the stream is garbled"
+            );
+            let mut rest = vec![0u8; len];
             stream.read_exact(&mut rest).unwrap();
             rest
         };
@@ -443,16 +450,20 @@ mod tests {
             Peers::start(&["self".into(), address], 0, status, stop_rx)
         };
         // First frames just under the limit while the receiver does not read, until the
-        // socket takes one only in part and the rest is queued; then small frames, every
-        // seventh too large to write here and every fifth a prepare (always queued).
-        let frames: Vec<Frame> = (1..=600u64)
+        // socket takes one only in part and the rest is queued. Then, with the receiver
+        // reading, small frames, every seventh a megabyte prepare and every fifth a small one
+        // (prepares are always queued): the small frame after a queued one must queue behind
+        // it, not go out while the task is still writing it.
+        let first: Vec<Frame> = (1..=250u64)
+            .map(|seq| frame(seq, DIRECT_UP_TO - 200, false))
+            .collect();
+        let then: Vec<Frame> = (251..=600u64)
             .map(|seq| match seq {
-                1..=250 => frame(seq, DIRECT_UP_TO - 200, false),
-                _ if seq % 7 == 0 => frame(seq, DIRECT_UP_TO + 1000, false),
+                _ if seq % 7 == 0 => frame(seq, 1 << 20, true),
                 _ => frame(seq, 100, seq % 5 == 0),
             })
             .collect();
-        let count = frames.len() + 1;
+        let count = first.len() + then.len() + 1;
         let receiver = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
             receive(stream, count, Duration::from_millis(300))
@@ -470,20 +481,27 @@ mod tests {
             !lane.state().busy,
             "an idle lane's small frame is written at once, not queued"
         );
-        for frame in frames {
+        let wait_idle = || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while lane.state().busy {
+                assert!(
+                    Instant::now() < deadline,
+                    "the task never handed the lane back"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        for frame in first {
+            assert!(peers.send(1, frame));
+        }
+        wait_idle();
+        for frame in then {
             assert!(peers.send(1, frame));
         }
         let received = receiver.join().unwrap();
         let expected: Vec<(u64, bool)> = (0..count as u64).map(|seq| (seq, true)).collect();
         assert_eq!(received, expected, "every frame, whole and in order");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while lane.state().busy {
-            assert!(
-                Instant::now() < deadline,
-                "the task never handed the lane back"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_idle();
         assert!(written_by_the_sender(&frame(0, DIRECT_UP_TO - 200, false)));
         assert!(!written_by_the_sender(&frame(0, DIRECT_UP_TO + 1, false)));
         assert!(
