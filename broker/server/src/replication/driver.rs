@@ -455,12 +455,8 @@ impl Driver {
                         // request behind it (a failover's first send waited for the dead
                         // primary's copy of the new view).
                         let through = self.read_back_through();
-                        if !self.peers.send_deferred(to, envelope, through) {
-                            self.broker
-                                .metrics
-                                .replication_dropped
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
+                        let sent = self.peers.send_deferred(to, envelope, through);
+                        self.count_if_dropped(sent);
                     }
                     Node::Replica(to) => {
                         self.check_read_back(envelope.message.prepares());
@@ -564,14 +560,20 @@ impl Driver {
                 if let Message::Prepare { prepare, view } = &envelope.message {
                     self.last_prepare = Some((prepare.checksum(), *view, frame.clone()));
                 }
-                if !self.peers.send(to, frame) {
-                    self.broker
-                        .metrics
-                        .replication_dropped
-                        .fetch_add(1, Ordering::Relaxed);
-                }
+                let sent = self.peers.send(to, frame);
+                self.count_if_dropped(sent);
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a replication message"),
+        }
+    }
+
+    /// Counts a message for a peer that its queue dropped (`sent` false).
+    fn count_if_dropped(&self, sent: bool) {
+        if !sent {
+            self.broker
+                .metrics
+                .replication_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
