@@ -97,6 +97,14 @@ pub enum BrokerError {
     /// known to have happened, and the client may retry.
     #[error("no primary committed the operation within {0:?}; retry")]
     NoPrimary(std::time::Duration),
+    /// The cluster evicted this broker's client session while a request in it was being sent
+    /// again: one of its copies may have executed, and sending it under a new session could
+    /// execute it twice, so it is not sent again. Like a timeout, the outcome is unknown.
+    #[error(
+        "the cluster evicted the session of a request that was sent more than once: it may \
+         have executed, and it is not sent again"
+    )]
+    OutcomeUnknown,
     /// This replica's own state is not the cluster's (it is rebuilding, syncing, far behind,
     /// in a view change or retired) and did not become so in time: it answers nothing from
     /// it, and the client may retry here or at another member.
@@ -165,7 +173,7 @@ impl BrokerError {
             ConsumerOffsetNotFound => ErrorCode::CONSUMER_OFFSET_NOT_FOUND,
             Append(_) => ErrorCode::CANNOT_APPEND_MESSAGE,
             Replicated(code) => *code,
-            NoPrimary(_) | NotCaughtUp(_) => ErrorCode::DISCONNECTED,
+            NoPrimary(_) | NotCaughtUp(_) | OutcomeUnknown => ErrorCode::DISCONNECTED,
             Storage(StorageError::CorruptRead { .. }) => ErrorCode::INVALID_MESSAGE_CHECKSUM,
             Storage(_) => ErrorCode::ERROR,
             Tier(iggy_tiering::StoreError::Corrupt { .. }) => ErrorCode::INVALID_MESSAGE_CHECKSUM,

@@ -66,8 +66,12 @@ pub enum DriverInput {
 pub enum ClientReply {
     /// Committed and applied on this replica; the state machine's reply.
     Done(Vec<u8>),
-    /// The session is gone from the client table: register again.
-    Evicted,
+    /// The session is gone from the client table: it executes nothing more.
+    Evicted {
+        /// This thread handed the request to the core more than once (again in a new view):
+        /// one of those copies may have executed before the session was evicted.
+        resubmitted: bool,
+    },
 }
 
 pub struct Driver {
@@ -127,6 +131,8 @@ struct Waiting {
     request: u64,
     body: bytes::Bytes,
     reply: oneshot::Sender<ClientReply>,
+    /// Handed to the core again in a new view (`resubmit_in_new_view`).
+    resubmitted: bool,
 }
 
 impl Driver {
@@ -290,6 +296,7 @@ impl Driver {
                         request,
                         body,
                         reply,
+                        resubmitted: false,
                     },
                 );
             }
@@ -350,7 +357,8 @@ impl Driver {
             _ => return false,
         }
         waiting.retain(|_, w| !w.reply.is_closed());
-        for (&client, w) in waiting.iter() {
+        for (&client, w) in waiting.iter_mut() {
+            w.resubmitted = true;
             queue.push_back(self.request_input(client, w.session, w.request, w.body.clone()));
         }
         !waiting.is_empty()
@@ -632,9 +640,16 @@ impl Driver {
                     deliver(waiting, client, request, ClientReply::Done(body));
                 }
             }
-            Message::Evicted { client, .. } => {
+            // Only for the session it names: a late answer to a copy sent under a session
+            // since replaced must not end the request of the new one, which would then be sent
+            // again although it may have executed.
+            Message::Evicted { client, session }
+                if waiting.get(&client).is_some_and(|w| w.session == session) =>
+            {
                 if let Some(entry) = waiting.remove(&client) {
-                    let _ = entry.reply.send(ClientReply::Evicted);
+                    let _ = entry.reply.send(ClientReply::Evicted {
+                        resubmitted: entry.resubmitted,
+                    });
                 }
             }
             _ => {}

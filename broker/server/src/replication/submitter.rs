@@ -9,6 +9,14 @@
 //! retried; one that did commit is answered from the client table, never executed twice).
 //! While no primary answers, a write waits up to `replication.request_timeout` and then gets
 //! the retryable `Disconnected` status.
+//!
+//! A session the cluster evicted (its table holds the 1024 most recently active) executes
+//! nothing more. A request that gets `Evicted` after a single copy of it was sent did not
+//! execute: that copy reached a primary that no longer knew the session. It is sent again
+//! under a new session. One that was sent more than once (resent here, or handed to the core
+//! again in a new view) may have executed before the eviction, its reply lost. Sending it under
+//! a new session could execute it twice, so it fails with the same retryable status as a
+//! timeout, whose outcome is just as unknown.
 
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
@@ -85,14 +93,16 @@ impl ReplicatedSubmitter {
         self.inputs.send(DriverInput::StepDown).is_ok()
     }
 
-    /// Sends `body` in `session` until the cluster answers or the deadline passes.
+    /// Sends `body` in `session` until the cluster answers or the deadline passes. Also says
+    /// whether it sent the request more than once.
     async fn request(
         &self,
         session: &mut Session,
         body: &bytes::Bytes,
         deadline: tokio::time::Instant,
-    ) -> Result<ClientReply> {
+    ) -> Result<(ClientReply, bool)> {
         session.request += 1;
+        let mut sent_again = false;
         loop {
             let (tx, rx) = oneshot::channel();
             let input = DriverInput::Request {
@@ -108,7 +118,7 @@ impl ReplicatedSubmitter {
             }
             let resend = (tokio::time::Instant::now() + RESEND_AFTER).min(deadline);
             match tokio::time::timeout_at(resend, rx).await {
-                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Ok(reply)) => return Ok((reply, sent_again)),
                 // The driver dropped the waiter (a newer request of this session replaced it,
                 // or the replica is stopping): ask again unless time is up.
                 Ok(Err(_)) | Err(_) => {
@@ -120,6 +130,7 @@ impl ReplicatedSubmitter {
                     if tokio::time::Instant::now() >= deadline {
                         return Err(BrokerError::NoPrimary(self.timeout));
                     }
+                    sent_again = true;
                 }
             }
         }
@@ -133,7 +144,7 @@ impl ReplicatedSubmitter {
                     .request(session, &bytes::Bytes::new(), deadline)
                     .await?
                 {
-                    ClientReply::Done(reply) => {
+                    (ClientReply::Done(reply), _) => {
                         let number = reply
                             .get(..8)
                             .and_then(|b| b.try_into().ok())
@@ -143,14 +154,28 @@ impl ReplicatedSubmitter {
                             )))?;
                         session.session = number;
                     }
-                    ClientReply::Evicted => continue,
+                    // Registering (session 0) is never answered with an eviction.
+                    (ClientReply::Evicted { .. }, _) => continue,
                 }
             }
             match self.request(session, body, deadline).await? {
-                ClientReply::Done(reply) => return Ok(reply),
-                ClientReply::Evicted => {
-                    // Evicted before it ran: it never will; register and try again.
+                (ClientReply::Done(reply), _) => return Ok(reply),
+                (ClientReply::Evicted { resubmitted }, sent_again) => {
+                    // The session is gone for good: whatever happens, the next request in it
+                    // registers a new one.
                     session.session = 0;
+                    if sent_again || resubmitted {
+                        tracing::warn!(
+                            client = session.client,
+                            request = session.request,
+                            "the cluster evicted this broker's session while a request was \
+                             being sent again; it may have executed, so it is not sent again \
+                             and its client gets a retryable error"
+                        );
+                        return Err(BrokerError::OutcomeUnknown);
+                    }
+                    // Sent once: that copy reached a primary that no longer knew the session,
+                    // so it did not execute. Register and send it again.
                 }
             }
         }
@@ -224,5 +249,150 @@ impl Drop for Borrowed<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(self.session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// What the stand-in replica thread does with one request it is handed.
+    enum Answer {
+        /// Registers the session under this number.
+        Register(u64),
+        /// Drops the waiter without answering, as when a reply is lost.
+        Lose,
+        Evict {
+            resubmitted: bool,
+        },
+        Done(&'static [u8]),
+    }
+
+    /// A request as the stand-in replica thread saw it: session, request number, body.
+    type Seen = (u64, u64, bytes::Bytes);
+
+    /// Runs `commit` for `body` against a replica thread that answers the requests it is handed
+    /// with `script`, in order, and records them; a request past the script is recorded and
+    /// left unanswered (the submitter's deadline ends it).
+    async fn commit_against(
+        script: Vec<Answer>,
+        body: &'static [u8],
+    ) -> (Result<Vec<u8>>, Session, Vec<Seen>) {
+        let (inputs, requests) = mpsc::channel::<DriverInput>();
+        let replica_thread = std::thread::spawn(move || {
+            let mut script = script.into_iter();
+            let mut seen = Vec::new();
+            let mut unanswered = Vec::new();
+            while let Ok(input) = requests.recv_timeout(Duration::from_secs(2)) {
+                let DriverInput::Request {
+                    session,
+                    request,
+                    body,
+                    reply,
+                    ..
+                } = input
+                else {
+                    continue;
+                };
+                seen.push((session, request, body));
+                match script.next() {
+                    Some(Answer::Register(number)) => {
+                        let _ = reply.send(ClientReply::Done(number.to_le_bytes().to_vec()));
+                    }
+                    Some(Answer::Lose) => drop(reply),
+                    Some(Answer::Evict { resubmitted }) => {
+                        let _ = reply.send(ClientReply::Evicted { resubmitted });
+                    }
+                    Some(Answer::Done(answer)) => {
+                        let _ = reply.send(ClientReply::Done(answer.to_vec()));
+                    }
+                    None => unanswered.push(reply),
+                }
+            }
+            seen
+        });
+        let status = Arc::new(ClusterStatus::new(0, 0, 0, "test".into(), Vec::new()));
+        let submitter = ReplicatedSubmitter::new(
+            inputs,
+            &ClientIds::new(0, 1),
+            status,
+            Duration::from_millis(600),
+            [0; 16],
+        );
+        let mut session = Session {
+            client: 1,
+            session: 0,
+            request: 0,
+        };
+        let result = submitter
+            .commit(&mut session, &bytes::Bytes::from_static(body))
+            .await;
+        drop(submitter);
+        let seen = replica_thread.join().expect("the stand-in replica thread");
+        (result, session, seen)
+    }
+
+    /// Its reply lost, the request was sent again, and the answer to the second copy was the
+    /// eviction: the first copy may have executed. Sending it under a new session would
+    /// execute it twice; it fails instead, and the next request registers anew.
+    #[tokio::test]
+    async fn a_request_evicted_after_it_was_sent_again_is_not_sent_under_a_new_session() {
+        let script = vec![
+            Answer::Register(7),
+            Answer::Lose,
+            Answer::Evict { resubmitted: false },
+        ];
+        let (result, session, seen) = commit_against(script, b"write").await;
+        assert!(
+            matches!(result, Err(BrokerError::OutcomeUnknown)),
+            "{result:?}"
+        );
+        assert_eq!(session.session, 0, "the evicted session is not used again");
+        let writes: Vec<_> = seen.iter().filter(|(_, _, b)| !b.is_empty()).collect();
+        assert_eq!(writes.len(), 2, "{seen:?}");
+        assert!(
+            writes.iter().all(|(s, r, _)| (*s, *r) == (7, 2)),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter().filter(|(_, _, b)| b.is_empty()).count() == 1,
+            "no new session was registered to send it again: {seen:?}"
+        );
+    }
+
+    /// The same when the replica thread handed the one copy to the core again in a new view.
+    #[tokio::test]
+    async fn a_request_the_replica_thread_resubmitted_is_not_sent_under_a_new_session() {
+        let script = vec![Answer::Register(7), Answer::Evict { resubmitted: true }];
+        let (result, _, seen) = commit_against(script, b"write").await;
+        assert!(
+            matches!(result, Err(BrokerError::OutcomeUnknown)),
+            "{result:?}"
+        );
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+
+    /// Evicted in answer to the only copy sent: that copy reached a primary that no longer knew
+    /// the session, so it did not execute. It registers anew and goes again, once.
+    #[tokio::test]
+    async fn a_request_evicted_at_its_only_copy_is_sent_again_under_a_new_session() {
+        let script = vec![
+            Answer::Register(7),
+            Answer::Evict { resubmitted: false },
+            Answer::Register(9),
+            Answer::Done(b"\0\0\0\0ok"),
+        ];
+        let (result, session, seen) = commit_against(script, b"write").await;
+        assert_eq!(result.expect("committed"), b"\0\0\0\0ok");
+        assert_eq!(session.session, 9);
+        let sent: Vec<(u64, u64, bool)> = seen
+            .iter()
+            .map(|(s, r, b)| (*s, *r, b.is_empty()))
+            .collect();
+        assert_eq!(
+            sent,
+            vec![(0, 1, true), (7, 2, false), (0, 3, true), (9, 4, false)]
+        );
     }
 }

@@ -150,6 +150,36 @@ async fn a_request_that_arrives_before_the_view_is_normal_is_answered_once_it_is
     running.stop();
 }
 
+/// A session the cluster does not know executes nothing: the replica thread answers with the
+/// eviction, and says whether it handed the request to the core more than once (here: again
+/// once the restarted replica was normal), which tells the submitter that a copy of it may
+/// have executed before the session went (`submitter.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_session_is_evicted_and_the_answer_says_whether_the_request_went_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let client = ClientIds::new(0, 7).id(1000);
+    let (_, running) = ring_of_one(dir.path()).await;
+    register(&running, client).await;
+    let unknown = 999;
+    let once = request(&running, client, (unknown, 2), create_stream("a"), false).await;
+    assert!(
+        matches!(once, Some(ClientReply::Evicted { resubmitted: false })),
+        "{once:?}"
+    );
+    running.stop();
+
+    let (broker, running) = ring_of_one(dir.path()).await;
+    let status = broker.cluster_status().expect("cluster mode").snapshot();
+    assert_ne!(status.status, Some(vsr::Status::Normal));
+    let twice = request(&running, client, (unknown, 3), create_stream("b"), false).await;
+    assert!(
+        matches!(twice, Some(ClientReply::Evicted { resubmitted: true })),
+        "{twice:?}"
+    );
+    assert!(stream_names(&broker).is_empty());
+    running.stop();
+}
+
 /// A checkpoint write never holds up the journal's queue: the appends issued after it are
 /// carried out and reported while it is still with the checkpointer (held here by never
 /// taking it), and the checkpointer reports it on its own once its file is durable.
