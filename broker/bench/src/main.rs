@@ -19,6 +19,9 @@ use iggy_wire::{Command, Consumer, ConsumerKind, Identifier, Partitioning, Polli
 use report::{Phase, Samples};
 use std::time::{Duration, Instant};
 
+/// The most partitions one CreateTopic or CreatePartitions request may ask for.
+const PARTITIONS_PER_REQUEST: u32 = 1000;
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse(std::env::args().skip(1))?;
@@ -28,12 +31,26 @@ async fn main() -> Result<()> {
         .ok(Command::CreateStream, &encode::name(&stream_name))
         .await?;
     let stream = Identifier::Named(stream_name.clone());
+    // A request creates at most 1000 partitions (as in Iggy); more are added 1000 at a time.
+    let first = args.partitions.min(PARTITIONS_PER_REQUEST);
     admin
         .ok(
             Command::CreateTopic,
-            &encode::create_topic(&stream, args.partitions, "load"),
+            &encode::create_topic(&stream, first, "load"),
         )
         .await?;
+    let topic = Identifier::Named("load".into());
+    let mut created = first;
+    while created < args.partitions {
+        let more = (args.partitions - created).min(PARTITIONS_PER_REQUEST);
+        admin
+            .ok(
+                Command::CreatePartitions,
+                &encode::create_partitions(&stream, &topic, more),
+            )
+            .await?;
+        created += more;
+    }
 
     if args.tail {
         // Producers start once every consumer is connected and waiting at the end.

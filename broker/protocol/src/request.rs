@@ -450,6 +450,14 @@ pub mod encode {
         out
     }
 
+    pub fn create_partitions(stream: &Identifier, topic: &Identifier, count: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        stream.encode(&mut out);
+        topic.encode(&mut out);
+        out.extend_from_slice(&count.to_le_bytes());
+        out
+    }
+
     pub fn poll_messages(
         target: &PartitionRef,
         strategy: PollingStrategy,

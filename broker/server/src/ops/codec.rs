@@ -90,6 +90,14 @@ enum DecodedOp {
 }
 
 impl Decoded {
+    /// The operation, unless it is an append.
+    pub fn other(&self) -> Option<&Operation<'static>> {
+        match &self.op {
+            DecodedOp::Append { .. } => None,
+            DecodedOp::Other(op) => Some(op),
+        }
+    }
+
     /// The frames buffer of an append (for reuse by the next `decode_into`).
     pub fn into_scratch(self) -> Vec<u8> {
         match self.op {

@@ -13,7 +13,8 @@
 use crate::apply::apply;
 use crate::broker::Broker;
 use crate::ops::codec;
-use crate::ops::OpContext;
+use crate::ops::{OpContext, Operation};
+use crate::replication::capture::{self, ManifestCache, CONSUMER, GROUP};
 use crate::replication::written::WrittenPartitions;
 use crate::state::catalog::Catalog;
 use crate::state::partition::Partition;
@@ -39,6 +40,8 @@ pub struct BrokerMachine {
     /// or before the older one is released from the graveyard at the next checkpoint.
     applied: u64,
     checkpoints: std::cell::Cell<(u64, u64)>,
+    /// The manifest as of the last checkpoint, and what changed since (`capture.rs`).
+    manifests: std::cell::RefCell<ManifestCache>,
     /// What stopped this machine: a committed operation it could not apply (see `apply`).
     halted: Option<String>,
     /// Whether a halt ends the process (`iggy-broker`) or only stops applying (the simulator,
@@ -55,6 +58,7 @@ impl BrokerMachine {
             scratch: Vec::new(),
             applied: 0,
             checkpoints: std::cell::Cell::new((0, 0)),
+            manifests: std::cell::RefCell::default(),
             halted: None,
             exit_on_halt: true,
         }
@@ -96,6 +100,28 @@ impl StateMachine for BrokerMachine {
                 ErrorCode::INVALID_FORMAT.0
             }
             Ok(mut decoded) => {
+                // What a checkpoint's manifest can follow partition by partition.
+                let offsets_of = match decoded.other() {
+                    None => None,
+                    Some(
+                        Operation::StoreOffset {
+                            stream,
+                            topic,
+                            partition,
+                            ..
+                        }
+                        | Operation::DeleteOffset {
+                            stream,
+                            topic,
+                            partition,
+                            ..
+                        },
+                    ) => Some((*stream, *topic, *partition)),
+                    Some(_) => {
+                        self.manifests.get_mut().invalidate();
+                        None
+                    }
+                };
                 let context = OpContext {
                     timestamp: header.timestamp,
                     entropy: header.checksum,
@@ -112,12 +138,21 @@ impl StateMachine for BrokerMachine {
                 }
                 match applied {
                     Ok(applied) => {
-                        if let Some((partition, _)) = &applied.sync {
-                            self.written.note(partition);
+                        let manifests = self.manifests.get_mut();
+                        match (&applied.sync, offsets_of) {
+                            (Some((partition, _)), _) => {
+                                self.written.note(partition);
+                                manifests.appended(partition);
+                            }
+                            (None, Some(ids)) => manifests.offsets_changed(ids),
+                            // An append that wrote nothing, or an op already counted above.
+                            (None, None) => manifests.invalidate(),
                         }
                         0
                     }
+                    // Whatever a failed op left, the next checkpoint reads it all.
                     Err(e) if e.is_server_fault() => {
+                        self.manifests.get_mut().invalidate();
                         // A local failure (disk full, I/O error) that the other replicas did
                         // not have: carrying on would leave this replica's state different
                         // from theirs. Stop; a restart recovers from the checkpoint and the
@@ -135,6 +170,7 @@ impl StateMachine for BrokerMachine {
                         ErrorCode::ERROR.0
                     }
                     Err(e) => {
+                        self.manifests.get_mut().invalidate();
                         reply.truncate(4);
                         e.code().0
                     }
@@ -160,7 +196,8 @@ impl StateMachine for BrokerMachine {
     /// each partition's log reached (see `manifest`). The partition data itself stays in the
     /// segment files; the checkpointer syncs them before the checkpoint is written.
     fn snapshot(&self) -> Vec<u8> {
-        let manifest = Manifest::capture(&self.broker.catalog(), self.digest);
+        let mut manifests = self.manifests.borrow_mut();
+        let manifest = manifests.capture(&self.broker.catalog(), self.digest);
         // The checkpoint before the previous one is durable by now (the core writes them in
         // order): nothing buried at or before it can be needed again.
         let (released, previous) = self.checkpoints.get();
@@ -170,7 +207,7 @@ impl StateMachine for BrokerMachine {
                 tracing::warn!(error = %e, "cannot release deleted data from the graveyard");
             }
         }
-        postcard::to_stdvec(&manifest).unwrap_or_default()
+        postcard::to_stdvec(manifest).unwrap_or_default()
     }
 
     /// Brings the broker to a checkpoint: see [`BrokerMachine::check`] for what must hold
@@ -179,6 +216,8 @@ impl StateMachine for BrokerMachine {
     /// ops replay onto exactly the state they were first applied to.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
         let manifest = Manifest::decode(snapshot)?;
+        // Whatever happens below, the partitions may no longer be what was captured.
+        self.manifests.get_mut().invalidate();
         let cuts = self.check(&manifest)?;
         let partitions = cuts.len();
         let failed = |e: StorageError| RestoreError(e.to_string());
@@ -262,9 +301,6 @@ impl BrokerMachine {
     }
 }
 
-const CONSUMER: u8 = 0;
-const GROUP: u8 = 1;
-
 /// What a checkpoint records of the broker: enough to check that a data directory holds
 /// exactly the checkpointed state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -280,29 +316,21 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn capture(catalog: &Catalog, digest: u128) -> Self {
-        let metadata = serde_json::to_vec(&catalog.snapshot()).unwrap_or_default();
+    /// The manifest of the broker's state now, read from every partition (a checkpoint takes
+    /// it from [`ManifestCache`], which rereads only what changed).
+    pub fn read(catalog: &Catalog, digest: u128) -> Self {
         let mut partitions = Vec::new();
         let mut offsets = Vec::new();
         for stream in catalog.streams.values() {
             for topic in stream.topics.values() {
                 for partition in &topic.partitions {
-                    let log = partition.log();
-                    // An unreadable last message records 0, which no restore will match: the
-                    // checkpoint is then refused rather than trusted.
-                    let last = log.last_checksum().unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "cannot read a partition for a checkpoint");
-                        0
-                    });
-                    let next_offset = log.next_offset();
+                    let (next_offset, last) = capture::read_log(partition);
                     partitions.push((stream.id, topic.id, partition.id, next_offset, last));
-                    drop(log);
-                    partition.note_checkpoint(next_offset);
-                    for (kind, tag) in [
-                        (ConsumerKind::Consumer, CONSUMER),
-                        (ConsumerKind::Group, GROUP),
-                    ] {
-                        for (key, offset) in partition.offsets(kind).entries() {
+                    for (tag, entries) in [CONSUMER, GROUP]
+                        .into_iter()
+                        .zip(capture::read_offsets(partition))
+                    {
+                        for (key, offset) in entries {
                             offsets.push((stream.id, topic.id, partition.id, tag, key, offset));
                         }
                     }
@@ -311,7 +339,7 @@ impl Manifest {
         }
         Self {
             digest,
-            metadata,
+            metadata: serde_json::to_vec(&catalog.snapshot()).unwrap_or_default(),
             partitions,
             offsets,
         }
@@ -359,7 +387,7 @@ mod tests {
         store(&broker, 1, ConsumerKind::Consumer, "a", 2);
         store(&broker, 1, ConsumerKind::Group, "a", 3);
         store(&broker, 2, ConsumerKind::Group, "b", 4);
-        let manifest = Manifest::capture(&broker.catalog(), 0);
+        let manifest = Manifest::read(&broker.catalog(), 0);
 
         store(&broker, 0, ConsumerKind::Consumer, "a", 9);
         store(&broker, 0, ConsumerKind::Group, "c", 9);

@@ -10,6 +10,7 @@
 //! * [`sync`] fetches the data of a peer's checkpoint this replica lacks;
 //! * [`status`] is what `/admin/status`, `/ready` and `GetClusterMetadata` report.
 
+pub mod capture;
 pub mod checkpointer;
 pub mod driver;
 pub mod inbound;

@@ -679,7 +679,7 @@ mod tests {
         let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // Five megabytes: more than one chunk.
         let peer = source(theirs.path(), 5);
-        let manifest = Manifest::capture(&peer.catalog(), 0);
+        let manifest = Manifest::read(&peer.catalog(), 0);
         let receiver = crate::broker::open_for_tests(ours.path());
         let answers = Cell::new(1);
         let delay = Duration::from_millis(200);
