@@ -3,9 +3,10 @@
 # consume 1000-byte messages in batches of 1000 (one producer, one partition), for each route
 # (star, ring) and fsync mode (never, always), with the CPU each broker used; then idle RSS per
 # replica (after a load and fresh) and failover time (primary killed → first acknowledged send through the new primary),
-# idle and under load. Last, 1000 partitions written in batches of 10 × 100 B by 4 producers,
-# single node against the cluster: the per-request costs. The produce rates of the clusters as
-# multiples of the single node's in the same run close the load part, beside the issue's targets.
+# idle and under load. Last, 1000 and then 10,000 partitions written in batches of 10 × 100 B by
+# 4 producers, single node against the cluster: the per-request and per-partition costs. The
+# produce rates of the clusters as multiples of the single node's in the same run close the load
+# part, beside the issue's targets.
 # All brokers and the load generator share this machine's cores.
 # Usage: broker/bench/cluster.sh [--quick]   (--quick: 100 batches per scenario, else 600)
 # REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs;
@@ -117,15 +118,18 @@ echo "idle RSS per replica after the load: $(for pid in "${PIDS[@]}"; do printf 
 stop_all
 
 # Many partitions and small batches: the per-request costs (a VSR round trip each, a checkpoint
-# every 64 ops that visits every partition) instead of the per-megabyte ones.
-SMALL=(--producers 4 --partitions 1000 --batches "$SMALL_BATCHES" --batch-size 10
-  --message-size 100 --no-consume)
-start_single never
-measure 28090 "single fsync=never 1000 partitions, 4 producers, 10 x 100 B" "${SMALL[@]}"
-stop_all
-start_cluster star never
-measure 28090 "cluster route=star fsync=never 1000 partitions, 4 producers, 10 x 100 B" "${SMALL[@]}"
-stop_all
+# every 64 ops) instead of the per-megabyte ones; then ten times the partitions, which only
+# what a checkpoint does per partition should feel.
+for parts in 1000 10000; do
+  SMALL=(--producers 4 --partitions "$parts" --batches "$SMALL_BATCHES" --batch-size 10
+    --message-size 100 --no-consume)
+  start_single never
+  measure 28090 "single fsync=never $parts partitions, 4 producers, 10 x 100 B" "${SMALL[@]}"
+  stop_all
+  start_cluster star never
+  measure 28090 "cluster route=star fsync=never $parts partitions, 4 producers, 10 x 100 B" "${SMALL[@]}"
+  stop_all
+done
 
 echo "produce against the single node of the same run (the issue's targets: 0.7x never, 0.5x always):"
 for fsync in never always; do
@@ -134,9 +138,11 @@ for fsync in never always; do
       "single fsync=$fsync run=1")"
   done
 done
-echo "  1000 partitions, 10 x 100 B: $(ratio \
-  "cluster route=star fsync=never 1000 partitions, 4 producers, 10 x 100 B" \
-  "single fsync=never 1000 partitions, 4 producers, 10 x 100 B")"
+for parts in 1000 10000; do
+  echo "  $parts partitions, 10 x 100 B: $(ratio \
+    "cluster route=star fsync=never $parts partitions, 4 producers, 10 x 100 B" \
+    "single fsync=never $parts partitions, 4 producers, 10 x 100 B")"
+done
 
 start_cluster star never
 sleep 2
