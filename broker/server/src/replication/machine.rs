@@ -207,10 +207,7 @@ impl StateMachine for BrokerMachine {
                 tracing::warn!(error = %e, "cannot release deleted data from the graveyard");
             }
         }
-        // Into a buffer of about its size: growing one by doubling copied it over and over,
-        // which with 10,000 partitions is a few hundred kilobytes every 64 ops.
-        postcard::to_extend(manifest, Vec::with_capacity(manifest.encoded_len_bound()))
-            .unwrap_or_default()
+        manifest.encode()
     }
 
     /// Brings the broker to a checkpoint: see [`BrokerMachine::check`] for what must hold
@@ -318,6 +315,16 @@ pub struct Manifest {
     pub offsets: Vec<(u32, u32, u32, u8, String, u64)>,
 }
 
+/// Appends `value` as postcard's varint: seven bits a byte, low bits first, the high bit set
+/// on every byte but the last.
+fn push_varint(out: &mut Vec<u8>, mut value: u128) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
 impl Manifest {
     /// The manifest of the broker's state now, read from every partition (a checkpoint takes
     /// it from [`ManifestCache`], which rereads only what changed).
@@ -346,6 +353,40 @@ impl Manifest {
             partitions,
             offsets,
         }
+    }
+
+    /// The bytes `postcard` makes of it (and [`Manifest::decode`] reads), written directly
+    /// into a buffer of about their size. Through serde, and into a buffer grown by doubling,
+    /// encoding was 6 % of a replica thread's time with 10,000 partitions (a manifest every
+    /// 64 ops).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len_bound());
+        push_varint(&mut out, self.digest);
+        push_varint(&mut out, self.metadata.len() as u128);
+        out.extend_from_slice(&self.metadata);
+        push_varint(&mut out, self.partitions.len() as u128);
+        for &(stream, topic, partition, next_offset, last) in &self.partitions {
+            for value in [
+                stream.into(),
+                topic.into(),
+                partition.into(),
+                next_offset,
+                last,
+            ] {
+                push_varint(&mut out, u128::from(value));
+            }
+        }
+        push_varint(&mut out, self.offsets.len() as u128);
+        for (stream, topic, partition, tag, key, offset) in &self.offsets {
+            for value in [*stream, *topic, *partition] {
+                push_varint(&mut out, u128::from(value));
+            }
+            out.push(*tag);
+            push_varint(&mut out, key.len() as u128);
+            out.extend_from_slice(key.as_bytes());
+            push_varint(&mut out, u128::from(*offset));
+        }
+        out
     }
 
     /// At least its encoded length: postcard writes integers as varints of at most 10 bytes
@@ -384,6 +425,45 @@ mod tests {
                 offset,
             },
         );
+    }
+
+    /// The manifest's own encoder writes exactly postcard's bytes, at every varint width, and
+    /// they decode back.
+    #[test]
+    fn a_manifest_encodes_as_postcard_does() {
+        let widths = [
+            0u64,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u32::MAX as u64,
+            1 << 40,
+            u64::MAX,
+        ];
+        let mut manifest = Manifest {
+            digest: u128::MAX - 5,
+            metadata: vec![b'{'; 300],
+            partitions: Vec::new(),
+            offsets: Vec::new(),
+        };
+        for (i, &value) in widths.iter().enumerate() {
+            let small = value.min(u32::MAX as u64) as u32;
+            manifest
+                .partitions
+                .push((small, i as u32, small / 3, value, value / 7));
+            manifest
+                .offsets
+                .push((i as u32, small, 7, (i % 2) as u8, "k".repeat(i * 40), value));
+        }
+        for digest in [0, 1, 300, u128::MAX] {
+            manifest.digest = digest;
+            let encoded = manifest.encode();
+            assert_eq!(encoded, postcard::to_stdvec(&manifest).expect("encodes"));
+            assert!(encoded.len() <= manifest.encoded_len_bound());
+            assert_eq!(Manifest::decode(&encoded).expect("decodes"), manifest);
+        }
     }
 
     /// Restoring a checkpoint gives each partition back exactly its own stored offsets, of
