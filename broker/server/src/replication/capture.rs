@@ -81,12 +81,7 @@ impl ManifestCache {
 
     fn mark(&mut self, index: Option<usize>) {
         match (&mut self.current, index) {
-            (Some(current), Some(index)) => {
-                if !current.marked[index] {
-                    current.marked[index] = true;
-                    current.changed.push(index);
-                }
-            }
+            (Some(current), Some(index)) => current.mark(index),
             // Not among the partitions of the last capture: read everything next time.
             _ => self.current = None,
         }
@@ -115,6 +110,13 @@ impl ManifestCache {
 }
 
 impl Current {
+    fn mark(&mut self, index: usize) {
+        if !self.marked[index] {
+            self.marked[index] = true;
+            self.changed.push(index);
+        }
+    }
+
     /// Everything, from the catalog.
     fn read(catalog: &Catalog) -> Self {
         let mut current = Current {
@@ -132,12 +134,16 @@ impl Current {
             marked: Vec::new(),
             settling: Vec::new(),
         };
+        let mut unreadable = Vec::new();
         for stream in catalog.streams.values() {
             for topic in stream.topics.values() {
                 for partition in &topic.partitions {
                     let index = current.partitions.len();
                     let ids = (stream.id, topic.id, partition.id);
-                    let (next_offset, last) = read_log(partition);
+                    let (next_offset, last, read) = read_log(partition);
+                    if !read {
+                        unreadable.push(index);
+                    }
                     partition.note_checkpoint(next_offset);
                     current
                         .manifest
@@ -154,6 +160,10 @@ impl Current {
                     current.settling.push(index);
                 }
             }
+        }
+        // A last message that could not be read is read again at the next capture.
+        for index in unreadable {
+            current.mark(index);
         }
         current
     }
@@ -172,8 +182,12 @@ impl Current {
             return false;
         };
         let changed = std::mem::take(&mut self.changed);
+        let mut unreadable = Vec::new();
         for (index, partition) in alive {
-            let (next_offset, last) = read_log(&partition);
+            let (next_offset, last, read) = read_log(&partition);
+            if !read {
+                unreadable.push(index);
+            }
             partition.note_checkpoint(next_offset);
             let entry = &mut self.manifest.partitions[index];
             (entry.3, entry.4) = (next_offset, last);
@@ -191,6 +205,9 @@ impl Current {
             self.marked[index] = false;
         }
         self.settling = changed;
+        for index in unreadable {
+            self.mark(index);
+        }
         true
     }
 
@@ -209,16 +226,19 @@ impl Current {
     }
 }
 
-/// A partition's next offset and its last message's checksum.
-pub fn read_log(partition: &Partition) -> (u64, u64) {
+/// A partition's next offset, its last message's checksum, and whether that could be read.
+pub fn read_log(partition: &Partition) -> (u64, u64, bool) {
     let log = partition.log();
     // An unreadable last message records 0, which no restore will match: the checkpoint is
     // then refused rather than trusted.
-    let last = log.last_checksum().unwrap_or_else(|e| {
-        tracing::error!(error = %e, "cannot read a partition for a checkpoint");
-        0
-    });
-    (log.next_offset(), last)
+    let (last, read) = match log.last_checksum() {
+        Ok(last) => (last, true),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read a partition for a checkpoint");
+            (0, false)
+        }
+    };
+    (log.next_offset(), last, read)
 }
 
 /// A partition's stored consumer and group offsets, each sorted by key.

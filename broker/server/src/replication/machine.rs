@@ -334,7 +334,7 @@ impl Manifest {
         for stream in catalog.streams.values() {
             for topic in stream.topics.values() {
                 for partition in &topic.partitions {
-                    let (next_offset, last) = capture::read_log(partition);
+                    let (next_offset, last, _) = capture::read_log(partition);
                     partitions.push((stream.id, topic.id, partition.id, next_offset, last));
                     for (tag, entries) in [CONSUMER, GROUP]
                         .into_iter()
