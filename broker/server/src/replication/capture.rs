@@ -10,8 +10,9 @@
 //! ops touched. Anything else (a new topic, a group joined, a retention pass, a failed op, a
 //! restored checkpoint) makes the next capture read everything again.
 //!
-//! Debug builds (the tests and the simulator's real-apply runs) compare every capture with a
-//! full read.
+//! Debug builds compare every capture with a full read: every test, the brokers the
+//! real-process tests and `make chaos` start, and the simulator's real-apply worlds as
+//! `cargo test` runs them.
 
 use super::machine::Manifest;
 use crate::state::catalog::Catalog;
