@@ -350,19 +350,11 @@ impl Broker {
             fresh.streams.insert(s.id, stream);
         }
         let kept = |s: u32, t: u32, p: u32| fresh.partition_by_ids(s, t, p).is_some();
-        for stream in catalog.streams.values() {
-            for topic in stream.topics.values() {
-                for partition in &topic.partitions {
-                    if !kept(stream.id, topic.id, partition.id) {
-                        let dir = metadata::partition_dir(
-                            &self.config.system.path,
-                            stream.id,
-                            topic.id,
-                            partition.id,
-                        );
-                        metadata::remove_tree(&dir)?;
-                    }
-                }
+        for ((stream, topic, partition), _) in catalog.partitions() {
+            if !kept(stream, topic, partition) {
+                let dir =
+                    metadata::partition_dir(&self.config.system.path, stream, topic, partition);
+                metadata::remove_tree(&dir)?;
             }
         }
         self.persist(&fresh)?;

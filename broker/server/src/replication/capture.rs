@@ -15,7 +15,9 @@
 //! `cargo test` runs them.
 
 use super::machine::Manifest;
-use crate::state::catalog::Catalog;
+use crate::ops::codec::Decoded;
+use crate::ops::Operation;
+use crate::state::catalog::{Catalog, PartitionIds};
 use crate::state::partition::Partition;
 use iggy_wire::ConsumerKind;
 use std::collections::HashMap;
@@ -25,8 +27,40 @@ use std::sync::{Arc, Weak};
 pub const CONSUMER: u8 = 0;
 pub const GROUP: u8 = 1;
 
-/// A partition's place in a manifest.
-pub type PartitionIds = (u32, u32, u32);
+/// What an op may change of a manifest, as far as the cache can follow it.
+#[derive(Debug, Clone, Copy)]
+pub enum Change {
+    /// An append: the partition it wrote.
+    Append,
+    /// A stored or deleted offset in one partition.
+    Offsets(PartitionIds),
+    /// Anything else: the next capture reads everything.
+    Other,
+}
+
+impl Change {
+    /// Decided before the op is applied (applying takes the operation out of `decoded`).
+    pub fn of(decoded: &Decoded) -> Self {
+        match decoded.other() {
+            None => Change::Append,
+            Some(
+                Operation::StoreOffset {
+                    stream,
+                    topic,
+                    partition,
+                    ..
+                }
+                | Operation::DeleteOffset {
+                    stream,
+                    topic,
+                    partition,
+                    ..
+                },
+            ) => Change::Offsets((*stream, *topic, *partition)),
+            Some(_) => Change::Other,
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct ManifestCache {
@@ -55,6 +89,17 @@ impl ManifestCache {
     /// The next capture reads every partition.
     pub fn invalidate(&mut self) {
         self.current = None;
+    }
+
+    /// An op of kind `change` applied without error; `appended` is the partition it appended
+    /// to, if any.
+    pub fn applied(&mut self, change: Change, appended: Option<&Arc<Partition>>) {
+        match (change, appended) {
+            (Change::Append, Some(partition)) => self.appended(partition),
+            (Change::Offsets(ids), None) => self.offsets_changed(ids),
+            // An append that wrote nothing, or an op the cache cannot follow.
+            _ => self.invalidate(),
+        }
     }
 
     /// An apply appended to `partition`.
@@ -136,31 +181,25 @@ impl Current {
             settling: Vec::new(),
         };
         let mut unreadable = Vec::new();
-        for stream in catalog.streams.values() {
-            for topic in stream.topics.values() {
-                for partition in &topic.partitions {
-                    let index = current.partitions.len();
-                    let ids = (stream.id, topic.id, partition.id);
-                    let (next_offset, last, read) = read_log(partition);
-                    if !read {
-                        unreadable.push(index);
-                    }
-                    partition.note_checkpoint(next_offset);
-                    current
-                        .manifest
-                        .partitions
-                        .push((ids.0, ids.1, ids.2, next_offset, last));
-                    current.offsets.push(read_offsets(partition));
-                    current.partitions.push(Arc::downgrade(partition));
-                    current
-                        .by_address
-                        .insert(Arc::as_ptr(partition) as usize, index);
-                    current.by_ids.insert(ids, index);
-                    current.marked.push(false);
-                    // Noted once here; a second time at the next capture settles each pair.
-                    current.settling.push(index);
-                }
+        for (index, (ids, partition)) in catalog.partitions().enumerate() {
+            let (next_offset, last, read) = read_log(partition);
+            if !read {
+                unreadable.push(index);
             }
+            partition.note_checkpoint(next_offset);
+            current
+                .manifest
+                .partitions
+                .push((ids.0, ids.1, ids.2, next_offset, last));
+            current.offsets.push(read_offsets(partition));
+            current.partitions.push(Arc::downgrade(partition));
+            current
+                .by_address
+                .insert(Arc::as_ptr(partition) as usize, index);
+            current.by_ids.insert(ids, index);
+            current.marked.push(false);
+            // Noted once here; a second time at the next capture settles each pair.
+            current.settling.push(index);
         }
         // A last message that could not be read is read again at the next capture.
         for index in unreadable {

@@ -13,10 +13,10 @@
 use crate::apply::apply;
 use crate::broker::Broker;
 use crate::ops::codec;
-use crate::ops::{OpContext, Operation};
-use crate::replication::capture::{self, ManifestCache, CONSUMER, GROUP};
+use crate::ops::OpContext;
+use crate::replication::capture::{self, Change, ManifestCache, CONSUMER, GROUP};
 use crate::replication::written::WrittenPartitions;
-use crate::state::catalog::Catalog;
+use crate::state::catalog::{Catalog, PartitionIds};
 use crate::state::partition::Partition;
 use crate::storage::StorageError;
 use crate::storage::{graveyard, metadata};
@@ -100,28 +100,7 @@ impl StateMachine for BrokerMachine {
                 ErrorCode::INVALID_FORMAT.0
             }
             Ok(mut decoded) => {
-                // What a checkpoint's manifest can follow partition by partition.
-                let offsets_of = match decoded.other() {
-                    None => None,
-                    Some(
-                        Operation::StoreOffset {
-                            stream,
-                            topic,
-                            partition,
-                            ..
-                        }
-                        | Operation::DeleteOffset {
-                            stream,
-                            topic,
-                            partition,
-                            ..
-                        },
-                    ) => Some((*stream, *topic, *partition)),
-                    Some(_) => {
-                        self.manifests.get_mut().invalidate();
-                        None
-                    }
-                };
+                let change = Change::of(&decoded);
                 let context = OpContext {
                     timestamp: header.timestamp,
                     entropy: header.checksum,
@@ -138,16 +117,11 @@ impl StateMachine for BrokerMachine {
                 }
                 match applied {
                     Ok(applied) => {
-                        let manifests = self.manifests.get_mut();
-                        match (&applied.sync, offsets_of) {
-                            (Some((partition, _)), _) => {
-                                self.written.note(partition);
-                                manifests.appended(partition);
-                            }
-                            (None, Some(ids)) => manifests.offsets_changed(ids),
-                            // An append that wrote nothing, or an op already counted above.
-                            (None, None) => manifests.invalidate(),
+                        let appended = applied.sync.as_ref().map(|(partition, _)| partition);
+                        if let Some(partition) = appended {
+                            self.written.note(partition);
                         }
+                        self.manifests.get_mut().applied(change, appended);
                         0
                     }
                     // Whatever a failed op left, the next checkpoint reads it all.
@@ -237,9 +211,6 @@ impl StateMachine for BrokerMachine {
         Ok(())
     }
 }
-
-/// (stream, topic, partition) ids.
-type PartitionIds = (u32, u32, u32);
 
 /// A partition to cut back: its next offset and stored offsets (consumers, groups) at the
 /// checkpoint.
@@ -331,19 +302,15 @@ impl Manifest {
     pub fn read(catalog: &Catalog, digest: u128) -> Self {
         let mut partitions = Vec::new();
         let mut offsets = Vec::new();
-        for stream in catalog.streams.values() {
-            for topic in stream.topics.values() {
-                for partition in &topic.partitions {
-                    let (next_offset, last, _) = capture::read_log(partition);
-                    partitions.push((stream.id, topic.id, partition.id, next_offset, last));
-                    for (tag, entries) in [CONSUMER, GROUP]
-                        .into_iter()
-                        .zip(capture::read_offsets(partition))
-                    {
-                        for (key, offset) in entries {
-                            offsets.push((stream.id, topic.id, partition.id, tag, key, offset));
-                        }
-                    }
+        for ((stream, topic, id), partition) in catalog.partitions() {
+            let (next_offset, last, _) = capture::read_log(partition);
+            partitions.push((stream, topic, id, next_offset, last));
+            for (tag, entries) in [CONSUMER, GROUP]
+                .into_iter()
+                .zip(capture::read_offsets(partition))
+            {
+                for (key, offset) in entries {
+                    offsets.push((stream, topic, id, tag, key, offset));
                 }
             }
         }

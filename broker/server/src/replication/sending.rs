@@ -3,9 +3,9 @@
 //!
 //! A frame other than a prepare is written by the replica thread itself when the connection is
 //! idle — nothing queued, nothing being written — and the frame is small: a non-blocking write
-//! into the socket, usually of a few hundred bytes ([`DIRECT_UP_TO`] at most). Everything else (prepares, a frame the socket took
-//! only part of, frames behind one still queued, a message the connection task encodes) goes to
-//! the peer's queue and its connection task writes it.
+//! into the socket, usually of a few hundred bytes ([`DIRECT_UP_TO`] at most). Everything else
+//! (prepares, a frame the socket took only part of, frames behind one still queued, a message
+//! the connection task encodes) goes to the peer's queue and its connection task writes it.
 //!
 //! Why: a replicated request used to cross from the replica thread to a peer's task for every
 //! `PrepareOk`, commit and forwarded reply it caused, and each crossing is a wake-up. On a

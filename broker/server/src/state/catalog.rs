@@ -132,7 +132,23 @@ pub fn lowest_free_id<V>(map: &BTreeMap<u32, V>) -> u32 {
     candidate
 }
 
+/// (stream, topic, partition) ids.
+pub type PartitionIds = (u32, u32, u32);
+
 impl Catalog {
+    /// Every partition with its ids, streams and topics in id order, partitions in their
+    /// topic's order.
+    pub fn partitions(&self) -> impl Iterator<Item = (PartitionIds, &Arc<Partition>)> {
+        self.streams.values().flat_map(|stream| {
+            stream.topics.values().flat_map(move |topic| {
+                topic
+                    .partitions
+                    .iter()
+                    .map(move |p| ((stream.id, topic.id, p.id), p))
+            })
+        })
+    }
+
     /// A partition by its numeric ids, if it exists.
     pub fn partition_by_ids(
         &self,
