@@ -11,6 +11,8 @@ set -euo pipefail
 BROKER=${BROKER:-./target/release/iggy-broker}
 DATA=${DATA:-./local_cluster}
 PASSWORD=${IGGY_ROOT_PASSWORD:-iggy}
+# The replicas prove this to each other before they talk; a fresh one per start unless given.
+SECRET=${IGGY_REPLICATION_SECRET:-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}
 
 mkdir -p "$DATA"
 cat > "$DATA/ring.json" <<JSON
@@ -39,6 +41,7 @@ for n in 0 1 2; do
     IGGY_CLUSTER_MEMBER_ID="$n" \
     IGGY_ROOT_USERNAME=iggy \
     IGGY_ROOT_PASSWORD="$PASSWORD" \
+    IGGY_REPLICATION_SECRET="$SECRET" \
         "$BROKER" > "$DATA/member-$n.log" 2>&1 &
     pids+=($!)
 done

@@ -4,7 +4,7 @@
 
 /// Broker settings the operator sets, each `IGGY_<SECTION>_<KEY>` of a key in defaults.toml
 /// (checked by a test, so a renamed key cannot silently orphan the operator's variable).
-pub const BROKER_SETTINGS: [&str; 10] = [
+pub const BROKER_SETTINGS: [&str; 11] = [
     SYSTEM_PATH,
     TCP_ADDRESS,
     HTTP_ADDRESS,
@@ -15,6 +15,7 @@ pub const BROKER_SETTINGS: [&str; 10] = [
     CLUSTER_MEMBER_ID,
     CLUSTER_POSITION,
     REPLICATION_ADDRESS,
+    REPLICATION_SECRET,
 ];
 
 pub const SYSTEM_PATH: &str = "IGGY_SYSTEM_PATH";
@@ -30,6 +31,8 @@ pub const CLUSTER_MEMBER_ID: &str = "IGGY_CLUSTER_MEMBER_ID";
 /// This node's ring position, when its member id is not known (a pod's ordinal).
 pub const CLUSTER_POSITION: &str = "IGGY_CLUSTER_POSITION";
 pub const REPLICATION_ADDRESS: &str = "IGGY_REPLICATION_ADDRESS";
+/// The secret replicas prove to each other (`replication.secret`); set from a Secret.
+pub const REPLICATION_SECRET: &str = "IGGY_REPLICATION_SECRET";
 
 // Tiered storage. L3 (S3) is on when a bucket is set.
 pub const TIERING_S3_BUCKET: &str = "IGGY_TIERING_S3_BUCKET";

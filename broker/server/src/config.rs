@@ -226,6 +226,19 @@ pub struct ReplicationConfig {
     pub forget_members_after: HumanDuration,
     /// Bytes of peers' prepares that may wait for the replica thread (`replication::inbound`).
     pub inbound_budget: ByteSize,
+    /// What replicas prove to each other before they talk (`replication::peer_auth`).
+    pub secret: Secret,
+}
+
+/// A string that is never printed, not even in debug logs.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -190,13 +190,16 @@ fn repair_from_any(
 ) -> Result<u64, RepairError> {
     let deadline = Instant::now() + DEADLINE;
     let mut outcome = Err(RepairError::NoCopy);
-    if let Some(status) = broker.cluster_status() {
+    if let Some((status, secret)) = broker
+        .cluster_status()
+        .and_then(|status| Some((status, status.secret()?)))
+    {
         let layout = status.layout();
         for (position, member) in layout.members.iter().enumerate() {
             if position == usize::from(status.position) {
                 continue;
             }
-            outcome = Connection::open(&member.replication, deadline)
+            outcome = Connection::open(&member.replication, secret, deadline)
                 .map_err(RepairError::from)
                 .and_then(|mut peer| repair_from(&mut peer, partition, damage));
             match &outcome {

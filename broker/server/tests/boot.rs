@@ -140,3 +140,45 @@ fn a_missing_root_password_is_generated_and_printed_once() {
         "printed once: {second}"
     );
 }
+
+/// Cluster mode without the replication secret, or with one too short to resist guessing,
+/// stops before touching data; the message names the setting and never prints the value.
+#[test]
+fn cluster_mode_needs_a_replication_secret_of_at_least_16_bytes() {
+    let rings = tempfile::tempdir().unwrap();
+    let ring = rings.path().join("ring.json");
+    std::fs::write(
+        &ring,
+        r#"{"cluster_id": "c", "epoch": 0, "members": [
+            {"id": 1, "position": 0, "address": "127.0.0.1:1"}]}"#,
+    )
+    .unwrap();
+    let ring = ring.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let cases: [(Option<&str>, &str); 2] = [
+        (
+            None,
+            "cluster mode needs replication.secret (IGGY_REPLICATION_SECRET)",
+        ),
+        (Some("hunter2hunter2"), "replication.secret has 14 bytes"),
+    ];
+    for (secret, expected) in cases {
+        let mut env = vec![
+            ("IGGY_SYSTEM_PATH", data),
+            ("IGGY_ROOT_PASSWORD", "root-password"),
+            ("IGGY_CLUSTER_RING_FILE", ring),
+            ("IGGY_CLUSTER_MEMBER_ID", "1"),
+        ];
+        env.extend(secret.map(|s| ("IGGY_REPLICATION_SECRET", s)));
+        let output = broker(&env, &[]).output().unwrap();
+        let text = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{secret:?}: {text}");
+        assert!(text.contains(expected), "{expected}: {text}");
+        assert!(!text.contains("hunter2"), "the secret is printed: {text}");
+    }
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "nothing is created before the configuration is valid"
+    );
+}

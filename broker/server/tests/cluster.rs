@@ -4,6 +4,10 @@
 
 mod common;
 
+use broker::replication::peer_auth::ClusterSecret;
+use broker::replication::transport::{
+    encode_frame, read_handshake_frame_blocking, Greeting, TransportError, FETCH, FETCHED, PROOF,
+};
 use common::cluster::TestCluster;
 use common::history::{History, Read};
 use common::{create_topic, id, message, read_each};
@@ -917,14 +921,71 @@ fn closes_after(address: std::net::SocketAddr, first: &[u8]) -> bool {
     }
 }
 
-/// The replication port speaks one wire version range: a connection from a replica with a
-/// version from the future, or one that does not open with a hello at all, is closed (and
-/// logged with both versions), while one that greets properly is kept; the cluster serves on.
+/// Connects to a replica's replication port and runs the connecting side of the handshake
+/// as a replica holding `secret` would; returns the stream and whether the replica proved it
+/// holds that secret (its proof checked out), with this side's proof sent only then.
+fn handshake(
+    address: std::net::SocketAddr,
+    secret: &str,
+) -> (std::net::TcpStream, Result<(), TransportError>) {
+    use std::io::Write as _;
+    let secret = ClusterSecret::new(secret, "test-cluster");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let (greeting, hello) = Greeting::new(&secret).expect("nonce");
+    stream.write_all(&hello).expect("hello");
+    let (kind, body) = read_handshake_frame_blocking(&mut stream).expect("a challenge");
+    let proven = greeting.answer(kind, &body).map(|proof| {
+        stream.write_all(&proof).expect("proof");
+    });
+    (stream, proven)
+}
+
+/// A state-sync fetch of a partition no replica has: answered (refused) by a replica that
+/// admitted the connection.
+fn fetch_frame() -> Vec<u8> {
+    let fetch = broker::replication::sync::Fetch {
+        stream: 99,
+        topic: 1,
+        partition: 0,
+        from: 0,
+        until: 10,
+        created_at: None,
+    };
+    encode_frame(FETCH, &fetch).unwrap()
+}
+
+/// Reads what the replica answers on `stream`: `None` when it closes the connection.
+fn answer_kind(stream: &mut std::net::TcpStream) -> Option<u8> {
+    use std::io::Read as _;
+    let mut head = [0u8; 5];
+    match stream.read_exact(&mut head) {
+        Ok(()) => Some(head[4]),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("neither an answer nor a close: {e}"),
+    }
+}
+
+/// The replication port speaks one wire version range and only to holders of the cluster's
+/// secret: a connection from a replica with a version from the future, one that does not open
+/// with a hello at all, and one that cannot prove the secret are closed (logged and counted)
+/// before any frame of theirs is read; a peer that proves it is served. The cluster serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_refuse_connections_in_a_wire_version_they_do_not_speak() {
+async fn replicas_refuse_connections_in_another_wire_version_or_without_the_secret() {
+    use std::io::Write as _;
     let cluster = TestCluster::start(3, &[]);
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
-    let address = cluster.replication[(primary + 1) % 3];
+    let member = (primary + 1) % 3;
+    let address = cluster.replication[member];
     // len 6, HELLO, "IGVR", version 99 (postcard varint).
     let future = [6u8, 0, 0, 0, 4, b'I', b'G', b'V', b'R', 99];
     assert!(closes_after(address, &future), "version 99 is refused");
@@ -934,12 +995,105 @@ async fn replicas_refuse_connections_in_a_wire_version_they_do_not_speak() {
         closes_after(address, &no_hello),
         "a connection without hello is refused"
     );
+
+    // Another secret: the replica's proof does not check out under it, and a made-up proof
+    // followed by a fetch gets the connection closed, the fetch unanswered.
+    let (mut stranger, proven) = handshake(address, "a guess at the cluster's secret");
     assert!(
-        !closes_after(address, &broker::replication::transport::hello()),
-        "this build's hello is accepted"
+        matches!(proven, Err(TransportError::Unproven)),
+        "{proven:?}"
     );
+    let forged = encode_frame(PROOF, &[0u8; 32]).unwrap();
+    stranger.write_all(&forged).expect("forged proof");
+    let _ = stranger.write_all(&fetch_frame());
+    assert_eq!(
+        answer_kind(&mut stranger),
+        None,
+        "a stranger's fetch is not answered"
+    );
+
+    // The cluster's secret: both proofs check out and a fetch is answered.
+    let (mut peer, proven) = handshake(address, common::cluster::SECRET);
+    proven.expect("the replica proves the cluster's secret");
+    peer.write_all(&fetch_frame()).expect("fetch");
+    assert_eq!(answer_kind(&mut peer), Some(FETCHED));
+
+    // Counted as each refused connection's task ends, just after it closed the connection.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&cluster, member, "iggy_replication_refused_total")
+        != "iggy_replication_refused_total 3"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            metric(&cluster, member, "iggy_replication_refused_total")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let client = cluster.brokers[primary].client().await;
     create_log(&client, "after").await;
+}
+
+/// A member started with another replication secret takes no part: the two that share the
+/// cluster's secret commit without it, and it never receives their log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_with_another_secret_is_kept_out_while_the_others_serve() {
+    let replication: Vec<std::net::SocketAddr> = (0..3).map(|_| common::free_port()).collect();
+    let direct = replication.clone();
+    let cluster = TestCluster::start_each(
+        replication,
+        move |_, to| direct[to],
+        |member| match member {
+            2 => vec![("IGGY_REPLICATION_SECRET", "not the cluster's secret at all")],
+            _ => Vec::new(),
+        },
+    );
+    let primary = cluster.primary(&[0, 1], Duration::from_secs(10));
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "kept-out").await;
+    let mut batch: Vec<IggyMessage> = (0..10).map(|i| message(&format!("m{i}"))).collect();
+    client
+        .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
+        .await
+        .expect("committed by the two members that share the secret");
+    let committed = cluster.status(primary).expect("status").commit;
+    assert!(
+        committed >= 3,
+        "stream, topic and batch committed: {committed}"
+    );
+    let outsider = cluster
+        .status(2)
+        .expect("the outsider still answers /admin/status");
+    assert_eq!(
+        outsider.op, 0,
+        "the outsider received no prepare: {outsider:?}"
+    );
+    // Each side of each link between the outsider and the others ends its handshakes
+    // (connections are retried with a backoff, so the count keeps growing).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for member in 0..3 {
+        loop {
+            let refused = metric(&cluster, member, "iggy_replication_refused_total");
+            let count: u64 = refused
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if count > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {member} refused nobody: {refused:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let outsider = cluster.status(2).expect("status");
+    assert_eq!(
+        outsider.op, 0,
+        "the outsider received no prepare: {outsider:?}"
+    );
 }
 
 /// Three replicas holding `batches` batches of 50 messages sent through the primary, then one

@@ -51,7 +51,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   resources: [pods/status]
   verbs: [get, patch]
 # Secrets: read to check the referenced root credentials exist (values are never copied);
-# create to generate <cluster>-root once when spec.auth is not set (never updated).
+# create to generate <cluster>-root once when spec.auth is not set, and <cluster>-replication
+# (the secret the brokers prove to each other) once per cluster; neither is ever updated.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create]

@@ -54,6 +54,11 @@ impl ClusterNames {
         format!("{}-root", self.cluster)
     }
 
+    /// The secret the brokers prove to each other, which the operator generates.
+    pub fn replication_secret(&self) -> String {
+        format!("{}-replication", self.cluster)
+    }
+
     pub fn ring_config_map(&self) -> String {
         format!("{}-ring", self.cluster)
     }

@@ -824,7 +824,7 @@ async fn telemetry_deploys_a_collector_and_points_brokers_at_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_spec_auth_root_credentials_are_generated_once_and_referenced() {
+async fn root_credentials_and_the_replication_secret_are_generated_once_and_referenced() {
     use k8s_openapi::api::core::v1::Secret;
     let (harness, client) = harness().await;
     let operator = Operator::start(&client, None);
@@ -862,6 +862,33 @@ async fn without_spec_auth_root_credentials_are_generated_once_and_referenced() 
     let cluster = cluster_value(&harness, "events").expect("cluster");
     assert!(!cluster.to_string().contains(&password), "not in status");
 
+    // The replication secret: generated whatever spec.auth says, owned by the cluster (no
+    // data depends on it), referenced and never copied.
+    let replication = secrets
+        .get("events-replication")
+        .await
+        .expect("generated replication Secret");
+    let shared = read(&replication, "secret");
+    assert_eq!(shared.len(), 32);
+    assert_ne!(shared, password);
+    let owners = replication
+        .metadata
+        .owner_references
+        .clone()
+        .expect("owned");
+    assert_eq!(owners[0].kind, "IggyCluster");
+    assert_eq!(owners[0].name, "events");
+    let reference = env
+        .iter()
+        .find(|e| e["name"] == "IGGY_REPLICATION_SECRET")
+        .expect("replication secret variable");
+    assert_eq!(
+        reference["valueFrom"]["secretKeyRef"],
+        json!({"name": "events-replication", "key": "secret"})
+    );
+    assert!(!set.to_string().contains(&shared));
+    assert!(!cluster.to_string().contains(&shared), "not in status");
+
     // Later reconciles keep it: the brokers' root user was created with this password.
     patch_spec(
         &client,
@@ -880,6 +907,15 @@ async fn without_spec_auth_root_credentials_are_generated_once_and_referenced() 
     .await;
     let again = secrets.get("events-root").await.expect("still there");
     assert_eq!(read(&again, "password"), password);
+    let again = secrets
+        .get("events-replication")
+        .await
+        .expect("still there");
+    assert_eq!(
+        read(&again, "secret"),
+        shared,
+        "pods of both would not admit each other"
+    );
     operator.stop().await;
 }
 

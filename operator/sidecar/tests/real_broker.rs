@@ -222,6 +222,7 @@ async fn the_sidecar_hands_its_ring_configmap_to_the_broker() {
             .env("IGGY_CLUSTER_RING_FILE", &ring_file)
             .env("IGGY_CLUSTER_MEMBER_ID", "0")
             .env("IGGY_REPLICATION_ADDRESS", replication.to_string())
+            .env("IGGY_REPLICATION_SECRET", "the sidecar test's secret")
             .spawn()
             .expect("broker starts"),
     );

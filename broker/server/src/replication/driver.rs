@@ -411,7 +411,13 @@ impl Driver {
         // so what installing the new one deletes is buried, not deleted.
         let data = self.broker.config.system.path.clone();
         let installed = crate::storage::graveyard::during(&data, checkpoint.op(), || {
-            sync::install(&self.broker, &manifest, &peers, SYNC_STALL)
+            sync::install(
+                &self.broker,
+                &manifest,
+                &peers,
+                self.peers.secret(),
+                SYNC_STALL,
+            )
         });
         match installed {
             Ok(messages) => {

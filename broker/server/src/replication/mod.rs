@@ -17,6 +17,7 @@ pub mod inbound;
 pub mod journal;
 pub mod machine;
 pub mod mapped;
+pub mod peer_auth;
 pub mod ring_update;
 pub mod sending;
 pub mod status;
@@ -69,6 +70,17 @@ pub enum ClusterError {
     )]
     NoRootPassword,
     #[error(
+        "cluster mode needs replication.secret (IGGY_REPLICATION_SECRET): replicas prove it to \
+         each other before they talk, so the replication port serves no one else"
+    )]
+    NoReplicationSecret,
+    #[error(
+        "replication.secret has {0} bytes; it must have at least {min} (a generated random \
+         string, such as the operator's)",
+        min = peer_auth::MIN_SECRET_LEN
+    )]
+    ShortReplicationSecret(usize),
+    #[error(
         "{0} holds a single-node broker's data (no replication journal); cluster mode starts \
          from an empty data directory"
     )]
@@ -97,6 +109,8 @@ impl ClusterError {
                 | ClusterError::Parse { .. }
                 | ClusterError::Ring { .. }
                 | ClusterError::NoRootPassword
+                | ClusterError::NoReplicationSecret
+                | ClusterError::ShortReplicationSecret(_)
                 | ClusterError::SingleNodeData(_)
         )
     }
@@ -138,6 +152,8 @@ pub struct Setup {
     /// Replication addresses by position.
     pub addresses: Vec<String>,
     pub vsr: vsr::Config,
+    /// What this replica and its peers prove to each other.
+    pub secret: peer_auth::ClusterSecret,
 }
 
 impl Setup {
@@ -188,6 +204,14 @@ impl Setup {
         if config.root.password.is_empty() {
             return Err(ClusterError::NoRootPassword);
         }
+        let secret = &config.replication.secret.0;
+        if secret.is_empty() {
+            return Err(ClusterError::NoReplicationSecret);
+        }
+        if secret.len() < peer_auth::MIN_SECRET_LEN {
+            return Err(ClusterError::ShortReplicationSecret(secret.len()));
+        }
+        let secret = peer_auth::ClusterSecret::new(secret, &ring.cluster_id);
         let position = me.position;
         let addresses = ring
             .by_position()
@@ -226,6 +250,7 @@ impl Setup {
             addresses,
             vsr,
             ring,
+            secret,
         })
     }
 
@@ -332,7 +357,8 @@ pub async fn boot(
             setup.ring.cluster_id.clone(),
             setup.members(config.tcp.address.port()),
         )
-        .with_ring(setup.ring.clone()),
+        .with_ring(setup.ring.clone())
+        .with_secret(setup.secret.clone()),
     );
     let clients = ClientIds::new(position, fastrand::u64(..));
     let submitter = ReplicatedSubmitter::new(
@@ -356,7 +382,13 @@ pub async fn boot(
         })?;
     let inbound = Arc::new(inbound::Inbound::with_budget(inbound_budget));
     let (stop, stop_rx) = watch::channel(false);
-    let peers = sending::Peers::start(&setup.addresses, position, status.clone(), stop_rx.clone());
+    let peers = sending::Peers::start(
+        &setup.addresses,
+        position,
+        status.clone(),
+        setup.secret.clone(),
+        stop_rx.clone(),
+    );
     tokio::spawn(transport::serve(
         listener,
         transport::Receiving {
@@ -364,6 +396,7 @@ pub async fn boot(
             inbound: inbound.clone(),
             broker: broker.clone(),
             max_frame,
+            secret: setup.secret.clone(),
         },
         stop_rx,
     ));

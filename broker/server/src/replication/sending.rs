@@ -22,8 +22,9 @@
 //! task hands the lane back only when it has written everything and finds the queue empty,
 //! under that lock.
 
+use crate::replication::peer_auth::ClusterSecret;
 use crate::replication::status::ClusterStatus;
-use crate::replication::transport::{hello, Deferred, Frame, Outgoing};
+use crate::replication::transport::{connect_handshake, Deferred, Frame, Outgoing};
 use std::io::{ErrorKind, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -48,6 +49,7 @@ pub struct Peers {
     lanes: Vec<Option<Arc<Lane>>>,
     me: ReplicaId,
     status: Arc<ClusterStatus>,
+    secret: ClusterSecret,
     stop: watch::Receiver<bool>,
     runtime: tokio::runtime::Handle,
 }
@@ -59,12 +61,14 @@ impl Peers {
         addresses: &[String],
         me: ReplicaId,
         status: Arc<ClusterStatus>,
+        secret: ClusterSecret,
         stop: watch::Receiver<bool>,
     ) -> Self {
         let mut peers = Self {
             lanes: Vec::new(),
             me,
             status,
+            secret,
             stop,
             runtime: tokio::runtime::Handle::current(),
         };
@@ -93,10 +97,16 @@ impl Peers {
             address: address.to_owned(),
             position,
             status: self.status.clone(),
+            secret: self.secret.clone(),
         };
         self.runtime
             .spawn(send_loop(peer, lane.clone(), rx, self.stop.clone()));
         self.lanes[index] = Some(lane);
+    }
+
+    /// What this replica proves to its peers (state sync's connections prove it too).
+    pub fn secret(&self) -> &ClusterSecret {
+        &self.secret
     }
 
     /// Sends `frame` to `to`; false when it was dropped.
@@ -210,6 +220,7 @@ struct Peer {
     address: String,
     position: ReplicaId,
     status: Arc<ClusterStatus>,
+    secret: ClusterSecret,
 }
 
 async fn send_loop(
@@ -225,27 +236,44 @@ async fn send_loop(
             stream = TcpStream::connect(iggy_contract::hosts::resolve(address)) => stream,
             _ = stop.changed() => return,
         };
-        let stream = match stream {
-            Ok(stream) => Arc::new(stream),
+        let connected = match stream {
+            Ok(mut stream) => {
+                let _ = stream.set_nodelay(true);
+                let greeted = tokio::select! {
+                    greeted = connect_handshake(&mut stream, &peer.secret) => greeted,
+                    _ = stop.changed() => return,
+                };
+                match greeted {
+                    Ok(()) => Ok(stream),
+                    Err(e) if e.is_refusal() => {
+                        peer.status.count_refusal();
+                        tracing::warn!(peer = %address, error = %e, "replication handshake failed");
+                        Err(())
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %address, error = %e, "replication handshake failed");
+                        Err(())
+                    }
+                }
+            }
             Err(e) => {
                 tracing::debug!(peer = %address, error = %e, "cannot reach replica");
-                // Frames queued while the peer is unreachable are stale by the time it
-                // answers; drop them rather than replaying a burst of old prepares.
-                while lane.idle_or_next(&mut frames).is_some() {}
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return,
-                }
-                backoff = (backoff * 2).min(RECONNECT_MAX);
-                continue;
+                Err(())
             }
         };
-        backoff = RECONNECT_MIN;
-        let _ = stream.set_nodelay(true);
-        let greeting = hello();
-        if write_all(&stream, &[&greeting]).await.is_err() {
+        let Ok(stream) = connected else {
+            // Frames queued while the peer is unreachable are stale by the time it answers;
+            // drop them rather than replaying a burst of old prepares.
+            while lane.idle_or_next(&mut frames).is_some() {}
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return,
+            }
+            backoff = (backoff * 2).min(RECONNECT_MAX);
             continue;
-        }
+        };
+        backoff = RECONNECT_MIN;
+        let stream = Arc::new(stream);
         tracing::info!(peer = %address, "connected to replica");
         peer.status.set_connected(peer.position, true);
         lane.state().stream = Some(stream.clone());
@@ -346,8 +374,14 @@ fn io_slices<'a>(parts: &[&'a [u8]], from: usize) -> Vec<IoSlice<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::transport::{check_hello, encode, ENVELOPE, PREPARE};
-    use std::io::Read;
+    use crate::replication::transport::{
+        encode, read_handshake_frame_blocking, Challenge, ENVELOPE, PREPARE,
+    };
+    use std::io::{Read, Write};
+
+    fn secret() -> ClusterSecret {
+        ClusterSecret::new("a secret for this test", "test")
+    }
     use std::time::Instant;
 
     fn envelope(message: vsr::Message) -> vsr::Envelope {
@@ -386,8 +420,8 @@ mod tests {
         frame
     }
 
-    /// Reads a hello, then `count` frames; returns each one's number and whether its body is
-    /// the bytes [`frame`] made.
+    /// Takes the handshake as a replica does, then reads `count` frames; returns each one's
+    /// number and whether its body is the bytes [`frame`] made.
     fn receive(mut stream: std::net::TcpStream, count: usize, pause: Duration) -> Vec<(u64, bool)> {
         let read = |stream: &mut std::net::TcpStream| {
             let mut len = [0u8; 4];
@@ -403,8 +437,11 @@ mod tests {
             stream.read_exact(&mut rest).unwrap();
             rest
         };
-        let hello = read(&mut stream);
-        check_hello(hello[0], &hello[1..]).unwrap();
+        let (kind, body) = read_handshake_frame_blocking(&mut stream).unwrap();
+        let (challenge, frame) = Challenge::new(&secret(), kind, &body).unwrap();
+        stream.write_all(&frame).unwrap();
+        let (kind, body) = read_handshake_frame_blocking(&mut stream).unwrap();
+        challenge.check(kind, &body).unwrap();
         // Let the sender fill the socket's buffers, so some frames are taken in part.
         std::thread::sleep(pause);
         (0..count)
@@ -447,7 +484,7 @@ mod tests {
         let status = Arc::new(ClusterStatus::new(0, 0, 0, "test".into(), Vec::new()));
         let peers = {
             let _inside = runtime.enter();
-            Peers::start(&["self".into(), address], 0, status, stop_rx)
+            Peers::start(&["self".into(), address], 0, status, secret(), stop_rx)
         };
         // First frames just under the limit while the receiver does not read, until the
         // socket takes one only in part and the rest is queued. Then, with the receiver

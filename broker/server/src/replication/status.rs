@@ -2,6 +2,7 @@
 //! `GetClusterMetadata`: read by connections and HTTP handlers, written by the driver alone.
 
 use crate::replication::machine::BrokerMachine;
+use crate::replication::peer_auth::ClusterSecret;
 use iggy_contract::admin::{AdminStatus, Role};
 use iggy_contract::{Epoch, MemberId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +56,11 @@ pub struct ClusterStatus {
     lag: Vec<AtomicU64>,
     /// Prepare round trips (primary: sent → acknowledged), as a histogram.
     round_trips: RoundTrips,
+    /// What this replica proves to the peers it fetches from (repairs of rotted data).
+    secret: Option<ClusterSecret>,
+    /// Replication connections ended for who the other side is, in either direction
+    /// (`TransportError::is_refusal`).
+    refused: AtomicU64,
 }
 
 /// Who is at which position: the members and standbys of the newest ring this replica knows.
@@ -116,7 +122,25 @@ impl ClusterStatus {
             })),
             latest: Mutex::new(latest),
             started: Instant::now(),
+            secret: None,
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a replication connection refused: another wire version, not a replica, or no
+    /// proof of the secret (either side's).
+    pub fn count_refusal(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The secret this replica proves to its peers.
+    pub fn with_secret(mut self, secret: ClusterSecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    pub fn secret(&self) -> Option<&ClusterSecret> {
+        self.secret.as_ref()
     }
 
     /// The ring this replica runs.
@@ -272,6 +296,14 @@ impl ClusterStatus {
              iggy_replication_prepare_round_trip_seconds_sum {}\n\
              iggy_replication_prepare_round_trip_seconds_count {cumulative}",
             self.round_trips.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iggy_replication_refused_total Replication connections refused, accepted or \
+             made: another wire version, not a replica, or no proof of the cluster's replication \
+             secret.\n# TYPE iggy_replication_refused_total counter\n\
+             iggy_replication_refused_total {}",
+            self.refused.load(Ordering::Relaxed)
         );
     }
 

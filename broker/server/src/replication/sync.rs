@@ -30,7 +30,11 @@
 
 use crate::broker::Broker;
 use crate::replication::machine::Manifest;
-use crate::replication::transport::{encode_frame, FETCH, FETCHED};
+use crate::replication::peer_auth::ClusterSecret;
+use crate::replication::transport::{
+    encode_frame, read_handshake_frame_blocking, Greeting, TransportError, FETCH, FETCHED,
+    HANDSHAKE_TIMEOUT,
+};
 use crate::state::partition::Partition;
 use crate::storage::partition_log::PartitionLog;
 use crate::storage::{graveyard, metadata, StorageError};
@@ -95,6 +99,8 @@ pub enum SyncError {
     },
     #[error("state sync with {peer}: {reason}")]
     Refused { peer: String, reason: String },
+    #[error("state sync with {peer}: {error}")]
+    Handshake { peer: String, error: TransportError },
     #[error("state sync: {0}")]
     Local(String),
     #[error("state sync wrote nothing for {0:?}")]
@@ -233,10 +239,11 @@ pub fn install(
     broker: &Broker,
     manifest: &Manifest,
     peers: &[String],
+    secret: &ClusterSecret,
     stall: Duration,
 ) -> Result<u64, SyncFailed> {
     install_from_each(broker, manifest, peers.len(), stall, |i| {
-        Connection::open(&peers[i], Instant::now() + stall)
+        Connection::open(&peers[i], secret, Instant::now() + stall)
     })
 }
 
@@ -551,7 +558,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn open(peer: &str, deadline: Instant) -> Result<Self, SyncError> {
+    /// Connects to `peer`'s replication port and proves this replica holds `secret`.
+    pub fn open(peer: &str, secret: &ClusterSecret, deadline: Instant) -> Result<Self, SyncError> {
         let connect_error = |source| SyncError::Connect {
             peer: peer.to_owned(),
             source,
@@ -569,14 +577,24 @@ impl Connection {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
-        let stream = TcpStream::connect_timeout(&address, wait).map_err(connect_error)?;
+        let mut stream = TcpStream::connect_timeout(&address, wait).map_err(connect_error)?;
+        stream
+            .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
+            .and_then(|()| stream.set_nodelay(true))
+            .map_err(connect_error)?;
+        let handshake_error = |error: TransportError| SyncError::Handshake {
+            peer: peer.to_owned(),
+            error,
+        };
+        let (greeting, hello) = Greeting::new(secret).map_err(handshake_error)?;
+        stream.write_all(&hello).map_err(connect_error)?;
+        let (kind, body) = read_handshake_frame_blocking(&mut stream).map_err(handshake_error)?;
+        let proof = greeting.answer(kind, &body).map_err(handshake_error)?;
+        stream.write_all(&proof).map_err(connect_error)?;
         stream
             .set_read_timeout(Some(CHUNK_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(CHUNK_TIMEOUT)))
-            .and_then(|()| stream.set_nodelay(true))
-            .map_err(connect_error)?;
-        (&stream)
-            .write_all(&super::transport::hello())
             .map_err(connect_error)?;
         Ok(Self {
             stream,

@@ -30,6 +30,10 @@ async fn ring_of_one(dir: &std::path::Path) -> (Arc<Broker>, Running) {
         ("IGGY_CLUSTER_RING_FILE", ring.display().to_string()),
         ("IGGY_CLUSTER_MEMBER_ID", "1".to_string()),
         ("IGGY_REPLICATION_ADDRESS", replication.to_string()),
+        (
+            "IGGY_REPLICATION_SECRET",
+            "a unit test's secret".to_string(),
+        ),
     ]
     .map(|(k, v)| (k.to_string(), v));
     let config = Config::load(None, env).expect("test configuration");

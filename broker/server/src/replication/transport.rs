@@ -7,7 +7,10 @@
 //! answered on it. Every connection opens with a `HELLO` frame naming the wire version its
 //! sender speaks; the accepting replica serves only versions it understands
 //! ([`OLDEST_WIRE_VERSION`]..=[`WIRE_VERSION`]) and closes others with a log line naming both,
-//! so a rolling upgrade that changes the format fails loudly instead of as decode errors. Envelope delivery is best effort: a
+//! so a rolling upgrade that changes the format fails loudly instead of as decode errors. The
+//! hello also opens a handshake in which each side proves it holds the cluster's replication
+//! secret (`peer_auth`: `HELLO`, `CHALLENGE`, `PROOF`); no other frame is read before it ends.
+//! Envelope delivery is best effort: a
 //! message for a peer that is down, or whose queue is full, is dropped — the core retransmits
 //! whatever matters, and its correctness never depends on delivery. Messages for another
 //! cluster are dropped by the core (every envelope carries the cluster id).
@@ -15,6 +18,7 @@
 use crate::broker::Broker;
 use crate::replication::driver::DriverInput;
 use crate::replication::inbound::Inbound;
+use crate::replication::peer_auth::{self, ClusterSecret, Nonce, Proof, Side};
 use crate::replication::sync;
 use bytes::Bytes;
 use std::sync::mpsc::Sender;
@@ -43,6 +47,30 @@ pub enum TransportError {
          an iggy-broker replica, or one from before wire version 1"
     )]
     NoHello(u8),
+    #[error("the replication handshake expected a {expected} frame, got kind {kind}")]
+    Handshake { expected: &'static str, kind: u8 },
+    #[error(
+        "the peer did not prove it holds this cluster's replication secret (its \
+         replication.secret differs, or it belongs to another cluster)"
+    )]
+    Unproven,
+    #[error("the replication handshake did not finish within {0:?}")]
+    HandshakeTimeout(Duration),
+}
+
+impl TransportError {
+    /// Whether this closed a connection for who the peer is (another version, not a replica,
+    /// no proof of the secret) rather than for a network failure: worth a warning.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Version(_)
+                | TransportError::NoHello(_)
+                | TransportError::Handshake { .. }
+                | TransportError::Unproven
+                | TransportError::HandshakeTimeout(_)
+        )
+    }
 }
 
 /// Frame kinds.
@@ -52,8 +80,13 @@ pub const FETCHED: u8 = 2;
 /// A prepare: `head_len u32`, the envelope with an empty body, then the body, so neither side
 /// copies the batch into or out of an encoding.
 pub const PREPARE: u8 = 3;
-/// The first frame of every connection: [`HELLO_MAGIC`] and the sender's wire version.
+/// The first frame of every connection: [`HELLO_MAGIC`], the sender's wire version and its
+/// handshake nonce.
 pub const HELLO: u8 = 4;
+/// The accepting side's answer to a hello: its nonce and its proof of the secret.
+pub const CHALLENGE: u8 = 5;
+/// The connecting side's proof of the secret: the handshake's last frame.
+pub const PROOF: u8 = 6;
 const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// The replication wire format this build speaks. Bump it with any change to frames, envelopes
 /// or sync messages, and keep [`OLDEST_WIRE_VERSION`] at the oldest one still understood.
@@ -67,27 +100,197 @@ const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// and `readable`), its anchor alone whole, and a RequestStartView names the ops its sender
 /// holds (`holds`). Version-2 messages do not decode as these, so 3 is the oldest too, with
 /// the same rolling-upgrade argument.
-pub const WIRE_VERSION: u16 = 3;
-pub const OLDEST_WIRE_VERSION: u16 = 3;
+///
+/// 4: the hello carries a nonce and opens the secret handshake (`peer_auth`). A version-3
+/// replica would never prove itself, so 4 is the oldest as well.
+pub const WIRE_VERSION: u16 = 4;
+pub const OLDEST_WIRE_VERSION: u16 = 4;
+
+/// Largest handshake frame (kind and body); a hello is about 40 bytes, a challenge about 70.
+const HANDSHAKE_FRAME_MAX: usize = 128;
+/// How long either side waits for the other's handshake frames.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The frame a connection opens with.
-pub fn hello() -> Vec<u8> {
-    encode_frame(HELLO, &(HELLO_MAGIC, WIRE_VERSION)).unwrap_or_default()
+pub fn hello(nonce: &Nonce) -> Vec<u8> {
+    encode_frame(HELLO, &(HELLO_MAGIC, WIRE_VERSION, nonce)).unwrap_or_default()
 }
 
-/// Checks the first frame of a connection (its kind and body, the length already read).
-pub fn check_hello(kind: u8, body: &[u8]) -> Result<u16, TransportError> {
+/// Checks the first frame of a connection (its kind and body, the length already read):
+/// returns the sender's wire version and nonce.
+pub fn check_hello(kind: u8, body: &[u8]) -> Result<(u16, Nonce), TransportError> {
     if kind != HELLO {
         return Err(TransportError::NoHello(kind));
     }
-    let (magic, version): ([u8; 4], u16) = postcard::from_bytes(body)?;
+    // Magic and version first: an older replica's hello, whatever follows them, is refused
+    // by its version rather than as a decoding error.
+    let ((magic, version), rest): (([u8; 4], u16), _) = postcard::take_from_bytes(body)?;
     if magic != HELLO_MAGIC {
         return Err(TransportError::NoHello(kind));
     }
     if !(OLDEST_WIRE_VERSION..=WIRE_VERSION).contains(&version) {
         return Err(TransportError::Version(version));
     }
-    Ok(version)
+    let nonce: Nonce = postcard::from_bytes(rest)?;
+    Ok((version, nonce))
+}
+
+/// The connecting side of the handshake.
+pub struct Greeting {
+    secret: ClusterSecret,
+    nonce: Nonce,
+}
+
+impl Greeting {
+    /// A fresh nonce, and the hello frame that carries it.
+    pub fn new(secret: &ClusterSecret) -> Result<(Self, Vec<u8>), TransportError> {
+        let nonce = peer_auth::nonce()?;
+        let greeting = Self {
+            secret: secret.clone(),
+            nonce,
+        };
+        Ok((greeting, hello(&nonce)))
+    }
+
+    /// Checks the accepting side's challenge frame; returns the proof frame to send.
+    pub fn answer(&self, kind: u8, body: &[u8]) -> Result<Vec<u8>, TransportError> {
+        if kind != CHALLENGE {
+            return Err(TransportError::Handshake {
+                expected: "challenge",
+                kind,
+            });
+        }
+        let (accepting, proof): (Nonce, Proof) = postcard::from_bytes(body)?;
+        if !self
+            .secret
+            .verify(Side::Accepting, &self.nonce, &accepting, &proof)
+        {
+            return Err(TransportError::Unproven);
+        }
+        let ours = self.secret.proof(Side::Connecting, &self.nonce, &accepting);
+        Ok(encode_frame(PROOF, &ours)?)
+    }
+}
+
+/// The accepting side of the handshake.
+pub struct Challenge {
+    secret: ClusterSecret,
+    connecting: Nonce,
+    accepting: Nonce,
+}
+
+impl Challenge {
+    /// Checks a connection's hello; returns the challenge frame to answer it with.
+    pub fn new(
+        secret: &ClusterSecret,
+        kind: u8,
+        body: &[u8],
+    ) -> Result<(Self, Vec<u8>), TransportError> {
+        let (_, connecting) = check_hello(kind, body)?;
+        let accepting = peer_auth::nonce()?;
+        let proof = secret.proof(Side::Accepting, &connecting, &accepting);
+        let frame = encode_frame(CHALLENGE, &(accepting, proof))?;
+        let challenge = Self {
+            secret: secret.clone(),
+            connecting,
+            accepting,
+        };
+        Ok((challenge, frame))
+    }
+
+    /// Checks the connecting side's proof frame.
+    pub fn check(&self, kind: u8, body: &[u8]) -> Result<(), TransportError> {
+        if kind != PROOF {
+            return Err(TransportError::Handshake {
+                expected: "proof",
+                kind,
+            });
+        }
+        let proof: Proof = postcard::from_bytes(body)?;
+        match self
+            .secret
+            .verify(Side::Connecting, &self.connecting, &self.accepting, &proof)
+        {
+            true => Ok(()),
+            false => Err(TransportError::Unproven),
+        }
+    }
+}
+
+/// The length of a handshake frame, checked; `first` says whether it opens the connection
+/// (then anything else is not a replica's hello).
+fn handshake_frame_len(len: u32, first: bool) -> Result<usize, TransportError> {
+    let len = len as usize;
+    match len {
+        1..=HANDSHAKE_FRAME_MAX => Ok(len),
+        _ if first => Err(TransportError::NoHello(0)),
+        _ => Err(TransportError::TooLarge(len, HANDSHAKE_FRAME_MAX)),
+    }
+}
+
+/// Reads one handshake frame: its kind and body.
+async fn read_handshake_frame<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    first: bool,
+) -> Result<(u8, Vec<u8>), TransportError> {
+    let len = handshake_frame_len(reader.read_u32_le().await?, first)?;
+    let mut frame = vec![0u8; len];
+    reader.read_exact(&mut frame).await?;
+    let body = frame.split_off(1);
+    Ok((frame[0], body))
+}
+
+/// Reads one handshake frame from a blocking stream (state sync's connections).
+pub fn read_handshake_frame_blocking<R: std::io::Read>(
+    reader: &mut R,
+) -> Result<(u8, Vec<u8>), TransportError> {
+    let mut len = [0u8; 4];
+    reader.read_exact(&mut len)?;
+    let len = handshake_frame_len(u32::from_le_bytes(len), false)?;
+    let mut frame = vec![0u8; len];
+    reader.read_exact(&mut frame)?;
+    let body = frame.split_off(1);
+    Ok((frame[0], body))
+}
+
+/// The connecting side's handshake on a fresh connection, bounded by [`HANDSHAKE_TIMEOUT`].
+pub async fn connect_handshake(
+    stream: &mut TcpStream,
+    secret: &ClusterSecret,
+) -> Result<(), TransportError> {
+    let handshake = async {
+        let (greeting, hello) = Greeting::new(secret)?;
+        stream.write_all(&hello).await?;
+        let (kind, body) = read_handshake_frame(stream, false).await?;
+        let proof = greeting.answer(kind, &body)?;
+        stream.write_all(&proof).await?;
+        Ok(())
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or(Err(TransportError::HandshakeTimeout(HANDSHAKE_TIMEOUT)))
+}
+
+/// The accepting side's handshake, bounded by [`HANDSHAKE_TIMEOUT`].
+async fn accept_handshake<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    secret: &ClusterSecret,
+) -> Result<(), TransportError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let handshake = async {
+        let (kind, body) = read_handshake_frame(reader, true).await?;
+        let (challenge, frame) = Challenge::new(secret, kind, &body)?;
+        writer.write_all(&frame).await?;
+        let (kind, body) = read_handshake_frame(reader, false).await?;
+        challenge.check(kind, &body)
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .unwrap_or(Err(TransportError::HandshakeTimeout(HANDSHAKE_TIMEOUT)))
 }
 
 /// Room for a frame without a body (a header, a vote, an acknowledgement) from the start: a
@@ -268,6 +471,8 @@ pub struct Receiving {
     /// Answers state-sync fetches.
     pub broker: Arc<Broker>,
     pub max_frame: usize,
+    /// What a connecting peer must prove it holds.
+    pub secret: ClusterSecret,
 }
 
 impl Receiving {
@@ -299,7 +504,10 @@ pub async fn serve(listener: TcpListener, receiving: Receiving, mut stop: watch:
                 let receiving = receiving.clone();
                 tokio::spawn(async move {
                     match receive_loop(stream, &receiving).await {
-                        Err(e @ (TransportError::Version(_) | TransportError::NoHello(_))) => {
+                        Err(e) if e.is_refusal() => {
+                            if let Some(status) = receiving.broker.cluster_status() {
+                                status.count_refusal();
+                            }
                             tracing::warn!(%peer, error = %e, "refused a replication connection");
                         }
                         Err(e) => tracing::debug!(%peer, error = %e, "replica connection closed"),
@@ -333,24 +541,14 @@ async fn receive_loop(stream: TcpStream, receiving: &Receiving) -> Result<(), Tr
     let max_frame = receiving.max_frame;
     let (reader, mut writer) = stream.into_split();
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
+    accept_handshake(&mut reader, &mut writer, &receiving.secret).await?;
     let mut frame = Vec::new();
-    let mut greeted = false;
     loop {
         let len = reader.read_u32_le().await? as usize;
         if len == 0 || len > max_frame {
             return Err(TransportError::TooLarge(len, max_frame));
         }
         let kind = reader.read_u8().await?;
-        if !greeted {
-            if len > 64 {
-                return Err(TransportError::NoHello(kind));
-            }
-            frame.resize(len - 1, 0);
-            reader.read_exact(&mut frame).await?;
-            check_hello(kind, &frame)?;
-            greeted = true;
-            continue;
-        }
         if kind == PREPARE {
             let envelope = read_prepare(&mut reader, len).await?;
             if !receiving.deliver(envelope) {
@@ -488,22 +686,24 @@ mod tests {
 
     #[test]
     fn a_hello_names_the_wire_version_and_others_are_refused() {
-        let ours = hello();
+        let nonce = [9u8; peer_auth::NONCE_LEN];
+        let ours = hello(&nonce);
         let (kind, body) = split(&ours);
-        assert_eq!(check_hello(kind, body).unwrap(), WIRE_VERSION);
+        assert_eq!(check_hello(kind, body).unwrap(), (WIRE_VERSION, nonce));
 
-        let future = encode_frame(HELLO, &(HELLO_MAGIC, WIRE_VERSION + 1)).unwrap();
+        let future = encode_frame(HELLO, &(HELLO_MAGIC, WIRE_VERSION + 1, nonce)).unwrap();
         let (kind, body) = split(&future);
         let refused = check_hello(kind, body).unwrap_err();
         assert!(matches!(refused, TransportError::Version(v) if v == WIRE_VERSION + 1));
         assert!(
-            refused.to_string().contains("speaks versions 3 to 3"),
+            refused.to_string().contains("speaks versions 4 to 4"),
             "{refused}"
         );
 
-        // A version-1 peer (before reconfiguration) cannot read our checkpoints, nor a
-        // version-2 one our votes: refused.
-        for old in [1u16, 2] {
+        // A version-1 peer (before reconfiguration) cannot read our checkpoints, a version-2
+        // one our votes, and a version-3 one (its hello has no nonce) cannot prove the secret:
+        // refused by version, not as a decoding error.
+        for old in [1u16, 2, 3] {
             let hello = encode_frame(HELLO, &(HELLO_MAGIC, old)).unwrap();
             let (kind, body) = split(&hello);
             assert!(matches!(
@@ -512,7 +712,7 @@ mod tests {
             ));
         }
 
-        let stranger = encode_frame(HELLO, &(*b"HTTP", WIRE_VERSION)).unwrap();
+        let stranger = encode_frame(HELLO, &(*b"HTTP", WIRE_VERSION, nonce)).unwrap();
         let (kind, body) = split(&stranger);
         assert!(matches!(
             check_hello(kind, body),
@@ -522,5 +722,115 @@ mod tests {
             check_hello(ENVELOPE, body),
             Err(TransportError::NoHello(0))
         ));
+    }
+
+    /// Runs the accepting side's handshake on one end of a pipe and `connecting` on the other;
+    /// returns both results.
+    async fn handshake_with<F, Fut>(
+        secret: &ClusterSecret,
+        connecting: F,
+    ) -> (Result<(), TransportError>, Result<(), TransportError>)
+    where
+        F: FnOnce(tokio::io::DuplexStream) -> Fut,
+        Fut: std::future::Future<Output = Result<(), TransportError>>,
+    {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (mut reader, mut writer) = tokio::io::split(ours);
+        let accepting = async { accept_handshake(&mut reader, &mut writer, secret).await };
+        let (accepted, connected) = tokio::join!(accepting, connecting(theirs));
+        (accepted, connected)
+    }
+
+    /// The connecting side's steps over any stream (the broker's own run over a TcpStream).
+    async fn connect_over(
+        mut stream: tokio::io::DuplexStream,
+        secret: ClusterSecret,
+    ) -> Result<(), TransportError> {
+        let (greeting, hello) = Greeting::new(&secret)?;
+        stream.write_all(&hello).await?;
+        let (kind, body) = read_handshake_frame(&mut stream, false).await?;
+        // On an error the stream is dropped, so the accepting side sees it end.
+        let proof = greeting.answer(kind, &body)?;
+        stream.write_all(&proof).await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn replicas_holding_the_same_secret_admit_each_other() {
+        let secret = ClusterSecret::new("one secret for the ring", "prod");
+        let theirs = secret.clone();
+        let (accepted, connected) =
+            handshake_with(&secret, |stream| connect_over(stream, theirs)).await;
+        accepted.unwrap();
+        connected.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_peer_with_another_secret_or_cluster_is_refused_by_both_sides() {
+        let secret = ClusterSecret::new("one secret for the ring", "prod");
+        for stranger in [
+            ClusterSecret::new("a guess at the secret!", "prod"),
+            ClusterSecret::new("one secret for the ring", "staging"),
+        ] {
+            let (accepted, connected) =
+                handshake_with(&secret, |stream| connect_over(stream, stranger)).await;
+            // The connecting side finds the accepting side's proof wrong and never proves
+            // itself; the accepting side sees the connection end before a proof.
+            assert!(
+                matches!(connected, Err(TransportError::Unproven)),
+                "{connected:?}"
+            );
+            assert!(accepted.is_err());
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_before_a_proof_are_refused_unread() {
+        let secret = ClusterSecret::new("one secret for the ring", "prod");
+        let (accepted, _) = handshake_with(&secret, |mut stream| async move {
+            let (_, hello) = Greeting::new(&ClusterSecret::new("x", "prod"))?;
+            stream.write_all(&hello).await?;
+            let _ = read_handshake_frame(&mut stream, false).await?;
+            // A fetch where the proof belongs.
+            let fetch = encode_frame(
+                FETCH,
+                &sync::Fetch {
+                    stream: 1,
+                    topic: 1,
+                    partition: 0,
+                    from: 0,
+                    until: 10,
+                    created_at: None,
+                },
+            )?;
+            stream.write_all(&fetch).await?;
+            Ok(())
+        })
+        .await;
+        assert!(
+            matches!(
+                accepted,
+                Err(TransportError::Handshake {
+                    expected: "proof",
+                    kind: FETCH
+                })
+            ),
+            "{accepted:?}"
+        );
+
+        // A proof of the right shape but made up.
+        let knows_the_format = secret.clone();
+        let (accepted, _) = handshake_with(&secret, |mut stream| async move {
+            let (_, hello) = Greeting::new(&knows_the_format)?;
+            stream.write_all(&hello).await?;
+            let _ = read_handshake_frame(&mut stream, false).await?;
+            stream.write_all(&encode_frame(PROOF, &[7u8; 32])?).await?;
+            Ok(())
+        })
+        .await;
+        assert!(
+            matches!(accepted, Err(TransportError::Unproven)),
+            "{accepted:?}"
+        );
     }
 }

@@ -7,6 +7,10 @@ use iggy_contract::admin::{AdminStatus, Role};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// The replication secret every member of a test cluster is given (a test may give one
+/// member another, after it in `env`).
+pub const SECRET: &str = "test-cluster replication secret";
+
 pub struct TestCluster {
     pub brokers: Vec<TestBroker>,
     pub replication: Vec<SocketAddr>,
@@ -93,6 +97,7 @@ impl TestCluster {
             ("IGGY_CLUSTER_RING_FILE", &file),
             ("IGGY_CLUSTER_POSITION", &member),
             ("IGGY_REPLICATION_ADDRESS", &address),
+            ("IGGY_REPLICATION_SECRET", SECRET),
         ];
         settings.extend_from_slice(env);
         let broker = TestBroker::start_on(self.clients[position], &settings);
@@ -187,6 +192,7 @@ impl TestCluster {
                     ("IGGY_CLUSTER_RING_FILE", &ring_files[i]),
                     (whom, &member),
                     ("IGGY_REPLICATION_ADDRESS", &address),
+                    ("IGGY_REPLICATION_SECRET", SECRET),
                 ];
                 settings.extend(env_of(i));
                 TestBroker::start_on(clients[i], &settings)

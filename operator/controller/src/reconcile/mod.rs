@@ -7,8 +7,8 @@ pub mod apply;
 pub mod bucket;
 pub mod build;
 pub mod dereference;
+pub mod generated_secrets;
 pub mod rollout;
-pub mod root_secret;
 pub mod scaling;
 pub mod status;
 pub mod validate;
@@ -48,7 +48,7 @@ pub enum ReconcileError {
     #[error("deleting the cluster's S3 data: {0}")]
     Cleanup(String),
     #[error(transparent)]
-    RootSecret(#[from] root_secret::RootSecretError),
+    GeneratedSecret(#[from] generated_secrets::GeneratedSecretError),
     #[error("rolling restart: {0}")]
     Rollout(kube::Error),
 }
@@ -63,7 +63,7 @@ impl ReconcileError {
             ReconcileError::Status(_) => "status",
             ReconcileError::Finalizer(_) => "finalizer",
             ReconcileError::Cleanup(_) => "cleanup",
-            ReconcileError::RootSecret(_) => "root_secret",
+            ReconcileError::GeneratedSecret(_) => "generated_secret",
             ReconcileError::Rollout(_) => "rollout",
         }
     }
@@ -200,12 +200,27 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
     validated.ring = scale.ring;
     validated.replicas = scale.pods;
     validated.scaling = scale.phase;
-    if root_secret::ensure(client, &validated).await? {
+    if generated_secrets::ensure_root(client, &validated).await? {
         let note = format!(
             "generated root credentials in Secret {} (keys {} and {})",
             validated.auth.root_secret, validated.auth.username_key, validated.auth.password_key
         );
         publish(ctx, cluster, EventType::Normal, "RootSecretCreated", note).await;
+    }
+    if generated_secrets::ensure_replication(client, &validated).await? {
+        let note = format!(
+            "generated the replication secret in Secret {} (key {})",
+            names.replication_secret(),
+            generated_secrets::REPLICATION_SECRET_KEY
+        );
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "ReplicationSecretCreated",
+            note,
+        )
+        .await;
     }
     let children = build::build_all(&validated);
     let report = match apply::apply_all(client, &validated, &children).await {

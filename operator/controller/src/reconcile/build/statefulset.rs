@@ -8,6 +8,7 @@ use crate::broker_config::DATA_PATH;
 use crate::names::{
     CLIENT_PORT, CONFIG_HASH_ANNOTATION, HTTP_PORT, READINESS_GATE, REPLICATION_PORT,
 };
+use crate::reconcile::generated_secrets::REPLICATION_SECRET_KEY;
 use crate::s3::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
 use iggy_contract::defaults::{POD_CONFIG_DIR, POD_CONFIG_FILE, POD_RING_DIR, POD_RING_FILE};
 use iggy_contract::env::*;
@@ -66,6 +67,12 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
     ] {
         env_vars.push(json!({"name": name, "valueFrom": {"secretKeyRef": {"name": auth.root_secret, "key": key}}}));
     }
+    env_vars.push(
+        json!({"name": REPLICATION_SECRET, "valueFrom": {"secretKeyRef": {
+            "name": cluster.names.replication_secret(),
+            "key": REPLICATION_SECRET_KEY,
+        }}}),
+    );
     if let Some(tiering) = &cluster.tiering {
         // Bucket coordinates as plain values, the key pair by Secret reference only.
         let s3 = &tiering.s3;
