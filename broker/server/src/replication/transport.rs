@@ -833,4 +833,42 @@ mod tests {
             "{accepted:?}"
         );
     }
+
+    /// Arbitrary bytes where a handshake belongs — random, or a real hello followed by
+    /// random or bit-flipped proofs — never panic either side and are never admitted.
+    #[tokio::test]
+    async fn no_byte_stream_without_the_secret_is_admitted() {
+        let secret = ClusterSecret::new("one secret for the ring", "prod");
+        let mut rng = fastrand::Rng::with_seed(0x1667);
+        for case in 0..1500 {
+            let mut stream = Vec::new();
+            match case % 3 {
+                0 => stream.extend((0..rng.usize(0..300)).map(|_| rng.u8(..))),
+                _ => {
+                    let (_, hello) = Greeting::new(&secret).expect("nonce");
+                    stream.extend_from_slice(&hello);
+                    let mut proof = encode_frame(PROOF, &[rng.u8(..); 32]).expect("frame");
+                    if case % 3 == 2 {
+                        // A valid-looking frame with a byte of its header or body flipped.
+                        let at = rng.usize(..proof.len());
+                        proof[at] ^= 1 << rng.u8(0..8);
+                    }
+                    stream.extend_from_slice(&proof);
+                }
+            }
+            let (accepted, _) = handshake_with(&secret, |mut theirs| {
+                let stream = stream.clone();
+                async move {
+                    theirs.write_all(&stream).await?;
+                    Ok(())
+                }
+            })
+            .await;
+            assert!(accepted.is_err(), "case {case} admitted: {stream:?}");
+
+            let body: Vec<u8> = (0..rng.usize(0..100)).map(|_| rng.u8(..)).collect();
+            let (greeting, _) = Greeting::new(&secret).expect("nonce");
+            assert!(greeting.answer(CHALLENGE, &body).is_err(), "case {case}");
+        }
+    }
 }
