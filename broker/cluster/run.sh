@@ -59,6 +59,8 @@ any Iggy client; writes are committed on a majority before they are acknowledged
   iggy --tcp-server-address 127.0.0.1:8190 -u iggy -p $PASSWORD stream create demo
   iggy --tcp-server-address 127.0.0.1:8290 -u iggy -p $PASSWORD stream list
 Replica status: curl http://127.0.0.1:3000/admin/status (also :3100, :3200)
+The replicas admit only each other on their replication ports (a secret generated for this
+start; set IGGY_REPLICATION_SECRET to choose one).
 Kill one (say member 0) and the other two carry on. Stop all: Ctrl-C.
 TEXT
 for n in 0 1 2; do
