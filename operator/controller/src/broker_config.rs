@@ -11,7 +11,7 @@ use iggy_contract::defaults::BROKER_DEFAULTS;
 use iggy_contract::ports::{all_interfaces, CLIENT_PORT, HTTP_PORT};
 
 /// Keys the operator sets itself, and why a user may not.
-const RESERVED: [(&str, &str); 9] = [
+const RESERVED: [(&str, &str); 10] = [
     (
         "system.path",
         "the data path is the broker's persistent volume",
@@ -39,6 +39,11 @@ const RESERVED: [(&str, &str); 9] = [
     (
         "replication.address",
         "the operator binds the replication port on all interfaces",
+    ),
+    (
+        "replication.secret",
+        "the operator generates it into the Secret <cluster>-replication (a value here would \
+         sit in a ConfigMap in plain text)",
     ),
     (
         "root.username",
@@ -198,10 +203,12 @@ mod tests {
             render(&overrides(&[("telemetry.logs", "grpc")])),
             Err(ConfigError::UnknownKey { .. })
         ));
-        assert!(matches!(
-            render(&overrides(&[("root.password", "x")])),
-            Err(ConfigError::ReservedKey { .. })
-        ));
+        for secret in ["root.password", "replication.secret"] {
+            assert!(matches!(
+                render(&overrides(&[(secret, "x")])),
+                Err(ConfigError::ReservedKey { .. })
+            ));
+        }
         assert!(matches!(
             render(&overrides(&[(
                 "personal_access_token.max_tokens_per_user",
