@@ -67,6 +67,11 @@ impl ClusterNames {
         self.cluster.clone()
     }
 
+    /// Who may reach the brokers' ports (`build::network_policy`).
+    pub fn network_policy(&self) -> String {
+        format!("{}-brokers", self.cluster)
+    }
+
     pub fn service_account(&self) -> String {
         format!("{}-sidecar", self.cluster)
     }

@@ -197,6 +197,15 @@ pub fn builtin_types() -> Vec<ResourceType> {
         )
         .with_short_names(&["sc"]),
         ResourceType::builtin("coordination.k8s.io", "v1", "Lease", "leases", true),
+        // Stored and served; the process kubelet does not enforce them (loopback only).
+        ResourceType::builtin(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+        )
+        .with_short_names(&["netpol"]),
         ResourceType::builtin(
             "discovery.k8s.io",
             "v1",

@@ -12,6 +12,7 @@ use super::validate::{stable_hash, ValidatedCluster};
 use crate::names::{APPLIED_HASH_ANNOTATION, FIELD_MANAGER};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -140,6 +141,7 @@ fn managed_kinds() -> Vec<(ApiResource, bool)> {
         erased::<Service>(),
         erased::<ConfigMap>(),
         erased::<PodDisruptionBudget>(),
+        erased::<NetworkPolicy>(),
         erased::<RoleBinding>(),
         erased::<Role>(),
         erased::<ServiceAccount>(),

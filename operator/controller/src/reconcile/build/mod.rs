@@ -3,6 +3,7 @@
 //! makes an unchanged cluster reconcile without writes.
 
 pub mod config_maps;
+pub mod network_policy;
 pub mod policy;
 pub mod rbac;
 pub mod services;
@@ -93,6 +94,7 @@ pub fn build_all(cluster: &ValidatedCluster) -> Vec<Child> {
         children.push(Child::from_typed(&deployment));
     }
     children.push(Child::from_typed(&policy::disruption_budget(cluster)));
+    children.push(Child::from_typed(&network_policy::network_policy(cluster)));
     children.push(Child::from_typed(&statefulset::statefulset(cluster)));
     children
 }
@@ -136,6 +138,7 @@ pub(crate) mod tests {
                 "Service",
                 "Service",
                 "PodDisruptionBudget",
+                "NetworkPolicy",
                 "StatefulSet"
             ]
         );
