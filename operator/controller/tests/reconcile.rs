@@ -48,6 +48,10 @@ async fn create_builds_every_child_and_reports_ready() {
         ["events"]
     );
     assert_eq!(
+        children_named(&harness, "networking.k8s.io", "NetworkPolicy"),
+        ["events-brokers"]
+    );
+    assert_eq!(
         children_named(&harness, "", "ServiceAccount"),
         ["events-sidecar"]
     );
@@ -65,6 +69,7 @@ async fn create_builds_every_child_and_reports_ready() {
         ("", "Service"),
         ("", "ConfigMap"),
         ("policy", "PodDisruptionBudget"),
+        ("networking.k8s.io", "NetworkPolicy"),
         ("", "ServiceAccount"),
     ] {
         for child in harness
@@ -539,6 +544,7 @@ async fn deleting_the_cluster_collects_children_and_keeps_volumes() {
             ("", "ConfigMap"),
             ("", "Pod"),
             ("policy", "PodDisruptionBudget"),
+            ("networking.k8s.io", "NetworkPolicy"),
             ("rbac.authorization.k8s.io", "Role"),
         ]
         .iter()
