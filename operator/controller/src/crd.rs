@@ -81,8 +81,8 @@ pub struct IggyClusterSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
 
-    /// Root credentials. Without it the broker generates a root password on first boot and
-    /// prints it to its log once.
+    /// Root credentials. Without it the operator generates them once into the Secret
+    /// `<cluster>-root` (keys `username` and `password`), which outlives the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
 
