@@ -1034,6 +1034,55 @@ async fn replicas_refuse_connections_in_another_wire_version_or_without_the_secr
     create_log(&client, "after").await;
 }
 
+/// Connections that have not proven themselves hold one of a bounded number of slots: with
+/// all of them taken by silent connections, the next one is closed before anything is read,
+/// and once those go, a peer holding the secret is admitted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_prove_themselves_cannot_crowd_out_the_port() {
+    use std::io::Write as _;
+    let cluster = TestCluster::start(3, &[]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let member = (primary + 1) % 3;
+    let address = cluster.replication[member];
+    let silent: Vec<std::net::TcpStream> = (0..broker::replication::transport::HANDSHAKES_MAX)
+        .map(|_| std::net::TcpStream::connect(address).expect("connect"))
+        .collect();
+    // The last silent connection has surely been accepted once a later one is answered: the
+    // listener takes them in order.
+    let (_, hello) =
+        Greeting::new(&ClusterSecret::new(common::cluster::SECRET, "test-cluster")).expect("nonce");
+    let answered = || {
+        let mut stream = std::net::TcpStream::connect(address).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(&hello).expect("hello");
+        answer_kind(&mut stream)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while answered().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "a connection past the bound was answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let admitted = std::panic::catch_unwind(|| handshake(address, common::cluster::SECRET));
+        if let Ok((mut peer, Ok(()))) = admitted {
+            peer.write_all(&fetch_frame()).expect("fetch");
+            assert_eq!(answer_kind(&mut peer), Some(FETCHED));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never admitted again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "after").await;
+}
+
 /// A member started with another replication secret takes no part: the two that share the
 /// cluster's secret commit without it, and it never receives their log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -397,6 +397,7 @@ pub async fn boot(
             broker: broker.clone(),
             max_frame,
             secret: setup.secret.clone(),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(transport::HANDSHAKES_MAX)),
         },
         stop_rx,
     ));

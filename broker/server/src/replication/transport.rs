@@ -56,6 +56,11 @@ pub enum TransportError {
     Unproven,
     #[error("the replication handshake did not finish within {0:?}")]
     HandshakeTimeout(Duration),
+    #[error(
+        "{HANDSHAKES_MAX} replication connections are proving themselves already; closed \
+         before reading anything"
+    )]
+    Busy,
 }
 
 impl TransportError {
@@ -69,6 +74,7 @@ impl TransportError {
                 | TransportError::Handshake { .. }
                 | TransportError::Unproven
                 | TransportError::HandshakeTimeout(_)
+                | TransportError::Busy
         )
     }
 }
@@ -110,6 +116,10 @@ pub const OLDEST_WIRE_VERSION: u16 = 4;
 const HANDSHAKE_FRAME_MAX: usize = 128;
 /// How long either side waits for the other's handshake frames.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most accepted connections in their handshake at once. Peers finish theirs in a round trip,
+/// and a member has a handful of connections (one per peer, plus syncs and repairs); the bound
+/// keeps connections from strangers from using up descriptors and memory.
+pub const HANDSHAKES_MAX: usize = 64;
 
 /// The frame a connection opens with.
 pub fn hello(nonce: &Nonce) -> Vec<u8> {
@@ -473,6 +483,8 @@ pub struct Receiving {
     pub max_frame: usize,
     /// What a connecting peer must prove it holds.
     pub secret: ClusterSecret,
+    /// Slots for connections still in their handshake ([`HANDSHAKES_MAX`]).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Receiving {
@@ -504,6 +516,12 @@ pub async fn serve(listener: TcpListener, receiving: Receiving, mut stop: watch:
                 let receiving = receiving.clone();
                 tokio::spawn(async move {
                     match receive_loop(stream, &receiving).await {
+                        // Counted, not logged: a flood of connections would flood the log.
+                        Err(TransportError::Busy) => {
+                            if let Some(status) = receiving.broker.cluster_status() {
+                                status.count_refusal();
+                            }
+                        }
                         Err(e) if e.is_refusal() => {
                             if let Some(status) = receiving.broker.cluster_status() {
                                 status.count_refusal();
@@ -539,9 +557,16 @@ fn size_frame_buffer(frame: &mut Vec<u8>, len: usize) {
 
 async fn receive_loop(stream: TcpStream, receiving: &Receiving) -> Result<(), TransportError> {
     let max_frame = receiving.max_frame;
-    let (reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = stream.into_split();
+    {
+        // Until it has proven itself a connection holds one of few slots and no large buffer
+        // (the handshake reads exact lengths, so nothing after the proof is read early).
+        let Ok(_slot) = receiving.handshakes.clone().try_acquire_owned() else {
+            return Err(TransportError::Busy);
+        };
+        accept_handshake(&mut reader, &mut writer, &receiving.secret).await?;
+    }
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
-    accept_handshake(&mut reader, &mut writer, &receiving.secret).await?;
     let mut frame = Vec::new();
     loop {
         let len = reader.read_u32_le().await? as usize;
