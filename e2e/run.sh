@@ -97,6 +97,10 @@ YAML
 kubectl -n "$NS" wait --for=condition=Ready "iggycluster/$CLUSTER-3" --timeout="$TIMEOUT" || fail "3-replica cluster not Ready"
 password=$(kubectl -n "$NS" get secret "$CLUSTER-3-root" -o jsonpath='{.data.password}' | base64 -d)
 [ -n "$password" ] || fail "no generated root password in $CLUSTER-3-root"
+# The replicas admit each other with a generated secret, and only they reach the replication port.
+shared=$(kubectl -n "$NS" get secret "$CLUSTER-3-replication" -o jsonpath='{.data.secret}' | base64 -d)
+[ "${#shared}" -ge 16 ] || fail "no generated replication secret in $CLUSTER-3-replication"
+kubectl -n "$NS" get networkpolicy "$CLUSTER-3-brokers" >/dev/null || fail "no NetworkPolicy $CLUSTER-3-brokers"
 forward() { # target; sets port and FORWARD_PID (no subshell, so the cleanup trap sees it)
   port=$((20000 + RANDOM % 20000))
   kubectl -n "$NS" port-forward "$1" "$port:8090" >/dev/null 2>&1 & FORWARD_PID=$!
