@@ -65,7 +65,9 @@ pub enum TransportError {
 
 impl TransportError {
     /// Whether this closed a connection for who the peer is (another version, not a replica,
-    /// no proof of the secret) rather than for a network failure: worth a warning.
+    /// no proof of the secret) or because too many were proving themselves, rather than for a
+    /// network failure: worth a warning. A handshake that timed out is a network failure (a
+    /// cut link stalls it the same way), so it is not one.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
@@ -73,7 +75,6 @@ impl TransportError {
                 | TransportError::NoHello(_)
                 | TransportError::Handshake { .. }
                 | TransportError::Unproven
-                | TransportError::HandshakeTimeout(_)
                 | TransportError::Busy
         )
     }
