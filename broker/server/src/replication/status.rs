@@ -127,8 +127,8 @@ impl ClusterStatus {
         }
     }
 
-    /// Counts a replication connection refused: another wire version, not a replica, or no
-    /// proof of the secret (either side's).
+    /// Counts a replication connection refused: another wire version, not a replica, no proof
+    /// of the secret (either side's), or no free handshake slot.
     pub fn count_refusal(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
@@ -300,8 +300,8 @@ impl ClusterStatus {
         let _ = writeln!(
             out,
             "# HELP iggy_replication_refused_total Replication connections refused, accepted or \
-             made: another wire version, not a replica, or no proof of the cluster's replication \
-             secret.\n# TYPE iggy_replication_refused_total counter\n\
+             made: another wire version, not a replica, no proof of the cluster's replication \
+             secret, or too many connections proving themselves at once.\n# TYPE iggy_replication_refused_total counter\n\
              iggy_replication_refused_total {}",
             self.refused.load(Ordering::Relaxed)
         );
