@@ -39,12 +39,23 @@ impl Repair {
             let Some(checksum) = header_of(headers, cfg, op) else {
                 break;
             };
-            promised.insert(op, checksum);
-            if let Some(prepare) = wal
+            let intact = wal
                 .get(&cfg.slot(op))
-                .filter(|p| p.op() == op && p.checksum() == checksum && p.verify())
-            {
+                .filter(|p| p.op() == op && p.checksum() == checksum && p.verify());
+            // The header ring also names what this replica prepared in the next epoch, which
+            // it never durably entered (so never acknowledged anything of): its promises in
+            // this epoch end at the reconfiguration op, as recovery's log does. Vouched for in
+            // a vote, those ops became the new view's log after the reconfiguration op of the
+            // epoch they are not part of (seed 7546744).
+            if intact.is_some_and(|p| p.header.epoch > cfg.epoch) {
+                break;
+            }
+            promised.insert(op, checksum);
+            if let Some(prepare) = intact {
                 spare.insert(op, prepare.clone());
+                if ends_epoch(cfg.epoch, prepare) {
+                    break;
+                }
             }
             op += 1;
         }
@@ -80,7 +91,7 @@ impl Repair {
 
 /// Whether `prepare` is a reconfiguration op to an epoch after `epoch`: the last op of
 /// `epoch`'s log.
-fn ends_epoch(epoch: crate::Epoch, prepare: &Prepare) -> bool {
+pub(super) fn ends_epoch(epoch: crate::Epoch, prepare: &Prepare) -> bool {
     crate::membership::Membership::proposed_by(&prepare.header, &prepare.body)
         .is_some_and(|m| m.epoch > epoch)
 }

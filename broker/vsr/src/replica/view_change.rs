@@ -2,6 +2,7 @@
 //! primary picks and completes the winning log (fetching or nack-truncating what nobody can
 //! read), and installing a StartView.
 
+use super::repair::ends_epoch;
 use super::{due, valid_chain, Replica, Status};
 use crate::log::Log;
 use crate::message::Message;
@@ -323,7 +324,15 @@ impl<S: StateMachine> Replica<S> {
                 .find_prepare(op, checksum)
                 .filter(|p| p.header.parent == parent)
             {
+                let last_of_epoch = ends_epoch(self.cfg.epoch, prepare);
                 log.push(prepare.clone());
+                if last_of_epoch {
+                    // Whatever a vote vouches for after our epoch's reconfiguration op was
+                    // prepared in the next epoch (a damaged replica's header ring names it
+                    // without saying so): not this epoch's log, and acknowledged by nobody in
+                    // it.
+                    break;
+                }
                 continue;
             }
             let supplied = self.dvc.values().any(|v| v.can_supply(op, checksum));
