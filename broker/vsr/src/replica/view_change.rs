@@ -225,6 +225,21 @@ impl<S: StateMachine> Replica<S> {
             return;
         }
         let tail = best.last().map_or(0, Prepare::op);
+        if tail > self.wal_limit() {
+            // Our WAL cannot take the whole log before our next checkpoint (`install_log`). A
+            // voter's newer checkpoint makes room; without one the view times out and the
+            // next primary, whose WAL may take it, tries.
+            let newer = self
+                .dvc
+                .iter()
+                .filter(|(_, vote)| vote.base() > self.commit_min)
+                .max_by_key(|(_, vote)| vote.base())
+                .map(|(&replica, _)| replica);
+            if let Some(source) = newer {
+                self.request_sync(source);
+            }
+            return;
+        }
         let commit = commit.min(tail);
         let log = self.log.spliced(at, &best);
         self.install_log(log);
@@ -443,6 +458,13 @@ impl<S: StateMachine> Replica<S> {
             self.request_sync(primary);
             return;
         };
+        if view != self.log_view && head > self.wal_limit() {
+            // Our WAL cannot take the whole log before our next checkpoint: a newer one first
+            // (`install_log`).
+            self.sync_view = Some(view);
+            self.request_sync(primary);
+            return;
+        }
         if self.syncing.is_some() {
             // Installing now would write a superblock naming this view as our log view beside
             // the checkpoint that is still durable — the older one, which cannot reach this log:
@@ -487,6 +509,16 @@ impl<S: StateMachine> Replica<S> {
 
     /// Replaces the log from the first op where it differs, writing the change atomically
     /// with the superblock of the new view.
+    ///
+    /// A log installed for a new log view must fit in our WAL whole (its tail at
+    /// most `wal_limit`). The write takes only what fits; the rest would wait in memory for our
+    /// next checkpoint, while our superblock already names the new view. A crash in between
+    /// leaves a vote for that view whose log lacks the last ops of the view's log, and a vote of
+    /// the newest log view wins over longer logs of older ones: ops committed in an earlier view
+    /// and held by the other voters were lost (seed 7713343, a new primary whose checkpoint lagged
+    /// a WAL behind). So a replica that cannot take the log syncs a newer checkpoint first. Ops a
+    /// view appends later may wait in memory: they are acknowledged only once written, and a
+    /// shorter log of the same view loses to a longer one.
     pub(super) fn install_log(&mut self, log: Log) {
         let common = self
             .log
