@@ -1,6 +1,7 @@
 //! Opening a replica on what its storage holds: the newest superblock that verifies, the
 //! checkpoint it names, and the WAL read slot by slot until a torn write or a damaged slot.
 
+use super::repair::ends_epoch;
 use super::{Repair, Replica, Status};
 use crate::disk::{classify_slot, header_of, superseded, DiskImage, SlotCase};
 use crate::log::Log;
@@ -113,10 +114,10 @@ impl<S: StateMachine> Replica<S> {
         // what the WAL holds after it was prepared in the next epoch, which this replica never
         // durably entered (so never acknowledged anything of); read as part of the old epoch's
         // log it would break "nothing follows the reconfiguration op in its epoch".
-        let ends_epoch = |p: &Prepare| {
-            Membership::proposed_by(&p.header, &p.body).is_some_and(|m| m.epoch > cfg.epoch)
-        };
-        while !faulty && log.tail() < log.base() + cfg.wal_slots && !ends_epoch(log.head()) {
+        while !faulty
+            && log.tail() < log.base() + cfg.wal_slots
+            && !ends_epoch(cfg.epoch, log.head())
+        {
             let op = log.tail() + 1;
             let header = header_of(&headers, &cfg, op);
             let prepare = wal.get(&cfg.slot(op));
