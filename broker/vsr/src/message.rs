@@ -125,6 +125,16 @@ pub enum Message {
     StartEpoch {
         log: Vec<Prepare>,
     },
+    /// How the sender's epoch began, when its log no longer holds the start (it restarted with
+    /// the epoch's superblock and lost what followed its checkpoint): the reconfiguration op
+    /// by number and checksum. That op is committed (the sender entered its epoch), so a
+    /// replica of an older epoch holding that very prepare holds the committed log up to it,
+    /// and takes it as committed: it enters the epoch and can then answer the sender's
+    /// request for the start.
+    EpochStartedAt {
+        start: Op,
+        checksum: u128,
+    },
 }
 
 /// A message with its routing and identity fields.
@@ -160,6 +170,7 @@ pub enum MessageKind {
     RepairPrepare,
     RequestStartEpoch,
     StartEpoch,
+    EpochStartedAt,
 }
 
 impl Message {
@@ -184,7 +195,8 @@ impl Message {
             | Message::GetState { .. }
             | Message::RequestSync { .. }
             | Message::RequestPrepare { .. }
-            | Message::RequestStartEpoch { .. } => &[],
+            | Message::RequestStartEpoch { .. }
+            | Message::EpochStartedAt { .. } => &[],
         }
     }
 
@@ -208,6 +220,7 @@ impl Message {
             Message::RepairPrepare { .. } => MessageKind::RepairPrepare,
             Message::RequestStartEpoch { .. } => MessageKind::RequestStartEpoch,
             Message::StartEpoch { .. } => MessageKind::StartEpoch,
+            Message::EpochStartedAt { .. } => MessageKind::EpochStartedAt,
         }
     }
 }

@@ -105,6 +105,11 @@ pub enum Event {
         membership: crate::Membership,
         role: crate::membership::Role,
     },
+    /// A member of a newer epoch whose log lost the epoch's start named it by checksum, and this
+    /// replica held that prepare: it takes the log up to `start` as committed.
+    EpochStartNamed {
+        start: Op,
+    },
     /// Installed a log that replaced `replaced` uncommitted ops of its own.
     LogReplaced {
         replaced: u64,

@@ -24,6 +24,12 @@ pub struct Superblock {
     /// view)`. All zero in superblocks written before reconfiguration existed (and by a replica
     /// that never left its first configuration): the configuration the replica was opened with.
     pub membership: Membership,
+    /// The checksum of the reconfiguration op that started `membership`'s epoch (0: not known —
+    /// the first configuration, a superblock written before it was recorded, or an epoch
+    /// entered by a checkpoint past its start). With `membership.start` it names that prepare
+    /// exactly, so a member whose log lost the start can still tell a member of the old epoch
+    /// holding it that it committed (docs/replication.md, "Reconfiguration by epochs").
+    pub start_checksum: u128,
     /// Over every field above ([`Superblock::sealed`]).
     pub checksum: u128,
 }
@@ -56,7 +62,14 @@ impl Superblock {
         let (epoch, start) = (m.epoch.to_le_bytes(), m.start.to_le_bytes());
         let counts = [m.replica_count, m.standby_count];
         let membership: [&[u8]; 3] = [&epoch, &counts, &start];
-        checksum(&[base.as_slice(), membership.as_slice()].concat())
+        // Likewise the start's checksum, so superblocks written before it was recorded verify.
+        let start_checksum = self.start_checksum.to_le_bytes();
+        let recorded: &[&[u8]] = if self.start_checksum == 0 {
+            &[]
+        } else {
+            &[&start_checksum]
+        };
+        checksum(&[base.as_slice(), membership.as_slice(), recorded].concat())
     }
 
     /// `(epoch, view, log_view)`: the order durable views only ever grow in.
@@ -86,6 +99,7 @@ mod tests {
             commit: 0,
             checkpoint: 0,
             membership: Membership::UNSET,
+            start_checksum: 0,
             checksum: 0,
         }
         .sealed()
@@ -121,5 +135,14 @@ mod tests {
         let mut shrunk = epoch;
         shrunk.membership.replica_count = 1;
         assert!(!shrunk.verify());
+        // The start's checksum joins once recorded, and is covered from then on.
+        let mut named = epoch;
+        named.start_checksum = 0xfeed;
+        let named = named.sealed();
+        assert!(named.verify());
+        assert_ne!(named.checksum, epoch.checksum);
+        let mut other = named;
+        other.start_checksum = 0xbeef;
+        assert!(!other.verify());
     }
 }

@@ -737,6 +737,10 @@ impl Driver {
                 metrics.wal_repairs.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(op, "repaired a damaged WAL slot");
             }
+            Event::EpochStartNamed { start } => tracing::info!(
+                at_op = start,
+                "a member of a newer epoch that lost its start named it; taking it as committed"
+            ),
             Event::LogReplaced { replaced } if replaced > 0 => {
                 tracing::info!(replaced, "view change replaced uncommitted ops")
             }

@@ -3,7 +3,13 @@
 //!
 //! Layout under `<system.path>/vsr/`:
 //! * `superblock`: [`SUPERBLOCK_COPIES`] fixed-size copies, each rewritten in full (in place)
-//!   by every superblock write; recovery takes the newest copy that verifies.
+//!   by every superblock write; recovery takes the newest copy that verifies. Copies are
+//!   [`SUPERBLOCK_SIZE`] bytes and marked [`SUPERBLOCK_LAYOUT`] at byte 62; builds before the
+//!   epoch start's checksum was recorded wrote unmarked copies of half that size, with the same
+//!   fields up to byte 62. A file of theirs reads as such, and this build's first superblock
+//!   write rewrites it in its own layout. (An older build reads this build's copies only while
+//!   they record no start checksum, i.e. in the first configuration: do not downgrade a
+//!   replica across this once its cluster has reconfigured.)
 //! * `wal-<seq>.log`: record files, written front to back. A WAL write appends the prepare's record and
 //!   then its header record (slot, op, checksum): the header is the header ring's entry, and
 //!   because it lands after the prepare it proves the prepare was written completely, which is
@@ -48,7 +54,12 @@ use std::path::{Path, PathBuf};
 use vsr::{Checkpoint, DiskImage, Op, Prepare, Superblock};
 
 pub const SUPERBLOCK_COPIES: usize = 4;
-const SUPERBLOCK_SIZE: usize = 64;
+const SUPERBLOCK_SIZE: usize = 128;
+/// The copy size of builds before [`SUPERBLOCK_LAYOUT`].
+const LEGACY_SUPERBLOCK_SIZE: usize = 64;
+/// Byte 62 of a copy in this layout (zero in the older one): the copy carries the epoch
+/// start's checksum at 64..80.
+const SUPERBLOCK_LAYOUT: u8 = 2;
 const MAGIC: u32 = 0x5653_524A; // "JRSV"
 const RECORD_OVERHEAD: usize = 4 + 1 + 4 + 8;
 
@@ -815,9 +826,13 @@ fn encode_superblock(sb: &Superblock) -> [u8; SUPERBLOCK_SIZE] {
     out[52] = m.replica_count;
     out[53] = m.standby_count;
     out[54..62].copy_from_slice(&m.start.to_le_bytes());
+    out[62] = SUPERBLOCK_LAYOUT;
+    out[64..80].copy_from_slice(&sb.start_checksum.to_le_bytes());
     out
 }
 
+/// One copy, of either layout (an older copy reads with no start checksum recorded). Whether
+/// it verifies is the caller's question.
 fn decode_superblock(bytes: &[u8]) -> Option<Superblock> {
     let u64_at = |i: usize| {
         bytes
@@ -841,8 +856,24 @@ fn decode_superblock(bytes: &[u8]) -> Option<Superblock> {
             standby_count: *bytes.get(53)?,
             start: u64_at(54)?,
         },
+        start_checksum: match bytes.get(62) {
+            Some(&SUPERBLOCK_LAYOUT) => u128::from_le_bytes(bytes.get(64..80)?.try_into().ok()?),
+            _ => 0,
+        },
         checksum: u128::from_le_bytes(bytes.get(32..48)?.try_into().ok()?),
     })
+}
+
+/// The copies one [`SUPERBLOCK_SIZE`] slot of the file holds: one of this layout, or two of
+/// the older one (a file an older build wrote, or whose first rewrite here did not complete).
+fn decode_slot(slot: &[u8]) -> Vec<Superblock> {
+    if slot.get(62) == Some(&SUPERBLOCK_LAYOUT) {
+        decode_superblock(slot).into_iter().collect()
+    } else {
+        slot.chunks(LEGACY_SUPERBLOCK_SIZE)
+            .filter_map(decode_superblock)
+            .collect()
+    }
 }
 
 fn read_superblocks(file: &mut File, path: &Path) -> Result<Vec<Superblock>, JournalError> {
@@ -851,7 +882,7 @@ fn read_superblocks(file: &mut File, path: &Path) -> Result<Vec<Superblock>, Jou
     Ok(bytes
         .chunks(SUPERBLOCK_SIZE)
         .take(SUPERBLOCK_COPIES)
-        .filter_map(decode_superblock)
+        .flat_map(decode_slot)
         .collect())
 }
 
@@ -895,6 +926,7 @@ pub(super) mod tests {
             commit: 3,
             checkpoint,
             membership: vsr::Membership::UNSET,
+            start_checksum: 0,
             checksum: 0,
         }
         .sealed()
@@ -1045,10 +1077,65 @@ pub(super) mod tests {
             standby_count: 0,
             start: 77,
         };
+        sb.start_checksum = 0x5157_a127;
         let sb = sb.sealed();
         let decoded = decode_superblock(&encode_superblock(&sb)).unwrap();
         assert_eq!(decoded, sb);
         assert!(decoded.verify());
+    }
+
+    /// A copy as builds before the start's checksum wrote it: 64 bytes, no layout mark.
+    fn legacy_copy(sb: &Superblock) -> Vec<u8> {
+        let mut copy = encode_superblock(sb)[..LEGACY_SUPERBLOCK_SIZE].to_vec();
+        copy[62] = 0;
+        copy
+    }
+
+    #[test]
+    fn an_older_builds_superblock_file_reads_and_is_rewritten_in_this_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = superblock(7, 0);
+        old.membership = vsr::Membership {
+            epoch: 1,
+            replica_count: 3,
+            standby_count: 0,
+            start: 12,
+        };
+        let old = old.sealed();
+        let file: Vec<u8> = (0..SUPERBLOCK_COPIES)
+            .flat_map(|_| legacy_copy(&old))
+            .collect();
+        std::fs::write(dir.path().join("superblock"), &file).unwrap();
+        let (mut journal, image) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(Superblock::newest(&image.superblocks), Some(old));
+        assert_eq!(image.superblocks.len(), SUPERBLOCK_COPIES);
+
+        let mut new = old;
+        new.sequence = 8;
+        new.start_checksum = 0xabcd;
+        let new = new.sealed();
+        journal.write_all(&[Write::Superblock(new)]).unwrap();
+        drop(journal);
+        let bytes = std::fs::read(dir.path().join("superblock")).unwrap();
+        assert_eq!(bytes.len(), SUPERBLOCK_COPIES * SUPERBLOCK_SIZE);
+        let (_, image) = Journal::open(dir.path(), true).unwrap();
+        assert_eq!(Superblock::newest(&image.superblocks), Some(new));
+        assert!(image.superblocks.iter().all(|copy| *copy == new));
+
+        // The first rewrite torn after one copy: that copy covers the first two older ones,
+        // and the older write still reads from the rest.
+        let mut torn = file.clone();
+        torn[..SUPERBLOCK_SIZE].copy_from_slice(&encode_superblock(&new));
+        let copies: Vec<Superblock> = torn
+            .chunks(SUPERBLOCK_SIZE)
+            .flat_map(decode_slot)
+            .filter(Superblock::verify)
+            .collect();
+        assert_eq!(copies, vec![new, old, old]);
+        // A slot damaged in its mark reads as two older copies, which do not verify.
+        let mut damaged = encode_superblock(&new).to_vec();
+        damaged[62] = 0;
+        assert!(decode_slot(&damaged).iter().all(|copy| !copy.verify()));
     }
 
     fn big(op: Op) -> Prepare {

@@ -110,6 +110,13 @@ const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 ///
 /// 4: the hello carries a nonce and opens the secret handshake (`peer_auth`). A version-3
 /// replica would never prove itself, so 4 is the oldest as well.
+///
+/// Not bumped for `EpochStartedAt`, a message appended after the others: every message an
+/// older build of version 4 sends or expects encodes as before. An older build that gets the
+/// new one closes the connection on it (a decoding error, logged) and the sender reconnects;
+/// it is sent only to a replica of an older epoch by a member whose log lost its epoch's
+/// start, a pair the older build could not get out of anyway. A bump would have cost every
+/// cluster a stop-the-world upgrade (docs/operator.md) for that rare pair.
 pub const WIRE_VERSION: u16 = 4;
 pub const OLDEST_WIRE_VERSION: u16 = 4;
 
@@ -748,6 +755,22 @@ mod tests {
             check_hello(ENVELOPE, body),
             Err(TransportError::NoHello(0))
         ));
+    }
+
+    #[test]
+    fn a_message_appended_within_version_4_leaves_the_others_encoded_as_before() {
+        // postcard writes a variant's index first: the ones older builds know keep theirs.
+        let request = Message::RequestStartEpoch { replica: 3 };
+        assert_eq!(postcard::to_stdvec(&request).unwrap(), vec![16, 3]);
+        let start = Message::StartEpoch { log: Vec::new() };
+        assert_eq!(postcard::to_stdvec(&start).unwrap(), vec![17, 0]);
+        let named = Message::EpochStartedAt {
+            start: 12,
+            checksum: 1,
+        };
+        let bytes = postcard::to_stdvec(&named).unwrap();
+        assert_eq!(bytes[..2], [18, 12]);
+        assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), named);
     }
 
     /// Runs the accepting side's handshake on one end of a pipe and `connecting` on the other;

@@ -175,6 +175,7 @@ mod tests {
                 commit: 1,
                 checkpoint: 0,
                 membership: vsr::Membership::UNSET,
+                start_checksum: 0,
                 checksum: 0,
             }
             .sealed(),

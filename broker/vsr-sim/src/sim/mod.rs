@@ -609,6 +609,10 @@ impl<S: SimMachine> Simulation<S> {
                     self.coverage.add("epochs_committed", 1);
                 }
             }
+            Event::EpochStartNamed { start } => {
+                self.coverage.add("epoch_starts_named", 1);
+                self.log(|| format!("replica {r} commits up to op {start}, a newer epoch's start named by a member lacking it"));
+            }
             Event::LogReplaced { replaced } => {
                 self.coverage.add("truncations", 1);
                 self.coverage.add("ops_truncated", replaced);

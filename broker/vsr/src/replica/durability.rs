@@ -49,6 +49,7 @@ impl<S: StateMachine> Replica<S> {
             },
             checkpoint: self.checkpoint_named,
             membership: self.membership(),
+            start_checksum: self.epoch_start_checksum,
             checksum: 0,
         }
         .sealed()

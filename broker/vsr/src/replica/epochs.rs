@@ -98,6 +98,9 @@ impl<S: StateMachine> Replica<S> {
         self.cfg.replica_count = next.replica_count;
         self.cfg.standby_count = next.standby_count;
         self.epoch_start = next.start;
+        // Applying the reconfiguration op (or installing a checkpoint anchored on it) holds the
+        // prepare; a checkpoint past the start does not, and then the log never lacks it.
+        self.epoch_start_checksum = self.log.checksum_at(next.start).unwrap_or(0);
         if self.proposal.is_some_and(|p| p.epoch <= next.epoch) {
             self.proposal = None;
         }
@@ -178,6 +181,9 @@ impl<S: StateMachine> Replica<S> {
         }
         match envelope.message {
             Message::StartEpoch { log } => self.on_start_epoch(from, log),
+            Message::EpochStartedAt { start, checksum } => {
+                self.on_epoch_started_at(start, checksum)
+            }
             Message::Sync { checkpoint } => self.on_sync(*checkpoint),
             _ => {
                 if due(
@@ -209,8 +215,38 @@ impl<S: StateMachine> Replica<S> {
             self.send_now(Node::Replica(to), Message::StartEpoch { log });
         } else if self.log.base() > start {
             self.send_checkpoint(to, 0);
+        } else if self.epoch_start_checksum != 0 {
+            // Our own log lost the start (`lacks_epoch_start`), but the superblock names it: a
+            // replica of the old epoch may hold it uncommitted, and be the only copy left
+            // (seeds 9253556, 9292911: each of the two waited for the other for good).
+            let checksum = self.epoch_start_checksum;
+            self.send_now(
+                Node::Replica(to),
+                Message::EpochStartedAt { start, checksum },
+            );
         }
-        // Else our own log lost the start (`lacks_epoch_start`): we cannot tell yet.
+    }
+
+    /// A replica of a newer epoch named that epoch's start. Holding that very prepare is holding
+    /// the committed log up to it (equal checksums at one op mean equal logs up to it):
+    /// committing it applies the reconfiguration op, which enters the epoch.
+    pub(super) fn on_epoch_started_at(&mut self, start: Op, checksum: u128) {
+        if start <= self.commit_min
+            || self.syncing.is_some()
+            || self.log.checksum_at(start) != Some(checksum)
+        {
+            return;
+        }
+        let starts_newer_epoch = self
+            .log
+            .get(start)
+            .and_then(|p| Membership::proposed_by(&p.header, &p.body))
+            .is_some_and(|next| next.epoch > self.cfg.epoch);
+        if starts_newer_epoch {
+            self.event(Event::EpochStartNamed { start });
+            self.commit_max = self.commit_max.max(start);
+            self.apply_committed();
+        }
     }
 
     /// The log of a newer epoch up to its start: every op of it is committed. Installing it is

@@ -143,6 +143,10 @@ pub struct Replica<S> {
     deferred: Vec<Envelope>,
     /// The op of the reconfiguration that started the running epoch (0: the first one).
     epoch_start: Op,
+    /// That reconfiguration op's checksum, from the superblock once recorded (0: not known). A
+    /// member whose log lost the start names it by this to a member of the old epoch that
+    /// still holds it ([`Message::EpochStartedAt`]).
+    epoch_start_checksum: u128,
     /// Recovery found the superblock's epoch but not its start, and nothing else wrong: the
     /// replica is whole again once a peer's copy of the start is durable.
     start_lost: bool,

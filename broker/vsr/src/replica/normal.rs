@@ -135,7 +135,8 @@ impl<S: StateMachine> Replica<S> {
                     self.on_start_epoch(from, log);
                 }
             }
-            Message::Reply { .. } | Message::Evicted { .. } => {}
+            // Only a newer epoch's start means anything to us (`on_other_epoch`).
+            Message::Reply { .. } | Message::Evicted { .. } | Message::EpochStartedAt { .. } => {}
         }
     }
 

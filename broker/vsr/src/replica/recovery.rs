@@ -34,6 +34,7 @@ impl<S: StateMachine> Replica<S> {
             commit: 0,
             checkpoint: 0,
             membership: Membership::UNSET,
+            start_checksum: 0,
             checksum: 0,
         });
         // The configuration is durable state: the newest one recorded (by the superblock, or by
@@ -150,6 +151,17 @@ impl<S: StateMachine> Replica<S> {
         // Unless the repair of a damaged slot covers the start: the ops it promised (by checksum
         // in the header ring) run through it, and are fetched from peers like any repair.
         let start_lost = !holds_start && !faulty;
+        // How the start is named to replicas of the old epoch while the log lacks it: the
+        // superblock's record, when the superblock is of this very epoch.
+        let recorded_start_checksum = (!entered_by_checkpoint
+            && superblock.membership.epoch == cfg.epoch
+            && superblock.membership.start == epoch_start)
+            .then_some(superblock.start_checksum);
+        let epoch_start_checksum = log
+            .checksum_at(epoch_start)
+            .filter(|_| holds_start)
+            .or(recorded_start_checksum)
+            .unwrap_or(0);
         if !holds_start
             && repair
                 .as_ref()
@@ -234,6 +246,7 @@ impl<S: StateMachine> Replica<S> {
             sent_at: BTreeMap::new(),
             deferred: Vec::new(),
             epoch_start,
+            epoch_start_checksum,
             start_lost,
             synced_epoch: None,
             proposal: None,

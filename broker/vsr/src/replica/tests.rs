@@ -244,6 +244,7 @@ fn restarted_in_view_0(
         commit: 0,
         checkpoint: 0,
         membership: crate::membership::Membership::UNSET,
+        start_checksum: 0,
         checksum: 0,
     };
     let disk = DiskImage {
@@ -472,4 +473,114 @@ fn a_backup_applies_what_a_prepare_commits_only_after_the_prepares_step() {
         assert_eq!(backup.commit_min(), 1, "applied (by tick: {by_tick})");
         assert!(!backup.has_unapplied());
     }
+}
+
+/// Op 2 of a log whose op 1 is an ordinary prepare: the reconfiguration to epoch 1 (three
+/// members, no standbys).
+fn reconfiguration_at_op_2(p1: &Prepare) -> Prepare {
+    let mut header = p1.header.clone();
+    header.op = 2;
+    header.parent = p1.checksum();
+    header.client = crate::membership::RECONFIGURE_CLIENT;
+    let next = crate::membership::Membership {
+        epoch: 1,
+        replica_count: 3,
+        standby_count: 0,
+        start: 0,
+    };
+    Prepare::new(header, next.encode())
+}
+
+fn from_replica_0_in_epoch(epoch: crate::Epoch, message: Message) -> Input {
+    Input::Message(Envelope {
+        cluster: 1,
+        group: 1,
+        epoch,
+        from: Node::Replica(0),
+        to: Node::Replica(2),
+        message,
+    })
+}
+
+/// Seeds 9253556 and 9292911, the old epoch's side: a replica holding the reconfiguration op
+/// uncommitted takes it as committed when a member of the new epoch names that very prepare,
+/// and enters the epoch; a name of another prepare at that op changes nothing.
+#[test]
+fn a_replica_of_the_old_epoch_commits_the_start_a_member_of_the_new_one_names() {
+    let root = Prepare::root(1, 1, 0);
+    let p1 = prepare(1, root.checksum());
+    let p2 = reconfiguration_at_op_2(&p1);
+    let mut replica = restarted_in_view_0(
+        BTreeMap::from([(1, p1.clone()), (2, p2.clone())]),
+        BTreeMap::from([(1, (1, p1.checksum())), (2, (2, p2.checksum()))]),
+    );
+    assert_eq!((replica.membership().epoch, replica.commit_min()), (0, 0));
+
+    let other = Message::EpochStartedAt {
+        start: 2,
+        checksum: p2.checksum() ^ 1,
+    };
+    replica.step(from_replica_0_in_epoch(1, other));
+    assert_eq!((replica.membership().epoch, replica.commit_min()), (0, 0));
+
+    let named = Message::EpochStartedAt {
+        start: 2,
+        checksum: p2.checksum(),
+    };
+    let outputs = replica.step(from_replica_0_in_epoch(1, named));
+    assert_eq!(replica.commit_min(), 2);
+    assert_eq!(replica.membership().epoch, 1);
+    assert_eq!(replica.membership().start, 2);
+    // The epoch's first superblock records the start's checksum.
+    assert!(outputs.iter().any(|o| matches!(
+        o,
+        Output::WriteSuperblock { superblock, .. } | Output::WriteLog { superblock, .. }
+            if superblock.membership.epoch == 1 && superblock.start_checksum == p2.checksum()
+    )));
+}
+
+/// The new epoch's side: a member restarted with its epoch's superblock but nothing of the
+/// log up to the start names the start, by the superblock's record, to a replica of the old
+/// epoch that asks for it.
+#[test]
+fn a_member_that_lost_its_epochs_start_names_it_from_the_superblock() {
+    let start_checksum = 0x5747_7a27;
+    let superblock = Superblock {
+        sequence: 9,
+        view: 0,
+        log_view: 0,
+        commit: 0,
+        checkpoint: 0,
+        membership: crate::membership::Membership {
+            epoch: 1,
+            replica_count: 3,
+            standby_count: 0,
+            start: 2,
+        },
+        start_checksum,
+        checksum: 0,
+    };
+    let disk = DiskImage {
+        superblocks: vec![superblock.sealed()],
+        ..DiskImage::default()
+    };
+    let mut replica = Replica::open(Config::new(1, 3, 2, Route::Star), disk, Nothing);
+    replica.take_outputs();
+    assert!(!replica.holds_epoch_start());
+    let outputs = replica.step(from_replica_0_in_epoch(
+        0,
+        Message::RequestStartEpoch { replica: 0 },
+    ));
+    let named: Vec<_> = outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(Envelope {
+                to: Node::Replica(0),
+                message: Message::EpochStartedAt { start, checksum },
+                ..
+            }) => Some((*start, *checksum)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(named, vec![(2, start_checksum)]);
 }
