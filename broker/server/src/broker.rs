@@ -275,16 +275,49 @@ impl Broker {
         if status.primary() != Some(status.position) {
             return;
         }
+        if let Err(e) = self.submit_retention_pass().await {
+            tracing::warn!(error = %e, "retention pass not committed; the next one will try again");
+        }
+    }
+
+    /// Commits one retention pass through the log (every replica runs it at the same op).
+    async fn submit_retention_pass(self: &Arc<Self>) -> Result<()> {
         let submission = Submission {
             user: None,
             op: Operation::EnforceRetention,
         };
-        if let Err(e) = self
-            .submitter
+        self.submitter
             .submit(self, submission, &mut Vec::new())
             .await
-        {
-            tracing::warn!(error = %e, "retention pass not committed; the next one will try again");
+    }
+
+    /// On a replicated broker's primary whose data filesystem has less than twice
+    /// `replication.min_free_space` left: while deleted data waits in the graveyard, moves the
+    /// log on with retention passes, at most three checkpoint intervals of them per call.
+    ///
+    /// Why: a replica keeps what it deleted until two checkpoints later (`graveyard`), and
+    /// checkpoints come every so many operations. A disk full enough for the primary to refuse
+    /// sends (`replication::machine`, `admit`) may see no other operations, so the stream a
+    /// user deleted to make room would hold its space for good. A retention pass is an
+    /// operation like any other that changes nothing when nothing expired, and whatever it does
+    /// delete frees space too.
+    pub async fn release_deleted_when_short(self: &Arc<Self>) {
+        let Some(status) = self.cluster_status() else {
+            return;
+        };
+        let data = &self.config.system.path;
+        let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
+        for _ in 0..3 * crate::replication::CHECKPOINT_INTERVAL {
+            let short =
+                crate::state::stats::try_disk_space(data).is_some_and(|(free, _)| free < short_at);
+            let waiting = crate::storage::graveyard::holds_any(data).unwrap_or(false);
+            if status.primary() != Some(status.position) || !short || !waiting {
+                return;
+            }
+            if let Err(e) = self.submit_retention_pass().await {
+                tracing::warn!(error = %e, "could not move the log on to release deleted data; trying again");
+                return;
+            }
         }
     }
 

@@ -228,6 +228,9 @@ pub struct ReplicationConfig {
     pub inbound_budget: ByteSize,
     /// What replicas prove to each other before they talk (`replication::peer_auth`).
     pub secret: Secret,
+    /// Free space the primary keeps on its data filesystem: sends that would leave less are
+    /// refused (`replication::machine`, `admit`).
+    pub min_free_space: ByteSize,
 }
 
 /// A string that is never printed, not even in debug logs.

@@ -270,6 +270,16 @@ async fn run(
             }
         });
     }
+    if broker.cluster_status().is_some() {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RELEASE_CHECK_INTERVAL);
+            loop {
+                tick.tick().await;
+                broker.release_deleted_when_short().await;
+            }
+        });
+    }
     tokio::spawn(broker::scrub::run(broker.clone()));
     if broker::repair::has_copies(&broker) {
         tokio::spawn(broker::repair::run(broker.clone()));
@@ -338,6 +348,9 @@ async fn wait_for_signal() {
 
 /// How long shutdown waits for requests in progress to be answered.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a replicated broker checks whether deleted data waits for the log to move on
+/// while its disk is short (`Broker::release_deleted_when_short`).
+const RELEASE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Waits until every connection has finished the request it was serving and closed, or
 /// `DRAIN_TIMEOUT` passed: a send whose bytes were read is applied and acknowledged rather

@@ -54,6 +54,9 @@ pub struct Metrics {
     pub replication_dropped: AtomicU64,
     /// Local client requests the replica thread passed over because nobody waited for them.
     pub replication_abandoned: AtomicU64,
+    /// Sends the primary refused because its disk had less than `replication.min_free_space`
+    /// left for them.
+    pub replication_refused_disk_full: AtomicU64,
     /// Damaged WAL slots restored from a peer.
     pub wal_repairs: AtomicU64,
     /// 1 when recovery found a WAL slot whose header vouches for a prepare that no longer
@@ -96,6 +99,7 @@ impl Metrics {
             replication_inbound_dropped: AtomicU64::new(0),
             replication_dropped: AtomicU64::new(0),
             replication_abandoned: AtomicU64::new(0),
+            replication_refused_disk_full: AtomicU64::new(0),
             wal_repairs: AtomicU64::new(0),
             wal_damaged_at_start: AtomicU64::new(0),
             request_observer: OnceLock::new(),
@@ -220,7 +224,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 17] = [
+        let singles: [(&str, &str, &str, u64); 18] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -313,6 +317,13 @@ impl Metrics {
                  (its deadline passed, or it sent the request again) before the replica thread \
                  took them.",
                 load(&self.replication_abandoned),
+            ),
+            (
+                "iggy_replication_refused_disk_full_total",
+                "counter",
+                "Sends the primary refused (CannotAppendMessage) because they would have left \
+                 less than replication.min_free_space on its data filesystem.",
+                load(&self.replication_refused_disk_full),
             ),
             (
                 "iggy_replication_wal_repairs_total",

@@ -4,10 +4,12 @@
 
 mod common;
 
+use common::cluster::TestCluster;
 use common::{code, create_topic, id, message, name, TestBroker};
 use iggy::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
 struct SmallDisk {
@@ -51,6 +53,32 @@ fn fill(path: &Path) {
     let _ = file.sync_all();
 }
 
+/// Creates stream 0 ("fill") with one topic, then sends batches of `batch` messages of 10 KB
+/// to it until one is refused; returns how many messages were acknowledged and the refusal's
+/// error code. Fails if `most` were acknowledged first.
+async fn fill_until_refused(client: &IggyClient, batch: usize, most: usize) -> (usize, u32) {
+    client.create_stream("fill").await.unwrap();
+    create_topic(client, &id(0), "t", 1).await;
+    let payload = "x".repeat(10_000);
+    let mut acknowledged = 0usize;
+    loop {
+        let mut messages: Vec<IggyMessage> = (0..batch).map(|_| message(&payload)).collect();
+        match client
+            .send_messages(
+                &id(0),
+                &id(0),
+                &Partitioning::partition_id(0),
+                &mut messages,
+            )
+            .await
+        {
+            Ok(()) => acknowledged += batch,
+            Err(error) => return (acknowledged, code(error)),
+        }
+        assert!(acknowledged < most, "the disk never filled");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_sends_precisely_and_deletes_still_free_space() {
     let Some(disk) = SmallDisk::mount("6m") else {
@@ -65,21 +93,7 @@ async fn a_full_disk_refuses_sends_precisely_and_deletes_still_free_space() {
         ("IGGY_STORAGE_SCRUB_RATE", "0"),
     ]);
     let client = broker.client().await;
-    client.create_stream("fill").await.unwrap();
-    create_topic(&client, &id(0), "t", 1).await;
-    let payload = "x".repeat(10_000);
-    let mut acknowledged = 0usize;
-    let refusal = loop {
-        let mut batch: Vec<IggyMessage> = (0..10).map(|_| message(&payload)).collect();
-        match client
-            .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
-            .await
-        {
-            Ok(()) => acknowledged += 10,
-            Err(error) => break code(error),
-        }
-        assert!(acknowledged < 10_000, "the disk never filled");
-    };
+    let (acknowledged, refusal) = fill_until_refused(&client, 10, 10_000).await;
     assert_eq!(refusal, 4010, "CannotAppendMessage, not a generic error");
     let polled = client
         .poll_messages(
@@ -110,4 +124,121 @@ async fn a_full_disk_refuses_sends_precisely_and_deletes_still_free_space() {
     client.create_stream("again").await.expect("room again");
     drop(client);
     assert_eq!(broker.stop(), 0);
+}
+
+/// Every replica of a cluster on a small disk of its own, all filling alike (they hold the same
+/// data): sends through a backup are refused with the single node's precise error before any
+/// disk is full, no replica stops, every acknowledged message reads back from every replica,
+/// and with each disk then filled to its last byte by something else, deleting the stream still
+/// works and frees space for new data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_disks_filling_alike_refuse_sends_early_and_deletes_still_free_space() {
+    let Some(disks) = (0..3)
+        .map(|_| SmallDisk::mount("224m"))
+        .collect::<Option<Vec<_>>>()
+    else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (mount -t tmpfs failed)");
+        return;
+    };
+    let paths: Vec<String> = disks
+        .iter()
+        .map(|disk| disk.path().join("data").display().to_string())
+        .collect();
+    let replication: Vec<_> = (0..3).map(|_| common::free_port()).collect();
+    let direct = replication.clone();
+    let mut cluster = TestCluster::start_each(
+        replication,
+        move |_, to| direct[to],
+        |member| {
+            vec![
+                ("IGGY_SYSTEM_PATH", paths[member].as_str()),
+                ("IGGY_STORAGE_SEGMENT_SIZE", "4 MiB"),
+                ("IGGY_STORAGE_SCRUB_RATE", "0"),
+                ("IGGY_REPLICATION_MIN_FREE_SPACE", "24 MiB"),
+            ]
+        },
+    );
+    let within = Duration::from_secs(150);
+    let finished = tokio::time::timeout(within, fill_refuse_and_free(&cluster, &disks)).await;
+    assert!(
+        finished.is_ok(),
+        "the test did not finish within {within:?}"
+    );
+    for (member, broker) in cluster.brokers.iter_mut().enumerate() {
+        assert_eq!(
+            broker.wait_exit(Duration::ZERO),
+            None,
+            "member {member} stopped"
+        );
+    }
+}
+
+async fn fill_refuse_and_free(cluster: &TestCluster, disks: &[SmallDisk]) {
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(30));
+    let backup = (primary + 1) % 3;
+    let client = cluster.brokers[backup].client().await;
+    let (acknowledged, refusal) = fill_until_refused(&client, 100, 30_000).await;
+    assert_eq!(refusal, 4010, "CannotAppendMessage, as a single node says");
+    let payload = "x".repeat(10_000);
+    assert!(
+        acknowledged >= 5_000,
+        "refused early: {acknowledged} acknowledged"
+    );
+    let (status, metrics) = common::http_get(cluster.brokers[primary].http, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("iggy_replication_refused_disk_full_total 1"),
+        "{metrics}"
+    );
+    for member in 0..3 {
+        let reader = cluster.brokers[member].client().await;
+        assert_eq!(
+            common::read_all(&reader, 0).await.len(),
+            acknowledged,
+            "member {member} holds every acknowledged message"
+        );
+    }
+
+    // Something else takes every byte left: deleting the stream must still pass the log.
+    let fillers: Vec<_> = disks
+        .iter()
+        .map(|disk| disk.path().join("filler"))
+        .collect();
+    for filler in &fillers {
+        fill(filler);
+    }
+    client
+        .delete_stream(&name("fill"))
+        .await
+        .expect("deleting frees space on disks with 0 bytes free");
+    for filler in &fillers {
+        std::fs::remove_file(filler).unwrap();
+    }
+    client.create_stream("again").await.expect("room again");
+    create_topic(&client, &name("again"), "t", 1).await;
+    // The deleted stream's space returns once the log has passed two checkpoints (the
+    // primary moves it on by itself, `Broker::release_deleted_when_short`), within seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut batch: Vec<IggyMessage> = (0..100).map(|_| message(&payload)).collect();
+        match client
+            .send_messages(
+                &name("again"),
+                &id(0),
+                &Partitioning::partition_id(0),
+                &mut batch,
+            )
+            .await
+        {
+            Ok(()) => break,
+            Err(error) => {
+                assert_eq!(code(error), 4010);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the deleted stream's space never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }

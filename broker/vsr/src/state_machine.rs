@@ -15,6 +15,16 @@ pub trait StateMachine {
     /// Replaces the state with a snapshot's. A snapshot that does not decode is refused and
     /// the state is left as it was.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
+    /// Asked by the primary before it prepares a new request: `Some(reply)` refuses it, and
+    /// the client gets that reply with nothing prepared (its request number stays unused, so
+    /// a retry is a new request). `pending` is the size of the bodies prepared or queued and
+    /// not yet applied. For what the primary alone can know and the log must not depend on —
+    /// the broker refuses sends while its disk is nearly full, because an apply that fails on
+    /// one replica only would leave the replicas' states apart. The default admits everything.
+    fn admit(&mut self, body: &[u8], pending: u64) -> Option<Vec<u8>> {
+        let _ = (body, pending);
+        None
+    }
 }
 
 /// A snapshot the state machine could not decode.

@@ -25,6 +25,11 @@ pub enum CodecError {
     UnknownKind(u8),
 }
 
+/// Whether a log entry is an append (it grows the data by about its own size).
+pub fn is_append(body: &[u8]) -> bool {
+    body.first() == Some(&APPEND)
+}
+
 /// Appends `submission`'s log encoding to `out`.
 pub fn encode(submission: &Submission<'_>, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let user = |out: &mut Vec<u8>| {

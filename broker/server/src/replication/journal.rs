@@ -609,15 +609,37 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
-/// Opens a WAL file for writing from its start (a new file, or a spare to write over).
+/// Opens a WAL file for writing from its start (a new file, or a spare to write over), its
+/// blocks reserved ([`reserve_blocks`]).
 fn open_wal_file(path: &Path) -> Result<File, JournalError> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .read(true)
         .open(path)
-        .map_err(io(path))
+        .map_err(io(path))?;
+    reserve_blocks(&file, path);
+    Ok(file)
+}
+
+/// Allocates the blocks of a whole WAL file up front, leaving its length as it is (so replay
+/// reads what was written, not zeros): an append then never needs space from the filesystem,
+/// and a replica whose disk something else filled can still log the delete that frees space,
+/// where a failed append would stop it. Best effort: a filesystem too full for it, or one
+/// without `fallocate`, leaves appends to allocate as they go.
+fn reserve_blocks(file: &File, path: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(WAL_FILE_BYTES) else {
+        return;
+    };
+    // SAFETY: the descriptor belongs to `file`, which outlives the call; fallocate reads no
+    // memory of ours.
+    let done = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) } == 0;
+    if !done {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(path = %path.display(), %error, "cannot reserve a WAL file's blocks");
+    }
 }
 
 const WAL_NAME: (&str, &str) = ("wal-", ".log");
@@ -930,6 +952,21 @@ pub(super) mod tests {
             checksum: 0,
         }
         .sealed()
+    }
+
+    #[test]
+    fn a_new_wal_file_has_its_blocks_before_anything_is_written() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path(), false).unwrap();
+        let file = journal.wal.metadata().unwrap();
+        assert_eq!(file.len(), 0, "the length is what was written");
+        // st_blocks counts 512-byte units.
+        assert!(
+            file.blocks() * 512 >= WAL_FILE_BYTES,
+            "{} bytes allocated",
+            file.blocks() * 512
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::replication::capture::{self, Change, ManifestCache, CONSUMER, GROUP};
 use crate::replication::written::WrittenPartitions;
 use crate::state::catalog::{Catalog, PartitionIds};
 use crate::state::partition::Partition;
+use crate::state::stats;
 use crate::storage::StorageError;
 use crate::storage::{graveyard, metadata};
 use iggy_wire::ConsumerKind;
@@ -28,6 +29,8 @@ use vsr::{PrepareHeader, RestoreError, StateMachine};
 
 /// Largest frames buffer kept between applies.
 const SCRATCH_KEPT: usize = 16 << 20;
+/// At most one log line per this long about sends refused for lack of space.
+const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct BrokerMachine {
     broker: Arc<Broker>,
@@ -47,6 +50,8 @@ pub struct BrokerMachine {
     /// Whether a halt ends the process (`iggy-broker`) or only stops applying (the simulator,
     /// which crashes the replica itself).
     exit_on_halt: bool,
+    /// When the last refusal for lack of space was logged (one line per burst, not per send).
+    refusal_logged: Option<std::time::Instant>,
 }
 
 impl BrokerMachine {
@@ -61,6 +66,7 @@ impl BrokerMachine {
             manifests: std::cell::RefCell::default(),
             halted: None,
             exit_on_halt: true,
+            refusal_logged: None,
         }
     }
 
@@ -86,6 +92,50 @@ pub fn split_reply(reply: &[u8]) -> (u32, &[u8]) {
 }
 
 impl StateMachine for BrokerMachine {
+    /// A send is refused, on the primary and before it is prepared, when the data filesystem
+    /// would keep less than `replication.min_free_space` once it and every send prepared or
+    /// queued before it are applied. Every replica applies every committed send, and one that
+    /// fails for want of space on one replica only leaves that replica's state apart from the
+    /// others' (it halts, `apply`); the replicas hold the same data and fill alike, so refusing
+    /// here keeps them all short of full, and what the reserve leaves serves deletes (the way
+    /// to free space), metadata and checkpoints. Other operations are admitted: they are small,
+    /// and deletes must pass. A filesystem that cannot be asked admits (the apply still fails
+    /// safely, by halting).
+    fn admit(&mut self, body: &[u8], pending: u64) -> Option<Vec<u8>> {
+        if !codec::is_append(body) {
+            return None;
+        }
+        let config = &self.broker.config;
+        let (free, _) = stats::try_disk_space(&config.system.path)?;
+        let needed = config
+            .replication
+            .min_free_space
+            .0
+            .saturating_add(pending)
+            .saturating_add(body.len() as u64);
+        if free >= needed {
+            return None;
+        }
+        let metrics = &self.broker.metrics;
+        metrics
+            .replication_refused_disk_full
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        if self
+            .refusal_logged
+            .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
+        {
+            self.refusal_logged = Some(now);
+            tracing::warn!(
+                free_bytes = free,
+                needed_bytes = needed,
+                "refusing sends: the data filesystem is nearly full (replication.min_free_space); \
+                 delete or purge data, or give the replicas more space"
+            );
+        }
+        Some(ErrorCode::CANNOT_APPEND_MESSAGE.0.to_le_bytes().to_vec())
+    }
+
     fn apply(&mut self, header: &PrepareHeader, body: &[u8]) -> Vec<u8> {
         let mut reply = vec![0u8; 4];
         if self.halted.is_some() {

@@ -48,7 +48,7 @@ use vsr::{ClientId, DiskImage, Replica, ReplicaId, Route, Superblock};
 use writer::{JournalJob, JournalWriter};
 
 /// Ops between checkpoints in cluster mode; see [`Setup::load`].
-const CHECKPOINT_INTERVAL: u64 = 64;
+pub(crate) const CHECKPOINT_INTERVAL: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

@@ -92,23 +92,27 @@ pub fn process(run_time_secs: f64) -> ProcessFigures {
     }
 }
 
-/// (free, total) bytes of the filesystem holding `path`.
+/// (free, total) bytes of the filesystem holding `path`; zeros when it cannot be asked.
 pub fn disk_space(path: &Path) -> (u64, u64) {
+    try_disk_space(path).unwrap_or((0, 0))
+}
+
+/// (free, total) bytes of the filesystem holding `path` (free: what an unprivileged writer may
+/// still take), or `None` when statvfs fails.
+pub fn try_disk_space(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return (0, 0);
-    };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
     // SAFETY: c_path is a valid NUL-terminated string and vfs points to writable memory of the
     // right type; statvfs fills it completely on success and we read it only then.
     let ok = unsafe { libc::statvfs(c_path.as_ptr(), vfs.as_mut_ptr()) } == 0;
     if !ok {
-        return (0, 0);
+        return None;
     }
     // SAFETY: statvfs returned 0, so the struct is initialised.
     let vfs = unsafe { vfs.assume_init() };
     let block = vfs.f_frsize;
-    (vfs.f_bavail * block, vfs.f_blocks * block)
+    Some((vfs.f_bavail * block, vfs.f_blocks * block))
 }
 
 pub fn hostname() -> String {

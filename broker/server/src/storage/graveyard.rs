@@ -155,6 +155,11 @@ pub fn find_partition(data: &Path, relative: &Path, created_at: u64) -> Option<P
     None
 }
 
+/// Whether anything buried waits for its release.
+pub fn holds_any(data: &Path) -> Result<bool, StorageError> {
+    Ok(!graves(data)?.is_empty())
+}
+
 /// Deletes what was buried at or before `op` (in the background: it may be gigabytes).
 pub fn release_through(data: &Path, op: u64) -> Result<(), StorageError> {
     for (buried, path) in graves(data)? {

@@ -216,6 +216,26 @@ impl<S: StateMachine> Replica<S> {
         if in_flight || self.requests.len() >= self.cfg.request_queue_max {
             return;
         }
+        let pending = self
+            .log
+            .after(self.commit_min)
+            .iter()
+            .map(|p| p.body.len() as u64)
+            .chain(self.requests.iter().map(|(.., body)| body.len() as u64))
+            .sum();
+        if let Some(refusal) = self.sm.admit(&body, pending) {
+            // Not executed, so not in the client table: the op is 0, which every replica has
+            // applied (a backup relaying it waits for nothing).
+            let reply = Message::Reply {
+                client,
+                request,
+                view: self.view,
+                op: 0,
+                body: refusal,
+            };
+            self.send_now(Node::Client(client), reply);
+            return;
+        }
         self.requests.push_back((client, session, request, body));
         self.prepare_queued();
     }
