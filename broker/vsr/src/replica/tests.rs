@@ -584,3 +584,94 @@ fn a_member_that_lost_its_epochs_start_names_it_from_the_superblock() {
         .collect();
     assert_eq!(named, vec![(2, start_checksum)]);
 }
+
+/// Refuses requests whose body starts with 0, as the broker refuses sends at a full disk.
+struct Picky {
+    pending_seen: Vec<u64>,
+}
+
+impl StateMachine for Picky {
+    fn apply(&mut self, _: &crate::PrepareHeader, _: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+    fn digest(&self) -> u128 {
+        0
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), crate::RestoreError> {
+        Ok(())
+    }
+    fn admit(&mut self, body: &[u8], pending: u64) -> Option<Vec<u8>> {
+        self.pending_seen.push(pending);
+        (body.first() == Some(&0)).then(|| b"full".to_vec())
+    }
+}
+
+fn request_with(session: u64, request: u64, body: &[u8]) -> Input {
+    let Input::Message(mut envelope) = self::request(session, request) else {
+        unreachable!()
+    };
+    if let Message::Request { body: b, .. } = &mut envelope.message {
+        *b = body.to_vec().into();
+    }
+    Input::Message(envelope)
+}
+
+/// The primary asks the state machine before it prepares a new request: a refusal is answered
+/// at once with nothing prepared, and the request number stays free for a retry that is
+/// admitted. `pending` counts what is prepared and not applied.
+#[test]
+fn a_request_the_state_machine_refuses_is_answered_and_never_prepared() {
+    let cfg = Config::new(1, 1, 0, Route::Star);
+    let picky = Picky {
+        pending_seen: Vec::new(),
+    };
+    let mut replica = Replica::open(cfg, DiskImage::default(), picky);
+    let opened = replica.take_outputs();
+    let settle_all = |replica: &mut Replica<Picky>, mut outputs: Vec<Output>| {
+        while let Some(output) = outputs.pop() {
+            match output {
+                Output::WriteWal { io, .. }
+                | Output::WriteSuperblock { io, .. }
+                | Output::WriteLog { io, .. }
+                | Output::WriteCheckpoint { io, .. } => {
+                    outputs.extend(replica.step(Input::WriteDone { io }))
+                }
+                Output::Send(_) | Output::Event(_) => {}
+            }
+        }
+    };
+    settle_all(&mut replica, opened);
+    let registered = replica.step(request_with(0, 1, &[1; 10]));
+    settle_all(&mut replica, registered);
+    assert_eq!(replica.commit_min(), 1);
+
+    // Op 2 prepared, not yet written: the next request sees its 7 bytes pending.
+    let unwritten = replica.step(request_with(1, 2, &[1; 7]));
+    assert_eq!(replica.log_tail(), 2);
+    let refused = replica.step(request_with(1, 3, &[0; 5]));
+    assert_eq!(replica.sm.pending_seen, vec![0, 0, 7]);
+    assert_eq!(replica.log_tail(), 2, "nothing prepared");
+    let replies: Vec<_> = refused
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(Envelope {
+                message:
+                    Message::Reply {
+                        request, op, body, ..
+                    },
+                ..
+            }) => Some((*request, *op, body.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(replies, vec![(3, 0, b"full".to_vec())]);
+
+    settle_all(&mut replica, unwritten);
+    let admitted = replica.step(request_with(1, 3, &[1; 5]));
+    assert_eq!(replica.log_tail(), 3, "request 3 was never used");
+    settle_all(&mut replica, admitted);
+    assert_eq!(replica.commit_min(), 3);
+}
