@@ -292,33 +292,41 @@ impl Broker {
     }
 
     /// On a replicated broker's primary whose data filesystem has less than twice
-    /// `replication.min_free_space` left: while deleted data waits in the graveyard, moves the
-    /// log on with retention passes, at most three checkpoint intervals of them per call.
+    /// `replication.min_free_space` left, and whose log committed less than a checkpoint
+    /// interval since `committed_before` (the commit number a call earlier): while deleted data
+    /// waits in the graveyard, moves the log on with retention passes, at most three checkpoint
+    /// intervals of them per call. Returns the commit number for the next call.
     ///
     /// Why: a replica keeps what it deleted until two checkpoints later (`graveyard`), and
     /// checkpoints come every so many operations. A disk full enough for the primary to refuse
     /// sends (`replication::machine`, `admit`) may see no other operations, so the stream a
     /// user deleted to make room would hold its space for good. A retention pass is an
     /// operation like any other that changes nothing when nothing expired, and whatever it does
-    /// delete frees space too.
-    pub async fn release_deleted_when_short(self: &Arc<Self>) {
+    /// delete frees space too. A log that moves by itself reaches the checkpoints without help.
+    pub async fn release_deleted_when_short(self: &Arc<Self>, committed_before: u64) -> u64 {
         let Some(status) = self.cluster_status() else {
-            return;
+            return 0;
         };
+        let committed = status.snapshot().commit_min;
+        let interval = crate::replication::CHECKPOINT_INTERVAL;
+        if committed.saturating_sub(committed_before) >= interval {
+            return committed;
+        }
         let data = &self.config.system.path;
         let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
-        for _ in 0..3 * crate::replication::CHECKPOINT_INTERVAL {
+        for _ in 0..3 * interval {
             let short =
                 crate::state::stats::try_disk_space(data).is_some_and(|(free, _)| free < short_at);
             let waiting = crate::storage::graveyard::holds_any(data).unwrap_or(false);
             if status.primary() != Some(status.position) || !short || !waiting {
-                return;
+                break;
             }
             if let Err(e) = self.submit_retention_pass().await {
                 tracing::warn!(error = %e, "could not move the log on to release deleted data; trying again");
-                return;
+                break;
             }
         }
+        status.snapshot().commit_min
     }
 
     /// Drops expired personal access tokens (the maintenance loop), as an operation like any

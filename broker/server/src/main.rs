@@ -274,9 +274,10 @@ async fn run(
         let broker = broker.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(RELEASE_CHECK_INTERVAL);
+            let mut committed = 0;
             loop {
                 tick.tick().await;
-                broker.release_deleted_when_short().await;
+                committed = broker.release_deleted_when_short(committed).await;
             }
         });
     }
