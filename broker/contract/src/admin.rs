@@ -63,6 +63,11 @@ pub struct AdminStatus {
     /// Normal status and within the catch-up bound of the primary's commit: what readiness and
     /// the `iggy.rs/replica-ready` gate report.
     pub caught_up: bool,
+    /// Its data filesystem has less than twice `replication.min_free_space` free: a primary
+    /// refuses sends below the reserve (docs/replication.md, "A full disk"). The operator shows
+    /// it as the cluster's `DiskPressure` condition. Always false on a single node.
+    #[serde(default)]
+    pub disk_pressure: bool,
 }
 
 impl AdminStatus {
@@ -78,6 +83,7 @@ impl AdminStatus {
             op: 0,
             lag: 0,
             caught_up: ready,
+            disk_pressure: false,
         }
     }
 }
@@ -120,18 +126,22 @@ mod tests {
             op: 41,
             lag: 2,
             caught_up: true,
+            disk_pressure: true,
         };
         let json = serde_json::to_value(&status).expect("serializes");
         assert_eq!(
             json,
             serde_json::json!({"member_id": 2, "epoch": 3, "view": 7, "role": "backup",
-                "commit": 40, "op": 41, "lag": 2, "caught_up": true})
+                "commit": 40, "op": 41, "lag": 2, "caught_up": true, "disk_pressure": true})
         );
-        // A broker from before `lag` existed still parses.
+        // A broker from before `lag` and `disk_pressure` existed still parses.
         let older = serde_json::json!({"member_id": 2, "epoch": 3, "view": 7, "role": "retired",
             "commit": 40, "op": 41, "caught_up": false});
         let parsed = serde_json::from_value::<AdminStatus>(older).expect("parses");
-        assert_eq!((parsed.lag, parsed.role), (0, Role::Retired));
+        assert_eq!(
+            (parsed.lag, parsed.role, parsed.disk_pressure),
+            (0, Role::Retired, false)
+        );
         assert_eq!(
             serde_json::from_value::<AdminStatus>(json).expect("parses"),
             status

@@ -313,12 +313,9 @@ impl Broker {
             return committed;
         }
         let data = &self.config.system.path;
-        let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
         for _ in 0..3 * interval {
-            let short =
-                crate::state::stats::try_disk_space(data).is_some_and(|(free, _)| free < short_at);
             let waiting = crate::storage::graveyard::holds_any(data).unwrap_or(false);
-            if status.primary() != Some(status.position) || !short || !waiting {
+            if status.primary() != Some(status.position) || !self.short_of_space() || !waiting {
                 break;
             }
             if let Err(e) = self.submit_retention_pass().await {
@@ -589,8 +586,20 @@ impl Broker {
         let booted = self.ready.load(Ordering::Acquire);
         match &self.submitter {
             Submitter::Local(_) => AdminStatus::single_node(booted),
-            Submitter::Replicated(replicated) => replicated.status.admin(booted),
+            Submitter::Replicated(replicated) => AdminStatus {
+                disk_pressure: self.short_of_space(),
+                ..replicated.status.admin(booted)
+            },
         }
+    }
+
+    /// Its data filesystem has less than twice `replication.min_free_space` free: the primary
+    /// refuses sends below the reserve, and frees deleted data without waiting for traffic
+    /// below this (`release_deleted_when_short`). False when the filesystem cannot be asked.
+    pub fn short_of_space(&self) -> bool {
+        let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
+        crate::state::stats::try_disk_space(&self.config.system.path)
+            .is_some_and(|(free, _)| free < short_at)
     }
 
     /// `POST /admin/step-down`: a primary hands its view to the next replica (a view change);

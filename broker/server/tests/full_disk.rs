@@ -190,6 +190,13 @@ async fn fill_refuse_and_free(cluster: &TestCluster, disks: &[SmallDisk]) {
         metrics.contains("iggy_replication_refused_disk_full_total 1"),
         "{metrics}"
     );
+    // What the sidecar hands the operator for its DiskPressure condition.
+    let pressure = |member: usize| cluster.status(member).map(|s| s.disk_pressure);
+    assert_eq!(
+        (0..3).map(pressure).collect::<Vec<_>>(),
+        vec![Some(true); 3],
+        "every member reports disk pressure"
+    );
     for member in 0..3 {
         let reader = cluster.brokers[member].client().await;
         assert_eq!(
@@ -240,5 +247,14 @@ async fn fill_refuse_and_free(cluster: &TestCluster, disks: &[SmallDisk]) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+    // The space comes back as the released files are unlinked, in the background.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pressure(primary) != Some(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the primary still reports disk pressure"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -3,9 +3,9 @@
 //! ([`report`]).
 //!
 //! It reports the `iggy.rs/replica-ready` gate from the broker's `caught_up`, and the broker's
-//! role (`iggy.rs/role`, so `<cluster>-primary` routes to the primary) with its epoch and view
-//! (`iggy.rs/replica-state`). Watching the ring ConfigMap and posting rings to the broker belong
-//! to the membership work (docs/operator.md, "The sidecar").
+//! role (`iggy.rs/role`, so `<cluster>-primary` routes to the primary) with its epoch, view and
+//! whether it is short of disk space (`iggy.rs/replica-state`). Watching the ring ConfigMap and
+//! posting rings to the broker belong to the membership work (docs/operator.md, "The sidecar").
 
 pub mod admin;
 pub mod report;
@@ -52,6 +52,7 @@ pub async fn observe(admin: &AdminClient) -> (Readiness, Membership) {
                 "view": status.view,
                 "role": status.role.label(),
                 "caughtUp": status.caught_up,
+                "diskPressure": status.disk_pressure,
             })
             .to_string(),
         ),

@@ -388,6 +388,8 @@ impl ClusterStatus {
             op: s.op,
             lag: s.commit_max.saturating_sub(s.commit_min),
             caught_up: ready && self.caught_up(),
+            // The broker fills it in: it knows the data directory and the reserve.
+            disk_pressure: false,
         }
     }
 }

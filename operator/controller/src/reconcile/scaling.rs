@@ -32,6 +32,10 @@ pub struct Report {
     pub epoch: Epoch,
     pub role: String,
     pub caught_up: bool,
+    /// Its broker is short of disk space (`AdminStatus::disk_pressure`); absent from sidecars
+    /// older than it.
+    #[serde(default)]
+    pub disk_pressure: bool,
 }
 
 /// The reports of the cluster's running pods, by position.
@@ -276,6 +280,7 @@ mod tests {
             epoch,
             role: role.into(),
             caught_up,
+            disk_pressure: false,
         }
     }
 

@@ -159,6 +159,7 @@ pub fn compute(
         Outcome::Invalid(_) => None,
         Outcome::ApplyFailed(v, _) | Outcome::Applied(v) => Some(*v),
     };
+    let reports = super::scaling::reports(observed, &names);
     if let Some(valid) = validated {
         let members: Vec<RingMemberStatus> = valid
             .ring
@@ -183,6 +184,9 @@ pub fn compute(
                     node: found.and_then(|p| p.spec.as_ref()?.node_name.clone()),
                     role: found.and_then(|p| p.labels().get(ROLE_LABEL).cloned()),
                     caught_up: found.is_some_and(|p| pod_condition(p, READINESS_GATE)),
+                    disk_pressure: reports
+                        .get(&member.position)
+                        .is_some_and(|r| r.disk_pressure),
                     pod: pod_name,
                 }
             })
@@ -367,6 +371,32 @@ pub fn compute(
             now,
         ));
     }
+    let pressed: Vec<String> = reports
+        .iter()
+        .filter(|(_, report)| report.disk_pressure)
+        .map(|(position, _)| names.pod(*position))
+        .collect();
+    let (reason, message) = if pressed.is_empty() {
+        ("EnoughSpace", String::new())
+    } else {
+        (
+            "LowDiskSpace",
+            format!(
+                "{} have less than twice replication.min_free_space free; the primary refuses \
+                 sends below it: delete or purge data, shorten retention, or enlarge the volumes",
+                pressed.join(", ")
+            ),
+        )
+    };
+    status.conditions.push(condition(
+        conditions,
+        "DiskPressure",
+        !pressed.is_empty(),
+        reason,
+        message,
+        generation,
+        now,
+    ));
     if let Some(telemetry) = validated.and_then(|v| v.telemetry.as_ref()) {
         let (ok, reason, message) = if telemetry.collector.is_some() {
             let available = observed
@@ -516,6 +546,75 @@ mod tests {
         assert_eq!(ring.members[0].pv, None, "not bound yet");
         assert_eq!(ring.members[1].pv.as_deref(), Some("iggy-prod-events-1"));
         assert_eq!(status.ready_replicas, 2);
+    }
+
+    /// A pod whose sidecar reported `state` (the replica-state annotation's JSON).
+    fn reporting(mut pod: Pod, state: serde_json::Value) -> Pod {
+        pod.metadata.annotations = Some(
+            [(
+                iggy_contract::labels::REPLICA_STATE_ANNOTATION.to_string(),
+                state.to_string(),
+            )]
+            .into(),
+        );
+        pod
+    }
+
+    #[test]
+    fn a_member_short_of_disk_space_shows_as_disk_pressure() {
+        let iggy = cluster(json!({"replicas": 2}));
+        let valid = validated(json!({"replicas": 2}));
+        let state = |pressure: bool| {
+            json!({"epoch": 1, "view": 0, "role": "backup", "caughtUp": true,
+                "diskPressure": pressure})
+        };
+        let observed = |pressure: bool| Observed {
+            statefulset: Some(sts(1, 1, 2, 2)),
+            pods: vec![
+                // A sidecar from before the field: no pressure.
+                reporting(
+                    pod("events-0", true, true, Some("primary")),
+                    json!({"epoch": 1, "view": 0, "role": "primary", "caughtUp": true}),
+                ),
+                reporting(pod("events-1", true, true, Some("backup")), state(pressure)),
+            ],
+            collector: None,
+            claims: Vec::new(),
+        };
+        let status = compute(&iggy, &Outcome::Applied(&valid), &observed(true), "t0");
+        let pressure = find(&status, "DiskPressure");
+        assert_eq!(
+            (pressure.status.as_str(), pressure.reason.as_str()),
+            ("True", "LowDiskSpace")
+        );
+        assert!(
+            pressure.message.starts_with("events-1 have"),
+            "{}",
+            pressure.message
+        );
+        let ring = status.ring.clone().expect("ring");
+        assert_eq!(
+            ring.members
+                .iter()
+                .map(|m| m.disk_pressure)
+                .collect::<Vec<_>>(),
+            vec![false, true]
+        );
+        assert_eq!(
+            find(&status, "Ready").status,
+            "True",
+            "pressure is not unreadiness"
+        );
+
+        let mut later = iggy.clone();
+        later.status = Some(status);
+        let relieved = compute(&later, &Outcome::Applied(&valid), &observed(false), "t1");
+        let pressure = find(&relieved, "DiskPressure");
+        assert_eq!(
+            (pressure.status.as_str(), pressure.reason.as_str()),
+            ("False", "EnoughSpace")
+        );
+        assert_eq!(pressure.last_transition_time, "t1");
     }
 
     #[test]
