@@ -70,7 +70,11 @@ fn a_stale_start_view_of_the_same_view_keeps_the_longer_log() {
 
 /// Completes every write at once except checkpoint writes when `hold` is set; returns the
 /// highest op written to the WAL and the held checkpoint ios.
-fn settle(replica: &mut Replica<Nothing>, mut outputs: Vec<Output>, hold: bool) -> (Op, Vec<u64>) {
+fn settle<S: StateMachine>(
+    replica: &mut Replica<S>,
+    mut outputs: Vec<Output>,
+    hold: bool,
+) -> (Op, Vec<u64>) {
     let (mut highest, mut held) = (0, Vec::new());
     while let Some(output) = outputs.pop() {
         let io = match output {
@@ -93,6 +97,10 @@ fn settle(replica: &mut Replica<Nothing>, mut outputs: Vec<Output>, hold: bool) 
 }
 
 fn request(session: u64, request: u64) -> Input {
+    request_with(session, request, &[1])
+}
+
+fn request_with(session: u64, request: u64, body: &[u8]) -> Input {
     Input::Message(Envelope {
         cluster: 1,
         group: 1,
@@ -103,7 +111,7 @@ fn request(session: u64, request: u64) -> Input {
             client: 9,
             session,
             request,
-            body: vec![1].into(),
+            body: body.to_vec().into(),
         },
     })
 }
@@ -609,16 +617,6 @@ impl StateMachine for Picky {
     }
 }
 
-fn request_with(session: u64, request: u64, body: &[u8]) -> Input {
-    let Input::Message(mut envelope) = self::request(session, request) else {
-        unreachable!()
-    };
-    if let Message::Request { body: b, .. } = &mut envelope.message {
-        *b = body.to_vec().into();
-    }
-    Input::Message(envelope)
-}
-
 /// The primary asks the state machine before it prepares a new request: a refusal is answered
 /// at once with nothing prepared, and the request number stays free for a retry that is
 /// admitted. `pending` counts what is prepared and not applied.
@@ -630,22 +628,9 @@ fn a_request_the_state_machine_refuses_is_answered_and_never_prepared() {
     };
     let mut replica = Replica::open(cfg, DiskImage::default(), picky);
     let opened = replica.take_outputs();
-    let settle_all = |replica: &mut Replica<Picky>, mut outputs: Vec<Output>| {
-        while let Some(output) = outputs.pop() {
-            match output {
-                Output::WriteWal { io, .. }
-                | Output::WriteSuperblock { io, .. }
-                | Output::WriteLog { io, .. }
-                | Output::WriteCheckpoint { io, .. } => {
-                    outputs.extend(replica.step(Input::WriteDone { io }))
-                }
-                Output::Send(_) | Output::Event(_) => {}
-            }
-        }
-    };
-    settle_all(&mut replica, opened);
+    settle(&mut replica, opened, false);
     let registered = replica.step(request_with(0, 1, &[1; 10]));
-    settle_all(&mut replica, registered);
+    settle(&mut replica, registered, false);
     assert_eq!(replica.commit_min(), 1);
 
     // Op 2 prepared, not yet written: the next request sees its 7 bytes pending.
@@ -669,9 +654,9 @@ fn a_request_the_state_machine_refuses_is_answered_and_never_prepared() {
         .collect();
     assert_eq!(replies, vec![(3, 0, b"full".to_vec())]);
 
-    settle_all(&mut replica, unwritten);
+    settle(&mut replica, unwritten, false);
     let admitted = replica.step(request_with(1, 3, &[1; 5]));
     assert_eq!(replica.log_tail(), 3, "request 3 was never used");
-    settle_all(&mut replica, admitted);
+    settle(&mut replica, admitted, false);
     assert_eq!(replica.commit_min(), 3);
 }
