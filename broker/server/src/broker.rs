@@ -291,7 +291,8 @@ impl Broker {
             .await
     }
 
-    /// On a replicated broker's primary whose data filesystem has less than twice
+    /// On a replicated broker's primary where some member's data filesystem (its own, or a
+    /// peer's as reported, `replication::space`) has less than twice
     /// `replication.min_free_space` left, and whose log committed less than a checkpoint
     /// interval since `committed_before` (the commit number a call earlier): while deleted data
     /// waits in the graveyard, moves the log on with retention passes, at most three checkpoint
@@ -315,7 +316,8 @@ impl Broker {
         let data = &self.config.system.path;
         for _ in 0..3 * interval {
             let waiting = crate::storage::graveyard::holds_any(data).unwrap_or(false);
-            if status.primary() != Some(status.position) || !self.short_of_space() || !waiting {
+            let short = self.short_of_space() || self.a_peer_short_of_space(status);
+            if status.primary() != Some(status.position) || !short || !waiting {
                 break;
             }
             if let Err(e) = self.submit_retention_pass().await {
@@ -600,6 +602,15 @@ impl Broker {
         let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
         crate::state::stats::try_disk_space(&self.config.system.path)
             .is_some_and(|(free, _)| free < short_at)
+    }
+
+    /// A peer reported less than twice `replication.min_free_space` free lately.
+    fn a_peer_short_of_space(&self, status: &crate::replication::status::ClusterStatus) -> bool {
+        let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
+        status
+            .peer_space()
+            .iter()
+            .any(|report| report.free < short_at)
     }
 
     /// `POST /admin/step-down`: a primary hands its view to the next replica (a view change);

@@ -126,19 +126,22 @@ async fn a_full_disk_refuses_sends_precisely_and_deletes_still_free_space() {
     assert_eq!(broker.stop(), 0);
 }
 
-/// Every replica of a cluster on a small disk of its own, all filling alike (they hold the same
-/// data): sends through a backup are refused with the single node's precise error before any
-/// disk is full, no replica stops, every acknowledged message reads back from every replica,
-/// and with each disk then filled to its last byte by something else, deleting the stream still
-/// works and frees space for new data.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clusters_disks_filling_alike_refuse_sends_early_and_deletes_still_free_space() {
+/// Three replicas, each on a small tmpfs of its own.
+struct SmallDiskCluster {
+    /// Declared first, so dropped first: its brokers stop before their disks are unmounted
+    /// (a busy tmpfs would stay mounted).
+    cluster: TestCluster,
+    disks: Vec<SmallDisk>,
+}
+
+/// Three replicas, each on a small tmpfs of its own (224 MiB, with a 24 MiB reserve).
+fn small_disk_cluster() -> Option<SmallDiskCluster> {
     let Some(disks) = (0..3)
         .map(|_| SmallDisk::mount("224m"))
         .collect::<Option<Vec<_>>>()
     else {
         eprintln!("SKIPPED: mounting a tmpfs needs root (mount -t tmpfs failed)");
-        return;
+        return None;
     };
     let paths: Vec<String> = disks
         .iter()
@@ -146,7 +149,7 @@ async fn a_clusters_disks_filling_alike_refuse_sends_early_and_deletes_still_fre
         .collect();
     let replication: Vec<_> = (0..3).map(|_| common::free_port()).collect();
     let direct = replication.clone();
-    let mut cluster = TestCluster::start_each(
+    let cluster = TestCluster::start_each(
         replication,
         move |_, to| direct[to],
         |member| {
@@ -158,12 +161,18 @@ async fn a_clusters_disks_filling_alike_refuse_sends_early_and_deletes_still_fre
             ]
         },
     );
-    let within = Duration::from_secs(150);
-    let finished = tokio::time::timeout(within, fill_refuse_and_free(&cluster, &disks)).await;
-    assert!(
-        finished.is_ok(),
-        "the test did not finish within {within:?}"
-    );
+    Some(SmallDiskCluster { cluster, disks })
+}
+
+/// How long a cluster's full-disk test may take before it fails instead of hanging.
+const GUARD: Duration = Duration::from_secs(150);
+
+/// Fails unless the test finished within [`GUARD`] and every member is still running.
+fn finished_with_every_member_running(
+    cluster: &mut TestCluster,
+    finished: Result<(), tokio::time::error::Elapsed>,
+) {
+    assert!(finished.is_ok(), "the test did not finish within {GUARD:?}");
     for (member, broker) in cluster.brokers.iter_mut().enumerate() {
         assert_eq!(
             broker.wait_exit(Duration::ZERO),
@@ -173,15 +182,48 @@ async fn a_clusters_disks_filling_alike_refuse_sends_early_and_deletes_still_fre
     }
 }
 
-async fn fill_refuse_and_free(cluster: &TestCluster, disks: &[SmallDisk]) {
-    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(30));
-    let backup = (primary + 1) % 3;
-    let client = cluster.brokers[backup].client().await;
-    let (acknowledged, refusal) = fill_until_refused(&client, 100, 30_000).await;
+/// Every replica of a cluster on a small disk of its own, all filling alike (they hold the same
+/// data): sends through a backup are refused with the single node's precise error before any
+/// disk is full, no replica stops, every acknowledged message reads back from every replica,
+/// and with each disk then filled to its last byte by something else, deleting the stream still
+/// works and frees space for new data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clusters_disks_filling_alike_refuse_sends_early_and_deletes_still_free_space() {
+    let Some(mut small) = small_disk_cluster() else {
+        return;
+    };
+    let test = fill_refuse_and_free(&small.cluster, &small.disks);
+    let finished = tokio::time::timeout(GUARD, test).await;
+    finished_with_every_member_running(&mut small.cluster, finished);
+}
+
+/// One backup's disk holds 48 MiB of something else, so it fills before the primary's: the
+/// primary refuses sends for that backup's sake (it reports its room, `replication::space`),
+/// the backup keeps running instead of stopping at a committed op it cannot apply, and once a
+/// stream is deleted the primary moves the log on until the backup has released the space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_disk_fills_first_has_sends_refused_for_it_and_keeps_running() {
+    let Some(mut small) = small_disk_cluster() else {
+        return;
+    };
+    let test = refuse_for_the_fullest_backup(&small.cluster, &small.disks);
+    let finished = tokio::time::timeout(GUARD, test).await;
+    finished_with_every_member_running(&mut small.cluster, finished);
+}
+
+/// Fills the cluster through `client` until a send is refused: checks the refusal is 4010,
+/// came after at least `at_least` messages, and was counted once by `primary`. Returns how many
+/// messages were acknowledged and the primary's metrics.
+async fn refused_once(
+    cluster: &TestCluster,
+    client: &IggyClient,
+    primary: usize,
+    at_least: usize,
+) -> (usize, String) {
+    let (acknowledged, refusal) = fill_until_refused(client, 100, 30_000).await;
     assert_eq!(refusal, 4010, "CannotAppendMessage, as a single node says");
-    let payload = "x".repeat(10_000);
     assert!(
-        acknowledged >= 5_000,
+        acknowledged >= at_least,
         "refused early: {acknowledged} acknowledged"
     );
     let (status, metrics) = common::http_get(cluster.brokers[primary].http, "/metrics").unwrap();
@@ -190,13 +232,11 @@ async fn fill_refuse_and_free(cluster: &TestCluster, disks: &[SmallDisk]) {
         metrics.contains("iggy_replication_refused_disk_full_total 1"),
         "{metrics}"
     );
-    // What the sidecar hands the operator for its DiskPressure condition.
-    let pressure = |member: usize| cluster.status(member).map(|s| s.disk_pressure);
-    assert_eq!(
-        (0..3).map(pressure).collect::<Vec<_>>(),
-        vec![Some(true); 3],
-        "every member reports disk pressure"
-    );
+    (acknowledged, metrics)
+}
+
+/// Every member's full poll of partition 0 holds `acknowledged` messages.
+async fn every_member_holds(cluster: &TestCluster, acknowledged: usize) {
     for member in 0..3 {
         let reader = cluster.brokers[member].client().await;
         assert_eq!(
@@ -205,6 +245,81 @@ async fn fill_refuse_and_free(cluster: &TestCluster, disks: &[SmallDisk]) {
             "member {member} holds every acknowledged message"
         );
     }
+}
+
+async fn refuse_for_the_fullest_backup(cluster: &TestCluster, disks: &[SmallDisk]) {
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(30));
+    let (fuller, through) = ((primary + 1) % 3, (primary + 2) % 3);
+    let ballast = disks[fuller].path().join("ballast");
+    std::fs::write(&ballast, vec![7u8; 48 << 20]).unwrap();
+    let client = cluster.brokers[through].client().await;
+    let (acknowledged, metrics) = refused_once(cluster, &client, primary, 2_000).await;
+    assert!(
+        metrics.contains("iggy_replication_peer_free_bytes{member="),
+        "{metrics}"
+    );
+    let pressure = |member: usize| cluster.status(member).map(|s| s.disk_pressure);
+    assert_eq!(pressure(fuller), Some(true), "the fuller backup is short");
+    assert_eq!(
+        pressure(primary),
+        Some(false),
+        "the primary refused for the backup, not for its own disk"
+    );
+    every_member_holds(cluster, acknowledged).await;
+
+    // Deleting the stream frees the backup's space once its log passes two checkpoints: the
+    // primary, not short itself, moves the log on for the backup's sake.
+    client.delete_stream(&name("fill")).await.unwrap();
+    client.create_stream("again").await.unwrap();
+    create_topic(&client, &name("again"), "t", 1).await;
+    send_within(&client, &name("again"), Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pressure(fuller) != Some(false) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fuller backup still reports disk pressure"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends one batch of 100 messages of 10 KB to `stream`, retrying while it is refused for
+/// lack of space; fails after `within`.
+async fn send_within(client: &IggyClient, stream: &Identifier, within: Duration) {
+    let payload = "x".repeat(10_000);
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let mut batch: Vec<IggyMessage> = (0..100).map(|_| message(&payload)).collect();
+        match client
+            .send_messages(stream, &id(0), &Partitioning::partition_id(0), &mut batch)
+            .await
+        {
+            Ok(()) => return,
+            Err(error) => {
+                assert_eq!(code(error), 4010);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the deleted stream's space never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+async fn fill_refuse_and_free(cluster: &TestCluster, disks: &[SmallDisk]) {
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(30));
+    let backup = (primary + 1) % 3;
+    let client = cluster.brokers[backup].client().await;
+    let (acknowledged, _) = refused_once(cluster, &client, primary, 5_000).await;
+    // What the sidecar hands the operator for its DiskPressure condition.
+    let pressure = |member: usize| cluster.status(member).map(|s| s.disk_pressure);
+    assert_eq!(
+        (0..3).map(pressure).collect::<Vec<_>>(),
+        vec![Some(true); 3],
+        "every member reports disk pressure"
+    );
+    every_member_holds(cluster, acknowledged).await;
 
     // Something else takes every byte left: deleting the stream must still pass the log.
     let fillers: Vec<_> = disks
@@ -225,29 +340,7 @@ async fn fill_refuse_and_free(cluster: &TestCluster, disks: &[SmallDisk]) {
     create_topic(&client, &name("again"), "t", 1).await;
     // The deleted stream's space returns once the log has passed two checkpoints (the
     // primary moves it on by itself, `Broker::release_deleted_when_short`), within seconds.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut batch: Vec<IggyMessage> = (0..100).map(|_| message(&payload)).collect();
-        match client
-            .send_messages(
-                &name("again"),
-                &id(0),
-                &Partitioning::partition_id(0),
-                &mut batch,
-            )
-            .await
-        {
-            Ok(()) => break,
-            Err(error) => {
-                assert_eq!(code(error), 4010);
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the deleted stream's space never came back"
-                );
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
+    send_within(&client, &name("again"), Duration::from_secs(30)).await;
     // The space comes back as the released files are unlinked, in the background.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while pressure(primary) != Some(false) {

@@ -22,11 +22,13 @@ use crate::replication::journal::{Write, WrittenBody};
 use crate::replication::machine::{BrokerMachine, Manifest};
 use crate::replication::mapped;
 use crate::replication::sending::Peers;
+use crate::replication::space;
 use crate::replication::status::ClusterStatus;
 use crate::replication::sync;
 use crate::replication::transport;
 use crate::replication::writer::JournalWriter;
 use crate::replication::ClientIds;
+use crate::state::stats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -118,6 +120,8 @@ pub struct Driver {
     /// Once the core has applied up to this op, the waiting requests go to it again
     /// (`resubmit_in_new_view`).
     pub resubmit_at: Option<Op>,
+    /// When this replica last told its peers how much room it has (`space.rs`).
+    pub space_reported: Option<Instant>,
 }
 
 /// After a failed state sync, checkpoints offered within this long are passed over.
@@ -168,6 +172,7 @@ impl Driver {
             if now >= next_tick {
                 let micros = crate::storage::fsutil::now_micros();
                 queue.push_back(Input::Tick { now: micros });
+                self.report_space(now);
                 next_tick = if now > next_tick + TICK * 10 {
                     now + TICK
                 } else {
@@ -578,6 +583,30 @@ impl Driver {
                 self.count_if_dropped(sent);
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a replication message"),
+        }
+    }
+
+    /// Tells the peers how much room this replica has, every [`space::REPORT_INTERVAL`]: the
+    /// primary refuses sends for the member with the least (`machine.rs`, `admit`).
+    fn report_space(&mut self, now: Instant) {
+        if self
+            .space_reported
+            .is_some_and(|at| now.duration_since(at) < space::REPORT_INTERVAL)
+        {
+            return;
+        }
+        self.space_reported = Some(now);
+        let Some((free, _)) = stats::try_disk_space(&self.broker.config.system.path) else {
+            return;
+        };
+        let report = transport::SpaceReport {
+            position: self.me,
+            applied: self.replica.commit_min(),
+            free,
+        };
+        match transport::OutFrame::small(transport::SPACE, &report) {
+            Ok(frame) => self.peers.send_space(&frame),
+            Err(e) => tracing::error!(error = %e, "cannot encode a space report"),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::broker::Broker;
 use crate::ops::codec;
 use crate::ops::OpContext;
 use crate::replication::capture::{self, Change, ManifestCache, CONSUMER, GROUP};
+use crate::replication::space::{self, AppendedBytes};
 use crate::replication::written::WrittenPartitions;
 use crate::state::catalog::{Catalog, PartitionIds};
 use crate::state::partition::Partition;
@@ -52,6 +53,8 @@ pub struct BrokerMachine {
     exit_on_halt: bool,
     /// When the last refusal for lack of space was logged (one line per burst, not per send).
     refusal_logged: Option<std::time::Instant>,
+    /// What recent appends wrote, by op: how far behind a member's report of its room is.
+    appended: AppendedBytes,
 }
 
 impl BrokerMachine {
@@ -67,6 +70,7 @@ impl BrokerMachine {
             halted: None,
             exit_on_halt: true,
             refusal_logged: None,
+            appended: AppendedBytes::default(),
         }
     }
 
@@ -92,28 +96,32 @@ pub fn split_reply(reply: &[u8]) -> (u32, &[u8]) {
 }
 
 impl StateMachine for BrokerMachine {
-    /// A send is refused, on the primary and before it is prepared, when the data filesystem
-    /// would keep less than `replication.min_free_space` once it and every send prepared or
-    /// queued before it are applied. Every replica applies every committed send, and one that
-    /// fails for want of space on one replica only leaves that replica's state apart from the
-    /// others' (it halts, `apply`); the replicas hold the same data and fill alike, so refusing
-    /// here keeps them all short of full, and what the reserve leaves serves deletes (the way
-    /// to free space), metadata and checkpoints. Other operations are admitted: they are small,
-    /// and deletes must pass. A filesystem that cannot be asked admits (the apply still fails
-    /// safely, by halting).
+    /// A send is refused, on the primary and before it is prepared, when it would leave some
+    /// member's data filesystem with less than `replication.min_free_space` once it and every
+    /// send prepared or queued before it are applied there. Every replica applies every
+    /// committed send, and one that fails for want of space on one replica only leaves that
+    /// replica's state apart from the others' (it halts, `apply`); refusing here for the member
+    /// with the least room (this replica's own disk, and the peers' as they report it,
+    /// `space.rs`) keeps them all short of full, and what the reserve leaves serves deletes
+    /// (the way to free space), metadata and checkpoints. Other operations are admitted: they
+    /// are small, and deletes must pass. A filesystem that cannot be asked, and a peer that has
+    /// not reported lately, count for nothing (an apply that fails still fails safely, by
+    /// halting).
     fn admit(&mut self, body: &[u8], pending: u64) -> Option<Vec<u8>> {
         if !codec::is_append(body) {
             return None;
         }
         let config = &self.broker.config;
-        let (free, _) = stats::try_disk_space(&config.system.path)?;
-        let needed = config
-            .replication
-            .min_free_space
-            .0
-            .saturating_add(pending)
-            .saturating_add(body.len() as u64);
-        if free >= needed {
+        let own = stats::try_disk_space(&config.system.path).map(|(free, _)| free);
+        let reports = self
+            .broker
+            .cluster_status()
+            .map(|status| status.peer_space())
+            .unwrap_or_default();
+        let reserve = config.replication.min_free_space.0;
+        let pending = pending.saturating_add(body.len() as u64);
+        let (who, left) = space::tightest(own, &reports, &self.appended, pending)?;
+        if left >= reserve {
             return None;
         }
         let metrics = &self.broker.metrics;
@@ -126,11 +134,15 @@ impl StateMachine for BrokerMachine {
             .is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_INTERVAL)
         {
             self.refusal_logged = Some(now);
+            let disk = match who {
+                None => "this member's".to_owned(),
+                Some(position) => format!("the member at ring position {position}'s"),
+            };
             tracing::warn!(
-                free_bytes = free,
-                needed_bytes = needed,
-                "refusing sends: the data filesystem is nearly full (replication.min_free_space); \
-                 delete or purge data, or give the replicas more space"
+                left_bytes = left,
+                reserve_bytes = reserve,
+                "refusing sends: {disk} data filesystem is nearly full \
+                 (replication.min_free_space); delete or purge data, or give the replicas more space"
             );
         }
         Some(ErrorCode::CANNOT_APPEND_MESSAGE.0.to_le_bytes().to_vec())
@@ -142,6 +154,9 @@ impl StateMachine for BrokerMachine {
             // Its state is no longer the others': nothing it answers may count.
             reply.copy_from_slice(&ErrorCode::ERROR.0.to_le_bytes());
             return reply;
+        }
+        if codec::is_append(body) {
+            self.appended.note(header.op, body.len() as u64);
         }
         let status = match codec::decode_into(body, std::mem::take(&mut self.scratch)) {
             Err(e) => {

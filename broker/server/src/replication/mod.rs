@@ -8,6 +8,7 @@
 //! * [`transport`] is TCP between replicas;
 //! * [`submitter`] is how a connection's operation enters the log;
 //! * [`sync`] fetches the data of a peer's checkpoint this replica lacks;
+//! * [`space`] is how the primary knows every member's room for sends;
 //! * [`status`] is what `/admin/status`, `/ready` and `GetClusterMetadata` report.
 
 pub mod capture;
@@ -20,6 +21,7 @@ pub mod mapped;
 pub mod peer_auth;
 pub mod ring_update;
 pub mod sending;
+pub mod space;
 pub mod status;
 pub mod submitter;
 pub mod sync;
@@ -475,6 +477,7 @@ pub async fn boot(
         inbound,
         normal_view: None,
         resubmit_at: None,
+        space_reported: None,
     };
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())

@@ -24,7 +24,7 @@
 
 use crate::replication::peer_auth::ClusterSecret;
 use crate::replication::status::ClusterStatus;
-use crate::replication::transport::{connect_handshake, Deferred, Frame, Outgoing};
+use crate::replication::transport::{connect_handshake, Deferred, Frame, Outgoing, SPACE_SINCE};
 use std::io::{ErrorKind, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -115,6 +115,14 @@ impl Peers {
             .is_some_and(|lane| lane.send(Outgoing::Encoded(frame)))
     }
 
+    /// Sends a space report (`transport::SPACE`) to every peer connected now whose wire version takes it; the
+    /// others miss this one (reports are periodic).
+    pub fn send_space(&self, frame: &Frame) {
+        for lane in self.lanes.iter().flatten() {
+            lane.send_if_speaks(SPACE_SINCE, Outgoing::Encoded(frame.clone()));
+        }
+    }
+
     /// Queues `envelope` for `to`, to be verified and encoded by its connection task; false
     /// when it was dropped.
     pub fn send_deferred(
@@ -147,6 +155,8 @@ struct LaneState {
     /// `false` implies the queue is empty (only pushes made under the lock set it, and the task
     /// clears it under the lock after finding the queue empty).
     busy: bool,
+    /// The wire version the peer named in its challenge; 0 while not connected.
+    version: u16,
 }
 
 impl Lane {
@@ -157,8 +167,17 @@ impl Lane {
 
     /// Writes `outgoing` now if the lane is idle and it is small; queues it (or what the socket
     /// did not take) otherwise. False when it was dropped.
-    fn send(&self, mut outgoing: Outgoing) -> bool {
+    fn send(&self, outgoing: Outgoing) -> bool {
+        self.send_if_speaks(0, outgoing)
+    }
+
+    /// [`Self::send`], if the peer is connected and speaks wire version `version` or later
+    /// (checked under the lock that hands the frame over); dropped otherwise.
+    fn send_if_speaks(&self, version: u16, mut outgoing: Outgoing) -> bool {
         let mut state = self.state();
+        if version > 0 && state.version < version {
+            return false;
+        }
         if let (false, Some(stream), Outgoing::Encoded(frame)) =
             (state.busy, &state.stream, &outgoing)
         {
@@ -244,7 +263,7 @@ async fn send_loop(
                     _ = stop.changed() => return,
                 };
                 match greeted {
-                    Ok(()) => Ok(stream),
+                    Ok(version) => Ok((stream, version)),
                     Err(e) if e.is_refusal() => {
                         peer.status.count_refusal();
                         tracing::warn!(peer = %address, error = %e, "replication handshake failed");
@@ -261,7 +280,7 @@ async fn send_loop(
                 Err(())
             }
         };
-        let Ok(stream) = connected else {
+        let Ok((stream, version)) = connected else {
             // Frames queued while the peer is unreachable are stale by the time it answers;
             // drop them rather than replaying a burst of old prepares.
             while lane.idle_or_next(&mut frames).is_some() {}
@@ -276,7 +295,11 @@ async fn send_loop(
         let stream = Arc::new(stream);
         tracing::info!(peer = %address, "connected to replica");
         peer.status.set_connected(peer.position, true);
-        lane.state().stream = Some(stream.clone());
+        {
+            let mut state = lane.state();
+            state.stream = Some(stream.clone());
+            state.version = version;
+        }
         let mut next = lane.idle_or_next(&mut frames);
         loop {
             let first = match next.take() {
@@ -297,12 +320,20 @@ async fn send_loop(
                     Err(_) => break,
                 }
             }
+            if version < SPACE_SINCE {
+                // Queued for a connection before this one, to a peer since rolled back.
+                batch.retain(|outgoing| !outgoing.is_space());
+            }
             if write_batch(&stream, batch).await.is_err() {
                 break;
             }
             next = lane.idle_or_next(&mut frames);
         }
-        lane.state().stream = None;
+        {
+            let mut state = lane.state();
+            state.stream = None;
+            state.version = 0;
+        }
         peer.status.set_connected(peer.position, false);
         tracing::info!(peer = %address, "lost the connection to replica");
     }

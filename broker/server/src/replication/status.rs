@@ -3,6 +3,8 @@
 
 use crate::replication::machine::BrokerMachine;
 use crate::replication::peer_auth::ClusterSecret;
+use crate::replication::space;
+use crate::replication::transport::SpaceReport;
 use iggy_contract::admin::{AdminStatus, Role};
 use iggy_contract::{Epoch, MemberId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +63,8 @@ pub struct ClusterStatus {
     /// Replication connections ended for who the other side is, in either direction
     /// (`TransportError::is_refusal`).
     refused: AtomicU64,
+    /// Per position: the peer's last report of its room, and when it arrived (`space.rs`).
+    space: Mutex<Vec<Option<(SpaceReport, Instant)>>>,
 }
 
 /// Who is at which position: the members and standbys of the newest ring this replica knows.
@@ -124,7 +128,31 @@ impl ClusterStatus {
             started: Instant::now(),
             secret: None,
             refused: AtomicU64::new(0),
+            space: Mutex::new(vec![None; positions]),
         }
+    }
+
+    /// A peer reported its room (`transport::SPACE`). Reports naming this replica's own
+    /// position, or none a ring can have, are ignored.
+    pub fn record_space(&self, report: SpaceReport) {
+        if report.position == self.position {
+            return;
+        }
+        let mut space = self.space.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = space.get_mut(usize::from(report.position)) {
+            *slot = Some((report, Instant::now()));
+        }
+    }
+
+    /// The peers' reports that arrived within [`space::REPORT_FRESH`].
+    pub fn peer_space(&self) -> Vec<SpaceReport> {
+        let space = self.space.lock().unwrap_or_else(|e| e.into_inner());
+        space
+            .iter()
+            .flatten()
+            .filter(|(_, at)| at.elapsed() <= space::REPORT_FRESH)
+            .map(|(report, _)| *report)
+            .collect()
     }
 
     /// Counts a replication connection refused: another wire version, not a replica, no proof
@@ -275,6 +303,20 @@ impl ClusterStatus {
                 member.id,
                 lag.load(Ordering::Relaxed)
             );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP iggy_replication_peer_free_bytes Free bytes on a peer's data filesystem, as it last reported (fresh reports only).\n\
+             # TYPE iggy_replication_peer_free_bytes gauge"
+        );
+        for report in self.peer_space() {
+            if let Some(member) = layout.members.get(usize::from(report.position)) {
+                let _ = writeln!(
+                    out,
+                    "iggy_replication_peer_free_bytes{{member=\"{}\"}} {}",
+                    member.id, report.free
+                );
+            }
         }
         let _ = writeln!(
             out,

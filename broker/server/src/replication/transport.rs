@@ -94,6 +94,25 @@ pub const HELLO: u8 = 4;
 pub const CHALLENGE: u8 = 5;
 /// The connecting side's proof of the secret: the handshake's last frame.
 pub const PROOF: u8 = 6;
+/// A member's room on its data filesystem ([`SpaceReport`], `space.rs`). Sent only to a peer
+/// whose challenge named wire version [`SPACE_SINCE`] or later: an older one closes the
+/// connection on a frame kind it does not know.
+pub const SPACE: u8 = 7;
+/// The first wire version that takes [`SPACE`] frames.
+pub const SPACE_SINCE: u16 = 5;
+/// The version of an accepting side whose challenge names none (it predates the field).
+const UNNAMED_CHALLENGE_VERSION: u16 = 4;
+// A replica that names no version must never be sent a frame kind it does not know.
+const _: () = assert!(UNNAMED_CHALLENGE_VERSION < SPACE_SINCE);
+
+/// A replica's free bytes on its data filesystem, and the last op it had applied when it
+/// looked: what the primary needs to refuse sends before this replica's disk is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SpaceReport {
+    pub position: vsr::ReplicaId,
+    pub applied: vsr::Op,
+    pub free: u64,
+}
 const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// The replication wire format this build speaks. Bump it with any change to frames, envelopes
 /// or sync messages, and keep [`OLDEST_WIRE_VERSION`] at the oldest one still understood.
@@ -117,7 +136,12 @@ const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// it is sent only to a replica of an older epoch by a member whose log lost its epoch's
 /// start, a pair the older build could not get out of anyway. A bump would have cost every
 /// cluster a stop-the-world upgrade (docs/operator.md) for that rare pair.
-pub const WIRE_VERSION: u16 = 4;
+///
+/// 5: the challenge names the accepting side's version after its proof, and [`SPACE`] frames
+/// go to peers that named 5 or later. Everything else is version 4's, so 4 stays the oldest:
+/// a version-4 replica ignores the trailing version (postcard reads what it expects and
+/// leaves the rest), names none in its own challenges, and so never gets a `SPACE` frame.
+pub const WIRE_VERSION: u16 = 5;
 pub const OLDEST_WIRE_VERSION: u16 = 4;
 
 /// Largest handshake frame (kind and body); a hello is about 40 bytes, a challenge about 70.
@@ -190,6 +214,15 @@ impl Greeting {
     }
 }
 
+/// The wire version the accepting side speaks, from its challenge's body: named after the
+/// nonce and proof since version 5; a challenge that names none is from version 4.
+pub fn accepting_version(body: &[u8]) -> u16 {
+    postcard::take_from_bytes::<(Nonce, Proof)>(body)
+        .ok()
+        .and_then(|(_, rest)| postcard::from_bytes::<u16>(rest).ok())
+        .unwrap_or(UNNAMED_CHALLENGE_VERSION)
+}
+
 /// The accepting side of the handshake.
 pub struct Challenge {
     secret: ClusterSecret,
@@ -207,7 +240,7 @@ impl Challenge {
         let (_, connecting) = check_hello(kind, body)?;
         let accepting = peer_auth::nonce()?;
         let proof = secret.proof(Side::Accepting, &connecting, &accepting);
-        let frame = encode_frame(CHALLENGE, &(accepting, proof))?;
+        let frame = encode_frame(CHALLENGE, &(accepting, proof, WIRE_VERSION))?;
         let challenge = Self {
             secret: secret.clone(),
             connecting,
@@ -271,18 +304,19 @@ pub fn read_handshake_frame_blocking<R: std::io::Read>(
     Ok((frame[0], body))
 }
 
-/// The connecting side's handshake on a fresh connection, bounded by [`HANDSHAKE_TIMEOUT`].
+/// The connecting side's handshake on a fresh connection, bounded by [`HANDSHAKE_TIMEOUT`];
+/// returns the wire version the accepting side speaks.
 pub async fn connect_handshake(
     stream: &mut TcpStream,
     secret: &ClusterSecret,
-) -> Result<(), TransportError> {
+) -> Result<u16, TransportError> {
     let handshake = async {
         let (greeting, hello) = Greeting::new(secret)?;
         stream.write_all(&hello).await?;
         let (kind, body) = read_handshake_frame(stream, false).await?;
         let proof = greeting.answer(kind, &body)?;
         stream.write_all(&proof).await?;
-        Ok(())
+        Ok(accepting_version(&body))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
@@ -380,6 +414,19 @@ impl OutFrame {
         self.head.get(4) == Some(&PREPARE)
     }
 
+    /// Whether it is a [`SPACE`] report.
+    pub fn is_space(&self) -> bool {
+        self.head.get(4) == Some(&SPACE)
+    }
+
+    /// A frame of `kind` carrying `value`, with nothing after it.
+    pub fn small<T: serde::Serialize>(kind: u8, value: &T) -> Result<Frame, postcard::Error> {
+        Ok(Arc::new(OutFrame {
+            head: encode_frame(kind, value)?,
+            body: Bytes::new(),
+        }))
+    }
+
     /// Its bytes in the order they go out.
     pub fn parts(&self) -> [&[u8]; 2] {
         [&self.head, &self.body]
@@ -394,6 +441,13 @@ pub enum Outgoing {
     /// The frame from this byte on.
     Rest(Frame, usize),
     Deferred(Deferred),
+}
+
+impl Outgoing {
+    /// Whether it is a whole [`SPACE`] report (a part-written one must be finished).
+    pub fn is_space(&self) -> bool {
+        matches!(self, Outgoing::Encoded(frame) if frame.is_space())
+    }
 }
 
 /// A message the connection task verifies and encodes.
@@ -598,6 +652,12 @@ async fn receive_loop(stream: TcpStream, receiving: &Receiving) -> Result<(), Tr
                     return Ok(());
                 }
             }
+            SPACE => {
+                let report: SpaceReport = postcard::from_bytes(&frame)?;
+                if let Some(status) = receiving.broker.cluster_status() {
+                    status.record_space(report);
+                }
+            }
             FETCH => {
                 let request: sync::Fetch = postcard::from_bytes(&frame)?;
                 let broker = receiving.broker.clone();
@@ -729,7 +789,7 @@ mod tests {
         let refused = check_hello(kind, body).unwrap_err();
         assert!(matches!(refused, TransportError::Version(v) if v == WIRE_VERSION + 1));
         assert!(
-            refused.to_string().contains("speaks versions 4 to 4"),
+            refused.to_string().contains("speaks versions 4 to 5"),
             "{refused}"
         );
 
@@ -771,6 +831,28 @@ mod tests {
         let bytes = postcard::to_stdvec(&named).unwrap();
         assert_eq!(bytes[..2], [18, 12]);
         assert_eq!(postcard::from_bytes::<Message>(&bytes).unwrap(), named);
+    }
+
+    #[test]
+    fn a_challenge_names_its_version_and_reads_as_a_version_4_one_without_it() {
+        let secret = ClusterSecret::new("one secret for the ring", "prod");
+        let (greeting, hello) = Greeting::new(&secret).unwrap();
+        let (kind, body) = split(&hello);
+        let (_, challenge) = Challenge::new(&secret, kind, body).unwrap();
+        let (kind, body) = split(&challenge);
+        assert_eq!(accepting_version(body), WIRE_VERSION);
+        assert!(greeting.answer(kind, body).is_ok());
+        // What a version-4 connecting side decodes: the nonce and the proof, the version left.
+        let (nonce, proof): (Nonce, Proof) = postcard::from_bytes(body).unwrap();
+
+        let older = encode_frame(CHALLENGE, &(nonce, proof)).unwrap();
+        let (kind, body) = split(&older);
+        assert_eq!(
+            accepting_version(body),
+            4,
+            "a version-4 replica's challenge"
+        );
+        assert!(greeting.answer(kind, body).is_ok());
     }
 
     /// Runs the accepting side's handshake on one end of a pipe and `connecting` on the other;

@@ -1,0 +1,151 @@
+//! Room on every member's disk, as the primary sees it.
+//!
+//! The primary refuses a send that would leave a disk with less than
+//! `replication.min_free_space` (`machine.rs`, `admit`). Its own disk it can ask; the others'
+//! it learns from the members themselves: every replica sends each peer a [`SpaceReport`] —
+//! its free bytes and the last op it had applied when it looked — every [`REPORT_INTERVAL`]
+//! (`transport::SPACE`). A report is a little old when it arrives, so the primary subtracts
+//! what the ops it applied since the reported one appended ([`AppendedBytes`]): that is what
+//! the member will have written by the time it catches up to the primary. What the primary
+//! has prepared and not yet applied, it adds to every member's need, its own included.
+//!
+//! Why not only the primary's own disk: the members hold the same data and fill alike only
+//! when their disks are alike. A local volume larger than its claim, or a disk something else
+//! writes to, runs out on one backup first, and a replica that cannot apply a committed op
+//! must stop (its state would leave the others'). Refusing at the primary for the fullest
+//! member keeps them all running.
+
+use crate::replication::transport::SpaceReport;
+use std::collections::VecDeque;
+use std::time::Duration;
+use vsr::{Op, ReplicaId};
+
+/// How often a replica tells its peers how much room it has.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
+/// A report older than this no longer counts: its member stopped reporting (it is down, cut
+/// off, or left the ring), and a member that takes no prepares writes nothing either.
+pub const REPORT_FRESH: Duration = Duration::from_secs(2);
+/// Ops whose appended bytes are remembered. A member reporting an op older than the window is
+/// catching up by far; it is charged everything the window holds.
+const WINDOW: usize = 4096;
+
+/// What the ops this replica applied appended, by op, for the last [`WINDOW`] appends.
+#[derive(Debug, Default)]
+pub struct AppendedBytes {
+    /// Every appended byte applied since this replica started.
+    total: u64,
+    /// `(op, total before it)`, in apply order (increasing ops).
+    window: VecDeque<(Op, u64)>,
+}
+
+impl AppendedBytes {
+    /// The op `op`, an append of `bytes`, was applied.
+    pub fn note(&mut self, op: Op, bytes: u64) {
+        if self.window.len() == WINDOW {
+            self.window.pop_front();
+        }
+        self.window.push_back((op, self.total));
+        self.total = self.total.saturating_add(bytes);
+    }
+
+    /// What the ops applied after `op` appended (all the window holds when `op` is older than
+    /// it; nothing is known from before this replica started).
+    pub fn since(&self, op: Op) -> u64 {
+        let later = self.window.partition_point(|(noted, _)| *noted <= op);
+        match self.window.get(later) {
+            Some((_, before)) => self.total - before,
+            None => 0,
+        }
+    }
+}
+
+/// The member with the least room once everything pending is written: its position (`None`
+/// for this replica) and the bytes it would have left. `own_free` is this replica's free
+/// space, `reports` its peers' fresh reports, `pending` the bytes prepared and not applied
+/// here plus the request being admitted.
+pub fn tightest(
+    own_free: Option<u64>,
+    reports: &[SpaceReport],
+    appended: &AppendedBytes,
+    pending: u64,
+) -> Option<(Option<ReplicaId>, u64)> {
+    let own = own_free.map(|free| (None, free));
+    let peers = reports.iter().map(|report| {
+        let written_since = appended.since(report.applied);
+        (
+            Some(report.position),
+            report.free.saturating_sub(written_since),
+        )
+    });
+    own.into_iter()
+        .chain(peers)
+        .map(|(who, free)| (who, free.saturating_sub(pending)))
+        .min_by_key(|(_, left)| *left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(position: ReplicaId, applied: Op, free: u64) -> SpaceReport {
+        SpaceReport {
+            position,
+            applied,
+            free,
+        }
+    }
+
+    #[test]
+    fn appended_bytes_since_an_op_count_only_later_ops() {
+        let mut appended = AppendedBytes::default();
+        assert_eq!(appended.since(0), 0, "nothing applied yet");
+        appended.note(5, 100);
+        appended.note(6, 10);
+        appended.note(9, 1);
+        assert_eq!(appended.since(4), 111);
+        assert_eq!(appended.since(5), 11);
+        assert_eq!(
+            appended.since(7),
+            1,
+            "ops between appends count from the next append"
+        );
+        assert_eq!(appended.since(9), 0);
+        assert_eq!(appended.since(100), 0, "a report ahead of this replica");
+    }
+
+    #[test]
+    fn an_op_older_than_the_window_is_charged_the_whole_window() {
+        let mut appended = AppendedBytes::default();
+        for op in 1..=(WINDOW as u64 + 10) {
+            appended.note(op, 1);
+        }
+        assert_eq!(appended.since(0), WINDOW as u64);
+        assert_eq!(appended.since(10), WINDOW as u64);
+        assert_eq!(appended.since(11), WINDOW as u64 - 1);
+    }
+
+    #[test]
+    fn the_tightest_member_is_the_one_with_least_room_after_what_it_has_yet_to_write() {
+        let mut appended = AppendedBytes::default();
+        appended.note(10, 300);
+        appended.note(11, 300);
+        // Member 1 reported more room than member 2, but before two appends it has yet to
+        // write; member 2 reported after them.
+        let reports = [report(1, 9, 1000), report(2, 11, 500)];
+        assert_eq!(
+            tightest(Some(2000), &reports, &appended, 50),
+            Some((Some(1), 1000 - 600 - 50))
+        );
+        assert_eq!(
+            tightest(Some(300), &reports, &appended, 50),
+            Some((None, 250)),
+            "this replica's own disk counts the same way"
+        );
+        assert_eq!(
+            tightest(None, &reports[1..], &appended, 600),
+            Some((Some(2), 0)),
+            "a member without room for what is pending has none left"
+        );
+        assert_eq!(tightest(None, &[], &appended, 0), None, "nothing known");
+    }
+}
