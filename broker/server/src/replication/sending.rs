@@ -24,7 +24,9 @@
 
 use crate::replication::peer_auth::ClusterSecret;
 use crate::replication::status::ClusterStatus;
-use crate::replication::transport::{connect_handshake, Deferred, Frame, Outgoing, SPACE_SINCE};
+use crate::replication::transport::{
+    connect_handshake, Deferred, Frame, Outgoing, SPACE_SINCE_REVISION,
+};
 use std::io::{ErrorKind, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -115,11 +117,11 @@ impl Peers {
             .is_some_and(|lane| lane.send(Outgoing::Encoded(frame)))
     }
 
-    /// Sends a space report (`transport::SPACE`) to every peer connected now whose wire version takes it; the
+    /// Sends a space report (`transport::SPACE`) to every peer connected now whose wire revision takes it; the
     /// others miss this one (reports are periodic).
     pub fn send_space(&self, frame: &Frame) {
         for lane in self.lanes.iter().flatten() {
-            lane.send_if_speaks(SPACE_SINCE, Outgoing::Encoded(frame.clone()));
+            lane.send_if_reads(SPACE_SINCE_REVISION, Outgoing::Encoded(frame.clone()));
         }
     }
 
@@ -155,8 +157,9 @@ struct LaneState {
     /// `false` implies the queue is empty (only pushes made under the lock set it, and the task
     /// clears it under the lock after finding the queue empty).
     busy: bool,
-    /// The wire version the peer named in its challenge; 0 while not connected.
-    version: u16,
+    /// The wire revision the peer named in its challenge (`transport::WIRE_REVISION`); 0 while
+    /// not connected.
+    revision: u16,
 }
 
 impl Lane {
@@ -168,14 +171,14 @@ impl Lane {
     /// Writes `outgoing` now if the lane is idle and it is small; queues it (or what the socket
     /// did not take) otherwise. False when it was dropped.
     fn send(&self, outgoing: Outgoing) -> bool {
-        self.send_if_speaks(0, outgoing)
+        self.send_if_reads(0, outgoing)
     }
 
-    /// [`Self::send`], if the peer is connected and speaks wire version `version` or later
+    /// [`Self::send`], if the peer is connected and reads wire revision `revision` or later
     /// (checked under the lock that hands the frame over); dropped otherwise.
-    fn send_if_speaks(&self, version: u16, mut outgoing: Outgoing) -> bool {
+    fn send_if_reads(&self, revision: u16, mut outgoing: Outgoing) -> bool {
         let mut state = self.state();
-        if version > 0 && state.version < version {
+        if revision > 0 && state.revision < revision {
             return false;
         }
         if let (false, Some(stream), Outgoing::Encoded(frame)) =
@@ -263,7 +266,7 @@ async fn send_loop(
                     _ = stop.changed() => return,
                 };
                 match greeted {
-                    Ok(version) => Ok((stream, version)),
+                    Ok(revision) => Ok((stream, revision)),
                     Err(e) if e.is_refusal() => {
                         peer.status.count_refusal();
                         tracing::warn!(peer = %address, error = %e, "replication handshake failed");
@@ -280,7 +283,7 @@ async fn send_loop(
                 Err(())
             }
         };
-        let Ok((stream, version)) = connected else {
+        let Ok((stream, revision)) = connected else {
             // Frames queued while the peer is unreachable are stale by the time it answers;
             // drop them rather than replaying a burst of old prepares.
             while lane.idle_or_next(&mut frames).is_some() {}
@@ -298,7 +301,7 @@ async fn send_loop(
         {
             let mut state = lane.state();
             state.stream = Some(stream.clone());
-            state.version = version;
+            state.revision = revision;
         }
         let mut next = lane.idle_or_next(&mut frames);
         loop {
@@ -320,7 +323,7 @@ async fn send_loop(
                     Err(_) => break,
                 }
             }
-            if version < SPACE_SINCE {
+            if revision < SPACE_SINCE_REVISION {
                 // Queued for a connection before this one, to a peer since rolled back.
                 batch.retain(|outgoing| !outgoing.is_space());
             }
@@ -332,7 +335,7 @@ async fn send_loop(
         {
             let mut state = lane.state();
             state.stream = None;
-            state.version = 0;
+            state.revision = 0;
         }
         peer.status.set_connected(peer.position, false);
         tracing::info!(peer = %address, "lost the connection to replica");

@@ -95,15 +95,24 @@ pub const CHALLENGE: u8 = 5;
 /// The connecting side's proof of the secret: the handshake's last frame.
 pub const PROOF: u8 = 6;
 /// A member's room on its data filesystem ([`SpaceReport`], `space.rs`). Sent only to a peer
-/// whose challenge named wire version [`SPACE_SINCE`] or later: an older one closes the
-/// connection on a frame kind it does not know.
+/// whose challenge named wire revision [`SPACE_SINCE_REVISION`] or later: an older one closes
+/// the connection on a frame kind it does not know.
 pub const SPACE: u8 = 7;
-/// The first wire version that takes [`SPACE`] frames.
-pub const SPACE_SINCE: u16 = 5;
-/// The version of an accepting side whose challenge names none (it predates the field).
-const UNNAMED_CHALLENGE_VERSION: u16 = 4;
-// A replica that names no version must never be sent a frame kind it does not know.
-const _: () = assert!(UNNAMED_CHALLENGE_VERSION < SPACE_SINCE);
+/// Additions within [`WIRE_VERSION`] that older builds of that version neither send nor read:
+/// the accepting side names the revision it reads after its challenge's proof, and a sender
+/// uses an addition only with peers that named it. A challenge that names none is revision 0
+/// (it predates revisions; postcard leaves the trailing field unread, so such a build reads a
+/// newer challenge as before). The hello keeps naming the version alone, so an older build of
+/// the same version accepts a newer one's connections: a bump of the version would be refused.
+///
+/// 1: [`SPACE`] frames.
+pub const WIRE_REVISION: u16 = 1;
+/// The first revision that takes [`SPACE`] frames.
+pub const SPACE_SINCE_REVISION: u16 = 1;
+/// The revision of an accepting side whose challenge names none.
+const UNNAMED_REVISION: u16 = 0;
+// A replica that names no revision must never be sent a frame kind it does not know.
+const _: () = assert!(UNNAMED_REVISION < SPACE_SINCE_REVISION);
 
 /// A replica's free bytes on its data filesystem, and the last op it had applied when it
 /// looked: what the primary needs to refuse sends before this replica's disk is full.
@@ -113,6 +122,7 @@ pub struct SpaceReport {
     pub applied: vsr::Op,
     pub free: u64,
 }
+
 const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// The replication wire format this build speaks. Bump it with any change to frames, envelopes
 /// or sync messages, and keep [`OLDEST_WIRE_VERSION`] at the oldest one still understood.
@@ -137,11 +147,8 @@ const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// start, a pair the older build could not get out of anyway. A bump would have cost every
 /// cluster a stop-the-world upgrade (docs/operator.md) for that rare pair.
 ///
-/// 5: the challenge names the accepting side's version after its proof, and [`SPACE`] frames
-/// go to peers that named 5 or later. Everything else is version 4's, so 4 stays the oldest:
-/// a version-4 replica ignores the trailing version (postcard reads what it expects and
-/// leaves the rest), names none in its own challenges, and so never gets a `SPACE` frame.
-pub const WIRE_VERSION: u16 = 5;
+/// Not bumped for [`SPACE`] either, which an older build never gets ([`WIRE_REVISION`]).
+pub const WIRE_VERSION: u16 = 4;
 pub const OLDEST_WIRE_VERSION: u16 = 4;
 
 /// Largest handshake frame (kind and body); a hello is about 40 bytes, a challenge about 70.
@@ -214,13 +221,12 @@ impl Greeting {
     }
 }
 
-/// The wire version the accepting side speaks, from its challenge's body: named after the
-/// nonce and proof since version 5; a challenge that names none is from version 4.
-pub fn accepting_version(body: &[u8]) -> u16 {
+/// The wire revision the accepting side reads ([`WIRE_REVISION`]), from its challenge's body.
+pub fn accepting_revision(body: &[u8]) -> u16 {
     postcard::take_from_bytes::<(Nonce, Proof)>(body)
         .ok()
         .and_then(|(_, rest)| postcard::from_bytes::<u16>(rest).ok())
-        .unwrap_or(UNNAMED_CHALLENGE_VERSION)
+        .unwrap_or(UNNAMED_REVISION)
 }
 
 /// The accepting side of the handshake.
@@ -240,7 +246,7 @@ impl Challenge {
         let (_, connecting) = check_hello(kind, body)?;
         let accepting = peer_auth::nonce()?;
         let proof = secret.proof(Side::Accepting, &connecting, &accepting);
-        let frame = encode_frame(CHALLENGE, &(accepting, proof, WIRE_VERSION))?;
+        let frame = encode_frame(CHALLENGE, &(accepting, proof, WIRE_REVISION))?;
         let challenge = Self {
             secret: secret.clone(),
             connecting,
@@ -305,7 +311,7 @@ pub fn read_handshake_frame_blocking<R: std::io::Read>(
 }
 
 /// The connecting side's handshake on a fresh connection, bounded by [`HANDSHAKE_TIMEOUT`];
-/// returns the wire version the accepting side speaks.
+/// returns the wire revision the accepting side reads.
 pub async fn connect_handshake(
     stream: &mut TcpStream,
     secret: &ClusterSecret,
@@ -316,7 +322,7 @@ pub async fn connect_handshake(
         let (kind, body) = read_handshake_frame(stream, false).await?;
         let proof = greeting.answer(kind, &body)?;
         stream.write_all(&proof).await?;
-        Ok(accepting_version(&body))
+        Ok(accepting_revision(&body))
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
@@ -789,7 +795,7 @@ mod tests {
         let refused = check_hello(kind, body).unwrap_err();
         assert!(matches!(refused, TransportError::Version(v) if v == WIRE_VERSION + 1));
         assert!(
-            refused.to_string().contains("speaks versions 4 to 5"),
+            refused.to_string().contains("speaks versions 4 to 4"),
             "{refused}"
         );
 
@@ -834,24 +840,23 @@ mod tests {
     }
 
     #[test]
-    fn a_challenge_names_its_version_and_reads_as_a_version_4_one_without_it() {
+    fn a_challenge_names_its_revision_and_reads_as_an_older_one_without_it() {
         let secret = ClusterSecret::new("one secret for the ring", "prod");
         let (greeting, hello) = Greeting::new(&secret).unwrap();
         let (kind, body) = split(&hello);
+        // The hello names the version alone, which builds from before revisions accept.
+        assert_eq!(check_hello(kind, body).unwrap().0, 4);
         let (_, challenge) = Challenge::new(&secret, kind, body).unwrap();
         let (kind, body) = split(&challenge);
-        assert_eq!(accepting_version(body), WIRE_VERSION);
+        assert_eq!(accepting_revision(body), WIRE_REVISION);
+        assert!(accepting_revision(body) >= SPACE_SINCE_REVISION);
         assert!(greeting.answer(kind, body).is_ok());
-        // What a version-4 connecting side decodes: the nonce and the proof, the version left.
+        // What a build from before revisions decodes: the nonce and the proof, the rest left.
         let (nonce, proof): (Nonce, Proof) = postcard::from_bytes(body).unwrap();
 
         let older = encode_frame(CHALLENGE, &(nonce, proof)).unwrap();
         let (kind, body) = split(&older);
-        assert_eq!(
-            accepting_version(body),
-            4,
-            "a version-4 replica's challenge"
-        );
+        assert_eq!(accepting_revision(body), 0, "an older build's challenge");
         assert!(greeting.answer(kind, body).is_ok());
     }
 
