@@ -595,13 +595,18 @@ impl Broker {
         }
     }
 
-    /// Its data filesystem has less than twice `replication.min_free_space` free: the primary
+    /// Its data filesystem has less than twice `replication.min_free_space` of room (free
+    /// bytes less what its open WAL file may still allocate, `replication::space`): the primary
     /// refuses sends below the reserve, and frees deleted data without waiting for traffic
     /// below this (`release_deleted_when_short`). False when the filesystem cannot be asked.
     pub fn short_of_space(&self) -> bool {
         let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
-        crate::state::stats::try_disk_space(&self.config.system.path)
-            .is_some_and(|(free, _)| free < short_at)
+        let data = &self.config.system.path;
+        let room = match self.cluster_status() {
+            Some(status) => status.own_room(data),
+            None => crate::replication::space::room(data, 0),
+        };
+        room.is_some_and(|room| room < short_at)
     }
 
     /// A peer reported less than twice `replication.min_free_space` free lately.

@@ -54,8 +54,8 @@ pub struct Metrics {
     pub replication_dropped: AtomicU64,
     /// Local client requests the replica thread passed over because nobody waited for them.
     pub replication_abandoned: AtomicU64,
-    /// Sends the primary refused because its disk had less than `replication.min_free_space`
-    /// left for them.
+    /// Requests the primary refused because some member's disk had too little of
+    /// `replication.min_free_space` left for them (`replication::machine`, `admit`).
     pub replication_refused_disk_full: AtomicU64,
     /// Damaged WAL slots restored from a peer.
     pub wal_repairs: AtomicU64,
@@ -321,8 +321,9 @@ impl Metrics {
             (
                 "iggy_replication_refused_disk_full_total",
                 "counter",
-                "Sends the primary refused (CannotAppendMessage) because they would have left \
-                 less than replication.min_free_space on its data filesystem.",
+                "Requests the primary refused because they would have left some member's data \
+                 filesystem with less than replication.min_free_space (sends, CannotAppendMessage) \
+                 or a quarter of it (other operations that add state, the generic error).",
                 load(&self.replication_refused_disk_full),
             ),
             (

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{http_get, id, message, TestBroker};
+use common::{http_get, id, message, metric, TestBroker};
 use iggy::prelude::*;
 use iggy_tiering::testing::{S3Server, ACCESS_KEY, SECRET_KEY};
 use iggy_tiering::Manifest;
@@ -122,13 +122,6 @@ fn wait_tiered(broker: &TestBroker, server: &S3Server) {
                 && stored_manifest(server).is_some_and(|m| !m.segments.is_empty())
         },
     );
-}
-
-fn metric(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread")]

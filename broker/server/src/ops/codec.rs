@@ -30,6 +30,37 @@ pub fn is_append(body: &[u8]) -> bool {
     body.first() == Some(&APPEND)
 }
 
+/// How much of `replication.min_free_space` a log entry needs left on every member's disk to
+/// be admitted (`replication::machine`, `admit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomNeeded {
+    /// An append: all of the reserve (it grows the data by about its own size).
+    Reserve,
+    /// An operation that adds to the state (a create, an update, a stored offset, a join): a
+    /// quarter of it, what the reserve keeps for saving the metadata.
+    Quarter,
+    /// A removal or a broker-issued clean-up, and an entry that does not decode (it fails on
+    /// every replica alike, writing nothing): none, since they are how room is made.
+    None,
+}
+
+/// What a log entry needs left on every member's disk to be admitted.
+pub fn room_needed(body: &[u8]) -> RoomNeeded {
+    if is_append(body) {
+        return RoomNeeded::Reserve;
+    }
+    match decode_into(body, Vec::new()) {
+        Ok(decoded)
+            if decoded
+                .other()
+                .is_some_and(|op| !op.makes_room_or_cleans_up()) =>
+        {
+            RoomNeeded::Quarter
+        }
+        _ => RoomNeeded::None,
+    }
+}
+
 /// Appends `submission`'s log encoding to `out`.
 pub fn encode(submission: &Submission<'_>, out: &mut Vec<u8>) -> Result<(), CodecError> {
     let user = |out: &mut Vec<u8>| {
@@ -248,6 +279,53 @@ mod tests {
         for op in ops {
             round_trip(Submission { user: Some(4), op });
         }
+    }
+
+    #[test]
+    fn what_an_entry_needs_left_on_a_disk_follows_what_it_does() {
+        let needs = |op: Operation<'_>| {
+            let mut body = Vec::new();
+            encode(&Submission { user: None, op }, &mut body).unwrap();
+            room_needed(&body)
+        };
+        let mut messages = vec![0u8; 10];
+        let append = Operation::Append {
+            stream: Identifier::Numeric(1),
+            topic: Identifier::Numeric(1),
+            partitioning: Partitioning::Balanced,
+            count: 0,
+            index: &[],
+            messages: &mut messages,
+        };
+        assert_eq!(needs(append), RoomNeeded::Reserve);
+        let stream = || Identifier::Named("s".into());
+        assert_eq!(
+            needs(Operation::CreateStream { name: "s".into() }),
+            RoomNeeded::Quarter
+        );
+        let store = Operation::StoreOffset {
+            stream: 1,
+            topic: 1,
+            partition: 0,
+            kind: ConsumerKind::Consumer,
+            key: "1".into(),
+            offset: 5,
+        };
+        assert_eq!(needs(store), RoomNeeded::Quarter);
+        assert_eq!(
+            needs(Operation::DeleteStream { stream: stream() }),
+            RoomNeeded::None
+        );
+        assert_eq!(
+            needs(Operation::PurgeStream { stream: stream() }),
+            RoomNeeded::None
+        );
+        assert_eq!(needs(Operation::EnforceRetention), RoomNeeded::None);
+        assert_eq!(
+            room_needed(&[OTHER, 0, 0, 0, 0, 0, 0xff]),
+            RoomNeeded::None,
+            "an entry that does not decode fails alike everywhere"
+        );
     }
 
     #[test]

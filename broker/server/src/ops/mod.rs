@@ -212,6 +212,33 @@ pub enum Operation<'a> {
 }
 
 impl<'a> Operation<'a> {
+    /// Whether it must be taken on a nearly full disk: it removes (the way to make room), or
+    /// the broker issues it to remove, evict, clean up or seal (a sealed segment can go to the
+    /// object store). The others add to the state and may need room to save it.
+    pub fn makes_room_or_cleans_up(&self) -> bool {
+        use Operation::*;
+        matches!(
+            self,
+            DeleteStream { .. }
+                | PurgeStream { .. }
+                | DeleteTopic { .. }
+                | PurgeTopic { .. }
+                | DeletePartitions { .. }
+                | DeleteSegments { .. }
+                | DeleteUser { .. }
+                | DeleteToken { .. }
+                | ExpireTokens
+                | DeleteOffset { .. }
+                | DeleteGroup { .. }
+                | LeaveGroup { .. }
+                | LeaveAllGroups { .. }
+                | ForgetNode { .. }
+                | EnforceRetention
+                | RecordTiered { .. }
+                | SealSegment { .. }
+        )
+    }
+
     /// The `Append` a SendMessages payload asks for: its header decoded, its frames borrowed
     /// in place for stamping.
     pub fn append(payload: &'a mut [u8]) -> Result<Self, WireError> {

@@ -28,7 +28,6 @@ use crate::replication::sync;
 use crate::replication::transport;
 use crate::replication::writer::JournalWriter;
 use crate::replication::ClientIds;
-use crate::state::stats;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -596,7 +595,7 @@ impl Driver {
             return;
         }
         self.space_reported = Some(now);
-        let Some((free, _)) = stats::try_disk_space(&self.broker.config.system.path) else {
+        let Some(free) = self.status.own_room(&self.broker.config.system.path) else {
             return;
         };
         let report = transport::SpaceReport {

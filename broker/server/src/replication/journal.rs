@@ -51,6 +51,8 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use vsr::{Checkpoint, DiskImage, Op, Prepare, Superblock};
 
 pub const SUPERBLOCK_COPIES: usize = 4;
@@ -184,6 +186,11 @@ pub struct Journal {
     garbage_below: Op,
     /// Bodies written since the last [`Journal::write_all`] returned, mapped from their files.
     mapped: Vec<WrittenBody>,
+    /// The open file's blocks were all allocated when it opened (reserved, or a recycled
+    /// spare): appending to it takes nothing from the filesystem.
+    wal_allocated: bool,
+    /// What the open file may still take from the filesystem ([`Journal::unallocated`]).
+    unallocated: Arc<AtomicU64>,
 }
 
 /// A closed WAL file.
@@ -266,7 +273,7 @@ impl Journal {
         }
         let wal_path = wal_path(dir, wal_seq);
         let mut wal = open_wal_file(&wal_path)?;
-        reserve_blocks(&wal, &wal_path);
+        let wal_allocated = reserve_blocks(&wal, &wal_path);
         // A new file, so 0; read rather than assumed, because writes land at this position and
         // the offsets of mapped bodies must be exact.
         let wal_len = wal.metadata().map_err(io(&wal_path))?.len();
@@ -288,8 +295,28 @@ impl Journal {
             wal_dirty: false,
             garbage_below: 0,
             mapped: Vec::new(),
+            wal_allocated,
+            unallocated: Arc::default(),
         };
+        journal.publish_unallocated();
         Ok((journal, image))
+    }
+
+    /// Bytes the open WAL file may still take from the filesystem as it is appended to: none
+    /// when its blocks were allocated as it opened, else what it has yet to write. Published
+    /// after every batch of writes and every rotation, so the replica can tell its peers the
+    /// room it really has (`space.rs`): a file that grows page by page would otherwise take up
+    /// to [`WAL_FILE_BYTES`] from a disk the primary thinks has room for that much data.
+    pub fn unallocated(&self) -> Arc<AtomicU64> {
+        self.unallocated.clone()
+    }
+
+    fn publish_unallocated(&self) {
+        let left = match self.wal_allocated {
+            true => 0,
+            false => self.wal_file_bytes.saturating_sub(self.wal_len),
+        };
+        self.unallocated.store(left, Ordering::Relaxed);
     }
 
     /// Carries out `writes` in order and makes them durable (one WAL fsync for the lot: group
@@ -316,6 +343,7 @@ impl Journal {
             }
         }
         self.sync_wal()?;
+        self.publish_unallocated();
         Ok(std::mem::take(&mut self.mapped))
     }
 
@@ -430,15 +458,21 @@ impl Journal {
         self.wal_path = wal_path(&self.dir, self.wal_seq);
         // A spare nothing is mapped from becomes the new file, written over from the start;
         // if renaming it fails, a new file is created as before.
+        // A spare was written to its end before it closed, so its blocks are all allocated.
+        self.wal_allocated = false;
         if let Some(i) = self.spares.iter().position(|s| !s.hold.is_mapped()) {
             let spare = self.spares.remove(i);
-            if let Err(e) = std::fs::rename(&spare.path, &self.wal_path) {
-                tracing::warn!(path = %spare.path.display(), error = %e, "cannot reuse a spare WAL file; deleting it");
-                let _ = std::fs::remove_file(&spare.path);
+            match std::fs::rename(&spare.path, &self.wal_path) {
+                Ok(()) => self.wal_allocated = true,
+                Err(e) => {
+                    tracing::warn!(path = %spare.path.display(), error = %e, "cannot reuse a spare WAL file; deleting it");
+                    let _ = std::fs::remove_file(&spare.path);
+                }
             }
         }
         self.wal = open_wal_file(&self.wal_path)?;
         self.wal_len = 0;
+        self.publish_unallocated();
         self.open_max_op = 0;
         if self.fsync {
             sync_dir(&self.dir)?;
@@ -632,10 +666,11 @@ fn open_wal_file(path: &Path) -> Result<File, JournalError> {
 /// p99 of a benchmark run; 0.1–0.2 ms on ext4), and under load is not when a disk is full (the
 /// primary refuses sends first). Every later file is a recycled spare, whose blocks a full
 /// file's worth of records already took, or a new one while WAL traffic is heavy.
-fn reserve_blocks(file: &File, path: &Path) {
+/// Returns whether the blocks were allocated.
+fn reserve_blocks(file: &File, path: &Path) -> bool {
     use std::os::fd::AsRawFd;
     let Ok(len) = libc::off_t::try_from(WAL_FILE_BYTES) else {
-        return;
+        return false;
     };
     // SAFETY: the descriptor belongs to `file`, which outlives the call; fallocate reads no
     // memory of ours.
@@ -644,6 +679,7 @@ fn reserve_blocks(file: &File, path: &Path) {
         let error = std::io::Error::last_os_error();
         tracing::debug!(path = %path.display(), %error, "cannot reserve a WAL file's blocks");
     }
+    done
 }
 
 const WAL_NAME: (&str, &str) = ("wal-", ".log");
@@ -1268,8 +1304,14 @@ pub(super) mod tests {
     fn a_recycled_file_replays_only_what_was_written_over_it() {
         let dir = tempfile::tempdir().unwrap();
         let mut journal = Journal::open(dir.path(), false).unwrap().0;
+        let unallocated = journal.unallocated();
+        let left = || unallocated.load(Ordering::Relaxed);
+        assert_eq!(left(), 0, "the file a journal opens with is reserved whole");
         let mut op = 0;
         let held = write_until_rotation(&mut journal, &mut op);
+        // A new file: what it has not written yet, it will take from the filesystem.
+        assert_eq!(left(), WAL_FILE_BYTES - journal.wal_len);
+        assert!(left() > WAL_FILE_BYTES - (4 << 20), "{}", left());
         let first_ops = op - 1;
         checkpoint_at(&mut journal, op, 1);
         let spare = dir.path().join("spare-0000000001.wal");
@@ -1287,6 +1329,11 @@ pub(super) mod tests {
         let recycled = dir.path().join("wal-0000000004.log");
         assert!(!spare.exists());
         assert_eq!(inode(&recycled), spare_inode);
+        assert_eq!(
+            left(),
+            0,
+            "a spare's blocks were taken when it was first written"
+        );
         // Two small prepares after the one that opened it: the rest of the file is old.
         let last = op;
         journal

@@ -12,14 +12,13 @@
 
 use crate::apply::apply;
 use crate::broker::Broker;
-use crate::ops::codec;
+use crate::ops::codec::{self, RoomNeeded};
 use crate::ops::OpContext;
 use crate::replication::capture::{self, Change, ManifestCache, CONSUMER, GROUP};
 use crate::replication::space::{self, AppendedBytes};
 use crate::replication::written::WrittenPartitions;
 use crate::state::catalog::{Catalog, PartitionIds};
 use crate::state::partition::Partition;
-use crate::state::stats;
 use crate::storage::StorageError;
 use crate::storage::{graveyard, metadata};
 use iggy_wire::ConsumerKind;
@@ -103,29 +102,35 @@ impl StateMachine for BrokerMachine {
     /// replica's state apart from the others' (it halts, `apply`); refusing here for the member
     /// with the least room (this replica's own disk, and the peers' as they report it,
     /// `space.rs`) keeps them all short of full, and what the reserve leaves serves deletes
-    /// (the way to free space), metadata and checkpoints. Other operations are admitted: they
-    /// are small, and deletes must pass. A filesystem that cannot be asked, and a peer that has
-    /// not reported lately, count for nothing (an apply that fails still fails safely, by
-    /// halting).
+    /// (the way to free space), metadata and checkpoints.
+    ///
+    /// Sends alone cannot take a disk below the reserve, but something else writing to it can,
+    /// to its last byte, and then a metadata save fails too. So an operation that adds to the
+    /// state (a create, an update, a stored offset, a join) is refused below a quarter of the
+    /// reserve, answered with the generic error a single node gives when it cannot save its
+    /// metadata. Removals and the broker's own clean-ups are always admitted: they are how room
+    /// is made, and the metadata reserve file (`storage::metadata`) saves them at 0 bytes free.
+    /// A filesystem that cannot be asked, and a peer that has not reported lately, count for
+    /// nothing (an apply that fails still fails safely, by halting).
     fn admit(&mut self, body: &[u8], pending: u64) -> Option<Vec<u8>> {
-        if !codec::is_append(body) {
-            return None;
-        }
-        let config = &self.broker.config;
-        let own = stats::try_disk_space(&config.system.path).map(|(free, _)| free);
-        let reports = self
-            .broker
-            .cluster_status()
-            .map(|status| status.peer_space())
-            .unwrap_or_default();
-        let reserve = config.replication.min_free_space.0;
+        let reserve = self.broker.config.replication.min_free_space.0;
+        let (keep, refusal, what) = match codec::room_needed(body) {
+            RoomNeeded::None => return None,
+            RoomNeeded::Reserve => (reserve, ErrorCode::CANNOT_APPEND_MESSAGE, "sends"),
+            RoomNeeded::Quarter => (reserve / 4, ErrorCode::ERROR, "operations that add state"),
+        };
+        let data = &self.broker.config.system.path;
+        let (own, reports) = match self.broker.cluster_status() {
+            Some(status) => (status.own_room(data), status.peer_space()),
+            None => (space::room(data, 0), Vec::new()),
+        };
         let pending = pending.saturating_add(body.len() as u64);
         let (who, left) = space::tightest(own, &reports, &self.appended, pending)?;
-        if left >= reserve {
+        if left >= keep {
             return None;
         }
-        let metrics = &self.broker.metrics;
-        metrics
+        self.broker
+            .metrics
             .replication_refused_disk_full
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let now = std::time::Instant::now();
@@ -140,12 +145,12 @@ impl StateMachine for BrokerMachine {
             };
             tracing::warn!(
                 left_bytes = left,
-                reserve_bytes = reserve,
-                "refusing sends: {disk} data filesystem is nearly full \
+                keep_bytes = keep,
+                "refusing {what}: {disk} data filesystem is nearly full \
                  (replication.min_free_space); delete or purge data, or give the replicas more space"
             );
         }
-        Some(ErrorCode::CANNOT_APPEND_MESSAGE.0.to_le_bytes().to_vec())
+        Some(refusal.0.to_le_bytes().to_vec())
     }
 
     fn apply(&mut self, header: &PrepareHeader, body: &[u8]) -> Vec<u8> {

@@ -360,7 +360,8 @@ pub async fn boot(
             setup.members(config.tcp.address.port()),
         )
         .with_ring(setup.ring.clone())
-        .with_secret(setup.secret.clone()),
+        .with_secret(setup.secret.clone())
+        .with_wal_unallocated(journal.unallocated()),
     );
     let clients = ClientIds::new(position, fastrand::u64(..));
     let submitter = ReplicatedSubmitter::new(

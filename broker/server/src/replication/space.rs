@@ -3,8 +3,8 @@
 //! The primary refuses a send that would leave a disk with less than
 //! `replication.min_free_space` (`machine.rs`, `admit`). Its own disk it can ask; the others'
 //! it learns from the members themselves: every replica sends each peer a [`SpaceReport`] —
-//! its free bytes and the last op it had applied when it looked — every [`REPORT_INTERVAL`]
-//! (`transport::SPACE`). A report is a little old when it arrives, so the primary subtracts
+//! its room ([`room`]: free bytes less what its open WAL file may still allocate) and the last
+//! op it had applied when it looked — every [`REPORT_INTERVAL`] (`transport::SPACE`). A report is a little old when it arrives, so the primary subtracts
 //! what the ops it applied since the reported one appended ([`AppendedBytes`]): that is what
 //! the member will have written by the time it catches up to the primary. What the primary
 //! has prepared and not yet applied, it adds to every member's need, its own included.
@@ -16,18 +16,29 @@
 //! member keeps them all running.
 
 use crate::replication::transport::SpaceReport;
+use crate::state::stats;
 use std::collections::VecDeque;
+use std::path::Path;
 use std::time::Duration;
 use vsr::{Op, ReplicaId};
 
-/// How often a replica tells its peers how much room it has.
-pub const REPORT_INTERVAL: Duration = Duration::from_millis(250);
+/// How often a replica tells its peers how much room it has. What a member writes between
+/// two reports the primary charges from its own log, except the first pages of a WAL file a
+/// rotation creates in that time; so the reserve should exceed what arrives in this long.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// A report older than this no longer counts: its member stopped reporting (it is down, cut
 /// off, or left the ring), and a member that takes no prepares writes nothing either.
 pub const REPORT_FRESH: Duration = Duration::from_secs(2);
 /// Ops whose appended bytes are remembered. A member reporting an op older than the window is
 /// catching up by far; it is charged everything the window holds.
 const WINDOW: usize = 4096;
+
+/// A replica's room on the filesystem holding `data`: its free bytes less `unallocated`, what
+/// its open WAL file may still take (`Journal::unallocated`). `None` when the filesystem cannot
+/// be asked.
+pub fn room(data: &Path, unallocated: u64) -> Option<u64> {
+    stats::try_disk_space(data).map(|(free, _)| free.saturating_sub(unallocated))
+}
 
 /// What the ops this replica applied appended, by op, for the last [`WINDOW`] appends.
 #[derive(Debug, Default)]

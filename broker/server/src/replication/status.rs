@@ -65,6 +65,9 @@ pub struct ClusterStatus {
     refused: AtomicU64,
     /// Per position: the peer's last report of its room, and when it arrived (`space.rs`).
     space: Mutex<Vec<Option<(SpaceReport, Instant)>>>,
+    /// What this replica's open WAL file may still take from its filesystem
+    /// (`Journal::unallocated`).
+    wal_unallocated: Arc<AtomicU64>,
 }
 
 /// Who is at which position: the members and standbys of the newest ring this replica knows.
@@ -129,7 +132,22 @@ impl ClusterStatus {
             secret: None,
             refused: AtomicU64::new(0),
             space: Mutex::new(vec![None; positions]),
+            wal_unallocated: Arc::default(),
         }
+    }
+
+    /// Where this replica's journal publishes what its open WAL file may still allocate.
+    pub fn with_wal_unallocated(mut self, unallocated: Arc<AtomicU64>) -> Self {
+        self.wal_unallocated = unallocated;
+        self
+    }
+
+    /// This replica's room on its data filesystem (`data`), as its peers are told it: free
+    /// bytes less what its open WAL file may still take. `None` when the filesystem cannot be
+    /// asked.
+    pub fn own_room(&self, data: &std::path::Path) -> Option<u64> {
+        let unallocated = self.wal_unallocated.load(Ordering::Relaxed);
+        space::room(data, unallocated)
     }
 
     /// A peer reported its room (`transport::SPACE`). Reports naming this replica's own

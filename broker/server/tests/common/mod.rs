@@ -333,6 +333,14 @@ fn unsafe_free_sigterm(pid: u32) {
 }
 
 /// A minimal HTTP/1.0 GET returning (status, body).
+/// The value of the unlabelled series `name` in a Prometheus text exposition.
+pub fn metric(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(address, "GET", path, "")
 }
