@@ -63,8 +63,9 @@ pub struct AdminStatus {
     /// Normal status and within the catch-up bound of the primary's commit: what readiness and
     /// the `iggy.rs/replica-ready` gate report.
     pub caught_up: bool,
-    /// Its data filesystem has less than twice `replication.min_free_space` free: a primary
-    /// refuses sends below the reserve (docs/replication.md, "A full disk"). The operator shows
+    /// Its data filesystem has less than twice `replication.min_free_space` of room (free bytes
+    /// less what its open WAL file may still allocate): a primary refuses sends once some
+    /// member is below the reserve (docs/replication.md, "A full disk"). The operator shows
     /// it as the cluster's `DiskPressure` condition. Always false on a single node.
     #[serde(default)]
     pub disk_pressure: bool,
