@@ -609,13 +609,13 @@ impl Broker {
         room.is_some_and(|room| room < short_at)
     }
 
-    /// A peer reported less than twice `replication.min_free_space` free lately.
+    /// A peer reported less than twice `replication.min_free_space` of room lately.
     fn a_peer_short_of_space(&self, status: &crate::replication::status::ClusterStatus) -> bool {
         let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
         status
             .peer_space()
             .iter()
-            .any(|report| report.free < short_at)
+            .any(|report| report.room < short_at)
     }
 
     /// `POST /admin/step-down`: a primary hands its view to the next replica (a view change);

@@ -261,7 +261,7 @@ async fn refuse_for_the_fullest_backup(cluster: &TestCluster, disks: &[SmallDisk
     let client = cluster.brokers[through].client().await;
     let (acknowledged, metrics) = refused_once(cluster, &client, primary, 2_000).await;
     assert!(
-        metrics.contains("iggy_replication_peer_free_bytes{member="),
+        metrics.contains("iggy_replication_peer_room_bytes{member="),
         "{metrics}"
     );
     let pressure = |member: usize| cluster.status(member).map(|s| s.disk_pressure);

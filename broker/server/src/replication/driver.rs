@@ -595,13 +595,13 @@ impl Driver {
             return;
         }
         self.space_reported = Some(now);
-        let Some(free) = self.status.own_room(&self.broker.config.system.path) else {
+        let Some(room) = self.status.own_room(&self.broker.config.system.path) else {
             return;
         };
         let report = transport::SpaceReport {
             position: self.me,
             applied: self.replica.commit_min(),
-            free,
+            room,
         };
         match transport::OutFrame::small(transport::SPACE, &report) {
             Ok(frame) => self.peers.send_space(&frame),

@@ -71,26 +71,26 @@ impl AppendedBytes {
 }
 
 /// The member with the least room once everything pending is written: its position (`None`
-/// for this replica) and the bytes it would have left. `own_free` is this replica's free
-/// space, `reports` its peers' fresh reports, `pending` the bytes prepared and not applied
-/// here plus the request being admitted.
+/// for this replica) and the bytes it would have left. `own_room` is this replica's room
+/// ([`room`]), `reports` its peers' fresh reports, `pending` the bytes prepared and not
+/// applied here plus the request being admitted.
 pub fn tightest(
-    own_free: Option<u64>,
+    own_room: Option<u64>,
     reports: &[SpaceReport],
     appended: &AppendedBytes,
     pending: u64,
 ) -> Option<(Option<ReplicaId>, u64)> {
-    let own = own_free.map(|free| (None, free));
+    let own = own_room.map(|room| (None, room));
     let peers = reports.iter().map(|report| {
         let written_since = appended.since(report.applied);
         (
             Some(report.position),
-            report.free.saturating_sub(written_since),
+            report.room.saturating_sub(written_since),
         )
     });
     own.into_iter()
         .chain(peers)
-        .map(|(who, free)| (who, free.saturating_sub(pending)))
+        .map(|(who, room)| (who, room.saturating_sub(pending)))
         .min_by_key(|(_, left)| *left)
 }
 
@@ -98,11 +98,11 @@ pub fn tightest(
 mod tests {
     use super::*;
 
-    fn report(position: ReplicaId, applied: Op, free: u64) -> SpaceReport {
+    fn report(position: ReplicaId, applied: Op, room: u64) -> SpaceReport {
         SpaceReport {
             position,
             applied,
-            free,
+            room,
         }
     }
 

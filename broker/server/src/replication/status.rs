@@ -324,15 +324,15 @@ impl ClusterStatus {
         }
         let _ = writeln!(
             out,
-            "# HELP iggy_replication_peer_free_bytes Free bytes on a peer's data filesystem, as it last reported (fresh reports only).\n\
-             # TYPE iggy_replication_peer_free_bytes gauge"
+            "# HELP iggy_replication_peer_room_bytes Room on a peer's data filesystem (free bytes less what its open WAL file may still allocate), as it last reported (fresh reports only).\n\
+             # TYPE iggy_replication_peer_room_bytes gauge"
         );
         for report in self.peer_space() {
             if let Some(member) = layout.members.get(usize::from(report.position)) {
                 let _ = writeln!(
                     out,
-                    "iggy_replication_peer_free_bytes{{member=\"{}\"}} {}",
-                    member.id, report.free
+                    "iggy_replication_peer_room_bytes{{member=\"{}\"}} {}",
+                    member.id, report.room
                 );
             }
         }

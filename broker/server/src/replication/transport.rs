@@ -114,13 +114,13 @@ const UNNAMED_REVISION: u16 = 0;
 // A replica that names no revision must never be sent a frame kind it does not know.
 const _: () = assert!(UNNAMED_REVISION < SPACE_SINCE_REVISION);
 
-/// A replica's free bytes on its data filesystem, and the last op it had applied when it
-/// looked: what the primary needs to refuse sends before this replica's disk is full.
+/// A replica's room on its data filesystem (`space::room`), and the last op it had applied
+/// when it looked: what the primary needs to refuse sends before this replica's disk is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpaceReport {
     pub position: vsr::ReplicaId,
     pub applied: vsr::Op,
-    pub free: u64,
+    pub room: u64,
 }
 
 const HELLO_MAGIC: [u8; 4] = *b"IGVR";
