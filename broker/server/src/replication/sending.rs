@@ -117,8 +117,8 @@ impl Peers {
             .is_some_and(|lane| lane.send(Outgoing::Encoded(frame)))
     }
 
-    /// Sends a space report (`transport::SPACE`) to every peer connected now whose wire revision takes it; the
-    /// others miss this one (reports are periodic).
+    /// Sends a space report (`transport::SPACE`) to every peer connected now whose wire
+    /// revision takes it; the others miss this one (reports are periodic).
     pub fn send_space(&self, frame: &Frame) {
         for lane in self.lanes.iter().flatten() {
             lane.send_if_reads(SPACE_SINCE_REVISION, Outgoing::Encoded(frame.clone()));

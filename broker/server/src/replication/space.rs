@@ -4,16 +4,17 @@
 //! `replication.min_free_space` (`machine.rs`, `admit`). Its own disk it can ask; the others'
 //! it learns from the members themselves: every replica sends each peer a [`SpaceReport`] —
 //! its room ([`room`]: free bytes less what its open WAL file may still allocate) and the last
-//! op it had applied when it looked — every [`REPORT_INTERVAL`] (`transport::SPACE`). A report is a little old when it arrives, so the primary subtracts
-//! what the ops it applied since the reported one appended ([`AppendedBytes`]): that is what
-//! the member will have written by the time it catches up to the primary. What the primary
-//! has prepared and not yet applied, it adds to every member's need, its own included.
+//! op it had applied when it looked — every [`REPORT_INTERVAL`] (`transport::SPACE`). A
+//! report is a little old when it arrives, so the primary subtracts what the ops it applied
+//! since the reported one appended ([`AppendedBytes`]): that is what the member will have
+//! written by the time it catches up to the primary. What the primary has prepared and not
+//! yet applied, it adds to every member's need, its own included.
 //!
 //! Why not only the primary's own disk: the members hold the same data and fill alike only
-//! when their disks are alike. A local volume larger than its claim, or a disk something else
-//! writes to, runs out on one backup first, and a replica that cannot apply a committed op
-//! must stop (its state would leave the others'). Refusing at the primary for the fullest
-//! member keeps them all running.
+//! when their disks are alike. A local volume larger than its claim, a disk something else
+//! writes to, or only a different number of spare WAL files (64 MiB each) runs out on one
+//! backup first, and a replica that cannot apply a committed op must stop (its state would
+//! leave the others'). Refusing at the primary for the fullest member keeps them all running.
 
 use crate::replication::transport::SpaceReport;
 use crate::state::stats;
