@@ -150,8 +150,8 @@ impl ClusterStatus {
         space::room(data, unallocated)
     }
 
-    /// A peer reported its room (`transport::SPACE`). Reports naming this replica's own
-    /// position, or none a ring can have, are ignored.
+    /// A peer reported its room (`transport::SPACE`). A report naming this replica's own
+    /// position is ignored.
     pub fn record_space(&self, report: SpaceReport) {
         if report.position == self.position {
             return;
@@ -451,5 +451,52 @@ impl ClusterStatus {
             // The broker fills it in: it knows the data directory and the reserve.
             disk_pressure: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: MemberId) -> MemberInfo {
+        MemberInfo {
+            id,
+            host: "127.0.0.1".into(),
+            client_port: 8090,
+            replication: "127.0.0.1:8091".into(),
+        }
+    }
+
+    fn report(position: ReplicaId, room: u64) -> SpaceReport {
+        SpaceReport {
+            position,
+            applied: 7,
+            room,
+        }
+    }
+
+    #[test]
+    fn peers_reports_of_their_room_are_kept_by_position_and_shown_by_member() {
+        let members = vec![member(10), member(11), member(12)];
+        let status = ClusterStatus::new(10, 0, 0, "test".into(), members);
+        assert!(status.peer_space().is_empty());
+        status.record_space(report(2, 500));
+        status.record_space(report(1, 300));
+        status.record_space(report(2, 400));
+        // Its own position is not a peer.
+        status.record_space(report(0, 1));
+        let mut reports = status.peer_space();
+        reports.sort_by_key(|r| r.position);
+        assert_eq!(
+            reports,
+            vec![report(1, 300), report(2, 400)],
+            "the latest per peer"
+        );
+
+        let mut metrics = String::new();
+        status.render_metrics(&mut metrics);
+        assert!(metrics.contains("iggy_replication_peer_room_bytes{member=\"11\"} 300"));
+        assert!(metrics.contains("iggy_replication_peer_room_bytes{member=\"12\"} 400"));
+        assert!(!metrics.contains("iggy_replication_peer_room_bytes{member=\"10\"}"));
     }
 }
