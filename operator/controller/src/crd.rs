@@ -405,8 +405,9 @@ pub struct RingMemberStatus {
     /// The member's readiness gate (`iggy.rs/replica-ready`) is True.
     #[serde(default)]
     pub caught_up: bool,
-    /// Its broker reports less than twice `replication.min_free_space` free on its volume (the
-    /// primary refuses sends below the reserve): see the `DiskPressure` condition.
+    /// Its broker reports less than twice `replication.min_free_space` of room on its volume
+    /// (free bytes less what its open WAL file may still allocate; the primary refuses sends
+    /// once any member is below the reserve): see the `DiskPressure` condition.
     #[serde(default)]
     pub disk_pressure: bool,
 }
