@@ -600,22 +600,30 @@ impl Broker {
     /// refuses sends below the reserve, and frees deleted data without waiting for traffic
     /// below this (`release_deleted_when_short`). False when the filesystem cannot be asked.
     pub fn short_of_space(&self) -> bool {
-        let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
-        let data = &self.config.system.path;
-        let room = match self.cluster_status() {
-            Some(status) => status.own_room(data),
-            None => crate::replication::space::room(data, 0),
-        };
-        room.is_some_and(|room| room < short_at)
+        self.own_room()
+            .is_some_and(|room| room < self.short_of_space_below())
     }
 
     /// A peer reported less than twice `replication.min_free_space` of room lately.
     fn a_peer_short_of_space(&self, status: &crate::replication::status::ClusterStatus) -> bool {
-        let short_at = self.config.replication.min_free_space.0.saturating_mul(2);
-        status
-            .peer_space()
-            .iter()
-            .any(|report| report.room < short_at)
+        let below = self.short_of_space_below();
+        status.peer_space().iter().any(|report| report.room < below)
+    }
+
+    /// Room under which a member counts as short of space: twice the reserve.
+    fn short_of_space_below(&self) -> u64 {
+        self.config.replication.min_free_space.0.saturating_mul(2)
+    }
+
+    /// This broker's room on its data filesystem (`replication::space::room`): free bytes less
+    /// what its open WAL file may still allocate (nothing on a single node). `None` when the
+    /// filesystem cannot be asked.
+    pub fn own_room(&self) -> Option<u64> {
+        let data = &self.config.system.path;
+        match self.cluster_status() {
+            Some(status) => status.own_room(data),
+            None => crate::replication::space::room(data, 0),
+        }
     }
 
     /// `POST /admin/step-down`: a primary hands its view to the next replica (a view change);

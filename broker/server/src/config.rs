@@ -228,8 +228,9 @@ pub struct ReplicationConfig {
     pub inbound_budget: ByteSize,
     /// What replicas prove to each other before they talk (`replication::peer_auth`).
     pub secret: Secret,
-    /// Free space the primary keeps on its data filesystem: sends that would leave less are
-    /// refused (`replication::machine`, `admit`).
+    /// Room kept on every member's data filesystem: the primary refuses sends that would leave
+    /// less on any member, and other operations that add state below a quarter of it
+    /// (`replication::machine`, `admit`).
     pub min_free_space: ByteSize,
 }
 

@@ -457,9 +457,9 @@ impl Journal {
         self.wal_seq += 1;
         self.wal_path = wal_path(&self.dir, self.wal_seq);
         // A spare nothing is mapped from becomes the new file, written over from the start;
-        // if renaming it fails, a new file is created as before.
-        // A new file allocates as it grows; a spare was written to its end before it closed,
-        // so its blocks are all allocated already.
+        // if renaming it fails, a new file is created as before. A new file allocates as it
+        // grows; a spare was written to its end before it closed, so its blocks are all
+        // allocated already.
         self.wal_allocated = false;
         if let Some(i) = self.spares.iter().position(|s| !s.hold.is_mapped()) {
             let spare = self.spares.remove(i);

@@ -119,11 +119,12 @@ impl StateMachine for BrokerMachine {
             RoomNeeded::Reserve => (reserve, ErrorCode::CANNOT_APPEND_MESSAGE, "sends"),
             RoomNeeded::Quarter => (reserve / 4, ErrorCode::ERROR, "operations that add state"),
         };
-        let data = &self.broker.config.system.path;
-        let (own, reports) = match self.broker.cluster_status() {
-            Some(status) => (status.own_room(data), status.peer_space()),
-            None => (space::room(data, 0), Vec::new()),
-        };
+        let own = self.broker.own_room();
+        let reports = self
+            .broker
+            .cluster_status()
+            .map(|status| status.peer_space())
+            .unwrap_or_default();
         let pending = pending.saturating_add(body.len() as u64);
         let (who, left) = space::tightest(own, &reports, &self.appended, pending)?;
         if left >= keep {
