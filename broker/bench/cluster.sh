@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Benchmark a three-replica cluster on loopback against one broker, side by side: produce then
 # consume 1000-byte messages in batches of 1000 (one producer, one partition), for each route
-# (star, ring) and fsync mode (never, always), with the CPU each broker used; then idle RSS per
-# replica (after a load and fresh) and failover time (primary killed → first acknowledged send through the new primary),
-# idle and under load. Last, 1000 and then 10,000 partitions written in batches of 10 × 100 B by
-# 4 producers, single node against the cluster: the per-request and per-partition costs. The
-# produce rates of the clusters as multiples of the single node's in the same run close the load
-# part, beside the issue's targets.
+# (star, ring) and fsync mode (never, always), with the CPU each broker and the load generator
+# used and how many cores the whole machine kept busy; then idle RSS per replica (after a load
+# and fresh) and failover time (primary killed → first acknowledged send through the new
+# primary), idle and under load. Last, 1000 and then 10,000 partitions written in batches of
+# 10 × 100 B by 4 producers, single node against the cluster: the per-request and per-partition
+# costs. The produce rates of the clusters as multiples of the single node's in the same run
+# close the load part, beside the issue's targets.
 # All brokers and the load generator share this machine's cores.
 # Usage: broker/bench/cluster.sh [--quick]   (--quick: 100 batches per scenario, else 600)
 # REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs;
@@ -75,8 +76,15 @@ measure() { # port label [load arguments]
     --batch-size 1000 --message-size 1000)
   for pid in "${PIDS[@]}"; do before+=("$(cpu_seconds "$pid")"); done
   sync; sleep 1
-  local out
-  out=$("$LOAD" --address "127.0.0.1:$port" "${load[@]}" --label "$label")
+  local out machine_before load_cpu
+  machine_before=$(machine_jiffies)
+  # `time` reports the load generator's own CPU (user and system) on its line of stderr.
+  { TIMEFORMAT='load-cpu %U %S'; time "$LOAD" --address "127.0.0.1:$port" "${load[@]}" \
+      --label "$label" >"$WORK/load.out" 2>"$WORK/load.err"; } 2>"$WORK/load.time" ||
+    { cat "$WORK/load.err" >&2; return 1; }
+  local busy; busy=$(cores_busy "$machine_before" "$(machine_jiffies)")
+  load_cpu=$(awk '/^load-cpu/ {printf "%.2f", $2 + $3}' "$WORK/load.time")
+  out=$(cat "$WORK/load.out")
   echo "$out"
   PRODUCED[$label]=$(awk '/ produce / { for (i = 1; i <= NF; i++) if ($i ~ /^msgs\/s=/) {
     sub(/^msgs\/s=/, "", $i); print $i } }' <<<"$out")
@@ -85,7 +93,7 @@ measure() { # port label [load arguments]
     cpu+=" $(awk -v a="${before[$i]}" -v b="$(cpu_seconds "$pid")" 'BEGIN {printf "%.2f", b - a}')s"
     i=$((i + 1))
   done
-  echo "  CPU per broker (member 0 = primary):$cpu"
+  echo "  CPU per broker (member 0 = primary):$cpu; load generator ${load_cpu}s; cores busy (whole machine): $busy of $(nproc)"
   # Prepares a replica dropped past replication.inbound_budget: only a replica thread held up
   # (a state sync) should ever drop; a healthy run shows 0 on every member.
   local dropped=""

@@ -17,4 +17,13 @@ trap 'stop_all; rm -rf "$WORK"' EXIT
 wait_port() { until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do sleep 0.01; done; }
 wait_ready() { until curl -fs "http://127.0.0.1:$1/ready" >/dev/null 2>&1; do sleep 0.01; done; }
 cpu_seconds() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }
+# Jiffies the whole machine spent busy (user, nice, system, irq, softirq, steal) and in all, for
+# how many of its cores a run kept busy: the load generator and the kernel's share of loopback
+# traffic count too, which no process's CPU time shows whole.
+machine_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
+# Cores busy between two `machine_jiffies` readings.
+cores_busy() { # "busy total" "busy total"
+  awk -v a="$1" -v b="$2" -v n="$(nproc)" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    if (y[2] > x[2]) printf "%.2f", n * (y[1] - x[1]) / (y[2] - x[2]); else printf "n/a" }'
+}
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
