@@ -31,7 +31,8 @@ pub const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// off, or left the ring), and a member that takes no prepares writes nothing either.
 pub const REPORT_FRESH: Duration = Duration::from_secs(2);
 /// Ops whose appended bytes are remembered. A member reporting an op older than the window is
-/// catching up by far; it is charged everything the window holds.
+/// catching up by far; it is charged the window and, for the ops before it, the window's
+/// average per op ([`AppendedBytes::since`]).
 const WINDOW: usize = 4096;
 
 /// A replica's room on the filesystem holding `data`: its free bytes less `unallocated`, what
@@ -48,26 +49,49 @@ pub struct AppendedBytes {
     total: u64,
     /// `(op, total before it)`, in apply order (increasing ops).
     window: VecDeque<(Op, u64)>,
+    /// The last op to leave the window: appends up to it happened and are no longer known.
+    forgotten: Option<Op>,
 }
 
 impl AppendedBytes {
     /// The op `op`, an append of `bytes`, was applied.
     pub fn note(&mut self, op: Op, bytes: u64) {
         if self.window.len() == WINDOW {
-            self.window.pop_front();
+            self.forgotten = self.window.pop_front().map(|(op, _)| op);
         }
         self.window.push_back((op, self.total));
         self.total = self.total.saturating_add(bytes);
     }
 
-    /// What the ops applied after `op` appended (all the window holds when `op` is older than
-    /// it; nothing is known from before this replica started).
+    /// What the ops applied after `op` appended. Nothing is known from before this replica
+    /// started. For an `op` before the window, the ops between it and the window are
+    /// estimated at the window's average per op: a member that far behind still has to write
+    /// them (by applying them, or by state sync of what they wrote), and charging the window
+    /// alone made a lagging member look roomier the further behind it was.
     pub fn since(&self, op: Op) -> u64 {
         let later = self.window.partition_point(|(noted, _)| *noted <= op);
-        match self.window.get(later) {
-            Some((_, before)) => self.total - before,
-            None => 0,
+        let Some((_, before)) = self.window.get(later) else {
+            return 0;
+        };
+        let known = self.total - before;
+        match self.forgotten {
+            // Every op in the window is after `forgotten`, so `op` is before all of them too.
+            Some(forgotten) if op < forgotten => {
+                known.saturating_add(self.estimate(forgotten - op))
+            }
+            _ => known,
         }
+    }
+
+    /// What `ops` ops append at the window's average per op.
+    fn estimate(&self, ops: u64) -> u64 {
+        let (Some((first, before)), Some((last, _))) = (self.window.front(), self.window.back())
+        else {
+            return 0;
+        };
+        let span = u128::from(last - first + 1);
+        let bytes = u128::from(self.total - before);
+        u64::try_from(bytes * u128::from(ops) / span).unwrap_or(u64::MAX)
     }
 }
 
@@ -126,14 +150,36 @@ mod tests {
     }
 
     #[test]
-    fn an_op_older_than_the_window_is_charged_the_whole_window() {
+    fn an_op_older_than_the_window_is_charged_the_window_and_its_average_for_the_ops_before_it() {
         let mut appended = AppendedBytes::default();
-        for op in 1..=(WINDOW as u64 + 10) {
-            appended.note(op, 1);
+        // Appends of 10 bytes at every other op: ops 2, 4, ..., 2 * (WINDOW + 10).
+        for n in 1..=(WINDOW as u64 + 10) {
+            appended.note(2 * n, 10);
         }
-        assert_eq!(appended.since(0), WINDOW as u64);
-        assert_eq!(appended.since(10), WINDOW as u64);
-        assert_eq!(appended.since(11), WINDOW as u64 - 1);
+        let window = WINDOW as u64 * 10;
+        // The window holds ops 22 ..= 2 * (WINDOW + 10); op 20 was the last forgotten. Its
+        // average is 5 bytes per op.
+        assert_eq!(
+            appended.since(21),
+            window,
+            "inside the window: what it holds"
+        );
+        assert_eq!(appended.since(20), window, "the op just forgotten");
+        assert_eq!(appended.since(10), window + 10 * 5);
+        assert_eq!(appended.since(0), window + 20 * 5);
+        assert_eq!(appended.since(23), window - 10);
+    }
+
+    #[test]
+    fn before_anything_was_forgotten_only_what_was_applied_here_is_charged() {
+        let mut appended = AppendedBytes::default();
+        appended.note(100, 7);
+        appended.note(101, 7);
+        assert_eq!(
+            appended.since(3),
+            14,
+            "ops before this replica started are not guessed at"
+        );
     }
 
     #[test]
