@@ -267,7 +267,11 @@ async fn repair_from_store(
 fn damage_from(partition: &Partition, mut from: u64, until: u64, window: usize) -> u64 {
     while from < until {
         let count = (until - from).min(u64::from(u32::MAX)) as u32;
-        let (plan, _) = partition.plan_read(from, count, window);
+        // A sealed segment's index that cannot be read places nothing: no damage is found
+        // in the log through it (boot rebuilds such an index from the log).
+        let Ok((plan, _)) = partition.plan_read(from, count, window) else {
+            break;
+        };
         let intact = plan.intact_messages();
         from += u64::from(intact);
         if intact == 0 || intact < plan.count {
@@ -373,6 +377,7 @@ mod tests {
         log.append(&mut batch(10, 100), 1, || 9).unwrap();
         let mut bytes = Vec::new();
         log.plan_read(0, 10, usize::MAX)
+            .unwrap()
             .read_into(&mut bytes)
             .unwrap();
         let segment = std::fs::read_dir(dir)

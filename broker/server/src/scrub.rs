@@ -94,7 +94,19 @@ pub struct Window {
 /// Reads and verifies up to a window of `partition` from `next` on. Blocking. `None` when
 /// nothing is there to read.
 pub fn check_window(partition: &Partition, next: u64) -> Option<Window> {
-    let (plan, _) = partition.plan_read(next, u32::MAX, WINDOW);
+    let (plan, _) = match partition.plan_read(next, u32::MAX, WINDOW) {
+        Ok(planned) => planned,
+        // The segment's index file is damaged: the rest of the segment cannot be placed, so
+        // it is what the window covered (boot rebuilds such an index from the log).
+        Err(error) => {
+            let (_, end) = partition.log().segment_bounds(next)?;
+            return Some(Window {
+                count: u32::try_from(end - next).unwrap_or(u32::MAX),
+                bytes: 0,
+                outcome: Err(error),
+            });
+        }
+    };
     if plan.count == 0 {
         return None;
     }

@@ -304,7 +304,9 @@ fn tear_tails(world: &Brokers, broker: &Broker, manifest: &Manifest) -> bool {
         if log.next_offset() <= checkpointed {
             continue;
         }
-        let plan = log.plan_read(checkpointed, u32::MAX, usize::MAX);
+        let Ok(plan) = log.plan_read(checkpointed, u32::MAX, usize::MAX) else {
+            continue;
+        };
         drop(log);
         let Some(tail) = plan.chunks.last() else {
             continue;
@@ -444,7 +446,9 @@ impl SimBroker {
                 continue;
             };
             let count = (range.end - range.start) as u32;
-            let plan = partition.log().plan_read(range.start, count, usize::MAX);
+            let Ok(plan) = partition.log().plan_read(range.start, count, usize::MAX) else {
+                continue;
+            };
             for chunk in plan.chunks.iter().filter(|c| c.len > 0) {
                 sealed.push((
                     partition.created_at,

@@ -361,7 +361,7 @@ mod tests {
         let topic = &catalog.streams[&0].topics[&0];
         let mut bytes = Vec::new();
         for partition in &topic.partitions {
-            let (plan, _) = partition.plan_read(0, 100, 1 << 20);
+            let (plan, _) = partition.plan_read(0, 100, 1 << 20).unwrap();
             plan.read_into(&mut bytes).expect("reads");
         }
         (bytes, stream_reply)

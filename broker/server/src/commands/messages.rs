@@ -129,7 +129,10 @@ pub async fn poll(
         let first = log.first_offset();
         let start = match strategy {
             PollingStrategy::Offset(offset) => first.map(|f| offset.max(f)),
-            PollingStrategy::Timestamp(ts) => remote_start.or_else(|| log.offset_at_or_after(ts)),
+            PollingStrategy::Timestamp(ts) => match remote_start {
+                Some(start) => Some(start),
+                None => log.offset_at_or_after(ts)?,
+            },
             PollingStrategy::First => first,
             PollingStrategy::Last => {
                 first.map(|f| log.next_offset().saturating_sub(count as u64).max(f))
@@ -207,7 +210,7 @@ async fn read_planned(
     body: &mut Vec<u8>,
 ) -> Result<(Served, usize)> {
     let (mut plan, current_offset) = match request {
-        Some((start, count, max_bytes)) => partition.plan_poll(start, count, max_bytes),
+        Some((start, count, max_bytes)) => partition.plan_poll(start, count, max_bytes)?,
         None => (Default::default(), partition.log().current_offset()),
     };
     let mut remote_frames = Vec::new();

@@ -202,7 +202,10 @@ fn plan_chunk(log: &PartitionLog, request: &Fetch) -> Result<Planned, Box<Fetche
     };
     let count = (request.until.min(segment_end) - request.from).min(u64::from(u32::MAX)) as u32;
     Ok(Planned {
-        plan: log.plan_read(request.from, count, CHUNK_BYTES),
+        plan: match log.plan_read(request.from, count, CHUNK_BYTES) {
+            Ok(plan) => plan,
+            Err(e) => return refused(e.to_string()),
+        },
         previous,
         segment_start,
         tiered,

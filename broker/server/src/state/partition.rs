@@ -212,21 +212,31 @@ impl Partition {
     }
 
     /// Plans a read under the lock; the caller performs it after the lock is released.
-    pub fn plan_read(&self, offset: u64, count: u32, max_bytes: usize) -> (ReadPlan, u64) {
+    pub fn plan_read(
+        &self,
+        offset: u64,
+        count: u32,
+        max_bytes: usize,
+    ) -> Result<(ReadPlan, u64), StorageError> {
         let log = self.log();
-        (
-            log.plan_read(offset, count, max_bytes),
+        Ok((
+            log.plan_read(offset, count, max_bytes)?,
             log.current_offset(),
-        )
+        ))
     }
 
     /// [`Self::plan_read`] for a consumer's poll: what L1 holds is served from memory.
-    pub fn plan_poll(&self, offset: u64, count: u32, max_bytes: usize) -> (ReadPlan, u64) {
+    pub fn plan_poll(
+        &self,
+        offset: u64,
+        count: u32,
+        max_bytes: usize,
+    ) -> Result<(ReadPlan, u64), StorageError> {
         let log = self.log();
-        (
-            log.plan_poll(offset, count, max_bytes),
+        Ok((
+            log.plan_poll(offset, count, max_bytes)?,
             log.current_offset(),
-        )
+        ))
     }
 
     /// Clean shutdown: everything to disk, then the checkpoint that spares the next boot a

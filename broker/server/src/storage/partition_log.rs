@@ -11,7 +11,7 @@ use super::segment::{IndexEntry, Segment};
 use super::{fsutil, graveyard, tiered, trash, IoContext, StorageError};
 use bytes::Bytes;
 use iggy_tiering::{Manifest, TieredSegment};
-use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader, INDEX_ENTRY_SIZE};
+use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader};
 use std::path::{Path, PathBuf};
 
 pub struct PartitionLog {
@@ -345,18 +345,14 @@ impl PartitionLog {
             .remote_segments()
             .iter()
             .fold((0, 0), |(m, b), s| (m + s.messages(), b + s.log_size));
-        self.messages_count = remote_messages
-            + self
-                .segments
-                .iter()
-                .map(|s| s.index.len() as u64)
-                .sum::<u64>();
+        self.messages_count =
+            remote_messages + self.segments.iter().map(|s| s.len() as u64).sum::<u64>();
         self.size_bytes = remote_bytes + self.segments.iter().map(|s| s.size).sum::<u64>();
         self.last_timestamp = self
             .segments
             .iter()
             .rev()
-            .find_map(|s| s.index.last().map(|e| e.timestamp))
+            .find_map(|s| s.last_entry().map(|e| e.timestamp))
             .unwrap_or(0);
     }
 
@@ -429,6 +425,12 @@ impl PartitionLog {
         self.size_bytes
     }
 
+    /// Index entries held in memory, over every local segment: none once recovery is done
+    /// (`segment.rs`).
+    pub fn resident_index_entries(&self) -> usize {
+        self.segments.iter().map(Segment::resident_entries).sum()
+    }
+
     pub fn segments_count(&self) -> u32 {
         self.segments.len() as u32
     }
@@ -491,7 +493,7 @@ impl PartitionLog {
 
     /// When the active segment's first message was stored (µs), if it holds any.
     pub fn active_since(&self) -> Option<u64> {
-        self.active().index.first().map(|e| e.timestamp)
+        self.active().first_entry().map(|e| e.timestamp)
     }
 
     /// Seals the active segment so it can be uploaded, if it holds messages and the log's next
@@ -522,8 +524,14 @@ impl PartitionLog {
     }
 
     /// Plans a read of up to `count` messages from `offset`, at most `max_bytes` (but always at
-    /// least one message when one exists, however large).
-    pub fn plan_read(&self, offset: u64, count: u32, max_bytes: usize) -> ReadPlan {
+    /// least one message when one exists, however large). Fails only when a sealed segment's
+    /// index, read from its file, cannot be read or is damaged.
+    pub fn plan_read(
+        &self,
+        offset: u64,
+        count: u32,
+        max_bytes: usize,
+    ) -> Result<ReadPlan, StorageError> {
         let mut plan = ReadPlan::default();
         if offset < self.local_start() {
             if let Some(segment) = self.tiered.find(offset) {
@@ -541,7 +549,7 @@ impl PartitionLog {
                     count,
                     max_bytes,
                 });
-                return plan;
+                return Ok(plan);
             }
         }
         let mut next = offset;
@@ -552,20 +560,22 @@ impl PartitionLog {
                 continue;
             }
             let from = (next.max(segment.start_offset) - segment.start_offset) as usize;
-            let upto = (from + remaining).min(segment.index.len());
-            let start = segment.start_of(from);
-            let budget_end = start.saturating_add((max_bytes - plan.bytes) as u64);
-            let fit =
-                from + segment.index[from..upto].partition_point(|e| e.end as u64 <= budget_end);
-            let to = if fit == from && plan.count == 0 {
-                from + 1
-            } else {
-                fit
+            let upto = (from + remaining).min(segment.len());
+            // One read of the index file: the entry before `from` (where the range starts)
+            // and the entries the range may cover.
+            let read = segment.entries(from.saturating_sub(1), upto)?;
+            let (start, entries) = match from {
+                0 => (0, &read[..]),
+                _ => (u64::from(read[0].end), &read[1..]),
             };
-            if to == from {
+            let budget_end = start.saturating_add((max_bytes - plan.bytes) as u64);
+            let fit = entries.partition_point(|e| e.end as u64 <= budget_end);
+            let taken = if fit == 0 && plan.count == 0 { 1 } else { fit };
+            if taken == 0 {
                 break;
             }
-            let end = segment.index[to - 1].end as u64;
+            let to = from + taken;
+            let end = entries[taken - 1].end as u64;
             plan.chunks.push(ReadChunk {
                 file: segment.log.clone(),
                 path: segment.log_path.clone(),
@@ -574,15 +584,15 @@ impl PartitionLog {
                 len: (end - start) as usize,
                 cached: Vec::new(),
             });
-            plan.count += (to - from) as u32;
+            plan.count += taken as u32;
             plan.bytes += (end - start) as usize;
-            remaining -= to - from;
+            remaining -= taken;
             next = segment.start_offset + to as u64;
             if to < upto {
                 break;
             }
         }
-        plan
+        Ok(plan)
     }
 
     /// A consumer polls at or near the end: cache appends for it for a while (`storage::l1`).
@@ -592,8 +602,13 @@ impl PartitionLog {
 
     /// [`Self::plan_read`] for a consumer: ranges L1 holds are served from memory. (The
     /// scrubber and state sync read the disk, whose bytes they are checking or sending.)
-    pub fn plan_poll(&self, offset: u64, count: u32, max_bytes: usize) -> ReadPlan {
-        let mut plan = self.plan_read(offset, count, max_bytes);
+    pub fn plan_poll(
+        &self,
+        offset: u64,
+        count: u32,
+        max_bytes: usize,
+    ) -> Result<ReadPlan, StorageError> {
+        let mut plan = self.plan_read(offset, count, max_bytes)?;
         // A consumer reading the active segment is keeping up: cache what comes next.
         if offset + plan.count as u64 >= self.active().start_offset {
             self.want_newest();
@@ -604,7 +619,7 @@ impl PartitionLog {
                 chunk.cached = cached.slices;
             }
         }
-        plan
+        Ok(plan)
     }
 
     /// The object-store segment holding the first message at or after `timestamp`, when that
@@ -617,11 +632,13 @@ impl PartitionLog {
     }
 
     /// Offset of the first local message stored at or after `timestamp` (µs).
-    pub fn offset_at_or_after(&self, timestamp: u64) -> Option<u64> {
-        self.segments.iter().find_map(|s| {
-            s.first_at_or_after(timestamp)
-                .map(|i| s.start_offset + i as u64)
-        })
+    pub fn offset_at_or_after(&self, timestamp: u64) -> Result<Option<u64>, StorageError> {
+        for segment in &self.segments {
+            if let Some(i) = segment.first_at_or_after(timestamp)? {
+                return Ok(Some(segment.start_offset + i as u64));
+            }
+        }
+        Ok(None)
     }
 
     /// Deletes every message; the partition restarts empty at offset 0. Returns the segments
@@ -738,9 +755,9 @@ impl PartitionLog {
         let first = from
             .checked_sub(segment_start)
             .map(|i| i as usize)
-            .filter(|i| *i < segment.index.len())
+            .filter(|i| *i < segment.len())
             .ok_or_else(|| refuse(format!("offset {from} is not in segment {segment_start}")))?;
-        let start = segment.start_of(first);
+        let start = segment.start_of(first)?;
         let mut at = 0usize;
         let mut i = first;
         while at < frames.len() {
@@ -751,7 +768,7 @@ impl PartitionLog {
                 .get(at..at + len)
                 .ok_or_else(|| refuse("a frame runs past the chunk".into()))?;
             let expected = segment_start + i as u64;
-            let entry = segment.index.get(i);
+            let entry = segment.entry(i)?;
             if !checksum_matches(frame)
                 || header.offset() != expected
                 || entry.map(|e| e.end as u64) != Some(start + (at + len) as u64)
@@ -880,12 +897,7 @@ impl PartitionLog {
         let removed: Vec<Segment> = self.segments.drain(keep + 1..).collect();
         remove_segment_files(&self.dir, &removed)?;
         let segment = &mut self.segments[keep];
-        let entries = (next_offset - segment.start_offset) as usize;
-        if entries < segment.index.len() {
-            segment.index.truncate(entries);
-            segment.size = segment.start_of(entries);
-            segment.rewrite_files()?;
-        }
+        segment.cut_to((next_offset - segment.start_offset) as usize)?;
         Checkpoint::remove(&self.dir);
         self.checkpointed = None;
         // A tiered segment that was cut is no longer what the store holds.
@@ -934,7 +946,7 @@ impl PartitionLog {
         };
         let mut checksum = Vec::with_capacity(8);
         let i = (offset - segment.start_offset) as usize;
-        segment.read_into(segment.start_of(i), 8, &mut checksum)?;
+        segment.read_into(segment.start_of(i)?, 8, &mut checksum)?;
         Ok(Some(u64::from_le_bytes(
             checksum.try_into().unwrap_or_default(),
         )))
@@ -967,7 +979,7 @@ impl PartitionLog {
         detached.local = self.segments.drain(..local).collect();
         detached.segments = remote + local;
         for segment in &detached.local {
-            detached.messages += segment.index.len() as u64;
+            detached.messages += segment.len() as u64;
             detached.bytes += segment.size;
         }
         self.messages_count -= detached.messages;
@@ -994,22 +1006,19 @@ impl PartitionLog {
             .map(|s| (s.last_timestamp, s.log_size));
         let local = self.segments[..self.segments.len() - 1]
             .iter()
-            .map(|s| (s.index.last().map_or(0, |e| e.timestamp), s.size));
+            .map(|s| (s.last_entry().map_or(0, |e| e.timestamp), s.size));
         remote.chain(local).collect()
     }
 
     /// Sealed local segments the object store does not hold yet, oldest first (each continues
     /// the manifest), with their index bytes.
-    pub fn upload_candidates(&self, limit: usize) -> Vec<UploadCandidate> {
+    pub fn upload_candidates(&self, limit: usize) -> Result<Vec<UploadCandidate>, StorageError> {
         let key_base = tiered::key_base(&self.dir);
         self.sealed_not_tiered()
             .take(limit)
             .map(|s| {
-                let mut index = Vec::with_capacity(s.index.len() * INDEX_ENTRY_SIZE);
-                for entry in &s.index {
-                    entry.encode(&mut index);
-                }
-                UploadCandidate {
+                let index = s.index_bytes()?;
+                Ok(UploadCandidate {
                     key_base: key_base.clone(),
                     log_path: s.log_path.clone(),
                     segment: TieredSegment {
@@ -1017,14 +1026,14 @@ impl PartitionLog {
                         next_offset: s.next_offset(),
                         log_size: s.size,
                         index_size: index.len() as u64,
-                        first_timestamp: s.index.first().map_or(0, |e| e.timestamp),
-                        last_timestamp: s.index.last().map_or(0, |e| e.timestamp),
+                        first_timestamp: s.first_entry().map_or(0, |e| e.timestamp),
+                        last_timestamp: s.last_entry().map_or(0, |e| e.timestamp),
                         log_checksum: 0,
                         index_checksum: 0,
                         uploaded_at: 0,
                     },
                     index,
-                }
+                })
             })
             .collect()
     }
@@ -1149,7 +1158,10 @@ pub fn remove_segment_files(dir: &Path, segments: &[Segment]) -> Result<(), Stor
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use iggy_wire::message::{validate_batch, FrameHeader, FrameIter, SendMessagesHeader};
+    use crate::storage::segment::file_stem;
+    use iggy_wire::message::{
+        validate_batch, FrameHeader, FrameIter, SendMessagesHeader, INDEX_ENTRY_SIZE,
+    };
     use iggy_wire::{Identifier, Partitioning};
 
     /// A validated message block of `n` messages with `size`-byte payloads.
@@ -1210,6 +1222,7 @@ pub(crate) mod tests {
             let (start, end) = log.segment_bounds(from).unwrap();
             let mut frames = Vec::new();
             log.plan_read(from, (end - from) as u32, usize::MAX)
+                .unwrap()
                 .read_into(&mut frames)
                 .unwrap();
             synced.append_synced(&frames, start).unwrap();
@@ -1229,7 +1242,7 @@ pub(crate) mod tests {
     }
 
     fn read_offsets(log: &PartitionLog, from: u64, count: u32, max: usize) -> Vec<u64> {
-        let plan = log.plan_read(from, count, max);
+        let plan = log.plan_read(from, count, max).unwrap();
         let mut out = Vec::new();
         plan.read_into(&mut out).unwrap();
         let offsets: Vec<u64> = FrameIter::new(&out)
@@ -1237,6 +1250,125 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(offsets.len(), plan.count as usize);
         offsets
+    }
+
+    #[test]
+    fn no_segment_keeps_its_index_in_memory_and_every_read_is_placed_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // Segments of 4 KiB: every batch of 10 × 300 B fills one.
+        let mut log = PartitionLog::create(dir.path(), 4096, false).unwrap();
+        for round in 0..6u64 {
+            log.append(&mut batch(10, 300), 1000 + round, || 7).unwrap();
+            assert_eq!(log.resident_index_entries(), 0, "round {round}");
+        }
+        let check = |log: &PartitionLog, when: &str| {
+            assert_eq!(log.segments_count(), 6, "{when}");
+            // Reads starting anywhere, spanning sealed segments, with and without a byte
+            // budget that cuts them inside a segment.
+            for from in [0u64, 3, 9, 10, 27, 55] {
+                let expected: Vec<u64> = (from..60).collect();
+                assert_eq!(read_offsets(log, from, 100, usize::MAX), expected, "{when}");
+                // Every frame has the same size: a budget of 1000 bytes takes as many whole
+                // ones, across a segment's end too.
+                let frame = log.size_bytes() / log.messages_count();
+                let cut = read_offsets(log, from, 100, 1000);
+                let fit = (from..(from + 1000 / frame).min(60)).collect::<Vec<_>>();
+                assert_eq!(cut, fit, "{when}, from {from}");
+            }
+            // Each batch has its own time: the first of each is found, in sealed segments too.
+            for round in 0..6u64 {
+                assert_eq!(
+                    log.offset_at_or_after(1000 + round).unwrap(),
+                    Some(round * 10),
+                    "{when}"
+                );
+            }
+            assert_eq!(log.offset_at_or_after(999).unwrap(), Some(0), "{when}");
+            assert_eq!(log.offset_at_or_after(1006).unwrap(), None, "{when}");
+            let stored = |offset| log.checksum_of(offset).unwrap().unwrap();
+            assert_ne!(stored(25), stored(26), "{when}");
+            // The object store gets the index file's bytes, as memory would have encoded them.
+            for candidate in log.upload_candidates(5).unwrap() {
+                let file = std::fs::read(dir.path().join(format!(
+                    "{}.index",
+                    file_stem(candidate.segment.start_offset)
+                )))
+                .unwrap();
+                assert_eq!(candidate.index, file, "{when}");
+                assert_eq!(
+                    candidate.segment.first_timestamp,
+                    candidate.segment.last_timestamp
+                );
+            }
+        };
+        check(&log, "while running");
+        log.sync_all().unwrap();
+        log.write_checkpoint().unwrap();
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert_eq!(log.resident_index_entries(), 0, "after a boot");
+        check(&log, "after a boot");
+        // Cutting back into a sealed segment makes it the active one; appends continue it.
+        log.truncate_to(25).unwrap();
+        assert_eq!(log.resident_index_entries(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join(format!("{}.index", file_stem(20))))
+                .unwrap()
+                .len(),
+            5 * INDEX_ENTRY_SIZE as u64,
+            "the cut segment's index file holds its five entries"
+        );
+        assert_eq!(
+            read_offsets(&log, 0, 100, usize::MAX),
+            (0..25).collect::<Vec<_>>()
+        );
+        log.append(&mut batch(3, 300), 2000, || 7).unwrap();
+        assert_eq!(
+            read_offsets(&log, 20, 100, usize::MAX),
+            (20..28).collect::<Vec<_>>()
+        );
+    }
+
+    /// A sealed segment's index is read from its file, so a damaged entry there must never
+    /// place a read: it is refused with the file named, other segments still read, and a boot
+    /// rebuilds the entry from the log.
+    #[test]
+    fn a_damaged_entry_in_a_sealed_segments_index_file_is_refused_and_rebuilt_at_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, false).unwrap();
+        for round in 0..3u64 {
+            log.append(&mut batch(10, 300), 1000 + round, || 7).unwrap();
+        }
+        let index = dir.path().join(format!("{}.index", file_stem(10)));
+        let mut bytes = std::fs::read(&index).unwrap();
+        // Entry 4's end moves past the segment's log.
+        bytes[4 * INDEX_ENTRY_SIZE + 4..4 * INDEX_ENTRY_SIZE + 8]
+            .copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&index, &bytes).unwrap();
+        match log.plan_read(12, 5, usize::MAX) {
+            Err(StorageError::CorruptRead { path, position, .. }) => {
+                assert_eq!(path, index);
+                assert_eq!(position, (4 * INDEX_ENTRY_SIZE) as u64);
+            }
+            other => panic!(
+                "a damaged entry placed a read: {:?}",
+                other.map(|p| p.count)
+            ),
+        }
+        assert_eq!(
+            read_offsets(&log, 0, 10, usize::MAX),
+            (0..10).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            read_offsets(&log, 20, 10, usize::MAX),
+            (20..30).collect::<Vec<_>>()
+        );
+        drop(log);
+        let (log, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert_eq!(
+            read_offsets(&log, 0, 100, usize::MAX),
+            (0..30).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -1258,8 +1390,8 @@ pub(crate) mod tests {
         assert_eq!(read_offsets(&log, 50, 20, usize::MAX), Vec::<u64>::new());
         // A byte budget smaller than one message still returns that one message.
         assert_eq!(read_offsets(&log, 0, 20, 10), vec![0]);
-        assert_eq!(log.offset_at_or_after(1003), Some(15));
-        assert_eq!(log.offset_at_or_after(5000), None);
+        assert_eq!(log.offset_at_or_after(1003).unwrap(), Some(15));
+        assert_eq!(log.offset_at_or_after(5000).unwrap(), None);
     }
 
     #[test]
@@ -1311,6 +1443,7 @@ pub(crate) mod tests {
             let mut frames = Vec::new();
             source
                 .plan_read(from, (end - from) as u32, usize::MAX)
+                .unwrap()
                 .read_into(&mut frames)
                 .unwrap();
             copy.append_synced(&frames, start).unwrap();
@@ -1325,6 +1458,7 @@ pub(crate) mod tests {
         let mut frames = Vec::new();
         source
             .plan_read(0, first_end as u32, usize::MAX)
+            .unwrap()
             .read_into(&mut frames)
             .unwrap();
         // The copy has a larger segment size: boundaries still follow the source's.
@@ -1350,9 +1484,11 @@ pub(crate) mod tests {
         let (mut original, mut again) = (Vec::new(), Vec::new());
         source
             .plan_read(0, 30, usize::MAX)
+            .unwrap()
             .read_into(&mut original)
             .unwrap();
         copy.plan_read(0, 30, usize::MAX)
+            .unwrap()
             .read_into(&mut again)
             .unwrap();
         assert_eq!(again, original);
@@ -1362,6 +1498,7 @@ pub(crate) mod tests {
         let mut more = Vec::new();
         source
             .plan_read(30, 5, usize::MAX)
+            .unwrap()
             .read_into(&mut more)
             .unwrap();
         assert!(copy.append_synced(&more, 31).is_err());
@@ -1435,7 +1572,10 @@ pub(crate) mod tests {
         log.append(&mut batch(1, 10), 500, || 1).unwrap();
         log.append(&mut batch(1, 10), 100, || 1).unwrap();
         let mut out = Vec::new();
-        log.plan_read(1, 1, usize::MAX).read_into(&mut out).unwrap();
+        log.plan_read(1, 1, usize::MAX)
+            .unwrap()
+            .read_into(&mut out)
+            .unwrap();
         assert_eq!(FrameHeader::new(&out).unwrap().timestamp(), 500);
     }
 
@@ -1472,7 +1612,7 @@ pub(crate) mod tests {
 
     /// Tiers and evicts the oldest `n` sealed segments, as the tiering loop would.
     fn tier_oldest(log: &mut PartitionLog, n: usize) {
-        for candidate in log.upload_candidates(n) {
+        for candidate in log.upload_candidates(n).unwrap() {
             assert!(log.record_tiered(candidate.segment).unwrap());
         }
         let evicted = log.evict_local(|_, _| true);
@@ -1489,7 +1629,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::create(dir.path(), 1 << 20, false).unwrap();
         log.append(&mut batch(10, 100), 1, || 9).unwrap();
-        let whole = read(log.plan_read(0, 10, usize::MAX)).unwrap();
+        let whole = read(log.plan_read(0, 10, usize::MAX).unwrap()).unwrap();
         let frame = whole.len() / 10;
         let file = dir
             .path()
@@ -1500,13 +1640,17 @@ pub(crate) mod tests {
         std::fs::write(&file, &bytes).unwrap();
 
         let mut out = b"kept".to_vec();
-        let damage = log.plan_read(0, 10, usize::MAX).read_into(&mut out);
+        let damage = log
+            .plan_read(0, 10, usize::MAX)
+            .unwrap()
+            .read_into(&mut out);
         assert!(matches!(damage, Err(StorageError::CorruptRead { .. })));
         assert_eq!(out, b"kept", "read_into leaves nothing of a damaged range");
 
         let mut out = b"kept".to_vec();
         let damage = log
             .plan_read(0, 10, usize::MAX)
+            .unwrap()
             .read_intact_prefix(&mut out);
         assert!(
             matches!(damage, Err(StorageError::CorruptRead { position, .. })
@@ -1518,15 +1662,30 @@ pub(crate) mod tests {
             "the six messages before the damage"
         );
 
-        assert_eq!(log.plan_read(0, 10, usize::MAX).intact_messages(), 6);
-        assert_eq!(log.plan_read(2, 8, usize::MAX).intact_messages(), 4);
-        assert_eq!(log.plan_read(7, 3, usize::MAX).intact_messages(), 3);
+        assert_eq!(
+            log.plan_read(0, 10, usize::MAX).unwrap().intact_messages(),
+            6
+        );
+        assert_eq!(
+            log.plan_read(2, 8, usize::MAX).unwrap().intact_messages(),
+            4
+        );
+        assert_eq!(
+            log.plan_read(7, 3, usize::MAX).unwrap().intact_messages(),
+            3
+        );
 
         let mut out = Vec::new();
-        let damage = log.plan_read(6, 4, usize::MAX).read_intact_prefix(&mut out);
+        let damage = log
+            .plan_read(6, 4, usize::MAX)
+            .unwrap()
+            .read_intact_prefix(&mut out);
         assert!(damage.is_err());
         assert!(out.is_empty(), "damage at the start leaves nothing");
-        assert_eq!(log.plan_read(6, 4, usize::MAX).intact_messages(), 0);
+        assert_eq!(
+            log.plan_read(6, 4, usize::MAX).unwrap().intact_messages(),
+            0
+        );
     }
 
     #[test]
@@ -1549,10 +1708,15 @@ pub(crate) mod tests {
         for round in 0..3 {
             log.append(&mut batch(5, 100), now + round, || 9).unwrap();
         }
-        let written = read(log.plan_read(0, 100, usize::MAX)).unwrap();
-        assert_eq!(read(log.plan_poll(0, 100, usize::MAX)).unwrap(), written);
+        let written = read(log.plan_read(0, 100, usize::MAX).unwrap()).unwrap();
         assert_eq!(
-            read(log.plan_poll(7, 4, usize::MAX)).unwrap().len(),
+            read(log.plan_poll(0, 100, usize::MAX).unwrap()).unwrap(),
+            written
+        );
+        assert_eq!(
+            read(log.plan_poll(7, 4, usize::MAX).unwrap())
+                .unwrap()
+                .len(),
             4 * (written.len() / 15)
         );
 
@@ -1564,19 +1728,25 @@ pub(crate) mod tests {
         bytes[40] ^= 0xff;
         std::fs::write(&file, &bytes).unwrap();
         assert!(matches!(
-            read(log.plan_read(0, 100, usize::MAX)),
+            read(log.plan_read(0, 100, usize::MAX).unwrap()),
             Err(StorageError::CorruptRead { .. })
         ));
-        assert_eq!(read(log.plan_poll(0, 100, usize::MAX)).unwrap(), written);
+        assert_eq!(
+            read(log.plan_poll(0, 100, usize::MAX).unwrap()).unwrap(),
+            written
+        );
 
         // Cut back and rewritten differently: what L1 held there is gone with it.
         log.truncate_to(5).unwrap();
         log.append(&mut batch(3, 60), 2000, || 9).unwrap();
-        let rewritten = read(log.plan_read(5, 100, usize::MAX)).unwrap();
-        assert_eq!(read(log.plan_poll(5, 100, usize::MAX)).unwrap(), rewritten);
+        let rewritten = read(log.plan_read(5, 100, usize::MAX).unwrap()).unwrap();
+        assert_eq!(
+            read(log.plan_poll(5, 100, usize::MAX).unwrap()).unwrap(),
+            rewritten
+        );
         assert_ne!(rewritten, written[written.len() / 3..]);
         // Only the new batch is cached: the first batch's rot shows again.
-        assert!(read(log.plan_poll(0, 100, usize::MAX)).is_err());
+        assert!(read(log.plan_poll(0, 100, usize::MAX).unwrap()).is_err());
         super::super::l1::set_capacity(0);
     }
 
@@ -1592,7 +1762,7 @@ pub(crate) mod tests {
         assert_eq!(log.remote_segments().len(), 4);
         assert_eq!((log.messages_count(), log.size_bytes()), (messages, bytes));
         assert_eq!(log.first_offset(), Some(0));
-        let plan = log.plan_read(0, 10, usize::MAX);
+        let plan = log.plan_read(0, 10, usize::MAX).unwrap();
         assert_eq!(plan.remote.map(|r| r.segment.start_offset), Some(0));
         // Reopened: the manifest and the local tail make the same log.
         let (reopened, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();

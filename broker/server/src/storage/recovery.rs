@@ -132,7 +132,7 @@ pub fn recover(
         };
         report.verified_bytes += log_len.saturating_sub(verify_from);
         segment.size = index.last().map_or(0, |e| e.end as u64);
-        segment.index = index;
+        segment.set_index(index);
         if let Err(bad) = verified {
             let later = &starts[n + 1..];
             if valid_frame_after(&segment, log_len, bad.position)?
@@ -161,12 +161,16 @@ pub fn recover(
                 Segment::open(dir, later_start)?.remove_files()?;
             }
             segment.rewrite_files()?;
+            segment.finish_building();
             segments.push(segment);
             return Ok((segments, report));
         }
-        if segment.index.len() != disk_index.len() || log_len != segment.size {
+        // Entry for entry, not only the count: from now on the segment reads its entries from
+        // the file, which must say what the log does.
+        if *segment.entries(0, segment.len())? != disk_index[..] || log_len != segment.size {
             segment.rewrite_files()?;
         }
+        segment.finish_building();
         segments.push(segment);
     }
     Ok((segments, report))
@@ -230,7 +234,7 @@ fn valid_frame_after(
     log_len: u64,
     bad_position: u64,
 ) -> Result<bool, StorageError> {
-    let first_offset = segment.start_offset + segment.index.len() as u64;
+    let first_offset = segment.next_offset();
     let mut window_start = bad_position + 1;
     let mut window = vec![0u8; CHUNK];
     while window_start + HEADER_SIZE as u64 <= log_len {
@@ -502,6 +506,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "left untouched");
         let read = |offset, count| {
             log.plan_read(offset, count, usize::MAX)
+                .unwrap()
                 .read_into(&mut Vec::new())
         };
         assert!(read(0, 3).is_ok());
@@ -524,6 +529,7 @@ mod tests {
         assert_eq!(report.damaged, vec![(3, 5)]);
         assert!(log
             .plan_read(5, 5, usize::MAX)
+            .unwrap()
             .read_into(&mut Vec::new())
             .is_ok());
     }

@@ -1,11 +1,20 @@
 //! One segment: a `.log` of message frames exactly as on the wire, and a `.index` of 16-byte
 //! entries (offset relative to the segment start, end position of the frame in the `.log`,
-//! timestamp). The in-memory copy of the index answers every offset and time lookup; the file
-//! exists so that boot does not have to walk the log, and it is always derivable from the log.
+//! timestamp). The file exists so that boot does not have to walk the log, and it is always
+//! derivable from the log.
+//!
+//! No segment keeps its index entries in memory, only how many there are and the first and
+//! last: a read takes the entries it covers from the file (one positional read, from the page
+//! cache while the segment is in use), a timestamp search one 16-byte read per step. Every
+//! entry costs 16 bytes, so keeping them made a broker's memory grow with what it stores: 32
+//! MiB more for two million messages, on a broker that idles at 10 (docs/broker.md, "Reads").
+//! Iggy 0.8.0 keeps the open segment's entries (`cache_indexes = "open_segment"`), up to about
+//! 100 MiB for a 1 GiB segment of 100-byte messages, per partition.
 
 use super::descriptors::SegmentFile;
 use super::{IoContext, StorageError};
 use iggy_wire::message::INDEX_ENTRY_SIZE;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +58,28 @@ pub struct Segment {
     index_file: SegmentFile,
     /// Bytes of valid frames in the `.log`.
     pub size: u64,
-    pub index: Vec<IndexEntry>,
+    index: Index,
+}
+
+/// A segment's index: the entries are in the `.index` file, which holds exactly them (appends
+/// write the file before counting an entry; recovery rewrites a file that differs from the log;
+/// a cut truncates it). Recovery builds a segment's entries in memory first (`Building`).
+#[derive(Debug)]
+enum Index {
+    Building(Vec<IndexEntry>),
+    InFile {
+        len: usize,
+        first: Option<IndexEntry>,
+        last: Option<IndexEntry>,
+    },
+}
+
+impl Index {
+    const EMPTY: Index = Index::InFile {
+        len: 0,
+        first: None,
+        last: None,
+    };
 }
 
 impl Segment {
@@ -66,39 +96,139 @@ impl Segment {
             log_path,
             index_path,
             size: 0,
-            index: Vec::new(),
+            index: Index::EMPTY,
         })
     }
 
+    /// Number of messages (index entries).
+    pub fn len(&self) -> usize {
+        match &self.index {
+            Index::Building(entries) => entries.len(),
+            Index::InFile { len, .. } => *len,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len() == 0
+    }
+
+    pub fn first_entry(&self) -> Option<IndexEntry> {
+        match &self.index {
+            Index::Building(entries) => entries.first().copied(),
+            Index::InFile { first, .. } => *first,
+        }
+    }
+
+    pub fn last_entry(&self) -> Option<IndexEntry> {
+        match &self.index {
+            Index::Building(entries) => entries.last().copied(),
+            Index::InFile { last, .. } => *last,
+        }
     }
 
     /// Offset of the last message, if any.
     pub fn last_offset(&self) -> Option<u64> {
-        self.index
-            .last()
+        self.last_entry()
             .map(|e| self.start_offset + e.relative_offset as u64)
     }
 
     pub fn next_offset(&self) -> u64 {
-        self.start_offset + self.index.len() as u64
+        self.start_offset + self.len() as u64
+    }
+
+    /// Entries `from..upto` (`upto` at most [`Self::len`]): borrowed from memory, or read from
+    /// the file and checked to belong where they are read.
+    pub fn entries(&self, from: usize, upto: usize) -> Result<Cow<'_, [IndexEntry]>, StorageError> {
+        match &self.index {
+            Index::Building(entries) => Ok(Cow::Borrowed(&entries[from..upto])),
+            Index::InFile { .. } => self.read_entries(from, upto).map(Cow::Owned),
+        }
+    }
+
+    /// Entry `i`, if the segment holds it.
+    pub fn entry(&self, i: usize) -> Result<Option<IndexEntry>, StorageError> {
+        if i >= self.len() {
+            return Ok(None);
+        }
+        Ok(self.entries(i, i + 1)?.first().copied())
     }
 
     /// Byte position where message `i` (index position) starts.
-    pub fn start_of(&self, i: usize) -> u64 {
-        if i == 0 {
-            0
-        } else {
-            self.index[i - 1].end as u64
+    pub fn start_of(&self, i: usize) -> Result<u64, StorageError> {
+        match i.checked_sub(1) {
+            None => Ok(0),
+            Some(previous) => Ok(self.entry(previous)?.map_or(self.size, |e| e.end as u64)),
         }
+    }
+
+    /// Recovery found these entries; they stay in memory until [`Self::finish_building`].
+    pub fn set_index(&mut self, entries: Vec<IndexEntry>) {
+        self.index = Index::Building(entries);
+    }
+
+    /// Recovery is done with the segment: its entries are in its file (rewritten if they
+    /// differed) and are read from there from now on.
+    pub fn finish_building(&mut self) {
+        if let Index::Building(entries) = &self.index {
+            self.index = Index::InFile {
+                len: entries.len(),
+                first: entries.first().copied(),
+                last: entries.last().copied(),
+            };
+        }
+    }
+
+    /// Entries held in memory: only while recovery builds the segment.
+    pub fn resident_entries(&self) -> usize {
+        match &self.index {
+            Index::Building(entries) => entries.len(),
+            Index::InFile { .. } => 0,
+        }
+    }
+
+    /// The `.index` file's bytes for these entries (what the object store gets beside the log).
+    pub fn index_bytes(&self) -> Result<Vec<u8>, StorageError> {
+        let entries = self.entries(0, self.len())?;
+        let mut encoded = Vec::with_capacity(entries.len() * INDEX_ENTRY_SIZE);
+        for entry in entries.iter() {
+            entry.encode(&mut encoded);
+        }
+        Ok(encoded)
+    }
+
+    /// Reads entries `from..upto` from the file. Each must be where it is read (its relative
+    /// offset is its position) and end after the one before it, inside the log: a damaged file
+    /// is refused, never used to place a read (the same checks recovery makes of the file).
+    fn read_entries(&self, from: usize, upto: usize) -> Result<Vec<IndexEntry>, StorageError> {
+        let mut bytes = vec![0u8; (upto - from) * INDEX_ENTRY_SIZE];
+        self.index_file
+            .read_exact_at(&mut bytes, (from * INDEX_ENTRY_SIZE) as u64)?;
+        let mut previous_end = None;
+        let mut entries = Vec::with_capacity(upto - from);
+        for (k, chunk) in bytes.chunks_exact(INDEX_ENTRY_SIZE).enumerate() {
+            let entry = IndexEntry::decode(chunk);
+            let end = u64::from(entry.end);
+            let in_place = entry.relative_offset as usize == from + k
+                && end <= self.size
+                && previous_end.is_none_or(|previous| end > previous);
+            if !in_place {
+                return Err(StorageError::CorruptRead {
+                    path: self.index_path.clone(),
+                    position: ((from + k) * INDEX_ENTRY_SIZE) as u64,
+                    reason: "an index entry does not fit its segment",
+                });
+            }
+            previous_end = Some(end);
+            entries.push(entry);
+        }
+        Ok(entries)
     }
 
     /// Appends frames and their index entries with positional writes. On failure the files are
     /// cut back to their previous length, so a full disk leaves no half-written batch behind.
     pub fn append(&mut self, frames: &[u8], entries: &[IndexEntry]) -> Result<(), StorageError> {
         let log_before = self.size;
-        let index_before = (self.index.len() * INDEX_ENTRY_SIZE) as u64;
+        let index_before = (self.len() * INDEX_ENTRY_SIZE) as u64;
         if let Err(e) = self.log.write_all_at(frames, log_before) {
             let _ = self.log.set_len(log_before);
             return Err(e);
@@ -113,7 +243,14 @@ impl Segment {
             return Err(e);
         }
         self.size += frames.len() as u64;
-        self.index.extend_from_slice(entries);
+        match &mut self.index {
+            Index::Building(building) => building.extend_from_slice(entries),
+            Index::InFile { len, first, last } => {
+                *len += entries.len();
+                *first = first.or_else(|| entries.first().copied());
+                *last = entries.last().copied().or(*last);
+            }
+        }
         Ok(())
     }
 
@@ -130,17 +267,57 @@ impl Segment {
     }
 
     /// Index position of the first message whose timestamp is at or after `timestamp`.
-    pub fn first_at_or_after(&self, timestamp: u64) -> Option<usize> {
-        let i = self.index.partition_point(|e| e.timestamp < timestamp);
-        (i < self.index.len()).then_some(i)
+    pub fn first_at_or_after(&self, timestamp: u64) -> Result<Option<usize>, StorageError> {
+        let len = self.len();
+        if let Index::Building(entries) = &self.index {
+            let i = entries.partition_point(|e| e.timestamp < timestamp);
+            return Ok((i < len).then_some(i));
+        }
+        // The same search over the file, one entry per step.
+        match (self.first_entry(), self.last_entry()) {
+            (_, None) => return Ok(None),
+            (_, Some(last)) if last.timestamp < timestamp => return Ok(None),
+            (Some(first), _) if first.timestamp >= timestamp => return Ok(Some(0)),
+            _ => {}
+        }
+        let (mut low, mut high) = (0, len);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.entry(middle)? {
+                Some(e) if e.timestamp < timestamp => low = middle + 1,
+                _ => high = middle,
+            }
+        }
+        Ok((low < len).then_some(low))
+    }
+
+    /// Cuts the segment to its first `entries` messages, on disk too.
+    pub fn cut_to(&mut self, entries: usize) -> Result<(), StorageError> {
+        if entries >= self.len() {
+            return Ok(());
+        }
+        let size = self.start_of(entries)?;
+        let last = match entries.checked_sub(1) {
+            Some(i) => self.entry(i)?,
+            None => None,
+        };
+        self.index_file
+            .set_len((entries * INDEX_ENTRY_SIZE) as u64)?;
+        self.index_file.sync_all()?;
+        self.log.set_len(size)?;
+        self.log.sync_all()?;
+        self.size = size;
+        self.index = Index::InFile {
+            len: entries,
+            first: self.first_entry().filter(|_| entries > 0),
+            last,
+        };
+        Ok(())
     }
 
     /// Rewrites the `.index` file from memory (after recovery changed it) and trims the `.log`.
     pub fn rewrite_files(&mut self) -> Result<(), StorageError> {
-        let mut encoded = Vec::with_capacity(self.index.len() * INDEX_ENTRY_SIZE);
-        for entry in &self.index {
-            entry.encode(&mut encoded);
-        }
+        let encoded = self.index_bytes()?;
         self.index_file.set_len(0)?;
         self.index_file.write_all_at(&encoded, 0)?;
         self.index_file.sync_all()?;

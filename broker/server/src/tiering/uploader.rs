@@ -151,7 +151,12 @@ async fn upload_sealed(
     partition: &Partition,
 ) -> Result<(), StoreError> {
     loop {
-        let Some(candidate) = partition.log().upload_candidates(1).pop() else {
+        let candidates = partition.log().upload_candidates(1);
+        let candidates = candidates.map_err(|error| StoreError::Io {
+            path: partition.log().dir().display().to_string(),
+            detail: error.to_string(),
+        })?;
+        let Some(candidate) = candidates.into_iter().next() else {
             return Ok(());
         };
         let mut segment = candidate.segment;
