@@ -78,6 +78,29 @@ pub fn has_copies(broker: &Broker) -> bool {
     broker.cluster_status().is_some() || broker.tiering.is_some()
 }
 
+/// Whether `error` is a damaged entry of a segment's index file, not of its log.
+pub fn is_index_damage(error: &StorageError) -> bool {
+    matches!(error, StorageError::CorruptRead { path, .. } if path.extension().is_some_and(|e| e == "index"))
+}
+
+/// Rebuilds the index file of `partition`'s segment holding `offset` from its log, after a
+/// read met a damaged entry there ([`is_index_damage`]). Blocking: it walks the segment under
+/// the partition's lock. The index is derived from the log, so no other copy is needed, single
+/// nodes included. Returns whether it was rebuilt.
+pub fn rebuild_index(partition: &Partition, offset: u64) -> bool {
+    let dir = partition.log().dir().to_owned();
+    match partition.log().rebuild_index(offset) {
+        Ok(()) => {
+            tracing::warn!(partition = %dir.display(), offset, "rebuilt a damaged index file from its log");
+            true
+        }
+        Err(error) => {
+            tracing::error!(partition = %dir.display(), offset, %error, "a damaged index file could not be rebuilt");
+            false
+        }
+    }
+}
+
 /// A poll met damage in `from..until` of `partition`: queue its repair (when there is another
 /// copy; otherwise the poll's error and log line are all that can be done).
 pub fn report(broker: &Broker, partition: &Arc<Partition>, from: u64, until: u64) {
@@ -265,12 +288,21 @@ async fn repair_from_store(
 /// segment of a gigabyte is neither held in memory whole nor read again after every repaired
 /// chunk.
 fn damage_from(partition: &Partition, mut from: u64, until: u64, window: usize) -> u64 {
+    let mut rebuilt = false;
     while from < until {
         let count = (until - from).min(u64::from(u32::MAX)) as u32;
-        // A sealed segment's index that cannot be read places nothing: no damage is found
-        // in the log through it (boot rebuilds such an index from the log).
-        let Ok((plan, _)) = partition.plan_read(from, count, window) else {
-            break;
+        let plan = match partition.plan_read(from, count, window) {
+            Ok((plan, _)) => plan,
+            // A damaged entry in the segment's index file: rebuilt, once, and planned again.
+            Err(error) if !rebuilt && is_index_damage(&error) => {
+                rebuilt = true;
+                if rebuild_index(partition, from) {
+                    continue;
+                }
+                break;
+            }
+            // Nothing else is placed through an index that cannot be read.
+            Err(_) => break,
         };
         let intact = plan.intact_messages();
         from += u64::from(intact);

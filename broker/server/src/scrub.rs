@@ -32,6 +32,8 @@ pub async fn run(broker: Arc<Broker>) {
                 continue;
             };
             let mut next = sealed.start;
+            // Where an index was last rebuilt: a window is checked again once after it.
+            let mut rebuilt_at = None;
             while next < sealed.end {
                 let checked = {
                     let partition = partition.clone();
@@ -42,6 +44,25 @@ pub async fn run(broker: Arc<Broker>) {
                 };
                 match window.outcome {
                     Ok(()) => {}
+                    // The segment's index file, not its log: rebuilt from the log, and this
+                    // window checked again.
+                    Err(error) if repair::is_index_damage(&error) && rebuilt_at != Some(next) => {
+                        broker
+                            .metrics
+                            .scrub_corruptions
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%error, "scrub found a damaged index entry");
+                        rebuilt_at = Some(next);
+                        let partition = partition.clone();
+                        let rebuilt = tokio::task::spawn_blocking(move || {
+                            repair::rebuild_index(&partition, next)
+                        })
+                        .await;
+                        if matches!(rebuilt, Ok(true)) {
+                            continue;
+                        }
+                        break;
+                    }
                     Err(error @ StorageError::CorruptRead { .. }) => {
                         broker
                             .metrics
@@ -97,7 +118,7 @@ pub fn check_window(partition: &Partition, next: u64) -> Option<Window> {
     let (plan, _) = match partition.plan_read(next, u32::MAX, WINDOW) {
         Ok(planned) => planned,
         // The segment's index file is damaged: the rest of the segment cannot be placed, so
-        // it is what the window covered (boot rebuilds such an index from the log).
+        // it is what the window covered (the scrubber rebuilds the index and checks again).
         Err(error) => {
             let (_, end) = partition.log().segment_bounds(next)?;
             return Some(Window {

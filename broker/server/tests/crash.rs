@@ -503,6 +503,19 @@ async fn a_send_in_progress_at_sigterm_is_finished_and_acknowledged() {
     assert_eq!(poll_range_of(&client, 0).await, ["in flight"]);
 }
 
+/// Sends batches of 10 messages to partition 0, one per round: messages `10 * round ..`.
+async fn send_rounds(client: &IggyClient, rounds: std::ops::Range<usize>) {
+    for round in rounds {
+        let mut chunk: Vec<IggyMessage> = (0..10)
+            .map(|i| message(&payload(0, round * 10 + i)))
+            .collect();
+        client
+            .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut chunk)
+            .await
+            .unwrap();
+    }
+}
+
 /// Rot in sealed data nobody reads is found by the scrubber: a flipped byte in the first
 /// sealed segment shows up in `iggy_scrub_corruptions_total` without any poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,15 +526,7 @@ async fn the_scrubber_finds_rot_in_sealed_segments() {
     ]);
     let client = broker.client().await;
     setup(&client, 1).await;
-    for round in 0..6 {
-        let mut chunk: Vec<IggyMessage> = (0..10)
-            .map(|i| message(&payload(0, round * 10 + i)))
-            .collect();
-        client
-            .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut chunk)
-            .await
-            .unwrap();
-    }
+    send_rounds(&client, 0..6).await;
     drop(client);
     assert_eq!(broker.stop(), 0);
     let first = broker
@@ -554,5 +559,89 @@ async fn the_scrubber_finds_rot_in_sealed_segments() {
             "the scrubber did not report the damage: {metrics}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A sealed segment's index entries are read from its `.index` file, so rot there must neither
+/// place a read nor wait for a restart: a damaged entry under a running single node (no other
+/// copy) is refused with 4027, the file is rebuilt from the log, and a retry within a few
+/// seconds reads every message; the file is byte for byte what it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_index_entry_is_refused_then_rebuilt_from_the_log_while_running() {
+    let broker = TestBroker::start_with(&[("IGGY_STORAGE_SEGMENT_SIZE", "4 KiB")]);
+    let client = broker.client().await;
+    setup(&client, 1).await;
+    send_rounds(&client, 0..6).await;
+    let index = broker
+        .partition_dir(0, 0, 0)
+        .join("00000000000000000000.index");
+    let intact = std::fs::read(&index).unwrap();
+    assert!(intact.len() >= 10 * 16, "the first segment holds a batch");
+    // Entry 3's end now points past the segment's log.
+    let mut damaged = intact.clone();
+    damaged[3 * 16 + 4..3 * 16 + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    std::fs::write(&index, &damaged).unwrap();
+
+    assert_eq!(code(poll_range(&client, 0, 10).await.unwrap_err()), 4027);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match poll_range(&client, 0, 100).await {
+            Ok(read) => {
+                assert_eq!(read, 60, "every message, after the rebuild");
+                break;
+            }
+            Err(error) => assert!(
+                std::time::Instant::now() < deadline,
+                "the index was not rebuilt: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(std::fs::read(&index).unwrap(), intact);
+    let messages = poll(&client, 0, 0, 100).await.unwrap();
+    for (n, message) in messages.iter().enumerate() {
+        assert_eq!(message.payload, payload(0, n).as_bytes(), "message {n}");
+    }
+}
+
+/// The scrubber meets a damaged index entry the same way, with no poll: counted, and the file
+/// rebuilt from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_rebuilds_a_damaged_index_entry_from_the_log() {
+    let broker = TestBroker::start_with(&[
+        ("IGGY_STORAGE_SEGMENT_SIZE", "4 KiB"),
+        ("IGGY_STORAGE_SCRUB_RATE", "1 MiB"),
+    ]);
+    let client = broker.client().await;
+    setup(&client, 1).await;
+    let index = broker
+        .partition_dir(0, 0, 0)
+        .join("00000000000000000000.index");
+    // The scrubber starts on sealed data: damage the first segment before there is any.
+    send_rounds(&client, 0..1).await;
+    let intact = std::fs::read(&index).unwrap();
+    let mut damaged = intact.clone();
+    damaged[2 * 16..2 * 16 + 4].copy_from_slice(&7u32.to_le_bytes()); // entry 2 claims offset 7
+    std::fs::write(&index, &damaged).unwrap();
+    send_rounds(&client, 1..6).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, metrics) = http_get(broker.http, "/metrics").unwrap();
+        // The entries written after the damage (the segment may have taken another batch
+        // before it was sealed) follow the rebuilt ones.
+        let now = std::fs::read(&index).unwrap();
+        if metrics.contains("iggy_scrub_corruptions_total 1") && now.starts_with(&intact) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrubber did not rebuild the index: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let messages = poll(&client, 0, 0, 100).await.unwrap();
+    assert_eq!(messages.len(), 60);
+    for (n, message) in messages.iter().enumerate() {
+        assert_eq!(message.payload, payload(0, n).as_bytes(), "message {n}");
     }
 }

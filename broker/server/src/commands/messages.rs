@@ -167,6 +167,13 @@ pub async fn poll(
     let (plan, frames_start) = match read {
         Ok(read) => read,
         Err(BrokerError::Storage(error)) => {
+            if let (true, Some((start, ..))) = (crate::repair::is_index_damage(&error), request) {
+                // The index is rebuilt from the log in the background; the retry reads it.
+                let partition = partition.clone();
+                tokio::task::spawn_blocking(move || {
+                    crate::repair::rebuild_index(&partition, start)
+                });
+            }
             if matches!(error, StorageError::CorruptRead { .. }) {
                 broker.metrics.corrupt_reads.fetch_add(1, Ordering::Relaxed);
                 // Rewritten from another copy (a peer, or the store) when there is one; the

@@ -785,6 +785,19 @@ impl PartitionLog {
         Ok((i - first) as u64)
     }
 
+    /// Rewrites the index file of the local segment holding `offset` from its log
+    /// (`recovery::rebuild_index`): a read found a damaged entry in it.
+    pub fn rebuild_index(&mut self, offset: u64) -> Result<(), StorageError> {
+        let Some(segment) = self
+            .segments
+            .iter_mut()
+            .find(|s| s.start_offset <= offset && offset < s.next_offset())
+        else {
+            return Ok(());
+        };
+        recovery::rebuild_index(segment)
+    }
+
     /// The local segment holding `offset`: (its first offset, one past its last message).
     pub fn segment_bounds(&self, offset: u64) -> Option<(u64, u64)> {
         self.segments
@@ -1333,7 +1346,7 @@ pub(crate) mod tests {
     /// place a read: it is refused with the file named, other segments still read, and a boot
     /// rebuilds the entry from the log.
     #[test]
-    fn a_damaged_entry_in_a_sealed_segments_index_file_is_refused_and_rebuilt_at_boot() {
+    fn a_damaged_entry_in_a_sealed_segments_index_file_is_refused_and_rebuilt_from_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::create(dir.path(), 4096, false).unwrap();
         for round in 0..3u64 {
@@ -1364,11 +1377,31 @@ pub(crate) mod tests {
             (20..30).collect::<Vec<_>>()
         );
         drop(log);
-        let (log, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
         assert_eq!(
             read_offsets(&log, 0, 100, usize::MAX),
             (0..30).collect::<Vec<_>>()
         );
+        let intact = std::fs::read(&index).unwrap();
+
+        // Without a boot: the running log rebuilds the file from the segment's log.
+        std::fs::write(&index, &bytes).unwrap();
+        assert!(log.plan_read(12, 5, usize::MAX).is_err());
+        log.rebuild_index(12).unwrap();
+        assert_eq!(std::fs::read(&index).unwrap(), intact);
+        assert_eq!(
+            read_offsets(&log, 0, 100, usize::MAX),
+            (0..30).collect::<Vec<_>>()
+        );
+
+        // Not from a log that does not verify either: nothing is written.
+        std::fs::write(&index, &bytes).unwrap();
+        let segment_log = dir.path().join(format!("{}.log", file_stem(10)));
+        let mut frames = std::fs::read(&segment_log).unwrap();
+        frames[100] ^= 0x01;
+        std::fs::write(&segment_log, &frames).unwrap();
+        assert!(log.rebuild_index(12).is_err());
+        assert_eq!(std::fs::read(&index).unwrap(), bytes, "left as it was");
     }
 
     #[test]

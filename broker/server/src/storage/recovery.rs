@@ -176,6 +176,38 @@ pub fn recover(
     Ok((segments, report))
 }
 
+/// Rewrites `segment`'s index file from its log, as a boot would: a read found an entry there
+/// that does not fit the segment (`Segment::entries`). Every frame is verified (checksum and
+/// offset) and the walk must end at the segment's size with the messages it holds; otherwise
+/// nothing is written and the error says where the log failed (the log's own damage is a
+/// repair's business, and a boot's).
+pub fn rebuild_index(segment: &mut Segment) -> Result<(), StorageError> {
+    let file = segment.log.file()?;
+    let mut scanner = Scanner::new(&file, segment.size);
+    let mut index = Vec::with_capacity(segment.len());
+    if let Err(bad) = scanner.walk(0, segment.size, segment.start_offset, &mut index, true) {
+        return Err(StorageError::CorruptRead {
+            path: segment.log_path.clone(),
+            position: bad.position,
+            reason: "the log under a damaged index entry does not verify either",
+        });
+    }
+    if index.len() != segment.len() {
+        return Err(StorageError::BadMetadata {
+            path: segment.index_path.clone(),
+            reason: format!(
+                "the log holds {} messages where the segment counts {}",
+                index.len(),
+                segment.len()
+            ),
+        });
+    }
+    segment.set_index(index);
+    let rewritten = segment.rewrite_files();
+    segment.finish_building();
+    rewritten
+}
+
 fn list_segment_starts(dir: &Path) -> Result<Vec<u64>, StorageError> {
     let mut starts = Vec::new();
     for entry in std::fs::read_dir(dir).at(dir)? {
