@@ -1404,6 +1404,67 @@ pub(crate) mod tests {
         assert_eq!(std::fs::read(&index).unwrap(), bytes, "left as it was");
     }
 
+    /// After a clean shutdown a boot takes a whole segment's index file at its word
+    /// when its ends agree with the log (it does not read the entries between), and falls back
+    /// to reading and checking the whole file when they do not.
+    #[test]
+    fn a_boot_after_a_clean_shutdown_reads_only_the_ends_of_the_index_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, false).unwrap();
+        for round in 0..4u64 {
+            log.append(&mut batch(10, 300), 1000 + round, || 7).unwrap();
+        }
+        log.sync_all().unwrap();
+        log.write_checkpoint().unwrap();
+        drop(log);
+        let index = dir.path().join(format!("{}.index", file_stem(10)));
+        let intact = std::fs::read(&index).unwrap();
+        let entry_end = |i: usize| i * INDEX_ENTRY_SIZE + 4..i * INDEX_ENTRY_SIZE + 8;
+
+        // A damaged middle entry: the boot does not see it; the read that takes it does.
+        let mut middle = intact.clone();
+        middle[entry_end(4)].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&index, &middle).unwrap();
+        let (mut log, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert_eq!(log.resident_index_entries(), 0);
+        assert!(
+            log.plan_read(12, 5, usize::MAX).is_err(),
+            "the boot read only the file's ends"
+        );
+        log.rebuild_index(12).unwrap();
+        assert_eq!(std::fs::read(&index).unwrap(), intact);
+        assert_eq!(
+            read_offsets(&log, 0, 100, usize::MAX),
+            (0..40).collect::<Vec<_>>()
+        );
+        assert_eq!(log.offset_at_or_after(1002).unwrap(), Some(20));
+        drop(log);
+
+        // A damaged last entry: the ends disagree, so the boot reads the file and rebuilds it.
+        let mut last = intact.clone();
+        last[entry_end(9)].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&index, &last).unwrap();
+        let (log, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert_eq!(std::fs::read(&index).unwrap(), intact);
+        assert_eq!(
+            read_offsets(&log, 0, 100, usize::MAX),
+            (0..40).collect::<Vec<_>>()
+        );
+        drop(log);
+
+        // The checkpoint's own segment (the active one) is taken the same way when nothing
+        // was written after the checkpoint.
+        let active = dir.path().join(format!("{}.index", file_stem(30)));
+        let mut damaged = std::fs::read(&active).unwrap();
+        damaged[entry_end(4)].copy_from_slice(&u32::MAX.to_le_bytes());
+        std::fs::write(&active, &damaged).unwrap();
+        let (log, _) = PartitionLog::open(dir.path(), 4096, false).unwrap();
+        assert!(
+            log.plan_read(32, 5, usize::MAX).is_err(),
+            "the boot read only the ends"
+        );
+    }
+
     #[test]
     fn appends_roll_segments_and_reads_span_them() {
         let dir = tempfile::tempdir().unwrap();

@@ -69,6 +69,18 @@ pub fn recover(
             }
         }
         let log_len = segment.log.file_len()?;
+        // A segment the last clean shutdown left whole — an earlier one, or the checkpoint's
+        // own when nothing was written after it: its index file is taken at its word when its
+        // ends agree with the log, so a boot does not read every entry the broker stores
+        // (reads check each entry they take, and rebuild a damaged file from the log).
+        let whole_at_clean_shutdown = checkpoint.is_some_and(|cp| {
+            (start < cp.segment_start && n + 1 < starts.len())
+                || (start == cp.segment_start && cp.position == log_len)
+        });
+        if whole_at_clean_shutdown && segment.adopt_index_file(log_len)? {
+            segments.push(segment);
+            continue;
+        }
         let disk_index = read_index(&segment.index_path)?;
         let valid_disk = valid_prefix(&disk_index, log_len);
         let trusted_end = match checkpoint {

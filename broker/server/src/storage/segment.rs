@@ -178,6 +178,39 @@ impl Segment {
         }
     }
 
+    /// Boot, for a segment a clean shutdown left whole (before the checkpoint's segment): takes
+    /// the index file as it is when its ends agree with the log — its length a whole number of
+    /// entries, the first at relative offset 0, the last at the last position and ending where
+    /// the log does — without reading the entries between. Those are checked as reads take
+    /// them, and a damaged one is rebuilt from the log then. Returns whether it was taken.
+    pub fn adopt_index_file(&mut self, log_len: u64) -> Result<bool, StorageError> {
+        let file_len = self.index_file.file_len()?;
+        let entry = INDEX_ENTRY_SIZE as u64;
+        if file_len == 0 || file_len % entry != 0 {
+            return Ok(false);
+        }
+        let len = (file_len / entry) as usize;
+        let mut ends = [0u8; INDEX_ENTRY_SIZE];
+        self.index_file.read_exact_at(&mut ends, 0)?;
+        let first = IndexEntry::decode(&ends);
+        self.index_file.read_exact_at(&mut ends, file_len - entry)?;
+        let last = IndexEntry::decode(&ends);
+        let agree = first.relative_offset == 0
+            && u64::from(first.end) >= iggy_wire::message::HEADER_SIZE as u64
+            && last.relative_offset as usize == len - 1
+            && u64::from(last.end) == log_len
+            && first.end <= last.end;
+        if agree {
+            self.size = log_len;
+            self.index = Index::InFile {
+                len,
+                first: Some(first),
+                last: Some(last),
+            };
+        }
+        Ok(agree)
+    }
+
     /// Entries held in memory: only while recovery builds the segment.
     pub fn resident_entries(&self) -> usize {
         match &self.index {
