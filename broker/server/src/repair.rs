@@ -78,13 +78,20 @@ pub fn has_copies(broker: &Broker) -> bool {
     broker.cluster_status().is_some() || broker.tiering.is_some()
 }
 
-/// Whether `error` is a damaged entry of a segment's index file, not of its log.
-pub fn is_index_damage(error: &StorageError) -> bool {
-    matches!(error, StorageError::CorruptRead { path, .. } if path.extension().is_some_and(|e| e == "index"))
+/// The first offset of the segment whose index file `error` found damaged (its file is named
+/// after it); `None` for any other error, damage in a log included.
+pub fn damaged_index(error: &StorageError) -> Option<u64> {
+    let StorageError::CorruptRead { path, .. } = error else {
+        return None;
+    };
+    if path.extension()? != "index" {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
 }
 
 /// Rebuilds the index file of `partition`'s segment holding `offset` from its log, after a
-/// read met a damaged entry there ([`is_index_damage`]). Blocking: it walks the segment under
+/// read met a damaged entry there ([`damaged_index`]). Blocking: it walks the segment under
 /// the partition's lock. The index is derived from the log, so no other copy is needed, single
 /// nodes included. Returns whether it was rebuilt.
 pub fn rebuild_index(partition: &Partition, offset: u64) -> bool {
@@ -293,10 +300,10 @@ fn damage_from(partition: &Partition, mut from: u64, until: u64, window: usize) 
         let count = (until - from).min(u64::from(u32::MAX)) as u32;
         let plan = match partition.plan_read(from, count, window) {
             Ok((plan, _)) => plan,
-            // A damaged entry in the segment's index file: rebuilt, once, and planned again.
-            Err(error) if !rebuilt && is_index_damage(&error) => {
+            // A damaged entry in a segment's index file: rebuilt, once, and planned again.
+            Err(error) if !rebuilt && damaged_index(&error).is_some() => {
                 rebuilt = true;
-                if rebuild_index(partition, from) {
+                if damaged_index(&error).is_some_and(|segment| rebuild_index(partition, segment)) {
                     continue;
                 }
                 break;

@@ -46,16 +46,20 @@ pub async fn run(broker: Arc<Broker>) {
                     Ok(()) => {}
                     // The segment's index file, not its log: rebuilt from the log, and this
                     // window checked again.
-                    Err(error) if repair::is_index_damage(&error) && rebuilt_at != Some(next) => {
+                    Err(error)
+                        if repair::damaged_index(&error).is_some() && rebuilt_at != Some(next) =>
+                    {
                         broker
                             .metrics
                             .scrub_corruptions
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::error!(%error, "scrub found a damaged index entry");
                         rebuilt_at = Some(next);
-                        let partition = partition.clone();
+                        let (partition, segment) =
+                            (partition.clone(), repair::damaged_index(&error));
                         let rebuilt = tokio::task::spawn_blocking(move || {
-                            repair::rebuild_index(&partition, next)
+                            segment
+                                .is_some_and(|segment| repair::rebuild_index(&partition, segment))
                         })
                         .await;
                         if matches!(rebuilt, Ok(true)) {

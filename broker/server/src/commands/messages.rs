@@ -167,11 +167,11 @@ pub async fn poll(
     let (plan, frames_start) = match read {
         Ok(read) => read,
         Err(BrokerError::Storage(error)) => {
-            if let (true, Some((start, ..))) = (crate::repair::is_index_damage(&error), request) {
+            if let Some(segment) = crate::repair::damaged_index(&error) {
                 // The index is rebuilt from the log in the background; the retry reads it.
                 let partition = partition.clone();
                 tokio::task::spawn_blocking(move || {
-                    crate::repair::rebuild_index(&partition, start)
+                    crate::repair::rebuild_index(&partition, segment)
                 });
             }
             if matches!(error, StorageError::CorruptRead { .. }) {
