@@ -524,8 +524,8 @@ impl PartitionLog {
     }
 
     /// Plans a read of up to `count` messages from `offset`, at most `max_bytes` (but always at
-    /// least one message when one exists, however large). Fails only when a sealed segment's
-    /// index, read from its file, cannot be read or is damaged.
+    /// least one message when one exists, however large). Fails only when a segment's index,
+    /// read from its file, cannot be read or is damaged (`segment.rs`).
     pub fn plan_read(
         &self,
         offset: u64,
