@@ -301,15 +301,14 @@ fn damage_from(partition: &Partition, mut from: u64, until: u64, window: usize) 
         let plan = match partition.plan_read(from, count, window) {
             Ok((plan, _)) => plan,
             // A damaged entry in a segment's index file: rebuilt, once, and planned again.
-            Err(error) if !rebuilt && damaged_index(&error).is_some() => {
-                rebuilt = true;
-                if damaged_index(&error).is_some_and(|segment| rebuild_index(partition, segment)) {
+            // Nothing else is placed through an index that cannot be read.
+            Err(error) => match damaged_index(&error).filter(|_| !rebuilt) {
+                Some(segment) if rebuild_index(partition, segment) => {
+                    rebuilt = true;
                     continue;
                 }
-                break;
-            }
-            // Nothing else is placed through an index that cannot be read.
-            Err(_) => break,
+                _ => break,
+            },
         };
         let intact = plan.intact_messages();
         from += u64::from(intact);

@@ -42,23 +42,25 @@ pub async fn run(broker: Arc<Broker>) {
                 let Ok(Some(window)) = checked else {
                     break;
                 };
+                let damaged_index = window
+                    .outcome
+                    .as_ref()
+                    .err()
+                    .and_then(repair::damaged_index);
                 match window.outcome {
                     Ok(()) => {}
                     // The segment's index file, not its log: rebuilt from the log, and this
                     // window checked again.
-                    Err(error)
-                        if repair::damaged_index(&error).is_some() && rebuilt_at != Some(next) =>
-                    {
+                    Err(error) if damaged_index.is_some() && rebuilt_at != Some(next) => {
                         broker
                             .metrics
                             .scrub_corruptions
                             .fetch_add(1, Ordering::Relaxed);
                         tracing::error!(%error, "scrub found a damaged index entry");
                         rebuilt_at = Some(next);
-                        let (partition, segment) =
-                            (partition.clone(), repair::damaged_index(&error));
+                        let partition = partition.clone();
                         let rebuilt = tokio::task::spawn_blocking(move || {
-                            segment
+                            damaged_index
                                 .is_some_and(|segment| repair::rebuild_index(&partition, segment))
                         })
                         .await;

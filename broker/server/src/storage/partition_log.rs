@@ -11,7 +11,7 @@ use super::segment::{IndexEntry, Segment};
 use super::{fsutil, graveyard, tiered, trash, IoContext, StorageError};
 use bytes::Bytes;
 use iggy_tiering::{Manifest, TieredSegment};
-use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader};
+use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader, HEADER_SIZE};
 use std::path::{Path, PathBuf};
 
 pub struct PartitionLog {
@@ -561,13 +561,7 @@ impl PartitionLog {
             }
             let from = (next.max(segment.start_offset) - segment.start_offset) as usize;
             let upto = (from + remaining).min(segment.len());
-            // One read of the index file: the entry before `from` (where the range starts)
-            // and the entries the range may cover.
-            let read = segment.entries(from.saturating_sub(1), upto)?;
-            let (start, entries) = match from {
-                0 => (0, &read[..]),
-                _ => (u64::from(read[0].end), &read[1..]),
-            };
+            let (start, entries) = segment.span(from, upto)?;
             let budget_end = start.saturating_add((max_bytes - plan.bytes) as u64);
             let fit = entries.partition_point(|e| e.end as u64 <= budget_end);
             let taken = if fit == 0 && plan.count == 0 { 1 } else { fit };
@@ -757,7 +751,9 @@ impl PartitionLog {
             .map(|i| i as usize)
             .filter(|i| *i < segment.len())
             .ok_or_else(|| refuse(format!("offset {from} is not in segment {segment_start}")))?;
-        let start = segment.start_of(first)?;
+        // The entries the frames may cover, in one read: a frame is at least a header long.
+        let most = (first + frames.len() / HEADER_SIZE).clamp(first + 1, segment.len());
+        let (start, entries) = segment.span(first, most)?;
         let mut at = 0usize;
         let mut i = first;
         while at < frames.len() {
@@ -768,7 +764,7 @@ impl PartitionLog {
                 .get(at..at + len)
                 .ok_or_else(|| refuse("a frame runs past the chunk".into()))?;
             let expected = segment_start + i as u64;
-            let entry = segment.entry(i)?;
+            let entry = entries.get(i - first);
             if !checksum_matches(frame)
                 || header.offset() != expected
                 || entry.map(|e| e.end as u64) != Some(start + (at + len) as u64)

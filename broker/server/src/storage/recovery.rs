@@ -257,14 +257,10 @@ fn read_index(path: &Path) -> Result<Vec<IndexEntry>, StorageError> {
 fn valid_prefix(entries: &[IndexEntry], log_len: u64) -> usize {
     let mut previous_end = 0u64;
     for (i, e) in entries.iter().enumerate() {
-        let end = e.end as u64;
-        if e.relative_offset as usize != i
-            || end < previous_end + HEADER_SIZE as u64
-            || end > log_len
-        {
+        if !e.fits(i, previous_end, log_len) {
             return i;
         }
-        previous_end = end;
+        previous_end = u64::from(e.end);
     }
     entries.len()
 }

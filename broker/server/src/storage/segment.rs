@@ -13,7 +13,7 @@
 
 use super::descriptors::SegmentFile;
 use super::{IoContext, StorageError};
-use iggy_wire::message::INDEX_ENTRY_SIZE;
+use iggy_wire::message::{HEADER_SIZE, INDEX_ENTRY_SIZE};
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +30,17 @@ impl IndexEntry {
         out.extend_from_slice(&self.relative_offset.to_le_bytes());
         out.extend_from_slice(&self.end.to_le_bytes());
         out.extend_from_slice(&self.timestamp.to_le_bytes());
+    }
+
+    /// Whether this entry can stand at index position `position` of a log of `log_len` bytes
+    /// whose previous message ends at `previous_end` (0 for the first): its relative offset is
+    /// its position, and it ends at least a message header after the previous one, inside the
+    /// log. Boot and every read of an index file hold entries to it.
+    pub fn fits(&self, position: usize, previous_end: u64, log_len: u64) -> bool {
+        let end = u64::from(self.end);
+        self.relative_offset as usize == position
+            && end >= previous_end + HEADER_SIZE as u64
+            && end <= log_len
     }
 
     pub fn decode(bytes: &[u8]) -> Self {
@@ -145,6 +156,28 @@ impl Segment {
         }
     }
 
+    /// Where message `from` starts in the `.log` and the entries `from..upto`, in one read of
+    /// the index (the entry before `from` gives the start).
+    pub fn span(
+        &self,
+        from: usize,
+        upto: usize,
+    ) -> Result<(u64, Cow<'_, [IndexEntry]>), StorageError> {
+        let read = self.entries(from.saturating_sub(1), upto)?;
+        if from == 0 {
+            return Ok((0, read));
+        }
+        let start = u64::from(read[0].end);
+        let entries = match read {
+            Cow::Borrowed(entries) => Cow::Borrowed(&entries[1..]),
+            Cow::Owned(mut entries) => {
+                entries.remove(0);
+                Cow::Owned(entries)
+            }
+        };
+        Ok((start, entries))
+    }
+
     /// Entry `i`, if the segment holds it.
     pub fn entry(&self, i: usize) -> Result<Option<IndexEntry>, StorageError> {
         if i >= self.len() {
@@ -195,8 +228,7 @@ impl Segment {
         let first = IndexEntry::decode(&ends);
         self.index_file.read_exact_at(&mut ends, file_len - entry)?;
         let last = IndexEntry::decode(&ends);
-        let agree = first.relative_offset == 0
-            && u64::from(first.end) >= iggy_wire::message::HEADER_SIZE as u64
+        let agree = first.fits(0, 0, log_len)
             && last.relative_offset as usize == len - 1
             && u64::from(last.end) == log_len
             && first.end <= last.end;
@@ -229,29 +261,25 @@ impl Segment {
         Ok(encoded)
     }
 
-    /// Reads entries `from..upto` from the file. Each must be where it is read (its relative
-    /// offset is its position) and end after the one before it, inside the log: a damaged file
-    /// is refused, never used to place a read (the same checks recovery makes of the file).
+    /// Reads entries `from..upto` from the file, each held to [`IndexEntry::fits`] (the first
+    /// one read against a previous end of 0): a damaged file is refused, never used to place a
+    /// read.
     fn read_entries(&self, from: usize, upto: usize) -> Result<Vec<IndexEntry>, StorageError> {
         let mut bytes = vec![0u8; (upto - from) * INDEX_ENTRY_SIZE];
         self.index_file
             .read_exact_at(&mut bytes, (from * INDEX_ENTRY_SIZE) as u64)?;
-        let mut previous_end = None;
+        let mut previous_end = 0;
         let mut entries = Vec::with_capacity(upto - from);
         for (k, chunk) in bytes.chunks_exact(INDEX_ENTRY_SIZE).enumerate() {
             let entry = IndexEntry::decode(chunk);
-            let end = u64::from(entry.end);
-            let in_place = entry.relative_offset as usize == from + k
-                && end <= self.size
-                && previous_end.is_none_or(|previous| end > previous);
-            if !in_place {
+            if !entry.fits(from + k, previous_end, self.size) {
                 return Err(StorageError::CorruptRead {
                     path: self.index_path.clone(),
                     position: ((from + k) * INDEX_ENTRY_SIZE) as u64,
                     reason: "an index entry does not fit its segment",
                 });
             }
-            previous_end = Some(end);
+            previous_end = u64::from(entry.end);
             entries.push(entry);
         }
         Ok(entries)
@@ -302,11 +330,8 @@ impl Segment {
     /// Index position of the first message whose timestamp is at or after `timestamp`.
     pub fn first_at_or_after(&self, timestamp: u64) -> Result<Option<usize>, StorageError> {
         let len = self.len();
-        if let Index::Building(entries) = &self.index {
-            let i = entries.partition_point(|e| e.timestamp < timestamp);
-            return Ok((i < len).then_some(i));
-        }
-        // The same search over the file, one entry per step.
+        // A binary search, one entry read per step; the kept ends answer without a read when
+        // the time is outside the segment.
         match (self.first_entry(), self.last_entry()) {
             (_, None) => return Ok(None),
             (_, Some(last)) if last.timestamp < timestamp => return Ok(None),
