@@ -38,21 +38,10 @@ start_single() { # fsync
 }
 
 start_cluster() { # route fsync
-  cat > "$WORK/ring.json" <<JSON
-{"cluster_id": "bench", "epoch": 0, "members": [
-  {"id": 0, "position": 0, "address": "127.0.0.1:28091", "client_address": "127.0.0.1:28090"},
-  {"id": 1, "position": 1, "address": "127.0.0.1:28191", "client_address": "127.0.0.1:28190"},
-  {"id": 2, "position": 2, "address": "127.0.0.1:28291", "client_address": "127.0.0.1:28290"}]}
-JSON
+  write_ring
   clear_data
   for n in 0 1 2; do
-    IGGY_SYSTEM_PATH="$WORK/member-$n" IGGY_TCP_ADDRESS="127.0.0.1:28${n}90" \
-      IGGY_HTTP_ADDRESS="127.0.0.1:2${n}300" IGGY_REPLICATION_ADDRESS="127.0.0.1:28${n}91" \
-      IGGY_CLUSTER_RING_FILE="$WORK/ring.json" IGGY_CLUSTER_MEMBER_ID=$n \
-      IGGY_REPLICATION_ROUTE="$1" IGGY_STORAGE_FSYNC="$2" \
-      IGGY_REPLICATION_SECRET=bench-replication-secret \
-      IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_LOGGING_LEVEL=warn \
-      "$BROKER" >"$WORK/member-$n.log" 2>&1 &
+    start_member "$n" IGGY_REPLICATION_ROUTE="$1" IGGY_STORAGE_FSYNC="$2"
     PIDS+=($!)
   done
   for n in 0 1 2; do wait_ready "2${n}300"; done

@@ -27,3 +27,25 @@ cores_busy() { # "busy total" "busy total"
     if (y[2] > x[2]) printf "%.2f", n * (y[1] - x[1]) / (y[2] - x[2]); else printf "n/a" }'
 }
 rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+# The three-member ring on loopback the cluster scripts use: member n serves clients on
+# 28n90, replicates on 28n91 and answers HTTP on 2n300.
+write_ring() {
+  cat > "$WORK/ring.json" <<JSON
+{"cluster_id": "bench", "epoch": 0, "members": [
+  {"id": 0, "position": 0, "address": "127.0.0.1:28091", "client_address": "127.0.0.1:28090"},
+  {"id": 1, "position": 1, "address": "127.0.0.1:28191", "client_address": "127.0.0.1:28190"},
+  {"id": 2, "position": 2, "address": "127.0.0.1:28291", "client_address": "127.0.0.1:28290"}]}
+JSON
+}
+# Starts member n of that ring in the background (its PID is then in $!), data in
+# $WORK/member-n, output appended to $WORK/member-n.log; more settings as VAR=value arguments.
+start_member() { # n [VAR=value...]
+  local n=$1
+  shift
+  env IGGY_SYSTEM_PATH="$WORK/member-$n" IGGY_TCP_ADDRESS="127.0.0.1:28${n}90" \
+    IGGY_HTTP_ADDRESS="127.0.0.1:2${n}300" IGGY_REPLICATION_ADDRESS="127.0.0.1:28${n}91" \
+    IGGY_CLUSTER_RING_FILE="$WORK/ring.json" IGGY_CLUSTER_MEMBER_ID="$n" \
+    IGGY_REPLICATION_SECRET=bench-replication-secret \
+    IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_LOGGING_LEVEL=warn \
+    "$@" "$BROKER" >>"$WORK/member-$n.log" 2>&1 &
+}

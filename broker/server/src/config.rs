@@ -342,6 +342,7 @@ pub struct StorageConfig {
     pub segment_size: ByteSize,
     pub max_poll_bytes: ByteSize,
     pub scrub_rate: ByteSize,
+    pub checkpoint_interval: HumanDuration,
 }
 
 #[derive(Clone, Deserialize)]

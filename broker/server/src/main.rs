@@ -218,6 +218,10 @@ async fn run(
              Set IGGY_ROOT_PASSWORD on first boot to choose it instead."
         );
     }
+    broker
+        .metrics
+        .boot_verified_bytes
+        .store(report.verified_bytes, std::sync::atomic::Ordering::Relaxed);
     if report.truncated_tails > 0 {
         tracing::warn!(partitions = report.truncated_tails, "recovered torn tails");
     }
@@ -252,6 +256,32 @@ async fn run(
             loop {
                 tick.tick().await;
                 broker.sync_dirty_partitions().await;
+            }
+        });
+    }
+    {
+        // The first pass runs at once: it records what boot recovery just verified, so a
+        // broker that crashes again soon does not verify it all again.
+        let broker = broker.clone();
+        let every = broker.config.storage.checkpoint_interval.0;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let broker = broker.clone();
+                let started = Instant::now();
+                let pass =
+                    tokio::task::spawn_blocking(move || broker.checkpoint_written_partitions());
+                if let Ok(written) = pass.await {
+                    if written > 0 {
+                        tracing::debug!(
+                            partitions = written,
+                            ms = started.elapsed().as_millis() as u64,
+                            "checkpointed the partitions written since their last checkpoint"
+                        );
+                    }
+                }
             }
         });
     }

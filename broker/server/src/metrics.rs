@@ -42,6 +42,12 @@ pub struct Metrics {
     /// Bytes of sealed segments the scrubber re-verified, and damaged ranges it found.
     pub scrub_bytes: AtomicU64,
     pub scrub_corruptions: AtomicU64,
+    /// Bytes the last boot re-verified by checksum (what partitions held past their last
+    /// checkpoint); passes of the running checkpoint (`storage.checkpoint_interval`) and the
+    /// partition checkpoints they wrote.
+    pub boot_verified_bytes: AtomicU64,
+    pub checkpoint_passes: AtomicU64,
+    pub partition_checkpoints: AtomicU64,
     /// Damaged ranges rewritten from another copy (a peer's, or the object store's), and
     /// repairs that found no intact copy.
     pub repairs: AtomicU64,
@@ -92,6 +98,9 @@ impl Metrics {
             logins_throttled: AtomicU64::new(0),
             scrub_bytes: AtomicU64::new(0),
             scrub_corruptions: AtomicU64::new(0),
+            boot_verified_bytes: AtomicU64::new(0),
+            checkpoint_passes: AtomicU64::new(0),
+            partition_checkpoints: AtomicU64::new(0),
             repairs: AtomicU64::new(0),
             repair_failures: AtomicU64::new(0),
             view_changes: AtomicU64::new(0),
@@ -224,7 +233,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 18] = [
+        let singles: [(&str, &str, &str, u64); 21] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -272,6 +281,24 @@ impl Metrics {
                 "counter",
                 "Damaged ranges the scrubber found.",
                 load(&self.scrub_corruptions),
+            ),
+            (
+                "iggy_boot_verified_bytes",
+                "gauge",
+                "Bytes the last boot re-verified by checksum: what partitions held past their last checkpoint.",
+                load(&self.boot_verified_bytes),
+            ),
+            (
+                "iggy_checkpoint_passes_total",
+                "counter",
+                "Passes of the running checkpoint over the partitions (storage.checkpoint_interval).",
+                load(&self.checkpoint_passes),
+            ),
+            (
+                "iggy_partition_checkpoints_total",
+                "counter",
+                "Partition checkpoints written while running (storage.checkpoint_interval).",
+                load(&self.partition_checkpoints),
             ),
             (
                 "iggy_repairs_total",

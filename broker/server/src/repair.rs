@@ -124,6 +124,15 @@ pub fn report(broker: &Broker, partition: &Arc<Partition>, from: u64, until: u64
     }
 }
 
+/// Whether damage in `partition` was reported and not yet taken up for repair.
+pub fn pending(partition: &Arc<Partition>) -> bool {
+    REPORTED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .any(|p| Arc::ptr_eq(p, partition))
+}
+
 /// Repairs what polls report, one range at a time, until the process ends (brokers with
 /// another copy: [`has_copies`]).
 pub async fn run(broker: Arc<Broker>) {

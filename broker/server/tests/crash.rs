@@ -420,6 +420,93 @@ async fn shutdown_checkpoints_only_what_was_written() {
     assert_eq!(poll_range_of(&client, 7).await, ["first", "second"]);
 }
 
+/// Sends producer 0's messages `seqs` to partition 0 in one batch.
+async fn send_seqs(client: &IggyClient, seqs: std::ops::Range<usize>) {
+    let mut batch: Vec<IggyMessage> = seqs.map(|i| message(&payload(0, i))).collect();
+    client
+        .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
+        .await
+        .unwrap();
+}
+
+/// A metric's value once it reaches `at_least`, within 10 s.
+async fn metric_at_least(broker: &TestBroker, name: &str, at_least: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_get(broker.http, "/metrics").unwrap();
+        let value = common::metric(&metrics, name).unwrap_or(0.0);
+        if value >= at_least {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} stayed at {value}, below {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checkpoints are also taken while running, not only at a clean stop, so a boot after
+/// kill -9 re-verifies only what followed the last one: the pass right after a boot records
+/// what that boot verified, and later passes every `storage.checkpoint_interval` what was
+/// written since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_after_a_crash_verifies_only_what_followed_the_last_running_checkpoint() {
+    const VERIFIED: &str = "iggy_boot_verified_bytes";
+    const PASSES: &str = "iggy_checkpoint_passes_total";
+    const CHECKPOINTS: &str = "iggy_partition_checkpoints_total";
+    // Each boot's first pass runs at once; an interval of an hour keeps the next ones out.
+    let mut broker = TestBroker::start_with(&[("IGGY_STORAGE_CHECKPOINT_INTERVAL", "1h")]);
+    metric_at_least(&broker, PASSES, 1.0).await;
+    let client = broker.client().await;
+    setup(&client, 1).await;
+    send_seqs(&client, 0..20).await;
+    drop(client);
+    broker.kill9();
+
+    broker.spawn_and_wait();
+    assert_eq!(
+        metric_at_least(&broker, VERIFIED, 0.0).await,
+        message_start(20) as f64,
+        "no checkpoint yet: the boot verifies all 20 messages"
+    );
+    metric_at_least(&broker, PASSES, 1.0).await;
+    assert_eq!(metric_at_least(&broker, CHECKPOINTS, 0.0).await, 1.0);
+    let client = broker.client().await;
+    send_seqs(&client, 20..25).await;
+    drop(client);
+    broker.kill9();
+
+    broker.set_env("IGGY_STORAGE_CHECKPOINT_INTERVAL", "100ms");
+    broker.spawn_and_wait();
+    assert_eq!(
+        metric_at_least(&broker, VERIFIED, 0.0).await,
+        (message_start(25) - message_start(20)) as f64,
+        "the last boot's first pass recorded the 20 it verified: only the 5 after them"
+    );
+    metric_at_least(&broker, CHECKPOINTS, 1.0).await;
+    let client = broker.client().await;
+    send_seqs(&client, 25..40).await;
+    metric_at_least(&broker, CHECKPOINTS, 2.0).await;
+    drop(client);
+    broker.kill9();
+
+    broker.spawn_and_wait();
+    assert_eq!(
+        metric_at_least(&broker, VERIFIED, 0.0).await,
+        0.0,
+        "a pass while running recorded the last 15"
+    );
+    let client = broker.client().await;
+    let stored: Vec<String> = read_all(&client, 0)
+        .await
+        .iter()
+        .map(|m| m.payload_as_string().unwrap())
+        .collect();
+    let sent: Vec<String> = (0..40).map(|i| payload(0, i)).collect();
+    assert_eq!(stored, sent);
+}
+
 async fn send_one(client: &IggyClient, partition: u32, text: &str) {
     let mut messages = vec![message(text)];
     client

@@ -11,7 +11,7 @@
 use crate::config::FsyncPolicy;
 use crate::storage::offsets::ConsumerOffsets;
 use crate::storage::partition_log::{Appended, PartitionLog, ReadPlan};
-use crate::storage::StorageError;
+use crate::storage::{fsutil, StorageError};
 use iggy_wire::ConsumerKind;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +38,9 @@ pub struct Partition {
     /// durable checkpoint may still be the older one, so tiering evicts only segments that end
     /// before both (`tiering::uploader`). (0, 0) until captures happen: nothing is evicted.
     checkpoints: std::sync::Mutex<(u64, u64)>,
+    /// Held by whoever writes the partition's checkpoint (a running checkpoint, the clean
+    /// shutdown): both stage the same temporary file.
+    checkpoint_writer: std::sync::Mutex<()>,
 }
 
 impl Partition {
@@ -64,6 +67,7 @@ impl Partition {
             poisoned: AtomicBool::new(false),
             sync_appends,
             checkpoints: std::sync::Mutex::new((0, 0)),
+            checkpoint_writer: std::sync::Mutex::new(()),
         })
     }
 
@@ -199,6 +203,48 @@ impl Partition {
         Ok(())
     }
 
+    /// Blocking: moves the partition's checkpoint up to what it has written, while it keeps
+    /// taking appends, so a boot after a crash verifies only what came after (the clean
+    /// shutdown's checkpoint, taken every `storage.checkpoint_interval`). The files written
+    /// since the last checkpoint are fsynced and the new record staged outside the lock;
+    /// the record replaces the old one only if the log was not cut meanwhile. Returns whether
+    /// it wrote one: not when nothing was appended since, nor when a cut got in between.
+    pub fn checkpoint_running(&self) -> Result<bool, StorageError> {
+        let _writer = self.checkpoint_writer();
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned { path: self.dir() });
+        }
+        let (due, dir) = {
+            let log = self.log();
+            let Some(due) = log.checkpoint_due() else {
+                return Ok(false);
+            };
+            (due, log.dir().to_owned())
+        };
+        for file in &due.files {
+            if let Err(e) = file.sync_data() {
+                // As in `sync_through`: the kernel may have dropped the pages it failed to
+                // write, so nothing written since can be promised, let alone checkpointed.
+                self.poisoned.store(true, Ordering::Release);
+                tracing::error!(error = %e, "fsync failed; partition refuses writes until restart");
+                return Err(e);
+            }
+        }
+        self.durable_seq.fetch_max(due.write_seq, Ordering::AcqRel);
+        let staged = due.checkpoint.stage(&dir)?;
+        if !self.log().install_checkpoint(&due, staged)? {
+            return Ok(false);
+        }
+        fsutil::sync_dir(&dir)?;
+        Ok(true)
+    }
+
+    fn checkpoint_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.checkpoint_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// A checkpoint captured the log at `next_offset` (replicas only).
     pub fn note_checkpoint(&self, next_offset: u64) {
         let mut checkpoints = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,11 +288,116 @@ impl Partition {
     /// Clean shutdown: everything to disk, then the checkpoint that spares the next boot a
     /// full verification.
     pub fn shutdown(&self) -> Result<(), StorageError> {
+        let _writer = self.checkpoint_writer();
         let mut log = self.log();
         if !log.needs_checkpoint() {
             return Ok(());
         }
         log.sync_all()?;
         log.write_checkpoint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::checkpoint::{self, Checkpoint};
+    use crate::storage::partition_log::tests::batch;
+
+    /// Bytes of one stored 100-byte message (header + payload).
+    const MESSAGE: u64 = 64 + 100;
+
+    fn partition(dir: &std::path::Path) -> Partition {
+        let log = PartitionLog::create(dir, 1 << 20, false).unwrap();
+        Partition::new(0, 0, log, FsyncPolicy::Never).unwrap()
+    }
+
+    /// Reopens the partition's files as a boot after a crash does (nothing was shut down).
+    fn boot_after_crash(dir: &std::path::Path) -> (PartitionLog, u64) {
+        let (log, report) = PartitionLog::open(dir, 1 << 20, false).unwrap();
+        (log, report.verified_bytes)
+    }
+
+    #[test]
+    fn a_running_checkpoint_spares_a_boot_after_a_crash_what_it_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition(dir.path());
+        assert!(
+            !partition.checkpoint_running().unwrap(),
+            "an empty log needs no checkpoint"
+        );
+        partition.append(&mut batch(10, 100), 1, || 7).unwrap();
+        assert!(partition.checkpoint_running().unwrap());
+        assert_eq!(
+            Checkpoint::load(dir.path()),
+            Some(Checkpoint {
+                segment_start: 0,
+                position: 10 * MESSAGE
+            })
+        );
+        assert!(
+            !partition.checkpoint_running().unwrap(),
+            "nothing was written since"
+        );
+        partition.append(&mut batch(3, 100), 1, || 7).unwrap();
+        drop(partition);
+        let (log, verified) = boot_after_crash(dir.path());
+        assert_eq!(verified, 3 * MESSAGE, "only what came after the checkpoint");
+        assert_eq!(log.messages_count(), 13);
+    }
+
+    #[test]
+    fn a_running_checkpoint_captured_before_a_cut_is_not_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition(dir.path());
+        partition.append(&mut batch(10, 100), 1, || 7).unwrap();
+        assert!(partition.checkpoint_running().unwrap());
+        let at_ten = Checkpoint::load(dir.path());
+        partition.append(&mut batch(5, 100), 1, || 7).unwrap();
+        // Captured at 15 messages; the log is cut back to 12 and written again before the
+        // record is installed, as a replica restoring its replication checkpoint would.
+        let due = partition.log().checkpoint_due().unwrap();
+        let staged = due.checkpoint.stage(dir.path()).unwrap();
+        partition.log().truncate_to(12).unwrap();
+        assert_eq!(
+            Checkpoint::load(dir.path()),
+            at_ten,
+            "a checkpoint below the cut still holds"
+        );
+        partition.append(&mut batch(3, 100), 1, || 7).unwrap();
+        assert!(!partition.log().install_checkpoint(&due, staged).unwrap());
+        assert_eq!(Checkpoint::load(dir.path()), at_ten);
+        drop(partition);
+        let (log, verified) = boot_after_crash(dir.path());
+        assert_eq!(verified, 5 * MESSAGE, "everything after the tenth message");
+        assert_eq!(log.messages_count(), 15);
+    }
+
+    #[test]
+    fn a_cut_below_the_checkpoint_removes_it_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition(dir.path());
+        partition.append(&mut batch(10, 100), 1, || 7).unwrap();
+        assert!(partition.checkpoint_running().unwrap());
+        partition.log().truncate_to(8).unwrap();
+        assert!(!dir.path().join(checkpoint::FILE_NAME).exists());
+        partition.append(&mut batch(4, 100), 1, || 7).unwrap();
+        drop(partition);
+        let (log, verified) = boot_after_crash(dir.path());
+        assert_eq!(verified, 12 * MESSAGE, "everything is verified again");
+        assert_eq!(log.messages_count(), 12);
+    }
+
+    #[test]
+    fn a_poisoned_partition_is_not_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = partition(dir.path());
+        partition.append(&mut batch(2, 100), 1, || 7).unwrap();
+        partition.poisoned.store(true, Ordering::Release);
+        assert!(matches!(
+            partition.checkpoint_running(),
+            Err(StorageError::Poisoned { .. })
+        ));
+        assert_eq!(Checkpoint::load(dir.path()), None);
     }
 }

@@ -1,7 +1,10 @@
-//! The per-partition checkpoint: how far the log was known intact and durable at the last clean
-//! shutdown. Boot recovery re-verifies checksums only after it, so a restart after a clean stop
-//! is fast and a restart after a crash checks exactly what the crash could have damaged. It stays
-//! true after a crash because the log is append-only and never truncated below it.
+//! The per-partition checkpoint: how far the log was known intact and durable when it was
+//! written — at a clean shutdown, and while running every `storage.checkpoint_interval` for the
+//! partitions written since (`Partition::checkpoint_running`). Boot recovery re-verifies
+//! checksums only after it, so a restart after a clean stop is fast and a restart after a crash
+//! checks what the crash could have damaged: what was written since the last checkpoint. It
+//! stays true after a crash because the log is append-only; the operations that cut a log
+//! (`PartitionLog::truncate_to`, `purge`, `restart_at`) remove it first, durably.
 
 use super::{fsutil, StorageError};
 use std::path::Path;
@@ -35,17 +38,33 @@ impl Checkpoint {
         })
     }
 
-    pub fn store(&self, partition_dir: &Path) -> Result<(), StorageError> {
+    fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(24);
         bytes.extend_from_slice(&self.segment_start.to_le_bytes());
         bytes.extend_from_slice(&self.position.to_le_bytes());
         let checksum = xxhash_rust::xxh3::xxh3_64(&bytes);
         bytes.extend_from_slice(&checksum.to_le_bytes());
-        fsutil::write_atomically(&partition_dir.join(FILE_NAME), &bytes)
+        bytes
     }
 
-    pub fn remove(partition_dir: &Path) {
-        let _ = std::fs::remove_file(partition_dir.join(FILE_NAME));
+    pub fn store(&self, partition_dir: &Path) -> Result<(), StorageError> {
+        fsutil::write_atomically(&partition_dir.join(FILE_NAME), &self.encode())
+    }
+
+    /// Writes the checkpoint beside the current one, fsynced, for the caller to install once it
+    /// knows the log was not cut meanwhile, then sync the directory.
+    pub fn stage(&self, partition_dir: &Path) -> Result<fsutil::Staged, StorageError> {
+        fsutil::stage(&partition_dir.join(FILE_NAME), &self.encode())
+    }
+
+    /// Removes the checkpoint; true when there was one (the caller then syncs the directory).
+    pub fn remove(partition_dir: &Path) -> Result<bool, StorageError> {
+        let path = partition_dir.join(FILE_NAME);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(StorageError::Io { path, source }),
+        }
     }
 }
 

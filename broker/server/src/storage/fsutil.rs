@@ -13,6 +13,17 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// Replaces `path` with `bytes` atomically: write a sibling temp file, fsync it, rename it over
 /// the target, fsync the directory. A crash leaves either the old or the new content.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    stage(path, bytes)?.install()?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// The first half of [`write_atomically`]: `bytes` written to `path`'s sibling temp file and
+/// fsynced, not yet in place. For a caller that must decide under a lock whether the new
+/// content may still replace the old, without holding the lock for the fsyncs.
+pub fn stage(path: &Path, bytes: &[u8]) -> Result<Staged, StorageError> {
     let tmp = path.with_extension("tmp");
     super::faults::check_write(&tmp).at(&tmp)?;
     let mut file = OpenOptions::new()
@@ -23,11 +34,25 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
         .at(&tmp)?;
     file.write_all(bytes).at(&tmp)?;
     file.sync_all().at(&tmp)?;
-    std::fs::rename(&tmp, path).at(path)?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+    Ok(Staged {
+        tmp,
+        path: path.to_owned(),
+    })
+}
+
+/// A file [`stage`]d next to the one it replaces.
+#[derive(Debug)]
+#[must_use = "a staged file replaces nothing until it is installed"]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Renames the staged file over its target; durable once the directory is synced.
+    pub fn install(self) -> Result<(), StorageError> {
+        std::fs::rename(&self.tmp, &self.path).at(&self.path)
     }
-    Ok(())
 }
 
 /// Creates a directory and its parents, then fsyncs each newly reachable level's parent.

@@ -26,8 +26,11 @@ pub struct PartitionLog {
     /// Incremented by every append; the group commit compares it with what is on disk.
     write_seq: u64,
     /// The checkpoint on disk, as far as this process knows: when it still describes the log,
-    /// a clean shutdown has nothing to sync or write for this partition.
+    /// a clean shutdown or a running checkpoint has nothing to sync or write for it.
     checkpointed: Option<Checkpoint>,
+    /// Bumped by every cut of the log: a running checkpoint captured before a cut describes
+    /// bytes that may have been replaced since, so it is not installed ([`Self::install_checkpoint`]).
+    cuts: u64,
     /// The sealed segments the object store holds (`storage::tiered`). Those below the first
     /// local segment exist only there; the others are on local disk too.
     tiered: Manifest,
@@ -328,6 +331,7 @@ impl PartitionLog {
             size_bytes: 0,
             write_seq: 0,
             checkpointed: None,
+            cuts: 0,
             tiered: Manifest::new(),
             tiered_version: 0,
             l1: TailCache::default(),
@@ -645,9 +649,8 @@ impl PartitionLog {
             self.tiered_version += 1;
             tiered::store(&self.dir, &self.tiered)?;
         }
+        self.forget_checkpoint()?;
         remove_segment_files(&self.dir, &self.segments)?;
-        Checkpoint::remove(&self.dir);
-        self.checkpointed = None;
         self.segments = vec![Segment::open(&self.dir, 0)?];
         fsutil::sync_dir(&self.dir)?;
         self.messages_count = 0;
@@ -868,9 +871,8 @@ impl PartitionLog {
             });
         }
         self.l1.clear();
+        self.forget_checkpoint()?;
         remove_segment_files(&self.dir, &self.segments)?;
-        Checkpoint::remove(&self.dir);
-        self.checkpointed = None;
         self.segments = vec![Segment::open(&self.dir, first_local)?];
         tiered::store(&self.dir, &manifest)?;
         self.tiered = manifest;
@@ -903,12 +905,16 @@ impl PartitionLog {
             });
         };
         self.l1.clear();
+        let segment = &self.segments[keep];
+        let entries = (next_offset - segment.start_offset) as usize;
+        let position = match entries < segment.len() {
+            true => segment.start_of(entries)?,
+            false => segment.size,
+        };
+        self.before_cut(segment.start_offset, position)?;
         let removed: Vec<Segment> = self.segments.drain(keep + 1..).collect();
         remove_segment_files(&self.dir, &removed)?;
-        let segment = &mut self.segments[keep];
-        segment.cut_to((next_offset - segment.start_offset) as usize)?;
-        Checkpoint::remove(&self.dir);
-        self.checkpointed = None;
+        self.segments[keep].cut_to(entries)?;
         // A tiered segment that was cut is no longer what the store holds.
         let tiered_before = self.tiered.segments.len();
         self.tiered
@@ -1131,6 +1137,74 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// What a running checkpoint would record now, when the one on disk no longer describes
+    /// the log (see [`Self::needs_checkpoint`]): the log's end, and the files to fsync before
+    /// it may be recorded — the segments from the last checkpoint's on, the earlier ones being
+    /// durable since it was written.
+    pub fn checkpoint_due(&self) -> Option<DueCheckpoint> {
+        if !self.needs_checkpoint() {
+            return None;
+        }
+        let synced_below = self.checkpointed.map_or(0, |c| c.segment_start);
+        let files = self
+            .segments
+            .iter()
+            .filter(|s| s.start_offset >= synced_below)
+            .flat_map(|s| s.sync_handles())
+            .collect();
+        Some(DueCheckpoint {
+            checkpoint: self.current_checkpoint(),
+            write_seq: self.write_seq,
+            cuts: self.cuts,
+            files,
+        })
+    }
+
+    /// Puts a [`DueCheckpoint`], its files fsynced and its record `staged`, in place of the
+    /// checkpoint on disk, unless the log was cut since it was captured (then the staged file
+    /// is left unused and `false` returned). The caller syncs the directory after releasing
+    /// the lock this is called under.
+    pub fn install_checkpoint(
+        &mut self,
+        due: &DueCheckpoint,
+        staged: fsutil::Staged,
+    ) -> Result<bool, StorageError> {
+        if due.cuts != self.cuts {
+            return Ok(false);
+        }
+        staged.install()?;
+        self.checkpointed = Some(due.checkpoint);
+        Ok(true)
+    }
+
+    /// Before the log is cut back to `position` of the segment starting at `start`: a running
+    /// checkpoint captured earlier may describe bytes about to be replaced, so it will not be
+    /// installed; the checkpoint on disk stays when it ends at or before the cut (a replica
+    /// restoring its replication checkpoint at boot usually cuts above it) and goes, durably,
+    /// when it reaches past it — before the cut, or it would spare the bytes written after the
+    /// cut from the next boot's verification.
+    fn before_cut(&mut self, start: u64, position: u64) -> Result<(), StorageError> {
+        let still_true = self.checkpointed.is_some_and(|cp| {
+            cp.segment_start < start || (cp.segment_start == start && cp.position <= position)
+        });
+        if still_true {
+            self.cuts += 1;
+            Ok(())
+        } else {
+            self.forget_checkpoint()
+        }
+    }
+
+    /// Removes the checkpoint, durably, before the log is cut below its end or replaced.
+    fn forget_checkpoint(&mut self) -> Result<(), StorageError> {
+        self.cuts += 1;
+        self.checkpointed = None;
+        if Checkpoint::remove(&self.dir)? {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
     fn current_checkpoint(&self) -> Checkpoint {
         let active = self.active();
         Checkpoint {
@@ -1146,6 +1220,18 @@ impl PartitionLog {
         let empty = self.segments.len() == 1 && self.active().size == 0;
         !empty && self.checkpointed != Some(self.current_checkpoint())
     }
+}
+
+/// A checkpoint captured while running, to be recorded once its files are fsynced
+/// ([`PartitionLog::checkpoint_due`]).
+#[derive(Debug)]
+pub struct DueCheckpoint {
+    pub checkpoint: Checkpoint,
+    /// The log's append sequence number when it was captured: everything up to it is on disk
+    /// once `files` are synced.
+    pub write_seq: u64,
+    cuts: u64,
+    pub files: Vec<SegmentFile>,
 }
 
 /// Removes detached segments' files from the partition durably; the bytes are unlinked off
