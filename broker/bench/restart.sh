@@ -27,7 +27,9 @@ wait_pass() { # http-port
 restarts() { # label index http-port start-function wait-function
   local label=$1 n=$2 http=$3 start=$4 wait=$5 t0
   for round in "before a running checkpoint" "after one"; do
-    [ "$round" = "after one" ] && wait_pass "$http"
+    # A second after the restart: a member killed while it still catches up also repairs
+    # its log at the next boot, which is not what this measures.
+    [ "$round" = "after one" ] && wait_pass "$http" && sleep 1
     kill -9 "${PIDS[$n]}"; wait "${PIDS[$n]}" 2>/dev/null || true
     t0=$(date +%s%N); "$start"; "$wait"
     echo "$label, kill -9 $round: $(ms_since "$t0") ms ($WAITED), boot verified" \
