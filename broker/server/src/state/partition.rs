@@ -389,6 +389,27 @@ mod tests {
     }
 
     #[test]
+    fn a_running_checkpoint_is_not_installed_into_a_partition_created_at_the_same_path() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("p");
+        let old = partition(&dir);
+        old.append(&mut batch(10, 100), 1, || 7).unwrap();
+        let due = old.log().checkpoint_due().unwrap();
+        // Deleted (a replica buries the directory) and created again at the same path while
+        // the pass fsynced; the record is staged into the new directory.
+        std::fs::rename(&dir, root.path().join("buried")).unwrap();
+        let new = partition(&dir);
+        new.append(&mut batch(2, 100), 1, || 7).unwrap();
+        let staged = due.checkpoint.stage(&dir).unwrap();
+        assert!(!old.log().install_checkpoint(&due, staged).unwrap());
+        assert_eq!(Checkpoint::load(&dir), None);
+        drop((old, new));
+        let (log, verified) = boot_after_crash(&dir);
+        assert_eq!(verified, 2 * MESSAGE);
+        assert_eq!(log.messages_count(), 2);
+    }
+
+    #[test]
     fn a_poisoned_partition_is_not_checkpointed() {
         let dir = tempfile::tempdir().unwrap();
         let partition = partition(dir.path());

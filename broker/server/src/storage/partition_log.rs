@@ -1169,12 +1169,29 @@ impl PartitionLog {
         due: &DueCheckpoint,
         staged: fsutil::Staged,
     ) -> Result<bool, StorageError> {
-        if due.cuts != self.cuts {
+        if due.cuts != self.cuts || !self.still_at_its_path() {
             return Ok(false);
         }
         staged.install()?;
         self.checkpointed = Some(due.checkpoint);
         Ok(true)
+    }
+
+    /// Whether the active segment file at this log's path is the one this log has open. Not
+    /// when the partition was deleted and another created at the same path since: a record
+    /// staged there then describes another log's bytes. (The open file keeps its inode alive,
+    /// so the number cannot have been reused; a file the descriptor budget closed cannot be
+    /// checked, and the next pass tries again.)
+    fn still_at_its_path(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let active = self.active();
+        let Some(open) = active.log.if_open() else {
+            return false;
+        };
+        match (open.metadata(), std::fs::metadata(&active.log_path)) {
+            (Ok(open), Ok(at_path)) => (open.dev(), open.ino()) == (at_path.dev(), at_path.ino()),
+            _ => false,
+        }
     }
 
     /// Before the log is cut back to `position` of the segment starting at `start`: a running
