@@ -1,6 +1,7 @@
-//! The scrubber: re-verifies sealed segments in the background at `storage.scrub_rate` bytes
-//! per second, so rot in data nobody reads is found before a consumer (or a replica's repair)
-//! needs it. It reads through the same verified read path as a poll, a window at a time outside
+//! The scrubber: re-verifies stored data in the background at `storage.scrub_rate` bytes per
+//! second — the sealed segments, and the active one as far as its checkpoint vouches for it
+//! (what a boot no longer verifies) — so rot in data nobody reads is found before a consumer
+//! (or a replica's repair) needs it. It reads through the same verified read path as a poll, a window at a time outside
 //! the partition's lock, and reports damage with an error log naming the file and byte and
 //! `iggy_scrub_corruptions_total`; polls of a damaged range answer `InvalidMessageChecksum`.
 //! The range is then rewritten from another copy (`repair`): a peer's, or the
@@ -28,13 +29,13 @@ pub async fn run(broker: Arc<Broker>) {
     loop {
         let mut scrubbed = 0u64;
         for partition in broker.all_partitions() {
-            let Some(sealed) = sealed_range(&partition) else {
+            let Some(range) = scrub_range(&partition) else {
                 continue;
             };
-            let mut next = sealed.start;
+            let mut next = range.start;
             // Where an index was last rebuilt: a window is checked again once after it.
             let mut rebuilt_at = None;
-            while next < sealed.end {
+            while next < range.end {
                 let checked = {
                     let partition = partition.clone();
                     tokio::task::spawn_blocking(move || check_window(&partition, next)).await
@@ -102,8 +103,21 @@ pub async fn run(broker: Arc<Broker>) {
     }
 }
 
-/// The offsets of `partition`'s sealed local segments — what the scrubber re-verifies (empty
-/// when only the active segment is local); `None` when nothing is local.
+/// What the scrubber re-verifies in `partition`: its sealed local segments, and the active
+/// segment up to where the checkpoint on disk covers it (a segment can stay active for weeks
+/// on a slow topic, and a boot no longer verifies what a checkpoint covers, taken every
+/// `storage.checkpoint_interval`). `None` when nothing is local.
+pub fn scrub_range(partition: &Partition) -> Option<std::ops::Range<u64>> {
+    let log = partition.log();
+    let end = log
+        .checkpointed_end()
+        .unwrap_or_else(|_| log.sealed_end())
+        .max(log.sealed_end());
+    Some(log.local_first_offset()?..end)
+}
+
+/// The offsets of `partition`'s sealed local segments (empty when only the active segment is
+/// local); `None` when nothing is local. The simulator rots and scrubs these.
 pub fn sealed_range(partition: &Partition) -> Option<std::ops::Range<u64>> {
     let log = partition.log();
     Some(log.local_first_offset()?..log.sealed_end())

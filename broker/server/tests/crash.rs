@@ -603,6 +603,35 @@ async fn send_rounds(client: &IggyClient, rounds: std::ops::Range<usize>) {
     }
 }
 
+/// The active segment is scrubbed as far as its checkpoint covers it, since a boot no longer
+/// verifies that part: a flipped byte there after a clean stop passes the boot unseen
+/// (nothing verified) and is found by the scrubber without any poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrubber_finds_rot_the_checkpoint_covers_in_the_active_segment() {
+    let mut broker = TestBroker::start_with(&[("IGGY_STORAGE_SCRUB_RATE", "1 MiB")]);
+    let client = broker.client().await;
+    setup(&client, 1).await;
+    send_seqs(&client, 0..20).await;
+    drop(client);
+    assert_eq!(broker.stop(), 0);
+    let log = broker
+        .partition_dir(0, 0, 0)
+        .join("00000000000000000000.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes[message_start(7) + 64 + 3] ^= 0x01;
+    std::fs::write(&log, &bytes).unwrap();
+
+    broker.spawn_and_wait();
+    assert_eq!(
+        metric_at_least(&broker, "iggy_boot_verified_bytes", 0.0).await,
+        0.0
+    );
+    metric_at_least(&broker, "iggy_scrub_corruptions_total", 1.0).await;
+    let client = broker.client().await;
+    let error = poll(&client, 0, 7, 1).await.unwrap_err();
+    assert_eq!(code(error), 4027);
+}
+
 /// Rot in sealed data nobody reads is found by the scrubber: a flipped byte in the first
 /// sealed segment shows up in `iggy_scrub_corruptions_total` without any poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

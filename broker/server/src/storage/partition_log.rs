@@ -378,6 +378,19 @@ impl PartitionLog {
         self.active().start_offset
     }
 
+    /// Where the part of the log the checkpoint on disk vouches for ends, as an offset: what
+    /// a boot takes without verifying it. At least the sealed end (the scrubber covers sealed
+    /// segments whether or not a checkpoint does).
+    pub fn checkpointed_end(&self) -> Result<u64, StorageError> {
+        let active = self.active();
+        match self.checkpointed {
+            Some(cp) if cp.segment_start == active.start_offset => {
+                Ok(active.start_offset + active.messages_within(cp.position)? as u64)
+            }
+            _ => Ok(self.sealed_end()),
+        }
+    }
+
     /// Iggy's "current offset": the last offset written, 0 when empty.
     pub fn current_offset(&self) -> u64 {
         self.next_offset().saturating_sub(1)
@@ -1756,6 +1769,31 @@ pub(crate) mod tests {
         );
         assert_eq!(log.messages_count(), 50);
         assert_eq!(read_offsets(&log, 0, 100, usize::MAX).len(), 50);
+    }
+
+    #[test]
+    fn the_checkpointed_end_is_the_offset_the_checkpoint_covers_up_to() {
+        let dir = tempfile::tempdir().unwrap();
+        // 164-byte messages in 1 KiB segments: six to a segment.
+        let mut log = PartitionLog::create(dir.path(), 1024, true).unwrap();
+        assert_eq!(log.checkpointed_end().unwrap(), 0, "no checkpoint");
+        log.append(&mut batch(3, 100), 1, || 9).unwrap();
+        log.write_checkpoint().unwrap();
+        log.append(&mut batch(2, 100), 1, || 9).unwrap();
+        assert_eq!(log.checkpointed_end().unwrap(), 3);
+        log.write_checkpoint().unwrap();
+        assert_eq!(log.checkpointed_end().unwrap(), 5, "the whole log");
+        log.append(&mut batch(4, 100), 1, || 9).unwrap();
+        assert_eq!(log.sealed_end(), 5);
+        assert_eq!(
+            log.checkpointed_end().unwrap(),
+            5,
+            "the checkpoint's segment was sealed: the sealed end"
+        );
+        log.append(&mut batch(1, 100), 1, || 9).unwrap();
+        log.write_checkpoint().unwrap();
+        log.truncate_to(7).unwrap();
+        assert_eq!(log.checkpointed_end().unwrap(), 5, "cut below it: gone");
     }
 
     #[test]

@@ -186,6 +186,23 @@ impl Segment {
         Ok(self.entries(i, i + 1)?.first().copied())
     }
 
+    /// How many of the segment's messages end at or before byte `position` (a binary search,
+    /// one entry read per step).
+    pub fn messages_within(&self, position: u64) -> Result<usize, StorageError> {
+        if position >= self.size {
+            return Ok(self.len());
+        }
+        let (mut low, mut high) = (0, self.len());
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.entry(middle)? {
+                Some(entry) if u64::from(entry.end) <= position => low = middle + 1,
+                _ => high = middle,
+            }
+        }
+        Ok(low)
+    }
+
     /// Byte position where message `i` (index position) starts.
     pub fn start_of(&self, i: usize) -> Result<u64, StorageError> {
         match i.checked_sub(1) {
