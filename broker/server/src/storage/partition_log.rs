@@ -191,8 +191,8 @@ fn count_frames(bytes: &[u8]) -> u32 {
 /// Checks frames read back from `path` at `position` (also objects read back from L3): their
 /// length fields must tile the indexed range exactly (a flipped length would otherwise make a
 /// client read half a batch) and every checksum must match (a flipped byte would otherwise be
-/// served as a valid message). Boot verifies only what follows the last clean checkpoint, so
-/// this is what catches rot in older data.
+/// served as a valid message). Boot verifies only what follows the last checkpoint, so this
+/// (and the scrubber, which reads through it) is what catches rot in older data.
 pub fn verify_frames_at(bytes: &[u8], path: &Path, position: u64) -> Result<(), StorageError> {
     match intact_frames(bytes, path, position) {
         (_, Some(damage)) => Err(damage),

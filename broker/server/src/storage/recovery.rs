@@ -1,7 +1,7 @@
 //! Boot recovery of one partition's segments.
 //!
-//! Everything up to the last clean shutdown's [`Checkpoint`] is trusted (only its structure is
-//! used). Everything after it — what a crash could have damaged — is re-read and every frame's
+//! Everything up to the partition's last [`Checkpoint`] (a clean shutdown's, or a running one's)
+//! is trusted (only its structure is used). Everything after it — what a crash could have damaged — is re-read and every frame's
 //! checksum and offset verified. At the first bad frame recovery decides between two cases:
 //!
 //! * **torn write**: nothing intact follows (a scan of the rest of the file, position by
@@ -25,7 +25,7 @@ const CHUNK: usize = 4 << 20;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
-    /// Bytes verified by checksum (the part written since the last clean shutdown).
+    /// Bytes verified by checksum (the part written since the last checkpoint).
     pub verified_bytes: u64,
     /// Bytes cut off a torn tail, and where.
     pub truncated: Option<(String, u64, u64)>,
@@ -69,15 +69,15 @@ pub fn recover(
             }
         }
         let log_len = segment.log.file_len()?;
-        // A segment the last clean shutdown left whole — an earlier one, or the checkpoint's
+        // A segment the last checkpoint covers whole — an earlier one, or the checkpoint's
         // own when nothing was written after it: its index file is taken at its word when its
         // ends agree with the log, so a boot does not read every entry the broker stores
         // (reads check each entry they take, and rebuild a damaged file from the log).
-        let whole_at_clean_shutdown = checkpoint.is_some_and(|cp| {
+        let covered_whole = checkpoint.is_some_and(|cp| {
             (start < cp.segment_start && n + 1 < starts.len())
                 || (start == cp.segment_start && cp.position == log_len)
         });
-        if whole_at_clean_shutdown && segment.adopt_index_file(log_len)? {
+        if covered_whole && segment.adopt_index_file(log_len)? {
             segments.push(segment);
             continue;
         }
@@ -105,7 +105,7 @@ pub fn recover(
                 position: bad.position,
                 offset: start + index.len() as u64,
                 reason: format!(
-                    "{} inside data recorded by the last clean shutdown",
+                    "{} inside data the last checkpoint recorded as intact",
                     bad.reason
                 ),
             });

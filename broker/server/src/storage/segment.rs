@@ -228,7 +228,7 @@ impl Segment {
         }
     }
 
-    /// Boot, for a segment a clean shutdown left whole (before the checkpoint's segment): takes
+    /// Boot, for a segment the checkpoint covers whole (before the checkpoint's segment): takes
     /// the index file as it is when its ends agree with the log — its length a whole number of
     /// entries, the first at relative offset 0, the last at the last position and ending where
     /// the log does — without reading the entries between. Those are checked as reads take
