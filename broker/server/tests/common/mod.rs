@@ -149,6 +149,12 @@ impl TestBroker {
                 Stdio::null()
             })
             .stderr(Stdio::inherit());
+        // TEST_BROKER_CHECKPOINT_INTERVAL=<duration> runs every broker's storage checkpoint
+        // passes that often (`make chaos` with a short one stresses them against crashes and
+        // cuts); a test's own setting wins.
+        if let Ok(every) = std::env::var("TEST_BROKER_CHECKPOINT_INTERVAL") {
+            command.env("IGGY_STORAGE_CHECKPOINT_INTERVAL", every);
+        }
         for (k, v) in &self.env {
             command.env(k, v);
         }
