@@ -203,12 +203,13 @@ impl Partition {
         Ok(())
     }
 
-    /// Blocking: moves the partition's checkpoint up to what it has written, while it keeps
-    /// taking appends, so a boot after a crash verifies only what came after (the clean
-    /// shutdown's checkpoint, taken every `storage.checkpoint_interval`). The files written
-    /// since the last checkpoint are fsynced and the new record staged outside the lock;
-    /// the record replaces the old one only if the log was not cut meanwhile. Returns whether
-    /// it wrote one: not when nothing was appended since, nor when a cut got in between.
+    /// Blocking: moves the partition's checkpoint up to what it has written while it keeps
+    /// taking appends — the record a clean shutdown writes, taken every
+    /// `storage.checkpoint_interval` — so a boot after a crash verifies only what came after.
+    /// The files written since the last checkpoint are fsynced and the new record staged
+    /// outside the lock; it replaces the old one only if the log was not cut meanwhile and
+    /// still lives at its path. Returns whether it wrote one: not when nothing was appended
+    /// since, nor when a cut or a deletion got in between.
     pub fn checkpoint_running(&self) -> Result<bool, StorageError> {
         let _writer = self.checkpoint_writer();
         if self.poisoned.load(Ordering::Acquire) {
