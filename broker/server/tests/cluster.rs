@@ -1277,14 +1277,18 @@ async fn rot_the_scrubber_finds_on_a_backup_is_repaired_from_a_peer() {
 }
 
 /// The same rot found by a backup's boot after a kill -9 (recovery verifies everything since
-/// the last clean stop): the backup starts — it used to refuse, and would have crash-looped
-/// although its peers held the message — keeps the damaged bytes in place, and repairs them
-/// from a peer. 70 batches, so a checkpoint covers the damage and boot does not simply replay
-/// it from the WAL.
+/// the partition's last storage checkpoint; with an interval of an hour none is taken after
+/// the data is written, so the boot reads the damaged bytes): the backup starts — it used to
+/// refuse, and would have crash-looped although its peers held the message — keeps the damaged
+/// bytes in place, and repairs them from a peer. 70 batches, so a replication checkpoint
+/// covers the damage and boot does not simply replay it from the WAL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rot_a_backup_finds_at_boot_is_repaired_from_a_peer() {
-    let (mut cluster, backup, reference, intact, file) =
-        rotten_backup(&[("IGGY_STORAGE_SCRUB_RATE", "0")], 70).await;
+    let settings = [
+        ("IGGY_STORAGE_SCRUB_RATE", "0"),
+        ("IGGY_STORAGE_CHECKPOINT_INTERVAL", "1h"),
+    ];
+    let (mut cluster, backup, reference, intact, file) = rotten_backup(&settings, 70).await;
     cluster.brokers[backup].kill9();
     cluster.brokers[backup].spawn_and_wait_alive();
     wait_repaired_once(&cluster, backup, &file, &intact, Duration::from_secs(30)).await;
