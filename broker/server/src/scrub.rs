@@ -1,11 +1,11 @@
-//! The scrubber: re-verifies stored data in the background at `storage.scrub_rate` bytes per
-//! second — the sealed segments, and the active one as far as its checkpoint vouches for it
-//! (what a boot no longer verifies) — so rot in data nobody reads is found before a consumer
-//! (or a replica's repair) needs it. It reads through the same verified read path as a poll, a window at a time outside
-//! the partition's lock, and reports damage with an error log naming the file and byte and
-//! `iggy_scrub_corruptions_total`; polls of a damaged range answer `InvalidMessageChecksum`.
-//! The range is then rewritten from another copy (`repair`): a peer's, or the
-//! object store's when the segment is tiered; a single node without L3 has no other copy.
+//! The scrubber: re-verifies stored data in the background at `storage.scrub_rate` bytes per second
+//! — the sealed segments, and the active one as far as its checkpoint vouches for it (what a boot
+//! no longer verifies) — so rot in data nobody reads is found before a consumer (or a replica's
+//! repair) needs it. It reads through the same verified read path as a poll, a window at a time
+//! outside the partition's lock, and reports damage with an error log naming the file and byte and
+//! `iggy_scrub_corruptions_total`; polls of a damaged range answer `InvalidMessageChecksum`. The
+//! range is then rewritten from another copy (`repair`): a peer's, or the object store's when the
+//! segment is tiered; a single node without L3 has no other copy.
 
 use crate::broker::Broker;
 use crate::repair::{self, Damage};

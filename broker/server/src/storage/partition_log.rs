@@ -29,7 +29,8 @@ pub struct PartitionLog {
     /// a clean shutdown or a running checkpoint has nothing to sync or write for it.
     checkpointed: Option<Checkpoint>,
     /// Bumped by every cut of the log: a running checkpoint captured before a cut describes
-    /// bytes that may have been replaced since, so it is not installed ([`Self::install_checkpoint`]).
+    /// bytes that may have been replaced since, so it is not installed
+    /// ([`Self::install_checkpoint`]).
     cuts: u64,
     /// The sealed segments the object store holds (`storage::tiered`). Those below the first
     /// local segment exist only there; the others are on local disk too.

@@ -1,8 +1,8 @@
 //! Boot recovery of one partition's segments.
 //!
 //! Everything up to the partition's last [`Checkpoint`] (a clean shutdown's, or a running one's)
-//! is trusted (only its structure is used). Everything after it — what a crash could have damaged — is re-read and every frame's
-//! checksum and offset verified. At the first bad frame recovery decides between two cases:
+//! is trusted (only its structure is used). Everything after it — what a crash could have
+//! damaged — is re-read and every frame's checksum and offset verified. At the first bad frame recovery decides between two cases:
 //!
 //! * **torn write**: nothing intact follows (a scan of the rest of the file, position by
 //!   position, finds no frame whose length, offset and checksum hold — the index may be stale or
