@@ -109,10 +109,7 @@ pub async fn run(broker: Arc<Broker>) {
 /// `storage.checkpoint_interval`). `None` when nothing is local.
 pub fn scrub_range(partition: &Partition) -> Option<std::ops::Range<u64>> {
     let log = partition.log();
-    let end = log
-        .checkpointed_end()
-        .unwrap_or_else(|_| log.sealed_end())
-        .max(log.sealed_end());
+    let end = log.checkpointed_end().unwrap_or_else(|_| log.sealed_end());
     Some(log.local_first_offset()?..end)
 }
 

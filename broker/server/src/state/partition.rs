@@ -136,11 +136,7 @@ impl Partition {
                     path: self.dir(),
                     source: std::io::Error::other(e),
                 })?;
-            if let Err(e) = synced {
-                self.poisoned.store(true, Ordering::Release);
-                tracing::error!(error = %e, "fsync failed; partition refuses writes until restart");
-                return Err(e);
-            }
+            synced.map_err(|e| self.poison(e))?;
             self.durable_seq.fetch_max(target, Ordering::AcqRel);
         }
     }
@@ -223,13 +219,7 @@ impl Partition {
             (due, log.dir().to_owned())
         };
         for file in &due.files {
-            if let Err(e) = file.sync_data() {
-                // As in `sync_through`: the kernel may have dropped the pages it failed to
-                // write, so nothing written since can be promised, let alone checkpointed.
-                self.poisoned.store(true, Ordering::Release);
-                tracing::error!(error = %e, "fsync failed; partition refuses writes until restart");
-                return Err(e);
-            }
+            file.sync_data().map_err(|e| self.poison(e))?;
         }
         self.durable_seq.fetch_max(due.write_seq, Ordering::AcqRel);
         let staged = due.checkpoint.stage(&dir)?;
@@ -238,6 +228,15 @@ impl Partition {
         }
         fsutil::sync_dir(&dir)?;
         Ok(true)
+    }
+
+    /// After a failed fsync: the kernel may have dropped the pages it failed to write, so
+    /// nothing written since can be promised durable, let alone checkpointed; the partition
+    /// refuses writes until restart. Returns the error.
+    fn poison(&self, error: StorageError) -> StorageError {
+        self.poisoned.store(true, Ordering::Release);
+        tracing::error!(error = %error, "fsync failed; partition refuses writes until restart");
+        error
     }
 
     fn checkpoint_writer(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -921,11 +921,7 @@ impl PartitionLog {
         self.l1.clear();
         let segment = &self.segments[keep];
         let entries = (next_offset - segment.start_offset) as usize;
-        let position = match entries < segment.len() {
-            true => segment.start_of(entries)?,
-            false => segment.size,
-        };
-        self.before_cut(segment.start_offset, position)?;
+        self.before_cut(segment.start_offset, segment.start_of(entries)?)?;
         let removed: Vec<Segment> = self.segments.drain(keep + 1..).collect();
         remove_segment_files(&self.dir, &removed)?;
         self.segments[keep].cut_to(entries)?;

@@ -192,11 +192,17 @@ impl Segment {
         if position >= self.size {
             return Ok(self.len());
         }
+        self.count_leading(|entry| u64::from(entry.end) <= position)
+    }
+
+    /// How many entries from the first on satisfy `leading`, which must hold for a prefix of
+    /// the index and fail for the rest: a binary search, one entry read per step.
+    fn count_leading(&self, leading: impl Fn(&IndexEntry) -> bool) -> Result<usize, StorageError> {
         let (mut low, mut high) = (0, self.len());
         while low < high {
             let middle = low + (high - low) / 2;
             match self.entry(middle)? {
-                Some(entry) if u64::from(entry.end) <= position => low = middle + 1,
+                Some(entry) if leading(&entry) => low = middle + 1,
                 _ => high = middle,
             }
         }
@@ -355,15 +361,8 @@ impl Segment {
             (Some(first), _) if first.timestamp >= timestamp => return Ok(Some(0)),
             _ => {}
         }
-        let (mut low, mut high) = (0, len);
-        while low < high {
-            let middle = low + (high - low) / 2;
-            match self.entry(middle)? {
-                Some(e) if e.timestamp < timestamp => low = middle + 1,
-                _ => high = middle,
-            }
-        }
-        Ok((low < len).then_some(low))
+        let first = self.count_leading(|e| e.timestamp < timestamp)?;
+        Ok((first < len).then_some(first))
     }
 
     /// Cuts the segment to its first `entries` messages, on disk too.
