@@ -116,6 +116,12 @@ pub enum Request {
     },
     GetStats,
     GetClusterMetadata,
+    /// A diagnostic archive: `compression` and `kinds` are the SDK's codes, checked by the
+    /// broker (which of them it can produce is its business, not the wire's).
+    GetSnapshotFile {
+        compression: u8,
+        kinds: Vec<u8>,
+    },
     GetClient {
         client_id: u32,
     },
@@ -198,13 +204,14 @@ pub struct GroupRef {
     pub group: Identifier,
 }
 
-/// Outcome of decoding a code the protocol defines but this broker does not serve yet.
+/// Outcome of decoding a code this decoder does not serve: SendMessages, which is parsed in
+/// place (and any command a later protocol version adds to [`Command`] before it is served).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotServed(pub Command);
 
 impl Request {
-    /// Decodes `payload` for `command`. `Ok(Err(NotServed))` marks commands of the protocol
-    /// that this broker does not implement (yet); SendMessages is never decoded here.
+    /// Decodes `payload` for `command`. `Ok(Err(NotServed))` marks commands not decoded here:
+    /// SendMessages is parsed in place.
     pub fn decode(command: Command, payload: &[u8]) -> Result<Result<Self, NotServed>, WireError> {
         let r = &mut Reader::new(payload);
         let ident = |r: &mut Reader<'_>| Identifier::decode(r);
@@ -212,6 +219,12 @@ impl Request {
             Command::Ping => Request::Ping,
             Command::GetMe => Request::GetMe,
             Command::GetClusterMetadata => Request::GetClusterMetadata,
+            Command::GetSnapshotFile => {
+                let compression = r.u8()?;
+                let count = r.u8()?;
+                let kinds = (0..count).map(|_| r.u8()).collect::<Result<_, _>>()?;
+                Request::GetSnapshotFile { compression, kinds }
+            }
             Command::LogoutUser => Request::LogoutUser,
             Command::LoginUser => {
                 let username = r.name_u8()?.to_owned();
@@ -539,11 +552,27 @@ mod tests {
     }
 
     #[test]
-    fn later_milestone_commands_are_reported_as_not_served() {
+    fn send_messages_is_left_to_the_in_place_parser() {
         assert_eq!(
-            Request::decode(Command::GetSnapshotFile, &[]).unwrap(),
-            Err(NotServed(Command::GetSnapshotFile))
+            Request::decode(Command::SendMessages, &[]).unwrap(),
+            Err(NotServed(Command::SendMessages))
         );
+    }
+
+    #[test]
+    fn a_snapshot_request_is_its_compression_then_counted_kinds() {
+        assert_eq!(
+            Request::decode(Command::GetSnapshotFile, &[2, 2, 1, 5])
+                .unwrap()
+                .unwrap(),
+            Request::GetSnapshotFile {
+                compression: 2,
+                kinds: vec![1, 5],
+            }
+        );
+        for cut in [&[][..], &[2], &[2, 2, 1]] {
+            assert!(Request::decode(Command::GetSnapshotFile, cut).is_err());
+        }
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct Broker {
     pub logins: LoginThrottle,
     /// Tiered storage, when an object store (L3) is configured (see `tiering`).
     pub tiering: Option<Arc<crate::tiering::Tiering>>,
+    /// The console's last lines, for the snapshot command, once the binary hands them over.
+    pub recent_logs: std::sync::OnceLock<Arc<iggy_telemetry::RecentLines>>,
 }
 
 /// What boot found worth telling the operator.
@@ -190,6 +192,7 @@ impl Broker {
             hashing,
             memory,
             logins,
+            recent_logs: std::sync::OnceLock::new(),
         });
         Ok((broker, report))
     }

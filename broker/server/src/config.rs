@@ -30,6 +30,20 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub tiering: TieringConfig,
     pub data_maintenance: DataMaintenanceConfig,
+    /// Every key as loaded (defaults, file, environment), for the diagnostic snapshot; read it
+    /// through [`Config::effective_redacted`], never print it whole.
+    #[serde(skip)]
+    effective: Effective,
+}
+
+/// The loaded keys; `Debug` does not print them, as they hold secrets.
+#[derive(Clone, Default)]
+struct Effective(toml::Table);
+
+impl fmt::Debug for Effective {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{} sections>", self.0.len())
+    }
 }
 
 /// Tiered storage (`[tiering]`, docs/tiering.md); [`Config::tier_target`] resolves where L3 is.
@@ -525,11 +539,32 @@ impl Config {
             merge(&mut table, overlay);
         }
         apply_env(&mut table, env)?;
-        let config: Config = toml::Value::Table(table)
+        let mut config: Config = toml::Value::Table(table.clone())
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
         config.validate()?;
+        config.effective = Effective(table);
         Ok(config)
+    }
+
+    /// The configuration in force as TOML, every password and secret replaced by
+    /// `<redacted>` (an empty one stays empty: that it is unset is worth seeing).
+    pub fn effective_redacted(&self) -> String {
+        fn redact(table: &mut toml::Table) {
+            for (key, value) in table.iter_mut() {
+                match value {
+                    toml::Value::Table(inner) => redact(inner),
+                    toml::Value::String(text) if is_secret_key(key) && !text.is_empty() => {
+                        *text = "<redacted>".into();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut table = self.effective.0.clone();
+        redact(&mut table);
+        toml::to_string(&table)
+            .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -763,7 +798,7 @@ fn apply_env(
         };
         let env_error = |reason: String| ConfigError::Env {
             name: name.clone(),
-            value: if key.contains("password") || key.contains("secret") {
+            value: if is_secret_key(&key) {
                 "<redacted>".into()
             } else {
                 value.clone()
@@ -793,6 +828,11 @@ fn apply_env(
         section.insert(key, typed);
     }
     Ok(())
+}
+
+/// Whether a key's value is never shown: passwords, secret keys, the cluster's secret.
+fn is_secret_key(key: &str) -> bool {
+    key.contains("password") || key.contains("secret")
 }
 
 /// The nested section `key` starts with (`logs_endpoint` → `logs`, `endpoint`), if any.
@@ -894,6 +934,37 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"));
         let config = Config::load(None, env(&[("IGGY_ROOT_PASSWORD", "hunter2")])).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn the_effective_configuration_shows_every_key_but_no_secret() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("IGGY_ROOT_PASSWORD", "hunter2"),
+                ("IGGY_REPLICATION_SECRET", "ring-secret"),
+                ("IGGY_TIERING_L3_SECRET_ACCESS_KEY", "s3-secret"),
+                ("IGGY_TIERING_L3_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("IGGY_TCP_ADDRESS", "127.0.0.1:9100"),
+            ]),
+        )
+        .unwrap();
+        let text = config.effective_redacted();
+        for secret in ["hunter2", "ring-secret", "s3-secret"] {
+            assert!(!text.contains(secret), "{secret} printed in:\n{text}");
+        }
+        let table: toml::Table = text.parse().unwrap();
+        assert_eq!(table["tcp"]["address"].as_str(), Some("127.0.0.1:9100"));
+        assert_eq!(table["root"]["password"].as_str(), Some("<redacted>"));
+        assert_eq!(
+            table["tiering"]["l3"]["access_key_id"].as_str(),
+            Some("AKIDEXAMPLE")
+        );
+        // Every section of the defaults is there, not only those that were set.
+        let defaults: toml::Table = DEFAULT_CONFIG.parse().unwrap();
+        for section in defaults.keys() {
+            assert!(table.contains_key(section), "[{section}] missing");
+        }
     }
 
     #[test]

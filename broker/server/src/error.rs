@@ -13,6 +13,12 @@ pub enum BrokerError {
     RequestTooLarge { size: u64, limit: u64 },
     #[error("{} is not served by this broker yet", .0.name())]
     NotServed(Command),
+    #[error("invalid snapshot request: {0}")]
+    InvalidSnapshotRequest(String),
+    #[error("snapshot compression {0} is not available here (1 stored and 2 deflated are)")]
+    SnapshotCompressionUnavailable(u8),
+    #[error("the snapshot could not be made: {0}")]
+    SnapshotFailed(String),
     #[error("not logged in")]
     Unauthenticated,
     #[error(transparent)]
@@ -128,7 +134,10 @@ impl BrokerError {
         match self {
             Wire(e) => e.code(),
             UnknownCommand(_) | RequestTooLarge { .. } => ErrorCode::INVALID_COMMAND,
-            NotServed(_) => ErrorCode::FEATURE_UNAVAILABLE,
+            NotServed(_) | SnapshotCompressionUnavailable(_) => ErrorCode::FEATURE_UNAVAILABLE,
+            InvalidSnapshotRequest(_) => ErrorCode::INVALID_COMMAND,
+            // Iggy's SnapshotFileCompletionFailed.
+            SnapshotFailed(_) => ErrorCode(9000),
             Unauthenticated => ErrorCode::UNAUTHENTICATED,
             // Iggy has no "busy" status; the generic error tells the SDK to give up on this
             // attempt, and the log line says why.

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod broker;
 pub mod commands;
 pub mod config;
+pub mod diagnostics;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

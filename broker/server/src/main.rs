@@ -106,6 +106,9 @@ fn install_telemetry(
         console: iggy_telemetry::Console::Stdout,
         show_target: false,
         settings,
+        recent: Some(iggy_telemetry::RecentLines::new(
+            broker::diagnostics::RECENT_LOG_BYTES,
+        )),
     })
 }
 
@@ -320,6 +323,9 @@ async fn run(
         tokio::spawn(broker::tiering::uploader::run(broker.clone(), tiering));
     }
     broker.metrics.report_export(telemetry.stats());
+    if let Some(recent) = telemetry.recent_lines() {
+        let _ = broker.recent_logs.set(recent);
+    }
     #[cfg(feature = "otlp")]
     if let Some(meter) = telemetry.meter("iggy-broker") {
         broker::telemetry::otlp_metrics::register(&meter, broker.clone());

@@ -99,4 +99,27 @@ fn the_published_cli_drives_the_broker() {
     assert!(users.contains("analyst"), "{users}");
     let stats = iggy(&broker, &["stats"]);
     assert!(stats.to_lowercase().contains("messages"), "{stats}");
+
+    // `iggy snapshot` writes the broker's archive into a directory of the caller's.
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().to_str().unwrap();
+    iggy(&broker, &["snapshot", "--out-dir", out_dir]);
+    let written: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let archive = zip::ZipArchive::new(std::fs::File::open(&written[0]).unwrap()).unwrap();
+    let mut names: Vec<&str> = archive.file_names().collect();
+    names.sort_unstable();
+    // The CLI's default kinds.
+    assert_eq!(
+        names,
+        [
+            "filesystem_overview.txt",
+            "process_list.txt",
+            "resource_usage.txt",
+            "server_logs.txt"
+        ]
+    );
 }

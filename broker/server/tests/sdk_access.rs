@@ -269,8 +269,14 @@ async fn permissions_are_enforced_on_every_command() {
                 .await
                 .unwrap_err(),
         ),
+        code(
+            reader
+                .snapshot(SnapshotCompression::Deflated, vec![SystemSnapshotType::All])
+                .await
+                .unwrap_err(),
+        ),
     ];
-    assert_eq!(denied, [41; 9]);
+    assert_eq!(denied, [41; 10]);
 
     let writer = login_as(&broker, "writer", "writer-pass").await;
     writer

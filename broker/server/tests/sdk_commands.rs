@@ -717,3 +717,125 @@ async fn http_health_ready_and_metrics() {
     }
     assert!(metrics.contains("iggy_bytes_in_total{stream=\"orders\",topic=\"created\"} "));
 }
+
+/// Reads every entry of a snapshot archive with the `zip` crate (which checks each CRC).
+fn unzip(archive: Vec<u8>) -> Vec<(String, String)> {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(archive)).expect("a ZIP archive");
+    (0..zip.len())
+        .map(|index| {
+            let mut entry = zip.by_index(index).unwrap();
+            let mut text = String::new();
+            entry.read_to_string(&mut text).unwrap();
+            (entry.name().to_owned(), text)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_snapshot_is_a_zip_of_this_brokers_diagnostics() {
+    // The log keeps what the console shows, and the tests' brokers show only warnings.
+    let broker = TestBroker::start_with(&[("IGGY_LOGGING_LEVEL", "info")]);
+    let client = broker.client().await;
+    topic_with_partitions(&client, 1).await;
+    client
+        .send_messages(
+            &name("orders"),
+            &name("created"),
+            &Partitioning::partition_id(0),
+            &mut [message("kept")],
+        )
+        .await
+        .unwrap();
+    let snapshot = client
+        .snapshot(SnapshotCompression::Deflated, vec![SystemSnapshotType::All])
+        .await
+        .unwrap();
+    let entries = unzip(snapshot.0);
+    let names: Vec<&str> = entries.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "filesystem_overview.txt",
+            "process_list.txt",
+            "resource_usage.txt",
+            "server_logs.txt",
+            "server_config.txt"
+        ]
+    );
+    let entry = |name: &str| &entries.iter().find(|(n, _)| n == name).unwrap().1;
+
+    // The partition's log file, by its path below the data directory.
+    let log = std::fs::read_dir(broker.partition_dir(0, 0, 0))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let relative = log.strip_prefix(broker.data_path()).unwrap();
+    let overview = entry("filesystem_overview.txt");
+    assert!(
+        overview
+            .lines()
+            .any(|l| l.starts_with("file") && l.ends_with(&*relative.to_string_lossy())),
+        "{relative:?} not in:\n{overview}"
+    );
+    let pid = broker.pid().to_string();
+    let processes = entry("process_list.txt");
+    assert!(
+        processes
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(&pid) && l.contains("iggy-broker")),
+        "{processes}"
+    );
+    let usage = entry("resource_usage.txt");
+    assert!(
+        usage.starts_with(&format!("Broker process {pid} ")),
+        "{usage}"
+    );
+    assert!(usage.contains("VmRSS:") && usage.contains("Threads (/proc/self/task)"));
+    let logs = entry("server_logs.txt");
+    assert!(logs.contains("iggy-broker ready"), "{logs}");
+    assert!(!logs.contains('\u{1b}'), "colour codes in the log");
+
+    let config: toml::Table = entry("server_config.txt").parse().unwrap();
+    assert_eq!(
+        config["tcp"]["address"].as_str(),
+        Some(broker.tcp.to_string().as_str())
+    );
+    assert_eq!(config["root"]["password"].as_str(), Some("<redacted>"));
+    assert!(entries
+        .iter()
+        .all(|(_, text)| !text.contains(ROOT_PASSWORD)));
+
+    // Stored, one kind: the test entry alone.
+    let stored = client
+        .snapshot(SnapshotCompression::Stored, vec![SystemSnapshotType::Test])
+        .await
+        .unwrap();
+    assert_eq!(
+        unzip(stored.0),
+        [("test.txt".to_owned(), "test\n".to_owned())]
+    );
+
+    // What is not made here, and what is not a valid request.
+    let refused = |compression, kinds| {
+        let client = &client;
+        async move { code(client.snapshot(compression, kinds).await.unwrap_err()) }
+    };
+    assert_eq!(
+        refused(SnapshotCompression::Zstd, vec![SystemSnapshotType::Test]).await,
+        5,
+        "FeatureUnavailable"
+    );
+    assert_eq!(
+        refused(
+            SnapshotCompression::Deflated,
+            vec![SystemSnapshotType::All, SystemSnapshotType::Test]
+        )
+        .await,
+        3,
+        "InvalidCommand"
+    );
+    // The connection still serves after the refusals.
+    client.ping().await.unwrap();
+}

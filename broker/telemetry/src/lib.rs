@@ -7,6 +7,7 @@
 //! With nothing configured nothing is exported, and the broker's request spans are switched off
 //! at their call sites (their target is disabled for the console), so they cost nothing.
 
+pub mod recent;
 pub mod settings;
 pub mod trace_context;
 
@@ -17,6 +18,7 @@ mod export;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use recent::RecentLines;
 pub use settings::{FileConfig, OtlpSettings, Protocol, Signal, SignalConfig};
 pub use trace_context::TraceParent;
 
@@ -80,6 +82,8 @@ pub struct Options<'a> {
     /// Whether console lines name the module that logged them.
     pub show_target: bool,
     pub settings: OtlpSettings,
+    /// Where console lines are also kept, for a diagnostic snapshot (`None`: nowhere).
+    pub recent: Option<std::sync::Arc<RecentLines>>,
 }
 
 /// Keeps the exporters alive; [`Telemetry::shutdown`] flushes what is still buffered.
@@ -87,6 +91,7 @@ pub struct Options<'a> {
 pub struct Telemetry {
     settings: OtlpSettings,
     stats: std::sync::Arc<ExportStats>,
+    recent: Option<std::sync::Arc<RecentLines>>,
     #[cfg(feature = "otlp")]
     providers: export::Providers,
 }
@@ -95,6 +100,11 @@ impl Telemetry {
     /// What is being exported, for the start-up log line.
     pub fn settings(&self) -> &OtlpSettings {
         &self.settings
+    }
+
+    /// Where console lines are also kept, when [`Options::recent`] named a place.
+    pub fn recent_lines(&self) -> Option<std::sync::Arc<RecentLines>> {
+        self.recent.clone()
     }
 
     /// What export has done so far (all zero when nothing is exported).
@@ -132,13 +142,25 @@ fn console_layer<S>(options: &Options<'_>) -> Result<impl Layer<S>, TelemetryErr
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
+    fn kept<M>(console: M, recent: &Option<std::sync::Arc<RecentLines>>) -> BoxMakeWriter
+    where
+        M: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+    {
+        match recent {
+            Some(recent) => BoxMakeWriter::new(recent::Tee {
+                console,
+                recent: recent.clone(),
+            }),
+            None => BoxMakeWriter::new(console),
+        }
+    }
     let (writer, ansi) = match options.console {
         Console::Stdout => (
-            BoxMakeWriter::new(std::io::stdout),
+            kept(std::io::stdout, &options.recent),
             std::io::IsTerminal::is_terminal(&std::io::stdout()),
         ),
         Console::Stderr => (
-            BoxMakeWriter::new(std::io::stderr),
+            kept(std::io::stderr, &options.recent),
             std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ),
     };
@@ -176,6 +198,7 @@ pub fn install(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
         Ok(Telemetry {
             settings: options.settings,
             stats,
+            recent: options.recent,
             providers,
         })
     }
@@ -190,6 +213,7 @@ pub fn install(options: Options<'_>) -> Result<Telemetry, TelemetryError> {
         Ok(Telemetry {
             settings: options.settings,
             stats: Default::default(),
+            recent: options.recent,
         })
     }
 }
@@ -211,6 +235,7 @@ pub fn init(default_service_name: &str) -> Result<Telemetry, TelemetryError> {
         console: Console::Stderr,
         show_target: true,
         settings,
+        recent: None,
     })
 }
 

@@ -73,6 +73,9 @@ pub async fn dispatch(
         Request::GetMe => system::get_me(broker, session, body),
         Request::GetStats => system::get_stats(broker, session, body),
         Request::GetClusterMetadata => system::get_cluster_metadata(broker, body),
+        Request::GetSnapshotFile { compression, kinds } => {
+            system::get_snapshot(broker, session, compression, &kinds, body).await
+        }
         Request::GetClient { client_id } => system::get_client(broker, session, client_id, body),
         Request::GetClients => system::get_clients(broker, session, body),
         Request::GetUser { user: id } => users::get(broker, session, &id, body),

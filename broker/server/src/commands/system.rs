@@ -1,6 +1,8 @@
-//! Ping, LoginUser, LogoutUser, GetMe, GetStats, GetClient and GetClients.
+//! Ping, LoginUser, LogoutUser, GetMe, GetStats, GetClient, GetClients, GetClusterMetadata
+//! and GetSnapshotFile.
 
 use crate::broker::Broker;
+use crate::diagnostics;
 use crate::error::{BrokerError, Result};
 use crate::net::clients::ClientEntry;
 use crate::net::session::Session;
@@ -184,6 +186,35 @@ pub fn get_stats(broker: &Broker, session: &Session, body: &mut Vec<u8>) -> Resu
         }
     }
     figures.encode(body);
+    Ok(())
+}
+
+/// GetSnapshotFile: a ZIP of diagnostics (`diagnostics`). It shows the configuration and the
+/// host's processes, so it takes the permission GetStats takes, where Iggy asks only for a
+/// login.
+pub async fn get_snapshot(
+    broker: &Broker,
+    session: &Session,
+    compression: u8,
+    kinds: &[u8],
+    body: &mut Vec<u8>,
+) -> Result<()> {
+    broker
+        .catalog()
+        .authorize(session.user_id, Access::ReadServers)?;
+    let request = diagnostics::Request::parse(compression, kinds)?;
+    let started = Instant::now();
+    let facts = diagnostics::Facts::of(broker);
+    let archive = tokio::task::spawn_blocking(move || diagnostics::archive(&facts, &request))
+        .await
+        .map_err(|e| BrokerError::SnapshotFailed(e.to_string()))??;
+    tracing::info!(
+        client = session.client_id,
+        bytes = archive.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "snapshot made"
+    );
+    body.extend_from_slice(&archive);
     Ok(())
 }
 

@@ -81,6 +81,13 @@ impl MemoryBudget {
         Reservation::default()
     }
 
+    /// Bytes reserved now, and the whole budget.
+    pub fn usage(&self) -> (u64, u64) {
+        let free = self.units.available_permits() as u64;
+        let total = u64::from(self.total_units);
+        (total.saturating_sub(free) * UNIT, total * UNIT)
+    }
+
     fn units_for(&self, bytes: u64) -> u32 {
         u32::try_from(bytes.div_ceil(UNIT))
             .unwrap_or(u32::MAX)
@@ -108,6 +115,7 @@ mod tests {
         assert_eq!(part.bytes(), 4 * UNIT, "rounded up to whole units");
         let rest = budget.reserve_available(100 * UNIT);
         assert_eq!(rest.bytes(), 6 * UNIT);
+        assert_eq!(budget.usage(), (10 * UNIT, 10 * UNIT));
         assert_eq!(budget.units.available_permits(), 0);
         let waiting = tokio::spawn({
             let units = budget.units.clone();
