@@ -11,10 +11,11 @@
 //! not a descriptor is open, and an fsync through any descriptor flushes the file. What a closed
 //! descriptor would lose is the *report* of a failed writeback (Linux tells only descriptors
 //! open when it happened). So when the storage policy syncs at all (`fsync = always` or an
-//! interval), a file written since its last sync is synced before its descriptor is closed, and
-//! a file that is not open has nothing unsynced (syncing it is a no-op). With `fsync = never`
-//! nothing ever asks about writeback, so a descriptor is closed without a sync — an fsync per
-//! eviction would make a broker with more partitions than descriptors crawl for nothing.
+//! interval), a file written since its last sync is synced before its descriptor is closed. With
+//! `fsync = never` no send waits for an fsync, so a descriptor is closed without one — an fsync
+//! per eviction would make a broker with more partitions than descriptors crawl — and the file
+//! stays marked as written: a later sync (a running storage checkpoint's, the shutdown's) opens
+//! it again to flush it, rather than take a closed file for a synced one.
 
 use super::{IoContext, StorageError};
 use std::fs::{File, OpenOptions};
@@ -182,8 +183,22 @@ impl SegmentFile {
         if !self.0.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let Some(file) = self.if_open() else {
-            return Ok(());
+        let file = match self.if_open() {
+            Some(file) => file,
+            // Closed without a sync (`fsync = never`): open it again to flush it.
+            None => match self.open(false) {
+                Ok(file) => file,
+                // Deleted meanwhile (retention moved it to the trash): nothing left to flush.
+                Err(StorageError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Ok(())
+                }
+                Err(e) => {
+                    self.0.dirty.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            },
         };
         how(&file).at(&self.0.path).inspect_err(|_| {
             self.0.dirty.store(true, Ordering::Release);
@@ -295,8 +310,9 @@ fn evict_one(keep: &Arc<Slot>) -> Result<bool, StorageError> {
         // Closed by another thread meanwhile: room was made all the same.
         return Ok(true);
     };
+    // Without a sync the file stays dirty, for the next sync to open and flush.
     let sync = budget.sync_on_close.load(Ordering::Relaxed);
-    if victim.dirty.swap(false, Ordering::AcqRel) && sync {
+    if sync && victim.dirty.swap(false, Ordering::AcqRel) {
         if let Err(e) = open.sync_data().at(&victim.path) {
             victim.dirty.store(true, Ordering::Release);
             *file = Some(open);
@@ -346,6 +362,48 @@ mod tests {
         }
         assert!(gone.file().is_err());
         assert!(!gone.path().exists());
+        set_limit(usize::MAX);
+    }
+
+    /// `fsync = never` closes written files without a sync; a sync asked for later must still
+    /// flush them, or a storage checkpoint would vouch for bytes still only in the page cache.
+    #[test]
+    fn a_file_closed_without_a_sync_is_opened_again_to_be_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        set_limit(2);
+        set_sync_on_close(false);
+        let written = |name: &str| {
+            let file = SegmentFile::create(dir.path().join(name)).unwrap();
+            file.write_all_at(b"unsynced", 0).unwrap();
+            file
+        };
+        let (first, second) = (written("first"), written("second"));
+        // A third evicts the least recently used of two written files, without syncing it.
+        let _third = written("third");
+        assert!(first.if_open().is_none(), "the oldest is closed");
+        first.sync_data().unwrap();
+        assert!(first.if_open().is_some(), "opened again to be flushed");
+        // Flushed: the next sync has nothing to do and opens nothing.
+        assert!(second.if_open().is_none());
+        second.sync_data().unwrap();
+        assert!(second.if_open().is_some());
+        let _fourth = written("fourth");
+        let _fifth = written("fifth");
+        assert!(first.if_open().is_none());
+        first.sync_data().unwrap();
+        assert!(
+            first.if_open().is_none(),
+            "a clean file is not opened to be synced"
+        );
+        // A written file deleted while closed has nothing left to flush, and is not created.
+        second.write_all_at(b"more", 8).unwrap();
+        let _sixth = written("sixth");
+        let _seventh = written("seventh");
+        assert!(second.if_open().is_none());
+        std::fs::remove_file(second.path()).unwrap();
+        second.sync_data().unwrap();
+        assert!(!second.path().exists());
+        set_sync_on_close(true);
         set_limit(usize::MAX);
     }
 }

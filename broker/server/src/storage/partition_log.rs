@@ -1155,6 +1155,10 @@ impl PartitionLog {
         if !self.needs_checkpoint() {
             return None;
         }
+        // The active file as this log has it open, held until the install checks that it is
+        // still the file at the path; one the descriptor budget closed waits for a later pass
+        // (opening it by its path now would prove nothing).
+        let active = (self.active().log.if_open()?, self.active().log_path.clone());
         let synced_below = self.checkpointed.map_or(0, |c| c.segment_start);
         let files = self
             .segments
@@ -1167,6 +1171,7 @@ impl PartitionLog {
             write_seq: self.write_seq,
             cuts: self.cuts,
             files,
+            active,
         })
     }
 
@@ -1179,7 +1184,7 @@ impl PartitionLog {
         due: &DueCheckpoint,
         staged: fsutil::Staged,
     ) -> Result<bool, StorageError> {
-        if due.cuts != self.cuts || !self.still_at_its_path() {
+        if due.cuts != self.cuts || !Self::still_at_its_path(&due.active) {
             return Ok(false);
         }
         staged.install()?;
@@ -1187,18 +1192,14 @@ impl PartitionLog {
         Ok(true)
     }
 
-    /// Whether the active segment file at this log's path is the one this log has open. Not
-    /// when the partition was deleted and another created at the same path since: a record
-    /// staged there then describes another log's bytes. (The open file keeps its inode alive,
-    /// so the number cannot have been reused; a file the descriptor budget closed cannot be
-    /// checked, and the next pass tries again.)
-    fn still_at_its_path(&self) -> bool {
+    /// Whether the file at `path` is still `open`, the segment file this log had open there
+    /// when the checkpoint was captured. Not when the partition was deleted and another
+    /// created at the same path since: a record staged there then describes another log's
+    /// bytes. (The descriptor, held since the capture, keeps its inode alive, so the number
+    /// cannot have been reused.)
+    fn still_at_its_path((open, path): &(std::sync::Arc<std::fs::File>, PathBuf)) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let active = self.active();
-        let Some(open) = active.log.if_open() else {
-            return false;
-        };
-        match (open.metadata(), std::fs::metadata(&active.log_path)) {
+        match (open.metadata(), std::fs::metadata(path)) {
             (Ok(open), Ok(at_path)) => (open.dev(), open.ino()) == (at_path.dev(), at_path.ino()),
             _ => false,
         }
@@ -1259,6 +1260,8 @@ pub struct DueCheckpoint {
     pub write_seq: u64,
     cuts: u64,
     pub files: Vec<SegmentFile>,
+    /// The active segment's file as the log had it open at the capture, and its path.
+    active: (std::sync::Arc<std::fs::File>, PathBuf),
 }
 
 /// Removes detached segments' files from the partition durably; the bytes are unlinked off
