@@ -233,6 +233,29 @@ async fn clients_of_any_member_share_one_replicated_log() {
             assert_eq!(node.status, ClusterNodeStatus::Healthy, "{node}");
         }
     }
+
+    // A diagnostic snapshot is answered by the member asked, not forwarded: a backup's shows
+    // that backup's process and status.
+    let snapshot = writer
+        .snapshot(
+            SnapshotCompression::Deflated,
+            vec![SystemSnapshotType::ResourceUsage],
+        )
+        .await
+        .expect("snapshot");
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(snapshot.0)).expect("a ZIP");
+    let mut usage = String::new();
+    std::io::Read::read_to_string(
+        &mut zip.by_name("resource_usage.txt").expect("the entry"),
+        &mut usage,
+    )
+    .unwrap();
+    let backup = cluster.brokers[backups[0]].pid();
+    assert!(
+        usage.starts_with(&format!("Broker process {backup} ")),
+        "{usage}"
+    );
+    assert!(usage.contains("\"role\": \"backup\""), "{usage}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

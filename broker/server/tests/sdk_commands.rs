@@ -793,6 +793,7 @@ async fn a_snapshot_is_a_zip_of_this_brokers_diagnostics() {
         "{usage}"
     );
     assert!(usage.contains("VmRSS:") && usage.contains("Threads (/proc/self/task)"));
+    assert!(usage.contains("\"role\": \"primary\""), "{usage}");
     let logs = entry("server_logs.txt");
     assert!(logs.contains("iggy-broker ready"), "{logs}");
     assert!(!logs.contains('\u{1b}'), "colour codes in the log");

@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | 1 | `filesystem_overview.txt` | the data directory's files, sizes, times; the filesystem's room |
 //! | 2 | `process_list.txt` | the processes this broker can see (in a pod: its own and the sidecar) |
-//! | 3 | `resource_usage.txt` | this process's memory, descriptors, budgets, and per-thread CPU |
+//! | 3 | `resource_usage.txt` | this process's memory, descriptors, budgets, per-thread CPU, and `/admin/status` |
 //! | 4 | `test.txt` | `test` |
 //! | 5 | `server_logs.txt` | the last console lines (a bounded tail kept in memory) |
 //! | 6 | `server_config.txt` | the configuration in force, secrets redacted |
@@ -135,6 +135,8 @@ pub struct Facts {
     /// Request memory reserved, and the budget.
     pub memory: (u64, u64),
     pub clients: usize,
+    /// What `GET /admin/status` answers (role, view, commit, caught up), as JSON.
+    pub status: String,
 }
 
 impl Facts {
@@ -146,6 +148,8 @@ impl Facts {
             logs: broker.recent_logs.get().map(|recent| recent.tail()),
             memory: broker.memory.usage(),
             clients: broker.clients.count(),
+            status: serde_json::to_string_pretty(&broker.admin_status())
+                .unwrap_or_else(|e| format!("cannot be shown: {e}")),
         }
     }
 }

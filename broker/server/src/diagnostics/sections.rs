@@ -310,6 +310,7 @@ pub fn resource_usage(facts: &Facts) -> String {
             "{tid:>8} {name:<16} {state} {user:>9.2} {system:>9.2}"
         );
     }
+    let _ = writeln!(text, "\nStatus (GET /admin/status)\n{}", facts.status);
     text
 }
 
