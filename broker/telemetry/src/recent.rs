@@ -130,9 +130,17 @@ pub(crate) struct TeeWriter<W: Write> {
 
 impl<W: Write> Write for TeeWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let written = self.console.write(buf)?;
-        self.event.extend_from_slice(&buf[..written]);
-        Ok(written)
+        match self.console.write(buf) {
+            Ok(written) => {
+                self.event.extend_from_slice(&buf[..written]);
+                Ok(written)
+            }
+            // The console is gone (a closed pipe): the ring still keeps the line.
+            Err(error) => {
+                self.event.extend_from_slice(buf);
+                Err(error)
+            }
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -179,6 +187,26 @@ mod tests {
         let recent = RecentLines::new(5);
         recent.push("ééé".as_bytes());
         assert_eq!(recent.tail().text, "éé\n");
+    }
+
+    #[test]
+    fn a_line_the_console_refuses_is_kept_all_the_same() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let recent = RecentLines::new(100);
+        let tee = Tee {
+            console: || Closed,
+            recent: recent.clone(),
+        };
+        assert!(tee.make_writer().write_all(b"still kept\n").is_err());
+        assert_eq!(recent.tail().text, "still kept\n");
     }
 
     #[test]

@@ -190,8 +190,8 @@ pub fn get_stats(broker: &Broker, session: &Session, body: &mut Vec<u8>) -> Resu
 }
 
 /// GetSnapshotFile: a ZIP of diagnostics (`diagnostics`). It shows the configuration and the
-/// host's processes, so it takes the permission GetStats takes, where Iggy asks only for a
-/// login.
+/// processes the broker can see, so it takes the permission GetStats takes, where Iggy asks
+/// only for a login.
 pub async fn get_snapshot(
     broker: &Broker,
     session: &Session,

@@ -10,7 +10,7 @@
 //! | code | entry | holds |
 //! |---|---|---|
 //! | 1 | `filesystem_overview.txt` | the data directory's files, sizes, times; the filesystem's room |
-//! | 2 | `process_list.txt` | the processes this broker can see (in a pod: its own and the sidecar) |
+//! | 2 | `process_list.txt` | the processes this broker can see (in a pod: its own container's) |
 //! | 3 | `resource_usage.txt` | this process's memory, descriptors, budgets, per-thread CPU, and `/admin/status` |
 //! | 4 | `test.txt` | `test` |
 //! | 5 | `server_logs.txt` | the last console lines (a bounded tail kept in memory) |
