@@ -839,4 +839,25 @@ async fn a_snapshot_is_a_zip_of_this_brokers_diagnostics() {
     );
     // The connection still serves after the refusals.
     client.ping().await.unwrap();
+
+    // Asked for from several connections at once, they are made one after another, each whole.
+    let (a, b, c) = (
+        broker.client().await,
+        broker.client().await,
+        broker.client().await,
+    );
+    let kinds = || {
+        vec![
+            SystemSnapshotType::FilesystemOverview,
+            SystemSnapshotType::Test,
+        ]
+    };
+    let (a, b, c) = tokio::join!(
+        a.snapshot(SnapshotCompression::Deflated, kinds()),
+        b.snapshot(SnapshotCompression::Deflated, kinds()),
+        c.snapshot(SnapshotCompression::Deflated, kinds()),
+    );
+    for archive in [a, b, c] {
+        assert_eq!(unzip(archive.unwrap().0).len(), 2);
+    }
 }

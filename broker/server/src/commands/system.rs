@@ -203,6 +203,13 @@ pub async fn get_snapshot(
         .catalog()
         .authorize(session.user_id, Access::ReadServers)?;
     let request = diagnostics::Request::parse(compression, kinds)?;
+    // One archive at a time: each walks the data directory and reads /proc on a blocking
+    // thread, and many clients asking at once would hold as many threads and cores.
+    static ONE_AT_A_TIME: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    let _turn = ONE_AT_A_TIME
+        .acquire()
+        .await
+        .map_err(|e| BrokerError::SnapshotFailed(e.to_string()))?;
     let started = Instant::now();
     let facts = diagnostics::Facts::of(broker);
     let archive = tokio::task::spawn_blocking(move || diagnostics::archive(&facts, &request))
