@@ -13,15 +13,18 @@ use std::path::{Path, PathBuf};
 
 /// Entries of the data directory listed at most; the rest are counted.
 const MAX_LISTED: usize = 20_000;
+/// Entries counted at most: past this the walk stops, so a directory of millions of files
+/// answers in bounded time (a stat each).
+const MAX_WALKED: usize = 1_000_000;
 /// Processes listed at most (a pod shares few; a host's process namespace may hold thousands).
 const MAX_PROCESSES: usize = 2_000;
 
 pub fn filesystem_overview(root: &Path) -> String {
-    listing(root, MAX_LISTED)
+    listing(root, MAX_LISTED, MAX_WALKED)
 }
 
-/// The overview, listing at most `most` entries.
-fn listing(root: &Path, most: usize) -> String {
+/// The overview, listing at most `most` entries and counting at most `walk_most`.
+fn listing(root: &Path, most: usize, walk_most: usize) -> String {
     let shown = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_owned());
     let mut text = format!("Data directory: {}\n", shown.display());
     match stats::try_disk_space(root) {
@@ -42,7 +45,10 @@ fn listing(root: &Path, most: usize) -> String {
     // Depth first, each directory's entries in name order: the entries come in path order,
     // so a cut listing shows the first part of the whole.
     let mut pending: Vec<PathBuf> = children_in_reverse(root, root, &mut text);
-    while let Some(path) = pending.pop() {
+    while listed.len() + unlisted < walk_most {
+        let Some(path) = pending.pop() else {
+            break;
+        };
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue; // gone since its directory was read
         };
@@ -77,10 +83,11 @@ fn listing(root: &Path, most: usize) -> String {
             relative(root, path)
         );
     }
+    let walked = listed.len() + unlisted;
     let _ = writeln!(
         text,
-        "\n{} entries, {} in files{}",
-        listed.len() + unlisted,
+        "\n{}{walked} entries, {} in files{}",
+        if pending.is_empty() { "" } else { "at least " },
         human_bytes(file_bytes),
         if unlisted > 0 {
             format!(" ({unlisted} not listed: at most {most} are)")
@@ -88,6 +95,9 @@ fn listing(root: &Path, most: usize) -> String {
             String::new()
         }
     );
+    if !pending.is_empty() {
+        let _ = writeln!(text, "(counting stopped after {walk_most} entries)");
+    }
     text
 }
 
@@ -410,17 +420,25 @@ mod tests {
                 .map(|l| l.rsplit("  ").next().unwrap().to_owned())
                 .collect()
         };
-        let whole = listing(root.path(), 100);
+        let whole = listing(root.path(), 100, 100);
         assert_eq!(
             paths(&whole),
             ["a", "a/inner", "a/inner/x.log", "a/y.log", "b.log"]
         );
         assert!(whole.ends_with("5 entries, 8 B in files\n"), "{whole}");
-        let cut = listing(root.path(), 3);
+        let cut = listing(root.path(), 3, 100);
         assert_eq!(paths(&cut), ["a", "a/inner", "a/inner/x.log"]);
         assert!(
             cut.ends_with("5 entries, 8 B in files (2 not listed: at most 3 are)\n"),
             "{cut}"
+        );
+        let stopped = listing(root.path(), 3, 4);
+        assert!(
+            stopped.ends_with(
+                "at least 4 entries, 6 B in files (1 not listed: at most 3 are)\n\
+                 (counting stopped after 4 entries)\n"
+            ),
+            "{stopped}"
         );
     }
 
