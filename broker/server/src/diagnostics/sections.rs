@@ -188,12 +188,20 @@ fn read_process(dir: &Path, ticks: f64) -> Option<ProcessRow> {
         rss_kib: status_field("VmRSS:").parse().unwrap_or(0),
         cpu_seconds: (field::<f64>(&fields, 11) + field::<f64>(&fields, 12)) / ticks,
         uid: status_field("Uid:"),
-        command: if args.is_empty() {
-            format!("[{name}]")
-        } else {
-            args.join(" ")
-        },
+        command: shown_command(pid, &name, &args),
     })
+}
+
+/// A process's command line as the list shows it: the broker's own whole, another's program
+/// alone — arguments may carry secrets (a password given to a CLI), which `ps` would show to
+/// whoever reads the archive.
+fn shown_command(pid: u32, name: &str, args: &[String]) -> String {
+    match args.split_first() {
+        None => format!("[{name}]"),
+        Some(_) if pid == std::process::id() => args.join(" "),
+        Some((program, [])) => program.clone(),
+        Some((program, rest)) => format!("{program} ({} arguments not shown)", rest.len()),
+    }
 }
 
 pub fn process_list() -> String {
@@ -440,6 +448,30 @@ mod tests {
             ),
             "{stopped}"
         );
+    }
+
+    #[test]
+    fn only_the_brokers_own_arguments_are_shown() {
+        let args = |list: &[&str]| list.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let me = std::process::id();
+        assert_eq!(
+            shown_command(
+                me,
+                "iggy-broker",
+                &args(&["iggy-broker", "--config", "b.toml"])
+            ),
+            "iggy-broker --config b.toml"
+        );
+        assert_eq!(
+            shown_command(
+                me + 1,
+                "iggy",
+                &args(&["iggy", "-p", "hunter2", "stream", "list"])
+            ),
+            "iggy (4 arguments not shown)"
+        );
+        assert_eq!(shown_command(me + 1, "sh", &args(&["/bin/sh"])), "/bin/sh");
+        assert_eq!(shown_command(me + 1, "kthreadd", &[]), "[kthreadd]");
     }
 
     #[test]
