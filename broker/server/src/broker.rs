@@ -47,6 +47,8 @@ pub struct Broker {
     pub tiering: Option<Arc<crate::tiering::Tiering>>,
     /// The console's last lines, for the snapshot command, once the binary hands them over.
     pub recent_logs: std::sync::OnceLock<Arc<iggy_telemetry::RecentLines>>,
+    /// Wakes the task that completes this node's members' partition handovers (`handover`).
+    pub handovers: crate::handover::Handovers,
 }
 
 /// What boot found worth telling the operator.
@@ -193,6 +195,7 @@ impl Broker {
             memory,
             logins,
             recent_logs: std::sync::OnceLock::new(),
+            handovers: Default::default(),
         });
         Ok((broker, report))
     }

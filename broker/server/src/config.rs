@@ -23,6 +23,7 @@ pub struct Config {
     pub root: RootConfig,
     pub retention: RetentionConfig,
     pub personal_access_token: TokenConfig,
+    pub consumer_group: ConsumerGroupConfig,
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
     pub replication: ReplicationConfig,
@@ -320,6 +321,16 @@ impl<'de> Deserialize<'de> for HumanDuration {
 
 use iggy_contract::duration::parse_duration;
 
+/// Cooperative rebalancing of consumer groups (`[consumer_group]`, `state::groups`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerGroupConfig {
+    /// Longest a partition waits for its holder to store what it polled before it moves.
+    pub rebalancing_timeout: HumanDuration,
+    /// How often the broker looks for moves that are due besides when offsets are stored.
+    pub rebalancing_check_interval: HumanDuration,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
@@ -612,6 +623,11 @@ impl Config {
         }
         if self.system.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("system.path must not be empty".into()));
+        }
+        if self.consumer_group.rebalancing_check_interval.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "consumer_group.rebalancing_check_interval must be above zero".into(),
+            ));
         }
         self.validate_tiering()
     }

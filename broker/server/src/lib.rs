@@ -10,6 +10,7 @@ pub mod diagnostics;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handover;
 pub mod metrics;
 pub mod net;
 pub mod ops;

@@ -335,6 +335,7 @@ async fn run(
         let broker = broker.clone();
         async move { broker.forget_earlier_incarnations().await }
     });
+    tokio::spawn(broker::handover::run(broker.clone()));
     if broker.cluster_status().is_some() {
         let broker = broker.clone();
         let after = broker.config.replication.forget_members_after.0;

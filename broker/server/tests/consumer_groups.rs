@@ -92,6 +92,42 @@ async fn assignment(client: &IggyClient) -> BTreeMap<u32, BTreeSet<u32>> {
         .collect()
 }
 
+/// Where every partition belongs once rebalancing settles: partition `p` with the `p mod n`-th
+/// member in id order (the broker orders members by node, then client id; a member's id
+/// carries its node in its top bits).
+fn round_robin(members: &[u32]) -> BTreeMap<u32, BTreeSet<u32>> {
+    let mut ids = members.to_vec();
+    ids.sort_unstable();
+    let mut settled: BTreeMap<u32, BTreeSet<u32>> =
+        ids.iter().map(|id| (*id, BTreeSet::new())).collect();
+    for p in 0..PARTITIONS {
+        settled
+            .get_mut(&ids[p as usize % ids.len()])
+            .unwrap()
+            .insert(p);
+    }
+    settled
+}
+
+/// The group's assignment as `client`'s broker reports it, once it has `members` members and
+/// every partition has reached its place: rebalancing is cooperative, so a partition stays
+/// with its holder for a moment after a join (until the holder's node hands it over).
+async fn settled(client: &IggyClient, members: usize) -> BTreeMap<u32, BTreeSet<u32>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let seen = assignment(client).await;
+        let ids: Vec<u32> = seen.keys().copied().collect();
+        if seen.len() == members && seen == round_robin(&ids) {
+            return seen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {members} members with their partitions, the group has {seen:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 fn assert_exactly_once(sent: &Received, parts: &[&Received]) {
     let mut all = Received::new();
     for part in parts {
@@ -148,7 +184,7 @@ async fn members_share_partitions_exactly_once_across_rebalances() {
 
     // Round 1: three members, two partitions each.
     let sent1 = produce(&admin, 1, 5).await;
-    let owners = assignment(&admin).await;
+    let owners = settled(&admin, 3).await;
     assert_eq!(owners.len(), 3);
     assert!(owners.values().all(|p| p.len() == 2));
     let got_a = drain(&a, &owners[&ids[0]]).await;
@@ -169,7 +205,7 @@ async fn members_share_partitions_exactly_once_across_rebalances() {
         5006
     );
     let sent2 = produce(&admin, 2, 7).await;
-    let owners = assignment(&admin).await;
+    let owners = settled(&admin, 2).await;
     assert_eq!(owners.len(), 2);
     assert_eq!(
         owners.values().map(BTreeSet::len).sum::<usize>(),
@@ -197,14 +233,7 @@ async fn members_share_partitions_exactly_once_across_rebalances() {
         .unwrap();
     c.disconnect().await.unwrap();
     drop(c);
-    let mut owners = assignment(&admin).await;
-    for _ in 0..100 {
-        if owners.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        owners = assignment(&admin).await;
-    }
+    let owners = settled(&admin, 2).await;
     assert_eq!(
         owners.keys().copied().collect::<Vec<_>>(),
         vec![ids[0], ids[1]],
@@ -340,8 +369,55 @@ async fn groups_survive_restarts_but_memberships_do_not() {
     );
 }
 
-/// The group's assignment as one member of a cluster reports it, once it has `members` members.
-async fn assignment_with(client: &IggyClient, members: usize) -> BTreeMap<u32, BTreeSet<u32>> {
+/// What a member's polls returned: every (partition, offset), and the last offset per partition.
+#[derive(Default)]
+struct Polled {
+    received: Received,
+    last: BTreeMap<u32, u64>,
+}
+
+/// Polls each of `partitions` once as a group member, without storing offsets.
+async fn poll_without_storing(member: &IggyClient, partitions: std::ops::Range<u32>) -> Polled {
+    let mut polled = Polled::default();
+    for partition in partitions {
+        let got = member
+            .poll_messages(
+                &name("s"),
+                &name("t"),
+                Some(partition),
+                &Consumer::group(name("workers")),
+                &PollingStrategy::next(),
+                100,
+                false,
+            )
+            .await
+            .unwrap();
+        for m in &got.messages {
+            polled.received.insert((partition, m.header.offset));
+            polled.last.insert(partition, m.header.offset);
+        }
+    }
+    polled
+}
+
+/// Stores the group's offset in each partition.
+async fn store(member: &IggyClient, offsets: &BTreeMap<u32, u64>) {
+    for (partition, offset) in offsets {
+        member
+            .store_consumer_offset(
+                &Consumer::group(name("workers")),
+                &name("s"),
+                &name("t"),
+                Some(*partition),
+                *offset,
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// The group's assignment once it has `members` members, settled or not.
+async fn with_members(client: &IggyClient, members: usize) -> BTreeMap<u32, BTreeSet<u32>> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let seen = assignment(client).await;
@@ -350,10 +426,122 @@ async fn assignment_with(client: &IggyClient, members: usize) -> BTreeMap<u32, B
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "expected {members} members, the group has {seen:?}"
+            "the group has {seen:?}"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Stream "s", topic "t" of [`PARTITIONS`] and group "workers" with one member: returns an
+/// admin, that member (a) and a client that has not joined (b).
+async fn group_of_one(broker: &TestBroker) -> (IggyClient, IggyClient, IggyClient) {
+    let admin = broker.client().await;
+    admin.create_stream("s").await.unwrap();
+    create_topic(&admin, &name("s"), "t", PARTITIONS).await;
+    admin
+        .create_consumer_group(&name("s"), &name("t"), "workers")
+        .await
+        .unwrap();
+    let (a, b) = (broker.client().await, broker.client().await);
+    a.join_consumer_group(&name("s"), &name("t"), &name("workers"))
+        .await
+        .unwrap();
+    (admin, a, b)
+}
+
+/// Cooperative rebalancing: when b joins, the partitions that are now b's stay with a — which
+/// polls them no more — for as long as a has polled messages from them that it did not store
+/// an offset for; each moves once a stores, and b then reads on from there. Nothing is
+/// delivered to both.
+#[tokio::test]
+async fn a_partition_moves_to_a_new_member_once_its_holder_stored_what_it_polled() {
+    let broker = TestBroker::start();
+    let (admin, a, b) = group_of_one(&broker).await;
+    let sent1 = produce(&admin, 1, 3).await;
+    let polled = poll_without_storing(&a, 0..PARTITIONS).await;
+    assert_eq!(polled.received, sent1);
+
+    b.join_consumer_group(&name("s"), &name("t"), &name("workers"))
+        .await
+        .unwrap();
+    let ids = futures_ids(&[&a, &b]).await;
+    let target = round_robin(&ids);
+    let b_share = target[&ids[1]].clone();
+    assert_eq!(b_share.len(), 3);
+    // Nothing moves while a has not stored: b polls nothing, a polls only what stays its own.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let now = assignment(&admin).await;
+    assert_eq!(now[&ids[0]].len(), PARTITIONS as usize, "{now:?}");
+    assert!(now[&ids[1]].is_empty());
+    assert!(poll_without_storing(&b, 0..PARTITIONS)
+        .await
+        .received
+        .is_empty());
+    let again = poll_without_storing(&a, 0..PARTITIONS).await;
+    let a_polls: BTreeSet<u32> = again.last.keys().copied().collect();
+    assert_eq!(a_polls, target[&ids[0]], "a polls only what stays its own");
+
+    // One partition stored: that one moves.
+    let first = *b_share.first().unwrap();
+    store(&a, &BTreeMap::from([(first, polled.last[&first])])).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !assignment(&admin).await[&ids[1]].contains(&first) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "partition {first} never moved"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        assignment(&admin).await[&ids[1]].len(),
+        1,
+        "only the stored one moved"
+    );
+
+    // The rest stored: all of b's share moves, and b reads only what came after a's offsets.
+    store(&a, &polled.last).await;
+    assert_eq!(settled(&admin, 2).await, target);
+    let sent2 = produce(&admin, 2, 2).await;
+    let from_a = drain(&a, &target[&ids[0]]).await;
+    let from_b = drain(&b, &b_share).await;
+    assert_exactly_once(&sent2, &[&from_a, &from_b]);
+}
+
+/// A holder that never stores what it polled keeps a moving partition only until
+/// `consumer_group.rebalancing_timeout`; then the new member reads from the group's stored
+/// offset — the unstored messages again (at least once, as in Iggy).
+#[tokio::test]
+async fn a_holder_that_never_stores_hands_over_after_the_rebalancing_timeout() {
+    let broker = TestBroker::start_with(&[
+        ("IGGY_CONSUMER_GROUP_REBALANCING_TIMEOUT", "2s"),
+        ("IGGY_CONSUMER_GROUP_REBALANCING_CHECK_INTERVAL", "100ms"),
+    ]);
+    let (admin, a, b) = group_of_one(&broker).await;
+    let sent = produce(&admin, 1, 2).await;
+    let polled = poll_without_storing(&a, 0..PARTITIONS).await;
+    assert_eq!(polled.received, sent);
+    let joined = std::time::Instant::now();
+    b.join_consumer_group(&name("s"), &name("t"), &name("workers"))
+        .await
+        .unwrap();
+    let ids = futures_ids(&[&a, &b]).await;
+    let target = round_robin(&ids);
+    assert_eq!(settled(&admin, 2).await, target);
+    assert!(
+        joined.elapsed() >= std::time::Duration::from_millis(1900),
+        "moved after {:?}, before the timeout",
+        joined.elapsed()
+    );
+    let again = poll_without_storing(&b, 0..PARTITIONS).await;
+    let expected: Received = sent
+        .iter()
+        .filter(|(p, _)| target[&ids[1]].contains(p))
+        .copied()
+        .collect();
+    assert_eq!(
+        again.received, expected,
+        "b reads from the group's stored offset"
+    );
 }
 
 /// On a replicated broker, membership is replicated: consumers of one group connected to
@@ -382,9 +570,9 @@ async fn a_group_spans_the_members_of_a_cluster() {
             .unwrap();
     }
     // Every member of the cluster reports the same two members, three partitions each.
-    let assigned = assignment_with(&admin, 2).await;
+    let assigned = settled(&admin, 2).await;
     for other in [&a, &b] {
-        assert_eq!(assignment_with(other, 2).await, assigned);
+        assert_eq!(settled(other, 2).await, assigned);
     }
     // A member's id carries its node (the member id of the broker it is connected to; in
     // this cluster the ring position) in its top bits.
@@ -407,23 +595,60 @@ async fn a_group_spans_the_members_of_a_cluster() {
     // b's connection closes: its member leaves on every replica, a takes all six.
     b.disconnect().await.unwrap();
     drop(b);
-    let after_close = assignment_with(&admin, 1).await;
+    let after_close = settled(&admin, 1).await;
     assert_eq!(
         after_close.values().next().map(BTreeSet::len),
         Some(PARTITIONS as usize)
     );
 
-    // A consumer joins through b2, then b2 dies: after forget_members_after the primary drops
-    // it, and a owns every partition again.
+    // Cooperative rebalancing across nodes: a (on b1) polls everything without storing
+    // offsets, then c joins through b2. c's share stays with a, which polls it no more, until
+    // a stores what it polled; then b1 hands it over, and c reads only what came after.
+    let sent2 = produce(&admin, 2, 4).await;
+    // b1 applies what the primary committed a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let polled = loop {
+        let polled = poll_without_storing(&a, 0..PARTITIONS).await;
+        if polled.received == sent2 || std::time::Instant::now() > deadline {
+            break polled;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(polled.received, sent2);
     let c = cluster.brokers[b2].client().await;
     c.join_consumer_group(&name("s"), &name("t"), &name("workers"))
         .await
         .unwrap();
-    assignment_with(&admin, 2).await;
+    let moving = with_members(&admin, 2).await;
+    assert_eq!(
+        moving.values().map(BTreeSet::len).max(),
+        Some(6),
+        "{moving:?}"
+    );
+    assert!(poll_without_storing(&c, 0..PARTITIONS)
+        .await
+        .received
+        .is_empty());
+    store(&a, &polled.last).await;
+    let assigned = settled(&admin, 2).await;
+    assert_eq!(settled(&c, 2).await, assigned);
+    let c_owned = assigned
+        .iter()
+        .find(|(id, _)| (**id >> 28) as usize == b2)
+        .map(|(_, partitions)| partitions.clone())
+        .expect("c's share");
+    let a_owned: BTreeSet<u32> = (0..PARTITIONS).filter(|p| !c_owned.contains(p)).collect();
+    let sent3 = produce(&admin, 3, 2).await;
+    let from_a = drain(&a, &a_owned).await;
+    let from_c = drain(&c, &c_owned).await;
+    assert_exactly_once(&sent3, &[&from_a, &from_c]);
+
+    // Then b2 dies: after forget_members_after the primary drops c, and a owns every
+    // partition again.
     cluster.brokers[b2].kill9();
     drop(c);
-    let survivors = assignment_with(&admin, 1).await;
-    assert_eq!(survivors, assignment_with(&a, 1).await);
+    let survivors = settled(&admin, 1).await;
+    assert_eq!(survivors, settled(&a, 1).await);
     assert_eq!(
         survivors.values().next().map(BTreeSet::len),
         Some(PARTITIONS as usize)

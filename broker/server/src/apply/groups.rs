@@ -5,11 +5,12 @@
 
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
+use crate::ops::OpContext;
 use crate::reply;
 use crate::security::access::Access;
 use crate::state::catalog::lowest_free_id;
 use crate::state::groups::find_group;
-use crate::state::groups::{ConsumerGroup, GroupMember};
+use crate::state::groups::{ConsumerGroup, GroupMember, Handover};
 use iggy_wire::request::GroupRef;
 use iggy_wire::{ConsumerKind, Identifier};
 
@@ -92,38 +93,89 @@ fn with_group<T>(
 
 pub(super) fn join(
     broker: &Broker,
+    context: OpContext,
     user: Option<u32>,
     r: &GroupRef,
     member: GroupMember,
 ) -> Result<()> {
     with_group(broker, user, r, |group, partitions| {
-        group.join(member, partitions);
+        group.join(member, partitions, context.timestamp);
         Ok(())
-    })
+    })?;
+    broker.handovers.look();
+    Ok(())
 }
 
 pub(super) fn leave(
     broker: &Broker,
+    context: OpContext,
     user: Option<u32>,
     r: &GroupRef,
     member: GroupMember,
 ) -> Result<()> {
     with_group(broker, user, r, |group, partitions| {
-        if group.leave(member, partitions) {
+        if group.leave(member, partitions, context.timestamp) {
             Ok(())
         } else {
             Err(BrokerError::ConsumerGroupMemberNotFound(member.client))
         }
-    })
+    })?;
+    broker.handovers.look();
+    Ok(())
 }
 
 /// Drops the members `gone` names from every group of every topic.
-pub(super) fn drop_members(broker: &Broker, gone: impl Fn(&GroupMember) -> bool) {
+pub(super) fn drop_members(
+    broker: &Broker,
+    context: OpContext,
+    gone: impl Fn(&GroupMember) -> bool,
+) {
     let catalog = broker.catalog();
     for topic in catalog.streams.values().flat_map(|s| s.topics.values()) {
         let partitions = topic.partitions.len() as u32;
         for group in topic.groups().values_mut() {
-            group.drop_members(&gone, partitions);
+            group.drop_members(&gone, partitions, context.timestamp);
         }
+    }
+    broker.handovers.look();
+}
+
+/// A member hands a partition over (issued by the broker of the member's node, which alone
+/// knows what the member polled). Stale ones — the group, the topic or the move gone since —
+/// change nothing.
+pub(super) fn hand_over(
+    broker: &Broker,
+    (stream, topic, group): (u32, u32, u32),
+    handover: Handover,
+) {
+    let catalog = broker.catalog();
+    let Some(t) = catalog.topic_by_ids(stream, topic) else {
+        return;
+    };
+    let partitions = t.partitions.len() as u32;
+    let mut groups = t.groups();
+    if let Some(group) = groups.get_mut(&group) {
+        group.hand_over(handover.partition, handover.from, partitions);
+    }
+}
+
+/// A group stored an offset in a partition: if that partition is moving, its handover may be
+/// due now (`handover`).
+pub(super) fn offset_stored(
+    broker: &Broker,
+    (stream, topic, partition): (u32, u32, u32),
+    key: &str,
+) {
+    let Ok(id) = key.parse::<u32>() else {
+        return;
+    };
+    let catalog = broker.catalog();
+    let moving = catalog.topic_by_ids(stream, topic).is_some_and(|t| {
+        t.groups()
+            .get(&id)
+            .is_some_and(|g| g.moving.contains_key(&partition))
+    });
+    if moving {
+        broker.handovers.look();
     }
 }

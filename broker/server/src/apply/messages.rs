@@ -96,6 +96,9 @@ pub(super) fn store_offset(
         return Err(BrokerError::InvalidOffset { offset, current });
     }
     partition.offsets(kind).store(key, offset)?;
+    if kind == ConsumerKind::Group {
+        super::groups::offset_stored(broker, at, key);
+    }
     Ok(())
 }
 

@@ -76,7 +76,7 @@ pub fn apply(
             topic,
             count,
         } => done(topics::delete_partitions(
-            broker, user, &stream, &topic, count,
+            broker, context, user, &stream, &topic, count,
         )),
         Operation::DeleteSegments {
             stream,
@@ -197,12 +197,23 @@ pub fn apply(
             name,
         } => done(groups::create(broker, user, &stream, &topic, name, reply)),
         Operation::DeleteGroup { group } => done(groups::delete(broker, user, &group)),
-        Operation::JoinGroup { group, member } => done(groups::join(broker, user, &group, member)),
+        Operation::JoinGroup { group, member } => {
+            done(groups::join(broker, context, user, &group, member))
+        }
         Operation::LeaveGroup { group, member } => {
-            done(groups::leave(broker, user, &group, member))
+            done(groups::leave(broker, context, user, &group, member))
         }
         Operation::LeaveAllGroups { member } => {
-            groups::drop_members(broker, |id| *id == member);
+            groups::drop_members(broker, context, |id| *id == member);
+            done(Ok(()))
+        }
+        Operation::HandOverPartition {
+            stream,
+            topic,
+            group,
+            handover,
+        } => {
+            groups::hand_over(broker, (stream, topic, group), handover);
             done(Ok(()))
         }
         Operation::EnforceRetention => {
@@ -226,7 +237,9 @@ pub fn apply(
             log.seal_active(at).map(|_| ())
         })),
         Operation::ForgetNode { node, keep } => {
-            groups::drop_members(broker, |id| id.node == node && Some(id.incarnation) != keep);
+            groups::drop_members(broker, context, |id| {
+                id.node == node && Some(id.incarnation) != keep
+            });
             done(Ok(()))
         }
     }

@@ -248,13 +248,14 @@ pub(super) fn create_partitions(
         }
         return Err(e);
     }
-    rebalance_groups(catalog.topic(stream, topic)?.1);
+    rebalance_groups(catalog.topic(stream, topic)?.1, context);
     Ok(())
 }
 
 /// Removes the last `count` partitions, as Iggy does.
 pub(super) fn delete_partitions(
     broker: &Broker,
+    context: OpContext,
     user: Option<u32>,
     stream: &Identifier,
     topic: &Identifier,
@@ -275,7 +276,7 @@ pub(super) fn delete_partitions(
         }
         return Err(e);
     }
-    rebalance_groups(catalog.topic(stream, topic)?.1);
+    rebalance_groups(catalog.topic(stream, topic)?.1, context);
     drop(catalog);
     for partition in removed {
         let dir = metadata::partition_dir(
@@ -293,10 +294,10 @@ pub(super) fn delete_partitions(
 }
 
 /// Reassigns every group's partitions after the partition count changed.
-fn rebalance_groups(topic: &Topic) {
+fn rebalance_groups(topic: &Topic, context: OpContext) {
     let count = topic.partitions.len() as u32;
     for group in topic.groups().values_mut() {
-        group.rebalance(count);
+        group.rebalance(count, context.timestamp);
     }
 }
 

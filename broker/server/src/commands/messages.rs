@@ -8,7 +8,7 @@ use crate::net::session::Session;
 use crate::ops::Operation;
 use crate::security::access::Access;
 use crate::state::catalog::TopicTraffic;
-use crate::state::groups::find_group;
+use crate::state::groups::{find_group, GroupMember};
 use crate::state::partition::Partition;
 use crate::storage::offsets::consumer_key;
 use crate::storage::StorageError;
@@ -35,6 +35,8 @@ pub(super) struct ConsumerTarget {
     pub kind: ConsumerKind,
     /// File name of the stored offset: the consumer's id, or the group's numeric id.
     pub key: String,
+    /// The group and the member polling, for a group.
+    pub member: Option<(u32, GroupMember)>,
     pub traffic: Arc<TopicTraffic>,
 }
 
@@ -50,10 +52,11 @@ pub(super) fn consumer_target(
     let catalog = broker.catalog();
     let (s, topic) = catalog.topic(&target.stream, &target.topic)?;
     catalog.authorize(session.user_id, Access::Poll(s.id, topic.id))?;
-    let (partition_id, key) = match target.consumer.kind {
+    let (partition_id, key, member) = match target.consumer.kind {
         ConsumerKind::Consumer => (
             Some(target.partition.unwrap_or(0)),
             consumer_key(&target.consumer.id),
+            None,
         ),
         ConsumerKind::Group => {
             let mut groups = topic.groups();
@@ -70,7 +73,7 @@ pub(super) fn consumer_target(
                     member.last_polled.or(member.partitions.first().copied())
                 }
             };
-            (partition, group.id.to_string())
+            (partition, group.id.to_string(), Some((group.id, member)))
         }
     };
     let partition = match partition_id {
@@ -84,6 +87,7 @@ pub(super) fn consumer_target(
         partition,
         kind: target.consumer.kind,
         key,
+        member,
         traffic: topic.traffic.clone(),
     })
 }
@@ -187,10 +191,36 @@ pub async fn poll(
         }
         Err(error) => return Err(error),
     };
+    let (plan, start) = match (start, resolved.member) {
+        (Some(first), Some(member)) if plan.count > 0 => {
+            let last = first + plan.count as u64 - 1;
+            if still_polls(
+                broker,
+                (resolved.stream, resolved.topic),
+                member,
+                partition.id,
+                last,
+            ) {
+                (plan, start)
+            } else {
+                // Its partition began to move to another member while this poll read: that
+                // member polls these messages from the group's offset, so this one gets none.
+                body.truncate(initial);
+                let current = partition.log().current_offset();
+                body.extend_from_slice(&poll_header(partition.id, current, 0));
+                (Served { count: 0, bytes: 0 }, None)
+            }
+        }
+        _ => (plan, start),
+    };
     // Only what this response needs stays reserved: a small poll must not hold a large share.
     reserved.shrink_to(plan.bytes as u64);
     session.response_budget = reserved;
-    crate::telemetry::record_poll(partition.id, plan.count, &body[frames_start..]);
+    crate::telemetry::record_poll(
+        partition.id,
+        plan.count,
+        &body[frames_start.min(body.len())..],
+    );
     if let (true, Some(start), true) = (auto_commit, start, plan.count > 0) {
         let op = Operation::StoreOffset {
             stream: resolved.stream,
@@ -206,6 +236,25 @@ pub async fn poll(
         .traffic
         .record_out(plan.count as u64, plan.bytes as u64);
     Ok(())
+}
+
+/// Records that a group member's poll read `partition` up to `last`; `false` if the member no
+/// longer polls it (a rebalance began moving it while the poll read).
+fn still_polls(
+    broker: &Broker,
+    (stream, topic): (u32, u32),
+    (group, member): (u32, GroupMember),
+    partition: u32,
+    last: u64,
+) -> bool {
+    let catalog = broker.catalog();
+    let Some(topic) = catalog.topic_by_ids(stream, topic) else {
+        return false;
+    };
+    let mut groups = topic.groups();
+    groups
+        .get_mut(&group)
+        .is_some_and(|g| g.finish_poll(member, partition, last))
 }
 
 /// Plans a read of `request` (start, count, byte budget; `None`: nothing to read) and appends

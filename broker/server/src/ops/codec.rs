@@ -275,6 +275,20 @@ mod tests {
                 node: 2,
                 keep: Some(5),
             },
+            Operation::HandOverPartition {
+                stream: 1,
+                topic: 2,
+                group: 3,
+                handover: crate::state::groups::Handover {
+                    partition: 4,
+                    from: GroupMember {
+                        node: 1,
+                        incarnation: 9,
+                        client: 12,
+                    },
+                    since: 1_700_000_000_000_000,
+                },
+            },
         ];
         for op in ops {
             round_trip(Submission { user: Some(4), op });

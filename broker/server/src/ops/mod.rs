@@ -13,7 +13,7 @@
 
 pub mod codec;
 
-use crate::state::groups::GroupMember;
+use crate::state::groups::{GroupMember, Handover};
 use iggy_wire::message::SendMessagesHeader;
 use iggy_wire::request::{GroupRef, TopicSettings};
 use iggy_wire::WireError;
@@ -194,6 +194,16 @@ pub enum Operation<'a> {
         partition: u32,
         at: u64,
     },
+    /// The member `handover.from` hands its partition over to the member it now belongs to
+    /// (cooperative rebalancing, `state::groups`). Issued by the broker of the member's node
+    /// once the member stored an offset for all it polled from the partition, or the
+    /// rebalancing timeout passed; stale ones change nothing.
+    HandOverPartition {
+        stream: u32,
+        topic: u32,
+        group: u32,
+        handover: Handover,
+    },
     // Last: serde numbers variants after a skipped one differently when encoding and decoding.
     /// Appends a batch of message frames as the client sent them; `apply` validates them
     /// against the index before writing.
@@ -233,6 +243,7 @@ impl<'a> Operation<'a> {
                 | LeaveGroup { .. }
                 | LeaveAllGroups { .. }
                 | ForgetNode { .. }
+                | HandOverPartition { .. }
                 | EnforceRetention
                 | RecordTiered { .. }
                 | SealSegment { .. }

@@ -150,15 +150,18 @@ impl Catalog {
     }
 
     /// A partition by its numeric ids, if it exists.
+    /// A topic by the numeric ids an operation resolved earlier (`None` if deleted since).
+    pub fn topic_by_ids(&self, stream: u32, topic: u32) -> Option<&Topic> {
+        self.streams.get(&stream).and_then(|s| s.topics.get(&topic))
+    }
+
     pub fn partition_by_ids(
         &self,
         stream: u32,
         topic: u32,
         partition: u32,
     ) -> Option<Arc<Partition>> {
-        self.streams
-            .get(&stream)
-            .and_then(|s| s.topics.get(&topic))
+        self.topic_by_ids(stream, topic)
             .and_then(|t| t.partitions.iter().find(|p| p.id == partition))
             .cloned()
     }
@@ -283,6 +286,7 @@ impl Topic {
                     id: g.id,
                     name: g.name.clone(),
                     members: g.members.keys().copied().collect(),
+                    moving: g.moving.values().copied().collect(),
                 })
                 .collect(),
         }

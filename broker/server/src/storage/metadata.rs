@@ -89,6 +89,10 @@ pub struct GroupRecord {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<crate::state::groups::GroupMember>,
+    /// Partitions being handed over (cooperative rebalancing, `state::groups`); files written
+    /// before read as none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moving: Vec<crate::state::groups::Handover>,
 }
 
 impl std::fmt::Debug for UserRecord {
