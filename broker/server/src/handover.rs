@@ -12,9 +12,10 @@
 
 use crate::broker::Broker;
 use crate::ops::{Operation, Submission};
-use crate::state::groups::Handover;
+use crate::state::groups::{self, Handover};
 use crate::submit::Submit;
 use iggy_wire::ConsumerKind;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
 
@@ -36,6 +37,7 @@ impl Handovers {
 struct Due {
     group: (u32, u32, u32),
     handover: Handover,
+    why: groups::Due,
 }
 
 /// Runs for as long as the broker does.
@@ -58,11 +60,26 @@ pub async fn run(broker: std::sync::Arc<Broker>) {
                 .submit(&broker, submission, &mut Vec::new())
                 .await
             {
-                Ok(()) => tracing::debug!(
-                    partition = due.handover.partition,
-                    member = due.handover.from.client,
-                    "consumer-group member handed a partition over"
-                ),
+                Ok(()) => {
+                    broker
+                        .metrics
+                        .group_handovers
+                        .fetch_add(1, Ordering::Relaxed);
+                    if due.why == groups::Due::TimedOut {
+                        broker
+                            .metrics
+                            .group_handover_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                        // The member polled messages it never stored an offset for; whoever
+                        // holds the partition next polls them again.
+                        tracing::info!(
+                            partition = due.handover.partition,
+                            member = due.handover.from.client,
+                            "a consumer-group member did not store what it polled within the \
+                             rebalancing timeout; its partition moved anyway"
+                        );
+                    }
+                }
                 // Retried at the next look (no primary for now, a full log, ...).
                 Err(e) => {
                     tracing::debug!(error = %e, "a partition handover is not committed yet");
@@ -106,9 +123,10 @@ fn due_now(broker: &Broker) -> Vec<Due> {
                 group
                     .handovers_due(local, stored, now, timeout)
                     .into_iter()
-                    .map(|handover| Due {
+                    .map(|(handover, why)| Due {
                         group: (s, topic.id, group.id),
                         handover,
+                        why,
                     }),
             );
         }

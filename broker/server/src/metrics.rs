@@ -37,6 +37,11 @@ pub struct Metrics {
     pub connections_timed_out: AtomicU64,
     /// Reads that found a stored message damaged (its range was refused).
     pub corrupt_reads: AtomicU64,
+    /// Consumer-group partitions this node's members handed over (`handover`), and of those,
+    /// the ones handed over because the rebalancing timeout passed, not because the member
+    /// stored what it polled.
+    pub group_handovers: AtomicU64,
+    pub group_handover_timeouts: AtomicU64,
     /// Logins refused without a password check because the address or user was throttled.
     pub logins_throttled: AtomicU64,
     /// Bytes of sealed segments the scrubber re-verified, and damaged ranges it found.
@@ -95,6 +100,8 @@ impl Metrics {
             connections_refused: AtomicU64::new(0),
             connections_timed_out: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
+            group_handovers: AtomicU64::new(0),
+            group_handover_timeouts: AtomicU64::new(0),
             logins_throttled: AtomicU64::new(0),
             scrub_bytes: AtomicU64::new(0),
             scrub_corruptions: AtomicU64::new(0),
@@ -233,7 +240,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 21] = [
+        let singles: [(&str, &str, &str, u64); 23] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -263,6 +270,18 @@ impl Metrics {
                 "counter",
                 "Reads that found a stored message damaged; the range was refused.",
                 load(&self.corrupt_reads),
+            ),
+            (
+                "iggy_consumer_group_handovers_total",
+                "counter",
+                "Consumer-group partitions this node's members handed over in a rebalance.",
+                load(&self.group_handovers),
+            ),
+            (
+                "iggy_consumer_group_handover_timeouts_total",
+                "counter",
+                "Handovers forced by consumer_group.rebalancing_timeout: the member never stored what it polled.",
+                load(&self.group_handover_timeouts),
             ),
             (
                 "iggy_logins_throttled_total",

@@ -505,6 +505,30 @@ async fn a_partition_moves_to_a_new_member_once_its_holder_stored_what_it_polled
     let from_a = drain(&a, &target[&ids[0]]).await;
     let from_b = drain(&b, &b_share).await;
     assert_exactly_once(&sent2, &[&from_a, &from_b]);
+    assert_eq!(handovers(&broker).await, (3, 0));
+}
+
+/// (handovers, of which forced by the timeout) from the broker's metrics, once they count
+/// what the assignment already shows (the count follows the commit by a moment).
+async fn handovers(broker: &TestBroker) -> (u64, u64) {
+    let read = || {
+        let (_, text) = common::http_get(broker.http, "/metrics").expect("metrics");
+        let value = |name| common::metric(&text, name).map_or(0, |v| v as u64);
+        (
+            value("iggy_consumer_group_handovers_total"),
+            value("iggy_consumer_group_handover_timeouts_total"),
+        )
+    };
+    let mut seen = read();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let now = read();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    seen
 }
 
 /// A holder that never stores what it polled keeps a moving partition only until

@@ -50,6 +50,15 @@ pub struct Handover {
     pub since: u64,
 }
 
+/// Why a handover is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// The holder stored an offset for all it polled from the partition, or polled nothing.
+    Drained,
+    /// `consumer_group.rebalancing_timeout` passed first.
+    TimedOut,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Member {
     /// The partitions it holds, those it is handing over included (GetConsumerGroup reports
@@ -283,19 +292,23 @@ impl ConsumerGroup {
         stored: impl Fn(u32) -> Option<u64>,
         now: u64,
         timeout: u64,
-    ) -> Vec<Handover> {
+    ) -> Vec<(Handover, Due)> {
         self.moving
             .values()
             .filter(|h| local(&h.from))
-            .filter(|h| {
+            .filter_map(|h| {
                 let polled = self
                     .members
                     .get(&h.from)
                     .and_then(|m| m.polled.get(&h.partition).copied());
-                let drained = polled.is_none_or(|last| stored(h.partition) >= Some(last));
-                drained || now >= h.since.saturating_add(timeout)
+                if polled.is_none_or(|last| stored(h.partition) >= Some(last)) {
+                    Some((*h, Due::Drained))
+                } else if now >= h.since.saturating_add(timeout) {
+                    Some((*h, Due::TimedOut))
+                } else {
+                    None
+                }
             })
-            .copied()
             .collect()
     }
 }
@@ -414,21 +427,19 @@ mod tests {
             group
                 .handovers_due(local, |_| stored, now, 1_000)
                 .iter()
-                .map(|h| h.partition)
+                .map(|(h, why)| (h.partition, *why))
                 .collect::<Vec<_>>()
         };
+        assert_eq!(due(None, 200), vec![], "polled 9, stored nothing");
+        assert_eq!(due(Some(8), 200), vec![], "stored short of what it polled");
+        assert_eq!(due(Some(9), 200), vec![(1, Due::Drained)]);
+        let timed_out = vec![(1, Due::TimedOut)];
         assert_eq!(
-            due(None, 200),
-            Vec::<u32>::new(),
-            "polled 9, stored nothing"
+            due(None, 1_100),
+            timed_out,
+            "the rebalancing timeout passed"
         );
-        assert_eq!(
-            due(Some(8), 200),
-            Vec::<u32>::new(),
-            "stored short of what it polled"
-        );
-        assert_eq!(due(Some(9), 200), vec![1]);
-        assert_eq!(due(None, 1_100), vec![1], "the rebalancing timeout passed");
+        assert_eq!(due(Some(9), 1_100), vec![(1, Due::Drained)]);
         assert!(group
             .handovers_due(|_| false, |_| Some(9), 200, 1_000)
             .is_empty());

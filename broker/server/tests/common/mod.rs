@@ -338,7 +338,6 @@ fn unsafe_free_sigterm(pid: u32) {
         .status();
 }
 
-/// A minimal HTTP/1.0 GET returning (status, body).
 /// The value of the unlabelled series `name` in a Prometheus text exposition.
 pub fn metric(metrics: &str, name: &str) -> Option<f64> {
     metrics
@@ -347,6 +346,7 @@ pub fn metric(metrics: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// A minimal HTTP/1.0 GET returning (status, body).
 pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(address, "GET", path, "")
 }
