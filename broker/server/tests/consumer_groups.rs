@@ -92,21 +92,24 @@ async fn assignment(client: &IggyClient) -> BTreeMap<u32, BTreeSet<u32>> {
         .collect()
 }
 
-/// Where every partition belongs once rebalancing settles: partition `p` with the `p mod n`-th
-/// member in id order (the broker orders members by node, then client id; a member's id
-/// carries its node in its top bits).
-fn round_robin(members: &[u32]) -> BTreeMap<u32, BTreeSet<u32>> {
-    let mut ids = members.to_vec();
-    ids.sort_unstable();
-    let mut settled: BTreeMap<u32, BTreeSet<u32>> =
-        ids.iter().map(|id| (*id, BTreeSet::new())).collect();
-    for p in 0..PARTITIONS {
-        settled
-            .get_mut(&ids[p as usize % ids.len()])
-            .unwrap()
-            .insert(p);
-    }
-    settled
+/// Whether every partition has one holder and the shares differ by one at most: where a
+/// rebalance from a settled group ends (placement is sticky and even; while a partition is
+/// still being handed over, its holder has one more than its share and its place one less).
+fn balanced(seen: &BTreeMap<u32, BTreeSet<u32>>) -> bool {
+    let held: Vec<u32> = seen.values().flatten().copied().collect();
+    let all: BTreeSet<u32> = held.iter().copied().collect();
+    let sizes = seen.values().map(BTreeSet::len);
+    let spread = sizes.clone().max().unwrap_or(0) - sizes.min().unwrap_or(0);
+    held.len() == all.len() && all == (0..PARTITIONS).collect() && spread <= 1
+}
+
+/// a's and b's places after b joined a group where a held all [`PARTITIONS`]: a keeps the
+/// lower half (sticky placement), b gets the upper one.
+fn halves(ids: &[u32]) -> BTreeMap<u32, BTreeSet<u32>> {
+    BTreeMap::from([
+        (ids[0], (0..PARTITIONS / 2).collect()),
+        (ids[1], (PARTITIONS / 2..PARTITIONS).collect()),
+    ])
 }
 
 /// The group's assignment as `client`'s broker reports it, once it has `members` members and
@@ -116,8 +119,7 @@ async fn settled(client: &IggyClient, members: usize) -> BTreeMap<u32, BTreeSet<
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let seen = assignment(client).await;
-        let ids: Vec<u32> = seen.keys().copied().collect();
-        if seen.len() == members && seen == round_robin(&ids) {
+        if seen.len() == members && balanced(&seen) {
             return seen;
         }
         assert!(
@@ -465,7 +467,7 @@ async fn a_partition_moves_to_a_new_member_once_its_holder_stored_what_it_polled
         .await
         .unwrap();
     let ids = futures_ids(&[&a, &b]).await;
-    let target = round_robin(&ids);
+    let target = halves(&ids);
     let b_share = target[&ids[1]].clone();
     assert_eq!(b_share.len(), 3);
     // Nothing moves while a has not stored: b polls nothing, a polls only what stays its own.
@@ -549,7 +551,7 @@ async fn a_holder_that_never_stores_hands_over_after_the_rebalancing_timeout() {
         .await
         .unwrap();
     let ids = futures_ids(&[&a, &b]).await;
-    let target = round_robin(&ids);
+    let target = halves(&ids);
     assert_eq!(settled(&admin, 2).await, target);
     assert!(
         joined.elapsed() >= std::time::Duration::from_millis(1900),

@@ -286,6 +286,7 @@ impl Topic {
                     id: g.id,
                     name: g.name.clone(),
                     members: g.members.keys().copied().collect(),
+                    places: g.recorded_places(),
                     moving: g.moving.values().copied().collect(),
                 })
                 .collect(),

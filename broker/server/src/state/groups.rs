@@ -59,6 +59,13 @@ pub enum Due {
     TimedOut,
 }
 
+/// Where a partition belongs, as a group's record keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Place {
+    pub partition: u32,
+    pub member: GroupMember,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct Member {
     /// The partitions it holds, those it is handing over included (GetConsumerGroup reports
@@ -80,7 +87,9 @@ pub struct ConsumerGroup {
     pub id: u32,
     pub name: String,
     pub members: BTreeMap<GroupMember, Member>,
-    /// Partitions being handed over, by partition.
+    /// Where each partition belongs (its place), by partition.
+    pub places: BTreeMap<u32, GroupMember>,
+    /// Partitions being handed over to their place, by partition.
     pub moving: BTreeMap<u32, Handover>,
 }
 
@@ -90,6 +99,7 @@ impl ConsumerGroup {
             id,
             name,
             members: BTreeMap::new(),
+            places: BTreeMap::new(),
             moving: BTreeMap::new(),
         }
     }
@@ -100,14 +110,34 @@ impl ConsumerGroup {
         for member in &record.members {
             group.members.insert(*member, Member::default());
         }
+        if record.places.is_empty() {
+            // Written before places were recorded: placed afresh (alike on every replica).
+            group.rebalance(partitions_count, 0);
+            return group;
+        }
+        let member = |m: &GroupMember| group.members.contains_key(m);
+        group.places = record
+            .places
+            .iter()
+            .filter(|place| place.partition < partitions_count && member(&place.member))
+            .map(|place| (place.partition, place.member))
+            .collect();
         group.moving = record
             .moving
             .iter()
-            .filter(|h| h.partition < partitions_count && group.members.contains_key(&h.from))
+            .filter(|h| h.partition < partitions_count && member(&h.from))
             .map(|h| (h.partition, *h))
             .collect();
         group.assign(partitions_count);
         group
+    }
+
+    /// The places as the group's record keeps them.
+    pub fn recorded_places(&self) -> Vec<Place> {
+        self.places
+            .iter()
+            .map(|(&partition, &member)| Place { partition, member })
+            .collect()
     }
 
     /// Adds a member (idempotent) and rebalances at `now` (µs).
@@ -140,18 +170,21 @@ impl ConsumerGroup {
     }
 
     /// Recomputes where every partition belongs after the membership or the partition count
-    /// changed. A partition whose place moved away from a member that still holds it is handed
-    /// over later (its move keeps the time it began if it was already moving from that member);
-    /// one held by nobody — new, or its holder left — goes to its place at once.
+    /// changed ([`sticky_places`]). A partition whose place moved away from a member that still
+    /// holds it is handed over later (its move keeps the time it began if it was already moving
+    /// from that member); one held by nobody — new, or its holder left — goes to its place at
+    /// once.
     pub fn rebalance(&mut self, partitions_count: u32, now: u64) {
         let holders: BTreeMap<u32, GroupMember> = self
             .members
             .iter()
             .flat_map(|(id, m)| m.partitions.iter().map(move |p| (*p, *id)))
             .collect();
+        let members: Vec<GroupMember> = self.members.keys().copied().collect();
+        self.places = sticky_places(&self.places, &members, partitions_count);
         let mut moving = BTreeMap::new();
         for p in 0..partitions_count {
-            let (Some(&holder), Some(place)) = (holders.get(&p), self.place_of(p)) else {
+            let (Some(&holder), Some(&place)) = (holders.get(&p), self.places.get(&p)) else {
                 continue;
             };
             if holder != place {
@@ -185,29 +218,16 @@ impl ConsumerGroup {
         true
     }
 
-    /// Where partition `p` belongs: the `p mod n`-th member.
-    fn place_of(&self, p: u32) -> Option<GroupMember> {
-        let n = self.members.len();
-        (n > 0).then(|| {
-            *self
-                .members
-                .keys()
-                .nth(p as usize % n)
-                .expect("p mod n < n")
-        })
-    }
-
     /// Gives every member the partitions it holds: those moving from it, and those whose
     /// place it is and that are not moving from another member.
     fn assign(&mut self, partitions_count: u32) {
-        let places: Vec<GroupMember> = self.members.keys().copied().collect();
         let mut held: BTreeMap<GroupMember, Vec<u32>> = BTreeMap::new();
-        if !places.is_empty() {
-            for p in 0..partitions_count {
-                let holder = match self.moving.get(&p) {
-                    Some(h) => h.from,
-                    None => places[p as usize % places.len()],
-                };
+        for p in 0..partitions_count {
+            let holder = match self.moving.get(&p) {
+                Some(h) => Some(h.from),
+                None => self.places.get(&p).copied(),
+            };
+            if let Some(holder) = holder {
                 held.entry(holder).or_default().push(p);
             }
         }
@@ -313,6 +333,58 @@ impl ConsumerGroup {
     }
 }
 
+/// Where each of `partitions_count` partitions belongs among `members` (in member order),
+/// given where they belonged before: sticky, so that a rebalance moves as few partitions as an
+/// even spread allows. Every member gets `count / n` partitions, and `count mod n` of them one
+/// more — those that had the most places before (then in member order). Each member keeps its
+/// earlier places, lowest partitions first, up to its share; what is left (partitions new or
+/// without a member, and shares' excess) goes, lowest first, to the members short of their
+/// share, in member order. A function of its inputs only, so every replica places alike.
+pub fn sticky_places(
+    before: &BTreeMap<u32, GroupMember>,
+    members: &[GroupMember],
+    partitions_count: u32,
+) -> BTreeMap<u32, GroupMember> {
+    let mut places = BTreeMap::new();
+    if members.is_empty() {
+        return places;
+    }
+    let mut kept: BTreeMap<GroupMember, Vec<u32>> =
+        members.iter().map(|m| (*m, Vec::new())).collect();
+    for (&p, member) in before.range(..partitions_count) {
+        if let Some(kept) = kept.get_mut(member) {
+            kept.push(p);
+        }
+    }
+    let count = partitions_count as usize;
+    let (base, extra) = (count / members.len(), count % members.len());
+    let mut by_earlier_share: Vec<GroupMember> = members.to_vec();
+    by_earlier_share.sort_by_key(|m| (std::cmp::Reverse(kept[m].len()), *m));
+    let share: BTreeMap<GroupMember, usize> = by_earlier_share
+        .iter()
+        .enumerate()
+        .map(|(rank, m)| (*m, base + usize::from(rank < extra)))
+        .collect();
+    for (member, partitions) in kept.iter_mut() {
+        partitions.truncate(share[member]);
+        for &p in partitions.iter() {
+            places.insert(p, *member);
+        }
+    }
+    let unplaced: Vec<u32> = (0..partitions_count)
+        .filter(|p| !places.contains_key(p))
+        .collect();
+    let mut left = unplaced.into_iter();
+    for member in members {
+        for _ in kept[member].len()..share[member] {
+            if let Some(p) = left.next() {
+                places.insert(p, *member);
+            }
+        }
+    }
+    places
+}
+
 /// A topic's group by numeric id or name.
 pub fn find_group<'g>(
     groups: &'g mut BTreeMap<u32, ConsumerGroup>,
@@ -374,40 +446,59 @@ mod tests {
         );
         group.join(m(30), 6, 3);
         assert_eq!(group.moving.len(), 4);
-        assert_eq!(group.moving[&1].since, 2, "a move keeps the time it began");
+        assert_eq!(group.moving[&3].since, 2, "a move keeps the time it began");
+        assert_eq!(group.moving[&2].since, 3);
         settle(&mut group, 6);
-        assert_eq!(holders(&group, 6), vec![10, 20, 30, 10, 20, 30]);
+        assert_eq!(holders(&group, 6), vec![10, 10, 30, 20, 20, 30]);
         assert!(group.leave(m(20), 6, 4));
-        // 20's partitions (1, 4) move at once; 30's partition 2 and 10's partition 3 swap
-        // places, each handed over by its holder.
-        assert_eq!(holders(&group, 6), vec![10, 30, 30, 10, 10, 30]);
-        assert_eq!(
-            group
-                .moving
-                .values()
-                .map(|h| (h.partition, h.from.client))
-                .collect::<Vec<_>>(),
-            vec![(2, 30), (3, 10)]
-        );
-        settle(&mut group, 6);
-        assert_eq!(holders(&group, 6), vec![10, 30, 10, 30, 10, 30]);
+        // 20's partitions go at once to the members short of their share; nobody else moves.
+        assert!(group.moving.is_empty());
+        assert_eq!(holders(&group, 6), vec![10, 10, 30, 10, 30, 30]);
         assert!(!group.leave(m(20), 6, 5));
         group.rebalance(3, 6);
-        settle(&mut group, 3);
-        assert_eq!(holders(&group, 3), vec![10, 30, 10]);
+        assert!(group.moving.is_empty());
+        assert_eq!(holders(&group, 3), vec![10, 10, 30]);
         // A node's stale incarnation goes, its current one stays.
         let stale = GroupMember {
             incarnation: 6,
             ..m(40)
         };
         group.join(stale, 3, 7);
+        assert_eq!(group.moving.len(), 1);
         assert!(group.drop_members(|id| id.node == 0 && id.incarnation != 7, 3, 8));
-        assert_eq!(holders(&group, 3), vec![10, 30, 10]);
+        assert_eq!(holders(&group, 3), vec![10, 10, 30]);
         assert!(
             group.moving.is_empty(),
-            "the moves to the stale member were cancelled"
+            "the move to the stale member was cancelled"
         );
         assert!(!group.drop_members(|id| id.node == 1, 3, 9));
+    }
+
+    #[test]
+    fn places_are_sticky_even_and_a_function_of_their_inputs() {
+        let (a, b, c) = (m(1), m(2), m(3));
+        let none = BTreeMap::new();
+        let two = sticky_places(&none, &[a, b], 6);
+        let of = |places: &BTreeMap<u32, GroupMember>| -> Vec<u32> {
+            places.values().map(|m| m.client).collect()
+        };
+        assert_eq!(of(&two), vec![1, 1, 1, 2, 2, 2]);
+        // A third member takes one partition from each; the others stay.
+        let three = sticky_places(&two, &[a, b, c], 6);
+        assert_eq!(of(&three), vec![1, 1, 3, 2, 2, 3]);
+        let moved = (0..6).filter(|p| two[p] != three[p]).count();
+        assert_eq!(moved, 2, "round-robin would move 4");
+        // Uneven counts: the extra partition stays with who had the most.
+        let seven = sticky_places(&three, &[a, b, c], 7);
+        assert_eq!(of(&seven), vec![1, 1, 3, 2, 2, 3, 1]);
+        let back = sticky_places(&seven, &[a, c], 7);
+        assert_eq!(of(&back), vec![1, 1, 3, 1, 3, 3, 1]);
+        assert_eq!(sticky_places(&seven, &[], 7), BTreeMap::new());
+        assert_eq!(
+            sticky_places(&seven, &[a, b, c], 7),
+            seven,
+            "stable when nothing changed"
+        );
     }
 
     #[test]
@@ -482,15 +573,22 @@ mod tests {
         let mut group = ConsumerGroup::new(3, "g".into());
         group.join(m(1), 4, 1);
         group.join(m(2), 4, 2);
-        let record = crate::storage::metadata::GroupRecord {
+        let mut record = crate::storage::metadata::GroupRecord {
             id: group.id,
             name: group.name.clone(),
             members: group.members.keys().copied().collect(),
+            places: group.recorded_places(),
             moving: group.moving.values().copied().collect(),
         };
         let restored = ConsumerGroup::restore(&record, 4);
         assert_eq!(restored.moving, group.moving);
+        assert_eq!(restored.places, group.places);
         assert_eq!(holders(&restored, 4), holders(&group, 4));
+        // A record from before places: placed afresh, nothing moving.
+        record.places.clear();
+        let afresh = ConsumerGroup::restore(&record, 4);
+        assert_eq!(holders(&afresh, 4), vec![1, 1, 2, 2]);
+        assert!(afresh.moving.is_empty());
     }
 
     #[test]
@@ -502,9 +600,9 @@ mod tests {
         let polled: Vec<_> = (0..4)
             .map(|_| group.partition_for_poll(m(1), None).unwrap().unwrap())
             .collect();
-        assert_eq!(polled, vec![0, 2, 0, 2]);
-        assert_eq!(group.partition_for_poll(m(1), Some(1)), Some(None));
-        assert_eq!(group.partition_for_poll(m(2), Some(1)), Some(Some(1)));
+        assert_eq!(polled, vec![0, 1, 0, 1]);
+        assert_eq!(group.partition_for_poll(m(1), Some(2)), Some(None));
+        assert_eq!(group.partition_for_poll(m(2), Some(2)), Some(Some(2)));
         assert_eq!(group.partition_for_poll(m(3), None), None, "not a member");
     }
 }

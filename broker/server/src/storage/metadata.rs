@@ -89,8 +89,10 @@ pub struct GroupRecord {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<crate::state::groups::GroupMember>,
-    /// Partitions being handed over (cooperative rebalancing, `state::groups`); files written
-    /// before read as none.
+    /// Where each partition belongs, and the partitions being handed over there (cooperative
+    /// rebalancing, `state::groups`); files written before read as none (placed afresh).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub places: Vec<crate::state::groups::Place>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub moving: Vec<crate::state::groups::Handover>,
 }
