@@ -570,6 +570,32 @@ async fn a_holder_that_never_stores_hands_over_after_the_rebalancing_timeout() {
     );
 }
 
+async fn partition_offsets(client: &IggyClient) -> Vec<u64> {
+    let topic = client
+        .get_topic(&name("s"), &name("t"))
+        .await
+        .unwrap()
+        .unwrap();
+    topic.partitions.iter().map(|p| p.current_offset).collect()
+}
+
+/// Waits until the brokers `others` are connected to report the partitions' offsets `admin`'s
+/// does: a backup applies what the primary committed a moment later, and a drain that polled
+/// before would stop short.
+async fn applied_everywhere(admin: &IggyClient, others: &[&IggyClient]) {
+    let expected = partition_offsets(admin).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for other in others {
+        while partition_offsets(other).await != expected {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a member never applied the sends"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+}
+
 /// On a replicated broker, membership is replicated: consumers of one group connected to
 /// different members share the partitions (never both reading one), every member reports the
 /// same assignment, a closed connection's partitions go to the others, and a member that dies
@@ -614,6 +640,7 @@ async fn a_group_spans_the_members_of_a_cluster() {
     assert!(a_owned.is_disjoint(&b_owned));
 
     let sent = produce(&admin, 1, 5).await;
+    applied_everywhere(&admin, &[&a, &b]).await;
     let from_a = drain(&a, &a_owned).await;
     let from_b = drain(&b, &b_owned).await;
     assert_exactly_once(&sent, &[&from_a, &from_b]);
@@ -631,15 +658,8 @@ async fn a_group_spans_the_members_of_a_cluster() {
     // offsets, then c joins through b2. c's share stays with a, which polls it no more, until
     // a stores what it polled; then b1 hands it over, and c reads only what came after.
     let sent2 = produce(&admin, 2, 4).await;
-    // b1 applies what the primary committed a moment later.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let polled = loop {
-        let polled = poll_without_storing(&a, 0..PARTITIONS).await;
-        if polled.received == sent2 || std::time::Instant::now() > deadline {
-            break polled;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    applied_everywhere(&admin, &[&a]).await;
+    let polled = poll_without_storing(&a, 0..PARTITIONS).await;
     assert_eq!(polled.received, sent2);
     let c = cluster.brokers[b2].client().await;
     c.join_consumer_group(&name("s"), &name("t"), &name("workers"))
@@ -665,6 +685,7 @@ async fn a_group_spans_the_members_of_a_cluster() {
         .expect("c's share");
     let a_owned: BTreeSet<u32> = (0..PARTITIONS).filter(|p| !c_owned.contains(p)).collect();
     let sent3 = produce(&admin, 3, 2).await;
+    applied_everywhere(&admin, &[&a, &c]).await;
     let from_a = drain(&a, &a_owned).await;
     let from_c = drain(&c, &c_owned).await;
     assert_exactly_once(&sent3, &[&from_a, &from_c]);
