@@ -129,6 +129,11 @@ impl ConsumerGroup {
             .map(|h| (h.partition, *h))
             .collect();
         group.assign(partitions_count);
+        if (0..partitions_count).any(|p| !group.places.contains_key(&p)) {
+            // A record saved before its topic grew (a single node persists the metadata before
+            // it places new partitions): the new ones get places, the others keep theirs.
+            group.rebalance(partitions_count, 0);
+        }
         group
     }
 
@@ -584,6 +589,11 @@ mod tests {
         assert_eq!(restored.moving, group.moving);
         assert_eq!(restored.places, group.places);
         assert_eq!(holders(&restored, 4), holders(&group, 4));
+        // A record saved before its topic grew: the new partitions are placed too.
+        let grown = ConsumerGroup::restore(&record, 6);
+        assert_eq!(grown.moving, group.moving);
+        assert_eq!(grown.places.len(), 6);
+        assert_eq!(&holders(&grown, 6)[..4], &holders(&group, 4)[..]);
         // A record from before places: placed afresh, nothing moving.
         record.places.clear();
         let afresh = ConsumerGroup::restore(&record, 4);
