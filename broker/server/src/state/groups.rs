@@ -91,6 +91,10 @@ pub struct ConsumerGroup {
     pub places: BTreeMap<u32, GroupMember>,
     /// Partitions being handed over to their place, by partition.
     pub moving: BTreeMap<u32, Handover>,
+    /// The places were derived when a record from before places existed was restored: until
+    /// the next rebalance the group's record leaves them out, as the restored one did, so that
+    /// a replica's metadata still equals its checkpoint's (`BrokerMachine::check`).
+    places_derived: bool,
 }
 
 impl ConsumerGroup {
@@ -101,6 +105,7 @@ impl ConsumerGroup {
             members: BTreeMap::new(),
             places: BTreeMap::new(),
             moving: BTreeMap::new(),
+            places_derived: false,
         }
     }
 
@@ -113,6 +118,7 @@ impl ConsumerGroup {
         if record.places.is_empty() {
             // Written before places were recorded: placed afresh (alike on every replica).
             group.rebalance(partitions_count, 0);
+            group.places_derived = true;
             return group;
         }
         let member = |m: &GroupMember| group.members.contains_key(m);
@@ -139,6 +145,9 @@ impl ConsumerGroup {
 
     /// The places as the group's record keeps them.
     pub fn recorded_places(&self) -> Vec<Place> {
+        if self.places_derived {
+            return Vec::new();
+        }
         self.places
             .iter()
             .map(|(&partition, &member)| Place { partition, member })
@@ -187,6 +196,7 @@ impl ConsumerGroup {
             .collect();
         let members: Vec<GroupMember> = self.members.keys().copied().collect();
         self.places = sticky_places(&self.places, &members, partitions_count);
+        self.places_derived = false;
         let mut moving = BTreeMap::new();
         for p in 0..partitions_count {
             let (Some(&holder), Some(&place)) = (holders.get(&p), self.places.get(&p)) else {
@@ -594,11 +604,15 @@ mod tests {
         assert_eq!(grown.moving, group.moving);
         assert_eq!(grown.places.len(), 6);
         assert_eq!(&holders(&grown, 6)[..4], &holders(&group, 4)[..]);
-        // A record from before places: placed afresh, nothing moving.
+        // A record from before places: placed afresh, nothing moving, and recorded as it was
+        // until the next rebalance (a replica's metadata must equal its checkpoint's).
         record.places.clear();
-        let afresh = ConsumerGroup::restore(&record, 4);
+        let mut afresh = ConsumerGroup::restore(&record, 4);
         assert_eq!(holders(&afresh, 4), vec![1, 1, 2, 2]);
         assert!(afresh.moving.is_empty());
+        assert!(afresh.recorded_places().is_empty());
+        afresh.join(m(3), 4, 9);
+        assert_eq!(afresh.recorded_places().len(), 4);
     }
 
     #[test]
