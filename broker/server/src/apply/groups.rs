@@ -155,7 +155,7 @@ pub(super) fn hand_over(
     let partitions = t.partitions.len() as u32;
     let mut groups = t.groups();
     if let Some(group) = groups.get_mut(&group) {
-        group.hand_over(handover.partition, handover.from, partitions);
+        group.hand_over(handover, partitions);
     }
 }
 

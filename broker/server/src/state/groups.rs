@@ -222,13 +222,16 @@ impl ConsumerGroup {
         self.assign(partitions_count);
     }
 
-    /// Completes the handover of `partition` by `from`; `false` if it was not moving from
-    /// `from` (already handed over, cancelled by a later rebalance, or its holder left).
-    pub fn hand_over(&mut self, partition: u32, from: GroupMember, partitions_count: u32) -> bool {
-        if self.moving.get(&partition).is_none_or(|h| h.from != from) {
+    /// Completes `handover`; `false` if that move is no longer under way (already handed over,
+    /// cancelled by a later rebalance, or its holder left). A move is named by its start too:
+    /// a handover judged for an earlier move of the same partition from the same member —
+    /// cancelled, then begun again after the member polled more — must not complete the later
+    /// one.
+    pub fn hand_over(&mut self, handover: Handover, partitions_count: u32) -> bool {
+        if self.moving.get(&handover.partition) != Some(&handover) {
             return false;
         }
-        self.moving.remove(&partition);
+        self.moving.remove(&handover.partition);
         self.assign(partitions_count);
         true
     }
@@ -442,7 +445,7 @@ mod tests {
     /// Completes every handover at once, as when no member had polled anything.
     fn settle(group: &mut ConsumerGroup, partitions: u32) {
         for h in group.moving.clone().into_values() {
-            assert!(group.hand_over(h.partition, h.from, partitions));
+            assert!(group.hand_over(h, partitions));
         }
         assert!(group.moving.is_empty());
     }
@@ -549,8 +552,14 @@ mod tests {
         assert!(group
             .handovers_due(|_| false, |_| Some(9), 200, 1_000)
             .is_empty());
-        assert!(group.hand_over(1, m(1), 2));
-        assert!(!group.hand_over(1, m(1), 2), "once");
+        let handover = group.moving[&1];
+        let earlier = Handover {
+            since: handover.since - 1,
+            ..handover
+        };
+        assert!(!group.hand_over(earlier, 2), "judged for an earlier move");
+        assert!(group.hand_over(handover, 2));
+        assert!(!group.hand_over(handover, 2), "once");
         assert_eq!(holders(&group, 2), vec![1, 2]);
         assert_eq!(group.partition_for_poll(m(2), None), Some(Some(1)));
     }
