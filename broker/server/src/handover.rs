@@ -55,11 +55,15 @@ pub async fn run(broker: std::sync::Arc<Broker>) {
                     handover: due.handover,
                 },
             };
+            let mut moved = Vec::new();
             match broker
                 .submitter()
-                .submit(&broker, submission, &mut Vec::new())
+                .submit(&broker, submission, &mut moved)
                 .await
             {
+                // Stale by the time it applied (the move cancelled, or completed by an earlier
+                // submission this node had not applied yet when it looked again).
+                Ok(()) if moved != [1] => {}
                 Ok(()) => {
                     broker
                         .metrics

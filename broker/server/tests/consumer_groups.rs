@@ -678,6 +678,10 @@ async fn a_group_spans_the_members_of_a_cluster() {
     store(&a, &polled.last).await;
     let assigned = settled(&admin, 2).await;
     assert_eq!(settled(&c, 2).await, assigned);
+    // a's node handed over three partitions to b at the start and three to c now; each counted
+    // once, though the handover was forwarded to the primary (its reply says it moved).
+    assert_eq!(handovers(&cluster.brokers[b1]).await, (6, 0));
+    assert_eq!(handovers(&cluster.brokers[b2]).await, (0, 0));
     let c_owned = assigned
         .iter()
         .find(|(id, _)| (**id >> 28) as usize == b2)

@@ -142,11 +142,13 @@ pub(super) fn drop_members(
 
 /// A member hands a partition over (issued by the broker of the member's node, which alone
 /// knows what the member polled). Stale ones — the group, the topic or the move gone since —
-/// change nothing.
+/// change nothing; the reply is `[1]` when it moved the partition, empty otherwise (so the
+/// issuing node counts each handover once).
 pub(super) fn hand_over(
     broker: &Broker,
     (stream, topic, group): (u32, u32, u32),
     handover: Handover,
+    reply: &mut Vec<u8>,
 ) {
     let catalog = broker.catalog();
     let Some(t) = catalog.topic_by_ids(stream, topic) else {
@@ -155,7 +157,9 @@ pub(super) fn hand_over(
     let partitions = t.partitions.len() as u32;
     let mut groups = t.groups();
     if let Some(group) = groups.get_mut(&group) {
-        group.hand_over(handover, partitions);
+        if group.hand_over(handover, partitions) {
+            reply.push(1);
+        }
     }
 }
 

@@ -213,7 +213,7 @@ pub fn apply(
             group,
             handover,
         } => {
-            groups::hand_over(broker, (stream, topic, group), handover);
+            groups::hand_over(broker, (stream, topic, group), handover, reply);
             done(Ok(()))
         }
         Operation::EnforceRetention => {
