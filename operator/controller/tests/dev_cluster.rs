@@ -624,6 +624,8 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
         wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
     }
 
+    a_group_hands_over_across_pods(&dev, &credentials).await;
+
     // The sidecars label each pod with its broker's role: `events-primary` routes to the
     // primary, and the cluster's status names it (the PRIMARY column of `kubectl get iggy`).
     let lost = primary(&dev, "events").await;
@@ -734,6 +736,121 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
     for position in 0..3 {
         let ip = dev.pod_ip(&format!("events-{position}"));
         wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
+    }
+}
+
+/// The offsets a group member's poll of `partition` of `orders/shipped` returns (Next, without
+/// storing).
+async fn poll_shipped(client: &IggyClient, partition: u32) -> Vec<u64> {
+    let polled = client
+        .poll_messages(
+            &Identifier::named("orders").expect("name"),
+            &Identifier::named("shipped").expect("name"),
+            Some(partition),
+            &Consumer::group(Identifier::named("packers").expect("name")),
+            &PollingStrategy::next(),
+            10,
+            false,
+        )
+        .await
+        .expect("poll as a group member");
+    polled.messages.iter().map(|m| m.header.offset).collect()
+}
+
+/// The partitions each member of group `packers` holds, as `client`'s member reports them
+/// (sorted: the shares, not who holds which).
+async fn packers(client: &IggyClient) -> Vec<Vec<u32>> {
+    let group = client
+        .get_consumer_group(
+            &Identifier::named("orders").expect("name"),
+            &Identifier::named("shipped").expect("name"),
+            &Identifier::named("packers").expect("name"),
+        )
+        .await
+        .expect("get group")
+        .expect("the group");
+    let mut shares: Vec<Vec<u32>> = group.members.iter().map(|m| m.partitions.clone()).collect();
+    shares.sort();
+    shares
+}
+
+/// Cooperative rebalancing between consumers on two pods: a, on `events-1`, polls both
+/// partitions of `orders/shipped` without storing offsets; b joins on `events-2` and gets
+/// nothing until a stored what it polled of the partition that is now b's — then `events-1`
+/// hands it over and b reads only what comes after.
+async fn a_group_hands_over_across_pods(dev: &DevCluster, credentials: &(String, String)) {
+    let at = |position: usize| format!("{}:8090", dev.pod_ip(&format!("events-{position}")));
+    let a = sdk_client_at(&at(1), credentials).await;
+    let b = sdk_client_at(&at(2), credentials).await;
+    let stream = Identifier::named("orders").expect("name");
+    let topic = Identifier::named("shipped").expect("name");
+    let group = Identifier::named("packers").expect("name");
+    a.create_topic(
+        &stream,
+        "shipped",
+        2,
+        CompressionAlgorithm::None,
+        None,
+        IggyExpiry::ServerDefault,
+        MaxTopicSize::ServerDefault,
+    )
+    .await
+    .expect("create topic");
+    a.create_consumer_group(&stream, &topic, "packers")
+        .await
+        .expect("create group");
+    a.join_consumer_group(&stream, &topic, &group)
+        .await
+        .expect("join");
+    for partition in 0..2 {
+        let mut batch = vec![message("box")];
+        a.send_messages(
+            &stream,
+            &topic,
+            &Partitioning::partition_id(partition),
+            &mut batch,
+        )
+        .await
+        .expect("send");
+    }
+    // events-1 applies the sends a moment after they commit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while poll_shipped(&a, 0).await.is_empty() || poll_shipped(&a, 1).await.is_empty() {
+        assert!(Instant::now() < deadline, "events-1 never served the sends");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.join_consumer_group(&stream, &topic, &group)
+        .await
+        .expect("join");
+    // Partition 1 is b's place now, but a polled it and stored nothing: it stays with a.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(packers(&b).await, vec![vec![], vec![0, 1]]);
+    assert!(poll_shipped(&b, 1).await.is_empty());
+    a.store_consumer_offset(&Consumer::group(group.clone()), &stream, &topic, Some(1), 0)
+        .await
+        .expect("store");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while packers(&b).await != vec![vec![0], vec![1]] {
+        assert!(Instant::now() < deadline, "partition 1 never moved to b");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        poll_shipped(&b, 1).await.is_empty(),
+        "a's message is not b's"
+    );
+    let mut batch = vec![message("crate")];
+    b.send_messages(&stream, &topic, &Partitioning::partition_id(1), &mut batch)
+        .await
+        .expect("send");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let polled = poll_shipped(&b, 1).await;
+        if !polled.is_empty() {
+            assert_eq!(polled, vec![1], "b reads on after a's offset");
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never read the new message");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
