@@ -1,19 +1,19 @@
 //! Consumer groups: members are connections; each partition of the topic is held by exactly
-//! one member at a time. Where partitions belong is deterministic — partition `i` goes to the
-//! `i mod n`-th member in [`GroupMember`] order — and joins and leaves are operations of the
-//! log, so every replica computes the same assignment.
+//! one member at a time. Where partitions belong (their places) is deterministic — an even,
+//! sticky spread computed from the previous places and the membership ([`sticky_places`]) —
+//! and joins and leaves are operations of the log, so every replica computes the same places.
 //!
 //! Rebalancing is cooperative, as in Iggy: when a member joins, a partition whose place moves
 //! away from a member that is still there is not taken from it at once. It stays with that
 //! member, which polls it no more, until the member has stored an offset for everything it
 //! polled from it (or had polled nothing from it), or until `consumer_group.rebalancing_timeout`
 //! passed; then an operation of the log ([`crate::ops::Operation::HandOverPartition`]) moves it.
-//! Without that, the new owner would poll from the group's stored offset while the old one
+//! Without that, the new holder would poll from the group's stored offset while the old one
 //! still processed what it had polled past it: the same messages twice. A member that leaves
 //! hands nothing over: its partitions move at once (it cannot store offsets any more).
 //!
 //! What a member polled is known only to the broker node its connection is on (polls are not
-//! operations), so that node judges when a handover is due (`crate::groups_handover`).
+//! operations), so that node judges when a handover is due (`crate::handover`).
 
 use crate::error::{BrokerError, Result};
 use iggy_wire::Identifier;
