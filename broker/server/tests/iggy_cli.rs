@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestBroker, ROOT_PASSWORD, ROOT_USER};
+use common::{output_text, TestBroker, ROOT_PASSWORD, ROOT_USER};
 use std::process::Command;
 
 fn cli_available() -> bool {
@@ -30,11 +30,7 @@ fn iggy(broker: &TestBroker, args: &[&str]) -> String {
         .env("HOME", broker.data_path())
         .output()
         .expect("run iggy");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = output_text(&output);
     assert!(output.status.success(), "iggy {args:?} failed: {text}");
     text
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use common::cluster::TestCluster;
-use common::{name, read_all, unpadded, TestBroker, ROOT_PASSWORD};
+use common::{name, output_text, read_all, unpadded, TestBroker, ROOT_PASSWORD};
 use iggy::prelude::*;
 use std::process::Command;
 use std::time::Duration;
@@ -34,11 +34,7 @@ fn run_flow(address: std::net::SocketAddr) {
         .args(["60", "python3", script, &address.to_string(), ROOT_PASSWORD])
         .output()
         .expect("run python3");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = output_text(&output);
     assert!(
         output.status.success(),
         "the Python flow failed ({}):\n{text}",

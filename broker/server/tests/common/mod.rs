@@ -244,12 +244,7 @@ impl TestBroker {
         let output = child
             .wait_with_output()
             .expect("collect iggy-broker output");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.code().unwrap_or(-1), text)
+        (output.status.code().unwrap_or(-1), output_text(&output))
     }
 
     /// SIGKILL: no shutdown code runs, exactly like a crash.
@@ -336,6 +331,15 @@ fn unsafe_free_sigterm(pid: u32) {
         .arg("-TERM")
         .arg(pid.to_string())
         .status();
+}
+
+/// A finished process's standard output followed by its standard error.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 /// The value of the unlabelled series `name` in a Prometheus text exposition.
