@@ -563,11 +563,16 @@ fn ring_primary(harness: &Harness, pod: &str) -> Result<(), String> {
 /// Stream `orders` with topic `created` of one partition.
 async fn create_orders(client: &IggyClient) {
     client.create_stream("orders").await.expect("create stream");
+    create_orders_topic(client, "created", 1).await;
+}
+
+/// Topic `name` of stream `orders`, with `partitions` partitions and the server's defaults.
+async fn create_orders_topic(client: &IggyClient, name: &str, partitions: u32) {
     client
         .create_topic(
             &Identifier::named("orders").expect("name"),
-            "created",
-            1,
+            name,
+            partitions,
             CompressionAlgorithm::None,
             None,
             IggyExpiry::ServerDefault,
@@ -785,17 +790,7 @@ async fn a_group_hands_over_across_pods(dev: &DevCluster, credentials: &(String,
     let stream = Identifier::named("orders").expect("name");
     let topic = Identifier::named("shipped").expect("name");
     let group = Identifier::named("packers").expect("name");
-    a.create_topic(
-        &stream,
-        "shipped",
-        2,
-        CompressionAlgorithm::None,
-        None,
-        IggyExpiry::ServerDefault,
-        MaxTopicSize::ServerDefault,
-    )
-    .await
-    .expect("create topic");
+    create_orders_topic(&a, "shipped", 2).await;
     a.create_consumer_group(&stream, &topic, "packers")
         .await
         .expect("create group");
