@@ -709,12 +709,10 @@ impl SimBroker {
     /// other time the first member leaving — so checkpoints, restores and state syncs carry
     /// groups with places and moves in every stage.
     fn churn_group(&self, topic: u32, op: u64) -> Vec<Operation<'static>> {
-        let (stream, group_id, first_move, members) = {
+        let (stream, _) = self.ids();
+        let (group_id, first_move, members) = {
             let catalog = self.broker.catalog();
-            let Some(s) = catalog.streams.values().find(|s| s.name == STREAM) else {
-                return Vec::new();
-            };
-            let Some(t) = s.topics.get(&topic) else {
+            let Some(t) = catalog.topic_by_ids(stream, topic) else {
                 return Vec::new();
             };
             let groups = t.groups();
@@ -723,7 +721,7 @@ impl SimBroker {
             };
             let first_move = group.moving.values().next().copied();
             let members: Vec<GroupMember> = group.members.keys().copied().collect();
-            (s.id, group.id, first_move, members)
+            (group.id, first_move, members)
         };
         let group = group_ref(Identifier::Numeric(topic));
         let mut ops = Vec::new();
