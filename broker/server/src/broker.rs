@@ -89,6 +89,7 @@ impl Broker {
         match snapshot {
             Some(snapshot) => {
                 catalog.users = snapshot.users.clone();
+                catalog.deduplication = snapshot.deduplication;
                 for s in &snapshot.streams {
                     let mut topics = BTreeMap::new();
                     for t in &s.topics {
@@ -334,6 +335,29 @@ impl Broker {
         status.snapshot().commit_min
     }
 
+    /// Commits `[message_deduplication]` as the settings in force when the catalog holds
+    /// others (`storage::dedup`): a single node once at boot, a replicated broker's primary
+    /// (backups leave it to the primary, so every replica uses the same settings).
+    pub async fn put_deduplication_in_force(self: &Arc<Self>) -> Result<()> {
+        if let Some(status) = self.cluster_status() {
+            if status.primary() != Some(status.position) {
+                return Ok(());
+            }
+        }
+        let wanted = self.config.message_deduplication.settings();
+        let in_force = self.catalog().deduplication.map(|d| d.settings());
+        if wanted == in_force {
+            return Ok(());
+        }
+        let submission = Submission {
+            user: None,
+            op: Operation::SetDeduplication { settings: wanted },
+        };
+        self.submitter
+            .submit(self, submission, &mut Vec::new())
+            .await
+    }
+
     /// Drops expired personal access tokens (the maintenance loop), as an operation like any
     /// other state change; on a replicated broker only the primary issues it.
     pub async fn expire_tokens(&self) -> Result<()> {
@@ -370,6 +394,7 @@ impl Broker {
         };
         let mut fresh = Catalog {
             users: snapshot.users.clone(),
+            deduplication: snapshot.deduplication,
             ..Catalog::default()
         };
         for s in &snapshot.streams {

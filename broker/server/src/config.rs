@@ -2,6 +2,7 @@
 //! variables `IGGY_<SECTION>_<KEY>`, which win. Everything is validated before the broker opens
 //! its data directory or a socket, so a bad setting fails fast with exit code 2.
 
+use crate::storage::dedup::DeduplicationSettings;
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub personal_access_token: TokenConfig,
     pub consumer_group: ConsumerGroupConfig,
+    pub message_deduplication: DeduplicationConfig,
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
     pub replication: ReplicationConfig,
@@ -331,6 +333,31 @@ pub struct ConsumerGroupConfig {
     pub rebalancing_check_interval: HumanDuration,
 }
 
+/// Message deduplication (`[message_deduplication]`, `storage::dedup`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeduplicationConfig {
+    pub enabled: bool,
+    /// How many of a partition's newest messages a new message's id is compared with.
+    pub max_entries: u32,
+    /// How old a message may be and still count; "none": any age.
+    pub expiry: Limit<HumanDuration>,
+}
+
+impl DeduplicationConfig {
+    /// Upper bound of `max_entries`: a partition's window is read back from its log when
+    /// needed, and this many ids is what a broker holds per partition.
+    pub const MAX_ENTRIES: u32 = 1_000_000;
+
+    /// The settings to put in force, `None` when off.
+    pub fn settings(&self) -> Option<DeduplicationSettings> {
+        self.enabled.then(|| DeduplicationSettings {
+            max_entries: self.max_entries,
+            expiry: self.expiry.0.map_or(0, |d| d.0.as_micros() as u64),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
@@ -623,6 +650,18 @@ impl Config {
         }
         if self.system.path.as_os_str().is_empty() {
             return Err(ConfigError::Invalid("system.path must not be empty".into()));
+        }
+        let dedup = &self.message_deduplication;
+        if !(1..=DeduplicationConfig::MAX_ENTRIES).contains(&dedup.max_entries) {
+            return Err(ConfigError::Invalid(format!(
+                "message_deduplication.max_entries must be 1-{}",
+                DeduplicationConfig::MAX_ENTRIES
+            )));
+        }
+        if dedup.expiry.0.is_some_and(|d| d.0.is_zero()) {
+            return Err(ConfigError::Invalid(
+                "message_deduplication.expiry must be above zero, or \"none\"".into(),
+            ));
         }
         if self.consumer_group.rebalancing_check_interval.0.is_zero() {
             return Err(ConfigError::Invalid(

@@ -235,6 +235,25 @@ async fn run(
             broker::repair::report(&broker, &partition, from, until);
         }
     }
+    if broker.cluster_status().is_none() {
+        // Before any client: the first sends already meet the configured deduplication.
+        broker
+            .put_deduplication_in_force()
+            .await
+            .context("cannot record the message deduplication settings")?;
+    } else {
+        // Whoever is primary puts its settings in force; a new primary within a second.
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(DEDUPLICATION_CHECK_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = broker.put_deduplication_in_force().await {
+                    tracing::warn!(error = %e, "message deduplication settings not committed; trying again");
+                }
+            }
+        });
+    }
     let tcp = TcpListener::bind(tcp_address)
         .await
         .with_context(|| format!("cannot listen on {tcp_address} (tcp.address)"))?;
@@ -389,6 +408,10 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often a replicated broker checks whether deleted data waits for the log to move on
 /// while its disk is short (`Broker::release_deleted_when_short`).
 const RELEASE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a replicated broker checks whether, as primary, it must put its
+/// `[message_deduplication]` settings in force.
+const DEDUPLICATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Waits until every connection has finished the request it was serving and closed, or
 /// `DRAIN_TIMEOUT` passed: a send whose bytes were read is applied and acknowledged rather

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// stored what it polled.
     pub group_handovers: AtomicU64,
     pub group_handover_timeouts: AtomicU64,
+    /// Messages message deduplication dropped from their batches (`storage::dedup`).
+    pub messages_deduplicated: AtomicU64,
     /// Logins refused without a password check because the address or user was throttled.
     pub logins_throttled: AtomicU64,
     /// Bytes of sealed segments the scrubber re-verified, and damaged ranges it found.
@@ -102,6 +104,7 @@ impl Metrics {
             corrupt_reads: AtomicU64::new(0),
             group_handovers: AtomicU64::new(0),
             group_handover_timeouts: AtomicU64::new(0),
+            messages_deduplicated: AtomicU64::new(0),
             logins_throttled: AtomicU64::new(0),
             scrub_bytes: AtomicU64::new(0),
             scrub_corruptions: AtomicU64::new(0),
@@ -240,7 +243,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 23] = [
+        let singles: [(&str, &str, &str, u64); 24] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -282,6 +285,12 @@ impl Metrics {
                 "counter",
                 "Handovers forced by consumer_group.rebalancing_timeout: the member never stored what it polled.",
                 load(&self.group_handover_timeouts),
+            ),
+            (
+                "iggy_messages_deduplicated_total",
+                "counter",
+                "Messages dropped from their batch because a recent message of their partition carries the same id.",
+                load(&self.messages_deduplicated),
             ),
             (
                 "iggy_logins_throttled_total",

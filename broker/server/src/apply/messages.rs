@@ -7,6 +7,7 @@ use crate::ops::{MessageIds, OpContext};
 use crate::security::access::Access;
 use crate::state::catalog::TopicTraffic;
 use crate::state::partition::Partition;
+use crate::storage::dedup::{Deduplication, DeduplicationSettings};
 use iggy_wire::message::validate_batch;
 use iggy_wire::{ConsumerKind, Identifier, Partitioning};
 use std::sync::atomic::Ordering;
@@ -34,13 +35,55 @@ pub(super) fn append(
     let (partition, traffic) = route(broker, user, batch.stream, batch.topic, batch.partitioning)?;
     validate_batch(batch.index, batch.messages, batch.count)?;
     let mut ids = MessageIds::new(context.entropy);
-    let appended = partition
-        .append(batch.messages, context.timestamp, || ids.next_id())
+    let dedup = broker.catalog().deduplication;
+    let (appended, dropped) = partition
+        .append(
+            batch.messages,
+            context.timestamp,
+            || ids.next_id(),
+            dedup.as_ref(),
+        )
         .map_err(BrokerError::Append)?;
     traffic.record_in(appended.count as u64, appended.bytes);
+    if dropped > 0 {
+        broker
+            .metrics
+            .messages_deduplicated
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+    }
     Ok(Applied {
         sync: Some((partition, appended.seq)),
     })
+}
+
+/// Turns message deduplication on or off for every partition. Messages stored before it takes
+/// effect never count (`since` is later than each of them, `storage::dedup`): whether such a
+/// message is still on local disk differs between replicas (tiering evicts at its own pace),
+/// so counting it could make replicas drop different messages. Every partition's window is
+/// read afresh with the new settings when next needed.
+pub(super) fn set_deduplication(
+    broker: &Broker,
+    context: OpContext,
+    settings: Option<DeduplicationSettings>,
+) -> Result<()> {
+    let mut catalog = broker.catalog_mut();
+    let newest = catalog
+        .streams
+        .values()
+        .flat_map(|s| s.topics.values())
+        .flat_map(|t| t.partitions.iter())
+        .map(|p| p.log().last_timestamp())
+        .max()
+        .unwrap_or(0);
+    let since = context.timestamp.max(newest.saturating_add(1));
+    let before = catalog.deduplication;
+    catalog.deduplication = settings.map(|s| Deduplication::new(s, since));
+    if let Err(e) = broker.persist(&catalog) {
+        catalog.deduplication = before;
+        return Err(e);
+    }
+    tracing::info!(?settings, since, "message deduplication settings in force");
+    Ok(())
 }
 
 /// The partition a batch goes to, after checking the caller may send to the topic.

@@ -143,6 +143,9 @@ pub fn apply(
         )),
         Operation::DeleteToken { name } => done(tokens::delete(broker, user, &name)),
         Operation::ExpireTokens => done(tokens::expire(broker, context).map(|_| ())),
+        Operation::SetDeduplication { settings } => {
+            done(messages::set_deduplication(broker, context, settings))
+        }
         Operation::Append {
             stream,
             topic,

@@ -14,6 +14,7 @@
 pub mod codec;
 
 use crate::state::groups::{GroupMember, Handover};
+use crate::storage::dedup::DeduplicationSettings;
 use iggy_wire::message::SendMessagesHeader;
 use iggy_wire::request::{GroupRef, TopicSettings};
 use iggy_wire::WireError;
@@ -203,6 +204,12 @@ pub enum Operation<'a> {
         topic: u32,
         group: u32,
         handover: Handover,
+    },
+    /// Turns message deduplication on with these settings, or off (`storage::dedup`). Issued
+    /// by a broker whose configuration differs from what the catalog holds: a single node at
+    /// boot, a replicated broker's primary (so every replica uses the primary's settings).
+    SetDeduplication {
+        settings: Option<DeduplicationSettings>,
     },
     // Last: serde numbers variants after a skipped one differently when encoding and decoding.
     /// Appends a batch of message frames as the client sent them; `apply` validates them

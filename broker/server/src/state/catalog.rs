@@ -4,6 +4,7 @@
 use crate::error::{BrokerError, Result};
 use crate::state::groups::ConsumerGroup;
 use crate::state::partition::Partition;
+use crate::storage::dedup::Deduplication;
 use crate::storage::metadata::{
     GroupRecord, PartitionRecord, Snapshot, StreamRecord, TopicRecord, UserRecord, FORMAT_VERSION,
 };
@@ -19,6 +20,8 @@ pub const ROOT_USER_ID: u32 = 0;
 pub struct Catalog {
     pub streams: BTreeMap<u32, Stream>,
     pub users: Vec<UserRecord>,
+    /// Message deduplication in force for every partition, `None` while off.
+    pub deduplication: Option<Deduplication>,
 }
 
 pub struct Stream {
@@ -257,6 +260,7 @@ impl Catalog {
                 })
                 .collect(),
             users: self.users.clone(),
+            deduplication: self.deduplication,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! landed before the fsync started is covered by it and its writer returns without another.
 
 use crate::config::FsyncPolicy;
+use crate::storage::dedup::Deduplication;
 use crate::storage::offsets::ConsumerOffsets;
 use crate::storage::partition_log::{Appended, PartitionLog, ReadPlan};
 use crate::storage::{fsutil, StorageError};
@@ -94,16 +95,24 @@ impl Partition {
     /// Appends a validated batch, stamping it with `timestamp` and, for messages sent with id
     /// 0, ids from `new_id`. Returns once it is written; [`Self::persisted`] waits for the
     /// durability the policy promises.
+    ///
+    /// With `dedup`, messages whose id one of the partition's newest messages carries are
+    /// dropped first (`storage::dedup`); the second value is how many were.
     pub fn append(
         &self,
         messages: &mut [u8],
         timestamp: u64,
         new_id: impl FnMut() -> u128,
-    ) -> Result<Appended, StorageError> {
+        dedup: Option<&Deduplication>,
+    ) -> Result<(Appended, u32), StorageError> {
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned { path: self.dir() });
         }
-        self.log().append(messages, timestamp, new_id)
+        let mut log = self.log();
+        match dedup {
+            Some(settings) => log.append_deduplicated(messages, timestamp, new_id, settings),
+            None => Ok((log.append(messages, timestamp, new_id)?, 0)),
+        }
     }
 
     /// Returns once the append numbered `seq` is as durable as the fsync policy promises: on
@@ -326,7 +335,9 @@ mod tests {
             !partition.checkpoint_running().unwrap(),
             "an empty log needs no checkpoint"
         );
-        partition.append(&mut batch(10, 100), 1, || 7).unwrap();
+        partition
+            .append(&mut batch(10, 100), 1, || 7, None)
+            .unwrap();
         assert!(partition.checkpoint_running().unwrap());
         assert_eq!(
             Checkpoint::load(dir.path()),
@@ -339,7 +350,7 @@ mod tests {
             !partition.checkpoint_running().unwrap(),
             "nothing was written since"
         );
-        partition.append(&mut batch(3, 100), 1, || 7).unwrap();
+        partition.append(&mut batch(3, 100), 1, || 7, None).unwrap();
         drop(partition);
         let (log, verified) = boot_after_crash(dir.path());
         assert_eq!(verified, 3 * MESSAGE, "only what came after the checkpoint");
@@ -350,10 +361,12 @@ mod tests {
     fn a_running_checkpoint_captured_before_a_cut_is_not_installed() {
         let dir = tempfile::tempdir().unwrap();
         let partition = partition(dir.path());
-        partition.append(&mut batch(10, 100), 1, || 7).unwrap();
+        partition
+            .append(&mut batch(10, 100), 1, || 7, None)
+            .unwrap();
         assert!(partition.checkpoint_running().unwrap());
         let at_ten = Checkpoint::load(dir.path());
-        partition.append(&mut batch(5, 100), 1, || 7).unwrap();
+        partition.append(&mut batch(5, 100), 1, || 7, None).unwrap();
         // Captured at 15 messages; the log is cut back to 12 and written again before the
         // record is installed, as a replica restoring its replication checkpoint would.
         let due = partition.log().checkpoint_due().unwrap();
@@ -364,7 +377,7 @@ mod tests {
             at_ten,
             "a checkpoint below the cut still holds"
         );
-        partition.append(&mut batch(3, 100), 1, || 7).unwrap();
+        partition.append(&mut batch(3, 100), 1, || 7, None).unwrap();
         assert!(!partition.log().install_checkpoint(&due, staged).unwrap());
         assert_eq!(Checkpoint::load(dir.path()), at_ten);
         drop(partition);
@@ -377,11 +390,13 @@ mod tests {
     fn a_cut_below_the_checkpoint_removes_it_first() {
         let dir = tempfile::tempdir().unwrap();
         let partition = partition(dir.path());
-        partition.append(&mut batch(10, 100), 1, || 7).unwrap();
+        partition
+            .append(&mut batch(10, 100), 1, || 7, None)
+            .unwrap();
         assert!(partition.checkpoint_running().unwrap());
         partition.log().truncate_to(8).unwrap();
         assert!(!dir.path().join(checkpoint::FILE_NAME).exists());
-        partition.append(&mut batch(4, 100), 1, || 7).unwrap();
+        partition.append(&mut batch(4, 100), 1, || 7, None).unwrap();
         drop(partition);
         let (log, verified) = boot_after_crash(dir.path());
         assert_eq!(verified, 12 * MESSAGE, "everything is verified again");
@@ -393,13 +408,13 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("p");
         let old = partition(&dir);
-        old.append(&mut batch(10, 100), 1, || 7).unwrap();
+        old.append(&mut batch(10, 100), 1, || 7, None).unwrap();
         let due = old.log().checkpoint_due().unwrap();
         // Deleted (a replica buries the directory) and created again at the same path while
         // the pass fsynced; the record is staged into the new directory.
         std::fs::rename(&dir, root.path().join("buried")).unwrap();
         let new = partition(&dir);
-        new.append(&mut batch(2, 100), 1, || 7).unwrap();
+        new.append(&mut batch(2, 100), 1, || 7, None).unwrap();
         let staged = due.checkpoint.stage(&dir).unwrap();
         assert!(!old.log().install_checkpoint(&due, staged).unwrap());
         assert_eq!(Checkpoint::load(&dir), None);
@@ -413,7 +428,7 @@ mod tests {
     fn a_poisoned_partition_is_not_checkpointed() {
         let dir = tempfile::tempdir().unwrap();
         let partition = partition(dir.path());
-        partition.append(&mut batch(2, 100), 1, || 7).unwrap();
+        partition.append(&mut batch(2, 100), 1, || 7, None).unwrap();
         partition.poisoned.store(true, Ordering::Release);
         assert!(matches!(
             partition.checkpoint_running(),

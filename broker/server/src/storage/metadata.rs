@@ -15,6 +15,10 @@ pub struct Snapshot {
     pub format_version: u32,
     pub streams: Vec<StreamRecord>,
     pub users: Vec<UserRecord>,
+    /// Message deduplication in force (`storage::dedup`); absent while it is off, so that
+    /// snapshots of brokers that never turned it on read as they did before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deduplication: Option<super::dedup::Deduplication>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -284,6 +288,11 @@ mod tests {
                 topics: vec![],
             }],
             users: vec![],
+            deduplication: Some(super::super::dedup::Deduplication {
+                max_entries: 10,
+                expiry: 20,
+                since: 30,
+            }),
         };
         store.save(&snapshot).unwrap();
         assert_eq!(store.load().unwrap(), Some(snapshot));

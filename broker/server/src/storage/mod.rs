@@ -6,6 +6,7 @@
 //! `.../<p>/offsets/consumers/<consumer>`, `.../<p>/checkpoint`, and `state/metadata.json`.
 
 pub mod checkpoint;
+pub mod dedup;
 pub mod descriptors;
 pub mod faults;
 pub mod fsutil;

@@ -4,6 +4,7 @@
 //! fsyncs and file reads outside that mutex.
 
 use super::checkpoint::Checkpoint;
+use super::dedup::{Deduplication, IdWindow};
 use super::descriptors::SegmentFile;
 use super::l1::TailCache;
 use super::recovery::{self, RecoveryReport};
@@ -46,6 +47,10 @@ pub struct PartitionLog {
     /// partitions, reading each back was a thousand reads per checkpoint: a quarter of a
     /// backup's CPU under small batches, and the p99 of every write queued behind it.
     last_checksum: Option<u64>,
+    /// The ids message deduplication compares new messages with (`storage::dedup`): kept by
+    /// [`Self::append_deduplicated`], dropped by every other change of the log's messages and
+    /// read back from the log when next needed.
+    dedup: Option<IdWindow>,
 }
 
 /// A read of a segment that only the object store holds; `storage` has no access to the
@@ -337,6 +342,7 @@ impl PartitionLog {
             tiered_version: 0,
             l1: TailCache::default(),
             last_checksum: None,
+            dedup: None,
         };
         log.recount();
         log
@@ -346,6 +352,7 @@ impl PartitionLog {
     /// those only the object store holds — after anything replaced them wholesale.
     fn recount(&mut self) {
         self.last_checksum = None;
+        self.dedup = None;
         let (remote_messages, remote_bytes) = self
             .remote_segments()
             .iter()
@@ -453,6 +460,11 @@ impl PartitionLog {
         self.segments.len() as u32
     }
 
+    /// The newest message's timestamp (µs), 0 when the local log holds none.
+    pub fn last_timestamp(&self) -> u64 {
+        self.last_timestamp
+    }
+
     pub fn write_seq(&self) -> u64 {
         self.write_seq
     }
@@ -507,6 +519,70 @@ impl PartitionLog {
             bytes: batch_len,
             seq: self.write_seq,
         })
+    }
+
+    /// [`Self::append`] with message deduplication (`storage::dedup`): messages whose id the
+    /// window holds are dropped from `messages` first (the kept frames move to its front).
+    /// Returns what was appended — nothing, when every message was a duplicate — and how many
+    /// messages were dropped.
+    pub fn append_deduplicated(
+        &mut self,
+        messages: &mut [u8],
+        now_micros: u64,
+        new_id: impl FnMut() -> u128,
+        settings: &Deduplication,
+    ) -> Result<(Appended, u32), StorageError> {
+        let timestamp = now_micros.max(self.last_timestamp);
+        let cutoff = settings.cutoff(timestamp);
+        let next = self.next_offset();
+        let mut window = match self.dedup.take() {
+            Some(window) if window.settings() == settings => window,
+            _ => self.read_window(*settings)?,
+        };
+        window.trim(next, cutoff);
+        let (len, dropped) = window.drop_duplicates(messages, next, cutoff);
+        if len == 0 {
+            self.dedup = Some(window);
+            let nothing = Appended {
+                base_offset: next,
+                count: 0,
+                bytes: 0,
+                seq: self.write_seq,
+            };
+            return Ok((nothing, dropped));
+        }
+        // A failed append leaves the window dropped, to be read back from what the log holds.
+        let appended = self.append(&mut messages[..len], now_micros, new_id)?;
+        window.remember(&messages[..len], appended.base_offset);
+        self.dedup = Some(window);
+        Ok((appended, dropped))
+    }
+
+    /// The deduplication window as the log's local tail gives it: the last `max_entries`
+    /// messages, stored at or after `since` (see `storage::dedup` for why those are local).
+    fn read_window(&self, settings: Deduplication) -> Result<IdWindow, StorageError> {
+        let mut window = IdWindow::new(settings);
+        let next = self.next_offset();
+        let from = next
+            .saturating_sub(settings.max_entries as u64)
+            .max(self.local_start());
+        if from >= next {
+            return Ok(window);
+        }
+        // Only segments with a message at or after `since` can add anything.
+        let first = self.segments.iter().position(|s| {
+            s.last_entry()
+                .is_some_and(|e| e.timestamp >= settings.since)
+        });
+        let Some(first) = first else {
+            return Ok(window);
+        };
+        let from = from.max(self.segments[first].start_offset);
+        let plan = self.plan_read(from, (next - from) as u32, usize::MAX)?;
+        let mut tail = Vec::with_capacity(plan.bytes);
+        plan.read_into(&mut tail)?;
+        window.remember(&tail, from);
+        Ok(window)
     }
 
     /// When the active segment's first message was stored (µs), if it holds any.
@@ -657,6 +733,7 @@ impl PartitionLog {
     /// the object store held, whose objects the tiering loop then deletes.
     pub fn purge(&mut self) -> Result<Vec<TieredSegment>, StorageError> {
         self.last_checksum = None;
+        self.dedup = None;
         self.l1.clear();
         let tiered = std::mem::replace(&mut self.tiered, Manifest::new());
         if !tiered.segments.is_empty() {
@@ -725,6 +802,7 @@ impl PartitionLog {
             })
             .collect();
         self.last_checksum = None;
+        self.dedup = None;
         active.append(frames, &entries)?;
         self.last_checksum = parsed
             .last()
@@ -1003,6 +1081,9 @@ impl PartitionLog {
         }
         detached.local = self.segments.drain(..local).collect();
         detached.segments = remote + local;
+        if detached.segments > 0 {
+            self.dedup = None;
+        }
         for segment in &detached.local {
             detached.messages += segment.len() as u64;
             detached.bytes += segment.size;
@@ -1312,6 +1393,113 @@ pub(crate) mod tests {
         )
         .unwrap();
         out.split_off(header.messages_start)
+    }
+
+    /// A validated message block with these ids and 100-byte payloads.
+    fn batch_with_ids(ids: &[u128]) -> Vec<u8> {
+        let mut out = batch(ids.len(), 100);
+        let mut at = 0;
+        for id in ids {
+            out[at + 8..at + 24].copy_from_slice(&id.to_le_bytes());
+            at += FrameHeader::new(&out[at..]).unwrap().frame_len() as usize;
+        }
+        out
+    }
+
+    fn stored_ids(log: &PartitionLog, from: u64) -> Vec<u128> {
+        let plan = log
+            .plan_read(from, (log.next_offset() - from) as u32, usize::MAX)
+            .unwrap();
+        let mut out = Vec::new();
+        plan.read_into(&mut out).unwrap();
+        iggy_wire::message::FrameIter::new(&out)
+            .map(|f| FrameHeader::new(f.unwrap()).unwrap().id())
+            .collect()
+    }
+
+    /// Deduplication's window is a function of the log: a log reopened before every append
+    /// (its window read back from disk each time) drops exactly what one that kept its window
+    /// in memory drops, across segment rolls, the count limit and the age limit.
+    #[test]
+    fn deduplication_drops_the_same_whether_the_window_was_kept_or_read_back() {
+        let settings = Deduplication {
+            max_entries: 7,
+            expiry: 50,
+            since: 0,
+        };
+        let (kept_dir, read_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // 4 KiB segments of ~160-byte messages: a roll every two dozen messages.
+        let mut kept = PartitionLog::create(kept_dir.path(), 4096, false).unwrap();
+        drop(PartitionLog::create(read_dir.path(), 4096, false).unwrap());
+        let mut seed = 7u64;
+        let mut dropped_in_all = 0;
+        for round in 0..60u64 {
+            let ids: Vec<u128> = (0..1 + round % 5)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (seed >> 60) as u128 // ids 0..16: many repeats, some 0
+                })
+                .collect();
+            let now = 10 * round;
+            let (mut a, mut b) = (batch_with_ids(&ids), batch_with_ids(&ids));
+            let (appended, dropped) = kept
+                .append_deduplicated(&mut a, now, || 99, &settings)
+                .unwrap();
+            let (mut read, _) = PartitionLog::open(read_dir.path(), 4096, false).unwrap();
+            let (again, dropped_again) = read
+                .append_deduplicated(&mut b, now, || 99, &settings)
+                .unwrap();
+            assert_eq!(
+                (appended.count, dropped),
+                (again.count, dropped_again),
+                "round {round}"
+            );
+            assert_eq!(appended.count + dropped, ids.len() as u32);
+            dropped_in_all += dropped;
+        }
+        assert!(
+            dropped_in_all > 20,
+            "the workload repeats ids: {dropped_in_all}"
+        );
+        let (read, _) = PartitionLog::open(read_dir.path(), 4096, false).unwrap();
+        assert_eq!(stored_ids(&kept, 0), stored_ids(&read, 0));
+        assert!(kept.segments_count() > 2, "the run rolled segments");
+    }
+
+    /// What deduplication compares with: ids among the last `max_entries` messages, so an id
+    /// seen earlier is stored again; and a cut of the log (a replica brought back to its
+    /// checkpoint) forgets what it cut.
+    #[test]
+    fn deduplication_compares_with_what_the_log_holds_now() {
+        let settings = Deduplication {
+            max_entries: 3,
+            expiry: 0,
+            since: 0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 1 << 20, false).unwrap();
+        let send = |log: &mut PartitionLog, ids: &[u128]| {
+            let mut messages = batch_with_ids(ids);
+            let next = log.next_offset();
+            log.append_deduplicated(&mut messages, 1, || 0, &settings)
+                .unwrap();
+            stored_ids(log, next)
+        };
+        assert_eq!(send(&mut log, &[1, 2, 3]), vec![1, 2, 3]);
+        assert_eq!(send(&mut log, &[3, 1]), Vec::<u128>::new());
+        assert_eq!(send(&mut log, &[4, 5]), vec![4, 5]);
+        assert_eq!(
+            send(&mut log, &[1, 5]),
+            vec![1],
+            "1 at offset 0 is out of reach, 5 is not"
+        );
+        assert_eq!(log.next_offset(), 6);
+        log.truncate_to(2).unwrap();
+        assert_eq!(send(&mut log, &[3, 2]), vec![3], "3 was cut away");
+        log.purge().unwrap();
+        assert_eq!(send(&mut log, &[1, 2]), vec![1, 2]);
     }
 
     /// The last message's checksum a checkpoint records is the stored one after every kind of

@@ -76,7 +76,7 @@ pub async fn pass(broker: &Arc<Broker>, tiering: &Arc<Tiering>) {
             if backup {
                 let base = tiered::key_base(partition.log().dir());
                 lock(&tiering.deletions).remove(&base);
-                evict(&tiering, &partition, true);
+                evict(&broker, &tiering, &partition);
             } else {
                 tier_partition(&broker, &tiering, &partition).await;
             }
@@ -113,7 +113,7 @@ async fn tier_partition(broker: &Broker, tiering: &Tiering, partition: &Partitio
         if !progress.swept {
             sweep_orphans(tiering, partition, &base).await?;
         }
-        evict(tiering, partition, broker.cluster_status().is_some());
+        evict(broker, tiering, partition);
         Ok::<_, StoreError>(pushed)
     }
     .await;
@@ -385,19 +385,26 @@ fn segment_start_of(base: &str, key: &str) -> Option<u64> {
 
 /// Local copies the store holds go once they are past the local window: older than
 /// `local_retention` since their upload, or beyond `local_max_size` of such copies.
-fn evict(tiering: &Tiering, partition: &Partition, replicated: bool) {
+fn evict(broker: &Broker, tiering: &Tiering, partition: &Partition) {
     let settings = &tiering.settings;
     if settings.local_retention.is_none() && settings.local_max_size.is_none() {
         return;
     }
     let now = now_micros();
     // A replica keeps what restoring its durable checkpoint needs (`Partition::checkpoints`).
-    let floor = match replicated {
-        true => partition.eviction_floor(),
-        false => u64::MAX,
+    let floor = match broker.cluster_status() {
+        Some(_) => partition.eviction_floor(),
+        None => u64::MAX,
     };
+    // Message deduplication reads a partition's last `max_entries` messages back from local
+    // disk, the same on every replica (`storage::dedup`).
+    let dedup = broker.catalog().deduplication;
     let (dir, evicted) = {
         let mut log = partition.log();
+        let floor = match dedup {
+            Some(d) => floor.min(log.next_offset().saturating_sub(d.max_entries as u64)),
+            None => floor,
+        };
         let evicted = log.evict_local(|entry, held_bytes| {
             if entry.next_offset >= floor {
                 return false;
