@@ -20,6 +20,7 @@ use crate::storage::StorageError;
 use crate::submit::{LocalSubmitter, Submit, Submitter};
 use iggy_contract::AdminStatus;
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -232,7 +233,16 @@ impl Broker {
             .collect();
         let mut body = self.metrics.render(&topics);
         drop(topics);
+        let dedup = catalog.deduplication;
         drop(catalog);
+        // The settings in force (the primary's, on a replica), not this node's configuration.
+        let _ = write!(
+            body,
+            "# HELP iggy_message_deduplication_max_entries Messages per partition a sent message's id is compared with; 0 while deduplication is off.\n\
+             # TYPE iggy_message_deduplication_max_entries gauge\n\
+             iggy_message_deduplication_max_entries {}\n",
+            dedup.map_or(0, |d| d.max_entries)
+        );
         if let Some(cluster) = self.cluster_status() {
             cluster.render_metrics(&mut body);
         }
