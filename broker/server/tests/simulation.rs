@@ -36,6 +36,7 @@ use broker::replication::written::WrittenPartitions;
 use broker::replication::ClientIds;
 use broker::scrub;
 use broker::state::groups::GroupMember;
+use broker::storage::dedup::DeduplicationSettings;
 use broker::storage::faults;
 use broker::storage::graveyard;
 use broker::storage::metadata::MetadataStore;
@@ -169,6 +170,10 @@ struct StorageStats {
     /// group had a partition moving (its move must survive the restore alike everywhere).
     handovers: u64,
     restored_moving: u64,
+    /// Messages the churn's resends had dropped as duplicates (on every replica), and
+    /// checkpoints restored while deduplication was on (the window then read back from disk).
+    deduplicated: u64,
+    restored_deduplicating: u64,
 }
 
 fn count(update: impl FnOnce(&mut StorageStats)) {
@@ -653,6 +658,7 @@ impl SimBroker {
         if let Some(&previous) = churned.last() {
             ops.extend(self.churn_group(previous, header.op));
         }
+        ops.extend(churn_deduplication(header.op));
         if churned.len() >= 2 {
             ops.push(Operation::DeleteTopic {
                 stream: stream(),
@@ -687,6 +693,10 @@ impl SimBroker {
         };
         codec::encode(&submission, &mut body).expect("encodes");
         bodies.push(body);
+        if let Some(&previous) = churned.last() {
+            bodies.push(resend_to_churned(stream(), previous, header.op));
+        }
+        let dropped_before = self.dropped();
         for body in bodies {
             let reply = self.machine.apply(header, &body);
             if self.machine.halted().is_some() {
@@ -700,6 +710,15 @@ impl SimBroker {
                 header.op
             );
         }
+        let dropped = self.dropped() - dropped_before;
+        count(|s| s.deduplicated += dropped);
+    }
+
+    fn dropped(&self) -> u64 {
+        let metrics = &self.broker.metrics;
+        metrics
+            .messages_deduplicated
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -746,6 +765,47 @@ impl SimBroker {
         }
         ops
     }
+}
+
+/// Message deduplication turned on, changed and off through the log every few churn rounds
+/// (`storage::dedup`): its window must drop the same messages on every replica, whether kept
+/// in memory or read back from the log after a restore, a state sync or a cut.
+fn churn_deduplication(op: u64) -> Option<Operation<'static>> {
+    let round = op / CHURN_EVERY;
+    let settings = match round % 8 {
+        0 => Some(None),
+        2 | 5 => Some(Some(DeduplicationSettings {
+            max_entries: 2 + (round % 5) as u32,
+            expiry: 0,
+        })),
+        _ => None,
+    }?;
+    Some(Operation::SetDeduplication { settings })
+}
+
+/// A send to partition 0 of the churn topic `topic` (by id) of three messages whose ids repeat
+/// across rounds, some within the window and some past it, and one with id 0.
+fn resend_to_churned(stream: Identifier, topic: u32, op: u64) -> Vec<u8> {
+    let round = (op / CHURN_EVERY) as u128;
+    let ids = [1 + round % 3, 1 + (round + 1) % 4, 1 + round % 2, 0];
+    let payload = op.to_le_bytes();
+    let messages: Vec<(u128, &[u8], &[u8])> =
+        ids.iter().map(|&id| (id, &payload[..], &[][..])).collect();
+    let mut request = Vec::new();
+    SendMessagesHeader::encode_request(
+        &stream,
+        &Identifier::Numeric(topic),
+        &Partitioning::PartitionId(0),
+        &messages,
+        &mut request,
+    );
+    let mut body = Vec::new();
+    let submission = Submission {
+        user: Some(ROOT),
+        op: Operation::append(&mut request).expect("a valid send"),
+    };
+    codec::encode(&submission, &mut body).expect("encodes");
+    body
 }
 
 impl StateMachine for SimBroker {
@@ -829,6 +889,9 @@ impl StateMachine for SimBroker {
                 })
                 .sum::<usize>()
         };
+        if self.broker.catalog().deduplication.is_some() {
+            count(|s| s.restored_deduplicating += 1);
+        }
         if moving > 0 {
             count(|s| s.restored_moving += 1);
         }
@@ -1047,6 +1110,10 @@ fn seeded_worlds_replicate_the_real_broker_apply() {
         assert!(
             storage.handovers > 0 && storage.restored_moving > 0,
             "consumer groups went through no handover or no restore mid-move: {storage:?}"
+        );
+        assert!(
+            storage.deduplicated > 0 && storage.restored_deduplicating > 0,
+            "deduplication dropped nothing or was never on at a restore: {storage:?}"
         );
     }
 }
