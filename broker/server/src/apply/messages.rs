@@ -32,10 +32,10 @@ pub(super) fn append(
     user: Option<u32>,
     batch: Batch<'_>,
 ) -> Result<Applied> {
-    let (partition, traffic) = route(broker, user, batch.stream, batch.topic, batch.partitioning)?;
+    let (partition, traffic, dedup) =
+        route(broker, user, batch.stream, batch.topic, batch.partitioning)?;
     validate_batch(batch.index, batch.messages, batch.count)?;
     let mut ids = MessageIds::new(context.entropy);
-    let dedup = broker.catalog().deduplication;
     let (appended, dropped) = partition
         .append(
             batch.messages,
@@ -86,14 +86,15 @@ pub(super) fn set_deduplication(
     Ok(())
 }
 
-/// The partition a batch goes to, after checking the caller may send to the topic.
+/// The partition a batch goes to, after checking the caller may send to the topic, and the
+/// deduplication in force.
 fn route(
     broker: &Broker,
     user: Option<u32>,
     stream: &Identifier,
     topic: &Identifier,
     partitioning: &Partitioning,
-) -> Result<(Arc<Partition>, Arc<TopicTraffic>)> {
+) -> Result<(Arc<Partition>, Arc<TopicTraffic>, Option<Deduplication>)> {
     let catalog = broker.catalog();
     let (s, topic) = catalog.topic(stream, topic)?;
     catalog.authorize(user, Access::Send(s.id, topic.id))?;
@@ -106,7 +107,8 @@ fn route(
         Partitioning::PartitionId(id) => *id,
         Partitioning::MessagesKey(key) => Partitioning::partition_for_key(key, count),
     };
-    Ok((topic.partition(id)?.clone(), topic.traffic.clone()))
+    let partition = topic.partition(id)?.clone();
+    Ok((partition, topic.traffic.clone(), catalog.deduplication))
 }
 
 /// A partition a consumer may poll, by numeric ids.

@@ -73,6 +73,14 @@ impl Deduplication {
     }
 }
 
+/// Whether some message of the batch `messages` was sent with an id of its own (not 0).
+pub fn carries_an_id(messages: &[u8]) -> bool {
+    FrameIter::new(messages)
+        .map_while(Result::ok)
+        .filter_map(FrameHeader::new)
+        .any(|header| header.id() != 0)
+}
+
 /// The ids of a partition's newest messages, for [`Deduplication`].
 pub struct IdWindow {
     settings: Deduplication,
