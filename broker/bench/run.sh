@@ -119,3 +119,26 @@ for run in $(seq "${REPEAT:-1}"); do
       --message-size 1000 --no-consume $nagle --label "16 KB batches${nagle:+, nagle on} run=$run"
   done
 done
+
+# Message deduplication (docs/broker.md): off, then on with producers that let the broker pick
+# ids (no window is built) and with producers whose every message carries an id of its own
+# (each one looked up and remembered; none dropped). SKIP_DEDUP=1 leaves it out.
+if [ "${SKIP_DEDUP:-}" != 1 ]; then
+  for dedup in false true; do
+    kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true
+    rm -rf "$WORK/data"
+    IGGY_SYSTEM_PATH="$WORK/data" IGGY_TCP_ADDRESS=$TCP IGGY_HTTP_ADDRESS=$HTTP \
+      IGGY_ROOT_USERNAME=iggy IGGY_ROOT_PASSWORD=iggy IGGY_LOGGING_LEVEL=warn \
+      IGGY_MESSAGE_DEDUPLICATION_ENABLED=$dedup "$BROKER" >"$WORK/broker.log" 2>&1 &
+    PID=$!
+    until (exec 3<>/dev/tcp/127.0.0.1/18090) 2>/dev/null; do sleep 0.001; done
+    for run in $(seq "${REPEAT:-1}"); do
+      for ids in "" --ids; do
+        sync; sleep 1
+        "$LOAD" --address $TCP --producers 1 --partitions 1 --batches $BATCHES --no-consume $ids \
+          --label "deduplication=$dedup${ids:+, every message with an id} run=$run"
+      done
+    done
+    echo "broker RSS after deduplication=$dedup: $(rss_mib) MiB (peak $(hwm_mib) MiB)"
+  done
+fi

@@ -33,12 +33,15 @@ pub struct Args {
     /// Leaves Nagle's algorithm on, as Iggy's SDKs do by default (`nodelay = false`): a
     /// request's header and payload go out as separate writes, like theirs.
     pub nagle: bool,
+    /// Every message carries an id of its own, unique across the run (as a producer that
+    /// relies on message deduplication sends), instead of 0 (the broker picks one).
+    pub ids: bool,
 }
 
 const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
 [--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
 [--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit] [--traceparent] \
-[--consume-after-ms 0] [--tail] [--nagle]";
+[--consume-after-ms 0] [--tail] [--nagle] [--ids]";
 
 impl Args {
     pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
@@ -61,6 +64,7 @@ impl Args {
             consume_after: std::time::Duration::ZERO,
             tail: false,
             nagle: false,
+            ids: false,
         };
         while let Some(flag) = raw.next() {
             let mut value = || {
@@ -85,6 +89,7 @@ impl Args {
                 "--traceparent" => args.traceparent = true,
                 "--tail" => args.tail = true,
                 "--nagle" => args.nagle = true,
+                "--ids" => args.ids = true,
                 "--consume-after-ms" => {
                     args.consume_after = std::time::Duration::from_millis(value()?.parse()?)
                 }

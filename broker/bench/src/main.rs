@@ -147,18 +147,24 @@ async fn run_producers(args: &Args, stream: &Identifier) -> Result<Phase> {
             out
         })
         .collect();
-    let requests = std::sync::Arc::new(requests);
+    let ids = args.ids.then(|| IdSlots::of(&requests[0], args.batch_size));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for producer in 0..args.producers {
         let args = args.clone();
-        let requests = requests.clone();
+        // Each producer writes its ids into its own copy of the requests.
+        let mut requests = requests.clone();
+        let ids = ids.clone();
         let batches = share(args.batches, args.producers, producer);
         tasks.push(tokio::spawn(async move {
             let mut connection = Connection::login(&args).await?;
             let mut samples = Samples::with_capacity(batches);
             for i in 0..batches {
                 let partition = (producer + i) % requests.len();
+                if let Some(slots) = &ids {
+                    let first = ((producer as u128) << 64) | (i * args.batch_size + 1) as u128;
+                    slots.stamp(&mut requests[partition], first);
+                }
                 let sent = Instant::now();
                 connection
                     .ok(Command::SendMessages, &requests[partition])
@@ -169,6 +175,35 @@ async fn run_producers(args: &Args, stream: &Identifier) -> Result<Phase> {
         }));
     }
     collect(tasks, started, args.batches * args.batch_size).await
+}
+
+/// Where the message ids sit in a pre-encoded SendMessages request: its frames all have the
+/// same length, so the id of message `k` is at `first + k * stride`.
+#[derive(Clone)]
+struct IdSlots {
+    first: usize,
+    stride: usize,
+    count: usize,
+}
+
+impl IdSlots {
+    fn of(request: &[u8], count: usize) -> Self {
+        let header = SendMessagesHeader::decode(request).expect("the load's own request");
+        let frames = request.len() - header.messages_start;
+        Self {
+            first: header.messages_start + 8,
+            stride: frames / count.max(1),
+            count,
+        }
+    }
+
+    /// Gives the messages ids `first`, `first + 1`, ...
+    fn stamp(&self, request: &mut [u8], first: u128) {
+        for k in 0..self.count {
+            let at = self.first + k * self.stride;
+            request[at..at + 16].copy_from_slice(&(first + k as u128).to_le_bytes());
+        }
+    }
 }
 
 /// `gate`: tail mode, passed once each consumer is connected.

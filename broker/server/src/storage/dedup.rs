@@ -18,7 +18,10 @@
 
 use iggy_wire::message::{FrameHeader, FrameIter};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Deduplication as a broker is configured for it (`[message_deduplication]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +90,10 @@ pub struct IdWindow {
     /// (id, offset, timestamp), oldest first.
     entries: VecDeque<(u128, u64, u64)>,
     /// Each id's newest (offset, timestamp) among `entries`.
-    newest: HashMap<u128, (u64, u64)>,
+    newest: HashMap<u128, (u64, u64), IdHash>,
+    /// Entries [`Self::drop_duplicates`] added for messages sent with id 0, whose ids are
+    /// known once the batch is stamped ([`Self::adopt_ids`]).
+    unstamped: bool,
 }
 
 impl IdWindow {
@@ -95,7 +101,8 @@ impl IdWindow {
         Self {
             settings,
             entries: VecDeque::new(),
-            newest: HashMap::new(),
+            newest: HashMap::with_hasher(IdHash::new()),
+            unstamped: false,
         }
     }
 
@@ -108,20 +115,23 @@ impl IdWindow {
         self.entries.len()
     }
 
-    /// Adds the stored frames `frames` (consecutive offsets from `base_offset`), as an append
-    /// wrote them or as the log holds them. Frames stamped before `since` are skipped.
+    /// Adds the stored frames `frames` (consecutive offsets from `base_offset`), as the log
+    /// holds them. Frames stamped before `since` are skipped.
     pub fn remember(&mut self, frames: &[u8], base_offset: u64) {
         for (i, frame) in FrameIter::new(frames).map_while(Result::ok).enumerate() {
             let Some(header) = FrameHeader::new(frame) else {
                 break;
             };
-            if header.timestamp() < self.settings.since {
-                continue;
-            }
-            let entry = (header.id(), base_offset + i as u64, header.timestamp());
-            self.newest.insert(entry.0, (entry.1, entry.2));
-            self.entries.push_back(entry);
+            self.push(header.id(), base_offset + i as u64, header.timestamp());
         }
+    }
+
+    fn push(&mut self, id: u128, offset: u64, timestamp: u64) {
+        if timestamp < self.settings.since {
+            return;
+        }
+        self.newest.insert(id, (offset, timestamp));
+        self.entries.push_back((id, offset, timestamp));
     }
 
     /// Forgets what no longer counts for a message taking offset `next` with `cutoff`
@@ -133,8 +143,10 @@ impl IdWindow {
                 break;
             }
             self.entries.pop_front();
-            if self.newest.get(&id).is_some_and(|&(o, _)| o == offset) {
-                self.newest.remove(&id);
+            if let Entry::Occupied(newest) = self.newest.entry(id) {
+                if newest.get().0 == offset {
+                    newest.remove();
+                }
             }
         }
     }
@@ -147,29 +159,44 @@ impl IdWindow {
     }
 
     /// Moves the frames of `messages` (a validated batch whose first message would take offset
-    /// `next`) that are not duplicates to its front, in order, and returns their length and
-    /// how many were dropped. A message sent with id 0 gets a fresh id when stamped, so it is
-    /// never a duplicate. Two messages of one batch with the same id: the second is dropped.
-    pub fn drop_duplicates(&self, messages: &mut [u8], next: u64, cutoff: u64) -> (usize, u32) {
-        let mut in_batch: HashSet<u128> = HashSet::new();
+    /// `next`, to be stamped `timestamp`) that are not duplicates to its front, in order,
+    /// remembers them, and returns their length and how many were dropped. A message sent with
+    /// id 0 gets a fresh id when stamped, so it is never a duplicate; its entry takes that id
+    /// in [`Self::adopt_ids`]. A message whose id an earlier one of the batch carries is a
+    /// duplicate like any other (the earlier one is remembered by then).
+    pub fn drop_duplicates(
+        &mut self,
+        messages: &mut [u8],
+        next: u64,
+        timestamp: u64,
+    ) -> (usize, u32) {
+        let cutoff = self.settings.cutoff(timestamp);
         let (mut read, mut write, mut kept, mut dropped) = (0usize, 0usize, 0u64, 0u32);
         while read < messages.len() {
             let frame = FrameHeader::new(&messages[read..]).map(|h| (h.id(), h.frame_len()));
             let Some((id, len)) = frame.filter(|&(_, len)| len <= (messages.len() - read) as u64)
             else {
-                // Not a validated batch after all: keep the rest as it is, dropping nothing.
+                // Not a validated batch after all: keep the rest as it is, dropping nothing;
+                // the append refuses it.
                 let rest = messages.len() - read;
                 messages.copy_within(read.., write);
                 return (write + rest, dropped);
             };
             let len = len as usize;
-            let duplicate =
-                id != 0 && (self.holds(id, next + kept, cutoff) || !in_batch.insert(id));
-            if duplicate {
+            let offset = next + kept;
+            if id != 0 && self.holds(id, offset, cutoff) {
                 dropped += 1;
             } else {
                 if write != read {
                     messages.copy_within(read..read + len, write);
+                }
+                if id == 0 {
+                    if timestamp >= self.settings.since {
+                        self.entries.push_back((0, offset, timestamp));
+                        self.unstamped = true;
+                    }
+                } else {
+                    self.push(id, offset, timestamp);
                 }
                 write += len;
                 kept += 1;
@@ -177,6 +204,71 @@ impl IdWindow {
             read += len;
         }
         (write, dropped)
+    }
+
+    /// Gives the entries of messages sent with id 0 the ids the append stamped into `frames`
+    /// (the batch [`Self::drop_duplicates`] kept, as written).
+    pub fn adopt_ids(&mut self, frames: &[u8], base_offset: u64) {
+        if !std::mem::take(&mut self.unstamped) {
+            return;
+        }
+        let newest = &mut self.newest;
+        let from = self.entries.partition_point(|e| e.1 < base_offset);
+        let stamped = FrameIter::new(frames).map_while(Result::ok);
+        for (entry, frame) in self.entries.range_mut(from..).zip(stamped) {
+            if entry.0 == 0 {
+                if let Some(header) = FrameHeader::new(frame) {
+                    entry.0 = header.id();
+                    newest.insert(entry.0, (entry.1, entry.2));
+                }
+            }
+        }
+    }
+}
+
+/// Hashes ids with XXH3 under a seed drawn per window: fast (a lookup per message sent), and
+/// ids chosen by clients to collide cannot be aimed at a seed they do not know.
+#[derive(Clone)]
+struct IdHash {
+    seed: u64,
+}
+
+impl IdHash {
+    fn new() -> Self {
+        use std::hash::BuildHasher;
+        Self {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u64),
+        }
+    }
+}
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher {
+            seed: self.seed,
+            hash: 0,
+        }
+    }
+}
+
+struct IdHasher {
+    seed: u64,
+    hash: u64,
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.hash = xxh3_64_with_seed(bytes, self.seed ^ self.hash);
+    }
+
+    fn write_u128(&mut self, id: u128) {
+        self.write(&id.to_le_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.hash
     }
 }
 
@@ -211,12 +303,11 @@ mod tests {
         }
     }
 
-    /// Filters `ids` as a batch at `next`, stamped `timestamp`, then remembers what was kept.
+    /// Filters `ids` as a batch at `next`, stamped `timestamp`, as an append does.
     fn send(window: &mut IdWindow, ids: &[u128], next: u64, timestamp: u64) -> Vec<u128> {
-        let cutoff = window.settings().cutoff(timestamp);
-        window.trim(next, cutoff);
+        window.trim(next, window.settings().cutoff(timestamp));
         let mut batch = frames(ids);
-        let (len, _) = window.drop_duplicates(&mut batch, next, cutoff);
+        let (len, _) = window.drop_duplicates(&mut batch, next, timestamp);
         batch.truncate(len);
         let mut fresh = 1000u128;
         stamp_batch(
@@ -229,7 +320,7 @@ mod tests {
             },
             |_, _| {},
         );
-        window.remember(&batch, next);
+        window.adopt_ids(&batch, next);
         ids_of(&batch)
     }
 

@@ -546,7 +546,7 @@ impl PartitionLog {
             None => self.read_window(*settings)?,
         };
         window.trim(next, cutoff);
-        let (len, dropped) = window.drop_duplicates(messages, next, cutoff);
+        let (len, dropped) = window.drop_duplicates(messages, next, timestamp);
         if len == 0 {
             self.dedup = Some(window);
             let nothing = Appended {
@@ -559,7 +559,7 @@ impl PartitionLog {
         }
         // A failed append leaves the window dropped, to be read back from what the log holds.
         let appended = self.append(&mut messages[..len], now_micros, new_id)?;
-        window.remember(&messages[..len], appended.base_offset);
+        window.adopt_ids(&messages[..len], appended.base_offset);
         self.dedup = Some(window);
         Ok((appended, dropped))
     }
