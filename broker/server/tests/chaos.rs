@@ -140,10 +140,16 @@ async fn connected(slot: &mut Option<IggyClient>, tcp: SocketAddr) -> Option<&Ig
 /// new producer (`index * 1000 + incarnation`) on a new connection: the failed batch may still
 /// commit after the next one is sent elsewhere, which is no reordering of one producer's
 /// acknowledged messages, so the checker must not see it as one.
+///
+/// `resend` (the cluster deduplicates messages): after a failed send it sends the same batch,
+/// with the same message ids, again on a new connection until it is acknowledged, as a
+/// producer relying on deduplication does; the checker then finds every message exactly once,
+/// whether the failed attempt committed or not.
 async fn produce(
     index: usize,
     tcp: SocketAddr,
     pad: usize,
+    resend: bool,
     history: Arc<History>,
     stop: Arc<AtomicBool>,
 ) {
@@ -161,7 +167,16 @@ async fn produce(
         let mut messages: Vec<IggyMessage> = payloads
             .iter()
             .enumerate()
-            .map(|(i, p)| message(&padded(p, if i == 0 { pad } else { 0 })))
+            .map(|(i, p)| {
+                let sent = message(&padded(p, if i == 0 { pad } else { 0 }));
+                match resend {
+                    true => with_id(
+                        sent,
+                        ((index as u128) << 64) | (batch * BATCH + i + 1) as u128,
+                    ),
+                    false => sent,
+                }
+            })
             .collect();
         let sent = tokio::time::timeout(
             SEND_TIMEOUT,
@@ -175,13 +190,26 @@ async fn produce(
         .await;
         let acknowledged = matches!(sent, Ok(Ok(())));
         history.record(producer, &payloads, acknowledged);
-        batch += 1;
+        if acknowledged || !resend {
+            batch += 1;
+        }
         if !acknowledged {
-            incarnation += 1;
+            if !resend {
+                incarnation += 1;
+            }
             client = None;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `message` with the id `id`.
+fn with_id(message: IggyMessage, id: u128) -> IggyMessage {
+    IggyMessage::builder()
+        .id(id)
+        .payload(message.payload)
+        .build()
+        .expect("valid message")
 }
 
 /// What pollers saw while the faults went on: (member, offset, payload).
@@ -367,8 +395,11 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
     } else {
         "ring"
     };
+    // Drawn apart from the fault schedule, so seeds from before it keep their schedules.
+    let resend = Schedule(seed ^ 0xDED0_0001).below(2) == 0;
     eprintln!(
-        "chaos: CHAOS_SEED={seed} CHAOS_SECS={seconds} fsync={fsync} pad={pad} route={route}"
+        "chaos: CHAOS_SEED={seed} CHAOS_SECS={seconds} fsync={fsync} pad={pad} route={route} \
+         resend={resend}"
     );
 
     let links = common::links::Links::start(MEMBERS).await;
@@ -380,10 +411,22 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
         &[
             ("IGGY_STORAGE_FSYNC", fsync),
             ("IGGY_REPLICATION_ROUTE", route),
+            // A resent batch must still find its first attempt: the window spans the run.
+            (
+                "IGGY_MESSAGE_DEDUPLICATION_ENABLED",
+                if resend { "true" } else { "false" },
+            ),
+            ("IGGY_MESSAGE_DEDUPLICATION_MAX_ENTRIES", "1000000"),
+            ("IGGY_MESSAGE_DEDUPLICATION_EXPIRY", "none"),
         ],
     );
     let all: Vec<usize> = (0..MEMBERS).collect();
     let primary = cluster.primary(&all, Duration::from_secs(10));
+    if resend {
+        for &member in &all {
+            common::wait_deduplication_in_force(&cluster.brokers[member], 1_000_000);
+        }
+    }
     let setup = cluster.brokers[primary].client().await;
     setup.create_stream("chaos").await.expect("create stream");
     create_topic(&setup, &id(0), "log", 1).await;
@@ -410,6 +453,7 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
                 member,
                 cluster.brokers[member].tcp,
                 pad,
+                resend,
                 history.clone(),
                 stop.clone(),
             ))
@@ -466,6 +510,17 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
         reads[0].1.len()
     );
     history.check(&reads);
+    if resend {
+        let dropped: Vec<f64> = all
+            .iter()
+            .map(|&m| {
+                let (_, body) =
+                    common::http_get(cluster.brokers[m].http, "/metrics").expect("metrics");
+                common::metric(&body, "iggy_messages_deduplicated_total").unwrap_or(0.0)
+            })
+            .collect();
+        eprintln!("chaos: resent batches stored once; duplicates dropped per member (since its last start): {dropped:?}");
+    }
     // The tasks are done: take what they recorded.
     let seen = std::mem::take(&mut *seen.lock().expect("seen"));
     let log = &reads[0].1;

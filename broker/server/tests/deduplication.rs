@@ -55,23 +55,6 @@ fn names(ids: impl IntoIterator<Item = u128>) -> Vec<String> {
     ids.into_iter().map(|i| format!("m{i}")).collect()
 }
 
-/// Waits until `broker` applied deduplication settings with `max_entries` (a replicated
-/// broker's primary commits its settings within a second of leading).
-fn wait_in_force(broker: &TestBroker, max_entries: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, body) = common::http_get(broker.http, "/metrics").expect("metrics");
-        if metric(&body, "iggy_message_deduplication_max_entries") == Some(max_entries) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "settings not in force"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn deduplicated(broker: &TestBroker) -> f64 {
     let (_, body) = common::http_get(broker.http, "/metrics").expect("metrics");
     metric(&body, "iggy_messages_deduplicated_total").expect("the counter is exported")
@@ -80,7 +63,7 @@ fn deduplicated(broker: &TestBroker) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_again_is_stored_once_even_after_a_restart() {
     let mut broker = TestBroker::start_with(&[ON]);
-    wait_in_force(&broker, 10_000.0);
+    common::wait_deduplication_in_force(&broker, 10_000);
     let client = broker.client().await;
     client.create_stream("dedup").await.expect("create stream");
     create_topic(&client, &id(0), "orders", 1).await;
@@ -111,7 +94,7 @@ async fn a_message_sent_again_is_stored_once_even_after_a_restart() {
     // Turned off, a resent message is stored again.
     broker.set_env("IGGY_MESSAGE_DEDUPLICATION_ENABLED", "false");
     broker.restart();
-    wait_in_force(&broker, 0.0);
+    common::wait_deduplication_in_force(&broker, 0);
     let client = broker.client().await;
     send(&client, batch([1])).await;
     expected.push("m1".into());
@@ -164,7 +147,7 @@ async fn a_batch_resent_through_another_member_after_the_primary_died_is_stored_
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let (first, second) = ((primary + 1) % 3, (primary + 2) % 3);
     for member in 0..3 {
-        wait_in_force(&cluster.brokers[member], 10_000.0);
+        common::wait_deduplication_in_force(&cluster.brokers[member], 10_000);
     }
     let setup = cluster.brokers[primary].client().await;
     setup.create_stream("dedup").await.expect("create stream");

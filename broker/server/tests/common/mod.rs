@@ -343,6 +343,24 @@ pub fn output_text(output: &std::process::Output) -> String {
 }
 
 /// The value of the unlabelled series `name` in a Prometheus text exposition.
+/// Waits until `broker` applied message deduplication settings with `max_entries` (0: off);
+/// a replicated broker's primary commits its settings within a second of leading.
+pub fn wait_deduplication_in_force(broker: &TestBroker, max_entries: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = http_get(broker.http, "/metrics").expect("metrics");
+        let in_force = metric(&body, "iggy_message_deduplication_max_entries");
+        if in_force == Some(f64::from(max_entries)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deduplication settings not in force: {in_force:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn metric(metrics: &str, name: &str) -> Option<f64> {
     metrics
         .lines()
