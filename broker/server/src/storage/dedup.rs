@@ -70,6 +70,12 @@ impl Deduplication {
         by_age.max(self.since)
     }
 
+    /// Whether a message seen at (offset, timestamp) counts for one taking offset `next`
+    /// with `cutoff`.
+    fn counts(&self, (offset, timestamp): (u64, u64), next: u64, cutoff: u64) -> bool {
+        offset >= self.reach(next) && timestamp >= cutoff
+    }
+
     /// The first offset that counts for a message taking offset `next`.
     fn reach(&self, next: u64) -> u64 {
         next.saturating_sub(self.max_entries as u64)
@@ -89,7 +95,10 @@ pub struct IdWindow {
     settings: Deduplication,
     /// (id, offset, timestamp), oldest first.
     entries: VecDeque<(u128, u64, u64)>,
-    /// Each id's newest (offset, timestamp) among `entries`.
+    /// Each id's newest (offset, timestamp) among `entries`, and ids `trim` dropped from
+    /// `entries` since the last sweep ([`Self::sweep`]): a lookup checks the offset and
+    /// timestamp it finds, so an id left behind answers "not seen", and trimming costs no
+    /// lookup per message.
     newest: HashMap<u128, (u64, u64), IdHash>,
     /// Entries [`Self::drop_duplicates`] added for messages sent with id 0, whose ids are
     /// known once the batch is stamped ([`Self::adopt_ids`]).
@@ -138,24 +147,23 @@ impl IdWindow {
     /// (timestamps never decrease along a partition, so those are the oldest entries).
     pub fn trim(&mut self, next: u64, cutoff: u64) {
         let reach = self.settings.reach(next);
-        while let Some(&(id, offset, timestamp)) = self.entries.front() {
+        while let Some(&(_, offset, timestamp)) = self.entries.front() {
             if offset >= reach && timestamp >= cutoff {
                 break;
             }
             self.entries.pop_front();
-            if let Entry::Occupied(newest) = self.newest.entry(id) {
-                if newest.get().0 == offset {
-                    newest.remove();
-                }
-            }
         }
+        self.sweep(reach, cutoff);
     }
 
-    /// Whether `id` counts as seen for a message taking offset `next` with `cutoff`.
-    fn holds(&self, id: u128, next: u64, cutoff: u64) -> bool {
-        self.newest.get(&id).is_some_and(|&(offset, timestamp)| {
-            offset >= self.settings.reach(next) && timestamp >= cutoff
-        })
+    /// Drops the map's ids that no longer count, once it holds twice as many as the window
+    /// (each sweep is paid for by as many appends as it removes).
+    fn sweep(&mut self, reach: u64, cutoff: u64) {
+        if self.newest.len() <= 2 * self.entries.len().max(1024) {
+            return;
+        }
+        self.newest
+            .retain(|_, &mut (offset, timestamp)| offset >= reach && timestamp >= cutoff);
     }
 
     /// Moves the frames of `messages` (a validated batch whose first message would take offset
@@ -170,7 +178,8 @@ impl IdWindow {
         next: u64,
         timestamp: u64,
     ) -> (usize, u32) {
-        let cutoff = self.settings.cutoff(timestamp);
+        let settings = self.settings;
+        let cutoff = settings.cutoff(timestamp);
         let (mut read, mut write, mut kept, mut dropped) = (0usize, 0usize, 0u64, 0u32);
         while read < messages.len() {
             let frame = FrameHeader::new(&messages[read..]).map(|h| (h.id(), h.frame_len()));
@@ -184,19 +193,33 @@ impl IdWindow {
             };
             let len = len as usize;
             let offset = next + kept;
-            if id != 0 && self.holds(id, offset, cutoff) {
+            let counted = timestamp >= settings.since;
+            let duplicate = match (id, counted) {
+                (0, _) => false,
+                // One lookup both judges and remembers the message.
+                (_, true) => match self.newest.entry(id) {
+                    Entry::Occupied(seen) if settings.counts(*seen.get(), offset, cutoff) => true,
+                    Entry::Occupied(mut seen) => {
+                        seen.insert((offset, timestamp));
+                        false
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert((offset, timestamp));
+                        false
+                    }
+                },
+                // Stamped before `since`: nothing counts, nothing is remembered.
+                (_, false) => false,
+            };
+            if duplicate {
                 dropped += 1;
             } else {
                 if write != read {
                     messages.copy_within(read..read + len, write);
                 }
-                if id == 0 {
-                    if timestamp >= self.settings.since {
-                        self.entries.push_back((0, offset, timestamp));
-                        self.unstamped = true;
-                    }
-                } else {
-                    self.push(id, offset, timestamp);
+                if counted {
+                    self.entries.push_back((id, offset, timestamp));
+                    self.unstamped |= id == 0;
                 }
                 write += len;
                 kept += 1;
