@@ -72,7 +72,7 @@ pub(super) fn set_deduplication(
         .values()
         .flat_map(|s| s.topics.values())
         .flat_map(|t| t.partitions.iter())
-        .map(|p| p.log().last_timestamp())
+        .map(|p| p.log().newest_timestamp())
         .max()
         .unwrap_or(0);
     let since = context.timestamp.max(newest.saturating_add(1));

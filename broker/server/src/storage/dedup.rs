@@ -40,7 +40,7 @@ pub struct Deduplication {
     /// How old (µs, by the batch's timestamp) a message may be and still count; 0: any age.
     pub expiry: u64,
     /// Messages stored before this (µs) never count: later than every message stored before
-    /// the settings took effect (`apply::system`).
+    /// the settings took effect (`apply::messages::set_deduplication`).
     pub since: u64,
 }
 

@@ -15,6 +15,9 @@ use iggy_tiering::{Manifest, TieredSegment};
 use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader, HEADER_SIZE};
 use std::path::{Path, PathBuf};
 
+/// How much of a partition's tail one read takes when its deduplication window is read back.
+const WINDOW_READ_BYTES: usize = 8 << 20;
+
 pub struct PartitionLog {
     dir: PathBuf,
     segments: Vec<Segment>,
@@ -460,9 +463,12 @@ impl PartitionLog {
         self.segments.len() as u32
     }
 
-    /// The newest message's timestamp (µs), 0 when the local log holds none.
-    pub fn last_timestamp(&self) -> u64 {
-        self.last_timestamp
+    /// The newest message's timestamp (µs), whether its segment is on local disk or only in
+    /// the object store (the tier manifest is the same on every replica, what each evicted is
+    /// not); 0 when the log holds none.
+    pub fn newest_timestamp(&self) -> u64 {
+        let tiered = self.tiered.segments.last().map_or(0, |s| s.last_timestamp);
+        self.last_timestamp.max(tiered)
     }
 
     pub fn write_seq(&self) -> u64 {
@@ -583,11 +589,19 @@ impl PartitionLog {
         let Some(first) = first else {
             return Ok(window);
         };
-        let from = from.max(self.segments[first].start_offset);
-        let plan = self.plan_read(from, (next - from) as u32, usize::MAX)?;
-        let mut tail = Vec::with_capacity(plan.bytes);
-        plan.read_into(&mut tail)?;
-        window.remember(&tail, from);
+        // In pieces: a million large messages must not be read into memory at once.
+        let mut from = from.max(self.segments[first].start_offset);
+        let mut tail = Vec::new();
+        while from < next {
+            let plan = self.plan_read(from, (next - from) as u32, WINDOW_READ_BYTES)?;
+            if plan.count == 0 {
+                break;
+            }
+            tail.clear();
+            plan.read_into(&mut tail)?;
+            window.remember(&tail, from);
+            from += plan.count as u64;
+        }
         Ok(window)
     }
 
