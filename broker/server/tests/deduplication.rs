@@ -188,3 +188,98 @@ async fn a_batch_resent_through_another_member_after_the_primary_died_is_stored_
         assert_eq!(stored(&client).await, names(1..=65), "member {member}");
     }
 }
+
+/// A replica that must read its window back (after a restart) and meets a rotted byte there
+/// mends it from a peer on the spot instead of stopping, and drops what the others drop. The
+/// storage checkpoints every 100 ms cover the data before the kill, so the restart does not
+/// re-verify it; 70 sends take the replicas past their first replication checkpoint (op 64),
+/// so the restart replays nothing over the rot either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_window_rotted_mends_it_from_a_peer_and_drops_alike() {
+    let mut cluster = TestCluster::start(
+        3,
+        &[
+            ON,
+            ("IGGY_STORAGE_SCRUB_RATE", "0"),
+            ("IGGY_STORAGE_CHECKPOINT_INTERVAL", "100ms"),
+        ],
+    );
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    for member in 0..3 {
+        common::wait_deduplication_in_force(&cluster.brokers[member], 10_000);
+    }
+    let client = cluster.brokers[primary].client().await;
+    client.create_stream("dedup").await.expect("create stream");
+    create_topic(&client, &id(0), "orders", 1).await;
+    for b in 0..70u128 {
+        send(&client, batch(b * 10 + 1..=b * 10 + 10)).await;
+    }
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let backup = (primary + 1) % 3;
+    cluster.brokers[backup].kill9();
+    let file = cluster.brokers[backup]
+        .partition_dir(0, 0, 0)
+        .join("00000000000000000000.log");
+    let intact = std::fs::read(&file).expect("segment");
+    let mut rotten = intact.clone();
+    rotten[intact.len() / 2] ^= 0x10;
+    std::fs::write(&file, &rotten).expect("rot");
+    cluster.brokers[backup].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[backup], primary, Duration::from_secs(20));
+
+    // 695..=700 were sent before: every member drops them, the rotted one included.
+    send(&client, batch(695..=705)).await;
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    assert_eq!(
+        std::fs::read(&file).expect("segment")[..intact.len()],
+        intact[..]
+    );
+    for member in 0..3 {
+        let client = cluster.brokers[member].client().await;
+        assert_eq!(stored(&client).await, names(1..=705), "member {member}");
+    }
+    let (_, body) = common::http_get(cluster.brokers[backup].http, "/metrics").expect("metrics");
+    assert!(metric(&body, "iggy_repairs_total").is_some_and(|n| n >= 1.0));
+}
+
+/// A single node has no replicas to agree with: a rotted message in the window it reads back
+/// is left out of it, and sends go on (with no other copy to repair from, polls of that message
+/// keep answering InvalidMessageChecksum, as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_reads_its_window_around_a_rotted_message() {
+    let mut broker = TestBroker::start_with(&[
+        ON,
+        ("IGGY_STORAGE_SCRUB_RATE", "0"),
+        ("IGGY_STORAGE_CHECKPOINT_INTERVAL", "100ms"),
+    ]);
+    common::wait_deduplication_in_force(&broker, 10_000);
+    let client = broker.client().await;
+    client.create_stream("dedup").await.expect("create stream");
+    create_topic(&client, &id(0), "orders", 1).await;
+    send(&client, batch(1..=100)).await;
+    drop(client);
+    // Past a storage checkpoint: the restart does not verify these bytes again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.kill9();
+    let file = broker.partition_dir(0, 0, 0).join("00000000000000000000.log");
+    let mut rotten = std::fs::read(&file).expect("segment");
+    let middle = rotten.len() / 2;
+    rotten[middle] ^= 0x10;
+    std::fs::write(&file, &rotten).expect("rot");
+    broker.spawn_and_wait();
+
+    let client = broker.client().await;
+    send(&client, batch(1..=101)).await;
+    // Every message but the rotted one (its id is not in the window) is dropped.
+    let dropped = deduplicated(&broker);
+    assert!((99.0..=100.0).contains(&dropped), "dropped {dropped}");
+    let next = client
+        .get_topic(&id(0), &id(0))
+        .await
+        .expect("topic")
+        .expect("exists")
+        .messages_count;
+    assert_eq!(next as f64, 100.0 + 101.0 - dropped);
+}

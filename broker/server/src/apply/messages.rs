@@ -4,10 +4,12 @@ use super::Applied;
 use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
 use crate::ops::{MessageIds, OpContext};
+use crate::repair;
 use crate::security::access::Access;
 use crate::state::catalog::TopicTraffic;
 use crate::state::partition::Partition;
 use crate::storage::dedup::{Deduplication, DeduplicationSettings};
+use crate::storage::StorageError;
 use iggy_wire::message::validate_batch;
 use iggy_wire::{ConsumerKind, Identifier, Partitioning};
 use std::sync::atomic::Ordering;
@@ -36,14 +38,25 @@ pub(super) fn append(
         route(broker, user, batch.stream, batch.topic, batch.partitioning)?;
     validate_batch(batch.index, batch.messages, batch.count)?;
     let mut ids = MessageIds::new(context.entropy);
-    let (appended, dropped) = partition
-        .append(
+    let mut attempt = || {
+        partition.append(
             batch.messages,
             context.timestamp,
             || ids.next_id(),
             dedup.as_ref(),
         )
-        .map_err(BrokerError::Append)?;
+    };
+    let (appended, dropped) = match attempt() {
+        // Only reading a deduplication window back reads on this path; nothing was written.
+        Err(error @ StorageError::CorruptRead { .. }) if dedup.is_some() => {
+            match mend_window(broker, &partition, dedup.as_ref(), &error) {
+                true => attempt(),
+                false => Err(error),
+            }
+        }
+        outcome => outcome,
+    }
+    .map_err(BrokerError::Append)?;
     traffic.record_in(appended.count as u64, appended.bytes);
     if dropped > 0 {
         broker
@@ -54,6 +67,55 @@ pub(super) fn append(
     Ok(Applied {
         sync: Some((partition, appended.seq)),
     })
+}
+
+/// Reading `partition`'s deduplication window back met damage (`error`); returns whether it
+/// was mended, so the append is worth trying again. A damaged index is rebuilt from its log.
+/// On a replica, rotted messages are fetched from a peer at once, as the repair worker would,
+/// but blocking the replica thread: every replica must apply the send alike, and this one
+/// cannot until it reads what the others read; if that fails too, the retried append fails
+/// and the replica stops, as for any committed send it cannot apply. A single node has no
+/// replicas to agree with (and its apply runs on an async worker, which must not block): it
+/// reads the window from the messages that verify, without the rotted ones, and leaves their
+/// repair, where another copy exists, to the repair worker.
+fn mend_window(
+    broker: &Broker,
+    partition: &Arc<Partition>,
+    dedup: Option<&Deduplication>,
+    error: &StorageError,
+) -> bool {
+    tracing::warn!(%error, "the messages of a deduplication window are damaged; repairing them");
+    if let Some(offset) = repair::damaged_index(error) {
+        return repair::rebuild_index(partition, offset);
+    }
+    let next = partition.log().next_offset();
+    let reach = dedup.map_or(next, |d| next.saturating_sub(d.max_entries as u64));
+    if broker.cluster_status().is_none() {
+        repair::report(broker, partition, reach, next);
+        let Some(settings) = dedup else {
+            return false;
+        };
+        return match partition.log().read_window_around_damage(*settings) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "the deduplication window could not be read");
+                false
+            }
+        };
+    }
+    let Some(damage) = repair::Damage::of(partition, reach, next) else {
+        return false;
+    };
+    match repair::repair(broker, partition, damage) {
+        Ok(messages) => {
+            tracing::warn!(messages, "repaired the deduplication window from a peer");
+            true
+        }
+        Err(error) => {
+            tracing::error!(%error, "the deduplication window could not be repaired");
+            false
+        }
+    }
 }
 
 /// Turns message deduplication on or off for every partition. Messages stored before it takes

@@ -549,7 +549,7 @@ impl PartitionLog {
         }
         let mut window = match kept {
             Some(window) => window,
-            None => self.read_window(*settings)?,
+            None => self.read_window(*settings, false)?,
         };
         window.trim(next, cutoff);
         let (len, dropped) = window.drop_duplicates(messages, next, timestamp);
@@ -570,9 +570,26 @@ impl PartitionLog {
         Ok((appended, dropped))
     }
 
+    /// A single node's way past damage in its deduplication window (there are no replicas to
+    /// agree with): the window is read back from the messages that verify, skipping those that
+    /// do not, and kept for the next append. Their ids are not compared with until the range
+    /// is repaired and the window read again.
+    pub fn read_window_around_damage(
+        &mut self,
+        settings: Deduplication,
+    ) -> Result<(), StorageError> {
+        self.dedup = Some(self.read_window(settings, true)?);
+        Ok(())
+    }
+
     /// The deduplication window as the log's local tail gives it: the last `max_entries`
     /// messages, stored at or after `since` (see `storage::dedup` for why those are local).
-    fn read_window(&self, settings: Deduplication) -> Result<IdWindow, StorageError> {
+    /// A damaged message fails the read, or with `skip_damaged` is left out.
+    fn read_window(
+        &self,
+        settings: Deduplication,
+        skip_damaged: bool,
+    ) -> Result<IdWindow, StorageError> {
         let mut window = IdWindow::new(settings);
         let next = self.next_offset();
         let from = next
@@ -598,8 +615,20 @@ impl PartitionLog {
                 break;
             }
             tail.clear();
-            plan.read_into(&mut tail)?;
-            window.remember(&tail, from);
+            match plan.read_into(&mut tail) {
+                Ok(()) => window.remember(&tail, from),
+                Err(StorageError::CorruptRead { .. }) if skip_damaged => {
+                    // One message at a time, to keep those that verify.
+                    for offset in from..from + plan.count as u64 {
+                        tail.clear();
+                        let one = self.plan_read(offset, 1, usize::MAX)?;
+                        if one.read_into(&mut tail).is_ok() {
+                            window.remember(&tail, offset);
+                        }
+                    }
+                }
+                Err(error) => return Err(error),
+            }
             from += plan.count as u64;
         }
         Ok(window)
