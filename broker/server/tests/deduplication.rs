@@ -263,7 +263,9 @@ async fn a_single_node_reads_its_window_around_a_rotted_message() {
     // Past a storage checkpoint: the restart does not verify these bytes again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     broker.kill9();
-    let file = broker.partition_dir(0, 0, 0).join("00000000000000000000.log");
+    let file = broker
+        .partition_dir(0, 0, 0)
+        .join("00000000000000000000.log");
     let mut rotten = std::fs::read(&file).expect("segment");
     let middle = rotten.len() / 2;
     rotten[middle] ^= 0x10;

@@ -231,7 +231,9 @@ pub enum Operation<'a> {
 impl<'a> Operation<'a> {
     /// Whether it must be taken on a nearly full disk: it removes (the way to make room), or
     /// the broker issues it to remove, evict, clean up or seal (a sealed segment can go to the
-    /// object store). The others add to the state and may need room to save it.
+    /// object store), or to put its deduplication settings in force (a few bytes of metadata,
+    /// which the metadata reserve covers). The others add to the state and may need room to
+    /// save it.
     pub fn makes_room_or_cleans_up(&self) -> bool {
         use Operation::*;
         matches!(
@@ -254,6 +256,7 @@ impl<'a> Operation<'a> {
                 | EnforceRetention
                 | RecordTiered { .. }
                 | SealSegment { .. }
+                | SetDeduplication { .. }
         )
     }
 
