@@ -916,7 +916,8 @@ async fn try_client(
 /// A config edit changes the pod template; the operator rolls it out with the real brokers
 /// and sidecars: one pod at a time, each next one after the restarted broker caught up (its
 /// sidecar's replica-ready gate), the primary last after its sidecar had it step down — while
-/// a producer keeps sending through the client Service, losing no acknowledged message.
+/// a producer keeps sending through the client Service, losing no acknowledged message. The
+/// edit turns message deduplication on, which the new primary then puts in force for all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
     let dev = DevCluster::start().await;
@@ -946,12 +947,16 @@ async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
     assert_eq!(primary_before, "events-1");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let producer = produce_through_the_service(address, credentials.clone(), stop.clone());
+    let producer = produce_through_the_service(address.clone(), credentials.clone(), stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     patch_spec(
         &dev.client,
         "events",
-        json!({"config": {"storage.fsync": "always", "tcp.max_connections": "5000"}}),
+        json!({"config": {
+            "storage.fsync": "always",
+            "tcp.max_connections": "5000",
+            "message_deduplication.enabled": "true",
+        }}),
     )
     .await;
 
@@ -1015,6 +1020,69 @@ async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
         rolled_in.as_millis(),
         acked.len()
     );
+    a_resent_batch_is_stored_once(&dev, &pods, &address, &credentials).await;
+}
+
+/// Deduplication, set in `spec.config`, is in force on every member (the primary's settings,
+/// committed through the log) and a batch sent twice through the Service, with the same
+/// message ids, is stored once on each.
+async fn a_resent_batch_is_stored_once(
+    dev: &DevCluster,
+    pods: &[String],
+    address: &str,
+    credentials: &(String, String),
+) {
+    for pod in pods {
+        let url = format!("http://{}:3000/metrics", dev.pod_ip(pod));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, metrics) = kube_harness::http_get(&url).await.expect("metrics answer");
+            if metrics.contains("\niggy_message_deduplication_max_entries 10000\n") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod}: deduplication not in force"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let client = try_client(address, credentials).await.expect("client");
+    create_orders_topic(&client, "deduplicated", 1).await;
+    let stream = Identifier::named("orders").expect("name");
+    let topic = Identifier::named("deduplicated").expect("name");
+    for _ in 0..2 {
+        let mut batch: Vec<IggyMessage> = (1..=10u128)
+            .map(|id| {
+                IggyMessage::builder()
+                    .id(id)
+                    .payload(format!("payment-{id}").into())
+                    .build()
+                    .expect("message")
+            })
+            .collect();
+        client
+            .send_messages(&stream, &topic, &Partitioning::partition_id(0), &mut batch)
+            .await
+            .expect("send");
+    }
+    let expected: Vec<String> = (1..=10).map(|id| format!("payment-{id}")).collect();
+    for pod in pods {
+        let member = format!("{}:8090", dev.pod_ip(pod));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let client = sdk_client_at(&member, credentials).await;
+            let stored = read_payloads(&client, "orders", "deduplicated").await;
+            if stored == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod} holds {stored:?} of the resent batch"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 /// Every pod in `pods` holds every message in `acked`, each once (waiting up to 30 s each for
