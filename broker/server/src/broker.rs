@@ -420,7 +420,9 @@ impl Broker {
                     };
                     partitions.push(partition);
                 }
-                topics.insert(t.id, Topic::from_record(t, partitions));
+                let topic = Topic::from_record(t, partitions);
+                keep_node_state(&catalog, s, t, &topic);
+                topics.insert(t.id, topic);
             }
             let stream = Stream {
                 id: s.id,
@@ -787,6 +789,32 @@ impl Broker {
             if let Err(e) = partition.sync_now().await {
                 tracing::error!(error = %e, "periodic fsync failed");
             }
+        }
+    }
+}
+
+/// State sync replaces the catalog from records, which carry nothing node-local: the groups
+/// of a topic it keeps (the same incarnation: same ids and creation times) take over what this
+/// node saw its members poll (`ConsumerGroup::keep_node_state`).
+fn keep_node_state(
+    before: &Catalog,
+    stream: &metadata::StreamRecord,
+    record: &metadata::TopicRecord,
+    topic: &Topic,
+) {
+    let Some(old_stream) = before.streams.get(&stream.id) else {
+        return;
+    };
+    let Some(old) = old_stream.topics.get(&record.id) else {
+        return;
+    };
+    if old_stream.created_at != stream.created_at || old.created_at != record.created_at {
+        return;
+    }
+    let old_groups = old.groups();
+    for (id, group) in topic.groups().iter_mut() {
+        if let Some(before) = old_groups.get(id).filter(|g| g.name == group.name) {
+            group.keep_node_state(before);
         }
     }
 }

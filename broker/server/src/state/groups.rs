@@ -109,6 +109,27 @@ impl ConsumerGroup {
         }
     }
 
+    /// Takes over what this node saw of its members' polls from `before`, the same group as
+    /// the node held it until its metadata was replaced (state sync installs records, which
+    /// carry no node-local state): a member still in the group keeps what it polled from the
+    /// partitions it still holds, so a handover under way still waits for it to store that.
+    pub fn keep_node_state(&mut self, before: &ConsumerGroup) {
+        for (id, member) in &mut self.members {
+            let Some(old) = before.members.get(id) else {
+                continue;
+            };
+            let held = &member.partitions;
+            member.polled = old
+                .polled
+                .iter()
+                .filter(|(p, _)| held.contains(p))
+                .map(|(p, offset)| (*p, *offset))
+                .collect();
+            member.last_polled = old.last_polled.filter(|p| held.contains(p));
+            member.cursor = old.cursor;
+        }
+    }
+
     /// A group as its record holds it, members given their partitions again.
     pub fn restore(record: &crate::storage::metadata::GroupRecord, partitions_count: u32) -> Self {
         let mut group = Self::new(record.id, record.name.clone());
@@ -590,6 +611,31 @@ mod tests {
         assert!(group.leave(m(1), 2, 5));
         assert!(group.moving.is_empty());
         assert_eq!(holders(&group, 2), vec![2, 2]);
+    }
+
+    /// State sync installs a group from its record; what this node saw its members poll is
+    /// taken over, so a holder that has not stored what it polled still keeps its partition.
+    #[test]
+    fn a_group_installed_from_its_record_keeps_what_its_members_polled() {
+        let mut group = ConsumerGroup::new(0, "g".into());
+        group.join(m(1), 2, 1);
+        assert_eq!(group.partition_for_poll(m(1), Some(1)), Some(Some(1)));
+        assert!(group.finish_poll(m(1), 1, 9));
+        group.join(m(2), 2, 100);
+        let record = crate::storage::metadata::GroupRecord {
+            id: group.id,
+            name: group.name.clone(),
+            members: group.members.keys().copied().collect(),
+            places: group.recorded_places(),
+            moving: group.moving.values().copied().collect(),
+        };
+        let due = |group: &ConsumerGroup| group.handovers_due(|_| true, |_| None, 200, 1_000);
+        let installed = ConsumerGroup::restore(&record, 2);
+        assert_eq!(due(&installed).len(), 1, "without the polls: due at once");
+        let mut kept = ConsumerGroup::restore(&record, 2);
+        kept.keep_node_state(&group);
+        assert!(due(&kept).is_empty(), "polled 9, stored nothing: it waits");
+        assert_eq!(kept.members[&m(1)].last_polled, Some(1));
     }
 
     #[test]
