@@ -449,6 +449,82 @@ async fn a_directory_can_be_the_object_store() {
     assert_eq!(read_everything(&client).await, reference);
 }
 
+/// Message deduplication reads a partition's last `max_entries` messages back from local disk
+/// after a restart: eviction keeps the segments holding them, whatever the local retention,
+/// while older ones go to the store; a resend after a kill -9 is still dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn deduplication_keeps_its_window_local_while_older_segments_go_to_the_store() {
+    let archive = tempfile::tempdir().unwrap();
+    let env = [
+        ("IGGY_STORAGE_SEGMENT_SIZE", "65536"),
+        ("IGGY_TIERING_INTERVAL", "100ms"),
+        ("IGGY_TIERING_LOCAL_RETENTION", "200ms"),
+        (
+            "IGGY_TIERING_L3_DIRECTORY",
+            archive.path().to_str().unwrap(),
+        ),
+        ("IGGY_MESSAGE_DEDUPLICATION_ENABLED", "true"),
+        ("IGGY_MESSAGE_DEDUPLICATION_MAX_ENTRIES", "300"),
+        ("IGGY_MESSAGE_DEDUPLICATION_EXPIRY", "none"),
+    ];
+    let mut broker = TestBroker::start_with(&env);
+    common::wait_deduplication_in_force(&broker, 300);
+    let client = broker.client().await;
+    setup(&client).await;
+    // Ten batches of 100 messages of about 1 KB: a batch is larger than a segment's 64 KiB, so
+    // each one fills a segment of its own.
+    let with_ids = |ids: std::ops::RangeInclusive<u128>| -> Vec<IggyMessage> {
+        ids.map(|i| {
+            IggyMessage::builder()
+                .id(i)
+                .payload(format!("{i:05}-{}", "p".repeat(1000)).into())
+                .build()
+                .expect("message")
+        })
+        .collect()
+    };
+    for b in 0..10u128 {
+        let mut batch = with_ids(b * 100 + 1..=b * 100 + 100);
+        client
+            .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
+            .await
+            .expect("send");
+    }
+    let evicted = || {
+        let (_, metrics) = http_get(broker.http, "/metrics").unwrap_or_default();
+        metric(&metrics, "iggy_tiering_evicted_segments_total").unwrap_or(0.0)
+    };
+    wait_for("older segments evicted", Duration::from_secs(20), || {
+        evicted() >= 7.0
+    });
+    // Give eviction a few more passes: it must stop short of the last 300 messages, which the
+    // last three segments hold (the active one included).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!((evicted(), local_logs(&broker)), (7.0, 3));
+    drop(client);
+
+    broker.kill9();
+    broker.spawn_and_wait();
+    let client = broker.client().await;
+    let mut resent = with_ids(701..=1000);
+    client
+        .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut resent)
+        .await
+        .expect("resend");
+    let (_, metrics) = http_get(broker.http, "/metrics").expect("metrics");
+    assert_eq!(
+        metric(&metrics, "iggy_messages_deduplicated_total"),
+        Some(300.0)
+    );
+    let messages = client
+        .get_topic(&id(0), &id(0))
+        .await
+        .expect("topic")
+        .expect("exists")
+        .messages_count;
+    assert_eq!(messages, 1000);
+}
+
 #[test]
 fn tier_settings_that_cannot_hold_data_stop_the_broker_with_exit_2() {
     let mut broker = TestBroker::start();

@@ -397,12 +397,16 @@ fn evict(broker: &Broker, tiering: &Tiering, partition: &Partition) {
         None => u64::MAX,
     };
     // Message deduplication reads a partition's last `max_entries` messages back from local
-    // disk, the same on every replica (`storage::dedup`).
-    let dedup = broker.catalog().deduplication;
+    // disk, the same on every replica (`storage::dedup`). The catalog is held until the
+    // eviction is decided (catalog before log, the order `apply` takes them in), so settings
+    // turned on meanwhile cannot miss the segments appended under them.
+    let catalog = broker.catalog();
+    let dedup = catalog.deduplication;
     let (dir, evicted) = {
         let mut log = partition.log();
         let floor = match dedup {
-            Some(d) => floor.min(log.next_offset().saturating_sub(d.max_entries as u64)),
+            // A segment ending at or below the window's first offset holds none of it.
+            Some(d) => floor.min(log.next_offset().saturating_sub(d.max_entries as u64) + 1),
             None => floor,
         };
         let evicted = log.evict_local(|entry, held_bytes| {
@@ -417,6 +421,7 @@ fn evict(broker: &Broker, tiering: &Tiering, partition: &Partition) {
         });
         (log.dir().to_owned(), evicted)
     };
+    drop(catalog);
     if evicted.is_empty() {
         return;
     }
