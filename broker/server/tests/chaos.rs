@@ -22,7 +22,8 @@ use common::cluster::TestCluster;
 use common::history::{History, Read};
 use common::links::Links;
 use common::{
-    create_topic, id, message, padded, read_all, unpadded, TestBroker, ROOT_PASSWORD, ROOT_USER,
+    create_topic, id, message_with_id, padded, read_all, unpadded, TestBroker, ROOT_PASSWORD,
+    ROOT_USER,
 };
 use iggy::prelude::*;
 use iggy_contract::admin::Role;
@@ -168,14 +169,11 @@ async fn produce(
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let sent = message(&padded(p, if i == 0 { pad } else { 0 }));
-                match resend {
-                    true => with_id(
-                        sent,
-                        ((index as u128) << 64) | (batch * BATCH + i + 1) as u128,
-                    ),
-                    false => sent,
-                }
+                let id = match resend {
+                    true => ((index as u128) << 64) | (batch * BATCH + i + 1) as u128,
+                    false => 0,
+                };
+                message_with_id(id, &padded(p, if i == 0 { pad } else { 0 }))
             })
             .collect();
         let sent = tokio::time::timeout(
@@ -201,15 +199,6 @@ async fn produce(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-/// `message` with the id `id`.
-fn with_id(message: IggyMessage, id: u128) -> IggyMessage {
-    IggyMessage::builder()
-        .id(id)
-        .payload(message.payload)
-        .build()
-        .expect("valid message")
 }
 
 /// What pollers saw while the faults went on: (member, offset, payload).

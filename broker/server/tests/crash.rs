@@ -254,15 +254,7 @@ async fn lost_metadata_refuses_to_start_and_keeps_the_data() {
     let client = broker.client().await;
     setup(&client, 1).await;
     let mut messages = vec![message("kept")];
-    client
-        .send_messages(
-            &id(0),
-            &id(0),
-            &Partitioning::partition_id(0),
-            &mut messages,
-        )
-        .await
-        .unwrap();
+    common::send_to(&client, 0, &mut messages).await.unwrap();
     drop(client);
     assert_eq!(broker.stop(), 0);
     let log = broker

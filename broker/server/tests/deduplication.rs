@@ -5,38 +5,21 @@
 mod common;
 
 use common::cluster::TestCluster;
-use common::{create_topic, id, metric, read_all, TestBroker};
+use common::{create_topic, id, message_with_id, metric, read_all, send_to, TestBroker};
 use iggy::prelude::*;
 use std::time::Duration;
 
 const ON: (&str, &str) = ("IGGY_MESSAGE_DEDUPLICATION_ENABLED", "true");
 
-/// A message with a chosen id (0: the broker picks one).
-fn with_id(id: u128, text: &str) -> IggyMessage {
-    IggyMessage::builder()
-        .id(id)
-        .payload(bytes::Bytes::from(text.to_owned()))
-        .build()
-        .expect("valid message")
-}
-
 /// Messages `ids` with payloads `m<id>` (`m0` for id 0).
 fn batch(ids: impl IntoIterator<Item = u128>) -> Vec<IggyMessage> {
     ids.into_iter()
-        .map(|i| with_id(i, &format!("m{i}")))
+        .map(|i| message_with_id(i, &format!("m{i}")))
         .collect()
 }
 
 async fn send(client: &IggyClient, mut messages: Vec<IggyMessage>) {
-    client
-        .send_messages(
-            &id(0),
-            &id(0),
-            &Partitioning::partition_id(0),
-            &mut messages,
-        )
-        .await
-        .expect("send");
+    send_to(client, 0, &mut messages).await.expect("send");
 }
 
 /// The payloads of partition 0 of stream 0, topic 0, in offset order, with offsets checked
@@ -277,11 +260,6 @@ async fn a_single_node_reads_its_window_around_a_rotted_message() {
     // Every message but the rotted one (its id is not in the window) is dropped.
     let dropped = deduplicated(&broker);
     assert!((99.0..=100.0).contains(&dropped), "dropped {dropped}");
-    let next = client
-        .get_topic(&id(0), &id(0))
-        .await
-        .expect("topic")
-        .expect("exists")
-        .messages_count;
-    assert_eq!(next as f64, 100.0 + 101.0 - dropped);
+    let stored = common::messages_count(&client).await;
+    assert_eq!(stored as f64, 100.0 + 101.0 - dropped);
 }

@@ -63,15 +63,7 @@ async fn fill_until_refused(client: &IggyClient, batch: usize, most: usize) -> (
     let mut acknowledged = 0usize;
     loop {
         let mut messages: Vec<IggyMessage> = (0..batch).map(|_| message(&payload)).collect();
-        match client
-            .send_messages(
-                &id(0),
-                &id(0),
-                &Partitioning::partition_id(0),
-                &mut messages,
-            )
-            .await
-        {
+        match common::send_to(client, 0, &mut messages).await {
             Ok(()) => acknowledged += batch,
             Err(error) => return (acknowledged, code(error)),
         }

@@ -383,21 +383,12 @@ impl SimBroker {
                 // Grown to a few hundred bytes, so segments of 4 KiB fill and seal within a
                 // seed's ops and there is sealed data to rot and scrub.
                 let payload: Vec<u8> = payload.iter().copied().cycle().take(PAYLOAD).collect();
-                let payload = &payload[..];
-                let mut request = Vec::new();
-                SendMessagesHeader::encode_request(
+                encoded = append_body(
                     &Identifier::Numeric(stream),
                     &Identifier::Numeric(topic),
                     &Partitioning::PartitionId(u32::from(*partition) % PARTITIONS),
-                    &[(0u128, payload, &[][..])],
-                    &mut request,
+                    &[(0u128, &payload[..], &[][..])],
                 );
-                let op = Operation::append(&mut request).expect("a valid send");
-                let submission = Submission {
-                    user: Some(ROOT),
-                    op,
-                };
-                codec::encode(&submission, &mut encoded).expect("encodes");
             }
             [1, consumer, partition, offset @ ..] if offset.len() == 8 => {
                 let mut raw = [0u8; 8];
@@ -677,22 +668,13 @@ impl SimBroker {
                 body
             })
             .collect();
-        let mut request = Vec::new();
         let payload = header.op.to_le_bytes();
-        SendMessagesHeader::encode_request(
+        bodies.push(append_body(
             &stream(),
             &Identifier::Named(name),
             &Partitioning::Balanced,
             &[(0u128, &payload[..], &[][..])],
-            &mut request,
-        );
-        let mut body = Vec::new();
-        let submission = Submission {
-            user: Some(ROOT),
-            op: Operation::append(&mut request).expect("a valid send"),
-        };
-        codec::encode(&submission, &mut body).expect("encodes");
-        bodies.push(body);
+        ));
         if let Some(&previous) = churned.last() {
             bodies.push(resend_to_churned(stream(), previous, header.op));
         }
@@ -791,14 +773,24 @@ fn resend_to_churned(stream: Identifier, topic: u32, op: u64) -> Vec<u8> {
     let payload = op.to_le_bytes();
     let messages: Vec<(u128, &[u8], &[u8])> =
         ids.iter().map(|&id| (id, &payload[..], &[][..])).collect();
-    let mut request = Vec::new();
-    SendMessagesHeader::encode_request(
+    append_body(
         &stream,
         &Identifier::Numeric(topic),
         &Partitioning::PartitionId(0),
         &messages,
-        &mut request,
-    );
+    )
+}
+
+/// The replicated operation body of a SendMessages of `messages` (id, payload, headers) as the
+/// root user.
+fn append_body(
+    stream: &Identifier,
+    topic: &Identifier,
+    partitioning: &Partitioning,
+    messages: &[(u128, &[u8], &[u8])],
+) -> Vec<u8> {
+    let mut request = Vec::new();
+    SendMessagesHeader::encode_request(stream, topic, partitioning, messages, &mut request);
     let mut body = Vec::new();
     let submission = Submission {
         user: Some(ROOT),

@@ -474,21 +474,12 @@ async fn deduplication_keeps_its_window_local_while_older_segments_go_to_the_sto
     // Ten batches of 100 messages of about 1 KB: a batch is larger than a segment's 64 KiB, so
     // each one fills a segment of its own.
     let with_ids = |ids: std::ops::RangeInclusive<u128>| -> Vec<IggyMessage> {
-        ids.map(|i| {
-            IggyMessage::builder()
-                .id(i)
-                .payload(format!("{i:05}-{}", "p".repeat(1000)).into())
-                .build()
-                .expect("message")
-        })
-        .collect()
+        ids.map(|i| common::message_with_id(i, &format!("{i:05}-{}", "p".repeat(1000))))
+            .collect()
     };
     for b in 0..10u128 {
         let mut batch = with_ids(b * 100 + 1..=b * 100 + 100);
-        client
-            .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut batch)
-            .await
-            .expect("send");
+        common::send_to(&client, 0, &mut batch).await.expect("send");
     }
     let evicted = || {
         let (_, metrics) = http_get(broker.http, "/metrics").unwrap_or_default();
@@ -507,8 +498,7 @@ async fn deduplication_keeps_its_window_local_while_older_segments_go_to_the_sto
     broker.spawn_and_wait();
     let client = broker.client().await;
     let mut resent = with_ids(701..=1000);
-    client
-        .send_messages(&id(0), &id(0), &Partitioning::partition_id(0), &mut resent)
+    common::send_to(&client, 0, &mut resent)
         .await
         .expect("resend");
     let (_, metrics) = http_get(broker.http, "/metrics").expect("metrics");
@@ -516,13 +506,7 @@ async fn deduplication_keeps_its_window_local_while_older_segments_go_to_the_sto
         metric(&metrics, "iggy_messages_deduplicated_total"),
         Some(300.0)
     );
-    let messages = client
-        .get_topic(&id(0), &id(0))
-        .await
-        .expect("topic")
-        .expect("exists")
-        .messages_count;
-    assert_eq!(messages, 1000);
+    assert_eq!(common::messages_count(&client).await, 1000);
 }
 
 #[test]

@@ -540,13 +540,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_partition_moves_only_once_its_holder_stored_what_it_polled() {
+    /// Two partitions; member 1 polled partition 1 up to offset 9, then member 2 joined at
+    /// time 100, so partition 1 is to move to it.
+    fn polled_then_joined() -> ConsumerGroup {
         let mut group = ConsumerGroup::new(0, "g".into());
         group.join(m(1), 2, 1);
         assert_eq!(group.partition_for_poll(m(1), Some(1)), Some(Some(1)));
         assert!(group.finish_poll(m(1), 1, 9));
         group.join(m(2), 2, 100);
+        group
+    }
+
+    #[test]
+    fn a_partition_moves_only_once_its_holder_stored_what_it_polled() {
+        let mut group = polled_then_joined();
         // 1 holds partition 1 and polls it no more; 2 does not poll it yet.
         assert_eq!(group.partition_for_poll(m(1), Some(1)), Some(None));
         assert_eq!(group.partition_for_poll(m(2), Some(1)), Some(None));
@@ -617,11 +624,7 @@ mod tests {
     /// taken over, so a holder that has not stored what it polled still keeps its partition.
     #[test]
     fn a_group_installed_from_its_record_keeps_what_its_members_polled() {
-        let mut group = ConsumerGroup::new(0, "g".into());
-        group.join(m(1), 2, 1);
-        assert_eq!(group.partition_for_poll(m(1), Some(1)), Some(Some(1)));
-        assert!(group.finish_poll(m(1), 1, 9));
-        group.join(m(2), 2, 100);
+        let group = polled_then_joined();
         let record = crate::storage::metadata::GroupRecord {
             id: group.id,
             name: group.name.clone(),

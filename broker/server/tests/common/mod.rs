@@ -458,11 +458,44 @@ pub fn code(error: IggyError) -> u32 {
     error.as_code()
 }
 
+/// A message for `text`, whose id the broker picks.
 pub fn message(text: &str) -> IggyMessage {
+    message_with_id(0, text)
+}
+
+/// A message for `text` with the id `id` (0: the broker picks one).
+pub fn message_with_id(id: u128, text: &str) -> IggyMessage {
     IggyMessage::builder()
+        .id(id)
         .payload(bytes::Bytes::from(text.to_owned()))
         .build()
         .expect("valid message")
+}
+
+/// Sends `messages` to `partition` of stream 0, topic 0.
+pub async fn send_to(
+    client: &IggyClient,
+    partition: u32,
+    messages: &mut [IggyMessage],
+) -> Result<(), IggyError> {
+    client
+        .send_messages(
+            &id(0),
+            &id(0),
+            &Partitioning::partition_id(partition),
+            messages,
+        )
+        .await
+}
+
+/// How many messages stream 0, topic 0 holds.
+pub async fn messages_count(client: &IggyClient) -> u64 {
+    client
+        .get_topic(&id(0), &id(0))
+        .await
+        .expect("topic")
+        .expect("exists")
+        .messages_count
 }
 
 /// What pads a payload out to a given size ([`padded`]); no generated payload contains it.
