@@ -241,7 +241,7 @@ impl Broker {
             "# HELP iggy_message_deduplication_max_entries Messages per partition a sent message's id is compared with; 0 while deduplication is off.\n\
              # TYPE iggy_message_deduplication_max_entries gauge\n\
              iggy_message_deduplication_max_entries {}\n",
-            dedup.map_or(0, |d| d.max_entries)
+            dedup.map_or(0, |d| d.settings.max_entries)
         );
         if let Some(cluster) = self.cluster_status() {
             cluster.render_metrics(&mut body);
@@ -355,7 +355,7 @@ impl Broker {
             }
         }
         let wanted = self.config.message_deduplication.settings();
-        let in_force = self.catalog().deduplication.map(|d| d.settings());
+        let in_force = self.catalog().deduplication.map(|d| d.settings);
         if wanted == in_force {
             return Ok(());
         }

@@ -46,15 +46,15 @@ pub(super) fn append(
             dedup.as_ref(),
         )
     };
-    let (appended, dropped) = match attempt() {
+    let (appended, dropped) = match (attempt(), dedup) {
         // Only reading a deduplication window back reads on this path; nothing was written.
-        Err(error @ StorageError::CorruptRead { .. }) if dedup.is_some() => {
-            match mend_window(broker, &partition, dedup.as_ref(), &error) {
+        (Err(error @ StorageError::CorruptRead { .. }), Some(settings)) => {
+            match mend_window(broker, &partition, &settings, &error) {
                 true => attempt(),
                 false => Err(error),
             }
         }
-        outcome => outcome,
+        (outcome, _) => outcome,
     }
     .map_err(BrokerError::Append)?;
     traffic.record_in(appended.count as u64, appended.bytes);
@@ -81,7 +81,7 @@ pub(super) fn append(
 fn mend_window(
     broker: &Broker,
     partition: &Arc<Partition>,
-    dedup: Option<&Deduplication>,
+    settings: &Deduplication,
     error: &StorageError,
 ) -> bool {
     tracing::warn!(%error, "the messages of a deduplication window are damaged; repairing them");
@@ -89,12 +89,9 @@ fn mend_window(
         return repair::rebuild_index(partition, offset);
     }
     let next = partition.log().next_offset();
-    let reach = dedup.map_or(next, |d| next.saturating_sub(d.max_entries as u64));
+    let reach = settings.reach(next);
     if broker.cluster_status().is_none() {
         repair::report(broker, partition, reach, next);
-        let Some(settings) = dedup else {
-            return false;
-        };
         return match partition.log().read_window_around_damage(*settings) {
             Ok(()) => true,
             Err(error) => {
@@ -139,7 +136,7 @@ pub(super) fn set_deduplication(
         .unwrap_or(0);
     let since = context.timestamp.max(newest.saturating_add(1));
     let before = catalog.deduplication;
-    catalog.deduplication = settings.map(|s| Deduplication::new(s, since));
+    catalog.deduplication = settings.map(|settings| Deduplication { settings, since });
     if let Err(e) = broker.persist(&catalog) {
         catalog.deduplication = before;
         return Err(e);

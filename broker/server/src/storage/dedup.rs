@@ -26,8 +26,9 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 /// Deduplication as a broker is configured for it (`[message_deduplication]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeduplicationSettings {
+    /// How many of a partition's newest messages a new message's id is compared with.
     pub max_entries: u32,
-    /// µs; 0: messages count whatever their age.
+    /// How old (µs, by the batch's timestamp) a message may be and still count; 0: any age.
     pub expiry: u64,
 }
 
@@ -35,35 +36,18 @@ pub struct DeduplicationSettings {
 /// committed as an operation, so every replica uses the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deduplication {
-    /// How many of a partition's newest messages a new message's id is compared with.
-    pub max_entries: u32,
-    /// How old (µs, by the batch's timestamp) a message may be and still count; 0: any age.
-    pub expiry: u64,
+    #[serde(flatten)]
+    pub settings: DeduplicationSettings,
     /// Messages stored before this (µs) never count: later than every message stored before
     /// the settings took effect (`apply::messages::set_deduplication`).
     pub since: u64,
 }
 
 impl Deduplication {
-    pub fn new(settings: DeduplicationSettings, since: u64) -> Self {
-        Self {
-            max_entries: settings.max_entries,
-            expiry: settings.expiry,
-            since,
-        }
-    }
-
-    pub fn settings(&self) -> DeduplicationSettings {
-        DeduplicationSettings {
-            max_entries: self.max_entries,
-            expiry: self.expiry,
-        }
-    }
-
     /// The oldest timestamp a message may carry and still count against a batch stamped
     /// `timestamp`.
     pub fn cutoff(&self, timestamp: u64) -> u64 {
-        let by_age = match self.expiry {
+        let by_age = match self.settings.expiry {
             0 => 0,
             expiry => timestamp.saturating_sub(expiry),
         };
@@ -76,9 +60,10 @@ impl Deduplication {
         offset >= self.reach(next) && timestamp >= cutoff
     }
 
-    /// The first offset that counts for a message taking offset `next`.
-    fn reach(&self, next: u64) -> u64 {
-        next.saturating_sub(self.max_entries as u64)
+    /// The first offset that counts for a message taking offset `next`: where the window a
+    /// partition whose next offset is `next` must keep readable starts.
+    pub fn reach(&self, next: u64) -> u64 {
+        next.saturating_sub(self.settings.max_entries as u64)
     }
 }
 
@@ -143,10 +128,11 @@ impl IdWindow {
         self.entries.push_back((id, offset, timestamp));
     }
 
-    /// Forgets what no longer counts for a message taking offset `next` with `cutoff`
-    /// (timestamps never decrease along a partition, so those are the oldest entries).
-    pub fn trim(&mut self, next: u64, cutoff: u64) {
-        let reach = self.settings.reach(next);
+    /// Forgets what no longer counts for a message taking offset `next` in a batch stamped
+    /// `timestamp` (timestamps never decrease along a partition, so those are the oldest
+    /// entries).
+    pub fn trim(&mut self, next: u64, timestamp: u64) {
+        let (reach, cutoff) = (self.settings.reach(next), self.settings.cutoff(timestamp));
         while let Some(&(_, offset, timestamp)) = self.entries.front() {
             if offset >= reach && timestamp >= cutoff {
                 break;
@@ -320,15 +306,17 @@ mod tests {
 
     fn settings(max_entries: u32, expiry: u64) -> Deduplication {
         Deduplication {
-            max_entries,
-            expiry,
+            settings: DeduplicationSettings {
+                max_entries,
+                expiry,
+            },
             since: 0,
         }
     }
 
     /// Filters `ids` as a batch at `next`, stamped `timestamp`, as an append does.
     fn send(window: &mut IdWindow, ids: &[u128], next: u64, timestamp: u64) -> Vec<u128> {
-        window.trim(next, window.settings().cutoff(timestamp));
+        window.trim(next, timestamp);
         let mut batch = frames(ids);
         let (len, _) = window.drop_duplicates(&mut batch, next, timestamp);
         batch.truncate(len);

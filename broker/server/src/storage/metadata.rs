@@ -289,8 +289,10 @@ mod tests {
             }],
             users: vec![],
             deduplication: Some(super::super::dedup::Deduplication {
-                max_entries: 10,
-                expiry: 20,
+                settings: super::super::dedup::DeduplicationSettings {
+                    max_entries: 10,
+                    expiry: 20,
+                },
                 since: 30,
             }),
         };

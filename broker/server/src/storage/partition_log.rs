@@ -539,7 +539,6 @@ impl PartitionLog {
         settings: &Deduplication,
     ) -> Result<(Appended, u32), StorageError> {
         let timestamp = now_micros.max(self.last_timestamp);
-        let cutoff = settings.cutoff(timestamp);
         let next = self.next_offset();
         let kept = self.dedup.take().filter(|w| w.settings() == settings);
         // Producers that let the broker pick ids have nothing to compare: no window is built
@@ -551,7 +550,7 @@ impl PartitionLog {
             Some(window) => window,
             None => self.read_window(*settings, false)?,
         };
-        window.trim(next, cutoff);
+        window.trim(next, timestamp);
         let (len, dropped) = window.drop_duplicates(messages, next, timestamp);
         if len == 0 {
             self.dedup = Some(window);
@@ -592,9 +591,7 @@ impl PartitionLog {
     ) -> Result<IdWindow, StorageError> {
         let mut window = IdWindow::new(settings);
         let next = self.next_offset();
-        let from = next
-            .saturating_sub(settings.max_entries as u64)
-            .max(self.local_start());
+        let from = settings.reach(next).max(self.local_start());
         if from >= next {
             return Ok(window);
         }
@@ -1472,8 +1469,10 @@ pub(crate) mod tests {
     #[test]
     fn deduplication_drops_the_same_whether_the_window_was_kept_or_read_back() {
         let settings = Deduplication {
-            max_entries: 7,
-            expiry: 50,
+            settings: super::dedup::DeduplicationSettings {
+                max_entries: 7,
+                expiry: 50,
+            },
             since: 0,
         };
         let (kept_dir, read_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -1529,8 +1528,10 @@ pub(crate) mod tests {
     #[test]
     fn deduplication_compares_with_what_the_log_holds_now() {
         let settings = Deduplication {
-            max_entries: 3,
-            expiry: 0,
+            settings: super::dedup::DeduplicationSettings {
+                max_entries: 3,
+                expiry: 0,
+            },
             since: 0,
         };
         let dir = tempfile::tempdir().unwrap();

@@ -406,7 +406,7 @@ fn evict(broker: &Broker, tiering: &Tiering, partition: &Partition) {
         let mut log = partition.log();
         let floor = match dedup {
             // A segment ending at or below the window's first offset holds none of it.
-            Some(d) => floor.min(log.next_offset().saturating_sub(d.max_entries as u64) + 1),
+            Some(d) => floor.min(d.reach(log.next_offset()) + 1),
             None => floor,
         };
         let evicted = log.evict_local(|entry, held_bytes| {
