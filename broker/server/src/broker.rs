@@ -13,6 +13,7 @@ use crate::security::throttle::{LoginThrottle, ThrottleSettings};
 use crate::state::catalog::{Catalog, Stream, Topic};
 use crate::state::groups::GroupMember;
 use crate::state::partition::Partition;
+use crate::state::settings::StateSettings;
 use crate::storage::fsutil::{self, now_micros};
 use crate::storage::metadata::{self, MetadataStore, UserRecord};
 use crate::storage::partition_log::PartitionLog;
@@ -91,6 +92,8 @@ impl Broker {
             Some(snapshot) => {
                 catalog.users = snapshot.users.clone();
                 catalog.deduplication = snapshot.deduplication;
+                catalog.settings = snapshot.settings;
+                let segment_size = StateSettings::in_force(snapshot.settings, &config).segment_size;
                 for s in &snapshot.streams {
                     let mut topics = BTreeMap::new();
                     for t in &s.topics {
@@ -98,11 +101,8 @@ impl Broker {
                         for p in &t.partitions {
                             let dir =
                                 metadata::partition_dir(&config.system.path, s.id, t.id, p.id);
-                            let (log, recovered) = PartitionLog::open(
-                                &dir,
-                                config.segment_size(),
-                                sync_on_roll(&config),
-                            )?;
+                            let (log, recovered) =
+                                PartitionLog::open(&dir, segment_size, sync_on_roll(&config))?;
                             report.partitions += 1;
                             report.verified_bytes += recovered.verified_bytes;
                             report.truncated_tails += usize::from(recovered.truncated.is_some());
@@ -234,14 +234,19 @@ impl Broker {
         let mut body = self.metrics.render(&topics);
         drop(topics);
         let dedup = catalog.deduplication;
+        let settings = self.state_settings(&catalog);
         drop(catalog);
         // The settings in force (the primary's, on a replica), not this node's configuration.
         let _ = write!(
             body,
             "# HELP iggy_message_deduplication_max_entries Messages per partition a sent message's id is compared with; 0 while deduplication is off.\n\
              # TYPE iggy_message_deduplication_max_entries gauge\n\
-             iggy_message_deduplication_max_entries {}\n",
-            dedup.map_or(0, |d| d.settings.max_entries)
+             iggy_message_deduplication_max_entries {}\n\
+             # HELP iggy_segment_size_bytes Bytes at which partitions roll their active segment.\n\
+             # TYPE iggy_segment_size_bytes gauge\n\
+             iggy_segment_size_bytes {}\n",
+            dedup.map_or(0, |d| d.settings.max_entries),
+            settings.segment_size,
         );
         if let Some(cluster) = self.cluster_status() {
             cluster.render_metrics(&mut body);
@@ -299,13 +304,7 @@ impl Broker {
 
     /// Commits one retention pass through the log (every replica runs it at the same op).
     async fn submit_retention_pass(self: &Arc<Self>) -> Result<()> {
-        let submission = Submission {
-            user: None,
-            op: Operation::EnforceRetention,
-        };
-        self.submitter
-            .submit(self, submission, &mut Vec::new())
-            .await
+        self.submit_own(Operation::EnforceRetention).await
     }
 
     /// On a replicated broker's primary where some member's data filesystem (its own, or a
@@ -345,24 +344,43 @@ impl Broker {
         status.snapshot().commit_min
     }
 
-    /// Commits `[message_deduplication]` as the settings in force when the catalog holds
-    /// others (`storage::dedup`): a single node once at boot, a replicated broker's primary
-    /// (backups leave it to the primary, so every replica uses the same settings).
-    pub async fn put_deduplication_in_force(self: &Arc<Self>) -> Result<()> {
+    /// The settings applying operations depends on (`state::settings`), as `catalog` holds them.
+    pub fn state_settings(&self, catalog: &Catalog) -> StateSettings {
+        StateSettings::in_force(catalog.settings, &self.config)
+    }
+
+    /// Commits the configured settings that shape the replicated state — deduplication
+    /// (`storage::dedup`) and the state settings (`state::settings`) — where the catalog holds
+    /// others: a single node once at boot; on a replicated broker the primary, once every
+    /// member it reaches applies such operations (backups leave it to the primary, so every
+    /// replica applies the same settings).
+    pub async fn put_settings_in_force(self: &Arc<Self>) -> Result<()> {
         if let Some(status) = self.cluster_status() {
-            if status.primary() != Some(status.position) {
+            let reads = crate::replication::transport::SETTINGS_SINCE_REVISION;
+            if status.primary() != Some(status.position) || !status.ring_reads(reads) {
                 return Ok(());
             }
         }
-        let wanted = self.config.message_deduplication.settings();
-        let in_force = self.catalog().deduplication.map(|d| d.settings);
-        if wanted == in_force {
-            return Ok(());
-        }
-        let submission = Submission {
-            user: None,
-            op: Operation::SetDeduplication { settings: wanted },
+        let (deduplication, settings) = {
+            let catalog = self.catalog();
+            (catalog.deduplication.map(|d| d.settings), catalog.settings)
         };
+        let wanted = StateSettings::configured(&self.config);
+        if settings != Some(wanted) {
+            self.submit_own(Operation::SetStateSettings { settings: wanted })
+                .await?;
+        }
+        let wanted = self.config.message_deduplication.settings();
+        if deduplication != wanted {
+            self.submit_own(Operation::SetDeduplication { settings: wanted })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Submits an operation the broker issues itself (no acting user).
+    async fn submit_own(&self, op: Operation<'_>) -> Result<()> {
+        let submission = Submission { user: None, op };
         self.submitter
             .submit(self, submission, &mut Vec::new())
             .await
@@ -377,13 +395,7 @@ impl Broker {
                 return Ok(());
             }
         }
-        let submission = Submission {
-            user: None,
-            op: Operation::ExpireTokens,
-        };
-        self.submitter
-            .submit(self, submission, &mut Vec::new())
-            .await
+        self.submit_own(Operation::ExpireTokens).await
     }
 
     /// Replaces the catalog with `snapshot`'s (state sync in cluster mode): partitions it
@@ -405,17 +417,28 @@ impl Broker {
         let mut fresh = Catalog {
             users: snapshot.users.clone(),
             deduplication: snapshot.deduplication,
+            settings: snapshot.settings,
             ..Catalog::default()
         };
+        let segment_size = StateSettings::in_force(snapshot.settings, &self.config).segment_size;
         for s in &snapshot.streams {
             let mut topics = BTreeMap::new();
             for t in &s.topics {
                 let mut partitions = Vec::with_capacity(t.partitions.len());
                 for p in &t.partitions {
                     let partition = match existing(s, t, p.id, p.created_at) {
-                        Some(kept) => kept,
+                        Some(kept) => {
+                            kept.log().set_segment_size(segment_size);
+                            kept
+                        }
                         None => self
-                            .create_partitions(s.id, t.id, p.id..p.id + 1, p.created_at)?
+                            .create_partitions(
+                                s.id,
+                                t.id,
+                                p.id..p.id + 1,
+                                p.created_at,
+                                segment_size,
+                            )?
                             .remove(0),
                     };
                     partitions.push(partition);
@@ -456,17 +479,15 @@ impl Broker {
         topic: u32,
         ids: std::ops::Range<u32>,
         created_at: u64,
+        segment_size: u64,
     ) -> Result<Vec<Arc<Partition>>> {
         let mut partitions = Vec::with_capacity(ids.len());
         let mut to_sync = Vec::new();
         for id in ids {
             let dir = metadata::partition_dir(&self.config.system.path, stream, topic, id);
             metadata::remove_tree(&dir)?;
-            let log = PartitionLog::create_unsynced(
-                &dir,
-                self.config.segment_size(),
-                sync_on_roll(&self.config),
-            )?;
+            let log =
+                PartitionLog::create_unsynced(&dir, segment_size, sync_on_roll(&self.config))?;
             crate::storage::graveyard::mark_incarnation(&dir, created_at)?;
             to_sync.extend(fsutil::dirs_to_sync_after_creating(&dir));
             partitions.push(Arc::new(Partition::new(
@@ -494,17 +515,8 @@ impl Broker {
         if entry.groups.is_empty() {
             return;
         }
-        let submission = Submission {
-            user: None,
-            op: Operation::LeaveAllGroups {
-                member: self.group_member(client_id),
-            },
-        };
-        if let Err(e) = self
-            .submitter
-            .submit(self, submission, &mut Vec::new())
-            .await
-        {
+        let member = self.group_member(client_id);
+        if let Err(e) = self.submit_own(Operation::LeaveAllGroups { member }).await {
             // Its memberships stay until this node restarts or is forgotten by the primary.
             tracing::warn!(client = client_id, error = %e, "a closed connection could not leave its consumer groups");
         }
@@ -549,13 +561,8 @@ impl Broker {
                 if now.duration_since(*seen) < after || !self.has_group_members_of(node) {
                     continue;
                 }
-                let submission = Submission {
-                    user: None,
-                    op: Operation::ForgetNode { node, keep: None },
-                };
                 match self
-                    .submitter
-                    .submit(self, submission, &mut Vec::new())
+                    .submit_own(Operation::ForgetNode { node, keep: None })
                     .await
                 {
                     Ok(()) => tracing::warn!(
@@ -592,16 +599,11 @@ impl Broker {
     /// replica's checkpoint and log hold them). Retried until it commits, in the background.
     pub async fn forget_earlier_incarnations(&self) {
         loop {
-            let submission = Submission {
-                user: None,
-                op: Operation::ForgetNode {
+            match self
+                .submit_own(Operation::ForgetNode {
                     node: self.node(),
                     keep: Some(self.incarnation),
-                },
-            };
-            match self
-                .submitter
-                .submit(self, submission, &mut Vec::new())
+                })
                 .await
             {
                 Ok(()) => return,

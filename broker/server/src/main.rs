@@ -236,20 +236,20 @@ async fn run(
         }
     }
     if broker.cluster_status().is_none() {
-        // Before any client: the first sends already meet the configured deduplication.
+        // Before any client: the first requests already meet the configured settings.
         broker
-            .put_deduplication_in_force()
+            .put_settings_in_force()
             .await
-            .context("cannot record the message deduplication settings")?;
+            .context("cannot record the configured settings in force")?;
     } else {
         // Whoever is primary puts its settings in force; a new primary within a second.
         let broker = broker.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(DEDUPLICATION_CHECK_INTERVAL);
+            let mut tick = tokio::time::interval(SETTINGS_CHECK_INTERVAL);
             loop {
                 tick.tick().await;
-                if let Err(e) = broker.put_deduplication_in_force().await {
-                    tracing::warn!(error = %e, "message deduplication settings not committed; trying again");
+                if let Err(e) = broker.put_settings_in_force().await {
+                    tracing::warn!(error = %e, "configured settings not committed; trying again");
                 }
             }
         });
@@ -409,9 +409,9 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// while its disk is short (`Broker::release_deleted_when_short`).
 const RELEASE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How often a replicated broker checks whether, as primary, it must put its
-/// `[message_deduplication]` settings in force.
-const DEDUPLICATION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a replicated broker checks whether, as primary, it must put its configured
+/// deduplication and state settings in force (`state::settings`).
+const SETTINGS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Waits until every connection has finished the request it was serving and closed, or
 /// `DRAIN_TIMEOUT` passed: a send whose bytes were read is applied and acknowledged rather

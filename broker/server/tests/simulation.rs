@@ -36,6 +36,7 @@ use broker::replication::written::WrittenPartitions;
 use broker::replication::ClientIds;
 use broker::scrub;
 use broker::state::groups::GroupMember;
+use broker::state::settings::StateSettings;
 use broker::storage::dedup::DeduplicationSettings;
 use broker::storage::faults;
 use broker::storage::graveyard;
@@ -650,6 +651,7 @@ impl SimBroker {
             ops.extend(self.churn_group(previous, header.op));
         }
         ops.extend(churn_deduplication(header.op));
+        ops.extend(churn_state_settings(header.op));
         if churned.len() >= 2 {
             ops.push(Operation::DeleteTopic {
                 stream: stream(),
@@ -765,6 +767,21 @@ fn churn_deduplication(op: u64) -> Option<Operation<'static>> {
     Some(Operation::SetDeduplication { settings })
 }
 
+/// The segment size (and the other state settings) changed through the log every few churn
+/// rounds (`state::settings`): every replica must roll its segments at the same offsets,
+/// whether it applied the change live, replayed it, restored past it or state-synced.
+fn churn_state_settings(op: u64) -> Option<Operation<'static>> {
+    let round = op / CHURN_EVERY;
+    (round % 4 == 1).then(|| Operation::SetStateSettings {
+        settings: StateSettings {
+            segment_size: [4096, 1024, 16384][(round / 4 % 3) as usize],
+            message_expiry: u64::MAX,
+            max_topic_size: u64::MAX,
+            max_tokens_per_user: 100,
+        },
+    })
+}
+
 /// A send to partition 0 of the churn topic `topic` (by id) of three messages whose ids repeat
 /// across rounds, some within the window and some past it, and one with id 0.
 fn resend_to_churned(stream: Identifier, topic: u32, op: u64) -> Vec<u8> {
@@ -837,6 +854,11 @@ impl StateMachine for SimBroker {
                     let log = partition.log();
                     hasher.update(&log.next_offset().to_le_bytes());
                     hasher.update(&log.last_checksum().expect("readable").to_le_bytes());
+                    // Where segments roll must agree too (peer repair and retention act on
+                    // whole segments).
+                    for (_, bytes) in log.sealed_segments() {
+                        hasher.update(&bytes.to_le_bytes());
+                    }
                     drop(log);
                     for (key, offset) in partition.offsets(ConsumerKind::Consumer).entries() {
                         hasher.update(key.as_bytes());
@@ -1031,7 +1053,10 @@ impl SimMachine for SimBroker {
 /// and two whose replica was stopped by a sync interrupted in the liveness phase, when no
 /// replica restarts any more (before faults stopped there); and one whose replica was stopped
 /// in the liveness phase by a sync from a peer with unrepaired rot in the range it needed, and
-/// stayed down (before the simulator restarted a halted replica there, as its supervisor does).
+/// stayed down (before the simulator restarted a halted replica there, as its supervisor does);
+/// and two whose replica, cut back to a checkpoint, kept the empty segment a later append had
+/// rolled to while the segment size changed through the log (before checkpoints recorded where
+/// each active segment starts).
 const REGRESSIONS: &[u64] = &[
     637_045_292_893_188_801,
     10_374_522_415_552_121_989,
@@ -1048,6 +1073,8 @@ const REGRESSIONS: &[u64] = &[
     1_718_385_777_489_960,
     4_356_403_950_714_335_314,
     15_757_225_526_350_607_316,
+    8_711_200_172_423_831_918,
+    1_665_170_918_037_478_787,
 ];
 
 fn seeds() -> Vec<u64> {

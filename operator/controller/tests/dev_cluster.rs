@@ -917,7 +917,8 @@ async fn try_client(
 /// and sidecars: one pod at a time, each next one after the restarted broker caught up (its
 /// sidecar's replica-ready gate), the primary last after its sidecar had it step down — while
 /// a producer keeps sending through the client Service, losing no acknowledged message. The
-/// edit turns message deduplication on, which the new primary then puts in force for all.
+/// edit turns message deduplication on and changes the segment size, which the new primary
+/// then puts in force for all (settings that are replicated state, docs/broker.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
     let dev = DevCluster::start().await;
@@ -956,6 +957,7 @@ async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
             "storage.fsync": "always",
             "tcp.max_connections": "5000",
             "message_deduplication.enabled": "true",
+            "storage.segment_size": "65536",
         }}),
     )
     .await;
@@ -1023,9 +1025,9 @@ async fn a_config_edit_rolls_every_pod_primary_last_without_losing_a_message() {
     a_resent_batch_is_stored_once(&dev, &pods, &address, &credentials).await;
 }
 
-/// Deduplication, set in `spec.config`, is in force on every member (the primary's settings,
-/// committed through the log) and a batch sent twice through the Service, with the same
-/// message ids, is stored once on each.
+/// Deduplication and the segment size set in `spec.config` are in force on every member (the
+/// primary's settings, committed through the log) and a batch sent twice through the Service,
+/// with the same message ids, is stored once on each.
 async fn a_resent_batch_is_stored_once(
     dev: &DevCluster,
     pods: &[String],
@@ -1037,12 +1039,14 @@ async fn a_resent_batch_is_stored_once(
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let (_, metrics) = kube_harness::http_get(&url).await.expect("metrics answer");
-            if metrics.contains("\niggy_message_deduplication_max_entries 10000\n") {
+            if metrics.contains("\niggy_message_deduplication_max_entries 10000\n")
+                && metrics.contains("\niggy_segment_size_bytes 65536\n")
+            {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{pod}: deduplication not in force"
+                "{pod}: the edited settings are not in force"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

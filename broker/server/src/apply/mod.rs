@@ -8,6 +8,7 @@
 
 mod groups;
 mod messages;
+mod settings;
 mod streams;
 mod tokens;
 mod topics;
@@ -145,6 +146,9 @@ pub fn apply(
         Operation::ExpireTokens => done(tokens::expire(broker, context).map(|_| ())),
         Operation::SetDeduplication { settings } => {
             done(messages::set_deduplication(broker, context, settings))
+        }
+        Operation::SetStateSettings { settings } => {
+            done(settings::set_state_settings(broker, settings))
         }
         Operation::Append {
             stream,

@@ -19,8 +19,8 @@ pub(super) fn create(
     token_sha256: String,
     lifetime: u64,
 ) -> Result<()> {
-    let limit = broker.config.personal_access_token.max_tokens_per_user;
     let mut catalog = broker.catalog_mut();
+    let limit = broker.state_settings(&catalog).max_tokens_per_user;
     let owner = catalog.session_user_mut(user)?;
     let owner_id = owner.id;
     let now = context.timestamp;

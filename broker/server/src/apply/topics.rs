@@ -8,6 +8,7 @@ use crate::reply;
 use crate::security::access::Access;
 use crate::state::catalog::{lowest_free_id, Topic};
 use crate::state::partition::Partition;
+use crate::state::settings::StateSettings;
 use crate::storage::metadata;
 use crate::storage::partition_log::remove_segment_files;
 use iggy_wire::request::TopicSettings;
@@ -23,20 +24,16 @@ const COMPRESSION_GZIP: u8 = 2;
 /// Resolves "server default" sentinels and checks the settings (Iggy's rules: 0 means the
 /// server default, which here is "never expire" and "unlimited"; a custom size must hold at
 /// least one segment).
-fn checked_settings(broker: &Broker, settings: &TopicSettings) -> Result<TopicSettings> {
+fn checked_settings(in_force: &StateSettings, settings: &TopicSettings) -> Result<TopicSettings> {
     if settings.name.is_empty() || settings.name.len() > 255 {
         return Err(BrokerError::InvalidTopicName);
     }
     if ![COMPRESSION_NONE, COMPRESSION_GZIP].contains(&settings.compression) {
         return Err(BrokerError::InvalidCompression(settings.compression));
     }
-    let segment = broker.config.segment_size();
-    let retention = &broker.config.retention;
-    let default_size = retention.max_topic_size.0.map_or(u64::MAX, |s| s.0);
-    let default_expiry = retention
-        .message_expiry
-        .0
-        .map_or(u64::MAX, |d| d.0.as_micros() as u64);
+    let segment = in_force.segment_size;
+    let default_size = in_force.max_topic_size;
+    let default_expiry = in_force.message_expiry;
     let max_topic_size = match settings.max_topic_size {
         0 => default_size,
         size if size < segment => return Err(BrokerError::InvalidTopicSize { size, segment }),
@@ -55,16 +52,6 @@ fn checked_settings(broker: &Broker, settings: &TopicSettings) -> Result<TopicSe
     })
 }
 
-fn create_partitions_on_disk(
-    broker: &Broker,
-    context: OpContext,
-    stream: u32,
-    topic: u32,
-    ids: std::ops::Range<u32>,
-) -> Result<Vec<Arc<Partition>>> {
-    broker.create_partitions(stream, topic, ids, context.timestamp)
-}
-
 pub(super) fn create(
     broker: &Broker,
     context: OpContext,
@@ -80,7 +67,8 @@ pub(super) fn create(
     if partitions_count > MAX_PARTITIONS_PER_REQUEST {
         return Err(BrokerError::TooManyPartitions);
     }
-    let settings = checked_settings(broker, &settings)?;
+    let in_force = broker.state_settings(&catalog);
+    let settings = checked_settings(&in_force, &settings)?;
     let stream = catalog.stream_mut(stream_id)?;
     if stream.topics.values().any(|t| t.name == settings.name) {
         return Err(BrokerError::TopicNameExists(settings.name));
@@ -91,8 +79,13 @@ pub(super) fn create(
         stream_num,
         id,
     ))?;
-    let partitions =
-        create_partitions_on_disk(broker, context, stream_num, id, 0..partitions_count)?;
+    let partitions = broker.create_partitions(
+        stream_num,
+        id,
+        0..partitions_count,
+        context.timestamp,
+        in_force.segment_size,
+    )?;
     let topic = Topic {
         id,
         name: settings.name,
@@ -129,7 +122,7 @@ pub(super) fn update(
     let (s, current) = catalog.topic(stream, topic)?;
     let (stream_num, target) = (s.id, current.id);
     catalog.authorize(user, Access::ManageTopic(stream_num, Some(target)))?;
-    let settings = checked_settings(broker, &settings)?;
+    let settings = checked_settings(&broker.state_settings(&catalog), &settings)?;
     if catalog
         .stream(stream)?
         .topics
@@ -234,12 +227,12 @@ pub(super) fn create_partitions(
     if count > MAX_PARTITIONS_PER_REQUEST {
         return Err(BrokerError::TooManyPartitions);
     }
-    let added = create_partitions_on_disk(
-        broker,
-        context,
+    let added = broker.create_partitions(
         stream_num,
         topic_num,
         existing..existing + count,
+        context.timestamp,
+        broker.state_settings(&catalog).segment_size,
     )?;
     catalog.topic_mut(stream, topic)?.partitions.extend(added);
     if let Err(e) = broker.persist(&catalog) {

@@ -14,6 +14,7 @@
 pub mod codec;
 
 use crate::state::groups::{GroupMember, Handover};
+use crate::state::settings::StateSettings;
 use crate::storage::dedup::DeduplicationSettings;
 use iggy_wire::message::SendMessagesHeader;
 use iggy_wire::request::{GroupRef, TopicSettings};
@@ -211,6 +212,12 @@ pub enum Operation<'a> {
     SetDeduplication {
         settings: Option<DeduplicationSettings>,
     },
+    /// Puts these settings in force for applying the operations after it
+    /// (`state::settings`): segments roll at the new size from the next append on. Issued like
+    /// `SetDeduplication`.
+    SetStateSettings {
+        settings: StateSettings,
+    },
     // Last: serde numbers variants after a skipped one differently when encoding and decoding.
     /// Appends a batch of message frames as the client sent them; `apply` validates them
     /// against the index before writing.
@@ -231,7 +238,7 @@ pub enum Operation<'a> {
 impl<'a> Operation<'a> {
     /// Whether it must be taken on a nearly full disk: it removes (the way to make room), or
     /// the broker issues it to remove, evict, clean up or seal (a sealed segment can go to the
-    /// object store), or to put its deduplication settings in force (a few bytes of metadata,
+    /// object store), or to put its deduplication or state settings in force (a few bytes of metadata,
     /// which the metadata reserve covers). The others add to the state and may need room to
     /// save it.
     pub fn makes_room_or_cleans_up(&self) -> bool {
@@ -257,6 +264,7 @@ impl<'a> Operation<'a> {
                 | RecordTiered { .. }
                 | SealSegment { .. }
                 | SetDeduplication { .. }
+                | SetStateSettings { .. }
         )
     }
 

@@ -171,6 +171,7 @@ impl Current {
                 metadata: serde_json::to_vec(&catalog.snapshot()).unwrap_or_default(),
                 partitions: Vec::new(),
                 offsets: Vec::new(),
+                active_starts: Some(Vec::new()),
             },
             partitions: Vec::new(),
             offsets: Vec::new(),
@@ -191,6 +192,7 @@ impl Current {
                 .manifest
                 .partitions
                 .push((ids.0, ids.1, ids.2, next_offset, last));
+            current.starts().push(partition.log().active_start());
             current.offsets.push(read_offsets(partition));
             current.partitions.push(Arc::downgrade(partition));
             current
@@ -231,6 +233,8 @@ impl Current {
             partition.note_checkpoint(next_offset);
             let entry = &mut self.manifest.partitions[index];
             (entry.3, entry.4) = (next_offset, last);
+            // An append may have rolled a segment.
+            self.starts()[index] = partition.log().active_start();
             self.offsets[index] = read_offsets(&partition);
         }
         for &index in &self.settling {
@@ -249,6 +253,11 @@ impl Current {
             self.mark(index);
         }
         true
+    }
+
+    /// The manifest's active segment starts (always recorded by this build).
+    fn starts(&mut self) -> &mut Vec<u64> {
+        self.manifest.active_starts.get_or_insert_with(Vec::new)
     }
 
     fn rebuild_offsets(&mut self) {

@@ -266,8 +266,11 @@ impl StateMachine for BrokerMachine {
         let cuts = self.check(&manifest)?;
         let partitions = cuts.len();
         let failed = |e: StorageError| RestoreError(e.to_string());
-        for (partition, next_offset, consumers, groups) in cuts {
-            partition.log().truncate_to(next_offset).map_err(failed)?;
+        for (partition, next_offset, active_start, consumers, groups) in cuts {
+            partition
+                .log()
+                .cut_to_checkpoint(next_offset, active_start)
+                .map_err(failed)?;
             partition
                 .offsets(ConsumerKind::Consumer)
                 .replace_all(&consumers)
@@ -283,9 +286,15 @@ impl StateMachine for BrokerMachine {
     }
 }
 
-/// A partition to cut back: its next offset and stored offsets (consumers, groups) at the
-/// checkpoint.
-type Cut = (Arc<Partition>, u64, Vec<(String, u64)>, Vec<(String, u64)>);
+/// A partition to cut back: its next offset, where its active segment started (if recorded)
+/// and its stored offsets (consumers, groups) at the checkpoint.
+type Cut = (
+    Arc<Partition>,
+    u64,
+    Option<u64>,
+    Vec<(String, u64)>,
+    Vec<(String, u64)>,
+);
 
 impl BrokerMachine {
     /// Whether the broker's data can be brought to the checkpoint `manifest` describes: its
@@ -315,7 +324,9 @@ impl BrokerMachine {
                 .push((key.clone(), *offset));
         }
         let mut cuts = Vec::with_capacity(manifest.partitions.len());
-        for &(stream, topic, partition, next_offset, last) in &manifest.partitions {
+        for (index, &(stream, topic, partition, next_offset, last)) in
+            manifest.partitions.iter().enumerate()
+        {
             let Some(found) = catalog.partition_by_ids(stream, topic, partition) else {
                 return Err(RestoreError(format!(
                     "partition {stream}/{topic}/{partition} of the checkpoint is missing"
@@ -337,7 +348,11 @@ impl BrokerMachine {
             let [consumers, groups] = stored
                 .remove(&(stream, topic, partition))
                 .unwrap_or_default();
-            cuts.push((found, next_offset, consumers, groups));
+            let active_start = manifest
+                .active_starts
+                .as_ref()
+                .and_then(|starts| starts.get(index).copied());
+            cuts.push((found, next_offset, active_start, consumers, groups));
         }
         Ok(cuts)
     }
@@ -355,6 +370,20 @@ pub struct Manifest {
     pub partitions: Vec<(u32, u32, u32, u64, u64)>,
     /// (stream, topic, partition, 0 consumer | 1 group, key, offset) of every stored offset.
     pub offsets: Vec<(u32, u32, u32, u8, String, u64)>,
+    /// Where each partition's active segment starts, in the order of `partitions`: a cut back
+    /// to the checkpoint must leave segments where they were (`PartitionLog::cut_to_checkpoint`).
+    /// Last, so a build that predates it decodes the rest and ignores it; `None` in a
+    /// manifest such a build wrote.
+    pub active_starts: Option<Vec<u64>>,
+}
+
+/// A manifest as builds before `active_starts` wrote it.
+#[derive(serde::Deserialize)]
+struct ManifestWithoutActiveStarts {
+    digest: u128,
+    metadata: Vec<u8>,
+    partitions: Vec<(u32, u32, u32, u64, u64)>,
+    offsets: Vec<(u32, u32, u32, u8, String, u64)>,
 }
 
 /// Appends `value` as postcard's varint: seven bits a byte, low bits first, the high bit set
@@ -373,9 +402,11 @@ impl Manifest {
     pub fn read(catalog: &Catalog, digest: u128) -> Self {
         let mut partitions = Vec::new();
         let mut offsets = Vec::new();
+        let mut active_starts = Vec::new();
         for ((stream, topic, id), partition) in catalog.partitions() {
             let (next_offset, last, _) = capture::read_log(partition);
             partitions.push((stream, topic, id, next_offset, last));
+            active_starts.push(partition.log().active_start());
             for (tag, entries) in [CONSUMER, GROUP]
                 .into_iter()
                 .zip(capture::read_offsets(partition))
@@ -390,6 +421,7 @@ impl Manifest {
             metadata: serde_json::to_vec(&catalog.snapshot()).unwrap_or_default(),
             partitions,
             offsets,
+            active_starts: Some(active_starts),
         }
     }
 
@@ -424,6 +456,16 @@ impl Manifest {
             out.extend_from_slice(key.as_bytes());
             push_varint(&mut out, u128::from(*offset));
         }
+        match &self.active_starts {
+            None => out.push(0),
+            Some(starts) => {
+                out.push(1);
+                push_varint(&mut out, starts.len() as u128);
+                for &start in starts {
+                    push_varint(&mut out, u128::from(start));
+                }
+            }
+        }
         out
     }
 
@@ -435,12 +477,32 @@ impl Manifest {
             .iter()
             .map(|o| 3 * 5 + 1 + 5 + o.4.len() + 10)
             .sum();
-        19 + 5 + self.metadata.len() + 5 + self.partitions.len() * (3 * 5 + 2 * 10) + 5 + offsets
+        let starts = 1 + 5 + self.active_starts.as_ref().map_or(0, |s| s.len() * 10);
+        19 + 5
+            + self.metadata.len()
+            + 5
+            + self.partitions.len() * (3 * 5 + 2 * 10)
+            + 5
+            + offsets
+            + starts
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, RestoreError> {
-        postcard::from_bytes(bytes)
-            .map_err(|e| RestoreError(format!("checkpoint manifest does not decode: {e}")))
+        let failed =
+            |e: postcard::Error| RestoreError(format!("checkpoint manifest does not decode: {e}"));
+        let (older, rest) =
+            postcard::take_from_bytes::<ManifestWithoutActiveStarts>(bytes).map_err(failed)?;
+        let active_starts = match rest.is_empty() {
+            true => None,
+            false => postcard::from_bytes(rest).map_err(failed)?,
+        };
+        Ok(Self {
+            digest: older.digest,
+            metadata: older.metadata,
+            partitions: older.partitions,
+            offsets: older.offsets,
+            active_starts,
+        })
     }
 }
 
@@ -485,6 +547,7 @@ mod tests {
             metadata: vec![b'{'; 300],
             partitions: Vec::new(),
             offsets: Vec::new(),
+            active_starts: Some(Vec::new()),
         };
         for (i, &value) in widths.iter().enumerate() {
             let small = value.min(u32::MAX as u64) as u32;
@@ -494,6 +557,9 @@ mod tests {
             manifest
                 .offsets
                 .push((i as u32, small, 7, (i % 2) as u8, "k".repeat(i * 40), value));
+            if let Some(starts) = &mut manifest.active_starts {
+                starts.push(value / 3);
+            }
         }
         for digest in [0, 1, 300, u128::MAX] {
             manifest.digest = digest;
@@ -502,6 +568,22 @@ mod tests {
             assert!(encoded.len() <= manifest.encoded_len_bound());
             assert_eq!(Manifest::decode(&encoded).expect("decodes"), manifest);
         }
+        // What a build before `active_starts` wrote (the same bytes without them) decodes
+        // with none; what it reads of a newer manifest is the rest, unchanged.
+        let encoded = manifest.encode();
+        let starts = postcard::to_stdvec(&manifest.active_starts).expect("encodes");
+        let older = &encoded[..encoded.len() - starts.len()];
+        let decoded = Manifest::decode(older).expect("decodes");
+        assert_eq!(decoded.active_starts, None);
+        assert_eq!(decoded.partitions, manifest.partitions);
+        let read_by_older: ManifestWithoutActiveStarts =
+            postcard::from_bytes(&encoded).expect("an older build decodes it");
+        assert_eq!(read_by_older.offsets, manifest.offsets);
+        manifest.active_starts = None;
+        assert_eq!(
+            manifest.encode(),
+            postcard::to_stdvec(&manifest).expect("encodes")
+        );
     }
 
     /// Restoring a checkpoint gives each partition back exactly its own stored offsets, of

@@ -297,7 +297,7 @@ async fn send_loop(
         backoff = RECONNECT_MIN;
         let stream = Arc::new(stream);
         tracing::info!(peer = %address, "connected to replica");
-        peer.status.set_connected(peer.position, true);
+        peer.status.set_connected(peer.position, Some(revision));
         {
             let mut state = lane.state();
             state.stream = Some(stream.clone());
@@ -337,7 +337,7 @@ async fn send_loop(
             state.stream = None;
             state.revision = 0;
         }
-        peer.status.set_connected(peer.position, false);
+        peer.status.set_connected(peer.position, None);
         tracing::info!(peer = %address, "lost the connection to replica");
     }
 }

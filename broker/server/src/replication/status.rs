@@ -7,7 +7,7 @@ use crate::replication::space;
 use crate::replication::transport::SpaceReport;
 use iggy_contract::admin::{AdminStatus, Role};
 use iggy_contract::{Epoch, MemberId};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use vsr::{Replica, ReplicaId, Status};
@@ -52,8 +52,9 @@ pub struct ClusterStatus {
     /// Per position: when a message from that replica last arrived (ms since `started`, plus
     /// one; 0 = never).
     heard: Vec<AtomicU64>,
-    /// Per position: whether this replica's connection to it is up.
-    connected: Vec<AtomicBool>,
+    /// Per position: 0 while this replica's connection to it is down, else the wire revision
+    /// the peer named (`transport::WIRE_REVISION`) plus one.
+    connected: Vec<AtomicU32>,
     /// Per position, on the primary: ops committed that the replica has not acknowledged.
     lag: Vec<AtomicU64>,
     /// Prepare round trips (primary: sent → acknowledged), as a histogram.
@@ -120,7 +121,7 @@ impl ClusterStatus {
             position,
             cluster_name,
             heard: (0..positions).map(|_| AtomicU64::new(0)).collect(),
-            connected: (0..positions).map(|_| AtomicBool::new(false)).collect(),
+            connected: (0..positions).map(|_| AtomicU32::new(0)).collect(),
             lag: (0..positions).map(|_| AtomicU64::new(0)).collect(),
             round_trips: RoundTrips::default(),
             layout: RwLock::new(Arc::new(Layout {
@@ -251,11 +252,41 @@ impl ClusterStatus {
         }
     }
 
-    /// The transport's connection to the replica at `position` came up or went down.
-    pub fn set_connected(&self, position: ReplicaId, up: bool) {
+    /// The transport's connection to the replica at `position` came up (the wire revision the
+    /// peer reads) or went down (`None`).
+    pub fn set_connected(&self, position: ReplicaId, revision: Option<u16>) {
         if let Some(connected) = self.connected.get(usize::from(position)) {
-            connected.store(up, Ordering::Relaxed);
+            connected.store(revision.map_or(0, |r| u32::from(r) + 1), Ordering::Relaxed);
         }
+    }
+
+    /// The wire revision the replica at `position` reads, while connected to it.
+    fn revision_of(&self, position: ReplicaId) -> Option<u16> {
+        let connected = self.connected.get(usize::from(position))?;
+        let stored = connected.load(Ordering::Relaxed);
+        (stored > 0).then(|| (stored - 1) as u16)
+    }
+
+    /// Whether the ring may be sent what needs wire revision `revision`: every peer connected
+    /// now reads it, and so many do that, with this replica, they form a majority of the
+    /// ring's members. A member down meanwhile is not known to read it; a rolling upgrade
+    /// brings members back on the new build, and until a majority runs it nothing that needs
+    /// it could commit anyway.
+    pub fn ring_reads(&self, revision: u16) -> bool {
+        let voters = self.voters();
+        let mut reading = usize::from(usize::from(self.position) < voters);
+        for position in 0..self.layout().members.len() {
+            if position == usize::from(self.position) {
+                continue;
+            }
+            match self.revision_of(position as ReplicaId) {
+                Some(r) if r < revision => return false,
+                // Standbys must read it too, but do not make a majority.
+                Some(_) => reading += usize::from(position < voters),
+                None => {}
+            }
+        }
+        reading > voters / 2
     }
 
     /// Whether the replica at `position` (another one) is reachable: connected to, or heard
@@ -265,7 +296,7 @@ impl ClusterStatus {
         let connected = self
             .connected
             .get(usize::from(position))
-            .is_some_and(|c| c.load(Ordering::Relaxed));
+            .is_some_and(|c| c.load(Ordering::Relaxed) > 0);
         connected || self.heard_lately(position)
     }
 
@@ -473,6 +504,32 @@ mod tests {
             applied: 7,
             room,
         }
+    }
+
+    #[test]
+    fn the_ring_reads_a_revision_when_every_peer_connected_does_and_they_are_a_majority() {
+        let members = vec![member(10), member(11), member(12)];
+        let status = ClusterStatus::new(10, 0, 0, "test".into(), members);
+        assert!(!status.ring_reads(2), "alone: no majority");
+        status.set_connected(1, Some(2));
+        assert!(status.ring_reads(2), "itself and one peer of three");
+        assert!(!status.ring_reads(3));
+        status.set_connected(2, Some(1));
+        assert!(
+            !status.ring_reads(2),
+            "a peer connected on an older build holds it back"
+        );
+        assert!(status.reachable(2));
+        status.set_connected(2, None);
+        assert!(status.ring_reads(2), "a peer down is not asked");
+        status.set_connected(1, None);
+        assert!(!status.ring_reads(2));
+        assert!(!status.reachable(1));
+        status.set_connected(1, Some(0));
+        assert!(
+            status.ring_reads(0) && !status.ring_reads(1),
+            "revision 0 is a connected peer that names none"
+        );
     }
 
     #[test]

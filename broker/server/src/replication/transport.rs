@@ -106,9 +106,15 @@ pub const SPACE: u8 = 7;
 /// the same version accepts a newer one's connections: a bump of the version would be refused.
 ///
 /// 1: [`SPACE`] frames.
-pub const WIRE_REVISION: u16 = 1;
+/// 2: the broker applies the operations that put configured settings in force
+/// (`SetDeduplication`, `SetStateSettings`): not a frame, but what a prepare may carry. A
+/// build that cannot decode one stops applying the log, so a primary issues them only while
+/// the ring reads this revision (`ClusterStatus::ring_reads`).
+pub const WIRE_REVISION: u16 = 2;
 /// The first revision that takes [`SPACE`] frames.
 pub const SPACE_SINCE_REVISION: u16 = 1;
+/// The first revision whose broker applies `SetDeduplication` and `SetStateSettings`.
+pub const SETTINGS_SINCE_REVISION: u16 = 2;
 /// The revision of an accepting side whose challenge names none.
 const UNNAMED_REVISION: u16 = 0;
 // A replica that names no revision must never be sent a frame kind it does not know.

@@ -4,6 +4,7 @@
 use crate::error::{BrokerError, Result};
 use crate::state::groups::ConsumerGroup;
 use crate::state::partition::Partition;
+use crate::state::settings::StateSettings;
 use crate::storage::dedup::Deduplication;
 use crate::storage::metadata::{
     GroupRecord, PartitionRecord, Snapshot, StreamRecord, TopicRecord, UserRecord, FORMAT_VERSION,
@@ -22,6 +23,9 @@ pub struct Catalog {
     pub users: Vec<UserRecord>,
     /// Message deduplication in force for every partition, `None` while off.
     pub deduplication: Option<Deduplication>,
+    /// The configured settings applying operations depends on, as last committed
+    /// (`state::settings`); `None` until the first commit.
+    pub settings: Option<StateSettings>,
 }
 
 pub struct Stream {
@@ -261,6 +265,7 @@ impl Catalog {
                 .collect(),
             users: self.users.clone(),
             deduplication: self.deduplication,
+            settings: self.settings,
         }
     }
 }

@@ -5,4 +5,5 @@
 pub mod catalog;
 pub mod groups;
 pub mod partition;
+pub mod settings;
 pub mod stats;

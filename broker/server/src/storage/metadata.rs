@@ -19,6 +19,10 @@ pub struct Snapshot {
     /// snapshots of brokers that never turned it on read as they did before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deduplication: Option<super::dedup::Deduplication>,
+    /// The settings applying operations depends on (`state::settings`); absent in snapshots
+    /// written before they were replicated state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<crate::state::settings::StateSettings>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -294,6 +298,12 @@ mod tests {
                     expiry: 20,
                 },
                 since: 30,
+            }),
+            settings: Some(crate::state::settings::StateSettings {
+                segment_size: 4096,
+                message_expiry: u64::MAX,
+                max_topic_size: 1 << 30,
+                max_tokens_per_user: 3,
             }),
         };
         store.save(&snapshot).unwrap();

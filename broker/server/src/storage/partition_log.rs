@@ -264,6 +264,11 @@ impl PartitionLog {
         ))
     }
 
+    /// The size the active segment rolls at from the next append on (`state::settings`).
+    pub fn set_segment_size(&mut self, segment_size: u64) {
+        self.segment_size = segment_size;
+    }
+
     /// Opens an existing partition, recovering its tail (see [`recovery`]).
     pub fn open(
         dir: &Path,
@@ -1060,6 +1065,55 @@ impl PartitionLog {
         }
         self.recount();
         Ok(())
+    }
+
+    /// [`Self::truncate_to`] a replication checkpoint, leaving the segments as the checkpoint
+    /// had them: its active segment started at `active_start` (`None`: not recorded, by an
+    /// older build). A cut back to the end of a segment leaves the segment an append rolled
+    /// to after the checkpoint, empty; the checkpoint's own active segment was the one before.
+    /// Left in place, the empty one would seal that segment early: a retention pass replayed
+    /// before the append that re-rolls could delete it here and nowhere else, and a segment
+    /// size changed meanwhile (`state::settings`) would move every later boundary. An empty
+    /// active segment the checkpoint itself had (a `SealSegment`) starts at `active_start`
+    /// and stays.
+    pub fn cut_to_checkpoint(
+        &mut self,
+        next_offset: u64,
+        active_start: Option<u64>,
+    ) -> Result<(), StorageError> {
+        self.truncate_to(next_offset)?;
+        let Some(active_start) = active_start else {
+            return Ok(());
+        };
+        // Not when the store holds the segment before (recorded after the checkpoint; the
+        // cut keeps such records): an active segment must not be one the store holds.
+        let rolled_after = self.segments.len() > 1
+            && self.active().size == 0
+            && self.active().start_offset > active_start
+            && self.segments[self.segments.len() - 2].start_offset == active_start
+            && !self
+                .tiered
+                .segments
+                .iter()
+                .any(|s| s.start_offset == active_start);
+        if rolled_after {
+            // A storage checkpoint taken in the segment that goes no longer says anything.
+            if self
+                .checkpointed
+                .is_some_and(|cp| cp.segment_start > active_start)
+            {
+                self.forget_checkpoint()?;
+            }
+            let rolled: Vec<Segment> = self.segments.pop().into_iter().collect();
+            remove_segment_files(&self.dir, &rolled)?;
+            self.recount();
+        }
+        Ok(())
+    }
+
+    /// The first offset of the active segment.
+    pub fn active_start(&self) -> u64 {
+        self.active().start_offset
     }
 
     /// The stored checksum of the last message (the first 8 bytes of its frame), 0 when empty:
@@ -1873,6 +1927,45 @@ pub(crate) mod tests {
         log.truncate_to(0).unwrap();
         assert!(log.is_empty());
         assert_eq!(log.last_checksum().unwrap(), 0);
+    }
+
+    /// A cut back to a checkpoint taken just before an append rolled a segment leaves the
+    /// segment that was active then active again; one whose active segment was sealed empty
+    /// keeps it; one an older build recorded cuts as before.
+    #[test]
+    fn a_cut_to_a_checkpoint_leaves_the_segments_the_checkpoint_had() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 4096, true).unwrap();
+        while log.segments_count() < 2 {
+            log.append(&mut batch(5, 100), 1000, || 9).unwrap();
+        }
+        let rolled_at = log.active_start();
+        let (next, active) = (log.next_offset(), log.active_start());
+        assert!(next > rolled_at && active == rolled_at);
+        // Checkpoint: everything before the last append, in the first segment.
+        let checkpoint = (rolled_at, 0);
+        log.append(&mut batch(5, 100), 1001, || 9).unwrap();
+        log.cut_to_checkpoint(checkpoint.0, Some(checkpoint.1))
+            .unwrap();
+        assert_eq!(log.segments_count(), 1, "the rolled segment went");
+        assert_eq!((log.next_offset(), log.active_start()), (rolled_at, 0));
+        // The append replayed rolls where it first did.
+        log.append(&mut batch(5, 100), 1001, || 9).unwrap();
+        assert_eq!(log.active_start(), rolled_at);
+        drop(log);
+        let (mut log, _) = PartitionLog::open(dir.path(), 4096, true).unwrap();
+        assert_eq!(log.active_start(), rolled_at, "and so it reopens");
+
+        // A checkpoint of a sealed, empty active segment keeps it.
+        let sealed_at = log.next_offset();
+        assert!(log.seal_active(sealed_at).unwrap());
+        log.append(&mut batch(5, 100), 1002, || 9).unwrap();
+        log.cut_to_checkpoint(sealed_at, Some(sealed_at)).unwrap();
+        assert_eq!((log.segments_count(), log.active_start()), (3, sealed_at));
+
+        // Without a recorded start (an older build's checkpoint): as `truncate_to`.
+        log.cut_to_checkpoint(sealed_at, None).unwrap();
+        assert_eq!(log.active_start(), sealed_at);
     }
 
     /// A log of 30 messages in batches of five, with 4 KiB segments (several of them).
