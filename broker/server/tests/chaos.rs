@@ -8,8 +8,10 @@
 //! Then every fault heals and service must resume. The one history checker runs on what each
 //! member returns (every acknowledged message present once, one order everywhere, no gaps);
 //! everything any poller was served must be in that final log at the offset it was served at
-//! (reads see committed state only); and every member must hold, for each consumer, the same
-//! offset, between its last acknowledged and its last attempted commit.
+//! (reads see committed state only); every member must hold, for each consumer, the same
+//! offset, between its last acknowledged and its last attempted commit; and every member's
+//! segment files must be byte-identical — although each member is configured with a segment
+//! size of its own, so the size in force (the primary's) changes at every failover.
 //!
 //! `CHAOS_SEED` picks the fault schedule (printed at the start; the default is drawn from the
 //! clock, so every run tries a new one). Processes do not run deterministically, so a seed
@@ -124,6 +126,29 @@ async fn connect(tcp: SocketAddr) -> Option<IggyClient> {
 /// large enough to be mapped from the WAL once applied. The history keeps payloads without it
 /// (memory) and reads strip it (`common::unpadded`).
 const LARGE_PAD: usize = 17 << 10;
+/// Segment sizes members are configured with (each its own, drawn per seed).
+const SEGMENT_SIZES: [&str; 3] = ["65536", "262144", "1048576"];
+
+/// Stream 0, topic 0, partition 0's segment files on `broker`: name, length and a hash of the
+/// bytes.
+fn segment_files(broker: &TestBroker) -> Vec<(String, u64, u64)> {
+    let mut files: Vec<(String, u64, u64)> = std::fs::read_dir(broker.partition_dir(0, 0, 0))
+        .expect("partition dir")
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|path| {
+            let bytes = std::fs::read(&path).expect("segment");
+            let name = path
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            (name, bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes))
+        })
+        .collect();
+    files.sort();
+    files
+}
 
 /// The client in `slot`, connecting one first if there is none; `None`, after a short pause,
 /// while the member does not answer.
@@ -358,10 +383,31 @@ fn nemesis(
         for &(fault, member) in struck.iter().rev() {
             heal(cluster, links, fault, member);
         }
+        supervise(cluster);
         faults += struck.len();
     }
     faults
 }
+
+/// Starts again every broker that stopped itself on purpose, as its supervisor (Kubernetes)
+/// would: a replica exits with code 70 when it cannot go on safely — a state sync whose every
+/// source failed after it had changed local data — and resumes from its durable state. Any
+/// other exit (a panic) is a failure.
+fn supervise(cluster: &mut TestCluster) {
+    for (member, broker) in cluster.brokers.iter_mut().enumerate() {
+        match broker.exited() {
+            None => {}
+            Some(STOPPED_ON_PURPOSE) => {
+                eprintln!("chaos: member {member} stopped itself (exit 70); starting it again");
+                broker.spawn_and_wait_alive();
+            }
+            Some(code) => panic!("member {member} exited with code {code}"),
+        }
+    }
+}
+
+/// The exit code of a replica that stopped because going on could diverge (`driver.rs`).
+const STOPPED_ON_PURPOSE: i32 = 70;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_seeded_nemesis_loses_no_acknowledged_message() {
@@ -391,23 +437,34 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
          resend={resend}"
     );
 
+    // Each member configured with a segment size of its own, as during a rolling config edit:
+    // the primary's is in force, so it changes at every failover (`state::settings`).
+    let mut sizes = Schedule(seed ^ 0x5E6_0001);
+    let segment_sizes: Vec<&str> = (0..MEMBERS)
+        .map(|_| SEGMENT_SIZES[sizes.below(SEGMENT_SIZES.len() as u64) as usize])
+        .collect();
+    eprintln!("chaos: segment sizes by member {segment_sizes:?}");
+
     let links = common::links::Links::start(MEMBERS).await;
     let replication: Vec<SocketAddr> = (0..MEMBERS).map(|_| common::free_port()).collect();
     links.connect_to(&replication);
-    let mut cluster = TestCluster::start_reaching(
+    let mut cluster = TestCluster::start_each(
         replication,
         |from, to| links.address(from, to),
-        &[
-            ("IGGY_STORAGE_FSYNC", fsync),
-            ("IGGY_REPLICATION_ROUTE", route),
-            // A resent batch must still find its first attempt: the window spans the run.
-            (
-                "IGGY_MESSAGE_DEDUPLICATION_ENABLED",
-                if resend { "true" } else { "false" },
-            ),
-            ("IGGY_MESSAGE_DEDUPLICATION_MAX_ENTRIES", "1000000"),
-            ("IGGY_MESSAGE_DEDUPLICATION_EXPIRY", "none"),
-        ],
+        |member| {
+            vec![
+                ("IGGY_STORAGE_FSYNC", fsync),
+                ("IGGY_REPLICATION_ROUTE", route),
+                ("IGGY_STORAGE_SEGMENT_SIZE", segment_sizes[member]),
+                // A resent batch must still find its first attempt: the window spans the run.
+                (
+                    "IGGY_MESSAGE_DEDUPLICATION_ENABLED",
+                    if resend { "true" } else { "false" },
+                ),
+                ("IGGY_MESSAGE_DEDUPLICATION_MAX_ENTRIES", "1000000"),
+                ("IGGY_MESSAGE_DEDUPLICATION_EXPIRY", "none"),
+            ]
+        },
     );
     let all: Vec<usize> = (0..MEMBERS).collect();
     let primary = cluster.primary(&all, Duration::from_secs(10));
@@ -460,6 +517,7 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
     });
 
     // Everything healed: service must resume within a bound, through every member.
+    tokio::task::block_in_place(|| supervise(&mut cluster));
     let healed_at = history.acknowledged();
     let resume_by = Instant::now() + Duration::from_secs(30);
     while history.acknowledged() < healed_at + MEMBERS * BATCH * 3 {
@@ -499,6 +557,22 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
         reads[0].1.len()
     );
     history.check(&reads);
+    // Segments are byte-identical on every member (peer repair fetches whole ranges of them,
+    // retention and tiering act on them whole), whichever segment size was in force when.
+    let segments: Vec<Vec<(String, u64, u64)>> = all
+        .iter()
+        .map(|&member| segment_files(&cluster.brokers[member]))
+        .collect();
+    for (member, files) in segments.iter().enumerate() {
+        assert_eq!(
+            files, &segments[0],
+            "member {member}'s segment files differ from member 0's (seed {seed})"
+        );
+    }
+    eprintln!(
+        "chaos: {} segment files, byte-identical on every member",
+        segments[0].len()
+    );
     if resend {
         let dropped: Vec<f64> = all
             .iter()

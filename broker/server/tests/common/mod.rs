@@ -260,14 +260,20 @@ impl TestBroker {
     pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            let child = self.child.as_mut()?;
-            if let Some(status) = child.try_wait().ok().flatten() {
-                self.child = None;
-                return Some(status.code().unwrap_or(-1));
+            if let Some(code) = self.exited() {
+                return Some(code);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The exit code (-1 for a signal) if the process this broker started has exited by
+    /// itself, not waiting; `None` while it runs or when none was started.
+    pub fn exited(&mut self) -> Option<i32> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status.code().unwrap_or(-1))
     }
 
     /// SIGTERM and wait for a clean exit.
