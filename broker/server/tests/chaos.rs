@@ -10,8 +10,10 @@
 //! everything any poller was served must be in that final log at the offset it was served at
 //! (reads see committed state only); every member must hold, for each consumer, the same
 //! offset, between its last acknowledged and its last attempted commit; and every member's
-//! segment files must be byte-identical — although each member is configured with a segment
-//! size of its own, so the size in force (the primary's) changes at every failover.
+//! segment files must be byte-identical — although each member restarts with a segment size of
+//! its own, so the size in force (the primary's) changes whenever a restarted member leads. Half the
+//! seeds tier to a real S3-compatible server (s3s-fs): old messages are then read back from the
+//! store, and the tier manifests must be equal on every member.
 //!
 //! `CHAOS_SEED` picks the fault schedule (printed at the start; the default is drawn from the
 //! clock, so every run tries a new one). Processes do not run deterministically, so a seed
@@ -29,6 +31,8 @@ use common::{
 };
 use iggy::prelude::*;
 use iggy_contract::admin::Role;
+use iggy_tiering::testing::{S3Server, ACCESS_KEY, SECRET_KEY};
+use iggy_tiering::Manifest;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -128,6 +132,33 @@ async fn connect(tcp: SocketAddr) -> Option<IggyClient> {
 const LARGE_PAD: usize = 17 << 10;
 /// Segment sizes members are configured with (each its own, drawn per seed).
 const SEGMENT_SIZES: [&str; 3] = ["65536", "262144", "1048576"];
+
+const BUCKET: &str = "chaos";
+
+/// Tiering to `server`: uploads as soon as a segment is sealed, local copies evicted 200 ms
+/// after their upload (once the member's checkpoints let it).
+fn tier_env(server: &S3Server) -> Vec<(String, String)> {
+    server.create_bucket(BUCKET);
+    [
+        ("IGGY_TIERING_INTERVAL", "100ms"),
+        ("IGGY_TIERING_LOCAL_RETENTION", "200ms"),
+        ("IGGY_TIERING_S3_BUCKET", BUCKET),
+        ("IGGY_TIERING_S3_ENDPOINT", server.endpoint.as_str()),
+        ("IGGY_TIERING_S3_FORCE_PATH_STYLE", "true"),
+        ("IGGY_TIERING_S3_PREFIX", "iggy/chaos"),
+        ("IGGY_TIERING_S3_ACCESS_KEY_ID", ACCESS_KEY),
+        ("IGGY_TIERING_S3_SECRET_ACCESS_KEY", SECRET_KEY),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Stream 0, topic 0, partition 0's tier manifest on `broker`, if it has one.
+fn tier_manifest(broker: &TestBroker) -> Option<Manifest> {
+    let bytes = std::fs::read(broker.partition_dir(0, 0, 0).join("tiered.json")).ok()?;
+    Some(Manifest::decode(&bytes).expect("a valid tier manifest"))
+}
 
 /// Stream 0, topic 0, partition 0's segment files on `broker`: name, length and a hash of the
 /// bytes.
@@ -437,13 +468,29 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
          resend={resend}"
     );
 
-    // Each member configured with a segment size of its own, as during a rolling config edit:
-    // the primary's is in force, so it changes at every failover (`state::settings`).
+    // The cluster forms with one segment size; once it is in force each member is given one of
+    // its own for its restarts, as during a rolling config edit: the primary's is in force, so
+    // it changes whenever a restarted member leads (`state::settings`).
     let mut sizes = Schedule(seed ^ 0x5E6_0001);
-    let segment_sizes: Vec<&str> = (0..MEMBERS)
-        .map(|_| SEGMENT_SIZES[sizes.below(SEGMENT_SIZES.len() as u64) as usize])
-        .collect();
-    eprintln!("chaos: segment sizes by member {segment_sizes:?}");
+    let mut size = || SEGMENT_SIZES[sizes.below(SEGMENT_SIZES.len() as u64) as usize];
+    let formed_with = size();
+    let segment_sizes: Vec<&str> = (0..MEMBERS).map(|_| size()).collect();
+    eprintln!("chaos: segment size {formed_with}, then by member {segment_sizes:?}");
+    // Half the seeds tier to a real S3-compatible server: the primary uploads sealed segments
+    // and records them through the log, every member evicts its copies at its own pace, and the
+    // final reads take the old messages back from the store.
+    let server = match Schedule(seed ^ 0x71E2_0001).below(2) == 0 {
+        true => {
+            let server = S3Server::start();
+            if server.is_none() {
+                eprintln!("chaos: no s3s-fs to tier to (cargo install s3s-fs); this run keeps everything local");
+            }
+            server
+        }
+        false => None,
+    };
+    let tier_env = server.as_ref().map(tier_env).unwrap_or_default();
+    eprintln!("chaos: tiered={}", server.is_some());
 
     let links = common::links::Links::start(MEMBERS).await;
     let replication: Vec<SocketAddr> = (0..MEMBERS).map(|_| common::free_port()).collect();
@@ -451,11 +498,11 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
     let mut cluster = TestCluster::start_each(
         replication,
         |from, to| links.address(from, to),
-        |member| {
+        |_| {
             vec![
                 ("IGGY_STORAGE_FSYNC", fsync),
                 ("IGGY_REPLICATION_ROUTE", route),
-                ("IGGY_STORAGE_SEGMENT_SIZE", segment_sizes[member]),
+                ("IGGY_STORAGE_SEGMENT_SIZE", formed_with),
                 // A resent batch must still find its first attempt: the window spans the run.
                 (
                     "IGGY_MESSAGE_DEDUPLICATION_ENABLED",
@@ -464,14 +511,24 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
                 ("IGGY_MESSAGE_DEDUPLICATION_MAX_ENTRIES", "1000000"),
                 ("IGGY_MESSAGE_DEDUPLICATION_EXPIRY", "none"),
             ]
+            .into_iter()
+            .chain(tier_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect()
         },
     );
     let all: Vec<usize> = (0..MEMBERS).collect();
     let primary = cluster.primary(&all, Duration::from_secs(10));
-    if resend {
-        for &member in &all {
+    let formed_size: f64 = formed_with.parse().expect("a number");
+    for &member in &all {
+        common::wait_metric(
+            &cluster.brokers[member],
+            "iggy_segment_size_bytes",
+            formed_size,
+        );
+        if resend {
             common::wait_deduplication_in_force(&cluster.brokers[member], 1_000_000);
         }
+        cluster.brokers[member].set_env("IGGY_STORAGE_SEGMENT_SIZE", segment_sizes[member]);
     }
     let setup = cluster.brokers[primary].client().await;
     setup.create_stream("chaos").await.expect("create stream");
@@ -559,10 +616,37 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
     history.check(&reads);
     // Segments are byte-identical on every member (peer repair fetches whole ranges of them,
     // retention and tiering act on them whole), whichever segment size was in force when.
-    let segments: Vec<Vec<(String, u64, u64)>> = all
+    // Tiered, each member evicts its copies at its own pace: the files every member still holds
+    // must be identical, and the tier manifests (recorded through the log) equal.
+    let mut segments: Vec<Vec<(String, u64, u64)>> = all
         .iter()
         .map(|&member| segment_files(&cluster.brokers[member]))
         .collect();
+    if server.is_some() {
+        let held_by_all = |name: &String| segments.iter().all(|f| f.iter().any(|s| &s.0 == name));
+        let common: Vec<String> = segments[0]
+            .iter()
+            .map(|s| s.0.clone())
+            .filter(held_by_all)
+            .collect();
+        for files in &mut segments {
+            files.retain(|s| common.contains(&s.0));
+        }
+        let manifests: Vec<Option<Manifest>> = all
+            .iter()
+            .map(|&member| tier_manifest(&cluster.brokers[member]))
+            .collect();
+        for (member, manifest) in manifests.iter().enumerate() {
+            assert_eq!(
+                manifest, &manifests[0],
+                "member {member}'s tier manifest differs from member 0's (seed {seed})"
+            );
+        }
+        eprintln!(
+            "chaos: {} segments in the object store, the same manifest on every member",
+            manifests[0].as_ref().map_or(0, |m| m.segments.len())
+        );
+    }
     for (member, files) in segments.iter().enumerate() {
         assert_eq!(
             files, &segments[0],
@@ -570,7 +654,7 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
         );
     }
     eprintln!(
-        "chaos: {} segment files, byte-identical on every member",
+        "chaos: {} segment files every member holds, byte-identical",
         segments[0].len()
     );
     if resend {

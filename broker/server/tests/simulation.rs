@@ -204,11 +204,22 @@ impl Drop for SimBroker {
     }
 }
 
+/// Each replica is configured with a segment size of its own, as members are during a rolling
+/// config edit: what they apply must not depend on it (`state::settings`: the settings held
+/// from the start, then those the churn puts in force through the log).
+fn configured_segment_size(dir: &Path) -> &'static str {
+    let last = dir.to_string_lossy().bytes().last().unwrap_or(0);
+    ["4096", "8192", "12288"][usize::from(last) % 3]
+}
+
 fn open_broker(dir: &Path) -> Arc<Broker> {
     let env = [
         ("IGGY_SYSTEM_PATH", dir.display().to_string()),
         ("IGGY_ROOT_PASSWORD", "simulated".to_owned()),
-        ("IGGY_STORAGE_SEGMENT_SIZE", "4096".to_owned()),
+        (
+            "IGGY_STORAGE_SEGMENT_SIZE",
+            configured_segment_size(dir).to_owned(),
+        ),
         ("IGGY_STORAGE_FSYNC", "never".to_owned()),
     ];
     let config = Config::load(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))
@@ -228,14 +239,23 @@ fn open_broker(dir: &Path) -> Arc<Broker> {
         .0
 }
 
-/// What every replica has before op 1: the stream and topic the workload writes to, created
-/// alike everywhere (time 0, no entropy).
+/// What every replica has before op 1: the state settings a formed cluster's primary put in
+/// force (each replica's own configuration differs, `configured_segment_size`), and the stream
+/// and topic the workload writes to, created alike everywhere (time 0, no entropy).
 fn create_topic(broker: &Broker) {
     let context = OpContext {
         timestamp: 0,
         entropy: 0,
     };
     let ops = [
+        Operation::SetStateSettings {
+            settings: StateSettings {
+                segment_size: 4096,
+                message_expiry: u64::MAX,
+                max_topic_size: u64::MAX,
+                max_tokens_per_user: 100,
+            },
+        },
         Operation::CreateStream {
             name: STREAM.into(),
         },
@@ -774,7 +794,7 @@ fn churn_state_settings(op: u64) -> Option<Operation<'static>> {
     let round = op / CHURN_EVERY;
     (round % 4 == 1).then(|| Operation::SetStateSettings {
         settings: StateSettings {
-            segment_size: [4096, 1024, 16384][(round / 4 % 3) as usize],
+            segment_size: [4096, 6144, 16384][(round / 4 % 3) as usize],
             message_expiry: u64::MAX,
             max_topic_size: u64::MAX,
             max_tokens_per_user: 100,
@@ -848,6 +868,10 @@ impl StateMachine for SimBroker {
         hasher.update(&self.machine.digest().to_le_bytes());
         let catalog = self.broker.catalog();
         hasher.update(&serde_json::to_vec(&catalog.snapshot()).expect("metadata encodes"));
+        // The settings applying uses, held or not: every replica must use the same, whatever
+        // its own configuration (each replica's differs, `configured_segment_size`).
+        let in_force = self.broker.state_settings(&catalog);
+        hasher.update(&serde_json::to_vec(&in_force).expect("settings encode"));
         for stream in catalog.streams.values() {
             for topic in stream.topics.values() {
                 for partition in &topic.partitions {

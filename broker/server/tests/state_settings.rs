@@ -7,10 +7,10 @@
 mod common;
 
 use common::cluster::TestCluster;
-use common::{create_topic, free_port, http_get, id, message, metric, send_to, TestBroker};
+use common::{create_topic, free_port, id, message, send_to, TestBroker};
 use iggy::prelude::*;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Member `i`'s own configuration: each differs from the others in every setting.
 const SEGMENT_SIZES: [&str; 3] = ["16384", "32768", "65536"];
@@ -38,19 +38,7 @@ fn expiry_of(member: usize) -> IggyExpiry {
 
 /// Waits until `broker` reports `size` as the segment size in force.
 fn wait_segment_size(broker: &TestBroker, size: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, body) = http_get(broker.http, "/metrics").expect("metrics");
-        let in_force = metric(&body, "iggy_segment_size_bytes");
-        if in_force == Some(size as f64) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "segment size in force {in_force:?}, waiting for {size}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_metric(broker, "iggy_segment_size_bytes", size as f64);
 }
 
 /// The segment files of stream 0, topic 0, partition 0: names and sizes.

@@ -326,13 +326,29 @@ pub fn install_from_each<S: Source>(
             }
         }
         if state.fetched == before {
-            return Err(SyncFailed {
-                error: failed,
-                touched: state.touched,
-            });
+            // No source served anything this round. Untouched, the driver tries again later
+            // and the replica takes part in the protocol meanwhile. Touched, the data is part
+            // old, part new and the replica cannot take part anyway: wait for a peer to come
+            // back — one killed in the middle of serving restarts in seconds — until `stall`
+            // passes without a write, rather than stop the replica at once, whose restart
+            // costs its boot and, under Kubernetes, a growing back-off (`make chaos` saw a
+            // stop in most runs with small segments).
+            let waited = state.wrote_at.elapsed();
+            if !state.touched || waited >= state.stall {
+                return Err(SyncFailed {
+                    error: failed,
+                    touched: state.touched,
+                });
+            }
+            tracing::warn!(error = %failed, "state sync: no peer can serve now; waiting for one");
+            std::thread::sleep(NO_PEER_PAUSE.min(state.stall - waited));
         }
     }
 }
+
+/// How long a state sync that changed local data waits before asking its peers again when
+/// none could serve it.
+const NO_PEER_PAUSE: Duration = Duration::from_millis(250);
 
 /// Where a state sync stands, over all the sources it tries.
 struct Installing {
@@ -391,6 +407,15 @@ fn install_touching(
                 let held = ends_as_checkpointed(&partition.log(), until, last, Beyond::Allowed)
                     .map_err(|e| SyncError::Local(e.to_string()))?;
                 if held {
+                    let request = Fetch {
+                        stream,
+                        topic,
+                        partition: id,
+                        from,
+                        until,
+                        created_at: created.get(&(stream, topic, id)).copied(),
+                    };
+                    record_tiered_gaps(&partition, request, source)?;
                     break;
                 }
                 // It reaches the checkpoint's length with another last message: data of
@@ -514,6 +539,54 @@ fn install_touching(
         }
     }
     Ok(())
+}
+
+/// Records the object store's entries, as the peer's tier manifest names them, for the local
+/// sealed segments below `request.until` that this partition's manifest lacks. A partition kept
+/// with data of its own fetched none of those segments, so no chunk brought their entries; the
+/// ops that recorded them lie before the checkpoint and are not replayed; and the next
+/// `RecordTiered` the log replays would then not continue this manifest — the replica stopped
+/// on it (`make chaos` with tiering). Asks one message of each such segment (the peer's
+/// answer names the segment's entry), in order, until the peer names none.
+fn record_tiered_gaps(
+    partition: &Partition,
+    request: Fetch,
+    source: &mut impl Source,
+) -> Result<(), SyncError> {
+    loop {
+        let (start, next) = {
+            let log = partition.log();
+            let start = log.tiered().0.end().unwrap_or_else(|| log.local_start());
+            match log.segment_bounds(start) {
+                Some((first, next))
+                    if first == start && next <= log.sealed_end() && next <= request.until =>
+                {
+                    (start, next)
+                }
+                _ => return Ok(()),
+            }
+        };
+        let ask = Fetch {
+            from: start,
+            until: start + 1,
+            ..request.clone()
+        };
+        let entry = match source.fetch(&ask)? {
+            Fetched::Chunk { tiered, .. } => tiered,
+            Fetched::Head { remote, .. } => remote.into_iter().find(|s| s.start_offset == start),
+            Fetched::Refused(_) => None,
+        };
+        let Some(entry) = entry.filter(|s| s.start_offset == start && s.next_offset == next) else {
+            return Ok(());
+        };
+        let recorded = partition
+            .log()
+            .record_tiered(entry)
+            .map_err(|e| SyncError::Local(e.to_string()))?;
+        if !recorded {
+            return Ok(());
+        }
+    }
 }
 
 /// Whether a log may go on past the checkpoint's end (see [`ends_as_checkpointed`]).
@@ -689,6 +762,134 @@ mod tests {
         fn peer(&self) -> String {
             "a fading peer".into()
         }
+    }
+
+    /// A peer that serves `first` fetches, then fails the next `down` at once (connection
+    /// refused, as while it restarts), then serves again.
+    struct Restarting<'a> {
+        peer: InProcess<'a>,
+        first: &'a Cell<usize>,
+        down: &'a Cell<usize>,
+    }
+
+    impl Source for Restarting<'_> {
+        fn fetch(&mut self, request: &Fetch) -> Result<Fetched, SyncError> {
+            if self.first.get() > 0 {
+                self.first.set(self.first.get() - 1);
+            } else if self.down.get() > 0 {
+                self.down.set(self.down.get() - 1);
+                return Err(SyncError::Connect {
+                    peer: self.peer(),
+                    source: std::io::ErrorKind::ConnectionRefused.into(),
+                });
+            }
+            self.peer.fetch(request)
+        }
+
+        fn peer(&self) -> String {
+            "a restarting peer".into()
+        }
+    }
+
+    /// A sync that changed local data and then finds no peer able to serve it waits for one to
+    /// come back (within the stall) instead of failing at once, which stopped the replica.
+    /// Untouched, it fails at once: the driver tries again later.
+    #[test]
+    fn a_sync_that_changed_data_waits_for_a_peer_that_comes_back() {
+        let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let peer = source(theirs.path(), 5);
+        let manifest = Manifest::read(&peer.catalog(), 0);
+        let receiver = crate::broker::open_for_tests(ours.path());
+        let (first, down) = (Cell::new(1), Cell::new(4));
+        let started = Instant::now();
+        let fetched = install_from_each(&receiver, &manifest, 2, Duration::from_secs(10), |_| {
+            Ok(Restarting {
+                peer: InProcess(&peer),
+                first: &first,
+                down: &down,
+            })
+        })
+        .expect("the peer came back and the sync finished");
+        assert_eq!(fetched, 5000);
+        assert_eq!(down.get(), 0);
+        assert!(started.elapsed() >= NO_PEER_PAUSE, "it waited");
+
+        // More data on the peer, the same metadata: nothing changes before the first fetch.
+        let body = vec![7u8; 1000];
+        let messages: Vec<(u128, &[u8], &[u8])> =
+            (0..1000).map(|_| (0, &body[..], &[][..])).collect();
+        append(&peer, Partitioning::Balanced, &messages);
+        let manifest = Manifest::read(&peer.catalog(), 0);
+        let (first, down) = (Cell::new(0), Cell::new(2));
+        let failed = install_from_each(&receiver, &manifest, 2, Duration::from_secs(10), |_| {
+            Ok(Restarting {
+                peer: InProcess(&peer),
+                first: &first,
+                down: &down,
+            })
+        })
+        .expect_err("no peer served and nothing was changed");
+        assert!(!failed.touched);
+    }
+
+    fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            match entry.file_type().unwrap().is_dir() {
+                true => copy_dir(&entry.path(), &target),
+                false => drop(std::fs::copy(entry.path(), target).unwrap()),
+            }
+        }
+    }
+
+    /// A replica that already holds a checkpoint's data keeps it, fetching nothing; the
+    /// object store's entries its peer recorded meanwhile (by ops before the checkpoint, which
+    /// are not replayed) are recorded here too, so the next `RecordTiered` continues its
+    /// manifest. Before, the manifest kept its gap and the replica stopped at that op.
+    #[test]
+    fn a_kept_partition_records_the_tier_entries_its_peer_holds_below_the_checkpoint() {
+        let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let peer = source(theirs.path(), 0);
+        let partition = peer.catalog().streams[&0].topics[&0].partitions[0].clone();
+        let body = [7u8; 100];
+        let messages: Vec<(u128, &[u8], &[u8])> =
+            (0..10).map(|_| (0, &body[..], &[][..])).collect();
+        for _ in 0..4 {
+            append(&peer, Partitioning::PartitionId(0), &messages);
+            let next = partition.log().next_offset();
+            assert!(partition.log().seal_active(next).unwrap());
+        }
+        append(&peer, Partitioning::PartitionId(0), &messages);
+        copy_dir(theirs.path(), ours.path());
+        let receiver = crate::broker::open_for_tests(ours.path());
+
+        // The peer records three of its four sealed segments as in the store.
+        let entry = |start: u64| iggy_tiering::TieredSegment {
+            start_offset: start,
+            next_offset: start + 10,
+            log_size: 1,
+            index_size: 1,
+            first_timestamp: 1,
+            last_timestamp: 2,
+            log_checksum: start,
+            index_checksum: start,
+            uploaded_at: 3,
+        };
+        for start in [0, 10, 20] {
+            assert!(partition.log().record_tiered(entry(start)).unwrap());
+        }
+        let manifest = Manifest::read(&peer.catalog(), 0);
+        let fetched = install_from_each(&receiver, &manifest, 1, Duration::from_secs(5), |_| {
+            Ok(InProcess(&peer))
+        })
+        .expect("synced");
+        assert_eq!(fetched, 0, "the data was held already");
+        let catalog = receiver.catalog();
+        let log = catalog.streams[&0].topics[&0].partitions[0].log();
+        assert_eq!(log.tiered().0, partition.log().tiered().0);
+        assert_eq!(log.tiered().0.end(), Some(30));
     }
 
     /// Peers that stop answering after the sync has written part of the data hold it only

@@ -11,8 +11,14 @@
 //! So these settings are state: the catalog holds the ones in force, the operation
 //! `SetStateSettings` changes them, and a broker whose configuration differs from them commits
 //! its own (a single node at boot; on a replicated broker the primary, so the settings of the
-//! member leading are the ones every replica applies). A catalog written before this existed
-//! holds none; until the first commit each node uses its configuration, as it did then.
+//! member leading are the ones every replica applies). A catalog that holds none — a new
+//! cluster in the moment before its primary's first commit, or data written before settings
+//! were state — is applied with each node's own configuration, as before. That is right while
+//! the members' configurations agree, as every pod of a new cluster's template does; members
+//! configured differently from their very start would part in that moment (a first test did
+//! so; the built-in defaults instead would give every new cluster's first second settings
+//! nobody configured). Closing it needs client operations held back until the settings commit
+//! (docs/broker.md).
 
 use crate::config::Config;
 use serde::{Deserialize, Serialize};

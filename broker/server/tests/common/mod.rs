@@ -352,16 +352,26 @@ pub fn output_text(output: &std::process::Output) -> String {
 /// Waits until `broker` applied message deduplication settings with `max_entries` (0: off);
 /// a replicated broker's primary commits its settings within a second of leading.
 pub fn wait_deduplication_in_force(broker: &TestBroker, max_entries: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_metric(
+        broker,
+        "iggy_message_deduplication_max_entries",
+        f64::from(max_entries),
+    );
+}
+
+/// Waits up to 15 s until `broker` reports `value` for the metric `name` (settings in force
+/// are committed by the primary within a second of leading).
+pub fn wait_metric(broker: &TestBroker, name: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (_, body) = http_get(broker.http, "/metrics").expect("metrics");
-        let in_force = metric(&body, "iggy_message_deduplication_max_entries");
-        if in_force == Some(f64::from(max_entries)) {
+        let now = metric(&body, name);
+        if now == Some(value) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "deduplication settings not in force: {in_force:?}"
+            "{name} is {now:?}, waiting for {value}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
