@@ -729,13 +729,18 @@ mod tests {
     fn source(dir: &std::path::Path, batches: usize) -> std::sync::Arc<Broker> {
         let broker = crate::broker::open_for_tests(dir);
         stream_and_topic(&broker, 1);
+        for _ in 0..batches {
+            append_batch(&broker);
+        }
+        broker
+    }
+
+    /// 1000 messages of 1000 bytes.
+    fn append_batch(broker: &Broker) {
         let body = vec![7u8; 1000];
         let messages: Vec<(u128, &[u8], &[u8])> =
             (0..1000).map(|_| (0, &body[..], &[][..])).collect();
-        for _ in 0..batches {
-            append(&broker, Partitioning::Balanced, &messages);
-        }
-        broker
+        append(broker, Partitioning::Balanced, &messages);
     }
 
     /// A peer that serves while `answers` lasts, then takes `delay` to fail every fetch, as a
@@ -798,37 +803,34 @@ mod tests {
     fn a_sync_that_changed_data_waits_for_a_peer_that_comes_back() {
         let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let peer = source(theirs.path(), 5);
-        let manifest = Manifest::read(&peer.catalog(), 0);
         let receiver = crate::broker::open_for_tests(ours.path());
-        let (first, down) = (Cell::new(1), Cell::new(4));
+        // Two peers that answer `first` fetches, then refuse `down` between them, then serve.
+        let sync = |first: usize, down: usize| {
+            let (first, down) = (Cell::new(first), Cell::new(down));
+            let manifest = Manifest::read(&peer.catalog(), 0);
+            let outcome =
+                install_from_each(&receiver, &manifest, 2, Duration::from_secs(10), |_| {
+                    Ok(Restarting {
+                        peer: InProcess(&peer),
+                        first: &first,
+                        down: &down,
+                    })
+                });
+            (outcome, down.get())
+        };
         let started = Instant::now();
-        let fetched = install_from_each(&receiver, &manifest, 2, Duration::from_secs(10), |_| {
-            Ok(Restarting {
-                peer: InProcess(&peer),
-                first: &first,
-                down: &down,
-            })
-        })
-        .expect("the peer came back and the sync finished");
-        assert_eq!(fetched, 5000);
-        assert_eq!(down.get(), 0);
+        let (outcome, down) = sync(1, 4);
+        assert_eq!(
+            outcome.expect("the peer came back and the sync finished"),
+            5000
+        );
+        assert_eq!(down, 0);
         assert!(started.elapsed() >= NO_PEER_PAUSE, "it waited");
 
         // More data on the peer, the same metadata: nothing changes before the first fetch.
-        let body = vec![7u8; 1000];
-        let messages: Vec<(u128, &[u8], &[u8])> =
-            (0..1000).map(|_| (0, &body[..], &[][..])).collect();
-        append(&peer, Partitioning::Balanced, &messages);
-        let manifest = Manifest::read(&peer.catalog(), 0);
-        let (first, down) = (Cell::new(0), Cell::new(2));
-        let failed = install_from_each(&receiver, &manifest, 2, Duration::from_secs(10), |_| {
-            Ok(Restarting {
-                peer: InProcess(&peer),
-                first: &first,
-                down: &down,
-            })
-        })
-        .expect_err("no peer served and nothing was changed");
+        append_batch(&peer);
+        let (outcome, _) = sync(0, 2);
+        let failed = outcome.expect_err("no peer served and nothing was changed");
         assert!(!failed.touched);
     }
 
