@@ -415,7 +415,7 @@ fn install_touching(
                         until,
                         created_at: created.get(&(stream, topic, id)).copied(),
                     };
-                    record_tiered_gaps(&partition, request, source)?;
+                    record_tiered_gaps(broker, &partition, request, source)?;
                     break;
                 }
                 // It reaches the checkpoint's length with another last message: data of
@@ -547,12 +547,18 @@ fn install_touching(
 /// ops that recorded them lie before the checkpoint and are not replayed; and the next
 /// `RecordTiered` the log replays would then not continue this manifest — the replica stopped
 /// on it (`make chaos` with tiering). Asks one message of each such segment (the peer's
-/// answer names the segment's entry), in order, until the peer names none.
+/// answer names the segment's entry), in order, until the peer names none. Nothing is asked
+/// where no object store is in use: neither configured here nor named by the manifest (a sync
+/// of many partitions would otherwise pay a round trip for each).
 fn record_tiered_gaps(
+    broker: &Broker,
     partition: &Partition,
     request: Fetch,
     source: &mut impl Source,
 ) -> Result<(), SyncError> {
+    if broker.tiering.is_none() && partition.log().tiered().0.segments.is_empty() {
+        return Ok(());
+    }
     loop {
         let (start, next) = {
             let log = partition.log();
@@ -867,7 +873,8 @@ mod tests {
         copy_dir(theirs.path(), ours.path());
         let receiver = crate::broker::open_for_tests(ours.path());
 
-        // The peer records three of its four sealed segments as in the store.
+        // The peer records three of its four sealed segments as in the store; the receiver
+        // applied the first of those records only.
         let entry = |start: u64| iggy_tiering::TieredSegment {
             start_offset: start,
             next_offset: start + 10,
@@ -882,6 +889,8 @@ mod tests {
         for start in [0, 10, 20] {
             assert!(partition.log().record_tiered(entry(start)).unwrap());
         }
+        let kept = receiver.catalog().streams[&0].topics[&0].partitions[0].clone();
+        assert!(kept.log().record_tiered(entry(0)).unwrap());
         let manifest = Manifest::read(&peer.catalog(), 0);
         let fetched = install_from_each(&receiver, &manifest, 1, Duration::from_secs(5), |_| {
             Ok(InProcess(&peer))
