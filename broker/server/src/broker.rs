@@ -420,7 +420,7 @@ impl Broker {
             settings: snapshot.settings,
             ..Catalog::default()
         };
-        let segment_size = StateSettings::in_force(snapshot.settings, &self.config).segment_size;
+        let segment_size = self.state_settings(&fresh).segment_size;
         for s in &snapshot.streams {
             let mut topics = BTreeMap::new();
             for t in &s.topics {

@@ -31,7 +31,7 @@ use common::{
 };
 use iggy::prelude::*;
 use iggy_contract::admin::Role;
-use iggy_tiering::testing::{S3Server, ACCESS_KEY, SECRET_KEY};
+use iggy_tiering::testing::S3Server;
 use iggy_tiering::Manifest;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,46 +139,17 @@ const BUCKET: &str = "chaos";
 /// after their upload (once the member's checkpoints let it).
 fn tier_env(server: &S3Server) -> Vec<(String, String)> {
     server.create_bucket(BUCKET);
-    [
-        ("IGGY_TIERING_INTERVAL", "100ms"),
-        ("IGGY_TIERING_LOCAL_RETENTION", "200ms"),
-        ("IGGY_TIERING_S3_BUCKET", BUCKET),
-        ("IGGY_TIERING_S3_ENDPOINT", server.endpoint.as_str()),
-        ("IGGY_TIERING_S3_FORCE_PATH_STYLE", "true"),
-        ("IGGY_TIERING_S3_PREFIX", "iggy/chaos"),
-        ("IGGY_TIERING_S3_ACCESS_KEY_ID", ACCESS_KEY),
-        ("IGGY_TIERING_S3_SECRET_ACCESS_KEY", SECRET_KEY),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    common::store_env(server, BUCKET, "iggy/chaos")
 }
 
-/// Stream 0, topic 0, partition 0's tier manifest on `broker`, if it has one.
-fn tier_manifest(broker: &TestBroker) -> Option<Manifest> {
-    let bytes = std::fs::read(broker.partition_dir(0, 0, 0).join("tiered.json")).ok()?;
-    Some(Manifest::decode(&bytes).expect("a valid tier manifest"))
-}
-
-/// Stream 0, topic 0, partition 0's segment files on `broker`: name, length and a hash of the
-/// bytes.
-fn segment_files(broker: &TestBroker) -> Vec<(String, u64, u64)> {
-    let mut files: Vec<(String, u64, u64)> = std::fs::read_dir(broker.partition_dir(0, 0, 0))
-        .expect("partition dir")
-        .map(|entry| entry.expect("dir entry").path())
-        .filter(|path| path.extension().is_some_and(|e| e == "log"))
-        .map(|path| {
-            let bytes = std::fs::read(&path).expect("segment");
-            let name = path
-                .file_name()
-                .expect("a name")
-                .to_string_lossy()
-                .into_owned();
-            (name, bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes))
-        })
-        .collect();
-    files.sort();
-    files
+/// Every member's `what` (by member) is member 0's.
+fn assert_alike<T: PartialEq + std::fmt::Debug>(what: &str, by_member: &[T], seed: u64) {
+    for (member, value) in by_member.iter().enumerate() {
+        assert_eq!(
+            value, &by_member[0],
+            "member {member}: {what} unlike member 0's (seed {seed})"
+        );
+    }
 }
 
 /// The client in `slot`, connecting one first if there is none; `None`, after a short pause,
@@ -620,7 +591,7 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
     // must be identical, and the tier manifests (recorded through the log) equal.
     let mut segments: Vec<Vec<(String, u64, u64)>> = all
         .iter()
-        .map(|&member| segment_files(&cluster.brokers[member]))
+        .map(|&member| common::segment_files(&cluster.brokers[member]))
         .collect();
     if server.is_some() {
         let held_by_all = |name: &String| segments.iter().all(|f| f.iter().any(|s| &s.0 == name));
@@ -634,25 +605,15 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
         }
         let manifests: Vec<Option<Manifest>> = all
             .iter()
-            .map(|&member| tier_manifest(&cluster.brokers[member]))
+            .map(|&member| common::local_tier_manifest(&cluster.brokers[member]))
             .collect();
-        for (member, manifest) in manifests.iter().enumerate() {
-            assert_eq!(
-                manifest, &manifests[0],
-                "member {member}'s tier manifest differs from member 0's (seed {seed})"
-            );
-        }
+        assert_alike("tier manifest", &manifests, seed);
         eprintln!(
             "chaos: {} segments in the object store, the same manifest on every member",
             manifests[0].as_ref().map_or(0, |m| m.segments.len())
         );
     }
-    for (member, files) in segments.iter().enumerate() {
-        assert_eq!(
-            files, &segments[0],
-            "member {member}'s segment files differ from member 0's (seed {seed})"
-        );
-    }
+    assert_alike("segment files", &segments, seed);
     eprintln!(
         "chaos: {} segment files every member holds, byte-identical",
         segments[0].len()

@@ -248,14 +248,7 @@ fn create_topic(broker: &Broker) {
         entropy: 0,
     };
     let ops = [
-        Operation::SetStateSettings {
-            settings: StateSettings {
-                segment_size: 4096,
-                message_expiry: u64::MAX,
-                max_topic_size: u64::MAX,
-                max_tokens_per_user: 100,
-            },
-        },
+        set_segment_size(4096),
         Operation::CreateStream {
             name: STREAM.into(),
         },
@@ -792,14 +785,19 @@ fn churn_deduplication(op: u64) -> Option<Operation<'static>> {
 /// whether it applied the change live, replayed it, restored past it or state-synced.
 fn churn_state_settings(op: u64) -> Option<Operation<'static>> {
     let round = op / CHURN_EVERY;
-    (round % 4 == 1).then(|| Operation::SetStateSettings {
+    (round % 4 == 1).then(|| set_segment_size([4096, 6144, 16384][(round / 4 % 3) as usize]))
+}
+
+/// The state settings with `segment_size` (topics never expire nor fill, 100 tokens a user).
+fn set_segment_size(segment_size: u64) -> Operation<'static> {
+    Operation::SetStateSettings {
         settings: StateSettings {
-            segment_size: [4096, 6144, 16384][(round / 4 % 3) as usize],
+            segment_size,
             message_expiry: u64::MAX,
             max_topic_size: u64::MAX,
             max_tokens_per_user: 100,
         },
-    })
+    }
 }
 
 /// A send to partition 0 of the churn topic `topic` (by id) of three messages whose ids repeat

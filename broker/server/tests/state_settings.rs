@@ -7,7 +7,7 @@
 mod common;
 
 use common::cluster::TestCluster;
-use common::{create_topic, free_port, id, message, send_to, TestBroker};
+use common::{create_topic, free_port, id, message, segment_files, send_to, TestBroker};
 use iggy::prelude::*;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,21 +41,6 @@ fn wait_segment_size(broker: &TestBroker, size: u64) {
     common::wait_metric(broker, "iggy_segment_size_bytes", size as f64);
 }
 
-/// The segment files of stream 0, topic 0, partition 0: names and sizes.
-fn segments(broker: &TestBroker) -> Vec<(String, u64)> {
-    let mut files: Vec<(String, u64)> = std::fs::read_dir(broker.partition_dir(0, 0, 0))
-        .expect("partition dir")
-        .map(|entry| entry.expect("dir entry"))
-        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".log"))
-        .map(|entry| {
-            let len = entry.metadata().expect("metadata").len();
-            (entry.file_name().to_string_lossy().into_owned(), len)
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 /// Sends `batches` batches of ten 1,000-byte messages to stream 0, topic 0, partition 0.
 async fn send_batches(client: &IggyClient, batches: usize) {
     let payload = "x".repeat(1000);
@@ -63,6 +48,17 @@ async fn send_batches(client: &IggyClient, batches: usize) {
         let mut batch: Vec<IggyMessage> = (0..10).map(|_| message(&payload)).collect();
         send_to(client, 0, &mut batch).await.expect("send");
     }
+}
+
+/// Stream 0 and its topic 0 ("first", the server's default limits), holding `batches`
+/// batches.
+async fn first_topic_with(client: &IggyClient, batches: usize) {
+    client
+        .create_stream("settings")
+        .await
+        .expect("create stream");
+    create_topic(client, &id(0), "first", 1).await;
+    send_batches(client, batches).await;
 }
 
 async fn topic_expiry(broker: &TestBroker, topic: u32) -> IggyExpiry {
@@ -78,17 +74,17 @@ async fn topic_expiry(broker: &TestBroker, topic: u32) -> IggyExpiry {
 /// Every member's segments are the same files, none larger than `size` allows (a segment
 /// rolls before a batch would take it past `size`).
 fn assert_same_segments(cluster: &TestCluster, members: &[usize], size: u64) -> usize {
-    let reference = segments(&cluster.brokers[members[0]]);
+    let reference = segment_files(&cluster.brokers[members[0]]);
     for &member in members {
         assert_eq!(
-            segments(&cluster.brokers[member]),
+            segment_files(&cluster.brokers[member]),
             reference,
             "member {member}'s segments differ from member {}'s",
             members[0]
         );
     }
     assert!(
-        reference.iter().all(|(_, len)| *len <= size),
+        reference.iter().all(|(_, len, _)| *len <= size),
         "a segment larger than {size}: {reference:?}"
     );
     reference.len()
@@ -107,12 +103,7 @@ async fn members_whose_configurations_differ_apply_the_settings_of_the_primary()
 
     // A topic created through a backup gets the primary's default expiry on every member.
     let client = cluster.brokers[backup].client().await;
-    client
-        .create_stream("settings")
-        .await
-        .expect("create stream");
-    create_topic(&client, &id(0), "first", 1).await;
-    send_batches(&client, 30).await;
+    first_topic_with(&client, 30).await;
     cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
     for member in 0..3 {
         assert_eq!(
@@ -203,14 +194,9 @@ async fn a_single_node_puts_a_changed_configuration_in_force_at_its_restart() {
     let mut broker = TestBroker::start_with(&config_of(0));
     wait_segment_size(&broker, segment_size_of(0));
     let client = broker.client().await;
-    client
-        .create_stream("settings")
-        .await
-        .expect("create stream");
-    create_topic(&client, &id(0), "first", 1).await;
-    send_batches(&client, 10).await;
+    first_topic_with(&client, 10).await;
     drop(client);
-    let small = segments(&broker);
+    let small = segment_files(&broker);
     assert!(small.len() >= 100_000 / segment_size_of(0) as usize);
 
     for (key, value) in config_of(2) {
@@ -224,10 +210,10 @@ async fn a_single_node_puts_a_changed_configuration_in_force_at_its_restart() {
     drop(client);
     assert_eq!(topic_expiry(&broker, 0).await, expiry_of(0));
     assert_eq!(topic_expiry(&broker, 1).await, expiry_of(2));
-    let grown = segments(&broker);
+    let grown = segment_files(&broker);
     assert_eq!(grown[..small.len() - 1], small[..small.len() - 1]);
     assert!(
-        grown.iter().any(|(_, len)| *len > segment_size_of(0)),
+        grown.iter().any(|(_, len, _)| *len > segment_size_of(0)),
         "segments roll at the new size: {grown:?}"
     );
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{http_get, id, message, metric, TestBroker};
 use iggy::prelude::*;
-use iggy_tiering::testing::{S3Server, ACCESS_KEY, SECRET_KEY};
+use iggy_tiering::testing::{S3Server, SECRET_KEY};
 use iggy_tiering::Manifest;
 use std::time::{Duration, Instant};
 
@@ -17,21 +17,14 @@ const PARTITION_KEYS: &str = "iggy/cluster-a/streams/0/topics/0/partitions/0";
 /// Small segments so that a few hundred kilobytes seal dozens of them; local copies go 200 ms
 /// after their upload.
 fn tiered_env(server: &S3Server) -> Vec<(String, String)> {
-    [
+    let mut env = common::store_env(server, BUCKET, PREFIX);
+    for (key, value) in [
         ("IGGY_STORAGE_SEGMENT_SIZE", "65536"),
-        ("IGGY_TIERING_INTERVAL", "100ms"),
-        ("IGGY_TIERING_LOCAL_RETENTION", "200ms"),
-        ("IGGY_TIERING_S3_BUCKET", BUCKET),
-        ("IGGY_TIERING_S3_ENDPOINT", server.endpoint.as_str()),
-        ("IGGY_TIERING_S3_FORCE_PATH_STYLE", "true"),
-        ("IGGY_TIERING_S3_PREFIX", PREFIX),
-        ("IGGY_TIERING_S3_ACCESS_KEY_ID", ACCESS_KEY),
-        ("IGGY_TIERING_S3_SECRET_ACCESS_KEY", SECRET_KEY),
         ("IGGY_TIERING_L3_READ_AHEAD", "128 KiB"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
+    ] {
+        env.push((key.to_string(), value.to_string()));
+    }
+    env
 }
 
 fn start_tiered(server: &S3Server, extra: &[(&str, &str)]) -> TestBroker {
@@ -556,7 +549,7 @@ fn holds_nothing_but_an_empty_active_segment(broker: &TestBroker, server: &S3Ser
         .unwrap_or_default();
     logs == [0]
         && stored_manifest(server).is_some_and(|m| !m.segments.is_empty())
-        && local_manifest(broker) == stored_manifest(server)
+        && common::local_tier_manifest(broker) == stored_manifest(server)
 }
 
 /// L2 off: a segment far below the size limit is sealed by time, uploaded and dropped from
@@ -658,7 +651,10 @@ async fn objects_only_replicas_seal_through_the_log_and_read_everything_from_s3(
         || {
             let stored = stored_manifest(&server);
             stored.as_ref().and_then(|m| m.end()) == Some(3000)
-                && cluster.brokers.iter().all(|b| local_manifest(b) == stored)
+                && cluster
+                    .brokers
+                    .iter()
+                    .all(|b| common::local_tier_manifest(b) == stored)
         },
     );
     let segments = stored_manifest(&server).unwrap().segments;
@@ -700,11 +696,6 @@ async fn every_member_reads_it_all_and_only_the_primary_uploads(
     all
 }
 
-fn local_manifest(broker: &TestBroker) -> Option<Manifest> {
-    let bytes = std::fs::read(broker.partition_dir(0, 0, 0).join("tiered.json")).ok()?;
-    Some(Manifest::decode(&bytes).expect("a valid local manifest"))
-}
-
 /// Three replicas tiering to `server`, holding 3,000 messages sent through the primary in
 /// batches of ten: enough operations for several checkpoints, which a replica's eviction waits
 /// for (it keeps what restoring its durable checkpoint needs). Returns the cluster, its primary
@@ -741,7 +732,7 @@ async fn a_replicated_cluster_tiers_through_its_primary_and_every_member_reads_f
         segments > 30
             && cluster.brokers.iter().all(|b| {
                 local_logs(b) < segments / 2
-                    && local_manifest(b).is_some_and(|m| m.segments.len() == segments)
+                    && common::local_tier_manifest(b).is_some_and(|m| m.segments.len() == segments)
             })
     });
     let metrics =
@@ -774,7 +765,7 @@ async fn a_replicated_cluster_tiers_through_its_primary_and_every_member_reads_f
             .as_ref()
             .is_some_and(|m| m.segments.len() > before + 5)
             && alive.iter().all(|&b| {
-                local_manifest(&cluster.brokers[b]).map(|m| m.segments.len())
+                common::local_tier_manifest(&cluster.brokers[b]).map(|m| m.segments.len())
                     == stored.as_ref().map(|m| m.segments.len())
             })
     });
@@ -810,7 +801,7 @@ async fn a_wiped_member_is_rebuilt_from_its_peers_and_reads_their_tiered_segment
 
     // It fetched only what its peers hold locally and took the rest's manifest entries.
     let stored = stored_manifest(&server).expect("the store's manifest");
-    let rebuilt = local_manifest(&cluster.brokers[lost]).expect("a local manifest");
+    let rebuilt = common::local_tier_manifest(&cluster.brokers[lost]).expect("a local manifest");
     assert!(
         !rebuilt.segments.is_empty() && rebuilt.segments[0] == stored.segments[0],
         "the rebuilt member names the store's segments from the first"

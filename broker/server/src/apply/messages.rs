@@ -127,11 +127,8 @@ pub(super) fn set_deduplication(
 ) -> Result<()> {
     let mut catalog = broker.catalog_mut();
     let newest = catalog
-        .streams
-        .values()
-        .flat_map(|s| s.topics.values())
-        .flat_map(|t| t.partitions.iter())
-        .map(|p| p.log().newest_timestamp())
+        .partitions()
+        .map(|(_, p)| p.log().newest_timestamp())
         .max()
         .unwrap_or(0);
     let since = context.timestamp.max(newest.saturating_add(1));

@@ -16,12 +16,7 @@ pub(super) fn set_state_settings(broker: &Broker, settings: StateSettings) -> Re
         catalog.settings = before;
         return Err(e);
     }
-    for partition in catalog
-        .streams
-        .values()
-        .flat_map(|s| s.topics.values())
-        .flat_map(|t| t.partitions.iter())
-    {
+    for (_, partition) in catalog.partitions() {
         partition.log().set_segment_size(settings.segment_size);
     }
     tracing::info!(?settings, "state settings in force");

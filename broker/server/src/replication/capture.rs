@@ -183,16 +183,16 @@ impl Current {
         };
         let mut unreadable = Vec::new();
         for (index, (ids, partition)) in catalog.partitions().enumerate() {
-            let (next_offset, last, read) = read_log(partition);
-            if !read {
+            let end = read_log(partition);
+            if !end.read {
                 unreadable.push(index);
             }
-            partition.note_checkpoint(next_offset);
+            partition.note_checkpoint(end.next_offset);
             current
                 .manifest
                 .partitions
-                .push((ids.0, ids.1, ids.2, next_offset, last));
-            current.starts().push(partition.log().active_start());
+                .push((ids.0, ids.1, ids.2, end.next_offset, end.last));
+            current.starts().push(end.active_start);
             current.offsets.push(read_offsets(partition));
             current.partitions.push(Arc::downgrade(partition));
             current
@@ -226,15 +226,15 @@ impl Current {
         let changed = std::mem::take(&mut self.changed);
         let mut unreadable = Vec::new();
         for (index, partition) in alive {
-            let (next_offset, last, read) = read_log(&partition);
-            if !read {
+            let end = read_log(&partition);
+            if !end.read {
                 unreadable.push(index);
             }
-            partition.note_checkpoint(next_offset);
+            partition.note_checkpoint(end.next_offset);
             let entry = &mut self.manifest.partitions[index];
-            (entry.3, entry.4) = (next_offset, last);
+            (entry.3, entry.4) = (end.next_offset, end.last);
             // An append may have rolled a segment.
-            self.starts()[index] = partition.log().active_start();
+            self.starts()[index] = end.active_start;
             self.offsets[index] = read_offsets(&partition);
         }
         for &index in &self.settling {
@@ -275,8 +275,19 @@ impl Current {
     }
 }
 
-/// A partition's next offset, its last message's checksum, and whether that could be read.
-pub fn read_log(partition: &Partition) -> (u64, u64, bool) {
+/// What a checkpoint's manifest records of a partition's log, read under one lock.
+pub struct LogEnd {
+    pub next_offset: u64,
+    /// The last message's checksum (0 when it could not be read, see `read`).
+    pub last: u64,
+    pub read: bool,
+    /// Where the active segment starts (`Manifest::active_starts`).
+    pub active_start: u64,
+}
+
+/// A partition's next offset, its last message's checksum and whether that could be read,
+/// and where its active segment starts.
+pub fn read_log(partition: &Partition) -> LogEnd {
     let log = partition.log();
     // An unreadable last message records 0, which no restore will match: the checkpoint is
     // then refused rather than trusted.
@@ -287,7 +298,12 @@ pub fn read_log(partition: &Partition) -> (u64, u64, bool) {
             (0, false)
         }
     };
-    (log.next_offset(), last, read)
+    LogEnd {
+        next_offset: log.next_offset(),
+        last,
+        read,
+        active_start: log.active_start(),
+    }
 }
 
 /// A partition's stored consumer and group offsets, each sorted by key.

@@ -404,9 +404,9 @@ impl Manifest {
         let mut offsets = Vec::new();
         let mut active_starts = Vec::new();
         for ((stream, topic, id), partition) in catalog.partitions() {
-            let (next_offset, last, _) = capture::read_log(partition);
-            partitions.push((stream, topic, id, next_offset, last));
-            active_starts.push(partition.log().active_start());
+            let end = capture::read_log(partition);
+            partitions.push((stream, topic, id, end.next_offset, end.last));
+            active_starts.push(end.active_start);
             for (tag, entries) in [CONSUMER, GROUP]
                 .into_iter()
                 .zip(capture::read_offsets(partition))

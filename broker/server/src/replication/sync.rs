@@ -403,18 +403,18 @@ fn install_touching(
             .ok_or_else(|| SyncError::Local(format!("partition {stream}/{topic}/{id} missing")))?;
         loop {
             let from = partition.log().next_offset();
+            let request = Fetch {
+                stream,
+                topic,
+                partition: id,
+                from,
+                until,
+                created_at: created.get(&(stream, topic, id)).copied(),
+            };
             if from >= until {
                 let held = ends_as_checkpointed(&partition.log(), until, last, Beyond::Allowed)
                     .map_err(|e| SyncError::Local(e.to_string()))?;
                 if held {
-                    let request = Fetch {
-                        stream,
-                        topic,
-                        partition: id,
-                        from,
-                        until,
-                        created_at: created.get(&(stream, topic, id)).copied(),
-                    };
                     record_tiered_gaps(broker, &partition, request, source)?;
                     break;
                 }
@@ -437,14 +437,6 @@ fn install_touching(
             if wrote_at.elapsed() >= *stall {
                 return Err(SyncError::Stalled(*stall));
             }
-            let request = Fetch {
-                stream,
-                topic,
-                partition: id,
-                from,
-                until,
-                created_at: created.get(&(stream, topic, id)).copied(),
-            };
             match source.fetch(&request)? {
                 Fetched::Refused(reason) => {
                     return Err(SyncError::Refused {

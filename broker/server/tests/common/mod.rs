@@ -377,6 +377,56 @@ pub fn wait_metric(broker: &TestBroker, name: &str, value: f64) {
     }
 }
 
+/// Stream 0, topic 0, partition 0's segment files on `broker`: name, length and a hash of the
+/// bytes, by name.
+pub fn segment_files(broker: &TestBroker) -> Vec<(String, u64, u64)> {
+    let mut files: Vec<(String, u64, u64)> = std::fs::read_dir(broker.partition_dir(0, 0, 0))
+        .expect("partition dir")
+        .map(|entry| entry.expect("dir entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|path| {
+            let bytes = std::fs::read(&path).expect("segment");
+            let name = path
+                .file_name()
+                .expect("a name")
+                .to_string_lossy()
+                .into_owned();
+            (name, bytes.len() as u64, xxhash_rust::xxh3::xxh3_64(&bytes))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Settings that tier to `server`'s `bucket` under `prefix`: a look for sealed segments every
+/// 100 ms, local copies evicted 200 ms after their upload.
+pub fn store_env(
+    server: &iggy_tiering::testing::S3Server,
+    bucket: &str,
+    prefix: &str,
+) -> Vec<(String, String)> {
+    use iggy_tiering::testing::{ACCESS_KEY, SECRET_KEY};
+    [
+        ("IGGY_TIERING_INTERVAL", "100ms"),
+        ("IGGY_TIERING_LOCAL_RETENTION", "200ms"),
+        ("IGGY_TIERING_S3_BUCKET", bucket),
+        ("IGGY_TIERING_S3_ENDPOINT", server.endpoint.as_str()),
+        ("IGGY_TIERING_S3_FORCE_PATH_STYLE", "true"),
+        ("IGGY_TIERING_S3_PREFIX", prefix),
+        ("IGGY_TIERING_S3_ACCESS_KEY_ID", ACCESS_KEY),
+        ("IGGY_TIERING_S3_SECRET_ACCESS_KEY", SECRET_KEY),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Stream 0, topic 0, partition 0's tier manifest on `broker`, if it has one.
+pub fn local_tier_manifest(broker: &TestBroker) -> Option<iggy_tiering::Manifest> {
+    let bytes = std::fs::read(broker.partition_dir(0, 0, 0).join("tiered.json")).ok()?;
+    Some(iggy_tiering::Manifest::decode(&bytes).expect("a valid tier manifest"))
+}
+
 pub fn metric(metrics: &str, name: &str) -> Option<f64> {
     metrics
         .lines()
