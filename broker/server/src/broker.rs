@@ -51,6 +51,9 @@ pub struct Broker {
     pub recent_logs: std::sync::OnceLock<Arc<iggy_telemetry::RecentLines>>,
     /// Wakes the task that completes this node's members' partition handovers (`handover`).
     pub handovers: crate::handover::Handovers,
+    /// Wakes the task that puts the configured settings in force (`put_settings_in_force`):
+    /// a primary asked to order an operation before the cluster holds any settings.
+    pub settings_wanted: tokio::sync::Notify,
 }
 
 /// What boot found worth telling the operator.
@@ -198,6 +201,7 @@ impl Broker {
             logins,
             recent_logs: std::sync::OnceLock::new(),
             handovers: Default::default(),
+            settings_wanted: tokio::sync::Notify::new(),
         });
         Ok((broker, report))
     }

@@ -236,23 +236,12 @@ async fn run(
         }
     }
     if broker.cluster_status().is_none() {
-        // Before any client: the first requests already meet the configured settings.
+        // Before any client: the first requests already meet the configured settings. (A
+        // replicated broker's primary does this once it leads: `replication::boot`.)
         broker
             .put_settings_in_force()
             .await
             .context("cannot record the configured settings in force")?;
-    } else {
-        // Whoever is primary puts its settings in force; a new primary within a second.
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SETTINGS_CHECK_INTERVAL);
-            loop {
-                tick.tick().await;
-                if let Err(e) = broker.put_settings_in_force().await {
-                    tracing::warn!(error = %e, "configured settings not committed; trying again");
-                }
-            }
-        });
     }
     let tcp = TcpListener::bind(tcp_address)
         .await
@@ -408,10 +397,6 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How often a replicated broker checks whether deleted data waits for the log to move on
 /// while its disk is short (`Broker::release_deleted_when_short`).
 const RELEASE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How often a replicated broker checks whether, as primary, it must put its configured
-/// deduplication and state settings in force (`state::settings`).
-const SETTINGS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Waits until every connection has finished the request it was serving and closed, or
 /// `DRAIN_TIMEOUT` passed: a send whose bytes were read is applied and acknowledged rather

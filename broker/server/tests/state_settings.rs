@@ -190,6 +190,43 @@ async fn members_whose_configurations_differ_apply_the_settings_of_the_primary()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_orders_nothing_before_its_primary_has_put_settings_in_force() {
+    // The first requests, sent the moment a primary is known and before any settings commit,
+    // through every member at once: each waits for the primary's settings, so no member
+    // applies one with its own configuration.
+    let replication: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
+    let direct = replication.clone();
+    let cluster = TestCluster::start_each(replication, move |_, to| direct[to], config_of);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let first = cluster.brokers[(primary + 1) % 3].client().await;
+    first
+        .create_stream("settings")
+        .await
+        .expect("create stream");
+    let create_through = |member: usize| {
+        let broker = &cluster.brokers[member];
+        async move {
+            let client = broker.client().await;
+            create_topic(&client, &id(0), &format!("from-{member}"), 1).await;
+        }
+    };
+    tokio::join!(create_through(0), create_through(1), create_through(2));
+    send_batches(&first, 30).await;
+    drop(first);
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(10));
+    for member in 0..3 {
+        for topic in 0..3 {
+            assert_eq!(
+                topic_expiry(&cluster.brokers[member], topic).await,
+                expiry_of(primary),
+                "topic {topic} on member {member}"
+            );
+        }
+    }
+    assert_same_segments(&cluster, &[0, 1, 2], segment_size_of(primary));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_puts_a_changed_configuration_in_force_at_its_restart() {
     let mut broker = TestBroker::start_with(&config_of(0));
     wait_segment_size(&broker, segment_size_of(0));

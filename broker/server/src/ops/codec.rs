@@ -30,6 +30,13 @@ pub fn is_append(body: &[u8]) -> bool {
     body.first() == Some(&APPEND)
 }
 
+/// Whether a log entry puts settings in force (`SetStateSettings`, `SetDeduplication`): what a
+/// primary admits before the cluster holds its first settings (`replication::machine`).
+pub fn puts_settings(body: &[u8]) -> bool {
+    !is_append(body)
+        && decode(body).is_ok_and(|decoded| decoded.other().is_some_and(Operation::puts_settings))
+}
+
 /// How much of `replication.min_free_space` a log entry needs left on every member's disk to
 /// be admitted (`replication::machine`, `admit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -268,6 +268,14 @@ impl<'a> Operation<'a> {
         )
     }
 
+    /// Whether it puts settings in force that applying later operations depends on.
+    pub fn puts_settings(&self) -> bool {
+        matches!(
+            self,
+            Operation::SetDeduplication { .. } | Operation::SetStateSettings { .. }
+        )
+    }
+
     /// The `Append` a SendMessages payload asks for: its header decoded, its frames borrowed
     /// in place for stamping.
     pub fn append(payload: &'a mut [u8]) -> Result<Self, WireError> {

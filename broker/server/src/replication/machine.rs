@@ -31,6 +31,10 @@ use vsr::{PrepareHeader, RestoreError, StateMachine};
 const SCRATCH_KEPT: usize = 16 << 20;
 /// At most one log line per this long about sends refused for lack of space.
 const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// The status of a request refused because the cluster holds no settings yet (`admit`): never
+/// an Iggy error code, and never shown to a client. The submitter that sent the request asks
+/// again shortly, once the primary has put its settings in force.
+pub const AWAITING_SETTINGS: u32 = 0xFFFF_FF01;
 
 pub struct BrokerMachine {
     broker: Arc<Broker>,
@@ -80,6 +84,19 @@ impl BrokerMachine {
         self
     }
 
+    /// Whether `body` must wait for the cluster's first settings (see `admit`). A session's
+    /// registration (an empty body) changes no state and never waits.
+    fn awaits_settings(&self, body: &[u8]) -> bool {
+        if body.is_empty() || self.broker.catalog().settings.is_some() {
+            return false;
+        }
+        let revision = crate::replication::transport::SETTINGS_SINCE_REVISION;
+        let Some(status) = self.broker.cluster_status() else {
+            return false;
+        };
+        status.ring_reads(revision) && !codec::puts_settings(body)
+    }
+
     /// Why this machine stopped applying, if it did.
     pub fn halted(&self) -> Option<&str> {
         self.halted.as_deref()
@@ -112,7 +129,17 @@ impl StateMachine for BrokerMachine {
     /// is made, and the metadata reserve file (`storage::metadata`) saves them at 0 bytes free.
     /// A filesystem that cannot be asked, and a peer that has not reported lately, count for
     /// nothing (an apply that fails still fails safely, by halting).
+    ///
+    /// Until the cluster holds settings (`state::settings`; a new cluster's first moments, or
+    /// data from a build before them) every replica would apply an operation with its own
+    /// configuration, and members configured apart would part. So the primary admits nothing but
+    /// the operation that puts its settings in force (which it is told to issue at once), once
+    /// every member it reaches can apply that; the rest is asked again by its submitter.
     fn admit(&mut self, body: &[u8], pending: u64) -> Option<Vec<u8>> {
+        if self.awaits_settings(body) {
+            self.broker.settings_wanted.notify_one();
+            return Some(AWAITING_SETTINGS.to_le_bytes().to_vec());
+        }
         let reserve = self.broker.config.replication.min_free_space.0;
         let (keep, refusal, what) = match codec::room_needed(body) {
             RoomNeeded::None => return None,

@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use submitter::ReplicatedSubmitter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -483,6 +484,7 @@ pub async fn boot(
     let driver = std::thread::Builder::new()
         .name("vsr-replica".into())
         .spawn(move || driver.run(receiver))?;
+    tokio::spawn(keep_settings_in_force(broker.clone(), stop.subscribe()));
     if let Some(ring) = proposal {
         let _ = inputs.send(DriverInput::Ring(ring));
     }
@@ -503,6 +505,27 @@ pub async fn boot(
             driver: Some(driver),
         },
     ))
+}
+
+/// How often a replica checks whether, as primary, it must put its configured deduplication
+/// and state settings in force (`state::settings`).
+const SETTINGS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whoever is primary puts its configured settings in force: a new primary within a second,
+/// and at once when it is asked to order an operation before the cluster holds any
+/// (`BrokerMachine::admit`). Ends when the replica stops.
+async fn keep_settings_in_force(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SETTINGS_CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = broker.settings_wanted.notified() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = broker.put_settings_in_force().await {
+            tracing::warn!(error = %e, "configured settings not committed; trying again");
+        }
+    }
 }
 
 /// The broker's data in cluster mode is derived from the log, and boot brings it to the state

@@ -22,7 +22,7 @@ use crate::broker::Broker;
 use crate::error::{BrokerError, Result};
 use crate::ops::{codec, Submission};
 use crate::replication::driver::{ClientReply, DriverInput};
-use crate::replication::machine::split_reply;
+use crate::replication::machine::{split_reply, AWAITING_SETTINGS};
 use crate::replication::status::ClusterStatus;
 use crate::replication::ClientIds;
 use crate::submit::Submit;
@@ -38,6 +38,8 @@ use vsr::ClientId;
 const SESSIONS: usize = 64;
 /// A request unanswered this long is sent again (same number: at most once).
 const RESEND_AFTER: Duration = Duration::from_millis(250);
+/// How long a request refused until the cluster holds settings waits before it asks again.
+const AWAITING_SETTINGS_PAUSE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy)]
 struct Session {
@@ -136,8 +138,29 @@ impl ReplicatedSubmitter {
         }
     }
 
+    /// Commits `body` and returns the reply, asking again while the primary waits for the
+    /// cluster's first settings (`machine::AWAITING_SETTINGS`), until the request timeout.
     async fn commit(&self, session: &mut Session, body: &bytes::Bytes) -> Result<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let reply = self.commit_once(session, body, deadline).await?;
+            if split_reply(&reply).0 != AWAITING_SETTINGS {
+                return Ok(reply);
+            }
+            let again = tokio::time::Instant::now() + AWAITING_SETTINGS_PAUSE;
+            if again >= deadline {
+                return Err(BrokerError::NoPrimary(self.timeout));
+            }
+            tokio::time::sleep_until(again).await;
+        }
+    }
+
+    async fn commit_once(
+        &self,
+        session: &mut Session,
+        body: &bytes::Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<u8>> {
         loop {
             if session.session == 0 {
                 match self
@@ -371,6 +394,41 @@ mod tests {
             "{result:?}"
         );
         assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+
+    /// `AWAITING_SETTINGS`, as a reply's status.
+    const AWAITING: &[u8] = b"\x01\xff\xff\xff";
+
+    /// A request the primary refused until the cluster holds settings is asked again, as a
+    /// new request of the same session, and its client sees only the answer that follows.
+    #[tokio::test]
+    async fn a_request_refused_until_settings_are_held_is_asked_again() {
+        assert_eq!(AWAITING, AWAITING_SETTINGS.to_le_bytes());
+        let script = vec![
+            Answer::Register(7),
+            Answer::Done(AWAITING),
+            Answer::Done(AWAITING),
+            Answer::Done(b"\0\0\0\0ok"),
+        ];
+        let (result, _, seen) = commit_against(script, b"write").await;
+        assert_eq!(result.expect("committed"), b"\0\0\0\0ok");
+        let sent: Vec<(u64, u64)> = seen.iter().map(|(s, r, _)| (*s, *r)).collect();
+        assert_eq!(sent, vec![(0, 1), (7, 2), (7, 3), (7, 4)]);
+    }
+
+    /// Refused until the deadline: the client gets the retryable error a missing primary
+    /// gives, never the internal status.
+    #[tokio::test]
+    async fn a_request_refused_until_its_deadline_fails_as_retryable() {
+        let script = std::iter::once(Answer::Register(7))
+            .chain((0..200).map(|_| Answer::Done(AWAITING)))
+            .collect();
+        let (result, _, seen) = commit_against(script, b"write").await;
+        assert!(
+            matches!(result, Err(BrokerError::NoPrimary(_))),
+            "{result:?}"
+        );
+        assert!(seen.len() > 5, "asked again meanwhile: {}", seen.len());
     }
 
     /// Evicted in answer to the only copy sent: that copy reached a primary that no longer knew

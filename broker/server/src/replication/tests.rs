@@ -39,6 +39,17 @@ async fn ring_of_one(dir: &std::path::Path) -> (Arc<Broker>, Running) {
     let config = Config::load(None, env).expect("test configuration");
     let setup = Setup::load(&config).expect("a ring of one");
     let (broker, _, running) = boot(config, setup).await.expect("boots");
+    // Until the ring holds settings its primary admits nothing else (`BrokerMachine::admit`);
+    // the tests below hand requests to the replica thread directly, with no submitter to ask
+    // again. A restarted ring holds them already.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while broker.catalog().settings.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no settings in force after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     (broker, running)
 }
 
