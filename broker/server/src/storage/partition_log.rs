@@ -977,7 +977,8 @@ impl PartitionLog {
             return Err(StorageError::BadMetadata {
                 path: self.dir.clone(),
                 reason: format!(
-                    "the peer's segment starts at offset {segment_start}, this log's active                      segment at {active_start}"
+                    "the peer's segment starts at offset {segment_start}, this log's active \
+                     segment at {active_start}"
                 ),
             });
         }
