@@ -34,8 +34,10 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Less movement than this of the heap's in-use bytes over one check counts as idle: a busy
 /// broker moves megabytes a second (a batch is one).
 const IDLE_DRIFT: usize = 256 * 1024;
-/// Free heap memory below this is never worth a trim.
-const KEEP_FREE: usize = 8 * 1024 * 1024;
+/// Free heap memory below this is never worth a trim. It was 8 MiB: an idle replica after a
+/// load then kept 3–7 MiB of free heap resident in about one run of three, 17–19 MiB in all
+/// against the 16 MiB an idle replica may take (docs/benchmarks.md, 2026-12-07).
+const KEEP_FREE: usize = 1024 * 1024;
 /// While the broker is busy, free heap memory is kept up to this: trimming it under load only
 /// makes the next batches fault it back in (measured: trimming every second under load cost a
 /// third of what serving from the heap gained).
@@ -71,33 +73,73 @@ pub fn spawn_trimmer() -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("heap-trimmer".into())
         .spawn(|| {
-            let mut last_in_use = usize::MAX;
+            let mut trimming = Trimming::default();
             loop {
                 std::thread::sleep(TRIM_EVERY);
                 let (in_use, free) = heap_bytes();
-                let trim = worth_trimming(last_in_use, in_use, free);
-                last_in_use = in_use;
-                if trim {
+                if trimming.worth_it(in_use, free) {
                     // SAFETY: malloc_trim is thread-safe and only releases pages glibc holds
                     // free.
                     unsafe {
                         libc::malloc_trim(0);
                     }
+                    trimming.trimmed(heap_bytes().1);
                 }
             }
         })
         .map(|_| ())
 }
 
-/// Whether to give the heap's free memory back: once the broker is idle (what is in use moved
-/// by less than [`IDLE_DRIFT`] over a whole check) and [`KEEP_FREE`] or more lies free, or at
-/// once when more than [`KEEP_FREE_BUSY`] lies free. Idle is not "unchanged": an idle primary
-/// still allocates a little for its heartbeats and commits, and requiring no change at all
-/// kept a fresh primary at 29 MiB (argon2's 19 MiB for the root user's hash never went back)
-/// while its backups went down to 10.
-fn worth_trimming(last_in_use: usize, in_use: usize, free: usize) -> bool {
-    let idle = in_use.abs_diff(last_in_use) < IDLE_DRIFT;
-    (idle && free >= KEEP_FREE) || free >= KEEP_FREE_BUSY
+/// What the trimmer remembers between checks.
+struct Trimming {
+    last_in_use: usize,
+    /// Whether the last check found the broker idle.
+    idle: bool,
+    /// The free bytes the allocator reported right after this idle stretch's last trim. A
+    /// trim gives back the pages of free chunks inside the heap but leaves them free chunks,
+    /// so the count drops only by what the heap's top gave back: trimming whenever it stays
+    /// high would trim every second of a long idle for nothing. An idle stretch is trimmed
+    /// again only once [`KEEP_FREE`] more lies free than right after its last trim (memory
+    /// freed later: the previous one measured the count before trimming, and a trim that gave
+    /// back a large top left it far below that, so 3 MiB freed afterwards stayed resident).
+    trimmed_at: Option<usize>,
+}
+
+impl Default for Trimming {
+    fn default() -> Self {
+        Self {
+            last_in_use: usize::MAX,
+            idle: false,
+            trimmed_at: None,
+        }
+    }
+}
+
+impl Trimming {
+    /// Whether to give the heap's free memory back now: when the broker is idle (what is in
+    /// use moved by less than [`IDLE_DRIFT`] over a whole check) and [`KEEP_FREE`] or more
+    /// lies free that no trim of this idle stretch saw, or at once when more than
+    /// [`KEEP_FREE_BUSY`] lies free. Idle is not "unchanged": an idle primary still allocates
+    /// a little for its heartbeats and commits, and requiring no change at all kept a fresh
+    /// primary at 29 MiB (argon2's 19 MiB for the root user's hash never went back) while its
+    /// backups went down to 10.
+    fn worth_it(&mut self, in_use: usize, free: usize) -> bool {
+        let idle = in_use.abs_diff(self.last_in_use) < IDLE_DRIFT;
+        self.last_in_use = in_use;
+        if !idle {
+            self.trimmed_at = None;
+        }
+        self.idle = idle;
+        let untrimmed = free.saturating_sub(self.trimmed_at.unwrap_or(0));
+        (idle && untrimmed >= KEEP_FREE) || free >= KEEP_FREE_BUSY
+    }
+
+    /// Notes a trim, and the free bytes the allocator reports after it.
+    fn trimmed(&mut self, free: usize) {
+        if self.idle {
+            self.trimmed_at = Some(free);
+        }
+    }
 }
 
 /// (bytes in use, bytes held free) across glibc's heaps, all arenas.
@@ -113,16 +155,51 @@ mod tests {
 
     const MIB: usize = 1024 * 1024;
 
+    /// A trimmer that has seen `in_use` at its last check.
+    fn after(in_use: usize) -> Trimming {
+        Trimming {
+            last_in_use: in_use,
+            idle: false,
+            trimmed_at: None,
+        }
+    }
+
     #[test]
     fn an_idle_heap_is_trimmed_even_while_heartbeats_still_allocate() {
         // A fresh primary: argon2's 19 MiB free, a few KiB moved by heartbeats since last time.
-        assert!(worth_trimming(2 * MIB, 2 * MIB + 4096, 19 * MIB));
-        assert!(worth_trimming(2 * MIB + 4096, 2 * MIB, 19 * MIB));
+        assert!(after(2 * MIB).worth_it(2 * MIB + 4096, 19 * MIB));
+        assert!(after(2 * MIB + 4096).worth_it(2 * MIB, 19 * MIB));
         // Busy (megabytes moved): free memory is kept for the next batches...
-        assert!(!worth_trimming(70 * MIB, 75 * MIB, 30 * MIB));
+        assert!(!after(70 * MIB).worth_it(75 * MIB, 30 * MIB));
         // ...unless far more than they need lies free.
-        assert!(worth_trimming(70 * MIB, 75 * MIB, 65 * MIB));
+        assert!(after(70 * MIB).worth_it(75 * MIB, 65 * MIB));
+        // Idle with a few MiB free after a load: given back (it kept replicas above 16 MiB).
+        assert!(after(10 * MIB).worth_it(10 * MIB, 3 * MIB));
         // Idle with little free: nothing worth a system call.
-        assert!(!worth_trimming(10 * MIB, 10 * MIB, MIB));
+        assert!(!after(10 * MIB).worth_it(10 * MIB, MIB / 2));
+    }
+
+    #[test]
+    fn an_idle_stretch_is_trimmed_again_only_for_memory_freed_since() {
+        let mut trimming = Trimming::default();
+        assert!(
+            !trimming.worth_it(10 * MIB, 40 * MIB),
+            "the first check knows no drift"
+        );
+        // Idle: trimmed. The top gave 34 MiB back; 6 MiB of chunks inside stay free.
+        assert!(trimming.worth_it(10 * MIB, 40 * MIB));
+        trimming.trimmed(6 * MIB);
+        assert!(
+            !trimming.worth_it(10 * MIB, 6 * MIB),
+            "nothing new to give back"
+        );
+        assert!(!trimming.worth_it(10 * MIB + 4096, 6 * MIB + MIB / 2));
+        // 3 MiB freed later in the same idle stretch: trimmed again, once.
+        assert!(trimming.worth_it(10 * MIB, 9 * MIB));
+        trimming.trimmed(9 * MIB);
+        assert!(!trimming.worth_it(10 * MIB, 9 * MIB));
+        // A load, then idle again: trimmed again.
+        assert!(!trimming.worth_it(40 * MIB, 9 * MIB));
+        assert!(trimming.worth_it(40 * MIB, 9 * MIB));
     }
 }
