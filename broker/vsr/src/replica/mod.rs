@@ -130,6 +130,11 @@ pub struct Replica<S> {
     heard_from_primary: u64,
     status_since: u64,
     last_commit_broadcast: u64,
+    /// As primary: the highest commit number a prepare or a commit message has carried to the
+    /// backups. A commit nothing carried yet goes out at the next tick, not the next heartbeat:
+    /// a member reads only what it has applied, and an idle cluster's heartbeat left a write
+    /// invisible on the members that did not take it for up to `commit_interval`.
+    commit_sent: Op,
     last_retransmit: u64,
     last_state_request: u64,
     last_view_request: u64,

@@ -270,6 +270,7 @@ impl<S: StateMachine> Replica<S> {
                 body,
             );
             let op = prepare.op();
+            self.commit_sent = self.commit_sent.max(prepare.header.commit);
             self.sent_at.insert(op, self.tick);
             self.log.push(prepare.clone());
             self.send_to_standbys(&Message::Prepare {

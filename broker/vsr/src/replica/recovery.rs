@@ -238,6 +238,7 @@ impl<S: StateMachine> Replica<S> {
             heard_from_primary: 0,
             status_since: 0,
             last_commit_broadcast: 0,
+            commit_sent: 0,
             last_retransmit: 0,
             last_state_request: 0,
             last_view_request: 0,

@@ -30,8 +30,10 @@ impl<S: StateMachine> Replica<S> {
         }
         match self.status {
             Status::Normal if self.is_primary() => {
-                if self.tick - self.last_commit_broadcast >= self.cfg.commit_interval {
+                let heartbeat = self.tick - self.last_commit_broadcast >= self.cfg.commit_interval;
+                if heartbeat || self.commit_max > self.commit_sent {
                     self.last_commit_broadcast = self.tick;
+                    self.commit_sent = self.commit_max;
                     let commit = Message::Commit {
                         view: self.view,
                         commit: self.commit_max,
