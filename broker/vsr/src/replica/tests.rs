@@ -660,3 +660,67 @@ fn a_request_the_state_machine_refuses_is_answered_and_never_prepared() {
     settle(&mut replica, admitted, false);
     assert_eq!(replica.commit_min(), 3);
 }
+
+/// The commits an output list sends to replica `to`.
+fn commits_to(outputs: &[Output], to: ReplicaId) -> Vec<Op> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send(Envelope {
+                to: Node::Replica(r),
+                message: Message::Commit { commit, .. },
+                ..
+            }) if *r == to => Some(*commit),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An idle primary tells the backups of a commit at its next tick, not at the next heartbeat:
+/// a member reads only what it applied, and one the client did not write through otherwise
+/// showed the write up to a heartbeat late. Once told, it waits for the heartbeat again.
+#[test]
+fn an_idle_primary_sends_a_commit_no_prepare_carried_at_its_next_tick() {
+    let cfg = Config::new(1, 3, 0, Route::Star);
+    let interval = cfg.commit_interval;
+    assert!(interval > 2, "the test needs ticks between heartbeats");
+    let mut replica = Replica::open(cfg, DiskImage::default(), Nothing);
+    let opened = replica.take_outputs();
+    settle(&mut replica, opened, false);
+    assert_eq!(replica.status(), Status::Normal);
+    let mut now = 0;
+    let mut tick = |replica: &mut Replica<Nothing>| {
+        now += 10_000;
+        replica.step(Input::Tick { now })
+    };
+    // Past the first heartbeat, so the next one is a whole interval away.
+    for _ in 0..interval {
+        tick(&mut replica);
+    }
+    let outputs = replica.step(request(0, 1));
+    settle(&mut replica, outputs, false);
+    let checksum = replica.checksum_at(1).expect("op 1 prepared");
+    let ack = Input::Message(Envelope {
+        cluster: 1,
+        group: 1,
+        epoch: 0,
+        from: Node::Replica(1),
+        to: Node::Replica(0),
+        message: Message::PrepareOk {
+            view: 0,
+            op: 1,
+            checksum,
+            replica: 1,
+        },
+    });
+    let outputs = replica.step(ack);
+    settle(&mut replica, outputs, false);
+    assert_eq!(replica.commit_min(), 1, "committed on a quorum of two");
+    // The prepare of op 1 carried commit 0: op 1's commit goes out at the very next tick.
+    assert_eq!(commits_to(&tick(&mut replica), 2), [1]);
+    // Told: nothing more until the heartbeat.
+    for _ in 0..interval - 1 {
+        assert_eq!(commits_to(&tick(&mut replica), 2), [0u64; 0]);
+    }
+    assert_eq!(commits_to(&tick(&mut replica), 2), [1], "the heartbeat");
+}
