@@ -1124,16 +1124,10 @@ async fn connections_that_never_prove_themselves_cannot_crowd_out_the_port() {
 /// cluster's secret commit without it, and it never receives their log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_with_another_secret_is_kept_out_while_the_others_serve() {
-    let replication: Vec<std::net::SocketAddr> = (0..3).map(|_| common::free_port()).collect();
-    let direct = replication.clone();
-    let cluster = TestCluster::start_each(
-        replication,
-        move |_, to| direct[to],
-        |member| match member {
-            2 => vec![("IGGY_REPLICATION_SECRET", "not the cluster's secret at all")],
-            _ => Vec::new(),
-        },
-    );
+    let cluster = TestCluster::start_configured(3, |member| match member {
+        2 => vec![("IGGY_REPLICATION_SECRET", "not the cluster's secret at all")],
+        _ => Vec::new(),
+    });
     let primary = cluster.primary(&[0, 1], Duration::from_secs(10));
     let client = cluster.brokers[primary].client().await;
     create_log(&client, "kept-out").await;

@@ -139,20 +139,14 @@ fn small_disk_cluster(size: &str) -> Option<SmallDiskCluster> {
         .iter()
         .map(|disk| disk.path().join("data").display().to_string())
         .collect();
-    let replication: Vec<_> = (0..3).map(|_| common::free_port()).collect();
-    let direct = replication.clone();
-    let cluster = TestCluster::start_each(
-        replication,
-        move |_, to| direct[to],
-        |member| {
-            vec![
-                ("IGGY_SYSTEM_PATH", paths[member].as_str()),
-                ("IGGY_STORAGE_SEGMENT_SIZE", "4 MiB"),
-                ("IGGY_STORAGE_SCRUB_RATE", "0"),
-                ("IGGY_REPLICATION_MIN_FREE_SPACE", "24 MiB"),
-            ]
-        },
-    );
+    let cluster = TestCluster::start_configured(3, |member| {
+        vec![
+            ("IGGY_SYSTEM_PATH", paths[member].as_str()),
+            ("IGGY_STORAGE_SEGMENT_SIZE", "4 MiB"),
+            ("IGGY_STORAGE_SCRUB_RATE", "0"),
+            ("IGGY_REPLICATION_MIN_FREE_SPACE", "24 MiB"),
+        ]
+    });
     Some(SmallDiskCluster { cluster, disks })
 }
 

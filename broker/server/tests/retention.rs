@@ -235,19 +235,13 @@ async fn delete_segments_removes_the_oldest_and_keeps_the_active_one() {
 /// maintenance loop often; the backups would not run theirs within a test, so what they delete
 /// comes through the log. Returns the cluster and a client of member 0.
 async fn cleaned_by_member_0() -> (common::cluster::TestCluster, IggyClient) {
-    let replication = (0..3).map(|_| common::free_port()).collect();
-    let direct: Vec<std::net::SocketAddr> = std::clone::Clone::clone(&replication);
-    let cluster = common::cluster::TestCluster::start_each(
-        replication,
-        move |_, to| direct[to],
-        |member| {
-            let interval = if member == 0 { "100ms" } else { "1h" };
-            vec![
-                ("IGGY_STORAGE_SEGMENT_SIZE", "4096"),
-                ("IGGY_RETENTION_CLEANER_INTERVAL", interval),
-            ]
-        },
-    );
+    let cluster = common::cluster::TestCluster::start_configured(3, |member| {
+        let interval = if member == 0 { "100ms" } else { "1h" };
+        vec![
+            ("IGGY_STORAGE_SEGMENT_SIZE", "4096"),
+            ("IGGY_RETENTION_CLEANER_INTERVAL", interval),
+        ]
+    });
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     assert_eq!(primary, 0, "view 0's primary");
     let client = cluster.brokers[primary].client().await;

@@ -7,9 +7,8 @@
 mod common;
 
 use common::cluster::TestCluster;
-use common::{create_topic, free_port, id, message, segment_files, send_to, TestBroker};
+use common::{create_topic, id, message, segment_files, send_to, TestBroker};
 use iggy::prelude::*;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Member `i`'s own configuration: each differs from the others in every setting.
@@ -92,9 +91,7 @@ fn assert_same_segments(cluster: &TestCluster, members: &[usize], size: u64) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_whose_configurations_differ_apply_the_settings_of_the_primary() {
-    let replication: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
-    let direct = replication.clone();
-    let mut cluster = TestCluster::start_each(replication, move |_, to| direct[to], config_of);
+    let mut cluster = TestCluster::start_configured(3, config_of);
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let backup = (primary + 1) % 3;
     for member in 0..3 {
@@ -194,9 +191,7 @@ async fn a_new_cluster_orders_nothing_before_its_primary_has_put_settings_in_for
     // The first requests, sent the moment a primary is known and before any settings commit,
     // through every member at once: each waits for the primary's settings, so no member
     // applies one with its own configuration.
-    let replication: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect();
-    let direct = replication.clone();
-    let cluster = TestCluster::start_each(replication, move |_, to| direct[to], config_of);
+    let cluster = TestCluster::start_configured(3, config_of);
     let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
     let first = cluster.brokers[(primary + 1) % 3].client().await;
     first

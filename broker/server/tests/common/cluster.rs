@@ -136,6 +136,17 @@ impl TestCluster {
         Self::start_each(replication, reach, |_| env.to_vec())
     }
 
+    /// `members` brokers reaching each other directly, each with settings of its own
+    /// (`env_of(member)`).
+    pub fn start_configured<'a>(
+        members: usize,
+        env_of: impl Fn(usize) -> Vec<(&'a str, &'a str)>,
+    ) -> Self {
+        let replication: Vec<SocketAddr> = (0..members).map(|_| free_port()).collect();
+        let direct = replication.clone();
+        Self::start_each(replication, move |_, to| direct[to], env_of)
+    }
+
     /// Like `start_reaching`, with settings of each member's own (`env_of(member)`).
     pub fn start_each<'a>(
         replication: Vec<SocketAddr>,
