@@ -379,6 +379,17 @@ pub struct TcpConfig {
     pub login_timeout: HumanDuration,
     pub request_timeout: HumanDuration,
     pub memory_budget: ByteSize,
+    pub tls: TlsConfig,
+}
+
+/// `[tcp.tls]`: TLS on the client port (`net::tls`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub self_signed: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -35,6 +35,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // A certificate that cannot be served is a configuration error, found before the data
+    // directory is touched.
+    let tls = match broker::net::tls::acceptor(&config.tcp.tls) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("iggy-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     broker::storage::descriptors::set_sync_on_close(config.storage.fsync != FsyncPolicy::Never);
     broker::storage::l1::set_capacity(config.tiering.l1.size.0);
     // A ring that cannot be replicated with is a configuration error, found before the data
@@ -73,7 +82,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = match runtime.block_on(run(config, cluster, started, descriptors, &telemetry)) {
+    let code = match runtime.block_on(run(config, cluster, tls, started, descriptors, &telemetry)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if is_configuration_error(&e) => {
             eprintln!("iggy-broker: {e:#}");
@@ -195,12 +204,14 @@ fn is_configuration_error(error: &anyhow::Error) -> bool {
 async fn run(
     config: Config,
     cluster: Option<broker::replication::Setup>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     started: Instant,
     descriptors: u64,
     telemetry: &iggy_telemetry::Telemetry,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     let tcp_address = config.tcp.address;
+    let tcp_tls = tls.is_some();
     let http_address = config.http.address;
     let data = config.system.path.clone();
     let fsync = config.storage.fsync;
@@ -254,6 +265,7 @@ async fn run(
         tcp,
         broker.clone(),
         stop_rx.clone(),
+        tls,
     ));
     tokio::spawn(broker::net::http::serve(
         http,
@@ -352,6 +364,7 @@ async fn run(
     broker.set_ready();
     tracing::info!(
         tcp = %tcp_address,
+        tcp_tls,
         http = %http_address,
         data = %data.display(),
         ?fsync,

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Connections closed for not logging in, or not finishing a request, in time.
     pub connections_timed_out: AtomicU64,
+    /// Connections closed because their TLS handshake failed or did not finish in time.
+    pub tls_handshake_failures: AtomicU64,
     /// Reads that found a stored message damaged (its range was refused).
     pub corrupt_reads: AtomicU64,
     /// Consumer-group partitions this node's members handed over (`handover`), and of those,
@@ -101,6 +103,7 @@ impl Metrics {
             connections_total: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             connections_timed_out: AtomicU64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
             corrupt_reads: AtomicU64::new(0),
             group_handovers: AtomicU64::new(0),
             group_handover_timeouts: AtomicU64::new(0),
@@ -243,7 +246,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 24] = [
+        let singles: [(&str, &str, &str, u64); 25] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -267,6 +270,12 @@ impl Metrics {
                 "counter",
                 "Client connections closed for not logging in or not finishing a request in time.",
                 load(&self.connections_timed_out),
+            ),
+            (
+                "iggy_tls_handshake_failures_total",
+                "counter",
+                "Client connections closed because their TLS handshake failed or did not finish within tcp.login_timeout.",
+                load(&self.tls_handshake_failures),
             ),
             (
                 "iggy_corrupt_reads_total",

@@ -14,11 +14,12 @@
 //! the pending acknowledgement now (Linux; a no-op elsewhere). One setsockopt per incomplete
 //! request, and no extra packet when the payload was already there.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::RawFd;
 
 /// Sends the acknowledgement the kernel is holding back on `socket`, if any. Best effort: a
-/// failure only leaves the delay in place.
-pub fn acknowledge_now(socket: &impl AsRawFd) {
+/// failure only leaves the delay in place. `socket` must be an open descriptor the caller
+/// holds for the duration of the call.
+pub fn acknowledge_now(socket: RawFd) {
     #[cfg(target_os = "linux")]
     {
         let on: libc::c_int = 1;
@@ -26,7 +27,7 @@ pub fn acknowledge_now(socket: &impl AsRawFd) {
         // of the size passed.
         unsafe {
             libc::setsockopt(
-                socket.as_raw_fd(),
+                socket,
                 libc::IPPROTO_TCP,
                 libc::TCP_QUICKACK,
                 (&on as *const libc::c_int).cast(),

@@ -16,12 +16,14 @@ use crate::telemetry;
 use iggy_wire::frame::{self, HeaderError, RequestHeader};
 use iggy_wire::Command;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument as _;
 
 /// Buffers larger than this are released after the request that needed them, so an idle
@@ -45,10 +47,13 @@ pub struct Handled {
     pub close: bool,
 }
 
+/// Serves clients on `listener` until shutdown; with `tls`, each connection starts with a TLS
+/// handshake (`net::tls`).
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
     loop {
         tokio::select! {
@@ -66,11 +71,12 @@ pub async fn serve(
                     // Counted here, not in the task, so a burst of accepts sees every one.
                     broker.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
                     broker.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(handle_connection(
+                    tokio::spawn(open_connection(
                         stream,
                         address,
                         broker.clone(),
                         shutdown.clone(),
+                        tls.clone(),
                     ));
                 }
                 Err(e) => {
@@ -84,22 +90,68 @@ pub async fn serve(
     }
 }
 
-/// Serves one connection until it closes, or until shutdown: then the request in progress, if
-/// any, is finished and answered, and the connection closes before reading another.
-async fn handle_connection(
+/// Takes an accepted connection through its TLS handshake, if the port has TLS, and serves it.
+/// A handshake gets the time a client has to log in (`tcp.login_timeout`): a peer that opens
+/// sockets and sends nothing holds one no longer than a plain connection that never logs in.
+async fn open_connection(
     stream: TcpStream,
     address: SocketAddr,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<TlsAcceptor>,
 ) {
-    let metrics = &broker.metrics;
     let _ = stream.set_nodelay(true);
+    // Stays valid while the connection is served: the stream (or the TLS stream around it)
+    // lives until `serve_connection` returns.
+    let socket = stream.as_raw_fd();
+    let Some(acceptor) = tls else {
+        let (reader, writer) = stream.into_split();
+        return serve_connection(reader, writer, socket, address, broker, shutdown).await;
+    };
+    let handshake =
+        tokio::time::timeout(broker.config.tcp.login_timeout.0, acceptor.accept(stream));
+    let failure = tokio::select! {
+        accepted = handshake => match accepted {
+            Ok(Ok(stream)) => {
+                let (reader, writer) = tokio::io::split(stream);
+                return serve_connection(reader, writer, socket, address, broker, shutdown).await;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no handshake within tcp.login_timeout".to_string(),
+        },
+        _ = shutdown.changed() => "shutting down".to_string(),
+    };
+    broker
+        .metrics
+        .tls_handshake_failures
+        .fetch_add(1, Ordering::Relaxed);
+    broker
+        .metrics
+        .connections_open
+        .fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(%address, reason = %failure, "closed: TLS handshake failed");
+}
+
+/// Serves one connection until it closes, or until shutdown: then the request in progress, if
+/// any, is finished and answered, and the connection closes before reading another. `socket`
+/// is the TCP socket under `reader` and `writer`, for `quickack`.
+async fn serve_connection<R, W>(
+    reader: R,
+    mut writer: W,
+    socket: RawFd,
+    address: SocketAddr,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let metrics = &broker.metrics;
     let mut session = Session::new(broker.next_client_id(), address.to_string());
     broker
         .clients
         .register(session.client_id, session.address.clone());
     tracing::debug!(client = session.client_id, %address, "connected");
-    let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut payload = Vec::new();
     let mut out = Vec::with_capacity(4096);
@@ -146,7 +198,7 @@ async fn handle_connection(
         let incomplete = RequestHeader::parse(&header)
             .is_ok_and(|parsed| reader.buffer().len() < parsed.payload_len as usize);
         if incomplete {
-            quickack::acknowledge_now(reader.get_ref().as_ref());
+            quickack::acknowledge_now(socket);
         }
         let started = Instant::now();
         let handled = match handle_request(
@@ -179,7 +231,11 @@ async fn handle_connection(
             (None, Some(since)) => Some(since),
             (None, None) => Some(Instant::now()),
         };
-        let written = writer.write_all(&out).await;
+        // A TLS stream holds the last record until flushed; a plain socket's flush is free.
+        let written = match writer.write_all(&out).await {
+            Ok(()) => writer.flush().await,
+            Err(e) => Err(e),
+        };
         session.response_budget = Default::default();
         if written.is_err() || handled.close {
             break;

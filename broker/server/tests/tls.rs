@@ -1,0 +1,313 @@
+//! TLS on the client port (`[tcp.tls]`, `net::tls`) with the unchanged Iggy Rust SDK: clients
+//! that trust the issuer work as over plain TCP, on a single node and through every member of a
+//! replicated broker; clients that do not, or that speak plain TCP, are refused without harm to
+//! anyone else; a renewed certificate is served without a restart; a certificate that cannot
+//! be served stops the broker with exit code 2 before it touches its data.
+
+mod common;
+
+use common::cluster::TestCluster;
+use common::{create_topic, http_get, id, message, metric, name, TestBroker};
+use iggy::prelude::*;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A certificate authority of the test's own, and the files a broker and its clients use.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let issuer =
+            CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+        let pki = Self {
+            dir: tempfile::tempdir().expect("dir"),
+            issuer,
+        };
+        std::fs::write(pki.ca_file(), pki.issuer.pem()).expect("write ca");
+        pki
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues a certificate for the loopback names into `dir/tls.crt` and `dir/tls.key`.
+    fn issue_into(&self, dir: &Path) {
+        let key = KeyPair::generate().expect("key");
+        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        std::fs::write(dir.join("tls.crt"), cert.pem()).expect("write cert");
+        std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("write key");
+    }
+}
+
+/// A broker's certificate files, issued by `pki`.
+fn served_by(pki: &Pki) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    pki.issue_into(dir.path());
+    dir
+}
+
+fn tls_env(files: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("IGGY_TCP_TLS_ENABLED", "true".to_string()),
+        (
+            "IGGY_TCP_TLS_CERT_FILE",
+            files.join("tls.crt").display().to_string(),
+        ),
+        (
+            "IGGY_TCP_TLS_KEY_FILE",
+            files.join("tls.key").display().to_string(),
+        ),
+    ]
+}
+
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// An SDK client that connects with TLS to `address`, trusting only `ca`.
+async fn tls_client(address: SocketAddr, ca: &Path) -> Result<IggyClient, IggyError> {
+    let client = IggyClient::builder()
+        .with_tcp()
+        .with_server_address(address.to_string())
+        .with_tls_enabled(true)
+        .with_tls_domain("localhost".to_string())
+        .with_tls_ca_file(ca.display().to_string())
+        .build()?;
+    client.connect().await?;
+    client
+        .login_user(common::ROOT_USER, common::ROOT_PASSWORD)
+        .await?;
+    Ok(client)
+}
+
+/// Messages of 1 to 300 KiB: requests larger than a TLS record and than the SDK's write
+/// buffer, so a payload arrives after its header in pieces.
+fn payloads() -> Vec<String> {
+    (0..12)
+        .map(|i| format!("{i}:{}", "x".repeat(1 << (i + 8))))
+        .collect()
+}
+
+async fn send_and_read_back(writer: &IggyClient, reader: &IggyClient, stream: &str) {
+    writer.create_stream(stream).await.expect("create stream");
+    create_topic(writer, &name(stream), "t", 1).await;
+    let payloads = payloads();
+    for chunk in payloads.chunks(4) {
+        let mut batch: Vec<IggyMessage> = chunk.iter().map(|p| message(p)).collect();
+        writer
+            .send_messages(
+                &name(stream),
+                &name("t"),
+                &Partitioning::partition_id(0),
+                &mut batch,
+            )
+            .await
+            .expect("send over TLS");
+    }
+    // A member other than the one written through may show the last commit a tick later.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut read = read_all_of(reader, stream).await;
+    while read != payloads && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        read = read_all_of(reader, stream).await;
+    }
+    assert_eq!(read, payloads, "what was sent over TLS reads back whole");
+}
+
+async fn read_all_of(client: &IggyClient, stream: &str) -> Vec<String> {
+    let polled = client
+        .poll_messages(
+            &name(stream),
+            &name("t"),
+            Some(0),
+            &Consumer::new(id(1)),
+            &PollingStrategy::offset(0),
+            1000,
+            false,
+        )
+        .await
+        .expect("poll over TLS");
+    polled
+        .messages
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_that_trust_the_issuer_work_and_others_are_refused_harmlessly() {
+    let pki = Pki::new();
+    let files = served_by(&pki);
+    let env = tls_env(files.path());
+    let broker = TestBroker::start_with(&borrowed(&env));
+
+    let client = tls_client(broker.tcp, &pki.ca_file())
+        .await
+        .expect("a client trusting the issuer connects and logs in");
+    send_and_read_back(&client, &client, "secure").await;
+
+    // A client that speaks plain TCP to the TLS port gets no session.
+    let plain = IggyClient::builder()
+        .with_tcp()
+        .with_server_address(broker.tcp.to_string())
+        .build()
+        .expect("build");
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        plain.connect().await?;
+        plain
+            .login_user(common::ROOT_USER, common::ROOT_PASSWORD)
+            .await
+    })
+    .await
+    .expect("a plain client is answered (closed), not left waiting");
+    assert!(refused.is_err(), "a plain TCP login on the TLS port failed");
+
+    // A client that trusts another issuer refuses the broker's certificate.
+    let stranger = Pki::new();
+    assert!(
+        tls_client(broker.tcp, &stranger.ca_file()).await.is_err(),
+        "a client that does not trust the issuer does not connect"
+    );
+
+    let (_, metrics) = http_get(broker.http, "/metrics").expect("metrics");
+    let failures = metric(&metrics, "iggy_tls_handshake_failures_total").unwrap_or(0.0);
+    assert!(failures >= 2.0, "both refusals counted: {failures}");
+
+    // The session that was open is untouched, and a new one works too.
+    assert_eq!(read_all_of(&client, "secure").await, payloads());
+    let again = tls_client(broker.tcp, &pki.ca_file())
+        .await
+        .expect("reconnect");
+    assert_eq!(read_all_of(&again, "secure").await, payloads());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let first = Pki::new();
+    let files = served_by(&first);
+    let env = tls_env(files.path());
+    let broker = TestBroker::start_with(&borrowed(&env));
+    let before = tls_client(broker.tcp, &first.ca_file())
+        .await
+        .expect("connect");
+    before.create_stream("renewal").await.expect("create");
+
+    // Renewed by another issuer, put in place the way a Secret volume swaps its files.
+    let second = Pki::new();
+    assert!(tls_client(broker.tcp, &second.ca_file()).await.is_err());
+    let staged = tempfile::tempdir_in(files.path()).expect("dir");
+    second.issue_into(staged.path());
+    for file in ["tls.key", "tls.crt"] {
+        std::fs::rename(staged.path().join(file), files.path().join(file)).expect("swap");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        match tls_client(broker.tcp, &second.ca_file()).await {
+            Ok(client) => break client,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the renewed certificate was never served: {e}"),
+        }
+    };
+    let streams = after.get_streams().await.expect("list");
+    assert!(streams.iter().any(|s| s.name == "renewal"));
+    // The connection from before the renewal keeps working.
+    before
+        .ping()
+        .await
+        .expect("the earlier session is still served");
+    // The old certificate is no longer presented to new connections.
+    assert!(tls_client(broker.tcp, &first.ca_file()).await.is_err());
+}
+
+#[test]
+fn a_certificate_that_cannot_be_served_stops_the_broker_before_it_touches_data() {
+    let pki = Pki::new();
+    let files = served_by(&pki);
+    let mut broker = TestBroker::start();
+    broker.stop();
+    let before = listing(broker.data_path());
+
+    broker.set_env("IGGY_TCP_TLS_ENABLED", "true");
+    let (code, output) = broker.run_expecting_failure();
+    assert_eq!(code, 2, "{output}");
+    assert!(output.contains("tcp.tls.cert_file is empty"), "{output}");
+
+    // A key that belongs to another certificate.
+    let other = served_by(&pki);
+    for (key, value) in tls_env(files.path()) {
+        broker.set_env(key, &value);
+    }
+    broker.set_env(
+        "IGGY_TCP_TLS_KEY_FILE",
+        &other.path().join("tls.key").display().to_string(),
+    );
+    let (code, output) = broker.run_expecting_failure();
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("does not belong to the certificate"),
+        "{output}"
+    );
+    assert_eq!(
+        listing(broker.data_path()),
+        before,
+        "the data directory was not touched"
+    );
+}
+
+/// Every file under `dir` with its length and modification time.
+fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).expect("read dir") {
+            let entry = entry.expect("entry");
+            let metadata = entry.metadata().expect("metadata");
+            if metadata.is_dir() {
+                pending.push(entry.path());
+            } else {
+                found.push((
+                    entry.path(),
+                    metadata.len(),
+                    metadata.modified().expect("mtime"),
+                ));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Every member of a replicated broker serves TLS: a write through one member reads back
+/// through another (the backups forward over the replication port, which TLS does not touch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_member_of_a_replicated_broker_serves_tls() {
+    let pki = Pki::new();
+    let files = served_by(&pki);
+    let env = tls_env(files.path());
+    let cluster = TestCluster::start(3, &borrowed(&env));
+    let writer = tls_client(cluster.brokers[1].tcp, &pki.ca_file())
+        .await
+        .expect("connect to a member");
+    let reader = tls_client(cluster.brokers[2].tcp, &pki.ca_file())
+        .await
+        .expect("connect to another member");
+    send_and_read_back(&writer, &reader, "replicated").await;
+    let through_first = tls_client(cluster.brokers[0].tcp, &pki.ca_file())
+        .await
+        .expect("connect to the third member");
+    assert_eq!(read_all_of(&through_first, "replicated").await, payloads());
+}
