@@ -11,6 +11,9 @@ pub const POD_CONFIG_FILE: &str = "/etc/iggy/broker.toml";
 /// ring from at start.
 pub const POD_RING_DIR: &str = "/etc/iggy-ring";
 pub const POD_RING_FILE: &str = "/etc/iggy-ring/ring.json";
+/// Where the client port's TLS Secret (`spec.tls.secretName`) is mounted in a broker's pod, as
+/// a whole directory: a Secret mounted by `subPath` would never see a renewal.
+pub const POD_TLS_DIR: &str = "/etc/iggy-tls";
 /// The data volume's mount path in a pod.
 pub const POD_DATA_PATH: &str = "/data";
 

@@ -4,9 +4,13 @@
 
 /// Broker settings the operator sets, each `IGGY_<SECTION>_<KEY>` of a key in defaults.toml
 /// (checked by a test, so a renamed key cannot silently orphan the operator's variable).
-pub const BROKER_SETTINGS: [&str; 11] = [
+pub const BROKER_SETTINGS: [&str; 15] = [
     SYSTEM_PATH,
     TCP_ADDRESS,
+    TCP_TLS_ENABLED,
+    TCP_TLS_CERT_FILE,
+    TCP_TLS_KEY_FILE,
+    TCP_TLS_SELF_SIGNED,
     HTTP_ADDRESS,
     STORAGE_FSYNC,
     ROOT_USERNAME,
@@ -21,6 +25,12 @@ pub const BROKER_SETTINGS: [&str; 11] = [
 pub const SYSTEM_PATH: &str = "IGGY_SYSTEM_PATH";
 pub const TCP_ADDRESS: &str = "IGGY_TCP_ADDRESS";
 pub const HTTP_ADDRESS: &str = "IGGY_HTTP_ADDRESS";
+// TLS on the client port (`[tcp.tls]`), from the Secret the operator mounts at
+// `defaults::POD_TLS_DIR`.
+pub const TCP_TLS_ENABLED: &str = "IGGY_TCP_TLS_ENABLED";
+pub const TCP_TLS_CERT_FILE: &str = "IGGY_TCP_TLS_CERT_FILE";
+pub const TCP_TLS_KEY_FILE: &str = "IGGY_TCP_TLS_KEY_FILE";
+pub const TCP_TLS_SELF_SIGNED: &str = "IGGY_TCP_TLS_SELF_SIGNED";
 pub const STORAGE_FSYNC: &str = "IGGY_STORAGE_FSYNC";
 pub const ROOT_USERNAME: &str = "IGGY_ROOT_USERNAME";
 pub const ROOT_PASSWORD: &str = "IGGY_ROOT_PASSWORD";
@@ -95,15 +105,25 @@ mod tests {
     #[test]
     fn every_broker_setting_names_a_key_of_the_defaults() {
         let defaults: toml::Table = crate::defaults::BROKER_DEFAULTS.parse().expect("TOML");
+        let mut keys = Vec::new();
+        variables_of(&defaults, "IGGY", &mut keys);
         for variable in BROKER_SETTINGS {
-            let rest = variable.strip_prefix("IGGY_").expect("IGGY_ prefix");
-            let found = defaults.iter().any(|(section, keys)| {
-                keys.as_table().is_some_and(|keys| {
-                    keys.keys()
-                        .any(|key| format!("{section}_{key}").eq_ignore_ascii_case(rest))
-                })
-            });
-            assert!(found, "{variable} names no key of defaults.toml");
+            assert!(
+                keys.iter().any(|key| key.eq_ignore_ascii_case(variable)),
+                "{variable} names no key of defaults.toml"
+            );
+        }
+    }
+
+    /// The variable of every key under `table`, nested sections included (`[tcp.tls] enabled`
+    /// is `IGGY_TCP_TLS_ENABLED`).
+    fn variables_of(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let name = format!("{prefix}_{key}");
+            match value.as_table() {
+                Some(inner) => variables_of(inner, &name, out),
+                None => out.push(name),
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use iggy_contract::defaults::BROKER_DEFAULTS;
 use iggy_contract::ports::{all_interfaces, CLIENT_PORT, HTTP_PORT};
 
 /// Keys the operator sets itself, and why a user may not.
-const RESERVED: [(&str, &str); 10] = [
+const RESERVED: [(&str, &str); 14] = [
     (
         "system.path",
         "the data path is the broker's persistent volume",
@@ -44,6 +44,22 @@ const RESERVED: [(&str, &str); 10] = [
         "replication.secret",
         "the operator generates it into the Secret <cluster>-replication (a value here would \
          sit in a ConfigMap in plain text)",
+    ),
+    (
+        "tcp.tls.enabled",
+        "TLS on the client port comes from spec.tls",
+    ),
+    (
+        "tcp.tls.cert_file",
+        "TLS on the client port comes from spec.tls",
+    ),
+    (
+        "tcp.tls.key_file",
+        "TLS on the client port comes from spec.tls",
+    ),
+    (
+        "tcp.tls.self_signed",
+        "TLS on the client port comes from spec.tls",
     ),
     (
         "root.username",

@@ -86,6 +86,10 @@ pub struct IggyClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
 
+    /// TLS on the brokers' client port. Without it clients connect in plain TCP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
     /// Additions to the broker pods' template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
@@ -276,6 +280,20 @@ fn free_form_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "type": "object",
         "additionalProperties": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
     })
+}
+
+/// TLS on the client port: the certificate brokers present, from a Secret of type
+/// `kubernetes.io/tls` (keys `tls.crt`, the chain, and `tls.key`), as cert-manager's
+/// `Certificate` or `kubectl create secret tls` write it. A renewed Secret reaches running
+/// brokers without a restart; adding or removing `tls` rolls the pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Secret in the cluster's namespace. Its certificate must name the addresses clients use:
+    /// the client Service `<cluster>.<namespace>.svc` (and `<cluster>-primary.<namespace>.svc`),
+    /// and for clients that reach members directly, `*.<cluster>-replicas.<namespace>.svc`.
+    #[x_kube(validation = Rule::new("self != ''").message("tls.secretName must not be empty"))]
+    pub secret_name: String,
 }
 
 /// Root user credentials from a Secret; never copied into a ConfigMap.

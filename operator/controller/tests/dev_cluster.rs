@@ -1643,3 +1643,187 @@ async fn the_telemetry_sample_gets_a_collector_receiving_the_brokers_and_sidecar
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// A certificate authority of the test's own (the user's, or cert-manager's issuer).
+struct TestIssuer {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ca_file: tempfile::NamedTempFile,
+}
+
+impl TestIssuer {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("ca");
+        let ca_file = tempfile::NamedTempFile::new().expect("ca file");
+        std::fs::write(ca_file.path(), issuer.pem()).expect("write ca");
+        Self { issuer, ca_file }
+    }
+
+    /// The data of a `kubernetes.io/tls` Secret for `names`, as JSON (base64 values).
+    fn secret_data(&self, names: &[&str]) -> Value {
+        use k8s_openapi::ByteString;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("params")
+            .signed_by(&key, &self.issuer)
+            .expect("sign");
+        let data: std::collections::BTreeMap<&str, ByteString> = [
+            ("tls.crt", ByteString(cert.pem().into_bytes())),
+            ("tls.key", ByteString(key.serialize_pem().into_bytes())),
+        ]
+        .into();
+        serde_json::to_value(data).expect("serializes")
+    }
+
+    /// A logged-in SDK client of `address` over TLS, trusting only this issuer.
+    async fn client(
+        &self,
+        address: &str,
+        domain: &str,
+        (username, password): &(String, String),
+    ) -> Result<IggyClient, IggyError> {
+        let client = IggyClient::builder()
+            .with_tcp()
+            .with_server_address(address.to_string())
+            .with_tls_enabled(true)
+            .with_tls_domain(domain.to_string())
+            .with_tls_ca_file(self.ca_file.path().display().to_string())
+            .build()?;
+        client.connect().await?;
+        client.login_user(username, password).await?;
+        Ok(client)
+    }
+}
+
+/// `spec.tls` with the real brokers: the cluster waits for its Secret (SecretMissing), then
+/// every pod serves the certificate on the client port, reached through the Service by an
+/// unchanged SDK client that trusts the issuer; a plain client gets nothing. A renewed Secret
+/// (another issuer, as after a CA rotation) reaches the running brokers through the kubelet's
+/// volume update, without restarting a pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_cluster_serves_its_secret_and_a_renewal_without_restarting_pods() {
+    let dev = DevCluster::start().await;
+    dev.apply_sample_file("tls.yaml");
+    dev.wait(
+        "Ready=False for the missing TLS Secret",
+        Duration::from_secs(30),
+        |harness| {
+            let cluster = cluster_value(harness, "secure")?;
+            let ready = condition(&cluster, "Ready").ok_or("no Ready condition")?;
+            (ready["status"] == "False" && ready["reason"] == "SecretMissing")
+                .then_some(())
+                .ok_or(format!("Ready = {ready}"))
+        },
+    )
+    .await;
+    assert!(
+        dev.harness.list("", "Pod", Some(NS)).is_empty(),
+        "no pod starts before its certificate exists"
+    );
+
+    let domain = format!("secure.{NS}.svc");
+    let names = [domain.as_str(), "localhost"];
+    let first = TestIssuer::new();
+    let secrets = Api::<Secret>::namespaced(dev.client.clone(), NS);
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "secure-tls"},
+        "type": "kubernetes.io/tls",
+        "data": first.secret_data(&names),
+    }))
+    .expect("a Secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create the TLS Secret");
+    dev.wait_ready("secure").await;
+
+    let credentials = dev.root_credentials("secure-root").await;
+    let service = dev.service_address("secure");
+    let client = first
+        .client(&service, &domain, &credentials)
+        .await
+        .expect("a client trusting the issuer connects through the Service");
+    create_orders(&client).await;
+    send(&client, 0, 30).await.expect("send over TLS");
+    let expected: Vec<String> = (0..30).map(|i| format!("order-{i}")).collect();
+    for position in 0..3 {
+        let member = format!("{}:8090", dev.pod_ip(&format!("secure-{position}")));
+        let reader = first
+            .client(&member, &domain, &credentials)
+            .await
+            .expect("every member serves TLS");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut read = read_payloads(&reader, "orders", "created").await;
+        while read != expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            read = read_payloads(&reader, "orders", "created").await;
+        }
+        assert_eq!(read, expected, "member {position} over TLS");
+    }
+    let plain = tokio::time::timeout(Duration::from_secs(30), try_client(&service, &credentials))
+        .await
+        .expect("a plain client is answered, not left waiting");
+    assert!(plain.is_err(), "plain TCP on the TLS port gets no session");
+
+    // Renewal by another issuer: the Secret is updated in place, as cert-manager does.
+    let pod_uids: Vec<Value> = (0..3)
+        .map(|p| {
+            dev.harness
+                .get("", "Pod", NS, &format!("secure-{p}"))
+                .expect("pod")["metadata"]["uid"]
+                .clone()
+        })
+        .collect();
+    let second = TestIssuer::new();
+    assert!(second
+        .client(&service, &domain, &credentials)
+        .await
+        .is_err());
+    secrets
+        .patch(
+            "secure-tls",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"data": second.secret_data(&names)})),
+        )
+        .await
+        .expect("renew the Secret");
+    for position in 0..3 {
+        let member = format!("{}:8090", dev.pod_ip(&format!("secure-{position}")));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match second.client(&member, &domain, &credentials).await {
+                Ok(client) => {
+                    assert_eq!(read_payloads(&client, "orders", "created").await, expected);
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => {
+                    panic!(
+                        "member {position} never served the renewed certificate: {e}\n{}",
+                        dev.pods_report()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+    for (position, uid) in pod_uids.iter().enumerate() {
+        let pod = dev
+            .harness
+            .get("", "Pod", NS, &format!("secure-{position}"))
+            .expect("pod");
+        assert_eq!(
+            &pod["metadata"]["uid"], uid,
+            "secure-{position} was not restarted"
+        );
+    }
+    // The session opened before the renewal is still served.
+    client
+        .ping()
+        .await
+        .expect("the earlier session survives the renewal");
+}

@@ -15,6 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub struct Dereferenced {
     /// Key names of the root credentials Secret; None when it does not exist.
     pub root_secret_keys: Option<BTreeSet<String>>,
+    /// Key names of the client port's TLS Secret; None when it does not exist.
+    pub tls_secret_keys: Option<BTreeSet<String>>,
     /// The ring in the ring ConfigMap, if one was published.
     pub current_ring: Option<Ring>,
     /// Tiered-storage credentials from their Secret, or why they could not be read; None when
@@ -49,35 +51,17 @@ pub async fn dereference(
     let names = ClusterNames::new(&cluster.name_any(), &namespace);
     let root_secret_keys = match &cluster.spec.auth {
         None => None,
-        Some(auth) => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-            let secret = secrets.get_opt(&auth.root_secret).await.map_err(|source| {
-                DereferenceError::Secret {
-                    name: auth.root_secret.clone(),
-                    source,
-                }
-            })?;
-            secret.map(|secret| {
-                let data = secret.data.unwrap_or_default().into_keys();
-                let plain = secret.string_data.unwrap_or_default().into_keys();
-                data.chain(plain).collect()
-            })
-        }
+        Some(auth) => secret_keys(client, &namespace, &auth.root_secret).await?,
+    };
+    let tls_secret_keys = match &cluster.spec.tls {
+        None => None,
+        Some(tls) => secret_keys(client, &namespace, &tls.secret_name).await?,
     };
     let s3_credentials = match &cluster.spec.tiered_storage {
         None => None,
         Some(tiering) => {
             let name = &tiering.s3.credentials_secret;
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-            let secret =
-                secrets
-                    .get_opt(name)
-                    .await
-                    .map_err(|source| DereferenceError::Secret {
-                        name: name.clone(),
-                        source,
-                    })?;
-            Some(match secret {
+            Some(match get_secret(client, &namespace, name).await? {
                 None => Err(BucketProblem::SecretMissing(name.clone())),
                 Some(secret) => credentials_from(name, &secret),
             })
@@ -129,10 +113,40 @@ pub async fn dereference(
     };
     Ok(Dereferenced {
         root_secret_keys,
+        tls_secret_keys,
         current_ring,
         s3_credentials,
         volume_claims,
     })
+}
+
+/// Secret `name`, or None when it does not exist.
+async fn get_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Secret>, DereferenceError> {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(|source| DereferenceError::Secret {
+            name: name.to_string(),
+            source,
+        })
+}
+
+/// The key names of Secret `name` (never its values); None when it does not exist.
+async fn secret_keys(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeSet<String>>, DereferenceError> {
+    let secret = get_secret(client, namespace, name).await?;
+    Ok(secret.map(|secret| {
+        let data = secret.data.unwrap_or_default().into_keys();
+        let plain = secret.string_data.unwrap_or_default().into_keys();
+        data.chain(plain).collect()
+    }))
 }
 
 /// The access key pair in a Secret; values stay in memory and are never logged.

@@ -6,6 +6,7 @@ use super::dereference::Dereferenced;
 use crate::broker_config::{self, ConfigError};
 use crate::crd::{
     AuthSpec, CollectorSpec, IggyCluster, LocalVolume, OtlpTransport, PodTemplateOverrides, S3Spec,
+    TlsSpec,
 };
 use crate::names::ClusterNames;
 use crate::ring;
@@ -48,7 +49,13 @@ pub struct ValidatedCluster {
     pub ring: Ring,
     pub tiering: Option<Tiering>,
     pub telemetry: Option<Telemetry>,
+    /// The Secret holding the client port's certificate, when it has TLS.
+    pub tls: Option<TlsSpec>,
 }
+
+/// The keys of a `kubernetes.io/tls` Secret: the certificate chain and its private key.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
 
 /// Telemetry, resolved: the one endpoint brokers and sidecars export to.
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +97,10 @@ pub enum ValidationError {
     RootSecretMissing(String),
     #[error("root credentials Secret {secret:?} has no key {key:?}")]
     RootSecretKeyMissing { secret: String, key: String },
+    #[error("TLS Secret {0:?} (spec.tls.secretName) does not exist")]
+    TlsSecretMissing(String),
+    #[error("TLS Secret {secret:?} has no key {key:?} (a kubernetes.io/tls Secret holds tls.crt and tls.key)")]
+    TlsSecretKeyMissing { secret: String, key: String },
     #[error("tiered storage: {0}")]
     Tiering(BucketProblem),
     #[error("spec.tieredStorage.s3.{field} must not be empty")]
@@ -110,6 +121,8 @@ impl ValidationError {
         match self {
             ValidationError::RootSecretMissing(_)
             | ValidationError::RootSecretKeyMissing { .. }
+            | ValidationError::TlsSecretMissing(_)
+            | ValidationError::TlsSecretKeyMissing { .. }
             | ValidationError::Tiering(_) => "SecretMissing",
             _ => "InvalidSpec",
         }
@@ -198,6 +211,20 @@ pub fn validate(
             }
         }
     }
+    if let Some(tls) = &spec.tls {
+        let keys = refs
+            .tls_secret_keys
+            .as_ref()
+            .ok_or_else(|| ValidationError::TlsSecretMissing(tls.secret_name.clone()))?;
+        for key in [TLS_CERT_KEY, TLS_KEY_KEY] {
+            if !keys.contains(key) {
+                return Err(ValidationError::TlsSecretKeyMissing {
+                    secret: tls.secret_name.clone(),
+                    key: key.to_string(),
+                });
+            }
+        }
+    }
     let tiering = match &spec.tiered_storage {
         None => None,
         Some(tiering) => {
@@ -275,6 +302,7 @@ pub fn validate(
         ring,
         tiering,
         telemetry,
+        tls: spec.tls.clone(),
     })
 }
 
@@ -435,6 +463,40 @@ pub(crate) mod tests {
         assert!(matches!(
             validate(&with_auth, &partial),
             Err(ValidationError::RootSecretKeyMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn tls_needs_its_secret_with_a_chain_and_a_key_and_owns_the_tls_keys() {
+        let with_tls = cluster(json!({"replicas": 1, "tls": {"secretName": "events-tls"}}));
+        let missing = validate(&with_tls, &Dereferenced::default());
+        assert_eq!(
+            missing,
+            Err(ValidationError::TlsSecretMissing("events-tls".into()))
+        );
+        assert_eq!(missing.unwrap_err().reason(), "SecretMissing");
+        let without_key = Dereferenced {
+            tls_secret_keys: Some(BTreeSet::from(["tls.crt".to_string()])),
+            ..Dereferenced::default()
+        };
+        assert_eq!(
+            validate(&with_tls, &without_key),
+            Err(ValidationError::TlsSecretKeyMissing {
+                secret: "events-tls".into(),
+                key: "tls.key".into()
+            })
+        );
+        let complete = Dereferenced {
+            tls_secret_keys: Some(BTreeSet::from(["tls.crt".into(), "tls.key".into()])),
+            ..Dereferenced::default()
+        };
+        let valid = validate(&with_tls, &complete).expect("valid");
+        assert_eq!(valid.tls.expect("tls").secret_name, "events-tls");
+        // The broker's TLS keys are the operator's to set, from spec.tls.
+        let by_config = cluster(json!({"replicas": 1, "config": {"tcp.tls.enabled": "true"}}));
+        assert!(matches!(
+            validate(&by_config, &complete),
+            Err(ValidationError::Config(ConfigError::ReservedKey { .. }))
         ));
     }
 

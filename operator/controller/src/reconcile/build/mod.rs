@@ -110,6 +110,7 @@ pub(crate) mod tests {
     pub fn validated(spec: Value) -> ValidatedCluster {
         let refs = Dereferenced {
             root_secret_keys: Some(["username".to_string(), "password".to_string()].into()),
+            tls_secret_keys: Some(["tls.crt".to_string(), "tls.key".to_string()].into()),
             ..Dereferenced::default()
         };
         validate(&cluster(spec), &refs).expect("valid spec")

@@ -9,13 +9,19 @@ use crate::names::{
     CLIENT_PORT, CONFIG_HASH_ANNOTATION, HTTP_PORT, READINESS_GATE, REPLICATION_PORT,
 };
 use crate::reconcile::generated_secrets::REPLICATION_SECRET_KEY;
+use crate::reconcile::validate::{TLS_CERT_KEY, TLS_KEY_KEY};
 use crate::s3::{ACCESS_KEY_ID, SECRET_ACCESS_KEY};
-use iggy_contract::defaults::{POD_CONFIG_DIR, POD_CONFIG_FILE, POD_RING_DIR, POD_RING_FILE};
+use iggy_contract::defaults::{
+    POD_CONFIG_DIR, POD_CONFIG_FILE, POD_RING_DIR, POD_RING_FILE, POD_TLS_DIR,
+};
 use iggy_contract::env::*;
 use iggy_contract::labels::POD_INDEX_LABEL;
 use iggy_contract::ports::{all_interfaces, local_admin_url};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{json, Value};
+
+/// The pod volume of the client port's TLS Secret.
+const TLS_VOLUME: &str = "tls";
 
 /// The broker's user id in the image; the pod runs as it, never as root.
 pub const BROKER_UID: i64 = 10001;
@@ -58,6 +64,20 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
     ];
     if let Some(telemetry) = &cluster.telemetry {
         env_vars.extend(otel_env(cluster, telemetry));
+    }
+    if cluster.tls.is_some() {
+        // The files of the mounted Secret; `self_signed` off, so a Secret without them stops
+        // the broker instead of serving a generated certificate.
+        env_vars.push(env(TCP_TLS_ENABLED, "true"));
+        env_vars.push(env(TCP_TLS_SELF_SIGNED, "false"));
+        env_vars.push(env(
+            TCP_TLS_CERT_FILE,
+            &format!("{POD_TLS_DIR}/{TLS_CERT_KEY}"),
+        ));
+        env_vars.push(env(
+            TCP_TLS_KEY_FILE,
+            &format!("{POD_TLS_DIR}/{TLS_KEY_KEY}"),
+        ));
     }
     // By reference only: the values never pass through the operator or a ConfigMap.
     let auth = &cluster.auth;
@@ -116,6 +136,14 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
         ],
         "securityContext": container_security(),
     });
+    if cluster.tls.is_some() {
+        // The whole Secret as a directory: the kubelet swaps a renewed Secret's files in
+        // place, which a `subPath` mount would never see.
+        container["volumeMounts"]
+            .as_array_mut()
+            .expect("volumeMounts is an array")
+            .push(json!({"name": TLS_VOLUME, "mountPath": POD_TLS_DIR, "readOnly": true}));
+    }
     if let Some(resources) = &cluster.resources {
         container["resources"] = serde_json::to_value(resources).expect("resources serialize");
     }
@@ -180,6 +208,16 @@ pub fn statefulset(cluster: &ValidatedCluster) -> StatefulSet {
             {"name": "ring", "configMap": {"name": names.ring_config_map()}},
         ],
     });
+    if let Some(tls) = &cluster.tls {
+        // Readable by the broker's group (the pod's fsGroup), by no one else.
+        pod_spec["volumes"]
+            .as_array_mut()
+            .expect("volumes is an array")
+            .push(json!({"name": TLS_VOLUME, "secret": {
+                "secretName": tls.secret_name,
+                "defaultMode": 0o440,
+            }}));
+    }
     if !overrides.node_selector.is_empty() {
         pod_spec["nodeSelector"] = json!(overrides.node_selector);
     }
@@ -315,6 +353,53 @@ mod tests {
             find("IGGY_TIERING_S3_SECRET_ACCESS_KEY")["valueFrom"]["secretKeyRef"],
             json!({"name": "s3-creds", "key": "secretAccessKey"})
         );
+    }
+
+    #[test]
+    fn tls_mounts_the_whole_secret_for_the_broker_alone_and_points_the_broker_at_it() {
+        let sts = built(json!({"replicas": 3, "tls": {"secretName": "events-tls"}}));
+        let pod = &sts["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == "tls")
+            .expect("tls volume");
+        assert_eq!(volume["secret"]["secretName"], "events-tls");
+        assert_eq!(volume["secret"]["defaultMode"], 0o440);
+        let broker = &pod["containers"][0];
+        let mount = broker["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .find(|m| m["name"] == "tls")
+            .expect("tls mount");
+        assert_eq!(mount["mountPath"], "/etc/iggy-tls");
+        assert_eq!(mount["readOnly"], true);
+        assert!(
+            mount.get("subPath").is_none(),
+            "a subPath never sees a renewal"
+        );
+        let env = broker["env"].as_array().expect("env");
+        let value = |name: &str| {
+            env.iter()
+                .find(|e| e["name"] == name)
+                .map(|e| e["value"].clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(value("IGGY_TCP_TLS_ENABLED"), "true");
+        assert_eq!(value("IGGY_TCP_TLS_SELF_SIGNED"), "false");
+        assert_eq!(value("IGGY_TCP_TLS_CERT_FILE"), "/etc/iggy-tls/tls.crt");
+        assert_eq!(value("IGGY_TCP_TLS_KEY_FILE"), "/etc/iggy-tls/tls.key");
+        assert!(
+            pod["containers"][1].get("volumeMounts").is_none(),
+            "the sidecar never sees the key"
+        );
+
+        let plain = built(json!({"replicas": 3}));
+        let plain_pod = &plain["spec"]["template"]["spec"];
+        assert!(!plain_pod.to_string().contains("IGGY_TCP_TLS"));
+        assert!(!plain_pod["volumes"].to_string().contains("\"tls\""));
     }
 
     #[test]
