@@ -101,6 +101,7 @@ bench: build
 	@[ "$(SKIP_TELEMETRY)" = 1 ] || ./broker/bench/telemetry.sh $(BENCH_ARGS)
 	@[ "$(SKIP_TIERING)" = 1 ] || ./broker/bench/tiering.sh $(BENCH_ARGS)
 	@[ "$(SKIP_RESTART)" = 1 ] || ./broker/bench/restart.sh $(BENCH_ARGS)
+	@[ "$(SKIP_TLS)" = 1 ] || ./broker/bench/tls.sh $(BENCH_ARGS)
 
 # Structure-aware fuzzing of decode + dispatch (broker/server/fuzz). Runs on stable with
 # sanitizers off; new crashes land in broker/server/fuzz/artifacts/ — copy each into

@@ -36,12 +36,16 @@ pub struct Args {
     /// Every message carries an id of its own, unique across the run (as a producer that
     /// relies on message deduplication sends), instead of 0 (the broker picks one).
     pub ids: bool,
+    /// Connects with TLS, trusting the issuer certificate in this PEM file (`--tls-ca`).
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// The name the broker's certificate must carry (`--tls-domain`, default localhost).
+    pub tls_domain: String,
 }
 
 const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
 [--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
 [--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit] [--traceparent] \
-[--consume-after-ms 0] [--tail] [--nagle] [--ids]";
+[--consume-after-ms 0] [--tail] [--nagle] [--ids] [--tls-ca FILE] [--tls-domain localhost]";
 
 impl Args {
     pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
@@ -65,6 +69,8 @@ impl Args {
             tail: false,
             nagle: false,
             ids: false,
+            tls_ca: None,
+            tls_domain: "localhost".into(),
         };
         while let Some(flag) = raw.next() {
             let mut value = || {
@@ -90,6 +96,8 @@ impl Args {
                 "--tail" => args.tail = true,
                 "--nagle" => args.nagle = true,
                 "--ids" => args.ids = true,
+                "--tls-ca" => args.tls_ca = Some(value()?.into()),
+                "--tls-domain" => args.tls_domain = value()?,
                 "--consume-after-ms" => {
                     args.consume_after = std::time::Duration::from_millis(value()?.parse()?)
                 }

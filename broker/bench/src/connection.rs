@@ -1,25 +1,36 @@
-//! A minimal request/response client over one TCP connection.
+//! A minimal request/response client over one TCP connection, in plain TCP or TLS.
 
 use crate::args::Args;
 use anyhow::{bail, Context, Result};
 use iggy_wire::frame::{RequestHeader, ResponseHeader, HEADER_SIZE};
 use iggy_wire::request::encode;
 use iggy_wire::Command;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The connection's byte stream: a socket, or TLS over one.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 pub struct Connection {
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
     response: Vec<u8>,
     header: Vec<u8>,
 }
 
 impl Connection {
     pub async fn login(args: &Args) -> Result<Self> {
-        let stream = TcpStream::connect(&args.address)
+        let socket = TcpStream::connect(&args.address)
             .await
             .with_context(|| format!("connect to {}", args.address))?;
-        stream.set_nodelay(!args.nagle)?;
+        socket.set_nodelay(!args.nagle)?;
+        let stream: Box<dyn Stream> = match &args.tls_ca {
+            None => Box::new(socket),
+            Some(ca) => Box::new(tls(socket, ca, &args.tls_domain).await?),
+        };
         let mut connection = Self {
             stream,
             response: Vec::new(),
@@ -41,6 +52,8 @@ impl Connection {
         RequestHeader::encode(command.code(), payload.len(), &mut self.header);
         self.stream.write_all(&self.header).await?;
         self.stream.write_all(payload).await?;
+        // TLS holds the last record until flushed; a socket's flush does nothing.
+        self.stream.flush().await?;
         let mut header = [0u8; HEADER_SIZE];
         self.stream.read_exact(&mut header).await?;
         let header = ResponseHeader::parse(&header);
@@ -55,4 +68,30 @@ impl Connection {
         }
         Ok(&self.response)
     }
+}
+
+/// A TLS session over `socket` to a broker whose certificate `ca` issued for `domain`.
+async fn tls(
+    socket: TcpStream,
+    ca: &std::path::Path,
+    domain: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("parse {}", ca.display()))?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from(domain.to_string())
+        .with_context(|| format!("--tls-domain {domain}"))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, socket)
+        .await
+        .context("TLS handshake")
 }
