@@ -82,12 +82,13 @@ async fn tls(
     {
         roots.add(cert.with_context(|| format!("parse {}", ca.display()))?)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    // Deprecated from rustls 0.23.48 (no post-quantum key exchange); the broker uses the same.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let name = ServerName::try_from(domain.to_string())
         .with_context(|| format!("--tls-domain {domain}"))?;
     tokio_rustls::TlsConnector::from(Arc::new(config))

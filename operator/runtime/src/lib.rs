@@ -36,7 +36,9 @@ pub async fn shutdown_signal() {
 
 /// Makes ring rustls' process-wide crypto provider. Needed before the first TLS client is
 /// built whenever more than one provider is compiled in (a workspace build does that), and
-/// harmless otherwise; a second call is a no-op.
+/// harmless otherwise; a second call is a no-op. (rustls 0.23.48 deprecates ring's provider for
+/// lacking post-quantum key exchange; the broker's client port makes the same choice.)
+#[allow(deprecated)]
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

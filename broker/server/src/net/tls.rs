@@ -68,7 +68,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
     if !config.enabled {
         return Ok(None);
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = ring_provider();
     let resolver: Arc<dyn ResolvesServerCert> = match certificate_files(config)? {
         Some((cert, key)) => Arc::new(WatchedPair::load(cert, key, provider.clone())?),
         None => {
@@ -86,6 +86,14 @@ pub fn acceptor(config: &TlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
+}
+
+/// rustls on ring, as the S3 client uses it (no aws-lc build). rustls 0.23.48 deprecates
+/// ring's provider because it offers no post-quantum key exchange; until the broker moves to a
+/// provider that does, TLS here negotiates X25519 or the NIST curves.
+#[allow(deprecated)]
+fn ring_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The chain and key files to serve, or `None` for a generated certificate.
@@ -274,7 +282,7 @@ mod tests {
     }
 
     fn provider() -> Arc<CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        ring_provider()
     }
 
     #[test]
