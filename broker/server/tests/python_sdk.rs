@@ -7,7 +7,8 @@
 mod common;
 
 use common::cluster::TestCluster;
-use common::{name, output_text, read_all, unpadded, TestBroker, ROOT_PASSWORD};
+use common::pki::{borrowed, served_by, tls_client, tls_env, Pki};
+use common::{name, output_text, read_all, unpadded, TestBroker, ROOT_PASSWORD, ROOT_USER};
 use iggy::prelude::*;
 use std::process::Command;
 use std::time::Duration;
@@ -27,8 +28,9 @@ fn sdk_available() -> bool {
     installed
 }
 
-/// Runs the flow against `address`; panics with the script's output when it fails.
-fn run_flow(address: std::net::SocketAddr) {
+/// Runs the flow against `address` (or a connection string); panics with the script's output
+/// when it fails.
+fn run_flow(address: impl ToString) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk_flow.py");
     let output = Command::new("timeout")
         .args(["60", "python3", script, &address.to_string(), ROOT_PASSWORD])
@@ -87,4 +89,26 @@ async fn the_python_sdk_works_through_a_backup_unaware_of_the_cluster() {
     run_flow(cluster.brokers[backup].tcp);
     // Replicated: the primary holds what a client of the backup wrote and consumed.
     check_what_the_flow_left(&cluster.brokers[primary].client().await).await;
+}
+
+/// The same flow over TLS, with the connection string that carries this SDK's TLS settings and
+/// a certificate of the test's own issuer.
+#[tokio::test]
+async fn the_published_python_sdk_works_over_tls() {
+    if !sdk_available() {
+        return;
+    }
+    let pki = Pki::new();
+    let files = served_by(&pki);
+    let env = tls_env(files.path());
+    let broker = TestBroker::start_with(&borrowed(&env));
+    run_flow(format!(
+        "iggy://{ROOT_USER}:{ROOT_PASSWORD}@{}?tls=true&tls_domain=localhost&tls_ca_file={}",
+        broker.tcp,
+        pki.ca_file().display()
+    ));
+    let client = tls_client(broker.tcp, &pki.ca_file())
+        .await
+        .expect("a Rust SDK client over TLS");
+    check_what_the_flow_left(&client).await;
 }

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod history;
 pub mod links;
+pub mod pki;
 
 use iggy::prelude::*;
 use std::io::{Read, Write};

@@ -1,5 +1,6 @@
 """One user's flow through the published Python SDK (PyPI apache-iggy 0.8.0), against the
-broker at argv[1] logged in as root with the password argv[2]. Exits non-zero, with the
+broker at argv[1] (an address or a connection string) logged in as root with the password
+argv[2]. Exits non-zero, with the
 reason, on the first thing that is not as Iggy's server would answer.
 
 Run by tests/python_sdk.rs, which starts the brokers and checks the result from the Rust SDK.
@@ -19,7 +20,12 @@ from apache_iggy import (
 
 
 async def flow(address: str, password: str) -> None:
-    client = IggyClient(address)
+    # An address, or a connection string (iggy://user:password@host:port?tls=true&...), which
+    # is how this SDK takes TLS settings.
+    if address.startswith("iggy://"):
+        client = IggyClient.from_connection_string(address)
+    else:
+        client = IggyClient(address)
     await client.connect()
     await client.ping()
     await client.login_user("iggy", password)
