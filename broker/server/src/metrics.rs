@@ -426,6 +426,14 @@ impl Metrics {
              # TYPE iggy_tiering_l1_bytes gauge\niggy_tiering_l1_bytes {}",
             crate::storage::l1::used()
         );
+        if let Some(not_after) = crate::net::tls::served_not_after() {
+            let _ = writeln!(
+                out,
+                "# HELP iggy_tls_certificate_expiry_timestamp_seconds When the certificate the client port serves expires (Unix time).\n\
+                 # TYPE iggy_tls_certificate_expiry_timestamp_seconds gauge\n\
+                 iggy_tls_certificate_expiry_timestamp_seconds {not_after}"
+            );
+        }
         if let Some(export) = self.export.get() {
             render_export(export, &mut out);
         }

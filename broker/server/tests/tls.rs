@@ -170,8 +170,14 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     // Renewed by another issuer, put in place the way a Secret volume swaps its files.
     let second = Pki::new();
     assert!(tls_client(broker.tcp, &second.ca_file()).await.is_err());
+    // The served certificate's expiry is exported; the first runs to 2040 (`issue_into`).
+    common::wait_metric(
+        &broker,
+        "iggy_tls_certificate_expiry_timestamp_seconds",
+        2_208_988_800.0,
+    );
     let staged = tempfile::tempdir_in(files.path()).expect("dir");
-    second.issue_into(staged.path());
+    second.issue_until(staged.path(), 2041);
     for file in ["tls.key", "tls.crt"] {
         std::fs::rename(staged.path().join(file), files.path().join(file)).expect("swap");
     }
@@ -187,6 +193,11 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
             Err(e) => panic!("the renewed certificate was never served: {e}"),
         }
     };
+    common::wait_metric(
+        &broker,
+        "iggy_tls_certificate_expiry_timestamp_seconds",
+        2_240_611_200.0,
+    );
     let streams = after.get_streams().await.expect("list");
     assert!(streams.iter().any(|s| s.name == "renewal"));
     // The connection from before the renewal keeps working.

@@ -12,6 +12,7 @@
 //! Only the key's path ever reaches a log line or an error, never its bytes.
 
 use crate::config::TlsConfig;
+use crate::net::certificate;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -19,12 +20,59 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_rustls::TlsAcceptor;
 
 /// How often a handshake may look at the certificate files for a renewal.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// A certificate served with less than this left is logged as a warning at each load.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// When the certificate served now expires, in seconds since the Unix epoch; 0 while none is
+/// served. A process has one client listener, so one value; `/metrics` reads it.
+static SERVED_NOT_AFTER: AtomicI64 = AtomicI64::new(0);
+
+/// When the certificate the client port serves expires (Unix seconds), if TLS is on.
+pub fn served_not_after() -> Option<i64> {
+    match SERVED_NOT_AFTER.load(Ordering::Relaxed) {
+        0 => None,
+        seconds => Some(seconds),
+    }
+}
+
+/// Records the expiry of the certificate about to be served, and says so when it is near or
+/// past: clients refuse an expired certificate, so this is the last warning before they do.
+fn note_served(key: &CertifiedKey) {
+    let Some(not_after) = key
+        .end_entity_cert()
+        .ok()
+        .and_then(|cert| certificate::not_after(cert))
+    else {
+        tracing::warn!("tcp.tls: cannot read the certificate's expiry date");
+        return;
+    };
+    SERVED_NOT_AFTER.store(not_after, Ordering::Relaxed);
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let left = not_after - now;
+    if left <= 0 {
+        tracing::error!(
+            expired_seconds_ago = -left,
+            "tcp.tls: the certificate has expired; clients will refuse it until it is renewed"
+        );
+    } else if left < EXPIRY_WARNING.as_secs() as i64 {
+        tracing::warn!(
+            days_left = left / 86_400,
+            "tcp.tls: the certificate expires soon"
+        );
+    } else {
+        tracing::info!(days_left = left / 86_400, "tcp.tls: certificate valid");
+    }
+}
 
 /// The names a generated certificate is valid for: the broker's loopback listener.
 const SELF_SIGNED_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
@@ -77,7 +125,9 @@ pub fn acceptor(config: &TlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
                 "tcp.tls: no cert_file, serving a certificate generated at start; clients \
                  cannot verify it (tcp.tls.self_signed)"
             );
-            Arc::new(Fixed(Arc::new(self_signed(&provider)?)))
+            let generated = self_signed(&provider)?;
+            note_served(&generated);
+            Arc::new(Fixed(Arc::new(generated)))
         }
     };
     let server = rustls::ServerConfig::builder_with_provider(provider)
@@ -203,6 +253,7 @@ impl WatchedPair {
         let stamps = (FileStamp::of(&cert), FileStamp::of(&key));
         let loaded = load_pair(&cert, &key, &provider)?;
         tracing::info!(cert = %cert.display(), "tcp.tls: serving the certificate in cert_file");
+        note_served(&loaded);
         Ok(Self {
             cert,
             key,
@@ -233,6 +284,7 @@ impl WatchedPair {
         match load_pair(&self.cert, &self.key, &self.provider) {
             Ok(loaded) => {
                 tracing::info!(cert = %self.cert.display(), "tcp.tls: the certificate files changed; serving the new pair");
+                note_served(&loaded);
                 served.key = Arc::new(loaded);
             }
             Err(e) => {

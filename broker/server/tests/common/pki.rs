@@ -32,9 +32,16 @@ impl Pki {
 
     /// Issues a certificate for the loopback names into `dir/tls.crt` and `dir/tls.key`.
     pub fn issue_into(&self, dir: &Path) {
+        self.issue_until(dir, 2040);
+    }
+
+    /// Like `issue_into`, valid until the first of January of `year`.
+    pub fn issue_until(&self, dir: &Path, year: i32) {
         let key = KeyPair::generate().expect("key");
-        let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("params");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                .expect("params");
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         std::fs::write(dir.join("tls.crt"), cert.pem()).expect("write cert");
         std::fs::write(dir.join("tls.key"), key.serialize_pem()).expect("write key");
