@@ -406,7 +406,11 @@ async fn a_replicated_send_shows_its_replication_as_a_child_span() {
 /// Every series the chart's Grafana dashboard queries is one a replicated broker serves.
 #[test]
 fn the_dashboard_queries_only_series_the_brokers_serve() {
-    let cluster = common::cluster::TestCluster::start(3, &[]);
+    // With TLS on the client port, so that its series are served too.
+    let pki = common::pki::Pki::new();
+    let files = common::pki::served_by(&pki);
+    let env = common::pki::tls_env(files.path());
+    let cluster = common::cluster::TestCluster::start(3, &common::pki::borrowed(&env));
     let (code, served) = http_get(cluster.brokers[0].http, "/metrics").expect("/metrics");
     assert_eq!(code, 200);
     let dashboard = include_str!("../../../charts/iggy-operator/dashboards/iggy-brokers.json");
