@@ -100,13 +100,15 @@ async fn open_connection(
     mut shutdown: watch::Receiver<bool>,
     tls: Option<TlsAcceptor>,
 ) {
+    // The login clock starts here: a handshake's time counts against `tcp.login_timeout`.
+    let opened = Instant::now();
     let _ = stream.set_nodelay(true);
     // Stays valid while the connection is served: the stream (or the TLS stream around it)
     // lives until `serve_connection` returns.
     let socket = stream.as_raw_fd();
     let Some(acceptor) = tls else {
         let (reader, writer) = stream.into_split();
-        return serve_connection(reader, writer, socket, address, broker, shutdown).await;
+        return serve_connection(reader, writer, socket, address, broker, shutdown, opened).await;
     };
     let handshake =
         tokio::time::timeout(broker.config.tcp.login_timeout.0, acceptor.accept(stream));
@@ -114,7 +116,10 @@ async fn open_connection(
         accepted = handshake => match accepted {
             Ok(Ok(stream)) => {
                 let (reader, writer) = tokio::io::split(stream);
-                return serve_connection(reader, writer, socket, address, broker, shutdown).await;
+                return serve_connection(
+                    reader, writer, socket, address, broker, shutdown, opened,
+                )
+                .await;
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no handshake within tcp.login_timeout".to_string(),
@@ -134,7 +139,8 @@ async fn open_connection(
 
 /// Serves one connection until it closes, or until shutdown: then the request in progress, if
 /// any, is finished and answered, and the connection closes before reading another. `socket`
-/// is the TCP socket under `reader` and `writer`, for `quickack`.
+/// is the TCP socket under `reader` and `writer`, for `quickack`; `opened`, when it was
+/// accepted.
 async fn serve_connection<R, W>(
     reader: R,
     mut writer: W,
@@ -142,6 +148,7 @@ async fn serve_connection<R, W>(
     address: SocketAddr,
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
+    opened: Instant,
 ) where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -157,7 +164,7 @@ async fn serve_connection<R, W>(
     let mut out = Vec::with_capacity(4096);
     let login_timeout = broker.config.tcp.login_timeout.0;
     // Since when the connection has had no logged-in user: its start, or its last logout.
-    let mut anonymous_since = Some(Instant::now());
+    let mut anonymous_since = Some(opened);
     loop {
         let mut header = [0u8; frame::HEADER_SIZE];
         if *shutdown.borrow() {
