@@ -1,22 +1,38 @@
-//! When an X.509 certificate stops being valid (`notAfter`), read from its DER bytes, so the
-//! broker can say how long the certificate it serves has left (a log line at load, the
-//! `iggy_tls_certificate_expiry_timestamp_seconds` gauge for alerts) before clients start
-//! refusing it.
+//! What the broker reads from the X.509 certificate it serves, from its DER bytes: when it stops
+//! being valid (`notAfter`), so the broker can say how long it has left (a log line at load,
+//! the `iggy_tls_certificate_expiry_timestamp_seconds` gauge for alerts) before clients refuse
+//! it; and the names it is for (subjectAltName), logged at load, because a client connecting by
+//! a name the certificate does not carry is refused with nothing on the broker's side to say so.
 //!
-//! Only the path to that one field is walked: Certificate → TBSCertificate → (optional
-//! version), serialNumber, signature, issuer, validity → notBefore, notAfter. Each element is a
-//! DER tag-length-value, and everything before the validity is skipped by its length, so no
-//! ASN.1 library is needed for it. Anything malformed on the way gives `None`.
+//! Only the path to those fields is walked: Certificate → TBSCertificate → its fields in order,
+//! each a DER tag-length-value, everything else skipped by its length, so no ASN.1 library is
+//! needed. Anything malformed on the way gives `None` (or no names).
 
-/// DER tags on the way to the validity.
+/// DER tags of the TBSCertificate's fields.
 const SEQUENCE: u8 = 0x30;
 const EXPLICIT_VERSION: u8 = 0xA0;
 const INTEGER: u8 = 0x02;
+const EXPLICIT_EXTENSIONS: u8 = 0xA3;
+const OBJECT_ID: u8 = 0x06;
+const BOOLEAN: u8 = 0x01;
+const OCTET_STRING: u8 = 0x04;
 const UTC_TIME: u8 = 0x17;
 const GENERALIZED_TIME: u8 = 0x18;
+/// GeneralName choices of a subjectAltName: `[2] dNSName`, `[7] iPAddress` (implicit tags).
+const DNS_NAME: u8 = 0x82;
+const IP_ADDRESS: u8 = 0x87;
+/// The subjectAltName extension's id, 2.5.29.17, DER-encoded.
+const SUBJECT_ALT_NAME: [u8; 3] = [0x55, 0x1D, 0x11];
 
-/// Seconds since the Unix epoch at which the certificate in `der` expires.
-pub fn not_after(der: &[u8]) -> Option<i64> {
+/// The fields of a certificate's TBSCertificate this module reads.
+struct Tbs<'a> {
+    validity: &'a [u8],
+    extensions: Option<&'a [u8]>,
+}
+
+/// Walks Certificate → TBSCertificate: (version), serialNumber, signature, issuer, validity,
+/// subject, subjectPublicKeyInfo, (issuerUniqueID), (subjectUniqueID), (extensions).
+fn tbs(der: &[u8]) -> Option<Tbs<'_>> {
     let (tag, certificate, _) = element(der)?;
     if tag != SEQUENCE {
         return None;
@@ -30,18 +46,35 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
     if tag == EXPLICIT_VERSION {
         rest = after;
     }
-    // serialNumber, signature, issuer.
-    for expected in [INTEGER, SEQUENCE, SEQUENCE] {
-        let (tag, _, after) = element(rest)?;
+    let mut fixed = [&[][..]; 6];
+    for (field, expected) in fixed
+        .iter_mut()
+        .zip([INTEGER, SEQUENCE, SEQUENCE, SEQUENCE, SEQUENCE, SEQUENCE])
+    {
+        let (tag, content, after) = element(rest)?;
         if tag != expected {
             return None;
         }
+        *field = content;
         rest = after;
     }
-    let (tag, validity, _) = element(rest)?;
-    if tag != SEQUENCE {
-        return None;
+    let mut extensions = None;
+    while !rest.is_empty() {
+        let (tag, content, after) = element(rest)?;
+        if tag == EXPLICIT_EXTENSIONS {
+            extensions = Some(content);
+        }
+        rest = after;
     }
+    Some(Tbs {
+        validity: fixed[3],
+        extensions,
+    })
+}
+
+/// Seconds since the Unix epoch at which the certificate in `der` expires.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let validity = tbs(der)?.validity;
     let (_, _, after_not_before) = element(validity)?;
     let (tag, time, _) = element(after_not_before)?;
     let text = std::str::from_utf8(time).ok()?;
@@ -55,6 +88,56 @@ pub fn not_after(der: &[u8]) -> Option<i64> {
         GENERALIZED_TIME => unix_seconds(text.get(0..4)?.parse().ok()?, text.get(4..)?),
         _ => None,
     }
+}
+
+/// The DNS names and IP addresses the certificate in `der` is for (its subjectAltName), as
+/// text: what clients check the name they connect to against. Empty when it has none or when
+/// `der` is malformed.
+pub fn names(der: &[u8]) -> Vec<String> {
+    subject_alt_names(der).unwrap_or_default()
+}
+
+fn subject_alt_names(der: &[u8]) -> Option<Vec<String>> {
+    let (tag, mut list, _) = element(tbs(der)?.extensions?)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    while !list.is_empty() {
+        let (_, extension, after) = element(list)?;
+        list = after;
+        let (tag, id, mut rest) = element(extension)?;
+        if tag != OBJECT_ID || id != SUBJECT_ALT_NAME {
+            continue;
+        }
+        let (tag, _, after_critical) = element(rest)?;
+        if tag == BOOLEAN {
+            rest = after_critical;
+        }
+        let (tag, value, _) = element(rest)?;
+        let (sequence, mut general_names, _) = element(value)?;
+        if tag != OCTET_STRING || sequence != SEQUENCE {
+            return None;
+        }
+        let mut found = Vec::new();
+        while !general_names.is_empty() {
+            let (tag, name, after) = element(general_names)?;
+            general_names = after;
+            match (tag, name.len()) {
+                (DNS_NAME, _) => found.push(String::from_utf8_lossy(name).into_owned()),
+                (IP_ADDRESS, 4) => {
+                    let octets: [u8; 4] = name.try_into().ok()?;
+                    found.push(std::net::Ipv4Addr::from(octets).to_string());
+                }
+                (IP_ADDRESS, 16) => {
+                    let octets: [u8; 16] = name.try_into().ok()?;
+                    found.push(std::net::Ipv6Addr::from(octets).to_string());
+                }
+                _ => {}
+            }
+        }
+        return Some(found);
+    }
+    None
 }
 
 /// One DER element at the start of `bytes`: its tag, its content, and what follows it.
@@ -134,6 +217,30 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_dns_names_and_addresses_a_certificate_is_for() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names = vec![
+            "events.default.svc".to_string(),
+            "*.events-replicas.default.svc".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
+        let der = rcgen::CertificateParams::new(names.clone())
+            .expect("params")
+            .self_signed(&key)
+            .expect("sign")
+            .der()
+            .to_vec();
+        assert_eq!(super::names(&der), names);
+        // A certificate without the extension names nothing.
+        let mut bare = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        bare.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let bare = bare.self_signed(&key).expect("sign").der().to_vec();
+        assert!(super::names(&bare).is_empty());
+        assert_eq!(not_after(&bare), Some(1_893_456_000));
+    }
+
+    #[test]
     fn the_calendar_matches_known_dates() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
@@ -146,6 +253,7 @@ mod tests {
         let der = issued_until(2030, 1, 1);
         for cut in 0..der.len() {
             let _ = not_after(&der[..cut]);
+            let _ = names(&der[..cut]);
         }
         assert_eq!(not_after(&[]), None);
         assert_eq!(not_after(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]), None);

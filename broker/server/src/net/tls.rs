@@ -46,12 +46,12 @@ pub fn served_not_after() -> Option<i64> {
 /// Records the expiry of the certificate about to be served, and says so when it is near or
 /// past: clients refuse an expired certificate, so this is the last warning before they do.
 fn note_served(key: &CertifiedKey) {
-    let Some(not_after) = key
-        .end_entity_cert()
-        .ok()
-        .and_then(|cert| certificate::not_after(cert))
-    else {
-        tracing::warn!("tcp.tls: cannot read the certificate's expiry date");
+    let leaf = key.end_entity_cert().ok();
+    let names = leaf
+        .map(|cert| certificate::names(cert))
+        .unwrap_or_default();
+    let Some(not_after) = leaf.and_then(|cert| certificate::not_after(cert)) else {
+        tracing::warn!(?names, "tcp.tls: cannot read the certificate's expiry date");
         return;
     };
     SERVED_NOT_AFTER.store(not_after, Ordering::Relaxed);
@@ -62,15 +62,21 @@ fn note_served(key: &CertifiedKey) {
     if left <= 0 {
         tracing::error!(
             expired_seconds_ago = -left,
+            ?names,
             "tcp.tls: the certificate has expired; clients will refuse it until it is renewed"
         );
     } else if left < EXPIRY_WARNING.as_secs() as i64 {
         tracing::warn!(
             days_left = left / 86_400,
+            ?names,
             "tcp.tls: the certificate expires soon"
         );
     } else {
-        tracing::info!(days_left = left / 86_400, "tcp.tls: certificate valid");
+        tracing::info!(
+            days_left = left / 86_400,
+            ?names,
+            "tcp.tls: certificate valid"
+        );
     }
 }
 
