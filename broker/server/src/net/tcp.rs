@@ -121,20 +121,23 @@ async fn open_connection(
                 )
                 .await;
             }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no handshake within tcp.login_timeout".to_string(),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("no handshake within tcp.login_timeout".to_string()),
         },
-        _ = shutdown.changed() => "shutting down".to_string(),
+        // Not the client's failure: not counted.
+        _ = shutdown.changed() => None,
     };
-    broker
-        .metrics
-        .tls_handshake_failures
-        .fetch_add(1, Ordering::Relaxed);
+    if let Some(failure) = &failure {
+        broker
+            .metrics
+            .tls_handshake_failures
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%address, reason = %failure, "closed: TLS handshake failed");
+    }
     broker
         .metrics
         .connections_open
         .fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(%address, reason = %failure, "closed: TLS handshake failed");
 }
 
 /// Serves one connection until it closes, or until shutdown: then the request in progress, if
