@@ -35,15 +35,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A certificate that cannot be served is a configuration error, found before the data
-    // directory is touched.
-    let tls = match broker::net::tls::acceptor(&config.tcp.tls) {
-        Ok(tls) => tls,
-        Err(e) => {
-            eprintln!("iggy-broker: {e}");
-            return ExitCode::from(2);
-        }
-    };
     broker::storage::descriptors::set_sync_on_close(config.storage.fsync != FsyncPolicy::Never);
     broker::storage::l1::set_capacity(config.tiering.l1.size.0);
     // A ring that cannot be replicated with is a configuration error, found before the data
@@ -79,6 +70,16 @@ fn main() -> ExitCode {
         Ok(telemetry) => telemetry,
         Err(e) => {
             eprintln!("iggy-broker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // A certificate that cannot be served is a configuration error, found before the data
+    // directory is touched; after the logs are set up, so what it serves is logged.
+    let tls = match broker::net::tls::acceptor(&config.tcp.tls) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("iggy-broker: {e}");
+            telemetry.shutdown();
             return ExitCode::from(2);
         }
     };

@@ -244,6 +244,34 @@ fn a_certificate_that_cannot_be_served_stops_the_broker_before_it_touches_data()
     );
 }
 
+/// What the broker serves is in its log from the start: the file, the names the certificate
+/// is for and the time it has left. The broker is stopped right after, by an occupied HTTP
+/// port, to read its output whole.
+#[test]
+fn the_served_certificate_is_logged_with_its_names_and_time_left() {
+    let pki = Pki::new();
+    let files = served_by(&pki);
+    let mut broker = TestBroker::start();
+    broker.stop();
+    for (key, value) in tls_env(files.path()) {
+        broker.set_env(key, &value);
+    }
+    broker.set_env("IGGY_LOGGING_LEVEL", "info");
+    let _occupied = std::net::TcpListener::bind(broker.http).expect("hold the HTTP port");
+    let (code, output) = broker.run_expecting_failure();
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("http.address"), "{output}");
+    assert!(
+        output.contains("tcp.tls: serving the certificate in cert_file"),
+        "{output}"
+    );
+    assert!(
+        output.contains(r#"names=["localhost", "127.0.0.1"]"#),
+        "{output}"
+    );
+    assert!(output.contains("tcp.tls: certificate valid"), "{output}");
+}
+
 /// Every file under `dir` with its length and modification time.
 fn listing(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
     let mut found = Vec::new();
