@@ -902,12 +902,20 @@ fn produce_through_the_service(
 
 async fn try_client(
     address: &str,
-    (username, password): &(String, String),
+    credentials: &(String, String),
 ) -> Result<IggyClient, IggyError> {
     let client = IggyClient::builder()
         .with_tcp()
         .with_server_address(address.to_string())
         .build()?;
+    logged_in(client, credentials).await
+}
+
+/// `client` connected and logged in with `credentials`.
+async fn logged_in(
+    client: IggyClient,
+    (username, password): &(String, String),
+) -> Result<IggyClient, IggyError> {
     client.connect().await?;
     client.login_user(username, password).await?;
     Ok(client)
@@ -1683,7 +1691,7 @@ impl TestIssuer {
         &self,
         address: &str,
         domain: &str,
-        (username, password): &(String, String),
+        credentials: &(String, String),
     ) -> Result<IggyClient, IggyError> {
         let client = IggyClient::builder()
             .with_tcp()
@@ -1692,9 +1700,7 @@ impl TestIssuer {
             .with_tls_domain(domain.to_string())
             .with_tls_ca_file(self.ca_file.path().display().to_string())
             .build()?;
-        client.connect().await?;
-        client.login_user(username, password).await?;
-        Ok(client)
+        logged_in(client, credentials).await
     }
 }
 

@@ -65,7 +65,15 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
     if let Some(telemetry) = &cluster.telemetry {
         env_vars.extend(otel_env(cluster, telemetry));
     }
+    let mut volume_mounts = vec![
+        json!({"name": "data", "mountPath": DATA_PATH}),
+        json!({"name": "config", "mountPath": POD_CONFIG_DIR, "readOnly": true}),
+        json!({"name": "ring", "mountPath": POD_RING_DIR, "readOnly": true}),
+    ];
     if cluster.tls.is_some() {
+        // The whole Secret as a directory: the kubelet swaps a renewed Secret's files in
+        // place, which a `subPath` mount would never see.
+        volume_mounts.push(json!({"name": TLS_VOLUME, "mountPath": POD_TLS_DIR, "readOnly": true}));
         // The files of the mounted Secret; `self_signed` off, so a Secret without them stops
         // the broker instead of serving a generated certificate.
         env_vars.push(env(TCP_TLS_ENABLED, "true"));
@@ -129,21 +137,9 @@ fn broker_container(cluster: &ValidatedCluster) -> Value {
         "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 10, "failureThreshold": 6},
         "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
         "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 2, "failureThreshold": 900},
-        "volumeMounts": [
-            {"name": "data", "mountPath": DATA_PATH},
-            {"name": "config", "mountPath": POD_CONFIG_DIR, "readOnly": true},
-            {"name": "ring", "mountPath": POD_RING_DIR, "readOnly": true},
-        ],
+        "volumeMounts": volume_mounts,
         "securityContext": container_security(),
     });
-    if cluster.tls.is_some() {
-        // The whole Secret as a directory: the kubelet swaps a renewed Secret's files in
-        // place, which a `subPath` mount would never see.
-        container["volumeMounts"]
-            .as_array_mut()
-            .expect("volumeMounts is an array")
-            .push(json!({"name": TLS_VOLUME, "mountPath": POD_TLS_DIR, "readOnly": true}));
-    }
     if let Some(resources) = &cluster.resources {
         container["resources"] = serde_json::to_value(resources).expect("resources serialize");
     }
