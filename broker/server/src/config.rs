@@ -245,6 +245,8 @@ pub struct ReplicationConfig {
     pub inbound_budget: ByteSize,
     /// What replicas prove to each other before they talk (`replication::peer_auth`).
     pub secret: Secret,
+    /// Whether this member opens its replication connections over TLS (`replication::peer_tls`).
+    pub tls: bool,
     /// Room kept on every member's data filesystem: the primary refuses sends that would leave
     /// less on any member, and other operations that add state below a quarter of it
     /// (`replication::machine`, `admit`).

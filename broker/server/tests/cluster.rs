@@ -4,7 +4,7 @@
 
 mod common;
 
-use broker::replication::peer_auth::ClusterSecret;
+use broker::replication::peer_auth::{Binding, ClusterSecret};
 use broker::replication::transport::{
     encode_frame, read_handshake_frame_blocking, Greeting, TransportError, FETCH, FETCHED, PROOF,
 };
@@ -578,6 +578,61 @@ async fn a_member_far_behind_or_wiped_is_rebuilt_by_state_sync() {
     check_all_after_five_more(&cluster, &client, &history, primary, batch).await;
 }
 
+/// Replication over TLS (`replication.tls`): every member admits its peers' connections as
+/// TLS; a wiped member is rebuilt by state sync over a TLS connection of its own (its blocking
+/// client), and a member restarted with TLS off — one step of a rolling change — is admitted
+/// plain and counted as such, with no acknowledged message lost or doubled on any member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ring_over_tls_rebuilds_a_wiped_member_and_admits_a_plain_one_during_a_roll() {
+    let mut cluster = TestCluster::start(3, &[("IGGY_REPLICATION_TLS", "true")]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let lagging = (primary + 2) % 3;
+    let client = cluster.brokers[primary].client().await;
+    create_log(&client, "tls").await;
+    let history = History::default();
+    let mut batch = 0;
+    produce_until(&cluster, &client, &history, primary, 50, &mut batch).await;
+    // A peer that was refused while its neighbour started retries after a backoff of up to
+    // a second, so each member's second TLS peer may arrive after the writes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for member in 0..3 {
+        while accepted(&cluster, member, true) < 2 {
+            assert!(Instant::now() < deadline, "member {member} lacks a TLS peer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(accepted(&cluster, member, false), 0, "member {member}");
+    }
+
+    // Past the WAL's slots while it is away, so only state sync can rebuild it.
+    cluster.brokers[lagging].kill9();
+    cluster.brokers[lagging].wipe_data();
+    produce_until(&cluster, &client, &history, primary, 500, &mut batch).await;
+    cluster.brokers[lagging].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[lagging], primary, Duration::from_secs(30));
+
+    let plain_before = accepted(&cluster, primary, false);
+    cluster.brokers[lagging].kill9();
+    cluster.brokers[lagging].set_env("IGGY_REPLICATION_TLS", "false");
+    cluster.brokers[lagging].spawn_and_wait_alive();
+    check_all_after_five_more(&cluster, &client, &history, primary, batch).await;
+    assert!(accepted(&cluster, primary, false) > plain_before);
+    assert_eq!(
+        accepted(&cluster, lagging, false),
+        0,
+        "its peers still open TLS"
+    );
+}
+
+/// `member`'s count of admitted replication connections, TLS or plain.
+fn accepted(cluster: &TestCluster, member: usize, tls: bool) -> u64 {
+    let name = format!("iggy_replication_accepted_total{{tls=\"{tls}\"}}");
+    let line = metric(cluster, member, &name);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} on member {member}: {line:?}"))
+}
+
 /// The `.log` files in `dir`, by name: a partition's segments, oldest first, or a journal's
 /// WAL files.
 fn log_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -965,7 +1020,7 @@ fn handshake(
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let (greeting, hello) = Greeting::new(&secret).expect("nonce");
+    let (greeting, hello) = Greeting::new(&secret, Binding::Plain).expect("nonce");
     stream.write_all(&hello).expect("hello");
     let (kind, body) = read_handshake_frame_blocking(&mut stream).expect("a challenge");
     let proven = greeting.answer(kind, &body).map(|proof| {

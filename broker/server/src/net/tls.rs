@@ -148,7 +148,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<Option<TlsAcceptor>, TlsError> {
 /// ring's provider because it offers no post-quantum key exchange; until the broker moves to a
 /// provider that does, TLS here negotiates X25519 or the NIST curves.
 #[allow(deprecated)]
-fn ring_provider() -> Arc<CryptoProvider> {
+pub(crate) fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

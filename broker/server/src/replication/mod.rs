@@ -19,6 +19,7 @@ pub mod journal;
 pub mod machine;
 pub mod mapped;
 pub mod peer_auth;
+pub mod peer_tls;
 pub mod ring_update;
 pub mod sending;
 pub mod space;
@@ -90,6 +91,8 @@ pub enum ClusterError {
     SingleNodeData(PathBuf),
     #[error("cannot prepare the data directory: {0}")]
     Data(#[from] std::io::Error),
+    #[error(transparent)]
+    PeerTls(#[from] peer_tls::PeerTlsError),
     #[error("replication journal: {0}")]
     Journal(#[from] JournalError),
     #[error(transparent)]
@@ -214,7 +217,8 @@ impl Setup {
         if secret.len() < peer_auth::MIN_SECRET_LEN {
             return Err(ClusterError::ShortReplicationSecret(secret.len()));
         }
-        let secret = peer_auth::ClusterSecret::new(secret, &ring.cluster_id);
+        let tls = peer_tls::PeerTls::generate(config.replication.tls)?;
+        let secret = peer_auth::ClusterSecret::new(secret, &ring.cluster_id).with_tls(tls);
         let position = me.position;
         let addresses = ring
             .by_position()
@@ -494,6 +498,7 @@ pub async fn boot(
         members = setup.addresses.len(),
         ring_epoch = setup.ring.epoch,
         replication = %listen,
+        replication_tls = setup.secret.opening_tls().is_some(),
         "replica started"
     );
     Ok((

@@ -17,8 +17,10 @@
 //! two clusters that were given the same secret by mistake apart. The secret itself never
 //! crosses the wire. What this does not give is confidentiality or integrity after the
 //! handshake: someone on the path between two replicas can still read and alter the stream
-//! (that needs TLS, not built yet — docs/replication.md, "Who may speak to a replica").
+//! unless the members wrap their connections in TLS (`replication.tls`, `peer_tls`), which
+//! binds each proof to its TLS session ([`Binding`]).
 
+use crate::replication::peer_tls::PeerTls;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::Read;
@@ -32,11 +34,14 @@ pub type Proof = [u8; 32];
 /// digits (about 190 bits); a person choosing one by hand must not choose a short word.
 pub const MIN_SECRET_LEN: usize = 16;
 
-/// The cluster's replication secret and its id, which every proof binds.
+/// The cluster's replication secret and its id, which every proof binds; and whether this
+/// member wraps the connections it opens in TLS (`replication.tls`), which travels with the
+/// secret because every place that opens a replica connection holds it.
 #[derive(Clone)]
 pub struct ClusterSecret {
     key: Arc<[u8]>,
     cluster_id: Arc<str>,
+    tls: Option<Arc<PeerTls>>,
 }
 
 impl fmt::Debug for ClusterSecret {
@@ -45,6 +50,7 @@ impl fmt::Debug for ClusterSecret {
         f.debug_struct("ClusterSecret")
             .field("cluster_id", &self.cluster_id)
             .field("key", &"<redacted>")
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -70,35 +76,81 @@ impl ClusterSecret {
         Self {
             key: secret.as_bytes().into(),
             cluster_id: cluster_id.into(),
+            tls: None,
         }
     }
 
-    /// What `side` sends to show it holds the secret, for the connection whose nonces are
-    /// `connecting` and `accepting`.
-    pub fn proof(&self, side: Side, connecting: &Nonce, accepting: &Nonce) -> Proof {
-        let cluster_len = (self.cluster_id.len() as u32).to_le_bytes();
-        hmac_sha256(
-            &self.key,
-            &[
-                side.label(),
-                &cluster_len,
-                self.cluster_id.as_bytes(),
-                connecting,
-                accepting,
-            ],
-        )
+    /// The same secret, with this member's TLS: it accepts TLS connections, and opens its own
+    /// over TLS if `tls` says so.
+    pub fn with_tls(mut self, tls: PeerTls) -> Self {
+        self.tls = Some(Arc::new(tls));
+        self
     }
 
-    /// Whether `claimed` is `side`'s proof for these nonces (compared in constant time).
+    /// The TLS this member opens its connections with, if `replication.tls` is on.
+    pub fn opening_tls(&self) -> Option<&PeerTls> {
+        self.tls.as_deref().filter(|tls| tls.opens_connections())
+    }
+
+    /// The TLS this member accepts connections with: whatever its own setting, so that a ring
+    /// changes `replication.tls` one member at a time (`peer_tls`).
+    pub fn accepting_tls(&self) -> Option<&PeerTls> {
+        self.tls.as_deref()
+    }
+
+    /// What `side` sends to show it holds the secret, for the connection whose nonces are
+    /// `connecting` and `accepting` and whose TLS session is `binding` (its exporter value,
+    /// `peer_tls::binding`; empty for a plain connection, whose proofs are then the same bytes
+    /// as before TLS existed).
+    pub fn proof(
+        &self,
+        side: Side,
+        connecting: &Nonce,
+        accepting: &Nonce,
+        binding: &Binding,
+    ) -> Proof {
+        let cluster_len = (self.cluster_id.len() as u32).to_le_bytes();
+        let session: &[&[u8]] = match binding {
+            Binding::Plain => &[],
+            Binding::Tls(exported) => &[b"tls-exporter", exported],
+        };
+        let mut parts: Vec<&[u8]> = vec![
+            side.label(),
+            &cluster_len,
+            self.cluster_id.as_bytes(),
+            connecting,
+            accepting,
+        ];
+        parts.extend_from_slice(session);
+        hmac_sha256(&self.key, &parts)
+    }
+
+    /// Whether `claimed` is `side`'s proof for these nonces and this session (compared in
+    /// constant time).
     pub fn verify(
         &self,
         side: Side,
         connecting: &Nonce,
         accepting: &Nonce,
+        binding: &Binding,
         claimed: &Proof,
     ) -> bool {
-        constant_time_eq(&self.proof(side, connecting, accepting), claimed)
+        constant_time_eq(&self.proof(side, connecting, accepting, binding), claimed)
     }
+}
+
+/// The connection a proof is bound to, besides its nonces.
+///
+/// Over TLS a proof also covers a value both ends of one TLS session derive from it and nobody
+/// else can (RFC 5705's exporter; `peer_tls`). Replicas do not check each other's
+/// certificates — each generates its own at start — so without the binding a relay in the
+/// middle could end one TLS session with each replica and pass the proofs across unchanged; it
+/// would then read the stream in the clear. With it, the two sessions export different values,
+/// each replica's proof fails on the other's side, and nothing past the hello is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    Plain,
+    Tls([u8; 32]),
 }
 
 /// A nonce from the kernel's CSPRNG.
@@ -170,22 +222,46 @@ mod tests {
         let secret = ClusterSecret::new("correct horse battery staple", "prod");
         let (a, b) = (nonce().unwrap(), nonce().unwrap());
         assert_ne!(a, b);
-        let proof = secret.proof(Side::Connecting, &a, &b);
-        assert!(secret.verify(Side::Connecting, &a, &b, &proof));
-        assert!(!secret.verify(Side::Accepting, &a, &b, &proof), "reflected");
+        let plain = Binding::Plain;
+        let proof = secret.proof(Side::Connecting, &a, &b, &plain);
+        assert!(secret.verify(Side::Connecting, &a, &b, &plain, &proof));
         assert!(
-            !secret.verify(Side::Connecting, &b, &a, &proof),
+            !secret.verify(Side::Accepting, &a, &b, &plain, &proof),
+            "reflected"
+        );
+        assert!(
+            !secret.verify(Side::Connecting, &b, &a, &plain, &proof),
             "nonces swapped"
         );
         let fresh = nonce().unwrap();
         assert!(
-            !secret.verify(Side::Connecting, &a, &fresh, &proof),
+            !secret.verify(Side::Connecting, &a, &fresh, &plain, &proof),
             "replayed"
         );
         let other_secret = ClusterSecret::new("correct horse battery stapler", "prod");
-        assert!(!other_secret.verify(Side::Connecting, &a, &b, &proof));
+        assert!(!other_secret.verify(Side::Connecting, &a, &b, &plain, &proof));
         let other_cluster = ClusterSecret::new("correct horse battery staple", "test");
-        assert!(!other_cluster.verify(Side::Connecting, &a, &b, &proof));
+        assert!(!other_cluster.verify(Side::Connecting, &a, &b, &plain, &proof));
+    }
+
+    #[test]
+    fn a_proof_bound_to_one_tls_session_fails_on_another_and_on_a_plain_connection() {
+        let secret = ClusterSecret::new("correct horse battery staple", "prod");
+        let (a, b) = (nonce().unwrap(), nonce().unwrap());
+        let session = Binding::Tls([7; 32]);
+        let proof = secret.proof(Side::Accepting, &a, &b, &session);
+        assert!(secret.verify(Side::Accepting, &a, &b, &session, &proof));
+        let relayed = Binding::Tls([8; 32]);
+        assert!(!secret.verify(Side::Accepting, &a, &b, &relayed, &proof));
+        assert!(!secret.verify(Side::Accepting, &a, &b, &Binding::Plain, &proof));
+        // A plain proof is the one written before TLS existed: older members still verify it.
+        assert_eq!(secret.proof(Side::Accepting, &a, &b, &Binding::Plain), {
+            let cluster_len = 4u32.to_le_bytes();
+            hmac_sha256(
+                b"correct horse battery staple",
+                &[Side::Accepting.label(), &cluster_len, b"prod", &a, &b],
+            )
+        });
     }
 
     #[test]

@@ -21,15 +21,19 @@
 //! the same lock with which it queues, so a frame never overtakes one queued before it. The
 //! task hands the lane back only when it has written everything and finds the queue empty,
 //! under that lock.
+//!
+//! Over TLS (`replication.tls`) the connection task writes every frame: a TLS session is one
+//! state that both writers would have to lock for every record they seal.
 
 use crate::replication::peer_auth::ClusterSecret;
 use crate::replication::status::ClusterStatus;
 use crate::replication::transport::{
-    connect_handshake, Deferred, Frame, Outgoing, SPACE_SINCE_REVISION,
+    self, Deferred, Frame, Opened, Outgoing, SPACE_SINCE_REVISION,
 };
 use std::io::{ErrorKind, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use vsr::ReplicaId;
@@ -259,14 +263,14 @@ async fn send_loop(
             _ = stop.changed() => return,
         };
         let connected = match stream {
-            Ok(mut stream) => {
+            Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 let greeted = tokio::select! {
-                    greeted = connect_handshake(&mut stream, &peer.secret) => greeted,
+                    greeted = transport::open(stream, &peer.secret) => greeted,
                     _ = stop.changed() => return,
                 };
                 match greeted {
-                    Ok(revision) => Ok((stream, revision)),
+                    Ok(opened) => Ok(opened),
                     Err(e) if e.is_refusal() => {
                         peer.status.count_refusal();
                         tracing::warn!(peer = %address, error = %e, "replication handshake failed");
@@ -283,7 +287,7 @@ async fn send_loop(
                 Err(())
             }
         };
-        let Ok((stream, revision)) = connected else {
+        let Ok((opened, revision)) = connected else {
             // Frames queued while the peer is unreachable are stale by the time it answers;
             // drop them rather than replaying a burst of old prepares.
             while lane.idle_or_next(&mut frames).is_some() {}
@@ -295,12 +299,20 @@ async fn send_loop(
             continue;
         };
         backoff = RECONNECT_MIN;
-        let stream = Arc::new(stream);
-        tracing::info!(peer = %address, "connected to replica");
+        let mut link = match opened {
+            Opened::Plain(stream) => Link::Plain(Arc::new(stream)),
+            Opened::Tls(stream) => Link::Tls(stream),
+        };
+        tracing::info!(peer = %address, tls = link.is_tls(), "connected to replica");
         peer.status.set_connected(peer.position, Some(revision));
         {
             let mut state = lane.state();
-            state.stream = Some(stream.clone());
+            // Over TLS every frame goes through the task: the replica thread cannot write
+            // into a TLS session it does not own without a lock around every record.
+            state.stream = match &link {
+                Link::Plain(stream) => Some(stream.clone()),
+                Link::Tls(_) => None,
+            };
             state.revision = revision;
         }
         let mut next = lane.idle_or_next(&mut frames);
@@ -327,7 +339,7 @@ async fn send_loop(
                 // Queued for a connection before this one, to a peer since rolled back.
                 batch.retain(|outgoing| !outgoing.is_space());
             }
-            if write_batch(&stream, batch).await.is_err() {
+            if write_batch(&mut link, batch).await.is_err() {
                 break;
             }
             next = lane.idle_or_next(&mut frames);
@@ -342,8 +354,21 @@ async fn send_loop(
     }
 }
 
+/// A peer's connection as the connection task writes to it.
+enum Link {
+    /// Shared with the lane, whose replica thread writes small frames into it directly.
+    Plain(Arc<TcpStream>),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Link {
+    fn is_tls(&self) -> bool {
+        matches!(self, Link::Tls(_))
+    }
+}
+
 /// Writes a batch of queued frames, encoding the deferred ones first.
-async fn write_batch(stream: &TcpStream, batch: Vec<Outgoing>) -> std::io::Result<()> {
+async fn write_batch(link: &mut Link, batch: Vec<Outgoing>) -> std::io::Result<()> {
     let mut frames = Vec::with_capacity(batch.len());
     for outgoing in batch {
         match outgoing {
@@ -364,7 +389,17 @@ async fn write_batch(stream: &TcpStream, batch: Vec<Outgoing>) -> std::io::Resul
     for (frame, from) in &frames {
         parts.extend(skip(&frame.parts(), *from));
     }
-    write_all(stream, &parts).await
+    match link {
+        Link::Plain(stream) => write_all(stream, &parts).await,
+        Link::Tls(stream) => {
+            // The session seals each part into records as it takes it; the flush sends what
+            // it still holds.
+            for part in parts {
+                stream.write_all(part).await?;
+            }
+            stream.flush().await
+        }
+    }
 }
 
 /// Writes all of `parts`, waiting for the socket as needed.
@@ -408,6 +443,7 @@ fn io_slices<'a>(parts: &[&'a [u8]], from: usize) -> Vec<IoSlice<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::peer_auth::Binding;
     use crate::replication::transport::{
         encode, read_handshake_frame_blocking, Challenge, ENVELOPE, PREPARE,
     };
@@ -472,7 +508,7 @@ mod tests {
             rest
         };
         let (kind, body) = read_handshake_frame_blocking(&mut stream).unwrap();
-        let (challenge, frame) = Challenge::new(&secret(), kind, &body).unwrap();
+        let (challenge, frame) = Challenge::new(&secret(), Binding::Plain, kind, &body).unwrap();
         stream.write_all(&frame).unwrap();
         let (kind, body) = read_handshake_frame_blocking(&mut stream).unwrap();
         challenge.check(kind, &body).unwrap();

@@ -64,6 +64,8 @@ pub struct ClusterStatus {
     /// Replication connections ended for who the other side is, in either direction
     /// (`TransportError::is_refusal`).
     refused: AtomicU64,
+    /// Replication connections admitted by this replica's port: [plain, TLS].
+    accepted: [AtomicU64; 2],
     /// Per position: the peer's last report of its room, and when it arrived (`space.rs`).
     space: Mutex<Vec<Option<(SpaceReport, Instant)>>>,
     /// What this replica's open WAL file may still take from its filesystem
@@ -132,6 +134,7 @@ impl ClusterStatus {
             started: Instant::now(),
             secret: None,
             refused: AtomicU64::new(0),
+            accepted: [AtomicU64::new(0), AtomicU64::new(0)],
             space: Mutex::new(vec![None; positions]),
             wal_unallocated: Arc::default(),
         }
@@ -178,6 +181,12 @@ impl ClusterStatus {
     /// of the secret (either side's), or no free handshake slot.
     pub fn count_refusal(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection this replica's port admitted (its peer proved the secret), by
+    /// whether it came over TLS: a ring meant to be encrypted shows a member that is not.
+    pub fn count_accepted(&self, tls: bool) {
+        self.accepted[usize::from(tls)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The secret this replica proves to its peers.
@@ -395,6 +404,16 @@ impl ClusterStatus {
              secret, or too many connections proving themselves at once.\n# TYPE iggy_replication_refused_total counter\n\
              iggy_replication_refused_total {}",
             self.refused.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP iggy_replication_accepted_total Replication connections this member's port \
+             admitted after the peer proved the secret, by whether the peer opened them over \
+             TLS (its replication.tls).\n# TYPE iggy_replication_accepted_total counter\n\
+             iggy_replication_accepted_total{{tls=\"false\"}} {}\n\
+             iggy_replication_accepted_total{{tls=\"true\"}} {}",
+            self.accepted[0].load(Ordering::Relaxed),
+            self.accepted[1].load(Ordering::Relaxed)
         );
     }
 

@@ -30,7 +30,8 @@
 
 use crate::broker::Broker;
 use crate::replication::machine::Manifest;
-use crate::replication::peer_auth::ClusterSecret;
+use crate::replication::peer_auth::{Binding, ClusterSecret};
+use crate::replication::peer_tls;
 use crate::replication::transport::{
     encode_frame, read_handshake_frame_blocking, Greeting, TransportError, FETCH, FETCHED,
     HANDSHAKE_TIMEOUT,
@@ -627,8 +628,62 @@ pub fn ends_as_checkpointed(
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: SyncStream,
     peer: String,
+}
+
+/// A state-sync connection: plain, or a TLS session over the socket when this member opens
+/// its connections over TLS (`replication.tls`, `peer_tls`). The socket's timeouts bound both.
+enum SyncStream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl SyncStream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            SyncStream::Plain(stream) => stream,
+            SyncStream::Tls(stream) => stream.get_ref(),
+        }
+    }
+
+    /// Over TLS: finishes the TLS handshake and returns what the proofs bind.
+    fn binding(&mut self) -> std::io::Result<Binding> {
+        match self {
+            SyncStream::Plain(_) => Ok(Binding::Plain),
+            SyncStream::Tls(stream) => {
+                while stream.conn.is_handshaking() {
+                    stream.conn.complete_io(&mut stream.sock)?;
+                }
+                peer_tls::binding(&stream.conn)
+            }
+        }
+    }
+}
+
+impl Read for SyncStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            SyncStream::Plain(stream) => stream.read(buf),
+            SyncStream::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for SyncStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            SyncStream::Plain(stream) => stream.write(buf),
+            SyncStream::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            SyncStream::Plain(stream) => stream.flush(),
+            SyncStream::Tls(stream) => stream.flush(),
+        }
+    }
 }
 
 impl Connection {
@@ -651,24 +706,39 @@ impl Connection {
         let wait = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
-        let mut stream = TcpStream::connect_timeout(&address, wait).map_err(connect_error)?;
-        stream
+        let socket = TcpStream::connect_timeout(&address, wait).map_err(connect_error)?;
+        socket
             .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
-            .and_then(|()| stream.set_nodelay(true))
+            .and_then(|()| socket.set_write_timeout(Some(HANDSHAKE_TIMEOUT)))
+            .and_then(|()| socket.set_nodelay(true))
             .map_err(connect_error)?;
         let handshake_error = |error: TransportError| SyncError::Handshake {
             peer: peer.to_owned(),
             error,
         };
-        let (greeting, hello) = Greeting::new(secret).map_err(handshake_error)?;
+        let mut stream = match secret.opening_tls() {
+            None => SyncStream::Plain(socket),
+            Some(tls) => {
+                let session = tls
+                    .client_session()
+                    .map_err(|e| connect_error(std::io::Error::other(e)))?;
+                SyncStream::Tls(Box::new(rustls::StreamOwned::new(session, socket)))
+            }
+        };
+        let binding = stream
+            .binding()
+            .map_err(|e| handshake_error(TransportError::Tls(e)))?;
+        let (greeting, hello) = Greeting::new(secret, binding).map_err(handshake_error)?;
         stream.write_all(&hello).map_err(connect_error)?;
+        stream.flush().map_err(connect_error)?;
         let (kind, body) = read_handshake_frame_blocking(&mut stream).map_err(handshake_error)?;
         let proof = greeting.answer(kind, &body).map_err(handshake_error)?;
         stream.write_all(&proof).map_err(connect_error)?;
-        stream
+        stream.flush().map_err(connect_error)?;
+        let socket = stream.socket();
+        socket
             .set_read_timeout(Some(CHUNK_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(CHUNK_TIMEOUT)))
+            .and_then(|()| socket.set_write_timeout(Some(CHUNK_TIMEOUT)))
             .map_err(connect_error)?;
         Ok(Self {
             stream,
@@ -690,6 +760,7 @@ impl Source for Connection {
         let frame = encode_frame(FETCH, request)
             .map_err(|e| SyncError::Local(format!("cannot encode a fetch: {e}")))?;
         self.stream.write_all(&frame).map_err(io)?;
+        self.stream.flush().map_err(io)?;
         let mut len = [0u8; 4];
         self.stream.read_exact(&mut len).map_err(io)?;
         let len = u32::from_le_bytes(len) as usize;

@@ -18,7 +18,8 @@
 use crate::broker::Broker;
 use crate::replication::driver::DriverInput;
 use crate::replication::inbound::Inbound;
-use crate::replication::peer_auth::{self, ClusterSecret, Nonce, Proof, Side};
+use crate::replication::peer_auth::{self, Binding, ClusterSecret, Nonce, Proof, Side};
+use crate::replication::peer_tls;
 use crate::replication::sync;
 use bytes::Bytes;
 use std::sync::mpsc::Sender;
@@ -54,6 +55,10 @@ pub enum TransportError {
          replication.secret differs, or it belongs to another cluster)"
     )]
     Unproven,
+    #[error("the TLS handshake with the peer failed: {0}")]
+    Tls(std::io::Error),
+    #[error("the peer opened a TLS connection and this member has no TLS for replication set up")]
+    TlsUnavailable,
     #[error("the replication handshake did not finish within {0:?}")]
     HandshakeTimeout(Duration),
     #[error(
@@ -76,6 +81,7 @@ impl TransportError {
                 | TransportError::Handshake { .. }
                 | TransportError::Unproven
                 | TransportError::Busy
+                | TransportError::TlsUnavailable
         )
     }
 }
@@ -194,15 +200,20 @@ pub fn check_hello(kind: u8, body: &[u8]) -> Result<(u16, Nonce), TransportError
 pub struct Greeting {
     secret: ClusterSecret,
     nonce: Nonce,
+    binding: Binding,
 }
 
 impl Greeting {
-    /// A fresh nonce, and the hello frame that carries it.
-    pub fn new(secret: &ClusterSecret) -> Result<(Self, Vec<u8>), TransportError> {
+    /// A fresh nonce, and the hello frame that carries it, on a connection bound to `binding`.
+    pub fn new(
+        secret: &ClusterSecret,
+        binding: Binding,
+    ) -> Result<(Self, Vec<u8>), TransportError> {
         let nonce = peer_auth::nonce()?;
         let greeting = Self {
             secret: secret.clone(),
             nonce,
+            binding,
         };
         Ok((greeting, hello(&nonce)))
     }
@@ -216,13 +227,18 @@ impl Greeting {
             });
         }
         let (accepting, proof): (Nonce, Proof) = postcard::from_bytes(body)?;
-        if !self
-            .secret
-            .verify(Side::Accepting, &self.nonce, &accepting, &proof)
-        {
+        if !self.secret.verify(
+            Side::Accepting,
+            &self.nonce,
+            &accepting,
+            &self.binding,
+            &proof,
+        ) {
             return Err(TransportError::Unproven);
         }
-        let ours = self.secret.proof(Side::Connecting, &self.nonce, &accepting);
+        let ours = self
+            .secret
+            .proof(Side::Connecting, &self.nonce, &accepting, &self.binding);
         Ok(encode_frame(PROOF, &ours)?)
     }
 }
@@ -240,23 +256,27 @@ pub struct Challenge {
     secret: ClusterSecret,
     connecting: Nonce,
     accepting: Nonce,
+    binding: Binding,
 }
 
 impl Challenge {
-    /// Checks a connection's hello; returns the challenge frame to answer it with.
+    /// Checks a connection's hello; returns the challenge frame to answer it with, on a
+    /// connection bound to `binding`.
     pub fn new(
         secret: &ClusterSecret,
+        binding: Binding,
         kind: u8,
         body: &[u8],
     ) -> Result<(Self, Vec<u8>), TransportError> {
         let (_, connecting) = check_hello(kind, body)?;
         let accepting = peer_auth::nonce()?;
-        let proof = secret.proof(Side::Accepting, &connecting, &accepting);
+        let proof = secret.proof(Side::Accepting, &connecting, &accepting, &binding);
         let frame = encode_frame(CHALLENGE, &(accepting, proof, WIRE_REVISION))?;
         let challenge = Self {
             secret: secret.clone(),
             connecting,
             accepting,
+            binding,
         };
         Ok((challenge, frame))
     }
@@ -270,10 +290,13 @@ impl Challenge {
             });
         }
         let proof: Proof = postcard::from_bytes(body)?;
-        match self
-            .secret
-            .verify(Side::Connecting, &self.connecting, &self.accepting, &proof)
-        {
+        match self.secret.verify(
+            Side::Connecting,
+            &self.connecting,
+            &self.accepting,
+            &self.binding,
+            &proof,
+        ) {
             true => Ok(()),
             false => Err(TransportError::Unproven),
         }
@@ -316,45 +339,116 @@ pub fn read_handshake_frame_blocking<R: std::io::Read>(
     Ok((frame[0], body))
 }
 
-/// The connecting side's handshake on a fresh connection, bounded by [`HANDSHAKE_TIMEOUT`];
-/// returns the wire revision the accepting side reads.
-pub async fn connect_handshake(
-    stream: &mut TcpStream,
+/// A connection this member opened to a peer, greeted: over TLS when `replication.tls` is on.
+pub enum Opened {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// The connecting side's handshake on a fresh connection (TLS first, when this member opens
+/// its connections over TLS), bounded by [`HANDSHAKE_TIMEOUT`]; returns the connection and
+/// the wire revision the accepting side reads.
+pub async fn open(
+    stream: TcpStream,
     secret: &ClusterSecret,
-) -> Result<u16, TransportError> {
+) -> Result<(Opened, u16), TransportError> {
     let handshake = async {
-        let (greeting, hello) = Greeting::new(secret)?;
-        stream.write_all(&hello).await?;
-        let (kind, body) = read_handshake_frame(stream, false).await?;
-        let proof = greeting.answer(kind, &body)?;
-        stream.write_all(&proof).await?;
-        Ok(accepting_revision(&body))
+        match secret.opening_tls() {
+            None => {
+                let mut stream = stream;
+                let revision = connect_handshake(&mut stream, secret, Binding::Plain).await?;
+                Ok((Opened::Plain(stream), revision))
+            }
+            Some(tls) => {
+                let mut stream = tls
+                    .connector()
+                    .connect(peer_tls::peer_name(), stream)
+                    .await
+                    .map_err(TransportError::Tls)?;
+                let binding = peer_tls::binding(stream.get_ref().1)?;
+                let revision = connect_handshake(&mut stream, secret, binding).await?;
+                Ok((Opened::Tls(Box::new(stream)), revision))
+            }
+        }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .unwrap_or(Err(TransportError::HandshakeTimeout(HANDSHAKE_TIMEOUT)))
 }
 
-/// The accepting side's handshake, bounded by [`HANDSHAKE_TIMEOUT`].
-async fn accept_handshake<R, W>(
-    reader: &mut R,
-    writer: &mut W,
+/// The connecting side's frames of the secret handshake.
+async fn connect_handshake<S>(
+    stream: &mut S,
     secret: &ClusterSecret,
-) -> Result<(), TransportError>
+    binding: Binding,
+) -> Result<u16, TransportError>
 where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let (greeting, hello) = Greeting::new(secret, binding)?;
+    stream.write_all(&hello).await?;
+    stream.flush().await?;
+    let (kind, body) = read_handshake_frame(stream, false).await?;
+    let proof = greeting.answer(kind, &body)?;
+    stream.write_all(&proof).await?;
+    stream.flush().await?;
+    Ok(accepting_revision(&body))
+}
+
+/// A connection this replica's port admitted.
+enum Accepted {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// The accepting side: TLS if the connection opens with a TLS record (whatever this member's
+/// own `replication.tls`, so a ring changes it one member at a time), then the secret
+/// handshake; bounded by [`HANDSHAKE_TIMEOUT`].
+async fn accept(stream: TcpStream, secret: &ClusterSecret) -> Result<Accepted, TransportError> {
     let handshake = async {
-        let (kind, body) = read_handshake_frame(reader, true).await?;
-        let (challenge, frame) = Challenge::new(secret, kind, &body)?;
-        writer.write_all(&frame).await?;
-        let (kind, body) = read_handshake_frame(reader, false).await?;
-        challenge.check(kind, &body)
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await? == 0 {
+            return Err(TransportError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        match (first[0], secret.accepting_tls()) {
+            (peer_tls::TLS_HANDSHAKE_RECORD, Some(tls)) => {
+                let mut stream = tls
+                    .acceptor()
+                    .accept(stream)
+                    .await
+                    .map_err(TransportError::Tls)?;
+                let binding = peer_tls::binding(stream.get_ref().1)?;
+                accept_handshake(&mut stream, secret, binding).await?;
+                Ok(Accepted::Tls(Box::new(stream)))
+            }
+            (peer_tls::TLS_HANDSHAKE_RECORD, None) => Err(TransportError::TlsUnavailable),
+            _ => {
+                let mut stream = stream;
+                accept_handshake(&mut stream, secret, Binding::Plain).await?;
+                Ok(Accepted::Plain(stream))
+            }
+        }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
         .await
         .unwrap_or(Err(TransportError::HandshakeTimeout(HANDSHAKE_TIMEOUT)))
+}
+
+/// The accepting side's frames of the secret handshake.
+async fn accept_handshake<S>(
+    stream: &mut S,
+    secret: &ClusterSecret,
+    binding: Binding,
+) -> Result<(), TransportError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (kind, body) = read_handshake_frame(stream, true).await?;
+    let (challenge, frame) = Challenge::new(secret, binding, kind, &body)?;
+    stream.write_all(&frame).await?;
+    stream.flush().await?;
+    let (kind, body) = read_handshake_frame(stream, false).await?;
+    challenge.check(kind, &body)
 }
 
 /// Room for a frame without a body (a header, a vote, an acknowledgement) from the start: a
@@ -630,16 +724,44 @@ fn size_frame_buffer(frame: &mut Vec<u8>, len: usize) {
 }
 
 async fn receive_loop(stream: TcpStream, receiving: &Receiving) -> Result<(), TransportError> {
-    let max_frame = receiving.max_frame;
-    let (mut reader, mut writer) = stream.into_split();
-    {
+    let accepted = {
         // Until it has proven itself a connection holds one of few slots and no large buffer
         // (the handshake reads exact lengths, so nothing after the proof is read early).
         let Ok(_slot) = receiving.handshakes.clone().try_acquire_owned() else {
             return Err(TransportError::Busy);
         };
-        accept_handshake(&mut reader, &mut writer, &receiving.secret).await?;
+        accept(stream, &receiving.secret).await?
+    };
+    let status = receiving.broker.cluster_status();
+    match accepted {
+        Accepted::Plain(stream) => {
+            if let Some(status) = status {
+                status.count_accepted(false);
+            }
+            let (reader, writer) = stream.into_split();
+            receive_frames(reader, writer, receiving).await
+        }
+        Accepted::Tls(stream) => {
+            if let Some(status) = status {
+                status.count_accepted(true);
+            }
+            let (reader, writer) = tokio::io::split(*stream);
+            receive_frames(reader, writer, receiving).await
+        }
     }
+}
+
+/// Reads an admitted connection's frames until it closes.
+async fn receive_frames<R, W>(
+    reader: R,
+    mut writer: W,
+    receiving: &Receiving,
+) -> Result<(), TransportError>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let max_frame = receiving.max_frame;
     let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, reader);
     let mut frame = Vec::new();
     loop {
@@ -677,6 +799,7 @@ async fn receive_loop(stream: TcpStream, receiving: &Receiving) -> Result<(), Tr
                     .await
                     .unwrap_or_else(|e| sync::Fetched::Refused(e.to_string()));
                 writer.write_all(&encode_frame(FETCHED, &answer)?).await?;
+                writer.flush().await?;
             }
             other => {
                 return Err(TransportError::Io(std::io::Error::new(
@@ -848,11 +971,11 @@ mod tests {
     #[test]
     fn a_challenge_names_its_revision_and_reads_as_an_older_one_without_it() {
         let secret = ClusterSecret::new("one secret for the ring", "prod");
-        let (greeting, hello) = Greeting::new(&secret).unwrap();
+        let (greeting, hello) = Greeting::new(&secret, Binding::Plain).unwrap();
         let (kind, body) = split(&hello);
         // The hello names the version alone, which builds from before revisions accept.
         assert_eq!(check_hello(kind, body).unwrap().0, 4);
-        let (_, challenge) = Challenge::new(&secret, kind, body).unwrap();
+        let (_, challenge) = Challenge::new(&secret, Binding::Plain, kind, body).unwrap();
         let (kind, body) = split(&challenge);
         assert_eq!(accepting_revision(body), WIRE_REVISION);
         assert!(accepting_revision(body) >= SPACE_SINCE_REVISION);
@@ -876,9 +999,8 @@ mod tests {
         F: FnOnce(tokio::io::DuplexStream) -> Fut,
         Fut: std::future::Future<Output = Result<(), TransportError>>,
     {
-        let (ours, theirs) = tokio::io::duplex(1024);
-        let (mut reader, mut writer) = tokio::io::split(ours);
-        let accepting = async { accept_handshake(&mut reader, &mut writer, secret).await };
+        let (mut ours, theirs) = tokio::io::duplex(1024);
+        let accepting = async { accept_handshake(&mut ours, secret, Binding::Plain).await };
         let (accepted, connected) = tokio::join!(accepting, connecting(theirs));
         (accepted, connected)
     }
@@ -888,7 +1010,7 @@ mod tests {
         mut stream: tokio::io::DuplexStream,
         secret: ClusterSecret,
     ) -> Result<(), TransportError> {
-        let (greeting, hello) = Greeting::new(&secret)?;
+        let (greeting, hello) = Greeting::new(&secret, Binding::Plain)?;
         stream.write_all(&hello).await?;
         let (kind, body) = read_handshake_frame(&mut stream, false).await?;
         // On an error the stream is dropped, so the accepting side sees it end.
@@ -930,7 +1052,7 @@ mod tests {
     async fn frames_before_a_proof_are_refused_unread() {
         let secret = ClusterSecret::new("one secret for the ring", "prod");
         let (accepted, _) = handshake_with(&secret, |mut stream| async move {
-            let (_, hello) = Greeting::new(&ClusterSecret::new("x", "prod"))?;
+            let (_, hello) = Greeting::new(&ClusterSecret::new("x", "prod"), Binding::Plain)?;
             stream.write_all(&hello).await?;
             let _ = read_handshake_frame(&mut stream, false).await?;
             // A fetch where the proof belongs.
@@ -963,7 +1085,7 @@ mod tests {
         // A proof of the right shape but made up.
         let knows_the_format = secret.clone();
         let (accepted, _) = handshake_with(&secret, |mut stream| async move {
-            let (_, hello) = Greeting::new(&knows_the_format)?;
+            let (_, hello) = Greeting::new(&knows_the_format, Binding::Plain)?;
             stream.write_all(&hello).await?;
             let _ = read_handshake_frame(&mut stream, false).await?;
             stream.write_all(&encode_frame(PROOF, &[7u8; 32])?).await?;
@@ -987,7 +1109,7 @@ mod tests {
             match case % 3 {
                 0 => stream.extend((0..rng.usize(0..300)).map(|_| rng.u8(..))),
                 _ => {
-                    let (_, hello) = Greeting::new(&secret).expect("nonce");
+                    let (_, hello) = Greeting::new(&secret, Binding::Plain).expect("nonce");
                     stream.extend_from_slice(&hello);
                     let mut proof = encode_frame(PROOF, &[rng.u8(..); 32]).expect("frame");
                     if case % 3 == 2 {
@@ -1009,8 +1131,120 @@ mod tests {
             assert!(accepted.is_err(), "case {case} admitted: {stream:?}");
 
             let body: Vec<u8> = (0..rng.usize(0..100)).map(|_| rng.u8(..)).collect();
-            let (greeting, _) = Greeting::new(&secret).expect("nonce");
+            let (greeting, _) = Greeting::new(&secret, Binding::Plain).expect("nonce");
             assert!(greeting.answer(CHALLENGE, &body).is_err(), "case {case}");
         }
+    }
+
+    /// A member's credentials: the ring's secret, and TLS for its own connections or not.
+    fn member(tls: bool) -> ClusterSecret {
+        ClusterSecret::new("one secret for the ring", "prod")
+            .with_tls(peer_tls::PeerTls::generate(tls).expect("generate"))
+    }
+
+    /// Accepts one connection on a loopback port with `accepting` and opens it with
+    /// `connecting`, through `relay` when given (it gets both sockets); returns both sides'
+    /// results.
+    async fn over_loopback<R, Fut>(
+        accepting: &ClusterSecret,
+        connecting: &ClusterSecret,
+        relay: Option<R>,
+    ) -> (Result<bool, TransportError>, Result<bool, TransportError>)
+    where
+        R: FnOnce(TcpStream, TcpStream) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = async {
+            let (stream, _) = listener.accept().await?;
+            accept(stream, accepting)
+                .await
+                .map(|accepted| matches!(accepted, Accepted::Tls(_)))
+        };
+        let opened = async {
+            let stream = match relay {
+                None => TcpStream::connect(address).await?,
+                Some(relay) => {
+                    let front = TcpListener::bind("127.0.0.1:0").await?;
+                    let front_address = front.local_addr()?;
+                    let ours = TcpStream::connect(front_address);
+                    let (ours, theirs) = tokio::join!(ours, front.accept());
+                    let onward = TcpStream::connect(address).await?;
+                    tokio::spawn(relay(theirs?.0, onward));
+                    ours?
+                }
+            };
+            open(stream, connecting)
+                .await
+                .map(|(opened, _)| matches!(opened, Opened::Tls(_)))
+        };
+        tokio::join!(accepted, opened)
+    }
+
+    type NoRelay = fn(TcpStream, TcpStream) -> std::future::Ready<()>;
+
+    #[test]
+    fn a_plain_hello_never_opens_like_a_tls_record() {
+        let hello = hello(&[0xff; 32]);
+        assert_ne!(hello[0], peer_tls::TLS_HANDSHAKE_RECORD);
+        assert_eq!(hello.len(), 4 + 38, "a hello's length is fixed");
+    }
+
+    #[tokio::test]
+    async fn members_admit_each_other_over_tls_and_plain_whatever_the_accepting_side_opens_with() {
+        for (accepting_tls, connecting_tls) in [(true, true), (false, true), (true, false)] {
+            let (accepted, opened) = over_loopback(
+                &member(accepting_tls),
+                &member(connecting_tls),
+                None::<NoRelay>,
+            )
+            .await;
+            assert_eq!(accepted.unwrap(), connecting_tls);
+            assert_eq!(opened.unwrap(), connecting_tls);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_to_a_member_without_tls_is_refused_by_name() {
+        let without = ClusterSecret::new("one secret for the ring", "prod");
+        let (accepted, opened) = over_loopback(&without, &member(true), None::<NoRelay>).await;
+        assert!(
+            matches!(accepted, Err(TransportError::TlsUnavailable)),
+            "{accepted:?}"
+        );
+        assert!(accepted.unwrap_err().is_refusal());
+        assert!(opened.is_err());
+    }
+
+    /// A relay in the middle that ends one TLS session with each member and copies the plain
+    /// bytes across: both hold the secret, but each proof is bound to its own session, so
+    /// neither side is admitted. The same relay copying bytes without ending TLS is harmless
+    /// to the members, which admit each other through it: what refuses the first is the
+    /// binding, not the relay's copying.
+    #[tokio::test]
+    async fn a_relay_ending_tls_on_both_sides_is_refused_and_a_byte_copying_one_is_not() {
+        let intercept = |front: TcpStream, back: TcpStream| async move {
+            let relay = peer_tls::PeerTls::generate(true).expect("generate");
+            let (Ok(mut front), Ok(mut back)) = tokio::join!(
+                relay.acceptor().accept(front),
+                relay.connector().connect(peer_tls::peer_name(), back)
+            ) else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut front, &mut back).await;
+        };
+        let (accepted, opened) = over_loopback(&member(true), &member(true), Some(intercept)).await;
+        assert!(
+            matches!(opened, Err(TransportError::Unproven)),
+            "{opened:?}"
+        );
+        assert!(accepted.is_err(), "{accepted:?}");
+
+        let copy = |mut front: TcpStream, mut back: TcpStream| async move {
+            let _ = tokio::io::copy_bidirectional(&mut front, &mut back).await;
+        };
+        let (accepted, opened) = over_loopback(&member(true), &member(true), Some(copy)).await;
+        assert!(accepted.unwrap() && opened.unwrap());
     }
 }
