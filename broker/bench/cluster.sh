@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark a three-replica cluster on loopback against one broker, side by side: produce then
 # consume 1000-byte messages in batches of 1000 (one producer, one partition), for each route
-# (star, ring) and fsync mode (never, always), with the CPU each broker and the load generator
+# (star, ring, and star with replication.tls) and fsync mode (never, always), with the CPU each broker and the load generator
 # used and how many cores the whole machine kept busy; then idle RSS per replica (after a load
 # and fresh) and failover time (primary killed → first acknowledged send through the new
 # primary), idle and under load. Last, 1000 and then 10,000 partitions written in batches of
@@ -37,11 +37,12 @@ start_single() { # fsync
   wait_port 28090
 }
 
-start_cluster() { # route fsync
+start_cluster() { # route fsync [replication.tls, default false]
   write_ring
   clear_data
   for n in 0 1 2; do
-    start_member "$n" IGGY_REPLICATION_ROUTE="$1" IGGY_STORAGE_FSYNC="$2"
+    start_member "$n" IGGY_REPLICATION_ROUTE="$1" IGGY_STORAGE_FSYNC="$2" \
+      IGGY_REPLICATION_TLS="${3:-false}"
     PIDS+=($!)
   done
   for n in 0 1 2; do wait_ready "2${n}300"; done
@@ -105,6 +106,10 @@ for fsync in never always; do
       measure 28090 "cluster route=$route fsync=$fsync via=primary run=$run"
       stop_all
     done
+    # What encrypting the replication connections costs (replication.tls).
+    start_cluster star $fsync true
+    measure 28090 "cluster route=star fsync=$fsync tls via=primary run=$run"
+    stop_all
   done
 done
 start_cluster star never
@@ -136,6 +141,8 @@ for fsync in never always; do
     echo "  $route, fsync=$fsync: $(ratio "cluster route=$route fsync=$fsync via=primary run=1" \
       "single fsync=$fsync run=1")"
   done
+  echo "  star over TLS, fsync=$fsync: $(ratio "cluster route=star fsync=$fsync tls via=primary run=1" \
+    "single fsync=$fsync run=1")"
 done
 for parts in 1000 10000; do
   echo "  $parts partitions, 10 x 100 B: $(ratio \

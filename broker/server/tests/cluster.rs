@@ -597,7 +597,10 @@ async fn a_ring_over_tls_rebuilds_a_wiped_member_and_admits_a_plain_one_during_a
     let deadline = Instant::now() + Duration::from_secs(10);
     for member in 0..3 {
         while accepted(&cluster, member, true) < 2 {
-            assert!(Instant::now() < deadline, "member {member} lacks a TLS peer");
+            assert!(
+                Instant::now() < deadline,
+                "member {member} lacks a TLS peer"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(accepted(&cluster, member, false), 0, "member {member}");

@@ -114,6 +114,11 @@ pub fn render(overrides: &BTreeMap<String, String>) -> Result<String, ConfigErro
         &["http", "address"],
         Value::String(all_interfaces(HTTP_PORT)),
     );
+    // Pods talk to each other across nodes, over networks the cluster's owner may not trust:
+    // replication is encrypted unless spec.config says `replication.tls: "false"` (a CNI that
+    // encrypts pod traffic already, and the CPU it would save). The broker's own default is
+    // off, for a ring on one machine's loopback (`make run-cluster`, benchmarks).
+    set(&mut table, &["replication", "tls"], Value::Boolean(true));
     for (dotted, text) in overrides {
         if let Some((_, reason)) = RESERVED.iter().find(|(key, _)| key == dotted) {
             return Err(ConfigError::ReservedKey {
@@ -180,6 +185,19 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn replication_is_encrypted_unless_the_spec_turns_it_off() {
+        let table: Table = render(&BTreeMap::new()).unwrap().parse().unwrap();
+        assert_eq!(table["replication"]["tls"].as_bool(), Some(true));
+        let off = render(&overrides(&[("replication.tls", "false")])).unwrap();
+        let table: Table = off.parse().unwrap();
+        assert_eq!(table["replication"]["tls"].as_bool(), Some(false));
+        assert!(matches!(
+            render(&overrides(&[("replication.tls", "sometimes")])),
+            Err(ConfigError::BadValue { .. })
+        ));
     }
 
     #[test]

@@ -628,6 +628,10 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
         let ip = dev.pod_ip(&format!("events-{position}"));
         wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
     }
+    // The operator turns replication.tls on: every member's peers reach it over TLS.
+    for position in 0..3 {
+        peers_arrive_over_tls(&dev, &format!("events-{position}")).await;
+    }
 
     a_group_hands_over_across_pods(&dev, &credentials).await;
 
@@ -741,6 +745,33 @@ async fn the_three_member_sample_replicates_and_survives_losing_its_primary() {
     for position in 0..3 {
         let ip = dev.pod_ip(&format!("events-{position}"));
         wait_for_payloads(&format!("{ip}:8090"), &credentials, &expected).await;
+    }
+}
+
+/// Waits until `pod`'s broker has admitted both of its peers' replication connections over TLS,
+/// and checks it admitted none in plain.
+async fn peers_arrive_over_tls(dev: &DevCluster, pod: &str) {
+    let url = format!("http://{}:3000/metrics", dev.pod_ip(pod));
+    let count = |metrics: &str, tls: bool| -> u64 {
+        let name = format!("iggy_replication_accepted_total{{tls=\"{tls}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = kube_harness::http_get(&url).await.expect("metrics answer");
+        if count(&metrics, true) >= 2 {
+            assert_eq!(count(&metrics, false), 0, "{pod} admitted a plain peer");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pod}: its peers do not arrive over TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
