@@ -402,6 +402,8 @@ fn install_touching(
             .catalog()
             .partition_by_ids(stream, topic, id)
             .ok_or_else(|| SyncError::Local(format!("partition {stream}/{topic}/{id} missing")))?;
+        // Whether the peer named an object-store entry for this partition while it served it.
+        let mut peer_tiers = false;
         loop {
             let from = partition.log().next_offset();
             let request = Fetch {
@@ -416,7 +418,7 @@ fn install_touching(
                 let held = ends_as_checkpointed(&partition.log(), until, last, Beyond::Allowed)
                     .map_err(|e| SyncError::Local(e.to_string()))?;
                 if held {
-                    record_tiered_gaps(broker, &partition, request, source)?;
+                    record_tiered_gaps(broker, &partition, request, peer_tiers, source)?;
                     break;
                 }
                 // It reaches the checkpoint's length with another last message: data of
@@ -449,6 +451,7 @@ fn install_touching(
                     first_local,
                     remote,
                 } => {
+                    peer_tiers |= !remote.is_empty();
                     if first_local <= from || first_local > until {
                         // Past `until`: the peer's retention or tiering moved beyond this
                         // checkpoint since it was taken; a later checkpoint will reach it.
@@ -482,6 +485,7 @@ fn install_touching(
                     segment_start,
                     tiered,
                 } => {
+                    peer_tiers |= tiered.is_some();
                     let mut log = partition.log();
                     let ours = match from.checked_sub(1) {
                         None => None,
@@ -520,9 +524,16 @@ fn install_touching(
                         .append_synced(&frames, segment_start)
                         .map_err(|e| SyncError::Local(e.to_string()))?;
                     *wrote_at = Instant::now();
-                    if let Some(segment) = tiered.filter(|s| log.next_offset() >= s.next_offset) {
+                    if let Some(segment) = tiered.filter(|s| {
+                        log.next_offset() >= s.next_offset && s.start_offset == log.next_to_tier()
+                    }) {
                         // The object store holds the segment just completed: so the manifest
-                        // says, as on the peer (a gap in ours leaves it local; not an error).
+                        // says, as on the peer. Only where it continues ours: a kept partition
+                        // whose own older sealed segments lack their entries would otherwise
+                        // get a manifest with a gap below this one, and the replayed
+                        // `RecordTiered` of those would stop the replica (`make chaos`, seed
+                        // 38004). Those entries are asked for once the data is in
+                        // (`record_tiered_gaps`), oldest first.
                         if let Err(e) = log.record_tiered(segment) {
                             tracing::debug!(error = %e, "a synced segment stays untiered here");
                         }
@@ -541,21 +552,23 @@ fn install_touching(
 /// `RecordTiered` the log replays would then not continue this manifest — the replica stopped
 /// on it (`make chaos` with tiering). Asks one message of each such segment (the peer's
 /// answer names the segment's entry), in order, until the peer names none. Nothing is asked
-/// where no object store is in use: neither configured here nor named by the manifest (a sync
-/// of many partitions would otherwise pay a round trip for each).
+/// where no object store is in use: neither configured here, nor named by the manifest, nor
+/// by the peer while it served this partition (`peer_tiers`; a sync of many partitions would
+/// otherwise pay a round trip for each).
 fn record_tiered_gaps(
     broker: &Broker,
     partition: &Partition,
     request: Fetch,
+    peer_tiers: bool,
     source: &mut impl Source,
 ) -> Result<(), SyncError> {
-    if broker.tiering.is_none() && partition.log().tiered().0.segments.is_empty() {
+    if !peer_tiers && broker.tiering.is_none() && partition.log().tiered().0.segments.is_empty() {
         return Ok(());
     }
     loop {
         let (start, next) = {
             let log = partition.log();
-            let start = log.tiered().0.end().unwrap_or_else(|| log.local_start());
+            let start = log.next_to_tier();
             match log.segment_bounds(start) {
                 Some((first, next))
                     if first == start && next <= log.sealed_end() && next <= request.until =>
@@ -964,6 +977,61 @@ mod tests {
         let log = catalog.streams[&0].topics[&0].partitions[0].log();
         assert_eq!(log.tiered().0, partition.log().tiered().0);
         assert_eq!(log.tiered().0.end(), Some(30));
+    }
+
+    /// A kept partition whose own sealed segment lacks its entry (its replica had not applied
+    /// that `RecordTiered` yet) fetches the segments after it: the entries the chunks name are
+    /// recorded only once the manifest reaches them, so it ends up as the peer's, oldest
+    /// first. Before, the first fetched segment's entry went into the empty manifest with the
+    /// held segment left out, and the replayed `RecordTiered` of that one stopped the replica
+    /// ("segment 0 does not continue the manifest", `make chaos` seed 38004).
+    #[test]
+    fn a_kept_partition_fetching_tiered_segments_records_its_own_older_entry_first() {
+        let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let peer = source(theirs.path(), 0);
+        let partition = peer.catalog().streams[&0].topics[&0].partitions[0].clone();
+        let body = [7u8; 100];
+        let messages: Vec<(u128, &[u8], &[u8])> =
+            (0..10).map(|_| (0, &body[..], &[][..])).collect();
+        append(&peer, Partitioning::PartitionId(0), &messages);
+        assert!(partition.log().seal_active(10).unwrap());
+        // The receiver holds the first segment, sealed, and nothing after it.
+        copy_dir(theirs.path(), ours.path());
+        let receiver = crate::broker::open_for_tests(ours.path());
+        for _ in 0..3 {
+            append(&peer, Partitioning::PartitionId(0), &messages);
+            let next = partition.log().next_offset();
+            assert!(partition.log().seal_active(next).unwrap());
+        }
+        append(&peer, Partitioning::PartitionId(0), &messages);
+        let entry = |start: u64| iggy_tiering::TieredSegment {
+            start_offset: start,
+            next_offset: start + 10,
+            log_size: 1,
+            index_size: 1,
+            first_timestamp: 1,
+            last_timestamp: 2,
+            log_checksum: start,
+            index_checksum: start,
+            uploaded_at: 3,
+        };
+        for start in [0, 10, 20] {
+            assert!(partition.log().record_tiered(entry(start)).unwrap());
+        }
+        let manifest = Manifest::read(&peer.catalog(), 0);
+        let fetched = install_from_each(&receiver, &manifest, 1, Duration::from_secs(5), |_| {
+            Ok(InProcess(&peer))
+        })
+        .expect("synced");
+        assert_eq!(fetched, 40, "the segments after the held one");
+        let catalog = receiver.catalog();
+        let log = catalog.streams[&0].topics[&0].partitions[0].log();
+        assert_eq!(log.tiered().0, partition.log().tiered().0);
+        // The log's next RecordTiered (of the segment at 30) continues it.
+        drop(log);
+        let kept = catalog.streams[&0].topics[&0].partitions[0].clone();
+        drop(catalog);
+        assert!(kept.log().record_tiered(entry(30)).unwrap());
     }
 
     /// Peers that stop answering after the sync has written part of the data hold it only

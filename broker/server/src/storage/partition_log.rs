@@ -446,6 +446,14 @@ impl PartitionLog {
         (&self.tiered, self.tiered_version)
     }
 
+    /// Where the next segment the tier manifest may record starts: where the manifest ends,
+    /// or the first local offset while it names nothing. The object store takes sealed
+    /// segments oldest first, so an entry for a later segment would leave a gap that the
+    /// next `RecordTiered` of the segment before it could not continue.
+    pub fn next_to_tier(&self) -> u64 {
+        self.tiered.end().unwrap_or_else(|| self.local_start())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.messages_count == 0
     }
