@@ -13,7 +13,8 @@
 //! segment files must be byte-identical — although each member runs with a segment size of
 //! its own, so the size in force (the primary's) changes whenever a restarted member leads. Half the
 //! seeds tier to a real S3-compatible server (s3s-fs): old messages are then read back from the
-//! store, and the tier manifests must be equal on every member.
+//! store, and the tier manifests must be equal on every member. Half replicate over TLS
+//! (`replication.tls`), drawn apart from the rest.
 //!
 //! `CHAOS_SEED` picks the fault schedule (printed at the start; the default is drawn from the
 //! clock, so every run tries a new one). Processes do not run deterministically, so a seed
@@ -434,9 +435,12 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
     };
     // Drawn apart from the fault schedule, so seeds from before it keep their schedules.
     let resend = Schedule(seed ^ 0xDED0_0001).below(2) == 0;
+    // Half the seeds replicate over TLS (`replication.tls`): the fault proxy between members
+    // copies the encrypted bytes, and cuts, pauses and kills land mid-record.
+    let tls = Schedule(seed ^ 0x7150_0001).below(2) == 0;
     eprintln!(
         "chaos: CHAOS_SEED={seed} CHAOS_SECS={seconds} fsync={fsync} pad={pad} route={route} \
-         resend={resend}"
+         resend={resend} tls={tls}"
     );
 
     // Each member has a segment size of its own, as during a rolling config edit: the
@@ -480,6 +484,7 @@ async fn a_seeded_nemesis_loses_no_acknowledged_message() {
                 ),
                 ("IGGY_MESSAGE_DEDUPLICATION_MAX_ENTRIES", "1000000"),
                 ("IGGY_MESSAGE_DEDUPLICATION_EXPIRY", "none"),
+                ("IGGY_REPLICATION_TLS", if tls { "true" } else { "false" }),
             ]
             .into_iter()
             .chain(tier_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

@@ -16,12 +16,21 @@
 use super::checkpoint::Checkpoint;
 use super::segment::{IndexEntry, Segment};
 use super::{IoContext, StorageError};
+use iggy_tiering::Manifest;
 use iggy_wire::message::{checksum_matches, FrameHeader, HEADER_SIZE, INDEX_ENTRY_SIZE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 const CHUNK: usize = 4 << 20;
+
+/// Whether the object store holds every offset of `gap`, segment boundaries matching its ends.
+fn held_remotely(tiered: &Manifest, gap: &std::ops::Range<u64>) -> bool {
+    // The manifest is contiguous (`Manifest::check`): its ends settle it.
+    let first = tiered.find(gap.start).map(|s| s.start_offset);
+    let last = tiered.find(gap.end - 1).map(|s| s.next_offset);
+    first == Some(gap.start) && last == Some(gap.end)
+}
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -37,16 +46,24 @@ pub struct RecoveryReport {
 }
 
 /// Opens every segment in `dir`, recovering as described in the module docs. A directory
-/// without segments gets an empty one at `empty_start` (0, or where the tiered ones end).
+/// without segments gets an empty one at where the object store's segments end (`tiered`),
+/// or 0.
+///
+/// Local segments below a gap that the object store holds are dropped. A replica restarting
+/// from its checkpoint gets back the segments ops deleted after it (`graveyard::exhume`), but
+/// not those the tiering loop evicted meanwhile, which it deletes for good (they are in the
+/// store): retention's segment comes back below an evicted one (`make chaos`, seed 38402). What
+/// lies below data that already left local disk is older than it, and the replayed op that
+/// deleted it deletes it again; the log starts at the gap's end, the store serving the gap.
 pub fn recover(
     dir: &Path,
-    empty_start: u64,
+    tiered: &Manifest,
 ) -> Result<(Vec<Segment>, RecoveryReport), StorageError> {
     super::trash::empty(dir)?;
     let checkpoint = Checkpoint::load(dir);
     let mut starts = list_segment_starts(dir)?;
     if starts.is_empty() {
-        starts.push(empty_start);
+        starts.push(tiered.end().unwrap_or(0));
     }
     let mut report = RecoveryReport {
         checkpoint,
@@ -55,6 +72,25 @@ pub fn recover(
     let mut segments: Vec<Segment> = Vec::with_capacity(starts.len());
     for (n, &start) in starts.iter().enumerate() {
         let mut segment = Segment::open(dir, start)?;
+        if let Some(prev) = segments.last() {
+            let gap = prev.next_offset()..start;
+            if !gap.is_empty() && held_remotely(tiered, &gap) {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    below = gap.start,
+                    gap = ?gap,
+                    "local segments below a range only the object store holds are dropped \
+                     (brought back by a restart from a checkpoint; the replayed log deletes \
+                     them again)"
+                );
+                let dropped = std::mem::take(&mut segments);
+                let files: Vec<&Path> = dropped
+                    .iter()
+                    .flat_map(|s| [s.log_path.as_path(), s.index_path.as_path()])
+                    .collect();
+                super::trash::discard(dir, &files)?;
+            }
+        }
         if let Some(prev) = segments.last() {
             if prev.next_offset() != start {
                 return Err(StorageError::Corrupt {
