@@ -10,6 +10,9 @@
 //! so a rolling upgrade that changes the format fails loudly instead of as decode errors. The
 //! hello also opens a handshake in which each side proves it holds the cluster's replication
 //! secret (`peer_auth`: `HELLO`, `CHALLENGE`, `PROOF`); no other frame is read before it ends.
+//! A member with `replication.tls` on runs all of that inside TLS 1.3 (`peer_tls`), the proofs
+//! bound to the session; the accepting side tells the two kinds apart by the first byte and
+//! takes either.
 //! Envelope delivery is best effort: a
 //! message for a peer that is down, or whose queue is full, is dropped — the core retransmits
 //! whatever matters, and its correctness never depends on delivery. Messages for another
