@@ -101,9 +101,9 @@ password=$(kubectl -n "$NS" get secret "$CLUSTER-3-root" -o jsonpath='{.data.pas
 shared=$(kubectl -n "$NS" get secret "$CLUSTER-3-replication" -o jsonpath='{.data.secret}' | base64 -d)
 [ "${#shared}" -ge 16 ] || fail "no generated replication secret in $CLUSTER-3-replication"
 kubectl -n "$NS" get networkpolicy "$CLUSTER-3-brokers" >/dev/null || fail "no NetworkPolicy $CLUSTER-3-brokers"
-forward() { # target; sets port and FORWARD_PID (no subshell, so the cleanup trap sees it)
+forward() { # target [its port, default 8090]; sets port and FORWARD_PID (no subshell, so the cleanup trap sees it)
   port=$((20000 + RANDOM % 20000))
-  kubectl -n "$NS" port-forward "$1" "$port:8090" >/dev/null 2>&1 & FORWARD_PID=$!
+  kubectl -n "$NS" port-forward "$1" "$port:${2:-8090}" >/dev/null 2>&1 & FORWARD_PID=$!
   for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.2; done
 }
 forward "svc/$CLUSTER-3"
@@ -121,6 +121,19 @@ for member in 0 1 2; do
   done
   grep -q replicated <<<"$polled" || fail "member $member lacks the message: $polled"
   kill "$FORWARD_PID"; FORWARD_PID=
+done
+# The operator turns replication.tls on: each member admitted both peers over TLS, none plain.
+accepted() { # metrics tls
+  awk -v name="iggy_replication_accepted_total{tls=\"$2\"}" '$1 == name {print $2}' <<<"$1"
+}
+for member in 0 1 2; do
+  forward "pod/$CLUSTER-3-$member" 3000
+  metrics=$({ exec 3<>"/dev/tcp/127.0.0.1/$port" && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 &&
+    cat <&3; } 2>/dev/null || true)
+  kill "$FORWARD_PID"; FORWARD_PID=
+  over_tls=$(accepted "$metrics" true); plain=$(accepted "$metrics" false)
+  [ "${over_tls:-0}" -ge 2 ] && [ "${plain:-1}" -eq 0 ] ||
+    fail "member $member: replication peers admitted over TLS ${over_tls:-?}, plain ${plain:-?}"
 done
 
 step "a config edit rolls the 3 brokers one at a time, the primary last, and keeps the message"
