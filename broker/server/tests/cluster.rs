@@ -630,10 +630,7 @@ async fn a_ring_over_tls_rebuilds_a_wiped_member_and_admits_a_plain_one_during_a
 fn accepted(cluster: &TestCluster, member: usize, tls: bool) -> u64 {
     let name = format!("iggy_replication_accepted_total{{tls=\"{tls}\"}}");
     let line = metric(cluster, member, &name);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} on member {member}: {line:?}"))
+    count(&line).unwrap_or_else(|| panic!("no {name} on member {member}: {line:?}"))
 }
 
 /// The `.log` files in `dir`, by name: a partition's segments, oldest first, or a journal's
@@ -1212,12 +1209,7 @@ async fn a_member_with_another_secret_is_kept_out_while_the_others_serve() {
     for member in 0..3 {
         loop {
             let refused = metric(&cluster, member, "iggy_replication_refused_total");
-            let count: u64 = refused
-                .split_whitespace()
-                .nth(1)
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
-            if count > 0 {
+            if count(&refused).unwrap_or(0) > 0 {
                 break;
             }
             assert!(
@@ -1275,6 +1267,11 @@ fn repairs(cluster: &TestCluster, member: usize) -> String {
 }
 
 /// `name`'s line in `member`'s metrics (empty when it has none).
+/// The value of a counter's line from [`metric`], if it has one.
+fn count(line: &str) -> Option<u64> {
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 fn metric(cluster: &TestCluster, member: usize, name: &str) -> String {
     let (_, metrics) = common::http_get(cluster.brokers[member].http, "/metrics").unwrap();
     metrics

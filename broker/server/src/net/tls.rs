@@ -199,11 +199,18 @@ fn self_signed(provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
         .iter()
         .map(|n| n.to_string())
         .collect::<Vec<_>>();
-    let generated = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::SelfSigned(e.to_string()))?;
+    let (chain, key) = generate_self_signed(names).map_err(TlsError::SelfSigned)?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| TlsError::SelfSigned(e.to_string()))
+}
+
+/// A fresh key and a certificate for `names` signed by it (also the replication port's,
+/// `replication::peer_tls`).
+pub(crate) fn generate_self_signed(
+    names: Vec<String>,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let generated = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
     let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
-    CertifiedKey::from_der(vec![generated.cert.der().clone()], key, provider)
-        .map_err(|e| TlsError::SelfSigned(e.to_string()))
+    Ok((vec![generated.cert.der().clone()], key))
 }
 
 /// A certificate that never changes (the generated one).

@@ -20,7 +20,7 @@
 use crate::replication::peer_auth::Binding;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
 
@@ -56,10 +56,8 @@ impl PeerTls {
     /// `opens_connections` is `replication.tls`.
     pub fn generate(opens_connections: bool) -> Result<Self, PeerTlsError> {
         let provider = crate::net::tls::ring_provider();
-        let generated = rcgen::generate_simple_self_signed(vec![PEER_NAME.to_owned()])
-            .map_err(|e| PeerTlsError::Generate(e.to_string()))?;
-        let key = PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into());
-        let chain = vec![generated.cert.der().clone()];
+        let (chain, key) = crate::net::tls::generate_self_signed(vec![PEER_NAME.to_owned()])
+            .map_err(PeerTlsError::Generate)?;
         let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()

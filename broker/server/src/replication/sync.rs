@@ -825,6 +825,37 @@ mod tests {
         append(broker, Partitioning::Balanced, &messages);
     }
 
+    /// Ten messages of 100 bytes appended to partition 0 (its active segment).
+    fn append_ten(broker: &Broker) {
+        let body = [7u8; 100];
+        let messages: Vec<(u128, &[u8], &[u8])> =
+            (0..10).map(|_| (0, &body[..], &[][..])).collect();
+        append(broker, Partitioning::PartitionId(0), &messages);
+    }
+
+    /// [`append_ten`], sealed into a segment of their own.
+    fn append_segment_of_ten(broker: &Broker) {
+        append_ten(broker);
+        let partition = broker.catalog().streams[&0].topics[&0].partitions[0].clone();
+        let next = partition.log().next_offset();
+        assert!(partition.log().seal_active(next).unwrap());
+    }
+
+    /// The object store's entry for the ten-message segment at `start`.
+    fn tier_entry(start: u64) -> iggy_tiering::TieredSegment {
+        iggy_tiering::TieredSegment {
+            start_offset: start,
+            next_offset: start + 10,
+            log_size: 1,
+            index_size: 1,
+            first_timestamp: 1,
+            last_timestamp: 2,
+            log_checksum: start,
+            index_checksum: start,
+            uploaded_at: 3,
+        }
+    }
+
     /// A peer that serves while `answers` lasts, then takes `delay` to fail every fetch, as a
     /// connection whose peer stopped sending fails at its read timeout.
     struct Fading<'a> {
@@ -937,36 +968,20 @@ mod tests {
         let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let peer = source(theirs.path(), 0);
         let partition = peer.catalog().streams[&0].topics[&0].partitions[0].clone();
-        let body = [7u8; 100];
-        let messages: Vec<(u128, &[u8], &[u8])> =
-            (0..10).map(|_| (0, &body[..], &[][..])).collect();
         for _ in 0..4 {
-            append(&peer, Partitioning::PartitionId(0), &messages);
-            let next = partition.log().next_offset();
-            assert!(partition.log().seal_active(next).unwrap());
+            append_segment_of_ten(&peer);
         }
-        append(&peer, Partitioning::PartitionId(0), &messages);
+        append_ten(&peer);
         copy_dir(theirs.path(), ours.path());
         let receiver = crate::broker::open_for_tests(ours.path());
 
         // The peer records three of its four sealed segments as in the store; the receiver
         // applied the first of those records only.
-        let entry = |start: u64| iggy_tiering::TieredSegment {
-            start_offset: start,
-            next_offset: start + 10,
-            log_size: 1,
-            index_size: 1,
-            first_timestamp: 1,
-            last_timestamp: 2,
-            log_checksum: start,
-            index_checksum: start,
-            uploaded_at: 3,
-        };
         for start in [0, 10, 20] {
-            assert!(partition.log().record_tiered(entry(start)).unwrap());
+            assert!(partition.log().record_tiered(tier_entry(start)).unwrap());
         }
         let kept = receiver.catalog().streams[&0].topics[&0].partitions[0].clone();
-        assert!(kept.log().record_tiered(entry(0)).unwrap());
+        assert!(kept.log().record_tiered(tier_entry(0)).unwrap());
         let manifest = Manifest::read(&peer.catalog(), 0);
         let fetched = install_from_each(&receiver, &manifest, 1, Duration::from_secs(5), |_| {
             Ok(InProcess(&peer))
@@ -990,33 +1005,16 @@ mod tests {
         let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let peer = source(theirs.path(), 0);
         let partition = peer.catalog().streams[&0].topics[&0].partitions[0].clone();
-        let body = [7u8; 100];
-        let messages: Vec<(u128, &[u8], &[u8])> =
-            (0..10).map(|_| (0, &body[..], &[][..])).collect();
-        append(&peer, Partitioning::PartitionId(0), &messages);
-        assert!(partition.log().seal_active(10).unwrap());
+        append_segment_of_ten(&peer);
         // The receiver holds the first segment, sealed, and nothing after it.
         copy_dir(theirs.path(), ours.path());
         let receiver = crate::broker::open_for_tests(ours.path());
         for _ in 0..3 {
-            append(&peer, Partitioning::PartitionId(0), &messages);
-            let next = partition.log().next_offset();
-            assert!(partition.log().seal_active(next).unwrap());
+            append_segment_of_ten(&peer);
         }
-        append(&peer, Partitioning::PartitionId(0), &messages);
-        let entry = |start: u64| iggy_tiering::TieredSegment {
-            start_offset: start,
-            next_offset: start + 10,
-            log_size: 1,
-            index_size: 1,
-            first_timestamp: 1,
-            last_timestamp: 2,
-            log_checksum: start,
-            index_checksum: start,
-            uploaded_at: 3,
-        };
+        append_ten(&peer);
         for start in [0, 10, 20] {
-            assert!(partition.log().record_tiered(entry(start)).unwrap());
+            assert!(partition.log().record_tiered(tier_entry(start)).unwrap());
         }
         let manifest = Manifest::read(&peer.catalog(), 0);
         let fetched = install_from_each(&receiver, &manifest, 1, Duration::from_secs(5), |_| {
@@ -1031,7 +1029,7 @@ mod tests {
         drop(log);
         let kept = catalog.streams[&0].topics[&0].partitions[0].clone();
         drop(catalog);
-        assert!(kept.log().record_tiered(entry(30)).unwrap());
+        assert!(kept.log().record_tiered(tier_entry(30)).unwrap());
     }
 
     /// Peers that stop answering after the sync has written part of the data hold it only

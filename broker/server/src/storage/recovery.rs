@@ -83,12 +83,7 @@ pub fn recover(
                      (brought back by a restart from a checkpoint; the replayed log deletes \
                      them again)"
                 );
-                let dropped = std::mem::take(&mut segments);
-                let files: Vec<&Path> = dropped
-                    .iter()
-                    .flat_map(|s| [s.log_path.as_path(), s.index_path.as_path()])
-                    .collect();
-                super::trash::discard(dir, &files)?;
+                super::partition_log::remove_segment_files(dir, &std::mem::take(&mut segments))?;
             }
         }
         if let Some(prev) = segments.last() {
