@@ -10,9 +10,11 @@
 //! - [`admin`]: the broker's admin HTTP API (`GET /admin/status`, `POST /admin/ring`);
 //! - [`hosts`]: the dev cluster's name resolution, off unless its test-only variable is set;
 //! - [`defaults`]: the broker's configuration defaults, which also type every key;
-//! - [`duration`]: the duration syntax of that configuration.
+//! - [`duration`]: the duration syntax of that configuration;
+//! - [`certificate`]: what both read from the client port's certificate (expiry, names).
 
 pub mod admin;
+pub mod certificate;
 pub mod defaults;
 pub mod duration;
 pub mod env;

@@ -50,7 +50,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: [pods/status]
   verbs: [get, patch]
-# Secrets: read to check the referenced root credentials exist (values are never copied);
+# Secrets: read to check the referenced root credentials exist (values are never copied) and
+# the client port's certificate (tls.crt, for its expiry and names; never tls.key);
 # create to generate <cluster>-root once when spec.auth is not set, and <cluster>-replication
 # (the secret the brokers prove to each other) once per cluster; neither is ever updated.
 - apiGroups: [""]

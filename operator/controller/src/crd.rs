@@ -356,6 +356,22 @@ pub struct IggyClusterStatus {
     /// The tiered-storage bucket as the operator last saw it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<BucketStatus>,
+    /// The client port's certificate as the operator last read it (with `spec.tls`). Written
+    /// as `null` without it, so a merge patch clears what an earlier `spec.tls` left.
+    #[serde(default)]
+    pub tls: Option<TlsStatus>,
+}
+
+/// The certificate brokers present on the client port, from `tls.crt` of the TLS Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    pub secret_name: String,
+    /// RFC 3339 time after which clients refuse the certificate.
+    pub not_after: String,
+    /// The DNS names and IP addresses it is for (subjectAltName).
+    #[serde(default)]
+    pub dns_names: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]

@@ -2,6 +2,7 @@
 //! See docs/operator.md for the resources, the reconcile steps and the status model.
 
 pub mod broker_config;
+pub mod certificate;
 pub mod crd;
 pub mod http;
 pub mod leader;

@@ -1778,6 +1778,23 @@ async fn a_tls_cluster_serves_its_secret_and_a_renewal_without_restarting_pods()
         .await
         .expect("create the TLS Secret");
     dev.wait_ready("secure").await;
+    // The operator read the certificate's expiry and names into the status; this one is for
+    // the Service only, so the members' own names are reported missing.
+    let cluster = cluster_value(&dev.harness, "secure").expect("cluster");
+    assert!(
+        cluster["status"]["tls"]["notAfter"].is_string(),
+        "{}",
+        cluster["status"]
+    );
+    assert_eq!(cluster["status"]["tls"]["dnsNames"], json!(names));
+    let verdict = condition(&cluster, "CertificateValid").expect("CertificateValid");
+    assert_eq!(verdict["reason"], "NamesMissing", "{verdict}");
+    assert!(
+        verdict["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("secure-2.secure-replicas.{NS}.svc"))),
+        "{verdict}"
+    );
 
     let credentials = dev.root_credentials("secure-root").await;
     let service = dev.service_address("secure");

@@ -1048,3 +1048,158 @@ async fn a_rolling_restart_resumes_where_a_stopped_operator_left_it() {
     wait_condition(&harness, "events", "Progressing", "Stable").await;
     operator.stop().await;
 }
+
+/// A `kubernetes.io/tls` Secret's data: `tls.crt` for `names` valid until `until`, with a key
+/// of its own.
+fn tls_secret_data(names: &[&str], until: (i32, u8, u8)) -> Value {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
+    params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+    let cert = params.self_signed(&key).expect("sign");
+    json!({
+        "tls.crt": k8s_openapi::ByteString(cert.pem().into_bytes()),
+        "tls.key": k8s_openapi::ByteString(key.serialize_pem().into_bytes()),
+    })
+}
+
+/// `spec.tls`: a Secret whose `tls.crt` holds no certificate stops the cluster before any pod
+/// (brokers could not load it); once it holds one, `status.tls` shows its expiry and names and
+/// `CertificateValid` says whether clients will accept it, with a Warning Event when they will
+/// not. The private key is never read into the status or a child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_certificate_is_checked_before_pods_and_judged_in_status() {
+    let (harness, client) = harness().await;
+    let operator = Operator::start(&client, None);
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), NS);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "events-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "not a certificate", "tls.key": "not a key"},
+    }))
+    .expect("secret");
+    secrets
+        .create(&Default::default(), &secret)
+        .await
+        .expect("secret created");
+    create_cluster(
+        &client,
+        "events",
+        json!({"replicas": 3, "tls": {"secretName": "events-tls"}}),
+    )
+    .await;
+    let cluster = wait_condition(&harness, "events", "Degraded", "CertificateInvalid").await;
+    let message = condition(&cluster, "Degraded").expect("Degraded")["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .is_some_and(|m| m.contains("\"events-tls\"") && m.contains("CERTIFICATE")),
+        "{message}"
+    );
+    assert!(children_named(&harness, "apps", "StatefulSet").is_empty());
+
+    // A certificate for the Service only: the cluster runs, and the status says which names
+    // clients are given that the certificate does not cover.
+    let service_only = [format!("events.{NS}.svc")];
+    let service_only: Vec<&str> = service_only.iter().map(String::as_str).collect();
+    let data = tls_secret_data(&service_only, (2099, 1, 1));
+    let key_pem = data["tls.key"].clone();
+    secrets
+        .patch(
+            "events-tls",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"stringData": null, "data": data})),
+        )
+        .await
+        .expect("secret fixed");
+    // Seen by the 15 s re-check of an invalid Secret; an annotation makes it sooner, so the
+    // test's bound does not rest on that period.
+    let clusters: kube::Api<iggy_operator::crd::IggyCluster> =
+        kube::Api::namespaced(client.clone(), NS);
+    clusters
+        .patch(
+            "events",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"test/nudge": "1"}}})),
+        )
+        .await
+        .expect("annotated");
+    let cluster = wait_condition(&harness, "events", "CertificateValid", "NamesMissing").await;
+    let verdict = condition(&cluster, "CertificateValid").expect("verdict");
+    assert_eq!(verdict["status"], "False");
+    let missing = format!(
+        "events-primary.{NS}.svc, events-0.events-replicas.{NS}.svc, \
+         events-1.events-replicas.{NS}.svc, events-2.events-replicas.{NS}.svc"
+    );
+    assert!(
+        verdict["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&missing)),
+        "{verdict}"
+    );
+    assert_eq!(cluster["status"]["tls"]["notAfter"], "2099-01-01T00:00:00Z");
+    assert_eq!(cluster["status"]["tls"]["dnsNames"], json!(service_only));
+    assert!(children_named(&harness, "apps", "StatefulSet").contains(&"events".to_string()));
+    let warned = |reason: &str| {
+        harness
+            .list("events.k8s.io", "Event", Some(NS))
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["reason"] == reason)
+    };
+    assert!(warned("CertificateInvalid") && warned("NamesMissing"));
+
+    // Renewed with every name: valid. The Secret is not watched, so a spec edit makes the
+    // reconcile that sees it (otherwise the periodic one does).
+    let full = [
+        format!("events.{NS}.svc"),
+        format!("events-primary.{NS}.svc"),
+        format!("*.events-replicas.{NS}.svc"),
+    ];
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    secrets
+        .patch(
+            "events-tls",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"data": tls_secret_data(&full, (2099, 1, 1))})),
+        )
+        .await
+        .expect("secret renewed");
+    patch_spec(
+        &client,
+        "events",
+        json!({"resources": {"limits": {"cpu": "2"}}}),
+    )
+    .await;
+    let cluster = wait_condition(&harness, "events", "CertificateValid", "Valid").await;
+    assert_eq!(
+        condition(&cluster, "CertificateValid").expect("verdict")["status"],
+        "True"
+    );
+    let everything = serde_json::to_string(&harness.list("", "ConfigMap", Some(NS))).expect("json")
+        + &serde_json::to_string(&harness.list("apps", "StatefulSet", Some(NS))).expect("json")
+        + &cluster.to_string();
+    let key_text = String::from_utf8(
+        serde_json::from_value::<k8s_openapi::ByteString>(key_pem)
+            .expect("bytes")
+            .0,
+    )
+    .expect("pem");
+    let key_body = key_text.lines().nth(1).expect("a line of the key");
+    assert!(
+        !everything.contains(key_body),
+        "the private key reaches no child and no status"
+    );
+
+    // Taking spec.tls away clears status.tls and the condition.
+    patch_spec(&client, "events", json!({"tls": null})).await;
+    eventually("status.tls cleared", || {
+        let cluster = cluster_value(&harness, "events")?;
+        (cluster["status"]["tls"].is_null() && condition(&cluster, "CertificateValid").is_none())
+            .then_some(())
+            .ok_or(cluster["status"].to_string())
+    })
+    .await;
+    operator.stop().await;
+}

@@ -3,7 +3,6 @@
 //! clients, and TLS on the client port. Replication's listener (`replication/`, with the replicated broker) sits beside it.
 
 pub mod budget;
-pub mod certificate;
 pub mod clients;
 pub mod http;
 pub mod quickack;

@@ -12,7 +12,7 @@
 //! Only the key's path ever reaches a log line or an error, never its bytes.
 
 use crate::config::TlsConfig;
-use crate::net::certificate;
+use iggy_contract::certificate::{self, EXPIRY_WARNING_SECONDS};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -27,9 +27,6 @@ use tokio_rustls::TlsAcceptor;
 
 /// How often a handshake may look at the certificate files for a renewal.
 pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
-
-/// A certificate served with less than this left is logged as a warning at each load.
-pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
 
 /// When the certificate served now expires, in seconds since the Unix epoch; 0 while none is
 /// served. A process has one client listener, so one value; `/metrics` reads it.
@@ -65,7 +62,7 @@ fn note_served(key: &CertifiedKey) {
             ?names,
             "tcp.tls: the certificate has expired; clients will refuse it until it is renewed"
         );
-    } else if left < EXPIRY_WARNING.as_secs() as i64 {
+    } else if left < EXPIRY_WARNING_SECONDS {
         tracing::warn!(
             days_left = left / 86_400,
             ?names,

@@ -1,7 +1,9 @@
 //! Dereference: the only step before apply that reads the API. It fetches what the spec
-//! points at (the root Secret's key names — never its values) and the ring last published,
-//! and hands them to the pure validate step.
+//! points at (the root Secret's key names — never its values; the TLS Secret's key names and
+//! its certificate, never its private key) and the ring last published, and hands them to the
+//! pure validate step.
 
+use crate::certificate::{CertificateProblem, ServedCertificate};
 use crate::crd::IggyCluster;
 use crate::names::ClusterNames;
 use crate::s3::{BucketProblem, S3Credentials, ACCESS_KEY_ID, SECRET_ACCESS_KEY};
@@ -17,6 +19,9 @@ pub struct Dereferenced {
     pub root_secret_keys: Option<BTreeSet<String>>,
     /// Key names of the client port's TLS Secret; None when it does not exist.
     pub tls_secret_keys: Option<BTreeSet<String>>,
+    /// The certificate in that Secret's `tls.crt`, or why it holds none; None when the Secret
+    /// or the key does not exist.
+    pub tls_certificate: Option<Result<ServedCertificate, CertificateProblem>>,
     /// The ring in the ring ConfigMap, if one was published.
     pub current_ring: Option<Ring>,
     /// Tiered-storage credentials from their Secret, or why they could not be read; None when
@@ -53,9 +58,16 @@ pub async fn dereference(
         None => None,
         Some(auth) => secret_keys(client, &namespace, &auth.root_secret).await?,
     };
-    let tls_secret_keys = match &cluster.spec.tls {
-        None => None,
-        Some(tls) => secret_keys(client, &namespace, &tls.secret_name).await?,
+    let (tls_secret_keys, tls_certificate) = match &cluster.spec.tls {
+        None => (None, None),
+        Some(tls) => match get_secret(client, &namespace, &tls.secret_name).await? {
+            None => (None, None),
+            Some(secret) => (
+                Some(key_names(&secret)),
+                value(&secret, crate::reconcile::validate::TLS_CERT_KEY)
+                    .map(|pem| crate::certificate::read(&pem)),
+            ),
+        },
     };
     let s3_credentials = match &cluster.spec.tiered_storage {
         None => None,
@@ -114,6 +126,7 @@ pub async fn dereference(
     Ok(Dereferenced {
         root_secret_keys,
         tls_secret_keys,
+        tls_certificate,
         current_ring,
         s3_credentials,
         volume_claims,
@@ -142,11 +155,30 @@ async fn secret_keys(
     name: &str,
 ) -> Result<Option<BTreeSet<String>>, DereferenceError> {
     let secret = get_secret(client, namespace, name).await?;
-    Ok(secret.map(|secret| {
-        let data = secret.data.unwrap_or_default().into_keys();
-        let plain = secret.string_data.unwrap_or_default().into_keys();
-        data.chain(plain).collect()
-    }))
+    Ok(secret.as_ref().map(key_names))
+}
+
+fn key_names(secret: &Secret) -> BTreeSet<String> {
+    let data = secret.data.iter().flat_map(|data| data.keys());
+    let plain = secret.string_data.iter().flat_map(|data| data.keys());
+    data.chain(plain).cloned().collect()
+}
+
+/// The value of `key` in a Secret (from `data`, or `stringData` as written before the API
+/// server folds it in); None without it.
+fn value(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|bytes| bytes.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()?
+                .get(key)
+                .map(|text| text.clone().into_bytes())
+        })
 }
 
 /// The access key pair in a Secret; values stay in memory and are never logged.
@@ -156,19 +188,7 @@ fn credentials_from(name: &str, secret: &Secret) -> Result<S3Credentials, Bucket
             secret: name.to_string(),
             key: key.to_string(),
         };
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(key))
-            .map(|bytes| bytes.0.clone())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()?
-                    .get(key)
-                    .map(|text| text.clone().into_bytes())
-            })
-            .ok_or_else(missing)?;
+        let bytes = value(secret, key).ok_or_else(missing)?;
         String::from_utf8(bytes)
             .map(|text| text.trim().to_string())
             .map_err(|_| missing())

@@ -13,7 +13,8 @@ pub mod scaling;
 pub mod status;
 pub mod validate;
 
-use crate::crd::IggyCluster;
+use crate::certificate;
+use crate::crd::{IggyCluster, IggyClusterStatus};
 use crate::metrics::Metrics;
 use crate::names::ClusterNames;
 use k8s_openapi::jiff::{Timestamp, Unit};
@@ -170,11 +171,15 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
             status::write(client, cluster, cluster.resource_version(), &new_status)
                 .await
                 .map_err(ReconcileError::Status)?;
-            return Ok(Action::requeue(if error.reason() == "SecretMissing" {
-                RECHECK
-            } else {
-                RESYNC
-            }));
+            // A Secret is not watched (reading Secrets is all the operator may do with them),
+            // so one that is missing or holds no certificate is looked at again soon.
+            return Ok(Action::requeue(
+                if matches!(error.reason(), "SecretMissing" | "CertificateInvalid") {
+                    RECHECK
+                } else {
+                    RESYNC
+                },
+            ));
         }
     };
     // Scaling needs what the brokers report (their sidecars' annotations) before the children
@@ -338,6 +343,16 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
             tracing::info!(cluster = %names.cluster, pods = ?stale, "withdrew step-down requests of a superseded rollout");
         }
     }
+    if let Some(served) = &validated.served_certificate {
+        certificate_events(ctx, cluster, &new_status).await;
+        // Renewals are seen at the next reconcile (the Secret is not watched); the verdict's
+        // changes by time alone (entering the warning window, expiring) are waited for.
+        let now = Timestamp::now().as_second();
+        if let Some(seconds) = certificate::next_change(served, now) {
+            let at = Duration::from_secs(u64::try_from(seconds).unwrap_or(0) + 1);
+            requeue = requeue.min(at);
+        }
+    }
     match &validated.tiering {
         None => new_status.bucket = None,
         Some(tiering) => {
@@ -392,6 +407,29 @@ async fn reconcile_inner(cluster: &IggyCluster, ctx: &Context) -> Result<Action,
         .await
         .map_err(ReconcileError::Status)?;
     Ok(Action::requeue(requeue))
+}
+
+/// A Warning Event when the client port's certificate turned one that clients refuse or soon
+/// will, or changed what is wrong with it; said once per change, not at every reconcile.
+async fn certificate_events(ctx: &Context, cluster: &IggyCluster, status: &IggyClusterStatus) {
+    let find = |status: Option<&IggyClusterStatus>| {
+        status?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::CERTIFICATE_CONDITION)
+            .cloned()
+    };
+    let Some(now) = find(Some(status)) else {
+        return;
+    };
+    if now.reason == "Valid" {
+        return;
+    }
+    let before = find(cluster.status.as_ref());
+    if before.is_some_and(|b| b.reason == now.reason && b.message == now.message) {
+        return;
+    }
+    publish(ctx, cluster, EventType::Warning, &now.reason, now.message).await;
 }
 
 /// Carries out one step of a rolling restart and says so in an Event.

@@ -2,6 +2,7 @@
 //! outcome and the observed StatefulSet and pods, and written only when it changed.
 
 use super::validate::{ValidatedCluster, ValidationError};
+use crate::certificate;
 use crate::crd::{Condition, IggyCluster, IggyClusterStatus, RingMemberStatus, RingStatus};
 use crate::names::{ClusterNames, READINESS_GATE, ROLE_LABEL};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -154,6 +155,7 @@ pub fn compute(
         selector: Some(names.selector_string()),
         ring: previous.ring.clone(),
         bucket: previous.bucket.clone(),
+        tls: None,
     };
     let validated = match outcome {
         Outcome::Invalid(_) => None,
@@ -434,8 +436,31 @@ pub fn compute(
             now,
         ));
     }
+    if let Some((secret, served)) = validated.and_then(|v| {
+        let secret = &v.tls.as_ref()?.secret_name;
+        Some((secret, v.served_certificate.as_ref()?))
+    }) {
+        let at = now
+            .parse()
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+        let members = validated.map_or(0, |v| v.replicas);
+        let verdict = certificate::judge(served, &names, members, at.as_second());
+        status.conditions.push(condition(
+            conditions,
+            CERTIFICATE_CONDITION,
+            verdict.valid,
+            verdict.reason,
+            verdict.message,
+            generation,
+            now,
+        ));
+        status.tls = Some(certificate::status(secret, served));
+    }
     status
 }
+
+/// The condition that says whether clients will accept the client port's certificate.
+pub const CERTIFICATE_CONDITION: &str = "CertificateValid";
 
 /// Writes the status subresource when it differs from what is there; returns whether it wrote.
 ///
@@ -638,6 +663,52 @@ mod tests {
         assert_eq!(
             first, second,
             "an unchanged cluster computes an identical status"
+        );
+    }
+
+    #[test]
+    fn the_client_certificate_is_judged_in_status_with_its_expiry_and_names() {
+        let iggy = cluster(json!({"replicas": 2, "tls": {"secretName": "events-tls"}}));
+        let valid = validated(json!({"replicas": 2, "tls": {"secretName": "events-tls"}}));
+        let status = compute(
+            &iggy,
+            &Outcome::Applied(&valid),
+            &Observed::default(),
+            "2029-06-01T00:00:00Z",
+        );
+        let tls = status.tls.clone().expect("status.tls");
+        assert_eq!(tls.secret_name, "events-tls");
+        assert_eq!(tls.not_after, "2030-01-01T00:00:00Z");
+        assert_eq!(tls.dns_names, vec!["events.prod.svc".to_string()]);
+        // The test certificate names the client Service only.
+        let verdict = find(&status, CERTIFICATE_CONDITION);
+        assert_eq!(
+            (verdict.status.as_str(), verdict.reason.as_str()),
+            ("False", "NamesMissing")
+        );
+        assert!(
+            verdict.message.contains("events-primary.prod.svc, events-0.events-replicas.prod.svc, events-1.events-replicas.prod.svc;"),
+            "{}",
+            verdict.message
+        );
+        let expired = compute(
+            &iggy,
+            &Outcome::Applied(&valid),
+            &Observed::default(),
+            "2030-01-02T00:00:00Z",
+        );
+        assert_eq!(find(&expired, CERTIFICATE_CONDITION).reason, "Expired");
+        // Without spec.tls there is neither, and `tls: null` clears an earlier one.
+        let plain = validated(json!({"replicas": 2}));
+        let status = compute(&iggy, &Outcome::Applied(&plain), &Observed::default(), "t0");
+        assert_eq!(status.tls, None);
+        assert!(status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != CERTIFICATE_CONDITION));
+        assert_eq!(
+            serde_json::to_value(&status).expect("json")["tls"],
+            json!(null)
         );
     }
 

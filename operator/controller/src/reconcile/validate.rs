@@ -4,6 +4,7 @@
 
 use super::dereference::Dereferenced;
 use crate::broker_config::{self, ConfigError};
+use crate::certificate::{CertificateProblem, ServedCertificate};
 use crate::crd::{
     AuthSpec, CollectorSpec, IggyCluster, LocalVolume, OtlpTransport, PodTemplateOverrides, S3Spec,
     TlsSpec,
@@ -51,6 +52,9 @@ pub struct ValidatedCluster {
     pub telemetry: Option<Telemetry>,
     /// The Secret holding the client port's certificate, when it has TLS.
     pub tls: Option<TlsSpec>,
+    /// The certificate that Secret holds now (read for status, never for the pods: brokers
+    /// read the mounted Secret themselves, so a renewal changes no pod template).
+    pub served_certificate: Option<ServedCertificate>,
 }
 
 /// The keys of a `kubernetes.io/tls` Secret: the certificate chain and its private key.
@@ -101,6 +105,11 @@ pub enum ValidationError {
     TlsSecretMissing(String),
     #[error("TLS Secret {secret:?} has no key {key:?} (a kubernetes.io/tls Secret holds tls.crt and tls.key)")]
     TlsSecretKeyMissing { secret: String, key: String },
+    #[error("TLS Secret {secret:?}: tls.crt {problem}; brokers could not serve it")]
+    TlsCertificateInvalid {
+        secret: String,
+        problem: CertificateProblem,
+    },
     #[error("tiered storage: {0}")]
     Tiering(BucketProblem),
     #[error("spec.tieredStorage.s3.{field} must not be empty")]
@@ -124,6 +133,7 @@ impl ValidationError {
             | ValidationError::TlsSecretMissing(_)
             | ValidationError::TlsSecretKeyMissing { .. }
             | ValidationError::Tiering(_) => "SecretMissing",
+            ValidationError::TlsCertificateInvalid { .. } => "CertificateInvalid",
             _ => "InvalidSpec",
         }
     }
@@ -211,6 +221,7 @@ pub fn validate(
             }
         }
     }
+    let mut served_certificate = None;
     if let Some(tls) = &spec.tls {
         let keys = refs
             .tls_secret_keys
@@ -224,6 +235,15 @@ pub fn validate(
                 });
             }
         }
+        let invalid = |problem: &CertificateProblem| ValidationError::TlsCertificateInvalid {
+            secret: tls.secret_name.clone(),
+            problem: problem.clone(),
+        };
+        served_certificate = Some(match &refs.tls_certificate {
+            Some(Ok(served)) => served.clone(),
+            Some(Err(problem)) => return Err(invalid(problem)),
+            None => return Err(invalid(&CertificateProblem::NoCertificate)),
+        });
     }
     let tiering = match &spec.tiered_storage {
         None => None,
@@ -303,6 +323,7 @@ pub fn validate(
         tiering,
         telemetry,
         tls: spec.tls.clone(),
+        served_certificate,
     })
 }
 
@@ -486,11 +507,39 @@ pub(crate) mod tests {
                 key: "tls.key".into()
             })
         );
-        let complete = Dereferenced {
+        let keys_only = Dereferenced {
             tls_secret_keys: Some(BTreeSet::from(["tls.crt".into(), "tls.key".into()])),
             ..Dereferenced::default()
         };
+        // A chain that is no certificate would stop every broker that loads it.
+        for problem in [
+            CertificateProblem::NoCertificate,
+            CertificateProblem::Malformed,
+        ] {
+            let broken = Dereferenced {
+                tls_certificate: Some(Err(problem.clone())),
+                ..keys_only.clone()
+            };
+            let refused = validate(&with_tls, &broken).unwrap_err();
+            assert_eq!(
+                refused,
+                ValidationError::TlsCertificateInvalid {
+                    secret: "events-tls".into(),
+                    problem
+                }
+            );
+            assert_eq!(refused.reason(), "CertificateInvalid");
+        }
+        let served = ServedCertificate {
+            not_after: 1_893_456_000,
+            names: vec!["events.prod.svc".into()],
+        };
+        let complete = Dereferenced {
+            tls_certificate: Some(Ok(served.clone())),
+            ..keys_only
+        };
         let valid = validate(&with_tls, &complete).expect("valid");
+        assert_eq!(valid.served_certificate, Some(served));
         assert_eq!(valid.tls.expect("tls").secret_name, "events-tls");
         // The broker's TLS keys are the operator's to set, from spec.tls.
         let by_config = cluster(json!({"replicas": 1, "config": {"tcp.tls.enabled": "true"}}));

@@ -111,6 +111,10 @@ pub(crate) mod tests {
         let refs = Dereferenced {
             root_secret_keys: Some(["username".to_string(), "password".to_string()].into()),
             tls_secret_keys: Some(["tls.crt".to_string(), "tls.key".to_string()].into()),
+            tls_certificate: Some(Ok(crate::certificate::ServedCertificate {
+                not_after: 1_893_456_000,
+                names: vec!["events.prod.svc".into()],
+            })),
             ..Dereferenced::default()
         };
         validate(&cluster(spec), &refs).expect("valid spec")

@@ -1,12 +1,20 @@
-//! What the broker reads from the X.509 certificate it serves, from its DER bytes: when it stops
-//! being valid (`notAfter`), so the broker can say how long it has left (a log line at load,
-//! the `iggy_tls_certificate_expiry_timestamp_seconds` gauge for alerts) before clients refuse
-//! it; and the names it is for (subjectAltName), logged at load, because a client connecting by
-//! a name the certificate does not carry is refused with nothing on the broker's side to say so.
+//! What the broker and the operator read from the client port's X.509 certificate, from its DER
+//! bytes: when it stops being valid (`notAfter`), so each can say how long it has left before
+//! clients refuse it (the broker: a log line at load and the
+//! `iggy_tls_certificate_expiry_timestamp_seconds` gauge; the operator: `status.tls` and the
+//! `CertificateValid` condition); and the names it is for (subjectAltName), because a client
+//! connecting by a name the certificate does not carry is refused with nothing on the broker's
+//! side to say so.
 //!
 //! Only the path to those fields is walked: Certificate → TBSCertificate → its fields in order,
 //! each a DER tag-length-value, everything else skipped by its length, so no ASN.1 library is
-//! needed. Anything malformed on the way gives `None` (or no names).
+//! needed (this crate stays as light as its lightest user). Anything malformed on the way gives
+//! `None` (or no names).
+
+/// A certificate with less than this left is reported as expiring soon: by then a renewal
+/// should have happened (cert-manager renews at a third of the lifetime left), so one that has
+/// not is worth a warning while clients still accept the old one.
+pub const EXPIRY_WARNING_SECONDS: i64 = 14 * 86_400;
 
 /// DER tags of the TBSCertificate's fields.
 const SEQUENCE: u8 = 0x30;
@@ -140,6 +148,24 @@ fn subject_alt_names(der: &[u8]) -> Option<Vec<String>> {
     None
 }
 
+/// Whether a certificate for `names` (its subjectAltName entries, as [`names`] gives them) is
+/// valid for a client connecting to `host`, as TLS clients check it (RFC 6125): a DNS name
+/// matches exactly, ignoring ASCII case and a trailing dot, and a wildcard `*.rest` matches
+/// exactly one further label on the left (`*.replicas.svc` covers `a.replicas.svc`, not
+/// `replicas.svc` nor `a.b.replicas.svc`). An IP address matches only itself.
+pub fn covers(names: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    names.iter().any(|name| {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        match name.strip_prefix("*.") {
+            None => name == host,
+            Some(rest) => host
+                .split_once('.')
+                .is_some_and(|(label, parent)| !label.is_empty() && parent == rest),
+        }
+    })
+}
+
 /// One DER element at the start of `bytes`: its tag, its content, and what follows it.
 fn element(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = bytes.split_first()?;
@@ -238,6 +264,28 @@ mod tests {
         let bare = bare.self_signed(&key).expect("sign").der().to_vec();
         assert!(super::names(&bare).is_empty());
         assert_eq!(not_after(&bare), Some(1_893_456_000));
+    }
+
+    #[test]
+    fn a_name_covers_itself_and_a_wildcard_one_label() {
+        let names: Vec<String> = [
+            "events.default.svc",
+            "*.events-replicas.default.svc",
+            "10.0.0.7",
+        ]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+        assert!(covers(&names, "events.default.svc"));
+        assert!(covers(&names, "Events.Default.SVC."));
+        assert!(covers(&names, "events-1.events-replicas.default.svc"));
+        assert!(covers(&names, "10.0.0.7"));
+        assert!(!covers(&names, "events-replicas.default.svc"));
+        assert!(!covers(&names, "a.events-1.events-replicas.default.svc"));
+        assert!(!covers(&names, "events.default.svc.cluster.local"));
+        assert!(!covers(&names, "events-primary.default.svc"));
+        assert!(!covers(&names, "10.0.0.8"));
+        assert!(!covers(&[], "events.default.svc"));
     }
 
     #[test]
