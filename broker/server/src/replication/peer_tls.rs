@@ -22,7 +22,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The first byte of a TLS record carrying a handshake message: how the accepting side tells
 /// a TLS connection from a plain one.
@@ -43,18 +43,81 @@ pub enum PeerTlsError {
 }
 
 /// This member's TLS setup for replication connections, both ways.
+///
+/// A member with `replication.tls` off still accepts TLS connections (a ring turning it on one
+/// member at a time), but until one arrives it needs no key: the key, the certificate and the
+/// configurations are then made at the first TLS connection, not at start. Making them touches
+/// the certificate writer, the key generator and rustls' configuration code, about a megabyte
+/// of the binary's pages that a replica which never sees TLS would otherwise keep resident
+/// (docs/benchmarks.md, "Idle RSS": it took a primary past 16 MiB after a load).
 #[derive(Debug)]
 pub struct PeerTls {
-    client: Arc<rustls::ClientConfig>,
-    server: Arc<rustls::ServerConfig>,
+    configs: OnceLock<Result<Configs, String>>,
     /// Whether this member opens its own connections over TLS (`replication.tls`).
     opens_connections: bool,
 }
 
+#[derive(Debug)]
+struct Configs {
+    client: Arc<rustls::ClientConfig>,
+    server: Arc<rustls::ServerConfig>,
+}
+
 impl PeerTls {
-    /// Generates this member's key and certificate and the configurations that use them;
-    /// `opens_connections` is `replication.tls`.
+    /// This member's TLS; `opens_connections` is `replication.tls`. With it on, the key and
+    /// certificate are generated now, so a failure stops the start with a clear error;
+    /// otherwise at the first TLS connection a peer opens.
     pub fn generate(opens_connections: bool) -> Result<Self, PeerTlsError> {
+        let tls = Self {
+            configs: OnceLock::new(),
+            opens_connections,
+        };
+        if opens_connections {
+            tls.configs()?;
+        }
+        Ok(tls)
+    }
+
+    fn configs(&self) -> Result<&Configs, PeerTlsError> {
+        self.configs
+            .get_or_init(|| Configs::generate().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| PeerTlsError::Generate(e.clone()))
+    }
+
+    pub fn opens_connections(&self) -> bool {
+        self.opens_connections
+    }
+
+    /// Whether the key and certificate exist yet (made at start or by a first TLS connection).
+    pub fn generated(&self) -> bool {
+        self.configs.get().is_some_and(|c| c.is_ok())
+    }
+
+    pub fn connector(&self) -> Result<tokio_rustls::TlsConnector, PeerTlsError> {
+        Ok(tokio_rustls::TlsConnector::from(
+            self.configs()?.client.clone(),
+        ))
+    }
+
+    pub fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, PeerTlsError> {
+        Ok(tokio_rustls::TlsAcceptor::from(
+            self.configs()?.server.clone(),
+        ))
+    }
+
+    /// A client session for a blocking connection (state sync's).
+    pub fn client_session(&self) -> Result<rustls::ClientConnection, PeerTlsError> {
+        Ok(rustls::ClientConnection::new(
+            self.configs()?.client.clone(),
+            peer_name(),
+        )?)
+    }
+}
+
+impl Configs {
+    /// A fresh key and self-signed certificate, and the configurations that use them.
+    fn generate() -> Result<Self, PeerTlsError> {
         let provider = crate::net::tls::ring_provider();
         let (chain, key) = crate::net::tls::generate_self_signed(vec![PEER_NAME.to_owned()])
             .map_err(PeerTlsError::Generate)?;
@@ -73,25 +136,7 @@ impl PeerTls {
         Ok(Self {
             client: Arc::new(client),
             server: Arc::new(server),
-            opens_connections,
         })
-    }
-
-    pub fn opens_connections(&self) -> bool {
-        self.opens_connections
-    }
-
-    pub fn connector(&self) -> tokio_rustls::TlsConnector {
-        tokio_rustls::TlsConnector::from(self.client.clone())
-    }
-
-    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.server.clone())
-    }
-
-    /// A client session for a blocking connection (state sync's).
-    pub fn client_session(&self) -> Result<rustls::ClientConnection, rustls::Error> {
-        rustls::ClientConnection::new(self.client.clone(), peer_name())
     }
 }
 

@@ -62,6 +62,8 @@ pub enum TransportError {
     Tls(std::io::Error),
     #[error("the peer opened a TLS connection and this member has no TLS for replication set up")]
     TlsUnavailable,
+    #[error(transparent)]
+    TlsSetup(#[from] peer_tls::PeerTlsError),
     #[error("the replication handshake did not finish within {0:?}")]
     HandshakeTimeout(Duration),
     #[error(
@@ -85,6 +87,7 @@ impl TransportError {
                 | TransportError::Unproven
                 | TransportError::Busy
                 | TransportError::TlsUnavailable
+                | TransportError::TlsSetup(_)
         )
     }
 }
@@ -364,7 +367,7 @@ pub async fn open(
             }
             Some(tls) => {
                 let mut stream = tls
-                    .connector()
+                    .connector()?
                     .connect(peer_tls::peer_name(), stream)
                     .await
                     .map_err(TransportError::Tls)?;
@@ -416,7 +419,7 @@ async fn accept(stream: TcpStream, secret: &ClusterSecret) -> Result<Accepted, T
         match (first[0], secret.accepting_tls()) {
             (peer_tls::TLS_HANDSHAKE_RECORD, Some(tls)) => {
                 let mut stream = tls
-                    .acceptor()
+                    .acceptor()?
                     .accept(stream)
                     .await
                     .map_err(TransportError::Tls)?;
@@ -1208,6 +1211,35 @@ mod tests {
         }
     }
 
+    /// A member with `replication.tls` off makes its key only when a peer first opens a TLS
+    /// connection to it, and keeps it for the next ones; one with it on makes it at start.
+    #[tokio::test]
+    async fn a_member_without_tls_of_its_own_makes_its_key_at_the_first_tls_connection() {
+        let plain_member = member(false);
+        let generated = |secret: &ClusterSecret| {
+            secret
+                .accepting_tls()
+                .is_some_and(peer_tls::PeerTls::generated)
+        };
+        assert!(!generated(&plain_member));
+        assert!(
+            generated(&member(true)),
+            "made at start when it opens over TLS"
+        );
+        let (accepted, _) = over_loopback(&plain_member, &member(false), None::<NoRelay>).await;
+        assert!(!accepted.unwrap());
+        assert!(
+            !generated(&plain_member),
+            "a plain connection makes nothing"
+        );
+        for _ in 0..2 {
+            let (accepted, opened) =
+                over_loopback(&plain_member, &member(true), None::<NoRelay>).await;
+            assert!(accepted.unwrap() && opened.unwrap());
+            assert!(generated(&plain_member));
+        }
+    }
+
     #[tokio::test]
     async fn a_tls_connection_to_a_member_without_tls_is_refused_by_name() {
         let without = ClusterSecret::new("one secret for the ring", "prod");
@@ -1230,8 +1262,11 @@ mod tests {
         let intercept = |front: TcpStream, back: TcpStream| async move {
             let relay = peer_tls::PeerTls::generate(true).expect("generate");
             let (Ok(mut front), Ok(mut back)) = tokio::join!(
-                relay.acceptor().accept(front),
-                relay.connector().connect(peer_tls::peer_name(), back)
+                relay.acceptor().expect("acceptor").accept(front),
+                relay
+                    .connector()
+                    .expect("connector")
+                    .connect(peer_tls::peer_name(), back)
             ) else {
                 return;
             };
