@@ -15,8 +15,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Bytes read per step; the pause after each keeps the average at the configured rate.
-const WINDOW: usize = 1 << 20;
+/// Bytes read per step; the pause after each keeps the average at the configured rate. The
+/// window's buffer stays allocated for a whole pass, which on a replica holding data is most of
+/// the time, so it is kept small: an idle replica may hold 16 MiB in all.
+const WINDOW: usize = 256 << 10;
 /// Pause between full passes when there is little to scrub.
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -26,6 +28,10 @@ pub async fn run(broker: Arc<Broker>) {
     if rate == 0 {
         return;
     }
+    // One window's buffer for the whole pass, handed to each blocking read and back: a fresh
+    // one per window moved the heap by a window several times a second, which the allocator's
+    // trimmer reads as a busy broker, so it gave nothing back while a pass ran.
+    let mut buffer = Vec::new();
     loop {
         let mut scrubbed = 0u64;
         for partition in broker.all_partitions() {
@@ -38,11 +44,17 @@ pub async fn run(broker: Arc<Broker>) {
             while next < range.end {
                 let checked = {
                     let partition = partition.clone();
-                    tokio::task::spawn_blocking(move || check_window(&partition, next)).await
+                    let mut lent = std::mem::take(&mut buffer);
+                    tokio::task::spawn_blocking(move || {
+                        let window = check_window(&partition, next, &mut lent);
+                        (window, lent)
+                    })
+                    .await
                 };
-                let Ok(Some(window)) = checked else {
+                let Ok((Some(window), lent)) = checked else {
                     break;
                 };
+                buffer = lent;
                 let damaged_index = window
                     .outcome
                     .as_ref()
@@ -98,6 +110,8 @@ pub async fn run(broker: Arc<Broker>) {
             }
         }
         if scrubbed < WINDOW as u64 {
+            // Nothing to read for a while: the buffer goes back to the allocator.
+            buffer = Vec::new();
             tokio::time::sleep(IDLE).await;
         }
     }
@@ -129,9 +143,10 @@ pub struct Window {
     pub outcome: Result<(), StorageError>,
 }
 
-/// Reads and verifies up to a window of `partition` from `next` on. Blocking. `None` when
+/// Reads and verifies up to a window of `partition` from `next` on, into `buffer` (emptied
+/// first; kept by the caller so that a pass reuses one allocation). Blocking. `None` when
 /// nothing is there to read.
-pub fn check_window(partition: &Partition, next: u64) -> Option<Window> {
+pub fn check_window(partition: &Partition, next: u64, buffer: &mut Vec<u8>) -> Option<Window> {
     let (plan, _) = match partition.plan_read(next, u32::MAX, WINDOW) {
         Ok(planned) => planned,
         // The segment's index file is damaged: the rest of the segment cannot be placed, so
@@ -149,7 +164,8 @@ pub fn check_window(partition: &Partition, next: u64) -> Option<Window> {
         return None;
     }
     let (count, bytes) = (plan.count, plan.bytes as u64);
-    let outcome = plan.read_into(&mut Vec::new());
+    buffer.clear();
+    let outcome = plan.read_into(buffer);
     Some(Window {
         count,
         bytes,
@@ -165,8 +181,9 @@ pub fn damaged_ranges(partition: &Partition) -> Vec<(u64, u64)> {
         return damaged;
     };
     let mut next = sealed.start;
+    let mut buffer = Vec::new();
     while next < sealed.end {
-        let Some(window) = check_window(partition, next) else {
+        let Some(window) = check_window(partition, next, &mut buffer) else {
             break;
         };
         let until = next + u64::from(window.count);

@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 
 /// How much of a partition's tail one read takes when its deduplication window is read back.
 const WINDOW_READ_BYTES: usize = 8 << 20;
+/// Index entries a read plan takes from a segment in one read without first bounding them by
+/// its byte budget (64 KiB of index).
+const UNBOUNDED_SPAN: usize = 4096;
 
 pub struct PartitionLog {
     dir: PathBuf,
@@ -713,7 +716,18 @@ impl PartitionLog {
                 continue;
             }
             let from = (next.max(segment.start_offset) - segment.start_offset) as usize;
-            let upto = (from + remaining).min(segment.len());
+            let mut upto = (from + remaining).min(segment.len());
+            if upto - from > UNBOUNDED_SPAN {
+                // A count far beyond what the byte budget holds (the scrubber's windows, a
+                // state-sync chunk, the deduplication window ask for everything up to an end)
+                // read every remaining entry of the segment for each window: 16 MB of index
+                // and twice that in heap per megabyte read from a million-message segment.
+                // Where the budget ends is a binary search away.
+                let budget_end = segment
+                    .start_of(from)?
+                    .saturating_add((max_bytes - plan.bytes) as u64);
+                upto = upto.min(segment.messages_within(budget_end)?.max(from + 1));
+            }
             let (start, entries) = segment.span(from, upto)?;
             let budget_end = start.saturating_add((max_bytes - plan.bytes) as u64);
             let fit = entries.partition_point(|e| e.end as u64 <= budget_end);
@@ -1682,6 +1696,60 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(offsets.len(), plan.count as usize);
         offsets
+    }
+
+    /// A read asking for every message up to an end with a byte budget (the scrubber's
+    /// windows, state-sync chunks) takes exactly what the budget holds, as reading all the
+    /// remaining entries did; it now finds the budget's end by a binary search over the index
+    /// instead (`UNBOUNDED_SPAN`).
+    #[test]
+    fn a_read_bounded_by_bytes_takes_what_the_budget_holds_from_a_large_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::create(dir.path(), 1 << 30, false).unwrap();
+        // 10,000 messages of 10 to 400 bytes, in batches of 100.
+        for round in 0..100usize {
+            log.append(&mut batch(100, 10 + (round * 37) % 390), 1000, || 7)
+                .unwrap();
+        }
+        assert_eq!(log.messages_count(), 10_000);
+        assert_eq!(log.resident_index_entries(), 0);
+        let frames: Vec<u64> = {
+            let mut all = Vec::new();
+            log.plan_read(0, 10_000, usize::MAX)
+                .unwrap()
+                .read_into(&mut all)
+                .unwrap();
+            FrameIter::new(&all)
+                .map(|f| f.unwrap().len() as u64)
+                .collect()
+        };
+        for (from, budget) in [
+            (0u64, 1 << 20),
+            (17, 65_536),
+            (4_000, 100_000),
+            (9_990, 1 << 20),
+            (5_000, 1),
+        ] {
+            // What fits, counted over every remaining frame.
+            let (mut count, mut bytes) = (0u32, 0u64);
+            for len in &frames[from as usize..] {
+                if bytes + len > budget as u64 && count > 0 {
+                    break;
+                }
+                count += 1;
+                bytes += len;
+            }
+            let plan = log.plan_read(from, u32::MAX, budget).unwrap();
+            assert_eq!(
+                (plan.count, plan.bytes as u64),
+                (count, bytes),
+                "from {from}, budget {budget}"
+            );
+            assert_eq!(
+                read_offsets(&log, from, u32::MAX, budget),
+                (from..from + u64::from(count)).collect::<Vec<_>>()
+            );
+        }
     }
 
     #[test]
