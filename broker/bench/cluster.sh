@@ -7,7 +7,8 @@
 # primary), idle and under load. Last, 1000 and then 10,000 partitions written in batches of
 # 10 × 100 B by 4 producers, single node against the cluster: the per-request and per-partition
 # costs. The produce rates of the clusters as multiples of the single node's in the same run
-# close the load part, beside the issue's targets.
+# close the load part, beside the issue's targets, with the most this machine's cores allow
+# the star cluster at its CPU per megabyte (from a produce-only pair of runs).
 # All brokers and the load generator share this machine's cores.
 # Usage: broker/bench/cluster.sh [--quick]   (--quick: 100 batches per scenario, else 600)
 # REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs;
@@ -50,6 +51,8 @@ start_cluster() { # route fsync [replication.tls, default false]
 
 # Produce rate (msgs/s) of each scenario by label, for the ratios printed at the end.
 declare -A PRODUCED
+# Cores the whole machine kept busy during each scenario, by label.
+declare -A BUSY
 # `a`'s produce rate as a multiple of `b`'s.
 ratio() { # label-a label-b
   awk -v a="${PRODUCED[$1]:-0}" -v b="${PRODUCED[$2]:-0}" \
@@ -73,6 +76,7 @@ measure() { # port label [load arguments]
       --label "$label" >"$WORK/load.out" 2>"$WORK/load.err"; } 2>"$WORK/load.time" ||
     { cat "$WORK/load.err" >&2; return 1; }
   local busy; busy=$(cores_busy "$machine_before" "$(machine_jiffies)")
+  BUSY[$label]=$busy
   load_cpu=$(awk '/^load-cpu/ {printf "%.2f", $2 + $3}' "$WORK/load.time")
   out=$(cat "$WORK/load.out")
   echo "$out"
@@ -112,6 +116,20 @@ for fsync in never always; do
     stop_all
   done
 done
+# Produce only, so that the cores a run keeps busy are the produce's: with every core of this
+# machine busy at the cluster's CPU per megabyte (its own, the load generator's and the kernel's
+# loopback work), the cluster would produce `ratio x cores / busy` of the single node, whatever
+# the ordering of the work. That is the most these cores allow; the ratio close to it is
+# bounded by CPU, one well under it by the chain of steps one batch in flight waits for.
+PRODUCE_ONLY=(--producers 1 --partitions 1 --batches "$BATCHES" --batch-size 1000 --message-size 1000
+  --no-consume)
+start_single never
+measure 28090 "single produce only" "${PRODUCE_ONLY[@]}"
+stop_all
+start_cluster star never
+measure 28090 "cluster route=star produce only" "${PRODUCE_ONLY[@]}"
+stop_all
+
 start_cluster star never
 measure 28190 "cluster route=star fsync=never via=backup" --producers 1 --partitions 1 \
   --batches "$BATCHES" --batch-size 1000 --message-size 1000 --keep
@@ -144,6 +162,11 @@ for fsync in never always; do
   echo "  star over TLS, fsync=$fsync: $(ratio "cluster route=star fsync=$fsync tls via=primary run=1" \
     "single fsync=$fsync run=1")"
 done
+cpu_bound=$(awk -v r="$(ratio "cluster route=star produce only" "single produce only")" \
+  -v busy="${BUSY[cluster route=star produce only]:-0}" -v cores="$(nproc)" \
+  'BEGIN { sub(/x$/, "", r); if (r + 0 > 0 && busy + 0 > 0) printf "%.2fx", r * cores / busy; else printf "n/a" }')
+echo "  star, fsync=never, produce only: $(ratio "cluster route=star produce only" "single produce only") \
+with ${BUSY[cluster route=star produce only]:-?} of $(nproc) cores busy; all $(nproc) busy at its CPU per MB: $cpu_bound"
 for parts in 1000 10000; do
   echo "  $parts partitions, 10 x 100 B: $(ratio \
     "cluster route=star fsync=never $parts partitions, 4 producers, 10 x 100 B" \
