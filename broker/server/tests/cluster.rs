@@ -1266,12 +1266,12 @@ fn repairs(cluster: &TestCluster, member: usize) -> String {
     metric(cluster, member, "iggy_repairs_total")
 }
 
-/// `name`'s line in `member`'s metrics (empty when it has none).
 /// The value of a counter's line from [`metric`], if it has one.
 fn count(line: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// `name`'s line in `member`'s metrics (empty when it has none).
 fn metric(cluster: &TestCluster, member: usize, name: &str) -> String {
     let (_, metrics) = common::http_get(cluster.brokers[member].http, "/metrics").unwrap();
     metrics

@@ -129,12 +129,9 @@ fn missing_names(
         }
     }
     for position in 0..members {
-        let address = names.member_client_address(position);
-        let host = address
-            .rsplit_once(':')
-            .map_or(address.as_str(), |(host, _)| host);
-        if !certificate::covers(&served.names, host) {
-            missing.push(host.to_string());
+        let host = names.member_host(position);
+        if !certificate::covers(&served.names, &host) {
+            missing.push(host);
         }
     }
     missing

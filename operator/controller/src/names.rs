@@ -111,13 +111,19 @@ impl ClusterNames {
         self.member_endpoint(position, CLIENT_PORT)
     }
 
-    fn member_endpoint(&self, position: Position, port: u16) -> String {
+    /// The member's DNS name under the headless Service (what its addresses name, and what
+    /// a client checks its certificate against).
+    pub fn member_host(&self, position: Position) -> String {
         format!(
-            "{}.{}.{}.svc:{port}",
+            "{}.{}.{}.svc",
             self.pod(position),
             self.headless_service(),
             self.namespace
         )
+    }
+
+    fn member_endpoint(&self, position: Position, port: u16) -> String {
+        format!("{}:{port}", self.member_host(position))
     }
 
     /// Labels every child carries; `component` says which part it is.

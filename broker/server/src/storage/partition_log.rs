@@ -717,19 +717,18 @@ impl PartitionLog {
             }
             let from = (next.max(segment.start_offset) - segment.start_offset) as usize;
             let mut upto = (from + remaining).min(segment.len());
+            let budget = (max_bytes - plan.bytes) as u64;
             if upto - from > UNBOUNDED_SPAN {
                 // A count far beyond what the byte budget holds (the scrubber's windows, a
                 // state-sync chunk, the deduplication window ask for everything up to an end)
                 // read every remaining entry of the segment for each window: 16 MB of index
                 // and twice that in heap per megabyte read from a million-message segment.
                 // Where the budget ends is a binary search away.
-                let budget_end = segment
-                    .start_of(from)?
-                    .saturating_add((max_bytes - plan.bytes) as u64);
+                let budget_end = segment.start_of(from)?.saturating_add(budget);
                 upto = upto.min(segment.messages_within(budget_end)?.max(from + 1));
             }
             let (start, entries) = segment.span(from, upto)?;
-            let budget_end = start.saturating_add((max_bytes - plan.bytes) as u64);
+            let budget_end = start.saturating_add(budget);
             let fit = entries.partition_point(|e| e.end as u64 <= budget_end);
             let taken = if fit == 0 && plan.count == 0 { 1 } else { fit };
             if taken == 0 {

@@ -137,6 +137,11 @@ pub fn compute(
 ) -> IggyClusterStatus {
     let previous = cluster.status.clone().unwrap_or_default();
     let generation = cluster.metadata.generation;
+    // The stamp as a time, for what depends on the clock (a rollout's grace, a certificate's
+    // expiry).
+    let at: k8s_openapi::jiff::Timestamp = now
+        .parse()
+        .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
     let names = ClusterNames::new(
         &cluster.name_any(),
         &cluster.namespace().unwrap_or_default(),
@@ -303,9 +308,6 @@ pub fn compute(
                 };
                 (true, reason, ready_message.clone())
             } else if outdated > 0 {
-                let at = now
-                    .parse()
-                    .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
                 let step = super::rollout::plan(observed, wanted as usize, at);
                 let message = step.describe().unwrap_or_else(|| {
                     format!("rolling restart: {outdated} broker(s) run an older pod template")
@@ -436,15 +438,10 @@ pub fn compute(
             now,
         ));
     }
-    if let Some((secret, served)) = validated.and_then(|v| {
-        let secret = &v.tls.as_ref()?.secret_name;
-        Some((secret, v.served_certificate.as_ref()?))
-    }) {
-        let at = now
-            .parse()
-            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
-        let members = validated.map_or(0, |v| v.replicas);
-        let verdict = certificate::judge(served, &names, members, at.as_second());
+    if let Some((valid, tls, served)) =
+        validated.and_then(|v| Some((v, v.tls.as_ref()?, v.served_certificate.as_ref()?)))
+    {
+        let verdict = certificate::judge(served, &names, valid.replicas, at.as_second());
         status.conditions.push(condition(
             conditions,
             CERTIFICATE_CONDITION,
@@ -454,7 +451,7 @@ pub fn compute(
             generation,
             now,
         ));
-        status.tls = Some(certificate::status(secret, served));
+        status.tls = Some(certificate::status(&tls.secret_name, served));
     }
     status
 }
