@@ -8,7 +8,8 @@
 # 10 × 100 B by 4 producers, single node against the cluster: the per-request and per-partition
 # costs. The produce rates of the clusters as multiples of the single node's in the same run
 # close the load part, beside the issue's targets, with the most this machine's cores allow
-# the star cluster at its CPU per megabyte (from a produce-only pair of runs).
+# the star cluster at its CPU per megabyte (from a produce-only pair of runs), and what the
+# least-work replicated store (`store-floor`) reaches on the same cores.
 # All brokers and the load generator share this machine's cores.
 # Usage: broker/bench/cluster.sh [--quick]   (--quick: 100 batches per scenario, else 600)
 # REPEAT=3 runs each scenario three times; BENCH_DIR=/dev/shm puts the data on tmpfs;
@@ -51,8 +52,15 @@ start_cluster() { # route fsync [replication.tls, default false]
 
 # Produce rate (msgs/s) of each scenario by label, for the ratios printed at the end.
 declare -A PRODUCED
+# Its produce p99 (ms), by label.
+declare -A PRODUCE_P99
 # Cores the whole machine kept busy during each scenario, by label.
 declare -A BUSY
+# The value of `name=value` on the produce line of iggy-load's output (stdin).
+field() { # name
+  awk -v name="$1=" '/ produce / { for (i = 1; i <= NF; i++) if (index($i, name) == 1) {
+    print substr($i, length(name) + 1) } }'
+}
 # `a`'s produce rate as a multiple of `b`'s.
 ratio() { # label-a label-b
   awk -v a="${PRODUCED[$1]:-0}" -v b="${PRODUCED[$2]:-0}" \
@@ -80,8 +88,8 @@ measure() { # port label [load arguments]
   load_cpu=$(awk '/^load-cpu/ {printf "%.2f", $2 + $3}' "$WORK/load.time")
   out=$(cat "$WORK/load.out")
   echo "$out"
-  PRODUCED[$label]=$(awk '/ produce / { for (i = 1; i <= NF; i++) if ($i ~ /^msgs\/s=/) {
-    sub(/^msgs\/s=/, "", $i); print $i } }' <<<"$out")
+  PRODUCED[$label]=$(field msgs/s <<<"$out")
+  PRODUCE_P99[$label]=$(field p99_ms <<<"$out")
   local cpu="" i=0
   for pid in "${PIDS[@]}"; do
     cpu+=" $(awk -v a="${before[$i]}" -v b="$(cpu_seconds "$pid")" 'BEGIN {printf "%.2f", b - a}')s"
@@ -130,6 +138,54 @@ start_cluster star never
 measure 28090 "cluster route=star produce only" "${PRODUCE_ONLY[@]}"
 stop_all
 
+# The yardstick (`store-floor`): processes that only receive each megabyte, forward it (the
+# primary, to two backups), append it to a file and acknowledge it once a majority holds it.
+# No protocol, WAL, checksum or index: the copies any replicated store makes with ordinary
+# reads and writes, and nothing else. Its replicated-to-single ratio on these cores is what
+# the replication itself leaves of a single node here, whatever the broker does.
+declare -A FLOOR FLOOR_P99
+floor() { # label window [backup addresses: replicated]
+  local label=$1 window=$2
+  shift 2
+  rm -rf "$WORK/floor"; mkdir -p "$WORK/floor"
+  local n=1
+  for address in "$@"; do
+    "$FLOOR_BIN" sink "$address" "$WORK/floor/backup-$n" & PIDS+=($!)
+    n=$((n + 1))
+  done
+  # Each process retries its connections for a few seconds (a probe would take a store's only
+  # connection), so they start in any order.
+  if [ $# -gt 0 ]; then
+    "$FLOOR_BIN" primary 127.0.0.1:28500 "$WORK/floor/primary" "$@" & PIDS+=($!)
+  else
+    "$FLOOR_BIN" sink 127.0.0.1:28500 "$WORK/floor/primary" & PIDS+=($!)
+  fi
+  sync; sleep 1
+  local machine_before out rate p99
+  machine_before=$(machine_jiffies)
+  out=$("$FLOOR_BIN" load 127.0.0.1:28500 "$BATCHES" "$window")
+  echo "[store-floor $label, $window in flight] $out; cores busy (whole machine): $(cores_busy \
+    "$machine_before" "$(machine_jiffies)") of $(nproc)"
+  # A bound is the best a store managed: the highest rate and the lowest p99 of the rounds.
+  rate=$(sed -n 's/.*MB\/s=\([0-9]*\).*/\1/p' <<<"$out")
+  p99=$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")
+  [ "${rate:-0}" -gt "${FLOOR[$label $window]:-0}" ] && FLOOR[$label $window]=$rate
+  if [ -z "${FLOOR_P99[$label $window]:-}" ] ||
+    awk -v a="$p99" -v b="${FLOOR_P99[$label $window]}" 'BEGIN { exit !(a < b) }'; then
+    FLOOR_P99[$label $window]=$p99
+  fi
+  stop_all
+  rm -rf "$WORK/floor"
+}
+# Two rounds, alternating: this VM has slow stretches (fresh page cache after a large free
+# comes slowly now and then), and one round can land in one.
+for _ in 1 2; do
+  for window in 1 4; do
+    floor single "$window"
+    floor star "$window" 127.0.0.1:28501 127.0.0.1:28502
+  done
+done
+
 start_cluster star never
 measure 28190 "cluster route=star fsync=never via=backup" --producers 1 --partitions 1 \
   --batches "$BATCHES" --batch-size 1000 --message-size 1000 --keep
@@ -167,6 +223,25 @@ cpu_bound=$(awk -v r="$(ratio "cluster route=star produce only" "single produce 
   'BEGIN { sub(/x$/, "", r); if (r + 0 > 0 && busy + 0 > 0) printf "%.2fx", r * cores / busy; else printf "n/a" }')
 echo "  star, fsync=never, produce only: $(ratio "cluster route=star produce only" "single produce only") \
 with ${BUSY[cluster route=star produce only]:-?} of $(nproc) cores busy; all $(nproc) busy at its CPU per MB: $cpu_bound"
+# The same ratio for the yardstick, and against the broker's own single node: the least work
+# three replicas on these cores allow, next to what the broker's cluster reaches of it.
+floor_ratio() { # numerator denominator (MB/s)
+  awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else printf "n/a" }'
+}
+broker_single=$(awk -v m="${PRODUCED[single produce only]:-0}" 'BEGIN {printf "%.0f", m / 1000}')
+broker_star=$(awk -v m="${PRODUCED[cluster route=star produce only]:-0}" 'BEGIN {printf "%.0f", m / 1000}')
+for window in 1 4; do
+  echo "  store-floor (copies only), $window in flight: star $(floor_ratio "${FLOOR[star $window]:-}" \
+"${FLOOR[single $window]:-}") of its own single sink, $(floor_ratio "${FLOOR[star $window]:-}" \
+"$broker_single") of the broker's single node"
+done
+echo "  the broker's star cluster (produce only) reaches $(floor_ratio "$broker_star" \
+"${FLOOR[star 1]:-}") of store-floor's star with one batch in flight"
+echo "  p99 with one batch in flight (the issue's target: the cluster's at most 2x the single \
+node's): store-floor's star ${FLOOR_P99[star 1]:-?} ms, $(floor_ratio "${FLOOR_P99[star 1]:-}" \
+"${PRODUCE_P99[single produce only]:-}") of the broker's single node; the broker's star \
+$(floor_ratio "${PRODUCE_P99[cluster route=star produce only]:-}" \
+"${PRODUCE_P99[single produce only]:-}")"
 for parts in 1000 10000; do
   echo "  $parts partitions, 10 x 100 B: $(ratio \
     "cluster route=star fsync=never $parts partitions, 4 producers, 10 x 100 B" \
