@@ -3,7 +3,7 @@
 # script started (PIDS) stopped on exit, and small probes.
 # Usage: . broker/bench/lib.sh <work-directory-prefix>
 BROKER=./target/release/iggy-broker
-LOAD=./target/release/iggy-load
+LOAD=${LOAD:-./target/release/iggy-load}
 FLOOR_BIN=./target/release/store-floor
 mkdir -p "${BENCH_DIR:-./target/bench}"
 WORK=$(mktemp -d "${BENCH_DIR:-./target/bench}/$1.XXXXXX")

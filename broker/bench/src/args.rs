@@ -40,12 +40,17 @@ pub struct Args {
     pub tls_ca: Option<std::path::PathBuf>,
     /// The name the broker's certificate must carry (`--tls-domain`, default localhost).
     pub tls_domain: String,
+    /// Writes each phase's latencies, one per line in milliseconds, in the order the requests
+    /// were sent (per producer, producers one after another), to this path with `.produce` or
+    /// `.consume` appended: where in a run the slow requests fall (`--latencies`).
+    pub latencies: Option<std::path::PathBuf>,
 }
 
 const USAGE: &str = "iggy-load [--address 127.0.0.1:8090] [--username iggy] [--password iggy] \
 [--producers 1] [--consumers N] [--partitions 1] [--batches 1000] [--batch-size 1000] \
 [--message-size 1000] [--no-consume] [--keep] [--label TEXT] [--group] [--commit] [--traceparent] \
-[--consume-after-ms 0] [--tail] [--nagle] [--ids] [--tls-ca FILE] [--tls-domain localhost]";
+[--consume-after-ms 0] [--tail] [--nagle] [--ids] [--tls-ca FILE] [--tls-domain localhost] \
+[--latencies PATH]";
 
 impl Args {
     pub fn parse(mut raw: impl Iterator<Item = String>) -> Result<Self> {
@@ -71,6 +76,7 @@ impl Args {
             ids: false,
             tls_ca: None,
             tls_domain: "localhost".into(),
+            latencies: None,
         };
         while let Some(flag) = raw.next() {
             let mut value = || {
@@ -98,6 +104,7 @@ impl Args {
                 "--ids" => args.ids = true,
                 "--tls-ca" => args.tls_ca = Some(value()?.into()),
                 "--tls-domain" => args.tls_domain = value()?,
+                "--latencies" => args.latencies = Some(value()?.into()),
                 "--consume-after-ms" => {
                     args.consume_after = std::time::Duration::from_millis(value()?.parse()?)
                 }

@@ -63,11 +63,11 @@ async fn main() -> Result<()> {
             },
             run_consumers(&args, &stream, Some(gate.clone()))
         );
-        produce?.print("produce", &args);
-        consume?.print("consume-tail", &args);
+        produce?.print("produce", &args)?;
+        consume?.print("consume-tail", &args)?;
     } else {
         let produce = run_producers(&args, &stream).await?;
-        produce.print("produce", &args);
+        produce.print("produce", &args)?;
         tokio::time::sleep(args.consume_after).await;
     }
     if args.tail {
@@ -83,7 +83,7 @@ async fn main() -> Result<()> {
             })
             .await?;
         let consume = run_group_consumers(&args, &stream).await?;
-        consume.print("consume-group", &args);
+        consume.print("consume-group", &args)?;
     } else if args.consume {
         let consume = run_consumers(&args, &stream, None).await?;
         consume.print(
@@ -93,7 +93,7 @@ async fn main() -> Result<()> {
                 "consume"
             },
             &args,
-        );
+        )?;
     }
     if !args.keep {
         admin

@@ -32,7 +32,18 @@ pub struct Phase {
 }
 
 impl Phase {
-    pub fn print(mut self, name: &str, args: &Args) {
+    pub fn print(mut self, name: &str, args: &Args) -> std::io::Result<()> {
+        if let Some(path) = &args.latencies {
+            let mut path = path.clone().into_os_string();
+            path.push(format!(".{name}"));
+            let lines: String = self
+                .samples
+                .0
+                .iter()
+                .map(|d| format!("{:.3}\n", d.as_secs_f64() * 1000.0))
+                .collect();
+            std::fs::write(path, lines)?;
+        }
         self.samples.0.sort_unstable();
         let seconds = self.elapsed.as_secs_f64();
         let payload_mb = (self.messages * args.message_size) as f64 / 1e6;
@@ -60,5 +71,6 @@ impl Phase {
             max = Samples::percentile(s, 100.0),
             n = s.len(),
         );
+        Ok(())
     }
 }
