@@ -100,12 +100,29 @@ pub enum SyncError {
     },
     #[error("state sync with {peer}: {reason}")]
     Refused { peer: String, reason: String },
+    /// The peer's local data of a partition now starts past the checkpoint's end for it
+    /// (tiering or retention moved on since the checkpoint was taken). Unlike a refusal, this
+    /// does not pass: a peer's local data only ever starts later. A newer checkpoint reaches it.
+    #[error("state sync with {peer}: {reason}")]
+    Overtaken { peer: String, reason: String },
     #[error("state sync with {peer}: {error}")]
     Handshake { peer: String, error: TransportError },
     #[error("state sync: {0}")]
     Local(String),
-    #[error("state sync wrote nothing for {0:?}")]
-    Stalled(Duration),
+    /// Nothing was written for the stall; `last` says why the peers could not serve (what
+    /// the last one asked answered), when one was asked.
+    #[error("state sync wrote nothing for {after:?}{}", last_answer(last))]
+    Stalled {
+        after: Duration,
+        last: Option<String>,
+    },
+}
+
+/// How a stall names the last failure to serve, if any.
+fn last_answer(last: &Option<String>) -> String {
+    last.as_deref()
+        .map(|answer| format!(" (last: {answer})"))
+        .unwrap_or_default()
 }
 
 /// Answers a fetch from this broker's data: the live partition when it is the incarnation
@@ -307,24 +324,42 @@ pub fn install_from_each<S: Source>(
         stall,
     };
     let mut failed = SyncError::Local("no peer to fetch from".into());
+    // Whether a peer failed to serve yet (`failed` is then its answer).
+    let mut asked = false;
     loop {
         let before = state.fetched;
+        // Sources this round whose data has moved past the checkpoint for good.
+        let mut overtaken = 0;
         for index in 0..sources {
             let outcome = open(index)
                 .and_then(|mut source| install_touching(broker, manifest, &mut source, &mut state));
             let touched = state.touched;
             match outcome {
                 Ok(()) => return Ok(state.fetched),
-                Err(error @ (SyncError::Local(_) | SyncError::Stalled(_))) => {
-                    return Err(SyncFailed { error, touched })
+                Err(SyncError::Stalled { after, .. }) => {
+                    let last = asked.then(|| failed.to_string());
+                    let error = SyncError::Stalled { after, last };
+                    return Err(SyncFailed { error, touched });
                 }
+                Err(error @ SyncError::Local(_)) => return Err(SyncFailed { error, touched }),
                 Err(error) => {
                     if sources > 1 {
                         tracing::warn!(%error, "state sync: trying another peer");
                     }
+                    overtaken += usize::from(matches!(error, SyncError::Overtaken { .. }));
                     failed = error;
+                    asked = true;
                 }
             }
+        }
+        if sources > 0 && overtaken == sources {
+            // Every peer answered, and none will ever hold this checkpoint's data again:
+            // waiting out the stall only kept the replica out of the protocol for 30 s (and
+            // then stopped it all the same, `make chaos` seeds 40006 and 40013).
+            return Err(SyncFailed {
+                error: failed,
+                touched: state.touched,
+            });
         }
         if state.fetched == before {
             // No source served anything this round. Untouched, the driver tries again later
@@ -438,7 +473,10 @@ fn install_touching(
                 continue;
             }
             if wrote_at.elapsed() >= *stall {
-                return Err(SyncError::Stalled(*stall));
+                return Err(SyncError::Stalled {
+                    after: *stall,
+                    last: None,
+                });
             }
             match source.fetch(&request)? {
                 Fetched::Refused(reason) => {
@@ -452,15 +490,24 @@ fn install_touching(
                     remote,
                 } => {
                     peer_tiers |= !remote.is_empty();
-                    if first_local <= from || first_local > until {
-                        // Past `until`: the peer's retention or tiering moved beyond this
-                        // checkpoint since it was taken; a later checkpoint will reach it.
+                    let reason = || {
+                        format!(
+                            "partition {stream}/{topic}/{id}: the peer's local data starts at \
+                             {first_local}, this checkpoint needs {from}..{until}"
+                        )
+                    };
+                    if first_local <= from {
                         return Err(SyncError::Refused {
                             peer: peer.to_owned(),
-                            reason: format!(
-                                "partition {stream}/{topic}/{id}: the peer's local data starts \
-                                 at {first_local}, this checkpoint needs {from}..{until}"
-                            ),
+                            reason: reason(),
+                        });
+                    }
+                    if first_local > until {
+                        // The peer's retention or tiering moved beyond this checkpoint since
+                        // it was taken; a later checkpoint will reach it.
+                        return Err(SyncError::Overtaken {
+                            peer: peer.to_owned(),
+                            reason: reason(),
                         });
                     }
                     tracing::info!(
@@ -1032,6 +1079,92 @@ mod tests {
         assert!(kept.log().record_tiered(tier_entry(30)).unwrap());
     }
 
+    /// A peer that serves `first` fetches, then answers every fetch as one whose local data
+    /// of the partition starts past the checkpoint's end (tiered and evicted since).
+    struct Overtaking<'a> {
+        peer: InProcess<'a>,
+        first: &'a Cell<usize>,
+    }
+
+    impl Source for Overtaking<'_> {
+        fn fetch(&mut self, request: &Fetch) -> Result<Fetched, SyncError> {
+            if self.first.get() == 0 {
+                return Ok(Fetched::Head {
+                    first_local: request.until + 10,
+                    remote: Vec::new(),
+                });
+            }
+            self.first.set(self.first.get() - 1);
+            self.peer.fetch(request)
+        }
+
+        fn peer(&self) -> String {
+            "an overtaking peer".into()
+        }
+    }
+
+    /// When every peer's data has moved past the checkpoint for good, a sync that changed
+    /// local data gives up at once (the driver restarts the replica, which syncs to a newer
+    /// checkpoint) instead of waiting out the stall, which held replicas out of the protocol
+    /// for 30 s (`make chaos`, seeds 40006 and 40013). While one peer cannot be reached it
+    /// still waits: that one may hold the data.
+    #[test]
+    fn a_sync_every_peer_has_overtaken_gives_up_without_waiting_out_the_stall() {
+        let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        // Twelve megabytes: three chunks.
+        let peer = source(theirs.path(), 12);
+        let manifest = Manifest::read(&peer.catalog(), 0);
+        let receiver = crate::broker::open_for_tests(ours.path());
+        let first = Cell::new(1);
+        // Waiting out this stall would end in `Stalled`.
+        let failed = install_from_each(&receiver, &manifest, 2, Duration::from_secs(3), |_| {
+            Ok(Overtaking {
+                peer: InProcess(&peer),
+                first: &first,
+            })
+        })
+        .expect_err("no peer holds the rest");
+        assert!(failed.touched, "one chunk was written");
+        assert!(
+            matches!(failed.error, SyncError::Overtaken { .. }),
+            "{:?}",
+            failed.error
+        );
+
+        // One overtaken peer (after one more chunk) and one that cannot be reached: wait for
+        // the stall.
+        first.set(1);
+        let failed =
+            install_from_each(
+                &receiver,
+                &manifest,
+                2,
+                NO_PEER_PAUSE * 2,
+                |index| match index {
+                    0 => Ok(Overtaking {
+                        peer: InProcess(&peer),
+                        first: &first,
+                    }),
+                    _ => Err(SyncError::Connect {
+                        peer: "a peer that is down".into(),
+                        source: std::io::ErrorKind::ConnectionRefused.into(),
+                    }),
+                },
+            )
+            .expect_err("nothing more was served");
+        assert!(failed.touched, "one more chunk was written");
+        assert!(
+            failed.error.to_string().contains("a peer that is down"),
+            "a stall names why the peers could not serve: {}",
+            failed.error
+        );
+        assert!(
+            matches!(failed.error, SyncError::Stalled { .. }),
+            "{:?}",
+            failed.error
+        );
+    }
+
     /// Peers that stop answering after the sync has written part of the data hold it only
     /// until `stall` has passed without a write: the next round gives up as stalled (and says
     /// it changed local data, so the driver restarts the replica), instead of going round the
@@ -1055,7 +1188,7 @@ mod tests {
         .expect_err("the peers stopped answering");
         assert!(failed.touched, "one chunk was written");
         assert!(
-            matches!(failed.error, SyncError::Stalled(_)),
+            matches!(failed.error, SyncError::Stalled { .. }),
             "{:?}",
             failed.error
         );

@@ -254,25 +254,34 @@ impl TestCluster {
         }
     }
 
-    /// Waits until every member in `members` has applied everything `reference` has.
-    pub fn wait_caught_up(&self, members: &[usize], reference: usize, within: Duration) {
-        // Statuses are published on the replicas' 10 ms ticks, so a client can hold an
-        // acknowledgement before even the primary's status shows that commit: let a few ticks
-        // pass, then every member must have applied the highest commit any of them reports.
-        // (Later commits — background operations such as retention passes — need not wait.)
+    /// The commit every member in `members` must reach to have applied everything `reference`
+    /// has. Statuses are published on the replicas' 10 ms ticks, so a client can hold an
+    /// acknowledgement before even the primary's status shows that commit: this lets a few
+    /// ticks pass, then takes the highest commit any of them reports. (Later commits —
+    /// background operations such as retention passes — need not wait.)
+    pub fn commit_to_catch_up(&self, members: &[usize], reference: usize) -> u64 {
         std::thread::sleep(Duration::from_millis(50));
-        let deadline = Instant::now() + within;
-        let target = std::iter::once(reference)
+        std::iter::once(reference)
             .chain(members.iter().copied())
             .filter_map(|m| self.status(m).map(|s| s.commit))
             .max()
-            .unwrap_or(u64::MAX);
+            .unwrap_or(u64::MAX)
+    }
+
+    /// Whether every member in `members` is caught up and has applied `target`.
+    pub fn caught_up(&self, members: &[usize], target: u64) -> bool {
+        members.iter().all(|&m| {
+            self.status(m)
+                .is_some_and(|s| s.caught_up && s.commit >= target)
+        })
+    }
+
+    /// Waits until every member in `members` has applied everything `reference` has.
+    pub fn wait_caught_up(&self, members: &[usize], reference: usize, within: Duration) {
+        let target = self.commit_to_catch_up(members, reference);
+        let deadline = Instant::now() + within;
         loop {
-            let done = members.iter().all(|&m| {
-                self.status(m)
-                    .is_some_and(|s| s.caught_up && s.commit >= target)
-            });
-            if done {
+            if self.caught_up(members, target) {
                 return;
             }
             assert!(
