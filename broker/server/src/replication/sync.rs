@@ -355,7 +355,7 @@ pub fn install_from_each<S: Source>(
         if sources > 0 && overtaken == sources {
             // Every peer answered, and none will ever hold this checkpoint's data again:
             // waiting out the stall only kept the replica out of the protocol for 30 s (and
-            // then stopped it all the same, `make chaos` seeds 40006 and 40013).
+            // then stopped it all the same, `make chaos` seed 40013).
             return Err(SyncFailed {
                 error: failed,
                 touched: state.touched,
@@ -1106,7 +1106,7 @@ mod tests {
     /// When every peer's data has moved past the checkpoint for good, a sync that changed
     /// local data gives up at once (the driver restarts the replica, which syncs to a newer
     /// checkpoint) instead of waiting out the stall, which held replicas out of the protocol
-    /// for 30 s (`make chaos`, seeds 40006 and 40013). While one peer cannot be reached it
+    /// for 30 s (`make chaos`, seed 40013). While one peer cannot be reached it
     /// still waits: that one may hold the data.
     #[test]
     fn a_sync_every_peer_has_overtaken_gives_up_without_waiting_out_the_stall() {
