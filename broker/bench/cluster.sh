@@ -61,10 +61,13 @@ field() { # name
   awk -v name="$1=" '/ produce / { for (i = 1; i <= NF; i++) if (index($i, name) == 1) {
     print substr($i, length(name) + 1) } }'
 }
+# `a` as a multiple of `b` ("n/a" unless both are positive numbers).
+quotient() { # a b
+  awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else printf "n/a" }'
+}
 # `a`'s produce rate as a multiple of `b`'s.
 ratio() { # label-a label-b
-  awk -v a="${PRODUCED[$1]:-0}" -v b="${PRODUCED[$2]:-0}" \
-    'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else printf "n/a" }'
+  quotient "${PRODUCED[$1]:-}" "${PRODUCED[$2]:-}"
 }
 
 # One scenario against the client port `$1`, reporting the CPU every started broker used; the
@@ -225,22 +228,19 @@ echo "  star, fsync=never, produce only: $(ratio "cluster route=star produce onl
 with ${BUSY[cluster route=star produce only]:-?} of $(nproc) cores busy; all $(nproc) busy at its CPU per MB: $cpu_bound"
 # The same ratio for the yardstick, and against the broker's own single node: the least work
 # three replicas on these cores allow, next to what the broker's cluster reaches of it.
-floor_ratio() { # numerator denominator (MB/s)
-  awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN { if (a > 0 && b > 0) printf "%.2fx", a / b; else printf "n/a" }'
-}
 broker_single=$(awk -v m="${PRODUCED[single produce only]:-0}" 'BEGIN {printf "%.0f", m / 1000}')
 broker_star=$(awk -v m="${PRODUCED[cluster route=star produce only]:-0}" 'BEGIN {printf "%.0f", m / 1000}')
 for window in 1 4; do
-  echo "  store-floor (copies only), $window in flight: star $(floor_ratio "${FLOOR[star $window]:-}" \
-"${FLOOR[single $window]:-}") of its own single sink, $(floor_ratio "${FLOOR[star $window]:-}" \
+  echo "  store-floor (copies only), $window in flight: star $(quotient "${FLOOR[star $window]:-}" \
+"${FLOOR[single $window]:-}") of its own single sink, $(quotient "${FLOOR[star $window]:-}" \
 "$broker_single") of the broker's single node"
 done
-echo "  the broker's star cluster (produce only) reaches $(floor_ratio "$broker_star" \
+echo "  the broker's star cluster (produce only) reaches $(quotient "$broker_star" \
 "${FLOOR[star 1]:-}") of store-floor's star with one batch in flight"
 echo "  p99 with one batch in flight (the issue's target: the cluster's at most 2x the single \
-node's): store-floor's star ${FLOOR_P99[star 1]:-?} ms, $(floor_ratio "${FLOOR_P99[star 1]:-}" \
+node's): store-floor's star ${FLOOR_P99[star 1]:-?} ms, $(quotient "${FLOOR_P99[star 1]:-}" \
 "${PRODUCE_P99[single produce only]:-}") of the broker's single node; the broker's star \
-$(floor_ratio "${PRODUCE_P99[cluster route=star produce only]:-}" \
+$(quotient "${PRODUCE_P99[cluster route=star produce only]:-}" \
 "${PRODUCE_P99[single produce only]:-}")"
 for parts in 1000 10000; do
   echo "  $parts partitions, 10 x 100 B: $(ratio \
