@@ -10,7 +10,9 @@
 //! `<data>/vsr/graveyard/<op>/<path below data>` instead; a checkpoint taken two checkpoints
 //! later releases them ([`release_through`]); and boot ([`exhume`]) moves back what was buried
 //! after the checkpoint it restarts from, before the broker opens — the WAL's replay deletes
-//! it again. A single node never sets the context, and deletes at once as before.
+//! it again. A log that starts again (a purge, a sync's restart) is recorded too, so that boot
+//! also deletes the files it wrote since ([`mark_restart`]). A single node never sets the
+//! context, and deletes at once as before.
 
 use super::{IoContext, StorageError};
 use std::cell::RefCell;
@@ -55,18 +57,49 @@ const PATHS: &str = "paths";
 /// listed before the move, so a crash in between leaves a line whose entry is missing (skipped
 /// by [`exhume`]) rather than an entry nobody knows.
 pub fn bury(path: &Path) -> Result<bool, StorageError> {
+    let Some((grave, number)) = list(path, |number| number.to_string())? else {
+        return Ok(false);
+    };
+    if let Some(number) = number {
+        std::fs::rename(path, grave.join(number)).at(path)?;
+    }
+    Ok(true)
+}
+
+/// The entry name that records a restart of a partition's log (see [`mark_restart`]).
+const RESTART: &str = "restart@";
+
+/// Records, if an op is being applied on this thread, that the partition directory `dir`
+/// (its segments and tier manifest already buried) starts again at `first_local`: a purge, or
+/// state sync's restart at a peer's first local offset (`PartitionLog::start_again`). What the
+/// log writes from then on is new files, which burial does not cover, so [`exhume`] undoes
+/// the restart itself: it deletes the segments from `first_local` on, the tier manifest and
+/// the partition's checkpoint file, then moves the buried ones back. Without it a replica
+/// killed before the op was durable came back with its old segments beside the new ones and
+/// refused to start (`make chaos` seed 40029). Returns whether it was recorded.
+pub fn mark_restart(dir: &Path, first_local: u64) -> Result<bool, StorageError> {
+    Ok(list(dir, |_| format!("{RESTART}{first_local}"))?.is_some())
+}
+
+/// Appends a line for `path` to the grave of the op being applied, its entry named by
+/// `entry` (given the burial's number); `None` when no op is applied on this thread or `path`
+/// is not below its data directory. Returns the grave and, when `path` exists, the entry name.
+fn list(
+    path: &Path,
+    entry: impl FnOnce(usize) -> String,
+) -> Result<Option<(PathBuf, Option<String>)>, StorageError> {
     CONTEXT.with(|c| {
         let mut context = c.borrow_mut();
         let Some(context) = context.as_mut() else {
-            return Ok(false);
+            return Ok(None);
         };
         let Ok(relative) = path.strip_prefix(&context.data) else {
-            return Ok(false);
+            return Ok(None);
         };
-        if !path.exists() {
-            return Ok(true);
-        }
         let grave = root(&context.data).join(format!("{:020}", context.op));
+        if !path.exists() {
+            return Ok(Some((grave, None)));
+        }
         std::fs::create_dir_all(&grave).at(&grave)?;
         let list = grave.join(PATHS);
         let number = match context.next {
@@ -74,7 +107,8 @@ pub fn bury(path: &Path) -> Result<bool, StorageError> {
             None => listed(&grave)?.len(),
         };
         context.next = Some(number + 1);
-        let line = format!("{number}\t{}\n", relative.display());
+        let name = entry(number);
+        let line = format!("{name}\t{}\n", relative.display());
         std::io::Write::write_all(
             &mut std::fs::OpenOptions::new()
                 .create(true)
@@ -84,8 +118,7 @@ pub fn bury(path: &Path) -> Result<bool, StorageError> {
             line.as_bytes(),
         )
         .at(&list)?;
-        std::fs::rename(path, grave.join(number.to_string())).at(path)?;
-        Ok(true)
+        Ok(Some((grave, Some(name))))
     })
 }
 
@@ -186,6 +219,10 @@ pub fn exhume(data: &Path, checkpoint: u64) -> Result<usize, StorageError> {
                 continue;
             }
             for (entry, relative) in listed(grave)?.into_iter().rev() {
+                if let Some(first_local) = entry.strip_prefix(RESTART) {
+                    undo_restart(&data.join(&relative), first_local)?;
+                    continue;
+                }
                 let from = grave.join(&entry);
                 if !from.exists() {
                     continue;
@@ -203,6 +240,37 @@ pub fn exhume(data: &Path, checkpoint: u64) -> Result<usize, StorageError> {
     // Every grave, and what an interrupted release left renamed.
     super::metadata::remove_tree_now(&root(data))?;
     Ok(restored)
+}
+
+/// Undoes [`mark_restart`] in `dir`: what the restarted log wrote goes, so that the burials
+/// moved back next leave the log, its tier manifest and its recovery as before the restart.
+fn undo_restart(dir: &Path, first_local: &str) -> Result<(), StorageError> {
+    let Ok(first_local) = first_local.parse::<u64>() else {
+        return Ok(());
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Gone since (a later op deleted it, and that burial was moved back first if the
+        // checkpoint knew it): nothing of the restart is left.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(dir),
+    };
+    for entry in entries {
+        let path = entry.at(dir)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let restarted = name
+            .split_once('.')
+            .filter(|(_, ext)| matches!(*ext, "log" | "index"))
+            .and_then(|(stem, _)| stem.parse::<u64>().ok())
+            .is_some_and(|start| start >= first_local);
+        let state = name == super::tiered::FILE_NAME || name == super::checkpoint::FILE_NAME;
+        if restarted || state {
+            std::fs::remove_file(&path).at(&path)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -804,18 +804,9 @@ impl PartitionLog {
     /// Deletes every message; the partition restarts empty at offset 0. Returns the segments
     /// the object store held, whose objects the tiering loop then deletes.
     pub fn purge(&mut self) -> Result<Vec<TieredSegment>, StorageError> {
-        self.last_checksum = None;
         self.dedup = None;
-        self.l1.clear();
-        let tiered = std::mem::replace(&mut self.tiered, Manifest::new());
-        if !tiered.segments.is_empty() {
-            self.tiered_version += 1;
-            tiered::store(&self.dir, &self.tiered)?;
-        }
-        self.forget_checkpoint()?;
-        remove_segment_files(&self.dir, &self.segments)?;
-        self.segments = vec![Segment::open(&self.dir, 0)?];
-        fsutil::sync_dir(&self.dir)?;
+        let tiered = self.tiered.clone();
+        self.start_again(0, Manifest::new())?;
         self.messages_count = 0;
         self.size_bytes = 0;
         self.last_timestamp = 0;
@@ -1035,15 +1026,40 @@ impl PartitionLog {
                 ),
             });
         }
+        self.start_again(first_local, manifest)?;
+        self.recount();
+        Ok(())
+    }
+
+    /// Replaces every local segment with an empty one at `first_local` and the tier manifest
+    /// with `manifest` (a purge, or state sync's restart). While an op is applied (cluster
+    /// mode), a restart from a checkpoint taken before it must find the log as it was, so the
+    /// old manifest and segments are buried, and the restart is recorded after them and
+    /// before any new file: boot then deletes what the log wrote since and moves the old files
+    /// back (`graveyard::exhume`). Before, the old segments came back beside the new ones, a
+    /// gap or overlap between them, and boot refused the partition (`make chaos` seed 40029,
+    /// a member killed during a sync's restart). A single node empties the manifest first, so
+    /// a crash halfway never shows the store's segments without the local ones.
+    fn start_again(&mut self, first_local: u64, manifest: Manifest) -> Result<(), StorageError> {
+        self.last_checksum = None;
         self.l1.clear();
+        let changed = manifest != self.tiered;
+        let set_aside = graveyard::bury(&self.dir.join(tiered::FILE_NAME))?;
+        if changed && !set_aside {
+            tiered::store(&self.dir, &manifest)?;
+        }
         self.forget_checkpoint()?;
         remove_segment_files(&self.dir, &self.segments)?;
+        graveyard::mark_restart(&self.dir, first_local)?;
         self.segments = vec![Segment::open(&self.dir, first_local)?];
-        tiered::store(&self.dir, &manifest)?;
-        self.tiered = manifest;
-        self.tiered_version += 1;
+        if set_aside && !manifest.segments.is_empty() {
+            tiered::store(&self.dir, &manifest)?;
+        }
+        if changed {
+            self.tiered_version += 1;
+            self.tiered = manifest;
+        }
         fsutil::sync_dir(&self.dir)?;
-        self.recount();
         Ok(())
     }
 
@@ -2306,6 +2322,108 @@ pub(crate) mod tests {
             Err(StorageError::Corrupt { .. })
         ));
         assert!(oldest.iter().all(|f| f.exists()));
+    }
+
+    /// A partition directory below `data` holding offsets 0..40 in four 4 KiB segments (every
+    /// batch of 10 × 300 B fills one), the oldest tiered and evicted, synced and checkpointed.
+    fn checkpointed_partition(data: &Path) -> (PathBuf, PartitionLog) {
+        let dir = data.join("streams/1/topics/1/partitions/0");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = PartitionLog::create(&dir, 4096, false).unwrap();
+        for round in 0..4u64 {
+            log.append(&mut batch(10, 300), 1000 + round, || 7).unwrap();
+        }
+        tier_oldest(&mut log, 1);
+        log.sync_all().unwrap();
+        log.write_checkpoint().unwrap();
+        (dir, log)
+    }
+
+    /// State sync restarts a log at a peer's first local offset while the op that asked for it
+    /// is not yet durable; a kill before it is must find the log as the durable checkpoint knew
+    /// it. The old segments came back from the graveyard beside the sync's new ones, a gap
+    /// between them the object store does not hold, and boot refused the partition (`make
+    /// chaos` seed 40029, a member killed mid-sync): the restart is undone with the burials.
+    #[test]
+    fn a_restart_killed_before_its_checkpoint_is_durable_is_undone_at_boot() {
+        let data = tempfile::tempdir().unwrap();
+        let (dir, mut log) = checkpointed_partition(data.path());
+        let manifest_before = std::fs::read(dir.join(tiered::FILE_NAME)).unwrap();
+
+        // Op 50's sync: the peer's local data starts at 60, the store holds nothing below it;
+        // the sync writes two segments' worth from there. Then the replica is killed.
+        graveyard::during(data.path(), 50, || {
+            log.restart_at(60, Vec::new()).unwrap();
+            for round in 0..2u64 {
+                log.append(&mut batch(10, 300), 2000 + round, || 7).unwrap();
+            }
+        });
+        assert_eq!(log.next_offset(), 80);
+        drop(log);
+
+        // Boot from the checkpoint before op 50.
+        assert!(graveyard::exhume(data.path(), 40).unwrap() > 0);
+        let (log, _) = PartitionLog::open(&dir, 4096, false).expect("opens as before the sync");
+        assert_eq!((log.local_start(), log.next_offset()), (10, 40));
+        assert_eq!(
+            std::fs::read(dir.join(tiered::FILE_NAME)).unwrap(),
+            manifest_before,
+            "the tier manifest is the log's own again"
+        );
+        assert_eq!(
+            read_offsets(&log, 10, 100, usize::MAX),
+            (10..40).collect::<Vec<_>>()
+        );
+        drop(log);
+
+        // A boot from a checkpoint at or after op 50 keeps the synced log.
+        let mut log = PartitionLog::open(&dir, 4096, false).unwrap().0;
+        graveyard::during(data.path(), 60, || {
+            log.restart_at(60, Vec::new()).unwrap();
+            log.append(&mut batch(10, 300), 3000, || 7).unwrap();
+        });
+        drop(log);
+        assert_eq!(graveyard::exhume(data.path(), 60).unwrap(), 0);
+        let (log, _) = PartitionLog::open(&dir, 4096, false).unwrap();
+        assert_eq!((log.local_start(), log.next_offset()), (60, 70));
+    }
+
+    /// The same for a purge applied after the checkpoint a replica restarts from: the log's new
+    /// segments, cut at other offsets than the old ones, went on lying beside the old ones the
+    /// graveyard gave back, and boot refused the overlap.
+    #[test]
+    fn a_purge_after_the_checkpoint_is_undone_at_boot() {
+        let data = tempfile::tempdir().unwrap();
+        let (dir, mut log) = checkpointed_partition(data.path());
+        let starts = |log: &PartitionLog| -> Vec<u64> {
+            log.segments.iter().map(|s| s.start_offset).collect()
+        };
+        let before = starts(&log);
+
+        let dropped = graveyard::during(data.path(), 50, || {
+            let dropped = log.purge().unwrap();
+            for round in 0..4u64 {
+                log.append(&mut batch(7, 300), 2000 + round, || 7).unwrap();
+            }
+            dropped
+        });
+        assert_eq!(
+            dropped.len(),
+            1,
+            "the object store's segment goes with the purge"
+        );
+        assert!(log.remote_segments().is_empty());
+        assert_ne!(starts(&log), before, "the new segments are cut elsewhere");
+        drop(log);
+
+        graveyard::exhume(data.path(), 40).unwrap();
+        let (log, _) = PartitionLog::open(&dir, 4096, false).expect("opens as before the purge");
+        assert_eq!(starts(&log), before);
+        assert_eq!(log.remote_segments().len(), 1);
+        assert_eq!(
+            read_offsets(&log, 10, 100, usize::MAX),
+            (10..40).collect::<Vec<_>>()
+        );
     }
 
     /// Tiers and evicts the oldest `n` sealed segments, as the tiering loop would.
