@@ -36,11 +36,13 @@ use crate::replication::transport::{
     encode_frame, read_handshake_frame_blocking, Greeting, TransportError, FETCH, FETCHED,
     HANDSHAKE_TIMEOUT,
 };
+use crate::state::catalog::PartitionIds;
 use crate::state::partition::Partition;
 use crate::storage::partition_log::PartitionLog;
 use crate::storage::{graveyard, metadata, StorageError};
 use iggy_tiering::TieredSegment;
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -322,6 +324,7 @@ pub fn install_from_each<S: Source>(
         fetched: 0,
         wrote_at: Instant::now(),
         stall,
+        refetched: HashSet::new(),
     };
     let mut failed = SyncError::Local("no peer to fetch from".into());
     // Whether a peer failed to serve yet (`failed` is then its answer).
@@ -396,6 +399,9 @@ struct Installing {
     wrote_at: Instant,
     /// How long it may go without writing any.
     stall: Duration,
+    /// The partitions fetched again from scratch from a peer (by its name) because their data
+    /// ended with another message than the checkpoint's.
+    refetched: HashSet<(String, PartitionIds)>,
 }
 
 /// State sync from one source.
@@ -410,6 +416,7 @@ fn install_touching(
         fetched,
         wrote_at,
         stall,
+        refetched,
     } = state;
     let snapshot: metadata::Snapshot = serde_json::from_slice(&manifest.metadata)
         .map_err(|e| SyncError::Local(format!("checkpoint metadata does not decode: {e}")))?;
@@ -458,7 +465,21 @@ fn install_touching(
                 }
                 // It reaches the checkpoint's length with another last message: data of
                 // another history (a half-done earlier sync, ops a view change discarded).
-                // Nothing of it can be trusted: start the partition over.
+                // Nothing of it can be trusted: start the partition over — once per peer. The
+                // same again after fetching all of it from this peer means the peer's own
+                // partition moved on since the checkpoint (purged; or purged, deleted and
+                // served from its graveyard), and will never be the checkpoint's again: a
+                // newer checkpoint is what to sync to. Before, the sync fetched it again and
+                // again for ever (the simulator, once its workload purged topics).
+                if !refetched.insert((peer.to_owned(), (stream, topic, id))) {
+                    return Err(SyncError::Overtaken {
+                        peer: peer.to_owned(),
+                        reason: format!(
+                            "partition {stream}/{topic}/{id}: the peer's messages up to offset \
+                             {until} end with another message than the checkpoint's"
+                        ),
+                    });
+                }
                 tracing::warn!(
                     stream,
                     topic,
@@ -1162,6 +1183,46 @@ mod tests {
             matches!(failed.error, SyncError::Stalled { .. }),
             "{:?}",
             failed.error
+        );
+    }
+
+    /// A peer whose partition was purged after the checkpoint serves another history: what the
+    /// sync fetches ends with another message than the checkpoint's. The partition is fetched
+    /// again from scratch once (local data of another history looks the same); the same again
+    /// from that peer is its data having moved on for good, and the sync gives up instead of
+    /// fetching it again and again (the simulator hung there once its workload purged topics).
+    #[test]
+    fn a_sync_from_a_peer_whose_partition_was_purged_since_gives_up() {
+        let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let peer = source(theirs.path(), 0);
+        append_ten(&peer);
+        append_ten(&peer);
+        let manifest = Manifest::read(&peer.catalog(), 0);
+        let partition = peer.catalog().streams[&0].topics[&0].partitions[0].clone();
+        partition.log().purge().unwrap();
+        let body = [9u8; 100];
+        let other: Vec<(u128, &[u8], &[u8])> = (0..30).map(|_| (0, &body[..], &[][..])).collect();
+        append(&peer, Partitioning::PartitionId(0), &other);
+        let receiver = crate::broker::open_for_tests(ours.path());
+        // Fetches enough to loop a while; a peer answers as overtaken once they run out.
+        let fetches = Cell::new(50);
+        let failed = install_from_each(&receiver, &manifest, 2, Duration::from_secs(5), |_| {
+            Ok(Overtaking {
+                peer: InProcess(&peer),
+                first: &fetches,
+            })
+        })
+        .expect_err("no peer holds the checkpoint's messages");
+        assert!(failed.touched);
+        assert!(
+            matches!(&failed.error, SyncError::Overtaken { reason, .. } if reason.contains("another message")),
+            "{:?}",
+            failed.error
+        );
+        assert_eq!(
+            50 - fetches.get(),
+            2,
+            "fetched once, then once again from scratch"
         );
     }
 
