@@ -372,6 +372,8 @@ fn repair_from(
             from: next,
             until: damage.until,
             created_at: Some(partition.created_at),
+            // The live history's own messages: both sides hold it.
+            last: None,
         };
         match peer.fetch(&request)? {
             Fetched::Chunk {

@@ -1039,6 +1039,7 @@ fn fetch_frame() -> Vec<u8> {
         from: 0,
         until: 10,
         created_at: None,
+        last: None,
     };
     encode_frame(FETCH, &fetch).unwrap()
 }

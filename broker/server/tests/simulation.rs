@@ -617,7 +617,8 @@ impl SimBroker {
     /// Metadata changes derived from the op number and the state, so alike on every replica:
     /// on every [`CHURN_EVERY`]th op that reaches the machine (session registrations do not),
     /// a topic `churn-<op>` with 1–3 partitions is created and written to, and the oldest
-    /// churn topic deleted while more than two exist — so checkpoints differ in their
+    /// churn topic deleted while more than two exist (every fourth round the previous one is
+    /// purged, too) — so checkpoints differ in their
     /// metadata, ids are reused, state sync must create and remove partitions, and restores
     /// compare catalogs that moved.
     fn churn(&mut self, header: &PrepareHeader) {
@@ -662,6 +663,15 @@ impl SimBroker {
         }
         if let Some(&previous) = churned.last() {
             ops.extend(self.churn_group(previous, header.op));
+            // Every fourth round empties the previous topic first: a purge after a checkpoint
+            // a crashed replica restarts from must be undone at boot (`graveyard::mark_restart`),
+            // and one a lagging replica syncs to served from a peer's graveyard.
+            if header.op / CHURN_EVERY % 4 == 1 {
+                ops.push(Operation::PurgeTopic {
+                    stream: stream(),
+                    topic: Identifier::Numeric(previous),
+                });
+            }
         }
         ops.extend(churn_deduplication(header.op));
         ops.extend(churn_state_settings(header.op));
@@ -1078,7 +1088,10 @@ impl SimMachine for SimBroker {
 /// stayed down (before the simulator restarted a halted replica there, as its supervisor does);
 /// and two whose replica, cut back to a checkpoint, kept the empty segment a later append had
 /// rolled to while the segment size changed through the log (before checkpoints recorded where
-/// each active segment starts).
+/// each active segment starts). Once the workload purged topics, 17027773309508568658 failed
+/// again: its standby could not sync a partition purged after the checkpoint (the sync
+/// fetched it again and again for ever; then, bounded, no peer served the checkpoint's
+/// messages until a peer served them from its graveyard).
 const REGRESSIONS: &[u64] = &[
     637_045_292_893_188_801,
     10_374_522_415_552_121_989,

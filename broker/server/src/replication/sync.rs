@@ -61,6 +61,40 @@ pub struct Fetch {
     /// The partition's creation time in the checkpoint: which incarnation is meant, since
     /// ids are reused after a delete (`None`: whichever is live).
     pub created_at: Option<u64>,
+    /// The checksum of the checkpoint's message at `until - 1`, when the asker wants the
+    /// messages up to it as the checkpoint has them: a peer whose partition was purged since
+    /// serves them from its graveyard ([`serve`]). Last, so that an older build, which leaves
+    /// it unread, still answers; one that sends none is read by [`Fetch::decode`].
+    pub last: Option<u64>,
+}
+
+/// A fetch as builds before [`Fetch::last`] encode it.
+#[derive(Deserialize)]
+struct FetchWithoutLast {
+    stream: u32,
+    topic: u32,
+    partition: u32,
+    from: u64,
+    until: u64,
+    created_at: Option<u64>,
+}
+
+impl Fetch {
+    /// Decodes a fetch frame's body, from this build or an older one of the same wire version.
+    pub fn decode(body: &[u8]) -> Result<Fetch, postcard::Error> {
+        postcard::from_bytes(body).or_else(|e| {
+            let older: FetchWithoutLast = postcard::from_bytes(body).map_err(|_| e)?;
+            Ok(Fetch {
+                stream: older.stream,
+                topic: older.topic,
+                partition: older.partition,
+                from: older.from,
+                until: older.until,
+                created_at: older.created_at,
+                last: None,
+            })
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,37 +163,88 @@ fn last_answer(last: &Option<String>) -> String {
 
 /// Answers a fetch from this broker's data: the live partition when it is the incarnation
 /// asked for, else that incarnation in the graveyard — a partition deleted (and perhaps
-/// re-created under the same ids) after the checkpoint the asker syncs to.
+/// re-created under the same ids) after the checkpoint the asker syncs to. Either one, when
+/// purged after that checkpoint, holds another history where the checkpoint's messages were
+/// (the fetch names the checkpoint's last one): those are served from what the purge buried.
 pub fn serve(broker: &Broker, request: &Fetch) -> Fetched {
+    let data = &broker.config.system.path;
+    let dir = metadata::partition_dir(data, request.stream, request.topic, request.partition);
     let live = broker
         .catalog()
         .partition_by_ids(request.stream, request.topic, request.partition)
         .filter(|p| request.created_at.is_none_or(|at| p.created_at == at));
     if let Some(partition) = live {
-        return serve_partition(&partition, request, |until| {
-            // Rot in what a peer needs: queue its repair from another copy, so the next
-            // fetch of the range, the asker's or anyone's, finds it whole here too.
-            crate::repair::report(broker, &partition, request.from, until);
-        });
+        if !moved_on(&partition.log(), request) {
+            return serve_partition(&partition, request, |until| {
+                // Rot in what a peer needs: queue its repair from another copy, so the next
+                // fetch of the range, the asker's or anyone's, finds it whole here too.
+                crate::repair::report(broker, &partition, request.from, until);
+            });
+        }
+        return serve_before_restarts(broker, &dir, request)
+            .unwrap_or_else(|| serve_partition(&partition, request, |_| {}));
     }
-    let buried = request.created_at.and_then(|at| {
-        let data = &broker.config.system.path;
-        let dir = metadata::partition_dir(data, request.stream, request.topic, request.partition);
-        graveyard::find_partition(data, dir.strip_prefix(data).ok()?, at)
-    });
-    let Some(dir) = buried else {
+    let buried = request
+        .created_at
+        .and_then(|at| graveyard::find_partition(data, dir.strip_prefix(data).ok()?, at));
+    let Some(buried) = buried else {
         return Fetched::Refused(format!(
             "no partition {}/{}/{} of that incarnation",
             request.stream, request.topic, request.partition
         ));
     };
-    match PartitionLog::open(&dir, broker.config.segment_size(), false) {
-        Ok((log, _)) => match plan_chunk(&log, request) {
-            // A deleted partition's data is not repaired: only syncs to old checkpoints read it.
-            Ok(planned) => read_chunk(planned, || {}),
-            Err(answer) => *answer,
-        },
+    match PartitionLog::open(&buried, broker.config.segment_size(), false) {
+        Ok((log, _)) => {
+            if moved_on(&log, request) {
+                if let Some(answer) = serve_before_restarts(broker, &dir, request) {
+                    return answer;
+                }
+            }
+            serve_unrepaired(&log, request)
+        }
         Err(e) => Fetched::Refused(format!("cannot open a deleted partition's data: {e}")),
+    }
+}
+
+/// Whether `log` holds another message at `request.until - 1` than the one the fetch names,
+/// or ends before it: a purge since the asker's checkpoint. (A message it holds only in the
+/// object store cannot be compared, and is taken as the one named.)
+fn moved_on(log: &PartitionLog, request: &Fetch) -> bool {
+    let (Some(last), Some(offset)) = (request.last, request.until.checked_sub(1)) else {
+        return false;
+    };
+    match log.checksum_of(offset) {
+        Ok(Some(ours)) => ours != last,
+        Ok(None) => log.next_offset() <= offset,
+        Err(_) => false,
+    }
+}
+
+/// Serves a fetch from a partition's files as they were before one of its restarts, the
+/// newest whose message at `until - 1` is the one the fetch names (`graveyard::before_restarts`).
+fn serve_before_restarts(
+    broker: &Broker,
+    dir: &std::path::Path,
+    request: &Fetch,
+) -> Option<Fetched> {
+    let data = &broker.config.system.path;
+    let relative = dir.strip_prefix(data).ok()?;
+    graveyard::before_restarts(data, relative, |view| {
+        let (log, _) = PartitionLog::open(view, broker.config.segment_size(), false).ok()?;
+        if moved_on(&log, request) {
+            return None;
+        }
+        // Read while the view's links exist (they are removed when this returns).
+        Some(serve_unrepaired(&log, request))
+    })
+}
+
+/// Serves a fetch from data no longer live (in the graveyard). It is not repaired when
+/// damaged: only syncs to old checkpoints read it.
+fn serve_unrepaired(log: &PartitionLog, request: &Fetch) -> Fetched {
+    match plan_chunk(log, request) {
+        Ok(planned) => read_chunk(planned, || {}),
+        Err(answer) => *answer,
     }
 }
 
@@ -455,6 +540,7 @@ fn install_touching(
                 from,
                 until,
                 created_at: created.get(&(stream, topic, id)).copied(),
+                last: Some(last),
             };
             if from >= until {
                 let held = ends_as_checkpointed(&partition.log(), until, last, Beyond::Allowed)
@@ -649,6 +735,8 @@ fn record_tiered_gaps(
         let ask = Fetch {
             from: start,
             until: start + 1,
+            // Which message lies there is not known: the data is in already.
+            last: None,
             ..request.clone()
         };
         let entry = match source.fetch(&ask)? {
@@ -899,6 +987,13 @@ mod tests {
         let messages: Vec<(u128, &[u8], &[u8])> =
             (0..10).map(|_| (0, &body[..], &[][..])).collect();
         append(broker, Partitioning::PartitionId(0), &messages);
+    }
+
+    /// Thirty messages to partition 0 unlike [`append_ten`]'s: after a purge, another history.
+    fn append_another_history(broker: &Broker) {
+        let body = [9u8; 100];
+        let other: Vec<(u128, &[u8], &[u8])> = (0..30).map(|_| (0, &body[..], &[][..])).collect();
+        append(broker, Partitioning::PartitionId(0), &other);
     }
 
     /// [`append_ten`], sealed into a segment of their own.
@@ -1200,9 +1295,7 @@ mod tests {
         let manifest = Manifest::read(&peer.catalog(), 0);
         let partition = peer.catalog().streams[&0].topics[&0].partitions[0].clone();
         partition.log().purge().unwrap();
-        let body = [9u8; 100];
-        let other: Vec<(u128, &[u8], &[u8])> = (0..30).map(|_| (0, &body[..], &[][..])).collect();
-        append(&peer, Partitioning::PartitionId(0), &other);
+        append_another_history(&peer);
         let receiver = crate::broker::open_for_tests(ours.path());
         // Fetches enough to loop a while; a peer answers as overtaken once they run out.
         let fetches = Cell::new(50);
@@ -1224,6 +1317,71 @@ mod tests {
             2,
             "fetched once, then once again from scratch"
         );
+    }
+
+    /// The same purge applied as an op of the log (a replica's graveyard keeps what it
+    /// deleted until no checkpoint needs it): the peer serves the checkpoint's messages from
+    /// there, and the sync completes. Before, no peer could serve them until the next
+    /// checkpoint, and a cluster left idle kept the lagging replica recovering (the simulator,
+    /// once its workload purged topics).
+    #[test]
+    fn a_peer_whose_partition_was_purged_since_serves_the_checkpoints_messages_from_its_graveyard()
+    {
+        let (theirs, ours) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let peer = source(theirs.path(), 0);
+        append_segment_of_ten(&peer);
+        append_ten(&peer);
+        let manifest = Manifest::read(&peer.catalog(), 0);
+        let partition = peer.catalog().streams[&0].topics[&0].partitions[0].clone();
+        graveyard::during(theirs.path(), 70, || partition.log().purge().unwrap());
+        append_another_history(&peer);
+
+        let receiver = crate::broker::open_for_tests(ours.path());
+        let fetched = install_from_each(&receiver, &manifest, 1, Duration::from_secs(5), |_| {
+            Ok(InProcess(&peer))
+        })
+        .expect("synced from the graveyard");
+        assert_eq!(fetched, 20);
+        let catalog = receiver.catalog();
+        let log = catalog.streams[&0].topics[&0].partitions[0].log();
+        let (_, _, _, until, last) = manifest.partitions[0];
+        assert!(ends_as_checkpointed(&log, until, last, Beyond::Refused).unwrap());
+        assert_eq!(
+            partition.log().next_offset(),
+            30,
+            "the peer's live data is untouched"
+        );
+        assert!(
+            !graveyard::root(theirs.path()).join("views").exists()
+                || std::fs::read_dir(graveyard::root(theirs.path()).join("views"))
+                    .unwrap()
+                    .next()
+                    .is_none(),
+            "no view is left behind"
+        );
+    }
+
+    /// A fetch from a build that predates `Fetch::last` still decodes.
+    #[test]
+    fn a_fetch_without_the_checkpoints_last_checksum_decodes() {
+        let older = postcard::to_allocvec(&(3u32, 4u32, 5u32, 6u64, 7u64, Some(8u64))).unwrap();
+        let fetch = Fetch::decode(&older).unwrap();
+        assert_eq!(
+            (
+                fetch.stream,
+                fetch.partition,
+                fetch.until,
+                fetch.created_at,
+                fetch.last
+            ),
+            (3, 5, 7, Some(8), None)
+        );
+        let newer = Fetch {
+            last: Some(9),
+            ..fetch
+        };
+        let again = Fetch::decode(&postcard::to_allocvec(&newer).unwrap()).unwrap();
+        assert_eq!(again.last, Some(9));
     }
 
     /// Peers that stop answering after the sync has written part of the data hold it only

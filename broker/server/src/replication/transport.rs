@@ -799,7 +799,7 @@ where
                 }
             }
             FETCH => {
-                let request: sync::Fetch = postcard::from_bytes(&frame)?;
+                let request = sync::Fetch::decode(&frame)?;
                 let broker = receiving.broker.clone();
                 let answer = tokio::task::spawn_blocking(move || sync::serve(&broker, &request))
                     .await
@@ -1071,6 +1071,7 @@ mod tests {
                     from: 0,
                     until: 10,
                     created_at: None,
+                    last: None,
                 },
             )?;
             stream.write_all(&fetch).await?;

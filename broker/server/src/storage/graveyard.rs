@@ -188,6 +188,56 @@ pub fn find_partition(data: &Path, relative: &Path, created_at: u64) -> Option<P
     None
 }
 
+/// Calls `f` with a directory holding the files of the partition directory at `relative`
+/// (below the data directory) as they were before each restart of its log that a grave records
+/// ([`mark_restart`]: a purge, a sync's restart), newest first, until `f` answers. The
+/// directory is made of hard links to what that restart buried (its segments, its tier
+/// manifest) and removed after `f`. A peer serves a state sync from it when the asker's
+/// checkpoint predates a purge: the live partition holds another history by then, and the
+/// checkpoint's messages are only here. Anything unreadable (a release deleting the grave
+/// meanwhile) skips that restart.
+pub fn before_restarts<T>(
+    data: &Path,
+    relative: &Path,
+    mut f: impl FnMut(&Path) -> Option<T>,
+) -> Option<T> {
+    static VIEWS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    for (op, grave) in graves(data).ok()?.into_iter().rev() {
+        let Ok(entries) = listed(&grave) else {
+            continue;
+        };
+        for (at, (entry, path)) in entries.iter().enumerate().rev() {
+            if !entry.starts_with(RESTART) || path != relative {
+                continue;
+            }
+            // What the restart buried: the files directly in that directory listed before
+            // its line (a later restart in the same op buried what this one wrote).
+            let earlier = entries[..at]
+                .iter()
+                .rev()
+                .take_while(|(e, p)| !(e.starts_with(RESTART) && p == relative));
+            let files: Vec<(PathBuf, &std::ffi::OsStr)> = earlier
+                .filter(|(_, p)| p.parent() == Some(relative))
+                .filter_map(|(e, p)| Some((grave.join(e), p.file_name()?)))
+                .collect();
+            let view = root(data).join("views").join(format!(
+                "{op}-{at}-{}",
+                VIEWS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            let linked = std::fs::create_dir_all(&view).is_ok()
+                && files
+                    .iter()
+                    .all(|(from, name)| std::fs::hard_link(from, view.join(name)).is_ok());
+            let answer = if linked { f(&view) } else { None };
+            let _ = std::fs::remove_dir_all(&view);
+            if answer.is_some() {
+                return answer;
+            }
+        }
+    }
+    None
+}
+
 /// Whether anything buried waits for its release.
 pub fn holds_any(data: &Path) -> Result<bool, StorageError> {
     Ok(!graves(data)?.is_empty())
