@@ -78,7 +78,8 @@ const RESTART: &str = "restart@";
 /// killed before the op was durable came back with its old segments beside the new ones and
 /// refused to start (`make chaos` seed 40029). Returns whether it was recorded.
 pub fn mark_restart(dir: &Path, first_local: u64) -> Result<bool, StorageError> {
-    Ok(list(dir, |_| format!("{RESTART}{first_local}"))?.is_some())
+    let listed = list(dir, |_| format!("{RESTART}{first_local}"))?;
+    Ok(listed.is_some_and(|(_, entry)| entry.is_some()))
 }
 
 /// Appends a line for `path` to the grave of the op being applied, its entry named by
