@@ -166,6 +166,9 @@ const HELLO_MAGIC: [u8; 4] = *b"IGVR";
 /// cluster a stop-the-world upgrade (docs/operator.md) for that rare pair.
 ///
 /// Not bumped for [`SPACE`] either, which an older build never gets ([`WIRE_REVISION`]).
+///
+/// Nor for `sync::Fetch::last`, appended to a fetch: an older build leaves it unread, and
+/// `sync::Fetch::decode` reads an older build's fetch without it.
 pub const WIRE_VERSION: u16 = 4;
 pub const OLDEST_WIRE_VERSION: u16 = 4;
 
