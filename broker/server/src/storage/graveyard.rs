@@ -299,26 +299,24 @@ fn undo_restart(dir: &Path, first_local: &str) -> Result<(), StorageError> {
     let Ok(first_local) = first_local.parse::<u64>() else {
         return Ok(());
     };
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        // Gone since (a later op deleted it, and that burial was moved back first if the
-        // checkpoint knew it): nothing of the restart is left.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at(dir),
-    };
-    for entry in entries {
-        let path = entry.at(dir)?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let restarted = name
-            .split_once('.')
-            .filter(|(_, ext)| matches!(*ext, "log" | "index"))
-            .and_then(|(stem, _)| stem.parse::<u64>().ok())
-            .is_some_and(|start| start >= first_local);
-        let state = name == super::tiered::FILE_NAME || name == super::checkpoint::FILE_NAME;
-        if restarted || state {
-            std::fs::remove_file(&path).at(&path)?;
+    // Gone since (a later op deleted it, and that burial was moved back first if the
+    // checkpoint knew it): nothing of the restart is left.
+    if !dir.exists() {
+        return Ok(());
+    }
+    let written = super::recovery::list_segment_starts(dir)?
+        .into_iter()
+        .filter(|&start| start >= first_local)
+        .flat_map(|start| {
+            let stem = super::segment::file_stem(start);
+            [format!("{stem}.log"), format!("{stem}.index")]
+        });
+    let state = [super::tiered::FILE_NAME, super::checkpoint::FILE_NAME].map(String::from);
+    for name in written.chain(state) {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).at(&path),
+            _ => {}
         }
     }
     Ok(())

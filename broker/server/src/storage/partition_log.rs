@@ -805,8 +805,7 @@ impl PartitionLog {
     /// the object store held, whose objects the tiering loop then deletes.
     pub fn purge(&mut self) -> Result<Vec<TieredSegment>, StorageError> {
         self.dedup = None;
-        let tiered = self.tiered.clone();
-        self.start_again(0, Manifest::new())?;
+        let tiered = self.start_again(0, Manifest::new())?;
         self.messages_count = 0;
         self.size_bytes = 0;
         self.last_timestamp = 0;
@@ -1039,8 +1038,13 @@ impl PartitionLog {
     /// back (`graveyard::exhume`). Before, the old segments came back beside the new ones, a
     /// gap or overlap between them, and boot refused the partition (`make chaos` seed 40029,
     /// a member killed during a sync's restart). A single node empties the manifest first, so
-    /// a crash halfway never shows the store's segments without the local ones.
-    fn start_again(&mut self, first_local: u64, manifest: Manifest) -> Result<(), StorageError> {
+    /// a crash halfway never shows the store's segments without the local ones. Returns the
+    /// tier manifest replaced.
+    fn start_again(
+        &mut self,
+        first_local: u64,
+        manifest: Manifest,
+    ) -> Result<Manifest, StorageError> {
         self.last_checksum = None;
         self.l1.clear();
         let changed = manifest != self.tiered;
@@ -1055,12 +1059,16 @@ impl PartitionLog {
         if set_aside && !manifest.segments.is_empty() {
             tiered::store(&self.dir, &manifest)?;
         }
-        if changed {
-            self.tiered_version += 1;
-            self.tiered = manifest;
-        }
+        let replaced = match changed {
+            true => {
+                self.tiered_version += 1;
+                std::mem::replace(&mut self.tiered, manifest)
+            }
+            // Equal to the one kept.
+            false => manifest,
+        };
         fsutil::sync_dir(&self.dir)?;
-        Ok(())
+        Ok(replaced)
     }
 
     /// Cuts the log back so that `next_offset` is the next offset written: later segments are

@@ -251,7 +251,8 @@ pub fn rebuild_index(segment: &mut Segment) -> Result<(), StorageError> {
     rewritten
 }
 
-fn list_segment_starts(dir: &Path) -> Result<Vec<u64>, StorageError> {
+/// Where each segment in `dir` starts (the `.log` files named by their first offset), sorted.
+pub(super) fn list_segment_starts(dir: &Path) -> Result<Vec<u64>, StorageError> {
     let mut starts = Vec::new();
     for entry in std::fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
