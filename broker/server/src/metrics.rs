@@ -72,6 +72,10 @@ pub struct Metrics {
     /// Requests the primary refused because some member's disk had too little of
     /// `replication.min_free_space` left for them (`replication::machine`, `admit`).
     pub replication_refused_disk_full: AtomicU64,
+    /// Sends the primary wrote into their partitions ahead of the commit and published at the
+    /// apply, and those whose written batch the apply could not take (`replication::staging`).
+    pub replication_staged: AtomicU64,
+    pub replication_staged_refused: AtomicU64,
     /// Damaged WAL slots restored from a peer.
     pub wal_repairs: AtomicU64,
     /// 1 when recovery found a WAL slot whose header vouches for a prepare that no longer
@@ -118,6 +122,8 @@ impl Metrics {
             repair_failures: AtomicU64::new(0),
             view_changes: AtomicU64::new(0),
             replication_forwarded: AtomicU64::new(0),
+            replication_staged: AtomicU64::new(0),
+            replication_staged_refused: AtomicU64::new(0),
             replication_inbound_dropped: AtomicU64::new(0),
             replication_dropped: AtomicU64::new(0),
             replication_abandoned: AtomicU64::new(0),
@@ -246,7 +252,7 @@ impl Metrics {
         }
 
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
-        let singles: [(&str, &str, &str, u64); 25] = [
+        let singles: [(&str, &str, &str, u64); 27] = [
             (
                 "iggy_connections_open",
                 "gauge",
@@ -360,6 +366,18 @@ impl Metrics {
                 "counter",
                 "Client requests this replica forwarded to the primary.",
                 load(&self.replication_forwarded),
+            ),
+            (
+                "iggy_replication_staged_total",
+                "counter",
+                "Sends this primary wrote into their partitions ahead of the commit and published at the apply.",
+                load(&self.replication_staged),
+            ),
+            (
+                "iggy_replication_staged_refused_total",
+                "counter",
+                "Sends written ahead of the commit whose apply could not take what was written.",
+                load(&self.replication_staged_refused),
             ),
             (
                 "iggy_replication_dropped_total",

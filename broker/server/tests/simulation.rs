@@ -50,6 +50,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use vsr::{Checkpoint, DiskImage, PrepareHeader, Replica, RestoreError, StateMachine, Superblock};
@@ -175,6 +176,10 @@ struct StorageStats {
     /// checkpoints restored while deduplication was on (the window then read back from disk).
     deduplicated: u64,
     restored_deduplicating: u64,
+    /// Sends a primary wrote ahead of their commit and published at the apply, and those the
+    /// apply could not take (another op in their place after a view change, or a changed tail).
+    staged: u64,
+    staged_refused: u64,
 }
 
 fn count(update: impl FnOnce(&mut StorageStats)) {
@@ -850,9 +855,22 @@ impl StateMachine for SimBroker {
         let model_reply = self.model.apply(header, body);
         let translated = self.translate(body);
         let was_halted = self.machine.halted().is_some();
+        let metrics = &self.broker.metrics;
+        let staged = |m: &broker::metrics::Metrics| {
+            (
+                m.replication_staged.load(Ordering::Relaxed),
+                m.replication_staged_refused.load(Ordering::Relaxed),
+            )
+        };
+        let before = staged(metrics);
         let reply = self
             .machine
             .apply(header, translated.as_deref().unwrap_or(body));
+        let after = staged(metrics);
+        count(|s| {
+            s.staged += after.0 - before.0;
+            s.staged_refused += after.1 - before.1;
+        });
         if self.machine.halted().is_some() {
             // The simulator crashes this replica before anything of this step counts.
             if !was_halted {
@@ -870,6 +888,15 @@ impl StateMachine for SimBroker {
     /// of the broker's state itself — metadata, each partition's end and the stored checksum of
     /// its last message (which covers its offset, timestamp and id), the stored offsets — so
     /// replicas whose data differs differ here even where their replies agree.
+    /// The body translated as the apply will translate it: the translation depends only on
+    /// what the churn made of the stream and topic, and the churn runs in the applies, none of
+    /// which comes between a staging and its op's apply (the core stages the next op only).
+    fn stage(&mut self, header: &PrepareHeader, body: &[u8]) {
+        let translated = self.translate(body);
+        self.machine
+            .stage(header, translated.as_deref().unwrap_or(body));
+    }
+
     fn digest(&self) -> u128 {
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(&self.model.digest().to_le_bytes());
@@ -1168,6 +1195,10 @@ fn seeded_worlds_replicate_the_real_broker_apply() {
         assert!(
             storage.deduplicated > 0 && storage.restored_deduplicating > 0,
             "deduplication dropped nothing or was never on at a restore: {storage:?}"
+        );
+        assert!(
+            storage.staged > 0,
+            "no primary published a send it wrote ahead of the commit: {storage:?}"
         );
     }
 }

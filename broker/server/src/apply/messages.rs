@@ -9,6 +9,7 @@ use crate::security::access::Access;
 use crate::state::catalog::TopicTraffic;
 use crate::state::partition::Partition;
 use crate::storage::dedup::{Deduplication, DeduplicationSettings};
+use crate::storage::partition_log::Unpublished;
 use crate::storage::StorageError;
 use iggy_wire::message::validate_batch;
 use iggy_wire::{ConsumerKind, Identifier, Partitioning};
@@ -34,8 +35,7 @@ pub(super) fn append(
     user: Option<u32>,
     batch: Batch<'_>,
 ) -> Result<Applied> {
-    let (partition, traffic, dedup) =
-        route(broker, user, batch.stream, batch.topic, batch.partitioning)?;
+    let (partition, traffic, dedup) = route(broker, user, &batch, Turn::Take)?;
     validate_batch(batch.index, batch.messages, batch.count)?;
     let mut ids = MessageIds::new(context.entropy);
     let mut attempt = || {
@@ -67,6 +67,81 @@ pub(super) fn append(
     Ok(Applied {
         sync: Some((partition, appended.seq)),
     })
+}
+
+/// A send's batch a replicated primary wrote into its partition ahead of the commit
+/// ([`stage`]), for the apply of the same op to publish ([`publish`]).
+pub struct StagedSend {
+    partition: Arc<Partition>,
+    batch: Unpublished,
+}
+
+impl StagedSend {
+    /// Cuts the written batch off its partition: it will not be published.
+    pub fn abandon(self) -> std::result::Result<(), StorageError> {
+        self.partition.log().drop_unpublished()
+    }
+}
+
+/// Stamps a send's batch as its apply will, in the state the apply will meet, and writes it
+/// past its partition's end (`storage::partition_log::unpublished`). Only where the apply's
+/// outcome is known now: the send is allowed, valid and routed to a partition without
+/// message deduplication (the window may drop messages), and fits the active segment.
+/// Otherwise nothing is written and `None` returned; the apply then does all the work.
+pub(super) fn stage(
+    broker: &Broker,
+    context: OpContext,
+    user: Option<u32>,
+    batch: Batch<'_>,
+) -> Option<StagedSend> {
+    let (partition, _, dedup) = route(broker, user, &batch, Turn::Peek).ok()?;
+    if dedup.is_some() || validate_batch(batch.index, batch.messages, batch.count).is_err() {
+        return None;
+    }
+    let mut ids = MessageIds::new(context.entropy);
+    let written = partition.write_unpublished(batch.messages, context.timestamp, || ids.next_id());
+    match written {
+        Ok(Some(batch)) => Some(StagedSend { partition, batch }),
+        Ok(None) => None,
+        Err(error) => {
+            // The apply meets the same disk and answers for it.
+            tracing::debug!(%error, "a batch could not be written ahead of its commit");
+            None
+        }
+    }
+}
+
+/// Applies a send whose batch [`stage`] wrote: `batch` holds the frames it stamped. Takes the
+/// written frames in when the send still goes where they lie; `None` otherwise (and the
+/// partition's unpublished bytes are cut): the send must then be applied the ordinary way,
+/// from the op's body.
+pub(super) fn publish(
+    broker: &Broker,
+    context: OpContext,
+    user: Option<u32>,
+    batch: Batch<'_>,
+    staged: StagedSend,
+) -> Result<Option<Applied>> {
+    let StagedSend {
+        partition,
+        batch: written,
+    } = staged;
+    let unchanged = matches!(
+        route(broker, user, &batch, Turn::Peek),
+        Ok((routed, _, None)) if Arc::ptr_eq(&routed, &partition)
+    );
+    let published = match unchanged {
+        true => partition.publish(written, batch.messages, context.timestamp),
+        false => partition.log().drop_unpublished().map(|()| None),
+    };
+    let Some(appended) = published.map_err(BrokerError::Append)? else {
+        return Ok(None);
+    };
+    let (_, traffic, _) = route(broker, user, &batch, Turn::Take)?;
+    traffic.record_in(appended.count as u64, appended.bytes);
+    Ok(Some(Applied {
+        sync: Some((partition, appended.seq)),
+    }))
 }
 
 /// Reading `partition`'s deduplication window back met damage (`error`); returns whether it
@@ -142,23 +217,34 @@ pub(super) fn set_deduplication(
     Ok(())
 }
 
+/// Whether routing a balanced batch moves the topic's round-robin cursor on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// The apply's: the next balanced batch goes to the next partition.
+    Take,
+    /// Only asks where the batch would go now.
+    Peek,
+}
+
 /// The partition a batch goes to, after checking the caller may send to the topic, and the
 /// deduplication in force.
 fn route(
     broker: &Broker,
     user: Option<u32>,
-    stream: &Identifier,
-    topic: &Identifier,
-    partitioning: &Partitioning,
+    batch: &Batch<'_>,
+    turn: Turn,
 ) -> Result<(Arc<Partition>, Arc<TopicTraffic>, Option<Deduplication>)> {
     let catalog = broker.catalog();
-    let (s, topic) = catalog.topic(stream, topic)?;
+    let (s, topic) = catalog.topic(batch.stream, batch.topic)?;
     catalog.authorize(user, Access::Send(s.id, topic.id))?;
     let count = topic.partitions.len() as u32;
     if count == 0 {
         return Err(BrokerError::NoPartitions);
     }
-    let id = match partitioning {
+    let id = match batch.partitioning {
+        Partitioning::Balanced if turn == Turn::Peek => {
+            topic.next_partition.load(Ordering::Relaxed) % count
+        }
         Partitioning::Balanced => topic.next_partition.fetch_add(1, Ordering::Relaxed) % count,
         Partitioning::PartitionId(id) => *id,
         Partitioning::MessagesKey(key) => Partitioning::partition_for_key(key, count),

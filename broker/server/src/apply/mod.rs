@@ -30,6 +30,61 @@ pub struct Applied {
     pub sync: Option<(Arc<Partition>, u64)>,
 }
 
+pub use messages::StagedSend;
+
+/// A replicated primary's work ahead on the op it applies next, while the backups acknowledge
+/// it: a send's batch is stamped and written into its partition, unpublished
+/// ([`messages::stage`]). Nothing else is worth doing ahead; `None` for every other operation.
+pub fn stage(
+    broker: &Broker,
+    context: OpContext,
+    mut submission: Submission<'_>,
+) -> Option<StagedSend> {
+    let batch = batch_of(&mut submission.op)?;
+    messages::stage(broker, context, submission.user, batch)
+}
+
+/// Applies the op [`stage`] worked on, whose submission holds the frames it stamped, by
+/// publishing what it wrote. `None` when that no longer fits the state: the op must then be
+/// applied ([`apply`]) from its body.
+pub fn publish(
+    broker: &Broker,
+    context: OpContext,
+    mut submission: Submission<'_>,
+    staged: StagedSend,
+) -> Result<Option<Applied>> {
+    let user = submission.user;
+    match batch_of(&mut submission.op) {
+        Some(batch) => messages::publish(broker, context, user, batch, staged),
+        None => staged
+            .abandon()
+            .map(|()| None)
+            .map_err(crate::error::BrokerError::Append),
+    }
+}
+
+/// A send's batch, borrowed from its operation.
+fn batch_of<'a>(op: &'a mut Operation<'_>) -> Option<messages::Batch<'a>> {
+    match op {
+        Operation::Append {
+            stream,
+            topic,
+            partitioning,
+            count,
+            index,
+            messages,
+        } => Some(messages::Batch {
+            stream,
+            topic,
+            partitioning,
+            count: *count,
+            index,
+            messages,
+        }),
+        _ => None,
+    }
+}
+
 pub fn apply(
     broker: &Broker,
     context: OpContext,

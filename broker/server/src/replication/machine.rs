@@ -10,12 +10,12 @@
 //! replicas that applied the same ops with the same results, which is what the core and the
 //! checkers compare. Hashing the whole broker state per op would cost more than the op.
 
-use crate::apply::apply;
+use crate::apply::{apply, Applied};
 use crate::broker::Broker;
 use crate::ops::codec::{self, RoomNeeded};
-use crate::ops::OpContext;
 use crate::replication::capture::{self, Change, ManifestCache, CONSUMER, GROUP};
 use crate::replication::space::{self, AppendedBytes};
+use crate::replication::staging::{self, Staging};
 use crate::replication::written::WrittenPartitions;
 use crate::state::catalog::{Catalog, PartitionIds};
 use crate::state::partition::Partition;
@@ -58,6 +58,8 @@ pub struct BrokerMachine {
     refusal_logged: Option<std::time::Instant>,
     /// What recent appends wrote, by op: how far behind a member's report of its room is.
     appended: AppendedBytes,
+    /// The send this primary wrote ahead of its commit (`staging.rs`).
+    staging: Staging,
 }
 
 impl BrokerMachine {
@@ -74,6 +76,7 @@ impl BrokerMachine {
             exit_on_halt: true,
             refusal_logged: None,
             appended: AppendedBytes::default(),
+            staging: Staging::default(),
         }
     }
 
@@ -191,63 +194,51 @@ impl StateMachine for BrokerMachine {
         if codec::is_append(body) {
             self.appended.note(header.op, body.len() as u64);
         }
-        let status = match codec::decode_into(body, std::mem::take(&mut self.scratch)) {
+        let outcome = match self.staging.publish(&self.broker, header) {
+            // A published send changed what an append changes.
+            Some(published) => Ok((Change::Append, published)),
+            None => self.apply_body(header, body, &mut reply),
+        };
+        let status = match outcome {
             Err(e) => {
                 // Every replica decodes the same bytes the same way: the op fails everywhere.
                 tracing::warn!(op = header.op, error = %e, "replicated operation does not decode");
                 ErrorCode::INVALID_FORMAT.0
             }
-            Ok(mut decoded) => {
-                let change = Change::of(&decoded);
-                let context = OpContext {
-                    timestamp: header.timestamp,
-                    entropy: header.checksum,
-                };
-                // Deletions are buried, not made, until no checkpoint needs what they delete.
-                let data = self.broker.config.system.path.clone();
-                let applied = graveyard::during(&data, header.op, || {
-                    apply(&self.broker, context, decoded.submission(), &mut reply)
-                });
-                let scratch = decoded.into_scratch();
-                // Keep the buffer for the next batch unless one oversized batch grew it.
-                if scratch.capacity() <= SCRATCH_KEPT {
-                    self.scratch = scratch;
+            Ok((change, applied)) => match applied {
+                Ok(applied) => {
+                    let appended = applied.sync.as_ref().map(|(partition, _)| partition);
+                    if let Some(partition) = appended {
+                        self.written.note(partition);
+                    }
+                    self.manifests.get_mut().applied(change, appended);
+                    0
                 }
-                match applied {
-                    Ok(applied) => {
-                        let appended = applied.sync.as_ref().map(|(partition, _)| partition);
-                        if let Some(partition) = appended {
-                            self.written.note(partition);
-                        }
-                        self.manifests.get_mut().applied(change, appended);
-                        0
+                // Whatever a failed op left, the next checkpoint reads it all.
+                Err(e) if e.is_server_fault() => {
+                    self.manifests.get_mut().invalidate();
+                    // A local failure (disk full, I/O error) that the other replicas did
+                    // not have: carrying on would leave this replica's state different
+                    // from theirs. Stop; a restart recovers from the checkpoint and the
+                    // WAL, and the others serve meanwhile.
+                    tracing::error!(
+                        op = header.op,
+                        error = %e,
+                        "cannot apply a committed operation; stopping this replica"
+                    );
+                    if self.exit_on_halt {
+                        eprintln!("iggy-broker: cannot apply committed op {}: {e}", header.op);
+                        std::process::exit(70);
                     }
-                    // Whatever a failed op left, the next checkpoint reads it all.
-                    Err(e) if e.is_server_fault() => {
-                        self.manifests.get_mut().invalidate();
-                        // A local failure (disk full, I/O error) that the other replicas did
-                        // not have: carrying on would leave this replica's state different
-                        // from theirs. Stop; a restart recovers from the checkpoint and the
-                        // WAL, and the others serve meanwhile.
-                        tracing::error!(
-                            op = header.op,
-                            error = %e,
-                            "cannot apply a committed operation; stopping this replica"
-                        );
-                        if self.exit_on_halt {
-                            eprintln!("iggy-broker: cannot apply committed op {}: {e}", header.op);
-                            std::process::exit(70);
-                        }
-                        self.halted = Some(format!("op {}: {e}", header.op));
-                        ErrorCode::ERROR.0
-                    }
-                    Err(e) => {
-                        self.manifests.get_mut().invalidate();
-                        reply.truncate(4);
-                        e.code().0
-                    }
+                    self.halted = Some(format!("op {}: {e}", header.op));
+                    ErrorCode::ERROR.0
                 }
-            }
+                Err(e) => {
+                    self.manifests.get_mut().invalidate();
+                    reply.truncate(4);
+                    e.code().0
+                }
+            },
         };
         reply[..4].copy_from_slice(&status.to_le_bytes());
         self.applied = self.applied.max(header.op);
@@ -262,6 +253,14 @@ impl StateMachine for BrokerMachine {
 
     fn digest(&self) -> u128 {
         self.digest
+    }
+
+    /// Writes a send's batch into its partition while the backups acknowledge it, for the
+    /// apply to publish (`staging.rs`).
+    fn stage(&mut self, header: &PrepareHeader, body: &[u8]) {
+        if self.halted.is_none() {
+            self.staging.stage(&self.broker, header, body);
+        }
     }
 
     /// The checkpoint's state: the running digest and a manifest of the metadata and how far
@@ -287,6 +286,8 @@ impl StateMachine for BrokerMachine {
     /// checkpoint and its stored consumer offsets become the checkpoint's, so the WAL's later
     /// ops replay onto exactly the state they were first applied to.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        // Whatever was staged was stamped for a state about to be replaced.
+        self.staging.abandon();
         let manifest = Manifest::decode(snapshot)?;
         // Whatever happens below, the partitions may no longer be what was captured.
         self.manifests.get_mut().invalidate();
@@ -324,6 +325,34 @@ type Cut = (
 );
 
 impl BrokerMachine {
+    /// Decodes and applies an op the ordinary way: what it may change of a manifest, and what
+    /// the apply did; an error when the body does not decode.
+    fn apply_body(
+        &mut self,
+        header: &PrepareHeader,
+        body: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(Change, crate::error::Result<Applied>), codec::CodecError> {
+        let mut decoded = codec::decode_into(body, std::mem::take(&mut self.scratch))?;
+        let change = Change::of(&decoded);
+        // Deletions are buried, not made, until no checkpoint needs what they delete.
+        let data = self.broker.config.system.path.clone();
+        let applied = graveyard::during(&data, header.op, || {
+            apply(
+                &self.broker,
+                staging::context_of(header),
+                decoded.submission(),
+                reply,
+            )
+        });
+        let scratch = decoded.into_scratch();
+        // Keep the buffer for the next batch unless one oversized batch grew it.
+        if scratch.capacity() <= SCRATCH_KEPT {
+            self.scratch = scratch;
+        }
+        Ok((change, applied))
+    }
+
     /// Whether the broker's data can be brought to the checkpoint `manifest` describes: its
     /// metadata must already be the checkpoint's (boot writes it from the manifest before
     /// opening, state sync installs it), and every partition must hold at least the

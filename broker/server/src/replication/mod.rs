@@ -23,6 +23,7 @@ pub mod peer_tls;
 pub mod ring_update;
 pub mod sending;
 pub mod space;
+pub mod staging;
 pub mod status;
 pub mod submitter;
 pub mod sync;

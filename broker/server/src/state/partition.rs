@@ -11,7 +11,7 @@
 use crate::config::FsyncPolicy;
 use crate::storage::dedup::Deduplication;
 use crate::storage::offsets::ConsumerOffsets;
-use crate::storage::partition_log::{Appended, PartitionLog, ReadPlan};
+use crate::storage::partition_log::{Appended, PartitionLog, ReadPlan, Unpublished};
 use crate::storage::{fsutil, StorageError};
 use iggy_wire::ConsumerKind;
 use std::path::PathBuf;
@@ -113,6 +113,35 @@ impl Partition {
             Some(settings) => log.append_deduplicated(messages, timestamp, new_id, settings),
             None => Ok((log.append(messages, timestamp, new_id)?, 0)),
         }
+    }
+
+    /// Writes a stamped batch past the log's end without taking it in, for [`Self::publish`]
+    /// to take in later (`storage::partition_log::unpublished`, a replicated primary's
+    /// write ahead of the commit). `None` when the batch would start a new segment.
+    pub fn write_unpublished(
+        &self,
+        messages: &mut [u8],
+        timestamp: u64,
+        new_id: impl FnMut() -> u128,
+    ) -> Result<Option<Unpublished>, StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned { path: self.dir() });
+        }
+        self.log().write_unpublished(messages, timestamp, new_id)
+    }
+
+    /// Takes in a batch [`Self::write_unpublished`] wrote: `None` when the log changed since,
+    /// and the batch must be appended the ordinary way.
+    pub fn publish(
+        &self,
+        batch: Unpublished,
+        messages: &[u8],
+        timestamp: u64,
+    ) -> Result<Option<Appended>, StorageError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned { path: self.dir() });
+        }
+        self.log().publish(batch, messages, timestamp)
     }
 
     /// Returns once the append numbered `seq` is as durable as the fsync policy promises: on

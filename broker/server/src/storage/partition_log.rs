@@ -10,10 +10,13 @@ use super::l1::TailCache;
 use super::recovery::{self, RecoveryReport};
 use super::segment::{IndexEntry, Segment};
 use super::{fsutil, graveyard, tiered, trash, IoContext, StorageError};
+
+mod unpublished;
 use bytes::Bytes;
 use iggy_tiering::{Manifest, TieredSegment};
 use iggy_wire::message::{checksum_matches, stamp_batch, FrameHeader, HEADER_SIZE};
 use std::path::{Path, PathBuf};
+pub use unpublished::Unpublished;
 
 /// How much of a partition's tail one read takes when its deduplication window is read back.
 const WINDOW_READ_BYTES: usize = 8 << 20;
@@ -57,6 +60,12 @@ pub struct PartitionLog {
     /// [`Self::append_deduplicated`], dropped by every other change of the log's messages and
     /// read back from the log when next needed.
     dedup: Option<IdWindow>,
+    /// A batch written past the active segment's end ahead of its commit and not published
+    /// yet (`unpublished.rs`): its number. Every other change of the log's tail cuts it off
+    /// first, so no sealed segment, cut or rebuilt index ever holds those bytes.
+    unpublished: Option<u64>,
+    /// How many batches were written ahead, to number the next.
+    written_ahead: u64,
 }
 
 /// A read of a segment that only the object store holds; `storage` has no access to the
@@ -96,6 +105,18 @@ pub struct Detached {
     pub segments: usize,
     pub messages: u64,
     pub bytes: u64,
+}
+
+/// A batch stamped for the end of the active segment (`PartitionLog::stamp`).
+struct Stamped {
+    base_offset: u64,
+    base_position: u64,
+    timestamp: u64,
+    /// The time the batch was stamped with, before the log's last timestamp raised it.
+    now_micros: u64,
+    entries: Vec<IndexEntry>,
+    /// Where the last frame starts in the batch.
+    last_start: usize,
 }
 
 /// What an append did.
@@ -354,6 +375,8 @@ impl PartitionLog {
             l1: TailCache::default(),
             last_checksum: None,
             dedup: None,
+            unpublished: None,
+            written_ahead: 0,
         };
         log.recount();
         log
@@ -504,13 +527,29 @@ impl PartitionLog {
         now_micros: u64,
         new_id: impl FnMut() -> u128,
     ) -> Result<Appended, StorageError> {
-        let batch_len = messages.len() as u64;
-        if self.active().size > 0 && self.active().size + batch_len > self.segment_size {
+        self.drop_unpublished()?;
+        if self.must_roll_for(messages.len()) {
             self.roll()?;
         }
-        let timestamp = now_micros.max(self.last_timestamp);
+        let stamped = self.stamp(messages, now_micros, new_id);
+        self.last_checksum = None;
         let active_index = self.segments.len() - 1;
-        let active = &mut self.segments[active_index];
+        self.segments[active_index].append(messages, &stamped.entries)?;
+        Ok(self.count_in(&stamped, messages))
+    }
+
+    /// Whether a batch of `len` bytes starts a new segment: it would overfill a non-empty one.
+    fn must_roll_for(&self, len: usize) -> bool {
+        let active = self.active();
+        active.size > 0 && active.size + len as u64 > self.segment_size
+    }
+
+    /// Stamps a batch for the end of the active segment: offsets from the log's next, the
+    /// timestamp (never before the last one), ids for messages sent without; and the index
+    /// entries it will add there.
+    fn stamp(&self, messages: &mut [u8], now_micros: u64, new_id: impl FnMut() -> u128) -> Stamped {
+        let timestamp = now_micros.max(self.last_timestamp);
+        let active = self.active();
         let base_offset = active.next_offset();
         let base_relative = (base_offset - active.start_offset) as u32;
         let base_position = active.size;
@@ -524,23 +563,34 @@ impl PartitionLog {
                 timestamp,
             })
         });
-        self.last_checksum = None;
-        active.append(messages, &entries)?;
-        if !entries.is_empty() {
-            self.last_checksum = stored_checksum(messages, last_start);
-        }
-        self.l1
-            .push(active.start_offset, base_position, messages, now_micros);
-        self.last_timestamp = timestamp;
-        self.messages_count += entries.len() as u64;
-        self.size_bytes += batch_len;
-        self.write_seq += 1;
-        Ok(Appended {
+        Stamped {
             base_offset,
-            count: entries.len() as u32,
-            bytes: batch_len,
+            base_position,
+            timestamp,
+            now_micros,
+            entries,
+            last_start,
+        }
+    }
+
+    /// Counts a stamped batch in, once its frames and index entries are in the active segment.
+    fn count_in(&mut self, stamped: &Stamped, messages: &[u8]) -> Appended {
+        if !stamped.entries.is_empty() {
+            self.last_checksum = stored_checksum(messages, stamped.last_start);
+        }
+        let start = self.active().start_offset;
+        self.l1
+            .push(start, stamped.base_position, messages, stamped.now_micros);
+        self.last_timestamp = stamped.timestamp;
+        self.messages_count += stamped.entries.len() as u64;
+        self.size_bytes += messages.len() as u64;
+        self.write_seq += 1;
+        Appended {
+            base_offset: stamped.base_offset,
+            count: stamped.entries.len() as u32,
+            bytes: messages.len() as u64,
             seq: self.write_seq,
-        })
+        }
     }
 
     /// [`Self::append`] with message deduplication (`storage::dedup`): messages whose id the
@@ -665,6 +715,7 @@ impl PartitionLog {
 
     /// Seals the active segment and starts a new one at the next offset.
     fn roll(&mut self) -> Result<(), StorageError> {
+        self.drop_unpublished()?;
         // The last message now sits in a sealed segment, which rot and eviction may reach.
         self.last_checksum = None;
         if self.sync_on_roll {
@@ -850,6 +901,7 @@ impl PartitionLog {
         frames: &[u8],
         parsed: &[(usize, usize, u64)],
     ) -> Result<u64, StorageError> {
+        self.drop_unpublished()?;
         let active_index = self.segments.len() - 1;
         let active = &mut self.segments[active_index];
         let base_relative = (active.next_offset() - active.start_offset) as u32;
@@ -941,6 +993,8 @@ impl PartitionLog {
     /// Rewrites the index file of the local segment holding `offset` from its log
     /// (`recovery::rebuild_index`): a read found a damaged entry in it.
     pub fn rebuild_index(&mut self, offset: u64) -> Result<(), StorageError> {
+        // The rebuild reads the log file to its end: nothing unpublished may lie there.
+        self.drop_unpublished()?;
         let Some(segment) = self
             .segments
             .iter_mut()
@@ -1045,6 +1099,7 @@ impl PartitionLog {
         first_local: u64,
         manifest: Manifest,
     ) -> Result<Manifest, StorageError> {
+        self.drop_unpublished()?;
         self.last_checksum = None;
         self.l1.clear();
         let changed = manifest != self.tiered;
@@ -1077,6 +1132,7 @@ impl PartitionLog {
     /// the log as it was) when the log does not reach `next_offset` or retention already
     /// deleted the segment that holds it.
     pub fn truncate_to(&mut self, next_offset: u64) -> Result<(), StorageError> {
+        self.drop_unpublished()?;
         self.last_checksum = None;
         let keep = self
             .segments

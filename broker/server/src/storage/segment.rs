@@ -311,12 +311,30 @@ impl Segment {
     /// Appends frames and their index entries with positional writes. On failure the files are
     /// cut back to their previous length, so a full disk leaves no half-written batch behind.
     pub fn append(&mut self, frames: &[u8], entries: &[IndexEntry]) -> Result<(), StorageError> {
-        let log_before = self.size;
-        let index_before = (self.len() * INDEX_ENTRY_SIZE) as u64;
-        if let Err(e) = self.log.write_all_at(frames, log_before) {
-            let _ = self.log.set_len(log_before);
+        self.write_past_end(frames)?;
+        self.take_written(frames.len() as u64, entries)
+    }
+
+    /// Writes frames at the log's end without taking them in: the size and index stay as they
+    /// were, so no read sees them until [`Self::take_written`]. On failure the file is cut back.
+    pub fn write_past_end(&self, frames: &[u8]) -> Result<(), StorageError> {
+        if let Err(e) = self.log.write_all_at(frames, self.size) {
+            let _ = self.log.set_len(self.size);
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// Takes in `frames_len` bytes of frames written past the end ([`Self::write_past_end`])
+    /// by writing their index entries. On failure both files are cut back to what they held
+    /// before the frames.
+    pub fn take_written(
+        &mut self,
+        frames_len: u64,
+        entries: &[IndexEntry],
+    ) -> Result<(), StorageError> {
+        let log_before = self.size;
+        let index_before = (self.len() * INDEX_ENTRY_SIZE) as u64;
         let mut encoded = Vec::with_capacity(entries.len() * INDEX_ENTRY_SIZE);
         for entry in entries {
             entry.encode(&mut encoded);
@@ -326,7 +344,7 @@ impl Segment {
             let _ = self.log.set_len(log_before);
             return Err(e);
         }
-        self.size += frames.len() as u64;
+        self.size += frames_len;
         match &mut self.index {
             Index::Building(building) => building.extend_from_slice(entries),
             Index::InFile { len, first, last } => {

@@ -464,6 +464,11 @@ impl<S: SimMachine> Simulation<S> {
         for output in outputs {
             self.handle_output(r, output)?;
         }
+        // As the broker's driver does with the effects out: the primary's machine may work on
+        // the op it applies next (the broker stages a send's batch in its segment).
+        if let Some(replica) = self.replicas[r as usize].as_mut() {
+            replica.stage_next();
+        }
         // As the broker's driver does once a message's effects are out: apply what a prepare
         // said is committed. Now and then left to the next tick instead, the core's fallback.
         let unapplied = self.replicas[r as usize]

@@ -165,6 +165,8 @@ pub struct Replica<S> {
     jitter: u64,
     rng: u64,
     last_timestamp: u64,
+    /// The op and checksum last offered to [`StateMachine::stage`].
+    staged: (Op, u128),
     now: u64,
     out: Vec<Output>,
 }
@@ -290,6 +292,26 @@ impl<S: StateMachine> Replica<S> {
             taken += u64::from(self.adopt_body(op, checksum, body));
         }
         taken
+    }
+
+    /// Offers the state machine the op it applies next, to work on ahead
+    /// ([`StateMachine::stage`]): on the primary, once per prepare, when it holds that op. Call
+    /// it with a step's outputs carried out, never before: work done ahead of the prepare's
+    /// sends and write would delay the round trip it is meant to overlap. Changes nothing the
+    /// protocol sees; whether it is called or not, the replicas' states are the same.
+    pub fn stage_next(&mut self) {
+        if !self.is_primary() {
+            return;
+        }
+        let Some(prepare) = self.log.get(self.commit_min + 1) else {
+            return;
+        };
+        let next = (prepare.op(), prepare.checksum());
+        if self.staged == next {
+            return;
+        }
+        self.staged = next;
+        self.sm.stage(&prepare.header, &prepare.body);
     }
 
     pub(super) fn primary(&self) -> ReplicaId {

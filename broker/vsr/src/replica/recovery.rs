@@ -256,6 +256,7 @@ impl<S: StateMachine> Replica<S> {
             jitter: 0,
             rng,
             last_timestamp: 0,
+            staged: (0, 0),
             now: 0,
             out: Vec::new(),
             cfg,
