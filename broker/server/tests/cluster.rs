@@ -200,7 +200,7 @@ async fn clients_of_any_member_share_one_replicated_log() {
     assert_eq!(reads[0].1.len(), 600);
 
     // The replication metrics: round trips measured on the primary, requests forwarded by a
-    // backup, a commit lag for every member.
+    // backup, sends written ahead of their commit, a commit lag for every member.
     let metric = |member: usize, name: &str| -> f64 {
         let (_, body) =
             common::http_get(cluster.brokers[member].http, "/metrics").expect("metrics");
@@ -210,6 +210,9 @@ async fn clients_of_any_member_share_one_replicated_log() {
     };
     assert!(metric(primary, "iggy_replication_prepare_round_trip_seconds_count") > 0.0);
     assert!(metric(backups[0], "iggy_replication_forwarded_total") >= 20.0);
+    // The primary wrote sends into their segments ahead of the commit; the reads above show
+    // every member holding the same messages all the same.
+    assert!(metric(primary, "iggy_replication_staged_total") > 0.0);
     for member in 0..3 {
         let lag = format!("iggy_replication_commit_lag{{member=\"{member}\"}}");
         assert_eq!(metric(primary, &lag), 0.0, "{lag}");
