@@ -29,8 +29,9 @@ pub trait StateMachine {
     /// is out (sent and written): it may do that op's work ahead, while the backups acknowledge
     /// it, as long as [`StateMachine::apply`] answers and leaves the state exactly as it would
     /// have without the hint. Nothing is promised: a view change may put another op in its
-    /// place (the header's checksum tells them apart), a checkpoint may be restored first, or
-    /// the op may be applied on a replica that is no longer primary. The broker writes a send's
+    /// place (the header's checksum tells them apart), a checkpoint may be restored first, the
+    /// op may be applied on a replica that is no longer primary, or it may be one the core
+    /// applies itself (a session's registration) and never hands to `apply`. The broker writes a send's
     /// batch into its segment here and publishes it at the apply. The default does nothing.
     fn stage(&mut self, header: &PrepareHeader, body: &[u8]) {
         let _ = (header, body);

@@ -724,3 +724,66 @@ fn an_idle_primary_sends_a_commit_no_prepare_carried_at_its_next_tick() {
     }
     assert_eq!(commits_to(&tick(&mut replica), 2), [1], "the heartbeat");
 }
+
+/// Records what it is offered to stage and what it applies.
+#[derive(Default)]
+struct Staging {
+    staged: Vec<(Op, u128)>,
+    applied: Vec<Op>,
+}
+impl StateMachine for Staging {
+    fn apply(&mut self, header: &crate::PrepareHeader, _: &[u8]) -> Vec<u8> {
+        self.applied.push(header.op);
+        Vec::new()
+    }
+    fn digest(&self) -> u128 {
+        0
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _: &[u8]) -> Result<(), crate::RestoreError> {
+        Ok(())
+    }
+    fn stage(&mut self, header: &crate::PrepareHeader, _: &[u8]) {
+        self.staged.push((header.op, header.checksum));
+    }
+}
+
+/// The primary offers the state machine the op it applies next, once per prepare, and only
+/// while it holds one it has not applied; the offer itself sends and writes nothing.
+#[test]
+fn the_primary_offers_the_next_op_to_stage_once() {
+    let cfg = Config::new(1, 1, 0, Route::Star);
+    let mut replica = Replica::open(cfg, DiskImage::default(), Staging::default());
+    let opened = replica.take_outputs();
+    settle(&mut replica, opened, false);
+    replica.stage_next();
+    assert!(replica.sm.staged.is_empty(), "nothing to apply next");
+    let registered = replica.step(request(0, 1));
+    replica.stage_next();
+    settle(&mut replica, registered, false);
+    // Op 2 prepared and not yet written, so not applied: it is offered once.
+    let unwritten = replica.step(request(1, 2));
+    replica.stage_next();
+    replica.stage_next();
+    assert!(
+        replica.take_outputs().is_empty(),
+        "staging sends and writes nothing"
+    );
+    let p2 = replica.checksum_at(2).expect("op 2 is held");
+    let p1 = replica.checksum_at(1).expect("op 1 is held");
+    assert_eq!(replica.sm.staged, vec![(1, p1), (2, p2)]);
+    settle(&mut replica, unwritten, false);
+    // (Op 1 registered the session, which the core applies itself.)
+    assert_eq!(
+        (replica.commit_min(), replica.sm.applied.clone()),
+        (2, vec![2])
+    );
+    replica.stage_next();
+    assert_eq!(
+        replica.sm.staged.len(),
+        2,
+        "op 2 is applied; nothing comes next yet"
+    );
+}
