@@ -524,6 +524,81 @@ async fn a_restarted_backup_restores_its_checkpoint_and_catches_up() {
     assert_eq!(reads[0].1.len(), (batch + 30) * BATCH);
 }
 
+/// Balanced sends go to the partition the submitting member's round-robin cursor names, carried
+/// in the op. Applied as `Balanced`, each replica moved a cursor of its own that no checkpoint
+/// holds, so a backup restarted from its checkpoint began it again at 0 and put the batches it
+/// replayed and those after into other partitions than its peers did — with the same replies,
+/// so nothing noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_sends_land_alike_on_a_backup_restarted_from_its_checkpoint() {
+    const PARTITIONS: u32 = 5;
+    let mut cluster = TestCluster::start(3, &[]);
+    let primary = cluster.primary(&[0, 1, 2], Duration::from_secs(10));
+    let backup = (primary + 1) % 3;
+    let client = cluster.brokers[primary].client().await;
+    client
+        .create_stream("balanced")
+        .await
+        .expect("create stream");
+    create_topic(&client, &id(0), "spread", PARTITIONS).await;
+    let send = |n: usize, partitioning: Partitioning| {
+        let client = &client;
+        async move {
+            let mut messages = vec![message(&format!("balanced-{n:04}"))];
+            client
+                .send_messages(&id(0), &id(0), &partitioning, &mut messages)
+                .await
+                .expect("a send is acknowledged");
+        }
+    };
+    // One balanced send, then sends to partition 0 past the first checkpoint (op 64, one op
+    // per send): whatever op the checkpoint falls on, the cursor stands at 1 there.
+    send(0, Partitioning::balanced()).await;
+    let mut sent = 1;
+    while cluster.status(primary).map_or(0, |s| s.commit) < 70 {
+        send(sent, Partitioning::partition_id(0)).await;
+        sent += 1;
+    }
+    cluster.brokers[backup].kill9();
+    for _ in 0..7 {
+        send(sent, Partitioning::balanced()).await;
+        sent += 1;
+    }
+    cluster.brokers[backup].spawn_and_wait_alive();
+    cluster.wait_caught_up(&[backup], primary, Duration::from_secs(20));
+    for _ in 0..7 {
+        send(sent, Partitioning::balanced()).await;
+        sent += 1;
+    }
+    cluster.wait_caught_up(&[0, 1, 2], primary, Duration::from_secs(20));
+    let mut members = Vec::new();
+    for member in 0..3 {
+        let client = cluster.brokers[member].client().await;
+        let mut partitions = Vec::new();
+        for partition in 0..PARTITIONS {
+            let mut payloads = Vec::new();
+            read_each(&client, partition, 100, |m| {
+                payloads.push(m.payload.to_vec())
+            })
+            .await;
+            partitions.push(payloads);
+        }
+        members.push(partitions);
+    }
+    let stored: usize = members[primary].iter().map(Vec::len).sum();
+    assert_eq!(stored, sent, "every balanced send is stored once");
+    assert!(
+        members[primary].iter().all(|p| !p.is_empty()),
+        "balanced sends reach every partition"
+    );
+    for member in 0..3 {
+        assert!(
+            members[member] == members[primary],
+            "member {member} holds the balanced sends in other partitions than the primary"
+        );
+    }
+}
+
 /// Sends one batch at a time through `client` until the member `primary` reports `commit`.
 async fn produce_until(
     cluster: &TestCluster,

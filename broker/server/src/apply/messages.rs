@@ -217,6 +217,20 @@ pub(super) fn set_deduplication(
     Ok(())
 }
 
+/// The partition the topic's round-robin cursor names for the next balanced batch, moving the
+/// cursor on; `None` when the topic is unknown or has no partitions (the apply then answers
+/// for it).
+pub(super) fn next_balanced(
+    broker: &Broker,
+    stream: &Identifier,
+    topic: &Identifier,
+) -> Option<u32> {
+    let catalog = broker.catalog();
+    let (_, topic) = catalog.topic(stream, topic).ok()?;
+    let count = topic.partitions.len() as u32;
+    (count > 0).then(|| topic.next_partition.fetch_add(1, Ordering::Relaxed) % count)
+}
+
 /// Whether routing a balanced batch moves the topic's round-robin cursor on.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Turn {

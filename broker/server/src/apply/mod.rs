@@ -18,6 +18,7 @@ use crate::broker::Broker;
 use crate::error::Result;
 use crate::ops::{OpContext, Operation, Submission};
 use crate::state::partition::Partition;
+use iggy_wire::Partitioning;
 use std::sync::Arc;
 
 pub use tokens::is_expired;
@@ -60,6 +61,26 @@ pub fn publish(
             .abandon()
             .map(|()| None)
             .map_err(crate::error::BrokerError::Append),
+    }
+}
+
+/// Decides where a balanced send goes before it enters the replication log: the partition this
+/// member's round-robin cursor names, carried in the op as a partition id. Applied as
+/// `Balanced`, every replica would move a cursor of its own, which no checkpoint holds: a
+/// replica restored from one (after a restart or a state sync) starts it again at 0 and sends
+/// the replayed and later batches to other partitions than its peers do, with the same reply,
+/// so nothing would notice. A single node applies `Balanced` itself, as before.
+pub fn decide_partition(broker: &Broker, op: &mut Operation<'_>) {
+    if let Operation::Append {
+        stream,
+        topic,
+        partitioning: partitioning @ Partitioning::Balanced,
+        ..
+    } = op
+    {
+        if let Some(id) = messages::next_balanced(broker, stream, topic) {
+            *partitioning = Partitioning::PartitionId(id);
+        }
     }
 }
 

@@ -208,10 +208,11 @@ impl ReplicatedSubmitter {
 impl Submit for ReplicatedSubmitter {
     async fn submit(
         &self,
-        _broker: &Broker,
-        submission: Submission<'_>,
+        broker: &Broker,
+        mut submission: Submission<'_>,
         reply: &mut Vec<u8>,
     ) -> Result<()> {
+        crate::apply::decide_partition(broker, &mut submission.op);
         let mut body = Vec::new();
         codec::encode(&submission, &mut body).map_err(|e| {
             tracing::error!(error = %e, "cannot encode an operation for the log");
