@@ -35,7 +35,7 @@ pub(super) fn append(
     user: Option<u32>,
     batch: Batch<'_>,
 ) -> Result<Applied> {
-    let (partition, traffic, dedup) = route(broker, user, &batch, Turn::Take)?;
+    let (partition, traffic, dedup) = route(broker, context, user, &batch, Turn::Take)?;
     validate_batch(batch.index, batch.messages, batch.count)?;
     let mut ids = MessageIds::new(context.entropy);
     let mut attempt = || {
@@ -94,7 +94,7 @@ pub(super) fn stage(
     user: Option<u32>,
     batch: Batch<'_>,
 ) -> Option<StagedSend> {
-    let (partition, _, dedup) = route(broker, user, &batch, Turn::Peek).ok()?;
+    let (partition, _, dedup) = route(broker, context, user, &batch, Turn::Peek).ok()?;
     if dedup.is_some() || validate_batch(batch.index, batch.messages, batch.count).is_err() {
         return None;
     }
@@ -127,7 +127,7 @@ pub(super) fn publish(
         batch: written,
     } = staged;
     let unchanged = matches!(
-        route(broker, user, &batch, Turn::Peek),
+        route(broker, context, user, &batch, Turn::Peek),
         Ok((routed, _, None)) if Arc::ptr_eq(&routed, &partition)
     );
     let published = match unchanged {
@@ -137,7 +137,7 @@ pub(super) fn publish(
     let Some(appended) = published.map_err(BrokerError::Append)? else {
         return Ok(None);
     };
-    let (_, traffic, _) = route(broker, user, &batch, Turn::Take)?;
+    let (_, traffic, _) = route(broker, context, user, &batch, Turn::Take)?;
     traffic.record_in(appended.count as u64, appended.bytes);
     Ok(Some(Applied {
         sync: Some((partition, appended.seq)),
@@ -244,6 +244,7 @@ enum Turn {
 /// deduplication in force.
 fn route(
     broker: &Broker,
+    context: OpContext,
     user: Option<u32>,
     batch: &Batch<'_>,
     turn: Turn,
@@ -256,6 +257,12 @@ fn route(
         return Err(BrokerError::NoPartitions);
     }
     let id = match batch.partitioning {
+        // A replica's cursor is its own (no checkpoint holds it), so a balanced send that
+        // reaches the log undecided — its member did not know the topic yet
+        // (`apply::decide_partition`) — goes where the op's entropy says, alike everywhere.
+        Partitioning::Balanced if broker.cluster_status().is_some() => {
+            (context.entropy % u128::from(count)) as u32
+        }
         Partitioning::Balanced if turn == Turn::Peek => {
             topic.next_partition.load(Ordering::Relaxed) % count
         }

@@ -107,6 +107,101 @@ fn create_stream(name: &str) -> bytes::Bytes {
     body.into()
 }
 
+/// A topic `t` of `partitions` partitions in stream 0, with the server's defaults.
+fn create_topic(partitions: u32) -> bytes::Bytes {
+    let submission = Submission {
+        user: Some(ROOT_USER_ID),
+        op: Operation::CreateTopic {
+            stream: iggy_wire::Identifier::Numeric(0),
+            partitions,
+            settings: iggy_wire::request::TopicSettings {
+                compression: 1,
+                message_expiry: 0,
+                max_topic_size: 0,
+                replication_factor: 1,
+                name: "t".into(),
+            },
+        },
+    };
+    let mut body = Vec::new();
+    codec::encode(&submission, &mut body).expect("encodes");
+    body.into()
+}
+
+/// A balanced send to topic 0 of stream 0, as a member that did not decide its partition
+/// (`apply::decide_partition`) hands it to the log.
+fn undecided_balanced_send(payload: &[u8]) -> bytes::Bytes {
+    let mut request = Vec::new();
+    iggy_wire::message::SendMessagesHeader::encode_request(
+        &iggy_wire::Identifier::Numeric(0),
+        &iggy_wire::Identifier::Numeric(0),
+        &iggy_wire::Partitioning::Balanced,
+        &[(0u128, payload, &[][..])],
+        &mut request,
+    );
+    let submission = Submission {
+        user: Some(ROOT_USER_ID),
+        op: Operation::append(&mut request).expect("a valid send"),
+    };
+    let mut body = Vec::new();
+    codec::encode(&submission, &mut body).expect("encodes");
+    body.into()
+}
+
+/// A balanced send that reaches the log undecided goes where the op's entropy says, never by
+/// the replica's own round-robin cursor, which no checkpoint holds (a replica restored from one
+/// would start it again at 0 and store later batches elsewhere than its peers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecided_balanced_send_does_not_move_the_replicas_cursor() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, running) = ring_of_one(dir.path()).await;
+    let client = ClientIds::new(0, 7).id(1000);
+    let session = register(&running, client).await;
+    let stream = request(&running, client, (session, 2), create_stream("s"), false).await;
+    let topic = request(&running, client, (session, 3), create_topic(3), false).await;
+    for reply in [stream, topic] {
+        assert!(
+            matches!(&reply, Some(ClientReply::Done(r)) if r[..4] == [0; 4]),
+            "{reply:?}"
+        );
+    }
+    for n in 0..12u64 {
+        let payload = format!("undecided-{n}");
+        let sent = request(
+            &running,
+            client,
+            (session, 4 + n),
+            undecided_balanced_send(payload.as_bytes()),
+            false,
+        )
+        .await;
+        assert!(
+            matches!(&sent, Some(ClientReply::Done(r)) if r[..4] == [0; 4]),
+            "{sent:?}"
+        );
+    }
+    let catalog = broker.catalog();
+    let (_, topic) = catalog
+        .topic(
+            &iggy_wire::Identifier::Numeric(0),
+            &iggy_wire::Identifier::Numeric(0),
+        )
+        .expect("the topic exists");
+    assert_eq!(topic.next_partition.load(Ordering::Relaxed), 0);
+    let stored: Vec<u64> = topic
+        .partitions
+        .iter()
+        .map(|p| p.log().next_offset())
+        .collect();
+    assert_eq!(stored.iter().sum::<u64>(), 12, "{stored:?}");
+    assert!(
+        stored.iter().filter(|n| **n > 0).count() > 1,
+        "the sends spread over the partitions: {stored:?}"
+    );
+    drop(catalog);
+    running.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_nobody_waits_for_any_more_is_never_proposed() {
     let dir = tempfile::tempdir().expect("tempdir");
