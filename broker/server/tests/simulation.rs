@@ -707,6 +707,15 @@ impl SimBroker {
         ));
         if let Some(&previous) = churned.last() {
             bodies.push(resend_to_churned(stream(), previous, header.op));
+            // A balanced send to a topic older than the last checkpoint, most rounds: a
+            // replica restored from one must put it where its peers do (a round-robin cursor
+            // of its own, which no checkpoint holds, once put it elsewhere).
+            bodies.push(append_body(
+                &stream(),
+                &Identifier::Numeric(previous),
+                &Partitioning::Balanced,
+                &[(0u128, &payload[..], &[][..])],
+            ));
         }
         let dropped_before = self.dropped();
         for body in bodies {
