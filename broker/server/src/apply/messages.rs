@@ -122,22 +122,20 @@ pub(super) fn publish(
     batch: Batch<'_>,
     staged: StagedSend,
 ) -> Result<Option<Applied>> {
+    // Staging runs in cluster mode only, where a balanced send goes by the op's entropy, not
+    // by the cursor: peeking routes it where the apply would, and moves nothing.
+    let traffic = match route(broker, context, user, &batch, Turn::Peek) {
+        Ok((routed, traffic, None)) if Arc::ptr_eq(&routed, &staged.partition) => traffic,
+        _ => return staged.abandon().map(|()| None).map_err(BrokerError::Append),
+    };
     let StagedSend {
         partition,
         batch: written,
     } = staged;
-    let unchanged = matches!(
-        route(broker, context, user, &batch, Turn::Peek),
-        Ok((routed, _, None)) if Arc::ptr_eq(&routed, &partition)
-    );
-    let published = match unchanged {
-        true => partition.publish(written, batch.messages, context.timestamp),
-        false => partition.log().drop_unpublished().map(|()| None),
-    };
+    let published = partition.publish(written, batch.messages, context.timestamp);
     let Some(appended) = published.map_err(BrokerError::Append)? else {
         return Ok(None);
     };
-    let (_, traffic, _) = route(broker, context, user, &batch, Turn::Take)?;
     traffic.record_in(appended.count as u64, appended.bytes);
     Ok(Some(Applied {
         sync: Some((partition, appended.seq)),

@@ -27,8 +27,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use vsr::{PrepareHeader, RestoreError, StateMachine};
 
-/// Largest frames buffer kept between applies.
+/// Largest frames buffer kept between applies (and between stagings, `staging.rs`).
 const SCRATCH_KEPT: usize = 16 << 20;
+
+/// Keeps `decoded`'s frames buffer in `slot` for the next batch, unless one oversized batch
+/// grew it.
+pub(super) fn keep_scratch(slot: &mut Vec<u8>, decoded: codec::Decoded) {
+    let scratch = decoded.into_scratch();
+    if scratch.capacity() <= SCRATCH_KEPT {
+        *slot = scratch;
+    }
+}
 /// At most one log line per this long about sends refused for lack of space.
 const REFUSAL_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// The status of a request refused because the cluster holds no settings yet (`admit`): never
@@ -345,11 +354,7 @@ impl BrokerMachine {
                 reply,
             )
         });
-        let scratch = decoded.into_scratch();
-        // Keep the buffer for the next batch unless one oversized batch grew it.
-        if scratch.capacity() <= SCRATCH_KEPT {
-            self.scratch = scratch;
-        }
+        keep_scratch(&mut self.scratch, decoded);
         Ok((change, applied))
     }
 

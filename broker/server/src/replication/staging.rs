@@ -21,9 +21,6 @@ use crate::ops::codec::{self, Decoded};
 use crate::ops::OpContext;
 use vsr::{Op, PrepareHeader};
 
-/// Largest frames buffer kept between stagings.
-const SCRATCH_KEPT: usize = 16 << 20;
-
 #[derive(Default)]
 pub struct Staging {
     staged: Option<Staged>,
@@ -99,10 +96,7 @@ impl Staging {
     }
 
     fn keep(&mut self, decoded: Decoded) {
-        let scratch = decoded.into_scratch();
-        if scratch.capacity() <= SCRATCH_KEPT {
-            self.scratch = scratch;
-        }
+        super::machine::keep_scratch(&mut self.scratch, decoded);
     }
 }
 
